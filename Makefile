@@ -1,0 +1,94 @@
+# distgan: build, test, benchmark.  `make help` lists the targets.
+#
+# Conventions (new files are picked up without editing this file):
+#   tests/test_*.c   unit tests, run optimised and under ASan+UBSan by `make test`
+#   tests/fuzz_*.c   libFuzzer targets; tests/corpus/<name>/ is replayed by `make test`
+#   bench/bench_*.c  benchmarks, run by `make bench`
+#   examples/*.c     example programs, built by `make`
+
+CC      ?= cc
+CLANG   ?= clang
+CSTD    := -std=c11
+WARN    := -Wall -Wextra -pedantic
+CFLAGS  ?= -O2 -g
+LDLIBS  := -lpthread -lm
+SAN     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_SECONDS ?= 600
+B       := build
+
+TESTS    := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
+FUZZERS  := $(patsubst tests/fuzz_%.c,%,$(filter-out tests/fuzz_replay.c,$(wildcard tests/fuzz_*.c)))
+BENCHES  := $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c))
+EXAMPLES := $(patsubst examples/%.c,%,$(wildcard examples/*.c))
+TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
+# threaded tests that `make tsan` runs under ThreadSanitizer
+TSAN_TESTS := $(filter $(TESTS),test_pool test_determinism test_mdgan test_asgd test_transport)
+HEADERS  := distgan.h $(wildcard adacomp.h)
+
+.PHONY: all test test-opt test-asan tsan bench bench-deps deps fuzz demo data eval experiment clean help
+
+all: $(TESTS:%=$(B)/%) $(EXAMPLES:%=$(B)/%) $(TOOLS:%=$(B)/%) $(BENCHES:%=$(B)/%)
+
+help:
+	@echo "make deps        install the Debian packages the build needs (libstb-dev)"
+	@echo "make test        the whole test suite, optimised and under ASan+UBSan"
+	@echo "make tsan        the threaded tests under ThreadSanitizer"
+	@echo "make bench       benchmarks, side by side with OpenBLAS / PyTorch when installed"
+	@echo "make bench-deps  install the benchmark references"
+	@echo "make fuzz        run every libFuzzer target for FUZZ_SECONDS (clang)"
+	@echo "make demo        train MD-GAN in-process on the default dataset"
+
+# ---- dependencies: install only what is missing, as root, else say how ----
+STB_HDR := /usr/include/stb/stb_image.h
+deps:
+	@sh tools/need-packages.sh libstb-dev:$(STB_HDR)
+
+bench-deps: deps
+	@sh tools/need-packages.sh libopenblas-dev:/usr/include/x86_64-linux-gnu/cblas.h \
+	    python3-torch:/usr/lib/python3/dist-packages/torch/__init__.py \
+	    python3-numpy:/usr/lib/python3/dist-packages/numpy/__init__.py
+
+# ---- builds ----
+$(B) $(B)/asan $(B)/tsan $(B)/fuzz:
+	@mkdir -p $@
+
+$(B)/%: tests/%.c tests/harness.h $(HEADERS) | $(B)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
+$(B)/asan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/asan
+	$(CC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
+$(B)/tsan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/tsan
+	$(CC) $(CSTD) $(WARN) -O1 -g -fsanitize=thread -o $@ $< $(LDLIBS)
+$(B)/asan/replay_%: tests/fuzz_%.c tests/fuzz_replay.c $(HEADERS) | $(B)/asan
+	$(CC) $(CSTD) $(WARN) $(SAN) -o $@ $< tests/fuzz_replay.c $(LDLIBS)
+$(B)/fuzz/%: tests/fuzz_%.c $(HEADERS) | $(B)/fuzz
+	$(CLANG) $(CSTD) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< $(LDLIBS)
+$(B)/bench_%: bench/bench_%.c $(HEADERS) | $(B)
+	$(CC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
+$(B)/%: examples/%.c $(HEADERS) | $(B)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
+$(B)/%: tools/%.c $(HEADERS) | $(B)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# ---- tests ----
+test: deps
+	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%) $(B)/compile_check
+	@sh tests/run.sh $(B) "$(TESTS)" "$(FUZZERS)"
+
+# the header compiles as C++, with DISTGAN_STATIC, and with clang
+$(B)/compile_check: tests/compile_check.c $(HEADERS) | $(B)
+	sh tests/compile_check.sh $(CC) $(CLANG) && touch $@
+
+tsan: deps
+	@$(MAKE) --no-print-directory $(TSAN_TESTS:%=$(B)/tsan/%)
+	@sh tests/run.sh $(B)/tsan "$(TSAN_TESTS)" ""
+
+bench: deps $(BENCHES:%=$(B)/%)
+	@for b in $(BENCHES); do ./$(B)/$$b || echo "bench $$b status=failed"; done
+
+fuzz: $(FUZZERS:%=$(B)/fuzz/%)
+	@for f in $(FUZZERS); do mkdir -p $(B)/fuzz/corpus_$$f; \
+	  ./$(B)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=tests/corpus/$$f/crash- \
+	    $(B)/fuzz/corpus_$$f tests/corpus/$$f || exit 1; done
+
+clean:
+	rm -rf $(B)

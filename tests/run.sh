@@ -1,0 +1,35 @@
+#!/bin/sh
+# run.sh BUILD "TESTS" "FUZZERS": runs each test program optimised (BUILD/x)
+# and under sanitizers (BUILD/asan/x, when built), replays each fuzz corpus,
+# and ends with the one line that counts: "N passed, N failed".
+B=$1; TESTS=$2; FUZZERS=$3
+passed=0; failed=0
+log=$(mktemp)
+count() { # program and its arguments; adds its summary line to the totals
+    name=$1; shift
+    if timeout 900 "$@" >"$log" 2>&1; then rc=0; else rc=$?; fi
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+    p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p')
+    f=$(echo "$line" | sed -n 's/.*, \([0-9]*\) failed$/\1/p')
+    if [ -z "$line" ]; then p=0; f=1; fi
+    if [ "$rc" != 0 ] && [ "${f:-0}" = 0 ]; then f=1; fi
+    passed=$((passed + p)); failed=$((failed + f))
+    if [ "$f" != 0 ]; then echo "---- $name (exit $rc)"; cat "$log"; else echo "ok   $name: $p passed"; fi
+}
+for t in $TESTS; do
+    count "$t" "$B/$t"
+    [ -x "$B/asan/$t" ] && count "asan/$t" "$B/asan/$t"
+done
+for f in $FUZZERS; do
+    set -- tests/corpus/$f/*
+    if [ -e "$1" ]; then
+        if timeout 900 "$B/asan/replay_$f" "$@" >"$log" 2>&1; then
+            passed=$((passed + 1)); echo "ok   corpus $f: $(tail -1 "$log")"
+        else
+            failed=$((failed + 1)); echo "---- corpus $f"; tail -30 "$log"
+        fi
+    fi
+done
+rm -f "$log"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
