@@ -50,7 +50,7 @@
       dg_tensor    float32 NCHW shapes
       dg_kernels   GEMM (packed, blocked, AVX-512/AVX2/scalar), im2col/col2im
       dg_net       layers and sequential nets, save/load
-      dg_optim     losses, SGD with momentum, Adam
+      dg_optim     losses, SGD with momentum, Adam, checkpoints
 
    Version history
       0.1.0  engine: GEMM, layers, nets, losses, optimisers, checkpoints
@@ -121,6 +121,200 @@ DGDEF void dg_rng_fill_normal(dg_rng *r, float *x, size_t n, float mean, float s
 DGDEF void dg_rng_fill_uniform(dg_rng *r, float *x, size_t n, float lo, float hi);
 DGDEF void dg_rng_shuffle(dg_rng *r, uint32_t *a, size_t n);
 
+/* ==== dg_pool ==== */
+
+/* A persistent pool of pthreads.  The calling thread takes part in every
+   job, so a pool of n threads starts n - 1 workers.  Workers spin briefly
+   after a job (consecutive kernels of a training step arrive within
+   microseconds) and then sleep on a condition variable, so an idle pool
+   costs nothing on a shared machine.  A dg_parallel_for issued from inside
+   a task of the same pool runs inline: roles scheduled as tasks (N workers
+   in one process) run their kernels single-threaded without nesting.  The
+   pool also owns each thread's GEMM packing buffers, so kernels never
+   allocate. */
+typedef struct dg_pool dg_pool;
+
+/* fn(arg, task, thread): task in [0, n_tasks), thread in [0, pool size) */
+typedef void (*dg_task_fn)(void *arg, int task, int thread);
+
+typedef enum dg_isa { DG_ISA_SCALAR = 0, DG_ISA_AVX2 = 1, DG_ISA_AVX512 = 2 } dg_isa;
+
+/* n_threads <= 0: one per online core. */
+DGDEF dg_result dg_pool_create(dg_pool **out, int n_threads);
+DGDEF void dg_pool_destroy(dg_pool *pool);
+DGDEF int dg_pool_size(const dg_pool *pool);
+/* Runs fn for every task and returns when all are done.  pool may be NULL
+   (runs inline).  Tasks must write disjoint memory: which thread runs a
+   task never changes a result. */
+DGDEF void dg_parallel_for(dg_pool *pool, int n_tasks, dg_task_fn fn, void *arg);
+/* The best instruction set of this CPU (DG_ISA_SCALAR under DG_NO_SIMD). */
+DGDEF dg_isa dg_isa_best(void);
+DGDEF const char *dg_isa_name(dg_isa isa);
+/* Kernels of this pool use isa; DG_ERR_UNSUPPORTED when the CPU lacks it. */
+DGDEF dg_result dg_pool_set_isa(dg_pool *pool, dg_isa isa);
+DGDEF dg_isa dg_pool_isa(const dg_pool *pool);
+
+/* ==== dg_tensor ==== */
+
+/* A float32 tensor view: up to 4 dimensions, row-major, images in NCHW.
+   The view never owns its data (caller or net memory). */
+typedef struct dg_tensor {
+    float *data;
+    int ndim;
+    int shape[4];
+} dg_tensor;
+
+DGDEF dg_tensor dg_tensor_view(float *data, int n, int c, int h, int w);
+DGDEF size_t dg_tensor_count(const dg_tensor *t);
+
+/* ==== dg_kernels ==== */
+
+/* C = alpha * op(A) * op(B) + beta * C, row-major, op(X) = X or X^T.
+   op(A) is m x k, op(B) is k x n, C is m x n.  Goto/BLIS structure: B is
+   packed in KC x NC panels and A in MC x KC blocks, a register-blocked
+   micro-kernel computes MR x NR tiles of C.  Threads split the tiles of C,
+   never k, so the result is bit-identical for any thread count. */
+DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, int k,
+                        float alpha, const float *a, int lda, const float *b, int ldb,
+                        float beta, float *c, int ldc);
+
+/* ==== dg_net ==== */
+
+/* A net is a sequential stack of layers.  Every trainable parameter lives
+   in one flat float vector and every gradient in another of the same
+   layout (layers hold offsets), so optimisers, averaging (FL-GAN), swaps
+   (MD-GAN) and checkpoints see one array.  Non-trained state (batchnorm
+   running statistics) lives in a second flat vector.
+   Life cycle: create -> add layers -> plan (allocates everything for a
+   maximum batch) -> init -> forward/backward as often as needed, which
+   never allocate.  backward() always returns the gradient with respect to
+   the net's input: a discriminator's input gradient is MD-GAN's error
+   feedback. */
+typedef struct dg_net dg_net;
+
+typedef enum dg_layer_type {
+    DG_LAYER_LINEAR = 1,
+    DG_LAYER_CONV2D,
+    DG_LAYER_CONV_TRANSPOSE2D,
+    DG_LAYER_BATCHNORM,      /* 1d on flat features, 2d on images */
+    DG_LAYER_RELU,
+    DG_LAYER_LEAKY_RELU,
+    DG_LAYER_TANH,
+    DG_LAYER_SIGMOID,
+    DG_LAYER_MAXPOOL,
+    DG_LAYER_DROPOUT,
+    DG_LAYER_RESHAPE         /* flatten is a reshape to (c*h*w, 1, 1) */
+} dg_layer_type;
+
+/* Zero means default wherever a default exists. */
+typedef struct dg_layer_desc {
+    dg_layer_type type;
+    int out;         /* linear: features; conv: output channels */
+    int kernel;      /* conv, conv-transpose, max-pool */
+    int stride;      /* default 1 (max-pool: kernel) */
+    int pad;
+    int out_pad;     /* conv-transpose only */
+    float alpha;     /* leaky-relu slope (default 0.01), dropout probability */
+    int c, h, w;     /* reshape target */
+} dg_layer_desc;
+
+DGDEF dg_result dg_net_create(dg_net **out, int c, int h, int w);
+DGDEF void dg_net_free(dg_net *net);
+DGDEF dg_result dg_net_add(dg_net *net, const dg_layer_desc *desc);
+DGDEF dg_result dg_net_linear(dg_net *net, int out);
+DGDEF dg_result dg_net_conv2d(dg_net *net, int out_c, int kernel, int stride, int pad);
+DGDEF dg_result dg_net_conv_transpose2d(dg_net *net, int out_c, int kernel, int stride,
+                                        int pad, int out_pad);
+DGDEF dg_result dg_net_batchnorm(dg_net *net);
+DGDEF dg_result dg_net_relu(dg_net *net);
+DGDEF dg_result dg_net_leaky_relu(dg_net *net, float slope);
+DGDEF dg_result dg_net_tanh(dg_net *net);
+DGDEF dg_result dg_net_sigmoid(dg_net *net);
+DGDEF dg_result dg_net_maxpool(dg_net *net, int kernel, int stride);
+DGDEF dg_result dg_net_dropout(dg_net *net, float p);
+DGDEF dg_result dg_net_reshape(dg_net *net, int c, int h, int w);
+DGDEF dg_result dg_net_flatten(dg_net *net);
+
+/* Allocates parameters, gradients, activations and scratch for batches of
+   up to max_batch samples; kernels run on pool (may be shared by nets). */
+DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch);
+/* PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+   weights and biases, batchnorm gamma 1 and beta 0.  std > 0 selects the
+   DCGAN one instead: weights N(0, std), biases 0, gamma N(1, std). */
+DGDEF dg_result dg_net_init(dg_net *net, uint64_t seed, float std);
+
+DGDEF int dg_net_layer_count(const dg_net *net);
+DGDEF size_t dg_net_param_count(const dg_net *net);
+DGDEF float *dg_net_params(dg_net *net);
+DGDEF float *dg_net_grads(dg_net *net);
+DGDEF size_t dg_net_state_count(const dg_net *net);
+DGDEF float *dg_net_state(dg_net *net);
+DGDEF void dg_net_zero_grad(dg_net *net);
+DGDEF void dg_net_input_shape(const dg_net *net, int *c, int *h, int *w);
+DGDEF void dg_net_output_shape(const dg_net *net, int *c, int *h, int *w);
+/* Floating-point operations of one forward (and backward) pass per sample:
+   multiply-adds count two. */
+DGDEF double dg_net_flops(const dg_net *net, int backward);
+/* Bytes the plan allocated (parameters, gradients, activations, scratch). */
+DGDEF size_t dg_net_memory(const dg_net *net);
+
+/* x: batch x (c*h*w) input (copied).  train != 0: batchnorm uses batch
+   statistics and updates its running ones, dropout drops.  *y points into
+   the net and stays valid until the next forward. */
+DGDEF dg_result dg_net_forward(dg_net *net, const float *x, int batch, int train,
+                               const float **y);
+/* dy: gradient of the loss with respect to the last forward's output.
+   Adds parameter gradients into dg_net_grads() (call dg_net_zero_grad
+   first) and points *dx (if not NULL) at the gradient w.r.t. the input. */
+DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx);
+
+/* ==== dg_optim ==== */
+
+/* Losses return the mean loss in *loss and write
+   dz = grad_scale * d(sum of per-sample losses)/dz, so grad_scale = 1/n
+   gives the gradient of the mean and grad_scale = 1 the per-sample
+   gradients (MD-GAN's unscaled feedback).  z and dz use the same row
+   stride; dz may be NULL.  A y_stride of 0 uses one target for all. */
+DGDEF dg_result dg_loss_bce_logits(const float *z, int z_stride, const float *y, int y_stride,
+                                   int n, float grad_scale, float *dz, float *loss);
+DGDEF dg_result dg_loss_softmax_ce(const float *z, int z_stride, const int *labels, int n,
+                                   int classes, float grad_scale, float *dz, float *loss);
+DGDEF dg_result dg_loss_mse(const float *x, const float *y, size_t n, float grad_scale,
+                            float *dx, float *loss);
+
+typedef enum dg_optim_kind { DG_OPTIM_SGD = 1, DG_OPTIM_ADAM = 2 } dg_optim_kind;
+
+/* An optimiser over one flat (params, grads) pair.  Its state is one flat
+   vector too (momentum, or Adam's m then v), so it can travel with a
+   discriminator, be averaged or be checkpointed as an array. */
+typedef struct dg_optim {
+    dg_optim_kind kind;
+    size_t n;            /* parameters */
+    float lr, beta1, beta2, eps, momentum, weight_decay;
+    int64_t t;           /* steps taken (Adam bias correction) */
+    float *state;        /* n (SGD) or 2n (Adam) floats */
+} dg_optim;
+
+DGDEF dg_result dg_optim_sgd(dg_optim *opt, size_t n, float lr, float momentum);
+DGDEF dg_result dg_optim_adam(dg_optim *opt, size_t n, float lr, float beta1, float beta2,
+                              float eps);
+DGDEF size_t dg_optim_state_count(const dg_optim *opt);
+DGDEF void dg_optim_reset(dg_optim *opt);
+DGDEF void dg_optim_free(dg_optim *opt);
+/* One step: params -= update(grads).  Element-wise, split over the pool. */
+DGDEF dg_result dg_optim_step(dg_optim *opt, dg_pool *pool, float *params, const float *grads);
+
+/* Checkpoints: the net's layer list, parameters and state and, when opt is
+   not NULL, the optimiser, in a versioned file with a CRC-32.  Loading
+   requires a net of the same architecture (and an optimiser of the same
+   kind and size); anything else is refused without changing the net. */
+DGDEF dg_result dg_net_save(const dg_net *net, const dg_optim *opt, const char *path);
+DGDEF dg_result dg_net_load(dg_net *net, dg_optim *opt, const char *path);
+DGDEF size_t dg_net_save_size(const dg_net *net, const dg_optim *opt);
+DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *buf, size_t cap,
+                                size_t *written);
+DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, size_t len);
+
 #ifdef __cplusplus
 }
 #endif
@@ -138,6 +332,7 @@ DGDEF void dg_rng_shuffle(dg_rng *r, uint32_t *a, size_t n);
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(DG_MALLOC) && defined(DG_FREE) && defined(DG_REALLOC)
 #elif !defined(DG_MALLOC) && !defined(DG_FREE) && !defined(DG_REALLOC)
@@ -360,6 +555,2091 @@ DGDEF void dg_rng_shuffle(dg_rng *r, uint32_t *a, size_t n)
         a[i - 1] = a[j];
         a[j] = t;
     }
+}
+
+/* ==== dg_pool ==== */
+
+#define DG__LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define DG__STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define DG__FETCH_ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_ACQ_REL)
+
+/* GEMM blocking (floats).  KC x NR of B stays in L1 during the micro-kernel
+   loop, an MC x KC block of A in L2; a whole chunk of MCH rows of A and an
+   NC-column panel of B are packed once per k-block and shared by the
+   threads.  The per-thread buffers are sized once, at pool creation. */
+#define DG__KC 256
+#define DG__MCH 1152
+#define DG__NC 3072
+#define DG__SPIN 20000 /* polls (~20-50 us) before a worker sleeps */
+
+typedef struct dg__pack {
+    float *a; /* DG__MCH x DG__KC */
+    float *b; /* DG__KC x DG__NC */
+} dg__pack;
+
+struct dg_pool {
+    int n;                  /* threads, the caller included */
+    dg_isa isa;
+    pthread_t *threads;
+    pthread_mutex_t submit; /* one job at a time from outside */
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done_cv;
+    /* the current job: written before gen is bumped, read after */
+    dg_task_fn fn;
+    void *arg;
+    int n_tasks;
+    int next;               /* next task index (atomic) */
+    int busy;               /* workers still inside the job (atomic) */
+    unsigned gen;           /* job generation (atomic) */
+    int stop;               /* atomic */
+    int started;            /* workers running: threads[1..started] */
+    dg__pack *pack;         /* per thread */
+};
+
+typedef struct dg__worker_arg {
+    dg_pool *pool;
+    int tid;
+} dg__worker_arg;
+
+/* Which pool and thread index the current thread is running a task for:
+   nested parallel loops run inline and GEMM picks this thread's buffers. */
+static DG__TLS dg_pool *dg__cur_pool;
+static DG__TLS int dg__cur_tid;
+
+static void dg__run_tasks(dg_pool *p, int tid)
+{
+    int i;
+    dg_pool *saved_pool = dg__cur_pool;
+    int saved_tid = dg__cur_tid;
+    dg__cur_pool = p;
+    dg__cur_tid = tid;
+    while ((i = DG__FETCH_ADD(&p->next, 1)) < p->n_tasks) p->fn(p->arg, i, tid);
+    dg__cur_pool = saved_pool;
+    dg__cur_tid = saved_tid;
+}
+
+static void *dg__worker_main(void *varg)
+{
+    dg__worker_arg *wa = (dg__worker_arg *)varg;
+    dg_pool *p = wa->pool;
+    int tid = wa->tid;
+    unsigned seen = 0;
+    DG_FREE(wa);
+    for (;;) {
+        int spins = 0;
+        unsigned g;
+        while ((g = DG__LOAD(&p->gen)) == seen && !DG__LOAD(&p->stop) && spins < DG__SPIN)
+            spins++;
+        if (g == seen && !DG__LOAD(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            while ((g = DG__LOAD(&p->gen)) == seen && !DG__LOAD(&p->stop))
+                pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (DG__LOAD(&p->stop)) break;
+        seen = g;
+        dg__run_tasks(p, tid);
+        if (DG__FETCH_ADD(&p->busy, -1) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    return NULL;
+}
+
+DGDEF dg_isa dg_isa_best(void)
+{
+#if !defined(DG_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return DG_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return DG_ISA_AVX2;
+#endif
+    return DG_ISA_SCALAR;
+}
+
+DGDEF const char *dg_isa_name(dg_isa isa)
+{
+    return isa == DG_ISA_AVX512 ? "avx512" : isa == DG_ISA_AVX2 ? "avx2" : "scalar";
+}
+
+static void dg__pool_free_buffers(dg_pool *p)
+{
+    int i;
+    if (p->pack)
+        for (i = 0; i < p->n; i++) {
+            dg__free(p->pack[i].a);
+            dg__free(p->pack[i].b);
+        }
+    DG_FREE(p->pack);
+    DG_FREE(p->threads);
+}
+
+DGDEF dg_result dg_pool_create(dg_pool **out, int n_threads)
+{
+    dg_pool *p;
+    int i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_pool_create: out is NULL");
+    *out = NULL;
+    if (n_threads <= 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = online > 0 ? (int)online : 1;
+    }
+    if (n_threads > 1024) return dg__fail(DG_ERR_ARG, "dg_pool_create: %d threads", n_threads);
+    p = (dg_pool *)DG_MALLOC(sizeof *p);
+    if (!p) return dg__fail(DG_ERR_NOMEM, "dg_pool_create: no memory");
+    memset(p, 0, sizeof *p);
+    p->n = n_threads;
+    p->isa = dg_isa_best();
+    p->threads = (pthread_t *)DG_MALLOC(sizeof(pthread_t) * (size_t)n_threads);
+    p->pack = (dg__pack *)DG_MALLOC(sizeof(dg__pack) * (size_t)n_threads);
+    if (!p->threads || !p->pack) goto nomem;
+    memset(p->pack, 0, sizeof(dg__pack) * (size_t)n_threads);
+    for (i = 0; i < n_threads; i++) {
+        /* touch the buffers now: a fresh page costs microseconds on first
+           use, which must not land inside a training step */
+        p->pack[i].a = (float *)dg__calloc((size_t)DG__MCH * DG__KC, sizeof(float));
+        p->pack[i].b = (float *)dg__calloc((size_t)DG__KC * DG__NC, sizeof(float));
+        if (!p->pack[i].a || !p->pack[i].b) goto nomem;
+    }
+    pthread_mutex_init(&p->submit, NULL);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done_cv, NULL);
+    for (i = 1; i < n_threads; i++) {
+        dg__worker_arg *wa = (dg__worker_arg *)DG_MALLOC(sizeof *wa);
+        if (wa) {
+            wa->pool = p;
+            wa->tid = i;
+        }
+        if (!wa || pthread_create(&p->threads[i], NULL, dg__worker_main, wa) != 0) {
+            DG_FREE(wa);
+            dg_pool_destroy(p);
+            return dg__fail(DG_ERR_NOMEM, "dg_pool_create: cannot start thread %d", i);
+        }
+        p->started = i;
+    }
+    *out = p;
+    return DG_OK;
+nomem:
+    dg__pool_free_buffers(p);
+    DG_FREE(p);
+    return dg__fail(DG_ERR_NOMEM, "dg_pool_create: no memory for %d threads", n_threads);
+}
+
+DGDEF void dg_pool_destroy(dg_pool *p)
+{
+    int i;
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    DG__STORE(&p->stop, 1);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    for (i = 1; i <= p->started; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->submit);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done_cv);
+    dg__pool_free_buffers(p);
+    DG_FREE(p);
+}
+
+DGDEF int dg_pool_size(const dg_pool *p) { return p ? p->n : 1; }
+
+DGDEF dg_result dg_pool_set_isa(dg_pool *p, dg_isa isa)
+{
+    if (!p) return dg__fail(DG_ERR_ARG, "dg_pool_set_isa: pool is NULL");
+    if ((int)isa < 0 || isa > dg_isa_best())
+        return dg__fail(DG_ERR_UNSUPPORTED, "dg_pool_set_isa: %s not available on this CPU",
+                        dg_isa_name(isa));
+    p->isa = isa;
+    return DG_OK;
+}
+
+DGDEF dg_isa dg_pool_isa(const dg_pool *p) { return p ? p->isa : dg_isa_best(); }
+
+/* The thread index the caller may use for per-thread buffers of pool. */
+static int dg__pool_tid(const dg_pool *p) { return dg__cur_pool == p ? dg__cur_tid : 0; }
+
+DGDEF void dg_parallel_for(dg_pool *p, int n_tasks, dg_task_fn fn, void *arg)
+{
+    int i;
+    if (n_tasks <= 0) return;
+    if (!p || p->n == 1 || n_tasks == 1 || dg__cur_pool == p) {
+        int tid = p ? dg__pool_tid(p) : 0;
+        for (i = 0; i < n_tasks; i++) fn(arg, i, tid);
+        return;
+    }
+    pthread_mutex_lock(&p->submit);
+    p->fn = fn;
+    p->arg = arg;
+    p->n_tasks = n_tasks;
+    DG__STORE(&p->next, 0);
+    DG__STORE(&p->busy, p->n - 1);
+    pthread_mutex_lock(&p->mu);
+    DG__FETCH_ADD(&p->gen, 1u);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    dg__run_tasks(p, 0);
+    for (i = 0; DG__LOAD(&p->busy) != 0 && i < DG__SPIN; i++) {
+    }
+    if (DG__LOAD(&p->busy) != 0) {
+        pthread_mutex_lock(&p->mu);
+        while (DG__LOAD(&p->busy) != 0) pthread_cond_wait(&p->done_cv, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->submit);
+}
+
+/* ==== dg_tensor ==== */
+
+DGDEF dg_tensor dg_tensor_view(float *data, int n, int c, int h, int w)
+{
+    dg_tensor t;
+    t.data = data;
+    t.ndim = 4;
+    t.shape[0] = n;
+    t.shape[1] = c;
+    t.shape[2] = h;
+    t.shape[3] = w;
+    return t;
+}
+
+DGDEF size_t dg_tensor_count(const dg_tensor *t)
+{
+    size_t n = 1;
+    int i;
+    for (i = 0; i < t->ndim; i++) n *= (size_t)(t->shape[i] > 0 ? t->shape[i] : 0);
+    return n;
+}
+
+/* ==== dg_kernels ==== */
+
+/* Micro-kernels: C[MR x NR] (row stride ldc) = or += A_panel * B_panel,
+   where the packed A panel holds kc columns of MR values and the packed B
+   panel kc rows of NR values.  One family, three instruction sets, picked
+   per pool at run time. */
+typedef void (*dg__ukernel)(int kc, const float *a, const float *b, float *c, long ldc, int acc);
+
+typedef struct dg__isa_desc {
+    int mr, nr;
+    dg__ukernel kernel;
+} dg__isa_desc;
+
+#define DG__MR_MAX 12
+#define DG__NR_MAX 32
+
+static void dg__ukernel_scalar(int kc, const float *a, const float *b, float *c, long ldc,
+                               int acc)
+{
+    enum { MR = 4, NR = 16 };
+    float t[MR][NR];
+    int i, j, p;
+    memset(t, 0, sizeof t);
+    for (p = 0; p < kc; p++)
+        for (i = 0; i < MR; i++)
+            for (j = 0; j < NR; j++) t[i][j] += a[p * MR + i] * b[p * NR + j];
+    for (i = 0; i < MR; i++)
+        for (j = 0; j < NR; j++) c[i * ldc + j] = acc ? c[i * ldc + j] + t[i][j] : t[i][j];
+}
+
+#if !defined(DG_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define DG__X86 1
+#include <immintrin.h>
+
+/* 6 x 16 tile: 12 ymm accumulators, 2 loads of B and 6 broadcasts of A per k */
+__attribute__((target("avx2,fma"))) static void
+dg__ukernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int acc)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    int p;
+    for (p = 0; p < kc; p++, a += 6, b += 16) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), x;
+#define DG__ROW(r)                                \
+    x = _mm256_broadcast_ss(a + r);               \
+    c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);    \
+    c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
+        DG__ROW(0) DG__ROW(1) DG__ROW(2) DG__ROW(3) DG__ROW(4) DG__ROW(5)
+#undef DG__ROW
+    }
+#define DG__OUT(r)                                                                       \
+    if (acc) {                                                                           \
+        c##r##0 = _mm256_add_ps(c##r##0, _mm256_loadu_ps(c + r * ldc));                  \
+        c##r##1 = _mm256_add_ps(c##r##1, _mm256_loadu_ps(c + r * ldc + 8));              \
+    }                                                                                    \
+    _mm256_storeu_ps(c + r * ldc, c##r##0);                                              \
+    _mm256_storeu_ps(c + r * ldc + 8, c##r##1);
+    DG__OUT(0) DG__OUT(1) DG__OUT(2) DG__OUT(3) DG__OUT(4) DG__OUT(5)
+#undef DG__OUT
+}
+
+/* 12 x 32 tile: 24 zmm accumulators, 2 loads of B and 12 broadcasts of A
+   per k: 24 FMAs against 14 loads keeps both FMA pipes busy */
+__attribute__((target("avx512f"))) static void
+dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, int acc)
+{
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
+    __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+    int p;
+    for (p = 0; p < kc; p++, a += 12, b += 32) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), x;
+#define DG__ROW(r, i)                             \
+    x = _mm512_set1_ps(a[i]);                     \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
+    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+        DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
+        DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
+#undef DG__ROW
+    }
+#define DG__OUT(r, i)                                                                     \
+    if (acc) {                                                                            \
+        c##r##0 = _mm512_add_ps(c##r##0, _mm512_loadu_ps(c + i * ldc));                   \
+        c##r##1 = _mm512_add_ps(c##r##1, _mm512_loadu_ps(c + i * ldc + 16));              \
+    }                                                                                     \
+    _mm512_storeu_ps(c + i * ldc, c##r##0);                                               \
+    _mm512_storeu_ps(c + i * ldc + 16, c##r##1);
+    DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
+    DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+#undef DG__OUT
+}
+#endif
+
+static dg__isa_desc dg__isa_get(dg_isa isa)
+{
+    dg__isa_desc d;
+    d.mr = 4;
+    d.nr = 16;
+    d.kernel = dg__ukernel_scalar;
+#ifdef DG__X86
+    if (isa == DG_ISA_AVX512) {
+        d.mr = 12;
+        d.nr = 32;
+        d.kernel = dg__ukernel_avx512;
+    } else if (isa == DG_ISA_AVX2) {
+        d.mr = 6;
+        d.nr = 16;
+        d.kernel = dg__ukernel_avx2;
+    }
+#else
+    (void)isa;
+#endif
+    return d;
+}
+
+/* One GEMM call, shared by the pack and compute tasks. */
+typedef struct dg__gemm {
+    dg__isa_desc isa;
+    int ta, tb, m, n, k;
+    float alpha;
+    const float *a, *b;
+    int lda, ldb;
+    float *c;
+    int ldc;
+    /* current block: rows [i0, i0+mc), depth [p0, p0+kc), cols [j0, j0+nc) */
+    int i0, mc, p0, kc, j0, nc;
+    int acc;            /* accumulate into C (else overwrite) */
+    int pack_b;         /* this chunk packs B too (first row chunk) */
+    int a_panels, b_panels, a_per_task, b_per_task, tiles_m, tiles_n;
+    float *pa, *pb;     /* packed A chunk and B panel */
+} dg__gemm;
+
+/* Packs MR rows of op(A) (rows i.., depth p0..p0+kc) as kc columns of MR,
+   zero-padding rows past m; alpha is folded in here. */
+static void dg__pack_a(const dg__gemm *g, int i, float *dst)
+{
+    int mr = g->isa.mr, rows = g->m - i < mr ? g->m - i : mr, r, p;
+    for (p = 0; p < g->kc; p++) {
+        int kk = g->p0 + p;
+        for (r = 0; r < rows; r++) {
+            float v = g->ta ? g->a[(size_t)kk * g->lda + i + r] : g->a[(size_t)(i + r) * g->lda + kk];
+            dst[p * mr + r] = g->alpha * v;
+        }
+        for (; r < mr; r++) dst[p * mr + r] = 0.0f;
+    }
+}
+
+/* Packs NR columns of op(B) (cols j.., depth p0..) as kc rows of NR. */
+static void dg__pack_b(const dg__gemm *g, int j, float *dst)
+{
+    int nr = g->isa.nr, cols = g->n - j < nr ? g->n - j : nr, q, p;
+    if (!g->tb) {
+        for (p = 0; p < g->kc; p++) {
+            const float *src = g->b + (size_t)(g->p0 + p) * g->ldb + j;
+            memcpy(dst + p * nr, src, sizeof(float) * (size_t)cols);
+            for (q = cols; q < nr; q++) dst[p * nr + q] = 0.0f;
+        }
+        return;
+    }
+    for (q = 0; q < cols; q++) {
+        const float *src = g->b + (size_t)(j + q) * g->ldb + g->p0;
+        for (p = 0; p < g->kc; p++) dst[p * nr + q] = src[p];
+    }
+    for (; q < nr; q++)
+        for (p = 0; p < g->kc; p++) dst[p * nr + q] = 0.0f;
+}
+
+static void dg__gemm_pack_task(void *arg, int task, int thread)
+{
+    dg__gemm *g = (dg__gemm *)arg;
+    int mr = g->isa.mr, nr = g->isa.nr, a_tasks = (g->a_panels + g->a_per_task - 1) / g->a_per_task;
+    int q, first, last;
+    (void)thread;
+    if (task < a_tasks) {
+        first = task * g->a_per_task;
+        last = first + g->a_per_task < g->a_panels ? first + g->a_per_task : g->a_panels;
+        for (q = first; q < last; q++)
+            dg__pack_a(g, g->i0 + q * mr, g->pa + (size_t)q * mr * g->kc);
+        return;
+    }
+    task -= a_tasks;
+    first = task * g->b_per_task;
+    last = first + g->b_per_task < g->b_panels ? first + g->b_per_task : g->b_panels;
+    for (q = first; q < last; q++) dg__pack_b(g, g->j0 + q * nr, g->pb + (size_t)q * nr * g->kc);
+}
+
+/* A rectangle of micro-tiles.  jr outer, ir inner: the B panel (kc x NR)
+   stays in L1 while the A panels stream from L2. */
+static void dg__gemm_compute_task(void *arg, int task, int thread)
+{
+    dg__gemm *g = (dg__gemm *)arg;
+    int mr = g->isa.mr, nr = g->isa.nr;
+    int tm = task % g->tiles_m, tn = task / g->tiles_m;
+    int ia = tm * g->a_per_task, ib = tn * g->b_per_task;
+    int ea = ia + g->a_per_task < g->a_panels ? ia + g->a_per_task : g->a_panels;
+    int eb = ib + g->b_per_task < g->b_panels ? ib + g->b_per_task : g->b_panels;
+    int qa, qb;
+    float tile[DG__MR_MAX * DG__NR_MAX];
+    (void)thread;
+    for (qb = ib; qb < eb; qb++) {
+        int j = g->j0 + qb * nr, cols = g->n - j < nr ? g->n - j : nr;
+        const float *pb = g->pb + (size_t)qb * nr * g->kc;
+        for (qa = ia; qa < ea; qa++) {
+            int i = g->i0 + qa * mr, rows = g->m - i < mr ? g->m - i : mr, r, q;
+            const float *pa = g->pa + (size_t)qa * mr * g->kc;
+            float *c = g->c + (size_t)i * g->ldc + j;
+            if (rows == mr && cols == nr) {
+                g->isa.kernel(g->kc, pa, pb, c, g->ldc, g->acc);
+                continue;
+            }
+            /* edge tile: full tile into a buffer, then the valid part */
+            g->isa.kernel(g->kc, pa, pb, tile, nr, 0);
+            for (r = 0; r < rows; r++)
+                for (q = 0; q < cols; q++)
+                    c[(size_t)r * g->ldc + q] = g->acc ? c[(size_t)r * g->ldc + q] + tile[r * nr + q]
+                                                       : tile[r * nr + q];
+        }
+    }
+}
+
+static void dg__scale_rows_task(void *arg, int task, int thread)
+{
+    dg__gemm *g = (dg__gemm *)arg;
+    float *row = g->c + (size_t)task * g->ldc;
+    int j;
+    (void)thread;
+    if (g->alpha == 0.0f)
+        memset(row, 0, sizeof(float) * (size_t)g->n);
+    else
+        for (j = 0; j < g->n; j++) row[j] *= g->alpha;
+}
+
+/* Splits count items into groups so that there are about `want` groups. */
+static int dg__per_group(int count, int want)
+{
+    int per = (count + want - 1) / (want > 0 ? want : 1);
+    return per > 0 ? per : 1;
+}
+
+static void dg__gemm_block(dg_pool *pool, dg__gemm *g, int threads)
+{
+    int mr = g->isa.mr, nr = g->isa.nr, a_tasks, b_tasks, mc_panels;
+    g->a_panels = (g->mc + mr - 1) / mr;
+    g->b_panels = (g->nc + nr - 1) / nr;
+    /* pack: about two tasks per thread for each operand */
+    g->a_per_task = dg__per_group(g->a_panels, 2 * threads);
+    g->b_per_task = g->pack_b ? dg__per_group(g->b_panels, 2 * threads) : 1;
+    a_tasks = (g->a_panels + g->a_per_task - 1) / g->a_per_task;
+    b_tasks = g->pack_b ? (g->b_panels + g->b_per_task - 1) / g->b_per_task : 0;
+    dg_parallel_for(threads > 1 ? pool : NULL, a_tasks + b_tasks, dg__gemm_pack_task, g);
+    /* compute: A blocks of about 144 rows (L2), then split columns until
+       there are at least four tasks per thread */
+    mc_panels = 144 / mr;
+    g->a_per_task = mc_panels < g->a_panels ? mc_panels : g->a_panels;
+    if (g->b_panels < 2 * threads) /* thin C: split the rows finer instead */
+        g->a_per_task = dg__per_group(g->a_panels, 2 * threads);
+    g->tiles_m = (g->a_panels + g->a_per_task - 1) / g->a_per_task;
+    g->b_per_task = dg__per_group(g->b_panels, (4 * threads + g->tiles_m - 1) / g->tiles_m);
+    g->tiles_n = (g->b_panels + g->b_per_task - 1) / g->b_per_task;
+    dg_parallel_for(threads > 1 ? pool : NULL, g->tiles_m * g->tiles_n, dg__gemm_compute_task, g);
+}
+
+DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, int k,
+                        float alpha, const float *a, int lda, const float *b, int ldb,
+                        float beta, float *c, int ldc)
+{
+    dg__gemm g;
+    dg__pack *pk;
+    int threads;
+    if (!pool) return dg__fail(DG_ERR_ARG, "dg_gemm: pool is NULL");
+    if (m < 0 || n < 0 || k < 0) return dg__fail(DG_ERR_ARG, "dg_gemm: m=%d n=%d k=%d", m, n, k);
+    if (m == 0 || n == 0) return DG_OK;
+    if (!c || (k > 0 && (!a || !b))) return dg__fail(DG_ERR_ARG, "dg_gemm: NULL matrix");
+    if (ldc < n || lda < (trans_a ? m : k) || ldb < (trans_b ? k : n))
+        return dg__fail(DG_ERR_ARG, "dg_gemm: leading dimension too small (lda=%d ldb=%d ldc=%d)",
+                        lda, ldb, ldc);
+    memset(&g, 0, sizeof g);
+    g.isa = dg__isa_get(pool->isa);
+    g.ta = trans_a;
+    g.tb = trans_b;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.a = a;
+    g.b = b;
+    g.lda = lda;
+    g.ldb = ldb;
+    g.c = c;
+    g.ldc = ldc;
+    /* small products are not worth waking the other threads */
+    threads = (double)m * n * k < 32768.0 * 8 ? 1 : pool->n;
+    if (dg__cur_pool == pool) threads = 1;
+    if (beta != 1.0f && (beta != 0.0f || k == 0)) {
+        g.alpha = beta;
+        dg_parallel_for(threads > 1 ? pool : NULL, m, dg__scale_rows_task, &g);
+        if (k == 0) return DG_OK;
+        beta = 1.0f;
+    }
+    g.alpha = alpha;
+    pk = &pool->pack[dg__pool_tid(pool)];
+    g.pa = pk->a;
+    g.pb = pk->b;
+    for (g.j0 = 0; g.j0 < n; g.j0 += DG__NC) {
+        g.nc = n - g.j0 < DG__NC ? n - g.j0 : DG__NC;
+        for (g.p0 = 0; g.p0 < k; g.p0 += DG__KC) {
+            g.kc = k - g.p0 < DG__KC ? k - g.p0 : DG__KC;
+            g.acc = beta != 0.0f || g.p0 > 0;
+            for (g.i0 = 0; g.i0 < m; g.i0 += DG__MCH) {
+                g.mc = m - g.i0 < DG__MCH ? m - g.i0 : DG__MCH;
+                g.pack_b = g.i0 == 0;
+                dg__gemm_block(pool, &g, threads);
+            }
+        }
+    }
+    return DG_OK;
+}
+
+/* Element-wise work is split into chunks of this many floats: smaller
+   loops are not worth a wake-up of the pool. */
+#define DG__CHUNK 16384
+
+typedef struct dg__conv_geom {
+    int n, c, h, w;     /* the image: batch, channels, height, width */
+    int k, s, p;        /* kernel, stride, padding */
+    int gh, gw;         /* the grid of kernel positions */
+} dg__conv_geom;
+
+typedef struct dg__cols_job {
+    const dg__conv_geom *g;
+    const float *src;
+    float *dst;
+} dg__cols_job;
+
+/* one row (ci, ky, kx) of cols: the image values under that kernel tap
+   at every grid position of every sample */
+static void dg__im2col_task(void *arg, int row, int thread)
+{
+    const dg__cols_job *j = (const dg__cols_job *)arg;
+    const dg__conv_geom *g = j->g;
+    int kk = g->k * g->k, ci = row / kk, ky = row % kk / g->k, kx = row % g->k;
+    size_t plane = (size_t)g->gh * g->gw;
+    float *out = j->dst + (size_t)row * g->n * plane;
+    int n, oy, ox;
+    (void)thread;
+    for (n = 0; n < g->n; n++) {
+        const float *img = j->src + ((size_t)n * g->c + ci) * g->h * g->w;
+        for (oy = 0; oy < g->gh; oy++, out += g->gw) {
+            int iy = oy * g->s - g->p + ky;
+            if (iy < 0 || iy >= g->h) {
+                memset(out, 0, sizeof(float) * (size_t)g->gw);
+                continue;
+            }
+            for (ox = 0; ox < g->gw; ox++) {
+                int ix = ox * g->s - g->p + kx;
+                out[ox] = ix >= 0 && ix < g->w ? img[(size_t)iy * g->w + ix] : 0.0f;
+            }
+        }
+    }
+}
+
+/* the adjoint of im2col for one channel ci: every sample's plane of ci is
+   owned by this task, so the sums need no locks and keep a fixed order */
+static void dg__col2im_task(void *arg, int ci, int thread)
+{
+    const dg__cols_job *j = (const dg__cols_job *)arg;
+    const dg__conv_geom *g = j->g;
+    size_t plane = (size_t)g->gh * g->gw, hw = (size_t)g->h * g->w;
+    int n, ky, kx, oy, ox;
+    (void)thread;
+    for (n = 0; n < g->n; n++) memset(j->dst + ((size_t)n * g->c + ci) * hw, 0, sizeof(float) * hw);
+    for (ky = 0; ky < g->k; ky++)
+        for (kx = 0; kx < g->k; kx++) {
+            const float *col = j->src + ((size_t)(ci * g->k + ky) * g->k + kx) * g->n * plane;
+            for (n = 0; n < g->n; n++) {
+                float *img = j->dst + ((size_t)n * g->c + ci) * hw;
+                for (oy = 0; oy < g->gh; oy++, col += g->gw) {
+                    int iy = oy * g->s - g->p + ky;
+                    if (iy < 0 || iy >= g->h) continue;
+                    for (ox = 0; ox < g->gw; ox++) {
+                        int ix = ox * g->s - g->p + kx;
+                        if (ix >= 0 && ix < g->w) img[(size_t)iy * g->w + ix] += col[ox];
+                    }
+                }
+            }
+        }
+}
+
+static void dg__im2col(dg_pool *pool, const dg__conv_geom *g, const float *img, float *cols)
+{
+    dg__cols_job j;
+    j.g = g;
+    j.src = img;
+    j.dst = cols;
+    dg_parallel_for(pool, g->c * g->k * g->k, dg__im2col_task, &j);
+}
+
+static void dg__col2im(dg_pool *pool, const dg__conv_geom *g, const float *cols, float *img)
+{
+    dg__cols_job j;
+    j.g = g;
+    j.src = cols;
+    j.dst = img;
+    dg_parallel_for(pool, g->c, dg__col2im_task, &j);
+}
+
+/* NCHW <-> CNHW: the GEMMs of a convolution see all samples of a channel
+   as one row.  bias (may be NULL) is added on the way. */
+typedef struct dg__reorder_job {
+    const float *src;
+    float *dst;
+    const float *bias;
+    int n, c;
+    size_t hw;
+    int to_cnhw;
+} dg__reorder_job;
+
+static void dg__reorder_task(void *arg, int ci, int thread)
+{
+    const dg__reorder_job *j = (const dg__reorder_job *)arg;
+    float b = j->bias ? j->bias[ci] : 0.0f;
+    int n;
+    size_t i;
+    (void)thread;
+    for (n = 0; n < j->n; n++) {
+        size_t nchw = ((size_t)n * j->c + ci) * j->hw, cnhw = ((size_t)ci * j->n + n) * j->hw;
+        const float *s = j->src + (j->to_cnhw ? nchw : cnhw);
+        float *d = j->dst + (j->to_cnhw ? cnhw : nchw);
+        if (b == 0.0f)
+            memcpy(d, s, sizeof(float) * j->hw);
+        else
+            for (i = 0; i < j->hw; i++) d[i] = s[i] + b;
+    }
+}
+
+static void dg__reorder(dg_pool *pool, const float *src, float *dst, int n, int c, size_t hw,
+                        int to_cnhw, const float *bias)
+{
+    dg__reorder_job j;
+    j.src = src;
+    j.dst = dst;
+    j.bias = bias;
+    j.n = n;
+    j.c = c;
+    j.hw = hw;
+    j.to_cnhw = to_cnhw;
+    dg_parallel_for((size_t)n * c * hw >= DG__CHUNK ? pool : NULL, c, dg__reorder_task, &j);
+}
+
+/* ==== dg_net ==== */
+
+typedef struct dg__layer {
+    dg_layer_desc d;
+    int ic, ih, iw;        /* input shape of one sample */
+    int oc, oh, ow;        /* output shape */
+    size_t in_size, out_size;
+    size_t p_off, n_p;     /* parameters: weights then bias (gamma then beta) */
+    size_t s_off, n_s;     /* state: batchnorm running mean then variance */
+    float *out;            /* batch x out_size; reshape aliases its input */
+    float *keep;           /* conv: im2col of the input; conv-T: input in CNHW */
+    float *aux;            /* batchnorm: mean and 1/std; dropout: mask */
+    int32_t *idx;          /* max-pool: argmax of each output */
+} dg__layer;
+
+struct dg_net {
+    int c, h, w;
+    int n_layers, cap_layers;
+    dg__layer *layers;
+    dg_pool *pool;
+    int max_batch, batch, train, planned;
+    size_t n_params, n_state;
+    float *params, *grads, *state;
+    float *input;          /* copy of the last forward input */
+    float *g0, *g1;        /* ping-pong gradient buffers */
+    float *s_out;          /* conv: GEMM result in CNHW */
+    float *s_cols;         /* conv: column gradients; conv-T: columns */
+    uint64_t seed, dropout_calls;
+    size_t mem;
+};
+
+DGDEF dg_result dg_net_create(dg_net **out, int c, int h, int w)
+{
+    dg_net *net;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_net_create: out is NULL");
+    *out = NULL;
+    if (c <= 0 || h <= 0 || w <= 0 || (double)c * h * w > 1e9)
+        return dg__fail(DG_ERR_SHAPE, "dg_net_create: input shape %dx%dx%d", c, h, w);
+    net = (dg_net *)DG_MALLOC(sizeof *net);
+    if (!net) return dg__fail(DG_ERR_NOMEM, "dg_net_create: no memory");
+    memset(net, 0, sizeof *net);
+    net->c = c;
+    net->h = h;
+    net->w = w;
+    *out = net;
+    return DG_OK;
+}
+
+static void dg__net_release(dg_net *net)
+{
+    int i;
+    for (i = 0; i < net->n_layers; i++) {
+        dg__layer *l = &net->layers[i];
+        if (l->d.type != DG_LAYER_RESHAPE) dg__free(l->out);
+        dg__free(l->keep);
+        dg__free(l->aux);
+        dg__free(l->idx);
+        l->out = l->keep = l->aux = NULL;
+        l->idx = NULL;
+    }
+    dg__free(net->params);
+    dg__free(net->grads);
+    dg__free(net->state);
+    dg__free(net->input);
+    dg__free(net->g0);
+    dg__free(net->g1);
+    dg__free(net->s_out);
+    dg__free(net->s_cols);
+    net->params = net->grads = net->state = net->input = NULL;
+    net->g0 = net->g1 = net->s_out = net->s_cols = NULL;
+    net->planned = 0;
+    net->mem = 0;
+}
+
+DGDEF void dg_net_free(dg_net *net)
+{
+    if (!net) return;
+    dg__net_release(net);
+    DG_FREE(net->layers);
+    DG_FREE(net);
+}
+
+static void dg__last_shape(const dg_net *net, int *c, int *h, int *w)
+{
+    if (net->n_layers == 0) {
+        *c = net->c;
+        *h = net->h;
+        *w = net->w;
+    } else {
+        const dg__layer *l = &net->layers[net->n_layers - 1];
+        *c = l->oc;
+        *h = l->oh;
+        *w = l->ow;
+    }
+}
+
+/* Output shape and parameter counts of a layer on an input shape. */
+static dg_result dg__layer_shape(dg__layer *l)
+{
+    const dg_layer_desc *d = &l->d;
+    int k = d->kernel, s = d->stride, p = d->pad;
+    l->oc = l->ic;
+    l->oh = l->ih;
+    l->ow = l->iw;
+    l->n_p = l->n_s = 0;
+    switch (d->type) {
+    case DG_LAYER_LINEAR:
+        if (d->out <= 0) return dg__fail(DG_ERR_ARG, "linear: %d output features", d->out);
+        l->oc = d->out;
+        l->oh = l->ow = 1;
+        l->n_p = l->in_size * (size_t)d->out + (size_t)d->out;
+        break;
+    case DG_LAYER_CONV2D:
+    case DG_LAYER_CONV_TRANSPOSE2D:
+        if (d->out <= 0 || k <= 0 || s <= 0 || p < 0 || d->out_pad < 0)
+            return dg__fail(DG_ERR_ARG, "conv: out=%d kernel=%d stride=%d pad=%d out_pad=%d",
+                            d->out, k, s, p, d->out_pad);
+        l->oc = d->out;
+        if (d->type == DG_LAYER_CONV2D) {
+            if (d->out_pad) return dg__fail(DG_ERR_ARG, "conv2d: out_pad is for conv-transpose");
+            l->oh = (l->ih + 2 * p - k) / s + 1;
+            l->ow = (l->iw + 2 * p - k) / s + 1;
+            if (l->ih + 2 * p < k || l->iw + 2 * p < k)
+                return dg__fail(DG_ERR_SHAPE, "conv2d: kernel %d larger than padded input %dx%d",
+                                k, l->ih + 2 * p, l->iw + 2 * p);
+        } else {
+            if (d->out_pad >= s)
+                return dg__fail(DG_ERR_ARG, "conv-transpose: out_pad %d must be < stride %d",
+                                d->out_pad, s);
+            l->oh = (l->ih - 1) * s - 2 * p + k + d->out_pad;
+            l->ow = (l->iw - 1) * s - 2 * p + k + d->out_pad;
+        }
+        if (l->oh <= 0 || l->ow <= 0)
+            return dg__fail(DG_ERR_SHAPE, "conv: output would be %dx%d", l->oh, l->ow);
+        l->n_p = (size_t)l->ic * d->out * k * k + (size_t)d->out;
+        break;
+    case DG_LAYER_BATCHNORM:
+        l->n_p = 2 * (size_t)l->ic;
+        l->n_s = 2 * (size_t)l->ic;
+        break;
+    case DG_LAYER_MAXPOOL:
+        if (k <= 0 || s <= 0 || k > l->ih || k > l->iw)
+            return dg__fail(DG_ERR_SHAPE, "maxpool: kernel %d stride %d on %dx%d", k, s, l->ih,
+                            l->iw);
+        l->oh = (l->ih - k) / s + 1;
+        l->ow = (l->iw - k) / s + 1;
+        break;
+    case DG_LAYER_DROPOUT:
+        if (!(d->alpha >= 0.0f && d->alpha < 1.0f))
+            return dg__fail(DG_ERR_ARG, "dropout: probability %g not in [0, 1)", d->alpha);
+        break;
+    case DG_LAYER_LEAKY_RELU:
+        if (!(d->alpha >= 0.0f && d->alpha < 1.0f))
+            return dg__fail(DG_ERR_ARG, "leaky relu: slope %g not in [0, 1)", d->alpha);
+        break;
+    case DG_LAYER_RESHAPE:
+        if (d->c <= 0 || d->h <= 0 || d->w <= 0 ||
+            (size_t)d->c * d->h * d->w != l->in_size)
+            return dg__fail(DG_ERR_SHAPE, "reshape: %dx%dx%d from %zu values", d->c, d->h, d->w,
+                            l->in_size);
+        l->oc = d->c;
+        l->oh = d->h;
+        l->ow = d->w;
+        break;
+    case DG_LAYER_RELU:
+    case DG_LAYER_TANH:
+    case DG_LAYER_SIGMOID:
+        break;
+    default:
+        return dg__fail(DG_ERR_ARG, "unknown layer type %d", (int)d->type);
+    }
+    l->out_size = (size_t)l->oc * l->oh * l->ow;
+    if ((double)l->oc * l->oh * l->ow > 1e9)
+        return dg__fail(DG_ERR_TOO_LARGE, "layer output %dx%dx%d", l->oc, l->oh, l->ow);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_net_add(dg_net *net, const dg_layer_desc *desc)
+{
+    dg__layer l;
+    dg_result r;
+    if (!net || !desc) return dg__fail(DG_ERR_ARG, "dg_net_add: NULL argument");
+    if (net->planned) return dg__fail(DG_ERR_STATE, "dg_net_add: the net is already planned");
+    memset(&l, 0, sizeof l);
+    l.d = *desc;
+    if (l.d.stride == 0) l.d.stride = l.d.type == DG_LAYER_MAXPOOL ? l.d.kernel : 1;
+    if (l.d.type == DG_LAYER_LEAKY_RELU && l.d.alpha == 0.0f) l.d.alpha = 0.01f;
+    dg__last_shape(net, &l.ic, &l.ih, &l.iw);
+    l.in_size = (size_t)l.ic * l.ih * l.iw;
+    if ((r = dg__layer_shape(&l)) != DG_OK) return r;
+    if (net->n_layers == net->cap_layers) {
+        int cap = net->cap_layers ? 2 * net->cap_layers : 8;
+        dg__layer *nl = (dg__layer *)DG_REALLOC(net->layers, sizeof(dg__layer) * (size_t)cap);
+        if (!nl) return dg__fail(DG_ERR_NOMEM, "dg_net_add: no memory");
+        net->layers = nl;
+        net->cap_layers = cap;
+    }
+    l.p_off = net->n_params;
+    l.s_off = net->n_state;
+    net->n_params += l.n_p;
+    net->n_state += l.n_s;
+    net->layers[net->n_layers++] = l;
+    return DG_OK;
+}
+
+static dg_result dg__add(dg_net *net, dg_layer_type type, int out, int kernel, int stride,
+                         int pad, int out_pad, float alpha)
+{
+    dg_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.type = type;
+    d.out = out;
+    d.kernel = kernel;
+    d.stride = stride;
+    d.pad = pad;
+    d.out_pad = out_pad;
+    d.alpha = alpha;
+    return dg_net_add(net, &d);
+}
+
+DGDEF dg_result dg_net_linear(dg_net *net, int out)
+{
+    return dg__add(net, DG_LAYER_LINEAR, out, 0, 0, 0, 0, 0.0f);
+}
+DGDEF dg_result dg_net_conv2d(dg_net *net, int out_c, int kernel, int stride, int pad)
+{
+    if (stride <= 0) return dg__fail(DG_ERR_ARG, "conv2d: stride %d", stride);
+    return dg__add(net, DG_LAYER_CONV2D, out_c, kernel, stride, pad, 0, 0.0f);
+}
+DGDEF dg_result dg_net_conv_transpose2d(dg_net *net, int out_c, int kernel, int stride, int pad,
+                                        int out_pad)
+{
+    if (stride <= 0) return dg__fail(DG_ERR_ARG, "conv-transpose: stride %d", stride);
+    return dg__add(net, DG_LAYER_CONV_TRANSPOSE2D, out_c, kernel, stride, pad, out_pad, 0.0f);
+}
+DGDEF dg_result dg_net_batchnorm(dg_net *net)
+{
+    return dg__add(net, DG_LAYER_BATCHNORM, 0, 0, 0, 0, 0, 0.0f);
+}
+DGDEF dg_result dg_net_relu(dg_net *net) { return dg__add(net, DG_LAYER_RELU, 0, 0, 0, 0, 0, 0.0f); }
+DGDEF dg_result dg_net_leaky_relu(dg_net *net, float slope)
+{
+    if (!(slope > 0.0f)) return dg__fail(DG_ERR_ARG, "leaky relu: slope %g must be > 0", slope);
+    return dg__add(net, DG_LAYER_LEAKY_RELU, 0, 0, 0, 0, 0, slope);
+}
+DGDEF dg_result dg_net_tanh(dg_net *net) { return dg__add(net, DG_LAYER_TANH, 0, 0, 0, 0, 0, 0.0f); }
+DGDEF dg_result dg_net_sigmoid(dg_net *net)
+{
+    return dg__add(net, DG_LAYER_SIGMOID, 0, 0, 0, 0, 0, 0.0f);
+}
+DGDEF dg_result dg_net_maxpool(dg_net *net, int kernel, int stride)
+{
+    if (stride <= 0) return dg__fail(DG_ERR_ARG, "maxpool: stride %d", stride);
+    return dg__add(net, DG_LAYER_MAXPOOL, 0, kernel, stride, 0, 0, 0.0f);
+}
+DGDEF dg_result dg_net_dropout(dg_net *net, float p)
+{
+    return dg__add(net, DG_LAYER_DROPOUT, 0, 0, 0, 0, 0, p);
+}
+DGDEF dg_result dg_net_reshape(dg_net *net, int c, int h, int w)
+{
+    dg_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.type = DG_LAYER_RESHAPE;
+    d.c = c;
+    d.h = h;
+    d.w = w;
+    return dg_net_add(net, &d);
+}
+DGDEF dg_result dg_net_flatten(dg_net *net)
+{
+    int c, h, w;
+    if (!net) return dg__fail(DG_ERR_ARG, "dg_net_flatten: net is NULL");
+    dg__last_shape(net, &c, &h, &w);
+    return dg_net_reshape(net, c * h * w, 1, 1);
+}
+
+/* allocation that is counted in dg_net_memory() */
+static float *dg__net_buf(dg_net *net, size_t count, size_t size)
+{
+    void *p = dg__calloc(count, size);
+    if (p) net->mem += count * size;
+    return (float *)p;
+}
+
+DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
+{
+    size_t nb, max_act, s_out = 0, s_cols = 0;
+    int i;
+    if (!net || !pool) return dg__fail(DG_ERR_ARG, "dg_net_plan: NULL argument");
+    if (max_batch <= 0 || max_batch > (1 << 20))
+        return dg__fail(DG_ERR_ARG, "dg_net_plan: max_batch %d", max_batch);
+    if (net->n_layers == 0) return dg__fail(DG_ERR_STATE, "dg_net_plan: the net has no layer");
+    dg__net_release(net);
+    nb = (size_t)max_batch;
+    net->pool = pool;
+    net->max_batch = max_batch;
+    max_act = (size_t)net->c * net->h * net->w;
+    for (i = 0; i < net->n_layers; i++) {
+        dg__layer *l = &net->layers[i];
+        size_t kk = (size_t)l->d.kernel * l->d.kernel, grid;
+        if (l->out_size > max_act) max_act = l->out_size;
+        if (l->d.type == DG_LAYER_CONV2D) {
+            grid = (size_t)l->oh * l->ow * nb;
+            if (l->out_size * nb > s_out) s_out = l->out_size * nb;
+            if (l->ic * kk * grid > s_cols) s_cols = l->ic * kk * grid;
+        } else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D) {
+            grid = (size_t)l->ih * l->iw * nb;
+            if (l->in_size * nb > s_out) s_out = l->in_size * nb;
+            if (l->oc * kk * grid > s_cols) s_cols = l->oc * kk * grid;
+        }
+    }
+    net->params = dg__net_buf(net, net->n_params + 1, sizeof(float));
+    net->grads = dg__net_buf(net, net->n_params + 1, sizeof(float));
+    net->state = dg__net_buf(net, net->n_state + 1, sizeof(float));
+    net->input = dg__net_buf(net, (size_t)net->c * net->h * net->w * nb, sizeof(float));
+    net->g0 = dg__net_buf(net, max_act * nb, sizeof(float));
+    net->g1 = dg__net_buf(net, max_act * nb, sizeof(float));
+    net->s_out = dg__net_buf(net, s_out + 1, sizeof(float));
+    net->s_cols = dg__net_buf(net, s_cols + 1, sizeof(float));
+    if (!net->params || !net->grads || !net->state || !net->input || !net->g0 || !net->g1 ||
+        !net->s_out || !net->s_cols)
+        goto nomem;
+    for (i = 0; i < net->n_layers; i++) {
+        dg__layer *l = &net->layers[i];
+        size_t kk = (size_t)l->d.kernel * l->d.kernel;
+        if (l->d.type == DG_LAYER_RESHAPE) {
+            l->out = i ? net->layers[i - 1].out : net->input;
+            continue;
+        }
+        l->out = dg__net_buf(net, l->out_size * nb, sizeof(float));
+        if (!l->out) goto nomem;
+        if (l->d.type == DG_LAYER_CONV2D)
+            l->keep = dg__net_buf(net, l->ic * kk * l->oh * l->ow * nb, sizeof(float));
+        else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
+            l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
+        else if (l->d.type == DG_LAYER_BATCHNORM)
+            l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
+        else if (l->d.type == DG_LAYER_DROPOUT)
+            l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
+        else if (l->d.type == DG_LAYER_MAXPOOL)
+            l->idx = (int32_t *)dg__net_buf(net, l->out_size * nb, sizeof(int32_t));
+        if ((l->d.type == DG_LAYER_CONV2D || l->d.type == DG_LAYER_CONV_TRANSPOSE2D) && !l->keep)
+            goto nomem;
+        if ((l->d.type == DG_LAYER_BATCHNORM || l->d.type == DG_LAYER_DROPOUT) && !l->aux)
+            goto nomem;
+        if (l->d.type == DG_LAYER_MAXPOOL && !l->idx) goto nomem;
+    }
+    net->planned = 1;
+    return dg_net_init(net, 0, 0.0f);
+nomem:
+    dg__net_release(net);
+    return dg__fail(DG_ERR_NOMEM, "dg_net_plan: no memory for batch %d", max_batch);
+}
+
+DGDEF dg_result dg_net_init(dg_net *net, uint64_t seed, float std)
+{
+    int i;
+    if (!net) return dg__fail(DG_ERR_ARG, "dg_net_init: net is NULL");
+    if (!net->planned) return dg__fail(DG_ERR_STATE, "dg_net_init: plan the net first");
+    if (!(std >= 0.0f)) return dg__fail(DG_ERR_ARG, "dg_net_init: std %g", std);
+    net->seed = seed;
+    net->dropout_calls = 0;
+    for (i = 0; i < net->n_layers; i++) {
+        dg__layer *l = &net->layers[i];
+        dg_rng rng = dg_rng_make(seed, 0x1a7e5, (uint64_t)i);
+        float *p = net->params + l->p_off;
+        size_t nw = l->n_p - (l->n_p ? (size_t)l->oc : 0), fan_in;
+        switch (l->d.type) {
+        case DG_LAYER_LINEAR:
+        case DG_LAYER_CONV2D:
+        case DG_LAYER_CONV_TRANSPOSE2D: {
+            float bound;
+            /* PyTorch takes a transposed convolution's fan-in from its
+               weight's second dimension, i.e. the output channels */
+            fan_in = l->d.type == DG_LAYER_LINEAR ? l->in_size
+                     : (size_t)(l->d.type == DG_LAYER_CONV2D ? l->ic : l->oc) * l->d.kernel *
+                           l->d.kernel;
+            bound = 1.0f / sqrtf((float)fan_in);
+            if (std > 0.0f) {
+                dg_rng_fill_normal(&rng, p, nw, 0.0f, std);
+                memset(p + nw, 0, sizeof(float) * (size_t)l->oc);
+            } else {
+                dg_rng_fill_uniform(&rng, p, l->n_p, -bound, bound);
+            }
+            break;
+        }
+        case DG_LAYER_BATCHNORM:
+            if (std > 0.0f)
+                dg_rng_fill_normal(&rng, p, (size_t)l->ic, 1.0f, std);
+            else
+                dg_rng_fill_uniform(&rng, p, (size_t)l->ic, 1.0f, 1.0f);
+            memset(p + l->ic, 0, sizeof(float) * (size_t)l->ic);
+            /* running mean 0, running variance 1 */
+            memset(net->state + l->s_off, 0, sizeof(float) * (size_t)l->ic);
+            dg_rng_fill_uniform(&rng, net->state + l->s_off + l->ic, (size_t)l->ic, 1.0f, 1.0f);
+            break;
+        default:
+            break;
+        }
+    }
+    dg_net_zero_grad(net);
+    return DG_OK;
+}
+
+DGDEF int dg_net_layer_count(const dg_net *net) { return net ? net->n_layers : 0; }
+DGDEF size_t dg_net_param_count(const dg_net *net) { return net ? net->n_params : 0; }
+DGDEF float *dg_net_params(dg_net *net) { return net ? net->params : NULL; }
+DGDEF float *dg_net_grads(dg_net *net) { return net ? net->grads : NULL; }
+DGDEF size_t dg_net_state_count(const dg_net *net) { return net ? net->n_state : 0; }
+DGDEF float *dg_net_state(dg_net *net) { return net ? net->state : NULL; }
+DGDEF size_t dg_net_memory(const dg_net *net) { return net ? net->mem : 0; }
+
+DGDEF void dg_net_zero_grad(dg_net *net)
+{
+    if (net && net->grads) memset(net->grads, 0, sizeof(float) * net->n_params);
+}
+
+DGDEF void dg_net_input_shape(const dg_net *net, int *c, int *h, int *w)
+{
+    *c = net->c;
+    *h = net->h;
+    *w = net->w;
+}
+
+DGDEF void dg_net_output_shape(const dg_net *net, int *c, int *h, int *w)
+{
+    dg__last_shape(net, c, h, w);
+}
+
+DGDEF double dg_net_flops(const dg_net *net, int backward)
+{
+    double f = 0.0;
+    int i;
+    if (!net) return 0.0;
+    for (i = 0; i < net->n_layers; i++) {
+        const dg__layer *l = &net->layers[i];
+        double macs = 0.0;
+        if (l->d.type == DG_LAYER_LINEAR)
+            macs = (double)l->in_size * l->oc;
+        else if (l->d.type == DG_LAYER_CONV2D)
+            macs = (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
+        else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
+            macs = (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
+        else
+            f += (double)l->out_size * (backward ? 2.0 : 1.0);
+        /* backward: the input gradient and the weight gradient */
+        f += 2.0 * macs * (backward ? 3.0 : 1.0);
+    }
+    return f;
+}
+
+
+/* ---- forward and backward of each layer ---- */
+
+typedef struct dg__act_job {
+    const dg__layer *l;
+    const float *x, *y, *dy;
+    float *out;
+    size_t n;
+} dg__act_job;
+
+static void dg__act_fwd_task(void *arg, int task, int thread)
+{
+    const dg__act_job *j = (const dg__act_job *)arg;
+    size_t i = (size_t)task * DG__CHUNK, e = i + DG__CHUNK < j->n ? i + DG__CHUNK : j->n;
+    float a = j->l->d.alpha;
+    (void)thread;
+    switch (j->l->d.type) {
+    case DG_LAYER_RELU:
+        for (; i < e; i++) j->out[i] = j->x[i] > 0.0f ? j->x[i] : 0.0f;
+        break;
+    case DG_LAYER_LEAKY_RELU:
+        for (; i < e; i++) j->out[i] = j->x[i] > 0.0f ? j->x[i] : a * j->x[i];
+        break;
+    case DG_LAYER_TANH:
+        for (; i < e; i++) j->out[i] = tanhf(j->x[i]);
+        break;
+    case DG_LAYER_SIGMOID:
+        for (; i < e; i++) j->out[i] = 1.0f / (1.0f + expf(-j->x[i]));
+        break;
+    default:
+        break;
+    }
+}
+
+/* activation gradients from the outputs: relu and leaky relu keep the sign
+   of the input, tanh' = 1 - y^2, sigmoid' = y (1 - y) */
+static void dg__act_bwd_task(void *arg, int task, int thread)
+{
+    const dg__act_job *j = (const dg__act_job *)arg;
+    size_t i = (size_t)task * DG__CHUNK, e = i + DG__CHUNK < j->n ? i + DG__CHUNK : j->n;
+    float a = j->l->d.alpha;
+    (void)thread;
+    switch (j->l->d.type) {
+    case DG_LAYER_RELU:
+        for (; i < e; i++) j->out[i] = j->y[i] > 0.0f ? j->dy[i] : 0.0f;
+        break;
+    case DG_LAYER_LEAKY_RELU:
+        for (; i < e; i++) j->out[i] = j->y[i] > 0.0f ? j->dy[i] : a * j->dy[i];
+        break;
+    case DG_LAYER_TANH:
+        for (; i < e; i++) j->out[i] = j->dy[i] * (1.0f - j->y[i] * j->y[i]);
+        break;
+    case DG_LAYER_SIGMOID:
+        for (; i < e; i++) j->out[i] = j->dy[i] * j->y[i] * (1.0f - j->y[i]);
+        break;
+    case DG_LAYER_DROPOUT:
+        for (; i < e; i++) j->out[i] = j->dy[i] * j->l->aux[i];
+        break;
+    default:
+        break;
+    }
+}
+
+static void dg__act(dg_pool *pool, const dg__layer *l, const float *x, const float *y,
+                    const float *dy, float *out, size_t n, int backward)
+{
+    dg__act_job j;
+    j.l = l;
+    j.x = x;
+    j.y = y;
+    j.dy = dy;
+    j.out = out;
+    j.n = n;
+    dg_parallel_for(pool, (int)((n + DG__CHUNK - 1) / DG__CHUNK),
+                    backward ? dg__act_bwd_task : dg__act_fwd_task, &j);
+}
+
+/* Batchnorm over N samples of C channels of HW values: one task per
+   channel, statistics in double, so results do not depend on threads. */
+typedef struct dg__bn_job {
+    dg_net *net;
+    dg__layer *l;
+    const float *x, *dy;
+    float *y;
+    int n;
+} dg__bn_job;
+
+#define DG__BN_EPS 1e-5f
+#define DG__BN_MOMENTUM 0.1f
+
+static void dg__bn_fwd_task(void *arg, int ch, int thread)
+{
+    dg__bn_job *j = (dg__bn_job *)arg;
+    dg__layer *l = j->l;
+    size_t hw = (size_t)l->ih * l->iw, i, m = hw * (size_t)j->n;
+    const float *gamma = j->net->params + l->p_off, *beta = gamma + l->ic;
+    float *rmean = j->net->state + l->s_off, *rvar = rmean + l->ic;
+    float mean, inv, g, b;
+    int n;
+    (void)thread;
+    if (j->net->train) {
+        double s = 0.0, ss = 0.0, var;
+        for (n = 0; n < j->n; n++) {
+            const float *p = j->x + ((size_t)n * l->ic + ch) * hw;
+            for (i = 0; i < hw; i++) s += p[i];
+        }
+        s /= (double)m;
+        for (n = 0; n < j->n; n++) {
+            const float *p = j->x + ((size_t)n * l->ic + ch) * hw;
+            for (i = 0; i < hw; i++) ss += ((double)p[i] - s) * ((double)p[i] - s);
+        }
+        var = ss / (double)m;
+        mean = (float)s;
+        inv = (float)(1.0 / sqrt(var + DG__BN_EPS));
+        /* running variance is the unbiased one, as in PyTorch */
+        rmean[ch] = (1.0f - DG__BN_MOMENTUM) * rmean[ch] + DG__BN_MOMENTUM * mean;
+        rvar[ch] = (1.0f - DG__BN_MOMENTUM) * rvar[ch] +
+                   DG__BN_MOMENTUM * (float)(m > 1 ? ss / (double)(m - 1) : var);
+    } else {
+        mean = rmean[ch];
+        inv = 1.0f / sqrtf(rvar[ch] + DG__BN_EPS);
+    }
+    l->aux[ch] = mean;
+    l->aux[l->ic + ch] = inv;
+    g = gamma[ch] * inv;
+    b = beta[ch] - mean * g;
+    for (n = 0; n < j->n; n++) {
+        size_t off = ((size_t)n * l->ic + ch) * hw;
+        for (i = 0; i < hw; i++) j->y[off + i] = j->x[off + i] * g + b;
+    }
+}
+
+static void dg__bn_bwd_task(void *arg, int ch, int thread)
+{
+    dg__bn_job *j = (dg__bn_job *)arg;
+    dg__layer *l = j->l;
+    size_t hw = (size_t)l->ih * l->iw, i, m = hw * (size_t)j->n;
+    float gamma = j->net->params[l->p_off + ch];
+    float *dgamma = j->net->grads + l->p_off, *dbeta = dgamma + l->ic;
+    float mean = l->aux[ch], inv = l->aux[l->ic + ch];
+    double sdy = 0.0, sdyx = 0.0;
+    float k1, k2, k3;
+    int n;
+    (void)thread;
+    for (n = 0; n < j->n; n++) {
+        size_t off = ((size_t)n * l->ic + ch) * hw;
+        for (i = 0; i < hw; i++) {
+            sdy += j->dy[off + i];
+            sdyx += (double)j->dy[off + i] * ((j->x[off + i] - mean) * inv);
+        }
+    }
+    dgamma[ch] += (float)sdyx;
+    dbeta[ch] += (float)sdy;
+    /* train: dx = gamma*inv/m * (m dy - sum dy - xhat sum(dy xhat));
+       eval: the statistics are constants and dx = gamma*inv*dy */
+    k1 = gamma * inv;
+    k2 = j->net->train ? (float)(sdy / (double)m) : 0.0f;
+    k3 = j->net->train ? (float)(sdyx / (double)m) : 0.0f;
+    for (n = 0; n < j->n; n++) {
+        size_t off = ((size_t)n * l->ic + ch) * hw;
+        for (i = 0; i < hw; i++) {
+            float xhat = (j->x[off + i] - mean) * inv;
+            j->y[off + i] = k1 * (j->dy[off + i] - k2 - xhat * k3);
+        }
+    }
+}
+
+typedef struct dg__pool_job {
+    const dg__layer *l;
+    const float *x;
+    float *y;
+} dg__pool_job;
+
+static void dg__maxpool_fwd_task(void *arg, int plane, int thread)
+{
+    const dg__pool_job *j = (const dg__pool_job *)arg;
+    const dg__layer *l = j->l;
+    const float *x = j->x + (size_t)plane * l->ih * l->iw;
+    size_t o = (size_t)plane * l->oh * l->ow;
+    int oy, ox, ky, kx, k = l->d.kernel, s = l->d.stride;
+    (void)thread;
+    for (oy = 0; oy < l->oh; oy++)
+        for (ox = 0; ox < l->ow; ox++, o++) {
+            int best = (oy * s) * l->iw + ox * s;
+            for (ky = 0; ky < k; ky++)
+                for (kx = 0; kx < k; kx++) {
+                    int at = (oy * s + ky) * l->iw + ox * s + kx;
+                    if (x[at] > x[best]) best = at;
+                }
+            j->y[o] = x[best];
+            l->idx[o] = best;
+        }
+}
+
+static void dg__maxpool_bwd_task(void *arg, int plane, int thread)
+{
+    const dg__pool_job *j = (const dg__pool_job *)arg;
+    const dg__layer *l = j->l;
+    size_t o = (size_t)plane * l->oh * l->ow, e = o + (size_t)l->oh * l->ow;
+    float *dx = j->y + (size_t)plane * l->ih * l->iw;
+    (void)thread;
+    memset(dx, 0, sizeof(float) * (size_t)l->ih * l->iw);
+    for (; o < e; o++) dx[l->idx[o]] += j->x[o];
+}
+
+static void dg__dropout_fwd(dg_net *net, dg__layer *l, const float *x, size_t n)
+{
+    size_t i;
+    float p = l->d.alpha, keep = 1.0f / (1.0f - p);
+    dg_rng rng = dg_rng_make(net->seed, 0xd50, net->dropout_calls++);
+    for (i = 0; i < n; i++) {
+        l->aux[i] = net->train && dg_rng_uniform(&rng) < p ? 0.0f : (net->train ? keep : 1.0f);
+        l->out[i] = x[i] * l->aux[i];
+    }
+}
+
+/* y[b][o] += bias[o] */
+static void dg__add_bias_rows(float *y, const float *bias, int rows, int cols)
+{
+    int r, c;
+    for (r = 0; r < rows; r++)
+        for (c = 0; c < cols; c++) y[(size_t)r * cols + c] += bias[c];
+}
+
+static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
+{
+    dg_pool *pool = net->pool;
+    float *w = net->params + l->p_off;
+    int k = l->d.kernel;
+    size_t total = l->out_size * (size_t)nb;
+    switch (l->d.type) {
+    case DG_LAYER_LINEAR:
+        dg_gemm(pool, 0, 1, nb, l->oc, (int)l->in_size, 1.0f, x, (int)l->in_size, w,
+                (int)l->in_size, 0.0f, l->out, l->oc);
+        dg__add_bias_rows(l->out, w + l->in_size * l->oc, nb, l->oc);
+        break;
+    case DG_LAYER_CONV2D: {
+        dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
+        int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
+        dg__im2col(pool, &g, x, l->keep);
+        dg_gemm(pool, 0, 0, l->oc, grid, kdim, 1.0f, w, kdim, l->keep, grid, 0.0f, net->s_out,
+                grid);
+        dg__reorder(pool, net->s_out, l->out, nb, l->oc, (size_t)l->oh * l->ow, 0,
+                    w + (size_t)l->oc * kdim);
+        break;
+    }
+    case DG_LAYER_CONV_TRANSPOSE2D: {
+        dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
+        int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
+        size_t i, hw = (size_t)l->oh * l->ow;
+        int n, c;
+        dg__reorder(pool, x, l->keep, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
+        dg_gemm(pool, 1, 0, kdim, grid, l->ic, 1.0f, w, kdim, l->keep, grid, 0.0f, net->s_cols,
+                grid);
+        dg__col2im(pool, &g, net->s_cols, l->out);
+        for (n = 0; n < nb; n++)
+            for (c = 0; c < l->oc; c++) {
+                float b = w[(size_t)l->ic * kdim + c], *o = l->out + ((size_t)n * l->oc + c) * hw;
+                for (i = 0; i < hw; i++) o[i] += b;
+            }
+        break;
+    }
+    case DG_LAYER_BATCHNORM: {
+        dg__bn_job j;
+        j.net = net;
+        j.l = l;
+        j.x = x;
+        j.dy = NULL;
+        j.y = l->out;
+        j.n = nb;
+        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, l->ic, dg__bn_fwd_task, &j);
+        break;
+    }
+    case DG_LAYER_MAXPOOL: {
+        dg__pool_job j;
+        j.l = l;
+        j.x = x;
+        j.y = l->out;
+        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, nb * l->ic, dg__maxpool_fwd_task, &j);
+        break;
+    }
+    case DG_LAYER_DROPOUT:
+        dg__dropout_fwd(net, l, x, total);
+        break;
+    case DG_LAYER_RESHAPE:
+        break;
+    default:
+        dg__act(pool, l, x, NULL, NULL, l->out, total, 0);
+        break;
+    }
+}
+
+/* dy -> dx for one layer, adding its parameter gradients. */
+static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const float *dy,
+                               float *dx, int nb)
+{
+    dg_pool *pool = net->pool;
+    float *w = net->params + l->p_off, *dw = net->grads + l->p_off;
+    int k = l->d.kernel, n, c;
+    size_t total = l->out_size * (size_t)nb, i;
+    switch (l->d.type) {
+    case DG_LAYER_LINEAR: {
+        int in = (int)l->in_size;
+        float *db = dw + l->in_size * l->oc;
+        dg_gemm(pool, 1, 0, l->oc, in, nb, 1.0f, dy, l->oc, x, in, 1.0f, dw, in);
+        for (n = 0; n < nb; n++)
+            for (c = 0; c < l->oc; c++) db[c] += dy[(size_t)n * l->oc + c];
+        dg_gemm(pool, 0, 0, nb, in, l->oc, 1.0f, dy, l->oc, w, in, 0.0f, dx, in);
+        break;
+    }
+    case DG_LAYER_CONV2D: {
+        dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
+        int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
+        float *db = dw + (size_t)l->oc * kdim;
+        dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
+        for (c = 0; c < l->oc; c++) {
+            const float *row = net->s_out + (size_t)c * grid;
+            float s = 0.0f;
+            for (i = 0; i < (size_t)grid; i++) s += row[i];
+            db[c] += s;
+        }
+        dg_gemm(pool, 0, 1, l->oc, kdim, grid, 1.0f, net->s_out, grid, l->keep, grid, 1.0f, dw,
+                kdim);
+        dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
+                net->s_cols, grid);
+        dg__col2im(pool, &g, net->s_cols, dx);
+        break;
+    }
+    case DG_LAYER_CONV_TRANSPOSE2D: {
+        dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
+        int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
+        size_t hw = (size_t)l->oh * l->ow;
+        float *db = dw + (size_t)l->ic * kdim;
+        for (n = 0; n < nb; n++)
+            for (c = 0; c < l->oc; c++) {
+                const float *p = dy + ((size_t)n * l->oc + c) * hw;
+                float s = 0.0f;
+                for (i = 0; i < hw; i++) s += p[i];
+                db[c] += s;
+            }
+        dg__im2col(pool, &g, dy, net->s_cols);
+        dg_gemm(pool, 0, 1, l->ic, kdim, grid, 1.0f, l->keep, grid, net->s_cols, grid, 1.0f, dw,
+                kdim);
+        dg_gemm(pool, 0, 0, l->ic, grid, kdim, 1.0f, w, kdim, net->s_cols, grid, 0.0f,
+                net->s_out, grid);
+        dg__reorder(pool, net->s_out, dx, nb, l->ic, (size_t)l->ih * l->iw, 0, NULL);
+        break;
+    }
+    case DG_LAYER_BATCHNORM: {
+        dg__bn_job j;
+        j.net = net;
+        j.l = l;
+        j.x = x;
+        j.dy = dy;
+        j.y = dx;
+        j.n = nb;
+        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, l->ic, dg__bn_bwd_task, &j);
+        break;
+    }
+    case DG_LAYER_MAXPOOL: {
+        dg__pool_job j;
+        j.l = l;
+        j.x = dy;
+        j.y = dx;
+        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, nb * l->ic, dg__maxpool_bwd_task, &j);
+        break;
+    }
+    case DG_LAYER_RESHAPE:
+        break;
+    default:
+        dg__act(pool, l, x, l->out, dy, dx, total, 1);
+        break;
+    }
+}
+
+DGDEF dg_result dg_net_forward(dg_net *net, const float *x, int batch, int train,
+                               const float **y)
+{
+    const float *in;
+    int i;
+    if (!net || !x) return dg__fail(DG_ERR_ARG, "dg_net_forward: NULL argument");
+    if (!net->planned) return dg__fail(DG_ERR_STATE, "dg_net_forward: plan the net first");
+    if (batch <= 0 || batch > net->max_batch)
+        return dg__fail(DG_ERR_SHAPE, "dg_net_forward: batch %d outside 1..%d", batch,
+                        net->max_batch);
+    net->batch = batch;
+    net->train = train != 0;
+    memcpy(net->input, x, sizeof(float) * (size_t)net->c * net->h * net->w * (size_t)batch);
+    in = net->input;
+    for (i = 0; i < net->n_layers; i++) {
+        dg__layer_forward(net, &net->layers[i], in, batch);
+        in = net->layers[i].out;
+    }
+    if (y) *y = in;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx)
+{
+    const float *g = dy;
+    int i;
+    if (!net || !dy) return dg__fail(DG_ERR_ARG, "dg_net_backward: NULL argument");
+    if (!net->planned || net->batch == 0)
+        return dg__fail(DG_ERR_STATE, "dg_net_backward: no forward pass to go back through");
+    for (i = net->n_layers - 1; i >= 0; i--) {
+        dg__layer *l = &net->layers[i];
+        const float *x = i ? net->layers[i - 1].out : net->input;
+        float *out;
+        if (l->d.type == DG_LAYER_RESHAPE) continue; /* same values, new shape */
+        out = g == net->g0 ? net->g1 : net->g0;
+        dg__layer_backward(net, l, x, g, out, net->batch);
+        g = out;
+    }
+    if (dx) *dx = g;
+    return DG_OK;
+}
+
+/* ==== dg_optim ==== */
+
+DGDEF dg_result dg_loss_bce_logits(const float *z, int z_stride, const float *y, int y_stride,
+                                   int n, float grad_scale, float *dz, float *loss)
+{
+    double sum = 0.0;
+    int i;
+    if (!z || !y || n <= 0 || z_stride <= 0 || y_stride < 0)
+        return dg__fail(DG_ERR_ARG, "dg_loss_bce_logits: bad arguments (n=%d)", n);
+    for (i = 0; i < n; i++) {
+        float zi = z[(size_t)i * z_stride], yi = y[(size_t)i * y_stride];
+        /* log(1 + e^-|z|) + max(z, 0) - z y: stable for any z */
+        sum += log1pf(expf(-fabsf(zi))) + (zi > 0.0f ? zi : 0.0f) - zi * yi;
+        if (dz) dz[(size_t)i * z_stride] = grad_scale * (1.0f / (1.0f + expf(-zi)) - yi);
+    }
+    if (loss) *loss = (float)(sum / n);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_loss_softmax_ce(const float *z, int z_stride, const int *labels, int n,
+                                   int classes, float grad_scale, float *dz, float *loss)
+{
+    double sum = 0.0;
+    int i, c;
+    if (!z || !labels || n <= 0 || classes <= 0 || z_stride < classes)
+        return dg__fail(DG_ERR_ARG, "dg_loss_softmax_ce: bad arguments (n=%d classes=%d)", n,
+                        classes);
+    for (i = 0; i < n; i++)
+        if (labels[i] < 0 || labels[i] >= classes)
+            return dg__fail(DG_ERR_ARG, "dg_loss_softmax_ce: label %d of sample %d", labels[i], i);
+    for (i = 0; i < n; i++) {
+        const float *zi = z + (size_t)i * z_stride;
+        float mx = zi[0];
+        double se = 0.0;
+        for (c = 1; c < classes; c++) mx = zi[c] > mx ? zi[c] : mx;
+        for (c = 0; c < classes; c++) se += exp((double)(zi[c] - mx));
+        sum += log(se) - (double)(zi[labels[i]] - mx);
+        if (dz) {
+            float *di = dz + (size_t)i * z_stride;
+            for (c = 0; c < classes; c++)
+                di[c] = grad_scale * ((float)(exp((double)(zi[c] - mx)) / se) - (c == labels[i]));
+        }
+    }
+    if (loss) *loss = (float)(sum / n);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_loss_mse(const float *x, const float *y, size_t n, float grad_scale,
+                            float *dx, float *loss)
+{
+    double sum = 0.0;
+    size_t i;
+    if (!x || !y || n == 0) return dg__fail(DG_ERR_ARG, "dg_loss_mse: bad arguments");
+    for (i = 0; i < n; i++) {
+        float d = x[i] - y[i];
+        sum += (double)d * d;
+        if (dx) dx[i] = grad_scale * 2.0f * d;
+    }
+    if (loss) *loss = (float)(sum / (double)n);
+    return DG_OK;
+}
+
+static dg_result dg__optim_alloc(dg_optim *opt, dg_optim_kind kind, size_t n)
+{
+    memset(opt, 0, sizeof *opt);
+    if (n == 0) return dg__fail(DG_ERR_ARG, "optimiser over 0 parameters");
+    opt->kind = kind;
+    opt->n = n;
+    opt->state = (float *)dg__calloc(dg_optim_state_count(opt), sizeof(float));
+    if (!opt->state) return dg__fail(DG_ERR_NOMEM, "optimiser: no memory for %zu parameters", n);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_optim_sgd(dg_optim *opt, size_t n, float lr, float momentum)
+{
+    dg_result r;
+    if (!opt) return dg__fail(DG_ERR_ARG, "dg_optim_sgd: opt is NULL");
+    if (!(lr > 0.0f) || !(momentum >= 0.0f && momentum < 1.0f))
+        return dg__fail(DG_ERR_ARG, "dg_optim_sgd: lr %g momentum %g", lr, momentum);
+    if ((r = dg__optim_alloc(opt, DG_OPTIM_SGD, n)) != DG_OK) return r;
+    opt->lr = lr;
+    opt->momentum = momentum;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_optim_adam(dg_optim *opt, size_t n, float lr, float beta1, float beta2,
+                              float eps)
+{
+    dg_result r;
+    if (!opt) return dg__fail(DG_ERR_ARG, "dg_optim_adam: opt is NULL");
+    if (!(lr > 0.0f) || !(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f) ||
+        !(eps > 0.0f))
+        return dg__fail(DG_ERR_ARG, "dg_optim_adam: lr %g betas (%g, %g) eps %g", lr, beta1,
+                        beta2, eps);
+    if ((r = dg__optim_alloc(opt, DG_OPTIM_ADAM, n)) != DG_OK) return r;
+    opt->lr = lr;
+    opt->beta1 = beta1;
+    opt->beta2 = beta2;
+    opt->eps = eps;
+    return DG_OK;
+}
+
+DGDEF size_t dg_optim_state_count(const dg_optim *opt)
+{
+    return opt ? (opt->kind == DG_OPTIM_ADAM ? 2 * opt->n : opt->n) : 0;
+}
+
+DGDEF void dg_optim_reset(dg_optim *opt)
+{
+    if (!opt || !opt->state) return;
+    memset(opt->state, 0, sizeof(float) * dg_optim_state_count(opt));
+    opt->t = 0;
+}
+
+DGDEF void dg_optim_free(dg_optim *opt)
+{
+    if (!opt) return;
+    dg__free(opt->state);
+    opt->state = NULL;
+}
+
+typedef struct dg__step_job {
+    dg_optim *opt;
+    float *p;
+    const float *g;
+    float step, bc2_sqrt;
+} dg__step_job;
+
+static void dg__optim_task(void *arg, int task, int thread)
+{
+    const dg__step_job *j = (const dg__step_job *)arg;
+    const dg_optim *o = j->opt;
+    size_t i = (size_t)task * DG__CHUNK, e = i + DG__CHUNK < o->n ? i + DG__CHUNK : o->n;
+    float wd = o->weight_decay;
+    (void)thread;
+    if (o->kind == DG_OPTIM_SGD) {
+        float *buf = o->state;
+        for (; i < e; i++) {
+            float g = j->g[i] + wd * j->p[i];
+            buf[i] = o->momentum * buf[i] + g;
+            j->p[i] -= o->lr * buf[i];
+        }
+        return;
+    }
+    {
+        /* PyTorch's form: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
+        float *m = o->state, *v = o->state + o->n;
+        for (; i < e; i++) {
+            float g = j->g[i] + wd * j->p[i];
+            m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g;
+            v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g * g;
+            j->p[i] -= j->step * m[i] / (sqrtf(v[i]) / j->bc2_sqrt + o->eps);
+        }
+    }
+}
+
+DGDEF dg_result dg_optim_step(dg_optim *opt, dg_pool *pool, float *params, const float *grads)
+{
+    dg__step_job j;
+    if (!opt || !opt->state || !params || !grads)
+        return dg__fail(DG_ERR_ARG, "dg_optim_step: NULL argument");
+    opt->t++;
+    j.opt = opt;
+    j.p = params;
+    j.g = grads;
+    j.step = opt->lr;
+    j.bc2_sqrt = 1.0f;
+    if (opt->kind == DG_OPTIM_ADAM) {
+        j.step = (float)(opt->lr / (1.0 - pow(opt->beta1, (double)opt->t)));
+        j.bc2_sqrt = (float)sqrt(1.0 - pow(opt->beta2, (double)opt->t));
+    }
+    dg_parallel_for(pool, (int)((opt->n + DG__CHUNK - 1) / DG__CHUNK), dg__optim_task, &j);
+    return DG_OK;
+}
+
+/* ---- checkpoints ----
+   little-endian: "DGNT" | u32 version | u64 payload bytes | u32 CRC-32 of
+   the payload | payload.  Payload: u32 input c, h, w | u32 layer count |
+   per layer 9 x i32 (type, out, kernel, stride, pad, out_pad, c, h, w) and
+   f32 alpha | u64 params | u64 state | floats | u32 optimiser kind (0 =
+   none) | then for an optimiser: u64 n | i64 t | 7 x f32 hyperparameters
+   | u64 state count | floats. */
+#define DG__NET_MAGIC "DGNT"
+#define DG__NET_VERSION 1u
+
+typedef struct dg__wbuf {
+    unsigned char *p;
+    size_t len, cap; /* cap 0: only count */
+} dg__wbuf;
+
+static void dg__put(dg__wbuf *w, const void *src, size_t n)
+{
+    if (w->cap && w->len + n <= w->cap) memcpy(w->p + w->len, src, n);
+    w->len += n;
+}
+static void dg__put_u32(dg__wbuf *w, uint32_t v)
+{
+    unsigned char b[4];
+    int i;
+    for (i = 0; i < 4; i++) b[i] = (unsigned char)(v >> (8 * i));
+    dg__put(w, b, 4);
+}
+static void dg__put_u64(dg__wbuf *w, uint64_t v)
+{
+    dg__put_u32(w, (uint32_t)v);
+    dg__put_u32(w, (uint32_t)(v >> 32));
+}
+static void dg__put_f32s(dg__wbuf *w, const float *x, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        dg__put_u32(w, u);
+    }
+}
+
+typedef struct dg__rbuf {
+    const unsigned char *p;
+    size_t len, pos;
+    int bad;
+} dg__rbuf;
+
+static const unsigned char *dg__take(dg__rbuf *r, size_t n)
+{
+    const unsigned char *p;
+    if (r->bad || n > r->len - r->pos) {
+        r->bad = 1;
+        return NULL;
+    }
+    p = r->p + r->pos;
+    r->pos += n;
+    return p;
+}
+static uint32_t dg__get_u32(dg__rbuf *r)
+{
+    const unsigned char *b = dg__take(r, 4);
+    return b ? (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24
+             : 0;
+}
+static uint64_t dg__get_u64(dg__rbuf *r)
+{
+    uint64_t lo = dg__get_u32(r);
+    return lo | (uint64_t)dg__get_u32(r) << 32;
+}
+static float dg__get_f32(dg__rbuf *r)
+{
+    uint32_t u = dg__get_u32(r);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void dg__optim_hyper(const dg_optim *o, float h[7])
+{
+    h[0] = o->lr;
+    h[1] = o->beta1;
+    h[2] = o->beta2;
+    h[3] = o->eps;
+    h[4] = o->momentum;
+    h[5] = o->weight_decay;
+    h[6] = 0.0f;
+}
+
+static void dg__net_payload(const dg_net *net, const dg_optim *opt, dg__wbuf *w)
+{
+    int i;
+    dg__put_u32(w, (uint32_t)net->c);
+    dg__put_u32(w, (uint32_t)net->h);
+    dg__put_u32(w, (uint32_t)net->w);
+    dg__put_u32(w, (uint32_t)net->n_layers);
+    for (i = 0; i < net->n_layers; i++) {
+        const dg_layer_desc *d = &net->layers[i].d;
+        int32_t f[9];
+        int j;
+        f[0] = (int32_t)d->type;
+        f[1] = d->out;
+        f[2] = d->kernel;
+        f[3] = d->stride;
+        f[4] = d->pad;
+        f[5] = d->out_pad;
+        f[6] = d->c;
+        f[7] = d->h;
+        f[8] = d->w;
+        for (j = 0; j < 9; j++) dg__put_u32(w, (uint32_t)f[j]);
+        dg__put_f32s(w, &d->alpha, 1);
+    }
+    dg__put_u64(w, net->n_params);
+    dg__put_u64(w, net->n_state);
+    dg__put_f32s(w, net->params, net->n_params);
+    dg__put_f32s(w, net->state, net->n_state);
+    dg__put_u32(w, opt ? (uint32_t)opt->kind : 0u);
+    if (opt) {
+        float h[7];
+        dg__optim_hyper(opt, h);
+        dg__put_u64(w, opt->n);
+        dg__put_u64(w, (uint64_t)opt->t);
+        dg__put_f32s(w, h, 7);
+        dg__put_u64(w, dg_optim_state_count(opt));
+        dg__put_f32s(w, opt->state, dg_optim_state_count(opt));
+    }
+}
+
+DGDEF size_t dg_net_save_size(const dg_net *net, const dg_optim *opt)
+{
+    dg__wbuf w = {NULL, 0, 0};
+    if (!net) return 0;
+    dg__net_payload(net, opt, &w);
+    return 20 + w.len;
+}
+
+DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *buf, size_t cap,
+                                size_t *written)
+{
+    dg__wbuf w;
+    size_t need;
+    unsigned char *p = (unsigned char *)buf;
+    if (!net || !buf) return dg__fail(DG_ERR_ARG, "dg_net_save_mem: NULL argument");
+    if (!net->planned) return dg__fail(DG_ERR_STATE, "dg_net_save_mem: the net is not planned");
+    if (opt && (!opt->state || opt->n != net->n_params))
+        return dg__fail(DG_ERR_ARG, "dg_net_save_mem: optimiser over %zu values, net has %zu",
+                        opt->n, net->n_params);
+    need = dg_net_save_size(net, opt);
+    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "dg_net_save_mem: need %zu bytes", need);
+    w.p = p + 20;
+    w.len = 0;
+    w.cap = need - 20;
+    dg__net_payload(net, opt, &w);
+    memcpy(p, DG__NET_MAGIC, 4);
+    w.p = p + 4;
+    w.len = 0;
+    w.cap = 16;
+    dg__put_u32(&w, DG__NET_VERSION);
+    dg__put_u64(&w, (uint64_t)(need - 20));
+    dg__put_u32(&w, dg_crc32(0, p + 20, need - 20));
+    if (written) *written = need;
+    return DG_OK;
+}
+
+/* Checks that the payload describes this net (and optimiser), then copies
+   the values.  Nothing is changed unless everything matches. */
+static dg_result dg__net_read_payload(dg_net *net, dg_optim *opt, dg__rbuf *r)
+{
+    const unsigned char *params, *state, *ostate = NULL;
+    uint32_t kind;
+    size_t i;
+    int l;
+    if (dg__get_u32(r) != (uint32_t)net->c || dg__get_u32(r) != (uint32_t)net->h ||
+        dg__get_u32(r) != (uint32_t)net->w)
+        return dg__fail(DG_ERR_CONFIG, "checkpoint: input shape differs from the net's");
+    if (dg__get_u32(r) != (uint32_t)net->n_layers)
+        return dg__fail(DG_ERR_CONFIG, "checkpoint: layer count differs from the net's %d",
+                        net->n_layers);
+    for (l = 0; l < net->n_layers; l++) {
+        const dg_layer_desc *d = &net->layers[l].d;
+        int32_t f[9];
+        int j;
+        float alpha;
+        for (j = 0; j < 9; j++) f[j] = (int32_t)dg__get_u32(r);
+        alpha = dg__get_f32(r);
+        if (r->bad) break;
+        if (f[0] != (int32_t)d->type || f[1] != d->out || f[2] != d->kernel || f[3] != d->stride ||
+            f[4] != d->pad || f[5] != d->out_pad || f[6] != d->c || f[7] != d->h || f[8] != d->w ||
+            memcmp(&alpha, &d->alpha, 4) != 0)
+            return dg__fail(DG_ERR_CONFIG, "checkpoint: layer %d differs from the net's", l);
+    }
+    if (dg__get_u64(r) != net->n_params || dg__get_u64(r) != net->n_state)
+        return dg__fail(DG_ERR_CONFIG, "checkpoint: parameter counts differ from the net's");
+    params = dg__take(r, 4 * net->n_params);
+    state = dg__take(r, 4 * net->n_state);
+    kind = dg__get_u32(r);
+    if (r->bad) return dg__fail(DG_ERR_FORMAT, "checkpoint: truncated");
+    if (opt && kind != (uint32_t)opt->kind)
+        return dg__fail(DG_ERR_CONFIG, "checkpoint: optimiser kind %u, expected %d", kind,
+                        (int)opt->kind);
+    if (kind != 0 && kind != DG_OPTIM_SGD && kind != DG_OPTIM_ADAM)
+        return dg__fail(DG_ERR_FORMAT, "checkpoint: unknown optimiser kind %u", kind);
+    if (kind) {
+        uint64_t n = dg__get_u64(r), t = dg__get_u64(r), count;
+        float h[7];
+        for (i = 0; i < 7; i++) h[i] = dg__get_f32(r);
+        count = dg__get_u64(r);
+        if (r->bad || n != net->n_params || count != (kind == DG_OPTIM_ADAM ? 2 * n : n) ||
+            (int64_t)t < 0)
+            return dg__fail(DG_ERR_FORMAT, "checkpoint: optimiser block malformed");
+        ostate = dg__take(r, 4 * (size_t)count);
+        if (r->bad) return dg__fail(DG_ERR_FORMAT, "checkpoint: truncated optimiser state");
+        if (opt) {
+            opt->t = (int64_t)t;
+            opt->lr = h[0];
+            opt->beta1 = h[1];
+            opt->beta2 = h[2];
+            opt->eps = h[3];
+            opt->momentum = h[4];
+            opt->weight_decay = h[5];
+        }
+    }
+    if (r->pos != r->len) return dg__fail(DG_ERR_FORMAT, "checkpoint: trailing bytes");
+    for (i = 0; i < net->n_params; i++) memcpy(&net->params[i], params + 4 * i, 4);
+    for (i = 0; i < net->n_state; i++) memcpy(&net->state[i], state + 4 * i, 4);
+    if (opt && ostate)
+        for (i = 0; i < dg_optim_state_count(opt); i++) memcpy(&opt->state[i], ostate + 4 * i, 4);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, size_t len)
+{
+    dg__rbuf r;
+    uint32_t version, crc;
+    uint64_t plen;
+    const unsigned char *p = (const unsigned char *)buf;
+    if (!net || !buf) return dg__fail(DG_ERR_ARG, "dg_net_load_mem: NULL argument");
+    if (!net->planned) return dg__fail(DG_ERR_STATE, "dg_net_load_mem: plan the net first");
+    if (opt && (!opt->state || opt->n != net->n_params))
+        return dg__fail(DG_ERR_ARG, "dg_net_load_mem: optimiser does not fit the net");
+    if (len < 20 || memcmp(p, DG__NET_MAGIC, 4) != 0)
+        return dg__fail(DG_ERR_FORMAT, "checkpoint: not a distgan net file (bad magic)");
+    r.p = p;
+    r.len = len;
+    r.pos = 4;
+    r.bad = 0;
+    version = dg__get_u32(&r);
+    plen = dg__get_u64(&r);
+    crc = dg__get_u32(&r);
+    if (version != DG__NET_VERSION)
+        return dg__fail(DG_ERR_VERSION, "checkpoint: version %u, this library reads %u", version,
+                        DG__NET_VERSION);
+    if (plen != len - 20)
+        return dg__fail(DG_ERR_FORMAT, "checkpoint: payload of %llu bytes in a %zu-byte file",
+                        (unsigned long long)plen, len);
+    if (dg_crc32(0, p + 20, len - 20) != crc)
+        return dg__fail(DG_ERR_CHECKSUM, "checkpoint: CRC mismatch, the file is corrupted");
+    r.p = p + 20;
+    r.len = len - 20;
+    r.pos = 0;
+    return dg__net_read_payload(net, opt, &r);
+}
+
+DGDEF dg_result dg_net_save(const dg_net *net, const dg_optim *opt, const char *path)
+{
+    size_t n, written = 0;
+    void *buf;
+    FILE *f;
+    dg_result r;
+    if (!net || !path) return dg__fail(DG_ERR_ARG, "dg_net_save: NULL argument");
+    n = dg_net_save_size(net, opt);
+    buf = DG_MALLOC(n);
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "dg_net_save: no memory for %zu bytes", n);
+    r = dg_net_save_mem(net, opt, buf, n, &written);
+    if (r == DG_OK) {
+        f = fopen(path, "wb");
+        if (!f) {
+            r = dg__fail(DG_ERR_IO, "dg_net_save: cannot open %s for writing", path);
+        } else {
+            if (fwrite(buf, 1, written, f) != written) r = dg__fail(DG_ERR_IO, "dg_net_save: write to %s failed", path);
+            if (fclose(f) != 0 && r == DG_OK) r = dg__fail(DG_ERR_IO, "dg_net_save: close of %s failed", path);
+        }
+    }
+    DG_FREE(buf);
+    return r;
+}
+
+/* Reads a whole file; refuses files over `limit` bytes. */
+static dg_result dg__read_file(const char *path, size_t limit, unsigned char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    long size;
+    unsigned char *buf;
+    *out = NULL;
+    *len = 0;
+    if (!f) return dg__fail(DG_ERR_IO, "cannot open %s", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return dg__fail(DG_ERR_IO, "cannot size %s", path);
+    }
+    if ((unsigned long)size > limit) {
+        fclose(f);
+        return dg__fail(DG_ERR_TOO_LARGE, "%s: %ld bytes, over the limit of %zu", path, size,
+                        limit);
+    }
+    buf = (unsigned char *)DG_MALLOC((size_t)size + 1);
+    if (!buf) {
+        fclose(f);
+        return dg__fail(DG_ERR_NOMEM, "no memory to read %s (%ld bytes)", path, size);
+    }
+    if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        fclose(f);
+        DG_FREE(buf);
+        return dg__fail(DG_ERR_IO, "read of %s failed", path);
+    }
+    fclose(f);
+    *out = buf;
+    *len = (size_t)size;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_net_load(dg_net *net, dg_optim *opt, const char *path)
+{
+    unsigned char *buf;
+    size_t len;
+    dg_result r;
+    if (!net || !path) return dg__fail(DG_ERR_ARG, "dg_net_load: NULL argument");
+    if (!net->planned) return dg__fail(DG_ERR_STATE, "dg_net_load: plan the net first");
+    /* the file cannot be larger than this net's own checkpoint */
+    r = dg__read_file(path, dg_net_save_size(net, opt) + (opt ? 0 : 64 + 8 * net->n_params), &buf, &len);
+    if (r != DG_OK) return r;
+    r = dg_net_load_mem(net, opt, buf, len);
+    DG_FREE(buf);
+    return r;
 }
 
 #ifdef __cplusplus

@@ -1,0 +1,482 @@
+/* Every layer and loss against finite differences (input and parameter
+   gradients, odd shapes, batch 1), and convolutions against direct nested
+   loops. */
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+#include "harness.h"
+
+static dg_pool *pool;
+
+/* L = sum r . y for a fixed random r; returns L in double */
+static double net_loss(dg_net *net, const float *x, int batch, int train, const float *r, size_t ny)
+{
+    const float *y;
+    double s = 0.0;
+    size_t i;
+    if (dg_net_forward(net, x, batch, train, &y) != DG_OK) return NAN;
+    for (i = 0; i < ny; i++) s += (double)r[i] * y[i];
+    return s;
+}
+
+static int fd_ok(double fd, double an)
+{
+    double scale = fabs(fd) > fabs(an) ? fabs(fd) : fabs(an);
+    return fabs(fd - an) <= 3e-2 * scale + 3e-3;
+}
+
+/* Central difference of L along one float of the net's input or params.
+   Returns NAN where the two step sizes disagree: a kink of relu, leaky
+   relu or max-pool lies within the step, where no derivative exists. */
+static double fd_at(dg_net *net, float *v, int batch, int train, const float *r, size_t ny,
+                    const float *x)
+{
+    float keep = *v;
+    double d[2];
+    int s;
+    for (s = 0; s < 2; s++) {
+        float eps = s ? 1.5e-3f : 3e-3f;
+        double lp, lm;
+        *v = keep + eps;
+        lp = net_loss(net, x, batch, train, r, ny);
+        *v = keep - eps;
+        lm = net_loss(net, x, batch, train, r, ny);
+        d[s] = (lp - lm) / (2 * eps);
+    }
+    *v = keep;
+    return fd_ok(d[0], d[1]) ? d[1] : NAN;
+}
+
+/* Checks up to 48 input and 48 parameter entries of net's gradient;
+   at most a quarter of them may sit on a kink. */
+static void grad_check(dg_net *net, int batch, int train, float *x, const char *what)
+{
+    int c, h, w, i, bad = 0, kinks = 0, checked = 0;
+    size_t nx, ny, np = dg_net_param_count(net);
+    float *r, *dx, *g;
+    const float *dxp;
+    dg_rng rng = dg_rng_make(11, batch, np);
+    dg_net_input_shape(net, &c, &h, &w);
+    nx = (size_t)c * h * w * batch;
+    dg_net_output_shape(net, &c, &h, &w);
+    ny = (size_t)c * h * w * batch;
+    r = malloc(ny * 4);
+    dx = malloc(nx * 4);
+    g = malloc((np + 1) * 4);
+    dg_rng_fill_uniform(&rng, r, ny, -1, 1);
+    net_loss(net, x, batch, train, r, ny);
+    dg_net_zero_grad(net);
+    CHECK_OK(dg_net_backward(net, r, &dxp));
+    memcpy(dx, dxp, nx * 4);
+    memcpy(g, dg_net_grads(net), np * 4);
+    for (i = 0; i < 96; i++) {
+        int param = i >= 48;
+        size_t n = param ? np : nx, at;
+        double fd, an;
+        if ((size_t)(i % 48) >= n) continue;
+        at = n <= 48 ? (size_t)(i % 48) : dg_rng_below(&rng, (uint32_t)n);
+        fd = fd_at(net, param ? dg_net_params(net) + at : x + at, batch, train, r, ny, x);
+        an = param ? g[at] : dx[at];
+        checked++;
+        if (isnan(fd)) {
+            kinks++;
+        } else if (!fd_ok(fd, an)) {
+            if (bad++ < 4)
+                printf("  %s: d%s[%zu] fd %.6g analytic %.6g\n", what, param ? "param" : "x", at, fd, an);
+        }
+    }
+    CHECK(bad == 0);
+    CHECK(kinks * 4 <= checked);
+    if (bad || kinks * 4 > checked) printf("  %s: %d mismatches, %d kinks\n", what, bad, kinks);
+    free(r);
+    free(dx);
+    free(g);
+}
+
+/* x away from 0 so that relu-like kinks are not crossed by +-eps */
+static float *make_input(size_t n, uint64_t seed, int away_from_zero)
+{
+    float *x = malloc(n * 4);
+    dg_rng rng = dg_rng_make(seed, 1, n);
+    size_t i;
+    dg_rng_fill_uniform(&rng, x, n, -1, 1);
+    if (away_from_zero)
+        for (i = 0; i < n; i++) x[i] = x[i] < 0 ? x[i] - 0.05f : x[i] + 0.05f;
+    return x;
+}
+
+static void check_layer(int c, int h, int w, int batch, const dg_layer_desc *d, int train,
+                        int away)
+{
+    dg_net *net;
+    float *x;
+    char what[96];
+    CHECK_OK(dg_net_create(&net, c, h, w));
+    CHECK_OK(dg_net_add(net, d));
+    CHECK_OK(dg_net_plan(net, pool, batch));
+    CHECK_OK(dg_net_init(net, 5, 0.0f));
+    if (d->type == DG_LAYER_BATCHNORM) { /* non-trivial gamma and beta */
+        dg_rng rng = dg_rng_make(2, 2, 2);
+        dg_rng_fill_uniform(&rng, dg_net_params(net), dg_net_param_count(net), 0.5f, 1.5f);
+    }
+    x = make_input((size_t)c * h * w * batch, (uint64_t)(c * 131 + h * 7 + batch), away);
+    snprintf(what, sizeof what, "type %d in %dx%dx%d batch %d train %d", (int)d->type, c, h, w,
+             batch, train);
+    grad_check(net, batch, train, x, what);
+    free(x);
+    dg_net_free(net);
+}
+
+static dg_layer_desc desc(dg_layer_type t, int out, int k, int s, int p, int op, float a)
+{
+    dg_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.type = t;
+    d.out = out;
+    d.kernel = k;
+    d.stride = s;
+    d.pad = p;
+    d.out_pad = op;
+    d.alpha = a;
+    return d;
+}
+
+TEST(grad_linear)
+{
+    dg_layer_desc d = desc(DG_LAYER_LINEAR, 7, 0, 0, 0, 0, 0);
+    check_layer(13, 1, 1, 5, &d, 1, 0);
+    check_layer(3, 3, 2, 1, &d, 1, 0); /* image input flattened implicitly, batch 1 */
+    d.out = 1;
+    check_layer(33, 1, 1, 4, &d, 1, 0);
+}
+
+TEST(grad_conv2d)
+{
+    int s, p;
+    for (s = 1; s <= 2; s++)
+        for (p = 0; p <= 2; p++) {
+            dg_layer_desc d = desc(DG_LAYER_CONV2D, 3, 3, s, p, 0, 0);
+            check_layer(2, 7, 6, 2, &d, 1, 0);
+        }
+    {
+        dg_layer_desc d = desc(DG_LAYER_CONV2D, 5, 4, 2, 1, 0, 0);
+        check_layer(3, 9, 9, 1, &d, 1, 0);
+    }
+}
+
+TEST(grad_conv_transpose2d)
+{
+    int s, p;
+    for (s = 1; s <= 2; s++)
+        for (p = 0; p <= 2; p++) {
+            dg_layer_desc d = desc(DG_LAYER_CONV_TRANSPOSE2D, 3, 3, s, p, s - 1, 0);
+            check_layer(2, 5, 4, 2, &d, 1, 0);
+        }
+    {
+        dg_layer_desc d = desc(DG_LAYER_CONV_TRANSPOSE2D, 2, 4, 2, 1, 0, 0);
+        check_layer(3, 7, 7, 1, &d, 1, 0);
+    }
+}
+
+TEST(grad_batchnorm)
+{
+    dg_layer_desc d = desc(DG_LAYER_BATCHNORM, 0, 0, 0, 0, 0, 0);
+    check_layer(3, 5, 3, 4, &d, 1, 0);  /* 2d, train */
+    check_layer(9, 1, 1, 7, &d, 1, 0);  /* 1d, train */
+    check_layer(3, 5, 3, 1, &d, 1, 0);  /* batch 1 of an image: statistics over H*W */
+    check_layer(3, 5, 3, 3, &d, 0, 0);  /* eval: running statistics */
+}
+
+TEST(grad_activations)
+{
+    dg_layer_desc r = desc(DG_LAYER_RELU, 0, 0, 0, 0, 0, 0);
+    dg_layer_desc l = desc(DG_LAYER_LEAKY_RELU, 0, 0, 0, 0, 0, 0.2f);
+    dg_layer_desc t = desc(DG_LAYER_TANH, 0, 0, 0, 0, 0, 0);
+    dg_layer_desc s = desc(DG_LAYER_SIGMOID, 0, 0, 0, 0, 0, 0);
+    dg_layer_desc m = desc(DG_LAYER_MAXPOOL, 0, 2, 2, 0, 0, 0);
+    dg_layer_desc m3 = desc(DG_LAYER_MAXPOOL, 0, 3, 2, 0, 0, 0);
+    dg_layer_desc dr = desc(DG_LAYER_DROPOUT, 0, 0, 0, 0, 0, 0.3f);
+    check_layer(2, 3, 5, 3, &r, 1, 1);
+    check_layer(2, 3, 5, 1, &l, 1, 1);
+    check_layer(1, 1, 37, 2, &t, 1, 0);
+    check_layer(1, 1, 37, 2, &s, 1, 0);
+    check_layer(2, 6, 5, 2, &m, 1, 0);
+    check_layer(3, 7, 7, 1, &m3, 1, 0);
+    check_layer(2, 4, 4, 3, &dr, 0, 0); /* eval: identity */
+}
+
+TEST(dropout_mask)
+{
+    dg_net *net;
+    const float *y, *dx;
+    float x[2000], dy[2000];
+    int i, zeros = 0, ok = 1;
+    for (i = 0; i < 2000; i++) x[i] = dy[i] = 1.0f + (float)(i % 3);
+    CHECK_OK(dg_net_create(&net, 1, 1, 1000));
+    CHECK_OK(dg_net_dropout(net, 0.25f));
+    CHECK_OK(dg_net_plan(net, pool, 2));
+    CHECK_OK(dg_net_forward(net, x, 2, 1, &y));
+    CHECK_OK(dg_net_backward(net, dy, &dx));
+    for (i = 0; i < 2000; i++) {
+        if (y[i] == 0.0f) zeros++;
+        else ok &= fabsf(y[i] - x[i] / 0.75f) < 1e-5f;
+        ok &= dx[i] == (y[i] == 0.0f ? 0.0f : dy[i] / 0.75f) || fabsf(dx[i] - dy[i] / 0.75f) < 1e-5f;
+    }
+    CHECK(ok);
+    CHECK(zeros > 400 && zeros < 600); /* 25% of 2000, +-5 sigma */
+    dg_net_free(net);
+}
+
+TEST(grad_whole_dcgan_like_nets)
+{
+    /* a small generator and discriminator with the parametrised layers in
+       play.  The activations are smooth here: with relu-like kinks in
+       every channel, a bias step of 1e-3 already crosses dozens of them
+       and the central difference no longer measures the derivative (kinked
+       layers are checked alone above, on inputs away from their kinks). */
+    dg_net *g, *d;
+    float *z = make_input(3 * 8, 1, 0), *img = make_input(3 * 1 * 8 * 8, 2, 0);
+    CHECK_OK(dg_net_create(&g, 8, 1, 1));
+    CHECK_OK(dg_net_linear(g, 4 * 2 * 2));
+    CHECK_OK(dg_net_batchnorm(g));
+    CHECK_OK(dg_net_tanh(g));
+    CHECK_OK(dg_net_reshape(g, 4, 2, 2));
+    CHECK_OK(dg_net_conv_transpose2d(g, 3, 4, 2, 1, 0));
+    CHECK_OK(dg_net_batchnorm(g));
+    CHECK_OK(dg_net_sigmoid(g));
+    CHECK_OK(dg_net_conv_transpose2d(g, 1, 4, 2, 1, 0));
+    CHECK_OK(dg_net_tanh(g));
+    CHECK_OK(dg_net_plan(g, pool, 3));
+    CHECK_OK(dg_net_init(g, 9, 0.0f));
+    grad_check(g, 3, 1, z, "generator");
+    CHECK_OK(dg_net_create(&d, 1, 8, 8));
+    CHECK_OK(dg_net_conv2d(d, 4, 4, 2, 1));
+    CHECK_OK(dg_net_tanh(d));
+    CHECK_OK(dg_net_conv2d(d, 6, 3, 1, 1));
+    CHECK_OK(dg_net_batchnorm(d));
+    CHECK_OK(dg_net_sigmoid(d));
+    CHECK_OK(dg_net_maxpool(d, 2, 2));
+    CHECK_OK(dg_net_flatten(d));
+    CHECK_OK(dg_net_linear(d, 3));
+    CHECK_OK(dg_net_plan(d, pool, 3));
+    CHECK_OK(dg_net_init(d, 10, 0.0f));
+    grad_check(d, 3, 1, img, "discriminator");
+    dg_net_free(g);
+    dg_net_free(d);
+    free(z);
+    free(img);
+}
+
+/* ---- losses ---- */
+
+TEST(grad_losses)
+{
+    float z[12], dz[12], y[12], l0, lp, lm, eps = 1e-3f;
+    int labels[3] = {0, 3, 2}, i, bad = 0;
+    dg_rng rng = dg_rng_make(4, 4, 4);
+    dg_rng_fill_uniform(&rng, z, 12, -3, 3);
+    dg_rng_fill_uniform(&rng, y, 12, 0, 1);
+    /* BCE with per-element targets, then a constant target (stride 0) */
+    CHECK_OK(dg_loss_bce_logits(z, 1, y, 1, 12, 1.0f / 12, dz, &l0));
+    for (i = 0; i < 12; i++) {
+        float k = z[i];
+        z[i] = k + eps; dg_loss_bce_logits(z, 1, y, 1, 12, 0, NULL, &lp);
+        z[i] = k - eps; dg_loss_bce_logits(z, 1, y, 1, 12, 0, NULL, &lm);
+        z[i] = k;
+        bad += !fd_ok((lp - lm) / (2 * eps), dz[i]);
+    }
+    CHECK_OK(dg_loss_bce_logits(z, 2, y, 0, 6, 1.0f, dz, &l0)); /* stride 2, per-sample scale */
+    for (i = 0; i < 6; i++) {
+        float k = z[2 * i];
+        z[2 * i] = k + eps; dg_loss_bce_logits(z, 2, y, 0, 6, 0, NULL, &lp);
+        z[2 * i] = k - eps; dg_loss_bce_logits(z, 2, y, 0, 6, 0, NULL, &lm);
+        z[2 * i] = k;
+        bad += !fd_ok(6 * (lp - lm) / (2 * eps), dz[2 * i]);
+    }
+    CHECK_OK(dg_loss_softmax_ce(z, 4, labels, 3, 4, 1.0f / 3, dz, &l0));
+    for (i = 0; i < 12; i++) {
+        float k = z[i];
+        z[i] = k + eps; dg_loss_softmax_ce(z, 4, labels, 3, 4, 0, NULL, &lp);
+        z[i] = k - eps; dg_loss_softmax_ce(z, 4, labels, 3, 4, 0, NULL, &lm);
+        z[i] = k;
+        bad += !fd_ok((lp - lm) / (2 * eps), dz[i]);
+    }
+    CHECK_OK(dg_loss_mse(z, y, 12, 1.0f / 12, dz, &l0));
+    for (i = 0; i < 12; i++) {
+        float k = z[i];
+        z[i] = k + eps; dg_loss_mse(z, y, 12, 0, NULL, &lp);
+        z[i] = k - eps; dg_loss_mse(z, y, 12, 0, NULL, &lm);
+        z[i] = k;
+        bad += !fd_ok((lp - lm) / (2 * eps), dz[i]);
+    }
+    CHECK(bad == 0);
+}
+
+TEST(loss_values)
+{
+    float z[2] = {0.0f, 100.0f}, one = 1.0f, l;
+    int lab = 1;
+    float zz[3] = {1.0f, 2.0f, 3.0f};
+    CHECK_OK(dg_loss_bce_logits(z, 1, &one, 0, 1, 1, NULL, &l));
+    CHECK_NEAR(l, log(2.0), 1e-6);
+    CHECK_OK(dg_loss_bce_logits(z + 1, 1, &one, 0, 1, 1, NULL, &l)); /* no overflow */
+    CHECK_NEAR(l, 0.0, 1e-6);
+    CHECK_OK(dg_loss_softmax_ce(zz, 3, &lab, 1, 3, 1, NULL, &l));
+    CHECK_NEAR(l, log(exp(1.0) + exp(2.0) + exp(3.0)) - 2.0, 1e-5);
+    lab = 3;
+    CHECK(dg_loss_softmax_ce(zz, 3, &lab, 1, 3, 1, NULL, &l) == DG_ERR_ARG);
+}
+
+/* ---- convolutions against direct loops ---- */
+
+static void conv_ref(const float *x, const float *w, const float *b, float *y, int n, int ci,
+                     int h, int wd, int co, int k, int s, int p, int oh, int ow)
+{
+    int a, o, c, i, j, u, v;
+    for (a = 0; a < n; a++)
+        for (o = 0; o < co; o++)
+            for (i = 0; i < oh; i++)
+                for (j = 0; j < ow; j++) {
+                    double acc = b[o];
+                    for (c = 0; c < ci; c++)
+                        for (u = 0; u < k; u++)
+                            for (v = 0; v < k; v++) {
+                                int iy = i * s - p + u, ix = j * s - p + v;
+                                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                                acc += (double)x[((a * ci + c) * h + iy) * wd + ix] *
+                                       w[((o * ci + c) * k + u) * k + v];
+                            }
+                    y[((a * co + o) * oh + i) * ow + j] = (float)acc;
+                }
+}
+
+/* transposed convolution as the scatter it is: every input pixel spreads
+   its value times the kernel over the output */
+static void convt_ref(const float *x, const float *w, const float *b, float *y, int n, int ci,
+                      int h, int wd, int co, int k, int s, int p, int oh, int ow)
+{
+    int a, o, c, i, j, u, v;
+    for (a = 0; a < n; a++)
+        for (o = 0; o < co; o++)
+            for (i = 0; i < oh * ow; i++) y[(a * co + o) * oh * ow + i] = b[o];
+    for (a = 0; a < n; a++)
+        for (c = 0; c < ci; c++)
+            for (i = 0; i < h; i++)
+                for (j = 0; j < wd; j++)
+                    for (o = 0; o < co; o++)
+                        for (u = 0; u < k; u++)
+                            for (v = 0; v < k; v++) {
+                                int oy = i * s - p + u, ox = j * s - p + v;
+                                if (oy < 0 || oy >= oh || ox < 0 || ox >= ow) continue;
+                                y[((a * co + o) * oh + oy) * ow + ox] +=
+                                    x[((a * ci + c) * h + i) * wd + j] * w[((c * co + o) * k + u) * k + v];
+                            }
+}
+
+static void conv_compare(int transpose, int n, int ci, int h, int w, int co, int k, int s, int p,
+                         int op)
+{
+    dg_net *net;
+    const float *y;
+    int oc, oh, ow;
+    size_t i, ny, nw = (size_t)ci * co * k * k;
+    float *x = make_input((size_t)n * ci * h * w, 3, 0), *ref;
+    double err = 0.0;
+    CHECK_OK(dg_net_create(&net, ci, h, w));
+    if (transpose)
+        CHECK_OK(dg_net_conv_transpose2d(net, co, k, s, p, op));
+    else
+        CHECK_OK(dg_net_conv2d(net, co, k, s, p));
+    CHECK_OK(dg_net_plan(net, pool, n));
+    CHECK_OK(dg_net_init(net, 8, 0.0f));
+    dg_net_output_shape(net, &oc, &oh, &ow);
+    CHECK(oh == (transpose ? (h - 1) * s - 2 * p + k + op : (h + 2 * p - k) / s + 1));
+    ny = (size_t)n * co * oh * ow;
+    ref = malloc(ny * 4);
+    CHECK_OK(dg_net_forward(net, x, n, 1, &y));
+    if (transpose)
+        convt_ref(x, dg_net_params(net), dg_net_params(net) + nw, ref, n, ci, h, w, co, k, s, p, oh, ow);
+    else
+        conv_ref(x, dg_net_params(net), dg_net_params(net) + nw, ref, n, ci, h, w, co, k, s, p, oh, ow);
+    for (i = 0; i < ny; i++)
+        if (fabs(y[i] - ref[i]) > err) err = fabs(y[i] - ref[i]);
+    CHECK(err < 1e-4);
+    if (err >= 1e-4) printf("  conv%s s=%d p=%d: max error %g\n", transpose ? "T" : "", s, p, err);
+    free(ref);
+    free(x);
+    dg_net_free(net);
+}
+
+TEST(conv2d_matches_direct_loops)
+{
+    int s, p;
+    for (s = 1; s <= 2; s++)
+        for (p = 0; p <= 2; p++) {
+            conv_compare(0, 3, 3, 11, 9, 5, 3, s, p, 0);
+            conv_compare(0, 1, 2, 8, 8, 4, 4, s, p, 0);
+        }
+    conv_compare(0, 64, 1, 28, 28, 64, 4, 2, 1, 0); /* the reference DCGAN's first layer */
+}
+
+TEST(conv_transpose2d_matches_direct_loops)
+{
+    int s, p;
+    for (s = 1; s <= 2; s++)
+        for (p = 0; p <= 2; p++) {
+            conv_compare(1, 3, 3, 5, 6, 4, 3, s, p, 0);
+            conv_compare(1, 2, 2, 4, 4, 3, 4, s, p, s - 1);
+        }
+    conv_compare(1, 8, 128, 7, 7, 64, 4, 2, 1, 0); /* the reference DCGAN's G */
+}
+
+TEST(bad_layer_configs)
+{
+    dg_net *net;
+    dg_layer_desc d = desc((dg_layer_type)99, 0, 0, 0, 0, 0, 0);
+    CHECK(dg_net_create(&net, 0, 1, 1) == DG_ERR_SHAPE);
+    CHECK(dg_net_create(NULL, 1, 1, 1) == DG_ERR_ARG);
+    CHECK_OK(dg_net_create(&net, 1, 5, 5));
+    CHECK(dg_net_conv2d(net, 4, 9, 1, 0) == DG_ERR_SHAPE);
+    CHECK(strstr(dg_last_error(), "kernel") != NULL);
+    CHECK(dg_net_conv2d(net, 0, 3, 1, 0) == DG_ERR_ARG);
+    CHECK(dg_net_conv2d(net, 4, 3, 0, 0) == DG_ERR_ARG);
+    CHECK(dg_net_conv_transpose2d(net, 4, 3, 2, 0, 2) == DG_ERR_ARG); /* out_pad >= stride */
+    CHECK(dg_net_reshape(net, 2, 3, 4) == DG_ERR_SHAPE);
+    CHECK(dg_net_dropout(net, 1.0f) == DG_ERR_ARG);
+    CHECK(dg_net_leaky_relu(net, -1.0f) == DG_ERR_ARG);
+    CHECK(dg_net_add(net, &d) == DG_ERR_ARG);
+    CHECK(dg_net_maxpool(net, 6, 1) == DG_ERR_SHAPE);
+    CHECK(dg_net_plan(net, pool, 4) == DG_ERR_STATE); /* no layer */
+    CHECK_OK(dg_net_linear(net, 3));
+    CHECK(dg_net_forward(net, (const float *)&d, 1, 1, NULL) == DG_ERR_STATE); /* not planned */
+    CHECK(dg_net_plan(net, pool, 0) == DG_ERR_ARG);
+    CHECK_OK(dg_net_plan(net, pool, 4));
+    CHECK(dg_net_linear(net, 3) == DG_ERR_STATE); /* planned: no more layers */
+    {
+        float x[25 * 5] = {0};
+        const float *y;
+        CHECK(dg_net_backward(net, x, NULL) == DG_ERR_STATE); /* no forward yet */
+        CHECK(dg_net_forward(net, x, 5, 1, &y) == DG_ERR_SHAPE);
+        CHECK(dg_net_forward(net, NULL, 1, 1, &y) == DG_ERR_ARG);
+        CHECK_OK(dg_net_forward(net, x, 4, 1, &y));
+    }
+    dg_net_free(net);
+}
+
+int main(void)
+{
+    if (dg_pool_create(&pool, 2)) return 1;
+    RUN(grad_linear);
+    RUN(grad_conv2d);
+    RUN(grad_conv_transpose2d);
+    RUN(grad_batchnorm);
+    RUN(grad_activations);
+    RUN(dropout_mask);
+    RUN(grad_whole_dcgan_like_nets);
+    RUN(grad_losses);
+    RUN(loss_values);
+    RUN(conv2d_matches_direct_loops);
+    RUN(conv_transpose2d_matches_direct_loops);
+    RUN(bad_layer_configs);
+    dg_pool_destroy(pool);
+    return th_done();
+}
