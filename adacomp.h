@@ -1,0 +1,1710 @@
+/* adacomp.h - v0.1.0 - AdaComp gradient compression for parameter servers, one C header
+
+   Do this:
+      #define ADACOMP_IMPLEMENTATION
+   before you include this file in *one* C or C++ file to create the
+   implementation.  Every other file includes it without the define.
+
+      #include ...
+      #define ADACOMP_IMPLEMENTATION
+      #include "adacomp.h"
+
+   It needs libc only (no libm, no threads) and never includes distgan.h.
+
+   What it does.  In asynchronous SGD with a parameter server (PS), every
+   worker pushes its gradient to one machine, so the PS's ingress link is the
+   bottleneck.  AdaComp (Hardy, Le Merrer, Sericola, NCA 2017) makes workers
+   send, per tensor, only the k_l = max(1, floor(c * n_l)) largest |g| entries,
+   and makes the PS divide each entry's step by sigma_i, the number of updates
+   applied since the worker's pull that also touched entry i.  This header
+   holds the worker side (a compressor), a compact packet format with a
+   validating decoder, and the PS side (staleness-modulated sparse apply).
+
+   Configuration macros (define before the implementation include):
+      ADACOMP_STATIC        every function is static (private to that file)
+      AC_MALLOC, AC_FREE    your allocator: define both or none
+
+   Example: one worker step and the PS receiving it.
+
+      uint32_t sizes[] = {288, 32, 18432, 64, 401408, 128, 1280, 10};
+      ac_layout layout = {8, sizes};
+      ac_compressor *comp;  ac_server *ps;
+      ac_compressor_config cc = {0};                 // zero means default:
+      ac_server_config sc = {0};                     // Hardy, c = 0.01, float32
+      ac_compressor_init(&comp, &layout, &cc);       // the only allocation
+      ac_server_init(&ps, &layout, params, &sc);     // sigma modulation, H = 64
+      size_t cap = ac_compressor_packet_bound(comp);
+      uint8_t *packet = malloc(cap);
+      for (;;) {
+          uint64_t t_pull;  size_t len;
+          ac_server_pull(ps, my_params, &t_pull);    // dense model + clock t
+          compute_gradient(my_params, grad);         // your SGD code
+          ac_compress(comp, grad, t_pull, packet, cap, &len);
+          // ... packet travels to the PS ...
+          ac_result r = ac_server_apply_packet(ps, packet, len);
+          if (r == AC_ERR_STALE) continue;           // too old: pull again
+          if (r != AC_OK) fprintf(stderr, "%s\n", ac_last_error());
+      }
+
+   Every fallible function returns an ac_result (0 = AC_OK, negative = error);
+   ac_result_str() names the code and ac_last_error() gives this thread's
+   detailed message for the last failure.
+
+   Memory.  ac_compressor_init and ac_server_init allocate everything they
+   will ever need, sized from the layout; selection, encoding, decoding and
+   applying never allocate.  ac_update_init carves an update out of memory
+   the caller provides, so a decoder needs no allocator at all.
+
+   Threads.  There is no global state: any number of compressors and servers
+   live in one process.  An object is not internally locked: calls on one
+   ac_server (apply, pull) must be serialised by the caller, which is what
+   makes "apply + history append + clock increment" one atomic step.
+
+   Table of contents (the same names mark the sections below)
+      ac_config      version, result codes, errors, allocation
+      ac_layout      the tensors a flat gradient is made of
+      ac_update      a sparse update: per-tensor counts, indices, values
+      ac_compressor  worker side: Hardy, IBM, dense, global top-k, threshold
+      ac_packet      the binary packet: encode, decode, float16
+      ac_server      PS side: clock, touch history, sigma modulation
+
+   Version history
+      0.1.0  Hardy/IBM/baseline compressors, packet v1, sigma/tau/constant PS
+*/
+#ifndef ADACOMP_H
+#define ADACOMP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ADACOMP_VERSION_MAJOR 0
+#define ADACOMP_VERSION_MINOR 1
+#define ADACOMP_VERSION_PATCH 0
+
+#ifdef ADACOMP_STATIC
+#define ACDEF static
+#else
+#define ACDEF extern
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ==== ac_config ==== */
+
+typedef enum ac_result {
+    AC_OK = 0,
+    AC_ERR_ARG = -1,       /* NULL pointer, bad option, invalid update */
+    AC_ERR_NOMEM = -2,     /* allocation failed (init only) */
+    AC_ERR_MAGIC = -3,     /* not an AdaComp packet */
+    AC_ERR_VERSION = -4,   /* packet format version this build cannot read */
+    AC_ERR_FORMAT = -5,    /* unknown mode, value format or flag; bad padding */
+    AC_ERR_LAYOUT = -6,    /* packet built for another layout */
+    AC_ERR_COUNT = -7,     /* a per-tensor count exceeds the tensor size */
+    AC_ERR_INDEX = -8,     /* an index beyond its tensor */
+    AC_ERR_ORDER = -9,     /* zero delta: indices not strictly increasing */
+    AC_ERR_TRUNCATED = -10,/* packet ends inside a field */
+    AC_ERR_VARINT = -11,   /* varint longer than 5 bytes, over 32 bits, or not minimal */
+    AC_ERR_TRAILING = -12, /* bytes after the last field */
+    AC_ERR_VALUE = -13,    /* NaN/Inf value, negative scale, float16 overflow */
+    AC_ERR_CAPACITY = -14, /* destination buffer or update too small */
+    AC_ERR_STALE = -15,    /* t - t_pull > H: the worker must pull again */
+    AC_ERR_CLOCK = -16     /* t_pull is ahead of the server clock */
+} ac_result;
+
+ACDEF const char *ac_result_str(ac_result r);
+/* The detailed message of the last failure on the calling thread. */
+ACDEF const char *ac_last_error(void);
+
+/* ==== ac_layout ==== */
+
+/* The sizes of the tensors (weights and biases are separate tensors) laid end
+   to end in one flat float vector.  The total must fit in 32 bits, so that
+   an index is a uint32_t.  Objects built from a layout copy the sizes. */
+typedef struct ac_layout {
+    uint32_t count;         /* number of tensors, >= 1 */
+    const uint32_t *sizes;  /* [count] entries, each >= 1 */
+} ac_layout;
+
+ACDEF ac_result ac_layout_check(const ac_layout *layout);
+ACDEF uint64_t ac_layout_total(const ac_layout *layout);
+/* FNV-1a 64 over the count and sizes: packets carry it so that a PS refuses
+   gradients of a different network. */
+ACDEF uint64_t ac_layout_hash(const ac_layout *layout);
+
+/* ==== ac_update ==== */
+
+typedef enum ac_mode {
+    AC_MODE_HARDY = 1,     /* per-tensor top-k, k_l = max(1, floor(c n_l)) */
+    AC_MODE_IBM = 2,       /* Chen et al. 2018: bins, residue, sign x scale */
+    AC_MODE_DENSE = 3,     /* everything (c = 1) */
+    AC_MODE_TOPK = 4,      /* top-k over the whole vector, k = max(1, floor(c n)) */
+    AC_MODE_THRESHOLD = 5  /* every |g| >= threshold */
+} ac_mode;
+
+typedef enum ac_format {
+    AC_FORMAT_F32 = 1,        /* IEEE single, 4 bytes per value */
+    AC_FORMAT_F16 = 2,        /* IEEE half, 2 bytes, round-to-nearest-even */
+    AC_FORMAT_SIGN_SCALE = 3  /* IBM mode only: 1 bit per value + f32 per tensor */
+} ac_format;
+
+#define AC_FLAG_RESIDUE 1u  /* the sender keeps the unsent part (error feedback) */
+
+/* A sparse gradient: what a compressor selects, what a packet carries, what
+   a server applies.  Indices are global (into the flat vector), strictly
+   increasing, grouped by tensor in layout order: the first count[0] belong
+   to tensor 0, and so on.  The server computes w_i -= alpha * value * ... ;
+   in IBM mode value = +-scale[tensor]. */
+typedef struct ac_update {
+    ac_layout layout;       /* sizes not owned */
+    uint64_t layout_hash;
+    uint64_t t_pull;        /* server clock of the model the gradient came from */
+    uint32_t capacity;      /* entries index/value can hold */
+    uint32_t nnz;           /* entries in use */
+    uint32_t *count;        /* [layout.count] entries per tensor */
+    float *scale;           /* [layout.count] IBM: one scale per tensor */
+    uint32_t *index;        /* [capacity] */
+    float *value;           /* [capacity] */
+    uint8_t mode;           /* ac_mode */
+    uint8_t format;         /* ac_format: how the values travel */
+    uint8_t flags;          /* AC_FLAG_* */
+} ac_update;
+
+/* Bytes of memory an update over `layout` with room for `capacity` entries
+   needs; capacity = ac_layout_total() holds any packet for that layout. */
+ACDEF size_t ac_update_memory_size(const ac_layout *layout, uint32_t capacity);
+/* Lays the update's arrays out in `memory` (any alignment of 4 or more).
+   The update keeps pointers into memory and to layout->sizes. */
+ACDEF ac_result ac_update_init(ac_update *u, const ac_layout *layout, uint32_t capacity,
+                               void *memory, size_t memory_size);
+
+/* ==== ac_compressor ==== */
+
+/* Zero in any field means its default. */
+typedef struct ac_compressor_config {
+    ac_mode mode;        /* 0: AC_MODE_HARDY */
+    ac_format format;    /* 0: AC_FORMAT_F32 (IBM mode always uses SIGN_SCALE) */
+    double rate;         /* c for HARDY and TOPK; 0: 0.01 */
+    float threshold;     /* THRESHOLD mode; 0: 1e-3 */
+    uint32_t bin_size;   /* IBM L_T; 0: 64 */
+    int residue;         /* extension for HARDY/TOPK/THRESHOLD: accumulate what
+                            was not sent and add it to the next gradient.
+                            Not part of Hardy et al.; IBM always does it. */
+} ac_compressor_config;
+
+typedef struct ac_stats {
+    uint64_t packets;      /* compressor: encoded; server: applied */
+    uint64_t rejected;     /* server: refused (malformed, stale, other layout) */
+    uint64_t entries;      /* gradient entries carried by those packets */
+    uint64_t bytes_in;     /* server: packet bytes offered to it */
+    uint64_t bytes_out;    /* compressor: packet bytes written; server: pull bytes */
+    uint64_t dense_bytes;  /* 4 * total per packet: the same pushes sent dense */
+    uint64_t pulls;        /* server: ac_server_pull calls */
+} ac_stats;
+
+typedef struct ac_compressor ac_compressor;
+
+ACDEF ac_result ac_compressor_init(ac_compressor **out, const ac_layout *layout,
+                                   const ac_compressor_config *config);
+ACDEF void ac_compressor_free(ac_compressor *c);
+/* Selects from a dense gradient `grad` (layout total floats) into the
+   compressor's update and updates the residue.  Fails with AC_ERR_VALUE if a
+   selected value (or, in IBM mode, any G) is NaN or infinite. */
+ACDEF ac_result ac_compressor_select(ac_compressor *c, const float *grad, uint64_t t_pull);
+/* The update the last select produced (owned by the compressor). */
+ACDEF const ac_update *ac_compressor_update(const ac_compressor *c);
+/* Encodes the current update and counts the bytes in the stats. */
+ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, size_t *written);
+/* select + encode. */
+ACDEF ac_result ac_compress(ac_compressor *c, const float *grad, uint64_t t_pull,
+                            void *buf, size_t cap, size_t *written);
+/* Bytes that always suffice for this compressor's packets. */
+ACDEF size_t ac_compressor_packet_bound(const ac_compressor *c);
+ACDEF void ac_compressor_reset(ac_compressor *c);   /* zero the residue */
+ACDEF ac_stats ac_compressor_stats(const ac_compressor *c);
+
+/* ==== ac_packet ==== */
+
+#define AC_PACKET_VERSION 1
+#define AC_PACKET_HEADER_SIZE 28
+
+/* Exact size ac_encode writes for u (0 if u has no valid layout). */
+ACDEF size_t ac_packet_size(const ac_update *u);
+/* Worst-case size of a packet for an update with u's layout and capacity. */
+ACDEF size_t ac_packet_bound(const ac_update *u);
+/* Checks u (indices, counts, finite values, mode/format) and writes it. */
+ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *written);
+/* Decodes untrusted bytes into u, whose layout (set by ac_update_init) is the
+   one expected.  Every field is validated; on failure u->nnz is 0 and the
+   result says which rule the packet broke.  Never allocates. */
+ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len);
+
+ACDEF uint16_t ac_f32_to_f16(float f);   /* round to nearest, ties to even */
+ACDEF float ac_f16_to_f32(uint16_t h);
+
+/* ==== ac_server ==== */
+
+typedef enum ac_staleness {
+    AC_STALENESS_SIGMA = 0,    /* AdaComp: alpha / max(1, sigma_i) */
+    AC_STALENESS_TAU = 1,      /* staleness-aware ASGD: alpha / max(1, tau) */
+    AC_STALENESS_CONSTANT = 2  /* plain ASGD: alpha */
+} ac_staleness;
+
+typedef enum ac_too_old {
+    AC_TOO_OLD_REJECT = 0,     /* tau > H: AC_ERR_STALE, the worker must pull */
+    AC_TOO_OLD_WINDOW = 1      /* apply, counting sigma over the last H only */
+} ac_too_old;
+
+#define AC_HISTORY_MAX 64
+
+typedef struct ac_server_config {
+    float alpha;               /* learning rate; 0: 0.1 */
+    ac_staleness staleness;    /* 0: AC_STALENESS_SIGMA */
+    uint32_t history;          /* H, 1..AC_HISTORY_MAX; 0: 64 */
+    ac_too_old too_old;        /* 0: AC_TOO_OLD_REJECT */
+} ac_server_config;
+
+typedef struct ac_server ac_server;
+
+/* The server updates `params` (layout total floats, owned by the caller) in
+   place.  Its clock t starts at 0. */
+ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *params,
+                               const ac_server_config *config);
+ACDEF void ac_server_free(ac_server *s);
+ACDEF uint64_t ac_server_clock(const ac_server *s);
+/* Copies the parameters to dst (may be NULL) and returns the clock in t_pull. */
+ACDEF void ac_server_pull(ac_server *s, float *dst, uint64_t *t_pull);
+/* Decodes a packet into init-time memory and applies it: one step. */
+ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len);
+/* Applies an update already in memory (its indices are checked first). */
+ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u);
+/* sigma_i for each entry of u as the next apply would count it (SIGMA mode). */
+ACDEF ac_result ac_server_sigma(const ac_server *s, const ac_update *u, uint32_t *sigma);
+ACDEF ac_stats ac_server_stats(const ac_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ADACOMP_H */
+
+/* ========================================================================
+   Implementation
+   ======================================================================== */
+#if defined(ADACOMP_IMPLEMENTATION) && !defined(ADACOMP_IMPLEMENTATION_INCLUDED)
+#define ADACOMP_IMPLEMENTATION_INCLUDED
+
+#include <float.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(AC_MALLOC) && defined(AC_FREE)
+#elif !defined(AC_MALLOC) && !defined(AC_FREE)
+#define AC_MALLOC(sz) malloc(sz)
+#define AC_FREE(p) free(p)
+#else
+#error "define both AC_MALLOC and AC_FREE, or neither"
+#endif
+
+#ifdef __cplusplus
+#define AC__TLS thread_local
+#else
+#define AC__TLS _Thread_local
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ==== ac_config ==== */
+
+ACDEF const char *ac_result_str(ac_result r)
+{
+    switch (r) {
+    case AC_OK: return "ok";
+    case AC_ERR_ARG: return "invalid argument";
+    case AC_ERR_NOMEM: return "out of memory";
+    case AC_ERR_MAGIC: return "not an AdaComp packet";
+    case AC_ERR_VERSION: return "unsupported packet version";
+    case AC_ERR_FORMAT: return "unknown packet mode, format or flags";
+    case AC_ERR_LAYOUT: return "layout mismatch";
+    case AC_ERR_COUNT: return "count exceeds tensor size";
+    case AC_ERR_INDEX: return "index out of range";
+    case AC_ERR_ORDER: return "indices not strictly increasing";
+    case AC_ERR_TRUNCATED: return "truncated packet";
+    case AC_ERR_VARINT: return "malformed varint";
+    case AC_ERR_TRAILING: return "trailing bytes";
+    case AC_ERR_VALUE: return "non-finite or unrepresentable value";
+    case AC_ERR_CAPACITY: return "buffer too small";
+    case AC_ERR_STALE: return "update too stale, pull again";
+    case AC_ERR_CLOCK: return "clock from the future";
+    }
+    return "unknown error";
+}
+
+static AC__TLS char ac__errmsg[256];
+
+ACDEF const char *ac_last_error(void) { return ac__errmsg; }
+
+/* Records why a call failed and returns the code, so that error paths read
+   `return ac__fail(AC_ERR_INDEX, "...", ...)`. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static ac_result ac__fail(ac_result code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ac__errmsg, sizeof ac__errmsg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static void *ac__calloc(size_t count, size_t size)
+{
+    void *p;
+    if (count == 0) count = 1;
+    if (size && count > SIZE_MAX / size) return NULL;
+    p = AC_MALLOC(count * size);
+    if (p) memset(p, 0, count * size);
+    return p;
+}
+
+static uint32_t ac__f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float ac__u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Finite means exponent bits not all ones; no libm needed. */
+static int ac__finite(float f) { return (ac__f2u(f) & 0x7F800000u) != 0x7F800000u; }
+
+static float ac__absf(float f) { return ac__u2f(ac__f2u(f) & 0x7FFFFFFFu); }
+
+static unsigned ac__popcount64(uint64_t x)
+{
+#if defined(__GNUC__)
+    return (unsigned)__builtin_popcountll(x);
+#else
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (unsigned)((x * 0x0101010101010101ull) >> 56);
+#endif
+}
+
+/* ==== ac_layout ==== */
+
+ACDEF ac_result ac_layout_check(const ac_layout *layout)
+{
+    uint64_t total = 0;
+    uint32_t l;
+    if (!layout || !layout->sizes || layout->count == 0)
+        return ac__fail(AC_ERR_ARG, "layout: NULL or no tensors");
+    for (l = 0; l < layout->count; l++) {
+        if (layout->sizes[l] == 0)
+            return ac__fail(AC_ERR_ARG, "layout: tensor %u has size 0", (unsigned)l);
+        total += layout->sizes[l];
+    }
+    if (total > UINT32_MAX)
+        return ac__fail(AC_ERR_ARG, "layout: %llu entries do not fit 32-bit indices",
+                        (unsigned long long)total);
+    return AC_OK;
+}
+
+ACDEF uint64_t ac_layout_total(const ac_layout *layout)
+{
+    uint64_t total = 0;
+    uint32_t l;
+    if (!layout || !layout->sizes) return 0;
+    for (l = 0; l < layout->count; l++) total += layout->sizes[l];
+    return total;
+}
+
+static uint64_t ac__fnv_u32(uint64_t h, uint32_t v)
+{
+    int b;
+    for (b = 0; b < 4; b++) {
+        h ^= (v >> (8 * b)) & 0xFFu;
+        h *= 0x100000001B3ull;
+    }
+    return h;
+}
+
+ACDEF uint64_t ac_layout_hash(const ac_layout *layout)
+{
+    uint64_t h = 0xCBF29CE484222325ull;
+    uint32_t l;
+    if (!layout || !layout->sizes) return 0;
+    h = ac__fnv_u32(h, layout->count);
+    for (l = 0; l < layout->count; l++) h = ac__fnv_u32(h, layout->sizes[l]);
+    return h;
+}
+
+/* Copies the sizes so that objects outlive the caller's layout. */
+static ac_result ac__layout_copy(ac_layout *dst, uint32_t **sizes, const ac_layout *src)
+{
+    ac_result r = ac_layout_check(src);
+    if (r != AC_OK) return r;
+    *sizes = (uint32_t *)ac__calloc(src->count, sizeof(uint32_t));
+    if (!*sizes) return ac__fail(AC_ERR_NOMEM, "layout: cannot copy %u sizes", (unsigned)src->count);
+    memcpy(*sizes, src->sizes, (size_t)src->count * sizeof(uint32_t));
+    dst->count = src->count;
+    dst->sizes = *sizes;
+    return AC_OK;
+}
+
+/* ==== ac_update ==== */
+
+/* Arrays in order: count, scale, index, value; all 4-byte elements, so any
+   4-aligned memory works. */
+ACDEF size_t ac_update_memory_size(const ac_layout *layout, uint32_t capacity)
+{
+    if (!layout) return 0;
+    return ((size_t)layout->count * 2 + (size_t)capacity * 2) * 4;
+}
+
+ACDEF ac_result ac_update_init(ac_update *u, const ac_layout *layout, uint32_t capacity,
+                               void *memory, size_t memory_size)
+{
+    unsigned char *m = (unsigned char *)memory;
+    ac_result r;
+    if (!u || !memory) return ac__fail(AC_ERR_ARG, "ac_update_init: NULL argument");
+    if ((r = ac_layout_check(layout)) != AC_OK) return r;
+    if (memory_size < ac_update_memory_size(layout, capacity))
+        return ac__fail(AC_ERR_CAPACITY, "ac_update_init: %zu bytes given, %zu needed",
+                        memory_size, ac_update_memory_size(layout, capacity));
+    if ((uintptr_t)m & 3) return ac__fail(AC_ERR_ARG, "ac_update_init: memory not 4-aligned");
+    memset(u, 0, sizeof *u);
+    u->layout = *layout;
+    u->layout_hash = ac_layout_hash(layout);
+    u->capacity = capacity;
+    u->count = (uint32_t *)(void *)m;
+    u->scale = (float *)(void *)(m + (size_t)layout->count * 4);
+    u->index = (uint32_t *)(void *)(m + (size_t)layout->count * 8);
+    u->value = (float *)(void *)(m + (size_t)layout->count * 8 + (size_t)capacity * 4);
+    memset(u->count, 0, (size_t)layout->count * 4);
+    memset(u->scale, 0, (size_t)layout->count * 4);
+    u->mode = AC_MODE_HARDY;
+    u->format = AC_FORMAT_F32;
+    return AC_OK;
+}
+
+/* ==== ac_compressor ==== */
+
+/* Selection.  Hardy mode needs, per tensor, the k largest |g|; a sort costs
+   O(n log n) and a comparison quickselect is branchy.  We use a radix
+   select on the bits of |g| instead: for non-negative IEEE floats the bit
+   pattern, read as an unsigned integer, orders like the value.
+     1. A histogram of bits 30..20 over the tensor finds the bucket b that
+        holds the k-th largest |g|.
+     2. One branch-free pass collects, in increasing order, the indices
+        whose |g| lies in bucket b or above: about k plus one bucket.
+     3. Two more histogram rounds (bits 19..10, then 9..0) over that short
+        list pin down the exact bit pattern T of the k-th largest |g|.
+     4. Ties are broken deterministically, the lower index winning: the
+        list is in index order, so the r-th entry equal to T is the last
+        one taken; the list is then emitted by comparing keys
+        (|g| bits << 32 | ~index), already in increasing index order.
+   Two passes over the tensor, worst-case linear time, no sort, no
+   allocation (the list lives in init-time scratch of max n_l entries). */
+
+#define AC__HIST_BUCKETS 2048
+#define AC__HIST_WAYS 4
+
+struct ac_compressor {
+    ac_compressor_config cfg;  /* defaults resolved */
+    ac_layout layout;
+    uint32_t *sizes;           /* owned copy of the layout sizes */
+    uint32_t *k;               /* HARDY: k_l per tensor */
+    uint32_t k_global;         /* TOPK */
+    uint32_t total;
+    float *residue;            /* IBM or cfg.residue: total floats, else NULL */
+    uint32_t *scratch;         /* the candidate list: max n_l (total for TOPK) */
+    uint32_t hist[AC__HIST_WAYS][AC__HIST_BUCKETS];
+    void *update_memory;
+    ac_update update;
+    ac_stats stats;
+};
+
+/* k = max(1, floor(c * n)), at most n.  The product is taken with a 4-ulp
+   tolerance so that a decimal c such as 0.29 (stored as 0.28999...) still
+   gives 29 of 100 rather than 28. */
+static uint32_t ac__k_of(double c, uint32_t n)
+{
+    double x = c * (double)n * (1.0 + 4.0 * DBL_EPSILON);
+    uint32_t k = x >= (double)n ? n : (uint32_t)x;
+    if (k < 1) k = 1;
+    return k < n ? k : n;
+}
+
+static uint32_t ac__abits(float f) { return ac__f2u(f) & 0x7FFFFFFFu; }
+
+/* In one histogram round, finds the bucket holding the r-th largest key and
+   turns r into the rank within that bucket. */
+static uint32_t ac__pick_bucket(const uint32_t *hist, uint32_t buckets, uint32_t *r)
+{
+    uint32_t b = buckets;
+    while (b-- > 0) {
+        if (hist[b] >= *r) return b;
+        *r -= hist[b];
+    }
+    return 0; /* unreachable when r <= number of keys */
+}
+
+/* Step 1: merges AC__HIST_WAYS partial histograms, which keeps repeated
+   increments of one hot bucket from serialising on a store. */
+static uint32_t ac__hist_first(ac_compressor *c, const float *x, uint32_t n, uint32_t *r)
+{
+    uint32_t (*h)[AC__HIST_BUCKETS] = c->hist;
+    uint32_t i, b;
+    memset(h, 0, sizeof c->hist);
+    for (i = 0; i + 4 <= n; i += 4) {
+        h[0][ac__abits(x[i]) >> 20]++;
+        h[1][ac__abits(x[i + 1]) >> 20]++;
+        h[2][ac__abits(x[i + 2]) >> 20]++;
+        h[3][ac__abits(x[i + 3]) >> 20]++;
+    }
+    for (; i < n; i++) h[0][ac__abits(x[i]) >> 20]++;
+    for (b = 0; b < AC__HIST_BUCKETS; b++) h[0][b] += h[1][b] + h[2][b] + h[3][b];
+    return ac__pick_bucket(h[0], AC__HIST_BUCKETS, r);
+}
+
+/* Step 2: the store is unconditional and the count advances on a match,
+   so a 1% selection rate costs no branch mispredictions. */
+static uint32_t ac__collect(uint32_t *list, const float *x, uint32_t n, uint32_t min_bits)
+{
+    uint32_t i, m = 0;
+    for (i = 0; i < n; i++) {
+        list[m] = i;
+        m += ac__abits(x[i]) >= min_bits;
+    }
+    return m;
+}
+
+/* Step 3, one round: among the listed entries whose bits match `prefix`
+   under `mask`, histograms the 10 bits at `shift` and returns the prefix
+   extended by the bucket of rank r. */
+static uint32_t ac__refine(ac_compressor *c, const float *x, const uint32_t *list, uint32_t m,
+                           uint32_t prefix, uint32_t mask, int shift, uint32_t *r)
+{
+    uint32_t *h = c->hist[0];
+    uint32_t j;
+    memset(h, 0, 1024 * sizeof(uint32_t));
+    for (j = 0; j < m; j++) {
+        uint32_t a = ac__abits(x[list[j]]);
+        if ((a & mask) == prefix) h[(a >> shift) & 1023u]++;
+    }
+    return prefix | ac__pick_bucket(h, 1024, r) << shift;
+}
+
+/* Steps 1-4 for 1 <= k < n: leaves the candidate list in scratch (*m
+   entries) and returns the key of the k-th largest |x_i|. */
+static uint64_t ac__kth_key(ac_compressor *c, const float *x, uint32_t n, uint32_t k,
+                            uint32_t *m)
+{
+    uint32_t r = k, j, t_bits = ac__hist_first(c, x, n, &r) << 20;
+    const uint32_t *list = c->scratch;
+    *m = ac__collect(c->scratch, x, n, t_bits);
+    t_bits = ac__refine(c, x, list, *m, t_bits, 0x7FF00000u, 10, &r);
+    t_bits = ac__refine(c, x, list, *m, t_bits, 0x7FFFFC00u, 0, &r);
+    for (j = 0; j < *m; j++)
+        if (ac__abits(x[list[j]]) == t_bits && --r == 0) break;
+    return ((uint64_t)t_bits << 32) | (uint32_t)~list[j];
+}
+
+/* Appends the listed entries of x whose key is >= min_key; indices in the
+   update are base + the listed index. */
+static void ac__emit_list(ac_update *u, const float *x, const uint32_t *list, uint32_t m,
+                          uint32_t base, uint64_t min_key)
+{
+    uint32_t j, nnz = u->nnz;
+    for (j = 0; j < m; j++) {
+        uint32_t i = list[j];
+        if ((((uint64_t)ac__abits(x[i]) << 32) | (uint32_t)~i) >= min_key) {
+            u->index[nnz] = base + i;
+            u->value[nnz++] = x[i];
+        }
+    }
+    u->nnz = nnz;
+}
+
+static void ac__emit_all(ac_update *u, const float *x, uint32_t base, uint32_t n)
+{
+    uint32_t i;
+    for (i = 0; i < n; i++) u->index[u->nnz + i] = base + i;
+    memcpy(u->value + u->nnz, x, (size_t)n * sizeof(float));
+    u->nnz += n;
+}
+
+static uint32_t ac__emit_threshold(ac_update *u, const float *x, uint32_t base, uint32_t n,
+                                   float t)
+{
+    uint32_t i, nnz = u->nnz;
+    for (i = 0; i < n; i++) {
+        if (ac__absf(x[i]) >= t) {
+            u->index[nnz] = base + i;
+            u->value[nnz++] = x[i];
+        }
+    }
+    n = nnz - u->nnz;
+    u->nnz = nnz;
+    return n;
+}
+
+/* Error feedback: the sent entries leave the residue. */
+static void ac__residue_clear_sent(ac_compressor *c)
+{
+    uint32_t j;
+    for (j = 0; j < c->update.nnz; j++) c->residue[c->update.index[j]] = 0.0f;
+}
+
+static ac_result ac__check_sent_finite(const ac_update *u)
+{
+    uint32_t j;
+    for (j = 0; j < u->nnz; j++)
+        if (!ac__finite(u->value[j]))
+            return ac__fail(AC_ERR_VALUE, "compress: gradient entry %u is not finite",
+                            (unsigned)u->index[j]);
+    return AC_OK;
+}
+
+/* Hardy et al.: per tensor, the k_l largest |g|. */
+static void ac__select_hardy(ac_compressor *c, const float *x)
+{
+    uint32_t l, base = 0, m;
+    for (l = 0; l < c->layout.count; l++) {
+        uint32_t n = c->layout.sizes[l], k = c->k[l], first = c->update.nnz;
+        if (k >= n) {
+            ac__emit_all(&c->update, x + base, base, n);
+        } else {
+            uint64_t key = ac__kth_key(c, x + base, n, k, &m);
+            ac__emit_list(&c->update, x + base, c->scratch, m, base, key);
+        }
+        c->update.count[l] = c->update.nnz - first;
+        base += n;
+    }
+}
+
+/* Baseline: one k over the whole vector.  The per-tensor counts are read
+   off the emitted (increasing) indices afterwards. */
+static void ac__select_topk(ac_compressor *c, const float *x)
+{
+    ac_update *u = &c->update;
+    uint32_t l, j = 0, end = 0, m;
+    if (c->k_global >= c->total) {
+        ac__emit_all(u, x, 0, c->total);
+    } else {
+        uint64_t key = ac__kth_key(c, x, c->total, c->k_global, &m);
+        ac__emit_list(u, x, c->scratch, m, 0, key);
+    }
+    for (l = 0; l < c->layout.count; l++) {
+        uint32_t first = j;
+        end += c->layout.sizes[l];
+        while (j < u->nnz && u->index[j] < end) j++;
+        u->count[l] = j - first;
+    }
+}
+
+static void ac__select_threshold(ac_compressor *c, const float *x)
+{
+    uint32_t l, base = 0;
+    for (l = 0; l < c->layout.count; l++) {
+        uint32_t n = c->layout.sizes[l];
+        c->update.count[l] = ac__emit_threshold(&c->update, x + base, base, n, c->cfg.threshold);
+        base += n;
+    }
+}
+
+/* DENSE: the indices were written once at init; only the values move. */
+static void ac__select_dense(ac_compressor *c, const float *g)
+{
+    memcpy(c->update.value, g, (size_t)c->total * sizeof(float));
+    c->update.nnz = c->total;
+}
+
+/* IBM AdaComp, one bin [b, e) of a tensor: G = R + dW is stored in R, gmax
+   = max |G|; entries with |H| = |G + dW| >= gmax are emitted carrying G for
+   now (the scale is known only after the whole tensor).  Returns 0 if some
+   G is not finite. */
+static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e,
+                       double *sum_abs)
+{
+    ac_update *u = &c->update;
+    float *R = c->residue, gmax = 0.0f;
+    int finite = 1;
+    uint32_t i;
+    for (i = b; i < e; i++) {
+        float G = R[i] + dw[i], a = ac__absf(G);
+        R[i] = G;
+        finite &= ac__finite(G);
+        if (a > gmax) gmax = a;
+    }
+    if (!finite) return 0;
+    if (gmax == 0.0f) return 1; /* nothing to say about this bin */
+    for (i = b; i < e; i++) {
+        float H = R[i] + dw[i];
+        if (ac__absf(H) >= gmax) {
+            u->index[u->nnz] = i;
+            u->value[u->nnz++] = R[i];
+            *sum_abs += ac__absf(R[i]);
+        }
+    }
+    return 1;
+}
+
+/* IBM AdaComp, one tensor: bins, then the ternary quantisation of what was
+   sent, value = sign(G) * scale with scale = mean |G| over the sent entries
+   (one float per tensor; Chen et al. leave the scale's choice open), and
+   the residue R = G - value for those entries. */
+static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_t base)
+{
+    ac_update *u = &c->update;
+    uint32_t n = c->layout.sizes[l], L = c->cfg.bin_size, b, j, first = u->nnz;
+    double sum_abs = 0.0;
+    float scale;
+    for (b = 0; b < n; b += L)
+        if (!ac__ibm_bin(c, dw, base + b, base + (n - b < L ? n : b + L), &sum_abs)) return 0;
+    u->count[l] = u->nnz - first;
+    scale = u->count[l] ? (float)(sum_abs / u->count[l]) : 0.0f;
+    u->scale[l] = scale;
+    for (j = first; j < u->nnz; j++) {
+        float G = u->value[j], v = G < 0.0f ? -scale : scale;
+        u->value[j] = v;
+        c->residue[u->index[j]] = G - v;
+    }
+    return 1;
+}
+
+static ac_result ac__select_ibm(ac_compressor *c, const float *dw)
+{
+    uint32_t l, base = 0;
+    for (l = 0; l < c->layout.count; l++) {
+        if (!ac__ibm_tensor(c, dw, l, base))
+            return ac__fail(AC_ERR_VALUE, "compress: non-finite gradient or residue in tensor %u",
+                            (unsigned)l);
+        base += c->layout.sizes[l];
+    }
+    return AC_OK;
+}
+
+static ac_result ac__resolve_config(ac_compressor_config *cfg, const ac_compressor_config *in)
+{
+    memset(cfg, 0, sizeof *cfg);
+    if (in) *cfg = *in;
+    if (cfg->mode == 0) cfg->mode = AC_MODE_HARDY;
+    if (cfg->format == 0) cfg->format = AC_FORMAT_F32;
+    if (cfg->rate == 0.0) cfg->rate = 0.01;
+    if (cfg->threshold == 0.0f) cfg->threshold = 1e-3f;
+    if (cfg->bin_size == 0) cfg->bin_size = 64;
+    if (cfg->mode < AC_MODE_HARDY || cfg->mode > AC_MODE_THRESHOLD)
+        return ac__fail(AC_ERR_ARG, "compressor: unknown mode %d", (int)cfg->mode);
+    if (cfg->mode == AC_MODE_IBM) {
+        cfg->format = AC_FORMAT_SIGN_SCALE;
+        cfg->residue = 1;
+    } else if (cfg->format != AC_FORMAT_F32 && cfg->format != AC_FORMAT_F16) {
+        return ac__fail(AC_ERR_ARG, "compressor: format %d needs IBM mode", (int)cfg->format);
+    }
+    if (cfg->mode == AC_MODE_DENSE) cfg->residue = 0; /* nothing is ever left over */
+    if (!(cfg->rate > 0.0 && cfg->rate <= 1.0))
+        return ac__fail(AC_ERR_ARG, "compressor: rate c = %g outside (0, 1]", cfg->rate);
+    if (!(cfg->threshold > 0.0f) || !ac__finite(cfg->threshold))
+        return ac__fail(AC_ERR_ARG, "compressor: threshold must be positive and finite");
+    return AC_OK;
+}
+
+/* The most entries one select can produce in this mode. */
+static uint32_t ac__capacity(const ac_compressor *c)
+{
+    uint32_t l, cap = 0;
+    if (c->cfg.mode == AC_MODE_TOPK) return c->k_global;
+    if (c->cfg.mode != AC_MODE_HARDY) return c->total;
+    for (l = 0; l < c->layout.count; l++) cap += c->k[l];
+    return cap;
+}
+
+static ac_result ac__compressor_alloc(ac_compressor *c)
+{
+    uint32_t l, cap, scratch = 0;
+    size_t bytes;
+    c->k = (uint32_t *)ac__calloc(c->layout.count, sizeof(uint32_t));
+    if (!c->k) return ac__fail(AC_ERR_NOMEM, "compressor: no memory for k");
+    for (l = 0; l < c->layout.count; l++) {
+        c->k[l] = ac__k_of(c->cfg.rate, c->layout.sizes[l]);
+        if (c->layout.sizes[l] > scratch) scratch = c->layout.sizes[l];
+    }
+    c->k_global = ac__k_of(c->cfg.rate, c->total);
+    if (c->cfg.mode == AC_MODE_TOPK) scratch = c->total;
+    if (c->cfg.mode == AC_MODE_HARDY || c->cfg.mode == AC_MODE_TOPK) {
+        c->scratch = (uint32_t *)ac__calloc(scratch, sizeof(uint32_t));
+        if (!c->scratch) return ac__fail(AC_ERR_NOMEM, "compressor: no memory for scratch");
+    }
+    if (c->cfg.residue) {
+        c->residue = (float *)ac__calloc(c->total, sizeof(float));
+        if (!c->residue) return ac__fail(AC_ERR_NOMEM, "compressor: no memory for residue");
+    }
+    cap = ac__capacity(c);
+    bytes = ac_update_memory_size(&c->layout, cap);
+    c->update_memory = ac__calloc(bytes, 1);
+    if (!c->update_memory) return ac__fail(AC_ERR_NOMEM, "compressor: no memory for update");
+    return ac_update_init(&c->update, &c->layout, cap, c->update_memory, bytes);
+}
+
+ACDEF ac_result ac_compressor_init(ac_compressor **out, const ac_layout *layout,
+                                   const ac_compressor_config *config)
+{
+    ac_compressor *c;
+    ac_result r;
+    uint32_t i;
+    if (!out) return ac__fail(AC_ERR_ARG, "ac_compressor_init: NULL out");
+    *out = NULL;
+    c = (ac_compressor *)ac__calloc(1, sizeof *c);
+    if (!c) return ac__fail(AC_ERR_NOMEM, "ac_compressor_init: no memory");
+    if ((r = ac__resolve_config(&c->cfg, config)) != AC_OK ||
+        (r = ac__layout_copy(&c->layout, &c->sizes, layout)) != AC_OK) {
+        ac_compressor_free(c);
+        return r;
+    }
+    c->total = (uint32_t)ac_layout_total(&c->layout);
+    if ((r = ac__compressor_alloc(c)) != AC_OK) {
+        ac_compressor_free(c);
+        return r;
+    }
+    c->update.mode = (uint8_t)c->cfg.mode;
+    c->update.format = (uint8_t)c->cfg.format;
+    c->update.flags = c->cfg.residue ? AC_FLAG_RESIDUE : 0;
+    if (c->cfg.mode == AC_MODE_DENSE) {
+        for (i = 0; i < c->total; i++) c->update.index[i] = i;
+        memcpy(c->update.count, c->layout.sizes, (size_t)c->layout.count * 4);
+    }
+    *out = c;
+    return AC_OK;
+}
+
+ACDEF void ac_compressor_free(ac_compressor *c)
+{
+    if (!c) return;
+    AC_FREE(c->update_memory);
+    AC_FREE(c->residue);
+    AC_FREE(c->scratch);
+    AC_FREE(c->k);
+    AC_FREE(c->sizes);
+    AC_FREE(c);
+}
+
+/* With error feedback the selection runs on R += g, in place. */
+static const float *ac__accumulate(ac_compressor *c, const float *g)
+{
+    uint32_t i;
+    if (!c->cfg.residue) return g;
+    for (i = 0; i < c->total; i++) c->residue[i] += g[i];
+    return c->residue;
+}
+
+ACDEF ac_result ac_compressor_select(ac_compressor *c, const float *grad, uint64_t t_pull)
+{
+    const float *x;
+    ac_result r = AC_OK;
+    if (!c || !grad) return ac__fail(AC_ERR_ARG, "ac_compressor_select: NULL argument");
+    c->update.t_pull = t_pull;
+    if (c->cfg.mode == AC_MODE_DENSE) {
+        ac__select_dense(c, grad);
+        return ac__check_sent_finite(&c->update);
+    }
+    c->update.nnz = 0;
+    memset(c->update.scale, 0, (size_t)c->layout.count * sizeof(float));
+    if (c->cfg.mode == AC_MODE_IBM) {
+        r = ac__select_ibm(c, grad);
+        if (r != AC_OK) c->update.nnz = 0;
+        return r;
+    }
+    x = ac__accumulate(c, grad);
+    if (c->cfg.mode == AC_MODE_HARDY) ac__select_hardy(c, x);
+    else if (c->cfg.mode == AC_MODE_TOPK) ac__select_topk(c, x);
+    else ac__select_threshold(c, x);
+    r = ac__check_sent_finite(&c->update);
+    if (r == AC_OK && c->cfg.residue) ac__residue_clear_sent(c);
+    return r;
+}
+
+ACDEF const ac_update *ac_compressor_update(const ac_compressor *c)
+{
+    return c ? &c->update : NULL;
+}
+
+ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, size_t *written)
+{
+    size_t n = 0;
+    ac_result r;
+    if (!c) return ac__fail(AC_ERR_ARG, "ac_compressor_encode: NULL compressor");
+    r = ac_encode(&c->update, buf, cap, &n);
+    if (written) *written = n;
+    if (r != AC_OK) return r;
+    c->stats.packets++;
+    c->stats.entries += c->update.nnz;
+    c->stats.bytes_out += n;
+    c->stats.dense_bytes += (uint64_t)c->total * 4;
+    return AC_OK;
+}
+
+ACDEF ac_result ac_compress(ac_compressor *c, const float *grad, uint64_t t_pull,
+                            void *buf, size_t cap, size_t *written)
+{
+    ac_result r = ac_compressor_select(c, grad, t_pull);
+    if (written) *written = 0;
+    if (r != AC_OK) return r;
+    return ac_compressor_encode(c, buf, cap, written);
+}
+
+ACDEF size_t ac_compressor_packet_bound(const ac_compressor *c)
+{
+    return c ? ac_packet_bound(&c->update) : 0;
+}
+
+ACDEF void ac_compressor_reset(ac_compressor *c)
+{
+    if (c && c->residue) memset(c->residue, 0, (size_t)c->total * sizeof(float));
+}
+
+ACDEF ac_stats ac_compressor_stats(const ac_compressor *c)
+{
+    ac_stats s;
+    memset(&s, 0, sizeof s);
+    return c ? c->stats : s;
+}
+
+/* ==== ac_packet ==== */
+
+/* Packet v1, little-endian (the byte-level table is in docs/adacomp.md):
+      0   4  magic "ACMP"          8  8  layout hash
+      4   1  version (1)          16  8  t_pull
+      5   1  mode (ac_mode)       24  4  tensor count L
+      6   1  value format         28  .. L varints: entries per tensor
+      7   1  flags
+   then, per tensor with 0 < count < size, count varints: index deltas, the
+   first from -1 (so index 0 is delta 1) and all >= 1; a tensor sent whole
+   carries no indices.  Then the values: F32 4 bytes each, F16 2 bytes each;
+   SIGN_SCALE a float32 scale per tensor with entries, then one sign bit per
+   entry (bit j%8 of byte j/8, 1 = negative, unused bits 0).  Every varint is
+   LEB128, minimal, at most 5 bytes.  The encoding is canonical: decoding and
+   re-encoding reproduces the bytes, which the fuzz target checks. */
+
+static const unsigned char ac__magic[4] = {'A', 'C', 'M', 'P'};
+
+static size_t ac__varint_len(uint32_t v)
+{
+    return v < (1u << 7) ? 1 : v < (1u << 14) ? 2 : v < (1u << 21) ? 3 : v < (1u << 28) ? 4 : 5;
+}
+
+static unsigned char *ac__put_varint(unsigned char *p, uint32_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    return p;
+}
+
+static unsigned char *ac__put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+    return p + 4;
+}
+
+static unsigned char *ac__put_u64(unsigned char *p, uint64_t v)
+{
+    p = ac__put_u32(p, (uint32_t)v);
+    return ac__put_u32(p, (uint32_t)(v >> 32));
+}
+
+/* Float16, IEEE binary16.  Rounding to nearest even is done on the integer
+   bits: the discarded bits are compared with one half ulp, and a tie goes to
+   the neighbour whose last kept bit is 0. */
+ACDEF uint16_t ac_f32_to_f16(float f)
+{
+    uint32_t x = ac__f2u(f), ax = x & 0x7FFFFFFFu, h, rem, halfway;
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((ax >> 13) & 0x3FFu)); /* NaN */
+    if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* >= 65520 and Inf */
+    if (ax >= 0x38800000u) { /* normal half: rebias the exponent, keep 10 bits */
+        h = (ax - 0x38000000u) >> 13;
+        rem = ax & 0x1FFFu;
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    if (ax < 0x33000000u) return sign; /* below 2^-25: rounds to zero */
+    {   /* subnormal half: h * 2^-24 with h = m * 2^(e - 126) */
+        uint32_t e = ax >> 23, m = (ax & 0x7FFFFFu) | 0x800000u, s = 126 - e;
+        h = m >> s;
+        rem = m & ((1u << s) - 1);
+        halfway = 1u << (s - 1);
+        if (rem > halfway || (rem == halfway && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+}
+
+ACDEF float ac_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in float */
+        float v = (float)m * 5.9604644775390625e-8f;
+        return ac__u2f(ac__f2u(v) | sign);
+    }
+    if (e == 31) return ac__u2f(sign | 0x7F800000u | (m << 13));
+    return ac__u2f(sign | ((e + 112) << 23) | (m << 13));
+}
+
+static int ac__mode_format_ok(unsigned mode, unsigned format)
+{
+    if (mode < AC_MODE_HARDY || mode > AC_MODE_THRESHOLD) return 0;
+    if (mode == AC_MODE_IBM) return format == AC_FORMAT_SIGN_SCALE;
+    return format == AC_FORMAT_F32 || format == AC_FORMAT_F16;
+}
+
+static size_t ac__value_bytes(const ac_update *u)
+{
+    uint32_t l;
+    size_t n;
+    if (u->format == AC_FORMAT_F32) return (size_t)u->nnz * 4;
+    if (u->format == AC_FORMAT_F16) return (size_t)u->nnz * 2;
+    n = ((size_t)u->nnz + 7) / 8;
+    for (l = 0; l < u->layout.count; l++) n += u->count[l] ? 4 : 0;
+    return n;
+}
+
+ACDEF size_t ac_packet_size(const ac_update *u)
+{
+    size_t n = AC_PACKET_HEADER_SIZE;
+    uint32_t l, j = 0, base = 0;
+    if (!u || !u->layout.sizes || !u->count) return 0;
+    for (l = 0; l < u->layout.count; l++) {
+        uint32_t size = u->layout.sizes[l], c = u->count[l], end = j + c;
+        int64_t prev = -1;
+        n += ac__varint_len(c);
+        if (c == size || end > u->nnz) {
+            j = end;
+            base += size;
+            continue;
+        }
+        for (; j < end; j++) {
+            n += ac__varint_len((uint32_t)((int64_t)(u->index[j] - base) - prev));
+            prev = u->index[j] - base;
+        }
+        base += size;
+    }
+    return n + ac__value_bytes(u);
+}
+
+ACDEF size_t ac_packet_bound(const ac_update *u)
+{
+    if (!u) return 0;
+    return AC_PACKET_HEADER_SIZE + (size_t)u->layout.count * (5 + 4) +
+           (size_t)u->capacity * (5 + 4) + ((size_t)u->capacity + 7) / 8;
+}
+
+/* The encoder refuses what the decoder would refuse, so that every packet
+   it writes decodes. */
+static ac_result ac__check_indices(const ac_update *u)
+{
+    uint32_t l, j = 0, base = 0;
+    uint64_t sum = 0;
+    for (l = 0; l < u->layout.count; l++) sum += u->count[l];
+    if (sum != u->nnz || u->nnz > u->capacity)
+        return ac__fail(AC_ERR_ARG, "encode: counts add to %llu, nnz %u, capacity %u",
+                        (unsigned long long)sum, (unsigned)u->nnz, (unsigned)u->capacity);
+    for (l = 0; l < u->layout.count; l++) {
+        uint32_t size = u->layout.sizes[l], end = j + u->count[l];
+        int64_t prev = -1;
+        if (u->count[l] > size)
+            return ac__fail(AC_ERR_COUNT, "encode: tensor %u count %u > size %u", (unsigned)l,
+                            (unsigned)u->count[l], (unsigned)size);
+        if (u->mode == AC_MODE_DENSE && u->count[l] != size)
+            return ac__fail(AC_ERR_ARG, "encode: dense update misses entries of tensor %u",
+                            (unsigned)l);
+        for (; j < end; j++) {
+            int64_t local = (int64_t)u->index[j] - base;
+            if (local < 0 || local >= size)
+                return ac__fail(AC_ERR_INDEX, "encode: index %u outside tensor %u",
+                                (unsigned)u->index[j], (unsigned)l);
+            if (local <= prev)
+                return ac__fail(AC_ERR_ORDER, "encode: index %u not increasing",
+                                (unsigned)u->index[j]);
+            prev = local;
+        }
+        base += size;
+    }
+    return AC_OK;
+}
+
+static ac_result ac__check_values(const ac_update *u)
+{
+    uint32_t l, j, first = 0;
+    for (j = 0; u->format != AC_FORMAT_SIGN_SCALE && j < u->nnz; j++) {
+        if (!ac__finite(u->value[j]) ||
+            (u->format == AC_FORMAT_F16 && (ac_f32_to_f16(u->value[j]) & 0x7C00u) == 0x7C00u))
+            return ac__fail(AC_ERR_VALUE, "encode: value %g at index %u not representable",
+                            (double)u->value[j], (unsigned)u->index[j]);
+    }
+    if (u->format != AC_FORMAT_SIGN_SCALE) return AC_OK;
+    for (l = 0; l < u->layout.count; l++) {
+        float s = u->scale[l];
+        if (u->count[l] && (!ac__finite(s) || (ac__f2u(s) >> 31)))
+            return ac__fail(AC_ERR_VALUE, "encode: scale of tensor %u is %g", (unsigned)l,
+                            (double)s);
+        for (j = first; j < first + u->count[l]; j++)
+            if ((ac__f2u(u->value[j]) & 0x7FFFFFFFu) != ac__f2u(s))
+                return ac__fail(AC_ERR_VALUE, "encode: IBM value %g is not +-scale %g",
+                                (double)u->value[j], (double)s);
+        first += u->count[l];
+    }
+    return AC_OK;
+}
+
+static unsigned char *ac__put_header(unsigned char *p, const ac_update *u)
+{
+    uint32_t l;
+    memcpy(p, ac__magic, 4);
+    p[4] = AC_PACKET_VERSION;
+    p[5] = u->mode;
+    p[6] = u->format;
+    p[7] = u->flags;
+    p = ac__put_u64(p + 8, u->layout_hash);
+    p = ac__put_u64(p, u->t_pull);
+    p = ac__put_u32(p, u->layout.count);
+    for (l = 0; l < u->layout.count; l++) p = ac__put_varint(p, u->count[l]);
+    return p;
+}
+
+static unsigned char *ac__put_indices(unsigned char *p, const ac_update *u)
+{
+    uint32_t l, j = 0, base = 0;
+    for (l = 0; l < u->layout.count; l++) {
+        uint32_t size = u->layout.sizes[l], end = j + u->count[l];
+        int64_t prev = -1; /* so that index 0 is delta 1 */
+        if (u->count[l] == size) {
+            j = end;
+        } else {
+            for (; j < end; j++) {
+                int64_t local = (int64_t)u->index[j] - base;
+                p = ac__put_varint(p, (uint32_t)(local - prev));
+                prev = local;
+            }
+        }
+        base += size;
+    }
+    return p;
+}
+
+static unsigned char *ac__put_values(unsigned char *p, const ac_update *u)
+{
+    uint32_t l, j;
+    if (u->format == AC_FORMAT_F32) {
+        for (j = 0; j < u->nnz; j++) p = ac__put_u32(p, ac__f2u(u->value[j]));
+    } else if (u->format == AC_FORMAT_F16) {
+        for (j = 0; j < u->nnz; j++) {
+            uint16_t h = ac_f32_to_f16(u->value[j]);
+            *p++ = (unsigned char)h;
+            *p++ = (unsigned char)(h >> 8);
+        }
+    } else {
+        for (l = 0; l < u->layout.count; l++)
+            if (u->count[l]) p = ac__put_u32(p, ac__f2u(u->scale[l]));
+        memset(p, 0, ((size_t)u->nnz + 7) / 8);
+        for (j = 0; j < u->nnz; j++)
+            p[j >> 3] |= (unsigned char)((ac__f2u(u->value[j]) >> 31) << (j & 7));
+        p += ((size_t)u->nnz + 7) / 8;
+    }
+    return p;
+}
+
+ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf;
+    size_t size;
+    ac_result r;
+    if (written) *written = 0;
+    if (!u || !buf || !u->count || !u->layout.sizes)
+        return ac__fail(AC_ERR_ARG, "ac_encode: NULL argument");
+    if (!ac__mode_format_ok(u->mode, u->format) || (u->flags & ~AC_FLAG_RESIDUE))
+        return ac__fail(AC_ERR_FORMAT, "ac_encode: mode %u with format %u, flags %u",
+                        (unsigned)u->mode, (unsigned)u->format, (unsigned)u->flags);
+    if ((r = ac__check_indices(u)) != AC_OK || (r = ac__check_values(u)) != AC_OK) return r;
+    size = ac_packet_size(u);
+    if (cap < size)
+        return ac__fail(AC_ERR_CAPACITY, "ac_encode: packet needs %zu bytes, buffer has %zu",
+                        size, cap);
+    p = ac__put_header(p, u);
+    p = ac__put_indices(p, u);
+    p = ac__put_values(p, u);
+    if (written) *written = (size_t)(p - (unsigned char *)buf);
+    return AC_OK;
+}
+
+/* Decoding reads through a cursor that knows where the bytes end; every
+   read checks first, so a truncated packet is reported at the field where
+   it ends. */
+typedef struct ac__reader {
+    const unsigned char *p, *begin, *end;
+} ac__reader;
+
+static ac_result ac__need(const ac__reader *r, size_t n, const char *what)
+{
+    if ((size_t)(r->end - r->p) >= n) return AC_OK;
+    return ac__fail(AC_ERR_TRUNCATED, "decode: packet of %zu bytes ends in %s at byte %zu",
+                    (size_t)(r->end - r->begin), what, (size_t)(r->p - r->begin));
+}
+
+static uint32_t ac__get_u32(ac__reader *r)
+{
+    const unsigned char *p = r->p;
+    r->p += 4;
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t ac__get_u64(ac__reader *r)
+{
+    uint64_t lo = ac__get_u32(r);
+    return lo | (uint64_t)ac__get_u32(r) << 32;
+}
+
+static ac_result ac__get_varint(ac__reader *r, uint32_t *out, const char *what)
+{
+    uint64_t v = 0;
+    int i;
+    for (i = 0; i < 5; i++) {
+        unsigned b;
+        if (r->p == r->end) return ac__need(r, 1, what);
+        b = *r->p++;
+        v |= (uint64_t)(b & 0x7F) << (7 * i);
+        if (b & 0x80) continue;
+        if ((i > 0 && b == 0) || v > UINT32_MAX)
+            return ac__fail(AC_ERR_VARINT, "decode: %s varint at byte %zu is %s", what,
+                            (size_t)(r->p - r->begin) - (size_t)i - 1,
+                            v > UINT32_MAX ? "over 32 bits" : "not minimal");
+        *out = (uint32_t)v;
+        return AC_OK;
+    }
+    return ac__fail(AC_ERR_VARINT, "decode: %s varint at byte %zu longer than 5 bytes", what,
+                    (size_t)(r->p - r->begin) - 5);
+}
+
+static ac_result ac__get_header(ac__reader *r, ac_update *u)
+{
+    uint32_t tensors;
+    ac_result e;
+    if ((e = ac__need(r, 4, "magic")) != AC_OK) return e;
+    if (memcmp(r->p, ac__magic, 4) != 0) return ac__fail(AC_ERR_MAGIC, "decode: bad magic");
+    r->p += 4;
+    if ((e = ac__need(r, 1, "version")) != AC_OK) return e;
+    if (*r->p != AC_PACKET_VERSION)
+        return ac__fail(AC_ERR_VERSION, "decode: version %u, this build reads %u",
+                        (unsigned)*r->p, (unsigned)AC_PACKET_VERSION);
+    r->p++;
+    if ((e = ac__need(r, 3, "mode, format, flags")) != AC_OK) return e;
+    if (!ac__mode_format_ok(r->p[0], r->p[1]) || (r->p[2] & ~AC_FLAG_RESIDUE))
+        return ac__fail(AC_ERR_FORMAT, "decode: mode %u, format %u, flags 0x%02x",
+                        (unsigned)r->p[0], (unsigned)r->p[1], (unsigned)r->p[2]);
+    u->mode = r->p[0];
+    u->format = r->p[1];
+    u->flags = r->p[2];
+    r->p += 3;
+    if ((e = ac__need(r, 8, "layout hash")) != AC_OK) return e;
+    if (ac__get_u64(r) != u->layout_hash)
+        return ac__fail(AC_ERR_LAYOUT, "decode: layout hash differs from the expected layout");
+    if ((e = ac__need(r, 8, "t_pull")) != AC_OK) return e;
+    u->t_pull = ac__get_u64(r);
+    if ((e = ac__need(r, 4, "tensor count")) != AC_OK) return e;
+    if ((tensors = ac__get_u32(r)) != u->layout.count)
+        return ac__fail(AC_ERR_LAYOUT, "decode: %u tensors, layout has %u", (unsigned)tensors,
+                        (unsigned)u->layout.count);
+    return AC_OK;
+}
+
+/* Counts, then two cheap guards before any per-entry work: the update must
+   hold them, and the bytes left must be able to carry them (one byte per
+   index at least, plus the values), so huge forged counts cost nothing. */
+static ac_result ac__get_counts(ac__reader *r, ac_update *u)
+{
+    uint64_t sum = 0, min_bytes = 0;
+    uint32_t l;
+    ac_result e;
+    for (l = 0; l < u->layout.count; l++) {
+        if ((e = ac__get_varint(r, &u->count[l], "count")) != AC_OK) return e;
+        if (u->count[l] > u->layout.sizes[l])
+            return ac__fail(AC_ERR_COUNT, "decode: tensor %u claims %u entries of %u",
+                            (unsigned)l, (unsigned)u->count[l], (unsigned)u->layout.sizes[l]);
+        if (u->mode == AC_MODE_DENSE && u->count[l] != u->layout.sizes[l])
+            return ac__fail(AC_ERR_COUNT, "decode: dense packet sends %u of %u in tensor %u",
+                            (unsigned)u->count[l], (unsigned)u->layout.sizes[l], (unsigned)l);
+        sum += u->count[l];
+        if (u->count[l] != u->layout.sizes[l]) min_bytes += u->count[l];
+    }
+    if (sum > u->capacity)
+        return ac__fail(AC_ERR_CAPACITY, "decode: %llu entries, the update holds %u",
+                        (unsigned long long)sum, (unsigned)u->capacity);
+    u->nnz = (uint32_t)sum;
+    min_bytes += ac__value_bytes(u);
+    u->nnz = 0;
+    if ((e = ac__need(r, min_bytes, "entries")) != AC_OK) return e;
+    u->nnz = (uint32_t)sum;
+    return AC_OK;
+}
+
+static ac_result ac__get_tensor_indices(ac__reader *r, ac_update *u, uint32_t l, uint32_t base,
+                                        uint32_t *j)
+{
+    uint32_t size = u->layout.sizes[l], c = u->count[l], end = *j + c, delta;
+    int64_t idx = -1;
+    ac_result e;
+    if (c == size) {
+        for (; *j < end; (*j)++) u->index[*j] = base + (*j - (end - c));
+        return AC_OK;
+    }
+    for (; *j < end; (*j)++) {
+        if ((e = ac__get_varint(r, &delta, "index")) != AC_OK) return e;
+        if (delta == 0)
+            return ac__fail(AC_ERR_ORDER, "decode: zero delta in tensor %u after index %lld",
+                            (unsigned)l, (long long)idx);
+        idx += delta;
+        if (idx >= (int64_t)size)
+            return ac__fail(AC_ERR_INDEX, "decode: index %lld beyond tensor %u of size %u",
+                            (long long)idx, (unsigned)l, (unsigned)size);
+        u->index[*j] = base + (uint32_t)idx;
+    }
+    return AC_OK;
+}
+
+static ac_result ac__get_values(ac__reader *r, ac_update *u)
+{
+    uint32_t j;
+    if (u->format == AC_FORMAT_F32) {
+        for (j = 0; j < u->nnz; j++) {
+            u->value[j] = ac__u2f(ac__get_u32(r));
+            if (!ac__finite(u->value[j]))
+                return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
+        }
+    } else {
+        for (j = 0; j < u->nnz; j++, r->p += 2) {
+            uint16_t h = (uint16_t)(r->p[0] | r->p[1] << 8);
+            if ((h & 0x7C00u) == 0x7C00u)
+                return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
+            u->value[j] = ac_f16_to_f32(h);
+        }
+    }
+    return AC_OK;
+}
+
+static ac_result ac__get_signs(ac__reader *r, ac_update *u)
+{
+    uint32_t l, j = 0, end;
+    size_t bytes = ((size_t)u->nnz + 7) / 8;
+    for (l = 0; l < u->layout.count; l++) {
+        float s;
+        if (!u->count[l]) continue;
+        s = u->scale[l] = ac__u2f(ac__get_u32(r));
+        if (!ac__finite(s) || (ac__f2u(s) >> 31))
+            return ac__fail(AC_ERR_VALUE, "decode: scale of tensor %u is %g", (unsigned)l,
+                            (double)s);
+    }
+    if ((u->nnz & 7) && (r->p[bytes - 1] >> (u->nnz & 7)))
+        return ac__fail(AC_ERR_FORMAT, "decode: unused sign bits are not zero");
+    for (l = 0; l < u->layout.count; l++)
+        for (end = j + u->count[l]; j < end; j++)
+            u->value[j] = (r->p[j >> 3] >> (j & 7)) & 1 ? -u->scale[l] : u->scale[l];
+    r->p += bytes;
+    return AC_OK;
+}
+
+static ac_result ac__decode(ac__reader *r, ac_update *u)
+{
+    uint32_t l, j = 0, base = 0;
+    ac_result e;
+    memset(u->scale, 0, (size_t)u->layout.count * sizeof(float));
+    if ((e = ac__get_header(r, u)) != AC_OK || (e = ac__get_counts(r, u)) != AC_OK) return e;
+    for (l = 0; l < u->layout.count; l++) {
+        if ((e = ac__get_tensor_indices(r, u, l, base, &j)) != AC_OK) return e;
+        base += u->layout.sizes[l];
+    }
+    /* the value bytes were already checked to be present */
+    if ((e = ac__need(r, ac__value_bytes(u), "values")) != AC_OK) return e;
+    e = u->format == AC_FORMAT_SIGN_SCALE ? ac__get_signs(r, u) : ac__get_values(r, u);
+    if (e != AC_OK) return e;
+    if (r->p != r->end)
+        return ac__fail(AC_ERR_TRAILING, "decode: %zu bytes after the packet's end",
+                        (size_t)(r->end - r->p));
+    return AC_OK;
+}
+
+ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
+{
+    ac__reader r;
+    ac_result e;
+    if (!u || !u->count || !u->layout.sizes || (!data && len))
+        return ac__fail(AC_ERR_ARG, "ac_decode: NULL argument or uninitialised update");
+    u->nnz = 0;
+    r.begin = r.p = (const unsigned char *)data;
+    r.end = r.begin + len;
+    if (!data) r.begin = r.p = r.end = (const unsigned char *)ac__magic; /* empty */
+    e = ac__decode(&r, u);
+    if (e != AC_OK) u->nnz = 0;
+    return e;
+}
+
+/* ==== ac_server ==== */
+
+/* sigma_i counts, among the updates applied in (t_pull, t], those that
+   touched i.  Scanning a ring of index sets costs O(tau * |S|) per apply;
+   we store the ring transposed instead.  Each update is labelled by the
+   clock after it (the first update is 1), and each parameter i keeps
+   last[i], the label of the latest update that touched it, and a 64-bit
+   mask whose bit b says "the update labelled last[i] - b touched i".  Then
+      sigma_i = popcount(mask[i] & low (last[i] - lo) bits),  lo = t - min(tau, H)
+   and recording a touch by label c is mask = mask << (c - last) | 1.  Both
+   are O(1) per sent entry, so an apply is O(|S|) whatever tau is, and no
+   list of index sets needs to be kept or evicted: a bit older than 64
+   labels simply falls off the top.  Memory: 16 bytes per parameter (SIGMA
+   mode only).  H <= 64 follows from the mask width. */
+
+struct ac_server {
+    ac_server_config cfg;   /* defaults resolved */
+    ac_layout layout;
+    uint32_t *sizes;        /* owned copy */
+    uint32_t total;
+    float *params;          /* not owned */
+    uint64_t t;             /* clock: updates applied so far */
+    uint64_t *touch_mask;   /* SIGMA: [total] */
+    uint64_t *touch_last;   /* SIGMA: [total] */
+    void *update_memory;
+    ac_update update;       /* where packets are decoded */
+    ac_stats stats;
+};
+
+ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *params,
+                               const ac_server_config *config)
+{
+    ac_server *s;
+    ac_result r;
+    size_t bytes;
+    if (!out || !params) return ac__fail(AC_ERR_ARG, "ac_server_init: NULL argument");
+    *out = NULL;
+    s = (ac_server *)ac__calloc(1, sizeof *s);
+    if (!s) return ac__fail(AC_ERR_NOMEM, "ac_server_init: no memory");
+    if (config) s->cfg = *config;
+    if (s->cfg.alpha == 0.0f) s->cfg.alpha = 0.1f;
+    if (s->cfg.history == 0) s->cfg.history = AC_HISTORY_MAX;
+    r = ac__layout_copy(&s->layout, &s->sizes, layout);
+    if (r == AC_OK && (s->cfg.history > AC_HISTORY_MAX || !ac__finite(s->cfg.alpha) ||
+                       (unsigned)s->cfg.staleness > AC_STALENESS_CONSTANT ||
+                       (unsigned)s->cfg.too_old > AC_TOO_OLD_WINDOW))
+        r = ac__fail(AC_ERR_ARG, "ac_server_init: history %u > %d, or bad alpha or option",
+                     (unsigned)s->cfg.history, AC_HISTORY_MAX);
+    if (r != AC_OK) {
+        ac_server_free(s);
+        return r;
+    }
+    s->params = params;
+    s->total = (uint32_t)ac_layout_total(&s->layout);
+    bytes = ac_update_memory_size(&s->layout, s->total);
+    s->update_memory = ac__calloc(bytes, 1);
+    if (s->cfg.staleness == AC_STALENESS_SIGMA) {
+        s->touch_mask = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
+        s->touch_last = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
+    }
+    if (!s->update_memory ||
+        (s->cfg.staleness == AC_STALENESS_SIGMA && (!s->touch_mask || !s->touch_last))) {
+        ac_server_free(s);
+        return ac__fail(AC_ERR_NOMEM, "ac_server_init: no memory for %u parameters",
+                        (unsigned)ac_layout_total(layout));
+    }
+    ac_update_init(&s->update, &s->layout, s->total, s->update_memory, bytes);
+    *out = s;
+    return AC_OK;
+}
+
+ACDEF void ac_server_free(ac_server *s)
+{
+    if (!s) return;
+    AC_FREE(s->touch_mask);
+    AC_FREE(s->touch_last);
+    AC_FREE(s->update_memory);
+    AC_FREE(s->sizes);
+    AC_FREE(s);
+}
+
+ACDEF uint64_t ac_server_clock(const ac_server *s) { return s ? s->t : 0; }
+
+ACDEF void ac_server_pull(ac_server *s, float *dst, uint64_t *t_pull)
+{
+    if (!s) return;
+    if (dst) {
+        memcpy(dst, s->params, (size_t)s->total * sizeof(float));
+        s->stats.bytes_out += (uint64_t)s->total * 4;
+    }
+    s->stats.pulls++;
+    if (t_pull) *t_pull = s->t;
+}
+
+/* The clock rule shared by apply and sigma: returns lo, the label after
+   which touches count, or an error for a future or (by option) stale pull. */
+static ac_result ac__window(const ac_server *s, uint64_t t_pull, uint64_t *lo)
+{
+    uint64_t tau, H = s->cfg.history;
+    if (t_pull > s->t)
+        return ac__fail(AC_ERR_CLOCK, "apply: t_pull %llu is ahead of the clock %llu",
+                        (unsigned long long)t_pull, (unsigned long long)s->t);
+    tau = s->t - t_pull;
+    if (tau > H && s->cfg.too_old == AC_TOO_OLD_REJECT)
+        return ac__fail(AC_ERR_STALE, "apply: tau = %llu updates since the pull > H = %llu",
+                        (unsigned long long)tau, (unsigned long long)H);
+    *lo = s->t - (tau < H ? tau : H);
+    return AC_OK;
+}
+
+/* Number of touches of i labelled after lo.  lo >= t - 64 and last <= t,
+   so last - lo <= 64 and the mask covers the whole window. */
+static uint32_t ac__sigma(const ac_server *s, uint32_t i, uint64_t lo)
+{
+    uint64_t last = s->touch_last[i], span, m = s->touch_mask[i];
+    if (last <= lo) return 0;
+    span = last - lo;
+    if (span < 64) m &= (1ull << span) - 1;
+    return ac__popcount64(m);
+}
+
+static void ac__touch(ac_server *s, uint32_t i, uint64_t label)
+{
+    uint64_t d = label - s->touch_last[i];
+    s->touch_mask[i] = d >= 64 ? 1 : (s->touch_mask[i] << d) | 1;
+    s->touch_last[i] = label;
+}
+
+/* Global indices strictly increasing and in range: all an apply needs to be
+   memory safe for an update that did not come from ac_decode. */
+static ac_result ac__check_update(const ac_server *s, const ac_update *u)
+{
+    uint32_t j;
+    if (!u || (u->nnz && (!u->index || !u->value)))
+        return ac__fail(AC_ERR_ARG, "apply: NULL update");
+    if (u->layout_hash != ac_layout_hash(&s->layout))
+        return ac__fail(AC_ERR_LAYOUT, "apply: update is for another layout");
+    for (j = 0; j < u->nnz; j++) {
+        if (u->index[j] >= s->total)
+            return ac__fail(AC_ERR_INDEX, "apply: index %u >= %u", (unsigned)u->index[j],
+                            (unsigned)s->total);
+        if (j && u->index[j] <= u->index[j - 1])
+            return ac__fail(AC_ERR_ORDER, "apply: index %u not increasing", (unsigned)u->index[j]);
+    }
+    return AC_OK;
+}
+
+/* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1. */
+static void ac__apply(ac_server *s, const ac_update *u, uint64_t lo)
+{
+    uint64_t label = s->t + 1, tau = s->t - u->t_pull;
+    float *w = s->params, a = s->cfg.alpha;
+    uint32_t j;
+    if (s->cfg.staleness == AC_STALENESS_SIGMA) {
+        for (j = 0; j < u->nnz; j++) {
+            uint32_t i = u->index[j], sigma = ac__sigma(s, i, lo);
+            w[i] -= a * u->value[j] / (float)(sigma > 1 ? sigma : 1);
+            ac__touch(s, i, label);
+        }
+    } else {
+        if (s->cfg.staleness == AC_STALENESS_TAU && tau > 1) a /= (float)tau;
+        for (j = 0; j < u->nnz; j++) w[u->index[j]] -= a * u->value[j];
+    }
+    s->t = label;
+    s->stats.packets++;
+    s->stats.entries += u->nnz;
+    s->stats.dense_bytes += (uint64_t)s->total * 4;
+}
+
+ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u)
+{
+    uint64_t lo;
+    ac_result r;
+    if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply: NULL server");
+    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__window(s, u->t_pull, &lo)) != AC_OK) {
+        s->stats.rejected++;
+        return r;
+    }
+    ac__apply(s, u, lo);
+    return AC_OK;
+}
+
+ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len)
+{
+    uint64_t lo;
+    ac_result r;
+    if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply_packet: NULL server");
+    s->stats.bytes_in += len;
+    if ((r = ac_decode(&s->update, data, len)) != AC_OK ||
+        (r = ac__window(s, s->update.t_pull, &lo)) != AC_OK) {
+        s->stats.rejected++;
+        return r;
+    }
+    ac__apply(s, &s->update, lo);
+    return AC_OK;
+}
+
+ACDEF ac_result ac_server_sigma(const ac_server *s, const ac_update *u, uint32_t *sigma)
+{
+    uint64_t lo;
+    uint32_t j;
+    ac_result r;
+    if (!s || !sigma) return ac__fail(AC_ERR_ARG, "ac_server_sigma: NULL argument");
+    if (s->cfg.staleness != AC_STALENESS_SIGMA)
+        return ac__fail(AC_ERR_ARG, "ac_server_sigma: server does not count sigma");
+    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__window(s, u->t_pull, &lo)) != AC_OK)
+        return r;
+    for (j = 0; j < u->nnz; j++) sigma[j] = ac__sigma(s, u->index[j], lo);
+    return AC_OK;
+}
+
+ACDEF ac_stats ac_server_stats(const ac_server *s)
+{
+    ac_stats st;
+    memset(&st, 0, sizeof st);
+    return s ? s->stats : st;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ADACOMP_IMPLEMENTATION */
+
+/*
+   This software is available under the MIT License.
+   Copyright (c) 2026 the distgan authors.
+
+   Permission is hereby granted, free of charge, to any person obtaining a copy
+   of this software and associated documentation files (the "Software"), to
+   deal in the Software without restriction, including without limitation the
+   rights to use, copy, modify, merge, publish, distribute, sublicense, and/or
+   sell copies of the Software, and to permit persons to whom the Software is
+   furnished to do so, subject to the following conditions: the above copyright
+   notice and this permission notice shall be included in all copies or
+   substantial portions of the Software.
+
+   THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+   IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+   FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+   AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+   LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING
+   FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS
+   IN THE SOFTWARE.
+*/

@@ -1,0 +1,186 @@
+/* bench/bench_adacomp.c: throughput of the worker side (select + encode) and
+ * of the PS ingress (decode + sigma-modulated apply), single thread.
+ *
+ * Output, one line per measurement (machine-readable, then "# " comments):
+ *   bench adacomp_compress mode=M n=N c=C threads=1 gbps=G bytes_per_entry=B
+ *   bench adacomp_apply mode=M n=N threads=1 gbps=G
+ * gbps is dense gradient processed per second: 4 bytes x n per call, for
+ * both lines (the apply touches only the sent entries, so its figure says
+ * how many dense-equivalent gradients per second one PS core absorbs).
+ * bytes_per_entry is packet bytes per *sent* entry (index + value cost).
+ * c is the configured rate for hardy/topk, 1 for dense, and the measured
+ * fraction sent for ibm and threshold.  Times are medians of repeated calls
+ * (clock_gettime(CLOCK_MONOTONIC)); the gradient is N(0,1)-like. */
+#define _POSIX_C_SOURCE 199309L
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ADACOMP_IMPLEMENTATION
+#include "../adacomp.h"
+
+#define MAX_REPS 64
+#define TARGET_SECONDS 0.4
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return t[n / 2];
+}
+
+/* A CNN-like layout of exactly n entries: two convolutions, a big fully
+   connected layer absorbing the rest, a classifier; weights and biases are
+   separate tensors. */
+static uint32_t make_layout(uint32_t *sizes, uint32_t n)
+{
+    uint32_t fixed = 288 + 32 + 18432 + 64 + 256 + 2560 + 10;
+    sizes[0] = 288, sizes[1] = 32, sizes[2] = 18432, sizes[3] = 64;
+    sizes[4] = n - fixed, sizes[5] = 256, sizes[6] = 2560, sizes[7] = 10;
+    return 8;
+}
+
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+static float approx_normal(void)
+{
+    float s = 0;
+    int i;
+    for (i = 0; i < 4; i++) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        s += (float)(rng >> 40) * (1.0f / 16777216.0f);
+    }
+    return (s - 2.0f) * 1.7320508f; /* variance 4/12 -> 1 */
+}
+
+typedef struct bench_mode {
+    const char *name;
+    ac_mode mode;
+} bench_mode;
+
+static const bench_mode modes[] = {
+    {"hardy", AC_MODE_HARDY}, {"ibm", AC_MODE_IBM}, {"dense", AC_MODE_DENSE},
+    {"topk", AC_MODE_TOPK},   {"threshold", AC_MODE_THRESHOLD},
+};
+
+static void put_t_pull(unsigned char *packet, uint64_t t)
+{
+    int b;
+    for (b = 0; b < 8; b++) packet[16 + b] = (unsigned char)(t >> (8 * b));
+}
+
+/* Compresses `reps` times alternating two gradients; returns the median
+   time and leaves the last packet in buf. */
+static int run_compress(ac_compressor *c, float *const g[2], uint32_t n, unsigned char *buf,
+                        size_t cap, size_t *len, double *sent, double *seconds)
+{
+    double t[MAX_REPS], start = now();
+    int r;
+    *sent = 0;
+    for (r = 0; r < MAX_REPS && (r < 3 || now() - start < TARGET_SECONDS); r++) {
+        double t0 = now();
+        if (ac_compress(c, g[r & 1], 0, buf, cap, len) != AC_OK) {
+            printf("# compress failed: %s\n", ac_last_error());
+            return 0;
+        }
+        t[r] = now() - t0;
+        *sent += ac_compressor_update(c)->nnz;
+    }
+    *sent /= r;
+    (void)n;
+    *seconds = median(t, r);
+    return 1;
+}
+
+/* Applies the packet repeatedly as if 8 workers were pushing: t_pull lags
+   the clock by 8, so sigma counting really looks at history. */
+static double run_apply(ac_server *s, unsigned char *buf, size_t len)
+{
+    double t[MAX_REPS], start = now();
+    int r;
+    for (r = 0; r < MAX_REPS && (r < 3 || now() - start < TARGET_SECONDS); r++) {
+        uint64_t clock = ac_server_clock(s);
+        double t0;
+        put_t_pull(buf, clock >= 8 ? clock - 8 : 0);
+        t0 = now();
+        if (ac_server_apply_packet(s, buf, len) != AC_OK) {
+            printf("# apply failed: %s\n", ac_last_error());
+            return 0;
+        }
+        t[r] = now() - t0;
+    }
+    return median(t, r);
+}
+
+static void bench_size(uint32_t n)
+{
+    uint32_t sizes[8], count = make_layout(sizes, n), i;
+    ac_layout layout;
+    float *g[2], *w;
+    ac_server *ps;
+    size_t m;
+    layout.count = count, layout.sizes = sizes;
+    g[0] = (float *)malloc(n * sizeof(float));
+    g[1] = (float *)malloc(n * sizeof(float));
+    w = (float *)calloc(n, sizeof(float));
+    for (i = 0; i < n; i++) g[0][i] = approx_normal(), g[1][i] = approx_normal();
+    if (ac_server_init(&ps, &layout, w, NULL) != AC_OK) {
+        printf("# server: %s\n", ac_last_error());
+        return;
+    }
+    for (m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+        ac_compressor_config cfg;
+        ac_compressor *c;
+        unsigned char *buf;
+        size_t cap, len = 0;
+        double sent, sec, asec, shown_c;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.mode = modes[m].mode, cfg.rate = 0.01, cfg.threshold = 2.576f; /* ~1% of N(0,1) */
+        if (ac_compressor_init(&c, &layout, &cfg) != AC_OK) {
+            printf("# init: %s\n", ac_last_error());
+            continue;
+        }
+        cap = ac_compressor_packet_bound(c);
+        buf = (unsigned char *)malloc(cap);
+        memset(buf, 0, cap); /* first touch outside the timing */
+        if (run_compress(c, g, n, buf, cap, &len, &sent, &sec)) {
+            shown_c = modes[m].mode == AC_MODE_DENSE ? 1.0
+                      : (modes[m].mode == AC_MODE_HARDY || modes[m].mode == AC_MODE_TOPK)
+                          ? 0.01 : sent / n;
+            printf("bench adacomp_compress mode=%s n=%u c=%.4g threads=1 gbps=%.3f "
+                   "bytes_per_entry=%.3f\n", modes[m].name, (unsigned)n, shown_c,
+                   4.0 * n / sec / 1e9, (double)len / (sent > 0 ? sent : 1));
+            printf("# %s n=%u: %.0f entries, %zu bytes/packet, %.1fx smaller than dense\n",
+                   modes[m].name, (unsigned)n, sent, len, 4.0 * n / (double)len);
+            asec = run_apply(ps, buf, len);
+            if (asec > 0)
+                printf("bench adacomp_apply mode=%s n=%u threads=1 gbps=%.3f\n", modes[m].name,
+                       (unsigned)n, 4.0 * n / asec / 1e9);
+        }
+        fflush(stdout);
+        free(buf);
+        ac_compressor_free(c);
+    }
+    ac_server_free(ps);
+    free(g[0]), free(g[1]), free(w);
+}
+
+int main(void)
+{
+    bench_size(1000000);
+    bench_size(10000000);
+    return 0;
+}
