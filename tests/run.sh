@@ -30,6 +30,12 @@ for f in $FUZZERS; do
         fi
     fi
 done
+# the headers compile as C (gcc, clang), C++, static and without SIMD
+if sh tests/compile_check.sh "${CC:-cc}" "${CLANG:-clang}" >"$log" 2>&1; then
+    passed=$((passed + 1)); echo "ok   compile_check"
+else
+    failed=$((failed + 1)); echo "---- compile_check"; cat "$log"
+fi
 rm -f "$log"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

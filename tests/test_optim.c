@@ -1,0 +1,197 @@
+/* Optimisers against hand-computed steps; checkpoints: round trip and
+   rejection of truncated, corrupted, wrong-version and wrong-architecture
+   files without touching the net. */
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+#include "harness.h"
+
+static dg_pool *pool;
+
+TEST(sgd_momentum_by_hand)
+{
+    dg_optim o;
+    float p[2] = {1.0f, -2.0f}, g[2] = {0.5f, 0.25f};
+    CHECK_OK(dg_optim_sgd(&o, 2, 0.1f, 0.9f));
+    CHECK_OK(dg_optim_step(&o, pool, p, g)); /* buf = g; p -= 0.1 g */
+    CHECK_NEAR(p[0], 0.95, 1e-7);
+    CHECK_NEAR(p[1], -2.025, 1e-7);
+    CHECK_OK(dg_optim_step(&o, pool, p, g)); /* buf = 0.9 g + g = 1.9 g */
+    CHECK_NEAR(p[0], 0.95 - 0.1 * 1.9 * 0.5, 1e-6);
+    CHECK_NEAR(p[1], -2.025 - 0.1 * 1.9 * 0.25, 1e-6);
+    dg_optim_free(&o);
+}
+
+TEST(adam_by_hand)
+{
+    dg_optim o;
+    float p[1] = {1.0f}, g1[1] = {0.5f}, g2[1] = {-1.0f};
+    double m, v, mh, vh, expect;
+    CHECK_OK(dg_optim_adam(&o, 1, 0.01f, 0.9f, 0.999f, 1e-8f));
+    /* step 1: m = 0.05, v = 0.00025, m^ = 0.5, v^ = 0.25: p -= 0.01 */
+    CHECK_OK(dg_optim_step(&o, pool, p, g1));
+    CHECK_NEAR(p[0], 0.99, 1e-6);
+    /* step 2 */
+    CHECK_OK(dg_optim_step(&o, pool, p, g2));
+    m = 0.9 * 0.05 + 0.1 * -1.0;
+    v = 0.999 * 0.00025 + 0.001 * 1.0;
+    mh = m / (1 - 0.81);
+    vh = v / (1 - 0.999 * 0.999);
+    expect = 0.99 - 0.01 * mh / (sqrt(vh) + 1e-8);
+    CHECK_NEAR(p[0], expect, 1e-6);
+    CHECK(o.t == 2);
+    CHECK_NEAR(o.state[0], m, 1e-7);
+    CHECK_NEAR(o.state[1], v, 2e-7); /* 1 - 0.999f is not 0.001 in float */
+    dg_optim_reset(&o);
+    CHECK(o.t == 0 && o.state[0] == 0.0f);
+    dg_optim_free(&o);
+}
+
+TEST(optim_rejects_bad_config)
+{
+    dg_optim o;
+    CHECK(dg_optim_adam(&o, 10, 0.0f, 0.9f, 0.999f, 1e-8f) == DG_ERR_ARG);
+    CHECK(dg_optim_adam(&o, 10, 1e-3f, 1.0f, 0.999f, 1e-8f) == DG_ERR_ARG);
+    CHECK(dg_optim_adam(&o, 0, 1e-3f, 0.5f, 0.999f, 1e-8f) == DG_ERR_ARG);
+    CHECK(dg_optim_sgd(&o, 10, 0.1f, -0.5f) == DG_ERR_ARG);
+    CHECK(dg_optim_sgd(NULL, 10, 0.1f, 0.5f) == DG_ERR_ARG);
+}
+
+static dg_net *small_net(int hidden)
+{
+    dg_net *net;
+    if (dg_net_create(&net, 1, 6, 6)) return NULL;
+    dg_net_conv2d(net, 3, 3, 1, 1);
+    dg_net_batchnorm(net);
+    dg_net_relu(net);
+    dg_net_flatten(net);
+    dg_net_linear(net, hidden);
+    if (dg_net_plan(net, pool, 4)) return NULL;
+    return net;
+}
+
+static void train_a_bit(dg_net *net, dg_optim *o)
+{
+    float x[4 * 36], dy[4 * 5];
+    const float *y;
+    int i;
+    dg_rng rng = dg_rng_make(1, 2, 3);
+    for (i = 0; i < 3; i++) {
+        dg_rng_fill_uniform(&rng, x, 4 * 36, -1, 1);
+        dg_rng_fill_uniform(&rng, dy, 4 * 5, -1, 1);
+        dg_net_zero_grad(net);
+        dg_net_forward(net, x, 4, 1, &y);
+        dg_net_backward(net, dy, NULL);
+        dg_optim_step(o, pool, dg_net_params(net), dg_net_grads(net));
+    }
+}
+
+static int same(const float *a, const float *b, size_t n) { return memcmp(a, b, n * 4) == 0; }
+
+TEST(checkpoint_round_trip)
+{
+    dg_net *a = small_net(5), *b = small_net(5);
+    dg_optim oa, ob;
+    const char *path = "build/test_optim_ckpt.bin";
+    CHECK(a && b);
+    CHECK_OK(dg_net_init(a, 1, 0.0f));
+    CHECK_OK(dg_net_init(b, 2, 0.0f));
+    CHECK_OK(dg_optim_adam(&oa, dg_net_param_count(a), 1e-3f, 0.5f, 0.999f, 1e-8f));
+    CHECK_OK(dg_optim_adam(&ob, dg_net_param_count(b), 1e-3f, 0.5f, 0.999f, 1e-8f));
+    train_a_bit(a, &oa);
+    CHECK_OK(dg_net_save(a, &oa, path));
+    CHECK_OK(dg_net_load(b, &ob, path));
+    CHECK(same(dg_net_params(a), dg_net_params(b), dg_net_param_count(a)));
+    CHECK(same(dg_net_state(a), dg_net_state(b), dg_net_state_count(a)));
+    CHECK(same(oa.state, ob.state, dg_optim_state_count(&oa)));
+    CHECK(oa.t == ob.t && ob.t == 3);
+    /* training on from both gives the same result */
+    train_a_bit(a, &oa);
+    train_a_bit(b, &ob);
+    CHECK(same(dg_net_params(a), dg_net_params(b), dg_net_param_count(a)));
+    /* without the optimiser */
+    CHECK_OK(dg_net_save(a, NULL, path));
+    CHECK_OK(dg_net_init(b, 3, 0.0f));
+    CHECK_OK(dg_net_load(b, NULL, path));
+    CHECK(same(dg_net_params(a), dg_net_params(b), dg_net_param_count(a)));
+    remove(path);
+    dg_optim_free(&oa);
+    dg_optim_free(&ob);
+    dg_net_free(a);
+    dg_net_free(b);
+}
+
+TEST(checkpoint_rejects_bad_files)
+{
+    dg_net *a = small_net(5), *b = small_net(5), *other = small_net(6);
+    dg_optim oa, sgd;
+    unsigned char *buf, *bad;
+    size_t len, i, cut;
+    float *before;
+    int all_rejected = 1, untouched = 1;
+    CHECK_OK(dg_net_init(a, 1, 0.0f));
+    CHECK_OK(dg_net_init(b, 2, 0.0f));
+    CHECK_OK(dg_optim_adam(&oa, dg_net_param_count(a), 1e-3f, 0.5f, 0.999f, 1e-8f));
+    CHECK_OK(dg_optim_sgd(&sgd, dg_net_param_count(a), 0.1f, 0.0f));
+    len = dg_net_save_size(a, &oa);
+    buf = malloc(len);
+    bad = malloc(len);
+    before = malloc(dg_net_param_count(b) * 4);
+    memcpy(before, dg_net_params(b), dg_net_param_count(b) * 4);
+    CHECK_OK(dg_net_save_mem(a, &oa, buf, len, &i));
+    CHECK(i == len);
+    CHECK(dg_net_save_mem(a, &oa, buf, len - 1, &i) == DG_ERR_TOO_LARGE);
+    /* every truncation */
+    for (cut = 0; cut < len; cut += (cut < 64 ? 1 : 97)) {
+        dg_result r = dg_net_load_mem(b, NULL, buf, cut);
+        all_rejected &= r == DG_ERR_FORMAT;
+    }
+    CHECK(all_rejected);
+    /* a flipped bit anywhere in the payload: CRC mismatch */
+    all_rejected = 1;
+    for (i = 20; i < len; i += 13) {
+        memcpy(bad, buf, len);
+        bad[i] ^= 0x10;
+        all_rejected &= dg_net_load_mem(b, NULL, bad, len) == DG_ERR_CHECKSUM;
+    }
+    CHECK(all_rejected);
+    memcpy(bad, buf, len);
+    bad[0] = 'X';
+    CHECK(dg_net_load_mem(b, NULL, bad, len) == DG_ERR_FORMAT);
+    memcpy(bad, buf, len);
+    bad[4] = 2; /* version 2 */
+    CHECK(dg_net_load_mem(b, NULL, bad, len) == DG_ERR_VERSION);
+    CHECK(strstr(dg_last_error(), "version 2") != NULL);
+    CHECK(dg_net_load_mem(other, NULL, buf, len) == DG_ERR_CONFIG); /* other architecture */
+    CHECK(dg_net_load_mem(b, &sgd, buf, len) == DG_ERR_CONFIG);      /* other optimiser */
+    CHECK(dg_net_load(b, NULL, "build/does/not/exist.bin") == DG_ERR_IO);
+    untouched = same(before, dg_net_params(b), dg_net_param_count(b));
+    CHECK(untouched);
+    /* a truncated file on disk */
+    {
+        FILE *f = fopen("build/test_optim_trunc.bin", "wb");
+        fwrite(buf, 1, len / 2, f);
+        fclose(f);
+        CHECK(dg_net_load(b, NULL, "build/test_optim_trunc.bin") == DG_ERR_FORMAT);
+        remove("build/test_optim_trunc.bin");
+    }
+    free(buf);
+    free(bad);
+    free(before);
+    dg_optim_free(&oa);
+    dg_optim_free(&sgd);
+    dg_net_free(a);
+    dg_net_free(b);
+    dg_net_free(other);
+}
+
+int main(void)
+{
+    if (dg_pool_create(&pool, 2)) return 1;
+    RUN(sgd_momentum_by_hand);
+    RUN(adam_by_hand);
+    RUN(optim_rejects_bad_config);
+    RUN(checkpoint_round_trip);
+    RUN(checkpoint_rejects_bad_files);
+    dg_pool_destroy(pool);
+    return th_done();
+}
