@@ -81,7 +81,9 @@
 #define ADACOMP_VERSION_MINOR 1
 #define ADACOMP_VERSION_PATCH 0
 
-#ifdef ADACOMP_STATIC
+#if defined(ADACOMP_STATIC) && defined(__GNUC__)
+#define ACDEF static __attribute__((unused)) /* a file need not use them all */
+#elif defined(ADACOMP_STATIC)
 #define ACDEF static
 #else
 #define ACDEF extern
@@ -154,8 +156,9 @@ typedef enum ac_format {
 /* A sparse gradient: what a compressor selects, what a packet carries, what
    a server applies.  Indices are global (into the flat vector), strictly
    increasing, grouped by tensor in layout order: the first count[0] belong
-   to tensor 0, and so on.  The server computes w_i -= alpha * value * ... ;
-   in IBM mode value = +-scale[tensor]. */
+   to tensor 0, and so on.  The server subtracts alpha * value, divided by
+   the staleness modulation, from w[index]; in IBM mode value is
+   +-scale[tensor]. */
 typedef struct ac_update {
     ac_layout layout;       /* sizes not owned */
     uint64_t layout_hash;
@@ -210,7 +213,8 @@ ACDEF ac_result ac_compressor_init(ac_compressor **out, const ac_layout *layout,
 ACDEF void ac_compressor_free(ac_compressor *c);
 /* Selects from a dense gradient `grad` (layout total floats) into the
    compressor's update and updates the residue.  Fails with AC_ERR_VALUE if a
-   selected value (or, in IBM mode, any G) is NaN or infinite. */
+   selected value (or, in IBM mode, any G) is NaN or infinite; the residue
+   then holds the poisoned sum, so call ac_compressor_reset before going on. */
 ACDEF ac_result ac_compressor_select(ac_compressor *c, const float *grad, uint64_t t_pull);
 /* The update the last select produced (owned by the compressor). */
 ACDEF const ac_update *ac_compressor_update(const ac_compressor *c);

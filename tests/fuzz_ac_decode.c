@@ -4,7 +4,8 @@
  * over 128 so that two-byte varints occur).  The decoder must never crash
  * and must reject what it cannot represent; when it accepts, the packet
  * format is canonical, so re-encoding must give back exactly the input and
- * ac_packet_size must predict its length.  Anything else aborts.
+ * ac_packet_size must predict its length; the accepted update is then
+ * applied by a parameter server.  Anything unexpected aborts.
  *
  *   clang -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined tests/fuzz_ac_decode.c
  *   ./a.out corpus_dir tests/corpus/ac_decode
@@ -19,6 +20,25 @@
 /* Keep in step with the seed generator described in docs/adacomp.md. */
 static const uint32_t fz_sizes[] = {5, 1, 130, 3, 64, 200};
 #define FZ_TOTAL (5 + 1 + 130 + 3 + 64 + 200)
+
+/* Whatever index set got through the decoder is safe to apply: a fresh PS
+   takes it at t_pull = 0 and again at t_pull = 0 (tau = 1), so the second
+   apply counts sigma over the first. */
+static void apply_twice(const ac_layout *layout, ac_update *u)
+{
+    static float w[FZ_TOTAL];
+    uint32_t sigma[FZ_TOTAL], j;
+    ac_server *s;
+    memset(w, 0, sizeof w);
+    if (ac_server_init(&s, layout, w, NULL) != AC_OK) abort();
+    u->t_pull = 0;
+    if (ac_server_apply(s, u) != AC_OK) abort();
+    if (ac_server_sigma(s, u, sigma) != AC_OK) abort();
+    for (j = 0; j < u->nnz; j++)
+        if (sigma[j] != 1) abort();
+    if (ac_server_apply(s, u) != AC_OK || ac_server_clock(s) != 2) abort();
+    ac_server_free(s);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -39,5 +59,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (ac_packet_size(&u) != size) abort();
     if (ac_encode(&u, out, sizeof out, &written) != AC_OK) abort();
     if (written != size || memcmp(out, data, size) != 0) abort();
+    apply_twice(&layout, &u);
     return 0;
 }
