@@ -350,8 +350,10 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
 
 #ifdef __cplusplus
 #define DG__TLS thread_local
+#define DG__RESTRICT __restrict
 #else
 #define DG__TLS _Thread_local
+#define DG__RESTRICT restrict
 #endif
 
 #ifdef __cplusplus
@@ -929,6 +931,103 @@ static dg__isa_desc dg__isa_get(dg_isa isa)
     return d;
 }
 
+/* Element-wise kernels, compiled once per instruction set.  At -O2 GCC
+   vectorises a loop only when its trip count is a known multiple of the
+   vector width, so every loop runs in blocks of 16 plus a scalar tail. */
+enum {
+    DG__EW_RELU,        /* out = relu(a) */
+    DG__EW_LEAKY,       /* out = leaky(a), slope s */
+    DG__EW_RELU_BWD,    /* out = a > 0 ? b : 0         (a = y, b = dy) */
+    DG__EW_LEAKY_BWD,   /* out = a > 0 ? b : s b */
+    DG__EW_TANH_BWD,    /* out = b (1 - a^2) */
+    DG__EW_SIGMOID_BWD, /* out = b a (1 - a) */
+    DG__EW_MUL          /* out = a b */
+};
+
+#define DG__EW_LOOP(EXPR)                                   \
+    for (i = 0; i + 16 <= n; i += 16)                       \
+        for (k = 0; k < 16; k++) {                          \
+            t = i + k;                                      \
+            EXPR;                                           \
+        }                                                   \
+    for (; i < n; i++) {                                    \
+        t = i;                                              \
+        EXPR;                                               \
+    }
+
+#define DG__EW_DEFINE(SUFFIX, ATTR)                                                           \
+    ATTR static void dg__ew_##SUFFIX(int op, const float *DG__RESTRICT a,                   \
+                                     const float *DG__RESTRICT b, float *DG__RESTRICT out,  \
+                                     size_t n, float s)                                     \
+    {                                                                                       \
+        size_t i, t;                                                                        \
+        int k;                                                                              \
+        switch (op) {                                                                       \
+        case DG__EW_RELU: DG__EW_LOOP(out[t] = a[t] > 0.0f ? a[t] : 0.0f) break;            \
+        case DG__EW_LEAKY: DG__EW_LOOP(out[t] = a[t] > 0.0f ? a[t] : s * a[t]) break;       \
+        case DG__EW_RELU_BWD: DG__EW_LOOP(out[t] = a[t] > 0.0f ? b[t] : 0.0f) break;        \
+        case DG__EW_LEAKY_BWD: DG__EW_LOOP(out[t] = a[t] > 0.0f ? b[t] : s * b[t]) break;   \
+        case DG__EW_TANH_BWD: DG__EW_LOOP(out[t] = b[t] * (1.0f - a[t] * a[t])) break;      \
+        case DG__EW_SIGMOID_BWD: DG__EW_LOOP(out[t] = b[t] * a[t] * (1.0f - a[t])) break;   \
+        default: DG__EW_LOOP(out[t] = a[t] * b[t]) break;                                   \
+        }                                                                                   \
+    }                                                                                       \
+    /* Adam in PyTorch's form: p -= step * m / (sqrt(v) / bc2 + eps) */                    \
+    ATTR static void dg__adam_##SUFFIX(float *DG__RESTRICT p, const float *DG__RESTRICT g,  \
+                                       float *DG__RESTRICT m, float *DG__RESTRICT v,        \
+                                       size_t n, const float *h)                            \
+    {                                                                                       \
+        float b1 = h[0], b2 = h[1], step = h[2], bc2 = h[3], eps = h[4], wd = h[5];         \
+        size_t i, t;                                                                        \
+        int k;                                                                              \
+        DG__EW_LOOP({                                                                       \
+            float gt = g[t] + wd * p[t];                                                    \
+            m[t] = b1 * m[t] + (1.0f - b1) * gt;                                            \
+            v[t] = b2 * v[t] + (1.0f - b2) * gt * gt;                                       \
+            p[t] -= step * m[t] / (sqrtf(v[t]) / bc2 + eps);                                \
+        })                                                                                  \
+    }
+
+DG__EW_DEFINE(scalar, )
+#ifdef DG__X86
+DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))))
+DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))))
+#endif
+
+static void dg__ew(dg_isa isa, int op, const float *a, const float *b, float *out, size_t n,
+                   float s)
+{
+#ifdef DG__X86
+    if (isa == DG_ISA_AVX512) {
+        dg__ew_avx512(op, a, b, out, n, s);
+        return;
+    }
+    if (isa == DG_ISA_AVX2) {
+        dg__ew_avx2(op, a, b, out, n, s);
+        return;
+    }
+#endif
+    (void)isa;
+    dg__ew_scalar(op, a, b, out, n, s);
+}
+
+static void dg__adam(dg_isa isa, float *p, const float *g, float *m, float *v, size_t n,
+                     const float *h)
+{
+#ifdef DG__X86
+    if (isa == DG_ISA_AVX512) {
+        dg__adam_avx512(p, g, m, v, n, h);
+        return;
+    }
+    if (isa == DG_ISA_AVX2) {
+        dg__adam_avx2(p, g, m, v, n, h);
+        return;
+    }
+#endif
+    (void)isa;
+    dg__adam_scalar(p, g, m, v, n, h);
+}
+
 /* One GEMM call, shared by the pack and compute tasks. */
 typedef struct dg__gemm {
     dg__isa_desc isa;
@@ -1053,6 +1152,14 @@ static int dg__per_group(int count, int want)
     return per > 0 ? per : 1;
 }
 
+/* Size of equal blocks covering n in blocks of at most max, rounded up to
+   a multiple of unit (max is itself a multiple of unit). */
+static int dg__block(int n, int max, int unit)
+{
+    int blocks = (n + max - 1) / max, b = (n + blocks - 1) / blocks;
+    return (b + unit - 1) / unit * unit;
+}
+
 static void dg__gemm_block(dg_pool *pool, dg__gemm *g, int threads)
 {
     int mr = g->isa.mr, nr = g->isa.nr, a_tasks, b_tasks, mc_panels;
@@ -1082,7 +1189,7 @@ DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, i
 {
     dg__gemm g;
     dg__pack *pk;
-    int threads;
+    int threads, nc, kc, mch;
     if (!pool) return dg__fail(DG_ERR_ARG, "dg_gemm: pool is NULL");
     if (m < 0 || n < 0 || k < 0) return dg__fail(DG_ERR_ARG, "dg_gemm: m=%d n=%d k=%d", m, n, k);
     if (m == 0 || n == 0) return DG_OK;
@@ -1116,13 +1223,17 @@ DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, i
     pk = &pool->pack[dg__pool_tid(pool)];
     g.pa = pk->a;
     g.pb = pk->b;
-    for (g.j0 = 0; g.j0 < n; g.j0 += DG__NC) {
-        g.nc = n - g.j0 < DG__NC ? n - g.j0 : DG__NC;
-        for (g.p0 = 0; g.p0 < k; g.p0 += DG__KC) {
-            g.kc = k - g.p0 < DG__KC ? k - g.p0 : DG__KC;
+    /* equal blocks rather than full ones and a sliver */
+    nc = dg__block(n, DG__NC, g.isa.nr);
+    kc = dg__block(k, DG__KC, 1);
+    mch = dg__block(m, DG__MCH, g.isa.mr);
+    for (g.j0 = 0; g.j0 < n; g.j0 += nc) {
+        g.nc = n - g.j0 < nc ? n - g.j0 : nc;
+        for (g.p0 = 0; g.p0 < k; g.p0 += kc) {
+            g.kc = k - g.p0 < kc ? k - g.p0 : kc;
             g.acc = beta != 0.0f || g.p0 > 0;
-            for (g.i0 = 0; g.i0 < m; g.i0 += DG__MCH) {
-                g.mc = m - g.i0 < DG__MCH ? m - g.i0 : DG__MCH;
+            for (g.i0 = 0; g.i0 < m; g.i0 += mch) {
+                g.mc = m - g.i0 < mch ? m - g.i0 : mch;
                 g.pack_b = g.i0 == 0;
                 dg__gemm_block(pool, &g, threads);
             }
@@ -1147,6 +1258,17 @@ typedef struct dg__cols_job {
     float *dst;
 } dg__cols_job;
 
+/* The grid columns ox whose tap kx lands inside the image row:
+   0 <= ox*s - p + kx < w, i.e. [*lo, *hi). */
+static void dg__tap_range(const dg__conv_geom *g, int kx, int *lo, int *hi)
+{
+    int a = g->p - kx, b = g->w + g->p - kx; /* a <= ox*s < b */
+    *lo = a <= 0 ? 0 : (a + g->s - 1) / g->s;
+    *hi = b <= 0 ? 0 : (b + g->s - 1) / g->s;
+    if (*hi > g->gw) *hi = g->gw;
+    if (*lo > *hi) *lo = *hi;
+}
+
 /* one row (ci, ky, kx) of cols: the image values under that kernel tap
    at every grid position of every sample */
 static void dg__im2col_task(void *arg, int row, int thread)
@@ -1155,21 +1277,24 @@ static void dg__im2col_task(void *arg, int row, int thread)
     const dg__conv_geom *g = j->g;
     int kk = g->k * g->k, ci = row / kk, ky = row % kk / g->k, kx = row % g->k;
     size_t plane = (size_t)g->gh * g->gw;
-    float *out = j->dst + (size_t)row * g->n * plane;
-    int n, oy, ox;
+    float *DG__RESTRICT out = j->dst + (size_t)row * g->n * plane;
+    int n, oy, ox, lo, hi, s = g->s;
     (void)thread;
+    dg__tap_range(g, kx, &lo, &hi);
     for (n = 0; n < g->n; n++) {
         const float *img = j->src + ((size_t)n * g->c + ci) * g->h * g->w;
         for (oy = 0; oy < g->gh; oy++, out += g->gw) {
-            int iy = oy * g->s - g->p + ky;
+            int iy = oy * s - g->p + ky;
+            const float *DG__RESTRICT src;
             if (iy < 0 || iy >= g->h) {
                 memset(out, 0, sizeof(float) * (size_t)g->gw);
                 continue;
             }
-            for (ox = 0; ox < g->gw; ox++) {
-                int ix = ox * g->s - g->p + kx;
-                out[ox] = ix >= 0 && ix < g->w ? img[(size_t)iy * g->w + ix] : 0.0f;
-            }
+            /* first valid tap; never points before the row */
+            src = img + (size_t)iy * g->w + (lo * s + kx - g->p);
+            for (ox = 0; ox < lo; ox++) out[ox] = 0.0f;
+            for (; ox < hi; ox++) out[ox] = src[(ox - lo) * s];
+            for (; ox < g->gw; ox++) out[ox] = 0.0f;
         }
     }
 }
@@ -1181,21 +1306,22 @@ static void dg__col2im_task(void *arg, int ci, int thread)
     const dg__cols_job *j = (const dg__cols_job *)arg;
     const dg__conv_geom *g = j->g;
     size_t plane = (size_t)g->gh * g->gw, hw = (size_t)g->h * g->w;
-    int n, ky, kx, oy, ox;
+    int n, ky, kx, oy, ox, lo, hi, s = g->s;
     (void)thread;
     for (n = 0; n < g->n; n++) memset(j->dst + ((size_t)n * g->c + ci) * hw, 0, sizeof(float) * hw);
     for (ky = 0; ky < g->k; ky++)
         for (kx = 0; kx < g->k; kx++) {
-            const float *col = j->src + ((size_t)(ci * g->k + ky) * g->k + kx) * g->n * plane;
+            const float *DG__RESTRICT col =
+                j->src + ((size_t)(ci * g->k + ky) * g->k + kx) * g->n * plane;
+            dg__tap_range(g, kx, &lo, &hi);
             for (n = 0; n < g->n; n++) {
                 float *img = j->dst + ((size_t)n * g->c + ci) * hw;
                 for (oy = 0; oy < g->gh; oy++, col += g->gw) {
-                    int iy = oy * g->s - g->p + ky;
+                    int iy = oy * s - g->p + ky;
+                    float *DG__RESTRICT dst;
                     if (iy < 0 || iy >= g->h) continue;
-                    for (ox = 0; ox < g->gw; ox++) {
-                        int ix = ox * g->s - g->p + kx;
-                        if (ix >= 0 && ix < g->w) img[(size_t)iy * g->w + ix] += col[ox];
-                    }
+                    dst = img + (size_t)iy * g->w + (lo * s + kx - g->p);
+                    for (ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += col[ox];
                 }
             }
         }
@@ -1719,76 +1845,56 @@ DGDEF double dg_net_flops(const dg_net *net, int backward)
 
 typedef struct dg__act_job {
     const dg__layer *l;
-    const float *x, *y, *dy;
+    dg_isa isa;
+    const float *a, *b; /* forward: x; backward: y (or the dropout mask), dy */
     float *out;
     size_t n;
+    int backward;
 } dg__act_job;
 
-static void dg__act_fwd_task(void *arg, int task, int thread)
+/* Activations run on the element-wise kernels, except tanh and sigmoid
+   forward which need libm (and are only ever a net's last layers). */
+static void dg__act_task(void *arg, int task, int thread)
 {
     const dg__act_job *j = (const dg__act_job *)arg;
-    size_t i = (size_t)task * DG__CHUNK, e = i + DG__CHUNK < j->n ? i + DG__CHUNK : j->n;
-    float a = j->l->d.alpha;
+    size_t i0 = (size_t)task * DG__CHUNK, n = j->n - i0 < DG__CHUNK ? j->n - i0 : DG__CHUNK, i;
+    const float *a = j->a + i0, *b = j->b ? j->b + i0 : NULL;
+    float *out = j->out + i0, s = j->l->d.alpha;
+    int op = -1;
     (void)thread;
     switch (j->l->d.type) {
-    case DG_LAYER_RELU:
-        for (; i < e; i++) j->out[i] = j->x[i] > 0.0f ? j->x[i] : 0.0f;
-        break;
-    case DG_LAYER_LEAKY_RELU:
-        for (; i < e; i++) j->out[i] = j->x[i] > 0.0f ? j->x[i] : a * j->x[i];
-        break;
+    case DG_LAYER_RELU: op = j->backward ? DG__EW_RELU_BWD : DG__EW_RELU; break;
+    case DG_LAYER_LEAKY_RELU: op = j->backward ? DG__EW_LEAKY_BWD : DG__EW_LEAKY; break;
+    case DG_LAYER_DROPOUT: op = DG__EW_MUL; break;
     case DG_LAYER_TANH:
-        for (; i < e; i++) j->out[i] = tanhf(j->x[i]);
+        if (j->backward) op = DG__EW_TANH_BWD;
+        else
+            for (i = 0; i < n; i++) out[i] = tanhf(a[i]);
         break;
     case DG_LAYER_SIGMOID:
-        for (; i < e; i++) j->out[i] = 1.0f / (1.0f + expf(-j->x[i]));
+        if (j->backward) op = DG__EW_SIGMOID_BWD;
+        else
+            for (i = 0; i < n; i++) out[i] = 1.0f / (1.0f + expf(-a[i]));
         break;
     default:
         break;
     }
+    if (op >= 0) dg__ew(j->isa, op, a, b, out, n, s);
 }
 
-/* activation gradients from the outputs: relu and leaky relu keep the sign
-   of the input, tanh' = 1 - y^2, sigmoid' = y (1 - y) */
-static void dg__act_bwd_task(void *arg, int task, int thread)
-{
-    const dg__act_job *j = (const dg__act_job *)arg;
-    size_t i = (size_t)task * DG__CHUNK, e = i + DG__CHUNK < j->n ? i + DG__CHUNK : j->n;
-    float a = j->l->d.alpha;
-    (void)thread;
-    switch (j->l->d.type) {
-    case DG_LAYER_RELU:
-        for (; i < e; i++) j->out[i] = j->y[i] > 0.0f ? j->dy[i] : 0.0f;
-        break;
-    case DG_LAYER_LEAKY_RELU:
-        for (; i < e; i++) j->out[i] = j->y[i] > 0.0f ? j->dy[i] : a * j->dy[i];
-        break;
-    case DG_LAYER_TANH:
-        for (; i < e; i++) j->out[i] = j->dy[i] * (1.0f - j->y[i] * j->y[i]);
-        break;
-    case DG_LAYER_SIGMOID:
-        for (; i < e; i++) j->out[i] = j->dy[i] * j->y[i] * (1.0f - j->y[i]);
-        break;
-    case DG_LAYER_DROPOUT:
-        for (; i < e; i++) j->out[i] = j->dy[i] * j->l->aux[i];
-        break;
-    default:
-        break;
-    }
-}
-
-static void dg__act(dg_pool *pool, const dg__layer *l, const float *x, const float *y,
-                    const float *dy, float *out, size_t n, int backward)
+/* forward: out = f(x); backward: out = f'(y) dy (dropout: mask * dy) */
+static void dg__act(dg_pool *pool, const dg__layer *l, const float *a, const float *b, float *out,
+                    size_t n, int backward)
 {
     dg__act_job j;
     j.l = l;
-    j.x = x;
-    j.y = y;
-    j.dy = dy;
+    j.isa = dg_pool_isa(pool);
+    j.a = a;
+    j.b = b;
     j.out = out;
     j.n = n;
-    dg_parallel_for(pool, (int)((n + DG__CHUNK - 1) / DG__CHUNK),
-                    backward ? dg__act_bwd_task : dg__act_fwd_task, &j);
+    j.backward = backward;
+    dg_parallel_for(pool, (int)((n + DG__CHUNK - 1) / DG__CHUNK), dg__act_task, &j);
 }
 
 /* Batchnorm over N samples of C channels of HW values: one task per
@@ -2001,7 +2107,7 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     case DG_LAYER_RESHAPE:
         break;
     default:
-        dg__act(pool, l, x, NULL, NULL, l->out, total, 0);
+        dg__act(pool, l, x, NULL, l->out, total, 0);
         break;
     }
 }
@@ -2084,7 +2190,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
     case DG_LAYER_RESHAPE:
         break;
     default:
-        dg__act(pool, l, x, l->out, dy, dx, total, 1);
+        dg__act(pool, l, l->d.type == DG_LAYER_DROPOUT ? l->aux : l->out, dy, dx, total, 1);
         break;
     }
 }
@@ -2254,9 +2360,10 @@ DGDEF void dg_optim_free(dg_optim *opt)
 
 typedef struct dg__step_job {
     dg_optim *opt;
+    dg_isa isa;
     float *p;
     const float *g;
-    float step, bc2_sqrt;
+    float hyper[6]; /* Adam: beta1, beta2, lr / bc1, sqrt(bc2), eps, weight decay */
 } dg__step_job;
 
 static void dg__optim_task(void *arg, int task, int thread)
@@ -2264,26 +2371,15 @@ static void dg__optim_task(void *arg, int task, int thread)
     const dg__step_job *j = (const dg__step_job *)arg;
     const dg_optim *o = j->opt;
     size_t i = (size_t)task * DG__CHUNK, e = i + DG__CHUNK < o->n ? i + DG__CHUNK : o->n;
-    float wd = o->weight_decay;
     (void)thread;
-    if (o->kind == DG_OPTIM_SGD) {
-        float *buf = o->state;
-        for (; i < e; i++) {
-            float g = j->g[i] + wd * j->p[i];
-            buf[i] = o->momentum * buf[i] + g;
-            j->p[i] -= o->lr * buf[i];
-        }
+    if (o->kind == DG_OPTIM_ADAM) {
+        dg__adam(j->isa, j->p + i, j->g + i, o->state + i, o->state + o->n + i, e - i, j->hyper);
         return;
     }
-    {
-        /* PyTorch's form: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
-        float *m = o->state, *v = o->state + o->n;
-        for (; i < e; i++) {
-            float g = j->g[i] + wd * j->p[i];
-            m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g;
-            v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g * g;
-            j->p[i] -= j->step * m[i] / (sqrtf(v[i]) / j->bc2_sqrt + o->eps);
-        }
+    for (; i < e; i++) { /* SGD: buf = momentum buf + g; p -= lr buf */
+        float g = j->g[i] + o->weight_decay * j->p[i];
+        o->state[i] = o->momentum * o->state[i] + g;
+        j->p[i] -= o->lr * o->state[i];
     }
 }
 
@@ -2294,14 +2390,15 @@ DGDEF dg_result dg_optim_step(dg_optim *opt, dg_pool *pool, float *params, const
         return dg__fail(DG_ERR_ARG, "dg_optim_step: NULL argument");
     opt->t++;
     j.opt = opt;
+    j.isa = dg_pool_isa(pool);
     j.p = params;
     j.g = grads;
-    j.step = opt->lr;
-    j.bc2_sqrt = 1.0f;
-    if (opt->kind == DG_OPTIM_ADAM) {
-        j.step = (float)(opt->lr / (1.0 - pow(opt->beta1, (double)opt->t)));
-        j.bc2_sqrt = (float)sqrt(1.0 - pow(opt->beta2, (double)opt->t));
-    }
+    j.hyper[0] = opt->beta1;
+    j.hyper[1] = opt->beta2;
+    j.hyper[2] = (float)(opt->lr / (1.0 - pow(opt->beta1, (double)opt->t)));
+    j.hyper[3] = (float)sqrt(1.0 - pow(opt->beta2, (double)opt->t));
+    j.hyper[4] = opt->eps;
+    j.hyper[5] = opt->weight_decay;
     dg_parallel_for(pool, (int)((opt->n + DG__CHUNK - 1) / DG__CHUNK), dg__optim_task, &j);
     return DG_OK;
 }

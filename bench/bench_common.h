@@ -6,9 +6,10 @@
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
-static double bench_now(void)
+static inline double bench_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -17,7 +18,7 @@ static double bench_now(void)
 
 /* Best time of `reps` rounds, each round repeating fn until it has run at
    least min_s seconds; returns seconds per call. */
-static double bench_time(void (*fn)(void *), void *arg, double min_s, int reps)
+static inline double bench_time(void (*fn)(void *), void *arg, double min_s, int reps)
 {
     double best = 1e30;
     int r;
@@ -43,7 +44,7 @@ typedef void (*bench_sgemm_fn)(int order, int ta, int tb, int m, int n, int k, f
                                float *c, int ldc);
 typedef void (*bench_threads_fn)(int);
 
-static bench_sgemm_fn bench_openblas(bench_threads_fn *set_threads)
+static inline bench_sgemm_fn bench_openblas(bench_threads_fn *set_threads)
 {
     void *h;
     unsetenv("OPENBLAS_CORETYPE");
@@ -51,12 +52,20 @@ static bench_sgemm_fn bench_openblas(bench_threads_fn *set_threads)
     h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
     if (!h) h = dlopen("libopenblas.so", RTLD_NOW | RTLD_LOCAL);
     if (!h) return NULL;
-    *set_threads = (bench_threads_fn)(void (*)(void))dlsym(h, "openblas_set_num_threads");
-    return (bench_sgemm_fn)(void (*)(void))dlsym(h, "cblas_sgemm");
+    {
+        /* POSIX guarantees dlsym's object pointers convert to function
+           pointers; memcpy says so without a pedantic warning */
+        void *sym = dlsym(h, "openblas_set_num_threads");
+        bench_sgemm_fn gemm;
+        memcpy(set_threads, &sym, sizeof sym);
+        sym = dlsym(h, "cblas_sgemm");
+        memcpy(&gemm, &sym, sizeof sym);
+        return sym ? gemm : NULL;
+    }
 }
 
 /* Peak resident memory of this process in MiB (VmHWM). */
-static double bench_rss_mb(void)
+static inline double bench_rss_mb(void)
 {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
