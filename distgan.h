@@ -277,7 +277,7 @@ DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx);
    stride; dz may be NULL.  A y_stride of 0 uses one target for all. */
 DGDEF dg_result dg_loss_bce_logits(const float *z, int z_stride, const float *y, int y_stride,
                                    int n, float grad_scale, float *dz, float *loss);
-DGDEF dg_result dg_loss_softmax_ce(const float *z, int z_stride, const int *labels, int n,
+DGDEF dg_result dg_loss_softmax_ce(const float *z, int z_stride, const int32_t *labels, int n,
                                    int classes, float grad_scale, float *dz, float *loss);
 DGDEF dg_result dg_loss_mse(const float *x, const float *y, size_t n, float grad_scale,
                             float *dx, float *loss);
@@ -2256,7 +2256,7 @@ DGDEF dg_result dg_loss_bce_logits(const float *z, int z_stride, const float *y,
     return DG_OK;
 }
 
-DGDEF dg_result dg_loss_softmax_ce(const float *z, int z_stride, const int *labels, int n,
+DGDEF dg_result dg_loss_softmax_ce(const float *z, int z_stride, const int32_t *labels, int n,
                                    int classes, float grad_scale, float *dz, float *loss)
 {
     double sum = 0.0;

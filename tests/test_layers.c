@@ -271,7 +271,8 @@ TEST(grad_whole_dcgan_like_nets)
 TEST(grad_losses)
 {
     float z[12], dz[12], y[12], l0, lp, lm, eps = 1e-3f;
-    int labels[3] = {0, 3, 2}, i, bad = 0;
+    int32_t labels[3] = {0, 3, 2};
+    int i, bad = 0;
     dg_rng rng = dg_rng_make(4, 4, 4);
     dg_rng_fill_uniform(&rng, z, 12, -3, 3);
     dg_rng_fill_uniform(&rng, y, 12, 0, 1);
@@ -314,7 +315,7 @@ TEST(grad_losses)
 TEST(loss_values)
 {
     float z[2] = {0.0f, 100.0f}, one = 1.0f, l;
-    int lab = 1;
+    int32_t lab = 1;
     float zz[3] = {1.0f, 2.0f, 3.0f};
     CHECK_OK(dg_loss_bce_logits(z, 1, &one, 0, 1, 1, NULL, &l));
     CHECK_NEAR(l, log(2.0), 1e-6);

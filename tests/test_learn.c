@@ -8,7 +8,7 @@
 static dg_pool *pool;
 
 /* three spiral arms in the plane, class = arm */
-static void spiral(dg_rng *rng, float *x, int *label)
+static void spiral(dg_rng *rng, float *x, int32_t *label)
 {
     int c = (int)dg_rng_below(rng, 3);
     float t = dg_rng_uniform(rng), r = 0.1f + 0.9f * t, a = 4.0f * t + 2.0944f * c;
@@ -17,7 +17,7 @@ static void spiral(dg_rng *rng, float *x, int *label)
     *label = c;
 }
 
-static float accuracy(dg_net *net, const float *x, const int *labels, int n, int classes)
+static float accuracy(dg_net *net, const float *x, const int32_t *labels, int n, int classes)
 {
     const float *y;
     int i, c, ok = 0;
@@ -37,7 +37,8 @@ TEST(mlp_learns_spirals)
     dg_net *net;
     dg_optim opt;
     float x[B * 2], dz[B * 3], loss, acc, *tx = malloc(TEST_N * 2 * 4);
-    int lab[B], tl[TEST_N], it, i;
+    int32_t lab[B], tl[TEST_N];
+    int it, i;
     const float *y;
     dg_rng rng = dg_rng_make(42, 1, 0), trng = dg_rng_make(42, 2, 0);
     CHECK_OK(dg_net_create(&net, 2, 1, 1));
@@ -68,7 +69,7 @@ TEST(mlp_learns_spirals)
 
 /* 12x12 images of four classes: horizontal bar, vertical bar, cross, box,
    at random positions, with noise */
-static void shape_image(dg_rng *rng, float *img, int *label)
+static void shape_image(dg_rng *rng, float *img, int32_t *label)
 {
     int c = (int)dg_rng_below(rng, 4), cy = 3 + (int)dg_rng_below(rng, 6),
         cx = 3 + (int)dg_rng_below(rng, 6), i, j;
@@ -90,7 +91,8 @@ TEST(cnn_learns_shapes)
     dg_net *net;
     dg_optim opt;
     float x[B * 144], dz[B * 4], loss, acc, *tx = malloc(TEST_N * 144 * 4);
-    int lab[B], tl[TEST_N], it, i;
+    int32_t lab[B], tl[TEST_N];
+    int it, i;
     const float *y;
     dg_rng rng = dg_rng_make(5, 1, 0), trng = dg_rng_make(5, 2, 0);
     CHECK_OK(dg_net_create(&net, 1, 12, 12));
