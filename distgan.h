@@ -1045,58 +1045,62 @@ typedef struct dg__gemm {
     float *pa, *pb;     /* packed A chunk and B panel */
 } dg__gemm;
 
-/* Packs MR rows of op(A) (rows i.., depth p0..p0+kc) as kc columns of MR,
-   zero-padding rows past m; alpha is folded in here. */
-static void dg__pack_a(const dg__gemm *g, int i, float *dst)
+/* Packs panels q0..q1 of width w: panel q holds, for each depth p < kc,
+   the w values x(r0 + q w + r, p0 + p), scaled, zero past `extent`, where
+   x(r, p) = src[r rs + p ps].  op(A) and op(B) are both such views; which
+   stride is 1 decides the loop order, so that the source is always read
+   along its rows. */
+static void dg__pack_panels(const float *src, size_t rs, size_t ps, int extent, int r0, int p0,
+                            int kc, int w, int q0, int q1, float scale, float *dst)
 {
-    int mr = g->isa.mr, rows = g->m - i < mr ? g->m - i : mr, r, p;
-    for (p = 0; p < g->kc; p++) {
-        int kk = g->p0 + p;
-        for (r = 0; r < rows; r++) {
-            float v = g->ta ? g->a[(size_t)kk * g->lda + i + r] : g->a[(size_t)(i + r) * g->lda + kk];
-            dst[p * mr + r] = g->alpha * v;
-        }
-        for (; r < mr; r++) dst[p * mr + r] = 0.0f;
-    }
-}
-
-/* Packs NR columns of op(B) (cols j.., depth p0..) as kc rows of NR. */
-static void dg__pack_b(const dg__gemm *g, int j, float *dst)
-{
-    int nr = g->isa.nr, cols = g->n - j < nr ? g->n - j : nr, q, p;
-    if (!g->tb) {
-        for (p = 0; p < g->kc; p++) {
-            const float *src = g->b + (size_t)(g->p0 + p) * g->ldb + j;
-            memcpy(dst + p * nr, src, sizeof(float) * (size_t)cols);
-            for (q = cols; q < nr; q++) dst[p * nr + q] = 0.0f;
+    int q, p, r;
+    if (rs == 1) { /* the source runs along the panel width: copy row pieces */
+        for (p = 0; p < kc; p++) {
+            const float *row = src + (size_t)(p0 + p) * ps + r0;
+            for (q = q0; q < q1; q++) {
+                float *d = dst + (size_t)q * w * kc + (size_t)p * w;
+                int n = extent - (r0 + q * w);
+                n = n < w ? n : w;
+                for (r = 0; r < n; r++) d[r] = scale * row[q * w + r];
+                for (; r < w; r++) d[r] = 0.0f;
+            }
         }
         return;
     }
-    for (q = 0; q < cols; q++) {
-        const float *src = g->b + (size_t)(j + q) * g->ldb + g->p0;
-        for (p = 0; p < g->kc; p++) dst[p * nr + q] = src[p];
+    for (q = q0; q < q1; q++) { /* the source runs along the depth: transpose in tiles */
+        float *d = dst + (size_t)q * w * kc;
+        int n = extent - (r0 + q * w), pb, pe;
+        n = n < w ? n : w;
+        for (pb = 0; pb < kc; pb = pe) {
+            pe = pb + 16 < kc ? pb + 16 : kc;
+            for (r = 0; r < n; r++) {
+                const float *col = src + (size_t)(r0 + q * w + r) * rs + p0;
+                for (p = pb; p < pe; p++) d[(size_t)p * w + r] = scale * col[p];
+            }
+            for (; r < w; r++)
+                for (p = pb; p < pe; p++) d[(size_t)p * w + r] = 0.0f;
+        }
     }
-    for (; q < nr; q++)
-        for (p = 0; p < g->kc; p++) dst[p * nr + q] = 0.0f;
 }
 
 static void dg__gemm_pack_task(void *arg, int task, int thread)
 {
     dg__gemm *g = (dg__gemm *)arg;
-    int mr = g->isa.mr, nr = g->isa.nr, a_tasks = (g->a_panels + g->a_per_task - 1) / g->a_per_task;
-    int q, first, last;
+    int a_tasks = (g->a_panels + g->a_per_task - 1) / g->a_per_task, first, last;
+    size_t lda = (size_t)g->lda, ldb = (size_t)g->ldb;
     (void)thread;
-    if (task < a_tasks) {
+    if (task < a_tasks) { /* op(A)(i, k) */
         first = task * g->a_per_task;
         last = first + g->a_per_task < g->a_panels ? first + g->a_per_task : g->a_panels;
-        for (q = first; q < last; q++)
-            dg__pack_a(g, g->i0 + q * mr, g->pa + (size_t)q * mr * g->kc);
+        dg__pack_panels(g->a, g->ta ? 1 : lda, g->ta ? lda : 1, g->m, g->i0, g->p0, g->kc,
+                        g->isa.mr, first, last, g->alpha, g->pa);
         return;
     }
-    task -= a_tasks;
+    task -= a_tasks; /* op(B)(k, j) seen as x(j, k) */
     first = task * g->b_per_task;
     last = first + g->b_per_task < g->b_panels ? first + g->b_per_task : g->b_panels;
-    for (q = first; q < last; q++) dg__pack_b(g, g->j0 + q * nr, g->pb + (size_t)q * nr * g->kc);
+    dg__pack_panels(g->b, g->tb ? ldb : 1, g->tb ? 1 : ldb, g->n, g->j0, g->p0, g->kc, g->isa.nr,
+                    first, last, 1.0f, g->pb);
 }
 
 /* A rectangle of micro-tiles.  jr outer, ir inner: the B panel (kc x NR)
