@@ -395,9 +395,11 @@ static int ac__finite(float f) { return (ac__f2u(f) & 0x7F800000u) != 0x7F800000
 
 static float ac__absf(float f) { return ac__u2f(ac__f2u(f) & 0x7FFFFFFFu); }
 
+/* The builtin only when the target has the instruction: without -mpopcnt
+   GCC turns it into a libgcc call, slower than these few inline steps. */
 static unsigned ac__popcount64(uint64_t x)
 {
-#if defined(__GNUC__)
+#if defined(__GNUC__) && defined(__POPCNT__)
     return (unsigned)__builtin_popcountll(x);
 #else
     x = x - ((x >> 1) & 0x5555555555555555ull);
@@ -756,13 +758,20 @@ static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e
     }
     if (!finite) return 0;
     if (gmax == 0.0f) return 1; /* nothing to say about this bin */
-    for (i = b; i < e; i++) {
-        float H = R[i] + dw[i];
-        if (ac__absf(H) >= gmax) {
-            u->index[u->nnz] = i;
-            u->value[u->nnz++] = R[i];
-            *sum_abs += ac__absf(R[i]);
+    {   /* locals: stores through u->index could alias u->nnz otherwise */
+        uint32_t *index = u->index, nnz = u->nnz;
+        float *value = u->value;
+        double sum = *sum_abs;
+        for (i = b; i < e; i++) { /* branch-free: a quarter may be sent */
+            uint32_t send = ac__absf(R[i] + dw[i]) >= gmax; /* |H| >= gmax */
+            float a = ac__u2f(ac__f2u(R[i]) & 0x7FFFFFFFu & (0u - send));
+            index[nnz] = i;
+            value[nnz] = R[i];
+            sum += a;                 /* + 0.0 when not sent: exact */
+            nnz += send;
         }
+        u->nnz = nnz;
+        *sum_abs = sum;
     }
     return 1;
 }
@@ -783,7 +792,8 @@ static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_
     scale = u->count[l] ? (float)(sum_abs / u->count[l]) : 0.0f;
     u->scale[l] = scale;
     for (j = first; j < u->nnz; j++) {
-        float G = u->value[j], v = G < 0.0f ? -scale : scale;
+        float G = u->value[j];  /* sign by comparison, so -0 counts as + */
+        float v = ac__u2f(ac__f2u(scale) | (uint32_t)(G < 0.0f) << 31);
         u->value[j] = v;
         c->residue[u->index[j]] = G - v;
     }
