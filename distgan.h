@@ -941,7 +941,9 @@ enum {
     DG__EW_LEAKY_BWD,   /* out = a > 0 ? b : s b */
     DG__EW_TANH_BWD,    /* out = b (1 - a^2) */
     DG__EW_SIGMOID_BWD, /* out = b a (1 - a) */
-    DG__EW_MUL          /* out = a b */
+    DG__EW_MUL,         /* out = a b */
+    DG__EW_AFFINE,      /* out = s a + s2 */
+    DG__EW_AXPBY        /* out = s a + s2 b + s3 */
 };
 
 #define DG__EW_LOOP(EXPR)                                   \
@@ -958,11 +960,14 @@ enum {
 #define DG__EW_DEFINE(SUFFIX, ATTR)                                                           \
     ATTR static void dg__ew_##SUFFIX(int op, const float *DG__RESTRICT a,                   \
                                      const float *DG__RESTRICT b, float *DG__RESTRICT out,  \
-                                     size_t n, float s)                                     \
+                                     size_t n, const float *ks)                             \
     {                                                                                       \
         size_t i, t;                                                                        \
         int k;                                                                              \
+        float s = ks[0], s2 = ks[1], s3 = ks[2];                                            \
         switch (op) {                                                                       \
+        case DG__EW_AFFINE: DG__EW_LOOP(out[t] = s * a[t] + s2) break;                      \
+        case DG__EW_AXPBY: DG__EW_LOOP(out[t] = s * a[t] + s2 * b[t] + s3) break;           \
         case DG__EW_RELU: DG__EW_LOOP(out[t] = a[t] > 0.0f ? a[t] : 0.0f) break;            \
         case DG__EW_LEAKY: DG__EW_LOOP(out[t] = a[t] > 0.0f ? a[t] : s * a[t]) break;       \
         case DG__EW_RELU_BWD: DG__EW_LOOP(out[t] = a[t] > 0.0f ? b[t] : 0.0f) break;        \
@@ -986,6 +991,36 @@ enum {
             v[t] = b2 * v[t] + (1.0f - b2) * gt * gt;                                       \
             p[t] -= step * m[t] / (sqrtf(v[t]) / bc2 + eps);                                \
         })                                                                                  \
+    }                                                                                       \
+    /* Over `planes` runs of n floats, `stride` apart: out[0] += sum a,                     \
+       out[1] += sum a (b - c); with b NULL, the sums of a - c and of its square.           \
+       Sixteen float lanes (a fixed order, whatever the thread count), added into           \
+       double once at the end. */                                                           \
+    ATTR static void dg__sums_##SUFFIX(const float *a, const float *b, size_t n,            \
+                                       size_t planes, size_t stride, float c, double *out)  \
+    {                                                                                       \
+        float s0[16] = {0}, s1[16] = {0};                                                   \
+        size_t i, t, pl;                                                                    \
+        int k;                                                                              \
+        for (pl = 0; pl < planes; pl++) {                                                   \
+            const float *DG__RESTRICT x = a + pl * stride;                                  \
+            const float *DG__RESTRICT y = b ? b + pl * stride : NULL;                       \
+            for (i = 0; i + 16 <= n; i += 16)                                               \
+                for (k = 0; k < 16; k++) {                                                  \
+                    float d = y ? y[i + k] - c : x[i + k] - c, v = y ? x[i + k] : d;        \
+                    s0[k] += v;                                                             \
+                    s1[k] += v * d;                                                         \
+                }                                                                           \
+            for (t = i; t < n; t++) {                                                       \
+                float d = y ? y[t] - c : x[t] - c, v = y ? x[t] : d;                        \
+                s0[t - i] += v;                                                             \
+                s1[t - i] += v * d;                                                         \
+            }                                                                               \
+        }                                                                                   \
+        for (k = 0; k < 16; k++) {                                                          \
+            out[0] += s0[k];                                                                \
+            out[1] += s1[k];                                                                \
+        }                                                                                   \
     }
 
 DG__EW_DEFINE(scalar, )
@@ -995,20 +1030,41 @@ DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))))
 #endif
 
 static void dg__ew(dg_isa isa, int op, const float *a, const float *b, float *out, size_t n,
-                   float s)
+                   float s, float s2, float s3)
 {
+    float ks[3];
+    ks[0] = s;
+    ks[1] = s2;
+    ks[2] = s3;
 #ifdef DG__X86
     if (isa == DG_ISA_AVX512) {
-        dg__ew_avx512(op, a, b, out, n, s);
+        dg__ew_avx512(op, a, b, out, n, ks);
         return;
     }
     if (isa == DG_ISA_AVX2) {
-        dg__ew_avx2(op, a, b, out, n, s);
+        dg__ew_avx2(op, a, b, out, n, ks);
         return;
     }
 #endif
     (void)isa;
-    dg__ew_scalar(op, a, b, out, n, s);
+    dg__ew_scalar(op, a, b, out, n, ks);
+}
+
+static void dg__sums(dg_isa isa, const float *a, const float *b, size_t n, size_t planes,
+                     size_t stride, float c, double *out)
+{
+#ifdef DG__X86
+    if (isa == DG_ISA_AVX512) {
+        dg__sums_avx512(a, b, n, planes, stride, c, out);
+        return;
+    }
+    if (isa == DG_ISA_AVX2) {
+        dg__sums_avx2(a, b, n, planes, stride, c, out);
+        return;
+    }
+#endif
+    (void)isa;
+    dg__sums_scalar(a, b, n, planes, stride, c, out);
 }
 
 static void dg__adam(dg_isa isa, float *p, const float *g, float *m, float *v, size_t n,
@@ -1883,7 +1939,7 @@ static void dg__act_task(void *arg, int task, int thread)
     default:
         break;
     }
-    if (op >= 0) dg__ew(j->isa, op, a, b, out, n, s);
+    if (op >= 0) dg__ew(j->isa, op, a, b, out, n, s, 0.0f, 0.0f);
 }
 
 /* forward: out = f(x); backward: out = f'(y) dy (dropout: mask * dy) */
@@ -1914,34 +1970,31 @@ typedef struct dg__bn_job {
 #define DG__BN_EPS 1e-5f
 #define DG__BN_MOMENTUM 0.1f
 
+/* One pass over the channel, shifted by its first value so that the sum
+   of squares does not cancel: var = (S2 - S1^2 / m) / m. */
 static void dg__bn_fwd_task(void *arg, int ch, int thread)
 {
     dg__bn_job *j = (dg__bn_job *)arg;
     dg__layer *l = j->l;
-    size_t hw = (size_t)l->ih * l->iw, i, m = hw * (size_t)j->n;
+    dg_isa isa = dg_pool_isa(j->net->pool);
+    size_t hw = (size_t)l->ih * l->iw, m = hw * (size_t)j->n;
     const float *gamma = j->net->params + l->p_off, *beta = gamma + l->ic;
     float *rmean = j->net->state + l->s_off, *rvar = rmean + l->ic;
-    float mean, inv, g, b;
+    float mean, inv, g;
     int n;
     (void)thread;
     if (j->net->train) {
-        double s = 0.0, ss = 0.0, var;
-        for (n = 0; n < j->n; n++) {
-            const float *p = j->x + ((size_t)n * l->ic + ch) * hw;
-            for (i = 0; i < hw; i++) s += p[i];
-        }
-        s /= (double)m;
-        for (n = 0; n < j->n; n++) {
-            const float *p = j->x + ((size_t)n * l->ic + ch) * hw;
-            for (i = 0; i < hw; i++) ss += ((double)p[i] - s) * ((double)p[i] - s);
-        }
-        var = ss / (double)m;
-        mean = (float)s;
+        double sums[2] = {0.0, 0.0}, var;
+        float shift = j->x[(size_t)ch * hw];
+        dg__sums(isa, j->x + (size_t)ch * hw, NULL, hw, (size_t)j->n, hw * l->ic, shift, sums);
+        var = (sums[1] - sums[0] * sums[0] / (double)m) / (double)m;
+        var = var > 0.0 ? var : 0.0;
+        mean = (float)(shift + sums[0] / (double)m);
         inv = (float)(1.0 / sqrt(var + DG__BN_EPS));
         /* running variance is the unbiased one, as in PyTorch */
         rmean[ch] = (1.0f - DG__BN_MOMENTUM) * rmean[ch] + DG__BN_MOMENTUM * mean;
         rvar[ch] = (1.0f - DG__BN_MOMENTUM) * rvar[ch] +
-                   DG__BN_MOMENTUM * (float)(m > 1 ? ss / (double)(m - 1) : var);
+                   DG__BN_MOMENTUM * (float)(m > 1 ? var * (double)m / (double)(m - 1) : var);
     } else {
         mean = rmean[ch];
         inv = 1.0f / sqrtf(rvar[ch] + DG__BN_EPS);
@@ -1949,10 +2002,9 @@ static void dg__bn_fwd_task(void *arg, int ch, int thread)
     l->aux[ch] = mean;
     l->aux[l->ic + ch] = inv;
     g = gamma[ch] * inv;
-    b = beta[ch] - mean * g;
     for (n = 0; n < j->n; n++) {
         size_t off = ((size_t)n * l->ic + ch) * hw;
-        for (i = 0; i < hw; i++) j->y[off + i] = j->x[off + i] * g + b;
+        dg__ew(isa, DG__EW_AFFINE, j->x + off, NULL, j->y + off, hw, g, beta[ch] - mean * g, 0.0f);
     }
 }
 
@@ -1960,34 +2012,31 @@ static void dg__bn_bwd_task(void *arg, int ch, int thread)
 {
     dg__bn_job *j = (dg__bn_job *)arg;
     dg__layer *l = j->l;
-    size_t hw = (size_t)l->ih * l->iw, i, m = hw * (size_t)j->n;
+    dg_isa isa = dg_pool_isa(j->net->pool);
+    size_t hw = (size_t)l->ih * l->iw, m = hw * (size_t)j->n;
     float gamma = j->net->params[l->p_off + ch];
     float *dgamma = j->net->grads + l->p_off, *dbeta = dgamma + l->ic;
     float mean = l->aux[ch], inv = l->aux[l->ic + ch];
-    double sdy = 0.0, sdyx = 0.0;
+    double sums[2] = {0.0, 0.0}, sdy, sdyx;
     float k1, k2, k3;
     int n;
     (void)thread;
-    for (n = 0; n < j->n; n++) {
-        size_t off = ((size_t)n * l->ic + ch) * hw;
-        for (i = 0; i < hw; i++) {
-            sdy += j->dy[off + i];
-            sdyx += (double)j->dy[off + i] * ((j->x[off + i] - mean) * inv);
-        }
-    }
+    dg__sums(isa, j->dy + (size_t)ch * hw, j->x + (size_t)ch * hw, hw, (size_t)j->n, hw * l->ic,
+             mean, sums);
+    sdy = sums[0];
+    sdyx = sums[1] * inv; /* sum dy * xhat */
     dgamma[ch] += (float)sdyx;
     dbeta[ch] += (float)sdy;
     /* train: dx = gamma*inv/m * (m dy - sum dy - xhat sum(dy xhat));
-       eval: the statistics are constants and dx = gamma*inv*dy */
+       eval: the statistics are constants and dx = gamma*inv*dy.  As an
+       affine map of (dy, x): dx = k1 dy - k1 k3 inv x + k1 (k3 inv mean - k2) */
     k1 = gamma * inv;
     k2 = j->net->train ? (float)(sdy / (double)m) : 0.0f;
     k3 = j->net->train ? (float)(sdyx / (double)m) : 0.0f;
     for (n = 0; n < j->n; n++) {
         size_t off = ((size_t)n * l->ic + ch) * hw;
-        for (i = 0; i < hw; i++) {
-            float xhat = (j->x[off + i] - mean) * inv;
-            j->y[off + i] = k1 * (j->dy[off + i] - k2 - xhat * k3);
-        }
+        dg__ew(isa, DG__EW_AXPBY, j->dy + off, j->x + off, j->y + off, hw, k1, -k1 * k3 * inv,
+               k1 * (k3 * inv * mean - k2));
     }
 }
 
@@ -2038,6 +2087,13 @@ static void dg__dropout_fwd(dg_net *net, dg__layer *l, const float *x, size_t n)
         l->aux[i] = net->train && dg_rng_uniform(&rng) < p ? 0.0f : (net->train ? keep : 1.0f);
         l->out[i] = x[i] * l->aux[i];
     }
+}
+
+static float dg__sum(dg_pool *pool, const float *x, size_t n)
+{
+    double sums[2] = {0.0, 0.0};
+    dg__sums(dg_pool_isa(pool), x, NULL, n, 1, 0, 0.0f, sums);
+    return (float)sums[0];
 }
 
 /* y[b][o] += bias[o] */
@@ -2123,7 +2179,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
     dg_pool *pool = net->pool;
     float *w = net->params + l->p_off, *dw = net->grads + l->p_off;
     int k = l->d.kernel, n, c;
-    size_t total = l->out_size * (size_t)nb, i;
+    size_t total = l->out_size * (size_t)nb;
     switch (l->d.type) {
     case DG_LAYER_LINEAR: {
         int in = (int)l->in_size;
@@ -2139,12 +2195,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
         float *db = dw + (size_t)l->oc * kdim;
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
-        for (c = 0; c < l->oc; c++) {
-            const float *row = net->s_out + (size_t)c * grid;
-            float s = 0.0f;
-            for (i = 0; i < (size_t)grid; i++) s += row[i];
-            db[c] += s;
-        }
+        for (c = 0; c < l->oc; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid);
         dg_gemm(pool, 0, 1, l->oc, kdim, grid, 1.0f, net->s_out, grid, l->keep, grid, 1.0f, dw,
                 kdim);
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
@@ -2157,13 +2208,11 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
         size_t hw = (size_t)l->oh * l->ow;
         float *db = dw + (size_t)l->ic * kdim;
-        for (n = 0; n < nb; n++)
-            for (c = 0; c < l->oc; c++) {
-                const float *p = dy + ((size_t)n * l->oc + c) * hw;
-                float s = 0.0f;
-                for (i = 0; i < hw; i++) s += p[i];
-                db[c] += s;
-            }
+        for (c = 0; c < l->oc; c++) {
+            double sums[2] = {0.0, 0.0};
+            dg__sums(dg_pool_isa(pool), dy + (size_t)c * hw, NULL, hw, (size_t)nb, hw * l->oc, 0.0f, sums);
+            db[c] += (float)sums[0];
+        }
         dg__im2col(pool, &g, dy, net->s_cols);
         dg_gemm(pool, 0, 1, l->ic, kdim, grid, 1.0f, l->keep, grid, net->s_cols, grid, 1.0f, dw,
                 kdim);
