@@ -22,8 +22,8 @@ BENCHES  := $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c))
 EXAMPLES := $(patsubst examples/%.c,%,$(wildcard examples/*.c))
 TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 # threaded tests that `make tsan` runs under ThreadSanitizer
-TSAN_TESTS := $(filter $(TESTS),test_pool test_determinism test_mdgan test_asgd test_transport)
-HEADERS  := distgan.h $(wildcard adacomp.h)
+TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
+HEADERS  := distgan.h $(wildcard adacomp.h) $(wildcard wip/*.h)
 
 .PHONY: all test test-opt test-asan tsan bench bench-deps deps fuzz demo data eval experiment clean help
 

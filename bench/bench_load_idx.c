@@ -8,7 +8,6 @@
 #include <time.h>
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
 
 #define FMNIST "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -30,7 +30,6 @@ static void *t_realloc(void *p, size_t n)
 #define DG_FREE(p) free(p)
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
 #include "harness.h"
 
 static char tmpdir[256];

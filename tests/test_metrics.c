@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
 #include "harness.h"
 
 #define MAXN 64

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
 
 static int put_be32(FILE *f, uint32_t v)
 {
