@@ -1386,6 +1386,57 @@ static void dg__adam(dg_isa isa, float *p, const float *g, float *m, float *v, s
     dg__adam_scalar(p, g, m, v, n, h);
 }
 
+/* A convolution's geometry: the image (n, c, h, w), the kernel (k, s, p)
+   and the grid of kernel positions (gh, gw).  Its column matrix ("cols",
+   im2col) has one row per tap (ci, ky, kx) and one column per grid position
+   (n, oy, ox); GEMM packs panels of it straight from the image, so the
+   columns of a convolution are never stored. */
+typedef struct dg__conv_geom {
+    int n, c, h, w;     /* the image: batch, channels, height, width */
+    int k, s, p;        /* kernel, stride, padding */
+    int gh, gw;         /* the grid of kernel positions */
+} dg__conv_geom;
+
+/* The grid columns ox whose tap kx lands inside the image row:
+   0 <= ox*s - p + kx < w, i.e. [*lo, *hi). */
+static void dg__tap_range(const dg__conv_geom *g, int kx, int *lo, int *hi)
+{
+    int a = g->p - kx, b = g->w + g->p - kx; /* a <= ox*s < b */
+    *lo = a <= 0 ? 0 : (a + g->s - 1) / g->s;
+    *hi = b <= 0 ? 0 : (b + g->s - 1) / g->s;
+    if (*hi > g->gw) *hi = g->gw;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* cols[row][g0 .. g0 + len) into out[0], out[stride], ...: the image values
+   under tap `row` at consecutive grid positions, zero outside the image.
+   It walks a grid row at a time, so bounds are settled once per row. */
+static void dg__cols_run(const dg__conv_geom *g, const float *img, int row, size_t g0, int len,
+                         float *out, size_t stride)
+{
+    int kk = g->k * g->k, ci = row / kk, ky = row % kk / g->k, kx = row % g->k;
+    size_t plane = (size_t)g->gh * g->gw, n = g0 / plane, rem = g0 % plane;
+    int oy = (int)(rem / (size_t)g->gw), ox = (int)(rem % (size_t)g->gw), lo, hi;
+    dg__tap_range(g, kx, &lo, &hi);
+    while (len > 0) {
+        int run = g->gw - ox < len ? g->gw - ox : len, end = ox + run, iy = oy * g->s - g->p + ky;
+        int a = ox, t = 0;
+        if (iy >= 0 && iy < g->h) {
+            const float *src = img + (((size_t)n * g->c + ci) * g->h + iy) * g->w;
+            for (; a < lo && a < end; a++, t++) out[(size_t)t * stride] = 0.0f;
+            for (; a < hi && a < end; a++, t++) out[(size_t)t * stride] = src[a * g->s - g->p + kx];
+        }
+        for (; a < end; a++, t++) out[(size_t)t * stride] = 0.0f;
+        out += (size_t)run * stride;
+        len -= run;
+        ox = 0;
+        if (++oy == g->gh) {
+            oy = 0;
+            n++;
+        }
+    }
+}
+
 /* One GEMM call, shared by the pack and compute tasks. */
 typedef struct dg__gemm {
     dg__isa_desc isa;
@@ -1393,6 +1444,7 @@ typedef struct dg__gemm {
     float alpha;
     const float *a, *b;
     int lda, ldb;
+    const dg__conv_geom *bconv; /* op(B) is the column matrix of image b */
     float *c;
     int ldc;
     /* current block: rows [i0, i0+mc), depth [p0, p0+kc), cols [j0, j0+nc) */
@@ -1441,6 +1493,29 @@ static void dg__pack_panels(const float *src, size_t rs, size_t ps, int extent, 
     }
 }
 
+/* B panels q0..q1 when op(B) is a column matrix: B = cols (tb = 0: depth
+   runs over taps, width over grid positions) or B = cols^T (tb = 1: the
+   weight gradient, depth over grid positions). */
+static void dg__pack_cols(const dg__gemm *g, int q0, int q1)
+{
+    int w = g->isa.nr, q, p, r;
+    for (q = q0; q < q1; q++) {
+        float *d = g->pb + (size_t)q * w * g->kc;
+        int j = g->j0 + q * w, n = g->n - j < w ? g->n - j : w;
+        if (!g->tb) {
+            for (p = 0; p < g->kc; p++) {
+                dg__cols_run(g->bconv, g->b, g->p0 + p, (size_t)j, n, d + (size_t)p * w, 1);
+                for (r = n; r < w; r++) d[(size_t)p * w + r] = 0.0f;
+            }
+            continue;
+        }
+        for (r = 0; r < n; r++)
+            dg__cols_run(g->bconv, g->b, j + r, (size_t)g->p0, g->kc, d + r, (size_t)w);
+        for (; r < w; r++)
+            for (p = 0; p < g->kc; p++) d[(size_t)p * w + r] = 0.0f;
+    }
+}
+
 static void dg__gemm_pack_task(void *arg, int task, int thread)
 {
     dg__gemm *g = (dg__gemm *)arg;
@@ -1457,8 +1532,11 @@ static void dg__gemm_pack_task(void *arg, int task, int thread)
     task -= a_tasks; /* op(B)(k, j) seen as x(j, k) */
     first = task * g->b_per_task;
     last = first + g->b_per_task < g->b_panels ? first + g->b_per_task : g->b_panels;
-    dg__pack_panels(g->b, g->tb ? ldb : 1, g->tb ? 1 : ldb, g->n, g->j0, g->p0, g->kc, g->isa.nr,
-                    first, last, 1.0f, g->pb);
+    if (g->bconv)
+        dg__pack_cols(g, first, last);
+    else
+        dg__pack_panels(g->b, g->tb ? ldb : 1, g->tb ? 1 : ldb, g->n, g->j0, g->p0, g->kc,
+                        g->isa.nr, first, last, 1.0f, g->pb);
 }
 
 /* A rectangle of micro-tiles.  jr outer, ir inner: the B panel (kc x NR)
@@ -1545,24 +1623,50 @@ static void dg__gemm_block(dg_pool *pool, dg__gemm *g, int threads)
     dg_parallel_for(threads > 1 ? pool : NULL, g->tiles_m * g->tiles_n, dg__gemm_compute_task, g);
 }
 
-DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, int k,
-                        float alpha, const float *a, int lda, const float *b, int ldb,
-                        float beta, float *c, int ldc)
+/* Runs a filled-in GEMM (pointers and sizes already checked). */
+static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
+{
+    dg__pack *pk;
+    int threads, nc, kc, mch, m = g->m, n = g->n, k = g->k;
+    g->isa = dg__isa_get(pool->isa);
+    /* small products are not worth waking the other threads */
+    threads = (double)m * n * k < 32768.0 * 8 ? 1 : pool->n;
+    if (dg__cur_pool == pool) threads = 1;
+    if (beta != 1.0f && (beta != 0.0f || k == 0)) {
+        g->alpha = beta;
+        dg_parallel_for(threads > 1 ? pool : NULL, m, dg__scale_rows_task, g);
+        if (k == 0) return;
+        beta = 1.0f;
+    }
+    g->alpha = alpha;
+    pk = &pool->pack[dg__pool_tid(pool)];
+    g->pa = pk->a;
+    g->pb = pk->b;
+    /* equal blocks rather than full ones and a sliver */
+    nc = dg__block(n, DG__NC, g->isa.nr);
+    kc = dg__block(k, DG__KC, 1);
+    mch = dg__block(m, DG__MCH, g->isa.mr);
+    for (g->j0 = 0; g->j0 < n; g->j0 += nc) {
+        g->nc = n - g->j0 < nc ? n - g->j0 : nc;
+        for (g->p0 = 0; g->p0 < k; g->p0 += kc) {
+            g->kc = k - g->p0 < kc ? k - g->p0 : kc;
+            g->acc = beta != 0.0f || g->p0 > 0;
+            for (g->i0 = 0; g->i0 < m; g->i0 += mch) {
+                g->mc = m - g->i0 < mch ? m - g->i0 : mch;
+                g->pack_b = g->i0 == 0;
+                dg__gemm_block(pool, g, threads);
+            }
+        }
+    }
+}
+
+static dg__gemm dg__gemm_make(int ta, int tb, int m, int n, int k, const float *a, int lda,
+                              const float *b, int ldb, float *c, int ldc)
 {
     dg__gemm g;
-    dg__pack *pk;
-    int threads, nc, kc, mch;
-    if (!pool) return dg__fail(DG_ERR_ARG, "dg_gemm: pool is NULL");
-    if (m < 0 || n < 0 || k < 0) return dg__fail(DG_ERR_ARG, "dg_gemm: m=%d n=%d k=%d", m, n, k);
-    if (m == 0 || n == 0) return DG_OK;
-    if (!c || (k > 0 && (!a || !b))) return dg__fail(DG_ERR_ARG, "dg_gemm: NULL matrix");
-    if (ldc < n || lda < (trans_a ? m : k) || ldb < (trans_b ? k : n))
-        return dg__fail(DG_ERR_ARG, "dg_gemm: leading dimension too small (lda=%d ldb=%d ldc=%d)",
-                        lda, ldb, ldc);
     memset(&g, 0, sizeof g);
-    g.isa = dg__isa_get(pool->isa);
-    g.ta = trans_a;
-    g.tb = trans_b;
+    g.ta = ta;
+    g.tb = tb;
     g.m = m;
     g.n = n;
     g.k = k;
@@ -1572,94 +1676,47 @@ DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, i
     g.ldb = ldb;
     g.c = c;
     g.ldc = ldc;
-    /* small products are not worth waking the other threads */
-    threads = (double)m * n * k < 32768.0 * 8 ? 1 : pool->n;
-    if (dg__cur_pool == pool) threads = 1;
-    if (beta != 1.0f && (beta != 0.0f || k == 0)) {
-        g.alpha = beta;
-        dg_parallel_for(threads > 1 ? pool : NULL, m, dg__scale_rows_task, &g);
-        if (k == 0) return DG_OK;
-        beta = 1.0f;
-    }
-    g.alpha = alpha;
-    pk = &pool->pack[dg__pool_tid(pool)];
-    g.pa = pk->a;
-    g.pb = pk->b;
-    /* equal blocks rather than full ones and a sliver */
-    nc = dg__block(n, DG__NC, g.isa.nr);
-    kc = dg__block(k, DG__KC, 1);
-    mch = dg__block(m, DG__MCH, g.isa.mr);
-    for (g.j0 = 0; g.j0 < n; g.j0 += nc) {
-        g.nc = n - g.j0 < nc ? n - g.j0 : nc;
-        for (g.p0 = 0; g.p0 < k; g.p0 += kc) {
-            g.kc = k - g.p0 < kc ? k - g.p0 : kc;
-            g.acc = beta != 0.0f || g.p0 > 0;
-            for (g.i0 = 0; g.i0 < m; g.i0 += mch) {
-                g.mc = m - g.i0 < mch ? m - g.i0 : mch;
-                g.pack_b = g.i0 == 0;
-                dg__gemm_block(pool, &g, threads);
-            }
-        }
-    }
+    return g;
+}
+
+DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, int k,
+                        float alpha, const float *a, int lda, const float *b, int ldb,
+                        float beta, float *c, int ldc)
+{
+    dg__gemm g;
+    if (!pool) return dg__fail(DG_ERR_ARG, "dg_gemm: pool is NULL");
+    if (m < 0 || n < 0 || k < 0) return dg__fail(DG_ERR_ARG, "dg_gemm: m=%d n=%d k=%d", m, n, k);
+    if (m == 0 || n == 0) return DG_OK;
+    if (!c || (k > 0 && (!a || !b))) return dg__fail(DG_ERR_ARG, "dg_gemm: NULL matrix");
+    if (ldc < n || lda < (trans_a ? m : k) || ldb < (trans_b ? k : n))
+        return dg__fail(DG_ERR_ARG, "dg_gemm: leading dimension too small (lda=%d ldb=%d ldc=%d)",
+                        lda, ldb, ldc);
+    g = dg__gemm_make(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
+    dg__gemm_run(pool, &g, alpha, beta);
     return DG_OK;
+}
+
+/* C (m x n) = op(A) (m x k) times the column matrix of img: k taps by n
+   grid positions (tb = 0), or its transpose (tb = 1: k grid positions by n
+   taps). */
+static void dg__gemm_cols(dg_pool *pool, int ta, int tb, int m, int n, int k, const float *a,
+                          int lda, const dg__conv_geom *geom, const float *img, float beta,
+                          float *c, int ldc)
+{
+    dg__gemm g = dg__gemm_make(ta, tb, m, n, k, a, lda, img, 0, c, ldc);
+    g.bconv = geom;
+    dg__gemm_run(pool, &g, 1.0f, beta);
 }
 
 /* Element-wise work is split into chunks of this many floats: smaller
    loops are not worth a wake-up of the pool. */
 #define DG__CHUNK 16384
 
-typedef struct dg__conv_geom {
-    int n, c, h, w;     /* the image: batch, channels, height, width */
-    int k, s, p;        /* kernel, stride, padding */
-    int gh, gw;         /* the grid of kernel positions */
-} dg__conv_geom;
-
 typedef struct dg__cols_job {
     const dg__conv_geom *g;
     const float *src;
     float *dst;
 } dg__cols_job;
-
-/* The grid columns ox whose tap kx lands inside the image row:
-   0 <= ox*s - p + kx < w, i.e. [*lo, *hi). */
-static void dg__tap_range(const dg__conv_geom *g, int kx, int *lo, int *hi)
-{
-    int a = g->p - kx, b = g->w + g->p - kx; /* a <= ox*s < b */
-    *lo = a <= 0 ? 0 : (a + g->s - 1) / g->s;
-    *hi = b <= 0 ? 0 : (b + g->s - 1) / g->s;
-    if (*hi > g->gw) *hi = g->gw;
-    if (*lo > *hi) *lo = *hi;
-}
-
-/* one row (ci, ky, kx) of cols: the image values under that kernel tap
-   at every grid position of every sample */
-static void dg__im2col_task(void *arg, int row, int thread)
-{
-    const dg__cols_job *j = (const dg__cols_job *)arg;
-    const dg__conv_geom *g = j->g;
-    int kk = g->k * g->k, ci = row / kk, ky = row % kk / g->k, kx = row % g->k;
-    size_t plane = (size_t)g->gh * g->gw;
-    float *DG__RESTRICT out = j->dst + (size_t)row * g->n * plane;
-    int n, oy, ox, lo, hi, s = g->s;
-    (void)thread;
-    dg__tap_range(g, kx, &lo, &hi);
-    for (n = 0; n < g->n; n++) {
-        const float *img = j->src + ((size_t)n * g->c + ci) * g->h * g->w;
-        for (oy = 0; oy < g->gh; oy++, out += g->gw) {
-            int iy = oy * s - g->p + ky;
-            const float *DG__RESTRICT src;
-            if (iy < 0 || iy >= g->h) {
-                memset(out, 0, sizeof(float) * (size_t)g->gw);
-                continue;
-            }
-            /* first valid tap; never points before the row */
-            src = img + (size_t)iy * g->w + (lo * s + kx - g->p);
-            for (ox = 0; ox < lo; ox++) out[ox] = 0.0f;
-            for (; ox < hi; ox++) out[ox] = src[(ox - lo) * s];
-            for (; ox < g->gw; ox++) out[ox] = 0.0f;
-        }
-    }
-}
 
 /* the adjoint of im2col for one channel ci: every sample's plane of ci is
    owned by this task, so the sums need no locks and keep a fixed order */
@@ -1687,15 +1744,6 @@ static void dg__col2im_task(void *arg, int ci, int thread)
                 }
             }
         }
-}
-
-static void dg__im2col(dg_pool *pool, const dg__conv_geom *g, const float *img, float *cols)
-{
-    dg__cols_job j;
-    j.g = g;
-    j.src = img;
-    j.dst = cols;
-    dg_parallel_for(pool, g->c * g->k * g->k, dg__im2col_task, &j);
 }
 
 static void dg__col2im(dg_pool *pool, const dg__conv_geom *g, const float *cols, float *img)
@@ -1760,7 +1808,7 @@ typedef struct dg__layer {
     size_t p_off, n_p;     /* parameters: weights then bias (gamma then beta) */
     size_t s_off, n_s;     /* state: batchnorm running mean then variance */
     float *out;            /* batch x out_size; reshape aliases its input */
-    float *keep;           /* conv: im2col of the input; conv-T: input in CNHW */
+    float *keep;           /* conv-transpose: the input in CNHW, for the weight gradient */
     float *aux;            /* batchnorm: mean and 1/std; dropout: mask */
     int32_t *idx;          /* max-pool: argmax of each output */
 } dg__layer;
@@ -2075,16 +2123,13 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
         goto nomem;
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
-        size_t kk = (size_t)l->d.kernel * l->d.kernel;
         if (l->d.type == DG_LAYER_RESHAPE) {
             l->out = i ? net->layers[i - 1].out : net->input;
             continue;
         }
         l->out = dg__net_buf(net, l->out_size * nb, sizeof(float));
         if (!l->out) goto nomem;
-        if (l->d.type == DG_LAYER_CONV2D)
-            l->keep = dg__net_buf(net, l->ic * kk * l->oh * l->ow * nb, sizeof(float));
-        else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
+        if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
             l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
         else if (l->d.type == DG_LAYER_BATCHNORM)
             l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
@@ -2092,7 +2137,7 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
             l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
         else if (l->d.type == DG_LAYER_MAXPOOL)
             l->idx = (int32_t *)dg__net_buf(net, l->out_size * nb, sizeof(int32_t));
-        if ((l->d.type == DG_LAYER_CONV2D || l->d.type == DG_LAYER_CONV_TRANSPOSE2D) && !l->keep)
+        if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D && !l->keep)
             goto nomem;
         if ((l->d.type == DG_LAYER_BATCHNORM || l->d.type == DG_LAYER_DROPOUT) && !l->aux)
             goto nomem;
@@ -2421,9 +2466,7 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     case DG_LAYER_CONV2D: {
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
-        dg__im2col(pool, &g, x, l->keep);
-        dg_gemm(pool, 0, 0, l->oc, grid, kdim, 1.0f, w, kdim, l->keep, grid, 0.0f, net->s_out,
-                grid);
+        dg__gemm_cols(pool, 0, 0, l->oc, grid, kdim, w, kdim, &g, x, 0.0f, net->s_out, grid);
         dg__reorder(pool, net->s_out, l->out, nb, l->oc, (size_t)l->oh * l->ow, 0,
                     w + (size_t)l->oc * kdim);
         break;
@@ -2498,8 +2541,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         float *db = dw + (size_t)l->oc * kdim;
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
         for (c = 0; c < l->oc; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid);
-        dg_gemm(pool, 0, 1, l->oc, kdim, grid, 1.0f, net->s_out, grid, l->keep, grid, 1.0f, dw,
-                kdim);
+        dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
                 net->s_cols, grid);
         dg__col2im(pool, &g, net->s_cols, dx);
@@ -2515,11 +2557,8 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
             dg__sums(dg_pool_isa(pool), dy + (size_t)c * hw, NULL, hw, (size_t)nb, hw * l->oc, 0.0f, sums);
             db[c] += (float)sums[0];
         }
-        dg__im2col(pool, &g, dy, net->s_cols);
-        dg_gemm(pool, 0, 1, l->ic, kdim, grid, 1.0f, l->keep, grid, net->s_cols, grid, 1.0f, dw,
-                kdim);
-        dg_gemm(pool, 0, 0, l->ic, grid, kdim, 1.0f, w, kdim, net->s_cols, grid, 0.0f,
-                net->s_out, grid);
+        dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, l->keep, grid, &g, dy, 1.0f, dw, kdim);
+        dg__gemm_cols(pool, 0, 0, l->ic, grid, kdim, w, kdim, &g, dy, 0.0f, net->s_out, grid);
         dg__reorder(pool, net->s_out, dx, nb, l->ic, (size_t)l->ih * l->iw, 0, NULL);
         break;
     }
