@@ -1,0 +1,680 @@
+/* MD-GAN and FL-GAN roles, the message codec and the in-process transport:
+   traffic counters against the formulas of papers.md, the swap as a
+   derangement, bit-identity of MD-GAN with N = 1 and a plain standalone
+   loop, identical results on 1 and 2 threads, crashes and joins,
+   checkpoint and resume, and the queue under concurrent producers.  Small
+   synthetic 8 x 8 images and the MLP networks keep it fast (and race-free
+   under ThreadSanitizer: every shared structure is behind the transport's
+   locks or atomics). */
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+#include "../wip/data.h"
+#include "../wip/gan.h"
+#include "../wip/mdgan.h"
+#include "harness.h"
+
+static dg_pool *pool1, *pool2;
+
+/* n images of 1 x 8 x 8 in 4 classes: a bright row or column whose place
+   depends on the class, plus noise; deterministic in seed */
+static void make_data(dg_dataset *ds, size_t n, uint64_t seed)
+{
+    dg_rng rng = dg_rng_make(seed, 99, 0);
+    size_t i;
+    int p;
+    dg_dataset_create(ds, n, 1, 8, 8, 4);
+    for (i = 0; i < n; i++) {
+        uint8_t *img = ds->pixels + i * 64;
+        int c = (int)(i % 4), at = 1 + 2 * c;
+        ds->labels[i] = c;
+        for (p = 0; p < 64; p++) img[p] = (uint8_t)dg_rng_below(&rng, 60);
+        for (p = 0; p < 8; p++) img[(c & 1) ? p * 8 + at : at * 8 + p] = 230;
+    }
+}
+
+static dg_mdgan_config small_config(int n_workers)
+{
+    dg_mdgan_config c = dg_mdgan_config_init();
+    c.n_workers = n_workers;
+    c.c = 1;
+    c.h = c.w = 8;
+    c.arch = DG_ARCH_MLP;
+    c.z_dim = 16;
+    c.batch = 8; /* a power of two: see standalone_equivalence */
+    c.local_epochs = 0;
+    c.seed = 11;
+    return c;
+}
+
+/* ---- transport ---- */
+
+typedef struct producer {
+    dg_transport *t;
+    int id, count;
+} producer;
+
+static void *produce(void *arg)
+{
+    producer *p = (producer *)arg;
+    dg_part_kind kinds[2] = {DG_PART_F32, DG_PART_I32};
+    int i;
+    for (i = 0; i < p->count; i++) {
+        size_t counts[2] = {(size_t)(1 + i % 7), 1};
+        dg_msg *m;
+        if (dg_msg_create(p->t, DG_MSG_USER, p->id, 0, i, 2, kinds, counts, &m) != DG_OK) return p;
+        ((float *)m->part[0].data)[0] = (float)p->id;
+        ((int32_t *)m->part[1].data)[0] = i;
+        if (dg_transport_send(p->t, m) != DG_OK) return p;
+    }
+    return NULL;
+}
+
+TEST(queue_concurrent_producers)
+{
+    enum { P = 4, COUNT = 2000 };
+    dg_transport *t;
+    pthread_t th[P];
+    producer pr[P];
+    int next[P + 1] = {0}, got = 0, order_ok = 1, i;
+    uint64_t payload = 0;
+    dg_traffic tr;
+    /* capacity 3: producers block on a full inbox all the time */
+    CHECK_OK(dg_inproc_create(&t, P + 1, 3, 0));
+    for (i = 0; i < P; i++) {
+        pr[i].t = t;
+        pr[i].id = i + 1;
+        pr[i].count = COUNT;
+        pthread_create(&th[i], NULL, produce, &pr[i]);
+    }
+    while (got < P * COUNT) {
+        dg_msg *m;
+        int from, seq;
+        if (dg_transport_recv(t, 0, 2000, &m) != DG_OK) break;
+        from = m->from;
+        seq = dg_msg_i32(m, 1, 1)[0];
+        if (seq != next[from] || dg_msg_f32(m, 0, (size_t)(1 + seq % 7))[0] != (float)from)
+            order_ok = 0;
+        next[from] = seq + 1;
+        payload += dg_msg_payload_bytes(m);
+        dg_msg_free(t, m);
+        got++;
+    }
+    for (i = 0; i < P; i++) {
+        void *ret;
+        pthread_join(th[i], &ret);
+        CHECK(ret == NULL);
+    }
+    CHECK(got == P * COUNT);
+    CHECK(order_ok); /* FIFO per producer */
+    tr = dg_transport_traffic(t, DG_ANY_PEER, 0);
+    CHECK(tr.messages == (uint64_t)P * COUNT);
+    CHECK(tr.payload_bytes == payload);
+    CHECK(tr.frame_bytes == (uint64_t)P * COUNT * (DG_MSG_HEADER_BYTES + 2 * DG_MSG_PART_BYTES));
+    {
+        dg_msg *m;
+        CHECK(dg_transport_recv(t, 0, 0, &m) == DG_ERR_TIMEOUT);
+        CHECK(dg_transport_recv(t, 0, 20, &m) == DG_ERR_TIMEOUT);
+    }
+    dg_transport_close(t);
+}
+
+TEST(codec_roundtrip_and_rejects)
+{
+    dg_transport *t;
+    dg_part_kind kinds[3] = {DG_PART_F32, DG_PART_I32, DG_PART_BYTES};
+    size_t counts[3] = {5, 3, 7}, n, i;
+    dg_msg *m, *d;
+    unsigned char buf[512];
+    CHECK_OK(dg_inproc_create(&t, 4, 0, 0));
+    CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, 2, 0, 123456789012LL, 3, kinds, counts, &m));
+    for (i = 0; i < 5; i++) ((float *)m->part[0].data)[i] = 0.5f * (float)i - 1.0f;
+    for (i = 0; i < 3; i++) ((int32_t *)m->part[1].data)[i] = -7 * (int32_t)i;
+    memcpy(m->part[2].data, "bytes!!", 7);
+    m->aux = -42;
+    m->stat[0] = 1.25f;
+    m->stat[1] = -3.5f;
+    CHECK(dg_msg_payload_bytes(m) == 5 * 4 + 3 * 4 + 7);
+    CHECK(dg_msg_encoded_size(m) == DG_MSG_HEADER_BYTES + 3 * DG_MSG_PART_BYTES + 39);
+    CHECK_OK(dg_msg_encode(m, buf, sizeof buf, &n));
+    CHECK(n == dg_msg_encoded_size(m));
+    CHECK_OK(dg_msg_decode(t, buf, n, 1 << 20, &d));
+    if (d) {
+        CHECK(d->type == DG_MSG_FEEDBACK && d->from == 2 && d->to == 0);
+        CHECK(d->iteration == 123456789012LL && d->aux == -42);
+        CHECK(d->stat[0] == 1.25f && d->stat[1] == -3.5f);
+        CHECK(memcmp(d->part[0].data, m->part[0].data, 20) == 0);
+        CHECK(memcmp(d->part[1].data, m->part[1].data, 12) == 0);
+        CHECK(memcmp(d->part[2].data, "bytes!!", 7) == 0);
+        dg_msg_free(t, d);
+    }
+    CHECK(dg_msg_decode(t, buf, n - 1, 1 << 20, &d) == DG_ERR_FORMAT);
+    CHECK(dg_msg_decode(t, buf, n, 16, &d) == DG_ERR_TOO_LARGE);
+    buf[n - 1] ^= 1;
+    CHECK(dg_msg_decode(t, buf, n, 1 << 20, &d) == DG_ERR_CHECKSUM);
+    buf[n - 1] ^= 1;
+    buf[12] = 9; /* receiver 9 of a 4-peer transport */
+    CHECK(dg_msg_decode(t, buf, n, 1 << 20, &d) == DG_ERR_FORMAT);
+    CHECK(d == NULL);
+    dg_msg_free(t, m);
+    dg_transport_close(t);
+}
+
+/* ---- traffic against papers.md ---- */
+
+TEST(mdgan_traffic_matches_formulas)
+{
+    int acgan;
+    for (acgan = 0; acgan <= 1; acgan++) {
+        dg_dataset ds;
+        dg_partition part;
+        dg_mdgan_run *run;
+        dg_mdgan_config c = small_config(3);
+        const int I = 3;
+        uint64_t b, d;
+        int n, it;
+        make_data(&ds, 96, 1);
+        c.k = 2;
+        c.n_classes = acgan ? 4 : 0;
+        b = (uint64_t)c.batch;
+        d = 64;
+        CHECK_OK(dg_partition_iid(&part, ds.n, 3, 5));
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        for (it = 0; it < I; it++) CHECK_OK(dg_mdgan_run_iteration(run));
+        for (n = 1; n <= 3; n++) {
+            dg_traffic down = dg_transport_traffic(dg_mdgan_run_transport(run), 0, n);
+            dg_traffic up = dg_transport_traffic(dg_mdgan_run_transport(run), n, 0);
+            /* server -> worker: 2*b*d floats (+ 2*b labels in ACGAN); worker
+               -> server: b*d floats, each iteration */
+            CHECK(down.payload_bytes == (uint64_t)I * 4 * (2 * b * d + (acgan ? 2 * b : 0)));
+            CHECK(up.payload_bytes == (uint64_t)I * 4 * b * d);
+            CHECK(down.messages == (uint64_t)I && up.messages == (uint64_t)I);
+            CHECK(down.frame_bytes ==
+                  (uint64_t)I * (DG_MSG_HEADER_BYTES + (acgan ? 4 : 2) * DG_MSG_PART_BYTES));
+            CHECK(dg_transport_traffic(dg_mdgan_run_transport(run), n, DG_ANY_PEER).payload_bytes ==
+                  up.payload_bytes); /* no swap: nothing worker to worker */
+        }
+        dg_mdgan_run_free(run);
+        dg_partition_free(&part);
+        dg_dataset_free(&ds);
+    }
+}
+
+/* Snapshot of every D, then the swap messages alone (no GEN yet): each D
+   must arrive at exactly one other worker, following a derangement. */
+TEST(swap_is_derangement_and_counts_theta)
+{
+    int with_opt;
+    for (with_opt = 0; with_opt <= 1; with_opt++) {
+        enum { N = 5 };
+        dg_dataset ds;
+        dg_partition part;
+        dg_mdgan_run *run;
+        dg_mdgan_config c = small_config(N);
+        float *snap[N + 1];
+        size_t np = 0;
+        int n, m, rounds, source[N + 1], used[N + 1] = {0}, it;
+        dg_transport *t;
+        make_data(&ds, 80, 2);
+        c.local_epochs = 1;
+        c.swap_every = 2;
+        c.swap_optimizer = with_opt;
+        CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        t = dg_mdgan_run_transport(run);
+        for (it = 0; it < 2; it++) CHECK_OK(dg_mdgan_run_iteration(run));
+        CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->swaps == 1);
+        for (n = 1; n <= N; n++) {
+            dg_net *d = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, n));
+            np = dg_net_param_count(d);
+            snap[n] = (float *)malloc(4 * np);
+            memcpy(snap[n], dg_net_params(d), 4 * np);
+        }
+        for (rounds = 0; rounds < 10; rounds++)
+            for (n = 1; n <= N; n++) CHECK_OK(dg_mdgan_worker_poll(dg_mdgan_run_worker(run, n), 0));
+        for (n = 1; n <= N; n++) {
+            dg_net *d = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, n));
+            source[n] = 0;
+            for (m = 1; m <= N; m++)
+                if (memcmp(dg_net_params(d), snap[m], 4 * np) == 0) source[n] = m;
+            CHECK(source[n] != 0 && source[n] != n); /* a D from someone else */
+            if (source[n]) used[source[n]]++;
+        }
+        for (n = 1; n <= N; n++) CHECK(used[n] == 1); /* every D arrives exactly once */
+        for (n = 1; n <= N; n++) {
+            /* |θ| each way per swap (+ Adam's 2|θ| when it travels; the MLP
+               has no batchnorm state) */
+            uint64_t sent = dg_transport_traffic(t, n, DG_ANY_PEER).payload_bytes -
+                            dg_transport_traffic(t, n, 0).payload_bytes;
+            uint64_t recv = dg_transport_traffic(t, DG_ANY_PEER, n).payload_bytes -
+                            dg_transport_traffic(t, 0, n).payload_bytes;
+            CHECK(sent == 4 * (uint64_t)np * (with_opt ? 3 : 1));
+            CHECK(recv == sent);
+            CHECK(dg_transport_traffic(t, source[n], n).payload_bytes == sent);
+            free(snap[n]);
+        }
+        /* training goes on after the swap */
+        CHECK_OK(dg_mdgan_run_iteration(run));
+        CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_live == N);
+        dg_mdgan_run_free(run);
+        dg_partition_free(&part);
+        dg_dataset_free(&ds);
+    }
+}
+
+TEST(flgan_traffic_matches_formulas)
+{
+    enum { N = 3, ROUNDS = 2 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_flgan_run *run;
+    dg_flgan_config c = dg_flgan_config_init();
+    uint64_t w_theta;
+    int n, r;
+    dg_transport *t;
+    make_data(&ds, 48, 3);
+    c.n_workers = N;
+    c.c = 1;
+    c.h = c.w = 8;
+    c.arch = DG_ARCH_MLP;
+    c.z_dim = 16;
+    c.batch = 8;
+    c.local_iters = 2;
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
+    t = dg_flgan_run_transport(run);
+    for (r = 0; r < ROUNDS; r++) CHECK_OK(dg_flgan_run_round(run));
+    /* |w| + |θ| each way per worker per round (+ batchnorm state, none in
+       the MLP) */
+    w_theta = dg_net_param_count(dg_flgan_server_generator(dg_flgan_run_server(run))) +
+              dg_net_param_count(dg_flgan_server_discriminator(dg_flgan_run_server(run)));
+    CHECK(dg_net_state_count(dg_flgan_server_generator(dg_flgan_run_server(run))) == 0);
+    for (n = 1; n <= N; n++) {
+        CHECK(dg_transport_traffic(t, 0, n).payload_bytes == ROUNDS * 4 * w_theta);
+        CHECK(dg_transport_traffic(t, n, 0).payload_bytes == ROUNDS * 4 * w_theta);
+        CHECK(dg_transport_traffic(t, n, DG_ANY_PEER).payload_bytes == ROUNDS * 4 * w_theta);
+    }
+    CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->rounds == ROUNDS);
+    CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->iterations == ROUNDS * 2);
+    dg_flgan_run_free(run);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* Equal shards and local_iters: the average of N identical starts trained
+   on different data differs from every worker's model, and all workers get
+   the same average back. */
+TEST(flgan_averages_and_broadcasts)
+{
+    enum { N = 2 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_flgan_run *run;
+    dg_flgan_config c = dg_flgan_config_init();
+    dg_net *g;
+    size_t np, i;
+    double err = 0.0;
+    make_data(&ds, 32, 4);
+    c.n_workers = N;
+    c.c = 1;
+    c.h = c.w = 8;
+    c.arch = DG_ARCH_MLP;
+    c.z_dim = 16;
+    c.batch = 8;
+    c.local_iters = 1;
+    c.average_optimizer = 1;
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_round(run));
+    g = dg_flgan_server_generator(dg_flgan_run_server(run));
+    np = dg_net_param_count(g);
+    /* the server's G is the mean of the two workers' G (equal shards) */
+    {
+        /* workers hold their local (trained) models: rebuild the mean */
+        struct dg_flgan_worker *w1 = dg_flgan_run_worker(run, 1), *w2 = dg_flgan_run_worker(run, 2);
+        const float *a = dg_net_params(w1->gan.g), *b = dg_net_params(w2->gan.g),
+                    *s = dg_net_params(g);
+        for (i = 0; i < np; i++) err = fmax(err, fabs((double)s[i] - 0.5 * ((double)a[i] + b[i])));
+        CHECK(memcmp(a, b, 4 * np) != 0);
+    }
+    CHECK(err < 1e-6);
+    dg_flgan_run_free(run);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* ---- N = 1, k = 1, L = 1 is the standalone GAN, bit for bit ----
+   The plain loop below draws the same noise (seed, NOISE, t), the same real
+   batches and the same initial weights, and runs the same steps.  The one
+   arithmetic difference is where 1/b enters: the standalone loop asks
+   dg_gan_g_feedback for grad_scale = 1/b (the loss gradient dz is scaled
+   before D's backward), while the MD-GAN worker sends the unscaled
+   feedback (grad_scale 1) and the server multiplies the summed feedback by
+   1/(N_live*b) after D's backward.  D's backward is linear in dz and built
+   of products and sums; multiplying by a power of two is exact in binary
+   floating point and commutes with every rounding (barring overflow and
+   subnormals, far away here), so with b = 8 both orders give the same bits.
+   With b = 10 they would differ in the last bits. */
+static void standalone(const dg_mdgan_config *c, const dg_dataset *ds, const uint32_t *idx,
+                       size_t count, int iters, float **g_out, float **d_out)
+{
+    dg_net *g, *d;
+    dg_optim og, od;
+    dg_batcher bt;
+    int b = c->batch, row = c->z_dim + c->n_classes, dim = 64, t;
+    float *g_in = (float *)malloc(4 * (size_t)b * row), *real = (float *)malloc(4 * (size_t)b * dim),
+          *dx = (float *)malloc(4 * (size_t)b * dim), std = c->arch == DG_ARCH_DCGAN ? 0.02f : 0.0f;
+    int32_t fl[64], rl[64];
+    const float *fake;
+    dg_build_generator(&g, c->arch, c->z_dim, c->n_classes, 1, 8, 8);
+    dg_build_discriminator(&d, c->arch, 1, 8, 8, 1 + c->n_classes);
+    dg_net_plan(g, pool2, b);
+    dg_net_plan(d, pool2, b);
+    dg_net_init(g, dg_mdgan_seed(c->seed, DG_MDGAN_STREAM_INIT, 0), std);
+    dg_net_init(d, dg_mdgan_seed(c->seed, DG_MDGAN_STREAM_INIT, 1), std);
+    dg_optim_adam(&og, dg_net_param_count(g), c->lr_g, c->beta1, c->beta2, c->eps);
+    dg_optim_adam(&od, dg_net_param_count(d), c->lr_d, c->beta1, c->beta2, c->eps);
+    dg_batcher_init(&bt, ds, idx, count, b, dg_mdgan_seed(c->seed, DG_MDGAN_STREAM_DATA, 1));
+    for (t = 0; t < iters; t++) {
+        dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)t);
+        int32_t *lab = c->n_classes ? rl : NULL, *flab = c->n_classes ? fl : NULL;
+        dg_gan_sample_input(&rng, b, c->z_dim, c->n_classes, g_in, fl);
+        CHECK_OK(dg_net_forward(g, g_in, b, 1, &fake));
+        CHECK_OK(dg_batcher_next(&bt, real, lab));
+        CHECK_OK(dg_gan_d_step(d, &od, pool2, real, lab, fake, flab, b, c->n_classes, NULL));
+        CHECK_OK(dg_gan_g_feedback(d, fake, flab, b, c->n_classes, c->saturating, 1.0f / b, dx,
+                                   NULL));
+        dg_net_zero_grad(g);
+        CHECK_OK(dg_net_backward(g, dx, NULL));
+        CHECK_OK(dg_optim_step(&og, pool2, dg_net_params(g), dg_net_grads(g)));
+    }
+    *g_out = (float *)malloc(4 * dg_net_param_count(g));
+    *d_out = (float *)malloc(4 * dg_net_param_count(d));
+    memcpy(*g_out, dg_net_params(g), 4 * dg_net_param_count(g));
+    memcpy(*d_out, dg_net_params(d), 4 * dg_net_param_count(d));
+    dg_batcher_free(&bt);
+    dg_optim_free(&og);
+    dg_optim_free(&od);
+    dg_net_free(g);
+    dg_net_free(d);
+    free(g_in);
+    free(real);
+    free(dx);
+}
+
+TEST(standalone_equivalence_n1)
+{
+    int variant;
+    for (variant = 0; variant < 4; variant++) {
+        dg_dataset ds;
+        dg_partition part;
+        dg_mdgan_run *run;
+        dg_mdgan_config c = small_config(1);
+        float *gs, *dsp;
+        const uint32_t *idx;
+        size_t count;
+        int it;
+        make_data(&ds, 40, 5);
+        c.n_classes = variant == 1 ? 4 : 0;
+        c.arch = variant == 2 ? DG_ARCH_DCGAN : DG_ARCH_MLP;
+        c.saturating = variant == 3;
+        CHECK_OK(dg_partition_iid(&part, ds.n, 1, 5));
+        idx = dg_partition_worker(&part, 0, &count);
+        standalone(&c, &ds, idx, count, 6, &gs, &dsp);
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        for (it = 0; it < 6; it++) CHECK_OK(dg_mdgan_run_iteration(run));
+        {
+            dg_net *g = dg_mdgan_server_generator(dg_mdgan_run_server(run));
+            dg_net *d = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, 1));
+            int same_g = memcmp(dg_net_params(g), gs, 4 * dg_net_param_count(g)) == 0;
+            int same_d = memcmp(dg_net_params(d), dsp, 4 * dg_net_param_count(d)) == 0;
+            if (!same_g || !same_d) printf("  variant %d: G %s, D %s\n", variant,
+                                           same_g ? "same" : "DIFFERS", same_d ? "same" : "DIFFERS");
+            CHECK(same_g);
+            CHECK(same_d);
+        }
+        free(gs);
+        free(dsp);
+        dg_mdgan_run_free(run);
+        dg_partition_free(&part);
+        dg_dataset_free(&ds);
+    }
+}
+
+/* ---- 1 and 2 threads, same bits ---- */
+
+static void run_params(dg_pool *pool, int iters, float **g_out, float **d_out, size_t *nd)
+{
+    enum { N = 4 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_run *run;
+    dg_mdgan_config c = small_config(N);
+    size_t ng;
+    int it, n;
+    make_data(&ds, 96, 6);
+    c.k = DG_MDGAN_K_LOG2; /* 2 */
+    c.disc_steps = 2;
+    c.n_classes = 4;
+    c.local_epochs = 1;
+    c.swap_every = 2;
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    CHECK_OK(dg_mdgan_run_create(&run, &c, pool, &ds, &part, NULL, 0, NULL, 0));
+    for (it = 0; it < iters; it++) CHECK_OK(dg_mdgan_run_iteration(run));
+    ng = dg_net_param_count(dg_mdgan_server_generator(dg_mdgan_run_server(run)));
+    *nd = dg_net_param_count(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, 1)));
+    *g_out = (float *)malloc(4 * ng);
+    *d_out = (float *)malloc(4 * *nd * N);
+    memcpy(*g_out, dg_net_params(dg_mdgan_server_generator(dg_mdgan_run_server(run))), 4 * ng);
+    for (n = 1; n <= N; n++)
+        memcpy(*d_out + (n - 1) * *nd,
+               dg_net_params(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, n))), 4 * *nd);
+    dg_mdgan_run_free(run);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+TEST(same_bits_on_1_and_2_threads)
+{
+    float *g1, *d1, *g2, *d2;
+    size_t nd, ng;
+    run_params(pool1, 5, &g1, &d1, &nd);
+    run_params(pool2, 5, &g2, &d2, &nd);
+    {
+        dg_net *g;
+        dg_build_generator(&g, DG_ARCH_MLP, 16, 4, 1, 8, 8);
+        dg_net_plan(g, pool1, 1);
+        ng = dg_net_param_count(g);
+        dg_net_free(g);
+    }
+    CHECK(memcmp(g1, g2, 4 * ng) == 0);
+    CHECK(memcmp(d1, d2, 4 * nd * 4) == 0);
+    free(g1);
+    free(d1);
+    free(g2);
+    free(d2);
+}
+
+/* ---- faults ---- */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[4096];
+
+static void test_log(void *user, const char *line)
+{
+    (void)user;
+    pthread_mutex_lock(&log_mu);
+    if (strlen(log_text) + strlen(line) + 2 < sizeof log_text) {
+        strcat(log_text, line);
+        strcat(log_text, "\n");
+    }
+    pthread_mutex_unlock(&log_mu);
+}
+
+TEST(crash_and_join)
+{
+    enum { N = 4 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_run *run;
+    dg_mdgan_config c = small_config(N);
+    dg_fault crash[2] = {{2, 3}, {4, 5}}, join[1] = {{5, 7}};
+    int live[12], it;
+    dg_net *g;
+    float before;
+    make_data(&ds, 100, 7);
+    c.local_epochs = 1;
+    c.swap_every = 2; /* swaps with crashed and joining workers around */
+    c.log = test_log;
+    log_text[0] = 0;
+    CHECK_OK(dg_partition_iid(&part, ds.n, N + 1, 5)); /* slot 5 joins later */
+    CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, crash, 2, join, 1));
+    g = dg_mdgan_server_generator(dg_mdgan_run_server(run));
+    for (it = 0; it < 12; it++) {
+        before = dg_net_params(g)[0];
+        CHECK_OK(dg_mdgan_run_iteration(run));
+        live[it] = dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_live;
+        CHECK(dg_net_params(g)[0] != before); /* G keeps learning */
+    }
+    CHECK(live[0] == 4 && live[2] == 4);
+    CHECK(live[3] == 3 && live[4] == 3); /* worker 2 dropped at its crash */
+    CHECK(live[5] == 2 && live[6] == 2); /* then worker 4 */
+    CHECK(live[7] == 3 && live[11] == 3); /* worker 5 joined */
+    CHECK(!dg_mdgan_worker_alive(dg_mdgan_run_worker(run, 2)));
+    CHECK(dg_mdgan_server_is_live(dg_mdgan_run_server(run), 5));
+    CHECK(dg_mdgan_worker_iterations(dg_mdgan_run_worker(run, 5)) == 5);
+    CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_dropped == 2);
+    CHECK(strstr(log_text, "worker 2 missed the feedback barrier, dropped") != NULL);
+    CHECK(strstr(log_text, "worker 5 joins") != NULL);
+    dg_mdgan_run_free(run);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+TEST(flgan_crash_continues)
+{
+    enum { N = 3 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_flgan_run *run;
+    dg_flgan_config c = dg_flgan_config_init();
+    dg_fault crash[1] = {{3, 1}};
+    make_data(&ds, 48, 8);
+    c.n_workers = N;
+    c.c = 1;
+    c.h = c.w = 8;
+    c.arch = DG_ARCH_MLP;
+    c.z_dim = 16;
+    c.batch = 8;
+    c.local_iters = 1;
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, crash, 1));
+    CHECK_OK(dg_flgan_run_round(run));
+    CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 3);
+    CHECK_OK(dg_flgan_run_round(run));
+    CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 2);
+    CHECK_OK(dg_flgan_run_round(run));
+    CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 2);
+    dg_flgan_run_free(run);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* ---- checkpoint and resume: 3 + 3 iterations equal 6 ---- */
+
+TEST(checkpoint_resume_is_exact)
+{
+    enum { N = 3 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_config c = small_config(N);
+    dg_mdgan_run *a, *b, *r2;
+    unsigned char *buf[N + 1];
+    size_t len[N + 1];
+    int it, n;
+    dg_net *ga, *gb;
+    make_data(&ds, 96, 9);
+    c.local_epochs = 1;
+    c.swap_every = 2;
+    c.k = 2;
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    CHECK_OK(dg_mdgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+    for (it = 0; it < 6; it++) CHECK_OK(dg_mdgan_run_iteration(a));
+    CHECK_OK(dg_mdgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+    for (it = 0; it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(b));
+    len[0] = dg_mdgan_server_save_size(dg_mdgan_run_server(b));
+    buf[0] = (unsigned char *)malloc(len[0]);
+    CHECK_OK(dg_mdgan_server_save_mem(dg_mdgan_run_server(b), buf[0], len[0], &len[0]));
+    for (n = 1; n <= N; n++) {
+        len[n] = dg_mdgan_worker_save_size(dg_mdgan_run_worker(b, n));
+        buf[n] = (unsigned char *)malloc(len[n]);
+        CHECK_OK(dg_mdgan_worker_save_mem(dg_mdgan_run_worker(b, n), buf[n], len[n], &len[n]));
+    }
+    dg_mdgan_run_free(b);
+    CHECK_OK(dg_mdgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[0], len[0]));
+    for (n = 1; n <= N; n++)
+        CHECK_OK(dg_mdgan_worker_load_mem(dg_mdgan_run_worker(r2, n), buf[n], len[n]));
+    buf[0][10] ^= 1; /* a corrupted header is refused */
+    CHECK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[0], len[0]) == DG_ERR_CHECKSUM);
+    for (it = 0; it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(r2));
+    ga = dg_mdgan_server_generator(dg_mdgan_run_server(a));
+    gb = dg_mdgan_server_generator(dg_mdgan_run_server(r2));
+    CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(r2))->iteration == 6);
+    CHECK(memcmp(dg_net_params(ga), dg_net_params(gb), 4 * dg_net_param_count(ga)) == 0);
+    for (n = 1; n <= N; n++) {
+        dg_net *da = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(a, n));
+        dg_net *db = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(r2, n));
+        CHECK(memcmp(dg_net_params(da), dg_net_params(db), 4 * dg_net_param_count(da)) == 0);
+    }
+    for (n = 0; n <= N; n++) free(buf[n]);
+    dg_mdgan_run_free(a);
+    dg_mdgan_run_free(r2);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+TEST(config_checks)
+{
+    dg_mdgan_config c = small_config(10);
+    dg_transport *t;
+    dg_mdgan_server *s;
+    CHECK(dg_mdgan_k(&c) == 1);
+    c.k = DG_MDGAN_K_LOG2;
+    CHECK(dg_mdgan_k(&c) == 4);
+    c.n_workers = 1;
+    CHECK(dg_mdgan_k(&c) == 1);
+    c.n_workers = 50;
+    CHECK(dg_mdgan_k(&c) == 6);
+    c.k = 51;
+    CHECK(dg_mdgan_k(&c) == 0);
+    CHECK_OK(dg_inproc_create(&t, 4, 0, 0));
+    CHECK(dg_mdgan_server_create(&s, &c, t, pool1) == DG_ERR_ARG);
+    c = small_config(3);
+    CHECK_OK(dg_mdgan_server_create(&s, &c, t, pool1));
+    CHECK(dg_mdgan_server_add_worker(s, 2) == DG_ERR_ARG); /* already live */
+    dg_mdgan_server_free(s);
+    c.n_workers = 4; /* needs 5 peers */
+    CHECK(dg_mdgan_server_create(&s, &c, t, pool1) == DG_ERR_ARG);
+    dg_transport_close(t);
+}
+
+int main(void)
+{
+    dg_pool_create(&pool1, 1);
+    dg_pool_create(&pool2, 2);
+    RUN(queue_concurrent_producers);
+    RUN(codec_roundtrip_and_rejects);
+    RUN(config_checks);
+    RUN(mdgan_traffic_matches_formulas);
+    RUN(swap_is_derangement_and_counts_theta);
+    RUN(flgan_traffic_matches_formulas);
+    RUN(flgan_averages_and_broadcasts);
+    RUN(standalone_equivalence_n1);
+    RUN(same_bits_on_1_and_2_threads);
+    RUN(crash_and_join);
+    RUN(flgan_crash_continues);
+    RUN(checkpoint_resume_is_exact);
+    dg_pool_destroy(pool1);
+    dg_pool_destroy(pool2);
+    return th_done();
+}
