@@ -1125,10 +1125,7 @@ DGDEF size_t dg_tensor_count(const dg_tensor *t)
    per pool at run time. */
 typedef void (*dg__ukernel)(int kc, const float *a, const float *b, float *c, long ldc, int acc);
 
-typedef struct dg__isa_desc {
-    int mr, nr;
-    dg__ukernel kernel;
-} dg__isa_desc;
+
 
 #define DG__MR_MAX 12
 #define DG__NR_MAX 32
@@ -1210,28 +1207,6 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
 #undef DG__OUT
 }
 #endif
-
-static dg__isa_desc dg__isa_get(dg_isa isa)
-{
-    dg__isa_desc d;
-    d.mr = 4;
-    d.nr = 16;
-    d.kernel = dg__ukernel_scalar;
-#ifdef DG__X86
-    if (isa == DG_ISA_AVX512) {
-        d.mr = 12;
-        d.nr = 32;
-        d.kernel = dg__ukernel_avx512;
-    } else if (isa == DG_ISA_AVX2) {
-        d.mr = 6;
-        d.nr = 16;
-        d.kernel = dg__ukernel_avx2;
-    }
-#else
-    (void)isa;
-#endif
-    return d;
-}
 
 /* Element-wise kernels, compiled once per instruction set.  At -O2 GCC
    vectorises a loop only when its trip count is a known multiple of the
@@ -1331,6 +1306,30 @@ DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))))
 DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))))
 #endif
 
+/* Everything that depends on the instruction set: the GEMM micro-kernel
+   with its tile, and the element-wise kernels. */
+typedef struct dg__isa_desc {
+    int mr, nr;
+    dg__ukernel kernel;
+    void (*ew)(int op, const float *a, const float *b, float *out, size_t n, const float *ks);
+    void (*adam)(float *p, const float *g, float *m, float *v, size_t n, const float *h);
+    void (*sums)(const float *a, const float *b, size_t n, size_t planes, size_t stride, float c,
+                 double *out);
+} dg__isa_desc;
+
+static const dg__isa_desc *dg__isa_get(dg_isa isa)
+{
+    static const dg__isa_desc table[] = {
+        {4, 16, dg__ukernel_scalar, dg__ew_scalar, dg__adam_scalar, dg__sums_scalar},
+#ifdef DG__X86
+        {6, 16, dg__ukernel_avx2, dg__ew_avx2, dg__adam_avx2, dg__sums_avx2},
+        {12, 32, dg__ukernel_avx512, dg__ew_avx512, dg__adam_avx512, dg__sums_avx512},
+#endif
+    };
+    int i = (int)isa;
+    return &table[i >= 0 && i < (int)(sizeof table / sizeof *table) ? i : 0];
+}
+
 static void dg__ew(dg_isa isa, int op, const float *a, const float *b, float *out, size_t n,
                    float s, float s2, float s3)
 {
@@ -1338,52 +1337,7 @@ static void dg__ew(dg_isa isa, int op, const float *a, const float *b, float *ou
     ks[0] = s;
     ks[1] = s2;
     ks[2] = s3;
-#ifdef DG__X86
-    if (isa == DG_ISA_AVX512) {
-        dg__ew_avx512(op, a, b, out, n, ks);
-        return;
-    }
-    if (isa == DG_ISA_AVX2) {
-        dg__ew_avx2(op, a, b, out, n, ks);
-        return;
-    }
-#endif
-    (void)isa;
-    dg__ew_scalar(op, a, b, out, n, ks);
-}
-
-static void dg__sums(dg_isa isa, const float *a, const float *b, size_t n, size_t planes,
-                     size_t stride, float c, double *out)
-{
-#ifdef DG__X86
-    if (isa == DG_ISA_AVX512) {
-        dg__sums_avx512(a, b, n, planes, stride, c, out);
-        return;
-    }
-    if (isa == DG_ISA_AVX2) {
-        dg__sums_avx2(a, b, n, planes, stride, c, out);
-        return;
-    }
-#endif
-    (void)isa;
-    dg__sums_scalar(a, b, n, planes, stride, c, out);
-}
-
-static void dg__adam(dg_isa isa, float *p, const float *g, float *m, float *v, size_t n,
-                     const float *h)
-{
-#ifdef DG__X86
-    if (isa == DG_ISA_AVX512) {
-        dg__adam_avx512(p, g, m, v, n, h);
-        return;
-    }
-    if (isa == DG_ISA_AVX2) {
-        dg__adam_avx2(p, g, m, v, n, h);
-        return;
-    }
-#endif
-    (void)isa;
-    dg__adam_scalar(p, g, m, v, n, h);
+    dg__isa_get(isa)->ew(op, a, b, out, n, ks);
 }
 
 /* A convolution's geometry: the image (n, c, h, w), the kernel (k, s, p)
@@ -1628,7 +1582,7 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
 {
     dg__pack *pk;
     int threads, nc, kc, mch, m = g->m, n = g->n, k = g->k;
-    g->isa = dg__isa_get(pool->isa);
+    g->isa = *dg__isa_get(pool->isa);
     /* small products are not worth waking the other threads */
     threads = (double)m * n * k < 32768.0 * 8 ? 1 : pool->n;
     if (dg__cur_pool == pool) threads = 1;
@@ -2333,7 +2287,7 @@ static void dg__bn_fwd_task(void *arg, int ch, int thread)
     if (j->net->train) {
         double sums[2] = {0.0, 0.0}, var;
         float shift = j->x[(size_t)ch * hw];
-        dg__sums(isa, j->x + (size_t)ch * hw, NULL, hw, (size_t)j->n, hw * l->ic, shift, sums);
+        dg__isa_get(isa)->sums(j->x + (size_t)ch * hw, NULL, hw, (size_t)j->n, hw * l->ic, shift, sums);
         var = (sums[1] - sums[0] * sums[0] / (double)m) / (double)m;
         var = var > 0.0 ? var : 0.0;
         mean = (float)(shift + sums[0] / (double)m);
@@ -2368,8 +2322,8 @@ static void dg__bn_bwd_task(void *arg, int ch, int thread)
     float k1, k2, k3;
     int n;
     (void)thread;
-    dg__sums(isa, j->dy + (size_t)ch * hw, j->x + (size_t)ch * hw, hw, (size_t)j->n, hw * l->ic,
-             mean, sums);
+    dg__isa_get(isa)->sums(j->dy + (size_t)ch * hw, j->x + (size_t)ch * hw, hw, (size_t)j->n,
+                           hw * l->ic, mean, sums);
     sdy = sums[0];
     sdyx = sums[1] * inv; /* sum dy * xhat */
     dgamma[ch] += (float)sdyx;
@@ -2439,7 +2393,7 @@ static void dg__dropout_fwd(dg_net *net, dg__layer *l, const float *x, size_t n)
 static float dg__sum(dg_pool *pool, const float *x, size_t n)
 {
     double sums[2] = {0.0, 0.0};
-    dg__sums(dg_pool_isa(pool), x, NULL, n, 1, 0, 0.0f, sums);
+    dg__isa_get(dg_pool_isa(pool))->sums(x, NULL, n, 1, 0, 0.0f, sums);
     return (float)sums[0];
 }
 
@@ -2554,7 +2508,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         float *db = dw + (size_t)l->ic * kdim;
         for (c = 0; c < l->oc; c++) {
             double sums[2] = {0.0, 0.0};
-            dg__sums(dg_pool_isa(pool), dy + (size_t)c * hw, NULL, hw, (size_t)nb, hw * l->oc, 0.0f, sums);
+            dg__isa_get(dg_pool_isa(pool))->sums(dy + (size_t)c * hw, NULL, hw, (size_t)nb, hw * l->oc, 0.0f, sums);
             db[c] += (float)sums[0];
         }
         dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, l->keep, grid, &g, dy, 1.0f, dw, kdim);
@@ -2767,7 +2721,7 @@ static void dg__optim_task(void *arg, int task, int thread)
     size_t i = (size_t)task * DG__CHUNK, e = i + DG__CHUNK < o->n ? i + DG__CHUNK : o->n;
     (void)thread;
     if (o->kind == DG_OPTIM_ADAM) {
-        dg__adam(j->isa, j->p + i, j->g + i, o->state + i, o->state + o->n + i, e - i, j->hyper);
+        dg__isa_get(j->isa)->adam(j->p + i, j->g + i, o->state + i, o->state + o->n + i, e - i, j->hyper);
         return;
     }
     for (; i < e; i++) { /* SGD: buf = momentum buf + g; p -= lr buf */
