@@ -10,7 +10,8 @@
       #include "distgan.h"
 
    and build with nothing but a C compiler:  cc -O2 my.c -lpthread -lm
-   (the data loaders use stb_image from /usr/include/stb, Debian libstb-dev).
+   (the data loaders use stb_image from /usr/include/stb, Debian libstb-dev;
+   define DG_NO_STB_IMPLEMENTATION when your program compiles stb itself).
 
    Configuration macros (define before the implementation include):
       DISTGAN_STATIC        every function is static (private to that file)
@@ -28,13 +29,13 @@
       dg_net_maxpool(net, 2, 2);        dg_net_flatten(net);
       dg_net_linear(net, 10);
       dg_net_plan(net, pool, 64);                    // batch <= 64; allocates once
-      dg_net_init(net, 42);
+      dg_net_init(net, 42, 0.0f);                    // PyTorch's default init
       dg_optim_adam(&opt, dg_net_param_count(net), 1e-3f, 0.9f, 0.999f, 1e-8f);
       for (it = 0; it < 1000; it++) {
           float loss;  const float *logits;
           dg_net_zero_grad(net);
           dg_net_forward(net, x, 64, 1, &logits);      // train mode
-          dg_loss_softmax_ce(logits, labels, 64, 10, 1.0f / 64, dlogits, &loss);
+          dg_loss_softmax_ce(logits, 10, labels, 64, 10, 1.0f / 64, dlogits, &loss);
           dg_net_backward(net, dlogits, NULL);
           dg_optim_step(&opt, pool, dg_net_params(net), dg_net_grads(net));
       }
@@ -48,9 +49,13 @@
       dg_rng       seeded, splittable random numbers
       dg_pool      persistent thread pool, dg_parallel_for
       dg_tensor    float32 NCHW shapes
-      dg_kernels   GEMM (packed, blocked, AVX-512/AVX2/scalar), im2col/col2im
+      dg_kernels   GEMM (packed, blocked, AVX-512/AVX2/scalar), implicit im2col,
+                   col2im, element-wise kernels
       dg_net       layers and sequential nets, save/load
       dg_optim     losses, SGD with momentum, Adam, checkpoints
+      dg_data      datasets (IDX, CIFAR-10, image folders, MNIST JSON, procedural),
+                   partitions over workers, batching, PNG grids
+      dg_metrics   eigendecomposition, feature statistics, FID, classifier score
 
    Version history
       0.1.0  engine: GEMM, layers, nets, losses, optimisers, checkpoints
