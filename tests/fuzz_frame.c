@@ -1,0 +1,102 @@
+/* tests/fuzz_frame.c: libFuzzer target for the TCP transport's input path.
+ *
+ * The bytes are what a peer could send on a connection.  They go through
+ * the very receive state machine that reads sockets (header, validation,
+ * bounded allocation, payload, CRC), in chunks whose sizes come from the
+ * input, and every complete frame's payload goes to the decoder of its
+ * type: handshake messages (HELLO, WELCOME, REFUSE, PEERS) and the roles'
+ * tensor-list messages.  A decoder that accepts must re-encode its result
+ * to exactly the same bytes (the formats are canonical); a rejected frame
+ * ends the "connection" as it does on a socket.  Anything unexpected
+ * aborts.
+ *
+ *   clang -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined tests/fuzz_frame.c
+ *   ./a.out corpus_dir tests/corpus/frame
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+#include "../wip/tcp.h"
+
+#define FZ_MAX_PEERS 64
+
+static void check_payload(const dg_frame_header *h, const unsigned char *p, size_t n)
+{
+    unsigned char buf[4 + FZ_MAX_PEERS * DG_TCP_PEER_ADDR_SIZE];
+    switch (h->type) {
+    case DG_TCP_HELLO: {
+        dg_tcp_hello m;
+        if (dg_tcp_hello_decode(p, n, &m) == DG_OK) {
+            dg_tcp_hello_encode(&m, buf);
+            if (memcmp(buf, p, n)) abort();
+        }
+        break;
+    }
+    case DG_TCP_WELCOME: {
+        dg_tcp_welcome m;
+        if (dg_tcp_welcome_decode(p, n, &m) == DG_OK) {
+            dg_tcp_welcome_encode(&m, buf);
+            if (memcmp(buf, p, n)) abort();
+        }
+        break;
+    }
+    case DG_TCP_REFUSE:
+    case DG_TCP_BYE: {
+        uint32_t code;
+        char reason[256];
+        if (dg_tcp_refuse_decode(p, n, &code, reason, sizeof reason) == DG_OK) {
+            size_t m = dg_tcp_refuse_encode(code, reason, buf, sizeof buf);
+            if (m != n || memcmp(buf, p, n)) abort();
+        }
+        break;
+    }
+    case DG_TCP_PEERS: {
+        dg_tcp_peer_addr a[FZ_MAX_PEERS];
+        uint32_t count;
+        if (dg_tcp_peers_decode(p, n, a, FZ_MAX_PEERS, &count) == DG_OK) {
+            size_t m = dg_tcp_peers_encode(a, count, buf, sizeof buf);
+            if (m != n || memcmp(buf, p, n)) abort();
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static const uint64_t limits[4] = {0, 64, 4096, DG_TCP_DEFAULT_MAX_MESSAGE};
+    dg__rx rx;
+    size_t pos = 2;
+    unsigned chunk;
+    if (size < 2) return 0;
+    chunk = data[0];                       /* 0: as much as wanted, else at most chunk bytes */
+    dg__rx_init(&rx, limits[data[1] & 3]);
+    while (pos < size) {
+        unsigned char *dst, *payload = NULL;
+        size_t want, n;
+        dg_frame_header h;
+        int r;
+        dg__rx_want(&rx, &dst, &want);
+        if (want == 0) abort();            /* the machine always wants bytes */
+        n = size - pos < want ? size - pos : want;
+        if (chunk && n > chunk) n = chunk;
+        memcpy(dst, data + pos, n);
+        pos += n;
+        r = dg__rx_got(&rx, n, &h, &payload);
+        if (r < 0) break;                  /* the connection would close */
+        if (r == 1) {
+            if (h.length > rx.max_length) abort();
+            if (h.length && !payload) abort();
+            check_payload(&h, payload, (size_t)h.length);
+            dg__free(payload);
+        }
+    }
+    dg__rx_reset(&rx);
+    return 0;
+}
