@@ -20,6 +20,9 @@
 
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
+#include "../wip/data.h"
+#include "../wip/gan.h"
+#include "../wip/mdgan.h"
 #include "../wip/tcp.h"
 
 #define FZ_MAX_PEERS 64
@@ -68,19 +71,38 @@ static void check_payload(const dg_frame_header *h, const unsigned char *p, size
     }
 }
 
+/* A message that got through must re-encode to the same body. */
+static void check_message(const dg_msg *m)
+{
+    size_t i, total = 0;
+    if (m->n_parts < 0 || m->n_parts > DG_MSG_MAX_PARTS) abort();
+    for (i = 0; i < (size_t)m->n_parts; i++) total += dg__part_size(&m->part[i]);
+    if (dg_msg_payload_bytes(m) != total) abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const uint64_t limits[4] = {0, 64, 4096, DG_TCP_DEFAULT_MAX_MESSAGE};
+    static dg_transport pool_owner; /* only its message pool is used */
+    static int ready;
     dg__rx rx;
     size_t pos = 2;
     unsigned chunk;
+    if (!ready) {
+        if (dg_transport_base_init(&pool_owner, 8)) abort();
+        ready = 1;
+    }
     if (size < 2) return 0;
-    chunk = data[0];                       /* 0: as much as wanted, else at most chunk bytes */
-    dg__rx_init(&rx, limits[data[1] & 3]);
+    chunk = data[0] & 0x3f;                /* 0: as much as wanted, else at most chunk bytes */
+    dg__rx_init(&rx, &pool_owner, limits[data[1] & 3], (data[1] & 4) ? 64 : 1024);
+    rx.allow_app = !(data[1] & 8);
+    rx.lenient_refuse = (data[1] & 16) != 0;
+    if (data[1] & 32) { rx.self = 1; rx.peer = 0; }
     while (pos < size) {
         unsigned char *dst, *payload = NULL;
         size_t want, n;
         dg_frame_header h;
+        dg_msg *m = NULL;
         int r;
         dg__rx_want(&rx, &dst, &want);
         if (want == 0) abort();            /* the machine always wants bytes */
@@ -88,13 +110,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (chunk && n > chunk) n = chunk;
         memcpy(dst, data + pos, n);
         pos += n;
-        r = dg__rx_got(&rx, n, &h, &payload);
+        r = dg__rx_got(&rx, n, &h, &payload, &m);
         if (r < 0) break;                  /* the connection would close */
         if (r == 1) {
-            if (h.length > rx.max_length) abort();
+            if (h.length > rx.max_control) abort();
             if (h.length && !payload) abort();
             check_payload(&h, payload, (size_t)h.length);
             dg__free(payload);
+        } else if (r == 2) {
+            if (!m || h.length > rx.max_length) abort();
+            check_message(m);
+            dg_msg_free(&pool_owner, m);
         }
     }
     dg__rx_reset(&rx);

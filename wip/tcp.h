@@ -263,6 +263,9 @@ DGDEF void dg_tcp_goodbye(dg_transport *t);
 
 /* ---- drivers: one role per process ---- */
 
+/* Frees what a driver returned (*g_out). */
+DGDEF void dg_tcp_free(void *p);
+
 /* SHA-256 of the fields that must agree between peers (network,
    hyperparameters, image shape, seed, N), plus a free-form string (e.g. the
    dataset's name and size). */
@@ -289,7 +292,7 @@ typedef struct dg_tcp_run {
    runs until run->iterations (or SIGINT/SIGTERM: dg_tcp_stop_requested),
    checkpoints, sends STOP and BYE.  A worker that connects while not live
    is added back (it joins with a copy of a live worker's D).  *g_out (may
-   be NULL) receives the final generator parameters: dg__free them. */
+   be NULL) receives the final generator parameters: dg_tcp_free them. */
 DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport *t,
                                         dg_pool *pool, const dg_tcp_run *run, float **g_out,
                                         size_t *g_count);
@@ -2287,7 +2290,354 @@ DGDEF void dg_tcp_goodbye(dg_transport *bt)
     pthread_mutex_unlock(&t->mu);
 }
 
-/* @@DRIVERS@@ */
+/* ---- drivers ---- */
+
+DGDEF void dg_tcp_free(void *p) { dg__free(p); }
+
+static void dg__hash_i(dg_sha256_ctx *s, int64_t v)
+{
+    unsigned char b[8];
+    dg__tcp_le64(b, (uint64_t)v);
+    dg_sha256_update(s, b, 8);
+}
+static void dg__hash_f(dg_sha256_ctx *s, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    dg__hash_i(s, (int64_t)u);
+}
+
+DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
+                                    unsigned char out[32])
+{
+    dg_sha256_ctx s;
+    dg_sha256_init(&s);
+    dg_sha256_update(&s, "distgan md-gan v1", 17);
+    dg__hash_i(&s, c->n_workers);
+    dg__hash_i(&s, c->max_workers > c->n_workers ? c->max_workers : c->n_workers);
+    dg__hash_i(&s, c->c); dg__hash_i(&s, c->h); dg__hash_i(&s, c->w);
+    dg__hash_i(&s, c->n_classes); dg__hash_i(&s, (int64_t)c->arch); dg__hash_i(&s, c->z_dim);
+    dg__hash_i(&s, c->batch); dg__hash_i(&s, dg_mdgan_k(c)); dg__hash_i(&s, c->disc_steps);
+    dg__hash_i(&s, c->fresh_real); dg__hash_i(&s, c->saturating); dg__hash_i(&s, c->local_epochs);
+    dg__hash_i(&s, c->swap_every); dg__hash_i(&s, c->swap_optimizer);
+    dg__hash_f(&s, c->lr_g); dg__hash_f(&s, c->lr_d); dg__hash_f(&s, c->beta1);
+    dg__hash_f(&s, c->beta2); dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
+    dg__hash_i(&s, (int64_t)c->seed);
+    if (extra) dg_sha256_update(&s, extra, strlen(extra));
+    dg_sha256_final(&s, out);
+}
+
+DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
+                                    unsigned char out[32])
+{
+    dg_sha256_ctx s;
+    dg_sha256_init(&s);
+    dg_sha256_update(&s, "distgan fl-gan v1", 17);
+    dg__hash_i(&s, c->n_workers);
+    dg__hash_i(&s, c->c); dg__hash_i(&s, c->h); dg__hash_i(&s, c->w);
+    dg__hash_i(&s, c->n_classes); dg__hash_i(&s, (int64_t)c->arch); dg__hash_i(&s, c->z_dim);
+    dg__hash_i(&s, c->batch); dg__hash_i(&s, c->local_epochs); dg__hash_i(&s, c->local_iters);
+    dg__hash_i(&s, c->saturating); dg__hash_i(&s, c->average_optimizer);
+    dg__hash_f(&s, c->lr); dg__hash_f(&s, c->beta1); dg__hash_f(&s, c->beta2);
+    dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
+    dg__hash_i(&s, (int64_t)c->seed);
+    if (extra) dg_sha256_update(&s, extra, strlen(extra));
+    dg_sha256_final(&s, out);
+}
+
+static void dg__tcp_sleep_ms(int ms)
+{
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+/* Writes buf to path through path.tmp and rename(2): a crash never leaves
+   a half-written checkpoint. */
+static dg_result dg__tcp_write_file(const char *path, const void *buf, size_t n)
+{
+    char tmp[4096];
+    FILE *f;
+    int ok;
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "wb");
+    if (!f) return dg__fail(DG_ERR_IO, "checkpoint: cannot write %s", tmp);
+    ok = fwrite(buf, 1, n, f) == n;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) return dg__fail(DG_ERR_IO, "checkpoint: cannot write %s", path);
+    return DG_OK;
+}
+
+static dg_result dg__tcp_read_file(const char *path, unsigned char **buf, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    long len;
+    *buf = NULL;
+    if (!f) return dg__fail(DG_ERR_IO, "checkpoint: cannot open %s", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
+        len > ((long)1 << 31)) {
+        fclose(f);
+        return dg__fail(DG_ERR_IO, "checkpoint: cannot size %s", path);
+    }
+    *buf = (unsigned char *)dg__alloc(len ? (size_t)len : 1);
+    if (!*buf || fread(*buf, 1, (size_t)len, f) != (size_t)len) {
+        fclose(f);
+        dg__free(*buf);
+        *buf = NULL;
+        return dg__fail(DG_ERR_IO, "checkpoint: cannot read %s", path);
+    }
+    fclose(f);
+    *n = (size_t)len;
+    return DG_OK;
+}
+
+static dg_result dg__tcp_mdgan_checkpoint(dg_mdgan_server *s, const char *path)
+{
+    size_t n = dg_mdgan_server_save_size(s), w;
+    unsigned char *buf;
+    dg_result r;
+    if (!path) return DG_OK;
+    buf = (unsigned char *)dg__alloc(n);
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
+    r = dg_mdgan_server_save_mem(s, buf, n, &w);
+    if (r == DG_OK) r = dg__tcp_write_file(path, buf, w);
+    dg__free(buf);
+    return r;
+}
+
+static void dg__tcp_announce(dg_transport *t, uint64_t iteration)
+{
+    dg__tcp *tt = dg__tcp_of(t);
+    pthread_mutex_lock(&tt->mu);
+    tt->cfg.iteration = iteration;
+    pthread_mutex_unlock(&tt->mu);
+}
+
+/* The server waits up to ms for workers 1..n to be connected. */
+static int dg__tcp_wait_workers(dg_transport *t, int n, int ms)
+{
+    int64_t end = dg__tcp_ms() + ms;
+    int k, have = 0;
+    for (;;) {
+        for (have = 0, k = 1; k <= n; k++) have += dg_tcp_connected(t, k);
+        if (have == n || dg__tcp_ms() >= end || dg_tcp_stop_requested()) return have;
+        dg__tcp_sleep_ms(20);
+    }
+}
+
+static dg_result dg__tcp_copy_params(dg_net *g, float **g_out, size_t *g_count)
+{
+    size_t n = dg_net_param_count(g);
+    if (!g_out) return DG_OK;
+    *g_out = (float *)dg__alloc(n * sizeof(float));
+    if (!*g_out) return dg__fail(DG_ERR_NOMEM, "tcp: no memory for G");
+    memcpy(*g_out, dg_net_params(g), n * sizeof(float));
+    if (g_count) *g_count = n;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
+                                        size_t *g_count)
+{
+    dg_mdgan_server *s;
+    dg_tcp_config *tc;
+    dg_mdgan_config c;
+    dg_result r, e;
+    int have, n;
+    if (g_out) *g_out = NULL;
+    if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
+    tc = &dg__tcp_of(t)->cfg;
+    c = *cfg;
+    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * tc->dead_ms;
+    if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    if (run->resume && run->checkpoint) {
+        unsigned char *buf;
+        size_t len = 0;
+        FILE *f = fopen(run->checkpoint, "rb");
+        if (f) {
+            fclose(f);
+            r = dg__tcp_read_file(run->checkpoint, &buf, &len);
+            if (r == DG_OK) {
+                r = dg_mdgan_server_load_mem(s, buf, len);
+                dg__free(buf);
+            }
+            if (r != DG_OK) {
+                dg_mdgan_server_free(s);
+                return r;
+            }
+            dg__tcp_logf(tc, "resumed from %s at iteration %lld", run->checkpoint,
+                         (long long)dg_mdgan_server_stats(s)->iteration);
+        }
+    }
+    dg__tcp_announce(t, (uint64_t)dg_mdgan_server_stats(s)->iteration);
+    have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
+    dg__tcp_logf(tc, "%d of %d workers connected", have, c.n_workers);
+    r = DG_OK;
+    while (r == DG_OK && dg_mdgan_server_stats(s)->iteration < run->iterations &&
+           !dg_tcp_stop_requested()) {
+        const dg_mdgan_stats *st;
+        int64_t it;
+        for (n = 1; n < t->n_peers; n++)
+            if (dg_tcp_connected(t, n) && !dg_mdgan_server_is_live(s, n))
+                dg_mdgan_server_add_worker(s, n);
+        if ((r = dg_mdgan_server_begin(s)) != DG_OK) break;
+        while (r == DG_OK && dg_mdgan_server_missing(s) > 0) {
+            r = dg_mdgan_server_poll(s, 200);
+            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        }
+        if (r != DG_OK) break;
+        st = dg_mdgan_server_stats(s);
+        it = st->iteration;
+        dg__tcp_announce(t, (uint64_t)it);
+        if (run->progress) run->progress(run->user, it, st->n_live, st->d_loss, st->g_loss, t);
+        if (run->checkpoint_every > 0 && it % run->checkpoint_every == 0 &&
+            (e = dg__tcp_mdgan_checkpoint(s, run->checkpoint)) != DG_OK)
+            dg__tcp_logf(tc, "checkpoint failed: %s", dg_last_error());
+    }
+    if (dg_tcp_stop_requested()) dg__tcp_logf(tc, "stop requested: checkpoint and shut down");
+    if ((e = dg__tcp_mdgan_checkpoint(s, run->checkpoint)) != DG_OK && r == DG_OK) r = e;
+    if (r == DG_OK && !dg_tcp_stop_requested()) dg_mdgan_server_stop(s);
+    if (r == DG_OK) r = dg__tcp_copy_params(dg_mdgan_server_generator(s), g_out, g_count);
+    dg__tcp_sleep_ms(50);
+    dg_tcp_goodbye(t);
+    dg_mdgan_server_free(s);
+    return r;
+}
+
+/* A worker that lost the server redials it for run->reconnect_ms. */
+static dg_result dg__tcp_keep_server(dg_transport *t, const dg_tcp_run *run)
+{
+    dg_tcp_config *tc = &dg__tcp_of(t)->cfg;
+    int64_t end;
+    if (dg_tcp_connected(t, 0)) return DG_OK;
+    dg__tcp_logf(tc, "worker %d: lost the server, reconnecting", tc->self);
+    end = dg__tcp_ms() + (run->reconnect_ms > 0 ? run->reconnect_ms : 30000);
+    while (dg__tcp_ms() < end && !dg_tcp_stop_requested()) {
+        if (dg_tcp_reconnect(t) == DG_OK) {
+            dg__tcp_logf(tc, "worker %d: reconnected (server at iteration %llu)", tc->self,
+                         (unsigned long long)dg_tcp_server_iteration(t));
+            return DG_OK;
+        }
+        dg__tcp_sleep_ms(250);
+    }
+    return dg__fail(DG_ERR_CLOSED, "worker %d: the server is gone", tc->self);
+}
+
+DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                        size_t count, const dg_tcp_run *run)
+{
+    dg_mdgan_worker *w;
+    dg_tcp_config *tc;
+    dg_result r;
+    int64_t held_since = -1;
+    int swap_wait;
+    if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
+    tc = &dg__tcp_of(t)->cfg;
+    swap_wait = run->swap_wait_ms > 0 ? run->swap_wait_ms : tc->dead_ms;
+    /* a worker that arrives in a running job joins: it waits for a live D */
+    r = dg_mdgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count,
+                               dg_tcp_server_iteration(t) > 0);
+    if (r != DG_OK) return r;
+    while (!dg_tcp_stop_requested() && !dg_mdgan_worker_stopped(w)) {
+        dg_msg *m;
+        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK) {
+            /* the roles' private state, read here because one process
+               hosts one worker: a GEN_BATCHES that arrives while an older
+               one waits for a D replaces it (the older one is stale) */
+            if (m->type == DG_MSG_GEN_BATCHES && w->awaiting && w->deferred) {
+                dg_msg_free(t, w->deferred);
+                w->deferred = m;
+            } else if ((r = dg_mdgan_worker_handle(w, m)) != DG_OK) {
+                dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
+            }
+        }
+        if (w->awaiting && w->deferred) {
+            if (held_since < 0) held_since = dg__tcp_ms();
+            if (dg__tcp_ms() - held_since > swap_wait) { /* the partner is dead: skip the swap */
+                dg_msg *g = w->deferred;
+                dg__tcp_logf(tc, "worker %d: no discriminator came within %d ms, keeping mine",
+                             tc->self, swap_wait);
+                w->deferred = NULL;
+                w->awaiting = 0;
+                if (dg_mdgan_worker_handle(w, g) != DG_OK)
+                    dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
+                held_since = -1;
+            }
+        } else {
+            held_since = -1;
+        }
+        if (!dg_mdgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
+        r = DG_OK;
+    }
+    if (dg_mdgan_worker_stopped(w)) dg__tcp_logf(tc, "worker %d: training is over", tc->self);
+    dg_mdgan_worker_free(w);
+    return r;
+}
+
+DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
+                                        size_t *g_count)
+{
+    dg_flgan_server *s;
+    dg_tcp_config *tc;
+    dg_flgan_config c;
+    dg_result r;
+    int64_t round = 0;
+    int have;
+    if (g_out) *g_out = NULL;
+    if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
+    tc = &dg__tcp_of(t)->cfg;
+    c = *cfg;
+    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
+    if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
+    dg__tcp_logf(tc, "%d of %d workers connected", have, c.n_workers);
+    while (r == DG_OK && round < run->iterations && !dg_tcp_stop_requested()) {
+        const dg_flgan_stats *st;
+        if ((r = dg_flgan_server_begin(s)) != DG_OK) break;
+        while (r == DG_OK && dg_flgan_server_missing(s) > 0) {
+            r = dg_flgan_server_poll(s, 200);
+            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        }
+        round++;
+        st = dg_flgan_server_stats(s);
+        dg__tcp_announce(t, (uint64_t)round);
+        if (r == DG_OK && run->progress)
+            run->progress(run->user, round, st->n_live, st->d_loss, st->g_loss, t);
+    }
+    if (r == DG_OK && !dg_tcp_stop_requested()) dg_flgan_server_stop(s);
+    if (r == DG_OK) r = dg__tcp_copy_params(dg_flgan_server_generator(s), g_out, g_count);
+    dg__tcp_sleep_ms(50);
+    dg_tcp_goodbye(t);
+    dg_flgan_server_free(s);
+    return r;
+}
+
+DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                        size_t count, const dg_tcp_run *run)
+{
+    dg_flgan_worker *w;
+    dg_tcp_config *tc;
+    dg_result r;
+    if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
+    tc = &dg__tcp_of(t)->cfg;
+    if ((r = dg_flgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count)) != DG_OK) return r;
+    while (!dg_tcp_stop_requested() && !w->stopped) {
+        dg_msg *m;
+        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
+            dg_flgan_worker_handle(w, m) != DG_OK)
+            dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
+        if (!w->stopped && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
+        r = DG_OK;
+    }
+    dg_flgan_worker_free(w);
+    return r;
+}
+
 
 
 #ifdef __cplusplus
