@@ -420,6 +420,10 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
 /* One global iteration, until the server's update (a swap it announces is
    carried out at the start of the next one). */
 DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r);
+/* Carries out an announced swap now (workers handle their queues until
+   every queue is empty), so that the workers can be checkpointed.  The
+   result of the run does not change. */
+DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r);
 DGDEF void dg_mdgan_run_free(dg_mdgan_run *r);
 DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r);
 DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r);
@@ -2413,6 +2417,19 @@ DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
         if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
         if (r->server->open && dg__quiet(r->t)) /* the missing ones are dead: tell the server */
             if ((e = dg_mdgan_server_expire(r->server)) != DG_OK) return e;
+    }
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
+{
+    if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_settle: NULL");
+    while (!dg__quiet(r->t)) {
+        dg_msg *m;
+        dg_parallel_for(r->pool, r->slots, dg__mdgan_worker_task, r);
+        if (r->task_error != DG_OK) return r->task_error;
+        while (dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK)
+            dg_mdgan_server_handle(r->server, m); /* stray messages: ignored */
     }
     return DG_OK;
 }
