@@ -43,6 +43,7 @@ static void usage(void)
         "  --residue                error feedback for hardy/topk (an extension)\n"
         "  --modulation M           auto | sigma | tau | constant (auto: the mode's)\n"
         "  --bin N                  IBM bin size L_T (64)\n"
+        "  --arch cnn|mlp --hidden N  the authors' CNN (default) or a small MLP (128)\n"
         "  --updates N              PS updates (3000)\n"
         "  --batch B                batch per push (10)\n"
         "  --lr A                   PS learning rate alpha (0.1)\n"
@@ -292,6 +293,8 @@ int main(int argc, char **argv)
                              : !strcmp(v, "tau") ? DG_ASGD_MOD_TAU
                              : !strcmp(v, "constant") ? DG_ASGD_MOD_CONSTANT : DG_ASGD_MOD_AUTO;
         } else if (ARG("--bin")) cfg.bin_size = atoi(v);
+        else if (ARG("--arch")) cfg.arch = !strcmp(v, "mlp") ? DG_ASGD_ARCH_MLP : DG_ASGD_ARCH_CNN;
+        else if (ARG("--hidden")) cfg.hidden = atoi(v);
         else if (ARG("--updates")) updates = atoll(v);
         else if (ARG("--batch")) cfg.batch = atoi(v);
         else if (ARG("--lr")) cfg.alpha = (float)atof(v);

@@ -1106,13 +1106,16 @@ static void dg__asgd_compute_task(void *arg, int task, int thread)
    are sorted by sender, so the schedule decides when each is applied. */
 static dg_result dg__asgd_collect(dg_asgd_run *r);
 
-static dg_result dg__asgd_compute_phase(dg_asgd_run *r)
+static dg_result dg__asgd_compute_phase(dg_asgd_run *r, int current)
 {
     double t0 = dg__now();
     int w;
     r->n_todo = 0;
+    /* the schedule has already drawn the fate of current's next model, so
+       "doomed" speaks of the one after the model it holds now */
     for (w = 1; w <= r->cfg.n_workers; w++)
-        if (dg_asgd_worker_has_model(r->workers[w]) && !dg_asgd_sched_doomed(r->sched, w))
+        if (dg_asgd_worker_has_model(r->workers[w]) &&
+            (w == current || !dg_asgd_sched_doomed(r->sched, w)))
             r->todo[r->n_todo++] = w;
     dg_parallel_for(r->pool, r->n_todo, dg__asgd_compute_task, r);
     r->compute_s += dg__now() - t0;
@@ -1175,7 +1178,7 @@ DGDEF dg_result dg_asgd_run_updates(dg_asgd_run *r, uint64_t n)
             r->drops++;
             break;
         default: /* a push arrives */
-            if (!r->inbox[w] && (e = dg__asgd_compute_phase(r)) != DG_OK) return e;
+            if (!r->inbox[w] && (e = dg__asgd_compute_phase(r, w)) != DG_OK) return e;
             if (!r->inbox[w])
                 return dg__fail(DG_ERR_STATE, "asgd run: worker %d has nothing to push", w);
             if ((e = dg__asgd_deliver(r, w)) != DG_OK) return e;
