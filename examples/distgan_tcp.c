@@ -219,6 +219,13 @@ int main(int argc, char **argv)
     run.progress = progress;
     run.user = &o;
     r = is_server ? dg_tcp_server_create(&t, &tc) : dg_tcp_worker_create(&t, &tc);
+    /* a worker started before its server keeps dialling for 30 s */
+    while (!is_server && (r == DG_ERR_IO || r == DG_ERR_TIMEOUT) && now_s() - t_start < 30 &&
+           !dg_tcp_stop_requested()) {
+        struct timespec ts = {0, 200000000};
+        nanosleep(&ts, NULL);
+        r = dg_tcp_worker_create(&t, &tc);
+    }
     if (r != DG_OK) {
         fprintf(stderr, "distgan_tcp %s: %s: %s\n", who, dg_result_str(r), dg_last_error());
         return 1;

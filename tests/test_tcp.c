@@ -1,0 +1,838 @@
+/* tests/test_tcp.c: the TCP transport (wip/tcp.h).
+ *
+ * Unit: SHA-256 (FIPS 180) and HMAC-SHA256 (RFC 4231) test vectors, the
+ * frame header codec and each of its rejections, the handshake payloads,
+ * transports of both kinds in one process (messages bit-exact both ways,
+ * a 16 MB message, the size limit), and every handshake refusal.
+ * Hostile input against a running server: random bytes, wrong magic, a
+ * 2^63 length, a frame cut in the middle, a CRC mismatch, a client that
+ * sends one byte per second, 200 connections at once, while a legitimate
+ * worker keeps exchanging messages and memory stays bounded.
+ * Integration, with real processes (build/distgan_tcp, forked and reaped,
+ * 127.0.0.1 and ports found by binding port 0): MD-GAN and FL-GAN over TCP
+ * give bit-identical generators to the in-process runs; kill -9 of a worker
+ * (N_live drops, the restarted worker rejoins); kill -9 of the server
+ * (--resume finishes the run); wrong secret, protocol version and
+ * configuration refused with a clear message; SIGTERM checkpoints. */
+#define _POSIX_C_SOURCE 200809L
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+#include "../wip/data.h"
+#include "../wip/gan.h"
+#include "../wip/mdgan.h"
+#include "../wip/tcp.h"
+#include "harness.h"
+
+static const char *bin = "build/distgan_tcp";
+static char tmpdir[64];
+
+static int hex_eq(const unsigned char *d, const char *hex, size_t n)
+{
+    char s[129];
+    size_t i;
+    for (i = 0; i < n; i++) snprintf(s + 2 * i, 3, "%02x", d[i]);
+    return strncmp(s, hex, 2 * n) == 0;
+}
+
+TEST(sha256_vectors)
+{
+    unsigned char d[32];
+    dg_sha256_ctx s;
+    int i;
+    dg_sha256("", 0, d);
+    CHECK(hex_eq(d, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 32));
+    dg_sha256("abc", 3, d);
+    CHECK(hex_eq(d, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", 32));
+    dg_sha256("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56, d);
+    CHECK(hex_eq(d, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1", 32));
+    dg_sha256("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopq"
+              "klmnopqrlmnopqrsmnopqrstnopqrstu", 112, d);
+    CHECK(hex_eq(d, "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1", 32));
+    {   /* one million 'a', fed in odd pieces */
+        static char a[1000];
+        memset(a, 'a', sizeof a);
+        dg_sha256_init(&s);
+        for (i = 0; i < 1000; i++) dg_sha256_update(&s, a, i % 3 == 0 ? 999 : 1000 + 0 * i),
+                                   dg_sha256_update(&s, a, i % 3 == 0 ? 1 : 0);
+        dg_sha256_final(&s, d);
+        CHECK(hex_eq(d, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0", 32));
+    }
+}
+
+TEST(hmac_rfc4231)
+{
+    unsigned char k[131], m[152], d[32];
+    const char *long_data = "This is a test using a larger than block-size key and a larger than "
+                            "block-size data. The key needs to be hashed before being used by the "
+                            "HMAC algorithm.";
+    int i;
+    memset(k, 0x0b, 20);
+    dg_hmac_sha256(k, 20, "Hi There", 8, d);
+    CHECK(hex_eq(d, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", 32));
+    dg_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, d);
+    CHECK(hex_eq(d, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", 32));
+    memset(k, 0xaa, 20);
+    memset(m, 0xdd, 50);
+    dg_hmac_sha256(k, 20, m, 50, d);
+    CHECK(hex_eq(d, "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe", 32));
+    for (i = 0; i < 25; i++) k[i] = (unsigned char)(i + 1);
+    memset(m, 0xcd, 50);
+    dg_hmac_sha256(k, 25, m, 50, d);
+    CHECK(hex_eq(d, "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b", 32));
+    memset(k, 0x0c, 20);
+    dg_hmac_sha256(k, 20, "Test With Truncation", 20, d);
+    CHECK(hex_eq(d, "a3b6167473100ee06e0c796c2955552b", 16));
+    memset(k, 0xaa, 131);
+    dg_hmac_sha256(k, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, d);
+    CHECK(hex_eq(d, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", 32));
+    dg_hmac_sha256(k, 131, long_data, strlen(long_data), d);
+    CHECK(hex_eq(d, "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2", 32));
+    CHECK(dg_tcp_memneq(d, d, 32) == 0);
+}
+
+TEST(frame_codec)
+{
+    unsigned char b[DG_TCP_HEADER_SIZE], payload[5] = {1, 2, 3, 4, 5};
+    dg_frame_header h = dg_frame_make(DG_MSG_FEEDBACK, 0, 3, 77, payload, 5), g;
+    dg_frame_header_encode(&h, b);
+    CHECK(memcmp(b, "DGTP", 4) == 0);
+    CHECK_OK(dg_frame_header_decode(b, 5, &g));
+    CHECK(g.type == DG_MSG_FEEDBACK && g.sender == 3 && g.iteration == 77 && g.length == 5);
+    CHECK_OK(dg_frame_check_payload(&g, payload));
+    payload[2] ^= 1;
+    CHECK(dg_frame_check_payload(&g, payload) == DG_ERR_CHECKSUM);
+    CHECK(dg_frame_header_decode(b, 4, &g) == DG_ERR_TOO_LARGE);
+    h.length = (uint64_t)1 << 63;
+    dg_frame_header_encode(&h, b);
+    CHECK(dg_frame_header_decode(b, DG_TCP_DEFAULT_MAX_MESSAGE, &g) == DG_ERR_TOO_LARGE);
+    h.length = 5;
+    h.version = 2;
+    dg_frame_header_encode(&h, b);
+    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 2);
+    h.version = DG_TCP_VERSION;
+    h.type = 0x99;
+    dg_frame_header_encode(&h, b);
+    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    h.type = 0;
+    dg_frame_header_encode(&h, b);
+    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    h.type = DG_TCP_HEARTBEAT;
+    h.flags = 0x80;
+    dg_frame_header_encode(&h, b);
+    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    h.flags = 0;
+    dg_frame_header_encode(&h, b);
+    b[0] = 'X';
+    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+}
+
+TEST(handshake_payloads)
+{
+    dg_tcp_hello h, g;
+    dg_tcp_welcome w, v;
+    dg_tcp_peer_addr a[2], c[4];
+    unsigned char b[128];
+    char reason[64];
+    uint32_t code, n;
+    size_t len;
+    memset(&h, 0, sizeof h);
+    h.role = DG_TCP_ROLE_WORKER;
+    h.worker_id = 3;
+    h.listen_port = 4000;
+    h.min_version = h.max_version = 1;
+    h.config_hash[5] = 9;
+    h.nonce[31] = 7;
+    dg_tcp_hello_encode(&h, b);
+    CHECK_OK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE, &g));
+    CHECK(memcmp(&h, &g, sizeof h) == 0);
+    CHECK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE - 1, &g) == DG_ERR_FORMAT);
+    b[0] = 9;
+    CHECK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE, &g) == DG_ERR_FORMAT);
+    memset(&w, 0, sizeof w);
+    w.n_workers = 4;
+    w.iteration = 123;
+    dg_tcp_welcome_encode(&w, b);
+    CHECK_OK(dg_tcp_welcome_decode(b, DG_TCP_WELCOME_SIZE, &v));
+    CHECK(v.n_workers == 4 && v.iteration == 123);
+    len = dg_tcp_refuse_encode(DG_TCP_REFUSE_AUTH, "nope\x01", b, sizeof b);
+    CHECK_OK(dg_tcp_refuse_decode(b, len, &code, reason, sizeof reason));
+    CHECK(code == DG_TCP_REFUSE_AUTH && strcmp(reason, "nope?") == 0);
+    CHECK(dg_tcp_refuse_decode(b, len - 1, &code, reason, sizeof reason) == DG_ERR_FORMAT);
+    memset(a, 0, sizeof a);
+    a[0].id = 1; a[0].port = 10; a[1].id = 2; a[1].port = 20; a[1].addr[15] = 1;
+    len = dg_tcp_peers_encode(a, 2, b, sizeof b);
+    CHECK_OK(dg_tcp_peers_decode(b, len, c, 4, &n));
+    CHECK(n == 2 && c[1].port == 20 && c[1].addr[15] == 1);
+    CHECK(dg_tcp_peers_decode(b, len, c, 1, &n) == DG_ERR_TOO_LARGE);
+    {
+        char host[64];
+        uint16_t port;
+        CHECK_OK(dg_tcp_parse_addr("127.0.0.1:7000", host, sizeof host, &port));
+        CHECK(strcmp(host, "127.0.0.1") == 0 && port == 7000);
+        CHECK(dg_tcp_parse_addr("127.0.0.1", host, sizeof host, &port) == DG_ERR_ARG);
+        CHECK(dg_tcp_parse_addr("h:70000", host, sizeof host, &port) == DG_ERR_ARG);
+    }
+}
+
+/* ---- transports in one process ---- */
+
+static unsigned char hash_a[32] = {1}, hash_b[32] = {2};
+
+static dg_result make_server(dg_transport **t, int n_peers, const char *secret)
+{
+    dg_tcp_config c;
+    dg_tcp_config_init(&c);
+    c.n_peers = n_peers;
+    c.self = 0;
+    c.listen = "127.0.0.1:0";
+    c.secret = secret;
+    c.secret_len = secret ? strlen(secret) : 0;
+    memcpy(c.config_hash, hash_a, 32);
+    c.max_message = (uint64_t)32 << 20;
+    c.handshake_timeout_ms = 1500;
+    c.frame_timeout_ms = 1500;
+    c.max_pending = 32;
+    return dg_tcp_server_create(t, &c);
+}
+
+static dg_result make_worker(dg_transport **t, int n_peers, int id, uint16_t port,
+                             const char *secret, const unsigned char *hash, uint16_t version)
+{
+    dg_tcp_config c;
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
+    dg_tcp_config_init(&c);
+    c.n_peers = n_peers;
+    c.self = id;
+    c.connect = addr;
+    c.secret = secret;
+    c.secret_len = secret ? strlen(secret) : 0;
+    memcpy(c.config_hash, hash, 32);
+    c.max_message = (uint64_t)32 << 20;
+    c.protocol_version = version;
+    return dg_tcp_worker_create(t, &c);
+}
+
+static dg_msg *make_msg(dg_transport *t, int type, int from, int to, size_t nf, uint32_t seed)
+{
+    dg_part_kind kinds[3] = {DG_PART_F32, DG_PART_I32, DG_PART_BYTES};
+    size_t counts[3] = {nf, 3, 5}, i;
+    dg_msg *m;
+    if (dg_msg_create(t, type, from, to, 42, 3, kinds, counts, &m)) return NULL;
+    for (i = 0; i < nf; i++) ((float *)m->part[0].data)[i] = (float)(i * 0.5 + seed);
+    ((int32_t *)m->part[1].data)[2] = -7;
+    memcpy(m->part[2].data, "bytes", 5);
+    m->aux = -5;
+    m->stat[0] = 1.5f;
+    return m;
+}
+
+static int msg_ok(const dg_msg *m, int type, int from, size_t nf, uint32_t seed)
+{
+    const float *f = dg_msg_f32(m, 0, nf);
+    const int32_t *k = dg_msg_i32(m, 1, 3);
+    size_t i;
+    if (!m || m->type != type || m->from != from || m->iteration != 42 || m->aux != -5 ||
+        m->stat[0] != 1.5f || !f || !k || k[2] != -7 || memcmp(m->part[2].data, "bytes", 5))
+        return 0;
+    for (i = 0; i < nf; i++)
+        if (f[i] != (float)(i * 0.5 + seed)) return 0;
+    return 1;
+}
+
+TEST(transport_roundtrip)
+{
+    dg_transport *s = NULL, *w1 = NULL, *w2 = NULL;
+    dg_msg *m;
+    CHECK_OK(make_server(&s, 3, "sesame"));
+    if (!s) return;
+    CHECK_OK(make_worker(&w1, 3, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    CHECK_OK(make_worker(&w2, 3, 2, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (!w1 || !w2) goto done;
+    CHECK_OK(dg_transport_send(s, make_msg(s, DG_MSG_GEN_BATCHES, 0, 1, 1000, 1)));
+    CHECK_OK(dg_transport_recv(w1, 1, 5000, &m));
+    CHECK(msg_ok(m, DG_MSG_GEN_BATCHES, 0, 1000, 1));
+    dg_msg_free(w1, m);
+    CHECK_OK(dg_transport_send(w1, make_msg(w1, DG_MSG_FEEDBACK, 1, 0, 4 << 20, 2)));
+    CHECK_OK(dg_transport_recv(s, 0, 10000, &m));
+    CHECK(msg_ok(m, DG_MSG_FEEDBACK, 1, 4 << 20, 2));   /* 16 MB */
+    dg_msg_free(s, m);
+    /* worker to worker, peer to peer (the server told w1 where w2 listens) */
+    {
+        int k;
+        for (k = 0; k < 100 && dg_transport_send(w1, make_msg(w1, DG_MSG_DISC, 1, 2, 777, 3)); k++) {
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    CHECK_OK(dg_transport_recv(w2, 2, 5000, &m));
+    CHECK(msg_ok(m, DG_MSG_DISC, 1, 777, 3));
+    dg_msg_free(w2, m);
+    {
+        uint64_t in, out;
+        dg_tcp_wire_bytes(w2, 1, &in, &out);
+        CHECK(in > 777 * 4);
+        dg_tcp_wire_bytes(s, 2, &in, &out);
+        CHECK(in < 1000); /* theta never went through the server */
+    }
+    /* over the limit: refused at the sender */
+    CHECK(dg_transport_send(s, make_msg(s, DG_MSG_GEN_BATCHES, 0, 1, 9 << 20, 1)) == DG_ERR_TOO_LARGE);
+    CHECK(dg_transport_recv(w1, 1, 0, &m) == DG_ERR_TIMEOUT);
+done:
+    dg_transport_close(w1);
+    dg_transport_close(w2);
+    dg_transport_close(s);
+}
+
+TEST(handshake_refusals)
+{
+    dg_transport *s = NULL, *w = NULL;
+    CHECK_OK(make_server(&s, 3, "sesame"));
+    if (!s) return;
+    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "wrong", hash_a, 0) == DG_ERR_AUTH);
+    CHECK(strstr(dg_last_error(), "authentication failed") != NULL);
+    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), NULL, hash_a, 0) == DG_ERR_AUTH);
+    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_b, 0) == DG_ERR_CONFIG);
+    CHECK(strstr(dg_last_error(), "configuration mismatch") != NULL);
+    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 2) == DG_ERR_VERSION);
+    CHECK(strstr(dg_last_error(), "protocol version 2") != NULL);
+    CHECK(make_worker(&w, 3, 7, dg_tcp_port(s), "sesame", hash_a, 0) == DG_ERR_ARG);
+    CHECK(make_worker(&w, 4, 3, dg_tcp_port(s), "sesame", hash_a, 0) != DG_OK); /* no slot 3 */
+    CHECK(dg_tcp_refused(s) >= 5);
+    dg_transport_close(s);
+    {   /* no secret: loopback only, unless told otherwise */
+        dg_tcp_config c;
+        dg_tcp_config_init(&c);
+        c.n_peers = 2;
+        c.listen = "0.0.0.0:0";
+        CHECK(dg_tcp_server_create(&s, &c) == DG_ERR_AUTH);
+        c.allow_insecure = 1;
+        CHECK_OK(dg_tcp_server_create(&s, &c));
+        dg_transport_close(s);
+    }
+}
+
+/* ---- hostile clients ---- */
+
+static int raw_connect(uint16_t port)
+{
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* 1 when the server closed fd within ms (reads and discards what comes). */
+static int closed_within(int fd, int ms)
+{
+    int64_t end = dg__tcp_ms() + ms;
+    char buf[512];
+    while (dg__tcp_ms() < end) {
+        struct pollfd p;
+        p.fd = fd;
+        p.events = POLLIN;
+        if (poll(&p, 1, 50) == 1) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n <= 0) return 1;
+        }
+    }
+    return 0;
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+typedef struct pinger {
+    dg_transport *s, *w;
+    volatile int stop;
+    int rounds, failures;
+} pinger;
+
+/* The legitimate worker: a message to the server and its answer, again
+   and again, while the hostile clients run. */
+static void *ping_main(void *arg)
+{
+    pinger *p = (pinger *)arg;
+    while (!p->stop) {
+        dg_msg *m;
+        if (dg_transport_send(p->w, make_msg(p->w, DG_MSG_FEEDBACK, 1, 0, 10000, 4)) ||
+            dg_transport_recv(p->s, 0, 5000, &m) || !msg_ok(m, DG_MSG_FEEDBACK, 1, 10000, 4)) {
+            p->failures++;
+            continue;
+        }
+        dg_msg_free(p->s, m);
+        if (dg_transport_send(p->s, make_msg(p->s, DG_MSG_GEN_BATCHES, 0, 1, 10000, 5)) ||
+            dg_transport_recv(p->w, 1, 5000, &m) || !msg_ok(m, DG_MSG_GEN_BATCHES, 0, 10000, 5)) {
+            p->failures++;
+            continue;
+        }
+        dg_msg_free(p->w, m);
+        p->rounds++;
+    }
+    return NULL;
+}
+
+static void send_all(int fd, const void *p, size_t n)
+{
+    ssize_t w = write(fd, p, n);
+    (void)w;
+}
+
+TEST(hostile_clients)
+{
+    dg_transport *s = NULL, *w = NULL;
+    unsigned char frame[DG_TCP_HEADER_SIZE + 100], junk[4096];
+    dg_frame_header h;
+    pinger p;
+    pthread_t th;
+    long rss0, rss1;
+    int fds[200], i, closed, rounds0;
+    CHECK_OK(make_server(&s, 2, "sesame"));
+    if (!s) return;
+    CHECK_OK(make_worker(&w, 2, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (!w) { dg_transport_close(s); return; }
+    memset(&p, 0, sizeof p);
+    p.s = s;
+    p.w = w;
+    pthread_create(&th, NULL, ping_main, &p);
+    rss0 = rss_kb();
+    /* random bytes */
+    for (i = 0; i < (int)sizeof junk; i++) junk[i] = (unsigned char)(i * 131 + 7);
+    fds[0] = raw_connect(dg_tcp_port(s));
+    send_all(fds[0], junk, sizeof junk);
+    CHECK(closed_within(fds[0], 2000));
+    close(fds[0]);
+    /* wrong magic */
+    h = dg_frame_make(DG_TCP_HEARTBEAT, 0, 1, 0, NULL, 0);
+    dg_frame_header_encode(&h, frame);
+    frame[1] = 'Z';
+    fds[0] = raw_connect(dg_tcp_port(s));
+    send_all(fds[0], frame, DG_TCP_HEADER_SIZE);
+    CHECK(closed_within(fds[0], 2000));
+    close(fds[0]);
+    /* a length field of 2^63 */
+    h = dg_frame_make(DG_TCP_HELLO, 0, 1, 0, NULL, 0);
+    h.length = (uint64_t)1 << 63;
+    dg_frame_header_encode(&h, frame);
+    fds[0] = raw_connect(dg_tcp_port(s));
+    send_all(fds[0], frame, DG_TCP_HEADER_SIZE);
+    CHECK(closed_within(fds[0], 2000));
+    close(fds[0]);
+    /* a CRC mismatch */
+    memset(frame + DG_TCP_HEADER_SIZE, 1, DG_TCP_HELLO_SIZE);
+    h = dg_frame_make(DG_TCP_HELLO, 0, 1, 0, frame + DG_TCP_HEADER_SIZE, DG_TCP_HELLO_SIZE);
+    h.crc ^= 1;
+    dg_frame_header_encode(&h, frame);
+    fds[0] = raw_connect(dg_tcp_port(s));
+    send_all(fds[0], frame, DG_TCP_HEADER_SIZE + DG_TCP_HELLO_SIZE);
+    CHECK(closed_within(fds[0], 2000));
+    close(fds[0]);
+    /* a frame cut in the middle (the client stays connected): timed out */
+    h.crc ^= 1;
+    dg_frame_header_encode(&h, frame);
+    fds[0] = raw_connect(dg_tcp_port(s));
+    send_all(fds[0], frame, DG_TCP_HEADER_SIZE + 10);
+    CHECK(closed_within(fds[0], 4000));
+    close(fds[0]);
+    /* a slow client: one byte per second of a valid HELLO frame */
+    fds[0] = raw_connect(dg_tcp_port(s));
+    for (i = 0, closed = 0; i < 4 && !closed; i++) {
+        send_all(fds[0], frame + i, 1);
+        closed = closed_within(fds[0], 1000);
+    }
+    CHECK(closed); /* handshake timeout 1.5 s */
+    close(fds[0]);
+    /* 200 connections at once: the ones over the limit are refused, the
+       others time out in their handshake */
+    for (i = 0; i < 200; i++) fds[i] = raw_connect(dg_tcp_port(s));
+    for (i = 0, closed = 0; i < 200; i++) {
+        if (fds[i] < 0 || closed_within(fds[i], i < 150 ? 10 : 4000)) closed++;
+    }
+    for (i = 0, closed = 0; i < 200; i++) {
+        if (fds[i] < 0 || closed_within(fds[i], 100)) closed++;
+        if (fds[i] >= 0) close(fds[i]);
+    }
+    CHECK(closed == 200);
+    rounds0 = p.rounds;
+    {
+        struct timespec ts = {0, 300000000};
+        nanosleep(&ts, NULL);
+    }
+    p.stop = 1;
+    pthread_join(th, NULL);
+    rss1 = rss_kb();
+    printf("  hostile: %d legitimate round trips (%d after the attacks), %d failures, "
+           "%llu refused, RSS %+ld KB\n", p.rounds, p.rounds - rounds0, p.failures,
+           (unsigned long long)dg_tcp_refused(s), rss1 - rss0);
+    CHECK(p.failures == 0);
+    CHECK(p.rounds > 20 && p.rounds > rounds0);
+    CHECK(dg_tcp_connected(s, 1));
+    CHECK(rss1 - rss0 < 64 * 1024);
+    dg_transport_close(w);
+    dg_transport_close(s);
+}
+
+/* ---- real processes ---- */
+
+static uint16_t free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    uint16_t port = 0;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+static pid_t spawn(const char *name, char *const *args)
+{
+    char out[256], err[256];
+    pid_t pid;
+    snprintf(out, sizeof out, "%s/%s.out", tmpdir, name);
+    snprintf(err, sizeof err, "%s/%s.err", tmpdir, name);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        FILE *o = freopen(out, "w", stdout), *e = freopen(err, "w", stderr);
+        (void)o;
+        (void)e;
+        execv(bin, args);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Exit status, or -1 after ms (the process is then killed and reaped). */
+static int reap(pid_t pid, int ms)
+{
+    int64_t end = dg__tcp_ms() + ms;
+    int st;
+    while (dg__tcp_ms() < end) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        {
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+static int file_has(const char *name, const char *needle)
+{
+    char path[256], buf[1 << 16];
+    size_t n;
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    f = fopen(path, "r");
+    if (!f) return 0;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, needle) != NULL;
+}
+
+static int wait_for(const char *name, const char *needle, int ms)
+{
+    int64_t end = dg__tcp_ms() + ms;
+    while (dg__tcp_ms() < end) {
+        if (file_has(name, needle)) return 1;
+        {
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return 0;
+}
+
+static void show(const char *name)
+{
+    char path[256], line[512];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    if (!(f = fopen(path, "r"))) return;
+    printf("  --- %s\n", name);
+    while (fgets(line, sizeof line, f)) printf("  %s", line);
+    fclose(f);
+}
+
+#define ARGS(...) ((char *const[]){(char *)bin, __VA_ARGS__, NULL})
+
+static int have_bin(void)
+{
+    if (access(bin, X_OK) == 0) return 1;
+    printf("  %s is missing: build it first (make %s)\n", bin, bin);
+    return 0;
+}
+
+static float *read_floats(const char *name, size_t *n)
+{
+    char path[256];
+    FILE *f;
+    long len;
+    float *x;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    if (!(f = fopen(path, "rb"))) return NULL;
+    fseek(f, 0, SEEK_END);
+    len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    x = (float *)malloc((size_t)len + 4);
+    *n = fread(x, sizeof(float), (size_t)len / sizeof(float), f);
+    fclose(f);
+    return x;
+}
+
+#define DATA "shapes:640"
+#define NW 4
+#define BATCH 16
+#define ITERS 12   /* a swap every round(160 / 16) = 10 iterations: one swap */
+
+static void inproc_mdgan(float **g, size_t *n)
+{
+    dg_dataset ds;
+    dg_partition part;
+    dg_pool *pool;
+    dg_mdgan_run *run;
+    dg_mdgan_config c = dg_mdgan_config_init();
+    int i;
+    *g = NULL;
+    memset(&ds, 0, sizeof ds);
+    dg_dataset_make_shapes(&ds, 640, 1);
+    dg_partition_iid(&part, ds.n, NW, 1);
+    dg_pool_create(&pool, 1);
+    c.n_workers = NW; c.c = ds.c; c.h = ds.h; c.w = ds.w; c.arch = DG_ARCH_MLP; c.batch = BATCH;
+    c.seed = 1;
+    if (dg_mdgan_run_create(&run, &c, pool, &ds, &part, NULL, 0, NULL, 0) == DG_OK) {
+        for (i = 0; i < ITERS; i++) dg_mdgan_run_iteration(run);
+        *n = dg_net_param_count(dg_mdgan_server_generator(dg_mdgan_run_server(run)));
+        *g = (float *)malloc(*n * sizeof(float));
+        memcpy(*g, dg_net_params(dg_mdgan_server_generator(dg_mdgan_run_server(run))), *n * 4);
+        dg_mdgan_run_free(run);
+    }
+    dg_pool_destroy(pool);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+static void inproc_flgan(float **g, size_t *n, int rounds)
+{
+    dg_dataset ds;
+    dg_partition part;
+    dg_pool *pool;
+    dg_flgan_run *run;
+    dg_flgan_config c = dg_flgan_config_init();
+    int i;
+    *g = NULL;
+    memset(&ds, 0, sizeof ds);
+    dg_dataset_make_shapes(&ds, 640, 1);
+    dg_partition_iid(&part, ds.n, NW, 1);
+    dg_pool_create(&pool, 1);
+    c.n_workers = NW; c.c = ds.c; c.h = ds.h; c.w = ds.w; c.arch = DG_ARCH_MLP; c.batch = BATCH;
+    c.seed = 1;
+    c.local_iters = 3;
+    if (dg_flgan_run_create(&run, &c, pool, &ds, &part, NULL, 0) == DG_OK) {
+        for (i = 0; i < rounds; i++) dg_flgan_run_round(run);
+        *n = dg_net_param_count(dg_flgan_server_generator(dg_flgan_run_server(run)));
+        *g = (float *)malloc(*n * sizeof(float));
+        memcpy(*g, dg_net_params(dg_flgan_server_generator(dg_flgan_run_server(run))), *n * 4);
+        dg_flgan_run_free(run);
+    }
+    dg_pool_destroy(pool);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+static void tcp_vs_inproc(const char *algo)
+{
+    char addr[32], wid[NW][8], nw[8], bs[8], it[8];
+    pid_t srv, wk[NW];
+    float *a, *b;
+    size_t na = 0, nb = 0;
+    int i, ok = 1, md = !strcmp(algo, "mdgan");
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    snprintf(nw, sizeof nw, "%d", NW);
+    snprintf(bs, sizeof bs, "%d", BATCH);
+    snprintf(it, sizeof it, "%d", md ? ITERS : 2);
+    srv = spawn("srv", ARGS("server", "--listen", addr, "--workers", nw, "--algo", (char *)algo,
+                            "--data", DATA, "--batch", bs, "--iters", it, "--swap-every",
+                            md ? "0" : "3", "--out", "g.f32"));
+    (void)srv;
+    {   /* the server writes its output relative to its cwd: use the tmpdir */
+    }
+    for (i = 0; i < NW; i++) {
+        char name[16];
+        snprintf(wid[i], sizeof wid[i], "%d", i + 1);
+        snprintf(name, sizeof name, "w%d", i + 1);
+        wk[i] = spawn(name, ARGS("worker", "--connect", addr, "--workers", nw, "--id", wid[i],
+                                 "--algo", (char *)algo, "--data", DATA, "--batch", bs,
+                                 "--swap-every", md ? "0" : "3"));
+    }
+    if (reap(srv, 60000) != 0) { ok = 0; show("srv.err"); }
+    for (i = 0; i < NW; i++)
+        if (reap(wk[i], 10000) != 0) ok = 0;
+    CHECK(ok);
+    if (md) inproc_mdgan(&a, &na);
+    else inproc_flgan(&a, &na, 2);
+    b = read_floats("g.f32", &nb);
+    CHECK(a && b && na == nb && na > 0);
+    if (a && b && na == nb) {
+        CHECK(memcmp(a, b, na * sizeof(float)) == 0);
+        printf("  %s: %zu generator parameters over TCP and in-process: %s\n", algo, na,
+               memcmp(a, b, na * sizeof(float)) ? "DIFFERENT" : "bit-identical");
+    }
+    free(a);
+    free(b);
+}
+
+TEST(mdgan_tcp_equals_inproc) { tcp_vs_inproc("mdgan"); }
+TEST(flgan_tcp_equals_inproc) { tcp_vs_inproc("flgan"); }
+
+TEST(worker_killed_and_rejoins)
+{
+    char addr[32];
+    pid_t srv, w1, w2, w3;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+#define COMMON "--workers", "3", "--data", "shapes:300", "--batch", "8", "--dead-ms", "1500", \
+               "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
+    srv = spawn("ksrv", ARGS("server", "--listen", addr, "--iters", "80", "--log-every", "1", COMMON));
+    w1 = spawn("kw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON));
+    w2 = spawn("kw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
+    w3 = spawn("kw3", ARGS("worker", "--connect", addr, "--id", "3", COMMON));
+    CHECK(wait_for("ksrv.out", "iter 10/", 30000));
+    kill(w2, SIGKILL);
+    reap(w2, 2000);
+    CHECK(wait_for("ksrv.out", "N_live 2", 15000));
+    w2 = spawn("kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
+    CHECK(wait_for("ksrv.err", "worker 2 joins with a copy of D_", 15000));
+    CHECK(reap(srv, 60000) == 0);
+    CHECK(file_has("ksrv.out", "iter 80/80  N_live 3"));
+    CHECK(reap(w1, 10000) == 0);
+    CHECK(reap(w2, 10000) == 0);
+    CHECK(reap(w3, 10000) == 0);
+    if (th_cur_failed) { show("ksrv.out"); show("ksrv.err"); show("kw2b.err"); }
+}
+
+TEST(server_killed_and_resumed)
+{
+    char addr[32], ck[128];
+    pid_t srv, w1, w2;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    snprintf(ck, sizeof ck, "%s/run.ckpt", tmpdir);
+#define COMMON2 "--workers", "2", "--data", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
+                "--heartbeat-ms", "300", "--barrier-ms", "3000", "--checkpoint", ck, \
+                "--checkpoint-every", "5", "--log-every", "1"
+    srv = spawn("rsrv", ARGS("server", "--listen", addr, "--iters", "60", COMMON2));
+    w1 = spawn("rw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON2));
+    w2 = spawn("rw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON2));
+    CHECK(wait_for("rsrv.out", "iter 12/", 30000));
+    kill(srv, SIGKILL);
+    reap(srv, 2000);
+    srv = spawn("rsrv2", ARGS("server", "--listen", addr, "--iters", "60", "--resume", COMMON2));
+    CHECK(wait_for("rsrv2.err", "resumed from", 10000));
+    CHECK(reap(srv, 60000) == 0);
+    CHECK(file_has("rsrv2.out", "iter 60/60  N_live 2"));
+    CHECK(wait_for("rw1.err", "reconnected", 1000));
+    CHECK(reap(w1, 10000) == 0);
+    CHECK(reap(w2, 10000) == 0);
+    if (th_cur_failed) { show("rsrv.out"); show("rsrv2.err"); show("rw1.err"); }
+}
+
+TEST(refusals_and_sigterm)
+{
+    char addr[32], s1[128], s2[128], ck[128];
+    pid_t srv, w;
+    FILE *f;
+    struct stat st;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    snprintf(s1, sizeof s1, "%s/secret1", tmpdir);
+    snprintf(s2, sizeof s2, "%s/secret2", tmpdir);
+    snprintf(ck, sizeof ck, "%s/term.ckpt", tmpdir);
+    if ((f = fopen(s1, "w"))) { fputs("open sesame\n", f); fclose(f); }
+    if ((f = fopen(s2, "w"))) { fputs("open barley\n", f); fclose(f); }
+#define COMMON3 "--workers", "1", "--data", "shapes:100", "--batch", "8"
+    srv = spawn("fsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", s1,
+                             "--checkpoint", ck, COMMON3));
+    CHECK(wait_for("fsrv.out", "listening", 10000));
+    w = spawn("fw1", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s2, COMMON3));
+    CHECK(reap(w, 10000) == 1);
+    CHECK(file_has("fw1.err", "authentication failed"));
+    w = spawn("fw2", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
+                          "--protocol-version", "2", COMMON3));
+    CHECK(reap(w, 10000) == 1);
+    CHECK(file_has("fw2.err", "protocol version 2"));
+    w = spawn("fw3", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
+                          "--workers", "1", "--data", "shapes:100", "--batch", "4"));
+    CHECK(reap(w, 10000) == 1);
+    CHECK(file_has("fw3.err", "configuration mismatch"));
+    /* the right one trains; SIGTERM: the server checkpoints and stops */
+    w = spawn("fw4", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1, COMMON3));
+    CHECK(wait_for("fsrv.out", "iter 20/", 20000));
+    kill(srv, SIGTERM);
+    CHECK(reap(srv, 10000) == 0);
+    CHECK(file_has("fsrv.err", "stop requested"));
+    CHECK(stat(ck, &st) == 0 && st.st_size > 0);
+    kill(w, SIGTERM);
+    CHECK(reap(w, 10000) >= 0);
+    if (th_cur_failed) { show("fsrv.err"); show("fw1.err"); show("fw2.err"); show("fw3.err"); }
+}
+
+int main(void)
+{
+    char cwd[4096];
+    signal(SIGPIPE, SIG_IGN);
+    alarm(300); /* a hard bound on the whole program */
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/dg_tcp_XXXXXX");
+    if (!mkdtemp(tmpdir)) return 1;
+    /* the binary path is relative to the repository; children write g.f32
+       into tmpdir, so resolve bin first */
+    if (getcwd(cwd, sizeof cwd)) {
+        static char abs_bin[4200];
+        snprintf(abs_bin, sizeof abs_bin, "%s/%s", cwd, bin);
+        bin = abs_bin;
+    }
+    if (chdir(tmpdir) != 0) return 1;
+    RUN(sha256_vectors);
+    RUN(hmac_rfc4231);
+    RUN(frame_codec);
+    RUN(handshake_payloads);
+    RUN(transport_roundtrip);
+    RUN(handshake_refusals);
+    RUN(hostile_clients);
+    RUN(mdgan_tcp_equals_inproc);
+    RUN(flgan_tcp_equals_inproc);
+    RUN(worker_killed_and_rejoins);
+    RUN(server_killed_and_resumed);
+    RUN(refusals_and_sigterm);
+    return th_done();
+}
