@@ -317,7 +317,7 @@ static dg_result write_grid(gen_source *s, const char *path, int n)
     if (r == DG_OK)
         r = s->n_classes ? dg_write_png_grid_by_class(path, img, s->labels, n, c, h, w,
                                                       s->n_classes, 10, 2)
-                         : dg_write_png_grid(path, img, n, c, h, w, 8, 2);
+                         : dg_write_png_grid(path, img, n, c, h, w, 10, 2);
     free(img);
     return r;
 }
