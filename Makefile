@@ -25,7 +25,7 @@ TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
 HEADERS  := distgan.h $(wildcard adacomp.h) $(wildcard wip/*.h)
 
-.PHONY: all test test-opt test-asan tsan bench bench-deps deps fuzz demo data eval experiment clean help
+.PHONY: all test tsan bench bench-deps deps fuzz demo data experiment clean help
 
 all: $(TESTS:%=$(B)/%) $(EXAMPLES:%=$(B)/%) $(TOOLS:%=$(B)/%) $(BENCHES:%=$(B)/%)
 
@@ -76,6 +76,15 @@ $(B)/%: examples/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
 $(B)/%: tools/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# ---- the embedded default: MD-GAN, 3 in-process workers, a few minutes on 2
+# cores; Fashion-MNIST when installed, else the built-in procedural data ----
+demo: deps $(B)/distgan
+	./$(B)/distgan --algo mdgan --workers 3 --batch 32 --iters 300 --eval-every 100 --no-eval --out out/demo
+
+# the paper's comparison (standalone vs FL-GAN vs MD-GAN), long: see docs/results.md
+experiment: deps data $(B)/distgan
+	sh examples/mdgan_experiment.sh
 
 # ---- tests ----
 test: deps
