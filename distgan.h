@@ -2384,6 +2384,31 @@ static void dg__maxpool_bwd_task(void *arg, int plane, int thread)
     for (; o < e; o++) dx[l->idx[o]] += j->x[o];
 }
 
+/* one task per channel; small layers run inline */
+static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, float *y, int nb,
+                   dg_task_fn task)
+{
+    dg__bn_job j;
+    j.net = net;
+    j.l = l;
+    j.x = x;
+    j.dy = dy;
+    j.y = y;
+    j.n = nb;
+    dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL, l->ic, task, &j);
+}
+
+/* one task per (sample, channel) plane; forward: x -> y, backward: dy -> dx */
+static void dg__maxpool(dg_pool *pool, const dg__layer *l, const float *x, float *y, int nb,
+                        dg_task_fn task)
+{
+    dg__pool_job j;
+    j.l = l;
+    j.x = x;
+    j.y = y;
+    dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? pool : NULL, nb * l->ic, task, &j);
+}
+
 static void dg__dropout_fwd(dg_net *net, dg__layer *l, const float *x, size_t n)
 {
     size_t i;
@@ -2446,25 +2471,12 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
             }
         break;
     }
-    case DG_LAYER_BATCHNORM: {
-        dg__bn_job j;
-        j.net = net;
-        j.l = l;
-        j.x = x;
-        j.dy = NULL;
-        j.y = l->out;
-        j.n = nb;
-        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, l->ic, dg__bn_fwd_task, &j);
+    case DG_LAYER_BATCHNORM:
+        dg__bn(net, l, x, NULL, l->out, nb, dg__bn_fwd_task);
         break;
-    }
-    case DG_LAYER_MAXPOOL: {
-        dg__pool_job j;
-        j.l = l;
-        j.x = x;
-        j.y = l->out;
-        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, nb * l->ic, dg__maxpool_fwd_task, &j);
+    case DG_LAYER_MAXPOOL:
+        dg__maxpool(pool, l, x, l->out, nb, dg__maxpool_fwd_task);
         break;
-    }
     case DG_LAYER_DROPOUT:
         dg__dropout_fwd(net, l, x, total);
         break;
@@ -2521,25 +2533,12 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__reorder(pool, net->s_out, dx, nb, l->ic, (size_t)l->ih * l->iw, 0, NULL);
         break;
     }
-    case DG_LAYER_BATCHNORM: {
-        dg__bn_job j;
-        j.net = net;
-        j.l = l;
-        j.x = x;
-        j.dy = dy;
-        j.y = dx;
-        j.n = nb;
-        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, l->ic, dg__bn_bwd_task, &j);
+    case DG_LAYER_BATCHNORM:
+        dg__bn(net, l, x, dy, dx, nb, dg__bn_bwd_task);
         break;
-    }
-    case DG_LAYER_MAXPOOL: {
-        dg__pool_job j;
-        j.l = l;
-        j.x = dy;
-        j.y = dx;
-        dg_parallel_for(total >= DG__CHUNK ? pool : NULL, nb * l->ic, dg__maxpool_bwd_task, &j);
+    case DG_LAYER_MAXPOOL:
+        dg__maxpool(pool, l, dy, dx, nb, dg__maxpool_bwd_task);
         break;
-    }
     case DG_LAYER_RESHAPE:
         break;
     default:
