@@ -4787,6 +4787,20 @@ static dg_result dg__sqrt_psd(int d, const double *S, double *out, double *V, do
     return DG_OK;
 }
 
+/* C = A B for d x d row-major doubles; i-k-j order streams rows of B. */
+static void dg__dmatmul(int d, const double *A, const double *B, double *C)
+{
+    int i, j, k;
+    memset(C, 0, (size_t)d * d * sizeof(double));
+    for (i = 0; i < d; i++)
+        for (k = 0; k < d; k++) {
+            double a = A[(size_t)i * d + k];
+            const double *b = B + (size_t)k * d;
+            double *c = C + (size_t)i * d;
+            for (j = 0; j < d; j++) c[j] += a * b[j];
+        }
+}
+
 DGDEF dg_result dg_fid(int d, const double *mu1, const double *cov1, const double *mu2,
                        const double *cov2, double *fid)
 {
@@ -4811,22 +4825,8 @@ DGDEF dg_result dg_fid(int d, const double *mu1, const double *cov1, const doubl
     if ((r = dg__sqrt_psd(d, cov1, R, V, w, "cov1"))) goto done;
     /* M = R S2 R (i-k-j loops: rows stream through the cache), then
        symmetrised against rounding */
-    memset(T, 0, dd * sizeof(double));
-    memset(M, 0, dd * sizeof(double));
-    for (i = 0; i < d; i++)
-        for (k = 0; k < d; k++) {
-            double c = cov2[(size_t)i * d + k];
-            const double *rr = R + (size_t)k * d;
-            double *tr_ = T + (size_t)i * d;
-            for (j = 0; j < d; j++) tr_[j] += c * rr[j]; /* T = S2 R */
-        }
-    for (i = 0; i < d; i++)
-        for (k = 0; k < d; k++) {
-            double c = R[(size_t)i * d + k];
-            const double *tt = T + (size_t)k * d;
-            double *mr = M + (size_t)i * d;
-            for (j = 0; j < d; j++) mr[j] += c * tt[j]; /* M = R T */
-        }
+    dg__dmatmul(d, cov2, R, T); /* T = S2 R */
+    dg__dmatmul(d, R, T, M);    /* M = R T */
     for (i = 0; i < d; i++)
         for (j = 0; j < i; j++)
             M[(size_t)i * d + j] = M[(size_t)j * d + i] = 0.5 * (M[(size_t)i * d + j] + M[(size_t)j * d + i]);
