@@ -671,7 +671,7 @@ static void inproc_flgan(float **g, size_t *n, int rounds)
 
 static void tcp_vs_inproc(const char *algo)
 {
-    char addr[32], wid[NW][8], nw[8], bs[8], it[8];
+    char addr[32], wid[NW][16], nw[8], bs[8], it[8];
     pid_t srv, wk[NW];
     float *a, *b;
     size_t na = 0, nb = 0;

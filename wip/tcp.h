@@ -1294,13 +1294,13 @@ static void dg__tcp_drop(dg__tcp *t, dg__tconn *c, const char *why)
     else
         dg__tcp_logf(&t->cfg, "tcp: connection dropped before its handshake completed: %s", why);
     shutdown(c->fd, SHUT_RDWR);
-    c->state = DG__TC_DEAD;
-    dg__rx_reset(&c->rx);
+    c->state = DG__TC_DEAD; /* its rx belongs to the I/O thread: reset on release */
 }
 
 static void dg__tcp_release(dg__tcp *t, dg__tconn *c)
 {
     (void)t;
+    dg__rx_reset(&c->rx);
     close(c->fd);
     c->fd = -1;
     c->state = DG__TC_FREE;
@@ -1566,7 +1566,13 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
         int r, busy;
         dg__rx_want(&c->rx, &dst, &want);
         busy = dg__rx_busy(&c->rx);
+        /* the fd and the rx belong to this thread: read and validate
+           without the endpoint lock, so senders and recv never wait on a
+           large read or its CRC */
+        pthread_mutex_unlock(&t->mu);
         n = read(c->fd, dst, want);
+        r = n > 0 ? dg__rx_got(&c->rx, (size_t)n, &h, &payload, &m) : 0;
+        pthread_mutex_lock(&t->mu);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
         if (n <= 0) {
@@ -1578,7 +1584,11 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
         c->last_rx = dg__tcp_ms();
         if (!busy) c->frame_start = c->last_rx;
         if (c->peer >= 0 && c->state == DG__TC_LIVE) t->wire_in[c->peer] += (uint64_t)n;
-        r = dg__rx_got(&c->rx, (size_t)n, &h, &payload, &m);
+        if (c->state == DG__TC_DEAD) { /* dropped meanwhile by a sender */
+            dg__free(payload);
+            if (m) dg_msg_free(&t->base, m);
+            return;
+        }
         if (r < 0) {
             char why[300];
             snprintf(why, sizeof why, "%s", dg_last_error());
