@@ -87,6 +87,9 @@ experiment: deps data $(B)/distgan
 	sh examples/mdgan_experiment.sh
 
 # ---- tests ----
+# test_tcp starts real server and worker processes of build/distgan_tcp
+$(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
+
 test: deps
 	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%)
 	@CC=$(CC) CLANG=$(CLANG) sh tests/run.sh $(B) "$(TESTS)" "$(FUZZERS)"
