@@ -575,6 +575,14 @@ DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n
 #error "define all of DG_MALLOC, DG_REALLOC and DG_FREE, or none"
 #endif
 
+/* x86 SIMD kernels are compiled with per-function target attributes and
+   picked at run time, so a plain `cc -O2` build uses AVX-512 when the CPU
+   has it */
+#if !defined(DG_NO_SIMD) && defined(__x86_64__) && defined(__GNUC__)
+#define DG__X86 1
+#include <immintrin.h>
+#endif
+
 #ifndef DG_ASSERT
 #include <assert.h>
 #define DG_ASSERT(x) assert(x)
@@ -726,10 +734,15 @@ static void dg__free(void *p)
     DG_FREE(raw);
 }
 
-/* Slicing-by-8: eight tables let the loop consume 8 bytes per step, about
-   5x faster than a byte at a time (frames and checkpoints are checked
-   whole). */
+/* CRC-32 runs over every frame and checkpoint, so it has two speeds:
+   carry-less multiplication folding (PCLMULQDQ, 16 bytes per step in four
+   independent lanes, then a Barrett reduction; the constants are the powers
+   x^k mod P of Intel's white paper on CRC folding) where the CPU has it,
+   else slicing-by-8 (eight tables, 8 bytes per step). */
 static uint32_t dg__crc_table[8][256];
+#ifdef DG__X86
+static int dg__crc_has_clmul;
+#endif
 
 static void dg__crc_init(void)
 {
@@ -744,7 +757,71 @@ static void dg__crc_init(void)
         for (i = 1; i < 8; i++)
             dg__crc_table[i][k] =
                 (dg__crc_table[i - 1][k] >> 8) ^ dg__crc_table[0][dg__crc_table[i - 1][k] & 0xff];
+#ifdef DG__X86
+    __builtin_cpu_init();
+    dg__crc_has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
 }
+
+#ifdef DG__X86
+/* crc: the running register (already inverted); len >= 64, a multiple of 16 */
+__attribute__((target("pclmul,sse4.1")))
+static uint32_t dg__crc_fold(uint32_t crc, const unsigned char *buf, size_t len)
+{
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL);
+    const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124LL);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
+    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8;
+    x1 = _mm_loadu_si128((const __m128i *)(buf + 0x00));
+    x2 = _mm_loadu_si128((const __m128i *)(buf + 0x10));
+    x3 = _mm_loadu_si128((const __m128i *)(buf + 0x20));
+    x4 = _mm_loadu_si128((const __m128i *)(buf + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    x0 = k1k2;
+    buf += 64; len -= 64;
+    while (len >= 64) {
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), _mm_loadu_si128((const __m128i *)(buf + 0x00)));
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), _mm_loadu_si128((const __m128i *)(buf + 0x10)));
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), _mm_loadu_si128((const __m128i *)(buf + 0x20)));
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), _mm_loadu_si128((const __m128i *)(buf + 0x30)));
+        buf += 64; len -= 64;
+    }
+    x0 = k3k4;
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+    while (len >= 16) {
+        x2 = _mm_loadu_si128((const __m128i *)buf);
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+        buf += 16; len -= 16;
+    }
+    x2 = _mm_clmulepi64_si128(x1, x0, 0x10);
+    x3 = _mm_setr_epi32(~0, 0, ~0, 0);
+    x1 = _mm_srli_si128(x1, 8);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = k5k0;
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_and_si128(x1, x3);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = poly;
+    x2 = _mm_and_si128(x1, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+    x2 = _mm_and_si128(x2, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
 
 DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
 {
@@ -752,6 +829,14 @@ DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
     const unsigned char *p = (const unsigned char *)data;
     pthread_once(&once, dg__crc_init);
     crc = ~crc;
+#ifdef DG__X86
+    if (dg__crc_has_clmul && n >= 64) {
+        size_t bulk = n & ~(size_t)15;
+        crc = dg__crc_fold(crc, p, bulk);
+        p += bulk;
+        n -= bulk;
+    }
+#endif
     for (; n >= 8; n -= 8, p += 8) {
         uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
                              (uint32_t)p[3] << 24);
@@ -959,7 +1044,7 @@ static void *dg__worker_main(void *varg)
 
 DGDEF dg_isa dg_isa_best(void)
 {
-#if !defined(DG_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#ifdef DG__X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return DG_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return DG_ISA_AVX2;
@@ -1149,9 +1234,7 @@ static void dg__ukernel_scalar(int kc, const float *a, const float *b, float *c,
         for (j = 0; j < NR; j++) c[i * ldc + j] = acc ? c[i * ldc + j] + t[i][j] : t[i][j];
 }
 
-#if !defined(DG_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define DG__X86 1
-#include <immintrin.h>
+#ifdef DG__X86
 
 /* 6 x 16 tile: 12 ymm accumulators, 2 loads of B and 6 broadcasts of A per k */
 __attribute__((target("avx2,fma"))) static void
