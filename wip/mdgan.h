@@ -323,6 +323,11 @@ DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms);
 /* Fault injection: from iteration t on the worker drops every message (it
    crashed). */
 DGDEF void dg_mdgan_worker_crash_at(dg_mdgan_worker *w, int64_t t);
+/* 1 while a generated batch waits for the discriminator of a swap */
+DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w);
+/* Gives up the awaited discriminator (its sender is dead): the worker keeps
+   its own and trains on the held batch. */
+DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w);
 DGDEF int dg_mdgan_worker_alive(const dg_mdgan_worker *w);
 DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w);
 DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w);
@@ -389,6 +394,7 @@ DGDEF void dg_flgan_worker_free(dg_flgan_worker *w);
 DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m);
 DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms);
 DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round);
+DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w);
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w);
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w);
 
@@ -1720,10 +1726,9 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
     switch (m->type) {
     case DG_MSG_GEN_BATCHES:
         if (w->awaiting) {
-            if (w->deferred) {
-                dg_msg_free(w->t, m);
-                return dg__fail(DG_ERR_STATE, "worker %d: two iterations while awaiting a D", w->id);
-            }
+            /* a newer iteration supersedes a held one: the server went on
+               without this worker (over sockets, after its deadline) */
+            if (w->deferred) dg_msg_free(w->t, w->deferred);
             w->deferred = m;
             return DG_OK;
         }
@@ -1787,6 +1792,18 @@ DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
 DGDEF void dg_mdgan_worker_crash_at(dg_mdgan_worker *w, int64_t t)
 {
     if (w) w->crash_at = t;
+}
+DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w) { return w && w->awaiting && w->deferred; }
+
+DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
+{
+    dg_msg *g;
+    if (!w) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_skip_swap: NULL");
+    w->awaiting = 0;
+    if (!w->deferred) return DG_OK;
+    g = w->deferred;
+    w->deferred = NULL;
+    return dg__mdgan_worker_iterate(w, g);
 }
 DGDEF int dg_mdgan_worker_alive(const dg_mdgan_worker *w) { return w && !w->dead; }
 DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w) { return w && w->stopped; }
@@ -2279,6 +2296,7 @@ DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round)
     if (w) w->crash_at = round;
 }
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return w ? w->compute_s : 0.0; }
+DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
 
 /* ---- the in-process driver ---- */

@@ -2553,26 +2553,15 @@ DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport
     if (r != DG_OK) return r;
     while (!dg_tcp_stop_requested() && !dg_mdgan_worker_stopped(w)) {
         dg_msg *m;
-        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK) {
-            /* the roles' private state, read here because one process
-               hosts one worker: a GEN_BATCHES that arrives while an older
-               one waits for a D replaces it (the older one is stale) */
-            if (m->type == DG_MSG_GEN_BATCHES && w->awaiting && w->deferred) {
-                dg_msg_free(t, w->deferred);
-                w->deferred = m;
-            } else if ((r = dg_mdgan_worker_handle(w, m)) != DG_OK) {
-                dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
-            }
-        }
-        if (w->awaiting && w->deferred) {
+        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
+            (r = dg_mdgan_worker_handle(w, m)) != DG_OK)
+            dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
+        if (dg_mdgan_worker_holding(w)) {
             if (held_since < 0) held_since = dg__tcp_ms();
             if (dg__tcp_ms() - held_since > swap_wait) { /* the partner is dead: skip the swap */
-                dg_msg *g = w->deferred;
                 dg__tcp_logf(tc, "worker %d: no discriminator came within %d ms, keeping mine",
                              tc->self, swap_wait);
-                w->deferred = NULL;
-                w->awaiting = 0;
-                if (dg_mdgan_worker_handle(w, g) != DG_OK)
+                if (dg_mdgan_worker_skip_swap(w) != DG_OK)
                     dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
                 held_since = -1;
             }
@@ -2636,12 +2625,12 @@ DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport
     if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
     tc = &dg__tcp_of(t)->cfg;
     if ((r = dg_flgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count)) != DG_OK) return r;
-    while (!dg_tcp_stop_requested() && !w->stopped) {
+    while (!dg_tcp_stop_requested() && !dg_flgan_worker_stopped(w)) {
         dg_msg *m;
         if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
             dg_flgan_worker_handle(w, m) != DG_OK)
             dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
-        if (!w->stopped && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
+        if (!dg_flgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
         r = DG_OK;
     }
     dg_flgan_worker_free(w);
