@@ -244,7 +244,7 @@ typedef dg_result (*dg_sample_fn)(void *user, size_t offset, int count, float *i
 
 /* Trains (or loads) the classifier on train (labelled, n_classes >= 2),
    measures its accuracy on test (may be NULL) and computes the reference
-   statistics of train's first ref_max images. */
+   statistics of ref_max of train's images, evenly spread (all when 0). */
 DGDEF dg_result dg_evaluator_init(dg_evaluator *ev, dg_pool *pool, const dg_dataset *train,
                                   const dg_dataset *test, const dg_evaluator_config *cfg);
 /* Scores n samples drawn from fn in chunks: classifier score (mean, std
@@ -254,8 +254,10 @@ DGDEF dg_result dg_evaluator_run(dg_evaluator *ev, dg_sample_fn fn, void *user, 
                                  int splits, dg_eval_result *out);
 DGDEF dg_result dg_evaluator_images(dg_evaluator *ev, const float *images, size_t n, int splits,
                                     dg_eval_result *out);
-/* The first n images of a real dataset (n = 0: all): real test data here
-   gives the floor to compare generated samples with. */
+/* n images of a real dataset (n = 0 or n >= N: all N), the first n of a
+   fixed shuffle of its indices (seed 0), so a dataset stored class by class
+   still gives balanced splits: real test data here gives the floor to
+   compare generated samples with. */
 DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, size_t n,
                                      int splits, dg_eval_result *out);
 /* n <= ev->chunk images in eval mode: logits (n x C) and features (n x f),
@@ -1032,8 +1034,9 @@ done:
     return r;
 }
 
-/* Adds the classifier outputs of images [0, n) of ds to the stats (either
-   may be NULL) and, when logits is not NULL, stores them. */
+/* Adds the classifier outputs of n images of ds, image floor(i * N / n)
+   for i in [0, n), to the stats (either may be NULL) and, when logits is
+   not NULL, stores them. */
 static dg_result dg__eval_dataset_pass(dg_evaluator *ev, const dg_dataset *ds, size_t n,
                                        dg_feature_stats *sl, dg_feature_stats *sf, float *logits)
 {
@@ -1047,7 +1050,8 @@ static dg_result dg__eval_dataset_pass(dg_evaluator *ev, const dg_dataset *ds, s
     for (i0 = 0; i0 < n && r == DG_OK; i0 += DG__EVAL_CHUNK) {
         int cnt = (int)(n - i0 < DG__EVAL_CHUNK ? n - i0 : DG__EVAL_CHUNK), i;
         float *zo = logits ? logits + i0 * (size_t)ev->n_classes : zl;
-        for (i = 0; i < cnt; i++) idx[i] = (uint32_t)(i0 + (size_t)i);
+        for (i = 0; i < cnt; i++)
+            idx[i] = (uint32_t)((double)(i0 + (size_t)i) * (double)ds->n / (double)n);
         if ((r = dg_dataset_batch(ds, idx, (size_t)cnt, ev->x, NULL)) ||
             (r = dg_evaluator_classify(ev, ev->x, cnt, zo, feat)))
             break;
@@ -1179,6 +1183,7 @@ done:
 typedef struct dg__eval_src {
     const float *images;
     const dg_dataset *ds;
+    const uint32_t *perm;  /* dataset: the order in which images are taken */
     size_t d;
 } dg__eval_src;
 
@@ -1194,7 +1199,7 @@ static dg_result dg__eval_src_fn(void *user, size_t offset, int count, float *im
         dg_result r;
         while (done < count) {
             int cnt = count - done < DG__EVAL_CHUNK ? count - done : DG__EVAL_CHUNK;
-            for (i = 0; i < cnt; i++) idx[i] = (uint32_t)(offset + (size_t)done + (size_t)i);
+            for (i = 0; i < cnt; i++) idx[i] = s->perm[offset + (size_t)done + (size_t)i];
             if ((r = dg_dataset_batch(s->ds, idx, (size_t)cnt, images + (size_t)done * s->d, NULL)))
                 return r;
             done += cnt;
@@ -1210,6 +1215,7 @@ DGDEF dg_result dg_evaluator_images(dg_evaluator *ev, const float *images, size_
     if (!ev || !images) return dg__fail(DG_ERR_ARG, "dg_evaluator_images: NULL argument");
     s.images = images;
     s.ds = NULL;
+    s.perm = NULL;
     s.d = (size_t)ev->c * ev->h * ev->w;
     return dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
 }
@@ -1218,14 +1224,25 @@ DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, siz
                                      dg_eval_result *out)
 {
     dg__eval_src s;
+    uint32_t *perm;
+    dg_rng rng = dg_rng_make(0, 0x9e4, 0);
+    dg_result r;
+    size_t i;
     if (!ev || !ds) return dg__fail(DG_ERR_ARG, "dg_evaluator_dataset: NULL argument");
     if (ds->c != ev->c || ds->h != ev->h || ds->w != ev->w)
         return dg__fail(DG_ERR_SHAPE, "dg_evaluator_dataset: images of another shape");
     if (n == 0 || n > ds->n) n = ds->n;
+    perm = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * ds->n);
+    if (!perm) return dg__fail(DG_ERR_NOMEM, "dg_evaluator_dataset: no memory");
+    for (i = 0; i < ds->n; i++) perm[i] = (uint32_t)i;
+    dg_rng_shuffle(&rng, perm, ds->n);
     s.images = NULL;
     s.ds = ds;
+    s.perm = perm;
     s.d = (size_t)ev->c * ev->h * ev->w;
-    return dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
+    r = dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
+    DG_FREE(perm);
+    return r;
 }
 
 DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fraction,
