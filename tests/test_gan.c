@@ -356,6 +356,16 @@ TEST(evaluator_on_shapes)
     CHECK_NEAR(same.fid_features, 0, 1e-6);
     CHECK(same.n == 1000);
     CHECK_OK(dg_evaluator_dataset(&ev, &test, 0, 3, &held));
+    { /* a class-ordered dataset still gives balanced splits */
+        dg_dataset a, b;
+        dg_eval_result ordered;
+        CHECK_OK(dg_dataset_split_per_class(&test, 0.5, &a, &b));
+        CHECK(a.labels[0] == 0 && a.labels[a.n - 1] == 9);
+        CHECK_OK(dg_evaluator_dataset(&ev, &a, 100, 5, &ordered));
+        CHECK(ordered.score_mean > 3.0);
+        dg_dataset_free(&a);
+        dg_dataset_free(&b);
+    }
     /* uniform noise images */
     img = (float *)malloc(sizeof(float) * 300 * 784);
     {
