@@ -259,7 +259,7 @@ int main(int argc, char **argv)
     const char *plot_csv = NULL, *png = NULL, *plot_ds = NULL;
     long long updates = 3000, eval_every = 0, done = 0;
     size_t eval_limit = 2000;
-    int threads = 0, plot_workers = 0, i;
+    int threads = 0, plot_workers = 0, i, diverged = 0;
     dg_dataset train, test;
     dg_partition part;
     dg_pool *pool = NULL;
@@ -372,10 +372,18 @@ int main(int argc, char **argv)
            dg_pool_size(pool));
     t0 = dg__now();
     st = dg_asgd_server_stats(dg_asgd_run_server(run));
-    while (done < updates) {
-        long long n = updates - done < eval_every ? updates - done : eval_every;
+    while (done < updates && !diverged) {
+        long long n = updates - done < eval_every ? updates - done : eval_every, k;
         int last;
-        r = dg_asgd_run_updates(run, (uint64_t)n);
+        /* in steps of 50, to stop a diverged run early: its weights overflow
+           and the kernels crawl through non-finite and denormal values */
+        for (k = 0; k < n && !diverged; k += 50) {
+            long long step = n - k < 50 ? n - k : 50;
+            r = dg_asgd_run_updates(run, (uint64_t)step);
+            if (r) break;
+            done += step;
+            if (!(st->loss < 1e3)) diverged = 1;
+        }
         if (r == DG_ERR_CLOSED) {
             fprintf(stderr, "asgd: %s\n", dg_last_error());
             break;
@@ -384,8 +392,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "asgd: %s\n", dg_last_error());
             return 1;
         }
-        done += n;
-        last = done >= updates;
+        if (diverged) printf("  diverged at update %lld (training loss %g): stopped\n", done, st->loss);
+        last = done >= updates || diverged;
         if ((r = dg_asgd_run_accuracy(run, &test, last ? 0 : eval_limit, &acc))) {
             fprintf(stderr, "asgd: %s\n", dg_last_error());
             return 1;
@@ -397,7 +405,7 @@ int main(int argc, char **argv)
                st->applied ? st->tau_sum / st->applied : 0.0, (unsigned long long)st->tau_max,
                dg_asgd_run_time(run), dg__now() - t0);
         fflush(stdout);
-        if (csv) {
+        if (csv && !diverged) {
             fprintf(csv, "%s,%d,%s,%lld,%llu,%.6f,%llu,%.3f,%.5f,%.2f,%.1f\n",
                     strncmp(dataset, "mnist", 5) ? dataset : "mnist", cfg.n_workers, label, done,
                     (unsigned long long)st->bytes_pushed, acc, (unsigned long long)st->dense_bytes,
@@ -409,7 +417,7 @@ int main(int argc, char **argv)
     wall = dg__now() - t0;
     printf("RESULT dataset=%s workers=%d label=%s mode=%s c=%g f16=%d updates=%llu accuracy=%.4f "
            "bytes=%llu dense_bytes=%llu factor=%.2f bytes_per_push=%.1f mean_tau=%.2f "
-           "max_tau=%llu stale=%llu invalid=%llu drops=%llu wall=%.1f\n",
+           "max_tau=%llu stale=%llu invalid=%llu drops=%llu diverged=%d wall=%.1f\n",
            strncmp(dataset, "mnist", 5) ? dataset : "mnist", cfg.n_workers, label,
            dg_asgd_mode_name(cfg.mode), cfg.rate, cfg.f16, (unsigned long long)st->applied, acc,
            (unsigned long long)st->bytes_pushed, (unsigned long long)st->dense_bytes,
@@ -417,7 +425,7 @@ int main(int argc, char **argv)
            st->pushes ? (double)st->bytes_pushed / st->pushes : 0.0,
            st->applied ? st->tau_sum / st->applied : 0.0, (unsigned long long)st->tau_max,
            (unsigned long long)st->stale, (unsigned long long)st->invalid,
-           (unsigned long long)dg_asgd_run_drops(run), wall);
+           (unsigned long long)dg_asgd_run_drops(run), diverged, wall);
     if (csv) fclose(csv);
     dg_asgd_run_free(run);
     dg_pool_destroy(pool);
