@@ -406,10 +406,12 @@ int main(int argc, char **argv)
                 double el = tn - t0, eta = el / (double)(it + 1 - start_iter) *
                                            (double)(o.gan.iterations - it - 1);
                 last_print = tn;
-                fprintf(stderr, "%sit %lld/%lld  D %.3f  G %.3f  score %.2f  FID %.2f  "
-                        "elapsed %s  ETA %s%s", isatty(2) ? "\r\033[K" : "", (long long)(it + 1),
-                        (long long)o.gan.iterations, st.d_loss, st.g_loss, score, fid,
-                        hms(el, b1), hms(eta, b2), isatty(2) ? "" : "\n");
+                char sc[64] = "score -  FID -";
+                if (score >= 0) snprintf(sc, sizeof sc, "score %.2f  FID %.2f", score, fid);
+                fprintf(stderr, "%sit %lld/%lld  D %.3f  G %.3f  %s  elapsed %s  ETA %s%s",
+                        isatty(2) ? "\r\033[K" : "", (long long)(it + 1),
+                        (long long)o.gan.iterations, st.d_loss, st.g_loss, sc, hms(el, b1),
+                        hms(eta, b2), isatty(2) ? "" : "\n");
             }
         }
     }
