@@ -91,11 +91,11 @@ experiment: deps data $(B)/distgan
 $(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
 
 test: deps
-	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%)
+	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%)
 	@CC=$(CC) CLANG=$(CLANG) sh tests/run.sh $(B) "$(TESTS)" "$(FUZZERS)"
 
 tsan: deps
-	@$(MAKE) --no-print-directory $(TSAN_TESTS:%=$(B)/tsan/%)
+	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TSAN_TESTS:%=$(B)/tsan/%)
 	@sh tests/run.sh $(B)/tsan "$(TSAN_TESTS)" ""
 
 bench: deps $(BENCHES:%=$(B)/%)
