@@ -116,15 +116,19 @@ static int run_torch(int threads, double *ms, double *rss)
     char cmd[512], line[256];
     FILE *f;
     int ok = 0;
-    if (access("/usr/bin/python3", X_OK) != 0) return 0;
+    if (access("/usr/bin/python3", X_OK) != 0 ||
+        access("/usr/lib/python3/dist-packages/torch/__init__.py", R_OK) != 0)
+        return 0;
     snprintf(cmd, sizeof cmd,
              "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 "
              "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296 "
              "/usr/bin/python3 bench/dcgan_ref.py %d 30 2>/dev/null", threads);
     f = popen(cmd, "r");
     if (!f) return 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "ms=%lf rss_mb=%lf", ms, rss) == 2) ok = 1;
+    while (fgets(line, sizeof line, f)) {
+        const char *r = strstr(line, "rss_mb=");
+        if (sscanf(line, "ms=%lf", ms) == 1 && r && sscanf(r, "rss_mb=%lf", rss) == 1) ok = 1;
+    }
     pclose(f);
     return ok;
 }
