@@ -23,7 +23,7 @@ EXAMPLES := $(patsubst examples/%.c,%,$(wildcard examples/*.c))
 TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 # threaded tests that `make tsan` runs under ThreadSanitizer
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
-HEADERS  := distgan.h $(wildcard adacomp.h) $(wildcard wip/*.h)
+HEADERS  := distgan.h $(wildcard adacomp.h)
 
 .PHONY: all test tsan bench bench-deps deps fuzz demo data experiment clean help
 

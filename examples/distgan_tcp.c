@@ -27,10 +27,6 @@
 
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
-#include "../wip/tcp.h"
 
 typedef struct opts {
     const char *mode, *listen, *connect, *algo, *arch, *data, *secret_file, *checkpoint, *out;

@@ -1,4 +1,4 @@
-/* tests/test_asgd.c: the ASGD parameter-server and worker roles (wip/asgd.h).
+/* tests/test_asgd.c: the ASGD parameter-server and worker roles (the dg_asgd section of distgan.h).
  *
  * The schedule is reproducible and gives the staleness it should; the
  * in-process run equals a plain loop over the schedule with ac_server and
@@ -7,12 +7,10 @@
  * hardy and dense mode; drop-outs neither hang nor break the run; the roles
  * also run free on threads, in arrival order. */
 #define ADACOMP_IMPLEMENTATION
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include "../adacomp.h"
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
-#include "../wip/asgd.h"
 #include "harness.h"
 
 #include <pthread.h>

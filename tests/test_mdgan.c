@@ -8,9 +8,6 @@
    locks or atomics). */
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
 #include "harness.h"
 
 static dg_pool *pool1, *pool2;

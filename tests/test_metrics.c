@@ -1,6 +1,7 @@
 /* tests/test_metrics.c: symmetric eigen-decomposition, running feature
  * statistics, FID (self, symmetry, closed forms, a scipy golden value),
  * classifier score and accuracy. */
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include <stdlib.h>
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"

@@ -1,4 +1,4 @@
-/* tests/test_tcp.c: the TCP transport (wip/tcp.h).
+/* tests/test_tcp.c: the TCP transport (the dg_tcp section of distgan.h).
  *
  * Unit: SHA-256 (FIPS 180) and HMAC-SHA256 (RFC 4231) test vectors, the
  * frame header codec and each of its rejections, the handshake payloads,
@@ -22,10 +22,6 @@
 
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "../wip/data.h"
-#include "../wip/gan.h"
-#include "../wip/mdgan.h"
-#include "../wip/tcp.h"
 #include "harness.h"
 
 static const char *bin = "build/distgan_tcp";

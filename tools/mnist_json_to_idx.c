@@ -7,6 +7,7 @@
  *
  * The digits come class by class (1001 zeros, 1127 ones, ...); shuffle them
  * with a dg_partition or a dg_batcher, not here. */
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include <stdio.h>
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
