@@ -1,5 +1,5 @@
 #!/bin/sh
-# examples/adacomp_experiment.sh: the AdaComp table of docs/results-adacomp.md
+# examples/adacomp_experiment.sh: the AdaComp table of docs/results.md
 # in one command (from the repository root):
 #
 #   sh examples/adacomp_experiment.sh

@@ -1,6 +1,6 @@
 #!/bin/sh
 # MD-GAN vs FL-GAN vs standalone GAN (issue 4, "It must show 2"): the grid of
-# runs, sequential, then the markdown tables of docs/results-mdgan.md.
+# runs, sequential, then the markdown tables of docs/results.md (via docs/results/mdgan/tables.md).
 #
 #   sh examples/mdgan_experiment.sh          (or: make experiment)
 #
