@@ -11,6 +11,7 @@
  *     (server and worker transports, each worker on its own thread with a
  *     one-thread pool, as separate processes would be). */
 #include "bench_common.h"
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

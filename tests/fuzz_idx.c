@@ -5,6 +5,7 @@
  *   remaining size) between the images file and the labels file.
  * Each part may be raw IDX or gzip.  On success the dataset must be
  * self-consistent (checked), then freed. */
+#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include <stdint.h>
 #include <stdlib.h>
 #define DISTGAN_IMPLEMENTATION
