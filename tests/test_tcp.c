@@ -357,9 +357,10 @@ static long rss_kb(void)
     return resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
+/* stop and rounds are shared with the main thread: atomics */
 typedef struct pinger {
     dg_transport *s, *w;
-    volatile int stop;
+    int stop;
     int rounds, failures;
 } pinger;
 
@@ -368,7 +369,7 @@ typedef struct pinger {
 static void *ping_main(void *arg)
 {
     pinger *p = (pinger *)arg;
-    while (!p->stop) {
+    while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
         dg_msg *m;
         if (dg_transport_send(p->w, make_msg(p->w, DG_MSG_FEEDBACK, 1, 0, 10000, 4)) ||
             dg_transport_recv(p->s, 0, 5000, &m) || !msg_ok(m, DG_MSG_FEEDBACK, 1, 10000, 4)) {
@@ -382,7 +383,7 @@ static void *ping_main(void *arg)
             continue;
         }
         dg_msg_free(p->w, m);
-        p->rounds++;
+        __atomic_fetch_add(&p->rounds, 1, __ATOMIC_RELEASE);
     }
     return NULL;
 }
@@ -468,12 +469,12 @@ TEST(hostile_clients)
         if (fds[i] >= 0) close(fds[i]);
     }
     CHECK(closed == 200);
-    rounds0 = p.rounds;
+    rounds0 = __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE);
     {
         struct timespec ts = {0, 300000000};
         nanosleep(&ts, NULL);
     }
-    p.stop = 1;
+    __atomic_store_n(&p.stop, 1, __ATOMIC_RELEASE);
     pthread_join(th, NULL);
     rss1 = rss_kb();
     printf("  hostile: %d legitimate round trips (%d after the attacks), %d failures, "
