@@ -8317,29 +8317,50 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
     return dg__mdgan_server_finish(s);
 }
 
-DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
+typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
+typedef dg_result (*dg__role_expire)(void *role);
+
+/* The server side of a synchronous round: handles messages while the round
+   is open, expires it when the barrier deadline (barrier_ms > 0) passes;
+   timeout_ms bounds the wait (0: only what is queued, < 0: until the round
+   closes).  MD-GAN and FL-GAN servers share it. */
+static dg_result dg__barrier_poll(dg_transport *t, const int *open, int barrier_ms, int timeout_ms,
+                                  dg__role_handle handle, dg__role_expire expire, void *role)
 {
     double start = dg__now();
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
-    while (s->open) {
+    while (*open) {
         dg_msg *m;
         int wait = timeout_ms;
-        double left;
         dg_result r;
-        if (s->cfg.barrier_timeout_ms > 0) {
-            left = s->cfg.barrier_timeout_ms - 1e3 * (dg__now() - start);
-            if (left <= 0) return dg_mdgan_server_expire(s);
+        if (barrier_ms > 0) {
+            double left = barrier_ms - 1e3 * (dg__now() - start);
+            if (left <= 0) return expire(role);
             if (wait < 0 || wait > (int)left) wait = (int)left + 1;
         }
-        if (dg_transport_recv(s->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
-            if (s->cfg.barrier_timeout_ms > 0 && timeout_ms != 0) continue;
+        if (dg_transport_recv(t, DG_PEER_SERVER, wait, &m) != DG_OK) {
+            if (barrier_ms > 0 && timeout_ms != 0) continue;
             return DG_ERR_TIMEOUT;
         }
-        if ((r = dg_mdgan_server_handle(s, m)) != DG_OK) return r;
-        if (timeout_ms > 0 && 1e3 * (dg__now() - start) > timeout_ms && s->open)
-            return DG_ERR_TIMEOUT;
+        if ((r = handle(role, m)) != DG_OK) return r;
+        if (timeout_ms > 0 && 1e3 * (dg__now() - start) > timeout_ms && *open) return DG_ERR_TIMEOUT;
     }
     return DG_OK;
+}
+
+static dg_result dg__mdgan_server_handle_any(void *s, dg_msg *m)
+{
+    return dg_mdgan_server_handle((dg_mdgan_server *)s, m);
+}
+static dg_result dg__mdgan_server_expire_any(void *s)
+{
+    return dg_mdgan_server_expire((dg_mdgan_server *)s);
+}
+
+DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
+{
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
+    return dg__barrier_poll(s->t, &s->open, s->cfg.barrier_timeout_ms, timeout_ms,
+                            dg__mdgan_server_handle_any, dg__mdgan_server_expire_any, s);
 }
 
 DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->open ? s->missing : 0; }
@@ -8987,26 +9008,20 @@ DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s)
     return s->open ? dg__flgan_server_finish(s) : DG_OK;
 }
 
+static dg_result dg__flgan_server_handle_any(void *s, dg_msg *m)
+{
+    return dg_flgan_server_handle((dg_flgan_server *)s, m);
+}
+static dg_result dg__flgan_server_expire_any(void *s)
+{
+    return dg_flgan_server_expire((dg_flgan_server *)s);
+}
+
 DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
 {
-    double start = dg__now();
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_poll: NULL");
-    while (s->open) {
-        dg_msg *m;
-        dg_result r;
-        int wait = timeout_ms;
-        if (s->cfg.barrier_timeout_ms > 0) {
-            double left = s->cfg.barrier_timeout_ms - 1e3 * (dg__now() - start);
-            if (left <= 0) return dg_flgan_server_expire(s);
-            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
-        }
-        if (dg_transport_recv(s->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
-            if (s->cfg.barrier_timeout_ms > 0 && timeout_ms != 0) continue;
-            return DG_ERR_TIMEOUT;
-        }
-        if ((r = dg_flgan_server_handle(s, m)) != DG_OK) return r;
-    }
-    return DG_OK;
+    return dg__barrier_poll(s->t, &s->open, s->cfg.barrier_timeout_ms, timeout_ms,
+                            dg__flgan_server_handle_any, dg__flgan_server_expire_any, s);
 }
 
 DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->open ? s->missing : 0; }
