@@ -8676,16 +8676,29 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
     }
 }
 
-DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
+/* A worker's side: handles every message that arrives, waiting up to
+   timeout_ms for the first one only. */
+static dg_result dg__drain(dg_transport *t, int self, int timeout_ms, dg__role_handle handle,
+                           void *role)
 {
     dg_msg *m;
     dg_result r;
-    if (!w) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_poll: NULL");
-    while (dg_transport_recv(w->t, w->id, timeout_ms, &m) == DG_OK) {
-        if ((r = dg_mdgan_worker_handle(w, m)) != DG_OK) return r;
+    while (dg_transport_recv(t, self, timeout_ms, &m) == DG_OK) {
+        if ((r = handle(role, m)) != DG_OK) return r;
         timeout_ms = 0;
     }
     return DG_OK;
+}
+
+static dg_result dg__mdgan_worker_handle_any(void *w, dg_msg *m)
+{
+    return dg_mdgan_worker_handle((dg_mdgan_worker *)w, m);
+}
+
+DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
+{
+    if (!w) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_poll: NULL");
+    return dg__drain(w->t, w->id, timeout_ms, dg__mdgan_worker_handle_any, w);
 }
 
 DGDEF void dg_mdgan_worker_crash_at(dg_mdgan_worker *w, int64_t t)
@@ -9172,16 +9185,15 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
     return r;
 }
 
+static dg_result dg__flgan_worker_handle_any(void *w, dg_msg *m)
+{
+    return dg_flgan_worker_handle((dg_flgan_worker *)w, m);
+}
+
 DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms)
 {
-    dg_msg *m;
-    dg_result r;
     if (!w) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_poll: NULL");
-    while (dg_transport_recv(w->t, w->id, timeout_ms, &m) == DG_OK) {
-        if ((r = dg_flgan_worker_handle(w, m)) != DG_OK) return r;
-        timeout_ms = 0;
-    }
-    return DG_OK;
+    return dg__drain(w->t, w->id, timeout_ms, dg__flgan_worker_handle_any, w);
 }
 
 DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round)
