@@ -402,6 +402,11 @@ DGDEF size_t dg_dataset_class_counts(const dg_dataset *ds, size_t *hist);
    by stb_image's zlib in one call, and its CRC-32 and ISIZE are checked; a
    single-member file is expected (what gzip(1) writes). */
 DGDEF dg_result dg_dataset_load_idx(dg_dataset *ds, const char *images_path, const char *labels_path);
+/* The four files of the MNIST layout in dir (train-images-idx3-ubyte,
+   train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte,
+   each raw or with ".gz"): MNIST, Fashion-MNIST and their kin.  On failure
+   both datasets are left empty. */
+DGDEF dg_result dg_dataset_load_idx_dir(dg_dataset *train, dg_dataset *test, const char *dir);
 DGDEF dg_result dg_dataset_load_idx_mem(dg_dataset *ds, const void *images, size_t images_len,
                                         const void *labels, size_t labels_len);
 
@@ -4826,6 +4831,38 @@ DGDEF dg_result dg_dataset_load_idx(dg_dataset *ds, const char *images_path, con
     dg__free(lbuf);
     /* the memory parser says "images" / "labels": name the files instead */
     return dg__data_with_path(r, labels_path ? labels_path : images_path);
+}
+
+/* dir/name, or dir/name.gz when only that exists */
+static dg_result dg__idx_path(char *out, size_t cap, const char *dir, const char *name)
+{
+    FILE *f;
+    if ((size_t)snprintf(out, cap, "%s/%s", dir, name) >= cap)
+        return dg__fail(DG_ERR_ARG, "dg_dataset_load_idx_dir: path too long: %s", dir);
+    if ((f = fopen(out, "rb")) != NULL) {
+        fclose(f);
+        return DG_OK;
+    }
+    if ((size_t)snprintf(out, cap, "%s/%s.gz", dir, name) >= cap)
+        return dg__fail(DG_ERR_ARG, "dg_dataset_load_idx_dir: path too long: %s", dir);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_dataset_load_idx_dir(dg_dataset *train, dg_dataset *test, const char *dir)
+{
+    static const char *const names[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"};
+    char path[4][1024];
+    dg_result r;
+    int i;
+    if (!train || !test || !dir) return dg__fail(DG_ERR_ARG, "dg_dataset_load_idx_dir: NULL argument");
+    memset(train, 0, sizeof *train);
+    memset(test, 0, sizeof *test);
+    for (i = 0; i < 4; i++)
+        if ((r = dg__idx_path(path[i], sizeof path[i], dir, names[i])) != DG_OK) return r;
+    if ((r = dg_dataset_load_idx(train, path[0], path[1])) != DG_OK) return r;
+    if ((r = dg_dataset_load_idx(test, path[2], path[3])) != DG_OK) dg_dataset_free(train);
+    return r;
 }
 
 /* ---- CIFAR-10 ---- */

@@ -67,11 +67,7 @@ static int load_data(const char *spec, dg_dataset *train, dg_dataset *test)
     int r;
     memset(&all, 0, sizeof all);
     if (!strcmp(spec, "fashion")) {
-        if ((r = dg_dataset_load_idx(train, FASHION_DIR "/train-images-idx3-ubyte.gz",
-                                     FASHION_DIR "/train-labels-idx1-ubyte.gz")))
-            return r;
-        return dg_dataset_load_idx(test, FASHION_DIR "/t10k-images-idx3-ubyte.gz",
-                                   FASHION_DIR "/t10k-labels-idx1-ubyte.gz");
+        return dg_dataset_load_idx_dir(train, test, FASHION_DIR);
     }
     if (!strcmp(spec, "shapes")) {
         if ((r = dg_dataset_make_shapes(train, 8000, 1))) return r;

@@ -241,7 +241,25 @@ TEST(fashion_mnist)
     CHECK(ds.n == 10000 && ds.n_classes == 10);
     CHECK(dg_dataset_class_counts(&ds, hist) == 0);
     for (k = 0; k < 10; k++) CHECK(hist[k] == 1000);
+    {
+        /* the same four files found by their standard names (".gz" added) */
+        dg_dataset train, test;
+        CHECK_OK(dg_dataset_load_idx_dir(&train, &test, FMNIST));
+        CHECK(train.n == 60000 && test.n == 10000);
+        CHECK(memcmp(test.pixels, ds.pixels, ds.n * 784) == 0);
+        dg_dataset_free(&train);
+        dg_dataset_free(&test);
+    }
     dg_dataset_free(&ds);
+}
+
+TEST(idx_dir_missing)
+{
+    dg_dataset train, test;
+    CHECK(dg_dataset_load_idx_dir(&train, &test, "/nonexistent/idx") == DG_ERR_IO);
+    CHECK(strstr(dg_last_error(), "/nonexistent/idx/train-images-idx3-ubyte") != NULL);
+    CHECK(train.n == 0 && test.n == 0 && !train.pixels && !test.pixels);
+    CHECK(dg_dataset_load_idx_dir(&train, &test, NULL) == DG_ERR_ARG);
 }
 
 TEST(idx_reject)
@@ -924,6 +942,7 @@ int main(void)
     RUN(idx_gzip_stored);
     RUN(idx_gzip_real);
     RUN(fashion_mnist);
+    RUN(idx_dir_missing);
     RUN(idx_reject);
     RUN(cifar10);
     RUN(image_dir);
