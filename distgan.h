@@ -2780,7 +2780,7 @@ typedef struct dg__gemm {
     int i0, mc, p0, kc, j0, nc;
     int acc;            /* accumulate into C (else overwrite) */
     int pack_b;         /* this chunk packs B too (first row chunk) */
-    int a_panels, b_panels, a_per_task, b_per_task, tiles_m, tiles_n;
+    int a_panels, b_panels, tiles_m, tiles_n; /* panels, and tasks over them */
     float *pa, *pb;     /* packed A chunk and B panel */
 } dg__gemm;
 
@@ -2848,19 +2848,19 @@ static void dg__pack_cols(const dg__gemm *g, int q0, int q1)
 static void dg__gemm_pack_task(void *arg, int task, int thread)
 {
     dg__gemm *g = (dg__gemm *)arg;
-    int a_tasks = (g->a_panels + g->a_per_task - 1) / g->a_per_task, first, last;
     size_t lda = (size_t)g->lda, ldb = (size_t)g->ldb;
+    int first, last;
     (void)thread;
-    if (task < a_tasks) { /* op(A)(i, k) */
-        first = task * g->a_per_task;
-        last = first + g->a_per_task < g->a_panels ? first + g->a_per_task : g->a_panels;
+    if (task < g->tiles_m) { /* op(A)(i, k) */
+        first = task * g->a_panels / g->tiles_m;
+        last = (task + 1) * g->a_panels / g->tiles_m;
         dg__pack_panels(g->a, g->ta ? 1 : lda, g->ta ? lda : 1, g->m, g->i0, g->p0, g->kc,
                         g->isa.mr, first, last, g->alpha, g->pa);
         return;
     }
-    task -= a_tasks; /* op(B)(k, j) seen as x(j, k) */
-    first = task * g->b_per_task;
-    last = first + g->b_per_task < g->b_panels ? first + g->b_per_task : g->b_panels;
+    task -= g->tiles_m; /* op(B)(k, j) seen as x(j, k) */
+    first = task * g->b_panels / g->tiles_n;
+    last = (task + 1) * g->b_panels / g->tiles_n;
     if (g->bconv)
         dg__pack_cols(g, first, last);
     else
@@ -2875,9 +2875,8 @@ static void dg__gemm_compute_task(void *arg, int task, int thread)
     dg__gemm *g = (dg__gemm *)arg;
     int mr = g->isa.mr, nr = g->isa.nr;
     int tm = task % g->tiles_m, tn = task / g->tiles_m;
-    int ia = tm * g->a_per_task, ib = tn * g->b_per_task;
-    int ea = ia + g->a_per_task < g->a_panels ? ia + g->a_per_task : g->a_panels;
-    int eb = ib + g->b_per_task < g->b_panels ? ib + g->b_per_task : g->b_panels;
+    int ia = tm * g->a_panels / g->tiles_m, ea = (tm + 1) * g->a_panels / g->tiles_m;
+    int ib = tn * g->b_panels / g->tiles_n, eb = (tn + 1) * g->b_panels / g->tiles_n;
     int qa, qb;
     float tile[DG__MR_MAX * DG__NR_MAX];
     (void)thread;
@@ -2914,13 +2913,6 @@ static void dg__scale_rows_task(void *arg, int task, int thread)
         for (j = 0; j < g->n; j++) row[j] *= g->alpha;
 }
 
-/* Splits count items into groups so that there are about `want` groups. */
-static int dg__per_group(int count, int want)
-{
-    int per = (count + want - 1) / (want > 0 ? want : 1);
-    return per > 0 ? per : 1;
-}
-
 /* Size of equal blocks covering n in blocks of at most max, rounded up to
    a multiple of unit (max is itself a multiple of unit). */
 static int dg__block(int n, int max, int unit)
@@ -2929,26 +2921,29 @@ static int dg__block(int n, int max, int unit)
     return (b + unit - 1) / unit * unit;
 }
 
+static int dg__min(int a, int b) { return a < b ? a : b; }
+
+/* The tasks of a block split its panels evenly: task t of T covers panels
+   [t P / T, (t + 1) P / T). */
 static void dg__gemm_block(dg_pool *pool, dg__gemm *g, int threads)
 {
-    int mr = g->isa.mr, nr = g->isa.nr, a_tasks, b_tasks, mc_panels;
+    int mr = g->isa.mr, nr = g->isa.nr, tiles;
     g->a_panels = (g->mc + mr - 1) / mr;
     g->b_panels = (g->nc + nr - 1) / nr;
     /* pack: about two tasks per thread for each operand */
-    g->a_per_task = dg__per_group(g->a_panels, 2 * threads);
-    g->b_per_task = g->pack_b ? dg__per_group(g->b_panels, 2 * threads) : 1;
-    a_tasks = (g->a_panels + g->a_per_task - 1) / g->a_per_task;
-    b_tasks = g->pack_b ? (g->b_panels + g->b_per_task - 1) / g->b_per_task : 0;
-    dg_parallel_for(threads > 1 ? pool : NULL, a_tasks + b_tasks, dg__gemm_pack_task, g);
-    /* compute: A blocks of about 144 rows (L2), then split columns until
-       there are at least four tasks per thread */
-    mc_panels = 144 / mr;
-    g->a_per_task = mc_panels < g->a_panels ? mc_panels : g->a_panels;
-    if (g->b_panels < 2 * threads) /* thin C: split the rows finer instead */
-        g->a_per_task = dg__per_group(g->a_panels, 2 * threads);
-    g->tiles_m = (g->a_panels + g->a_per_task - 1) / g->a_per_task;
-    g->b_per_task = dg__per_group(g->b_panels, (4 * threads + g->tiles_m - 1) / g->tiles_m);
-    g->tiles_n = (g->b_panels + g->b_per_task - 1) / g->b_per_task;
+    g->tiles_m = dg__min(2 * threads, g->a_panels);
+    g->tiles_n = g->pack_b ? dg__min(2 * threads, g->b_panels) : 0;
+    dg_parallel_for(threads > 1 ? pool : NULL, g->tiles_m + g->tiles_n, dg__gemm_pack_task, g);
+    /* compute: A blocks of at most about 144 rows (L2), then columns split
+       until there are at least four tasks per thread, in a count the
+       threads share evenly (one spare task would idle the others) */
+    tiles = (g->a_panels * mr + 143) / 144;
+    if (g->b_panels < 2 * threads && tiles < 2 * threads) /* thin C: split rows finer */
+        tiles = dg__min(2 * threads, g->a_panels);
+    g->tiles_m = tiles;
+    tiles = (4 * threads + g->tiles_m - 1) / g->tiles_m;
+    while ((g->tiles_m * tiles) % threads != 0 && tiles < g->b_panels) tiles++;
+    g->tiles_n = dg__min(tiles, g->b_panels);
     dg_parallel_for(threads > 1 ? pool : NULL, g->tiles_m * g->tiles_n, dg__gemm_compute_task, g);
 }
 
