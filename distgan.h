@@ -2822,12 +2822,160 @@ static void dg__pack_panels(const float *src, size_t rs, size_t ps, int extent, 
     }
 }
 
+#ifdef DG__X86
+/* Walks taps (ci, ky, kx) or grid positions (n, oy, ox) of a column matrix
+   in order.  Entry (tap, position) of the matrix is image value
+   off_tap + off_pos, inside the image when 0 <= y_tap + y_pos < h and
+   0 <= x_tap + x_pos < w. */
+typedef struct dg__cols_walk {
+    int hi, mid, lo;      /* ci, ky, kx or n, oy, ox */
+    int n_mid, n_lo, mul, pad;
+    int32_t hi_stride, w;
+} dg__cols_walk;
+
+static dg__cols_walk dg__cols_walk_at(const dg__conv_geom *g, int taps, size_t i)
+{
+    dg__cols_walk v;
+    v.n_mid = taps ? g->k : g->gh;
+    v.n_lo = taps ? g->k : g->gw;
+    v.mul = taps ? 1 : g->s;
+    v.pad = taps ? 0 : g->p;
+    v.hi_stride = (int32_t)(taps ? (size_t)g->h * g->w : (size_t)g->c * g->h * g->w);
+    v.w = g->w;
+    v.lo = (int)(i % (size_t)v.n_lo);
+    i /= (size_t)v.n_lo;
+    v.mid = (int)(i % (size_t)v.n_mid);
+    v.hi = (int)(i / (size_t)v.n_mid);
+    return v;
+}
+
+static void dg__cols_walk_next(dg__cols_walk *v, int32_t *off, int32_t *y, int32_t *x)
+{
+    *y = v->mid * v->mul - v->pad;
+    *x = v->lo * v->mul - v->pad;
+    *off = v->hi * v->hi_stride + *y * v->w + *x;
+    if (++v->lo == v->n_lo) {
+        v->lo = 0;
+        if (++v->mid == v->n_mid) {
+            v->mid = 0;
+            v->hi++;
+        }
+    }
+}
+
+/* Sixteen lanes of a packed row: where each lane reads (before the row's
+   own offsets are added), and a cover of those offsets by at most four
+   windows of 32 consecutive image values.  A row is then two loads and a
+   two-source permute per window: a gather is several times slower. */
+typedef struct dg__cols_lanes {
+    __m512i off, y, x, idx; /* idx: each lane's place in its window */
+    int32_t start[4];       /* the windows, relative like off */
+    __mmask16 sel[4];       /* the lanes each window serves */
+    int windows;            /* 0: too spread out, gather instead */
+} dg__cols_lanes;
+
+__attribute__((target("avx512f"))) static void
+dg__cols_lanes_init(dg__cols_lanes *l, dg__cols_walk *v, int n)
+{
+    int32_t off[16], y[16], x[16], idx[16];
+    int r, covered = 0;
+    for (r = 0; r < 16; r++) {
+        if (r < n) {
+            dg__cols_walk_next(v, &off[r], &y[r], &x[r]);
+        } else { /* past the matrix: a y no row brings inside the image */
+            off[r] = r > 0 ? off[0] : 0;
+            y[r] = INT32_MIN / 2;
+            x[r] = 0;
+        }
+    }
+    for (l->windows = 0; covered != 0xffff; l->windows++) {
+        int32_t lo = INT32_MAX;
+        if (l->windows == 4) {
+            l->windows = 0;
+            break;
+        }
+        for (r = 0; r < 16; r++)
+            if (!(covered >> r & 1) && off[r] < lo) lo = off[r];
+        l->start[l->windows] = lo;
+        l->sel[l->windows] = 0;
+        for (r = 0; r < 16; r++)
+            if (!(covered >> r & 1) && off[r] - lo < 32) {
+                idx[r] = off[r] - lo;
+                l->sel[l->windows] |= (__mmask16)(1u << r);
+            }
+        covered |= l->sel[l->windows];
+    }
+    l->off = _mm512_loadu_si512(off);
+    l->y = _mm512_loadu_si512(y);
+    l->x = _mm512_loadu_si512(x);
+    l->idx = _mm512_loadu_si512(idx);
+}
+
+/* The sixteen values of one packed row: the row adds (so, sy, sx) to every
+   lane; lanes outside the image read zero. */
+__attribute__((target("avx512f"))) static __m512
+dg__cols_row(const dg__cols_lanes *l, const dg__conv_geom *g, const float *img, int32_t total,
+             int32_t so, int32_t sy, int32_t sx)
+{
+    __mmask16 in = _mm512_cmplt_epu32_mask(_mm512_add_epi32(l->y, _mm512_set1_epi32(sy)),
+                                           _mm512_set1_epi32(g->h)) &
+                   _mm512_cmplt_epu32_mask(_mm512_add_epi32(l->x, _mm512_set1_epi32(sx)),
+                                           _mm512_set1_epi32(g->w));
+    __m512 v = _mm512_setzero_ps();
+    int i;
+    for (i = 0; i < l->windows; i++) {
+        int32_t base = l->start[i] + so;
+        if (base < 0 || base > total - 32) break; /* at the ends of the image */
+        v = _mm512_mask_mov_ps(v, l->sel[i],
+                               _mm512_permutex2var_ps(_mm512_loadu_ps(img + base), l->idx,
+                                                      _mm512_loadu_ps(img + base + 16)));
+    }
+    if (i < l->windows || !l->windows)
+        return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in,
+                                        _mm512_add_epi32(l->off, _mm512_set1_epi32(so)), img, 4);
+    return _mm512_maskz_mov_ps(in, v);
+}
+
+/* dg__pack_cols with AVX-512: the lanes walk along each panel's width
+   (taps when tb, else grid positions), the rows along its depth.  The image
+   must have fewer than 2^31 values. */
+__attribute__((target("avx512f"))) static void dg__pack_cols_avx512(const dg__gemm *g, int q0,
+                                                                    int q1)
+{
+    const dg__conv_geom *cg = g->bconv;
+    int32_t total = (int32_t)((size_t)cg->n * cg->c * cg->h * cg->w);
+    int q, p;
+    for (q = q0; q < q1; q++) {
+        float *d = g->pb + (size_t)q * 32 * g->kc;
+        int j = g->j0 + q * 32, n = g->n - j < 32 ? g->n - j : 32;
+        dg__cols_walk lanes = dg__cols_walk_at(cg, g->tb, (size_t)j);
+        dg__cols_walk rows = dg__cols_walk_at(cg, !g->tb, (size_t)g->p0);
+        dg__cols_lanes l0, l1;
+        dg__cols_lanes_init(&l0, &lanes, n);
+        dg__cols_lanes_init(&l1, &lanes, n - 16);
+        for (p = 0; p < g->kc; p++, d += 32) {
+            int32_t so, sy, sx;
+            dg__cols_walk_next(&rows, &so, &sy, &sx);
+            _mm512_store_ps(d, dg__cols_row(&l0, cg, g->b, total, so, sy, sx));
+            _mm512_store_ps(d + 16, dg__cols_row(&l1, cg, g->b, total, so, sy, sx));
+        }
+    }
+}
+#endif
+
 /* B panels q0..q1 when op(B) is a column matrix: B = cols (tb = 0: depth
    runs over taps, width over grid positions) or B = cols^T (tb = 1: the
    weight gradient, depth over grid positions). */
 static void dg__pack_cols(const dg__gemm *g, int q0, int q1)
 {
     int w = g->isa.nr, q, p, r;
+#ifdef DG__X86
+    const dg__conv_geom *cg = g->bconv;
+    if (w == 32 && (size_t)cg->n * cg->c * cg->h * cg->w < (size_t)INT32_MAX / 2) {
+        dg__pack_cols_avx512(g, q0, q1);
+        return;
+    }
+#endif
     for (q = q0; q < q1; q++) {
         float *d = g->pb + (size_t)q * w * g->kc;
         int j = g->j0 + q * w, n = g->n - j < w ? g->n - j : w;

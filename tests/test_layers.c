@@ -429,6 +429,78 @@ TEST(conv_transpose2d_matches_direct_loops)
     conv_compare(1, 8, 128, 7, 7, 64, 4, 2, 1, 0); /* the reference DCGAN's G */
 }
 
+/* Output, input gradient and parameter gradient of one convolution with
+   the pool's instruction set; returns them in one malloc'd vector. */
+static float *conv_run(dg_pool *pl, int transpose, int n, int ci, int h, int w, int co, int k,
+                       int s, int p, size_t *count)
+{
+    dg_net *net;
+    const float *y, *dx;
+    float *dy, *out;
+    int oc, oh, ow;
+    size_t ny, nx = (size_t)n * ci * h * w, np;
+    float *x = make_input(nx, 5, 0);
+    CHECK_OK(dg_net_create(&net, ci, h, w));
+    CHECK_OK(transpose ? dg_net_conv_transpose2d(net, co, k, s, p, 0) : dg_net_conv2d(net, co, k, s, p));
+    CHECK_OK(dg_net_plan(net, pl, n));
+    CHECK_OK(dg_net_init(net, 9, 0.0f));
+    dg_net_output_shape(net, &oc, &oh, &ow);
+    ny = (size_t)n * oc * oh * ow;
+    np = dg_net_param_count(net);
+    dy = make_input(ny, 6, 0);
+    *count = ny + nx + np;
+    out = malloc(*count * sizeof *out);
+    CHECK_OK(dg_net_forward(net, x, n, 1, &y));
+    memcpy(out, y, ny * sizeof *out);
+    dg_net_zero_grad(net);
+    CHECK_OK(dg_net_backward(net, dy, &dx));
+    memcpy(out + ny, dx, nx * sizeof *out);
+    memcpy(out + ny + nx, dg_net_grads(net), np * sizeof *out);
+    free(dy);
+    free(x);
+    dg_net_free(net);
+    return out;
+}
+
+/* The SIMD paths pack image taps in their own ways (permuted windows, and
+   gathers when the taps are far apart or at the ends of the image): each
+   instruction set must agree with the scalar loops, forward and backward. */
+TEST(conv_agrees_across_isas)
+{
+    static const int shapes[][8] = {
+        /* transpose, n, ci, h, w, co, k, s, p */
+        {0, 3, 5, 14, 14, 6, 4, 2}, /* stride 2, 4x4: two windows of taps */
+        {0, 2, 40, 9, 11, 3, 1, 1}, /* 1x1: taps a whole plane apart, gathers */
+        {0, 1, 3, 30, 31, 4, 5, 3}, /* wide rows, stride 3 */
+        {1, 2, 8, 7, 7, 3, 4, 2},
+        {0, 5, 1, 6, 5, 2, 3, 1},   /* a tiny image: every window at an end */
+    };
+    static const int pads[] = {1, 0, 2, 1, 2};
+    size_t i, j, n0, n1;
+    int isa;
+    dg_pool *pl;
+    CHECK_OK(dg_pool_create(&pl, 2));
+    for (i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const int *a = shapes[i];
+        float *ref;
+        CHECK_OK(dg_pool_set_isa(pl, DG_ISA_SCALAR));
+        ref = conv_run(pl, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], pads[i], &n0);
+        for (isa = 1; isa <= (int)dg_isa_best(); isa++) {
+            float *v, err = 0.0f;
+            CHECK_OK(dg_pool_set_isa(pl, (dg_isa)isa));
+            v = conv_run(pl, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], pads[i], &n1);
+            CHECK(n0 == n1);
+            for (j = 0; j < n0 && j < n1; j++)
+                if (fabsf(v[j] - ref[j]) > err) err = fabsf(v[j] - ref[j]);
+            if (err > 1e-4f) printf("  shape %zu isa %s: max difference %g\n", i, dg_isa_name((dg_isa)isa), err);
+            CHECK(err <= 1e-4f);
+            free(v);
+        }
+        free(ref);
+    }
+    dg_pool_destroy(pl);
+}
+
 TEST(bad_layer_configs)
 {
     dg_net *net;
@@ -477,6 +549,7 @@ int main(void)
     RUN(loss_values);
     RUN(conv2d_matches_direct_loops);
     RUN(conv_transpose2d_matches_direct_loops);
+    RUN(conv_agrees_across_isas);
     RUN(bad_layer_configs);
     dg_pool_destroy(pool);
     return th_done();
