@@ -219,9 +219,9 @@ DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, i
    running statistics) lives in a second flat vector.
    Life cycle: create -> add layers -> plan (allocates everything for a
    maximum batch) -> init -> forward/backward as often as needed, which
-   never allocate.  backward() always returns the gradient with respect to
-   the net's input: a discriminator's input gradient is MD-GAN's error
-   feedback. */
+   never allocate.  backward() returns the gradient with respect to the
+   net's input when asked (a discriminator's input gradient is MD-GAN's
+   error feedback) and skips computing it otherwise. */
 typedef struct dg_net dg_net;
 
 typedef enum dg_layer_type {
@@ -297,7 +297,8 @@ DGDEF dg_result dg_net_forward(dg_net *net, const float *x, int batch, int train
                                const float **y);
 /* dy: gradient of the loss with respect to the last forward's output.
    Adds parameter gradients into dg_net_grads() (call dg_net_zero_grad
-   first) and points *dx (if not NULL) at the gradient w.r.t. the input. */
+   first) and points *dx at the gradient w.r.t. the input; with dx NULL
+   that gradient is not computed. */
 DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx);
 
 /* ==== dg_optim ==== */
@@ -2609,6 +2610,21 @@ enum {
         EXPR;                                               \
     }
 
+/* s0 += V, s1 += V D over one plane, lane t % 16 in lane k */
+#define DG__SUMS_LOOP(V, D)                                 \
+    {                                                       \
+        for (i = 0; i + 16 <= n; i += 16)                   \
+            for (k = 0; k < 16; k++) {                      \
+                t = i + k;                                  \
+                s0[k] += (V);                               \
+                s1[k] += (V) * (D);                         \
+            }                                               \
+        for (t = i; t < n; t++) {                           \
+            s0[t - i] += (V);                               \
+            s1[t - i] += (V) * (D);                         \
+        }                                                   \
+    }
+
 #define DG__EW_DEFINE(SUFFIX, ATTR)                                                           \
     ATTR static void dg__ew_##SUFFIX(int op, const float *DG__RESTRICT a,                   \
                                      const float *DG__RESTRICT b, float *DG__RESTRICT out,  \
@@ -2616,14 +2632,15 @@ enum {
     {                                                                                       \
         size_t i, t;                                                                        \
         int k;                                                                              \
-        float s = ks[0], s2 = ks[1], s3 = ks[2];                                            \
+        float s = ks[0], s2 = ks[1], s3 = ks[2], v;                                         \
         switch (op) {                                                                       \
         case DG__EW_AFFINE: DG__EW_LOOP(out[t] = s * a[t] + s2) break;                      \
         case DG__EW_AXPBY: DG__EW_LOOP(out[t] = s * a[t] + s2 * b[t] + s3) break;           \
         case DG__EW_RELU: DG__EW_LOOP(out[t] = a[t] > 0.0f ? a[t] : 0.0f) break;            \
         case DG__EW_LEAKY: DG__EW_LOOP(out[t] = a[t] > 0.0f ? a[t] : s * a[t]) break;       \
-        case DG__EW_RELU_BWD: DG__EW_LOOP(out[t] = a[t] > 0.0f ? b[t] : 0.0f) break;        \
-        case DG__EW_LEAKY_BWD: DG__EW_LOOP(out[t] = a[t] > 0.0f ? b[t] : s * b[t]) break;   \
+        /* b is read on both sides of the choice, or GCC keeps the loop scalar */          \
+        case DG__EW_RELU_BWD: DG__EW_LOOP(v = b[t]; out[t] = a[t] > 0.0f ? v : 0.0f) break; \
+        case DG__EW_LEAKY_BWD: DG__EW_LOOP(v = b[t]; out[t] = a[t] > 0.0f ? v : s * v) break; \
         case DG__EW_TANH_BWD: DG__EW_LOOP(out[t] = b[t] * (1.0f - a[t] * a[t])) break;      \
         case DG__EW_SIGMOID_BWD: DG__EW_LOOP(out[t] = b[t] * a[t] * (1.0f - a[t])) break;   \
         default: DG__EW_LOOP(out[t] = a[t] * b[t]) break;                                   \
@@ -2656,18 +2673,11 @@ enum {
         int k;                                                                              \
         for (pl = 0; pl < planes; pl++) {                                                   \
             const float *DG__RESTRICT x = a + pl * stride;                                  \
-            const float *DG__RESTRICT y = b ? b + pl * stride : NULL;                       \
-            for (i = 0; i + 16 <= n; i += 16)                                               \
-                for (k = 0; k < 16; k++) {                                                  \
-                    float d = y ? y[i + k] - c : x[i + k] - c, v = y ? x[i + k] : d;        \
-                    s0[k] += v;                                                             \
-                    s1[k] += v * d;                                                         \
-                }                                                                           \
-            for (t = i; t < n; t++) {                                                       \
-                float d = y ? y[t] - c : x[t] - c, v = y ? x[t] : d;                        \
-                s0[t - i] += v;                                                             \
-                s1[t - i] += v * d;                                                         \
-            }                                                                               \
+            const float *DG__RESTRICT y = b ? b + pl * stride : x;                          \
+            if (b) /* two loops: a choice inside would keep them scalar */                  \
+                DG__SUMS_LOOP(x[t], y[t] - c)                                               \
+            else                                                                            \
+                DG__SUMS_LOOP(x[t] - c, x[t] - c)                                           \
         }                                                                                   \
         for (k = 0; k < 16; k++) {                                                          \
             out[0] += s0[k];                                                                \
@@ -3186,27 +3196,31 @@ static void dg__gemm_cols(dg_pool *pool, int ta, int tb, int m, int n, int k, co
 
 typedef struct dg__cols_job {
     const dg__conv_geom *g;
-    const float *src;
+    const float *src, *bias;
     float *dst;
+    int tasks;
 } dg__cols_job;
 
-/* the adjoint of im2col for one channel ci: every sample's plane of ci is
-   owned by this task, so the sums need no locks and keep a fixed order */
-static void dg__col2im_task(void *arg, int ci, int thread)
+/* The adjoint of im2col for a run of (sample, channel) planes: each plane
+   starts at its channel's bias (or zero) and adds its taps in a fixed
+   order, so the result does not depend on the threads. */
+static void dg__col2im_task(void *arg, int task, int thread)
 {
     const dg__cols_job *j = (const dg__cols_job *)arg;
     const dg__conv_geom *g = j->g;
-    size_t plane = (size_t)g->gh * g->gw, hw = (size_t)g->h * g->w;
-    int n, ky, kx, oy, ox, lo, hi, s = g->s;
+    size_t grid = (size_t)g->gh * g->gw, hw = (size_t)g->h * g->w, i;
+    int planes = g->n * g->c, plane = (int)((long)task * planes / j->tasks);
+    int end = (int)((long)(task + 1) * planes / j->tasks), ky, kx, oy, ox, lo, hi, s = g->s;
     (void)thread;
-    for (n = 0; n < g->n; n++) memset(j->dst + ((size_t)n * g->c + ci) * hw, 0, sizeof(float) * hw);
-    for (ky = 0; ky < g->k; ky++)
-        for (kx = 0; kx < g->k; kx++) {
-            const float *DG__RESTRICT col =
-                j->src + ((size_t)(ci * g->k + ky) * g->k + kx) * g->n * plane;
-            dg__tap_range(g, kx, &lo, &hi);
-            for (n = 0; n < g->n; n++) {
-                float *img = j->dst + ((size_t)n * g->c + ci) * hw;
+    for (; plane < end; plane++) {
+        int n = plane / g->c, ci = plane % g->c;
+        float *img = j->dst + (size_t)plane * hw, b = j->bias ? j->bias[ci] : 0.0f;
+        for (i = 0; i < hw; i++) img[i] = b;
+        for (ky = 0; ky < g->k; ky++)
+            for (kx = 0; kx < g->k; kx++) {
+                const float *DG__RESTRICT col =
+                    j->src + ((size_t)(ci * g->k + ky) * g->k + kx) * g->n * grid + n * grid;
+                dg__tap_range(g, kx, &lo, &hi);
                 for (oy = 0; oy < g->gh; oy++, col += g->gw) {
                     int iy = oy * s - g->p + ky;
                     float *DG__RESTRICT dst;
@@ -3215,16 +3229,20 @@ static void dg__col2im_task(void *arg, int ci, int thread)
                     for (ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += col[ox];
                 }
             }
-        }
+    }
 }
 
-static void dg__col2im(dg_pool *pool, const dg__conv_geom *g, const float *cols, float *img)
+/* img = bias + col2im(cols); bias (one per channel) may be NULL */
+static void dg__col2im(dg_pool *pool, const dg__conv_geom *g, const float *cols,
+                       const float *bias, float *img)
 {
     dg__cols_job j;
     j.g = g;
     j.src = cols;
+    j.bias = bias;
     j.dst = img;
-    dg_parallel_for(pool, g->c, dg__col2im_task, &j);
+    j.tasks = g->n * g->c < 256 ? g->n * g->c : 256;
+    dg_parallel_for(pool, j.tasks, dg__col2im_task, &j);
 }
 
 /* NCHW <-> CNHW: the GEMMs of a convolution see all samples of a channel
@@ -3849,6 +3867,7 @@ static void dg__bn_bwd_task(void *arg, int ch, int thread)
     /* train: dx = gamma*inv/m * (m dy - sum dy - xhat sum(dy xhat));
        eval: the statistics are constants and dx = gamma*inv*dy.  As an
        affine map of (dy, x): dx = k1 dy - k1 k3 inv x + k1 (k3 inv mean - k2) */
+    if (!j->y) return; /* no input gradient wanted */
     k1 = gamma * inv;
     k2 = j->net->train ? (float)(sdy / (double)m) : 0.0f;
     k3 = j->net->train ? (float)(sdyx / (double)m) : 0.0f;
@@ -3971,17 +3990,10 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     case DG_LAYER_CONV_TRANSPOSE2D: {
         dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
         int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
-        size_t i, hw = (size_t)l->oh * l->ow;
-        int n, c;
         dg__reorder(pool, x, l->keep, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
         dg_gemm(pool, 1, 0, kdim, grid, l->ic, 1.0f, w, kdim, l->keep, grid, 0.0f, net->s_cols,
                 grid);
-        dg__col2im(pool, &g, net->s_cols, l->out);
-        for (n = 0; n < nb; n++)
-            for (c = 0; c < l->oc; c++) {
-                float b = w[(size_t)l->ic * kdim + c], *o = l->out + ((size_t)n * l->oc + c) * hw;
-                for (i = 0; i < hw; i++) o[i] += b;
-            }
+        dg__col2im(pool, &g, net->s_cols, w + (size_t)l->ic * kdim, l->out);
         break;
     }
     case DG_LAYER_BATCHNORM:
@@ -4001,7 +4013,8 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     }
 }
 
-/* dy -> dx for one layer, adding its parameter gradients. */
+/* dy -> dx for one layer, adding its parameter gradients; dx NULL: the
+   parameter gradients only. */
 static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const float *dy,
                                float *dx, int nb)
 {
@@ -4016,7 +4029,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg_gemm(pool, 1, 0, l->oc, in, nb, 1.0f, dy, l->oc, x, in, 1.0f, dw, in);
         for (n = 0; n < nb; n++)
             for (c = 0; c < l->oc; c++) db[c] += dy[(size_t)n * l->oc + c];
-        dg_gemm(pool, 0, 0, nb, in, l->oc, 1.0f, dy, l->oc, w, in, 0.0f, dx, in);
+        if (dx) dg_gemm(pool, 0, 0, nb, in, l->oc, 1.0f, dy, l->oc, w, in, 0.0f, dx, in);
         break;
     }
     case DG_LAYER_CONV2D: {
@@ -4026,9 +4039,10 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
         for (c = 0; c < l->oc; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid);
         dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
+        if (!dx) break;
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
                 net->s_cols, grid);
-        dg__col2im(pool, &g, net->s_cols, dx);
+        dg__col2im(pool, &g, net->s_cols, NULL, dx);
         break;
     }
     case DG_LAYER_CONV_TRANSPOSE2D: {
@@ -4042,6 +4056,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
             db[c] += (float)sums[0];
         }
         dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, l->keep, grid, &g, dy, 1.0f, dw, kdim);
+        if (!dx) break;
         dg__gemm_cols(pool, 0, 0, l->ic, grid, kdim, w, kdim, &g, dy, 0.0f, net->s_out, grid);
         dg__reorder(pool, net->s_out, dx, nb, l->ic, (size_t)l->ih * l->iw, 0, NULL);
         break;
@@ -4050,12 +4065,12 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__bn(net, l, x, dy, dx, nb, dg__bn_bwd_task);
         break;
     case DG_LAYER_MAXPOOL:
-        dg__maxpool(pool, l, dy, dx, nb, dg__maxpool_bwd_task);
+        if (dx) dg__maxpool(pool, l, dy, dx, nb, dg__maxpool_bwd_task);
         break;
     case DG_LAYER_RESHAPE:
         break;
     default:
-        dg__act(pool, l, l->d.type == DG_LAYER_DROPOUT ? l->aux : l->out, dy, dx, total, 1);
+        if (dx) dg__act(pool, l, l->d.type == DG_LAYER_DROPOUT ? l->aux : l->out, dy, dx, total, 1);
         break;
     }
 }
@@ -4085,16 +4100,18 @@ DGDEF dg_result dg_net_forward(dg_net *net, const float *x, int batch, int train
 DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx)
 {
     const float *g = dy;
-    int i;
+    int i, first;
     if (!net || !dy) return dg__fail(DG_ERR_ARG, "dg_net_backward: NULL argument");
     if (!net->planned || net->batch == 0)
         return dg__fail(DG_ERR_STATE, "dg_net_backward: no forward pass to go back through");
+    for (first = 0; first < net->n_layers - 1; first++)
+        if (net->layers[first].d.type != DG_LAYER_RESHAPE) break;
     for (i = net->n_layers - 1; i >= 0; i--) {
         dg__layer *l = &net->layers[i];
         const float *x = i ? net->layers[i - 1].out : net->input;
         float *out;
         if (l->d.type == DG_LAYER_RESHAPE) continue; /* same values, new shape */
-        out = g == net->g0 ? net->g1 : net->g0;
+        out = i == first && !dx ? NULL : g == net->g0 ? net->g1 : net->g0;
         dg__layer_backward(net, l, x, g, out, net->batch);
         g = out;
     }

@@ -501,6 +501,44 @@ TEST(conv_agrees_across_isas)
     dg_pool_destroy(pl);
 }
 
+/* Without dx the first layer skips its input gradient, and nothing else
+   changes: the parameter gradients are the same bits. */
+TEST(backward_without_dx)
+{
+    static const dg_layer_type firsts[] = {DG_LAYER_CONV2D, DG_LAYER_LINEAR, DG_LAYER_BATCHNORM,
+                                           DG_LAYER_LEAKY_RELU};
+    size_t f, i, np;
+    for (f = 0; f < sizeof firsts / sizeof *firsts; f++) {
+        dg_net *net;
+        const float *y, *dx;
+        float *x = make_input(4 * 2 * 6 * 6, 12, 0), dy[4], *g1;
+        CHECK_OK(dg_net_create(&net, 2, 6, 6));
+        CHECK_OK(firsts[f] == DG_LAYER_CONV2D ? dg_net_conv2d(net, 3, 3, 2, 1)
+                 : firsts[f] == DG_LAYER_LINEAR ? dg_net_linear(net, 9)
+                 : firsts[f] == DG_LAYER_BATCHNORM ? dg_net_batchnorm(net)
+                                                   : dg_net_leaky_relu(net, 0.2f));
+        CHECK_OK(dg_net_tanh(net));
+        CHECK_OK(dg_net_flatten(net));
+        CHECK_OK(dg_net_linear(net, 1));
+        CHECK_OK(dg_net_plan(net, pool, 4));
+        CHECK_OK(dg_net_init(net, 3, 0.0f));
+        for (i = 0; i < 4; i++) dy[i] = 0.25f * (float)(i + 1);
+        np = dg_net_param_count(net);
+        g1 = malloc(np * sizeof *g1);
+        dg_net_zero_grad(net);
+        CHECK_OK(dg_net_forward(net, x, 4, 1, &y));
+        CHECK_OK(dg_net_backward(net, dy, &dx));
+        memcpy(g1, dg_net_grads(net), np * sizeof *g1);
+        dg_net_zero_grad(net);
+        CHECK_OK(dg_net_forward(net, x, 4, 1, &y));
+        CHECK_OK(dg_net_backward(net, dy, NULL));
+        CHECK(memcmp(g1, dg_net_grads(net), np * sizeof *g1) == 0);
+        free(g1);
+        free(x);
+        dg_net_free(net);
+    }
+}
+
 TEST(bad_layer_configs)
 {
     dg_net *net;
@@ -550,6 +588,7 @@ int main(void)
     RUN(conv2d_matches_direct_loops);
     RUN(conv_transpose2d_matches_direct_loops);
     RUN(conv_agrees_across_isas);
+    RUN(backward_without_dx);
     RUN(bad_layer_configs);
     dg_pool_destroy(pool);
     return th_done();
