@@ -2691,6 +2691,89 @@ DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))))
 DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))))
 #endif
 
+/* Transposing packs: panel q of width w gets, at depth p < kc, the values
+   src[(r0 + q w + r) rs + p] (times scale) for r < w, zero past row
+   `extent`.  The source rows run along the depth. */
+static void dg__pack_t_scalar(const float *src, size_t rs, int extent, int r0, int kc, int w,
+                              int q0, int q1, float scale, float *dst)
+{
+    int q, p, r, pb, pe;
+    for (q = q0; q < q1; q++) { /* tiles of 16 depths: reads along rows, writes in L1 */
+        float *d = dst + (size_t)q * w * kc;
+        int n = extent - (r0 + q * w);
+        n = n < w ? n : w;
+        for (pb = 0; pb < kc; pb = pe) {
+            pe = pb + 16 < kc ? pb + 16 : kc;
+            for (r = 0; r < n; r++) {
+                const float *col = src + (size_t)(r0 + q * w + r) * rs;
+                for (p = pb; p < pe; p++) d[(size_t)p * w + r] = scale * col[p];
+            }
+            for (; r < w; r++)
+                for (p = pb; p < pe; p++) d[(size_t)p * w + r] = 0.0f;
+        }
+    }
+}
+
+#ifdef DG__X86
+/* r[i] = column i of the 16 x 16 matrix whose rows were r[0..15]:
+   2 x 2 blocks of floats, then of pairs, then of 128-bit lanes, twice */
+__attribute__((target("avx512f"))) static void dg__transpose16(__m512 *r)
+{
+    __m512 t[16], u[16];
+    int i, c;
+    for (i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4 g + c]: lane L holds column 4 L + c of rows 4 g .. 4 g + 3 */
+    for (i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (c = 0; c < 4; c++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+        r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+    }
+}
+
+/* dg__pack_t_scalar in 16 x 16 register transposes: the same values */
+__attribute__((target("avx512f"))) static void
+dg__pack_t_avx512(const float *src, size_t rs, int extent, int r0, int kc, int w, int q0, int q1,
+                  float scale, float *dst)
+{
+    const __m512 sc = _mm512_set1_ps(scale);
+    __m512 v[16];
+    int q, c, pb, i;
+    for (q = q0; q < q1; q++) {
+        float *d = dst + (size_t)q * w * kc;
+        for (c = 0; c < w; c += 16) {
+            int rows = extent - (r0 + q * w + c), width = w - c < 16 ? w - c : 16;
+            __mmask16 keep = (__mmask16)((1u << width) - 1);
+            rows = rows < 0 ? 0 : rows < width ? rows : width;
+            for (pb = 0; pb < kc; pb += 16) {
+                int depth = kc - pb < 16 ? kc - pb : 16;
+                __mmask16 in = (__mmask16)((1u << depth) - 1);
+                for (i = 0; i < 16; i++)
+                    v[i] = i < rows ? _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(
+                                          in, src + (size_t)(r0 + q * w + c + i) * rs + pb))
+                                    : _mm512_setzero_ps();
+                dg__transpose16(v);
+                for (i = 0; i < depth; i++)
+                    _mm512_mask_storeu_ps(d + (size_t)(pb + i) * w + c, keep, v[i]);
+            }
+        }
+    }
+}
+#endif
+
 /* Everything that depends on the instruction set: the GEMM micro-kernel
    with its tile, and the element-wise kernels. */
 typedef struct dg__isa_desc {
@@ -2700,15 +2783,19 @@ typedef struct dg__isa_desc {
     void (*adam)(float *p, const float *g, float *m, float *v, size_t n, const float *h);
     void (*sums)(const float *a, const float *b, size_t n, size_t planes, size_t stride, float c,
                  double *out);
+    void (*pack_t)(const float *src, size_t rs, int extent, int r0, int kc, int w, int q0, int q1,
+                   float scale, float *dst);
 } dg__isa_desc;
 
 static const dg__isa_desc *dg__isa_get(dg_isa isa)
 {
     static const dg__isa_desc table[] = {
-        {4, 16, dg__ukernel_scalar, dg__ew_scalar, dg__adam_scalar, dg__sums_scalar},
+        {4, 16, dg__ukernel_scalar, dg__ew_scalar, dg__adam_scalar, dg__sums_scalar,
+         dg__pack_t_scalar},
 #ifdef DG__X86
-        {6, 16, dg__ukernel_avx2, dg__ew_avx2, dg__adam_avx2, dg__sums_avx2},
-        {12, 32, dg__ukernel_avx512, dg__ew_avx512, dg__adam_avx512, dg__sums_avx512},
+        {6, 16, dg__ukernel_avx2, dg__ew_avx2, dg__adam_avx2, dg__sums_avx2, dg__pack_t_scalar},
+        {12, 32, dg__ukernel_avx512, dg__ew_avx512, dg__adam_avx512, dg__sums_avx512,
+         dg__pack_t_avx512},
 #endif
     };
     int i = (int)isa;
@@ -2798,36 +2885,25 @@ typedef struct dg__gemm {
    the w values x(r0 + q w + r, p0 + p), scaled, zero past `extent`, where
    x(r, p) = src[r rs + p ps].  op(A) and op(B) are both such views; which
    stride is 1 decides the loop order, so that the source is always read
-   along its rows. */
-static void dg__pack_panels(const float *src, size_t rs, size_t ps, int extent, int r0, int p0,
-                            int kc, int w, int q0, int q1, float scale, float *dst)
+   along its rows: a source running along the depth (ps = 1) is
+   transposed by the instruction set's pack_t. */
+static void dg__pack_panels(const dg__isa_desc *isa, const float *src, size_t rs, size_t ps,
+                            int extent, int r0, int p0, int kc, int w, int q0, int q1,
+                            float scale, float *dst)
 {
     int q, p, r;
-    if (rs == 1) { /* the source runs along the panel width: copy row pieces */
-        for (p = 0; p < kc; p++) {
-            const float *row = src + (size_t)(p0 + p) * ps + r0;
-            for (q = q0; q < q1; q++) {
-                float *d = dst + (size_t)q * w * kc + (size_t)p * w;
-                int n = extent - (r0 + q * w);
-                n = n < w ? n : w;
-                for (r = 0; r < n; r++) d[r] = scale * row[q * w + r];
-                for (; r < w; r++) d[r] = 0.0f;
-            }
-        }
+    if (rs != 1) {
+        isa->pack_t(src + p0, rs, extent, r0, kc, w, q0, q1, scale, dst);
         return;
     }
-    for (q = q0; q < q1; q++) { /* the source runs along the depth: transpose in tiles */
-        float *d = dst + (size_t)q * w * kc;
-        int n = extent - (r0 + q * w), pb, pe;
-        n = n < w ? n : w;
-        for (pb = 0; pb < kc; pb = pe) {
-            pe = pb + 16 < kc ? pb + 16 : kc;
-            for (r = 0; r < n; r++) {
-                const float *col = src + (size_t)(r0 + q * w + r) * rs + p0;
-                for (p = pb; p < pe; p++) d[(size_t)p * w + r] = scale * col[p];
-            }
-            for (; r < w; r++)
-                for (p = pb; p < pe; p++) d[(size_t)p * w + r] = 0.0f;
+    for (p = 0; p < kc; p++) { /* the source runs along the panel width: copy row pieces */
+        const float *row = src + (size_t)(p0 + p) * ps + r0;
+        for (q = q0; q < q1; q++) {
+            float *d = dst + (size_t)q * w * kc + (size_t)p * w;
+            int n = extent - (r0 + q * w);
+            n = n < w ? n : w;
+            for (r = 0; r < n; r++) d[r] = scale * row[q * w + r];
+            for (; r < w; r++) d[r] = 0.0f;
         }
     }
 }
@@ -3012,8 +3088,8 @@ static void dg__gemm_pack_task(void *arg, int task, int thread)
     if (task < g->tiles_m) { /* op(A)(i, k) */
         first = task * g->a_panels / g->tiles_m;
         last = (task + 1) * g->a_panels / g->tiles_m;
-        dg__pack_panels(g->a, g->ta ? 1 : lda, g->ta ? lda : 1, g->m, g->i0, g->p0, g->kc,
-                        g->isa.mr, first, last, g->alpha, g->pa);
+        dg__pack_panels(&g->isa, g->a, g->ta ? 1 : lda, g->ta ? lda : 1, g->m, g->i0, g->p0,
+                        g->kc, g->isa.mr, first, last, g->alpha, g->pa);
         return;
     }
     task -= g->tiles_m; /* op(B)(k, j) seen as x(j, k) */
@@ -3022,8 +3098,8 @@ static void dg__gemm_pack_task(void *arg, int task, int thread)
     if (g->bconv)
         dg__pack_cols(g, first, last);
     else
-        dg__pack_panels(g->b, g->tb ? ldb : 1, g->tb ? 1 : ldb, g->n, g->j0, g->p0, g->kc,
-                        g->isa.nr, first, last, 1.0f, g->pb);
+        dg__pack_panels(&g->isa, g->b, g->tb ? ldb : 1, g->tb ? 1 : ldb, g->n, g->j0, g->p0,
+                        g->kc, g->isa.nr, first, last, 1.0f, g->pb);
 }
 
 /* A rectangle of micro-tiles.  jr outer, ir inner: the B panel (kc x NR)
