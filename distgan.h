@@ -3274,37 +3274,124 @@ typedef struct dg__cols_job {
     const dg__conv_geom *g;
     const float *src, *bias;
     float *dst;
-    int tasks;
+    int tasks, simd;
 } dg__cols_job;
 
-/* The adjoint of im2col for a run of (sample, channel) planes: each plane
-   starts at its channel's bias (or zero) and adds its taps in a fixed
-   order, so the result does not depend on the threads. */
+/* One output plane of col2im: the plane starts at b and adds its taps in
+   (ky, kx) order, whatever the instruction set or the threads. */
+static void dg__col2im_plane(const dg__conv_geom *g, const float *src, float b, int n, int ci,
+                             float *img)
+{
+    size_t grid = (size_t)g->gh * g->gw, hw = (size_t)g->h * g->w, i;
+    int ky, kx, oy, ox, lo, hi, s = g->s;
+    for (i = 0; i < hw; i++) img[i] = b;
+    for (ky = 0; ky < g->k; ky++)
+        for (kx = 0; kx < g->k; kx++) {
+            const float *DG__RESTRICT col =
+                src + ((size_t)(ci * g->k + ky) * g->k + kx) * g->n * grid + (size_t)n * grid;
+            dg__tap_range(g, kx, &lo, &hi);
+            for (oy = 0; oy < g->gh; oy++, col += g->gw) {
+                int iy = oy * s - g->p + ky;
+                float *DG__RESTRICT dst;
+                if (iy < 0 || iy >= g->h) continue;
+                dst = img + (size_t)iy * g->w + (lo * s + kx - g->p);
+                for (ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += col[ox];
+            }
+        }
+}
+
+#define DG__COL2IM_LANES 64 /* SIMD col2im: at most k x blocks of 16 columns */
+
+#ifdef DG__X86
+/* For tap column kx and the 16 image columns from x0: which grid column
+   each lane takes (ox0 + idx), and which lanes take one at all. */
+typedef struct dg__col2im_lanes {
+    __m512i idx;
+    __mmask16 take, load;
+    int ox0;
+} dg__col2im_lanes;
+
+/* dg__col2im_plane a row of 16 columns at a time: the row sums its taps
+   in registers, each tap row being one load and one permute. */
+__attribute__((target("avx512f"))) static void
+dg__col2im_plane_avx512(const dg__conv_geom *g, const dg__col2im_lanes *lanes, const float *src,
+                        float b, int n, int ci, float *img)
+{
+    size_t grid = (size_t)g->gh * g->gw, taps = (size_t)g->n * grid;
+    int blocks = (g->w + 15) / 16, iy, xb, ky, kx;
+    for (iy = 0; iy < g->h; iy++)
+        for (xb = 0; xb < blocks; xb++) {
+            __m512 acc = _mm512_set1_ps(b);
+            int left = g->w - xb * 16;
+            for (ky = 0; ky < g->k; ky++) {
+                int t = iy + g->p - ky, oy = t / g->s;
+                const float *row;
+                if (t < 0 || t % g->s != 0 || oy >= g->gh) continue;
+                row = src + ((size_t)(ci * g->k + ky) * g->k) * taps + (size_t)n * grid +
+                      (size_t)oy * g->gw;
+                for (kx = 0; kx < g->k; kx++) {
+                    const dg__col2im_lanes *l = &lanes[kx * blocks + xb];
+                    __m512 v = _mm512_maskz_loadu_ps(l->load, row + (size_t)kx * taps + l->ox0);
+                    acc = _mm512_mask_add_ps(acc, l->take, acc, _mm512_permutexvar_ps(l->idx, v));
+                }
+            }
+            _mm512_mask_storeu_ps(img + (size_t)iy * g->w + xb * 16,
+                                  (__mmask16)(left >= 16 ? 0xffff : (1u << left) - 1), acc);
+        }
+}
+
+__attribute__((target("avx512f"))) static void dg__col2im_lanes_init(const dg__conv_geom *g,
+                                                                     dg__col2im_lanes *out)
+{
+    int blocks = (g->w + 15) / 16, kx, xb, r;
+    for (kx = 0; kx < g->k; kx++)
+        for (xb = 0; xb < blocks; xb++) {
+            dg__col2im_lanes *l = &out[kx * blocks + xb];
+            int32_t ox[16], idx[16];
+            int first = -1, last = 0;
+            l->take = 0;
+            for (r = 0; r < 16; r++) {
+                int x = xb * 16 + r, t = x + g->p - kx;
+                ox[r] = -1;
+                if (x < g->w && t >= 0 && t % g->s == 0 && t / g->s < g->gw) {
+                    ox[r] = t / g->s;
+                    if (first < 0) first = ox[r];
+                    last = ox[r];
+                    l->take |= (__mmask16)(1u << r);
+                }
+            }
+            l->ox0 = first < 0 ? 0 : first;
+            for (r = 0; r < 16; r++) idx[r] = ox[r] < 0 ? 0 : ox[r] - l->ox0;
+            l->idx = _mm512_loadu_si512(idx);
+            l->load = (__mmask16)(first < 0 ? 0 : (1u << (last - first + 1)) - 1);
+        }
+}
+#endif
+
+/* The adjoint of im2col for a run of (sample, channel) planes, each owned
+   by this task, so the sums need no locks. */
 static void dg__col2im_task(void *arg, int task, int thread)
 {
     const dg__cols_job *j = (const dg__cols_job *)arg;
     const dg__conv_geom *g = j->g;
-    size_t grid = (size_t)g->gh * g->gw, hw = (size_t)g->h * g->w, i;
+    size_t hw = (size_t)g->h * g->w;
     int planes = g->n * g->c, plane = (int)((long)task * planes / j->tasks);
-    int end = (int)((long)(task + 1) * planes / j->tasks), ky, kx, oy, ox, lo, hi, s = g->s;
+    int end = (int)((long)(task + 1) * planes / j->tasks);
+#ifdef DG__X86
+    dg__col2im_lanes lanes[DG__COL2IM_LANES];
+    if (j->simd) dg__col2im_lanes_init(g, lanes);
+#endif
     (void)thread;
     for (; plane < end; plane++) {
         int n = plane / g->c, ci = plane % g->c;
-        float *img = j->dst + (size_t)plane * hw, b = j->bias ? j->bias[ci] : 0.0f;
-        for (i = 0; i < hw; i++) img[i] = b;
-        for (ky = 0; ky < g->k; ky++)
-            for (kx = 0; kx < g->k; kx++) {
-                const float *DG__RESTRICT col =
-                    j->src + ((size_t)(ci * g->k + ky) * g->k + kx) * g->n * grid + n * grid;
-                dg__tap_range(g, kx, &lo, &hi);
-                for (oy = 0; oy < g->gh; oy++, col += g->gw) {
-                    int iy = oy * s - g->p + ky;
-                    float *DG__RESTRICT dst;
-                    if (iy < 0 || iy >= g->h) continue;
-                    dst = img + (size_t)iy * g->w + (lo * s + kx - g->p);
-                    for (ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += col[ox];
-                }
-            }
+        float b = j->bias ? j->bias[ci] : 0.0f, *img = j->dst + (size_t)plane * hw;
+#ifdef DG__X86
+        if (j->simd) {
+            dg__col2im_plane_avx512(g, lanes, j->src, b, n, ci, img);
+            continue;
+        }
+#endif
+        dg__col2im_plane(g, j->src, b, n, ci, img);
     }
 }
 
@@ -3318,6 +3405,7 @@ static void dg__col2im(dg_pool *pool, const dg__conv_geom *g, const float *cols,
     j.bias = bias;
     j.dst = img;
     j.tasks = g->n * g->c < 256 ? g->n * g->c : 256;
+    j.simd = dg_pool_isa(pool) == DG_ISA_AVX512 && g->k * ((g->w + 15) / 16) <= DG__COL2IM_LANES;
     dg_parallel_for(pool, j.tasks, dg__col2im_task, &j);
 }
 
