@@ -3382,9 +3382,9 @@ static void dg__col2im_task(void *arg, int task, int thread)
     if (j->simd) dg__col2im_lanes_init(g, lanes);
 #endif
     (void)thread;
-    for (; plane < end; plane++) {
-        int n = plane / g->c, ci = plane % g->c;
-        float b = j->bias ? j->bias[ci] : 0.0f, *img = j->dst + (size_t)plane * hw;
+    for (; plane < end; plane++) { /* channel-major: each tap row is read in sequence */
+        int n = plane % g->n, ci = plane / g->n;
+        float b = j->bias ? j->bias[ci] : 0.0f, *img = j->dst + ((size_t)n * g->c + ci) * hw;
 #ifdef DG__X86
         if (j->simd) {
             dg__col2im_plane_avx512(g, lanes, j->src, b, n, ci, img);
@@ -3971,24 +3971,17 @@ typedef struct dg__bn_job {
 #define DG__BN_EPS 1e-5f
 #define DG__BN_MOMENTUM 0.1f
 
-/* One pass over the channel, shifted by its first value so that the sum
-   of squares does not cancel: var = (S2 - S1^2 / m) / m. */
-static void dg__bn_fwd_task(void *arg, int ch, int thread)
+/* Channel ch's statistics from the sums of (x - shift) and of its square
+   over m values (train), or its running ones (eval), kept in aux for the
+   backward pass; returns the affine map y = *a x + *b. */
+static void dg__bn_stats(dg__bn_job *j, int ch, size_t m, float shift, const double *sums,
+                         float *a, float *b)
 {
-    dg__bn_job *j = (dg__bn_job *)arg;
     dg__layer *l = j->l;
-    dg_isa isa = dg_pool_isa(j->net->pool);
-    size_t hw = (size_t)l->ih * l->iw, m = hw * (size_t)j->n;
     const float *gamma = j->net->params + l->p_off, *beta = gamma + l->ic;
-    float *rmean = j->net->state + l->s_off, *rvar = rmean + l->ic;
-    float mean, inv, g;
-    int n;
-    (void)thread;
+    float *rmean = j->net->state + l->s_off, *rvar = rmean + l->ic, mean, inv;
     if (j->net->train) {
-        double sums[2] = {0.0, 0.0}, var;
-        float shift = j->x[(size_t)ch * hw];
-        dg__isa_get(isa)->sums(j->x + (size_t)ch * hw, NULL, hw, (size_t)j->n, hw * l->ic, shift, sums);
-        var = (sums[1] - sums[0] * sums[0] / (double)m) / (double)m;
+        double var = (sums[1] - sums[0] * sums[0] / (double)m) / (double)m;
         var = var > 0.0 ? var : 0.0;
         mean = (float)(shift + sums[0] / (double)m);
         inv = (float)(1.0 / sqrt(var + DG__BN_EPS));
@@ -4002,10 +3995,52 @@ static void dg__bn_fwd_task(void *arg, int ch, int thread)
     }
     l->aux[ch] = mean;
     l->aux[l->ic + ch] = inv;
-    g = gamma[ch] * inv;
+    *a = gamma[ch] * inv;
+    *b = beta[ch] - mean * *a;
+}
+
+/* Adds channel ch's parameter gradients from the sums of dy and of
+   dy (x - mean) over m values; returns dx as an affine map of (dy, x):
+   dx = k[0] dy + k[1] x + k[2].  Train: dx = gamma*inv/m * (m dy - sum dy
+   - xhat sum(dy xhat)); eval: the statistics are constants and
+   dx = gamma*inv*dy. */
+static void dg__bn_grads(dg__bn_job *j, int ch, size_t m, const double *sums, float *k)
+{
+    dg__layer *l = j->l;
+    float gamma = j->net->params[l->p_off + ch];
+    float *dgamma = j->net->grads + l->p_off, *dbeta = dgamma + l->ic;
+    float mean = l->aux[ch], inv = l->aux[l->ic + ch], k1, k2, k3;
+    double sdy = sums[0], sdyx = sums[1] * inv; /* sum dy * xhat */
+    dgamma[ch] += (float)sdyx;
+    dbeta[ch] += (float)sdy;
+    k1 = gamma * inv;
+    k2 = j->net->train ? (float)(sdy / (double)m) : 0.0f;
+    k3 = j->net->train ? (float)(sdyx / (double)m) : 0.0f;
+    k[0] = k1;
+    k[1] = -k1 * k3 * inv;
+    k[2] = k1 * (k3 * inv * mean - k2);
+}
+
+/* Image batchnorm, one task per channel: one pass over the channel,
+   shifted by its first value so that the sum of squares does not cancel:
+   var = (S2 - S1^2 / m) / m. */
+static void dg__bn_fwd_task(void *arg, int ch, int thread)
+{
+    dg__bn_job *j = (dg__bn_job *)arg;
+    dg__layer *l = j->l;
+    dg_isa isa = dg_pool_isa(j->net->pool);
+    size_t hw = (size_t)l->ih * l->iw;
+    double sums[2] = {0.0, 0.0};
+    float shift = j->x[(size_t)ch * hw], a, b;
+    int n;
+    (void)thread;
+    if (j->net->train)
+        dg__isa_get(isa)->sums(j->x + (size_t)ch * hw, NULL, hw, (size_t)j->n, hw * l->ic, shift,
+                               sums);
+    dg__bn_stats(j, ch, hw * (size_t)j->n, shift, sums, &a, &b);
     for (n = 0; n < j->n; n++) {
         size_t off = ((size_t)n * l->ic + ch) * hw;
-        dg__ew(isa, DG__EW_AFFINE, j->x + off, NULL, j->y + off, hw, g, beta[ch] - mean * g, 0.0f);
+        dg__ew(isa, DG__EW_AFFINE, j->x + off, NULL, j->y + off, hw, a, b, 0.0f);
     }
 }
 
@@ -4014,32 +4049,80 @@ static void dg__bn_bwd_task(void *arg, int ch, int thread)
     dg__bn_job *j = (dg__bn_job *)arg;
     dg__layer *l = j->l;
     dg_isa isa = dg_pool_isa(j->net->pool);
-    size_t hw = (size_t)l->ih * l->iw, m = hw * (size_t)j->n;
-    float gamma = j->net->params[l->p_off + ch];
-    float *dgamma = j->net->grads + l->p_off, *dbeta = dgamma + l->ic;
-    float mean = l->aux[ch], inv = l->aux[l->ic + ch];
-    double sums[2] = {0.0, 0.0}, sdy, sdyx;
-    float k1, k2, k3;
+    size_t hw = (size_t)l->ih * l->iw;
+    double sums[2] = {0.0, 0.0};
+    float k[3];
     int n;
     (void)thread;
     dg__isa_get(isa)->sums(j->dy + (size_t)ch * hw, j->x + (size_t)ch * hw, hw, (size_t)j->n,
-                           hw * l->ic, mean, sums);
-    sdy = sums[0];
-    sdyx = sums[1] * inv; /* sum dy * xhat */
-    dgamma[ch] += (float)sdyx;
-    dbeta[ch] += (float)sdy;
-    /* train: dx = gamma*inv/m * (m dy - sum dy - xhat sum(dy xhat));
-       eval: the statistics are constants and dx = gamma*inv*dy.  As an
-       affine map of (dy, x): dx = k1 dy - k1 k3 inv x + k1 (k3 inv mean - k2) */
+                           hw * l->ic, l->aux[ch], sums);
+    dg__bn_grads(j, ch, hw * (size_t)j->n, sums, k);
     if (!j->y) return; /* no input gradient wanted */
-    k1 = gamma * inv;
-    k2 = j->net->train ? (float)(sdy / (double)m) : 0.0f;
-    k3 = j->net->train ? (float)(sdyx / (double)m) : 0.0f;
     for (n = 0; n < j->n; n++) {
         size_t off = ((size_t)n * l->ic + ch) * hw;
-        dg__ew(isa, DG__EW_AXPBY, j->dy + off, j->x + off, j->y + off, hw, k1, -k1 * k3 * inv,
-               k1 * (k3 * inv * mean - k2));
+        dg__ew(isa, DG__EW_AXPBY, j->dy + off, j->x + off, j->y + off, hw, k[0], k[1], k[2]);
     }
+}
+
+/* Batchnorm of flat features (one value per channel and sample): a task
+   takes a block of channels and walks the batch row by row, so that every
+   loop runs along contiguous channels.  Sums are in double, per channel,
+   in sample order. */
+#define DG__BN_BLOCK 256
+
+static void dg__bn1d_task(void *arg, int task, int thread)
+{
+    dg__bn_job *j = (dg__bn_job *)arg;
+    dg__layer *l = j->l;
+    int c0 = task * DG__BN_BLOCK, nc = l->ic - c0 < DG__BN_BLOCK ? l->ic - c0 : DG__BN_BLOCK;
+    double s0[DG__BN_BLOCK], s1[DG__BN_BLOCK];
+    float a[DG__BN_BLOCK], b[DG__BN_BLOCK], c[DG__BN_BLOCK];
+    size_t cs = (size_t)l->ic, m = (size_t)j->n;
+    const float *x = j->x + c0;
+    float *y = j->y ? j->y + c0 : NULL;
+    int n, i;
+    (void)thread;
+    memset(s0, 0, sizeof s0);
+    memset(s1, 0, sizeof s1);
+    if (!j->dy) { /* forward: shift by the first sample, as the image path */
+        for (i = 0; i < nc; i++) c[i] = x[i];
+        if (j->net->train)
+            for (n = 0; n < j->n; n++)
+                for (i = 0; i < nc; i++) {
+                    double d = (double)x[n * cs + i] - c[i];
+                    s0[i] += d;
+                    s1[i] += d * d;
+                }
+        for (i = 0; i < nc; i++) {
+            double sums[2];
+            sums[0] = s0[i];
+            sums[1] = s1[i];
+            dg__bn_stats(j, c0 + i, m, c[i], sums, &a[i], &b[i]);
+        }
+        for (n = 0; n < j->n; n++)
+            for (i = 0; i < nc; i++) y[n * cs + i] = a[i] * x[n * cs + i] + b[i];
+        return;
+    }
+    for (n = 0; n < j->n; n++)
+        for (i = 0; i < nc; i++) {
+            double dy = j->dy[n * cs + c0 + i];
+            s0[i] += dy;
+            s1[i] += dy * ((double)x[n * cs + i] - l->aux[c0 + i]);
+        }
+    for (i = 0; i < nc; i++) {
+        double sums[2];
+        float k[3];
+        sums[0] = s0[i];
+        sums[1] = s1[i];
+        dg__bn_grads(j, c0 + i, m, sums, k);
+        a[i] = k[0];
+        b[i] = k[1];
+        c[i] = k[2];
+    }
+    if (y)
+        for (n = 0; n < j->n; n++)
+            for (i = 0; i < nc; i++)
+                y[n * cs + i] = a[i] * j->dy[n * cs + c0 + i] + b[i] * x[n * cs + i] + c[i];
 }
 
 typedef struct dg__pool_job {
@@ -4080,7 +4163,8 @@ static void dg__maxpool_bwd_task(void *arg, int plane, int thread)
     for (; o < e; o++) dx[l->idx[o]] += j->x[o];
 }
 
-/* one task per channel; small layers run inline */
+/* one task per channel of an image, or per block of flat features; small
+   layers run inline */
 static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, float *y, int nb,
                    dg_task_fn task)
 {
@@ -4091,7 +4175,11 @@ static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, f
     j.dy = dy;
     j.y = y;
     j.n = nb;
-    dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL, l->ic, task, &j);
+    if (l->ih * l->iw == 1)
+        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL,
+                        (l->ic + DG__BN_BLOCK - 1) / DG__BN_BLOCK, dg__bn1d_task, &j);
+    else
+        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL, l->ic, task, &j);
 }
 
 /* one task per (sample, channel) plane; forward: x -> y, backward: dy -> dx */
