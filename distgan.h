@@ -2625,7 +2625,7 @@ enum {
         }                                                   \
     }
 
-#define DG__EW_DEFINE(SUFFIX, ATTR)                                                           \
+#define DG__EW_DEFINE(SUFFIX, ATTR, SQRT16)                                                           \
     ATTR static void dg__ew_##SUFFIX(int op, const float *DG__RESTRICT a,                   \
                                      const float *DG__RESTRICT b, float *DG__RESTRICT out,  \
                                      size_t n, const float *ks)                             \
@@ -2646,20 +2646,32 @@ enum {
         default: DG__EW_LOOP(out[t] = a[t] * b[t]) break;                                   \
         }                                                                                   \
     }                                                                                       \
-    /* Adam in PyTorch's form: p -= step * m / (sqrt(v) / bc2 + eps) */                    \
+    /* Adam in PyTorch's form: p -= step * m / (sqrt(v) / bc2 + eps).  sqrtf may set      \
+       errno, which keeps a loop that calls it scalar, so the square roots of a           \
+       block of 16 are taken apart, by SQRT16. */                                          \
     ATTR static void dg__adam_##SUFFIX(float *DG__RESTRICT p, const float *DG__RESTRICT g,  \
                                        float *DG__RESTRICT m, float *DG__RESTRICT v,        \
                                        size_t n, const float *h)                            \
     {                                                                                       \
         float b1 = h[0], b2 = h[1], step = h[2], bc2 = h[3], eps = h[4], wd = h[5];         \
+        float r[16];                                                                        \
         size_t i, t;                                                                        \
         int k;                                                                              \
-        DG__EW_LOOP({                                                                       \
+        for (i = 0; i + 16 <= n; i += 16) {                                                 \
+            for (k = 0; k < 16; k++) {                                                      \
+                float gt = g[i + k] + wd * p[i + k];                                        \
+                m[i + k] = b1 * m[i + k] + (1.0f - b1) * gt;                                \
+                r[k] = v[i + k] = b2 * v[i + k] + (1.0f - b2) * gt * gt;                    \
+            }                                                                               \
+            SQRT16(r);                                                                      \
+            for (k = 0; k < 16; k++) p[i + k] -= step * m[i + k] / (r[k] / bc2 + eps);      \
+        }                                                                                   \
+        for (t = i; t < n; t++) {                                                           \
             float gt = g[t] + wd * p[t];                                                    \
             m[t] = b1 * m[t] + (1.0f - b1) * gt;                                            \
             v[t] = b2 * v[t] + (1.0f - b2) * gt * gt;                                       \
             p[t] -= step * m[t] / (sqrtf(v[t]) / bc2 + eps);                                \
-        })                                                                                  \
+        }                                                                                   \
     }                                                                                       \
     /* Over `planes` runs of n floats, `stride` apart: out[0] += sum a,                     \
        out[1] += sum a (b - c); with b NULL, the sums of a - c and of its square.           \
@@ -2685,10 +2697,24 @@ enum {
         }                                                                                   \
     }
 
-DG__EW_DEFINE(scalar, )
+static void dg__sqrt16_scalar(float *r)
+{
+    int k;
+    for (k = 0; k < 16; k++) r[k] = sqrtf(r[k]);
+}
+DG__EW_DEFINE(scalar, , dg__sqrt16_scalar)
 #ifdef DG__X86
-DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))))
-DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))))
+__attribute__((target("avx2,fma"))) static inline void dg__sqrt16_avx2(float *r)
+{
+    _mm256_storeu_ps(r, _mm256_sqrt_ps(_mm256_loadu_ps(r)));
+    _mm256_storeu_ps(r + 8, _mm256_sqrt_ps(_mm256_loadu_ps(r + 8)));
+}
+__attribute__((target("avx512f"))) static inline void dg__sqrt16_avx512(float *r)
+{
+    _mm512_storeu_ps(r, _mm512_sqrt_ps(_mm512_loadu_ps(r)));
+}
+DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))), dg__sqrt16_avx2)
+DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))), dg__sqrt16_avx512)
 #endif
 
 /* Transposing packs: panel q of width w gets, at depth p < kc, the values
