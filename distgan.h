@@ -2561,6 +2561,11 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
     __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
     __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
     int p;
+    /* the tile of C is touched only at the end: fetch it now, behind the FMAs */
+    for (p = 0; p < 12; p++) {
+        _mm_prefetch((const char *)(c + p * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + p * ldc + 31), _MM_HINT_T0);
+    }
     for (p = 0; p < kc; p++, a += 12, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), x;
 #define DG__ROW(r, i)                             \
