@@ -3212,6 +3212,86 @@ static void dg__gemm_block(dg_pool *pool, dg__gemm *g, int threads)
     dg_parallel_for(threads > 1 ? pool : NULL, g->tiles_m * g->tiles_n, dg__gemm_compute_task, g);
 }
 
+/* Matrix-vector products (n = 1 or m = 1), where tiles would be mostly
+   padding: y_r = alpha sum_p M(r, p) x_p (+ y_r when acc), with
+   M(r, p) = mat[r rs + p ps], x_p = vec[p xs], y_r = y[r ys].  Tasks take
+   runs of rows; every sum has a fixed order, whatever the threads. */
+typedef struct dg__gemv {
+    const float *mat, *vec;
+    float *y;
+    size_t rs, ps, xs, ys;
+    int rows, k, tasks, acc;
+    int dot; /* rows along the depth and x contiguous, else columns */
+    float alpha;
+} dg__gemv;
+
+static void dg__gemv_task(void *arg, int task, int thread)
+{
+    const dg__gemv *v = (const dg__gemv *)arg;
+    int r0 = (int)((long)task * v->rows / v->tasks), r1 = (int)((long)(task + 1) * v->rows / v->tasks);
+    int r, p, l, n = r1 - r0;
+    (void)thread;
+    if (v->dot) { /* rows run along the depth: a dot product per row, in 16 lanes */
+        for (r = r0; r < r1; r++) {
+            const float *DG__RESTRICT row = v->mat + (size_t)r * v->rs, *DG__RESTRICT x = v->vec;
+            float lanes[16] = {0}, t = 0.0f, *y = v->y + (size_t)r * v->ys;
+            for (p = 0; p + 16 <= v->k; p += 16)
+                for (l = 0; l < 16; l++) lanes[l] += row[p + l] * x[p + l];
+            for (; p < v->k; p++) t += row[p] * x[p];
+            for (l = 0; l < 16; l++) t += lanes[l];
+            *y = v->acc ? *y + v->alpha * t : v->alpha * t;
+        }
+        return;
+    }
+    /* columns run along the rows (rs = ys = 1): y += (alpha x_p) M(., p) */
+    {
+        float *DG__RESTRICT y = v->y + r0;
+        if (!v->acc) memset(y, 0, sizeof(float) * (size_t)n);
+        for (p = 0; p < v->k; p++) {
+            const float *DG__RESTRICT col = v->mat + (size_t)p * v->ps + r0;
+            float a = v->alpha * v->vec[(size_t)p * v->xs];
+            for (r = 0; r + 16 <= n; r += 16)
+                for (l = 0; l < 16; l++) y[r + l] += a * col[r + l];
+            for (; r < n; r++) y[r] += a * col[r];
+        }
+    }
+}
+
+/* The GEMM as a matrix-vector product when one side of C is 1 and the
+   layout lets the loops run along memory; returns 0 otherwise. */
+static int dg__gemm_as_gemv(dg_pool *pool, const dg__gemm *g, int threads, int acc)
+{
+    dg__gemv v;
+    size_t lda = (size_t)g->lda, ldb = (size_t)g->ldb;
+    if (g->bconv || (g->n != 1 && g->m != 1)) return 0;
+    if (g->n == 1) { /* y = op(A) op(B)(., 0) */
+        v.mat = g->a;
+        v.rs = g->ta ? 1 : lda;
+        v.ps = g->ta ? lda : 1;
+        v.vec = g->b;
+        v.xs = g->tb ? 1 : ldb;
+        v.ys = (size_t)g->ldc;
+        v.rows = g->m;
+    } else { /* y = op(B)^T op(A)(0, .)^T */
+        v.mat = g->b;
+        v.rs = g->tb ? ldb : 1;
+        v.ps = g->tb ? 1 : ldb;
+        v.vec = g->a;
+        v.xs = g->ta ? lda : 1;
+        v.ys = 1;
+        v.rows = g->n;
+    }
+    v.dot = v.ps == 1 && v.xs == 1;
+    if (!v.dot && !(v.rs == 1 && v.ys == 1)) return 0;
+    v.y = g->c;
+    v.k = g->k;
+    v.acc = acc;
+    v.alpha = g->alpha;
+    v.tasks = threads > 1 ? dg__min(4 * threads, (v.rows + 63) / 64) : 1;
+    dg_parallel_for(v.tasks > 1 ? pool : NULL, v.tasks, dg__gemv_task, &v);
+    return 1;
+}
+
 /* Runs a filled-in GEMM (pointers and sizes already checked). */
 static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
 {
@@ -3228,6 +3308,7 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
         beta = 1.0f;
     }
     g->alpha = alpha;
+    if (dg__gemm_as_gemv(pool, g, threads, beta != 0.0f)) return;
     pk = &pool->pack[dg__pool_tid(pool)];
     g->pa = pk->a;
     g->pb = pk->b;

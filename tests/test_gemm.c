@@ -119,6 +119,41 @@ TEST(gemm_threads_bit_identical)
         }
 }
 
+/* One side of C equal to 1 runs as a matrix-vector product: every
+   transpose case, padded leading dimensions, alpha and beta, both loop
+   forms, sizes large enough for the threads, and the same bits for 1 and
+   2 threads. */
+TEST(gemm_matrix_vector)
+{
+    static const int shapes[][3] = {{1, 3000, 700}, {2500, 1, 900}, {1, 1, 37}, {1, 17, 1},
+                                    {45, 1, 33}};
+    int s, ta, tb, pad;
+    for (s = 0; s < 5; s++)
+        for (ta = 0; ta < 2; ta++)
+            for (tb = 0; tb < 2; tb++)
+                for (pad = 0; pad < 2; pad++) {
+                    int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+                    int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+                    size_t sa = (size_t)(ta ? k : m) * lda, sb = (size_t)(tb ? n : k) * ldb;
+                    size_t sc = (size_t)m * ldc;
+                    float *a = malloc(sa * 4), *b = malloc(sb * 4), *c1 = malloc(sc * 4),
+                          *c2 = malloc(sc * 4);
+                    dg_rng rng = dg_rng_make(9, (uint64_t)s, (uint64_t)(ta * 4 + tb * 2 + pad));
+                    CHECK(gemm_err(pool2, ta, tb, m, n, k, 0.5f, pad ? 0.25f : 0.0f, pad) < 1e-5);
+                    dg_rng_fill_uniform(&rng, a, sa, -1, 1);
+                    dg_rng_fill_uniform(&rng, b, sb, -1, 1);
+                    dg_rng_fill_uniform(&rng, c1, sc, -1, 1);
+                    memcpy(c2, c1, sc * 4);
+                    CHECK_OK(dg_gemm(pool1, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c1, ldc));
+                    CHECK_OK(dg_gemm(pool2, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c2, ldc));
+                    CHECK(memcmp(c1, c2, sc * 4) == 0);
+                    free(a);
+                    free(b);
+                    free(c1);
+                    free(c2);
+                }
+}
+
 TEST(gemm_rejects_bad_arguments)
 {
     float x[4] = {0};
@@ -139,6 +174,7 @@ int main(void)
     RUN(gemm_alpha_beta);
     RUN(gemm_large_blocks);
     RUN(gemm_threads_bit_identical);
+    RUN(gemm_matrix_vector);
     RUN(gemm_rejects_bad_arguments);
     dg_pool_destroy(pool1);
     dg_pool_destroy(pool2);
