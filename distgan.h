@@ -2722,6 +2722,25 @@ DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))), dg__sqrt16_avx2)
 DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))), dg__sqrt16_avx512)
 #endif
 
+/* Copying packs: panel q of width w gets, at depth p < kc, the values
+   src[p ps + r0 + q w + r] (times scale) for r < w, zero past `extent`.
+   The source rows run along the panel width. */
+static void dg__pack_n_scalar(const float *src, size_t ps, int extent, int r0, int kc, int w,
+                              int q0, int q1, float scale, float *dst)
+{
+    int q, p, r;
+    for (p = 0; p < kc; p++) {
+        const float *row = src + (size_t)p * ps + r0;
+        for (q = q0; q < q1; q++) {
+            float *d = dst + (size_t)q * w * kc + (size_t)p * w;
+            int n = extent - (r0 + q * w);
+            n = n < w ? n : w;
+            for (r = 0; r < n; r++) d[r] = scale * row[q * w + r];
+            for (; r < w; r++) d[r] = 0.0f;
+        }
+    }
+}
+
 /* Transposing packs: panel q of width w gets, at depth p < kc, the values
    src[(r0 + q w + r) rs + p] (times scale) for r < w, zero past row
    `extent`.  The source rows run along the depth. */
@@ -2775,6 +2794,27 @@ __attribute__((target("avx512f"))) static void dg__transpose16(__m512 *r)
     }
 }
 
+/* dg__pack_n_scalar in 16-wide masked loads and stores: the same values */
+__attribute__((target("avx512f"))) static void
+dg__pack_n_avx512(const float *src, size_t ps, int extent, int r0, int kc, int w, int q0, int q1,
+                  float scale, float *dst)
+{
+    const __m512 sc = _mm512_set1_ps(scale);
+    int q, p, c;
+    for (q = q0; q < q1; q++) {
+        int n = extent - (r0 + q * w);
+        const float *row = src + r0 + q * w;
+        float *d = dst + (size_t)q * w * kc;
+        n = n < w ? n : w;
+        for (p = 0; p < kc; p++, row += ps, d += w)
+            for (c = 0; c < w; c += 16) {
+                int in = n - c < 0 ? 0 : n - c < 16 ? n - c : 16, out = w - c < 16 ? w - c : 16;
+                __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << in) - 1), row + c);
+                _mm512_mask_storeu_ps(d + c, (__mmask16)((1u << out) - 1), _mm512_mul_ps(sc, v));
+            }
+    }
+}
+
 /* dg__pack_t_scalar in 16 x 16 register transposes: the same values */
 __attribute__((target("avx512f"))) static void
 dg__pack_t_avx512(const float *src, size_t rs, int extent, int r0, int kc, int w, int q0, int q1,
@@ -2816,17 +2856,20 @@ typedef struct dg__isa_desc {
                  double *out);
     void (*pack_t)(const float *src, size_t rs, int extent, int r0, int kc, int w, int q0, int q1,
                    float scale, float *dst);
+    void (*pack_n)(const float *src, size_t ps, int extent, int r0, int kc, int w, int q0, int q1,
+                   float scale, float *dst);
 } dg__isa_desc;
 
 static const dg__isa_desc *dg__isa_get(dg_isa isa)
 {
     static const dg__isa_desc table[] = {
         {4, 16, dg__ukernel_scalar, dg__ew_scalar, dg__adam_scalar, dg__sums_scalar,
-         dg__pack_t_scalar},
+         dg__pack_t_scalar, dg__pack_n_scalar},
 #ifdef DG__X86
-        {6, 16, dg__ukernel_avx2, dg__ew_avx2, dg__adam_avx2, dg__sums_avx2, dg__pack_t_scalar},
+        {6, 16, dg__ukernel_avx2, dg__ew_avx2, dg__adam_avx2, dg__sums_avx2, dg__pack_t_scalar,
+         dg__pack_n_scalar},
         {12, 32, dg__ukernel_avx512, dg__ew_avx512, dg__adam_avx512, dg__sums_avx512,
-         dg__pack_t_avx512},
+         dg__pack_t_avx512, dg__pack_n_avx512},
 #endif
     };
     int i = (int)isa;
@@ -2922,21 +2965,10 @@ static void dg__pack_panels(const dg__isa_desc *isa, const float *src, size_t rs
                             int extent, int r0, int p0, int kc, int w, int q0, int q1,
                             float scale, float *dst)
 {
-    int q, p, r;
-    if (rs != 1) {
+    if (rs != 1)
         isa->pack_t(src + p0, rs, extent, r0, kc, w, q0, q1, scale, dst);
-        return;
-    }
-    for (p = 0; p < kc; p++) { /* the source runs along the panel width: copy row pieces */
-        const float *row = src + (size_t)(p0 + p) * ps + r0;
-        for (q = q0; q < q1; q++) {
-            float *d = dst + (size_t)q * w * kc + (size_t)p * w;
-            int n = extent - (r0 + q * w);
-            n = n < w ? n : w;
-            for (r = 0; r < n; r++) d[r] = scale * row[q * w + r];
-            for (; r < w; r++) d[r] = 0.0f;
-        }
-    }
+    else
+        isa->pack_n(src + (size_t)p0 * ps, ps, extent, r0, kc, w, q0, q1, scale, dst);
 }
 
 #ifdef DG__X86
