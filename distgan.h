@@ -1853,6 +1853,13 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #if !defined(DG_NO_SIMD) && defined(__x86_64__) && defined(__GNUC__)
 #define DG__X86 1
 #include <immintrin.h>
+#if !defined(__clang__)
+/* GCC's own intrinsics start from `__m512 __Y = __Y;`, which g++ -O1 then
+   reports as maybe uninitialised inside every kernel that inlines them */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define DG__POP_DIAGNOSTIC 1
+#endif
 #endif
 
 #ifndef DG_ASSERT
@@ -13265,6 +13272,9 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r) { return r ? r->c
 
 #endif /* ADACOMP_H */
 
+#ifdef DG__POP_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
 #ifdef __cplusplus
 }
 #endif
