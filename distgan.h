@@ -12444,19 +12444,19 @@ DGDEF void dg_asgd_ac_configs(const dg_asgd_config *cfg, ac_compressor_config *c
 
 static dg_result dg__asgd_check(const dg_asgd_config *cfg)
 {
-    if (!cfg) return dg__fail(DG_ERR_ARG, "asgd: NULL config");
+    if (!cfg) return dg__fail(DG_ERR_ARG, "asgd config: NULL config");
     if (cfg->n_workers < 1 || cfg->n_workers > 65535)
-        return dg__fail(DG_ERR_ARG, "asgd: %d workers", cfg->n_workers);
+        return dg__fail(DG_ERR_ARG, "asgd config: %d workers", cfg->n_workers);
     if (cfg->mode < DG_ASGD_MODE_DENSE || cfg->mode > DG_ASGD_MODE_GTOPK)
-        return dg__fail(DG_ERR_ARG, "asgd: mode %d", (int)cfg->mode);
+        return dg__fail(DG_ERR_ARG, "asgd config: mode %d", (int)cfg->mode);
     if (!(cfg->rate > 0.0 && cfg->rate <= 1.0))
-        return dg__fail(DG_ERR_ARG, "asgd: rate c = %g outside (0, 1]", cfg->rate);
+        return dg__fail(DG_ERR_ARG, "asgd config: rate c = %g outside (0, 1]", cfg->rate);
     if (cfg->batch < 1 || cfg->history < 1 || cfg->history > AC_HISTORY_MAX)
-        return dg__fail(DG_ERR_ARG, "asgd: batch %d, history %d", cfg->batch, cfg->history);
+        return dg__fail(DG_ERR_ARG, "asgd config: batch %d, history %d", cfg->batch, cfg->history);
     if (!(cfg->alpha > 0.0f) || !(cfg->slow_fraction >= 0.0 && cfg->slow_fraction <= 1.0) ||
         !(cfg->slow_factor > 0.0) || !(cfg->jitter >= 0.0) ||
         !(cfg->drop_prob >= 0.0 && cfg->drop_prob < 1.0))
-        return dg__fail(DG_ERR_ARG, "asgd: alpha, slow_fraction, slow_factor, jitter or "
+        return dg__fail(DG_ERR_ARG, "asgd config: alpha, slow_fraction, slow_factor, jitter or "
                                     "drop_prob out of range");
     return DG_OK;
 }
