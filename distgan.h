@@ -4172,46 +4172,38 @@ static void dg__bn_grads(dg__bn_job *j, int ch, size_t m, const double *sums, fl
     k[2] = k1 * (k3 * inv * mean - k2);
 }
 
-/* Image batchnorm, one task per channel: one pass over the channel,
-   shifted by its first value so that the sum of squares does not cancel:
-   var = (S2 - S1^2 / m) / m. */
-static void dg__bn_fwd_task(void *arg, int ch, int thread)
+/* Image batchnorm, one task per channel.  Forward (dy NULL): one pass over
+   the channel for its statistics, shifted by its first value so that the
+   sum of squares does not cancel (var = (S2 - S1^2 / m) / m), then the
+   affine map.  Backward: one pass for the sums of dy and dy (x - mean),
+   then dx as an affine map of (dy, x). */
+static void dg__bn_task(void *arg, int ch, int thread)
 {
     dg__bn_job *j = (dg__bn_job *)arg;
     dg__layer *l = j->l;
     dg_isa isa = dg_pool_isa(j->net->pool);
-    size_t hw = (size_t)l->ih * l->iw;
+    size_t hw = (size_t)l->ih * l->iw, m = hw * (size_t)j->n, off;
+    const float *x = j->x + (size_t)ch * hw;
     double sums[2] = {0.0, 0.0};
-    float shift = j->x[(size_t)ch * hw], a, b;
+    float k[3] = {0.0f, 0.0f, 0.0f};
     int n;
     (void)thread;
-    if (j->net->train)
-        dg__isa_get(isa)->sums(j->x + (size_t)ch * hw, NULL, hw, (size_t)j->n, hw * l->ic, shift,
+    if (!j->dy) {
+        float shift = x[0];
+        if (j->net->train) dg__isa_get(isa)->sums(x, NULL, hw, (size_t)j->n, hw * l->ic, shift, sums);
+        dg__bn_stats(j, ch, m, shift, sums, &k[0], &k[1]);
+    } else {
+        dg__isa_get(isa)->sums(j->dy + (size_t)ch * hw, x, hw, (size_t)j->n, hw * l->ic, l->aux[ch],
                                sums);
-    dg__bn_stats(j, ch, hw * (size_t)j->n, shift, sums, &a, &b);
-    for (n = 0; n < j->n; n++) {
-        size_t off = ((size_t)n * l->ic + ch) * hw;
-        dg__ew(isa, DG__EW_AFFINE, j->x + off, NULL, j->y + off, hw, a, b, 0.0f);
+        dg__bn_grads(j, ch, m, sums, k);
+        if (!j->y) return; /* no input gradient wanted */
     }
-}
-
-static void dg__bn_bwd_task(void *arg, int ch, int thread)
-{
-    dg__bn_job *j = (dg__bn_job *)arg;
-    dg__layer *l = j->l;
-    dg_isa isa = dg_pool_isa(j->net->pool);
-    size_t hw = (size_t)l->ih * l->iw;
-    double sums[2] = {0.0, 0.0};
-    float k[3];
-    int n;
-    (void)thread;
-    dg__isa_get(isa)->sums(j->dy + (size_t)ch * hw, j->x + (size_t)ch * hw, hw, (size_t)j->n,
-                           hw * l->ic, l->aux[ch], sums);
-    dg__bn_grads(j, ch, hw * (size_t)j->n, sums, k);
-    if (!j->y) return; /* no input gradient wanted */
     for (n = 0; n < j->n; n++) {
-        size_t off = ((size_t)n * l->ic + ch) * hw;
-        dg__ew(isa, DG__EW_AXPBY, j->dy + off, j->x + off, j->y + off, hw, k[0], k[1], k[2]);
+        off = ((size_t)n * l->ic + ch) * hw;
+        if (!j->dy)
+            dg__ew(isa, DG__EW_AFFINE, j->x + off, NULL, j->y + off, hw, k[0], k[1], 0.0f);
+        else
+            dg__ew(isa, DG__EW_AXPBY, j->dy + off, j->x + off, j->y + off, hw, k[0], k[1], k[2]);
     }
 }
 
@@ -4316,8 +4308,7 @@ static void dg__maxpool_bwd_task(void *arg, int plane, int thread)
 
 /* one task per channel of an image, or per block of flat features; small
    layers run inline */
-static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, float *y, int nb,
-                   dg_task_fn task)
+static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, float *y, int nb)
 {
     dg__bn_job j;
     j.net = net;
@@ -4330,7 +4321,8 @@ static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, f
         dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL,
                         (l->ic + DG__BN_BLOCK - 1) / DG__BN_BLOCK, dg__bn1d_task, &j);
     else
-        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL, l->ic, task, &j);
+        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL, l->ic, dg__bn_task,
+                        &j);
 }
 
 /* one task per (sample, channel) plane; forward: x -> y, backward: dy -> dx */
@@ -4400,7 +4392,7 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
         break;
     }
     case DG_LAYER_BATCHNORM:
-        dg__bn(net, l, x, NULL, l->out, nb, dg__bn_fwd_task);
+        dg__bn(net, l, x, NULL, l->out, nb);
         break;
     case DG_LAYER_MAXPOOL:
         dg__maxpool(pool, l, x, l->out, nb, dg__maxpool_fwd_task);
@@ -4465,7 +4457,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         break;
     }
     case DG_LAYER_BATCHNORM:
-        dg__bn(net, l, x, dy, dx, nb, dg__bn_bwd_task);
+        dg__bn(net, l, x, dy, dx, nb);
         break;
     case DG_LAYER_MAXPOOL:
         if (dx) dg__maxpool(pool, l, dy, dx, nb, dg__maxpool_bwd_task);
