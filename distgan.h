@@ -3033,7 +3033,7 @@ typedef struct dg__cols_lanes {
 __attribute__((target("avx512f"))) static void
 dg__cols_lanes_init(dg__cols_lanes *l, dg__cols_walk *v, int n)
 {
-    int32_t off[16], y[16], x[16], idx[16];
+    int32_t off[16], y[16], x[16], idx[16] = {0};
     int r, covered = 0;
     for (r = 0; r < 16; r++) {
         if (r < n) {
