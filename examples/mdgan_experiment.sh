@@ -91,6 +91,9 @@ run_all() {
     run fashion-mdgan-n25-k1  fashion mdgan 25 1
     run fashion-flgan-n25     fashion flgan 25 1
     run fashion-mdgan-n25-k5  fashion mdgan 25 5
+    run mnist-mdgan-n25-k1    mnist   mdgan 25 1
+    run mnist-flgan-n25       mnist   flgan 25 1
+    run mnist-mdgan-n25-k5    mnist   mdgan 25 5
 }
 
 # ---- tables ----------------------------------------------------------------
@@ -159,6 +162,9 @@ tables() {
         summary_row mnist-mdgan-n10-k1 10
         summary_row mnist-mdgan-n10-k4 10
         summary_row mnist-flgan-n10 10
+        summary_row mnist-mdgan-n25-k1 25
+        summary_row mnist-mdgan-n25-k5 25
+        summary_row mnist-flgan-n25 25
         summary_row fashion-mdgan-n10-k1-shards 10
         summary_row fashion-flgan-n10-shards 10
         summary_row fashion-mdgan-n10-k1-crash 10
@@ -169,10 +175,11 @@ tables() {
         done
         if [ $# -gt 0 ]; then curve_table "Fashion-MNIST, i.i.d." "$@"; fi
         set --
-        for r in mnist-gan mnist-mdgan-n10-k1 mnist-mdgan-n10-k4 mnist-flgan-n10; do
+        for r in mnist-gan mnist-mdgan-n10-k1 mnist-mdgan-n10-k4 mnist-flgan-n10 \
+                 mnist-mdgan-n25-k1 mnist-mdgan-n25-k5 mnist-flgan-n25; do
             if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
         done
-        if [ $# -gt 0 ]; then curve_table "MNIST digits, i.i.d., N = 10" "$@"; fi
+        if [ $# -gt 0 ]; then curve_table "MNIST digits, i.i.d." "$@"; fi
         set --
         for r in fashion-mdgan-n10-k1 fashion-mdgan-n10-k1-shards fashion-flgan-n10-shards fashion-mdgan-n10-k1-crash; do
             if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
