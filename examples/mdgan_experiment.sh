@@ -119,10 +119,16 @@ summary_row() {
         }' "$f"
 }
 
-# curve table: iteration x runs, "score / FID" per cell
+# curve table: iteration x runs, "score / FID" per cell, over the named
+# runs that have a log (nothing when none has)
 curve_table() {
     title=$1
     shift
+    for r in "$@"; do
+        shift
+        if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
+    done
+    [ $# -gt 0 ] || return 0
     echo
     echo "$title (classifier score / FID at each evaluation):"
     echo
@@ -168,23 +174,14 @@ tables() {
         summary_row fashion-mdgan-n10-k1-shards 10
         summary_row fashion-flgan-n10-shards 10
         summary_row fashion-mdgan-n10-k1-crash 10
-        set --
-        for r in fashion-gan fashion-mdgan-n1-k1 fashion-mdgan-n10-k1 fashion-mdgan-n10-k4 fashion-flgan-n10 \
-                 fashion-mdgan-n25-k1 fashion-mdgan-n25-k5 fashion-flgan-n25; do
-            if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
-        done
-        if [ $# -gt 0 ]; then curve_table "Fashion-MNIST, i.i.d." "$@"; fi
-        set --
-        for r in mnist-gan mnist-mdgan-n10-k1 mnist-mdgan-n10-k4 mnist-flgan-n10 \
-                 mnist-mdgan-n25-k1 mnist-mdgan-n25-k5 mnist-flgan-n25; do
-            if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
-        done
-        if [ $# -gt 0 ]; then curve_table "MNIST digits, i.i.d." "$@"; fi
-        set --
-        for r in fashion-mdgan-n10-k1 fashion-mdgan-n10-k1-shards fashion-flgan-n10-shards fashion-mdgan-n10-k1-crash; do
-            if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
-        done
-        if [ $# -gt 0 ]; then curve_table "Fashion-MNIST, N = 10: non-i.i.d. (2 label shards per worker) and 2 of 10 workers crashing at iteration $((ITERS / 2))" "$@"; fi
+        curve_table "Fashion-MNIST, i.i.d." fashion-gan fashion-mdgan-n1-k1 fashion-mdgan-n10-k1 \
+            fashion-mdgan-n10-k4 fashion-flgan-n10 fashion-mdgan-n25-k1 fashion-mdgan-n25-k5 \
+            fashion-flgan-n25
+        curve_table "MNIST digits, i.i.d." mnist-gan mnist-mdgan-n10-k1 mnist-mdgan-n10-k4 \
+            mnist-flgan-n10 mnist-mdgan-n25-k1 mnist-mdgan-n25-k5 mnist-flgan-n25
+        curve_table "Fashion-MNIST, N = 10: non-i.i.d. (2 label shards per worker) and 2 of 10 workers crashing at iteration $((ITERS / 2))" \
+            fashion-mdgan-n10-k1 fashion-mdgan-n10-k1-shards fashion-flgan-n10-shards \
+            fashion-mdgan-n10-k1-crash
         f=$RES/fashion-mdgan-n10-k1-crash.csv
         if [ -f "$f" ]; then
             echo
