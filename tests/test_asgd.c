@@ -313,36 +313,32 @@ TEST(run_equals_direct_loop)
     free(b);
 }
 
+/* the model after `steps` updates, with 1 and with 2 threads: the same bits */
+static void check_same_bits_for_threads(const dg_asgd_config *cfg, int steps, size_t np)
+{
+    float *a = (float *)malloc(np * sizeof(float)), *b = (float *)malloc(np * sizeof(float));
+    run_model(cfg, 1, steps, a, np, NULL, NULL, NULL, NULL);
+    run_model(cfg, 2, steps, b, np, NULL, NULL, NULL, NULL);
+    CHECK(memcmp(a, b, np * sizeof(float)) == 0);
+    free(a);
+    free(b);
+}
+
 TEST(threads_give_identical_bits)
 {
     static const dg_asgd_mode modes[] = {DG_ASGD_MODE_HARDY, DG_ASGD_MODE_IBM, DG_ASGD_MODE_TOPK};
-    size_t m, np;
-    float *a, *b;
+    size_t m;
     data_init();
     for (m = 0; m < 3; m++) {
         dg_asgd_config cfg = small_config(8, modes[m]);
         cfg.slow_fraction = 0.25;
         cfg.f16 = m == 2;
-        np = mlp_params(32);
-        a = (float *)malloc(np * sizeof(float));
-        b = (float *)malloc(np * sizeof(float));
-        run_model(&cfg, 1, 60, a, np, NULL, NULL, NULL, NULL);
-        run_model(&cfg, 2, 60, b, np, NULL, NULL, NULL, NULL);
-        CHECK(memcmp(a, b, np * sizeof(float)) == 0);
-        free(a);
-        free(b);
+        check_same_bits_for_threads(&cfg, 60, mlp_params(32));
     }
     { /* the authors' CNN too (convolutions, pooling) */
         dg_asgd_config cfg = small_config(4, DG_ASGD_MODE_HARDY);
         cfg.arch = DG_ASGD_ARCH_CNN;
-        np = 421642;
-        a = (float *)malloc(np * sizeof(float));
-        b = (float *)malloc(np * sizeof(float));
-        run_model(&cfg, 1, 12, a, np, NULL, NULL, NULL, NULL);
-        run_model(&cfg, 2, 12, b, np, NULL, NULL, NULL, NULL);
-        CHECK(memcmp(a, b, np * sizeof(float)) == 0);
-        free(a);
-        free(b);
+        check_same_bits_for_threads(&cfg, 12, 421642);
     }
 }
 
