@@ -98,8 +98,11 @@ experiment: deps data $(B)/distgan
 # test_tcp starts real server and worker processes of build/distgan_tcp
 $(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
 
+# tools/golden.sh compares fixed-seed results of these with tests/golden.txt
+GOLDEN_BINS := $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/golden_decode
+
 test: deps
-	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%)
+	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%) $(GOLDEN_BINS)
 	@CC=$(CC) CLANG=$(CLANG) sh tests/run.sh $(B) "$(TESTS)" "$(FUZZERS)"
 
 tsan: deps

@@ -30,6 +30,11 @@ for f in $FUZZERS; do
         fi
     fi
 done
+# fixed-seed results of the examples against tests/golden.txt (tools/golden.sh),
+# when the examples are built here (not in the tsan build)
+if [ -x "$B/distgan" ] && [ -x "$B/golden_decode" ] && [ -f tests/golden.txt ]; then
+    count golden sh tools/golden.sh compare "$B"
+fi
 # the headers compile as C (gcc, clang), C++, static and without SIMD
 if sh tests/compile_check.sh "${CC:-cc}" "${CLANG:-clang}" >"$log" 2>&1; then
     passed=$((passed + 1)); echo "ok   compile_check"
