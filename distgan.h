@@ -53,7 +53,8 @@
    detailed message for the last failure.
 
    Table of contents (the same names mark the sections below)
-      dg_config    version, result codes, allocation, CRC-32
+      dg_config    version, result codes, allocation
+      dg_io        CRC-32
       dg_rng       seeded, splittable random numbers
       dg_pool      persistent thread pool, dg_parallel_for
       dg_tensor    float32 NCHW shapes
@@ -130,6 +131,9 @@ typedef enum dg_result {
 DGDEF const char *dg_result_str(dg_result r);
 /* The detailed message of the last failure on the calling thread. */
 DGDEF const char *dg_last_error(void);
+
+/* ==== dg_io ==== */
+
 /* CRC-32 (IEEE 802.3, as zlib); pass 0 as crc to start. */
 DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n);
 
@@ -152,6 +156,11 @@ DGDEF uint32_t dg_rng_below(dg_rng *r, uint32_t n);    /* uniform in [0, n) */
 DGDEF void dg_rng_fill_normal(dg_rng *r, float *x, size_t n, float mean, float std);
 DGDEF void dg_rng_fill_uniform(dg_rng *r, float *x, size_t n, float lo, float hi);
 DGDEF void dg_rng_shuffle(dg_rng *r, uint32_t *a, size_t n);
+/* Gamma(shape, 1) (Marsaglia-Tsang; shape < 1 via the U^(1/shape) boost),
+   and a Dirichlet(alpha, ..., alpha) draw into p[0..k).  The Dirichlet works
+   in log space, so tiny alpha (0.001) still gives a valid simplex point. */
+DGDEF double dg_rng_gamma(dg_rng *r, double shape);
+DGDEF void dg_rng_dirichlet(dg_rng *r, double alpha, int k, double *p);
 
 /* ==== dg_pool ==== */
 
@@ -445,12 +454,6 @@ DGDEF void dg_data_buffer_free(void *p);
    with a random position, size, aspect, rotation (±22°), stroke width and
    intensity, anti-aliased.  Image i depends only on (seed, i). */
 DGDEF dg_result dg_dataset_make_shapes(dg_dataset *ds, size_t n, uint64_t seed);
-
-/* Gamma(shape, 1) (Marsaglia-Tsang; shape < 1 via the U^(1/shape) boost),
-   and a Dirichlet(alpha, ..., alpha) draw into p[0..k).  The Dirichlet works
-   in log space, so tiny alpha (0.001) still gives a valid simplex point. */
-DGDEF double dg_rng_gamma(dg_rng *r, double shape);
-DGDEF void dg_rng_dirichlet(dg_rng *r, double alpha, int k, double *p);
 
 /* Index lists for n_workers: worker w owns index[offset[w] .. offset[w+1]).
    Every dataset index appears exactly once over all workers. */
@@ -2029,7 +2032,11 @@ static void dg__free(void *p)
     DG_FREE(raw);
 }
 
-/* CRC-32 runs over every frame and checkpoint, so it has two speeds:
+/* ==== dg_io ==== */
+
+/* Byte-level utilities for files and messages.
+
+   CRC-32 runs over every frame and checkpoint, so it has two speeds:
    carry-less multiplication folding (PCLMULQDQ, 16 bytes per step in four
    independent lanes, then a Barrett reduction; the constants are the powers
    x^k mod P of Intel's white paper on CRC folding) where the CPU has it,
@@ -2246,25 +2253,64 @@ DGDEF void dg_rng_shuffle(dg_rng *r, uint32_t *a, size_t n)
     }
 }
 
+static double dg__rng_u01(dg_rng *r) /* (0, 1) */
+{
+    return ((double)(dg_rng_u64(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* log of a Gamma(shape, 1) draw; shape < 1 uses Gamma(shape + 1) U^(1/shape),
+   kept in logs because U^(1/shape) underflows for tiny shape. */
+static double dg__log_gamma_draw(dg_rng *r, double shape)
+{
+    double boost = 0.0, d, c;
+    if (shape < 1.0) {
+        boost = log(dg__rng_u01(r)) / shape;
+        shape += 1.0;
+    }
+    /* Marsaglia & Tsang (2000): d = a - 1/3, c = 1/sqrt(9d), v = (1 + c x)^3 */
+    d = shape - 1.0 / 3.0;
+    c = 1.0 / sqrt(9.0 * d);
+    for (;;) {
+        double x = dg_rng_normal(r), v = 1.0 + c * x, u;
+        if (v <= 0.0) continue;
+        v = v * v * v;
+        u = dg__rng_u01(r);
+        if (u < 1.0 - 0.0331 * x * x * x * x || log(u) < 0.5 * x * x + d * (1.0 - v + log(v)))
+            return log(d * v) + boost;
+    }
+}
+
+DGDEF double dg_rng_gamma(dg_rng *r, double shape)
+{
+    if (!(shape > 0.0)) return 0.0;
+    return exp(dg__log_gamma_draw(r, shape));
+}
+
+DGDEF void dg_rng_dirichlet(dg_rng *r, double alpha, int k, double *p)
+{
+    double mx = -HUGE_VAL, sum = 0.0;
+    int i;
+    if (k <= 0) return;
+    if (!(alpha > 0.0)) alpha = 1e-300;
+    for (i = 0; i < k; i++) {
+        p[i] = dg__log_gamma_draw(r, alpha);
+        if (p[i] > mx) mx = p[i];
+    }
+    for (i = 0; i < k; i++) sum += (p[i] = exp(p[i] - mx)); /* the largest is exp(0) = 1 */
+    for (i = 0; i < k; i++) p[i] /= sum;
+}
+
 /* ==== dg_pool ==== */
 
 #define DG__LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define DG__STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define DG__FETCH_ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_ACQ_REL)
 
-/* GEMM blocking (floats).  KC x NR of B stays in L1 during the micro-kernel
-   loop, an MC x KC block of A in L2; a whole chunk of MCH rows of A and an
-   NC-column panel of B are packed once per k-block and shared by the
-   threads.  The per-thread buffers are sized once, at pool creation. */
-#define DG__KC 256
-#define DG__MCH 1152
-#define DG__NC 3072
+/* Per-thread scratch (floats) for the kernels, allocated and touched once
+   at pool creation so that no kernel allocates: GEMM packs its blocks of A
+   and B into it (dg_kernels checks that its blocking fits). */
+#define DG__POOL_SCRATCH 1081344
 #define DG__SPIN 20000 /* polls (~20-50 us) before a worker sleeps */
-
-typedef struct dg__pack {
-    float *a; /* DG__MCH x DG__KC */
-    float *b; /* DG__KC x DG__NC */
-} dg__pack;
 
 struct dg_pool {
     int n;                  /* threads, the caller included */
@@ -2282,7 +2328,7 @@ struct dg_pool {
     unsigned gen;           /* job generation (atomic) */
     int stop;               /* atomic */
     int started;            /* workers running: threads[1..started] */
-    dg__pack *pack;         /* per thread */
+    float **scratch;        /* per thread, DG__POOL_SCRATCH floats */
 };
 
 typedef struct dg__worker_arg {
@@ -2355,12 +2401,9 @@ DGDEF const char *dg_isa_name(dg_isa isa)
 static void dg__pool_free_buffers(dg_pool *p)
 {
     int i;
-    if (p->pack)
-        for (i = 0; i < p->n; i++) {
-            dg__free(p->pack[i].a);
-            dg__free(p->pack[i].b);
-        }
-    DG_FREE(p->pack);
+    if (p->scratch)
+        for (i = 0; i < p->n; i++) dg__free(p->scratch[i]);
+    DG_FREE(p->scratch);
     DG_FREE(p->threads);
 }
 
@@ -2381,15 +2424,14 @@ DGDEF dg_result dg_pool_create(dg_pool **out, int n_threads)
     p->n = n_threads;
     p->isa = dg_isa_best();
     p->threads = (pthread_t *)DG_MALLOC(sizeof(pthread_t) * (size_t)n_threads);
-    p->pack = (dg__pack *)DG_MALLOC(sizeof(dg__pack) * (size_t)n_threads);
-    if (!p->threads || !p->pack) goto nomem;
-    memset(p->pack, 0, sizeof(dg__pack) * (size_t)n_threads);
+    p->scratch = (float **)DG_MALLOC(sizeof(float *) * (size_t)n_threads);
+    if (!p->threads || !p->scratch) goto nomem;
+    memset(p->scratch, 0, sizeof(float *) * (size_t)n_threads);
     for (i = 0; i < n_threads; i++) {
         /* touch the buffers now: a fresh page costs microseconds on first
            use, which must not land inside a training step */
-        p->pack[i].a = (float *)dg__calloc((size_t)DG__MCH * DG__KC, sizeof(float));
-        p->pack[i].b = (float *)dg__calloc((size_t)DG__KC * DG__NC, sizeof(float));
-        if (!p->pack[i].a || !p->pack[i].b) goto nomem;
+        p->scratch[i] = (float *)dg__calloc(DG__POOL_SCRATCH, sizeof(float));
+        if (!p->scratch[i]) goto nomem;
     }
     pthread_mutex_init(&p->submit, NULL);
     pthread_mutex_init(&p->mu, NULL);
@@ -2515,6 +2557,17 @@ typedef void (*dg__ukernel)(int kc, const float *a, const float *b, float *c, lo
 #define DG__MR_MAX 12
 #define DG__NR_MAX 32
 
+/* GEMM blocking (floats).  KC x NR of B stays in L1 during the micro-kernel
+   loop, an MC x KC block of A in L2; a whole chunk of MCH rows of A and an
+   NC-column panel of B are packed once per k-block, into the packing
+   thread's pool scratch (A first, then B), and shared by the threads. */
+#define DG__KC 256
+#define DG__MCH 1152
+#define DG__NC 3072
+#if DG__MCH * DG__KC + DG__KC * DG__NC > DG__POOL_SCRATCH
+#error "the GEMM blocks do not fit in the pool's scratch: raise DG__POOL_SCRATCH"
+#endif
+
 static void dg__ukernel_scalar(int kc, const float *a, const float *b, float *c, long ldc,
                                int acc)
 {
@@ -2637,7 +2690,7 @@ enum {
         }                                                   \
     }
 
-#define DG__EW_DEFINE(SUFFIX, ATTR, SQRT16)                                                           \
+#define DG__EW_DEFINE(SUFFIX, ATTR)                                                                   \
     ATTR static void dg__ew_##SUFFIX(int op, const float *DG__RESTRICT a,                   \
                                      const float *DG__RESTRICT b, float *DG__RESTRICT out,  \
                                      size_t n, const float *ks)                             \
@@ -2656,33 +2709,6 @@ enum {
         case DG__EW_TANH_BWD: DG__EW_LOOP(out[t] = b[t] * (1.0f - a[t] * a[t])) break;      \
         case DG__EW_SIGMOID_BWD: DG__EW_LOOP(out[t] = b[t] * a[t] * (1.0f - a[t])) break;   \
         default: DG__EW_LOOP(out[t] = a[t] * b[t]) break;                                   \
-        }                                                                                   \
-    }                                                                                       \
-    /* Adam in PyTorch's form: p -= step * m / (sqrt(v) / bc2 + eps).  sqrtf may set      \
-       errno, which keeps a loop that calls it scalar, so the square roots of a           \
-       block of 16 are taken apart, by SQRT16. */                                          \
-    ATTR static void dg__adam_##SUFFIX(float *DG__RESTRICT p, const float *DG__RESTRICT g,  \
-                                       float *DG__RESTRICT m, float *DG__RESTRICT v,        \
-                                       size_t n, const float *h)                            \
-    {                                                                                       \
-        float b1 = h[0], b2 = h[1], step = h[2], bc2 = h[3], eps = h[4], wd = h[5];         \
-        float r[16];                                                                        \
-        size_t i, t;                                                                        \
-        int k;                                                                              \
-        for (i = 0; i + 16 <= n; i += 16) {                                                 \
-            for (k = 0; k < 16; k++) {                                                      \
-                float gt = g[i + k] + wd * p[i + k];                                        \
-                m[i + k] = b1 * m[i + k] + (1.0f - b1) * gt;                                \
-                r[k] = v[i + k] = b2 * v[i + k] + (1.0f - b2) * gt * gt;                    \
-            }                                                                               \
-            SQRT16(r);                                                                      \
-            for (k = 0; k < 16; k++) p[i + k] -= step * m[i + k] / (r[k] / bc2 + eps);      \
-        }                                                                                   \
-        for (t = i; t < n; t++) {                                                           \
-            float gt = g[t] + wd * p[t];                                                    \
-            m[t] = b1 * m[t] + (1.0f - b1) * gt;                                            \
-            v[t] = b2 * v[t] + (1.0f - b2) * gt * gt;                                       \
-            p[t] -= step * m[t] / (sqrtf(v[t]) / bc2 + eps);                                \
         }                                                                                   \
     }                                                                                       \
     /* Over `planes` runs of n floats, `stride` apart: out[0] += sum a,                     \
@@ -2709,24 +2735,79 @@ enum {
         }                                                                                   \
     }
 
+DG__EW_DEFINE(scalar, )
+#ifdef DG__X86
+DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))))
+DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))))
+#endif
+
+/* Adam in PyTorch's form: p -= step * m / (sqrt(v) / bc2 + eps), with
+   h = {beta1, beta2, step, bc2, eps, weight decay}.  sqrtf may set errno,
+   which keeps a loop that calls it scalar, so the square roots of a block
+   of 16 are taken apart, by sqrt16.  The body is inlined into one wrapper
+   per instruction set and compiled under that wrapper's target. */
+#if defined(__GNUC__) || defined(__clang__)
+#define DG__INLINE_ALWAYS inline __attribute__((always_inline))
+#else
+#define DG__INLINE_ALWAYS inline
+#endif
+static DG__INLINE_ALWAYS void dg__adam_body(float *DG__RESTRICT p, const float *DG__RESTRICT g,
+                                            float *DG__RESTRICT m, float *DG__RESTRICT v,
+                                            size_t n, const float *h, void (*sqrt16)(float *r))
+{
+    float b1 = h[0], b2 = h[1], step = h[2], bc2 = h[3], eps = h[4], wd = h[5];
+    float r[16];
+    size_t i, t;
+    int k;
+    for (i = 0; i + 16 <= n; i += 16) {
+        for (k = 0; k < 16; k++) {
+            float gt = g[i + k] + wd * p[i + k];
+            m[i + k] = b1 * m[i + k] + (1.0f - b1) * gt;
+            r[k] = v[i + k] = b2 * v[i + k] + (1.0f - b2) * gt * gt;
+        }
+        sqrt16(r);
+        for (k = 0; k < 16; k++) p[i + k] -= step * m[i + k] / (r[k] / bc2 + eps);
+    }
+    for (t = i; t < n; t++) {
+        float gt = g[t] + wd * p[t];
+        m[t] = b1 * m[t] + (1.0f - b1) * gt;
+        v[t] = b2 * v[t] + (1.0f - b2) * gt * gt;
+        p[t] -= step * m[t] / (sqrtf(v[t]) / bc2 + eps);
+    }
+}
+
 static void dg__sqrt16_scalar(float *r)
 {
     int k;
     for (k = 0; k < 16; k++) r[k] = sqrtf(r[k]);
 }
-DG__EW_DEFINE(scalar, , dg__sqrt16_scalar)
+static void dg__adam_scalar(float *DG__RESTRICT p, const float *DG__RESTRICT g,
+                            float *DG__RESTRICT m, float *DG__RESTRICT v, size_t n, const float *h)
+{
+    dg__adam_body(p, g, m, v, n, h, dg__sqrt16_scalar);
+}
 #ifdef DG__X86
 __attribute__((target("avx2,fma"))) static inline void dg__sqrt16_avx2(float *r)
 {
     _mm256_storeu_ps(r, _mm256_sqrt_ps(_mm256_loadu_ps(r)));
     _mm256_storeu_ps(r + 8, _mm256_sqrt_ps(_mm256_loadu_ps(r + 8)));
 }
+__attribute__((target("avx2,fma"))) static void dg__adam_avx2(
+    float *DG__RESTRICT p, const float *DG__RESTRICT g, float *DG__RESTRICT m,
+    float *DG__RESTRICT v, size_t n, const float *h)
+{
+    dg__adam_body(p, g, m, v, n, h, dg__sqrt16_avx2);
+}
 __attribute__((target("avx512f"))) static inline void dg__sqrt16_avx512(float *r)
 {
     _mm512_storeu_ps(r, _mm512_sqrt_ps(_mm512_loadu_ps(r)));
 }
-DG__EW_DEFINE(avx2, __attribute__((target("avx2,fma"))), dg__sqrt16_avx2)
-DG__EW_DEFINE(avx512, __attribute__((target("avx512f"))), dg__sqrt16_avx512)
+__attribute__((target("avx512f"))) static void dg__adam_avx512(
+    float *DG__RESTRICT p, const float *DG__RESTRICT g, float *DG__RESTRICT m,
+    float *DG__RESTRICT v, size_t n, const float *h)
+{
+    dg__adam_body(p, g, m, v, n, h, dg__sqrt16_avx512);
+}
 #endif
 
 /* Copying packs: panel q of width w gets, at depth p < kc, the values
@@ -3334,7 +3415,7 @@ static int dg__gemm_as_gemv(dg_pool *pool, const dg__gemm *g, int threads, int a
 /* Runs a filled-in GEMM (pointers and sizes already checked). */
 static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
 {
-    dg__pack *pk;
+    float *scratch;
     int threads, nc, kc, mch, m = g->m, n = g->n, k = g->k;
     g->isa = *dg__isa_get(pool->isa);
     /* small products are not worth waking the other threads */
@@ -3348,9 +3429,9 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
     }
     g->alpha = alpha;
     if (dg__gemm_as_gemv(pool, g, threads, beta != 0.0f)) return;
-    pk = &pool->pack[dg__pool_tid(pool)];
-    g->pa = pk->a;
-    g->pb = pk->b;
+    scratch = pool->scratch[dg__pool_tid(pool)];
+    g->pa = scratch;
+    g->pb = scratch + (size_t)DG__MCH * DG__KC;
     /* equal blocks rather than full ones and a sliver */
     nc = dg__block(n, DG__NC, g->isa.nr);
     kc = dg__block(k, DG__KC, 1);
@@ -5968,55 +6049,6 @@ DGDEF dg_result dg_dataset_make_shapes(dg_dataset *ds, size_t n, uint64_t seed)
         dg__draw_glyph(ds->pixels + i * 784, (int)(i % 10), &rng);
     }
     return DG_OK;
-}
-
-/* ---- Gamma, Dirichlet ---- */
-
-static double dg__data_u01(dg_rng *r) /* (0, 1) */
-{
-    return ((double)(dg_rng_u64(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-/* log of a Gamma(shape, 1) draw; shape < 1 uses Gamma(shape + 1) U^(1/shape),
-   kept in logs because U^(1/shape) underflows for tiny shape. */
-static double dg__log_gamma_draw(dg_rng *r, double shape)
-{
-    double boost = 0.0, d, c;
-    if (shape < 1.0) {
-        boost = log(dg__data_u01(r)) / shape;
-        shape += 1.0;
-    }
-    /* Marsaglia & Tsang (2000): d = a - 1/3, c = 1/sqrt(9d), v = (1 + c x)^3 */
-    d = shape - 1.0 / 3.0;
-    c = 1.0 / sqrt(9.0 * d);
-    for (;;) {
-        double x = dg_rng_normal(r), v = 1.0 + c * x, u;
-        if (v <= 0.0) continue;
-        v = v * v * v;
-        u = dg__data_u01(r);
-        if (u < 1.0 - 0.0331 * x * x * x * x || log(u) < 0.5 * x * x + d * (1.0 - v + log(v)))
-            return log(d * v) + boost;
-    }
-}
-
-DGDEF double dg_rng_gamma(dg_rng *r, double shape)
-{
-    if (!(shape > 0.0)) return 0.0;
-    return exp(dg__log_gamma_draw(r, shape));
-}
-
-DGDEF void dg_rng_dirichlet(dg_rng *r, double alpha, int k, double *p)
-{
-    double mx = -HUGE_VAL, sum = 0.0;
-    int i;
-    if (k <= 0) return;
-    if (!(alpha > 0.0)) alpha = 1e-300;
-    for (i = 0; i < k; i++) {
-        p[i] = dg__log_gamma_draw(r, alpha);
-        if (p[i] > mx) mx = p[i];
-    }
-    for (i = 0; i < k; i++) sum += (p[i] = exp(p[i] - mx)); /* the largest is exp(0) = 1 */
-    for (i = 0; i < k; i++) p[i] /= sum;
 }
 
 /* ---- partitions ---- */
