@@ -74,6 +74,14 @@
 #ifndef ADACOMP_H
 #define ADACOMP_H
 
+/* Not needed here, but distgan.h (which may come next) needs POSIX, and
+   under a strict -std=c11 the feature macro must precede the C library's
+   first header: the same rule as at the top of distgan.h. */
+#if defined(__STRICT_ANSI__) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && \
+    !defined(_DEFAULT_SOURCE) && !defined(_XOPEN_SOURCE) && !defined(_BSD_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 

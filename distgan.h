@@ -10,8 +10,8 @@
       #include "distgan.h"
 
    and build with nothing but a C compiler:  cc -O2 my.c -lpthread -lm
-   (the data loaders use stb_image from /usr/include/stb, Debian libstb-dev;
-   define DG_NO_STB_IMPLEMENTATION when your program compiles stb itself).
+   (the image loaders and the PNG writer use stb_image from
+   /usr/include/stb, Debian libstb-dev; see DG_STB_IMAGE_PATH and DG_NO_STB).
 
    Configuration macros (define before the implementation include):
       DISTGAN_STATIC        every function is static (private to that file)
@@ -21,12 +21,23 @@
       DG_ASSERT(x)          internal invariants (default: assert.h)
       DG_NO_STB_IMPLEMENTATION
                             your program compiles stb_image(_write) itself
+      DG_STB_IMAGE_PATH, DG_STB_IMAGE_WRITE_PATH
+                            where stb's headers are, as an #include operand
+                            (default <stb/stb_image.h>, Debian's layout), e.g.
+                            -DDG_STB_IMAGE_PATH='"third_party/stb_image.h"'
+      DG_NO_STB             no stb at all: dg_dataset_load_image_dir, the
+                            PNG writers and gzip-compressed IDX files return
+                            DG_ERR_UNSUPPORTED (raw IDX, CIFAR-10, MNIST
+                            JSON and everything else work; gunzip .gz files)
       DG_DATA_MAX_BYTES     the largest dataset a loader accepts (default 1 GiB)
 
-   The implementation uses POSIX (pthreads, clocks, sockets): include
-   distgan.h before any system header in the implementation file, or define
-   _POSIX_C_SOURCE 200809L yourself.  For the asynchronous SGD roles, include
-   adacomp.h (with ADACOMP_IMPLEMENTATION in the same file) first.
+   The implementation uses POSIX (pthreads, clocks, sockets).  distgan.h and
+   adacomp.h may be included in either order; under a strict -std=c11 each
+   defines _POSIX_C_SOURCE 200809L when no feature macro is set, so a file
+   that includes a system header before them defines it itself (glibc
+   decides at the first system header; you get an #error naming this).  The
+   asynchronous SGD roles (dg_asgd) are compiled when adacomp.h is included
+   before distgan.h (with ADACOMP_IMPLEMENTATION in the same file).
 
    Example: a small classifier trained with Adam.
 
@@ -83,11 +94,13 @@
 #ifndef DISTGAN_H
 #define DISTGAN_H
 
-/* The implementation uses POSIX (threads, clocks, sockets); under a strict
-   -std=c11 the feature macro must precede every system header, so include
-   distgan.h first in the implementation file (or define it yourself). */
-#if defined(DISTGAN_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && \
-    !defined(_DEFAULT_SOURCE) && !defined(_XOPEN_SOURCE)
+/* The implementation uses POSIX (threads, clocks, sockets).  Under a strict
+   -std=c11 the C library hides POSIX unless a feature macro precedes its
+   first header, so this header (and adacomp.h, which may come first) sets
+   one whenever it is included, in any order; the other modes (gnu11, the
+   default) already show POSIX and are left alone. */
+#if defined(__STRICT_ANSI__) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && \
+    !defined(_DEFAULT_SOURCE) && !defined(_XOPEN_SOURCE) && !defined(_BSD_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
 
@@ -191,7 +204,8 @@ DGDEF void dg_parallel_for(dg_pool *pool, int n_tasks, dg_task_fn fn, void *arg)
 /* The best instruction set of this CPU (DG_ISA_SCALAR under DG_NO_SIMD). */
 DGDEF dg_isa dg_isa_best(void);
 DGDEF const char *dg_isa_name(dg_isa isa);
-/* Kernels of this pool use isa; DG_ERR_UNSUPPORTED when the CPU lacks it. */
+/* Kernels of this pool use isa; DG_ERR_UNSUPPORTED when the CPU or the
+   build (DG_NO_SIMD) lacks it. */
 DGDEF dg_result dg_pool_set_isa(dg_pool *pool, dg_isa isa);
 DGDEF dg_isa dg_pool_isa(const dg_pool *pool);
 
@@ -255,8 +269,14 @@ typedef struct dg_layer_desc {
     int stride;      /* default 1 (max-pool: kernel) */
     int pad;
     int out_pad;     /* conv-transpose only */
-    float alpha;     /* leaky-relu slope (default 0.01), dropout probability */
+    float alpha;     /* leaky-relu slope (default 0.01; any finite value),
+                        dropout probability */
     int c, h, w;     /* reshape target */
+    int no_bias;     /* linear, conv, conv-transpose: no bias vector
+                        (PyTorch's bias=False) */
+    float eps;       /* batchnorm: added to the variance (default 1e-5) */
+    float momentum;  /* batchnorm: running statistics' update weight in
+                        (0, 1] (default 0.1, PyTorch's convention) */
 } dg_layer_desc;
 
 DGDEF dg_result dg_net_create(dg_net **out, int c, int h, int w);
@@ -268,9 +288,11 @@ DGDEF dg_result dg_net_conv_transpose2d(dg_net *net, int out_c, int kernel, int 
                                         int pad, int out_pad);
 DGDEF dg_result dg_net_batchnorm(dg_net *net);
 DGDEF dg_result dg_net_relu(dg_net *net);
+/* y = x for x > 0, else slope x; any finite slope except 0 (a ReLU). */
 DGDEF dg_result dg_net_leaky_relu(dg_net *net, float slope);
 DGDEF dg_result dg_net_tanh(dg_net *net);
 DGDEF dg_result dg_net_sigmoid(dg_net *net);
+/* stride 0: the kernel (non-overlapping windows) */
 DGDEF dg_result dg_net_maxpool(dg_net *net, int kernel, int stride);
 DGDEF dg_result dg_net_dropout(dg_net *net, float p);
 DGDEF dg_result dg_net_reshape(dg_net *net, int c, int h, int w);
@@ -284,7 +306,23 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch);
    DCGAN one instead: weights N(0, std), biases 0, gamma N(1, std). */
 DGDEF dg_result dg_net_init(dg_net *net, uint64_t seed, float std);
 
+/* What a layer is and where its numbers live, e.g. to load weights trained
+   elsewhere: layer i's parameters are params[param_offset ..
+   param_offset + param_count), its weights first (weight_count values),
+   then its bias (or batchnorm's gamma, then beta); its state is
+   state[state_offset .. + state_count) (batchnorm: running mean, then
+   running variance).  docs/api.md gives each layer's layout. */
+typedef struct dg_layer_info {
+    dg_layer_desc desc;      /* as added, defaults filled in */
+    int in_c, in_h, in_w;    /* one sample's input shape */
+    int out_c, out_h, out_w; /* one sample's output shape */
+    size_t param_offset, param_count, weight_count;
+    size_t state_offset, state_count;
+} dg_layer_info;
+
 DGDEF int dg_net_layer_count(const dg_net *net);
+/* DG_ERR_ARG when i is not in [0, dg_net_layer_count). */
+DGDEF dg_result dg_net_layer_info(const dg_net *net, int i, dg_layer_info *info);
 DGDEF size_t dg_net_param_count(const dg_net *net);
 DGDEF float *dg_net_params(dg_net *net);
 DGDEF float *dg_net_grads(dg_net *net);
@@ -1884,17 +1922,26 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__unix__) || defined(__APPLE__)
+#if (defined(__unix__) || defined(__APPLE__)) && !defined(DG_NO_STB)
 #include <dirent.h>
 #include <sys/stat.h>
-#define DG__HAVE_DIRENT 1
+#define DG__HAVE_IMAGE_DIR 1 /* the image-folder loader: dirent and stb_image */
 #endif
 
 /* stb_image (decoding, and its zlib inflate) and stb_image_write, compiled
    here as static functions so they cannot clash with another copy in the
    program; define DG_NO_STB_IMPLEMENTATION when the program compiles stb
    itself (then include stb's headers before this point or let them be
-   included here as declarations only). */
+   included here as declarations only).  DG_STB_IMAGE_PATH and
+   DG_STB_IMAGE_WRITE_PATH say where the headers are; DG_NO_STB leaves stb
+   out (see the top of this file). */
+#ifndef DG_NO_STB
+#ifndef DG_STB_IMAGE_PATH
+#define DG_STB_IMAGE_PATH <stb/stb_image.h>
+#endif
+#ifndef DG_STB_IMAGE_WRITE_PATH
+#define DG_STB_IMAGE_WRITE_PATH <stb/stb_image_write.h>
+#endif
 #ifndef DG_NO_STB_IMPLEMENTATION
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_STATIC
@@ -1930,14 +1977,15 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
    at the end of the file that a static function is never defined */
 #define stbi_set_unpremultiply_on_load_thread stbi__unpremultiply_on_load_thread
 #endif
-#include <stb/stb_image.h>
-#include <stb/stb_image_write.h>
+#include DG_STB_IMAGE_PATH
+#include DG_STB_IMAGE_WRITE_PATH
 #ifndef DG_NO_STB_IMPLEMENTATION
 #undef stbi_set_unpremultiply_on_load_thread
 #endif
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+#endif /* DG_NO_STB */
 
 /* ---- for the mdgan section ---- */
 #include <errno.h>
@@ -1954,6 +2002,10 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+
+#if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
+#error "distgan.h: POSIX is hidden: a system header came first under -std=c11; define _POSIX_C_SOURCE 200809L before it"
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -2480,7 +2532,14 @@ DGDEF int dg_pool_size(const dg_pool *p) { return p ? p->n : 1; }
 DGDEF dg_result dg_pool_set_isa(dg_pool *p, dg_isa isa)
 {
     if (!p) return dg__fail(DG_ERR_ARG, "dg_pool_set_isa: pool is NULL");
-    if ((int)isa < 0 || isa > dg_isa_best())
+    if ((int)isa < 0 || isa > DG_ISA_AVX512)
+        return dg__fail(DG_ERR_ARG, "dg_pool_set_isa: unknown instruction set %d", (int)isa);
+#ifndef DG__X86
+    if (isa != DG_ISA_SCALAR)
+        return dg__fail(DG_ERR_UNSUPPORTED, "dg_pool_set_isa: %s not in this build (scalar "
+                        "kernels only: DG_NO_SIMD, or not x86-64 with GCC or Clang)", dg_isa_name(isa));
+#endif
+    if (isa > dg_isa_best())
         return dg__fail(DG_ERR_UNSUPPORTED, "dg_pool_set_isa: %s not available on this CPU",
                         dg_isa_name(isa));
     p->isa = isa;
@@ -2655,7 +2714,7 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
 enum {
     DG__EW_RELU,        /* out = relu(a) */
     DG__EW_LEAKY,       /* out = leaky(a), slope s */
-    DG__EW_RELU_BWD,    /* out = a > 0 ? b : 0         (a = y, b = dy) */
+    DG__EW_RELU_BWD,    /* out = a > 0 ? b : 0         (a = y or x, b = dy) */
     DG__EW_LEAKY_BWD,   /* out = a > 0 ? b : s b */
     DG__EW_TANH_BWD,    /* out = b (1 - a^2) */
     DG__EW_SIGMOID_BWD, /* out = b a (1 - a) */
@@ -3686,12 +3745,17 @@ static void dg__reorder(dg_pool *pool, const float *src, float *dst, int n, int 
 
 /* ==== dg_net ==== */
 
+/* batchnorm's defaults, PyTorch's */
+#define DG__BN_EPS 1e-5f
+#define DG__BN_MOMENTUM 0.1f
+
 typedef struct dg__layer {
     dg_layer_desc d;
     int ic, ih, iw;        /* input shape of one sample */
     int oc, oh, ow;        /* output shape */
     size_t in_size, out_size;
     size_t p_off, n_p;     /* parameters: weights then bias (gamma then beta) */
+    size_t n_w;            /* the weights (gamma) among them */
     size_t s_off, n_s;     /* state: batchnorm running mean then variance */
     float *out;            /* batch x out_size; reshape aliases its input */
     float *keep;           /* conv-transpose: the input in CNHW, for the weight gradient */
@@ -3794,7 +3858,8 @@ static dg_result dg__layer_shape(dg__layer *l)
         if (d->out <= 0) return dg__fail(DG_ERR_ARG, "linear: %d output features", d->out);
         l->oc = d->out;
         l->oh = l->ow = 1;
-        l->n_p = l->in_size * (size_t)d->out + (size_t)d->out;
+        l->n_w = l->in_size * (size_t)d->out;
+        l->n_p = l->n_w + (d->no_bias ? 0 : (size_t)d->out);
         break;
     case DG_LAYER_CONV2D:
     case DG_LAYER_CONV_TRANSPOSE2D:
@@ -3818,9 +3883,14 @@ static dg_result dg__layer_shape(dg__layer *l)
         }
         if (l->oh <= 0 || l->ow <= 0)
             return dg__fail(DG_ERR_SHAPE, "conv: output would be %dx%d", l->oh, l->ow);
-        l->n_p = (size_t)l->ic * d->out * k * k + (size_t)d->out;
+        l->n_w = (size_t)l->ic * d->out * k * k;
+        l->n_p = l->n_w + (d->no_bias ? 0 : (size_t)d->out);
         break;
     case DG_LAYER_BATCHNORM:
+        if (!(d->eps > 0.0f && d->eps < HUGE_VALF) || !(d->momentum > 0.0f && d->momentum <= 1.0f))
+            return dg__fail(DG_ERR_ARG, "batchnorm: eps %g (> 0) momentum %g (in (0, 1])", d->eps,
+                            d->momentum);
+        l->n_w = (size_t)l->ic;
         l->n_p = 2 * (size_t)l->ic;
         l->n_s = 2 * (size_t)l->ic;
         break;
@@ -3836,8 +3906,8 @@ static dg_result dg__layer_shape(dg__layer *l)
             return dg__fail(DG_ERR_ARG, "dropout: probability %g not in [0, 1)", d->alpha);
         break;
     case DG_LAYER_LEAKY_RELU:
-        if (!(d->alpha >= 0.0f && d->alpha < 1.0f))
-            return dg__fail(DG_ERR_ARG, "leaky relu: slope %g not in [0, 1)", d->alpha);
+        if (!(d->alpha > -HUGE_VALF && d->alpha < HUGE_VALF))
+            return dg__fail(DG_ERR_ARG, "leaky relu: slope %g is not finite", d->alpha);
         break;
     case DG_LAYER_RESHAPE:
         if (d->c <= 0 || d->h <= 0 || d->w <= 0 ||
@@ -3855,6 +3925,10 @@ static dg_result dg__layer_shape(dg__layer *l)
     default:
         return dg__fail(DG_ERR_ARG, "unknown layer type %d", (int)d->type);
     }
+    if (d->no_bias && d->type != DG_LAYER_LINEAR && d->type != DG_LAYER_CONV2D &&
+        d->type != DG_LAYER_CONV_TRANSPOSE2D)
+        return dg__fail(DG_ERR_ARG, "layer type %d: no_bias is for linear and convolutions",
+                        (int)d->type);
     l->out_size = (size_t)l->oc * l->oh * l->ow;
     if ((double)l->oc * l->oh * l->ow > 1e9)
         return dg__fail(DG_ERR_TOO_LARGE, "layer output %dx%dx%d", l->oc, l->oh, l->ow);
@@ -3871,6 +3945,8 @@ DGDEF dg_result dg_net_add(dg_net *net, const dg_layer_desc *desc)
     l.d = *desc;
     if (l.d.stride == 0) l.d.stride = l.d.type == DG_LAYER_MAXPOOL ? l.d.kernel : 1;
     if (l.d.type == DG_LAYER_LEAKY_RELU && l.d.alpha == 0.0f) l.d.alpha = 0.01f;
+    if (l.d.type == DG_LAYER_BATCHNORM && l.d.eps == 0.0f) l.d.eps = DG__BN_EPS;
+    if (l.d.type == DG_LAYER_BATCHNORM && l.d.momentum == 0.0f) l.d.momentum = DG__BN_MOMENTUM;
     dg__last_shape(net, &l.ic, &l.ih, &l.iw);
     l.in_size = (size_t)l.ic * l.ih * l.iw;
     if ((r = dg__layer_shape(&l)) != DG_OK) return r;
@@ -3910,13 +3986,13 @@ DGDEF dg_result dg_net_linear(dg_net *net, int out)
 }
 DGDEF dg_result dg_net_conv2d(dg_net *net, int out_c, int kernel, int stride, int pad)
 {
-    if (stride <= 0) return dg__fail(DG_ERR_ARG, "conv2d: stride %d", stride);
+    if (stride < 0) return dg__fail(DG_ERR_ARG, "conv2d: stride %d", stride);
     return dg__add(net, DG_LAYER_CONV2D, out_c, kernel, stride, pad, 0, 0.0f);
 }
 DGDEF dg_result dg_net_conv_transpose2d(dg_net *net, int out_c, int kernel, int stride, int pad,
                                         int out_pad)
 {
-    if (stride <= 0) return dg__fail(DG_ERR_ARG, "conv-transpose: stride %d", stride);
+    if (stride < 0) return dg__fail(DG_ERR_ARG, "conv-transpose: stride %d", stride);
     return dg__add(net, DG_LAYER_CONV_TRANSPOSE2D, out_c, kernel, stride, pad, out_pad, 0.0f);
 }
 DGDEF dg_result dg_net_batchnorm(dg_net *net)
@@ -3926,7 +4002,8 @@ DGDEF dg_result dg_net_batchnorm(dg_net *net)
 DGDEF dg_result dg_net_relu(dg_net *net) { return dg__add(net, DG_LAYER_RELU, 0, 0, 0, 0, 0, 0.0f); }
 DGDEF dg_result dg_net_leaky_relu(dg_net *net, float slope)
 {
-    if (!(slope > 0.0f)) return dg__fail(DG_ERR_ARG, "leaky relu: slope %g must be > 0", slope);
+    /* 0 in a descriptor means the default slope */
+    if (slope == 0.0f) return dg__fail(DG_ERR_ARG, "leaky relu: slope 0 is a ReLU (dg_net_relu)");
     return dg__add(net, DG_LAYER_LEAKY_RELU, 0, 0, 0, 0, 0, slope);
 }
 DGDEF dg_result dg_net_tanh(dg_net *net) { return dg__add(net, DG_LAYER_TANH, 0, 0, 0, 0, 0, 0.0f); }
@@ -3936,7 +4013,7 @@ DGDEF dg_result dg_net_sigmoid(dg_net *net)
 }
 DGDEF dg_result dg_net_maxpool(dg_net *net, int kernel, int stride)
 {
-    if (stride <= 0) return dg__fail(DG_ERR_ARG, "maxpool: stride %d", stride);
+    if (stride < 0) return dg__fail(DG_ERR_ARG, "maxpool: stride %d", stride);
     return dg__add(net, DG_LAYER_MAXPOOL, 0, kernel, stride, 0, 0, 0.0f);
 }
 DGDEF dg_result dg_net_dropout(dg_net *net, float p)
@@ -4048,7 +4125,7 @@ DGDEF dg_result dg_net_init(dg_net *net, uint64_t seed, float std)
         dg__layer *l = &net->layers[i];
         dg_rng rng = dg_rng_make(seed, 0x1a7e5, (uint64_t)i);
         float *p = net->params + l->p_off;
-        size_t nw = l->n_p - (l->n_p ? (size_t)l->oc : 0), fan_in;
+        size_t fan_in;
         switch (l->d.type) {
         case DG_LAYER_LINEAR:
         case DG_LAYER_CONV2D:
@@ -4061,8 +4138,8 @@ DGDEF dg_result dg_net_init(dg_net *net, uint64_t seed, float std)
                            l->d.kernel;
             bound = 1.0f / sqrtf((float)fan_in);
             if (std > 0.0f) {
-                dg_rng_fill_normal(&rng, p, nw, 0.0f, std);
-                memset(p + nw, 0, sizeof(float) * (size_t)l->oc);
+                dg_rng_fill_normal(&rng, p, l->n_w, 0.0f, std);
+                memset(p + l->n_w, 0, sizeof(float) * (l->n_p - l->n_w));
             } else {
                 dg_rng_fill_uniform(&rng, p, l->n_p, -bound, bound);
             }
@@ -4087,6 +4164,28 @@ DGDEF dg_result dg_net_init(dg_net *net, uint64_t seed, float std)
 }
 
 DGDEF int dg_net_layer_count(const dg_net *net) { return net ? net->n_layers : 0; }
+
+DGDEF dg_result dg_net_layer_info(const dg_net *net, int i, dg_layer_info *info)
+{
+    const dg__layer *l;
+    if (!net || !info) return dg__fail(DG_ERR_ARG, "dg_net_layer_info: NULL argument");
+    if (i < 0 || i >= net->n_layers)
+        return dg__fail(DG_ERR_ARG, "dg_net_layer_info: layer %d of %d", i, net->n_layers);
+    l = &net->layers[i];
+    info->desc = l->d;
+    info->in_c = l->ic;
+    info->in_h = l->ih;
+    info->in_w = l->iw;
+    info->out_c = l->oc;
+    info->out_h = l->oh;
+    info->out_w = l->ow;
+    info->param_offset = l->p_off;
+    info->param_count = l->n_p;
+    info->weight_count = l->n_w;
+    info->state_offset = l->s_off;
+    info->state_count = l->n_s;
+    return DG_OK;
+}
 DGDEF size_t dg_net_param_count(const dg_net *net) { return net ? net->n_params : 0; }
 DGDEF float *dg_net_params(dg_net *net) { return net ? net->params : NULL; }
 DGDEF float *dg_net_grads(dg_net *net) { return net ? net->grads : NULL; }
@@ -4175,7 +4274,8 @@ static void dg__act_task(void *arg, int task, int thread)
     if (op >= 0) dg__ew(j->isa, op, a, b, out, n, s, 0.0f, 0.0f);
 }
 
-/* forward: out = f(x); backward: out = f'(y) dy (dropout: mask * dy) */
+/* forward: out = f(x); backward: out = f'(a) dy, a = y (leaky ReLU: x;
+   dropout: the mask) */
 static void dg__act(dg_pool *pool, const dg__layer *l, const float *a, const float *b, float *out,
                     size_t n, int backward)
 {
@@ -4200,9 +4300,6 @@ typedef struct dg__bn_job {
     int n;
 } dg__bn_job;
 
-#define DG__BN_EPS 1e-5f
-#define DG__BN_MOMENTUM 0.1f
-
 /* Channel ch's statistics from the sums of (x - shift) and of its square
    over m values (train), or its running ones (eval), kept in aux for the
    backward pass; returns the affine map y = *a x + *b. */
@@ -4216,14 +4313,14 @@ static void dg__bn_stats(dg__bn_job *j, int ch, size_t m, float shift, const dou
         double var = (sums[1] - sums[0] * sums[0] / (double)m) / (double)m;
         var = var > 0.0 ? var : 0.0;
         mean = (float)(shift + sums[0] / (double)m);
-        inv = (float)(1.0 / sqrt(var + DG__BN_EPS));
+        inv = (float)(1.0 / sqrt(var + l->d.eps));
         /* running variance is the unbiased one, as in PyTorch */
-        rmean[ch] = (1.0f - DG__BN_MOMENTUM) * rmean[ch] + DG__BN_MOMENTUM * mean;
-        rvar[ch] = (1.0f - DG__BN_MOMENTUM) * rvar[ch] +
-                   DG__BN_MOMENTUM * (float)(m > 1 ? var * (double)m / (double)(m - 1) : var);
+        rmean[ch] = (1.0f - l->d.momentum) * rmean[ch] + l->d.momentum * mean;
+        rvar[ch] = (1.0f - l->d.momentum) * rvar[ch] +
+                   l->d.momentum * (float)(m > 1 ? var * (double)m / (double)(m - 1) : var);
     } else {
         mean = rmean[ch];
-        inv = 1.0f / sqrtf(rvar[ch] + DG__BN_EPS);
+        inv = 1.0f / sqrtf(rvar[ch] + l->d.eps);
     }
     l->aux[ch] = mean;
     l->aux[l->ic + ch] = inv;
@@ -4446,21 +4543,20 @@ static void dg__add_bias_rows(float *y, const float *bias, int rows, int cols)
 static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
 {
     dg_pool *pool = net->pool;
-    float *w = net->params + l->p_off;
+    float *w = net->params + l->p_off, *bias = l->n_p > l->n_w ? w + l->n_w : NULL;
     int k = l->d.kernel;
     size_t total = l->out_size * (size_t)nb;
     switch (l->d.type) {
     case DG_LAYER_LINEAR:
         dg_gemm(pool, 0, 1, nb, l->oc, (int)l->in_size, 1.0f, x, (int)l->in_size, w,
                 (int)l->in_size, 0.0f, l->out, l->oc);
-        dg__add_bias_rows(l->out, w + l->in_size * l->oc, nb, l->oc);
+        if (bias) dg__add_bias_rows(l->out, bias, nb, l->oc);
         break;
     case DG_LAYER_CONV2D: {
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
         dg__gemm_cols(pool, 0, 0, l->oc, grid, kdim, w, kdim, &g, x, 0.0f, net->s_out, grid);
-        dg__reorder(pool, net->s_out, l->out, nb, l->oc, (size_t)l->oh * l->ow, 0,
-                    w + (size_t)l->oc * kdim);
+        dg__reorder(pool, net->s_out, l->out, nb, l->oc, (size_t)l->oh * l->ow, 0, bias);
         break;
     }
     case DG_LAYER_CONV_TRANSPOSE2D: {
@@ -4469,7 +4565,7 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
         dg__reorder(pool, x, l->keep, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
         dg_gemm(pool, 1, 0, kdim, grid, l->ic, 1.0f, w, kdim, l->keep, grid, 0.0f, net->s_cols,
                 grid);
-        dg__col2im(pool, &g, net->s_cols, w + (size_t)l->ic * kdim, l->out);
+        dg__col2im(pool, &g, net->s_cols, bias, l->out);
         break;
     }
     case DG_LAYER_BATCHNORM:
@@ -4496,14 +4592,14 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
 {
     dg_pool *pool = net->pool;
     float *w = net->params + l->p_off, *dw = net->grads + l->p_off;
+    float *db = l->n_p > l->n_w ? dw + l->n_w : NULL;
     int k = l->d.kernel, n, c;
     size_t total = l->out_size * (size_t)nb;
     switch (l->d.type) {
     case DG_LAYER_LINEAR: {
         int in = (int)l->in_size;
-        float *db = dw + l->in_size * l->oc;
         dg_gemm(pool, 1, 0, l->oc, in, nb, 1.0f, dy, l->oc, x, in, 1.0f, dw, in);
-        for (n = 0; n < nb; n++)
+        for (n = 0; n < nb && db; n++)
             for (c = 0; c < l->oc; c++) db[c] += dy[(size_t)n * l->oc + c];
         if (dx) dg_gemm(pool, 0, 0, nb, in, l->oc, 1.0f, dy, l->oc, w, in, 0.0f, dx, in);
         break;
@@ -4511,9 +4607,8 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
     case DG_LAYER_CONV2D: {
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
-        float *db = dw + (size_t)l->oc * kdim;
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
-        for (c = 0; c < l->oc; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid);
+        for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid);
         dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
         if (!dx) break;
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
@@ -4525,8 +4620,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
         int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
         size_t hw = (size_t)l->oh * l->ow;
-        float *db = dw + (size_t)l->ic * kdim;
-        for (c = 0; c < l->oc; c++) {
+        for (c = 0; c < l->oc && db; c++) {
             double sums[2] = {0.0, 0.0};
             dg__isa_get(dg_pool_isa(pool))->sums(dy + (size_t)c * hw, NULL, hw, (size_t)nb, hw * l->oc, 0.0f, sums);
             db[c] += (float)sums[0];
@@ -4546,7 +4640,14 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
     case DG_LAYER_RESHAPE:
         break;
     default:
-        if (dx) dg__act(pool, l, l->d.type == DG_LAYER_DROPOUT ? l->aux : l->out, dy, dx, total, 1);
+        /* the sign of the input, not of the output: a leaky slope may be
+           negative (for a positive one both give the same) */
+        if (dx)
+            dg__act(pool, l,
+                    l->d.type == DG_LAYER_DROPOUT      ? l->aux
+                    : l->d.type == DG_LAYER_LEAKY_RELU ? x
+                                                       : l->out,
+                    dy, dx, total, 1);
         break;
     }
 }
@@ -4767,9 +4868,11 @@ DGDEF dg_result dg_optim_step(dg_optim *opt, dg_pool *pool, float *params, const
    per layer 9 x i32 (type, out, kernel, stride, pad, out_pad, c, h, w) and
    f32 alpha | u64 params | u64 state | floats | u32 optimiser kind (0 =
    none) | then for an optimiser: u64 n | i64 t | 7 x f32 hyperparameters
-   | u64 state count | floats. */
+   | u64 state count | floats.  Version 2 adds to each layer record i32
+   no_bias, f32 eps, f32 momentum; a net that version 1 describes (every
+   layer with a bias, batchnorm at its defaults) is written as version 1. */
 #define DG__NET_MAGIC "DGNT"
-#define DG__NET_VERSION 1u
+#define DG__NET_VERSION 2u
 
 typedef struct dg__wbuf {
     unsigned char *p;
@@ -4850,9 +4953,24 @@ static void dg__optim_hyper(const dg_optim *o, float h[7])
     h[6] = 0.0f;
 }
 
-static void dg__net_payload(const dg_net *net, const dg_optim *opt, dg__wbuf *w)
+/* Whether a version 1 file can describe the layer. */
+static int dg__layer_v1(const dg_layer_desc *d)
+{
+    return !d->no_bias && (d->type != DG_LAYER_BATCHNORM ||
+                           (d->eps == DG__BN_EPS && d->momentum == DG__BN_MOMENTUM));
+}
+
+static uint32_t dg__net_version(const dg_net *net)
 {
     int i;
+    for (i = 0; i < net->n_layers; i++)
+        if (!dg__layer_v1(&net->layers[i].d)) return 2u;
+    return 1u;
+}
+
+static void dg__net_payload(const dg_net *net, const dg_optim *opt, dg__wbuf *w)
+{
+    int v2 = dg__net_version(net) == 2u, i;
     dg__put_u32(w, (uint32_t)net->c);
     dg__put_u32(w, (uint32_t)net->h);
     dg__put_u32(w, (uint32_t)net->w);
@@ -4872,6 +4990,11 @@ static void dg__net_payload(const dg_net *net, const dg_optim *opt, dg__wbuf *w)
         f[8] = d->w;
         for (j = 0; j < 9; j++) dg__put_u32(w, (uint32_t)f[j]);
         dg__put_f32s(w, &d->alpha, 1);
+        if (v2) {
+            dg__put_u32(w, (uint32_t)d->no_bias);
+            dg__put_f32s(w, &d->eps, 1);
+            dg__put_f32s(w, &d->momentum, 1);
+        }
     }
     dg__put_u64(w, net->n_params);
     dg__put_u64(w, net->n_state);
@@ -4918,7 +5041,7 @@ DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *bu
     w.p = p + 4;
     w.len = 0;
     w.cap = 16;
-    dg__put_u32(&w, DG__NET_VERSION);
+    dg__put_u32(&w, dg__net_version(net));
     dg__put_u64(&w, (uint64_t)(need - 20));
     dg__put_u32(&w, dg_crc32(0, p + 20, need - 20));
     if (written) *written = need;
@@ -4927,7 +5050,7 @@ DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *bu
 
 /* Checks that the payload describes this net (and optimiser), then copies
    the values.  Nothing is changed unless everything matches. */
-static dg_result dg__net_read_payload(dg_net *net, dg_optim *opt, dg__rbuf *r)
+static dg_result dg__net_read_payload(dg_net *net, dg_optim *opt, dg__rbuf *r, uint32_t version)
 {
     const unsigned char *params, *state, *ostate = NULL;
     uint32_t kind;
@@ -4941,15 +5064,23 @@ static dg_result dg__net_read_payload(dg_net *net, dg_optim *opt, dg__rbuf *r)
                         net->n_layers);
     for (l = 0; l < net->n_layers; l++) {
         const dg_layer_desc *d = &net->layers[l].d;
-        int32_t f[9];
-        int j;
-        float alpha;
+        int32_t f[9], no_bias = 0;
+        int j, same;
+        float alpha, eps = d->eps, momentum = d->momentum;
         for (j = 0; j < 9; j++) f[j] = (int32_t)dg__get_u32(r);
         alpha = dg__get_f32(r);
+        if (version >= 2) {
+            no_bias = (int32_t)dg__get_u32(r);
+            eps = dg__get_f32(r);
+            momentum = dg__get_f32(r);
+        }
         if (r->bad) break;
-        if (f[0] != (int32_t)d->type || f[1] != d->out || f[2] != d->kernel || f[3] != d->stride ||
-            f[4] != d->pad || f[5] != d->out_pad || f[6] != d->c || f[7] != d->h || f[8] != d->w ||
-            memcmp(&alpha, &d->alpha, 4) != 0)
+        same = version >= 2 || dg__layer_v1(d);
+        if (!same || f[0] != (int32_t)d->type || f[1] != d->out || f[2] != d->kernel ||
+            f[3] != d->stride || f[4] != d->pad || f[5] != d->out_pad || f[6] != d->c ||
+            f[7] != d->h || f[8] != d->w || memcmp(&alpha, &d->alpha, 4) != 0 ||
+            no_bias != d->no_bias || memcmp(&eps, &d->eps, 4) != 0 ||
+            memcmp(&momentum, &d->momentum, 4) != 0)
             return dg__fail(DG_ERR_CONFIG, "checkpoint: layer %d differs from the net's", l);
     }
     if (dg__get_u64(r) != net->n_params || dg__get_u64(r) != net->n_state)
@@ -5010,9 +5141,9 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
     version = dg__get_u32(&r);
     plen = dg__get_u64(&r);
     crc = dg__get_u32(&r);
-    if (version != DG__NET_VERSION)
-        return dg__fail(DG_ERR_VERSION, "checkpoint: version %u, this library reads %u", version,
-                        DG__NET_VERSION);
+    if (version < 1 || version > DG__NET_VERSION)
+        return dg__fail(DG_ERR_VERSION, "checkpoint: version %u, this library reads 1 to %u",
+                        version, DG__NET_VERSION);
     if (plen != len - 20)
         return dg__fail(DG_ERR_FORMAT, "checkpoint: payload of %llu bytes in a %zu-byte file",
                         (unsigned long long)plen, len);
@@ -5021,7 +5152,7 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
     r.p = p + 20;
     r.len = len - 20;
     r.pos = 0;
-    return dg__net_read_payload(net, opt, &r);
+    return dg__net_read_payload(net, opt, &r, version);
 }
 
 DGDEF dg_result dg_net_save(const dg_net *net, const dg_optim *opt, const char *path)
@@ -5317,6 +5448,13 @@ static dg_result dg__gunzip(const char *name, const uint8_t *gz, size_t len, uin
                         name, isize, comp_len);
     if (comp_len > 0x7FFFFFF0u)
         return dg__fail(DG_ERR_TOO_LARGE, "%s: gzip: %zu compressed bytes", name, comp_len);
+#ifdef DG_NO_STB
+    (void)buf;
+    (void)got;
+    (void)crc;
+    return dg__fail(DG_ERR_UNSUPPORTED, "%s: gzip: this build has no inflate (DG_NO_STB): "
+                    "gunzip the file", name);
+#else
     buf = (uint8_t *)dg__alloc(isize ? isize : 1);
     if (!buf) return dg__fail(DG_ERR_NOMEM, "%s: gzip: cannot allocate %u bytes", name, isize);
     /* Inflating into a buffer of exactly ISIZE bytes: one pass, no regrowth,
@@ -5348,6 +5486,7 @@ static dg_result dg__gunzip(const char *name, const uint8_t *gz, size_t len, uin
     *out = buf;
     *out_len = isize;
     return DG_OK;
+#endif
 }
 
 /* Parses an IDX header of type 0x08 with `want_dims` dims; on success
@@ -5585,6 +5724,7 @@ DGDEF dg_result dg_dataset_load_cifar10(dg_dataset *ds, const char *const *paths
 
 /* ---- image folders ---- */
 
+#ifdef DG__HAVE_IMAGE_DIR
 typedef struct dg__strlist {
     char **s;
     size_t n, cap;
@@ -5647,7 +5787,6 @@ static int dg__is_image_name(const char *name)
     return 0;
 }
 
-#ifdef DG__HAVE_DIRENT
 /* Lists dir: sub-folders into dirs (names only), image files into files
    (full paths); both sorted. */
 static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *files)
@@ -5687,7 +5826,7 @@ static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *f
 
 DGDEF dg_result dg_dataset_load_image_dir(dg_dataset *ds, const char *dir, int channels)
 {
-#ifdef DG__HAVE_DIRENT
+#ifdef DG__HAVE_IMAGE_DIR
     dg__strlist dirs = {NULL, 0, 0}, files = {NULL, 0, 0};
     size_t *class_end = NULL, i, k, per;
     int w0 = 0, h0 = 0, any_color = 0, n_classes = 0;
@@ -5778,8 +5917,9 @@ done:
 #else
     (void)channels;
     if (ds) memset(ds, 0, sizeof *ds);
-    return dg__fail(DG_ERR_UNSUPPORTED, "dg_dataset_load_image_dir(%s): no POSIX dirent here",
-                    dir ? dir : "NULL");
+    return dg__fail(DG_ERR_UNSUPPORTED,
+                    "dg_dataset_load_image_dir(%s): not in this build (needs POSIX dirent and "
+                    "stb_image: DG_NO_STB?)", dir ? dir : "NULL");
 #endif
 }
 
@@ -6402,10 +6542,17 @@ static dg_result dg__png_grid(const char *path, const float *images, int n, int 
                     img[((oy + y) * gw + ox + x) * c + ch] =
                         dg__data_to_byte(images[((size_t)i * c + ch) * hw + (size_t)y * w + x]);
     }
+#ifdef DG_NO_STB
+    dg__free(img);
+    (void)ok;
+    return dg__fail(DG_ERR_UNSUPPORTED, "dg_write_png_grid(%s): this build has no PNG writer "
+                    "(DG_NO_STB)", path);
+#else
     ok = stbi_write_png(path, (int)gw, (int)gh, c, img, (int)(gw * c));
     dg__free(img);
     if (!ok) return dg__fail(DG_ERR_IO, "dg_write_png_grid: cannot write %s", path);
     return DG_OK;
+#endif
 }
 
 DGDEF dg_result dg_write_png_grid(const char *path, const float *images, int n, int c, int h, int w,

@@ -1,17 +1,28 @@
 /* Compiled by tests/compile_check.sh as C with gcc and clang, as C++, and
    with DISTGAN_STATIC; a second file (-DSECOND_UNIT) uses the header
-   without the implementation, so the declarations link against it. */
+   without the implementation, so the declarations link against it.
+   Include orders: adacomp.h before distgan.h (default with WITH_ADACOMP)
+   or after (DISTGAN_FIRST), and with a program's own system headers first
+   (SYSTEM_FIRST). */
 #ifndef SECOND_UNIT
 #define DISTGAN_IMPLEMENTATION
 #ifdef WITH_ADACOMP
 #define ADACOMP_IMPLEMENTATION
 #endif
 #endif
-#ifdef WITH_ADACOMP
-#define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
+#ifdef SYSTEM_FIRST
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#endif
+#if defined(WITH_ADACOMP) && !defined(DISTGAN_FIRST)
 #include "../adacomp.h"
 #endif
 #include "../distgan.h"
+#if defined(WITH_ADACOMP) && defined(DISTGAN_FIRST)
+#include "../adacomp.h"
+#endif
+#include <string.h>
 
 #ifdef SECOND_UNIT
 int second_unit(void);
@@ -32,6 +43,20 @@ int main(void)
     dg_pool_destroy(pool);
 #ifdef LINK_SECOND
     ok = ok && second_unit();
+#endif
+#ifdef DG_NO_SIMD
+    if (dg_pool_create(&pool, 1) != DG_OK) return 1;
+    ok = ok && dg_pool_set_isa(pool, DG_ISA_AVX2) == DG_ERR_UNSUPPORTED &&
+         strstr(dg_last_error(), "not in this build") != NULL;
+    dg_pool_destroy(pool);
+#endif
+#ifdef DG_NO_STB
+    { /* the stb-dependent calls are there, and say this build lacks them */
+        float px[16] = {0};
+        dg_dataset ds;
+        ok = ok && dg_write_png_grid("never.png", px, 1, 1, 4, 4, 1, 0) == DG_ERR_UNSUPPORTED &&
+             dg_dataset_load_image_dir(&ds, ".", 0) == DG_ERR_UNSUPPORTED;
+    }
 #endif
     return ok ? 0 : 1;
 }

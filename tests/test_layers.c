@@ -539,6 +539,269 @@ TEST(backward_without_dx)
     }
 }
 
+/* ---- PyTorch-compatible options and the layer accessors ---- */
+
+TEST(grad_without_bias)
+{
+    dg_layer_desc d[3];
+    int i;
+    d[0] = desc(DG_LAYER_LINEAR, 7, 0, 0, 0, 0, 0);
+    d[1] = desc(DG_LAYER_CONV2D, 3, 3, 2, 1, 0, 0);
+    d[2] = desc(DG_LAYER_CONV_TRANSPOSE2D, 3, 4, 2, 1, 0, 0);
+    for (i = 0; i < 3; i++) {
+        dg_net *net;
+        dg_layer_info info;
+        d[i].no_bias = 1;
+        check_layer(2, 5, 4, 2, &d[i], 1, 0);
+        CHECK_OK(dg_net_create(&net, 2, 5, 4));
+        CHECK_OK(dg_net_add(net, &d[i]));
+        CHECK_OK(dg_net_layer_info(net, 0, &info));
+        CHECK(info.desc.no_bias == 1);
+        CHECK(info.param_count == info.weight_count); /* weights only */
+        CHECK(dg_net_param_count(net) == (i == 0 ? (size_t)40 * 7 : (size_t)2 * 3 * (i == 1 ? 9 : 16)));
+        dg_net_free(net);
+    }
+}
+
+TEST(leaky_relu_any_slope)
+{
+    float slopes[] = {-0.5f, 1.5f, 0.2f};
+    int i;
+    for (i = 0; i < 3; i++) {
+        dg_layer_desc d = desc(DG_LAYER_LEAKY_RELU, 0, 0, 0, 0, 0, slopes[i]);
+        dg_net *net;
+        const float *y;
+        float x[2] = {-2.0f, 3.0f};
+        check_layer(2, 3, 5, 2, &d, 1, 1);
+        CHECK_OK(dg_net_create(&net, 2, 1, 1));
+        CHECK_OK(dg_net_leaky_relu(net, slopes[i]));
+        CHECK_OK(dg_net_plan(net, pool, 1));
+        CHECK_OK(dg_net_forward(net, x, 1, 1, &y));
+        CHECK(y[0] == -2.0f * slopes[i] && y[1] == 3.0f);
+        dg_net_free(net);
+    }
+}
+
+TEST(batchnorm_eps_and_momentum)
+{
+    dg_layer_desc d = desc(DG_LAYER_BATCHNORM, 0, 0, 0, 0, 0, 0);
+    dg_layer_info info;
+    dg_net *net;
+    const float *y;
+    float x[4] = {1.0f, 2.0f, 3.0f, 6.0f}, *st;
+    d.eps = 0.5f;
+    d.momentum = 0.25f;
+    check_layer(3, 4, 2, 3, &d, 1, 0);
+    check_layer(3, 4, 2, 3, &d, 0, 0);
+    CHECK_OK(dg_net_create(&net, 1, 1, 1));
+    CHECK_OK(dg_net_add(net, &d));
+    CHECK_OK(dg_net_plan(net, pool, 4));
+    CHECK_OK(dg_net_forward(net, x, 4, 1, &y)); /* mean 3, biased var 3.5, unbiased 14/3 */
+    CHECK_NEAR(y[0], (1.0 - 3.0) / sqrt(3.5 + 0.5), 1e-6);
+    st = dg_net_state(net);
+    CHECK_NEAR(st[0], 0.25 * 3.0, 1e-6);
+    CHECK_NEAR(st[1], 0.75 + 0.25 * 14.0 / 3.0, 1e-6);
+    CHECK_OK(dg_net_forward(net, x, 4, 0, &y)); /* eval: running statistics and eps */
+    CHECK_NEAR(y[3], (6.0 - st[0]) / sqrt(st[1] + 0.5), 1e-5);
+    dg_net_free(net);
+    /* zero in the descriptor: PyTorch's defaults */
+    d.eps = d.momentum = 0.0f;
+    CHECK_OK(dg_net_create(&net, 1, 1, 1));
+    CHECK_OK(dg_net_add(net, &d));
+    CHECK_OK(dg_net_batchnorm(net));
+    CHECK_OK(dg_net_layer_info(net, 0, &info));
+    CHECK(info.desc.eps == 1e-5f && info.desc.momentum == 0.1f);
+    CHECK_OK(dg_net_layer_info(net, 1, &info));
+    CHECK(info.desc.eps == 1e-5f && info.desc.momentum == 0.1f);
+    dg_net_free(net);
+}
+
+TEST(maxpool_stride_zero_is_the_kernel)
+{
+    dg_net *net;
+    dg_layer_info info;
+    int c, h, w;
+    CHECK_OK(dg_net_create(&net, 2, 6, 4));
+    CHECK_OK(dg_net_maxpool(net, 2, 0));
+    dg_net_output_shape(net, &c, &h, &w);
+    CHECK(c == 2 && h == 3 && w == 2);
+    CHECK_OK(dg_net_layer_info(net, 0, &info));
+    CHECK(info.desc.stride == 2);
+    dg_net_free(net);
+}
+
+TEST(layer_info)
+{
+    dg_net *net;
+    dg_layer_info info;
+    size_t p = 0, s = 0;
+    int i;
+    CHECK_OK(dg_net_create(&net, 3, 8, 8));
+    CHECK_OK(dg_net_conv2d(net, 4, 3, 1, 1));
+    CHECK_OK(dg_net_batchnorm(net));
+    CHECK_OK(dg_net_relu(net));
+    CHECK_OK(dg_net_flatten(net));
+    CHECK_OK(dg_net_linear(net, 5));
+    CHECK(dg_net_layer_count(net) == 5);
+    for (i = 0; i < 5; i++) { /* layers tile both vectors in order */
+        CHECK_OK(dg_net_layer_info(net, i, &info));
+        CHECK(info.param_offset == p && info.state_offset == s);
+        p += info.param_count;
+        s += info.state_count;
+    }
+    CHECK(p == dg_net_param_count(net) && s == dg_net_state_count(net));
+    CHECK_OK(dg_net_layer_info(net, 0, &info));
+    CHECK(info.desc.type == DG_LAYER_CONV2D && info.weight_count == 4 * 3 * 9 &&
+          info.param_count == 4 * 3 * 9 + 4 && info.in_c == 3 && info.out_c == 4 &&
+          info.out_h == 8 && info.out_w == 8);
+    CHECK_OK(dg_net_layer_info(net, 1, &info));
+    CHECK(info.desc.type == DG_LAYER_BATCHNORM && info.weight_count == 4 && info.param_count == 8 &&
+          info.state_count == 8);
+    CHECK_OK(dg_net_layer_info(net, 3, &info));
+    CHECK(info.desc.type == DG_LAYER_RESHAPE && info.out_c == 256 && info.param_count == 0);
+    CHECK_OK(dg_net_layer_info(net, 4, &info));
+    CHECK(info.weight_count == 5 * 256 && info.param_count == 5 * 256 + 5 && info.in_c == 256);
+    CHECK(dg_net_layer_info(net, 5, &info) == DG_ERR_ARG);
+    CHECK(dg_net_layer_info(net, -1, &info) == DG_ERR_ARG);
+    CHECK(dg_net_layer_info(NULL, 0, &info) == DG_ERR_ARG);
+    dg_net_free(net);
+}
+
+/* A PyTorch state_dict, laid out as torch stores it, copied in through the
+   accessors: Conv2d(2, 3, 3, padding=1, bias=False), BatchNorm2d(3,
+   eps=1e-3), LeakyReLU(-0.1), Flatten, Linear(3*4*4, 2), ConvTranspose2d
+   (after a reshape to 2x1x1; 2 -> 1 channel, kernel 4, bias=False).  The
+   net in eval mode must match the same layers computed here by hand. */
+TEST(load_pytorch_layout)
+{
+    enum { N = 2, CI = 2, H = 4, CO = 3, F = CO * H * H, OUT = 2 };
+    float conv_w[CO * CI * 9], bn_g[CO], bn_b[CO], bn_m[CO], bn_v[CO], lin_w[OUT * F], lin_b[OUT];
+    float ct_w[OUT * 1 * 16], x[N * CI * H * H], a[N * F], z[N * OUT], ref[N * 16], zero[CO] = {0};
+    const float *y;
+    dg_net *net;
+    dg_layer_desc d;
+    dg_layer_info info;
+    dg_rng rng = dg_rng_make(4, 4, 4);
+    int n, i, c, j;
+    double err = 0.0;
+    dg_rng_fill_uniform(&rng, conv_w, sizeof conv_w / 4, -0.5f, 0.5f);
+    dg_rng_fill_uniform(&rng, bn_g, CO, 0.5f, 1.5f);
+    dg_rng_fill_uniform(&rng, bn_b, CO, -0.5f, 0.5f);
+    dg_rng_fill_uniform(&rng, bn_m, CO, -0.2f, 0.2f);
+    dg_rng_fill_uniform(&rng, bn_v, CO, 0.5f, 2.0f);
+    dg_rng_fill_uniform(&rng, lin_w, sizeof lin_w / 4, -0.2f, 0.2f);
+    dg_rng_fill_uniform(&rng, lin_b, OUT, -0.2f, 0.2f);
+    dg_rng_fill_uniform(&rng, ct_w, sizeof ct_w / 4, -0.5f, 0.5f);
+    dg_rng_fill_uniform(&rng, x, sizeof x / 4, -1.0f, 1.0f);
+
+    CHECK_OK(dg_net_create(&net, CI, H, H));
+    d = desc(DG_LAYER_CONV2D, CO, 3, 1, 1, 0, 0);
+    d.no_bias = 1;
+    CHECK_OK(dg_net_add(net, &d));
+    d = desc(DG_LAYER_BATCHNORM, 0, 0, 0, 0, 0, 0);
+    d.eps = 1e-3f;
+    CHECK_OK(dg_net_add(net, &d));
+    CHECK_OK(dg_net_leaky_relu(net, -0.1f));
+    CHECK_OK(dg_net_flatten(net));
+    CHECK_OK(dg_net_linear(net, OUT));
+    CHECK_OK(dg_net_reshape(net, OUT, 1, 1));
+    d = desc(DG_LAYER_CONV_TRANSPOSE2D, 1, 4, 1, 0, 0, 0);
+    d.no_bias = 1;
+    CHECK_OK(dg_net_add(net, &d));
+    CHECK_OK(dg_net_plan(net, pool, N));
+    /* torch: conv.weight (out, in, kh, kw); bn.weight, bn.bias; buffers
+       running_mean, running_var; linear.weight (out, in), linear.bias;
+       conv_transpose.weight (in, out, kh, kw) */
+    CHECK_OK(dg_net_layer_info(net, 0, &info));
+    CHECK(info.weight_count == sizeof conv_w / 4 && info.param_count == info.weight_count);
+    memcpy(dg_net_params(net) + info.param_offset, conv_w, sizeof conv_w);
+    CHECK_OK(dg_net_layer_info(net, 1, &info));
+    memcpy(dg_net_params(net) + info.param_offset, bn_g, sizeof bn_g);
+    memcpy(dg_net_params(net) + info.param_offset + info.weight_count, bn_b, sizeof bn_b);
+    memcpy(dg_net_state(net) + info.state_offset, bn_m, sizeof bn_m);
+    memcpy(dg_net_state(net) + info.state_offset + CO, bn_v, sizeof bn_v);
+    CHECK_OK(dg_net_layer_info(net, 4, &info));
+    memcpy(dg_net_params(net) + info.param_offset, lin_w, sizeof lin_w);
+    memcpy(dg_net_params(net) + info.param_offset + info.weight_count, lin_b, sizeof lin_b);
+    CHECK_OK(dg_net_layer_info(net, 6, &info));
+    CHECK(info.param_count == sizeof ct_w / 4);
+    memcpy(dg_net_params(net) + info.param_offset, ct_w, sizeof ct_w);
+    CHECK_OK(dg_net_forward(net, x, N, 0, &y));
+
+    conv_ref(x, conv_w, zero, a, N, CI, H, H, CO, 3, 1, 1, H, H);
+    for (n = 0; n < N; n++)
+        for (c = 0; c < CO; c++)
+            for (i = 0; i < H * H; i++) {
+                float *v = &a[(n * CO + c) * H * H + i];
+                *v = (*v - bn_m[c]) / sqrtf(bn_v[c] + 1e-3f) * bn_g[c] + bn_b[c];
+                *v = *v > 0 ? *v : -0.1f * *v;
+            }
+    for (n = 0; n < N; n++)
+        for (j = 0; j < OUT; j++) {
+            double s = lin_b[j];
+            for (i = 0; i < F; i++) s += (double)lin_w[j * F + i] * a[n * F + i];
+            z[n * OUT + j] = (float)s;
+        }
+    convt_ref(z, ct_w, zero, ref, N, OUT, 1, 1, 1, 4, 1, 0, 4, 4);
+    for (i = 0; i < N * 16; i++)
+        if (fabs(y[i] - ref[i]) > err) err = fabs(y[i] - ref[i]);
+    CHECK(err < 1e-4);
+    if (err >= 1e-4) printf("  pytorch layout: max error %g\n", err);
+    dg_net_free(net);
+}
+
+/* Checkpoints: a net a version 1 file describes is still written as one;
+   the new options round-trip and must match on load. */
+TEST(checkpoint_of_new_options)
+{
+    dg_net *a, *b;
+    dg_layer_desc d = desc(DG_LAYER_LINEAR, 3, 0, 0, 0, 0, 0);
+    unsigned char buf[4096];
+    size_t len;
+    CHECK_OK(dg_net_create(&a, 4, 1, 1));
+    CHECK_OK(dg_net_linear(a, 3));
+    CHECK_OK(dg_net_batchnorm(a));
+    CHECK_OK(dg_net_plan(a, pool, 2));
+    CHECK_OK(dg_net_save_mem(a, NULL, buf, sizeof buf, &len));
+    CHECK(buf[4] == 1); /* version 1 */
+    dg_net_free(a);
+
+    d.no_bias = 1;
+    CHECK_OK(dg_net_create(&a, 4, 1, 1));
+    CHECK_OK(dg_net_add(a, &d));
+    CHECK_OK(dg_net_plan(a, pool, 2));
+    CHECK_OK(dg_net_init(a, 3, 0.0f));
+    CHECK_OK(dg_net_save_mem(a, NULL, buf, sizeof buf, &len));
+    CHECK(buf[4] == 2);
+    CHECK_OK(dg_net_create(&b, 4, 1, 1));
+    CHECK_OK(dg_net_add(b, &d));
+    CHECK_OK(dg_net_plan(b, pool, 2));
+    CHECK_OK(dg_net_load_mem(b, NULL, buf, len));
+    CHECK(memcmp(dg_net_params(a), dg_net_params(b), 4 * dg_net_param_count(a)) == 0);
+    dg_net_free(b);
+    CHECK_OK(dg_net_create(&b, 4, 1, 1)); /* the same net with a bias */
+    CHECK_OK(dg_net_linear(b, 3));
+    CHECK_OK(dg_net_plan(b, pool, 2));
+    CHECK(dg_net_load_mem(b, NULL, buf, len) == DG_ERR_CONFIG);
+    dg_net_free(b);
+    dg_net_free(a);
+
+    d = desc(DG_LAYER_BATCHNORM, 0, 0, 0, 0, 0, 0);
+    d.momentum = 0.5f;
+    CHECK_OK(dg_net_create(&a, 4, 1, 1));
+    CHECK_OK(dg_net_add(a, &d));
+    CHECK_OK(dg_net_plan(a, pool, 2));
+    CHECK_OK(dg_net_save_mem(a, NULL, buf, sizeof buf, &len));
+    CHECK_OK(dg_net_create(&b, 4, 1, 1)); /* default momentum */
+    CHECK_OK(dg_net_batchnorm(b));
+    CHECK_OK(dg_net_plan(b, pool, 2));
+    CHECK(dg_net_load_mem(b, NULL, buf, len) == DG_ERR_CONFIG);
+    CHECK_OK(dg_net_save_mem(b, NULL, buf, sizeof buf, &len)); /* and the other way */
+    CHECK(dg_net_load_mem(a, NULL, buf, len) == DG_ERR_CONFIG);
+    dg_net_free(b);
+    dg_net_free(a);
+}
+
 TEST(bad_layer_configs)
 {
     dg_net *net;
@@ -549,11 +812,24 @@ TEST(bad_layer_configs)
     CHECK(dg_net_conv2d(net, 4, 9, 1, 0) == DG_ERR_SHAPE);
     CHECK(strstr(dg_last_error(), "kernel") != NULL);
     CHECK(dg_net_conv2d(net, 0, 3, 1, 0) == DG_ERR_ARG);
-    CHECK(dg_net_conv2d(net, 4, 3, 0, 0) == DG_ERR_ARG);
+    CHECK(dg_net_conv2d(net, 4, 3, -1, 0) == DG_ERR_ARG);
     CHECK(dg_net_conv_transpose2d(net, 4, 3, 2, 0, 2) == DG_ERR_ARG); /* out_pad >= stride */
     CHECK(dg_net_reshape(net, 2, 3, 4) == DG_ERR_SHAPE);
     CHECK(dg_net_dropout(net, 1.0f) == DG_ERR_ARG);
-    CHECK(dg_net_leaky_relu(net, -1.0f) == DG_ERR_ARG);
+    CHECK(dg_net_leaky_relu(net, 0.0f) == DG_ERR_ARG); /* a ReLU */
+    CHECK(dg_net_leaky_relu(net, INFINITY) == DG_ERR_ARG);
+    CHECK(dg_net_leaky_relu(net, NAN) == DG_ERR_ARG);
+    CHECK(dg_net_maxpool(net, 2, -1) == DG_ERR_ARG);
+    d = desc(DG_LAYER_RELU, 0, 0, 0, 0, 0, 0);
+    d.no_bias = 1; /* only layers with a bias can drop it */
+    CHECK(dg_net_add(net, &d) == DG_ERR_ARG);
+    d = desc(DG_LAYER_BATCHNORM, 0, 0, 0, 0, 0, 0);
+    d.momentum = 1.5f;
+    CHECK(dg_net_add(net, &d) == DG_ERR_ARG);
+    d.momentum = 0.0f;
+    d.eps = -1.0f;
+    CHECK(dg_net_add(net, &d) == DG_ERR_ARG);
+    d = desc((dg_layer_type)99, 0, 0, 0, 0, 0, 0);
     CHECK(dg_net_add(net, &d) == DG_ERR_ARG);
     CHECK(dg_net_maxpool(net, 6, 1) == DG_ERR_SHAPE);
     CHECK(dg_net_plan(net, pool, 4) == DG_ERR_STATE); /* no layer */
@@ -590,6 +866,13 @@ int main(void)
     RUN(conv_agrees_across_isas);
     RUN(backward_without_dx);
     RUN(bad_layer_configs);
+    RUN(grad_without_bias);
+    RUN(leaky_relu_any_slope);
+    RUN(batchnorm_eps_and_momentum);
+    RUN(maxpool_stride_zero_is_the_kernel);
+    RUN(layer_info);
+    RUN(load_pytorch_layout);
+    RUN(checkpoint_of_new_options);
     dg_pool_destroy(pool);
     return th_done();
 }

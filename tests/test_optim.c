@@ -192,9 +192,9 @@ TEST(checkpoint_rejects_bad_files)
     bad[0] = 'X';
     CHECK(dg_net_load_mem(b, NULL, bad, len) == DG_ERR_FORMAT);
     memcpy(bad, buf, len);
-    bad[4] = 2; /* version 2 */
+    bad[4] = 3; /* version 3 */
     CHECK(dg_net_load_mem(b, NULL, bad, len) == DG_ERR_VERSION);
-    CHECK(strstr(dg_last_error(), "version 2") != NULL);
+    CHECK(strstr(dg_last_error(), "version 3") != NULL);
     CHECK(dg_net_load_mem(other, NULL, buf, len) == DG_ERR_CONFIG); /* other architecture */
     CHECK(dg_net_load_mem(b, &sgd, buf, len) == DG_ERR_CONFIG);      /* other optimiser */
     CHECK(dg_net_load(b, NULL, "build/does/not/exist.bin") == DG_ERR_IO);

@@ -79,6 +79,11 @@ TEST(isa_selection)
     CHECK_OK(dg_pool_set_isa(p, DG_ISA_SCALAR));
     CHECK(dg_pool_isa(p) == DG_ISA_SCALAR);
     if (dg_isa_best() != DG_ISA_AVX512) CHECK(dg_pool_set_isa(p, DG_ISA_AVX512) == DG_ERR_UNSUPPORTED);
+    CHECK(dg_pool_set_isa(p, (dg_isa)3) == DG_ERR_ARG);
+#ifdef DG_NO_SIMD /* the build, not the CPU, lacks AVX2: the message says so */
+    CHECK(dg_pool_set_isa(p, DG_ISA_AVX2) == DG_ERR_UNSUPPORTED);
+    CHECK(strstr(dg_last_error(), "not in this build") != NULL);
+#endif
     dg_pool_destroy(p);
 }
 

@@ -36,7 +36,7 @@ static uint64_t rd(const unsigned char *p, int bytes)
 }
 
 /* The layer record of each format version: bytes per layer. */
-static size_t layer_bytes(uint32_t version) { return version == 1 ? 40 : 0; }
+static size_t layer_bytes(uint32_t version) { return version == 1 ? 40 : version == 2 ? 52 : 0; }
 
 /* p: payload of n bytes; writes the numbers, returns 0 when it parsed. */
 static int emit(const unsigned char *p, size_t n, uint32_t version)
