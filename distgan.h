@@ -4186,6 +4186,7 @@ DGDEF dg_result dg_net_layer_info(const dg_net *net, int i, dg_layer_info *info)
     info->state_count = l->n_s;
     return DG_OK;
 }
+
 DGDEF size_t dg_net_param_count(const dg_net *net) { return net ? net->n_params : 0; }
 DGDEF float *dg_net_params(dg_net *net) { return net ? net->params : NULL; }
 DGDEF float *dg_net_grads(dg_net *net) { return net ? net->grads : NULL; }

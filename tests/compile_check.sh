@@ -2,7 +2,8 @@
 # compile_check.sh CC CLANG: the headers build warning-free as C11 with gcc
 # and clang, as C++ (extern "C", casts), with DISTGAN_STATIC, split over two
 # translation units, in every include order, without SIMD, without stb and
-# with stb elsewhere.  Any warning fails the check.
+# with stb elsewhere; and the sections' order (tools/section_deps.sh).  Any
+# warning fails the check.
 CC=${1:-cc}; CLANG=${2:-clang}
 out=build/compile_check.d
 mkdir -p $out
@@ -38,6 +39,9 @@ if [ -n "$extra" ]; then
     done
 fi
 run $CC -std=gnu11 $W -DSYSTEM_FIRST -fsyntax-only tests/compile_check.c
+if [ -n "$extra" ] && command -v g++ >/dev/null 2>&1; then
+    run g++ -x c++ -std=c++11 $W $extra -DDISTGAN_FIRST -DSYSTEM_FIRST -fsyntax-only tests/compile_check.c
+fi
 # without stb, and with stb's headers somewhere else than Debian puts them
 run $CC -std=c11 $W -O1 $extra -DDG_NO_STB tests/compile_check.c -o $out/c_nostb -lpthread -lm
 run $out/c_nostb
@@ -48,4 +52,6 @@ if [ -f /usr/include/stb/stb_image.h ]; then
         -DDG_STB_IMAGE_WRITE_PATH='<mystb/stb_image_write.h>' tests/compile_check.c -o $out/c_stbpath -lpthread -lm
     run $out/c_stbpath
 fi
+# each section of distgan.h uses only the sections above it
+run sh tools/section_deps.sh "$CC"
 echo "compile check ok"

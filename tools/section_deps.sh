@@ -48,7 +48,7 @@ if [ "$pub_names" != "$impl_names" ]; then
 fi
 
 bad=0
-seen=""
+: >"$tmp/seen"
 for s in $impl_names; do
     # keep the sections up to s: drop [start of the next section, end of the part)
     awk -v s="$s" -v marks="$tmp/marks" '
@@ -82,7 +82,7 @@ for s in $impl_names; do
         -e "s/.*'\([A-Za-z_][A-Za-z0-9_]*\)' has no member named.*/member of \1/p" |
         sort -u >"$tmp/names"
     # names already reported for a section above are not s's
-    new=$(comm -23 "$tmp/names" "$tmp/seen" 2>/dev/null || cat "$tmp/names")
+    new=$(comm -23 "$tmp/names" "$tmp/seen")
     if [ -s "$tmp/err" ] && grep -q error "$tmp/err"; then
         if [ -n "$new" ]; then
             echo "$s uses later sections: $(echo $new)"
@@ -93,7 +93,6 @@ for s in $impl_names; do
     else
         echo "$s ok"
     fi
-    sort -u "$tmp/names" "$tmp/seen" 2>/dev/null >"$tmp/seen.new"; mv "$tmp/seen.new" "$tmp/seen"
-    seen="$seen $s"
+    sort -u "$tmp/names" "$tmp/seen" >"$tmp/seen.new"; mv "$tmp/seen.new" "$tmp/seen"
 done
 exit $bad
