@@ -54,8 +54,12 @@ int main(void)
     { /* the stb-dependent calls are there, and say this build lacks them */
         float px[16] = {0};
         dg_dataset ds;
+        /* an empty gzip member: header, an empty stored block, CRC and ISIZE 0 */
+        static const unsigned char gz[] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0,
+                                           0, 0, 0, 0, 0, 0, 0, 0};
         ok = ok && dg_write_png_grid("never.png", px, 1, 1, 4, 4, 1, 0) == DG_ERR_UNSUPPORTED &&
-             dg_dataset_load_image_dir(&ds, ".", 0) == DG_ERR_UNSUPPORTED;
+             dg_dataset_load_image_dir(&ds, ".", 0) == DG_ERR_UNSUPPORTED &&
+             dg_dataset_load_idx_mem(&ds, gz, sizeof gz, NULL, 0) == DG_ERR_UNSUPPORTED;
     }
 #endif
     return ok ? 0 : 1;
