@@ -29,10 +29,11 @@
       uint32_t sizes[] = {288, 32, 18432, 64, 401408, 128, 1280, 10};
       ac_layout layout = {8, sizes};
       ac_compressor *comp;  ac_server *ps;
-      ac_compressor_config cc = {0};                 // zero means default:
-      ac_server_config sc = {0};                     // Hardy, c = 0.01, float32
+      ac_compressor_config cc = ac_compressor_config_init(); // Hardy, c = 0.01,
+      ac_server_config sc = ac_server_config_init();         // float32; sigma
+      cc.rate = 0.005;                               // every field is a value
       ac_compressor_init(&comp, &layout, &cc);       // the only allocation
-      ac_server_init(&ps, &layout, params, &sc);     // sigma modulation, H = 64
+      ac_server_init(&ps, &layout, params, &sc);
       size_t cap = ac_compressor_packet_bound(comp);
       uint8_t *packet = malloc(cap);
       for (;;) {
@@ -42,18 +43,21 @@
           ac_compress(comp, grad, t_pull, packet, cap, &len);
           // ... packet travels to the PS ...
           ac_result r = ac_server_apply_packet(ps, packet, len);
-          if (r == AC_ERR_STALE) continue;           // too old: pull again
-          if (r != AC_OK) fprintf(stderr, "%s\n", ac_last_error());
+          if (r != AC_OK) fprintf(stderr, "%s\n", ac_last_error()); // refused, pull again
       }
 
    Every fallible function returns an ac_result (0 = AC_OK, negative = error);
    ac_result_str() names the code and ac_last_error() gives this thread's
    detailed message for the last failure.
 
-   Memory.  ac_compressor_init and ac_server_init allocate everything they
-   will ever need, sized from the layout; selection, encoding, decoding and
-   applying never allocate.  ac_update_init carves an update out of memory
-   the caller provides, so a decoder needs no allocator at all.
+   Memory.  ac_compressor_init and ac_server_init allocate what they need,
+   sized from the layout; selection, encoding, decoding and pulling never
+   allocate.  The one exception is the server's touch history (sigma mode):
+   it grows, by doubling, to twice the largest staleness seen, within the
+   history_bytes cap of its configuration; ac_server_reserve sizes it up
+   front for a run that must not allocate at all.  ac_update_init carves an
+   update out of memory the caller provides, so a decoder needs no
+   allocator at all.
 
    Threads.  There is no global state: any number of compressors and servers
    live in one process.  An object is not internally locked: calls on one
@@ -69,6 +73,11 @@
       ac_server      PS side: clock, touch history, sigma modulation
 
    Version history
+      0.2.0  *_config_init() (zero is a value, not "default"); sigma exact at any
+             staleness (a touch history that grows under a memory cap) instead
+             of a 64-update window; max_staleness for bounded-staleness ASGD
+             (plain ASGD applies every push); IBM sends nothing for G = 0; the
+             server refuses non-finite values before touching w; SIMD kernels
       0.1.0  Hardy/IBM/baseline compressors, packet v1, sigma/tau/constant PS
 */
 #ifndef ADACOMP_H
@@ -78,7 +87,7 @@
 #include <stdint.h>
 
 #define ADACOMP_VERSION_MAJOR 0
-#define ADACOMP_VERSION_MINOR 1
+#define ADACOMP_VERSION_MINOR 2
 #define ADACOMP_VERSION_PATCH 0
 
 #if defined(ADACOMP_STATIC) && defined(__GNUC__)
@@ -111,8 +120,11 @@ typedef enum ac_result {
     AC_ERR_TRAILING = -12, /* bytes after the last field */
     AC_ERR_VALUE = -13,    /* NaN/Inf value, negative scale, float16 overflow */
     AC_ERR_CAPACITY = -14, /* destination buffer or update too small */
-    AC_ERR_STALE = -15,    /* t - t_pull > H: the worker must pull again */
-    AC_ERR_CLOCK = -16     /* t_pull is ahead of the server clock */
+    AC_ERR_STALE = -15,    /* tau > max_staleness: the worker must pull again */
+    AC_ERR_CLOCK = -16,    /* t_pull is ahead of the server clock */
+    AC_ERR_HISTORY = -17   /* sigma cannot be counted exactly: the touch history
+                              would exceed history_bytes, or tau more than
+                              doubled and the updates it needs were forgotten */
 } ac_result;
 
 ACDEF const char *ac_result_str(ac_result r);
@@ -184,26 +196,34 @@ ACDEF ac_result ac_update_init(ac_update *u, const ac_layout *layout, uint32_t c
 
 /* ==== ac_compressor ==== */
 
-/* Zero in any field means its default. */
+/* Start from ac_compressor_config_init() and change what you need: every
+   field is then a value, zero included (a zeroed struct is refused: mode 0
+   does not exist). */
 typedef struct ac_compressor_config {
-    ac_mode mode;        /* 0: AC_MODE_HARDY */
-    ac_format format;    /* 0: AC_FORMAT_F32 (IBM mode always uses SIGN_SCALE) */
-    double rate;         /* c for HARDY and TOPK; 0: 0.01 */
-    float threshold;     /* THRESHOLD mode; 0: 1e-3 */
-    uint32_t bin_size;   /* IBM L_T; 0: 64 */
-    int residue;         /* extension for HARDY/TOPK/THRESHOLD: accumulate what
-                            was not sent and add it to the next gradient.
+    ac_mode mode;        /* AC_MODE_HARDY */
+    ac_format format;    /* AC_FORMAT_F32 (IBM mode ignores it: SIGN_SCALE) */
+    double rate;         /* c for HARDY and TOPK, in [0, 1]: 0.01.  k is
+                            max(1, floor(c n)), so c = 0 sends one entry */
+    float threshold;     /* THRESHOLD mode, >= 0: 1e-3 (0 sends everything) */
+    uint32_t bin_size;   /* IBM L_T, >= 1: 64 */
+    int residue;         /* 0; 1: extension for HARDY/TOPK/THRESHOLD: accumulate
+                            what was not sent and add it to the next gradient.
                             Not part of Hardy et al.; IBM always does it. */
 } ac_compressor_config;
 
+ACDEF ac_compressor_config ac_compressor_config_init(void);
+
 typedef struct ac_stats {
     uint64_t packets;      /* compressor: encoded; server: applied */
-    uint64_t rejected;     /* server: refused (malformed, stale, other layout) */
+    uint64_t rejected;     /* server: refused (malformed, non-finite, stale, other layout) */
     uint64_t entries;      /* gradient entries carried by those packets */
     uint64_t bytes_in;     /* server: packet bytes offered to it */
     uint64_t bytes_out;    /* compressor: packet bytes written; server: pull bytes */
     uint64_t dense_bytes;  /* 4 * total per packet: the same pushes sent dense */
     uint64_t pulls;        /* server: ac_server_pull calls */
+    uint64_t tau_sum;      /* server: sum of the staleness of the applied pushes */
+    uint64_t tau_max;      /* server: largest staleness applied */
+    uint64_t history_bytes;/* server: memory of the touch history now */
 } ac_stats;
 
 typedef struct ac_compressor ac_compressor;
@@ -250,41 +270,53 @@ ACDEF float ac_f16_to_f32(uint16_t h);
 /* ==== ac_server ==== */
 
 typedef enum ac_staleness {
-    AC_STALENESS_SIGMA = 0,    /* AdaComp: alpha / max(1, sigma_i) */
-    AC_STALENESS_TAU = 1,      /* staleness-aware ASGD: alpha / max(1, tau) */
-    AC_STALENESS_CONSTANT = 2  /* plain ASGD: alpha */
+    AC_STALENESS_SIGMA = 1,    /* AdaComp: alpha / max(1, sigma_i) */
+    AC_STALENESS_TAU = 2,      /* staleness-aware ASGD: alpha / max(1, tau) */
+    AC_STALENESS_CONSTANT = 3  /* plain ASGD: alpha */
 } ac_staleness;
 
-typedef enum ac_too_old {
-    AC_TOO_OLD_REJECT = 0,     /* tau > H: AC_ERR_STALE, the worker must pull */
-    AC_TOO_OLD_WINDOW = 1      /* apply, counting sigma over the last H only */
-} ac_too_old;
-
-#define AC_HISTORY_MAX 64
-
+/* Start from ac_server_config_init() and change what you need (a zeroed
+   struct is refused: staleness 0 does not exist). */
 typedef struct ac_server_config {
-    float alpha;               /* learning rate; 0: 0.1 */
-    ac_staleness staleness;    /* 0: AC_STALENESS_SIGMA */
-    uint32_t history;          /* H, 1..AC_HISTORY_MAX; 0: 64 */
-    ac_too_old too_old;        /* 0: AC_TOO_OLD_REJECT */
+    float alpha;               /* learning rate, finite: 0.1 (0 is a value) */
+    ac_staleness staleness;    /* AC_STALENESS_SIGMA */
+    uint64_t max_staleness;    /* 0: none, every push is applied (the paper's PS,
+                                  plain ASGD); T > 0: a push with tau > T is
+                                  refused, AC_ERR_STALE (bounded-staleness ASGD) */
+    uint64_t history_bytes;    /* SIGMA: cap on the touch history, which grows to
+                                  twice the largest tau seen (16 bytes per
+                                  parameter, + 8 per 64 updates of staleness
+                                  beyond 64): 256 MiB (W = 100 on a 421k-parameter
+                                  CNN needs 30 MB).  Past it: AC_ERR_HISTORY */
 } ac_server_config;
+
+#define AC_HISTORY_BYTES_DEFAULT ((uint64_t)256 << 20)
+
+ACDEF ac_server_config ac_server_config_init(void);
 
 typedef struct ac_server ac_server;
 
 /* The server updates `params` (layout total floats, owned by the caller) in
-   place.  Its clock t starts at 0. */
+   place.  Its clock t starts at 0.  config NULL: ac_server_config_init(). */
 ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *params,
                                const ac_server_config *config);
 ACDEF void ac_server_free(ac_server *s);
 ACDEF uint64_t ac_server_clock(const ac_server *s);
 /* Copies the parameters to dst (may be NULL) and returns the clock in t_pull. */
 ACDEF void ac_server_pull(ac_server *s, float *dst, uint64_t *t_pull);
-/* Decodes a packet into init-time memory and applies it: one step. */
+/* Decodes a packet into init-time memory and applies it: one step.  A
+   refused packet (any error) leaves w, the history and the clock as they
+   were; in SIGMA mode a push staler than any before may grow the history. */
 ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len);
-/* Applies an update already in memory (its indices are checked first). */
+/* Applies an update already in memory: its indices are checked, and its
+   values must be finite (AC_ERR_VALUE), before anything changes. */
 ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u);
-/* sigma_i for each entry of u as the next apply would count it (SIGMA mode). */
-ACDEF ac_result ac_server_sigma(const ac_server *s, const ac_update *u, uint32_t *sigma);
+/* sigma_i for each entry of u as the next apply would count it (SIGMA mode;
+   like an apply, it may grow the history). */
+ACDEF ac_result ac_server_sigma(ac_server *s, const ac_update *u, uint32_t *sigma);
+/* SIGMA mode: sizes the touch history now for pushes up to staleness tau,
+   so that applies never allocate (AC_ERR_HISTORY past history_bytes). */
+ACDEF ac_result ac_server_reserve(ac_server *s, uint64_t tau);
 ACDEF ac_stats ac_server_stats(const ac_server *s);
 
 #ifdef __cplusplus
@@ -344,6 +376,7 @@ ACDEF const char *ac_result_str(ac_result r)
     case AC_ERR_CAPACITY: return "buffer too small";
     case AC_ERR_STALE: return "update too stale, pull again";
     case AC_ERR_CLOCK: return "clock from the future";
+    case AC_ERR_HISTORY: return "staleness beyond the touch history, pull again";
     }
     return "unknown error";
 }
@@ -407,6 +440,32 @@ static unsigned ac__popcount64(uint64_t x)
     x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
     return (unsigned)((x * 0x0101010101010101ull) >> 56);
 #endif
+}
+
+static unsigned ac__ctz64(uint64_t x) /* x != 0 */
+{
+#if defined(__GNUC__)
+    return (unsigned)__builtin_ctzll(x);
+#else
+    return ac__popcount64((x & (0 - x)) - 1);
+#endif
+}
+
+/* Index of the first NaN or infinite value, n if none. */
+static uint32_t ac__first_non_finite(const float *v, uint32_t n)
+{
+    uint32_t j;
+    for (j = 0; j < n && ac__finite(v[j]); j++) {}
+    return j;
+}
+
+/* The same question without a branch per value, for the long arrays of a
+   push: OR the "exponent all ones" flags, stop at the end. */
+static int ac__all_finite(const float *v, uint32_t n)
+{
+    uint32_t j, bad = 0;
+    for (j = 0; j < n; j++) bad |= (ac__f2u(v[j]) & 0x7F800000u) == 0x7F800000u;
+    return !bad;
 }
 
 /* ==== ac_layout ==== */
@@ -740,9 +799,10 @@ static void ac__select_dense(ac_compressor *c, const float *g)
 }
 
 /* IBM AdaComp, one bin [b, e) of a tensor: G = R + dW is stored in R, gmax
-   = max |G|; entries with |H| = |G + dW| >= gmax are emitted carrying G for
-   now (the scale is known only after the whole tensor).  Returns 0 if some
-   G is not finite. */
+   = max |G|; entries with |H| = |G + dW| >= gmax and G != 0 are emitted
+   carrying G for now (the scale is known only after the whole tensor).  An
+   entry with G = 0 has nothing to say: sent, it would be +scale.  Returns 0
+   if some G is not finite. */
 static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e,
                        double *sum_abs)
 {
@@ -763,8 +823,8 @@ static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e
         float *value = u->value;
         double sum = *sum_abs;
         for (i = b; i < e; i++) { /* branch-free: a quarter may be sent */
-            uint32_t send = ac__absf(R[i] + dw[i]) >= gmax; /* |H| >= gmax */
-            float a = ac__u2f(ac__f2u(R[i]) & 0x7FFFFFFFu & (0u - send));
+            uint32_t send = (ac__absf(R[i] + dw[i]) >= gmax) & (ac__abits(R[i]) != 0);
+            float a = ac__u2f(ac__abits(R[i]) & (0u - send));
             index[nnz] = i;
             value[nnz] = R[i];
             sum += a;                 /* + 0.0 when not sent: exact */
@@ -812,28 +872,38 @@ static ac_result ac__select_ibm(ac_compressor *c, const float *dw)
     return AC_OK;
 }
 
+ACDEF ac_compressor_config ac_compressor_config_init(void)
+{
+    ac_compressor_config c;
+    memset(&c, 0, sizeof c);
+    c.mode = AC_MODE_HARDY;
+    c.format = AC_FORMAT_F32;
+    c.rate = 0.01;
+    c.threshold = 1e-3f;
+    c.bin_size = 64;
+    return c;
+}
+
 static ac_result ac__resolve_config(ac_compressor_config *cfg, const ac_compressor_config *in)
 {
-    memset(cfg, 0, sizeof *cfg);
-    if (in) *cfg = *in;
-    if (cfg->mode == 0) cfg->mode = AC_MODE_HARDY;
-    if (cfg->format == 0) cfg->format = AC_FORMAT_F32;
-    if (cfg->rate == 0.0) cfg->rate = 0.01;
-    if (cfg->threshold == 0.0f) cfg->threshold = 1e-3f;
-    if (cfg->bin_size == 0) cfg->bin_size = 64;
+    *cfg = in ? *in : ac_compressor_config_init();
     if (cfg->mode < AC_MODE_HARDY || cfg->mode > AC_MODE_THRESHOLD)
-        return ac__fail(AC_ERR_ARG, "compressor: unknown mode %d", (int)cfg->mode);
+        return ac__fail(AC_ERR_ARG, "compressor: unknown mode %d (start from "
+                                    "ac_compressor_config_init())", (int)cfg->mode);
     if (cfg->mode == AC_MODE_IBM) {
         cfg->format = AC_FORMAT_SIGN_SCALE;
         cfg->residue = 1;
     } else if (cfg->format != AC_FORMAT_F32 && cfg->format != AC_FORMAT_F16) {
-        return ac__fail(AC_ERR_ARG, "compressor: format %d needs IBM mode", (int)cfg->format);
+        return ac__fail(AC_ERR_ARG, "compressor: format %d is not float32/float16 (sign+scale "
+                                    "is IBM mode's)", (int)cfg->format);
     }
     if (cfg->mode == AC_MODE_DENSE) cfg->residue = 0; /* nothing is ever left over */
-    if (!(cfg->rate > 0.0 && cfg->rate <= 1.0))
-        return ac__fail(AC_ERR_ARG, "compressor: rate c = %g outside (0, 1]", cfg->rate);
-    if (!(cfg->threshold > 0.0f) || !ac__finite(cfg->threshold))
-        return ac__fail(AC_ERR_ARG, "compressor: threshold must be positive and finite");
+    if (!(cfg->rate >= 0.0 && cfg->rate <= 1.0))
+        return ac__fail(AC_ERR_ARG, "compressor: rate c = %g outside [0, 1]", cfg->rate);
+    if (!(cfg->threshold >= 0.0f) || !ac__finite(cfg->threshold))
+        return ac__fail(AC_ERR_ARG, "compressor: threshold %g must be >= 0 and finite",
+                        (double)cfg->threshold);
+    if (cfg->bin_size == 0) return ac__fail(AC_ERR_ARG, "compressor: bin size L_T = 0");
     return AC_OK;
 }
 
@@ -1138,24 +1208,24 @@ static ac_result ac__check_indices(const ac_update *u)
     uint64_t sum = 0;
     for (l = 0; l < u->layout.count; l++) sum += u->count[l];
     if (sum != u->nnz || u->nnz > u->capacity)
-        return ac__fail(AC_ERR_ARG, "encode: counts add to %llu, nnz %u, capacity %u",
+        return ac__fail(AC_ERR_ARG, "update: counts add to %llu, nnz %u, capacity %u",
                         (unsigned long long)sum, (unsigned)u->nnz, (unsigned)u->capacity);
     for (l = 0; l < u->layout.count; l++) {
         uint32_t size = u->layout.sizes[l], end = j + u->count[l];
         int64_t prev = -1;
         if (u->count[l] > size)
-            return ac__fail(AC_ERR_COUNT, "encode: tensor %u count %u > size %u", (unsigned)l,
+            return ac__fail(AC_ERR_COUNT, "update: tensor %u count %u > size %u", (unsigned)l,
                             (unsigned)u->count[l], (unsigned)size);
         if (u->mode == AC_MODE_DENSE && u->count[l] != size)
-            return ac__fail(AC_ERR_ARG, "encode: dense update misses entries of tensor %u",
+            return ac__fail(AC_ERR_ARG, "update: dense update misses entries of tensor %u",
                             (unsigned)l);
         for (; j < end; j++) {
             int64_t local = (int64_t)u->index[j] - base;
             if (local < 0 || local >= size)
-                return ac__fail(AC_ERR_INDEX, "encode: index %u outside tensor %u",
+                return ac__fail(AC_ERR_INDEX, "update: index %u outside tensor %u",
                                 (unsigned)u->index[j], (unsigned)l);
             if (local <= prev)
-                return ac__fail(AC_ERR_ORDER, "encode: index %u not increasing",
+                return ac__fail(AC_ERR_ORDER, "update: index %u not increasing",
                                 (unsigned)u->index[j]);
             prev = local;
         }
@@ -1484,28 +1554,77 @@ ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
    touched i.  Scanning a ring of index sets costs O(tau * |S|) per apply;
    we store the ring transposed instead.  Each update is labelled by the
    clock after it (the first update is 1), and each parameter i keeps
-   last[i], the label of the latest update that touched it, and a 64-bit
-   mask whose bit b says "the update labelled last[i] - b touched i".  Then
-      sigma_i = popcount(mask[i] & low (last[i] - lo) bits),  lo = t - min(tau, H)
-   and recording a touch by label c is mask = mask << (c - last) | 1.  Both
-   are O(1) per sent entry, so an apply is O(|S|) whatever tau is, and no
-   list of index sets needs to be kept or evicted: a bit older than 64
-   labels simply falls off the top.  Memory: 16 bytes per parameter (SIGMA
-   mode only).  H <= 64 follows from the mask width. */
+   last[i], the label of the latest update that touched it, and a mask of
+   `words` 64-bit words whose bit b says "the update labelled last[i] - b
+   touched i".  Then
+      sigma_i = popcount(mask[i] & low (last[i] - t_pull) bits)
+   and recording a touch by label c shifts the mask left by c - last[i] and
+   sets bit 0.  An apply costs O(|S| * words) whatever tau is, and no list
+   of index sets is kept or evicted.
+
+   Exactness.  A bit shifted past the top is forgotten; the server records
+   the newest label it ever forgot (`forgot`).  A push is counted exactly
+   when its tau fits the mask and t_pull >= forgot.  So that this holds for
+   every staleness that occurs, the mask grows (doubling, reallocated) to
+   cover twice the largest tau seen before the push is counted: a push only
+   finds its updates forgotten if its tau more than doubles every tau
+   before, and then it is refused (AC_ERR_HISTORY) rather than undercounted.
+   Memory: 8 + 8 * words bytes per parameter (SIGMA mode only), at most
+   history_bytes. */
 
 struct ac_server {
-    ac_server_config cfg;   /* defaults resolved */
+    ac_server_config cfg;
     ac_layout layout;
     uint32_t *sizes;        /* owned copy */
     uint32_t total;
     float *params;          /* not owned */
     uint64_t t;             /* clock: updates applied so far */
-    uint64_t *touch_mask;   /* SIGMA: [total] */
     uint64_t *touch_last;   /* SIGMA: [total] */
+    uint64_t *touch_mask;   /* SIGMA: [total][words] */
+    uint32_t words;         /* mask words per parameter: tau <= 64 * words is counted */
+    uint32_t words_max;     /* what history_bytes allows */
+    uint64_t forgot;        /* newest label a touch bit was shifted out for */
     void *update_memory;
     ac_update update;       /* where packets are decoded */
     ac_stats stats;
 };
+
+ACDEF ac_server_config ac_server_config_init(void)
+{
+    ac_server_config c;
+    memset(&c, 0, sizeof c);
+    c.alpha = 0.1f;
+    c.staleness = AC_STALENESS_SIGMA;
+    c.history_bytes = AC_HISTORY_BYTES_DEFAULT;
+    return c;
+}
+
+static uint64_t ac__history_size(const ac_server *s, uint64_t words)
+{
+    return (uint64_t)s->total * 8 * (1 + words);
+}
+
+static ac_result ac__server_config(ac_server *s, const ac_server_config *config)
+{
+    uint64_t cap;
+    s->cfg = config ? *config : ac_server_config_init();
+    if (!ac__finite(s->cfg.alpha) || s->cfg.staleness < AC_STALENESS_SIGMA ||
+        s->cfg.staleness > AC_STALENESS_CONSTANT)
+        return ac__fail(AC_ERR_ARG, "ac_server_init: alpha %g or staleness mode %d (start from "
+                                    "ac_server_config_init())",
+                        (double)s->cfg.alpha, (int)s->cfg.staleness);
+    if (s->cfg.staleness != AC_STALENESS_SIGMA) return AC_OK;
+    cap = s->cfg.history_bytes < SIZE_MAX ? s->cfg.history_bytes : SIZE_MAX;
+    s->words_max = (uint32_t)(cap / ((uint64_t)s->total * 8) > 0xFFFFFFu
+                                  ? 0xFFFFFFu : cap / ((uint64_t)s->total * 8));
+    if (s->words_max < 2)
+        return ac__fail(AC_ERR_ARG, "ac_server_init: history_bytes %llu below the %llu that "
+                                    "sigma needs (16 bytes per parameter)",
+                        (unsigned long long)s->cfg.history_bytes,
+                        (unsigned long long)ac__history_size(s, 1));
+    s->words_max--;   /* one word of last[] per parameter */
+    return AC_OK;
+}
 
 ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *params,
                                const ac_server_config *config)
@@ -1517,26 +1636,23 @@ ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *
     *out = NULL;
     s = (ac_server *)ac__calloc(1, sizeof *s);
     if (!s) return ac__fail(AC_ERR_NOMEM, "ac_server_init: no memory");
-    if (config) s->cfg = *config;
-    if (s->cfg.alpha == 0.0f) s->cfg.alpha = 0.1f;
-    if (s->cfg.history == 0) s->cfg.history = AC_HISTORY_MAX;
     r = ac__layout_copy(&s->layout, &s->sizes, layout);
-    if (r == AC_OK && (s->cfg.history > AC_HISTORY_MAX || !ac__finite(s->cfg.alpha) ||
-                       (unsigned)s->cfg.staleness > AC_STALENESS_CONSTANT ||
-                       (unsigned)s->cfg.too_old > AC_TOO_OLD_WINDOW))
-        r = ac__fail(AC_ERR_ARG, "ac_server_init: history %u > %d, or bad alpha or option",
-                     (unsigned)s->cfg.history, AC_HISTORY_MAX);
+    if (r == AC_OK) {
+        s->total = (uint32_t)ac_layout_total(&s->layout);
+        r = ac__server_config(s, config);
+    }
     if (r != AC_OK) {
         ac_server_free(s);
         return r;
     }
     s->params = params;
-    s->total = (uint32_t)ac_layout_total(&s->layout);
     bytes = ac_update_memory_size(&s->layout, s->total);
     s->update_memory = ac__calloc(bytes, 1);
     if (s->cfg.staleness == AC_STALENESS_SIGMA) {
+        s->words = 1;
         s->touch_mask = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
         s->touch_last = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
+        s->stats.history_bytes = ac__history_size(s, 1);
     }
     if (!s->update_memory ||
         (s->cfg.staleness == AC_STALENESS_SIGMA && (!s->touch_mask || !s->touch_last))) {
@@ -1572,76 +1688,178 @@ ACDEF void ac_server_pull(ac_server *s, float *dst, uint64_t *t_pull)
     if (t_pull) *t_pull = s->t;
 }
 
-/* The clock rule shared by apply and sigma: returns lo, the label after
-   which touches count, or an error for a future or (by option) stale pull. */
-static ac_result ac__window(const ac_server *s, uint64_t t_pull, uint64_t *lo)
+/* Makes the mask cover tau, with room for twice as much (doubling, so that
+   a run reallocates O(log tau) times). */
+static ac_result ac__history_grow(ac_server *s, uint64_t tau)
 {
-    uint64_t tau, H = s->cfg.history;
+    uint64_t need = (tau + 63) / 64, want = (2 * tau + 63) / 64, words;
+    uint64_t *mask;
+    uint32_t i;
+    if (s->cfg.max_staleness && want > (s->cfg.max_staleness + 63) / 64)
+        want = (s->cfg.max_staleness + 63) / 64;  /* never needs more */
+    if (want <= s->words) return AC_OK;
+    if (need > s->words_max)
+        return ac__fail(AC_ERR_HISTORY, "sigma: tau = %llu needs a touch history of %llu bytes, "
+                                        "over history_bytes = %llu: raise it, or bound the "
+                                        "staleness (max_staleness)",
+                        (unsigned long long)tau, (unsigned long long)ac__history_size(s, need),
+                        (unsigned long long)s->cfg.history_bytes);
+    words = 2 * (uint64_t)s->words;
+    if (words < want) words = want;
+    if (words > s->words_max) words = s->words_max;
+    if (words <= s->words) return AC_OK; /* the cap leaves no more headroom */
+    mask = (uint64_t *)ac__calloc((size_t)s->total, (size_t)words * sizeof(uint64_t));
+    if (!mask)
+        return ac__fail(AC_ERR_NOMEM, "sigma: no memory to grow the touch history to %llu bytes",
+                        (unsigned long long)ac__history_size(s, words));
+    for (i = 0; i < s->total; i++)
+        memcpy(mask + (size_t)i * words, s->touch_mask + (size_t)i * s->words,
+               (size_t)s->words * sizeof(uint64_t));
+    AC_FREE(s->touch_mask);
+    s->touch_mask = mask;
+    s->words = (uint32_t)words;
+    s->stats.history_bytes = ac__history_size(s, words);
+    return AC_OK;
+}
+
+ACDEF ac_result ac_server_reserve(ac_server *s, uint64_t tau)
+{
+    if (!s || s->cfg.staleness != AC_STALENESS_SIGMA)
+        return ac__fail(AC_ERR_ARG, "ac_server_reserve: NULL or not a sigma server");
+    return ac__history_grow(s, tau);
+}
+
+/* The admission rule shared by apply and sigma: the clock, max_staleness,
+   and in SIGMA mode a history that counts this tau exactly. */
+static ac_result ac__admit(ac_server *s, uint64_t t_pull)
+{
+    uint64_t tau;
+    ac_result r;
     if (t_pull > s->t)
         return ac__fail(AC_ERR_CLOCK, "apply: t_pull %llu is ahead of the clock %llu",
                         (unsigned long long)t_pull, (unsigned long long)s->t);
     tau = s->t - t_pull;
-    if (tau > H && s->cfg.too_old == AC_TOO_OLD_REJECT)
-        return ac__fail(AC_ERR_STALE, "apply: tau = %llu updates since the pull > H = %llu",
-                        (unsigned long long)tau, (unsigned long long)H);
-    *lo = s->t - (tau < H ? tau : H);
+    if (s->cfg.max_staleness && tau > s->cfg.max_staleness)
+        return ac__fail(AC_ERR_STALE, "apply: tau = %llu updates since the pull > max_staleness "
+                                      "= %llu", (unsigned long long)tau,
+                        (unsigned long long)s->cfg.max_staleness);
+    if (s->cfg.staleness != AC_STALENESS_SIGMA) return AC_OK;
+    if ((r = ac__history_grow(s, tau)) != AC_OK) return r;
+    if (t_pull < s->forgot)
+        return ac__fail(AC_ERR_HISTORY, "sigma: tau = %llu more than doubles the staleness seen "
+                                        "before, and updates it counts were forgotten; the "
+                                        "history now covers %llu: pull again",
+                        (unsigned long long)tau, 64ull * s->words);
     return AC_OK;
 }
 
-/* Number of touches of i labelled after lo.  lo >= t - 64 and last <= t,
-   so last - lo <= 64 and the mask covers the whole window. */
-static uint32_t ac__sigma(const ac_server *s, uint32_t i, uint64_t lo)
+/* Number of touches of i labelled after t_pull.  last - t_pull <= tau <=
+   64 * words, so the mask covers the whole span. */
+static uint32_t ac__sigma(const ac_server *s, uint32_t i, uint64_t t_pull)
 {
-    uint64_t last = s->touch_last[i], span, m = s->touch_mask[i];
-    if (last <= lo) return 0;
-    span = last - lo;
-    if (span < 64) m &= (1ull << span) - 1;
-    return ac__popcount64(m);
+    uint64_t last = s->touch_last[i], span;
+    const uint64_t *m = s->touch_mask + (size_t)i * s->words;
+    uint32_t sigma = 0;
+    if (last <= t_pull) return 0;
+    for (span = last - t_pull; span >= 64; span -= 64) sigma += ac__popcount64(*m++);
+    if (span) sigma += ac__popcount64(*m & ((1ull << span) - 1));
+    return sigma;
+}
+
+/* The newest label among the set bits at positions >= p of a mask whose
+   bit b stands for label last - b; 0 if none. */
+static uint64_t ac__newest_from(const uint64_t *m, uint32_t words, uint64_t last, uint64_t p)
+{
+    uint64_t k = p / 64, x;
+    if (k >= words) return 0;
+    x = m[k] & (~0ull << (p % 64));
+    while (!x) {
+        if (++k == words) return 0;
+        x = m[k];
+    }
+    return last - (64 * k + ac__ctz64(x));
 }
 
 static void ac__touch(ac_server *s, uint32_t i, uint64_t label)
 {
-    uint64_t d = label - s->touch_last[i];
-    s->touch_mask[i] = d >= 64 ? 1 : (s->touch_mask[i] << d) | 1;
+    uint64_t *m = s->touch_mask + (size_t)i * s->words, bits = 64ull * s->words;
+    uint64_t last = s->touch_last[i], d = label - last, gone;
+    uint32_t k, q, r;
+    gone = ac__newest_from(m, s->words, last, d >= bits ? 0 : bits - d);
+    if (gone > s->forgot) s->forgot = gone;
     s->touch_last[i] = label;
+    if (d >= bits) {
+        memset(m, 0, (size_t)s->words * sizeof(uint64_t));
+        m[0] = 1;
+        return;
+    }
+    q = (uint32_t)(d / 64), r = (uint32_t)(d % 64);
+    for (k = s->words; k-- > q;) /* downwards: reads only words not yet written */
+        m[k] = m[k - q] << r | (r && k > q ? m[k - q - 1] >> (64 - r) : 0);
+    for (k = 0; k < q; k++) m[k] = 0;
+    m[0] |= 1;
 }
 
-/* Global indices strictly increasing and in range: all an apply needs to be
-   memory safe for an update that did not come from ac_decode. */
+/* Global indices strictly increasing and in range, values finite: all an
+   apply needs for an update that did not come from ac_decode. */
 static ac_result ac__check_update(const ac_server *s, const ac_update *u)
 {
     uint32_t j;
+    ac_result r;
     if (!u || (u->nnz && (!u->index || !u->value)))
         return ac__fail(AC_ERR_ARG, "apply: NULL update");
-    if (u->layout_hash != ac_layout_hash(&s->layout))
+    if (u->layout_hash != ac_layout_hash(&s->layout) || !u->count ||
+        u->layout.count != s->layout.count || !u->layout.sizes)
         return ac__fail(AC_ERR_LAYOUT, "apply: update is for another layout");
-    for (j = 0; j < u->nnz; j++) {
-        if (u->index[j] >= s->total)
-            return ac__fail(AC_ERR_INDEX, "apply: index %u >= %u", (unsigned)u->index[j],
-                            (unsigned)s->total);
-        if (j && u->index[j] <= u->index[j - 1])
-            return ac__fail(AC_ERR_ORDER, "apply: index %u not increasing", (unsigned)u->index[j]);
-    }
+    for (j = 0; j < s->layout.count; j++)
+        if (u->layout.sizes[j] != s->layout.sizes[j])
+            return ac__fail(AC_ERR_LAYOUT, "apply: update is for another layout");
+    if ((r = ac__check_indices(u)) != AC_OK) return r;
+    if (!ac__all_finite(u->value, u->nnz))
+        return ac__fail(AC_ERR_VALUE, "apply: value %u is NaN or infinite",
+                        (unsigned)ac__first_non_finite(u->value, u->nnz));
     return AC_OK;
 }
 
+/* w[index_j] -= a * value_j.  A tensor sent whole is a contiguous run
+   (dense pushes are nothing else), streamed without its indices. */
+static void ac__step(float *w, const ac_update *u, float a)
+{
+    uint32_t l, j = 0, base = 0;
+    for (l = 0; l < u->layout.count; l++) {
+        uint32_t c = u->count[l], n = u->layout.sizes[l], end = j + c;
+        if (c == n) {
+            float *x = w + base;
+            const float *v = u->value + j;
+            uint32_t k;
+            for (k = 0; k < n; k++) x[k] -= a * v[k];
+        } else {
+            for (; j < end; j++) w[u->index[j]] -= a * u->value[j];
+        }
+        j = end;
+        base += n;
+    }
+}
+
 /* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1. */
-static void ac__apply(ac_server *s, const ac_update *u, uint64_t lo)
+static void ac__apply(ac_server *s, const ac_update *u)
 {
     uint64_t label = s->t + 1, tau = s->t - u->t_pull;
     float *w = s->params, a = s->cfg.alpha;
     uint32_t j;
     if (s->cfg.staleness == AC_STALENESS_SIGMA) {
         for (j = 0; j < u->nnz; j++) {
-            uint32_t i = u->index[j], sigma = ac__sigma(s, i, lo);
+            uint32_t i = u->index[j], sigma = ac__sigma(s, i, u->t_pull);
             w[i] -= a * u->value[j] / (float)(sigma > 1 ? sigma : 1);
             ac__touch(s, i, label);
         }
     } else {
         if (s->cfg.staleness == AC_STALENESS_TAU && tau > 1) a /= (float)tau;
-        for (j = 0; j < u->nnz; j++) w[u->index[j]] -= a * u->value[j];
+        ac__step(w, u, a);
     }
     s->t = label;
+    s->stats.tau_sum += tau;
+    if (tau > s->stats.tau_max) s->stats.tau_max = tau;
     s->stats.packets++;
     s->stats.entries += u->nnz;
     s->stats.dense_bytes += (uint64_t)s->total * 4;
@@ -1649,43 +1867,40 @@ static void ac__apply(ac_server *s, const ac_update *u, uint64_t lo)
 
 ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u)
 {
-    uint64_t lo;
     ac_result r;
     if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply: NULL server");
-    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__window(s, u->t_pull, &lo)) != AC_OK) {
+    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__admit(s, u->t_pull)) != AC_OK) {
         s->stats.rejected++;
         return r;
     }
-    ac__apply(s, u, lo);
+    ac__apply(s, u);
     return AC_OK;
 }
 
 ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len)
 {
-    uint64_t lo;
     ac_result r;
     if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply_packet: NULL server");
     s->stats.bytes_in += len;
     if ((r = ac_decode(&s->update, data, len)) != AC_OK ||
-        (r = ac__window(s, s->update.t_pull, &lo)) != AC_OK) {
+        (r = ac__admit(s, s->update.t_pull)) != AC_OK) {
         s->stats.rejected++;
         return r;
     }
-    ac__apply(s, &s->update, lo);
+    ac__apply(s, &s->update);
     return AC_OK;
 }
 
-ACDEF ac_result ac_server_sigma(const ac_server *s, const ac_update *u, uint32_t *sigma)
+ACDEF ac_result ac_server_sigma(ac_server *s, const ac_update *u, uint32_t *sigma)
 {
-    uint64_t lo;
     uint32_t j;
     ac_result r;
     if (!s || !sigma) return ac__fail(AC_ERR_ARG, "ac_server_sigma: NULL argument");
     if (s->cfg.staleness != AC_STALENESS_SIGMA)
         return ac__fail(AC_ERR_ARG, "ac_server_sigma: server does not count sigma");
-    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__window(s, u->t_pull, &lo)) != AC_OK)
+    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__admit(s, u->t_pull)) != AC_OK)
         return r;
-    for (j = 0; j < u->nnz; j++) sigma[j] = ac__sigma(s, u->index[j], lo);
+    for (j = 0; j < u->nnz; j++) sigma[j] = ac__sigma(s, u->index[j], u->t_pull);
     return AC_OK;
 }
 
