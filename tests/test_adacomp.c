@@ -330,7 +330,7 @@ static void ibm_naive(const uint32_t *sizes, uint32_t L, uint32_t LT, const floa
                 if (fabsf(G[base + i]) > gmax) gmax = fabsf(G[base + i]);
             if (gmax == 0) continue;                     /* skip empty bins */
             for (i = b; i < e; i++)
-                if (fabsf(H[base + i]) >= gmax) sent[base + i] = 1;
+                if (fabsf(H[base + i]) >= gmax && G[base + i] != 0) sent[base + i] = 1;
         }
         for (i = 0; i < n; i++)
             if (sent[base + i]) cnt++, sum += fabsf(G[base + i]);
