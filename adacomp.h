@@ -23,6 +23,9 @@
    Configuration macros (define before the implementation include):
       ADACOMP_STATIC        every function is static (private to that file)
       AC_MALLOC, AC_FREE    your allocator: define both or none
+      AC_NO_SIMD            plain C kernels only (SSE2 is used where the compiler
+                            targets it, as every x86-64 compiler does; results
+                            are bit-identical either way)
 
    Example: one worker step and the PS receiving it.
 
@@ -350,6 +353,15 @@ ACDEF ac_stats ac_server_stats(const ac_server *s);
 #define AC__TLS _Thread_local
 #endif
 
+/* SSE2 is part of x86-64, so a plain `cc -O2` build has it; GCC does not
+   vectorise these loops at -O2 by itself.  Each SIMD kernel does the same
+   float operations in the same order as its scalar twin (mul then sub, no
+   FMA; max and comparisons are exact), so the bits do not depend on it. */
+#if defined(__SSE2__) && !defined(AC_NO_SIMD)
+#include <emmintrin.h>
+#define AC__SSE2 1
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -459,13 +471,73 @@ static uint32_t ac__first_non_finite(const float *v, uint32_t n)
     return j;
 }
 
-/* The same question without a branch per value, for the long arrays of a
-   push: OR the "exponent all ones" flags, stop at the end. */
+/* Says whether n little-endian float32 at src are all finite, and copies
+   them to dst unless dst is NULL: one pass over a packet's values, no
+   branch per value. */
+static int ac__load_f32(float *dst, const unsigned char *src, uint32_t n)
+{
+    uint32_t j = 0, bad = 0;
+#ifdef AC__SSE2 /* x86: little-endian */
+    const __m128i inf = _mm_set1_epi32(0x7F800000);
+    __m128i b = _mm_setzero_si128();
+    for (; j + 4 <= n; j += 4) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(src + 4 * (size_t)j));
+        b = _mm_or_si128(b, _mm_cmpeq_epi32(_mm_and_si128(x, inf), inf));
+        if (dst) _mm_storeu_si128((__m128i *)(void *)(dst + j), x);
+    }
+    bad = (uint32_t)_mm_movemask_epi8(b);
+#endif
+    for (; j < n; j++) {
+        const unsigned char *p = src + 4 * (size_t)j;
+        uint32_t x = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                     (uint32_t)p[3] << 24;
+        bad |= (x & 0x7F800000u) == 0x7F800000u;
+        if (dst) dst[j] = ac__u2f(x);
+    }
+    return !bad;
+}
+
+/* Whether all n values are finite, without a branch per value. */
 static int ac__all_finite(const float *v, uint32_t n)
 {
-    uint32_t j, bad = 0;
-    for (j = 0; j < n; j++) bad |= (ac__f2u(v[j]) & 0x7F800000u) == 0x7F800000u;
+    uint32_t j = 0, bad = 0;
+#ifdef AC__SSE2
+    const __m128i inf = _mm_set1_epi32(0x7F800000);
+    __m128i b = _mm_setzero_si128();
+    for (; j + 4 <= n; j += 4) {
+        __m128i x = _mm_castps_si128(_mm_loadu_ps(v + j));
+        b = _mm_or_si128(b, _mm_cmpeq_epi32(_mm_and_si128(x, inf), inf));
+    }
+    bad = (uint32_t)_mm_movemask_epi8(b);
+#endif
+    for (; j < n; j++) bad |= (ac__f2u(v[j]) & 0x7F800000u) == 0x7F800000u;
     return !bad;
+}
+
+/* w -= a * v over a contiguous run (a dense push's whole tensors).  v is
+   a float array of this host, or, where AC__RAW_F32, a packet's values in
+   place (unaligned little-endian bytes), which saves the copy. */
+#ifdef AC__SSE2
+#define AC__RAW_F32 1
+#endif
+static void ac__axpy(float *w, const void *v, uint32_t n, float a)
+{
+    const unsigned char *b = (const unsigned char *)v;
+    uint32_t k = 0;
+#ifdef AC__SSE2
+    const __m128 av = _mm_set1_ps(a);
+    for (; k + 8 <= n; k += 8) {
+        __m128 v0 = _mm_loadu_ps((const float *)(const void *)(b + 4 * (size_t)k));
+        __m128 v1 = _mm_loadu_ps((const float *)(const void *)(b + 4 * (size_t)k + 16));
+        _mm_storeu_ps(w + k, _mm_sub_ps(_mm_loadu_ps(w + k), _mm_mul_ps(av, v0)));
+        _mm_storeu_ps(w + k + 4, _mm_sub_ps(_mm_loadu_ps(w + k + 4), _mm_mul_ps(av, v1)));
+    }
+#endif
+    for (; k < n; k++) {
+        float x;
+        memcpy(&x, b + 4 * (size_t)k, 4);
+        w[k] -= a * x;
+    }
 }
 
 /* ==== ac_layout ==== */
@@ -798,41 +870,87 @@ static void ac__select_dense(ac_compressor *c, const float *g)
     c->update.nnz = c->total;
 }
 
+/* IBM AdaComp, one bin kernel, step 1: G = R + dW stored in R; returns
+   max |G| over [0, n), or a negative value if some G is not finite. */
+static float ac__ibm_accumulate(float *R, const float *dw, uint32_t n)
+{
+    uint32_t i = 0, bad = 0;
+    float gmax = 0.0f;
+#ifdef AC__SSE2
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+    const __m128i inf = _mm_set1_epi32(0x7F800000);
+    __m128 m = _mm_setzero_ps();
+    __m128i b = _mm_setzero_si128();
+    float lanes[4];
+    for (; i + 4 <= n; i += 4) {
+        __m128 G = _mm_add_ps(_mm_loadu_ps(R + i), _mm_loadu_ps(dw + i)), a;
+        _mm_storeu_ps(R + i, G);
+        a = _mm_and_ps(G, abs_mask);
+        m = _mm_max_ps(m, a);
+        b = _mm_or_si128(b, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(a), inf), inf));
+    }
+    bad = (uint32_t)_mm_movemask_epi8(b);
+    _mm_storeu_ps(lanes, m);
+    for (i = 0; i < 4; i++) /* max is exact: any order gives the same float */
+        if (lanes[i] > gmax) gmax = lanes[i];
+    i = n & ~3u;
+#endif
+    for (; i < n; i++) {
+        float G = R[i] + dw[i], a = ac__absf(G);
+        R[i] = G;
+        bad |= !ac__finite(G);
+        if (a > gmax) gmax = a;
+    }
+    return bad ? -1.0f : gmax;
+}
+
+/* Step 2, for n <= 64 entries: bit i set when |H| = |G + dW| >= gmax and
+   G != 0 (an entry with G = 0 has nothing to say: sent, it would be
+   +scale). */
+static uint64_t ac__ibm_select(const float *R, const float *dw, uint32_t n, float gmax)
+{
+    uint64_t mask = 0;
+    uint32_t i = 0;
+#ifdef AC__SSE2
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF)), g = _mm_set1_ps(gmax);
+    const __m128 zero = _mm_setzero_ps();
+    for (; i + 4 <= n; i += 4) {
+        __m128 G = _mm_loadu_ps(R + i);
+        __m128 H = _mm_and_ps(_mm_add_ps(G, _mm_loadu_ps(dw + i)), abs_mask);
+        __m128 send = _mm_andnot_ps(_mm_cmpeq_ps(G, zero), _mm_cmpge_ps(H, g));
+        mask |= (uint64_t)_mm_movemask_ps(send) << i;
+    }
+#endif
+    for (; i < n; i++)
+        mask |= (uint64_t)((ac__absf(R[i] + dw[i]) >= gmax) & (ac__abits(R[i]) != 0)) << i;
+    return mask;
+}
+
 /* IBM AdaComp, one bin [b, e) of a tensor: G = R + dW is stored in R, gmax
-   = max |G|; entries with |H| = |G + dW| >= gmax and G != 0 are emitted
-   carrying G for now (the scale is known only after the whole tensor).  An
-   entry with G = 0 has nothing to say: sent, it would be +scale.  Returns 0
-   if some G is not finite. */
+   = max |G|; the selected entries are emitted carrying G for now (the
+   scale is known only after the whole tensor) and their |G| summed, in
+   index order.  Returns 0 if some G is not finite. */
 static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e,
                        double *sum_abs)
 {
     ac_update *u = &c->update;
-    float *R = c->residue, gmax = 0.0f;
-    int finite = 1;
-    uint32_t i;
-    for (i = b; i < e; i++) {
-        float G = R[i] + dw[i], a = ac__absf(G);
-        R[i] = G;
-        finite &= ac__finite(G);
-        if (a > gmax) gmax = a;
-    }
-    if (!finite) return 0;
+    float *R = c->residue, gmax = ac__ibm_accumulate(R + b, dw + b, e - b);
+    uint32_t *index = u->index, nnz = u->nnz, i;
+    float *value = u->value;
+    double sum = *sum_abs;
+    if (gmax < 0.0f) return 0;
     if (gmax == 0.0f) return 1; /* nothing to say about this bin */
-    {   /* locals: stores through u->index could alias u->nnz otherwise */
-        uint32_t *index = u->index, nnz = u->nnz;
-        float *value = u->value;
-        double sum = *sum_abs;
-        for (i = b; i < e; i++) { /* branch-free: a quarter may be sent */
-            uint32_t send = (ac__absf(R[i] + dw[i]) >= gmax) & (ac__abits(R[i]) != 0);
-            float a = ac__u2f(ac__abits(R[i]) & (0u - send));
-            index[nnz] = i;
-            value[nnz] = R[i];
-            sum += a;                 /* + 0.0 when not sent: exact */
-            nnz += send;
+    for (i = b; i < e; i += 64) {
+        uint64_t m = ac__ibm_select(R + i, dw + i, e - i < 64 ? e - i : 64, gmax);
+        for (; m; m &= m - 1) {
+            uint32_t k = i + ac__ctz64(m);
+            index[nnz] = k;
+            value[nnz++] = R[k];
+            sum += ac__absf(R[k]);
         }
-        u->nnz = nnz;
-        *sum_abs = sum;
     }
+    u->nnz = nnz;
+    *sum_abs = sum;
     return 1;
 }
 
@@ -1026,12 +1144,18 @@ ACDEF const ac_update *ac_compressor_update(const ac_compressor *c)
     return c ? &c->update : NULL;
 }
 
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written);
+
 ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, size_t *written)
 {
     size_t n = 0;
     ac_result r;
-    if (!c) return ac__fail(AC_ERR_ARG, "ac_compressor_encode: NULL compressor");
-    r = ac_encode(&c->update, buf, cap, &n);
+    if (!c || !buf) return ac__fail(AC_ERR_ARG, "ac_compressor_encode: NULL argument");
+    /* the compressor's own update is valid by construction (select checked
+       the values), so it skips ac_encode's checks; the f16 range is the one
+       thing select does not know */
+    r = c->update.format == AC_FORMAT_F16 ? ac_encode(&c->update, buf, cap, &n)
+                                          : ac__write(&c->update, buf, cap, &n);
     if (written) *written = n;
     if (r != AC_OK) return r;
     c->stats.packets++;
@@ -1315,10 +1439,24 @@ static unsigned char *ac__put_values(unsigned char *p, const ac_update *u)
     return p;
 }
 
-ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *written)
+/* Writes a valid update; the exact size is computed only when the buffer
+   is smaller than the bound. */
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written)
 {
     unsigned char *p = (unsigned char *)buf;
     size_t size;
+    if (cap < ac_packet_bound(u) && cap < (size = ac_packet_size(u)))
+        return ac__fail(AC_ERR_CAPACITY, "encode: packet needs %zu bytes, buffer has %zu",
+                        size, cap);
+    p = ac__put_header(p, u);
+    p = ac__put_indices(p, u);
+    p = ac__put_values(p, u);
+    if (written) *written = (size_t)(p - (unsigned char *)buf);
+    return AC_OK;
+}
+
+ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *written)
+{
     ac_result r;
     if (written) *written = 0;
     if (!u || !buf || !u->count || !u->layout.sizes)
@@ -1327,15 +1465,7 @@ ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *wri
         return ac__fail(AC_ERR_FORMAT, "ac_encode: mode %u with format %u, flags %u",
                         (unsigned)u->mode, (unsigned)u->format, (unsigned)u->flags);
     if ((r = ac__check_indices(u)) != AC_OK || (r = ac__check_values(u)) != AC_OK) return r;
-    size = ac_packet_size(u);
-    if (cap < size)
-        return ac__fail(AC_ERR_CAPACITY, "ac_encode: packet needs %zu bytes, buffer has %zu",
-                        size, cap);
-    p = ac__put_header(p, u);
-    p = ac__put_indices(p, u);
-    p = ac__put_values(p, u);
-    if (written) *written = (size_t)(p - (unsigned char *)buf);
-    return AC_OK;
+    return ac__write(u, buf, cap, written);
 }
 
 /* Decoding reads through a cursor that knows where the bytes end; every
@@ -1448,14 +1578,17 @@ static ac_result ac__get_counts(ac__reader *r, ac_update *u)
     return AC_OK;
 }
 
+/* A tensor sent whole carries no indices; they are written out only when
+   `whole` is set (the server's own decode streams whole tensors instead). */
 static ac_result ac__get_tensor_indices(ac__reader *r, ac_update *u, uint32_t l, uint32_t base,
-                                        uint32_t *j)
+                                        uint32_t *j, int whole)
 {
     uint32_t size = u->layout.sizes[l], c = u->count[l], end = *j + c, delta;
     int64_t idx = -1;
     ac_result e;
     if (c == size) {
-        for (; *j < end; (*j)++) u->index[*j] = base + (*j - (end - c));
+        for (; whole && *j < end; (*j)++) u->index[*j] = base + (*j - (end - c));
+        *j = end;
         return AC_OK;
     }
     for (; *j < end; (*j)++) {
@@ -1472,15 +1605,24 @@ static ac_result ac__get_tensor_indices(ac__reader *r, ac_update *u, uint32_t l,
     return AC_OK;
 }
 
-static ac_result ac__get_values(ac__reader *r, ac_update *u)
+/* raw non-NULL (the server's decode): float32 values of whole tensors are
+   checked where they lie and not copied; *raw tells where they start. */
+static ac_result ac__get_values(ac__reader *r, ac_update *u, const unsigned char **raw)
 {
-    uint32_t j;
+    uint32_t j = 0, l;
     if (u->format == AC_FORMAT_F32) {
-        for (j = 0; j < u->nnz; j++) {
-            u->value[j] = ac__u2f(ac__get_u32(r));
-            if (!ac__finite(u->value[j]))
-                return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
+        int ok = 1;
+        float x;
+        for (l = 0; l < u->layout.count; l++) {
+            uint32_t c = u->count[l];
+            int keep = raw && c == u->layout.sizes[l];
+            ok &= ac__load_f32(keep ? NULL : u->value + j, r->p + 4 * (size_t)j, c);
+            j += c;
         }
+        for (j = 0; !ok && ac__load_f32(&x, r->p + 4 * (size_t)j, 1); j++) {}
+        if (!ok) return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
+        if (raw) *raw = r->p;
+        r->p += 4 * (size_t)u->nnz;
     } else {
         for (j = 0; j < u->nnz; j++, r->p += 2) {
             uint16_t h = (uint16_t)(r->p[0] | r->p[1] << 8);
@@ -1513,19 +1655,19 @@ static ac_result ac__get_signs(ac__reader *r, ac_update *u)
     return AC_OK;
 }
 
-static ac_result ac__decode(ac__reader *r, ac_update *u)
+static ac_result ac__decode(ac__reader *r, ac_update *u, const unsigned char **raw)
 {
     uint32_t l, j = 0, base = 0;
     ac_result e;
     memset(u->scale, 0, (size_t)u->layout.count * sizeof(float));
     if ((e = ac__get_header(r, u)) != AC_OK || (e = ac__get_counts(r, u)) != AC_OK) return e;
     for (l = 0; l < u->layout.count; l++) {
-        if ((e = ac__get_tensor_indices(r, u, l, base, &j)) != AC_OK) return e;
+        if ((e = ac__get_tensor_indices(r, u, l, base, &j, !raw)) != AC_OK) return e;
         base += u->layout.sizes[l];
     }
     /* the value bytes were already checked to be present */
     if ((e = ac__need(r, ac__value_bytes(u), "values")) != AC_OK) return e;
-    e = u->format == AC_FORMAT_SIGN_SCALE ? ac__get_signs(r, u) : ac__get_values(r, u);
+    e = u->format == AC_FORMAT_SIGN_SCALE ? ac__get_signs(r, u) : ac__get_values(r, u, raw);
     if (e != AC_OK) return e;
     if (r->p != r->end)
         return ac__fail(AC_ERR_TRAILING, "decode: %zu bytes after the packet's end",
@@ -1533,19 +1675,27 @@ static ac_result ac__decode(ac__reader *r, ac_update *u)
     return AC_OK;
 }
 
-ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
+/* raw: see ac__get_values; NULL for a full decode. */
+static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
+                                  const unsigned char **raw)
 {
     ac__reader r;
     ac_result e;
     if (!u || !u->count || !u->layout.sizes || (!data && len))
-        return ac__fail(AC_ERR_ARG, "ac_decode: NULL argument or uninitialised update");
+        return ac__fail(AC_ERR_ARG, "decode: NULL argument or uninitialised update");
     u->nnz = 0;
     r.begin = r.p = (const unsigned char *)data;
     r.end = r.begin + len;
     if (!data) r.begin = r.p = r.end = (const unsigned char *)ac__magic; /* empty */
-    e = ac__decode(&r, u);
+    if (raw) *raw = NULL;
+    e = ac__decode(&r, u, raw);
     if (e != AC_OK) u->nnz = 0;
     return e;
+}
+
+ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
+{
+    return ac__decode_bytes(u, data, len, NULL);
 }
 
 /* ==== ac_server ==== */
@@ -1822,40 +1972,53 @@ static ac_result ac__check_update(const ac_server *s, const ac_update *u)
 }
 
 /* w[index_j] -= a * value_j.  A tensor sent whole is a contiguous run
-   (dense pushes are nothing else), streamed without its indices. */
-static void ac__step(float *w, const ac_update *u, float a)
+   (dense pushes are nothing else), streamed without reading its indices,
+   which the server's decode does not even write, and with raw (float32
+   values left in the packet) without its values copied either. */
+static void ac__step(float *w, const ac_update *u, const unsigned char *raw, float a)
 {
     uint32_t l, j = 0, base = 0;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t c = u->count[l], n = u->layout.sizes[l], end = j + c;
-        if (c == n) {
-            float *x = w + base;
-            const float *v = u->value + j;
-            uint32_t k;
-            for (k = 0; k < n; k++) x[k] -= a * v[k];
-        } else {
+        if (c == n)
+            ac__axpy(w + base, raw ? (const void *)(raw + 4 * (size_t)j) : u->value + j, n, a);
+        else
             for (; j < end; j++) w[u->index[j]] -= a * u->value[j];
-        }
         j = end;
         base += n;
     }
 }
 
-/* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1. */
-static void ac__apply(ac_server *s, const ac_update *u)
+/* The same with alpha / max(1, sigma_i) per entry, recording the touches. */
+static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char *raw, float a,
+                           uint64_t label)
 {
-    uint64_t label = s->t + 1, tau = s->t - u->t_pull;
-    float *w = s->params, a = s->cfg.alpha;
-    uint32_t j;
-    if (s->cfg.staleness == AC_STALENESS_SIGMA) {
-        for (j = 0; j < u->nnz; j++) {
-            uint32_t i = u->index[j], sigma = ac__sigma(s, i, u->t_pull);
-            w[i] -= a * u->value[j] / (float)(sigma > 1 ? sigma : 1);
+    uint32_t l, j = 0, base = 0;
+    float *w = s->params;
+    for (l = 0; l < u->layout.count; l++) {
+        uint32_t c = u->count[l], n = u->layout.sizes[l], k;
+        for (k = 0; k < c; k++, j++) {
+            uint32_t i = c == n ? base + k : u->index[j], sigma = ac__sigma(s, i, u->t_pull);
+            float v = u->value[j];
+            if (raw && c == n) memcpy(&v, raw + 4 * (size_t)j, 4);
+            w[i] -= a * v / (float)(sigma > 1 ? sigma : 1);
             ac__touch(s, i, label);
         }
+        base += n;
+    }
+}
+
+/* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1.
+   raw: where the values of whole tensors lie (ac__get_values), or NULL. */
+static void ac__apply(ac_server *s, const ac_update *u, const unsigned char *raw)
+{
+    uint64_t label = s->t + 1, tau = s->t - u->t_pull;
+    float a = s->cfg.alpha;
+    if (s->cfg.staleness == AC_STALENESS_SIGMA) {
+        ac__step_sigma(s, u, raw, a, label);
     } else {
         if (s->cfg.staleness == AC_STALENESS_TAU && tau > 1) a /= (float)tau;
-        ac__step(w, u, a);
+        ac__step(s->params, u, raw, a);
     }
     s->t = label;
     s->stats.tau_sum += tau;
@@ -1873,21 +2036,26 @@ ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u)
         s->stats.rejected++;
         return r;
     }
-    ac__apply(s, u);
+    ac__apply(s, u, NULL);
     return AC_OK;
 }
 
 ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len)
 {
+    const unsigned char *raw = NULL;
     ac_result r;
     if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply_packet: NULL server");
     s->stats.bytes_in += len;
-    if ((r = ac_decode(&s->update, data, len)) != AC_OK ||
-        (r = ac__admit(s, s->update.t_pull)) != AC_OK) {
+#ifdef AC__RAW_F32
+    r = ac__decode_bytes(&s->update, data, len, &raw);
+#else /* values must be copied: a full decode */
+    r = ac__decode_bytes(&s->update, data, len, NULL);
+#endif
+    if (r != AC_OK || (r = ac__admit(s, s->update.t_pull)) != AC_OK) {
         s->stats.rejected++;
         return r;
     }
-    ac__apply(s, &s->update);
+    ac__apply(s, &s->update, raw);
     return AC_OK;
 }
 
