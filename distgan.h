@@ -1670,7 +1670,7 @@ typedef struct dg_asgd_config {
                                  on the CNN uses 30 MB); past it pushes are refused */
     int batch;                /* 10 */
     dg_asgd_arch arch;        /* DG_ASGD_ARCH_CNN */
-    int hidden;               /* MLP hidden units: 128 */
+    int hidden;               /* MLP hidden units: 128 (>= 1) */
     uint64_t seed;            /* 1 */
     /* the schedule */
     double slow_fraction;     /* 0: share of slow workers */
@@ -12433,8 +12433,8 @@ DGDEF void dg_asgd_ac_configs(const dg_asgd_config *cfg, ac_compressor_config *c
     cc->bin_size = cfg->bin_size > 0 ? (uint32_t)cfg->bin_size : 0; /* 0: refused by ac */
     cc->residue = cfg->residue && (cc->mode == AC_MODE_HARDY || cc->mode == AC_MODE_TOPK);
     sc->alpha = cfg->alpha;
-    sc->staleness = (unsigned)cfg->modulation <= DG_ASGD_MOD_CONSTANT && cfg->modulation
-                        ? mods[cfg->modulation] : auto_mod;
+    sc->staleness = cfg->modulation > DG_ASGD_MOD_AUTO && cfg->modulation <= DG_ASGD_MOD_CONSTANT
+                        ? mods[cfg->modulation] : auto_mod; /* out of range: refused by the check */
     sc->max_staleness = cfg->max_staleness;
     sc->history_bytes = cfg->history_bytes;
 }
@@ -12448,9 +12448,10 @@ static dg_result dg__asgd_check(const dg_asgd_config *cfg)
         return dg__fail(DG_ERR_ARG, "asgd config: mode %d", (int)cfg->mode);
     if (!(cfg->rate >= 0.0 && cfg->rate <= 1.0))
         return dg__fail(DG_ERR_ARG, "asgd config: rate c = %g outside [0, 1]", cfg->rate);
-    if (cfg->batch < 1 || cfg->bin_size < 1)
-        return dg__fail(DG_ERR_ARG, "asgd config: batch %d, bin size %d", cfg->batch,
-                        cfg->bin_size);
+    if (cfg->batch < 1 || cfg->bin_size < 1 || cfg->hidden < 1 ||
+        (unsigned)cfg->modulation > DG_ASGD_MOD_CONSTANT)
+        return dg__fail(DG_ERR_ARG, "asgd config: batch %d, bin size %d, hidden %d, modulation %d",
+                        cfg->batch, cfg->bin_size, cfg->hidden, (int)cfg->modulation);
     if (!(cfg->alpha >= 0.0f && cfg->alpha <= FLT_MAX) ||
         !(cfg->slow_fraction >= 0.0 && cfg->slow_fraction <= 1.0) ||
         !(cfg->slow_factor > 0.0) || !(cfg->jitter >= 0.0) ||
@@ -12467,10 +12468,12 @@ DGDEF dg_result dg_asgd_net_create(dg_net **out, const dg_asgd_config *cfg, int 
     dg_result r;
     if (!out || !cfg) return dg__fail(DG_ERR_ARG, "dg_asgd_net_create: NULL argument");
     *out = NULL;
+    if (cfg->arch == DG_ASGD_ARCH_MLP && cfg->hidden < 1)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_net_create: %d hidden units", cfg->hidden);
     if ((r = dg_net_create(&net, c, h, w)) != DG_OK) return r;
     if (cfg->arch == DG_ASGD_ARCH_MLP) {
         if (!r) r = dg_net_flatten(net);
-        if (!r) r = dg_net_linear(net, cfg->hidden > 0 ? cfg->hidden : 128);
+        if (!r) r = dg_net_linear(net, cfg->hidden);
         if (!r) r = dg_net_relu(net);
     } else {
         if (!r) r = dg_net_conv2d(net, 32, 3, 1, 1);

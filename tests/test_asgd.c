@@ -504,6 +504,31 @@ TEST(default_sigma_exact_at_w100)
     ac_server_free(ps);
 }
 
+/* Issue 13: zero is a value (c = 0 sends one entry per tensor, alpha = 0
+   learns nothing), and what has no meaning is refused, never replaced by
+   a default behind the caller's back. */
+TEST(config_zero_is_a_value)
+{
+    dg_asgd_config cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    ac_compressor_config cc;
+    ac_server_config sc;
+    dg_asgd_sched *s = NULL;
+    cfg.rate = 0.0, cfg.alpha = 0.0f;
+    CHECK_OK(dg_asgd_sched_create(&s, &cfg));
+    dg_asgd_sched_free(s);
+    dg_asgd_ac_configs(&cfg, &cc, &sc);
+    CHECK(cc.rate == 0.0 && sc.alpha == 0.0f);
+    cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    cfg.hidden = 0;
+    CHECK(dg_asgd_sched_create(&s, &cfg) == DG_ERR_ARG);
+    cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    cfg.bin_size = 0;
+    CHECK(dg_asgd_sched_create(&s, &cfg) == DG_ERR_ARG);
+    cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    cfg.modulation = (dg_asgd_modulation)7;
+    CHECK(dg_asgd_sched_create(&s, &cfg) == DG_ERR_ARG);
+}
+
 /* ---- the roles running free on threads, in arrival order ---- */
 
 typedef struct free_worker {
@@ -588,6 +613,7 @@ int main(void)
     RUN(dropouts_do_not_hang);
     RUN(server_refuses_non_finite_pushes);
     RUN(default_sigma_exact_at_w100);
+    RUN(config_zero_is_a_value);
     RUN(roles_run_free_on_threads);
     dg_dataset_free(&g_train);
     dg_dataset_free(&g_test);
