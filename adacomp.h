@@ -361,6 +361,12 @@ ACDEF ac_stats ac_server_stats(const ac_server *s);
 #include <emmintrin.h>
 #define AC__SSE2 1
 #endif
+#if defined(__GNUC__)
+#define AC__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define AC__PREFETCH(p) ((void)0)
+#endif
+#define AC__AHEAD 16  /* entries ahead to prefetch in a sparse apply */
 
 #ifdef __cplusplus
 extern "C" {
@@ -1729,8 +1735,8 @@ struct ac_server {
     uint32_t total;
     float *params;          /* not owned */
     uint64_t t;             /* clock: updates applied so far */
-    uint64_t *touch_last;   /* SIGMA: [total] */
-    uint64_t *touch_mask;   /* SIGMA: [total][words] */
+    uint64_t *touch;        /* SIGMA: [total][1 + words]: last, then the mask, side by
+                               side so that an entry costs one cache miss, not two */
     uint32_t words;         /* mask words per parameter: tau <= 64 * words is counted */
     uint32_t words_max;     /* what history_bytes allows */
     uint64_t forgot;        /* newest label a touch bit was shifted out for */
@@ -1800,12 +1806,11 @@ ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *
     s->update_memory = ac__calloc(bytes, 1);
     if (s->cfg.staleness == AC_STALENESS_SIGMA) {
         s->words = 1;
-        s->touch_mask = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
-        s->touch_last = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
+        s->touch = (uint64_t *)ac__calloc(s->total, 2 * sizeof(uint64_t));
         s->stats.history_bytes = ac__history_size(s, 1);
     }
     if (!s->update_memory ||
-        (s->cfg.staleness == AC_STALENESS_SIGMA && (!s->touch_mask || !s->touch_last))) {
+        (s->cfg.staleness == AC_STALENESS_SIGMA && !s->touch)) {
         ac_server_free(s);
         return ac__fail(AC_ERR_NOMEM, "ac_server_init: no memory for %u parameters",
                         (unsigned)ac_layout_total(layout));
@@ -1818,8 +1823,7 @@ ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *
 ACDEF void ac_server_free(ac_server *s)
 {
     if (!s) return;
-    AC_FREE(s->touch_mask);
-    AC_FREE(s->touch_last);
+    AC_FREE(s->touch);
     AC_FREE(s->update_memory);
     AC_FREE(s->sizes);
     AC_FREE(s);
@@ -1858,15 +1862,15 @@ static ac_result ac__history_grow(ac_server *s, uint64_t tau)
     if (words < want) words = want;
     if (words > s->words_max) words = s->words_max;
     if (words <= s->words) return AC_OK; /* the cap leaves no more headroom */
-    mask = (uint64_t *)ac__calloc((size_t)s->total, (size_t)words * sizeof(uint64_t));
+    mask = (uint64_t *)ac__calloc((size_t)s->total, (size_t)(1 + words) * sizeof(uint64_t));
     if (!mask)
         return ac__fail(AC_ERR_NOMEM, "sigma: no memory to grow the touch history to %llu bytes",
                         (unsigned long long)ac__history_size(s, words));
     for (i = 0; i < s->total; i++)
-        memcpy(mask + (size_t)i * words, s->touch_mask + (size_t)i * s->words,
-               (size_t)s->words * sizeof(uint64_t));
-    AC_FREE(s->touch_mask);
-    s->touch_mask = mask;
+        memcpy(mask + (size_t)i * (1 + words), s->touch + (size_t)i * (1 + s->words),
+               (size_t)(1 + s->words) * sizeof(uint64_t));
+    AC_FREE(s->touch);
+    s->touch = mask;
     s->words = (uint32_t)words;
     s->stats.history_bytes = ac__history_size(s, words);
     return AC_OK;
@@ -1907,11 +1911,13 @@ static ac_result ac__admit(ac_server *s, uint64_t t_pull)
    64 * words, so the mask covers the whole span. */
 static uint32_t ac__sigma(const ac_server *s, uint32_t i, uint64_t t_pull)
 {
-    uint64_t last = s->touch_last[i], span;
-    const uint64_t *m = s->touch_mask + (size_t)i * s->words;
+    const uint64_t *m = s->touch + (size_t)i * (1 + s->words) + 1;
+    uint64_t last = m[-1], span;
     uint32_t sigma = 0;
     if (last <= t_pull) return 0;
-    for (span = last - t_pull; span >= 64; span -= 64) sigma += ac__popcount64(*m++);
+    span = last - t_pull;
+    if (span < 64) return ac__popcount64(*m & ((1ull << span) - 1)); /* short: inlined */
+    for (; span >= 64; span -= 64) sigma += ac__popcount64(*m++);
     if (span) sigma += ac__popcount64(*m & ((1ull << span) - 1));
     return sigma;
 }
@@ -1932,12 +1938,19 @@ static uint64_t ac__newest_from(const uint64_t *m, uint32_t words, uint64_t last
 
 static void ac__touch(ac_server *s, uint32_t i, uint64_t label)
 {
-    uint64_t *m = s->touch_mask + (size_t)i * s->words, bits = 64ull * s->words;
-    uint64_t last = s->touch_last[i], d = label - last, gone;
+    uint64_t *m = s->touch + (size_t)i * (1 + s->words) + 1, bits = 64ull * s->words;
+    uint64_t last = m[-1], d = label - last, gone;
     uint32_t k, q, r;
+    m[-1] = label;
+    if (s->words == 1) { /* the common case (tau <= 32), kept short */
+        uint64_t out = d >= 64 ? *m : *m >> (64 - d);
+        if (out && (gone = last - ((d >= 64 ? 0 : 64 - d) + ac__ctz64(out))) > s->forgot)
+            s->forgot = gone;
+        *m = d >= 64 ? 1 : *m << d | 1;
+        return;
+    }
     gone = ac__newest_from(m, s->words, last, d >= bits ? 0 : bits - d);
     if (gone > s->forgot) s->forgot = gone;
-    s->touch_last[i] = label;
     if (d >= bits) {
         memset(m, 0, (size_t)s->words * sizeof(uint64_t));
         m[0] = 1;
@@ -1998,8 +2011,14 @@ static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char
     for (l = 0; l < u->layout.count; l++) {
         uint32_t c = u->count[l], n = u->layout.sizes[l], k;
         for (k = 0; k < c; k++, j++) {
-            uint32_t i = c == n ? base + k : u->index[j], sigma = ac__sigma(s, i, u->t_pull);
-            float v = u->value[j];
+            uint32_t i = c == n ? base + k : u->index[j], sigma;
+            float v;
+            if (c != n && k + AC__AHEAD < c) { /* sparse: the history rows are cache misses */
+                AC__PREFETCH(s->touch + (size_t)u->index[j + AC__AHEAD] * (1 + s->words));
+                AC__PREFETCH(w + u->index[j + AC__AHEAD]);
+            }
+            sigma = ac__sigma(s, i, u->t_pull);
+            v = u->value[j];
             if (raw && c == n) memcpy(&v, raw + 4 * (size_t)j, 4);
             w[i] -= a * v / (float)(sigma > 1 ? sigma : 1);
             ac__touch(s, i, label);
