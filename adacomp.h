@@ -1936,31 +1936,31 @@ static uint64_t ac__newest_from(const uint64_t *m, uint32_t words, uint64_t last
     return last - (64 * k + ac__ctz64(x));
 }
 
-static void ac__touch(ac_server *s, uint32_t i, uint64_t label)
+/* Records that update `label` touched i; returns the newest label whose
+   bit was shifted out of the mask (0 if none), for s->forgot. */
+static uint64_t ac__touch(ac_server *s, uint32_t i, uint64_t label)
 {
     uint64_t *m = s->touch + (size_t)i * (1 + s->words) + 1, bits = 64ull * s->words;
     uint64_t last = m[-1], d = label - last, gone;
     uint32_t k, q, r;
     m[-1] = label;
     if (s->words == 1) { /* the common case (tau <= 32), kept short */
-        uint64_t out = d >= 64 ? *m : *m >> (64 - d);
-        if (out && (gone = last - ((d >= 64 ? 0 : 64 - d) + ac__ctz64(out))) > s->forgot)
-            s->forgot = gone;
-        *m = d >= 64 ? 1 : *m << d | 1;
-        return;
+        uint64_t m0 = *m, from = d >= 64 ? 0 : 64 - d, out = d >= 64 ? m0 : m0 >> from;
+        *m = d >= 64 ? 1 : m0 << d | 1;
+        return out ? last - (from + ac__ctz64(out)) : 0;
     }
     gone = ac__newest_from(m, s->words, last, d >= bits ? 0 : bits - d);
-    if (gone > s->forgot) s->forgot = gone;
     if (d >= bits) {
         memset(m, 0, (size_t)s->words * sizeof(uint64_t));
         m[0] = 1;
-        return;
+        return gone;
     }
     q = (uint32_t)(d / 64), r = (uint32_t)(d % 64);
     for (k = s->words; k-- > q;) /* downwards: reads only words not yet written */
         m[k] = m[k - q] << r | (r && k > q ? m[k - q - 1] >> (64 - r) : 0);
     for (k = 0; k < q; k++) m[k] = 0;
     m[0] |= 1;
+    return gone;
 }
 
 /* Global indices strictly increasing and in range, values finite: all an
@@ -2007,6 +2007,7 @@ static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char
                            uint64_t label)
 {
     uint32_t l, j = 0, base = 0;
+    uint64_t forgot = s->forgot, gone;
     float *w = s->params;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t c = u->count[l], n = u->layout.sizes[l], k;
@@ -2021,10 +2022,11 @@ static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char
             v = u->value[j];
             if (raw && c == n) memcpy(&v, raw + 4 * (size_t)j, 4);
             w[i] -= a * v / (float)(sigma > 1 ? sigma : 1);
-            ac__touch(s, i, label);
+            if ((gone = ac__touch(s, i, label)) > forgot) forgot = gone;
         }
         base += n;
     }
+    s->forgot = forgot;
 }
 
 /* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1.
