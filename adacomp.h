@@ -887,7 +887,6 @@ static float ac__ibm_accumulate(float *R, const float *dw, uint32_t n)
     const __m128i inf = _mm_set1_epi32(0x7F800000);
     __m128 m = _mm_setzero_ps();
     __m128i b = _mm_setzero_si128();
-    float lanes[4];
     for (; i + 4 <= n; i += 4) {
         __m128 G = _mm_add_ps(_mm_loadu_ps(R + i), _mm_loadu_ps(dw + i)), a;
         _mm_storeu_ps(R + i, G);
@@ -896,10 +895,10 @@ static float ac__ibm_accumulate(float *R, const float *dw, uint32_t n)
         b = _mm_or_si128(b, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(a), inf), inf));
     }
     bad = (uint32_t)_mm_movemask_epi8(b);
-    _mm_storeu_ps(lanes, m);
-    for (i = 0; i < 4; i++) /* max is exact: any order gives the same float */
-        if (lanes[i] > gmax) gmax = lanes[i];
-    i = n & ~3u;
+    /* max is exact: any order of the lanes gives the same float */
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    gmax = _mm_cvtss_f32(m);
 #endif
     for (; i < n; i++) {
         float G = R[i] + dw[i], a = ac__absf(G);
