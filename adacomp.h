@@ -286,11 +286,12 @@ typedef struct ac_server_config {
     uint64_t max_staleness;    /* 0: none, every push is applied (the paper's PS,
                                   plain ASGD); T > 0: a push with tau > T is
                                   refused, AC_ERR_STALE (bounded-staleness ASGD) */
-    uint64_t history_bytes;    /* SIGMA: cap on the touch history, which grows to
-                                  twice the largest tau seen (16 bytes per
-                                  parameter, + 8 per 64 updates of staleness
-                                  beyond 64): 256 MiB (W = 100 on a 421k-parameter
-                                  CNN needs 30 MB).  Past it: AC_ERR_HISTORY */
+    uint64_t history_bytes;    /* SIGMA: cap on the touch history, which grows by
+                                  doubling to cover twice the largest tau seen:
+                                  16 bytes per parameter up to tau = 32, 24 to 64,
+                                  40 to 128, 72 to 256.  256 MiB (W = 100 on the
+                                  421k-parameter CNN: 30 MB).  Past it, pushes are
+                                  refused with AC_ERR_HISTORY */
 } ac_server_config;
 
 #define AC_HISTORY_BYTES_DEFAULT ((uint64_t)256 << 20)
