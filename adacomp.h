@@ -928,7 +928,7 @@ static uint64_t ac__ibm_select(const float *R, const float *dw, uint32_t n, floa
     }
 #endif
     for (; i < n; i++)
-        mask |= (uint64_t)((ac__absf(R[i] + dw[i]) >= gmax) & (ac__abits(R[i]) != 0)) << i;
+        mask |= (uint64_t)(ac__absf(R[i] + dw[i]) >= gmax && ac__abits(R[i]) != 0) << i;
     return mask;
 }
 
