@@ -23,16 +23,20 @@
    Configuration macros (define before the implementation include):
       ADACOMP_STATIC        every function is static (private to that file)
       AC_MALLOC, AC_FREE    your allocator: define both or none
+      AC_NO_SIMD            plain C kernels only (SSE2 is used where the compiler
+                            targets it, as every x86-64 compiler does; results
+                            are bit-identical either way)
 
    Example: one worker step and the PS receiving it.
 
       uint32_t sizes[] = {288, 32, 18432, 64, 401408, 128, 1280, 10};
       ac_layout layout = {8, sizes};
       ac_compressor *comp;  ac_server *ps;
-      ac_compressor_config cc = {0};                 // zero means default:
-      ac_server_config sc = {0};                     // Hardy, c = 0.01, float32
+      ac_compressor_config cc = ac_compressor_config_init(); // Hardy, c = 0.01,
+      ac_server_config sc = ac_server_config_init();         // float32; sigma
+      cc.rate = 0.005;                               // every field is a value
       ac_compressor_init(&comp, &layout, &cc);       // the only allocation
-      ac_server_init(&ps, &layout, params, &sc);     // sigma modulation, H = 64
+      ac_server_init(&ps, &layout, params, &sc);
       size_t cap = ac_compressor_packet_bound(comp);
       uint8_t *packet = malloc(cap);
       for (;;) {
@@ -42,18 +46,21 @@
           ac_compress(comp, grad, t_pull, packet, cap, &len);
           // ... packet travels to the PS ...
           ac_result r = ac_server_apply_packet(ps, packet, len);
-          if (r == AC_ERR_STALE) continue;           // too old: pull again
-          if (r != AC_OK) fprintf(stderr, "%s\n", ac_last_error());
+          if (r != AC_OK) fprintf(stderr, "%s\n", ac_last_error()); // refused, pull again
       }
 
    Every fallible function returns an ac_result (0 = AC_OK, negative = error);
    ac_result_str() names the code and ac_last_error() gives this thread's
    detailed message for the last failure.
 
-   Memory.  ac_compressor_init and ac_server_init allocate everything they
-   will ever need, sized from the layout; selection, encoding, decoding and
-   applying never allocate.  ac_update_init carves an update out of memory
-   the caller provides, so a decoder needs no allocator at all.
+   Memory.  ac_compressor_init and ac_server_init allocate what they need,
+   sized from the layout; selection, encoding, decoding and pulling never
+   allocate.  The one exception is the server's touch history (sigma mode):
+   it grows, by doubling, to twice the largest staleness seen, within the
+   history_bytes cap of its configuration; ac_server_reserve sizes it up
+   front for a run that must not allocate at all.  ac_update_init carves an
+   update out of memory the caller provides, so a decoder needs no
+   allocator at all.
 
    Threads.  There is no global state: any number of compressors and servers
    live in one process.  An object is not internally locked: calls on one
@@ -69,6 +76,11 @@
       ac_server      PS side: clock, touch history, sigma modulation
 
    Version history
+      0.2.0  *_config_init() (zero is a value, not "default"); sigma exact at any
+             staleness (a touch history that grows under a memory cap) instead
+             of a 64-update window; max_staleness for bounded-staleness ASGD
+             (plain ASGD applies every push); IBM sends nothing for G = 0; the
+             server refuses non-finite values before touching w; SIMD kernels
       0.1.0  Hardy/IBM/baseline compressors, packet v1, sigma/tau/constant PS
 */
 #ifndef ADACOMP_H
@@ -86,7 +98,7 @@
 #include <stdint.h>
 
 #define ADACOMP_VERSION_MAJOR 0
-#define ADACOMP_VERSION_MINOR 1
+#define ADACOMP_VERSION_MINOR 2
 #define ADACOMP_VERSION_PATCH 0
 
 #if defined(ADACOMP_STATIC) && defined(__GNUC__)
@@ -119,8 +131,11 @@ typedef enum ac_result {
     AC_ERR_TRAILING = -12, /* bytes after the last field */
     AC_ERR_VALUE = -13,    /* NaN/Inf value, negative scale, float16 overflow */
     AC_ERR_CAPACITY = -14, /* destination buffer or update too small */
-    AC_ERR_STALE = -15,    /* t - t_pull > H: the worker must pull again */
-    AC_ERR_CLOCK = -16     /* t_pull is ahead of the server clock */
+    AC_ERR_STALE = -15,    /* tau > max_staleness: the worker must pull again */
+    AC_ERR_CLOCK = -16,    /* t_pull is ahead of the server clock */
+    AC_ERR_HISTORY = -17   /* sigma cannot be counted exactly: the touch history
+                              would exceed history_bytes, or tau more than
+                              doubled and the updates it needs were forgotten */
 } ac_result;
 
 ACDEF const char *ac_result_str(ac_result r);
@@ -192,26 +207,34 @@ ACDEF ac_result ac_update_init(ac_update *u, const ac_layout *layout, uint32_t c
 
 /* ==== ac_compressor ==== */
 
-/* Zero in any field means its default. */
+/* Start from ac_compressor_config_init() and change what you need: every
+   field is then a value, zero included (a zeroed struct is refused: mode 0
+   does not exist). */
 typedef struct ac_compressor_config {
-    ac_mode mode;        /* 0: AC_MODE_HARDY */
-    ac_format format;    /* 0: AC_FORMAT_F32 (IBM mode always uses SIGN_SCALE) */
-    double rate;         /* c for HARDY and TOPK; 0: 0.01 */
-    float threshold;     /* THRESHOLD mode; 0: 1e-3 */
-    uint32_t bin_size;   /* IBM L_T; 0: 64 */
-    int residue;         /* extension for HARDY/TOPK/THRESHOLD: accumulate what
-                            was not sent and add it to the next gradient.
+    ac_mode mode;        /* AC_MODE_HARDY */
+    ac_format format;    /* AC_FORMAT_F32 (IBM mode ignores it: SIGN_SCALE) */
+    double rate;         /* c for HARDY and TOPK, in [0, 1]: 0.01.  k is
+                            max(1, floor(c n)), so c = 0 sends one entry */
+    float threshold;     /* THRESHOLD mode, >= 0: 1e-3 (0 sends everything) */
+    uint32_t bin_size;   /* IBM L_T, >= 1: 64 */
+    int residue;         /* 0; 1: extension for HARDY/TOPK/THRESHOLD: accumulate
+                            what was not sent and add it to the next gradient.
                             Not part of Hardy et al.; IBM always does it. */
 } ac_compressor_config;
 
+ACDEF ac_compressor_config ac_compressor_config_init(void);
+
 typedef struct ac_stats {
     uint64_t packets;      /* compressor: encoded; server: applied */
-    uint64_t rejected;     /* server: refused (malformed, stale, other layout) */
+    uint64_t rejected;     /* server: refused (malformed, non-finite, stale, other layout) */
     uint64_t entries;      /* gradient entries carried by those packets */
     uint64_t bytes_in;     /* server: packet bytes offered to it */
     uint64_t bytes_out;    /* compressor: packet bytes written; server: pull bytes */
     uint64_t dense_bytes;  /* 4 * total per packet: the same pushes sent dense */
     uint64_t pulls;        /* server: ac_server_pull calls */
+    uint64_t tau_sum;      /* server: sum of the staleness of the applied pushes */
+    uint64_t tau_max;      /* server: largest staleness applied */
+    uint64_t history_bytes;/* server: memory of the touch history now */
 } ac_stats;
 
 typedef struct ac_compressor ac_compressor;
@@ -258,41 +281,54 @@ ACDEF float ac_f16_to_f32(uint16_t h);
 /* ==== ac_server ==== */
 
 typedef enum ac_staleness {
-    AC_STALENESS_SIGMA = 0,    /* AdaComp: alpha / max(1, sigma_i) */
-    AC_STALENESS_TAU = 1,      /* staleness-aware ASGD: alpha / max(1, tau) */
-    AC_STALENESS_CONSTANT = 2  /* plain ASGD: alpha */
+    AC_STALENESS_SIGMA = 1,    /* AdaComp: alpha / max(1, sigma_i) */
+    AC_STALENESS_TAU = 2,      /* staleness-aware ASGD: alpha / max(1, tau) */
+    AC_STALENESS_CONSTANT = 3  /* plain ASGD: alpha */
 } ac_staleness;
 
-typedef enum ac_too_old {
-    AC_TOO_OLD_REJECT = 0,     /* tau > H: AC_ERR_STALE, the worker must pull */
-    AC_TOO_OLD_WINDOW = 1      /* apply, counting sigma over the last H only */
-} ac_too_old;
-
-#define AC_HISTORY_MAX 64
-
+/* Start from ac_server_config_init() and change what you need (a zeroed
+   struct is refused: staleness 0 does not exist). */
 typedef struct ac_server_config {
-    float alpha;               /* learning rate; 0: 0.1 */
-    ac_staleness staleness;    /* 0: AC_STALENESS_SIGMA */
-    uint32_t history;          /* H, 1..AC_HISTORY_MAX; 0: 64 */
-    ac_too_old too_old;        /* 0: AC_TOO_OLD_REJECT */
+    float alpha;               /* learning rate, finite: 0.1 (0 is a value) */
+    ac_staleness staleness;    /* AC_STALENESS_SIGMA */
+    uint64_t max_staleness;    /* 0: none, every push is applied (the paper's PS,
+                                  plain ASGD); T > 0: a push with tau > T is
+                                  refused, AC_ERR_STALE (bounded-staleness ASGD) */
+    uint64_t history_bytes;    /* SIGMA: cap on the touch history, which grows by
+                                  doubling to cover twice the largest tau seen:
+                                  16 bytes per parameter up to tau = 32, 24 to 64,
+                                  40 to 128, 72 to 256.  256 MiB (W = 100 on the
+                                  421k-parameter CNN: 30 MB).  Past it, pushes are
+                                  refused with AC_ERR_HISTORY */
 } ac_server_config;
+
+#define AC_HISTORY_BYTES_DEFAULT ((uint64_t)256 << 20)
+
+ACDEF ac_server_config ac_server_config_init(void);
 
 typedef struct ac_server ac_server;
 
 /* The server updates `params` (layout total floats, owned by the caller) in
-   place.  Its clock t starts at 0. */
+   place.  Its clock t starts at 0.  config NULL: ac_server_config_init(). */
 ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *params,
                                const ac_server_config *config);
 ACDEF void ac_server_free(ac_server *s);
 ACDEF uint64_t ac_server_clock(const ac_server *s);
 /* Copies the parameters to dst (may be NULL) and returns the clock in t_pull. */
 ACDEF void ac_server_pull(ac_server *s, float *dst, uint64_t *t_pull);
-/* Decodes a packet into init-time memory and applies it: one step. */
+/* Decodes a packet into init-time memory and applies it: one step.  A
+   refused packet (any error) leaves w, the history and the clock as they
+   were; in SIGMA mode a push staler than any before may grow the history. */
 ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len);
-/* Applies an update already in memory (its indices are checked first). */
+/* Applies an update already in memory: its indices are checked, and its
+   values must be finite (AC_ERR_VALUE), before anything changes. */
 ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u);
-/* sigma_i for each entry of u as the next apply would count it (SIGMA mode). */
-ACDEF ac_result ac_server_sigma(const ac_server *s, const ac_update *u, uint32_t *sigma);
+/* sigma_i for each entry of u as the next apply would count it (SIGMA mode;
+   like an apply, it may grow the history). */
+ACDEF ac_result ac_server_sigma(ac_server *s, const ac_update *u, uint32_t *sigma);
+/* SIGMA mode: sizes the touch history now for pushes up to staleness tau,
+   so that applies never allocate (AC_ERR_HISTORY past history_bytes). */
+ACDEF ac_result ac_server_reserve(ac_server *s, uint64_t tau);
 ACDEF ac_stats ac_server_stats(const ac_server *s);
 
 #ifdef __cplusplus
@@ -326,6 +362,21 @@ ACDEF ac_stats ac_server_stats(const ac_server *s);
 #define AC__TLS _Thread_local
 #endif
 
+/* SSE2 is part of x86-64, so a plain `cc -O2` build has it; GCC does not
+   vectorise these loops at -O2 by itself.  Each SIMD kernel does the same
+   float operations in the same order as its scalar twin (mul then sub, no
+   FMA; max and comparisons are exact), so the bits do not depend on it. */
+#if defined(__SSE2__) && !defined(AC_NO_SIMD)
+#include <emmintrin.h>
+#define AC__SSE2 1
+#endif
+#if defined(__GNUC__)
+#define AC__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define AC__PREFETCH(p) ((void)0)
+#endif
+#define AC__AHEAD 16  /* entries ahead to prefetch in a sparse apply */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -352,6 +403,7 @@ ACDEF const char *ac_result_str(ac_result r)
     case AC_ERR_CAPACITY: return "buffer too small";
     case AC_ERR_STALE: return "update too stale, pull again";
     case AC_ERR_CLOCK: return "clock from the future";
+    case AC_ERR_HISTORY: return "staleness beyond the touch history, pull again";
     }
     return "unknown error";
 }
@@ -415,6 +467,92 @@ static unsigned ac__popcount64(uint64_t x)
     x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
     return (unsigned)((x * 0x0101010101010101ull) >> 56);
 #endif
+}
+
+static unsigned ac__ctz64(uint64_t x) /* x != 0 */
+{
+#if defined(__GNUC__)
+    return (unsigned)__builtin_ctzll(x);
+#else
+    return ac__popcount64((x & (0 - x)) - 1);
+#endif
+}
+
+/* Index of the first NaN or infinite value, n if none. */
+static uint32_t ac__first_non_finite(const float *v, uint32_t n)
+{
+    uint32_t j;
+    for (j = 0; j < n && ac__finite(v[j]); j++) {}
+    return j;
+}
+
+/* Says whether n little-endian float32 at src are all finite, and copies
+   them to dst unless dst is NULL: one pass over a packet's values, no
+   branch per value. */
+static int ac__load_f32(float *dst, const unsigned char *src, uint32_t n)
+{
+    uint32_t j = 0, bad = 0;
+#ifdef AC__SSE2 /* x86: little-endian */
+    const __m128i inf = _mm_set1_epi32(0x7F800000);
+    __m128i b = _mm_setzero_si128();
+    for (; j + 4 <= n; j += 4) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(src + 4 * (size_t)j));
+        b = _mm_or_si128(b, _mm_cmpeq_epi32(_mm_and_si128(x, inf), inf));
+        if (dst) _mm_storeu_si128((__m128i *)(void *)(dst + j), x);
+    }
+    bad = (uint32_t)_mm_movemask_epi8(b);
+#endif
+    for (; j < n; j++) {
+        const unsigned char *p = src + 4 * (size_t)j;
+        uint32_t x = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                     (uint32_t)p[3] << 24;
+        bad |= (x & 0x7F800000u) == 0x7F800000u;
+        if (dst) dst[j] = ac__u2f(x);
+    }
+    return !bad;
+}
+
+/* Whether all n values are finite, without a branch per value. */
+static int ac__all_finite(const float *v, uint32_t n)
+{
+    uint32_t j = 0, bad = 0;
+#ifdef AC__SSE2
+    const __m128i inf = _mm_set1_epi32(0x7F800000);
+    __m128i b = _mm_setzero_si128();
+    for (; j + 4 <= n; j += 4) {
+        __m128i x = _mm_castps_si128(_mm_loadu_ps(v + j));
+        b = _mm_or_si128(b, _mm_cmpeq_epi32(_mm_and_si128(x, inf), inf));
+    }
+    bad = (uint32_t)_mm_movemask_epi8(b);
+#endif
+    for (; j < n; j++) bad |= (ac__f2u(v[j]) & 0x7F800000u) == 0x7F800000u;
+    return !bad;
+}
+
+/* w -= a * v over a contiguous run (a dense push's whole tensors).  v is
+   a float array of this host, or, where AC__RAW_F32, a packet's values in
+   place (unaligned little-endian bytes), which saves the copy. */
+#ifdef AC__SSE2
+#define AC__RAW_F32 1
+#endif
+static void ac__axpy(float *w, const void *v, uint32_t n, float a)
+{
+    const unsigned char *b = (const unsigned char *)v;
+    uint32_t k = 0;
+#ifdef AC__SSE2
+    const __m128 av = _mm_set1_ps(a);
+    for (; k + 8 <= n; k += 8) {
+        __m128 v0 = _mm_loadu_ps((const float *)(const void *)(b + 4 * (size_t)k));
+        __m128 v1 = _mm_loadu_ps((const float *)(const void *)(b + 4 * (size_t)k + 16));
+        _mm_storeu_ps(w + k, _mm_sub_ps(_mm_loadu_ps(w + k), _mm_mul_ps(av, v0)));
+        _mm_storeu_ps(w + k + 4, _mm_sub_ps(_mm_loadu_ps(w + k + 4), _mm_mul_ps(av, v1)));
+    }
+#endif
+    for (; k < n; k++) {
+        float x;
+        memcpy(&x, b + 4 * (size_t)k, 4);
+        w[k] -= a * x;
+    }
 }
 
 /* ==== ac_layout ==== */
@@ -747,40 +885,86 @@ static void ac__select_dense(ac_compressor *c, const float *g)
     c->update.nnz = c->total;
 }
 
+/* IBM AdaComp, one bin kernel, step 1: G = R + dW stored in R; returns
+   max |G| over [0, n), or a negative value if some G is not finite. */
+static float ac__ibm_accumulate(float *R, const float *dw, uint32_t n)
+{
+    uint32_t i = 0, bad = 0;
+    float gmax = 0.0f;
+#ifdef AC__SSE2
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+    const __m128i inf = _mm_set1_epi32(0x7F800000);
+    __m128 m = _mm_setzero_ps();
+    __m128i b = _mm_setzero_si128();
+    for (; i + 4 <= n; i += 4) {
+        __m128 G = _mm_add_ps(_mm_loadu_ps(R + i), _mm_loadu_ps(dw + i)), a;
+        _mm_storeu_ps(R + i, G);
+        a = _mm_and_ps(G, abs_mask);
+        m = _mm_max_ps(m, a);
+        b = _mm_or_si128(b, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(a), inf), inf));
+    }
+    bad = (uint32_t)_mm_movemask_epi8(b);
+    /* max is exact: any order of the lanes gives the same float */
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    gmax = _mm_cvtss_f32(m);
+#endif
+    for (; i < n; i++) {
+        float G = R[i] + dw[i], a = ac__absf(G);
+        R[i] = G;
+        bad |= !ac__finite(G);
+        if (a > gmax) gmax = a;
+    }
+    return bad ? -1.0f : gmax;
+}
+
+/* Step 2, for n <= 64 entries: bit i set when |H| = |G + dW| >= gmax and
+   G != 0 (an entry with G = 0 has nothing to say: sent, it would be
+   +scale). */
+static uint64_t ac__ibm_select(const float *R, const float *dw, uint32_t n, float gmax)
+{
+    uint64_t mask = 0;
+    uint32_t i = 0;
+#ifdef AC__SSE2
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF)), g = _mm_set1_ps(gmax);
+    const __m128 zero = _mm_setzero_ps();
+    for (; i + 4 <= n; i += 4) {
+        __m128 G = _mm_loadu_ps(R + i);
+        __m128 H = _mm_and_ps(_mm_add_ps(G, _mm_loadu_ps(dw + i)), abs_mask);
+        __m128 send = _mm_andnot_ps(_mm_cmpeq_ps(G, zero), _mm_cmpge_ps(H, g));
+        mask |= (uint64_t)_mm_movemask_ps(send) << i;
+    }
+#endif
+    for (; i < n; i++)
+        mask |= (uint64_t)(ac__absf(R[i] + dw[i]) >= gmax && ac__abits(R[i]) != 0) << i;
+    return mask;
+}
+
 /* IBM AdaComp, one bin [b, e) of a tensor: G = R + dW is stored in R, gmax
-   = max |G|; entries with |H| = |G + dW| >= gmax are emitted carrying G for
-   now (the scale is known only after the whole tensor).  Returns 0 if some
-   G is not finite. */
+   = max |G|; the selected entries are emitted carrying G for now (the
+   scale is known only after the whole tensor) and their |G| summed, in
+   index order.  Returns 0 if some G is not finite. */
 static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e,
                        double *sum_abs)
 {
     ac_update *u = &c->update;
-    float *R = c->residue, gmax = 0.0f;
-    int finite = 1;
-    uint32_t i;
-    for (i = b; i < e; i++) {
-        float G = R[i] + dw[i], a = ac__absf(G);
-        R[i] = G;
-        finite &= ac__finite(G);
-        if (a > gmax) gmax = a;
-    }
-    if (!finite) return 0;
+    float *R = c->residue, gmax = ac__ibm_accumulate(R + b, dw + b, e - b);
+    uint32_t *index = u->index, nnz = u->nnz, i;
+    float *value = u->value;
+    double sum = *sum_abs;
+    if (gmax < 0.0f) return 0;
     if (gmax == 0.0f) return 1; /* nothing to say about this bin */
-    {   /* locals: stores through u->index could alias u->nnz otherwise */
-        uint32_t *index = u->index, nnz = u->nnz;
-        float *value = u->value;
-        double sum = *sum_abs;
-        for (i = b; i < e; i++) { /* branch-free: a quarter may be sent */
-            uint32_t send = ac__absf(R[i] + dw[i]) >= gmax; /* |H| >= gmax */
-            float a = ac__u2f(ac__f2u(R[i]) & 0x7FFFFFFFu & (0u - send));
-            index[nnz] = i;
-            value[nnz] = R[i];
-            sum += a;                 /* + 0.0 when not sent: exact */
-            nnz += send;
+    for (i = b; i < e; i += 64) {
+        uint64_t m = ac__ibm_select(R + i, dw + i, e - i < 64 ? e - i : 64, gmax);
+        for (; m; m &= m - 1) {
+            uint32_t k = i + ac__ctz64(m);
+            index[nnz] = k;
+            value[nnz++] = R[k];
+            sum += ac__absf(R[k]);
         }
-        u->nnz = nnz;
-        *sum_abs = sum;
     }
+    u->nnz = nnz;
+    *sum_abs = sum;
     return 1;
 }
 
@@ -820,28 +1004,38 @@ static ac_result ac__select_ibm(ac_compressor *c, const float *dw)
     return AC_OK;
 }
 
+ACDEF ac_compressor_config ac_compressor_config_init(void)
+{
+    ac_compressor_config c;
+    memset(&c, 0, sizeof c);
+    c.mode = AC_MODE_HARDY;
+    c.format = AC_FORMAT_F32;
+    c.rate = 0.01;
+    c.threshold = 1e-3f;
+    c.bin_size = 64;
+    return c;
+}
+
 static ac_result ac__resolve_config(ac_compressor_config *cfg, const ac_compressor_config *in)
 {
-    memset(cfg, 0, sizeof *cfg);
-    if (in) *cfg = *in;
-    if (cfg->mode == 0) cfg->mode = AC_MODE_HARDY;
-    if (cfg->format == 0) cfg->format = AC_FORMAT_F32;
-    if (cfg->rate == 0.0) cfg->rate = 0.01;
-    if (cfg->threshold == 0.0f) cfg->threshold = 1e-3f;
-    if (cfg->bin_size == 0) cfg->bin_size = 64;
+    *cfg = in ? *in : ac_compressor_config_init();
     if (cfg->mode < AC_MODE_HARDY || cfg->mode > AC_MODE_THRESHOLD)
-        return ac__fail(AC_ERR_ARG, "compressor: unknown mode %d", (int)cfg->mode);
+        return ac__fail(AC_ERR_ARG, "compressor: unknown mode %d (start from "
+                                    "ac_compressor_config_init())", (int)cfg->mode);
     if (cfg->mode == AC_MODE_IBM) {
         cfg->format = AC_FORMAT_SIGN_SCALE;
         cfg->residue = 1;
     } else if (cfg->format != AC_FORMAT_F32 && cfg->format != AC_FORMAT_F16) {
-        return ac__fail(AC_ERR_ARG, "compressor: format %d needs IBM mode", (int)cfg->format);
+        return ac__fail(AC_ERR_ARG, "compressor: format %d is not float32/float16 (sign+scale "
+                                    "is IBM mode's)", (int)cfg->format);
     }
     if (cfg->mode == AC_MODE_DENSE) cfg->residue = 0; /* nothing is ever left over */
-    if (!(cfg->rate > 0.0 && cfg->rate <= 1.0))
-        return ac__fail(AC_ERR_ARG, "compressor: rate c = %g outside (0, 1]", cfg->rate);
-    if (!(cfg->threshold > 0.0f) || !ac__finite(cfg->threshold))
-        return ac__fail(AC_ERR_ARG, "compressor: threshold must be positive and finite");
+    if (!(cfg->rate >= 0.0 && cfg->rate <= 1.0))
+        return ac__fail(AC_ERR_ARG, "compressor: rate c = %g outside [0, 1]", cfg->rate);
+    if (!(cfg->threshold >= 0.0f) || !ac__finite(cfg->threshold))
+        return ac__fail(AC_ERR_ARG, "compressor: threshold %g must be >= 0 and finite",
+                        (double)cfg->threshold);
+    if (cfg->bin_size == 0) return ac__fail(AC_ERR_ARG, "compressor: bin size L_T = 0");
     return AC_OK;
 }
 
@@ -964,12 +1158,18 @@ ACDEF const ac_update *ac_compressor_update(const ac_compressor *c)
     return c ? &c->update : NULL;
 }
 
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written);
+
 ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, size_t *written)
 {
     size_t n = 0;
     ac_result r;
-    if (!c) return ac__fail(AC_ERR_ARG, "ac_compressor_encode: NULL compressor");
-    r = ac_encode(&c->update, buf, cap, &n);
+    if (!c || !buf) return ac__fail(AC_ERR_ARG, "ac_compressor_encode: NULL argument");
+    /* the compressor's own update is valid by construction (select checked
+       the values), so it skips ac_encode's checks; the f16 range is the one
+       thing select does not know */
+    r = c->update.format == AC_FORMAT_F16 ? ac_encode(&c->update, buf, cap, &n)
+                                          : ac__write(&c->update, buf, cap, &n);
     if (written) *written = n;
     if (r != AC_OK) return r;
     c->stats.packets++;
@@ -1146,24 +1346,24 @@ static ac_result ac__check_indices(const ac_update *u)
     uint64_t sum = 0;
     for (l = 0; l < u->layout.count; l++) sum += u->count[l];
     if (sum != u->nnz || u->nnz > u->capacity)
-        return ac__fail(AC_ERR_ARG, "encode: counts add to %llu, nnz %u, capacity %u",
+        return ac__fail(AC_ERR_ARG, "update: counts add to %llu, nnz %u, capacity %u",
                         (unsigned long long)sum, (unsigned)u->nnz, (unsigned)u->capacity);
     for (l = 0; l < u->layout.count; l++) {
         uint32_t size = u->layout.sizes[l], end = j + u->count[l];
         int64_t prev = -1;
         if (u->count[l] > size)
-            return ac__fail(AC_ERR_COUNT, "encode: tensor %u count %u > size %u", (unsigned)l,
+            return ac__fail(AC_ERR_COUNT, "update: tensor %u count %u > size %u", (unsigned)l,
                             (unsigned)u->count[l], (unsigned)size);
         if (u->mode == AC_MODE_DENSE && u->count[l] != size)
-            return ac__fail(AC_ERR_ARG, "encode: dense update misses entries of tensor %u",
+            return ac__fail(AC_ERR_ARG, "update: dense update misses entries of tensor %u",
                             (unsigned)l);
         for (; j < end; j++) {
             int64_t local = (int64_t)u->index[j] - base;
             if (local < 0 || local >= size)
-                return ac__fail(AC_ERR_INDEX, "encode: index %u outside tensor %u",
+                return ac__fail(AC_ERR_INDEX, "update: index %u outside tensor %u",
                                 (unsigned)u->index[j], (unsigned)l);
             if (local <= prev)
-                return ac__fail(AC_ERR_ORDER, "encode: index %u not increasing",
+                return ac__fail(AC_ERR_ORDER, "update: index %u not increasing",
                                 (unsigned)u->index[j]);
             prev = local;
         }
@@ -1253,10 +1453,24 @@ static unsigned char *ac__put_values(unsigned char *p, const ac_update *u)
     return p;
 }
 
-ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *written)
+/* Writes a valid update; the exact size is computed only when the buffer
+   is smaller than the bound. */
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written)
 {
     unsigned char *p = (unsigned char *)buf;
     size_t size;
+    if (cap < ac_packet_bound(u) && cap < (size = ac_packet_size(u)))
+        return ac__fail(AC_ERR_CAPACITY, "encode: packet needs %zu bytes, buffer has %zu",
+                        size, cap);
+    p = ac__put_header(p, u);
+    p = ac__put_indices(p, u);
+    p = ac__put_values(p, u);
+    if (written) *written = (size_t)(p - (unsigned char *)buf);
+    return AC_OK;
+}
+
+ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *written)
+{
     ac_result r;
     if (written) *written = 0;
     if (!u || !buf || !u->count || !u->layout.sizes)
@@ -1265,15 +1479,7 @@ ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *wri
         return ac__fail(AC_ERR_FORMAT, "ac_encode: mode %u with format %u, flags %u",
                         (unsigned)u->mode, (unsigned)u->format, (unsigned)u->flags);
     if ((r = ac__check_indices(u)) != AC_OK || (r = ac__check_values(u)) != AC_OK) return r;
-    size = ac_packet_size(u);
-    if (cap < size)
-        return ac__fail(AC_ERR_CAPACITY, "ac_encode: packet needs %zu bytes, buffer has %zu",
-                        size, cap);
-    p = ac__put_header(p, u);
-    p = ac__put_indices(p, u);
-    p = ac__put_values(p, u);
-    if (written) *written = (size_t)(p - (unsigned char *)buf);
-    return AC_OK;
+    return ac__write(u, buf, cap, written);
 }
 
 /* Decoding reads through a cursor that knows where the bytes end; every
@@ -1386,14 +1592,17 @@ static ac_result ac__get_counts(ac__reader *r, ac_update *u)
     return AC_OK;
 }
 
+/* A tensor sent whole carries no indices; they are written out only when
+   `whole` is set (the server's own decode streams whole tensors instead). */
 static ac_result ac__get_tensor_indices(ac__reader *r, ac_update *u, uint32_t l, uint32_t base,
-                                        uint32_t *j)
+                                        uint32_t *j, int whole)
 {
     uint32_t size = u->layout.sizes[l], c = u->count[l], end = *j + c, delta;
     int64_t idx = -1;
     ac_result e;
     if (c == size) {
-        for (; *j < end; (*j)++) u->index[*j] = base + (*j - (end - c));
+        for (; whole && *j < end; (*j)++) u->index[*j] = base + (*j - (end - c));
+        *j = end;
         return AC_OK;
     }
     for (; *j < end; (*j)++) {
@@ -1410,15 +1619,24 @@ static ac_result ac__get_tensor_indices(ac__reader *r, ac_update *u, uint32_t l,
     return AC_OK;
 }
 
-static ac_result ac__get_values(ac__reader *r, ac_update *u)
+/* raw non-NULL (the server's decode): float32 values of whole tensors are
+   checked where they lie and not copied; *raw tells where they start. */
+static ac_result ac__get_values(ac__reader *r, ac_update *u, const unsigned char **raw)
 {
-    uint32_t j;
+    uint32_t j = 0, l;
     if (u->format == AC_FORMAT_F32) {
-        for (j = 0; j < u->nnz; j++) {
-            u->value[j] = ac__u2f(ac__get_u32(r));
-            if (!ac__finite(u->value[j]))
-                return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
+        int ok = 1;
+        float x;
+        for (l = 0; l < u->layout.count; l++) {
+            uint32_t c = u->count[l];
+            int keep = raw && c == u->layout.sizes[l];
+            ok &= ac__load_f32(keep ? NULL : u->value + j, r->p + 4 * (size_t)j, c);
+            j += c;
         }
+        for (j = 0; !ok && ac__load_f32(&x, r->p + 4 * (size_t)j, 1); j++) {}
+        if (!ok) return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
+        if (raw) *raw = r->p;
+        r->p += 4 * (size_t)u->nnz;
     } else {
         for (j = 0; j < u->nnz; j++, r->p += 2) {
             uint16_t h = (uint16_t)(r->p[0] | r->p[1] << 8);
@@ -1451,19 +1669,19 @@ static ac_result ac__get_signs(ac__reader *r, ac_update *u)
     return AC_OK;
 }
 
-static ac_result ac__decode(ac__reader *r, ac_update *u)
+static ac_result ac__decode(ac__reader *r, ac_update *u, const unsigned char **raw)
 {
     uint32_t l, j = 0, base = 0;
     ac_result e;
     memset(u->scale, 0, (size_t)u->layout.count * sizeof(float));
     if ((e = ac__get_header(r, u)) != AC_OK || (e = ac__get_counts(r, u)) != AC_OK) return e;
     for (l = 0; l < u->layout.count; l++) {
-        if ((e = ac__get_tensor_indices(r, u, l, base, &j)) != AC_OK) return e;
+        if ((e = ac__get_tensor_indices(r, u, l, base, &j, !raw)) != AC_OK) return e;
         base += u->layout.sizes[l];
     }
     /* the value bytes were already checked to be present */
     if ((e = ac__need(r, ac__value_bytes(u), "values")) != AC_OK) return e;
-    e = u->format == AC_FORMAT_SIGN_SCALE ? ac__get_signs(r, u) : ac__get_values(r, u);
+    e = u->format == AC_FORMAT_SIGN_SCALE ? ac__get_signs(r, u) : ac__get_values(r, u, raw);
     if (e != AC_OK) return e;
     if (r->p != r->end)
         return ac__fail(AC_ERR_TRAILING, "decode: %zu bytes after the packet's end",
@@ -1471,19 +1689,27 @@ static ac_result ac__decode(ac__reader *r, ac_update *u)
     return AC_OK;
 }
 
-ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
+/* raw: see ac__get_values; NULL for a full decode. */
+static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
+                                  const unsigned char **raw)
 {
     ac__reader r;
     ac_result e;
     if (!u || !u->count || !u->layout.sizes || (!data && len))
-        return ac__fail(AC_ERR_ARG, "ac_decode: NULL argument or uninitialised update");
+        return ac__fail(AC_ERR_ARG, "decode: NULL argument or uninitialised update");
     u->nnz = 0;
     r.begin = r.p = (const unsigned char *)data;
     r.end = r.begin + len;
     if (!data) r.begin = r.p = r.end = (const unsigned char *)ac__magic; /* empty */
-    e = ac__decode(&r, u);
+    if (raw) *raw = NULL;
+    e = ac__decode(&r, u, raw);
     if (e != AC_OK) u->nnz = 0;
     return e;
+}
+
+ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
+{
+    return ac__decode_bytes(u, data, len, NULL);
 }
 
 /* ==== ac_server ==== */
@@ -1492,28 +1718,77 @@ ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
    touched i.  Scanning a ring of index sets costs O(tau * |S|) per apply;
    we store the ring transposed instead.  Each update is labelled by the
    clock after it (the first update is 1), and each parameter i keeps
-   last[i], the label of the latest update that touched it, and a 64-bit
-   mask whose bit b says "the update labelled last[i] - b touched i".  Then
-      sigma_i = popcount(mask[i] & low (last[i] - lo) bits),  lo = t - min(tau, H)
-   and recording a touch by label c is mask = mask << (c - last) | 1.  Both
-   are O(1) per sent entry, so an apply is O(|S|) whatever tau is, and no
-   list of index sets needs to be kept or evicted: a bit older than 64
-   labels simply falls off the top.  Memory: 16 bytes per parameter (SIGMA
-   mode only).  H <= 64 follows from the mask width. */
+   last[i], the label of the latest update that touched it, and a mask of
+   `words` 64-bit words whose bit b says "the update labelled last[i] - b
+   touched i".  Then
+      sigma_i = popcount(mask[i] & low (last[i] - t_pull) bits)
+   and recording a touch by label c shifts the mask left by c - last[i] and
+   sets bit 0.  An apply costs O(|S| * words) whatever tau is, and no list
+   of index sets is kept or evicted.
+
+   Exactness.  A bit shifted past the top is forgotten; the server records
+   the newest label it ever forgot (`forgot`).  A push is counted exactly
+   when its tau fits the mask and t_pull >= forgot.  So that this holds for
+   every staleness that occurs, the mask grows (doubling, reallocated) to
+   cover twice the largest tau seen before the push is counted: a push only
+   finds its updates forgotten if its tau more than doubles every tau
+   before, and then it is refused (AC_ERR_HISTORY) rather than undercounted.
+   Memory: 8 + 8 * words bytes per parameter (SIGMA mode only), at most
+   history_bytes. */
 
 struct ac_server {
-    ac_server_config cfg;   /* defaults resolved */
+    ac_server_config cfg;
     ac_layout layout;
     uint32_t *sizes;        /* owned copy */
     uint32_t total;
     float *params;          /* not owned */
     uint64_t t;             /* clock: updates applied so far */
-    uint64_t *touch_mask;   /* SIGMA: [total] */
-    uint64_t *touch_last;   /* SIGMA: [total] */
+    uint64_t *touch;        /* SIGMA: [total][1 + words]: last, then the mask, side by
+                               side so that an entry costs one cache miss, not two */
+    uint32_t words;         /* mask words per parameter: tau <= 64 * words is counted */
+    uint32_t words_max;     /* what history_bytes allows */
+    uint64_t forgot;        /* newest label a touch bit was shifted out for */
     void *update_memory;
     ac_update update;       /* where packets are decoded */
     ac_stats stats;
 };
+
+ACDEF ac_server_config ac_server_config_init(void)
+{
+    ac_server_config c;
+    memset(&c, 0, sizeof c);
+    c.alpha = 0.1f;
+    c.staleness = AC_STALENESS_SIGMA;
+    c.history_bytes = AC_HISTORY_BYTES_DEFAULT;
+    return c;
+}
+
+static uint64_t ac__history_size(const ac_server *s, uint64_t words)
+{
+    return (uint64_t)s->total * 8 * (1 + words);
+}
+
+static ac_result ac__server_config(ac_server *s, const ac_server_config *config)
+{
+    uint64_t cap;
+    s->cfg = config ? *config : ac_server_config_init();
+    if (!ac__finite(s->cfg.alpha) || s->cfg.staleness < AC_STALENESS_SIGMA ||
+        s->cfg.staleness > AC_STALENESS_CONSTANT)
+        return ac__fail(AC_ERR_ARG, "ac_server_init: alpha %g or staleness mode %d (start from "
+                                    "ac_server_config_init())",
+                        (double)s->cfg.alpha, (int)s->cfg.staleness);
+    if (s->cfg.staleness != AC_STALENESS_SIGMA) return AC_OK;
+    cap = s->cfg.history_bytes < SIZE_MAX ? s->cfg.history_bytes : SIZE_MAX;
+    s->words_max = (uint32_t)(cap / ((uint64_t)s->total * 8) > 0xFFFFFFu
+                                  ? 0xFFFFFFu : cap / ((uint64_t)s->total * 8));
+    if (s->words_max < 2)
+        return ac__fail(AC_ERR_ARG, "ac_server_init: history_bytes %llu below the %llu that "
+                                    "sigma needs (16 bytes per parameter)",
+                        (unsigned long long)s->cfg.history_bytes,
+                        (unsigned long long)ac__history_size(s, 1));
+    s->words_max--;   /* one word of last[] per parameter */
+    return AC_OK;
+}
 
 ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *params,
                                const ac_server_config *config)
@@ -1525,29 +1800,25 @@ ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *
     *out = NULL;
     s = (ac_server *)ac__calloc(1, sizeof *s);
     if (!s) return ac__fail(AC_ERR_NOMEM, "ac_server_init: no memory");
-    if (config) s->cfg = *config;
-    if (s->cfg.alpha == 0.0f) s->cfg.alpha = 0.1f;
-    if (s->cfg.history == 0) s->cfg.history = AC_HISTORY_MAX;
     r = ac__layout_copy(&s->layout, &s->sizes, layout);
-    if (r == AC_OK && (s->cfg.history > AC_HISTORY_MAX || !ac__finite(s->cfg.alpha) ||
-                       (unsigned)s->cfg.staleness > AC_STALENESS_CONSTANT ||
-                       (unsigned)s->cfg.too_old > AC_TOO_OLD_WINDOW))
-        r = ac__fail(AC_ERR_ARG, "ac_server_init: history %u > %d, or bad alpha or option",
-                     (unsigned)s->cfg.history, AC_HISTORY_MAX);
+    if (r == AC_OK) {
+        s->total = (uint32_t)ac_layout_total(&s->layout);
+        r = ac__server_config(s, config);
+    }
     if (r != AC_OK) {
         ac_server_free(s);
         return r;
     }
     s->params = params;
-    s->total = (uint32_t)ac_layout_total(&s->layout);
     bytes = ac_update_memory_size(&s->layout, s->total);
     s->update_memory = ac__calloc(bytes, 1);
     if (s->cfg.staleness == AC_STALENESS_SIGMA) {
-        s->touch_mask = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
-        s->touch_last = (uint64_t *)ac__calloc(s->total, sizeof(uint64_t));
+        s->words = 1;
+        s->touch = (uint64_t *)ac__calloc(s->total, 2 * sizeof(uint64_t));
+        s->stats.history_bytes = ac__history_size(s, 1);
     }
     if (!s->update_memory ||
-        (s->cfg.staleness == AC_STALENESS_SIGMA && (!s->touch_mask || !s->touch_last))) {
+        (s->cfg.staleness == AC_STALENESS_SIGMA && !s->touch)) {
         ac_server_free(s);
         return ac__fail(AC_ERR_NOMEM, "ac_server_init: no memory for %u parameters",
                         (unsigned)ac_layout_total(layout));
@@ -1560,8 +1831,7 @@ ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *
 ACDEF void ac_server_free(ac_server *s)
 {
     if (!s) return;
-    AC_FREE(s->touch_mask);
-    AC_FREE(s->touch_last);
+    AC_FREE(s->touch);
     AC_FREE(s->update_memory);
     AC_FREE(s->sizes);
     AC_FREE(s);
@@ -1580,76 +1850,208 @@ ACDEF void ac_server_pull(ac_server *s, float *dst, uint64_t *t_pull)
     if (t_pull) *t_pull = s->t;
 }
 
-/* The clock rule shared by apply and sigma: returns lo, the label after
-   which touches count, or an error for a future or (by option) stale pull. */
-static ac_result ac__window(const ac_server *s, uint64_t t_pull, uint64_t *lo)
+/* Makes the mask cover tau, with room for twice as much (doubling, so that
+   a run reallocates O(log tau) times). */
+static ac_result ac__history_grow(ac_server *s, uint64_t tau)
 {
-    uint64_t tau, H = s->cfg.history;
+    uint64_t need = (tau + 63) / 64, want = (2 * tau + 63) / 64, words;
+    uint64_t *mask;
+    uint32_t i;
+    if (s->cfg.max_staleness && want > (s->cfg.max_staleness + 63) / 64)
+        want = (s->cfg.max_staleness + 63) / 64;  /* never needs more */
+    if (want <= s->words) return AC_OK;
+    if (need > s->words_max)
+        return ac__fail(AC_ERR_HISTORY, "sigma: tau = %llu needs a touch history of %llu bytes, "
+                                        "over history_bytes = %llu: raise it, or bound the "
+                                        "staleness (max_staleness)",
+                        (unsigned long long)tau, (unsigned long long)ac__history_size(s, need),
+                        (unsigned long long)s->cfg.history_bytes);
+    words = 2 * (uint64_t)s->words;
+    if (words < want) words = want;
+    if (words > s->words_max) words = s->words_max;
+    if (words <= s->words) return AC_OK; /* the cap leaves no more headroom */
+    mask = (uint64_t *)ac__calloc((size_t)s->total, (size_t)(1 + words) * sizeof(uint64_t));
+    if (!mask)
+        return ac__fail(AC_ERR_NOMEM, "sigma: no memory to grow the touch history to %llu bytes",
+                        (unsigned long long)ac__history_size(s, words));
+    for (i = 0; i < s->total; i++)
+        memcpy(mask + (size_t)i * (1 + words), s->touch + (size_t)i * (1 + s->words),
+               (size_t)(1 + s->words) * sizeof(uint64_t));
+    AC_FREE(s->touch);
+    s->touch = mask;
+    s->words = (uint32_t)words;
+    s->stats.history_bytes = ac__history_size(s, words);
+    return AC_OK;
+}
+
+ACDEF ac_result ac_server_reserve(ac_server *s, uint64_t tau)
+{
+    if (!s || s->cfg.staleness != AC_STALENESS_SIGMA)
+        return ac__fail(AC_ERR_ARG, "ac_server_reserve: NULL or not a sigma server");
+    return ac__history_grow(s, tau);
+}
+
+/* The admission rule shared by apply and sigma: the clock, max_staleness,
+   and in SIGMA mode a history that counts this tau exactly. */
+static ac_result ac__admit(ac_server *s, uint64_t t_pull)
+{
+    uint64_t tau;
+    ac_result r;
     if (t_pull > s->t)
         return ac__fail(AC_ERR_CLOCK, "apply: t_pull %llu is ahead of the clock %llu",
                         (unsigned long long)t_pull, (unsigned long long)s->t);
     tau = s->t - t_pull;
-    if (tau > H && s->cfg.too_old == AC_TOO_OLD_REJECT)
-        return ac__fail(AC_ERR_STALE, "apply: tau = %llu updates since the pull > H = %llu",
-                        (unsigned long long)tau, (unsigned long long)H);
-    *lo = s->t - (tau < H ? tau : H);
+    if (s->cfg.max_staleness && tau > s->cfg.max_staleness)
+        return ac__fail(AC_ERR_STALE, "apply: tau = %llu updates since the pull > max_staleness "
+                                      "= %llu", (unsigned long long)tau,
+                        (unsigned long long)s->cfg.max_staleness);
+    if (s->cfg.staleness != AC_STALENESS_SIGMA) return AC_OK;
+    if ((r = ac__history_grow(s, tau)) != AC_OK) return r;
+    if (t_pull < s->forgot)
+        return ac__fail(AC_ERR_HISTORY, "sigma: tau = %llu more than doubles the staleness seen "
+                                        "before, and updates it counts were forgotten; the "
+                                        "history now covers %llu: pull again",
+                        (unsigned long long)tau, 64ull * s->words);
     return AC_OK;
 }
 
-/* Number of touches of i labelled after lo.  lo >= t - 64 and last <= t,
-   so last - lo <= 64 and the mask covers the whole window. */
-static uint32_t ac__sigma(const ac_server *s, uint32_t i, uint64_t lo)
+/* Number of touches of i labelled after t_pull.  last - t_pull <= tau <=
+   64 * words, so the mask covers the whole span. */
+static uint32_t ac__sigma(const ac_server *s, uint32_t i, uint64_t t_pull)
 {
-    uint64_t last = s->touch_last[i], span, m = s->touch_mask[i];
-    if (last <= lo) return 0;
-    span = last - lo;
-    if (span < 64) m &= (1ull << span) - 1;
-    return ac__popcount64(m);
+    const uint64_t *m = s->touch + (size_t)i * (1 + s->words) + 1;
+    uint64_t last = m[-1], span;
+    uint32_t sigma = 0;
+    if (last <= t_pull) return 0;
+    span = last - t_pull;
+    if (span < 64) return ac__popcount64(*m & ((1ull << span) - 1)); /* short: inlined */
+    for (; span >= 64; span -= 64) sigma += ac__popcount64(*m++);
+    if (span) sigma += ac__popcount64(*m & ((1ull << span) - 1));
+    return sigma;
 }
 
-static void ac__touch(ac_server *s, uint32_t i, uint64_t label)
+/* The newest label among the set bits at positions >= p of a mask whose
+   bit b stands for label last - b; 0 if none. */
+static uint64_t ac__newest_from(const uint64_t *m, uint32_t words, uint64_t last, uint64_t p)
 {
-    uint64_t d = label - s->touch_last[i];
-    s->touch_mask[i] = d >= 64 ? 1 : (s->touch_mask[i] << d) | 1;
-    s->touch_last[i] = label;
+    uint64_t k = p / 64, x;
+    if (k >= words) return 0;
+    x = m[k] & (~0ull << (p % 64));
+    while (!x) {
+        if (++k == words) return 0;
+        x = m[k];
+    }
+    return last - (64 * k + ac__ctz64(x));
 }
 
-/* Global indices strictly increasing and in range: all an apply needs to be
-   memory safe for an update that did not come from ac_decode. */
+/* Records that update `label` touched i; returns the newest label whose
+   bit was shifted out of the mask (0 if none), for s->forgot. */
+static uint64_t ac__touch(ac_server *s, uint32_t i, uint64_t label)
+{
+    uint64_t *m = s->touch + (size_t)i * (1 + s->words) + 1, bits = 64ull * s->words;
+    uint64_t last = m[-1], d = label - last, gone;
+    uint32_t k, q, r;
+    m[-1] = label;
+    if (s->words == 1) { /* the common case (tau <= 32), kept short */
+        uint64_t m0 = *m, from = d >= 64 ? 0 : 64 - d, out = d >= 64 ? m0 : m0 >> from;
+        *m = d >= 64 ? 1 : m0 << d | 1;
+        return out ? last - (from + ac__ctz64(out)) : 0;
+    }
+    gone = ac__newest_from(m, s->words, last, d >= bits ? 0 : bits - d);
+    if (d >= bits) {
+        memset(m, 0, (size_t)s->words * sizeof(uint64_t));
+        m[0] = 1;
+        return gone;
+    }
+    q = (uint32_t)(d / 64), r = (uint32_t)(d % 64);
+    for (k = s->words; k-- > q;) /* downwards: reads only words not yet written */
+        m[k] = m[k - q] << r | (r && k > q ? m[k - q - 1] >> (64 - r) : 0);
+    for (k = 0; k < q; k++) m[k] = 0;
+    m[0] |= 1;
+    return gone;
+}
+
+/* Global indices strictly increasing and in range, values finite: all an
+   apply needs for an update that did not come from ac_decode. */
 static ac_result ac__check_update(const ac_server *s, const ac_update *u)
 {
     uint32_t j;
+    ac_result r;
     if (!u || (u->nnz && (!u->index || !u->value)))
         return ac__fail(AC_ERR_ARG, "apply: NULL update");
-    if (u->layout_hash != ac_layout_hash(&s->layout))
+    if (u->layout_hash != ac_layout_hash(&s->layout) || !u->count ||
+        u->layout.count != s->layout.count || !u->layout.sizes)
         return ac__fail(AC_ERR_LAYOUT, "apply: update is for another layout");
-    for (j = 0; j < u->nnz; j++) {
-        if (u->index[j] >= s->total)
-            return ac__fail(AC_ERR_INDEX, "apply: index %u >= %u", (unsigned)u->index[j],
-                            (unsigned)s->total);
-        if (j && u->index[j] <= u->index[j - 1])
-            return ac__fail(AC_ERR_ORDER, "apply: index %u not increasing", (unsigned)u->index[j]);
-    }
+    for (j = 0; j < s->layout.count; j++)
+        if (u->layout.sizes[j] != s->layout.sizes[j])
+            return ac__fail(AC_ERR_LAYOUT, "apply: update is for another layout");
+    if ((r = ac__check_indices(u)) != AC_OK) return r;
+    if (!ac__all_finite(u->value, u->nnz))
+        return ac__fail(AC_ERR_VALUE, "apply: value %u is NaN or infinite",
+                        (unsigned)ac__first_non_finite(u->value, u->nnz));
     return AC_OK;
 }
 
-/* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1. */
-static void ac__apply(ac_server *s, const ac_update *u, uint64_t lo)
+/* w[index_j] -= a * value_j.  A tensor sent whole is a contiguous run
+   (dense pushes are nothing else), streamed without reading its indices,
+   which the server's decode does not even write, and with raw (float32
+   values left in the packet) without its values copied either. */
+static void ac__step(float *w, const ac_update *u, const unsigned char *raw, float a)
+{
+    uint32_t l, j = 0, base = 0;
+    for (l = 0; l < u->layout.count; l++) {
+        uint32_t c = u->count[l], n = u->layout.sizes[l], end = j + c;
+        if (c == n)
+            ac__axpy(w + base, raw ? (const void *)(raw + 4 * (size_t)j) : u->value + j, n, a);
+        else
+            for (; j < end; j++) w[u->index[j]] -= a * u->value[j];
+        j = end;
+        base += n;
+    }
+}
+
+/* The same with alpha / max(1, sigma_i) per entry, recording the touches. */
+static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char *raw, float a,
+                           uint64_t label)
+{
+    uint32_t l, j = 0, base = 0;
+    uint64_t forgot = s->forgot, gone;
+    float *w = s->params;
+    for (l = 0; l < u->layout.count; l++) {
+        uint32_t c = u->count[l], n = u->layout.sizes[l], k;
+        for (k = 0; k < c; k++, j++) {
+            uint32_t i = c == n ? base + k : u->index[j], sigma;
+            float v;
+            if (c != n && k + AC__AHEAD < c) { /* sparse: the history rows are cache misses */
+                AC__PREFETCH(s->touch + (size_t)u->index[j + AC__AHEAD] * (1 + s->words));
+                AC__PREFETCH(w + u->index[j + AC__AHEAD]);
+            }
+            sigma = ac__sigma(s, i, u->t_pull);
+            v = u->value[j];
+            if (raw && c == n) memcpy(&v, raw + 4 * (size_t)j, 4);
+            w[i] -= a * v / (float)(sigma > 1 ? sigma : 1);
+            if ((gone = ac__touch(s, i, label)) > forgot) forgot = gone;
+        }
+        base += n;
+    }
+    s->forgot = forgot;
+}
+
+/* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1.
+   raw: where the values of whole tensors lie (ac__get_values), or NULL. */
+static void ac__apply(ac_server *s, const ac_update *u, const unsigned char *raw)
 {
     uint64_t label = s->t + 1, tau = s->t - u->t_pull;
-    float *w = s->params, a = s->cfg.alpha;
-    uint32_t j;
+    float a = s->cfg.alpha;
     if (s->cfg.staleness == AC_STALENESS_SIGMA) {
-        for (j = 0; j < u->nnz; j++) {
-            uint32_t i = u->index[j], sigma = ac__sigma(s, i, lo);
-            w[i] -= a * u->value[j] / (float)(sigma > 1 ? sigma : 1);
-            ac__touch(s, i, label);
-        }
+        ac__step_sigma(s, u, raw, a, label);
     } else {
         if (s->cfg.staleness == AC_STALENESS_TAU && tau > 1) a /= (float)tau;
-        for (j = 0; j < u->nnz; j++) w[u->index[j]] -= a * u->value[j];
+        ac__step(s->params, u, raw, a);
     }
     s->t = label;
+    s->stats.tau_sum += tau;
+    if (tau > s->stats.tau_max) s->stats.tau_max = tau;
     s->stats.packets++;
     s->stats.entries += u->nnz;
     s->stats.dense_bytes += (uint64_t)s->total * 4;
@@ -1657,43 +2059,45 @@ static void ac__apply(ac_server *s, const ac_update *u, uint64_t lo)
 
 ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u)
 {
-    uint64_t lo;
     ac_result r;
     if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply: NULL server");
-    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__window(s, u->t_pull, &lo)) != AC_OK) {
+    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__admit(s, u->t_pull)) != AC_OK) {
         s->stats.rejected++;
         return r;
     }
-    ac__apply(s, u, lo);
+    ac__apply(s, u, NULL);
     return AC_OK;
 }
 
 ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len)
 {
-    uint64_t lo;
+    const unsigned char *raw = NULL;
     ac_result r;
     if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply_packet: NULL server");
     s->stats.bytes_in += len;
-    if ((r = ac_decode(&s->update, data, len)) != AC_OK ||
-        (r = ac__window(s, s->update.t_pull, &lo)) != AC_OK) {
+#ifdef AC__RAW_F32
+    r = ac__decode_bytes(&s->update, data, len, &raw);
+#else /* values must be copied: a full decode */
+    r = ac__decode_bytes(&s->update, data, len, NULL);
+#endif
+    if (r != AC_OK || (r = ac__admit(s, s->update.t_pull)) != AC_OK) {
         s->stats.rejected++;
         return r;
     }
-    ac__apply(s, &s->update, lo);
+    ac__apply(s, &s->update, raw);
     return AC_OK;
 }
 
-ACDEF ac_result ac_server_sigma(const ac_server *s, const ac_update *u, uint32_t *sigma)
+ACDEF ac_result ac_server_sigma(ac_server *s, const ac_update *u, uint32_t *sigma)
 {
-    uint64_t lo;
     uint32_t j;
     ac_result r;
     if (!s || !sigma) return ac__fail(AC_ERR_ARG, "ac_server_sigma: NULL argument");
     if (s->cfg.staleness != AC_STALENESS_SIGMA)
         return ac__fail(AC_ERR_ARG, "ac_server_sigma: server does not count sigma");
-    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__window(s, u->t_pull, &lo)) != AC_OK)
+    if ((r = ac__check_update(s, u)) != AC_OK || (r = ac__admit(s, u->t_pull)) != AC_OK)
         return r;
-    for (j = 0; j < u->nnz; j++) sigma[j] = ac__sigma(s, u->index[j], lo);
+    for (j = 0; j < u->nnz; j++) sigma[j] = ac__sigma(s, u->index[j], u->t_pull);
     return AC_OK;
 }
 

@@ -1625,9 +1625,13 @@ DGDEF void dg_tcp_request_stop(void);
    encodes the packet straight into a PUSH message of its exact size and
    sends it.  The PS, on PUSH: ac_server_apply_packet (decode, sigma or tau
    modulation, history, t <- t + 1: one step), then replies MODEL (the pull
-   that follows every push); a push too old for the history (with
-   reject_too_old) or malformed is counted as rejected and answered with
-   the model all the same, so the worker carries on from fresh weights.
+   that follows every push).  Sigma is exact at any staleness (the touch
+   history grows to twice the largest tau, under history_bytes), and no
+   push is refused for its age unless max_staleness asks for it.  A push
+   refused (staler than max_staleness, beyond the history cap, malformed,
+   or carrying a NaN/Inf value or loss) leaves w untouched, is counted and
+   traced, and is answered with the model all the same, so the worker
+   carries on from fresh weights.
 
    Modes are settings of the same path: dense ASGD = dense packets and a
    constant alpha; staleness-aware ASGD (Zhang et al. 2016) = dense packets
@@ -1700,14 +1704,14 @@ typedef struct dg_asgd_config {
     int bin_size;             /* IBM L_T = 64 */
     int residue;              /* 0; 1: error feedback for hardy/topk (extension) */
     dg_asgd_modulation modulation; /* AUTO */
-    float alpha;              /* 0.1 */
-    int history;              /* H = 64 (1..64) */
-    int reject_too_old;       /* 0 (default): a push with tau > H is applied with
-                                 sigma counted over the last H updates (needed for
-                                 W = 100, where tau ~ 99); 1: rejected, pull again */
+    float alpha;              /* 0.1 (>= 0) */
+    uint64_t max_staleness;   /* 0: every push is applied, whatever its tau (the
+                                 paper); T: refuse tau > T (bounded staleness) */
+    uint64_t history_bytes;   /* cap of the PS's sigma history: 256 MiB (W = 100
+                                 on the CNN uses 30 MB); past it pushes are refused */
     int batch;                /* 10 */
     dg_asgd_arch arch;        /* DG_ASGD_ARCH_CNN */
-    int hidden;               /* MLP hidden units: 128 */
+    int hidden;               /* MLP hidden units: 128 (>= 1) */
     uint64_t seed;            /* 1 */
     /* the schedule */
     double slow_fraction;     /* 0: share of slow workers */
@@ -1775,8 +1779,9 @@ typedef struct dg_asgd_stats {
     uint64_t pulls;           /* MODEL messages sent */
     uint64_t pushes;          /* PUSH messages handled */
     uint64_t applied;         /* = the PS clock t */
-    uint64_t stale;           /* rejected: tau > H (with reject_too_old) */
-    uint64_t invalid;         /* rejected: malformed packet or non-finite gradient */
+    uint64_t stale;           /* refused: tau > max_staleness, or sigma beyond the
+                                 history cap (AC_ERR_STALE, AC_ERR_HISTORY) */
+    uint64_t invalid;         /* refused: malformed packet, NaN/Inf value or loss */
     uint64_t bytes_pushed;    /* packet bytes received by the PS (all pushes) */
     uint64_t dense_bytes;     /* 4 * n per push: the same pushes sent dense */
     uint64_t entries;         /* gradient entries applied */
@@ -12552,7 +12557,7 @@ DGDEF dg_asgd_config dg_asgd_config_init(void)
     c.rate = 0.01;
     c.bin_size = 64;
     c.alpha = 0.1f;
-    c.history = AC_HISTORY_MAX;
+    c.history_bytes = AC_HISTORY_BYTES_DEFAULT;
     c.batch = 10;
     c.arch = DG_ASGD_ARCH_CNN;
     c.hidden = 128;
@@ -12592,8 +12597,8 @@ DGDEF void dg_asgd_ac_configs(const dg_asgd_config *cfg, ac_compressor_config *c
     static const ac_staleness mods[] = {AC_STALENESS_SIGMA, AC_STALENESS_SIGMA, AC_STALENESS_TAU,
                                         AC_STALENESS_CONSTANT};
     ac_staleness auto_mod = AC_STALENESS_CONSTANT;
-    memset(cc, 0, sizeof *cc);
-    memset(sc, 0, sizeof *sc);
+    *cc = ac_compressor_config_init();
+    *sc = ac_server_config_init();
     switch (cfg->mode) {
     case DG_ASGD_MODE_STALENESS: cc->mode = AC_MODE_DENSE; auto_mod = AC_STALENESS_TAU; break;
     case DG_ASGD_MODE_TOPK: cc->mode = AC_MODE_HARDY; break;
@@ -12605,13 +12610,13 @@ DGDEF void dg_asgd_ac_configs(const dg_asgd_config *cfg, ac_compressor_config *c
     cc->format = cfg->f16 && cc->mode != AC_MODE_IBM && cc->mode != AC_MODE_DENSE
                      ? AC_FORMAT_F16 : AC_FORMAT_F32;
     cc->rate = cfg->rate;
-    cc->bin_size = cfg->bin_size > 0 ? (uint32_t)cfg->bin_size : 0;
+    cc->bin_size = cfg->bin_size > 0 ? (uint32_t)cfg->bin_size : 0; /* 0: refused by ac */
     cc->residue = cfg->residue && (cc->mode == AC_MODE_HARDY || cc->mode == AC_MODE_TOPK);
     sc->alpha = cfg->alpha;
-    sc->staleness = (unsigned)cfg->modulation <= DG_ASGD_MOD_CONSTANT && cfg->modulation
-                        ? mods[cfg->modulation] : auto_mod;
-    sc->history = cfg->history > 0 ? (uint32_t)cfg->history : 0;
-    sc->too_old = cfg->reject_too_old ? AC_TOO_OLD_REJECT : AC_TOO_OLD_WINDOW;
+    sc->staleness = cfg->modulation > DG_ASGD_MOD_AUTO && cfg->modulation <= DG_ASGD_MOD_CONSTANT
+                        ? mods[cfg->modulation] : auto_mod; /* out of range: refused by the check */
+    sc->max_staleness = cfg->max_staleness;
+    sc->history_bytes = cfg->history_bytes;
 }
 
 static dg_result dg__asgd_check(const dg_asgd_config *cfg)
@@ -12621,11 +12626,14 @@ static dg_result dg__asgd_check(const dg_asgd_config *cfg)
         return dg__fail(DG_ERR_ARG, "asgd config: %d workers", cfg->n_workers);
     if (cfg->mode < DG_ASGD_MODE_DENSE || cfg->mode > DG_ASGD_MODE_GTOPK)
         return dg__fail(DG_ERR_ARG, "asgd config: mode %d", (int)cfg->mode);
-    if (!(cfg->rate > 0.0 && cfg->rate <= 1.0))
-        return dg__fail(DG_ERR_ARG, "asgd config: rate c = %g outside (0, 1]", cfg->rate);
-    if (cfg->batch < 1 || cfg->history < 1 || cfg->history > AC_HISTORY_MAX)
-        return dg__fail(DG_ERR_ARG, "asgd config: batch %d, history %d", cfg->batch, cfg->history);
-    if (!(cfg->alpha > 0.0f) || !(cfg->slow_fraction >= 0.0 && cfg->slow_fraction <= 1.0) ||
+    if (!(cfg->rate >= 0.0 && cfg->rate <= 1.0))
+        return dg__fail(DG_ERR_ARG, "asgd config: rate c = %g outside [0, 1]", cfg->rate);
+    if (cfg->batch < 1 || cfg->bin_size < 1 || cfg->hidden < 1 ||
+        (unsigned)cfg->modulation > DG_ASGD_MOD_CONSTANT)
+        return dg__fail(DG_ERR_ARG, "asgd config: batch %d, bin size %d, hidden %d, modulation %d",
+                        cfg->batch, cfg->bin_size, cfg->hidden, (int)cfg->modulation);
+    if (!(cfg->alpha >= 0.0f && cfg->alpha <= FLT_MAX) ||
+        !(cfg->slow_fraction >= 0.0 && cfg->slow_fraction <= 1.0) ||
         !(cfg->slow_factor > 0.0) || !(cfg->jitter >= 0.0) ||
         !(cfg->drop_prob >= 0.0 && cfg->drop_prob < 1.0))
         return dg__fail(DG_ERR_ARG, "asgd config: alpha, slow_fraction, slow_factor, jitter or "
@@ -12640,10 +12648,12 @@ DGDEF dg_result dg_asgd_net_create(dg_net **out, const dg_asgd_config *cfg, int 
     dg_result r;
     if (!out || !cfg) return dg__fail(DG_ERR_ARG, "dg_asgd_net_create: NULL argument");
     *out = NULL;
+    if (cfg->arch == DG_ASGD_ARCH_MLP && cfg->hidden < 1)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_net_create: %d hidden units", cfg->hidden);
     if ((r = dg_net_create(&net, c, h, w)) != DG_OK) return r;
     if (cfg->arch == DG_ASGD_ARCH_MLP) {
         if (!r) r = dg_net_flatten(net);
-        if (!r) r = dg_net_linear(net, cfg->hidden > 0 ? cfg->hidden : 128);
+        if (!r) r = dg_net_linear(net, cfg->hidden);
         if (!r) r = dg_net_relu(net);
     } else {
         if (!r) r = dg_net_conv2d(net, 32, 3, 1, 1);
@@ -12902,6 +12912,7 @@ DGDEF dg_result dg_asgd_server_create(dg_asgd_server **out, const dg_asgd_config
     dg_asgd_server *s;
     ac_compressor_config cc;
     ac_server_config sc;
+    ac_result ar;
     dg_result r;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_server_create: out is NULL");
     *out = NULL;
@@ -12927,9 +12938,10 @@ DGDEF dg_result dg_asgd_server_create(dg_asgd_server **out, const dg_asgd_config
     s->layout.sizes = s->sizes;
     memcpy(s->params, params, s->n * sizeof(float));
     dg_asgd_ac_configs(cfg, &cc, &sc);
-    if (ac_server_init(&s->ac, &s->layout, s->params, &sc) != AC_OK) {
+    if ((ar = ac_server_init(&s->ac, &s->layout, s->params, &sc)) != AC_OK) {
         dg_asgd_server_free(s);
-        return dg__fail(DG_ERR_NOMEM, "dg_asgd_server_create: %s", ac_last_error());
+        return dg__fail(ar == AC_ERR_NOMEM ? DG_ERR_NOMEM : DG_ERR_ARG,
+                        "dg_asgd_server_create: %s", ac_last_error());
     }
     *out = s;
     return DG_OK;
@@ -12965,20 +12977,21 @@ DGDEF dg_result dg_asgd_server_handle(dg_asgd_server *s, dg_msg *m)
         uint64_t clock = ac_server_clock(s->ac), t_pull = (uint64_t)m->iteration;
         int res = AC_ERR_VALUE;
         s->stats.pushes++;
-        if (m->n_parts == 1 && m->part[0].kind == DG_PART_BYTES) {
+        /* the loss travels beside the packet and feeds the PS's state too */
+        if (m->n_parts == 1 && m->part[0].kind == DG_PART_BYTES && isfinite(m->stat[0])) {
             size_t len = m->part[0].count;
             res = ac_server_apply_packet(s->ac, m->part[0].data, len);
             s->stats.bytes_pushed += len;
             s->stats.dense_bytes += 4 * (uint64_t)s->n;
             if (res == AC_OK) {
-                uint64_t tau = clock - t_pull;
+                ac_stats as = ac_server_stats(s->ac);
                 s->stats.applied++;
-                s->stats.entries = ac_server_stats(s->ac).entries;
-                s->stats.tau_sum += (double)tau;
-                if (tau > s->stats.tau_max) s->stats.tau_max = tau;
+                s->stats.entries = as.entries;
+                s->stats.tau_sum = (double)as.tau_sum;  /* the packet's t_pull, not the header's */
+                s->stats.tau_max = as.tau_max;
                 s->stats.loss = s->stats.applied == 1 ? m->stat[0]
                                                       : 0.99 * s->stats.loss + 0.01 * m->stat[0];
-            } else if (res == AC_ERR_STALE) {
+            } else if (res == AC_ERR_STALE || res == AC_ERR_HISTORY) {
                 s->stats.stale++;
             } else {
                 s->stats.invalid++;

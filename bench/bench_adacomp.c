@@ -3,14 +3,20 @@
  *
  * Output, one line per measurement (machine-readable, then "# " comments):
  *   bench adacomp_compress mode=M n=N c=C threads=1 gbps=G bytes_per_entry=B
- *   bench adacomp_apply mode=M n=N threads=1 gbps=G
+ *   bench adacomp_apply mode=M n=N modulation=S threads=1 gbps=G
  * gbps is dense gradient processed per second: 4 bytes x n per call, for
  * both lines (the apply touches only the sent entries, so its figure says
  * how many dense-equivalent gradients per second one PS core absorbs).
- * bytes_per_entry is packet bytes per *sent* entry (index + value cost).
+ * Each mode is applied by the PS it runs with in dg_asgd (hardy: sigma;
+ * the others: constant alpha), and dense also by a sigma PS.
+ * bytes_per_entry is packet bytes per *sent* entry (index + value cost),
+ * summed over every packet of the run.
  * c is the configured rate for hardy/topk, 1 for dense, and the measured
- * fraction sent for ibm and threshold.  Times are medians of repeated calls
- * (clock_gettime(CLOCK_MONOTONIC)); the gradient is N(0,1)-like. */
+ * fraction sent for ibm and threshold.  Times are medians of repeated calls,
+ * measured in CPU time of the thread (CLOCK_THREAD_CPUTIME_ID), so that the
+ * other jobs of a shared machine do not count, after one untimed call that
+ * faults the pages in; the "# spread" lines give the fastest and slowest
+ * call.  The gradient is N(0,1)-like. */
 #define _POSIX_C_SOURCE 199309L
 #include <stdint.h>
 #include <stdio.h>
@@ -27,7 +33,7 @@
 static double now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -37,10 +43,18 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double median(double *t, int n)
+/* Sorts t; returns the median and, in spread, the fastest and slowest. */
+static double median(double *t, int n, double *spread)
 {
     qsort(t, (size_t)n, sizeof *t, cmp_double);
+    spread[0] = t[0], spread[1] = t[n - 1];
     return t[n / 2];
+}
+
+static void print_spread(const char *what, const char *mode, uint32_t n, const double *spread)
+{
+    printf("# spread %s mode=%s n=%u: %.3f to %.3f GB/s\n", what, mode, (unsigned)n,
+           4.0 * n / spread[1] / 1e9, 4.0 * n / spread[0] / 1e9);
 }
 
 /* A CNN-like layout of exactly n entries: two convolutions, a big fully
@@ -83,13 +97,18 @@ static void put_t_pull(unsigned char *packet, uint64_t t)
 }
 
 /* Compresses `reps` times alternating two gradients; returns the median
-   time and leaves the last packet in buf. */
-static int run_compress(ac_compressor *c, float *const g[2], uint32_t n, unsigned char *buf,
-                        size_t cap, size_t *len, double *sent, double *seconds)
+   time, the mean entries and bytes per packet, and leaves the last packet
+   in buf. */
+static int run_compress(ac_compressor *c, float *const g[2], unsigned char *buf, size_t cap,
+                        size_t *len, double *sent, double *bytes, double *seconds, double *spread)
 {
     double t[MAX_REPS], start = now();
     int r;
-    *sent = 0;
+    *sent = *bytes = 0;
+    if (ac_compress(c, g[1], 0, buf, cap, len) != AC_OK) { /* untimed: page faults */
+        printf("# compress failed: %s\n", ac_last_error());
+        return 0;
+    }
     for (r = 0; r < MAX_REPS && (r < 3 || now() - start < TARGET_SECONDS); r++) {
         double t0 = now();
         if (ac_compress(c, g[r & 1], 0, buf, cap, len) != AC_OK) {
@@ -98,20 +117,21 @@ static int run_compress(ac_compressor *c, float *const g[2], uint32_t n, unsigne
         }
         t[r] = now() - t0;
         *sent += ac_compressor_update(c)->nnz;
+        *bytes += (double)*len;
     }
     *sent /= r;
-    (void)n;
-    *seconds = median(t, r);
+    *bytes /= r;
+    *seconds = median(t, r, spread);
     return 1;
 }
 
 /* Applies the packet repeatedly as if 8 workers were pushing: t_pull lags
    the clock by 8, so sigma counting really looks at history. */
-static double run_apply(ac_server *s, unsigned char *buf, size_t len)
+static double run_apply(ac_server *s, unsigned char *buf, size_t len, double *spread)
 {
     double t[MAX_REPS], start = now();
     int r;
-    for (r = 0; r < MAX_REPS && (r < 3 || now() - start < TARGET_SECONDS); r++) {
+    for (r = -1; r < MAX_REPS && (r < 3 || now() - start < TARGET_SECONDS); r++) {
         uint64_t clock = ac_server_clock(s);
         double t0;
         put_t_pull(buf, clock >= 8 ? clock - 8 : 0);
@@ -120,9 +140,32 @@ static double run_apply(ac_server *s, unsigned char *buf, size_t len)
             printf("# apply failed: %s\n", ac_last_error());
             return 0;
         }
-        t[r] = now() - t0;
+        if (r >= 0) t[r] = now() - t0; /* the first call faults the pages in */
     }
-    return median(t, r);
+    return median(t, r, spread);
+}
+
+static const char *const staleness_names[] = {"", "sigma", "tau", "constant"};
+
+static void bench_apply(const ac_layout *layout, float *w, ac_staleness st, const char *mode,
+                        unsigned char *buf, size_t len)
+{
+    ac_server_config sc = ac_server_config_init();
+    ac_server *ps;
+    double sec, spread[2];
+    uint32_t n = (uint32_t)ac_layout_total(layout);
+    sc.staleness = st;
+    if (ac_server_init(&ps, layout, w, &sc) != AC_OK) {
+        printf("# server: %s\n", ac_last_error());
+        return;
+    }
+    sec = run_apply(ps, buf, len, spread);
+    if (sec > 0) {
+        printf("bench adacomp_apply mode=%s n=%u modulation=%s threads=1 gbps=%.3f\n", mode,
+               (unsigned)n, staleness_names[st], 4.0 * n / sec / 1e9);
+        print_spread("apply", mode, n, spread);
+    }
+    ac_server_free(ps);
 }
 
 static void bench_size(uint32_t n)
@@ -130,24 +173,18 @@ static void bench_size(uint32_t n)
     uint32_t sizes[8], count = make_layout(sizes, n), i;
     ac_layout layout;
     float *g[2], *w;
-    ac_server *ps;
     size_t m;
     layout.count = count, layout.sizes = sizes;
     g[0] = (float *)malloc(n * sizeof(float));
     g[1] = (float *)malloc(n * sizeof(float));
     w = (float *)calloc(n, sizeof(float));
     for (i = 0; i < n; i++) g[0][i] = approx_normal(), g[1][i] = approx_normal();
-    if (ac_server_init(&ps, &layout, w, NULL) != AC_OK) {
-        printf("# server: %s\n", ac_last_error());
-        return;
-    }
     for (m = 0; m < sizeof modes / sizeof modes[0]; m++) {
-        ac_compressor_config cfg;
+        ac_compressor_config cfg = ac_compressor_config_init();
         ac_compressor *c;
         unsigned char *buf;
         size_t cap, len = 0;
-        double sent, sec, asec, shown_c;
-        memset(&cfg, 0, sizeof cfg);
+        double sent, bytes, sec, shown_c, spread[2];
         cfg.mode = modes[m].mode, cfg.rate = 0.01, cfg.threshold = 2.576f; /* ~1% of N(0,1) */
         if (ac_compressor_init(&c, &layout, &cfg) != AC_OK) {
             printf("# init: %s\n", ac_last_error());
@@ -156,25 +193,26 @@ static void bench_size(uint32_t n)
         cap = ac_compressor_packet_bound(c);
         buf = (unsigned char *)malloc(cap);
         memset(buf, 0, cap); /* first touch outside the timing */
-        if (run_compress(c, g, n, buf, cap, &len, &sent, &sec)) {
+        if (run_compress(c, g, buf, cap, &len, &sent, &bytes, &sec, spread)) {
             shown_c = modes[m].mode == AC_MODE_DENSE ? 1.0
                       : (modes[m].mode == AC_MODE_HARDY || modes[m].mode == AC_MODE_TOPK)
                           ? 0.01 : sent / n;
             printf("bench adacomp_compress mode=%s n=%u c=%.4g threads=1 gbps=%.3f "
                    "bytes_per_entry=%.3f\n", modes[m].name, (unsigned)n, shown_c,
-                   4.0 * n / sec / 1e9, (double)len / (sent > 0 ? sent : 1));
-            printf("# %s n=%u: %.0f entries, %zu bytes/packet, %.1fx smaller than dense\n",
-                   modes[m].name, (unsigned)n, sent, len, 4.0 * n / (double)len);
-            asec = run_apply(ps, buf, len);
-            if (asec > 0)
-                printf("bench adacomp_apply mode=%s n=%u threads=1 gbps=%.3f\n", modes[m].name,
-                       (unsigned)n, 4.0 * n / asec / 1e9);
+                   4.0 * n / sec / 1e9, bytes / (sent > 0 ? sent : 1));
+            printf("# %s n=%u: %.0f entries, %.0f bytes/packet, %.1fx smaller than dense\n",
+                   modes[m].name, (unsigned)n, sent, bytes, 4.0 * n / bytes);
+            print_spread("compress", modes[m].name, n, spread);
+            bench_apply(&layout, w, modes[m].mode == AC_MODE_HARDY ? AC_STALENESS_SIGMA
+                                                                   : AC_STALENESS_CONSTANT,
+                        modes[m].name, buf, len);
+            if (modes[m].mode == AC_MODE_DENSE)
+                bench_apply(&layout, w, AC_STALENESS_SIGMA, modes[m].name, buf, len);
         }
         fflush(stdout);
         free(buf);
         ac_compressor_free(c);
     }
-    ac_server_free(ps);
     free(g[0]), free(g[1]), free(w);
 }
 

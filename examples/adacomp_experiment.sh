@@ -18,7 +18,8 @@
 # Environment: UPDATES (1000 per run), MNIST_WORKERS ("10 50 100"),
 # FASHION_WORKERS ("100"), THREADS (2), OUT (docs), MODES (all below), APPEND.
 # A run whose training loss passes 1e3 is stopped and marked diverged; the
-# factor is computed per push (bytes per push of dense / of the run).
+# factor is computed per push (bytes per push of dense / of the run);
+# "refused" counts the pushes the PS did not apply (stale + invalid).
 set -e
 cd "$(dirname "$0")/.."
 UPDATES=${UPDATES:-1000}
@@ -45,7 +46,7 @@ runs="$OUT/adacomp-runs.csv"
 table="$OUT/adacomp-table.md"
 if [ -z "$APPEND" ]; then   # APPEND=1 adds runs to the files of an earlier call
     rm -f "$curves"
-    echo "dataset,workers,label,updates,accuracy,bytes,dense_bytes,bytes_per_push,mean_tau,max_tau,wall_s,diverged" >"$runs"
+    echo "dataset,workers,label,updates,accuracy,bytes,dense_bytes,bytes_per_push,mean_tau,max_tau,wall_s,diverged,refused" >"$runs"
 fi
 start=$(date +%s)
 
@@ -56,9 +57,9 @@ run() { # dataset workers
             --eval-every "$EVAL_EVERY" --threads "$THREADS" --csv "$curves" --tag "$label" | grep '^RESULT')
         echo "$line" | awk -v ds="$1" -v w="$2" -v label="$label" '{
             for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-            printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", ds, w, label, v["updates"], v["accuracy"],
+            printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", ds, w, label, v["updates"], v["accuracy"],
                 v["bytes"], v["dense_bytes"], v["bytes_per_push"], v["mean_tau"], v["max_tau"], v["wall"],
-                v["diverged"] }' >>"$runs"
+                v["diverged"], v["stale"] + v["invalid"] }' >>"$runs"
         echo "  $1 W=$2 $label: $(echo "$line" | sed 's/.*accuracy=\([^ ]*\).*factor=\([^ ]*\).*wall=\([^ ]*\)/accuracy \1, \2x less than dense-equivalent, \3 s/')"
     done
 }
@@ -71,19 +72,19 @@ end=$(date +%s)
 # and against the better of the two dense runs
 awk -F, -v updates="$UPDATES" -v secs=$((end - start)) 'NR > 1 {
     key = $1 "," $2; n++; ds[n] = $1; w[n] = $2; lab[n] = $3; acc[n] = $5; by[n] = $6; bpp[n] = $8; tau[n] = $9
-    upd[n] = $4; div[n] = $12
+    upd[n] = $4; div[n] = $12; ref[n] = $13 == "" ? "n/a" : $13
     if ($3 == "dense") { dby[key] = $8; dacc[key] = $5 }
     if ($3 ~ /^dense/ && $12 != 1 && (!(key in best) || $5 > best[key])) { best[key] = $5; bestby[key] = $6; bestlab[key] = $3 }
 }
 END {
     printf "%d updates per run, batch 10, alpha 0.1 unless the label says otherwise; total wall time %d s.\n\n", updates, secs
-    printf "| dataset | W | mode | test accuracy | bytes pushed | bytes per push | mean tau | factor vs dense ASGD | accuracy - best dense (pp) |\n"
-    printf "|---|---|---|---|---|---|---|---|---|\n"
+    printf "| dataset | W | mode | test accuracy | bytes pushed | bytes per push | mean tau | refused pushes | factor vs dense ASGD | accuracy - best dense (pp) |\n"
+    printf "|---|---|---|---|---|---|---|---|---|---|\n"
     for (i = 1; i <= n; i++) {
         key = ds[i] "," w[i]
         note = div[i] == 1 ? sprintf(" (diverged at %d, stopped)", upd[i]) : ""
-        printf "| %s | %s | %s%s | %.4f | %.1f MB | %.0f | %.1f | %.1fx | %+.2f |\n", ds[i], w[i], lab[i], note,
-            acc[i], by[i] / 1e6, bpp[i], tau[i], dby[key] / bpp[i], 100 * (acc[i] - best[key])
+        printf "| %s | %s | %s%s | %.4f | %.1f MB | %.0f | %.1f | %s | %.1fx | %+.2f |\n", ds[i], w[i], lab[i], note,
+            acc[i], by[i] / 1e6, bpp[i], tau[i], ref[i], dby[key] / bpp[i], 100 * (acc[i] - best[key])
     }
     printf "\nbest dense run per setting: "
     for (k in best) printf "%s %s (%.4f); ", k, bestlab[k], best[k]

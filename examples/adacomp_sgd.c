@@ -132,10 +132,10 @@ static void run(const char *name, ac_mode mode, ac_staleness staleness, float al
     ac_stats st;
 
     memset(server_params, 0, sizeof server_params);
-    memset(&cc, 0, sizeof cc);
-    memset(&sc, 0, sizeof sc);
-    cc.mode = mode;                               /* c = 0.01 by default */
-    sc.alpha = alpha, sc.staleness = staleness;   /* H = 64, reject older */
+    cc = ac_compressor_config_init();             /* Hardy, c = 0.01, float32 */
+    sc = ac_server_config_init();                 /* every push applied, sigma exact */
+    cc.mode = mode;
+    sc.alpha = alpha, sc.staleness = staleness;
     if (ac_server_init(&ps, &layout, server_params, &sc) != AC_OK) goto fail;
     for (w = 0; w < WORKERS; w++) {
         if (ac_compressor_init(&workers[w].comp, &layout, &cc) != AC_OK) goto fail;

@@ -45,7 +45,8 @@ static void usage(void)
         "  --updates N              PS updates (3000)\n"
         "  --batch B                batch per push (10)\n"
         "  --lr A                   PS learning rate alpha (0.1)\n"
-        "  --history H              staleness history (64); --reject-too-old refuses tau > H\n"
+        "  --max-staleness T        refuse pushes with tau > T (0: none, the paper)\n"
+        "  --history-mb M           cap of the PS's sigma history in MiB (256)\n"
         "  --slow F --slow-factor S share F of the workers is S times slower (0, 4)\n"
         "  --jitter J               sigma of the log of a compute time (0.2)\n"
         "  --drop P --down T        drop-out chance per gradient, mean down time (0, 10)\n"
@@ -292,8 +293,8 @@ int main(int argc, char **argv)
         else if (ARG("--updates")) updates = atoll(v);
         else if (ARG("--batch")) cfg.batch = atoi(v);
         else if (ARG("--lr")) cfg.alpha = (float)atof(v);
-        else if (ARG("--history")) cfg.history = atoi(v);
-        else if (!strcmp(a, "--reject-too-old")) cfg.reject_too_old = 1;
+        else if (ARG("--max-staleness")) cfg.max_staleness = (uint64_t)atoll(v);
+        else if (ARG("--history-mb")) cfg.history_bytes = (uint64_t)atoll(v) << 20;
         else if (ARG("--slow")) cfg.slow_fraction = atof(v);
         else if (ARG("--slow-factor")) cfg.slow_factor = atof(v);
         else if (ARG("--jitter")) cfg.jitter = atof(v);

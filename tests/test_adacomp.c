@@ -107,7 +107,7 @@ static ac_compressor *make_comp(const uint32_t *sizes, uint32_t count, ac_mode m
     ac_compressor *c = NULL;
     layout.count = count;
     layout.sizes = sizes;
-    memset(&cfg, 0, sizeof cfg);
+    cfg = ac_compressor_config_init();
     cfg.mode = mode;
     cfg.format = fmt;
     cfg.rate = rate;
@@ -180,7 +180,7 @@ TEST(k_rule)
     ac_compressor *comp;
     uint32_t l;
     fill_grad(g, 3452, 0);
-    comp = make_comp(sizes, 7, AC_MODE_HARDY, AC_FORMAT_F32, 0); /* default c = 0.01 */
+    comp = make_comp(sizes, 7, AC_MODE_HARDY, AC_FORMAT_F32, 0.01);
     CHECK_OK(ac_compressor_select(comp, g, 0));
     for (l = 0; l < 7; l++) CHECK(ac_compressor_update(comp)->count[l] == expect_001[l]);
     ac_compressor_free(comp);
@@ -238,7 +238,7 @@ TEST(threshold_and_dense)
     const ac_update *u;
     uint32_t i, j = 0;
     fill_grad(g, 418, 0);
-    memset(&cfg, 0, sizeof cfg);
+    cfg = ac_compressor_config_init();
     cfg.mode = AC_MODE_THRESHOLD;
     cfg.threshold = 1.5f;
     CHECK_OK(ac_compressor_init(&comp, &layout, &cfg));
@@ -253,7 +253,7 @@ TEST(threshold_and_dense)
     CHECK(j == u->nnz && j > 0);
     ac_compressor_free(comp);
 
-    comp = make_comp(sizes, 3, AC_MODE_DENSE, AC_FORMAT_F32, 0);
+    comp = make_comp(sizes, 3, AC_MODE_DENSE, AC_FORMAT_F32, 1.0);
     CHECK_OK(ac_compressor_select(comp, g, 3));
     u = ac_compressor_update(comp);
     CHECK(u->nnz == 418);
@@ -273,7 +273,7 @@ TEST(hardy_residue_extension)
     ac_compressor_config cfg;
     ac_compressor *comp;
     int step;
-    memset(&cfg, 0, sizeof cfg);
+    cfg = ac_compressor_config_init();
     cfg.rate = 0.05;
     cfg.residue = 1;
     CHECK_OK(ac_compressor_init(&comp, &layout, &cfg));
@@ -330,7 +330,7 @@ static void ibm_naive(const uint32_t *sizes, uint32_t L, uint32_t LT, const floa
                 if (fabsf(G[base + i]) > gmax) gmax = fabsf(G[base + i]);
             if (gmax == 0) continue;                     /* skip empty bins */
             for (i = b; i < e; i++)
-                if (fabsf(H[base + i]) >= gmax) sent[base + i] = 1;
+                if (fabsf(H[base + i]) >= gmax && G[base + i] != 0) sent[base + i] = 1;
         }
         for (i = 0; i < n; i++)
             if (sent[base + i]) cnt++, sum += fabsf(G[base + i]);
@@ -359,7 +359,7 @@ TEST(ibm_matches_naive_rule)
     ac_compressor_config cfg;
     ac_compressor *comp;
     int step, sent_total = 0;
-    memset(&cfg, 0, sizeof cfg);
+    cfg = ac_compressor_config_init();
     cfg.mode = AC_MODE_IBM;
     cfg.bin_size = 50;
     CHECK_OK(ac_compressor_init(&comp, &layout, &cfg));
@@ -391,10 +391,59 @@ TEST(ibm_zero_gradient_sends_nothing)
 {
     uint32_t sizes[] = {130};
     float g[130];
-    ac_compressor *comp = make_comp(sizes, 1, AC_MODE_IBM, (ac_format)0, 0);
+    ac_compressor *comp = make_comp(sizes, 1, AC_MODE_IBM, AC_FORMAT_F32, 0.01);
     memset(g, 0, sizeof g);
     CHECK_OK(ac_compressor_select(comp, g, 0));
     CHECK(ac_compressor_update(comp)->nnz == 0);
+    ac_compressor_free(comp);
+}
+
+/* Issue 12: an entry whose accumulated G is exactly 0 has nothing to send
+   (sent, it would travel as +scale and leave -scale in the residue). */
+TEST(ibm_zero_accumulated_sends_nothing)
+{
+    uint32_t sizes[] = {2};
+    float g1[2] = {1.0f, 0.25f}, g2[2] = {0.1f, -0.25f};
+    ac_compressor *comp = make_comp(sizes, 1, AC_MODE_IBM, AC_FORMAT_F32, 0.01);
+    const ac_update *u;
+    CHECK_OK(ac_compressor_select(comp, g1, 0)); /* G = {1, .25}: sends 0, R = {0, .25} */
+    u = ac_compressor_update(comp);
+    CHECK(u->nnz == 1 && u->index[0] == 0);
+    CHECK_OK(ac_compressor_select(comp, g2, 1)); /* G = {.1, 0}, |H_1| = .25 >= gmax .1 */
+    u = ac_compressor_update(comp);
+    CHECK(u->nnz == 1 && u->index[0] == 0 && u->value[0] == 0.1f && u->scale[0] == 0.1f);
+    ac_compressor_free(comp);
+}
+
+/* Issue 13: in a configuration, zero is a value: c = 0 sends max(1, 0) = 1
+   entry per tensor, threshold 0 sends everything, alpha 0 learns nothing. */
+TEST(zero_is_a_value)
+{
+    uint32_t sizes[] = {1000, 10}, l;
+    ac_layout layout = {2, sizes};
+    static float g[1010], w[1010];
+    ac_compressor_config cc = ac_compressor_config_init();
+    ac_server_config sc = ac_server_config_init();
+    ac_compressor *comp;
+    ac_server *s;
+    static unsigned char buf[20000];
+    size_t n;
+    fill_grad(g, 1010, 0);
+    cc.rate = 0.0;
+    CHECK_OK(ac_compressor_init(&comp, &layout, &cc));
+    CHECK_OK(ac_compressor_select(comp, g, 0));
+    for (l = 0; l < 2; l++) CHECK(ac_compressor_update(comp)->count[l] == 1);
+    ac_compressor_free(comp);
+    cc.mode = AC_MODE_THRESHOLD, cc.threshold = 0.0f;
+    CHECK_OK(ac_compressor_init(&comp, &layout, &cc));
+    CHECK_OK(ac_compress(comp, g, 0, buf, sizeof buf, &n));
+    CHECK(ac_compressor_update(comp)->nnz == 1010);
+    sc.alpha = 0.0f;
+    memset(w, 0, sizeof w);
+    CHECK_OK(ac_server_init(&s, &layout, w, &sc));
+    CHECK_OK(ac_server_apply_packet(s, buf, n));
+    for (l = 0; l < 1010; l++) CHECK(w[l] == 0.0f);
+    ac_server_free(s);
     ac_compressor_free(comp);
 }
 
@@ -407,7 +456,7 @@ TEST(compress_rejects_non_finite)
     g[10] = NAN;
     CHECK(ac_compressor_select(comp, g, 0) == AC_ERR_VALUE);
     ac_compressor_free(comp);
-    comp = make_comp(sizes, 1, AC_MODE_IBM, (ac_format)0, 0);
+    comp = make_comp(sizes, 1, AC_MODE_IBM, AC_FORMAT_F32, 0.01);
     g[10] = INFINITY;
     CHECK(ac_compressor_select(comp, g, 0) == AC_ERR_VALUE);
     CHECK(strstr(ac_last_error(), "tensor 0") != NULL);
@@ -423,19 +472,34 @@ TEST(config_validation)
     ac_compressor *c;
     ac_server *s;
     float w[3];
-    memset(&cfg, 0, sizeof cfg);
+    cfg = ac_compressor_config_init();
     CHECK(ac_compressor_init(&c, &bad, &cfg) == AC_ERR_ARG && c == NULL);
     cfg.rate = 1.5;
     CHECK(ac_compressor_init(&c, &good, &cfg) == AC_ERR_ARG);
     cfg.rate = 0;
     cfg.format = AC_FORMAT_SIGN_SCALE;
     CHECK(ac_compressor_init(&c, &good, &cfg) == AC_ERR_ARG);
-    cfg.format = (ac_format)0;
+    cfg.format = AC_FORMAT_F32;
     cfg.mode = (ac_mode)9;
     CHECK(ac_compressor_init(&c, &good, &cfg) == AC_ERR_ARG);
-    memset(&sc, 0, sizeof sc);
-    sc.history = 65;
+    cfg = ac_compressor_config_init();
+    cfg.mode = AC_MODE_IBM, cfg.bin_size = 0;
+    CHECK(ac_compressor_init(&c, &good, &cfg) == AC_ERR_ARG);
+    sc = ac_server_config_init();
+    sc.history_bytes = 3 * 16 - 1;   /* sigma needs 16 bytes per parameter */
     CHECK(ac_server_init(&s, &good, w, &sc) == AC_ERR_ARG && s == NULL);
+    sc.history_bytes = 3 * 16;
+    CHECK_OK(ac_server_init(&s, &good, w, &sc));
+    ac_server_free(s);
+    sc.alpha = NAN;
+    CHECK(ac_server_init(&s, &good, w, &sc) == AC_ERR_ARG);
+    /* a zeroed struct is not a configuration: mode and staleness 0 do not exist */
+    memset(&cfg, 0, sizeof cfg);
+    CHECK(ac_compressor_init(&c, &good, &cfg) == AC_ERR_ARG);
+    CHECK(strstr(ac_last_error(), "ac_compressor_config_init") != NULL);
+    memset(&sc, 0, sizeof sc);
+    CHECK(ac_server_init(&s, &good, w, &sc) == AC_ERR_ARG);
+    CHECK(strstr(ac_last_error(), "ac_server_config_init") != NULL);
     CHECK(ac_layout_check(&bad) == AC_ERR_ARG);
     CHECK(strcmp(ac_result_str(AC_ERR_STALE), "update too stale, pull again") == 0);
 }
@@ -556,7 +620,7 @@ static void round_trip(ac_mode mode, ac_format fmt, int residue)
     static uint32_t mem[6 * 2 + 1216 * 2];
     ac_update d;
     int step;
-    memset(&cfg, 0, sizeof cfg);
+    cfg = ac_compressor_config_init();
     cfg.mode = mode, cfg.format = fmt, cfg.rate = 0.05, cfg.threshold = 1.0f, cfg.residue = residue;
     CHECK_OK(ac_compressor_init(&comp, &layout, &cfg));
     CHECK_OK(ac_update_init(&d, &layout, 1216, mem, sizeof mem));
@@ -785,9 +849,9 @@ TEST(decode_truncated_at_every_byte)
         ac_compressor *comp;
         ac_update d;
         size_t n, cut;
-        memset(&cfg, 0, sizeof cfg);
+        cfg = ac_compressor_config_init();
         cfg.mode = (ac_mode)m, cfg.rate = 0.02, cfg.threshold = 2.0f;
-        cfg.format = m == AC_MODE_TOPK ? AC_FORMAT_F16 : (ac_format)0;
+        cfg.format = m == AC_MODE_TOPK ? AC_FORMAT_F16 : AC_FORMAT_F32;
         CHECK_OK(ac_compressor_init(&comp, &layout, &cfg));
         fill_grad(g, 1216, 0);
         CHECK_OK(ac_compress(comp, g, 5, buf, sizeof buf, &n));
@@ -865,33 +929,33 @@ static void set_update(ac_update *u, const uint32_t *idx, uint32_t n, uint64_t t
     u->t_pull = t_pull;
 }
 
-static void sigma_against_brute_force(uint32_t H, ac_too_old too_old)
+/* Random pushes with staleness up to max_back, applied through packets,
+   against a brute-force count over the history kept here.  Returns the
+   number of pushes staler than 64 (the old fixed window). */
+static int sigma_against_brute_force(const ac_server_config *sc, uint32_t max_back, int steps)
 {
     static sv_history hist;
     static uint32_t mem[3 * 2 + SV_TOTAL * 2];
     static unsigned char pkt[2048];
     ac_layout layout = {3, sv_sizes};
-    ac_server_config sc;
     ac_server *s;
     ac_update u;
     float w[SV_TOTAL];
     uint32_t idx[SV_TOTAL], sigma[SV_TOTAL];
-    int step, bad_sigma = 0, bad_w = 0, windowed = 0;
-    memset(&sc, 0, sizeof sc);
-    sc.history = H, sc.too_old = too_old, sc.alpha = 0.5f;
+    int step, bad_sigma = 0, bad_w = 0, old = 0;
     memset(w, 0, sizeof w);
-    CHECK_OK(ac_server_init(&s, &layout, w, &sc));
+    CHECK_OK(ac_server_init(&s, &layout, w, sc));
     CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
     hist.n = 0;
-    for (step = 0; step < 1100; step++) {
-        uint64_t t = ac_server_clock(s), back = rnd_below((too_old ? 2 * H : H) + 1), lo, lab;
+    for (step = 0; step < steps && step < 1200; step++) {
+        uint64_t t = ac_server_clock(s), back = rnd_below(max_back + 1), lab;
         uint32_t n = random_set(idx, step % 7 == 0 ? SV_TOTAL : 12), j;
         float before[SV_TOTAL];
         size_t len;
+        if (step % 50 == 0) back = max_back; /* reach the largest staleness early */
         if (back > t) back = t;
         set_update(&u, idx, n, t - back);
-        lo = t - (back < H ? back : H);
-        windowed += back > H;
+        old += back > 64;
         CHECK_OK(ac_server_sigma(s, &u, sigma));
         memcpy(before, w, sizeof w);
         CHECK_OK(ac_encode(&u, pkt, sizeof pkt, &len));
@@ -899,9 +963,9 @@ static void sigma_against_brute_force(uint32_t H, ac_too_old too_old)
         for (j = 0; j < n; j++) {
             uint32_t i = idx[j], brute = 0;
             float expect;
-            for (lab = lo + 1; lab <= t; lab++) brute += hist.touched[lab - 1][i];
+            for (lab = t - back + 1; lab <= t; lab++) brute += hist.touched[lab - 1][i];
             bad_sigma += sigma[j] != brute;
-            expect = before[i] - 0.5f * u.value[j] / (float)(brute > 1 ? brute : 1);
+            expect = before[i] - sc->alpha * u.value[j] / (float)(brute > 1 ? brute : 1);
             bad_w += w[i] != expect;
         }
         memset(hist.touched[hist.n], 0, SV_TOTAL);
@@ -910,16 +974,112 @@ static void sigma_against_brute_force(uint32_t H, ac_too_old too_old)
         CHECK(ac_server_clock(s) == t + 1);
     }
     CHECK(bad_sigma == 0 && bad_w == 0);
-    CHECK(too_old == AC_TOO_OLD_REJECT ? windowed == 0 : windowed > 50);
+    CHECK(ac_server_stats(s).rejected == 0);
     ac_server_free(s);
+    return old;
 }
 
 TEST(sigma_matches_brute_force)
 {
-    sigma_against_brute_force(16, AC_TOO_OLD_REJECT);
-    sigma_against_brute_force(64, AC_TOO_OLD_REJECT);
-    sigma_against_brute_force(5, AC_TOO_OLD_WINDOW);
-    sigma_against_brute_force(64, AC_TOO_OLD_WINDOW);
+    ac_server_config sc = ac_server_config_init();
+    sc.alpha = 0.5f;
+    CHECK(sigma_against_brute_force(&sc, 16, 1100) == 0);
+    sc.max_staleness = 64;
+    CHECK(sigma_against_brute_force(&sc, 64, 1100) == 0);
+}
+
+/* Issue 10: the default server counts sigma exactly at every staleness that
+   occurs (W = 100 gives tau ~ 100-300), growing its history, and refuses
+   nothing; before, tau > 64 was refused or counted over 64 updates only. */
+TEST(sigma_exact_at_any_staleness)
+{
+    ac_server_config sc = ac_server_config_init();
+    sc.alpha = 0.5f;
+    CHECK(sigma_against_brute_force(&sc, 300, 1150) > 200);
+    CHECK(sigma_against_brute_force(&sc, 1000, 1150) > 200);
+}
+
+/* The history grows to twice the largest tau, by doubling, and stays
+   within the cap; a push the cap cannot count is an error that says so,
+   and it changes nothing. */
+TEST(history_grows_within_its_cap)
+{
+    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
+    ac_layout layout = {3, sv_sizes};
+    ac_server_config sc = ac_server_config_init();
+    ac_server *s;
+    ac_update u;
+    float w[SV_TOTAL], before[SV_TOTAL];
+    uint32_t one[] = {5}, all[SV_TOTAL], i, sigma;
+    long allocs;
+    for (i = 0; i < SV_TOTAL; i++) all[i] = i;
+    sc.history_bytes = SV_TOTAL * 8 * (1 + 4);   /* 4 words: tau <= 256 */
+    memset(w, 0, sizeof w);
+    CHECK_OK(ac_server_init(&s, &layout, w, &sc));
+    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    CHECK(ac_server_stats(s).history_bytes == SV_TOTAL * 16);
+    allocs = t_allocs;
+    for (i = 0; i < 300; i++) {      /* tau = i: every push touches everything */
+        set_update(&u, all, SV_TOTAL, 0);
+        if (i <= 256) CHECK_OK(ac_server_apply(s, &u));
+        else break;
+    }
+    /* 1 -> 2 -> 4 words: two reallocations, then the cap */
+    CHECK(t_allocs - allocs == 2);
+    CHECK(ac_server_stats(s).history_bytes == SV_TOTAL * 8 * 5);
+    CHECK(ac_server_stats(s).tau_max == 256);
+    set_update(&u, one, 1, 0), u.value[0] = 1.0f;   /* tau = 257 */
+    memcpy(before, w, sizeof w);
+    CHECK(ac_server_apply(s, &u) == AC_ERR_HISTORY);
+    CHECK(strstr(ac_last_error(), "history_bytes") != NULL);
+    CHECK(memcmp(before, w, sizeof w) == 0 && ac_server_clock(s) == 257);
+    set_update(&u, one, 1, 1);                      /* tau = 256: exact */
+    CHECK_OK(ac_server_sigma(s, &u, &sigma));
+    CHECK(sigma == 256);
+    ac_server_free(s);
+
+    /* reserve: sized up front, applies never allocate */
+    sc = ac_server_config_init();
+    CHECK_OK(ac_server_init(&s, &layout, w, &sc));
+    CHECK_OK(ac_server_reserve(s, 300));
+    allocs = t_allocs;
+    for (i = 0; i < 320; i++) {
+        set_update(&u, all, SV_TOTAL, i > 300 ? i - 300 : 0);
+        CHECK_OK(ac_server_apply(s, &u));
+    }
+    CHECK(t_allocs == allocs);
+    sc.history_bytes = SV_TOTAL * 16;
+    ac_server_free(s);
+    CHECK_OK(ac_server_init(&s, &layout, w, &sc));
+    CHECK(ac_server_reserve(s, 65) == AC_ERR_HISTORY);
+    ac_server_free(s);
+}
+
+/* A push whose tau more than doubles every tau before may need updates the
+   history has already forgotten: refused, never undercounted. */
+TEST(history_never_undercounts)
+{
+    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
+    ac_layout layout = {3, sv_sizes};
+    ac_server_config sc = ac_server_config_init();
+    ac_server *s;
+    ac_update u;
+    float w[SV_TOTAL];
+    uint32_t one[] = {5}, sigma;
+    uint64_t i;
+    memset(w, 0, sizeof w);
+    CHECK_OK(ac_server_init(&s, &layout, w, &sc));
+    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    for (i = 0; i < 200; i++) {     /* fresh pushes of index 5: tau = 0 */
+        set_update(&u, one, 1, i);
+        CHECK_OK(ac_server_apply(s, &u));
+    }
+    set_update(&u, one, 1, 0);      /* tau = 200: label 1..136 were forgotten */
+    CHECK(ac_server_sigma(s, &u, &sigma) == AC_ERR_HISTORY);
+    set_update(&u, one, 1, 190);    /* still counted exactly */
+    CHECK_OK(ac_server_sigma(s, &u, &sigma));
+    CHECK(sigma == 10);
+    ac_server_free(s);
 }
 
 /* Applies `steps` updates, each touching every parameter with value 1. */
@@ -933,13 +1093,13 @@ static void touch_all(ac_server *s, ac_update *u, int steps)
     }
 }
 
-static ac_server *make_server(float *w, ac_staleness st, uint32_t H, ac_too_old too_old)
+static ac_server *make_server(float *w, ac_staleness st, uint64_t max_staleness)
 {
     ac_layout layout = {3, sv_sizes};
     ac_server_config sc;
     ac_server *s = NULL;
-    memset(&sc, 0, sizeof sc);
-    sc.alpha = 0.25f, sc.staleness = st, sc.history = H, sc.too_old = too_old;
+    sc = ac_server_config_init();
+    sc.alpha = 0.25f, sc.staleness = st, sc.max_staleness = max_staleness;
     memset(w, 0, SV_TOTAL * sizeof(float));
     CHECK_OK(ac_server_init(&s, &layout, w, &sc));
     return s;
@@ -956,7 +1116,7 @@ TEST(modulation_modes)
     CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
 
     /* sigma: tau = 0 gives scale 1, however often 3 was touched before */
-    s = make_server(w, AC_STALENESS_SIGMA, 0, AC_TOO_OLD_REJECT);
+    s = make_server(w, AC_STALENESS_SIGMA, 0);
     touch_all(s, &u, 10);
     set_update(&u, one, 1, 10), u.value[0] = 2.0f, w[3] = 1.0f;
     CHECK_OK(ac_server_apply(s, &u));
@@ -968,7 +1128,7 @@ TEST(modulation_modes)
     ac_server_free(s);
 
     /* staleness-aware: alpha / tau, with max(1, tau) */
-    s = make_server(w, AC_STALENESS_TAU, 0, AC_TOO_OLD_REJECT);
+    s = make_server(w, AC_STALENESS_TAU, 0);
     touch_all(s, &u, 6);
     set_update(&u, one, 1, 3), u.value[0] = 1.0f, w[3] = 0.0f;
     CHECK_OK(ac_server_apply(s, &u));
@@ -979,7 +1139,7 @@ TEST(modulation_modes)
     ac_server_free(s);
 
     /* constant: alpha whatever the staleness */
-    s = make_server(w, AC_STALENESS_CONSTANT, 0, AC_TOO_OLD_REJECT);
+    s = make_server(w, AC_STALENESS_CONSTANT, 0);
     touch_all(s, &u, 20);
     set_update(&u, one, 1, 1), u.value[0] = 1.0f, w[3] = 0.0f;
     CHECK_OK(ac_server_apply(s, &u));
@@ -999,14 +1159,14 @@ TEST(too_old_and_future_updates)
     ac_stats st;
     CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
 
-    s = make_server(w, AC_STALENESS_SIGMA, 4, AC_TOO_OLD_REJECT);
+    s = make_server(w, AC_STALENESS_SIGMA, 4);
     touch_all(s, &u, 10);
-    set_update(&u, one, 1, 5), w[60] = 7.0f; /* tau = 5 > H = 4 */
+    set_update(&u, one, 1, 5), w[60] = 7.0f; /* tau = 5 > max_staleness = 4 */
     CHECK(ac_server_apply(s, &u) == AC_ERR_STALE);
     CHECK(w[60] == 7.0f && ac_server_clock(s) == 10);
     set_update(&u, one, 1, 11);
     CHECK(ac_server_apply(s, &u) == AC_ERR_CLOCK);
-    set_update(&u, one, 1, 6), u.value[0] = 1.0f; /* tau = 4 = H */
+    set_update(&u, one, 1, 6), u.value[0] = 1.0f; /* tau = 4 */
     CHECK_OK(ac_server_sigma(s, &u, sigma));
     CHECK(sigma[0] == 4);
     CHECK_OK(ac_server_apply(s, &u));
@@ -1015,14 +1175,37 @@ TEST(too_old_and_future_updates)
     CHECK(st.rejected == 2 && st.packets == 11);
     ac_server_free(s);
 
-    /* window: tau = 9, but only the last H = 4 updates are counted */
-    s = make_server(w, AC_STALENESS_SIGMA, 4, AC_TOO_OLD_WINDOW);
+    /* the same bound holds in every modulation mode */
+    s = make_server(w, AC_STALENESS_CONSTANT, 4);
     touch_all(s, &u, 10);
-    set_update(&u, one, 1, 1), u.value[0] = 1.0f, w[60] = 1.0f;
-    CHECK_OK(ac_server_sigma(s, &u, sigma));
-    CHECK(sigma[0] == 4);
+    set_update(&u, one, 1, 5);
+    CHECK(ac_server_apply(s, &u) == AC_ERR_STALE);
+    ac_server_free(s);
+}
+
+/* Issue 11: plain ASGD (constant alpha) and staleness-aware ASGD apply every
+   push by default, however stale: no bound unless max_staleness sets one. */
+TEST(plain_asgd_applies_every_push)
+{
+    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
+    ac_layout layout = {3, sv_sizes};
+    ac_update u;
+    float w[SV_TOTAL];
+    uint32_t one[] = {60};
+    ac_server *s;
+    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    s = make_server(w, AC_STALENESS_CONSTANT, 0);
+    touch_all(s, &u, 500);
+    set_update(&u, one, 1, 0), u.value[0] = 1.0f, w[60] = 0.0f;  /* tau = 500 */
     CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[60] == 1.0f - 0.25f / 4.0f);
+    CHECK(w[60] == -0.25f);
+    ac_server_free(s);
+    s = make_server(w, AC_STALENESS_TAU, 0);
+    touch_all(s, &u, 500);
+    set_update(&u, one, 1, 0), u.value[0] = 1.0f, w[60] = 0.0f;
+    CHECK_OK(ac_server_apply(s, &u));
+    CHECK(w[60] == -(0.25f / 500.0f));
+    CHECK(ac_server_stats(s).rejected == 0);
     ac_server_free(s);
 }
 
@@ -1034,7 +1217,7 @@ TEST(server_refuses_bad_updates_and_counts_bytes)
     ac_layout layout = {3, sv_sizes}, wrong = {3, other};
     ac_update u;
     float w[SV_TOTAL], before[SV_TOTAL];
-    ac_server *s = make_server(w, AC_STALENESS_SIGMA, 0, AC_TOO_OLD_REJECT);
+    ac_server *s = make_server(w, AC_STALENESS_SIGMA, 0);
     ac_stats st;
     size_t len;
     uint64_t t_pull;
@@ -1068,6 +1251,32 @@ TEST(server_refuses_bad_updates_and_counts_bytes)
     ac_server_free(s);
 }
 
+/* Issue 2: an update handed to the server in memory (not through the
+   decoder) is checked for NaN/Inf before anything changes. */
+TEST(apply_refuses_non_finite_values)
+{
+    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
+    ac_layout layout = {3, sv_sizes};
+    ac_update u;
+    uint32_t idx[] = {1, 2, 80}, st, sigma[3];
+    float w[SV_TOTAL], before[SV_TOTAL];
+    for (st = AC_STALENESS_SIGMA; st <= AC_STALENESS_CONSTANT; st++) {
+        ac_server *s = make_server(w, (ac_staleness)st, 0);
+        CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+        set_update(&u, idx, 3, 0);
+        u.value[2] = st == AC_STALENESS_TAU ? -INFINITY : NAN;
+        memcpy(before, w, sizeof w);
+        CHECK(ac_server_apply(s, &u) == AC_ERR_VALUE);
+        CHECK(strstr(ac_last_error(), "value 2") != NULL);
+        if (st == AC_STALENESS_SIGMA) CHECK(ac_server_sigma(s, &u, sigma) == AC_ERR_VALUE);
+        CHECK(memcmp(before, w, sizeof w) == 0 && ac_server_clock(s) == 0);
+        CHECK(ac_server_stats(s).rejected == 1);
+        u.value[2] = 1.0f;
+        CHECK_OK(ac_server_apply(s, &u));
+        ac_server_free(s);
+    }
+}
+
 /* ---- memory ---- */
 
 /* By design every buffer is sized at init; this proves the steps keep to
@@ -1083,15 +1292,15 @@ TEST(no_allocation_after_init)
     ac_server_config sc;
     long before;
     int m, step;
-    memset(&sc, 0, sizeof sc);
-    sc.too_old = AC_TOO_OLD_WINDOW;
+    sc = ac_server_config_init();
     for (m = 0; m < 5; m++) {
         ac_compressor_config cfg;
-        memset(&cfg, 0, sizeof cfg);
+        cfg = ac_compressor_config_init();
         cfg.mode = (ac_mode)(m + 1), cfg.residue = 1, cfg.threshold = 2.5f;
         CHECK_OK(ac_compressor_init(&comp[m], &layout, &cfg));
     }
     CHECK_OK(ac_server_init(&s, &layout, w, &sc));
+    CHECK_OK(ac_server_reserve(s, 100)); /* the pushes below reach tau = 50 */
     before = t_allocs;
     CHECK(before >= 5 * 4);
     for (step = 0; step < 20; step++) {
@@ -1124,6 +1333,8 @@ int main(void)
     RUN(hardy_residue_extension);
     RUN(ibm_matches_naive_rule);
     RUN(ibm_zero_gradient_sends_nothing);
+    RUN(ibm_zero_accumulated_sends_nothing);
+    RUN(zero_is_a_value);
     RUN(compress_rejects_non_finite);
     RUN(config_validation);
     RUN(half_round_trip_exhaustive);
@@ -1136,9 +1347,14 @@ int main(void)
     RUN(decode_truncated_at_every_byte);
     RUN(decode_oversized_counts);
     RUN(sigma_matches_brute_force);
+    RUN(sigma_exact_at_any_staleness);
+    RUN(history_grows_within_its_cap);
+    RUN(history_never_undercounts);
+    RUN(plain_asgd_applies_every_push);
     RUN(modulation_modes);
     RUN(too_old_and_future_updates);
     RUN(server_refuses_bad_updates_and_counts_bytes);
+    RUN(apply_refuses_non_finite_values);
     RUN(no_allocation_after_init);
     return th_done();
 }

@@ -292,7 +292,6 @@ TEST(run_equals_direct_loop)
         uint64_t direct_bytes = 0, comp_bytes = 0;
         cfg.drop_prob = 0.1;   /* drop-outs and rejoins are part of the schedule */
         cfg.down_time = 3.0;
-        cfg.history = 4;       /* tau ~ 5 > H: sigma counted over a window */
         CHECK_OK(dg_partition_iid(&part, g_train.n, cfg.n_workers, 3));
         direct_loop(&cfg, &part, 80, b, &direct_bytes);
         dg_partition_free(&part);
@@ -389,10 +388,9 @@ TEST(dropouts_do_not_hang)
     dg_asgd_run_free(run);
     dg_partition_free(&part);
     dg_pool_destroy(pool);
-    /* tau > H refused: the push is counted stale and the worker pulls again */
+    /* tau > max_staleness refused: counted stale, the worker pulls again */
     cfg = small_config(8, DG_ASGD_MODE_HARDY);
-    cfg.history = 3;
-    cfg.reject_too_old = 1;
+    cfg.max_staleness = 3;
     cfg.jitter = 0.0;   /* tau = 7 > 3 for every push after the first round */
     CHECK_OK(dg_pool_create(&pool, 1));
     CHECK_OK(dg_partition_iid(&part, g_train.n, cfg.n_workers, 3));
@@ -405,6 +403,130 @@ TEST(dropouts_do_not_hang)
     dg_partition_free(&part);
     dg_pool_destroy(pool);
     free(p);
+}
+
+/* ---- the PS refuses what it cannot apply ---- */
+
+/* One PUSH from worker 1 carrying `packet` and the loss, handled by s; the
+   MODEL that answers it is taken back. */
+static void push_one(dg_asgd_server *s, dg_transport *t, const void *packet, size_t len,
+                     uint64_t t_pull, float loss)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    dg_msg *m;
+    CHECK_OK(dg_msg_create(t, DG_MSG_ASGD_PUSH, 1, DG_PEER_SERVER, (int64_t)t_pull, 1, &kind,
+                           &len, &m));
+    memcpy(m->part[0].data, packet, len);
+    m->stat[0] = loss;
+    CHECK_OK(dg_asgd_server_handle(s, m));
+    CHECK_OK(dg_transport_recv(t, 1, 0, &m));
+    CHECK(m->type == DG_MSG_ASGD_MODEL);
+    dg_msg_free(t, m);
+}
+
+static void count_results(void *user, int worker, uint64_t t_pull, uint64_t clock,
+                          const void *packet, size_t len, int result)
+{
+    int *n = (int *)user;
+    (void)worker, (void)t_pull, (void)clock, (void)packet, (void)len;
+    n[result == AC_OK ? 0 : 1]++;
+}
+
+/* Issue 2: a push whose values or loss are NaN/Inf is refused before it
+   touches w or the PS's statistics, counted, traced, and the run goes on. */
+TEST(server_refuses_non_finite_pushes)
+{
+    uint32_t sizes[] = {40, 8};
+    ac_layout layout = {2, sizes};
+    dg_asgd_config cfg = small_config(2, DG_ASGD_MODE_DENSE);
+    ac_compressor_config cc;
+    ac_server_config sc;
+    ac_compressor *comp;
+    dg_transport *t;
+    dg_asgd_server *s;
+    float w0[48], g[48];
+    unsigned char pkt[512];
+    size_t len;
+    int i, results[2] = {0, 0};
+    const dg_asgd_stats *st;
+    for (i = 0; i < 48; i++) w0[i] = 0.01f * (float)i, g[i] = 1.0f;
+    CHECK_OK(dg_inproc_create(&t, 3, 16, 0));
+    CHECK_OK(dg_asgd_server_create(&s, &cfg, t, &layout, w0));
+    dg_asgd_server_set_trace(s, count_results, results);
+    dg_asgd_ac_configs(&cfg, &cc, &sc);
+    CHECK(ac_compressor_init(&comp, &layout, &cc) == AC_OK);
+    CHECK(ac_compress(comp, g, 0, pkt, sizeof pkt, &len) == AC_OK);
+    push_one(s, t, pkt, len, 0, NAN);                 /* a finite gradient, a NaN loss */
+    memcpy(pkt + len - 4, "\x00\x00\x80\x7f", 4);   /* the last value becomes +Inf */
+    push_one(s, t, pkt, len, 0, 0.5f);
+    st = dg_asgd_server_stats(s);
+    CHECK(st->invalid == 2 && st->applied == 0 && st->pushes == 2 && results[1] == 2);
+    CHECK(memcmp(dg_asgd_server_params(s), w0, sizeof w0) == 0);
+    CHECK(st->loss == 0.0);
+    CHECK(ac_compress(comp, g, 0, pkt, sizeof pkt, &len) == AC_OK);
+    push_one(s, t, pkt, len, 0, 0.5f);                /* the run goes on */
+    CHECK(st->applied == 1 && st->loss == 0.5 && results[0] == 1);
+    CHECK(dg_asgd_server_params(s)[0] == w0[0] - 0.1f);
+    ac_compressor_free(comp);
+    dg_asgd_server_free(s);
+    dg_transport_close(t);
+}
+
+/* Issue 10: the PS a default configuration stands for counts sigma exactly
+   at the staleness of W = 100 workers (tau ~ 100-300) and refuses nothing. */
+TEST(default_sigma_exact_at_w100)
+{
+    uint32_t sizes[] = {10};
+    ac_layout layout = {1, sizes};
+    dg_asgd_config cfg = dg_asgd_config_init();
+    ac_compressor_config cc;
+    ac_server_config sc;
+    ac_server *ps;
+    static uint32_t mem[2 + 2 * 10];
+    ac_update u;
+    float w[10];
+    int k;
+    cfg.n_workers = 100;
+    dg_asgd_ac_configs(&cfg, &cc, &sc);
+    CHECK(sc.staleness == AC_STALENESS_SIGMA && sc.max_staleness == 0);
+    memset(w, 0, sizeof w);
+    CHECK(ac_server_init(&ps, &layout, w, &sc) == AC_OK);
+    CHECK(ac_update_init(&u, &layout, 10, mem, sizeof mem) == AC_OK);
+    u.nnz = 1, u.count[0] = 1, u.index[0] = 3, u.value[0] = 1.0f;
+    for (k = 0; k < 300; k++) {   /* index 3 touched by updates 1..300, tau = k */
+        u.t_pull = 0;
+        CHECK(ac_server_apply(ps, &u) == AC_OK);
+    }
+    w[3] = 0.0f;
+    CHECK(ac_server_apply(ps, &u) == AC_OK);   /* tau = 300, sigma = 300 */
+    CHECK(w[3] == -(0.1f * 1.0f / 300.0f));
+    CHECK(ac_server_stats(ps).rejected == 0);
+    ac_server_free(ps);
+}
+
+/* Issue 13: zero is a value (c = 0 sends one entry per tensor, alpha = 0
+   learns nothing), and what has no meaning is refused, never replaced by
+   a default behind the caller's back. */
+TEST(config_zero_is_a_value)
+{
+    dg_asgd_config cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    ac_compressor_config cc;
+    ac_server_config sc;
+    dg_asgd_sched *s = NULL;
+    cfg.rate = 0.0, cfg.alpha = 0.0f;
+    CHECK_OK(dg_asgd_sched_create(&s, &cfg));
+    dg_asgd_sched_free(s);
+    dg_asgd_ac_configs(&cfg, &cc, &sc);
+    CHECK(cc.rate == 0.0 && sc.alpha == 0.0f);
+    cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    cfg.hidden = 0;
+    CHECK(dg_asgd_sched_create(&s, &cfg) == DG_ERR_ARG);
+    cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    cfg.bin_size = 0;
+    CHECK(dg_asgd_sched_create(&s, &cfg) == DG_ERR_ARG);
+    cfg = small_config(2, DG_ASGD_MODE_HARDY);
+    cfg.modulation = (dg_asgd_modulation)7;
+    CHECK(dg_asgd_sched_create(&s, &cfg) == DG_ERR_ARG);
 }
 
 /* ---- the roles running free on threads, in arrival order ---- */
@@ -489,6 +611,9 @@ int main(void)
     RUN(threads_give_identical_bits);
     RUN(small_problem_learns);
     RUN(dropouts_do_not_hang);
+    RUN(server_refuses_non_finite_pushes);
+    RUN(default_sigma_exact_at_w100);
+    RUN(config_zero_is_a_value);
     RUN(roles_run_free_on_threads);
     dg_dataset_free(&g_train);
     dg_dataset_free(&g_test);
