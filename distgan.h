@@ -517,8 +517,9 @@ DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fra
                           the test split
    test may be NULL: train then gets every image of the source (no split;
    separate test files are not read).  Unlabelled data has an empty test
-   set.  A malformed spec or a failed load is an error whose message names
-   the spec; on failure both datasets are empty. */
+   set.  A malformed spec is DG_ERR_ARG, a failed load the loader's code;
+   the message starts with the spec in quotes.  On failure both datasets
+   are empty. */
 DGDEF dg_result dg_dataset_open(const char *spec, uint64_t seed, dg_dataset *train, dg_dataset *test);
 
 /* Gamma(shape, 1) (Marsaglia-Tsang; shape < 1 via the U^(1/shape) boost),
@@ -967,7 +968,8 @@ typedef struct dg_csv {
 /* Opens path for writing (append != 0: appends and writes the header only
    to an empty file); header is the comma-separated column names. */
 DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, int append);
-/* One row of n values (%.6g; NaN is written as an empty field), flushed. */
+/* One row of n values (integers below 1e15 exactly, others %.6g; NaN is
+   written as an empty field), flushed. */
 DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n);
 DGDEF void dg_csv_close(dg_csv *csv);
 
@@ -6709,7 +6711,7 @@ DGDEF dg_result dg_dataset_open(const char *spec, uint64_t seed, dg_dataset *tra
     dg_dataset_free(train);
     if (test) dg_dataset_free(test);
     snprintf(msg, sizeof msg, "%s", dg__errmsg);
-    return dg__fail(r, "dataset '%.100s': %s", spec, msg);
+    return dg__fail(r, "'%.100s': %s", spec, msg);
 }
 
 /* ---- PNG grids ---- */
@@ -8529,7 +8531,10 @@ DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n)
     f = (FILE *)csv->file;
     for (i = 0; i < n; i++) {
         if (i) fputc(',', f);
-        if (values[i] == values[i]) fprintf(f, "%.6g", values[i]);
+        /* integers (iterations, byte counts) exactly, the rest to 6 digits */
+        if (values[i] == values[i])
+            fprintf(f, fabs(values[i]) < 1e15 && values[i] == floor(values[i]) ? "%.0f" : "%.6g",
+                    values[i]);
     }
     fputc('\n', f);
     if (fflush(f) != 0 || ferror(f)) return dg__fail(DG_ERR_IO, "dg_csv_row: write failed");
