@@ -90,8 +90,9 @@ static void usage(FILE *f)
 /* "n@t,n@t" (with_worker) or "t,t": faults, strictly */
 static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, int with_worker)
 {
+    const char *list = s;
     char item[64];
-    while (*s) {
+    for (;; s += strcspn(s, ",") + 1) {
         size_t len = strcspn(s, ",");
         const char *at;
         long long w = 0, t;
@@ -101,7 +102,7 @@ static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, in
         if (*n == MAX_FAULTS || len >= sizeof item || !with_worker != !at ||
             (with_worker && dg_parse_int(item, 1, 100000, &w)) ||
             dg_parse_int(with_worker ? at + 1 : item, 0, 1000000000, &t)) {
-            fprintf(stderr, "distgan: %s: '%s' is not %s (at most %d)\n", name, s,
+            fprintf(stderr, "distgan: %s: '%s' is not %s (at most %d)\n", name, list,
                     with_worker ? "n@t[,n@t...] (worker n >= 1, iteration t >= 0)"
                                 : "t[,t...] (iteration t >= 0)", MAX_FAULTS);
             return 1;
@@ -109,9 +110,8 @@ static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, in
         f[*n].worker = (int)w;
         f[*n].iteration = t;
         (*n)++;
-        s += len + (s[len] == ',');
+        if (!s[len]) return 0;
     }
-    return 0;
 }
 
 static int parse(options *o, int argc, char **argv)
@@ -192,8 +192,8 @@ static int parse(options *o, int argc, char **argv)
         return 1;
     for (i = 0; i < o->n_crash; i++)
         if (o->crash[i].worker > o->workers + o->n_join) {
-            fprintf(stderr, "distgan: --crash names worker %d of %d\n", o->crash[i].worker,
-                    o->workers + o->n_join);
+            fprintf(stderr, "distgan: --crash: '%s' names worker %d of %d\n", o->crash_str,
+                    o->crash[i].worker, o->workers + o->n_join);
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
