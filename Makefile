@@ -97,6 +97,8 @@ experiment: deps data $(B)/distgan
 # ---- tests ----
 # test_tcp starts real server and worker processes of build/distgan_tcp
 $(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
+# test_cli runs every program with bad options
+$(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/plot
 
 test: deps
 	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%)
