@@ -53,7 +53,8 @@
    detailed message for the last failure.
 
    Table of contents (the same names mark the sections below)
-      dg_config    version, result codes, allocation, CRC-32
+      dg_config    version, result codes, allocation, CRC-32, strict parsing of
+                   numbers and command-line options
       dg_rng       seeded, splittable random numbers
       dg_pool      persistent thread pool, dg_parallel_for
       dg_tensor    float32 NCHW shapes
@@ -62,7 +63,7 @@
       dg_net       layers and sequential nets, save/load
       dg_optim     losses, SGD with momentum, Adam, checkpoints
       dg_data      datasets (IDX, CIFAR-10, image folders, MNIST JSON, procedural),
-                   partitions over workers, batching, PNG grids
+                   dataset specs, partitions over workers, batching, PNG grids
       dg_plot      line plots (axes, log x, legend) written as PNG
       dg_metrics   eigendecomposition, feature statistics, FID, classifier score
       dg_gan       GAN networks (reference DCGAN, the MD-GAN paper's MLP), the
@@ -147,8 +148,8 @@ DGDEF dg_result dg_parse_float(const char *s, double lo, double hi, double *out)
 
 /* A table of command-line options for dg_options_parse.  value points to
    the variable the option sets, of the type the kind names; numbers are
-   checked against [lo, hi] (integers: lo and hi must be exact in a
-   double).  DG_OPT_FLAG sets an int to 1 and takes no value; DG_OPT_CHOICE
+   checked against [lo, hi] (integers: lo and hi exact in a double, and
+   within int for DG_OPT_INT).  DG_OPT_FLAG sets an int to 1 and takes no value; DG_OPT_CHOICE
    stores the index of the value in choices ("gan|mdgan|flgan"). */
 typedef enum dg_option_kind {
     DG_OPT_FLAG,     /* int = 1 */
@@ -411,7 +412,9 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
    the caller's buffers without allocating.  dg_write_png_grid saves samples
    in [-1, 1] as one PNG.  Everything random is derived from a seed through
    dg_rng_make, so a partition or a batch sequence is the same on every run
-   and every transport. */
+   and every transport.  dg_dataset_open reads a one-line dataset spec
+   ("fashion", "mnist:DIR", "shapes:N", "idx:DIR", ...), so every program
+   names its data the same way. */
 
 /* Upper bound on the pixel bytes (N*C*H*W) a loader accepts and on the size
    of a file it reads whole; define it before the implementation to change
