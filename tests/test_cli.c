@@ -77,6 +77,7 @@ static int refused(const char *prog, const char *const *prefix, const char *opt,
     argv[n++] = (char *)value;
     argv[n] = NULL;
     snprintf(quoted, sizeof quoted, "'%s'", value);
+    line[0] = 0;
     st = run(prog, argv);
     ok = st == 2 && one_line_with(opt, quoted, line, sizeof line);
     if (!ok) printf("  %s %s '%s': status %d, stderr: %s\n", prog, opt, value, st, line);
