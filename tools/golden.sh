@@ -27,7 +27,7 @@ run_gan_distgan() { $B/distgan --algo gan --arch dcgan --dataset shapes --batch 
                         --no-eval --threads 2 --seed 3 --out "$1"; }
 run_gan() { $B/gan --dataset shapes --arch mlp --batch 16 --iters 20 --eval-every 0 --eval-samples 100 \
                 --clf-epochs 0 --classifier "$1/classifier.bin" --threads 2 --seed 3 --out "$1"; }
-run_asgd() { $B/asgd --dataset shapes --workers 4 --arch mlp --hidden 32 --updates 60 --eval-every 30 \
+run_asgd() { $B/asgd --dataset shapes:8000 --workers 4 --arch mlp --hidden 32 --updates 60 --eval-every 30 \
                  --mode hardy --threads 2 --seed 3; }
 # server and 2 workers on loopback port $2
 run_tcp() {

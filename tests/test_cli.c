@@ -1,0 +1,230 @@
+/* tests/test_cli.c: the command lines of the programs in examples/ and
+ * tools/.  Every numeric option of every program (and the numbers inside
+ * dataset specs and lists) is given malformed and out-of-range values; the
+ * program must exit with status 2 and write exactly one line to stderr that
+ * names the option and quotes the value, before doing any work.
+ *
+ * Runs the binaries of build/ from the repository root (the Makefile
+ * builds them first); set DG_CLI_BIN to test the binaries of another
+ * folder.  A program that does not refuse within 3 s is killed. */
+#define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "harness.h"
+
+extern char **environ;
+
+static char errfile[256];
+static const char *bindir = "build";
+
+/* runs bin with argv (NULL-terminated); returns the exit status (-1 when it
+   did not exit normally) and leaves its stderr in errfile */
+static int run(const char *bin, char **argv)
+{
+    posix_spawn_file_actions_t fa;
+    char path[512];
+    pid_t pid;
+    int st, waited;
+    snprintf(path, sizeof path, "%s/%s", bindir, bin);
+    argv[0] = path;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, errfile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    st = posix_spawn(&pid, path, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (st != 0) {
+        printf("  cannot run %s\n", path);
+        return -1;
+    }
+    /* a refusal is immediate: a program still running after 3 s took
+       the bad value and started working */
+    for (waited = 0; waitpid(pid, &st, WNOHANG) == 0; waited++) {
+        struct timespec ts = {0, 10000000};
+        if (waited == 300) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            printf("  %s still running after 3 s: killed\n", path);
+            return -1;
+        }
+        nanosleep(&ts, NULL);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* stderr is one line holding every needle */
+static int one_line_with(const char *a, const char *b, char *line, size_t cap)
+{
+    FILE *f = fopen(errfile, "r");
+    size_t n = f ? fread(line, 1, cap - 1, f) : 0;
+    if (f) fclose(f);
+    line[n] = 0;
+    return n > 0 && line[n - 1] == '\n' && strchr(line, '\n') == line + n - 1 && strstr(line, a) &&
+           strstr(line, b);
+}
+
+/* prog [prefix...] option value: status 2 and one line naming both */
+static int refused(const char *prog, const char *const *prefix, const char *opt, const char *value)
+{
+    char *argv[16], line[1024], quoted[128];
+    int n = 1, st, ok;
+    while (prefix && *prefix) argv[n++] = (char *)*prefix++;
+    argv[n++] = (char *)opt;
+    argv[n++] = (char *)value;
+    argv[n] = NULL;
+    snprintf(quoted, sizeof quoted, "'%s'", value);
+    line[0] = 0;
+    st = run(prog, argv);
+    ok = st == 2 && one_line_with(opt, quoted, line, sizeof line);
+    if (!ok) printf("  %s %s '%s': status %d, stderr: %s\n", prog, opt, value, st, line);
+    return ok;
+}
+
+typedef struct numopt {
+    const char *name;
+    const char *out_of_range;   /* a well-formed number the option refuses */
+    int is_float;
+} numopt;
+
+/* every malformed form, then the out-of-range value; returns the failures */
+static int check_options(const char *prog, const char *const *prefix, const numopt *opts, int n)
+{
+    static const char *const malformed[] = {"abc", "", " 1", "1 ", "5x", "99999999999999999999999"};
+    static const char *const not_int[] = {"1.5", "1e3"}, *const not_float[] = {"nan", "inf"};
+    int i, k, failed = 0;
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < (int)(sizeof malformed / sizeof malformed[0]); k++)
+            failed += !refused(prog, prefix, opts[i].name, malformed[k]);
+        for (k = 0; k < 2; k++)
+            failed += !refused(prog, prefix, opts[i].name, opts[i].is_float ? not_float[k] : not_int[k]);
+        if (opts[i].out_of_range) failed += !refused(prog, prefix, opts[i].name, opts[i].out_of_range);
+    }
+    return failed;
+}
+
+#define N(a) ((int)(sizeof a / sizeof a[0]))
+
+TEST(distgan_options)
+{
+    static const numopt o[] = {
+        {"--workers", "0", 0}, {"--batch", "-1", 0}, {"--k", "0", 0}, {"--L", "0", 0},
+        {"--E", "-1", 0}, {"--swap-every", "-1", 0}, {"--shards", "0", 0},
+        {"--dirichlet", "0", 1}, {"--lr", "-0.1", 1}, {"--iters", "-5", 0},
+        {"--eval-every", "-1", 0}, {"--eval-samples", "1", 0}, {"--clf-epochs", "-1", 0},
+        {"--seed", "-1", 0}, {"--threads", "-1", 0}, {"--crash", "0@5", 0}, {"--join", "-1", 0},
+    };
+    CHECK(check_options("distgan", NULL, o, N(o)) == 0);
+    CHECK(refused("distgan", NULL, "--iters", "0"));
+    CHECK(refused("distgan", NULL, "--k", "5")); /* more than the 4 workers */
+    CHECK(refused("distgan", NULL, "--crash", "3@"));
+    CHECK(refused("distgan", NULL, "--crash", "3@5,"));
+    CHECK(refused("distgan", NULL, "--crash", "9@5")); /* no worker 9 */
+    CHECK(refused("distgan", NULL, "--dataset", "shapes:0"));
+    CHECK(refused("distgan", NULL, "--dataset", "shapes:abc"));
+    CHECK(refused("distgan", NULL, "--algo", "sgd"));
+}
+
+TEST(gan_options)
+{
+    static const numopt o[] = {
+        {"--iters", "0", 0}, {"--batch", "0", 0}, {"--lr", "0", 1}, {"--d-steps", "0", 0},
+        {"--eval-every", "-1", 0}, {"--eval-samples", "1", 0}, {"--splits", "0", 0},
+        {"--clf-epochs", "-1", 0}, {"--seed", "-1", 0}, {"--threads", "-1", 0},
+    };
+    CHECK(check_options("gan", NULL, o, N(o)) == 0);
+    CHECK(refused("gan", NULL, "--eval-samples", "500,x"));
+    CHECK(refused("gan", NULL, "--eval-samples", "500,"));
+    CHECK(refused("gan", NULL, "--dataset", "shapes:-3"));
+    CHECK(refused("gan", NULL, "--dataset", "dir:x"));
+}
+
+TEST(asgd_options)
+{
+    static const numopt o[] = {
+        {"--workers", "0", 0}, {"--c", "2", 1}, {"--bin", "0", 0}, {"--hidden", "0", 0},
+        {"--updates", "-5", 0}, {"--batch", "0", 0}, {"--lr", "0", 1}, {"--history-mb", "0", 0},
+        {"--max-staleness", "-1", 0},
+        {"--slow", "1.5", 1}, {"--slow-factor", "0", 1}, {"--jitter", "-1", 1},
+        {"--drop", "2", 1}, {"--down", "1e10", 1}, {"--eval-every", "-1", 0},
+        {"--eval-limit", "-1", 0}, {"--seed", "-1", 0}, {"--threads", "-1", 0},
+    };
+    CHECK(check_options("asgd", NULL, o, N(o)) == 0);
+    CHECK(refused("asgd", NULL, "--dataset", "shapes:0"));
+    CHECK(refused("asgd", NULL, "--mode", "fast"));
+    CHECK(refused("asgd", NULL, "--modulation", "x"));
+}
+
+TEST(distgan_tcp_options)
+{
+    static const char *const server[] = {"server", "--listen", "127.0.0.1:0", "--workers", "2", NULL};
+    static const char *const worker[] = {"worker", "--connect", "127.0.0.1:1", "--workers", "3", NULL};
+    static const numopt o[] = {
+        {"--workers", "0", 0}, {"--batch", "0", 0}, {"--k", "0", 0}, {"--lr", "0", 1},
+        {"--disc-steps", "0", 0}, {"--epochs", "0", 0}, {"--swap-every", "-1", 0},
+        {"--threads", "-1", 0}, {"--checkpoint-every", "-1", 0}, {"--log-every", "-1", 0},
+        {"--dead-ms", "-1", 0}, {"--heartbeat-ms", "-1", 0}, {"--barrier-ms", "-1", 0},
+        {"--protocol-version", "65536", 0}, {"--iters", "-5", 0}, {"--seed", "-1", 0},
+        {"--max-message", "-1", 0},
+    };
+    static const numopt id[] = {{"--id", "4", 0}};
+    CHECK(check_options("distgan_tcp", server, o, N(o)) == 0);
+    CHECK(check_options("distgan_tcp", worker, id, N(id)) == 0);
+    CHECK(refused("distgan_tcp", worker, "--id", "0"));
+    CHECK(refused("distgan_tcp", server, "--data", "shapes:0"));
+    CHECK(refused("distgan_tcp", server, "--data", "shapes:abc"));
+    CHECK(refused("distgan_tcp", server, "--algo", "sgd"));
+}
+
+TEST(plot_options)
+{
+    static const char *const files[] = {"docs/adacomp-curves.csv", "--y", "accuracy", NULL};
+    static const numopt o[] = {{"--ymin", "-1e16", 1}, {"--ymax", "1e16", 1},
+                               {"--width", "10", 0}, {"--height", "100000", 0}};
+    CHECK(check_options("plot", files, o, N(o)) == 0);
+}
+
+/* unknown options and missing values: one line, status 2 */
+TEST(unknown_and_missing)
+{
+    static const char *const runs[][3] = {{"distgan", NULL, "--seed"}, {"gan", NULL, "--seed"},
+                                          {"asgd", NULL, "--seed"}, {"plot", NULL, "--width"},
+                                          {"distgan_tcp", "server", "--seed"}};
+    char *argv[5], line[1024];
+    int i, k;
+    for (i = 0; i < N(runs); i++) {
+        k = 1;
+        if (runs[i][1]) argv[k++] = (char *)runs[i][1];
+        argv[k] = "--no-such-option";
+        argv[k + 1] = NULL;
+        CHECK(run(runs[i][0], argv) == 2 &&
+              one_line_with("unknown option", "'--no-such-option'", line, sizeof line));
+        argv[k] = (char *)runs[i][2];
+        CHECK(run(runs[i][0], argv) == 2 && one_line_with(runs[i][2], "needs a value", line, sizeof line));
+    }
+}
+
+int main(void)
+{
+    const char *env = getenv("DG_CLI_BIN"), *base = getenv("TMPDIR");
+    int fd;
+    if (env) bindir = env;
+    snprintf(errfile, sizeof errfile, "%s/dg_test_cli_XXXXXX", base ? base : "/tmp");
+    fd = mkstemp(errfile);
+    if (fd < 0) {
+        printf("cannot create a temporary file\n");
+        return 1;
+    }
+    close(fd);
+    RUN(distgan_options);
+    RUN(gan_options);
+    RUN(asgd_options);
+    RUN(distgan_tcp_options);
+    RUN(plot_options);
+    RUN(unknown_and_missing);
+    unlink(errfile);
+    return th_done();
+}
