@@ -11161,6 +11161,8 @@ typedef struct dg__tcp {
     unsigned char *peers;     /* server: the PEERS payload that live workers are due */
     size_t peers_len;
     int run_over;             /* worker: the server said BYE with LAST */
+    int64_t full_logged;      /* when a refusal for capacity was last logged */
+    int full_quiet;           /* ... and how many since */
 } dg__tcp;
 
 static dg__tcp *dg__tcp_of(const dg_transport *t) { return (dg__tcp *)t->impl; }
@@ -11272,6 +11274,18 @@ static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t 
     return c;
 }
 
+/* A flood of connections over the limit is logged once a second at most. */
+static void dg__tcp_log_full(dg__tcp *t, const char *who, const char *reason)
+{
+    int64_t now = dg__tcp_ms();
+    t->full_quiet++;
+    if (now - t->full_logged < 1000) return;
+    dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s (%d such in the last %lld ms)",
+                 who, reason, t->full_quiet, (long long)(now - t->full_logged));
+    t->full_logged = now;
+    t->full_quiet = 0;
+}
+
 static void dg__tcp_refuse(dg__tcp *t, dg__tconn *c, uint32_t code, const char *reason)
 {
     unsigned char buf[8 + DG__REASON_MAX];
@@ -11279,8 +11293,9 @@ static void dg__tcp_refuse(dg__tcp *t, dg__tconn *c, uint32_t code, const char *
     uint64_t w = 0;
     dg__tcp_write_frame(c->fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n,
                         dg__tcp_ms() + 200, 0, &w);
-    /* a flood of evictions is logged every 100th time */
-    if (code != DG_TCP_REFUSE_FULL || t->refused_n % 100 == 0)
+    if (code == DG_TCP_REFUSE_FULL)
+        dg__tcp_log_full(t, c->name, reason);
+    else
         dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s", c->name, reason);
     t->refused_n++;
     dg__tcp_shut(c);
@@ -11602,11 +11617,13 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
             unsigned char buf[64];
             size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_FULL, full, buf, sizeof buf);
             uint64_t w = 0;
+            char who[24];
             dg__tcp_nonblock(fd);
             dg__tcp_write_frame(fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n, now, 0, &w);
             close(fd);
-            if (t->refused_n++ % 100 == 0)
-                dg__tcp_logf(&t->cfg, "tcp: refused a connection: %s", full);
+            dg__tcp_name(who, &sa);
+            dg__tcp_log_full(t, who, full);
+            t->refused_n++;
             continue;
         }
         c->fd = fd;
