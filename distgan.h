@@ -8097,7 +8097,7 @@ DGDEF size_t dg_msg_encoded_size(const dg_msg *m)
 }
 
 /* Places m's parts in its buffer (each on a 64-byte boundary), off[i]
-   their offsets; a part that starts beyond m->cap gets data NULL until the
+   their offsets; a part that starts past m->cap gets data NULL until the
    buffer grows (dg__msg_grow).  Returns the bytes all parts need. */
 static size_t dg__msg_layout(dg_msg *m, size_t *off)
 {
@@ -8106,7 +8106,7 @@ static size_t dg__msg_layout(dg_msg *m, size_t *off)
     for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
         o = need;
         if (off) off[i] = o;
-        m->part[i].data = i < m->n_parts && o < m->cap ? m->buf + o : NULL;
+        m->part[i].data = i < m->n_parts && o <= m->cap ? m->buf + o : NULL;
         if (i < m->n_parts) need += (dg__part_bytes(m->part[i].kind, m->part[i].count) + 63) & ~(size_t)63;
     }
     return need;

@@ -1258,7 +1258,7 @@ TEST(workers_end_with_the_run)
     worker_arg a;
     pthread_t th;
     int64_t bye;
-    char addr[32], wid[3][4];
+    char addr[32], wid[3][16];
     pid_t srv, wk[3];
     int i;
     memset(&a, 0, sizeof a);
@@ -1291,7 +1291,7 @@ TEST(workers_end_with_the_run)
 #define COMMON6 "--workers", "3", "--data", "shapes:300", "--batch", "8", "--swap-every", "4"
     srv = spawn("esrv", ARGS("server", "--listen", addr, "--iters", "30", COMMON6));
     for (i = 0; i < 3; i++) {
-        char name[8];
+        char name[16];
         snprintf(wid[i], sizeof wid[i], "%d", i + 1);
         snprintf(name, sizeof name, "ew%d", i + 1);
         wk[i] = spawn(name, ARGS("worker", "--connect", addr, "--id", wid[i], COMMON6));
