@@ -825,22 +825,24 @@ static int read_exact(int fd, void *p, size_t n, int ms)
     return 0;
 }
 
+/* One write (two would wait for Nagle and a delayed ACK). */
 static int send_frame(int fd, uint8_t type, uint32_t sender, const void *p, size_t n)
 {
-    unsigned char hdr[DG_TCP_HEADER_SIZE];
+    unsigned char b[DG_TCP_HEADER_SIZE + 128];
     dg_frame_header h = dg_frame_make(type, 0, sender, 0, p, n);
-    dg_frame_header_encode(&h, hdr);
-    return write(fd, hdr, sizeof hdr) == (ssize_t)sizeof hdr &&
-           (!n || write(fd, p, n) == (ssize_t)n) ? 0 : -1;
+    if (n > 128) return -1;
+    dg_frame_header_encode(&h, b);
+    if (n) memcpy(b + DG_TCP_HEADER_SIZE, p, n);
+    return write(fd, b, DG_TCP_HEADER_SIZE + n) == (ssize_t)(DG_TCP_HEADER_SIZE + n) ? 0 : -1;
 }
 
-/* A raw socket that completes the handshake as worker `id` (hash_a), or -1:
-   it can then send what no well-behaved worker would. */
-static int raw_worker(uint16_t port, int id, const char *secret)
+/* Completes the handshake on a raw connected socket as worker `id`
+   (hash_a): fd, or -1 (closed).  It can then send what no well-behaved
+   worker would. */
+static int raw_handshake(int fd, int id, const char *secret)
 {
     unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + 64], proof[32];
     dg_tcp_hello h;
-    int fd = raw_connect(port);
     if (fd < 0) return -1;
     memset(&h, 0, sizeof h);
     h.role = DG_TCP_ROLE_WORKER;
@@ -861,6 +863,11 @@ static int raw_worker(uint16_t port, int id, const char *secret)
 fail:
     close(fd);
     return -1;
+}
+
+static int raw_worker(uint16_t port, int id, const char *secret)
+{
+    return raw_handshake(raw_connect(port), id, secret);
 }
 
 /* The head of a FEEDBACK message of `bytes` payload from worker id: frame
@@ -1050,6 +1057,64 @@ TEST(malformed_frame_names_the_peer)
     dg_transport_close(w);
     dg_transport_close(s);
     pthread_mutex_destroy(&log.mu);
+}
+
+/* The role's send to a worker that does not read blocks (up to its
+   deadline), holding that connection; the I/O thread then waited for it to
+   write PEERS when another worker connected, and every connection went
+   unread meanwhile.  Now the I/O thread never waits for a peer. */
+static void *send_big(void *arg)
+{
+    dg_transport *s = (dg_transport *)arg;
+    dg_transport_send(s, make_msg(s, DG_MSG_GEN_BATCHES, 0, 2, (size_t)2 << 20, 6));
+    return NULL;
+}
+
+TEST(a_stalled_reader_stalls_nobody)
+{
+    dg_transport *s = NULL, *w = NULL;
+    struct sockaddr_in sa;
+    pinger p;
+    pthread_t th, big;
+    int stalled, small = 1, k, fd, rounds0, rounds1;
+    CHECK_OK(make_server(&s, 4, "sesame"));
+    if (!s) return;
+    CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (!w) { dg_transport_close(s); return; }
+    /* worker 2 with the smallest receive buffer, never reading */
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(dg_tcp_port(s));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    stalled = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(stalled, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    if (connect(stalled, (struct sockaddr *)&sa, sizeof sa) == 0)
+        stalled = raw_handshake(stalled, 2, "sesame");
+    else
+        close(stalled), stalled = -1;
+    CHECK(stalled >= 0);
+    memset(&p, 0, sizeof p);
+    p.s = s;
+    p.w = w;
+    pthread_create(&th, NULL, ping_main, &p);
+    pthread_create(&big, NULL, send_big, s);          /* 8 MB to worker 2: it blocks */
+    dg__tcp_sleep_ms(300);
+    fd = raw_worker(dg_tcp_port(s), 3, "sesame");     /* PEERS due to everyone */
+    CHECK(fd >= 0);
+    rounds0 = __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE);
+    for (k = 0; k < 300 && __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE) < rounds0 + 20; k++)
+        dg__tcp_sleep_ms(20);
+    rounds1 = __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&p.stop, 1, __ATOMIC_RELEASE);
+    if (stalled >= 0) close(stalled);                 /* ends the blocked send */
+    pthread_join(big, NULL);
+    pthread_join(th, NULL);
+    printf("  beside a send blocked on a worker that does not read: %d round trips in %d ms, "
+           "%d failures\n", rounds1 - rounds0, 20 * k, p.failures);
+    CHECK(p.failures == 0 && rounds1 >= rounds0 + 20);
+    if (fd >= 0) close(fd);
+    dg_transport_close(w);
+    dg_transport_close(s);
 }
 
 /* Item 4: the handshake slots.  With at most 4 from one address, a fifth
@@ -1331,6 +1396,7 @@ int main(void)
     RUN(declared_sizes_cost_nothing);
     RUN(message_limits_per_type);
     RUN(malformed_frame_names_the_peer);
+    RUN(a_stalled_reader_stalls_nobody);
     RUN(handshake_slots_evict_the_idle);
     RUN(worker_restarts_through_a_slot_flood);
     RUN(secret_empty_or_long);
