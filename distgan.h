@@ -11485,8 +11485,17 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
    empty messages is bounded as well as a few large ones. */
 static size_t dg__tcp_held(const dg_msg *m) { return m->cap + sizeof *m; }
 
-/* The bound on free buffers kept and on each peer's queued messages. */
-static size_t dg__tcp_reserve(const dg__tcp *t) { return 2 * (size_t)t->largest + ((size_t)64 << 20); }
+/* A peer whose queued messages hold more is not read for a while. */
+static size_t dg__tcp_backlog(const dg__tcp *t) { return 2 * (size_t)t->largest + ((size_t)64 << 20); }
+
+/* Free message buffers kept for reuse: what the role holds at its peak (a
+   server: a largest message from every worker; a worker: one in, one
+   out), beyond which they go back to the allocator. */
+static size_t dg__tcp_reserve(const dg__tcp *t)
+{
+    size_t held = t->cfg.self == 0 && t->base.n_peers > 3 ? (size_t)t->base.n_peers - 1 : 2;
+    return held * (size_t)t->largest + ((size_t)64 << 20);
+}
 
 static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
 {
@@ -11503,7 +11512,7 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
     __atomic_fetch_add(&l->payload_bytes, (uint64_t)bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
     /* backpressure: a peer that is far ahead of the role is not read */
-    if (t->queued[m->from] > dg__tcp_reserve(t)) c->paused = 1;
+    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = 1;
     pthread_cond_broadcast(&t->cv);
 }
 
