@@ -10703,7 +10703,7 @@ static void dg__rx_reset(dg__rx *rx)
 {
     dg__free(rx->payload);
     rx->payload = NULL;
-    if (rx->m) dg_msg_free(rx->t, rx->m);
+    if (rx->m) dg__msg_destroy(rx->m); /* a message that never completed: not for the pool */
     rx->m = NULL;
     rx->stage = DG__RX_HEADER;
     rx->got = 0;
