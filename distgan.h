@@ -11280,8 +11280,8 @@ static void dg__tcp_log_full(dg__tcp *t, const char *who, const char *reason)
     int64_t now = dg__tcp_ms();
     t->full_quiet++;
     if (now - t->full_logged < 1000) return;
-    dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s (%d such in the last %lld ms)",
-                 who, reason, t->full_quiet, (long long)(now - t->full_logged));
+    dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s (%d such since the last such "
+                 "line)", who, reason, t->full_quiet);
     t->full_logged = now;
     t->full_quiet = 0;
 }
@@ -11310,7 +11310,7 @@ static int dg__tcp_send_control(dg__tcp *t, dg__tconn *c, uint8_t type, const vo
 {
     struct pollfd p;
     uint64_t w = 0;
-    dg_result r = DG_ERR_TIMEOUT;
+    dg_result r;
     if (pthread_mutex_trylock(&c->wmu) != 0) return 1;
     p.fd = c->fd;
     p.events = POLLOUT;
@@ -11480,7 +11480,6 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
         dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, why);
 }
 
-/* Under t->mu: a message for the role. */
 /* Memory a queued message holds: its buffer and itself, so that a flood of
    empty messages is bounded as well as a few large ones. */
 static size_t dg__tcp_held(const dg_msg *m) { return m->cap + sizeof *m; }
@@ -11497,6 +11496,7 @@ static size_t dg__tcp_reserve(const dg__tcp *t)
     return held * (size_t)t->largest + ((size_t)64 << 20);
 }
 
+/* Under t->mu: a message for the role. */
 static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
 {
     size_t bytes = dg_msg_payload_bytes(m);
