@@ -1451,9 +1451,15 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
    header (magic "DGTP", protocol version, message type, flags, sender id,
    CRC-32 of the payload, iteration, payload length) and the payload.
    dg_frame_header_decode checks every field before anything is allocated,
-   and a payload longer than the configured maximum is refused from its
-   header alone, so a hostile peer can make us hold at most one maximum-size
-   buffer per authenticated connection and 1 KiB per unauthenticated one.
+   and a payload longer than the configured maximum, or than the largest
+   message of its type in this run (dg_tcp_set_max_payload, which the
+   drivers fill from the role's configuration), is refused from its header
+   alone.  A message buffer is committed as its bytes arrive, not when a
+   header declares a size, and free buffers beyond a bounded reserve go
+   back to the allocator.  So a hostile peer can make us hold at most what
+   it actually sent, up to one largest message per authenticated connection
+   (while that frame is allowed to take: frame_timeout_ms), and 1 KiB per
+   unauthenticated one.
 
    A connection starts with a handshake (HELLO, CHALLENGE, AUTH, WELCOME or
    REFUSE): the client states its protocol version, role, worker id,
@@ -1464,7 +1470,11 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
    proves it back.  Any mismatch is answered with a REFUSE frame that names
    the reason (and the peer prints it) before the connection closes.  With
    no secret configured, the server listens on loopback only unless told
-   otherwise (allow_insecure).
+   otherwise (allow_insecure).  Connections in their handshake hold a
+   bounded set of slots: per address and in all; when full, the oldest one
+   that has not even sent a valid HELLO is evicted, so idle connections
+   cannot lock a worker out, and a worker refused for capacity retries with
+   backoff.
 
    Each endpoint (the server's, or a worker's) owns one I/O thread that runs
    a poll() loop over its listening socket, its connections and a wake-up
@@ -1493,7 +1503,6 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 #define DG_TCP_DEFAULT_MAX_MESSAGE ((uint64_t)256 << 20)
 /* Upper bound on any payload before the handshake completes. */
 #define DG_TCP_MAX_HANDSHAKE 1024u
-#define DG_TCP_SECRET_MAX 256
 
 /* Frame types.  1..0x7F belong to the roles (their message types travel
    untouched); 0xF0.. are the transport's own. */
@@ -1631,18 +1640,26 @@ typedef struct dg_tcp_config {
                                  server's loopback-ness: "127.0.0.1:0" when
                                  the server is on loopback, else "0.0.0.0:0" */
     const char *connect;      /* worker: the server's "HOST:PORT" */
-    const void *secret;       /* shared secret (NULL: none); <= 256 bytes */
+    const void *secret;       /* shared secret (NULL: none); any length > 0
+                                 (an empty one is DG_ERR_ARG: it would turn
+                                 authentication off); longer than 64 bytes
+                                 it is hashed first, as HMAC does */
     size_t secret_len;
     int allow_insecure;       /* server: listen beyond loopback without a secret */
     unsigned char config_hash[32]; /* dg_tcp_mdgan_config_hash & co. */
     uint64_t max_message;     /* payload limit (DG_TCP_DEFAULT_MAX_MESSAGE) */
-    int max_pending;          /* connections in their handshake at once (64) */
-    int handshake_timeout_ms; /* a handshake must complete within (5000) */
+    int max_pending;          /* connections in their handshake at once (64);
+                                 when full, the oldest is evicted */
+    int max_pending_per_addr; /* ... of them from one IPv4 address (8) */
+    int handshake_timeout_ms; /* a handshake must complete within (2000) */
     int frame_timeout_ms;     /* a started frame must complete within (30000) */
     int heartbeat_ms;         /* send a heartbeat after this much silence (1000) */
     int dead_ms;              /* drop a peer silent for this long (10000) */
     int send_timeout_ms;      /* a send must complete within (30000) */
     int connect_timeout_ms;   /* connect + handshake (5000) */
+    int retry_ms;             /* worker: dg_tcp_worker_create keeps dialling a
+                                 server that is unreachable, full or shutting
+                                 down this long, with backoff (0: once) */
     uint64_t iteration;       /* server: announced in WELCOME (where the run stands) */
     uint16_t protocol_version;/* 0: DG_TCP_VERSION (others only to test refusals) */
     void (*log)(void *user, const char *line); /* connections, drops, refusals */
@@ -1663,6 +1680,19 @@ DGDEF dg_result dg_tcp_server_create(dg_transport **out, const dg_tcp_config *cf
 DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cfg);
 /* Worker: dials the server again after it was lost (same listener). */
 DGDEF dg_result dg_tcp_reconnect(dg_transport *t);
+/* Per message type 1..DG_TCP_APP_MAX: the largest payload (the frame's
+   length: body head, part table and values) this endpoint accepts, 0 for a
+   type it refuses; a frame over its type's limit closes its connection
+   from the header alone.  Until this is called every type may take
+   max_message.  The drivers call it before they serve, with
+   dg_tcp_mdgan_max_payload / dg_tcp_flgan_max_payload; entry 0 is unused. */
+DGDEF void dg_tcp_set_max_payload(dg_transport *t, const uint64_t max_payload[DG_TCP_APP_MAX + 1]);
+/* The worker: 1 once the server said the run is over (BYE with LAST). */
+DGDEF int dg_tcp_run_over(dg_transport *t);
+/* Reads a shared secret from a file (trailing newlines, LF or CRLF, are
+   not part of it).  DG_ERR_IO when it cannot be read, DG_ERR_ARG when
+   it is empty; *secret is freed with dg_tcp_free. */
+DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, size_t *len);
 /* The port the transport listens on (the server's, or a worker's swap port). */
 DGDEF uint16_t dg_tcp_port(const dg_transport *t);
 /* 1 when peer has a live, authenticated connection. */
@@ -1673,7 +1703,9 @@ DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t);
    DG_ANY_PEER for all; connections refused so far. */
 DGDEF void dg_tcp_wire_bytes(dg_transport *t, int peer, uint64_t *in, uint64_t *out);
 DGDEF uint64_t dg_tcp_refused(dg_transport *t);
-/* Sends BYE with DG_TCP_FLAG_LAST to every peer: the run is over. */
+/* Sends BYE to every peer: with DG_TCP_FLAG_LAST (the run is over: the
+   workers end), unless a stop was requested (dg_tcp_stop_requested: the
+   server stops to be resumed, and its workers redial it). */
 DGDEF void dg_tcp_goodbye(dg_transport *t);
 
 /* ---- drivers: one role per process ---- */
@@ -1688,6 +1720,13 @@ DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
                                     unsigned char out[32]);
 DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
                                     unsigned char out[32]);
+/* The largest payload of each message type that peer `self` (0: the
+   server, n: worker n) receives in this configuration, for
+   dg_tcp_set_max_payload (0 for the types it never receives). */
+DGDEF dg_result dg_tcp_mdgan_max_payload(const dg_mdgan_config *c, int self,
+                                         uint64_t out[DG_TCP_APP_MAX + 1]);
+DGDEF dg_result dg_tcp_flgan_max_payload(const dg_flgan_config *c, int self,
+                                         uint64_t out[DG_TCP_APP_MAX + 1]);
 
 typedef struct dg_tcp_run {
     int64_t iterations;       /* MD-GAN iterations / FL-GAN rounds to reach */
@@ -1703,16 +1742,19 @@ typedef struct dg_tcp_run {
     void *user;
 } dg_tcp_run;
 
-/* Server process: creates the role on t, resumes, waits for the workers,
-   runs until run->iterations (or SIGINT/SIGTERM: dg_tcp_stop_requested),
-   checkpoints, sends STOP and BYE.  A worker that connects while not live
+/* Server process: limits t's message sizes to the configuration's, creates
+   the role on t, resumes, waits for the workers, runs until
+   run->iterations (or SIGINT/SIGTERM: dg_tcp_stop_requested), checkpoints,
+   sends STOP and BYE (with LAST unless a stop was requested: then the
+   workers wait for a resumed server).  A worker that connects while not live
    is added back (it joins with a copy of a live worker's D).  *g_out (may
    be NULL) receives the final generator parameters: dg_tcp_free them. */
 DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport *t,
                                         dg_pool *pool, const dg_tcp_run *run, float **g_out,
                                         size_t *g_count);
-/* Worker process: serves its role until STOP, SIGINT/SIGTERM or a server
-   lost for longer than run->reconnect_ms. */
+/* Worker process: serves its role until STOP or the server's BYE with LAST
+   (DG_OK), SIGINT/SIGTERM, or a server lost for longer than
+   run->reconnect_ms (DG_ERR_CLOSED). */
 DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport *t,
                                         dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
                                         size_t count, const dg_tcp_run *run);
@@ -2211,6 +2253,28 @@ static void *dg__calloc(size_t count, size_t size)
     p = dg__alloc(count * size);
     if (p) memset(p, 0, count * size);
     return p;
+}
+
+/* Resizes a dg__alloc block to n bytes keeping its first keep bytes (keep
+   <= n): DG_REALLOC may return memory of another alignment, and then they
+   are moved back into line.  Large blocks grow in place or by remapping,
+   so a buffer that grows with what arrives costs no copies. */
+static void *dg__realloc(void *p, size_t keep, size_t n)
+{
+    unsigned char *raw, *q;
+    size_t old_off, off;
+    if (!p) return dg__alloc(n);
+    if (n > SIZE_MAX - 64 - sizeof(void *)) return NULL;
+    memcpy(&raw, (unsigned char *)p - sizeof(void *), sizeof raw);
+    old_off = (size_t)((unsigned char *)p - raw);
+    raw = (unsigned char *)DG_REALLOC(raw, n + 64 + sizeof(void *));
+    if (!raw) return NULL;
+    q = raw + sizeof(void *);
+    q += (64 - ((uintptr_t)q & 63)) & 63;
+    off = (size_t)(q - raw);
+    if (off != old_off) memmove(q, raw + old_off, keep);
+    memcpy(q - sizeof(void *), &raw, sizeof raw);
+    return q;
 }
 
 static void dg__free(void *p)
@@ -8758,11 +8822,21 @@ static size_t dg__part_bytes(dg_part_kind kind, size_t count)
 /* The pool of message buffers: a free list under a mutex.  dg_msg_create
    takes the smallest free buffer that fits (best fit), so the few sizes a
    role uses (feedback, generated batches, a discriminator) settle into
-   their own buffers after the first iterations. */
+   their own buffers after the first iterations.  A transport that takes
+   buffers for a peer's messages (TCP) bounds the pool with a reserve:
+   free buffers beyond it go back to the allocator, so memory a peer made
+   us take is not kept for ever. */
 typedef struct dg__msg_pool {
     pthread_mutex_t mu;
     dg_msg *free_list;
+    size_t free_bytes, reserve;   /* reserve 0: keep every buffer */
 } dg__msg_pool;
+
+static void dg__msg_destroy(dg_msg *m)
+{
+    dg__free(m->buf);
+    dg__free(m);
+}
 
 DGDEF dg_result dg_transport_base_init(dg_transport *t, int n_peers)
 {
@@ -8792,8 +8866,7 @@ DGDEF void dg_transport_base_free(dg_transport *t)
         while (mp->free_list) {
             dg_msg *m = mp->free_list;
             mp->free_list = m->next;
-            dg__free(m->buf);
-            dg__free(m);
+            dg__msg_destroy(m);
         }
         pthread_mutex_destroy(&mp->mu);
         dg__free(mp);
@@ -8821,13 +8894,32 @@ DGDEF size_t dg_msg_encoded_size(const dg_msg *m)
     return dg_msg_frame_bytes(m) + dg_msg_payload_bytes(m);
 }
 
-DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64_t iteration,
+/* Places m's parts in its buffer (each on a 64-byte boundary), off[i]
+   their offsets; a part that starts past m->cap gets data NULL until the
+   buffer grows (dg__msg_grow).  Returns the bytes all parts need. */
+static size_t dg__msg_layout(dg_msg *m, size_t *off)
+{
+    size_t need = 0, o;
+    int i;
+    for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
+        o = need;
+        if (off) off[i] = o;
+        m->part[i].data = i < m->n_parts && o <= m->cap ? m->buf + o : NULL;
+        if (i < m->n_parts) need += (dg__part_bytes(m->part[i].kind, m->part[i].count) + 63) & ~(size_t)63;
+    }
+    return need;
+}
+
+/* dg_msg_create that commits at most `commit` bytes of a new buffer (a
+   recycled one that fits is taken whole): the TCP reader grows the rest
+   as the bytes arrive, so a size a peer only declares costs nothing. */
+static dg_result dg__msg_take(dg_transport *t, int type, int from, int to, int64_t iteration,
                               int n_parts, const dg_part_kind *kinds, const size_t *counts,
-                              dg_msg **out)
+                              size_t commit, dg_msg **out)
 {
     dg__msg_pool *mp;
     dg_msg *m = NULL, **best = NULL, **pp;
-    size_t need = 0, off[DG_MSG_MAX_PARTS];
+    size_t need = 0;
     int i;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_msg_create: out is NULL");
     *out = NULL;
@@ -8839,7 +8931,6 @@ DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64
             return dg__fail(DG_ERR_ARG, "dg_msg_create: part %d has kind %d", i, (int)kinds[i]);
         if (counts[i] > ((size_t)1 << 40))
             return dg__fail(DG_ERR_TOO_LARGE, "dg_msg_create: part %d of %zu values", i, counts[i]);
-        off[i] = need;
         need += (dg__part_bytes(kinds[i], counts[i]) + 63) & ~(size_t)63; /* aligned parts */
     }
     mp = (dg__msg_pool *)t->msg_pool;
@@ -8849,19 +8940,22 @@ DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64
     if (best) {
         m = *best;
         *best = m->next;
+        mp->free_bytes -= m->cap;
     }
     pthread_mutex_unlock(&mp->mu);
     if (!m) {
+        size_t cap = need < commit ? need : commit;
+        if (cap < 64) cap = 64;
         m = (dg_msg *)dg__calloc(1, sizeof *m);
         if (!m) return dg__fail(DG_ERR_NOMEM, "dg_msg_create: no memory");
         /* touch the buffer now (dg__calloc): first-touch page faults would
            otherwise land in the middle of a training step */
-        m->buf = (unsigned char *)dg__calloc(need ? need : 64, 1);
+        m->buf = (unsigned char *)dg__calloc(cap, 1);
         if (!m->buf) {
             dg__free(m);
-            return dg__fail(DG_ERR_NOMEM, "dg_msg_create: no memory for %zu bytes", need);
+            return dg__fail(DG_ERR_NOMEM, "dg_msg_create: no memory for %zu bytes", cap);
         }
-        m->cap = need ? need : 64;
+        m->cap = cap;
     }
     m->type = type;
     m->from = from;
@@ -8874,10 +8968,37 @@ DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64
     for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
         m->part[i].kind = i < n_parts ? kinds[i] : DG_PART_BYTES;
         m->part[i].count = i < n_parts ? counts[i] : 0;
-        m->part[i].data = i < n_parts ? m->buf + off[i] : NULL;
     }
+    dg__msg_layout(m, NULL);
     *out = m;
     return DG_OK;
+}
+
+DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64_t iteration,
+                              int n_parts, const dg_part_kind *kinds, const size_t *counts,
+                              dg_msg **out)
+{
+    return dg__msg_take(t, type, from, to, iteration, n_parts, kinds, counts, SIZE_MAX, out);
+}
+
+/* Grows m's buffer to cap bytes (its first `keep` bytes are kept). */
+static dg_result dg__msg_grow(dg_msg *m, size_t keep, size_t cap)
+{
+    unsigned char *b = (unsigned char *)dg__realloc(m->buf, keep, cap);
+    if (!b) return dg__fail(DG_ERR_NOMEM, "message: no memory for %zu bytes", cap);
+    m->buf = b;
+    m->cap = cap;
+    dg__msg_layout(m, NULL);
+    return DG_OK;
+}
+
+/* Free buffers beyond `bytes` go back to the allocator (0: keep all). */
+static void dg__msg_pool_reserve(dg_transport *t, size_t bytes)
+{
+    dg__msg_pool *mp = (dg__msg_pool *)t->msg_pool;
+    pthread_mutex_lock(&mp->mu);
+    mp->reserve = bytes;
+    pthread_mutex_unlock(&mp->mu);
 }
 
 DGDEF void dg_msg_free(dg_transport *t, dg_msg *m)
@@ -8885,14 +9006,19 @@ DGDEF void dg_msg_free(dg_transport *t, dg_msg *m)
     dg__msg_pool *mp;
     if (!m) return;
     if (!t || !t->msg_pool) { /* no pool to return it to */
-        dg__free(m->buf);
-        dg__free(m);
+        dg__msg_destroy(m);
         return;
     }
     mp = (dg__msg_pool *)t->msg_pool;
     pthread_mutex_lock(&mp->mu);
+    if (mp->reserve && mp->free_bytes + m->cap > mp->reserve) {
+        pthread_mutex_unlock(&mp->mu);
+        dg__msg_destroy(m);
+        return;
+    }
     m->next = mp->free_list;
     mp->free_list = m;
+    mp->free_bytes += m->cap;
     pthread_mutex_unlock(&mp->mu);
 }
 
@@ -11323,8 +11449,10 @@ DGDEF void dg_tcp_request_stop(void) { dg__tcp_stop_flag = 1; }
    then either a control payload (<= max_control bytes) or a message body:
    its 24-byte head, its part table, and the parts' values read straight
    into a dg_msg of the transport's pool.  Nothing is allocated before the
-   header (and for a message, the part table) passed every check, and the
-   CRC-32 is accumulated over the bytes as they arrive (still in cache).
+   header (and for a message, the part table) passed every check; a new
+   message buffer is committed as its bytes arrive (64 KiB, then doubling),
+   so a size that is only declared costs nothing; and the CRC-32 is
+   accumulated over the bytes as they arrive (still in cache).
 
    Message body, little-endian: 0 i32 to | 4 u32 parts | 8 i64 aux |
    16 f32 stat0 | 20 f32 stat1 | 24 parts x (u32 kind, u32 0, u64 count) |
@@ -11336,6 +11464,7 @@ DGDEF void dg_tcp_request_stop(void) { dg__tcp_stop_flag = 1; }
 #define DG__RX_BODY 2
 #define DG__RX_TABLE 3
 #define DG__RX_PARTS 4
+#define DG__RX_COMMIT ((size_t)64 << 10)   /* first commitment of a new message buffer */
 
 typedef struct dg__rx {
     int stage;
@@ -11346,10 +11475,13 @@ typedef struct dg__rx {
     unsigned char body[DG__BODY_HEAD + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
     size_t table;                   /* bytes of the part table */
     dg_msg *m;                      /* message being filled */
+    size_t off[DG_MSG_MAX_PARTS], need; /* its parts' offsets, its full size */
     int part;
     uint32_t crc;
     /* limits and expectations, set by the owner */
     uint64_t max_length, max_control;
+    const uint64_t *type_max;       /* per message type (NULL: max_length); read
+                                       atomically, the owner may lower them */
     int allow_app;                  /* messages only after the handshake */
     int lenient_refuse;             /* a client reads a REFUSE of any version */
     int self, peer;                 /* expected to / from (-1: any) */
@@ -11369,7 +11501,7 @@ static void dg__rx_reset(dg__rx *rx)
 {
     dg__free(rx->payload);
     rx->payload = NULL;
-    if (rx->m) dg_msg_free(rx->t, rx->m);
+    if (rx->m) dg__msg_destroy(rx->m); /* a message that never completed: not for the pool */
     rx->m = NULL;
     rx->stage = DG__RX_HEADER;
     rx->got = 0;
@@ -11387,9 +11519,11 @@ static void dg__rx_want(dg__rx *rx, unsigned char **p, size_t *n)
     case DG__RX_CONTROL: *p = rx->payload + rx->got; *n = (size_t)rx->h.length - rx->got; return;
     case DG__RX_BODY: *p = rx->body + rx->got; *n = DG__BODY_HEAD - rx->got; return;
     case DG__RX_TABLE: *p = rx->body + DG__BODY_HEAD + rx->got; *n = rx->table - rx->got; return;
-    default:
-        *p = (unsigned char *)rx->m->part[rx->part].data + rx->got;
-        *n = dg__part_size(&rx->m->part[rx->part]) - rx->got;
+    default: {
+        size_t at = rx->off[rx->part] + rx->got, left = dg__part_size(&rx->m->part[rx->part]) - rx->got;
+        *p = rx->m->buf + at;   /* dg__rx_room made at < cap */
+        *n = left < rx->m->cap - at ? left : rx->m->cap - at;
+    }
     }
 }
 
@@ -11397,6 +11531,23 @@ static int dg__rx_error(dg__rx *rx, dg_result r)
 {
     dg__rx_reset(rx);
     return r;
+}
+
+/* Commits the buffer up to the next byte of the message (doubling, up to
+   its full size): memory follows the bytes that came, not the size a
+   header declared. */
+static int dg__rx_room(dg__rx *rx)
+{
+    /* bytes that must be committed: up to the next one, or all when done
+       (so that every part, even an empty one, has its place) */
+    size_t cap = rx->m->cap, want = rx->part < rx->m->n_parts
+                                        ? rx->off[rx->part] + rx->got + 1 : rx->need;
+    dg_result r;
+    if (want <= cap) return 0;
+    while (cap < want) cap *= 2;
+    if (cap > rx->need) cap = rx->need;
+    if ((r = dg__msg_grow(rx->m, rx->m->cap, cap)) != DG_OK) return dg__rx_error(rx, r);
+    return 0;
 }
 
 /* Moves to the next non-empty part; 1 when the message is complete. */
@@ -11438,9 +11589,10 @@ static int dg__rx_table_done(dg__rx *rx)
     if (left)
         return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %llu bytes after the last part",
                                          (unsigned long long)left));
-    r = dg_msg_create(rx->t, rx->h.type, (int)rx->h.sender, (int)to, (int64_t)rx->h.iteration,
-                      (int)np, kinds, counts, &rx->m);
+    r = dg__msg_take(rx->t, rx->h.type, (int)rx->h.sender, (int)to, (int64_t)rx->h.iteration,
+                     (int)np, kinds, counts, DG__RX_COMMIT, &rx->m);
     if (r) return dg__rx_error(rx, r);
+    rx->need = dg__msg_layout(rx->m, rx->off);
     rx->m->aux = (int64_t)dg__tcp_rd64(b + 8);
     u = dg__tcp_rd32(b + 16);
     memcpy(&rx->m->stat[0], &u, 4);
@@ -11460,7 +11612,7 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
                       dg_msg **m)
 {
     dg_result r;
-    int n_peers = rx->t ? rx->t->n_peers : 0;
+    int n_peers = rx->t ? rx->t->n_peers : 0, k;
     rx->got += n;
     switch (rx->stage) {
     case DG__RX_HEADER: {
@@ -11495,6 +11647,17 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
         if (rx->h.iteration > (uint64_t)INT64_MAX)
             return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: iteration %llu",
                                              (unsigned long long)rx->h.iteration));
+        if (rx->type_max) {
+            uint64_t lim = __atomic_load_n(&rx->type_max[rx->h.type], __ATOMIC_RELAXED);
+            if (rx->h.length > lim)
+                return dg__rx_error(rx, lim ? dg__fail(DG_ERR_TOO_LARGE, "tcp: message type %u of "
+                                                       "%llu bytes over its limit of %llu in this "
+                                                       "run", rx->h.type,
+                                                       (unsigned long long)rx->h.length,
+                                                       (unsigned long long)lim)
+                                            : dg__fail(DG_ERR_FORMAT, "tcp: message type %u is "
+                                                       "not accepted here", rx->h.type));
+        }
         if (rx->h.length < DG__BODY_HEAD)
             return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message of %llu bytes",
                                              (unsigned long long)rx->h.length));
@@ -11529,14 +11692,20 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
         if (rx->got < rx->table) return 0;
         rx->crc = dg_crc32(rx->crc, rx->body + DG__BODY_HEAD, rx->table);
         if ((r = (dg_result)dg__rx_table_done(rx)) != 0) return r;
-        if (!dg__rx_next_part(rx)) return 0;
+        k = dg__rx_next_part(rx);
+        if ((r = (dg_result)dg__rx_room(rx)) != 0) return r;
+        if (!k) return 0;
         goto complete;
     default: {
-        unsigned char *base = (unsigned char *)rx->m->part[rx->part].data;
+        unsigned char *base = rx->m->buf + rx->off[rx->part];
         rx->crc = dg_crc32(rx->crc, base + rx->got - n, n);
-        if (rx->got < dg__part_size(&rx->m->part[rx->part])) return 0;
-        rx->part++;
-        if (!dg__rx_next_part(rx)) return 0;
+        k = 0;
+        if (rx->got == dg__part_size(&rx->m->part[rx->part])) {
+            rx->part++;
+            k = dg__rx_next_part(rx);
+        }
+        if ((r = (dg_result)dg__rx_room(rx)) != 0) return r;
+        if (!k) return 0;
         goto complete;
     }
     }
@@ -11562,6 +11731,14 @@ complete:
 }
 
 /* ---- sockets ---- */
+static void dg__tcp_sleep_ms(int ms)
+{
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
 static int64_t dg__tcp_ms(void)
 {
     struct timespec ts;
@@ -11621,6 +11798,14 @@ static dg_result dg__tcp_resolve(const char *spec, struct sockaddr_in *sa)
 static int dg__tcp_is_loopback(const struct sockaddr_in *sa)
 {
     return (ntohl(sa->sin_addr.s_addr) >> 24) == 127;
+}
+
+/* "a.b.c.d:port", the way the log names the other end of a connection. */
+static void dg__tcp_name(char out[24], const struct sockaddr_in *sa)
+{
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+    snprintf(out, 24, "%s:%u", ip, (unsigned)ntohs(sa->sin_port));
 }
 
 static dg_result dg__tcp_listen(const struct sockaddr_in *sa, int *fd_out, uint16_t *port)
@@ -11738,11 +11923,12 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 #define DG__MAX_CONTROL ((uint64_t)1 << 16)
 
 typedef struct dg__tconn {
-    int fd, state, peer, role, paused;
+    int fd, state, peer, role, paused, peers_due;
     dg__rx rx;
     int64_t opened, last_rx, last_tx, frame_start;
     unsigned char nonce[DG_TCP_NONCE], hello[DG_TCP_HELLO_SIZE];
     unsigned char addr[16];
+    char name[24];           /* "a.b.c.d:port" of the other end, for the log */
     uint16_t listen_port;
     int senders;             /* threads writing on it (endpoint mutex) */
     pthread_mutex_t wmu;     /* one writer at a time */
@@ -11751,7 +11937,8 @@ typedef struct dg__tconn {
 typedef struct dg__tcp {
     dg_transport base;
     dg_tcp_config cfg;
-    unsigned char secret[DG_TCP_SECRET_MAX];
+    unsigned char key[64];    /* the HMAC key: the secret, hashed when longer than 64 */
+    size_t key_len;
     struct sockaddr_in server_addr;
     int lfd, wake[2], n_conns, io_started, quit, refused_n;
     uint16_t port, version;
@@ -11767,6 +11954,13 @@ typedef struct dg__tcp {
     uint64_t *wire_in, *wire_out, server_iteration;
     unsigned char nonce_key[32];
     uint64_t nonce_ctr;
+    uint64_t type_max[DG_TCP_APP_MAX + 1]; /* largest accepted payload per type (atomic) */
+    uint64_t largest;         /* the largest of type_max */
+    unsigned char *peers;     /* server: the PEERS payload that live workers are due */
+    size_t peers_len;
+    int run_over;             /* worker: the server said BYE with LAST */
+    int64_t full_logged;      /* when a refusal for capacity was last logged */
+    int full_quiet;           /* ... and how many since */
 } dg__tcp;
 
 static dg__tcp *dg__tcp_of(const dg_transport *t) { return (dg__tcp *)t->impl; }
@@ -11806,16 +12000,23 @@ static void dg__tcp_seed_nonces(dg__tcp *t)
 
 /* Under t->mu.  Shuts the socket down (a sender inside fails at once); the
    fd is closed by the I/O thread when no sender is left. */
+static void dg__tcp_shut(dg__tconn *c)
+{
+    shutdown(c->fd, SHUT_RDWR);
+    c->state = DG__TC_DEAD; /* its rx belongs to the I/O thread: reset on release */
+}
+
+/* dg__tcp_shut, logged with the peer's id and address. */
 static void dg__tcp_drop(dg__tcp *t, dg__tconn *c, const char *why)
 {
     if (c->state == DG__TC_FREE || c->state == DG__TC_DEAD) return;
     if (c->state == DG__TC_LIVE && c->peer >= 0)
-        dg__tcp_logf(&t->cfg, "tcp: %s %d disconnected: %s", c->peer ? "worker" : "server",
-                     c->peer, why);
+        dg__tcp_logf(&t->cfg, "tcp: %s %d (%s) disconnected: %s", c->peer ? "worker" : "server",
+                     c->peer, c->name, why);
     else
-        dg__tcp_logf(&t->cfg, "tcp: connection dropped before its handshake completed: %s", why);
-    shutdown(c->fd, SHUT_RDWR);
-    c->state = DG__TC_DEAD; /* its rx belongs to the I/O thread: reset on release */
+        dg__tcp_logf(&t->cfg, "tcp: connection from %s dropped before its handshake completed: "
+                     "%s", c->name, why);
+    dg__tcp_shut(c);
 }
 
 static void dg__tcp_release(dg__tcp *t, dg__tconn *c)
@@ -11849,22 +12050,38 @@ static dg__tconn *dg__tcp_find(dg__tcp *t, int peer)
     return best;
 }
 
-/* Under t->mu: a new live connection (fd) to/from peer. */
-static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t now)
+/* Under t->mu: a new live connection (fd) to peer at sa. */
+static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t now,
+                                const struct sockaddr_in *sa)
 {
     dg__tconn *c = dg__tcp_slot(t);
     if (!c) return NULL;
+    dg__tcp_name(c->name, sa);
     c->fd = fd;
     c->state = DG__TC_LIVE;
     c->peer = peer;
     c->role = role;
     c->opened = c->last_rx = c->last_tx = now;
     c->paused = 0;
+    c->peers_due = 0;
     dg__rx_init(&c->rx, &t->base, t->cfg.max_message, DG__MAX_CONTROL);
     c->rx.allow_app = 1;
     c->rx.self = t->cfg.self;
     c->rx.peer = peer;
+    c->rx.type_max = t->type_max;
     return c;
+}
+
+/* A flood of connections over the limit is logged once a second at most. */
+static void dg__tcp_log_full(dg__tcp *t, const char *who, const char *reason)
+{
+    int64_t now = dg__tcp_ms();
+    t->full_quiet++;
+    if (now - t->full_logged < 1000) return;
+    dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s (%d such since the last such "
+                 "line)", who, reason, t->full_quiet);
+    t->full_logged = now;
+    t->full_quiet = 0;
 }
 
 static void dg__tcp_refuse(dg__tcp *t, dg__tconn *c, uint32_t code, const char *reason)
@@ -11874,26 +12091,52 @@ static void dg__tcp_refuse(dg__tcp *t, dg__tconn *c, uint32_t code, const char *
     uint64_t w = 0;
     dg__tcp_write_frame(c->fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n,
                         dg__tcp_ms() + 200, 0, &w);
-    t->wire_out[0] += 0; /* refusals are not a peer's traffic */
+    if (code == DG_TCP_REFUSE_FULL)
+        dg__tcp_log_full(t, c->name, reason);
+    else
+        dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s", c->name, reason);
     t->refused_n++;
-    dg__tcp_logf(&t->cfg, "tcp: refused a connection: %s", reason);
-    dg__tcp_drop(t, c, reason);
+    dg__tcp_shut(c);
 }
 
-/* Server: the PEERS list (live workers and their swap ports) to every
-   live worker.  Under t->mu. */
+/* From the I/O thread, which must never wait for a peer: a small control
+   frame on c when no send is in progress and the socket has room.  0 when
+   sent, 1 when it has to wait, -1 when it failed (c is dropped).  Under
+   t->mu. */
+static int dg__tcp_send_control(dg__tcp *t, dg__tconn *c, uint8_t type, const void *payload,
+                                size_t n, int64_t now)
+{
+    struct pollfd p;
+    uint64_t w = 0;
+    dg_result r;
+    if (pthread_mutex_trylock(&c->wmu) != 0) return 1;
+    p.fd = c->fd;
+    p.events = POLLOUT;
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT)) {
+        pthread_mutex_unlock(&c->wmu);
+        return 1;
+    }
+    r = dg__tcp_write_frame(c->fd, type, 0, (uint32_t)t->cfg.self, 0, payload, n, now + 1000, 0, &w);
+    if (r == DG_OK) c->last_tx = now;
+    if (c->peer >= 0) t->wire_out[c->peer] += w;
+    pthread_mutex_unlock(&c->wmu);
+    if (r == DG_OK) return 0;
+    dg__tcp_drop(t, c, "cannot send a control frame (the peer does not read)");
+    return -1;
+}
+
+/* Server: the PEERS list (live workers and their swap ports), due to
+   every live worker; the timers send it.  Under t->mu. */
 static void dg__tcp_broadcast_peers(dg__tcp *t)
 {
     dg_tcp_peer_addr *a;
-    unsigned char *buf;
+    size_t cap = 4 + ((size_t)t->n_conns + 1) * DG_TCP_PEER_ADDR_SIZE;
     uint32_t n = 0;
-    size_t len;
     int i;
     a = (dg_tcp_peer_addr *)dg__calloc((size_t)t->n_conns + 1, sizeof *a);
-    buf = (unsigned char *)dg__alloc(4 + ((size_t)t->n_conns + 1) * DG_TCP_PEER_ADDR_SIZE);
-    if (!a || !buf) {
+    if (!t->peers) t->peers = (unsigned char *)dg__alloc(cap);
+    if (!a || !t->peers) {
         dg__free(a);
-        dg__free(buf);
         return;
     }
     for (i = 0; i < t->n_conns; i++) {
@@ -11904,29 +12147,11 @@ static void dg__tcp_broadcast_peers(dg__tcp *t)
         a[n].port = c->listen_port;
         n++;
     }
-    len = dg_tcp_peers_encode(a, n, buf, 4 + ((size_t)t->n_conns + 1) * DG_TCP_PEER_ADDR_SIZE);
-    for (i = 0; i < t->n_conns; i++) {
-        dg__tconn *c = &t->conns[i];
-        uint64_t w = 0;
-        if (c->state != DG__TC_LIVE || c->role != DG_TCP_ROLE_WORKER) continue;
-        if (pthread_mutex_trylock(&c->wmu) != 0) {
-            /* a send is in progress: wait for it (bounded by its deadline) */
-            pthread_mutex_unlock(&t->mu);
-            pthread_mutex_lock(&c->wmu);
-            pthread_mutex_lock(&t->mu);
-            if (c->state != DG__TC_LIVE) {
-                pthread_mutex_unlock(&c->wmu);
-                continue;
-            }
-        }
-        if (dg__tcp_write_frame(c->fd, DG_TCP_PEERS, 0, 0, 0, buf, len,
-                                dg__tcp_ms() + t->cfg.send_timeout_ms, 0, &w) == DG_OK)
-            c->last_tx = dg__tcp_ms();
-        t->wire_out[c->peer] += w;
-        pthread_mutex_unlock(&c->wmu);
-    }
+    t->peers_len = dg_tcp_peers_encode(a, n, t->peers, cap);
+    for (i = 0; i < t->n_conns; i++)
+        t->conns[i].peers_due = t->conns[i].state == DG__TC_LIVE &&
+                                t->conns[i].role == DG_TCP_ROLE_WORKER;
     dg__free(a);
-    dg__free(buf);
 }
 
 /* Server side of the handshake, on the I/O thread, under t->mu. */
@@ -11991,14 +12216,14 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
             dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, "AUTH must carry 32 bytes");
             return;
         }
-        dg_tcp_client_proof(t->secret, t->cfg.secret_len, c->nonce, c->hello, want);
+        dg_tcp_client_proof(t->key, t->key_len, c->nonce, c->hello, want);
         if (dg_tcp_memneq(want, p, 32)) {
             dg__tcp_refuse(t, c, DG_TCP_REFUSE_AUTH, "authentication failed: wrong or missing "
                            "shared secret");
             return;
         }
         dg_tcp_hello_decode(c->hello, DG_TCP_HELLO_SIZE, &hello);
-        dg_tcp_server_proof(t->secret, t->cfg.secret_len, hello.nonce, c->nonce, wel.proof);
+        dg_tcp_server_proof(t->key, t->key_len, hello.nonce, c->nonce, wel.proof);
         wel.n_workers = (uint32_t)(t->base.n_peers - 1);
         wel.iteration = t->cfg.iteration;
         dg_tcp_welcome_encode(&wel, buf);
@@ -12016,9 +12241,9 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
         c->rx.max_control = DG__MAX_CONTROL;
         c->rx.peer = c->peer;
         c->rx.self = t->cfg.self;
-        t->wire_in[c->peer] += 0;
-        dg__tcp_logf(&t->cfg, "tcp: %s %d connected", c->role == DG_TCP_ROLE_WORKER ? "worker" :
-                     "swap partner", c->peer);
+        c->rx.type_max = t->type_max;
+        dg__tcp_logf(&t->cfg, "tcp: %s %d connected from %s", c->role == DG_TCP_ROLE_WORKER ?
+                     "worker" : "swap partner", c->peer, c->name);
         if (t->cfg.self == 0) dg__tcp_broadcast_peers(t);
         pthread_cond_broadcast(&t->cv);
         return;
@@ -12026,6 +12251,7 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
     if (c->state == DG__TC_LIVE) {
         if (h->type == DG_TCP_HEARTBEAT) return;
         if (h->type == DG_TCP_BYE) {
+            if ((h->flags & DG_TCP_FLAG_LAST) && c->peer == 0) t->run_over = 1;
             dg__tcp_drop(t, c, (h->flags & DG_TCP_FLAG_LAST) ? "the run is over" : "goodbye");
             return;
         }
@@ -12052,24 +12278,39 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
         dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, why);
 }
 
+/* Memory a queued message holds: its buffer and itself, so that a flood of
+   empty messages is bounded as well as a few large ones. */
+static size_t dg__tcp_held(const dg_msg *m) { return m->cap + sizeof *m; }
+
+/* A peer whose queued messages hold more is not read for a while. */
+static size_t dg__tcp_backlog(const dg__tcp *t) { return 2 * (size_t)t->largest + ((size_t)64 << 20); }
+
+/* Free message buffers kept for reuse: what the role holds at its peak (a
+   server: a largest message from every worker; a worker: one in, one
+   out), beyond which they go back to the allocator. */
+static size_t dg__tcp_reserve(const dg__tcp *t)
+{
+    size_t held = t->cfg.self == 0 && t->base.n_peers > 3 ? (size_t)t->base.n_peers - 1 : 2;
+    return held * (size_t)t->largest + ((size_t)64 << 20);
+}
+
 /* Under t->mu: a message for the role. */
 static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
 {
     size_t bytes = dg_msg_payload_bytes(m);
     dg_traffic *l = &t->base.links[(size_t)m->from * t->base.n_peers + m->to];
-    if (t->cfg.self != 0 && m->from == 0 && c->peer == 0) { /* fine */ }
     m->next = NULL;
     if (t->tail) t->tail->next = m;
     else t->head = m;
     t->tail = m;
     t->count++;
-    t->queued[m->from] += bytes;
+    t->queued[m->from] += dg__tcp_held(m);
     /* the receiving side counts its incoming links too */
     __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&l->payload_bytes, (uint64_t)bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
     /* backpressure: a peer that is far ahead of the role is not read */
-    if (t->queued[m->from] > 2 * (size_t)t->cfg.max_message + ((size_t)64 << 20)) c->paused = 1;
+    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = 1;
     pthread_cond_broadcast(&t->cv);
 }
 
@@ -12115,8 +12356,9 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
             snprintf(why, sizeof why, "%s", dg_last_error());
             if (r == DG_ERR_CHECKSUM && !strstr(why, "CRC")) snprintf(why, sizeof why, "CRC-32 mismatch");
             if (c->state == DG__TC_LIVE) {
-                dg__tcp_logf(&t->cfg, "tcp: invalid frame from peer %d: %s", c->peer, why);
-                dg__tcp_drop(t, c, why);
+                char what[340];
+                snprintf(what, sizeof what, "invalid frame: %s", why);
+                dg__tcp_drop(t, c, what);
             } else {
                 dg__tcp_refuse(t, c, r == DG_ERR_VERSION ? DG_TCP_REFUSE_VERSION
                                                          : DG_TCP_REFUSE_FORMAT, why);
@@ -12132,28 +12374,63 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
     }
 }
 
+static int dg__tcp_pending_state(int state) { return state == DG__TC_HELLO || state == DG__TC_AUTH; }
+
+/* Under t->mu: the connection in its handshake to evict for a newcomer from
+   addr, or NULL while there is room (max_pending_per_addr from one address,
+   max_pending in all).  The oldest of those that have not even sent a valid
+   HELLO goes first, then the oldest: idle connections, however many and
+   however often reopened, cannot keep a worker from its handshake. */
+static dg__tconn *dg__tcp_evictee(dg__tcp *t, const unsigned char addr[16])
+{
+    dg__tconn *all = NULL, *same = NULL;
+    int n_all = 0, n_same = 0, i;
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        if (!dg__tcp_pending_state(c->state)) continue;
+        n_all++;
+        if (!all || c->state < all->state || (c->state == all->state && c->opened < all->opened))
+            all = c;
+        if (memcmp(c->addr, addr, 16)) continue;
+        n_same++;
+        if (!same || c->state < same->state || (c->state == same->state && c->opened < same->opened))
+            same = c;
+    }
+    if (n_same >= t->cfg.max_pending_per_addr) return same;
+    return n_all >= t->cfg.max_pending ? all : NULL;
+}
+
 static void dg__tcp_accept(dg__tcp *t, int64_t now)
 {
+    static const char full[] = "connection limit reached";
     int k;
     for (k = 0; k < 64; k++) {
         struct sockaddr_in sa;
         socklen_t sl = sizeof sa;
-        int fd = accept(t->lfd, (struct sockaddr *)&sa, &sl), pending = 0, i;
+        int fd = accept(t->lfd, (struct sockaddr *)&sa, &sl);
+        unsigned char addr[16];
         dg__tconn *c;
         if (fd < 0) return;
-        for (i = 0; i < t->n_conns; i++)
-            if (t->conns[i].state == DG__TC_HELLO || t->conns[i].state == DG__TC_AUTH) pending++;
-        c = pending < t->cfg.max_pending ? dg__tcp_slot(t) : NULL;
+        memset(addr, 0, 16);
+        addr[10] = addr[11] = 0xff;
+        memcpy(addr + 12, &sa.sin_addr, 4);
+        if ((c = dg__tcp_evictee(t, addr)) != NULL) {
+            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FULL, "connection limit reached: evicted by a newer "
+                           "connection (too many in their handshake)");
+            dg__tcp_release(t, c); /* a handshake has no sender inside */
+        }
+        c = dg__tcp_slot(t);
         if (!c || dg__tcp_nonblock(fd) < 0) {
-            static const char full[] = "connection limit reached";
             unsigned char buf[64];
             size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_FULL, full, buf, sizeof buf);
             uint64_t w = 0;
+            char who[24];
             dg__tcp_nonblock(fd);
             dg__tcp_write_frame(fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n, now, 0, &w);
             close(fd);
-            if (t->refused_n++ % 100 == 0)
-                dg__tcp_logf(&t->cfg, "tcp: refused a connection: %s", full);
+            dg__tcp_name(who, &sa);
+            dg__tcp_log_full(t, who, full);
+            t->refused_n++;
             continue;
         }
         c->fd = fd;
@@ -12161,13 +12438,15 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         c->peer = -1;
         c->role = 0;
         c->opened = c->last_rx = c->last_tx = now;
-        c->paused = 0;
+        c->paused = c->peers_due = 0;
         c->listen_port = 0;
-        memset(c->addr, 0, 16);
-        c->addr[10] = c->addr[11] = 0xff;
-        memcpy(c->addr + 12, &sa.sin_addr, 4);
+        memcpy(c->addr, addr, 16);
+        dg__tcp_name(c->name, &sa);
         /* before the handshake: small control frames only */
         dg__rx_init(&c->rx, &t->base, DG_TCP_MAX_HANDSHAKE, DG_TCP_MAX_HANDSHAKE);
+        /* a client sends its HELLO at once: take it now, before newer
+           connections may evict this one */
+        dg__tcp_read(t, c);
     }
 }
 
@@ -12181,7 +12460,7 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
             dg__tcp_release(t, c);
             continue;
         }
-        if (c->state == DG__TC_HELLO || c->state == DG__TC_AUTH) {
+        if (dg__tcp_pending_state(c->state)) {
             if (now - c->opened > t->cfg.handshake_timeout_ms)
                 dg__tcp_drop(t, c, "handshake timed out");
             continue;
@@ -12195,21 +12474,13 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
             dg__tcp_drop(t, c, "silent for too long (no heartbeat)");
             continue;
         }
-        if (now - c->last_tx >= t->cfg.heartbeat_ms && pthread_mutex_trylock(&c->wmu) == 0) {
-            struct pollfd p;
-            uint64_t w = 0;
-            p.fd = c->fd;
-            p.events = POLLOUT;
-            if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
-                if (dg__tcp_write_frame(c->fd, DG_TCP_HEARTBEAT, 0, (uint32_t)t->cfg.self, 0, NULL,
-                                        0, now + 1000, 0, &w) == DG_OK)
-                    c->last_tx = now;
-                else
-                    dg__tcp_drop(t, c, "cannot send a heartbeat");
-            }
-            if (c->peer >= 0) t->wire_out[c->peer] += w;
-            pthread_mutex_unlock(&c->wmu);
+        if (c->peers_due && t->peers) {
+            int r = dg__tcp_send_control(t, c, DG_TCP_PEERS, t->peers, t->peers_len, now);
+            if (r < 0) continue;
+            if (r == 0) c->peers_due = 0;
         }
+        if (now - c->last_tx >= t->cfg.heartbeat_ms)
+            dg__tcp_send_control(t, c, DG_TCP_HEARTBEAT, NULL, 0, now);
     }
 }
 
@@ -12246,18 +12517,19 @@ static void *dg__tcp_io_main(void *arg)
         r = poll(pf, (nfds_t)n, 100);
         pthread_mutex_lock(&t->mu);
         now = dg__tcp_ms();
+        /* connections first, then newcomers: a burst of accepts never
+           evicts a handshake whose next frame is already here */
         for (i = 0; r > 0 && i < n; i++) {
-            if (!pf[i].revents) continue;
+            if (!pf[i].revents || who[i] == -2) continue;
             if (who[i] == -1) {
                 char buf[64];
                 while (read(t->wake[0], buf, sizeof buf) > 0) {
                 }
-            } else if (who[i] == -2) {
-                dg__tcp_accept(t, now);
             } else {
                 dg__tcp_read(t, &t->conns[who[i]]);
             }
         }
+        if (r > 0 && t->lfd >= 0 && pf[1].revents) dg__tcp_accept(t, now);
         dg__tcp_timers(t, dg__tcp_ms());
     }
     pthread_mutex_unlock(&t->mu);
@@ -12405,10 +12677,10 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         if (!t->head) t->tail = NULL;
         t->count--;
         m->next = NULL;
-        t->queued[m->from] -= dg_msg_payload_bytes(m);
+        t->queued[m->from] -= dg__tcp_held(m);
         for (i = 0; i < t->n_conns; i++)
             if (t->conns[i].paused && t->conns[i].peer == m->from &&
-                t->queued[m->from] <= (size_t)t->cfg.max_message) {
+                t->queued[m->from] <= (size_t)t->largest) {
                 t->conns[i].paused = 0;
                 t->conns[i].last_rx = dg__tcp_ms();
                 wake = 1;
@@ -12461,10 +12733,11 @@ static void dg__tcp_close(dg_transport *bt)
     dg__free(t->conns);
     dg__free(t->queued);
     dg__free(t->dir);
+    dg__free(t->peers);
     dg__free(t->wire_in);
     dg__free(t->wire_out);
     dg_transport_base_free(bt);
-    memset(t->secret, 0, sizeof t->secret);
+    memset(t->key, 0, sizeof t->key);
     dg__free(t);
 }
 
@@ -12477,7 +12750,8 @@ static void dg__tcp_defaults(dg_tcp_config *c)
 {
     if (!c->max_message) c->max_message = DG_TCP_DEFAULT_MAX_MESSAGE;
     if (c->max_pending <= 0) c->max_pending = 64;
-    if (c->handshake_timeout_ms <= 0) c->handshake_timeout_ms = 5000;
+    if (c->max_pending_per_addr <= 0) c->max_pending_per_addr = 8;
+    if (c->handshake_timeout_ms <= 0) c->handshake_timeout_ms = 2000;
     if (c->frame_timeout_ms <= 0) c->frame_timeout_ms = 30000;
     if (c->heartbeat_ms <= 0) c->heartbeat_ms = 1000;
     if (c->dead_ms <= 0) c->dead_ms = 10000;
@@ -12496,9 +12770,11 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     if (!cfg || cfg->n_peers < 2 || cfg->self < 0 || cfg->self >= cfg->n_peers)
         return dg__fail(DG_ERR_ARG, "tcp: %d peers, self %d", cfg ? cfg->n_peers : 0,
                         cfg ? cfg->self : -1);
-    if (cfg->secret_len > DG_TCP_SECRET_MAX || (cfg->secret_len && !cfg->secret))
-        return dg__fail(DG_ERR_ARG, "tcp: secret of %zu bytes (at most %d)", cfg->secret_len,
-                        DG_TCP_SECRET_MAX);
+    if (cfg->secret && !cfg->secret_len)
+        return dg__fail(DG_ERR_ARG, "tcp: the shared secret is empty (secret_len 0): an empty "
+                        "secret would turn authentication off");
+    if (cfg->secret_len && !cfg->secret)
+        return dg__fail(DG_ERR_ARG, "tcp: secret_len %zu without a secret", cfg->secret_len);
     t = (dg__tcp *)dg__calloc(1, sizeof *t);
     if (!t) return dg__fail(DG_ERR_NOMEM, "tcp: no memory");
     if ((r = dg_transport_base_init(&t->base, cfg->n_peers)) != DG_OK) {
@@ -12507,8 +12783,19 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     }
     t->cfg = *cfg;
     dg__tcp_defaults(&t->cfg);
-    if (cfg->secret_len) memcpy(t->secret, cfg->secret, cfg->secret_len);
+    /* HMAC's own rule, applied once: a key longer than the 64-byte block
+       is replaced by its hash (the proofs are the same), so a secret of any
+       length is used whole, never cut */
+    if (cfg->secret_len > sizeof t->key) {
+        dg_sha256(cfg->secret, cfg->secret_len, t->key);
+        t->key_len = 32;
+    } else if (cfg->secret_len) {
+        memcpy(t->key, cfg->secret, cfg->secret_len);
+        t->key_len = cfg->secret_len;
+    }
     t->cfg.secret = NULL;
+    for (i = 1; i <= DG_TCP_APP_MAX; i++) t->type_max[i] = t->cfg.max_message;
+    t->largest = t->cfg.max_message;
     t->version = cfg->protocol_version ? cfg->protocol_version : DG_TCP_VERSION;
     t->lfd = t->wake[0] = t->wake[1] = -1;
     pthread_mutex_init(&t->mu, NULL);
@@ -12539,6 +12826,7 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     fcntl(t->wake[0], F_SETFL, O_NONBLOCK);
     fcntl(t->wake[1], F_SETFL, O_NONBLOCK);
     dg__tcp_seed_nonces(t);
+    dg__msg_pool_reserve(&t->base, dg__tcp_reserve(t));
     *out = t;
     return DG_OK;
 }
@@ -12629,14 +12917,17 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
                                                sizeof reason);
             dg__free(payload);
             if (e) return dg__fail(DG_ERR_CLOSED, "tcp: refused (unreadable reason)");
+            /* DG_ERR_CLOSED only for what may pass (full, shutting down):
+               dg__tcp_dial_server retries that */
             e = code == DG_TCP_REFUSE_VERSION ? DG_ERR_VERSION
                 : code == DG_TCP_REFUSE_AUTH  ? DG_ERR_AUTH
-                : code == DG_TCP_REFUSE_CONFIG ? DG_ERR_CONFIG
+                : code == DG_TCP_REFUSE_CONFIG || code == DG_TCP_REFUSE_ID ? DG_ERR_CONFIG
+                : code == DG_TCP_REFUSE_FORMAT ? DG_ERR_FORMAT
                                                : DG_ERR_CLOSED;
             return dg__fail(e, "tcp: refused by the peer: %s", reason);
         }
         if (step == 0 && fh.type == DG_TCP_CHALLENGE && fh.length == DG_TCP_NONCE) {
-            dg_tcp_client_proof(t->secret, t->cfg.secret_len, payload, hello, proof);
+            dg_tcp_client_proof(t->key, t->key_len, payload, hello, proof);
             memcpy(server_nonce, payload, DG_TCP_NONCE);
             dg__free(payload);
             if ((r = dg__tcp_write_frame(fd, DG_TCP_AUTH, 0, (uint32_t)t->cfg.self, 0, proof, 32,
@@ -12650,7 +12941,7 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
             r = dg_tcp_welcome_decode(payload, (size_t)fh.length, wel);
             dg__free(payload);
             if (r) return r;
-            dg_tcp_server_proof(t->secret, t->cfg.secret_len, h.nonce, server_nonce,
+            dg_tcp_server_proof(t->key, t->key_len, h.nonce, server_nonce,
                                 want_proof);
             if (dg_tcp_memneq(want_proof, wel->proof, 32))
                 return dg__fail(DG_ERR_AUTH, "tcp: the server could not prove the shared secret");
@@ -12683,7 +12974,7 @@ static dg_result dg__tcp_dial(dg__tcp *t, const struct sockaddr_in *sa, int role
         t->server_iteration = wel.iteration;
         while ((c = dg__tcp_find(t, 0)) != NULL) dg__tcp_drop(t, c, "reconnected");
     }
-    c = dg__tcp_adopt(t, fd, peer, role, dg__tcp_ms());
+    c = dg__tcp_adopt(t, fd, peer, role, dg__tcp_ms(), sa);
     pthread_mutex_unlock(&t->mu);
     if (!c) {
         close(fd);
@@ -12691,6 +12982,33 @@ static dg_result dg__tcp_dial(dg__tcp *t, const struct sockaddr_in *sa, int role
     }
     dg__tcp_wake(t);
     return DG_OK;
+}
+
+/* Dials the server; what may pass (unreachable, timed out, refused for
+   capacity or shutting down: DG_ERR_IO, _TIMEOUT, _CLOSED) is retried for
+   window_ms, waiting 100 ms, then twice as long each time up to 2 s, each
+   wait shortened at random by up to a half so that restarted workers do
+   not come back in step. */
+static dg_result dg__tcp_dial_server(dg__tcp *t, int window_ms)
+{
+    int64_t end = dg__tcp_ms() + (window_ms > 0 ? window_ms : 0);
+    int wait = 100, tries;
+    for (tries = 1;; tries++) {
+        dg_result r = dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+        int64_t left = end - dg__tcp_ms();
+        unsigned char rnd[DG_TCP_NONCE];
+        int ms;
+        if (r == DG_OK || (r != DG_ERR_IO && r != DG_ERR_TIMEOUT && r != DG_ERR_CLOSED) ||
+            left <= 0 || dg_tcp_stop_requested())
+            return r;
+        if (tries == 1)
+            dg__tcp_logf(&t->cfg, "tcp: worker %d: %s; retrying for %lld s", t->cfg.self,
+                         dg_last_error(), (long long)(left + 999) / 1000);
+        dg__tcp_nonce(t, rnd);
+        ms = wait - (int)(dg__tcp_rd32(rnd) % (uint32_t)(wait / 2 + 1));
+        dg__tcp_sleep_ms(ms < left ? ms : (int)left);
+        if (wait < 2000) wait *= 2;
+    }
 }
 
 static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer)
@@ -12737,7 +13055,7 @@ DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cf
                      "without a shared secret");
     if (r == DG_OK) r = dg__tcp_listen(&sa, &t->lfd, &t->port);
     if (r == DG_OK) r = dg__tcp_start(t);
-    if (r == DG_OK) r = dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+    if (r == DG_OK) r = dg__tcp_dial_server(t, cfg->retry_ms);
     if (r != DG_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s", dg_last_error());
@@ -12769,6 +13087,36 @@ DGDEF int dg_tcp_connected(dg_transport *bt, int peer)
     t = dg__tcp_of(bt);
     pthread_mutex_lock(&t->mu);
     r = dg__tcp_find(t, peer) != NULL;
+    pthread_mutex_unlock(&t->mu);
+    return r;
+}
+
+DGDEF void dg_tcp_set_max_payload(dg_transport *bt, const uint64_t max_payload[DG_TCP_APP_MAX + 1])
+{
+    dg__tcp *t;
+    uint64_t largest = 0;
+    int i;
+    if (!bt || !max_payload) return;
+    t = dg__tcp_of(bt);
+    pthread_mutex_lock(&t->mu);
+    for (i = 1; i <= DG_TCP_APP_MAX; i++) {
+        uint64_t v = max_payload[i] < t->cfg.max_message ? max_payload[i] : t->cfg.max_message;
+        __atomic_store_n(&t->type_max[i], v, __ATOMIC_RELAXED); /* the I/O thread reads it */
+        if (v > largest) largest = v;
+    }
+    t->largest = largest;
+    dg__msg_pool_reserve(bt, dg__tcp_reserve(t));
+    pthread_mutex_unlock(&t->mu);
+}
+
+DGDEF int dg_tcp_run_over(dg_transport *bt)
+{
+    dg__tcp *t;
+    int r;
+    if (!bt) return 0;
+    t = dg__tcp_of(bt);
+    pthread_mutex_lock(&t->mu);
+    r = t->run_over;
     pthread_mutex_unlock(&t->mu);
     return r;
 }
@@ -12805,6 +13153,7 @@ DGDEF uint64_t dg_tcp_refused(dg_transport *bt)
 DGDEF void dg_tcp_goodbye(dg_transport *bt)
 {
     dg__tcp *t = dg__tcp_of(bt);
+    uint8_t flags = dg_tcp_stop_requested() ? 0 : DG_TCP_FLAG_LAST;
     int i;
     pthread_mutex_lock(&t->mu);
     for (i = 0; i < t->n_conns; i++) {
@@ -12814,7 +13163,7 @@ DGDEF void dg_tcp_goodbye(dg_transport *bt)
         size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_SHUTDOWN, "done", buf, sizeof buf);
         if (c->state != DG__TC_LIVE) continue;
         pthread_mutex_lock(&c->wmu);
-        dg__tcp_write_frame(c->fd, DG_TCP_BYE, DG_TCP_FLAG_LAST, (uint32_t)t->cfg.self, 0, buf, n,
+        dg__tcp_write_frame(c->fd, DG_TCP_BYE, flags, (uint32_t)t->cfg.self, 0, buf, n,
                             dg__tcp_ms() + 500, 0, &w);
         pthread_mutex_unlock(&c->wmu);
     }
@@ -12876,12 +13225,79 @@ DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
     dg_sha256_final(&s, out);
 }
 
-static void dg__tcp_sleep_ms(int ms)
+/* The payload length of a message of `parts` parts of 4-byte values,
+   `values` in all. */
+static uint64_t dg__tcp_len4(int parts, uint64_t values)
 {
-    struct timespec ts;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
+    return DG__BODY_HEAD + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
+}
+
+/* Adds the parts and values of G or D on the wire (dg__net_parts:
+   parameters, batchnorm state, Adam's two moments when with_opt). */
+static dg_result dg__tcp_net_size(int is_g, dg_arch arch, int z_dim, int n_classes, int c, int h,
+                                  int w, int with_opt, int *parts, uint64_t *values)
+{
+    dg_net *net;
+    dg_result r = is_g ? dg_build_generator(&net, arch, z_dim, n_classes, c, h, w)
+                       : dg_build_discriminator(&net, arch, c, h, w, 1 + n_classes);
+    if (r != DG_OK) return r;
+    *parts += 1 + (dg_net_state_count(net) > 0) + (with_opt != 0);
+    *values += (uint64_t)dg_net_param_count(net) * (with_opt ? 3 : 1) + dg_net_state_count(net);
+    dg_net_free(net);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_tcp_mdgan_max_payload(const dg_mdgan_config *c, int self,
+                                         uint64_t out[DG_TCP_APP_MAX + 1])
+{
+    uint64_t bd, values = 0;
+    int parts = 0, labels;
+    if (!out) return dg__fail(DG_ERR_ARG, "tcp: max payload: NULL");
+    memset(out, 0, sizeof(uint64_t) * (DG_TCP_APP_MAX + 1));
+    if (!c || c->batch < 1 || c->c < 1 || c->h < 1 || c->w < 1 || self < 0)
+        return dg__fail(DG_ERR_ARG, "tcp: max payload: bad configuration");
+    bd = (uint64_t)c->batch * (uint64_t)(c->c * c->h * c->w);
+    labels = c->n_classes > 0;
+    if (self == 0) { /* the server hears only feedback */
+        out[DG_MSG_FEEDBACK] = dg__tcp_len4(1, bd);
+        return DG_OK;
+    }
+    out[DG_MSG_GEN_BATCHES] = dg__tcp_len4(labels ? 4 : 2, 2 * bd + (labels ? 2 * (uint64_t)c->batch : 0));
+    out[DG_MSG_SWAP] = out[DG_MSG_COPY_DISC] = out[DG_MSG_STOP] = dg__tcp_len4(0, 0);
+    if (dg__tcp_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w, c->swap_optimizer,
+                         &parts, &values) != DG_OK)
+        return dg__fail(DG_ERR_CONFIG, "tcp: max payload: %s", dg_last_error());
+    out[DG_MSG_DISC] = dg__tcp_len4(parts, values);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_tcp_flgan_max_payload(const dg_flgan_config *c, int self,
+                                         uint64_t out[DG_TCP_APP_MAX + 1])
+{
+    uint64_t values = 0;
+    int parts = 0;
+    if (!out) return dg__fail(DG_ERR_ARG, "tcp: max payload: NULL");
+    memset(out, 0, sizeof(uint64_t) * (DG_TCP_APP_MAX + 1));
+    if (!c || self < 0) return dg__fail(DG_ERR_ARG, "tcp: max payload: bad configuration");
+    /* MODEL both ways: (w, θ) with their optimisers when averaged */
+    if (dg__tcp_net_size(1, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w,
+                         c->average_optimizer, &parts, &values) != DG_OK ||
+        dg__tcp_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w,
+                         c->average_optimizer, &parts, &values) != DG_OK)
+        return dg__fail(DG_ERR_CONFIG, "tcp: max payload: %s", dg_last_error());
+    out[DG_MSG_MODEL] = dg__tcp_len4(parts, values);
+    if (self != 0) out[DG_MSG_STOP] = dg__tcp_len4(0, 0);
+    return DG_OK;
+}
+
+/* Limits t's messages to what the role's configuration can send (md or fl). */
+static dg_result dg__tcp_limit(dg_transport *t, const dg_mdgan_config *md, const dg_flgan_config *fl)
+{
+    uint64_t lim[DG_TCP_APP_MAX + 1];
+    int self = dg__tcp_of(t)->cfg.self;
+    dg_result r = md ? dg_tcp_mdgan_max_payload(md, self, lim) : dg_tcp_flgan_max_payload(fl, self, lim);
+    if (r == DG_OK) dg_tcp_set_max_payload(t, lim);
+    return r;
 }
 
 /* Writes buf to path through path.tmp and rename(2): a crash never leaves
@@ -12920,6 +13336,26 @@ static dg_result dg__tcp_read_file(const char *path, unsigned char **buf, size_t
     }
     fclose(f);
     *n = (size_t)len;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, size_t *len)
+{
+    unsigned char *buf;
+    size_t n = 0;
+    if (!secret || !len || !path) return dg__fail(DG_ERR_ARG, "tcp: read secret: NULL argument");
+    *secret = NULL;
+    *len = 0;
+    if (dg__tcp_read_file(path, &buf, &n) != DG_OK)
+        return dg__fail(DG_ERR_IO, "tcp: cannot read the secret file %s", path);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
+    if (!n) {
+        dg__free(buf);
+        return dg__fail(DG_ERR_ARG, "tcp: the secret file %s is empty: an empty secret would turn "
+                        "authentication off", path);
+    }
+    *secret = buf;
+    *len = n;
     return DG_OK;
 }
 
@@ -12980,6 +13416,7 @@ DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport
     if (g_out) *g_out = NULL;
     if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
     tc = &dg__tcp_of(t)->cfg;
+    if ((r = dg__tcp_limit(t, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
     c = *cfg;
     if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * tc->dead_ms;
     if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
@@ -13037,23 +13474,28 @@ DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport
     return r;
 }
 
-/* A worker that lost the server redials it for run->reconnect_ms. */
-static dg_result dg__tcp_keep_server(dg_transport *t, const dg_tcp_run *run)
+/* Between a worker's messages: DG_OK to go on, with *over set when the
+   run is over (the server said BYE with LAST and nothing is left in the
+   inbox: a STOP may wait there behind the end of the connection); a lost
+   server is redialled for run->reconnect_ms (then DG_ERR_CLOSED). */
+static dg_result dg__tcp_keep_server(dg_transport *t, const dg_tcp_run *run, int *over)
 {
-    dg_tcp_config *tc = &dg__tcp_of(t)->cfg;
-    int64_t end;
-    if (dg_tcp_connected(t, 0)) return DG_OK;
-    dg__tcp_logf(tc, "worker %d: lost the server, reconnecting", tc->self);
-    end = dg__tcp_ms() + (run->reconnect_ms > 0 ? run->reconnect_ms : 30000);
-    while (dg__tcp_ms() < end && !dg_tcp_stop_requested()) {
-        if (dg_tcp_reconnect(t) == DG_OK) {
-            dg__tcp_logf(tc, "worker %d: reconnected (server at iteration %llu)", tc->self,
-                         (unsigned long long)dg_tcp_server_iteration(t));
-            return DG_OK;
-        }
-        dg__tcp_sleep_ms(250);
+    dg__tcp *tt = dg__tcp_of(t);
+    dg_tcp_config *tc = &tt->cfg;
+    dg_result r;
+    *over = 0;
+    if (dg_tcp_connected(t, 0) || dg_transport_pending(t, tc->self) > 0) return DG_OK;
+    if (dg_tcp_run_over(t)) {
+        dg__tcp_logf(tc, "worker %d: the server ended the run", tc->self);
+        *over = 1;
+        return DG_OK;
     }
-    return dg__fail(DG_ERR_CLOSED, "worker %d: the server is gone", tc->self);
+    dg__tcp_logf(tc, "worker %d: lost the server, reconnecting", tc->self);
+    if ((r = dg__tcp_dial_server(tt, run->reconnect_ms > 0 ? run->reconnect_ms : 30000)) != DG_OK)
+        return dg__fail(r, "worker %d: the server is gone: %s", tc->self, dg_last_error());
+    dg__tcp_logf(tc, "worker %d: reconnected (server at iteration %llu)", tc->self,
+                 (unsigned long long)dg_tcp_server_iteration(t));
+    return DG_OK;
 }
 
 DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport *t,
@@ -13064,18 +13506,18 @@ DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport
     dg_tcp_config *tc;
     dg_result r;
     int64_t held_since = -1;
-    int swap_wait;
+    int swap_wait, over = 0;
     if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
     tc = &dg__tcp_of(t)->cfg;
     swap_wait = run->swap_wait_ms > 0 ? run->swap_wait_ms : tc->dead_ms;
+    if ((r = dg__tcp_limit(t, cfg, NULL)) != DG_OK) return r;
     /* a worker that arrives in a running job joins: it waits for a live D */
     r = dg_mdgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count,
                                dg_tcp_server_iteration(t) > 0);
     if (r != DG_OK) return r;
-    while (!dg_tcp_stop_requested() && !dg_mdgan_worker_stopped(w)) {
+    while (!over && !dg_tcp_stop_requested() && !dg_mdgan_worker_stopped(w)) {
         dg_msg *m;
-        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
-            (r = dg_mdgan_worker_handle(w, m)) != DG_OK)
+        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
             dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
         if (dg_mdgan_worker_holding(w)) {
             if (held_since < 0) held_since = dg__tcp_ms();
@@ -13089,8 +13531,7 @@ DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport
         } else {
             held_since = -1;
         }
-        if (!dg_mdgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
-        r = DG_OK;
+        if (!dg_mdgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run, &over)) != DG_OK) break;
     }
     if (dg_mdgan_worker_stopped(w)) dg__tcp_logf(tc, "worker %d: training is over", tc->self);
     dg_mdgan_worker_free(w);
@@ -13110,6 +13551,7 @@ DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport
     if (g_out) *g_out = NULL;
     if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
     tc = &dg__tcp_of(t)->cfg;
+    if ((r = dg__tcp_limit(t, NULL, cfg)) != DG_OK) return r; /* message sizes of this run */
     c = *cfg;
     if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
     if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
@@ -13143,16 +13585,17 @@ DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport
     dg_flgan_worker *w;
     dg_tcp_config *tc;
     dg_result r;
+    int over = 0;
     if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
     tc = &dg__tcp_of(t)->cfg;
+    if ((r = dg__tcp_limit(t, NULL, cfg)) != DG_OK) return r;
     if ((r = dg_flgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count)) != DG_OK) return r;
-    while (!dg_tcp_stop_requested() && !dg_flgan_worker_stopped(w)) {
+    while (!over && !dg_tcp_stop_requested() && !dg_flgan_worker_stopped(w)) {
         dg_msg *m;
         if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
             dg_flgan_worker_handle(w, m) != DG_OK)
             dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
-        if (!dg_flgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run)) != DG_OK) break;
-        r = DG_OK;
+        if (!dg_flgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run, &over)) != DG_OK) break;
     }
     dg_flgan_worker_free(w);
     return r;

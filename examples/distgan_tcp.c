@@ -137,7 +137,7 @@ static void progress(void *user, int64_t it, int n_live, float d_loss, float g_l
 
 int main(int argc, char **argv)
 {
-    static unsigned char secret[DG_TCP_SECRET_MAX];
+    unsigned char *secret = NULL;
     opts o;
     dg_dataset ds;
     dg_partition part;
@@ -159,12 +159,9 @@ int main(int argc, char **argv)
     md = o.algo == 0;
     snprintf(who, sizeof who, is_server ? "server" : "worker %d", o.id);
     dg_tcp_install_signal_handlers();
-    if (o.secret_file) {
-        FILE *f = fopen(o.secret_file, "rb");
-        if (!f) { fprintf(stderr, "distgan_tcp: cannot read %s\n", o.secret_file); return 1; }
-        secret_len = fread(secret, 1, sizeof secret, f);
-        fclose(f);
-        while (secret_len && (secret[secret_len - 1] == '\n' || secret[secret_len - 1] == '\r')) secret_len--;
+    if (o.secret_file && (r = dg_tcp_read_secret(o.secret_file, &secret, &secret_len)) != DG_OK) {
+        fprintf(stderr, "distgan_tcp: %s\n", dg_last_error());
+        return 1;
     }
     memset(&ds, 0, sizeof ds);
     memset(&part, 0, sizeof part);
@@ -215,7 +212,7 @@ int main(int argc, char **argv)
     tc.self = is_server ? 0 : o.id;
     tc.listen = o.listen;
     tc.connect = o.connect;
-    tc.secret = secret_len ? secret : NULL;
+    tc.secret = secret;
     tc.secret_len = secret_len;
     tc.allow_insecure = o.insecure;
     tc.max_message = o.max_message;
@@ -231,14 +228,12 @@ int main(int argc, char **argv)
     run.resume = o.resume;
     run.progress = progress;
     run.user = &o;
+    /* a worker started before its server, or refused while it is full,
+       keeps dialling for 30 s */
+    tc.retry_ms = 30000;
     r = is_server ? dg_tcp_server_create(&t, &tc) : dg_tcp_worker_create(&t, &tc);
-    /* a worker started before its server keeps dialling for 30 s */
-    while (!is_server && (r == DG_ERR_IO || r == DG_ERR_TIMEOUT) && now_s() - t_start < 30 &&
-           !dg_tcp_stop_requested()) {
-        struct timespec ts = {0, 200000000};
-        nanosleep(&ts, NULL);
-        r = dg_tcp_worker_create(&t, &tc);
-    }
+    if (secret) memset(secret, 0, secret_len); /* the transport keeps its own key */
+    dg_tcp_free(secret);
     if (r != DG_OK) {
         fprintf(stderr, "distgan_tcp %s: %s: %s\n", who, dg_result_str(r), dg_last_error());
         return 1;

@@ -804,6 +804,568 @@ TEST(refusals_and_sigterm)
     if (th_cur_failed) { show("fsrv.err"); show("fw1.err"); show("fw2.err"); show("fw3.err"); }
 }
 
+/* ---- issue 10, the audit of the transport: each test failed on 38a04ff ---- */
+
+/* Reads exactly n bytes within ms; 0 when they came. */
+static int read_exact(int fd, void *p, size_t n, int ms)
+{
+    int64_t end = dg__tcp_ms() + ms;
+    size_t got = 0;
+    while (got < n) {
+        struct pollfd q;
+        ssize_t k;
+        int left = (int)(end - dg__tcp_ms());
+        q.fd = fd;
+        q.events = POLLIN;
+        if (left <= 0 || poll(&q, 1, left) != 1) return -1;
+        k = read(fd, (char *)p + got, n - got);
+        if (k <= 0) return -1;
+        got += (size_t)k;
+    }
+    return 0;
+}
+
+/* One write (two would wait for Nagle and a delayed ACK). */
+static int send_frame(int fd, uint8_t type, uint32_t sender, const void *p, size_t n)
+{
+    unsigned char b[DG_TCP_HEADER_SIZE + 128];
+    dg_frame_header h = dg_frame_make(type, 0, sender, 0, p, n);
+    if (n > 128) return -1;
+    dg_frame_header_encode(&h, b);
+    if (n) memcpy(b + DG_TCP_HEADER_SIZE, p, n);
+    return write(fd, b, DG_TCP_HEADER_SIZE + n) == (ssize_t)(DG_TCP_HEADER_SIZE + n) ? 0 : -1;
+}
+
+/* Completes the handshake on a raw connected socket as worker `id`
+   (hash_a): fd, or -1 (closed).  It can then send what no well-behaved
+   worker would. */
+static int raw_handshake(int fd, int id, const char *secret)
+{
+    unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + 64], proof[32];
+    dg_tcp_hello h;
+    if (fd < 0) return -1;
+    memset(&h, 0, sizeof h);
+    h.role = DG_TCP_ROLE_WORKER;
+    h.worker_id = (uint32_t)id;
+    h.min_version = h.max_version = DG_TCP_VERSION;
+    memcpy(h.config_hash, hash_a, 32);
+    h.nonce[0] = (unsigned char)id;
+    dg_tcp_hello_encode(&h, hello);
+    if (send_frame(fd, DG_TCP_HELLO, (uint32_t)id, hello, sizeof hello) ||
+        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG_TCP_NONCE, 3000) || buf[6] != DG_TCP_CHALLENGE)
+        goto fail;
+    dg_tcp_client_proof(secret, strlen(secret), buf + DG_TCP_HEADER_SIZE, hello, proof);
+    if (send_frame(fd, DG_TCP_AUTH, (uint32_t)id, proof, 32) ||
+        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG_TCP_WELCOME_SIZE, 3000) ||
+        buf[6] != DG_TCP_WELCOME)
+        goto fail;
+    return fd;
+fail:
+    close(fd);
+    return -1;
+}
+
+static int raw_worker(uint16_t port, int id, const char *secret)
+{
+    return raw_handshake(raw_connect(port), id, secret);
+}
+
+/* The head of a FEEDBACK message of `bytes` payload from worker id: frame
+   header, body head and part table (72 bytes), and nothing more. */
+static int declare_feedback(int fd, int id, uint64_t bytes)
+{
+    unsigned char b[DG_TCP_HEADER_SIZE + 24 + 16];
+    dg_frame_header h = dg_frame_make(DG_MSG_FEEDBACK, 0, (uint32_t)id, 1, NULL, 0);
+    h.length = 24 + 16 + bytes;
+    dg_frame_header_encode(&h, b);
+    memset(b + DG_TCP_HEADER_SIZE, 0, 40);
+    b[DG_TCP_HEADER_SIZE + 4] = 1;                          /* one part */
+    b[DG_TCP_HEADER_SIZE + 24] = DG_PART_F32;
+    dg__tcp_le64(b + DG_TCP_HEADER_SIZE + 24 + 8, bytes / 4);
+    return write(fd, b, sizeof b) == (ssize_t)sizeof b ? 0 : -1;
+}
+
+/* Item 3: authenticated peers that declare huge messages and send nothing
+   more made the server take (and touch) every declared buffer, then keep
+   it in the pool: 1.5 GB from ten connections.  Memory now follows the
+   bytes that came, and the legitimate worker keeps going. */
+TEST(declared_sizes_cost_nothing)
+{
+    dg_transport *s = NULL, *w = NULL;
+    pinger p;
+    pthread_t th;
+    long rss0, rss1, rss2;
+    int fds[10], i, in = 0, closed = 0, rounds0;
+    CHECK_OK(make_server(&s, 12, "sesame"));          /* max_message 32 MiB */
+    if (!s) return;
+    CHECK_OK(make_worker(&w, 12, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (!w) { dg_transport_close(s); return; }
+    memset(&p, 0, sizeof p);
+    p.s = s;
+    p.w = w;
+    pthread_create(&th, NULL, ping_main, &p);
+    while (__atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE) < 20) dg__tcp_sleep_ms(10);
+    rss0 = rss_kb();                                  /* the clean run */
+    for (i = 0; i < 10; i++) {
+        fds[i] = raw_worker(dg_tcp_port(s), 2 + i, "sesame");
+        if (fds[i] >= 0 && declare_feedback(fds[i], 2 + i, ((uint64_t)32 << 20) - 4096 * (i + 1)) == 0)
+            in++;
+    }
+    CHECK(in == 10);
+    dg__tcp_sleep_ms(500);                            /* the server read every head */
+    rss1 = rss_kb();
+    rounds0 = __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE);
+    for (i = 0; i < 10; i++)                          /* the frame timeout (1.5 s) ends them */
+        if (fds[i] >= 0 && closed_within(fds[i], 5000)) closed++;
+    CHECK(closed == in);
+    dg__tcp_sleep_ms(200);
+    __atomic_store_n(&p.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    rss2 = rss_kb();
+    printf("  10 declared messages of ~32 MiB: RSS %ld MB clean, %+ld MB while declared, "
+           "%+ld MB after; %d round trips meanwhile, %d failures\n", rss0 / 1024,
+           (rss1 - rss0) / 1024, (rss2 - rss0) / 1024, p.rounds - rounds0, p.failures);
+    CHECK(rss1 - rss0 < 64 * 1024);
+    CHECK(rss2 - rss0 < 64 * 1024);
+    CHECK(p.failures == 0 && p.rounds > rounds0);
+    CHECK(dg_tcp_connected(s, 1));
+    for (i = 0; i < 10; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    dg_transport_close(w);
+    dg_transport_close(s);
+}
+
+/* Item 3: a message's declared size must fit its type in this run; a type
+   the endpoint never receives is refused from the header. */
+TEST(message_limits_per_type)
+{
+    dg_mdgan_config c = dg_mdgan_config_init();
+    uint64_t lim[DG_TCP_APP_MAX + 1], bd;
+    dg_transport *s = NULL, *w = NULL;
+    dg_msg *m;
+    int fd;
+    c.n_workers = 3; c.c = 1; c.h = 28; c.w = 28; c.arch = DG_ARCH_MLP; c.batch = 16;
+    bd = 16 * 784;
+    CHECK_OK(dg_tcp_mdgan_max_payload(&c, 0, lim));
+    CHECK(lim[DG_MSG_FEEDBACK] == 24 + 16 + 4 * bd);
+    CHECK(lim[DG_MSG_GEN_BATCHES] == 0 && lim[DG_MSG_DISC] == 0 && lim[DG_MSG_USER] == 0);
+    CHECK_OK(dg_tcp_mdgan_max_payload(&c, 2, lim));
+    CHECK(lim[DG_MSG_GEN_BATCHES] == 24 + 32 + 8 * bd && lim[DG_MSG_FEEDBACK] == 0);
+    CHECK(lim[DG_MSG_STOP] == 24 && lim[DG_MSG_SWAP] == 24);
+    CHECK(lim[DG_MSG_DISC] > 24 + 3 * 4 * (uint64_t)784 * 512); /* θ and Adam's moments */
+    /* a server that takes only FEEDBACK of the pinger's size */
+    CHECK_OK(make_server(&s, 4, "sesame"));
+    if (!s) return;
+    CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    memset(lim, 0, sizeof lim);
+    lim[DG_MSG_FEEDBACK] = 24 + 3 * 16 + 4 * 10000 + 4 * 3 + 5;
+    dg_tcp_set_max_payload(s, lim);
+    if (w) {
+        CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 10000, 4)));
+        CHECK_OK(dg_transport_recv(s, 0, 5000, &m));
+        CHECK(msg_ok(m, DG_MSG_FEEDBACK, 1, 10000, 4));
+        dg_msg_free(s, m);
+    }
+    fd = raw_worker(dg_tcp_port(s), 2, "sesame");     /* one byte over: closed at once */
+    CHECK(fd >= 0 && declare_feedback(fd, 2, 4 * 10000 + 4 * 3 + 5 + 4) == 0);
+    CHECK(closed_within(fd, 1000));                   /* the frame timeout is 1.5 s */
+    if (fd >= 0) close(fd);
+    fd = raw_worker(dg_tcp_port(s), 3, "sesame");     /* a type the server never receives */
+    if (fd >= 0) {
+        unsigned char b[24];
+        memset(b, 0, sizeof b);
+        CHECK(send_frame(fd, DG_MSG_STOP, 3, b, sizeof b) == 0);
+        CHECK(closed_within(fd, 1000));
+        close(fd);
+    }
+    CHECK(w && dg_tcp_connected(s, 1));
+    dg_transport_close(w);
+    dg_transport_close(s);
+}
+
+/* One line of the server's log, kept for the checks. */
+typedef struct log_lines {
+    pthread_mutex_t mu;
+    char text[1 << 14];
+    size_t n;
+} log_lines;
+
+static void keep_log(void *user, const char *line)
+{
+    log_lines *l = (log_lines *)user;
+    size_t k = strlen(line);
+    pthread_mutex_lock(&l->mu);
+    if (l->n + k + 2 < sizeof l->text) {
+        memcpy(l->text + l->n, line, k);
+        l->n += k;
+        l->text[l->n++] = '\n';
+        l->text[l->n] = 0;
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+static int log_has(log_lines *l, const char *a, const char *b)
+{
+    int r;
+    pthread_mutex_lock(&l->mu);
+    r = strstr(l->text, a) && strstr(l->text, b);
+    pthread_mutex_unlock(&l->mu);
+    return r;
+}
+
+/* A malformed frame from an authenticated peer closes that connection only,
+   and the log names the peer's id and address. */
+TEST(malformed_frame_names_the_peer)
+{
+    static log_lines log;
+    dg_tcp_config c;
+    dg_transport *s = NULL, *w = NULL;
+    dg_msg *m;
+    int fd;
+    memset(&log, 0, sizeof log);
+    pthread_mutex_init(&log.mu, NULL);
+    dg_tcp_config_init(&c);
+    c.n_peers = 3;
+    c.listen = "127.0.0.1:0";
+    c.secret = "sesame";
+    c.secret_len = 6;
+    memcpy(c.config_hash, hash_a, 32);
+    c.log = keep_log;
+    c.log_user = &log;
+    CHECK_OK(dg_tcp_server_create(&s, &c));
+    if (!s) return;
+    CHECK_OK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    fd = raw_worker(dg_tcp_port(s), 2, "sesame");
+    if (fd >= 0) {
+        unsigned char b[24 + 16 + 8];
+        memset(b, 0, sizeof b);
+        b[4] = 1;          /* one part, of kind 9 */
+        b[24] = 9;
+        b[32] = 2;
+        CHECK(send_frame(fd, DG_MSG_FEEDBACK, 2, b, sizeof b) == 0);
+        CHECK(closed_within(fd, 2000));
+        close(fd);
+    }
+    CHECK(log_has(&log, "worker 2 (127.0.0.1:", "invalid frame: tcp: part 0 has kind 9"));
+    if (w) {   /* the others go on */
+        CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 100, 4)));
+        CHECK_OK(dg_transport_recv(s, 0, 5000, &m));
+        CHECK(msg_ok(m, DG_MSG_FEEDBACK, 1, 100, 4));
+        dg_msg_free(s, m);
+    }
+    if (th_cur_failed) printf("%s", log.text);
+    dg_transport_close(w);
+    dg_transport_close(s);
+    pthread_mutex_destroy(&log.mu);
+}
+
+/* The role's send to a worker that does not read blocks (up to its
+   deadline), holding that connection; the I/O thread then waited for it to
+   write PEERS when another worker connected, and every connection went
+   unread meanwhile.  Now the I/O thread never waits for a peer. */
+static void *send_big(void *arg)
+{
+    dg_transport *s = (dg_transport *)arg;
+    dg_transport_send(s, make_msg(s, DG_MSG_GEN_BATCHES, 0, 2, (size_t)2 << 20, 6));
+    return NULL;
+}
+
+TEST(a_stalled_reader_stalls_nobody)
+{
+    dg_transport *s = NULL, *w = NULL;
+    struct sockaddr_in sa;
+    pinger p;
+    pthread_t th, big;
+    int stalled, small = 1, k, fd, rounds0, rounds1;
+    CHECK_OK(make_server(&s, 4, "sesame"));
+    if (!s) return;
+    CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (!w) { dg_transport_close(s); return; }
+    /* worker 2 with the smallest receive buffer, never reading */
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(dg_tcp_port(s));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    stalled = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(stalled, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    if (connect(stalled, (struct sockaddr *)&sa, sizeof sa) == 0)
+        stalled = raw_handshake(stalled, 2, "sesame");
+    else
+        close(stalled), stalled = -1;
+    CHECK(stalled >= 0);
+    memset(&p, 0, sizeof p);
+    p.s = s;
+    p.w = w;
+    pthread_create(&th, NULL, ping_main, &p);
+    pthread_create(&big, NULL, send_big, s);          /* 8 MB to worker 2: it blocks */
+    dg__tcp_sleep_ms(300);
+    fd = raw_worker(dg_tcp_port(s), 3, "sesame");     /* PEERS due to everyone */
+    CHECK(fd >= 0);
+    rounds0 = __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE);
+    for (k = 0; k < 300 && __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE) < rounds0 + 20; k++)
+        dg__tcp_sleep_ms(20);
+    rounds1 = __atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&p.stop, 1, __ATOMIC_RELEASE);
+    if (stalled >= 0) close(stalled);                 /* ends the blocked send */
+    pthread_join(big, NULL);
+    pthread_join(th, NULL);
+    printf("  beside a send blocked on a worker that does not read: %d round trips in %d ms, "
+           "%d failures\n", rounds1 - rounds0, 20 * k, p.failures);
+    CHECK(p.failures == 0 && rounds1 >= rounds0 + 20);
+    if (fd >= 0) close(fd);
+    dg_transport_close(w);
+    dg_transport_close(s);
+}
+
+/* Item 4: the handshake slots.  With at most 4 from one address, a fifth
+   connection evicts the oldest that has not sent a HELLO, and one that did
+   survives the idle ones. */
+TEST(handshake_slots_evict_the_idle)
+{
+    dg_tcp_config c;
+    dg_transport *s = NULL;
+    unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + DG_TCP_NONCE];
+    dg_tcp_hello h;
+    int idle[6], talker, i;
+    dg_tcp_config_init(&c);
+    c.n_peers = 3;
+    c.listen = "127.0.0.1:0";
+    c.secret = "sesame";
+    c.secret_len = 6;
+    memcpy(c.config_hash, hash_a, 32);
+    c.max_pending_per_addr = 4;
+    CHECK_OK(dg_tcp_server_create(&s, &c));
+    if (!s) return;
+    /* one that sent its HELLO (waits for AUTH), then idle ones */
+    memset(&h, 0, sizeof h);
+    h.role = DG_TCP_ROLE_WORKER;
+    h.worker_id = 1;
+    h.min_version = h.max_version = DG_TCP_VERSION;
+    memcpy(h.config_hash, hash_a, 32);
+    dg_tcp_hello_encode(&h, hello);
+    talker = raw_connect(dg_tcp_port(s));
+    CHECK(send_frame(talker, DG_TCP_HELLO, 1, hello, sizeof hello) == 0);
+    CHECK(read_exact(talker, buf, sizeof buf, 2000) == 0 && buf[6] == DG_TCP_CHALLENGE);
+    for (i = 0; i < 3; i++) {
+        idle[i] = raw_connect(dg_tcp_port(s));
+        dg__tcp_sleep_ms(30);
+    }
+    CHECK(!closed_within(idle[0], 200));              /* 4 in their handshake: room */
+    idle[3] = raw_connect(dg_tcp_port(s));            /* the fifth evicts idle[0] */
+    CHECK(closed_within(idle[0], 2000));
+    CHECK(!closed_within(idle[1], 100) && !closed_within(talker, 100));
+    idle[4] = raw_connect(dg_tcp_port(s));            /* and the sixth idle[1] */
+    CHECK(closed_within(idle[1], 2000));
+    CHECK(!closed_within(talker, 100) && !closed_within(idle[4], 100));
+    close(talker);
+    for (i = 0; i < 5; i++) close(idle[i]);
+    dg_transport_close(s);
+}
+
+/* Idle connections from the test's address, reopened as the server drops
+   them, until told to stop. */
+typedef struct flood {
+    uint16_t port;
+    int n, stop, opened;
+} flood;
+
+static void *flood_main(void *arg)
+{
+    flood *f = (flood *)arg;
+    struct pollfd q[80];
+    int i;
+    for (i = 0; i < f->n; i++) {
+        q[i].fd = raw_connect(f->port);
+        q[i].events = POLLIN;
+    }
+    while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
+        if (poll(q, (nfds_t)f->n, 50) <= 0) continue;
+        for (i = 0; i < f->n; i++) {
+            char b[256];
+            if (!q[i].revents || (q[i].fd >= 0 && read(q[i].fd, b, sizeof b) > 0)) continue;
+            if (q[i].fd >= 0) close(q[i].fd);
+            q[i].fd = raw_connect(f->port);
+            f->opened++;
+        }
+    }
+    for (i = 0; i < f->n; i++)
+        if (q[i].fd >= 0) close(q[i].fd);
+    return NULL;
+}
+
+/* Item 4: 80 idle connections, reopened as the server drops them, filled
+   the handshake slots and a restarted worker was refused and exited at
+   once.  Now it gets in (eviction; it retries with backoff when refused). */
+TEST(worker_restarts_through_a_slot_flood)
+{
+    char addr[32];
+    pid_t srv, w1, w2;
+    flood f;
+    pthread_t th;
+    int flooding = 0;
+    uint16_t port = free_port();
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
+#define COMMON4 "--workers", "2", "--data", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
+                "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
+    srv = spawn("osrv", ARGS("server", "--listen", addr, "--iters", "150", "--log-every", "1", COMMON4));
+    w1 = spawn("ow1", ARGS("worker", "--connect", addr, "--id", "1", COMMON4));
+    w2 = spawn("ow2", ARGS("worker", "--connect", addr, "--id", "2", COMMON4));
+    CHECK(wait_for("osrv.out", "iter 5/", 30000));
+    memset(&f, 0, sizeof f);
+    f.port = port;
+    f.n = 80;
+    flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
+    dg__tcp_sleep_ms(500);
+    kill(w2, SIGKILL);
+    reap(w2, 2000);
+    CHECK(wait_for("osrv.out", "N_live 1", 15000));
+    w2 = spawn("ow2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON4));
+    CHECK(wait_for("osrv.err", "worker 2 joins with a copy of D_", 25000));
+    if (flooding) {
+        __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
+        pthread_join(th, NULL);
+    }
+    printf("  slot flood: %d connections reopened\n", f.opened);
+    CHECK(reap(srv, 60000) == 0);
+    CHECK(reap(w1, 10000) == 0);
+    CHECK(reap(w2, 10000) == 0);
+    if (th_cur_failed) { show("osrv.err"); show("ow2b.err"); }
+}
+
+/* Item 5: an empty secret turned authentication off; a long one was cut
+   to 256 bytes. */
+TEST(secret_empty_or_long)
+{
+    dg_transport *s = NULL, *w = NULL;
+    dg_tcp_config c;
+    char longs[301], prefix[257], addr[32], f0[128], f1[128], f2[128], f3[128];
+    pid_t srv, wk;
+    FILE *f;
+    dg_tcp_config_init(&c);
+    c.n_peers = 2;
+    c.listen = "127.0.0.1:0";
+    c.secret = "";
+    c.secret_len = 0;
+    CHECK(dg_tcp_server_create(&s, &c) == DG_ERR_ARG);
+    CHECK(strstr(dg_last_error(), "empty") != NULL);
+    if (s) dg_transport_close(s);
+    s = NULL;
+    memset(longs, 'k', 300);
+    longs[299] = 'z';                                 /* differs after byte 256 */
+    longs[300] = 0;
+    memcpy(prefix, longs, 256);
+    prefix[256] = 0;
+    CHECK_OK(make_server(&s, 2, longs));
+    if (s) {
+        CHECK_OK(make_worker(&w, 2, 1, dg_tcp_port(s), longs, hash_a, 0));
+        dg_transport_close(w);
+        w = NULL;
+        CHECK(make_worker(&w, 2, 1, dg_tcp_port(s), prefix, hash_a, 0) == DG_ERR_AUTH);
+        dg_transport_close(s);
+    }
+    /* the same through the program's --secret-file */
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(f0, sizeof f0, "%s/empty.key", tmpdir);
+    snprintf(f1, sizeof f1, "%s/newline.key", tmpdir);
+    snprintf(f2, sizeof f2, "%s/long.key", tmpdir);
+    snprintf(f3, sizeof f3, "%s/prefix.key", tmpdir);
+    if ((f = fopen(f0, "w"))) fclose(f);
+    if ((f = fopen(f1, "w"))) { fputs("\n", f); fclose(f); }
+    if ((f = fopen(f2, "w"))) { fprintf(f, "%s\n", longs); fclose(f); }
+    if ((f = fopen(f3, "w"))) { fprintf(f, "%s\n", prefix); fclose(f); }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+#define COMMON5 "--workers", "1", "--data", "shapes:100", "--batch", "8"
+    srv = spawn("es0", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f0, COMMON5));
+    CHECK(reap(srv, 5000) == 1 && file_has("es0.err", "empty.key is empty"));
+    srv = spawn("es1", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f1, COMMON5));
+    CHECK(reap(srv, 5000) == 1 && file_has("es1.err", "newline.key is empty"));
+    srv = spawn("ls", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f2, COMMON5));
+    CHECK(wait_for("ls.out", "listening", 10000));
+    wk = spawn("lw", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", f3, COMMON5));
+    CHECK(reap(wk, 10000) == 1 && file_has("lw.err", "authentication failed"));
+    kill(srv, SIGTERM);
+    reap(srv, 10000);
+}
+
+typedef struct worker_arg {
+    dg_transport *t;
+    dg_dataset ds;
+    dg_mdgan_config c;
+    dg_pool *pool;
+    dg_result r;
+    int64_t ended;
+    int done;
+} worker_arg;
+
+static void *worker_main(void *arg)
+{
+    worker_arg *a = (worker_arg *)arg;
+    dg_tcp_run run;
+    uint32_t idx[64];
+    int i;
+    for (i = 0; i < 64; i++) idx[i] = (uint32_t)i;
+    memset(&run, 0, sizeof run);
+    run.reconnect_ms = 3000;
+    a->r = dg_tcp_mdgan_worker_run(&a->c, a->t, a->pool, &a->ds, idx, 64, &run);
+    a->ended = dg__tcp_ms();
+    __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* Item 8: told that the run is over (BYE with LAST), workers redialled for
+   30 s and exited 1.  A worker driver now ends with DG_OK at once, STOP or
+   not; and a real 3-worker run ends every worker with 0 right after its
+   server. */
+TEST(workers_end_with_the_run)
+{
+    dg_transport *s = NULL;
+    worker_arg a;
+    pthread_t th;
+    int64_t bye;
+    char addr[32], wid[3][16];
+    pid_t srv, wk[3];
+    int i;
+    memset(&a, 0, sizeof a);
+    a.c = dg_mdgan_config_init();
+    dg_dataset_make_shapes(&a.ds, 64, 1);
+    a.c.n_workers = 1; a.c.c = a.ds.c; a.c.h = a.ds.h; a.c.w = a.ds.w;
+    a.c.arch = DG_ARCH_MLP; a.c.batch = 8;
+    dg_pool_create(&a.pool, 1);
+    CHECK_OK(make_server(&s, 2, "sesame"));
+    if (s) CHECK_OK(make_worker(&a.t, 2, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (s && a.t) {
+        pthread_create(&th, NULL, worker_main, &a);
+        dg__tcp_sleep_ms(300);
+        bye = dg__tcp_ms();
+        dg_tcp_goodbye(s);                            /* no STOP came: the role never knew */
+        dg_transport_close(s);
+        s = NULL;
+        pthread_join(th, NULL);
+        printf("  the worker driver ended %lld ms after BYE (LAST): %s\n",
+               (long long)(a.ended - bye), dg_result_str(a.r));
+        CHECK(a.r == DG_OK);
+        CHECK(a.ended - bye < 2000);
+    }
+    dg_transport_close(a.t);
+    dg_transport_close(s);
+    dg_pool_destroy(a.pool);
+    dg_dataset_free(&a.ds);
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+#define COMMON6 "--workers", "3", "--data", "shapes:300", "--batch", "8", "--swap-every", "4"
+    srv = spawn("esrv", ARGS("server", "--listen", addr, "--iters", "30", COMMON6));
+    for (i = 0; i < 3; i++) {
+        char name[16];
+        snprintf(wid[i], sizeof wid[i], "%d", i + 1);
+        snprintf(name, sizeof name, "ew%d", i + 1);
+        wk[i] = spawn(name, ARGS("worker", "--connect", addr, "--id", wid[i], COMMON6));
+    }
+    CHECK(reap(srv, 60000) == 0);
+    for (i = 0; i < 3; i++) CHECK(reap(wk[i], 3000) == 0);
+    if (th_cur_failed) { show("esrv.err"); show("ew1.err"); }
+}
+
 int main(void)
 {
     char cwd[4096];
@@ -831,5 +1393,13 @@ int main(void)
     RUN(worker_killed_and_rejoins);
     RUN(server_killed_and_resumed);
     RUN(refusals_and_sigterm);
+    RUN(declared_sizes_cost_nothing);
+    RUN(message_limits_per_type);
+    RUN(malformed_frame_names_the_peer);
+    RUN(a_stalled_reader_stalls_nobody);
+    RUN(handshake_slots_evict_the_idle);
+    RUN(worker_restarts_through_a_slot_flood);
+    RUN(secret_empty_or_long);
+    RUN(workers_end_with_the_run);
     return th_done();
 }
