@@ -1244,6 +1244,14 @@ DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round);
 DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w);
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w);
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w);
+/* Worker checkpoint between rounds: its local GAN with both Adam states,
+   the local iteration (its noise stream) and the batcher position, so that
+   a run resumed from the server's and the workers' checkpoints continues
+   bit-identically. */
+DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w);
+DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, size_t cap,
+                                         size_t *written);
+DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, size_t len);
 
 /* ---- the in-process driver ---- */
 
@@ -9847,49 +9855,67 @@ DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
     return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
 }
 
-/* Checkpoint: "DGFC" header (a = round, b = bytes of G's part), then
-   dg_net_save_mem(G, Adam of G) and dg_net_save_mem(D, Adam of D).  Begin
-   changes nothing in the model, so an open round saves what it started from. */
+/* A GAN pair in a checkpoint: u64 bytes of G's part | dg_net_save_mem(G,
+   Adam of G) | dg_net_save_mem(D, Adam of D).  The FL-GAN server's and
+   workers' checkpoints share it. */
+static size_t dg__pair_save_size(const dg__gan_pair *p)
+{
+    return 8 + dg_net_save_size(p->g, &p->og) + dg_net_save_size(p->d, &p->od);
+}
+
+static dg_result dg__pair_save(const dg__gan_pair *p, unsigned char *buf, size_t cap, size_t *n)
+{
+    size_t ng = 0, nd = 0;
+    dg_result r = dg_net_save_mem(p->g, &p->og, buf + 8, cap - 8, &ng);
+    if (r == DG_OK) r = dg_net_save_mem(p->d, &p->od, buf + 8 + ng, cap - 8 - ng, &nd);
+    dg__le64(buf, (uint64_t)ng);
+    *n = 8 + ng + nd;
+    return r;
+}
+
+static dg_result dg__pair_load(dg__gan_pair *p, const unsigned char *buf, size_t n)
+{
+    uint64_t ng = n >= 8 ? dg__rd64(buf) : 0;
+    dg_result r;
+    if (n < 8 || ng > n - 8) return dg__fail(DG_ERR_FORMAT, "checkpoint: inconsistent GAN part");
+    if ((r = dg_net_load_mem(p->g, &p->og, buf + 8, (size_t)ng)) != DG_OK) return r;
+    return dg_net_load_mem(p->d, &p->od, buf + 8 + ng, n - 8 - (size_t)ng);
+}
+
+/* Server checkpoint: "DGFC" header (a = round, b = 0), then the pair.
+   Begin changes nothing in the model, so an open round saves what it
+   started from. */
 DGDEF size_t dg_flgan_server_save_size(const dg_flgan_server *s)
 {
-    return s ? DG__CKPT_HEAD + dg_net_save_size(s->model.g, &s->model.og) +
-                   dg_net_save_size(s->model.d, &s->model.od)
-             : 0;
+    return s ? DG__CKPT_HEAD + dg__pair_save_size(&s->model) : 0;
 }
 
 DGDEF dg_result dg_flgan_server_save_mem(const dg_flgan_server *s, void *buf, size_t cap,
                                          size_t *written)
 {
-    unsigned char *p = (unsigned char *)buf;
-    size_t ng, nd;
+    size_t n;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_save_mem: NULL argument");
     if (cap < dg_flgan_server_save_size(s))
         return dg__fail(DG_ERR_TOO_LARGE, "dg_flgan_server_save_mem: need %zu bytes",
                         dg_flgan_server_save_size(s));
-    r = dg_net_save_mem(s->model.g, &s->model.og, p + DG__CKPT_HEAD, cap - DG__CKPT_HEAD, &ng);
-    if (r == DG_OK)
-        r = dg_net_save_mem(s->model.d, &s->model.od, p + DG__CKPT_HEAD + ng,
-                            cap - DG__CKPT_HEAD - ng, &nd);
+    r = dg__pair_save(&s->model, (unsigned char *)buf + DG__CKPT_HEAD, cap - DG__CKPT_HEAD, &n);
     if (r != DG_OK) return r;
-    dg__ckpt_head(p, "DGFC", s->round, (int64_t)ng, ng + nd);
-    if (written) *written = DG__CKPT_HEAD + ng + nd;
+    dg__ckpt_head((unsigned char *)buf, "DGFC", s->round, 0, n);
+    if (written) *written = DG__CKPT_HEAD + n;
     return DG_OK;
 }
 
 DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, size_t len)
 {
-    const unsigned char *p = (const unsigned char *)buf;
-    int64_t round, ng;
+    int64_t round, zero;
     size_t n;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_load_mem: NULL argument");
     if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
-    if ((r = dg__ckpt_read(p, len, "DGFC", &round, &ng, &n)) != DG_OK) return r;
-    if ((uint64_t)ng > n) return dg__fail(DG_ERR_FORMAT, "checkpoint: inconsistent header");
-    if ((r = dg_net_load_mem(s->model.g, &s->model.og, p + DG__CKPT_HEAD, (size_t)ng)) != DG_OK ||
-        (r = dg_net_load_mem(s->model.d, &s->model.od, p + DG__CKPT_HEAD + ng, n - (size_t)ng)) !=
-            DG_OK)
+    if ((r = dg__ckpt_read((const unsigned char *)buf, len, "DGFC", &round, &zero, &n)) != DG_OK)
+        return r;
+    if ((r = dg__pair_load(&s->model, (const unsigned char *)buf + DG__CKPT_HEAD, n)) != DG_OK)
         return r;
     s->round = round;
     s->stats.rounds = round;
@@ -10062,6 +10088,48 @@ DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round)
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return w ? w->compute_s : 0.0; }
 DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
+
+/* Worker checkpoint: "DGFW" header (a = local iteration, b = batcher
+   epoch), u64 batcher position, then the pair. */
+DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w)
+{
+    return w ? DG__CKPT_HEAD + 8 + dg__pair_save_size(&w->gan) : 0;
+}
+
+DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, size_t cap,
+                                         size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf;
+    size_t n;
+    dg_result r;
+    if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_save_mem: NULL argument");
+    if (cap < dg_flgan_worker_save_size(w))
+        return dg__fail(DG_ERR_TOO_LARGE, "dg_flgan_worker_save_mem: need %zu bytes",
+                        dg_flgan_worker_save_size(w));
+    dg__le64(p + DG__CKPT_HEAD, (uint64_t)w->batcher.pos);
+    r = dg__pair_save(&w->gan, p + DG__CKPT_HEAD + 8, cap - DG__CKPT_HEAD - 8, &n);
+    if (r != DG_OK) return r;
+    dg__ckpt_head(p, "DGFW", w->local_iter, (int64_t)w->batcher.epoch, 8 + n);
+    if (written) *written = DG__CKPT_HEAD + 8 + n;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)buf;
+    int64_t it, epoch;
+    uint64_t pos;
+    size_t n;
+    dg_result r;
+    if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_load_mem: NULL argument");
+    if ((r = dg__ckpt_read(p, len, "DGFW", &it, &epoch, &n)) != DG_OK) return r;
+    if (n < 8 || (pos = dg__rd64(p + DG__CKPT_HEAD)) > w->batcher.n)
+        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if ((r = dg__pair_load(&w->gan, p + DG__CKPT_HEAD + 8, n - 8)) != DG_OK) return r;
+    if ((r = dg_batcher_seek(&w->batcher, (uint64_t)epoch, (size_t)pos)) != DG_OK) return r;
+    w->local_iter = it;
+    return DG_OK;
+}
 
 /* ---- the in-process driver ---- */
 

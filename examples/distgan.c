@@ -33,7 +33,7 @@ typedef struct options {
     const char *dataset, *out;
     int workers, batch, k, L, E, acgan, saturating, threads, resume, eval, eval_samples,
         clf_epochs, part_kind, shards, swap_every, swap_opt, fresh_real, z_dim;
-    double alpha;
+    double alpha, feedback_clip;
     dg_arch arch;
     int64_t iters, eval_every;
     uint64_t seed;
@@ -59,6 +59,8 @@ static void usage(FILE *f)
         "  --swap-opt-stays    MD-GAN: D's Adam state stays with the worker\n"
         "  --real-once         MD-GAN: one real batch per iteration (paper) instead of\n"
         "                      a fresh one per D step\n"
+        "  --feedback-clip C   MD-GAN: the server scales each sample's feedback from a\n"
+        "                      worker down to L2 norm C before summing (default off)\n"
         "  --iid | --shards [S] | --dirichlet A\n"
         "                      split: i.i.d. (default), S label shards per worker\n"
         "                      (default 2), Dirichlet(A) label skew\n"
@@ -81,7 +83,8 @@ static void usage(FILE *f)
         "                      live worker's D (the data is split over N + joins)\n"
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
-        "  --help\n");
+        "  --help\n"
+        "An option the chosen --algo does not use is an error.\n");
 }
 
 static int parse_faults(const char *s, dg_fault *f, int *n, int with_worker)
@@ -163,6 +166,7 @@ static int parse(options *o, int argc, char **argv)
         else if (ARG("--L")) o->L = atoi(v);
         else if (ARG("--E")) o->E = atoi(v);
         else if (ARG("--swap-every")) o->swap_every = atoi(v);
+        else if (ARG("--feedback-clip")) o->feedback_clip = atof(v);
         else if (ARG("--dataset")) o->dataset = v;
         else if (ARG("--iters")) o->iters = atoll(v);
         else if (ARG("--eval-every")) o->eval_every = atoll(v);
@@ -187,7 +191,22 @@ static int parse(options *o, int argc, char **argv)
         }
 #undef ARG
     }
+    for (i = 1; i < argc; i++) { /* never ignore an option silently */
+        static const struct { const char *name; unsigned algos; } only[] = {
+            {"--k", 2}, {"--swap-every", 2}, {"--swap-opt-stays", 2}, {"--real-once", 2},
+            {"--join", 2}, {"--feedback-clip", 2}, {"--L", 1 | 2}, {"--workers", 2 | 4},
+            {"--E", 2 | 4}, {"--iid", 2 | 4}, {"--shards", 2 | 4}, {"--dirichlet", 2 | 4},
+            {"--crash", 2 | 4}};
+        size_t j;
+        for (j = 0; j < sizeof only / sizeof only[0]; j++)
+            if (!strcmp(argv[i], only[j].name) && !(only[j].algos & (1u << o->algo))) {
+                fprintf(stderr, "distgan: %s is not an option of --algo %s\n", argv[i],
+                        o->algo == ALGO_GAN ? "gan" : o->algo == ALGO_MDGAN ? "mdgan" : "flgan");
+                return 1;
+            }
+    }
     if (o->workers < 1 || o->batch < 1 || o->L < 1 || o->E < 0 || o->iters < 0 ||
+        !(o->feedback_clip >= 0) ||
         o->eval_every < 0 || o->eval_samples < 2 || o->swap_every < 0 ||
         (o->k != DG_MDGAN_K_LOG2 && (o->k < 1 || o->k > o->workers)) ||
         (o->part_kind == 2 && !(o->alpha > 0))) {
@@ -380,6 +399,41 @@ static dg_result mdgan_checkpoint(dg_mdgan_run *run, int slots, const char *dir,
     return DG_OK;
 }
 
+/* FL-GAN checkpoint: the server (global model, round) and every worker
+   (local GAN, noise and data positions). */
+static dg_result flgan_checkpoint(dg_flgan_run *run, int n_workers, const char *dir, int load)
+{
+    char path[1100];
+    int n;
+    for (n = 0; n <= n_workers; n++) {
+        dg_flgan_server *s = dg_flgan_run_server(run);
+        dg_flgan_worker *w = n ? dg_flgan_run_worker(run, n) : NULL;
+        unsigned char *buf = NULL;
+        size_t len;
+        dg_result r;
+        if (n == 0) snprintf(path, sizeof path, "%s/flgan_server.ckpt", dir);
+        else snprintf(path, sizeof path, "%s/flgan_worker_%d.ckpt", dir, n);
+        if (load) {
+            if ((r = read_file(path, &buf, &len))) {
+                if (n) continue; /* a worker that had crashed */
+                fprintf(stderr, "distgan: cannot read %s\n", path);
+                return r;
+            }
+            r = n ? dg_flgan_worker_load_mem(w, buf, len) : dg_flgan_server_load_mem(s, buf, len);
+        } else {
+            if (n && !dg_flgan_server_is_live(s, n)) continue;
+            len = n ? dg_flgan_worker_save_size(w) : dg_flgan_server_save_size(s);
+            buf = (unsigned char *)malloc(len);
+            if (!buf) return DG_ERR_NOMEM;
+            r = n ? dg_flgan_worker_save_mem(w, buf, len, &len) : dg_flgan_server_save_mem(s, buf, len, &len);
+            if (r == DG_OK) r = write_file(path, buf, len);
+        }
+        free(buf);
+        if (r) return r;
+    }
+    return DG_OK;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -486,6 +540,7 @@ int main(int argc, char **argv)
         c.local_epochs = o.E;
         c.swap_every = o.swap_every;
         c.swap_optimizer = o.swap_opt;
+        c.feedback_clip = (float)o.feedback_clip;
         c.seed = o.seed;
         c.log = print_log;
         if ((r = dg_mdgan_run_create(&md, &c, pool, &train, &part, o.crash, o.n_crash, o.join,
@@ -515,13 +570,14 @@ int main(int argc, char **argv)
         c.saturating = o.saturating;
         c.seed = o.seed;
         c.log = print_log;
-        if (o.resume) fprintf(stderr, "distgan: --resume is not supported for flgan, starting over\n");
         if ((r = dg_flgan_run_create(&fl, &c, pool, &train, &part, o.crash, o.n_crash)))
             return fail("flgan", r);
         t = dg_flgan_run_transport(fl);
+        if (o.resume && (r = flgan_checkpoint(fl, o.workers, o.out, 1))) return fail("resume", r);
         src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
         src.chunk = o.batch;
         per_round = dg_flgan_worker_iters_per_round(dg_flgan_run_worker(fl, 1));
+        start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * per_round;
         printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers, per_round,
                c.local_epochs);
     }
@@ -591,6 +647,8 @@ int main(int argc, char **argv)
                 r = dg_gan_trainer_save(&trainer, path);
             } else if (o.algo == ALGO_MDGAN) {
                 r = mdgan_checkpoint(md, slots, o.out, 0);
+            } else {
+                r = flgan_checkpoint(fl, o.workers, o.out, 0);
             }
             if (r) return fail("checkpoint", r);
         }

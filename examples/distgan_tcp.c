@@ -12,11 +12,13 @@
  *   --algo mdgan|flgan   --arch mlp|dcgan  --data shapes:N | idx:IMAGES[,LABELS]
  *   --batch b --iters I --k k --disc-steps L --epochs E --swap-every n --seed s
  *   --threads n (pool size; 0 = one per core)  --secret-file F  --insecure
- *   --checkpoint F --checkpoint-every n --resume   (server)
+ *   --checkpoint F --checkpoint-every n --resume   (server; MD-GAN and FL-GAN)
+ *   --feedback-clip C (MD-GAN server: each sample's feedback scaled to L2 norm <= C)
  *   --out G.f32 (server: final generator parameters, raw float32)
  *   --max-message BYTES --dead-ms n --heartbeat-ms n --barrier-ms n
  *   --protocol-version v (tests only)
- * The server prints one progress line per --log-every iterations; every
+ * An option the chosen --algo does not use (--k, --disc-steps, --feedback-clip
+ * with flgan) is an error.  The server prints one progress line per --log-every iterations; every
  * event (connections, drops, joins, refusals) goes to stderr.  SIGINT or
  * SIGTERM: the server checkpoints and shuts down; workers leave. */
 #define _POSIX_C_SOURCE 200809L
@@ -34,6 +36,7 @@ typedef struct opts {
     int insecure, log_every, dead_ms, heartbeat_ms, barrier_ms, version;
     long long iters;
     unsigned long long seed, max_message;
+    double feedback_clip;
 } opts;
 
 static double t_start;
@@ -82,6 +85,7 @@ static int parse(opts *o, int argc, char **argv)
         if (!strcmp(a, "--iters") && v) { o->iters = atoll(v); i++; continue; }
         if (!strcmp(a, "--seed") && v) { o->seed = strtoull(v, NULL, 10); i++; continue; }
         if (!strcmp(a, "--max-message") && v) { o->max_message = strtoull(v, NULL, 10); i++; continue; }
+        if (!strcmp(a, "--feedback-clip") && v) { o->feedback_clip = atof(v); i++; continue; }
         if (!strcmp(a, "--resume")) { o->resume = 1; continue; }
         if (!strcmp(a, "--insecure")) { o->insecure = 1; continue; }
         fprintf(stderr, "distgan_tcp: unknown option %s\n", a);
@@ -89,7 +93,13 @@ static int parse(opts *o, int argc, char **argv)
 #undef S
 #undef I
     }
-    if (o->workers < 1 || o->batch < 1) return -1;
+    if (o->workers < 1 || o->batch < 1 || !(o->feedback_clip >= 0)) return -1;
+    for (i = 2; i < argc && !strcmp(o->algo, "flgan"); i++)
+        if (!strcmp(argv[i], "--k") || !strcmp(argv[i], "--disc-steps") ||
+            !strcmp(argv[i], "--feedback-clip")) {
+            fprintf(stderr, "distgan_tcp: %s is not an option of --algo flgan\n", argv[i]);
+            return -1;
+        }
     return 0;
 }
 
@@ -174,6 +184,7 @@ int main(int argc, char **argv)
                         : (int)((double)ds.n / o.workers * o.epochs / o.batch + 0.5);
         if (mc.swap_every < 1) mc.swap_every = 1;
         mc.barrier_timeout_ms = o.barrier_ms;
+        mc.feedback_clip = (float)o.feedback_clip;
         mc.log = log_line;
         mc.log_user = who;
         dg_tcp_mdgan_config_hash(&mc, extra, tc.config_hash);
