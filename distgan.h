@@ -8991,7 +8991,12 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
     }
     bd = (size_t)s->cfg.batch * s->d;
     f = m->n_parts == 1 ? dg_msg_f32(m, 0, bd) : NULL;
-    if (!f) return dg__reject(s->t, m, s->iteration, "feedback", "has the wrong shape");
+    if (!f) {
+        char why[128];
+        snprintf(why, sizeof why, "has the wrong shape (%d parts, first of %zu values; expected "
+                 "1 part of %zu floats)", m->n_parts, m->n_parts ? m->part[0].count : 0, bd);
+        return dg__reject(s->t, m, s->iteration, "feedback", why);
+    }
     if (!dg__all_finite(f, bd) || !dg__all_finite(m->stat, 2))
         return dg__reject(s->t, m, s->iteration, "feedback", "holds a non-finite value");
     if (s->cfg.feedback_clip > 0.0f) dg__clip_rows(f, (size_t)s->cfg.batch, (size_t)s->d,
