@@ -8630,24 +8630,6 @@ static int dg__net_parts(dg_net *net, dg_optim *opt, int with_opt, dg_part_kind 
     return n;
 }
 
-/* Installs parts [first, first + n) of m written by dg__net_parts. */
-static dg_result dg__net_install(dg_net *net, dg_optim *opt, int with_opt, const dg_msg *m,
-                                 int first, int *used)
-{
-    const float *p = dg_msg_f32(m, first, dg_net_param_count(net)), *s = NULL, *o = NULL;
-    int i = first + 1;
-    if (p && dg_net_state_count(net)) s = dg_msg_f32(m, i++, dg_net_state_count(net));
-    if (p && with_opt) o = dg_msg_f32(m, i++, dg_optim_state_count(opt));
-    if (!p || (dg_net_state_count(net) && !s) || (with_opt && !o))
-        return dg__fail(DG_ERR_FORMAT, "message %d from %d: parts do not fit the network", m->type,
-                        m->from);
-    memcpy(dg_net_params(net), p, sizeof(float) * dg_net_param_count(net));
-    if (s) memcpy(dg_net_state(net), s, sizeof(float) * dg_net_state_count(net));
-    if (o) memcpy(opt->state, o, sizeof(float) * dg_optim_state_count(opt));
-    if (used) *used = i - first;
-    return DG_OK;
-}
-
 /* 1 when x[0..n) holds no NaN or infinity: a peer's floats are checked
    before they touch any state (one NaN in a feedback would poison G). */
 static int dg__all_finite(const float *x, size_t n)
@@ -8656,6 +8638,32 @@ static int dg__all_finite(const float *x, size_t n)
     for (i = 0; i < n; i++)
         if (!isfinite(x[i])) return 0;
     return 1;
+}
+
+/* Installs parts [first, first + n) of m written by dg__net_parts (apply
+   0: only checks them); a part of the wrong shape or with a non-finite
+   value changes nothing. */
+static dg_result dg__net_install(dg_net *net, dg_optim *opt, int with_opt, const dg_msg *m,
+                                 int first, int *used, int apply)
+{
+    const float *p = dg_msg_f32(m, first, dg_net_param_count(net)), *s = NULL, *o = NULL;
+    int i = first + 1;
+    if (p && dg_net_state_count(net)) s = dg_msg_f32(m, i++, dg_net_state_count(net));
+    if (p && with_opt) o = dg_msg_f32(m, i++, dg_optim_state_count(opt));
+    if (!p || (dg_net_state_count(net) && !s) || (with_opt && !o))
+        return dg__fail(DG_ERR_FORMAT, "message %d from %d: parts do not fit the network", m->type,
+                        m->from);
+    if (!dg__all_finite(p, dg_net_param_count(net)) ||
+        (s && !dg__all_finite(s, dg_net_state_count(net))) ||
+        (o && !dg__all_finite(o, dg_optim_state_count(opt))))
+        return dg__fail(DG_ERR_FORMAT, "message %d from %d holds a non-finite value", m->type,
+                        m->from);
+    if (used) *used = i - first;
+    if (!apply) return DG_OK;
+    memcpy(dg_net_params(net), p, sizeof(float) * dg_net_param_count(net));
+    if (s) memcpy(dg_net_state(net), s, sizeof(float) * dg_net_state_count(net));
+    if (o) memcpy(opt->state, o, sizeof(float) * dg_optim_state_count(opt));
+    return DG_OK;
 }
 
 /* Refuses m from a live worker of the open round: freed, nothing changed,
@@ -9362,7 +9370,7 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
 
 static dg_result dg__mdgan_worker_install(dg_mdgan_worker *w, dg_msg *m)
 {
-    dg_result r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL);
+    dg_result r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL, 1);
     if (r == DG_OK && w->cfg.swap_optimizer) w->opt.t = m->aux;
     dg_msg_free(w->t, m);
     return r;
@@ -9426,13 +9434,16 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
             return DG_OK;
         }
         w->awaiting = 0;
-        if ((r = dg__mdgan_worker_install(w, m)) != DG_OK) return r;
+        /* a rejected D (wrong shape, non-finite) leaves ours in place: train
+           on with it rather than hold the batch */
+        r = dg__mdgan_worker_install(w, m);
         if (w->deferred) {
             dg_msg *g = w->deferred;
+            dg_result e;
             w->deferred = NULL;
-            return dg__mdgan_worker_iterate(w, g);
+            if ((e = dg__mdgan_worker_iterate(w, g)) != DG_OK) return e;
         }
-        return DG_OK;
+        return r;
     case DG_MSG_COPY_DISC:
         r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
         dg_msg_free(w->t, m);
@@ -9611,8 +9622,10 @@ static dg_result dg__pair_send(dg__gan_pair *p, int with_opt, dg_transport *t, i
 static dg_result dg__pair_install(dg__gan_pair *p, int with_opt, const dg_msg *m)
 {
     int used = 0;
-    dg_result r = dg__net_install(p->g, &p->og, with_opt, m, 0, &used);
-    if (r == DG_OK) r = dg__net_install(p->d, &p->od, with_opt, m, used, NULL);
+    dg_result r = dg__net_install(p->g, &p->og, with_opt, m, 0, &used, 0);
+    if (r == DG_OK) r = dg__net_install(p->d, &p->od, with_opt, m, used, NULL, 0);
+    if (r == DG_OK) dg__net_install(p->g, &p->og, with_opt, m, 0, NULL, 1); /* both fit: now */
+    if (r == DG_OK) dg__net_install(p->d, &p->od, with_opt, m, used, NULL, 1);
     return r;
 }
 

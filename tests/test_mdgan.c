@@ -958,6 +958,54 @@ TEST(flgan_nan_model_rejected)
     dg_dataset_free(&ds);
 }
 
+/* A D of a swap holding a NaN is refused: the worker keeps its own and
+   trains on the held batch exactly as if it had skipped the swap. */
+TEST(nan_discriminator_in_a_swap_is_refused)
+{
+    dg_dataset ds;
+    dg_mdgan_config c = small_config(2);
+    dg_transport *t1, *t2;
+    dg_mdgan_worker *w, *ref;
+    dg_part_kind kinds[3], gk[2] = {DG_PART_F32, DG_PART_F32};
+    size_t counts[3], gc[2] = {8 * 64, 8 * 64};
+    const void *src[3];
+    dg_msg *m;
+    dg_rng rng = dg_rng_make(1, 2, 3);
+    int i, np;
+    uint32_t idx[32];
+    for (i = 0; i < 32; i++) idx[i] = (uint32_t)i;
+    make_data(&ds, 32, 5);
+    CHECK_OK(dg_inproc_create(&t1, 3, 0, 0));
+    CHECK_OK(dg_inproc_create(&t2, 3, 0, 0));
+    CHECK_OK(dg_mdgan_worker_create(&w, &c, 1, t1, pool1, &ds, idx, 32, 1));
+    CHECK_OK(dg_mdgan_worker_create(&ref, &c, 1, t2, pool1, &ds, idx, 32, 1));
+    for (i = 0; i < 2; i++) { /* the same held batch for both */
+        dg_transport *t = i ? t2 : t1;
+        dg_rng r = rng;
+        CHECK_OK(dg_msg_create(t, DG_MSG_GEN_BATCHES, 0, 1, 0, 2, gk, gc, &m));
+        dg_rng_fill_uniform(&r, (float *)m->part[0].data, gc[0], -1, 1);
+        dg_rng_fill_uniform(&r, (float *)m->part[1].data, gc[1], -1, 1);
+        CHECK_OK(dg_mdgan_worker_handle(i ? ref : w, m));
+    }
+    CHECK(dg_mdgan_worker_holding(w) && dg_mdgan_worker_holding(ref));
+    np = dg__net_parts(ref->disc, &ref->opt, 1, kinds, counts, src);
+    CHECK_OK(dg_msg_create(t1, DG_MSG_DISC, 2, 1, 0, np, kinds, counts, &m));
+    for (i = 0; i < np; i++) memcpy(m->part[i].data, src[i], 4 * counts[i]);
+    ((float *)m->part[0].data)[5] = NAN;
+    CHECK(dg_mdgan_worker_handle(w, m) == DG_ERR_FORMAT);
+    CHECK(!dg_mdgan_worker_holding(w));
+    CHECK_OK(dg_mdgan_worker_skip_swap(ref));
+    CHECK(memcmp(dg_net_params(w->disc), dg_net_params(ref->disc),
+                 4 * dg_net_param_count(w->disc)) == 0);
+    while (dg_transport_recv(t1, 0, 0, &m) == DG_OK) dg_msg_free(t1, m);
+    while (dg_transport_recv(t2, 0, 0, &m) == DG_OK) dg_msg_free(t2, m);
+    dg_mdgan_worker_free(w);
+    dg_mdgan_worker_free(ref);
+    dg_transport_close(t1);
+    dg_transport_close(t2);
+    dg_dataset_free(&ds);
+}
+
 /* feedback_clip: a row above the bound is scaled to it exactly (to float
    rounding), in its direction; a row below keeps its bits; and the server
    applies exactly that before summing. */
@@ -1097,6 +1145,61 @@ TEST(flgan_worker_rejoins)
     dg_dataset_free(&ds);
 }
 
+/* feedback_clip against a worker whose feedback is 1e3 times too large
+   (1 of 10, in the direction of its honest feedback; honest rows have norms
+   of about 0.1 to 0.4 here): the summed feedback that G backpropagates (the
+   server's dy, first iteration, same D's) points where the clean one does
+   with the bound, and mostly where the scaled worker's does without it.
+   (FID after training is not used: at a size that fits a unit test the
+   outcome of this GAN swings too much with any perturbation.) */
+static float *summed_feedback(float scale, float clip, size_t *n)
+{
+    enum { N = 10 };
+    dg_dataset ds;
+    dg_mdgan_config c = small_config(N);
+    float *dy;
+    rig r;
+    make_data(&ds, 640, 21);
+    c.batch = 16;
+    c.feedback_clip = clip;
+    rig_mdgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_FEEDBACK, 1, scale != 1 ? TAMPER_SCALE : 0,
+                                        scale));
+    CHECK_OK(rig_step(&r));
+    *n = (size_t)c.batch * 64;
+    dy = (float *)malloc(4 * *n);
+    memcpy(dy, r.s->dy, 4 * *n);
+    rig_free(&r);
+    dg_dataset_free(&ds);
+    return dy;
+}
+
+static double cosine(const float *a, const float *b, size_t n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    return ab / sqrt(aa * bb);
+}
+
+TEST(feedback_clip_bounds_a_scaled_worker)
+{
+    size_t n;
+    float *clean = summed_feedback(1, 0, &n), *clipped = summed_feedback(1e3f, 0.1f, &n);
+    float *attacked = summed_feedback(1e3f, 0, &n);
+    double cc = cosine(clean, clipped, n), ca = cosine(clean, attacked, n);
+    printf("  summed feedback vs the clean one (cosine): worker 1 x 1e3 with clip 0.1: %.3f, "
+           "without: %.3f\n", cc, ca);
+    CHECK(cc > 0.95);
+    CHECK(ca < 0.6);
+    free(clean);
+    free(clipped);
+    free(attacked);
+}
+
 int main(void)
 {
     dg_pool_create(&pool1, 1);
@@ -1118,9 +1221,11 @@ int main(void)
     RUN(rejected_feedback_touches_nothing);
     RUN(checkpoint_during_open_iteration_is_the_last_consistent);
     RUN(flgan_nan_model_rejected);
+    RUN(nan_discriminator_in_a_swap_is_refused);
     RUN(feedback_clip_is_exact);
     RUN(flgan_checkpoint_resume_is_exact);
     RUN(flgan_worker_rejoins);
+    RUN(feedback_clip_bounds_a_scaled_worker);
     dg_pool_destroy(pool1);
     dg_pool_destroy(pool2);
     return th_done();
