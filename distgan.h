@@ -1244,7 +1244,10 @@ typedef struct dg_mdgan_config {
                              (dg_mdgan_server_expire; the in-process driver
                              tells it when every queue is empty); > 0: the
                              server's poll drops the workers that miss this
-                             deadline */
+                             deadline, counted from dg_mdgan_server_begin */
+    float feedback_clip;  /* > 0: the server scales each row (one sample) of a
+                             worker's F_n down to this L2 norm before summing,
+                             so one worker cannot steer G alone; 0: off */
     void (*log)(void *user, const char *line); /* events (drops, joins); NULL: silent */
     void *log_user;
 } dg_mdgan_config;
@@ -1274,11 +1277,17 @@ DGDEF void dg_mdgan_server_free(dg_mdgan_server *s);
    worker).  DG_ERR_STATE while an iteration is open. */
 DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s);
 /* Reacts to one message (takes ownership).  When the last missing feedback
-   arrives, the iteration completes (G update, swap announcement). */
+   arrives, the iteration completes (G update, swap announcement).  Stray
+   and late messages are ignored (DG_OK).  A feedback of the wrong shape or
+   with a non-finite value (payload or losses) is rejected with
+   DG_ERR_FORMAT and nothing changes: its sender is at fault, the caller
+   decides (the poll drops it, dg_mdgan_server_drop_worker). */
 DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m);
 /* Receives and handles messages until the iteration completes (DG_OK) or
-   nothing arrives within timeout_ms (DG_ERR_TIMEOUT; 0 = only what is
-   queued).  With barrier_timeout_ms > 0 it expires the barrier itself. */
+   timeout_ms passes first (DG_ERR_TIMEOUT; 0 = only what is queued, < 0 =
+   until it completes).  A worker whose message is rejected is dropped
+   (logged) and the poll goes on.  With barrier_timeout_ms > 0 a blocking
+   poll (timeout_ms != 0) expires the barrier itself. */
 DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms);
 /* Live workers whose feedback is still missing (0: no iteration open). */
 DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s);
@@ -1288,15 +1297,20 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s);
 /* Worker id (a free slot) joins at the next begin with a copy of the D of a
    live worker. */
 DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id);
+/* Live worker id leaves now (its connection closed, or it sent a malformed
+   message; why is logged): N_live drops, and the open iteration completes
+   if it was the last one missing.  It can come back by add_worker. */
+DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const char *why);
 /* STOP to every live worker. */
 DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s);
 DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id);
 DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s);
 DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s);
 DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s);
-/* Checkpoint of the server between iterations: the iteration, the swap
-   round and G with its Adam state (dg_net_save_mem).  The noise stream needs
-   no saved position: it is (seed, t). */
+/* Checkpoint of the server: the iteration, the swap round and G with its
+   Adam state (dg_net_save_mem).  The noise stream needs no saved position:
+   it is (seed, t).  Saved while an iteration is open, it holds the state
+   before that iteration (the last consistent one); loading needs none open. */
 DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s);
 DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
                                          size_t *written);
@@ -1371,14 +1385,28 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
                                        dg_transport *t, dg_pool *pool);
 DGDEF void dg_flgan_server_free(dg_flgan_server *s);
 DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s);       /* MODEL to every live worker */
+/* As MD-GAN's: a model of the wrong shape, with a shard size <= 0 or a
+   non-finite value is rejected (DG_ERR_FORMAT), nothing changes. */
 DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m);
 DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms);
 DGDEF int dg_flgan_server_missing(const dg_flgan_server *s);
 DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s);
+/* As MD-GAN's: a live worker leaves now.  Between rounds, add_worker
+   brings one back: begin sends it the current global model like everyone. */
+DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const char *why);
+DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id);
+DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id);
 DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s);
 DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s);
 DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s);
 DGDEF dg_net *dg_flgan_server_discriminator(dg_flgan_server *s);
+/* Checkpoint of the server: the round and the global model (G and D with
+   their Adam states).  Saved while a round is open, it holds the model that
+   round started from. */
+DGDEF size_t dg_flgan_server_save_size(const dg_flgan_server *s);
+DGDEF dg_result dg_flgan_server_save_mem(const dg_flgan_server *s, void *buf, size_t cap,
+                                         size_t *written);
+DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, size_t len);
 DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_config *cfg, int id,
                                        dg_transport *t, dg_pool *pool, const dg_dataset *ds,
                                        const uint32_t *idx, size_t count);
@@ -1389,6 +1417,14 @@ DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round);
 DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w);
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w);
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w);
+/* Worker checkpoint between rounds: its local GAN with both Adam states,
+   the local iteration (its noise stream) and the batcher position, so that
+   a run resumed from the server's and the workers' checkpoints continues
+   bit-identically. */
+DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w);
+DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, size_t cap,
+                                         size_t *written);
+DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, size_t len);
 
 /* ---- the in-process driver ---- */
 
@@ -1697,6 +1733,9 @@ DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, siz
 DGDEF uint16_t dg_tcp_port(const dg_transport *t);
 /* 1 when peer has a live, authenticated connection. */
 DGDEF int dg_tcp_connected(dg_transport *t, int peer);
+/* Closes peer's connection (logged with its address and reason): a server
+   driver's answer to a malformed message from an authenticated peer. */
+DGDEF void dg_tcp_drop_peer(dg_transport *t, int peer, const char *reason);
 /* The server's iteration announced in the last WELCOME (worker side). */
 DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t);
 /* Bytes on the wire to / from peer (frames, handshakes, heartbeats),
@@ -9515,9 +9554,21 @@ static int dg__net_parts(dg_net *net, dg_optim *opt, int with_opt, dg_part_kind 
     return n;
 }
 
-/* Installs parts [first, first + n) of m written by dg__net_parts. */
+/* 1 when x[0..n) holds no NaN or infinity: a peer's floats are checked
+   before they touch any state (one NaN in a feedback would poison G). */
+static int dg__all_finite(const float *x, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Installs parts [first, first + n) of m written by dg__net_parts (apply
+   0: only checks them); a part of the wrong shape or with a non-finite
+   value changes nothing. */
 static dg_result dg__net_install(dg_net *net, dg_optim *opt, int with_opt, const dg_msg *m,
-                                 int first, int *used)
+                                 int first, int *used, int apply)
 {
     const float *p = dg_msg_f32(m, first, dg_net_param_count(net)), *s = NULL, *o = NULL;
     int i = first + 1;
@@ -9526,11 +9577,39 @@ static dg_result dg__net_install(dg_net *net, dg_optim *opt, int with_opt, const
     if (!p || (dg_net_state_count(net) && !s) || (with_opt && !o))
         return dg__fail(DG_ERR_FORMAT, "message %d from %d: parts do not fit the network", m->type,
                         m->from);
+    if (!dg__all_finite(p, dg_net_param_count(net)) ||
+        (s && !dg__all_finite(s, dg_net_state_count(net))) ||
+        (o && !dg__all_finite(o, dg_optim_state_count(opt))))
+        return dg__fail(DG_ERR_FORMAT, "message %d from %d holds a non-finite value", m->type,
+                        m->from);
+    if (used) *used = i - first;
+    if (!apply) return DG_OK;
     memcpy(dg_net_params(net), p, sizeof(float) * dg_net_param_count(net));
     if (s) memcpy(dg_net_state(net), s, sizeof(float) * dg_net_state_count(net));
     if (o) memcpy(opt->state, o, sizeof(float) * dg_optim_state_count(opt));
-    if (used) *used = i - first;
     return DG_OK;
+}
+
+/* Refuses m from a live worker of the open round: freed, nothing changed,
+   DG_ERR_FORMAT naming the sender (the driver drops it). */
+static dg_result dg__reject(dg_transport *t, dg_msg *m, int64_t it, const char *what,
+                            const char *fault)
+{
+    int from = m->from;
+    dg_msg_free(t, m);
+    return dg__fail(DG_ERR_FORMAT, "iteration %lld: %s from worker %d %s", (long long)it, what,
+                    from, fault);
+}
+
+/* Takes live worker id out of the open barrier (got: what each slot sent
+   this round).  Returns 1 when it was the last one missing: the caller
+   completes the round.  MD-GAN and FL-GAN servers share it. */
+static int dg__barrier_leave(char *live, dg_msg *const *got, int open, int *missing,
+                             int *n_dropped, int id)
+{
+    live[id] = 0;
+    (*n_dropped)++;
+    return open && !got[id] && --*missing == 0;
 }
 
 /* ---- MD-GAN server ---- */
@@ -9545,9 +9624,11 @@ struct dg_mdgan_server {
     float *g_in, *dy;              /* k*b x row noise; k*b x d summed feedback */
     int32_t *labels;               /* k*b */
     const float *fake;             /* G's output of this iteration (k*b x d) */
+    float *state0;                 /* G's batchnorm statistics before this forward */
     char *live, *joining;          /* per slot 0..slots */
     dg_msg **fb;                   /* feedback received this iteration, per slot */
     int open, missing;
+    double opened;                 /* dg__now() at begin: the barrier's deadline */
     int64_t iteration, round;
     dg_mdgan_stats stats;
 };
@@ -9593,7 +9674,8 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         s->live = (char *)dg__calloc((size_t)n + 1, 1);
         s->joining = (char *)dg__calloc((size_t)n + 1, 1);
         s->fb = (dg_msg **)dg__calloc((size_t)n + 1, sizeof(dg_msg *));
-        if (!s->g_in || !s->dy || !s->labels || !s->live || !s->joining || !s->fb)
+        s->state0 = (float *)dg__calloc(dg_net_state_count(s->g) + 1, sizeof(float));
+        if (!s->g_in || !s->dy || !s->labels || !s->live || !s->joining || !s->fb || !s->state0)
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
     if (r != DG_OK) {
@@ -9619,6 +9701,7 @@ DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
     dg__free(s->live);
     dg__free(s->joining);
     dg__free(s->fb);
+    dg__free(s->state0);
     dg__free(s);
 }
 
@@ -9670,6 +9753,9 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     for (j = 0; j < s->k; j++)
         dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, s->g_in + j * b * s->row,
                             s->labels + j * b);
+    /* the training forward moves the batchnorm statistics: a checkpoint
+       taken during the iteration saves these instead */
+    memcpy(s->state0, dg_net_state(s->g), sizeof(float) * dg_net_state_count(s->g));
     if ((r = dg_net_forward(s->g, s->g_in, s->k * c->batch, 1, &s->fake)) != DG_OK) return r;
     s->missing = 0;
     for (n = 1; n <= s->slots; n++) {
@@ -9699,7 +9785,8 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
         s->missing++;
     }
     s->open = 1;
-    s->stats.compute_s += dg__now() - t0;
+    s->opened = dg__now();
+    s->stats.compute_s += s->opened - t0;
     if (!s->missing) return dg_mdgan_server_expire(s);
     return DG_OK;
 }
@@ -9801,8 +9888,26 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     return r;
 }
 
+/* Scales each row of x (rows x d) whose L2 norm exceeds clip down to norm
+   clip (feedback_clip); the other rows keep their bits. */
+static void dg__clip_rows(float *x, size_t rows, size_t d, float clip)
+{
+    size_t i, j;
+    for (i = 0; i < rows; i++) {
+        float *row = x + i * d;
+        double ss = 0.0;
+        for (j = 0; j < d; j++) ss += (double)row[j] * row[j];
+        if (ss > (double)clip * clip) {
+            float f = (float)(clip / sqrt(ss));
+            for (j = 0; j < d; j++) row[j] *= f;
+        }
+    }
+}
+
 DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
 {
+    size_t bd;
+    float *f;
     if (!s || !m) {
         dg_msg_free(s ? s->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_handle: NULL argument");
@@ -9816,13 +9921,31 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         dg_msg_free(s->t, m);
         return DG_OK;
     }
-    if (!dg_msg_f32(m, 0, (size_t)s->cfg.batch * s->d)) {
-        int from = m->from;
-        dg_msg_free(s->t, m);
-        return dg__fail(DG_ERR_FORMAT, "feedback from %d has the wrong shape", from);
+    bd = (size_t)s->cfg.batch * s->d;
+    f = m->n_parts == 1 ? dg_msg_f32(m, 0, bd) : NULL;
+    if (!f) {
+        char why[128];
+        snprintf(why, sizeof why, "has the wrong shape (%d parts, first of %zu values; expected "
+                 "1 part of %zu floats)", m->n_parts, m->n_parts ? m->part[0].count : 0, bd);
+        return dg__reject(s->t, m, s->iteration, "feedback", why);
     }
+    if (!dg__all_finite(f, bd) || !dg__all_finite(m->stat, 2))
+        return dg__reject(s->t, m, s->iteration, "feedback", "holds a non-finite value");
+    if (s->cfg.feedback_clip > 0.0f) dg__clip_rows(f, (size_t)s->cfg.batch, (size_t)s->d,
+                                                   s->cfg.feedback_clip);
     s->fb[m->from] = m;
     if (--s->missing == 0) return dg__mdgan_server_finish(s);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const char *why)
+{
+    if (!s || id < 1 || id > s->slots || !s->live[id])
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drop_worker: worker %d is not live", id);
+    dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: worker %d dropped: %s",
+            (long long)s->iteration, id, why ? why : "by the driver");
+    if (dg__barrier_leave(s->live, s->fb, s->open, &s->missing, &s->stats.n_dropped, id))
+        return dg__mdgan_server_finish(s);
     return DG_OK;
 }
 
@@ -9834,31 +9957,63 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
 }
 
 typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
-typedef dg_result (*dg__role_expire)(void *role);
+
+/* What a barrier loop needs of a server role (MD-GAN and FL-GAN alike). */
+typedef struct dg__server_ops {
+    dg__role_handle handle;
+    dg_result (*expire)(void *role);
+    dg_result (*drop)(void *role, int id, const char *why);
+} dg__server_ops;
+
+typedef struct dg__barrier {
+    dg_transport *t;
+    const dg__server_ops *ops;
+    void *role;
+    const int *open;
+    const double *opened;     /* when the round began */
+    const char *live;         /* per slot 1..slots */
+    int slots, barrier_ms;
+} dg__barrier;
 
 /* The server side of a synchronous round: handles messages while the round
-   is open, expires it when the barrier deadline (barrier_ms > 0) passes;
+   is open; a sender whose message the role rejects is dropped (and the
+   driver told through rejected, if any); a blocking poll expires the round
+   when the barrier deadline (barrier_ms > 0 after begin) passes.
    timeout_ms bounds the wait (0: only what is queued, < 0: until the round
-   closes).  MD-GAN and FL-GAN servers share it. */
-static dg_result dg__barrier_poll(dg_transport *t, const int *open, int barrier_ms, int timeout_ms,
-                                  dg__role_handle handle, dg__role_expire expire, void *role)
+   closes). */
+static dg_result dg__barrier_poll(const dg__barrier *b, int timeout_ms,
+                                  void (*rejected)(void *user, int id, const char *why),
+                                  void *user)
 {
     double start = dg__now();
-    while (*open) {
+    while (*b->open) {
         dg_msg *m;
-        int wait = timeout_ms;
+        double left;
+        int wait = timeout_ms, from;
         dg_result r;
-        if (barrier_ms > 0) {
-            double left = barrier_ms - 1e3 * (dg__now() - start);
-            if (left <= 0) return expire(role);
+        if (b->barrier_ms > 0 && timeout_ms != 0) {
+            left = b->barrier_ms - 1e3 * (dg__now() - *b->opened);
+            if (left <= 0) return b->ops->expire(b->role);
             if (wait < 0 || wait > (int)left) wait = (int)left + 1;
         }
-        if (dg_transport_recv(t, DG_PEER_SERVER, wait, &m) != DG_OK) {
-            if (barrier_ms > 0 && timeout_ms != 0) continue;
-            return DG_ERR_TIMEOUT;
+        if (timeout_ms > 0) {
+            left = timeout_ms - 1e3 * (dg__now() - start);
+            if (left <= 0) return DG_ERR_TIMEOUT;
+            if (wait > (int)left) wait = (int)left + 1;
         }
-        if ((r = handle(role, m)) != DG_OK) return r;
-        if (timeout_ms > 0 && 1e3 * (dg__now() - start) > timeout_ms && *open) return DG_ERR_TIMEOUT;
+        if (dg_transport_recv(b->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
+            if (timeout_ms == 0) return DG_ERR_TIMEOUT;
+            continue;
+        }
+        from = m->from;
+        r = b->ops->handle(b->role, m);
+        if (r == DG_ERR_FORMAT) { /* the sender's fault, not the run's */
+            char why[256];
+            snprintf(why, sizeof why, "%s", dg_last_error());
+            r = b->ops->drop(b->role, from, why);
+            if (rejected) rejected(user, from, why);
+        }
+        if (r != DG_OK) return r;
     }
     return DG_OK;
 }
@@ -9871,12 +10026,33 @@ static dg_result dg__mdgan_server_expire_any(void *s)
 {
     return dg_mdgan_server_expire((dg_mdgan_server *)s);
 }
+static dg_result dg__mdgan_server_drop_any(void *s, int id, const char *why)
+{
+    return dg_mdgan_server_drop_worker((dg_mdgan_server *)s, id, why);
+}
+static const dg__server_ops dg__mdgan_server_ops = {
+    dg__mdgan_server_handle_any, dg__mdgan_server_expire_any, dg__mdgan_server_drop_any};
+
+static dg__barrier dg__mdgan_barrier(dg_mdgan_server *s)
+{
+    dg__barrier b;
+    b.t = s->t;
+    b.ops = &dg__mdgan_server_ops;
+    b.role = s;
+    b.open = &s->open;
+    b.opened = &s->opened;
+    b.live = s->live;
+    b.slots = s->slots;
+    b.barrier_ms = s->cfg.barrier_timeout_ms;
+    return b;
+}
 
 DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
 {
+    dg__barrier b;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
-    return dg__barrier_poll(s->t, &s->open, s->cfg.barrier_timeout_ms, timeout_ms,
-                            dg__mdgan_server_handle_any, dg__mdgan_server_expire_any, s);
+    b = dg__mdgan_barrier(s);
+    return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
 }
 
 DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->open ? s->missing : 0; }
@@ -9908,6 +10084,16 @@ DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id)
 DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s) { return s ? s->g : NULL; }
 DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s) { return s ? &s->opt : NULL; }
+
+static void dg__swap_floats(float *a, float *b, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        float x = a[i];
+        a[i] = b[i];
+        b[i] = x;
+    }
+}
 
 /* Checkpoint: "DGMC" | u32 version 1 | i64 iteration | i64 swap round |
    u64 net bytes | u32 CRC-32 of the 28 bytes before | dg_net_save_mem(G,
@@ -9951,12 +10137,15 @@ DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, si
     size_t n;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_save_mem: NULL argument");
-    if (s->open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_save_mem: iteration open");
     if (cap < dg_mdgan_server_save_size(s))
         return dg__fail(DG_ERR_TOO_LARGE, "dg_mdgan_server_save_mem: need %zu bytes",
                         dg_mdgan_server_save_size(s));
+    /* an open iteration changed nothing yet but G's batchnorm statistics:
+       save the ones from before its forward (swapped in and back) */
+    if (s->open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
     r = dg_net_save_mem(s->g, &s->opt, (unsigned char *)buf + DG__CKPT_HEAD,
                         cap - DG__CKPT_HEAD, &n);
+    if (s->open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
     if (r != DG_OK) return r;
     dg__ckpt_head((unsigned char *)buf, "DGMC", s->iteration, s->round, n);
     if (written) *written = DG__CKPT_HEAD + n;
@@ -10105,7 +10294,7 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
 
 static dg_result dg__mdgan_worker_install(dg_mdgan_worker *w, dg_msg *m)
 {
-    dg_result r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL);
+    dg_result r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL, 1);
     if (r == DG_OK && w->cfg.swap_optimizer) w->opt.t = m->aux;
     dg_msg_free(w->t, m);
     return r;
@@ -10169,13 +10358,16 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
             return DG_OK;
         }
         w->awaiting = 0;
-        if ((r = dg__mdgan_worker_install(w, m)) != DG_OK) return r;
+        /* a rejected D (wrong shape, non-finite) leaves ours in place: train
+           on with it rather than hold the batch */
+        r = dg__mdgan_worker_install(w, m);
         if (w->deferred) {
             dg_msg *g = w->deferred;
+            dg_result e;
             w->deferred = NULL;
-            return dg__mdgan_worker_iterate(w, g);
+            if ((e = dg__mdgan_worker_iterate(w, g)) != DG_OK) return e;
         }
-        return DG_OK;
+        return r;
     case DG_MSG_COPY_DISC:
         r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
         dg_msg_free(w->t, m);
@@ -10354,8 +10546,10 @@ static dg_result dg__pair_send(dg__gan_pair *p, int with_opt, dg_transport *t, i
 static dg_result dg__pair_install(dg__gan_pair *p, int with_opt, const dg_msg *m)
 {
     int used = 0;
-    dg_result r = dg__net_install(p->g, &p->og, with_opt, m, 0, &used);
-    if (r == DG_OK) r = dg__net_install(p->d, &p->od, with_opt, m, used, NULL);
+    dg_result r = dg__net_install(p->g, &p->og, with_opt, m, 0, &used, 0);
+    if (r == DG_OK) r = dg__net_install(p->d, &p->od, with_opt, m, used, NULL, 0);
+    if (r == DG_OK) dg__net_install(p->g, &p->og, with_opt, m, 0, NULL, 1); /* both fit: now */
+    if (r == DG_OK) dg__net_install(p->d, &p->od, with_opt, m, used, NULL, 1);
     return r;
 }
 
@@ -10367,6 +10561,7 @@ struct dg_flgan_server {
     char *live;
     dg_msg **up;
     int open, missing;
+    double opened;
     int64_t round;
     dg_flgan_stats stats;
 };
@@ -10433,7 +10628,8 @@ DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
         s->missing++;
     }
     s->open = 1;
-    s->stats.compute_s += dg__now() - t0;
+    s->opened = dg__now();
+    s->stats.compute_s += s->opened - t0;
     return s->missing ? DG_OK : dg_flgan_server_expire(s);
 }
 
@@ -10505,12 +10701,12 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_handle: NULL argument");
     }
     if (m->type != DG_MSG_MODEL || !s->open || m->iteration != s->round || m->from < 1 ||
-        m->from > s->cfg.n_workers || !s->live[m->from] || s->up[m->from] || m->aux <= 0) {
+        m->from > s->cfg.n_workers || !s->live[m->from] || s->up[m->from]) {
         dg_msg_free(s->t, m);
         return DG_OK;
     }
     {
-        /* check the shapes once here so the average can trust them */
+        /* check the shapes and values once here so the average can trust them */
         dg__gan_pair *p = &s->model;
         dg_part_kind kinds[DG_MSG_MAX_PARTS];
         size_t counts[DG_MSG_MAX_PARTS];
@@ -10520,11 +10716,12 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
                                counts + parts, src + parts);
         for (i = 0; i < parts; i++)
             if (!dg_msg_f32(m, i, counts[i])) break;
-        if (i < parts || m->n_parts != parts) {
-            int from = m->from;
-            dg_msg_free(s->t, m);
-            return dg__fail(DG_ERR_FORMAT, "FL-GAN model from %d has the wrong shape", from);
-        }
+        if (i < parts || m->n_parts != parts || m->aux <= 0)
+            return dg__reject(s->t, m, s->round, "model", "has the wrong shape");
+        for (i = 0; i < parts; i++)
+            if (!dg__all_finite((const float *)m->part[i].data, counts[i])) break;
+        if (i < parts || !dg__all_finite(m->stat, 2))
+            return dg__reject(s->t, m, s->round, "model", "holds a non-finite value");
     }
     s->up[m->from] = m;
     if (--s->missing == 0) return dg__flgan_server_finish(s);
@@ -10537,6 +10734,32 @@ DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s)
     return s->open ? dg__flgan_server_finish(s) : DG_OK;
 }
 
+DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const char *why)
+{
+    if (!s || id < 1 || id > s->cfg.n_workers || !s->live[id])
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_drop_worker: worker %d is not live", id);
+    dg__log(s->cfg.log, s->cfg.log_user, "round %lld: worker %d dropped: %s", (long long)s->round,
+            id, why ? why : "by the driver");
+    if (dg__barrier_leave(s->live, s->up, s->open, &s->missing, &s->stats.n_dropped, id))
+        return dg__flgan_server_finish(s);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id)
+{
+    if (!s || id < 1 || id > s->cfg.n_workers || s->live[id])
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_add_worker: slot %d is not free", id);
+    if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
+    s->live[id] = 1; /* begin sends it the global model like everyone */
+    dg__log(s->cfg.log, s->cfg.log_user, "round %lld: worker %d rejoins", (long long)s->round, id);
+    return DG_OK;
+}
+
+DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id)
+{
+    return s && id >= 1 && id <= s->cfg.n_workers && s->live[id];
+}
+
 static dg_result dg__flgan_server_handle_any(void *s, dg_msg *m)
 {
     return dg_flgan_server_handle((dg_flgan_server *)s, m);
@@ -10545,12 +10768,100 @@ static dg_result dg__flgan_server_expire_any(void *s)
 {
     return dg_flgan_server_expire((dg_flgan_server *)s);
 }
+static dg_result dg__flgan_server_drop_any(void *s, int id, const char *why)
+{
+    return dg_flgan_server_drop_worker((dg_flgan_server *)s, id, why);
+}
+static const dg__server_ops dg__flgan_server_ops = {
+    dg__flgan_server_handle_any, dg__flgan_server_expire_any, dg__flgan_server_drop_any};
+
+static dg__barrier dg__flgan_barrier(dg_flgan_server *s)
+{
+    dg__barrier b;
+    b.t = s->t;
+    b.ops = &dg__flgan_server_ops;
+    b.role = s;
+    b.open = &s->open;
+    b.opened = &s->opened;
+    b.live = s->live;
+    b.slots = s->cfg.n_workers;
+    b.barrier_ms = s->cfg.barrier_timeout_ms;
+    return b;
+}
 
 DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
 {
+    dg__barrier b;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_poll: NULL");
-    return dg__barrier_poll(s->t, &s->open, s->cfg.barrier_timeout_ms, timeout_ms,
-                            dg__flgan_server_handle_any, dg__flgan_server_expire_any, s);
+    b = dg__flgan_barrier(s);
+    return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
+}
+
+/* A GAN pair in a checkpoint: u64 bytes of G's part | dg_net_save_mem(G,
+   Adam of G) | dg_net_save_mem(D, Adam of D).  The FL-GAN server's and
+   workers' checkpoints share it. */
+static size_t dg__pair_save_size(const dg__gan_pair *p)
+{
+    return 8 + dg_net_save_size(p->g, &p->og) + dg_net_save_size(p->d, &p->od);
+}
+
+static dg_result dg__pair_save(const dg__gan_pair *p, unsigned char *buf, size_t cap, size_t *n)
+{
+    size_t ng = 0, nd = 0;
+    dg_result r = dg_net_save_mem(p->g, &p->og, buf + 8, cap - 8, &ng);
+    if (r == DG_OK) r = dg_net_save_mem(p->d, &p->od, buf + 8 + ng, cap - 8 - ng, &nd);
+    dg__le64(buf, (uint64_t)ng);
+    *n = 8 + ng + nd;
+    return r;
+}
+
+static dg_result dg__pair_load(dg__gan_pair *p, const unsigned char *buf, size_t n)
+{
+    uint64_t ng = n >= 8 ? dg__rd64(buf) : 0;
+    dg_result r;
+    if (n < 8 || ng > n - 8) return dg__fail(DG_ERR_FORMAT, "checkpoint: inconsistent GAN part");
+    if ((r = dg_net_load_mem(p->g, &p->og, buf + 8, (size_t)ng)) != DG_OK) return r;
+    return dg_net_load_mem(p->d, &p->od, buf + 8 + ng, n - 8 - (size_t)ng);
+}
+
+/* Server checkpoint: "DGFC" header (a = round, b = 0), then the pair.
+   Begin changes nothing in the model, so an open round saves what it
+   started from. */
+DGDEF size_t dg_flgan_server_save_size(const dg_flgan_server *s)
+{
+    return s ? DG__CKPT_HEAD + dg__pair_save_size(&s->model) : 0;
+}
+
+DGDEF dg_result dg_flgan_server_save_mem(const dg_flgan_server *s, void *buf, size_t cap,
+                                         size_t *written)
+{
+    size_t n;
+    dg_result r;
+    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_save_mem: NULL argument");
+    if (cap < dg_flgan_server_save_size(s))
+        return dg__fail(DG_ERR_TOO_LARGE, "dg_flgan_server_save_mem: need %zu bytes",
+                        dg_flgan_server_save_size(s));
+    r = dg__pair_save(&s->model, (unsigned char *)buf + DG__CKPT_HEAD, cap - DG__CKPT_HEAD, &n);
+    if (r != DG_OK) return r;
+    dg__ckpt_head((unsigned char *)buf, "DGFC", s->round, 0, n);
+    if (written) *written = DG__CKPT_HEAD + n;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, size_t len)
+{
+    int64_t round, zero;
+    size_t n;
+    dg_result r;
+    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_load_mem: NULL argument");
+    if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
+    if ((r = dg__ckpt_read((const unsigned char *)buf, len, "DGFC", &round, &zero, &n)) != DG_OK)
+        return r;
+    if ((r = dg__pair_load(&s->model, (const unsigned char *)buf + DG__CKPT_HEAD, n)) != DG_OK)
+        return r;
+    s->round = round;
+    s->stats.rounds = round;
+    return DG_OK;
 }
 
 DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->open ? s->missing : 0; }
@@ -10719,6 +11030,48 @@ DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round)
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return w ? w->compute_s : 0.0; }
 DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
+
+/* Worker checkpoint: "DGFW" header (a = local iteration, b = batcher
+   epoch), u64 batcher position, then the pair. */
+DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w)
+{
+    return w ? DG__CKPT_HEAD + 8 + dg__pair_save_size(&w->gan) : 0;
+}
+
+DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, size_t cap,
+                                         size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf;
+    size_t n;
+    dg_result r;
+    if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_save_mem: NULL argument");
+    if (cap < dg_flgan_worker_save_size(w))
+        return dg__fail(DG_ERR_TOO_LARGE, "dg_flgan_worker_save_mem: need %zu bytes",
+                        dg_flgan_worker_save_size(w));
+    dg__le64(p + DG__CKPT_HEAD, (uint64_t)w->batcher.pos);
+    r = dg__pair_save(&w->gan, p + DG__CKPT_HEAD + 8, cap - DG__CKPT_HEAD - 8, &n);
+    if (r != DG_OK) return r;
+    dg__ckpt_head(p, "DGFW", w->local_iter, (int64_t)w->batcher.epoch, 8 + n);
+    if (written) *written = DG__CKPT_HEAD + 8 + n;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)buf;
+    int64_t it, epoch;
+    uint64_t pos;
+    size_t n;
+    dg_result r;
+    if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_load_mem: NULL argument");
+    if ((r = dg__ckpt_read(p, len, "DGFW", &it, &epoch, &n)) != DG_OK) return r;
+    if (n < 8 || (pos = dg__rd64(p + DG__CKPT_HEAD)) > w->batcher.n)
+        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if ((r = dg__pair_load(&w->gan, p + DG__CKPT_HEAD + 8, n - 8)) != DG_OK) return r;
+    if ((r = dg_batcher_seek(&w->batcher, (uint64_t)epoch, (size_t)pos)) != DG_OK) return r;
+    w->local_iter = it;
+    return DG_OK;
+}
 
 /* ---- the in-process driver ---- */
 
@@ -13126,6 +13479,20 @@ DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t)
     return t ? dg__tcp_of(t)->server_iteration : 0;
 }
 
+DGDEF void dg_tcp_drop_peer(dg_transport *bt, int peer, const char *reason)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    dg__tconn *c;
+    pthread_mutex_lock(&t->mu);
+    if ((c = dg__tcp_find(t, peer))) {
+        char ip[INET6_ADDRSTRLEN], why[320];
+        if (!inet_ntop(AF_INET6, c->addr, ip, sizeof ip)) snprintf(ip, sizeof ip, "?");
+        snprintf(why, sizeof why, "%s (address %s)", reason ? reason : "dropped", ip);
+        dg__tcp_drop(t, c, why);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
 DGDEF void dg_tcp_wire_bytes(dg_transport *bt, int peer, uint64_t *in, uint64_t *out)
 {
     dg__tcp *t = dg__tcp_of(bt);
@@ -13359,17 +13726,76 @@ DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, siz
     return DG_OK;
 }
 
-static dg_result dg__tcp_mdgan_checkpoint(dg_mdgan_server *s, const char *path)
+/* The server drivers' checkpoint of their role (ms or fs, the other NULL):
+   the last consistent state, even with a round open. */
+static dg_result dg__tcp_checkpoint(const char *path, dg_mdgan_server *ms, dg_flgan_server *fs)
 {
-    size_t n = dg_mdgan_server_save_size(s), w;
+    size_t n = ms ? dg_mdgan_server_save_size(ms) : dg_flgan_server_save_size(fs), w;
     unsigned char *buf;
     dg_result r;
     if (!path) return DG_OK;
     buf = (unsigned char *)dg__alloc(n);
     if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
-    r = dg_mdgan_server_save_mem(s, buf, n, &w);
+    r = ms ? dg_mdgan_server_save_mem(ms, buf, n, &w) : dg_flgan_server_save_mem(fs, buf, n, &w);
     if (r == DG_OK) r = dg__tcp_write_file(path, buf, w);
     dg__free(buf);
+    return r;
+}
+
+/* --resume: loads the checkpoint into the role when the file exists. */
+static dg_result dg__tcp_resume(const dg_tcp_run *run, dg_tcp_config *tc, dg_mdgan_server *ms,
+                                dg_flgan_server *fs)
+{
+    unsigned char *buf;
+    size_t len = 0;
+    dg_result r;
+    FILE *f;
+    if (!run->resume || !run->checkpoint || !(f = fopen(run->checkpoint, "rb"))) return DG_OK;
+    fclose(f);
+    if ((r = dg__tcp_read_file(run->checkpoint, &buf, &len)) != DG_OK) return r;
+    r = ms ? dg_mdgan_server_load_mem(ms, buf, len) : dg_flgan_server_load_mem(fs, buf, len);
+    dg__free(buf);
+    if (r == DG_OK)
+        dg__tcp_logf(tc, "resumed from %s at %s %lld", run->checkpoint,
+                     ms ? "iteration" : "round",
+                     (long long)(ms ? dg_mdgan_server_stats(ms)->iteration
+                                    : dg_flgan_server_stats(fs)->rounds));
+    return r;
+}
+
+/* How a server run ends: a stop request, or an error whose message the
+   final checkpoint must not hide (it is logged before). */
+static void dg__tcp_finish_log(dg_tcp_config *tc, dg_result r)
+{
+    if (r != DG_OK)
+        dg__tcp_logf(tc, "server stops on %s: %s; writing the last consistent checkpoint",
+                     dg_result_str(r), dg_last_error());
+    else if (dg_tcp_stop_requested())
+        dg__tcp_logf(tc, "stop requested: checkpoint and shut down");
+}
+
+static void dg__tcp_rejected(void *t, int id, const char *why)
+{
+    dg_tcp_drop_peer((dg_transport *)t, id, why);
+}
+
+/* A server driver's barrier: waits in short slices so that a worker whose
+   connection closed leaves at once (the round does not wait for the
+   deadline), and a worker whose message the role rejected loses its
+   connection; the run goes on either way. */
+static dg_result dg__tcp_barrier(const dg__barrier *b)
+{
+    dg_result r = DG_OK;
+    int n;
+    while (r == DG_OK && *b->open) {
+        for (n = 1; n <= b->slots && r == DG_OK && *b->open; n++)
+            if (b->live[n] && !dg_tcp_connected(b->t, n))
+                r = b->ops->drop(b->role, n, "its connection closed");
+        if (r == DG_OK && *b->open) {
+            r = dg__barrier_poll(b, 100, dg__tcp_rejected, b->t);
+            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        }
+    }
     return r;
 }
 
@@ -13420,24 +13846,9 @@ DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport
     c = *cfg;
     if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * tc->dead_ms;
     if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
-    if (run->resume && run->checkpoint) {
-        unsigned char *buf;
-        size_t len = 0;
-        FILE *f = fopen(run->checkpoint, "rb");
-        if (f) {
-            fclose(f);
-            r = dg__tcp_read_file(run->checkpoint, &buf, &len);
-            if (r == DG_OK) {
-                r = dg_mdgan_server_load_mem(s, buf, len);
-                dg__free(buf);
-            }
-            if (r != DG_OK) {
-                dg_mdgan_server_free(s);
-                return r;
-            }
-            dg__tcp_logf(tc, "resumed from %s at iteration %lld", run->checkpoint,
-                         (long long)dg_mdgan_server_stats(s)->iteration);
-        }
+    if ((r = dg__tcp_resume(run, tc, s, NULL)) != DG_OK) {
+        dg_mdgan_server_free(s);
+        return r;
     }
     dg__tcp_announce(t, (uint64_t)dg_mdgan_server_stats(s)->iteration);
     have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
@@ -13451,21 +13862,20 @@ DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport
             if (dg_tcp_connected(t, n) && !dg_mdgan_server_is_live(s, n))
                 dg_mdgan_server_add_worker(s, n);
         if ((r = dg_mdgan_server_begin(s)) != DG_OK) break;
-        while (r == DG_OK && dg_mdgan_server_missing(s) > 0) {
-            r = dg_mdgan_server_poll(s, 200);
-            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        {
+            dg__barrier b = dg__mdgan_barrier(s);
+            if ((r = dg__tcp_barrier(&b)) != DG_OK) break;
         }
-        if (r != DG_OK) break;
         st = dg_mdgan_server_stats(s);
         it = st->iteration;
         dg__tcp_announce(t, (uint64_t)it);
         if (run->progress) run->progress(run->user, it, st->n_live, st->d_loss, st->g_loss, t);
         if (run->checkpoint_every > 0 && it % run->checkpoint_every == 0 &&
-            (e = dg__tcp_mdgan_checkpoint(s, run->checkpoint)) != DG_OK)
+            (e = dg__tcp_checkpoint(run->checkpoint, s, NULL)) != DG_OK)
             dg__tcp_logf(tc, "checkpoint failed: %s", dg_last_error());
     }
-    if (dg_tcp_stop_requested()) dg__tcp_logf(tc, "stop requested: checkpoint and shut down");
-    if ((e = dg__tcp_mdgan_checkpoint(s, run->checkpoint)) != DG_OK && r == DG_OK) r = e;
+    dg__tcp_finish_log(tc, r);
+    if ((e = dg__tcp_checkpoint(run->checkpoint, s, NULL)) != DG_OK && r == DG_OK) r = e;
     if (r == DG_OK && !dg_tcp_stop_requested()) dg_mdgan_server_stop(s);
     if (r == DG_OK) r = dg__tcp_copy_params(dg_mdgan_server_generator(s), g_out, g_count);
     dg__tcp_sleep_ms(50);
@@ -13545,9 +13955,8 @@ DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport
     dg_flgan_server *s;
     dg_tcp_config *tc;
     dg_flgan_config c;
-    dg_result r;
-    int64_t round = 0;
-    int have;
+    dg_result r, e;
+    int have, n;
     if (g_out) *g_out = NULL;
     if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
     tc = &dg__tcp_of(t)->cfg;
@@ -13555,21 +13964,35 @@ DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport
     c = *cfg;
     if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
     if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    if ((r = dg__tcp_resume(run, tc, NULL, s)) != DG_OK) {
+        dg_flgan_server_free(s);
+        return r;
+    }
+    dg__tcp_announce(t, (uint64_t)dg_flgan_server_stats(s)->rounds);
     have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
     dg__tcp_logf(tc, "%d of %d workers connected", have, c.n_workers);
-    while (r == DG_OK && round < run->iterations && !dg_tcp_stop_requested()) {
+    while (r == DG_OK && dg_flgan_server_stats(s)->rounds < run->iterations &&
+           !dg_tcp_stop_requested()) {
         const dg_flgan_stats *st;
+        int64_t round;
+        for (n = 1; n < t->n_peers; n++) /* a restarted worker rejoins with the global model */
+            if (dg_tcp_connected(t, n) && !dg_flgan_server_is_live(s, n))
+                dg_flgan_server_add_worker(s, n);
         if ((r = dg_flgan_server_begin(s)) != DG_OK) break;
-        while (r == DG_OK && dg_flgan_server_missing(s) > 0) {
-            r = dg_flgan_server_poll(s, 200);
-            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        {
+            dg__barrier b = dg__flgan_barrier(s);
+            if ((r = dg__tcp_barrier(&b)) != DG_OK) break;
         }
-        round++;
         st = dg_flgan_server_stats(s);
+        round = st->rounds;
         dg__tcp_announce(t, (uint64_t)round);
-        if (r == DG_OK && run->progress)
-            run->progress(run->user, round, st->n_live, st->d_loss, st->g_loss, t);
+        if (run->progress) run->progress(run->user, round, st->n_live, st->d_loss, st->g_loss, t);
+        if (run->checkpoint_every > 0 && round % run->checkpoint_every == 0 &&
+            (e = dg__tcp_checkpoint(run->checkpoint, NULL, s)) != DG_OK)
+            dg__tcp_logf(tc, "checkpoint failed: %s", dg_last_error());
     }
+    dg__tcp_finish_log(tc, r);
+    if ((e = dg__tcp_checkpoint(run->checkpoint, NULL, s)) != DG_OK && r == DG_OK) r = e;
     if (r == DG_OK && !dg_tcp_stop_requested()) dg_flgan_server_stop(s);
     if (r == DG_OK) r = dg__tcp_copy_params(dg_flgan_server_generator(s), g_out, g_count);
     dg__tcp_sleep_ms(50);

@@ -34,7 +34,7 @@ typedef struct options {
     int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
         clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
         help;
-    double alpha;
+    double alpha, feedback_clip;
     float lr;
     int64_t iters, eval_every;
     uint64_t seed;
@@ -60,6 +60,8 @@ static void usage(FILE *f)
         "  --swap-opt-stays    MD-GAN: D's Adam state stays with the worker\n"
         "  --real-once         MD-GAN: one real batch per iteration (paper) instead of\n"
         "                      a fresh one per D step\n"
+        "  --feedback-clip C   MD-GAN: the server scales each sample's feedback from a\n"
+        "                      worker down to L2 norm C before summing (default off)\n"
         "  --iid | --shards S | --dirichlet A\n"
         "                      split: i.i.d. (default), S label shards per worker,\n"
         "                      Dirichlet(A) label skew\n"
@@ -84,7 +86,8 @@ static void usage(FILE *f)
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
         "  --no-checkpoint     write no checkpoints\n"
-        "  --help\n");
+        "  --help\n"
+        "An option the chosen --algo does not use is an error.\n");
 }
 
 /* "n@t,n@t" (with_worker) or "t,t": faults, strictly */
@@ -131,6 +134,7 @@ static int parse(options *o, int argc, char **argv)
         {"--iid", DG_OPT_FLAG, &o->iid, 0, 0, NULL},
         {"--shards", DG_OPT_INT, &o->shards, 1, 1000, NULL},
         {"--dirichlet", DG_OPT_DOUBLE, &o->alpha, 1e-6, 1e6, NULL},
+        {"--feedback-clip", DG_OPT_DOUBLE, &o->feedback_clip, 0, 1e30, NULL},
         {"--acgan", DG_OPT_FLAG, &o->acgan, 0, 0, NULL},
         {"--saturating", DG_OPT_FLAG, &o->saturating, 0, 0, NULL},
         {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
@@ -172,6 +176,20 @@ static int parse(options *o, int argc, char **argv)
     if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
         fprintf(stderr, "distgan: %s\n", dg_last_error());
         return 1;
+    }
+    for (i = 1; i < argc; i++) { /* never ignore an option silently */
+        static const struct { const char *name; unsigned algos; } only[] = {
+            {"--k", 2}, {"--swap-every", 2}, {"--swap-opt-stays", 2}, {"--real-once", 2},
+            {"--join", 2}, {"--feedback-clip", 2}, {"--L", 1 | 2}, {"--workers", 2 | 4},
+            {"--E", 2 | 4}, {"--iid", 2 | 4}, {"--shards", 2 | 4}, {"--dirichlet", 2 | 4},
+            {"--crash", 2 | 4}};
+        size_t j;
+        for (j = 0; j < sizeof only / sizeof only[0]; j++)
+            if (!strcmp(argv[i], only[j].name) && !(only[j].algos & (1u << o->algo))) {
+                fprintf(stderr, "distgan: %s is not an option of --algo %s\n", argv[i],
+                        o->algo == ALGO_GAN ? "gan" : o->algo == ALGO_MDGAN ? "mdgan" : "flgan");
+                return 1;
+            }
     }
     if (o->help) {
         usage(stdout);
@@ -300,6 +318,41 @@ static dg_result mdgan_checkpoint(dg_mdgan_run *run, int slots, const char *dir,
     return DG_OK;
 }
 
+/* FL-GAN checkpoint: the server (global model, round) and every worker
+   (local GAN, noise and data positions). */
+static dg_result flgan_checkpoint(dg_flgan_run *run, int n_workers, const char *dir, int load)
+{
+    char path[1100];
+    int n;
+    for (n = 0; n <= n_workers; n++) {
+        dg_flgan_server *s = dg_flgan_run_server(run);
+        dg_flgan_worker *w = n ? dg_flgan_run_worker(run, n) : NULL;
+        unsigned char *buf = NULL;
+        size_t len;
+        dg_result r;
+        if (n == 0) snprintf(path, sizeof path, "%s/flgan_server.ckpt", dir);
+        else snprintf(path, sizeof path, "%s/flgan_worker_%d.ckpt", dir, n);
+        if (load) {
+            if ((r = read_file(path, &buf, &len))) {
+                if (n) continue; /* a worker that had crashed */
+                fprintf(stderr, "distgan: cannot read %s\n", path);
+                return r;
+            }
+            r = n ? dg_flgan_worker_load_mem(w, buf, len) : dg_flgan_server_load_mem(s, buf, len);
+        } else {
+            if (n && !dg_flgan_server_is_live(s, n)) continue;
+            len = n ? dg_flgan_worker_save_size(w) : dg_flgan_server_save_size(s);
+            buf = (unsigned char *)malloc(len);
+            if (!buf) return DG_ERR_NOMEM;
+            r = n ? dg_flgan_worker_save_mem(w, buf, len, &len) : dg_flgan_server_save_mem(s, buf, len, &len);
+            if (r == DG_OK) r = write_file(path, buf, len);
+        }
+        free(buf);
+        if (r) return r;
+    }
+    return DG_OK;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -414,6 +467,7 @@ int main(int argc, char **argv)
         c.local_epochs = o.E;
         c.swap_every = o.swap_every;
         c.swap_optimizer = !o.swap_opt_stays;
+        c.feedback_clip = (float)o.feedback_clip;
         c.seed = o.seed;
         c.log = print_log;
         if ((r = dg_mdgan_run_create(&md, &c, pool, &train, &part, o.crash, o.n_crash, o.join,
@@ -444,13 +498,14 @@ int main(int argc, char **argv)
         c.saturating = o.saturating;
         c.seed = o.seed;
         c.log = print_log;
-        if (o.resume) fprintf(stderr, "distgan: --resume is not supported for flgan, starting over\n");
         if ((r = dg_flgan_run_create(&fl, &c, pool, &train, &part, o.crash, o.n_crash)))
             return fail("flgan", r);
         t = dg_flgan_run_transport(fl);
+        if (o.resume && (r = flgan_checkpoint(fl, o.workers, o.out, 1))) return fail("resume", r);
         src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
         src.chunk = o.batch;
         per_round = dg_flgan_worker_iters_per_round(dg_flgan_run_worker(fl, 1));
+        start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * per_round;
         printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers, per_round,
                c.local_epochs);
     }
@@ -518,6 +573,8 @@ int main(int argc, char **argv)
                 r = dg_gan_trainer_save(&trainer, path);
             } else if (o.algo == ALGO_MDGAN) {
                 r = mdgan_checkpoint(md, slots, o.out, 0);
+            } else {
+                r = flgan_checkpoint(fl, o.workers, o.out, 0);
             }
             if (r) return fail("checkpoint", r);
         }

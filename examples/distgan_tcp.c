@@ -13,11 +13,13 @@
  *   shapes:2000, drawn from the run seed; idx:IMAGES[,LABELS] for files)
  *   --batch b --iters I --k k --lr LR --disc-steps L --epochs E --swap-every n --seed s
  *   --threads n (pool size; 0 = one per core)  --secret-file F  --insecure
- *   --checkpoint F --checkpoint-every n --resume   (server)
+ *   --checkpoint F --checkpoint-every n --resume   (server; MD-GAN and FL-GAN)
+ *   --feedback-clip C (MD-GAN server: each sample's feedback scaled to L2 norm <= C)
  *   --out G.f32 (server: final generator parameters, raw float32)
  *   --max-message BYTES --dead-ms n --heartbeat-ms n --barrier-ms n
  *   --protocol-version v (tests only)
- * The server prints one progress line per --log-every iterations; every
+ * An option the chosen --algo does not use (--k, --disc-steps, --feedback-clip
+ * with flgan) is an error.  The server prints one progress line per --log-every iterations; every
  * event (connections, drops, joins, refusals) goes to stderr.  SIGINT or
  * SIGTERM: the server checkpoints and shuts down; workers leave. */
 #define _POSIX_C_SOURCE 200809L
@@ -35,6 +37,7 @@ typedef struct opts {
     int workers, id, batch, k, disc_steps, epochs, swap_every, threads, ckpt_every, resume;
     int insecure, log_every, dead_ms, heartbeat_ms, barrier_ms, version;
     float lr;
+    double feedback_clip;
     int64_t iters;
     uint64_t seed, max_message;
 } opts;
@@ -80,7 +83,7 @@ static int parse(opts *o, int argc, char **argv)
         {"--k", DG_OPT_INT, &o->k, 1, 10000, NULL},
         {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
         {"--disc-steps", DG_OPT_INT, &o->disc_steps, 1, 1000, NULL},
-        {"--epochs", DG_OPT_INT, &o->epochs, 1, 1000000, NULL},
+        {"--epochs", DG_OPT_INT, &o->epochs, 0, 1000000, NULL},
         {"--swap-every", DG_OPT_INT, &o->swap_every, 0, 1000000000, NULL},
         {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
         {"--checkpoint-every", DG_OPT_INT, &o->ckpt_every, 0, 1000000000, NULL},
@@ -92,11 +95,12 @@ static int parse(opts *o, int argc, char **argv)
         {"--iters", DG_OPT_INT64, &o->iters, 1, 1e9, NULL},
         {"--seed", DG_OPT_U64, &o->seed, 0, 0, NULL},
         {"--max-message", DG_OPT_U64, &o->max_message, 0, 0, NULL},
+        {"--feedback-clip", DG_OPT_DOUBLE, &o->feedback_clip, 0, 1e30, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
         {"--insecure", DG_OPT_FLAG, &o->insecure, 0, 0, NULL},
     };
     long long id = 0;
-    int server;
+    int server, i;
     memset(o, 0, sizeof *o);
     o->data = "shapes:2000";
     o->batch = 32; o->k = 1; o->disc_steps = 1; o->epochs = 1; o->iters = 100; o->seed = 1;
@@ -118,6 +122,12 @@ static int parse(opts *o, int argc, char **argv)
         return 2;
     }
     o->id = (int)id;
+    for (i = 2; i < argc && o->algo == 1; i++) /* flgan */
+        if (!strcmp(argv[i], "--k") || !strcmp(argv[i], "--disc-steps") ||
+            !strcmp(argv[i], "--feedback-clip")) {
+            fprintf(stderr, "distgan_tcp: %s is not an option of --algo flgan\n", argv[i]);
+            return 2;
+        }
     return 0;
 }
 
@@ -187,6 +197,7 @@ int main(int argc, char **argv)
                         : (int)((double)ds.n / o.workers * o.epochs / o.batch + 0.5);
         if (mc.swap_every < 1) mc.swap_every = 1;
         mc.barrier_timeout_ms = o.barrier_ms;
+        mc.feedback_clip = (float)o.feedback_clip;
         mc.log = log_line;
         mc.log_user = who;
         dg_tcp_mdgan_config_hash(&mc, extra, tc.config_hash);

@@ -39,7 +39,8 @@ run() {
     set -- --algo "$algo" --dataset "$ds" --arch "$ARCH" --batch "$BATCH" --iters "$ITERS" \
         --eval-every "$EVAL_EVERY" --eval-samples "$EVAL_SAMPLES" --clf-epochs "$CLF_EPOCHS" \
         --seed "$SEED" --threads "$THREADS" --out "$dir" "$@"
-    if [ "$algo" != gan ]; then set -- "$@" --workers "$n" --k "$k"; fi
+    if [ "$algo" != gan ]; then set -- "$@" --workers "$n"; fi
+    if [ "$algo" = mdgan ]; then set -- "$@" --k "$k"; fi  # distgan refuses an unused option
     # finished with the same settings: skip (other settings: run again)
     if [ -f "$dir/DONE" ] && [ "$(cat "$dir/args.txt" 2>/dev/null)" = "$*" ]; then
         echo "== $name: done, skipped"

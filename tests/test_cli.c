@@ -164,7 +164,7 @@ TEST(distgan_tcp_options)
     static const char *const worker[] = {"worker", "--connect", "127.0.0.1:1", "--workers", "3", NULL};
     static const numopt o[] = {
         {"--workers", "0", 0}, {"--batch", "0", 0}, {"--k", "0", 0}, {"--lr", "0", 1},
-        {"--disc-steps", "0", 0}, {"--epochs", "0", 0}, {"--swap-every", "-1", 0},
+        {"--disc-steps", "0", 0}, {"--epochs", "-1", 0}, {"--swap-every", "-1", 0},
         {"--threads", "-1", 0}, {"--checkpoint-every", "-1", 0}, {"--log-every", "-1", 0},
         {"--dead-ms", "-1", 0}, {"--heartbeat-ms", "-1", 0}, {"--barrier-ms", "-1", 0},
         {"--protocol-version", "65536", 0}, {"--iters", "-5", 0}, {"--seed", "-1", 0},

@@ -1366,6 +1366,185 @@ TEST(workers_end_with_the_run)
     if (th_cur_failed) { show("esrv.err"); show("ew1.err"); }
 }
 
+/* ---- issue 10: faults of authenticated workers cost them, never the run ---- */
+
+/* Worker 2 of 2 is this process: an authenticated peer that answers its
+   first GEN_BATCHES with a FEEDBACK 7 floats too long (the audit's 25,095
+   for 25,088).  The server drops that connection (logged with the id and
+   the address), finishes the run with worker 1, writes G and its
+   checkpoint and exits 0. */
+TEST(malformed_feedback_costs_the_connection_not_the_run)
+{
+    char addr[32], ck[128];
+    pid_t srv, w1;
+    dg_dataset ds;
+    dg_mdgan_config mc = dg_mdgan_config_init();
+    dg_tcp_config tc;
+    dg_transport *t = NULL;
+    dg_msg *m;
+    int sent = 0;
+    struct stat st;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    snprintf(ck, sizeof ck, "%s/bad.ckpt", tmpdir);
+#define COMMON7 "--workers", "2", "--data", "shapes:200", "--batch", "8", "--dead-ms", "3000", \
+                "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5"
+    srv = spawn("bsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1",
+                             "--checkpoint", ck, "--out", "gbad.f32", COMMON7));
+    w1 = spawn("bw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON7));
+    /* the same configuration hash as distgan_tcp computes */
+    memset(&ds, 0, sizeof ds);
+    CHECK_OK(dg_dataset_make_shapes(&ds, 200, 1));
+    mc.n_workers = 2; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
+    mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
+    dg_tcp_config_init(&tc);
+    dg_tcp_mdgan_config_hash(&mc, "data shapes:200 n=200", tc.config_hash);
+    tc.n_peers = 3;
+    tc.self = 2;
+    tc.connect = addr;
+    tc.heartbeat_ms = 300;
+    {
+        int64_t end = dg__tcp_ms() + 10000;
+        while (dg_tcp_worker_create(&t, &tc) != DG_OK && dg__tcp_ms() < end) {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    CHECK(t != NULL);
+    while (t && !sent && dg_transport_recv(t, 2, 10000, &m) == DG_OK) {
+        if (m->type == DG_MSG_GEN_BATCHES) {
+            dg_part_kind k = DG_PART_F32;
+            /* 7 floats short: 7 too many would not pass the transport's size limit */
+            size_t n = (size_t)mc.batch * ds.c * ds.h * ds.w - 7;
+            dg_msg *fb;
+            CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, 2, 0, m->iteration, 1, &k, &n, &fb));
+            memset(fb->part[0].data, 0, 4 * n);
+            CHECK_OK(dg_transport_send(t, fb));
+            sent = 1;
+        }
+        dg_msg_free(t, m);
+    }
+    CHECK(sent);
+    CHECK(reap(srv, 60000) == 0);
+    CHECK(reap(w1, 10000) == 0);
+    CHECK(file_has("bsrv.err", "worker 2 dropped"));
+    CHECK(file_has("bsrv.err", "wrong shape"));
+    CHECK(file_has("bsrv.err", "127.0.0.1"));
+    CHECK(file_has("bsrv.out", "iter 30/30  N_live 1"));
+    CHECK(stat("gbad.f32", &st) == 0 && st.st_size > 0);
+    CHECK(stat(ck, &st) == 0 && st.st_size > 0);
+    if (th_cur_failed) { show("bsrv.out"); show("bsrv.err"); }
+    if (t) dg_transport_close(t);
+    dg_dataset_free(&ds);
+}
+
+/* A worker whose connection closes in the middle of an iteration (it has
+   its GEN_BATCHES and will never answer) leaves the barrier at once: the
+   iteration completes long before the 30 s deadline.  Worker 3 is this
+   process: it answers iterations 0..4 with a zero feedback, then takes
+   iteration 5 and closes its transport as a crash would. */
+TEST(closed_worker_leaves_the_barrier_at_once)
+{
+    char addr[32];
+    pid_t srv, w1, w2;
+    dg_dataset ds;
+    dg_mdgan_config mc = dg_mdgan_config_init();
+    dg_tcp_config tc;
+    dg_transport *t = NULL;
+    dg_msg *m;
+    int64_t t0 = 0, waited;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+#define COMMON8 "--workers", "3", "--data", "shapes:300", "--batch", "8", "--dead-ms", "30000", \
+                "--heartbeat-ms", "300", "--barrier-ms", "30000", "--epochs", "0"
+    srv = spawn("dsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1", COMMON8));
+    w1 = spawn("dw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON8));
+    w2 = spawn("dw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON8));
+    memset(&ds, 0, sizeof ds);
+    CHECK_OK(dg_dataset_make_shapes(&ds, 300, 1));
+    mc.n_workers = 3; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
+    mc.batch = 8; mc.local_epochs = 0; mc.swap_every = 1; mc.seed = 1; /* as distgan_tcp */
+    dg_tcp_config_init(&tc);
+    dg_tcp_mdgan_config_hash(&mc, "data shapes:300 n=300", tc.config_hash);
+    tc.n_peers = 4;
+    tc.self = 3;
+    tc.connect = addr;
+    tc.heartbeat_ms = 300;
+    {
+        int64_t end = dg__tcp_ms() + 10000;
+        while (dg_tcp_worker_create(&t, &tc) != DG_OK && dg__tcp_ms() < end) {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    CHECK(t != NULL);
+    while (t && dg_transport_recv(t, 3, 10000, &m) == DG_OK) {
+        if (m->type == DG_MSG_GEN_BATCHES && m->iteration < 5) {
+            dg_part_kind k = DG_PART_F32;
+            size_t n = (size_t)mc.batch * ds.c * ds.h * ds.w;
+            dg_msg *fb;
+            CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, 3, 0, m->iteration, 1, &k, &n, &fb));
+            memset(fb->part[0].data, 0, 4 * n);
+            CHECK_OK(dg_transport_send(t, fb));
+        } else if (m->type == DG_MSG_GEN_BATCHES) {
+            dg_msg_free(t, m);
+            break;
+        }
+        dg_msg_free(t, m);
+    }
+    CHECK(file_has("dsrv.out", "iter 5/30  N_live 3"));
+    if (t) {
+        dg_transport_close(t);
+        t0 = dg__tcp_ms();
+    }
+    CHECK(wait_for("dsrv.out", "iter 6/30  N_live 2", 40000));
+    waited = dg__tcp_ms() - t0;
+    printf("  iteration 6 completed %lld ms after worker 3 closed in the middle of it "
+           "(barrier 30000 ms)\n", (long long)waited);
+    CHECK(waited < 10000);
+    CHECK(reap(srv, 60000) == 0);
+    CHECK(reap(w1, 10000) == 0);
+    CHECK(reap(w2, 10000) == 0);
+    if (th_cur_failed) { show("dsrv.out"); show("dsrv.err"); }
+    dg_dataset_free(&ds);
+}
+
+/* FL-GAN over TCP: a killed worker leaves at once, its restart rejoins at
+   the next round with the global model, and SIGTERM writes the FL-GAN
+   checkpoint (it used to ignore --checkpoint). */
+TEST(flgan_worker_rejoins_and_checkpoints)
+{
+    char addr[32], ck[128], magic[4] = {0};
+    pid_t srv, w1, w2;
+    FILE *f;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    snprintf(ck, sizeof ck, "%s/fl.ckpt", tmpdir);
+#define COMMON9 "--algo", "flgan", "--workers", "2", "--data", "shapes:200", "--batch", "8", \
+                "--swap-every", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
+                "--barrier-ms", "30000"
+    srv = spawn("lsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--log-every", "1",
+                             "--checkpoint", ck, COMMON9));
+    w1 = spawn("lw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON9));
+    w2 = spawn("lw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
+    CHECK(wait_for("lsrv.out", "iter 5/", 30000));
+    kill(w2, SIGKILL);
+    reap(w2, 2000);
+    CHECK(wait_for("lsrv.out", "N_live 1", 10000));
+    w2 = spawn("lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
+    CHECK(wait_for("lsrv.err", "worker 2 rejoins", 15000));
+    CHECK(wait_for("lsrv.out", "N_live 2", 15000));
+    kill(srv, SIGTERM);
+    CHECK(reap(srv, 10000) == 0);
+    CHECK((f = fopen(ck, "rb")) != NULL && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "DGFC", 4));
+    if (f) fclose(f);
+    kill(w1, SIGTERM);
+    kill(w2, SIGTERM);
+    reap(w1, 10000);
+    reap(w2, 10000);
+    if (th_cur_failed) { show("lsrv.out"); show("lsrv.err"); show("lw2b.err"); }
+}
+
 int main(void)
 {
     char cwd[4096];
@@ -1401,5 +1580,8 @@ int main(void)
     RUN(worker_restarts_through_a_slot_flood);
     RUN(secret_empty_or_long);
     RUN(workers_end_with_the_run);
+    RUN(malformed_feedback_costs_the_connection_not_the_run);
+    RUN(closed_worker_leaves_the_barrier_at_once);
+    RUN(flgan_worker_rejoins_and_checkpoints);
     return th_done();
 }
