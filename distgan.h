@@ -22,6 +22,7 @@
       DG_NO_STB_IMPLEMENTATION
                             your program compiles stb_image(_write) itself
       DG_DATA_MAX_BYTES     the largest dataset a loader accepts (default 1 GiB)
+      DISTGAN_MPI           the MPI transport dg_mpi (needs <mpi.h>: build with mpicc)
 
    The implementation uses POSIX (pthreads, clocks, sockets): include
    distgan.h before any system header in the implementation file, or define
@@ -68,6 +69,7 @@
                    shared D step and generator feedback, the standalone trainer,
                    the classifier-based evaluator (score, FID), CSV logs
       dg_transport messages, their codec, byte counters, the in-process transport
+      dg_mpi       the MPI transport (only with DISTGAN_MPI; build with mpicc)
       dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers
       dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport and its
                    process drivers
@@ -92,6 +94,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifdef DISTGAN_MPI
+#include <mpi.h>
+#endif
 
 #define DISTGAN_VERSION_MAJOR 0
 #define DISTGAN_VERSION_MINOR 1
@@ -981,6 +986,78 @@ DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size
    fails with DG_ERR_TIMEOUT. */
 DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
                                  int send_timeout_ms);
+
+#ifdef DISTGAN_MPI
+/* MPI transport (compiled only when DISTGAN_MPI is defined before the
+   include; build with mpicc).  Rank r of comm is peer r: rank 0 the server
+   or parameter server, ranks 1..N the workers; n_peers is the size of
+   comm.  Every message is point-to-point on a private duplicate of comm
+   (MPI_Comm_dup at create, errors returned rather than fatal), so the
+   program's own MPI traffic never mixes with it.  A frame is the one wire
+   encoding of dg_msg_encode; how it travels:
+     DG_MPI_TAG_FRAME     the whole frame in one MPI message (payloads up
+                          to inline_max; CRC-32 checked)
+     DG_MPI_TAG_HEAD      its header and part table only (the first
+                          dg_msg_frame_bytes of the frame), then every
+                          non-empty part as one DG_MPI_TAG_PART message
+                          straight from and into the messages (no copy);
+                          the CRC field is 0
+     DG_MPI_TAG_HEAD_CRC  the same with the CRC-32 filled in and checked
+   so the bytes from one rank to another are always frames of
+   dg_msg_encode, split at part boundaries.  The receiver validates
+   everything (sizes against max_message, the sender against the MPI
+   source, the receiver against its own rank) before it allocates, and a
+   malformed message is consumed and reported by recv as an error naming
+   the rank, never a crash.
+
+   Threads.  Every MPI call of the transport is made under its own mutex,
+   so threads of a process may send and receive on it at once; MPI must run
+   at MPI_THREAD_SERIALIZED or above (dg_mpi_create checks it: start MPI
+   with dg_mpi_init or MPI_Init_thread; MPI_THREAD_MULTIPLE when the
+   program makes MPI calls of its own from other threads meanwhile).
+
+   Sends are non-blocking (MPI_Isend): send returns once the frame is
+   posted and the message is freed when MPI has delivered it; while more
+   than send_window bytes are in flight, send waits, receiving what
+   arrives meanwhile (so two ranks sending to each other never deadlock).
+   A receive waits by polling (MPI_Improbe) with a backoff that sleeps up
+   to 1 ms, so an idle receiver costs almost no CPU where MPI's own
+   blocking calls would spin.  create and close are collective over comm:
+   close waits (up to send_timeout_ms) until every rank's sends were
+   received, discarding messages nobody received.  The program calls
+   MPI_Init(_thread) before create and MPI_Finalize after close. */
+#define DG_MPI_TAG_FRAME 1
+#define DG_MPI_TAG_HEAD 2
+#define DG_MPI_TAG_HEAD_CRC 3
+#define DG_MPI_TAG_PART 4
+
+/* Zero means default (dg_mpi_config_init zeroes). */
+typedef struct dg_mpi_config {
+    uint64_t max_message;   /* payload limit in bytes (256 MiB; MPI counts are
+                               int: at most INT_MAX - 1024) */
+    size_t inline_max;      /* payloads up to this travel encoded in one
+                               message, larger ones zero-copy (16 KiB) */
+    int checksum;           /* 1: a CRC-32 over zero-copy frames too (0: off;
+                               MPI delivers intact and the CRC stops no hostile
+                               sender, the validation does) */
+    uint64_t send_window;   /* bytes in flight before a send waits (64 MiB) */
+    int send_timeout_ms;    /* a send waits this long for the window, close
+                               this long for the other ranks (30000) */
+    int frame_timeout_ms;   /* the parts must follow their head within (10000) */
+} dg_mpi_config;
+
+DGDEF void dg_mpi_config_init(dg_mpi_config *c);
+/* MPI_Init_thread at MPI_THREAD_SERIALIZED; DG_ERR_UNSUPPORTED when MPI
+   provides less.  (An initialised MPI is only checked.) */
+DGDEF dg_result dg_mpi_init(int *argc, char ***argv);
+/* The transport of this rank (collective over comm).  DG_ERR_STATE when
+   MPI is not initialised, DG_ERR_UNSUPPORTED below MPI_THREAD_SERIALIZED. */
+DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_config *cfg);
+/* This rank (the self of recv), and the transport's private communicator
+   (for barriers; a message on it with a DG_MPI_TAG_* tag is a frame). */
+DGDEF int dg_mpi_rank(const dg_transport *t);
+DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t);
+#endif
 
 /* ==== dg_roles ==== */
 
@@ -1951,6 +2028,11 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+
+/* ---- for the mpi section ---- */
+#ifdef DISTGAN_MPI
+#include <limits.h>
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -8135,16 +8217,14 @@ static uint64_t dg__rd64(const unsigned char *p)
     return (uint64_t)dg__rd32(p) | (uint64_t)dg__rd32(p + 4) << 32;
 }
 
-DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *written)
+/* The frame's header and part table (dg_msg_frame_bytes(m) bytes) with the
+   given CRC-32: dg_msg_encode writes the parts after them, the MPI
+   transport sends the parts straight from the message. */
+static void dg__msg_head_encode(const dg_msg *m, unsigned char *p, uint32_t crc)
 {
-    unsigned char *p = (unsigned char *)buf, *q;
-    size_t need, payload, j;
+    unsigned char *q;
     uint32_t u;
     int i;
-    if (!m || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_encode: NULL argument");
-    need = dg_msg_encoded_size(m);
-    payload = dg_msg_payload_bytes(m);
-    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "dg_msg_encode: need %zu bytes", need);
     memcpy(p, "DGMS", 4);
     p[4] = DG_MSG_VERSION & 0xff;
     p[5] = 0;
@@ -8159,13 +8239,27 @@ DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *wr
     memcpy(&u, &m->stat[1], 4);
     dg__le32(p + 36, u);
     dg__le32(p + 40, (uint32_t)m->n_parts);
-    dg__le64(p + 48, (uint64_t)payload);
+    dg__le32(p + 44, crc);
+    dg__le64(p + 48, (uint64_t)dg_msg_payload_bytes(m));
     q = p + DG_MSG_HEADER_BYTES;
     for (i = 0; i < m->n_parts; i++, q += DG_MSG_PART_BYTES) {
         dg__le32(q, (uint32_t)m->part[i].kind);
         dg__le32(q + 4, 0);
         dg__le64(q + 8, (uint64_t)m->part[i].count);
     }
+}
+
+DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf, *q;
+    size_t need, j;
+    uint32_t u;
+    int i;
+    if (!m || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_encode: NULL argument");
+    need = dg_msg_encoded_size(m);
+    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "dg_msg_encode: need %zu bytes", need);
+    dg__msg_head_encode(m, p, 0);
+    q = p + dg_msg_frame_bytes(m);
     for (i = 0; i < m->n_parts; i++) {
         const unsigned char *src = (const unsigned char *)m->part[i].data;
         if (m->part[i].kind == DG_PART_BYTES) {
@@ -8183,70 +8277,107 @@ DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *wr
     return DG_OK;
 }
 
-DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size_t max_payload,
-                              dg_msg **out)
-{
-    const unsigned char *p = (const unsigned char *)buf, *q;
+/* A frame's header and part table, validated (len: the bytes at p, at
+   least the header; the payload need not follow). */
+typedef struct dg__msg_head {
+    int type, from, to, n_parts;
+    uint32_t crc;
     dg_part_kind kinds[DG_MSG_MAX_PARTS];
-    size_t counts[DG_MSG_MAX_PARTS], payload = 0, j;
+    size_t counts[DG_MSG_MAX_PARTS];
+    size_t payload;
+} dg__msg_head;
+
+static dg_result dg__msg_head_decode(const dg_transport *t, const unsigned char *p, size_t len,
+                                     size_t max_payload, dg__msg_head *h)
+{
+    const unsigned char *q;
     uint32_t n_parts, u;
-    int type, from, to, i;
-    dg_msg *m;
-    dg_result r;
-    if (!out) return dg__fail(DG_ERR_ARG, "dg_msg_decode: out is NULL");
-    *out = NULL;
-    if (!t || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_decode: NULL argument");
+    int i;
     if (len < DG_MSG_HEADER_BYTES || memcmp(p, "DGMS", 4) != 0)
         return dg__fail(DG_ERR_FORMAT, "message: bad magic or %zu-byte frame", len);
     if (p[4] != DG_MSG_VERSION || p[5] != 0)
         return dg__fail(DG_ERR_VERSION, "message: version %u", (unsigned)(p[4] | p[5] << 8));
-    type = p[6] | p[7] << 8;
-    from = (int)(int32_t)dg__rd32(p + 8);
-    to = (int)(int32_t)dg__rd32(p + 12);
-    if (type < 1 || (type > DG_MSG_STOP && type < DG_MSG_USER))
-        return dg__fail(DG_ERR_FORMAT, "message: unknown type %d", type);
-    if (from < 0 || from >= t->n_peers || to < 0 || to >= t->n_peers)
-        return dg__fail(DG_ERR_FORMAT, "message: peers %d -> %d outside 0..%d", from, to,
+    h->type = p[6] | p[7] << 8;
+    h->from = (int)(int32_t)dg__rd32(p + 8);
+    h->to = (int)(int32_t)dg__rd32(p + 12);
+    if (h->type < 1 || (h->type > DG_MSG_STOP && h->type < DG_MSG_USER))
+        return dg__fail(DG_ERR_FORMAT, "message: unknown type %d", h->type);
+    if (h->from < 0 || h->from >= t->n_peers || h->to < 0 || h->to >= t->n_peers)
+        return dg__fail(DG_ERR_FORMAT, "message: peers %d -> %d outside 0..%d", h->from, h->to,
                         t->n_peers - 1);
     n_parts = dg__rd32(p + 40);
     if (n_parts > DG_MSG_MAX_PARTS)
         return dg__fail(DG_ERR_FORMAT, "message: %u parts (at most %d)", n_parts, DG_MSG_MAX_PARTS);
     if (len < DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts)
         return dg__fail(DG_ERR_FORMAT, "message: truncated part table");
+    h->n_parts = (int)n_parts;
+    h->crc = dg__rd32(p + 44);
+    h->payload = 0;
     q = p + DG_MSG_HEADER_BYTES;
     for (i = 0; i < (int)n_parts; i++, q += DG_MSG_PART_BYTES) {
         uint64_t c = dg__rd64(q + 8);
         u = dg__rd32(q);
         if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(q + 4) != 0)
             return dg__fail(DG_ERR_FORMAT, "message: part %d has kind %u", i, u);
-        if (c > max_payload || dg__part_bytes((dg_part_kind)u, (size_t)c) > max_payload - payload)
+        if (c > max_payload ||
+            dg__part_bytes((dg_part_kind)u, (size_t)c) > max_payload - h->payload)
             return dg__fail(DG_ERR_TOO_LARGE, "message: payload over the limit of %zu bytes",
                             max_payload);
-        kinds[i] = (dg_part_kind)u;
-        counts[i] = (size_t)c;
-        payload += dg__part_bytes(kinds[i], counts[i]);
+        h->kinds[i] = (dg_part_kind)u;
+        h->counts[i] = (size_t)c;
+        h->payload += dg__part_bytes(h->kinds[i], h->counts[i]);
     }
-    if (dg__rd64(p + 48) != payload ||
-        len != DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts + payload)
-        return dg__fail(DG_ERR_FORMAT, "message: length %zu does not match its %zu-byte payload",
-                        len, payload);
-    if (dg_crc32(0, p + DG_MSG_HEADER_BYTES, len - DG_MSG_HEADER_BYTES) != dg__rd32(p + 44))
-        return dg__fail(DG_ERR_CHECKSUM, "message: CRC mismatch");
-    if ((r = dg_msg_create(t, type, from, to, (int64_t)dg__rd64(p + 16), (int)n_parts, kinds,
-                           counts, &m)) != DG_OK)
-        return r;
-    m->aux = (int64_t)dg__rd64(p + 24);
+    if (dg__rd64(p + 48) != h->payload)
+        return dg__fail(DG_ERR_FORMAT, "message: payload length %llu, its parts hold %zu bytes",
+                        (unsigned long long)dg__rd64(p + 48), h->payload);
+    return DG_OK;
+}
+
+/* A message from t's pool shaped by a decoded head (p: that head's bytes),
+   its parts still to be filled. */
+static dg_result dg__msg_from_head(dg_transport *t, const unsigned char *p, const dg__msg_head *h,
+                                   dg_msg **out)
+{
+    uint32_t u;
+    dg_result r = dg_msg_create(t, h->type, h->from, h->to, (int64_t)dg__rd64(p + 16), h->n_parts,
+                                h->kinds, h->counts, out);
+    if (r != DG_OK) return r;
+    (*out)->aux = (int64_t)dg__rd64(p + 24);
     u = dg__rd32(p + 32);
-    memcpy(&m->stat[0], &u, 4);
+    memcpy(&(*out)->stat[0], &u, 4);
     u = dg__rd32(p + 36);
-    memcpy(&m->stat[1], &u, 4);
-    for (i = 0; i < (int)n_parts; i++) {
+    memcpy(&(*out)->stat[1], &u, 4);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size_t max_payload,
+                              dg_msg **out)
+{
+    const unsigned char *p = (const unsigned char *)buf, *q;
+    dg__msg_head h;
+    size_t j;
+    uint32_t u;
+    int i;
+    dg_msg *m;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_msg_decode: out is NULL");
+    *out = NULL;
+    if (!t || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_decode: NULL argument");
+    if ((r = dg__msg_head_decode(t, p, len, max_payload, &h)) != DG_OK) return r;
+    q = p + DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * h.n_parts;
+    if (len != (size_t)(q - p) + h.payload)
+        return dg__fail(DG_ERR_FORMAT, "message: length %zu does not match its %zu-byte payload",
+                        len, h.payload);
+    if (dg_crc32(0, p + DG_MSG_HEADER_BYTES, len - DG_MSG_HEADER_BYTES) != h.crc)
+        return dg__fail(DG_ERR_CHECKSUM, "message: CRC mismatch");
+    if ((r = dg__msg_from_head(t, p, &h, &m)) != DG_OK) return r;
+    for (i = 0; i < h.n_parts; i++) {
         unsigned char *dst = (unsigned char *)m->part[i].data;
-        if (kinds[i] == DG_PART_BYTES) {
-            memcpy(dst, q, counts[i]);
-            q += counts[i];
+        if (h.kinds[i] == DG_PART_BYTES) {
+            memcpy(dst, q, h.counts[i]);
+            q += h.counts[i];
         } else {
-            for (j = 0; j < counts[i]; j++, q += 4) {
+            for (j = 0; j < h.counts[i]; j++, q += 4) {
                 u = dg__rd32(q);
                 memcpy(dst + 4 * j, &u, 4);
             }
@@ -8473,6 +8604,587 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
     *out = &ip->base;
     return DG_OK;
 }
+
+/* ==== dg_mpi ==== */
+
+#ifdef DISTGAN_MPI
+/* The MPI transport (see the public comment): frames go out as MPI_Isend,
+   records of what is in flight keep their buffers alive until MPI_Testall
+   says delivered; frames come in through MPI_Improbe + MPI_Mrecv.  One
+   mutex covers every MPI call, so MPI_THREAD_SERIALIZED suffices. */
+
+typedef struct dg__mpi_flight { /* a frame in flight */
+    struct dg__mpi_flight *next;
+    dg_msg *m;                /* the message, or the carrier of its encoded frame */
+    uint64_t bytes;           /* encoded size */
+    int n_req;
+    MPI_Request req[1 + DG_MSG_MAX_PARTS];
+    unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+} dg__mpi_flight;
+
+typedef struct dg__mpi {
+    dg_transport base;
+    dg_mpi_config cfg;
+    MPI_Comm comm;
+    int rank;
+    pthread_mutex_t mu;           /* every MPI call, and the fields below */
+    dg_msg *head, *tail;          /* frames received by send and pending, in order */
+    int count;
+    dg__mpi_flight *flight, *spare; /* frames in flight; recycled records */
+    uint64_t in_flight;           /* their bytes */
+    dg_result deferred;           /* a bad frame met outside recv, for the next recv */
+    char why[256];
+} dg__mpi;
+
+static dg_result dg__mpi_error(int rc, const char *what, int rank)
+{
+    char s[MPI_MAX_ERROR_STRING];
+    int n = 0;
+    MPI_Error_string(rc, s, &n);
+    return dg__fail(DG_ERR_IO, "mpi: %s (rank %d): %s", what, rank, s);
+}
+
+/* The codec's error, prefixed with the rank that sent the frame. */
+static dg_result dg__mpi_blame(dg_result r, int rank)
+{
+    char why[256];
+    snprintf(why, sizeof why, "%s", dg_last_error());
+    return dg__fail(r, "mpi: frame from rank %d: %s", rank, why);
+}
+
+static void dg__mpi_defer(dg__mpi *t, dg_result r)
+{
+    if (t->deferred != DG_OK) return;
+    t->deferred = r;
+    snprintf(t->why, sizeof t->why, "%s", dg_last_error());
+}
+
+/* Between two polls: spin a little (an answer often comes within
+   microseconds), then sleep 50 us doubling to 1 ms, so that a long wait
+   costs ~1000 short wake-ups a second, not a core. */
+static void dg__mpi_backoff(int *round)
+{
+    struct timespec ts;
+    long us;
+    if (++*round <= 32) return;
+    us = *round - 33 < 5 ? 50L << (*round - 33) : 1000L;
+    ts.tv_sec = 0;
+    ts.tv_nsec = (us < 1000 ? us : 1000) * 1000L;
+    nanosleep(&ts, NULL);
+}
+
+/* The largest frame a rank may send us. */
+static size_t dg__mpi_frame_limit(const dg__mpi *t)
+{
+    return DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS + (size_t)t->cfg.max_message;
+}
+
+/* A message that will not be delivered.  Truncating it is no option: Open
+   MPI 4.1 writes a truncated rendezvous message past the receive buffer.
+   So one within the frame limit is received whole into a pooled buffer and
+   dropped; a larger one stays matched and is never received (its broken or
+   hostile sender waits for ever). */
+static void dg__mpi_discard(dg__mpi *t, MPI_Message *msg, int count)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    size_t n = (size_t)count;
+    dg_msg *c;
+    if (count < 0 || n > dg__mpi_frame_limit(t) ||
+        dg_msg_create(&t->base, DG_MSG_USER, 0, 0, 0, 1, &kind, &n, &c) != DG_OK)
+        return;
+    MPI_Mrecv(c->part[0].data, count, MPI_BYTE, msg, MPI_STATUS_IGNORE);
+    dg_msg_free(&t->base, c);
+}
+
+/* A rank may only send its own frames, and only to us. */
+static dg_result dg__mpi_check_peers(const dg__mpi *t, int src, int from, int to)
+{
+    if (from != src || to != t->rank)
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a frame from peer %d to peer %d (we are %d)",
+                        src, from, to, t->rank);
+    return DG_OK;
+}
+
+/* Under t->mu: frees the frames MPI has delivered. */
+static void dg__mpi_reap(dg__mpi *t)
+{
+    dg__mpi_flight **pp = &t->flight;
+    while (*pp) {
+        dg__mpi_flight *s = *pp;
+        int done = 0, rc = MPI_Testall(s->n_req, s->req, &done, MPI_STATUSES_IGNORE);
+        if (rc == MPI_SUCCESS && !done) {
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        t->in_flight -= s->bytes;
+        if (rc == MPI_SUCCESS) {
+            dg_msg_free(&t->base, s->m);
+        } else { /* MPI may still read it: leak the message rather than free it */
+            dg__mpi_error(rc, "send", t->rank);
+            dg__mpi_defer(t, DG_ERR_IO);
+        }
+        s->next = t->spare;
+        t->spare = s;
+    }
+}
+
+/* Under t->mu: posts m to m->to (ownership passes).  Small payloads are
+   encoded into a carrier from the pool (one MPI message); larger ones go
+   as the head and then every part straight from m. */
+static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
+{
+    dg__mpi_flight *s = t->spare;
+    size_t payload = dg_msg_payload_bytes(m), frame = dg_msg_frame_bytes(m);
+    int to = m->to, rc, i;
+    if (s)
+        t->spare = s->next;
+    else if (!(s = (dg__mpi_flight *)dg__calloc(1, sizeof *s))) {
+        dg_msg_free(&t->base, m);
+        return dg__fail(DG_ERR_NOMEM, "mpi: no memory");
+    }
+    s->n_req = 0;
+    s->bytes = frame + payload;
+    if (payload <= t->cfg.inline_max) {
+        dg_part_kind kind = DG_PART_BYTES;
+        size_t n = frame + payload;
+        dg_msg *c;
+        dg_result r = dg_msg_create(&t->base, m->type, m->from, to, m->iteration, 1, &kind, &n, &c);
+        if (r == DG_OK) r = dg_msg_encode(m, c->part[0].data, n, NULL);
+        dg_msg_free(&t->base, m);
+        if (r != DG_OK) {
+            s->next = t->spare;
+            t->spare = s;
+            return r;
+        }
+        s->m = c;
+        rc = MPI_Isend(c->part[0].data, (int)n, MPI_BYTE, to, DG_MPI_TAG_FRAME, t->comm, &s->req[0]);
+        if (rc == MPI_SUCCESS) s->n_req = 1;
+    } else {
+        s->m = m;
+        dg__msg_head_encode(m, s->head, 0);
+        if (t->cfg.checksum) {
+            uint32_t crc = dg_crc32(0, s->head + DG_MSG_HEADER_BYTES, frame - DG_MSG_HEADER_BYTES);
+            for (i = 0; i < m->n_parts; i++)
+                crc = dg_crc32(crc, m->part[i].data, dg__part_bytes(m->part[i].kind, m->part[i].count));
+            dg__le32(s->head + 44, crc);
+        }
+        rc = MPI_Isend(s->head, (int)frame, MPI_BYTE, to,
+                       t->cfg.checksum ? DG_MPI_TAG_HEAD_CRC : DG_MPI_TAG_HEAD, t->comm, &s->req[0]);
+        if (rc == MPI_SUCCESS) s->n_req = 1;
+        for (i = 0; rc == MPI_SUCCESS && i < m->n_parts; i++) {
+            size_t b = dg__part_bytes(m->part[i].kind, m->part[i].count);
+            if (!b) continue;
+            rc = MPI_Isend(m->part[i].data, (int)b, MPI_BYTE, to, DG_MPI_TAG_PART, t->comm,
+                           &s->req[s->n_req]);
+            if (rc == MPI_SUCCESS) s->n_req++;
+        }
+    }
+    /* what was posted stays in flight until MPI is done with it, even
+       when a later post failed */
+    s->next = t->flight;
+    t->flight = s;
+    t->in_flight += s->bytes;
+    return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "send", t->rank);
+}
+
+/* Under t->mu: waits for a matched part and receives it in place. */
+static dg_result dg__mpi_recv_part(dg__mpi *t, int src, int i, void *dst, size_t bytes)
+{
+    double end = dg__now() + 1e-3 * t->cfg.frame_timeout_ms;
+    MPI_Message msg;
+    MPI_Status st;
+    MPI_Request req;
+    int flag = 0, round = 0, count = -1, rc;
+    while ((rc = MPI_Improbe(src, DG_MPI_TAG_PART, t->comm, &flag, &msg, &st)) == MPI_SUCCESS &&
+           !flag) {
+        if (dg__now() > end)
+            return dg__fail(DG_ERR_TIMEOUT, "mpi: part %d of a frame from rank %d did not come within %d ms",
+                            i, src, t->cfg.frame_timeout_ms);
+        dg__mpi_backoff(&round);
+    }
+    if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", src);
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    if (count < 0 || (size_t)count != bytes) {
+        dg__mpi_discard(t, &msg, count);
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent part %d of a frame in %d bytes, its head says %zu",
+                        src, i, count, bytes);
+    }
+    /* a matched message arrives: wait for it without spinning (MPI's own
+       blocking receive would) */
+    rc = MPI_Imrecv(dst, count, MPI_BYTE, &msg, &req);
+    round = 0;
+    while (rc == MPI_SUCCESS && (rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE)) == MPI_SUCCESS && !flag)
+        dg__mpi_backoff(&round);
+    return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "receive", src);
+}
+
+/* Under t->mu: a whole frame (DG_MPI_TAG_FRAME) through a carrier. */
+static dg_result dg__mpi_recv_frame(dg__mpi *t, MPI_Message *msg, int src, int count, dg_msg **out)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    size_t n = (size_t)count;
+    dg_msg *c;
+    dg_result r;
+    int rc;
+    if (count < 0 || n > dg__mpi_frame_limit(t)) {
+        dg__mpi_discard(t, msg, count);
+        return dg__fail(DG_ERR_TOO_LARGE, "mpi: rank %d sent a %d-byte frame, over the payload limit of %llu bytes",
+                        src, count, (unsigned long long)t->cfg.max_message);
+    }
+    if ((r = dg_msg_create(&t->base, DG_MSG_USER, src, t->rank, 0, 1, &kind, &n, &c)) != DG_OK) {
+        dg__mpi_discard(t, msg, count);
+        return r;
+    }
+    rc = MPI_Mrecv(c->part[0].data, count, MPI_BYTE, msg, MPI_STATUS_IGNORE);
+    r = rc != MPI_SUCCESS ? dg__mpi_error(rc, "receive", src)
+                          : dg_msg_decode(&t->base, c->part[0].data, n, t->cfg.max_message, out);
+    dg_msg_free(&t->base, c);
+    if (r != DG_OK) return rc != MPI_SUCCESS ? r : dg__mpi_blame(r, src);
+    if ((r = dg__mpi_check_peers(t, src, (*out)->from, (*out)->to)) != DG_OK) {
+        dg_msg_free(&t->base, *out);
+        *out = NULL;
+    }
+    return r;
+}
+
+/* Under t->mu: a head (DG_MPI_TAG_HEAD[_CRC]), then its parts into a new
+   message. */
+static dg_result dg__mpi_recv_split(dg__mpi *t, MPI_Message *msg, int src, int count, int crc,
+                                    dg_msg **out)
+{
+    unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    dg__msg_head h;
+    dg_msg *m;
+    dg_result r;
+    int rc, i;
+    if (count < DG_MSG_HEADER_BYTES || count > (int)sizeof head) {
+        dg__mpi_discard(t, msg, count);
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a frame head of %d bytes", src, count);
+    }
+    if ((rc = MPI_Mrecv(head, count, MPI_BYTE, msg, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
+        return dg__mpi_error(rc, "receive", src);
+    if ((r = dg__msg_head_decode(&t->base, head, (size_t)count, t->cfg.max_message, &h)) != DG_OK)
+        return dg__mpi_blame(r, src);
+    if ((size_t)count != DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * h.n_parts)
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a head of %d bytes for %d parts", src,
+                        count, h.n_parts);
+    if ((r = dg__mpi_check_peers(t, src, h.from, h.to)) != DG_OK) return r;
+    if ((r = dg__msg_from_head(&t->base, head, &h, &m)) != DG_OK) return r;
+    for (i = 0; r == DG_OK && i < h.n_parts; i++) {
+        size_t b = dg__part_bytes(h.kinds[i], h.counts[i]);
+        if (b) r = dg__mpi_recv_part(t, src, i, m->part[i].data, b);
+    }
+    if (r == DG_OK && crc) {
+        uint32_t c = dg_crc32(0, head + DG_MSG_HEADER_BYTES, (size_t)count - DG_MSG_HEADER_BYTES);
+        for (i = 0; i < h.n_parts; i++)
+            c = dg_crc32(c, m->part[i].data, dg__part_bytes(h.kinds[i], h.counts[i]));
+        if (c != h.crc) r = dg__fail(DG_ERR_CHECKSUM, "mpi: frame from rank %d: CRC mismatch", src);
+    }
+    if (r != DG_OK) {
+        dg_msg_free(&t->base, m);
+        return r;
+    }
+    *out = m;
+    return DG_OK;
+}
+
+/* Under t->mu: receives one frame if one has come (else *out = NULL) and
+   counts it on its link.  A malformed message is consumed and reported. */
+static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
+{
+    MPI_Message msg;
+    MPI_Status st;
+    int flag = 0, count = -1, rc;
+    dg_result r;
+    *out = NULL;
+    rc = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, t->comm, &flag, &msg, &st);
+    if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", t->rank);
+    if (!flag) return DG_OK;
+    MPI_Get_count(&st, MPI_BYTE, &count); /* MPI_UNDEFINED (< 0) past INT_MAX */
+    if (st.MPI_TAG == DG_MPI_TAG_FRAME) {
+        r = dg__mpi_recv_frame(t, &msg, st.MPI_SOURCE, count, out);
+    } else if (st.MPI_TAG == DG_MPI_TAG_HEAD || st.MPI_TAG == DG_MPI_TAG_HEAD_CRC) {
+        r = dg__mpi_recv_split(t, &msg, st.MPI_SOURCE, count, st.MPI_TAG == DG_MPI_TAG_HEAD_CRC, out);
+    } else {
+        dg__mpi_discard(t, &msg, count);
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent %s (tag %d)", st.MPI_SOURCE,
+                        st.MPI_TAG == DG_MPI_TAG_PART ? "a part without its head" : "a message that is no frame",
+                        st.MPI_TAG);
+    }
+    if (r == DG_OK && (*out)->from != t->rank) { /* a message to self was counted by its send */
+        dg_traffic *l = &t->base.links[(size_t)(*out)->from * t->base.n_peers + (*out)->to];
+        __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&l->payload_bytes, (uint64_t)dg_msg_payload_bytes(*out), __ATOMIC_RELAXED);
+        __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(*out), __ATOMIC_RELAXED);
+    }
+    return r;
+}
+
+static void dg__mpi_queue(dg__mpi *t, dg_msg *m)
+{
+    m->next = NULL;
+    if (t->tail)
+        t->tail->next = m;
+    else
+        t->head = m;
+    t->tail = m;
+    t->count++;
+}
+
+static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    uint64_t bytes = dg_msg_encoded_size(m);
+    double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
+    int round = 0;
+    dg_result r;
+    if (m->from != t->rank || dg_msg_payload_bytes(m) > t->cfg.max_message) {
+        r = m->from != t->rank
+                ? dg__fail(DG_ERR_ARG, "mpi: a message from peer %d on the transport of rank %d",
+                           m->from, t->rank)
+                : dg__fail(DG_ERR_TOO_LARGE, "mpi: a %zu-byte payload for rank %d, over the limit of %llu",
+                           dg_msg_payload_bytes(m), m->to, (unsigned long long)t->cfg.max_message);
+        dg_msg_free(bt, m);
+        return r;
+    }
+    pthread_mutex_lock(&t->mu);
+    dg__mpi_reap(t);
+    while (t->flight && t->in_flight + bytes > t->cfg.send_window) {
+        /* receive meanwhile: the rank we wait for may be waiting for us */
+        dg_msg *in = NULL;
+        if ((r = dg__mpi_pull(t, &in)) != DG_OK)
+            dg__mpi_defer(t, r);
+        else if (in) {
+            dg__mpi_queue(t, in);
+            round = 0;
+        }
+        if (dg__now() > end) {
+            uint64_t left = t->in_flight;
+            pthread_mutex_unlock(&t->mu);
+            dg_msg_free(bt, m);
+            return dg__fail(DG_ERR_TIMEOUT, "mpi: rank %d: %llu bytes not received within %d ms",
+                            t->rank, (unsigned long long)left, t->cfg.send_timeout_ms);
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (!in) dg__mpi_backoff(&round);
+        pthread_mutex_lock(&t->mu);
+        dg__mpi_reap(t);
+    }
+    r = dg__mpi_post(t, m);
+    pthread_mutex_unlock(&t->mu);
+    return r;
+}
+
+static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg **out)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    double end = dg__now() + 1e-3 * timeout_ms;
+    int round = 0;
+    if (self != t->rank)
+        return dg__fail(DG_ERR_ARG, "mpi: recv for peer %d on the transport of rank %d", self, t->rank);
+    for (;;) {
+        dg_msg *m = NULL;
+        dg_result r = DG_OK;
+        pthread_mutex_lock(&t->mu);
+        dg__mpi_reap(t);
+        if (t->deferred != DG_OK) {
+            r = dg__fail(t->deferred, "%s", t->why);
+            t->deferred = DG_OK;
+        } else if (t->head) {
+            m = t->head;
+            t->head = m->next;
+            if (!t->head) t->tail = NULL;
+            t->count--;
+            m->next = NULL;
+        } else {
+            r = dg__mpi_pull(t, &m);
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (r != DG_OK || m) {
+            *out = m;
+            return r;
+        }
+        if (timeout_ms == 0 || (timeout_ms > 0 && dg__now() >= end)) return DG_ERR_TIMEOUT;
+        dg__mpi_backoff(&round);
+    }
+}
+
+/* What has come for self: everything MPI has is received first. */
+static int dg__mpi_pending(dg_transport *bt, int self)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    dg_msg *m;
+    dg_result r;
+    int n;
+    if (self != t->rank) return 0;
+    pthread_mutex_lock(&t->mu);
+    dg__mpi_reap(t);
+    while ((r = dg__mpi_pull(t, &m)) != DG_OK || m) {
+        if (r != DG_OK)
+            dg__mpi_defer(t, r);
+        else
+            dg__mpi_queue(t, m);
+    }
+    n = t->count;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+static void dg__mpi_close(dg_transport *bt)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
+    MPI_Request bar = MPI_REQUEST_NULL;
+    int fin = 0, barrier = 0, done = 0, round = 0;
+    MPI_Finalized(&fin);
+    pthread_mutex_lock(&t->mu);
+    /* every rank receives (and drops) until its own frames are delivered,
+       then enters a barrier: when that completes, every rank's were */
+    while (!fin && !done) {
+        dg_msg *m = NULL;
+        dg__mpi_reap(t);
+        if (!t->flight && !barrier) {
+            if (MPI_Ibarrier(t->comm, &bar) != MPI_SUCCESS) break;
+            barrier = 1;
+        }
+        if (barrier && MPI_Test(&bar, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+        if (dg__mpi_pull(t, &m) == DG_OK && m) {
+            dg_msg_free(bt, m);
+            round = 0;
+            continue;
+        }
+        if (done || dg__now() > end) break;
+        pthread_mutex_unlock(&t->mu);
+        dg__mpi_backoff(&round);
+        pthread_mutex_lock(&t->mu);
+    }
+    while (t->flight) {
+        dg__mpi_flight *s = t->flight;
+        int i;
+        t->flight = s->next;
+        if (fin) {
+            dg_msg_free(bt, s->m);
+        } else { /* undelivered: MPI keeps the buffer, so it is leaked, not freed */
+            for (i = 0; i < s->n_req; i++)
+                if (s->req[i] != MPI_REQUEST_NULL) MPI_Request_free(&s->req[i]);
+        }
+        dg__free(s);
+    }
+    /* an unfinished barrier may not be freed, nor its communicator */
+    if (!fin && (done || !barrier)) MPI_Comm_free(&t->comm);
+    while (t->spare) {
+        dg__mpi_flight *s = t->spare;
+        t->spare = s->next;
+        dg__free(s);
+    }
+    while (t->head) {
+        dg_msg *m = t->head;
+        t->head = m->next;
+        dg_msg_free(bt, m);
+    }
+    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_destroy(&t->mu);
+    dg_transport_base_free(bt);
+    dg__free(t);
+}
+
+static dg_result dg__mpi_check_level(int level)
+{
+    static const char *name[] = {"MPI_THREAD_SINGLE", "MPI_THREAD_FUNNELED",
+                                 "MPI_THREAD_SERIALIZED", "MPI_THREAD_MULTIPLE"};
+    const char *have = level == MPI_THREAD_SINGLE     ? name[0]
+                       : level == MPI_THREAD_FUNNELED ? name[1]
+                                                      : "?";
+    if (level >= MPI_THREAD_SERIALIZED) return DG_OK;
+    return dg__fail(DG_ERR_UNSUPPORTED,
+                    "mpi: MPI runs at %s; the transport needs MPI_THREAD_SERIALIZED or above "
+                    "(start MPI with dg_mpi_init or MPI_Init_thread)",
+                    have);
+}
+
+DGDEF void dg_mpi_config_init(dg_mpi_config *c)
+{
+    memset(c, 0, sizeof *c);
+}
+
+DGDEF dg_result dg_mpi_init(int *argc, char ***argv)
+{
+    int init = 0, level = MPI_THREAD_SINGLE;
+    MPI_Initialized(&init);
+    if (init)
+        MPI_Query_thread(&level);
+    else if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &level) != MPI_SUCCESS)
+        return dg__fail(DG_ERR_IO, "mpi: MPI_Init_thread failed");
+    return dg__mpi_check_level(level);
+}
+
+DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_config *cfg)
+{
+    const union { uint32_t u; unsigned char c[4]; } probe = {1};
+    dg_mpi_config c;
+    dg__mpi *t;
+    dg_result r;
+    int init = 0, fin = 0, level = MPI_THREAD_SINGLE, size = 0, rc;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_mpi_create: out is NULL");
+    *out = NULL;
+    /* the parts travel as they lie in memory */
+    if (!probe.c[0]) return dg__fail(DG_ERR_UNSUPPORTED, "mpi: little-endian hosts only");
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (!init || fin)
+        return dg__fail(DG_ERR_STATE, "mpi: MPI is %s", fin ? "finalised" : "not initialised");
+    MPI_Query_thread(&level);
+    if ((r = dg__mpi_check_level(level)) != DG_OK) return r;
+    if (comm == MPI_COMM_NULL) return dg__fail(DG_ERR_ARG, "dg_mpi_create: MPI_COMM_NULL");
+    if (cfg)
+        c = *cfg;
+    else
+        dg_mpi_config_init(&c);
+    if (!c.max_message) c.max_message = (uint64_t)256 << 20;
+    if (!c.inline_max) c.inline_max = 16 << 10;
+    if (!c.send_window) c.send_window = (uint64_t)64 << 20;
+    if (c.send_timeout_ms <= 0) c.send_timeout_ms = 30000;
+    if (c.frame_timeout_ms <= 0) c.frame_timeout_ms = 10000;
+    /* MPI counts are int: a frame (payload, head and part table) must fit */
+    if (c.max_message > (uint64_t)INT_MAX - 1024)
+        return dg__fail(DG_ERR_ARG, "mpi: max_message %llu over %d bytes",
+                        (unsigned long long)c.max_message, INT_MAX - 1024);
+    t = (dg__mpi *)dg__calloc(1, sizeof *t);
+    if (!t) return dg__fail(DG_ERR_NOMEM, "dg_mpi_create: no memory");
+    if ((rc = MPI_Comm_dup(comm, &t->comm)) != MPI_SUCCESS) {
+        dg__free(t);
+        return dg__mpi_error(rc, "MPI_Comm_dup", -1);
+    }
+    MPI_Comm_set_errhandler(t->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(t->comm, &t->rank);
+    MPI_Comm_size(t->comm, &size);
+    if ((r = dg_transport_base_init(&t->base, size)) != DG_OK) {
+        MPI_Comm_free(&t->comm);
+        dg__free(t);
+        return r;
+    }
+    t->cfg = c;
+    pthread_mutex_init(&t->mu, NULL);
+    t->base.send = dg__mpi_send;
+    t->base.recv = dg__mpi_recv;
+    t->base.pending = dg__mpi_pending;
+    t->base.close = dg__mpi_close;
+    t->base.impl = t;
+    *out = &t->base;
+    return DG_OK;
+}
+
+DGDEF int dg_mpi_rank(const dg_transport *t)
+{
+    return t && t->send == dg__mpi_send ? ((const dg__mpi *)t->impl)->rank : -1;
+}
+
+DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t)
+{
+    return t && t->send == dg__mpi_send ? ((const dg__mpi *)t->impl)->comm : MPI_COMM_NULL;
+}
+#endif /* DISTGAN_MPI */
 
 /* ==== dg_roles ==== */
 
