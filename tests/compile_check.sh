@@ -1,7 +1,8 @@
 #!/bin/sh
 # compile_check.sh CC CLANG: the headers build warning-free as C11 with gcc
-# and clang, as C++ (extern "C", casts), with DISTGAN_STATIC, and split
-# over two translation units.  Any warning fails the check.
+# and clang, as C++ (extern "C", casts), with DISTGAN_STATIC, split over two
+# translation units, and with DISTGAN_MPI under mpicc (when there is one).
+# Any warning fails the check.
 CC=${1:-cc}; CLANG=${2:-clang}
 out=build/compile_check.d
 mkdir -p $out
@@ -24,4 +25,9 @@ run $CC -std=c11 $W -O1 $extra -DDISTGAN_STATIC -Wno-unused-function tests/compi
 run $out/c_static
 run $CC -std=c11 $W -O1 $extra -DDG_NO_SIMD tests/compile_check.c -o $out/c_nosimd -lpthread -lm
 run $out/c_nosimd
+# the MPI transport (DISTGAN_MPI) with mpicc, when there is one
+if command -v "${MPICC:-mpicc}" >/dev/null 2>&1; then
+    run "${MPICC:-mpicc}" -std=c11 $W -O1 $extra -DDISTGAN_MPI tests/compile_check.c -o $out/c_mpi -lpthread -lm
+    run $out/c_mpi
+fi
 echo "compile check ok"
