@@ -1018,8 +1018,9 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
 
    Sends are non-blocking (MPI_Isend): send returns once the frame is
    posted and the message is freed when MPI has delivered it; while more
-   than send_window bytes are in flight, send waits, receiving what
-   arrives meanwhile (so two ranks sending to each other never deadlock).
+   than send_window bytes or send_window_frames frames are in flight, send
+   waits, receiving what arrives meanwhile (so two ranks sending to each
+   other never deadlock).
    A receive waits by polling (MPI_Improbe) with a backoff that sleeps up
    to 1 ms, so an idle receiver costs almost no CPU where MPI's own
    blocking calls would spin.  create and close are collective over comm:
@@ -1036,11 +1037,12 @@ typedef struct dg_mpi_config {
     uint64_t max_message;   /* payload limit in bytes (256 MiB; MPI counts are
                                int: at most INT_MAX - 1024) */
     size_t inline_max;      /* payloads up to this travel encoded in one
-                               message, larger ones zero-copy (16 KiB) */
+                               message, larger ones zero-copy (4 KiB) */
     int checksum;           /* 1: a CRC-32 over zero-copy frames too (0: off;
                                MPI delivers intact and the CRC stops no hostile
                                sender, the validation does) */
     uint64_t send_window;   /* bytes in flight before a send waits (64 MiB) */
+    int send_window_frames; /* frames in flight before a send waits (64) */
     int send_timeout_ms;    /* a send waits this long for the window, close
                                this long for the other ranks (30000) */
     int frame_timeout_ms;   /* the parts must follow their head within (10000) */
@@ -8129,7 +8131,10 @@ DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64
     mp = (dg__msg_pool *)t->msg_pool;
     pthread_mutex_lock(&mp->mu);
     for (pp = &mp->free_list; *pp; pp = &(*pp)->next)
-        if ((*pp)->cap >= need && (!best || (*pp)->cap < (*best)->cap)) best = pp;
+        if ((*pp)->cap >= need && (!best || (*pp)->cap < (*best)->cap)) {
+            best = pp;
+            if ((*pp)->cap <= (need > 64 ? need : 64)) break; /* none fits better */
+        }
     if (best) {
         m = *best;
         *best = m->next;
@@ -8614,11 +8619,10 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
    mutex covers every MPI call, so MPI_THREAD_SERIALIZED suffices. */
 
 typedef struct dg__mpi_flight { /* a frame in flight */
-    struct dg__mpi_flight *next;
+    struct dg__mpi_flight *next; /* in the list of spare records */
     dg_msg *m;                /* the message, or the carrier of its encoded frame */
     uint64_t bytes;           /* encoded size */
-    int n_req;
-    MPI_Request req[1 + DG_MSG_MAX_PARTS];
+    int pending;              /* its MPI sends not yet complete */
     unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
 } dg__mpi_flight;
 
@@ -8630,7 +8634,14 @@ typedef struct dg__mpi {
     pthread_mutex_t mu;           /* every MPI call, and the fields below */
     dg_msg *head, *tail;          /* frames received by send and pending, in order */
     int count;
-    dg__mpi_flight *flight, *spare; /* frames in flight; recycled records */
+    /* the MPI sends in flight, oldest first, each with its frame's record:
+       one MPI_Testsome over them all makes MPI progress once */
+    MPI_Request *req;
+    dg__mpi_flight **own;
+    int *done;
+    int n_req, cap_req;
+    dg__mpi_flight *spare;        /* recycled records */
+    int frames;                   /* frames in flight */
     uint64_t in_flight;           /* their bytes */
     dg_result deferred;           /* a bad frame met outside recv, for the next recv */
     char why[256];
@@ -8708,25 +8719,74 @@ static dg_result dg__mpi_check_peers(const dg__mpi *t, int src, int from, int to
 /* Under t->mu: frees the frames MPI has delivered. */
 static void dg__mpi_reap(dg__mpi *t)
 {
-    dg__mpi_flight **pp = &t->flight;
-    while (*pp) {
-        dg__mpi_flight *s = *pp;
-        int done = 0, rc = MPI_Testall(s->n_req, s->req, &done, MPI_STATUSES_IGNORE);
-        if (rc == MPI_SUCCESS && !done) {
-            pp = &s->next;
-            continue;
-        }
-        *pp = s->next;
-        t->in_flight -= s->bytes;
-        if (rc == MPI_SUCCESS) {
-            dg_msg_free(&t->base, s->m);
-        } else { /* MPI may still read it: leak the message rather than free it */
-            dg__mpi_error(rc, "send", t->rank);
-            dg__mpi_defer(t, DG_ERR_IO);
-        }
-        s->next = t->spare;
-        t->spare = s;
+    int n = 0, i, j, rc;
+    if (!t->n_req) return;
+    rc = MPI_Testsome(t->n_req, t->req, &n, t->done, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) { /* the records stay: MPI may still read them */
+        dg__mpi_error(rc, "send", t->rank);
+        dg__mpi_defer(t, DG_ERR_IO);
+        return;
     }
+    for (i = 0; i < n && n != MPI_UNDEFINED; i++) {
+        dg__mpi_flight *f = t->own[t->done[i]];
+        t->own[t->done[i]] = NULL;
+        if (--f->pending) continue;
+        t->frames--;
+        t->in_flight -= f->bytes;
+        dg_msg_free(&t->base, f->m);
+        f->next = t->spare;
+        t->spare = f;
+    }
+    for (i = j = 0; i < t->n_req; i++)
+        if (t->own[i]) {
+            t->req[j] = t->req[i];
+            t->own[j++] = t->own[i];
+        }
+    t->n_req = j;
+}
+
+/* Under t->mu: room for n more sends (the arrays grow to their high-water
+   mark once). */
+static dg_result dg__mpi_room(dg__mpi *t, int n)
+{
+    int cap = t->cap_req ? t->cap_req : 64;
+    MPI_Request *req;
+    dg__mpi_flight **own;
+    int *done;
+    if (t->n_req + n <= t->cap_req) return DG_OK;
+    while (cap < t->n_req + n) cap *= 2;
+    req = (MPI_Request *)dg__alloc((size_t)cap * sizeof *req);
+    own = (dg__mpi_flight **)dg__alloc((size_t)cap * sizeof *own);
+    done = (int *)dg__alloc((size_t)cap * sizeof *done);
+    if (!req || !own || !done) {
+        dg__free(req);
+        dg__free(own);
+        dg__free(done);
+        return dg__fail(DG_ERR_NOMEM, "mpi: no memory for %d sends", cap);
+    }
+    if (t->n_req) {
+        memcpy(req, t->req, (size_t)t->n_req * sizeof *req);
+        memcpy(own, t->own, (size_t)t->n_req * sizeof *own);
+    }
+    dg__free(t->req);
+    dg__free(t->own);
+    dg__free(t->done);
+    t->req = req;
+    t->own = own;
+    t->done = done;
+    t->cap_req = cap;
+    return DG_OK;
+}
+
+/* Under t->mu: one MPI send of frame f's bytes. */
+static int dg__mpi_isend(dg__mpi *t, dg__mpi_flight *f, const void *p, size_t n, int to, int tag)
+{
+    int rc = MPI_Isend(p, (int)n, MPI_BYTE, to, tag, t->comm, &t->req[t->n_req]);
+    if (rc == MPI_SUCCESS) {
+        t->own[t->n_req++] = f;
+        f->pending++;
+    }
+    return rc;
 }
 
 /* Under t->mu: posts m to m->to (ownership passes).  Small payloads are
@@ -8734,57 +8794,57 @@ static void dg__mpi_reap(dg__mpi *t)
    as the head and then every part straight from m. */
 static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
 {
-    dg__mpi_flight *s = t->spare;
+    dg__mpi_flight *f = t->spare;
     size_t payload = dg_msg_payload_bytes(m), frame = dg_msg_frame_bytes(m);
     int to = m->to, rc, i;
-    if (s)
-        t->spare = s->next;
-    else if (!(s = (dg__mpi_flight *)dg__calloc(1, sizeof *s))) {
+    dg_result r = dg__mpi_room(t, 1 + m->n_parts);
+    if (r == DG_OK && !f && !(f = (dg__mpi_flight *)dg__calloc(1, sizeof *f)))
+        r = dg__fail(DG_ERR_NOMEM, "mpi: no memory");
+    if (r != DG_OK) {
         dg_msg_free(&t->base, m);
-        return dg__fail(DG_ERR_NOMEM, "mpi: no memory");
+        return r;
     }
-    s->n_req = 0;
-    s->bytes = frame + payload;
+    if (f == t->spare) t->spare = f->next;
+    f->pending = 0;
+    f->bytes = frame + payload;
     if (payload <= t->cfg.inline_max) {
         dg_part_kind kind = DG_PART_BYTES;
         size_t n = frame + payload;
         dg_msg *c;
-        dg_result r = dg_msg_create(&t->base, m->type, m->from, to, m->iteration, 1, &kind, &n, &c);
+        r = dg_msg_create(&t->base, m->type, m->from, to, m->iteration, 1, &kind, &n, &c);
         if (r == DG_OK) r = dg_msg_encode(m, c->part[0].data, n, NULL);
         dg_msg_free(&t->base, m);
         if (r != DG_OK) {
-            s->next = t->spare;
-            t->spare = s;
+            f->next = t->spare;
+            t->spare = f;
             return r;
         }
-        s->m = c;
-        rc = MPI_Isend(c->part[0].data, (int)n, MPI_BYTE, to, DG_MPI_TAG_FRAME, t->comm, &s->req[0]);
-        if (rc == MPI_SUCCESS) s->n_req = 1;
+        f->m = c;
+        rc = dg__mpi_isend(t, f, c->part[0].data, n, to, DG_MPI_TAG_FRAME);
     } else {
-        s->m = m;
-        dg__msg_head_encode(m, s->head, 0);
+        f->m = m;
+        dg__msg_head_encode(m, f->head, 0);
         if (t->cfg.checksum) {
-            uint32_t crc = dg_crc32(0, s->head + DG_MSG_HEADER_BYTES, frame - DG_MSG_HEADER_BYTES);
+            uint32_t crc = dg_crc32(0, f->head + DG_MSG_HEADER_BYTES, frame - DG_MSG_HEADER_BYTES);
             for (i = 0; i < m->n_parts; i++)
                 crc = dg_crc32(crc, m->part[i].data, dg__part_bytes(m->part[i].kind, m->part[i].count));
-            dg__le32(s->head + 44, crc);
+            dg__le32(f->head + 44, crc);
         }
-        rc = MPI_Isend(s->head, (int)frame, MPI_BYTE, to,
-                       t->cfg.checksum ? DG_MPI_TAG_HEAD_CRC : DG_MPI_TAG_HEAD, t->comm, &s->req[0]);
-        if (rc == MPI_SUCCESS) s->n_req = 1;
+        rc = dg__mpi_isend(t, f, f->head, frame, to,
+                           t->cfg.checksum ? DG_MPI_TAG_HEAD_CRC : DG_MPI_TAG_HEAD);
         for (i = 0; rc == MPI_SUCCESS && i < m->n_parts; i++) {
             size_t b = dg__part_bytes(m->part[i].kind, m->part[i].count);
-            if (!b) continue;
-            rc = MPI_Isend(m->part[i].data, (int)b, MPI_BYTE, to, DG_MPI_TAG_PART, t->comm,
-                           &s->req[s->n_req]);
-            if (rc == MPI_SUCCESS) s->n_req++;
+            if (b) rc = dg__mpi_isend(t, f, m->part[i].data, b, to, DG_MPI_TAG_PART);
         }
     }
-    /* what was posted stays in flight until MPI is done with it, even
-       when a later post failed */
-    s->next = t->flight;
-    t->flight = s;
-    t->in_flight += s->bytes;
+    if (!f->pending) { /* nothing went out */
+        dg_msg_free(&t->base, f->m);
+        f->next = t->spare;
+        t->spare = f;
+    } else { /* what went out stays in flight until MPI is done with it */
+        t->frames++;
+        t->in_flight += f->bytes;
+    }
     return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "send", t->rank);
 }
 
@@ -8950,7 +9010,8 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
     }
     pthread_mutex_lock(&t->mu);
     dg__mpi_reap(t);
-    while (t->flight && t->in_flight + bytes > t->cfg.send_window) {
+    while (t->frames &&
+           (t->in_flight + bytes > t->cfg.send_window || t->frames >= t->cfg.send_window_frames)) {
         /* receive meanwhile: the rank we wait for may be waiting for us */
         dg_msg *in = NULL;
         if ((r = dg__mpi_pull(t, &in)) != DG_OK)
@@ -9036,7 +9097,7 @@ static void dg__mpi_close(dg_transport *bt)
     dg__mpi *t = (dg__mpi *)bt->impl;
     double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
     MPI_Request bar = MPI_REQUEST_NULL;
-    int fin = 0, barrier = 0, done = 0, round = 0;
+    int fin = 0, barrier = 0, done = 0, round = 0, i;
     MPI_Finalized(&fin);
     pthread_mutex_lock(&t->mu);
     /* every rank receives (and drops) until its own frames are delivered,
@@ -9044,7 +9105,7 @@ static void dg__mpi_close(dg_transport *bt)
     while (!fin && !done) {
         dg_msg *m = NULL;
         dg__mpi_reap(t);
-        if (!t->flight && !barrier) {
+        if (!t->frames && !barrier) {
             if (MPI_Ibarrier(t->comm, &bar) != MPI_SUCCESS) break;
             barrier = 1;
         }
@@ -9059,18 +9120,17 @@ static void dg__mpi_close(dg_transport *bt)
         dg__mpi_backoff(&round);
         pthread_mutex_lock(&t->mu);
     }
-    while (t->flight) {
-        dg__mpi_flight *s = t->flight;
-        int i;
-        t->flight = s->next;
-        if (fin) {
-            dg_msg_free(bt, s->m);
-        } else { /* undelivered: MPI keeps the buffer, so it is leaked, not freed */
-            for (i = 0; i < s->n_req; i++)
-                if (s->req[i] != MPI_REQUEST_NULL) MPI_Request_free(&s->req[i]);
+    for (i = 0; i < t->n_req; i++) {
+        if (!fin) { /* undelivered: MPI keeps reading them, so they are leaked, not freed */
+            MPI_Request_free(&t->req[i]);
+        } else if (--t->own[i]->pending == 0) {
+            dg_msg_free(bt, t->own[i]->m);
+            dg__free(t->own[i]);
         }
-        dg__free(s);
     }
+    dg__free(t->req);
+    dg__free(t->own);
+    dg__free(t->done);
     /* an unfinished barrier may not be freed, nor its communicator */
     if (!fin && (done || !barrier)) MPI_Comm_free(&t->comm);
     while (t->spare) {
@@ -9142,8 +9202,9 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
     else
         dg_mpi_config_init(&c);
     if (!c.max_message) c.max_message = (uint64_t)256 << 20;
-    if (!c.inline_max) c.inline_max = 16 << 10;
+    if (!c.inline_max) c.inline_max = 4 << 10;
     if (!c.send_window) c.send_window = (uint64_t)64 << 20;
+    if (c.send_window_frames <= 0) c.send_window_frames = 64;
     if (c.send_timeout_ms <= 0) c.send_timeout_ms = 30000;
     if (c.frame_timeout_ms <= 0) c.frame_timeout_ms = 10000;
     /* MPI counts are int: a frame (payload, head and part table) must fit */
