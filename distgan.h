@@ -9081,12 +9081,14 @@ static int dg__mpi_pending(dg_transport *bt, int self)
     if (self != t->rank) return 0;
     pthread_mutex_lock(&t->mu);
     dg__mpi_reap(t);
-    while ((r = dg__mpi_pull(t, &m)) != DG_OK || m) {
+    /* a bad frame is consumed, so go on after it; an MPI failure may repeat */
+    while (((r = dg__mpi_pull(t, &m)) != DG_OK && r != DG_ERR_IO) || m) {
         if (r != DG_OK)
             dg__mpi_defer(t, r);
         else
             dg__mpi_queue(t, m);
     }
+    if (r != DG_OK) dg__mpi_defer(t, r);
     n = t->count;
     pthread_mutex_unlock(&t->mu);
     return n;
@@ -9151,11 +9153,9 @@ static void dg__mpi_close(dg_transport *bt)
 
 static dg_result dg__mpi_check_level(int level)
 {
-    static const char *name[] = {"MPI_THREAD_SINGLE", "MPI_THREAD_FUNNELED",
-                                 "MPI_THREAD_SERIALIZED", "MPI_THREAD_MULTIPLE"};
-    const char *have = level == MPI_THREAD_SINGLE     ? name[0]
-                       : level == MPI_THREAD_FUNNELED ? name[1]
-                                                      : "?";
+    const char *have = level == MPI_THREAD_SINGLE     ? "MPI_THREAD_SINGLE"
+                       : level == MPI_THREAD_FUNNELED ? "MPI_THREAD_FUNNELED"
+                                                      : "an unknown thread level";
     if (level >= MPI_THREAD_SERIALIZED) return DG_OK;
     return dg__fail(DG_ERR_UNSUPPORTED,
                     "mpi: MPI runs at %s; the transport needs MPI_THREAD_SERIALIZED or above "
