@@ -1041,7 +1041,8 @@ typedef struct dg_mpi_config {
     int checksum;           /* 1: a CRC-32 over zero-copy frames too (0: off;
                                MPI delivers intact and the CRC stops no hostile
                                sender, the validation does) */
-    uint64_t send_window;   /* bytes in flight before a send waits (64 MiB) */
+    uint64_t send_window;   /* bytes in flight before a send waits (8 MiB;
+                               two frames are always let through) */
     int send_window_frames; /* frames in flight before a send waits (64) */
     int send_timeout_ms;    /* a send waits this long for the window, close
                                this long for the other ranks (30000) */
@@ -8670,15 +8671,23 @@ static void dg__mpi_defer(dg__mpi *t, dg_result r)
     snprintf(t->why, sizeof t->why, "%s", dg_last_error());
 }
 
-/* Between two polls: spin a little (an answer often comes within
-   microseconds), then sleep 50 us doubling to 1 ms, so that a long wait
-   costs ~1000 short wake-ups a second, not a core. */
-static void dg__mpi_backoff(int *round)
+/* Between two polls: spin through the first 100 us of a wait (an answer
+   often comes within microseconds, and a sleep takes ~50 us more than asked:
+   timer slack), then sleep 50 us doubling to 1 ms, so that a long wait costs
+   ~1000 short wake-ups a second, not a core.  Zero starts a wait. */
+typedef struct dg__mpi_idle {
+    double since;
+    int naps;
+} dg__mpi_idle;
+
+static void dg__mpi_backoff(dg__mpi_idle *w)
 {
     struct timespec ts;
-    long us;
-    if (++*round <= 32) return;
-    us = *round - 33 < 5 ? 50L << (*round - 33) : 1000L;
+    double now = dg__now();
+    long us = w->naps < 5 ? 50L << w->naps : 1000L;
+    if (w->since == 0) w->since = now;
+    if (now - w->since < 100e-6) return;
+    w->naps++;
     ts.tv_sec = 0;
     ts.tv_nsec = (us < 1000 ? us : 1000) * 1000L;
     nanosleep(&ts, NULL);
@@ -8855,13 +8864,14 @@ static dg_result dg__mpi_recv_part(dg__mpi *t, int src, int i, void *dst, size_t
     MPI_Message msg;
     MPI_Status st;
     MPI_Request req;
-    int flag = 0, round = 0, count = -1, rc;
+    dg__mpi_idle w = {0, 0};
+    int flag = 0, count = -1, rc;
     while ((rc = MPI_Improbe(src, DG_MPI_TAG_PART, t->comm, &flag, &msg, &st)) == MPI_SUCCESS &&
            !flag) {
         if (dg__now() > end)
             return dg__fail(DG_ERR_TIMEOUT, "mpi: part %d of a frame from rank %d did not come within %d ms",
                             i, src, t->cfg.frame_timeout_ms);
-        dg__mpi_backoff(&round);
+        dg__mpi_backoff(&w);
     }
     if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", src);
     MPI_Get_count(&st, MPI_BYTE, &count);
@@ -8873,9 +8883,10 @@ static dg_result dg__mpi_recv_part(dg__mpi *t, int src, int i, void *dst, size_t
     /* a matched message arrives: wait for it without spinning (MPI's own
        blocking receive would) */
     rc = MPI_Imrecv(dst, count, MPI_BYTE, &msg, &req);
-    round = 0;
+    w.since = 0;
+    w.naps = 0;
     while (rc == MPI_SUCCESS && (rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE)) == MPI_SUCCESS && !flag)
-        dg__mpi_backoff(&round);
+        dg__mpi_backoff(&w);
     return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "receive", src);
 }
 
@@ -8997,7 +9008,7 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
     dg__mpi *t = (dg__mpi *)bt->impl;
     uint64_t bytes = dg_msg_encoded_size(m);
     double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
-    int round = 0;
+    dg__mpi_idle w = {0, 0};
     dg_result r;
     if (m->from != t->rank || dg_msg_payload_bytes(m) > t->cfg.max_message) {
         r = m->from != t->rank
@@ -9010,7 +9021,9 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
     }
     pthread_mutex_lock(&t->mu);
     dg__mpi_reap(t);
-    while (t->frames &&
+    /* two frames may always be in flight, so that a large one is being
+       received while the next is posted */
+    while (t->frames >= 2 &&
            (t->in_flight + bytes > t->cfg.send_window || t->frames >= t->cfg.send_window_frames)) {
         /* receive meanwhile: the rank we wait for may be waiting for us */
         dg_msg *in = NULL;
@@ -9018,7 +9031,8 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
             dg__mpi_defer(t, r);
         else if (in) {
             dg__mpi_queue(t, in);
-            round = 0;
+            w.since = 0;
+            w.naps = 0;
         }
         if (dg__now() > end) {
             uint64_t left = t->in_flight;
@@ -9028,7 +9042,7 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
                             t->rank, (unsigned long long)left, t->cfg.send_timeout_ms);
         }
         pthread_mutex_unlock(&t->mu);
-        if (!in) dg__mpi_backoff(&round);
+        if (!in) dg__mpi_backoff(&w);
         pthread_mutex_lock(&t->mu);
         dg__mpi_reap(t);
     }
@@ -9041,7 +9055,7 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
 {
     dg__mpi *t = (dg__mpi *)bt->impl;
     double end = dg__now() + 1e-3 * timeout_ms;
-    int round = 0;
+    dg__mpi_idle w = {0, 0};
     if (self != t->rank)
         return dg__fail(DG_ERR_ARG, "mpi: recv for peer %d on the transport of rank %d", self, t->rank);
     for (;;) {
@@ -9067,7 +9081,7 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
             return r;
         }
         if (timeout_ms == 0 || (timeout_ms > 0 && dg__now() >= end)) return DG_ERR_TIMEOUT;
-        dg__mpi_backoff(&round);
+        dg__mpi_backoff(&w);
     }
 }
 
@@ -9099,7 +9113,8 @@ static void dg__mpi_close(dg_transport *bt)
     dg__mpi *t = (dg__mpi *)bt->impl;
     double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
     MPI_Request bar = MPI_REQUEST_NULL;
-    int fin = 0, barrier = 0, done = 0, round = 0, i;
+    dg__mpi_idle w = {0, 0};
+    int fin = 0, barrier = 0, done = 0, i;
     MPI_Finalized(&fin);
     pthread_mutex_lock(&t->mu);
     /* every rank receives (and drops) until its own frames are delivered,
@@ -9114,12 +9129,13 @@ static void dg__mpi_close(dg_transport *bt)
         if (barrier && MPI_Test(&bar, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
         if (dg__mpi_pull(t, &m) == DG_OK && m) {
             dg_msg_free(bt, m);
-            round = 0;
+            w.since = 0;
+            w.naps = 0;
             continue;
         }
         if (done || dg__now() > end) break;
         pthread_mutex_unlock(&t->mu);
-        dg__mpi_backoff(&round);
+        dg__mpi_backoff(&w);
         pthread_mutex_lock(&t->mu);
     }
     for (i = 0; i < t->n_req; i++) {
@@ -9203,7 +9219,7 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
         dg_mpi_config_init(&c);
     if (!c.max_message) c.max_message = (uint64_t)256 << 20;
     if (!c.inline_max) c.inline_max = 4 << 10;
-    if (!c.send_window) c.send_window = (uint64_t)64 << 20;
+    if (!c.send_window) c.send_window = (uint64_t)8 << 20;
     if (c.send_window_frames <= 0) c.send_window_frames = 64;
     if (c.send_timeout_ms <= 0) c.send_timeout_ms = 30000;
     if (c.frame_timeout_ms <= 0) c.frame_timeout_ms = 10000;

@@ -200,9 +200,10 @@ TEST(order_per_link)
     dg_transport_close(t);
 }
 
-/* Every rank sends two 4 MB discriminators to the next one at once, with
-   a 1 MB window: the second send waits while the partner is in its own
-   send, so sends must receive meanwhile (the swap of MD-GAN). */
+/* Every rank sends three 4 MB discriminators to the next one at once, with
+   a 1 MB window: the third send waits (two frames are always let through)
+   while the partner is in its own send, so sends must receive meanwhile
+   (the swap of MD-GAN). */
 TEST(ring_swap_does_not_deadlock)
 {
     dg_transport *t = NULL;
@@ -214,8 +215,8 @@ TEST(ring_swap_does_not_deadlock)
     c.send_window = 1 << 20;
     CHECK_OK(dg_mpi_create(&t, MPI_COMM_WORLD, &c));
     if (!t) return;
-    for (i = 0; i < 2; i++) CHECK_OK(send_msg(t, DG_MSG_DISC, to, i, 1, &k, &n, (uint32_t)(rank * 10 + i)));
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < 3; i++) CHECK_OK(send_msg(t, DG_MSG_DISC, to, i, 1, &k, &n, (uint32_t)(rank * 10 + i)));
+    for (i = 0; i < 3; i++) {
         dg_msg *m = NULL;
         int from = (rank + size - 1) % size;
         CHECK_OK(dg_transport_recv(t, rank, 30000, &m));
