@@ -8615,9 +8615,10 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
 
 #ifdef DISTGAN_MPI
 /* The MPI transport (see the public comment): frames go out as MPI_Isend,
-   records of what is in flight keep their buffers alive until MPI_Testall
-   says delivered; frames come in through MPI_Improbe + MPI_Mrecv.  One
-   mutex covers every MPI call, so MPI_THREAD_SERIALIZED suffices. */
+   records of what is in flight keep their buffers alive until MPI_Testsome
+   says delivered; frames come in through MPI_Improbe + MPI_Mrecv (or
+   MPI_Imrecv per part).  One mutex covers every MPI call, so
+   MPI_THREAD_SERIALIZED suffices. */
 
 typedef struct dg__mpi_flight { /* a frame in flight */
     struct dg__mpi_flight *next; /* in the list of spare records */
