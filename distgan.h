@@ -1020,10 +1020,10 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
    posted and the message is freed when MPI has delivered it; while more
    than send_window bytes or send_window_frames frames are in flight, send
    waits, receiving what arrives meanwhile (so two ranks sending to each
-   other never deadlock).
-   A receive waits by polling (MPI_Improbe) with a backoff that sleeps up
-   to 1 ms, so an idle receiver costs almost no CPU where MPI's own
-   blocking calls would spin.  create and close are collective over comm:
+   other never deadlock; two frames always go).  A receive waits by
+   polling (MPI_Improbe): it spins through the first 100 us, then sleeps
+   50 us doubling to 1 ms, so an idle receiver costs ~2% of a core where
+   MPI's own blocking receive spins on one.  create and close are collective over comm:
    close waits (up to send_timeout_ms) until every rank's sends were
    received, discarding messages nobody received.  The program calls
    MPI_Init(_thread) before create and MPI_Finalize after close. */
