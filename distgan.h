@@ -1023,10 +1023,11 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
    other never deadlock; two frames always go).  A receive waits by
    polling (MPI_Improbe): it spins through the first 100 us, then sleeps
    50 us doubling to 1 ms, so an idle receiver costs ~2% of a core where
-   MPI's own blocking receive spins on one.  create and close are collective over comm:
-   close waits (up to send_timeout_ms) until every rank's sends were
-   received, discarding messages nobody received.  The program calls
-   MPI_Init(_thread) before create and MPI_Finalize after close. */
+   MPI's own blocking receive spins on one.  create and close are
+   collective over comm: close waits (up to send_timeout_ms) until every
+   rank's sends were received, discarding messages nobody received.  The
+   program calls MPI_Init(_thread) before create and MPI_Finalize after
+   close. */
 #define DG_MPI_TAG_FRAME 1
 #define DG_MPI_TAG_HEAD 2
 #define DG_MPI_TAG_HEAD_CRC 3
@@ -8721,8 +8722,9 @@ static void dg__mpi_discard(dg__mpi *t, MPI_Message *msg, int count)
 static dg_result dg__mpi_check_peers(const dg__mpi *t, int src, int from, int to)
 {
     if (from != src || to != t->rank)
-        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a frame from peer %d to peer %d (we are %d)",
-                        src, from, to, t->rank);
+        return dg__fail(DG_ERR_FORMAT,
+                        "mpi: rank %d sent a frame from peer %d to peer %d (we are %d)", src,
+                        from, to, t->rank);
     return DG_OK;
 }
 
@@ -8837,7 +8839,8 @@ static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
         if (t->cfg.checksum) {
             uint32_t crc = dg_crc32(0, f->head + DG_MSG_HEADER_BYTES, frame - DG_MSG_HEADER_BYTES);
             for (i = 0; i < m->n_parts; i++)
-                crc = dg_crc32(crc, m->part[i].data, dg__part_bytes(m->part[i].kind, m->part[i].count));
+                crc = dg_crc32(crc, m->part[i].data,
+                               dg__part_bytes(m->part[i].kind, m->part[i].count));
             dg__le32(f->head + 44, crc);
         }
         rc = dg__mpi_isend(t, f, f->head, frame, to,
@@ -8870,23 +8873,26 @@ static dg_result dg__mpi_recv_part(dg__mpi *t, int src, int i, void *dst, size_t
     while ((rc = MPI_Improbe(src, DG_MPI_TAG_PART, t->comm, &flag, &msg, &st)) == MPI_SUCCESS &&
            !flag) {
         if (dg__now() > end)
-            return dg__fail(DG_ERR_TIMEOUT, "mpi: part %d of a frame from rank %d did not come within %d ms",
-                            i, src, t->cfg.frame_timeout_ms);
+            return dg__fail(DG_ERR_TIMEOUT,
+                            "mpi: part %d of a frame from rank %d did not come within %d ms", i,
+                            src, t->cfg.frame_timeout_ms);
         dg__mpi_backoff(&w);
     }
     if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", src);
     MPI_Get_count(&st, MPI_BYTE, &count);
     if (count < 0 || (size_t)count != bytes) {
         dg__mpi_discard(t, &msg, count);
-        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent part %d of a frame in %d bytes, its head says %zu",
-                        src, i, count, bytes);
+        return dg__fail(DG_ERR_FORMAT,
+                        "mpi: rank %d sent part %d of a frame in %d bytes, its head says %zu", src,
+                        i, count, bytes);
     }
     /* a matched message arrives: wait for it without spinning (MPI's own
        blocking receive would) */
     rc = MPI_Imrecv(dst, count, MPI_BYTE, &msg, &req);
     w.since = 0;
     w.naps = 0;
-    while (rc == MPI_SUCCESS && (rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE)) == MPI_SUCCESS && !flag)
+    while (rc == MPI_SUCCESS && (rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE)) == MPI_SUCCESS &&
+           !flag)
         dg__mpi_backoff(&w);
     return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "receive", src);
 }
@@ -8901,7 +8907,8 @@ static dg_result dg__mpi_recv_frame(dg__mpi *t, MPI_Message *msg, int src, int c
     int rc;
     if (count < 0 || n > dg__mpi_frame_limit(t)) {
         dg__mpi_discard(t, msg, count);
-        return dg__fail(DG_ERR_TOO_LARGE, "mpi: rank %d sent a %d-byte frame, over the payload limit of %llu bytes",
+        return dg__fail(DG_ERR_TOO_LARGE,
+                        "mpi: rank %d sent a %d-byte frame, over the payload limit of %llu bytes",
                         src, count, (unsigned long long)t->cfg.max_message);
     }
     if ((r = dg_msg_create(&t->base, DG_MSG_USER, src, t->rank, 0, 1, &kind, &n, &c)) != DG_OK) {
@@ -8977,17 +8984,20 @@ static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
     if (st.MPI_TAG == DG_MPI_TAG_FRAME) {
         r = dg__mpi_recv_frame(t, &msg, st.MPI_SOURCE, count, out);
     } else if (st.MPI_TAG == DG_MPI_TAG_HEAD || st.MPI_TAG == DG_MPI_TAG_HEAD_CRC) {
-        r = dg__mpi_recv_split(t, &msg, st.MPI_SOURCE, count, st.MPI_TAG == DG_MPI_TAG_HEAD_CRC, out);
+        r = dg__mpi_recv_split(t, &msg, st.MPI_SOURCE, count, st.MPI_TAG == DG_MPI_TAG_HEAD_CRC,
+                               out);
     } else {
         dg__mpi_discard(t, &msg, count);
         return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent %s (tag %d)", st.MPI_SOURCE,
-                        st.MPI_TAG == DG_MPI_TAG_PART ? "a part without its head" : "a message that is no frame",
+                        st.MPI_TAG == DG_MPI_TAG_PART ? "a part without its head"
+                                                      : "a message that is no frame",
                         st.MPI_TAG);
     }
     if (r == DG_OK && (*out)->from != t->rank) { /* a message to self was counted by its send */
         dg_traffic *l = &t->base.links[(size_t)(*out)->from * t->base.n_peers + (*out)->to];
         __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&l->payload_bytes, (uint64_t)dg_msg_payload_bytes(*out), __ATOMIC_RELAXED);
+        __atomic_fetch_add(&l->payload_bytes, (uint64_t)dg_msg_payload_bytes(*out),
+                           __ATOMIC_RELAXED);
         __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(*out), __ATOMIC_RELAXED);
     }
     return r;
@@ -9015,7 +9025,8 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
         r = m->from != t->rank
                 ? dg__fail(DG_ERR_ARG, "mpi: a message from peer %d on the transport of rank %d",
                            m->from, t->rank)
-                : dg__fail(DG_ERR_TOO_LARGE, "mpi: a %zu-byte payload for rank %d, over the limit of %llu",
+                : dg__fail(DG_ERR_TOO_LARGE,
+                           "mpi: a %zu-byte payload for rank %d, over the limit of %llu",
                            dg_msg_payload_bytes(m), m->to, (unsigned long long)t->cfg.max_message);
         dg_msg_free(bt, m);
         return r;
@@ -9058,7 +9069,8 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
     double end = dg__now() + 1e-3 * timeout_ms;
     dg__mpi_idle w = {0, 0};
     if (self != t->rank)
-        return dg__fail(DG_ERR_ARG, "mpi: recv for peer %d on the transport of rank %d", self, t->rank);
+        return dg__fail(DG_ERR_ARG, "mpi: recv for peer %d on the transport of rank %d", self,
+                        t->rank);
     for (;;) {
         dg_msg *m = NULL;
         dg_result r = DG_OK;

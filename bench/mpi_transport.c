@@ -117,7 +117,8 @@ int main(int argc, char **argv)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     dg_mpi_config_init(&c);
     if (size != 2 || dg_mpi_create(&t, MPI_COMM_WORLD, &c) != DG_OK) {
-        if (rank == 0) printf("bench mpi_throughput status=failed (run on 2 ranks: %s)\n", dg_last_error());
+        if (rank == 0)
+            printf("bench mpi_throughput status=failed (run on 2 ranks: %s)\n", dg_last_error());
         MPI_Finalize();
         return 0;
     }
@@ -135,7 +136,8 @@ int main(int argc, char **argv)
         dg_transport_recv(t, 1, 2000, &m);
         wall = bench_now() - t0;
         printf("bench mpi_idle seconds=%.2f thread_cpu_pct=%.2f process_cpu_pct=%.2f\n", wall,
-               100.0 * (cpu_s(RUSAGE_THREAD) - c0) / wall, 100.0 * (cpu_s(RUSAGE_SELF) - p0) / wall);
+               100.0 * (cpu_s(RUSAGE_THREAD) - c0) / wall,
+               100.0 * (cpu_s(RUSAGE_SELF) - p0) / wall);
     }
     free(buf);
     dg_transport_close(tc);

@@ -71,8 +71,8 @@ static int same_pattern(const dg_msg *m, uint32_t seed)
     return 1;
 }
 
-static dg_result send_msg(dg_transport *t, int type, int to, int64_t it, int n, const dg_part_kind *k,
-                          const size_t *c, uint32_t seed)
+static dg_result send_msg(dg_transport *t, int type, int to, int64_t it, int n,
+                          const dg_part_kind *k, const size_t *c, uint32_t seed)
 {
     dg_msg *m;
     dg_result r = dg_msg_create(t, type, rank, to, it, n, k, c, &m);
@@ -180,7 +180,8 @@ TEST(order_per_link)
     if (rank > 0) {
         for (i = 0; i < COUNT; i++) {
             size_t c = i % 3 == 0 ? 40000 : (size_t)(i % 7);
-            if (send_msg(t, DG_MSG_FEEDBACK, 0, i, 1, &k, &c, (uint32_t)(rank * 1000 + i)) != DG_OK) ok = 0;
+            if (send_msg(t, DG_MSG_FEEDBACK, 0, i, 1, &k, &c, (uint32_t)(rank * 1000 + i)) != DG_OK)
+                ok = 0;
         }
     } else {
         int64_t next[64] = {0};
@@ -215,7 +216,8 @@ TEST(ring_swap_does_not_deadlock)
     c.send_window = 1 << 20;
     CHECK_OK(dg_mpi_create(&t, MPI_COMM_WORLD, &c));
     if (!t) return;
-    for (i = 0; i < 3; i++) CHECK_OK(send_msg(t, DG_MSG_DISC, to, i, 1, &k, &n, (uint32_t)(rank * 10 + i)));
+    for (i = 0; i < 3; i++)
+        CHECK_OK(send_msg(t, DG_MSG_DISC, to, i, 1, &k, &n, (uint32_t)(rank * 10 + i)));
     for (i = 0; i < 3; i++) {
         dg_msg *m = NULL;
         int from = (rank + size - 1) % size;
@@ -347,7 +349,7 @@ TEST(malformed_frames_rejected)
         MPI_Send(buf, 40, MPI_BYTE, 0, 99, comm);                           /* not a frame */
         buf[len - 5] ^= 0x40;
         MPI_Send(buf, (int)dg_msg_frame_bytes(m), MPI_BYTE, 0, DG_MPI_TAG_HEAD, comm);
-        MPI_Send(buf, 12, MPI_BYTE, 0, DG_MPI_TAG_PART, comm);              /* part of 12, not 400 */
+        MPI_Send(buf, 12, MPI_BYTE, 0, DG_MPI_TAG_PART, comm);              /* 12 bytes, not 400 */
         MPI_Send(buf, (int)dg_msg_frame_bytes(m), MPI_BYTE, 0, DG_MPI_TAG_HEAD, comm); /* no part */
         MPI_Barrier(MPI_COMM_WORLD); /* rank 0 saw the timeout: now a late part, refused */
         MPI_Send(buf, 400, MPI_BYTE, 0, DG_MPI_TAG_PART, comm);
