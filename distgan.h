@@ -8675,14 +8675,16 @@ static void dg__mpi_defer(dg__mpi *t, dg_result r)
 
 /* Between two polls: spin through the first 100 us of a wait (an answer
    often comes within microseconds, and a sleep takes ~50 us more than asked:
-   timer slack), then sleep 50 us doubling to 1 ms, so that a long wait costs
-   ~1000 short wake-ups a second, not a core.  Zero starts a wait. */
+   timer slack), then sleep 50 us doubling up to max_us: 1 ms when waiting
+   for a message (a long wait costs ~1000 short wake-ups a second, not a
+   core), 50 us when waiting for what is under way (sends in flight, a part
+   that was matched).  Zero starts a wait. */
 typedef struct dg__mpi_idle {
     double since;
     int naps;
 } dg__mpi_idle;
 
-static void dg__mpi_backoff(dg__mpi_idle *w)
+static void dg__mpi_backoff(dg__mpi_idle *w, long max_us)
 {
     struct timespec ts;
     double now = dg__now();
@@ -8691,7 +8693,7 @@ static void dg__mpi_backoff(dg__mpi_idle *w)
     if (now - w->since < 100e-6) return;
     w->naps++;
     ts.tv_sec = 0;
-    ts.tv_nsec = (us < 1000 ? us : 1000) * 1000L;
+    ts.tv_nsec = (us < max_us ? us : max_us) * 1000L;
     nanosleep(&ts, NULL);
 }
 
@@ -8876,7 +8878,7 @@ static dg_result dg__mpi_recv_part(dg__mpi *t, int src, int i, void *dst, size_t
             return dg__fail(DG_ERR_TIMEOUT,
                             "mpi: part %d of a frame from rank %d did not come within %d ms", i,
                             src, t->cfg.frame_timeout_ms);
-        dg__mpi_backoff(&w);
+        dg__mpi_backoff(&w, 50);
     }
     if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", src);
     MPI_Get_count(&st, MPI_BYTE, &count);
@@ -8893,7 +8895,7 @@ static dg_result dg__mpi_recv_part(dg__mpi *t, int src, int i, void *dst, size_t
     w.naps = 0;
     while (rc == MPI_SUCCESS && (rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE)) == MPI_SUCCESS &&
            !flag)
-        dg__mpi_backoff(&w);
+        dg__mpi_backoff(&w, 50);
     return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "receive", src);
 }
 
@@ -9054,7 +9056,7 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
                             t->rank, (unsigned long long)left, t->cfg.send_timeout_ms);
         }
         pthread_mutex_unlock(&t->mu);
-        if (!in) dg__mpi_backoff(&w);
+        if (!in) dg__mpi_backoff(&w, 50);
         pthread_mutex_lock(&t->mu);
         dg__mpi_reap(t);
     }
@@ -9094,7 +9096,7 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
             return r;
         }
         if (timeout_ms == 0 || (timeout_ms > 0 && dg__now() >= end)) return DG_ERR_TIMEOUT;
-        dg__mpi_backoff(&w);
+        dg__mpi_backoff(&w, 1000);
     }
 }
 
@@ -9148,7 +9150,7 @@ static void dg__mpi_close(dg_transport *bt)
         }
         if (done || dg__now() > end) break;
         pthread_mutex_unlock(&t->mu);
-        dg__mpi_backoff(&w);
+        dg__mpi_backoff(&w, 1000);
         pthread_mutex_lock(&t->mu);
     }
     for (i = 0; i < t->n_req; i++) {
