@@ -4,10 +4,14 @@
 #   tests/test_*.c   unit tests, run optimised and under ASan+UBSan by `make test`
 #   tests/fuzz_*.c   libFuzzer targets; tests/corpus/<name>/ is replayed by `make test`
 #   bench/bench_*.c  benchmarks, run by `make bench`
+#   tests/mpi_*.c, bench/mpi_*.c
+#                    the MPI transport's tests and benchmarks: built with mpicc
+#                    and run under mpirun when mpicc exists (else skipped)
 #   examples/*.c     example programs, built by `make`
 
 CC      ?= cc
 CLANG   ?= clang
+MPICC   ?= mpicc
 CSTD    := -std=c11
 WARN    := -Wall -Wextra -pedantic
 CFLAGS  ?= -O2 -g
@@ -21,13 +25,17 @@ FUZZERS  := $(patsubst tests/fuzz_%.c,%,$(filter-out tests/fuzz_replay.c,$(wildc
 BENCHES  := $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c))
 EXAMPLES := $(patsubst examples/%.c,%,$(wildcard examples/*.c))
 TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
+MPI_TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/mpi_*.c))
+MPI_BENCHES := $(patsubst bench/mpi_%.c,bench_mpi_%,$(wildcard bench/mpi_*.c))
+HAVE_MPICC  := $(shell command -v $(MPICC) 2>/dev/null)
+MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%))
 # threaded tests that `make tsan` runs under ThreadSanitizer
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
 HEADERS  := distgan.h $(wildcard adacomp.h)
 
 .PHONY: all test tsan bench bench-deps deps fuzz demo data eval experiment clean help
 
-all: $(TESTS:%=$(B)/%) $(EXAMPLES:%=$(B)/%) $(TOOLS:%=$(B)/%) $(BENCHES:%=$(B)/%)
+all: $(TESTS:%=$(B)/%) $(EXAMPLES:%=$(B)/%) $(TOOLS:%=$(B)/%) $(BENCHES:%=$(B)/%) $(MPI_ALL)
 
 help:
 	@echo "make deps        install the Debian packages the build needs (libstb-dev)"
@@ -68,6 +76,12 @@ $(B)/asan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/asan
 	$(CC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
 $(B)/tsan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/tsan
 	$(CC) $(CSTD) $(WARN) -O1 -g -fsanitize=thread -o $@ $< $(LDLIBS)
+$(B)/mpi_%: tests/mpi_%.c tests/harness.h $(HEADERS) | $(B)
+	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
+$(B)/asan/mpi_%: tests/mpi_%.c tests/harness.h $(HEADERS) | $(B)/asan
+	$(MPICC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
+$(B)/bench_mpi_%: bench/mpi_%.c bench/bench_common.h $(HEADERS) | $(B)
+	$(MPICC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
 $(B)/asan/replay_%: tests/fuzz_%.c tests/fuzz_replay.c $(HEADERS) | $(B)/asan
 	$(CC) $(CSTD) $(WARN) $(SAN) -o $@ $< tests/fuzz_replay.c $(LDLIBS)
 $(B)/fuzz/%: tests/fuzz_%.c $(HEADERS) | $(B)/fuzz
@@ -104,15 +118,19 @@ $(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_t
 GOLDEN_BINS := $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/golden_decode
 
 test: deps
-	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%) $(GOLDEN_BINS)
-	@CC=$(CC) CLANG=$(CLANG) sh tests/run.sh $(B) "$(TESTS)" "$(FUZZERS)"
+	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%) $(GOLDEN_BINS) \
+	    $(filter-out $(MPI_BENCHES:%=$(B)/%),$(MPI_ALL))
+	@CC=$(CC) CLANG=$(CLANG) MPICC=$(MPICC) sh tests/run.sh $(B) "$(TESTS)" "$(FUZZERS)" "$(MPI_TESTS)"
 
 tsan: deps
 	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TSAN_TESTS:%=$(B)/tsan/%)
 	@sh tests/run.sh $(B)/tsan "$(TSAN_TESTS)" ""
 
-bench: deps $(BENCHES:%=$(B)/%)
+bench: deps $(BENCHES:%=$(B)/%) $(filter $(MPI_BENCHES:%=$(B)/%),$(MPI_ALL))
 	@for b in $(BENCHES); do ./$(B)/$$b || echo "bench $$b status=failed"; done
+	@if [ -n "$(HAVE_MPICC)" ]; then for b in $(MPI_BENCHES); do \
+	  sh tests/mpirun.sh 2 ./$(B)/$$b || echo "bench $$b status=failed"; done; \
+	else echo "bench mpi status=skipped (no $(MPICC): apt-get install libopenmpi-dev openmpi-bin)"; fi
 
 fuzz: $(FUZZERS:%=$(B)/fuzz/%)
 	@for f in $(FUZZERS); do mkdir -p $(B)/fuzz/corpus_$$f; \

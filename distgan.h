@@ -30,6 +30,7 @@
                             DG_ERR_UNSUPPORTED (raw IDX, CIFAR-10, MNIST
                             JSON and everything else work; gunzip .gz files)
       DG_DATA_MAX_BYTES     the largest dataset a loader accepts (default 1 GiB)
+      DISTGAN_MPI           the MPI transport dg_mpi (needs <mpi.h>: build with mpicc)
 
    The implementation uses POSIX (pthreads, clocks, sockets).  distgan.h and
    adacomp.h may be included in either order; under a strict -std=c11 each
@@ -82,6 +83,7 @@
                    shared D step and generator feedback, the standalone trainer,
                    the classifier-based evaluator (score, FID), CSV logs
       dg_transport messages, their codec, byte counters, the in-process transport
+      dg_mpi       the MPI transport (only with DISTGAN_MPI; build with mpicc)
       dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers
       dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport and its
                    process drivers
@@ -108,6 +110,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifdef DISTGAN_MPI
+#include <mpi.h>
+#endif
 
 #define DISTGAN_VERSION_MAJOR 0
 #define DISTGAN_VERSION_MINOR 1
@@ -1154,6 +1159,84 @@ DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size
    fails with DG_ERR_TIMEOUT. */
 DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
                                  int send_timeout_ms);
+
+/* ==== dg_mpi ==== */
+
+#ifdef DISTGAN_MPI
+/* MPI transport (compiled only when DISTGAN_MPI is defined before the
+   include; build with mpicc).  Rank r of comm is peer r: rank 0 the server
+   or parameter server, ranks 1..N the workers; n_peers is the size of
+   comm.  Every message is point-to-point on a private duplicate of comm
+   (MPI_Comm_dup at create, errors returned rather than fatal), so the
+   program's own MPI traffic never mixes with it.  A frame is the one wire
+   encoding of dg_msg_encode; how it travels:
+     DG_MPI_TAG_FRAME     the whole frame in one MPI message (payloads up
+                          to inline_max; CRC-32 checked)
+     DG_MPI_TAG_HEAD      its header and part table only (the first
+                          dg_msg_frame_bytes of the frame), then every
+                          non-empty part as one DG_MPI_TAG_PART message
+                          straight from and into the messages (no copy);
+                          the CRC field is 0
+     DG_MPI_TAG_HEAD_CRC  the same with the CRC-32 filled in and checked
+   so the bytes from one rank to another are always frames of
+   dg_msg_encode, split at part boundaries.  The receiver validates
+   everything (sizes against max_message, the sender against the MPI
+   source, the receiver against its own rank) before it allocates, and a
+   malformed message is consumed and reported by recv as an error naming
+   the rank, never a crash.
+
+   Threads.  Every MPI call of the transport is made under its own mutex,
+   so threads of a process may send and receive on it at once; MPI must run
+   at MPI_THREAD_SERIALIZED or above (dg_mpi_create checks it: start MPI
+   with dg_mpi_init or MPI_Init_thread; MPI_THREAD_MULTIPLE when the
+   program makes MPI calls of its own from other threads meanwhile).
+
+   Sends are non-blocking (MPI_Isend): send returns once the frame is
+   posted and the message is freed when MPI has delivered it; while more
+   than send_window bytes or send_window_frames frames are in flight, send
+   waits, receiving what arrives meanwhile (so two ranks sending to each
+   other never deadlock; two frames always go).  A receive waits by
+   polling (MPI_Improbe): it spins through the first 100 us, then sleeps
+   50 us doubling to 1 ms, so an idle receiver costs ~2% of a core where
+   MPI's own blocking receive spins on one.  create and close are
+   collective over comm: close waits (up to send_timeout_ms) until every
+   rank's sends were received, discarding messages nobody received.  The
+   program calls MPI_Init(_thread) before create and MPI_Finalize after
+   close. */
+#define DG_MPI_TAG_FRAME 1
+#define DG_MPI_TAG_HEAD 2
+#define DG_MPI_TAG_HEAD_CRC 3
+#define DG_MPI_TAG_PART 4
+
+/* Zero means default (dg_mpi_config_init zeroes). */
+typedef struct dg_mpi_config {
+    uint64_t max_message;   /* payload limit in bytes (256 MiB; MPI counts are
+                               int: at most INT_MAX - 1024) */
+    size_t inline_max;      /* payloads up to this travel encoded in one
+                               message, larger ones zero-copy (4 KiB) */
+    int checksum;           /* 1: a CRC-32 over zero-copy frames too (0: off;
+                               MPI delivers intact and the CRC stops no hostile
+                               sender, the validation does) */
+    uint64_t send_window;   /* bytes in flight before a send waits (8 MiB;
+                               two frames are always let through) */
+    int send_window_frames; /* frames in flight before a send waits (64) */
+    int send_timeout_ms;    /* a send waits this long for the window, close
+                               this long for the other ranks (30000) */
+    int frame_timeout_ms;   /* the parts must follow their head within (10000) */
+} dg_mpi_config;
+
+DGDEF void dg_mpi_config_init(dg_mpi_config *c);
+/* MPI_Init_thread at MPI_THREAD_SERIALIZED; DG_ERR_UNSUPPORTED when MPI
+   provides less.  (An initialised MPI is only checked.) */
+DGDEF dg_result dg_mpi_init(int *argc, char ***argv);
+/* The transport of this rank (collective over comm).  DG_ERR_STATE when
+   MPI is not initialised, DG_ERR_UNSUPPORTED below MPI_THREAD_SERIALIZED. */
+DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_config *cfg);
+/* This rank (the self of recv), and the transport's private communicator
+   (for barriers; a message on it with a DG_MPI_TAG_* tag is a frame). */
+DGDEF int dg_mpi_rank(const dg_transport *t);
+DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t);
+#endif
 
 /* ==== dg_roles ==== */
 
@@ -2223,6 +2306,10 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 
 #if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
 #error "distgan.h: POSIX is hidden: a system header came first under -std=c11; define _POSIX_C_SOURCE 200809L before it"
+#endif
+/* ---- for the mpi section ---- */
+#ifdef DISTGAN_MPI
+#include <limits.h>
 #endif
 
 #ifdef __cplusplus
@@ -7012,13 +7099,30 @@ static uint8_t dg__data_to_byte(float v)
     return (uint8_t)(b + 0.5f);
 }
 
+/* The one PNG writer of the header (stb_image_write); who names the caller
+   in the error. */
+static dg_result dg__write_png(const char *who, const char *path, int w, int h, int comp,
+                               const uint8_t *px)
+{
+#ifdef DG_NO_STB
+    (void)w, (void)h, (void)comp, (void)px;
+    return dg__fail(DG_ERR_UNSUPPORTED, "%s(%s): this build has no PNG writer (DG_NO_STB)", who,
+                    path);
+#else
+    if (!stbi_write_png(path, w, h, comp, px, w * comp))
+        return dg__fail(DG_ERR_IO, "%s: cannot write %s", who, path);
+    return DG_OK;
+#endif
+}
+
 /* cell_of[i] = grid cell of image i, or -1 to skip it */
 static dg_result dg__png_grid(const char *path, const float *images, int n, int c, int h, int w,
                               int cols, int rows, int pad, const int *cell_of)
 {
     size_t gw, gh, hw = (size_t)h * w;
     uint8_t *img;
-    int i, ok;
+    int i;
+    dg_result r;
     if (!path || (n && !images)) return dg__fail(DG_ERR_ARG, "dg_write_png_grid: NULL argument");
     if (n < 0 || (c != 1 && c != 3) || h < 1 || w < 1 || cols < 1 || rows < 0 || pad < 0 ||
         h > 65535 || w > 65535 || pad > 1024 || cols > 65535 || rows > 65535)
@@ -7044,17 +7148,9 @@ static dg_result dg__png_grid(const char *path, const float *images, int n, int 
                     img[((oy + y) * gw + ox + x) * c + ch] =
                         dg__data_to_byte(images[((size_t)i * c + ch) * hw + (size_t)y * w + x]);
     }
-#ifdef DG_NO_STB
+    r = dg__write_png("dg_write_png_grid", path, (int)gw, (int)gh, c, img);
     dg__free(img);
-    (void)ok;
-    return dg__fail(DG_ERR_UNSUPPORTED, "dg_write_png_grid(%s): this build has no PNG writer "
-                    "(DG_NO_STB)", path);
-#else
-    ok = stbi_write_png(path, (int)gw, (int)gh, c, img, (int)(gw * c));
-    dg__free(img);
-    if (!ok) return dg__fail(DG_ERR_IO, "dg_write_png_grid: cannot write %s", path);
-    return DG_OK;
-#endif
+    return r;
 }
 
 DGDEF dg_result dg_write_png_grid(const char *path, const float *images, int n, int c, int h, int w,
@@ -7201,7 +7297,8 @@ DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
     static const uint8_t black[3] = {0, 0, 0}, grey[3] = {215, 215, 215};
     dg_plot_config c = cfg ? *cfg : dg_plot_config_init();
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, step, v, px;
-    int s, i, L = 80, R = 20, T = c.title ? 40 : 16, B = c.x_label ? 56 : 36, legend = 0, ok;
+    int s, i, L = 80, R = 20, T = c.title ? 40 : 16, B = c.x_label ? 56 : 36, legend = 0;
+    dg_result r;
     dg__canvas cv;
     if (!path || n_series < 0 || (n_series && !series) || c.width < 200 || c.height < 150 ||
         c.width > 8192 || c.height > 8192)
@@ -7295,10 +7392,9 @@ DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
     }
 #undef DG__PX
 #undef DG__PY
-    ok = stbi_write_png(path, c.width, c.height, 3, cv.px, c.width * 3);
+    r = dg__write_png("dg_plot_write_png", path, c.width, c.height, 3, cv.px);
     dg__free(cv.px);
-    if (!ok) return dg__fail(DG_ERR_IO, "dg_plot_write_png: cannot write %s", path);
-    return DG_OK;
+    return r;
 }
 
 /* ==== dg_metrics ==== */
@@ -8975,7 +9071,10 @@ static dg_result dg__msg_take(dg_transport *t, int type, int from, int to, int64
     mp = (dg__msg_pool *)t->msg_pool;
     pthread_mutex_lock(&mp->mu);
     for (pp = &mp->free_list; *pp; pp = &(*pp)->next)
-        if ((*pp)->cap >= need && (!best || (*pp)->cap < (*best)->cap)) best = pp;
+        if ((*pp)->cap >= need && (!best || (*pp)->cap < (*best)->cap)) {
+            best = pp;
+            if ((*pp)->cap <= (need > 64 ? need : 64)) break; /* none fits better */
+        }
     if (best) {
         m = *best;
         *best = m->next;
@@ -9098,16 +9197,14 @@ static uint64_t dg__rd64(const unsigned char *p)
     return (uint64_t)dg__rd32(p) | (uint64_t)dg__rd32(p + 4) << 32;
 }
 
-DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *written)
+/* The frame's header and part table (dg_msg_frame_bytes(m) bytes) with the
+   given CRC-32: dg_msg_encode writes the parts after them, the MPI
+   transport sends the parts straight from the message. */
+static void dg__msg_head_encode(const dg_msg *m, unsigned char *p, uint32_t crc)
 {
-    unsigned char *p = (unsigned char *)buf, *q;
-    size_t need, payload, j;
+    unsigned char *q;
     uint32_t u;
     int i;
-    if (!m || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_encode: NULL argument");
-    need = dg_msg_encoded_size(m);
-    payload = dg_msg_payload_bytes(m);
-    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "dg_msg_encode: need %zu bytes", need);
     memcpy(p, "DGMS", 4);
     p[4] = DG_MSG_VERSION & 0xff;
     p[5] = 0;
@@ -9122,13 +9219,27 @@ DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *wr
     memcpy(&u, &m->stat[1], 4);
     dg__le32(p + 36, u);
     dg__le32(p + 40, (uint32_t)m->n_parts);
-    dg__le64(p + 48, (uint64_t)payload);
+    dg__le32(p + 44, crc);
+    dg__le64(p + 48, (uint64_t)dg_msg_payload_bytes(m));
     q = p + DG_MSG_HEADER_BYTES;
     for (i = 0; i < m->n_parts; i++, q += DG_MSG_PART_BYTES) {
         dg__le32(q, (uint32_t)m->part[i].kind);
         dg__le32(q + 4, 0);
         dg__le64(q + 8, (uint64_t)m->part[i].count);
     }
+}
+
+DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf, *q;
+    size_t need, j;
+    uint32_t u;
+    int i;
+    if (!m || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_encode: NULL argument");
+    need = dg_msg_encoded_size(m);
+    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "dg_msg_encode: need %zu bytes", need);
+    dg__msg_head_encode(m, p, 0);
+    q = p + dg_msg_frame_bytes(m);
     for (i = 0; i < m->n_parts; i++) {
         const unsigned char *src = (const unsigned char *)m->part[i].data;
         if (m->part[i].kind == DG_PART_BYTES) {
@@ -9146,70 +9257,107 @@ DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *wr
     return DG_OK;
 }
 
-DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size_t max_payload,
-                              dg_msg **out)
-{
-    const unsigned char *p = (const unsigned char *)buf, *q;
+/* A frame's header and part table, validated (len: the bytes at p, at
+   least the header; the payload need not follow). */
+typedef struct dg__msg_head {
+    int type, from, to, n_parts;
+    uint32_t crc;
     dg_part_kind kinds[DG_MSG_MAX_PARTS];
-    size_t counts[DG_MSG_MAX_PARTS], payload = 0, j;
+    size_t counts[DG_MSG_MAX_PARTS];
+    size_t payload;
+} dg__msg_head;
+
+static dg_result dg__msg_head_decode(const dg_transport *t, const unsigned char *p, size_t len,
+                                     size_t max_payload, dg__msg_head *h)
+{
+    const unsigned char *q;
     uint32_t n_parts, u;
-    int type, from, to, i;
-    dg_msg *m;
-    dg_result r;
-    if (!out) return dg__fail(DG_ERR_ARG, "dg_msg_decode: out is NULL");
-    *out = NULL;
-    if (!t || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_decode: NULL argument");
+    int i;
     if (len < DG_MSG_HEADER_BYTES || memcmp(p, "DGMS", 4) != 0)
         return dg__fail(DG_ERR_FORMAT, "message: bad magic or %zu-byte frame", len);
     if (p[4] != DG_MSG_VERSION || p[5] != 0)
         return dg__fail(DG_ERR_VERSION, "message: version %u", (unsigned)(p[4] | p[5] << 8));
-    type = p[6] | p[7] << 8;
-    from = (int)(int32_t)dg__rd32(p + 8);
-    to = (int)(int32_t)dg__rd32(p + 12);
-    if (type < 1 || (type > DG_MSG_STOP && type < DG_MSG_USER))
-        return dg__fail(DG_ERR_FORMAT, "message: unknown type %d", type);
-    if (from < 0 || from >= t->n_peers || to < 0 || to >= t->n_peers)
-        return dg__fail(DG_ERR_FORMAT, "message: peers %d -> %d outside 0..%d", from, to,
+    h->type = p[6] | p[7] << 8;
+    h->from = (int)(int32_t)dg__rd32(p + 8);
+    h->to = (int)(int32_t)dg__rd32(p + 12);
+    if (h->type < 1 || (h->type > DG_MSG_STOP && h->type < DG_MSG_USER))
+        return dg__fail(DG_ERR_FORMAT, "message: unknown type %d", h->type);
+    if (h->from < 0 || h->from >= t->n_peers || h->to < 0 || h->to >= t->n_peers)
+        return dg__fail(DG_ERR_FORMAT, "message: peers %d -> %d outside 0..%d", h->from, h->to,
                         t->n_peers - 1);
     n_parts = dg__rd32(p + 40);
     if (n_parts > DG_MSG_MAX_PARTS)
         return dg__fail(DG_ERR_FORMAT, "message: %u parts (at most %d)", n_parts, DG_MSG_MAX_PARTS);
     if (len < DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts)
         return dg__fail(DG_ERR_FORMAT, "message: truncated part table");
+    h->n_parts = (int)n_parts;
+    h->crc = dg__rd32(p + 44);
+    h->payload = 0;
     q = p + DG_MSG_HEADER_BYTES;
     for (i = 0; i < (int)n_parts; i++, q += DG_MSG_PART_BYTES) {
         uint64_t c = dg__rd64(q + 8);
         u = dg__rd32(q);
         if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(q + 4) != 0)
             return dg__fail(DG_ERR_FORMAT, "message: part %d has kind %u", i, u);
-        if (c > max_payload || dg__part_bytes((dg_part_kind)u, (size_t)c) > max_payload - payload)
+        if (c > max_payload ||
+            dg__part_bytes((dg_part_kind)u, (size_t)c) > max_payload - h->payload)
             return dg__fail(DG_ERR_TOO_LARGE, "message: payload over the limit of %zu bytes",
                             max_payload);
-        kinds[i] = (dg_part_kind)u;
-        counts[i] = (size_t)c;
-        payload += dg__part_bytes(kinds[i], counts[i]);
+        h->kinds[i] = (dg_part_kind)u;
+        h->counts[i] = (size_t)c;
+        h->payload += dg__part_bytes(h->kinds[i], h->counts[i]);
     }
-    if (dg__rd64(p + 48) != payload ||
-        len != DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts + payload)
-        return dg__fail(DG_ERR_FORMAT, "message: length %zu does not match its %zu-byte payload",
-                        len, payload);
-    if (dg_crc32(0, p + DG_MSG_HEADER_BYTES, len - DG_MSG_HEADER_BYTES) != dg__rd32(p + 44))
-        return dg__fail(DG_ERR_CHECKSUM, "message: CRC mismatch");
-    if ((r = dg_msg_create(t, type, from, to, (int64_t)dg__rd64(p + 16), (int)n_parts, kinds,
-                           counts, &m)) != DG_OK)
-        return r;
-    m->aux = (int64_t)dg__rd64(p + 24);
+    if (dg__rd64(p + 48) != h->payload)
+        return dg__fail(DG_ERR_FORMAT, "message: payload length %llu, its parts hold %zu bytes",
+                        (unsigned long long)dg__rd64(p + 48), h->payload);
+    return DG_OK;
+}
+
+/* A message from t's pool shaped by a decoded head (p: that head's bytes),
+   its parts still to be filled. */
+static dg_result dg__msg_from_head(dg_transport *t, const unsigned char *p, const dg__msg_head *h,
+                                   dg_msg **out)
+{
+    uint32_t u;
+    dg_result r = dg_msg_create(t, h->type, h->from, h->to, (int64_t)dg__rd64(p + 16), h->n_parts,
+                                h->kinds, h->counts, out);
+    if (r != DG_OK) return r;
+    (*out)->aux = (int64_t)dg__rd64(p + 24);
     u = dg__rd32(p + 32);
-    memcpy(&m->stat[0], &u, 4);
+    memcpy(&(*out)->stat[0], &u, 4);
     u = dg__rd32(p + 36);
-    memcpy(&m->stat[1], &u, 4);
-    for (i = 0; i < (int)n_parts; i++) {
+    memcpy(&(*out)->stat[1], &u, 4);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size_t max_payload,
+                              dg_msg **out)
+{
+    const unsigned char *p = (const unsigned char *)buf, *q;
+    dg__msg_head h;
+    size_t j;
+    uint32_t u;
+    int i;
+    dg_msg *m;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_msg_decode: out is NULL");
+    *out = NULL;
+    if (!t || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_decode: NULL argument");
+    if ((r = dg__msg_head_decode(t, p, len, max_payload, &h)) != DG_OK) return r;
+    q = p + DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * h.n_parts;
+    if (len != (size_t)(q - p) + h.payload)
+        return dg__fail(DG_ERR_FORMAT, "message: length %zu does not match its %zu-byte payload",
+                        len, h.payload);
+    if (dg_crc32(0, p + DG_MSG_HEADER_BYTES, len - DG_MSG_HEADER_BYTES) != h.crc)
+        return dg__fail(DG_ERR_CHECKSUM, "message: CRC mismatch");
+    if ((r = dg__msg_from_head(t, p, &h, &m)) != DG_OK) return r;
+    for (i = 0; i < h.n_parts; i++) {
         unsigned char *dst = (unsigned char *)m->part[i].data;
-        if (kinds[i] == DG_PART_BYTES) {
-            memcpy(dst, q, counts[i]);
-            q += counts[i];
+        if (h.kinds[i] == DG_PART_BYTES) {
+            memcpy(dst, q, h.counts[i]);
+            q += h.counts[i];
         } else {
-            for (j = 0; j < counts[i]; j++, q += 4) {
+            for (j = 0; j < h.counts[i]; j++, q += 4) {
                 u = dg__rd32(q);
                 memcpy(dst + 4 * j, &u, 4);
             }
@@ -9436,6 +9584,672 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
     *out = &ip->base;
     return DG_OK;
 }
+
+/* ==== dg_mpi ==== */
+
+#ifdef DISTGAN_MPI
+/* The MPI transport (see the public comment): frames go out as MPI_Isend,
+   records of what is in flight keep their buffers alive until MPI_Testsome
+   says delivered; frames come in through MPI_Improbe + MPI_Mrecv (or
+   MPI_Imrecv per part).  One mutex covers every MPI call, so
+   MPI_THREAD_SERIALIZED suffices. */
+
+typedef struct dg__mpi_flight { /* a frame in flight */
+    struct dg__mpi_flight *next; /* in the list of spare records */
+    dg_msg *m;                /* the message, or the carrier of its encoded frame */
+    uint64_t bytes;           /* encoded size */
+    int pending;              /* its MPI sends not yet complete */
+    unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+} dg__mpi_flight;
+
+typedef struct dg__mpi {
+    dg_transport base;
+    dg_mpi_config cfg;
+    MPI_Comm comm;
+    int rank;
+    pthread_mutex_t mu;           /* every MPI call, and the fields below */
+    dg_msg *head, *tail;          /* frames received by send and pending, in order */
+    int count;
+    /* the MPI sends in flight, oldest first, each with its frame's record:
+       one MPI_Testsome over them all makes MPI progress once */
+    MPI_Request *req;
+    dg__mpi_flight **own;
+    int *done;
+    int n_req, cap_req;
+    dg__mpi_flight *spare;        /* recycled records */
+    int frames;                   /* frames in flight */
+    uint64_t in_flight;           /* their bytes */
+    dg_result deferred;           /* a bad frame met outside recv, for the next recv */
+    char why[256];
+} dg__mpi;
+
+static dg_result dg__mpi_error(int rc, const char *what, int rank)
+{
+    char s[MPI_MAX_ERROR_STRING];
+    int n = 0;
+    MPI_Error_string(rc, s, &n);
+    return dg__fail(DG_ERR_IO, "mpi: %s (rank %d): %s", what, rank, s);
+}
+
+/* The codec's error, prefixed with the rank that sent the frame. */
+static dg_result dg__mpi_blame(dg_result r, int rank)
+{
+    char why[256];
+    snprintf(why, sizeof why, "%s", dg_last_error());
+    return dg__fail(r, "mpi: frame from rank %d: %s", rank, why);
+}
+
+static void dg__mpi_defer(dg__mpi *t, dg_result r)
+{
+    if (t->deferred != DG_OK) return;
+    t->deferred = r;
+    snprintf(t->why, sizeof t->why, "%s", dg_last_error());
+}
+
+/* Between two polls: spin through the first 100 us of a wait (an answer
+   often comes within microseconds, and a sleep takes ~50 us more than asked:
+   timer slack), then sleep 50 us doubling up to max_us: 1 ms when waiting
+   for a message (a long wait costs ~1000 short wake-ups a second, not a
+   core), 50 us when waiting for what is under way (sends in flight, a part
+   that was matched).  Zero starts a wait. */
+typedef struct dg__mpi_idle {
+    double since;
+    int naps;
+} dg__mpi_idle;
+
+static void dg__mpi_backoff(dg__mpi_idle *w, long max_us)
+{
+    struct timespec ts;
+    double now = dg__now();
+    long us = w->naps < 5 ? 50L << w->naps : 1000L;
+    if (w->since == 0) w->since = now;
+    if (now - w->since < 100e-6) return;
+    w->naps++;
+    ts.tv_sec = 0;
+    ts.tv_nsec = (us < max_us ? us : max_us) * 1000L;
+    nanosleep(&ts, NULL);
+}
+
+/* The largest frame a rank may send us. */
+static size_t dg__mpi_frame_limit(const dg__mpi *t)
+{
+    return DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS + (size_t)t->cfg.max_message;
+}
+
+/* A message that will not be delivered.  Truncating it is no option: Open
+   MPI 4.1 writes a truncated rendezvous message past the receive buffer.
+   So one within the frame limit is received whole into a pooled buffer and
+   dropped; a larger one stays matched and is never received (its broken or
+   hostile sender waits for ever). */
+static void dg__mpi_discard(dg__mpi *t, MPI_Message *msg, int count)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    size_t n = (size_t)count;
+    dg_msg *c;
+    if (count < 0 || n > dg__mpi_frame_limit(t) ||
+        dg_msg_create(&t->base, DG_MSG_USER, 0, 0, 0, 1, &kind, &n, &c) != DG_OK)
+        return;
+    MPI_Mrecv(c->part[0].data, count, MPI_BYTE, msg, MPI_STATUS_IGNORE);
+    dg_msg_free(&t->base, c);
+}
+
+/* A rank may only send its own frames, and only to us. */
+static dg_result dg__mpi_check_peers(const dg__mpi *t, int src, int from, int to)
+{
+    if (from != src || to != t->rank)
+        return dg__fail(DG_ERR_FORMAT,
+                        "mpi: rank %d sent a frame from peer %d to peer %d (we are %d)", src,
+                        from, to, t->rank);
+    return DG_OK;
+}
+
+/* Under t->mu: frees the frames MPI has delivered. */
+static void dg__mpi_reap(dg__mpi *t)
+{
+    int n = 0, i, j, rc;
+    if (!t->n_req) return;
+    rc = MPI_Testsome(t->n_req, t->req, &n, t->done, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) { /* the records stay: MPI may still read them */
+        dg__mpi_error(rc, "send", t->rank);
+        dg__mpi_defer(t, DG_ERR_IO);
+        return;
+    }
+    for (i = 0; i < n && n != MPI_UNDEFINED; i++) {
+        dg__mpi_flight *f = t->own[t->done[i]];
+        t->own[t->done[i]] = NULL;
+        if (--f->pending) continue;
+        t->frames--;
+        t->in_flight -= f->bytes;
+        dg_msg_free(&t->base, f->m);
+        f->next = t->spare;
+        t->spare = f;
+    }
+    for (i = j = 0; i < t->n_req; i++)
+        if (t->own[i]) {
+            t->req[j] = t->req[i];
+            t->own[j++] = t->own[i];
+        }
+    t->n_req = j;
+}
+
+/* Under t->mu: room for n more sends (the arrays grow to their high-water
+   mark once). */
+static dg_result dg__mpi_room(dg__mpi *t, int n)
+{
+    int cap = t->cap_req ? t->cap_req : 64;
+    MPI_Request *req;
+    dg__mpi_flight **own;
+    int *done;
+    if (t->n_req + n <= t->cap_req) return DG_OK;
+    while (cap < t->n_req + n) cap *= 2;
+    req = (MPI_Request *)dg__alloc((size_t)cap * sizeof *req);
+    own = (dg__mpi_flight **)dg__alloc((size_t)cap * sizeof *own);
+    done = (int *)dg__alloc((size_t)cap * sizeof *done);
+    if (!req || !own || !done) {
+        dg__free(req);
+        dg__free(own);
+        dg__free(done);
+        return dg__fail(DG_ERR_NOMEM, "mpi: no memory for %d sends", cap);
+    }
+    if (t->n_req) {
+        memcpy(req, t->req, (size_t)t->n_req * sizeof *req);
+        memcpy(own, t->own, (size_t)t->n_req * sizeof *own);
+    }
+    dg__free(t->req);
+    dg__free(t->own);
+    dg__free(t->done);
+    t->req = req;
+    t->own = own;
+    t->done = done;
+    t->cap_req = cap;
+    return DG_OK;
+}
+
+/* Under t->mu: one MPI send of frame f's bytes. */
+static int dg__mpi_isend(dg__mpi *t, dg__mpi_flight *f, const void *p, size_t n, int to, int tag)
+{
+    int rc = MPI_Isend(p, (int)n, MPI_BYTE, to, tag, t->comm, &t->req[t->n_req]);
+    if (rc == MPI_SUCCESS) {
+        t->own[t->n_req++] = f;
+        f->pending++;
+    }
+    return rc;
+}
+
+/* Under t->mu: posts m to m->to (ownership passes).  Small payloads are
+   encoded into a carrier from the pool (one MPI message); larger ones go
+   as the head and then every part straight from m. */
+static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
+{
+    dg__mpi_flight *f = t->spare;
+    size_t payload = dg_msg_payload_bytes(m), frame = dg_msg_frame_bytes(m);
+    int to = m->to, rc, i;
+    dg_result r = dg__mpi_room(t, 1 + m->n_parts);
+    if (r == DG_OK && !f && !(f = (dg__mpi_flight *)dg__calloc(1, sizeof *f)))
+        r = dg__fail(DG_ERR_NOMEM, "mpi: no memory");
+    if (r != DG_OK) {
+        dg_msg_free(&t->base, m);
+        return r;
+    }
+    if (f == t->spare) t->spare = f->next;
+    f->pending = 0;
+    f->bytes = frame + payload;
+    if (payload <= t->cfg.inline_max) {
+        dg_part_kind kind = DG_PART_BYTES;
+        size_t n = frame + payload;
+        dg_msg *c;
+        r = dg_msg_create(&t->base, m->type, m->from, to, m->iteration, 1, &kind, &n, &c);
+        if (r == DG_OK) r = dg_msg_encode(m, c->part[0].data, n, NULL);
+        dg_msg_free(&t->base, m);
+        if (r != DG_OK) {
+            f->next = t->spare;
+            t->spare = f;
+            return r;
+        }
+        f->m = c;
+        rc = dg__mpi_isend(t, f, c->part[0].data, n, to, DG_MPI_TAG_FRAME);
+    } else {
+        f->m = m;
+        dg__msg_head_encode(m, f->head, 0);
+        if (t->cfg.checksum) {
+            uint32_t crc = dg_crc32(0, f->head + DG_MSG_HEADER_BYTES, frame - DG_MSG_HEADER_BYTES);
+            for (i = 0; i < m->n_parts; i++)
+                crc = dg_crc32(crc, m->part[i].data,
+                               dg__part_bytes(m->part[i].kind, m->part[i].count));
+            dg__le32(f->head + 44, crc);
+        }
+        rc = dg__mpi_isend(t, f, f->head, frame, to,
+                           t->cfg.checksum ? DG_MPI_TAG_HEAD_CRC : DG_MPI_TAG_HEAD);
+        for (i = 0; rc == MPI_SUCCESS && i < m->n_parts; i++) {
+            size_t b = dg__part_bytes(m->part[i].kind, m->part[i].count);
+            if (b) rc = dg__mpi_isend(t, f, m->part[i].data, b, to, DG_MPI_TAG_PART);
+        }
+    }
+    if (!f->pending) { /* nothing went out */
+        dg_msg_free(&t->base, f->m);
+        f->next = t->spare;
+        t->spare = f;
+    } else { /* what went out stays in flight until MPI is done with it */
+        t->frames++;
+        t->in_flight += f->bytes;
+    }
+    return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "send", t->rank);
+}
+
+/* Under t->mu: waits for a matched part and receives it in place. */
+static dg_result dg__mpi_recv_part(dg__mpi *t, int src, int i, void *dst, size_t bytes)
+{
+    double end = dg__now() + 1e-3 * t->cfg.frame_timeout_ms;
+    MPI_Message msg;
+    MPI_Status st;
+    MPI_Request req;
+    dg__mpi_idle w = {0, 0};
+    int flag = 0, count = -1, rc;
+    while ((rc = MPI_Improbe(src, DG_MPI_TAG_PART, t->comm, &flag, &msg, &st)) == MPI_SUCCESS &&
+           !flag) {
+        if (dg__now() > end)
+            return dg__fail(DG_ERR_TIMEOUT,
+                            "mpi: part %d of a frame from rank %d did not come within %d ms", i,
+                            src, t->cfg.frame_timeout_ms);
+        dg__mpi_backoff(&w, 50);
+    }
+    if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", src);
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    if (count < 0 || (size_t)count != bytes) {
+        dg__mpi_discard(t, &msg, count);
+        return dg__fail(DG_ERR_FORMAT,
+                        "mpi: rank %d sent part %d of a frame in %d bytes, its head says %zu", src,
+                        i, count, bytes);
+    }
+    /* a matched message arrives: wait for it without spinning (MPI's own
+       blocking receive would) */
+    rc = MPI_Imrecv(dst, count, MPI_BYTE, &msg, &req);
+    w.since = 0;
+    w.naps = 0;
+    while (rc == MPI_SUCCESS && (rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE)) == MPI_SUCCESS &&
+           !flag)
+        dg__mpi_backoff(&w, 50);
+    return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "receive", src);
+}
+
+/* Under t->mu: a whole frame (DG_MPI_TAG_FRAME) through a carrier. */
+static dg_result dg__mpi_recv_frame(dg__mpi *t, MPI_Message *msg, int src, int count, dg_msg **out)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    size_t n = (size_t)count;
+    dg_msg *c;
+    dg_result r;
+    int rc;
+    if (count < 0 || n > dg__mpi_frame_limit(t)) {
+        dg__mpi_discard(t, msg, count);
+        return dg__fail(DG_ERR_TOO_LARGE,
+                        "mpi: rank %d sent a %d-byte frame, over the payload limit of %llu bytes",
+                        src, count, (unsigned long long)t->cfg.max_message);
+    }
+    if ((r = dg_msg_create(&t->base, DG_MSG_USER, src, t->rank, 0, 1, &kind, &n, &c)) != DG_OK) {
+        dg__mpi_discard(t, msg, count);
+        return r;
+    }
+    rc = MPI_Mrecv(c->part[0].data, count, MPI_BYTE, msg, MPI_STATUS_IGNORE);
+    r = rc != MPI_SUCCESS ? dg__mpi_error(rc, "receive", src)
+                          : dg_msg_decode(&t->base, c->part[0].data, n, t->cfg.max_message, out);
+    dg_msg_free(&t->base, c);
+    if (r != DG_OK) return rc != MPI_SUCCESS ? r : dg__mpi_blame(r, src);
+    if ((r = dg__mpi_check_peers(t, src, (*out)->from, (*out)->to)) != DG_OK) {
+        dg_msg_free(&t->base, *out);
+        *out = NULL;
+    }
+    return r;
+}
+
+/* Under t->mu: a head (DG_MPI_TAG_HEAD[_CRC]), then its parts into a new
+   message. */
+static dg_result dg__mpi_recv_split(dg__mpi *t, MPI_Message *msg, int src, int count, int crc,
+                                    dg_msg **out)
+{
+    unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    dg__msg_head h;
+    dg_msg *m;
+    dg_result r;
+    int rc, i;
+    if (count < DG_MSG_HEADER_BYTES || count > (int)sizeof head) {
+        dg__mpi_discard(t, msg, count);
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a frame head of %d bytes", src, count);
+    }
+    if ((rc = MPI_Mrecv(head, count, MPI_BYTE, msg, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
+        return dg__mpi_error(rc, "receive", src);
+    if ((r = dg__msg_head_decode(&t->base, head, (size_t)count, t->cfg.max_message, &h)) != DG_OK)
+        return dg__mpi_blame(r, src);
+    if ((size_t)count != DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * h.n_parts)
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a head of %d bytes for %d parts", src,
+                        count, h.n_parts);
+    if ((r = dg__mpi_check_peers(t, src, h.from, h.to)) != DG_OK) return r;
+    if ((r = dg__msg_from_head(&t->base, head, &h, &m)) != DG_OK) return r;
+    for (i = 0; r == DG_OK && i < h.n_parts; i++) {
+        size_t b = dg__part_bytes(h.kinds[i], h.counts[i]);
+        if (b) r = dg__mpi_recv_part(t, src, i, m->part[i].data, b);
+    }
+    if (r == DG_OK && crc) {
+        uint32_t c = dg_crc32(0, head + DG_MSG_HEADER_BYTES, (size_t)count - DG_MSG_HEADER_BYTES);
+        for (i = 0; i < h.n_parts; i++)
+            c = dg_crc32(c, m->part[i].data, dg__part_bytes(h.kinds[i], h.counts[i]));
+        if (c != h.crc) r = dg__fail(DG_ERR_CHECKSUM, "mpi: frame from rank %d: CRC mismatch", src);
+    }
+    if (r != DG_OK) {
+        dg_msg_free(&t->base, m);
+        return r;
+    }
+    *out = m;
+    return DG_OK;
+}
+
+/* Under t->mu: receives one frame if one has come (else *out = NULL) and
+   counts it on its link.  A malformed message is consumed and reported. */
+static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
+{
+    MPI_Message msg;
+    MPI_Status st;
+    int flag = 0, count = -1, rc;
+    dg_result r;
+    *out = NULL;
+    rc = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, t->comm, &flag, &msg, &st);
+    if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", t->rank);
+    if (!flag) return DG_OK;
+    MPI_Get_count(&st, MPI_BYTE, &count); /* MPI_UNDEFINED (< 0) past INT_MAX */
+    if (st.MPI_TAG == DG_MPI_TAG_FRAME) {
+        r = dg__mpi_recv_frame(t, &msg, st.MPI_SOURCE, count, out);
+    } else if (st.MPI_TAG == DG_MPI_TAG_HEAD || st.MPI_TAG == DG_MPI_TAG_HEAD_CRC) {
+        r = dg__mpi_recv_split(t, &msg, st.MPI_SOURCE, count, st.MPI_TAG == DG_MPI_TAG_HEAD_CRC,
+                               out);
+    } else {
+        dg__mpi_discard(t, &msg, count);
+        return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent %s (tag %d)", st.MPI_SOURCE,
+                        st.MPI_TAG == DG_MPI_TAG_PART ? "a part without its head"
+                                                      : "a message that is no frame",
+                        st.MPI_TAG);
+    }
+    if (r == DG_OK && (*out)->from != t->rank) { /* a message to self was counted by its send */
+        dg_traffic *l = &t->base.links[(size_t)(*out)->from * t->base.n_peers + (*out)->to];
+        __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&l->payload_bytes, (uint64_t)dg_msg_payload_bytes(*out),
+                           __ATOMIC_RELAXED);
+        __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(*out), __ATOMIC_RELAXED);
+    }
+    return r;
+}
+
+static void dg__mpi_queue(dg__mpi *t, dg_msg *m)
+{
+    m->next = NULL;
+    if (t->tail)
+        t->tail->next = m;
+    else
+        t->head = m;
+    t->tail = m;
+    t->count++;
+}
+
+static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    uint64_t bytes = dg_msg_encoded_size(m);
+    double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
+    dg__mpi_idle w = {0, 0};
+    dg_result r;
+    if (m->from != t->rank || dg_msg_payload_bytes(m) > t->cfg.max_message) {
+        r = m->from != t->rank
+                ? dg__fail(DG_ERR_ARG, "mpi: a message from peer %d on the transport of rank %d",
+                           m->from, t->rank)
+                : dg__fail(DG_ERR_TOO_LARGE,
+                           "mpi: a %zu-byte payload for rank %d, over the limit of %llu",
+                           dg_msg_payload_bytes(m), m->to, (unsigned long long)t->cfg.max_message);
+        dg_msg_free(bt, m);
+        return r;
+    }
+    pthread_mutex_lock(&t->mu);
+    dg__mpi_reap(t);
+    /* two frames may always be in flight, so that a large one is being
+       received while the next is posted */
+    while (t->frames >= 2 &&
+           (t->in_flight + bytes > t->cfg.send_window || t->frames >= t->cfg.send_window_frames)) {
+        /* receive meanwhile: the rank we wait for may be waiting for us */
+        dg_msg *in = NULL;
+        if ((r = dg__mpi_pull(t, &in)) != DG_OK)
+            dg__mpi_defer(t, r);
+        else if (in) {
+            dg__mpi_queue(t, in);
+            w.since = 0;
+            w.naps = 0;
+        }
+        if (dg__now() > end) {
+            uint64_t left = t->in_flight;
+            pthread_mutex_unlock(&t->mu);
+            dg_msg_free(bt, m);
+            return dg__fail(DG_ERR_TIMEOUT, "mpi: rank %d: %llu bytes not received within %d ms",
+                            t->rank, (unsigned long long)left, t->cfg.send_timeout_ms);
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (!in) dg__mpi_backoff(&w, 50);
+        pthread_mutex_lock(&t->mu);
+        dg__mpi_reap(t);
+    }
+    r = dg__mpi_post(t, m);
+    pthread_mutex_unlock(&t->mu);
+    return r;
+}
+
+static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg **out)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    double end = dg__now() + 1e-3 * timeout_ms;
+    dg__mpi_idle w = {0, 0};
+    if (self != t->rank)
+        return dg__fail(DG_ERR_ARG, "mpi: recv for peer %d on the transport of rank %d", self,
+                        t->rank);
+    for (;;) {
+        dg_msg *m = NULL;
+        dg_result r = DG_OK;
+        pthread_mutex_lock(&t->mu);
+        dg__mpi_reap(t);
+        if (t->deferred != DG_OK) {
+            r = dg__fail(t->deferred, "%s", t->why);
+            t->deferred = DG_OK;
+        } else if (t->head) {
+            m = t->head;
+            t->head = m->next;
+            if (!t->head) t->tail = NULL;
+            t->count--;
+            m->next = NULL;
+        } else {
+            r = dg__mpi_pull(t, &m);
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (r != DG_OK || m) {
+            *out = m;
+            return r;
+        }
+        if (timeout_ms == 0 || (timeout_ms > 0 && dg__now() >= end)) return DG_ERR_TIMEOUT;
+        dg__mpi_backoff(&w, 1000);
+    }
+}
+
+/* What has come for self: everything MPI has is received first. */
+static int dg__mpi_pending(dg_transport *bt, int self)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    dg_msg *m;
+    dg_result r;
+    int n;
+    if (self != t->rank) return 0;
+    pthread_mutex_lock(&t->mu);
+    dg__mpi_reap(t);
+    /* a bad frame is consumed, so go on after it; an MPI failure may repeat */
+    while (((r = dg__mpi_pull(t, &m)) != DG_OK && r != DG_ERR_IO) || m) {
+        if (r != DG_OK)
+            dg__mpi_defer(t, r);
+        else
+            dg__mpi_queue(t, m);
+    }
+    if (r != DG_OK) dg__mpi_defer(t, r);
+    n = t->count;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+static void dg__mpi_close(dg_transport *bt)
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
+    MPI_Request bar = MPI_REQUEST_NULL;
+    dg__mpi_idle w = {0, 0};
+    int fin = 0, barrier = 0, done = 0, i;
+    MPI_Finalized(&fin);
+    pthread_mutex_lock(&t->mu);
+    /* every rank receives (and drops) until its own frames are delivered,
+       then enters a barrier: when that completes, every rank's were */
+    while (!fin && !done) {
+        dg_msg *m = NULL;
+        dg__mpi_reap(t);
+        if (!t->frames && !barrier) {
+            if (MPI_Ibarrier(t->comm, &bar) != MPI_SUCCESS) break;
+            barrier = 1;
+        }
+        if (barrier && MPI_Test(&bar, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+        if (dg__mpi_pull(t, &m) == DG_OK && m) {
+            dg_msg_free(bt, m);
+            w.since = 0;
+            w.naps = 0;
+            continue;
+        }
+        if (done || dg__now() > end) break;
+        pthread_mutex_unlock(&t->mu);
+        dg__mpi_backoff(&w, 1000);
+        pthread_mutex_lock(&t->mu);
+    }
+    for (i = 0; i < t->n_req; i++) {
+        if (!fin) { /* undelivered: MPI keeps reading them, so they are leaked, not freed */
+            MPI_Request_free(&t->req[i]);
+        } else if (--t->own[i]->pending == 0) {
+            dg_msg_free(bt, t->own[i]->m);
+            dg__free(t->own[i]);
+        }
+    }
+    dg__free(t->req);
+    dg__free(t->own);
+    dg__free(t->done);
+    /* an unfinished barrier may not be freed, nor its communicator */
+    if (!fin && (done || !barrier)) MPI_Comm_free(&t->comm);
+    while (t->spare) {
+        dg__mpi_flight *s = t->spare;
+        t->spare = s->next;
+        dg__free(s);
+    }
+    while (t->head) {
+        dg_msg *m = t->head;
+        t->head = m->next;
+        dg_msg_free(bt, m);
+    }
+    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_destroy(&t->mu);
+    dg_transport_base_free(bt);
+    dg__free(t);
+}
+
+static dg_result dg__mpi_check_level(int level)
+{
+    const char *have = level == MPI_THREAD_SINGLE     ? "MPI_THREAD_SINGLE"
+                       : level == MPI_THREAD_FUNNELED ? "MPI_THREAD_FUNNELED"
+                                                      : "an unknown thread level";
+    if (level >= MPI_THREAD_SERIALIZED) return DG_OK;
+    return dg__fail(DG_ERR_UNSUPPORTED,
+                    "mpi: MPI runs at %s; the transport needs MPI_THREAD_SERIALIZED or above "
+                    "(start MPI with dg_mpi_init or MPI_Init_thread)",
+                    have);
+}
+
+DGDEF void dg_mpi_config_init(dg_mpi_config *c)
+{
+    memset(c, 0, sizeof *c);
+}
+
+DGDEF dg_result dg_mpi_init(int *argc, char ***argv)
+{
+    int init = 0, level = MPI_THREAD_SINGLE;
+    MPI_Initialized(&init);
+    if (init)
+        MPI_Query_thread(&level);
+    else if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &level) != MPI_SUCCESS)
+        return dg__fail(DG_ERR_IO, "mpi: MPI_Init_thread failed");
+    return dg__mpi_check_level(level);
+}
+
+DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_config *cfg)
+{
+    const union { uint32_t u; unsigned char c[4]; } probe = {1};
+    dg_mpi_config c;
+    dg__mpi *t;
+    dg_result r;
+    int init = 0, fin = 0, level = MPI_THREAD_SINGLE, size = 0, rc;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_mpi_create: out is NULL");
+    *out = NULL;
+    /* the parts travel as they lie in memory */
+    if (!probe.c[0]) return dg__fail(DG_ERR_UNSUPPORTED, "mpi: little-endian hosts only");
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (!init || fin)
+        return dg__fail(DG_ERR_STATE, "mpi: MPI is %s", fin ? "finalised" : "not initialised");
+    MPI_Query_thread(&level);
+    if ((r = dg__mpi_check_level(level)) != DG_OK) return r;
+    if (comm == MPI_COMM_NULL) return dg__fail(DG_ERR_ARG, "dg_mpi_create: MPI_COMM_NULL");
+    if (cfg)
+        c = *cfg;
+    else
+        dg_mpi_config_init(&c);
+    if (!c.max_message) c.max_message = (uint64_t)256 << 20;
+    if (!c.inline_max) c.inline_max = 4 << 10;
+    if (!c.send_window) c.send_window = (uint64_t)8 << 20;
+    if (c.send_window_frames <= 0) c.send_window_frames = 64;
+    if (c.send_timeout_ms <= 0) c.send_timeout_ms = 30000;
+    if (c.frame_timeout_ms <= 0) c.frame_timeout_ms = 10000;
+    /* MPI counts are int: a frame (payload, head and part table) must fit */
+    if (c.max_message > (uint64_t)INT_MAX - 1024)
+        return dg__fail(DG_ERR_ARG, "mpi: max_message %llu over %d bytes",
+                        (unsigned long long)c.max_message, INT_MAX - 1024);
+    t = (dg__mpi *)dg__calloc(1, sizeof *t);
+    if (!t) return dg__fail(DG_ERR_NOMEM, "dg_mpi_create: no memory");
+    if ((rc = MPI_Comm_dup(comm, &t->comm)) != MPI_SUCCESS) {
+        dg__free(t);
+        return dg__mpi_error(rc, "MPI_Comm_dup", -1);
+    }
+    MPI_Comm_set_errhandler(t->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(t->comm, &t->rank);
+    MPI_Comm_size(t->comm, &size);
+    if ((r = dg_transport_base_init(&t->base, size)) != DG_OK) {
+        MPI_Comm_free(&t->comm);
+        dg__free(t);
+        return r;
+    }
+    t->cfg = c;
+    pthread_mutex_init(&t->mu, NULL);
+    t->base.send = dg__mpi_send;
+    t->base.recv = dg__mpi_recv;
+    t->base.pending = dg__mpi_pending;
+    t->base.close = dg__mpi_close;
+    t->base.impl = t;
+    *out = &t->base;
+    return DG_OK;
+}
+
+DGDEF int dg_mpi_rank(const dg_transport *t)
+{
+    return t && t->send == dg__mpi_send ? ((const dg__mpi *)t->impl)->rank : -1;
+}
+
+DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t)
+{
+    return t && t->send == dg__mpi_send ? ((const dg__mpi *)t->impl)->comm : MPI_COMM_NULL;
+}
+#endif /* DISTGAN_MPI */
 
 /* ==== dg_roles ==== */
 

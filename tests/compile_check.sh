@@ -2,8 +2,8 @@
 # compile_check.sh CC CLANG: the headers build warning-free as C11 with gcc
 # and clang, as C++ (extern "C", casts), with DISTGAN_STATIC, split over two
 # translation units, in every include order, without SIMD, without stb and
-# with stb elsewhere; and the sections' order (tools/section_deps.sh).  Any
-# warning fails the check.
+# with stb elsewhere; with DISTGAN_MPI under mpicc (when there is one); and
+# the sections' order (tools/section_deps.sh).  Any warning fails the check.
 CC=${1:-cc}; CLANG=${2:-clang}
 out=build/compile_check.d
 mkdir -p $out
@@ -54,4 +54,9 @@ if [ -f /usr/include/stb/stb_image.h ]; then
 fi
 # each section of distgan.h uses only the sections above it
 run sh tools/section_deps.sh "$CC"
+# the MPI transport (DISTGAN_MPI) with mpicc, when there is one
+if command -v "${MPICC:-mpicc}" >/dev/null 2>&1; then
+    run "${MPICC:-mpicc}" -std=c11 $W -O1 $extra -DDISTGAN_MPI tests/compile_check.c -o $out/c_mpi -lpthread -lm
+    run $out/c_mpi
+fi
 echo "compile check ok"

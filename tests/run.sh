@@ -1,8 +1,9 @@
 #!/bin/sh
-# run.sh BUILD "TESTS" "FUZZERS": runs each test program optimised (BUILD/x)
-# and under sanitizers (BUILD/asan/x, when built), replays each fuzz corpus,
-# and ends with the one line that counts: "N passed, N failed".
-B=$1; TESTS=$2; FUZZERS=$3
+# run.sh BUILD "TESTS" "FUZZERS" ["MPI_TESTS"]: runs each test program
+# optimised (BUILD/x) and under sanitizers (BUILD/asan/x, when built),
+# replays each fuzz corpus, runs the MPI tests under mpirun (when mpicc
+# exists), and ends with the one line that counts: "N passed, N failed".
+B=$1; TESTS=$2; FUZZERS=$3; MPI_TESTS=$4
 passed=0; failed=0
 log=$(mktemp)
 count() { # program and its arguments; adds its summary line to the totals
@@ -20,6 +21,19 @@ for t in $TESTS; do
     count "$t" "$B/$t"
     [ -x "$B/asan/$t" ] && count "asan/$t" "$B/asan/$t"
 done
+if [ -n "$MPI_TESTS" ] && command -v "${MPICC:-mpicc}" >/dev/null 2>&1; then
+    for t in $MPI_TESTS; do
+        count "$t" sh tests/mpirun.sh 3 "$B/$t"
+        # Open MPI's own allocations show up as leaks: LeakSanitizer off
+        [ -x "$B/asan/$t" ] && count "asan/$t" env ASAN_OPTIONS=detect_leaks=0 sh tests/mpirun.sh 3 "$B/asan/$t"
+    done
+    # the transport refuses MPI below MPI_THREAD_SERIALIZED
+    case " $MPI_TESTS " in *" mpi_transport "*)
+        count "mpi_transport funneled" sh tests/mpirun.sh 1 "$B/mpi_transport" funneled ;;
+    esac
+elif [ -n "$MPI_TESTS" ]; then
+    echo "skip MPI tests: no ${MPICC:-mpicc} (apt-get install libopenmpi-dev openmpi-bin)"
+fi
 for f in $FUZZERS; do
     set -- tests/corpus/$f/*
     if [ -e "$1" ]; then

@@ -1,0 +1,156 @@
+/* bench/mpi_transport.c: what the MPI transport costs (mpirun -n 2).
+ *
+ *   bench mpi_throughput size=S msgs=N gbps=... raw_gbps=... ratio=...
+ *       ratio_min=... ratio_max=... crc_ratio=...
+ *     float32 messages of S bytes from rank 0 to rank 1 through dg_mpi
+ *     (pooled messages, dg_transport_send / recv) against a plain
+ *     MPI_Send / MPI_Recv loop of the same sizes, in the same run: ROUNDS
+ *     rounds, ours and raw alternating; gbps and raw_gbps are the medians,
+ *     ratio = their quotient, ratio_min / ratio_max the spread of the
+ *     per-round quotients (the machine is shared: read the spread).
+ *     crc_ratio: ours with checksum = 1 (a CRC-32 over every frame).
+ *     written_ratio: both loops with the sender writing every payload
+ *     before it sends (memset), as a role does: the plain loop otherwise
+ *     resends one buffer that stays in cache, while our sender goes through
+ *     the pool's buffers of its send window.
+ *   bench mpi_idle seconds=2 thread_cpu_pct=... process_cpu_pct=...
+ *     a receiver waiting 2 s with nothing coming: CPU time of its thread
+ *     and of its whole process (Open MPI's own threads included). */
+#include "bench_common.h" /* _GNU_SOURCE first: RUSAGE_THREAD */
+#include <sys/resource.h>
+#define DISTGAN_MPI
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+
+#define ROUNDS 7
+
+static int rank;
+
+static double gbps_ours(dg_transport *t, size_t bytes, int n, int write)
+{
+    dg_part_kind kind = DG_PART_F32;
+    size_t floats = bytes / 4;
+    double t0;
+    int i;
+    MPI_Barrier(MPI_COMM_WORLD);
+    t0 = bench_now();
+    for (i = 0; i < n; i++) {
+        dg_msg *m;
+        if (rank == 0) {
+            if (dg_msg_create(t, DG_MSG_FEEDBACK, 0, 1, i, 1, &kind, &floats, &m) != DG_OK)
+                return 0;
+            if (write) memset(m->part[0].data, i, bytes);
+            if (dg_transport_send(t, m) != DG_OK) return 0;
+        } else {
+            if (dg_transport_recv(t, 1, 60000, &m) != DG_OK) return 0;
+            dg_msg_free(t, m);
+        }
+    }
+    return (double)bytes * n / (bench_now() - t0) / 1e9;
+}
+
+static double gbps_raw(char *buf, size_t bytes, int n, int write)
+{
+    double t0;
+    int i;
+    MPI_Barrier(MPI_COMM_WORLD);
+    t0 = bench_now();
+    for (i = 0; i < n; i++) {
+        if (rank == 0 && write) memset(buf, i, bytes);
+        if (rank == 0)
+            MPI_Send(buf, (int)bytes, MPI_BYTE, 1, 7, MPI_COMM_WORLD);
+        else
+            MPI_Recv(buf, (int)bytes, MPI_BYTE, 0, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    }
+    return (double)bytes * n / (bench_now() - t0) / 1e9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp);
+    return v[n / 2];
+}
+
+static void throughput(dg_transport *t, dg_transport *tc, char *buf, size_t bytes, int n)
+{
+    double ours[ROUNDS], raw[ROUNDS], crc[ROUNDS], q[ROUNDS], wo[ROUNDS], wr[ROUNDS], mo, mr, mc;
+    int r;
+    gbps_ours(t, bytes, n / 4 + 1, 0); /* warm-up: the pool's buffers, MPI's connections */
+    gbps_ours(tc, bytes, n / 4 + 1, 0);
+    gbps_raw(buf, bytes, n / 4 + 1, 0);
+    for (r = 0; r < ROUNDS; r++) {
+        ours[r] = gbps_ours(t, bytes, n, 0);
+        raw[r] = gbps_raw(buf, bytes, n, 0);
+        crc[r] = gbps_ours(tc, bytes, n, 0);
+        wo[r] = gbps_ours(t, bytes, n, 1);
+        wr[r] = gbps_raw(buf, bytes, n, 1);
+        q[r] = raw[r] > 0 ? ours[r] / raw[r] : 0;
+    }
+    if (rank != 1) return; /* the receiver's clock saw the last byte */
+    mo = median(ours, ROUNDS);
+    mr = median(raw, ROUNDS);
+    mc = median(crc, ROUNDS);
+    qsort(q, ROUNDS, sizeof *q, cmp);
+    printf("bench mpi_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f "
+           "ratio_min=%.2f ratio_max=%.2f crc_ratio=%.2f written_ratio=%.2f\n",
+           bytes, n, mo, mr, mo / mr, q[0], q[ROUNDS - 1], mc / mr,
+           median(wo, ROUNDS) / median(wr, ROUNDS));
+    fflush(stdout);
+}
+
+static double cpu_s(int who)
+{
+    struct rusage u;
+    getrusage(who, &u);
+    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec +
+           (double)u.ru_stime.tv_sec + 1e-6 * (double)u.ru_stime.tv_usec;
+}
+
+int main(int argc, char **argv)
+{
+    dg_transport *t = NULL, *tc = NULL;
+    dg_mpi_config c;
+    char *buf;
+    int size;
+    if (dg_mpi_init(&argc, &argv) != DG_OK) {
+        printf("bench mpi_throughput status=failed (%s)\n", dg_last_error());
+        return 0;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    dg_mpi_config_init(&c);
+    if (size != 2 || dg_mpi_create(&t, MPI_COMM_WORLD, &c) != DG_OK) {
+        if (rank == 0)
+            printf("bench mpi_throughput status=failed (run on 2 ranks: %s)\n", dg_last_error());
+        MPI_Finalize();
+        return 0;
+    }
+    c.checksum = 1;
+    dg_mpi_create(&tc, MPI_COMM_WORLD, &c);
+    buf = (char *)calloc(16 << 20, 1);
+    throughput(t, tc, buf, 1024, 20000);
+    throughput(t, tc, buf, 64 << 10, 2000);
+    throughput(t, tc, buf, 1 << 20, 200);
+    throughput(t, tc, buf, 16 << 20, 16);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 1) { /* nothing comes for 2 s */
+        dg_msg *m;
+        double c0 = cpu_s(RUSAGE_THREAD), p0 = cpu_s(RUSAGE_SELF), t0 = bench_now(), wall;
+        dg_transport_recv(t, 1, 2000, &m);
+        wall = bench_now() - t0;
+        printf("bench mpi_idle seconds=%.2f thread_cpu_pct=%.2f process_cpu_pct=%.2f\n", wall,
+               100.0 * (cpu_s(RUSAGE_THREAD) - c0) / wall,
+               100.0 * (cpu_s(RUSAGE_SELF) - p0) / wall);
+    }
+    free(buf);
+    dg_transport_close(tc);
+    dg_transport_close(t);
+    MPI_Finalize();
+    return 0;
+}
