@@ -287,6 +287,11 @@ DGDEF void dg_net_output_shape(const dg_net *net, int *c, int *h, int *w);
 /* Floating-point operations of one forward (and backward) pass per sample:
    multiply-adds count two. */
 DGDEF double dg_net_flops(const dg_net *net, int backward);
+/* Floating-point operations per sample of what a training pass computes:
+   the forward and dg_net_backward, whose first layer's input gradient is
+   computed only when asked (input_grad != 0, i.e. dx not NULL).  This is
+   the count that fractions of the machine's peak are taken of. */
+DGDEF double dg_net_train_flops(const dg_net *net, int input_grad);
 /* Bytes the plan allocated (parameters, gradients, activations, scratch). */
 DGDEF size_t dg_net_memory(const dg_net *net);
 
@@ -4049,6 +4054,28 @@ DGDEF double dg_net_flops(const dg_net *net, int backward)
         /* backward: the input gradient and the weight gradient */
         f += 2.0 * macs * (backward ? 3.0 : 1.0);
     }
+    return f;
+}
+
+DGDEF double dg_net_train_flops(const dg_net *net, int input_grad)
+{
+    double f = dg_net_flops(net, 1);
+    const dg__layer *l;
+    int first;
+    if (!net || input_grad || net->n_layers == 0) return f;
+    /* dg_net_backward skips the input gradient of its first layer that is
+       not a reshape */
+    for (first = 0; first < net->n_layers - 1; first++)
+        if (net->layers[first].d.type != DG_LAYER_RESHAPE) break;
+    l = &net->layers[first];
+    if (l->d.type == DG_LAYER_LINEAR)
+        f -= 2.0 * (double)l->in_size * l->oc;
+    else if (l->d.type == DG_LAYER_CONV2D)
+        f -= 2.0 * (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
+    else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
+        f -= 2.0 * (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
+    else if (l->d.type != DG_LAYER_RESHAPE)
+        f -= (double)l->out_size;
     return f;
 }
 
