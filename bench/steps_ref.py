@@ -5,7 +5,7 @@ optimiser, batch and thread count, timed the same way.
 usage: python3 steps_ref.py gan_mlp B THREADS
        python3 steps_ref.py sgd_cnn B THREADS
 prints "params=<parameters> ms=<best mean ms per step> cpu_ms=<CPU ms per
-step> rss_mb=<peak>".  bench_steps.c refuses the figure when params differs
+step, in the round that used the least> rss_mb=<peak>".  bench_steps.c refuses the figure when params differs
 from its own net's count.
 
 gan_mlp: the MD-GAN paper's MLP GAN (distgan.h dg_build_generator /
@@ -90,19 +90,16 @@ else:
 
 for _ in range(10):
     step()
-best = float("inf")
-steps = 0
-cpu0 = time.process_time()
+best = cpu = float("inf")
 for _ in range(15):
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while True:
         step()
         n += 1
         t = time.perf_counter() - t0
         if t >= 0.05:
             break
-    steps += n
     best = min(best, t / n)
-cpu = (time.process_time() - cpu0) / steps
+    cpu = min(cpu, (time.process_time() - c0) / n)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 print("params=%d ms=%.4f cpu_ms=%.4f rss_mb=%.1f" % (params, best * 1e3, cpu * 1e3, rss))
