@@ -3336,6 +3336,172 @@ static int dg__gemm_as_gemv(dg_pool *pool, const dg__gemm *g, int threads, int a
     return 1;
 }
 
+/* Products with at most MR rows of C: a linear layer on a batch of up to
+   12 samples (the papers' b = 10).  The packed path would copy the whole
+   weight matrix (op(B)) into panels to use it for a single row panel of A,
+   so packing cost as much as the arithmetic; here B is streamed straight
+   from memory instead.
+     NN (B runs along n): the micro-kernel's loop, C tile 12 x 32 in
+       registers over the whole depth, A packed (12 x k, cheap), B rows read
+       in place, masked at the right edge; rows past m are zero and dropped.
+     NT with A along k (y = x W^T): dot products; each task takes pairs of
+       B rows (columns of C) and holds 12 x 2 sums of 16 lanes over the
+       whole depth, masked at its end, then adds the lanes.
+   Each C value is one fixed sum, whatever the task split, so results stay
+   bit-identical for any thread count (they differ from the packed path's
+   in the last bits: another summation order). */
+typedef struct dg__small {
+    const dg__gemm *g;
+    const float *pa; /* NN: A packed as one 12-row panel */
+    int tasks, units, acc;
+} dg__small;
+
+#ifdef DG__X86
+__attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int task, int thread)
+{
+    const dg__small *s = (const dg__small *)arg;
+    const dg__gemm *g = s->g;
+    int u0 = (int)((long)task * s->units / s->tasks), u1 = (int)((long)(task + 1) * s->units / s->tasks);
+    size_t ldb = (size_t)g->ldb, ldc = (size_t)g->ldc;
+    int u, p, m = g->m, k = g->k;
+    (void)thread;
+    for (u = u0; u < u1; u++) {
+        int j = u * 32, cols = g->n - j < 32 ? g->n - j : 32;
+        __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
+        __mmask16 k1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
+        const float *a = s->pa, *b = g->b + j;
+        float *c = g->c + j;
+        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+        __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+        __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
+        __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+        for (p = 0; p < k; p++, a += 12, b += ldb) {
+            __m512 b0 = _mm512_maskz_loadu_ps(k0, b), b1 = _mm512_maskz_loadu_ps(k1, b + 16), x;
+#define DG__ROW(r, i)                             \
+    x = _mm512_set1_ps(a[i]);                     \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
+    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+            DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
+            DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
+#undef DG__ROW
+        }
+#define DG__OUT(r, i)                                                                          \
+    if (i < m) {                                                                               \
+        if (s->acc) {                                                                          \
+            c##r##0 = _mm512_add_ps(c##r##0, _mm512_maskz_loadu_ps(k0, c + i * ldc));          \
+            c##r##1 = _mm512_add_ps(c##r##1, _mm512_maskz_loadu_ps(k1, c + i * ldc + 16));     \
+        }                                                                                      \
+        _mm512_mask_storeu_ps(c + i * ldc, k0, c##r##0);                                       \
+        _mm512_mask_storeu_ps(c + i * ldc + 16, k1, c##r##1);                                  \
+    }
+        DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
+        DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+#undef DG__OUT
+    }
+}
+
+/* The sums of the lanes of a, b, c and d, in a fixed order. */
+__attribute__((target("avx512f"))) static inline __m128 dg__hsum4(__m512 a, __m512 b, __m512 c,
+                                                                  __m512 d)
+{
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xee));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+__attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int task, int thread)
+{
+    const dg__small *s = (const dg__small *)arg;
+    const dg__gemm *g = s->g;
+    int u0 = (int)((long)task * s->units / s->tasks), u1 = (int)((long)(task + 1) * s->units / s->tasks);
+    size_t lda = (size_t)g->lda, ldb = (size_t)g->ldb, ldc = (size_t)g->ldc;
+    int u, p, r, m = g->m, k = g->k;
+    const float *ar[12];
+    (void)thread;
+    for (r = 0; r < 12; r++) ar[r] = g->a + (r < m ? (size_t)r * lda : 0); /* rows past m: row 0 */
+    for (u = u0; u < u1; u++) {
+        int j = 2 * u, two = g->n - j > 1;
+        const float *w0 = g->b + (size_t)j * ldb, *w1 = two ? w0 + ldb : w0;
+        float sums[24];
+        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+        __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+        __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
+        __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+        /* full chunks of 16, then the tail under a mask */
+#define DG__ROW(r, i, LOAD)                           \
+    x = LOAD(ar[i] + p);                              \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);        \
+    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+#define DG__CHUNK_ROWS(LOAD)                                                                       \
+    DG__ROW(0, 0, LOAD) DG__ROW(1, 1, LOAD) DG__ROW(2, 2, LOAD) DG__ROW(3, 3, LOAD)                 \
+    DG__ROW(4, 4, LOAD) DG__ROW(5, 5, LOAD) DG__ROW(6, 6, LOAD) DG__ROW(7, 7, LOAD)                 \
+    DG__ROW(8, 8, LOAD) DG__ROW(9, 9, LOAD) DG__ROW(A, 10, LOAD) DG__ROW(B, 11, LOAD)
+#define DG__TAIL_LOAD(q) _mm512_maskz_loadu_ps(km, (q))
+        for (p = 0; p + 16 <= k; p += 16) {
+            __m512 b0 = _mm512_loadu_ps(w0 + p), b1 = _mm512_loadu_ps(w1 + p), x;
+            DG__CHUNK_ROWS(_mm512_loadu_ps)
+        }
+        if (p < k) {
+            __mmask16 km = (__mmask16)((1u << (k - p)) - 1);
+            __m512 b0 = _mm512_maskz_loadu_ps(km, w0 + p), b1 = _mm512_maskz_loadu_ps(km, w1 + p), x;
+            DG__CHUNK_ROWS(DG__TAIL_LOAD)
+        }
+#undef DG__TAIL_LOAD
+#undef DG__CHUNK_ROWS
+#undef DG__ROW
+        _mm_storeu_ps(sums, dg__hsum4(c00, c01, c10, c11));
+        _mm_storeu_ps(sums + 4, dg__hsum4(c20, c21, c30, c31));
+        _mm_storeu_ps(sums + 8, dg__hsum4(c40, c41, c50, c51));
+        _mm_storeu_ps(sums + 12, dg__hsum4(c60, c61, c70, c71));
+        _mm_storeu_ps(sums + 16, dg__hsum4(c80, c81, c90, c91));
+        _mm_storeu_ps(sums + 20, dg__hsum4(cA0, cA1, cB0, cB1));
+        for (r = 0; r < m; r++) {
+            float *c = g->c + (size_t)r * ldc + j;
+            c[0] = s->acc ? c[0] + g->alpha * sums[2 * r] : g->alpha * sums[2 * r];
+            if (two) c[1] = s->acc ? c[1] + g->alpha * sums[2 * r + 1] : g->alpha * sums[2 * r + 1];
+        }
+    }
+}
+#endif
+
+/* The GEMM by the paths above when it qualifies (AVX-512, 2 <= m <= 12,
+   no column matrix, and for NT a row-major A); returns 0 otherwise. */
+static int dg__gemm_small_m(dg_pool *pool, dg__gemm *g, int threads, int acc)
+{
+#ifdef DG__X86
+    dg__small s;
+    int nn = !g->tb;
+    if (g->isa.nr != 32 || g->bconv || g->m < 2 || g->m > 12 || g->k < 1) return 0;
+    if (!nn && g->ta) return 0;
+    if (nn && (size_t)12 * g->k > (size_t)DG__MCH * DG__KC) return 0;
+    s.g = g;
+    s.acc = acc;
+    s.pa = NULL;
+    if (nn) {
+        float *pa = pool->pack[dg__pool_tid(pool)].a;
+        dg__pack_panels(&g->isa, g->a, g->ta ? 1 : (size_t)g->lda, g->ta ? (size_t)g->lda : 1,
+                        g->m, 0, 0, g->k, 12, 0, 1, g->alpha, pa);
+        s.pa = pa;
+        s.units = (g->n + 31) / 32;
+    } else {
+        s.units = (g->n + 1) / 2;
+    }
+    s.tasks = threads > 1 ? dg__min(4 * threads, s.units) : 1;
+    dg_parallel_for(s.tasks > 1 ? pool : NULL, s.tasks, nn ? dg__small_nn_task : dg__small_nt_task,
+                    &s);
+    return 1;
+#else
+    (void)pool;
+    (void)g;
+    (void)threads;
+    (void)acc;
+    return 0;
+#endif
+}
+
 /* Runs a filled-in GEMM (pointers and sizes already checked). */
 static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
 {
@@ -3353,6 +3519,7 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
     }
     g->alpha = alpha;
     if (dg__gemm_as_gemv(pool, g, threads, beta != 0.0f)) return;
+    if (dg__gemm_small_m(pool, g, threads, beta != 0.0f)) return;
     pk = &pool->pack[dg__pool_tid(pool)];
     g->pa = pk->a;
     g->pb = pk->b;
