@@ -3342,18 +3342,22 @@ static int dg__gemm_as_gemv(dg_pool *pool, const dg__gemm *g, int threads, int a
    so packing cost as much as the arithmetic; here B is streamed straight
    from memory instead.
      NN (B runs along n): the micro-kernel's loop, C tile 12 x 32 in
-       registers over the whole depth, A packed (12 x k, cheap), B rows read
-       in place, masked at the right edge; rows past m are zero and dropped.
+       registers over each of the packed path's depth blocks, A packed
+       (12 x k, cheap), B rows read in place (prefetched, masked at the
+       right edge); rows past m are zero and dropped.  Same sums in the
+       same order as the packed path: the same bits.
      NT with A along k (y = x W^T): dot products; each task takes pairs of
        B rows (columns of C) and holds 12 x 2 sums of 16 lanes over the
        whole depth, masked at its end, then adds the lanes.
    Each C value is one fixed sum, whatever the task split, so results stay
-   bit-identical for any thread count (they differ from the packed path's
-   in the last bits: another summation order). */
+   bit-identical for any thread count.  NT's lanes sum in another order
+   than the packed path, so a forward at b <= 12 differs from the one of
+   earlier versions in the last bits. */
 typedef struct dg__small {
     const dg__gemm *g;
     const float *pa; /* NN: A packed as one 12-row panel */
     int tasks, units, acc;
+    int kc;          /* NN: the packed path's depth blocks, for the same sums */
 } dg__small;
 
 #ifdef DG__X86
@@ -3363,41 +3367,46 @@ __attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int 
     const dg__gemm *g = s->g;
     int u0 = (int)((long)task * s->units / s->tasks), u1 = (int)((long)(task + 1) * s->units / s->tasks);
     size_t ldb = (size_t)g->ldb, ldc = (size_t)g->ldc;
-    int u, p, m = g->m, k = g->k;
+    int u, p, p0, m = g->m, k = g->k;
     (void)thread;
-    for (u = u0; u < u1; u++) {
-        int j = u * 32, cols = g->n - j < 32 ? g->n - j : 32;
-        __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
-        __mmask16 k1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
-        const float *a = s->pa, *b = g->b + j;
-        float *c = g->c + j;
-        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-        __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-        __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-        __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
-        for (p = 0; p < k; p++, a += 12, b += ldb) {
-            __m512 b0 = _mm512_maskz_loadu_ps(k0, b), b1 = _mm512_maskz_loadu_ps(k1, b + 16), x;
+    for (u = u0; u < u1; u++)
+        for (p0 = 0; p0 < k; p0 += s->kc) {
+            int j = u * 32, cols = g->n - j < 32 ? g->n - j : 32, acc = s->acc || p0 > 0;
+            int p1 = k - p0 < s->kc ? k : p0 + s->kc;
+            __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
+            __mmask16 k1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
+            const float *a = s->pa + (size_t)p0 * 12, *b = g->b + (size_t)p0 * ldb + j;
+            float *c = g->c + j;
+            __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+            __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+            __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
+            __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+            for (p = p0; p < p1; p++, a += 12, b += ldb) {
+                __m512 b0 = _mm512_maskz_loadu_ps(k0, b), b1 = _mm512_maskz_loadu_ps(k1, b + 16), x;
+                /* B rows are ldb apart, too far for the hardware prefetcher */
+                _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
+                _mm_prefetch((const char *)(b + 8 * ldb + 16), _MM_HINT_T0);
 #define DG__ROW(r, i)                             \
     x = _mm512_set1_ps(a[i]);                     \
     c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
     c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
-            DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
-            DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
+                DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
+                DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
 #undef DG__ROW
-        }
+            }
 #define DG__OUT(r, i)                                                                          \
     if (i < m) {                                                                               \
-        if (s->acc) {                                                                          \
+        if (acc) {                                                                             \
             c##r##0 = _mm512_add_ps(c##r##0, _mm512_maskz_loadu_ps(k0, c + i * ldc));          \
             c##r##1 = _mm512_add_ps(c##r##1, _mm512_maskz_loadu_ps(k1, c + i * ldc + 16));     \
         }                                                                                      \
         _mm512_mask_storeu_ps(c + i * ldc, k0, c##r##0);                                       \
         _mm512_mask_storeu_ps(c + i * ldc + 16, k1, c##r##1);                                  \
     }
-        DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
-        DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+            DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
+            DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
 #undef DG__OUT
-    }
+        }
 }
 
 /* The sums of the lanes of a, b, c and d, in a fixed order. */
@@ -3486,6 +3495,7 @@ static int dg__gemm_small_m(dg_pool *pool, dg__gemm *g, int threads, int acc)
                         g->m, 0, 0, g->k, 12, 0, 1, g->alpha, pa);
         s.pa = pa;
         s.units = (g->n + 31) / 32;
+        s.kc = dg__block(g->k, DG__KC, 1);
     } else {
         s.units = (g->n + 1) / 2;
     }
