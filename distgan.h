@@ -3477,7 +3477,8 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
 #endif
 
 /* The GEMM by the paths above when it qualifies (AVX-512, 2 <= m <= 12,
-   no column matrix, and for NT a row-major A); returns 0 otherwise. */
+   no column matrix, and for NT a row-major A); returns 0 otherwise.  NN
+   packs A into g->pa (this thread's A buffer). */
 static int dg__gemm_small_m(dg_pool *pool, dg__gemm *g, int threads, int acc)
 {
 #ifdef DG__X86
@@ -3490,10 +3491,9 @@ static int dg__gemm_small_m(dg_pool *pool, dg__gemm *g, int threads, int acc)
     s.acc = acc;
     s.pa = NULL;
     if (nn) {
-        float *pa = pool->pack[dg__pool_tid(pool)].a;
         dg__pack_panels(&g->isa, g->a, g->ta ? 1 : (size_t)g->lda, g->ta ? (size_t)g->lda : 1,
-                        g->m, 0, 0, g->k, 12, 0, 1, g->alpha, pa);
-        s.pa = pa;
+                        g->m, 0, 0, g->k, 12, 0, 1, g->alpha, g->pa);
+        s.pa = g->pa;
         s.units = (g->n + 31) / 32;
         s.kc = dg__block(g->k, DG__KC, 1);
     } else {
@@ -3529,10 +3529,10 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
     }
     g->alpha = alpha;
     if (dg__gemm_as_gemv(pool, g, threads, beta != 0.0f)) return;
-    if (dg__gemm_small_m(pool, g, threads, beta != 0.0f)) return;
     pk = &pool->pack[dg__pool_tid(pool)];
     g->pa = pk->a;
     g->pb = pk->b;
+    if (dg__gemm_small_m(pool, g, threads, beta != 0.0f)) return;
     /* equal blocks rather than full ones and a sliver */
     nc = dg__block(n, DG__NC, g->isa.nr);
     kc = dg__block(k, DG__KC, 1);
