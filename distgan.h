@@ -383,6 +383,11 @@ DGDEF void dg_net_output_shape(const dg_net *net, int *c, int *h, int *w);
 /* Floating-point operations of one forward (and backward) pass per sample:
    multiply-adds count two. */
 DGDEF double dg_net_flops(const dg_net *net, int backward);
+/* Floating-point operations per sample of what a training pass computes:
+   the forward and dg_net_backward, whose first layer's input gradient is
+   computed only when asked (input_grad != 0, i.e. dx not NULL).  This is
+   the count that fractions of the machine's peak are taken of. */
+DGDEF double dg_net_train_flops(const dg_net *net, int input_grad);
 /* Bytes the plan allocated (parameters, gradients, activations, scratch). */
 DGDEF size_t dg_net_memory(const dg_net *net);
 
@@ -3913,6 +3918,182 @@ static int dg__gemm_as_gemv(dg_pool *pool, const dg__gemm *g, int threads, int a
     return 1;
 }
 
+/* Products with at most MR rows of C: a linear layer on a batch of up to
+   12 samples (the papers' b = 10).  The packed path would copy the whole
+   weight matrix (op(B)) into panels to use it for a single row panel of A,
+   so packing cost as much as the arithmetic; here B is streamed straight
+   from memory instead.
+     NN (B runs along n): the micro-kernel's loop, C tile 12 x 32 in
+       registers over each of the packed path's depth blocks, A packed
+       (12 x k, cheap), B rows read in place (prefetched, masked at the
+       right edge); rows past m are zero and dropped.  Same sums in the
+       same order as the packed path: the same bits.
+     NT with A along k (y = x W^T): dot products; each task takes pairs of
+       B rows (columns of C) and holds 12 x 2 sums of 16 lanes over the
+       whole depth, masked at its end, then adds the lanes.
+   Each C value is one fixed sum, whatever the task split, so results stay
+   bit-identical for any thread count.  NT's lanes sum in another order
+   than the packed path, so a forward at b <= 12 differs from the one of
+   earlier versions in the last bits. */
+typedef struct dg__small {
+    const dg__gemm *g;
+    const float *pa; /* NN: A packed as one 12-row panel */
+    int tasks, units, acc;
+    int kc;          /* NN: the packed path's depth blocks, for the same sums */
+} dg__small;
+
+#ifdef DG__X86
+__attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int task, int thread)
+{
+    const dg__small *s = (const dg__small *)arg;
+    const dg__gemm *g = s->g;
+    int u0 = (int)((long)task * s->units / s->tasks), u1 = (int)((long)(task + 1) * s->units / s->tasks);
+    size_t ldb = (size_t)g->ldb, ldc = (size_t)g->ldc;
+    int u, p, p0, m = g->m, k = g->k;
+    (void)thread;
+    for (u = u0; u < u1; u++)
+        for (p0 = 0; p0 < k; p0 += s->kc) {
+            int j = u * 32, cols = g->n - j < 32 ? g->n - j : 32, acc = s->acc || p0 > 0;
+            int p1 = k - p0 < s->kc ? k : p0 + s->kc;
+            __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
+            __mmask16 k1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
+            const float *a = s->pa + (size_t)p0 * 12, *b = g->b + (size_t)p0 * ldb + j;
+            float *c = g->c + j;
+            __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+            __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+            __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
+            __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+            for (p = p0; p < p1; p++, a += 12, b += ldb) {
+                __m512 b0 = _mm512_maskz_loadu_ps(k0, b), b1 = _mm512_maskz_loadu_ps(k1, b + 16), x;
+                /* B rows are ldb apart, too far for the hardware prefetcher */
+                _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
+                _mm_prefetch((const char *)(b + 8 * ldb + 16), _MM_HINT_T0);
+#define DG__ROW(r, i)                             \
+    x = _mm512_set1_ps(a[i]);                     \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
+    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+                DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
+                DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
+#undef DG__ROW
+            }
+#define DG__OUT(r, i)                                                                          \
+    if (i < m) {                                                                               \
+        if (acc) {                                                                             \
+            c##r##0 = _mm512_add_ps(c##r##0, _mm512_maskz_loadu_ps(k0, c + i * ldc));          \
+            c##r##1 = _mm512_add_ps(c##r##1, _mm512_maskz_loadu_ps(k1, c + i * ldc + 16));     \
+        }                                                                                      \
+        _mm512_mask_storeu_ps(c + i * ldc, k0, c##r##0);                                       \
+        _mm512_mask_storeu_ps(c + i * ldc + 16, k1, c##r##1);                                  \
+    }
+            DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
+            DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+#undef DG__OUT
+        }
+}
+
+/* The sums of the lanes of a, b, c and d, in a fixed order. */
+__attribute__((target("avx512f"))) static inline __m128 dg__hsum4(__m512 a, __m512 b, __m512 c,
+                                                                  __m512 d)
+{
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xee));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+__attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int task, int thread)
+{
+    const dg__small *s = (const dg__small *)arg;
+    const dg__gemm *g = s->g;
+    int u0 = (int)((long)task * s->units / s->tasks), u1 = (int)((long)(task + 1) * s->units / s->tasks);
+    size_t lda = (size_t)g->lda, ldb = (size_t)g->ldb, ldc = (size_t)g->ldc;
+    int u, p, r, m = g->m, k = g->k;
+    const float *ar[12];
+    (void)thread;
+    for (r = 0; r < 12; r++) ar[r] = g->a + (r < m ? (size_t)r * lda : 0); /* rows past m: row 0 */
+    for (u = u0; u < u1; u++) {
+        int j = 2 * u, two = g->n - j > 1;
+        const float *w0 = g->b + (size_t)j * ldb, *w1 = two ? w0 + ldb : w0;
+        float sums[24];
+        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+        __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+        __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
+        __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+        /* full chunks of 16, then the tail under a mask */
+#define DG__ROW(r, i, LOAD)                           \
+    x = LOAD(ar[i] + p);                              \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);        \
+    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+#define DG__CHUNK_ROWS(LOAD)                                                                       \
+    DG__ROW(0, 0, LOAD) DG__ROW(1, 1, LOAD) DG__ROW(2, 2, LOAD) DG__ROW(3, 3, LOAD)                 \
+    DG__ROW(4, 4, LOAD) DG__ROW(5, 5, LOAD) DG__ROW(6, 6, LOAD) DG__ROW(7, 7, LOAD)                 \
+    DG__ROW(8, 8, LOAD) DG__ROW(9, 9, LOAD) DG__ROW(A, 10, LOAD) DG__ROW(B, 11, LOAD)
+#define DG__TAIL_LOAD(q) _mm512_maskz_loadu_ps(km, (q))
+        for (p = 0; p + 16 <= k; p += 16) {
+            __m512 b0 = _mm512_loadu_ps(w0 + p), b1 = _mm512_loadu_ps(w1 + p), x;
+            DG__CHUNK_ROWS(_mm512_loadu_ps)
+        }
+        if (p < k) {
+            __mmask16 km = (__mmask16)((1u << (k - p)) - 1);
+            __m512 b0 = _mm512_maskz_loadu_ps(km, w0 + p), b1 = _mm512_maskz_loadu_ps(km, w1 + p), x;
+            DG__CHUNK_ROWS(DG__TAIL_LOAD)
+        }
+#undef DG__TAIL_LOAD
+#undef DG__CHUNK_ROWS
+#undef DG__ROW
+        _mm_storeu_ps(sums, dg__hsum4(c00, c01, c10, c11));
+        _mm_storeu_ps(sums + 4, dg__hsum4(c20, c21, c30, c31));
+        _mm_storeu_ps(sums + 8, dg__hsum4(c40, c41, c50, c51));
+        _mm_storeu_ps(sums + 12, dg__hsum4(c60, c61, c70, c71));
+        _mm_storeu_ps(sums + 16, dg__hsum4(c80, c81, c90, c91));
+        _mm_storeu_ps(sums + 20, dg__hsum4(cA0, cA1, cB0, cB1));
+        for (r = 0; r < m; r++) {
+            float *c = g->c + (size_t)r * ldc + j;
+            c[0] = s->acc ? c[0] + g->alpha * sums[2 * r] : g->alpha * sums[2 * r];
+            if (two) c[1] = s->acc ? c[1] + g->alpha * sums[2 * r + 1] : g->alpha * sums[2 * r + 1];
+        }
+    }
+}
+#endif
+
+/* The GEMM by the paths above when it qualifies (AVX-512, 2 <= m <= 12,
+   no column matrix, and for NT a row-major A); returns 0 otherwise.  NN
+   packs A into g->pa (this thread's A buffer). */
+static int dg__gemm_small_m(dg_pool *pool, dg__gemm *g, int threads, int acc)
+{
+#ifdef DG__X86
+    dg__small s;
+    int nn = !g->tb;
+    if (g->isa.nr != 32 || g->bconv || g->m < 2 || g->m > 12 || g->k < 1) return 0;
+    if (!nn && g->ta) return 0;
+    if (nn && (size_t)12 * g->k > (size_t)DG__MCH * DG__KC) return 0;
+    s.g = g;
+    s.acc = acc;
+    s.pa = NULL;
+    if (nn) {
+        dg__pack_panels(&g->isa, g->a, g->ta ? 1 : (size_t)g->lda, g->ta ? (size_t)g->lda : 1,
+                        g->m, 0, 0, g->k, 12, 0, 1, g->alpha, g->pa);
+        s.pa = g->pa;
+        s.units = (g->n + 31) / 32;
+        s.kc = dg__block(g->k, DG__KC, 1);
+    } else {
+        s.units = (g->n + 1) / 2;
+    }
+    s.tasks = threads > 1 ? dg__min(4 * threads, s.units) : 1;
+    dg_parallel_for(s.tasks > 1 ? pool : NULL, s.tasks, nn ? dg__small_nn_task : dg__small_nt_task,
+                    &s);
+    return 1;
+#else
+    (void)pool;
+    (void)g;
+    (void)threads;
+    (void)acc;
+    return 0;
+#endif
+}
+
 /* Runs a filled-in GEMM (pointers and sizes already checked). */
 static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
 {
@@ -3933,6 +4114,7 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
     scratch = pool->scratch[dg__pool_tid(pool)];
     g->pa = scratch;
     g->pb = scratch + (size_t)DG__MCH * DG__KC;
+    if (dg__gemm_small_m(pool, g, threads, beta != 0.0f)) return;
     /* equal blocks rather than full ones and a sliver */
     nc = dg__block(n, DG__NC, g->isa.nr);
     kc = dg__block(k, DG__KC, 1);
@@ -4675,6 +4857,28 @@ DGDEF double dg_net_flops(const dg_net *net, int backward)
     return f;
 }
 
+DGDEF double dg_net_train_flops(const dg_net *net, int input_grad)
+{
+    double f = dg_net_flops(net, 1);
+    const dg__layer *l;
+    int first;
+    if (!net || input_grad || net->n_layers == 0) return f;
+    /* dg_net_backward skips the input gradient of its first layer that is
+       not a reshape */
+    for (first = 0; first < net->n_layers - 1; first++)
+        if (net->layers[first].d.type != DG_LAYER_RESHAPE) break;
+    l = &net->layers[first];
+    if (l->d.type == DG_LAYER_LINEAR)
+        f -= 2.0 * (double)l->in_size * l->oc;
+    else if (l->d.type == DG_LAYER_CONV2D)
+        f -= 2.0 * (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
+    else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
+        f -= 2.0 * (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
+    else if (l->d.type != DG_LAYER_RESHAPE)
+        f -= (double)l->out_size;
+    return f;
+}
+
 
 /* ---- forward and backward of each layer ---- */
 
@@ -5278,10 +5482,23 @@ static void dg__optim_task(void *arg, int task, int thread)
         dg__isa_get(j->isa)->adam(j->p + i, j->g + i, o->state + i, o->state + o->n + i, e - i, j->hyper);
         return;
     }
-    for (; i < e; i++) { /* SGD: buf = momentum buf + g; p -= lr buf */
-        float g = j->g[i] + o->weight_decay * j->p[i];
-        o->state[i] = o->momentum * o->state[i] + g;
-        j->p[i] -= o->lr * o->state[i];
+    { /* SGD: buf = momentum buf + g; p -= lr buf.  Blocks of 16 through
+         restrict pointers, so that GCC vectorises it at -O2 (same bits) */
+        float *DG__RESTRICT p = j->p, *DG__RESTRICT buf = o->state;
+        const float *DG__RESTRICT gr = j->g;
+        float wd = o->weight_decay, mom = o->momentum, lr = o->lr;
+        size_t t;
+        int k;
+        for (; i + 16 <= e; i += 16)
+            for (k = 0; k < 16; k++) {
+                t = i + (size_t)k;
+                buf[t] = mom * buf[t] + (gr[t] + wd * p[t]);
+                p[t] -= lr * buf[t];
+            }
+        for (; i < e; i++) {
+            buf[i] = mom * buf[i] + (gr[i] + wd * p[i]);
+            p[i] -= lr * buf[i];
+        }
     }
 }
 

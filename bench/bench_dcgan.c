@@ -3,7 +3,8 @@
    non-saturating BCE-with-logits loss, Adam 2e-4 / 0.5 / 0.999), against
    PyTorch CPU running bench/dcgan_ref.py when Debian's python3-torch is
    installed.  Each configuration runs in its own process, so rss_mb is
-   that configuration's peak. */
+   that configuration's peak.  peak_pct is the step's rate over the FMA
+   peak of as many threads (bench_fma_peak), measured in the same run. */
 #include "bench_common.h"
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
@@ -78,8 +79,10 @@ static void measure_ours(int threads, int fd)
     if (build(&m, threads)) _exit(1);
     ms = 1e3 * bench_time(step, &m, 1.0, 3);
     /* one step: G forward and backward once, D forward and backward three
-       times; dg_net_flops(net, 1) counts a forward and its backward */
-    gflop = B * (dg_net_flops(m.g, 1) + 3 * dg_net_flops(m.d, 1)) / 1e9;
+       times, the input gradient only in the last one (dg_net_train_flops
+       counts what each pass computes) */
+    gflop = B * (dg_net_train_flops(m.g, 0) + 2 * dg_net_train_flops(m.d, 0) +
+                 dg_net_train_flops(m.d, 1)) / 1e9;
     snprintf(line, sizeof line, "%.3f %.1f %.3f %s\n", ms, bench_rss_mb(), gflop,
              dg_isa_name(dg_pool_isa(m.pool)));
     if (write(fd, line, strlen(line)) < 0) _exit(1);
@@ -107,29 +110,12 @@ static int run_child(int threads, char *out, size_t cap)
     return 0;
 }
 
-/* PyTorch at its best here: no OpenBLAS core override, one OpenBLAS
-   thread beside torch's own, and a malloc that keeps large activation
-   buffers mapped (otherwise page faults double its step time). */
 static int run_torch(int threads, double *ms, double *rss)
 {
-    char cmd[512], line[256];
-    FILE *f;
-    int ok = 0;
-    if (access("/usr/bin/python3", X_OK) != 0 ||
-        access("/usr/lib/python3/dist-packages/torch/__init__.py", R_OK) != 0)
-        return 0;
-    snprintf(cmd, sizeof cmd,
-             "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 "
-             "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296 "
-             "/usr/bin/python3 bench/dcgan_ref.py %d 30 2>/dev/null", threads);
-    f = popen(cmd, "r");
-    if (!f) return 0;
-    while (fgets(line, sizeof line, f)) {
-        const char *r = strstr(line, "rss_mb=");
-        if (sscanf(line, "ms=%lf", ms) == 1 && r && sscanf(r, "rss_mb=%lf", rss) == 1) ok = 1;
-    }
-    pclose(f);
-    return ok;
+    char args[64], out[512];
+    snprintf(args, sizeof args, "dcgan_ref.py %d 30", threads);
+    return !bench_torch(args, out, sizeof out) && bench_field(out, "ms", ms) &&
+           bench_field(out, "rss_mb", rss);
 }
 
 int main(void)
@@ -137,14 +123,16 @@ int main(void)
     int threads;
     for (threads = 1; threads <= 2; threads++) {
         char out[128], isa[32];
-        double ms, rss, gflop, rms = 0, rrss = 0;
+        double ms, rss, gflop, rms = 0, rrss = 0, peak = bench_fma_peak(threads);
         if (run_child(threads, out, sizeof out) ||
             sscanf(out, "%lf %lf %lf %31s", &ms, &rss, &gflop, isa) != 4) {
             printf("bench dcgan_step threads=%d status=failed\n", threads);
             continue;
         }
-        printf("bench dcgan_step batch=%d threads=%d isa=%s ms=%.1f gflops=%.1f rss_mb=%.0f", B,
-               threads, isa, ms, gflop / (ms / 1e3), rss);
+        printf("bench dcgan_step batch=%d threads=%d isa=%s ms=%.1f gflops=%.1f", B, threads, isa,
+               ms, gflop / (ms / 1e3));
+        if (peak > 0) printf(" peak_pct=%.1f", 100.0 * gflop / (ms / 1e3) / peak);
+        printf(" rss_mb=%.0f", rss);
         if (run_torch(threads, &rms, &rrss))
             printf(" ref_ms=%.1f ref_rss_mb=%.0f speedup=%.2f\n", rms, rrss, rms / ms);
         else

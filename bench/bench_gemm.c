@@ -4,65 +4,7 @@
 #include "bench_common.h"
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include <pthread.h>
 #include <string.h>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-/* 12 independent FMA chains hide the FMA latency on both pipes */
-__attribute__((target("avx512f"))) static double fma_avx512(long iters)
-{
-    /* distinct starting values: equal chains would be merged into one */
-    volatile float seed[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
-    __m512 a0 = _mm512_set1_ps(seed[0]), a1 = _mm512_set1_ps(seed[1]), a2 = _mm512_set1_ps(seed[2]);
-    __m512 a3 = _mm512_set1_ps(seed[3]), a4 = _mm512_set1_ps(seed[4]), a5 = _mm512_set1_ps(seed[5]);
-    __m512 a6 = _mm512_set1_ps(seed[6]), a7 = _mm512_set1_ps(seed[7]), a8 = _mm512_set1_ps(seed[8]);
-    __m512 a9 = _mm512_set1_ps(seed[9]), a10 = _mm512_set1_ps(seed[10]), a11 = _mm512_set1_ps(seed[11]);
-    __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    float out[16];
-    long i;
-    for (i = 0; i < iters; i++) {
-        a0 = _mm512_fmadd_ps(a0, m, c); a1 = _mm512_fmadd_ps(a1, m, c);
-        a2 = _mm512_fmadd_ps(a2, m, c); a3 = _mm512_fmadd_ps(a3, m, c);
-        a4 = _mm512_fmadd_ps(a4, m, c); a5 = _mm512_fmadd_ps(a5, m, c);
-        a6 = _mm512_fmadd_ps(a6, m, c); a7 = _mm512_fmadd_ps(a7, m, c);
-        a8 = _mm512_fmadd_ps(a8, m, c); a9 = _mm512_fmadd_ps(a9, m, c);
-        a10 = _mm512_fmadd_ps(a10, m, c); a11 = _mm512_fmadd_ps(a11, m, c);
-    }
-    a0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                       _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    a0 = _mm512_add_ps(a0, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    _mm512_storeu_ps(out, a0);
-    return (double)out[0];
-}
-#endif
-
-static void *peak_thread(void *arg)
-{
-    double *gflops = (double *)arg;
-    long iters = 100000000;
-    struct timespec a, b;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
-#if defined(__x86_64__) && defined(__GNUC__)
-    volatile double sink = fma_avx512(iters);
-    (void)sink;
-#endif
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
-    *gflops = (double)iters * 12 * 16 * 2 /
-              ((double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec)) / 1e9;
-    return NULL;
-}
-
-static double fma_peak(int threads)
-{
-    pthread_t t[2];
-    double g[2] = {0, 0};
-    int i;
-    if (dg_isa_best() != DG_ISA_AVX512) return 0.0;
-    for (i = 0; i < threads; i++) pthread_create(&t[i], NULL, peak_thread, &g[i]);
-    for (i = 0; i < threads; i++) pthread_join(t[i], NULL);
-    return g[0] + (threads > 1 ? g[1] : 0.0);
-}
 
 typedef struct job {
     dg_pool *pool;
@@ -104,7 +46,7 @@ int main(int argc, char **argv)
     double peak[3] = {0, 0, 0};
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     for (threads = 1; threads <= 2; threads++) {
-        peak[threads] = fma_peak(threads);
+        peak[threads] = bench_fma_peak(threads);
         printf("bench fma_peak threads=%d gflops=%.1f\n", threads, peak[threads]);
     }
     if (!ref) printf("bench gemm status=reference_skipped reason=libopenblas.so.0_not_found (make bench-deps)\n");

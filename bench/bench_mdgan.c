@@ -4,11 +4,16 @@
    FL-GAN (G and D) for each architecture: parameters, FLOPs per iteration
    and planned memory, to check the paper's "factor two" claim.
 
-   bench mdgan_iter transport=inproc workers=N ms=... compute_ms=...
-     ms         wall time of one global iteration (server + all workers)
+   bench mdgan_iter transport=inproc arch=A workers=N threads=T b=B ms=... compute_ms=... peak_pct=...
+     ms         wall time of one global iteration (server + all workers);
+                the best of a few rounds' means
      compute_ms the sum of the roles' compute times in that iteration (the
                 work itself; ms * threads / compute_ms ~ 1 means the pool
                 is kept busy, the rest is queueing and scheduling)
+     peak_pct   the iteration's FLOPs (dg_net_train_flops: G forward and
+                backward on k*b rows, per worker L D steps on 2b rows and
+                the feedback pass on b) per ms, over the FMA peak of T
+                threads measured in the same run (bench_fma_peak)
    bench worker_cost arch=A mdgan_params= flgan_params= mdgan_flops= ...
      per worker and per iteration (b = 64, L = 1):
      MD-GAN: L x D fwd+bwd on 2b + D fwd+bwd on b (the feedback)
@@ -17,19 +22,36 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 
-static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_workers, int iters)
+/* FLOPs of one MD-GAN iteration of configuration c (k generated batches,
+   L D steps per worker, no swap). */
+static double iter_flops(const dg_mdgan_config *c)
+{
+    dg_net *g, *d;
+    double f, b = c->batch;
+    if (dg_build_generator(&g, c->arch, c->z_dim, 0, c->c, c->h, c->w) ||
+        dg_build_discriminator(&d, c->arch, c->c, c->h, c->w, 1))
+        return 0.0;
+    f = dg_mdgan_k(c) * b * dg_net_train_flops(g, 0) +
+        c->n_workers * b * (2.0 * c->disc_steps * dg_net_train_flops(d, 0) + dg_net_train_flops(d, 1));
+    dg_net_free(g);
+    dg_net_free(d);
+    return f;
+}
+
+static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_workers, int b,
+                       int iters, int rounds, double peak)
 {
     dg_mdgan_config c = dg_mdgan_config_init();
     dg_partition part;
     dg_mdgan_run *run;
-    double t0, w0, s0, wall, comp;
-    int i;
+    double best = 1e30, w0, s0, comp, flops;
+    int i, round, done = 0;
     c.n_workers = n_workers;
     c.c = ds->c;
     c.h = ds->h;
     c.w = ds->w;
     c.arch = arch;
-    c.batch = 64;
+    c.batch = b;
     c.local_epochs = 0; /* the iteration alone; a swap costs |θ| per worker */
     if (dg_partition_iid(&part, ds->n, n_workers, 1) ||
         dg_mdgan_run_create(&run, &c, pool, ds, &part, NULL, 0, NULL, 0)) {
@@ -37,16 +59,23 @@ static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_
         return;
     }
     dg_mdgan_run_iteration(run); /* warm-up: message buffers, page faults */
-    t0 = bench_now();
     w0 = dg_mdgan_run_worker_compute(run);
     s0 = dg_mdgan_server_stats(dg_mdgan_run_server(run))->compute_s;
-    for (i = 0; i < iters; i++) dg_mdgan_run_iteration(run);
-    wall = (bench_now() - t0) / iters;
+    for (round = 0; round < rounds; round++) {
+        double t0 = bench_now(), t;
+        for (i = 0; i < iters; i++) dg_mdgan_run_iteration(run);
+        t = (bench_now() - t0) / iters;
+        if (t < best) best = t;
+        done += iters;
+    }
     comp = (dg_mdgan_run_worker_compute(run) - w0 +
-            dg_mdgan_server_stats(dg_mdgan_run_server(run))->compute_s - s0) / iters;
-    printf("bench mdgan_iter transport=inproc arch=%s workers=%d threads=%d b=64 ms=%.2f "
-           "compute_ms=%.2f\n", arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", n_workers,
-           dg_pool_size(pool), 1e3 * wall, 1e3 * comp);
+            dg_mdgan_server_stats(dg_mdgan_run_server(run))->compute_s - s0) / done;
+    flops = iter_flops(&c);
+    printf("bench mdgan_iter transport=inproc arch=%s workers=%d threads=%d b=%d ms=%.2f "
+           "compute_ms=%.2f", arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", n_workers,
+           dg_pool_size(pool), b, 1e3 * best, 1e3 * comp);
+    if (peak > 0 && flops > 0) printf(" peak_pct=%.1f", 100.0 * flops / best / 1e9 / peak);
+    printf("\n");
     fflush(stdout);
     dg_mdgan_run_free(run);
     dg_partition_free(&part);
@@ -87,15 +116,27 @@ static void worker_cost(dg_pool *pool, dg_arch arch)
 
 int main(int argc, char **argv)
 {
-    dg_pool *pool;
+    dg_pool *pool, *one;
     dg_dataset ds;
+    double peak, peak1;
     int sizes[3] = {1, 10, 50}, i, quick = argc > 1 && !strcmp(argv[1], "--quick");
-    if (dg_pool_create(&pool, 0) || dg_dataset_make_shapes(&ds, 6400, 1)) return 1;
+    if (dg_pool_create(&pool, 0) || dg_pool_create(&one, 1) || dg_dataset_make_shapes(&ds, 6400, 1))
+        return 1;
+    peak = bench_fma_peak(dg_pool_size(pool));
+    peak1 = bench_fma_peak(1);
     worker_cost(pool, DG_ARCH_DCGAN);
     worker_cost(pool, DG_ARCH_MLP);
-    for (i = 0; i < 3; i++) bench_iter(pool, &ds, DG_ARCH_MLP, sizes[i], quick ? 2 : sizes[i] < 50 ? 10 : 4);
-    for (i = 0; i < 3 && !quick; i++) bench_iter(pool, &ds, DG_ARCH_DCGAN, sizes[i], sizes[i] < 50 ? 3 : 1);
+    /* the MD-GAN paper's MLP at its batches, N = 10, on all threads and on
+       one (the ratio says how busy the driver keeps the cores) */
+    for (i = 0; i < 2; i++) {
+        int b = i ? 100 : 10;
+        bench_iter(pool, &ds, DG_ARCH_MLP, 10, b, quick ? 2 : b == 10 ? 20 : 4, quick ? 1 : 5, peak);
+        if (!quick) bench_iter(one, &ds, DG_ARCH_MLP, 10, b, b == 10 ? 20 : 4, 5, peak1);
+    }
+    for (i = 0; i < 3; i++) bench_iter(pool, &ds, DG_ARCH_MLP, sizes[i], 64, quick ? 2 : sizes[i] < 50 ? 10 : 4, 1, peak);
+    for (i = 0; i < 3 && !quick; i++) bench_iter(pool, &ds, DG_ARCH_DCGAN, sizes[i], 64, sizes[i] < 50 ? 3 : 1, 1, peak);
     dg_dataset_free(&ds);
+    dg_pool_destroy(one);
     dg_pool_destroy(pool);
     return 0;
 }

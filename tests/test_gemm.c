@@ -119,39 +119,55 @@ TEST(gemm_threads_bit_identical)
         }
 }
 
-/* One side of C equal to 1 runs as a matrix-vector product: every
-   transpose case, padded leading dimensions, alpha and beta, both loop
-   forms, sizes large enough for the threads, and the same bits for 1 and
-   2 threads. */
+/* Every transpose case of shape m x n x k, with and without padded leading
+   dimensions, alpha and beta: within the tolerance of the naive loop, and
+   the same bits for 1 and 2 threads. */
+static void check_shape(int s, int m, int n, int k)
+{
+    int ta, tb, pad;
+    for (ta = 0; ta < 2; ta++)
+        for (tb = 0; tb < 2; tb++)
+            for (pad = 0; pad < 2; pad++) {
+                int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+                size_t sa = (size_t)(ta ? k : m) * lda, sb = (size_t)(tb ? n : k) * ldb;
+                size_t sc = (size_t)m * ldc;
+                float *a = malloc(sa * 4), *b = malloc(sb * 4), *c1 = malloc(sc * 4),
+                      *c2 = malloc(sc * 4);
+                dg_rng rng = dg_rng_make(9, (uint64_t)s, (uint64_t)(ta * 4 + tb * 2 + pad));
+                CHECK(gemm_err(pool2, ta, tb, m, n, k, 0.5f, pad ? 0.25f : 0.0f, pad) < 1e-5);
+                dg_rng_fill_uniform(&rng, a, sa, -1, 1);
+                dg_rng_fill_uniform(&rng, b, sb, -1, 1);
+                dg_rng_fill_uniform(&rng, c1, sc, -1, 1);
+                memcpy(c2, c1, sc * 4);
+                CHECK_OK(dg_gemm(pool1, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c1, ldc));
+                CHECK_OK(dg_gemm(pool2, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c2, ldc));
+                CHECK(memcmp(c1, c2, sc * 4) == 0);
+                free(a);
+                free(b);
+                free(c1);
+                free(c2);
+            }
+}
+
+/* One side of C equal to 1 runs as a matrix-vector product: both loop
+   forms, sizes large enough for the threads. */
 TEST(gemm_matrix_vector)
 {
     static const int shapes[][3] = {{1, 3000, 700}, {2500, 1, 900}, {1, 1, 37}, {1, 17, 1},
                                     {45, 1, 33}};
-    int s, ta, tb, pad;
-    for (s = 0; s < 5; s++)
-        for (ta = 0; ta < 2; ta++)
-            for (tb = 0; tb < 2; tb++)
-                for (pad = 0; pad < 2; pad++) {
-                    int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
-                    int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
-                    size_t sa = (size_t)(ta ? k : m) * lda, sb = (size_t)(tb ? n : k) * ldb;
-                    size_t sc = (size_t)m * ldc;
-                    float *a = malloc(sa * 4), *b = malloc(sb * 4), *c1 = malloc(sc * 4),
-                          *c2 = malloc(sc * 4);
-                    dg_rng rng = dg_rng_make(9, (uint64_t)s, (uint64_t)(ta * 4 + tb * 2 + pad));
-                    CHECK(gemm_err(pool2, ta, tb, m, n, k, 0.5f, pad ? 0.25f : 0.0f, pad) < 1e-5);
-                    dg_rng_fill_uniform(&rng, a, sa, -1, 1);
-                    dg_rng_fill_uniform(&rng, b, sb, -1, 1);
-                    dg_rng_fill_uniform(&rng, c1, sc, -1, 1);
-                    memcpy(c2, c1, sc * 4);
-                    CHECK_OK(dg_gemm(pool1, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c1, ldc));
-                    CHECK_OK(dg_gemm(pool2, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c2, ldc));
-                    CHECK(memcmp(c1, c2, sc * 4) == 0);
-                    free(a);
-                    free(b);
-                    free(c1);
-                    free(c2);
-                }
+    int s;
+    for (s = 0; s < 5; s++) check_shape(s, shapes[s][0], shapes[s][1], shapes[s][2]);
+}
+
+/* Up to 12 rows of C (a linear layer on a batch of b <= 12) stream op(B)
+   unpacked: the papers' b = 10 through the MLP's layers, odd edges in n
+   and k, and enough work for the threads. */
+TEST(gemm_few_rows)
+{
+    static const int shapes[][3] = {{10, 512, 784}, {10, 784, 512}, {2, 3001, 97},
+                                    {12, 33, 1000}, {7, 785, 17}, {11, 1000, 300}};
+    int s;
+    for (s = 0; s < 6; s++) check_shape(10 + s, shapes[s][0], shapes[s][1], shapes[s][2]);
 }
 
 TEST(gemm_rejects_bad_arguments)
@@ -175,6 +191,7 @@ int main(void)
     RUN(gemm_large_blocks);
     RUN(gemm_threads_bit_identical);
     RUN(gemm_matrix_vector);
+    RUN(gemm_few_rows);
     RUN(gemm_rejects_bad_arguments);
     dg_pool_destroy(pool1);
     dg_pool_destroy(pool2);
