@@ -10744,6 +10744,17 @@ static int dg__swap_period(const dg_mdgan_config *c) { return c->local_epochs ? 
 
 /* Announces a joiner (a DISC copy from a live donor), then sends
    X^(g) = X_(n mod k) and X^(d) = X_((n+1) mod k) to every live worker. */
+/* A send to worker n failed (its connection is gone): the worker is
+   dropped, never the run. */
+static void dg__mdgan_unreachable(dg_mdgan_server *s, int n)
+{
+    if (!s->live[n]) return;
+    s->live[n] = 0;
+    s->stats.n_dropped++;
+    dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: worker %d unreachable, dropped (%s)",
+            (long long)s->iteration, n, dg_last_error());
+}
+
 DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
 {
     const dg_mdgan_config *c;
@@ -10773,9 +10784,13 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
         }
         rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_JOIN, (uint64_t)t * 65536u + (uint64_t)n);
         donor = live[dg_rng_below(&rng, (uint32_t)nl)];
-        if ((r = dg__send_copy(s->t, DG_MSG_COPY_DISC, DG_PEER_SERVER, donor, t, n, 0, NULL, NULL,
-                               NULL)) != DG_OK)
-            return r;
+        if (dg__send_copy(s->t, DG_MSG_COPY_DISC, DG_PEER_SERVER, donor, t, n, 0, NULL, NULL,
+                          NULL) != DG_OK) {
+            /* the donor is gone: it is dropped, the joiner tries again next time */
+            dg__mdgan_unreachable(s, donor);
+            s->joining[n] = 1;
+            continue;
+        }
         s->live[n] = 1;
         dg__log(c->log, c->log_user, "iteration %lld: worker %d joins with a copy of D_%d",
                 (long long)t, n, donor);
@@ -10807,10 +10822,7 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
             memcpy(m->part[3].data, s->labels + jd * b, 4 * b);
         }
         if (dg_transport_send(s->t, m) != DG_OK) {
-            s->live[n] = 0; /* unreachable: dropped now */
-            s->stats.n_dropped++;
-            dg__log(c->log, c->log_user, "iteration %lld: worker %d unreachable, dropped (%s)",
-                    (long long)t, n, dg_last_error());
+            dg__mdgan_unreachable(s, n);
             continue;
         }
         s->missing++;
@@ -10908,9 +10920,12 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
         if (nl >= 2) {
             dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_SWAP, (uint64_t)s->round);
             dg__derangement(&rng, live, nl, to);
-            for (n = 0; n < nl && r == DG_OK; n++)
-                r = dg__send_copy(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
-                                  to[n], 0, NULL, NULL, NULL);
+            /* a worker gone since the update is dropped; its partner skips the
+               swap when no D comes (swap_wait) */
+            for (n = 0; n < nl; n++)
+                if (dg__send_copy(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
+                                  to[n], 0, NULL, NULL, NULL) != DG_OK)
+                    dg__mdgan_unreachable(s, live[n]);
             s->stats.swaps++;
         }
         s->round++;

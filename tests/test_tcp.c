@@ -1545,6 +1545,160 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     if (th_cur_failed) { show("lsrv.out"); show("lsrv.err"); show("lw2b.err"); }
 }
 
+/* The audit's insider cases at once, while a legitimate 3-worker run
+   trains: worker slot 4 belongs to an authenticated insider that sends a
+   FEEDBACK of the wrong shape, rejoins and sends one full of NaN, rejoins
+   and declares a 200 MB message; meanwhile 80 idle connections flood the
+   handshake slots and worker 3 is killed and restarted.  The run must
+   finish with every worker exiting 0, a finite G, and the server's RSS
+   within 64 MB of what it was before the attacks. */
+static long proc_rss_kb(pid_t pid)
+{
+    char path[64];
+    long pages = 0, resident = 0;
+    FILE *f;
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    if (!(f = fopen(path, "r"))) return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* The insider's transport as worker 4, once the server takes it (its
+   slot frees when the server drops the previous connection). */
+static dg_transport *insider_connect(dg_tcp_config *tc)
+{
+    dg_transport *t = NULL;
+    int64_t end = dg__tcp_ms() + 20000;
+    while (dg_tcp_worker_create(&t, tc) != DG_OK && dg__tcp_ms() < end) dg__tcp_sleep_ms(100);
+    return t;
+}
+
+/* Answers the newest GEN_BATCHES with a FEEDBACK of n floats, each value
+   v, until the server closes the connection; 1 when it did. */
+static int insider_feedback(dg_transport *t, size_t n, float v)
+{
+    int64_t end = dg__tcp_ms() + 30000;
+    while (dg_tcp_connected(t, 0) && dg__tcp_ms() < end) {
+        dg_msg *m = NULL, *fb;
+        if (dg_transport_recv(t, 4, 200, &m) != DG_OK) continue;
+        if (m->type == DG_MSG_GEN_BATCHES && dg_transport_pending(t, 4) == 0) {
+            dg_part_kind k = DG_PART_F32;
+            size_t i;
+            if (dg_msg_create(t, DG_MSG_FEEDBACK, 4, 0, m->iteration, 1, &k, &n, &fb) == DG_OK) {
+                for (i = 0; i < n; i++) ((float *)fb->part[0].data)[i] = v;
+                dg_transport_send(t, fb);
+            }
+        }
+        dg_msg_free(t, m);
+    }
+    return !dg_tcp_connected(t, 0);
+}
+
+TEST(insiders_while_a_run_trains)
+{
+    char addr[32], secret_path[128], gpath[128];
+    static const char secret[] = "insider-test-secret";
+    pid_t srv, w[4];
+    dg_dataset ds;
+    dg_mdgan_config mc = dg_mdgan_config_init();
+    dg_tcp_config tc;
+    dg_transport *t;
+    unsigned char saved_hash[32];
+    flood f;
+    pthread_t th;
+    long rss0, rss_max = 0;
+    size_t n = 0, i, bad = 0, fb;
+    float *g;
+    int fd, flooding, j, sent_shape, sent_nan, huge_closed = 0;
+    FILE *sf;
+    uint16_t port = free_port();
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
+    snprintf(secret_path, sizeof secret_path, "%s/insider.secret", tmpdir);
+    snprintf(gpath, sizeof gpath, "%s/ginsider.f32", tmpdir);
+    if ((sf = fopen(secret_path, "w"))) {
+        fprintf(sf, "%s\n", secret);
+        fclose(sf);
+    }
+#define COMMON10 "--workers", "4", "--data", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
+                 "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5", \
+                 "--secret-file", secret_path
+    srv = spawn("isrv", ARGS("server", "--listen", addr, "--iters", "400", "--log-every", "1",
+                             "--out", gpath, COMMON10));
+    for (j = 1; j <= 3; j++) {
+        char id[4], name[8];
+        snprintf(id, sizeof id, "%d", j);
+        snprintf(name, sizeof name, "iw%d", j);
+        w[j] = spawn(name, ARGS("worker", "--connect", addr, "--id", id, COMMON10));
+    }
+    /* the insider holds the secret and the run's configuration hash */
+    memset(&ds, 0, sizeof ds);
+    CHECK_OK(dg_dataset_make_shapes(&ds, 400, 1));
+    mc.n_workers = 4; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
+    mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
+    dg_tcp_config_init(&tc);
+    dg_tcp_mdgan_config_hash(&mc, "data shapes:400 n=400", tc.config_hash);
+    tc.n_peers = 5;
+    tc.self = 4;
+    tc.connect = addr;
+    tc.secret = secret;
+    tc.secret_len = strlen(secret);
+    tc.heartbeat_ms = 300;
+    fb = (size_t)mc.batch * ds.c * ds.h * ds.w;
+    t = insider_connect(&tc);                  /* the server waits for all 4 at the start */
+    CHECK(t != NULL);
+    sent_shape = t && insider_feedback(t, fb - 7, 0.0f);
+    if (t) dg_transport_close(t);
+    CHECK(wait_for("isrv.out", "iter 3/", 60000));
+    rss0 = proc_rss_kb(srv);                   /* the run in its steady state */
+    memset(&f, 0, sizeof f);
+    f.port = port;
+    f.n = 80;
+    flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
+    t = insider_connect(&tc);
+    sent_nan = t && insider_feedback(t, fb, NAN);
+    if (t) dg_transport_close(t);
+    rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
+    memcpy(saved_hash, hash_a, 32);            /* raw_handshake speaks with hash_a */
+    memcpy(hash_a, tc.config_hash, 32);
+    for (j = 0; j < 100 && (fd = raw_worker(port, 4, secret)) < 0; j++) dg__tcp_sleep_ms(100);
+    memcpy(hash_a, saved_hash, 32);
+    if (fd >= 0) {
+        CHECK(declare_feedback(fd, 4, (uint64_t)200 << 20) == 0);
+        huge_closed = closed_within(fd, 5000);
+        close(fd);
+    }
+    rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
+    kill(w[3], SIGKILL);                       /* a legitimate worker restarts through the flood */
+    reap(w[3], 2000);
+    w[3] = spawn("iw3b", ARGS("worker", "--connect", addr, "--id", "3", COMMON10));
+    CHECK(wait_for("isrv.err", "worker 3 joins with a copy of D_", 30000));
+    rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
+    if (flooding) {
+        __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
+        pthread_join(th, NULL);
+    }
+    printf("  insiders: wrong shape %s, NaN %s, 200 MB declared %s; %d flood connections; "
+           "server RSS %ld MB before, at most %+ld MB during\n", sent_shape ? "dropped" : "NOT dropped",
+           sent_nan ? "dropped" : "NOT dropped", huge_closed ? "closed" : "NOT closed", f.opened,
+           rss0 / 1024, (rss_max - rss0) / 1024);
+    CHECK(sent_shape && sent_nan && huge_closed);
+    CHECK(rss_max - rss0 < 64 * 1024);
+    CHECK(reap(srv, 120000) == 0);
+    for (j = 1; j <= 3; j++) CHECK(reap(w[j], 10000) == 0);
+    CHECK(file_has("isrv.err", "wrong shape"));
+    CHECK(file_has("isrv.err", "not finite") || file_has("isrv.err", "non-finite"));
+    CHECK(file_has("isrv.out", "iter 400/400"));
+    g = read_floats("ginsider.f32", &n);
+    CHECK(g && n > 0);
+    for (i = 0; g && i < n; i++) bad += !isfinite(g[i]);
+    CHECK(bad == 0);
+    free(g);
+    if (th_cur_failed) { show("isrv.out"); show("isrv.err"); show("iw3b.err"); }
+    dg_dataset_free(&ds);
+}
+
 int main(void)
 {
     char cwd[4096];
@@ -1583,5 +1737,6 @@ int main(void)
     RUN(malformed_feedback_costs_the_connection_not_the_run);
     RUN(closed_worker_leaves_the_barrier_at_once);
     RUN(flgan_worker_rejoins_and_checkpoints);
+    RUN(insiders_while_a_run_trains);
     return th_done();
 }
