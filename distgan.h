@@ -2177,13 +2177,31 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #if defined(DISTGAN_IMPLEMENTATION) && !defined(DISTGAN_IMPLEMENTATION_INCLUDED)
 #define DISTGAN_IMPLEMENTATION_INCLUDED
 
+/* every system header but the optional ones (SIMD, image folders, MPI) */
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
+#error "distgan.h: POSIX is hidden: a system header came first under -std=c11; define _POSIX_C_SOURCE 200809L before it"
+#endif
 
 #if defined(DG_MALLOC) && defined(DG_FREE) && defined(DG_REALLOC)
 #elif !defined(DG_MALLOC) && !defined(DG_FREE) && !defined(DG_REALLOC)
@@ -2223,11 +2241,6 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #endif
 
 /* ---- needed by the data sections ---- */
-#include <float.h>
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #if (defined(__unix__) || defined(__APPLE__)) && !defined(DG_NO_STB)
 #include <dirent.h>
 #include <sys/stat.h>
@@ -2292,30 +2305,6 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #pragma GCC diagnostic pop
 #endif
 #endif /* DG_NO_STB */
-
-/* ---- for the mdgan section ---- */
-#include <errno.h>
-#include <time.h>
-
-/* ---- for the tcp section ---- */
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/types.h>
-#include <sys/uio.h>
-
-#if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
-#error "distgan.h: POSIX is hidden: a system header came first under -std=c11; define _POSIX_C_SOURCE 200809L before it"
-#endif
-/* ---- for the mpi section ---- */
-#ifdef DISTGAN_MPI
-#include <limits.h>
-#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -2418,9 +2407,40 @@ static void dg__free(void *p)
 
 /* ==== dg_io ==== */
 
-/* Byte-level utilities for files and messages.
+/* Byte-level utilities for files and messages.  Every file and wire
+   format is little-endian: headers laid out as a table of offsets use
+   dg__le32(p, v) / dg__rd32(p), streams of fields the cursors below. */
+static void dg__le16(unsigned char *p, uint16_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+}
+static void dg__le32(unsigned char *p, uint32_t v)
+{
+    dg__le16(p, (uint16_t)v);
+    dg__le16(p + 2, (uint16_t)(v >> 16));
+}
+static void dg__le64(unsigned char *p, uint64_t v)
+{
+    dg__le32(p, (uint32_t)v);
+    dg__le32(p + 4, (uint32_t)(v >> 32));
+}
+static uint16_t dg__rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t dg__rd32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t dg__rd64(const unsigned char *p)
+{
+    return (uint64_t)dg__rd32(p) | (uint64_t)dg__rd32(p + 4) << 32;
+}
+/* big-endian: IDX headers, SHA-256 words */
+static uint32_t dg__rd32be(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
 
-   CRC-32 runs over every frame and checkpoint, so it has two speeds:
+/* CRC-32 runs over every frame and checkpoint, so it has two speeds:
    carry-less multiplication folding (PCLMULQDQ, 16 bytes per step in four
    independent lanes, then a Barrett reduction; the constants are the powers
    x^k mod P of Intel's white paper on CRC folding) where the CPU has it,
@@ -2524,8 +2544,7 @@ DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
     }
 #endif
     for (; n >= 8; n -= 8, p += 8) {
-        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                             (uint32_t)p[3] << 24);
+        uint32_t lo = crc ^ dg__rd32(p);
         crc = dg__crc_table[7][lo & 0xff] ^ dg__crc_table[6][(lo >> 8) & 0xff] ^
               dg__crc_table[5][(lo >> 16) & 0xff] ^ dg__crc_table[4][lo >> 24] ^
               dg__crc_table[3][p[4]] ^ dg__crc_table[2][p[5]] ^ dg__crc_table[1][p[6]] ^
@@ -2533,6 +2552,282 @@ DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
     }
     for (; n > 0; n--, p++) crc = dg__crc_table[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
     return ~crc;
+}
+
+/* ---- byte cursors ----
+   A writer with cap 0 only counts, so one encoder both sizes
+   and writes; a reader that would pass its end marks itself bad and yields
+   zeros, so a decoder checks once, at the end, and fails with
+   DG_ERR_FORMAT instead of reading past the buffer. */
+typedef struct dg__wbuf {
+    unsigned char *p;
+    size_t len, cap; /* cap 0: only count */
+} dg__wbuf;
+
+static void dg__put(dg__wbuf *w, const void *src, size_t n)
+{
+    if (w->cap && w->len + n <= w->cap) memcpy(w->p + w->len, src, n);
+    w->len += n;
+}
+static void dg__put_u32(dg__wbuf *w, uint32_t v)
+{
+    unsigned char b[4];
+    dg__le32(b, v);
+    dg__put(w, b, 4);
+}
+static void dg__put_u64(dg__wbuf *w, uint64_t v)
+{
+    unsigned char b[8];
+    dg__le64(b, v);
+    dg__put(w, b, 8);
+}
+static void dg__put_f32s(dg__wbuf *w, const float *x, size_t n)
+{
+    size_t i;
+    if (!w->cap) {
+        w->len += 4 * n;
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        dg__put_u32(w, u);
+    }
+}
+
+typedef struct dg__rbuf {
+    const unsigned char *p;
+    size_t len, pos;
+    int bad;
+} dg__rbuf;
+
+static const unsigned char *dg__take(dg__rbuf *r, size_t n)
+{
+    const unsigned char *p;
+    if (r->bad || n > r->len - r->pos) {
+        r->bad = 1;
+        return NULL;
+    }
+    p = r->p + r->pos;
+    r->pos += n;
+    return p;
+}
+static uint32_t dg__get_u32(dg__rbuf *r)
+{
+    const unsigned char *b = dg__take(r, 4);
+    return b ? dg__rd32(b) : 0;
+}
+static uint64_t dg__get_u64(dg__rbuf *r)
+{
+    const unsigned char *b = dg__take(r, 8);
+    return b ? dg__rd64(b) : 0;
+}
+static float dg__get_f32(dg__rbuf *r)
+{
+    uint32_t u = dg__get_u32(r);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- files ---- */
+
+/* Reads a whole file into a dg__alloc'd buffer (one spare byte, so text
+   can be terminated); refuses files over `limit` bytes. */
+static dg_result dg__read_file(const char *path, size_t limit, unsigned char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    long size;
+    unsigned char *buf;
+    *out = NULL;
+    *len = 0;
+    if (!f) return dg__fail(DG_ERR_IO, "cannot open %s", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return dg__fail(DG_ERR_IO, "cannot size %s", path);
+    }
+    if ((unsigned long)size > limit) {
+        fclose(f);
+        return dg__fail(DG_ERR_TOO_LARGE, "%s: %ld bytes, over the limit of %zu", path, size,
+                        limit);
+    }
+    buf = (unsigned char *)dg__alloc((size_t)size + 1);
+    if (!buf) {
+        fclose(f);
+        return dg__fail(DG_ERR_NOMEM, "no memory to read %s (%ld bytes)", path, size);
+    }
+    if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        fclose(f);
+        dg__free(buf);
+        return dg__fail(DG_ERR_IO, "read of %s failed", path);
+    }
+    fclose(f);
+    *out = buf;
+    *len = (size_t)size;
+    return DG_OK;
+}
+
+/* Writes n bytes to path atomically: into path.tmp in the same directory,
+   flushed to the disk, then renamed over path.  A crash or a failed write
+   leaves the old file as it was, never a half-written one. */
+static dg_result dg__write_file(const char *path, const void *buf, size_t n)
+{
+    char tmp[4096];
+    FILE *f;
+    int ok;
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return dg__fail(DG_ERR_ARG, "path too long: %.64s...", path);
+    if (!(f = fopen(tmp, "wb"))) return dg__fail(DG_ERR_IO, "cannot open %s for writing", tmp);
+    ok = fwrite(buf, 1, n, f) == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return dg__fail(DG_ERR_IO, "cannot write %s", path);
+    }
+    return DG_OK;
+}
+
+/* ---- checkpoint container ----
+   Every checkpoint (a net, a trainer, a classifier, a role) is one
+   container: "DGCK" | u32 container version | u32 kind | u32 section
+   count, then per section u32 type | u64 length | u32 CRC-32 of its bytes
+   | its bytes.  A kind fixes its sections and their order; a reader checks
+   magic, version, kind, count, every section's bounds and CRC and that
+   nothing follows the last one before it looks at a field. */
+#define DG__CK_MAGIC "DGCK"
+#define DG__CK_VERSION 1u
+enum {
+    DG__CK_NET = 1,
+    DG__CK_GAN_TRAINER,
+    DG__CK_CLASSIFIER,
+    DG__CK_MDGAN_SERVER,
+    DG__CK_MDGAN_WORKER,
+    DG__CK_FLGAN_SERVER,
+    DG__CK_FLGAN_WORKER,
+    DG__CK_KINDS
+};
+/* section types: a kind's counters (iteration, round, batcher position)
+   and a net with its optimiser (dg__net_put) */
+enum { DG__SEC_STATE = 1, DG__SEC_NET = 2 };
+
+static const char *dg__ck_kind_name(uint32_t kind)
+{
+    static const char *const name[DG__CK_KINDS] = {
+        "?", "net", "GAN trainer", "classifier", "MD-GAN server", "MD-GAN worker",
+        "FL-GAN server", "FL-GAN worker"};
+    return kind < DG__CK_KINDS ? name[kind] : "unknown";
+}
+
+static void dg__ck_begin(dg__wbuf *w, uint32_t kind, uint32_t n_sections)
+{
+    dg__put(w, DG__CK_MAGIC, 4);
+    dg__put_u32(w, DG__CK_VERSION);
+    dg__put_u32(w, kind);
+    dg__put_u32(w, n_sections);
+}
+
+/* Opens a section: returns where its bytes start, for dg__ck_end. */
+static size_t dg__ck_section(dg__wbuf *w, uint32_t type)
+{
+    static const unsigned char later[12] = {0}; /* length and CRC */
+    dg__put_u32(w, type);
+    dg__put(w, later, 12);
+    return w->len;
+}
+
+static void dg__ck_end(dg__wbuf *w, size_t start)
+{
+    if (!w->cap || w->len > w->cap) return; /* only counting */
+    dg__le64(w->p + start - 12, (uint64_t)(w->len - start));
+    dg__le32(w->p + start - 4, dg_crc32(0, w->p + start, w->len - start));
+}
+
+/* Checks a container of `kind` holding exactly n sections of types[] and
+   points sec[i] at the bytes of each.  `what` names it in errors. */
+static dg_result dg__ck_open(const void *buf, size_t len, uint32_t kind, const uint32_t *types,
+                             int n, dg__rbuf *sec, const char *what)
+{
+    static const char old[][5] = {"DGNT", "DGGT", "DGCL", "DGMC", "DGMW", "DGFC", "DGFW"};
+    dg__rbuf r = {(const unsigned char *)buf, len, 0, 0};
+    const unsigned char *magic = dg__take(&r, 4);
+    uint32_t version = dg__get_u32(&r), k = dg__get_u32(&r), count = dg__get_u32(&r);
+    int i;
+    for (i = 0; magic && i < (int)(sizeof old / sizeof old[0]); i++)
+        if (!memcmp(magic, old[i], 4))
+            return dg__fail(DG_ERR_VERSION, "%s: a checkpoint in the old %s format, which this "
+                            "version no longer reads: re-create it", what, old[i]);
+    if (r.bad || memcmp(magic, DG__CK_MAGIC, 4))
+        return dg__fail(DG_ERR_FORMAT, "%s: not a distgan checkpoint", what);
+    if (version != DG__CK_VERSION)
+        return dg__fail(DG_ERR_VERSION, "%s: container version %u, this library reads %u", what,
+                        version, DG__CK_VERSION);
+    if (k != kind)
+        return dg__fail(DG_ERR_FORMAT, "%s: the checkpoint of a %s, not of a %s", what,
+                        dg__ck_kind_name(k), dg__ck_kind_name(kind));
+    if (count != (uint32_t)n)
+        return dg__fail(DG_ERR_FORMAT, "%s: %u sections, a %s has %d", what, count,
+                        dg__ck_kind_name(kind), n);
+    for (i = 0; i < n; i++) {
+        uint32_t type = dg__get_u32(&r), crc;
+        uint64_t slen = dg__get_u64(&r);
+        crc = dg__get_u32(&r);
+        if (r.bad || slen > r.len - r.pos)
+            return dg__fail(DG_ERR_FORMAT, "%s: truncated in section %d", what, i);
+        if (type != types[i])
+            return dg__fail(DG_ERR_FORMAT, "%s: section %d has type %u, expected %u", what, i,
+                            type, types[i]);
+        sec[i].p = dg__take(&r, (size_t)slen);
+        sec[i].len = (size_t)slen;
+        sec[i].pos = 0;
+        sec[i].bad = 0;
+        if (dg_crc32(0, sec[i].p, sec[i].len) != crc)
+            return dg__fail(DG_ERR_CHECKSUM, "%s: CRC mismatch in section %d, the checkpoint is "
+                            "corrupted", what, i);
+    }
+    if (r.pos != len) return dg__fail(DG_ERR_FORMAT, "%s: bytes after the last section", what);
+    return DG_OK;
+}
+
+/* A section read to its end, no further. */
+static dg_result dg__ck_done(const dg__rbuf *r, const char *what)
+{
+    if (r->bad || r->pos != r->len) return dg__fail(DG_ERR_FORMAT, "%s: malformed section", what);
+    return DG_OK;
+}
+
+/* Encoders write a whole checkpoint of obj; a first pass with a counting
+   writer sizes it. */
+typedef void (*dg__encoder)(dg__wbuf *w, const void *obj);
+
+static size_t dg__encoded_size(dg__encoder enc, const void *obj)
+{
+    dg__wbuf w = {NULL, 0, 0};
+    enc(&w, obj);
+    return w.len;
+}
+
+static dg_result dg__encode_mem(dg__encoder enc, const void *obj, void *buf, size_t cap,
+                                size_t *written, const char *what)
+{
+    dg__wbuf w = {(unsigned char *)buf, 0, cap};
+    size_t need = dg__encoded_size(enc, obj);
+    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "%s: need %zu bytes", what, need);
+    enc(&w, obj);
+    DG_ASSERT(w.len == need);
+    if (written) *written = need;
+    return DG_OK;
+}
+
+static dg_result dg__encode_file(dg__encoder enc, const void *obj, const char *path)
+{
+    size_t n = dg__encoded_size(enc, obj);
+    unsigned char *buf = (unsigned char *)dg__alloc(n);
+    dg_result r;
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "no memory for the %zu bytes of %s", n, path);
+    r = dg__encode_mem(enc, obj, buf, n, NULL, path);
+    if (r == DG_OK) r = dg__write_file(path, buf, n);
+    dg__free(buf);
+    return r;
 }
 
 /* ---- strict parsing ---- */
@@ -2858,7 +3153,7 @@ static void *dg__worker_main(void *varg)
     dg_pool *p = wa->pool;
     int tid = wa->tid;
     unsigned seen = 0;
-    DG_FREE(wa);
+    dg__free(wa);
     for (;;) {
         int spins = 0;
         unsigned g;
@@ -2902,8 +3197,8 @@ static void dg__pool_free_buffers(dg_pool *p)
     int i;
     if (p->scratch)
         for (i = 0; i < p->n; i++) dg__free(p->scratch[i]);
-    DG_FREE(p->scratch);
-    DG_FREE(p->threads);
+    dg__free(p->scratch);
+    dg__free(p->threads);
 }
 
 DGDEF dg_result dg_pool_create(dg_pool **out, int n_threads)
@@ -2917,13 +3212,13 @@ DGDEF dg_result dg_pool_create(dg_pool **out, int n_threads)
         n_threads = online > 0 ? (int)online : 1;
     }
     if (n_threads > 1024) return dg__fail(DG_ERR_ARG, "dg_pool_create: %d threads", n_threads);
-    p = (dg_pool *)DG_MALLOC(sizeof *p);
+    p = (dg_pool *)dg__alloc(sizeof *p);
     if (!p) return dg__fail(DG_ERR_NOMEM, "dg_pool_create: no memory");
     memset(p, 0, sizeof *p);
     p->n = n_threads;
     p->isa = dg_isa_best();
-    p->threads = (pthread_t *)DG_MALLOC(sizeof(pthread_t) * (size_t)n_threads);
-    p->scratch = (float **)DG_MALLOC(sizeof(float *) * (size_t)n_threads);
+    p->threads = (pthread_t *)dg__alloc(sizeof(pthread_t) * (size_t)n_threads);
+    p->scratch = (float **)dg__alloc(sizeof(float *) * (size_t)n_threads);
     if (!p->threads || !p->scratch) goto nomem;
     memset(p->scratch, 0, sizeof(float *) * (size_t)n_threads);
     for (i = 0; i < n_threads; i++) {
@@ -2937,13 +3232,13 @@ DGDEF dg_result dg_pool_create(dg_pool **out, int n_threads)
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done_cv, NULL);
     for (i = 1; i < n_threads; i++) {
-        dg__worker_arg *wa = (dg__worker_arg *)DG_MALLOC(sizeof *wa);
+        dg__worker_arg *wa = (dg__worker_arg *)dg__alloc(sizeof *wa);
         if (wa) {
             wa->pool = p;
             wa->tid = i;
         }
         if (!wa || pthread_create(&p->threads[i], NULL, dg__worker_main, wa) != 0) {
-            DG_FREE(wa);
+            dg__free(wa);
             dg_pool_destroy(p);
             return dg__fail(DG_ERR_NOMEM, "dg_pool_create: cannot start thread %d", i);
         }
@@ -2953,7 +3248,7 @@ DGDEF dg_result dg_pool_create(dg_pool **out, int n_threads)
     return DG_OK;
 nomem:
     dg__pool_free_buffers(p);
-    DG_FREE(p);
+    dg__free(p);
     return dg__fail(DG_ERR_NOMEM, "dg_pool_create: no memory for %d threads", n_threads);
 }
 
@@ -2971,7 +3266,7 @@ DGDEF void dg_pool_destroy(dg_pool *p)
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done_cv);
     dg__pool_free_buffers(p);
-    DG_FREE(p);
+    dg__free(p);
 }
 
 DGDEF int dg_pool_size(const dg_pool *p) { return p ? p->n : 1; }
@@ -4410,7 +4705,7 @@ DGDEF dg_result dg_net_create(dg_net **out, int c, int h, int w)
     *out = NULL;
     if (c <= 0 || h <= 0 || w <= 0 || (double)c * h * w > 1e9)
         return dg__fail(DG_ERR_SHAPE, "dg_net_create: input shape %dx%dx%d", c, h, w);
-    net = (dg_net *)DG_MALLOC(sizeof *net);
+    net = (dg_net *)dg__alloc(sizeof *net);
     if (!net) return dg__fail(DG_ERR_NOMEM, "dg_net_create: no memory");
     memset(net, 0, sizeof *net);
     net->c = c;
@@ -4450,8 +4745,8 @@ DGDEF void dg_net_free(dg_net *net)
 {
     if (!net) return;
     dg__net_release(net);
-    DG_FREE(net->layers);
-    DG_FREE(net);
+    dg__free(net->layers);
+    dg__free(net);
 }
 
 static void dg__last_shape(const dg_net *net, int *c, int *h, int *w)
@@ -4576,7 +4871,9 @@ DGDEF dg_result dg_net_add(dg_net *net, const dg_layer_desc *desc)
     if ((r = dg__layer_shape(&l)) != DG_OK) return r;
     if (net->n_layers == net->cap_layers) {
         int cap = net->cap_layers ? 2 * net->cap_layers : 8;
-        dg__layer *nl = (dg__layer *)DG_REALLOC(net->layers, sizeof(dg__layer) * (size_t)cap);
+        size_t sz = sizeof(dg__layer);
+        dg__layer *nl = (dg__layer *)dg__realloc(net->layers, sz * (size_t)net->n_layers,
+                                                 sz * (size_t)cap);
         if (!nl) return dg__fail(DG_ERR_NOMEM, "dg_net_add: no memory");
         net->layers = nl;
         net->cap_layers = cap;
@@ -5523,84 +5820,13 @@ DGDEF dg_result dg_optim_step(dg_optim *opt, dg_pool *pool, float *params, const
 }
 
 /* ---- checkpoints ----
-   little-endian: "DGNT" | u32 version | u64 payload bytes | u32 CRC-32 of
-   the payload | payload.  Payload: u32 input c, h, w | u32 layer count |
-   per layer 9 x i32 (type, out, kernel, stride, pad, out_pad, c, h, w) and
-   f32 alpha | u64 params | u64 state | floats | u32 optimiser kind (0 =
-   none) | then for an optimiser: u64 n | i64 t | 7 x f32 hyperparameters
-   | u64 state count | floats.  Version 2 adds to each layer record i32
-   no_bias, f32 eps, f32 momentum; a net that version 1 describes (every
-   layer with a bias, batchnorm at its defaults) is written as version 1. */
-#define DG__NET_MAGIC "DGNT"
-#define DG__NET_VERSION 2u
-
-typedef struct dg__wbuf {
-    unsigned char *p;
-    size_t len, cap; /* cap 0: only count */
-} dg__wbuf;
-
-static void dg__put(dg__wbuf *w, const void *src, size_t n)
-{
-    if (w->cap && w->len + n <= w->cap) memcpy(w->p + w->len, src, n);
-    w->len += n;
-}
-static void dg__put_u32(dg__wbuf *w, uint32_t v)
-{
-    unsigned char b[4];
-    int i;
-    for (i = 0; i < 4; i++) b[i] = (unsigned char)(v >> (8 * i));
-    dg__put(w, b, 4);
-}
-static void dg__put_u64(dg__wbuf *w, uint64_t v)
-{
-    dg__put_u32(w, (uint32_t)v);
-    dg__put_u32(w, (uint32_t)(v >> 32));
-}
-static void dg__put_f32s(dg__wbuf *w, const float *x, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        dg__put_u32(w, u);
-    }
-}
-
-typedef struct dg__rbuf {
-    const unsigned char *p;
-    size_t len, pos;
-    int bad;
-} dg__rbuf;
-
-static const unsigned char *dg__take(dg__rbuf *r, size_t n)
-{
-    const unsigned char *p;
-    if (r->bad || n > r->len - r->pos) {
-        r->bad = 1;
-        return NULL;
-    }
-    p = r->p + r->pos;
-    r->pos += n;
-    return p;
-}
-static uint32_t dg__get_u32(dg__rbuf *r)
-{
-    const unsigned char *b = dg__take(r, 4);
-    return b ? (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24
-             : 0;
-}
-static uint64_t dg__get_u64(dg__rbuf *r)
-{
-    uint64_t lo = dg__get_u32(r);
-    return lo | (uint64_t)dg__get_u32(r) << 32;
-}
-static float dg__get_f32(dg__rbuf *r)
-{
-    uint32_t u = dg__get_u32(r);
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+   A net's checkpoint is a container (dg_io) of kind net with one section,
+   which the checkpoints of trainers and roles embed as well: u32 input c,
+   h, w | u32 layer count | per layer 9 x i32 (type, out, kernel, stride,
+   pad, out_pad, c, h, w), f32 alpha, i32 no_bias, f32 eps, f32 momentum |
+   u64 params | u64 state | floats | u32 optimiser kind (0 = none) | then
+   for an optimiser: u64 n | i64 t | 7 x f32 hyperparameters | u64 state
+   count | floats. */
 
 static void dg__optim_hyper(const dg_optim *o, float h[7])
 {
@@ -5613,24 +5839,11 @@ static void dg__optim_hyper(const dg_optim *o, float h[7])
     h[6] = 0.0f;
 }
 
-/* Whether a version 1 file can describe the layer. */
-static int dg__layer_v1(const dg_layer_desc *d)
+/* The net section of a checkpoint. */
+static void dg__net_put(dg__wbuf *w, const dg_net *net, const dg_optim *opt)
 {
-    return !d->no_bias && (d->type != DG_LAYER_BATCHNORM ||
-                           (d->eps == DG__BN_EPS && d->momentum == DG__BN_MOMENTUM));
-}
-
-static uint32_t dg__net_version(const dg_net *net)
-{
+    size_t start = dg__ck_section(w, DG__SEC_NET);
     int i;
-    for (i = 0; i < net->n_layers; i++)
-        if (!dg__layer_v1(&net->layers[i].d)) return 2u;
-    return 1u;
-}
-
-static void dg__net_payload(const dg_net *net, const dg_optim *opt, dg__wbuf *w)
-{
-    int v2 = dg__net_version(net) == 2u, i;
     dg__put_u32(w, (uint32_t)net->c);
     dg__put_u32(w, (uint32_t)net->h);
     dg__put_u32(w, (uint32_t)net->w);
@@ -5650,11 +5863,9 @@ static void dg__net_payload(const dg_net *net, const dg_optim *opt, dg__wbuf *w)
         f[8] = d->w;
         for (j = 0; j < 9; j++) dg__put_u32(w, (uint32_t)f[j]);
         dg__put_f32s(w, &d->alpha, 1);
-        if (v2) {
-            dg__put_u32(w, (uint32_t)d->no_bias);
-            dg__put_f32s(w, &d->eps, 1);
-            dg__put_f32s(w, &d->momentum, 1);
-        }
+        dg__put_u32(w, (uint32_t)d->no_bias);
+        dg__put_f32s(w, &d->eps, 1);
+        dg__put_f32s(w, &d->momentum, 1);
     }
     dg__put_u64(w, net->n_params);
     dg__put_u64(w, net->n_state);
@@ -5670,47 +5881,53 @@ static void dg__net_payload(const dg_net *net, const dg_optim *opt, dg__wbuf *w)
         dg__put_u64(w, dg_optim_state_count(opt));
         dg__put_f32s(w, opt->state, dg_optim_state_count(opt));
     }
+    dg__ck_end(w, start);
+}
+
+typedef struct dg__net_ckpt {
+    const dg_net *net;
+    const dg_optim *opt;
+} dg__net_ckpt;
+
+static void dg__net_encode(dg__wbuf *w, const void *obj)
+{
+    const dg__net_ckpt *c = (const dg__net_ckpt *)obj;
+    dg__ck_begin(w, DG__CK_NET, 1);
+    dg__net_put(w, c->net, c->opt);
 }
 
 DGDEF size_t dg_net_save_size(const dg_net *net, const dg_optim *opt)
 {
-    dg__wbuf w = {NULL, 0, 0};
-    if (!net) return 0;
-    dg__net_payload(net, opt, &w);
-    return 20 + w.len;
+    dg__net_ckpt c;
+    c.net = net;
+    c.opt = opt;
+    return net ? dg__encoded_size(dg__net_encode, &c) : 0;
+}
+
+static dg_result dg__net_save_check(const dg_net *net, const dg_optim *opt, const char *what)
+{
+    if (!net->planned) return dg__fail(DG_ERR_STATE, "%s: the net is not planned", what);
+    if (opt && (!opt->state || opt->n != net->n_params))
+        return dg__fail(DG_ERR_ARG, "%s: optimiser over %zu values, net has %zu", what, opt->n,
+                        net->n_params);
+    return DG_OK;
 }
 
 DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *buf, size_t cap,
                                 size_t *written)
 {
-    dg__wbuf w;
-    size_t need;
-    unsigned char *p = (unsigned char *)buf;
+    dg__net_ckpt c;
+    dg_result r;
     if (!net || !buf) return dg__fail(DG_ERR_ARG, "dg_net_save_mem: NULL argument");
-    if (!net->planned) return dg__fail(DG_ERR_STATE, "dg_net_save_mem: the net is not planned");
-    if (opt && (!opt->state || opt->n != net->n_params))
-        return dg__fail(DG_ERR_ARG, "dg_net_save_mem: optimiser over %zu values, net has %zu",
-                        opt->n, net->n_params);
-    need = dg_net_save_size(net, opt);
-    if (cap < need) return dg__fail(DG_ERR_TOO_LARGE, "dg_net_save_mem: need %zu bytes", need);
-    w.p = p + 20;
-    w.len = 0;
-    w.cap = need - 20;
-    dg__net_payload(net, opt, &w);
-    memcpy(p, DG__NET_MAGIC, 4);
-    w.p = p + 4;
-    w.len = 0;
-    w.cap = 16;
-    dg__put_u32(&w, dg__net_version(net));
-    dg__put_u64(&w, (uint64_t)(need - 20));
-    dg__put_u32(&w, dg_crc32(0, p + 20, need - 20));
-    if (written) *written = need;
-    return DG_OK;
+    if ((r = dg__net_save_check(net, opt, "dg_net_save_mem"))) return r;
+    c.net = net;
+    c.opt = opt;
+    return dg__encode_mem(dg__net_encode, &c, buf, cap, written, "dg_net_save_mem");
 }
 
-/* Checks that the payload describes this net (and optimiser), then copies
-   the values.  Nothing is changed unless everything matches. */
-static dg_result dg__net_read_payload(dg_net *net, dg_optim *opt, dg__rbuf *r, uint32_t version)
+/* Reads a net section: checks that it describes this net (and optimiser),
+   then copies the values.  Nothing is changed unless everything matches. */
+static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
 {
     const unsigned char *params, *state, *ostate = NULL;
     uint32_t kind;
@@ -5724,19 +5941,16 @@ static dg_result dg__net_read_payload(dg_net *net, dg_optim *opt, dg__rbuf *r, u
                         net->n_layers);
     for (l = 0; l < net->n_layers; l++) {
         const dg_layer_desc *d = &net->layers[l].d;
-        int32_t f[9], no_bias = 0;
-        int j, same;
-        float alpha, eps = d->eps, momentum = d->momentum;
+        int32_t f[9], no_bias;
+        int j;
+        float alpha, eps, momentum;
         for (j = 0; j < 9; j++) f[j] = (int32_t)dg__get_u32(r);
         alpha = dg__get_f32(r);
-        if (version >= 2) {
-            no_bias = (int32_t)dg__get_u32(r);
-            eps = dg__get_f32(r);
-            momentum = dg__get_f32(r);
-        }
+        no_bias = (int32_t)dg__get_u32(r);
+        eps = dg__get_f32(r);
+        momentum = dg__get_f32(r);
         if (r->bad) break;
-        same = version >= 2 || dg__layer_v1(d);
-        if (!same || f[0] != (int32_t)d->type || f[1] != d->out || f[2] != d->kernel ||
+        if (f[0] != (int32_t)d->type || f[1] != d->out || f[2] != d->kernel ||
             f[3] != d->stride || f[4] != d->pad || f[5] != d->out_pad || f[6] != d->c ||
             f[7] != d->h || f[8] != d->w || memcmp(&alpha, &d->alpha, 4) != 0 ||
             no_bias != d->no_bias || memcmp(&eps, &d->eps, 4) != 0 ||
@@ -5784,93 +5998,26 @@ static dg_result dg__net_read_payload(dg_net *net, dg_optim *opt, dg__rbuf *r, u
 
 DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, size_t len)
 {
-    dg__rbuf r;
-    uint32_t version, crc;
-    uint64_t plen;
-    const unsigned char *p = (const unsigned char *)buf;
+    static const uint32_t types[1] = {DG__SEC_NET};
+    dg__rbuf sec;
+    dg_result r;
     if (!net || !buf) return dg__fail(DG_ERR_ARG, "dg_net_load_mem: NULL argument");
     if (!net->planned) return dg__fail(DG_ERR_STATE, "dg_net_load_mem: plan the net first");
     if (opt && (!opt->state || opt->n != net->n_params))
         return dg__fail(DG_ERR_ARG, "dg_net_load_mem: optimiser does not fit the net");
-    if (len < 20 || memcmp(p, DG__NET_MAGIC, 4) != 0)
-        return dg__fail(DG_ERR_FORMAT, "checkpoint: not a distgan net file (bad magic)");
-    r.p = p;
-    r.len = len;
-    r.pos = 4;
-    r.bad = 0;
-    version = dg__get_u32(&r);
-    plen = dg__get_u64(&r);
-    crc = dg__get_u32(&r);
-    if (version < 1 || version > DG__NET_VERSION)
-        return dg__fail(DG_ERR_VERSION, "checkpoint: version %u, this library reads 1 to %u",
-                        version, DG__NET_VERSION);
-    if (plen != len - 20)
-        return dg__fail(DG_ERR_FORMAT, "checkpoint: payload of %llu bytes in a %zu-byte file",
-                        (unsigned long long)plen, len);
-    if (dg_crc32(0, p + 20, len - 20) != crc)
-        return dg__fail(DG_ERR_CHECKSUM, "checkpoint: CRC mismatch, the file is corrupted");
-    r.p = p + 20;
-    r.len = len - 20;
-    r.pos = 0;
-    return dg__net_read_payload(net, opt, &r, version);
+    if ((r = dg__ck_open(buf, len, DG__CK_NET, types, 1, &sec, "net checkpoint"))) return r;
+    return dg__net_get(net, opt, &sec);
 }
 
 DGDEF dg_result dg_net_save(const dg_net *net, const dg_optim *opt, const char *path)
 {
-    size_t n, written = 0;
-    void *buf;
-    FILE *f;
+    dg__net_ckpt c;
     dg_result r;
     if (!net || !path) return dg__fail(DG_ERR_ARG, "dg_net_save: NULL argument");
-    n = dg_net_save_size(net, opt);
-    buf = DG_MALLOC(n);
-    if (!buf) return dg__fail(DG_ERR_NOMEM, "dg_net_save: no memory for %zu bytes", n);
-    r = dg_net_save_mem(net, opt, buf, n, &written);
-    if (r == DG_OK) {
-        f = fopen(path, "wb");
-        if (!f) {
-            r = dg__fail(DG_ERR_IO, "dg_net_save: cannot open %s for writing", path);
-        } else {
-            if (fwrite(buf, 1, written, f) != written) r = dg__fail(DG_ERR_IO, "dg_net_save: write to %s failed", path);
-            if (fclose(f) != 0 && r == DG_OK) r = dg__fail(DG_ERR_IO, "dg_net_save: close of %s failed", path);
-        }
-    }
-    DG_FREE(buf);
-    return r;
-}
-
-/* Reads a whole file; refuses files over `limit` bytes. */
-static dg_result dg__read_file(const char *path, size_t limit, unsigned char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    long size;
-    unsigned char *buf;
-    *out = NULL;
-    *len = 0;
-    if (!f) return dg__fail(DG_ERR_IO, "cannot open %s", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return dg__fail(DG_ERR_IO, "cannot size %s", path);
-    }
-    if ((unsigned long)size > limit) {
-        fclose(f);
-        return dg__fail(DG_ERR_TOO_LARGE, "%s: %ld bytes, over the limit of %zu", path, size,
-                        limit);
-    }
-    buf = (unsigned char *)DG_MALLOC((size_t)size + 1);
-    if (!buf) {
-        fclose(f);
-        return dg__fail(DG_ERR_NOMEM, "no memory to read %s (%ld bytes)", path, size);
-    }
-    if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        fclose(f);
-        DG_FREE(buf);
-        return dg__fail(DG_ERR_IO, "read of %s failed", path);
-    }
-    fclose(f);
-    *out = buf;
-    *len = (size_t)size;
-    return DG_OK;
+    if ((r = dg__net_save_check(net, opt, "dg_net_save"))) return r;
+    c.net = net;
+    c.opt = opt;
+    return dg__encode_file(dg__net_encode, &c, path);
 }
 
 DGDEF dg_result dg_net_load(dg_net *net, dg_optim *opt, const char *path)
@@ -5884,7 +6031,7 @@ DGDEF dg_result dg_net_load(dg_net *net, dg_optim *opt, const char *path)
     r = dg__read_file(path, dg_net_save_size(net, opt) + (opt ? 0 : 64 + 8 * net->n_params), &buf, &len);
     if (r != DG_OK) return r;
     r = dg_net_load_mem(net, opt, buf, len);
-    DG_FREE(buf);
+    dg__free(buf);
     return r;
 }
 
@@ -5895,16 +6042,6 @@ DGDEF dg_result dg_net_load(dg_net *net, dg_optim *opt, const char *path)
 #define DG__STREAM_PARTITION 0x6461746170617274ull
 #define DG__STREAM_BATCH 0x6461746162617463ull
 #define DG__STREAM_SHAPES 0x6461746173686170ull
-
-static uint32_t dg__data_be32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static uint32_t dg__data_le32(const uint8_t *p)
-{
-    return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
-}
 
 DGDEF void dg_dataset_free(dg_dataset *ds)
 {
@@ -6003,41 +6140,6 @@ DGDEF size_t dg_dataset_class_counts(const dg_dataset *ds, size_t *hist)
     return unlabelled;
 }
 
-/* Reads a whole file (at most DG_DATA_MAX_BYTES) into a dg__alloc'd buffer. */
-static dg_result dg__data_read_file(const char *path, uint8_t **out, size_t *len)
-{
-    FILE *f;
-    long size;
-    uint8_t *buf;
-    *out = NULL;
-    *len = 0;
-    f = fopen(path, "rb");
-    if (!f) return dg__fail(DG_ERR_IO, "%s: cannot open for reading", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return dg__fail(DG_ERR_IO, "%s: cannot determine the file size", path);
-    }
-    if ((unsigned long)size > DG_DATA_MAX_BYTES) {
-        fclose(f);
-        return dg__fail(DG_ERR_TOO_LARGE, "%s: %ld bytes exceed DG_DATA_MAX_BYTES (%zu)", path,
-                        size, (size_t)DG_DATA_MAX_BYTES);
-    }
-    buf = (uint8_t *)dg__alloc(size ? (size_t)size : 1);
-    if (!buf) {
-        fclose(f);
-        return dg__fail(DG_ERR_NOMEM, "%s: cannot allocate %ld bytes", path, size);
-    }
-    if (size && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        fclose(f);
-        dg__free(buf);
-        return dg__fail(DG_ERR_IO, "%s: read error", path);
-    }
-    fclose(f);
-    *out = buf;
-    *len = (size_t)size;
-    return DG_OK;
-}
-
 /* gzip (RFC 1952), one member: header, raw deflate, CRC-32 and ISIZE. */
 static int dg__is_gzip(const uint8_t *p, size_t len)
 {
@@ -6094,8 +6196,8 @@ static dg_result dg__gunzip(const char *name, const uint8_t *gz, size_t len, uin
     if (len - pos < 8 + 2) /* at least an empty final block and the trailer */
         return dg__fail(DG_ERR_FORMAT, "%s: gzip: truncated after the header", name);
     comp_len = len - pos - 8;
-    crc = dg__data_le32(gz + len - 8);
-    isize = dg__data_le32(gz + len - 4);
+    crc = dg__rd32(gz + len - 8);
+    isize = dg__rd32(gz + len - 4);
     /* ISIZE decides the allocation, so check it first: against the limit,
        and against the best deflate can do (258 bytes per 2-bit code, about
        1032:1), so a forged trailer cannot ask for gigabytes. */
@@ -6177,7 +6279,7 @@ static dg_result dg__idx_header(const char *name, const uint8_t *p, size_t len, 
     if (len < hdr)
         return dg__fail(DG_ERR_FORMAT, "%s: idx: %zu bytes, truncated header of %zu", name, len, hdr);
     for (i = 0; i < nd; i++) {
-        dims[i] = dg__data_be32(p + 4 + 4 * i);
+        dims[i] = dg__rd32be(p + 4 + 4 * i);
         if (dims[i] == 0) return dg__fail(DG_ERR_FORMAT, "%s: idx: dimension %d is zero", name, i);
         total *= dims[i]; /* three 32-bit dims could overflow 64 bits: stop early */
         if (total > (uint64_t)len)
@@ -6256,8 +6358,8 @@ DGDEF dg_result dg_dataset_load_idx(dg_dataset *ds, const char *images_path, con
     dg_result r;
     if (!ds || !images_path) return dg__fail(DG_ERR_ARG, "dg_dataset_load_idx: NULL argument");
     memset(ds, 0, sizeof *ds);
-    if ((r = dg__data_read_file(images_path, &ibuf, &ilen))) return r;
-    if (labels_path && (r = dg__data_read_file(labels_path, &lbuf, &llen))) {
+    if ((r = dg__read_file(images_path, DG_DATA_MAX_BYTES, &ibuf, &ilen))) return r;
+    if (labels_path && (r = dg__read_file(labels_path, DG_DATA_MAX_BYTES, &lbuf, &llen))) {
         dg__free(ibuf);
         return r;
     }
@@ -6368,7 +6470,7 @@ DGDEF dg_result dg_dataset_load_cifar10(dg_dataset *ds, const char *const *paths
     for (i = 0; i < n_paths; i++) {
         uint8_t *buf;
         size_t len;
-        if ((r = dg__data_read_file(paths[i], &buf, &len))) break;
+        if ((r = dg__read_file(paths[i], DG_DATA_MAX_BYTES, &buf, &len))) break;
         r = dg__cifar_check_len(paths[i], len);
         if (!r && first + len / DG__CIFAR_REC > total)
             r = dg__fail(DG_ERR_IO, "%s: the file grew while loading", paths[i]);
@@ -6729,7 +6831,7 @@ DGDEF dg_result dg_dataset_load_mnist_json_dir(dg_dataset *ds, const char *dir)
             break;
         }
         sprintf(path, "%s/%d.json", dir, k);
-        r = dg__data_read_file(path, &text, &len);
+        r = dg__read_file(path, DG_DATA_MAX_BYTES, &text, &len);
         if (!r) {
             r = dg__data_with_path(dg_mnist_json_parse(text, len, &digits[k], &counts[k]), path);
             dg__free(text);
@@ -7170,9 +7272,9 @@ DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fra
     if (!ds || !train || !test || !ds->labels || ds->n_classes <= 0 ||
         !(test_fraction >= 0.0 && test_fraction <= 1.0))
         return dg__fail(DG_ERR_ARG, "dg_dataset_split_per_class: bad arguments");
-    count = (size_t *)DG_MALLOC(sizeof(size_t) * 2 * (size_t)ds->n_classes);
-    itr = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
-    ite = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * (ds->n + 1));
+    count = (size_t *)dg__alloc(sizeof(size_t) * 2 * (size_t)ds->n_classes);
+    itr = (uint32_t *)dg__alloc(sizeof(uint32_t) * (ds->n + 1));
+    ite = (uint32_t *)dg__alloc(sizeof(uint32_t) * (ds->n + 1));
     if (!count || !itr || !ite) {
         r = dg__fail(DG_ERR_NOMEM, "dg_dataset_split_per_class: no memory");
         goto done;
@@ -7199,9 +7301,9 @@ DGDEF dg_result dg_dataset_split_per_class(const dg_dataset *ds, double test_fra
         dg_dataset_free(test);
     }
 done:
-    DG_FREE(count);
-    DG_FREE(itr);
-    DG_FREE(ite);
+    dg__free(count);
+    dg__free(itr);
+    dg__free(ite);
     return r;
 }
 
@@ -7316,8 +7418,22 @@ static uint8_t dg__data_to_byte(float v)
     return (uint8_t)(b + 0.5f);
 }
 
-/* The one PNG writer of the header (stb_image_write); who names the caller
-   in the error. */
+#ifndef DG_NO_STB
+/* stb encodes the whole PNG in memory and hands it over in one call */
+typedef struct dg__png_sink {
+    const char *path;
+    dg_result r;
+} dg__png_sink;
+
+static void dg__png_sink_write(void *ctx, void *data, int size)
+{
+    dg__png_sink *s = (dg__png_sink *)ctx;
+    s->r = dg__write_file(s->path, data, (size_t)size);
+}
+#endif
+
+/* The one PNG writer of the header (stb_image_write, then the atomic
+   writer); who names the caller in the error. */
 static dg_result dg__write_png(const char *who, const char *path, int w, int h, int comp,
                                const uint8_t *px)
 {
@@ -7326,9 +7442,12 @@ static dg_result dg__write_png(const char *who, const char *path, int w, int h, 
     return dg__fail(DG_ERR_UNSUPPORTED, "%s(%s): this build has no PNG writer (DG_NO_STB)", who,
                     path);
 #else
-    if (!stbi_write_png(path, w, h, comp, px, w * comp))
-        return dg__fail(DG_ERR_IO, "%s: cannot write %s", who, path);
-    return DG_OK;
+    dg__png_sink sink;
+    sink.path = path;
+    sink.r = DG_OK;
+    if (!stbi_write_png_to_func(dg__png_sink_write, &sink, w, h, comp, px, w * comp))
+        return dg__fail(DG_ERR_NOMEM, "%s: cannot encode %s", who, path);
+    return sink.r == DG_OK ? DG_OK : dg__fail(sink.r, "%s: cannot write %s", who, path);
 #endif
 }
 
@@ -8543,25 +8662,21 @@ DGDEF dg_result dg_gan_write_samples(const dg_gan_sampler *s, uint64_t seed, int
     dg_result r;
     if (!s || !s->g || n < 1 || cols < 1) return dg__fail(DG_ERR_ARG, "dg_gan_write_samples: bad arguments");
     dg_net_output_shape(s->g, &c, &h, &w);
-    img = (float *)DG_MALLOC(sizeof(float) * (size_t)c * h * w * (size_t)n);
-    lab = (int32_t *)DG_MALLOC(sizeof(int32_t) * (size_t)n);
+    img = (float *)dg__alloc(sizeof(float) * (size_t)c * h * w * (size_t)n);
+    lab = (int32_t *)dg__alloc(sizeof(int32_t) * (size_t)n);
     if (!img || !lab) r = dg__fail(DG_ERR_NOMEM, "dg_gan_write_samples: out of memory");
     else if ((r = dg_gan_generate(s, seed, 0, n, img, lab)) == DG_OK)
         r = s->n_classes ? dg_write_png_grid_by_class(path, img, lab, n, c, h, w, s->n_classes, cols, 2)
                          : dg_write_png_grid(path, img, n, c, h, w, cols, 2);
-    DG_FREE(img);
-    DG_FREE(lab);
+    dg__free(img);
+    dg__free(lab);
     return r;
 }
 
-/* Trainer checkpoint, little-endian: "DGGT" | u32 version | u64 payload
-   bytes | u32 CRC-32 of the payload | payload.  Payload: u32 arch, z_dim,
-   batch, n_classes, c, h, w, d_steps, saturating | u64 seed | i64
-   iteration | u64 batcher epoch, position | u64 G bytes | G checkpoint
-   (dg_net_save_mem with its Adam state) | u64 D bytes | D checkpoint. */
-#define DG__GT_MAGIC "DGGT"
-#define DG__GT_VERSION 1u
-
+/* Trainer checkpoint: a container of kind GAN trainer with three
+   sections: u32 arch, z_dim, batch, n_classes, c, h, w, d_steps,
+   saturating | u64 seed | i64 iteration | u64 batcher epoch, position;
+   then G and D with their Adam states. */
 static void dg__gt_config(const dg_gan_trainer *t, uint32_t v[9])
 {
     v[0] = (uint32_t)t->cfg.arch;
@@ -8575,128 +8690,80 @@ static void dg__gt_config(const dg_gan_trainer *t, uint32_t v[9])
     v[8] = (uint32_t)(t->cfg.saturating != 0);
 }
 
+static void dg__gt_encode(dg__wbuf *w, const void *obj)
+{
+    const dg_gan_trainer *t = (const dg_gan_trainer *)obj;
+    uint32_t v[9];
+    size_t start;
+    int i;
+    dg__ck_begin(w, DG__CK_GAN_TRAINER, 3);
+    start = dg__ck_section(w, DG__SEC_STATE);
+    dg__gt_config(t, v);
+    for (i = 0; i < 9; i++) dg__put_u32(w, v[i]);
+    dg__put_u64(w, t->cfg.seed);
+    dg__put_u64(w, (uint64_t)t->iter);
+    dg__put_u64(w, t->batcher.epoch);
+    dg__put_u64(w, (uint64_t)t->batcher.pos);
+    dg__ck_end(w, start);
+    dg__net_put(w, t->g, &t->og);
+    dg__net_put(w, t->d, &t->od);
+}
+
 DGDEF dg_result dg_gan_trainer_save(const dg_gan_trainer *t, const char *path)
 {
-    size_t ng, nd, total, wg = 0, wd = 0;
-    unsigned char *buf;
-    uint32_t v[9];
-    dg__wbuf w;
-    dg_result r;
-    FILE *f;
-    int i;
     if (!t || !t->g || !path) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_save: bad arguments");
-    ng = dg_net_save_size(t->g, &t->og);
-    nd = dg_net_save_size(t->d, &t->od);
-    total = 20 + 9 * 4 + 8 + 8 + 16 + 8 + ng + 8 + nd;
-    buf = (unsigned char *)DG_MALLOC(total);
-    if (!buf) return dg__fail(DG_ERR_NOMEM, "dg_gan_trainer_save: no memory for %zu bytes", total);
-    w.p = buf;
-    w.len = 20;
-    w.cap = total;
-    dg__gt_config(t, v);
-    for (i = 0; i < 9; i++) dg__put_u32(&w, v[i]);
-    dg__put_u64(&w, t->cfg.seed);
-    dg__put_u64(&w, (uint64_t)t->iter);
-    dg__put_u64(&w, t->batcher.epoch);
-    dg__put_u64(&w, (uint64_t)t->batcher.pos);
-    dg__put_u64(&w, ng);
-    r = dg_net_save_mem(t->g, &t->og, buf + w.len, ng, &wg);
-    w.len += ng;
-    dg__put_u64(&w, nd);
-    if (r == DG_OK) r = dg_net_save_mem(t->d, &t->od, buf + w.len, nd, &wd);
-    w.len += nd;
-    if (r == DG_OK) {
-        DG_ASSERT(w.len == total && wg == ng && wd == nd);
-        memcpy(buf, DG__GT_MAGIC, 4);
-        w.len = 4;
-        dg__put_u32(&w, DG__GT_VERSION);
-        dg__put_u64(&w, (uint64_t)(total - 20));
-        dg__put_u32(&w, dg_crc32(0, buf + 20, total - 20));
-        f = fopen(path, "wb");
-        if (!f)
-            r = dg__fail(DG_ERR_IO, "dg_gan_trainer_save: cannot open %s for writing", path);
-        else {
-            if (fwrite(buf, 1, total, f) != total)
-                r = dg__fail(DG_ERR_IO, "dg_gan_trainer_save: write to %s failed", path);
-            if (fclose(f) != 0 && r == DG_OK)
-                r = dg__fail(DG_ERR_IO, "dg_gan_trainer_save: close of %s failed", path);
-        }
-    }
-    DG_FREE(buf);
-    return r;
+    return dg__encode_file(dg__gt_encode, t, path);
 }
 
 DGDEF dg_result dg_gan_trainer_load(dg_gan_trainer *t, const char *path)
 {
+    static const uint32_t types[3] = {DG__SEC_STATE, DG__SEC_NET, DG__SEC_NET};
     unsigned char *buf = NULL;
-    size_t len, limit, ng, nd;
+    size_t len;
     uint32_t v[9];
     uint64_t seed, iter, epoch, pos;
-    const unsigned char *pg, *pd;
-    dg__rbuf rb;
+    dg__rbuf sec[3];
     dg_result r;
     int i;
     if (!t || !t->g || !path) return dg__fail(DG_ERR_ARG, "dg_gan_trainer_load: bad arguments");
-    limit = 20 + 9 * 4 + 48 + dg_net_save_size(t->g, &t->og) + dg_net_save_size(t->d, &t->od);
-    if ((r = dg__read_file(path, limit, &buf, &len))) return r;
-    r = DG_ERR_FORMAT;
-    if (len < 20 || memcmp(buf, DG__GT_MAGIC, 4) != 0) {
-        r = dg__fail(DG_ERR_FORMAT, "%s: not a distgan trainer checkpoint", path);
-        goto done;
-    }
-    rb.p = buf;
-    rb.len = len;
-    rb.pos = 4;
-    rb.bad = 0;
-    if (dg__get_u32(&rb) != DG__GT_VERSION) {
-        r = dg__fail(DG_ERR_VERSION, "%s: unsupported trainer checkpoint version", path);
-        goto done;
-    }
-    if (dg__get_u64(&rb) != len - 20 || dg__get_u32(&rb) != dg_crc32(0, buf + 20, len - 20)) {
-        r = dg__fail(DG_ERR_CHECKSUM, "%s: truncated or corrupted (length or CRC)", path);
-        goto done;
-    }
+    /* the file cannot be larger than this trainer's own checkpoint */
+    if ((r = dg__read_file(path, dg__encoded_size(dg__gt_encode, t), &buf, &len))) return r;
+    if ((r = dg__ck_open(buf, len, DG__CK_GAN_TRAINER, types, 3, sec, path))) goto done;
     dg__gt_config(t, v);
     for (i = 0; i < 9; i++)
-        if (dg__get_u32(&rb) != v[i]) {
+        if (dg__get_u32(&sec[0]) != v[i]) {
             r = dg__fail(DG_ERR_CONFIG, "%s: saved by a trainer of another configuration (field %d)",
                          path, i);
             goto done;
         }
-    seed = dg__get_u64(&rb);
-    iter = dg__get_u64(&rb);
-    epoch = dg__get_u64(&rb);
-    pos = dg__get_u64(&rb);
+    seed = dg__get_u64(&sec[0]);
+    iter = dg__get_u64(&sec[0]);
+    epoch = dg__get_u64(&sec[0]);
+    pos = dg__get_u64(&sec[0]);
+    if ((r = dg__ck_done(&sec[0], path))) goto done;
     if (seed != t->cfg.seed) {
         r = dg__fail(DG_ERR_CONFIG, "%s: saved with seed %llu, this trainer has %llu", path,
                      (unsigned long long)seed, (unsigned long long)t->cfg.seed);
         goto done;
     }
-    ng = (size_t)dg__get_u64(&rb);
-    pg = dg__take(&rb, ng);
-    nd = (size_t)dg__get_u64(&rb);
-    pd = dg__take(&rb, nd);
-    if (rb.bad || rb.pos != len || iter > INT64_MAX) {
+    if (iter > INT64_MAX) {
         r = dg__fail(DG_ERR_FORMAT, "%s: malformed trainer checkpoint", path);
         goto done;
     }
     /* the CRC and the configuration matched, so both nets fit; should
        either load still be refused, the trainer is half restored and the
        caller must not continue from it */
-    if ((r = dg_net_load_mem(t->d, &t->od, pd, nd))) goto done;
-    if ((r = dg_net_load_mem(t->g, &t->og, pg, ng))) goto done;
+    if ((r = dg__net_get(t->d, &t->od, &sec[2]))) goto done;
+    if ((r = dg__net_get(t->g, &t->og, &sec[1]))) goto done;
     if ((r = dg_batcher_seek(&t->batcher, epoch, (size_t)pos))) goto done;
     t->iter = (int64_t)iter;
-    r = DG_OK;
 done:
-    DG_FREE(buf);
+    dg__free(buf);
     return r;
 }
 
 /* ---- evaluation ---- */
 
-#define DG__CLF_MAGIC "DGCL"
-#define DG__CLF_VERSION 1u
 #define DG__EVAL_CHUNK 256
 
 DGDEF dg_evaluator_config dg_evaluator_config_init(void)
@@ -8746,81 +8813,55 @@ static uint64_t dg__clf_fingerprint(const dg_dataset *ds, const dg_evaluator_con
     return (uint64_t)a << 32 | b;
 }
 
-/* File: "DGCL" | u32 version | u64 fingerprint | u64 trunk bytes | trunk
-   checkpoint | u64 head bytes | head checkpoint | u32 CRC-32 of all before. */
+/* File: a container of kind classifier with three sections: u64
+   fingerprint, the trunk and the head. */
+typedef struct dg__clf_ckpt {
+    const dg_evaluator *ev;
+    uint64_t fp;
+} dg__clf_ckpt;
+
+static void dg__clf_encode(dg__wbuf *w, const void *obj)
+{
+    const dg__clf_ckpt *c = (const dg__clf_ckpt *)obj;
+    size_t start;
+    dg__ck_begin(w, DG__CK_CLASSIFIER, 3);
+    start = dg__ck_section(w, DG__SEC_STATE);
+    dg__put_u64(w, c->fp);
+    dg__ck_end(w, start);
+    dg__net_put(w, c->ev->trunk, NULL);
+    dg__net_put(w, c->ev->head, NULL);
+}
+
 static dg_result dg__clf_save(dg_evaluator *ev, uint64_t fp, const char *path)
 {
-    size_t nt = dg_net_save_size(ev->trunk, NULL), nh = dg_net_save_size(ev->head, NULL), wt = 0,
-           wh = 0, total = 4 + 4 + 8 + 8 + nt + 8 + nh + 4;
-    unsigned char *buf = (unsigned char *)DG_MALLOC(total);
-    dg__wbuf w;
-    dg_result r;
-    FILE *f;
-    if (!buf) return dg__fail(DG_ERR_NOMEM, "classifier save: no memory");
-    w.p = buf;
-    w.len = 0;
-    w.cap = total;
-    dg__put(&w, DG__CLF_MAGIC, 4);
-    dg__put_u32(&w, DG__CLF_VERSION);
-    dg__put_u64(&w, fp);
-    dg__put_u64(&w, nt);
-    r = dg_net_save_mem(ev->trunk, NULL, buf + w.len, nt, &wt);
-    w.len += nt;
-    dg__put_u64(&w, nh);
-    if (r == DG_OK) r = dg_net_save_mem(ev->head, NULL, buf + w.len, nh, &wh);
-    w.len += nh;
-    dg__put_u32(&w, dg_crc32(0, buf, total - 4));
-    if (r == DG_OK) {
-        f = fopen(path, "wb");
-        if (!f)
-            r = dg__fail(DG_ERR_IO, "classifier save: cannot open %s", path);
-        else {
-            if (fwrite(buf, 1, total, f) != total) r = dg__fail(DG_ERR_IO, "classifier save: write to %s failed", path);
-            if (fclose(f) != 0 && r == DG_OK) r = dg__fail(DG_ERR_IO, "classifier save: close of %s failed", path);
-        }
-    }
-    DG_FREE(buf);
-    return r;
+    dg__clf_ckpt c;
+    c.ev = ev;
+    c.fp = fp;
+    return dg__encode_file(dg__clf_encode, &c, path);
 }
 
 /* DG_OK when the file held this classifier; anything else means "train". */
 static dg_result dg__clf_load(dg_evaluator *ev, uint64_t fp, const char *path)
 {
+    static const uint32_t types[3] = {DG__SEC_STATE, DG__SEC_NET, DG__SEC_NET};
     unsigned char *buf;
-    size_t len, nt, nh;
-    const unsigned char *pt, *ph;
-    dg__rbuf rb;
+    size_t len;
+    dg__rbuf sec[3];
+    dg__clf_ckpt c;
     dg_result r;
-    size_t limit = 64 + 2 * (dg_net_save_size(ev->trunk, NULL) + dg_net_save_size(ev->head, NULL));
-    if ((r = dg__read_file(path, limit, &buf, &len))) return r;
-    rb.p = buf;
-    rb.len = len;
-    rb.pos = 0;
-    rb.bad = 0;
-    r = DG_ERR_FORMAT;
-    if (len < 28 || memcmp(buf, DG__CLF_MAGIC, 4) != 0) goto done;
-    rb.pos = 4;
-    if (dg__get_u32(&rb) != DG__CLF_VERSION) {
-        r = DG_ERR_VERSION;
-        goto done;
-    }
-    if (dg__get_u64(&rb) != fp) {
+    c.ev = ev;
+    c.fp = fp;
+    if ((r = dg__read_file(path, dg__encoded_size(dg__clf_encode, &c), &buf, &len))) return r;
+    if ((r = dg__ck_open(buf, len, DG__CK_CLASSIFIER, types, 3, sec, path))) goto done;
+    if (dg__get_u64(&sec[0]) != fp) {
         r = DG_ERR_CONFIG;
         goto done;
     }
-    nt = (size_t)dg__get_u64(&rb);
-    pt = dg__take(&rb, nt);
-    nh = (size_t)dg__get_u64(&rb);
-    ph = dg__take(&rb, nh);
-    if (rb.bad || rb.pos + 4 != len) goto done;
-    if (dg__get_u32(&rb) != dg_crc32(0, buf, len - 4)) {
-        r = DG_ERR_CHECKSUM;
-        goto done;
-    }
-    if ((r = dg_net_load_mem(ev->trunk, NULL, pt, nt))) goto done;
-    r = dg_net_load_mem(ev->head, NULL, ph, nh);
+    if ((r = dg__ck_done(&sec[0], path))) goto done;
+    if ((r = dg__net_get(ev->trunk, NULL, &sec[1]))) goto done;
+    r = dg__net_get(ev->head, NULL, &sec[2]);
 done:
-    DG_FREE(buf);
+    dg__free(buf);
     return r;
 }
 
@@ -9097,7 +9138,7 @@ DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, siz
     if (ds->c != ev->c || ds->h != ev->h || ds->w != ev->w)
         return dg__fail(DG_ERR_SHAPE, "dg_evaluator_dataset: images of another shape");
     if (n == 0 || n > ds->n) n = ds->n;
-    perm = (uint32_t *)DG_MALLOC(sizeof(uint32_t) * ds->n);
+    perm = (uint32_t *)dg__alloc(sizeof(uint32_t) * ds->n);
     if (!perm) return dg__fail(DG_ERR_NOMEM, "dg_evaluator_dataset: no memory");
     for (i = 0; i < ds->n; i++) perm[i] = (uint32_t)i;
     dg_rng_shuffle(&rng, perm, ds->n);
@@ -9106,7 +9147,7 @@ DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, siz
     s.perm = perm;
     s.d = (size_t)ev->c * ev->h * ev->w;
     r = dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
-    DG_FREE(perm);
+    dg__free(perm);
     return r;
 }
 
@@ -9391,27 +9432,6 @@ DGDEF int32_t *dg_msg_i32(const dg_msg *m, int i, size_t count)
         m->part[i].count != count)
         return NULL;
     return (int32_t *)m->part[i].data;
-}
-
-static void dg__le32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-    p[2] = (unsigned char)(v >> 16);
-    p[3] = (unsigned char)(v >> 24);
-}
-static void dg__le64(unsigned char *p, uint64_t v)
-{
-    dg__le32(p, (uint32_t)v);
-    dg__le32(p + 4, (uint32_t)(v >> 32));
-}
-static uint32_t dg__rd32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t dg__rd64(const unsigned char *p)
-{
-    return (uint64_t)dg__rd32(p) | (uint64_t)dg__rd32(p + 4) << 32;
 }
 
 /* The frame's header and part table (dg_msg_frame_bytes(m) bytes) with the
@@ -11141,77 +11161,81 @@ static void dg__swap_floats(float *a, float *b, size_t n)
     }
 }
 
-/* Checkpoint: "DGMC" | u32 version 1 | i64 iteration | i64 swap round |
-   u64 net bytes | u32 CRC-32 of the 28 bytes before | dg_net_save_mem(G,
-   Adam) (which has its own CRC). */
-#define DG__CKPT_HEAD 36
-
-static void dg__ckpt_head(unsigned char *p, const char *magic, int64_t a, int64_t b, uint64_t len)
+/* A role's checkpoint: a container with its counters v[0..n-1] (u64 each),
+   then its net (MD-GAN) or its G and D (FL-GAN, d not NULL), each with its
+   Adam state. */
+static void dg__role_put(dg__wbuf *w, uint32_t kind, const uint64_t *v, int n, const dg_net *g,
+                         const dg_optim *og, const dg_net *d, const dg_optim *od)
 {
-    memcpy(p, magic, 4);
-    dg__le32(p + 4, 1);
-    dg__le64(p + 8, (uint64_t)a);
-    dg__le64(p + 16, (uint64_t)b);
-    dg__le64(p + 24, len);
-    dg__le32(p + 32, dg_crc32(0, p, 32));
+    size_t start;
+    int i;
+    dg__ck_begin(w, kind, d ? 3 : 2);
+    start = dg__ck_section(w, DG__SEC_STATE);
+    for (i = 0; i < n; i++) dg__put_u64(w, v[i]);
+    dg__ck_end(w, start);
+    dg__net_put(w, g, og);
+    if (d) dg__net_put(w, d, od);
 }
 
-static dg_result dg__ckpt_read(const unsigned char *p, size_t len, const char *magic, int64_t *a,
-                               int64_t *b, size_t *net_len)
+/* MD-GAN server: iteration, swap round; G. */
+static void dg__mdgan_server_encode(dg__wbuf *w, const void *obj)
 {
-    if (len < DG__CKPT_HEAD || memcmp(p, magic, 4) != 0)
-        return dg__fail(DG_ERR_FORMAT, "checkpoint: not a %.4s checkpoint", magic);
-    if (dg__rd32(p + 32) != dg_crc32(0, p, 32))
-        return dg__fail(DG_ERR_CHECKSUM, "checkpoint: header CRC mismatch");
-    if (dg__rd32(p + 4) != 1) return dg__fail(DG_ERR_VERSION, "checkpoint: version %u", dg__rd32(p + 4));
-    *a = (int64_t)dg__rd64(p + 8);
-    *b = (int64_t)dg__rd64(p + 16);
-    *net_len = (size_t)dg__rd64(p + 24);
-    if (*net_len != len - DG__CKPT_HEAD || *a < 0 || *b < 0)
-        return dg__fail(DG_ERR_FORMAT, "checkpoint: inconsistent header");
+    const dg_mdgan_server *s = (const dg_mdgan_server *)obj;
+    uint64_t v[2];
+    v[0] = (uint64_t)s->iteration;
+    v[1] = (uint64_t)s->round;
+    dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL);
+}
+
+/* Reads the counters of a role's checkpoint (n of them, none negative)
+   and points net[] at its nets. */
+static dg_result dg__role_open(const void *buf, size_t len, uint32_t kind, int64_t *v, int n,
+                               dg__rbuf *net, int n_nets)
+{
+    static const uint32_t types[3] = {DG__SEC_STATE, DG__SEC_NET, DG__SEC_NET};
+    dg__rbuf sec[3];
+    const char *what = dg__ck_kind_name(kind);
+    dg_result r;
+    int i;
+    if ((r = dg__ck_open(buf, len, kind, types, 1 + n_nets, sec, what))) return r;
+    for (i = 0; i < n; i++) v[i] = (int64_t)dg__get_u64(&sec[0]);
+    if ((r = dg__ck_done(&sec[0], what))) return r;
+    for (i = 0; i < n; i++)
+        if (v[i] < 0) return dg__fail(DG_ERR_FORMAT, "%s checkpoint: negative counter", what);
+    for (i = 0; i < n_nets; i++) net[i] = sec[1 + i];
     return DG_OK;
 }
 
 DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s)
 {
-    return s ? DG__CKPT_HEAD + dg_net_save_size(s->g, &s->opt) : 0;
+    return s ? dg__encoded_size(dg__mdgan_server_encode, s) : 0;
 }
 
 DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
                                          size_t *written)
 {
-    size_t n;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_save_mem: NULL argument");
-    if (cap < dg_mdgan_server_save_size(s))
-        return dg__fail(DG_ERR_TOO_LARGE, "dg_mdgan_server_save_mem: need %zu bytes",
-                        dg_mdgan_server_save_size(s));
     /* an open iteration changed nothing yet but G's batchnorm statistics:
        save the ones from before its forward (swapped in and back) */
     if (s->open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
-    r = dg_net_save_mem(s->g, &s->opt, (unsigned char *)buf + DG__CKPT_HEAD,
-                        cap - DG__CKPT_HEAD, &n);
+    r = dg__encode_mem(dg__mdgan_server_encode, s, buf, cap, written, "dg_mdgan_server_save_mem");
     if (s->open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
-    if (r != DG_OK) return r;
-    dg__ckpt_head((unsigned char *)buf, "DGMC", s->iteration, s->round, n);
-    if (written) *written = DG__CKPT_HEAD + n;
-    return DG_OK;
+    return r;
 }
 
 DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, size_t len)
 {
-    int64_t it, round;
-    size_t n;
+    int64_t v[2];
+    dg__rbuf net;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_load_mem: NULL argument");
     if (s->open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
-    if ((r = dg__ckpt_read((const unsigned char *)buf, len, "DGMC", &it, &round, &n)) != DG_OK)
-        return r;
-    if ((r = dg_net_load_mem(s->g, &s->opt, (const unsigned char *)buf + DG__CKPT_HEAD, n)) != DG_OK)
-        return r;
-    s->iteration = it;
-    s->round = round;
-    s->stats.iteration = it;
+    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1))) return r;
+    if ((r = dg__net_get(s->g, &s->opt, &net)) != DG_OK) return r;
+    s->iteration = v[0];
+    s->round = v[1];
+    s->stats.iteration = v[0];
     return DG_OK;
 }
 
@@ -11478,44 +11502,42 @@ DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w) { return 
 DGDEF dg_net *dg_mdgan_worker_discriminator(dg_mdgan_worker *w) { return w ? w->disc : NULL; }
 DGDEF dg_optim *dg_mdgan_worker_optim(dg_mdgan_worker *w) { return w ? &w->opt : NULL; }
 
-/* Worker checkpoint: "DGMW" header (a = batcher epoch, b = position), then
-   dg_net_save_mem(D, Adam). */
+/* Worker checkpoint (dg__role_put): batcher epoch, position; D. */
+static void dg__mdgan_worker_encode(dg__wbuf *w, const void *obj)
+{
+    const dg_mdgan_worker *k = (const dg_mdgan_worker *)obj;
+    uint64_t v[2];
+    v[0] = k->batcher.epoch;
+    v[1] = (uint64_t)k->batcher.pos;
+    dg__role_put(w, DG__CK_MDGAN_WORKER, v, 2, k->disc, &k->opt, NULL, NULL);
+}
+
 DGDEF size_t dg_mdgan_worker_save_size(const dg_mdgan_worker *w)
 {
-    return w ? DG__CKPT_HEAD + dg_net_save_size(w->disc, &w->opt) : 0;
+    return w ? dg__encoded_size(dg__mdgan_worker_encode, w) : 0;
 }
 
 DGDEF dg_result dg_mdgan_worker_save_mem(const dg_mdgan_worker *w, void *buf, size_t cap,
                                          size_t *written)
 {
-    size_t n;
-    dg_result r;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_save_mem: NULL argument");
     if (w->awaiting || w->deferred)
         return dg__fail(DG_ERR_STATE, "dg_mdgan_worker_save_mem: a swap is in flight");
-    if (cap < dg_mdgan_worker_save_size(w))
-        return dg__fail(DG_ERR_TOO_LARGE, "dg_mdgan_worker_save_mem: need %zu bytes",
-                        dg_mdgan_worker_save_size(w));
-    r = dg_net_save_mem(w->disc, &w->opt, (unsigned char *)buf + DG__CKPT_HEAD,
-                        cap - DG__CKPT_HEAD, &n);
-    if (r != DG_OK) return r;
-    dg__ckpt_head((unsigned char *)buf, "DGMW", (int64_t)w->batcher.epoch, (int64_t)w->batcher.pos, n);
-    if (written) *written = DG__CKPT_HEAD + n;
-    return DG_OK;
+    return dg__encode_mem(dg__mdgan_worker_encode, w, buf, cap, written,
+                          "dg_mdgan_worker_save_mem");
 }
 
 DGDEF dg_result dg_mdgan_worker_load_mem(dg_mdgan_worker *w, const void *buf, size_t len)
 {
-    int64_t epoch, pos;
-    size_t n;
+    int64_t v[2];
+    dg__rbuf net;
     dg_result r;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_load_mem: NULL argument");
-    if ((r = dg__ckpt_read((const unsigned char *)buf, len, "DGMW", &epoch, &pos, &n)) != DG_OK)
-        return r;
-    if ((size_t)pos > w->batcher.n) return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
-    if ((r = dg_net_load_mem(w->disc, &w->opt, (const unsigned char *)buf + DG__CKPT_HEAD, n)) != DG_OK)
-        return r;
-    return dg_batcher_seek(&w->batcher, (uint64_t)epoch, (size_t)pos);
+    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_WORKER, v, 2, &net, 1))) return r;
+    if ((size_t)v[1] > w->batcher.n)
+        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if ((r = dg__net_get(w->disc, &w->opt, &net)) != DG_OK) return r;
+    return dg_batcher_seek(&w->batcher, (uint64_t)v[0], (size_t)v[1]);
 }
 
 /* ---- FL-GAN ---- */
@@ -11843,68 +11865,45 @@ DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
     return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
 }
 
-/* A GAN pair in a checkpoint: u64 bytes of G's part | dg_net_save_mem(G,
-   Adam of G) | dg_net_save_mem(D, Adam of D).  The FL-GAN server's and
-   workers' checkpoints share it. */
-static size_t dg__pair_save_size(const dg__gan_pair *p)
+/* FL-GAN checkpoints (dg__role_put): the server's round or the worker's
+   local iteration, batcher epoch and position; G and D.  Begin changes
+   nothing in the model, so an open round saves what it started from. */
+static dg_result dg__pair_get(dg__gan_pair *p, dg__rbuf *net)
 {
-    return 8 + dg_net_save_size(p->g, &p->og) + dg_net_save_size(p->d, &p->od);
+    dg_result r = dg__net_get(p->g, &p->og, &net[0]);
+    return r != DG_OK ? r : dg__net_get(p->d, &p->od, &net[1]);
 }
 
-static dg_result dg__pair_save(const dg__gan_pair *p, unsigned char *buf, size_t cap, size_t *n)
+static void dg__flgan_server_encode(dg__wbuf *w, const void *obj)
 {
-    size_t ng = 0, nd = 0;
-    dg_result r = dg_net_save_mem(p->g, &p->og, buf + 8, cap - 8, &ng);
-    if (r == DG_OK) r = dg_net_save_mem(p->d, &p->od, buf + 8 + ng, cap - 8 - ng, &nd);
-    dg__le64(buf, (uint64_t)ng);
-    *n = 8 + ng + nd;
-    return r;
+    const dg_flgan_server *s = (const dg_flgan_server *)obj;
+    const dg__gan_pair *p = &s->model;
+    uint64_t round = (uint64_t)s->round;
+    dg__role_put(w, DG__CK_FLGAN_SERVER, &round, 1, p->g, &p->og, p->d, &p->od);
 }
 
-static dg_result dg__pair_load(dg__gan_pair *p, const unsigned char *buf, size_t n)
-{
-    uint64_t ng = n >= 8 ? dg__rd64(buf) : 0;
-    dg_result r;
-    if (n < 8 || ng > n - 8) return dg__fail(DG_ERR_FORMAT, "checkpoint: inconsistent GAN part");
-    if ((r = dg_net_load_mem(p->g, &p->og, buf + 8, (size_t)ng)) != DG_OK) return r;
-    return dg_net_load_mem(p->d, &p->od, buf + 8 + ng, n - 8 - (size_t)ng);
-}
-
-/* Server checkpoint: "DGFC" header (a = round, b = 0), then the pair.
-   Begin changes nothing in the model, so an open round saves what it
-   started from. */
 DGDEF size_t dg_flgan_server_save_size(const dg_flgan_server *s)
 {
-    return s ? DG__CKPT_HEAD + dg__pair_save_size(&s->model) : 0;
+    return s ? dg__encoded_size(dg__flgan_server_encode, s) : 0;
 }
 
 DGDEF dg_result dg_flgan_server_save_mem(const dg_flgan_server *s, void *buf, size_t cap,
                                          size_t *written)
 {
-    size_t n;
-    dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_save_mem: NULL argument");
-    if (cap < dg_flgan_server_save_size(s))
-        return dg__fail(DG_ERR_TOO_LARGE, "dg_flgan_server_save_mem: need %zu bytes",
-                        dg_flgan_server_save_size(s));
-    r = dg__pair_save(&s->model, (unsigned char *)buf + DG__CKPT_HEAD, cap - DG__CKPT_HEAD, &n);
-    if (r != DG_OK) return r;
-    dg__ckpt_head((unsigned char *)buf, "DGFC", s->round, 0, n);
-    if (written) *written = DG__CKPT_HEAD + n;
-    return DG_OK;
+    return dg__encode_mem(dg__flgan_server_encode, s, buf, cap, written,
+                          "dg_flgan_server_save_mem");
 }
 
 DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, size_t len)
 {
-    int64_t round, zero;
-    size_t n;
+    int64_t round;
+    dg__rbuf net[2];
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_load_mem: NULL argument");
     if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
-    if ((r = dg__ckpt_read((const unsigned char *)buf, len, "DGFC", &round, &zero, &n)) != DG_OK)
-        return r;
-    if ((r = dg__pair_load(&s->model, (const unsigned char *)buf + DG__CKPT_HEAD, n)) != DG_OK)
-        return r;
+    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, 2))) return r;
+    if ((r = dg__pair_get(&s->model, net)) != DG_OK) return r;
     s->round = round;
     s->stats.rounds = round;
     return DG_OK;
@@ -12077,45 +12076,42 @@ DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return 
 DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
 
-/* Worker checkpoint: "DGFW" header (a = local iteration, b = batcher
-   epoch), u64 batcher position, then the pair. */
+static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
+{
+    const dg_flgan_worker *k = (const dg_flgan_worker *)obj;
+    const dg__gan_pair *p = &k->gan;
+    uint64_t v[3];
+    v[0] = (uint64_t)k->local_iter;
+    v[1] = k->batcher.epoch;
+    v[2] = (uint64_t)k->batcher.pos;
+    dg__role_put(w, DG__CK_FLGAN_WORKER, v, 3, p->g, &p->og, p->d, &p->od);
+}
+
 DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w)
 {
-    return w ? DG__CKPT_HEAD + 8 + dg__pair_save_size(&w->gan) : 0;
+    return w ? dg__encoded_size(dg__flgan_worker_encode, w) : 0;
 }
 
 DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, size_t cap,
                                          size_t *written)
 {
-    unsigned char *p = (unsigned char *)buf;
-    size_t n;
-    dg_result r;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_save_mem: NULL argument");
-    if (cap < dg_flgan_worker_save_size(w))
-        return dg__fail(DG_ERR_TOO_LARGE, "dg_flgan_worker_save_mem: need %zu bytes",
-                        dg_flgan_worker_save_size(w));
-    dg__le64(p + DG__CKPT_HEAD, (uint64_t)w->batcher.pos);
-    r = dg__pair_save(&w->gan, p + DG__CKPT_HEAD + 8, cap - DG__CKPT_HEAD - 8, &n);
-    if (r != DG_OK) return r;
-    dg__ckpt_head(p, "DGFW", w->local_iter, (int64_t)w->batcher.epoch, 8 + n);
-    if (written) *written = DG__CKPT_HEAD + 8 + n;
-    return DG_OK;
+    return dg__encode_mem(dg__flgan_worker_encode, w, buf, cap, written,
+                          "dg_flgan_worker_save_mem");
 }
 
 DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, size_t len)
 {
-    const unsigned char *p = (const unsigned char *)buf;
-    int64_t it, epoch;
-    uint64_t pos;
-    size_t n;
+    int64_t v[3];
+    dg__rbuf net[2];
     dg_result r;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_load_mem: NULL argument");
-    if ((r = dg__ckpt_read(p, len, "DGFW", &it, &epoch, &n)) != DG_OK) return r;
-    if (n < 8 || (pos = dg__rd64(p + DG__CKPT_HEAD)) > w->batcher.n)
+    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, 2))) return r;
+    if ((uint64_t)v[2] > w->batcher.n)
         return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
-    if ((r = dg__pair_load(&w->gan, p + DG__CKPT_HEAD + 8, n - 8)) != DG_OK) return r;
-    if ((r = dg_batcher_seek(&w->batcher, (uint64_t)epoch, (size_t)pos)) != DG_OK) return r;
-    w->local_iter = it;
+    if ((r = dg__pair_get(&w->gan, net)) != DG_OK) return r;
+    if ((r = dg_batcher_seek(&w->batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
+    w->local_iter = v[0];
     return DG_OK;
 }
 
@@ -12417,8 +12413,7 @@ static void dg__sha256_block(uint32_t h[8], const unsigned char *p)
     uint32_t w[64], a, b, c, d, e, f, g, k, t1, t2;
     int i;
     for (i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+        w[i] = dg__rd32be(p + 4 * i);
     for (i = 16; i < 64; i++) {
         uint32_t s0 = DG__ROR(w[i - 15], 7) ^ DG__ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
         uint32_t s1 = DG__ROR(w[i - 2], 17) ^ DG__ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
@@ -12529,39 +12524,17 @@ DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n)
     return d != 0;
 }
 
-/* ---- little-endian helpers ---- */
-static void dg__tcp_le16(unsigned char *p, uint16_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
-static void dg__tcp_le32(unsigned char *p, uint32_t v)
-{
-    int i;
-    for (i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void dg__tcp_le64(unsigned char *p, uint64_t v)
-{
-    int i;
-    for (i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint16_t dg__tcp_rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t dg__tcp_rd32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t dg__tcp_rd64(const unsigned char *p)
-{
-    return (uint64_t)dg__tcp_rd32(p) | (uint64_t)dg__tcp_rd32(p + 4) << 32;
-}
-
 /* ---- frames ---- */
 DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE])
 {
-    dg__tcp_le32(out, DG_TCP_MAGIC);
-    dg__tcp_le16(out + 4, h->version);
+    dg__le32(out, DG_TCP_MAGIC);
+    dg__le16(out + 4, h->version);
     out[6] = h->type;
     out[7] = h->flags;
-    dg__tcp_le32(out + 8, h->sender);
-    dg__tcp_le32(out + 12, h->crc);
-    dg__tcp_le64(out + 16, h->iteration);
-    dg__tcp_le64(out + 24, h->length);
+    dg__le32(out + 8, h->sender);
+    dg__le32(out + 12, h->crc);
+    dg__le64(out + 16, h->iteration);
+    dg__le64(out + 24, h->length);
 }
 
 static int dg__tcp_type_known(unsigned t)
@@ -12572,18 +12545,18 @@ static int dg__tcp_type_known(unsigned t)
 DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
                                        uint64_t max_length, dg_frame_header *h)
 {
-    uint32_t magic = dg__tcp_rd32(in);
+    uint32_t magic = dg__rd32(in);
     memset(h, 0, sizeof *h);
     if (magic != DG_TCP_MAGIC)
         return dg__fail(DG_ERR_FORMAT, "tcp: bad magic 0x%08x (want 0x%08x \"DGTP\")",
                         (unsigned)magic, (unsigned)DG_TCP_MAGIC);
-    h->version = dg__tcp_rd16(in + 4);
+    h->version = dg__rd16(in + 4);
     h->type = in[6];
     h->flags = in[7];
-    h->sender = dg__tcp_rd32(in + 8);
-    h->crc = dg__tcp_rd32(in + 12);
-    h->iteration = dg__tcp_rd64(in + 16);
-    h->length = dg__tcp_rd64(in + 24);
+    h->sender = dg__rd32(in + 8);
+    h->crc = dg__rd32(in + 12);
+    h->iteration = dg__rd64(in + 16);
+    h->length = dg__rd64(in + 24);
     if (h->version != DG_TCP_VERSION)
         return dg__fail(DG_ERR_VERSION, "tcp: protocol version %u, this side speaks %u",
                         (unsigned)h->version, (unsigned)DG_TCP_VERSION);
@@ -12628,10 +12601,10 @@ DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_H
 {
     out[0] = h->role;
     out[1] = 0;
-    dg__tcp_le16(out + 2, h->min_version);
-    dg__tcp_le16(out + 4, h->max_version);
-    dg__tcp_le16(out + 6, h->listen_port);
-    dg__tcp_le32(out + 8, h->worker_id);
+    dg__le16(out + 2, h->min_version);
+    dg__le16(out + 4, h->max_version);
+    dg__le16(out + 6, h->listen_port);
+    dg__le32(out + 8, h->worker_id);
     memcpy(out + 12, h->config_hash, 32);
     memcpy(out + 44, h->nonce, DG_TCP_NONCE);
 }
@@ -12646,13 +12619,13 @@ DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h)
         return dg__fail(DG_ERR_FORMAT, "tcp: HELLO with unknown role %u", (unsigned)b[0]);
     if (b[1] != 0) return dg__fail(DG_ERR_FORMAT, "tcp: HELLO reserved byte %u", (unsigned)b[1]);
     h->role = b[0];
-    h->min_version = dg__tcp_rd16(b + 2);
-    h->max_version = dg__tcp_rd16(b + 4);
+    h->min_version = dg__rd16(b + 2);
+    h->max_version = dg__rd16(b + 4);
     if (h->min_version > h->max_version)
         return dg__fail(DG_ERR_FORMAT, "tcp: HELLO versions %u..%u", (unsigned)h->min_version,
                         (unsigned)h->max_version);
-    h->listen_port = dg__tcp_rd16(b + 6);
-    h->worker_id = dg__tcp_rd32(b + 8);
+    h->listen_port = dg__rd16(b + 6);
+    h->worker_id = dg__rd32(b + 8);
     memcpy(h->config_hash, b + 12, 32);
     memcpy(h->nonce, b + 44, DG_TCP_NONCE);
     return DG_OK;
@@ -12662,8 +12635,8 @@ DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h)
 DGDEF void dg_tcp_welcome_encode(const dg_tcp_welcome *w, unsigned char out[DG_TCP_WELCOME_SIZE])
 {
     memcpy(out, w->proof, 32);
-    dg__tcp_le32(out + 32, w->n_workers);
-    dg__tcp_le64(out + 36, w->iteration);
+    dg__le32(out + 32, w->n_workers);
+    dg__le64(out + 36, w->iteration);
 }
 
 DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w)
@@ -12674,8 +12647,8 @@ DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w
         return dg__fail(DG_ERR_FORMAT, "tcp: WELCOME of %zu bytes (want %d)", n,
                         DG_TCP_WELCOME_SIZE);
     memcpy(w->proof, b, 32);
-    w->n_workers = dg__tcp_rd32(b + 32);
-    w->iteration = dg__tcp_rd64(b + 36);
+    w->n_workers = dg__rd32(b + 32);
+    w->iteration = dg__rd64(b + 36);
     if (w->n_workers == 0 || w->n_workers > 65535)
         return dg__fail(DG_ERR_FORMAT, "tcp: WELCOME with %u workers", (unsigned)w->n_workers);
     return DG_OK;
@@ -12688,8 +12661,8 @@ DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned ch
     size_t len = reason ? strlen(reason) : 0, i;
     if (len > DG__REASON_MAX) len = DG__REASON_MAX;
     if (cap < 6 + len) return 0;
-    dg__tcp_le32(out, code);
-    dg__tcp_le16(out + 4, (uint16_t)len);
+    dg__le32(out, code);
+    dg__le16(out + 4, (uint16_t)len);
     for (i = 0; i < len; i++) {
         unsigned char c = (unsigned char)reason[i];
         out[6 + i] = (c >= 32 && c < 127) ? c : '?';
@@ -12705,13 +12678,13 @@ DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, ch
     if (reason_cap) reason[0] = 0;
     *code = 0;
     if (n < 6) return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE of %zu bytes", n);
-    len = dg__tcp_rd16(b + 4);
+    len = dg__rd16(b + 4);
     if (len > DG__REASON_MAX || n != 6 + len)
         return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE reason of %zu bytes in %zu", len, n);
     for (i = 0; i < len; i++)
         if (b[6 + i] < 32 || b[6 + i] >= 127)
             return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE reason with byte 0x%02x", b[6 + i]);
-    *code = dg__tcp_rd32(b);
+    *code = dg__rd32(b);
     if (*code < DG_TCP_REFUSE_VERSION || *code > DG_TCP_REFUSE_SHUTDOWN)
         return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE code %u", (unsigned)*code);
     if (reason_cap) {
@@ -12727,12 +12700,12 @@ DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsi
 {
     size_t need = 4 + (size_t)count * DG_TCP_PEER_ADDR_SIZE, i;
     if (cap < need) return 0;
-    dg__tcp_le32(out, count);
+    dg__le32(out, count);
     for (i = 0; i < count; i++) {
         unsigned char *e = out + 4 + i * DG_TCP_PEER_ADDR_SIZE;
-        dg__tcp_le32(e, a[i].id);
+        dg__le32(e, a[i].id);
         memcpy(e + 4, a[i].addr, 16);
-        dg__tcp_le16(e + 20, a[i].port);
+        dg__le16(e + 20, a[i].port);
     }
     return need;
 }
@@ -12744,7 +12717,7 @@ DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *o
     uint32_t c, i;
     *count = 0;
     if (n < 4) return dg__fail(DG_ERR_FORMAT, "tcp: PEERS of %zu bytes", n);
-    c = dg__tcp_rd32(b);
+    c = dg__rd32(b);
     if (c > max_peers)
         return dg__fail(DG_ERR_TOO_LARGE, "tcp: PEERS lists %u peers (max %u)", (unsigned)c,
                         (unsigned)max_peers);
@@ -12752,9 +12725,9 @@ DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *o
         return dg__fail(DG_ERR_FORMAT, "tcp: PEERS of %zu bytes for %u peers", n, (unsigned)c);
     for (i = 0; i < c; i++) {
         const unsigned char *e = b + 4 + (size_t)i * DG_TCP_PEER_ADDR_SIZE;
-        out[i].id = dg__tcp_rd32(e);
+        out[i].id = dg__rd32(e);
         memcpy(out[i].addr, e + 4, 16);
-        out[i].port = dg__tcp_rd16(e + 20);
+        out[i].port = dg__rd16(e + 20);
         if (out[i].port == 0)
             return dg__fail(DG_ERR_FORMAT, "tcp: PEERS entry %u with port 0", (unsigned)i);
     }
@@ -12965,14 +12938,14 @@ static int dg__rx_table_done(dg__rx *rx)
     dg_part_kind kinds[DG_MSG_MAX_PARTS];
     size_t counts[DG_MSG_MAX_PARTS];
     uint64_t left = rx->h.length - DG__BODY_HEAD - rx->table;
-    uint32_t i, np = dg__tcp_rd32(b + 4), u;
-    int32_t to = (int32_t)dg__tcp_rd32(b);
+    uint32_t i, np = dg__rd32(b + 4), u;
+    int32_t to = (int32_t)dg__rd32(b);
     dg_result r;
     for (i = 0; i < np; i++) {
         const unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
-        uint64_t c = dg__tcp_rd64(e + 8), bytes;
-        u = dg__tcp_rd32(e);
-        if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__tcp_rd32(e + 4))
+        uint64_t c = dg__rd64(e + 8), bytes;
+        u = dg__rd32(e);
+        if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(e + 4))
             return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u has kind %u", i, u));
         if (u != DG_PART_BYTES && c > left / 4)
             return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u of %llu values does not "
@@ -12992,10 +12965,10 @@ static int dg__rx_table_done(dg__rx *rx)
                      (int)np, kinds, counts, DG__RX_COMMIT, &rx->m);
     if (r) return dg__rx_error(rx, r);
     rx->need = dg__msg_layout(rx->m, rx->off);
-    rx->m->aux = (int64_t)dg__tcp_rd64(b + 8);
-    u = dg__tcp_rd32(b + 16);
+    rx->m->aux = (int64_t)dg__rd64(b + 8);
+    u = dg__rd32(b + 16);
     memcpy(&rx->m->stat[0], &u, 4);
-    u = dg__tcp_rd32(b + 20);
+    u = dg__rd32(b + 20);
     memcpy(&rx->m->stat[1], &u, 4);
     rx->stage = DG__RX_PARTS;
     rx->part = 0;
@@ -13071,8 +13044,8 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
         int32_t to;
         if (rx->got < DG__BODY_HEAD) return 0;
         rx->crc = dg_crc32(0, rx->body, DG__BODY_HEAD);
-        np = dg__tcp_rd32(rx->body + 4);
-        to = (int32_t)dg__tcp_rd32(rx->body);
+        np = dg__rd32(rx->body + 4);
+        to = (int32_t)dg__rd32(rx->body);
         if (np > DG_MSG_MAX_PARTS)
             return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %u parts (at most %d)",
                                              (unsigned)np, DG_MSG_MAX_PARTS));
@@ -13377,7 +13350,7 @@ static void dg__tcp_nonce(dg__tcp *t, unsigned char out[DG_TCP_NONCE])
 {
     unsigned char c[8];
     pthread_mutex_lock(&t->mu);
-    dg__tcp_le64(c, ++t->nonce_ctr);
+    dg__le64(c, ++t->nonce_ctr);
     pthread_mutex_unlock(&t->mu);
     dg_hmac_sha256(t->nonce_key, 32, c, 8, out);
 }
@@ -13391,8 +13364,8 @@ static void dg__tcp_seed_nonces(dg__tcp *t)
     if (f) fclose(f);
     clock_gettime(CLOCK_REALTIME, &ts);
     memcpy(buf + 32, &ts, sizeof ts < 16 ? sizeof ts : 16);
-    dg__tcp_le64(buf + 48, (uint64_t)getpid());
-    dg__tcp_le64(buf + 56, (uint64_t)(uintptr_t)t);
+    dg__le64(buf + 48, (uint64_t)getpid());
+    dg__le64(buf + 56, (uint64_t)(uintptr_t)t);
     (void)got;
     dg_sha256(buf, sizeof buf, t->nonce_key);
 }
@@ -13951,18 +13924,18 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, ui
     dg_frame_header h;
     uint32_t u, crc;
     int i, n = 1;
-    dg__tcp_le32(b, (uint32_t)m->to);
-    dg__tcp_le32(b + 4, (uint32_t)m->n_parts);
-    dg__tcp_le64(b + 8, (uint64_t)m->aux);
+    dg__le32(b, (uint32_t)m->to);
+    dg__le32(b + 4, (uint32_t)m->n_parts);
+    dg__le64(b + 8, (uint64_t)m->aux);
     memcpy(&u, &m->stat[0], 4);
-    dg__tcp_le32(b + 16, u);
+    dg__le32(b + 16, u);
     memcpy(&u, &m->stat[1], 4);
-    dg__tcp_le32(b + 20, u);
+    dg__le32(b + 20, u);
     for (i = 0; i < m->n_parts; i++) {
         unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
-        dg__tcp_le32(e, (uint32_t)m->part[i].kind);
-        dg__tcp_le32(e + 4, 0);
-        dg__tcp_le64(e + 8, (uint64_t)m->part[i].count);
+        dg__le32(e, (uint32_t)m->part[i].kind);
+        dg__le32(e + 4, 0);
+        dg__le64(e + 8, (uint64_t)m->part[i].count);
     }
     crc = dg_crc32(0, b, body);
     for (i = 0; i < m->n_parts; i++) {
@@ -14404,7 +14377,7 @@ static dg_result dg__tcp_dial_server(dg__tcp *t, int window_ms)
             dg__tcp_logf(&t->cfg, "tcp: worker %d: %s; retrying for %lld s", t->cfg.self,
                          dg_last_error(), (long long)(left + 999) / 1000);
         dg__tcp_nonce(t, rnd);
-        ms = wait - (int)(dg__tcp_rd32(rnd) % (uint32_t)(wait / 2 + 1));
+        ms = wait - (int)(dg__rd32(rnd) % (uint32_t)(wait / 2 + 1));
         dg__tcp_sleep_ms(ms < left ? ms : (int)left);
         if (wait < 2000) wait *= 2;
     }
@@ -14590,7 +14563,7 @@ DGDEF void dg_tcp_free(void *p) { dg__free(p); }
 static void dg__hash_i(dg_sha256_ctx *s, int64_t v)
 {
     unsigned char b[8];
-    dg__tcp_le64(b, (uint64_t)v);
+    dg__le64(b, (uint64_t)v);
     dg_sha256_update(s, b, 8);
 }
 static void dg__hash_f(dg_sha256_ctx *s, float f)
@@ -14713,45 +14686,6 @@ static dg_result dg__tcp_limit(dg_transport *t, const dg_mdgan_config *md, const
     return r;
 }
 
-/* Writes buf to path through path.tmp and rename(2): a crash never leaves
-   a half-written checkpoint. */
-static dg_result dg__tcp_write_file(const char *path, const void *buf, size_t n)
-{
-    char tmp[4096];
-    FILE *f;
-    int ok;
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    f = fopen(tmp, "wb");
-    if (!f) return dg__fail(DG_ERR_IO, "checkpoint: cannot write %s", tmp);
-    ok = fwrite(buf, 1, n, f) == n;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) return dg__fail(DG_ERR_IO, "checkpoint: cannot write %s", path);
-    return DG_OK;
-}
-
-static dg_result dg__tcp_read_file(const char *path, unsigned char **buf, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    long len;
-    *buf = NULL;
-    if (!f) return dg__fail(DG_ERR_IO, "checkpoint: cannot open %s", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
-        len > ((long)1 << 31)) {
-        fclose(f);
-        return dg__fail(DG_ERR_IO, "checkpoint: cannot size %s", path);
-    }
-    *buf = (unsigned char *)dg__alloc(len ? (size_t)len : 1);
-    if (!*buf || fread(*buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        dg__free(*buf);
-        *buf = NULL;
-        return dg__fail(DG_ERR_IO, "checkpoint: cannot read %s", path);
-    }
-    fclose(f);
-    *n = (size_t)len;
-    return DG_OK;
-}
-
 DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, size_t *len)
 {
     unsigned char *buf;
@@ -14759,7 +14693,7 @@ DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, siz
     if (!secret || !len || !path) return dg__fail(DG_ERR_ARG, "tcp: read secret: NULL argument");
     *secret = NULL;
     *len = 0;
-    if (dg__tcp_read_file(path, &buf, &n) != DG_OK)
+    if (dg__read_file(path, (size_t)1 << 20, &buf, &n) != DG_OK)
         return dg__fail(DG_ERR_IO, "tcp: cannot read the secret file %s", path);
     while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
     if (!n) {
@@ -14783,7 +14717,7 @@ static dg_result dg__tcp_checkpoint(const char *path, dg_mdgan_server *ms, dg_fl
     buf = (unsigned char *)dg__alloc(n);
     if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
     r = ms ? dg_mdgan_server_save_mem(ms, buf, n, &w) : dg_flgan_server_save_mem(fs, buf, n, &w);
-    if (r == DG_OK) r = dg__tcp_write_file(path, buf, w);
+    if (r == DG_OK) r = dg__write_file(path, buf, w);
     dg__free(buf);
     return r;
 }
@@ -14798,7 +14732,7 @@ static dg_result dg__tcp_resume(const dg_tcp_run *run, dg_tcp_config *tc, dg_mdg
     FILE *f;
     if (!run->resume || !run->checkpoint || !(f = fopen(run->checkpoint, "rb"))) return DG_OK;
     fclose(f);
-    if ((r = dg__tcp_read_file(run->checkpoint, &buf, &len)) != DG_OK) return r;
+    if ((r = dg__read_file(run->checkpoint, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
     r = ms ? dg_mdgan_server_load_mem(ms, buf, len) : dg_flgan_server_load_mem(fs, buf, len);
     dg__free(buf);
     if (r == DG_OK)

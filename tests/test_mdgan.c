@@ -611,8 +611,10 @@ TEST(checkpoint_resume_is_exact)
     CHECK_OK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[0], len[0]));
     for (n = 1; n <= N; n++)
         CHECK_OK(dg_mdgan_worker_load_mem(dg_mdgan_run_worker(r2, n), buf[n], len[n]));
-    buf[0][10] ^= 1; /* a corrupted header is refused */
+    buf[0][32] ^= 1; /* a corrupted counter is refused */
     CHECK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[0], len[0]) == DG_ERR_CHECKSUM);
+    buf[0][32] ^= 1; /* a worker's checkpoint is not a server's */
+    CHECK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[1], len[1]) == DG_ERR_FORMAT);
     for (it = 0; it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(r2));
     ga = dg_mdgan_server_generator(dg_mdgan_run_server(a));
     gb = dg_mdgan_server_generator(dg_mdgan_run_server(r2));
@@ -1097,7 +1099,27 @@ TEST(flgan_checkpoint_resume_is_exact)
     CHECK(dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, 1), buf[0], len[0]) == DG_ERR_FORMAT);
     CHECK_OK(dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[0], len[0]));
     for (n = 1; n <= N; n++) CHECK_OK(dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, n), buf[n], len[n]));
-    buf[0][10] ^= 1;
+    { /* truncated or with a flipped byte (sampled densely at the front, where
+         the headers are), a checkpoint is refused before anything changes */
+        dg_flgan_worker *w = dg_flgan_run_worker(r2, 1);
+        int trunc = 1, flip = 1;
+        size_t i;
+        for (i = 0; i < len[1]; i += 1 + i / 32) {
+            dg_result r;
+            trunc &= dg_flgan_worker_load_mem(w, buf[1], i) == DG_ERR_FORMAT;
+            buf[1][i] ^= 0x20;
+            r = dg_flgan_worker_load_mem(w, buf[1], len[1]);
+            flip &= r == DG_ERR_FORMAT || r == DG_ERR_CHECKSUM || r == DG_ERR_VERSION;
+            buf[1][i] ^= 0x20;
+        }
+        CHECK(trunc);
+        CHECK(flip);
+        memcpy(buf[1], "DGFW", 4); /* the old format names itself */
+        CHECK(dg_flgan_worker_load_mem(w, buf[1], len[1]) == DG_ERR_VERSION);
+        CHECK(strstr(dg_last_error(), "DGFW") && strstr(dg_last_error(), "re-create"));
+        memcpy(buf[1], "DGCK", 4);
+    }
+    buf[0][32] ^= 1;
     CHECK(dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[0], len[0]) == DG_ERR_CHECKSUM);
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(r2))->rounds == 2);
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));

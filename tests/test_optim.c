@@ -4,6 +4,7 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
+#include <sys/stat.h> /* mkdir, after distgan.h has made POSIX visible */
 
 static dg_pool *pool;
 
@@ -175,19 +176,34 @@ TEST(checkpoint_rejects_bad_files)
     CHECK(i == len);
     CHECK(dg_net_save_mem(a, &oa, buf, len - 1, &i) == DG_ERR_TOO_LARGE);
     /* every truncation */
-    for (cut = 0; cut < len; cut += (cut < 64 ? 1 : 97)) {
+    for (cut = 0; cut < len; cut++) {
         dg_result r = dg_net_load_mem(b, NULL, buf, cut);
         all_rejected &= r == DG_ERR_FORMAT;
     }
     CHECK(all_rejected);
-    /* a flipped bit anywhere in the payload: CRC mismatch */
+    /* a flipped bit anywhere in the section: CRC mismatch */
     all_rejected = 1;
-    for (i = 20; i < len; i += 13) {
+    for (i = 32; i < len; i += 13) {
         memcpy(bad, buf, len);
         bad[i] ^= 0x10;
         all_rejected &= dg_net_load_mem(b, NULL, bad, len) == DG_ERR_CHECKSUM;
     }
     CHECK(all_rejected);
+    /* in the container's and the section's headers: refused all the same */
+    all_rejected = 1;
+    for (i = 0; i < 32; i++) {
+        dg_result r;
+        memcpy(bad, buf, len);
+        bad[i] ^= 0x10;
+        r = dg_net_load_mem(b, NULL, bad, len);
+        all_rejected &= r == DG_ERR_FORMAT || r == DG_ERR_VERSION || r == DG_ERR_CHECKSUM;
+    }
+    CHECK(all_rejected);
+    /* a file of the old format names it */
+    memcpy(bad, buf, len);
+    memcpy(bad, "DGNT", 4);
+    CHECK(dg_net_load_mem(b, NULL, bad, len) == DG_ERR_VERSION);
+    CHECK(strstr(dg_last_error(), "DGNT") && strstr(dg_last_error(), "re-create"));
     memcpy(bad, buf, len);
     bad[0] = 'X';
     CHECK(dg_net_load_mem(b, NULL, bad, len) == DG_ERR_FORMAT);
@@ -218,6 +234,83 @@ TEST(checkpoint_rejects_bad_files)
     dg_net_free(other);
 }
 
+/* The checkpoint of another kind is refused by name. */
+TEST(container_kinds)
+{
+    static const uint32_t types[2] = {DG__SEC_STATE, DG__SEC_NET};
+    unsigned char buf[256];
+    dg__wbuf w = {buf, 0, sizeof buf};
+    dg__rbuf sec[2];
+    size_t start;
+    dg__ck_begin(&w, DG__CK_MDGAN_WORKER, 2);
+    start = dg__ck_section(&w, DG__SEC_STATE);
+    dg__put_u64(&w, 7);
+    dg__ck_end(&w, start);
+    start = dg__ck_section(&w, DG__SEC_NET);
+    dg__put_u32(&w, 9);
+    dg__ck_end(&w, start);
+    CHECK(w.len == 16 + 16 + 8 + 16 + 4);
+    CHECK_OK(dg__ck_open(buf, w.len, DG__CK_MDGAN_WORKER, types, 2, sec, "t"));
+    CHECK(dg__get_u64(&sec[0]) == 7 && dg__get_u32(&sec[1]) == 9);
+    CHECK_OK(dg__ck_done(&sec[0], "t"));
+    CHECK(dg__ck_open(buf, w.len, DG__CK_MDGAN_SERVER, types, 2, sec, "t") == DG_ERR_FORMAT);
+    CHECK(strstr(dg_last_error(), "MD-GAN worker") != NULL);
+    CHECK(dg__ck_open(buf, w.len, DG__CK_MDGAN_WORKER, types, 1, sec, "t") == DG_ERR_FORMAT);
+    CHECK(dg__ck_open(buf, w.len, DG__CK_MDGAN_WORKER, types + 1, 1, sec, "t") == DG_ERR_FORMAT);
+    buf[w.len++] = 0; /* a byte after the last section */
+    CHECK(dg__ck_open(buf, w.len, DG__CK_MDGAN_WORKER, types, 2, sec, "t") == DG_ERR_FORMAT);
+}
+
+/* Reads stop at the end: zeros, the reader marked bad, nothing past it. */
+TEST(byte_cursor_bounds)
+{
+    unsigned char b[12];
+    dg__wbuf w = {b, 0, sizeof b}, count = {NULL, 0, 0};
+    dg__rbuf r = {b, 6, 0, 0};
+    float f = 1.5f, g;
+    dg__put_u32(&w, 0x04030201u);
+    dg__put_f32s(&w, &f, 1);
+    dg__put_u32(&w, 7);
+    dg__put_u32(&w, 8); /* over the cap: counted, not written */
+    CHECK(w.len == 16 && b[0] == 1 && b[3] == 4);
+    dg__put_f32s(&count, &f, 1000);
+    CHECK(count.len == 4000);
+    CHECK(dg__get_u32(&r) == 0x04030201u && !r.bad);
+    CHECK(dg__get_u32(&r) == 0 && r.bad); /* 2 bytes left */
+    CHECK(dg__take(&r, 0) == NULL && r.pos == 4);
+    CHECK(dg__ck_done(&r, "t") == DG_ERR_FORMAT);
+    r.len = 8;
+    r.pos = 4;
+    r.bad = 0;
+    g = dg__get_f32(&r);
+    CHECK(g == 1.5f && dg__ck_done(&r, "t") == DG_OK);
+    CHECK(dg__get_u64(&r) == 0 && r.bad);
+}
+
+/* A failed write leaves the old file as it was. */
+TEST(atomic_write)
+{
+    const char *path = "build/test_optim_atomic.bin";
+    unsigned char *got;
+    size_t n;
+    remove(path);
+    CHECK_OK(dg__write_file(path, "old", 3));
+    /* a directory where the temporary file goes: the write fails */
+    CHECK(mkdir("build/test_optim_atomic.bin.tmp", 0700) == 0);
+    CHECK(dg__write_file(path, "new!", 4) == DG_ERR_IO);
+    CHECK(rmdir("build/test_optim_atomic.bin.tmp") == 0);
+    CHECK_OK(dg__read_file(path, 3, &got, &n));
+    CHECK(n == 3 && !memcmp(got, "old", 3));
+    dg__free(got);
+    CHECK(dg__read_file(path, 2, &got, &n) == DG_ERR_TOO_LARGE);
+    CHECK_OK(dg__write_file(path, "new!", 4));
+    CHECK_OK(dg__read_file(path, 4, &got, &n));
+    CHECK(n == 4 && !memcmp(got, "new!", 4));
+    dg__free(got);
+    CHECK(dg__write_file("build/no/such/dir/x.bin", "x", 1) == DG_ERR_IO);
+    remove(path);
+}
+
 int main(void)
 {
     if (dg_pool_create(&pool, 2)) return 1;
@@ -227,6 +320,9 @@ int main(void)
     RUN(optim_rejects_bad_config);
     RUN(checkpoint_round_trip);
     RUN(checkpoint_rejects_bad_files);
+    RUN(container_kinds);
+    RUN(byte_cursor_bounds);
+    RUN(atomic_write);
     dg_pool_destroy(pool);
     return th_done();
 }

@@ -881,7 +881,7 @@ static int declare_feedback(int fd, int id, uint64_t bytes)
     memset(b + DG_TCP_HEADER_SIZE, 0, 40);
     b[DG_TCP_HEADER_SIZE + 4] = 1;                          /* one part */
     b[DG_TCP_HEADER_SIZE + 24] = DG_PART_F32;
-    dg__tcp_le64(b + DG_TCP_HEADER_SIZE + 24 + 8, bytes / 4);
+    dg__le64(b + DG_TCP_HEADER_SIZE + 24 + 8, bytes / 4);
     return write(fd, b, sizeof b) == (ssize_t)sizeof b ? 0 : -1;
 }
 
@@ -1514,7 +1514,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
    checkpoint (it used to ignore --checkpoint). */
 TEST(flgan_worker_rejoins_and_checkpoints)
 {
-    char addr[32], ck[128], magic[4] = {0};
+    char addr[32], ck[128], magic[12] = {0};
     pid_t srv, w1, w2;
     FILE *f;
     if (!have_bin()) { CHECK(0); return; }
@@ -1536,7 +1536,9 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     CHECK(wait_for("lsrv.out", "N_live 2", 15000));
     kill(srv, SIGTERM);
     CHECK(reap(srv, 10000) == 0);
-    CHECK((f = fopen(ck, "rb")) != NULL && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "DGFC", 4));
+    /* an FL-GAN server's checkpoint (kind 6) */
+    CHECK((f = fopen(ck, "rb")) != NULL && fread(magic, 1, 12, f) == 12 &&
+          !memcmp(magic, "DGCK", 4) && magic[8] == 6);
     if (f) fclose(f);
     kill(w1, SIGTERM);
     kill(w2, SIGTERM);

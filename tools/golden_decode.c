@@ -4,11 +4,11 @@
  *
  *   golden_decode FILE | sha256sum
  *
- * Finds every net image ("DGNT", see dg_net_save_mem) inside FILE (a net
- * file, or a role checkpoint that embeds one or more), checks its CRC, and
- * writes to stdout, per net: input c, h, w, layer count, parameter and
- * state counts, the parameters, the state, the optimiser's kind, step count
- * and state, all as little-endian binary.  Layer records and hyperparameters
+ * Walks the checkpoint container ("DGCK", see dg_io in distgan.h) of FILE
+ * (a net, trainer or role checkpoint), checks each section's CRC, and
+ * writes to stdout, per net section (type 2), in file order: input c, h,
+ * w, layer count, parameter and state counts, the parameters, the state,
+ * the optimiser's kind, step count and state, all as little-endian binary.  Layer records and hyperparameters
  * are skipped: they describe the net, the golden values are its numbers.
  * Exit status 1 when FILE holds no valid net. */
 #include <stdint.h>
@@ -35,15 +35,12 @@ static uint64_t rd(const unsigned char *p, int bytes)
     return v;
 }
 
-/* The layer record of each format version: bytes per layer. */
-static size_t layer_bytes(uint32_t version) { return version == 1 ? 40 : version == 2 ? 52 : 0; }
-
-/* p: payload of n bytes; writes the numbers, returns 0 when it parsed. */
-static int emit(const unsigned char *p, size_t n, uint32_t version)
+/* p: a net section of n bytes; writes the numbers, returns 0 when it parsed. */
+static int emit(const unsigned char *p, size_t n)
 {
-    size_t pos = 16, lb = layer_bytes(version), np, ns, no;
+    size_t pos = 16, lb = 52, np, ns, no; /* 52: bytes per layer record */
     uint32_t kind;
-    if (!lb || n < 16) return 1;
+    if (n < 16) return 1;
     fwrite(p, 1, 16, stdout); /* c, h, w, layer count */
     pos += lb * rd(p + 12, 4);
     if (pos + 16 > n) return 1;
@@ -72,6 +69,7 @@ int main(int argc, char **argv)
     unsigned char *buf;
     long len;
     size_t i, found = 0;
+    uint32_t count;
     if (argc != 2) {
         fprintf(stderr, "usage: golden_decode FILE\n");
         return 2;
@@ -84,18 +82,27 @@ int main(int argc, char **argv)
     buf = (unsigned char *)malloc((size_t)len + 1);
     if (!buf || fread(buf, 1, (size_t)len, f) != (size_t)len) return 2;
     fclose(f);
-    for (i = 0; i + 20 <= (size_t)len; i++) {
+    if (len < 16 || memcmp(buf, "DGCK", 4) || rd(buf + 4, 4) != 1) {
+        fprintf(stderr, "golden_decode: %s: not a version 1 DGCK checkpoint\n", argv[1]);
+        return 1;
+    }
+    count = (uint32_t)rd(buf + 12, 4);
+    for (i = 16; count--;) {
         uint64_t n;
-        if (memcmp(buf + i, "DGNT", 4)) continue;
-        n = rd(buf + i + 8, 8);
-        if (n > (size_t)len - i - 20 || rd(buf + i + 16, 4) != crc32(buf + i + 20, (size_t)n))
-            continue;
-        if (emit(buf + i + 20, (size_t)n, (uint32_t)rd(buf + i + 4, 4))) {
+        uint32_t type;
+        if ((size_t)len - i < 16) return 1;
+        type = (uint32_t)rd(buf + i, 4);
+        n = rd(buf + i + 4, 8);
+        if (n > (size_t)len - i - 16 || rd(buf + i + 12, 4) != crc32(buf + i + 16, (size_t)n)) {
+            fprintf(stderr, "golden_decode: %s: section at byte %zu is damaged\n", argv[1], i);
+            return 1;
+        }
+        if (type == 2 && emit(buf + i + 16, (size_t)n)) {
             fprintf(stderr, "golden_decode: %s: net at byte %zu does not parse\n", argv[1], i);
             return 1;
         }
-        found++;
-        i += 20 + (size_t)n - 1;
+        found += type == 2;
+        i += 16 + (size_t)n;
     }
     free(buf);
     if (!found) fprintf(stderr, "golden_decode: %s: no net inside\n", argv[1]);
