@@ -108,6 +108,14 @@ static int check_options(const char *prog, const char *const *prefix, const numo
 
 #define N(a) ((int)(sizeof a / sizeof a[0]))
 
+/* one more refusal per row {option, value} of rows: a CHECK each */
+#define CHECK_REFUSED(prog, prefix, rows)                               \
+    do {                                                                \
+        int row_;                                                       \
+        for (row_ = 0; row_ < N(rows); row_++)                          \
+            CHECK(refused(prog, prefix, rows[row_][0], rows[row_][1])); \
+    } while (0)
+
 TEST(distgan_options)
 {
     static const numopt o[] = {
@@ -118,14 +126,17 @@ TEST(distgan_options)
         {"--seed", "-1", 0}, {"--threads", "-1", 0}, {"--crash", "0@5", 0}, {"--join", "-1", 0},
     };
     CHECK(check_options("distgan", NULL, o, N(o)) == 0);
-    CHECK(refused("distgan", NULL, "--iters", "0"));
-    CHECK(refused("distgan", NULL, "--k", "5")); /* more than the 4 workers */
-    CHECK(refused("distgan", NULL, "--crash", "3@"));
-    CHECK(refused("distgan", NULL, "--crash", "3@5,"));
-    CHECK(refused("distgan", NULL, "--crash", "9@5")); /* no worker 9 */
-    CHECK(refused("distgan", NULL, "--dataset", "shapes:0"));
-    CHECK(refused("distgan", NULL, "--dataset", "shapes:abc"));
-    CHECK(refused("distgan", NULL, "--algo", "sgd"));
+    static const char *const more[][2] = {
+        {"--iters", "0"},
+        {"--k", "5"}, /* more than the 4 workers */
+        {"--crash", "3@"},
+        {"--crash", "3@5,"},
+        {"--crash", "9@5"}, /* no worker 9 */
+        {"--dataset", "shapes:0"},
+        {"--dataset", "shapes:abc"},
+        {"--algo", "sgd"},
+    };
+    CHECK_REFUSED("distgan", NULL, more);
 }
 
 TEST(gan_options)
@@ -136,10 +147,13 @@ TEST(gan_options)
         {"--clf-epochs", "-1", 0}, {"--seed", "-1", 0}, {"--threads", "-1", 0},
     };
     CHECK(check_options("gan", NULL, o, N(o)) == 0);
-    CHECK(refused("gan", NULL, "--eval-samples", "500,x"));
-    CHECK(refused("gan", NULL, "--eval-samples", "500,"));
-    CHECK(refused("gan", NULL, "--dataset", "shapes:-3"));
-    CHECK(refused("gan", NULL, "--dataset", "dir:x"));
+    static const char *const more[][2] = {
+        {"--eval-samples", "500,x"},
+        {"--eval-samples", "500,"},
+        {"--dataset", "shapes:-3"},
+        {"--dataset", "dir:x"},
+    };
+    CHECK_REFUSED("gan", NULL, more);
 }
 
 TEST(asgd_options)
@@ -153,9 +167,12 @@ TEST(asgd_options)
         {"--eval-limit", "-1", 0}, {"--seed", "-1", 0}, {"--threads", "-1", 0},
     };
     CHECK(check_options("asgd", NULL, o, N(o)) == 0);
-    CHECK(refused("asgd", NULL, "--dataset", "shapes:0"));
-    CHECK(refused("asgd", NULL, "--mode", "fast"));
-    CHECK(refused("asgd", NULL, "--modulation", "x"));
+    static const char *const more[][2] = {
+        {"--dataset", "shapes:0"},
+        {"--mode", "fast"},
+        {"--modulation", "x"},
+    };
+    CHECK_REFUSED("asgd", NULL, more);
 }
 
 TEST(distgan_tcp_options)
@@ -174,9 +191,12 @@ TEST(distgan_tcp_options)
     CHECK(check_options("distgan_tcp", server, o, N(o)) == 0);
     CHECK(check_options("distgan_tcp", worker, id, N(id)) == 0);
     CHECK(refused("distgan_tcp", worker, "--id", "0"));
-    CHECK(refused("distgan_tcp", server, "--data", "shapes:0"));
-    CHECK(refused("distgan_tcp", server, "--data", "shapes:abc"));
-    CHECK(refused("distgan_tcp", server, "--algo", "sgd"));
+    static const char *const more[][2] = {
+        {"--data", "shapes:0"},
+        {"--data", "shapes:abc"},
+        {"--algo", "sgd"},
+    };
+    CHECK_REFUSED("distgan_tcp", server, more);
 }
 
 TEST(plot_options)
