@@ -29,15 +29,17 @@ static void make_data(dg_dataset *ds, size_t n, uint64_t seed)
     }
 }
 
+/* n workers on the small MLP GAN of these tests (8x8 grey images, z of 16,
+   batches of 8, a power of two: see standalone_equivalence), for an MD-GAN
+   or an FL-GAN config */
+#define SMALL_GAN(cfg, n)                                                       \
+    ((cfg).n_workers = (n), (cfg).c = 1, (cfg).h = (cfg).w = 8,                 \
+     (cfg).arch = DG_ARCH_MLP, (cfg).z_dim = 16, (cfg).batch = 8)
+
 static dg_mdgan_config small_config(int n_workers)
 {
     dg_mdgan_config c = dg_mdgan_config_init();
-    c.n_workers = n_workers;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8; /* a power of two: see standalone_equivalence */
+    SMALL_GAN(c, n_workers);
     c.local_epochs = 0;
     c.seed = 11;
     return c;
@@ -47,12 +49,7 @@ static dg_mdgan_config small_config(int n_workers)
 static dg_flgan_config small_flgan_config(int n_workers, int local_iters)
 {
     dg_flgan_config c = dg_flgan_config_init();
-    c.n_workers = n_workers;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8;
+    SMALL_GAN(c, n_workers);
     c.local_iters = local_iters;
     return c;
 }
@@ -752,34 +749,34 @@ static void rig_log(void *user, const char *line)
     snprintf(rig_log_buf + n, sizeof rig_log_buf - n, "%s\n", line);
 }
 
-static void rig_mdgan(rig *r, const dg_mdgan_config *c, const dg_dataset *ds, dg_transport *t)
+/* the rig's roles on t: an MD-GAN (mc) or FL-GAN (fc) server and its
+   workers, each on its i.i.d. share of ds */
+static void rig_roles(rig *r, const dg_mdgan_config *mc, const dg_flgan_config *fc,
+                      const dg_dataset *ds, dg_transport *t)
 {
     int n;
     memset(r, 0, sizeof *r);
     r->t = t;
-    r->n = c->n_workers;
+    r->n = mc ? mc->n_workers : fc->n_workers;
     CHECK_OK(dg_partition_iid(&r->part, ds->n, r->n, 3));
-    CHECK_OK(dg_mdgan_server_create(&r->s, c, t, pool1));
+    if (mc) CHECK_OK(dg_mdgan_server_create(&r->s, mc, t, pool1));
+    else CHECK_OK(dg_flgan_server_create(&r->fs, fc, t, pool1));
     for (n = 1; n <= r->n; n++) {
         size_t cnt;
         const uint32_t *idx = dg_partition_worker(&r->part, n - 1, &cnt);
-        CHECK_OK(dg_mdgan_worker_create(&r->w[n], c, n, t, pool1, ds, idx, cnt, 0));
+        if (mc) CHECK_OK(dg_mdgan_worker_create(&r->w[n], mc, n, t, pool1, ds, idx, cnt, 0));
+        else CHECK_OK(dg_flgan_worker_create(&r->fw[n], fc, n, t, pool1, ds, idx, cnt));
     }
+}
+
+static void rig_mdgan(rig *r, const dg_mdgan_config *c, const dg_dataset *ds, dg_transport *t)
+{
+    rig_roles(r, c, NULL, ds, t);
 }
 
 static void rig_flgan(rig *r, const dg_flgan_config *c, const dg_dataset *ds, dg_transport *t)
 {
-    int n;
-    memset(r, 0, sizeof *r);
-    r->t = t;
-    r->n = c->n_workers;
-    CHECK_OK(dg_partition_iid(&r->part, ds->n, r->n, 3));
-    CHECK_OK(dg_flgan_server_create(&r->fs, c, t, pool1));
-    for (n = 1; n <= r->n; n++) {
-        size_t cnt;
-        const uint32_t *idx = dg_partition_worker(&r->part, n - 1, &cnt);
-        CHECK_OK(dg_flgan_worker_create(&r->fw[n], c, n, t, pool1, ds, idx, cnt));
-    }
+    rig_roles(r, NULL, c, ds, t);
 }
 
 /* One iteration (round): as the in-process driver, on one thread. */
