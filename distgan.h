@@ -152,6 +152,14 @@ DGDEF const char *dg_result_str(dg_result r);
 /* The detailed message of the last failure on the calling thread. */
 DGDEF const char *dg_last_error(void);
 
+/* Seconds on a steady clock (CLOCK_MONOTONIC where the build sees POSIX,
+   else C11's timespec_get): the difference of two calls times a run. */
+DGDEF double dg_clock_seconds(void);
+/* A duration for progress lines: "7m05s" under an hour, "3h07m" from one
+   hour on (rounded to the second).  Writes into buf and returns it. */
+#define DG_HMS_SIZE 32
+DGDEF const char *dg_format_hms(double seconds, char buf[DG_HMS_SIZE]);
+
 /* ==== dg_io ==== */
 
 /* CRC-32 (IEEE 802.3, as zlib); pass 0 as crc to start. */
@@ -2350,6 +2358,27 @@ static dg_result dg__fail(dg_result code, const char *fmt, ...)
     vsnprintf(dg__errmsg, sizeof dg__errmsg, fmt, ap);
     va_end(ap);
     return code;
+}
+
+DGDEF double dg_clock_seconds(void)
+{
+    struct timespec ts;
+#ifdef CLOCK_MONOTONIC
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#else
+    timespec_get(&ts, TIME_UTC);
+#endif
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+DGDEF const char *dg_format_hms(double seconds, char buf[DG_HMS_SIZE])
+{
+    /* NaN and negatives show as 0, anything from 1e12 s (31,000 years) as 1e12 s */
+    long long t = !(seconds > 0) ? 0 : seconds < 1e12 ? (long long)(seconds + 0.5) : 1000000000000LL;
+    int lo = (int)(t / 60 % 60), hi = (int)(t % 60); /* hours: minutes; else minutes: seconds */
+    if (t >= 3600) snprintf(buf, DG_HMS_SIZE, "%lldh%02dm", t / 3600, lo);
+    else snprintf(buf, DG_HMS_SIZE, "%dm%02ds", lo, hi);
+    return buf;
 }
 
 /* 64-byte aligned allocation through DG_MALLOC: SIMD loads and packed GEMM

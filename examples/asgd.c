@@ -160,7 +160,7 @@ int main(int argc, char **argv)
            dataset, train.n, test.n, cfg.n_workers, split == SPLIT_IID ? "iid" : "contiguous", label,
            (size_t)ac_layout_total(dg_asgd_run_layout(run)), cfg.batch, cfg.alpha,
            (long long)updates, dg_pool_size(pool));
-    t0 = dg__now();
+    t0 = dg_clock_seconds();
     st = dg_asgd_server_stats(dg_asgd_run_server(run));
     while (done < updates && !diverged) {
         long long n = updates - done < eval_every ? updates - done : eval_every, k;
@@ -194,18 +194,18 @@ int main(int argc, char **argv)
                (long long)done, acc, st->loss, st->bytes_pushed / 1e6, st->dense_bytes / 1e6,
                (double)st->dense_bytes / (double)(st->bytes_pushed ? st->bytes_pushed : 1),
                st->applied ? st->tau_sum / st->applied : 0.0, (unsigned long long)st->tau_max,
-               dg_asgd_run_time(run), dg__now() - t0);
+               dg_asgd_run_time(run), dg_clock_seconds() - t0);
         fflush(stdout);
         if (csv && !diverged) {
             fprintf(csv, "%s,%d,%s,%lld,%llu,%.6f,%llu,%.3f,%.5f,%.2f,%.1f\n",
                     name, cfg.n_workers, label, (long long)done,
                     (unsigned long long)st->bytes_pushed, acc, (unsigned long long)st->dense_bytes,
                     st->applied ? st->tau_sum / st->applied : 0.0, st->loss, dg_asgd_run_time(run),
-                    dg__now() - t0);
+                    dg_clock_seconds() - t0);
             fflush(csv);
         }
     }
-    wall = dg__now() - t0;
+    wall = dg_clock_seconds() - t0;
     printf("RESULT dataset=%s workers=%d label=%s mode=%s c=%g f16=%d updates=%llu accuracy=%.4f "
            "bytes=%llu dense_bytes=%llu factor=%.2f bytes_per_push=%.1f mean_tau=%.2f "
            "max_tau=%llu stale=%llu invalid=%llu drops=%llu diverged=%d wall=%.1f\n",

@@ -218,21 +218,6 @@ static int parse(options *o, int argc, char **argv)
     return 0;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static const char *hms(double s, char *buf)
-{
-    long t = (long)(s + 0.5);
-    if (t >= 3600) sprintf(buf, "%ldh%02ldm", t / 3600, t / 60 % 60);
-    else sprintf(buf, "%ldm%02lds", t / 60, t % 60);
-    return buf;
-}
-
 static const char *mb(double bytes, char *buf)
 {
     if (bytes >= 1e9) sprintf(buf, "%.2f GB", bytes / 1e9);
@@ -282,69 +267,48 @@ static dg_result read_file(const char *path, unsigned char **buf, size_t *n)
     return DG_OK;
 }
 
-/* MD-GAN checkpoint: the server and every worker (in-process run). */
-static dg_result mdgan_checkpoint(dg_mdgan_run *run, int slots, const char *dir, int load)
+/* MD-GAN (md) or FL-GAN (fl) checkpoint of an in-process run: one file for
+   the server and one for every worker, through the roles' _mem functions.
+   MD-GAN settles its run first so that no message is in flight. */
+static dg_result checkpoint(dg_mdgan_run *md, dg_flgan_run *fl, int n_workers, const char *dir,
+                            int load)
 {
     char path[1100];
     int n;
     dg_result e;
-    if (!load && (e = dg_mdgan_run_settle(run)) != DG_OK) return e;
-    for (n = 0; n <= slots; n++) {
-        dg_mdgan_server *s = dg_mdgan_run_server(run);
-        dg_mdgan_worker *w = n ? dg_mdgan_run_worker(run, n) : NULL;
-        unsigned char *buf = NULL;
-        size_t len;
-        dg_result r;
-        if (n == 0) snprintf(path, sizeof path, "%s/server.ckpt", dir);
-        else snprintf(path, sizeof path, "%s/worker_%d.ckpt", dir, n);
-        if (load) {
-            if ((r = read_file(path, &buf, &len))) {
-                if (n) continue; /* a worker that never trained (a later joiner, say) */
-                fprintf(stderr, "distgan: cannot read %s\n", path);
-                return r;
-            }
-            r = n ? dg_mdgan_worker_load_mem(w, buf, len) : dg_mdgan_server_load_mem(s, buf, len);
-        } else {
-            if (n && (!dg_mdgan_worker_alive(w) || !dg_mdgan_server_is_live(s, n))) continue;
-            len = n ? dg_mdgan_worker_save_size(w) : dg_mdgan_server_save_size(s);
-            buf = (unsigned char *)malloc(len);
-            if (!buf) return DG_ERR_NOMEM;
-            r = n ? dg_mdgan_worker_save_mem(w, buf, len, &len) : dg_mdgan_server_save_mem(s, buf, len, &len);
-            if (r == DG_OK) r = write_file(path, buf, len);
-        }
-        free(buf);
-        if (r) return r;
-    }
-    return DG_OK;
-}
-
-/* FL-GAN checkpoint: the server (global model, round) and every worker
-   (local GAN, noise and data positions). */
-static dg_result flgan_checkpoint(dg_flgan_run *run, int n_workers, const char *dir, int load)
-{
-    char path[1100];
-    int n;
+    if (md && !load && (e = dg_mdgan_run_settle(md)) != DG_OK) return e;
     for (n = 0; n <= n_workers; n++) {
-        dg_flgan_server *s = dg_flgan_run_server(run);
-        dg_flgan_worker *w = n ? dg_flgan_run_worker(run, n) : NULL;
+        dg_mdgan_server *ms = md ? dg_mdgan_run_server(md) : NULL;
+        dg_mdgan_worker *mw = md && n ? dg_mdgan_run_worker(md, n) : NULL;
+        dg_flgan_server *fs = fl ? dg_flgan_run_server(fl) : NULL;
+        dg_flgan_worker *fw = fl && n ? dg_flgan_run_worker(fl, n) : NULL;
         unsigned char *buf = NULL;
         size_t len;
         dg_result r;
-        if (n == 0) snprintf(path, sizeof path, "%s/flgan_server.ckpt", dir);
-        else snprintf(path, sizeof path, "%s/flgan_worker_%d.ckpt", dir, n);
+        if (n == 0) snprintf(path, sizeof path, "%s/%sserver.ckpt", dir, md ? "" : "flgan_");
+        else snprintf(path, sizeof path, "%s/%sworker_%d.ckpt", dir, md ? "" : "flgan_", n);
         if (load) {
             if ((r = read_file(path, &buf, &len))) {
-                if (n) continue; /* a worker that had crashed */
+                if (n) continue; /* a worker that never trained (a later joiner) or had crashed */
                 fprintf(stderr, "distgan: cannot read %s\n", path);
                 return r;
             }
-            r = n ? dg_flgan_worker_load_mem(w, buf, len) : dg_flgan_server_load_mem(s, buf, len);
+            if (md && n) r = dg_mdgan_worker_load_mem(mw, buf, len);
+            else if (md) r = dg_mdgan_server_load_mem(ms, buf, len);
+            else if (n) r = dg_flgan_worker_load_mem(fw, buf, len);
+            else r = dg_flgan_server_load_mem(fs, buf, len);
         } else {
-            if (n && !dg_flgan_server_is_live(s, n)) continue;
-            len = n ? dg_flgan_worker_save_size(w) : dg_flgan_server_save_size(s);
+            if (n && (md ? !dg_mdgan_worker_alive(mw) || !dg_mdgan_server_is_live(ms, n)
+                         : !dg_flgan_server_is_live(fs, n)))
+                continue;
+            if (md) len = n ? dg_mdgan_worker_save_size(mw) : dg_mdgan_server_save_size(ms);
+            else len = n ? dg_flgan_worker_save_size(fw) : dg_flgan_server_save_size(fs);
             buf = (unsigned char *)malloc(len);
             if (!buf) return DG_ERR_NOMEM;
-            r = n ? dg_flgan_worker_save_mem(w, buf, len, &len) : dg_flgan_server_save_mem(s, buf, len, &len);
+            if (md && n) r = dg_mdgan_worker_save_mem(mw, buf, len, &len);
+            else if (md) r = dg_mdgan_server_save_mem(ms, buf, len, &len);
+            else if (n) r = dg_flgan_worker_save_mem(fw, buf, len, &len);
+            else r = dg_flgan_server_save_mem(fs, buf, len, &len);
             if (r == DG_OK) r = write_file(path, buf, len);
         }
         free(buf);
@@ -404,7 +368,7 @@ int main(int argc, char **argv)
     /* the evaluator (classifier cached in the output folder) */
     if (!o.no_eval && train.n_classes >= 2) {
         dg_evaluator_config ec = dg_evaluator_config_init();
-        double c0 = now();
+        double c0 = dg_clock_seconds();
         if (o.classifier) snprintf(clf_path, sizeof clf_path, "%s", o.classifier);
         else snprintf(clf_path, sizeof clf_path, "%s/classifier-%.*s.bin", o.out,
                       (int)strcspn(o.dataset, ":"), o.dataset);
@@ -416,7 +380,7 @@ int main(int argc, char **argv)
         if ((r = dg_evaluator_init(&ev, pool, &train, test.n ? &test : NULL, &ec)))
             return fail("classifier", r);
         printf("classifier %s: test accuracy %.2f%% (%.0f s)\n", ev.loaded ? "loaded" : "trained",
-               100.0 * ev.test_accuracy, now() - c0);
+               100.0 * ev.test_accuracy, dg_clock_seconds() - c0);
         have_eval = 1;
     }
 
@@ -474,7 +438,7 @@ int main(int argc, char **argv)
                                      o.n_join)))
             return fail("mdgan", r);
         t = dg_mdgan_run_transport(md);
-        if (o.resume && (r = mdgan_checkpoint(md, slots, o.out, 1))) return fail("resume", r);
+        if (o.resume && (r = checkpoint(md, NULL, slots, o.out, 1))) return fail("resume", r);
         src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
         src.chunk = o.batch * dg_mdgan_k(&c);
         start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
@@ -501,7 +465,7 @@ int main(int argc, char **argv)
         if ((r = dg_flgan_run_create(&fl, &c, pool, &train, &part, o.crash, o.n_crash)))
             return fail("flgan", r);
         t = dg_flgan_run_transport(fl);
-        if (o.resume && (r = flgan_checkpoint(fl, o.workers, o.out, 1))) return fail("resume", r);
+        if (o.resume && (r = checkpoint(NULL, fl, o.workers, o.out, 1))) return fail("resume", r);
         src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
         src.chunk = o.batch;
         per_round = dg_flgan_worker_iters_per_round(dg_flgan_run_worker(fl, 1));
@@ -518,7 +482,7 @@ int main(int argc, char **argv)
         return fail("log", r);
     printf("log: %s\n", path);
 
-    t0 = now();
+    t0 = dg_clock_seconds();
     it = start_it;
     while (it < o.iters) {
         float dl, gl;
@@ -572,13 +536,13 @@ int main(int argc, char **argv)
                 snprintf(path, sizeof path, "%s/gan.ckpt", o.out);
                 r = dg_gan_trainer_save(&trainer, path);
             } else if (o.algo == ALGO_MDGAN) {
-                r = mdgan_checkpoint(md, slots, o.out, 0);
+                r = checkpoint(md, NULL, slots, o.out, 0);
             } else {
-                r = flgan_checkpoint(fl, o.workers, o.out, 0);
+                r = checkpoint(NULL, fl, o.workers, o.out, 0);
             }
             if (r) return fail("checkpoint", r);
         }
-        el = now() - t0;
+        el = dg_clock_seconds() - t0;
         {
             /* bytes exact (payload bytes of this run, see dg_transport_traffic);
                score and FID empty (NaN) when not evaluated */
@@ -592,7 +556,7 @@ int main(int argc, char **argv)
             if (o.algo != ALGO_GAN)
                 printf(" | live %d/%d | down %s up %s w2w %s", n_live, slots, mb(down, b1),
                        mb(up, b2), mb(w2w, b3));
-            printf(" | %s, ETA %s\n", hms(el, b4), hms(eta, b1));
+            printf(" | %s, ETA %s\n", dg_format_hms(el, b4), dg_format_hms(eta, b1));
             fflush(stdout);
             t_last_print = el;
         }
@@ -601,7 +565,7 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/samples_final.png", o.out);
     if ((r = dg_gan_write_samples(&src, GRID_SEED, 100, 10, path))) return fail("grid", r);
     printf("done: %lld iterations in %.1f s\n  samples: %s\n  log:     %s/log.csv\n",
-           (long long)it, now() - t0, path, o.out);
+           (long long)it, dg_clock_seconds() - t0, path, o.out);
     if (md) dg_mdgan_run_free(md);
     if (fl) dg_flgan_run_free(fl);
     if (o.algo == ALGO_GAN) dg_gan_trainer_free(&trainer);

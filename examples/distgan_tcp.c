@@ -44,16 +44,9 @@ typedef struct opts {
 
 static double t_start;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void log_line(void *user, const char *line)
 {
-    fprintf(stderr, "[%s %7.2fs] %s\n", (const char *)user, now_s() - t_start, line);
+    fprintf(stderr, "[%s %7.2fs] %s\n", (const char *)user, dg_clock_seconds() - t_start, line);
     fflush(stderr);
 }
 
@@ -136,7 +129,7 @@ static void progress(void *user, int64_t it, int n_live, float d_loss, float g_l
 {
     const opts *o = (const opts *)user;
     uint64_t in, out;
-    double el = now_s() - t_start, rate = el > 0 ? (double)it / el : 0.0;
+    double el = dg_clock_seconds() - t_start, rate = el > 0 ? (double)it / el : 0.0;
     if (o->log_every <= 0 || (it % o->log_every && it != o->iters)) return;
     dg_tcp_wire_bytes((dg_transport *)t, DG_ANY_PEER, &in, &out);
     printf("iter %lld/%lld  N_live %d  d_loss %.4f  g_loss %.4f  in %.2f MB  out %.2f MB  "
@@ -163,7 +156,7 @@ int main(int argc, char **argv)
     float *g = NULL;
     size_t gn = 0, secret_len = 0;
 
-    t_start = now_s();
+    t_start = dg_clock_seconds();
     if (parse(&o, argc, argv)) return 2;
     is_server = !strcmp(o.mode, "server");
     md = o.algo == 0;

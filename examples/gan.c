@@ -130,21 +130,6 @@ static int parse(options *o, int argc, char **argv)
     return 0;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static const char *hms(double s, char *buf)
-{
-    long t = (long)(s + 0.5);
-    if (t >= 3600) sprintf(buf, "%ldh%02ldm", t / 3600, t / 60 % 60);
-    else sprintf(buf, "%ldm%02lds", t / 60, t % 60);
-    return buf;
-}
-
 static int fail(const char *what, dg_result r)
 {
     fprintf(stderr, "gan: %s: %s (%s)\n", what, dg_result_str(r), dg_last_error());
@@ -187,7 +172,7 @@ int main(int argc, char **argv)
     have_eval = train.n_classes >= 2;
     memset(&ev, 0, sizeof ev);
     if (have_eval) {
-        double t1 = now();
+        double t1 = dg_clock_seconds();
         ec = dg_evaluator_config_init();
         ec.epochs = o.clf_epochs;
         ec.cache_path = clf_path;
@@ -196,7 +181,7 @@ int main(int argc, char **argv)
             return fail("classifier", r);
         printf("classifier %s: %s, test accuracy %.2f%% on %zu held-out images (%.0f s)\n",
                clf_path, ev.loaded ? "loaded" : "trained", 100.0 * ev.test_accuracy, test.n,
-               now() - t1);
+               dg_clock_seconds() - t1);
         fflush(stdout);
     } else {
         fprintf(stderr, "gan: unlabelled data: no classifier, no score/FID\n");
@@ -254,7 +239,7 @@ int main(int argc, char **argv)
     printf("---|\n");
     fflush(stdout);
 
-    t0 = now();
+    t0 = dg_clock_seconds();
     start_iter = t.iter;
     for (it = t.iter; it <= o.gan.iterations; it++) {
         int eval_now = it == o.gan.iterations ||
@@ -283,8 +268,8 @@ int main(int argc, char **argv)
                     fid = er.fid_logits;
                 }
             }
-            row[nv++] = now() - t0;
-            printf(" %s |\n", hms(now() - t0, b1));
+            row[nv++] = dg_clock_seconds() - t0;
+            printf(" %s |\n", dg_format_hms(dg_clock_seconds() - t0, b1));
             fflush(stdout);
             if ((r = dg_csv_row(&csv, row, nv))) return fail("log", r);
             snprintf(path, sizeof path, "%s/samples_%06lld.png", out, (long long)it);
@@ -304,7 +289,7 @@ int main(int argc, char **argv)
             d_sum += st.d_loss;
             g_sum += st.g_loss;
             n_sum++;
-            tn = now();
+            tn = dg_clock_seconds();
             if (tn - last_print > 1.0 || it + 1 == o.gan.iterations) {
                 double el = tn - t0, eta = el / (double)(it + 1 - start_iter) *
                                            (double)(o.gan.iterations - it - 1);
@@ -313,14 +298,14 @@ int main(int argc, char **argv)
                 if (score >= 0) snprintf(sc, sizeof sc, "score %.2f  FID %.2f", score, fid);
                 fprintf(stderr, "%sit %lld/%lld  D %.3f  G %.3f  %s  elapsed %s  ETA %s%s",
                         isatty(2) ? "\r\033[K" : "", (long long)(it + 1),
-                        (long long)o.gan.iterations, st.d_loss, st.g_loss, sc, hms(el, b1),
-                        hms(eta, b2), isatty(2) ? "" : "\n");
+                        (long long)o.gan.iterations, st.d_loss, st.g_loss, sc,
+                        dg_format_hms(el, b1), dg_format_hms(eta, b2), isatty(2) ? "" : "\n");
             }
         }
     }
     if (isatty(2)) fprintf(stderr, "\n");
     fprintf(stderr, "gan: done in %s; %s/log.csv, %s/samples_*.png, %s/gan.ckpt\n",
-            hms(now() - t0, b1), out, out, out);
+            dg_format_hms(dg_clock_seconds() - t0, b1), out, out, out);
     dg_csv_close(&csv);
     dg_gan_trainer_free(&t);
     if (have_eval) dg_evaluator_free(&ev);

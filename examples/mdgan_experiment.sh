@@ -158,21 +158,18 @@ tables() {
         echo
         echo "| run | N | final score | best score (@it) | final FID | best FID (@it) | MB down per worker | MB up per worker | MB worker-to-worker per worker | MB at server (down+up) | train s / wall s |"
         echo "|---|---|---|---|---|---|---|---|---|---|---|"
-        summary_row fashion-gan 1
-        summary_row fashion-mdgan-n1-k1 1
-        summary_row fashion-mdgan-n10-k1 10
-        summary_row fashion-mdgan-n10-k4 10
-        summary_row fashion-flgan-n10 10
-        summary_row fashion-mdgan-n25-k1 25
-        summary_row fashion-mdgan-n25-k5 25
-        summary_row fashion-flgan-n25 25
-        summary_row mnist-gan 1
-        summary_row mnist-mdgan-n10-k1 10
-        summary_row mnist-mdgan-n10-k4 10
-        summary_row mnist-flgan-n10 10
-        summary_row mnist-mdgan-n25-k1 25
-        summary_row mnist-mdgan-n25-k5 25
-        summary_row mnist-flgan-n25 25
+        # per data set: the standalone GAN, then for N = 10 and 25 MD-GAN with
+        # k = 1 and k = N/2.5 (4, 5) and FL-GAN; MD-GAN N = 1 on Fashion only
+        for ds in fashion mnist; do
+            summary_row $ds-gan 1
+            if [ $ds = fashion ]; then summary_row fashion-mdgan-n1-k1 1; fi
+            for nk in 10:4 25:5; do
+                n=${nk%:*} k=${nk#*:}
+                summary_row $ds-mdgan-n$n-k1 $n
+                summary_row $ds-mdgan-n$n-k$k $n
+                summary_row $ds-flgan-n$n $n
+            done
+        done
         summary_row fashion-mdgan-n10-k1-shards 10
         summary_row fashion-flgan-n10-shards 10
         summary_row fashion-mdgan-n10-k1-crash 10

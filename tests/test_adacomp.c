@@ -1093,6 +1093,16 @@ static void touch_all(ac_server *s, ac_update *u, int steps)
     }
 }
 
+/* pushes value at index one[0], pulled at t_pull, with w[one[0]] = before;
+   returns w[one[0]] after the server applied it */
+static float push_one(ac_server *s, ac_update *u, const uint32_t *one, uint64_t t_pull, float value,
+                      float *w, float before)
+{
+    set_update(u, one, 1, t_pull), u->value[0] = value, w[one[0]] = before;
+    CHECK_OK(ac_server_apply(s, u));
+    return w[one[0]];
+}
+
 static ac_server *make_server(float *w, ac_staleness st, uint64_t max_staleness)
 {
     ac_layout layout = {3, sv_sizes};
@@ -1118,32 +1128,22 @@ TEST(modulation_modes)
     /* sigma: tau = 0 gives scale 1, however often 3 was touched before */
     s = make_server(w, AC_STALENESS_SIGMA, 0);
     touch_all(s, &u, 10);
-    set_update(&u, one, 1, 10), u.value[0] = 2.0f, w[3] = 1.0f;
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[3] == 1.0f - 0.25f * 2.0f);
+    CHECK(push_one(s, &u, one, 10, 2.0f, w, 1.0f) == 1.0f - 0.25f * 2.0f);
     /* pulled 4 updates ago: those 4 (labels 8..11) all touched 3 -> / 4 */
-    set_update(&u, one, 1, 7), u.value[0] = 2.0f, w[3] = 1.0f;
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[3] == 1.0f - 0.25f * 2.0f / 4.0f);
+    CHECK(push_one(s, &u, one, 7, 2.0f, w, 1.0f) == 1.0f - 0.25f * 2.0f / 4.0f);
     ac_server_free(s);
 
     /* staleness-aware: alpha / tau, with max(1, tau) */
     s = make_server(w, AC_STALENESS_TAU, 0);
     touch_all(s, &u, 6);
-    set_update(&u, one, 1, 3), u.value[0] = 1.0f, w[3] = 0.0f;
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[3] == -(0.25f / 3.0f));
-    set_update(&u, one, 1, 7), u.value[0] = 1.0f, w[3] = 0.0f;
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[3] == -0.25f);
+    CHECK(push_one(s, &u, one, 3, 1.0f, w, 0.0f) == -(0.25f / 3.0f));
+    CHECK(push_one(s, &u, one, 7, 1.0f, w, 0.0f) == -0.25f);
     ac_server_free(s);
 
     /* constant: alpha whatever the staleness */
     s = make_server(w, AC_STALENESS_CONSTANT, 0);
     touch_all(s, &u, 20);
-    set_update(&u, one, 1, 1), u.value[0] = 1.0f, w[3] = 0.0f;
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[3] == -0.25f);
+    CHECK(push_one(s, &u, one, 1, 1.0f, w, 0.0f) == -0.25f);
     CHECK(ac_server_sigma(s, &u, one) == AC_ERR_ARG); /* no history kept */
     ac_server_free(s);
 }
@@ -1196,15 +1196,11 @@ TEST(plain_asgd_applies_every_push)
     CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
     s = make_server(w, AC_STALENESS_CONSTANT, 0);
     touch_all(s, &u, 500);
-    set_update(&u, one, 1, 0), u.value[0] = 1.0f, w[60] = 0.0f;  /* tau = 500 */
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[60] == -0.25f);
+    CHECK(push_one(s, &u, one, 0, 1.0f, w, 0.0f) == -0.25f);  /* tau = 500 */
     ac_server_free(s);
     s = make_server(w, AC_STALENESS_TAU, 0);
     touch_all(s, &u, 500);
-    set_update(&u, one, 1, 0), u.value[0] = 1.0f, w[60] = 0.0f;
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[60] == -(0.25f / 500.0f));
+    CHECK(push_one(s, &u, one, 0, 1.0f, w, 0.0f) == -(0.25f / 500.0f));
     CHECK(ac_server_stats(s).rejected == 0);
     ac_server_free(s);
 }

@@ -244,6 +244,21 @@ TEST(options_table)
     }
 }
 
+TEST(clock_and_hms)
+{
+    char b[DG_HMS_SIZE];
+    double t0 = dg_clock_seconds(), t1 = dg_clock_seconds();
+    CHECK(t0 > 0 && t1 >= t0);
+    CHECK(strcmp(dg_format_hms(0, b), "0m00s") == 0);
+    CHECK(strcmp(dg_format_hms(65.4, b), "1m05s") == 0);
+    CHECK(strcmp(dg_format_hms(3599.4, b), "59m59s") == 0);
+    CHECK(strcmp(dg_format_hms(3599.6, b), "1h00m") == 0);
+    CHECK(strcmp(dg_format_hms(3 * 3600 + 7 * 60 + 20, b), "3h07m") == 0);
+    CHECK(strcmp(dg_format_hms(-5, b), "0m00s") == 0);
+    CHECK(strcmp(dg_format_hms(0.0 / 0.0, b), "0m00s") == 0);
+    CHECK(strcmp(dg_format_hms(1e300, b), "277777777h46m") == 0); /* capped at 1e12 s */
+}
+
 int main(void)
 {
     RUN(result_strings);
@@ -255,5 +270,6 @@ int main(void)
     RUN(parse_u64);
     RUN(parse_float);
     RUN(options_table);
+    RUN(clock_and_hms);
     return th_done();
 }

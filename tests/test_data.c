@@ -67,6 +67,31 @@ static int msg_has(const char *needle)
     return strstr(dg_last_error(), needle) != NULL;
 }
 
+/* One byte of a file changed: loading it as images fails with want, and
+   the message names needle. */
+typedef struct byte_patch {
+    size_t at;
+    uint8_t value;
+    dg_result want;
+    const char *needle;
+} byte_patch;
+
+static void check_patched(const uint8_t *file, size_t n, const byte_patch *p, int count)
+{
+    static uint8_t bad[4096];
+    dg_dataset ds;
+    int i;
+    CHECK(n <= sizeof bad);
+    for (i = 0; i < count && n <= sizeof bad; i++) {
+        int ok;
+        memcpy(bad, file, n);
+        bad[p[i].at] = p[i].value;
+        ok = dg_dataset_load_idx_mem(&ds, bad, n, NULL, 0) == p[i].want && msg_has(p[i].needle);
+        CHECK(ok);
+        if (!ok) printf("    (byte %zu set to 0x%02x: %s)\n", p[i].at, p[i].value, dg_last_error());
+    }
+}
+
 /* ---- builders ---- */
 
 static void put_be32(uint8_t *p, uint32_t v)
@@ -277,20 +302,15 @@ TEST(idx_reject)
     memcpy(bad, img, ni);
     bad[ni] = 9;
     CHECK(dg_dataset_load_idx_mem(&ds, bad, ni + 1, NULL, 0) == DG_ERR_FORMAT);
-    /* wrong magic */
-    memcpy(bad, img, ni);
-    bad[0] = 0x12;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ni, NULL, 0) == DG_ERR_FORMAT && msg_has("magic"));
-    /* wrong type: float (valid IDX, unsupported) and nonsense */
-    memcpy(bad, img, ni);
-    bad[2] = 0x0D;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ni, NULL, 0) == DG_ERR_UNSUPPORTED && msg_has("0x0d"));
-    bad[2] = 0x42;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ni, NULL, 0) == DG_ERR_FORMAT && msg_has("type code"));
-    /* wrong number of dims: images with 2, labels with 3 */
-    memcpy(bad, img, ni);
-    bad[3] = 2;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ni, NULL, 0) == DG_ERR_FORMAT && msg_has("dims"));
+    {
+        /* wrong magic; wrong type: float (valid IDX, unsupported) and
+           nonsense; wrong number of dims: images with 2 (labels with 3 below) */
+        const byte_patch p[] = {{0, 0x12, DG_ERR_FORMAT, "magic"},
+                                {2, 0x0D, DG_ERR_UNSUPPORTED, "0x0d"},
+                                {2, 0x42, DG_ERR_FORMAT, "type code"},
+                                {3, 2, DG_ERR_FORMAT, "dims"}};
+        check_patched(img, ni, p, 4);
+    }
     memcpy(bad, lab, nl);
     bad[3] = 3;
     CHECK(dg_dataset_load_idx_mem(&ds, img, ni, bad, nl) == DG_ERR_FORMAT && msg_has("labels"));
@@ -324,21 +344,14 @@ TEST(idx_reject)
     ng = make_gzip_stored(gz, img, ni, 65535, 0);
     CHECK_OK(dg_dataset_load_idx_mem(&ds, gz, ng, NULL, 0));
     dg_dataset_free(&ds);
-    memcpy(bad, gz, ng);
-    bad[ng - 8] ^= 1;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ng, NULL, 0) == DG_ERR_CHECKSUM && msg_has("CRC-32"));
-    memcpy(bad, gz, ng);
-    bad[ng - 4] += 1;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ng, NULL, 0) == DG_ERR_FORMAT && msg_has("ISIZE"));
-    memcpy(bad, gz, ng);
-    bad[ng - 4] -= 1;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ng, NULL, 0) == DG_ERR_FORMAT && msg_has("ISIZE"));
-    memcpy(bad, gz, ng);
-    bad[2] = 7;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ng, NULL, 0) == DG_ERR_FORMAT && msg_has("method"));
-    memcpy(bad, gz, ng);
-    bad[3] = 0x20;
-    CHECK(dg_dataset_load_idx_mem(&ds, bad, ng, NULL, 0) == DG_ERR_FORMAT && msg_has("reserved"));
+    {
+        const byte_patch p[] = {{ng - 8, (uint8_t)(gz[ng - 8] ^ 1), DG_ERR_CHECKSUM, "CRC-32"},
+                                {ng - 4, (uint8_t)(gz[ng - 4] + 1), DG_ERR_FORMAT, "ISIZE"},
+                                {ng - 4, (uint8_t)(gz[ng - 4] - 1), DG_ERR_FORMAT, "ISIZE"},
+                                {2, 7, DG_ERR_FORMAT, "method"},
+                                {3, 0x20, DG_ERR_FORMAT, "reserved"}};
+        check_patched(gz, ng, p, 5);
+    }
     ng = make_gzip_stored(gz, img, ni, 65535, 2 | 8);
     memcpy(bad, gz, ng);
     bad[12] ^= 0x40; /* inside FNAME: the header CRC no longer matches */

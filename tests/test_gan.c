@@ -516,6 +516,15 @@ TEST(trainer_checkpoint_resumes_exactly)
     dg_dataset_free(&ds);
 }
 
+/* the whole of a small text file, NUL-terminated (empty when it cannot be read) */
+static void read_text(const char *path, char *text, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(text, 1, cap - 1, f) : 0;
+    if (f) fclose(f);
+    text[n] = 0;
+}
+
 TEST(csv_and_grid_files)
 {
     char csvp[] = "/tmp/dg_test_csv_XXXXXX", pngp[] = "/tmp/dg_test_png_XXXXXX";
@@ -542,10 +551,7 @@ TEST(csv_and_grid_files)
     row[0] = 2000;
     CHECK_OK(dg_csv_row(&csv, row, 3));
     dg_csv_close(&csv);
-    f = fopen(csvp, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    if (f) fclose(f);
-    text[n] = 0;
+    read_text(csvp, text, sizeof text);
     CHECK(strcmp(text, "iter,loss,fid\n1000,0.5,\n2000,0.5,\n") == 0);
     /* integers (byte counts) exactly, other values to 6 digits */
     CHECK_OK(dg_csv_open(&csv, csvp, "bytes,x,y", 0));
@@ -554,10 +560,7 @@ TEST(csv_and_grid_files)
     row[2] = -3;
     CHECK_OK(dg_csv_row(&csv, row, 3));
     dg_csv_close(&csv);
-    f = fopen(csvp, "r");
-    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    if (f) fclose(f);
-    text[n] = 0;
+    read_text(csvp, text, sizeof text);
     CHECK(strcmp(text, "bytes,x,y\n123456789012,1.23457e+06,-3\n") == 0);
     /* a grid of generated samples, by class */
     CHECK_OK(dg_dataset_make_shapes(&ds, 50, 1));

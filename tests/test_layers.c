@@ -128,15 +128,8 @@ static void check_layer(int c, int h, int w, int batch, const dg_layer_desc *d, 
 
 static dg_layer_desc desc(dg_layer_type t, int out, int k, int s, int p, int op, float a)
 {
-    dg_layer_desc d;
-    memset(&d, 0, sizeof d);
-    d.type = t;
-    d.out = out;
-    d.kernel = k;
-    d.stride = s;
-    d.pad = p;
-    d.out_pad = op;
-    d.alpha = a;
+    dg_layer_desc d = {.type = t, .out = out, .kernel = k, .stride = s, .pad = p, .out_pad = op,
+                       .alpha = a};
     return d;
 }
 
@@ -268,46 +261,45 @@ TEST(grad_whole_dcgan_like_nets)
 
 /* ---- losses ---- */
 
+/* the four loss calls grad_losses checks, on 12 logits z: BCE with
+   per-element targets; BCE on every second logit against a constant target
+   (stride 0); softmax cross-entropy of 3 samples of 4 classes; MSE */
+static dg_result loss_case(int c, float *z, const float *y, const int32_t *labels, float scale,
+                           float *dz, float *l)
+{
+    switch (c) {
+    case 0: return dg_loss_bce_logits(z, 1, y, 1, 12, scale, dz, l);
+    case 1: return dg_loss_bce_logits(z, 2, y, 0, 6, scale, dz, l);
+    case 2: return dg_loss_softmax_ce(z, 4, labels, 3, 4, scale, dz, l);
+    default: return dg_loss_mse(z, y, 12, scale, dz, l);
+    }
+}
+
 TEST(grad_losses)
 {
+    /* per case: the logits it reads (every stride-th of count), its gradient
+       scale, and what turns the loss's difference into the gradient's (the
+       BCE of case 1 is scaled per sample: 1, not 1/6) */
+    static const struct {
+        int stride, count;
+        float scale, fd_times;
+    } cases[4] = {{1, 12, 1.0f / 12, 1}, {2, 6, 1.0f, 6}, {1, 12, 1.0f / 3, 1}, {1, 12, 1.0f / 12, 1}};
     float z[12], dz[12], y[12], l0, lp, lm, eps = 1e-3f;
     int32_t labels[3] = {0, 3, 2};
-    int i, bad = 0;
+    int c, i, bad = 0;
     dg_rng rng = dg_rng_make(4, 4, 4);
     dg_rng_fill_uniform(&rng, z, 12, -3, 3);
     dg_rng_fill_uniform(&rng, y, 12, 0, 1);
-    /* BCE with per-element targets, then a constant target (stride 0) */
-    CHECK_OK(dg_loss_bce_logits(z, 1, y, 1, 12, 1.0f / 12, dz, &l0));
-    for (i = 0; i < 12; i++) {
-        float k = z[i];
-        z[i] = k + eps; dg_loss_bce_logits(z, 1, y, 1, 12, 0, NULL, &lp);
-        z[i] = k - eps; dg_loss_bce_logits(z, 1, y, 1, 12, 0, NULL, &lm);
-        z[i] = k;
-        bad += !fd_ok((lp - lm) / (2 * eps), dz[i]);
-    }
-    CHECK_OK(dg_loss_bce_logits(z, 2, y, 0, 6, 1.0f, dz, &l0)); /* stride 2, per-sample scale */
-    for (i = 0; i < 6; i++) {
-        float k = z[2 * i];
-        z[2 * i] = k + eps; dg_loss_bce_logits(z, 2, y, 0, 6, 0, NULL, &lp);
-        z[2 * i] = k - eps; dg_loss_bce_logits(z, 2, y, 0, 6, 0, NULL, &lm);
-        z[2 * i] = k;
-        bad += !fd_ok(6 * (lp - lm) / (2 * eps), dz[2 * i]);
-    }
-    CHECK_OK(dg_loss_softmax_ce(z, 4, labels, 3, 4, 1.0f / 3, dz, &l0));
-    for (i = 0; i < 12; i++) {
-        float k = z[i];
-        z[i] = k + eps; dg_loss_softmax_ce(z, 4, labels, 3, 4, 0, NULL, &lp);
-        z[i] = k - eps; dg_loss_softmax_ce(z, 4, labels, 3, 4, 0, NULL, &lm);
-        z[i] = k;
-        bad += !fd_ok((lp - lm) / (2 * eps), dz[i]);
-    }
-    CHECK_OK(dg_loss_mse(z, y, 12, 1.0f / 12, dz, &l0));
-    for (i = 0; i < 12; i++) {
-        float k = z[i];
-        z[i] = k + eps; dg_loss_mse(z, y, 12, 0, NULL, &lp);
-        z[i] = k - eps; dg_loss_mse(z, y, 12, 0, NULL, &lm);
-        z[i] = k;
-        bad += !fd_ok((lp - lm) / (2 * eps), dz[i]);
+    for (c = 0; c < 4; c++) {
+        CHECK_OK(loss_case(c, z, y, labels, cases[c].scale, dz, &l0));
+        for (i = 0; i < cases[c].count; i++) {
+            int at = cases[c].stride * i;
+            float k = z[at];
+            z[at] = k + eps; loss_case(c, z, y, labels, 0, NULL, &lp);
+            z[at] = k - eps; loss_case(c, z, y, labels, 0, NULL, &lm);
+            z[at] = k;
+            bad += !fd_ok(cases[c].fd_times * (lp - lm) / (2 * eps), dz[at]);
+        }
     }
     CHECK(bad == 0);
 }

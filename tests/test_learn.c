@@ -31,40 +31,66 @@ static float accuracy(dg_net *net, const float *x, const int32_t *labels, int n,
     return (float)ok / n;
 }
 
-TEST(mlp_learns_spirals)
+/* in -> hidden -> hidden -> out, each hidden layer followed by a ReLU
+   (leak 0) or a leaky ReLU of that slope; planned for max_batch, seeded */
+static void two_hidden_mlp(dg_net **net, int in, int hidden, int out, float leak, int max_batch,
+                           uint64_t seed)
 {
-    enum { B = 64, TEST_N = 1000 };
-    dg_net *net;
-    dg_optim opt;
-    float x[B * 2], dz[B * 3], loss, acc, *tx = malloc(TEST_N * 2 * 4);
-    int32_t lab[B], tl[TEST_N];
+    int k;
+    CHECK_OK(dg_net_create(net, in, 1, 1));
+    for (k = 0; k < 2; k++) {
+        CHECK_OK(dg_net_linear(*net, hidden));
+        CHECK_OK(leak ? dg_net_leaky_relu(*net, leak) : dg_net_relu(*net));
+    }
+    CHECK_OK(dg_net_linear(*net, out));
+    CHECK_OK(dg_net_plan(*net, pool, max_batch));
+    CHECK_OK(dg_net_init(*net, seed, 0.0f));
+}
+
+/* draws one labelled example of dim floats */
+typedef void (*draw_fn)(dg_rng *rng, float *x, int32_t *label);
+
+/* steps of softmax cross-entropy on b fresh examples from rng each, then
+   the accuracy on n held-out examples from trng */
+static float train_then_score(dg_net *net, dg_optim *opt, draw_fn draw, int dim, int classes,
+                              int b, int steps, dg_rng *rng, dg_rng *trng, int n)
+{
+    float *x = malloc((size_t)b * dim * 4), *dz = malloc((size_t)b * classes * 4), loss, acc;
+    float *tx = malloc((size_t)n * dim * 4);
+    int32_t *lab = malloc((size_t)b * 4), *tl = malloc((size_t)n * 4);
     int it, i;
     const float *y;
-    dg_rng rng = dg_rng_make(42, 1, 0), trng = dg_rng_make(42, 2, 0);
-    CHECK_OK(dg_net_create(&net, 2, 1, 1));
-    CHECK_OK(dg_net_linear(net, 64));
-    CHECK_OK(dg_net_relu(net));
-    CHECK_OK(dg_net_linear(net, 64));
-    CHECK_OK(dg_net_relu(net));
-    CHECK_OK(dg_net_linear(net, 3));
-    CHECK_OK(dg_net_plan(net, pool, TEST_N));
-    CHECK_OK(dg_net_init(net, 7, 0.0f));
-    CHECK_OK(dg_optim_adam(&opt, dg_net_param_count(net), 1e-2f, 0.9f, 0.999f, 1e-8f));
-    for (it = 0; it < 3000; it++) {
-        for (i = 0; i < B; i++) spiral(&rng, x + 2 * i, &lab[i]);
+    for (it = 0; it < steps; it++) {
+        for (i = 0; i < b; i++) draw(rng, x + dim * i, &lab[i]);
         dg_net_zero_grad(net);
-        CHECK_OK(dg_net_forward(net, x, B, 1, &y));
-        CHECK_OK(dg_loss_softmax_ce(y, 3, lab, B, 3, 1.0f / B, dz, &loss));
+        CHECK_OK(dg_net_forward(net, x, b, 1, &y));
+        CHECK_OK(dg_loss_softmax_ce(y, classes, lab, b, classes, 1.0f / b, dz, &loss));
         CHECK_OK(dg_net_backward(net, dz, NULL));
-        CHECK_OK(dg_optim_step(&opt, pool, dg_net_params(net), dg_net_grads(net)));
+        CHECK_OK(dg_optim_step(opt, pool, dg_net_params(net), dg_net_grads(net)));
     }
-    for (i = 0; i < TEST_N; i++) spiral(&trng, tx + 2 * i, &tl[i]);
-    acc = accuracy(net, tx, tl, TEST_N, 3);
+    for (i = 0; i < n; i++) draw(trng, tx + dim * i, &tl[i]);
+    acc = accuracy(net, tx, tl, n, classes);
+    free(x);
+    free(dz);
+    free(tx);
+    free(lab);
+    free(tl);
+    return acc;
+}
+
+TEST(mlp_learns_spirals)
+{
+    dg_net *net;
+    dg_optim opt;
+    float acc;
+    dg_rng rng = dg_rng_make(42, 1, 0), trng = dg_rng_make(42, 2, 0);
+    two_hidden_mlp(&net, 2, 64, 3, 0.0f, 1000, 7);
+    CHECK_OK(dg_optim_adam(&opt, dg_net_param_count(net), 1e-2f, 0.9f, 0.999f, 1e-8f));
+    acc = train_then_score(net, &opt, spiral, 2, 3, 64, 3000, &rng, &trng, 1000);
     printf("  spirals: held-out accuracy %.3f (target >= 0.95)\n", acc);
     CHECK(acc >= 0.95f);
     dg_optim_free(&opt);
     dg_net_free(net);
-    free(tx);
 }
 
 /* 12x12 images of four classes: horizontal bar, vertical bar, cross, box,
@@ -87,13 +113,10 @@ static void shape_image(dg_rng *rng, float *img, int32_t *label)
 
 TEST(cnn_learns_shapes)
 {
-    enum { B = 32, TEST_N = 500 };
+    enum { TEST_N = 500, STEPS = 600 };
     dg_net *net;
     dg_optim opt;
-    float x[B * 144], dz[B * 4], loss, acc, *tx = malloc(TEST_N * 144 * 4);
-    int32_t lab[B], tl[TEST_N];
-    int it, i;
-    const float *y;
+    float acc;
     dg_rng rng = dg_rng_make(5, 1, 0), trng = dg_rng_make(5, 2, 0);
     CHECK_OK(dg_net_create(&net, 1, 12, 12));
     CHECK_OK(dg_net_conv2d(net, 8, 3, 1, 1));
@@ -109,21 +132,11 @@ TEST(cnn_learns_shapes)
     CHECK_OK(dg_net_plan(net, pool, TEST_N));
     CHECK_OK(dg_net_init(net, 3, 0.0f));
     CHECK_OK(dg_optim_sgd(&opt, dg_net_param_count(net), 0.05f, 0.9f));
-    for (it = 0; it < 600; it++) {
-        for (i = 0; i < B; i++) shape_image(&rng, x + 144 * i, &lab[i]);
-        dg_net_zero_grad(net);
-        CHECK_OK(dg_net_forward(net, x, B, 1, &y));
-        CHECK_OK(dg_loss_softmax_ce(y, 4, lab, B, 4, 1.0f / B, dz, &loss));
-        CHECK_OK(dg_net_backward(net, dz, NULL));
-        CHECK_OK(dg_optim_step(&opt, pool, dg_net_params(net), dg_net_grads(net)));
-    }
-    for (i = 0; i < TEST_N; i++) shape_image(&trng, tx + 144 * i, &tl[i]);
-    acc = accuracy(net, tx, tl, TEST_N, 4);
-    printf("  shapes: held-out accuracy %.3f after %d steps (target >= 0.95)\n", acc, it);
+    acc = train_then_score(net, &opt, shape_image, 144, 4, 32, STEPS, &rng, &trng, TEST_N);
+    printf("  shapes: held-out accuracy %.3f after %d steps (target >= 0.95)\n", acc, STEPS);
     CHECK(acc >= 0.95f);
     dg_optim_free(&opt);
     dg_net_free(net);
-    free(tx);
 }
 
 /* ---- a GAN on a ring of eight Gaussians ---- */
@@ -149,22 +162,8 @@ TEST(gan_covers_ring_of_gaussians)
     const float *fake, *logit, *dx;
     int it, i, m, hits[MODES] = {0}, good = 0, covered = 0;
     dg_rng rng = dg_rng_make(2024, 1, 0);
-    CHECK_OK(dg_net_create(&g, Z, 1, 1));
-    CHECK_OK(dg_net_linear(g, 128));
-    CHECK_OK(dg_net_relu(g));
-    CHECK_OK(dg_net_linear(g, 128));
-    CHECK_OK(dg_net_relu(g));
-    CHECK_OK(dg_net_linear(g, 2));
-    CHECK_OK(dg_net_plan(g, pool, EVAL));
-    CHECK_OK(dg_net_init(g, 1, 0.0f));
-    CHECK_OK(dg_net_create(&d, 2, 1, 1));
-    CHECK_OK(dg_net_linear(d, 128));
-    CHECK_OK(dg_net_leaky_relu(d, 0.2f));
-    CHECK_OK(dg_net_linear(d, 128));
-    CHECK_OK(dg_net_leaky_relu(d, 0.2f));
-    CHECK_OK(dg_net_linear(d, 1));
-    CHECK_OK(dg_net_plan(d, pool, B));
-    CHECK_OK(dg_net_init(d, 2, 0.0f));
+    two_hidden_mlp(&g, Z, 128, 2, 0.0f, EVAL, 1);
+    two_hidden_mlp(&d, 2, 128, 1, 0.2f, B, 2);
     CHECK_OK(dg_optim_adam(&og, dg_net_param_count(g), 1e-3f, 0.5f, 0.999f, 1e-8f));
     CHECK_OK(dg_optim_adam(&od, dg_net_param_count(d), 1e-3f, 0.5f, 0.999f, 1e-8f));
     for (it = 0; it < 2500; it++) {

@@ -29,18 +29,36 @@ static void make_data(dg_dataset *ds, size_t n, uint64_t seed)
     }
 }
 
+/* n workers on the small MLP GAN of these tests (8x8 grey images, z of 16,
+   batches of 8, a power of two: see standalone_equivalence), for an MD-GAN
+   or an FL-GAN config */
+#define SMALL_GAN(cfg, n)                                                       \
+    ((cfg).n_workers = (n), (cfg).c = 1, (cfg).h = (cfg).w = 8,                 \
+     (cfg).arch = DG_ARCH_MLP, (cfg).z_dim = 16, (cfg).batch = 8)
+
 static dg_mdgan_config small_config(int n_workers)
 {
     dg_mdgan_config c = dg_mdgan_config_init();
-    c.n_workers = n_workers;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8; /* a power of two: see standalone_equivalence */
+    SMALL_GAN(c, n_workers);
     c.local_epochs = 0;
     c.seed = 11;
     return c;
+}
+
+/* FL-GAN on the same small MLP GAN */
+static dg_flgan_config small_flgan_config(int n_workers, int local_iters)
+{
+    dg_flgan_config c = dg_flgan_config_init();
+    SMALL_GAN(c, n_workers);
+    c.local_iters = local_iters;
+    return c;
+}
+
+/* two nets hold the same parameters, bit for bit */
+static int same_params(dg_net *a, dg_net *b)
+{
+    return dg_net_param_count(a) == dg_net_param_count(b) &&
+           memcmp(dg_net_params(a), dg_net_params(b), 4 * dg_net_param_count(a)) == 0;
 }
 
 /* ---- transport ---- */
@@ -264,18 +282,11 @@ TEST(flgan_traffic_matches_formulas)
     dg_dataset ds;
     dg_partition part;
     dg_flgan_run *run;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(N, 2);
     uint64_t w_theta;
     int n, r;
     dg_transport *t;
     make_data(&ds, 48, 3);
-    c.n_workers = N;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8;
-    c.local_iters = 2;
     CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
     CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
     t = dg_flgan_run_transport(run);
@@ -306,18 +317,11 @@ TEST(flgan_averages_and_broadcasts)
     dg_dataset ds;
     dg_partition part;
     dg_flgan_run *run;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(N, 1);
     dg_net *g;
     size_t np, i;
     double err = 0.0;
     make_data(&ds, 32, 4);
-    c.n_workers = N;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8;
-    c.local_iters = 1;
     c.average_optimizer = 1;
     CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
     CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
@@ -553,16 +557,9 @@ TEST(flgan_crash_continues)
     dg_dataset ds;
     dg_partition part;
     dg_flgan_run *run;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(N, 1);
     dg_fault crash[1] = {{3, 1}};
     make_data(&ds, 48, 8);
-    c.n_workers = N;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8;
-    c.local_iters = 1;
     CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
     CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, crash, 1));
     CHECK_OK(dg_flgan_run_round(run));
@@ -619,11 +616,11 @@ TEST(checkpoint_resume_is_exact)
     ga = dg_mdgan_server_generator(dg_mdgan_run_server(a));
     gb = dg_mdgan_server_generator(dg_mdgan_run_server(r2));
     CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(r2))->iteration == 6);
-    CHECK(memcmp(dg_net_params(ga), dg_net_params(gb), 4 * dg_net_param_count(ga)) == 0);
+    CHECK(same_params(ga, gb));
     for (n = 1; n <= N; n++) {
         dg_net *da = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(a, n));
         dg_net *db = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(r2, n));
-        CHECK(memcmp(dg_net_params(da), dg_net_params(db), 4 * dg_net_param_count(da)) == 0);
+        CHECK(same_params(da, db));
     }
     for (n = 0; n <= N; n++) free(buf[n]);
     dg_mdgan_run_free(a);
@@ -754,34 +751,34 @@ static void rig_log(void *user, const char *line)
     snprintf(rig_log_buf + n, sizeof rig_log_buf - n, "%s\n", line);
 }
 
-static void rig_mdgan(rig *r, const dg_mdgan_config *c, const dg_dataset *ds, dg_transport *t)
+/* the rig's roles on t: an MD-GAN (mc) or FL-GAN (fc) server and its
+   workers, each on its i.i.d. share of ds */
+static void rig_roles(rig *r, const dg_mdgan_config *mc, const dg_flgan_config *fc,
+                      const dg_dataset *ds, dg_transport *t)
 {
     int n;
     memset(r, 0, sizeof *r);
     r->t = t;
-    r->n = c->n_workers;
+    r->n = mc ? mc->n_workers : fc->n_workers;
     CHECK_OK(dg_partition_iid(&r->part, ds->n, r->n, 3));
-    CHECK_OK(dg_mdgan_server_create(&r->s, c, t, pool1));
+    if (mc) CHECK_OK(dg_mdgan_server_create(&r->s, mc, t, pool1));
+    else CHECK_OK(dg_flgan_server_create(&r->fs, fc, t, pool1));
     for (n = 1; n <= r->n; n++) {
         size_t cnt;
         const uint32_t *idx = dg_partition_worker(&r->part, n - 1, &cnt);
-        CHECK_OK(dg_mdgan_worker_create(&r->w[n], c, n, t, pool1, ds, idx, cnt, 0));
+        if (mc) CHECK_OK(dg_mdgan_worker_create(&r->w[n], mc, n, t, pool1, ds, idx, cnt, 0));
+        else CHECK_OK(dg_flgan_worker_create(&r->fw[n], fc, n, t, pool1, ds, idx, cnt));
     }
+}
+
+static void rig_mdgan(rig *r, const dg_mdgan_config *c, const dg_dataset *ds, dg_transport *t)
+{
+    rig_roles(r, c, NULL, ds, t);
 }
 
 static void rig_flgan(rig *r, const dg_flgan_config *c, const dg_dataset *ds, dg_transport *t)
 {
-    int n;
-    memset(r, 0, sizeof *r);
-    r->t = t;
-    r->n = c->n_workers;
-    CHECK_OK(dg_partition_iid(&r->part, ds->n, r->n, 3));
-    CHECK_OK(dg_flgan_server_create(&r->fs, c, t, pool1));
-    for (n = 1; n <= r->n; n++) {
-        size_t cnt;
-        const uint32_t *idx = dg_partition_worker(&r->part, n - 1, &cnt);
-        CHECK_OK(dg_flgan_worker_create(&r->fw[n], c, n, t, pool1, ds, idx, cnt));
-    }
+    rig_roles(r, NULL, c, ds, t);
 }
 
 /* One iteration (round): as the in-process driver, on one thread. */
@@ -1072,15 +1069,13 @@ TEST(flgan_checkpoint_resume_is_exact)
     enum { N = 3 };
     dg_dataset ds;
     dg_partition part;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(N, 3);
     dg_flgan_run *a, *b, *r2;
     unsigned char *buf[N + 1];
     size_t len[N + 1];
     int it, n;
     dg_net *ga, *gb;
     make_data(&ds, 96, 9);
-    c.n_workers = N; c.c = 1; c.h = c.w = 8; c.arch = DG_ARCH_MLP; c.z_dim = 16; c.batch = 8;
-    c.local_iters = 3;
     c.seed = 4;
     CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
     CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0));
@@ -1126,10 +1121,10 @@ TEST(flgan_checkpoint_resume_is_exact)
     ga = dg_flgan_server_generator(dg_flgan_run_server(a));
     gb = dg_flgan_server_generator(dg_flgan_run_server(r2));
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(r2))->rounds == 4);
-    CHECK(memcmp(dg_net_params(ga), dg_net_params(gb), 4 * dg_net_param_count(ga)) == 0);
+    CHECK(same_params(ga, gb));
     ga = dg_flgan_server_discriminator(dg_flgan_run_server(a));
     gb = dg_flgan_server_discriminator(dg_flgan_run_server(r2));
-    CHECK(memcmp(dg_net_params(ga), dg_net_params(gb), 4 * dg_net_param_count(ga)) == 0);
+    CHECK(same_params(ga, gb));
     for (n = 0; n <= N; n++) free(buf[n]);
     dg_flgan_run_free(a);
     dg_flgan_run_free(r2);
