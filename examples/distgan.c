@@ -332,7 +332,8 @@ int main(int argc, char **argv)
     dg_gan_sampler src;
     dg_result r;
     char path[1100], clf_path[1100], b1[32], b2[32], b3[32], b4[32];
-    int have_eval = 0, slots, n_classes, per_round = 1;
+    int have_eval = 0, have_floor = 0, have_untrained = 0, slots, n_classes, per_round = 1;
+    dg_eval_result floor_er, untrained_er, last_er; /* the summary's reference points */
     int64_t it = 0, start_it = 0;
     double t0, t_last_print = 0.0;
     const char *algo_name;
@@ -382,6 +383,15 @@ int main(int argc, char **argv)
         printf("classifier %s: test accuracy %.2f%% (%.0f s)\n", ev.loaded ? "loaded" : "trained",
                100.0 * ev.test_accuracy, dg_clock_seconds() - c0);
         have_eval = 1;
+        /* the floor: real held-out images scored like generated ones */
+        if (test.n >= 2) {
+            size_t n = (size_t)o.eval_samples < test.n ? (size_t)o.eval_samples : test.n;
+            if ((r = dg_evaluator_dataset(&ev, &test, n, n >= 10 ? 10 : 1, &floor_er)))
+                return fail("floor", r);
+            printf("real test data, %zu samples: score %.2f FID %.2f (the floor)\n", n,
+                   floor_er.score_mean, floor_er.fid_logits);
+            have_floor = 1;
+        }
     }
 
     /* the split and the algorithm */
@@ -482,6 +492,15 @@ int main(int argc, char **argv)
         return fail("log", r);
     printf("log: %s\n", path);
 
+    if (have_eval && start_it == 0) { /* the other end: G before training */
+        if ((r = dg_evaluator_run(&ev, dg_gan_sampler_sample, &src, (size_t)o.eval_samples, 10,
+                                  &untrained_er)))
+            return fail("evaluation", r);
+        printf("untrained G: score %.2f FID %.2f\n", untrained_er.score_mean,
+               untrained_er.fid_logits);
+        have_untrained = 1;
+    }
+    memset(&last_er, 0, sizeof last_er);
     t0 = dg_clock_seconds();
     it = start_it;
     while (it < o.iters) {
@@ -528,6 +547,7 @@ int main(int argc, char **argv)
                     return fail("evaluation", r);
                 score = er.score_mean;
                 fid = er.fid_logits;
+                last_er = er;
             }
             snprintf(path, sizeof path, "%s/samples_%06lld.png", o.out, (long long)it);
             if ((r = dg_gan_write_samples(&src, GRID_SEED, 100, 10, path))) return fail("grid", r);
@@ -564,8 +584,19 @@ int main(int argc, char **argv)
     dg_csv_close(&csv);
     snprintf(path, sizeof path, "%s/samples_final.png", o.out);
     if ((r = dg_gan_write_samples(&src, GRID_SEED, 100, 10, path))) return fail("grid", r);
-    printf("done: %lld iterations in %.1f s\n  samples: %s\n  log:     %s/log.csv\n",
-           (long long)it, dg_clock_seconds() - t0, path, o.out);
+    printf("done: %lld iterations in %.1f s\n", (long long)it, dg_clock_seconds() - t0);
+    if (have_eval && last_er.n) { /* FID on the classifier's logits, lower is better */
+        printf("  quality: FID %.1f (real data: ", last_er.fid_logits);
+        if (have_floor) printf("%.1f", floor_er.fid_logits);
+        else printf("n/a");
+        if (have_untrained) printf("; untrained G: %.1f", untrained_er.fid_logits);
+        printf("), classifier score %.2f (real data: ", last_er.score_mean);
+        if (have_floor) printf("%.2f", floor_er.score_mean);
+        else printf("n/a");
+        if (have_untrained) printf("; untrained G: %.2f", untrained_er.score_mean);
+        printf("; 1 to %d)\n", ev.n_classes);
+    }
+    printf("  samples: %s\n  log:     %s/log.csv\n", path, o.out);
     if (md) dg_mdgan_run_free(md);
     if (fl) dg_flgan_run_free(fl);
     if (o.algo == ALGO_GAN) dg_gan_trainer_free(&trainer);
