@@ -536,7 +536,7 @@ TEST(crash_and_join)
     CHECK(live[3] == 3 && live[4] == 3); /* worker 2 dropped at its crash */
     CHECK(live[5] == 2 && live[6] == 2); /* then worker 4 */
     CHECK(live[7] == 3 && live[11] == 3); /* worker 5 joined */
-    CHECK(!dg_mdgan_worker_alive(dg_mdgan_run_worker(run, 2)));
+    CHECK(dg_fault_transport_crashed(dg_mdgan_run_transport(run), 2));
     CHECK(dg_mdgan_server_is_live(dg_mdgan_run_server(run), 5));
     CHECK(dg_mdgan_worker_iterations(dg_mdgan_run_worker(run, 5)) == 5);
     CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_dropped == 2);
