@@ -1479,6 +1479,9 @@ typedef struct dg_flgan_config {
     float init_std;       /* < 0: arch default (as MD-GAN) */
     uint64_t seed;        /* 1 */
     int barrier_timeout_ms;
+    int64_t max_shard;    /* > 0: a worker reporting a larger shard is refused (the
+                             drivers: the training set's size, which the config
+                             hash covers); 0: no bound */
     void (*log)(void *user, const char *line);
     void *log_user;
 } dg_flgan_config;
@@ -1501,7 +1504,11 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
 DGDEF void dg_flgan_server_free(dg_flgan_server *s);
 DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s);       /* MODEL to every live worker */
 /* As MD-GAN's: a model of the wrong shape, with a shard size <= 0 or a
-   non-finite value is rejected (DG_ERR_FORMAT), nothing changes. */
+   non-finite value is rejected (DG_ERR_FORMAT), nothing changes.  A
+   worker's weight in the average is its shard size; so that a hostile
+   worker cannot claim the average, a size above cfg.max_shard, or other
+   than the one the worker first reported (since the server was created),
+   is rejected too. */
 DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m);
 DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms);
 DGDEF int dg_flgan_server_missing(const dg_flgan_server *s);
@@ -11068,10 +11075,11 @@ DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s)
     int n;
     dg_result r = DG_OK;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
-    for (n = 1; n <= s->slots; n++)
-        if (s->live[n] && r == DG_OK)
-            r = dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->iteration, 0, 0, NULL, NULL,
-                              NULL);
+    for (n = 1; n <= s->slots; n++) { /* one worker's failed send spares no other its STOP */
+        dg_result e = s->live[n] ? dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->iteration,
+                                                 0, 0, NULL, NULL, NULL) : DG_OK;
+        if (r == DG_OK) r = e;
+    }
     return r;
 }
 
@@ -11547,6 +11555,7 @@ struct dg_flgan_server {
     dg__gan_pair model;
     char *live;
     dg_msg **up;
+    int64_t *shard;     /* each worker's first reported shard size, 0 before */
     int open, missing;
     double opened;
     int64_t round;
@@ -11573,7 +11582,9 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (r == DG_OK) {
         s->live = (char *)dg__calloc((size_t)cfg->n_workers + 1, 1);
         s->up = (dg_msg **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(dg_msg *));
-        if (!s->live || !s->up) r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
+        s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
+        if (!s->live || !s->up || !s->shard)
+            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     }
     if (r != DG_OK) {
         dg_flgan_server_free(s);
@@ -11593,6 +11604,7 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
     dg__pair_free(&s->model);
     dg__free(s->live);
     dg__free(s->up);
+    dg__free(s->shard);
     dg__free(s);
 }
 
@@ -11709,7 +11721,11 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
             if (!dg__all_finite((const float *)m->part[i].data, counts[i])) break;
         if (i < parts || !dg__all_finite(m->stat, 2))
             return dg__reject(s->t, m, s->round, "model", "holds a non-finite value");
+        if ((s->cfg.max_shard > 0 && m->aux > s->cfg.max_shard) ||
+            (s->shard[m->from] && m->aux != s->shard[m->from]))
+            return dg__reject(s->t, m, s->round, "model", "claims another shard size");
     }
+    s->shard[m->from] = m->aux;
     s->up[m->from] = m;
     if (--s->missing == 0) return dg__flgan_server_finish(s);
     return DG_OK;
@@ -11857,9 +11873,11 @@ DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s)
     int n;
     dg_result r = DG_OK;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
-    for (n = 1; n <= s->cfg.n_workers && r == DG_OK; n++)
-        if (s->live[n])
-            r = dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->round, 0, 0, NULL, NULL, NULL);
+    for (n = 1; n <= s->cfg.n_workers; n++) { /* one worker's failed send spares no other its STOP */
+        dg_result e = s->live[n] ? dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->round, 0, 0,
+                                                 NULL, NULL, NULL) : DG_OK;
+        if (r == DG_OK) r = e;
+    }
     return r;
 }
 DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s) { return s ? &s->stats : NULL; }
@@ -12263,8 +12281,9 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
     pthread_mutex_init(&r->mu, NULL);
     r->cfg = *cfg;
     r->pool = pool;
+    if (r->cfg.max_shard <= 0) r->cfg.max_shard = (int64_t)ds->n;
     e = dg__run_transport(&r->t, cfg->n_workers, cfg->n_workers, crashes, n_crashes, DG_MSG_MODEL);
-    if (e == DG_OK) e = dg_flgan_server_create(&r->server, cfg, r->t, pool);
+    if (e == DG_OK) e = dg_flgan_server_create(&r->server, &r->cfg, r->t, pool);
     if (e == DG_OK) {
         r->workers = (dg_flgan_worker **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(void *));
         if (!r->workers) e = dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
