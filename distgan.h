@@ -10882,9 +10882,11 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
         if (nl >= 2) {
             dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_SWAP, (uint64_t)s->round);
             dg__derangement(&rng, live, nl, to);
-            for (n = 0; n < nl && r == DG_OK; n++)
-                r = dg__send_copy(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
-                                  to[n], 0, NULL, NULL, NULL);
+            for (n = 0; n < nl; n++) { /* a failed send spares no later worker its SWAP */
+                dg_result e = dg__send_copy(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n],
+                                            s->iteration - 1, to[n], 0, NULL, NULL, NULL);
+                if (r == DG_OK) r = e;
+            }
             s->stats.swaps++;
         }
         s->round++;
