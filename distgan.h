@@ -1192,6 +1192,42 @@ DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size
 DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
                                  int send_timeout_ms);
 
+/* Fault injection: a transport wrapper that breaks chosen peers the way a
+   crashed or hostile process would, so that the roles hold no test hooks
+   and every transport can be attacked.  Faults act on the wrapper's
+   traffic only (the roles cannot tell the wrapper from the transport).
+     DG_FAULT_CRASH  peer crashes on the first message of the given type
+                     with iteration >= the given one that it receives: that
+                     message and all it would receive later are dropped,
+                     and it sends nothing from then on.
+     DG_FAULT_SCALE  every float32 value of the messages of that type that
+                     peer sends with iteration >= the given one is
+                     multiplied by scale (a hostile or broken worker).
+     DG_FAULT_NAN    as SCALE, the values become NaN. */
+typedef enum dg_fault_kind { DG_FAULT_CRASH = 1, DG_FAULT_SCALE = 2, DG_FAULT_NAN = 3 } dg_fault_kind;
+
+typedef struct dg_fault_spec {
+    dg_fault_kind kind;
+    int peer;             /* the crashing / sending peer */
+    int type;             /* dg_msg_type the fault watches */
+    int64_t iteration;    /* from this message iteration on */
+    float scale;          /* DG_FAULT_SCALE */
+} dg_fault_spec;
+
+#define DG_FAULT_MAX 64
+
+/* Wraps inner (which the wrapper owns and closes once created) with
+   n_faults faults (at most DG_FAULT_MAX); messages share inner's buffer
+   pool.
+   Traffic is counted on the wrapper, as it was sent by the roles. */
+DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inner,
+                                          const dg_fault_spec *faults, int n_faults);
+/* Adds a fault to a transport made by dg_fault_transport_create, before
+   the traffic it concerns (DG_ERR_ARG on any other transport). */
+DGDEF dg_result dg_fault_transport_add(dg_transport *t, const dg_fault_spec *f);
+/* 1 once a DG_FAULT_CRASH of peer has struck, else 0. */
+DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
+
 /* ==== dg_mpi ==== */
 
 #ifdef DISTGAN_MPI
@@ -1441,15 +1477,11 @@ DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w);
 DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m);
 /* Handles every message that arrives within timeout_ms (0: what is queued). */
 DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms);
-/* Fault injection: from iteration t on the worker drops every message (it
-   crashed). */
-DGDEF void dg_mdgan_worker_crash_at(dg_mdgan_worker *w, int64_t t);
 /* 1 while a generated batch waits for the discriminator of a swap */
 DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w);
 /* Gives up the awaited discriminator (its sender is dead): the worker keeps
    its own and trains on the held batch. */
 DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w);
-DGDEF int dg_mdgan_worker_alive(const dg_mdgan_worker *w);
 DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w);
 DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w);
 DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w);
@@ -1479,6 +1511,9 @@ typedef struct dg_flgan_config {
     float init_std;       /* < 0: arch default (as MD-GAN) */
     uint64_t seed;        /* 1 */
     int barrier_timeout_ms;
+    int64_t max_shard;    /* > 0: a worker reporting a larger shard is refused (the
+                             drivers: the training set's size, which the config
+                             hash covers); 0: no bound */
     void (*log)(void *user, const char *line);
     void *log_user;
 } dg_flgan_config;
@@ -1501,7 +1536,11 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
 DGDEF void dg_flgan_server_free(dg_flgan_server *s);
 DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s);       /* MODEL to every live worker */
 /* As MD-GAN's: a model of the wrong shape, with a shard size <= 0 or a
-   non-finite value is rejected (DG_ERR_FORMAT), nothing changes. */
+   non-finite value is rejected (DG_ERR_FORMAT), nothing changes.  A
+   worker's weight in the average is its shard size; so that a hostile
+   worker cannot claim the average, a size above cfg.max_shard, or other
+   than the one the worker first reported (since the server was created),
+   is rejected too. */
 DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m);
 DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms);
 DGDEF int dg_flgan_server_missing(const dg_flgan_server *s);
@@ -1528,7 +1567,6 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
 DGDEF void dg_flgan_worker_free(dg_flgan_worker *w);
 DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m);
 DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms);
-DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round);
 DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w);
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w);
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w);
@@ -9873,6 +9911,159 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
     return DG_OK;
 }
 
+/* ---- fault injection: a wrapper around another transport ---- */
+
+typedef struct dg__faulty {
+    dg_transport base;
+    dg_transport *inner;
+    void *own_pool;           /* base's pool, idle: messages use inner's */
+    pthread_mutex_t mu;       /* faults are added and crashes set from any thread */
+    dg_fault_spec fault[DG_FAULT_MAX];
+    int n_faults;
+    unsigned char *crashed;   /* per peer */
+} dg__faulty;
+
+static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
+{
+    dg__faulty *ft = (dg__faulty *)t->impl;
+    int i, p, drop;
+    pthread_mutex_lock(&ft->mu);
+    drop = ft->crashed[m->from];
+    for (i = 0; i < ft->n_faults && !drop; i++) {
+        const dg_fault_spec *f = &ft->fault[i];
+        if (f->kind == DG_FAULT_CRASH || f->peer != m->from || f->type != m->type ||
+            m->iteration < f->iteration)
+            continue;
+        for (p = 0; p < m->n_parts; p++) {
+            float *x = (float *)m->part[p].data;
+            size_t j;
+            if (m->part[p].kind != DG_PART_F32) continue;
+            for (j = 0; j < m->part[p].count; j++) x[j] = f->kind == DG_FAULT_NAN ? NAN : x[j] * f->scale;
+        }
+    }
+    pthread_mutex_unlock(&ft->mu);
+    if (drop) {
+        dg_msg_free(t, m);
+        return DG_OK;
+    }
+    return ft->inner->send(ft->inner, m);
+}
+
+static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+{
+    dg__faulty *ft = (dg__faulty *)t->impl;
+    double end = dg__now() + 1e-3 * timeout_ms;
+    for (;;) {
+        dg_msg *m;
+        int i, drop;
+        dg_result r = ft->inner->recv(ft->inner, self, timeout_ms, &m);
+        if (r != DG_OK) return r;
+        pthread_mutex_lock(&ft->mu);
+        for (i = 0; i < ft->n_faults && !ft->crashed[self]; i++) {
+            const dg_fault_spec *f = &ft->fault[i];
+            if (f->kind == DG_FAULT_CRASH && f->peer == self && f->type == m->type &&
+                m->iteration >= f->iteration)
+                ft->crashed[self] = 1;
+        }
+        drop = ft->crashed[self];
+        pthread_mutex_unlock(&ft->mu);
+        if (!drop) {
+            *out = m;
+            return DG_OK;
+        }
+        dg_msg_free(t, m);
+        if (timeout_ms > 0) {
+            timeout_ms = (int)((end - dg__now()) * 1e3);
+            if (timeout_ms < 0) timeout_ms = 0;
+        }
+    }
+}
+
+static int dg__faulty_pending(dg_transport *t, int self)
+{
+    dg__faulty *ft = (dg__faulty *)t->impl;
+    return ft->inner->pending ? ft->inner->pending(ft->inner, self) : -1;
+}
+
+static void dg__faulty_close(dg_transport *t)
+{
+    dg__faulty *ft = (dg__faulty *)t->impl;
+    dg_transport_close(ft->inner);
+    t->msg_pool = ft->own_pool;
+    dg_transport_base_free(t);
+    pthread_mutex_destroy(&ft->mu);
+    dg__free(ft->crashed);
+    dg__free(ft);
+}
+
+DGDEF dg_result dg_fault_transport_add(dg_transport *t, const dg_fault_spec *f)
+{
+    dg__faulty *ft = t && t->close == dg__faulty_close ? (dg__faulty *)t->impl : NULL;
+    dg_result r = DG_OK;
+    if (!ft || !f || f->peer < 0 || f->peer >= t->n_peers ||
+        (f->kind != DG_FAULT_CRASH && f->kind != DG_FAULT_SCALE && f->kind != DG_FAULT_NAN))
+        return dg__fail(DG_ERR_ARG, "dg_fault_transport_add: not a fault transport or a bad fault");
+    pthread_mutex_lock(&ft->mu);
+    if (ft->n_faults == DG_FAULT_MAX)
+        r = dg__fail(DG_ERR_ARG, "dg_fault_transport_add: more than %d faults", DG_FAULT_MAX);
+    else
+        ft->fault[ft->n_faults++] = *f;
+    pthread_mutex_unlock(&ft->mu);
+    return r;
+}
+
+DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer)
+{
+    dg__faulty *ft = t && t->close == dg__faulty_close ? (dg__faulty *)t->impl : NULL;
+    int c;
+    if (!ft || peer < 0 || peer >= t->n_peers) return 0;
+    pthread_mutex_lock(&ft->mu);
+    c = ft->crashed[peer];
+    pthread_mutex_unlock(&ft->mu);
+    return c;
+}
+
+DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inner,
+                                          const dg_fault_spec *faults, int n_faults)
+{
+    dg__faulty *ft;
+    dg_result r;
+    int i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_fault_transport_create: out is NULL");
+    *out = NULL;
+    if (!inner || n_faults < 0 || (n_faults && !faults))
+        return dg__fail(DG_ERR_ARG, "dg_fault_transport_create: bad arguments");
+    ft = (dg__faulty *)dg__calloc(1, sizeof *ft);
+    if (!ft) return dg__fail(DG_ERR_NOMEM, "dg_fault_transport_create: no memory");
+    if ((r = dg_transport_base_init(&ft->base, inner->n_peers)) != DG_OK) {
+        dg__free(ft);
+        return r;
+    }
+    ft->crashed = (unsigned char *)dg__calloc((size_t)inner->n_peers, 1);
+    if (!ft->crashed) {
+        dg_transport_base_free(&ft->base);
+        dg__free(ft);
+        return dg__fail(DG_ERR_NOMEM, "dg_fault_transport_create: no memory");
+    }
+    pthread_mutex_init(&ft->mu, NULL);
+    ft->inner = inner;
+    ft->own_pool = ft->base.msg_pool;
+    ft->base.msg_pool = inner->msg_pool; /* one pool: buffers travel both ways */
+    ft->base.send = dg__faulty_send;
+    ft->base.recv = dg__faulty_recv;
+    ft->base.pending = dg__faulty_pending;
+    ft->base.close = dg__faulty_close;
+    ft->base.impl = ft;
+    for (i = 0; i < n_faults && r == DG_OK; i++) r = dg_fault_transport_add(&ft->base, &faults[i]);
+    if (r != DG_OK) {
+        ft->inner = NULL; /* the caller keeps inner on failure */
+        dg__faulty_close(&ft->base);
+        return r;
+    }
+    *out = &ft->base;
+    return DG_OK;
+}
+
 /* ==== dg_mpi ==== */
 
 #ifdef DISTGAN_MPI
@@ -11187,10 +11378,11 @@ DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s)
     int n;
     dg_result r = DG_OK;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
-    for (n = 1; n <= s->slots; n++)
-        if (s->live[n] && r == DG_OK)
-            r = dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->iteration, 0, 0, NULL, NULL,
-                              NULL);
+    for (n = 1; n <= s->slots; n++) { /* one worker's failed send spares no other its STOP */
+        dg_result e = s->live[n] ? dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->iteration,
+                                                 0, 0, NULL, NULL, NULL) : DG_OK;
+        if (r == DG_OK) r = e;
+    }
     return r;
 }
 
@@ -11305,8 +11497,8 @@ struct dg_mdgan_worker {
     int awaiting;            /* sent or will receive a D: hold GEN until it arrives */
     dg_msg *deferred;        /* a GEN_BATCHES held while awaiting */
     dg_msg *early_disc;      /* a DISC that came before its SWAP announcement */
-    int64_t crash_at, iterations;
-    int dead, stopped;
+    int64_t iterations;
+    int stopped;
     double compute_s;
 };
 
@@ -11333,7 +11525,6 @@ DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_con
     w->t = t;
     w->pool = pool;
     w->d = cfg->c * cfg->h * cfg->w;
-    w->crash_at = INT64_MAX;
     w->awaiting = joining != 0;
     r = dg__build_net(&w->disc, 0, cfg->arch, cfg->z_dim, cfg->n_classes, cfg->c, cfg->h, cfg->w,
                       pool, cfg->batch, cfg->seed, (uint64_t)id, cfg->init_std);
@@ -11439,12 +11630,7 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         dg_msg_free(w ? w->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_handle: NULL argument");
     }
-    if (!w->dead && m->type == DG_MSG_GEN_BATCHES && m->iteration >= w->crash_at) {
-        w->dead = 1;
-        dg__log(w->cfg.log, w->cfg.log_user, "worker %d: crashed at iteration %lld", w->id,
-                (long long)m->iteration);
-    }
-    if (w->dead || w->stopped) {
+    if (w->stopped) {
         dg_msg_free(w->t, m);
         return DG_OK;
     }
@@ -11530,10 +11716,6 @@ DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
     return dg__drain(w->t, w->id, timeout_ms, dg__mdgan_worker_handle_any, w);
 }
 
-DGDEF void dg_mdgan_worker_crash_at(dg_mdgan_worker *w, int64_t t)
-{
-    if (w) w->crash_at = t;
-}
 DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w) { return w && w->awaiting && w->deferred; }
 
 DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
@@ -11546,7 +11728,6 @@ DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
     w->deferred = NULL;
     return dg__mdgan_worker_iterate(w, g);
 }
-DGDEF int dg_mdgan_worker_alive(const dg_mdgan_worker *w) { return w && !w->dead; }
 DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w) { return w && w->stopped; }
 DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w) { return w ? w->iterations : 0; }
 DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w) { return w ? w->compute_s : 0.0; }
@@ -11679,6 +11860,7 @@ struct dg_flgan_server {
     dg__gan_pair model;
     char *live;
     dg_msg **up;
+    int64_t *shard;     /* each worker's first reported shard size, 0 before */
     int open, missing;
     double opened;
     int64_t round;
@@ -11705,7 +11887,9 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (r == DG_OK) {
         s->live = (char *)dg__calloc((size_t)cfg->n_workers + 1, 1);
         s->up = (dg_msg **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(dg_msg *));
-        if (!s->live || !s->up) r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
+        s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
+        if (!s->live || !s->up || !s->shard)
+            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     }
     if (r != DG_OK) {
         dg_flgan_server_free(s);
@@ -11725,6 +11909,7 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
     dg__pair_free(&s->model);
     dg__free(s->live);
     dg__free(s->up);
+    dg__free(s->shard);
     dg__free(s);
 }
 
@@ -11841,7 +12026,11 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
             if (!dg__all_finite((const float *)m->part[i].data, counts[i])) break;
         if (i < parts || !dg__all_finite(m->stat, 2))
             return dg__reject(s->t, m, s->round, "model", "holds a non-finite value");
+        if ((s->cfg.max_shard > 0 && m->aux > s->cfg.max_shard) ||
+            (s->shard[m->from] && m->aux != s->shard[m->from]))
+            return dg__reject(s->t, m, s->round, "model", "claims another shard size");
     }
+    s->shard[m->from] = m->aux;
     s->up[m->from] = m;
     if (--s->missing == 0) return dg__flgan_server_finish(s);
     return DG_OK;
@@ -11966,9 +12155,11 @@ DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s)
     int n;
     dg_result r = DG_OK;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
-    for (n = 1; n <= s->cfg.n_workers && r == DG_OK; n++)
-        if (s->live[n])
-            r = dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->round, 0, 0, NULL, NULL, NULL);
+    for (n = 1; n <= s->cfg.n_workers; n++) { /* one worker's failed send spares no other its STOP */
+        dg_result e = s->live[n] ? dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->round, 0, 0,
+                                                 NULL, NULL, NULL) : DG_OK;
+        if (r == DG_OK) r = e;
+    }
     return r;
 }
 DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s) { return s ? &s->stats : NULL; }
@@ -11985,8 +12176,8 @@ struct dg_flgan_worker {
     dg_batcher batcher;
     float *real, *g_in, *dx;
     int32_t *real_labels, *fake_labels;
-    int64_t local_iter, crash_at;
-    int dead, stopped;
+    int64_t local_iter;
+    int stopped;
     double compute_s;
 };
 
@@ -12011,7 +12202,6 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
     w->pool = pool;
     w->shard = count;
     w->d = cfg->c * cfg->h * cfg->w;
-    w->crash_at = INT64_MAX;
     w->iters_per_round = cfg->local_iters > 0
                              ? cfg->local_iters
                              : (int)floor((double)count * cfg->local_epochs / cfg->batch + 0.5);
@@ -12087,12 +12277,7 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
         dg_msg_free(w ? w->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_flgan_worker_handle: NULL argument");
     }
-    if (m->type == DG_MSG_MODEL && m->iteration >= w->crash_at && !w->dead) {
-        w->dead = 1;
-        dg__log(w->cfg.log, w->cfg.log_user, "worker %d: crashed at round %lld", w->id,
-                (long long)m->iteration);
-    }
-    if (w->dead || w->stopped || m->type != DG_MSG_MODEL) {
+    if (w->stopped || m->type != DG_MSG_MODEL) {
         if (m->type == DG_MSG_STOP) w->stopped = 1;
         dg_msg_free(w->t, m);
         return DG_OK;
@@ -12119,10 +12304,6 @@ DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms)
     return dg__drain(w->t, w->id, timeout_ms, dg__flgan_worker_handle_any, w);
 }
 
-DGDEF void dg_flgan_worker_crash_at(dg_flgan_worker *w, int64_t round)
-{
-    if (w) w->crash_at = round;
-}
 DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return w ? w->compute_s : 0.0; }
 DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
@@ -12181,6 +12362,31 @@ struct dg_mdgan_run {
     pthread_mutex_t mu;
 };
 
+/* The in-process drivers' transport: inboxes for the server and `slots`
+   workers behind a fault wrapper that crashes each crashes[i].worker
+   (<= max_worker) on the first message of type `trigger` (the server's
+   message of each iteration or round) of its crash iteration. */
+static dg_result dg__run_transport(dg_transport **out, int slots, int max_worker,
+                                   const dg_fault *crashes, int n_crashes, int trigger)
+{
+    dg_transport *in;
+    dg_result e;
+    int i;
+    if ((e = dg_inproc_create(&in, slots + 1, 4 * slots + 64, 0)) != DG_OK) return e;
+    if ((e = dg_fault_transport_create(out, in, NULL, 0)) != DG_OK) {
+        dg_transport_close(in);
+        return e;
+    }
+    for (i = 0; e == DG_OK && i < n_crashes; i++) {
+        dg_fault_spec f = {DG_FAULT_CRASH, crashes[i].worker, trigger, crashes[i].iteration, 0.0f};
+        if (crashes[i].worker < 1 || crashes[i].worker > max_worker)
+            e = dg__fail(DG_ERR_ARG, "run_create: crash of worker %d", crashes[i].worker);
+        else
+            e = dg_fault_transport_add(*out, &f);
+    }
+    return e;
+}
+
 DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
                                     const dg_fault *crashes, int n_crashes, const dg_fault *joins,
@@ -12213,7 +12419,7 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
         if (r->cfg.swap_every < 1) r->cfg.swap_every = 1;
     }
     r->pool = pool;
-    e = dg_inproc_create(&r->t, r->slots + 1, 4 * r->slots + 64, 0);
+    e = dg__run_transport(&r->t, r->slots, r->slots, crashes, n_crashes, DG_MSG_GEN_BATCHES);
     if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->t, pool);
     if (e == DG_OK) {
         r->workers = (dg_mdgan_worker **)dg__calloc((size_t)r->slots + 1, sizeof(dg_mdgan_worker *));
@@ -12225,12 +12431,6 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
         e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->t, pool, ds, idx, count,
                                    n > cfg->n_workers);
-    }
-    for (i = 0; e == DG_OK && i < n_crashes; i++) {
-        if (crashes[i].worker < 1 || crashes[i].worker > r->slots)
-            e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: crash of worker %d", crashes[i].worker);
-        else
-            dg_mdgan_worker_crash_at(r->workers[crashes[i].worker], crashes[i].iteration);
     }
     for (i = 0; e == DG_OK && i < n_joins; i++) {
         if (joins[i].worker <= cfg->n_workers)
@@ -12349,7 +12549,7 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
 {
     dg_flgan_run *r;
     dg_result e;
-    int n, i;
+    int n;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: out is NULL");
     *out = NULL;
     if (!cfg || !pool || !ds || !part || cfg->n_workers < 1 || part->n_workers < cfg->n_workers ||
@@ -12360,8 +12560,9 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
     pthread_mutex_init(&r->mu, NULL);
     r->cfg = *cfg;
     r->pool = pool;
-    e = dg_inproc_create(&r->t, cfg->n_workers + 1, 4 * cfg->n_workers + 64, 0);
-    if (e == DG_OK) e = dg_flgan_server_create(&r->server, cfg, r->t, pool);
+    if (r->cfg.max_shard <= 0) r->cfg.max_shard = (int64_t)ds->n;
+    e = dg__run_transport(&r->t, cfg->n_workers, cfg->n_workers, crashes, n_crashes, DG_MSG_MODEL);
+    if (e == DG_OK) e = dg_flgan_server_create(&r->server, &r->cfg, r->t, pool);
     if (e == DG_OK) {
         r->workers = (dg_flgan_worker **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(void *));
         if (!r->workers) e = dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
@@ -12370,12 +12571,6 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
         size_t count;
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
         e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->t, pool, ds, idx, count);
-    }
-    for (i = 0; e == DG_OK && i < n_crashes; i++) {
-        if (crashes[i].worker < 1 || crashes[i].worker > cfg->n_workers)
-            e = dg__fail(DG_ERR_ARG, "dg_flgan_run_create: crash of worker %d", crashes[i].worker);
-        else
-            dg_flgan_worker_crash_at(r->workers[crashes[i].worker], crashes[i].iteration);
     }
     if (e != DG_OK) {
         dg_flgan_run_free(r);

@@ -30,7 +30,8 @@ typedef enum algo { ALGO_GAN, ALGO_MDGAN, ALGO_FLGAN } algo;
 
 typedef struct options {
     int algo, arch;   /* algo, dg_arch: indices into the --algo and --arch choices */
-    const char *dataset, *out, *classifier, *k_str, *crash_str, *join_str;
+    const char *dataset, *out, *classifier, *k_str, *crash_str, *join_str,
+        *attack_str;
     int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
         clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
         help;
@@ -39,7 +40,8 @@ typedef struct options {
     int64_t iters, eval_every;
     uint64_t seed;
     dg_fault crash[MAX_FAULTS], join[MAX_FAULTS];
-    int n_crash, n_join;
+    dg_fault_spec attack[MAX_FAULTS];
+    int n_crash, n_join, n_attack;
 } options;
 
 static void usage(FILE *f)
@@ -81,6 +83,8 @@ static void usage(FILE *f)
         "  --seed S            run seed (default 1)\n"
         "  --threads T         pool threads (default 0: one per core)\n"
         "  --crash n@t[,..]    worker n stops answering at iteration t (FL-GAN: round t)\n"
+        "  --attack n@s[,..]   MD-GAN: worker n's feedback is multiplied by s ('nan': NaN)\n"
+        "                      from the first iteration, by a fault transport\n"
         "  --join t[,..]       MD-GAN: a new worker joins at iteration t with a copy of a\n"
         "                      live worker's D (the data is split over N + joins)\n"
         "  --out DIR           outputs (default out/distgan)\n"
@@ -117,6 +121,38 @@ static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, in
     }
 }
 
+/* --attack "n@scale,n@nan": feedback faults of workers 1..N */
+static int parse_attacks(options *o)
+{
+    const char *s = o->attack_str;
+    char item[64];
+    for (;; s += strcspn(s, ",") + 1) {
+        size_t len = strcspn(s, ",");
+        char *at;
+        long long w;
+        double scale = 0.0;
+        dg_fault_spec *f = &o->attack[o->n_attack];
+        snprintf(item, sizeof item, "%.*s", (int)(len < sizeof item ? len : sizeof item - 1), s);
+        at = strchr(item, '@');
+        if (at) *at++ = 0;
+        if (o->n_attack == MAX_FAULTS || len >= sizeof item || !at ||
+            dg_parse_int(item, 1, o->workers, &w) ||
+            (strcmp(at, "nan") && dg_parse_float(at, -1e30, 1e30, &scale))) {
+            fprintf(stderr, "distgan: --attack: '%s' is not n@scale[,n@scale...] (worker 1 <= n <= "
+                    "%d, scale a number or 'nan'; at most %d)\n", o->attack_str, o->workers,
+                    MAX_FAULTS);
+            return 1;
+        }
+        f->kind = strcmp(at, "nan") ? DG_FAULT_SCALE : DG_FAULT_NAN;
+        f->peer = (int)w;
+        f->type = DG_MSG_FEEDBACK;
+        f->iteration = 0;
+        f->scale = (float)scale;
+        o->n_attack++;
+        if (!s[len]) return 0;
+    }
+}
+
 static int parse(options *o, int argc, char **argv)
 {
     struct stat st;
@@ -149,6 +185,7 @@ static int parse(options *o, int argc, char **argv)
         {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
         {"--crash", DG_OPT_STRING, &o->crash_str, 0, 0, NULL},
         {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
+        {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
         {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
@@ -180,7 +217,7 @@ static int parse(options *o, int argc, char **argv)
     for (i = 1; i < argc; i++) { /* never ignore an option silently */
         static const struct { const char *name; unsigned algos; } only[] = {
             {"--k", 2}, {"--swap-every", 2}, {"--swap-opt-stays", 2}, {"--real-once", 2},
-            {"--join", 2}, {"--feedback-clip", 2}, {"--L", 1 | 2}, {"--workers", 2 | 4},
+            {"--join", 2}, {"--feedback-clip", 2}, {"--attack", 2}, {"--L", 1 | 2}, {"--workers", 2 | 4},
             {"--E", 2 | 4}, {"--iid", 2 | 4}, {"--shards", 2 | 4}, {"--dirichlet", 2 | 4},
             {"--crash", 2 | 4}};
         size_t j;
@@ -215,7 +252,7 @@ static int parse(options *o, int argc, char **argv)
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
-    return 0;
+    return o->attack_str ? parse_attacks(o) : 0;
 }
 
 static const char *mb(double bytes, char *buf)
@@ -298,8 +335,7 @@ static dg_result checkpoint(dg_mdgan_run *md, dg_flgan_run *fl, int n_workers, c
             else if (n) r = dg_flgan_worker_load_mem(fw, buf, len);
             else r = dg_flgan_server_load_mem(fs, buf, len);
         } else {
-            if (n && (md ? !dg_mdgan_worker_alive(mw) || !dg_mdgan_server_is_live(ms, n)
-                         : !dg_flgan_server_is_live(fs, n)))
+            if (n && (md ? !dg_mdgan_server_is_live(ms, n) : !dg_flgan_server_is_live(fs, n)))
                 continue;
             if (md) len = n ? dg_mdgan_worker_save_size(mw) : dg_mdgan_server_save_size(ms);
             else len = n ? dg_flgan_worker_save_size(fw) : dg_flgan_server_save_size(fs);
@@ -332,7 +368,7 @@ int main(int argc, char **argv)
     dg_gan_sampler src;
     dg_result r;
     char path[1100], clf_path[1100], b1[32], b2[32], b3[32], b4[32];
-    int have_eval = 0, have_floor = 0, have_untrained = 0, slots, n_classes, per_round = 1;
+    int have_eval = 0, have_floor = 0, have_untrained = 0, slots, n_classes, per_round = 1, i;
     dg_eval_result floor_er, untrained_er, last_er; /* the summary's reference points */
     int64_t it = 0, start_it = 0;
     double t0, t_last_print = 0.0;
@@ -448,6 +484,8 @@ int main(int argc, char **argv)
                                      o.n_join)))
             return fail("mdgan", r);
         t = dg_mdgan_run_transport(md);
+        for (i = 0; i < o.n_attack; i++)
+            if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
         if (o.resume && (r = checkpoint(md, NULL, slots, o.out, 1))) return fail("resume", r);
         src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
         src.chunk = o.batch * dg_mdgan_k(&c);

@@ -202,6 +202,7 @@ int main(int argc, char **argv)
         fc.batch = o.batch; fc.local_epochs = o.epochs; fc.seed = o.seed;
         fc.local_iters = o.swap_every;
         fc.barrier_timeout_ms = o.barrier_ms;
+        fc.max_shard = (int64_t)ds.n; /* the hash covers n */
         fc.log = log_line;
         fc.log_user = who;
     }

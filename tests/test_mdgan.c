@@ -540,7 +540,7 @@ TEST(crash_and_join)
     CHECK(live[3] == 3 && live[4] == 3); /* worker 2 dropped at its crash */
     CHECK(live[5] == 2 && live[6] == 2); /* then worker 4 */
     CHECK(live[7] == 3 && live[11] == 3); /* worker 5 joined */
-    CHECK(!dg_mdgan_worker_alive(dg_mdgan_run_worker(run, 2)));
+    CHECK(dg_fault_transport_crashed(dg_mdgan_run_transport(run), 2));
     CHECK(dg_mdgan_server_is_live(dg_mdgan_run_server(run), 5));
     CHECK(dg_mdgan_worker_iterations(dg_mdgan_run_worker(run, 5)) == 5);
     CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_dropped == 2);
@@ -957,6 +957,96 @@ TEST(flgan_nan_model_rejected)
     dg_dataset_free(&ds);
 }
 
+/* One FL-GAN round of r in which worker 1 reports shard size aux1 (0: its
+   own) in its MODEL. */
+static dg_result flgan_round_claiming(rig *r, int64_t aux1)
+{
+    dg_msg *m;
+    dg_result e;
+    int n;
+    if ((e = dg_flgan_server_begin(r->fs)) != DG_OK) return e;
+    for (n = 1; n <= r->n; n++)
+        if ((e = dg_flgan_worker_poll(r->fw[n], 0)) != DG_OK) return e;
+    while (r->fs->open && dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK) {
+        int from = m->from;
+        char why[256];
+        if (from == 1 && aux1) m->aux = aux1;
+        e = dg_flgan_server_handle(r->fs, m);
+        if (e == DG_ERR_FORMAT) { /* as dg_flgan_server_poll: the sender's fault */
+            snprintf(why, sizeof why, "%s", dg_last_error());
+            e = dg_flgan_server_drop_worker(r->fs, from, why);
+        }
+        if (e != DG_OK) return e;
+    }
+    return r->fs->open ? dg_flgan_server_expire(r->fs) : DG_OK;
+}
+
+/* FL-GAN weights workers by the shard size they report: a worker claiming
+   more than the data set (max_shard), or another size than it first
+   reported, is refused and the average is the others'. */
+TEST(flgan_shard_size_claims_refused)
+{
+    enum { N = 3 };
+    dg_dataset ds;
+    dg_flgan_config c = dg_flgan_config_init();
+    rig r;
+    int claim;
+    make_data(&ds, 96, 5);
+    c.n_workers = N; c.c = 1; c.h = c.w = 8; c.arch = DG_ARCH_MLP; c.z_dim = 16; c.batch = 8;
+    c.local_iters = 1;
+    c.max_shard = (int64_t)ds.n;
+    c.log = rig_log;
+    for (claim = 0; claim < 2; claim++) {
+        rig_log_buf[0] = 0;
+        rig_flgan(&r, &c, &ds, tamper_create(N + 1, 0, 0, 0, 0));
+        if (claim == 0) { /* a huge first claim */
+            CHECK_OK(flgan_round_claiming(&r, 1000000000));
+        } else { /* an honest first round, then a change within the bound */
+            CHECK_OK(flgan_round_claiming(&r, 0));
+            CHECK(dg_flgan_server_stats(r.fs)->n_live == N);
+            CHECK_OK(flgan_round_claiming(&r, 90));
+        }
+        CHECK(dg_flgan_server_stats(r.fs)->n_live == N - 1);
+        CHECK(!dg_flgan_server_is_live(r.fs, 1));
+        CHECK(strstr(rig_log_buf, "claims another shard size") != NULL);
+        rig_free(&r);
+    }
+    dg_dataset_free(&ds);
+}
+
+/* STOP reaches every live worker even when the send to one fails (worker
+   1's inbox is full and the send times out). */
+TEST(stop_reaches_every_worker)
+{
+    enum { N = 3 };
+    dg_mdgan_config mc = small_config(N);
+    dg_flgan_config fc = dg_flgan_config_init();
+    int algo, n;
+    fc.n_workers = N; fc.c = 1; fc.h = fc.w = 8; fc.arch = DG_ARCH_MLP; fc.z_dim = 16; fc.batch = 8;
+    for (algo = 0; algo < 2; algo++) {
+        dg_transport *t;
+        dg_mdgan_server *s = NULL;
+        dg_flgan_server *fs = NULL;
+        dg_msg *m;
+        CHECK_OK(dg_inproc_create(&t, N + 1, 1, 1));
+        if (algo == 0) CHECK_OK(dg_mdgan_server_create(&s, &mc, t, pool1));
+        else CHECK_OK(dg_flgan_server_create(&fs, &fc, t, pool1));
+        CHECK_OK(dg_msg_create(t, DG_MSG_USER, 0, 1, 0, 0, NULL, NULL, &m));
+        CHECK_OK(dg_transport_send(t, m)); /* worker 1's inbox is now full */
+        CHECK((algo == 0 ? dg_mdgan_server_stop(s) : dg_flgan_server_stop(fs)) == DG_ERR_TIMEOUT);
+        for (n = 2; n <= N; n++) {
+            CHECK(dg_transport_pending(t, n) == 1);
+            if (dg_transport_recv(t, n, 0, &m) == DG_OK) {
+                CHECK(m->type == DG_MSG_STOP);
+                dg_msg_free(t, m);
+            }
+        }
+        dg_mdgan_server_free(s);
+        dg_flgan_server_free(fs);
+        dg_transport_close(t);
+    }
+}
+
 /* A D of a swap holding a NaN is refused: the worker keeps its own and
    trains on the held batch exactly as if it had skipped the swap. */
 TEST(nan_discriminator_in_a_swap_is_refused)
@@ -1243,6 +1333,8 @@ int main(void)
     RUN(flgan_checkpoint_resume_is_exact);
     RUN(flgan_worker_rejoins);
     RUN(feedback_clip_bounds_a_scaled_worker);
+    RUN(flgan_shard_size_claims_refused);
+    RUN(stop_reaches_every_worker);
     dg_pool_destroy(pool1);
     dg_pool_destroy(pool2);
     return th_done();
