@@ -1629,7 +1629,7 @@ TEST(insiders_while_a_run_trains)
     srv = spawn("isrv", ARGS("server", "--listen", addr, "--iters", "400", "--log-every", "1",
                              "--out", gpath, COMMON10));
     for (j = 1; j <= 3; j++) {
-        char id[4], name[8];
+        char id[16], name[16];
         snprintf(id, sizeof id, "%d", j);
         snprintf(name, sizeof name, "iw%d", j);
         w[j] = spawn(name, ARGS("worker", "--connect", addr, "--id", id, COMMON10));
