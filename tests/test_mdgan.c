@@ -786,7 +786,7 @@ static void rig_flgan(rig *r, const dg_flgan_config *c, const dg_dataset *ds, dg
 static dg_result rig_step(rig *r)
 {
     dg_result e;
-    int n, *open = r->s ? &r->s->open : &r->fs->open;
+    int n, *open = r->s ? &r->s->ro.open : &r->fs->ro.open;
     if ((e = r->s ? dg_mdgan_server_begin(r->s) : dg_flgan_server_begin(r->fs)) != DG_OK) return e;
     while (*open) {
         for (n = 1; n <= r->n; n++)
@@ -1134,7 +1134,7 @@ TEST(flgan_worker_rejoins)
     CHECK_OK(dg_flgan_server_add_worker(r.fs, 2));
     CHECK_OK(dg_flgan_server_begin(r.fs));
     CHECK(dg_flgan_server_add_worker(r.fs, 2) == DG_ERR_ARG);
-    while (r.fs->open) {
+    while (r.fs->ro.open) {
         int n;
         for (n = 1; n <= N; n++) CHECK_OK(dg_flgan_worker_poll(r.fw[n], 0));
         dg_flgan_server_poll(r.fs, 0);
