@@ -31,6 +31,9 @@
                             JSON and everything else work; gunzip .gz files)
       DG_DATA_MAX_BYTES     the largest dataset a loader accepts (default 1 GiB)
       DISTGAN_MPI           the MPI transport dg_mpi (needs <mpi.h>: build with mpicc)
+      DG_NO_TCP             no dg_tcp section (sockets, SHA-256, the TCP
+                            transport and its drivers); the roles still run
+                            in process or on any other transport
 
    The implementation uses POSIX (pthreads, clocks, sockets).  distgan.h and
    adacomp.h may be included in either order; under a strict -std=c11 each
@@ -86,7 +89,7 @@
       dg_mpi       the MPI transport (only with DISTGAN_MPI; build with mpicc)
       dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers
       dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport and its
-                   process drivers
+                   process drivers (not with DG_NO_TCP)
       dg_asgd      asynchronous SGD parameter server and workers with AdaComp
                    (only when adacomp.h is included before distgan.h)
 
@@ -1561,6 +1564,8 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 
 /* ==== dg_tcp ==== */
 
+#ifndef DG_NO_TCP
+
 /* The roles of MD-GAN and FL-GAN talk through a dg_transport; this section
    carries that interface over TCP so that one server process and N worker
    processes, possibly on different machines, run the same roles unchanged
@@ -1895,6 +1900,8 @@ DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport
 DGDEF void dg_tcp_install_signal_handlers(void);
 DGDEF int dg_tcp_stop_requested(void);
 DGDEF void dg_tcp_request_stop(void);
+
+#endif /* DG_NO_TCP */
 
 #ifdef ADACOMP_H /* the asgd section exists when adacomp.h came first */
 
@@ -2293,6 +2300,7 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <time.h>
 
 /* ---- for the tcp section ---- */
+#ifndef DG_NO_TCP
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -2303,6 +2311,7 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#endif
 
 #if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
 #error "distgan.h: POSIX is hidden: a system header came first under -std=c11; define _POSIX_C_SOURCE 200809L before it"
@@ -2381,6 +2390,7 @@ static void *dg__calloc(size_t count, size_t size)
     return p;
 }
 
+#ifndef DG_NO_TCP /* only the TCP transport's message buffers grow */
 /* Resizes a dg__alloc block to n bytes keeping its first keep bytes (keep
    <= n): DG_REALLOC may return memory of another alignment, and then they
    are moved back into line.  Large blocks grow in place or by remapping,
@@ -2402,6 +2412,7 @@ static void *dg__realloc(void *p, size_t keep, size_t n)
     memcpy(q - sizeof(void *), &raw, sizeof raw);
     return q;
 }
+#endif
 
 static void dg__free(void *p)
 {
@@ -9119,6 +9130,7 @@ DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64
     return dg__msg_take(t, type, from, to, iteration, n_parts, kinds, counts, SIZE_MAX, out);
 }
 
+#ifndef DG_NO_TCP /* the TCP transport's receive path */
 /* Grows m's buffer to cap bytes (its first `keep` bytes are kept). */
 static dg_result dg__msg_grow(dg_msg *m, size_t keep, size_t cap)
 {
@@ -9138,6 +9150,7 @@ static void dg__msg_pool_reserve(dg_transport *t, size_t bytes)
     mp->reserve = bytes;
     pthread_mutex_unlock(&mp->mu);
 }
+#endif
 
 DGDEF void dg_msg_free(dg_transport *t, dg_msg *m)
 {
@@ -12242,6 +12255,8 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
 
 /* ==== dg_tcp ==== */
 
+#ifndef DG_NO_TCP
+
 /* ---- SHA-256 ---- */
 static const uint32_t dg__sha_k[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
@@ -14914,6 +14929,8 @@ DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport
     dg_flgan_worker_free(w);
     return r;
 }
+
+#endif /* DG_NO_TCP */
 
 #ifdef ADACOMP_H
 
