@@ -10508,17 +10508,22 @@ static int dg__roster_leave(dg__roster *ro, int id)
     return ro->open && !ro->got[id] && --ro->missing == 0;
 }
 
-/* Counts the send of the round's message to worker id: a worker that
-   cannot be reached (sent != DG_OK) is dropped now. */
-static void dg__roster_sent(dg__roster *ro, int id, dg_result sent)
+/* A send to worker id failed (its connection is gone): it is dropped now
+   and the run goes on without it. */
+static void dg__roster_unreachable(dg__roster *ro, int id)
 {
-    if (sent == DG_OK) {
-        ro->missing++;
-        return;
-    }
     dg__roster_leave(ro, id);
     dg__log(ro->log, ro->log_user, "%s %lld: worker %d unreachable, dropped (%s)", ro->unit,
             (long long)*ro->number, id, dg_last_error());
+}
+
+/* Counts the send of the round's message to worker id (sent: its result). */
+static void dg__roster_sent(dg__roster *ro, int id, dg_result sent)
+{
+    if (sent == DG_OK)
+        ro->missing++;
+    else
+        dg__roster_unreachable(ro, id);
 }
 
 static void dg__roster_open(dg__roster *ro)
@@ -10805,22 +10810,23 @@ static void dg__derangement(dg_rng *rng, const int *a, int n, int *to)
 }
 
 /* Every m*E/b iterations: a SWAP to each live worker naming its partner
-   under a derangement drawn from (seed, SWAP, round). */
-static dg_result dg__mdgan_announce_swap(dg_mdgan_server *s)
+   under a derangement drawn from (seed, SWAP, round).  A worker that died
+   since its feedback is dropped (its partners skip the swap, as over a
+   socket they do after swap_wait_ms). */
+static void dg__mdgan_announce_swap(dg_mdgan_server *s)
 {
     int period = dg__swap_period(&s->cfg), live[1024], to[1024], nl, n;
-    dg_result r = DG_OK;
-    if (period <= 0 || s->iteration % period != 0) return DG_OK;
+    if (period <= 0 || s->iteration % period != 0) return;
     if ((nl = dg__roster_list(&s->ro, live, 1024)) >= 2) {
         dg_rng rng = dg_rng_make(s->cfg.seed, DG_MDGAN_STREAM_SWAP, (uint64_t)s->round);
         dg__derangement(&rng, live, nl, to);
-        for (n = 0; n < nl && r == DG_OK; n++)
-            r = dg__send_control(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
-                                 to[n]);
+        for (n = 0; n < nl; n++)
+            if (dg__send_control(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
+                                 to[n]) != DG_OK)
+                dg__roster_unreachable(&s->ro, live[n]);
         s->stats.swaps++;
     }
     s->round++;
-    return r;
 }
 
 /* The MD-GAN server's iteration, first half: noise -> G -> send. */
@@ -10857,7 +10863,7 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     dg__roster_clear(&s->ro, s->t);
     s->stats.n_live = n_got;
     s->stats.iteration = ++s->iteration;
-    if (r == DG_OK) r = dg__mdgan_announce_swap(s);
+    if (r == DG_OK) dg__mdgan_announce_swap(s);
     s->stats.compute_s += dg__now() - t0;
     return r;
 }
@@ -11262,6 +11268,48 @@ static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t 
     return dg__send_copy(w->t, DG_MSG_DISC, w->id, to, it, w->opt.t, n, kinds, counts, src);
 }
 
+/* SWAP: our D goes to the partner it names; then we hold the next
+   GEN_BATCHES until the partner's D arrives (unless it came first). */
+static dg_result dg__mdgan_worker_on_swap(dg_mdgan_worker *w, dg_msg *m)
+{
+    dg_result r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
+    dg_msg_free(w->t, m);
+    if (r != DG_OK) return r;
+    if (w->early_disc) {
+        dg_msg *d = w->early_disc;
+        w->early_disc = NULL;
+        return dg__mdgan_worker_install(w, d);
+    }
+    w->awaiting = 1;
+    return DG_OK;
+}
+
+/* DISC: the partner's D replaces ours, and a held iteration runs now. */
+static dg_result dg__mdgan_worker_on_disc(dg_mdgan_worker *w, dg_msg *m)
+{
+    dg_result r;
+    if (!w->awaiting) { /* came before its announcement: keep it */
+        if (w->early_disc) {
+            dg_msg_free(w->t, m);
+            return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->id);
+        }
+        w->early_disc = m;
+        return DG_OK;
+    }
+    w->awaiting = 0;
+    /* a rejected D (wrong shape, non-finite) leaves ours in place: train
+       on with it rather than hold the batch */
+    r = dg__mdgan_worker_install(w, m);
+    if (w->deferred) {
+        dg_msg *g = w->deferred;
+        dg_result e;
+        w->deferred = NULL;
+        if ((e = dg__mdgan_worker_iterate(w, g)) != DG_OK) return e;
+    }
+    return r;
+}
+
+/* The worker's side of MD-GAN, one message at a time. */
 DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
 {
     dg_result r = DG_OK;
@@ -11289,36 +11337,9 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         }
         return dg__mdgan_worker_iterate(w, m);
     case DG_MSG_SWAP:
-        r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
-        dg_msg_free(w->t, m);
-        if (r != DG_OK) return r;
-        if (w->early_disc) {
-            dg_msg *d = w->early_disc;
-            w->early_disc = NULL;
-            return dg__mdgan_worker_install(w, d);
-        }
-        w->awaiting = 1;
-        return DG_OK;
+        return dg__mdgan_worker_on_swap(w, m);
     case DG_MSG_DISC:
-        if (!w->awaiting) { /* came before its announcement: keep it */
-            if (w->early_disc) {
-                dg_msg_free(w->t, m);
-                return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->id);
-            }
-            w->early_disc = m;
-            return DG_OK;
-        }
-        w->awaiting = 0;
-        /* a rejected D (wrong shape, non-finite) leaves ours in place: train
-           on with it rather than hold the batch */
-        r = dg__mdgan_worker_install(w, m);
-        if (w->deferred) {
-            dg_msg *g = w->deferred;
-            dg_result e;
-            w->deferred = NULL;
-            if ((e = dg__mdgan_worker_iterate(w, g)) != DG_OK) return e;
-        }
-        return r;
+        return dg__mdgan_worker_on_disc(w, m);
     case DG_MSG_COPY_DISC:
         r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
         dg_msg_free(w->t, m);
@@ -11979,18 +12000,89 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
 
 /* ---- the in-process driver ---- */
 
-struct dg_mdgan_run {
-    dg_mdgan_config cfg;
+/* What the two in-process drivers share: the transport, the pool, the
+   worker slots (each slot's queue is one task of dg_parallel_for) and the
+   first error of a task. */
+typedef struct dg__local_run {
     dg_pool *pool;
     dg_transport *t;
+    int slots;                  /* worker ids 1..slots */
+    dg_result (*poll_worker)(void *run, int id); /* handles id's queued messages */
+    void *run;
+    dg_result task_error;       /* first error of a worker task (guarded by mu) */
+    pthread_mutex_t mu;
+} dg__local_run;
+
+static void dg__local_task(void *arg, int task, int thread)
+{
+    dg__local_run *in = (dg__local_run *)arg;
+    dg_result e;
+    int id = task + 1;
+    (void)thread;
+    if (dg_transport_pending(in->t, id) <= 0) return;
+    if ((e = in->poll_worker(in->run, id)) == DG_OK) return;
+    pthread_mutex_lock(&in->mu);
+    if (in->task_error == DG_OK) in->task_error = e;
+    pthread_mutex_unlock(&in->mu);
+}
+
+/* True when no inbox holds a message: nothing can happen any more. */
+static int dg__quiet(dg_transport *t)
+{
+    int p;
+    for (p = 0; p < t->n_peers; p++)
+        if (dg_transport_pending(t, p) > 0) return 0;
+    return 1;
+}
+
+/* Rounds of: every worker's queue, then the server's, until the open round
+   completes; when every queue is empty and the server still waits, the
+   missing workers are dead and the server is told (expire). */
+static dg_result dg__local_barrier(dg__local_run *in, const dg__barrier *b)
+{
+    dg_result e;
+    while (b->ro->open) {
+        dg_parallel_for(in->pool, in->slots, dg__local_task, in);
+        if (in->task_error != DG_OK) return in->task_error;
+        e = dg__barrier_poll(b, 0, NULL, NULL);
+        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
+        if (b->ro->open && dg__quiet(in->t))
+            if ((e = b->ops->expire(b->role)) != DG_OK) return e;
+    }
+    return DG_OK;
+}
+
+static dg_result dg__local_init(dg__local_run *in, dg_pool *pool, int slots,
+                                 dg_result (*poll_worker)(void *, int), void *run)
+{
+    in->pool = pool;
+    in->slots = slots;
+    in->poll_worker = poll_worker;
+    in->run = run;
+    pthread_mutex_init(&in->mu, NULL);
+    return dg_inproc_create(&in->t, slots + 1, 4 * slots + 64, 0);
+}
+
+/* Safe after a failed dg__local_init (the run was zeroed). */
+static void dg__local_free(dg__local_run *in)
+{
+    dg_transport_close(in->t);
+    pthread_mutex_destroy(&in->mu);
+}
+
+struct dg_mdgan_run {
+    dg_mdgan_config cfg;
+    dg__local_run in;
     dg_mdgan_server *server;
     dg_mdgan_worker **workers;  /* slots 1..max */
-    int slots;
     dg_fault *joins;
     int n_joins;
-    dg_result task_error;       /* first error of a worker task (atomic-free: guarded) */
-    pthread_mutex_t mu;
 };
+
+static dg_result dg__mdgan_run_poll(void *r, int id)
+{
+    return dg_mdgan_worker_poll(((dg_mdgan_run *)r)->workers[id], 0);
+}
 
 DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
@@ -11999,7 +12091,7 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
 {
     dg_mdgan_run *r;
     dg_result e;
-    int n, i;
+    int n, i, slots;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: out is NULL");
     *out = NULL;
     if (!cfg || !pool || !ds || !part || n_crashes < 0 || n_joins < 0 ||
@@ -12007,38 +12099,35 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
         return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: bad arguments");
     r = (dg_mdgan_run *)dg__calloc(1, sizeof *r);
     if (!r) return dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
-    pthread_mutex_init(&r->mu, NULL);
     r->cfg = *cfg;
-    r->slots = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
+    slots = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
     for (i = 0; i < n_joins; i++)
-        if (joins[i].worker > r->slots) r->slots = joins[i].worker;
-    r->cfg.max_workers = r->slots;
-    if (part->n_workers < r->slots) {
-        dg_mdgan_run_free(r);
-        return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: partition has %d shards for %d slots",
-                        part->n_workers, r->slots);
-    }
-    if (r->cfg.swap_every == 0 && r->cfg.local_epochs > 0) { /* m*E/b, m the mean shard size */
+        if (joins[i].worker > slots) slots = joins[i].worker;
+    r->cfg.max_workers = slots;
+    e = dg__local_init(&r->in, pool, slots, dg__mdgan_run_poll, r);
+    if (e == DG_OK && part->n_workers < slots)
+        e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: partition has %d shards for %d slots",
+                     part->n_workers, slots);
+    /* swap_every = 0: m*E/b, m the mean shard size */
+    if (e == DG_OK && r->cfg.swap_every == 0 && r->cfg.local_epochs > 0) {
         double m = (double)part->n / part->n_workers;
         r->cfg.swap_every = (int)floor(m * r->cfg.local_epochs / r->cfg.batch + 0.5);
         if (r->cfg.swap_every < 1) r->cfg.swap_every = 1;
     }
-    r->pool = pool;
-    e = dg_inproc_create(&r->t, r->slots + 1, 4 * r->slots + 64, 0);
-    if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->t, pool);
+    if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->in.t, pool);
     if (e == DG_OK) {
-        r->workers = (dg_mdgan_worker **)dg__calloc((size_t)r->slots + 1, sizeof(dg_mdgan_worker *));
+        r->workers = (dg_mdgan_worker **)dg__calloc((size_t)slots + 1, sizeof(dg_mdgan_worker *));
         r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof(dg_fault));
         if (!r->workers || !r->joins) e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
     }
-    for (n = 1; e == DG_OK && n <= r->slots; n++) {
+    for (n = 1; e == DG_OK && n <= slots; n++) {
         size_t count;
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->t, pool, ds, idx, count,
+        e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->in.t, pool, ds, idx, count,
                                    n > cfg->n_workers);
     }
     for (i = 0; e == DG_OK && i < n_crashes; i++) {
-        if (crashes[i].worker < 1 || crashes[i].worker > r->slots)
+        if (crashes[i].worker < 1 || crashes[i].worker > slots)
             e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: crash of worker %d", crashes[i].worker);
         else
             dg_mdgan_worker_crash_at(r->workers[crashes[i].worker], crashes[i].iteration);
@@ -12062,43 +12151,17 @@ DGDEF void dg_mdgan_run_free(dg_mdgan_run *r)
 {
     int n;
     if (!r) return;
-    for (n = 1; r->workers && n <= r->slots; n++) dg_mdgan_worker_free(r->workers[n]);
+    for (n = 1; r->workers && n <= r->in.slots; n++) dg_mdgan_worker_free(r->workers[n]);
     dg_mdgan_server_free(r->server);
-    dg_transport_close(r->t);
+    dg__local_free(&r->in);
     dg__free(r->workers);
     dg__free(r->joins);
-    pthread_mutex_destroy(&r->mu);
     dg__free(r);
-}
-
-static void dg__run_error(pthread_mutex_t *mu, dg_result *slot, dg_result e)
-{
-    if (e == DG_OK) return;
-    pthread_mutex_lock(mu);
-    if (*slot == DG_OK) *slot = e;
-    pthread_mutex_unlock(mu);
-}
-
-static void dg__mdgan_worker_task(void *arg, int task, int thread)
-{
-    dg_mdgan_run *r = (dg_mdgan_run *)arg;
-    int id = task + 1;
-    (void)thread;
-    if (dg_transport_pending(r->t, id) > 0)
-        dg__run_error(&r->mu, &r->task_error, dg_mdgan_worker_poll(r->workers[id], 0));
-}
-
-/* True when no inbox holds a message: nothing can happen any more. */
-static int dg__quiet(dg_transport *t)
-{
-    int p;
-    for (p = 0; p < t->n_peers; p++)
-        if (dg_transport_pending(t, p) > 0) return 0;
-    return 1;
 }
 
 DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
 {
+    dg__barrier b;
     dg_result e;
     int i;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_iteration: NULL");
@@ -12106,53 +12169,48 @@ DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
         if (r->joins[i].iteration == r->server->iteration)
             if ((e = dg_mdgan_server_add_worker(r->server, r->joins[i].worker)) != DG_OK) return e;
     if ((e = dg_mdgan_server_begin(r->server)) != DG_OK) return e;
-    while (r->server->ro.open) {
-        dg_parallel_for(r->pool, r->slots, dg__mdgan_worker_task, r);
-        if (r->task_error != DG_OK) return r->task_error;
-        e = dg_mdgan_server_poll(r->server, 0);
-        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
-        if (r->server->ro.open && dg__quiet(r->t)) /* the missing ones are dead: tell the server */
-            if ((e = dg_mdgan_server_expire(r->server)) != DG_OK) return e;
-    }
-    return DG_OK;
+    b = dg__mdgan_barrier(r->server);
+    return dg__local_barrier(&r->in, &b);
 }
 
 DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
 {
     if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_settle: NULL");
-    while (!dg__quiet(r->t)) {
+    while (!dg__quiet(r->in.t)) {
         dg_msg *m;
-        dg_parallel_for(r->pool, r->slots, dg__mdgan_worker_task, r);
-        if (r->task_error != DG_OK) return r->task_error;
-        while (dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK)
+        dg_parallel_for(r->in.pool, r->in.slots, dg__local_task, &r->in);
+        if (r->in.task_error != DG_OK) return r->in.task_error;
+        while (dg_transport_recv(r->in.t, DG_PEER_SERVER, 0, &m) == DG_OK)
             dg_mdgan_server_handle(r->server, m); /* stray messages: ignored */
     }
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->t : NULL; }
+DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->in.t : NULL; }
 DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r) { return r ? r->server : NULL; }
 DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id)
 {
-    return r && id >= 1 && id <= r->slots ? r->workers[id] : NULL;
+    return r && id >= 1 && id <= r->in.slots ? r->workers[id] : NULL;
 }
 DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
 {
     double s = 0.0;
     int n;
-    for (n = 1; r && n <= r->slots; n++) s += r->workers[n]->compute_s;
+    for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->compute_s;
     return s;
 }
 
 struct dg_flgan_run {
     dg_flgan_config cfg;
-    dg_pool *pool;
-    dg_transport *t;
+    dg__local_run in;
     dg_flgan_server *server;
     dg_flgan_worker **workers;
-    dg_result task_error;
-    pthread_mutex_t mu;
 };
+
+static dg_result dg__flgan_run_poll(void *r, int id)
+{
+    return dg_flgan_worker_poll(((dg_flgan_run *)r)->workers[id], 0);
+}
 
 DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
@@ -12168,11 +12226,9 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
         return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: bad arguments");
     r = (dg_flgan_run *)dg__calloc(1, sizeof *r);
     if (!r) return dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
-    pthread_mutex_init(&r->mu, NULL);
     r->cfg = *cfg;
-    r->pool = pool;
-    e = dg_inproc_create(&r->t, cfg->n_workers + 1, 4 * cfg->n_workers + 64, 0);
-    if (e == DG_OK) e = dg_flgan_server_create(&r->server, cfg, r->t, pool);
+    e = dg__local_init(&r->in, pool, cfg->n_workers, dg__flgan_run_poll, r);
+    if (e == DG_OK) e = dg_flgan_server_create(&r->server, cfg, r->in.t, pool);
     if (e == DG_OK) {
         r->workers = (dg_flgan_worker **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(void *));
         if (!r->workers) e = dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
@@ -12180,7 +12236,7 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
     for (n = 1; e == DG_OK && n <= cfg->n_workers; n++) {
         size_t count;
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->t, pool, ds, idx, count);
+        e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->in.t, pool, ds, idx, count);
     }
     for (i = 0; e == DG_OK && i < n_crashes; i++) {
         if (crashes[i].worker < 1 || crashes[i].worker > cfg->n_workers)
@@ -12202,34 +12258,19 @@ DGDEF void dg_flgan_run_free(dg_flgan_run *r)
     if (!r) return;
     for (n = 1; r->workers && n <= r->cfg.n_workers; n++) dg_flgan_worker_free(r->workers[n]);
     dg_flgan_server_free(r->server);
-    dg_transport_close(r->t);
+    dg__local_free(&r->in);
     dg__free(r->workers);
-    pthread_mutex_destroy(&r->mu);
     dg__free(r);
-}
-
-static void dg__flgan_worker_task(void *arg, int task, int thread)
-{
-    dg_flgan_run *r = (dg_flgan_run *)arg;
-    int id = task + 1;
-    (void)thread;
-    if (dg_transport_pending(r->t, id) > 0)
-        dg__run_error(&r->mu, &r->task_error, dg_flgan_worker_poll(r->workers[id], 0));
 }
 
 DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
 {
+    dg__barrier b;
     dg_result e;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_flgan_run_round: NULL");
     if ((e = dg_flgan_server_begin(r->server)) != DG_OK) return e;
-    while (r->server->ro.open) {
-        dg_parallel_for(r->pool, r->cfg.n_workers, dg__flgan_worker_task, r);
-        if (r->task_error != DG_OK) return r->task_error;
-        e = dg_flgan_server_poll(r->server, 0);
-        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
-        if (r->server->ro.open && dg__quiet(r->t))
-            if ((e = dg_flgan_server_expire(r->server)) != DG_OK) return e;
-    }
+    b = dg__flgan_barrier(r->server);
+    if ((e = dg__local_barrier(&r->in, &b)) != DG_OK) return e;
     {
         int n;
         double it = 0.0;
@@ -12239,7 +12280,7 @@ DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->t : NULL; }
+DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->in.t : NULL; }
 DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r) { return r ? r->server : NULL; }
 DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id)
 {
