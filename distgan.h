@@ -1755,7 +1755,8 @@ DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, ui
 
 /* ---- the transport ---- */
 
-/* Zero means default everywhere (dg_tcp_config_init fills the defaults). */
+/* Zero means default everywhere: start from dg_tcp_config_init() (all
+   zero; the transport fills the defaults) and set what you need. */
 typedef struct dg_tcp_config {
     int n_peers;              /* server + worker slots: max_workers + 1 (required) */
     int self;                 /* 0: the server; n >= 1: worker n */
@@ -1790,7 +1791,7 @@ typedef struct dg_tcp_config {
     void *log_user;
 } dg_tcp_config;
 
-DGDEF void dg_tcp_config_init(dg_tcp_config *c);
+DGDEF dg_tcp_config dg_tcp_config_init(void);
 
 /* The server's transport: listens and accepts workers 1..n_peers-1 (and
    nothing else).  DG_ERR_AUTH when asked to listen beyond loopback without
@@ -14041,9 +14042,11 @@ static void dg__tcp_close(dg_transport *bt)
     dg__free(t);
 }
 
-DGDEF void dg_tcp_config_init(dg_tcp_config *c)
+DGDEF dg_tcp_config dg_tcp_config_init(void)
 {
-    memset(c, 0, sizeof *c);
+    dg_tcp_config c;
+    memset(&c, 0, sizeof c);
+    return c;
 }
 
 static void dg__tcp_defaults(dg_tcp_config *c)
