@@ -31,6 +31,9 @@
                             JSON and everything else work; gunzip .gz files)
       DG_DATA_MAX_BYTES     the largest dataset a loader accepts (default 1 GiB)
       DISTGAN_MPI           the MPI transport dg_mpi (needs <mpi.h>: build with mpicc)
+      DG_NO_TCP             no dg_tcp section (sockets, SHA-256, the TCP
+                            transport and its drivers); the roles still run
+                            in process or on any other transport
 
    The implementation uses POSIX (pthreads, clocks, sockets).  distgan.h and
    adacomp.h may be included in either order; under a strict -std=c11 each
@@ -105,7 +108,7 @@
       dg_mpi       the MPI transport (only with DISTGAN_MPI; build with mpicc)
       dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers
       dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport and its
-                   process drivers
+                   process drivers (not with DG_NO_TCP)
       dg_asgd      asynchronous SGD parameter server and workers with AdaComp
                    (only when adacomp.h is included before distgan.h)
 
@@ -1631,6 +1634,8 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 
 /* ==== dg_tcp ==== */
 
+#ifndef DG_NO_TCP
+
 /* The roles of MD-GAN and FL-GAN talk through a dg_transport; this section
    carries that interface over TCP so that one server process and N worker
    processes, possibly on different machines, run the same roles unchanged
@@ -1820,7 +1825,8 @@ DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, ui
 
 /* ---- the transport ---- */
 
-/* Zero means default everywhere (dg_tcp_config_init fills the defaults). */
+/* Zero means default everywhere: start from dg_tcp_config_init() (all
+   zero; the transport fills the defaults) and set what you need. */
 typedef struct dg_tcp_config {
     int n_peers;              /* server + worker slots: max_workers + 1 (required) */
     int self;                 /* 0: the server; n >= 1: worker n */
@@ -1855,7 +1861,7 @@ typedef struct dg_tcp_config {
     void *log_user;
 } dg_tcp_config;
 
-DGDEF void dg_tcp_config_init(dg_tcp_config *c);
+DGDEF dg_tcp_config dg_tcp_config_init(void);
 
 /* The server's transport: listens and accepts workers 1..n_peers-1 (and
    nothing else).  DG_ERR_AUTH when asked to listen beyond loopback without
@@ -1965,6 +1971,8 @@ DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport
 DGDEF void dg_tcp_install_signal_handlers(void);
 DGDEF int dg_tcp_stop_requested(void);
 DGDEF void dg_tcp_request_stop(void);
+
+#endif /* DG_NO_TCP */
 
 #ifdef ADACOMP_H /* the asgd section exists when adacomp.h came first */
 
@@ -2254,6 +2262,7 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifndef DG_NO_TCP
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -2264,6 +2273,7 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#endif
 #if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
 #error "distgan.h: POSIX is hidden: a system header came first under -std=c11; define _POSIX_C_SOURCE 200809L before it"
 #endif
@@ -2464,6 +2474,7 @@ static void *dg__calloc(size_t count, size_t size)
     return p;
 }
 
+#ifndef DG_NO_TCP /* only the TCP transport's message buffers grow */
 /* Resizes a dg__alloc block to n bytes keeping its first keep bytes (keep
    <= n): DG_REALLOC may return memory of another alignment, and then they
    are moved back into line.  Large blocks grow in place or by remapping,
@@ -2485,6 +2496,7 @@ static void *dg__realloc(void *p, size_t keep, size_t n)
     memcpy(q - sizeof(void *), &raw, sizeof raw);
     return q;
 }
+#endif
 
 static void dg__free(void *p)
 {
@@ -2517,7 +2529,7 @@ static void dg__le64(unsigned char *p, uint64_t v)
 static uint16_t dg__rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static uint32_t dg__rd32(const unsigned char *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return (uint32_t)dg__rd16(p) | (uint32_t)dg__rd16(p + 2) << 16;
 }
 static uint64_t dg__rd64(const unsigned char *p)
 {
@@ -9466,6 +9478,7 @@ DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64
     return dg__msg_take(t, type, from, to, iteration, n_parts, kinds, counts, SIZE_MAX, out);
 }
 
+#ifndef DG_NO_TCP /* the TCP transport's receive path */
 /* Grows m's buffer to cap bytes (its first `keep` bytes are kept). */
 static dg_result dg__msg_grow(dg_msg *m, size_t keep, size_t cap)
 {
@@ -9485,6 +9498,7 @@ static void dg__msg_pool_reserve(dg_transport *t, size_t bytes)
     mp->reserve = bytes;
     pthread_mutex_unlock(&mp->mu);
 }
+#endif
 
 DGDEF void dg_msg_free(dg_transport *t, dg_msg *m)
 {
@@ -10894,15 +10908,165 @@ static dg_result dg__reject(dg_transport *t, dg_msg *m, int64_t it, const char *
                     from, fault);
 }
 
-/* Takes live worker id out of the open barrier (got: what each slot sent
-   this round).  Returns 1 when it was the last one missing: the caller
-   completes the round.  MD-GAN and FL-GAN servers share it. */
-static int dg__barrier_leave(char *live, dg_msg *const *got, int open, int *missing,
-                             int *n_dropped, int id)
+/* Sends a message without parts: type, iteration and aux say it all
+   (SWAP: the partner, COPY_DISC: the joiner, STOP). */
+static dg_result dg__send_control(dg_transport *t, int type, int from, int to, int64_t it,
+                                  int64_t aux)
 {
-    live[id] = 0;
-    (*n_dropped)++;
-    return open && !got[id] && --*missing == 0;
+    return dg__send_copy(t, type, from, to, it, aux, 0, NULL, NULL, NULL);
+}
+
+/* ---- the server's roster ----
+   MD-GAN's iteration and FL-GAN's round are the same barrier: the server
+   sends to every live worker, then waits for one answer from each; a
+   worker it cannot reach, that misses the deadline or that the driver
+   drops leaves the live set (N_live) and the round completes without it. */
+typedef struct dg__roster {
+    int slots;               /* worker ids 1..slots */
+    char *live;              /* per slot 0..slots */
+    dg_msg **got;            /* each slot's answer in the open round */
+    int open, missing;
+    double opened;           /* dg__now() when the round opened: the deadline's origin */
+    const char *unit;        /* "iteration" or "round" (the log's words) */
+    const char *answer;      /* "feedback" or "model" */
+    const int64_t *number;   /* the role's iteration or round */
+    int *n_dropped;          /* the role's statistics */
+    void (*log)(void *user, const char *line);
+    void *log_user;
+} dg__roster;
+
+static dg_result dg__roster_init(dg__roster *ro, int slots, int n_live)
+{
+    int n;
+    ro->slots = slots;
+    ro->live = (char *)dg__calloc((size_t)slots + 1, 1);
+    ro->got = (dg_msg **)dg__calloc((size_t)slots + 1, sizeof(dg_msg *));
+    if (!ro->live || !ro->got) return dg__fail(DG_ERR_NOMEM, "server roster: no memory");
+    for (n = 1; n <= n_live; n++) ro->live[n] = 1;
+    return DG_OK;
+}
+
+/* Frees the answers of the open round (if any) and closes it. */
+static void dg__roster_clear(dg__roster *ro, dg_transport *t)
+{
+    int n;
+    for (n = 0; ro->got && n <= ro->slots; n++) {
+        dg_msg_free(t, ro->got[n]);
+        ro->got[n] = NULL;
+    }
+    ro->open = 0;
+    ro->missing = 0;
+}
+
+static void dg__roster_free(dg__roster *ro, dg_transport *t)
+{
+    dg__roster_clear(ro, t);
+    dg__free(ro->live);
+    dg__free(ro->got);
+}
+
+static int dg__roster_is_live(const dg__roster *ro, int id)
+{
+    return id >= 1 && id <= ro->slots && ro->live[id];
+}
+
+/* The live worker ids in order into ids[0..cap); returns how many. */
+static int dg__roster_list(const dg__roster *ro, int *ids, int cap)
+{
+    int n, nl = 0;
+    for (n = 1; n <= ro->slots && nl < cap; n++)
+        if (ro->live[n]) ids[nl++] = n;
+    return nl;
+}
+
+/* Takes live worker id out of the live set, and out of the open round;
+   returns 1 when it was the last one missing: the caller completes it. */
+static int dg__roster_leave(dg__roster *ro, int id)
+{
+    ro->live[id] = 0;
+    (*ro->n_dropped)++;
+    return ro->open && !ro->got[id] && --ro->missing == 0;
+}
+
+/* A send to worker id failed (its connection is gone): it is dropped now
+   and the run goes on without it. */
+static void dg__roster_unreachable(dg__roster *ro, int id)
+{
+    dg__roster_leave(ro, id);
+    dg__log(ro->log, ro->log_user, "%s %lld: worker %d unreachable, dropped (%s)", ro->unit,
+            (long long)*ro->number, id, dg_last_error());
+}
+
+/* Counts the send of the round's message to worker id (sent: its result). */
+static void dg__roster_sent(dg__roster *ro, int id, dg_result sent)
+{
+    if (sent == DG_OK)
+        ro->missing++;
+    else
+        dg__roster_unreachable(ro, id);
+}
+
+static void dg__roster_open(dg__roster *ro)
+{
+    ro->open = 1;
+    ro->opened = dg__now();
+}
+
+/* 1 when m is the awaited answer (type, this round) of a live worker that
+   has not answered yet; anything else is stray or late. */
+static int dg__roster_awaits(const dg__roster *ro, const dg_msg *m, int type)
+{
+    return m->type == type && ro->open && m->iteration == *ro->number &&
+           dg__roster_is_live(ro, m->from) && !ro->got[m->from];
+}
+
+/* Keeps m as its sender's answer; returns 1 when it was the last one. */
+static int dg__roster_take(dg__roster *ro, dg_msg *m)
+{
+    ro->got[m->from] = m;
+    return --ro->missing == 0;
+}
+
+/* The round ends: the live workers that did not answer are dropped.
+   Returns the number of answers. */
+static int dg__roster_close(dg__roster *ro)
+{
+    int n, n_got = 0;
+    for (n = 1; n <= ro->slots; n++) {
+        if (ro->live[n] && !ro->got[n]) {
+            ro->live[n] = 0;
+            (*ro->n_dropped)++;
+            dg__log(ro->log, ro->log_user, "%s %lld: worker %d missed the %s barrier, dropped",
+                    ro->unit, (long long)*ro->number, n, ro->answer);
+        }
+        if (ro->got[n]) n_got++;
+    }
+    return n_got;
+}
+
+/* The driver drops live worker id (why is logged); returns 1 when the open
+   round is complete without it, DG_ERR_ARG (< 0) when it is not live. */
+static int dg__roster_drop(dg__roster *ro, int id, const char *why, const char *fn)
+{
+    if (!dg__roster_is_live(ro, id))
+        return dg__fail(DG_ERR_ARG, "%s: worker %d is not live", fn, id);
+    dg__log(ro->log, ro->log_user, "%s %lld: worker %d dropped: %s", ro->unit,
+            (long long)*ro->number, id, why ? why : "by the driver");
+    return dg__roster_leave(ro, id);
+}
+
+/* STOP to every live worker. */
+static dg_result dg__roster_stop(const dg__roster *ro, dg_transport *t)
+{
+    dg_result r = DG_OK;
+    int n;
+    for (n = 1; n <= ro->slots; n++) { /* one worker's failed send spares no other its STOP */
+        dg_result e = ro->live[n] ? dg__send_control(t, DG_MSG_STOP, DG_PEER_SERVER, n,
+                                                     *ro->number, 0)
+                                  : DG_OK;
+        if (r == DG_OK) r = e;
+    }
+    return r;
 }
 
 /* ---- MD-GAN server ---- */
@@ -10918,10 +11082,8 @@ struct dg_mdgan_server {
     int32_t *labels;               /* k*b */
     const float *fake;             /* G's output of this iteration (k*b x d) */
     float *state0;                 /* G's batchnorm statistics before this forward */
-    char *live, *joining;          /* per slot 0..slots */
-    dg_msg **fb;                   /* feedback received this iteration, per slot */
-    int open, missing;
-    double opened;                 /* dg__now() at begin: the barrier's deadline */
+    dg__roster ro;                 /* live workers; got: their feedback F_n this iteration */
+    char *joining;                 /* per slot 0..slots: joins at the next begin */
     int64_t iteration, round;
     dg_mdgan_stats stats;
 };
@@ -10950,7 +11112,12 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
     s->cfg = *cfg;
     s->t = t;
     s->pool = pool;
-    s->slots = n;
+    s->ro.unit = "iteration";
+    s->ro.answer = "feedback";
+    s->ro.number = &s->iteration;
+    s->ro.n_dropped = &s->stats.n_dropped;
+    s->ro.log = cfg->log;
+    s->ro.log_user = cfg->log_user;
     s->k = dg_mdgan_k(cfg);
     s->d = cfg->c * cfg->h * cfg->w;
     s->row = cfg->z_dim + cfg->n_classes;
@@ -10964,18 +11131,16 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         s->g_in = (float *)dg__calloc(kb * s->row, sizeof(float));
         s->dy = (float *)dg__calloc(kb * s->d, sizeof(float));
         s->labels = (int32_t *)dg__calloc(kb, sizeof(int32_t));
-        s->live = (char *)dg__calloc((size_t)n + 1, 1);
         s->joining = (char *)dg__calloc((size_t)n + 1, 1);
-        s->fb = (dg_msg **)dg__calloc((size_t)n + 1, sizeof(dg_msg *));
         s->state0 = (float *)dg__calloc(dg_net_state_count(s->g) + 1, sizeof(float));
-        if (!s->g_in || !s->dy || !s->labels || !s->live || !s->joining || !s->fb || !s->state0)
+        if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->state0)
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
+    if (r == DG_OK) r = dg__roster_init(&s->ro, n, cfg->n_workers);
     if (r != DG_OK) {
         dg_mdgan_server_free(s);
         return r;
     }
-    for (n = 1; n <= cfg->n_workers; n++) s->live[n] = 1;
     s->stats.n_live = cfg->n_workers;
     *out = s;
     return DG_OK;
@@ -10983,19 +11148,131 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
 
 DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
 {
-    int n;
     if (!s) return;
-    for (n = 0; s->fb && n <= s->slots; n++) dg_msg_free(s->t, s->fb[n]);
+    dg__roster_free(&s->ro, s->t);
     dg_net_free(s->g);
     dg_optim_free(&s->opt);
     dg__free(s->g_in);
     dg__free(s->dy);
     dg__free(s->labels);
-    dg__free(s->live);
     dg__free(s->joining);
-    dg__free(s->fb);
     dg__free(s->state0);
     dg__free(s);
+}
+
+/* Joiners first: each joining slot n gets a copy of the D of a live worker
+   drawn from (seed, JOIN, t) and is live from this iteration on. */
+static dg_result dg__mdgan_admit_joiners(dg_mdgan_server *s)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    int64_t t = s->iteration;
+    int n;
+    for (n = 1; n <= s->ro.slots; n++) {
+        int live[1024], nl, donor;
+        dg_rng rng;
+        if (!s->joining[n]) continue;
+        s->joining[n] = 0;
+        if (!(nl = dg__roster_list(&s->ro, live, 1024))) {
+            dg__log(c->log, c->log_user, "iteration %lld: worker %d cannot join, no live worker",
+                    (long long)t, n);
+            continue;
+        }
+        rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_JOIN, (uint64_t)t * 65536u + (uint64_t)n);
+        donor = live[dg_rng_below(&rng, (uint32_t)nl)];
+        if (dg__send_control(s->t, DG_MSG_COPY_DISC, DG_PEER_SERVER, donor, t, n) != DG_OK) {
+            /* the donor is gone: it is dropped, the joiner tries again next time */
+            dg__roster_unreachable(&s->ro, donor);
+            s->joining[n] = 1;
+            continue;
+        }
+        s->ro.live[n] = 1;
+        dg__log(c->log, c->log_user, "iteration %lld: worker %d joins with a copy of D_%d",
+                (long long)t, n, donor);
+    }
+    return DG_OK;
+}
+
+/* Z: k noise batches from the stream (seed, NOISE, t); X = G(Z) once on
+   the k*b stacked rows. */
+static dg_result dg__mdgan_generate(dg_mdgan_server *s)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    size_t b = (size_t)c->batch;
+    dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)s->iteration);
+    int j;
+    for (j = 0; j < s->k; j++)
+        dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, s->g_in + j * b * s->row,
+                            s->labels + j * b);
+    /* the training forward moves the batchnorm statistics: a checkpoint
+       taken during the iteration saves these instead */
+    memcpy(s->state0, dg_net_state(s->g), sizeof(float) * dg_net_state_count(s->g));
+    return dg_net_forward(s->g, s->g_in, s->k * c->batch, 1, &s->fake);
+}
+
+/* To worker n: X^(g) = X_(n mod k), X^(d) = X_((n+1) mod k), and their
+   labels in ACGAN mode.  An unreachable worker is dropped. */
+static dg_result dg__mdgan_send_batches(dg_mdgan_server *s, int n)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    dg_part_kind kinds[4] = {DG_PART_F32, DG_PART_F32, DG_PART_I32, DG_PART_I32};
+    size_t b = (size_t)c->batch, bd = b * s->d, counts[4] = {bd, bd, b, b};
+    int jg = n % s->k, jd = (n + 1) % s->k;
+    dg_msg *m;
+    dg_result r = dg_msg_create(s->t, DG_MSG_GEN_BATCHES, DG_PEER_SERVER, n, s->iteration,
+                                c->n_classes ? 4 : 2, kinds, counts, &m);
+    if (r != DG_OK) return r;
+    memcpy(m->part[0].data, s->fake + jg * bd, 4 * bd);
+    memcpy(m->part[1].data, s->fake + jd * bd, 4 * bd);
+    if (c->n_classes) {
+        memcpy(m->part[2].data, s->labels + jg * b, 4 * b);
+        memcpy(m->part[3].data, s->labels + jd * b, 4 * b);
+    }
+    dg__roster_sent(&s->ro, n, dg_transport_send(s->t, m));
+    return DG_OK;
+}
+
+/* Per generated batch j: dy_j = sum of the F_n with n mod k = j, in worker
+   order, times 1/(N_live*b); and the mean losses of the live workers. */
+static void dg__mdgan_sum_feedback(dg_mdgan_server *s, int n_got)
+{
+    size_t bd = (size_t)s->cfg.batch * s->d, i;
+    float scale = 1.0f / ((float)n_got * (float)s->cfg.batch);
+    double dl = 0.0, gl = 0.0;
+    int n, j;
+    for (j = 0; j < s->k; j++) {
+        float *dst = s->dy + j * bd;
+        int first = 1;
+        for (n = 1; n <= s->ro.slots; n++) {
+            const float *f;
+            if (!s->ro.got[n] || n % s->k != j) continue;
+            f = (const float *)s->ro.got[n]->part[0].data;
+            if (first)
+                memcpy(dst, f, 4 * bd);
+            else
+                for (i = 0; i < bd; i++) dst[i] += f[i];
+            first = 0;
+        }
+        if (first)
+            memset(dst, 0, 4 * bd);
+        else
+            for (i = 0; i < bd; i++) dst[i] *= scale;
+    }
+    for (n = 1; n <= s->ro.slots; n++)
+        if (s->ro.got[n]) {
+            dl += s->ro.got[n]->stat[0];
+            gl += s->ro.got[n]->stat[1];
+        }
+    s->stats.d_loss = (float)(dl / n_got);
+    s->stats.g_loss = (float)(gl / n_got);
+}
+
+/* One backward of G over the k*b rows from dy, one Adam step. */
+static dg_result dg__mdgan_update_generator(dg_mdgan_server *s)
+{
+    dg_result r;
+    dg_net_zero_grad(s->g);
+    if ((r = dg_net_backward(s->g, s->dy, NULL)) != DG_OK) return r;
+    return dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
 }
 
 /* The period of the swaps in iterations.  The server holds no data, so it
@@ -11003,98 +11280,6 @@ DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
    shards (dg_mdgan_run from the partition); a server created directly with
    swap_every = 0 never swaps. */
 static int dg__swap_period(const dg_mdgan_config *c) { return c->local_epochs ? c->swap_every : 0; }
-
-/* Announces a joiner (a DISC copy from a live donor), then sends
-   X^(g) = X_(n mod k) and X^(d) = X_((n+1) mod k) to every live worker. */
-/* A send to worker n failed (its connection is gone): the worker is
-   dropped, never the run. */
-static void dg__mdgan_unreachable(dg_mdgan_server *s, int n)
-{
-    if (!s->live[n]) return;
-    s->live[n] = 0;
-    s->stats.n_dropped++;
-    dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: worker %d unreachable, dropped (%s)",
-            (long long)s->iteration, n, dg_last_error());
-}
-
-DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
-{
-    const dg_mdgan_config *c;
-    int64_t t;
-    double t0;
-    size_t bd, b;
-    int n, j;
-    dg_result r;
-    dg_rng rng;
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_begin: NULL");
-    if (s->open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_begin: iteration still open");
-    c = &s->cfg;
-    t = s->iteration;
-    t0 = dg__now();
-    b = (size_t)c->batch;
-    bd = b * s->d;
-    for (n = 1; n <= s->slots; n++) {
-        int live[1024], nl = 0, i, donor;
-        if (!s->joining[n]) continue;
-        s->joining[n] = 0;
-        for (i = 1; i <= s->slots && nl < 1024; i++)
-            if (s->live[i]) live[nl++] = i;
-        if (!nl) {
-            dg__log(c->log, c->log_user, "iteration %lld: worker %d cannot join, no live worker",
-                    (long long)t, n);
-            continue;
-        }
-        rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_JOIN, (uint64_t)t * 65536u + (uint64_t)n);
-        donor = live[dg_rng_below(&rng, (uint32_t)nl)];
-        if (dg__send_copy(s->t, DG_MSG_COPY_DISC, DG_PEER_SERVER, donor, t, n, 0, NULL, NULL,
-                          NULL) != DG_OK) {
-            /* the donor is gone: it is dropped, the joiner tries again next time */
-            dg__mdgan_unreachable(s, donor);
-            s->joining[n] = 1;
-            continue;
-        }
-        s->live[n] = 1;
-        dg__log(c->log, c->log_user, "iteration %lld: worker %d joins with a copy of D_%d",
-                (long long)t, n, donor);
-    }
-    rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)t);
-    for (j = 0; j < s->k; j++)
-        dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, s->g_in + j * b * s->row,
-                            s->labels + j * b);
-    /* the training forward moves the batchnorm statistics: a checkpoint
-       taken during the iteration saves these instead */
-    memcpy(s->state0, dg_net_state(s->g), sizeof(float) * dg_net_state_count(s->g));
-    if ((r = dg_net_forward(s->g, s->g_in, s->k * c->batch, 1, &s->fake)) != DG_OK) return r;
-    s->missing = 0;
-    for (n = 1; n <= s->slots; n++) {
-        dg_part_kind kinds[4] = {DG_PART_F32, DG_PART_F32, DG_PART_I32, DG_PART_I32};
-        size_t counts[4];
-        dg_msg *m;
-        int jg = n % s->k, jd = (n + 1) % s->k;
-        if (!s->live[n]) continue;
-        counts[0] = counts[1] = bd;
-        counts[2] = counts[3] = b;
-        if ((r = dg_msg_create(s->t, DG_MSG_GEN_BATCHES, DG_PEER_SERVER, n, t,
-                               c->n_classes ? 4 : 2, kinds, counts, &m)) != DG_OK)
-            return r;
-        memcpy(m->part[0].data, s->fake + jg * bd, 4 * bd);
-        memcpy(m->part[1].data, s->fake + jd * bd, 4 * bd);
-        if (c->n_classes) {
-            memcpy(m->part[2].data, s->labels + jg * b, 4 * b);
-            memcpy(m->part[3].data, s->labels + jd * b, 4 * b);
-        }
-        if (dg_transport_send(s->t, m) != DG_OK) {
-            dg__mdgan_unreachable(s, n);
-            continue;
-        }
-        s->missing++;
-    }
-    s->open = 1;
-    s->opened = dg__now();
-    s->stats.compute_s += s->opened - t0;
-    if (!s->missing) return dg_mdgan_server_expire(s);
-    return DG_OK;
-}
 
 /* Draws a uniformly random derangement of a[0..n) (n >= 2) by rejection:
    shuffle until no element stays in place (about e tries on average). */
@@ -11111,87 +11296,61 @@ static void dg__derangement(dg_rng *rng, const int *a, int n, int *to)
     for (i = 0; i < n; i++) to[i] = a[idx[i]];
 }
 
-/* Ends the iteration: feedback of each generated batch summed in worker
-   order, scaled once by 1/(N_live*b), one backward of G, one Adam step,
-   then the swap announcement when it is due. */
+/* Every m*E/b iterations: a SWAP to each live worker naming its partner
+   under a derangement drawn from (seed, SWAP, round).  A worker that died
+   since its feedback is dropped (its partners skip the swap, as over a
+   socket they do after swap_wait_ms). */
+static void dg__mdgan_announce_swap(dg_mdgan_server *s)
+{
+    int period = dg__swap_period(&s->cfg), live[1024], to[1024], nl, n;
+    if (period <= 0 || s->iteration % period != 0) return;
+    if ((nl = dg__roster_list(&s->ro, live, 1024)) >= 2) {
+        dg_rng rng = dg_rng_make(s->cfg.seed, DG_MDGAN_STREAM_SWAP, (uint64_t)s->round);
+        dg__derangement(&rng, live, nl, to);
+        for (n = 0; n < nl; n++)
+            if (dg__send_control(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
+                                 to[n]) != DG_OK)
+                dg__roster_unreachable(&s->ro, live[n]);
+        s->stats.swaps++;
+    }
+    s->round++;
+}
+
+/* The MD-GAN server's iteration, first half: noise -> G -> send. */
+DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
+{
+    double t0 = dg__now();
+    dg_result r;
+    int n;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_begin: NULL");
+    if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_begin: iteration still open");
+    if ((r = dg__mdgan_admit_joiners(s)) != DG_OK) return r;
+    if ((r = dg__mdgan_generate(s)) != DG_OK) return r;
+    for (n = 1; n <= s->ro.slots; n++)
+        if (s->ro.live[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK) return r;
+    dg__roster_open(&s->ro);
+    s->stats.compute_s += s->ro.opened - t0;
+    return s->ro.missing ? DG_OK : dg_mdgan_server_expire(s);
+}
+
+/* Second half, on the last live feedback (or the barrier's expiry): sum
+   F_n -> backward -> Adam; then the swap announcement when it is due. */
 static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
 {
-    const dg_mdgan_config *c = &s->cfg;
-    size_t bd = (size_t)c->batch * s->d, i;
-    double t0 = dg__now(), dl = 0.0, gl = 0.0;
-    int n, j, n_got = 0, period;
+    double t0 = dg__now();
+    int n_got = dg__roster_close(&s->ro); /* drops the workers still missing */
     dg_result r = DG_OK;
-    for (n = 1; n <= s->slots; n++) {
-        if (s->live[n] && !s->fb[n]) {
-            s->live[n] = 0;
-            s->stats.n_dropped++;
-            dg__log(c->log, c->log_user,
-                    "iteration %lld: worker %d missed the feedback barrier, dropped",
-                    (long long)s->iteration, n);
-        }
-        if (s->fb[n]) n_got++;
-    }
     if (n_got) {
-        float scale = 1.0f / ((float)n_got * (float)c->batch);
-        for (j = 0; j < s->k; j++) {
-            float *dst = s->dy + j * bd;
-            int first = 1;
-            for (n = 1; n <= s->slots; n++) {
-                const float *f;
-                if (!s->fb[n] || n % s->k != j) continue;
-                f = (const float *)s->fb[n]->part[0].data;
-                if (first)
-                    memcpy(dst, f, 4 * bd);
-                else
-                    for (i = 0; i < bd; i++) dst[i] += f[i];
-                first = 0;
-            }
-            if (first)
-                memset(dst, 0, 4 * bd);
-            else
-                for (i = 0; i < bd; i++) dst[i] *= scale;
-        }
-        for (n = 1; n <= s->slots; n++)
-            if (s->fb[n]) {
-                dl += s->fb[n]->stat[0];
-                gl += s->fb[n]->stat[1];
-            }
-        dg_net_zero_grad(s->g);
-        r = dg_net_backward(s->g, s->dy, NULL);
-        if (r == DG_OK) r = dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
-        s->stats.d_loss = (float)(dl / n_got);
-        s->stats.g_loss = (float)(gl / n_got);
+        dg__mdgan_sum_feedback(s, n_got);
+        r = dg__mdgan_update_generator(s);
     } else {
-        dg__log(c->log, c->log_user, "iteration %lld: no feedback at all, G unchanged",
+        dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: no feedback at all, G unchanged",
                 (long long)s->iteration);
     }
-    for (n = 0; n <= s->slots; n++) {
-        dg_msg_free(s->t, s->fb[n]);
-        s->fb[n] = NULL;
-    }
-    s->open = 0;
-    s->missing = 0;
+    dg__roster_clear(&s->ro, s->t);
     s->stats.n_live = n_got;
-    s->iteration++;
-    s->stats.iteration = s->iteration;
-    period = dg__swap_period(c);
-    if (r == DG_OK && period > 0 && s->iteration % period == 0) {
-        int live[1024], to[1024], nl = 0;
-        for (n = 1; n <= s->slots && nl < 1024; n++)
-            if (s->live[n]) live[nl++] = n;
-        if (nl >= 2) {
-            dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_SWAP, (uint64_t)s->round);
-            dg__derangement(&rng, live, nl, to);
-            /* a worker gone since the update is dropped; its partner skips the
-               swap when no D comes (swap_wait) */
-            for (n = 0; n < nl; n++)
-                if (dg__send_copy(s->t, DG_MSG_SWAP, DG_PEER_SERVER, live[n], s->iteration - 1,
-                                  to[n], 0, NULL, NULL, NULL) != DG_OK)
-                    dg__mdgan_unreachable(s, live[n]);
-            s->stats.swaps++;
-        }
-        s->round++;
-    }
+    s->stats.iteration = ++s->iteration;
+    if (r == DG_OK) dg__mdgan_announce_swap(s);
     s->stats.compute_s += dg__now() - t0;
     return r;
 }
@@ -11220,8 +11379,7 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         dg_msg_free(s ? s->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_handle: NULL argument");
     }
-    if (m->type != DG_MSG_FEEDBACK || !s->open || m->iteration != s->iteration || m->from < 1 ||
-        m->from > s->slots || !s->live[m->from] || s->fb[m->from]) {
+    if (!dg__roster_awaits(&s->ro, m, DG_MSG_FEEDBACK)) {
         /* late feedback of a dropped worker, or a stray message: ignored */
         dg__log(s->cfg.log, s->cfg.log_user,
                 "iteration %lld: ignored message type %d of iteration %lld from %d",
@@ -11241,27 +11399,21 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         return dg__reject(s->t, m, s->iteration, "feedback", "holds a non-finite value");
     if (s->cfg.feedback_clip > 0.0f) dg__clip_rows(f, (size_t)s->cfg.batch, (size_t)s->d,
                                                    s->cfg.feedback_clip);
-    s->fb[m->from] = m;
-    if (--s->missing == 0) return dg__mdgan_server_finish(s);
-    return DG_OK;
+    return dg__roster_take(&s->ro, m) ? dg__mdgan_server_finish(s) : DG_OK;
 }
 
 DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const char *why)
 {
-    if (!s || id < 1 || id > s->slots || !s->live[id])
-        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drop_worker: worker %d is not live", id);
-    dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: worker %d dropped: %s",
-            (long long)s->iteration, id, why ? why : "by the driver");
-    if (dg__barrier_leave(s->live, s->fb, s->open, &s->missing, &s->stats.n_dropped, id))
-        return dg__mdgan_server_finish(s);
-    return DG_OK;
+    int done;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drop_worker: NULL");
+    done = dg__roster_drop(&s->ro, id, why, "dg_mdgan_server_drop_worker");
+    return done > 0 ? dg__mdgan_server_finish(s) : (dg_result)done;
 }
 
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
 {
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_expire: NULL");
-    if (!s->open) return DG_OK;
-    return dg__mdgan_server_finish(s);
+    return s->ro.open ? dg__mdgan_server_finish(s) : DG_OK;
 }
 
 typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
@@ -11277,10 +11429,8 @@ typedef struct dg__barrier {
     dg_transport *t;
     const dg__server_ops *ops;
     void *role;
-    const int *open;
-    const double *opened;     /* when the round began */
-    const char *live;         /* per slot 1..slots */
-    int slots, barrier_ms;
+    const dg__roster *ro;
+    int barrier_ms;
 } dg__barrier;
 
 /* The server side of a synchronous round: handles messages while the round
@@ -11294,13 +11444,13 @@ static dg_result dg__barrier_poll(const dg__barrier *b, int timeout_ms,
                                   void *user)
 {
     double start = dg__now();
-    while (*b->open) {
+    while (b->ro->open) {
         dg_msg *m;
         double left;
         int wait = timeout_ms, from;
         dg_result r;
         if (b->barrier_ms > 0 && timeout_ms != 0) {
-            left = b->barrier_ms - 1e3 * (dg__now() - *b->opened);
+            left = b->barrier_ms - 1e3 * (dg__now() - b->ro->opened);
             if (left <= 0) return b->ops->expire(b->role);
             if (wait < 0 || wait > (int)left) wait = (int)left + 1;
         }
@@ -11343,15 +11493,7 @@ static const dg__server_ops dg__mdgan_server_ops = {
 
 static dg__barrier dg__mdgan_barrier(dg_mdgan_server *s)
 {
-    dg__barrier b;
-    b.t = s->t;
-    b.ops = &dg__mdgan_server_ops;
-    b.role = s;
-    b.open = &s->open;
-    b.opened = &s->opened;
-    b.live = s->live;
-    b.slots = s->slots;
-    b.barrier_ms = s->cfg.barrier_timeout_ms;
+    dg__barrier b = {s->t, &dg__mdgan_server_ops, s, &s->ro, s->cfg.barrier_timeout_ms};
     return b;
 }
 
@@ -11363,11 +11505,11 @@ DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
     return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
 }
 
-DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->open ? s->missing : 0; }
+DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
 
 DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id)
 {
-    if (!s || id < 1 || id > s->slots || s->live[id])
+    if (!s || id < 1 || id > s->ro.slots || s->ro.live[id])
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_add_worker: slot %d is not free", id);
     s->joining[id] = 1;
     return DG_OK;
@@ -11375,20 +11517,13 @@ DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id)
 
 DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s)
 {
-    int n;
-    dg_result r = DG_OK;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
-    for (n = 1; n <= s->slots; n++) { /* one worker's failed send spares no other its STOP */
-        dg_result e = s->live[n] ? dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->iteration,
-                                                 0, 0, NULL, NULL, NULL) : DG_OK;
-        if (r == DG_OK) r = e;
-    }
-    return r;
+    return dg__roster_stop(&s->ro, s->t);
 }
 
 DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id)
 {
-    return s && id >= 1 && id <= s->slots && s->live[id];
+    return s && dg__roster_is_live(&s->ro, id);
 }
 DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s) { return s ? s->g : NULL; }
@@ -11461,9 +11596,9 @@ DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, si
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_save_mem: NULL argument");
     /* an open iteration changed nothing yet but G's batchnorm statistics:
        save the ones from before its forward (swapped in and back) */
-    if (s->open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
+    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
     r = dg__encode_mem(dg__mdgan_server_encode, s, buf, cap, written, "dg_mdgan_server_save_mem");
-    if (s->open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
+    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
     return r;
 }
 
@@ -11473,7 +11608,7 @@ DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, si
     dg__rbuf net;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_load_mem: NULL argument");
-    if (s->open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
+    if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
     if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1))) return r;
     if ((r = dg__net_get(s->g, &s->opt, &net)) != DG_OK) return r;
     s->iteration = v[0];
@@ -11623,6 +11758,48 @@ static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t 
     return dg__send_copy(w->t, DG_MSG_DISC, w->id, to, it, w->opt.t, n, kinds, counts, src);
 }
 
+/* SWAP: our D goes to the partner it names; then we hold the next
+   GEN_BATCHES until the partner's D arrives (unless it came first). */
+static dg_result dg__mdgan_worker_on_swap(dg_mdgan_worker *w, dg_msg *m)
+{
+    dg_result r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
+    dg_msg_free(w->t, m);
+    if (r != DG_OK) return r;
+    if (w->early_disc) {
+        dg_msg *d = w->early_disc;
+        w->early_disc = NULL;
+        return dg__mdgan_worker_install(w, d);
+    }
+    w->awaiting = 1;
+    return DG_OK;
+}
+
+/* DISC: the partner's D replaces ours, and a held iteration runs now. */
+static dg_result dg__mdgan_worker_on_disc(dg_mdgan_worker *w, dg_msg *m)
+{
+    dg_result r;
+    if (!w->awaiting) { /* came before its announcement: keep it */
+        if (w->early_disc) {
+            dg_msg_free(w->t, m);
+            return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->id);
+        }
+        w->early_disc = m;
+        return DG_OK;
+    }
+    w->awaiting = 0;
+    /* a rejected D (wrong shape, non-finite) leaves ours in place: train
+       on with it rather than hold the batch */
+    r = dg__mdgan_worker_install(w, m);
+    if (w->deferred) {
+        dg_msg *g = w->deferred;
+        dg_result e;
+        w->deferred = NULL;
+        if ((e = dg__mdgan_worker_iterate(w, g)) != DG_OK) return e;
+    }
+    return r;
+}
+
+/* The worker's side of MD-GAN, one message at a time. */
 DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
 {
     dg_result r = DG_OK;
@@ -11645,36 +11822,9 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         }
         return dg__mdgan_worker_iterate(w, m);
     case DG_MSG_SWAP:
-        r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
-        dg_msg_free(w->t, m);
-        if (r != DG_OK) return r;
-        if (w->early_disc) {
-            dg_msg *d = w->early_disc;
-            w->early_disc = NULL;
-            return dg__mdgan_worker_install(w, d);
-        }
-        w->awaiting = 1;
-        return DG_OK;
+        return dg__mdgan_worker_on_swap(w, m);
     case DG_MSG_DISC:
-        if (!w->awaiting) { /* came before its announcement: keep it */
-            if (w->early_disc) {
-                dg_msg_free(w->t, m);
-                return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->id);
-            }
-            w->early_disc = m;
-            return DG_OK;
-        }
-        w->awaiting = 0;
-        /* a rejected D (wrong shape, non-finite) leaves ours in place: train
-           on with it rather than hold the batch */
-        r = dg__mdgan_worker_install(w, m);
-        if (w->deferred) {
-            dg_msg *g = w->deferred;
-            dg_result e;
-            w->deferred = NULL;
-            if ((e = dg__mdgan_worker_iterate(w, g)) != DG_OK) return e;
-        }
-        return r;
+        return dg__mdgan_worker_on_disc(w, m);
     case DG_MSG_COPY_DISC:
         r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
         dg_msg_free(w->t, m);
@@ -11858,11 +12008,8 @@ struct dg_flgan_server {
     dg_transport *t;
     dg_pool *pool;
     dg__gan_pair model;
-    char *live;
-    dg_msg **up;
-    int64_t *shard;     /* each worker's first reported shard size, 0 before */
-    int open, missing;
-    double opened;
+    dg__roster ro;           /* live workers; got: their models this round */
+    int64_t *shard;          /* each worker's first reported shard size, 0 before */
     int64_t round;
     dg_flgan_stats stats;
 };
@@ -11872,7 +12019,6 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
 {
     dg_flgan_server *s;
     dg_result r;
-    int n;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: out is NULL");
     *out = NULL;
     if (!cfg || !t || !pool || cfg->n_workers < 1 || cfg->batch < 1 || cfg->local_epochs < 0 ||
@@ -11883,19 +12029,21 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     s->cfg = *cfg;
     s->t = t;
     s->pool = pool;
+    s->ro.unit = "round";
+    s->ro.answer = "model";
+    s->ro.number = &s->round;
+    s->ro.n_dropped = &s->stats.n_dropped;
+    s->ro.log = cfg->log;
+    s->ro.log_user = cfg->log_user;
     r = dg__pair_create(&s->model, cfg, pool);
-    if (r == DG_OK) {
-        s->live = (char *)dg__calloc((size_t)cfg->n_workers + 1, 1);
-        s->up = (dg_msg **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(dg_msg *));
-        s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
-        if (!s->live || !s->up || !s->shard)
-            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
-    }
+    if (r == DG_OK) r = dg__roster_init(&s->ro, cfg->n_workers, cfg->n_workers);
+    if (r == DG_OK &&
+        !(s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t))))
+        r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     if (r != DG_OK) {
         dg_flgan_server_free(s);
         return r;
     }
-    for (n = 1; n <= cfg->n_workers; n++) s->live[n] = 1;
     s->stats.n_live = cfg->n_workers;
     *out = s;
     return DG_OK;
@@ -11903,12 +12051,9 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
 
 DGDEF void dg_flgan_server_free(dg_flgan_server *s)
 {
-    int n;
     if (!s) return;
-    for (n = 0; s->up && n <= s->cfg.n_workers; n++) dg_msg_free(s->t, s->up[n]);
+    dg__roster_free(&s->ro, s->t);
     dg__pair_free(&s->model);
-    dg__free(s->live);
-    dg__free(s->up);
     dg__free(s->shard);
     dg__free(s);
 }
@@ -11918,23 +12063,16 @@ DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
     int n;
     double t0;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_begin: NULL");
-    if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_begin: round still open");
+    if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_begin: round still open");
     t0 = dg__now();
-    s->missing = 0;
-    for (n = 1; n <= s->cfg.n_workers; n++) {
-        if (!s->live[n]) continue;
-        if (dg__pair_send(&s->model, s->cfg.average_optimizer, s->t, DG_MSG_MODEL, DG_PEER_SERVER,
-                          n, s->round, 0, NULL) != DG_OK) {
-            s->live[n] = 0;
-            s->stats.n_dropped++;
-            continue;
-        }
-        s->missing++;
-    }
-    s->open = 1;
-    s->opened = dg__now();
-    s->stats.compute_s += s->opened - t0;
-    return s->missing ? DG_OK : dg_flgan_server_expire(s);
+    for (n = 1; n <= s->ro.slots; n++)
+        if (s->ro.live[n])
+            dg__roster_sent(&s->ro, n, dg__pair_send(&s->model, s->cfg.average_optimizer, s->t,
+                                                     DG_MSG_MODEL, DG_PEER_SERVER, n, s->round, 0,
+                                                     NULL));
+    dg__roster_open(&s->ro);
+    s->stats.compute_s += s->ro.opened - t0;
+    return s->ro.missing ? DG_OK : dg_flgan_server_expire(s);
 }
 
 /* Weighted average of the uploaded models, weights m_n / sum m, in worker
@@ -11943,7 +12081,7 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
 {
     const dg_flgan_config *c = &s->cfg;
     double total = 0.0, dl = 0.0, gl = 0.0, t0 = dg__now();
-    int n, i, n_got = 0, first = 1;
+    int n, i, n_got = dg__roster_close(&s->ro), first = 1;
     dg_part_kind kinds[DG_MSG_MAX_PARTS];
     size_t counts[DG_MSG_MAX_PARTS];
     const void *src[DG_MSG_MAX_PARTS];
@@ -11952,20 +12090,10 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
     parts += dg__net_parts(s->model.d, &s->model.od, c->average_optimizer, kinds + parts,
                            counts + parts, src + parts);
     for (i = 0; i < parts; i++) dst[i] = (float *)src[i];
-    for (n = 1; n <= c->n_workers; n++) {
-        if (s->live[n] && !s->up[n]) {
-            s->live[n] = 0;
-            s->stats.n_dropped++;
-            dg__log(c->log, c->log_user, "round %lld: worker %d missed the barrier, dropped",
-                    (long long)s->round, n);
-        }
-        if (s->up[n]) {
-            n_got++;
-            total += (double)s->up[n]->aux;
-        }
-    }
+    for (n = 1; n <= c->n_workers; n++)
+        if (s->ro.got[n]) total += (double)s->ro.got[n]->aux;
     for (n = 1; n <= c->n_workers && n_got; n++) {
-        const dg_msg *m = s->up[n];
+        const dg_msg *m = s->ro.got[n];
         float wgt;
         size_t j;
         if (!m) continue;
@@ -11985,12 +12113,7 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
         s->stats.d_loss = (float)(dl / n_got);
         s->stats.g_loss = (float)(gl / n_got);
     }
-    for (n = 0; n <= c->n_workers; n++) {
-        dg_msg_free(s->t, s->up[n]);
-        s->up[n] = NULL;
-    }
-    s->open = 0;
-    s->missing = 0;
+    dg__roster_clear(&s->ro, s->t);
     s->round++;
     s->stats.rounds = s->round;
     s->stats.n_live = n_got;
@@ -12004,8 +12127,7 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
         dg_msg_free(s ? s->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_handle: NULL argument");
     }
-    if (m->type != DG_MSG_MODEL || !s->open || m->iteration != s->round || m->from < 1 ||
-        m->from > s->cfg.n_workers || !s->live[m->from] || s->up[m->from]) {
+    if (!dg__roster_awaits(&s->ro, m, DG_MSG_MODEL)) { /* stray or late: ignored */
         dg_msg_free(s->t, m);
         return DG_OK;
     }
@@ -12031,41 +12153,36 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
             return dg__reject(s->t, m, s->round, "model", "claims another shard size");
     }
     s->shard[m->from] = m->aux;
-    s->up[m->from] = m;
-    if (--s->missing == 0) return dg__flgan_server_finish(s);
-    return DG_OK;
+    return dg__roster_take(&s->ro, m) ? dg__flgan_server_finish(s) : DG_OK;
 }
 
 DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s)
 {
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_expire: NULL");
-    return s->open ? dg__flgan_server_finish(s) : DG_OK;
+    return s->ro.open ? dg__flgan_server_finish(s) : DG_OK;
 }
 
 DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const char *why)
 {
-    if (!s || id < 1 || id > s->cfg.n_workers || !s->live[id])
-        return dg__fail(DG_ERR_ARG, "dg_flgan_server_drop_worker: worker %d is not live", id);
-    dg__log(s->cfg.log, s->cfg.log_user, "round %lld: worker %d dropped: %s", (long long)s->round,
-            id, why ? why : "by the driver");
-    if (dg__barrier_leave(s->live, s->up, s->open, &s->missing, &s->stats.n_dropped, id))
-        return dg__flgan_server_finish(s);
-    return DG_OK;
+    int done;
+    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_drop_worker: NULL");
+    done = dg__roster_drop(&s->ro, id, why, "dg_flgan_server_drop_worker");
+    return done > 0 ? dg__flgan_server_finish(s) : (dg_result)done;
 }
 
 DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id)
 {
-    if (!s || id < 1 || id > s->cfg.n_workers || s->live[id])
+    if (!s || id < 1 || id > s->ro.slots || s->ro.live[id])
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_add_worker: slot %d is not free", id);
-    if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
-    s->live[id] = 1; /* begin sends it the global model like everyone */
+    if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
+    s->ro.live[id] = 1; /* begin sends it the global model like everyone */
     dg__log(s->cfg.log, s->cfg.log_user, "round %lld: worker %d rejoins", (long long)s->round, id);
     return DG_OK;
 }
 
 DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id)
 {
-    return s && id >= 1 && id <= s->cfg.n_workers && s->live[id];
+    return s && dg__roster_is_live(&s->ro, id);
 }
 
 static dg_result dg__flgan_server_handle_any(void *s, dg_msg *m)
@@ -12085,15 +12202,7 @@ static const dg__server_ops dg__flgan_server_ops = {
 
 static dg__barrier dg__flgan_barrier(dg_flgan_server *s)
 {
-    dg__barrier b;
-    b.t = s->t;
-    b.ops = &dg__flgan_server_ops;
-    b.role = s;
-    b.open = &s->open;
-    b.opened = &s->opened;
-    b.live = s->live;
-    b.slots = s->cfg.n_workers;
-    b.barrier_ms = s->cfg.barrier_timeout_ms;
+    dg__barrier b = {s->t, &dg__flgan_server_ops, s, &s->ro, s->cfg.barrier_timeout_ms};
     return b;
 }
 
@@ -12141,7 +12250,7 @@ DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, si
     dg__rbuf net[2];
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_load_mem: NULL argument");
-    if (s->open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
+    if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
     if ((r = dg__role_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, 2))) return r;
     if ((r = dg__pair_get(&s->model, net)) != DG_OK) return r;
     s->round = round;
@@ -12149,18 +12258,11 @@ DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, si
     return DG_OK;
 }
 
-DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->open ? s->missing : 0; }
+DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
 DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s)
 {
-    int n;
-    dg_result r = DG_OK;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
-    for (n = 1; n <= s->cfg.n_workers; n++) { /* one worker's failed send spares no other its STOP */
-        dg_result e = s->live[n] ? dg__send_copy(s->t, DG_MSG_STOP, DG_PEER_SERVER, n, s->round, 0, 0,
-                                                 NULL, NULL, NULL) : DG_OK;
-        if (r == DG_OK) r = e;
-    }
-    return r;
+    return dg__roster_stop(&s->ro, s->t);
 }
 DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s) { return s ? s->model.g : NULL; }
@@ -12349,25 +12451,64 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
 
 /* ---- the in-process driver ---- */
 
-struct dg_mdgan_run {
-    dg_mdgan_config cfg;
+/* What the two in-process drivers share: the transport, the pool, the
+   worker slots (each slot's queue is one task of dg_parallel_for) and the
+   first error of a task. */
+typedef struct dg__local_run {
     dg_pool *pool;
     dg_transport *t;
-    dg_mdgan_server *server;
-    dg_mdgan_worker **workers;  /* slots 1..max */
-    int slots;
-    dg_fault *joins;
-    int n_joins;
-    dg_result task_error;       /* first error of a worker task (atomic-free: guarded) */
+    int slots;                  /* worker ids 1..slots */
+    dg_result (*poll_worker)(void *run, int id); /* handles id's queued messages */
+    void *run;
+    dg_result task_error;       /* first error of a worker task (guarded by mu) */
     pthread_mutex_t mu;
-};
+} dg__local_run;
+
+static void dg__local_task(void *arg, int task, int thread)
+{
+    dg__local_run *in = (dg__local_run *)arg;
+    dg_result e;
+    int id = task + 1;
+    (void)thread;
+    if (dg_transport_pending(in->t, id) <= 0) return;
+    if ((e = in->poll_worker(in->run, id)) == DG_OK) return;
+    pthread_mutex_lock(&in->mu);
+    if (in->task_error == DG_OK) in->task_error = e;
+    pthread_mutex_unlock(&in->mu);
+}
+
+/* True when no inbox holds a message: nothing can happen any more. */
+static int dg__quiet(dg_transport *t)
+{
+    int p;
+    for (p = 0; p < t->n_peers; p++)
+        if (dg_transport_pending(t, p) > 0) return 0;
+    return 1;
+}
+
+/* Rounds of: every worker's queue, then the server's, until the open round
+   completes; when every queue is empty and the server still waits, the
+   missing workers are dead and the server is told (expire). */
+static dg_result dg__local_barrier(dg__local_run *in, const dg__barrier *b)
+{
+    dg_result e;
+    while (b->ro->open) {
+        dg_parallel_for(in->pool, in->slots, dg__local_task, in);
+        if (in->task_error != DG_OK) return in->task_error;
+        e = dg__barrier_poll(b, 0, NULL, NULL);
+        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
+        if (b->ro->open && dg__quiet(in->t))
+            if ((e = b->ops->expire(b->role)) != DG_OK) return e;
+    }
+    return DG_OK;
+}
 
 /* The in-process drivers' transport: inboxes for the server and `slots`
    workers behind a fault wrapper that crashes each crashes[i].worker
-   (<= max_worker) on the first message of type `trigger` (the server's
+   (<= slots) on the first message of type `trigger` (the server's
    message of each iteration or round) of its crash iteration. */
-static dg_result dg__run_transport(dg_transport **out, int slots, int max_worker,
-                                   const dg_fault *crashes, int n_crashes, int trigger)
+static dg_result dg__run_transport(dg_transport **out, int slots, const dg_fault *crashes,
+                                   int n_crashes, int trigger)
 {
     dg_transport *in;
     dg_result e;
@@ -12379,12 +12520,45 @@ static dg_result dg__run_transport(dg_transport **out, int slots, int max_worker
     }
     for (i = 0; e == DG_OK && i < n_crashes; i++) {
         dg_fault_spec f = {DG_FAULT_CRASH, crashes[i].worker, trigger, crashes[i].iteration, 0.0f};
-        if (crashes[i].worker < 1 || crashes[i].worker > max_worker)
+        if (crashes[i].worker < 1 || crashes[i].worker > slots)
             e = dg__fail(DG_ERR_ARG, "run_create: crash of worker %d", crashes[i].worker);
         else
             e = dg_fault_transport_add(*out, &f);
     }
     return e;
+}
+
+static dg_result dg__local_init(dg__local_run *in, dg_pool *pool, int slots,
+                                 dg_result (*poll_worker)(void *, int), void *run,
+                                 const dg_fault *crashes, int n_crashes, int trigger)
+{
+    in->pool = pool;
+    in->slots = slots;
+    in->poll_worker = poll_worker;
+    in->run = run;
+    pthread_mutex_init(&in->mu, NULL);
+    return dg__run_transport(&in->t, slots, crashes, n_crashes, trigger);
+}
+
+/* Safe after a failed dg__local_init (the run was zeroed). */
+static void dg__local_free(dg__local_run *in)
+{
+    dg_transport_close(in->t);
+    pthread_mutex_destroy(&in->mu);
+}
+
+struct dg_mdgan_run {
+    dg_mdgan_config cfg;
+    dg__local_run in;
+    dg_mdgan_server *server;
+    dg_mdgan_worker **workers;  /* slots 1..max */
+    dg_fault *joins;
+    int n_joins;
+};
+
+static dg_result dg__mdgan_run_poll(void *r, int id)
+{
+    return dg_mdgan_worker_poll(((dg_mdgan_run *)r)->workers[id], 0);
 }
 
 DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
@@ -12394,7 +12568,7 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
 {
     dg_mdgan_run *r;
     dg_result e;
-    int n, i;
+    int n, i, slots;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: out is NULL");
     *out = NULL;
     if (!cfg || !pool || !ds || !part || n_crashes < 0 || n_joins < 0 ||
@@ -12402,34 +12576,32 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
         return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: bad arguments");
     r = (dg_mdgan_run *)dg__calloc(1, sizeof *r);
     if (!r) return dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
-    pthread_mutex_init(&r->mu, NULL);
     r->cfg = *cfg;
-    r->slots = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
+    slots = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
     for (i = 0; i < n_joins; i++)
-        if (joins[i].worker > r->slots) r->slots = joins[i].worker;
-    r->cfg.max_workers = r->slots;
-    if (part->n_workers < r->slots) {
-        dg_mdgan_run_free(r);
-        return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: partition has %d shards for %d slots",
-                        part->n_workers, r->slots);
-    }
-    if (r->cfg.swap_every == 0 && r->cfg.local_epochs > 0) { /* m*E/b, m the mean shard size */
+        if (joins[i].worker > slots) slots = joins[i].worker;
+    r->cfg.max_workers = slots;
+    e = dg__local_init(&r->in, pool, slots, dg__mdgan_run_poll, r, crashes, n_crashes,
+                       DG_MSG_GEN_BATCHES);
+    if (e == DG_OK && part->n_workers < slots)
+        e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: partition has %d shards for %d slots",
+                     part->n_workers, slots);
+    /* swap_every = 0: m*E/b, m the mean shard size */
+    if (e == DG_OK && r->cfg.swap_every == 0 && r->cfg.local_epochs > 0) {
         double m = (double)part->n / part->n_workers;
         r->cfg.swap_every = (int)floor(m * r->cfg.local_epochs / r->cfg.batch + 0.5);
         if (r->cfg.swap_every < 1) r->cfg.swap_every = 1;
     }
-    r->pool = pool;
-    e = dg__run_transport(&r->t, r->slots, r->slots, crashes, n_crashes, DG_MSG_GEN_BATCHES);
-    if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->t, pool);
+    if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->in.t, pool);
     if (e == DG_OK) {
-        r->workers = (dg_mdgan_worker **)dg__calloc((size_t)r->slots + 1, sizeof(dg_mdgan_worker *));
+        r->workers = (dg_mdgan_worker **)dg__calloc((size_t)slots + 1, sizeof(dg_mdgan_worker *));
         r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof(dg_fault));
         if (!r->workers || !r->joins) e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
     }
-    for (n = 1; e == DG_OK && n <= r->slots; n++) {
+    for (n = 1; e == DG_OK && n <= slots; n++) {
         size_t count;
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->t, pool, ds, idx, count,
+        e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->in.t, pool, ds, idx, count,
                                    n > cfg->n_workers);
     }
     for (i = 0; e == DG_OK && i < n_joins; i++) {
@@ -12451,43 +12623,17 @@ DGDEF void dg_mdgan_run_free(dg_mdgan_run *r)
 {
     int n;
     if (!r) return;
-    for (n = 1; r->workers && n <= r->slots; n++) dg_mdgan_worker_free(r->workers[n]);
+    for (n = 1; r->workers && n <= r->in.slots; n++) dg_mdgan_worker_free(r->workers[n]);
     dg_mdgan_server_free(r->server);
-    dg_transport_close(r->t);
+    dg__local_free(&r->in);
     dg__free(r->workers);
     dg__free(r->joins);
-    pthread_mutex_destroy(&r->mu);
     dg__free(r);
-}
-
-static void dg__run_error(pthread_mutex_t *mu, dg_result *slot, dg_result e)
-{
-    if (e == DG_OK) return;
-    pthread_mutex_lock(mu);
-    if (*slot == DG_OK) *slot = e;
-    pthread_mutex_unlock(mu);
-}
-
-static void dg__mdgan_worker_task(void *arg, int task, int thread)
-{
-    dg_mdgan_run *r = (dg_mdgan_run *)arg;
-    int id = task + 1;
-    (void)thread;
-    if (dg_transport_pending(r->t, id) > 0)
-        dg__run_error(&r->mu, &r->task_error, dg_mdgan_worker_poll(r->workers[id], 0));
-}
-
-/* True when no inbox holds a message: nothing can happen any more. */
-static int dg__quiet(dg_transport *t)
-{
-    int p;
-    for (p = 0; p < t->n_peers; p++)
-        if (dg_transport_pending(t, p) > 0) return 0;
-    return 1;
 }
 
 DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
 {
+    dg__barrier b;
     dg_result e;
     int i;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_iteration: NULL");
@@ -12495,53 +12641,48 @@ DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
         if (r->joins[i].iteration == r->server->iteration)
             if ((e = dg_mdgan_server_add_worker(r->server, r->joins[i].worker)) != DG_OK) return e;
     if ((e = dg_mdgan_server_begin(r->server)) != DG_OK) return e;
-    while (r->server->open) {
-        dg_parallel_for(r->pool, r->slots, dg__mdgan_worker_task, r);
-        if (r->task_error != DG_OK) return r->task_error;
-        e = dg_mdgan_server_poll(r->server, 0);
-        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
-        if (r->server->open && dg__quiet(r->t)) /* the missing ones are dead: tell the server */
-            if ((e = dg_mdgan_server_expire(r->server)) != DG_OK) return e;
-    }
-    return DG_OK;
+    b = dg__mdgan_barrier(r->server);
+    return dg__local_barrier(&r->in, &b);
 }
 
 DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
 {
     if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_settle: NULL");
-    while (!dg__quiet(r->t)) {
+    while (!dg__quiet(r->in.t)) {
         dg_msg *m;
-        dg_parallel_for(r->pool, r->slots, dg__mdgan_worker_task, r);
-        if (r->task_error != DG_OK) return r->task_error;
-        while (dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK)
+        dg_parallel_for(r->in.pool, r->in.slots, dg__local_task, &r->in);
+        if (r->in.task_error != DG_OK) return r->in.task_error;
+        while (dg_transport_recv(r->in.t, DG_PEER_SERVER, 0, &m) == DG_OK)
             dg_mdgan_server_handle(r->server, m); /* stray messages: ignored */
     }
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->t : NULL; }
+DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->in.t : NULL; }
 DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r) { return r ? r->server : NULL; }
 DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id)
 {
-    return r && id >= 1 && id <= r->slots ? r->workers[id] : NULL;
+    return r && id >= 1 && id <= r->in.slots ? r->workers[id] : NULL;
 }
 DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
 {
     double s = 0.0;
     int n;
-    for (n = 1; r && n <= r->slots; n++) s += r->workers[n]->compute_s;
+    for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->compute_s;
     return s;
 }
 
 struct dg_flgan_run {
     dg_flgan_config cfg;
-    dg_pool *pool;
-    dg_transport *t;
+    dg__local_run in;
     dg_flgan_server *server;
     dg_flgan_worker **workers;
-    dg_result task_error;
-    pthread_mutex_t mu;
 };
+
+static dg_result dg__flgan_run_poll(void *r, int id)
+{
+    return dg_flgan_worker_poll(((dg_flgan_run *)r)->workers[id], 0);
+}
 
 DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
@@ -12557,12 +12698,11 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
         return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: bad arguments");
     r = (dg_flgan_run *)dg__calloc(1, sizeof *r);
     if (!r) return dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
-    pthread_mutex_init(&r->mu, NULL);
     r->cfg = *cfg;
-    r->pool = pool;
     if (r->cfg.max_shard <= 0) r->cfg.max_shard = (int64_t)ds->n;
-    e = dg__run_transport(&r->t, cfg->n_workers, cfg->n_workers, crashes, n_crashes, DG_MSG_MODEL);
-    if (e == DG_OK) e = dg_flgan_server_create(&r->server, &r->cfg, r->t, pool);
+    e = dg__local_init(&r->in, pool, cfg->n_workers, dg__flgan_run_poll, r, crashes, n_crashes,
+                       DG_MSG_MODEL);
+    if (e == DG_OK) e = dg_flgan_server_create(&r->server, &r->cfg, r->in.t, pool);
     if (e == DG_OK) {
         r->workers = (dg_flgan_worker **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(void *));
         if (!r->workers) e = dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
@@ -12570,7 +12710,7 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
     for (n = 1; e == DG_OK && n <= cfg->n_workers; n++) {
         size_t count;
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->t, pool, ds, idx, count);
+        e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->in.t, pool, ds, idx, count);
     }
     if (e != DG_OK) {
         dg_flgan_run_free(r);
@@ -12586,34 +12726,19 @@ DGDEF void dg_flgan_run_free(dg_flgan_run *r)
     if (!r) return;
     for (n = 1; r->workers && n <= r->cfg.n_workers; n++) dg_flgan_worker_free(r->workers[n]);
     dg_flgan_server_free(r->server);
-    dg_transport_close(r->t);
+    dg__local_free(&r->in);
     dg__free(r->workers);
-    pthread_mutex_destroy(&r->mu);
     dg__free(r);
-}
-
-static void dg__flgan_worker_task(void *arg, int task, int thread)
-{
-    dg_flgan_run *r = (dg_flgan_run *)arg;
-    int id = task + 1;
-    (void)thread;
-    if (dg_transport_pending(r->t, id) > 0)
-        dg__run_error(&r->mu, &r->task_error, dg_flgan_worker_poll(r->workers[id], 0));
 }
 
 DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
 {
+    dg__barrier b;
     dg_result e;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_flgan_run_round: NULL");
     if ((e = dg_flgan_server_begin(r->server)) != DG_OK) return e;
-    while (r->server->open) {
-        dg_parallel_for(r->pool, r->cfg.n_workers, dg__flgan_worker_task, r);
-        if (r->task_error != DG_OK) return r->task_error;
-        e = dg_flgan_server_poll(r->server, 0);
-        if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
-        if (r->server->open && dg__quiet(r->t))
-            if ((e = dg_flgan_server_expire(r->server)) != DG_OK) return e;
-    }
+    b = dg__flgan_barrier(r->server);
+    if ((e = dg__local_barrier(&r->in, &b)) != DG_OK) return e;
     {
         int n;
         double it = 0.0;
@@ -12623,7 +12748,7 @@ DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->t : NULL; }
+DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->in.t : NULL; }
 DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r) { return r ? r->server : NULL; }
 DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id)
 {
@@ -12638,6 +12763,8 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
 }
 
 /* ==== dg_tcp ==== */
+
+#ifndef DG_NO_TCP
 
 /* ---- SHA-256 ---- */
 static const uint32_t dg__sha_k[64] = {
@@ -14359,9 +14486,11 @@ static void dg__tcp_close(dg_transport *bt)
     dg__free(t);
 }
 
-DGDEF void dg_tcp_config_init(dg_tcp_config *c)
+DGDEF dg_tcp_config dg_tcp_config_init(void)
 {
-    memset(c, 0, sizeof *c);
+    dg_tcp_config c;
+    memset(&c, 0, sizeof c);
+    return c;
 }
 
 static void dg__tcp_defaults(dg_tcp_config *c)
@@ -15013,11 +15142,11 @@ static dg_result dg__tcp_barrier(const dg__barrier *b)
 {
     dg_result r = DG_OK;
     int n;
-    while (r == DG_OK && *b->open) {
-        for (n = 1; n <= b->slots && r == DG_OK && *b->open; n++)
-            if (b->live[n] && !dg_tcp_connected(b->t, n))
+    while (r == DG_OK && b->ro->open) {
+        for (n = 1; n <= b->ro->slots && r == DG_OK && b->ro->open; n++)
+            if (b->ro->live[n] && !dg_tcp_connected(b->t, n))
                 r = b->ops->drop(b->role, n, "its connection closed");
-        if (r == DG_OK && *b->open) {
+        if (r == DG_OK && b->ro->open) {
             r = dg__barrier_poll(b, 100, dg__tcp_rejected, b->t);
             if (r == DG_ERR_TIMEOUT) r = DG_OK;
         }
@@ -15249,6 +15378,8 @@ DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport
     dg_flgan_worker_free(w);
     return r;
 }
+
+#endif /* DG_NO_TCP */
 
 #ifdef ADACOMP_H
 

@@ -130,7 +130,7 @@ static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n
 static dg_tcp_config base_cfg(int self, int n_peers)
 {
     dg_tcp_config c;
-    dg_tcp_config_init(&c);
+    c = dg_tcp_config_init();
     c.self = self;
     c.n_peers = n_peers;
     c.max_message = (uint64_t)64 << 20;

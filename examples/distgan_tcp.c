@@ -210,7 +210,7 @@ int main(int argc, char **argv)
         unsigned char h[32];
         if (md) dg_tcp_mdgan_config_hash(&mc, extra, h);
         else dg_tcp_flgan_config_hash(&fc, extra, h);
-        dg_tcp_config_init(&tc);
+        tc = dg_tcp_config_init();
         memcpy(tc.config_hash, h, 32);
     }
     tc.n_peers = o.workers + 1;

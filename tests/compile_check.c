@@ -62,6 +62,30 @@ int main(void)
              dg_dataset_load_idx_mem(&ds, gz, sizeof gz, NULL, 0) == DG_ERR_UNSUPPORTED;
     }
 #endif
+#ifdef DG_NO_TCP
+    { /* no sockets: the roles still run, here one in-process MD-GAN iteration */
+        dg_dataset ds;
+        dg_partition part;
+        dg_mdgan_run *run = NULL;
+        dg_mdgan_config c = dg_mdgan_config_init();
+        c.n_workers = 2;
+        c.c = 1;
+        c.h = c.w = 4;
+        c.arch = DG_ARCH_MLP;
+        c.z_dim = 4;
+        c.batch = 2;
+        if (dg_pool_create(&pool, 1) != DG_OK) return 1;
+        ok = ok && dg_dataset_create(&ds, 8, 1, 4, 4, 0) == DG_OK &&
+             dg_partition_iid(&part, ds.n, 2, 1) == DG_OK &&
+             dg_mdgan_run_create(&run, &c, pool, &ds, &part, NULL, 0, NULL, 0) == DG_OK &&
+             dg_mdgan_run_iteration(run) == DG_OK &&
+             dg_mdgan_server_stats(dg_mdgan_run_server(run))->iteration == 1;
+        dg_mdgan_run_free(run);
+        dg_partition_free(&part);
+        dg_dataset_free(&ds);
+        dg_pool_destroy(pool);
+    }
+#endif
     return ok ? 0 : 1;
 }
 #endif

@@ -1,8 +1,9 @@
 #!/bin/sh
 # compile_check.sh CC CLANG: the headers build warning-free as C11 with gcc
 # and clang, as C++ (extern "C", casts), with DISTGAN_STATIC, split over two
-# translation units, in every include order, without SIMD, without stb and
-# with stb elsewhere; with DISTGAN_MPI under mpicc (when there is one); and
+# translation units, in every include order, without SIMD, without stb,
+# with stb elsewhere and without TCP; with DISTGAN_MPI under mpicc (when
+# there is one); and
 # the sections' order (tools/section_deps.sh).  Any warning fails the check.
 CC=${1:-cc}; CLANG=${2:-clang}
 out=build/compile_check.d
@@ -52,6 +53,9 @@ if [ -f /usr/include/stb/stb_image.h ]; then
         -DDG_STB_IMAGE_WRITE_PATH='<mystb/stb_image_write.h>' tests/compile_check.c -o $out/c_stbpath -lpthread -lm
     run $out/c_stbpath
 fi
+# without the TCP section (no sockets): an in-process MD-GAN iteration runs
+run $CC -std=c11 $W -O1 $extra -DDG_NO_TCP tests/compile_check.c -o $out/c_notcp -lpthread -lm
+run $out/c_notcp
 # each section of distgan.h uses only the sections above it
 run sh tools/section_deps.sh "$CC"
 # the MPI transport (DISTGAN_MPI) with mpicc, when there is one

@@ -785,7 +785,7 @@ static void rig_flgan(rig *r, const dg_flgan_config *c, const dg_dataset *ds, dg
 static dg_result rig_step(rig *r)
 {
     dg_result e;
-    int n, *open = r->s ? &r->s->open : &r->fs->open;
+    int n, *open = r->s ? &r->s->ro.open : &r->fs->ro.open;
     if ((e = r->s ? dg_mdgan_server_begin(r->s) : dg_flgan_server_begin(r->fs)) != DG_OK) return e;
     while (*open) {
         for (n = 1; n <= r->n; n++)
@@ -967,7 +967,7 @@ static dg_result flgan_round_claiming(rig *r, int64_t aux1)
     if ((e = dg_flgan_server_begin(r->fs)) != DG_OK) return e;
     for (n = 1; n <= r->n; n++)
         if ((e = dg_flgan_worker_poll(r->fw[n], 0)) != DG_OK) return e;
-    while (r->fs->open && dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK) {
+    while (r->fs->ro.open && dg_transport_recv(r->t, DG_PEER_SERVER, 0, &m) == DG_OK) {
         int from = m->from;
         char why[256];
         if (from == 1 && aux1) m->aux = aux1;
@@ -978,7 +978,7 @@ static dg_result flgan_round_claiming(rig *r, int64_t aux1)
         }
         if (e != DG_OK) return e;
     }
-    return r->fs->open ? dg_flgan_server_expire(r->fs) : DG_OK;
+    return r->fs->ro.open ? dg_flgan_server_expire(r->fs) : DG_OK;
 }
 
 /* FL-GAN weights workers by the shard size they report: a worker claiming
@@ -1241,7 +1241,7 @@ TEST(flgan_worker_rejoins)
     CHECK_OK(dg_flgan_server_add_worker(r.fs, 2));
     CHECK_OK(dg_flgan_server_begin(r.fs));
     CHECK(dg_flgan_server_add_worker(r.fs, 2) == DG_ERR_ARG);
-    while (r.fs->open) {
+    while (r.fs->ro.open) {
         int n;
         for (n = 1; n <= N; n++) CHECK_OK(dg_flgan_worker_poll(r.fw[n], 0));
         dg_flgan_server_poll(r.fs, 0);

@@ -182,7 +182,7 @@ static unsigned char hash_a[32] = {1}, hash_b[32] = {2};
 static dg_result make_server(dg_transport **t, int n_peers, const char *secret)
 {
     dg_tcp_config c;
-    dg_tcp_config_init(&c);
+    c = dg_tcp_config_init();
     c.n_peers = n_peers;
     c.self = 0;
     c.listen = "127.0.0.1:0";
@@ -202,7 +202,7 @@ static dg_result make_worker(dg_transport **t, int n_peers, int id, uint16_t por
     dg_tcp_config c;
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
-    dg_tcp_config_init(&c);
+    c = dg_tcp_config_init();
     c.n_peers = n_peers;
     c.self = id;
     c.connect = addr;
@@ -303,7 +303,7 @@ TEST(handshake_refusals)
     dg_transport_close(s);
     {   /* no secret: loopback only, unless told otherwise */
         dg_tcp_config c;
-        dg_tcp_config_init(&c);
+        c = dg_tcp_config_init();
         c.n_peers = 2;
         c.listen = "0.0.0.0:0";
         CHECK(dg_tcp_server_create(&s, &c) == DG_ERR_AUTH);
@@ -1024,7 +1024,7 @@ TEST(malformed_frame_names_the_peer)
     int fd;
     memset(&log, 0, sizeof log);
     pthread_mutex_init(&log.mu, NULL);
-    dg_tcp_config_init(&c);
+    c = dg_tcp_config_init();
     c.n_peers = 3;
     c.listen = "127.0.0.1:0";
     c.secret = "sesame";
@@ -1127,7 +1127,7 @@ TEST(handshake_slots_evict_the_idle)
     unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + DG_TCP_NONCE];
     dg_tcp_hello h;
     int idle[6], talker, i;
-    dg_tcp_config_init(&c);
+    c = dg_tcp_config_init();
     c.n_peers = 3;
     c.listen = "127.0.0.1:0";
     c.secret = "sesame";
@@ -1242,7 +1242,7 @@ TEST(secret_empty_or_long)
     char longs[301], prefix[257], addr[32], f0[128], f1[128], f2[128], f3[128];
     pid_t srv, wk;
     FILE *f;
-    dg_tcp_config_init(&c);
+    c = dg_tcp_config_init();
     c.n_peers = 2;
     c.listen = "127.0.0.1:0";
     c.secret = "";
@@ -1397,7 +1397,7 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     CHECK_OK(dg_dataset_make_shapes(&ds, 200, 1));
     mc.n_workers = 2; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
     mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
-    dg_tcp_config_init(&tc);
+    tc = dg_tcp_config_init();
     dg_tcp_mdgan_config_hash(&mc, "data shapes:200 n=200", tc.config_hash);
     tc.n_peers = 3;
     tc.self = 2;
@@ -1464,7 +1464,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     CHECK_OK(dg_dataset_make_shapes(&ds, 300, 1));
     mc.n_workers = 3; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
     mc.batch = 8; mc.local_epochs = 0; mc.swap_every = 1; mc.seed = 1; /* as distgan_tcp */
-    dg_tcp_config_init(&tc);
+    tc = dg_tcp_config_init();
     dg_tcp_mdgan_config_hash(&mc, "data shapes:300 n=300", tc.config_hash);
     tc.n_peers = 4;
     tc.self = 3;
@@ -1639,7 +1639,7 @@ TEST(insiders_while_a_run_trains)
     CHECK_OK(dg_dataset_make_shapes(&ds, 400, 1));
     mc.n_workers = 4; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
     mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
-    dg_tcp_config_init(&tc);
+    tc = dg_tcp_config_init();
     dg_tcp_mdgan_config_hash(&mc, "data shapes:400 n=400", tc.config_hash);
     tc.n_peers = 5;
     tc.self = 4;
