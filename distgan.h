@@ -2474,7 +2474,6 @@ static void *dg__calloc(size_t count, size_t size)
     return p;
 }
 
-#ifndef DG_NO_TCP /* only the TCP transport's message buffers grow */
 /* Resizes a dg__alloc block to n bytes keeping its first keep bytes (keep
    <= n): DG_REALLOC may return memory of another alignment, and then they
    are moved back into line.  Large blocks grow in place or by remapping,
@@ -2496,7 +2495,6 @@ static void *dg__realloc(void *p, size_t keep, size_t n)
     memcpy(q - sizeof(void *), &raw, sizeof raw);
     return q;
 }
-#endif
 
 static void dg__free(void *p)
 {
