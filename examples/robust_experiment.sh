@@ -19,9 +19,10 @@ B=${B:-build}
 case $DATASET in mnist*) [ -f data/mnist/9.json ] || sh tools/fetch-mnist.sh data/mnist ;; esac
 mkdir -p "$OUT/cache"
 clf="$OUT/cache/classifier-$DATASET.bin"
-run() { # name, extra options
+run() { # name, extra options; a run whose log reached ITERS is kept (resumable)
     name=$1
     shift
+    [ "$(tail -n 1 "$OUT/$name/log.csv" 2>/dev/null | cut -d, -f1)" = "$ITERS" ] && return 0
     nice -n 10 "$B/distgan" --algo mdgan --workers 10 --arch mlp --dataset "$DATASET" \
         --iters "$ITERS" --eval-every "$EVAL_EVERY" --classifier "$clf" --no-checkpoint \
         --out "$OUT/$name" "$@" >"$OUT/$name.out" 2>&1
