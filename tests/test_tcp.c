@@ -1368,6 +1368,43 @@ TEST(workers_end_with_the_run)
 
 /* ---- issue 10: faults of authenticated workers cost them, never the run ---- */
 
+/* This process as the last worker (id n_workers) of a distgan_tcp run of
+   n_workers on shapes:n_shapes with --batch 8, which the server accepts
+   only with the configuration hash distgan_tcp computes: mc comes in with
+   the flags the run sets beyond those (--swap-every, --epochs); ds, mc and
+   tc go out ready for dial_worker.  ds is the caller's to free. */
+static dg_result last_worker_config(int n_workers, int n_shapes, const char *addr,
+                                    const char *secret, dg_dataset *ds, dg_mdgan_config *mc,
+                                    dg_tcp_config *tc)
+{
+    char extra[64];
+    dg_result r;
+    dg_tcp_config_init(tc);
+    memset(ds, 0, sizeof *ds);
+    if ((r = dg_dataset_make_shapes(ds, n_shapes, 1)) != DG_OK) return r;
+    mc->n_workers = n_workers; mc->c = ds->c; mc->h = ds->h; mc->w = ds->w;
+    mc->arch = DG_ARCH_MLP; mc->batch = 8; mc->seed = 1;
+    snprintf(extra, sizeof extra, "data shapes:%d n=%d", n_shapes, n_shapes);
+    dg_tcp_mdgan_config_hash(mc, extra, tc->config_hash);
+    tc->n_peers = n_workers + 1;
+    tc->self = n_workers;
+    tc->connect = addr;
+    tc->secret = secret;
+    tc->secret_len = secret ? strlen(secret) : 0;
+    tc->heartbeat_ms = 300;
+    return DG_OK;
+}
+
+/* The worker's transport once the server takes it (it waits for the run's
+   start, or for the slot to free), or NULL after ms. */
+static dg_transport *dial_worker(const dg_tcp_config *tc, int ms)
+{
+    dg_transport *t = NULL;
+    int64_t end = dg__tcp_ms() + ms;
+    while (dg_tcp_worker_create(&t, tc) != DG_OK && dg__tcp_ms() < end) dg__tcp_sleep_ms(100);
+    return t;
+}
+
 /* Worker 2 of 2 is this process: an authenticated peer that answers its
    first GEN_BATCHES with a FEEDBACK 7 floats too long (the audit's 25,095
    for 25,088).  The server drops that connection (logged with the id and
@@ -1392,24 +1429,9 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     srv = spawn("bsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1",
                              "--checkpoint", ck, "--out", "gbad.f32", COMMON7));
     w1 = spawn("bw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON7));
-    /* the same configuration hash as distgan_tcp computes */
-    memset(&ds, 0, sizeof ds);
-    CHECK_OK(dg_dataset_make_shapes(&ds, 200, 1));
-    mc.n_workers = 2; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
-    mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
-    dg_tcp_config_init(&tc);
-    dg_tcp_mdgan_config_hash(&mc, "data shapes:200 n=200", tc.config_hash);
-    tc.n_peers = 3;
-    tc.self = 2;
-    tc.connect = addr;
-    tc.heartbeat_ms = 300;
-    {
-        int64_t end = dg__tcp_ms() + 10000;
-        while (dg_tcp_worker_create(&t, &tc) != DG_OK && dg__tcp_ms() < end) {
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    mc.swap_every = 5;
+    CHECK_OK(last_worker_config(2, 200, addr, NULL, &ds, &mc, &tc));
+    t = dial_worker(&tc, 10000);
     CHECK(t != NULL);
     while (t && !sent && dg_transport_recv(t, 2, 10000, &m) == DG_OK) {
         if (m->type == DG_MSG_GEN_BATCHES) {
@@ -1460,23 +1482,9 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     srv = spawn("dsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1", COMMON8));
     w1 = spawn("dw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON8));
     w2 = spawn("dw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON8));
-    memset(&ds, 0, sizeof ds);
-    CHECK_OK(dg_dataset_make_shapes(&ds, 300, 1));
-    mc.n_workers = 3; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
-    mc.batch = 8; mc.local_epochs = 0; mc.swap_every = 1; mc.seed = 1; /* as distgan_tcp */
-    dg_tcp_config_init(&tc);
-    dg_tcp_mdgan_config_hash(&mc, "data shapes:300 n=300", tc.config_hash);
-    tc.n_peers = 4;
-    tc.self = 3;
-    tc.connect = addr;
-    tc.heartbeat_ms = 300;
-    {
-        int64_t end = dg__tcp_ms() + 10000;
-        while (dg_tcp_worker_create(&t, &tc) != DG_OK && dg__tcp_ms() < end) {
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    mc.local_epochs = 0; mc.swap_every = 1; /* as distgan_tcp */
+    CHECK_OK(last_worker_config(3, 300, addr, NULL, &ds, &mc, &tc));
+    t = dial_worker(&tc, 10000);
     CHECK(t != NULL);
     while (t && dg_transport_recv(t, 3, 10000, &m) == DG_OK) {
         if (m->type == DG_MSG_GEN_BATCHES && m->iteration < 5) {
@@ -1566,16 +1574,6 @@ static long proc_rss_kb(pid_t pid)
     return resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
-/* The insider's transport as worker 4, once the server takes it (its
-   slot frees when the server drops the previous connection). */
-static dg_transport *insider_connect(dg_tcp_config *tc)
-{
-    dg_transport *t = NULL;
-    int64_t end = dg__tcp_ms() + 20000;
-    while (dg_tcp_worker_create(&t, tc) != DG_OK && dg__tcp_ms() < end) dg__tcp_sleep_ms(100);
-    return t;
-}
-
 /* Answers the newest GEN_BATCHES with a FEEDBACK of n floats, each value
    v, until the server closes the connection; 1 when it did. */
 static int insider_feedback(dg_transport *t, size_t n, float v)
@@ -1635,20 +1633,10 @@ TEST(insiders_while_a_run_trains)
         w[j] = spawn(name, ARGS("worker", "--connect", addr, "--id", id, COMMON10));
     }
     /* the insider holds the secret and the run's configuration hash */
-    memset(&ds, 0, sizeof ds);
-    CHECK_OK(dg_dataset_make_shapes(&ds, 400, 1));
-    mc.n_workers = 4; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
-    mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
-    dg_tcp_config_init(&tc);
-    dg_tcp_mdgan_config_hash(&mc, "data shapes:400 n=400", tc.config_hash);
-    tc.n_peers = 5;
-    tc.self = 4;
-    tc.connect = addr;
-    tc.secret = secret;
-    tc.secret_len = strlen(secret);
-    tc.heartbeat_ms = 300;
+    mc.swap_every = 5;
+    CHECK_OK(last_worker_config(4, 400, addr, secret, &ds, &mc, &tc));
     fb = (size_t)mc.batch * ds.c * ds.h * ds.w;
-    t = insider_connect(&tc);                  /* the server waits for all 4 at the start */
+    t = dial_worker(&tc, 20000);               /* the server waits for all 4 at the start */
     CHECK(t != NULL);
     sent_shape = t && insider_feedback(t, fb - 7, 0.0f);
     if (t) dg_transport_close(t);
@@ -1658,7 +1646,7 @@ TEST(insiders_while_a_run_trains)
     f.port = port;
     f.n = 80;
     flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
-    t = insider_connect(&tc);
+    t = dial_worker(&tc, 20000);               /* its slot frees when the server drops the last */
     sent_nan = t && insider_feedback(t, fb, NAN);
     if (t) dg_transport_close(t);
     rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
