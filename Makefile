@@ -32,6 +32,7 @@ MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/
 # threaded tests that `make tsan` runs under ThreadSanitizer
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
 HEADERS  := distgan.h $(wildcard adacomp.h)
+TEST_HDRS := $(wildcard tests/*.h)
 
 .PHONY: all test tsan bench bench-deps deps fuzz demo data eval experiment clean help
 
@@ -74,15 +75,15 @@ bench-deps: deps
 $(B) $(B)/asan $(B)/tsan $(B)/fuzz:
 	@mkdir -p $@
 
-$(B)/%: tests/%.c tests/harness.h $(HEADERS) | $(B)
+$(B)/%: tests/%.c $(TEST_HDRS) $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -I$(B) -o $@ $< $(LDLIBS)
-$(B)/asan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/asan
+$(B)/asan/%: tests/%.c $(TEST_HDRS) $(HEADERS) | $(B)/asan
 	$(CC) $(CSTD) $(WARN) $(SAN) -I$(B) -o $@ $< $(LDLIBS)
-$(B)/tsan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/tsan
+$(B)/tsan/%: tests/%.c $(TEST_HDRS) $(HEADERS) | $(B)/tsan
 	$(CC) $(CSTD) $(WARN) -O1 -g -fsanitize=thread -I$(B) -o $@ $< $(LDLIBS)
-$(B)/mpi_%: tests/mpi_%.c tests/harness.h $(HEADERS) | $(B)
+$(B)/mpi_%: tests/mpi_%.c $(TEST_HDRS) $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
-$(B)/asan/mpi_%: tests/mpi_%.c tests/harness.h $(HEADERS) | $(B)/asan
+$(B)/asan/mpi_%: tests/mpi_%.c $(TEST_HDRS) $(HEADERS) | $(B)/asan
 	$(MPICC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
 $(B)/bench_mpi_%: bench/mpi_%.c bench/bench_common.h $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
