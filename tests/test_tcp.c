@@ -611,56 +611,50 @@ static float *read_floats(const char *name, size_t *n)
 #define BATCH 16
 #define ITERS 12   /* a swap every round(160 / 16) = 10 iterations: one swap */
 
-static void inproc_mdgan(float **g, size_t *n)
-{
-    dg_dataset ds;
-    dg_partition part;
-    dg_pool *pool;
-    dg_mdgan_run *run;
-    dg_mdgan_config c = dg_mdgan_config_init();
-    int i;
-    *g = NULL;
-    memset(&ds, 0, sizeof ds);
-    dg_dataset_make_shapes(&ds, 640, 1);
-    dg_partition_iid(&part, ds.n, NW, 1);
-    dg_pool_create(&pool, 1);
-    c.n_workers = NW; c.c = ds.c; c.h = ds.h; c.w = ds.w; c.arch = DG_ARCH_MLP; c.batch = BATCH;
-    c.seed = 1;
-    if (dg_mdgan_run_create(&run, &c, pool, &ds, &part, NULL, 0, NULL, 0) == DG_OK) {
-        for (i = 0; i < ITERS; i++) dg_mdgan_run_iteration(run);
-        *n = dg_net_param_count(dg_mdgan_server_generator(dg_mdgan_run_server(run)));
-        *g = (float *)malloc(*n * sizeof(float));
-        memcpy(*g, dg_net_params(dg_mdgan_server_generator(dg_mdgan_run_server(run))), *n * 4);
-        dg_mdgan_run_free(run);
-    }
-    dg_pool_destroy(pool);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
-}
+/* the run's settings in an MD-GAN or an FL-GAN config, as distgan_tcp sets them */
+#define TCP_RUN(cfg, ds)                                                          \
+    ((cfg).n_workers = NW, (cfg).c = (ds).c, (cfg).h = (ds).h, (cfg).w = (ds).w, \
+     (cfg).arch = DG_ARCH_MLP, (cfg).batch = BATCH, (cfg).seed = 1)
 
-static void inproc_flgan(float **g, size_t *n, int rounds)
+/* G (copied into *g, *n floats) of the in-process run the TCP run must
+   equal: `rounds` MD-GAN iterations, or FL-GAN rounds of 3 local iterations */
+static void inproc_g(int md, int rounds, float **g, size_t *n)
 {
     dg_dataset ds;
     dg_partition part;
     dg_pool *pool;
-    dg_flgan_run *run;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_mdgan_run *mr = NULL;
+    dg_flgan_run *fr = NULL;
+    dg_net *gen = NULL;
     int i;
     *g = NULL;
     memset(&ds, 0, sizeof ds);
     dg_dataset_make_shapes(&ds, 640, 1);
     dg_partition_iid(&part, ds.n, NW, 1);
     dg_pool_create(&pool, 1);
-    c.n_workers = NW; c.c = ds.c; c.h = ds.h; c.w = ds.w; c.arch = DG_ARCH_MLP; c.batch = BATCH;
-    c.seed = 1;
-    c.local_iters = 3;
-    if (dg_flgan_run_create(&run, &c, pool, &ds, &part, NULL, 0) == DG_OK) {
-        for (i = 0; i < rounds; i++) dg_flgan_run_round(run);
-        *n = dg_net_param_count(dg_flgan_server_generator(dg_flgan_run_server(run)));
-        *g = (float *)malloc(*n * sizeof(float));
-        memcpy(*g, dg_net_params(dg_flgan_server_generator(dg_flgan_run_server(run))), *n * 4);
-        dg_flgan_run_free(run);
+    if (md) {
+        dg_mdgan_config c = dg_mdgan_config_init();
+        TCP_RUN(c, ds);
+        if (dg_mdgan_run_create(&mr, &c, pool, &ds, &part, NULL, 0, NULL, 0) == DG_OK) {
+            for (i = 0; i < rounds; i++) dg_mdgan_run_iteration(mr);
+            gen = dg_mdgan_server_generator(dg_mdgan_run_server(mr));
+        }
+    } else {
+        dg_flgan_config c = dg_flgan_config_init();
+        TCP_RUN(c, ds);
+        c.local_iters = 3;
+        if (dg_flgan_run_create(&fr, &c, pool, &ds, &part, NULL, 0) == DG_OK) {
+            for (i = 0; i < rounds; i++) dg_flgan_run_round(fr);
+            gen = dg_flgan_server_generator(dg_flgan_run_server(fr));
+        }
     }
+    if (gen) {
+        *n = dg_net_param_count(gen);
+        *g = (float *)malloc(*n * sizeof(float));
+        memcpy(*g, dg_net_params(gen), *n * 4);
+    }
+    dg_mdgan_run_free(mr);
+    dg_flgan_run_free(fr);
     dg_pool_destroy(pool);
     dg_partition_free(&part);
     dg_dataset_free(&ds);
@@ -696,8 +690,7 @@ static void tcp_vs_inproc(const char *algo)
     for (i = 0; i < NW; i++)
         if (reap(wk[i], 10000) != 0) ok = 0;
     CHECK(ok);
-    if (md) inproc_mdgan(&a, &na);
-    else inproc_flgan(&a, &na, 2);
+    inproc_g(md, md ? ITERS : 2, &a, &na);
     b = read_floats("g.f32", &nb);
     CHECK(a && b && na == nb && na > 0);
     if (a && b && na == nb) {
