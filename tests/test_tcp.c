@@ -582,6 +582,27 @@ static void show(const char *name)
 
 #define ARGS(...) ((char *const[]){(char *)bin, __VA_ARGS__, NULL})
 
+/* kill -9 of the worker *w, which the server <srv> (its srv.out and
+   srv.err) must see as `live` within live_ms; then its restart, <name>
+   with args, which the server must take back (logging `joined`) within
+   join_ms.  1 when both were seen, else says which was not. */
+static int worker_restarts(pid_t *w, const char *srv, const char *live, int live_ms,
+                           const char *name, char *const *args, const char *joined, int join_ms)
+{
+    char out[64], err[64];
+    int left, back;
+    snprintf(out, sizeof out, "%s.out", srv);
+    snprintf(err, sizeof err, "%s.err", srv);
+    kill(*w, SIGKILL);
+    reap(*w, 2000);
+    if (!(left = wait_for(out, live, live_ms)))
+        printf("  %s: no '%s' within %d ms of the kill\n", out, live, live_ms);
+    *w = spawn(name, args);
+    if (!(back = wait_for(err, joined, join_ms)))
+        printf("  %s: no '%s' within %d ms of the restart\n", err, joined, join_ms);
+    return left && back;
+}
+
 static int have_bin(void)
 {
     if (access(bin, X_OK) == 0) return 1;
@@ -718,11 +739,9 @@ TEST(worker_killed_and_rejoins)
     w2 = spawn("kw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
     w3 = spawn("kw3", ARGS("worker", "--connect", addr, "--id", "3", COMMON));
     CHECK(wait_for("ksrv.out", "iter 10/", 30000));
-    kill(w2, SIGKILL);
-    reap(w2, 2000);
-    CHECK(wait_for("ksrv.out", "N_live 2", 15000));
-    w2 = spawn("kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
-    CHECK(wait_for("ksrv.err", "worker 2 joins with a copy of D_", 15000));
+    CHECK(worker_restarts(&w2, "ksrv", "N_live 2", 15000,
+                          "kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON),
+                          "worker 2 joins with a copy of D_", 15000));
     CHECK(reap(srv, 60000) == 0);
     CHECK(file_has("ksrv.out", "iter 80/80  N_live 3"));
     CHECK(reap(w1, 10000) == 0);
@@ -1210,11 +1229,9 @@ TEST(worker_restarts_through_a_slot_flood)
     f.n = 80;
     flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
     dg__tcp_sleep_ms(500);
-    kill(w2, SIGKILL);
-    reap(w2, 2000);
-    CHECK(wait_for("osrv.out", "N_live 1", 15000));
-    w2 = spawn("ow2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON4));
-    CHECK(wait_for("osrv.err", "worker 2 joins with a copy of D_", 25000));
+    CHECK(worker_restarts(&w2, "osrv", "N_live 1", 15000,
+                          "ow2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON4),
+                          "worker 2 joins with a copy of D_", 25000));
     if (flooding) {
         __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
         pthread_join(th, NULL);
@@ -1529,11 +1546,9 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     w1 = spawn("lw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON9));
     w2 = spawn("lw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
     CHECK(wait_for("lsrv.out", "iter 5/", 30000));
-    kill(w2, SIGKILL);
-    reap(w2, 2000);
-    CHECK(wait_for("lsrv.out", "N_live 1", 10000));
-    w2 = spawn("lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
-    CHECK(wait_for("lsrv.err", "worker 2 rejoins", 15000));
+    CHECK(worker_restarts(&w2, "lsrv", "N_live 1", 10000,   /* at once: --dead-ms is 30000 */
+                          "lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9),
+                          "worker 2 rejoins", 15000));
     CHECK(wait_for("lsrv.out", "N_live 2", 15000));
     kill(srv, SIGTERM);
     CHECK(reap(srv, 10000) == 0);
