@@ -388,6 +388,22 @@ static void *ping_main(void *arg)
     return NULL;
 }
 
+/* The legitimate pair of the hostile tests, in p: a server of n_peers and
+   worker 1 connected to it; 0 (nothing left open) when either could not
+   be made.  ping_main then keeps them talking. */
+static int pinger_open(pinger *p, int n_peers)
+{
+    memset(p, 0, sizeof *p);
+    CHECK_OK(make_server(&p->s, n_peers, "sesame"));
+    if (!p->s) return 0;
+    CHECK_OK(make_worker(&p->w, n_peers, 1, dg_tcp_port(p->s), "sesame", hash_a, 0));
+    if (!p->w) {
+        dg_transport_close(p->s);
+        return 0;
+    }
+    return 1;
+}
+
 static void send_all(int fd, const void *p, size_t n)
 {
     ssize_t w = write(fd, p, n);
@@ -403,13 +419,9 @@ TEST(hostile_clients)
     pthread_t th;
     long rss0, rss1;
     int fds[200], i, closed, rounds0;
-    CHECK_OK(make_server(&s, 2, "sesame"));
-    if (!s) return;
-    CHECK_OK(make_worker(&w, 2, 1, dg_tcp_port(s), "sesame", hash_a, 0));
-    if (!w) { dg_transport_close(s); return; }
-    memset(&p, 0, sizeof p);
-    p.s = s;
-    p.w = w;
+    if (!pinger_open(&p, 2)) return;
+    s = p.s;
+    w = p.w;
     pthread_create(&th, NULL, ping_main, &p);
     rss0 = rss_kb();
     /* random bytes */
@@ -908,13 +920,9 @@ TEST(declared_sizes_cost_nothing)
     pthread_t th;
     long rss0, rss1, rss2;
     int fds[10], i, in = 0, closed = 0, rounds0;
-    CHECK_OK(make_server(&s, 12, "sesame"));          /* max_message 32 MiB */
-    if (!s) return;
-    CHECK_OK(make_worker(&w, 12, 1, dg_tcp_port(s), "sesame", hash_a, 0));
-    if (!w) { dg_transport_close(s); return; }
-    memset(&p, 0, sizeof p);
-    p.s = s;
-    p.w = w;
+    if (!pinger_open(&p, 12)) return;                 /* max_message 32 MiB */
+    s = p.s;
+    w = p.w;
     pthread_create(&th, NULL, ping_main, &p);
     while (__atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE) < 20) dg__tcp_sleep_ms(10);
     rss0 = rss_kb();                                  /* the clean run */
@@ -1089,10 +1097,9 @@ TEST(a_stalled_reader_stalls_nobody)
     pinger p;
     pthread_t th, big;
     int stalled, small = 1, k, fd, rounds0, rounds1;
-    CHECK_OK(make_server(&s, 4, "sesame"));
-    if (!s) return;
-    CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
-    if (!w) { dg_transport_close(s); return; }
+    if (!pinger_open(&p, 4)) return;
+    s = p.s;
+    w = p.w;
     /* worker 2 with the smallest receive buffer, never reading */
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
@@ -1105,9 +1112,6 @@ TEST(a_stalled_reader_stalls_nobody)
     else
         close(stalled), stalled = -1;
     CHECK(stalled >= 0);
-    memset(&p, 0, sizeof p);
-    p.s = s;
-    p.w = w;
     pthread_create(&th, NULL, ping_main, &p);
     pthread_create(&big, NULL, send_big, s);          /* 8 MB to worker 2: it blocks */
     dg__tcp_sleep_ms(300);
