@@ -32,6 +32,7 @@ MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/
 # threaded tests that `make tsan` runs under ThreadSanitizer
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
 HEADERS  := distgan.h $(wildcard adacomp.h)
+TEST_HDRS := $(wildcard tests/*.h)
 
 .PHONY: all test tsan bench bench-deps deps fuzz demo data eval experiment clean help
 
@@ -74,15 +75,15 @@ bench-deps: deps
 $(B) $(B)/asan $(B)/tsan $(B)/fuzz:
 	@mkdir -p $@
 
-$(B)/%: tests/%.c tests/harness.h $(HEADERS) | $(B)
-	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
-$(B)/asan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/asan
-	$(CC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
-$(B)/tsan/%: tests/%.c tests/harness.h $(HEADERS) | $(B)/tsan
-	$(CC) $(CSTD) $(WARN) -O1 -g -fsanitize=thread -o $@ $< $(LDLIBS)
-$(B)/mpi_%: tests/mpi_%.c tests/harness.h $(HEADERS) | $(B)
+$(B)/%: tests/%.c $(TEST_HDRS) $(HEADERS) | $(B)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) -I$(B) -o $@ $< $(LDLIBS)
+$(B)/asan/%: tests/%.c $(TEST_HDRS) $(HEADERS) | $(B)/asan
+	$(CC) $(CSTD) $(WARN) $(SAN) -I$(B) -o $@ $< $(LDLIBS)
+$(B)/tsan/%: tests/%.c $(TEST_HDRS) $(HEADERS) | $(B)/tsan
+	$(CC) $(CSTD) $(WARN) -O1 -g -fsanitize=thread -I$(B) -o $@ $< $(LDLIBS)
+$(B)/mpi_%: tests/mpi_%.c $(TEST_HDRS) $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
-$(B)/asan/mpi_%: tests/mpi_%.c tests/harness.h $(HEADERS) | $(B)/asan
+$(B)/asan/mpi_%: tests/mpi_%.c $(TEST_HDRS) $(HEADERS) | $(B)/asan
 	$(MPICC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
 $(B)/bench_mpi_%: bench/mpi_%.c bench/bench_common.h $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
@@ -130,6 +131,19 @@ experiment: deps data $(B)/distgan
 # ---- tests ----
 # test_tcp starts real server and worker processes of build/distgan_tcp
 $(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
+# test_readme_example compiles the MD-GAN example in distgan.h's top comment
+# as the header has it (-I$(B) in the test rules finds the copy): the lines
+# after the one naming tests/test_readme_example.c and ending in ':', up to
+# the next blank line.  #line keeps the compiler's messages on distgan.h's
+# lines; the last line counts them, and the test refuses to compile without it.
+$(B)/readme_example.inc: distgan.h | $(B)
+	@awk '/tests\/test_readme_example\.c.*:[ \t]*$$/ { on = 1; printf "#line %d \"distgan.h\"\n", NR + 1; next } \
+	  on && /\*\// { exit } \
+	  on && /^[ \t]*$$/ { if (n) exit; print; next } \
+	  on { print; n++ } \
+	  END { if (n < 10) { print "distgan.h: no example after the line naming tests/test_readme_example.c" > "/dev/stderr"; exit 1 } \
+	        printf "#define README_EXAMPLE_LINES %d\n", n }' distgan.h >$@.tmp && mv $@.tmp $@ || { rm -f $@.tmp; exit 1; }
+$(B)/test_readme_example $(B)/asan/test_readme_example $(B)/tsan/test_readme_example: $(B)/readme_example.inc
 # test_cli runs every program with bad options
 $(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/plot
 

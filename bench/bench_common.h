@@ -21,24 +21,45 @@ static inline double bench_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Best time of `reps` rounds, each round repeating fn until it has run at
-   least min_s seconds; returns seconds per call. */
-static inline double bench_time(void (*fn)(void *), void *arg, double min_s, int reps)
+/* CPU time of the whole process (every thread's, spinning included). */
+static inline double bench_cpu_now(void)
 {
-    double best = 1e30;
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Best time of `reps` rounds, each round repeating fn until it has run at
+   least min_s seconds, after `warmup` calls (page faults, caches, thread
+   wake-up); returns seconds per call.  cpu_s, when not NULL, gets the
+   process's CPU seconds per call of the round that used the least: on a
+   busy host the CPU time moves less than the wall time. */
+static inline double bench_time_cpu(void (*fn)(void *), void *arg, int warmup, double min_s,
+                                    int reps, double *cpu_s)
+{
+    double best = 1e30, cpu_best = 1e30;
     int r;
-    fn(arg); /* warm-up: page faults, caches, thread wake-up */
+    for (r = 0; r < warmup; r++) fn(arg);
     for (r = 0; r < reps; r++) {
-        double t0 = bench_now(), t;
+        double t0 = bench_now(), c0 = bench_cpu_now(), t, c;
         long n = 0;
         do {
             fn(arg);
             n++;
             t = bench_now() - t0;
         } while (t < min_s);
+        c = bench_cpu_now() - c0;
         if (t / n < best) best = t / n;
+        if (c / n < cpu_best) cpu_best = c / n;
     }
+    if (cpu_s) *cpu_s = cpu_best;
     return best;
+}
+
+/* bench_time_cpu after one warm-up call, wall time only */
+static inline double bench_time(void (*fn)(void *), void *arg, double min_s, int reps)
+{
+    return bench_time_cpu(fn, arg, 1, min_s, reps, NULL);
 }
 
 /* OpenBLAS at its best: the variables this machine sets for old OpenBLAS

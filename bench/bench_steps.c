@@ -69,34 +69,12 @@ static void sgd_step(void *arg)
     }
 }
 
-static double cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* bench_time's rounds, also keeping the process's CPU time per step of
-   the round with the least (every thread's, spinning included): on a busy
-   host the CPU time moves less than the wall time. */
+/* bench_time_cpu with the settings above, in milliseconds */
 static double best_ms(void (*fn)(void *), void *arg, double *cpu_ms)
 {
-    double best = 1e30, cpu_best = 1e30;
-    int i, r;
-    for (i = 0; i < WARMUP; i++) fn(arg);
-    for (r = 0; r < ROUNDS; r++) {
-        double t0 = bench_now(), c0 = cpu_now(), t;
-        long n = 0;
-        do {
-            fn(arg);
-            n++;
-            t = bench_now() - t0;
-        } while (t < ROUND_S);
-        if (t / n < best) best = t / n;
-        if ((cpu_now() - c0) / n < cpu_best) cpu_best = (cpu_now() - c0) / n;
-    }
-    *cpu_ms = 1e3 * cpu_best;
-    return 1e3 * best;
+    double ms = 1e3 * bench_time_cpu(fn, arg, WARMUP, ROUND_S, ROUNDS, cpu_ms);
+    *cpu_ms *= 1e3;
+    return ms;
 }
 
 /* The line's tail: the PyTorch figure for the same configuration. */

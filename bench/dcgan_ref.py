@@ -2,14 +2,15 @@
 bench_dcgan.c, same layers, initialisation, loss (BCE with logits,
 non-saturating G loss) and optimiser (Adam 2e-4, betas 0.5/0.999).
 
-usage: python3 dcgan_ref.py THREADS STEPS  ->  prints "ms=<best ms per step> rss_mb=<peak>"
+usage: python3 dcgan_ref.py THREADS STEPS  ->  prints "ms=<best ms per step>
+cpu_ms=<least CPU ms of a step> rss_mb=<peak>", after three warm-up steps
 """
-import resource
 import sys
-import time
 
 import torch
 import torch.nn as nn
+
+import ref_common
 
 threads, steps = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
@@ -25,40 +26,8 @@ D = nn.Sequential(
     nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2),
     nn.Conv2d(64, 128, 4, 2, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
     nn.Flatten(), nn.Linear(128 * 7 * 7, 1))
-for m in list(G.modules()) + list(D.modules()):
-    if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.zeros_(m.bias)
-optG = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-bce = nn.BCEWithLogitsLoss()
-real = torch.rand(B, 1, 28, 28) * 2 - 1
-ones, zeros = torch.ones(B, 1), torch.zeros(B, 1)
+ref_common.init(list(G.modules()) + list(D.modules()))
+step = ref_common.gan_step(G, D, Z, torch.rand(B, 1, 28, 28) * 2 - 1)
 
-
-def step():
-    z = torch.randn(B, Z)
-    fake = G(z)
-    optD.zero_grad()
-    bce(D(real), ones).backward()
-    bce(D(fake.detach()), zeros).backward()
-    optD.step()
-    optG.zero_grad()
-    bce(D(fake), ones).backward()
-    optG.step()
-
-
-for _ in range(3):
-    step()
-best = float("inf")
-cpu0 = time.process_time()
-for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    best = min(best, time.perf_counter() - t0)
-cpu = (time.process_time() - cpu0) / steps
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-print("ms=%.2f cpu_ms=%.2f rss_mb=%.1f" % (best * 1e3, cpu * 1e3, rss))
+best, cpu = ref_common.best_time(step, 3, steps, 0.0)
+print("ms=%.2f cpu_ms=%.2f rss_mb=%.1f" % (best * 1e3, cpu * 1e3, ref_common.rss_mb()))

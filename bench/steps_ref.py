@@ -23,23 +23,16 @@ Timing, as bench_time() in bench_common.h with bench_steps.c's settings:
 ten warm-up steps, then 15 rounds that each run steps for at least 50 ms;
 the best round's mean (short rounds find the host's quiet moments).
 """
-import resource
 import sys
-import time
 
 import torch
 import torch.nn as nn
 
+import ref_common
+
 mode, B, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-
-
-def init(modules):
-    for m in modules:
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            nn.init.zeros_(m.bias)
 
 
 if mode == "gan_mlp":
@@ -52,23 +45,9 @@ if mode == "gan_mlp":
         nn.Linear(D_IN, 512), nn.LeakyReLU(0.2),
         nn.Linear(512, 512), nn.LeakyReLU(0.2),
         nn.Linear(512, 1))
-    init(list(G.modules()) + list(D.modules()))
-    optG = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), eps=1e-8)
-    optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), eps=1e-8)
-    bce = nn.BCEWithLogitsLoss()
-    real = torch.rand(B, D_IN) * 2 - 1
-    ones, zeros = torch.ones(B, 1), torch.zeros(B, 1)
+    ref_common.init(list(G.modules()) + list(D.modules()))
+    step = ref_common.gan_step(G, D, Z, torch.rand(B, D_IN) * 2 - 1)
     params = sum(p.numel() for p in G.parameters()) + sum(p.numel() for p in D.parameters())
-
-    def step():
-        fake = G(torch.randn(B, Z))
-        optD.zero_grad()
-        bce(D(real), ones).backward()
-        bce(D(fake.detach()), zeros).backward()
-        optD.step()
-        optG.zero_grad()
-        bce(D(fake), ones).backward()
-        optG.step()
 elif mode == "sgd_cnn":
     net = nn.Sequential(
         nn.Conv2d(1, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2),
@@ -88,18 +67,5 @@ elif mode == "sgd_cnn":
 else:
     sys.exit("unknown mode " + mode)
 
-for _ in range(10):
-    step()
-best = cpu = float("inf")
-for _ in range(15):
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while True:
-        step()
-        n += 1
-        t = time.perf_counter() - t0
-        if t >= 0.05:
-            break
-    best = min(best, t / n)
-    cpu = min(cpu, (time.process_time() - c0) / n)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-print("params=%d ms=%.4f cpu_ms=%.4f rss_mb=%.1f" % (params, best * 1e3, cpu * 1e3, rss))
+best, cpu = ref_common.best_time(step, 10, 15, 0.05)
+print("params=%d ms=%.4f cpu_ms=%.4f rss_mb=%.1f" % (params, best * 1e3, cpu * 1e3, ref_common.rss_mb()))

@@ -929,13 +929,21 @@ static void set_update(ac_update *u, const uint32_t *idx, uint32_t n, uint64_t t
     u->t_pull = t_pull;
 }
 
+/* u, for pushes to the server's layout, over one buffer the server tests
+   share (they run one at a time; ac_update_init copies the layout) */
+static void sv_update_init(ac_update *u)
+{
+    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
+    ac_layout layout = {3, sv_sizes};
+    CHECK_OK(ac_update_init(u, &layout, SV_TOTAL, mem, sizeof mem));
+}
+
 /* Random pushes with staleness up to max_back, applied through packets,
    against a brute-force count over the history kept here.  Returns the
    number of pushes staler than 64 (the old fixed window). */
 static int sigma_against_brute_force(const ac_server_config *sc, uint32_t max_back, int steps)
 {
     static sv_history hist;
-    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
     static unsigned char pkt[2048];
     ac_layout layout = {3, sv_sizes};
     ac_server *s;
@@ -945,7 +953,7 @@ static int sigma_against_brute_force(const ac_server_config *sc, uint32_t max_ba
     int step, bad_sigma = 0, bad_w = 0, old = 0;
     memset(w, 0, sizeof w);
     CHECK_OK(ac_server_init(&s, &layout, w, sc));
-    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    sv_update_init(&u);
     hist.n = 0;
     for (step = 0; step < steps && step < 1200; step++) {
         uint64_t t = ac_server_clock(s), back = rnd_below(max_back + 1), lab;
@@ -1004,7 +1012,6 @@ TEST(sigma_exact_at_any_staleness)
    and it changes nothing. */
 TEST(history_grows_within_its_cap)
 {
-    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
     ac_layout layout = {3, sv_sizes};
     ac_server_config sc = ac_server_config_init();
     ac_server *s;
@@ -1016,7 +1023,7 @@ TEST(history_grows_within_its_cap)
     sc.history_bytes = SV_TOTAL * 8 * (1 + 4);   /* 4 words: tau <= 256 */
     memset(w, 0, sizeof w);
     CHECK_OK(ac_server_init(&s, &layout, w, &sc));
-    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    sv_update_init(&u);
     CHECK(ac_server_stats(s).history_bytes == SV_TOTAL * 16);
     allocs = t_allocs;
     for (i = 0; i < 300; i++) {      /* tau = i: every push touches everything */
@@ -1059,7 +1066,6 @@ TEST(history_grows_within_its_cap)
    history has already forgotten: refused, never undercounted. */
 TEST(history_never_undercounts)
 {
-    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
     ac_layout layout = {3, sv_sizes};
     ac_server_config sc = ac_server_config_init();
     ac_server *s;
@@ -1069,7 +1075,7 @@ TEST(history_never_undercounts)
     uint64_t i;
     memset(w, 0, sizeof w);
     CHECK_OK(ac_server_init(&s, &layout, w, &sc));
-    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    sv_update_init(&u);
     for (i = 0; i < 200; i++) {     /* fresh pushes of index 5: tau = 0 */
         set_update(&u, one, 1, i);
         CHECK_OK(ac_server_apply(s, &u));
@@ -1117,13 +1123,11 @@ static ac_server *make_server(float *w, ac_staleness st, uint64_t max_staleness)
 
 TEST(modulation_modes)
 {
-    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
-    ac_layout layout = {3, sv_sizes};
     ac_update u;
     float w[SV_TOTAL];
     uint32_t one[] = {3};
     ac_server *s;
-    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    sv_update_init(&u);
 
     /* sigma: tau = 0 gives scale 1, however often 3 was touched before */
     s = make_server(w, AC_STALENESS_SIGMA, 0);
@@ -1150,14 +1154,12 @@ TEST(modulation_modes)
 
 TEST(too_old_and_future_updates)
 {
-    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
-    ac_layout layout = {3, sv_sizes};
     ac_update u;
     float w[SV_TOTAL];
     uint32_t one[] = {60}, sigma[1];
     ac_server *s;
     ac_stats st;
-    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    sv_update_init(&u);
 
     s = make_server(w, AC_STALENESS_SIGMA, 4);
     touch_all(s, &u, 10);
@@ -1187,13 +1189,11 @@ TEST(too_old_and_future_updates)
    push by default, however stale: no bound unless max_staleness sets one. */
 TEST(plain_asgd_applies_every_push)
 {
-    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
-    ac_layout layout = {3, sv_sizes};
     ac_update u;
     float w[SV_TOTAL];
     uint32_t one[] = {60};
     ac_server *s;
-    CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+    sv_update_init(&u);
     s = make_server(w, AC_STALENESS_CONSTANT, 0);
     touch_all(s, &u, 500);
     CHECK(push_one(s, &u, one, 0, 1.0f, w, 0.0f) == -0.25f);  /* tau = 500 */
@@ -1251,14 +1251,12 @@ TEST(server_refuses_bad_updates_and_counts_bytes)
    decoder) is checked for NaN/Inf before anything changes. */
 TEST(apply_refuses_non_finite_values)
 {
-    static uint32_t mem[3 * 2 + SV_TOTAL * 2];
-    ac_layout layout = {3, sv_sizes};
     ac_update u;
     uint32_t idx[] = {1, 2, 80}, st, sigma[3];
     float w[SV_TOTAL], before[SV_TOTAL];
     for (st = AC_STALENESS_SIGMA; st <= AC_STALENESS_CONSTANT; st++) {
         ac_server *s = make_server(w, (ac_staleness)st, 0);
-        CHECK_OK(ac_update_init(&u, &layout, SV_TOTAL, mem, sizeof mem));
+        sv_update_init(&u);
         set_update(&u, idx, 3, 0);
         u.value[2] = st == AC_STALENESS_TAU ? -INFINITY : NAN;
         memcpy(before, w, sizeof w);

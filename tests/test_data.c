@@ -31,19 +31,9 @@ static void *t_realloc(void *p, size_t n)
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
-
-static char tmpdir[256];
+#include "scratch.h"
 
 static void alloc_reset(void) { t_max_alloc = t_n_alloc = 0; }
-
-static const char *tpath(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
 
 static int write_file(const char *path, const void *data, size_t n)
 {
@@ -53,13 +43,6 @@ static int write_file(const char *path, const void *data, size_t n)
     w = fwrite(data, 1, n, f);
     fclose(f);
     return w == n;
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-    if (system(cmd) != 0) printf("  (cleanup of %s failed)\n", path);
 }
 
 static int msg_has(const char *needle)
@@ -1087,12 +1070,7 @@ TEST(dataset_open)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/dg_test_data_XXXXXX", base ? base : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        printf("cannot create a temporary folder\n");
-        return 1;
-    }
+    if (!scratch_create("data")) return 1;
     RUN(idx_raw);
     RUN(idx_gzip_stored);
     RUN(idx_gzip_real);
@@ -1111,6 +1089,6 @@ int main(void)
     RUN(png_grid);
     RUN(shapes);
     RUN(dataset_open);
-    rm_rf(tmpdir);
+    scratch_remove();
     return th_done();
 }

@@ -276,20 +276,40 @@ TEST(swap_is_derangement_and_counts_theta)
     }
 }
 
-TEST(flgan_traffic_matches_formulas)
-{
-    enum { N = 3, ROUNDS = 2 };
+/* An in-process FL-GAN run of c (with its crashes) on make_data(n, seed) in
+   i.i.d. shards, and what it is built on */
+typedef struct fl_fixture {
     dg_dataset ds;
     dg_partition part;
     dg_flgan_run *run;
+} fl_fixture;
+
+static dg_flgan_run *fl_start(fl_fixture *f, const dg_flgan_config *c, size_t n, uint64_t seed,
+                              const dg_fault *crash, int n_crash)
+{
+    memset(f, 0, sizeof *f);
+    make_data(&f->ds, n, seed);
+    CHECK_OK(dg_partition_iid(&f->part, f->ds.n, c->n_workers, 5));
+    CHECK_OK(dg_flgan_run_create(&f->run, c, pool2, &f->ds, &f->part, crash, n_crash));
+    return f->run;
+}
+
+static void fl_end(fl_fixture *f)
+{
+    dg_flgan_run_free(f->run);
+    dg_partition_free(&f->part);
+    dg_dataset_free(&f->ds);
+}
+
+TEST(flgan_traffic_matches_formulas)
+{
+    enum { N = 3, ROUNDS = 2 };
+    fl_fixture f;
     dg_flgan_config c = small_flgan_config(N, 2);
+    dg_flgan_run *run = fl_start(&f, &c, 48, 3, NULL, 0);
     uint64_t w_theta;
     int n, r;
-    dg_transport *t;
-    make_data(&ds, 48, 3);
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
-    t = dg_flgan_run_transport(run);
+    dg_transport *t = dg_flgan_run_transport(run);
     for (r = 0; r < ROUNDS; r++) CHECK_OK(dg_flgan_run_round(run));
     /* |w| + |θ| each way per worker per round (+ batchnorm state, none in
        the MLP) */
@@ -303,9 +323,7 @@ TEST(flgan_traffic_matches_formulas)
     }
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->rounds == ROUNDS);
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->iterations == ROUNDS * 2);
-    dg_flgan_run_free(run);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    fl_end(&f);
 }
 
 /* Equal shards and local_iters: the average of N identical starts trained
@@ -314,17 +332,14 @@ TEST(flgan_traffic_matches_formulas)
 TEST(flgan_averages_and_broadcasts)
 {
     enum { N = 2 };
-    dg_dataset ds;
-    dg_partition part;
+    fl_fixture f;
     dg_flgan_run *run;
     dg_flgan_config c = small_flgan_config(N, 1);
     dg_net *g;
     size_t np, i;
     double err = 0.0;
-    make_data(&ds, 32, 4);
     c.average_optimizer = 1;
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
+    run = fl_start(&f, &c, 32, 4, NULL, 0);
     CHECK_OK(dg_flgan_run_round(run));
     g = dg_flgan_server_generator(dg_flgan_run_server(run));
     np = dg_net_param_count(g);
@@ -338,9 +353,7 @@ TEST(flgan_averages_and_broadcasts)
         CHECK(memcmp(a, b, 4 * np) != 0);
     }
     CHECK(err < 1e-6);
-    dg_flgan_run_free(run);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    fl_end(&f);
 }
 
 /* ---- N = 1, k = 1, L = 1 is the standalone GAN, bit for bit ----
@@ -554,23 +567,17 @@ TEST(crash_and_join)
 TEST(flgan_crash_continues)
 {
     enum { N = 3 };
-    dg_dataset ds;
-    dg_partition part;
-    dg_flgan_run *run;
+    fl_fixture f;
     dg_flgan_config c = small_flgan_config(N, 1);
     dg_fault crash[1] = {{3, 1}};
-    make_data(&ds, 48, 8);
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, crash, 1));
+    dg_flgan_run *run = fl_start(&f, &c, 48, 8, crash, 1);
     CHECK_OK(dg_flgan_run_round(run));
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 3);
     CHECK_OK(dg_flgan_run_round(run));
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 2);
     CHECK_OK(dg_flgan_run_round(run));
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 2);
-    dg_flgan_run_free(run);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    fl_end(&f);
 }
 
 /* ---- checkpoint and resume: 3 + 3 iterations equal 6 ---- */
@@ -655,26 +662,27 @@ TEST(config_checks)
 }
 
 /* ---- issue 10: faulty and hostile workers (a transport that tampers with
-   one worker's messages: the roles never know) ---- */
+   one worker's messages: the roles never know) ----
+   The library's fault transport scales a worker's messages (feedback_clip
+   below uses it) or makes every value NaN; tamper does what it cannot: one
+   NaN among finite values (a check of the first value only would miss
+   it), and a message 7 floats too long. */
 
-enum { TAMPER_SCALE = 1, TAMPER_NAN, TAMPER_SHAPE };
+enum { TAMPER_NAN = 1, TAMPER_SHAPE };
 
 typedef struct tamper {
     dg_transport base;
     dg_transport *inner;
     int type, from, mode;
-    float scale;
     void *own_pool;
 } tamper;
 
 static dg_result tamper_send(dg_transport *t, dg_msg *m)
 {
     tamper *w = (tamper *)t->impl;
-    if (w->mode && m->type == w->type && m->from == w->from && m->n_parts > 0) {
+    if (m->type == w->type && m->from == w->from && m->n_parts > 0) {
         float *f = (float *)m->part[0].data;
-        size_t i, n = m->part[0].count;
-        if (w->mode == TAMPER_SCALE)
-            for (i = 0; i < n; i++) f[i] *= w->scale;
+        size_t n = m->part[0].count;
         if (w->mode == TAMPER_NAN) f[n / 2] = NAN;
         if (w->mode == TAMPER_SHAPE) { /* 7 floats too many, as in the audit */
             dg_part_kind k = DG_PART_F32;
@@ -711,12 +719,18 @@ static void tamper_close(dg_transport *t)
     free(w);
 }
 
-/* mode 0: a plain in-process transport behind the wrapper */
-static dg_transport *tamper_create(int n_peers, int type, int from, int mode, float scale)
+/* the rig's in-process transport: room for every message of an iteration */
+static dg_transport *rig_transport(int n_peers)
+{
+    dg_transport *t = NULL;
+    CHECK_OK(dg_inproc_create(&t, n_peers, 4 * n_peers + 64, 0));
+    return t;
+}
+
+static dg_transport *tamper_create(int n_peers, int type, int from, int mode)
 {
     tamper *w = (tamper *)calloc(1, sizeof *w);
-    if (!w || dg_inproc_create(&w->inner, n_peers, 4 * n_peers + 64, 0) != DG_OK ||
-        dg_transport_base_init(&w->base, n_peers) != DG_OK)
+    if (!w || !(w->inner = rig_transport(n_peers)) || dg_transport_base_init(&w->base, n_peers) != DG_OK)
         return NULL;
     w->own_pool = w->base.msg_pool;
     w->base.msg_pool = w->inner->msg_pool; /* one pool: buffers travel both ways */
@@ -728,7 +742,6 @@ static dg_transport *tamper_create(int n_peers, int type, int from, int mode, fl
     w->type = type;
     w->from = from;
     w->mode = mode;
-    w->scale = scale;
     return &w->base;
 }
 
@@ -831,7 +844,7 @@ static void bad_feedback(int mode, const char *logged)
     make_data(&ds, 128, 5);
     rig_log_buf[0] = 0;
     c.log = rig_log;
-    rig_mdgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_FEEDBACK, 2, mode, 0));
+    rig_mdgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_FEEDBACK, 2, mode));
     for (it = 0; it < 3 && ok; it++) ok = dg_mdgan_server_stats(r.s)->iteration == it &&
                                             rig_step(&r) == DG_OK;
     CHECK(ok);
@@ -935,16 +948,14 @@ TEST(flgan_nan_model_rejected)
 {
     enum { N = 3 };
     dg_dataset ds;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(N, 2);
     rig r;
     size_t i, np;
     int it;
     make_data(&ds, 96, 5);
-    c.n_workers = N; c.c = 1; c.h = c.w = 8; c.arch = DG_ARCH_MLP; c.z_dim = 16; c.batch = 8;
-    c.local_iters = 2;
     rig_log_buf[0] = 0;
     c.log = rig_log;
-    rig_flgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_MODEL, 1, TAMPER_NAN, 0));
+    rig_flgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_MODEL, 1, TAMPER_NAN));
     for (it = 0; it < 2; it++) CHECK_OK(rig_step(&r));
     CHECK(dg_flgan_server_stats(r.fs)->rounds == 2);
     CHECK(dg_flgan_server_stats(r.fs)->n_live == N - 1);
@@ -988,17 +999,15 @@ TEST(flgan_shard_size_claims_refused)
 {
     enum { N = 3 };
     dg_dataset ds;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(N, 1);
     rig r;
     int claim;
     make_data(&ds, 96, 5);
-    c.n_workers = N; c.c = 1; c.h = c.w = 8; c.arch = DG_ARCH_MLP; c.z_dim = 16; c.batch = 8;
-    c.local_iters = 1;
     c.max_shard = (int64_t)ds.n;
     c.log = rig_log;
     for (claim = 0; claim < 2; claim++) {
         rig_log_buf[0] = 0;
-        rig_flgan(&r, &c, &ds, tamper_create(N + 1, 0, 0, 0, 0));
+        rig_flgan(&r, &c, &ds, rig_transport(N + 1));
         if (claim == 0) { /* a huge first claim */
             CHECK_OK(flgan_round_claiming(&r, 1000000000));
         } else { /* an honest first round, then a change within the bound */
@@ -1020,9 +1029,8 @@ TEST(stop_reaches_every_worker)
 {
     enum { N = 3 };
     dg_mdgan_config mc = small_config(N);
-    dg_flgan_config fc = dg_flgan_config_init();
+    dg_flgan_config fc = small_flgan_config(N, 0);
     int algo, n;
-    fc.n_workers = N; fc.c = 1; fc.h = fc.w = 8; fc.arch = DG_ARCH_MLP; fc.z_dim = 16; fc.batch = 8;
     for (algo = 0; algo < 2; algo++) {
         dg_transport *t;
         dg_mdgan_server *s = NULL;
@@ -1227,12 +1235,10 @@ TEST(flgan_worker_rejoins)
 {
     enum { N = 3 };
     dg_dataset ds;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(N, 2);
     rig r;
     make_data(&ds, 96, 5);
-    c.n_workers = N; c.c = 1; c.h = c.w = 8; c.arch = DG_ARCH_MLP; c.z_dim = 16; c.batch = 8;
-    c.local_iters = 2;
-    rig_flgan(&r, &c, &ds, tamper_create(N + 1, 0, 0, 0, 0));
+    rig_flgan(&r, &c, &ds, rig_transport(N + 1));
     CHECK_OK(rig_step(&r));
     CHECK_OK(dg_flgan_server_drop_worker(r.fs, 2, "test"));
     CHECK(dg_flgan_server_add_worker(r.fs, 1) == DG_ERR_ARG);
@@ -1264,13 +1270,15 @@ static float *summed_feedback(float scale, float clip, size_t *n)
     enum { N = 10 };
     dg_dataset ds;
     dg_mdgan_config c = small_config(N);
+    dg_fault_spec scaled = {DG_FAULT_SCALE, 1, DG_MSG_FEEDBACK, 0, scale};
+    dg_transport *t = NULL;
     float *dy;
     rig r;
     make_data(&ds, 640, 21);
     c.batch = 16;
     c.feedback_clip = clip;
-    rig_mdgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_FEEDBACK, 1, scale != 1 ? TAMPER_SCALE : 0,
-                                        scale));
+    CHECK_OK(dg_fault_transport_create(&t, rig_transport(N + 1), &scaled, scale != 1));
+    rig_mdgan(&r, &c, &ds, t);
     CHECK_OK(rig_step(&r));
     *n = (size_t)c.batch * 64;
     dy = (float *)malloc(4 * *n);

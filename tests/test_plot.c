@@ -8,15 +8,7 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
-
-static char tmpdir[256];
-
-static const char *tpath(const char *name)
-{
-    static char buf[512];
-    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
-    return buf;
-}
+#include "scratch.h"
 
 /* pixels of colour rgb in the box [x0, x1) x [y0, y1) of an RGB image */
 static int count(const unsigned char *px, int w, int x0, int y0, int x1, int y1, const uint8_t rgb[3])
@@ -118,17 +110,10 @@ TEST(refusals)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR");
-    char cmd[300];
-    snprintf(tmpdir, sizeof tmpdir, "%s/dg_test_plot_XXXXXX", base ? base : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        printf("cannot create a temporary folder\n");
-        return 1;
-    }
+    if (!scratch_create("plot")) return 1;
     RUN(line_plot);
     RUN(log_axis_and_gaps);
     RUN(refusals);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) printf("  (cleanup of %s failed)\n", tmpdir);
+    scratch_remove();
     return th_done();
 }

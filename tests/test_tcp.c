@@ -388,6 +388,22 @@ static void *ping_main(void *arg)
     return NULL;
 }
 
+/* The legitimate pair of the hostile tests, in p: a server of n_peers and
+   worker 1 connected to it; 0 (nothing left open) when either could not
+   be made.  ping_main then keeps them talking. */
+static int pinger_open(pinger *p, int n_peers)
+{
+    memset(p, 0, sizeof *p);
+    CHECK_OK(make_server(&p->s, n_peers, "sesame"));
+    if (!p->s) return 0;
+    CHECK_OK(make_worker(&p->w, n_peers, 1, dg_tcp_port(p->s), "sesame", hash_a, 0));
+    if (!p->w) {
+        dg_transport_close(p->s);
+        return 0;
+    }
+    return 1;
+}
+
 static void send_all(int fd, const void *p, size_t n)
 {
     ssize_t w = write(fd, p, n);
@@ -403,13 +419,9 @@ TEST(hostile_clients)
     pthread_t th;
     long rss0, rss1;
     int fds[200], i, closed, rounds0;
-    CHECK_OK(make_server(&s, 2, "sesame"));
-    if (!s) return;
-    CHECK_OK(make_worker(&w, 2, 1, dg_tcp_port(s), "sesame", hash_a, 0));
-    if (!w) { dg_transport_close(s); return; }
-    memset(&p, 0, sizeof p);
-    p.s = s;
-    p.w = w;
+    if (!pinger_open(&p, 2)) return;
+    s = p.s;
+    w = p.w;
     pthread_create(&th, NULL, ping_main, &p);
     rss0 = rss_kb();
     /* random bytes */
@@ -582,6 +594,27 @@ static void show(const char *name)
 
 #define ARGS(...) ((char *const[]){(char *)bin, __VA_ARGS__, NULL})
 
+/* kill -9 of the worker *w, which the server <srv> (its srv.out and
+   srv.err) must see as `live` within live_ms; then its restart, <name>
+   with args, which the server must take back (logging `joined`) within
+   join_ms.  1 when both were seen, else says which was not. */
+static int worker_restarts(pid_t *w, const char *srv, const char *live, int live_ms,
+                           const char *name, char *const *args, const char *joined, int join_ms)
+{
+    char out[64], err[64];
+    int left, back;
+    snprintf(out, sizeof out, "%s.out", srv);
+    snprintf(err, sizeof err, "%s.err", srv);
+    kill(*w, SIGKILL);
+    reap(*w, 2000);
+    if (!(left = wait_for(out, live, live_ms)))
+        printf("  %s: no '%s' within %d ms of the kill\n", out, live, live_ms);
+    *w = spawn(name, args);
+    if (!(back = wait_for(err, joined, join_ms)))
+        printf("  %s: no '%s' within %d ms of the restart\n", err, joined, join_ms);
+    return left && back;
+}
+
 static int have_bin(void)
 {
     if (access(bin, X_OK) == 0) return 1;
@@ -611,56 +644,50 @@ static float *read_floats(const char *name, size_t *n)
 #define BATCH 16
 #define ITERS 12   /* a swap every round(160 / 16) = 10 iterations: one swap */
 
-static void inproc_mdgan(float **g, size_t *n)
-{
-    dg_dataset ds;
-    dg_partition part;
-    dg_pool *pool;
-    dg_mdgan_run *run;
-    dg_mdgan_config c = dg_mdgan_config_init();
-    int i;
-    *g = NULL;
-    memset(&ds, 0, sizeof ds);
-    dg_dataset_make_shapes(&ds, 640, 1);
-    dg_partition_iid(&part, ds.n, NW, 1);
-    dg_pool_create(&pool, 1);
-    c.n_workers = NW; c.c = ds.c; c.h = ds.h; c.w = ds.w; c.arch = DG_ARCH_MLP; c.batch = BATCH;
-    c.seed = 1;
-    if (dg_mdgan_run_create(&run, &c, pool, &ds, &part, NULL, 0, NULL, 0) == DG_OK) {
-        for (i = 0; i < ITERS; i++) dg_mdgan_run_iteration(run);
-        *n = dg_net_param_count(dg_mdgan_server_generator(dg_mdgan_run_server(run)));
-        *g = (float *)malloc(*n * sizeof(float));
-        memcpy(*g, dg_net_params(dg_mdgan_server_generator(dg_mdgan_run_server(run))), *n * 4);
-        dg_mdgan_run_free(run);
-    }
-    dg_pool_destroy(pool);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
-}
+/* the run's settings in an MD-GAN or an FL-GAN config, as distgan_tcp sets them */
+#define TCP_RUN(cfg, ds)                                                          \
+    ((cfg).n_workers = NW, (cfg).c = (ds).c, (cfg).h = (ds).h, (cfg).w = (ds).w, \
+     (cfg).arch = DG_ARCH_MLP, (cfg).batch = BATCH, (cfg).seed = 1)
 
-static void inproc_flgan(float **g, size_t *n, int rounds)
+/* G (copied into *g, *n floats) of the in-process run the TCP run must
+   equal: `rounds` MD-GAN iterations, or FL-GAN rounds of 3 local iterations */
+static void inproc_g(int md, int rounds, float **g, size_t *n)
 {
     dg_dataset ds;
     dg_partition part;
     dg_pool *pool;
-    dg_flgan_run *run;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_mdgan_run *mr = NULL;
+    dg_flgan_run *fr = NULL;
+    dg_net *gen = NULL;
     int i;
     *g = NULL;
     memset(&ds, 0, sizeof ds);
     dg_dataset_make_shapes(&ds, 640, 1);
     dg_partition_iid(&part, ds.n, NW, 1);
     dg_pool_create(&pool, 1);
-    c.n_workers = NW; c.c = ds.c; c.h = ds.h; c.w = ds.w; c.arch = DG_ARCH_MLP; c.batch = BATCH;
-    c.seed = 1;
-    c.local_iters = 3;
-    if (dg_flgan_run_create(&run, &c, pool, &ds, &part, NULL, 0) == DG_OK) {
-        for (i = 0; i < rounds; i++) dg_flgan_run_round(run);
-        *n = dg_net_param_count(dg_flgan_server_generator(dg_flgan_run_server(run)));
-        *g = (float *)malloc(*n * sizeof(float));
-        memcpy(*g, dg_net_params(dg_flgan_server_generator(dg_flgan_run_server(run))), *n * 4);
-        dg_flgan_run_free(run);
+    if (md) {
+        dg_mdgan_config c = dg_mdgan_config_init();
+        TCP_RUN(c, ds);
+        if (dg_mdgan_run_create(&mr, &c, pool, &ds, &part, NULL, 0, NULL, 0) == DG_OK) {
+            for (i = 0; i < rounds; i++) dg_mdgan_run_iteration(mr);
+            gen = dg_mdgan_server_generator(dg_mdgan_run_server(mr));
+        }
+    } else {
+        dg_flgan_config c = dg_flgan_config_init();
+        TCP_RUN(c, ds);
+        c.local_iters = 3;
+        if (dg_flgan_run_create(&fr, &c, pool, &ds, &part, NULL, 0) == DG_OK) {
+            for (i = 0; i < rounds; i++) dg_flgan_run_round(fr);
+            gen = dg_flgan_server_generator(dg_flgan_run_server(fr));
+        }
     }
+    if (gen) {
+        *n = dg_net_param_count(gen);
+        *g = (float *)malloc(*n * sizeof(float));
+        memcpy(*g, dg_net_params(gen), *n * 4);
+    }
+    dg_mdgan_run_free(mr);
+    dg_flgan_run_free(fr);
     dg_pool_destroy(pool);
     dg_partition_free(&part);
     dg_dataset_free(&ds);
@@ -696,8 +723,7 @@ static void tcp_vs_inproc(const char *algo)
     for (i = 0; i < NW; i++)
         if (reap(wk[i], 10000) != 0) ok = 0;
     CHECK(ok);
-    if (md) inproc_mdgan(&a, &na);
-    else inproc_flgan(&a, &na, 2);
+    inproc_g(md, md ? ITERS : 2, &a, &na);
     b = read_floats("g.f32", &nb);
     CHECK(a && b && na == nb && na > 0);
     if (a && b && na == nb) {
@@ -725,11 +751,9 @@ TEST(worker_killed_and_rejoins)
     w2 = spawn("kw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
     w3 = spawn("kw3", ARGS("worker", "--connect", addr, "--id", "3", COMMON));
     CHECK(wait_for("ksrv.out", "iter 10/", 30000));
-    kill(w2, SIGKILL);
-    reap(w2, 2000);
-    CHECK(wait_for("ksrv.out", "N_live 2", 15000));
-    w2 = spawn("kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
-    CHECK(wait_for("ksrv.err", "worker 2 joins with a copy of D_", 15000));
+    CHECK(worker_restarts(&w2, "ksrv", "N_live 2", 15000,
+                          "kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON),
+                          "worker 2 joins with a copy of D_", 15000));
     CHECK(reap(srv, 60000) == 0);
     CHECK(file_has("ksrv.out", "iter 80/80  N_live 3"));
     CHECK(reap(w1, 10000) == 0);
@@ -896,13 +920,9 @@ TEST(declared_sizes_cost_nothing)
     pthread_t th;
     long rss0, rss1, rss2;
     int fds[10], i, in = 0, closed = 0, rounds0;
-    CHECK_OK(make_server(&s, 12, "sesame"));          /* max_message 32 MiB */
-    if (!s) return;
-    CHECK_OK(make_worker(&w, 12, 1, dg_tcp_port(s), "sesame", hash_a, 0));
-    if (!w) { dg_transport_close(s); return; }
-    memset(&p, 0, sizeof p);
-    p.s = s;
-    p.w = w;
+    if (!pinger_open(&p, 12)) return;                 /* max_message 32 MiB */
+    s = p.s;
+    w = p.w;
     pthread_create(&th, NULL, ping_main, &p);
     while (__atomic_load_n(&p.rounds, __ATOMIC_ACQUIRE) < 20) dg__tcp_sleep_ms(10);
     rss0 = rss_kb();                                  /* the clean run */
@@ -1077,10 +1097,9 @@ TEST(a_stalled_reader_stalls_nobody)
     pinger p;
     pthread_t th, big;
     int stalled, small = 1, k, fd, rounds0, rounds1;
-    CHECK_OK(make_server(&s, 4, "sesame"));
-    if (!s) return;
-    CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
-    if (!w) { dg_transport_close(s); return; }
+    if (!pinger_open(&p, 4)) return;
+    s = p.s;
+    w = p.w;
     /* worker 2 with the smallest receive buffer, never reading */
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
@@ -1093,9 +1112,6 @@ TEST(a_stalled_reader_stalls_nobody)
     else
         close(stalled), stalled = -1;
     CHECK(stalled >= 0);
-    memset(&p, 0, sizeof p);
-    p.s = s;
-    p.w = w;
     pthread_create(&th, NULL, ping_main, &p);
     pthread_create(&big, NULL, send_big, s);          /* 8 MB to worker 2: it blocks */
     dg__tcp_sleep_ms(300);
@@ -1217,11 +1233,9 @@ TEST(worker_restarts_through_a_slot_flood)
     f.n = 80;
     flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
     dg__tcp_sleep_ms(500);
-    kill(w2, SIGKILL);
-    reap(w2, 2000);
-    CHECK(wait_for("osrv.out", "N_live 1", 15000));
-    w2 = spawn("ow2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON4));
-    CHECK(wait_for("osrv.err", "worker 2 joins with a copy of D_", 25000));
+    CHECK(worker_restarts(&w2, "osrv", "N_live 1", 15000,
+                          "ow2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON4),
+                          "worker 2 joins with a copy of D_", 25000));
     if (flooding) {
         __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
         pthread_join(th, NULL);
@@ -1368,6 +1382,43 @@ TEST(workers_end_with_the_run)
 
 /* ---- issue 10: faults of authenticated workers cost them, never the run ---- */
 
+/* This process as the last worker (id n_workers) of a distgan_tcp run of
+   n_workers on shapes:n_shapes with --batch 8, which the server accepts
+   only with the configuration hash distgan_tcp computes: mc comes in with
+   the flags the run sets beyond those (--swap-every, --epochs); ds, mc and
+   tc go out ready for dial_worker.  ds is the caller's to free. */
+static dg_result last_worker_config(int n_workers, int n_shapes, const char *addr,
+                                    const char *secret, dg_dataset *ds, dg_mdgan_config *mc,
+                                    dg_tcp_config *tc)
+{
+    char extra[64];
+    dg_result r;
+    *tc = dg_tcp_config_init();
+    memset(ds, 0, sizeof *ds);
+    if ((r = dg_dataset_make_shapes(ds, n_shapes, 1)) != DG_OK) return r;
+    mc->n_workers = n_workers; mc->c = ds->c; mc->h = ds->h; mc->w = ds->w;
+    mc->arch = DG_ARCH_MLP; mc->batch = 8; mc->seed = 1;
+    snprintf(extra, sizeof extra, "data shapes:%d n=%d", n_shapes, n_shapes);
+    dg_tcp_mdgan_config_hash(mc, extra, tc->config_hash);
+    tc->n_peers = n_workers + 1;
+    tc->self = n_workers;
+    tc->connect = addr;
+    tc->secret = secret;
+    tc->secret_len = secret ? strlen(secret) : 0;
+    tc->heartbeat_ms = 300;
+    return DG_OK;
+}
+
+/* The worker's transport once the server takes it (it waits for the run's
+   start, or for the slot to free), or NULL after ms. */
+static dg_transport *dial_worker(const dg_tcp_config *tc, int ms)
+{
+    dg_transport *t = NULL;
+    int64_t end = dg__tcp_ms() + ms;
+    while (dg_tcp_worker_create(&t, tc) != DG_OK && dg__tcp_ms() < end) dg__tcp_sleep_ms(100);
+    return t;
+}
+
 /* Worker 2 of 2 is this process: an authenticated peer that answers its
    first GEN_BATCHES with a FEEDBACK 7 floats too long (the audit's 25,095
    for 25,088).  The server drops that connection (logged with the id and
@@ -1392,24 +1443,9 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     srv = spawn("bsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1",
                              "--checkpoint", ck, "--out", "gbad.f32", COMMON7));
     w1 = spawn("bw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON7));
-    /* the same configuration hash as distgan_tcp computes */
-    memset(&ds, 0, sizeof ds);
-    CHECK_OK(dg_dataset_make_shapes(&ds, 200, 1));
-    mc.n_workers = 2; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
-    mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
-    tc = dg_tcp_config_init();
-    dg_tcp_mdgan_config_hash(&mc, "data shapes:200 n=200", tc.config_hash);
-    tc.n_peers = 3;
-    tc.self = 2;
-    tc.connect = addr;
-    tc.heartbeat_ms = 300;
-    {
-        int64_t end = dg__tcp_ms() + 10000;
-        while (dg_tcp_worker_create(&t, &tc) != DG_OK && dg__tcp_ms() < end) {
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    mc.swap_every = 5;
+    CHECK_OK(last_worker_config(2, 200, addr, NULL, &ds, &mc, &tc));
+    t = dial_worker(&tc, 10000);
     CHECK(t != NULL);
     while (t && !sent && dg_transport_recv(t, 2, 10000, &m) == DG_OK) {
         if (m->type == DG_MSG_GEN_BATCHES) {
@@ -1460,23 +1496,9 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     srv = spawn("dsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1", COMMON8));
     w1 = spawn("dw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON8));
     w2 = spawn("dw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON8));
-    memset(&ds, 0, sizeof ds);
-    CHECK_OK(dg_dataset_make_shapes(&ds, 300, 1));
-    mc.n_workers = 3; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
-    mc.batch = 8; mc.local_epochs = 0; mc.swap_every = 1; mc.seed = 1; /* as distgan_tcp */
-    tc = dg_tcp_config_init();
-    dg_tcp_mdgan_config_hash(&mc, "data shapes:300 n=300", tc.config_hash);
-    tc.n_peers = 4;
-    tc.self = 3;
-    tc.connect = addr;
-    tc.heartbeat_ms = 300;
-    {
-        int64_t end = dg__tcp_ms() + 10000;
-        while (dg_tcp_worker_create(&t, &tc) != DG_OK && dg__tcp_ms() < end) {
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    mc.local_epochs = 0; mc.swap_every = 1; /* as distgan_tcp */
+    CHECK_OK(last_worker_config(3, 300, addr, NULL, &ds, &mc, &tc));
+    t = dial_worker(&tc, 10000);
     CHECK(t != NULL);
     while (t && dg_transport_recv(t, 3, 10000, &m) == DG_OK) {
         if (m->type == DG_MSG_GEN_BATCHES && m->iteration < 5) {
@@ -1528,11 +1550,9 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     w1 = spawn("lw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON9));
     w2 = spawn("lw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
     CHECK(wait_for("lsrv.out", "iter 5/", 30000));
-    kill(w2, SIGKILL);
-    reap(w2, 2000);
-    CHECK(wait_for("lsrv.out", "N_live 1", 10000));
-    w2 = spawn("lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
-    CHECK(wait_for("lsrv.err", "worker 2 rejoins", 15000));
+    CHECK(worker_restarts(&w2, "lsrv", "N_live 1", 10000,   /* at once: --dead-ms is 30000 */
+                          "lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9),
+                          "worker 2 rejoins", 15000));
     CHECK(wait_for("lsrv.out", "N_live 2", 15000));
     kill(srv, SIGTERM);
     CHECK(reap(srv, 10000) == 0);
@@ -1564,16 +1584,6 @@ static long proc_rss_kb(pid_t pid)
     if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
     fclose(f);
     return resident * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
-/* The insider's transport as worker 4, once the server takes it (its
-   slot frees when the server drops the previous connection). */
-static dg_transport *insider_connect(dg_tcp_config *tc)
-{
-    dg_transport *t = NULL;
-    int64_t end = dg__tcp_ms() + 20000;
-    while (dg_tcp_worker_create(&t, tc) != DG_OK && dg__tcp_ms() < end) dg__tcp_sleep_ms(100);
-    return t;
 }
 
 /* Answers the newest GEN_BATCHES with a FEEDBACK of n floats, each value
@@ -1635,20 +1645,10 @@ TEST(insiders_while_a_run_trains)
         w[j] = spawn(name, ARGS("worker", "--connect", addr, "--id", id, COMMON10));
     }
     /* the insider holds the secret and the run's configuration hash */
-    memset(&ds, 0, sizeof ds);
-    CHECK_OK(dg_dataset_make_shapes(&ds, 400, 1));
-    mc.n_workers = 4; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_MLP;
-    mc.batch = 8; mc.swap_every = 5; mc.seed = 1;
-    tc = dg_tcp_config_init();
-    dg_tcp_mdgan_config_hash(&mc, "data shapes:400 n=400", tc.config_hash);
-    tc.n_peers = 5;
-    tc.self = 4;
-    tc.connect = addr;
-    tc.secret = secret;
-    tc.secret_len = strlen(secret);
-    tc.heartbeat_ms = 300;
+    mc.swap_every = 5;
+    CHECK_OK(last_worker_config(4, 400, addr, secret, &ds, &mc, &tc));
     fb = (size_t)mc.batch * ds.c * ds.h * ds.w;
-    t = insider_connect(&tc);                  /* the server waits for all 4 at the start */
+    t = dial_worker(&tc, 20000);               /* the server waits for all 4 at the start */
     CHECK(t != NULL);
     sent_shape = t && insider_feedback(t, fb - 7, 0.0f);
     if (t) dg_transport_close(t);
@@ -1658,7 +1658,7 @@ TEST(insiders_while_a_run_trains)
     f.port = port;
     f.n = 80;
     flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
-    t = insider_connect(&tc);
+    t = dial_worker(&tc, 20000);               /* its slot frees when the server drops the last */
     sent_nan = t && insider_feedback(t, fb, NAN);
     if (t) dg_transport_close(t);
     rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
