@@ -8048,8 +8048,9 @@ DGDEF dg_result dg_feature_stats_init(dg_feature_stats *s, int dim)
 }
 
 /* Chan et al.'s pairwise update: with batch mean mb and co-moment Mb over
-   nb samples, M += Mb + (mb - m)(mb - m)^T n nb / (n + nb).  Only the upper
-   triangle is accumulated; dg_feature_stats_get mirrors it. */
+   nb samples, M += Mb + (mb - m)(mb - m)^T n nb / (n + nb); Mb NULL: the
+   batch's co-moment is already in M.  Only the upper triangle is
+   accumulated; dg_feature_stats_get mirrors it. */
 static void dg__stats_combine(dg_feature_stats *s, uint64_t nb, const double *mb, const double *Mb)
 {
     int D = s->dim, i, j;
@@ -8069,7 +8070,7 @@ DGDEF dg_result dg_feature_stats_add(dg_feature_stats *s, const float *x, size_t
 {
     int D, i, j;
     size_t r;
-    double *mb, *c, *delta;
+    double *mb, *c;
     if (!s || !s->mean || (n && !x)) return dg__fail(DG_ERR_ARG, "dg_feature_stats_add: NULL or uninitialised");
     if (n == 0) return DG_OK;
     D = s->dim;
@@ -8092,18 +8093,8 @@ DGDEF dg_result dg_feature_stats_add(dg_feature_stats *s, const float *x, size_t
             for (j = i; j < D; j++) row[j] += ci * c[j];
         }
     }
-    /* fold the batch in: delta term only (its co-moment is already added) */
-    delta = c;
-    {
-        double t = (double)s->count + (double)n, f = (double)s->count * (double)n / t;
-        for (i = 0; i < D; i++) delta[i] = mb[i] - s->mean[i];
-        for (i = 0; i < D; i++) {
-            double *row = s->comoment + (size_t)i * D;
-            for (j = i; j < D; j++) row[j] += delta[i] * delta[j] * f;
-        }
-        for (i = 0; i < D; i++) s->mean[i] += delta[i] * (double)n / t;
-        s->count += n;
-    }
+    /* fold the batch in: the delta term only (its co-moment is already added) */
+    dg__stats_combine(s, n, mb, NULL);
     return DG_OK;
 }
 
