@@ -5096,25 +5096,21 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
         goto nomem;
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
+        void *own = l; /* the buffer of the layer's own kind, where it has one */
         if (l->d.type == DG_LAYER_RESHAPE) {
             l->out = i ? net->layers[i - 1].out : net->input;
             continue;
         }
         l->out = dg__net_buf(net, l->out_size * nb, sizeof(float));
-        if (!l->out) goto nomem;
         if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-            l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
+            own = l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
         else if (l->d.type == DG_LAYER_BATCHNORM)
-            l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
+            own = l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
         else if (l->d.type == DG_LAYER_DROPOUT)
-            l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
+            own = l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
         else if (l->d.type == DG_LAYER_MAXPOOL)
-            l->idx = (int32_t *)dg__net_buf(net, l->out_size * nb, sizeof(int32_t));
-        if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D && !l->keep)
-            goto nomem;
-        if ((l->d.type == DG_LAYER_BATCHNORM || l->d.type == DG_LAYER_DROPOUT) && !l->aux)
-            goto nomem;
-        if (l->d.type == DG_LAYER_MAXPOOL && !l->idx) goto nomem;
+            own = l->idx = (int32_t *)dg__net_buf(net, l->out_size * nb, sizeof(int32_t));
+        if (!l->out || !own) goto nomem;
     }
     net->planned = 1;
     return dg_net_init(net, 0, 0.0f);
@@ -5221,6 +5217,17 @@ DGDEF void dg_net_output_shape(const dg_net *net, int *c, int *h, int *w)
     dg__last_shape(net, c, h, w);
 }
 
+/* Multiply-adds of one sample through a linear or convolution layer (one
+   of its three products in backward); 0 for the other layers. */
+static double dg__layer_macs(const dg__layer *l)
+{
+    if (l->d.type == DG_LAYER_LINEAR) return (double)l->in_size * l->oc;
+    if (l->d.type == DG_LAYER_CONV2D) return (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
+    if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
+        return (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
+    return 0.0;
+}
+
 DGDEF double dg_net_flops(const dg_net *net, int backward)
 {
     double f = 0.0;
@@ -5228,15 +5235,8 @@ DGDEF double dg_net_flops(const dg_net *net, int backward)
     if (!net) return 0.0;
     for (i = 0; i < net->n_layers; i++) {
         const dg__layer *l = &net->layers[i];
-        double macs = 0.0;
-        if (l->d.type == DG_LAYER_LINEAR)
-            macs = (double)l->in_size * l->oc;
-        else if (l->d.type == DG_LAYER_CONV2D)
-            macs = (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
-        else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-            macs = (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
-        else
-            f += (double)l->out_size * (backward ? 2.0 : 1.0);
+        double macs = dg__layer_macs(l);
+        if (macs == 0.0) f += (double)l->out_size * (backward ? 2.0 : 1.0);
         /* backward: the input gradient and the weight gradient */
         f += 2.0 * macs * (backward ? 3.0 : 1.0);
     }
@@ -5254,14 +5254,8 @@ DGDEF double dg_net_train_flops(const dg_net *net, int input_grad)
     for (first = 0; first < net->n_layers - 1; first++)
         if (net->layers[first].d.type != DG_LAYER_RESHAPE) break;
     l = &net->layers[first];
-    if (l->d.type == DG_LAYER_LINEAR)
-        f -= 2.0 * (double)l->in_size * l->oc;
-    else if (l->d.type == DG_LAYER_CONV2D)
-        f -= 2.0 * (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
-    else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-        f -= 2.0 * (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
-    else if (l->d.type != DG_LAYER_RESHAPE)
-        f -= (double)l->out_size;
+    if (dg__layer_macs(l) > 0.0) f -= 2.0 * dg__layer_macs(l);
+    else if (l->d.type != DG_LAYER_RESHAPE) f -= (double)l->out_size;
     return f;
 }
 
@@ -5558,10 +5552,11 @@ static void dg__dropout_fwd(dg_net *net, dg__layer *l, const float *x, size_t n)
     }
 }
 
-static float dg__sum(dg_pool *pool, const float *x, size_t n)
+/* the sum of `planes` runs of n floats, `stride` apart (a bias gradient) */
+static float dg__sum(dg_pool *pool, const float *x, size_t n, size_t planes, size_t stride)
 {
     double sums[2] = {0.0, 0.0};
-    dg__isa_get(dg_pool_isa(pool))->sums(x, NULL, n, 1, 0, 0.0f, sums);
+    dg__isa_get(dg_pool_isa(pool))->sums(x, NULL, n, planes, stride, 0.0f, sums);
     return (float)sums[0];
 }
 
@@ -5641,7 +5636,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
-        for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid);
+        for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid, 1, 0);
         dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
         if (!dx) break;
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
@@ -5653,11 +5648,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
         int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
         size_t hw = (size_t)l->oh * l->ow;
-        for (c = 0; c < l->oc && db; c++) {
-            double sums[2] = {0.0, 0.0};
-            dg__isa_get(dg_pool_isa(pool))->sums(dy + (size_t)c * hw, NULL, hw, (size_t)nb, hw * l->oc, 0.0f, sums);
-            db[c] += (float)sums[0];
-        }
+        for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, dy + (size_t)c * hw, hw, (size_t)nb, hw * l->oc);
         dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, l->keep, grid, &g, dy, 1.0f, dw, kdim);
         if (!dx) break;
         dg__gemm_cols(pool, 0, 0, l->ic, grid, kdim, w, kdim, &g, dy, 0.0f, net->s_out, grid);
