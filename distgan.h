@@ -5919,33 +5919,40 @@ static void dg__optim_hyper(const dg_optim *o, float h[7])
     h[6] = 0.0f;
 }
 
+/* A layer's record in a checkpoint as 13 words: type, out, kernel, stride,
+   pad, out_pad, c, h, w, the bits of alpha, no_bias, the bits of eps and
+   of momentum.  The reader compares words, so floats match bit for bit. */
+#define DG__DESC_WORDS 13
+static void dg__desc_words(const dg_layer_desc *d, uint32_t v[DG__DESC_WORDS])
+{
+    v[0] = (uint32_t)d->type;
+    v[1] = (uint32_t)d->out;
+    v[2] = (uint32_t)d->kernel;
+    v[3] = (uint32_t)d->stride;
+    v[4] = (uint32_t)d->pad;
+    v[5] = (uint32_t)d->out_pad;
+    v[6] = (uint32_t)d->c;
+    v[7] = (uint32_t)d->h;
+    v[8] = (uint32_t)d->w;
+    memcpy(&v[9], &d->alpha, 4);
+    v[10] = (uint32_t)d->no_bias;
+    memcpy(&v[11], &d->eps, 4);
+    memcpy(&v[12], &d->momentum, 4);
+}
+
 /* The net section of a checkpoint. */
 static void dg__net_put(dg__wbuf *w, const dg_net *net, const dg_optim *opt)
 {
     size_t start = dg__ck_section(w, DG__SEC_NET);
-    int i;
+    uint32_t v[DG__DESC_WORDS];
+    int i, j;
     dg__put_u32(w, (uint32_t)net->c);
     dg__put_u32(w, (uint32_t)net->h);
     dg__put_u32(w, (uint32_t)net->w);
     dg__put_u32(w, (uint32_t)net->n_layers);
     for (i = 0; i < net->n_layers; i++) {
-        const dg_layer_desc *d = &net->layers[i].d;
-        int32_t f[9];
-        int j;
-        f[0] = (int32_t)d->type;
-        f[1] = d->out;
-        f[2] = d->kernel;
-        f[3] = d->stride;
-        f[4] = d->pad;
-        f[5] = d->out_pad;
-        f[6] = d->c;
-        f[7] = d->h;
-        f[8] = d->w;
-        for (j = 0; j < 9; j++) dg__put_u32(w, (uint32_t)f[j]);
-        dg__put_f32s(w, &d->alpha, 1);
-        dg__put_u32(w, (uint32_t)d->no_bias);
-        dg__put_f32s(w, &d->eps, 1);
-        dg__put_f32s(w, &d->momentum, 1);
+        dg__desc_words(&net->layers[i].d, v);
+        for (j = 0; j < DG__DESC_WORDS; j++) dg__put_u32(w, v[j]);
     }
     dg__put_u64(w, net->n_params);
     dg__put_u64(w, net->n_state);
@@ -6020,21 +6027,12 @@ static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
         return dg__fail(DG_ERR_CONFIG, "checkpoint: layer count differs from the net's %d",
                         net->n_layers);
     for (l = 0; l < net->n_layers; l++) {
-        const dg_layer_desc *d = &net->layers[l].d;
-        int32_t f[9], no_bias;
+        uint32_t v[DG__DESC_WORDS], want[DG__DESC_WORDS];
         int j;
-        float alpha, eps, momentum;
-        for (j = 0; j < 9; j++) f[j] = (int32_t)dg__get_u32(r);
-        alpha = dg__get_f32(r);
-        no_bias = (int32_t)dg__get_u32(r);
-        eps = dg__get_f32(r);
-        momentum = dg__get_f32(r);
+        for (j = 0; j < DG__DESC_WORDS; j++) v[j] = dg__get_u32(r);
         if (r->bad) break;
-        if (f[0] != (int32_t)d->type || f[1] != d->out || f[2] != d->kernel ||
-            f[3] != d->stride || f[4] != d->pad || f[5] != d->out_pad || f[6] != d->c ||
-            f[7] != d->h || f[8] != d->w || memcmp(&alpha, &d->alpha, 4) != 0 ||
-            no_bias != d->no_bias || memcmp(&eps, &d->eps, 4) != 0 ||
-            memcmp(&momentum, &d->momentum, 4) != 0)
+        dg__desc_words(&net->layers[l].d, want);
+        if (memcmp(v, want, sizeof v) != 0)
             return dg__fail(DG_ERR_CONFIG, "checkpoint: layer %d differs from the net's", l);
     }
     if (dg__get_u64(r) != net->n_params || dg__get_u64(r) != net->n_state)
@@ -6069,10 +6067,9 @@ static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
         }
     }
     if (r->pos != r->len) return dg__fail(DG_ERR_FORMAT, "checkpoint: trailing bytes");
-    for (i = 0; i < net->n_params; i++) memcpy(&net->params[i], params + 4 * i, 4);
-    for (i = 0; i < net->n_state; i++) memcpy(&net->state[i], state + 4 * i, 4);
-    if (opt && ostate)
-        for (i = 0; i < dg_optim_state_count(opt); i++) memcpy(&opt->state[i], ostate + 4 * i, 4);
+    memcpy(net->params, params, 4 * net->n_params);
+    memcpy(net->state, state, 4 * net->n_state);
+    if (opt && ostate) memcpy(opt->state, ostate, 4 * dg_optim_state_count(opt));
     return DG_OK;
 }
 
