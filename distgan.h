@@ -6577,27 +6577,31 @@ static void dg__strlist_free(dg__strlist *l)
     memset(l, 0, sizeof *l);
 }
 
-static dg_result dg__strlist_push(dg__strlist *l, const char *a, const char *b)
+/* dir/name in a dg__alloc'd string (NULL without memory) */
+static char *dg__path_join(const char *dir, const char *name)
 {
-    size_t la = strlen(a), lb = b ? strlen(b) : 0;
-    char *s;
+    size_t la = strlen(dir), lb = strlen(name);
+    char *s = (char *)dg__alloc(la + lb + 2);
+    if (s) {
+        memcpy(s, dir, la);
+        s[la] = '/';
+        memcpy(s + la + 1, name, lb + 1);
+    }
+    return s;
+}
+
+/* Appends s, a dg__alloc'd string the list then owns. */
+static dg_result dg__strlist_push(dg__strlist *l, char *s)
+{
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 64;
-        char **ns = (char **)dg__alloc(cap * sizeof(char *));
-        if (!ns) return dg__fail(DG_ERR_NOMEM, "image folder: out of memory listing files");
-        if (l->n) memcpy(ns, l->s, l->n * sizeof(char *));
-        dg__free(l->s);
+        char **ns = (char **)dg__realloc(l->s, l->n * sizeof(char *), cap * sizeof(char *));
+        if (!ns) {
+            dg__free(s);
+            return dg__fail(DG_ERR_NOMEM, "image folder: out of memory listing files");
+        }
         l->s = ns;
         l->cap = cap;
-    }
-    s = (char *)dg__alloc(la + lb + 2);
-    if (!s) return dg__fail(DG_ERR_NOMEM, "image folder: out of memory listing files");
-    memcpy(s, a, la);
-    if (b) {
-        s[la] = '/';
-        memcpy(s + la + 1, b, lb + 1);
-    } else {
-        s[la] = 0;
     }
     l->s[l->n++] = s;
     return DG_OK;
@@ -6626,8 +6630,8 @@ static int dg__is_image_name(const char *name)
     return 0;
 }
 
-/* Lists dir: sub-folders into dirs (names only), image files into files
-   (full paths); both sorted. */
+/* Lists dir: sub-folders into dirs, image files into files, as paths
+   dir/name; both sorted. */
 static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *files)
 {
     DIR *d = opendir(dir);
@@ -6637,24 +6641,18 @@ static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *f
     while (!r && (e = readdir(d)) != NULL) {
         struct stat st;
         char *full;
-        size_t la = strlen(dir), lb = strlen(e->d_name);
         if (e->d_name[0] == '.') continue;
-        full = (char *)dg__alloc(la + lb + 2);
-        if (!full) {
+        if (!(full = dg__path_join(dir, e->d_name))) {
             r = dg__fail(DG_ERR_NOMEM, "%s: out of memory", dir);
             break;
         }
-        memcpy(full, dir, la);
-        full[la] = '/';
-        memcpy(full + la + 1, e->d_name, lb + 1);
-        if (stat(full, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) {
-                if (dirs) r = dg__strlist_push(dirs, e->d_name, NULL);
-            } else if (S_ISREG(st.st_mode) && dg__is_image_name(e->d_name)) {
-                r = dg__strlist_push(files, dir, e->d_name);
-            }
-        }
-        dg__free(full);
+        if (stat(full, &st) != 0) st.st_mode = 0; /* neither a folder nor a file */
+        if (S_ISDIR(st.st_mode) && dirs)
+            r = dg__strlist_push(dirs, full);
+        else if (S_ISREG(st.st_mode) && dg__is_image_name(e->d_name))
+            r = dg__strlist_push(files, full);
+        else
+            dg__free(full);
     }
     closedir(d);
     if (dirs && dirs->n) qsort(dirs->s, dirs->n, sizeof(char *), dg__data_strcmp_p);
@@ -6688,15 +6686,7 @@ DGDEF dg_result dg_dataset_load_image_dir(dg_dataset *ds, const char *dir, int c
             goto done;
         }
         for (k = 0; k < dirs.n; k++) {
-            char *sub = (char *)dg__alloc(strlen(dir) + strlen(dirs.s[k]) + 2);
-            if (!sub) {
-                r = dg__fail(DG_ERR_NOMEM, "%s: out of memory", dir);
-                goto done;
-            }
-            sprintf(sub, "%s/%s", dir, dirs.s[k]);
-            r = dg__list_dir(sub, NULL, &files);
-            dg__free(sub);
-            if (r) goto done;
+            if ((r = dg__list_dir(dirs.s[k], NULL, &files))) goto done;
             class_end[k] = files.n;
         }
     }
