@@ -3501,15 +3501,30 @@ dg__ukernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int
 #undef DG__OUT
 }
 
+/* The 12 x 32 tile of C of the AVX-512 kernels: 24 zmm accumulators c<r>0,
+   c<r>1 for the rows r = 0..9, A, B.  DG__TILE(X) expands X(r, i) for each
+   row (i: its index); DG__TILE_FMA(r, i) adds x = DG__TILE_A(i), the value
+   of A for row i (a broadcast of a[i] unless a kernel redefines it), times
+   the two vectors b0, b1 of B to row r. */
+#define DG__TILE_ZERO                                                                        \
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00; \
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                 \
+    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;                 \
+    __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00
+#define DG__TILE(X)                                                                          \
+    X(0, 0) X(1, 1) X(2, 2) X(3, 3) X(4, 4) X(5, 5) X(6, 6) X(7, 7) X(8, 8) X(9, 9) X(A, 10) X(B, 11)
+#define DG__TILE_FMA(r, i)                        \
+    x = DG__TILE_A(i);                            \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
+    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+#define DG__TILE_A(i) _mm512_set1_ps(a[i])
+
 /* 12 x 32 tile: 24 zmm accumulators, 2 loads of B and 12 broadcasts of A
    per k: 24 FMAs against 14 loads keeps both FMA pipes busy */
 __attribute__((target("avx512f"))) static void
 dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, int acc)
 {
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-    __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+    DG__TILE_ZERO;
     int p;
     /* the tile of C is touched only at the end: fetch it now, behind the FMAs */
     for (p = 0; p < 12; p++) {
@@ -3518,13 +3533,7 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
     }
     for (p = 0; p < kc; p++, a += 12, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), x;
-#define DG__ROW(r, i)                             \
-    x = _mm512_set1_ps(a[i]);                     \
-    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
-    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
-        DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
-        DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
-#undef DG__ROW
+        DG__TILE(DG__TILE_FMA)
     }
 #define DG__OUT(r, i)                                                                     \
     if (acc) {                                                                            \
@@ -3533,8 +3542,7 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
     }                                                                                     \
     _mm512_storeu_ps(c + i * ldc, c##r##0);                                               \
     _mm512_storeu_ps(c + i * ldc + 16, c##r##1);
-    DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
-    DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+    DG__TILE(DG__OUT)
 #undef DG__OUT
 }
 #endif
@@ -4343,22 +4351,13 @@ __attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int 
             __mmask16 k1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
             const float *a = s->pa + (size_t)p0 * 12, *b = g->b + (size_t)p0 * ldb + j;
             float *c = g->c + j;
-            __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-            __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-            __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-            __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+            DG__TILE_ZERO;
             for (p = p0; p < p1; p++, a += 12, b += ldb) {
                 __m512 b0 = _mm512_maskz_loadu_ps(k0, b), b1 = _mm512_maskz_loadu_ps(k1, b + 16), x;
                 /* B rows are ldb apart, too far for the hardware prefetcher */
                 _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
                 _mm_prefetch((const char *)(b + 8 * ldb + 16), _MM_HINT_T0);
-#define DG__ROW(r, i)                             \
-    x = _mm512_set1_ps(a[i]);                     \
-    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
-    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
-                DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
-                DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
-#undef DG__ROW
+                DG__TILE(DG__TILE_FMA)
             }
 #define DG__OUT(r, i)                                                                          \
     if (i < m) {                                                                               \
@@ -4369,8 +4368,7 @@ __attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int 
         _mm512_mask_storeu_ps(c + i * ldc, k0, c##r##0);                                       \
         _mm512_mask_storeu_ps(c + i * ldc + 16, k1, c##r##1);                                  \
     }
-            DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
-            DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+            DG__TILE(DG__OUT)
 #undef DG__OUT
         }
 }
@@ -4401,32 +4399,24 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
         int j = 2 * u, two = g->n - j > 1;
         const float *w0 = g->b + (size_t)j * ldb, *w1 = two ? w0 + ldb : w0;
         float sums[24];
-        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-        __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-        __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-        __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
-        /* full chunks of 16, then the tail under a mask */
-#define DG__ROW(r, i, LOAD)                           \
-    x = LOAD(ar[i] + p);                              \
-    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);        \
-    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
-#define DG__CHUNK_ROWS(LOAD)                                                                       \
-    DG__ROW(0, 0, LOAD) DG__ROW(1, 1, LOAD) DG__ROW(2, 2, LOAD) DG__ROW(3, 3, LOAD)                 \
-    DG__ROW(4, 4, LOAD) DG__ROW(5, 5, LOAD) DG__ROW(6, 6, LOAD) DG__ROW(7, 7, LOAD)                 \
-    DG__ROW(8, 8, LOAD) DG__ROW(9, 9, LOAD) DG__ROW(A, 10, LOAD) DG__ROW(B, 11, LOAD)
-#define DG__TAIL_LOAD(q) _mm512_maskz_loadu_ps(km, (q))
+        DG__TILE_ZERO;
+        /* full chunks of 16, then the tail under a mask: A is 16 values
+           of a row of A, loaded by DG__NT_LOAD */
+#undef DG__TILE_A
+#define DG__TILE_A(i) DG__NT_LOAD(ar[i] + p)
+#define DG__NT_LOAD _mm512_loadu_ps
         for (p = 0; p + 16 <= k; p += 16) {
             __m512 b0 = _mm512_loadu_ps(w0 + p), b1 = _mm512_loadu_ps(w1 + p), x;
-            DG__CHUNK_ROWS(_mm512_loadu_ps)
+            DG__TILE(DG__TILE_FMA)
         }
+#undef DG__NT_LOAD
+#define DG__NT_LOAD(q) _mm512_maskz_loadu_ps(km, (q))
         if (p < k) {
             __mmask16 km = (__mmask16)((1u << (k - p)) - 1);
             __m512 b0 = _mm512_maskz_loadu_ps(km, w0 + p), b1 = _mm512_maskz_loadu_ps(km, w1 + p), x;
-            DG__CHUNK_ROWS(DG__TAIL_LOAD)
+            DG__TILE(DG__TILE_FMA)
         }
-#undef DG__TAIL_LOAD
-#undef DG__CHUNK_ROWS
-#undef DG__ROW
+#undef DG__NT_LOAD
         _mm_storeu_ps(sums, dg__hsum4(c00, c01, c10, c11));
         _mm_storeu_ps(sums + 4, dg__hsum4(c20, c21, c30, c31));
         _mm_storeu_ps(sums + 8, dg__hsum4(c40, c41, c50, c51));
@@ -4440,6 +4430,10 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
         }
     }
 }
+#undef DG__TILE_A
+#undef DG__TILE_FMA
+#undef DG__TILE
+#undef DG__TILE_ZERO
 #endif
 
 /* The GEMM by the paths above when it qualifies (AVX-512, 2 <= m <= 12,
