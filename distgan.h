@@ -5554,25 +5554,18 @@ static float dg__sum(dg_pool *pool, const float *x, size_t n, size_t planes, siz
     return (float)sums[0];
 }
 
-/* y[b][o] += bias[o] */
-static void dg__add_bias_rows(float *y, const float *bias, int rows, int cols)
-{
-    int r, c;
-    for (r = 0; r < rows; r++)
-        for (c = 0; c < cols; c++) y[(size_t)r * cols + c] += bias[c];
-}
-
 static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
 {
     dg_pool *pool = net->pool;
     float *w = net->params + l->p_off, *bias = l->n_p > l->n_w ? w + l->n_w : NULL;
-    int k = l->d.kernel;
+    int k = l->d.kernel, n, c;
     size_t total = l->out_size * (size_t)nb;
     switch (l->d.type) {
     case DG_LAYER_LINEAR:
         dg_gemm(pool, 0, 1, nb, l->oc, (int)l->in_size, 1.0f, x, (int)l->in_size, w,
                 (int)l->in_size, 0.0f, l->out, l->oc);
-        if (bias) dg__add_bias_rows(l->out, bias, nb, l->oc);
+        for (n = 0; n < nb && bias; n++) /* y[n][c] += bias[c] */
+            for (c = 0; c < l->oc; c++) l->out[(size_t)n * l->oc + c] += bias[c];
         break;
     case DG_LAYER_CONV2D: {
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
@@ -5902,17 +5895,6 @@ DGDEF dg_result dg_optim_step(dg_optim *opt, dg_pool *pool, float *params, const
    for an optimiser: u64 n | i64 t | 7 x f32 hyperparameters | u64 state
    count | floats. */
 
-static void dg__optim_hyper(const dg_optim *o, float h[7])
-{
-    h[0] = o->lr;
-    h[1] = o->beta1;
-    h[2] = o->beta2;
-    h[3] = o->eps;
-    h[4] = o->momentum;
-    h[5] = o->weight_decay;
-    h[6] = 0.0f;
-}
-
 /* A layer's record in a checkpoint as 13 words: type, out, kernel, stride,
    pad, out_pad, c, h, w, the bits of alpha, no_bias, the bits of eps and
    of momentum.  The reader compares words, so floats match bit for bit. */
@@ -5954,8 +5936,8 @@ static void dg__net_put(dg__wbuf *w, const dg_net *net, const dg_optim *opt)
     dg__put_f32s(w, net->state, net->n_state);
     dg__put_u32(w, opt ? (uint32_t)opt->kind : 0u);
     if (opt) {
-        float h[7];
-        dg__optim_hyper(opt, h);
+        /* the order the reader restores them in; the seventh is spare */
+        float h[7] = {opt->lr, opt->beta1, opt->beta2, opt->eps, opt->momentum, opt->weight_decay, 0.0f};
         dg__put_u64(w, opt->n);
         dg__put_u64(w, (uint64_t)opt->t);
         dg__put_f32s(w, h, 7);
