@@ -4692,13 +4692,8 @@ static void dg__col2im_task(void *arg, int task, int thread)
 static void dg__col2im(dg_pool *pool, const dg__conv_geom *g, const float *cols,
                        const float *bias, float *img)
 {
-    dg__cols_job j;
-    j.g = g;
-    j.src = cols;
-    j.bias = bias;
-    j.dst = img;
-    j.tasks = g->n * g->c < 256 ? g->n * g->c : 256;
-    j.simd = dg_pool_isa(pool) == DG_ISA_AVX512 && g->k * ((g->w + 15) / 16) <= DG__COL2IM_LANES;
+    dg__cols_job j = {g, cols, bias, img, g->n * g->c < 256 ? g->n * g->c : 256,
+                      dg_pool_isa(pool) == DG_ISA_AVX512 && g->k * ((g->w + 15) / 16) <= DG__COL2IM_LANES};
     dg_parallel_for(pool, j.tasks, dg__col2im_task, &j);
 }
 
@@ -4734,14 +4729,7 @@ static void dg__reorder_task(void *arg, int ci, int thread)
 static void dg__reorder(dg_pool *pool, const float *src, float *dst, int n, int c, size_t hw,
                         int to_cnhw, const float *bias)
 {
-    dg__reorder_job j;
-    j.src = src;
-    j.dst = dst;
-    j.bias = bias;
-    j.n = n;
-    j.c = c;
-    j.hw = hw;
-    j.to_cnhw = to_cnhw;
+    dg__reorder_job j = {src, dst, bias, n, c, hw, to_cnhw};
     dg_parallel_for((size_t)n * c * hw >= DG__CHUNK ? pool : NULL, c, dg__reorder_task, &j);
 }
 
@@ -5300,14 +5288,7 @@ static void dg__act_task(void *arg, int task, int thread)
 static void dg__act(dg_pool *pool, const dg__layer *l, const float *a, const float *b, float *out,
                     size_t n, int backward)
 {
-    dg__act_job j;
-    j.l = l;
-    j.isa = dg_pool_isa(pool);
-    j.a = a;
-    j.b = b;
-    j.out = out;
-    j.n = n;
-    j.backward = backward;
+    dg__act_job j = {l, dg_pool_isa(pool), a, b, out, n, backward};
     dg_parallel_for(pool, (int)((n + DG__CHUNK - 1) / DG__CHUNK), dg__act_task, &j);
 }
 
@@ -5509,29 +5490,18 @@ static void dg__maxpool_bwd_task(void *arg, int plane, int thread)
    layers run inline */
 static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, float *y, int nb)
 {
-    dg__bn_job j;
-    j.net = net;
-    j.l = l;
-    j.x = x;
-    j.dy = dy;
-    j.y = y;
-    j.n = nb;
-    if (l->ih * l->iw == 1)
-        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL,
-                        (l->ic + DG__BN_BLOCK - 1) / DG__BN_BLOCK, dg__bn1d_task, &j);
-    else
-        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL, l->ic, dg__bn_task,
-                        &j);
+    dg__bn_job j = {net, l, x, dy, y, nb};
+    int flat = l->ih * l->iw == 1;
+    dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL,
+                    flat ? (l->ic + DG__BN_BLOCK - 1) / DG__BN_BLOCK : l->ic,
+                    flat ? dg__bn1d_task : dg__bn_task, &j);
 }
 
 /* one task per (sample, channel) plane; forward: x -> y, backward: dy -> dx */
 static void dg__maxpool(dg_pool *pool, const dg__layer *l, const float *x, float *y, int nb,
                         dg_task_fn task)
 {
-    dg__pool_job j;
-    j.l = l;
-    j.x = x;
-    j.y = y;
+    dg__pool_job j = {l, x, y};
     dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? pool : NULL, nb * l->ic, task, &j);
 }
 
@@ -5961,9 +5931,7 @@ static void dg__net_encode(dg__wbuf *w, const void *obj)
 
 DGDEF size_t dg_net_save_size(const dg_net *net, const dg_optim *opt)
 {
-    dg__net_ckpt c;
-    c.net = net;
-    c.opt = opt;
+    dg__net_ckpt c = {net, opt};
     return net ? dg__encoded_size(dg__net_encode, &c) : 0;
 }
 
@@ -5979,12 +5947,10 @@ static dg_result dg__net_save_check(const dg_net *net, const dg_optim *opt, cons
 DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *buf, size_t cap,
                                 size_t *written)
 {
-    dg__net_ckpt c;
+    dg__net_ckpt c = {net, opt};
     dg_result r;
     if (!net || !buf) return dg__fail(DG_ERR_ARG, "dg_net_save_mem: NULL argument");
     if ((r = dg__net_save_check(net, opt, "dg_net_save_mem"))) return r;
-    c.net = net;
-    c.opt = opt;
     return dg__encode_mem(dg__net_encode, &c, buf, cap, written, "dg_net_save_mem");
 }
 
@@ -6064,12 +6030,10 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
 
 DGDEF dg_result dg_net_save(const dg_net *net, const dg_optim *opt, const char *path)
 {
-    dg__net_ckpt c;
+    dg__net_ckpt c = {net, opt};
     dg_result r;
     if (!net || !path) return dg__fail(DG_ERR_ARG, "dg_net_save: NULL argument");
     if ((r = dg__net_save_check(net, opt, "dg_net_save"))) return r;
-    c.net = net;
-    c.opt = opt;
     return dg__encode_file(dg__net_encode, &c, path);
 }
 
@@ -8868,9 +8832,7 @@ static void dg__clf_encode(dg__wbuf *w, const void *obj)
 
 static dg_result dg__clf_save(dg_evaluator *ev, uint64_t fp, const char *path)
 {
-    dg__clf_ckpt c;
-    c.ev = ev;
-    c.fp = fp;
+    dg__clf_ckpt c = {ev, fp};
     return dg__encode_file(dg__clf_encode, &c, path);
 }
 
@@ -8881,10 +8843,8 @@ static dg_result dg__clf_load(dg_evaluator *ev, uint64_t fp, const char *path)
     unsigned char *buf;
     size_t len;
     dg__rbuf sec[3];
-    dg__clf_ckpt c;
+    dg__clf_ckpt c = {ev, fp};
     dg_result r;
-    c.ev = ev;
-    c.fp = fp;
     if ((r = dg__read_file(path, dg__encoded_size(dg__clf_encode, &c), &buf, &len))) return r;
     if ((r = dg__ck_open(buf, len, DG__CK_CLASSIFIER, types, 3, sec, path))) goto done;
     if (dg__get_u64(&sec[0]) != fp) {
