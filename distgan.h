@@ -3865,10 +3865,7 @@ static const dg__isa_desc *dg__isa_get(dg_isa isa)
 static void dg__ew(dg_isa isa, int op, const float *a, const float *b, float *out, size_t n,
                    float s, float s2, float s3)
 {
-    float ks[3];
-    ks[0] = s;
-    ks[1] = s2;
-    ks[2] = s3;
+    float ks[3] = {s, s2, s3};
     dg__isa_get(isa)->ew(op, a, b, out, n, ks);
 }
 
@@ -7449,9 +7446,7 @@ static dg_result dg__write_png(const char *who, const char *path, int w, int h, 
     return dg__fail(DG_ERR_UNSUPPORTED, "%s(%s): this build has no PNG writer (DG_NO_STB)", who,
                     path);
 #else
-    dg__png_sink sink;
-    sink.path = path;
-    sink.r = DG_OK;
+    dg__png_sink sink = {path, DG_OK};
     if (!stbi_write_png_to_func(dg__png_sink_write, &sink, w, h, comp, px, w * comp))
         return dg__fail(DG_ERR_NOMEM, "%s: cannot encode %s", who, path);
     return sink.r == DG_OK ? DG_OK : dg__fail(sink.r, "%s: cannot write %s", who, path);
@@ -7642,7 +7637,7 @@ DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, step, v, px;
     int s, i, L = 80, R = 20, T = c.title ? 40 : 16, B = c.x_label ? 56 : 36, legend = 0;
     dg_result r;
-    dg__canvas cv;
+    dg__canvas cv = {c.width, c.height, NULL};
     if (!path || n_series < 0 || (n_series && !series) || c.width < 200 || c.height < 150 ||
         c.width > 8192 || c.height > 8192)
         return dg__fail(DG_ERR_ARG, "dg_plot_write_png: bad arguments (size %dx%d)", c.width, c.height);
@@ -7675,8 +7670,6 @@ DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
     if (legend) R = 60 + 8 * (legend < 40 ? legend : 40);
     if (c.y_label) L += 16;
     if (L + R + 50 > c.width) R = c.width - L - 50;
-    cv.w = c.width;
-    cv.h = c.height;
     cv.px = (uint8_t *)dg__alloc((size_t)c.width * c.height * 3);
     if (!cv.px) return dg__fail(DG_ERR_NOMEM, "dg_plot_write_png: out of memory");
     memset(cv.px, 255, (size_t)c.width * c.height * 3);
@@ -9081,49 +9074,45 @@ done:
 }
 
 typedef struct dg__eval_src {
+    const dg_evaluator *ev;
     const float *images;
     const dg_dataset *ds;
     const uint32_t *perm;  /* dataset: the order in which images are taken */
-    size_t d;
 } dg__eval_src;
 
 static dg_result dg__eval_src_fn(void *user, size_t offset, int count, float *images)
 {
     dg__eval_src *s = (dg__eval_src *)user;
+    size_t d = (size_t)s->ev->c * s->ev->h * s->ev->w;
+    uint32_t idx[DG__EVAL_CHUNK];
+    int i, done = 0;
+    dg_result r;
     if (s->images) {
-        memcpy(images, s->images + offset * s->d, sizeof(float) * s->d * (size_t)count);
-        return DG_OK;
-    } else {
-        uint32_t idx[DG__EVAL_CHUNK];
-        int i, done = 0;
-        dg_result r;
-        while (done < count) {
-            int cnt = count - done < DG__EVAL_CHUNK ? count - done : DG__EVAL_CHUNK;
-            for (i = 0; i < cnt; i++) idx[i] = s->perm[offset + (size_t)done + (size_t)i];
-            if ((r = dg_dataset_batch(s->ds, idx, (size_t)cnt, images + (size_t)done * s->d, NULL)))
-                return r;
-            done += cnt;
-        }
+        memcpy(images, s->images + offset * d, sizeof(float) * d * (size_t)count);
         return DG_OK;
     }
+    while (done < count) {
+        int cnt = count - done < DG__EVAL_CHUNK ? count - done : DG__EVAL_CHUNK;
+        for (i = 0; i < cnt; i++) idx[i] = s->perm[offset + (size_t)done + (size_t)i];
+        if ((r = dg_dataset_batch(s->ds, idx, (size_t)cnt, images + (size_t)done * d, NULL)))
+            return r;
+        done += cnt;
+    }
+    return DG_OK;
 }
 
 DGDEF dg_result dg_evaluator_images(dg_evaluator *ev, const float *images, size_t n, int splits,
                                     dg_eval_result *out)
 {
-    dg__eval_src s;
+    dg__eval_src s = {ev, images, NULL, NULL};
     if (!ev || !images) return dg__fail(DG_ERR_ARG, "dg_evaluator_images: NULL argument");
-    s.images = images;
-    s.ds = NULL;
-    s.perm = NULL;
-    s.d = (size_t)ev->c * ev->h * ev->w;
     return dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
 }
 
 DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, size_t n, int splits,
                                      dg_eval_result *out)
 {
-    dg__eval_src s;
+    dg__eval_src s = {ev, NULL, ds, NULL};
     uint32_t *perm;
     dg_rng rng = dg_rng_make(0, 0x9e4, 0);
     dg_result r;
@@ -9136,10 +9125,7 @@ DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, siz
     if (!perm) return dg__fail(DG_ERR_NOMEM, "dg_evaluator_dataset: no memory");
     for (i = 0; i < ds->n; i++) perm[i] = (uint32_t)i;
     dg_rng_shuffle(&rng, perm, ds->n);
-    s.images = NULL;
-    s.ds = ds;
     s.perm = perm;
-    s.d = (size_t)ev->c * ev->h * ev->w;
     r = dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
     dg__free(perm);
     return r;
