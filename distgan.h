@@ -3511,15 +3511,30 @@ dg__ukernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int
 #undef DG__OUT
 }
 
+/* The 12 x 32 tile of C of the AVX-512 kernels: 24 zmm accumulators c<r>0,
+   c<r>1 for the rows r = 0..9, A, B.  DG__TILE(X) expands X(r, i) for each
+   row (i: its index); DG__TILE_FMA(r, i) adds x = DG__TILE_A(i), the value
+   of A for row i (a broadcast of a[i] unless a kernel redefines it), times
+   the two vectors b0, b1 of B to row r. */
+#define DG__TILE_ZERO                                                                        \
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00; \
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                 \
+    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;                 \
+    __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00
+#define DG__TILE(X)                                                                          \
+    X(0, 0) X(1, 1) X(2, 2) X(3, 3) X(4, 4) X(5, 5) X(6, 6) X(7, 7) X(8, 8) X(9, 9) X(A, 10) X(B, 11)
+#define DG__TILE_FMA(r, i)                        \
+    x = DG__TILE_A(i);                            \
+    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
+    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
+#define DG__TILE_A(i) _mm512_set1_ps(a[i])
+
 /* 12 x 32 tile: 24 zmm accumulators, 2 loads of B and 12 broadcasts of A
    per k: 24 FMAs against 14 loads keeps both FMA pipes busy */
 __attribute__((target("avx512f"))) static void
 dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, int acc)
 {
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-    __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+    DG__TILE_ZERO;
     int p;
     /* the tile of C is touched only at the end: fetch it now, behind the FMAs */
     for (p = 0; p < 12; p++) {
@@ -3528,13 +3543,7 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
     }
     for (p = 0; p < kc; p++, a += 12, b += 32) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), x;
-#define DG__ROW(r, i)                             \
-    x = _mm512_set1_ps(a[i]);                     \
-    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
-    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
-        DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
-        DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
-#undef DG__ROW
+        DG__TILE(DG__TILE_FMA)
     }
 #define DG__OUT(r, i)                                                                     \
     if (acc) {                                                                            \
@@ -3543,8 +3552,7 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
     }                                                                                     \
     _mm512_storeu_ps(c + i * ldc, c##r##0);                                               \
     _mm512_storeu_ps(c + i * ldc + 16, c##r##1);
-    DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
-    DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+    DG__TILE(DG__OUT)
 #undef DG__OUT
 }
 #endif
@@ -3867,10 +3875,7 @@ static const dg__isa_desc *dg__isa_get(dg_isa isa)
 static void dg__ew(dg_isa isa, int op, const float *a, const float *b, float *out, size_t n,
                    float s, float s2, float s3)
 {
-    float ks[3];
-    ks[0] = s;
-    ks[1] = s2;
-    ks[2] = s3;
+    float ks[3] = {s, s2, s3};
     dg__isa_get(isa)->ew(op, a, b, out, n, ks);
 }
 
@@ -4353,22 +4358,13 @@ __attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int 
             __mmask16 k1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
             const float *a = s->pa + (size_t)p0 * 12, *b = g->b + (size_t)p0 * ldb + j;
             float *c = g->c + j;
-            __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-            __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-            __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-            __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
+            DG__TILE_ZERO;
             for (p = p0; p < p1; p++, a += 12, b += ldb) {
                 __m512 b0 = _mm512_maskz_loadu_ps(k0, b), b1 = _mm512_maskz_loadu_ps(k1, b + 16), x;
                 /* B rows are ldb apart, too far for the hardware prefetcher */
                 _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
                 _mm_prefetch((const char *)(b + 8 * ldb + 16), _MM_HINT_T0);
-#define DG__ROW(r, i)                             \
-    x = _mm512_set1_ps(a[i]);                     \
-    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);    \
-    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
-                DG__ROW(0, 0) DG__ROW(1, 1) DG__ROW(2, 2) DG__ROW(3, 3) DG__ROW(4, 4) DG__ROW(5, 5)
-                DG__ROW(6, 6) DG__ROW(7, 7) DG__ROW(8, 8) DG__ROW(9, 9) DG__ROW(A, 10) DG__ROW(B, 11)
-#undef DG__ROW
+                DG__TILE(DG__TILE_FMA)
             }
 #define DG__OUT(r, i)                                                                          \
     if (i < m) {                                                                               \
@@ -4379,8 +4375,7 @@ __attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int 
         _mm512_mask_storeu_ps(c + i * ldc, k0, c##r##0);                                       \
         _mm512_mask_storeu_ps(c + i * ldc + 16, k1, c##r##1);                                  \
     }
-            DG__OUT(0, 0) DG__OUT(1, 1) DG__OUT(2, 2) DG__OUT(3, 3) DG__OUT(4, 4) DG__OUT(5, 5)
-            DG__OUT(6, 6) DG__OUT(7, 7) DG__OUT(8, 8) DG__OUT(9, 9) DG__OUT(A, 10) DG__OUT(B, 11)
+            DG__TILE(DG__OUT)
 #undef DG__OUT
         }
 }
@@ -4411,32 +4406,24 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
         int j = 2 * u, two = g->n - j > 1;
         const float *w0 = g->b + (size_t)j * ldb, *w1 = two ? w0 + ldb : w0;
         float sums[24];
-        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-        __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-        __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-        __m512 c90 = c00, c91 = c00, cA0 = c00, cA1 = c00, cB0 = c00, cB1 = c00;
-        /* full chunks of 16, then the tail under a mask */
-#define DG__ROW(r, i, LOAD)                           \
-    x = LOAD(ar[i] + p);                              \
-    c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);        \
-    c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);
-#define DG__CHUNK_ROWS(LOAD)                                                                       \
-    DG__ROW(0, 0, LOAD) DG__ROW(1, 1, LOAD) DG__ROW(2, 2, LOAD) DG__ROW(3, 3, LOAD)                 \
-    DG__ROW(4, 4, LOAD) DG__ROW(5, 5, LOAD) DG__ROW(6, 6, LOAD) DG__ROW(7, 7, LOAD)                 \
-    DG__ROW(8, 8, LOAD) DG__ROW(9, 9, LOAD) DG__ROW(A, 10, LOAD) DG__ROW(B, 11, LOAD)
-#define DG__TAIL_LOAD(q) _mm512_maskz_loadu_ps(km, (q))
+        DG__TILE_ZERO;
+        /* full chunks of 16, then the tail under a mask: A is 16 values
+           of a row of A, loaded by DG__NT_LOAD */
+#undef DG__TILE_A
+#define DG__TILE_A(i) DG__NT_LOAD(ar[i] + p)
+#define DG__NT_LOAD _mm512_loadu_ps
         for (p = 0; p + 16 <= k; p += 16) {
             __m512 b0 = _mm512_loadu_ps(w0 + p), b1 = _mm512_loadu_ps(w1 + p), x;
-            DG__CHUNK_ROWS(_mm512_loadu_ps)
+            DG__TILE(DG__TILE_FMA)
         }
+#undef DG__NT_LOAD
+#define DG__NT_LOAD(q) _mm512_maskz_loadu_ps(km, (q))
         if (p < k) {
             __mmask16 km = (__mmask16)((1u << (k - p)) - 1);
             __m512 b0 = _mm512_maskz_loadu_ps(km, w0 + p), b1 = _mm512_maskz_loadu_ps(km, w1 + p), x;
-            DG__CHUNK_ROWS(DG__TAIL_LOAD)
+            DG__TILE(DG__TILE_FMA)
         }
-#undef DG__TAIL_LOAD
-#undef DG__CHUNK_ROWS
-#undef DG__ROW
+#undef DG__NT_LOAD
         _mm_storeu_ps(sums, dg__hsum4(c00, c01, c10, c11));
         _mm_storeu_ps(sums + 4, dg__hsum4(c20, c21, c30, c31));
         _mm_storeu_ps(sums + 8, dg__hsum4(c40, c41, c50, c51));
@@ -4450,6 +4437,10 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
         }
     }
 }
+#undef DG__TILE_A
+#undef DG__TILE_FMA
+#undef DG__TILE
+#undef DG__TILE_ZERO
 #endif
 
 /* The GEMM by the paths above when it qualifies (AVX-512, 2 <= m <= 12,
@@ -4708,13 +4699,8 @@ static void dg__col2im_task(void *arg, int task, int thread)
 static void dg__col2im(dg_pool *pool, const dg__conv_geom *g, const float *cols,
                        const float *bias, float *img)
 {
-    dg__cols_job j;
-    j.g = g;
-    j.src = cols;
-    j.bias = bias;
-    j.dst = img;
-    j.tasks = g->n * g->c < 256 ? g->n * g->c : 256;
-    j.simd = dg_pool_isa(pool) == DG_ISA_AVX512 && g->k * ((g->w + 15) / 16) <= DG__COL2IM_LANES;
+    dg__cols_job j = {g, cols, bias, img, g->n * g->c < 256 ? g->n * g->c : 256,
+                      dg_pool_isa(pool) == DG_ISA_AVX512 && g->k * ((g->w + 15) / 16) <= DG__COL2IM_LANES};
     dg_parallel_for(pool, j.tasks, dg__col2im_task, &j);
 }
 
@@ -4750,14 +4736,7 @@ static void dg__reorder_task(void *arg, int ci, int thread)
 static void dg__reorder(dg_pool *pool, const float *src, float *dst, int n, int c, size_t hw,
                         int to_cnhw, const float *bias)
 {
-    dg__reorder_job j;
-    j.src = src;
-    j.dst = dst;
-    j.bias = bias;
-    j.n = n;
-    j.c = c;
-    j.hw = hw;
-    j.to_cnhw = to_cnhw;
+    dg__reorder_job j = {src, dst, bias, n, c, hw, to_cnhw};
     dg_parallel_for((size_t)n * c * hw >= DG__CHUNK ? pool : NULL, c, dg__reorder_task, &j);
 }
 
@@ -5106,25 +5085,21 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
         goto nomem;
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
+        void *own = l; /* the buffer of the layer's own kind, where it has one */
         if (l->d.type == DG_LAYER_RESHAPE) {
             l->out = i ? net->layers[i - 1].out : net->input;
             continue;
         }
         l->out = dg__net_buf(net, l->out_size * nb, sizeof(float));
-        if (!l->out) goto nomem;
         if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-            l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
+            own = l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
         else if (l->d.type == DG_LAYER_BATCHNORM)
-            l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
+            own = l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
         else if (l->d.type == DG_LAYER_DROPOUT)
-            l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
+            own = l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
         else if (l->d.type == DG_LAYER_MAXPOOL)
-            l->idx = (int32_t *)dg__net_buf(net, l->out_size * nb, sizeof(int32_t));
-        if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D && !l->keep)
-            goto nomem;
-        if ((l->d.type == DG_LAYER_BATCHNORM || l->d.type == DG_LAYER_DROPOUT) && !l->aux)
-            goto nomem;
-        if (l->d.type == DG_LAYER_MAXPOOL && !l->idx) goto nomem;
+            own = l->idx = (int32_t *)dg__net_buf(net, l->out_size * nb, sizeof(int32_t));
+        if (!l->out || !own) goto nomem;
     }
     net->planned = 1;
     return dg_net_init(net, 0, 0.0f);
@@ -5231,6 +5206,17 @@ DGDEF void dg_net_output_shape(const dg_net *net, int *c, int *h, int *w)
     dg__last_shape(net, c, h, w);
 }
 
+/* Multiply-adds of one sample through a linear or convolution layer (one
+   of its three products in backward); 0 for the other layers. */
+static double dg__layer_macs(const dg__layer *l)
+{
+    if (l->d.type == DG_LAYER_LINEAR) return (double)l->in_size * l->oc;
+    if (l->d.type == DG_LAYER_CONV2D) return (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
+    if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
+        return (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
+    return 0.0;
+}
+
 DGDEF double dg_net_flops(const dg_net *net, int backward)
 {
     double f = 0.0;
@@ -5238,15 +5224,8 @@ DGDEF double dg_net_flops(const dg_net *net, int backward)
     if (!net) return 0.0;
     for (i = 0; i < net->n_layers; i++) {
         const dg__layer *l = &net->layers[i];
-        double macs = 0.0;
-        if (l->d.type == DG_LAYER_LINEAR)
-            macs = (double)l->in_size * l->oc;
-        else if (l->d.type == DG_LAYER_CONV2D)
-            macs = (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
-        else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-            macs = (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
-        else
-            f += (double)l->out_size * (backward ? 2.0 : 1.0);
+        double macs = dg__layer_macs(l);
+        if (macs == 0.0) f += (double)l->out_size * (backward ? 2.0 : 1.0);
         /* backward: the input gradient and the weight gradient */
         f += 2.0 * macs * (backward ? 3.0 : 1.0);
     }
@@ -5264,14 +5243,8 @@ DGDEF double dg_net_train_flops(const dg_net *net, int input_grad)
     for (first = 0; first < net->n_layers - 1; first++)
         if (net->layers[first].d.type != DG_LAYER_RESHAPE) break;
     l = &net->layers[first];
-    if (l->d.type == DG_LAYER_LINEAR)
-        f -= 2.0 * (double)l->in_size * l->oc;
-    else if (l->d.type == DG_LAYER_CONV2D)
-        f -= 2.0 * (double)l->out_size * l->ic * l->d.kernel * l->d.kernel;
-    else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-        f -= 2.0 * (double)l->in_size * l->oc * l->d.kernel * l->d.kernel;
-    else if (l->d.type != DG_LAYER_RESHAPE)
-        f -= (double)l->out_size;
+    if (dg__layer_macs(l) > 0.0) f -= 2.0 * dg__layer_macs(l);
+    else if (l->d.type != DG_LAYER_RESHAPE) f -= (double)l->out_size;
     return f;
 }
 
@@ -5322,14 +5295,7 @@ static void dg__act_task(void *arg, int task, int thread)
 static void dg__act(dg_pool *pool, const dg__layer *l, const float *a, const float *b, float *out,
                     size_t n, int backward)
 {
-    dg__act_job j;
-    j.l = l;
-    j.isa = dg_pool_isa(pool);
-    j.a = a;
-    j.b = b;
-    j.out = out;
-    j.n = n;
-    j.backward = backward;
+    dg__act_job j = {l, dg_pool_isa(pool), a, b, out, n, backward};
     dg_parallel_for(pool, (int)((n + DG__CHUNK - 1) / DG__CHUNK), dg__act_task, &j);
 }
 
@@ -5531,29 +5497,18 @@ static void dg__maxpool_bwd_task(void *arg, int plane, int thread)
    layers run inline */
 static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, float *y, int nb)
 {
-    dg__bn_job j;
-    j.net = net;
-    j.l = l;
-    j.x = x;
-    j.dy = dy;
-    j.y = y;
-    j.n = nb;
-    if (l->ih * l->iw == 1)
-        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL,
-                        (l->ic + DG__BN_BLOCK - 1) / DG__BN_BLOCK, dg__bn1d_task, &j);
-    else
-        dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL, l->ic, dg__bn_task,
-                        &j);
+    dg__bn_job j = {net, l, x, dy, y, nb};
+    int flat = l->ih * l->iw == 1;
+    dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? net->pool : NULL,
+                    flat ? (l->ic + DG__BN_BLOCK - 1) / DG__BN_BLOCK : l->ic,
+                    flat ? dg__bn1d_task : dg__bn_task, &j);
 }
 
 /* one task per (sample, channel) plane; forward: x -> y, backward: dy -> dx */
 static void dg__maxpool(dg_pool *pool, const dg__layer *l, const float *x, float *y, int nb,
                         dg_task_fn task)
 {
-    dg__pool_job j;
-    j.l = l;
-    j.x = x;
-    j.y = y;
+    dg__pool_job j = {l, x, y};
     dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? pool : NULL, nb * l->ic, task, &j);
 }
 
@@ -5568,32 +5523,26 @@ static void dg__dropout_fwd(dg_net *net, dg__layer *l, const float *x, size_t n)
     }
 }
 
-static float dg__sum(dg_pool *pool, const float *x, size_t n)
+/* the sum of `planes` runs of n floats, `stride` apart (a bias gradient) */
+static float dg__sum(dg_pool *pool, const float *x, size_t n, size_t planes, size_t stride)
 {
     double sums[2] = {0.0, 0.0};
-    dg__isa_get(dg_pool_isa(pool))->sums(x, NULL, n, 1, 0, 0.0f, sums);
+    dg__isa_get(dg_pool_isa(pool))->sums(x, NULL, n, planes, stride, 0.0f, sums);
     return (float)sums[0];
-}
-
-/* y[b][o] += bias[o] */
-static void dg__add_bias_rows(float *y, const float *bias, int rows, int cols)
-{
-    int r, c;
-    for (r = 0; r < rows; r++)
-        for (c = 0; c < cols; c++) y[(size_t)r * cols + c] += bias[c];
 }
 
 static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
 {
     dg_pool *pool = net->pool;
     float *w = net->params + l->p_off, *bias = l->n_p > l->n_w ? w + l->n_w : NULL;
-    int k = l->d.kernel;
+    int k = l->d.kernel, n, c;
     size_t total = l->out_size * (size_t)nb;
     switch (l->d.type) {
     case DG_LAYER_LINEAR:
         dg_gemm(pool, 0, 1, nb, l->oc, (int)l->in_size, 1.0f, x, (int)l->in_size, w,
                 (int)l->in_size, 0.0f, l->out, l->oc);
-        if (bias) dg__add_bias_rows(l->out, bias, nb, l->oc);
+        for (n = 0; n < nb && bias; n++) /* y[n][c] += bias[c] */
+            for (c = 0; c < l->oc; c++) l->out[(size_t)n * l->oc + c] += bias[c];
         break;
     case DG_LAYER_CONV2D: {
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
@@ -5651,7 +5600,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
-        for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid);
+        for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid, 1, 0);
         dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
         if (!dx) break;
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
@@ -5663,11 +5612,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
         int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
         size_t hw = (size_t)l->oh * l->ow;
-        for (c = 0; c < l->oc && db; c++) {
-            double sums[2] = {0.0, 0.0};
-            dg__isa_get(dg_pool_isa(pool))->sums(dy + (size_t)c * hw, NULL, hw, (size_t)nb, hw * l->oc, 0.0f, sums);
-            db[c] += (float)sums[0];
-        }
+        for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, dy + (size_t)c * hw, hw, (size_t)nb, hw * l->oc);
         dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, l->keep, grid, &g, dy, 1.0f, dw, kdim);
         if (!dx) break;
         dg__gemm_cols(pool, 0, 0, l->ic, grid, kdim, w, kdim, &g, dy, 0.0f, net->s_out, grid);
@@ -5927,44 +5872,40 @@ DGDEF dg_result dg_optim_step(dg_optim *opt, dg_pool *pool, float *params, const
    for an optimiser: u64 n | i64 t | 7 x f32 hyperparameters | u64 state
    count | floats. */
 
-static void dg__optim_hyper(const dg_optim *o, float h[7])
+/* A layer's record in a checkpoint as 13 words: type, out, kernel, stride,
+   pad, out_pad, c, h, w, the bits of alpha, no_bias, the bits of eps and
+   of momentum.  The reader compares words, so floats match bit for bit. */
+#define DG__DESC_WORDS 13
+static void dg__desc_words(const dg_layer_desc *d, uint32_t v[DG__DESC_WORDS])
 {
-    h[0] = o->lr;
-    h[1] = o->beta1;
-    h[2] = o->beta2;
-    h[3] = o->eps;
-    h[4] = o->momentum;
-    h[5] = o->weight_decay;
-    h[6] = 0.0f;
+    v[0] = (uint32_t)d->type;
+    v[1] = (uint32_t)d->out;
+    v[2] = (uint32_t)d->kernel;
+    v[3] = (uint32_t)d->stride;
+    v[4] = (uint32_t)d->pad;
+    v[5] = (uint32_t)d->out_pad;
+    v[6] = (uint32_t)d->c;
+    v[7] = (uint32_t)d->h;
+    v[8] = (uint32_t)d->w;
+    memcpy(&v[9], &d->alpha, 4);
+    v[10] = (uint32_t)d->no_bias;
+    memcpy(&v[11], &d->eps, 4);
+    memcpy(&v[12], &d->momentum, 4);
 }
 
 /* The net section of a checkpoint. */
 static void dg__net_put(dg__wbuf *w, const dg_net *net, const dg_optim *opt)
 {
     size_t start = dg__ck_section(w, DG__SEC_NET);
-    int i;
+    uint32_t v[DG__DESC_WORDS];
+    int i, j;
     dg__put_u32(w, (uint32_t)net->c);
     dg__put_u32(w, (uint32_t)net->h);
     dg__put_u32(w, (uint32_t)net->w);
     dg__put_u32(w, (uint32_t)net->n_layers);
     for (i = 0; i < net->n_layers; i++) {
-        const dg_layer_desc *d = &net->layers[i].d;
-        int32_t f[9];
-        int j;
-        f[0] = (int32_t)d->type;
-        f[1] = d->out;
-        f[2] = d->kernel;
-        f[3] = d->stride;
-        f[4] = d->pad;
-        f[5] = d->out_pad;
-        f[6] = d->c;
-        f[7] = d->h;
-        f[8] = d->w;
-        for (j = 0; j < 9; j++) dg__put_u32(w, (uint32_t)f[j]);
-        dg__put_f32s(w, &d->alpha, 1);
-        dg__put_u32(w, (uint32_t)d->no_bias);
-        dg__put_f32s(w, &d->eps, 1);
-        dg__put_f32s(w, &d->momentum, 1);
+        dg__desc_words(&net->layers[i].d, v);
+        for (j = 0; j < DG__DESC_WORDS; j++) dg__put_u32(w, v[j]);
     }
     dg__put_u64(w, net->n_params);
     dg__put_u64(w, net->n_state);
@@ -5972,8 +5913,8 @@ static void dg__net_put(dg__wbuf *w, const dg_net *net, const dg_optim *opt)
     dg__put_f32s(w, net->state, net->n_state);
     dg__put_u32(w, opt ? (uint32_t)opt->kind : 0u);
     if (opt) {
-        float h[7];
-        dg__optim_hyper(opt, h);
+        /* the order the reader restores them in; the seventh is spare */
+        float h[7] = {opt->lr, opt->beta1, opt->beta2, opt->eps, opt->momentum, opt->weight_decay, 0.0f};
         dg__put_u64(w, opt->n);
         dg__put_u64(w, (uint64_t)opt->t);
         dg__put_f32s(w, h, 7);
@@ -5997,9 +5938,7 @@ static void dg__net_encode(dg__wbuf *w, const void *obj)
 
 DGDEF size_t dg_net_save_size(const dg_net *net, const dg_optim *opt)
 {
-    dg__net_ckpt c;
-    c.net = net;
-    c.opt = opt;
+    dg__net_ckpt c = {net, opt};
     return net ? dg__encoded_size(dg__net_encode, &c) : 0;
 }
 
@@ -6015,12 +5954,10 @@ static dg_result dg__net_save_check(const dg_net *net, const dg_optim *opt, cons
 DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *buf, size_t cap,
                                 size_t *written)
 {
-    dg__net_ckpt c;
+    dg__net_ckpt c = {net, opt};
     dg_result r;
     if (!net || !buf) return dg__fail(DG_ERR_ARG, "dg_net_save_mem: NULL argument");
     if ((r = dg__net_save_check(net, opt, "dg_net_save_mem"))) return r;
-    c.net = net;
-    c.opt = opt;
     return dg__encode_mem(dg__net_encode, &c, buf, cap, written, "dg_net_save_mem");
 }
 
@@ -6039,21 +5976,12 @@ static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
         return dg__fail(DG_ERR_CONFIG, "checkpoint: layer count differs from the net's %d",
                         net->n_layers);
     for (l = 0; l < net->n_layers; l++) {
-        const dg_layer_desc *d = &net->layers[l].d;
-        int32_t f[9], no_bias;
+        uint32_t v[DG__DESC_WORDS], want[DG__DESC_WORDS];
         int j;
-        float alpha, eps, momentum;
-        for (j = 0; j < 9; j++) f[j] = (int32_t)dg__get_u32(r);
-        alpha = dg__get_f32(r);
-        no_bias = (int32_t)dg__get_u32(r);
-        eps = dg__get_f32(r);
-        momentum = dg__get_f32(r);
+        for (j = 0; j < DG__DESC_WORDS; j++) v[j] = dg__get_u32(r);
         if (r->bad) break;
-        if (f[0] != (int32_t)d->type || f[1] != d->out || f[2] != d->kernel ||
-            f[3] != d->stride || f[4] != d->pad || f[5] != d->out_pad || f[6] != d->c ||
-            f[7] != d->h || f[8] != d->w || memcmp(&alpha, &d->alpha, 4) != 0 ||
-            no_bias != d->no_bias || memcmp(&eps, &d->eps, 4) != 0 ||
-            memcmp(&momentum, &d->momentum, 4) != 0)
+        dg__desc_words(&net->layers[l].d, want);
+        if (memcmp(v, want, sizeof v) != 0)
             return dg__fail(DG_ERR_CONFIG, "checkpoint: layer %d differs from the net's", l);
     }
     if (dg__get_u64(r) != net->n_params || dg__get_u64(r) != net->n_state)
@@ -6088,10 +6016,9 @@ static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
         }
     }
     if (r->pos != r->len) return dg__fail(DG_ERR_FORMAT, "checkpoint: trailing bytes");
-    for (i = 0; i < net->n_params; i++) memcpy(&net->params[i], params + 4 * i, 4);
-    for (i = 0; i < net->n_state; i++) memcpy(&net->state[i], state + 4 * i, 4);
-    if (opt && ostate)
-        for (i = 0; i < dg_optim_state_count(opt); i++) memcpy(&opt->state[i], ostate + 4 * i, 4);
+    memcpy(net->params, params, 4 * net->n_params);
+    memcpy(net->state, state, 4 * net->n_state);
+    if (opt && ostate) memcpy(opt->state, ostate, 4 * dg_optim_state_count(opt));
     return DG_OK;
 }
 
@@ -6110,12 +6037,10 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
 
 DGDEF dg_result dg_net_save(const dg_net *net, const dg_optim *opt, const char *path)
 {
-    dg__net_ckpt c;
+    dg__net_ckpt c = {net, opt};
     dg_result r;
     if (!net || !path) return dg__fail(DG_ERR_ARG, "dg_net_save: NULL argument");
     if ((r = dg__net_save_check(net, opt, "dg_net_save"))) return r;
-    c.net = net;
-    c.opt = opt;
     return dg__encode_file(dg__net_encode, &c, path);
 }
 
@@ -6599,27 +6524,31 @@ static void dg__strlist_free(dg__strlist *l)
     memset(l, 0, sizeof *l);
 }
 
-static dg_result dg__strlist_push(dg__strlist *l, const char *a, const char *b)
+/* dir/name in a dg__alloc'd string (NULL without memory) */
+static char *dg__path_join(const char *dir, const char *name)
 {
-    size_t la = strlen(a), lb = b ? strlen(b) : 0;
-    char *s;
+    size_t la = strlen(dir), lb = strlen(name);
+    char *s = (char *)dg__alloc(la + lb + 2);
+    if (s) {
+        memcpy(s, dir, la);
+        s[la] = '/';
+        memcpy(s + la + 1, name, lb + 1);
+    }
+    return s;
+}
+
+/* Appends s, a dg__alloc'd string the list then owns. */
+static dg_result dg__strlist_push(dg__strlist *l, char *s)
+{
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 64;
-        char **ns = (char **)dg__alloc(cap * sizeof(char *));
-        if (!ns) return dg__fail(DG_ERR_NOMEM, "image folder: out of memory listing files");
-        if (l->n) memcpy(ns, l->s, l->n * sizeof(char *));
-        dg__free(l->s);
+        char **ns = (char **)dg__realloc(l->s, l->n * sizeof(char *), cap * sizeof(char *));
+        if (!ns) {
+            dg__free(s);
+            return dg__fail(DG_ERR_NOMEM, "image folder: out of memory listing files");
+        }
         l->s = ns;
         l->cap = cap;
-    }
-    s = (char *)dg__alloc(la + lb + 2);
-    if (!s) return dg__fail(DG_ERR_NOMEM, "image folder: out of memory listing files");
-    memcpy(s, a, la);
-    if (b) {
-        s[la] = '/';
-        memcpy(s + la + 1, b, lb + 1);
-    } else {
-        s[la] = 0;
     }
     l->s[l->n++] = s;
     return DG_OK;
@@ -6648,8 +6577,8 @@ static int dg__is_image_name(const char *name)
     return 0;
 }
 
-/* Lists dir: sub-folders into dirs (names only), image files into files
-   (full paths); both sorted. */
+/* Lists dir: sub-folders into dirs, image files into files, as paths
+   dir/name; both sorted. */
 static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *files)
 {
     DIR *d = opendir(dir);
@@ -6659,24 +6588,18 @@ static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *f
     while (!r && (e = readdir(d)) != NULL) {
         struct stat st;
         char *full;
-        size_t la = strlen(dir), lb = strlen(e->d_name);
         if (e->d_name[0] == '.') continue;
-        full = (char *)dg__alloc(la + lb + 2);
-        if (!full) {
+        if (!(full = dg__path_join(dir, e->d_name))) {
             r = dg__fail(DG_ERR_NOMEM, "%s: out of memory", dir);
             break;
         }
-        memcpy(full, dir, la);
-        full[la] = '/';
-        memcpy(full + la + 1, e->d_name, lb + 1);
-        if (stat(full, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) {
-                if (dirs) r = dg__strlist_push(dirs, e->d_name, NULL);
-            } else if (S_ISREG(st.st_mode) && dg__is_image_name(e->d_name)) {
-                r = dg__strlist_push(files, dir, e->d_name);
-            }
-        }
-        dg__free(full);
+        if (stat(full, &st) != 0) st.st_mode = 0; /* neither a folder nor a file */
+        if (S_ISDIR(st.st_mode) && dirs)
+            r = dg__strlist_push(dirs, full);
+        else if (S_ISREG(st.st_mode) && dg__is_image_name(e->d_name))
+            r = dg__strlist_push(files, full);
+        else
+            dg__free(full);
     }
     closedir(d);
     if (dirs && dirs->n) qsort(dirs->s, dirs->n, sizeof(char *), dg__data_strcmp_p);
@@ -6710,15 +6633,7 @@ DGDEF dg_result dg_dataset_load_image_dir(dg_dataset *ds, const char *dir, int c
             goto done;
         }
         for (k = 0; k < dirs.n; k++) {
-            char *sub = (char *)dg__alloc(strlen(dir) + strlen(dirs.s[k]) + 2);
-            if (!sub) {
-                r = dg__fail(DG_ERR_NOMEM, "%s: out of memory", dir);
-                goto done;
-            }
-            sprintf(sub, "%s/%s", dir, dirs.s[k]);
-            r = dg__list_dir(sub, NULL, &files);
-            dg__free(sub);
-            if (r) goto done;
+            if ((r = dg__list_dir(dirs.s[k], NULL, &files))) goto done;
             class_end[k] = files.n;
         }
     }
@@ -7541,9 +7456,7 @@ static dg_result dg__write_png(const char *who, const char *path, int w, int h, 
     return dg__fail(DG_ERR_UNSUPPORTED, "%s(%s): this build has no PNG writer (DG_NO_STB)", who,
                     path);
 #else
-    dg__png_sink sink;
-    sink.path = path;
-    sink.r = DG_OK;
+    dg__png_sink sink = {path, DG_OK};
     if (!stbi_write_png_to_func(dg__png_sink_write, &sink, w, h, comp, px, w * comp))
         return dg__fail(DG_ERR_NOMEM, "%s: cannot encode %s", who, path);
     return sink.r == DG_OK ? DG_OK : dg__fail(sink.r, "%s: cannot write %s", who, path);
@@ -7734,7 +7647,7 @@ DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, step, v, px;
     int s, i, L = 80, R = 20, T = c.title ? 40 : 16, B = c.x_label ? 56 : 36, legend = 0;
     dg_result r;
-    dg__canvas cv;
+    dg__canvas cv = {c.width, c.height, NULL};
     if (!path || n_series < 0 || (n_series && !series) || c.width < 200 || c.height < 150 ||
         c.width > 8192 || c.height > 8192)
         return dg__fail(DG_ERR_ARG, "dg_plot_write_png: bad arguments (size %dx%d)", c.width, c.height);
@@ -7767,8 +7680,6 @@ DGDEF dg_result dg_plot_write_png(const char *path, const dg_plot_config *cfg,
     if (legend) R = 60 + 8 * (legend < 40 ? legend : 40);
     if (c.y_label) L += 16;
     if (L + R + 50 > c.width) R = c.width - L - 50;
-    cv.w = c.width;
-    cv.h = c.height;
     cv.px = (uint8_t *)dg__alloc((size_t)c.width * c.height * 3);
     if (!cv.px) return dg__fail(DG_ERR_NOMEM, "dg_plot_write_png: out of memory");
     memset(cv.px, 255, (size_t)c.width * c.height * 3);
@@ -8058,8 +7969,9 @@ DGDEF dg_result dg_feature_stats_init(dg_feature_stats *s, int dim)
 }
 
 /* Chan et al.'s pairwise update: with batch mean mb and co-moment Mb over
-   nb samples, M += Mb + (mb - m)(mb - m)^T n nb / (n + nb).  Only the upper
-   triangle is accumulated; dg_feature_stats_get mirrors it. */
+   nb samples, M += Mb + (mb - m)(mb - m)^T n nb / (n + nb); Mb NULL: the
+   batch's co-moment is already in M.  Only the upper triangle is
+   accumulated; dg_feature_stats_get mirrors it. */
 static void dg__stats_combine(dg_feature_stats *s, uint64_t nb, const double *mb, const double *Mb)
 {
     int D = s->dim, i, j;
@@ -8079,7 +7991,7 @@ DGDEF dg_result dg_feature_stats_add(dg_feature_stats *s, const float *x, size_t
 {
     int D, i, j;
     size_t r;
-    double *mb, *c, *delta;
+    double *mb, *c;
     if (!s || !s->mean || (n && !x)) return dg__fail(DG_ERR_ARG, "dg_feature_stats_add: NULL or uninitialised");
     if (n == 0) return DG_OK;
     D = s->dim;
@@ -8102,18 +8014,8 @@ DGDEF dg_result dg_feature_stats_add(dg_feature_stats *s, const float *x, size_t
             for (j = i; j < D; j++) row[j] += ci * c[j];
         }
     }
-    /* fold the batch in: delta term only (its co-moment is already added) */
-    delta = c;
-    {
-        double t = (double)s->count + (double)n, f = (double)s->count * (double)n / t;
-        for (i = 0; i < D; i++) delta[i] = mb[i] - s->mean[i];
-        for (i = 0; i < D; i++) {
-            double *row = s->comoment + (size_t)i * D;
-            for (j = i; j < D; j++) row[j] += delta[i] * delta[j] * f;
-        }
-        for (i = 0; i < D; i++) s->mean[i] += delta[i] * (double)n / t;
-        s->count += n;
-    }
+    /* fold the batch in: the delta term only (its co-moment is already added) */
+    dg__stats_combine(s, n, mb, NULL);
     return DG_OK;
 }
 
@@ -8933,9 +8835,7 @@ static void dg__clf_encode(dg__wbuf *w, const void *obj)
 
 static dg_result dg__clf_save(dg_evaluator *ev, uint64_t fp, const char *path)
 {
-    dg__clf_ckpt c;
-    c.ev = ev;
-    c.fp = fp;
+    dg__clf_ckpt c = {ev, fp};
     return dg__encode_file(dg__clf_encode, &c, path);
 }
 
@@ -8946,10 +8846,8 @@ static dg_result dg__clf_load(dg_evaluator *ev, uint64_t fp, const char *path)
     unsigned char *buf;
     size_t len;
     dg__rbuf sec[3];
-    dg__clf_ckpt c;
+    dg__clf_ckpt c = {ev, fp};
     dg_result r;
-    c.ev = ev;
-    c.fp = fp;
     if ((r = dg__read_file(path, dg__encoded_size(dg__clf_encode, &c), &buf, &len))) return r;
     if ((r = dg__ck_open(buf, len, DG__CK_CLASSIFIER, types, 3, sec, path))) goto done;
     if (dg__get_u64(&sec[0]) != fp) {
@@ -9186,49 +9084,45 @@ done:
 }
 
 typedef struct dg__eval_src {
+    const dg_evaluator *ev;
     const float *images;
     const dg_dataset *ds;
     const uint32_t *perm;  /* dataset: the order in which images are taken */
-    size_t d;
 } dg__eval_src;
 
 static dg_result dg__eval_src_fn(void *user, size_t offset, int count, float *images)
 {
     dg__eval_src *s = (dg__eval_src *)user;
+    size_t d = (size_t)s->ev->c * s->ev->h * s->ev->w;
+    uint32_t idx[DG__EVAL_CHUNK];
+    int i, done = 0;
+    dg_result r;
     if (s->images) {
-        memcpy(images, s->images + offset * s->d, sizeof(float) * s->d * (size_t)count);
-        return DG_OK;
-    } else {
-        uint32_t idx[DG__EVAL_CHUNK];
-        int i, done = 0;
-        dg_result r;
-        while (done < count) {
-            int cnt = count - done < DG__EVAL_CHUNK ? count - done : DG__EVAL_CHUNK;
-            for (i = 0; i < cnt; i++) idx[i] = s->perm[offset + (size_t)done + (size_t)i];
-            if ((r = dg_dataset_batch(s->ds, idx, (size_t)cnt, images + (size_t)done * s->d, NULL)))
-                return r;
-            done += cnt;
-        }
+        memcpy(images, s->images + offset * d, sizeof(float) * d * (size_t)count);
         return DG_OK;
     }
+    while (done < count) {
+        int cnt = count - done < DG__EVAL_CHUNK ? count - done : DG__EVAL_CHUNK;
+        for (i = 0; i < cnt; i++) idx[i] = s->perm[offset + (size_t)done + (size_t)i];
+        if ((r = dg_dataset_batch(s->ds, idx, (size_t)cnt, images + (size_t)done * d, NULL)))
+            return r;
+        done += cnt;
+    }
+    return DG_OK;
 }
 
 DGDEF dg_result dg_evaluator_images(dg_evaluator *ev, const float *images, size_t n, int splits,
                                     dg_eval_result *out)
 {
-    dg__eval_src s;
+    dg__eval_src s = {ev, images, NULL, NULL};
     if (!ev || !images) return dg__fail(DG_ERR_ARG, "dg_evaluator_images: NULL argument");
-    s.images = images;
-    s.ds = NULL;
-    s.perm = NULL;
-    s.d = (size_t)ev->c * ev->h * ev->w;
     return dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
 }
 
 DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, size_t n, int splits,
                                      dg_eval_result *out)
 {
-    dg__eval_src s;
+    dg__eval_src s = {ev, NULL, ds, NULL};
     uint32_t *perm;
     dg_rng rng = dg_rng_make(0, 0x9e4, 0);
     dg_result r;
@@ -9241,10 +9135,7 @@ DGDEF dg_result dg_evaluator_dataset(dg_evaluator *ev, const dg_dataset *ds, siz
     if (!perm) return dg__fail(DG_ERR_NOMEM, "dg_evaluator_dataset: no memory");
     for (i = 0; i < ds->n; i++) perm[i] = (uint32_t)i;
     dg_rng_shuffle(&rng, perm, ds->n);
-    s.images = NULL;
-    s.ds = ds;
     s.perm = perm;
-    s.d = (size_t)ev->c * ev->h * ev->w;
     r = dg_evaluator_run(ev, dg__eval_src_fn, &s, n, splits, out);
     dg__free(perm);
     return r;
