@@ -6577,12 +6577,14 @@ static int dg__is_image_name(const char *name)
     return 0;
 }
 
-/* Lists dir: sub-folders into dirs, image files into files, as paths
-   dir/name; both sorted. */
+/* Lists dir: sub-folders into dirs, image files appended to files, as
+   paths dir/name; each sorted, the appended files among themselves only
+   (the files of earlier class folders keep their place and label). */
 static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *files)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
+    size_t first = files->n;
     dg_result r = DG_OK;
     if (!d) return dg__fail(DG_ERR_IO, "%s: cannot open folder", dir);
     while (!r && (e = readdir(d)) != NULL) {
@@ -6603,7 +6605,8 @@ static dg_result dg__list_dir(const char *dir, dg__strlist *dirs, dg__strlist *f
     }
     closedir(d);
     if (dirs && dirs->n) qsort(dirs->s, dirs->n, sizeof(char *), dg__data_strcmp_p);
-    if (files->n) qsort(files->s, files->n, sizeof(char *), dg__data_strcmp_p);
+    if (files->n > first)
+        qsort(files->s + first, files->n - first, sizeof(char *), dg__data_strcmp_p);
     return r;
 }
 #endif

@@ -446,6 +446,21 @@ TEST(image_dir)
     CHECK(ds.n == 3 && ds.c == 1);
     dg_dataset_free(&ds);
 
+    /* class names where one is a prefix of the other ("a" < "a-b" but
+       "a-b/..." < "a/..."): each image keeps its own folder's label */
+    CHECK(mkdir(tpath("prefix"), 0700) == 0);
+    CHECK(mkdir(tpath("prefix/a"), 0700) == 0);
+    CHECK(mkdir(tpath("prefix/a-b"), 0700) == 0);
+    write_png(tpath("prefix/a/1.png"), 3, 3, 1, 1);
+    write_png(tpath("prefix/a-b/1.png"), 3, 3, 1, 2);
+    write_png(tpath("prefix/a-b/2.png"), 3, 3, 1, 3);
+    CHECK_OK(dg_dataset_load_image_dir(&ds, tpath("prefix"), 0));
+    CHECK(ds.n == 3 && ds.n_classes == 2);
+    if (ds.n == 3) {
+        CHECK(ds.labels[0] == 0 && ds.labels[1] == 1 && ds.labels[2] == 1);
+        CHECK(ds.pixels[0] == 40); /* a/1.png, written with seed 1 */
+    }
+    dg_dataset_free(&ds);
     /* flat folder of grey images: unlabelled, one channel picked */
     CHECK(mkdir(tpath("flat"), 0700) == 0);
     write_png(tpath("flat/a.png"), 6, 6, 1, 3);
