@@ -124,14 +124,27 @@ static int parse(opts *o, int argc, char **argv)
     return 0;
 }
 
-static void progress(void *user, int64_t it, int n_live, float d_loss, float g_loss,
-                     const dg_transport *t)
+static float *g_final;
+static size_t g_final_n;
+
+static void finish(void *user, const dg_drive_status *s)
+{
+    (void)user;
+    g_final_n = dg_net_param_count(s->generator);
+    g_final = (float *)malloc(g_final_n * sizeof(float));
+    if (g_final) memcpy(g_final, dg_net_params(s->generator), g_final_n * sizeof(float));
+}
+
+static void progress(void *user, const dg_drive_status *s)
 {
     const opts *o = (const opts *)user;
     uint64_t in, out;
+    int64_t it = s->iteration;
+    int n_live = s->n_live;
+    float d_loss = s->d_loss, g_loss = s->g_loss;
     double el = dg_clock_seconds() - t_start, rate = el > 0 ? (double)it / el : 0.0;
     if (o->log_every <= 0 || (it % o->log_every && it != o->iters)) return;
-    dg_tcp_wire_bytes((dg_transport *)t, DG_ANY_PEER, &in, &out);
+    dg_tcp_wire_bytes(s->transport, DG_ANY_PEER, &in, &out);
     printf("iter %lld/%lld  N_live %d  d_loss %.4f  g_loss %.4f  in %.2f MB  out %.2f MB  "
            "%.1f it/s  left %.0fs\n", (long long)it, (long long)o->iters, n_live, d_loss, g_loss,
            in / 1e6, out / 1e6, rate, rate > 0 ? (o->iters - it) / rate : 0.0);
@@ -147,7 +160,7 @@ int main(int argc, char **argv)
     dg_pool *pool = NULL;
     dg_transport *t = NULL;
     dg_tcp_config tc;
-    dg_tcp_run run;
+    dg_drive run;
     dg_mdgan_config mc = dg_mdgan_config_init();
     dg_flgan_config fc = dg_flgan_config_init();
     char extra[256], who[32];
@@ -161,7 +174,7 @@ int main(int argc, char **argv)
     is_server = !strcmp(o.mode, "server");
     md = o.algo == 0;
     snprintf(who, sizeof who, is_server ? "server" : "worker %d", o.id);
-    dg_tcp_install_signal_handlers();
+    dg_install_stop_handlers();
     if (o.secret_file && (r = dg_tcp_read_secret(o.secret_file, &secret, &secret_len)) != DG_OK) {
         fprintf(stderr, "distgan_tcp: %s\n", dg_last_error());
         return 1;
@@ -228,11 +241,15 @@ int main(int argc, char **argv)
     tc.log_user = who;
     memset(&run, 0, sizeof run);
     run.iterations = o.iters;
-    run.checkpoint = o.checkpoint;
+    run.checkpoint = is_server ? o.checkpoint : NULL; /* the workers keep none */
     run.checkpoint_every = o.ckpt_every;
     run.resume = o.resume;
     run.progress = progress;
+    run.finish = finish;
     run.user = &o;
+    run.peer_timeout_ms = o.dead_ms;
+    run.log = log_line;
+    run.log_user = who;
     /* a worker started before its server, or refused while it is full,
        keeps dialling for 30 s */
     tc.retry_ms = 30000;
@@ -246,8 +263,9 @@ int main(int argc, char **argv)
     if (is_server) {
         printf("server listening on port %u\n", (unsigned)dg_tcp_port(t));
         fflush(stdout);
-        r = md ? dg_tcp_mdgan_server_run(&mc, t, pool, &run, &g, &gn)
-               : dg_tcp_flgan_server_run(&fc, t, pool, &run, &g, &gn);
+        r = md ? dg_mdgan_server_drive(&mc, t, pool, &run) : dg_flgan_server_drive(&fc, t, pool, &run);
+        g = g_final;
+        gn = g_final_n;
         if (r == DG_OK && o.out && g) {
             FILE *f = fopen(o.out, "wb");
             if (!f || fwrite(g, sizeof(float), gn, f) != gn) r = DG_ERR_IO;
@@ -256,12 +274,12 @@ int main(int argc, char **argv)
     } else {
         size_t count;
         const uint32_t *idx = dg_partition_worker(&part, o.id - 1, &count);
-        r = md ? dg_tcp_mdgan_worker_run(&mc, t, pool, &ds, idx, count, &run)
-               : dg_tcp_flgan_worker_run(&fc, t, pool, &ds, idx, count, &run);
+        r = md ? dg_mdgan_worker_drive(&mc, o.id, t, pool, &ds, idx, count, &run)
+               : dg_flgan_worker_drive(&fc, o.id, t, pool, &ds, idx, count, &run);
     }
     if (r != DG_OK) fprintf(stderr, "distgan_tcp %s: %s: %s\n", who, dg_result_str(r), dg_last_error());
     else fprintf(stderr, "[%s] done\n", who);
-    dg_tcp_free(g);
+    free(g);
     dg_transport_close(t);
     dg_pool_destroy(pool);
     dg_partition_free(&part);

@@ -482,7 +482,7 @@ TEST(hostile_clients)
            (unsigned long long)dg_tcp_refused(s), rss1 - rss0);
     CHECK(p.failures == 0);
     CHECK(p.rounds > 20 && p.rounds > rounds0);
-    CHECK(dg_tcp_connected(s, 1));
+    CHECK(dg_transport_connected(s, 1));
     CHECK(rss1 - rss0 < 64 * 1024);
     dg_transport_close(w);
     dg_transport_close(s);
@@ -928,7 +928,7 @@ TEST(declared_sizes_cost_nothing)
     CHECK(rss1 - rss0 < 64 * 1024);
     CHECK(rss2 - rss0 < 64 * 1024);
     CHECK(p.failures == 0 && p.rounds > rounds0);
-    CHECK(dg_tcp_connected(s, 1));
+    CHECK(dg_transport_connected(s, 1));
     for (i = 0; i < 10; i++)
         if (fds[i] >= 0) close(fds[i]);
     dg_transport_close(w);
@@ -940,16 +940,16 @@ TEST(declared_sizes_cost_nothing)
 TEST(message_limits_per_type)
 {
     dg_mdgan_config c = dg_mdgan_config_init();
-    uint64_t lim[DG_TCP_APP_MAX + 1], bd;
+    uint64_t lim[DG_MSG_TYPE_MAX + 1], bd;
     dg_transport *s = NULL, *w = NULL;
     dg_msg *m;
     int fd;
     c.n_workers = 3; c.c = 1; c.h = 28; c.w = 28; c.arch = DG_ARCH_MLP; c.batch = 16;
     bd = 16 * 784;
-    CHECK_OK(dg_tcp_mdgan_max_payload(&c, 0, lim));
+    CHECK_OK(dg_mdgan_max_payload(&c, 0, lim));
     CHECK(lim[DG_MSG_FEEDBACK] == 24 + 16 + 4 * bd);
     CHECK(lim[DG_MSG_GEN_BATCHES] == 0 && lim[DG_MSG_DISC] == 0 && lim[DG_MSG_USER] == 0);
-    CHECK_OK(dg_tcp_mdgan_max_payload(&c, 2, lim));
+    CHECK_OK(dg_mdgan_max_payload(&c, 2, lim));
     CHECK(lim[DG_MSG_GEN_BATCHES] == 24 + 32 + 8 * bd && lim[DG_MSG_FEEDBACK] == 0);
     CHECK(lim[DG_MSG_STOP] == 24 && lim[DG_MSG_SWAP] == 24);
     CHECK(lim[DG_MSG_DISC] > 24 + 3 * 4 * (uint64_t)784 * 512); /* θ and Adam's moments */
@@ -959,7 +959,7 @@ TEST(message_limits_per_type)
     CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
     memset(lim, 0, sizeof lim);
     lim[DG_MSG_FEEDBACK] = 24 + 3 * 16 + 4 * 10000 + 4 * 3 + 5;
-    dg_tcp_set_max_payload(s, lim);
+    dg_transport_set_limits(s, lim);
     if (w) {
         CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 10000, 4)));
         CHECK_OK(dg_transport_recv(s, 0, 5000, &m));
@@ -978,7 +978,7 @@ TEST(message_limits_per_type)
         CHECK(closed_within(fd, 1000));
         close(fd);
     }
-    CHECK(w && dg_tcp_connected(s, 1));
+    CHECK(w && dg_transport_connected(s, 1));
     dg_transport_close(w);
     dg_transport_close(s);
 }
@@ -1301,13 +1301,13 @@ typedef struct worker_arg {
 static void *worker_main(void *arg)
 {
     worker_arg *a = (worker_arg *)arg;
-    dg_tcp_run run;
+    dg_drive run;
     uint32_t idx[64];
     int i;
     for (i = 0; i < 64; i++) idx[i] = (uint32_t)i;
     memset(&run, 0, sizeof run);
     run.reconnect_ms = 3000;
-    a->r = dg_tcp_mdgan_worker_run(&a->c, a->t, a->pool, &a->ds, idx, 64, &run);
+    a->r = dg_mdgan_worker_drive(&a->c, 1, a->t, a->pool, &a->ds, idx, 64, &run);
     a->ended = dg__tcp_ms();
     __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
     return NULL;
@@ -1338,7 +1338,7 @@ TEST(workers_end_with_the_run)
         pthread_create(&th, NULL, worker_main, &a);
         dg__tcp_sleep_ms(300);
         bye = dg__tcp_ms();
-        dg_tcp_goodbye(s);                            /* no STOP came: the role never knew */
+        dg_transport_goodbye(s, 1);                   /* no STOP came: the role never knew */
         dg_transport_close(s);
         s = NULL;
         pthread_join(th, NULL);
@@ -1581,7 +1581,7 @@ static dg_transport *insider_connect(dg_tcp_config *tc)
 static int insider_feedback(dg_transport *t, size_t n, float v)
 {
     int64_t end = dg__tcp_ms() + 30000;
-    while (dg_tcp_connected(t, 0) && dg__tcp_ms() < end) {
+    while (dg_transport_connected(t, 0) && dg__tcp_ms() < end) {
         dg_msg *m = NULL, *fb;
         if (dg_transport_recv(t, 4, 200, &m) != DG_OK) continue;
         if (m->type == DG_MSG_GEN_BATCHES && dg_transport_pending(t, 4) == 0) {
@@ -1594,7 +1594,7 @@ static int insider_feedback(dg_transport *t, size_t n, float v)
         }
         dg_msg_free(t, m);
     }
-    return !dg_tcp_connected(t, 0);
+    return !dg_transport_connected(t, 0);
 }
 
 TEST(insiders_while_a_run_trains)
