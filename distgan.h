@@ -1733,15 +1733,18 @@ DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
    the role on t, resumes, waits for the workers, runs until
    d->iterations (or SIGINT/SIGTERM: dg_stop_requested), checkpoints, sends
    STOP and says goodbye (the run is over unless a stop was requested: then
-   TCP workers wait for a resumed server).  A worker that is connected while
-   not live is added back (MD-GAN: it joins with a copy of a live worker's
-   D; FL-GAN: it gets the global model).  Peer 0 of t is this process. */
+   TCP workers get no STOP and wait for a resumed server).  A worker that is
+   connected while not live is added back (MD-GAN: it joins with a copy of
+   a live worker's D; FL-GAN: it gets the global model).  Peer 0 of t is
+   this process. */
 DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d);
 /* Worker process `id`: serves its role over its shard until STOP or the end
-   of the run (DG_OK), SIGINT/SIGTERM, or a server lost for longer than
-   d->reconnect_ms (DG_ERR_CLOSED); with d->checkpoint it resumes from it
-   (d->resume) and writes it at STOP. */
+   of the run (DG_OK), SIGINT/SIGTERM (on a transport whose workers can
+   outlive their server, TCP; on the others the server's STOP ends a
+   stopped run too), or a server lost for longer than d->reconnect_ms
+   (DG_ERR_CLOSED); with d->checkpoint it resumes from it (d->resume) and
+   writes it at STOP. */
 DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_transport *t,
                                      dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
                                      size_t count, const dg_drive *d);
@@ -10191,13 +10194,14 @@ DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inne
     ft->base.recv = dg__faulty_recv;
     ft->base.pending = dg__faulty_pending;
     ft->base.close = dg__faulty_close;
-    ft->base.connected = dg__faulty_connected;
-    ft->base.drop_peer = dg__faulty_drop_peer;
-    ft->base.set_limits = dg__faulty_set_limits;
-    ft->base.announce = dg__faulty_announce;
-    ft->base.goodbye = dg__faulty_goodbye;
-    ft->base.keep_server = dg__faulty_keep_server;
-    ft->base.joined_at = dg__faulty_joined_at;
+    /* inner's capabilities, and only those (NULL stays NULL) */
+    ft->base.connected = inner->connected ? dg__faulty_connected : NULL;
+    ft->base.drop_peer = inner->drop_peer ? dg__faulty_drop_peer : NULL;
+    ft->base.set_limits = inner->set_limits ? dg__faulty_set_limits : NULL;
+    ft->base.announce = inner->announce ? dg__faulty_announce : NULL;
+    ft->base.goodbye = inner->goodbye ? dg__faulty_goodbye : NULL;
+    ft->base.keep_server = inner->keep_server ? dg__faulty_keep_server : NULL;
+    ft->base.joined_at = inner->joined_at ? dg__faulty_joined_at : NULL;
     ft->base.impl = ft;
     for (i = 0; i < n_faults && r == DG_OK; i++) r = dg_fault_transport_add(&ft->base, &faults[i]);
     if (r != DG_OK) {
@@ -13148,6 +13152,12 @@ static int dg__drive_wait_workers(dg_transport *t, int n, int ms)
     }
 }
 
+/* Can the workers outlive their server (keep_server: TCP's redial a
+   resumed one)?  Else a stop request ends the whole run as its end does:
+   the server sends STOP and the workers serve on until it comes, so that
+   every role's checkpoint is of the same iteration. */
+static int dg__drive_workers_outlive(const dg_transport *t) { return t->keep_server != NULL; }
+
 /* The server driver of MD-GAN (ms) or FL-GAN (fs): one loop for both. */
 static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_server *ms,
                                   dg_flgan_server *fs, int n_workers)
@@ -13205,7 +13215,8 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     else if (dg_stop_requested())
         dg__log(d->log, d->log_user, "stop requested: checkpoint and shut down");
     if ((e = dg__drive_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
-    if (r == DG_OK && !dg_stop_requested()) { /* a worker it cannot reach is gone anyway */
+    if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t))) {
+        /* STOP (a worker it cannot reach is gone anyway) */
         if (ms) dg_mdgan_server_stop(ms);
         else dg_flgan_server_stop(fs);
     }
@@ -13253,8 +13264,10 @@ DGDEF dg_result dg_flgan_server_drive(const dg_flgan_config *cfg, dg_transport *
 static dg_result dg__drive_keep_server(dg_transport *t, int id, const dg_drive *d, int *over)
 {
     dg_result r = dg_transport_keep_server(t, id, d->reconnect_ms > 0 ? d->reconnect_ms : 30000, over);
-    if (r != DG_OK) return dg__fail(r, "worker %d: the server is gone: %s", id, dg_last_error());
-    return DG_OK;
+    char why[256];
+    if (r == DG_OK) return DG_OK;
+    snprintf(why, sizeof why, "%s", dg_last_error());
+    return dg__fail(r, "worker %d: the server is gone: %s", id, why);
 }
 
 DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_transport *t,
@@ -13278,7 +13291,8 @@ DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_tra
         dg_mdgan_worker_free(w);
         return r;
     }
-    while (!over && !dg_stop_requested() && !dg_mdgan_worker_stopped(w)) {
+    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
+           !dg_mdgan_worker_stopped(w)) {
         dg_msg *m;
         if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
             dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
@@ -13299,7 +13313,7 @@ DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_tra
     if (dg_mdgan_worker_stopped(w)) {
         /* the last swap: our partner's D may still be on its way */
         double end = dg__drive_ms() + swap_wait;
-        while (w->awaiting && dg__drive_ms() < end && !dg_stop_requested()) {
+        while (d->checkpoint && w->awaiting && dg__drive_ms() < end) {
             dg_msg *m;
             if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
                 dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
@@ -13329,7 +13343,8 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
         dg_flgan_worker_free(w);
         return r;
     }
-    while (!over && !dg_stop_requested() && !dg_flgan_worker_stopped(w)) {
+    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
+           !dg_flgan_worker_stopped(w)) {
         dg_msg *m;
         if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_flgan_worker_handle(w, m) != DG_OK)
             dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
