@@ -28,7 +28,7 @@ TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 MPI_TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/mpi_*.c))
 MPI_BENCHES := $(patsubst bench/mpi_%.c,bench_mpi_%,$(wildcard bench/mpi_*.c))
 HAVE_MPICC  := $(shell command -v $(MPICC) 2>/dev/null)
-MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%))
+MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%) $(B)/distgan-mpi)
 # threaded tests that `make tsan` runs under ThreadSanitizer
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
 HEADERS  := distgan.h $(wildcard adacomp.h)
@@ -95,6 +95,10 @@ $(B)/bench_%: bench/bench_%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
 $(B)/%: examples/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
+# the one program of every transport, with MPI (--transport mpi): make builds
+# it when mpicc exists
+$(B)/distgan-mpi: examples/distgan.c $(HEADERS) | $(B)
+	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -DDISTGAN_MPI -o $@ $< $(LDLIBS)
 $(B)/%: tools/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
 
@@ -129,8 +133,8 @@ experiment: deps data $(B)/distgan
 	sh examples/mdgan_experiment.sh
 
 # ---- tests ----
-# test_tcp starts real server and worker processes of build/distgan_tcp
-$(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
+# test_tcp starts real server and worker processes of build/distgan (--transport tcp)
+$(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan
 # test_readme_example compiles the MD-GAN example in distgan.h's top comment
 # as the header has it (-I$(B) in the test rules finds the copy): the lines
 # after the one naming tests/test_readme_example.c and ending in ':', up to
@@ -145,10 +149,10 @@ $(B)/readme_example.inc: distgan.h | $(B)
 	        printf "#define README_EXAMPLE_LINES %d\n", n }' distgan.h >$@.tmp && mv $@.tmp $@ || { rm -f $@.tmp; exit 1; }
 $(B)/test_readme_example $(B)/asan/test_readme_example $(B)/tsan/test_readme_example: $(B)/readme_example.inc
 # test_cli runs every program with bad options
-$(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/plot
+$(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/plot
 
 # tools/golden.sh compares fixed-seed results of these with tests/golden.txt
-GOLDEN_BINS := $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/golden_decode
+GOLDEN_BINS := $(B)/distgan $(B)/gan $(B)/asgd $(B)/golden_decode
 
 test: deps
 	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TESTS:%=$(B)/%) $(TESTS:%=$(B)/asan/%) $(FUZZERS:%=$(B)/asan/replay_%) $(GOLDEN_BINS) \

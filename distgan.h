@@ -32,8 +32,8 @@
       DG_DATA_MAX_BYTES     the largest dataset a loader accepts (default 1 GiB)
       DISTGAN_MPI           the MPI transport dg_mpi (needs <mpi.h>: build with mpicc)
       DG_NO_TCP             no dg_tcp section (sockets, SHA-256, the TCP
-                            transport and its drivers); the roles still run
-                            in process or on any other transport
+                            transport); the roles and their process drivers
+                            still run in process or on any other transport
 
    The implementation uses POSIX (pthreads, clocks, sockets).  distgan.h and
    adacomp.h may be included in either order; under a strict -std=c11 each
@@ -49,8 +49,9 @@
    sends generated batches to the workers; each trains its D on them and on
    its real data and sends back its loss's gradient with respect to the
    samples, and G learns from the sum; every few epochs the Ds swap workers.
-   Here all roles run in this process (dg_mdgan_run, one thread pool);
-   dg_tcp runs the same roles as processes over TCP.  The code below is
+   Here all roles run in this process (dg_mdgan_run, one thread pool); the
+   process drivers (dg_mdgan_server_drive & co.) run the same roles as
+   processes over TCP or MPI.  The code below is
    compiled and run by tests/test_readme_example.c (a 10x10 grid in mdgan.png):
 
       dg_pool *pool;  dg_dataset train, test;  dg_partition part;  dg_mdgan_run *run;
@@ -104,11 +105,13 @@
       dg_gan       GAN networks (reference DCGAN, the MD-GAN paper's MLP), the
                    shared D step and generator feedback, the standalone trainer,
                    the classifier-based evaluator (score, FID), CSV logs
-      dg_transport messages, their codec, byte counters, the in-process transport
+      dg_transport messages, their codec, byte counters, the drivers'
+                   capabilities, the in-process and the fault transport
       dg_mpi       the MPI transport (only with DISTGAN_MPI; build with mpicc)
-      dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers
-      dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport and its
-                   process drivers (not with DG_NO_TCP)
+      dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers,
+                   process drivers for any transport (dg_*_drive), stop signals
+      dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport
+                   (not with DG_NO_TCP)
       dg_asgd      asynchronous SGD parameter server and workers with AdaComp
                    (only when adacomp.h is included before distgan.h)
 
@@ -1095,6 +1098,9 @@ DGDEF void dg_csv_close(dg_csv *csv);
 #define DG_MSG_HEADER_BYTES 56  /* fixed frame header, see dg_msg_encode */
 #define DG_MSG_PART_BYTES 16    /* per part: kind u32, reserved u32, count u64 */
 #define DG_MSG_VERSION 1
+#define DG_MSG_TYPE_MAX 0x7F    /* message types are 1..DG_MSG_TYPE_MAX */
+#define DG_MSG_LIMIT_HEAD 24    /* a message's fixed part in a size limit
+                                   (dg_transport_set_limits; TCP's body head) */
 
 typedef enum dg_msg_type {
     DG_MSG_GEN_BATCHES = 1, /* MD-GAN server -> worker: X^(g), X^(d) (+ their labels) */
@@ -1145,6 +1151,17 @@ struct dg_transport {
     dg_result (*recv)(dg_transport *t, int self, int timeout_ms, dg_msg **out);
     int (*pending)(dg_transport *t, int self);
     void (*close)(dg_transport *t);
+    /* optional, for the process drivers (dg_mdgan_server_drive & co.); NULL
+       is the behaviour of a transport whose peers never come and go (the
+       in-process and MPI ones); the dg_transport_* wrappers below say what
+       each one means */
+    int (*connected)(dg_transport *t, int peer);
+    void (*drop_peer)(dg_transport *t, int peer, const char *why);
+    void (*set_limits)(dg_transport *t, const uint64_t max[DG_MSG_TYPE_MAX + 1]);
+    void (*announce)(dg_transport *t, int64_t iteration);
+    void (*goodbye)(dg_transport *t, int run_over);
+    dg_result (*keep_server)(dg_transport *t, int self, int reconnect_ms, int *over);
+    int64_t (*joined_at)(const dg_transport *t);
     void *impl;
     /* shared by every implementation (dg_transport_base_init) */
     dg_traffic *links;        /* n_peers x n_peers, [from * n_peers + to] */
@@ -1161,6 +1178,37 @@ DGDEF void dg_transport_close(dg_transport *t);
 /* Traffic on link from -> to; either may be DG_ANY_PEER to add links up. */
 DGDEF dg_traffic dg_transport_traffic(const dg_transport *t, int from, int to);
 DGDEF void dg_transport_reset_traffic(dg_transport *t);
+
+/* What the process drivers ask of a transport whose peers are processes.
+   Each wrapper does the trivial thing when the transport leaves the
+   capability NULL (in parentheses). */
+/* 1 when peer is reachable now: TCP, an authenticated connection (1). */
+DGDEF int dg_transport_connected(dg_transport *t, int peer);
+/* Cuts peer off, logged with why: a server's answer to a malformed message
+   (nothing). */
+DGDEF void dg_transport_drop_peer(dg_transport *t, int peer, const char *why);
+/* Per message type 1..DG_MSG_TYPE_MAX, the largest message this endpoint
+   accepts (DG_MSG_LIMIT_HEAD + DG_MSG_PART_BYTES per part + the values'
+   bytes), 0 for a type it refuses; entry 0 is unused.  A larger message is
+   refused from its declared size, before anything is allocated (TCP: the
+   connection closes; MPI: recv reports it, naming the rank).  The drivers
+   set dg_mdgan_max_payload / dg_flgan_max_payload before they serve (no
+   limit but the transport's own). */
+DGDEF void dg_transport_set_limits(dg_transport *t, const uint64_t max[DG_MSG_TYPE_MAX + 1]);
+/* Server: where the run stands (the iteration or round), told to workers
+   that connect later (TCP: in WELCOME) (nothing). */
+DGDEF void dg_transport_announce(dg_transport *t, int64_t iteration);
+/* Server, at the end: tells every peer goodbye; run_over = 0 when the
+   server stops to be resumed (TCP: its workers then redial it) (nothing). */
+DGDEF void dg_transport_goodbye(dg_transport *t, int run_over);
+/* Worker `self`, between messages: DG_OK to go on, *over = 1 once the
+   server ended the run and nothing is left to receive; a server lost is
+   looked for again for reconnect_ms, then DG_ERR_CLOSED (DG_OK, *over = 0:
+   the worker ends on STOP). */
+DGDEF dg_result dg_transport_keep_server(dg_transport *t, int self, int reconnect_ms, int *over);
+/* Worker: the server's iteration when this worker connected; > 0 means the
+   worker joins a running job (0). */
+DGDEF int64_t dg_transport_joined_at(const dg_transport *t);
 
 /* A message of n_parts parts of the given kinds and counts, from the pool
    (recycled buffers, best fit; a new one only when none fits). */
@@ -1632,6 +1680,90 @@ DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r);
 DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
 DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 
+/* ---- the process drivers: one role per process, on any transport ----
+
+   A server process and N worker processes, each with its own transport
+   endpoint: TCP (dg_tcp_server_create / dg_tcp_worker_create), MPI (rank 0
+   the server, ranks 1..N the workers) or any transport whose peers run on
+   threads.  The drivers know the transport only through dg_transport and
+   its optional capabilities (dg_transport_connected & co.), so the same
+   code serves every transport, and the roles make the same bits as in
+   process.  Zero means default everywhere in dg_drive. */
+
+typedef struct dg_drive_status {
+    int64_t iteration;        /* MD-GAN iterations / FL-GAN rounds done */
+    int64_t updates;          /* generator updates (FL-GAN: per worker, the mean) */
+    int n_live;               /* workers in the last iteration or round */
+    float d_loss, g_loss;     /* their mean losses */
+    dg_net *generator;        /* the server's G, to sample or save (do not train it) */
+    dg_transport *transport;  /* for its traffic counters */
+} dg_drive_status;
+
+typedef struct dg_drive {
+    int64_t iterations;       /* server: MD-GAN iterations / FL-GAN rounds to reach */
+    const char *checkpoint;   /* the role's checkpoint file (NULL: none): the server
+                                 writes it every checkpoint_every iterations and at
+                                 the end, a worker at the end (after its last swap) */
+    int checkpoint_every;     /* server: every n iterations (0: only at the end) */
+    int resume;               /* continue from the checkpoint if it exists */
+    int wait_workers_ms;      /* server: wait for the N workers at the start (60000) */
+    int peer_timeout_ms;      /* a peer silent this long is dead (10000): the MD-GAN
+                                 server's barrier defaults to twice this, a
+                                 worker gives up an awaited D after it */
+    int reconnect_ms;         /* worker: look for a lost server this long (30000) */
+    int swap_wait_ms;         /* worker: skip a D that does not come after (peer_timeout_ms) */
+    /* server: after every iteration (MD-GAN) or round (FL-GAN), and once at
+       the end of a run that did not fail (finish) */
+    void (*progress)(void *user, const dg_drive_status *s);
+    void (*finish)(void *user, const dg_drive_status *s);
+    void *user;
+    void (*log)(void *user, const char *line); /* events (workers, checkpoints) */
+    void *log_user;
+} dg_drive;
+
+/* The largest message of each type that peer `self` (0: the server, n:
+   worker n) receives in this configuration, for dg_transport_set_limits
+   (0 for the types it never receives). */
+DGDEF dg_result dg_mdgan_max_payload(const dg_mdgan_config *c, int self,
+                                     uint64_t out[DG_MSG_TYPE_MAX + 1]);
+DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
+                                     uint64_t out[DG_MSG_TYPE_MAX + 1]);
+
+/* Server process: limits t's message sizes to the configuration's, creates
+   the role on t, resumes, waits for the workers, runs until
+   d->iterations (or SIGINT/SIGTERM: dg_stop_requested), checkpoints, sends
+   STOP and says goodbye (the run is over unless a stop was requested: then
+   TCP workers get no STOP and wait for a resumed server).  A worker that is
+   connected while not live is added back (MD-GAN: it joins with a copy of
+   a live worker's D; FL-GAN: it gets the global model).  Peer 0 of t is
+   this process. */
+DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
+                                     dg_pool *pool, const dg_drive *d);
+/* Worker process `id`: serves its role over its shard until STOP or the end
+   of the run (DG_OK), SIGINT/SIGTERM (on a transport whose workers can
+   outlive their server, TCP; on the others the server's STOP ends a
+   stopped run too), or a server lost for longer than d->reconnect_ms
+   (DG_ERR_CLOSED); with d->checkpoint it resumes from it (d->resume) and
+   writes it at STOP. */
+DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_transport *t,
+                                     dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                     size_t count, const dg_drive *d);
+DGDEF dg_result dg_flgan_server_drive(const dg_flgan_config *cfg, dg_transport *t,
+                                     dg_pool *pool, const dg_drive *d);
+DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_transport *t,
+                                     dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                     size_t count, const dg_drive *d);
+
+/* ---- stopping a process ----
+   Installs SIGINT/SIGTERM handlers that only set a flag (the one
+   process-wide variable of the library, a volatile sig_atomic_t) and
+   ignores SIGPIPE.  The drivers poll dg_stop_requested() between
+   iterations, checkpoint and close gracefully; dg_request_stop() sets the
+   flag from the program. */
+DGDEF void dg_install_stop_handlers(void);
+DGDEF int dg_stop_requested(void);
+DGDEF void dg_request_stop(void);
+
 /* ==== dg_tcp ==== */
 
 #ifndef DG_NO_TCP
@@ -1646,7 +1778,7 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
    CRC-32 of the payload, iteration, payload length) and the payload.
    dg_frame_header_decode checks every field before anything is allocated,
    and a payload longer than the configured maximum, or than the largest
-   message of its type in this run (dg_tcp_set_max_payload, which the
+   message of its type in this run (dg_transport_set_limits, which the
    drivers fill from the role's configuration), is refused from its header
    alone.  A message buffer is committed as its bytes arrive, not when a
    header declares a size, and free buffers beyond a bounded reserve go
@@ -1684,11 +1816,12 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
    it.  Worker joins and losses reach the role as events, so a dead worker is
    dropped from the iteration (N_live) and a restarted one rejoins.
 
-   Nothing here prints or exits: messages go to an optional log callback.
-   The one piece of process-wide state is the SIGINT/SIGTERM flag of
-   dg_tcp_install_signal_handlers (a volatile sig_atomic_t, the only thing a
-   signal handler may portably write), which the drivers poll to checkpoint
-   and shut down gracefully. */
+   The process drivers (dg_mdgan_server_drive & co., in dg_roles) reach
+   what only this transport has through dg_transport's capabilities:
+   whether a worker is connected, dropping one, the message limits of the
+   run, the iteration announced in WELCOME, BYE at the end and a worker's
+   redialling of a lost server.  Nothing here prints or exits: messages go
+   to an optional log callback. */
 
 #define DG_TCP_MAGIC 0x50544744u        /* "DGTP" read as a little-endian u32 */
 #define DG_TCP_VERSION 1u
@@ -1701,7 +1834,7 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 /* Frame types.  1..0x7F belong to the roles (their message types travel
    untouched); 0xF0.. are the transport's own. */
 enum {
-    DG_TCP_APP_MAX = 0x7F,
+    DG_TCP_APP_MAX = DG_MSG_TYPE_MAX,
     DG_TCP_HELLO = 0xF0,      /* client -> server: who I am */
     DG_TCP_CHALLENGE = 0xF1,  /* server -> client: nonce */
     DG_TCP_AUTH = 0xF2,       /* client -> server: HMAC proof */
@@ -1875,40 +2008,19 @@ DGDEF dg_result dg_tcp_server_create(dg_transport **out, const dg_tcp_config *cf
 DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cfg);
 /* Worker: dials the server again after it was lost (same listener). */
 DGDEF dg_result dg_tcp_reconnect(dg_transport *t);
-/* Per message type 1..DG_TCP_APP_MAX: the largest payload (the frame's
-   length: body head, part table and values) this endpoint accepts, 0 for a
-   type it refuses; a frame over its type's limit closes its connection
-   from the header alone.  Until this is called every type may take
-   max_message.  The drivers call it before they serve, with
-   dg_tcp_mdgan_max_payload / dg_tcp_flgan_max_payload; entry 0 is unused. */
-DGDEF void dg_tcp_set_max_payload(dg_transport *t, const uint64_t max_payload[DG_TCP_APP_MAX + 1]);
-/* The worker: 1 once the server said the run is over (BYE with LAST). */
-DGDEF int dg_tcp_run_over(dg_transport *t);
 /* Reads a shared secret from a file (trailing newlines, LF or CRLF, are
    not part of it).  DG_ERR_IO when it cannot be read, DG_ERR_ARG when
    it is empty; *secret is freed with dg_tcp_free. */
 DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, size_t *len);
 /* The port the transport listens on (the server's, or a worker's swap port). */
 DGDEF uint16_t dg_tcp_port(const dg_transport *t);
-/* 1 when peer has a live, authenticated connection. */
-DGDEF int dg_tcp_connected(dg_transport *t, int peer);
-/* Closes peer's connection (logged with its address and reason): a server
-   driver's answer to a malformed message from an authenticated peer. */
-DGDEF void dg_tcp_drop_peer(dg_transport *t, int peer, const char *reason);
-/* The server's iteration announced in the last WELCOME (worker side). */
-DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t);
 /* Bytes on the wire to / from peer (frames, handshakes, heartbeats),
    DG_ANY_PEER for all; connections refused so far. */
 DGDEF void dg_tcp_wire_bytes(dg_transport *t, int peer, uint64_t *in, uint64_t *out);
 DGDEF uint64_t dg_tcp_refused(dg_transport *t);
-/* Sends BYE to every peer: with DG_TCP_FLAG_LAST (the run is over: the
-   workers end), unless a stop was requested (dg_tcp_stop_requested: the
-   server stops to be resumed, and its workers redial it). */
-DGDEF void dg_tcp_goodbye(dg_transport *t);
+/* ---- for the programs ---- */
 
-/* ---- drivers: one role per process ---- */
-
-/* Frees what a driver returned (*g_out). */
+/* Frees what dg_tcp_read_secret returned. */
 DGDEF void dg_tcp_free(void *p);
 
 /* SHA-256 of the fields that must agree between peers (network,
@@ -1918,60 +2030,6 @@ DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
                                     unsigned char out[32]);
 DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
                                     unsigned char out[32]);
-/* The largest payload of each message type that peer `self` (0: the
-   server, n: worker n) receives in this configuration, for
-   dg_tcp_set_max_payload (0 for the types it never receives). */
-DGDEF dg_result dg_tcp_mdgan_max_payload(const dg_mdgan_config *c, int self,
-                                         uint64_t out[DG_TCP_APP_MAX + 1]);
-DGDEF dg_result dg_tcp_flgan_max_payload(const dg_flgan_config *c, int self,
-                                         uint64_t out[DG_TCP_APP_MAX + 1]);
-
-typedef struct dg_tcp_run {
-    int64_t iterations;       /* MD-GAN iterations / FL-GAN rounds to reach */
-    const char *checkpoint;   /* server: checkpoint path (NULL: none) */
-    int checkpoint_every;     /* server: every n iterations (0: only at the end) */
-    int resume;               /* server: continue from the checkpoint if it exists */
-    int wait_workers_ms;      /* server: wait for the N workers at the start (60000) */
-    int reconnect_ms;         /* worker: keep redialling a lost server this long (30000) */
-    int swap_wait_ms;         /* worker: a D that does not come is skipped after (barrier/2) */
-    /* server: after every iteration (MD-GAN) or round (FL-GAN) */
-    void (*progress)(void *user, int64_t iteration, int n_live, float d_loss, float g_loss,
-                     const dg_transport *t);
-    void *user;
-} dg_tcp_run;
-
-/* Server process: limits t's message sizes to the configuration's, creates
-   the role on t, resumes, waits for the workers, runs until
-   run->iterations (or SIGINT/SIGTERM: dg_tcp_stop_requested), checkpoints,
-   sends STOP and BYE (with LAST unless a stop was requested: then the
-   workers wait for a resumed server).  A worker that connects while not live
-   is added back (it joins with a copy of a live worker's D).  *g_out (may
-   be NULL) receives the final generator parameters: dg_tcp_free them. */
-DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
-                                        size_t *g_count);
-/* Worker process: serves its role until STOP or the server's BYE with LAST
-   (DG_OK), SIGINT/SIGTERM, or a server lost for longer than
-   run->reconnect_ms (DG_ERR_CLOSED). */
-DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
-                                        size_t count, const dg_tcp_run *run);
-DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
-                                        size_t *g_count);
-DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
-                                        size_t count, const dg_tcp_run *run);
-
-/* ---- signals ----
-   Installs SIGINT/SIGTERM handlers that only set a flag (the one
-   process-wide variable of this section, a volatile sig_atomic_t) and
-   ignores SIGPIPE.  Drivers poll dg_tcp_stop_requested() between
-   iterations, checkpoint and close gracefully. */
-DGDEF void dg_tcp_install_signal_handlers(void);
-DGDEF int dg_tcp_stop_requested(void);
-DGDEF void dg_tcp_request_stop(void);
-
 #endif /* DG_NO_TCP */
 
 #ifdef ADACOMP_H /* the asgd section exists when adacomp.h came first */
@@ -2260,6 +2318,7 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 #ifndef DG_NO_TCP
@@ -2269,7 +2328,6 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -9667,6 +9725,46 @@ DGDEF void dg_transport_reset_traffic(dg_transport *t)
     }
 }
 
+/* ---- the drivers' capabilities: NULL does the trivial thing ---- */
+
+DGDEF int dg_transport_connected(dg_transport *t, int peer)
+{
+    if (!t || peer < 0 || peer >= t->n_peers) return 0;
+    return t->connected ? t->connected(t, peer) : 1;
+}
+
+DGDEF void dg_transport_drop_peer(dg_transport *t, int peer, const char *why)
+{
+    if (t && t->drop_peer && peer >= 0 && peer < t->n_peers) t->drop_peer(t, peer, why);
+}
+
+DGDEF void dg_transport_set_limits(dg_transport *t, const uint64_t max[DG_MSG_TYPE_MAX + 1])
+{
+    if (t && max && t->set_limits) t->set_limits(t, max);
+}
+
+DGDEF void dg_transport_announce(dg_transport *t, int64_t iteration)
+{
+    if (t && t->announce) t->announce(t, iteration);
+}
+
+DGDEF void dg_transport_goodbye(dg_transport *t, int run_over)
+{
+    if (t && t->goodbye) t->goodbye(t, run_over);
+}
+
+DGDEF dg_result dg_transport_keep_server(dg_transport *t, int self, int reconnect_ms, int *over)
+{
+    if (over) *over = 0;
+    if (!t || !over) return dg__fail(DG_ERR_ARG, "dg_transport_keep_server: NULL argument");
+    return t->keep_server ? t->keep_server(t, self, reconnect_ms, over) : DG_OK;
+}
+
+DGDEF int64_t dg_transport_joined_at(const dg_transport *t)
+{
+    return t && t->joined_at ? t->joined_at(t) : 0;
+}
+
 /* ---- in-process transport: one bounded FIFO inbox per peer ---- */
 
 typedef struct dg__inbox {
@@ -9891,6 +9989,37 @@ static int dg__faulty_pending(dg_transport *t, int self)
     return ft->inner->pending ? ft->inner->pending(ft->inner, self) : -1;
 }
 
+/* The drivers' capabilities are the inner transport's. */
+static dg_transport *dg__faulty_inner(const dg_transport *t) { return ((dg__faulty *)t->impl)->inner; }
+static int dg__faulty_connected(dg_transport *t, int peer)
+{
+    return dg_transport_connected(dg__faulty_inner(t), peer);
+}
+static void dg__faulty_drop_peer(dg_transport *t, int peer, const char *why)
+{
+    dg_transport_drop_peer(dg__faulty_inner(t), peer, why);
+}
+static void dg__faulty_set_limits(dg_transport *t, const uint64_t max[DG_MSG_TYPE_MAX + 1])
+{
+    dg_transport_set_limits(dg__faulty_inner(t), max);
+}
+static void dg__faulty_announce(dg_transport *t, int64_t iteration)
+{
+    dg_transport_announce(dg__faulty_inner(t), iteration);
+}
+static void dg__faulty_goodbye(dg_transport *t, int run_over)
+{
+    dg_transport_goodbye(dg__faulty_inner(t), run_over);
+}
+static dg_result dg__faulty_keep_server(dg_transport *t, int self, int reconnect_ms, int *over)
+{
+    return dg_transport_keep_server(dg__faulty_inner(t), self, reconnect_ms, over);
+}
+static int64_t dg__faulty_joined_at(const dg_transport *t)
+{
+    return dg_transport_joined_at(dg__faulty_inner(t));
+}
+
 static void dg__faulty_close(dg_transport *t)
 {
     dg__faulty *ft = (dg__faulty *)t->impl;
@@ -9959,6 +10088,14 @@ DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inne
     ft->base.recv = dg__faulty_recv;
     ft->base.pending = dg__faulty_pending;
     ft->base.close = dg__faulty_close;
+    /* inner's capabilities, and only those (NULL stays NULL) */
+    ft->base.connected = inner->connected ? dg__faulty_connected : NULL;
+    ft->base.drop_peer = inner->drop_peer ? dg__faulty_drop_peer : NULL;
+    ft->base.set_limits = inner->set_limits ? dg__faulty_set_limits : NULL;
+    ft->base.announce = inner->announce ? dg__faulty_announce : NULL;
+    ft->base.goodbye = inner->goodbye ? dg__faulty_goodbye : NULL;
+    ft->base.keep_server = inner->keep_server ? dg__faulty_keep_server : NULL;
+    ft->base.joined_at = inner->joined_at ? dg__faulty_joined_at : NULL;
     ft->base.impl = ft;
     for (i = 0; i < n_faults && r == DG_OK; i++) r = dg_fault_transport_add(&ft->base, &faults[i]);
     if (r != DG_OK) {
@@ -10006,6 +10143,11 @@ typedef struct dg__mpi {
     uint64_t in_flight;           /* their bytes */
     dg_result deferred;           /* a bad frame met outside recv, for the next recv */
     char why[256];
+    /* dg_transport_set_limits: per type, the largest message (0: refused);
+       limited = 0 until set (then only max_message holds) */
+    uint64_t type_max[DG_MSG_TYPE_MAX + 1];
+    uint64_t largest;
+    int limited;
 } dg__mpi;
 
 static dg_result dg__mpi_error(int rc, const char *what, int rank)
@@ -10058,7 +10200,25 @@ static void dg__mpi_backoff(dg__mpi_idle *w, long max_us)
 /* The largest frame a rank may send us. */
 static size_t dg__mpi_frame_limit(const dg__mpi *t)
 {
-    return DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS + (size_t)t->cfg.max_message;
+    uint64_t payload = t->limited && t->largest < t->cfg.max_message ? t->largest : t->cfg.max_message;
+    return DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS + (size_t)payload;
+}
+
+/* A message of this type, parts and payload within the run's limits
+   (dg_transport_set_limits)?  Counted as the limits count: the fixed part
+   DG_MSG_LIMIT_HEAD, the part table, the values. */
+static dg_result dg__mpi_check_limit(const dg__mpi *t, int src, int type, int n_parts, size_t payload)
+{
+    uint64_t len = DG_MSG_LIMIT_HEAD + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)n_parts + payload;
+    if (!t->limited || type < 1 || type > DG_MSG_TYPE_MAX) return DG_OK;
+    if (!t->type_max[type])
+        return dg__fail(DG_ERR_TOO_LARGE, "mpi: rank %d sent a message of type %d, which rank %d "
+                        "never receives in this run", src, type, t->rank);
+    if (len > t->type_max[type])
+        return dg__fail(DG_ERR_TOO_LARGE, "mpi: rank %d sent a message of type %d of %llu bytes, "
+                        "over its limit of %llu bytes in this run", src, type,
+                        (unsigned long long)len, (unsigned long long)t->type_max[type]);
+    return DG_OK;
 }
 
 /* A message that will not be delivered.  Truncating it is no option: Open
@@ -10280,7 +10440,9 @@ static dg_result dg__mpi_recv_frame(dg__mpi *t, MPI_Message *msg, int src, int c
                           : dg_msg_decode(&t->base, c->part[0].data, n, t->cfg.max_message, out);
     dg_msg_free(&t->base, c);
     if (r != DG_OK) return rc != MPI_SUCCESS ? r : dg__mpi_blame(r, src);
-    if ((r = dg__mpi_check_peers(t, src, (*out)->from, (*out)->to)) != DG_OK) {
+    if ((r = dg__mpi_check_peers(t, src, (*out)->from, (*out)->to)) != DG_OK ||
+        (r = dg__mpi_check_limit(t, src, (*out)->type, (*out)->n_parts,
+                                 dg_msg_payload_bytes(*out))) != DG_OK) {
         dg_msg_free(&t->base, *out);
         *out = NULL;
     }
@@ -10309,6 +10471,9 @@ static dg_result dg__mpi_recv_split(dg__mpi *t, MPI_Message *msg, int src, int c
         return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a head of %d bytes for %d parts", src,
                         count, h.n_parts);
     if ((r = dg__mpi_check_peers(t, src, h.from, h.to)) != DG_OK) return r;
+    /* refused from its head: its parts then come without one and are
+       discarded (or, beyond the frame limit, never received) */
+    if ((r = dg__mpi_check_limit(t, src, h.type, h.n_parts, h.payload)) != DG_OK) return r;
     if ((r = dg__msg_from_head(&t->base, head, &h, &m)) != DG_OK) return r;
     for (i = 0; r == DG_OK && i < h.n_parts; i++) {
         size_t b = dg__part_bytes(h.kinds[i], h.counts[i]);
@@ -10481,6 +10646,20 @@ static int dg__mpi_pending(dg_transport *bt, int self)
     return n;
 }
 
+static void dg__mpi_set_limits(dg_transport *bt, const uint64_t max[DG_MSG_TYPE_MAX + 1])
+{
+    dg__mpi *t = (dg__mpi *)bt->impl;
+    int i;
+    pthread_mutex_lock(&t->mu);
+    t->largest = 0;
+    for (i = 1; i <= DG_MSG_TYPE_MAX; i++) {
+        t->type_max[i] = max[i] < t->cfg.max_message ? max[i] : t->cfg.max_message;
+        if (t->type_max[i] > t->largest) t->largest = t->type_max[i];
+    }
+    t->limited = 1;
+    pthread_mutex_unlock(&t->mu);
+}
+
 static void dg__mpi_close(dg_transport *bt)
 {
     dg__mpi *t = (dg__mpi *)bt->impl;
@@ -10620,6 +10799,7 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
     t->base.recv = dg__mpi_recv;
     t->base.pending = dg__mpi_pending;
     t->base.close = dg__mpi_close;
+    t->base.set_limits = dg__mpi_set_limits;
     t->base.impl = t;
     *out = &t->base;
     return DG_OK;
@@ -11699,7 +11879,7 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         dg_msg_free(w ? w->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_handle: NULL argument");
     }
-    if (w->stopped) {
+    if (w->stopped && !(m->type == DG_MSG_DISC && w->awaiting)) { /* but the last swap's D */
         dg_msg_free(w->t, m);
         return DG_OK;
     }
@@ -12654,6 +12834,422 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
     return s;
 }
 
+/* ---- the process drivers ---- */
+
+static void dg__drive_sleep_ms(int ms)
+{
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+static double dg__drive_ms(void) { return 1e3 * dg__now(); }
+
+/* ---- stopping a process ---- */
+/* The only process-wide variable of the library: written by the SIGINT /
+   SIGTERM handler, read by the drivers between iterations. */
+static volatile sig_atomic_t dg__stop_flag;
+
+static void dg__on_stop_signal(int sig)
+{
+    (void)sig;
+    dg__stop_flag = 1;
+}
+
+DGDEF void dg_install_stop_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = dg__on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+}
+
+DGDEF int dg_stop_requested(void) { return dg__stop_flag != 0; }
+DGDEF void dg_request_stop(void) { dg__stop_flag = 1; }
+
+/* ---- message sizes of a run ---- */
+
+/* The limit length of a message of `parts` parts of 4-byte values, `values`
+   in all (dg_transport_set_limits). */
+static uint64_t dg__limit_len4(int parts, uint64_t values)
+{
+    return DG_MSG_LIMIT_HEAD + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
+}
+
+/* Adds the parts and values of G or D on the wire (dg__net_parts:
+   parameters, batchnorm state, Adam's two moments when with_opt). */
+static dg_result dg__limit_net_size(int is_g, dg_arch arch, int z_dim, int n_classes, int c, int h,
+                                    int w, int with_opt, int *parts, uint64_t *values)
+{
+    dg_net *net;
+    dg_result r = is_g ? dg_build_generator(&net, arch, z_dim, n_classes, c, h, w)
+                       : dg_build_discriminator(&net, arch, c, h, w, 1 + n_classes);
+    if (r != DG_OK) return r;
+    *parts += 1 + (dg_net_state_count(net) > 0) + (with_opt != 0);
+    *values += (uint64_t)dg_net_param_count(net) * (with_opt ? 3 : 1) + dg_net_state_count(net);
+    dg_net_free(net);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_mdgan_max_payload(const dg_mdgan_config *c, int self,
+                                     uint64_t out[DG_MSG_TYPE_MAX + 1])
+{
+    uint64_t bd, values = 0;
+    int parts = 0, labels;
+    if (!out) return dg__fail(DG_ERR_ARG, "max payload: NULL");
+    memset(out, 0, sizeof(uint64_t) * (DG_MSG_TYPE_MAX + 1));
+    if (!c || c->batch < 1 || c->c < 1 || c->h < 1 || c->w < 1 || self < 0)
+        return dg__fail(DG_ERR_ARG, "max payload: bad configuration");
+    bd = (uint64_t)c->batch * (uint64_t)(c->c * c->h * c->w);
+    labels = c->n_classes > 0;
+    if (self == 0) { /* the server hears only feedback */
+        out[DG_MSG_FEEDBACK] = dg__limit_len4(1, bd);
+        return DG_OK;
+    }
+    out[DG_MSG_GEN_BATCHES] = dg__limit_len4(labels ? 4 : 2, 2 * bd + (labels ? 2 * (uint64_t)c->batch : 0));
+    out[DG_MSG_SWAP] = out[DG_MSG_COPY_DISC] = out[DG_MSG_STOP] = dg__limit_len4(0, 0);
+    if (dg__limit_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w, c->swap_optimizer,
+                           &parts, &values) != DG_OK)
+        return dg__fail(DG_ERR_CONFIG, "max payload: %s", dg_last_error());
+    out[DG_MSG_DISC] = dg__limit_len4(parts, values);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
+                                     uint64_t out[DG_MSG_TYPE_MAX + 1])
+{
+    uint64_t values = 0;
+    int parts = 0;
+    if (!out) return dg__fail(DG_ERR_ARG, "max payload: NULL");
+    memset(out, 0, sizeof(uint64_t) * (DG_MSG_TYPE_MAX + 1));
+    if (!c || self < 0) return dg__fail(DG_ERR_ARG, "max payload: bad configuration");
+    /* MODEL both ways: (w, θ) with their optimisers when averaged */
+    if (dg__limit_net_size(1, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w,
+                           c->average_optimizer, &parts, &values) != DG_OK ||
+        dg__limit_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w,
+                           c->average_optimizer, &parts, &values) != DG_OK)
+        return dg__fail(DG_ERR_CONFIG, "max payload: %s", dg_last_error());
+    out[DG_MSG_MODEL] = dg__limit_len4(parts, values);
+    if (self != 0) out[DG_MSG_STOP] = dg__limit_len4(0, 0);
+    return DG_OK;
+}
+
+/* Limits t's messages to what the role's configuration can send (md or fl). */
+static dg_result dg__drive_limit(dg_transport *t, int self, const dg_mdgan_config *md,
+                                 const dg_flgan_config *fl)
+{
+    uint64_t lim[DG_MSG_TYPE_MAX + 1];
+    dg_result r = md ? dg_mdgan_max_payload(md, self, lim) : dg_flgan_max_payload(fl, self, lim);
+    if (r == DG_OK) dg_transport_set_limits(t, lim);
+    return r;
+}
+
+/* ---- checkpoints of the roles ---- */
+
+/* One role's state (exactly one of the four non-NULL) into path or back. */
+typedef struct dg__drive_role {
+    dg_mdgan_server *ms;
+    dg_flgan_server *fs;
+    dg_mdgan_worker *mw;
+    dg_flgan_worker *fw;
+} dg__drive_role;
+
+static dg_result dg__drive_save(const char *path, const dg__drive_role *ro)
+{
+    size_t n, w = 0;
+    unsigned char *buf;
+    dg_result r;
+    if (!path) return DG_OK;
+    n = ro->ms ? dg_mdgan_server_save_size(ro->ms) : ro->fs ? dg_flgan_server_save_size(ro->fs)
+        : ro->mw ? dg_mdgan_worker_save_size(ro->mw) : dg_flgan_worker_save_size(ro->fw);
+    buf = (unsigned char *)dg__alloc(n);
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
+    r = ro->ms ? dg_mdgan_server_save_mem(ro->ms, buf, n, &w)
+        : ro->fs ? dg_flgan_server_save_mem(ro->fs, buf, n, &w)
+        : ro->mw ? dg_mdgan_worker_save_mem(ro->mw, buf, n, &w)
+                 : dg_flgan_worker_save_mem(ro->fw, buf, n, &w);
+    if (r == DG_OK) r = dg__write_file(path, buf, w);
+    dg__free(buf);
+    return r;
+}
+
+/* d->resume: loads the checkpoint into the role when the file exists
+   (*loaded = 1). */
+static dg_result dg__drive_resume(const dg_drive *d, const dg__drive_role *ro, int *loaded)
+{
+    unsigned char *buf;
+    size_t len = 0;
+    dg_result r;
+    FILE *f;
+    *loaded = 0;
+    if (!d->resume || !d->checkpoint || !(f = fopen(d->checkpoint, "rb"))) return DG_OK;
+    fclose(f);
+    if ((r = dg__read_file(d->checkpoint, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
+    r = ro->ms ? dg_mdgan_server_load_mem(ro->ms, buf, len)
+        : ro->fs ? dg_flgan_server_load_mem(ro->fs, buf, len)
+        : ro->mw ? dg_mdgan_worker_load_mem(ro->mw, buf, len)
+                 : dg_flgan_worker_load_mem(ro->fw, buf, len);
+    dg__free(buf);
+    if (r != DG_OK) return r;
+    *loaded = 1;
+    if (ro->ms || ro->fs)
+        dg__log(d->log, d->log_user, "resumed from %s at %s %lld", d->checkpoint,
+                ro->ms ? "iteration" : "round",
+                (long long)(ro->ms ? dg_mdgan_server_stats(ro->ms)->iteration
+                                   : dg_flgan_server_stats(ro->fs)->rounds));
+    else
+        dg__log(d->log, d->log_user, "resumed from %s", d->checkpoint);
+    return DG_OK;
+}
+
+/* ---- the server ---- */
+
+static void dg__drive_rejected(void *t, int id, const char *why)
+{
+    dg_transport_drop_peer((dg_transport *)t, id, why);
+}
+
+/* A server driver's barrier: waits in short slices so that a worker whose
+   connection closed leaves at once (the round does not wait for the
+   deadline), and a worker whose message the role rejected is cut off; the
+   run goes on either way. */
+static dg_result dg__drive_barrier(const dg__barrier *b)
+{
+    dg_result r = DG_OK;
+    int n;
+    while (r == DG_OK && b->ro->open) {
+        for (n = 1; n <= b->ro->slots && r == DG_OK && b->ro->open; n++)
+            if (b->ro->live[n] && !dg_transport_connected(b->t, n))
+                r = b->ops->drop(b->role, n, "its connection closed");
+        if (r == DG_OK && b->ro->open) {
+            r = dg__barrier_poll(b, 100, dg__drive_rejected, b->t);
+            if (r == DG_ERR_TIMEOUT) r = DG_OK;
+        }
+    }
+    return r;
+}
+
+/* The server waits up to ms for workers 1..n to be connected. */
+static int dg__drive_wait_workers(dg_transport *t, int n, int ms)
+{
+    double end = dg__drive_ms() + ms;
+    int k, have = 0;
+    for (;;) {
+        for (have = 0, k = 1; k <= n; k++) have += dg_transport_connected(t, k);
+        if (have == n || dg__drive_ms() >= end || dg_stop_requested()) return have;
+        dg__drive_sleep_ms(20);
+    }
+}
+
+/* Can the workers outlive their server (keep_server: TCP's redial a
+   resumed one)?  Else a stop request ends the whole run as its end does:
+   the server sends STOP and the workers serve on until it comes, so that
+   every role's checkpoint is of the same iteration. */
+static int dg__drive_workers_outlive(const dg_transport *t) { return t->keep_server != NULL; }
+
+/* The server driver of MD-GAN (ms) or FL-GAN (fs): one loop for both. */
+static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_server *ms,
+                                  dg_flgan_server *fs, int n_workers)
+{
+    dg__drive_role ro;
+    dg_drive_status st;
+    dg_result r, e;
+    int have, n, loaded;
+    memset(&ro, 0, sizeof ro);
+    ro.ms = ms;
+    ro.fs = fs;
+    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) return r;
+    memset(&st, 0, sizeof st);
+    st.transport = t;
+    st.generator = ms ? dg_mdgan_server_generator(ms) : dg_flgan_server_generator(fs);
+    st.iteration = ms ? dg_mdgan_server_stats(ms)->iteration : dg_flgan_server_stats(fs)->rounds;
+    dg_transport_announce(t, st.iteration);
+    have = dg__drive_wait_workers(t, n_workers, d->wait_workers_ms > 0 ? d->wait_workers_ms : 60000);
+    dg__log(d->log, d->log_user, "%d of %d workers connected", have, n_workers);
+    while (r == DG_OK && st.iteration < d->iterations && !dg_stop_requested()) {
+        dg__barrier b;
+        for (n = 1; n < t->n_peers; n++) /* a restarted worker rejoins */
+            if (dg_transport_connected(t, n) &&
+                !(ms ? dg_mdgan_server_is_live(ms, n) : dg_flgan_server_is_live(fs, n)))
+                r = ms ? dg_mdgan_server_add_worker(ms, n) : dg_flgan_server_add_worker(fs, n);
+        if (r != DG_OK || (r = ms ? dg_mdgan_server_begin(ms) : dg_flgan_server_begin(fs)) != DG_OK)
+            break;
+        b = ms ? dg__mdgan_barrier(ms) : dg__flgan_barrier(fs);
+        if ((r = dg__drive_barrier(&b)) != DG_OK) break;
+        if (ms) {
+            const dg_mdgan_stats *s = dg_mdgan_server_stats(ms);
+            st.iteration = st.updates = s->iteration;
+            st.n_live = s->n_live;
+            st.d_loss = s->d_loss;
+            st.g_loss = s->g_loss;
+        } else {
+            const dg_flgan_stats *s = dg_flgan_server_stats(fs);
+            st.iteration = s->rounds;
+            st.updates = s->iterations;
+            st.n_live = s->n_live;
+            st.d_loss = s->d_loss;
+            st.g_loss = s->g_loss;
+        }
+        dg_transport_announce(t, st.iteration);
+        if (d->progress) d->progress(d->user, &st);
+        if (d->checkpoint_every > 0 && st.iteration % d->checkpoint_every == 0 &&
+            (e = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+            dg__log(d->log, d->log_user, "checkpoint failed: %s", dg_last_error());
+    }
+    /* how the run ends: a stop request, or an error whose message the final
+       checkpoint must not hide (it is logged before) */
+    if (r != DG_OK)
+        dg__log(d->log, d->log_user, "server stops on %s: %s; writing the last consistent checkpoint",
+                dg_result_str(r), dg_last_error());
+    else if (dg_stop_requested())
+        dg__log(d->log, d->log_user, "stop requested: checkpoint and shut down");
+    if ((e = dg__drive_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
+    if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t))) {
+        /* STOP (a worker it cannot reach is gone anyway) */
+        if (ms) dg_mdgan_server_stop(ms);
+        else dg_flgan_server_stop(fs);
+    }
+    if (r == DG_OK && d->finish) d->finish(d->user, &st);
+    dg__drive_sleep_ms(50);
+    dg_transport_goodbye(t, !dg_stop_requested());
+    return r;
+}
+
+DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
+                                     dg_pool *pool, const dg_drive *d)
+{
+    dg_mdgan_server *s;
+    dg_mdgan_config c;
+    dg_result r;
+    if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drive: NULL argument");
+    if ((r = dg__drive_limit(t, 0, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
+    c = *cfg;
+    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
+    if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    r = dg__drive_server(t, d, s, NULL, c.n_workers);
+    dg_mdgan_server_free(s);
+    return r;
+}
+
+DGDEF dg_result dg_flgan_server_drive(const dg_flgan_config *cfg, dg_transport *t,
+                                     dg_pool *pool, const dg_drive *d)
+{
+    dg_flgan_server *s;
+    dg_flgan_config c;
+    dg_result r;
+    if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_server_drive: NULL argument");
+    if ((r = dg__drive_limit(t, 0, NULL, cfg)) != DG_OK) return r; /* message sizes of this run */
+    c = *cfg;
+    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
+    if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    r = dg__drive_server(t, d, NULL, s, c.n_workers);
+    dg_flgan_server_free(s);
+    return r;
+}
+
+/* ---- the workers ---- */
+
+/* Between a worker's messages: go on (DG_OK), end (*over), or give up. */
+static dg_result dg__drive_keep_server(dg_transport *t, int id, const dg_drive *d, int *over)
+{
+    dg_result r = dg_transport_keep_server(t, id, d->reconnect_ms > 0 ? d->reconnect_ms : 30000, over);
+    char why[256];
+    if (r == DG_OK) return DG_OK;
+    snprintf(why, sizeof why, "%s", dg_last_error());
+    return dg__fail(r, "worker %d: the server is gone: %s", id, why);
+}
+
+DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_transport *t,
+                                     dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                     size_t count, const dg_drive *d)
+{
+    dg_mdgan_worker *w;
+    dg__drive_role ro;
+    dg_result r;
+    double held_since = -1;
+    int swap_wait, over = 0, loaded;
+    if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_drive: NULL");
+    swap_wait = d->swap_wait_ms > 0 ? d->swap_wait_ms : d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000;
+    if ((r = dg__drive_limit(t, id, cfg, NULL)) != DG_OK) return r;
+    /* a worker that arrives in a running job joins: it waits for a live D */
+    r = dg_mdgan_worker_create(&w, cfg, id, t, pool, ds, idx, count, dg_transport_joined_at(t) > 0);
+    if (r != DG_OK) return r;
+    memset(&ro, 0, sizeof ro);
+    ro.mw = w;
+    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
+        dg_mdgan_worker_free(w);
+        return r;
+    }
+    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
+           !dg_mdgan_worker_stopped(w)) {
+        dg_msg *m;
+        if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
+            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+        if (dg_mdgan_worker_holding(w)) {
+            if (held_since < 0) held_since = dg__drive_ms();
+            if (dg__drive_ms() - held_since > swap_wait) { /* the partner is dead: skip the swap */
+                dg__log(d->log, d->log_user,
+                        "worker %d: no discriminator came within %d ms, keeping mine", id, swap_wait);
+                if (dg_mdgan_worker_skip_swap(w) != DG_OK)
+                    dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+                held_since = -1;
+            }
+        } else {
+            held_since = -1;
+        }
+        if (!dg_mdgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
+    }
+    if (dg_mdgan_worker_stopped(w)) {
+        /* the last swap: our partner's D may still be on its way */
+        double end = dg__drive_ms() + swap_wait;
+        while (d->checkpoint && w->awaiting && dg__drive_ms() < end) {
+            dg_msg *m;
+            if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
+                dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+        }
+        dg__log(d->log, d->log_user, "worker %d: training is over", id);
+        if (!w->awaiting && (r = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+            dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
+    }
+    dg_mdgan_worker_free(w);
+    return r;
+}
+
+DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_transport *t,
+                                     dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                     size_t count, const dg_drive *d)
+{
+    dg_flgan_worker *w;
+    dg__drive_role ro;
+    dg_result r;
+    int over = 0, loaded;
+    if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_drive: NULL");
+    if ((r = dg__drive_limit(t, id, NULL, cfg)) != DG_OK) return r;
+    if ((r = dg_flgan_worker_create(&w, cfg, id, t, pool, ds, idx, count)) != DG_OK) return r;
+    memset(&ro, 0, sizeof ro);
+    ro.fw = w;
+    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
+        dg_flgan_worker_free(w);
+        return r;
+    }
+    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
+           !dg_flgan_worker_stopped(w)) {
+        dg_msg *m;
+        if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_flgan_worker_handle(w, m) != DG_OK)
+            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+        if (!dg_flgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
+    }
+    if (dg_flgan_worker_stopped(w) && (r = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+        dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
+    dg_flgan_worker_free(w);
+    return r;
+}
+
 /* ==== dg_tcp ==== */
 
 #ifndef DG_NO_TCP
@@ -13052,32 +13648,6 @@ DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, ui
     return DG_OK;
 }
 
-/* ---- signals ---- */
-/* The only process-wide variable of this section: written by the SIGINT /
-   SIGTERM handler, read by the drivers between iterations. */
-static volatile sig_atomic_t dg__tcp_stop_flag;
-
-static void dg__tcp_on_signal(int sig)
-{
-    (void)sig;
-    dg__tcp_stop_flag = 1;
-}
-
-DGDEF void dg_tcp_install_signal_handlers(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = dg__tcp_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
-}
-
-DGDEF int dg_tcp_stop_requested(void) { return dg__tcp_stop_flag != 0; }
-DGDEF void dg_tcp_request_stop(void) { dg__tcp_stop_flag = 1; }
-
 /* ---- the receive state machine ----
    Pure over buffers, so the fuzz target drives exactly the code that reads
    sockets: dg__rx_want says where the next bytes go, the caller fills some
@@ -13096,6 +13666,9 @@ DGDEF void dg_tcp_request_stop(void) { dg__tcp_stop_flag = 1; }
    values of part 0, 1, ... back to back (4 bytes per F32/I32 value, 1 per
    byte).  The frame's type, sender and iteration are the message's. */
 #define DG__BODY_HEAD 24
+#if DG__BODY_HEAD != DG_MSG_LIMIT_HEAD
+#error "the size limits of dg_transport_set_limits count the TCP body head"
+#endif
 #define DG__RX_HEADER 0
 #define DG__RX_CONTROL 1
 #define DG__RX_BODY 2
@@ -14229,6 +14802,14 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, ui
 }
 
 static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer);
+/* the drivers' capabilities (dg_transport_connected & co.) */
+static int dg__tcp_connected(dg_transport *bt, int peer);
+static void dg__tcp_drop_peer(dg_transport *bt, int peer, const char *reason);
+static void dg__tcp_set_limits(dg_transport *bt, const uint64_t max_payload[DG_MSG_TYPE_MAX + 1]);
+static void dg__tcp_announce(dg_transport *bt, int64_t iteration);
+static void dg__tcp_goodbye(dg_transport *bt, int run_over);
+static dg_result dg__tcp_keep_server(dg_transport *bt, int self, int reconnect_ms, int *over);
+static int64_t dg__tcp_joined_at(const dg_transport *t);
 
 static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
 {
@@ -14448,6 +15029,13 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     t->base.recv = dg__tcp_recv;
     t->base.pending = dg__tcp_pending;
     t->base.close = dg__tcp_close;
+    t->base.connected = dg__tcp_connected;
+    t->base.drop_peer = dg__tcp_drop_peer;
+    t->base.set_limits = dg__tcp_set_limits;
+    t->base.announce = dg__tcp_announce;
+    t->base.goodbye = dg__tcp_goodbye;
+    t->base.keep_server = dg__tcp_keep_server;
+    t->base.joined_at = dg__tcp_joined_at;
     t->base.impl = t;
     if (!t->conns || !t->queued || !t->wire_in || !t->wire_out) {
         dg__tcp_close(&t->base);
@@ -14638,7 +15226,7 @@ static dg_result dg__tcp_dial_server(dg__tcp *t, int window_ms)
         unsigned char rnd[DG_TCP_NONCE];
         int ms;
         if (r == DG_OK || (r != DG_ERR_IO && r != DG_ERR_TIMEOUT && r != DG_ERR_CLOSED) ||
-            left <= 0 || dg_tcp_stop_requested())
+            left <= 0 || dg_stop_requested())
             return r;
         if (tries == 1)
             dg__tcp_logf(&t->cfg, "tcp: worker %d: %s; retrying for %lld s", t->cfg.self,
@@ -14718,7 +15306,7 @@ DGDEF dg_result dg_tcp_reconnect(dg_transport *bt)
 
 DGDEF uint16_t dg_tcp_port(const dg_transport *t) { return t ? dg__tcp_of(t)->port : 0; }
 
-DGDEF int dg_tcp_connected(dg_transport *bt, int peer)
+static int dg__tcp_connected(dg_transport *bt, int peer)
 {
     dg__tcp *t;
     int r;
@@ -14730,7 +15318,9 @@ DGDEF int dg_tcp_connected(dg_transport *bt, int peer)
     return r;
 }
 
-DGDEF void dg_tcp_set_max_payload(dg_transport *bt, const uint64_t max_payload[DG_TCP_APP_MAX + 1])
+/* The limits count DG_MSG_LIMIT_HEAD for the fixed part: the frame's body
+   head (DG__BODY_HEAD), so they are frame lengths here. */
+static void dg__tcp_set_limits(dg_transport *bt, const uint64_t max_payload[DG_MSG_TYPE_MAX + 1])
 {
     dg__tcp *t;
     uint64_t largest = 0;
@@ -14748,7 +15338,7 @@ DGDEF void dg_tcp_set_max_payload(dg_transport *bt, const uint64_t max_payload[D
     pthread_mutex_unlock(&t->mu);
 }
 
-DGDEF int dg_tcp_run_over(dg_transport *bt)
+static int dg__tcp_run_over(dg_transport *bt)
 {
     dg__tcp *t;
     int r;
@@ -14760,12 +15350,12 @@ DGDEF int dg_tcp_run_over(dg_transport *bt)
     return r;
 }
 
-DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t)
+static int64_t dg__tcp_joined_at(const dg_transport *t)
 {
-    return t ? dg__tcp_of(t)->server_iteration : 0;
+    return (int64_t)dg__tcp_of(t)->server_iteration;
 }
 
-DGDEF void dg_tcp_drop_peer(dg_transport *bt, int peer, const char *reason)
+static void dg__tcp_drop_peer(dg_transport *bt, int peer, const char *reason)
 {
     dg__tcp *t = dg__tcp_of(bt);
     dg__tconn *c;
@@ -14803,10 +15393,12 @@ DGDEF uint64_t dg_tcp_refused(dg_transport *bt)
     return n;
 }
 
-DGDEF void dg_tcp_goodbye(dg_transport *bt)
+/* BYE to every peer: with DG_TCP_FLAG_LAST when the run is over (the
+   workers end), else the server stops to be resumed (its workers redial). */
+static void dg__tcp_goodbye(dg_transport *bt, int run_over)
 {
     dg__tcp *t = dg__tcp_of(bt);
-    uint8_t flags = dg_tcp_stop_requested() ? 0 : DG_TCP_FLAG_LAST;
+    uint8_t flags = run_over ? DG_TCP_FLAG_LAST : 0;
     int i;
     pthread_mutex_lock(&t->mu);
     for (i = 0; i < t->n_conns; i++) {
@@ -14823,7 +15415,38 @@ DGDEF void dg_tcp_goodbye(dg_transport *bt)
     pthread_mutex_unlock(&t->mu);
 }
 
-/* ---- drivers ---- */
+static void dg__tcp_announce(dg_transport *bt, int64_t iteration)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    pthread_mutex_lock(&t->mu);
+    t->cfg.iteration = (uint64_t)iteration;
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* A worker between its messages: the run is over when the server said BYE
+   with LAST and nothing is left in the inbox (a STOP may wait there behind
+   the end of the connection); a lost server is redialled for reconnect_ms
+   (then DG_ERR_CLOSED). */
+static dg_result dg__tcp_keep_server(dg_transport *bt, int self, int reconnect_ms, int *over)
+{
+    dg__tcp *t = dg__tcp_of(bt);
+    dg_tcp_config *tc = &t->cfg;
+    dg_result r;
+    *over = 0;
+    if (dg__tcp_connected(bt, 0) || dg_transport_pending(bt, self) > 0) return DG_OK;
+    if (dg__tcp_run_over(bt)) {
+        dg__tcp_logf(tc, "worker %d: the server ended the run", self);
+        *over = 1;
+        return DG_OK;
+    }
+    dg__tcp_logf(tc, "worker %d: lost the server, reconnecting", self);
+    if ((r = dg__tcp_dial_server(t, reconnect_ms)) != DG_OK) return r;
+    dg__tcp_logf(tc, "worker %d: reconnected (server at iteration %llu)", self,
+                 (unsigned long long)t->server_iteration);
+    return DG_OK;
+}
+
+/* ---- for the programs ---- */
 
 DGDEF void dg_tcp_free(void *p) { dg__free(p); }
 
@@ -14878,81 +15501,6 @@ DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
     dg_sha256_final(&s, out);
 }
 
-/* The payload length of a message of `parts` parts of 4-byte values,
-   `values` in all. */
-static uint64_t dg__tcp_len4(int parts, uint64_t values)
-{
-    return DG__BODY_HEAD + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
-}
-
-/* Adds the parts and values of G or D on the wire (dg__net_parts:
-   parameters, batchnorm state, Adam's two moments when with_opt). */
-static dg_result dg__tcp_net_size(int is_g, dg_arch arch, int z_dim, int n_classes, int c, int h,
-                                  int w, int with_opt, int *parts, uint64_t *values)
-{
-    dg_net *net;
-    dg_result r = is_g ? dg_build_generator(&net, arch, z_dim, n_classes, c, h, w)
-                       : dg_build_discriminator(&net, arch, c, h, w, 1 + n_classes);
-    if (r != DG_OK) return r;
-    *parts += 1 + (dg_net_state_count(net) > 0) + (with_opt != 0);
-    *values += (uint64_t)dg_net_param_count(net) * (with_opt ? 3 : 1) + dg_net_state_count(net);
-    dg_net_free(net);
-    return DG_OK;
-}
-
-DGDEF dg_result dg_tcp_mdgan_max_payload(const dg_mdgan_config *c, int self,
-                                         uint64_t out[DG_TCP_APP_MAX + 1])
-{
-    uint64_t bd, values = 0;
-    int parts = 0, labels;
-    if (!out) return dg__fail(DG_ERR_ARG, "tcp: max payload: NULL");
-    memset(out, 0, sizeof(uint64_t) * (DG_TCP_APP_MAX + 1));
-    if (!c || c->batch < 1 || c->c < 1 || c->h < 1 || c->w < 1 || self < 0)
-        return dg__fail(DG_ERR_ARG, "tcp: max payload: bad configuration");
-    bd = (uint64_t)c->batch * (uint64_t)(c->c * c->h * c->w);
-    labels = c->n_classes > 0;
-    if (self == 0) { /* the server hears only feedback */
-        out[DG_MSG_FEEDBACK] = dg__tcp_len4(1, bd);
-        return DG_OK;
-    }
-    out[DG_MSG_GEN_BATCHES] = dg__tcp_len4(labels ? 4 : 2, 2 * bd + (labels ? 2 * (uint64_t)c->batch : 0));
-    out[DG_MSG_SWAP] = out[DG_MSG_COPY_DISC] = out[DG_MSG_STOP] = dg__tcp_len4(0, 0);
-    if (dg__tcp_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w, c->swap_optimizer,
-                         &parts, &values) != DG_OK)
-        return dg__fail(DG_ERR_CONFIG, "tcp: max payload: %s", dg_last_error());
-    out[DG_MSG_DISC] = dg__tcp_len4(parts, values);
-    return DG_OK;
-}
-
-DGDEF dg_result dg_tcp_flgan_max_payload(const dg_flgan_config *c, int self,
-                                         uint64_t out[DG_TCP_APP_MAX + 1])
-{
-    uint64_t values = 0;
-    int parts = 0;
-    if (!out) return dg__fail(DG_ERR_ARG, "tcp: max payload: NULL");
-    memset(out, 0, sizeof(uint64_t) * (DG_TCP_APP_MAX + 1));
-    if (!c || self < 0) return dg__fail(DG_ERR_ARG, "tcp: max payload: bad configuration");
-    /* MODEL both ways: (w, θ) with their optimisers when averaged */
-    if (dg__tcp_net_size(1, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w,
-                         c->average_optimizer, &parts, &values) != DG_OK ||
-        dg__tcp_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w,
-                         c->average_optimizer, &parts, &values) != DG_OK)
-        return dg__fail(DG_ERR_CONFIG, "tcp: max payload: %s", dg_last_error());
-    out[DG_MSG_MODEL] = dg__tcp_len4(parts, values);
-    if (self != 0) out[DG_MSG_STOP] = dg__tcp_len4(0, 0);
-    return DG_OK;
-}
-
-/* Limits t's messages to what the role's configuration can send (md or fl). */
-static dg_result dg__tcp_limit(dg_transport *t, const dg_mdgan_config *md, const dg_flgan_config *fl)
-{
-    uint64_t lim[DG_TCP_APP_MAX + 1];
-    int self = dg__tcp_of(t)->cfg.self;
-    dg_result r = md ? dg_tcp_mdgan_max_payload(md, self, lim) : dg_tcp_flgan_max_payload(fl, self, lim);
-    if (r == DG_OK) dg_tcp_set_max_payload(t, lim);
-    return r;
-}
-
 DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, size_t *len)
 {
     unsigned char *buf;
@@ -14971,304 +15519,6 @@ DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, siz
     *secret = buf;
     *len = n;
     return DG_OK;
-}
-
-/* The server drivers' checkpoint of their role (ms or fs, the other NULL):
-   the last consistent state, even with a round open. */
-static dg_result dg__tcp_checkpoint(const char *path, dg_mdgan_server *ms, dg_flgan_server *fs)
-{
-    size_t n = ms ? dg_mdgan_server_save_size(ms) : dg_flgan_server_save_size(fs), w;
-    unsigned char *buf;
-    dg_result r;
-    if (!path) return DG_OK;
-    buf = (unsigned char *)dg__alloc(n);
-    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
-    r = ms ? dg_mdgan_server_save_mem(ms, buf, n, &w) : dg_flgan_server_save_mem(fs, buf, n, &w);
-    if (r == DG_OK) r = dg__write_file(path, buf, w);
-    dg__free(buf);
-    return r;
-}
-
-/* --resume: loads the checkpoint into the role when the file exists. */
-static dg_result dg__tcp_resume(const dg_tcp_run *run, dg_tcp_config *tc, dg_mdgan_server *ms,
-                                dg_flgan_server *fs)
-{
-    unsigned char *buf;
-    size_t len = 0;
-    dg_result r;
-    FILE *f;
-    if (!run->resume || !run->checkpoint || !(f = fopen(run->checkpoint, "rb"))) return DG_OK;
-    fclose(f);
-    if ((r = dg__read_file(run->checkpoint, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
-    r = ms ? dg_mdgan_server_load_mem(ms, buf, len) : dg_flgan_server_load_mem(fs, buf, len);
-    dg__free(buf);
-    if (r == DG_OK)
-        dg__tcp_logf(tc, "resumed from %s at %s %lld", run->checkpoint,
-                     ms ? "iteration" : "round",
-                     (long long)(ms ? dg_mdgan_server_stats(ms)->iteration
-                                    : dg_flgan_server_stats(fs)->rounds));
-    return r;
-}
-
-/* How a server run ends: a stop request, or an error whose message the
-   final checkpoint must not hide (it is logged before). */
-static void dg__tcp_finish_log(dg_tcp_config *tc, dg_result r)
-{
-    if (r != DG_OK)
-        dg__tcp_logf(tc, "server stops on %s: %s; writing the last consistent checkpoint",
-                     dg_result_str(r), dg_last_error());
-    else if (dg_tcp_stop_requested())
-        dg__tcp_logf(tc, "stop requested: checkpoint and shut down");
-}
-
-static void dg__tcp_rejected(void *t, int id, const char *why)
-{
-    dg_tcp_drop_peer((dg_transport *)t, id, why);
-}
-
-/* A server driver's barrier: waits in short slices so that a worker whose
-   connection closed leaves at once (the round does not wait for the
-   deadline), and a worker whose message the role rejected loses its
-   connection; the run goes on either way. */
-static dg_result dg__tcp_barrier(const dg__barrier *b)
-{
-    dg_result r = DG_OK;
-    int n;
-    while (r == DG_OK && b->ro->open) {
-        for (n = 1; n <= b->ro->slots && r == DG_OK && b->ro->open; n++)
-            if (b->ro->live[n] && !dg_tcp_connected(b->t, n))
-                r = b->ops->drop(b->role, n, "its connection closed");
-        if (r == DG_OK && b->ro->open) {
-            r = dg__barrier_poll(b, 100, dg__tcp_rejected, b->t);
-            if (r == DG_ERR_TIMEOUT) r = DG_OK;
-        }
-    }
-    return r;
-}
-
-static void dg__tcp_announce(dg_transport *t, uint64_t iteration)
-{
-    dg__tcp *tt = dg__tcp_of(t);
-    pthread_mutex_lock(&tt->mu);
-    tt->cfg.iteration = iteration;
-    pthread_mutex_unlock(&tt->mu);
-}
-
-/* The server waits up to ms for workers 1..n to be connected. */
-static int dg__tcp_wait_workers(dg_transport *t, int n, int ms)
-{
-    int64_t end = dg__tcp_ms() + ms;
-    int k, have = 0;
-    for (;;) {
-        for (have = 0, k = 1; k <= n; k++) have += dg_tcp_connected(t, k);
-        if (have == n || dg__tcp_ms() >= end || dg_tcp_stop_requested()) return have;
-        dg__tcp_sleep_ms(20);
-    }
-}
-
-static dg_result dg__tcp_copy_params(dg_net *g, float **g_out, size_t *g_count)
-{
-    size_t n = dg_net_param_count(g);
-    if (!g_out) return DG_OK;
-    *g_out = (float *)dg__alloc(n * sizeof(float));
-    if (!*g_out) return dg__fail(DG_ERR_NOMEM, "tcp: no memory for G");
-    memcpy(*g_out, dg_net_params(g), n * sizeof(float));
-    if (g_count) *g_count = n;
-    return DG_OK;
-}
-
-DGDEF dg_result dg_tcp_mdgan_server_run(const dg_mdgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
-                                        size_t *g_count)
-{
-    dg_mdgan_server *s;
-    dg_tcp_config *tc;
-    dg_mdgan_config c;
-    dg_result r, e;
-    int have, n;
-    if (g_out) *g_out = NULL;
-    if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
-    tc = &dg__tcp_of(t)->cfg;
-    if ((r = dg__tcp_limit(t, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
-    c = *cfg;
-    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * tc->dead_ms;
-    if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
-    if ((r = dg__tcp_resume(run, tc, s, NULL)) != DG_OK) {
-        dg_mdgan_server_free(s);
-        return r;
-    }
-    dg__tcp_announce(t, (uint64_t)dg_mdgan_server_stats(s)->iteration);
-    have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
-    dg__tcp_logf(tc, "%d of %d workers connected", have, c.n_workers);
-    r = DG_OK;
-    while (r == DG_OK && dg_mdgan_server_stats(s)->iteration < run->iterations &&
-           !dg_tcp_stop_requested()) {
-        const dg_mdgan_stats *st;
-        int64_t it;
-        for (n = 1; n < t->n_peers; n++)
-            if (dg_tcp_connected(t, n) && !dg_mdgan_server_is_live(s, n))
-                dg_mdgan_server_add_worker(s, n);
-        if ((r = dg_mdgan_server_begin(s)) != DG_OK) break;
-        {
-            dg__barrier b = dg__mdgan_barrier(s);
-            if ((r = dg__tcp_barrier(&b)) != DG_OK) break;
-        }
-        st = dg_mdgan_server_stats(s);
-        it = st->iteration;
-        dg__tcp_announce(t, (uint64_t)it);
-        if (run->progress) run->progress(run->user, it, st->n_live, st->d_loss, st->g_loss, t);
-        if (run->checkpoint_every > 0 && it % run->checkpoint_every == 0 &&
-            (e = dg__tcp_checkpoint(run->checkpoint, s, NULL)) != DG_OK)
-            dg__tcp_logf(tc, "checkpoint failed: %s", dg_last_error());
-    }
-    dg__tcp_finish_log(tc, r);
-    if ((e = dg__tcp_checkpoint(run->checkpoint, s, NULL)) != DG_OK && r == DG_OK) r = e;
-    if (r == DG_OK && !dg_tcp_stop_requested()) dg_mdgan_server_stop(s);
-    if (r == DG_OK) r = dg__tcp_copy_params(dg_mdgan_server_generator(s), g_out, g_count);
-    dg__tcp_sleep_ms(50);
-    dg_tcp_goodbye(t);
-    dg_mdgan_server_free(s);
-    return r;
-}
-
-/* Between a worker's messages: DG_OK to go on, with *over set when the
-   run is over (the server said BYE with LAST and nothing is left in the
-   inbox: a STOP may wait there behind the end of the connection); a lost
-   server is redialled for run->reconnect_ms (then DG_ERR_CLOSED). */
-static dg_result dg__tcp_keep_server(dg_transport *t, const dg_tcp_run *run, int *over)
-{
-    dg__tcp *tt = dg__tcp_of(t);
-    dg_tcp_config *tc = &tt->cfg;
-    dg_result r;
-    *over = 0;
-    if (dg_tcp_connected(t, 0) || dg_transport_pending(t, tc->self) > 0) return DG_OK;
-    if (dg_tcp_run_over(t)) {
-        dg__tcp_logf(tc, "worker %d: the server ended the run", tc->self);
-        *over = 1;
-        return DG_OK;
-    }
-    dg__tcp_logf(tc, "worker %d: lost the server, reconnecting", tc->self);
-    if ((r = dg__tcp_dial_server(tt, run->reconnect_ms > 0 ? run->reconnect_ms : 30000)) != DG_OK)
-        return dg__fail(r, "worker %d: the server is gone: %s", tc->self, dg_last_error());
-    dg__tcp_logf(tc, "worker %d: reconnected (server at iteration %llu)", tc->self,
-                 (unsigned long long)dg_tcp_server_iteration(t));
-    return DG_OK;
-}
-
-DGDEF dg_result dg_tcp_mdgan_worker_run(const dg_mdgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
-                                        size_t count, const dg_tcp_run *run)
-{
-    dg_mdgan_worker *w;
-    dg_tcp_config *tc;
-    dg_result r;
-    int64_t held_since = -1;
-    int swap_wait, over = 0;
-    if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
-    tc = &dg__tcp_of(t)->cfg;
-    swap_wait = run->swap_wait_ms > 0 ? run->swap_wait_ms : tc->dead_ms;
-    if ((r = dg__tcp_limit(t, cfg, NULL)) != DG_OK) return r;
-    /* a worker that arrives in a running job joins: it waits for a live D */
-    r = dg_mdgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count,
-                               dg_tcp_server_iteration(t) > 0);
-    if (r != DG_OK) return r;
-    while (!over && !dg_tcp_stop_requested() && !dg_mdgan_worker_stopped(w)) {
-        dg_msg *m;
-        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
-            dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
-        if (dg_mdgan_worker_holding(w)) {
-            if (held_since < 0) held_since = dg__tcp_ms();
-            if (dg__tcp_ms() - held_since > swap_wait) { /* the partner is dead: skip the swap */
-                dg__tcp_logf(tc, "worker %d: no discriminator came within %d ms, keeping mine",
-                             tc->self, swap_wait);
-                if (dg_mdgan_worker_skip_swap(w) != DG_OK)
-                    dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
-                held_since = -1;
-            }
-        } else {
-            held_since = -1;
-        }
-        if (!dg_mdgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run, &over)) != DG_OK) break;
-    }
-    if (dg_mdgan_worker_stopped(w)) dg__tcp_logf(tc, "worker %d: training is over", tc->self);
-    dg_mdgan_worker_free(w);
-    return r;
-}
-
-DGDEF dg_result dg_tcp_flgan_server_run(const dg_flgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_tcp_run *run, float **g_out,
-                                        size_t *g_count)
-{
-    dg_flgan_server *s;
-    dg_tcp_config *tc;
-    dg_flgan_config c;
-    dg_result r, e;
-    int have, n;
-    if (g_out) *g_out = NULL;
-    if (!cfg || !t || !pool || !run) return dg__fail(DG_ERR_ARG, "tcp: server run: NULL argument");
-    tc = &dg__tcp_of(t)->cfg;
-    if ((r = dg__tcp_limit(t, NULL, cfg)) != DG_OK) return r; /* message sizes of this run */
-    c = *cfg;
-    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
-    if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
-    if ((r = dg__tcp_resume(run, tc, NULL, s)) != DG_OK) {
-        dg_flgan_server_free(s);
-        return r;
-    }
-    dg__tcp_announce(t, (uint64_t)dg_flgan_server_stats(s)->rounds);
-    have = dg__tcp_wait_workers(t, c.n_workers, run->wait_workers_ms > 0 ? run->wait_workers_ms : 60000);
-    dg__tcp_logf(tc, "%d of %d workers connected", have, c.n_workers);
-    while (r == DG_OK && dg_flgan_server_stats(s)->rounds < run->iterations &&
-           !dg_tcp_stop_requested()) {
-        const dg_flgan_stats *st;
-        int64_t round;
-        for (n = 1; n < t->n_peers; n++) /* a restarted worker rejoins with the global model */
-            if (dg_tcp_connected(t, n) && !dg_flgan_server_is_live(s, n))
-                dg_flgan_server_add_worker(s, n);
-        if ((r = dg_flgan_server_begin(s)) != DG_OK) break;
-        {
-            dg__barrier b = dg__flgan_barrier(s);
-            if ((r = dg__tcp_barrier(&b)) != DG_OK) break;
-        }
-        st = dg_flgan_server_stats(s);
-        round = st->rounds;
-        dg__tcp_announce(t, (uint64_t)round);
-        if (run->progress) run->progress(run->user, round, st->n_live, st->d_loss, st->g_loss, t);
-        if (run->checkpoint_every > 0 && round % run->checkpoint_every == 0 &&
-            (e = dg__tcp_checkpoint(run->checkpoint, NULL, s)) != DG_OK)
-            dg__tcp_logf(tc, "checkpoint failed: %s", dg_last_error());
-    }
-    dg__tcp_finish_log(tc, r);
-    if ((e = dg__tcp_checkpoint(run->checkpoint, NULL, s)) != DG_OK && r == DG_OK) r = e;
-    if (r == DG_OK && !dg_tcp_stop_requested()) dg_flgan_server_stop(s);
-    if (r == DG_OK) r = dg__tcp_copy_params(dg_flgan_server_generator(s), g_out, g_count);
-    dg__tcp_sleep_ms(50);
-    dg_tcp_goodbye(t);
-    dg_flgan_server_free(s);
-    return r;
-}
-
-DGDEF dg_result dg_tcp_flgan_worker_run(const dg_flgan_config *cfg, dg_transport *t,
-                                        dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
-                                        size_t count, const dg_tcp_run *run)
-{
-    dg_flgan_worker *w;
-    dg_tcp_config *tc;
-    dg_result r;
-    int over = 0;
-    if (!cfg || !t || !pool || !ds || !run) return dg__fail(DG_ERR_ARG, "tcp: worker run: NULL");
-    tc = &dg__tcp_of(t)->cfg;
-    if ((r = dg__tcp_limit(t, NULL, cfg)) != DG_OK) return r;
-    if ((r = dg_flgan_worker_create(&w, cfg, tc->self, t, pool, ds, idx, count)) != DG_OK) return r;
-    while (!over && !dg_tcp_stop_requested() && !dg_flgan_worker_stopped(w)) {
-        dg_msg *m;
-        if (dg_transport_recv(t, tc->self, 100, &m) == DG_OK &&
-            dg_flgan_worker_handle(w, m) != DG_OK)
-            dg__tcp_logf(tc, "worker %d: %s", tc->self, dg_last_error());
-        if (!dg_flgan_worker_stopped(w) && (r = dg__tcp_keep_server(t, run, &over)) != DG_OK) break;
-    }
-    dg_flgan_worker_free(w);
-    return r;
 }
 
 #endif /* DG_NO_TCP */

@@ -143,6 +143,7 @@ static dg_tcp_config base_cfg(int self, int n_peers)
 
 typedef struct wk_arg {
     dg_mdgan_config cfg;
+    int id;
     dg_transport *t;
     const dg_dataset *ds;
     const uint32_t *idx;
@@ -153,10 +154,10 @@ static void *worker_main(void *arg)
 {
     wk_arg *a = (wk_arg *)arg;
     dg_pool *pool;
-    dg_tcp_run run;
+    dg_drive run;
     memset(&run, 0, sizeof run);
     dg_pool_create(&pool, 1);
-    dg_tcp_mdgan_worker_run(&a->cfg, a->t, pool, a->ds, a->idx, a->count, &run);
+    dg_mdgan_worker_drive(&a->cfg, a->id, a->t, pool, a->ds, a->idx, a->count, &run);
     dg_pool_destroy(pool);
     return NULL;
 }
@@ -166,12 +167,11 @@ typedef struct timing {
     int n;
 } timing;
 
-static void on_iter(void *user, int64_t it, int n_live, float dl, float gl, const dg_transport *t)
+static void on_iter(void *user, const dg_drive_status *s)
 {
     timing *tm = (timing *)user;
     double now = bench_now();
-    (void)n_live; (void)dl; (void)gl; (void)t;
-    if (it > 1) { /* the first iteration warms up */
+    if (s->iteration > 1) { /* the first iteration warms up */
         tm->sum += now - tm->last;
         tm->n++;
     }
@@ -232,7 +232,7 @@ int main(void)
             dg_transport *st, *wt[NW + 1];
             pthread_t th[NW + 1];
             wk_arg wa[NW + 1];
-            dg_tcp_run r;
+            dg_drive r;
             timing tm;
             unsigned char h[32];
             mc.swap_every = (int)((double)ds.n / NW / B + 0.5);
@@ -251,6 +251,7 @@ int main(void)
                     return 0;
                 }
                 wa[i].cfg = mc;
+                wa[i].id = i;
                 wa[i].t = wt[i];
                 wa[i].ds = &ds;
                 wa[i].idx = dg_partition_worker(&part, i - 1, &wa[i].count);
@@ -262,7 +263,7 @@ int main(void)
             r.progress = on_iter;
             r.user = &tm;
             tm.last = bench_now();
-            dg_tcp_mdgan_server_run(&mc, st, pool, &r, NULL, NULL);
+            dg_mdgan_server_drive(&mc, st, pool, &r);
             for (i = 1; i <= NW; i++) pthread_join(th[i], NULL);
             tcp_ms = tm.n ? 1e3 * tm.sum / tm.n : 0;
             printf("bench mdgan_iter transport=tcp workers=%d ms=%.1f overhead=%.1f%%\n", NW,

@@ -1,17 +1,26 @@
-/* examples/distgan.c: train a GAN standalone, with MD-GAN or with FL-GAN,
- * all in one process (N in-process workers on one thread pool), and watch
- * quality, traffic and workers come and go.
+/* examples/distgan.c: train a GAN standalone, with MD-GAN or with FL-GAN, and
+ * watch quality, traffic and workers come and go.  One program for every
+ * transport: the server and N workers in this process (--transport inproc,
+ * the default), as processes over TCP, or as the ranks of an MPI job; the
+ * same options give the same generator, bit for bit, on each.
  *
- *   cc -O2 examples/distgan.c -lpthread -lm
+ *   cc -O2 examples/distgan.c -lpthread -lm            (mpicc -DDISTGAN_MPI: + mpi)
  *   ./a.out --algo mdgan --workers 4 --dataset fashion --iters 2000
  *   ./a.out --algo mdgan --workers 10 --k 4 --crash 3@500,7@800 --acgan
  *   ./a.out --algo flgan --workers 10 --E 1 --dirichlet 0.5
+ *   ./a.out --transport tcp --role server --listen 127.0.0.1:7000 --workers 3 ...
+ *   ./a.out --transport tcp --role worker --connect 127.0.0.1:7000 --workers 3 --id 1 ...
+ *   mpirun -n 5 ./distgan-mpi --transport mpi --workers 4 ...   (rank 0: the server)
  *   ./a.out --help
  *
- * Writes into --out: log.csv (iteration, losses, score, FID, bytes per
- * direction, time, N_live), samples_<iter>.png, checkpoints (server.ckpt
- * and worker_<n>.ckpt for MD-GAN, gan.ckpt standalone; --resume continues
- * from them). */
+ * The server (in process: the program) writes into --out: log.csv
+ * (iteration, losses, score, FID, bytes per direction, time, N_live),
+ * samples_<iter>.png, samples_final.png, g.f32 (the final generator's
+ * parameters, raw float32) and checkpoints: server.ckpt and worker_<n>.ckpt
+ * for MD-GAN (flgan_*.ckpt for FL-GAN, gan.ckpt standalone); --resume
+ * continues from them.  Over TCP and MPI every process takes the same run
+ * options (the TCP handshake compares a hash of them); the workers write
+ * their checkpoints at the end of the run into their --out. */
 #define _POSIX_C_SOURCE 200809L
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
@@ -27,18 +36,21 @@
 #define GRID_SEED 0x9717 /* the grids of a run show the same z over time */
 
 typedef enum algo { ALGO_GAN, ALGO_MDGAN, ALGO_FLGAN } algo;
+typedef enum transport { T_INPROC, T_TCP, T_MPI } transport;
 
 typedef struct options {
-    int algo, arch;   /* algo, dg_arch: indices into the --algo and --arch choices */
+    int algo, arch, transport, role; /* indices into the choices of --algo, --arch,
+                                        --transport, --role (0 server, 1 worker) */
     const char *dataset, *out, *classifier, *k_str, *crash_str, *join_str,
-        *attack_str;
+        *attack_str, *role_str, *listen, *connect, *id_str, *secret_file;
     int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
         clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
-        help;
+        help, local_iters, log_every, ckpt_every, id, insecure, dead_ms, heartbeat_ms,
+        barrier_ms, version;
     double alpha, feedback_clip;
     float lr;
     int64_t iters, eval_every;
-    uint64_t seed;
+    uint64_t seed, data_seed, max_message;
     dg_fault crash[MAX_FAULTS], join[MAX_FAULTS];
     dg_fault_spec attack[MAX_FAULTS];
     int n_crash, n_join, n_attack;
@@ -48,9 +60,14 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: distgan [options]\n"
-        "Trains a GAN standalone, with MD-GAN or with FL-GAN (server and N workers in\n"
-        "this process), with progress, a CSV log, sample grids and checkpoints.\n\n"
-        "  --algo gan|mdgan|flgan   (default mdgan)\n"
+        "Trains a GAN standalone, with MD-GAN or with FL-GAN (a server and N workers in\n"
+        "this process, over TCP or under MPI), with progress, a CSV log, sample grids\n"
+        "and checkpoints.\n\n"
+        "  --transport inproc|tcp|mpi\n"
+        "                      where the workers run (default inproc: threads of this\n"
+        "                      process; tcp: one process per role, see --role; mpi:\n"
+        "                      rank 0 the server, ranks 1..N the workers, N = --workers)\n"
+        "  --algo gan|mdgan|flgan   (default mdgan; gan: inproc only)\n"
         "  --workers N         workers (default 4)\n"
         "  --batch b           batch size (default 64)\n"
         "  --k K               MD-GAN generated batches per iteration: a number or\n"
@@ -59,6 +76,7 @@ static void usage(FILE *f)
         "  --E E               local epochs: MD-GAN swaps D every m*E/b iterations,\n"
         "                      FL-GAN averages every m*E/b (default 1; MD-GAN 0 = no swap)\n"
         "  --swap-every S      MD-GAN: swap every S iterations instead of m*E/b\n"
+        "  --local-iters n     FL-GAN: n local iterations per round instead of m*E/b\n"
         "  --swap-opt-stays    MD-GAN: D's Adam state stays with the worker\n"
         "  --real-once         MD-GAN: one real batch per iteration (paper) instead of\n"
         "                      a fresh one per D step\n"
@@ -74,24 +92,35 @@ static void usage(FILE *f)
         "  --dataset SPEC      fashion, mnist[:DIR], shapes[:N], idx:DIR, idx:IMAGES[,LABELS],\n"
         "                      cifar:DIR or images:DIR (docs/data.md; default: fashion\n"
         "                      when " DG_FASHION_MNIST_DIR " exists, else shapes)\n"
+        "  --data-seed S       the seed of a procedural dataset (default 1)\n"
         "  --iters I           generator updates (default 2000)\n"
         "  --eval-every N      score/FID every N iterations (default 500; 0 = at the end)\n"
         "  --eval-samples S    samples per evaluation (default 500)\n"
         "  --no-eval           no classifier, no score/FID (grids and logs only)\n"
         "  --classifier FILE   classifier cache (default DIR/classifier-<dataset>.bin)\n"
         "  --clf-epochs N      classifier training epochs (default 3)\n"
+        "  --log-every N       a progress line every N iterations (default: every 2 s)\n"
         "  --seed S            run seed (default 1)\n"
         "  --threads T         pool threads (default 0: one per core)\n"
-        "  --crash n@t[,..]    worker n stops answering at iteration t (FL-GAN: round t)\n"
-        "  --attack n@s[,..]   MD-GAN: worker n's feedback is multiplied by s ('nan': NaN)\n"
-        "                      from the first iteration, by a fault transport\n"
-        "  --join t[,..]       MD-GAN: a new worker joins at iteration t with a copy of a\n"
-        "                      live worker's D (the data is split over N + joins)\n"
+        "  --crash n@t[,..]    inproc: worker n stops answering at iteration t (FL-GAN: round t)\n"
+        "  --attack n@s[,..]   inproc MD-GAN: worker n's feedback is multiplied by s ('nan':\n"
+        "                      NaN) from the first iteration, by a fault transport\n"
+        "  --join t[,..]       inproc MD-GAN: a new worker joins at iteration t with a copy\n"
+        "                      of a live worker's D (the data is split over N + joins)\n"
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
         "  --no-checkpoint     write no checkpoints\n"
+        "  --checkpoint-every n  tcp, mpi: the server's checkpoint every n iterations\n"
+        "                      (FL-GAN: rounds; default: at the end only)\n"
+        "  --barrier-ms T      tcp, mpi: the server drops the workers whose answer takes\n"
+        "                      longer than T ms (default: MD-GAN 2 x --dead-ms, FL-GAN 60 s)\n"
+        " tcp only:\n"
+        "  --role server|worker   --listen HOST:PORT (server)   --connect HOST:PORT --id n\n"
+        "                      (worker)   --secret-file F (shared secret)   --insecure\n"
+        "                      (server: listen beyond loopback without a secret)\n"
+        "  --max-message BYTES --dead-ms T --heartbeat-ms T --protocol-version v (tests)\n"
         "  --help\n"
-        "An option the chosen --algo does not use is an error.\n");
+        "An option the chosen transport, role or --algo does not use is an error.\n");
 }
 
 /* "n@t,n@t" (with_worker) or "t,t": faults, strictly */
@@ -153,10 +182,38 @@ static int parse_attacks(options *o)
     }
 }
 
+/* Which runs use an option: algorithms (bits 1 << algo), transports
+   (1 << transport) and, over TCP, roles (1 server, 2 worker). */
+#define A_ALL 7u
+#define A_DIST 6u  /* mdgan, flgan */
+#define T_ALL 7u
+#define T_PROC 6u  /* tcp, mpi */
+typedef struct use { const char *name; unsigned algos, transports, roles; } use;
+
+static const use uses[] = {
+    {"--k", 2, T_ALL, 3}, {"--swap-every", 2, T_ALL, 3}, {"--swap-opt-stays", 2, T_ALL, 3},
+    {"--real-once", 2, T_ALL, 3}, {"--feedback-clip", 2, T_ALL, 3}, {"--local-iters", 4, T_ALL, 3},
+    {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
+    {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
+    {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
+    {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
+    {"--no-eval", A_ALL, T_ALL, 1}, {"--classifier", A_ALL, T_ALL, 1},
+    {"--clf-epochs", A_ALL, T_ALL, 1}, {"--log-every", A_ALL, T_ALL, 1},
+    {"--checkpoint-every", A_DIST, T_PROC, 1}, {"--barrier-ms", A_DIST, T_PROC, 3},
+    {"--role", A_DIST, 2, 3}, {"--listen", A_DIST, 2, 1}, {"--insecure", A_DIST, 2, 1},
+    {"--connect", A_DIST, 2, 2}, {"--id", A_DIST, 2, 2}, {"--secret-file", A_DIST, 2, 3},
+    {"--max-message", A_DIST, 2, 3}, {"--dead-ms", A_DIST, 2, 3},
+    {"--heartbeat-ms", A_DIST, 2, 3}, {"--protocol-version", A_DIST, 2, 3},
+};
+
+static const char *const algo_names[] = {"gan", "mdgan", "flgan"};
+static const char *const transport_names[] = {"inproc", "tcp", "mpi"};
+
 static int parse(options *o, int argc, char **argv)
 {
     struct stat st;
     const dg_option table[] = {
+        {"--transport", DG_OPT_CHOICE, &o->transport, 0, 0, "inproc|tcp|mpi"},
         {"--algo", DG_OPT_CHOICE, &o->algo, 0, 0, "gan|mdgan|flgan"},
         {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp"},
         {"--workers", DG_OPT_INT, &o->workers, 1, 10000, NULL},
@@ -165,6 +222,7 @@ static int parse(options *o, int argc, char **argv)
         {"--L", DG_OPT_INT, &o->L, 1, 1000, NULL},
         {"--E", DG_OPT_INT, &o->E, 0, 1000000, NULL},
         {"--swap-every", DG_OPT_INT, &o->swap_every, 0, 1000000000, NULL},
+        {"--local-iters", DG_OPT_INT, &o->local_iters, 1, 1000000000, NULL},
         {"--swap-opt-stays", DG_OPT_FLAG, &o->swap_opt_stays, 0, 0, NULL},
         {"--real-once", DG_OPT_FLAG, &o->real_once, 0, 0, NULL},
         {"--iid", DG_OPT_FLAG, &o->iid, 0, 0, NULL},
@@ -175,12 +233,14 @@ static int parse(options *o, int argc, char **argv)
         {"--saturating", DG_OPT_FLAG, &o->saturating, 0, 0, NULL},
         {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
         {"--dataset", DG_OPT_STRING, &o->dataset, 0, 0, NULL},
+        {"--data-seed", DG_OPT_U64, &o->data_seed, 0, 0, NULL},
         {"--iters", DG_OPT_INT64, &o->iters, 1, 1e9, NULL},
         {"--eval-every", DG_OPT_INT64, &o->eval_every, 0, 1e9, NULL},
         {"--eval-samples", DG_OPT_INT, &o->eval_samples, 2, 1000000, NULL},
         {"--no-eval", DG_OPT_FLAG, &o->no_eval, 0, 0, NULL},
         {"--classifier", DG_OPT_STRING, &o->classifier, 0, 0, NULL},
         {"--clf-epochs", DG_OPT_INT, &o->clf_epochs, 0, 1000, NULL},
+        {"--log-every", DG_OPT_INT, &o->log_every, 0, 1000000000, NULL},
         {"--seed", DG_OPT_U64, &o->seed, 0, 0, NULL},
         {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
         {"--crash", DG_OPT_STRING, &o->crash_str, 0, 0, NULL},
@@ -189,9 +249,21 @@ static int parse(options *o, int argc, char **argv)
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
         {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
+        {"--checkpoint-every", DG_OPT_INT, &o->ckpt_every, 0, 1000000000, NULL},
+        {"--barrier-ms", DG_OPT_INT, &o->barrier_ms, 0, 86400000, NULL},
+        {"--role", DG_OPT_STRING, &o->role_str, 0, 0, NULL},
+        {"--listen", DG_OPT_STRING, &o->listen, 0, 0, NULL},
+        {"--connect", DG_OPT_STRING, &o->connect, 0, 0, NULL},
+        {"--id", DG_OPT_STRING, &o->id_str, 0, 0, NULL},
+        {"--secret-file", DG_OPT_STRING, &o->secret_file, 0, 0, NULL},
+        {"--insecure", DG_OPT_FLAG, &o->insecure, 0, 0, NULL},
+        {"--max-message", DG_OPT_U64, &o->max_message, 0, 0, NULL},
+        {"--dead-ms", DG_OPT_INT, &o->dead_ms, 0, 86400000, NULL},
+        {"--heartbeat-ms", DG_OPT_INT, &o->heartbeat_ms, 0, 86400000, NULL},
+        {"--protocol-version", DG_OPT_INT, &o->version, 0, 65535, NULL},
         {"--help", DG_OPT_FLAG, &o->help, 0, 0, NULL},
     };
-    long long k;
+    long long k, id;
     int i;
     memset(o, 0, sizeof *o);
     o->algo = ALGO_MDGAN;
@@ -210,27 +282,64 @@ static int parse(options *o, int argc, char **argv)
     o->iters = 2000;
     o->eval_every = 500;
     o->seed = 1;
+    o->data_seed = 1;
     if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
         fprintf(stderr, "distgan: %s\n", dg_last_error());
         return 1;
     }
-    for (i = 1; i < argc; i++) { /* never ignore an option silently */
-        static const struct { const char *name; unsigned algos; } only[] = {
-            {"--k", 2}, {"--swap-every", 2}, {"--swap-opt-stays", 2}, {"--real-once", 2},
-            {"--join", 2}, {"--feedback-clip", 2}, {"--attack", 2}, {"--L", 1 | 2}, {"--workers", 2 | 4},
-            {"--E", 2 | 4}, {"--iid", 2 | 4}, {"--shards", 2 | 4}, {"--dirichlet", 2 | 4},
-            {"--crash", 2 | 4}};
-        size_t j;
-        for (j = 0; j < sizeof only / sizeof only[0]; j++)
-            if (!strcmp(argv[i], only[j].name) && !(only[j].algos & (1u << o->algo))) {
-                fprintf(stderr, "distgan: %s is not an option of --algo %s\n", argv[i],
-                        o->algo == ALGO_GAN ? "gan" : o->algo == ALGO_MDGAN ? "mdgan" : "flgan");
-                return 1;
-            }
-    }
     if (o->help) {
         usage(stdout);
         exit(0);
+    }
+    if (o->transport == T_TCP) {
+        if (!o->role_str || (strcmp(o->role_str, "server") && strcmp(o->role_str, "worker"))) {
+            fprintf(stderr, "distgan: --transport tcp needs --role server or --role worker%s%s%s\n",
+                    o->role_str ? " (not '" : "", o->role_str ? o->role_str : "",
+                    o->role_str ? "')" : "");
+            return 1;
+        }
+        o->role = !strcmp(o->role_str, "worker");
+    }
+    for (i = 1; i < argc; i++) { /* never ignore an option silently */
+        size_t j;
+        for (j = 0; j < sizeof uses / sizeof uses[0]; j++) {
+            const use *u = &uses[j];
+            const char *why = NULL;
+            if (strcmp(argv[i], u->name)) continue;
+            if (!(u->transports & (1u << o->transport))) why = "--transport";
+            else if (!(u->algos & (1u << o->algo))) why = "--algo";
+            else if (o->transport == T_TCP && !(u->roles & (1u << o->role))) why = "--role";
+            if (why) {
+                fprintf(stderr, "distgan: %s is not an option of %s %s\n", argv[i], why,
+                        why[2] == 't' ? transport_names[o->transport]
+                        : why[2] == 'a' ? algo_names[o->algo] : o->role ? "worker" : "server");
+                return 1;
+            }
+        }
+    }
+    if (o->transport == T_MPI) {
+#ifndef DISTGAN_MPI
+        fprintf(stderr, "distgan: --transport 'mpi': built without MPI: use build/distgan-mpi "
+                        "(make builds it when mpicc exists)\n");
+        return 1;
+#endif
+    }
+    if (o->transport != T_INPROC && o->algo == ALGO_GAN) {
+        fprintf(stderr, "distgan: --algo gan runs in process only (not --transport %s)\n",
+                transport_names[o->transport]);
+        return 1;
+    }
+    if (o->transport == T_TCP && (o->role ? !o->connect || !o->id_str : !o->listen)) {
+        fprintf(stderr, "distgan: a tcp %s needs %s\n", o->role ? "worker" : "server",
+                o->role ? "--connect HOST:PORT and --id n" : "--listen HOST:PORT");
+        return 1;
+    }
+    if (o->id_str) {
+        if (dg_parse_int(o->id_str, 1, o->workers, &id)) {
+            fprintf(stderr, "distgan: --id: %s\n", dg_last_error());
+            return 1;
+        }
+        o->id = (int)id;
     }
     if (o->iid + (o->shards > 0) + (o->alpha > 0) > 1) {
         fprintf(stderr, "distgan: --iid, --shards and --dirichlet exclude each other\n");
@@ -275,6 +384,14 @@ static void print_log(void *user, const char *line)
     fflush(stdout);
 }
 
+/* the events of a process of a distributed run, on stderr: "[worker 2  3.21s] ..." */
+static double t_start;
+static void log_line(void *user, const char *line)
+{
+    fprintf(stderr, "[%s %7.2fs] %s\n", (const char *)user, dg_clock_seconds() - t_start, line);
+    fflush(stderr);
+}
+
 static dg_result write_file(const char *path, const void *buf, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -304,6 +421,14 @@ static dg_result read_file(const char *path, unsigned char **buf, size_t *n)
     return DG_OK;
 }
 
+/* The checkpoint file of role n (0: the server) in dir: the same names on
+   every transport, so a run may even resume on another one. */
+static void checkpoint_path(char *path, size_t cap, const char *dir, int md, int n)
+{
+    if (n == 0) snprintf(path, cap, "%s/%sserver.ckpt", dir, md ? "" : "flgan_");
+    else snprintf(path, cap, "%s/%sworker_%d.ckpt", dir, md ? "" : "flgan_", n);
+}
+
 /* MD-GAN (md) or FL-GAN (fl) checkpoint of an in-process run: one file for
    the server and one for every worker, through the roles' _mem functions.
    MD-GAN settles its run first so that no message is in flight. */
@@ -322,8 +447,7 @@ static dg_result checkpoint(dg_mdgan_run *md, dg_flgan_run *fl, int n_workers, c
         unsigned char *buf = NULL;
         size_t len;
         dg_result r;
-        if (n == 0) snprintf(path, sizeof path, "%s/%sserver.ckpt", dir, md ? "" : "flgan_");
-        else snprintf(path, sizeof path, "%s/%sworker_%d.ckpt", dir, md ? "" : "flgan_", n);
+        checkpoint_path(path, sizeof path, dir, md != NULL, n);
         if (load) {
             if ((r = read_file(path, &buf, &len))) {
                 if (n) continue; /* a worker that never trained (a later joiner) or had crashed */
@@ -353,296 +477,576 @@ static dg_result checkpoint(dg_mdgan_run *md, dg_flgan_run *fl, int n_workers, c
     return DG_OK;
 }
 
-int main(int argc, char **argv)
-{
-    options o;
-    dg_pool *pool;
-    dg_dataset train, test;
-    dg_partition part;
+/* ---- what the server shows and writes, on every transport ---- */
+
+typedef struct output {
+    const options *o;
     dg_evaluator ev;
     dg_csv csv;
-    dg_gan_trainer trainer;
-    dg_mdgan_run *md = NULL;
-    dg_flgan_run *fl = NULL;
-    dg_transport *t = NULL;
     dg_gan_sampler src;
-    dg_result r;
-    char path[1100], clf_path[1100], b1[32], b2[32], b3[32], b4[32];
-    int have_eval = 0, have_floor = 0, have_untrained = 0, slots, n_classes, per_round = 1, i;
     dg_eval_result floor_er, untrained_er, last_er; /* the summary's reference points */
-    int64_t it = 0, start_it = 0;
-    double t0, t_last_print = 0.0;
-    const char *algo_name;
+    int have_eval, have_floor, have_untrained, slots, per_round, started;
+    int64_t it, start_it;
+    double t0, t_last_print;
+    /* in process: checkpoints at every evaluation */
+    dg_gan_trainer *trainer;
+    dg_mdgan_run *md;
+    dg_flgan_run *fl;
+    dg_result error;          /* a failure met in a driver's callback */
+} output;
 
-    if (parse(&o, argc, argv)) return 2;
-    algo_name = o.algo == ALGO_GAN ? "gan" : o.algo == ALGO_MDGAN ? "mdgan" : "flgan";
-    if ((r = dg_pool_create(&pool, o.threads))) return fail("pool", r);
-    if ((r = dg_dataset_open(o.dataset, 1, &train, &test))) {
-        fprintf(stderr, "distgan: --dataset: %s\n", dg_last_error());
-        return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
+/* The classifier, the floor (real held-out data) and the log. */
+static int output_open(output *out, const options *o, dg_pool *pool, const dg_dataset *train,
+                       const dg_dataset *test)
+{
+    char path[1100], clf_path[1100];
+    dg_result r;
+    out->o = o;
+    if (!o->no_eval && train->n_classes >= 2) {
+        dg_evaluator_config ec = dg_evaluator_config_init();
+        double c0 = dg_clock_seconds();
+        if (o->classifier) snprintf(clf_path, sizeof clf_path, "%s", o->classifier);
+        else snprintf(clf_path, sizeof clf_path, "%s/classifier-%.*s.bin", o->out,
+                      (int)strcspn(o->dataset, ":"), o->dataset);
+        ec.cache_path = clf_path;
+        ec.epochs = o->clf_epochs;
+        ec.ref_max = 10000;
+        printf("classifier: loading or training (%d epochs) ...\n", o->clf_epochs);
+        fflush(stdout);
+        if ((r = dg_evaluator_init(&out->ev, pool, train, test->n ? test : NULL, &ec)))
+            return fail("classifier", r);
+        printf("classifier %s: test accuracy %.2f%% (%.0f s)\n", out->ev.loaded ? "loaded" : "trained",
+               100.0 * out->ev.test_accuracy, dg_clock_seconds() - c0);
+        out->have_eval = 1;
+        /* the floor: real held-out images scored like generated ones */
+        if (test->n >= 2) {
+            size_t n = (size_t)o->eval_samples < test->n ? (size_t)o->eval_samples : test->n;
+            if ((r = dg_evaluator_dataset(&out->ev, test, n, n >= 10 ? 10 : 1, &out->floor_er)))
+                return fail("floor", r);
+            printf("real test data, %zu samples: score %.2f FID %.2f (the floor)\n", n,
+                   out->floor_er.score_mean, out->floor_er.fid_logits);
+            out->have_floor = 1;
+        }
     }
-    if (mkdir(o.out, 0777) && errno != EEXIST) {
+    snprintf(path, sizeof path, "%s/log.csv", o->out);
+    if ((r = dg_csv_open(&out->csv, path, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,"
+                                          "bytes_w2w,time_s,n_live", o->resume)))
+        return fail("log", r);
+    printf("log: %s\n", path);
+    return 0;
+}
+
+/* G before training: the other end of the scale. */
+static int output_untrained(output *out)
+{
+    dg_result r;
+    if (!out->have_eval) return 0;
+    if ((r = dg_evaluator_run(&out->ev, dg_gan_sampler_sample, &out->src,
+                              (size_t)out->o->eval_samples, 10, &out->untrained_er)))
+        return fail("evaluation", r);
+    printf("untrained G: score %.2f FID %.2f\n", out->untrained_er.score_mean,
+           out->untrained_er.fid_logits);
+    out->have_untrained = 1;
+    return 0;
+}
+
+/* After each iteration (FL-GAN: round) that reached generator update it:
+   the CSV row, the evaluation, grid and in-process checkpoints when due,
+   and the progress line. */
+static int output_step(output *out, int64_t it, float dl, float gl, int n_live, dg_transport *t)
+{
+    const options *o = out->o;
+    char path[1100], b1[32], b2[32], b3[32], b4[32];
+    double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el;
+    int last, evaluate, print;
+    dg_result r;
+    if (!out->started) { /* a driver's first call tells where a resumed run stood */
+        out->started = 1;
+        out->t0 = dg_clock_seconds();
+    }
+    out->it = it;
+    if (t) {
+        dg_traffic all = dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER);
+        down = (double)dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes;
+        up = (double)dg_transport_traffic(t, DG_ANY_PEER, 0).payload_bytes;
+        w2w = (double)all.payload_bytes - down - up;
+    }
+    last = it >= o->iters;
+    evaluate = last || (o->eval_every && it / o->eval_every != (it - out->per_round) / o->eval_every &&
+                        it > out->start_it);
+    if (evaluate) {
+        if (out->have_eval) {
+            dg_eval_result er;
+            if ((r = dg_evaluator_run(&out->ev, dg_gan_sampler_sample, &out->src,
+                                      (size_t)o->eval_samples, 10, &er)))
+                return fail("evaluation", r);
+            score = er.score_mean;
+            fid = er.fid_logits;
+            out->last_er = er;
+        }
+        snprintf(path, sizeof path, "%s/samples_%06lld.png", o->out, (long long)it);
+        if ((r = dg_gan_write_samples(&out->src, GRID_SEED, 100, 10, path))) return fail("grid", r);
+        r = DG_OK;
+        if (o->no_checkpoint) r = DG_OK;
+        else if (out->trainer) {
+            snprintf(path, sizeof path, "%s/gan.ckpt", o->out);
+            r = dg_gan_trainer_save(out->trainer, path);
+        } else if (out->md) {
+            r = checkpoint(out->md, NULL, out->slots, o->out, 0);
+        } else if (out->fl) {
+            r = checkpoint(NULL, out->fl, o->workers, o->out, 0);
+        }
+        if (r) return fail("checkpoint", r);
+    }
+    el = dg_clock_seconds() - out->t0;
+    {
+        /* bytes exact (payload bytes of this run, see dg_transport_traffic);
+           score and FID empty (NaN) when not evaluated */
+        double row[10] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live};
+        if ((r = dg_csv_row(&out->csv, row, 10))) return fail("log", r);
+    }
+    print = o->log_every > 0 ? it % o->log_every == 0 || last : el - out->t_last_print >= 2.0;
+    if (evaluate || print || it == out->start_it + out->per_round) {
+        double eta = (double)(o->iters - it) * el / (double)(it - out->start_it);
+        printf("it %6lld/%lld | D %.3f G %.3f", (long long)it, (long long)o->iters, dl, gl);
+        if (evaluate && out->have_eval) printf(" | score %.2f FID %.2f", score, fid);
+        if (o->algo != ALGO_GAN)
+            printf(" | live %d/%d | down %s up %s w2w %s", n_live, out->slots, mb(down, b1),
+                   mb(up, b2), mb(w2w, b3));
+        printf(" | %s, ETA %s\n", dg_format_hms(el, b4), dg_format_hms(eta, b1));
+        fflush(stdout);
+        out->t_last_print = el;
+    }
+    return 0;
+}
+
+/* The end: the last grid, G's parameters (g.f32) and the summary. */
+static int output_finish(output *out, dg_net *g)
+{
+    const options *o = out->o;
+    char path[1100];
+    dg_result r;
+    dg_csv_close(&out->csv);
+    snprintf(path, sizeof path, "%s/g.f32", o->out);
+    if ((r = write_file(path, dg_net_params(g), dg_net_param_count(g) * sizeof(float))))
+        return fail(path, r);
+    snprintf(path, sizeof path, "%s/samples_final.png", o->out);
+    if ((r = dg_gan_write_samples(&out->src, GRID_SEED, 100, 10, path))) return fail("grid", r);
+    printf("done: %lld iterations in %.1f s\n", (long long)out->it, dg_clock_seconds() - out->t0);
+    if (out->have_eval && out->last_er.n) { /* FID on the classifier's logits, lower is better */
+        printf("  quality: FID %.1f (real data: ", out->last_er.fid_logits);
+        if (out->have_floor) printf("%.1f", out->floor_er.fid_logits);
+        else printf("n/a");
+        if (out->have_untrained) printf("; untrained G: %.1f", out->untrained_er.fid_logits);
+        printf("), classifier score %.2f (real data: ", out->last_er.score_mean);
+        if (out->have_floor) printf("%.2f", out->floor_er.score_mean);
+        else printf("n/a");
+        if (out->have_untrained) printf("; untrained G: %.2f", out->untrained_er.score_mean);
+        printf("; 1 to %d)\n", out->ev.n_classes);
+    }
+    printf("  samples: %s\n  log:     %s/log.csv\n", path, o->out);
+    return 0;
+}
+
+/* The process drivers' callbacks on the server: the same output. */
+static void on_progress(void *user, const dg_drive_status *s)
+{
+    output *out = (output *)user;
+    /* MD-GAN: an iteration is an update; FL-GAN: a round is per_round of them */
+    int64_t it = s->iteration * out->per_round;
+    if (out->error) return;
+    if (!out->started) out->start_it = it - out->per_round;
+    out->src.g = s->generator;
+    if (output_step(out, it, s->d_loss, s->g_loss, s->n_live, s->transport)) {
+        out->error = DG_ERR_IO;
+        dg_request_stop(); /* the server checkpoints and stops */
+    }
+}
+
+static void on_finish(void *user, const dg_drive_status *s)
+{
+    output *out = (output *)user;
+    out->src.g = s->generator;
+    if (!out->error && output_finish(out, s->generator)) out->error = DG_ERR_IO;
+}
+
+static int make_dir(const char *dir)
+{
+    if (mkdir(dir, 0777) && errno != EEXIST) {
         /* one level of parents (out/), enough for the defaults */
         char parent[1024];
         char *slash;
-        snprintf(parent, sizeof parent, "%s", o.out);
+        snprintf(parent, sizeof parent, "%s", dir);
         slash = strrchr(parent, '/');
         if (slash) {
             *slash = 0;
             mkdir(parent, 0777);
         }
-        if (mkdir(o.out, 0777) && errno != EEXIST) {
-            fprintf(stderr, "distgan: cannot create %s\n", o.out);
+        if (mkdir(dir, 0777) && errno != EEXIST) {
+            fprintf(stderr, "distgan: cannot create %s\n", dir);
             return 1;
         }
     }
-    n_classes = o.acgan ? train.n_classes : 0;
-    slots = o.algo == ALGO_GAN ? 1 : o.workers + o.n_join;
-    printf("distgan %s: %s, %zu training images %dx%dx%d, %s, %d threads\n", algo_name,
-           o.dataset, train.n, train.c, train.h, train.w,
-           o.arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", dg_pool_size(pool));
+    return 0;
+}
 
-    /* the evaluator (classifier cached in the output folder) */
-    if (!o.no_eval && train.n_classes >= 2) {
-        dg_evaluator_config ec = dg_evaluator_config_init();
-        double c0 = dg_clock_seconds();
-        if (o.classifier) snprintf(clf_path, sizeof clf_path, "%s", o.classifier);
-        else snprintf(clf_path, sizeof clf_path, "%s/classifier-%.*s.bin", o.out,
-                      (int)strcspn(o.dataset, ":"), o.dataset);
-        ec.cache_path = clf_path;
-        ec.epochs = o.clf_epochs;
-        ec.ref_max = 10000;
-        printf("classifier: loading or training (%d epochs) ...\n", o.clf_epochs);
-        fflush(stdout);
-        if ((r = dg_evaluator_init(&ev, pool, &train, test.n ? &test : NULL, &ec)))
-            return fail("classifier", r);
-        printf("classifier %s: test accuracy %.2f%% (%.0f s)\n", ev.loaded ? "loaded" : "trained",
-               100.0 * ev.test_accuracy, dg_clock_seconds() - c0);
-        have_eval = 1;
-        /* the floor: real held-out images scored like generated ones */
-        if (test.n >= 2) {
-            size_t n = (size_t)o.eval_samples < test.n ? (size_t)o.eval_samples : test.n;
-            if ((r = dg_evaluator_dataset(&ev, &test, n, n >= 10 ? 10 : 1, &floor_er)))
-                return fail("floor", r);
-            printf("real test data, %zu samples: score %.2f FID %.2f (the floor)\n", n,
-                   floor_er.score_mean, floor_er.fid_logits);
-            have_floor = 1;
-        }
+/* ---- the configurations (the same in every process of a run) ---- */
+
+static dg_mdgan_config mdgan_config(const options *o, const dg_dataset *train,
+                                    const dg_partition *part, int n_classes, int slots)
+{
+    dg_mdgan_config c = dg_mdgan_config_init();
+    c.n_workers = o->workers;
+    c.max_workers = slots;
+    c.c = train->c;
+    c.h = train->h;
+    c.w = train->w;
+    c.n_classes = n_classes;
+    c.arch = (dg_arch)o->arch;
+    c.lr_g = c.lr_d = o->lr;
+    c.z_dim = o->z_dim;
+    c.batch = o->batch;
+    c.k = o->k;
+    c.disc_steps = o->L;
+    c.fresh_real = !o->real_once;
+    c.saturating = o->saturating;
+    c.local_epochs = o->E;
+    c.swap_every = o->swap_every;
+    c.swap_optimizer = !o->swap_opt_stays;
+    c.feedback_clip = (float)o->feedback_clip;
+    c.seed = o->seed;
+    c.barrier_timeout_ms = o->barrier_ms;
+    /* m*E/b with m the mean shard size, as dg_mdgan_run_create resolves it:
+       a process of a distributed run knows only its own shard */
+    if (o->transport != T_INPROC && c.swap_every == 0 && c.local_epochs > 0) {
+        double m = (double)part->n / part->n_workers;
+        c.swap_every = (int)floor(m * c.local_epochs / c.batch + 0.5);
+        if (c.swap_every < 1) c.swap_every = 1;
     }
+    return c;
+}
 
-    /* the split and the algorithm */
+static dg_flgan_config flgan_config(const options *o, const dg_dataset *train, int n_classes)
+{
+    dg_flgan_config c = dg_flgan_config_init();
+    c.n_workers = o->workers;
+    c.c = train->c;
+    c.h = train->h;
+    c.w = train->w;
+    c.n_classes = n_classes;
+    c.arch = (dg_arch)o->arch;
+    c.lr = o->lr;
+    c.z_dim = o->z_dim;
+    c.batch = o->batch;
+    c.local_epochs = o->E > 0 ? o->E : 1;
+    c.local_iters = o->local_iters;
+    c.saturating = o->saturating;
+    c.seed = o->seed;
+    c.barrier_timeout_ms = o->barrier_ms;
+    c.max_shard = (int64_t)train->n; /* the TCP config hash covers n */
+    return c;
+}
+
+/* FL-GAN's local iterations per round of worker 1 (dg_flgan_worker's rule):
+   the unit of the progress of an FL-GAN run. */
+static int flgan_per_round(const dg_flgan_config *c, const dg_partition *part)
+{
+    size_t count;
+    int n;
+    dg_partition_worker(part, 0, &count);
+    n = c->local_iters > 0 ? c->local_iters
+                           : (int)floor((double)count * c->local_epochs / c->batch + 0.5);
+    return n < 1 ? 1 : n;
+}
+
+/* ---- a server or worker process (TCP, MPI) ---- */
+
+/* self 0: the server, with out; n: worker n.  The transport is made. */
+static int run_process(const options *o, int self, dg_transport *t, dg_pool *pool,
+                       const dg_dataset *train, const dg_partition *part,
+                       const dg_mdgan_config *mc, const dg_flgan_config *fc, output *out,
+                       const char *who)
+{
+    dg_drive d;
+    char ckpt[1100];
+    dg_result r;
+    int md = o->algo == ALGO_MDGAN;
+    memset(&d, 0, sizeof d);
+    checkpoint_path(ckpt, sizeof ckpt, o->out, md, self);
+    d.checkpoint = o->no_checkpoint ? NULL : ckpt;
+    d.resume = o->resume;
+    d.log = log_line;
+    d.log_user = (void *)who;
+    d.peer_timeout_ms = o->dead_ms;
+    if (self == 0) {
+        d.iterations = md ? o->iters : (o->iters + out->per_round - 1) / out->per_round;
+        d.checkpoint_every = o->ckpt_every;
+        d.progress = on_progress;
+        d.finish = on_finish;
+        d.user = out;
+        r = md ? dg_mdgan_server_drive(mc, t, pool, &d) : dg_flgan_server_drive(fc, t, pool, &d);
+        if (r == DG_OK && out->error) r = out->error;
+    } else {
+        size_t count;
+        const uint32_t *idx = dg_partition_worker(part, self - 1, &count);
+        r = md ? dg_mdgan_worker_drive(mc, self, t, pool, train, idx, count, &d)
+               : dg_flgan_worker_drive(fc, self, t, pool, train, idx, count, &d);
+    }
+    if (r != DG_OK) {
+        fprintf(stderr, "distgan %s: %s: %s\n", who, dg_result_str(r), dg_last_error());
+        return 1;
+    }
+    fprintf(stderr, "[%s] done\n", who);
+    return 0;
+}
+
+#ifndef DG_NO_TCP
+/* The TCP endpoint of this process (server or worker o->id). */
+static int open_tcp(const options *o, const dg_dataset *train, const dg_mdgan_config *mc,
+                    const dg_flgan_config *fc, dg_transport **t, const char *who)
+{
+    unsigned char *secret = NULL;
+    size_t secret_len = 0;
+    char extra[256];
+    dg_tcp_config tc = dg_tcp_config_init();
+    dg_result r;
+    if (o->secret_file && (r = dg_tcp_read_secret(o->secret_file, &secret, &secret_len)) != DG_OK) {
+        fprintf(stderr, "distgan: %s\n", dg_last_error());
+        return 1;
+    }
+    snprintf(extra, sizeof extra, "data %s n=%zu", o->dataset, train->n);
+    if (o->algo == ALGO_MDGAN) dg_tcp_mdgan_config_hash(mc, extra, tc.config_hash);
+    else dg_tcp_flgan_config_hash(fc, extra, tc.config_hash);
+    tc.n_peers = o->workers + 1;
+    tc.self = o->role ? o->id : 0;
+    tc.listen = o->listen;
+    tc.connect = o->connect;
+    tc.secret = secret;
+    tc.secret_len = secret_len;
+    tc.allow_insecure = o->insecure;
+    tc.max_message = o->max_message;
+    tc.dead_ms = o->dead_ms;
+    tc.heartbeat_ms = o->heartbeat_ms;
+    tc.protocol_version = (uint16_t)o->version;
+    tc.log = log_line;
+    tc.log_user = (void *)who;
+    /* a worker started before its server, or refused while it is full,
+       keeps dialling for 30 s */
+    tc.retry_ms = 30000;
+    r = o->role ? dg_tcp_worker_create(t, &tc) : dg_tcp_server_create(t, &tc);
+    if (secret) memset(secret, 0, secret_len); /* the transport keeps its own key */
+    dg_tcp_free(secret);
+    if (r != DG_OK) {
+        fprintf(stderr, "distgan %s: %s: %s\n", who, dg_result_str(r), dg_last_error());
+        return 1;
+    }
+    if (!o->role) {
+        printf("server listening on port %u\n", (unsigned)dg_tcp_port(*t));
+        fflush(stdout);
+    }
+    return 0;
+}
+#endif
+
+#ifdef DISTGAN_MPI
+/* The MPI transport of this rank (collective): rank r is peer r, rank 0
+   the server, ranks 1..N the workers. */
+static int open_mpi(const options *o, dg_transport **t, const char *who)
+{
+    dg_mpi_config cfg;
+    dg_result r;
+    int size;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size - 1 != o->workers) {
+        if (o->id == 0)
+            fprintf(stderr, "distgan: --transport mpi: %d ranks are the server and %d workers, "
+                            "not --workers %d (mpirun -n %d)\n", size, size - 1, o->workers,
+                    o->workers + 1);
+        return 2;
+    }
+    dg_mpi_config_init(&cfg);
+    if ((r = dg_mpi_create(t, MPI_COMM_WORLD, &cfg)) != DG_OK) {
+        fprintf(stderr, "distgan %s: %s: %s\n", who, dg_result_str(r), dg_last_error());
+        return 1;
+    }
+    return 0;
+}
+#endif
+
+int main(int argc, char **argv)
+{
+    options o;
+    output out;
+    dg_pool *pool;
+    dg_dataset train, test;
+    dg_partition part;
+    dg_gan_trainer trainer;
+    dg_mdgan_config mc;
+    dg_flgan_config fc;
+    dg_mdgan_run *md = NULL;
+    dg_flgan_run *fl = NULL;
+    dg_transport *t = NULL;
+    dg_result r;
+    char path[1100], b1[32], who[32];
+    int n_classes, i, server, status = 0;
+    const char *algo_name;
+
+    t_start = dg_clock_seconds();
+    if (parse(&o, argc, argv)) return 2;
+#ifdef DISTGAN_MPI
+    if (o.transport == T_MPI && (r = dg_mpi_init(&argc, &argv)) != DG_OK) return fail("mpi", r);
+    if (o.transport == T_MPI) {
+        int rank;
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        o.id = rank;
+    }
+#endif
+    /* the server: the program in process, the tcp server, MPI rank 0 */
+    server = o.transport == T_INPROC || (o.transport == T_TCP ? !o.role : o.id == 0);
+    snprintf(who, sizeof who, server ? "server" : "worker %d", o.id);
+    if (o.transport != T_INPROC) dg_install_stop_handlers();
+    algo_name = algo_names[o.algo];
+    memset(&out, 0, sizeof out);
+    memset(&part, 0, sizeof part);
+    if ((r = dg_pool_create(&pool, o.threads))) return fail("pool", r);
+    if ((r = dg_dataset_open(o.dataset, o.data_seed, &train, &test))) {
+        fprintf(stderr, "distgan: --dataset: %s\n", dg_last_error());
+        return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
+    }
+    if (make_dir(o.out)) return 1;
+    n_classes = o.acgan ? train.n_classes : 0;
+    out.slots = o.algo == ALGO_GAN ? 1 : o.workers + o.n_join;
+    out.per_round = 1;
+    if (server)
+        printf("distgan %s (%s): %s, %zu training images %dx%dx%d, %s, %d threads\n", algo_name,
+               transport_names[o.transport], o.dataset, train.n, train.c, train.h, train.w,
+               o.arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", dg_pool_size(pool));
+
+    /* the split and the configuration: the same in every process */
     if (o.algo != ALGO_GAN) {
-        if (o.shards) r = dg_partition_by_label(&part, &train, slots, o.shards, o.seed);
-        else if (o.alpha > 0) r = dg_partition_dirichlet(&part, &train, slots, o.alpha, (size_t)o.batch, o.seed);
-        else r = dg_partition_iid(&part, train.n, slots, o.seed);
+        if (o.shards) r = dg_partition_by_label(&part, &train, out.slots, o.shards, o.seed);
+        else if (o.alpha > 0) r = dg_partition_dirichlet(&part, &train, out.slots, o.alpha, (size_t)o.batch, o.seed);
+        else r = dg_partition_iid(&part, train.n, out.slots, o.seed);
         if (r) return fail("partition", r);
     }
-    memset(&src, 0, sizeof src);
-    src.z_dim = o.z_dim;
-    src.n_classes = n_classes;
-    src.seed = o.seed + 0x5eed; /* evaluation samples, as dg_gan_trainer_sample */
-    if (o.algo == ALGO_GAN) {
-        dg_gan_config gc = dg_gan_config_init();
-        gc.arch = (dg_arch)o.arch;
-        gc.lr = o.lr;
-        gc.z_dim = o.z_dim;
-        gc.batch = o.batch;
-        gc.seed = o.seed;
-        gc.acgan = o.acgan;
-        gc.saturating = o.saturating;
-        gc.d_steps = o.L;
-        gc.iterations = o.iters;
-        if ((r = dg_gan_trainer_init(&trainer, &gc, &train, pool))) return fail("trainer", r);
-        snprintf(path, sizeof path, "%s/gan.ckpt", o.out);
-        if (o.resume && (r = dg_gan_trainer_load(&trainer, path))) return fail("resume", r);
-        src.g = trainer.g;
-        src.chunk = o.batch;
-        start_it = trainer.iter;
-    } else if (o.algo == ALGO_MDGAN) {
-        dg_mdgan_config c = dg_mdgan_config_init();
-        c.n_workers = o.workers;
-        c.max_workers = slots;
-        c.c = train.c;
-        c.h = train.h;
-        c.w = train.w;
-        c.n_classes = n_classes;
-        c.arch = (dg_arch)o.arch;
-        c.lr_g = c.lr_d = o.lr;
-        c.z_dim = o.z_dim;
-        c.batch = o.batch;
-        c.k = o.k;
-        c.disc_steps = o.L;
-        c.fresh_real = !o.real_once;
-        c.saturating = o.saturating;
-        c.local_epochs = o.E;
-        c.swap_every = o.swap_every;
-        c.swap_optimizer = !o.swap_opt_stays;
-        c.feedback_clip = (float)o.feedback_clip;
-        c.seed = o.seed;
-        c.log = print_log;
-        if ((r = dg_mdgan_run_create(&md, &c, pool, &train, &part, o.crash, o.n_crash, o.join,
-                                     o.n_join)))
-            return fail("mdgan", r);
-        t = dg_mdgan_run_transport(md);
-        for (i = 0; i < o.n_attack; i++)
-            if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
-        if (o.resume && (r = checkpoint(md, NULL, slots, o.out, 1))) return fail("resume", r);
-        src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
-        src.chunk = o.batch * dg_mdgan_k(&c);
-        start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
-        if (o.swap_every) snprintf(b1, sizeof b1, "%d", o.swap_every);
-        else snprintf(b1, sizeof b1, "%s", o.E ? "m*E/b" : "no");
-        printf("MD-GAN: N = %d, k = %d, L = %d, b = %d, swap every %s iterations, |w| = %zu, "
-               "|θ| = %zu\n", o.workers, dg_mdgan_k(&c), o.L, o.batch, b1, dg_net_param_count(src.g),
-               dg_net_param_count(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(md, 1))));
+    mc = mdgan_config(&o, &train, &part, n_classes, out.slots);
+    fc = flgan_config(&o, &train, n_classes);
+    mc.log = fc.log = o.transport == T_INPROC ? print_log : log_line;
+    mc.log_user = fc.log_user = who;
+    if (o.algo == ALGO_FLGAN) out.per_round = flgan_per_round(&fc, &part);
+
+    /* the evaluator and the log of an in-process run */
+    if (o.transport == T_INPROC && output_open(&out, &o, pool, &train, &test)) return 1;
+    memset(&out.src, 0, sizeof out.src);
+    out.src.z_dim = o.z_dim;
+    out.src.n_classes = n_classes;
+    out.src.seed = o.seed + 0x5eed; /* evaluation samples, as dg_gan_trainer_sample */
+    out.src.chunk = o.algo == ALGO_MDGAN ? o.batch * dg_mdgan_k(&mc) : o.batch;
+    out.src.g_in = (float *)malloc(sizeof(float) * (size_t)out.src.chunk * (o.z_dim + n_classes));
+    if (!out.src.g_in) return fail("memory", DG_ERR_NOMEM);
+
+    if (o.transport != T_INPROC) {
+        /* the endpoint first: under MPI the workers then wait in a receive
+           (asleep) while the server trains its classifier */
+#ifndef DG_NO_TCP
+        if (o.transport == T_TCP) status = open_tcp(&o, &train, &mc, &fc, &t, who);
+#endif
+#ifdef DISTGAN_MPI
+        if (o.transport == T_MPI) status = open_mpi(&o, &t, who);
+#endif
+        if (!status && server) status = output_open(&out, &o, pool, &train, &test);
+        if (!status && server && o.algo == ALGO_MDGAN)
+            printf("MD-GAN: N = %d, k = %d, L = %d, b = %d, swap every %d iterations\n", o.workers,
+                   dg_mdgan_k(&mc), o.L, o.batch, mc.swap_every);
+        else if (!status && server)
+            printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers,
+                   out.per_round, fc.local_epochs);
+        if (!status) status = run_process(&o, o.id, t, pool, &train, &part, &mc, &fc, &out, who);
+#ifdef DISTGAN_MPI
+        if (status && t && o.transport == T_MPI) MPI_Abort(MPI_COMM_WORLD, status); /* fail-stop */
+#endif
+        if (t) dg_transport_close(t);
+        if (server && out.have_eval) dg_evaluator_free(&out.ev);
     } else {
-        dg_flgan_config c = dg_flgan_config_init();
-        c.n_workers = o.workers;
-        c.c = train.c;
-        c.h = train.h;
-        c.w = train.w;
-        c.n_classes = n_classes;
-        c.arch = (dg_arch)o.arch;
-        c.lr = o.lr;
-        c.z_dim = o.z_dim;
-        c.batch = o.batch;
-        c.local_epochs = o.E > 0 ? o.E : 1;
-        c.saturating = o.saturating;
-        c.seed = o.seed;
-        c.log = print_log;
-        if ((r = dg_flgan_run_create(&fl, &c, pool, &train, &part, o.crash, o.n_crash)))
-            return fail("flgan", r);
-        t = dg_flgan_run_transport(fl);
-        if (o.resume && (r = checkpoint(NULL, fl, o.workers, o.out, 1))) return fail("resume", r);
-        src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
-        src.chunk = o.batch;
-        per_round = dg_flgan_worker_iters_per_round(dg_flgan_run_worker(fl, 1));
-        start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * per_round;
-        printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers, per_round,
-               c.local_epochs);
-    }
-    src.g_in = (float *)malloc(sizeof(float) * (size_t)src.chunk * (o.z_dim + n_classes));
-    if (!src.g_in) return fail("memory", DG_ERR_NOMEM);
-
-    snprintf(path, sizeof path, "%s/log.csv", o.out);
-    if ((r = dg_csv_open(&csv, path, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,"
-                                     "bytes_w2w,time_s,n_live", o.resume)))
-        return fail("log", r);
-    printf("log: %s\n", path);
-
-    if (have_eval && start_it == 0) { /* the other end: G before training */
-        if ((r = dg_evaluator_run(&ev, dg_gan_sampler_sample, &src, (size_t)o.eval_samples, 10,
-                                  &untrained_er)))
-            return fail("evaluation", r);
-        printf("untrained G: score %.2f FID %.2f\n", untrained_er.score_mean,
-               untrained_er.fid_logits);
-        have_untrained = 1;
-    }
-    memset(&last_er, 0, sizeof last_er);
-    t0 = dg_clock_seconds();
-    it = start_it;
-    while (it < o.iters) {
-        float dl, gl;
-        int n_live, last, evaluate;
-        double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el;
         if (o.algo == ALGO_GAN) {
-            dg_gan_stats st;
-            if ((r = dg_gan_trainer_step(&trainer, &st))) return fail("step", r);
-            it = st.iter;
-            dl = st.d_loss;
-            gl = st.g_loss;
-            n_live = 1;
+            dg_gan_config gc = dg_gan_config_init();
+            gc.arch = (dg_arch)o.arch;
+            gc.lr = o.lr;
+            gc.z_dim = o.z_dim;
+            gc.batch = o.batch;
+            gc.seed = o.seed;
+            gc.acgan = o.acgan;
+            gc.saturating = o.saturating;
+            gc.d_steps = o.L;
+            gc.iterations = o.iters;
+            if ((r = dg_gan_trainer_init(&trainer, &gc, &train, pool))) return fail("trainer", r);
+            snprintf(path, sizeof path, "%s/gan.ckpt", o.out);
+            if (o.resume && (r = dg_gan_trainer_load(&trainer, path))) return fail("resume", r);
+            out.src.g = trainer.g;
+            out.start_it = trainer.iter;
+            out.trainer = &trainer;
         } else if (o.algo == ALGO_MDGAN) {
-            const dg_mdgan_stats *st;
-            if ((r = dg_mdgan_run_iteration(md))) return fail("iteration", r);
-            st = dg_mdgan_server_stats(dg_mdgan_run_server(md));
-            it = st->iteration;
-            dl = st->d_loss;
-            gl = st->g_loss;
-            n_live = st->n_live;
+            if ((r = dg_mdgan_run_create(&md, &mc, pool, &train, &part, o.crash, o.n_crash, o.join,
+                                         o.n_join)))
+                return fail("mdgan", r);
+            t = dg_mdgan_run_transport(md);
+            for (i = 0; i < o.n_attack; i++)
+                if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
+            if (o.resume && (r = checkpoint(md, NULL, out.slots, o.out, 1))) return fail("resume", r);
+            out.src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
+            out.start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
+            out.md = md;
+            if (o.swap_every) snprintf(b1, sizeof b1, "%d", o.swap_every);
+            else snprintf(b1, sizeof b1, "%s", o.E ? "m*E/b" : "no");
+            printf("MD-GAN: N = %d, k = %d, L = %d, b = %d, swap every %s iterations, |w| = %zu, "
+                   "|θ| = %zu\n", o.workers, dg_mdgan_k(&mc), o.L, o.batch, b1,
+                   dg_net_param_count(out.src.g),
+                   dg_net_param_count(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(md, 1))));
         } else {
-            const dg_flgan_stats *st;
-            if ((r = dg_flgan_run_round(fl))) return fail("round", r);
-            st = dg_flgan_server_stats(dg_flgan_run_server(fl));
-            it = st->iterations;
-            dl = st->d_loss;
-            gl = st->g_loss;
-            n_live = st->n_live;
+            if ((r = dg_flgan_run_create(&fl, &fc, pool, &train, &part, o.crash, o.n_crash)))
+                return fail("flgan", r);
+            t = dg_flgan_run_transport(fl);
+            if (o.resume && (r = checkpoint(NULL, fl, o.workers, o.out, 1))) return fail("resume", r);
+            out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
+            out.fl = fl;
+            out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * out.per_round;
+            printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers,
+                   out.per_round, fc.local_epochs);
         }
-        if (t) {
-            dg_traffic all = dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER);
-            down = (double)dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes;
-            up = (double)dg_transport_traffic(t, DG_ANY_PEER, 0).payload_bytes;
-            w2w = (double)all.payload_bytes - down - up;
-        }
-        last = it >= o.iters;
-        evaluate = last || (o.eval_every && it / o.eval_every != (it - per_round) / o.eval_every &&
-                            it > start_it);
-        if (evaluate) {
-            if (have_eval) {
-                dg_eval_result er;
-                if ((r = dg_evaluator_run(&ev, dg_gan_sampler_sample, &src, (size_t)o.eval_samples, 10, &er)))
-                    return fail("evaluation", r);
-                score = er.score_mean;
-                fid = er.fid_logits;
-                last_er = er;
-            }
-            snprintf(path, sizeof path, "%s/samples_%06lld.png", o.out, (long long)it);
-            if ((r = dg_gan_write_samples(&src, GRID_SEED, 100, 10, path))) return fail("grid", r);
-            if (o.no_checkpoint) r = DG_OK;
-            else if (o.algo == ALGO_GAN) {
-                snprintf(path, sizeof path, "%s/gan.ckpt", o.out);
-                r = dg_gan_trainer_save(&trainer, path);
+        if (out.start_it == 0 && output_untrained(&out)) return 1;
+        out.started = 1;
+        out.t0 = dg_clock_seconds();
+        out.it = out.start_it;
+        while (out.it < o.iters) {
+            if (o.algo == ALGO_GAN) {
+                dg_gan_stats st;
+                if ((r = dg_gan_trainer_step(&trainer, &st))) return fail("step", r);
+                if (output_step(&out, st.iter, st.d_loss, st.g_loss, 1, NULL)) return 1;
             } else if (o.algo == ALGO_MDGAN) {
-                r = checkpoint(md, NULL, slots, o.out, 0);
+                const dg_mdgan_stats *st;
+                if ((r = dg_mdgan_run_iteration(md))) return fail("iteration", r);
+                st = dg_mdgan_server_stats(dg_mdgan_run_server(md));
+                if (output_step(&out, st->iteration, st->d_loss, st->g_loss, st->n_live, t)) return 1;
             } else {
-                r = checkpoint(NULL, fl, o.workers, o.out, 0);
+                const dg_flgan_stats *st;
+                if ((r = dg_flgan_run_round(fl))) return fail("round", r);
+                st = dg_flgan_server_stats(dg_flgan_run_server(fl));
+                if (output_step(&out, st->iterations, st->d_loss, st->g_loss, st->n_live, t)) return 1;
             }
-            if (r) return fail("checkpoint", r);
         }
-        el = dg_clock_seconds() - t0;
-        {
-            /* bytes exact (payload bytes of this run, see dg_transport_traffic);
-               score and FID empty (NaN) when not evaluated */
-            double row[10] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live};
-            if ((r = dg_csv_row(&csv, row, 10))) return fail("log", r);
-        }
-        if (evaluate || el - t_last_print >= 2.0 || it == start_it + per_round) {
-            double eta = (double)(o.iters - it) * el / (double)(it - start_it);
-            printf("it %6lld/%lld | D %.3f G %.3f", (long long)it, (long long)o.iters, dl, gl);
-            if (evaluate && have_eval) printf(" | score %.2f FID %.2f", score, fid);
-            if (o.algo != ALGO_GAN)
-                printf(" | live %d/%d | down %s up %s w2w %s", n_live, slots, mb(down, b1),
-                       mb(up, b2), mb(w2w, b3));
-            printf(" | %s, ETA %s\n", dg_format_hms(el, b4), dg_format_hms(eta, b1));
-            fflush(stdout);
-            t_last_print = el;
-        }
+        if (output_finish(&out, out.src.g)) return 1;
+        if (md) dg_mdgan_run_free(md);
+        if (fl) dg_flgan_run_free(fl);
+        if (o.algo == ALGO_GAN) dg_gan_trainer_free(&trainer);
+        if (out.have_eval) dg_evaluator_free(&out.ev);
     }
-    dg_csv_close(&csv);
-    snprintf(path, sizeof path, "%s/samples_final.png", o.out);
-    if ((r = dg_gan_write_samples(&src, GRID_SEED, 100, 10, path))) return fail("grid", r);
-    printf("done: %lld iterations in %.1f s\n", (long long)it, dg_clock_seconds() - t0);
-    if (have_eval && last_er.n) { /* FID on the classifier's logits, lower is better */
-        printf("  quality: FID %.1f (real data: ", last_er.fid_logits);
-        if (have_floor) printf("%.1f", floor_er.fid_logits);
-        else printf("n/a");
-        if (have_untrained) printf("; untrained G: %.1f", untrained_er.fid_logits);
-        printf("), classifier score %.2f (real data: ", last_er.score_mean);
-        if (have_floor) printf("%.2f", floor_er.score_mean);
-        else printf("n/a");
-        if (have_untrained) printf("; untrained G: %.2f", untrained_er.score_mean);
-        printf("; 1 to %d)\n", ev.n_classes);
-    }
-    printf("  samples: %s\n  log:     %s/log.csv\n", path, o.out);
-    if (md) dg_mdgan_run_free(md);
-    if (fl) dg_flgan_run_free(fl);
-    if (o.algo == ALGO_GAN) dg_gan_trainer_free(&trainer);
     if (o.algo != ALGO_GAN) dg_partition_free(&part);
-    if (have_eval) dg_evaluator_free(&ev);
-    free(src.g_in);
+    free(out.src.g_in);
     dg_dataset_free(&train);
     dg_dataset_free(&test);
     dg_pool_destroy(pool);
-    return 0;
+#ifdef DISTGAN_MPI
+    if (o.transport == T_MPI) MPI_Finalize();
+#endif
+    return status;
 }

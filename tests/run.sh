@@ -23,9 +23,11 @@ for t in $TESTS; do
 done
 if [ -n "$MPI_TESTS" ] && command -v "${MPICC:-mpicc}" >/dev/null 2>&1; then
     for t in $MPI_TESTS; do
-        count "$t" sh tests/mpirun.sh 3 "$B/$t"
+        n=3
+        [ "$t" = mpi_drive ] && n=4 # the server and N = 3 workers
+        count "$t" sh tests/mpirun.sh $n "$B/$t"
         # Open MPI's own allocations show up as leaks: LeakSanitizer off
-        [ -x "$B/asan/$t" ] && count "asan/$t" env ASAN_OPTIONS=detect_leaks=0 sh tests/mpirun.sh 3 "$B/asan/$t"
+        [ -x "$B/asan/$t" ] && count "asan/$t" env ASAN_OPTIONS=detect_leaks=0 sh tests/mpirun.sh $n "$B/asan/$t"
     done
     # the transport refuses MPI below MPI_THREAD_SERIALIZED
     case " $MPI_TESTS " in *" mpi_transport "*)

@@ -159,20 +159,57 @@ TEST(asgd_options)
 
 TEST(distgan_tcp_options)
 {
-    static const char *const server[] = {"server", "--listen", "127.0.0.1:0", "--workers", "2", NULL};
-    static const char *const worker[] = {"worker", "--connect", "127.0.0.1:1", "--workers", "3", NULL};
+    static const char *const server[] = {"--transport", "tcp", "--role", "server", "--listen",
+                                         "127.0.0.1:0", "--workers", "2", NULL};
+    static const char *const worker[] = {"--transport", "tcp", "--role", "worker", "--connect",
+                                         "127.0.0.1:1", "--workers", "3", NULL};
     static const numopt o[] = {
         {"--workers", "0", INT}, {"--batch", "0", INT}, {"--k", "0", INT}, {"--lr", "0", FLOAT},
-        {"--disc-steps", "0", INT}, {"--epochs", "-1", INT}, {"--swap-every", "-1", INT},
+        {"--L", "0", INT}, {"--E", "-1", INT}, {"--swap-every", "-1", INT},
         {"--threads", "-1", INT}, {"--checkpoint-every", "-1", INT}, {"--log-every", "-1", INT},
         {"--dead-ms", "-1", INT}, {"--heartbeat-ms", "-1", INT}, {"--barrier-ms", "-1", INT},
         {"--protocol-version", "65536", INT}, {"--iters", "-5", INT}, {"--seed", "-1", INT},
-        {"--max-message", "-1", INT},
-        {"--data", "shapes:0", ONLY}, {"--data", "shapes:abc", ONLY}, {"--algo", "sgd", ONLY},
+        {"--max-message", "-1", INT}, {"--data-seed", "-1", INT},
+        {"--dataset", "shapes:0", ONLY}, {"--dataset", "shapes:abc", ONLY}, {"--algo", "sgd", ONLY},
+        {"--role", "client", ONLY},
     };
     static const numopt id[] = {{"--id", "4", INT}, {"--id", "0", ONLY}};
-    CHECK(check_options("distgan_tcp", server, o, N(o)) == 0);
-    CHECK(check_options("distgan_tcp", worker, id, N(id)) == 0);
+    CHECK(check_options("distgan", server, o, N(o)) == 0);
+    CHECK(check_options("distgan", worker, id, N(id)) == 0);
+}
+
+/* build/distgan is built without MPI: --transport mpi names the program that has it */
+TEST(distgan_mpi_needs_its_build)
+{
+    static const numopt o[] = {{"--transport", "mpi", ONLY}};
+    char *argv[4], line[1024];
+    CHECK(check_options("distgan", NULL, o, N(o)) == 0);
+    argv[1] = "--transport";
+    argv[2] = "mpi";
+    argv[3] = NULL;
+    CHECK(run("distgan", argv) == 2 && one_line_with("distgan-mpi", "--transport", line, sizeof line));
+}
+
+/* an option the chosen transport, role or algorithm does not use */
+TEST(distgan_unused_options)
+{
+    static const char *const runs[][8] = {
+        {"--transport", "tcp", "--role", "worker", "--connect", "127.0.0.1:1", "--eval-every", "5"},
+        {"--transport", "tcp", "--role", "server", "--listen", "127.0.0.1:0", "--id", "1"},
+        {"--transport", "tcp", "--role", "server", "--listen", "127.0.0.1:0", "--crash", "1@2"},
+        {"--algo", "flgan", "--swap-every", "3", NULL},
+        {"--algo", "mdgan", "--local-iters", "3", NULL},
+        {"--listen", "127.0.0.1:0", NULL},
+        {"--checkpoint-every", "5", NULL},
+    };
+    char *argv[10], line[1024];
+    int i, k;
+    for (i = 0; i < N(runs); i++) {
+        for (k = 0; k < 8 && runs[i][k]; k++) argv[k + 1] = (char *)runs[i][k];
+        argv[k + 1] = NULL;
+        CHECK(run("distgan", argv) == 2 && one_line_with("is not an option of", "--", line, sizeof line));
+        if (th_cur_failed) printf("  run %d: %s", i, line);
+    }
 }
 
 TEST(plot_options)
@@ -187,8 +224,7 @@ TEST(plot_options)
 TEST(unknown_and_missing)
 {
     static const char *const runs[][3] = {{"distgan", NULL, "--seed"}, {"gan", NULL, "--seed"},
-                                          {"asgd", NULL, "--seed"}, {"plot", NULL, "--width"},
-                                          {"distgan_tcp", "server", "--seed"}};
+                                          {"asgd", NULL, "--seed"}, {"plot", NULL, "--width"}};
     char *argv[5], line[1024];
     int i, k;
     for (i = 0; i < N(runs); i++) {
@@ -219,6 +255,8 @@ int main(void)
     RUN(gan_options);
     RUN(asgd_options);
     RUN(distgan_tcp_options);
+    RUN(distgan_mpi_needs_its_build);
+    RUN(distgan_unused_options);
     RUN(plot_options);
     RUN(unknown_and_missing);
     unlink(errfile);

@@ -8,10 +8,10 @@
  * 2^63 length, a frame cut in the middle, a CRC mismatch, a client that
  * sends one byte per second, 200 connections at once, while a legitimate
  * worker keeps exchanging messages and memory stays bounded.
- * Integration, with real processes (build/distgan_tcp, forked and reaped,
+ * Integration, with real processes (build/distgan --transport tcp, forked and reaped,
  * 127.0.0.1 and ports found by binding port 0): MD-GAN and FL-GAN over TCP
  * give bit-identical generators to the in-process runs; kill -9 of a worker
- * (N_live drops, the restarted worker rejoins); kill -9 of the server
+ * (the live count drops, the restarted worker rejoins); kill -9 of the server
  * (--resume finishes the run); wrong secret, protocol version and
  * configuration refused with a clear message; SIGTERM checkpoints. */
 #define _POSIX_C_SOURCE 200809L
@@ -24,7 +24,7 @@
 #include "../distgan.h"
 #include "harness.h"
 
-static const char *bin = "build/distgan_tcp";
+static const char *bin = "build/distgan";
 static char tmpdir[64];
 
 static int hex_eq(const unsigned char *d, const char *hex, size_t n)
@@ -494,7 +494,7 @@ TEST(hostile_clients)
            (unsigned long long)dg_tcp_refused(s), rss1 - rss0);
     CHECK(p.failures == 0);
     CHECK(p.rounds > 20 && p.rounds > rounds0);
-    CHECK(dg_tcp_connected(s, 1));
+    CHECK(dg_transport_connected(s, 1));
     CHECK(rss1 - rss0 < 64 * 1024);
     dg_transport_close(w);
     dg_transport_close(s);
@@ -581,6 +581,21 @@ static int wait_for(const char *name, const char *needle, int ms)
     return 0;
 }
 
+static int line_has(const char *name, const char *a, const char *b);
+
+static int wait_for_line(const char *name, const char *a, const char *b, int ms)
+{
+    int64_t end = dg__tcp_ms() + ms;
+    while (dg__tcp_ms() < end) {
+        if (line_has(name, a, b)) return 1;
+        {
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return 0;
+}
+
 static void show(const char *name)
 {
     char path[256], line[512];
@@ -592,7 +607,35 @@ static void show(const char *name)
     fclose(f);
 }
 
-#define ARGS(...) ((char *const[]){(char *)bin, __VA_ARGS__, NULL})
+/* build/distgan --transport tcp --role ROLE ...: the MLPs, one thread, and
+   no evaluation on the server (an option a worker does not use is an error) */
+#define TCP_ARGS(...) ((char *const[]){(char *)bin, "--transport", "tcp", "--arch", "mlp", \
+                                       "--threads", "1", __VA_ARGS__, NULL})
+#define ARGS(role, ...) (strcmp(role, "server") ? TCP_ARGS("--role", role, __VA_ARGS__) \
+                         : TCP_ARGS("--role", role, "--no-eval", __VA_ARGS__))
+
+/* "it     10/80 |": the start of the server's progress line at iteration it */
+static const char *it_is(int it, int of)
+{
+    static char buf[4][48];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "it %6d/%d |", it, of);
+    return buf[k];
+}
+
+/* one line of the file holds both a and b */
+static int line_has(const char *name, const char *a, const char *b)
+{
+    char path[256], line[1024];
+    int found = 0;
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    if (!(f = fopen(path, "r"))) return 0;
+    while (!found && fgets(line, sizeof line, f)) found = strstr(line, a) && strstr(line, b);
+    fclose(f);
+    return found;
+}
 
 /* kill -9 of the worker *w, which the server <srv> (its srv.out and
    srv.err) must see as `live` within live_ms; then its restart, <name>
@@ -644,7 +687,7 @@ static float *read_floats(const char *name, size_t *n)
 #define BATCH 16
 #define ITERS 12   /* a swap every round(160 / 16) = 10 iterations: one swap */
 
-/* the run's settings in an MD-GAN or an FL-GAN config, as distgan_tcp sets them */
+/* the run's settings in an MD-GAN or an FL-GAN config, as build/distgan sets them */
 #define TCP_RUN(cfg, ds)                                                          \
     ((cfg).n_workers = NW, (cfg).c = (ds).c, (cfg).h = (ds).h, (cfg).w = (ds).w, \
      (cfg).arch = DG_ARCH_MLP, (cfg).batch = BATCH, (cfg).seed = 1)
@@ -704,10 +747,10 @@ static void tcp_vs_inproc(const char *algo)
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
     snprintf(nw, sizeof nw, "%d", NW);
     snprintf(bs, sizeof bs, "%d", BATCH);
-    snprintf(it, sizeof it, "%d", md ? ITERS : 2);
+    snprintf(it, sizeof it, "%d", md ? ITERS : 2 * 3); /* FL-GAN: 2 rounds of 3 */
     srv = spawn("srv", ARGS("server", "--listen", addr, "--workers", nw, "--algo", (char *)algo,
-                            "--data", DATA, "--batch", bs, "--iters", it, "--swap-every",
-                            md ? "0" : "3", "--out", "g.f32"));
+                            "--dataset", DATA, "--batch", bs, "--iters", it,
+                            md ? "--swap-every" : "--local-iters", md ? "0" : "3", "--out", "."));
     (void)srv;
     {   /* the server writes its output relative to its cwd: use the tmpdir */
     }
@@ -716,8 +759,8 @@ static void tcp_vs_inproc(const char *algo)
         snprintf(wid[i], sizeof wid[i], "%d", i + 1);
         snprintf(name, sizeof name, "w%d", i + 1);
         wk[i] = spawn(name, ARGS("worker", "--connect", addr, "--workers", nw, "--id", wid[i],
-                                 "--algo", (char *)algo, "--data", DATA, "--batch", bs,
-                                 "--swap-every", md ? "0" : "3"));
+                                 "--algo", (char *)algo, "--dataset", DATA, "--batch", bs,
+                                 md ? "--swap-every" : "--local-iters", md ? "0" : "3"));
     }
     if (reap(srv, 60000) != 0) { ok = 0; show("srv.err"); }
     for (i = 0; i < NW; i++)
@@ -744,18 +787,18 @@ TEST(worker_killed_and_rejoins)
     pid_t srv, w1, w2, w3;
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-#define COMMON "--workers", "3", "--data", "shapes:300", "--batch", "8", "--dead-ms", "1500", \
+#define COMMON "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "1500", \
                "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
     srv = spawn("ksrv", ARGS("server", "--listen", addr, "--iters", "80", "--log-every", "1", COMMON));
     w1 = spawn("kw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON));
     w2 = spawn("kw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
     w3 = spawn("kw3", ARGS("worker", "--connect", addr, "--id", "3", COMMON));
-    CHECK(wait_for("ksrv.out", "iter 10/", 30000));
-    CHECK(worker_restarts(&w2, "ksrv", "N_live 2", 15000,
+    CHECK(wait_for("ksrv.out", it_is(10, 80), 30000));
+    CHECK(worker_restarts(&w2, "ksrv", "| live 2/3 |", 15000,
                           "kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON),
                           "worker 2 joins with a copy of D_", 15000));
     CHECK(reap(srv, 60000) == 0);
-    CHECK(file_has("ksrv.out", "iter 80/80  N_live 3"));
+    CHECK(line_has("ksrv.out", it_is(80, 80), "| live 3/3 |"));
     CHECK(reap(w1, 10000) == 0);
     CHECK(reap(w2, 10000) == 0);
     CHECK(reap(w3, 10000) == 0);
@@ -768,20 +811,21 @@ TEST(server_killed_and_resumed)
     pid_t srv, w1, w2;
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-    snprintf(ck, sizeof ck, "%s/run.ckpt", tmpdir);
-#define COMMON2 "--workers", "2", "--data", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
-                "--heartbeat-ms", "300", "--barrier-ms", "3000", "--checkpoint", ck, \
-                "--checkpoint-every", "5", "--log-every", "1"
-    srv = spawn("rsrv", ARGS("server", "--listen", addr, "--iters", "60", COMMON2));
+    snprintf(ck, sizeof ck, "%s/run/server.ckpt", tmpdir);
+#define COMMON2 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
+                "--heartbeat-ms", "300", "--barrier-ms", "3000", "--out", "run"
+    srv = spawn("rsrv", ARGS("server", "--listen", addr, "--iters", "60", "--checkpoint-every", "5",
+                             "--log-every", "1", COMMON2));
     w1 = spawn("rw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON2));
     w2 = spawn("rw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON2));
-    CHECK(wait_for("rsrv.out", "iter 12/", 30000));
+    CHECK(wait_for("rsrv.out", it_is(12, 60), 30000));
     kill(srv, SIGKILL);
     reap(srv, 2000);
-    srv = spawn("rsrv2", ARGS("server", "--listen", addr, "--iters", "60", "--resume", COMMON2));
+    srv = spawn("rsrv2", ARGS("server", "--listen", addr, "--iters", "60", "--resume",
+                              "--checkpoint-every", "5", "--log-every", "1", COMMON2));
     CHECK(wait_for("rsrv2.err", "resumed from", 10000));
     CHECK(reap(srv, 60000) == 0);
-    CHECK(file_has("rsrv2.out", "iter 60/60  N_live 2"));
+    CHECK(line_has("rsrv2.out", it_is(60, 60), "| live 2/2 |"));
     CHECK(wait_for("rw1.err", "reconnected", 1000));
     CHECK(reap(w1, 10000) == 0);
     CHECK(reap(w2, 10000) == 0);
@@ -798,12 +842,12 @@ TEST(refusals_and_sigterm)
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
     snprintf(s1, sizeof s1, "%s/secret1", tmpdir);
     snprintf(s2, sizeof s2, "%s/secret2", tmpdir);
-    snprintf(ck, sizeof ck, "%s/term.ckpt", tmpdir);
+    snprintf(ck, sizeof ck, "%s/term/server.ckpt", tmpdir);
     if ((f = fopen(s1, "w"))) { fputs("open sesame\n", f); fclose(f); }
     if ((f = fopen(s2, "w"))) { fputs("open barley\n", f); fclose(f); }
-#define COMMON3 "--workers", "1", "--data", "shapes:100", "--batch", "8"
+#define COMMON3 "--workers", "1", "--dataset", "shapes:100", "--batch", "8"
     srv = spawn("fsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", s1,
-                             "--checkpoint", ck, COMMON3));
+                             "--out", "term", "--log-every", "1", COMMON3));
     CHECK(wait_for("fsrv.out", "listening", 10000));
     w = spawn("fw1", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s2, COMMON3));
     CHECK(reap(w, 10000) == 1);
@@ -813,12 +857,12 @@ TEST(refusals_and_sigterm)
     CHECK(reap(w, 10000) == 1);
     CHECK(file_has("fw2.err", "protocol version 2"));
     w = spawn("fw3", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
-                          "--workers", "1", "--data", "shapes:100", "--batch", "4"));
+                          "--workers", "1", "--dataset", "shapes:100", "--batch", "4"));
     CHECK(reap(w, 10000) == 1);
     CHECK(file_has("fw3.err", "configuration mismatch"));
     /* the right one trains; SIGTERM: the server checkpoints and stops */
     w = spawn("fw4", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1, COMMON3));
-    CHECK(wait_for("fsrv.out", "iter 20/", 20000));
+    CHECK(wait_for("fsrv.out", it_is(20, 100000), 20000));
     kill(srv, SIGTERM);
     CHECK(reap(srv, 10000) == 0);
     CHECK(file_has("fsrv.err", "stop requested"));
@@ -948,7 +992,7 @@ TEST(declared_sizes_cost_nothing)
     CHECK(rss1 - rss0 < 64 * 1024);
     CHECK(rss2 - rss0 < 64 * 1024);
     CHECK(p.failures == 0 && p.rounds > rounds0);
-    CHECK(dg_tcp_connected(s, 1));
+    CHECK(dg_transport_connected(s, 1));
     for (i = 0; i < 10; i++)
         if (fds[i] >= 0) close(fds[i]);
     dg_transport_close(w);
@@ -960,16 +1004,16 @@ TEST(declared_sizes_cost_nothing)
 TEST(message_limits_per_type)
 {
     dg_mdgan_config c = dg_mdgan_config_init();
-    uint64_t lim[DG_TCP_APP_MAX + 1], bd;
+    uint64_t lim[DG_MSG_TYPE_MAX + 1], bd;
     dg_transport *s = NULL, *w = NULL;
     dg_msg *m;
     int fd;
     c.n_workers = 3; c.c = 1; c.h = 28; c.w = 28; c.arch = DG_ARCH_MLP; c.batch = 16;
     bd = 16 * 784;
-    CHECK_OK(dg_tcp_mdgan_max_payload(&c, 0, lim));
+    CHECK_OK(dg_mdgan_max_payload(&c, 0, lim));
     CHECK(lim[DG_MSG_FEEDBACK] == 24 + 16 + 4 * bd);
     CHECK(lim[DG_MSG_GEN_BATCHES] == 0 && lim[DG_MSG_DISC] == 0 && lim[DG_MSG_USER] == 0);
-    CHECK_OK(dg_tcp_mdgan_max_payload(&c, 2, lim));
+    CHECK_OK(dg_mdgan_max_payload(&c, 2, lim));
     CHECK(lim[DG_MSG_GEN_BATCHES] == 24 + 32 + 8 * bd && lim[DG_MSG_FEEDBACK] == 0);
     CHECK(lim[DG_MSG_STOP] == 24 && lim[DG_MSG_SWAP] == 24);
     CHECK(lim[DG_MSG_DISC] > 24 + 3 * 4 * (uint64_t)784 * 512); /* θ and Adam's moments */
@@ -979,7 +1023,7 @@ TEST(message_limits_per_type)
     CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
     memset(lim, 0, sizeof lim);
     lim[DG_MSG_FEEDBACK] = 24 + 3 * 16 + 4 * 10000 + 4 * 3 + 5;
-    dg_tcp_set_max_payload(s, lim);
+    dg_transport_set_limits(s, lim);
     if (w) {
         CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 10000, 4)));
         CHECK_OK(dg_transport_recv(s, 0, 5000, &m));
@@ -998,7 +1042,7 @@ TEST(message_limits_per_type)
         CHECK(closed_within(fd, 1000));
         close(fd);
     }
-    CHECK(w && dg_tcp_connected(s, 1));
+    CHECK(w && dg_transport_connected(s, 1));
     dg_transport_close(w);
     dg_transport_close(s);
 }
@@ -1222,18 +1266,18 @@ TEST(worker_restarts_through_a_slot_flood)
     uint16_t port = free_port();
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
-#define COMMON4 "--workers", "2", "--data", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
+#define COMMON4 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
                 "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
     srv = spawn("osrv", ARGS("server", "--listen", addr, "--iters", "150", "--log-every", "1", COMMON4));
     w1 = spawn("ow1", ARGS("worker", "--connect", addr, "--id", "1", COMMON4));
     w2 = spawn("ow2", ARGS("worker", "--connect", addr, "--id", "2", COMMON4));
-    CHECK(wait_for("osrv.out", "iter 5/", 30000));
+    CHECK(wait_for("osrv.out", it_is(5, 150), 30000));
     memset(&f, 0, sizeof f);
     f.port = port;
     f.n = 80;
     flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
     dg__tcp_sleep_ms(500);
-    CHECK(worker_restarts(&w2, "osrv", "N_live 1", 15000,
+    CHECK(worker_restarts(&w2, "osrv", "| live 1/2 |", 15000,
                           "ow2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON4),
                           "worker 2 joins with a copy of D_", 25000));
     if (flooding) {
@@ -1289,7 +1333,7 @@ TEST(secret_empty_or_long)
     if ((f = fopen(f2, "w"))) { fprintf(f, "%s\n", longs); fclose(f); }
     if ((f = fopen(f3, "w"))) { fprintf(f, "%s\n", prefix); fclose(f); }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-#define COMMON5 "--workers", "1", "--data", "shapes:100", "--batch", "8"
+#define COMMON5 "--workers", "1", "--dataset", "shapes:100", "--batch", "8"
     srv = spawn("es0", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f0, COMMON5));
     CHECK(reap(srv, 5000) == 1 && file_has("es0.err", "empty.key is empty"));
     srv = spawn("es1", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f1, COMMON5));
@@ -1315,13 +1359,13 @@ typedef struct worker_arg {
 static void *worker_main(void *arg)
 {
     worker_arg *a = (worker_arg *)arg;
-    dg_tcp_run run;
+    dg_drive run;
     uint32_t idx[64];
     int i;
     for (i = 0; i < 64; i++) idx[i] = (uint32_t)i;
     memset(&run, 0, sizeof run);
     run.reconnect_ms = 3000;
-    a->r = dg_tcp_mdgan_worker_run(&a->c, a->t, a->pool, &a->ds, idx, 64, &run);
+    a->r = dg_mdgan_worker_drive(&a->c, 1, a->t, a->pool, &a->ds, idx, 64, &run);
     a->ended = dg__tcp_ms();
     __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
     return NULL;
@@ -1352,7 +1396,7 @@ TEST(workers_end_with_the_run)
         pthread_create(&th, NULL, worker_main, &a);
         dg__tcp_sleep_ms(300);
         bye = dg__tcp_ms();
-        dg_tcp_goodbye(s);                            /* no STOP came: the role never knew */
+        dg_transport_goodbye(s, 1);                   /* no STOP came: the role never knew */
         dg_transport_close(s);
         s = NULL;
         pthread_join(th, NULL);
@@ -1367,7 +1411,7 @@ TEST(workers_end_with_the_run)
     dg_dataset_free(&a.ds);
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-#define COMMON6 "--workers", "3", "--data", "shapes:300", "--batch", "8", "--swap-every", "4"
+#define COMMON6 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--swap-every", "4"
     srv = spawn("esrv", ARGS("server", "--listen", addr, "--iters", "30", COMMON6));
     for (i = 0; i < 3; i++) {
         char name[16];
@@ -1382,10 +1426,10 @@ TEST(workers_end_with_the_run)
 
 /* ---- issue 10: faults of authenticated workers cost them, never the run ---- */
 
-/* This process as the last worker (id n_workers) of a distgan_tcp run of
+/* This process as the last worker (id n_workers) of a build/distgan run of
    n_workers on shapes:n_shapes with --batch 8, which the server accepts
-   only with the configuration hash distgan_tcp computes: mc comes in with
-   the flags the run sets beyond those (--swap-every, --epochs); ds, mc and
+   only with the configuration hash build/distgan computes: mc comes in with
+   the flags the run sets beyond those (--swap-every, --E); ds, mc and
    tc go out ready for dial_worker.  ds is the caller's to free. */
 static dg_result last_worker_config(int n_workers, int n_shapes, const char *addr,
                                     const char *secret, dg_dataset *ds, dg_mdgan_config *mc,
@@ -1437,11 +1481,11 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     struct stat st;
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-    snprintf(ck, sizeof ck, "%s/bad.ckpt", tmpdir);
-#define COMMON7 "--workers", "2", "--data", "shapes:200", "--batch", "8", "--dead-ms", "3000", \
+    snprintf(ck, sizeof ck, "%s/bad/server.ckpt", tmpdir);
+#define COMMON7 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "3000", \
                 "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5"
     srv = spawn("bsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1",
-                             "--checkpoint", ck, "--out", "gbad.f32", COMMON7));
+                             "--out", "bad", COMMON7));
     w1 = spawn("bw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON7));
     mc.swap_every = 5;
     CHECK_OK(last_worker_config(2, 200, addr, NULL, &ds, &mc, &tc));
@@ -1466,8 +1510,8 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     CHECK(file_has("bsrv.err", "worker 2 dropped"));
     CHECK(file_has("bsrv.err", "wrong shape"));
     CHECK(file_has("bsrv.err", "127.0.0.1"));
-    CHECK(file_has("bsrv.out", "iter 30/30  N_live 1"));
-    CHECK(stat("gbad.f32", &st) == 0 && st.st_size > 0);
+    CHECK(line_has("bsrv.out", it_is(30, 30), "| live 1/2 |"));
+    CHECK(stat("bad/g.f32", &st) == 0 && st.st_size > 0);
     CHECK(stat(ck, &st) == 0 && st.st_size > 0);
     if (th_cur_failed) { show("bsrv.out"); show("bsrv.err"); }
     if (t) dg_transport_close(t);
@@ -1491,12 +1535,12 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     int64_t t0 = 0, waited;
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-#define COMMON8 "--workers", "3", "--data", "shapes:300", "--batch", "8", "--dead-ms", "30000", \
-                "--heartbeat-ms", "300", "--barrier-ms", "30000", "--epochs", "0"
+#define COMMON8 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "30000", \
+                "--heartbeat-ms", "300", "--barrier-ms", "30000", "--E", "0"
     srv = spawn("dsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1", COMMON8));
     w1 = spawn("dw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON8));
     w2 = spawn("dw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON8));
-    mc.local_epochs = 0; mc.swap_every = 1; /* as distgan_tcp */
+    mc.local_epochs = 0; /* as build/distgan --E 0 (no swap) */
     CHECK_OK(last_worker_config(3, 300, addr, NULL, &ds, &mc, &tc));
     t = dial_worker(&tc, 10000);
     CHECK(t != NULL);
@@ -1514,12 +1558,12 @@ TEST(closed_worker_leaves_the_barrier_at_once)
         }
         dg_msg_free(t, m);
     }
-    CHECK(file_has("dsrv.out", "iter 5/30  N_live 3"));
+    CHECK(line_has("dsrv.out", it_is(5, 30), "| live 3/3 |"));
     if (t) {
         dg_transport_close(t);
         t0 = dg__tcp_ms();
     }
-    CHECK(wait_for("dsrv.out", "iter 6/30  N_live 2", 40000));
+    CHECK(wait_for_line("dsrv.out", it_is(6, 30), "| live 2/3 |", 40000));
     waited = dg__tcp_ms() - t0;
     printf("  iteration 6 completed %lld ms after worker 3 closed in the middle of it "
            "(barrier 30000 ms)\n", (long long)waited);
@@ -1533,7 +1577,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
 
 /* FL-GAN over TCP: a killed worker leaves at once, its restart rejoins at
    the next round with the global model, and SIGTERM writes the FL-GAN
-   checkpoint (it used to ignore --checkpoint). */
+   checkpoint. */
 TEST(flgan_worker_rejoins_and_checkpoints)
 {
     char addr[32], ck[128], magic[12] = {0};
@@ -1541,19 +1585,19 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     FILE *f;
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-    snprintf(ck, sizeof ck, "%s/fl.ckpt", tmpdir);
-#define COMMON9 "--algo", "flgan", "--workers", "2", "--data", "shapes:200", "--batch", "8", \
-                "--swap-every", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
+    snprintf(ck, sizeof ck, "%s/fl/flgan_server.ckpt", tmpdir);
+#define COMMON9 "--algo", "flgan", "--workers", "2", "--dataset", "shapes:200", "--batch", "8", \
+                "--local-iters", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
                 "--barrier-ms", "30000"
     srv = spawn("lsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--log-every", "1",
-                             "--checkpoint", ck, COMMON9));
+                             "--out", "fl", COMMON9));
     w1 = spawn("lw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON9));
     w2 = spawn("lw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
-    CHECK(wait_for("lsrv.out", "iter 5/", 30000));
-    CHECK(worker_restarts(&w2, "lsrv", "N_live 1", 10000,   /* at once: --dead-ms is 30000 */
+    CHECK(wait_for("lsrv.out", it_is(2 * 5, 100000), 30000)); /* round 5 */
+    CHECK(worker_restarts(&w2, "lsrv", "| live 1/2 |", 10000,   /* at once: --dead-ms is 30000 */
                           "lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9),
                           "worker 2 rejoins", 15000));
-    CHECK(wait_for("lsrv.out", "N_live 2", 15000));
+    CHECK(wait_for("lsrv.out", "| live 2/2 |", 15000));
     kill(srv, SIGTERM);
     CHECK(reap(srv, 10000) == 0);
     /* an FL-GAN server's checkpoint (kind 6) */
@@ -1591,7 +1635,7 @@ static long proc_rss_kb(pid_t pid)
 static int insider_feedback(dg_transport *t, size_t n, float v)
 {
     int64_t end = dg__tcp_ms() + 30000;
-    while (dg_tcp_connected(t, 0) && dg__tcp_ms() < end) {
+    while (dg_transport_connected(t, 0) && dg__tcp_ms() < end) {
         dg_msg *m = NULL, *fb;
         if (dg_transport_recv(t, 4, 200, &m) != DG_OK) continue;
         if (m->type == DG_MSG_GEN_BATCHES && dg_transport_pending(t, 4) == 0) {
@@ -1604,12 +1648,12 @@ static int insider_feedback(dg_transport *t, size_t n, float v)
         }
         dg_msg_free(t, m);
     }
-    return !dg_tcp_connected(t, 0);
+    return !dg_transport_connected(t, 0);
 }
 
 TEST(insiders_while_a_run_trains)
 {
-    char addr[32], secret_path[128], gpath[128];
+    char addr[32], secret_path[128];
     static const char secret[] = "insider-test-secret";
     pid_t srv, w[4];
     dg_dataset ds;
@@ -1628,16 +1672,15 @@ TEST(insiders_while_a_run_trains)
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
     snprintf(secret_path, sizeof secret_path, "%s/insider.secret", tmpdir);
-    snprintf(gpath, sizeof gpath, "%s/ginsider.f32", tmpdir);
     if ((sf = fopen(secret_path, "w"))) {
         fprintf(sf, "%s\n", secret);
         fclose(sf);
     }
-#define COMMON10 "--workers", "4", "--data", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
+#define COMMON10 "--workers", "4", "--dataset", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
                  "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5", \
                  "--secret-file", secret_path
     srv = spawn("isrv", ARGS("server", "--listen", addr, "--iters", "400", "--log-every", "1",
-                             "--out", gpath, COMMON10));
+                             "--out", "insider", COMMON10));
     for (j = 1; j <= 3; j++) {
         char id[16], name[16];
         snprintf(id, sizeof id, "%d", j);
@@ -1652,7 +1695,7 @@ TEST(insiders_while_a_run_trains)
     CHECK(t != NULL);
     sent_shape = t && insider_feedback(t, fb - 7, 0.0f);
     if (t) dg_transport_close(t);
-    CHECK(wait_for("isrv.out", "iter 3/", 60000));
+    CHECK(wait_for("isrv.out", it_is(3, 400), 60000));
     rss0 = proc_rss_kb(srv);                   /* the run in its steady state */
     memset(&f, 0, sizeof f);
     f.port = port;
@@ -1691,8 +1734,8 @@ TEST(insiders_while_a_run_trains)
     for (j = 1; j <= 3; j++) CHECK(reap(w[j], 10000) == 0);
     CHECK(file_has("isrv.err", "wrong shape"));
     CHECK(file_has("isrv.err", "not finite") || file_has("isrv.err", "non-finite"));
-    CHECK(file_has("isrv.out", "iter 400/400"));
-    g = read_floats("ginsider.f32", &n);
+    CHECK(file_has("isrv.out", it_is(400, 400)));
+    g = read_floats("insider/g.f32", &n);
     CHECK(g && n > 0);
     for (i = 0; g && i < n; i++) bad += !isfinite(g[i]);
     CHECK(bad == 0);

@@ -6,7 +6,7 @@
 #   sh tools/golden.sh compare   # reruns, compares with tests/golden.txt;
 #                                # ends with "N passed, N failed" (make test)
 #
-# Needs BUILD/{distgan,gan,asgd,distgan_tcp,golden_decode} (BUILD: build).
+# Needs BUILD/{distgan,gan,asgd,golden_decode} (BUILD: build).
 # Checkpoints are hashed by their decoded numbers (tools/golden_decode.c:
 # parameters, state, optimiser state), not their bytes, so a change of a
 # container or of a layer record does not count as a change of results;
@@ -29,16 +29,18 @@ run_gan() { $B/gan --dataset shapes --arch mlp --batch 16 --iters 20 --eval-ever
                 --clf-epochs 0 --classifier "$1/classifier.bin" --threads 2 --seed 3 --out "$1"; }
 run_asgd() { $B/asgd --dataset shapes:8000 --workers 4 --arch mlp --hidden 32 --updates 60 --eval-every 30 \
                  --mode hardy --threads 2 --seed 3; }
-# server and 2 workers on loopback port $2
+# server and 2 workers on loopback port $2 (the shapes drawn from seed 3,
+# as distgan_tcp drew them from the run seed when this was recorded)
 run_tcp() {
-    common="--workers 2 --algo mdgan --arch mlp --data shapes:2000 --batch 16 --seed 3 --threads 1"
-    $B/distgan_tcp server --listen 127.0.0.1:$2 --iters 12 --checkpoint "$1/server.ckpt" \
-        --checkpoint-every 6 --out "$1/g.f32" $common >"$1/server.log" 2>&1 &
+    common="--transport tcp --workers 2 --algo mdgan --arch mlp --dataset shapes:2000 --data-seed 3
+            --batch 16 --seed 3 --threads 1"
+    $B/distgan $common --role server --listen 127.0.0.1:$2 --iters 12 --checkpoint-every 6 \
+        --no-eval --out "$1" >"$1/server.log" 2>&1 &
     srv=$!
     sleep 0.3
-    $B/distgan_tcp worker --connect 127.0.0.1:$2 --id 1 $common >"$1/w1.log" 2>&1 &
+    $B/distgan $common --role worker --connect 127.0.0.1:$2 --id 1 --out "$1/w1" >"$1/w1.log" 2>&1 &
     w1=$!
-    $B/distgan_tcp worker --connect 127.0.0.1:$2 --id 2 $common >"$1/w2.log" 2>&1 &
+    $B/distgan $common --role worker --connect 127.0.0.1:$2 --id 2 --out "$1/w2" >"$1/w2.log" 2>&1 &
     w2=$!
     wait $srv; s=$?; wait $w1; wait $w2
     return $s
