@@ -10639,8 +10639,11 @@ static dg_result dg__ns_number(const char *key, const char *v, double lo, double
     if (len - best >= sizeof num || !len) return dg__fail(DG_ERR_ARG, "'%s=%s' is not a number", key, v);
     memcpy(num, v, len - best);
     num[len - best] = 0;
-    if (dg_parse_float(num, lo / f, hi / f, &x) != DG_OK)
-        return dg__fail(DG_ERR_ARG, "'%s=%s': %s", key, v, dg_last_error());
+    if (dg_parse_float(num, lo / f, hi / f, &x) != DG_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", dg_last_error()); /* dg__fail writes over it */
+        return dg__fail(DG_ERR_ARG, "'%s=%s': %s", key, v, why);
+    }
     *out = x * f;
     return DG_OK;
 }
@@ -10648,19 +10651,19 @@ static dg_result dg__ns_number(const char *key, const char *v, double lo, double
 /* One "key=value" FIELD of a link item into l (set: its bit). */
 static dg_result dg__ns_field(const char *key, const char *v, dg_netsim_link *l, unsigned *set)
 {
-    static const char *const rate[] = {"k", "M", "G", NULL}, *const time[] = {"s", "ms", "us", NULL};
-    static const double rate_f[] = {1e3, 1e6, 1e9}, time_f[] = {1.0, 1e-3, 1e-6};
+    static const char *const rate[] = {"k", "M", "G", NULL}, *const secs[] = {"s", "ms", "us", NULL};
+    static const double rate_f[] = {1e3, 1e6, 1e9}, secs_f[] = {1.0, 1e-3, 1e-6};
     if (!strcmp(key, "bw")) {
         *set |= DG_NETSIM_SET_BW;
         return dg__ns_number(key, v, 0.0, 1e15, rate, rate_f, &l->bw);
     }
     if (!strcmp(key, "lat")) {
         *set |= DG_NETSIM_SET_LATENCY;
-        return dg__ns_number(key, v, 0.0, 3600.0, time, time_f, &l->latency);
+        return dg__ns_number(key, v, 0.0, 3600.0, secs, secs_f, &l->latency);
     }
     if (!strcmp(key, "jitter")) {
         *set |= DG_NETSIM_SET_JITTER;
-        return dg__ns_number(key, v, 0.0, 3600.0, time, time_f, &l->jitter);
+        return dg__ns_number(key, v, 0.0, 3600.0, secs, secs_f, &l->jitter);
     }
     if (!strcmp(key, "loss")) {
         *set |= DG_NETSIM_SET_LOSS;
@@ -10689,8 +10692,8 @@ static dg_result dg__ns_peer(const char *s, int *out)
 /* One item: tok[0..nt) its whitespace-separated tokens (each NUL-ended). */
 static dg_result dg__ns_item(char **tok, int nt, int first, dg_netsim_config *c)
 {
-    static const char *const time[] = {"s", "ms", "us", NULL};
-    static const double time_f[] = {1.0, 1e-3, 1e-6};
+    static const char *const secs[] = {"s", "ms", "us", NULL};
+    static const double secs_f[] = {1.0, 1e-3, 1e-6};
     dg_netsim_link l = {0.0, 0.0, 0.0, 0.0, 0.0};
     unsigned set = 0;
     dg_result r = DG_OK;
@@ -10712,9 +10715,9 @@ static dg_result dg__ns_item(char **tok, int nt, int first, dg_netsim_config *c)
             *v++ = 0;
             if (!strcmp(tok[i], "seed")) {
                 if ((r = dg_parse_u64(v, &c->seed)) != DG_OK)
-                    r = dg__fail(DG_ERR_ARG, "'seed=%s': %s", v, dg_last_error());
+                    r = dg__fail(DG_ERR_ARG, "'seed=%s' is not an unsigned 64-bit integer", v);
             } else if (!strcmp(tok[i], "rto")) {
-                r = dg__ns_number("rto", v, 0.0, 3600.0, time, time_f, &c->rto_min);
+                r = dg__ns_number("rto", v, 0.0, 3600.0, secs, secs_f, &c->rto_min);
             } else {
                 v[-1] = '=';
                 r = dg__fail(DG_ERR_ARG, "'%s' is not a setting (seed=, rto=, profile= first)", tok[i]);
@@ -10795,7 +10798,8 @@ static dg_result dg__ns_parse_text(char *s, dg_netsim_config *c)
         dg_result r;
         *end = 0;
         if ((hash = strchr(p, '#'))) *hash = 0;
-        snprintf(text, sizeof text, "%s", p);
+        snprintf(text, sizeof text, "%s", p + strspn(p, " \t\r"));
+        for (q = text + strlen(text); q > text && strchr(" \t\r", q[-1]); q--) q[-1] = 0;
         for (nt = 0, q = p; nt < 64;) {
             q += strspn(q, " \t\r");
             if (!*q) break;
