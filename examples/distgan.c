@@ -8,8 +8,10 @@
  *   ./a.out --algo flgan --workers 10 --E 1 --dirichlet 0.5
  *   ./a.out --help
  *
+ *   ./a.out --algo mdgan --workers 20 --network edge      (simulated time: sim_s)
+ *
  * Writes into --out: log.csv (iteration, losses, score, FID, bytes per
- * direction, time, N_live), samples_<iter>.png, checkpoints (server.ckpt
+ * direction, time, N_live, simulated time), samples_<iter>.png, checkpoints (server.ckpt
  * and worker_<n>.ckpt for MD-GAN, gan.ckpt standalone; --resume continues
  * from them). */
 #define _POSIX_C_SOURCE 200809L
@@ -42,6 +44,7 @@ typedef struct options {
     dg_fault crash[MAX_FAULTS], join[MAX_FAULTS];
     dg_fault_spec attack[MAX_FAULTS];
     int n_crash, n_join, n_attack;
+    const char *network; dg_netsim_config net; /* --network, parsed (docs/network.md) */
 } options;
 
 static void usage(FILE *f)
@@ -87,6 +90,9 @@ static void usage(FILE *f)
         "                      from the first iteration, by a fault transport\n"
         "  --join t[,..]       MD-GAN: a new worker joins at iteration t with a copy of a\n"
         "                      live worker's D (the data is split over N + joins)\n"
+        "  --network SPEC      MD-GAN, FL-GAN: simulate a network (docs/network.md): a\n"
+        "                      profile (datacenter, wan, edge), a spec such as\n"
+        "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
         "  --no-checkpoint     write no checkpoints\n"
@@ -186,6 +192,7 @@ static int parse(options *o, int argc, char **argv)
         {"--crash", DG_OPT_STRING, &o->crash_str, 0, 0, NULL},
         {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
         {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
+        {"--network", DG_OPT_STRING, &o->network, 0, 0, NULL},
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
         {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
@@ -219,7 +226,7 @@ static int parse(options *o, int argc, char **argv)
             {"--k", 2}, {"--swap-every", 2}, {"--swap-opt-stays", 2}, {"--real-once", 2},
             {"--join", 2}, {"--feedback-clip", 2}, {"--attack", 2}, {"--L", 1 | 2}, {"--workers", 2 | 4},
             {"--E", 2 | 4}, {"--iid", 2 | 4}, {"--shards", 2 | 4}, {"--dirichlet", 2 | 4},
-            {"--crash", 2 | 4}};
+            {"--crash", 2 | 4}, {"--network", 2 | 4}};
         size_t j;
         for (j = 0; j < sizeof only / sizeof only[0]; j++)
             if (!strcmp(argv[i], only[j].name) && !(only[j].algos & (1u << o->algo))) {
@@ -234,6 +241,10 @@ static int parse(options *o, int argc, char **argv)
     }
     if (o->iid + (o->shards > 0) + (o->alpha > 0) > 1) {
         fprintf(stderr, "distgan: --iid, --shards and --dirichlet exclude each other\n");
+        return 1;
+    }
+    if (o->network && dg_netsim_parse(o->network, &o->net)) {
+        fprintf(stderr, "distgan: --network: %s\n", dg_last_error());
         return 1;
     }
     if (!o->k_str || !strcmp(o->k_str, "log")) o->k = o->k_str ? DG_MDGAN_K_LOG2 : 1;
@@ -521,12 +532,16 @@ int main(int argc, char **argv)
         printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers, per_round,
                c.local_epochs);
     }
+    if (o.network) { /* before any traffic: the simulated clocks start at 0 */
+        r = md ? dg_mdgan_run_set_network(md, &o.net) : dg_flgan_run_set_network(fl, &o.net);
+        if (r) return fail("network", r);
+    }
     src.g_in = (float *)malloc(sizeof(float) * (size_t)src.chunk * (o.z_dim + n_classes));
     if (!src.g_in) return fail("memory", DG_ERR_NOMEM);
 
     snprintf(path, sizeof path, "%s/log.csv", o.out);
     if ((r = dg_csv_open(&csv, path, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,"
-                                     "bytes_w2w,time_s,n_live", o.resume)))
+                                     "bytes_w2w,time_s,n_live,sim_s", o.resume)))
         return fail("log", r);
     printf("log: %s\n", path);
 
@@ -544,7 +559,7 @@ int main(int argc, char **argv)
     while (it < o.iters) {
         float dl, gl;
         int n_live, last, evaluate;
-        double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el;
+        double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el, sim;
         if (o.algo == ALGO_GAN) {
             dg_gan_stats st;
             if ((r = dg_gan_trainer_step(&trainer, &st))) return fail("step", r);
@@ -601,11 +616,12 @@ int main(int argc, char **argv)
             if (r) return fail("checkpoint", r);
         }
         el = dg_clock_seconds() - t0;
+        sim = o.network ? dg_netsim_clock(t, DG_PEER_SERVER) : NAN; /* --network's time */
         {
             /* bytes exact (payload bytes of this run, see dg_transport_traffic);
                score and FID empty (NaN) when not evaluated */
-            double row[10] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live};
-            if ((r = dg_csv_row(&csv, row, 10))) return fail("log", r);
+            double row[11] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live, sim};
+            if ((r = dg_csv_row(&csv, row, 11))) return fail("log", r);
         }
         if (evaluate || el - t_last_print >= 2.0 || it == start_it + per_round) {
             double eta = (double)(o.iters - it) * el / (double)(it - start_it);
@@ -614,6 +630,8 @@ int main(int argc, char **argv)
             if (o.algo != ALGO_GAN)
                 printf(" | live %d/%d | down %s up %s w2w %s", n_live, slots, mb(down, b1),
                        mb(up, b2), mb(w2w, b3));
+            if (o.network && sim < 60.0) printf(" | sim %.2f s", sim);
+            else if (o.network) printf(" | sim %s", dg_format_hms(sim, b2));
             printf(" | %s, ETA %s\n", dg_format_hms(el, b4), dg_format_hms(eta, b1));
             fflush(stdout);
             t_last_print = el;
