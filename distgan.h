@@ -1283,10 +1283,14 @@ DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
    slower), TCP slow start and congestion control, per-packet behaviour
    (a message is one unit), CPU time for (de)serialisation, contention of
    roles for one machine, the time of a dropped worker's detection
-   (in process the barrier closes when no message is left), and a message
-   that arrives (in simulated time) while its receiver was still busy with
-   a later one: messages are taken in the order the in-process driver
-   delivers them, each at max(clock, arrival).
+   (in process the barrier closes when no message is left), and the order
+   of handling: messages are taken in the order the in-process driver
+   delivers them, each at max(clock, arrival), so a message that arrives
+   earlier in simulated time but is delivered after another is handled
+   after it (for MD-GAN and FL-GAN, whose roles work once a barrier of
+   messages is in, this changes no time); a message
+   the role ignores (a dropped worker's late feedback) still advances the
+   clock.  The clocks are not checkpointed: a resumed run starts at 0.
 
    Describing a network: dg_netsim_config_init() is the ideal network
    (latency 0, unlimited bandwidth, no loss, every peer 100 GFLOP/s);
