@@ -1369,6 +1369,10 @@ DGDEF dg_result dg_netsim_profile(const char *name, dg_netsim_config *out);
    token, e.g. "network: 'bw=fast' in item 2: ..."; DG_ERR_IO for FILE). */
 DGDEF dg_result dg_netsim_parse(const char *spec, dg_netsim_config *out);
 
+/* DG_ERR_ARG (naming the value) when a value of cfg is out of range or a
+   rule names a peer outside 0..n_peers-1: what dg_netsim_create checks,
+   for a driver that wants to refuse a spec before it starts. */
+DGDEF dg_result dg_netsim_config_check(const dg_netsim_config *cfg, int n_peers);
 /* Wraps inner (owned and closed by the wrapper once created; messages
    share inner's pool) with the network cfg over inner->n_peers peers
    (peer 0 the server).  DG_ERR_ARG when a rule names a peer outside. */
@@ -10420,11 +10424,11 @@ static dg_result dg__ns_check_link(const dg_netsim_link *l, const char *what)
     return DG_OK;
 }
 
-/* The configuration resolved to ns's links and peers. */
-static dg_result dg__ns_setup(dg__netsim *ns, const dg_netsim_config *c)
+DGDEF dg_result dg_netsim_config_check(const dg_netsim_config *c, int n)
 {
-    int n = ns->n, p, q, i, n_slow;
     dg_result r;
+    int i;
+    if (!c || n < 1) return dg__fail(DG_ERR_ARG, "dg_netsim_config_check: NULL or %d peers", n);
     if ((r = dg__ns_check_link(&c->down, "down")) || (r = dg__ns_check_link(&c->up, "up")) ||
         (r = dg__ns_check_link(&c->peer, "peer")))
         return r;
@@ -10445,6 +10449,15 @@ static dg_result dg__ns_setup(dg__netsim *ns, const dg_netsim_config *c)
             !(c->worker_rules[i].gflops > 0.0))
             return dg__fail(DG_ERR_ARG, "netsim: worker rule %d (gflops %g): workers are 1..%d",
                             c->worker_rules[i].worker, c->worker_rules[i].gflops, n - 1);
+    return DG_OK;
+}
+
+/* The configuration resolved to ns's links and peers. */
+static dg_result dg__ns_setup(dg__netsim *ns, const dg_netsim_config *c)
+{
+    int n = ns->n, p, q, i, n_slow;
+    dg_result r;
+    if ((r = dg_netsim_config_check(c, n)) != DG_OK) return r;
     for (p = 0; p < n; p++)
         for (q = 0; q < n; q++) {
             dg_netsim_link *l = &ns->link[(size_t)p * n + q].p;

@@ -243,10 +243,6 @@ static int parse(options *o, int argc, char **argv)
         fprintf(stderr, "distgan: --iid, --shards and --dirichlet exclude each other\n");
         return 1;
     }
-    if (o->network && dg_netsim_parse(o->network, &o->net)) {
-        fprintf(stderr, "distgan: --network: %s\n", dg_last_error());
-        return 1;
-    }
     if (!o->k_str || !strcmp(o->k_str, "log")) o->k = o->k_str ? DG_MDGAN_K_LOG2 : 1;
     else if (dg_parse_int(o->k_str, 1, o->workers, &k) == DG_OK) o->k = (int)k;
     else {
@@ -263,6 +259,11 @@ static int parse(options *o, int argc, char **argv)
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
+    if (o->network && (dg_netsim_parse(o->network, &o->net) || /* peers: server + N + joins */
+                       dg_netsim_config_check(&o->net, o->workers + o->n_join + 1))) {
+        fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
+        return 1;
+    }
     return o->attack_str ? parse_attacks(o) : 0;
 }
 

@@ -130,6 +130,7 @@ TEST(spec_parsing)
     {
         dg_transport *in;
         c = net("worker 9 gflops=1");
+        CHECK(dg_netsim_config_check(&c, 10) == DG_OK && dg_netsim_config_check(&c, 9) == DG_ERR_ARG);
         CHECK_OK(dg_inproc_create(&in, 4, 0, 0));
         CHECK(dg_netsim_create(&t, in, &c) == DG_ERR_ARG && t == NULL);
         CHECK(has(dg_last_error(), "worker rule 9"));
