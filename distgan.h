@@ -107,6 +107,8 @@
                    the classifier-based evaluator (score, FID), CSV logs
       dg_transport messages, their codec, byte counters, the drivers'
                    capabilities, the in-process and the fault transport
+      dg_netsim    a network model for in-process runs: links with latency,
+                   bandwidth, jitter, loss; compute speeds; simulated clocks
       dg_mpi       the MPI transport (only with DISTGAN_MPI; build with mpicc)
       dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers,
                    process drivers for any transport (dg_*_drive), stop signals
@@ -1279,6 +1281,166 @@ DGDEF dg_result dg_fault_transport_add(dg_transport *t, const dg_fault_spec *f);
 /* 1 once a DG_FAULT_CRASH of peer has struck, else 0. */
 DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
 
+/* ==== dg_netsim ==== */
+
+/* A network model for in-process runs: a transport wrapper that puts every
+   peer on a simulated clock and every link (server -> worker "down",
+   worker -> server "up", worker -> worker "peer") behind a latency, a
+   bandwidth, jitter, loss and a disconnect probability, and gives every
+   peer a compute speed.  The roles run exactly as without it (same
+   messages, same bits); the wrapper only computes when things would have
+   happened on that network, so a 2-core machine can tell how long MD-GAN
+   or FL-GAN would take on 50 phones.
+
+   The model (times in seconds, sizes in bytes, rates in bit/s):
+     clocks   each peer p has a clock c_p, starting at 0.
+     compute  the roles charge the FLOPs of the passes they actually run
+              (dg_transport_charge): MD-GAN's server G forward (k*b rows)
+              before it sends and G backward after the last feedback, a
+              worker's L D steps and its feedback before it answers, an
+              FL-GAN worker's local iterations; c_p += flops /
+              (gflops_p * 1e9).  Adam steps, sums, averages and copies are
+              not charged.
+     send     a message of B = dg_msg_encoded_size(m) bytes (payload +
+              framing, what a byte stream carries) sent by p to q leaves at
+              s = max(c_p, free_pq) (a busy link queues), holds the link
+              for B*8/bw (free_pq = s + B*8/bw) and arrives at
+                a = s + B*8/bw + latency + jitter*u + n_lost*RTO,
+              raised to the previous arrival on the link (order per link is
+              kept).  Sending costs the sender no time.
+     receive  c_q = max(c_q, a) when q takes the message from its inbox.
+     loss     each transmission is lost with probability `loss`
+              independently; every loss delays the message by one TCP
+              retransmission timeout RTO = max(rto_min, 2 * RTT), RTT the
+              two latencies of the link's both directions (no exponential
+              backoff, the retransmitted bytes do not hold the link again;
+              at most 32 losses per message).  Nothing is lost for the
+              roles: a lossy run computes the same bits, later.
+     disconnect  with probability `disconnect` a message breaks its link:
+              the message is dropped and the worker at its end (for a
+              worker -> worker message: the sender) is disconnected for
+              good, as a DG_FAULT_CRASH: everything it would send or receive
+              from then on is dropped, and the server's barrier drops it.
+     random   u, the losses and the disconnects of the i-th message on link
+              (p, q) are drawn from dg_rng_make(seed,
+              DG_NETSIM_STREAM_LINK + p*n_peers + q, i): never from the
+              order in which threads run, so simulated times depend only on
+              the seed and the configuration, not on the host or its load.
+   Not modelled: the sharing of a peer's uplink or NIC by its links (each
+   link is its own pipe: a server sending to N workers is not N times
+   slower), TCP slow start and congestion control, per-packet behaviour
+   (a message is one unit), CPU time for (de)serialisation, contention of
+   roles for one machine, the time of a dropped worker's detection
+   (in process the barrier closes when no message is left), and the order
+   of handling: messages are taken in the order the in-process driver
+   delivers them, each at max(clock, arrival), so a message that arrives
+   earlier in simulated time but is delivered after another is handled
+   after it (for MD-GAN and FL-GAN, whose roles work once a barrier of
+   messages is in, this changes no time); a message
+   the role ignores (a dropped worker's late feedback) still advances the
+   clock.  The clocks are not checkpointed: a resumed run starts at 0.
+
+   Describing a network: dg_netsim_config_init() is the ideal network
+   (latency 0, unlimited bandwidth, no loss, every peer 100 GFLOP/s);
+   dg_netsim_profile() fills a named profile:
+     ideal       the default above
+     datacenter  10 Gbit/s, 0.1 ms, every link; 100 GFLOP/s everywhere
+     wan         100 Mbit/s, 20 ms, jitter 1 ms; 100 GFLOP/s everywhere
+     edge        5 Mbit/s up (and worker -> worker), 20 Mbit/s down, 50 ms,
+                 jitter 10 ms, loss 1%; server 100 GFLOP/s, workers 20
+                 GFLOP/s and round(10% of N) of them 4x slower (drawn from
+                 (seed, DG_NETSIM_STREAM_SLOW, 0))
+   and rules override links and workers.  dg_netsim_parse reads the same
+   from text (a command line or a config file), items separated by ';' or
+   new lines, '#' to the end of a line a comment:
+     profile=edge                      first item only (or a profile name alone)
+     seed=7  rto=0.3                   the draws' seed (1), rto_min (0.2 s)
+     up|down|peer|all FIELDS           a class of links
+     link 0->3 FIELDS                  one link (either end may be '*': any)
+     server gflops=500
+     workers gflops=20 slow=0.1 slowdown=4
+     worker 5 gflops=2
+   FIELDS are bw=RATE (bit/s, with k, M or G: bw=5M; 0: unlimited),
+   lat=TIME, jitter=TIME (s, or with ms or us: lat=20ms), loss=P (< 0.9),
+   disconnect=P.  Rules apply in order, after the profile and the classes
+   (a later rule wins), and a worker's gflops after the slow draw. */
+
+#define DG_NETSIM_STREAM_LINK 0x6e736c696e6b0000ull /* + from * n_peers + to; index: message */
+#define DG_NETSIM_STREAM_SLOW 0x6e73736c6f77ull      /* index 0: which workers are slow */
+#define DG_NETSIM_MAX_RULES 64
+
+/* DG_NETSIM_SET_* bits: the fields a link rule sets */
+#define DG_NETSIM_SET_BW 1u
+#define DG_NETSIM_SET_LATENCY 2u
+#define DG_NETSIM_SET_JITTER 4u
+#define DG_NETSIM_SET_LOSS 8u
+#define DG_NETSIM_SET_DISCONNECT 16u
+
+typedef struct dg_netsim_link {
+    double bw;          /* bit/s; 0: unlimited (no transmission time) */
+    double latency;     /* one way, s */
+    double jitter;      /* s: each message adds jitter * u, u uniform in [0, 1) */
+    double loss;        /* probability that a transmission is lost, [0, 0.9] */
+    double disconnect;  /* probability that a message breaks the link, [0, 1] */
+} dg_netsim_link;
+
+typedef struct dg_netsim_link_rule {
+    int from, to;       /* peers, or DG_ANY_PEER */
+    unsigned set;       /* DG_NETSIM_SET_* */
+    dg_netsim_link link;
+} dg_netsim_link_rule;
+
+typedef struct dg_netsim_worker_rule {
+    int worker;
+    double gflops;
+} dg_netsim_worker_rule;
+
+typedef struct dg_netsim_config {
+    dg_netsim_link down, up, peer; /* server -> worker, worker -> server, worker -> worker */
+    double server_gflops;          /* 100 */
+    double worker_gflops;          /* 100 */
+    double slow_fraction;          /* 0: round(slow_fraction * N) workers, drawn, are */
+    double slow_factor;            /* 1: ... this many times slower */
+    double rto_min;                /* 0.2 s */
+    uint64_t seed;                 /* 1 */
+    int n_link_rules, n_worker_rules;
+    dg_netsim_link_rule link_rules[DG_NETSIM_MAX_RULES];
+    dg_netsim_worker_rule worker_rules[DG_NETSIM_MAX_RULES];
+} dg_netsim_config;
+
+/* The ideal network (see above). */
+DGDEF dg_netsim_config dg_netsim_config_init(void);
+/* "ideal", "datacenter", "wan" or "edge" into *out (DG_ERR_ARG otherwise). */
+DGDEF dg_result dg_netsim_profile(const char *name, dg_netsim_config *out);
+/* A profile name, a spec (grammar above) or "@FILE" holding a spec, into
+   *out (unchanged on failure: DG_ERR_ARG, dg_last_error() names the bad
+   token, e.g. "network: 'bw=fast' in item 2: ..."; DG_ERR_IO for FILE). */
+DGDEF dg_result dg_netsim_parse(const char *spec, dg_netsim_config *out);
+
+/* DG_ERR_ARG (naming the value) when a value of cfg is out of range or a
+   rule names a peer outside 0..n_peers-1: what dg_netsim_create checks,
+   for a driver that wants to refuse a spec before it starts. */
+DGDEF dg_result dg_netsim_config_check(const dg_netsim_config *cfg, int n_peers);
+/* Wraps inner (owned and closed by the wrapper once created; messages
+   share inner's pool) with the network cfg over inner->n_peers peers
+   (peer 0 the server).  DG_ERR_ARG when a rule names a peer outside. */
+DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
+                                 const dg_netsim_config *cfg);
+/* The roles' hook: peer computed `flops` floating-point operations; its
+   clock advances by flops / (its GFLOP/s * 1e9).  A no-op on a transport
+   without a network model (seen through a dg_fault_transport_create
+   wrapper, as the in-process drivers build theirs). */
+DGDEF void dg_transport_charge(dg_transport *t, int peer, double flops);
+/* Peer's simulated clock in seconds (the server's, peer 0, after an
+   iteration is the run's simulated time); -1 when t has no network model. */
+DGDEF double dg_netsim_clock(dg_transport *t, int peer);
+/* Peer's compute speed in GFLOP/s (-1 without a model), 1 when a
+   disconnect struck peer, and the effective parameters of link from -> to
+   (DG_ERR_ARG without a model or for a bad link). */
+DGDEF double dg_netsim_gflops(dg_transport *t, int peer);
+DGDEF int dg_netsim_disconnected(dg_transport *t, int peer);
+DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_netsim_link *out);
+
 /* ==== dg_mpi ==== */
 
 #ifdef DISTGAN_MPI
@@ -1668,6 +1830,10 @@ DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r);
 DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id);
 /* Sum of the workers' own compute time (seconds). */
 DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r);
+/* [netsim] Runs the roles over the network model net (dg_netsim): call it
+   once, before the first iteration.  The simulated time of the run is then
+   dg_netsim_clock(dg_mdgan_run_transport(r), DG_PEER_SERVER). */
+DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net);
 
 typedef struct dg_flgan_run dg_flgan_run;
 DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
@@ -1679,6 +1845,7 @@ DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r);
 DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r);
 DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
 DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
+DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net); /* [netsim] */
 
 /* ---- the process drivers: one role per process, on any transport ----
 
@@ -10107,6 +10274,626 @@ DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inne
     return DG_OK;
 }
 
+/* ==== dg_netsim ==== */
+
+/* One link's state: its parameters, when it finishes sending what it was
+   given, its last arrival (FIFO) and the arrival times of the messages in
+   flight on it, oldest first (the receiver takes them in that order: the
+   inner transport keeps each sender's order to each receiver). */
+typedef struct dg__ns_link {
+    dg_netsim_link p;
+    double free_at, last;
+    uint64_t count;          /* messages sent on the link: the draws' index */
+    double *q;               /* ring of arrival times */
+    int head, n, cap;
+} dg__ns_link;
+
+typedef struct dg__netsim {
+    dg_transport base;
+    dg_transport *inner;
+    void *own_pool;          /* base's pool, idle: messages use inner's */
+    int n;                   /* peers */
+    dg__ns_link *link;       /* n x n, [from * n + to] */
+    double *clock, *gflops;
+    unsigned char *gone;     /* disconnected peers (atomic) */
+    pthread_mutex_t *mu;     /* per peer: its clock and the links it sends on */
+    double rto_min;
+    uint64_t seed;
+} dg__netsim;
+
+/* uniform in [0, 1) with 53 bits */
+static double dg__ns_uniform(dg_rng *r) { return (double)(dg_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0); }
+
+static void dg__ns_disconnect(dg__netsim *ns, int peer)
+{
+    __atomic_store_n(&ns->gone[peer], 1, __ATOMIC_RELAXED);
+}
+
+static int dg__ns_gone(dg__netsim *ns, int peer)
+{
+    return __atomic_load_n(&ns->gone[peer], __ATOMIC_RELAXED);
+}
+
+static dg_result dg__ns_push(dg__ns_link *l, double a)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 8, i;
+        double *q = (double *)dg__calloc((size_t)cap, sizeof(double));
+        if (!q) return dg__fail(DG_ERR_NOMEM, "netsim: no memory");
+        for (i = 0; i < l->n; i++) q[i] = l->q[(l->head + i) % l->cap];
+        dg__free(l->q);
+        l->q = q;
+        l->head = 0;
+        l->cap = cap;
+    }
+    l->q[(l->head + l->n++) % l->cap] = a;
+    return DG_OK;
+}
+
+static dg_result dg__ns_send(dg_transport *t, dg_msg *m)
+{
+    dg__netsim *ns = (dg__netsim *)t->impl;
+    int p = m->from, q = m->to, lost = 0, cut;
+    dg__ns_link *l = &ns->link[(size_t)p * ns->n + q];
+    double bits = 8.0 * (double)dg_msg_encoded_size(m), start, tx, a, rtt;
+    dg_rng rng;
+    dg_result r;
+    if (dg__ns_gone(ns, p) || dg__ns_gone(ns, q)) { /* a broken link carries nothing */
+        dg_msg_free(t, m);
+        return DG_OK;
+    }
+    pthread_mutex_lock(&ns->mu[p]);
+    rng = dg_rng_make(ns->seed, DG_NETSIM_STREAM_LINK + (uint64_t)p * ns->n + q, l->count++);
+    cut = dg__ns_uniform(&rng) < l->p.disconnect;
+    a = dg__ns_uniform(&rng) * l->p.jitter;
+    while (lost < 32 && dg__ns_uniform(&rng) < l->p.loss) lost++;
+    tx = l->p.bw > 0.0 ? bits / l->p.bw : 0.0;
+    start = ns->clock[p] > l->free_at ? ns->clock[p] : l->free_at;
+    l->free_at = start + tx;
+    if (cut) {
+        pthread_mutex_unlock(&ns->mu[p]);
+        dg__ns_disconnect(ns, p == DG_PEER_SERVER ? q : p);
+        dg_msg_free(t, m);
+        return DG_OK;
+    }
+    rtt = l->p.latency + ns->link[(size_t)q * ns->n + p].p.latency;
+    a += start + tx + l->p.latency + lost * (2.0 * rtt > ns->rto_min ? 2.0 * rtt : ns->rto_min);
+    if (a < l->last) a = l->last;
+    l->last = a;
+    if ((r = dg__ns_push(l, a)) != DG_OK) {
+        pthread_mutex_unlock(&ns->mu[p]);
+        dg_msg_free(t, m);
+        return r;
+    }
+    r = ns->inner->send(ns->inner, m);
+    if (r != DG_OK) l->n--; /* never delivered: its arrival goes */
+    pthread_mutex_unlock(&ns->mu[p]);
+    return r;
+}
+
+static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+{
+    dg__netsim *ns = (dg__netsim *)t->impl;
+    double end = dg__now() + 1e-3 * timeout_ms;
+    for (;;) {
+        dg_msg *m;
+        dg__ns_link *l;
+        double a;
+        dg_result r = ns->inner->recv(ns->inner, self, timeout_ms, &m);
+        if (r != DG_OK) return r;
+        l = &ns->link[(size_t)m->from * ns->n + self];
+        pthread_mutex_lock(&ns->mu[m->from]);
+        a = l->n ? l->q[l->head] : 0.0;
+        if (l->n) {
+            l->head = (l->head + 1) % l->cap;
+            l->n--;
+        }
+        pthread_mutex_unlock(&ns->mu[m->from]);
+        if (!dg__ns_gone(ns, self)) {
+            pthread_mutex_lock(&ns->mu[self]);
+            if (ns->clock[self] < a) ns->clock[self] = a;
+            pthread_mutex_unlock(&ns->mu[self]);
+            *out = m;
+            return DG_OK;
+        }
+        dg_msg_free(t, m); /* a disconnected peer receives nothing */
+        if (timeout_ms > 0) {
+            timeout_ms = (int)((end - dg__now()) * 1e3);
+            if (timeout_ms < 0) timeout_ms = 0;
+        }
+    }
+}
+
+static int dg__ns_pending(dg_transport *t, int self)
+{
+    dg__netsim *ns = (dg__netsim *)t->impl;
+    return ns->inner->pending ? ns->inner->pending(ns->inner, self) : -1;
+}
+
+static void dg__ns_close(dg_transport *t)
+{
+    dg__netsim *ns = (dg__netsim *)t->impl;
+    int i;
+    dg_transport_close(ns->inner);
+    t->msg_pool = ns->own_pool;
+    dg_transport_base_free(t);
+    for (i = 0; ns->link && i < ns->n * ns->n; i++) dg__free(ns->link[i].q);
+    for (i = 0; ns->mu && i < ns->n; i++) pthread_mutex_destroy(&ns->mu[i]);
+    dg__free(ns->link);
+    dg__free(ns->clock);
+    dg__free(ns->gflops);
+    dg__free(ns->gone);
+    dg__free(ns->mu);
+    dg__free(ns);
+}
+
+/* The model under t: t itself, or the transport a fault wrapper wraps (the
+   in-process drivers' stack: fault -> netsim -> inproc); NULL: none. */
+static dg__netsim *dg__ns_of(dg_transport *t)
+{
+    if (t && t->close == dg__faulty_close) t = ((dg__faulty *)t->impl)->inner;
+    return t && t->close == dg__ns_close ? (dg__netsim *)t->impl : NULL;
+}
+
+static void dg__ns_apply(dg_netsim_link *l, const dg_netsim_link *v, unsigned set)
+{
+    if (set & DG_NETSIM_SET_BW) l->bw = v->bw;
+    if (set & DG_NETSIM_SET_LATENCY) l->latency = v->latency;
+    if (set & DG_NETSIM_SET_JITTER) l->jitter = v->jitter;
+    if (set & DG_NETSIM_SET_LOSS) l->loss = v->loss;
+    if (set & DG_NETSIM_SET_DISCONNECT) l->disconnect = v->disconnect;
+}
+
+static dg_result dg__ns_check_link(const dg_netsim_link *l, const char *what)
+{
+    if (!(l->bw >= 0.0) || !(l->latency >= 0.0) || !(l->jitter >= 0.0) || !(l->loss >= 0.0) ||
+        l->loss > 0.9 || !(l->disconnect >= 0.0) || l->disconnect > 1.0 || l->bw > 1e300 ||
+        l->latency > 1e9 || l->jitter > 1e9)
+        return dg__fail(DG_ERR_ARG, "netsim: %s: bw %g, latency %g, jitter %g, loss %g, "
+                        "disconnect %g out of range", what, l->bw, l->latency, l->jitter, l->loss,
+                        l->disconnect);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_netsim_config_check(const dg_netsim_config *c, int n)
+{
+    dg_result r;
+    int i;
+    if (!c || n < 1) return dg__fail(DG_ERR_ARG, "dg_netsim_config_check: NULL or %d peers", n);
+    if ((r = dg__ns_check_link(&c->down, "down")) || (r = dg__ns_check_link(&c->up, "up")) ||
+        (r = dg__ns_check_link(&c->peer, "peer")))
+        return r;
+    if (!(c->server_gflops > 0.0) || !(c->worker_gflops > 0.0) || !(c->slow_factor >= 1.0) ||
+        !(c->slow_fraction >= 0.0) || c->slow_fraction > 1.0 || !(c->rto_min >= 0.0) ||
+        c->n_link_rules < 0 || c->n_link_rules > DG_NETSIM_MAX_RULES || c->n_worker_rules < 0 ||
+        c->n_worker_rules > DG_NETSIM_MAX_RULES)
+        return dg__fail(DG_ERR_ARG, "netsim: bad compute speeds, slow workers, rto or rule counts");
+    for (i = 0; i < c->n_link_rules; i++) {
+        const dg_netsim_link_rule *lr = &c->link_rules[i];
+        if (lr->from < DG_ANY_PEER || lr->from >= n || lr->to < DG_ANY_PEER || lr->to >= n)
+            return dg__fail(DG_ERR_ARG, "netsim: link rule %d->%d names a peer outside 0..%d",
+                            lr->from, lr->to, n - 1);
+        if ((r = dg__ns_check_link(&lr->link, "link rule")) != DG_OK) return r;
+    }
+    for (i = 0; i < c->n_worker_rules; i++)
+        if (c->worker_rules[i].worker < 1 || c->worker_rules[i].worker >= n ||
+            !(c->worker_rules[i].gflops > 0.0))
+            return dg__fail(DG_ERR_ARG, "netsim: worker rule %d (gflops %g): workers are 1..%d",
+                            c->worker_rules[i].worker, c->worker_rules[i].gflops, n - 1);
+    return DG_OK;
+}
+
+/* The configuration resolved to ns's links and peers. */
+static dg_result dg__ns_setup(dg__netsim *ns, const dg_netsim_config *c)
+{
+    int n = ns->n, p, q, i, n_slow;
+    dg_result r;
+    if ((r = dg_netsim_config_check(c, n)) != DG_OK) return r;
+    for (p = 0; p < n; p++)
+        for (q = 0; q < n; q++) {
+            dg_netsim_link *l = &ns->link[(size_t)p * n + q].p;
+            *l = p == DG_PEER_SERVER ? c->down : q == DG_PEER_SERVER ? c->up : c->peer;
+            for (i = 0; i < c->n_link_rules; i++) {
+                const dg_netsim_link_rule *lr = &c->link_rules[i];
+                if ((lr->from == DG_ANY_PEER || lr->from == p) && (lr->to == DG_ANY_PEER || lr->to == q))
+                    dg__ns_apply(l, &lr->link, lr->set);
+            }
+        }
+    ns->gflops[0] = c->server_gflops;
+    for (p = 1; p < n; p++) ns->gflops[p] = c->worker_gflops;
+    n_slow = (int)floor(c->slow_fraction * (n - 1) + 0.5);
+    if (n_slow > 0 && c->slow_factor > 1.0) {
+        uint32_t *ids = (uint32_t *)dg__calloc((size_t)n, sizeof(uint32_t));
+        dg_rng rng = dg_rng_make(c->seed, DG_NETSIM_STREAM_SLOW, 0);
+        if (!ids) return dg__fail(DG_ERR_NOMEM, "netsim: no memory");
+        for (p = 0; p < n - 1; p++) ids[p] = (uint32_t)(p + 1);
+        dg_rng_shuffle(&rng, ids, (size_t)n - 1);
+        for (i = 0; i < n_slow; i++) ns->gflops[ids[i]] /= c->slow_factor;
+        dg__free(ids);
+    }
+    for (i = 0; i < c->n_worker_rules; i++) ns->gflops[c->worker_rules[i].worker] = c->worker_rules[i].gflops;
+    ns->rto_min = c->rto_min;
+    ns->seed = c->seed;
+    return DG_OK;
+}
+
+DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
+                                 const dg_netsim_config *cfg)
+{
+    dg__netsim *ns;
+    dg_result r;
+    int n, i;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_netsim_create: out is NULL");
+    *out = NULL;
+    if (!inner || !cfg) return dg__fail(DG_ERR_ARG, "dg_netsim_create: NULL argument");
+    n = inner->n_peers;
+    ns = (dg__netsim *)dg__calloc(1, sizeof *ns);
+    if (!ns) return dg__fail(DG_ERR_NOMEM, "dg_netsim_create: no memory");
+    if ((r = dg_transport_base_init(&ns->base, n)) != DG_OK) {
+        dg__free(ns);
+        return r;
+    }
+    ns->n = n;
+    ns->own_pool = ns->base.msg_pool;
+    ns->base.msg_pool = inner->msg_pool; /* one pool: buffers travel both ways */
+    ns->base.send = dg__ns_send;
+    ns->base.recv = dg__ns_recv;
+    ns->base.pending = dg__ns_pending;
+    ns->base.close = dg__ns_close;
+    ns->base.impl = ns;
+    ns->link = (dg__ns_link *)dg__calloc((size_t)n * n, sizeof(dg__ns_link));
+    ns->clock = (double *)dg__calloc((size_t)n, sizeof(double));
+    ns->gflops = (double *)dg__calloc((size_t)n, sizeof(double));
+    ns->gone = (unsigned char *)dg__calloc((size_t)n, 1);
+    ns->mu = (pthread_mutex_t *)dg__calloc((size_t)n, sizeof(pthread_mutex_t));
+    if (!ns->link || !ns->clock || !ns->gflops || !ns->gone || !ns->mu) {
+        dg__free(ns->mu);
+        ns->mu = NULL;
+        r = dg__fail(DG_ERR_NOMEM, "dg_netsim_create: no memory for %d peers", n);
+    } else {
+        for (i = 0; i < n; i++) pthread_mutex_init(&ns->mu[i], NULL);
+        r = dg__ns_setup(ns, cfg);
+    }
+    if (r != DG_OK) {
+        ns->inner = NULL; /* the caller keeps inner on failure */
+        dg__ns_close(&ns->base);
+        return r;
+    }
+    ns->inner = inner;
+    *out = &ns->base;
+    return DG_OK;
+}
+
+DGDEF void dg_transport_charge(dg_transport *t, int peer, double flops)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    if (!ns || peer < 0 || peer >= ns->n || !(flops > 0.0)) return;
+    pthread_mutex_lock(&ns->mu[peer]);
+    ns->clock[peer] += flops / (ns->gflops[peer] * 1e9);
+    pthread_mutex_unlock(&ns->mu[peer]);
+}
+
+DGDEF double dg_netsim_clock(dg_transport *t, int peer)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    double c;
+    if (!ns || peer < 0 || peer >= ns->n) return -1.0;
+    pthread_mutex_lock(&ns->mu[peer]);
+    c = ns->clock[peer];
+    pthread_mutex_unlock(&ns->mu[peer]);
+    return c;
+}
+
+DGDEF double dg_netsim_gflops(dg_transport *t, int peer)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    return ns && peer >= 0 && peer < ns->n ? ns->gflops[peer] : -1.0;
+}
+
+DGDEF int dg_netsim_disconnected(dg_transport *t, int peer)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    return ns && peer >= 0 && peer < ns->n ? dg__ns_gone(ns, peer) : 0;
+}
+
+DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_netsim_link *out)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    if (!ns || !out || from < 0 || from >= ns->n || to < 0 || to >= ns->n)
+        return dg__fail(DG_ERR_ARG, "dg_netsim_link_params: no network model or no link %d->%d",
+                        from, to);
+    *out = ns->link[(size_t)from * ns->n + to].p;
+    return DG_OK;
+}
+
+/* For the in-process drivers: puts the model cfg under the fault wrapper t
+   (fault -> netsim -> inproc), before any traffic. */
+static dg_result dg__netsim_insert(dg_transport *t, const dg_netsim_config *cfg)
+{
+    dg__faulty *ft = t && t->close == dg__faulty_close ? (dg__faulty *)t->impl : NULL;
+    dg_transport *ns;
+    dg_result r;
+    if (!ft || !cfg) return dg__fail(DG_ERR_ARG, "set_network: NULL argument");
+    if (dg__ns_of(t) || dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER).messages)
+        return dg__fail(DG_ERR_STATE, "set_network: only once, before the first iteration");
+    if ((r = dg_netsim_create(&ns, ft->inner, cfg)) != DG_OK) return r;
+    ft->inner = ns;
+    return DG_OK;
+}
+
+/* ---- describing a network ---- */
+
+DGDEF dg_netsim_config dg_netsim_config_init(void)
+{
+    dg_netsim_config c;
+    memset(&c, 0, sizeof c);
+    c.server_gflops = c.worker_gflops = 100.0;
+    c.slow_factor = 1.0;
+    c.rto_min = 0.2;
+    c.seed = 1;
+    return c;
+}
+
+DGDEF dg_result dg_netsim_profile(const char *name, dg_netsim_config *out)
+{
+    dg_netsim_config c = dg_netsim_config_init();
+    dg_netsim_link l = {0.0, 0.0, 0.0, 0.0, 0.0};
+    if (!name || !out) return dg__fail(DG_ERR_ARG, "dg_netsim_profile: NULL argument");
+    if (!strcmp(name, "ideal")) {
+        *out = c;
+        return DG_OK;
+    }
+    if (!strcmp(name, "datacenter")) {
+        l.bw = 10e9;
+        l.latency = 1e-4;
+    } else if (!strcmp(name, "wan")) {
+        l.bw = 100e6;
+        l.latency = 0.02;
+        l.jitter = 0.001;
+    } else if (!strcmp(name, "edge")) {
+        l.bw = 5e6;
+        l.latency = 0.05;
+        l.jitter = 0.01;
+        l.loss = 0.01;
+        c.worker_gflops = 20.0;
+        c.slow_fraction = 0.1;
+        c.slow_factor = 4.0;
+    } else {
+        return dg__fail(DG_ERR_ARG, "network: '%s' is not a profile (ideal, datacenter, wan, edge)",
+                        name);
+    }
+    c.down = c.up = c.peer = l;
+    if (!strcmp(name, "edge")) c.down.bw = 20e6;
+    *out = c;
+    return DG_OK;
+}
+
+/* A number with an optional unit suffix: units is a list of (suffix,
+   factor) pairs ending with NULL; the longest matching suffix wins. */
+static dg_result dg__ns_number(const char *key, const char *v, double lo, double hi,
+                               const char *const *units, const double *factors, double *out)
+{
+    char num[64];
+    size_t len = strlen(v), best = 0;
+    double f = 1.0, x;
+    int i;
+    for (i = 0; units && units[i]; i++) {
+        size_t sl = strlen(units[i]);
+        if (sl > best && sl < len && !strcmp(v + len - sl, units[i])) {
+            best = sl;
+            f = factors[i];
+        }
+    }
+    if (len - best >= sizeof num || !len) return dg__fail(DG_ERR_ARG, "'%s=%s' is not a number", key, v);
+    memcpy(num, v, len - best);
+    num[len - best] = 0;
+    if (dg_parse_float(num, lo / f, hi / f, &x) != DG_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", dg_last_error()); /* dg__fail writes over it */
+        return dg__fail(DG_ERR_ARG, "'%s=%s': %s", key, v, why);
+    }
+    *out = x * f;
+    return DG_OK;
+}
+
+/* One "key=value" FIELD of a link item into l (set: its bit). */
+static dg_result dg__ns_field(const char *key, const char *v, dg_netsim_link *l, unsigned *set)
+{
+    static const char *const rate[] = {"k", "M", "G", NULL}, *const secs[] = {"s", "ms", "us", NULL};
+    static const double rate_f[] = {1e3, 1e6, 1e9}, secs_f[] = {1.0, 1e-3, 1e-6};
+    if (!strcmp(key, "bw")) {
+        *set |= DG_NETSIM_SET_BW;
+        return dg__ns_number(key, v, 0.0, 1e15, rate, rate_f, &l->bw);
+    }
+    if (!strcmp(key, "lat")) {
+        *set |= DG_NETSIM_SET_LATENCY;
+        return dg__ns_number(key, v, 0.0, 3600.0, secs, secs_f, &l->latency);
+    }
+    if (!strcmp(key, "jitter")) {
+        *set |= DG_NETSIM_SET_JITTER;
+        return dg__ns_number(key, v, 0.0, 3600.0, secs, secs_f, &l->jitter);
+    }
+    if (!strcmp(key, "loss")) {
+        *set |= DG_NETSIM_SET_LOSS;
+        return dg__ns_number(key, v, 0.0, 0.9, NULL, NULL, &l->loss);
+    }
+    if (!strcmp(key, "disconnect")) {
+        *set |= DG_NETSIM_SET_DISCONNECT;
+        return dg__ns_number(key, v, 0.0, 1.0, NULL, NULL, &l->disconnect);
+    }
+    return dg__fail(DG_ERR_ARG, "'%s' is not a link field (bw, lat, jitter, loss, disconnect)", key);
+}
+
+/* A peer of "link A->B": an integer or '*'. */
+static dg_result dg__ns_peer(const char *s, int *out)
+{
+    long long v;
+    if (!strcmp(s, "*")) {
+        *out = DG_ANY_PEER;
+        return DG_OK;
+    }
+    if (dg_parse_int(s, 0, 65535, &v) != DG_OK) return dg__fail(DG_ERR_ARG, "'%s' is not a peer (0..65535 or *)", s);
+    *out = (int)v;
+    return DG_OK;
+}
+
+/* One item: tok[0..nt) its whitespace-separated tokens (each NUL-ended). */
+static dg_result dg__ns_item(char **tok, int nt, int first, dg_netsim_config *c)
+{
+    static const char *const secs[] = {"s", "ms", "us", NULL};
+    static const double secs_f[] = {1.0, 1e-3, 1e-6};
+    dg_netsim_link l = {0.0, 0.0, 0.0, 0.0, 0.0};
+    unsigned set = 0;
+    dg_result r = DG_OK;
+    char *kind = tok[0], *eq;
+    int i, start = 1;
+    if (!strncmp(kind, "profile=", 8) || (nt == 1 && !strchr(kind, '='))) {
+        const char *name = strncmp(kind, "profile=", 8) ? kind : kind + 8;
+        if (nt != 1) return dg__fail(DG_ERR_ARG, "'%s' after the profile", tok[1]);
+        if (!first) return dg__fail(DG_ERR_ARG, "'%s': the profile comes first", kind);
+        if (dg_netsim_profile(name, c) != DG_OK)
+            return dg__fail(DG_ERR_ARG, "'%s' is not a profile (ideal, datacenter, wan, edge) nor an item "
+                            "(up, down, peer, all, link, server, workers, worker, seed=, rto=)", kind);
+        return DG_OK;
+    }
+    if (strchr(kind, '=')) { /* seed=, rto= */
+        for (i = 0; i < nt && r == DG_OK; i++) {
+            char *v = strchr(tok[i], '=');
+            if (!v) return dg__fail(DG_ERR_ARG, "'%s' is not key=value", tok[i]);
+            *v++ = 0;
+            if (!strcmp(tok[i], "seed")) {
+                if ((r = dg_parse_u64(v, &c->seed)) != DG_OK)
+                    r = dg__fail(DG_ERR_ARG, "'seed=%s' is not an unsigned 64-bit integer", v);
+            } else if (!strcmp(tok[i], "rto")) {
+                r = dg__ns_number("rto", v, 0.0, 3600.0, secs, secs_f, &c->rto_min);
+            } else {
+                v[-1] = '=';
+                r = dg__fail(DG_ERR_ARG, "'%s' is not a setting (seed=, rto=, profile= first)", tok[i]);
+            }
+        }
+        return r;
+    }
+    if (!strcmp(kind, "link") || !strcmp(kind, "worker")) {
+        if (nt < 2) return dg__fail(DG_ERR_ARG, "'%s' wants %s", kind,
+                                    kind[0] == 'l' ? "A->B" : "a worker id");
+        start = 2;
+    }
+    if (nt <= start) return dg__fail(DG_ERR_ARG, "'%s' sets nothing", kind);
+    for (i = start; i < nt && r == DG_OK; i++) {
+        if (!(eq = strchr(tok[i], '='))) return dg__fail(DG_ERR_ARG, "'%s' is not key=value", tok[i]);
+        *eq = 0;
+        if (!strcmp(kind, "server") || !strcmp(kind, "workers") || !strcmp(kind, "worker")) {
+            double *dst = NULL, lo = 1e-6, hi = 1e9;
+            if (!strcmp(tok[i], "gflops"))
+                dst = kind[0] == 's' ? &c->server_gflops : &c->worker_gflops;
+            else if (!strcmp(kind, "workers") && !strcmp(tok[i], "slow"))
+                dst = &c->slow_fraction, lo = 0.0, hi = 1.0;
+            else if (!strcmp(kind, "workers") && !strcmp(tok[i], "slowdown"))
+                dst = &c->slow_factor, lo = 1.0, hi = 1e6;
+            if (!dst) return dg__fail(DG_ERR_ARG, "'%s' is not a field of '%s'", tok[i], kind);
+            if (!strcmp(kind, "worker")) {
+                long long id;
+                double g;
+                if (dg_parse_int(tok[1], 1, 65535, &id) != DG_OK)
+                    return dg__fail(DG_ERR_ARG, "'%s' is not a worker id (1..65535)", tok[1]);
+                if (c->n_worker_rules == DG_NETSIM_MAX_RULES)
+                    return dg__fail(DG_ERR_ARG, "more than %d worker items", DG_NETSIM_MAX_RULES);
+                if ((r = dg__ns_number(tok[i], eq + 1, lo, hi, NULL, NULL, &g)) == DG_OK) {
+                    c->worker_rules[c->n_worker_rules].worker = (int)id;
+                    c->worker_rules[c->n_worker_rules++].gflops = g;
+                }
+            } else {
+                r = dg__ns_number(tok[i], eq + 1, lo, hi, NULL, NULL, dst);
+            }
+        } else if (!strcmp(kind, "up") || !strcmp(kind, "down") || !strcmp(kind, "peer") ||
+                   !strcmp(kind, "all") || !strcmp(kind, "link")) {
+            r = dg__ns_field(tok[i], eq + 1, &l, &set);
+        } else {
+            *eq = '=';
+            return dg__fail(DG_ERR_ARG, "'%s' is not an item (up, down, peer, all, link, server, "
+                            "workers, worker, seed=, rto=, profile=)", kind);
+        }
+    }
+    if (r != DG_OK || !set) return r;
+    if (!strcmp(kind, "link")) {
+        char *arrow = strstr(tok[1], "->");
+        dg_netsim_link_rule *lr;
+        if (!arrow) return dg__fail(DG_ERR_ARG, "'%s' is not A->B", tok[1]);
+        if (c->n_link_rules == DG_NETSIM_MAX_RULES)
+            return dg__fail(DG_ERR_ARG, "more than %d link items", DG_NETSIM_MAX_RULES);
+        lr = &c->link_rules[c->n_link_rules];
+        *arrow = 0;
+        if ((r = dg__ns_peer(tok[1], &lr->from)) != DG_OK || (r = dg__ns_peer(arrow + 2, &lr->to)) != DG_OK)
+            return r;
+        lr->set = set;
+        lr->link = l;
+        c->n_link_rules++;
+        return DG_OK;
+    }
+    if (kind[0] == 'd' || kind[0] == 'a') dg__ns_apply(&c->down, &l, set);
+    if (kind[0] == 'u' || kind[0] == 'a') dg__ns_apply(&c->up, &l, set);
+    if (kind[0] == 'p' || kind[0] == 'a') dg__ns_apply(&c->peer, &l, set);
+    return DG_OK;
+}
+
+static dg_result dg__ns_parse_text(char *s, dg_netsim_config *c)
+{
+    int item = 0, nt;
+    char *tok[64], *p = s;
+    while (*p) {
+        char *end = p + strcspn(p, ";\n"), *hash, *q;
+        char save = *end, text[160];
+        dg_result r;
+        *end = 0;
+        if ((hash = strchr(p, '#'))) *hash = 0;
+        snprintf(text, sizeof text, "%s", p + strspn(p, " \t\r"));
+        for (q = text + strlen(text); q > text && strchr(" \t\r", q[-1]); q--) q[-1] = 0;
+        for (nt = 0, q = p; nt < 64;) {
+            q += strspn(q, " \t\r");
+            if (!*q) break;
+            tok[nt++] = q;
+            q += strcspn(q, " \t\r");
+            if (*q) *q++ = 0;
+        }
+        if (nt == 64) return dg__fail(DG_ERR_ARG, "network: item %d has too many fields", item + 1);
+        if (nt) {
+            item++;
+            if ((r = dg__ns_item(tok, nt, item == 1, c)) != DG_OK) {
+                char why[256];
+                snprintf(why, sizeof why, "%s", dg_last_error());
+                return dg__fail(r, "network: item %d ('%s'): %s", item, text, why);
+            }
+        }
+        p = save ? end + 1 : end;
+    }
+    if (!item) return dg__fail(DG_ERR_ARG, "network: empty description");
+    return DG_OK;
+}
+
+DGDEF dg_result dg_netsim_parse(const char *spec, dg_netsim_config *out)
+{
+    dg_netsim_config c = dg_netsim_config_init();
+    unsigned char *text = NULL;
+    size_t len;
+    dg_result r;
+    if (!spec || !out) return dg__fail(DG_ERR_ARG, "dg_netsim_parse: NULL argument");
+    if (spec[0] == '@') {
+        if ((r = dg__read_file(spec + 1, (size_t)1 << 20, &text, &len)) != DG_OK) return r;
+        text[len] = 0;
+        if (strlen((char *)text) != len) r = dg__fail(DG_ERR_ARG, "network: %s is not text", spec + 1);
+    } else {
+        len = strlen(spec);
+        text = (unsigned char *)dg__calloc(len + 1, 1);
+        if (!text) return dg__fail(DG_ERR_NOMEM, "dg_netsim_parse: no memory");
+        memcpy(text, spec, len);
+        r = DG_OK;
+    }
+    if (r == DG_OK) r = dg__ns_parse_text((char *)text, &c);
+    dg__free(text);
+    if (r == DG_OK) *out = c;
+    return r;
+}
+
 /* ==== dg_mpi ==== */
 
 #ifdef DISTGAN_MPI
@@ -11398,6 +12185,7 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_begin: iteration still open");
     if ((r = dg__mdgan_admit_joiners(s)) != DG_OK) return r;
     if ((r = dg__mdgan_generate(s)) != DG_OK) return r;
+    dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * dg_net_flops(s->g, 0)); /* [netsim] */
     for (n = 1; n <= s->ro.slots; n++)
         if (s->ro.live[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK) return r;
     dg__roster_open(&s->ro);
@@ -11415,6 +12203,8 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     if (n_got) {
         dg__mdgan_sum_feedback(s, n_got);
         r = dg__mdgan_update_generator(s);
+        dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * /* [netsim] */
+                            (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0)));
     } else {
         dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: no feedback at all, G unchanged",
                 (long long)s->iteration);
@@ -11801,6 +12591,8 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
                               (float *)fb->part[0].data, &g_loss);
     dg_msg_free(w->t, gen);
     w->compute_s += dg__now() - t0;
+    dg_transport_charge(w->t, w->id, (double)c->batch * (2.0 * c->disc_steps * /* [netsim] */
+                        dg_net_train_flops(w->disc, 0) + dg_net_train_flops(w->disc, 1)));
     if (r != DG_OK) {
         dg_msg_free(w->t, fb);
         return r;
@@ -12460,6 +13252,9 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
     r = dg__pair_install(&w->gan, w->cfg.average_optimizer, m);
     for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
     w->compute_s += dg__now() - t0;
+    dg_transport_charge(w->t, w->id, (double)i * w->cfg.batch * /* [netsim] */
+                        (dg_net_train_flops(w->gan.g, 0) + 2.0 * dg_net_train_flops(w->gan.d, 0) +
+                         dg_net_train_flops(w->gan.d, 1)));
     if (r == DG_OK)
         r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->t, DG_MSG_MODEL, w->id,
                           DG_PEER_SERVER, m->iteration, (int64_t)w->shard, stat);
@@ -12743,6 +13538,10 @@ DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
     for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->compute_s;
     return s;
 }
+DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net) /* [netsim] */
+{
+    return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_set_network: NULL");
+}
 
 struct dg_flgan_run {
     dg_flgan_config cfg;
@@ -12832,6 +13631,10 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
     int n;
     for (n = 1; r && n <= r->cfg.n_workers; n++) s += r->workers[n]->compute_s;
     return s;
+}
+DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net) /* [netsim] */
+{
+    return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_flgan_run_set_network: NULL");
 }
 
 /* ---- the process drivers ---- */

@@ -11,10 +11,11 @@
  *   ./a.out --transport tcp --role server --listen 127.0.0.1:7000 --workers 3 ...
  *   ./a.out --transport tcp --role worker --connect 127.0.0.1:7000 --workers 3 --id 1 ...
  *   mpirun -n 5 ./distgan-mpi --transport mpi --workers 4 ...   (rank 0: the server)
+ *   ./a.out --algo mdgan --workers 20 --network edge      (simulated time: sim_s)
  *   ./a.out --help
  *
  * The server (in process: the program) writes into --out: log.csv
- * (iteration, losses, score, FID, bytes per direction, time, N_live),
+ * (iteration, losses, score, FID, bytes per direction, time, N_live, simulated time),
  * samples_<iter>.png, samples_final.png, g.f32 (the final generator's
  * parameters, raw float32) and checkpoints: server.ckpt and worker_<n>.ckpt
  * for MD-GAN (flgan_*.ckpt for FL-GAN, gan.ckpt standalone); --resume
@@ -54,6 +55,7 @@ typedef struct options {
     dg_fault crash[MAX_FAULTS], join[MAX_FAULTS];
     dg_fault_spec attack[MAX_FAULTS];
     int n_crash, n_join, n_attack;
+    const char *network; dg_netsim_config net; /* --network, parsed (docs/network.md) */
 } options;
 
 static void usage(FILE *f)
@@ -107,6 +109,9 @@ static void usage(FILE *f)
         "                      NaN) from the first iteration, by a fault transport\n"
         "  --join t[,..]       inproc MD-GAN: a new worker joins at iteration t with a copy\n"
         "                      of a live worker's D (the data is split over N + joins)\n"
+        "  --network SPEC      inproc MD-GAN, FL-GAN: simulate a network (docs/network.md):\n"
+        "                      a profile (datacenter, wan, edge), a spec such as\n"
+        "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
         "  --no-checkpoint     write no checkpoints\n"
@@ -196,6 +201,7 @@ static const use uses[] = {
     {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
     {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
+    {"--network", A_DIST, 1, 3},
     {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
     {"--no-eval", A_ALL, T_ALL, 1}, {"--classifier", A_ALL, T_ALL, 1},
     {"--clf-epochs", A_ALL, T_ALL, 1}, {"--log-every", A_ALL, T_ALL, 1},
@@ -246,6 +252,7 @@ static int parse(options *o, int argc, char **argv)
         {"--crash", DG_OPT_STRING, &o->crash_str, 0, 0, NULL},
         {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
         {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
+        {"--network", DG_OPT_STRING, &o->network, 0, 0, NULL},
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
         {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
@@ -361,6 +368,11 @@ static int parse(options *o, int argc, char **argv)
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
+    if (o->network && (dg_netsim_parse(o->network, &o->net) || /* peers: server + N + joins */
+                       dg_netsim_config_check(&o->net, o->workers + o->n_join + 1))) {
+        fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
+        return 1;
+    }
     return o->attack_str ? parse_attacks(o) : 0;
 }
 
@@ -530,7 +542,7 @@ static int output_open(output *out, const options *o, dg_pool *pool, const dg_da
     }
     snprintf(path, sizeof path, "%s/log.csv", o->out);
     if ((r = dg_csv_open(&out->csv, path, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,"
-                                          "bytes_w2w,time_s,n_live", o->resume)))
+                                          "bytes_w2w,time_s,n_live,sim_s", o->resume)))
         return fail("log", r);
     printf("log: %s\n", path);
     return 0;
@@ -557,7 +569,7 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
 {
     const options *o = out->o;
     char path[1100], b1[32], b2[32], b3[32], b4[32];
-    double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el;
+    double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el, sim;
     int last, evaluate, print;
     dg_result r;
     if (!out->started) { /* a driver's first call tells where a resumed run stood */
@@ -599,11 +611,12 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         if (r) return fail("checkpoint", r);
     }
     el = dg_clock_seconds() - out->t0;
+    sim = o->network && t ? dg_netsim_clock(t, DG_PEER_SERVER) : NAN; /* --network's time */
     {
         /* bytes exact (payload bytes of this run, see dg_transport_traffic);
-           score and FID empty (NaN) when not evaluated */
-        double row[10] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live};
-        if ((r = dg_csv_row(&out->csv, row, 10))) return fail("log", r);
+           score, FID and sim_s empty (NaN) when not evaluated or simulated */
+        double row[11] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live, sim};
+        if ((r = dg_csv_row(&out->csv, row, 11))) return fail("log", r);
     }
     print = o->log_every > 0 ? it % o->log_every == 0 || last : el - out->t_last_print >= 2.0;
     if (evaluate || print || it == out->start_it + out->per_round) {
@@ -613,6 +626,8 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         if (o->algo != ALGO_GAN)
             printf(" | live %d/%d | down %s up %s w2w %s", n_live, out->slots, mb(down, b1),
                    mb(up, b2), mb(w2w, b3));
+        if (o->network && sim < 60.0) printf(" | sim %.2f s", sim);
+        else if (o->network) printf(" | sim %s", dg_format_hms(sim, b2));
         printf(" | %s, ETA %s\n", dg_format_hms(el, b4), dg_format_hms(eta, b1));
         fflush(stdout);
         out->t_last_print = el;
@@ -1012,6 +1027,10 @@ int main(int argc, char **argv)
             out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * out.per_round;
             printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers,
                    out.per_round, fc.local_epochs);
+        }
+        if (o.network) { /* before any traffic: the simulated clocks start at 0 */
+            r = md ? dg_mdgan_run_set_network(md, &o.net) : dg_flgan_run_set_network(fl, &o.net);
+            if (r) return fail("network", r);
         }
         if (out.start_it == 0 && output_untrained(&out)) return 1;
         out.started = 1;

@@ -127,6 +127,9 @@ TEST(distgan_options)
         {"--crash", "9@5", ONLY}, /* no worker 9 */
         {"--dataset", "shapes:0", ONLY}, {"--dataset", "shapes:abc", ONLY},
         {"--algo", "sgd", ONLY},
+        {"--network", "moon", ONLY}, {"--network", "wan; up lat=abc", ONLY},
+        {"--network", "link 0->3 bw=-1", ONLY}, {"--network", "@/nonexistent/net.txt", ONLY},
+        {"--network", "worker 9 gflops=1", ONLY}, /* no worker 9 */
     };
     CHECK(check_options("distgan", NULL, o, N(o)) == 0);
 }

@@ -1,0 +1,496 @@
+/* The network model (dg_netsim): the spec parser and its errors, the
+   arithmetic of arrivals by hand-computed cases (one message, two queued on
+   a link, order per link under jitter while another link is faster, the
+   retransmission timeout of a loss), a disconnect dropping a worker, a
+   straggler delaying the MD-GAN server's iteration by exactly its modelled
+   compute, simulated times identical for a seed on 1 and 2 threads, and
+   the network changing no result: MD-GAN and FL-GAN give the same bits
+   with and without it. */
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+#include "harness.h"
+
+#include <stdlib.h>
+
+static dg_pool *pool1, *pool2;
+
+/* n images of 1 x 8 x 8 in 4 classes (as test_mdgan) */
+static void make_data(dg_dataset *ds, size_t n, uint64_t seed)
+{
+    dg_rng rng = dg_rng_make(seed, 99, 0);
+    size_t i;
+    int p;
+    dg_dataset_create(ds, n, 1, 8, 8, 4);
+    for (i = 0; i < n; i++) {
+        uint8_t *img = ds->pixels + i * 64;
+        int c = (int)(i % 4), at = 1 + 2 * c;
+        ds->labels[i] = c;
+        for (p = 0; p < 64; p++) img[p] = (uint8_t)dg_rng_below(&rng, 60);
+        for (p = 0; p < 8; p++) img[(c & 1) ? p * 8 + at : at * 8 + p] = 230;
+    }
+}
+
+static dg_mdgan_config small_config(int n_workers)
+{
+    dg_mdgan_config c = dg_mdgan_config_init();
+    c.n_workers = n_workers;
+    c.c = 1;
+    c.h = c.w = 8;
+    c.arch = DG_ARCH_MLP;
+    c.z_dim = 16;
+    c.batch = 8;
+    c.local_epochs = 0;
+    c.seed = 11;
+    return c;
+}
+
+/* a network from a spec that must parse */
+static dg_netsim_config net(const char *spec)
+{
+    dg_netsim_config c = dg_netsim_config_init();
+    if (dg_netsim_parse(spec, &c) != DG_OK) printf("  spec '%s': %s\n", spec, dg_last_error());
+    return c;
+}
+
+/* a netsim over an in-process transport of n peers */
+static dg_transport *sim(int n, const char *spec)
+{
+    dg_transport *in, *t = NULL;
+    dg_netsim_config c = net(spec);
+    if (dg_inproc_create(&in, n, 0, 0) != DG_OK) return NULL;
+    if (dg_netsim_create(&t, in, &c) != DG_OK) {
+        printf("  create: %s\n", dg_last_error());
+        dg_transport_close(in);
+    }
+    return t;
+}
+
+/* sends `floats` floats from -> to, tagged with iteration it */
+static dg_result send_floats(dg_transport *t, int from, int to, int64_t it, size_t floats)
+{
+    dg_part_kind k = DG_PART_F32;
+    dg_msg *m;
+    dg_result r = dg_msg_create(t, DG_MSG_USER, from, to, it, 1, &k, &floats, &m);
+    return r ? r : dg_transport_send(t, m);
+}
+
+/* receives one message at self; returns its iteration (-1: none) */
+static int64_t recv_one(dg_transport *t, int self)
+{
+    dg_msg *m;
+    int64_t it;
+    if (dg_transport_recv(t, self, 0, &m) != DG_OK) return -1;
+    it = m->iteration;
+    dg_msg_free(t, m);
+    return it;
+}
+
+static int has(const char *s, const char *part) { return strstr(s, part) != NULL; }
+
+TEST(spec_parsing)
+{
+    dg_netsim_config c, keep;
+    dg_netsim_link l;
+    dg_transport *t;
+    FILE *f;
+    int p, slow;
+    CHECK_OK(dg_netsim_parse("wan", &c));
+    CHECK(c.up.bw == 100e6 && c.down.latency == 0.02 && c.peer.jitter == 0.001);
+    CHECK_OK(dg_netsim_parse("edge", &c));
+    CHECK(c.up.bw == 5e6 && c.down.bw == 20e6 && c.peer.bw == 5e6 && c.up.latency == 0.05);
+    CHECK(c.worker_gflops == 20.0 && c.server_gflops == 100.0 && c.slow_fraction == 0.1 &&
+          c.slow_factor == 4.0);
+    CHECK_OK(dg_netsim_parse("profile=datacenter", &c));
+    CHECK(c.down.bw == 10e9 && c.up.latency == 1e-4);
+    CHECK_OK(dg_netsim_parse("profile=edge; link 0->3 bw=1e6 lat=0.08; worker 5 gflops=2\n"
+                             "  # a comment\nup lat=20ms jitter=500us ; seed=7 rto=0.3\n"
+                             "link *->2 bw=2.5M; server gflops=400", &c));
+    CHECK(c.seed == 7 && c.rto_min == 0.3 && c.server_gflops == 400.0);
+    CHECK(c.n_link_rules == 2 && c.n_worker_rules == 1);
+    CHECK(c.up.latency == 0.02 && fabs(c.up.jitter - 5e-4) < 1e-15 && c.up.bw == 5e6);
+    t = NULL;
+    {
+        dg_transport *in;
+        CHECK_OK(dg_inproc_create(&in, 11, 0, 0));
+        CHECK_OK(dg_netsim_create(&t, in, &c));
+    }
+    CHECK_OK(dg_netsim_link_params(t, 0, 3, &l));
+    CHECK(l.bw == 1e6 && l.latency == 0.08 && l.jitter == 0.01); /* the rest from down */
+    CHECK_OK(dg_netsim_link_params(t, 3, 0, &l));
+    CHECK(l.bw == 5e6 && l.latency == 0.02);
+    CHECK_OK(dg_netsim_link_params(t, 0, 2, &l));
+    CHECK(l.bw == 2.5e6 && l.latency == 0.05);
+    CHECK_OK(dg_netsim_link_params(t, 4, 2, &l));
+    CHECK(l.bw == 2.5e6);
+    CHECK(dg_netsim_gflops(t, 0) == 400.0 && dg_netsim_gflops(t, 5) == 2.0);
+    for (slow = 0, p = 1; p <= 10; p++) slow += dg_netsim_gflops(t, p) == 5.0;
+    CHECK(slow == 1); /* round(10% of 10) workers 4x slower (worker 5 is set) */
+    dg_transport_close(t);
+    /* a rule naming a peer the transport lacks */
+    {
+        dg_transport *in;
+        c = net("worker 9 gflops=1");
+        CHECK(dg_netsim_config_check(&c, 10) == DG_OK && dg_netsim_config_check(&c, 9) == DG_ERR_ARG);
+        CHECK_OK(dg_inproc_create(&in, 4, 0, 0));
+        CHECK(dg_netsim_create(&t, in, &c) == DG_ERR_ARG && t == NULL);
+        CHECK(has(dg_last_error(), "worker rule 9"));
+        dg_transport_close(in);
+    }
+    /* strict: every bad token is named, *out unchanged */
+    keep = c = dg_netsim_config_init();
+    CHECK(dg_netsim_parse("profile=edge; link 0->3 bw=fast", &c) == DG_ERR_ARG);
+    CHECK(has(dg_last_error(), "item 2 ('link 0->3 bw=fast'): 'bw=fast': 'fast' is not a number"));
+    CHECK(memcmp(&c, &keep, sizeof c) == 0);
+    CHECK(dg_netsim_parse("lat=1; profile=wan", &c) == DG_ERR_ARG);
+    CHECK(dg_netsim_parse("up lat=1; wan", &c) == DG_ERR_ARG && has(dg_last_error(), "'wan'"));
+    CHECK(dg_netsim_parse("moon", &c) == DG_ERR_ARG && has(dg_last_error(), "'moon'"));
+    CHECK(dg_netsim_parse("link 0-3 bw=1", &c) == DG_ERR_ARG && has(dg_last_error(), "'0-3'"));
+    CHECK(dg_netsim_parse("link 0->x bw=1", &c) == DG_ERR_ARG && has(dg_last_error(), "'x'"));
+    CHECK(dg_netsim_parse("link 0->3", &c) == DG_ERR_ARG);
+    CHECK(dg_netsim_parse("up speed=3", &c) == DG_ERR_ARG && has(dg_last_error(), "'speed'"));
+    CHECK(dg_netsim_parse("up loss=0.95", &c) == DG_ERR_ARG && has(dg_last_error(), "loss=0.95"));
+    CHECK(dg_netsim_parse("up lat=-1", &c) == DG_ERR_ARG);
+    CHECK(dg_netsim_parse("up lat=5parsecs", &c) == DG_ERR_ARG);
+    CHECK(dg_netsim_parse("up bw", &c) == DG_ERR_ARG && has(dg_last_error(), "'bw'"));
+    CHECK(dg_netsim_parse("worker 0 gflops=1", &c) == DG_ERR_ARG && has(dg_last_error(), "'0'"));
+    CHECK(dg_netsim_parse("server slow=0.5", &c) == DG_ERR_ARG && has(dg_last_error(), "'slow'"));
+    CHECK(dg_netsim_parse("seed=x", &c) == DG_ERR_ARG && has(dg_last_error(), "seed=x"));
+    CHECK(dg_netsim_parse(" ; # nothing", &c) == DG_ERR_ARG);
+    CHECK(dg_netsim_parse("@/nonexistent/net.txt", &c) == DG_ERR_IO);
+    CHECK(memcmp(&c, &keep, sizeof c) == 0);
+    /* from a file */
+    if ((f = fopen("build/test_netsim_spec.txt", "w")) != NULL) {
+        fputs("profile=wan\n# the slow one\nworker 2 gflops=1.5\n", f);
+        fclose(f);
+        CHECK_OK(dg_netsim_parse("@build/test_netsim_spec.txt", &c));
+        CHECK(c.up.bw == 100e6 && c.n_worker_rules == 1 && c.worker_rules[0].gflops == 1.5);
+        remove("build/test_netsim_spec.txt");
+    }
+}
+
+/* B = 56 + 16 + 4*floats bytes: the frame of one part and its payload */
+static double bytes_of(size_t floats) { return DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES + 4.0 * floats; }
+
+TEST(one_message_and_two_queued)
+{
+    /* 1 MB/s, 10 ms; the server computes 1e9 FLOPs at 100 GFLOP/s first */
+    dg_transport *t = sim(3, "down bw=8e6 lat=0.01");
+    double tx = bytes_of(1000) * 8.0 / 8e6;
+    if (!t) return;
+    dg_transport_charge(t, 0, 1e9);
+    CHECK(dg_netsim_clock(t, 0) == 0.01);
+    CHECK_OK(send_floats(t, 0, 1, 0, 1000));
+    CHECK(dg_netsim_clock(t, 0) == 0.01); /* sending costs the sender nothing */
+    CHECK(recv_one(t, 1) == 0);
+    CHECK_NEAR(dg_netsim_clock(t, 1), 0.01 + tx + 0.01, 1e-15);
+    /* two back to back from t0 = 0.01: the second waits for the first */
+    CHECK_OK(send_floats(t, 0, 2, 0, 1000));
+    CHECK_OK(send_floats(t, 0, 2, 1, 1000));
+    CHECK(recv_one(t, 2) == 0);
+    CHECK_NEAR(dg_netsim_clock(t, 2), 0.01 + tx + 0.01, 1e-15);
+    CHECK(recv_one(t, 2) == 1);
+    CHECK_NEAR(dg_netsim_clock(t, 2), 0.01 + 2 * tx + 0.01, 1e-15);
+    /* a link idle again starts at the sender's clock */
+    dg_transport_charge(t, 0, 1e10); /* + 0.1 s */
+    CHECK_OK(send_floats(t, 0, 2, 2, 1000));
+    CHECK(recv_one(t, 2) == 2);
+    CHECK_NEAR(dg_netsim_clock(t, 2), 0.11 + tx + 0.01, 1e-15);
+    /* a receiver ahead of the arrival keeps its clock */
+    dg_transport_charge(t, 1, 1e12); /* 10 s */
+    CHECK_OK(send_floats(t, 0, 1, 3, 10));
+    CHECK(recv_one(t, 1) == 3);
+    CHECK_NEAR(dg_netsim_clock(t, 1), 0.02 + tx + 10.0, 1e-12);
+    CHECK(dg_netsim_clock(t, 3) == -1.0 && dg_netsim_clock(NULL, 0) == -1.0);
+    dg_transport_close(t);
+}
+
+TEST(order_per_link_kept_while_another_is_faster)
+{
+    /* 0 -> 1: 10 ms + up to 50 ms of jitter; 0 -> 2: 1 ms, no jitter */
+    dg_transport *t = sim(3, "down lat=0.01 jitter=0.05; link 0->2 lat=0.001 jitter=0");
+    double prev = 0.0;
+    int i, in_order = 1, monotone = 1;
+    if (!t) return;
+    for (i = 0; i < 50; i++) CHECK_OK(send_floats(t, 0, 1, i, 16));
+    CHECK_OK(send_floats(t, 0, 2, 0, 16)); /* sent last, arrives first */
+    for (i = 0; i < 50; i++) {
+        double c;
+        if (recv_one(t, 1) != i) in_order = 0;
+        c = dg_netsim_clock(t, 1);
+        if (c < prev || c < 0.01 || c >= 0.06) monotone = 0;
+        prev = c;
+    }
+    CHECK(in_order && monotone);
+    CHECK(recv_one(t, 2) == 0);
+    CHECK(dg_netsim_clock(t, 2) == 0.001);
+    CHECK(dg_netsim_clock(t, 2) < dg_netsim_clock(t, 1));
+    dg_transport_close(t);
+}
+
+TEST(loss_adds_the_rto)
+{
+    /* loss 0.5; latencies 20 ms and 30 ms: 2*RTT = 0.1 < rto_min 0.2 */
+    dg_transport *t = sim(2, "down lat=0.02 loss=0.5; up lat=0.03; seed=5");
+    int i, some_lost = 0, some_not = 0, exact = 1;
+    if (!t) return;
+    for (i = 0; i < 20; i++) {
+        /* the draws of message i on link 0 -> 1: disconnect, jitter, losses */
+        dg_rng rng = dg_rng_make(5, DG_NETSIM_STREAM_LINK + 0 * 2 + 1, (uint64_t)i);
+        int lost = 0;
+        double at = 10.0 * i;
+        dg_rng_u64(&rng);
+        dg_rng_u64(&rng);
+        while ((double)(dg_rng_u64(&rng) >> 11) / 9007199254740992.0 < 0.5) lost++;
+        if (lost) some_lost = 1; else some_not = 1;
+        CHECK_OK(send_floats(t, 0, 1, i, 4));
+        CHECK(recv_one(t, 1) == i);
+        if (fabs(dg_netsim_clock(t, 1) - (at + 0.02 + 0.2 * lost)) > 1e-12) exact = 0;
+        dg_transport_charge(t, 0, 1e12); /* 10 s: the next message starts on an idle link */
+    }
+    CHECK(exact && some_lost && some_not);
+    dg_transport_close(t);
+    /* 2*RTT over rto_min: RTO = 2 * (0.2 + 0.3) = 1 s */
+    t = sim(2, "down lat=0.2 loss=0.9; up lat=0.3; seed=5");
+    if (!t) return;
+    CHECK_OK(send_floats(t, 0, 1, 0, 4));
+    CHECK(recv_one(t, 1) == 0);
+    {
+        double k = (dg_netsim_clock(t, 1) - 0.2) / 1.0;
+        CHECK(k >= 0.0 && fabs(k - floor(k + 0.5)) < 1e-12);
+    }
+    dg_transport_close(t);
+}
+
+/* an MD-GAN run of n workers over network spec (NULL: none) on pool */
+static dg_mdgan_run *mdgan(dg_mdgan_config *c, dg_dataset *ds, dg_partition *part, dg_pool *pool,
+                           const char *spec)
+{
+    dg_mdgan_run *run;
+    if (dg_mdgan_run_create(&run, c, pool, ds, part, NULL, 0, NULL, 0) != DG_OK) return NULL;
+    if (spec) {
+        dg_netsim_config nc = net(spec);
+        if (dg_mdgan_run_set_network(run, &nc) != DG_OK) {
+            printf("  set_network: %s\n", dg_last_error());
+            dg_mdgan_run_free(run);
+            return NULL;
+        }
+    }
+    return run;
+}
+
+TEST(disconnect_drops_the_worker)
+{
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_config c = small_config(3);
+    dg_mdgan_run *run;
+    dg_transport *t = sim(3, "link 0->2 disconnect=1");
+    int it;
+    if (!t) return;
+    CHECK_OK(send_floats(t, 0, 1, 0, 4));
+    CHECK_OK(send_floats(t, 0, 2, 0, 4));
+    CHECK(dg_transport_pending(t, 2) == 0 && dg_netsim_disconnected(t, 2));
+    CHECK(recv_one(t, 1) == 0 && !dg_netsim_disconnected(t, 1));
+    CHECK_OK(send_floats(t, 2, 1, 1, 4)); /* a disconnected peer sends nothing */
+    CHECK(dg_transport_pending(t, 1) == 0);
+    dg_transport_close(t);
+    make_data(&ds, 96, 1);
+    CHECK_OK(dg_partition_iid(&part, ds.n, 3, 1));
+    run = mdgan(&c, &ds, &part, pool2, "link 0->2 disconnect=1");
+    CHECK(run != NULL);
+    for (it = 0; run && it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(run));
+    if (run) {
+        const dg_mdgan_stats *st = dg_mdgan_server_stats(dg_mdgan_run_server(run));
+        CHECK(st->iteration == 3 && st->n_live == 2 && st->n_dropped == 1);
+        CHECK(dg_netsim_disconnected(dg_mdgan_run_transport(run), 2));
+        dg_netsim_config ideal = dg_netsim_config_init();
+        CHECK(dg_mdgan_run_set_network(run, &ideal) == DG_ERR_STATE); /* once, before traffic */
+        dg_mdgan_run_free(run);
+    }
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* The server's simulated iteration, by hand: G forward, GEN_BATCHES down
+   (2 parts of b*d floats), the slowest worker's L D steps and feedback,
+   FEEDBACK up (1 part), G backward. */
+TEST(straggler_delays_the_server_by_its_compute)
+{
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_config c = small_config(3);
+    const char *fast = "all bw=1e7 lat=0.01", *slow = "all bw=1e7 lat=0.01; worker 2 gflops=0.5";
+    dg_mdgan_run *a, *b;
+    make_data(&ds, 96, 1);
+    CHECK_OK(dg_partition_iid(&part, ds.n, 3, 1));
+    a = mdgan(&c, &ds, &part, pool1, fast);
+    b = mdgan(&c, &ds, &part, pool2, slow);
+    if (a && b) {
+        dg_net *g = dg_mdgan_server_generator(dg_mdgan_run_server(a));
+        dg_net *d = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(a, 2));
+        double bd = (double)c.batch * 64;
+        double t_fwd = c.batch * dg_net_flops(g, 0) / 100e9;
+        double t_bwd = c.batch * (dg_net_train_flops(g, 0) - dg_net_flops(g, 0)) / 100e9;
+        double w_flops = c.batch * (2.0 * c.disc_steps * dg_net_train_flops(d, 0) +
+                                    dg_net_train_flops(d, 1));
+        double down = 8.0 * (DG_MSG_HEADER_BYTES + 2 * DG_MSG_PART_BYTES + 2 * 4 * bd) / 1e7;
+        double up = 8.0 * (DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES + 4 * bd) / 1e7;
+        double one_fast = t_fwd + down + 0.01 + w_flops / 100e9 + up + 0.01 + t_bwd;
+        double one_slow = t_fwd + down + 0.01 + w_flops / 0.5e9 + up + 0.01 + t_bwd;
+        CHECK_OK(dg_mdgan_run_iteration(a));
+        CHECK_OK(dg_mdgan_run_iteration(b));
+        CHECK_NEAR(dg_netsim_clock(dg_mdgan_run_transport(a), 0), one_fast, 1e-12);
+        CHECK_NEAR(dg_netsim_clock(dg_mdgan_run_transport(b), 0), one_slow, 1e-12);
+        CHECK_NEAR(dg_netsim_clock(dg_mdgan_run_transport(b), 0) -
+                       dg_netsim_clock(dg_mdgan_run_transport(a), 0),
+                   w_flops / 0.5e9 - w_flops / 100e9, 1e-12);
+        /* a fast worker waited for nothing: its clock is its own answer's */
+        CHECK_NEAR(dg_netsim_clock(dg_mdgan_run_transport(b), 1),
+                   t_fwd + down + 0.01 + w_flops / 100e9, 1e-12);
+        CHECK_OK(dg_mdgan_run_iteration(b));
+        CHECK_NEAR(dg_netsim_clock(dg_mdgan_run_transport(b), 0), 2 * one_slow, 1e-12);
+        /* the plain run has no clock */
+        CHECK(w_flops > 0 && one_slow > one_fast);
+    }
+    dg_mdgan_run_free(a);
+    dg_mdgan_run_free(b);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* MD-GAN with swaps, 4 workers: the G after iters iterations, the sim
+   clocks of every peer into clk[0..4] */
+static size_t g_count;
+
+static int mdgan_final(dg_pool *pool, const char *spec, int iters, float **g, double *clk)
+{
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_config c = small_config(4);
+    dg_mdgan_run *run;
+    int it, p, ok = 1;
+    c.local_epochs = 1;
+    c.swap_every = 2;
+    make_data(&ds, 128, 2);
+    if (dg_partition_iid(&part, ds.n, 4, 3) != DG_OK) return 0;
+    run = mdgan(&c, &ds, &part, pool, spec);
+    if (!run) ok = 0;
+    for (it = 0; ok && it < iters; it++) ok = dg_mdgan_run_iteration(run) == DG_OK;
+    if (ok) {
+        dg_net *gn = dg_mdgan_server_generator(dg_mdgan_run_server(run));
+        size_t n = g_count = dg_net_param_count(gn);
+        *g = (float *)malloc(4 * n);
+        memcpy(*g, dg_net_params(gn), 4 * n);
+        for (p = 0; p <= 4; p++) clk[p] = dg_netsim_clock(dg_mdgan_run_transport(run), p);
+    }
+    dg_mdgan_run_free(run);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+    return ok;
+}
+
+TEST(same_times_for_a_seed_on_1_and_2_threads)
+{
+    const char *spec = "edge; workers gflops=0.3; down loss=0.3 jitter=0.02; peer loss=0.2";
+    float *g1 = NULL, *g2 = NULL, *g3 = NULL;
+    double c1[5], c2[5], c3[5];
+    CHECK(mdgan_final(pool1, spec, 6, &g1, c1));
+    CHECK(mdgan_final(pool2, spec, 6, &g2, c2));
+    CHECK(mdgan_final(pool2, "edge; workers gflops=0.3; down loss=0.3 jitter=0.02; peer loss=0.2; "
+                             "seed=2", 6, &g3, c3));
+    if (g1 && g2 && g3) {
+        CHECK(memcmp(c1, c2, sizeof c1) == 0);
+        CHECK(memcmp(g1, g2, 4 * g_count) == 0 && memcmp(g1, g3, 4 * g_count) == 0);
+        CHECK(c1[0] > 0.0 && c1[0] != c3[0]); /* another seed, other draws */
+        printf("  edge, 6 iterations: server at %.3f s\n", c1[0]);
+    }
+    free(g1);
+    free(g2);
+    free(g3);
+}
+
+TEST(mdgan_same_bits_with_and_without_a_network)
+{
+    float *plain = NULL, *ideal = NULL, *wan = NULL;
+    double c0[5], c1[5], c2[5];
+    CHECK(mdgan_final(pool2, NULL, 8, &plain, c0));
+    CHECK(mdgan_final(pool2, "ideal", 8, &ideal, c1));
+    CHECK(mdgan_final(pool1, "wan; all loss=0.2", 8, &wan, c2));
+    if (plain && ideal && wan) {
+        CHECK(memcmp(plain, ideal, 4 * g_count) == 0);
+        CHECK(memcmp(plain, wan, 4 * g_count) == 0);
+        CHECK(c0[0] == -1.0 && c1[0] > 0.0 && c2[0] > c1[0]);
+    }
+    free(plain);
+    free(ideal);
+    free(wan);
+}
+
+TEST(flgan_same_bits_and_a_clock)
+{
+    dg_dataset ds;
+    dg_partition part;
+    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_run *a = NULL, *b = NULL;
+    dg_netsim_config nc = net("wan; worker 3 gflops=1");
+    int r;
+    c.n_workers = 3;
+    c.c = 1;
+    c.h = c.w = 8;
+    c.arch = DG_ARCH_MLP;
+    c.z_dim = 16;
+    c.batch = 8;
+    c.local_iters = 2;
+    make_data(&ds, 96, 4);
+    CHECK_OK(dg_partition_iid(&part, ds.n, 3, 1));
+    CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0));
+    if (a && b) {
+        dg_net *ga = dg_flgan_server_generator(dg_flgan_run_server(a));
+        dg_net *gb = dg_flgan_server_generator(dg_flgan_run_server(b));
+        CHECK_OK(dg_flgan_run_set_network(b, &nc));
+        for (r = 0; r < 2; r++) {
+            CHECK_OK(dg_flgan_run_round(a));
+            CHECK_OK(dg_flgan_run_round(b));
+        }
+        CHECK(memcmp(dg_net_params(ga), dg_net_params(gb), 4 * dg_net_param_count(ga)) == 0);
+        /* a round: the model down, worker 3's 2 local steps at 1 GFLOP/s, the
+           model up (20 ms each way, + up to 1 ms of jitter) */
+        {
+            dg_net *d = dg_flgan_server_discriminator(dg_flgan_run_server(a));
+            dg_traffic down = dg_transport_traffic(dg_flgan_run_transport(b), 0, 3);
+            dg_traffic up = dg_transport_traffic(dg_flgan_run_transport(b), 3, 0);
+            double t_w = 2.0 * c.batch * (dg_net_train_flops(ga, 0) + 2.0 * dg_net_train_flops(d, 0) +
+                                          dg_net_train_flops(d, 1)) / 1e9;
+            double tx = 8.0 * (down.payload_bytes + down.frame_bytes + up.payload_bytes +
+                               up.frame_bytes) / 2 / 100e6;
+            double round = tx + 0.04 + t_w;
+            CHECK(down.messages == 2 && up.messages == 2);
+            CHECK(dg_netsim_clock(dg_flgan_run_transport(b), 0) >= 2 * round);
+            CHECK(dg_netsim_clock(dg_flgan_run_transport(b), 0) <= 2 * (round + 0.002));
+        }
+        CHECK(dg_netsim_clock(dg_flgan_run_transport(a), 0) == -1.0);
+    }
+    dg_flgan_run_free(a);
+    dg_flgan_run_free(b);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+int main(void)
+{
+    dg_pool_create(&pool1, 1);
+    dg_pool_create(&pool2, 2);
+    RUN(spec_parsing);
+    RUN(one_message_and_two_queued);
+    RUN(order_per_link_kept_while_another_is_faster);
+    RUN(loss_adds_the_rto);
+    RUN(disconnect_drops_the_worker);
+    RUN(straggler_delays_the_server_by_its_compute);
+    RUN(same_times_for_a_seed_on_1_and_2_threads);
+    RUN(mdgan_same_bits_with_and_without_a_network);
+    RUN(flgan_same_bits_and_a_clock);
+    dg_pool_destroy(pool1);
+    dg_pool_destroy(pool2);
+    return th_done();
+}
