@@ -112,6 +112,8 @@ static void usage(FILE *f)
         "  --network SPEC      inproc MD-GAN, FL-GAN: simulate a network (docs/network.md):\n"
         "                      a profile (datacenter, wan, edge), a spec such as\n"
         "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
+        "");
+    fprintf(f, /* two strings: C keeps one literal under 4095 characters */
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
         "  --no-checkpoint     write no checkpoints\n"
