@@ -28,7 +28,7 @@ TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 MPI_TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/mpi_*.c))
 MPI_BENCHES := $(patsubst bench/mpi_%.c,bench_mpi_%,$(wildcard bench/mpi_*.c))
 HAVE_MPICC  := $(shell command -v $(MPICC) 2>/dev/null)
-MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%))
+MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%) $(B)/asgd-mpi)
 # threaded tests that `make tsan` runs under ThreadSanitizer
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp)
 HEADERS  := distgan.h $(wildcard adacomp.h)
@@ -86,6 +86,9 @@ $(B)/asan/mpi_%: tests/mpi_%.c tests/harness.h $(HEADERS) | $(B)/asan
 	$(MPICC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
 $(B)/bench_mpi_%: bench/mpi_%.c bench/bench_common.h $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
+# examples/asgd.c with --transport mpi (rank 0 the PS, ranks 1..W the workers)
+$(B)/asgd-mpi: examples/asgd.c $(HEADERS) | $(B)
+	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -DDISTGAN_MPI -o $@ $< $(LDLIBS)
 $(B)/asan/replay_%: tests/fuzz_%.c tests/fuzz_replay.c $(HEADERS) | $(B)/asan
 	$(CC) $(CSTD) $(WARN) $(SAN) -o $@ $< tests/fuzz_replay.c $(LDLIBS)
 $(B)/fuzz/%: tests/fuzz_%.c $(HEADERS) | $(B)/fuzz
@@ -130,6 +133,8 @@ experiment: deps data $(B)/distgan
 # ---- tests ----
 # test_tcp starts real server and worker processes of build/distgan_tcp
 $(B)/test_tcp $(B)/asan/test_tcp $(B)/tsan/test_tcp: $(B)/distgan_tcp
+# test_asgd_net starts PS and worker processes of build/asgd
+$(B)/test_asgd_net $(B)/asan/test_asgd_net: $(B)/asgd
 # test_cli runs every program with bad options
 $(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/distgan_tcp $(B)/plot
 
