@@ -112,7 +112,8 @@
                    process drivers for any transport (dg_*_drive), stop signals
       dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport
                    (not with DG_NO_TCP)
-      dg_asgd      asynchronous SGD parameter server and workers with AdaComp
+      dg_asgd      asynchronous SGD parameter server and workers with AdaComp,
+                   the in-process driver, process drivers for any transport
                    (only when adacomp.h is included before distgan.h)
 
    Version history

@@ -10,7 +10,9 @@
  * and w stays finite.  In one process (threads, TCP transports): an insider
  * sending a malformed PUSH, then a NaN PUSH, is dropped each time, w is
  * not touched by them, and the run completes.  A PS stopped by SIGTERM
- * checkpoints; resumed, it finishes the run with the workers that waited. */
+ * checkpoints; resumed, it finishes the run with the workers that waited.
+ * adacomp's server state (ac_server_save / ac_server_load) restores a PS
+ * that then modulates the next pushes exactly as the original. */
 #define ADACOMP_IMPLEMENTATION
 #define _POSIX_C_SOURCE 200809L
 #include "../adacomp.h"
@@ -485,6 +487,65 @@ TEST(ps_checkpoint_resume)
     if (th_cur_failed) { show("csrv.out"); show("csrv.err"); show("csrv2.out"); show("csrv2.err"); show("cw1.err"); }
 }
 
+/* ---- adacomp's server state: what a resumed PS needs ---- */
+
+TEST(ac_server_state_roundtrip)
+{
+    uint32_t sizes[2] = {300, 20};
+    ac_layout layout = {2, sizes};
+    ac_compressor *comp = NULL;
+    ac_server *a = NULL, *b = NULL, *c = NULL;
+    ac_compressor_config cc = ac_compressor_config_init();
+    ac_server_config sc = ac_server_config_init(), tau = ac_server_config_init();
+    float pa[320], pb[320], pc[320], grad[320];
+    unsigned char packet[4096], *state = NULL;
+    size_t len, slen = 0;
+    uint64_t t_pull[4] = {0, 0, 0, 0};
+    int k, i;
+    cc.rate = 0.05;
+    for (i = 0; i < 320; i++) pa[i] = pb[i] = pc[i] = 0.01f * (float)(i % 17);
+    CHECK(ac_compressor_init(&comp, &layout, &cc) == AC_OK);
+    CHECK(ac_server_init(&a, &layout, pa, &sc) == AC_OK);
+    CHECK(ac_server_init(&b, &layout, pb, &sc) == AC_OK);
+    tau.staleness = AC_STALENESS_TAU;
+    CHECK(ac_server_init(&c, &layout, pc, &tau) == AC_OK);
+    if (!comp || !a || !b || !c) return;
+    /* 200 pushes of 4 workers with staleness up to 150 (the history grows) */
+    for (k = 0; k < 200; k++) {
+        int w = k % 4;
+        for (i = 0; i < 320; i++) grad[i] = (float)((i * 7 + k * 13) % 29) - 14.0f;
+        CHECK(ac_compress(comp, grad, t_pull[w], packet, sizeof packet, &len) == AC_OK);
+        CHECK(ac_server_apply_packet(a, packet, len) == AC_OK);
+        t_pull[w] = k < 150 && w == 3 ? 0 : ac_server_clock(a);
+    }
+    slen = ac_server_state_size(a);
+    state = (unsigned char *)malloc(slen);
+    CHECK(state && ac_server_save(a, state, slen, &len) == AC_OK && len == slen);
+    CHECK(ac_server_save(a, state, slen - 1, &len) == AC_ERR_CAPACITY);
+    CHECK(ac_server_load(c, state, slen) == AC_ERR_FORMAT);      /* another staleness mode */
+    CHECK(ac_server_load(b, state, slen - 8) == AC_ERR_FORMAT);  /* truncated */
+    state[0] ^= 1;
+    CHECK(ac_server_load(b, state, slen) == AC_ERR_MAGIC);
+    state[0] ^= 1;
+    CHECK(ac_server_load(b, state, slen) == AC_OK);
+    memcpy(pb, pa, sizeof pa);
+    CHECK(ac_server_clock(b) == ac_server_clock(a));
+    CHECK(ac_server_stats(b).tau_max == ac_server_stats(a).tau_max);
+    /* the next pushes, stale ones included, modulate the same on both */
+    for (k = 0; k < 20; k++) {
+        for (i = 0; i < 320; i++) grad[i] = (float)((i * 5 + k * 3) % 23) - 11.0f;
+        CHECK(ac_compress(comp, grad, ac_server_clock(a) - (uint64_t)(k * 7 % 120), packet,
+                          sizeof packet, &len) == AC_OK);
+        CHECK(ac_server_apply_packet(a, packet, len) == ac_server_apply_packet(b, packet, len));
+    }
+    CHECK(memcmp(pa, pb, sizeof pa) == 0);
+    free(state);
+    ac_compressor_free(comp);
+    ac_server_free(a);
+    ac_server_free(b);
+    ac_server_free(c);
+}
+
 /* argv[1], if any: run only the tests whose name contains it */
 static const char *only;
 #define RUN_SOME(name) do { if (!only || strstr(#name, only)) RUN(name); } while (0)
@@ -503,6 +564,7 @@ int main(int argc, char **argv)
         bin = abs_bin;
     }
     if (chdir(tmpdir) != 0) return 1;
+    RUN_SOME(ac_server_state_roundtrip);
     RUN_SOME(det_tcp_hardy);
     RUN_SOME(det_tcp_ibm);
     RUN_SOME(det_tcp_dense);
