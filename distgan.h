@@ -17032,6 +17032,16 @@ static dg_result dg__asgd_ps_sched(dg__asgd_ps *p)
             }
             if (r != DG_OK) return r;
             if (dg__asgd_ps_check(p, m)) dg__asgd_ps_hold(p, m);
+            if (want == DG_MSG_ASGD_PUSH && p->slot[n] && p->slot[n]->type == DG_MSG_ASGD_PULL) {
+                /* its push is owed but it pulls: it lost its state (a resumed
+                   PS, or the worker restarted after a doomed model) */
+                dg_msg_free(p->t, p->slot[n]);
+                p->slot[n] = NULL;
+                dg__log(p->d->d.log, p->d->d.log_user, "worker %d pulls again instead of pushing: "
+                        "it rejoins, and the run is no longer bit-identical to the schedule", n);
+                dg__asgd_ps_reply(p, n, 0);
+                p->expect[n] = DG_MSG_ASGD_PUSH;
+            }
         }
         if (dg_stop_requested()) break;
         m = p->slot[n];
