@@ -28,7 +28,7 @@ TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 MPI_TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/mpi_*.c))
 MPI_BENCHES := $(patsubst bench/mpi_%.c,bench_mpi_%,$(wildcard bench/mpi_*.c))
 HAVE_MPICC  := $(shell command -v $(MPICC) 2>/dev/null)
-MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%) $(B)/distgan-mpi)
+MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%) $(B)/distgan-mpi $(B)/asgd-mpi)
 # threaded tests that `make tsan` runs under ThreadSanitizer
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp test_netsim)
 HEADERS  := distgan.h $(wildcard adacomp.h)
@@ -95,9 +95,9 @@ $(B)/bench_%: bench/bench_%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
 $(B)/%: examples/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
-# the one program of every transport, with MPI (--transport mpi): make builds
-# it when mpicc exists
-$(B)/distgan-mpi: examples/distgan.c $(HEADERS) | $(B)
+# a program with --transport mpi (rank 0 the server or PS): distgan-mpi and
+# asgd-mpi, built when mpicc exists
+$(B)/%-mpi: examples/%.c $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -DDISTGAN_MPI -o $@ $< $(LDLIBS)
 $(B)/%: tools/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
@@ -148,6 +148,8 @@ $(B)/readme_example.inc: distgan.h | $(B)
 	  END { if (n < 10) { print "distgan.h: no example after the line naming tests/test_readme_example.c" > "/dev/stderr"; exit 1 } \
 	        printf "#define README_EXAMPLE_LINES %d\n", n }' distgan.h >$@.tmp && mv $@.tmp $@ || { rm -f $@.tmp; exit 1; }
 $(B)/test_readme_example $(B)/asan/test_readme_example $(B)/tsan/test_readme_example: $(B)/readme_example.inc
+# test_asgd_net starts PS and worker processes of build/asgd
+$(B)/test_asgd_net $(B)/asan/test_asgd_net: $(B)/asgd
 # test_cli runs every program with bad options
 $(B)/test_cli $(B)/asan/test_cli: $(B)/distgan $(B)/gan $(B)/asgd $(B)/plot
 

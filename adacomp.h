@@ -330,6 +330,18 @@ ACDEF ac_result ac_server_sigma(ac_server *s, const ac_update *u, uint32_t *sigm
    so that applies never allocate (AC_ERR_HISTORY past history_bytes). */
 ACDEF ac_result ac_server_reserve(ac_server *s, uint64_t tau);
 ACDEF ac_stats ac_server_stats(const ac_server *s);
+/* The server's state without the parameters (they are the caller's): the
+   clock, the touch history (sigma mode) and the statistics, so that a PS
+   that restarts from a checkpoint modulates the next pushes exactly as if
+   it had never stopped.  Little-endian: "ACSS" | u32 version 1 | u64 layout
+   hash | u32 staleness | u32 words | u64 t | u64 forgot | 10 x u64 stats |
+   total x (1 + words) x u64 history (sigma mode only). */
+ACDEF size_t ac_server_state_size(const ac_server *s);
+ACDEF ac_result ac_server_save(const ac_server *s, void *buf, size_t cap, size_t *written);
+/* Restores a state saved by a server of the same layout and staleness mode
+   (AC_ERR_LAYOUT / AC_ERR_FORMAT otherwise; AC_ERR_HISTORY when the history
+   exceeds this server's history_bytes).  On failure nothing changes. */
+ACDEF ac_result ac_server_load(ac_server *s, const void *buf, size_t len);
 
 #ifdef __cplusplus
 }
@@ -2106,6 +2118,107 @@ ACDEF ac_stats ac_server_stats(const ac_server *s)
     ac_stats st;
     memset(&st, 0, sizeof st);
     return s ? s->stats : st;
+}
+
+#define AC__STATE_MAGIC "ACSS"
+#define AC__STATE_HEAD 40   /* magic .. forgot */
+#define AC__STATE_STATS 10
+
+static void ac__stats_fields(ac_stats *st, uint64_t **f)
+{
+    f[0] = &st->packets;  f[1] = &st->rejected;  f[2] = &st->entries;  f[3] = &st->bytes_in;
+    f[4] = &st->bytes_out;  f[5] = &st->dense_bytes;  f[6] = &st->pulls;  f[7] = &st->tau_sum;
+    f[8] = &st->tau_max;  f[9] = &st->history_bytes;
+}
+
+static size_t ac__history_words(const ac_server *s)
+{
+    return s->cfg.staleness == AC_STALENESS_SIGMA ? (size_t)s->total * (1 + s->words) : 0;
+}
+
+ACDEF size_t ac_server_state_size(const ac_server *s)
+{
+    return s ? AC__STATE_HEAD + 8 * AC__STATE_STATS + 8 * ac__history_words(s) : 0;
+}
+
+ACDEF ac_result ac_server_save(const ac_server *s, void *buf, size_t cap, size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf;
+    ac_stats st;
+    uint64_t *f[AC__STATE_STATS];
+    size_t i, n;
+    if (!s || !buf) return ac__fail(AC_ERR_ARG, "ac_server_save: NULL argument");
+    if (cap < ac_server_state_size(s))
+        return ac__fail(AC_ERR_CAPACITY, "ac_server_save: %zu bytes, needs %zu", cap,
+                        ac_server_state_size(s));
+    memcpy(p, AC__STATE_MAGIC, 4);
+    p = ac__put_u32(p + 4, 1);
+    p = ac__put_u64(p, ac_layout_hash(&s->layout));
+    p = ac__put_u32(p, (uint32_t)s->cfg.staleness);
+    p = ac__put_u32(p, s->cfg.staleness == AC_STALENESS_SIGMA ? s->words : 0);
+    p = ac__put_u64(p, s->t);
+    p = ac__put_u64(p, s->forgot);
+    st = s->stats;
+    ac__stats_fields(&st, f);
+    for (i = 0; i < AC__STATE_STATS; i++) p = ac__put_u64(p, *f[i]);
+    for (i = 0, n = ac__history_words(s); i < n; i++) p = ac__put_u64(p, s->touch[i]);
+    if (written) *written = (size_t)(p - (unsigned char *)buf);
+    return AC_OK;
+}
+
+ACDEF ac_result ac_server_load(ac_server *s, const void *buf, size_t len)
+{
+    ac__reader r;
+    uint64_t hash, t, forgot, *touch = NULL, *f[AC__STATE_STATS];
+    uint32_t version, staleness, words;
+    ac_stats st;
+    size_t i, n;
+    if (!s || !buf) return ac__fail(AC_ERR_ARG, "ac_server_load: NULL argument");
+    r.begin = r.p = (const unsigned char *)buf;
+    r.end = r.p + len;
+    if (len < AC__STATE_HEAD + 8 * AC__STATE_STATS || memcmp(buf, AC__STATE_MAGIC, 4))
+        return ac__fail(AC_ERR_MAGIC, "ac_server_load: not a server state");
+    r.p += 4;
+    version = ac__get_u32(&r);
+    hash = ac__get_u64(&r);
+    staleness = ac__get_u32(&r);
+    words = ac__get_u32(&r);
+    t = ac__get_u64(&r);
+    forgot = ac__get_u64(&r);
+    if (version != 1) return ac__fail(AC_ERR_VERSION, "ac_server_load: state version %u", version);
+    if (hash != ac_layout_hash(&s->layout))
+        return ac__fail(AC_ERR_LAYOUT, "ac_server_load: the state of another layout");
+    if (staleness != (uint32_t)s->cfg.staleness)
+        return ac__fail(AC_ERR_FORMAT, "ac_server_load: staleness mode %u, this server's is %d",
+                        staleness, (int)s->cfg.staleness);
+    if (s->cfg.staleness == AC_STALENESS_SIGMA ? words < 1 || words > s->words_max : words != 0)
+        return ac__fail(words > s->words_max ? AC_ERR_HISTORY : AC_ERR_FORMAT,
+                        "ac_server_load: a touch history of %u words per parameter", words);
+    n = s->cfg.staleness == AC_STALENESS_SIGMA ? (size_t)s->total * (1 + (size_t)words) : 0;
+    if ((size_t)(r.end - r.p) != 8 * AC__STATE_STATS + 8 * n || forgot > t)
+        return ac__fail(AC_ERR_FORMAT, "ac_server_load: %zu bytes for a state of %zu", len,
+                        AC__STATE_HEAD + 8 * AC__STATE_STATS + 8 * n);
+    memset(&st, 0, sizeof st);
+    ac__stats_fields(&st, f);
+    for (i = 0; i < AC__STATE_STATS; i++) *f[i] = ac__get_u64(&r);
+    if (n) {
+        if (!(touch = (uint64_t *)ac__calloc(n, sizeof(uint64_t))))
+            return ac__fail(AC_ERR_NOMEM, "ac_server_load: no memory for the touch history");
+        for (i = 0; i < n; i++) {
+            touch[i] = ac__get_u64(&r);
+            if (i % (1 + (size_t)words) == 0 && touch[i] > t) {
+                AC_FREE(touch);
+                return ac__fail(AC_ERR_FORMAT, "ac_server_load: a touch after the clock");
+            }
+        }
+        AC_FREE(s->touch);
+        s->touch = touch;
+        s->words = words;
+    }
+    s->t = t;
+    s->forgot = forgot;
+    s->stats = st;
+    return AC_OK;
 }
 
 #ifdef __cplusplus

@@ -114,7 +114,8 @@
                    process drivers for any transport (dg_*_drive), stop signals
       dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport
                    (not with DG_NO_TCP)
-      dg_asgd      asynchronous SGD parameter server and workers with AdaComp
+      dg_asgd      asynchronous SGD parameter server and workers with AdaComp,
+                   the in-process driver, process drivers for any transport
                    (only when adacomp.h is included before distgan.h)
 
    Version history
@@ -2257,7 +2258,9 @@ DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
    its batch stream and its compressor, so 1 and 2 threads give the same
    bits, and the in-process run equals a plain loop over the schedule.
    Without the driver, dg_asgd_server_poll / dg_asgd_worker_poll run the
-   same roles in arrival order on any transport (threads, TCP). */
+   same roles in arrival order on any transport (threads, TCP), and the
+   process drivers (dg_asgd_server_drive / dg_asgd_worker_drive, below) run
+   them as processes, either free-running or on the same schedule. */
 
 #define DG_MSG_ASGD_PULL 96
 #define DG_MSG_ASGD_MODEL 97
@@ -2318,6 +2321,10 @@ typedef struct dg_asgd_config {
     double jitter;            /* 0.2: sigma of the log of a compute time */
     double drop_prob;         /* 0: chance that a computation ends in a drop-out */
     double down_time;         /* 10: mean down time (compute units); < 0: never back */
+    /* the data, for the process drivers and dg_asgd_max_payload (0: unknown;
+       dg_asgd_run_create takes them from its dataset) */
+    int c, h, w;              /* image shape */
+    int n_classes;            /* outputs */
 } dg_asgd_config;
 
 DGDEF dg_asgd_config dg_asgd_config_init(void);
@@ -2461,6 +2468,106 @@ DGDEF const ac_layout *dg_asgd_run_layout(const dg_asgd_run *r);
 DGDEF double dg_asgd_run_time(const dg_asgd_run *r);       /* virtual time now */
 DGDEF uint64_t dg_asgd_run_drops(const dg_asgd_run *r);    /* drop-outs so far */
 DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r); /* wall time in gradients */
+
+/* ---- the process drivers: the PS and each worker as a process ----
+
+   One PS process (peer 0) and W worker processes on any transport: TCP
+   (dg_tcp_server_create / dg_tcp_worker_create), MPI (rank 0 the PS, ranks
+   1..W the workers) or threads on one in-process transport.  The drivers
+   set the message limits of the run (dg_asgd_max_payload), so a PUSH over
+   the largest packet the mode can produce or a MODEL over the dense w is
+   refused by the transport from its declared size.  Two schedules:
+
+     DG_ASGD_ASYNC          real asynchrony (default): the PS applies the
+                            pushes as they arrive and answers each with
+                            MODEL; workers compute as fast as they can.
+                            Staleness is whatever the machines make it.
+     DG_ASGD_DETERMINISTIC  the PS plays the virtual-clock schedule of
+                            dg_asgd_sched over the wire: it answers a JOIN's
+                            PULL and applies the pushes strictly in
+                            schedule order, holding a push that arrives
+                            early until its turn.  The final w is then
+                            bit-identical to dg_asgd_run with the same
+                            configuration, whatever the transport and the
+                            machines' speeds.  Drop-outs (drop_prob > 0) are
+                            replayed: a MODEL whose computation the schedule
+                            drops carries aux = DG_ASGD_MODEL_DROPPED, the
+                            worker forgets it without computing and sends
+                            PULL, which the PS holds until the worker's JOIN.
+                            Limits: every worker must be there (the PS waits
+                            for the one whose turn it is; a worker lost and
+                            restarted rejoins with a fresh batch stream and
+                            compressor, so the run goes on but is no longer
+                            bit-identical); the workers compute no faster
+                            than the schedule lets them (at most one push in
+                            flight each); resuming a checkpoint continues the
+                            schedule but not the workers' in-flight pushes.
+
+   Faults.  A worker whose connection closes (dg_transport_connected) is
+   no longer counted and is logged; a restarted one dials in and sends PULL
+   (the PS answers with the model and it carries on).  A malformed push (not
+   one part of raw bytes, a packet the decoder refuses, a NaN/Inf value or
+   loss) leaves w untouched and costs the sender its connection
+   (dg_transport_drop_peer): the run goes on.  An empty PUSH (a worker's own
+   "my gradient was not finite") and a push refused for its staleness are
+   answered with the model as in process.  Authentication, size limits and
+   checksums are the transport's.
+
+   Checkpoint (d->d.checkpoint): the PS writes w, the adacomp server's state
+   (clock t, the sigma touch history, its counters), its statistics and the
+   schedule position every d->d.checkpoint_every updates and at the end, in
+   the library's checkpoint container, atomically; d->d.resume continues from
+   it.  SIGINT/SIGTERM (dg_stop_requested): the PS checkpoints and says
+   goodbye without ending the run (TCP workers redial a resumed PS and pull
+   again); at d->d.iterations updates it sends STOP and ends the run. */
+
+#define DG_ASGD_MODEL_DROPPED 1   /* MODEL aux: the schedule drops this computation */
+
+typedef enum dg_asgd_schedule {
+    DG_ASGD_ASYNC = 0,
+    DG_ASGD_DETERMINISTIC = 1
+} dg_asgd_schedule;
+
+typedef struct dg_asgd_drive_status {
+    uint64_t updates;          /* the PS clock t */
+    int n_live;                /* workers connected */
+    double time;               /* DETERMINISTIC: the schedule's virtual time;
+                                  ASYNC: seconds since the driver started */
+    uint64_t lost;             /* ASYNC: workers lost or dropped; DETERMINISTIC:
+                                  the schedule's drop-outs */
+    int last;                  /* 1 on the call at the end of the run */
+    dg_asgd_server *server;    /* stats, w (do not change them) */
+    dg_transport *transport;
+} dg_asgd_drive_status;
+
+typedef struct dg_asgd_drive {
+    dg_drive d;                /* iterations: PS updates to reach; checkpoint,
+                                  checkpoint_every (updates), resume,
+                                  wait_workers_ms, reconnect_ms, log; its
+                                  progress and finish are not called */
+    dg_asgd_schedule schedule;
+    uint64_t progress_every;   /* PS: progress after every n updates (0: at the end only) */
+    void (*progress)(void *user, const dg_asgd_drive_status *s);
+    void *user;
+} dg_asgd_drive;
+
+/* The largest message of each type that peer `self` (0: the PS) receives
+   in this configuration (cfg->c, h, w, n_classes set), for
+   dg_transport_set_limits: PULL and PUSH (the largest packet of the mode)
+   to the PS, MODEL (the dense w) and STOP to a worker. */
+DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
+                                    uint64_t out[DG_MSG_TYPE_MAX + 1]);
+/* PS process: w initialised as dg_asgd_run_create does, runs until
+   d->d.iterations updates (or a stop request), then STOP to every worker. */
+DGDEF dg_result dg_asgd_server_drive(const dg_asgd_config *cfg, dg_transport *t, dg_pool *pool,
+                                     const dg_asgd_drive *d);
+/* Worker process `id` over its shard idx[0..count) of ds: PULL, then
+   compute and push on every MODEL until STOP or the end of the run (DG_OK),
+   a stop request, or a server lost for longer than d->d.reconnect_ms
+   (DG_ERR_CLOSED).  A reconnected worker pulls again. */
+DGDEF dg_result dg_asgd_worker_drive(const dg_asgd_config *cfg, int id, dg_transport *t,
+                                     dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                     size_t count, const dg_asgd_drive *d);
 
 #endif /* ADACOMP_H */
 
@@ -3028,17 +3135,18 @@ enum {
     DG__CK_MDGAN_WORKER,
     DG__CK_FLGAN_SERVER,
     DG__CK_FLGAN_WORKER,
+    DG__CK_ASGD_SERVER,
     DG__CK_KINDS
 };
 /* section types: a kind's counters (iteration, round, batcher position)
    and a net with its optimiser (dg__net_put) */
-enum { DG__SEC_STATE = 1, DG__SEC_NET = 2 };
+enum { DG__SEC_STATE = 1, DG__SEC_NET = 2, DG__SEC_PARAMS = 3, DG__SEC_BLOB = 4 };
 
 static const char *dg__ck_kind_name(uint32_t kind)
 {
     static const char *const name[DG__CK_KINDS] = {
         "?", "net", "GAN trainer", "classifier", "MD-GAN server", "MD-GAN worker",
-        "FL-GAN server", "FL-GAN worker"};
+        "FL-GAN server", "FL-GAN worker", "ASGD parameter server"};
     return kind < DG__CK_KINDS ? name[kind] : "unknown";
 }
 
@@ -16422,8 +16530,9 @@ static dg_result dg__asgd_check(const dg_asgd_config *cfg)
     return DG_OK;
 }
 
-DGDEF dg_result dg_asgd_net_create(dg_net **out, const dg_asgd_config *cfg, int c, int h, int w,
-                                   int classes, dg_pool *pool, int batch)
+/* The layers of the model, not planned (dg_asgd_net_create plans it). */
+static dg_result dg__asgd_net_build(dg_net **out, const dg_asgd_config *cfg, int c, int h, int w,
+                                    int classes, dg_pool *pool, int batch)
 {
     dg_net *net = NULL;
     dg_result r;
@@ -16448,13 +16557,23 @@ DGDEF dg_result dg_asgd_net_create(dg_net **out, const dg_asgd_config *cfg, int 
         if (!r) r = dg_net_relu(net);
     }
     if (!r) r = dg_net_linear(net, classes);
-    if (!r) r = dg_net_plan(net, pool, batch);
+    if (!r && pool) r = dg_net_plan(net, pool, batch);
     if (r) {
         dg_net_free(net);
         return r;
     }
     *out = net;
     return DG_OK;
+}
+
+DGDEF dg_result dg_asgd_net_create(dg_net **out, const dg_asgd_config *cfg, int c, int h, int w,
+                                   int classes, dg_pool *pool, int batch)
+{
+    if (!pool) {
+        if (out) *out = NULL;
+        return dg__fail(DG_ERR_ARG, "dg_asgd_net_create: NULL pool");
+    }
+    return dg__asgd_net_build(out, cfg, c, h, w, classes, pool, batch);
 }
 
 DGDEF dg_result dg_asgd_layout(const dg_net *net, uint32_t *sizes, uint32_t cap, ac_layout *out)
@@ -16728,8 +16847,9 @@ DGDEF dg_result dg_asgd_server_create(dg_asgd_server **out, const dg_asgd_config
     return DG_OK;
 }
 
-/* The pull that answers every PULL and PUSH: w and the clock. */
-static dg_result dg__asgd_send_model(dg_asgd_server *s, int to)
+/* The pull that answers every PULL and PUSH: w and the clock (aux: 0, or
+   DG_ASGD_MODEL_DROPPED). */
+static dg_result dg__asgd_send_model_aux(dg_asgd_server *s, int to, int64_t aux)
 {
     dg_part_kind kind = DG_PART_F32;
     size_t count = s->n;
@@ -16742,8 +16862,49 @@ static dg_result dg__asgd_send_model(dg_asgd_server *s, int to)
         return r;
     ac_server_pull(s->ac, (float *)m->part[0].data, &t_pull);
     m->iteration = (int64_t)t_pull;
+    m->aux = aux;
     s->stats.pulls++;
     return dg_transport_send(s->t, m);
+}
+
+static dg_result dg__asgd_send_model(dg_asgd_server *s, int to)
+{
+    return dg__asgd_send_model_aux(s, to, 0);
+}
+
+/* Applies a PUSH (not freed): its ac_result, AC_ERR_VALUE for a push
+   without a packet or with a non-finite loss. */
+static int dg__asgd_apply_push(dg_asgd_server *s, const dg_msg *m)
+{
+    int from = m->from;
+    uint64_t clock = ac_server_clock(s->ac), t_pull = (uint64_t)m->iteration;
+    int res = AC_ERR_VALUE;
+    s->stats.pushes++;
+    /* the loss travels beside the packet and feeds the PS's state too */
+    if (m->n_parts == 1 && m->part[0].kind == DG_PART_BYTES && isfinite(m->stat[0])) {
+        size_t len = m->part[0].count;
+        res = ac_server_apply_packet(s->ac, m->part[0].data, len);
+        s->stats.bytes_pushed += len;
+        s->stats.dense_bytes += 4 * (uint64_t)s->n;
+        if (res == AC_OK) {
+            ac_stats as = ac_server_stats(s->ac);
+            s->stats.applied++;
+            s->stats.entries = as.entries;
+            s->stats.tau_sum = (double)as.tau_sum;  /* the packet's t_pull, not the header's */
+            s->stats.tau_max = as.tau_max;
+            s->stats.loss = s->stats.applied == 1 ? m->stat[0]
+                                                  : 0.99 * s->stats.loss + 0.01 * m->stat[0];
+        } else if (res == AC_ERR_STALE || res == AC_ERR_HISTORY) {
+            s->stats.stale++;
+        } else {
+            s->stats.invalid++;
+        }
+        if (s->trace) s->trace(s->trace_user, from, t_pull, clock, m->part[0].data, len, res);
+    } else {
+        s->stats.invalid++;
+        if (s->trace) s->trace(s->trace_user, from, t_pull, clock, NULL, 0, res);
+    }
+    return res;
 }
 
 DGDEF dg_result dg_asgd_server_handle(dg_asgd_server *s, dg_msg *m)
@@ -16755,33 +16916,7 @@ DGDEF dg_result dg_asgd_server_handle(dg_asgd_server *s, dg_msg *m)
     }
     from = m->from;
     if (m->type == DG_MSG_ASGD_PUSH) {
-        uint64_t clock = ac_server_clock(s->ac), t_pull = (uint64_t)m->iteration;
-        int res = AC_ERR_VALUE;
-        s->stats.pushes++;
-        /* the loss travels beside the packet and feeds the PS's state too */
-        if (m->n_parts == 1 && m->part[0].kind == DG_PART_BYTES && isfinite(m->stat[0])) {
-            size_t len = m->part[0].count;
-            res = ac_server_apply_packet(s->ac, m->part[0].data, len);
-            s->stats.bytes_pushed += len;
-            s->stats.dense_bytes += 4 * (uint64_t)s->n;
-            if (res == AC_OK) {
-                ac_stats as = ac_server_stats(s->ac);
-                s->stats.applied++;
-                s->stats.entries = as.entries;
-                s->stats.tau_sum = (double)as.tau_sum;  /* the packet's t_pull, not the header's */
-                s->stats.tau_max = as.tau_max;
-                s->stats.loss = s->stats.applied == 1 ? m->stat[0]
-                                                      : 0.99 * s->stats.loss + 0.01 * m->stat[0];
-            } else if (res == AC_ERR_STALE || res == AC_ERR_HISTORY) {
-                s->stats.stale++;
-            } else {
-                s->stats.invalid++;
-            }
-            if (s->trace) s->trace(s->trace_user, from, t_pull, clock, m->part[0].data, len, res);
-        } else {
-            s->stats.invalid++;
-            if (s->trace) s->trace(s->trace_user, from, t_pull, clock, NULL, 0, res);
-        }
+        dg__asgd_apply_push(s, m);
         dg_msg_free(s->t, m);
         return dg__asgd_send_model(s, from);
     }
@@ -16939,6 +17074,11 @@ DGDEF dg_result dg_asgd_worker_handle(dg_asgd_worker *w, dg_msg *m)
     if (w->state == DG__ASGD_STOPPED) { /* late model after STOP */
         dg_msg_free(w->t, m);
         return DG_OK;
+    }
+    if (m->aux == DG_ASGD_MODEL_DROPPED) { /* the schedule drops this computation */
+        dg_msg_free(w->t, m);
+        dg_asgd_worker_crash(w);
+        return dg_asgd_worker_start(w);
     }
     if (w->model) dg_msg_free(w->t, w->model);
     w->model = m;
@@ -17235,6 +17375,548 @@ DGDEF const ac_layout *dg_asgd_run_layout(const dg_asgd_run *r) { return r ? &r-
 DGDEF double dg_asgd_run_time(const dg_asgd_run *r) { return r ? r->now : 0.0; }
 DGDEF uint64_t dg_asgd_run_drops(const dg_asgd_run *r) { return r ? r->drops : 0; }
 DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r) { return r ? r->compute_s : 0.0; }
+
+/* ---- the process drivers ---- */
+
+DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
+                                    uint64_t out[DG_MSG_TYPE_MAX + 1])
+{
+    dg_net *net = NULL;
+    uint32_t sizes[64];
+    ac_layout layout;
+    ac_compressor *comp = NULL;
+    ac_compressor_config cc;
+    ac_server_config sc;
+    uint64_t bound = 0, n = 0;
+    dg_result r;
+    if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_max_payload: NULL");
+    memset(out, 0, sizeof(uint64_t) * (DG_MSG_TYPE_MAX + 1));
+    if ((r = dg__asgd_check(cfg)) != DG_OK) return r;
+    if (self < 0 || self > cfg->n_workers || cfg->c < 1 || cfg->h < 1 || cfg->w < 1 ||
+        cfg->n_classes < 2)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_max_payload: peer %d, images %d x %d x %d, %d "
+                                    "classes (set the configuration's c, h, w, n_classes)",
+                        self, cfg->c, cfg->h, cfg->w, cfg->n_classes);
+    r = dg__asgd_net_build(&net, cfg, cfg->c, cfg->h, cfg->w, cfg->n_classes, NULL, 0);
+    if (r == DG_OK) r = dg_asgd_layout(net, sizes, 64, &layout);
+    if (r == DG_OK) {
+        n = ac_layout_total(&layout);
+        dg_asgd_ac_configs(cfg, &cc, &sc);
+        if (ac_compressor_init(&comp, &layout, &cc) != AC_OK)
+            r = dg__fail(DG_ERR_CONFIG, "dg_asgd_max_payload: %s", ac_last_error());
+        else
+            bound = ac_compressor_packet_bound(comp);
+    }
+    ac_compressor_free(comp);
+    dg_net_free(net);
+    if (r != DG_OK) return r;
+    if (self == 0) {
+        out[DG_MSG_ASGD_PULL] = dg__limit_len4(0, 0);
+        out[DG_MSG_ASGD_PUSH] = DG_MSG_LIMIT_HEAD + DG_MSG_PART_BYTES + bound;
+    } else {
+        out[DG_MSG_ASGD_MODEL] = dg__limit_len4(1, n);
+        out[DG_MSG_STOP] = dg__limit_len4(0, 0);
+    }
+    return DG_OK;
+}
+
+/* The PS driver's state. */
+typedef struct dg__asgd_ps {
+    dg_asgd_config cfg;
+    const dg_asgd_drive *d;
+    dg_transport *t;
+    dg_asgd_server *s;
+    dg_asgd_sched *sched;     /* DETERMINISTIC */
+    dg_asgd_event ev;         /* the event being played (have_ev) */
+    int have_ev;
+    uint64_t events;          /* schedule events played to the end */
+    uint64_t lost;
+    double vtime, t0, warned;
+    int *live;                /* [W + 1] connected and counted */
+    int *expect;              /* [W + 1] DETERMINISTIC: PULL or PUSH, what the worker sends next */
+    dg_msg **slot;            /* [W + 1] DETERMINISTIC: its message, held until its turn */
+    uint64_t at_progress, at_checkpoint;
+} dg__asgd_ps;
+
+#define DG__ASGD_CK_VALUES 15
+
+static void dg__asgd_ps_encode(dg__wbuf *w, const void *obj)
+{
+    const dg__asgd_ps *p = (const dg__asgd_ps *)obj;
+    const dg_asgd_stats *st = &p->s->stats;
+    size_t start, n = ac_server_state_size(p->s->ac);
+    uint64_t v[DG__ASGD_CK_VALUES];
+    int i;
+    v[0] = (uint64_t)p->d->schedule;
+    v[1] = p->events;
+    memcpy(&v[2], &p->vtime, 8);
+    v[3] = p->lost;
+    v[4] = st->pulls;
+    v[5] = st->pushes;
+    v[6] = st->applied;
+    v[7] = st->stale;
+    v[8] = st->invalid;
+    v[9] = st->bytes_pushed;
+    v[10] = st->dense_bytes;
+    v[11] = st->entries;
+    memcpy(&v[12], &st->tau_sum, 8);
+    v[13] = st->tau_max;
+    memcpy(&v[14], &st->loss, 8);
+    dg__ck_begin(w, DG__CK_ASGD_SERVER, 3);
+    start = dg__ck_section(w, DG__SEC_STATE);
+    for (i = 0; i < DG__ASGD_CK_VALUES; i++) dg__put_u64(w, v[i]);
+    dg__ck_end(w, start);
+    start = dg__ck_section(w, DG__SEC_PARAMS);
+    dg__put_f32s(w, p->s->params, p->s->n);
+    dg__ck_end(w, start);
+    start = dg__ck_section(w, DG__SEC_BLOB);  /* adacomp's clock, touch history, counters */
+    if (w->cap && w->len + n <= w->cap) ac_server_save(p->s->ac, w->p + w->len, n, NULL);
+    w->len += n;
+    dg__ck_end(w, start);
+}
+
+static dg_result dg__asgd_ps_save(dg__asgd_ps *p)
+{
+    if (!p->d->d.checkpoint) return DG_OK;
+    return dg__encode_file(dg__asgd_ps_encode, p, p->d->d.checkpoint);
+}
+
+static dg_result dg__asgd_ps_resume(dg__asgd_ps *p)
+{
+    static const uint32_t types[3] = {DG__SEC_STATE, DG__SEC_PARAMS, DG__SEC_BLOB};
+    const char *what = "ASGD parameter server checkpoint";
+    dg__rbuf sec[3];
+    uint64_t v[DG__ASGD_CK_VALUES], k;
+    dg_asgd_stats st;
+    unsigned char *buf;
+    size_t len = 0, i;
+    float *w = NULL;
+    dg_result r;
+    FILE *f;
+    dg_asgd_event ev;
+    if (!p->d->d.resume || !p->d->d.checkpoint || !(f = fopen(p->d->d.checkpoint, "rb"))) return DG_OK;
+    fclose(f);
+    if ((r = dg__read_file(p->d->d.checkpoint, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
+    r = dg__ck_open(buf, len, DG__CK_ASGD_SERVER, types, 3, sec, what);
+    for (i = 0; r == DG_OK && i < DG__ASGD_CK_VALUES; i++) v[i] = dg__get_u64(&sec[0]);
+    if (r == DG_OK) r = dg__ck_done(&sec[0], what);
+    if (r == DG_OK && (v[0] != (uint64_t)p->d->schedule || sec[1].len != 4 * p->s->n))
+        r = dg__fail(DG_ERR_CONFIG, "%s: another schedule or model (%zu parameters, this run has "
+                     "%zu)", what, sec[1].len / 4, p->s->n);
+    if (r == DG_OK && !(w = (float *)dg__alloc(4 * p->s->n + 1)))
+        r = dg__fail(DG_ERR_NOMEM, "%s: no memory", what);
+    for (i = 0; r == DG_OK && i < p->s->n; i++) w[i] = dg__get_f32(&sec[1]);
+    if (r == DG_OK && ac_server_load(p->s->ac, sec[2].p, sec[2].len) != AC_OK)
+        r = dg__fail(DG_ERR_FORMAT, "%s: %s", what, ac_last_error());
+    if (r == DG_OK) {
+        memcpy(p->s->params, w, 4 * p->s->n);
+        memset(&st, 0, sizeof st);
+        p->events = v[1];
+        memcpy(&p->vtime, &v[2], 8);
+        p->lost = v[3];
+        st.pulls = v[4];
+        st.pushes = v[5];
+        st.applied = v[6];
+        st.stale = v[7];
+        st.invalid = v[8];
+        st.bytes_pushed = v[9];
+        st.dense_bytes = v[10];
+        st.entries = v[11];
+        memcpy(&st.tau_sum, &v[12], 8);
+        st.tau_max = v[13];
+        memcpy(&st.loss, &v[14], 8);
+        p->s->stats = st;
+        for (k = 0; p->sched && k < p->events; k++) dg_asgd_sched_next(p->sched, &ev);
+        p->at_progress = p->at_checkpoint = ac_server_clock(p->s->ac);
+        dg__log(p->d->d.log, p->d->d.log_user, "resumed from %s at update %llu", p->d->d.checkpoint,
+                (unsigned long long)ac_server_clock(p->s->ac));
+    }
+    dg__free(w);
+    dg__free(buf);
+    return r;
+}
+
+static int dg__asgd_ps_n_live(const dg__asgd_ps *p)
+{
+    int n, k = 0;
+    for (n = 1; n <= p->cfg.n_workers; n++) k += p->live[n] != 0;
+    return k;
+}
+
+static void dg__asgd_ps_progress(dg__asgd_ps *p, int last)
+{
+    dg_asgd_drive_status st;
+    if (!p->d->progress) return;
+    memset(&st, 0, sizeof st);
+    st.updates = ac_server_clock(p->s->ac);
+    st.n_live = dg__asgd_ps_n_live(p);
+    st.time = p->sched ? p->vtime : dg__now() - p->t0;
+    st.lost = p->lost;
+    st.last = last;
+    st.server = p->s;
+    st.transport = p->t;
+    p->d->progress(p->d->user, &st);
+}
+
+/* After a message: progress and checkpoint when the clock crossed their step. */
+static void dg__asgd_ps_after(dg__asgd_ps *p)
+{
+    uint64_t t = ac_server_clock(p->s->ac), every = p->d->progress_every,
+             ck = p->d->d.checkpoint_every > 0 ? (uint64_t)p->d->d.checkpoint_every : 0;
+    if (every && t / every > p->at_progress / every && t < (uint64_t)p->d->d.iterations)
+        dg__asgd_ps_progress(p, 0);
+    p->at_progress = t;
+    if (ck && t / ck > p->at_checkpoint / ck && dg__asgd_ps_save(p) != DG_OK)
+        dg__log(p->d->d.log, p->d->d.log_user, "checkpoint failed: %s", dg_last_error());
+    p->at_checkpoint = t;
+}
+
+/* Cuts worker n off (a malformed or hostile message): the run goes on. */
+static void dg__asgd_ps_drop(dg__asgd_ps *p, int n, const char *why)
+{
+    dg_transport_drop_peer(p->t, n, why);
+    if (p->live[n]) p->lost++;
+    p->live[n] = 0;
+    if (p->slot) {
+        if (p->slot[n]) dg_msg_free(p->t, p->slot[n]);
+        p->slot[n] = NULL;
+        p->expect[n] = DG_MSG_ASGD_PULL;
+    }
+    dg__log(p->d->d.log, p->d->d.log_user, "worker %d dropped: %s (%d live)", n, why,
+            dg__asgd_ps_n_live(p));
+}
+
+/* Workers whose connection closed leave the count; new ones enter it. */
+static void dg__asgd_ps_roster(dg__asgd_ps *p)
+{
+    int n;
+    for (n = 1; n <= p->cfg.n_workers; n++) {
+        int c = dg_transport_connected(p->t, n);
+        if (p->live[n] && !c) {
+            p->live[n] = 0;
+            p->lost++;
+            dg__log(p->d->d.log, p->d->d.log_user, "worker %d lost: its connection closed (%d live)",
+                    n, dg__asgd_ps_n_live(p));
+        } else if (!p->live[n] && c) {
+            p->live[n] = 1;
+            dg__log(p->d->d.log, p->d->d.log_user, "worker %d connected (%d live)", n,
+                    dg__asgd_ps_n_live(p));
+        }
+    }
+}
+
+/* MODEL to worker n; a worker that cannot be reached is the roster's
+   business, never the run's. */
+static void dg__asgd_ps_reply(dg__asgd_ps *p, int n, int64_t aux)
+{
+    if (dg__asgd_send_model_aux(p->s, n, aux) != DG_OK)
+        dg__log(p->d->d.log, p->d->d.log_user, "worker %d: model not sent: %s", n, dg_last_error());
+}
+
+/* Applies worker n's PUSH (freed): 1 when it is to be answered, 0 when the
+   sender was dropped for it. */
+static int dg__asgd_ps_push(dg__asgd_ps *p, dg_msg *m)
+{
+    int n = m->from, empty = m->n_parts == 0, res = dg__asgd_apply_push(p->s, m);
+    char why[256];
+    dg_msg_free(p->t, m);
+    if (empty || res == AC_OK || res == AC_ERR_STALE || res == AC_ERR_HISTORY) return 1;
+    snprintf(why, sizeof why, "malformed or non-finite push (%s: %.100s)",
+             ac_result_str((ac_result)res), res == AC_ERR_VALUE ? "a NaN/Inf value or loss, or no "
+             "packet" : ac_last_error());
+    dg__asgd_ps_drop(p, n, why);
+    return 0;
+}
+
+/* A message from a worker: 0 and freed when it is not one of the protocol. */
+static int dg__asgd_ps_check(dg__asgd_ps *p, dg_msg *m)
+{
+    char why[96];
+    if (m->from >= 1 && m->from <= p->cfg.n_workers &&
+        (m->type == DG_MSG_ASGD_PULL || m->type == DG_MSG_ASGD_PUSH))
+        return 1;
+    snprintf(why, sizeof why, "unexpected message of type %d", m->type);
+    if (m->from >= 1 && m->from <= p->cfg.n_workers) dg__asgd_ps_drop(p, m->from, why);
+    dg_msg_free(p->t, m);
+    return 0;
+}
+
+/* Receives one message for the PS (DG_ERR_TIMEOUT: none); what the
+   transport refuses is logged, not fatal, unless the transport is gone. */
+static dg_result dg__asgd_ps_recv(dg__asgd_ps *p, dg_msg **m)
+{
+    dg_result r = dg_transport_recv(p->t, DG_PEER_SERVER, 100, m);
+    if (r == DG_OK || r == DG_ERR_TIMEOUT || r == DG_ERR_CLOSED) return r;
+    dg__log(p->d->d.log, p->d->d.log_user, "receive: %s", dg_last_error());
+    return DG_ERR_TIMEOUT;
+}
+
+/* Real asynchrony: every push is applied as it arrives and answered. */
+static dg_result dg__asgd_ps_async(dg__asgd_ps *p)
+{
+    uint64_t target = (uint64_t)p->d->d.iterations;
+    while (ac_server_clock(p->s->ac) < target && !dg_stop_requested()) {
+        dg_msg *m;
+        dg_result r;
+        int n;
+        dg__asgd_ps_roster(p);
+        if ((r = dg__asgd_ps_recv(p, &m)) == DG_ERR_TIMEOUT) continue;
+        if (r != DG_OK) return r;
+        if (!dg__asgd_ps_check(p, m)) continue;
+        n = m->from;
+        if (!p->live[n]) {
+            p->live[n] = 1;
+            dg__log(p->d->d.log, p->d->d.log_user, "worker %d joined (%d live)", n,
+                    dg__asgd_ps_n_live(p));
+        }
+        if (m->type == DG_MSG_ASGD_PULL) {
+            dg_msg_free(p->t, m);
+            dg__asgd_ps_reply(p, n, 0);
+        } else if (dg__asgd_ps_push(p, m)) {
+            dg__asgd_ps_reply(p, n, 0);
+        }
+        dg__asgd_ps_after(p);
+    }
+    return DG_OK;
+}
+
+/* DETERMINISTIC: a message that arrives before its turn waits in its
+   worker's slot; a PULL from a worker that owes a push is a worker that
+   restarted or reconnected: it gets the model at once. */
+static void dg__asgd_ps_hold(dg__asgd_ps *p, dg_msg *m)
+{
+    int n = m->from;
+    if (m->type == DG_MSG_ASGD_PULL && p->expect[n] == DG_MSG_ASGD_PUSH) {
+        dg_msg_free(p->t, m);
+        if (p->slot[n]) dg_msg_free(p->t, p->slot[n]); /* its old push was lost with it */
+        p->slot[n] = NULL;
+        dg__log(p->d->d.log, p->d->d.log_user, "worker %d pulls again (restarted?): it rejoins, "
+                "and the run is no longer bit-identical to the schedule", n);
+        dg__asgd_ps_reply(p, n, 0);
+        return;
+    }
+    if (m->type == DG_MSG_ASGD_PULL && p->slot[n] && p->slot[n]->type == DG_MSG_ASGD_PULL) {
+        dg_msg_free(p->t, p->slot[n]); /* pulled again after a reconnection */
+        p->slot[n] = m;
+        return;
+    }
+    if (m->type != p->expect[n] || p->slot[n]) {
+        dg_msg_free(p->t, m);
+        dg__asgd_ps_drop(p, n, "a message out of the schedule's order");
+        return;
+    }
+    p->slot[n] = m;
+}
+
+/* The virtual-clock schedule over the wire: events in dg_asgd_sched order,
+   each waiting for its worker's message. */
+static dg_result dg__asgd_ps_sched(dg__asgd_ps *p)
+{
+    uint64_t target = (uint64_t)p->d->d.iterations;
+    while (ac_server_clock(p->s->ac) < target && !dg_stop_requested()) {
+        int n, want, answer = 1;
+        dg_msg *m;
+        if (!p->have_ev) {
+            if (!dg_asgd_sched_next(p->sched, &p->ev))
+                return dg__fail(DG_ERR_CLOSED, "asgd: every worker dropped out for good after %llu "
+                                "updates", (unsigned long long)ac_server_clock(p->s->ac));
+            p->have_ev = 1;
+        }
+        n = p->ev.worker;
+        if (p->ev.type == DG_ASGD_EV_DROP) { /* the worker forgot its model already */
+            p->lost++;
+            p->vtime = p->ev.time;
+            p->have_ev = 0;
+            p->events++;
+            continue;
+        }
+        want = p->ev.type == DG_ASGD_EV_JOIN ? DG_MSG_ASGD_PULL : DG_MSG_ASGD_PUSH;
+        while (!(p->slot[n] && p->slot[n]->type == want) && !dg_stop_requested()) {
+            dg_result r;
+            dg__asgd_ps_roster(p);
+            if ((r = dg__asgd_ps_recv(p, &m)) == DG_ERR_TIMEOUT) {
+                if (dg__now() - p->warned > 10.0) {
+                    p->warned = dg__now();
+                    dg__log(p->d->d.log, p->d->d.log_user, "waiting for worker %d (%s), whose turn "
+                            "it is", n, dg_transport_connected(p->t, n) ? "connected" : "not connected");
+                }
+                continue;
+            }
+            if (r != DG_OK) return r;
+            if (dg__asgd_ps_check(p, m)) dg__asgd_ps_hold(p, m);
+            if (want == DG_MSG_ASGD_PUSH && p->slot[n] && p->slot[n]->type == DG_MSG_ASGD_PULL) {
+                /* its push is owed but it pulls: it lost its state (a resumed
+                   PS, or the worker restarted after a doomed model) */
+                dg_msg_free(p->t, p->slot[n]);
+                p->slot[n] = NULL;
+                dg__log(p->d->d.log, p->d->d.log_user, "worker %d pulls again instead of pushing: "
+                        "it rejoins, and the run is no longer bit-identical to the schedule", n);
+                dg__asgd_ps_reply(p, n, 0);
+                p->expect[n] = DG_MSG_ASGD_PUSH;
+            }
+        }
+        if (dg_stop_requested()) break;
+        m = p->slot[n];
+        p->slot[n] = NULL;
+        p->vtime = p->ev.time;
+        p->have_ev = 0;
+        p->events++;
+        p->warned = dg__now();
+        if (want == DG_MSG_ASGD_PULL) dg_msg_free(p->t, m);
+        else answer = dg__asgd_ps_push(p, m);
+        if (answer) {
+            /* the schedule drew the fate of the computation on this model */
+            int doomed = dg_asgd_sched_doomed(p->sched, n);
+            dg__asgd_ps_reply(p, n, doomed ? DG_ASGD_MODEL_DROPPED : 0);
+            p->expect[n] = doomed ? DG_MSG_ASGD_PULL : DG_MSG_ASGD_PUSH;
+        }
+        dg__asgd_ps_after(p);
+    }
+    return DG_OK;
+}
+
+/* STOP to every worker still connected (the others are gone anyway). */
+static void dg__asgd_ps_stop(dg__asgd_ps *p)
+{
+    int n;
+    for (n = 1; n <= p->cfg.n_workers; n++) {
+        dg_msg *m;
+        if (!dg_transport_connected(p->t, n)) continue;
+        if (dg_msg_create(p->t, DG_MSG_STOP, DG_PEER_SERVER, n,
+                          (int64_t)ac_server_clock(p->s->ac), 0, NULL, NULL, &m) == DG_OK)
+            dg_transport_send(p->t, m);
+    }
+}
+
+DGDEF dg_result dg_asgd_server_drive(const dg_asgd_config *cfg, dg_transport *t, dg_pool *pool,
+                                     const dg_asgd_drive *d)
+{
+    uint64_t lim[DG_MSG_TYPE_MAX + 1];
+    dg__asgd_ps p;
+    dg_net *net = NULL;
+    uint32_t sizes[64];
+    ac_layout layout;
+    dg_result r, e;
+    int W, n, have;
+    if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_asgd_server_drive: NULL argument");
+    if ((r = dg_asgd_max_payload(cfg, 0, lim)) != DG_OK) return r; /* checks cfg */
+    if (d->schedule != DG_ASGD_ASYNC && d->schedule != DG_ASGD_DETERMINISTIC)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_server_drive: schedule %d", (int)d->schedule);
+    W = cfg->n_workers;
+    if (t->n_peers < W + 1)
+        return dg__fail(DG_ERR_ARG, "dg_asgd_server_drive: %d peers for %d workers", t->n_peers, W);
+    dg_transport_set_limits(t, lim);
+    memset(&p, 0, sizeof p);
+    p.cfg = *cfg;
+    p.d = d;
+    p.t = t;
+    /* w as the in-process driver starts it */
+    r = dg_asgd_net_create(&net, cfg, cfg->c, cfg->h, cfg->w, cfg->n_classes, pool, 1);
+    if (r == DG_OK) r = dg_net_init(net, dg_asgd_seed(cfg->seed, DG_ASGD_STREAM_INIT, 0), 0.0f);
+    if (r == DG_OK) r = dg_asgd_layout(net, sizes, 64, &layout);
+    if (r == DG_OK) r = dg_asgd_server_create(&p.s, cfg, t, &layout, dg_net_params(net));
+    dg_net_free(net);
+    if (r == DG_OK) {
+        p.live = (int *)dg__calloc((size_t)W + 1, sizeof(int));
+        p.expect = (int *)dg__calloc((size_t)W + 1, sizeof(int));
+        p.slot = d->schedule == DG_ASGD_DETERMINISTIC
+                     ? (dg_msg **)dg__calloc((size_t)W + 1, sizeof(dg_msg *)) : NULL;
+        if (!p.live || !p.expect || (d->schedule == DG_ASGD_DETERMINISTIC && !p.slot))
+            r = dg__fail(DG_ERR_NOMEM, "dg_asgd_server_drive: no memory for %d workers", W);
+    }
+    for (n = 1; p.expect && n <= W; n++) p.expect[n] = DG_MSG_ASGD_PULL;
+    if (r == DG_OK && d->schedule == DG_ASGD_DETERMINISTIC) r = dg_asgd_sched_create(&p.sched, cfg);
+    if (r == DG_OK) r = dg__asgd_ps_resume(&p);
+    if (r == DG_OK) {
+        p.t0 = p.warned = dg__now();
+        dg_transport_announce(t, (int64_t)ac_server_clock(p.s->ac));
+        have = dg__drive_wait_workers(t, W, d->d.wait_workers_ms > 0 ? d->d.wait_workers_ms : 60000);
+        dg__log(d->d.log, d->d.log_user, "%d of %d workers connected (%s schedule)", have, W,
+                p.sched ? "deterministic" : "asynchronous");
+        r = p.sched ? dg__asgd_ps_sched(&p) : dg__asgd_ps_async(&p);
+        if (r != DG_OK)
+            dg__log(d->d.log, d->d.log_user, "PS stops on %s: %s; writing the checkpoint",
+                    dg_result_str(r), dg_last_error());
+        else if (dg_stop_requested())
+            dg__log(d->d.log, d->d.log_user, "stop requested: checkpoint and shut down");
+        if ((e = dg__asgd_ps_save(&p)) != DG_OK && r == DG_OK) r = e;
+        if (r == DG_OK && !dg_stop_requested()) dg__asgd_ps_stop(&p);
+        if (r == DG_OK) dg__asgd_ps_progress(&p, 1);
+        dg__drive_sleep_ms(50);
+        dg_transport_goodbye(t, !dg_stop_requested());
+    }
+    for (n = 1; p.slot && n <= W; n++)
+        if (p.slot[n]) dg_msg_free(t, p.slot[n]);
+    dg__free(p.slot);
+    dg__free(p.live);
+    dg__free(p.expect);
+    dg_asgd_sched_free(p.sched);
+    dg_asgd_server_free(p.s);
+    return r;
+}
+
+DGDEF dg_result dg_asgd_worker_drive(const dg_asgd_config *cfg, int id, dg_transport *t,
+                                     dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                     size_t count, const dg_asgd_drive *d)
+{
+    uint64_t lim[DG_MSG_TYPE_MAX + 1];
+    dg_asgd_config c;
+    dg_asgd_worker *w = NULL;
+    dg_net *net = NULL;
+    uint32_t sizes[64];
+    ac_layout layout;
+    dg_result r, e;
+    int over = 0;
+    if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_asgd_worker_drive: NULL");
+    c = *cfg;
+    if (!c.c && !c.h && !c.w && !c.n_classes) { /* the data says */
+        c.c = ds->c;
+        c.h = ds->h;
+        c.w = ds->w;
+        c.n_classes = ds->n_classes;
+    }
+    if (c.c != ds->c || c.h != ds->h || c.w != ds->w || c.n_classes != ds->n_classes)
+        return dg__fail(DG_ERR_CONFIG, "asgd worker %d: the data (%d x %d x %d, %d classes) is not "
+                        "the configuration's", id, ds->c, ds->h, ds->w, ds->n_classes);
+    if ((r = dg_asgd_max_payload(&c, id, lim)) != DG_OK) return r;
+    dg_transport_set_limits(t, lim);
+    r = dg_asgd_net_create(&net, &c, c.c, c.h, c.w, c.n_classes, pool, c.batch);
+    if (r == DG_OK) r = dg_asgd_layout(net, sizes, 64, &layout);
+    if (r == DG_OK) r = dg_asgd_worker_create(&w, &c, id, t, &layout, ds, idx, count);
+    if (r == DG_OK && (e = dg_asgd_worker_start(w)) != DG_OK)
+        dg__log(d->d.log, d->d.log_user, "worker %d: PULL: %s", id, dg_last_error());
+    while (r == DG_OK && !over && !dg_stop_requested() && !dg_asgd_worker_stopped(w)) {
+        dg_msg *m;
+        int lost;
+        if (dg_transport_recv(t, id, 100, &m) == DG_OK) {
+            if ((e = dg_asgd_worker_handle(w, m)) != DG_OK)
+                dg__log(d->d.log, d->d.log_user, "worker %d: %s", id, dg_last_error());
+            if (dg_asgd_worker_has_model(w) && (e = dg_asgd_worker_compute(w, net)) != DG_OK) {
+                dg__log(d->d.log, d->d.log_user, "worker %d: %s", id, dg_last_error());
+                if (e != DG_ERR_CLOSED && e != DG_ERR_IO && e != DG_ERR_TIMEOUT) r = e;
+            }
+        }
+        if (r != DG_OK || dg_asgd_worker_stopped(w)) break;
+        lost = !dg_transport_connected(t, DG_PEER_SERVER);
+        if ((e = dg_transport_keep_server(t, id, d->d.reconnect_ms > 0 ? d->d.reconnect_ms : 30000,
+                                          &over)) != DG_OK) {
+            r = dg__fail(e, "worker %d: the server is gone: %s", id, dg_last_error());
+            break;
+        }
+        if (lost && !over && dg_transport_connected(t, DG_PEER_SERVER)) {
+            dg__log(d->d.log, d->d.log_user, "worker %d: back with the server, pulls again", id);
+            dg_asgd_worker_crash(w);
+            if (dg_asgd_worker_start(w) != DG_OK)
+                dg__log(d->d.log, d->d.log_user, "worker %d: PULL: %s", id, dg_last_error());
+        }
+    }
+    if (r == DG_OK && w && dg_asgd_worker_stopped(w))
+        dg__log(d->d.log, d->d.log_user, "worker %d: training is over after %llu pushes", id,
+                (unsigned long long)dg_asgd_worker_compressor_stats(w).packets);
+    dg_asgd_worker_free(w);
+    dg_net_free(net);
+    return r;
+}
 
 #endif /* ADACOMP_H */
 

@@ -1,0 +1,576 @@
+/* tests/test_asgd_net.c: AdaComp-ASGD across processes (the process
+ * drivers of the dg_asgd section: dg_asgd_server_drive, dg_asgd_worker_drive).
+ *
+ * With real processes (build/asgd, forked and reaped, 127.0.0.1 on ports
+ * found by binding port 0): the deterministic schedule over TCP, a PS and 3
+ * workers, gives a final w bit-identical to the in-process run in the
+ * hardy, ibm and dense modes (and with drop-outs replayed); in the
+ * asynchronous mode a worker killed with SIGKILL mid-run is noticed and
+ * logged, the run finishes, a restarted worker rejoins and pushes again,
+ * and w stays finite.  In one process (threads, TCP transports): an insider
+ * sending a malformed PUSH, then a NaN PUSH, is dropped each time, w is
+ * not touched by them, and the run completes.  A PS stopped by SIGTERM
+ * checkpoints; resumed, it finishes the run with the workers that waited.
+ * adacomp's server state (ac_server_save / ac_server_load) restores a PS
+ * that then modulates the next pushes exactly as the original. */
+#define ADACOMP_IMPLEMENTATION
+#define _POSIX_C_SOURCE 200809L
+#include "../adacomp.h"
+#define DISTGAN_IMPLEMENTATION
+#include "../distgan.h"
+#include "harness.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+static const char *bin = "build/asgd";
+static char tmpdir[64];
+
+/* ---- real processes (as tests/test_tcp.c) ---- */
+
+static uint16_t free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    uint16_t port = 0;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+static pid_t spawn(const char *name, char *const *args)
+{
+    char out[256], err[256];
+    pid_t pid;
+    snprintf(out, sizeof out, "%s/%s.out", tmpdir, name);
+    snprintf(err, sizeof err, "%s/%s.err", tmpdir, name);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        FILE *o = freopen(out, "w", stdout), *e = freopen(err, "w", stderr);
+        (void)o;
+        (void)e;
+        execv(bin, args);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int reap(pid_t pid, int ms)
+{
+    double end = dg__now() + ms / 1e3;
+    int st;
+    while (dg__now() < end) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        dg__drive_sleep_ms(20);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+static char *slurp(const char *name)
+{
+    char path[256];
+    static char buf[1 << 18];
+    size_t n;
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    buf[0] = 0;
+    if (!(f = fopen(path, "r"))) return buf;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return buf;
+}
+
+static int file_has(const char *name, const char *needle) { return strstr(slurp(name), needle) != NULL; }
+
+static int wait_for(const char *name, const char *needle, int ms)
+{
+    double end = dg__now() + ms / 1e3;
+    while (dg__now() < end) {
+        if (file_has(name, needle)) return 1;
+        dg__drive_sleep_ms(20);
+    }
+    return 0;
+}
+
+static void show(const char *name)
+{
+    printf("  --- %s\n%s", name, slurp(name));
+}
+
+#define ARGS(...) ((char *const[]){(char *)bin, __VA_ARGS__, NULL})
+
+static int have_bin(void)
+{
+    if (access(bin, X_OK) == 0) return 1;
+    printf("  %s is missing: build it first (make %s)\n", bin, bin);
+    return 0;
+}
+
+static float *read_floats(const char *name, size_t *n)
+{
+    char path[256];
+    FILE *f;
+    long len;
+    float *x;
+    *n = 0;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    if (!(f = fopen(path, "rb"))) return NULL;
+    fseek(f, 0, SEEK_END);
+    len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    x = (float *)malloc((size_t)len + 4);
+    if (x && fread(x, 1, (size_t)len, f) == (size_t)len) *n = (size_t)len / 4;
+    fclose(f);
+    return x;
+}
+
+/* ---- (i) the deterministic schedule over TCP equals the in-process run ---- */
+
+#define RUNOPTS "--dataset", "shapes:2000", "--workers", "3", "--arch", "mlp", "--hidden", "32", \
+                "--seed", "5", "--threads", "1"
+
+static void det_vs_inproc(const char *mode, const char *drop)
+{
+    char addr[32], wid[3][16], name[32];
+    pid_t srv, wk[3];
+    float *a, *b;
+    size_t na, nb;
+    int i, ok = 1;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    CHECK(reap(spawn("inproc", ARGS("--mode", (char *)mode, "--updates", "240", "--drop",
+                                    (char *)drop, "--down", "2", "--out", "inproc.f32", RUNOPTS)),
+               60000) == 0);
+    srv = spawn("dsrv", ARGS("--transport", "tcp", "--role", "server", "--listen", addr,
+                             "--schedule", "deterministic", "--mode", (char *)mode, "--updates",
+                             "240", "--eval-every", "80", "--drop", (char *)drop, "--down", "2",
+                             "--out", "tcp.f32", RUNOPTS));
+    for (i = 0; i < 3; i++) {
+        snprintf(wid[i], sizeof wid[i], "%d", i + 1);
+        snprintf(name, sizeof name, "dw%d", i + 1);
+        wk[i] = spawn(name, ARGS("--transport", "tcp", "--role", "worker", "--connect", addr,
+                                 "--id", wid[i], "--schedule", "deterministic", "--mode",
+                                 (char *)mode, "--updates", "240", "--drop", (char *)drop,
+                                 "--down", "2", RUNOPTS));
+    }
+    if (reap(srv, 120000) != 0) ok = 0;
+    for (i = 0; i < 3; i++)
+        if (reap(wk[i], 20000) != 0) ok = 0;
+    CHECK(ok);
+    a = read_floats("inproc.f32", &na);
+    b = read_floats("tcp.f32", &nb);
+    CHECK(a && b && na == nb && na > 0);
+    if (a && b && na == nb && na > 0) {
+        CHECK(memcmp(a, b, na * 4) == 0);
+        printf("  %s (drop %s): %zu parameters over TCP (deterministic) and in-process: %s\n", mode,
+               drop, na, memcmp(a, b, na * 4) ? "DIFFERENT" : "bit-identical");
+    }
+    if (th_cur_failed) { show("dsrv.out"); show("dsrv.err"); show("dw1.err"); show("inproc.err"); }
+    free(a);
+    free(b);
+}
+
+TEST(det_tcp_hardy) { det_vs_inproc("hardy", "0"); }
+TEST(det_tcp_ibm) { det_vs_inproc("ibm", "0"); }
+TEST(det_tcp_dense) { det_vs_inproc("dense", "0"); }
+TEST(det_tcp_staleness_dropouts) { det_vs_inproc("staleness", "0.1"); }
+
+/* ---- (ii) asynchronous: kill -9 of a worker, restart ---- */
+
+static int all_finite(const float *x, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return n > 0;
+}
+
+TEST(async_worker_killed_and_rejoins)
+{
+    char addr[32];
+    pid_t srv, w1, w2, w3;
+    const char *p;
+    float *w;
+    size_t n;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+#define AOPTS RUNOPTS, "--updates", "12000", "--dead-ms", "1500", "--heartbeat-ms", "300"
+    srv = spawn("ksrv", ARGS("--transport", "tcp", "--role", "server", "--listen", addr,
+                             "--eval-every", "500", "--eval-limit", "200", "--out", "async.f32",
+                             AOPTS));
+    w1 = spawn("kw1", ARGS("--transport", "tcp", "--role", "worker", "--connect", addr, "--id", "1", AOPTS));
+    w2 = spawn("kw2", ARGS("--transport", "tcp", "--role", "worker", "--connect", addr, "--id", "2", AOPTS));
+    w3 = spawn("kw3", ARGS("--transport", "tcp", "--role", "worker", "--connect", addr, "--id", "3", AOPTS));
+    CHECK(wait_for("ksrv.out", "update   1000", 60000));
+    kill(w2, SIGKILL);
+    reap(w2, 2000);
+    CHECK(wait_for("ksrv.err", "worker 2 lost: its connection closed (2 live)", 10000));
+    w2 = spawn("kw2b", ARGS("--transport", "tcp", "--role", "worker", "--connect", addr, "--id", "2", AOPTS));
+    CHECK(reap(srv, 120000) == 0);
+    CHECK(reap(w1, 20000) == 0);
+    CHECK(reap(w2, 20000) == 0);
+    CHECK(reap(w3, 20000) == 0);
+    CHECK(file_has("ksrv.out", "RESULT") && file_has("ksrv.out", "updates=12000"));
+    /* it came back (connected or joined again) and pushed */
+    p = strstr(slurp("kw2b.err"), "training is over after ");
+    CHECK(p && atol(p + strlen("training is over after ")) > 0);
+    if (p) printf("  the restarted worker 2 pushed %ld times\n", atol(p + strlen("training is over after ")));
+    w = read_floats("async.f32", &n);
+    CHECK(w && all_finite(w, n));
+    free(w);
+    if (th_cur_failed) { show("ksrv.out"); show("ksrv.err"); show("kw2b.err"); }
+}
+
+/* ---- (iii) an insider: malformed and NaN pushes (threads, TCP) ---- */
+
+typedef struct log_buf {
+    pthread_mutex_t mu;
+    char text[1 << 16];
+    size_t len;
+} log_buf;
+
+static void log_to(void *user, const char *line)
+{
+    log_buf *b = (log_buf *)user;
+    pthread_mutex_lock(&b->mu);
+    b->len += (size_t)snprintf(b->text + b->len, sizeof b->text - b->len, "%s\n", line);
+    if (b->len >= sizeof b->text) b->len = sizeof b->text - 1;
+    pthread_mutex_unlock(&b->mu);
+}
+
+static int log_count(log_buf *b, const char *needle)
+{
+    int k = 0;
+    const char *p;
+    pthread_mutex_lock(&b->mu);
+    for (p = b->text; (p = strstr(p, needle)) != NULL; p++) k++;
+    pthread_mutex_unlock(&b->mu);
+    return k;
+}
+
+typedef struct ps_arg {
+    dg_asgd_config cfg;
+    dg_transport *t;
+    dg_asgd_drive d;
+    dg_result r;
+    dg_asgd_stats stats;
+    float *w;
+    size_t n;
+} ps_arg;
+
+static void ps_done(void *user, const dg_asgd_drive_status *s)
+{
+    ps_arg *a = (ps_arg *)user;
+    if (!s->last) return;
+    a->stats = *dg_asgd_server_stats(s->server);
+    a->n = (size_t)ac_layout_total(&s->server->layout);
+    a->w = (float *)malloc(a->n * sizeof(float));
+    if (a->w) memcpy(a->w, dg_asgd_server_params(s->server), a->n * sizeof(float));
+}
+
+static void *ps_thread(void *arg)
+{
+    ps_arg *a = (ps_arg *)arg;
+    dg_pool *pool;
+    if ((a->r = dg_pool_create(&pool, 1)) != DG_OK) return NULL;
+    a->r = dg_asgd_server_drive(&a->cfg, a->t, pool, &a->d);
+    dg_pool_destroy(pool);
+    return NULL;
+}
+
+typedef struct wk_arg {
+    dg_asgd_config cfg;
+    int id;
+    dg_transport *t;
+    const dg_dataset *ds;
+    const dg_partition *part;
+    dg_asgd_drive d;
+    dg_result r;
+} wk_arg;
+
+static void *wk_thread(void *arg)
+{
+    wk_arg *a = (wk_arg *)arg;
+    dg_pool *pool;
+    size_t count;
+    const uint32_t *idx = dg_partition_worker(a->part, a->id - 1, &count);
+    if ((a->r = dg_pool_create(&pool, 1)) != DG_OK) return NULL;
+    a->r = dg_asgd_worker_drive(&a->cfg, a->id, a->t, pool, a->ds, idx, count, &a->d);
+    dg_pool_destroy(pool);
+    return NULL;
+}
+
+/* Sends one PUSH of `len` packet bytes from the insider (peer 3). */
+static dg_result insider_push(dg_transport *t, const void *packet, size_t len, float loss)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    dg_msg *m;
+    dg_result r = dg_msg_create(t, DG_MSG_ASGD_PUSH, 3, 0, 0, 1, &kind, &len, &m);
+    if (r != DG_OK) return r;
+    memcpy(m->part[0].data, packet, len);
+    m->stat[0] = loss;
+    return dg_transport_send(t, m);
+}
+
+static int wait_log(log_buf *b, const char *needle, int count, int ms)
+{
+    double end = dg__now() + ms / 1e3;
+    while (dg__now() < end) {
+        if (log_count(b, needle) >= count) return 1;
+        dg__drive_sleep_ms(10);
+    }
+    return 0;
+}
+
+TEST(insider_malformed_and_nan_push)
+{
+    static log_buf lb;
+    dg_dataset ds;
+    dg_partition part;
+    dg_tcp_config tc = dg_tcp_config_init();
+    dg_asgd_config cfg = dg_asgd_config_init();
+    ps_arg ps;
+    wk_arg wk[2];
+    pthread_t pth, wth[2];
+    dg_transport *ins = NULL;
+    dg_net *net = NULL;
+    uint32_t sizes[64];
+    ac_layout layout;
+    ac_compressor *comp = NULL;
+    ac_compressor_config cc;
+    ac_server_config sc;
+    unsigned char *packet = NULL, junk[64];
+    char addr[32];
+    size_t len = 0, i;
+    float *grad = NULL, sentinel = 1.2345678f, nan_v = NAN;
+    int k, patched = 0;
+    pthread_mutex_init(&lb.mu, NULL);
+    memset(&ds, 0, sizeof ds);
+    CHECK_OK(dg_dataset_make_shapes(&ds, 600, 3));
+    cfg.n_workers = 3;
+    cfg.mode = DG_ASGD_MODE_DENSE;
+    cfg.arch = DG_ASGD_ARCH_MLP;
+    cfg.hidden = 16;
+    cfg.seed = 9;
+    cfg.c = ds.c; cfg.h = ds.h; cfg.w = ds.w; cfg.n_classes = ds.n_classes;
+    CHECK_OK(dg_asgd_partition_contiguous(&part, ds.n, 3));
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    tc.n_peers = 4;
+    tc.listen = addr;
+    tc.retry_ms = 10000;
+    tc.log = log_to;
+    tc.log_user = &lb;
+    memset(&ps, 0, sizeof ps);
+    ps.cfg = cfg;
+    CHECK_OK(dg_tcp_server_create(&ps.t, &tc));
+    if (!ps.t) return;
+    ps.d.d.iterations = 4000;
+    ps.d.d.wait_workers_ms = 10000;
+    ps.d.d.log = log_to;
+    ps.d.d.log_user = &lb;
+    ps.d.progress = ps_done;
+    ps.d.user = &ps;
+    pthread_create(&pth, NULL, ps_thread, &ps);
+    tc.listen = NULL;
+    tc.connect = addr;
+    for (k = 0; k < 2; k++) {
+        memset(&wk[k], 0, sizeof wk[k]);
+        wk[k].cfg = cfg;
+        wk[k].id = k + 1;
+        wk[k].ds = &ds;
+        wk[k].part = &part;
+        wk[k].d.d.log = log_to;
+        wk[k].d.d.log_user = &lb;
+        tc.self = k + 1;
+        CHECK_OK(dg_tcp_worker_create(&wk[k].t, &tc));
+    }
+    tc.self = 3;
+    CHECK_OK(dg_tcp_worker_create(&ins, &tc));
+    for (k = 0; k < 2; k++) pthread_create(&wth[k], NULL, wk_thread, &wk[k]);
+    /* a dense packet of a finite gradient with a sentinel value, then NaN in its place */
+    CHECK_OK(dg__asgd_net_build(&net, &cfg, ds.c, ds.h, ds.w, ds.n_classes, NULL, 0));
+    CHECK_OK(dg_asgd_layout(net, sizes, 64, &layout));
+    dg_asgd_ac_configs(&cfg, &cc, &sc);
+    CHECK(ac_compressor_init(&comp, &layout, &cc) == AC_OK);
+    grad = (float *)calloc(ac_layout_total(&layout), sizeof(float));
+    packet = (unsigned char *)malloc(ac_compressor_packet_bound(comp));
+    grad[5] = sentinel;
+    CHECK(ac_compress(comp, grad, 0, packet, ac_compressor_packet_bound(comp), &len) == AC_OK);
+    for (i = 0; i + 4 <= len && !patched; i++)
+        if (!memcmp(packet + i, &sentinel, 4)) {
+            memcpy(packet + i, &nan_v, 4);
+            patched = 1;
+        }
+    CHECK(patched);
+    /* malformed: bytes that are no packet */
+    for (i = 0; i < sizeof junk; i++) junk[i] = (unsigned char)(i * 37 + 11);
+    CHECK_OK(insider_push(ins, junk, sizeof junk, 0.5f));
+    CHECK(wait_log(&lb, "worker 3 dropped: malformed or non-finite push", 1, 10000));
+    /* back in, with a NaN value */
+    for (k = 0; k < 100 && dg_transport_connected(ins, 0); k++) dg__drive_sleep_ms(20);
+    CHECK_OK(dg_tcp_reconnect(ins));
+    CHECK_OK(insider_push(ins, packet, len, 0.5f));
+    CHECK(wait_log(&lb, "worker 3 dropped: malformed or non-finite push", 2, 10000));
+    pthread_join(pth, NULL);
+    for (k = 0; k < 2; k++) pthread_join(wth[k], NULL);
+    CHECK_OK(ps.r);
+    CHECK_OK(wk[0].r);
+    CHECK_OK(wk[1].r);
+    CHECK(ps.stats.applied == 4000 && ps.stats.invalid == 2);
+    CHECK(ps.w && all_finite(ps.w, ps.n));
+    printf("  insider dropped twice (malformed, NaN); %llu updates applied, %llu refused\n",
+           (unsigned long long)ps.stats.applied, (unsigned long long)ps.stats.invalid);
+    if (th_cur_failed) printf("%s", lb.text);
+    dg_transport_close(ins);
+    for (k = 0; k < 2; k++) dg_transport_close(wk[k].t);
+    dg_transport_close(ps.t);
+    free(ps.w);
+    free(grad);
+    free(packet);
+    ac_compressor_free(comp);
+    dg_net_free(net);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* ---- the PS checkpoint: stop, resume, same w ---- */
+
+TEST(ps_checkpoint_resume)
+{
+    char addr[32], ck[128];
+    pid_t srv, wk[3];
+    float *a;
+    size_t na;
+    int i;
+    if (!have_bin()) { CHECK(0); return; }
+    snprintf(ck, sizeof ck, "%s/ps.ckpt", tmpdir);
+    /* async run stopped by SIGTERM, resumed: finishes with the checkpoint's clock */
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+#define COPTS RUNOPTS, "--updates", "30000", "--dead-ms", "1500", "--heartbeat-ms", "300"
+    srv = spawn("csrv", ARGS("--transport", "tcp", "--role", "server", "--listen", addr,
+                             "--eval-every", "1000", "--eval-limit", "100", "--checkpoint", ck,
+                             "--checkpoint-every", "500", COPTS));
+    for (i = 0; i < 3; i++) {
+        char id[16], name[16];
+        snprintf(id, sizeof id, "%d", i + 1);
+        snprintf(name, sizeof name, "cw%d", i + 1);
+        wk[i] = spawn(name, ARGS("--transport", "tcp", "--role", "worker", "--connect", addr,
+                                 "--id", id, COPTS));
+    }
+    CHECK(wait_for("csrv.out", "update   2000", 60000));
+    kill(srv, SIGTERM);
+    CHECK(reap(srv, 20000) == 0);
+    CHECK(file_has("csrv.err", "stop requested: checkpoint and shut down"));
+    srv = spawn("csrv2", ARGS("--transport", "tcp", "--role", "server", "--listen", addr,
+                              "--eval-every", "1000", "--eval-limit", "100", "--checkpoint", ck,
+                              "--resume", "--out", "resumed.f32", COPTS));
+    CHECK(wait_for("csrv2.err", "resumed from", 20000));
+    CHECK(reap(srv, 120000) == 0);
+    for (i = 0; i < 3; i++) CHECK(reap(wk[i], 40000) == 0);
+    CHECK(file_has("csrv2.out", "updates=30000"));
+    a = read_floats("resumed.f32", &na);
+    CHECK(a && all_finite(a, na));
+    free(a);
+    if (th_cur_failed) { show("csrv.out"); show("csrv.err"); show("csrv2.out"); show("csrv2.err"); show("cw1.err"); }
+}
+
+/* ---- adacomp's server state: what a resumed PS needs ---- */
+
+TEST(ac_server_state_roundtrip)
+{
+    uint32_t sizes[2] = {300, 20};
+    ac_layout layout = {2, sizes};
+    ac_compressor *comp = NULL;
+    ac_server *a = NULL, *b = NULL, *c = NULL;
+    ac_compressor_config cc = ac_compressor_config_init();
+    ac_server_config sc = ac_server_config_init(), tau = ac_server_config_init();
+    float pa[320], pb[320], pc[320], grad[320];
+    unsigned char packet[4096], *state = NULL;
+    size_t len, slen = 0;
+    uint64_t t_pull[4] = {0, 0, 0, 0};
+    int k, i;
+    cc.rate = 0.05;
+    for (i = 0; i < 320; i++) pa[i] = pb[i] = pc[i] = 0.01f * (float)(i % 17);
+    CHECK(ac_compressor_init(&comp, &layout, &cc) == AC_OK);
+    CHECK(ac_server_init(&a, &layout, pa, &sc) == AC_OK);
+    CHECK(ac_server_init(&b, &layout, pb, &sc) == AC_OK);
+    tau.staleness = AC_STALENESS_TAU;
+    CHECK(ac_server_init(&c, &layout, pc, &tau) == AC_OK);
+    if (!comp || !a || !b || !c) return;
+    /* 200 pushes of 4 workers with staleness up to 150 (the history grows) */
+    for (k = 0; k < 200; k++) {
+        int w = k % 4;
+        for (i = 0; i < 320; i++) grad[i] = (float)((i * 7 + k * 13) % 29) - 14.0f;
+        CHECK(ac_compress(comp, grad, t_pull[w], packet, sizeof packet, &len) == AC_OK);
+        CHECK(ac_server_apply_packet(a, packet, len) == AC_OK);
+        t_pull[w] = k < 150 && w == 3 ? 0 : ac_server_clock(a);
+    }
+    slen = ac_server_state_size(a);
+    state = (unsigned char *)malloc(slen);
+    CHECK(state && ac_server_save(a, state, slen, &len) == AC_OK && len == slen);
+    CHECK(ac_server_save(a, state, slen - 1, &len) == AC_ERR_CAPACITY);
+    CHECK(ac_server_load(c, state, slen) == AC_ERR_FORMAT);      /* another staleness mode */
+    CHECK(ac_server_load(b, state, slen - 8) == AC_ERR_FORMAT);  /* truncated */
+    state[0] ^= 1;
+    CHECK(ac_server_load(b, state, slen) == AC_ERR_MAGIC);
+    state[0] ^= 1;
+    CHECK(ac_server_load(b, state, slen) == AC_OK);
+    memcpy(pb, pa, sizeof pa);
+    CHECK(ac_server_clock(b) == ac_server_clock(a));
+    CHECK(ac_server_stats(b).tau_max == ac_server_stats(a).tau_max);
+    /* the next pushes, stale ones included, modulate the same on both */
+    for (k = 0; k < 20; k++) {
+        for (i = 0; i < 320; i++) grad[i] = (float)((i * 5 + k * 3) % 23) - 11.0f;
+        CHECK(ac_compress(comp, grad, ac_server_clock(a) - (uint64_t)(k * 7 % 120), packet,
+                          sizeof packet, &len) == AC_OK);
+        CHECK(ac_server_apply_packet(a, packet, len) == ac_server_apply_packet(b, packet, len));
+    }
+    CHECK(memcmp(pa, pb, sizeof pa) == 0);
+    free(state);
+    ac_compressor_free(comp);
+    ac_server_free(a);
+    ac_server_free(b);
+    ac_server_free(c);
+}
+
+/* argv[1], if any: run only the tests whose name contains it */
+static const char *only;
+#define RUN_SOME(name) do { if (!only || strstr(#name, only)) RUN(name); } while (0)
+
+int main(int argc, char **argv)
+{
+    char cwd[4096];
+    only = argc > 1 ? argv[1] : NULL;
+    signal(SIGPIPE, SIG_IGN);
+    alarm(600); /* a hard bound on the whole program */
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/dg_asgd_net_XXXXXX");
+    if (!mkdtemp(tmpdir)) return 1;
+    if (getcwd(cwd, sizeof cwd)) {
+        static char abs_bin[4200];
+        snprintf(abs_bin, sizeof abs_bin, "%s/%s", cwd, bin);
+        bin = abs_bin;
+    }
+    if (chdir(tmpdir) != 0) return 1;
+    RUN_SOME(ac_server_state_roundtrip);
+    RUN_SOME(det_tcp_hardy);
+    RUN_SOME(det_tcp_ibm);
+    RUN_SOME(det_tcp_dense);
+    RUN_SOME(det_tcp_staleness_dropouts);
+    RUN_SOME(async_worker_killed_and_rejoins);
+    RUN_SOME(insider_malformed_and_nan_push);
+    RUN_SOME(ps_checkpoint_resume);
+    return th_done();
+}
