@@ -1643,9 +1643,13 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 
    Walkthrough.  Everything on the wire is a frame: a 32-byte little-endian
    header (magic "DGTP", protocol version, message type, flags, sender id,
-   CRC-32 of the payload, iteration, payload length) and the payload.
-   dg_frame_header_decode checks every field before anything is allocated,
-   and a payload longer than the configured maximum, or than the largest
+   a CRC-32, iteration, payload length) and the payload.  The payload of a
+   role's message is exactly its dg_msg_encode frame ("DGMS", section
+   dg_transport): the bytes an in-process encoder, MPI and TCP produce for
+   a message are the same.  The receiver checks every field of the header,
+   then the DGMS header and part table (with the validation dg_msg_decode
+   uses), before anything is allocated; a payload longer than the
+   configured maximum, or than the largest
    message of its type in this run (dg_tcp_set_max_payload, which the
    drivers fill from the role's configuration), is refused from its header
    alone.  A message buffer is committed as its bytes arrive, not when a
@@ -1673,7 +1677,9 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
    Each endpoint (the server's, or a worker's) owns one I/O thread that runs
    a poll() loop over its listening socket, its connections and a wake-up
    pipe: it accepts, runs handshakes, reads frames through a per-connection
-   state machine (header, then payload) with bounded buffers, sends
+   state machine (header, then payload; a message's DGMS header, part table
+   and values, the values straight into a pooled message) with bounded
+   buffers, sends
    heartbeats and drops connections that are idle, slow (a frame or a
    handshake that does not complete in time) or malformed.  Complete frames
    go to a bounded receive queue that dg_transport's recv pops with a
@@ -1691,7 +1697,7 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
    and shut down gracefully. */
 
 #define DG_TCP_MAGIC 0x50544744u        /* "DGTP" read as a little-endian u32 */
-#define DG_TCP_VERSION 1u
+#define DG_TCP_VERSION 2u
 #define DG_TCP_HEADER_SIZE 32
 /* Default upper bound on a payload (a configured maximum overrides it). */
 #define DG_TCP_DEFAULT_MAX_MESSAGE ((uint64_t)256 << 20)
@@ -1737,8 +1743,11 @@ DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n);
 
 /* ---- frames ----
    Header, little-endian:  0 u32 magic | 4 u16 version | 6 u8 type |
-   7 u8 flags | 8 u32 sender (peer id: 0 server, n worker) | 12 u32 CRC-32 of the payload |
-   16 u64 iteration | 24 u64 payload length. */
+   7 u8 flags | 8 u32 sender (peer id: 0 server, n worker) | 12 u32 CRC-32 of the payload
+   (of a message: of its first DG_MSG_HEADER_BYTES, the DGMS header; the
+   DGMS CRC covers the rest) | 16 u64 iteration | 24 u64 payload length.
+   A message's payload is its dg_msg_encode frame, whose type, sender and
+   iteration are the header's. */
 typedef struct dg_frame_header {
     uint16_t version;
     uint8_t type, flags;
@@ -1876,7 +1885,7 @@ DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cf
 /* Worker: dials the server again after it was lost (same listener). */
 DGDEF dg_result dg_tcp_reconnect(dg_transport *t);
 /* Per message type 1..DG_TCP_APP_MAX: the largest payload (the frame's
-   length: body head, part table and values) this endpoint accepts, 0 for a
+   length: the DGMS frame of dg_msg_encode, dg_msg_encoded_size) this endpoint accepts, 0 for a
    type it refuses; a frame over its type's limit closes its connection
    from the header alone.  Until this is called every type may take
    max_message.  The drivers call it before they serve, with
@@ -9595,44 +9604,75 @@ DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *wr
     return DG_OK;
 }
 
+/* Types the codec carries: the roles' (1..DG_MSG_STOP) and the
+   applications' (DG_MSG_USER..). */
+static int dg__msg_type_known(int type)
+{
+    return type >= 1 && (type <= DG_MSG_STOP || type >= DG_MSG_USER) && type <= 0xffff;
+}
+
 /* A frame's header and part table, validated (len: the bytes at p, at
    least the header; the payload need not follow). */
 typedef struct dg__msg_head {
     int type, from, to, n_parts;
+    int64_t iteration;
     uint32_t crc;
     dg_part_kind kinds[DG_MSG_MAX_PARTS];
     size_t counts[DG_MSG_MAX_PARTS];
-    size_t payload;
+    size_t size;      /* header and part table: DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * n_parts */
+    size_t payload;   /* the parts' values */
 } dg__msg_head;
 
+/* From a frame's first DG_MSG_HEADER_BYTES bytes: magic, version and part
+   count checked, *size = the bytes of its header and part table (what a
+   reader that takes a frame as it arrives reads before it calls
+   dg__msg_head_decode). */
+static dg_result dg__msg_head_size(const unsigned char *p, size_t *size)
+{
+    uint32_t n_parts;
+    if (memcmp(p, "DGMS", 4) != 0)
+        return dg__fail(DG_ERR_FORMAT, "message: bad magic %02x%02x%02x%02x (want \"DGMS\")",
+                        p[0], p[1], p[2], p[3]);
+    if (p[4] != DG_MSG_VERSION || p[5] != 0)
+        return dg__fail(DG_ERR_VERSION, "message: version %u", (unsigned)(p[4] | p[5] << 8));
+    n_parts = dg__rd32(p + 40);
+    if (n_parts > DG_MSG_MAX_PARTS)
+        return dg__fail(DG_ERR_FORMAT, "message: %u parts (at most %d)", n_parts, DG_MSG_MAX_PARTS);
+    *size = DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts;
+    return DG_OK;
+}
+
+/* The one validation of a frame's header and part table, for every
+   transport that reads frames (dg_msg_decode, MPI, TCP): magic, version,
+   type, peers (< t->n_peers), part kinds, each part and their sum within
+   max_payload, and the header's payload length equal to that sum.  Nothing
+   is allocated. */
 static dg_result dg__msg_head_decode(const dg_transport *t, const unsigned char *p, size_t len,
                                      size_t max_payload, dg__msg_head *h)
 {
     const unsigned char *q;
-    uint32_t n_parts, u;
+    dg_result r;
+    uint32_t u;
     int i;
-    if (len < DG_MSG_HEADER_BYTES || memcmp(p, "DGMS", 4) != 0)
-        return dg__fail(DG_ERR_FORMAT, "message: bad magic or %zu-byte frame", len);
-    if (p[4] != DG_MSG_VERSION || p[5] != 0)
-        return dg__fail(DG_ERR_VERSION, "message: version %u", (unsigned)(p[4] | p[5] << 8));
+    if (len < DG_MSG_HEADER_BYTES)
+        return dg__fail(DG_ERR_FORMAT, "message: %zu-byte frame (the header is %d)", len,
+                        DG_MSG_HEADER_BYTES);
+    if ((r = dg__msg_head_size(p, &h->size)) != DG_OK) return r;
+    if (len < h->size) return dg__fail(DG_ERR_FORMAT, "message: truncated part table");
     h->type = p[6] | p[7] << 8;
     h->from = (int)(int32_t)dg__rd32(p + 8);
     h->to = (int)(int32_t)dg__rd32(p + 12);
-    if (h->type < 1 || (h->type > DG_MSG_STOP && h->type < DG_MSG_USER))
+    h->iteration = (int64_t)dg__rd64(p + 16);
+    if (!dg__msg_type_known(h->type))
         return dg__fail(DG_ERR_FORMAT, "message: unknown type %d", h->type);
     if (h->from < 0 || h->from >= t->n_peers || h->to < 0 || h->to >= t->n_peers)
         return dg__fail(DG_ERR_FORMAT, "message: peers %d -> %d outside 0..%d", h->from, h->to,
                         t->n_peers - 1);
-    n_parts = dg__rd32(p + 40);
-    if (n_parts > DG_MSG_MAX_PARTS)
-        return dg__fail(DG_ERR_FORMAT, "message: %u parts (at most %d)", n_parts, DG_MSG_MAX_PARTS);
-    if (len < DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts)
-        return dg__fail(DG_ERR_FORMAT, "message: truncated part table");
-    h->n_parts = (int)n_parts;
+    h->n_parts = (int)dg__rd32(p + 40);
     h->crc = dg__rd32(p + 44);
     h->payload = 0;
     q = p + DG_MSG_HEADER_BYTES;
-    for (i = 0; i < (int)n_parts; i++, q += DG_MSG_PART_BYTES) {
+    for (i = 0; i < h->n_parts; i++, q += DG_MSG_PART_BYTES) {
         uint64_t c = dg__rd64(q + 8);
         u = dg__rd32(q);
         if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(q + 4) != 0)
@@ -9652,13 +9692,14 @@ static dg_result dg__msg_head_decode(const dg_transport *t, const unsigned char 
 }
 
 /* A message from t's pool shaped by a decoded head (p: that head's bytes),
-   its parts still to be filled. */
+   its parts still to be filled; at most `commit` bytes of a new buffer are
+   committed (SIZE_MAX: all; dg__msg_take). */
 static dg_result dg__msg_from_head(dg_transport *t, const unsigned char *p, const dg__msg_head *h,
-                                   dg_msg **out)
+                                   size_t commit, dg_msg **out)
 {
     uint32_t u;
-    dg_result r = dg_msg_create(t, h->type, h->from, h->to, (int64_t)dg__rd64(p + 16), h->n_parts,
-                                h->kinds, h->counts, out);
+    dg_result r = dg__msg_take(t, h->type, h->from, h->to, h->iteration, h->n_parts, h->kinds,
+                               h->counts, commit, out);
     if (r != DG_OK) return r;
     (*out)->aux = (int64_t)dg__rd64(p + 24);
     u = dg__rd32(p + 32);
@@ -9682,13 +9723,13 @@ DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size
     *out = NULL;
     if (!t || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_decode: NULL argument");
     if ((r = dg__msg_head_decode(t, p, len, max_payload, &h)) != DG_OK) return r;
-    q = p + DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * h.n_parts;
+    q = p + h.size;
     if (len != (size_t)(q - p) + h.payload)
         return dg__fail(DG_ERR_FORMAT, "message: length %zu does not match its %zu-byte payload",
                         len, h.payload);
     if (dg_crc32(0, p + DG_MSG_HEADER_BYTES, len - DG_MSG_HEADER_BYTES) != h.crc)
         return dg__fail(DG_ERR_CHECKSUM, "message: CRC mismatch");
-    if ((r = dg__msg_from_head(t, p, &h, &m)) != DG_OK) return r;
+    if ((r = dg__msg_from_head(t, p, &h, SIZE_MAX, &m)) != DG_OK) return r;
     for (i = 0; i < h.n_parts; i++) {
         unsigned char *dst = (unsigned char *)m->part[i].data;
         if (h.kinds[i] == DG_PART_BYTES) {
@@ -10415,7 +10456,7 @@ static dg_result dg__mpi_recv_split(dg__mpi *t, MPI_Message *msg, int src, int c
         return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent a head of %d bytes for %d parts", src,
                         count, h.n_parts);
     if ((r = dg__mpi_check_peers(t, src, h.from, h.to)) != DG_OK) return r;
-    if ((r = dg__msg_from_head(&t->base, head, &h, &m)) != DG_OK) return r;
+    if ((r = dg__msg_from_head(&t->base, head, &h, SIZE_MAX, &m)) != DG_OK) return r;
     for (i = 0; r == DG_OK && i < h.n_parts; i++) {
         size_t b = dg__part_bytes(h.kinds[i], h.counts[i]);
         if (b) r = dg__mpi_recv_part(t, src, i, m->part[i].data, b);
@@ -13187,24 +13228,26 @@ DGDEF void dg_tcp_request_stop(void) { dg__tcp_stop_flag = 1; }
 /* ---- the receive state machine ----
    Pure over buffers, so the fuzz target drives exactly the code that reads
    sockets: dg__rx_want says where the next bytes go, the caller fills some
-   of them (read(2), or memcpy in the fuzz target) and dg__rx_got validates
-   each part as soon as it is complete.  Stages: the 32-byte frame header;
-   then either a control payload (<= max_control bytes) or a message body:
-   its 24-byte head, its part table, and the parts' values read straight
-   into a dg_msg of the transport's pool.  Nothing is allocated before the
-   header (and for a message, the part table) passed every check; a new
-   message buffer is committed as its bytes arrive (64 KiB, then doubling),
-   so a size that is only declared costs nothing; and the CRC-32 is
-   accumulated over the bytes as they arrive (still in cache).
-
-   Message body, little-endian: 0 i32 to | 4 u32 parts | 8 i64 aux |
-   16 f32 stat0 | 20 f32 stat1 | 24 parts x (u32 kind, u32 0, u64 count) |
-   values of part 0, 1, ... back to back (4 bytes per F32/I32 value, 1 per
-   byte).  The frame's type, sender and iteration are the message's. */
-#define DG__BODY_HEAD 24
+   of them (read(2) or a copy from the connection's input buffer, or memcpy
+   in the fuzz target) and dg__rx_got validates each part as soon as it is
+   complete.  Stages: the 32-byte frame header; then either a control
+   payload (<= max_control bytes) or a message: the payload of a message
+   frame is exactly the frame of dg_msg_encode (the "DGMS" frame that MPI
+   and the in-process codec use), read as it arrives: its 56-byte header,
+   its part table, and the parts' values straight into a dg_msg of the
+   transport's pool.  Nothing is allocated before the TCP header, and for a
+   message the DGMS header and part table, passed every check (the same
+   dg__msg_head_decode as dg_msg_decode and MPI, plus the TCP frame's
+   length, type, sender and iteration, and the receiver); a new message
+   buffer is committed as its bytes arrive (64 KiB, then doubling), so a
+   size that is only declared costs nothing.  Integrity: the TCP header's
+   CRC-32 of a message frame covers the DGMS header (checked before the
+   part table is read), the DGMS header's own CRC-32 the part table and the
+   values (accumulated as they arrive, still in cache, and checked at the
+   end), so every byte of the payload is covered once. */
 #define DG__RX_HEADER 0
 #define DG__RX_CONTROL 1
-#define DG__RX_BODY 2
+#define DG__RX_HEAD 2
 #define DG__RX_TABLE 3
 #define DG__RX_PARTS 4
 #define DG__RX_COMMIT ((size_t)64 << 10)   /* first commitment of a new message buffer */
@@ -13215,8 +13258,9 @@ typedef struct dg__rx {
     size_t got;                     /* bytes of the current stage */
     dg_frame_header h;
     unsigned char *payload;         /* control payload */
-    unsigned char body[DG__BODY_HEAD + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
-    size_t table;                   /* bytes of the part table */
+    unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    size_t head_size;               /* the DGMS header and part table */
+    uint32_t msg_crc;               /* the DGMS header's CRC-32 */
     dg_msg *m;                      /* message being filled */
     size_t off[DG_MSG_MAX_PARTS], need; /* its parts' offsets, its full size */
     int part;
@@ -13260,8 +13304,11 @@ static void dg__rx_want(dg__rx *rx, unsigned char **p, size_t *n)
     switch (rx->stage) {
     case DG__RX_HEADER: *p = rx->hdr + rx->got; *n = DG_TCP_HEADER_SIZE - rx->got; return;
     case DG__RX_CONTROL: *p = rx->payload + rx->got; *n = (size_t)rx->h.length - rx->got; return;
-    case DG__RX_BODY: *p = rx->body + rx->got; *n = DG__BODY_HEAD - rx->got; return;
-    case DG__RX_TABLE: *p = rx->body + DG__BODY_HEAD + rx->got; *n = rx->table - rx->got; return;
+    case DG__RX_HEAD: *p = rx->head + rx->got; *n = DG_MSG_HEADER_BYTES - rx->got; return;
+    case DG__RX_TABLE:
+        *p = rx->head + DG_MSG_HEADER_BYTES + rx->got;
+        *n = rx->head_size - DG_MSG_HEADER_BYTES - rx->got;
+        return;
     default: {
         size_t at = rx->off[rx->part] + rx->got, left = dg__part_size(&rx->m->part[rx->part]) - rx->got;
         *p = rx->m->buf + at;   /* dg__rx_room made at < cap */
@@ -13301,46 +13348,34 @@ static int dg__rx_next_part(dg__rx *rx)
     return rx->part >= rx->m->n_parts;
 }
 
-/* After the part table: every count checked against the frame's length
-   (exactly), then the message is taken from the pool. */
+/* After the DGMS header and part table: the shared validation
+   (dg__msg_head_decode) with the values bounded by what the TCP frame has
+   left, which they must fill exactly; the message must agree with the TCP
+   header and be for this endpoint.  Then it is taken from the pool. */
 static int dg__rx_table_done(dg__rx *rx)
 {
-    const unsigned char *b = rx->body;
-    dg_part_kind kinds[DG_MSG_MAX_PARTS];
-    size_t counts[DG_MSG_MAX_PARTS];
-    uint64_t left = rx->h.length - DG__BODY_HEAD - rx->table;
-    uint32_t i, np = dg__rd32(b + 4), u;
-    int32_t to = (int32_t)dg__rd32(b);
-    dg_result r;
-    for (i = 0; i < np; i++) {
-        const unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
-        uint64_t c = dg__rd64(e + 8), bytes;
-        u = dg__rd32(e);
-        if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(e + 4))
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u has kind %u", i, u));
-        if (u != DG_PART_BYTES && c > left / 4)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u of %llu values does not "
-                                             "fit the frame", i, (unsigned long long)c));
-        bytes = u == DG_PART_BYTES ? c : 4 * c;
-        if (bytes > left)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u of %llu bytes does not "
-                                             "fit the frame", i, (unsigned long long)bytes));
-        left -= bytes;
-        kinds[i] = (dg_part_kind)u;
-        counts[i] = (size_t)c;
-    }
-    if (left)
-        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %llu bytes after the last part",
-                                         (unsigned long long)left));
-    r = dg__msg_take(rx->t, rx->h.type, (int)rx->h.sender, (int)to, (int64_t)rx->h.iteration,
-                     (int)np, kinds, counts, DG__RX_COMMIT, &rx->m);
+    dg__msg_head mh;
+    uint64_t left = rx->h.length - rx->head_size;
+    dg_result r = dg__msg_head_decode(rx->t, rx->head, rx->head_size, (size_t)left, &mh);
+    if (r) return dg__rx_error(rx, r);
+    if (mh.payload != left)
+        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: the message's parts hold %zu bytes, "
+                                         "its frame %llu", mh.payload, (unsigned long long)left));
+    if (mh.type != rx->h.type || mh.from != (int)rx->h.sender ||
+        (uint64_t)mh.iteration != rx->h.iteration)
+        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message type %d from %d at "
+                                         "iteration %lld in a frame of type %u from %u at %llu",
+                                         mh.type, mh.from, (long long)mh.iteration, rx->h.type,
+                                         (unsigned)rx->h.sender,
+                                         (unsigned long long)rx->h.iteration));
+    if (rx->self >= 0 && mh.to != rx->self)
+        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message for peer %d on the "
+                                         "connection of %d", mh.to, rx->self));
+    rx->msg_crc = mh.crc;
+    rx->crc = dg_crc32(0, rx->head + DG_MSG_HEADER_BYTES, rx->head_size - DG_MSG_HEADER_BYTES);
+    r = dg__msg_from_head(rx->t, rx->head, &mh, DG__RX_COMMIT, &rx->m);
     if (r) return dg__rx_error(rx, r);
     rx->need = dg__msg_layout(rx->m, rx->off);
-    rx->m->aux = (int64_t)dg__rd64(b + 8);
-    u = dg__rd32(b + 16);
-    memcpy(&rx->m->stat[0], &u, 4);
-    u = dg__rd32(b + 20);
-    memcpy(&rx->m->stat[1], &u, 4);
     rx->stage = DG__RX_PARTS;
     rx->part = 0;
     return 0;
@@ -13401,39 +13436,33 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
                                             : dg__fail(DG_ERR_FORMAT, "tcp: message type %u is "
                                                        "not accepted here", rx->h.type));
         }
-        if (rx->h.length < DG__BODY_HEAD)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message of %llu bytes",
-                                             (unsigned long long)rx->h.length));
-        rx->stage = DG__RX_BODY;
+        if (rx->h.length < DG_MSG_HEADER_BYTES)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message of %llu bytes (a "
+                                             "message frame has at least %d)",
+                                             (unsigned long long)rx->h.length, DG_MSG_HEADER_BYTES));
+        rx->stage = DG__RX_HEAD;
         return 0;
     }
     case DG__RX_CONTROL:
         if (rx->got < rx->h.length) return 0;
         break;
-    case DG__RX_BODY: {
-        uint32_t np;
-        int32_t to;
-        if (rx->got < DG__BODY_HEAD) return 0;
-        rx->crc = dg_crc32(0, rx->body, DG__BODY_HEAD);
-        np = dg__rd32(rx->body + 4);
-        to = (int32_t)dg__rd32(rx->body);
-        if (np > DG_MSG_MAX_PARTS)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %u parts (at most %d)",
-                                             (unsigned)np, DG_MSG_MAX_PARTS));
-        if (to < 0 || to >= n_peers || (rx->self >= 0 && to != rx->self))
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message for peer %d on the "
-                                             "connection of %d", (int)to, rx->self));
-        rx->table = (size_t)DG_MSG_PART_BYTES * np;
-        if (DG__BODY_HEAD + rx->table > rx->h.length)
+    case DG__RX_HEAD: {
+        uint32_t crc;
+        if (rx->got < DG_MSG_HEADER_BYTES) return 0;
+        if ((crc = dg_crc32(0, rx->head, DG_MSG_HEADER_BYTES)) != rx->h.crc)
+            return dg__rx_error(rx, dg__fail(DG_ERR_CHECKSUM, "tcp: message header CRC-32 0x%08x, "
+                                             "frame header says 0x%08x", (unsigned)crc,
+                                             (unsigned)rx->h.crc));
+        if ((r = dg__msg_head_size(rx->head, &rx->head_size)) != DG_OK) return dg__rx_error(rx, r);
+        if (rx->head_size > rx->h.length)
             return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part table beyond the frame"));
         rx->got = 0;
         rx->stage = DG__RX_TABLE;
-        if (np) return 0;
+        if (rx->head_size > DG_MSG_HEADER_BYTES) return 0;
     }
         /* fall through */
     case DG__RX_TABLE:
-        if (rx->got < rx->table) return 0;
-        rx->crc = dg_crc32(rx->crc, rx->body + DG__BODY_HEAD, rx->table);
+        if (rx->got < rx->head_size - DG_MSG_HEADER_BYTES) return 0;
         if ((r = (dg_result)dg__rx_table_done(rx)) != 0) return r;
         k = dg__rx_next_part(rx);
         if ((r = (dg_result)dg__rx_room(rx)) != 0) return r;
@@ -13462,9 +13491,9 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
     rx->got = 0;
     return 1;
 complete:
-    if (rx->crc != rx->h.crc)
-        return dg__rx_error(rx, dg__fail(DG_ERR_CHECKSUM, "tcp: message CRC-32 0x%08x, header "
-                                         "says 0x%08x", (unsigned)rx->crc, (unsigned)rx->h.crc));
+    if (rx->crc != rx->msg_crc)
+        return dg__rx_error(rx, dg__fail(DG_ERR_CHECKSUM, "tcp: message CRC-32 0x%08x, its header "
+                                         "says 0x%08x", (unsigned)rx->crc, (unsigned)rx->msg_crc));
     *h = rx->h;
     *m = rx->m;
     rx->m = NULL;
@@ -14283,32 +14312,23 @@ static void *dg__tcp_io_main(void *arg)
 
 /* ---- the dg_transport functions ---- */
 
-/* Writes m on c: header, body head and part table in one buffer, the parts
-   from the message itself (no copy), CRC-32 over the body first. */
+/* Writes m on c as one frame whose payload is m's dg_msg_encode frame: the
+   TCP header, the DGMS header and the part table in one buffer, the parts
+   from the message itself (no copy), all in one writev.  The DGMS CRC-32
+   (part table and values) is computed first, then the TCP header's (the
+   DGMS header). */
 static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, uint64_t *w)
 {
-    unsigned char head[DG_TCP_HEADER_SIZE + DG__BODY_HEAD + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    unsigned char head[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
     unsigned char *b = head + DG_TCP_HEADER_SIZE;
     struct iovec iov[1 + DG_MSG_MAX_PARTS];
-    size_t body = DG__BODY_HEAD + (size_t)DG_MSG_PART_BYTES * m->n_parts;
-    uint64_t len = body;
+    size_t fb = dg_msg_frame_bytes(m);
+    uint64_t len = fb;
     dg_frame_header h;
-    uint32_t u, crc;
+    uint32_t crc;
     int i, n = 1;
-    dg__le32(b, (uint32_t)m->to);
-    dg__le32(b + 4, (uint32_t)m->n_parts);
-    dg__le64(b + 8, (uint64_t)m->aux);
-    memcpy(&u, &m->stat[0], 4);
-    dg__le32(b + 16, u);
-    memcpy(&u, &m->stat[1], 4);
-    dg__le32(b + 20, u);
-    for (i = 0; i < m->n_parts; i++) {
-        unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
-        dg__le32(e, (uint32_t)m->part[i].kind);
-        dg__le32(e + 4, 0);
-        dg__le64(e + 8, (uint64_t)m->part[i].count);
-    }
-    crc = dg_crc32(0, b, body);
+    dg__msg_head_encode(m, b, 0);
+    crc = dg_crc32(0, b + DG_MSG_HEADER_BYTES, fb - DG_MSG_HEADER_BYTES);
     for (i = 0; i < m->n_parts; i++) {
         size_t pb = dg__part_size(&m->part[i]);
         if (!pb) continue;
@@ -14321,16 +14341,17 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, ui
     if (len > t->cfg.max_message)
         return dg__fail(DG_ERR_TOO_LARGE, "tcp: message of %llu bytes over the limit of %llu",
                         (unsigned long long)len, (unsigned long long)t->cfg.max_message);
+    dg__le32(b + 44, crc);
     h.version = t->version;
     h.type = (uint8_t)m->type;
     h.flags = 0;
     h.sender = (uint32_t)m->from;
-    h.crc = crc;
+    h.crc = dg_crc32(0, b, DG_MSG_HEADER_BYTES);
     h.iteration = (uint64_t)m->iteration;
     h.length = len;
     dg_frame_header_encode(&h, head);
     iov[0].iov_base = head;
-    iov[0].iov_len = DG_TCP_HEADER_SIZE + body;
+    iov[0].iov_len = DG_TCP_HEADER_SIZE + fb;
     return dg__tcp_writev(c->fd, iov, n, dg__tcp_ms() + t->cfg.send_timeout_ms, w);
 }
 
@@ -14343,7 +14364,8 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     dg_result r;
     uint64_t w = 0;
     int to = m->to;
-    if (m->type < 1 || m->type > DG_TCP_APP_MAX || m->from != t->cfg.self || to == t->cfg.self) {
+    if (!dg__msg_type_known(m->type) || m->type > DG_TCP_APP_MAX || m->from != t->cfg.self ||
+        to == t->cfg.self || m->iteration < 0) {
         r = dg__fail(DG_ERR_ARG, "tcp: cannot send type %d from %d to %d on the transport of %d",
                      m->type, m->from, to, t->cfg.self);
         dg_msg_free(bt, m);
@@ -14988,7 +15010,7 @@ DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
    `values` in all. */
 static uint64_t dg__tcp_len4(int parts, uint64_t values)
 {
-    return DG__BODY_HEAD + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
+    return DG_MSG_HEADER_BYTES + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
 }
 
 /* Adds the parts and values of G or D on the wire (dg__net_parts:

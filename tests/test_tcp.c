@@ -107,9 +107,9 @@ TEST(frame_codec)
     dg_frame_header_encode(&h, b);
     CHECK(dg_frame_header_decode(b, DG_TCP_DEFAULT_MAX_MESSAGE, &g) == DG_ERR_TOO_LARGE);
     h.length = 5;
-    h.version = 2;
+    h.version = 3;
     dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 2);
+    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 3);
     h.version = DG_TCP_VERSION;
     h.type = 0x99;
     dg_frame_header_encode(&h, b);
@@ -295,8 +295,8 @@ TEST(handshake_refusals)
     CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), NULL, hash_a, 0) == DG_ERR_AUTH);
     CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_b, 0) == DG_ERR_CONFIG);
     CHECK(strstr(dg_last_error(), "configuration mismatch") != NULL);
-    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 2) == DG_ERR_VERSION);
-    CHECK(strstr(dg_last_error(), "protocol version 2") != NULL);
+    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 3) == DG_ERR_VERSION);
+    CHECK(strstr(dg_last_error(), "protocol version 3") != NULL);
     CHECK(make_worker(&w, 3, 7, dg_tcp_port(s), "sesame", hash_a, 0) == DG_ERR_ARG);
     CHECK(make_worker(&w, 4, 3, dg_tcp_port(s), "sesame", hash_a, 0) != DG_OK); /* no slot 3 */
     CHECK(dg_tcp_refused(s) >= 5);
@@ -785,9 +785,9 @@ TEST(refusals_and_sigterm)
     CHECK(reap(w, 10000) == 1);
     CHECK(file_has("fw1.err", "authentication failed"));
     w = spawn("fw2", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
-                          "--protocol-version", "2", COMMON3));
+                          "--protocol-version", "3", COMMON3));
     CHECK(reap(w, 10000) == 1);
-    CHECK(file_has("fw2.err", "protocol version 2"));
+    CHECK(file_has("fw2.err", "protocol version 3"));
     w = spawn("fw3", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
                           "--workers", "1", "--data", "shapes:100", "--batch", "4"));
     CHECK(reap(w, 10000) == 1);
@@ -870,19 +870,40 @@ static int raw_worker(uint16_t port, int id, const char *secret)
     return raw_handshake(raw_connect(port), id, secret);
 }
 
-/* The head of a FEEDBACK message of `bytes` payload from worker id: frame
-   header, body head and part table (72 bytes), and nothing more. */
+/* A message frame's heads for m (TCP header, DGMS header and part table,
+   as dg__tcp_write_msg writes them) into b; the values are the caller's.
+   Returns the bytes written. */
+static size_t app_heads(const dg_msg *m, unsigned char *b)
+{
+    size_t fb = dg_msg_frame_bytes(m);
+    dg_frame_header h = dg_frame_make((uint8_t)m->type, 0, (uint32_t)m->from,
+                                      (uint64_t)m->iteration, NULL, 0);
+    dg__msg_head_encode(m, b + DG_TCP_HEADER_SIZE, 0);
+    h.length = fb + dg_msg_payload_bytes(m);
+    h.crc = dg_crc32(0, b + DG_TCP_HEADER_SIZE, DG_MSG_HEADER_BYTES);
+    dg_frame_header_encode(&h, b);
+    return DG_TCP_HEADER_SIZE + fb;
+}
+
+/* The heads of a FEEDBACK message of `bytes` payload (one part) from
+   worker id, and nothing more. */
 static int declare_feedback(int fd, int id, uint64_t bytes)
 {
-    unsigned char b[DG_TCP_HEADER_SIZE + 24 + 16];
-    dg_frame_header h = dg_frame_make(DG_MSG_FEEDBACK, 0, (uint32_t)id, 1, NULL, 0);
-    h.length = 24 + 16 + bytes;
-    dg_frame_header_encode(&h, b);
-    memset(b + DG_TCP_HEADER_SIZE, 0, 40);
-    b[DG_TCP_HEADER_SIZE + 4] = 1;                          /* one part */
-    b[DG_TCP_HEADER_SIZE + 24] = DG_PART_F32;
-    dg__le64(b + DG_TCP_HEADER_SIZE + 24 + 8, bytes / 4);
-    return write(fd, b, sizeof b) == (ssize_t)sizeof b ? 0 : -1;
+    unsigned char b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES];
+    dg_msg m;
+    size_t n;
+    memset(&m, 0, sizeof m);
+    m.type = DG_MSG_FEEDBACK;
+    m.from = id;
+    m.to = 0;
+    m.iteration = 1;
+    m.n_parts = 1;
+    m.part[0].kind = DG_PART_BYTES;
+    m.part[0].count = (size_t)bytes;
+    n = app_heads(&m, b);
+    b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES] = DG_PART_F32; /* the part table is not */
+    dg__le64(b + DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + 8, bytes / 4); /* under that CRC */
+    return write(fd, b, n) == (ssize_t)n ? 0 : -1;
 }
 
 /* Item 3: authenticated peers that declare huge messages and send nothing
@@ -947,18 +968,18 @@ TEST(message_limits_per_type)
     c.n_workers = 3; c.c = 1; c.h = 28; c.w = 28; c.arch = DG_ARCH_MLP; c.batch = 16;
     bd = 16 * 784;
     CHECK_OK(dg_tcp_mdgan_max_payload(&c, 0, lim));
-    CHECK(lim[DG_MSG_FEEDBACK] == 24 + 16 + 4 * bd);
+    CHECK(lim[DG_MSG_FEEDBACK] == DG_MSG_HEADER_BYTES + 16 + 4 * bd);
     CHECK(lim[DG_MSG_GEN_BATCHES] == 0 && lim[DG_MSG_DISC] == 0 && lim[DG_MSG_USER] == 0);
     CHECK_OK(dg_tcp_mdgan_max_payload(&c, 2, lim));
-    CHECK(lim[DG_MSG_GEN_BATCHES] == 24 + 32 + 8 * bd && lim[DG_MSG_FEEDBACK] == 0);
-    CHECK(lim[DG_MSG_STOP] == 24 && lim[DG_MSG_SWAP] == 24);
-    CHECK(lim[DG_MSG_DISC] > 24 + 3 * 4 * (uint64_t)784 * 512); /* θ and Adam's moments */
+    CHECK(lim[DG_MSG_GEN_BATCHES] == DG_MSG_HEADER_BYTES + 32 + 8 * bd && lim[DG_MSG_FEEDBACK] == 0);
+    CHECK(lim[DG_MSG_STOP] == DG_MSG_HEADER_BYTES && lim[DG_MSG_SWAP] == DG_MSG_HEADER_BYTES);
+    CHECK(lim[DG_MSG_DISC] > DG_MSG_HEADER_BYTES + 3 * 4 * (uint64_t)784 * 512); /* θ and Adam's moments */
     /* a server that takes only FEEDBACK of the pinger's size */
     CHECK_OK(make_server(&s, 4, "sesame"));
     if (!s) return;
     CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
     memset(lim, 0, sizeof lim);
-    lim[DG_MSG_FEEDBACK] = 24 + 3 * 16 + 4 * 10000 + 4 * 3 + 5;
+    lim[DG_MSG_FEEDBACK] = DG_MSG_HEADER_BYTES + 3 * 16 + 4 * 10000 + 4 * 3 + 5;
     dg_tcp_set_max_payload(s, lim);
     if (w) {
         CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 10000, 4)));
@@ -967,7 +988,7 @@ TEST(message_limits_per_type)
         dg_msg_free(s, m);
     }
     fd = raw_worker(dg_tcp_port(s), 2, "sesame");     /* one byte over: closed at once */
-    CHECK(fd >= 0 && declare_feedback(fd, 2, 4 * 10000 + 4 * 3 + 5 + 4) == 0);
+    CHECK(fd >= 0 && declare_feedback(fd, 2, lim[DG_MSG_FEEDBACK] - (DG_MSG_HEADER_BYTES + 16) + 1) == 0);
     CHECK(closed_within(fd, 1000));                   /* the frame timeout is 1.5 s */
     if (fd >= 0) close(fd);
     fd = raw_worker(dg_tcp_port(s), 3, "sesame");     /* a type the server never receives */
@@ -1037,16 +1058,22 @@ TEST(malformed_frame_names_the_peer)
     CHECK_OK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 0));
     fd = raw_worker(dg_tcp_port(s), 2, "sesame");
     if (fd >= 0) {
-        unsigned char b[24 + 16 + 8];
+        unsigned char b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + 16 + 8];
+        dg_msg m1;
+        memset(&m1, 0, sizeof m1);
+        m1.type = DG_MSG_FEEDBACK;
+        m1.from = 2;
+        m1.n_parts = 1;    /* one part, of kind 9 */
+        m1.part[0].kind = DG_PART_BYTES;
+        m1.part[0].count = 8;
         memset(b, 0, sizeof b);
-        b[4] = 1;          /* one part, of kind 9 */
-        b[24] = 9;
-        b[32] = 2;
-        CHECK(send_frame(fd, DG_MSG_FEEDBACK, 2, b, sizeof b) == 0);
+        app_heads(&m1, b);
+        b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES] = 9;
+        CHECK(write(fd, b, sizeof b) == (ssize_t)sizeof b);
         CHECK(closed_within(fd, 2000));
         close(fd);
     }
-    CHECK(log_has(&log, "worker 2 (127.0.0.1:", "invalid frame: tcp: part 0 has kind 9"));
+    CHECK(log_has(&log, "worker 2 (127.0.0.1:", "invalid frame: message: part 0 has kind 9"));
     if (w) {   /* the others go on */
         CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 100, 4)));
         CHECK_OK(dg_transport_recv(s, 0, 5000, &m));
