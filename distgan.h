@@ -13693,10 +13693,16 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 #define DG__TC_LIVE 3
 #define DG__TC_DEAD 4    /* shut down; closed once no sender is inside */
 #define DG__MAX_CONTROL ((uint64_t)1 << 16)
+/* A live connection reads with readv(2) into what its frame wants next
+   (a part's values straight into the message) and then into an input
+   buffer of this size, so one call takes every small frame that came. */
+#define DG__IN_SIZE ((size_t)64 << 10)
 
 typedef struct dg__tconn {
     int fd, state, peer, role, paused, peers_due;
     dg__rx rx;
+    unsigned char *in;       /* input buffer (live connections; I/O thread) */
+    size_t in_at, in_end;    /* its bytes not yet given to rx */
     int64_t opened, last_rx, last_tx, frame_start;
     unsigned char nonce[DG_TCP_NONCE], hello[DG_TCP_HELLO_SIZE];
     unsigned char addr[16];
@@ -13731,6 +13737,7 @@ typedef struct dg__tcp {
     unsigned char *peers;     /* server: the PEERS payload that live workers are due */
     size_t peers_len;
     int run_over;             /* worker: the server said BYE with LAST */
+    int any_paused;           /* a connection may be paused (recv looks for it) */
     int64_t full_logged;      /* when a refusal for capacity was last logged */
     int full_quiet;           /* ... and how many since */
 } dg__tcp;
@@ -13795,6 +13802,9 @@ static void dg__tcp_release(dg__tcp *t, dg__tconn *c)
 {
     (void)t;
     dg__rx_reset(&c->rx);
+    dg__free(c->in);
+    c->in = NULL;
+    c->in_at = c->in_end = 0;
     close(c->fd);
     c->fd = -1;
     c->state = DG__TC_FREE;
@@ -14066,7 +14076,7 @@ static size_t dg__tcp_reserve(const dg__tcp *t)
     return held * (size_t)t->largest + ((size_t)64 << 20);
 }
 
-/* Under t->mu: a message for the role. */
+/* Under t->mu: a message for the role (the caller wakes recv). */
 static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
 {
     size_t bytes = dg_msg_payload_bytes(m);
@@ -14082,46 +14092,130 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
     __atomic_fetch_add(&l->payload_bytes, (uint64_t)bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
     /* backpressure: a peer that is far ahead of the role is not read */
-    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = 1;
-    pthread_cond_broadcast(&t->cv);
+    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = t->any_paused = 1;
 }
 
-/* Reads what a connection has; under t->mu (released around read). */
+/* Gives rx the n bytes at p, as many frames as they hold: complete
+   messages are appended to *first..*last.  Stops at a control frame (1:
+   *h, *payload) or an error (< 0), leaving the rest of the bytes; *used
+   says how many were taken.  *started is set when a frame began. */
+static int dg__tcp_feed(dg__rx *rx, const unsigned char *p, size_t n, size_t *used,
+                        dg_frame_header *h, unsigned char **payload, dg_msg **first,
+                        dg_msg **last, int *started)
+{
+    size_t at = 0;
+    int r = 0;
+    while (at < n) {
+        unsigned char *dst;
+        size_t want, k;
+        dg_msg *m = NULL;
+        if (!dg__rx_busy(rx)) *started = 1;
+        dg__rx_want(rx, &dst, &want);
+        k = want < n - at ? want : n - at;
+        memcpy(dst, p + at, k);
+        at += k;
+        r = dg__rx_got(rx, k, h, payload, &m);
+        if (r == 2) {
+            m->next = NULL;
+            if (*last) (*last)->next = m;
+            else *first = m;
+            *last = m;
+            r = 0;
+            continue;
+        }
+        if (r != 0) break;
+    }
+    *used = at;
+    return r;
+}
+
+/* Reads what a connection has; under t->mu (released around the reads:
+   the fd, the rx and the input buffer belong to the I/O thread, so
+   senders and recv never wait on a large read or its CRC).  A live
+   connection reads through its input buffer (one read(2) for every small
+   frame that came) and delivers the messages of a read at once; a
+   connection in its handshake reads exactly what its frame needs (no byte
+   of a later frame is taken before the handshake decides). */
 static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
 {
     int rounds;
     for (rounds = 0; rounds < 64 && (c->state != DG__TC_FREE && c->state != DG__TC_DEAD) &&
                      !c->paused; rounds++) {
         unsigned char *dst, *payload = NULL;
-        size_t want;
-        ssize_t n;
+        size_t want, used;
+        ssize_t n = 0;
         dg_frame_header h;
-        dg_msg *m = NULL;
-        int r, busy;
-        dg__rx_want(&c->rx, &dst, &want);
-        busy = dg__rx_busy(&c->rx);
-        /* the fd and the rx belong to this thread: read and validate
-           without the endpoint lock, so senders and recv never wait on a
-           large read or its CRC */
+        dg_msg *first = NULL, *last = NULL;
+        int r = 0, busy = dg__rx_busy(&c->rx), started = 0, drained = 0, err = 0;
+        int live = c->state == DG__TC_LIVE;
         pthread_mutex_unlock(&t->mu);
-        n = read(c->fd, dst, want);
-        r = n > 0 ? dg__rx_got(&c->rx, (size_t)n, &h, &payload, &m) : 0;
+        if (live && !c->in) c->in = (unsigned char *)dg__alloc(DG__IN_SIZE);
+        if (live && !c->in) {
+            r = dg__fail(DG_ERR_NOMEM, "tcp: no memory for an input buffer");
+            n = -2;
+        } else if (live && c->in_at < c->in_end) { /* bytes left by a control frame or a pause */
+            r = dg__tcp_feed(&c->rx, c->in + c->in_at, c->in_end - c->in_at, &used, &h, &payload,
+                             &first, &last, &started);
+            c->in_at += used;
+            n = -2;   /* nothing read */
+        } else {
+            struct iovec iov[2];
+            dg_msg *m = NULL;
+            dg__rx_want(&c->rx, &dst, &want);
+            iov[0].iov_base = dst;
+            iov[0].iov_len = want;
+            iov[1].iov_base = c->in;
+            iov[1].iov_len = DG__IN_SIZE;
+            if (!busy) started = 1;
+            c->in_at = c->in_end = 0;
+            n = readv(c->fd, iov, live ? 2 : 1);
+            err = errno;
+            if (n > 0) {
+                size_t k = (size_t)n < want ? (size_t)n : want;
+                drained = (size_t)n < want + (live ? iov[1].iov_len : 0); /* the socket had no more */
+                r = dg__rx_got(&c->rx, k, &h, &payload, &m);
+                if (r == 2) {
+                    first = last = m;
+                    r = 0;
+                }
+                c->in_end = (size_t)n - k;
+                if (r == 0 && c->in_end) {
+                    r = dg__tcp_feed(&c->rx, c->in, c->in_end, &used, &h, &payload, &first,
+                                     &last, &started);
+                    c->in_at = used;
+                }
+            }
+        }
         pthread_mutex_lock(&t->mu);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (n <= 0) {
+        if (n == -1 && err == EINTR) continue;
+        if (n == -1 && (err == EAGAIN || err == EWOULDBLOCK)) return;
+        if (n == 0 || n == -1) {
             dg__tcp_drop(t, c, n == 0 ? (busy ? "connection closed in the middle of a frame"
                                               : "connection closed")
-                                      : strerror(errno));
+                                      : strerror(err));
             return;
         }
-        c->last_rx = dg__tcp_ms();
-        if (!busy) c->frame_start = c->last_rx;
-        if (c->peer >= 0 && c->state == DG__TC_LIVE) t->wire_in[c->peer] += (uint64_t)n;
+        if (n > 0) {
+            c->last_rx = dg__tcp_ms();
+            if (c->peer >= 0 && c->state == DG__TC_LIVE) t->wire_in[c->peer] += (uint64_t)n;
+        }
+        if (started) c->frame_start = dg__tcp_ms();
         if (c->state == DG__TC_DEAD) { /* dropped meanwhile by a sender */
             dg__free(payload);
-            if (m) dg_msg_free(&t->base, m);
+            while (first) {
+                dg_msg *m = first;
+                first = m->next;
+                dg_msg_free(&t->base, m);
+            }
             return;
+        }
+        if (first) {
+            while (first) {
+                dg_msg *m = first;
+                first = m->next;
+                dg__tcp_deliver(t, c, m);
+            }
+            pthread_cond_broadcast(&t->cv);
         }
         if (r < 0) {
             char why[300];
@@ -14140,9 +14234,9 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
         if (r == 1) {
             dg__tcp_on_control(t, c, &h, payload);
             dg__free(payload);
-        } else if (r == 2) {
-            dg__tcp_deliver(t, c, m);
+            continue;     /* the control frame may leave bytes in the input buffer */
         }
+        if (drained && c->in_at == c->in_end) return; /* poll says when more comes */
     }
 }
 
@@ -14268,7 +14362,7 @@ static void *dg__tcp_io_main(void *arg)
     }
     pthread_mutex_lock(&t->mu);
     while (!t->quit) {
-        int n = 0, i, r;
+        int n = 0, i, r, staged = 0;
         int64_t now;
         pf[n].fd = t->wake[0];
         pf[n].events = POLLIN;
@@ -14281,12 +14375,13 @@ static void *dg__tcp_io_main(void *arg)
         for (i = 0; i < t->n_conns; i++) {
             dg__tconn *c = &t->conns[i];
             if (c->state == DG__TC_FREE || c->state == DG__TC_DEAD || c->paused) continue;
+            if (c->in_at < c->in_end) staged = 1; /* input buffered, not yet given to rx */
             pf[n].fd = c->fd;
             pf[n].events = POLLIN;
             who[n++] = i;
         }
         pthread_mutex_unlock(&t->mu);
-        r = poll(pf, (nfds_t)n, 100);
+        r = poll(pf, (nfds_t)n, staged ? 0 : 100);
         pthread_mutex_lock(&t->mu);
         now = dg__tcp_ms();
         /* connections first, then newcomers: a burst of accepts never
@@ -14300,6 +14395,12 @@ static void *dg__tcp_io_main(void *arg)
             } else {
                 dg__tcp_read(t, &t->conns[who[i]]);
             }
+        }
+        /* a connection unpaused (or cut short after 64 rounds) with bytes
+           still in its input buffer: poll does not see those */
+        for (i = 0; staged && i < t->n_conns; i++) {
+            dg__tconn *c = &t->conns[i];
+            if (c->state == DG__TC_LIVE && !c->paused && c->in_at < c->in_end) dg__tcp_read(t, c);
         }
         if (r > 0 && t->lfd >= 0 && pf[1].revents) dg__tcp_accept(t, now);
         dg__tcp_timers(t, dg__tcp_ms());
@@ -14363,7 +14464,7 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     dg__tconn *c;
     dg_result r;
     uint64_t w = 0;
-    int to = m->to;
+    int to = m->to, wake;
     if (!dg__msg_type_known(m->type) || m->type > DG_TCP_APP_MAX || m->from != t->cfg.self ||
         to == t->cfg.self || m->iteration < 0) {
         r = dg__fail(DG_ERR_ARG, "tcp: cannot send type %d from %d to %d on the transport of %d",
@@ -14373,15 +14474,15 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     }
     pthread_mutex_lock(&t->mu);
     c = dg__tcp_find(t, to);
-    pthread_mutex_unlock(&t->mu);
     if (!c && t->cfg.self != 0 && to != 0) { /* worker to worker: dial the partner */
+        pthread_mutex_unlock(&t->mu);
         if ((r = dg__tcp_dial_peer(t, to)) != DG_OK) {
             dg_msg_free(bt, m);
             return r;
         }
+        pthread_mutex_lock(&t->mu);
+        c = dg__tcp_find(t, to);
     }
-    pthread_mutex_lock(&t->mu);
-    c = dg__tcp_find(t, to);
     if (c) c->senders++;
     pthread_mutex_unlock(&t->mu);
     if (!c) {
@@ -14400,8 +14501,9 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
         snprintf(why, sizeof why, "%s", dg_last_error());
         dg__tcp_drop(t, c, why);
     }
+    wake = c->state == DG__TC_DEAD && c->senders == 0;
     pthread_mutex_unlock(&t->mu);
-    dg__tcp_wake(t);
+    if (wake) dg__tcp_wake(t); /* the I/O thread closes it now */
     dg_msg_free(bt, m);
     if (r != DG_OK) return dg__fail(r, "tcp: send to peer %d failed", to);
     return DG_OK;
@@ -14443,13 +14545,19 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         t->count--;
         m->next = NULL;
         t->queued[m->from] -= dg__tcp_held(m);
-        for (i = 0; i < t->n_conns; i++)
-            if (t->conns[i].paused && t->conns[i].peer == m->from &&
-                t->queued[m->from] <= (size_t)t->largest) {
-                t->conns[i].paused = 0;
-                t->conns[i].last_rx = dg__tcp_ms();
-                wake = 1;
+        if (t->any_paused) { /* not a scan of every connection at every message */
+            t->any_paused = 0;
+            for (i = 0; i < t->n_conns; i++) {
+                if (!t->conns[i].paused) continue;
+                if (t->conns[i].peer == m->from && t->queued[m->from] <= (size_t)t->largest) {
+                    t->conns[i].paused = 0;
+                    t->conns[i].last_rx = dg__tcp_ms();
+                    wake = 1;
+                } else {
+                    t->any_paused = 1;
+                }
             }
+        }
     }
     pthread_mutex_unlock(&t->mu);
     if (wake) dg__tcp_wake(t);
@@ -14483,6 +14591,7 @@ static void dg__tcp_close(dg_transport *bt)
         dg__tconn *c = &t->conns[i];
         if (c->state != DG__TC_FREE) close(c->fd);
         dg__rx_reset(&c->rx);
+        dg__free(c->in);
         pthread_mutex_destroy(&c->wmu);
     }
     while (t->head) {
