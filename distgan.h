@@ -1704,27 +1704,14 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 /* Upper bound on any payload before the handshake completes. */
 #define DG_TCP_MAX_HANDSHAKE 1024u
 
-/* Frame types.  1..0x7F belong to the roles (their message types travel
-   untouched); 0xF0.. are the transport's own. */
-enum {
-    DG_TCP_APP_MAX = 0x7F,
-    DG_TCP_HELLO = 0xF0,      /* client -> server: who I am */
-    DG_TCP_CHALLENGE = 0xF1,  /* server -> client: nonce */
-    DG_TCP_AUTH = 0xF2,       /* client -> server: HMAC proof */
-    DG_TCP_WELCOME = 0xF3,    /* server -> client: accepted, server's proof */
-    DG_TCP_REFUSE = 0xF4,     /* either way: code + reason, then close */
-    DG_TCP_HEARTBEAT = 0xF5,  /* either way, empty */
-    DG_TCP_BYE = 0xF6,        /* either way: graceful close (u32 code) */
-    DG_TCP_PEERS = 0xF7       /* server -> worker: addresses of live workers */
-};
-/* Header flag bits; any other bit set is a format error. */
-#define DG_TCP_FLAG_LAST 0x01u      /* BYE: the run is over (not a crash) */
-#define DG_TCP_FLAGS_KNOWN 0x01u
+/* Message types 1..DG_TCP_APP_MAX are the roles' (dg_msg_type; they travel
+   as the frame's type); the transport's own frames (handshake, heartbeat,
+   BYE, PEERS), their payloads and codecs are internal to the
+   implementation (docs/protocol.md describes them). */
+enum { DG_TCP_APP_MAX = 0x7F };
 
-/* Roles in the HELLO. */
-enum { DG_TCP_ROLE_WORKER = 1, DG_TCP_ROLE_PEER = 2 };
-
-/* ---- SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104) ---- */
+/* ---- SHA-256 (FIPS 180-4): the configuration hashes (HMAC-SHA256 of the
+   handshake is internal) ---- */
 typedef struct dg_sha256_ctx {
     uint32_t h[8];
     uint64_t bytes;
@@ -1736,101 +1723,6 @@ DGDEF void dg_sha256_init(dg_sha256_ctx *s);
 DGDEF void dg_sha256_update(dg_sha256_ctx *s, const void *data, size_t n);
 DGDEF void dg_sha256_final(dg_sha256_ctx *s, unsigned char out[32]);
 DGDEF void dg_sha256(const void *data, size_t n, unsigned char out[32]);
-DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
-                          unsigned char out[32]);
-/* Constant-time comparison of n bytes: 0 when equal. */
-DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n);
-
-/* ---- frames ----
-   Header, little-endian:  0 u32 magic | 4 u16 version | 6 u8 type |
-   7 u8 flags | 8 u32 sender (peer id: 0 server, n worker) | 12 u32 CRC-32 of the payload
-   (of a message: of its first DG_MSG_HEADER_BYTES, the DGMS header; the
-   DGMS CRC covers the rest) | 16 u64 iteration | 24 u64 payload length.
-   A message's payload is its dg_msg_encode frame, whose type, sender and
-   iteration are the header's. */
-typedef struct dg_frame_header {
-    uint16_t version;
-    uint8_t type, flags;
-    uint32_t sender;
-    uint32_t crc;
-    uint64_t iteration;
-    uint64_t length;
-} dg_frame_header;
-
-DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE]);
-/* Field by field: magic (DG_ERR_FORMAT), version (DG_ERR_VERSION; h is
-   still filled so that the caller can name the version), type and flags
-   (DG_ERR_FORMAT), length <= max_length (DG_ERR_TOO_LARGE). */
-DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
-                                       uint64_t max_length, dg_frame_header *h);
-/* DG_ERR_CHECKSUM when the payload's CRC-32 differs from the header's. */
-DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *payload);
-/* Header for a payload: fills magic/version/crc/length. */
-DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender,
-                                    uint64_t iteration, const void *payload, uint64_t length);
-
-/* ---- handshake payloads ---- */
-#define DG_TCP_NONCE 32
-typedef struct dg_tcp_hello {
-    uint8_t role;                   /* DG_TCP_ROLE_* */
-    uint32_t worker_id;
-    uint16_t listen_port;           /* 0: this peer does not listen */
-    uint16_t min_version, max_version;
-    unsigned char config_hash[32];
-    unsigned char nonce[DG_TCP_NONCE];
-} dg_tcp_hello;
-#define DG_TCP_HELLO_SIZE 76
-
-typedef struct dg_tcp_welcome {
-    unsigned char proof[32];        /* HMAC of the server side */
-    uint32_t n_workers;
-    uint64_t iteration;             /* where the server's run stands */
-} dg_tcp_welcome;
-#define DG_TCP_WELCOME_SIZE 44
-
-/* The reason codes of a REFUSE (and of a BYE). */
-typedef enum dg_tcp_refusal {
-    DG_TCP_REFUSE_VERSION = 1,
-    DG_TCP_REFUSE_AUTH = 2,
-    DG_TCP_REFUSE_CONFIG = 3,
-    DG_TCP_REFUSE_ID = 4,          /* worker id out of range or already live */
-    DG_TCP_REFUSE_FULL = 5,        /* connection limit */
-    DG_TCP_REFUSE_FORMAT = 6,
-    DG_TCP_REFUSE_SHUTDOWN = 7
-} dg_tcp_refusal;
-
-/* One entry of a PEERS payload: u32 id | u8[16] IPv6 or v4-mapped | u16 port */
-typedef struct dg_tcp_peer_addr {
-    uint32_t id;
-    unsigned char addr[16];
-    uint16_t port;
-} dg_tcp_peer_addr;
-#define DG_TCP_PEER_ADDR_SIZE 22
-
-DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_HELLO_SIZE]);
-DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h);
-DGDEF void dg_tcp_welcome_encode(const dg_tcp_welcome *w, unsigned char out[DG_TCP_WELCOME_SIZE]);
-DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w);
-/* REFUSE: u32 code | u16 length | text (printable ASCII, <= 200 bytes). */
-DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap);
-DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
-                                     size_t reason_cap);
-/* PEERS: u32 count | count x entry; at most max_peers entries. */
-DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *out,
-                                    uint32_t max_peers, uint32_t *count);
-DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsigned char *out,
-                                 size_t cap);
-/* The proofs: client = HMAC(secret, "dgtp client" | server nonce | HELLO),
-   server = HMAC(secret, "dgtp server" | client nonce | server nonce). */
-DGDEF void dg_tcp_client_proof(const void *secret, size_t secret_len,
-                               const unsigned char server_nonce[DG_TCP_NONCE],
-                               const unsigned char hello[DG_TCP_HELLO_SIZE], unsigned char out[32]);
-DGDEF void dg_tcp_server_proof(const void *secret, size_t secret_len,
-                               const unsigned char client_nonce[DG_TCP_NONCE],
-                               const unsigned char server_nonce[DG_TCP_NONCE], unsigned char out[32]);
-
-/* "HOST:PORT" (HOST an IPv4 address, "localhost", or "[v6]") -> parts. */
-DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port);
 
 /* ---- the transport ---- */
 
@@ -1910,7 +1802,7 @@ DGDEF uint64_t dg_tcp_server_iteration(const dg_transport *t);
    DG_ANY_PEER for all; connections refused so far. */
 DGDEF void dg_tcp_wire_bytes(dg_transport *t, int peer, uint64_t *in, uint64_t *out);
 DGDEF uint64_t dg_tcp_refused(dg_transport *t);
-/* Sends BYE to every peer: with DG_TCP_FLAG_LAST (the run is over: the
+/* Sends BYE to every peer: with the LAST flag (the run is over: the
    workers end), unless a stop was requested (dg_tcp_stop_requested: the
    server stops to be resumed, and its workers redial it). */
 DGDEF void dg_tcp_goodbye(dg_transport *t);
@@ -12805,6 +12697,122 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
 
 #ifndef DG_NO_TCP
 
+/* ---- the wire's internals: frames, handshake payloads, their codecs
+   (docs/protocol.md); tests reach them through the implementation ---- */
+/* The transport's own frame types (1..DG_TCP_APP_MAX are the roles'). */
+enum {
+    DG__TCP_HELLO = 0xF0,      /* client -> server: who I am */
+    DG__TCP_CHALLENGE = 0xF1,  /* server -> client: nonce */
+    DG__TCP_AUTH = 0xF2,       /* client -> server: HMAC proof */
+    DG__TCP_WELCOME = 0xF3,    /* server -> client: accepted, server's proof */
+    DG__TCP_REFUSE = 0xF4,     /* either way: code + reason, then close */
+    DG__TCP_HEARTBEAT = 0xF5,  /* either way, empty */
+    DG__TCP_BYE = 0xF6,        /* either way: graceful close (u32 code) */
+    DG__TCP_PEERS = 0xF7       /* server -> worker: addresses of live workers */
+};
+/* Header flag bits; any other bit set is a format error. */
+#define DG__TCP_FLAG_LAST 0x01u      /* BYE: the run is over (not a crash) */
+#define DG__TCP_FLAGS_KNOWN 0x01u
+
+/* Roles in the HELLO. */
+enum { DG__TCP_ROLE_WORKER = 1, DG__TCP_ROLE_PEER = 2 };
+
+static void dg__hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
+                            unsigned char out[32]);
+/* Constant-time comparison of n bytes: 0 when equal. */
+static int dg__tcp_memneq(const void *a, const void *b, size_t n);
+
+/* ---- frames ----
+   Header, little-endian:  0 u32 magic | 4 u16 version | 6 u8 type |
+   7 u8 flags | 8 u32 sender (peer id: 0 server, n worker) | 12 u32 CRC-32 of the payload
+   (of a message: of its first DG_MSG_HEADER_BYTES, the DGMS header; the
+   DGMS CRC covers the rest) | 16 u64 iteration | 24 u64 payload length.
+   A message's payload is its dg_msg_encode frame, whose type, sender and
+   iteration are the header's. */
+typedef struct dg__frame_header {
+    uint16_t version;
+    uint8_t type, flags;
+    uint32_t sender;
+    uint32_t crc;
+    uint64_t iteration;
+    uint64_t length;
+} dg__frame_header;
+
+static void dg__frame_header_encode(const dg__frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE]);
+/* Field by field: magic (DG_ERR_FORMAT), version (DG_ERR_VERSION; h is
+   still filled so that the caller can name the version), type and flags
+   (DG_ERR_FORMAT), length <= max_length (DG_ERR_TOO_LARGE). */
+static dg_result dg__frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
+                                         uint64_t max_length, dg__frame_header *h);
+/* DG_ERR_CHECKSUM when the payload's CRC-32 differs from the header's. */
+static dg_result dg__frame_check_payload(const dg__frame_header *h, const void *payload);
+/* Header for a payload: fills magic/version/crc/length. */
+static dg__frame_header dg__frame_make(uint8_t type, uint8_t flags, uint32_t sender,
+                                       uint64_t iteration, const void *payload, uint64_t length);
+
+/* ---- handshake payloads ---- */
+#define DG__TCP_NONCE 32
+typedef struct dg__tcp_hello {
+    uint8_t role;                   /* DG__TCP_ROLE_* */
+    uint32_t worker_id;
+    uint16_t listen_port;           /* 0: this peer does not listen */
+    uint16_t min_version, max_version;
+    unsigned char config_hash[32];
+    unsigned char nonce[DG__TCP_NONCE];
+} dg__tcp_hello;
+#define DG__TCP_HELLO_SIZE 76
+
+typedef struct dg__tcp_welcome {
+    unsigned char proof[32];        /* HMAC of the server side */
+    uint32_t n_workers;
+    uint64_t iteration;             /* where the server's run stands */
+} dg__tcp_welcome;
+#define DG__TCP_WELCOME_SIZE 44
+
+/* The reason codes of a REFUSE (and of a BYE). */
+typedef enum dg__tcp_refusal {
+    DG__TCP_REFUSE_VERSION = 1,
+    DG__TCP_REFUSE_AUTH = 2,
+    DG__TCP_REFUSE_CONFIG = 3,
+    DG__TCP_REFUSE_ID = 4,          /* worker id out of range or already live */
+    DG__TCP_REFUSE_FULL = 5,        /* connection limit */
+    DG__TCP_REFUSE_FORMAT = 6,
+    DG__TCP_REFUSE_SHUTDOWN = 7
+} dg__tcp_refusal;
+
+/* One entry of a PEERS payload: u32 id | u8[16] IPv6 or v4-mapped | u16 port */
+typedef struct dg__tcp_peer_addr {
+    uint32_t id;
+    unsigned char addr[16];
+    uint16_t port;
+} dg__tcp_peer_addr;
+#define DG__TCP_PEER_ADDR_SIZE 22
+
+static void dg__tcp_hello_encode(const dg__tcp_hello *h, unsigned char out[DG__TCP_HELLO_SIZE]);
+static dg_result dg__tcp_hello_decode(const void *p, size_t n, dg__tcp_hello *h);
+static void dg__tcp_welcome_encode(const dg__tcp_welcome *w, unsigned char out[DG__TCP_WELCOME_SIZE]);
+static dg_result dg__tcp_welcome_decode(const void *p, size_t n, dg__tcp_welcome *w);
+/* REFUSE: u32 code | u16 length | text (printable ASCII, <= 200 bytes). */
+static size_t dg__tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap);
+static dg_result dg__tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
+                                       size_t reason_cap);
+/* PEERS: u32 count | count x entry; at most max_peers entries. */
+static dg_result dg__tcp_peers_decode(const void *p, size_t n, dg__tcp_peer_addr *out,
+                                      uint32_t max_peers, uint32_t *count);
+static size_t dg__tcp_peers_encode(const dg__tcp_peer_addr *a, uint32_t count, unsigned char *out,
+                                   size_t cap);
+/* The proofs: client = HMAC(secret, "dgtp client" | server nonce | HELLO),
+   server = HMAC(secret, "dgtp server" | client nonce | server nonce). */
+static void dg__tcp_client_proof(const void *secret, size_t secret_len,
+                                 const unsigned char server_nonce[DG__TCP_NONCE],
+                                 const unsigned char hello[DG__TCP_HELLO_SIZE], unsigned char out[32]);
+static void dg__tcp_server_proof(const void *secret, size_t secret_len,
+                                 const unsigned char client_nonce[DG__TCP_NONCE],
+                                 const unsigned char server_nonce[DG__TCP_NONCE], unsigned char out[32]);
+
+/* "HOST:PORT" (HOST an IPv4 address, "localhost", or "[v6]") -> parts. */
+static dg_result dg__tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port);
+
 /* ---- SHA-256 ---- */
 static const uint32_t dg__sha_k[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
@@ -12917,8 +12925,8 @@ static void dg__hmac_end(dg_sha256_ctx *inner, dg_sha256_ctx *outer, unsigned ch
     dg_sha256_final(outer, out);
 }
 
-DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
-                          unsigned char out[32])
+static void dg__hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
+                            unsigned char out[32])
 {
     dg_sha256_ctx in, outer;
     dg__hmac_begin(key, key_len, &in, &outer);
@@ -12926,7 +12934,7 @@ DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size
     dg__hmac_end(&in, &outer, out);
 }
 
-DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n)
+static int dg__tcp_memneq(const void *a, const void *b, size_t n)
 {
     const volatile unsigned char *x = (const volatile unsigned char *)a;
     const volatile unsigned char *y = (const volatile unsigned char *)b;
@@ -12937,7 +12945,7 @@ DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n)
 }
 
 /* ---- frames ---- */
-DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE])
+static void dg__frame_header_encode(const dg__frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE])
 {
     dg__le32(out, DG_TCP_MAGIC);
     dg__le16(out + 4, h->version);
@@ -12951,11 +12959,11 @@ DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG
 
 static int dg__tcp_type_known(unsigned t)
 {
-    return (t >= 1 && t <= DG_TCP_APP_MAX) || (t >= DG_TCP_HELLO && t <= DG_TCP_PEERS);
+    return (t >= 1 && t <= DG_TCP_APP_MAX) || (t >= DG__TCP_HELLO && t <= DG__TCP_PEERS);
 }
 
-DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
-                                       uint64_t max_length, dg_frame_header *h)
+static dg_result dg__frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
+                                         uint64_t max_length, dg__frame_header *h)
 {
     uint32_t magic = dg__rd32(in);
     memset(h, 0, sizeof *h);
@@ -12974,7 +12982,7 @@ DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE
                         (unsigned)h->version, (unsigned)DG_TCP_VERSION);
     if (!dg__tcp_type_known(h->type))
         return dg__fail(DG_ERR_FORMAT, "tcp: unknown message type 0x%02x", (unsigned)h->type);
-    if (h->flags & ~DG_TCP_FLAGS_KNOWN)
+    if (h->flags & ~DG__TCP_FLAGS_KNOWN)
         return dg__fail(DG_ERR_FORMAT, "tcp: unknown flags 0x%02x", (unsigned)h->flags);
     if (h->length > max_length)
         return dg__fail(DG_ERR_TOO_LARGE, "tcp: payload of %llu bytes over the limit of %llu",
@@ -12982,7 +12990,7 @@ DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE
     return DG_OK;
 }
 
-DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *payload)
+static dg_result dg__frame_check_payload(const dg__frame_header *h, const void *payload)
 {
     uint32_t crc = dg_crc32(0, payload, (size_t)h->length);
     if (crc != h->crc)
@@ -12991,10 +12999,10 @@ DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *pay
     return DG_OK;
 }
 
-DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender,
-                                    uint64_t iteration, const void *payload, uint64_t length)
+static dg__frame_header dg__frame_make(uint8_t type, uint8_t flags, uint32_t sender,
+                                       uint64_t iteration, const void *payload, uint64_t length)
 {
-    dg_frame_header h;
+    dg__frame_header h;
     h.version = DG_TCP_VERSION;
     h.type = type;
     h.flags = flags;
@@ -13009,7 +13017,7 @@ DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender
    HELLO (76 bytes): 0 u8 role | 1 u8 0 | 2 u16 min version | 4 u16 max
    version | 6 u16 listen port | 8 u32 worker id | 12 u8[32] config hash |
    44 u8[32] nonce. */
-DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_HELLO_SIZE])
+static void dg__tcp_hello_encode(const dg__tcp_hello *h, unsigned char out[DG__TCP_HELLO_SIZE])
 {
     out[0] = h->role;
     out[1] = 0;
@@ -13018,16 +13026,16 @@ DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_H
     dg__le16(out + 6, h->listen_port);
     dg__le32(out + 8, h->worker_id);
     memcpy(out + 12, h->config_hash, 32);
-    memcpy(out + 44, h->nonce, DG_TCP_NONCE);
+    memcpy(out + 44, h->nonce, DG__TCP_NONCE);
 }
 
-DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h)
+static dg_result dg__tcp_hello_decode(const void *p, size_t n, dg__tcp_hello *h)
 {
     const unsigned char *b = (const unsigned char *)p;
     memset(h, 0, sizeof *h);
-    if (n != DG_TCP_HELLO_SIZE)
-        return dg__fail(DG_ERR_FORMAT, "tcp: HELLO of %zu bytes (want %d)", n, DG_TCP_HELLO_SIZE);
-    if (b[0] != DG_TCP_ROLE_WORKER && b[0] != DG_TCP_ROLE_PEER)
+    if (n != DG__TCP_HELLO_SIZE)
+        return dg__fail(DG_ERR_FORMAT, "tcp: HELLO of %zu bytes (want %d)", n, DG__TCP_HELLO_SIZE);
+    if (b[0] != DG__TCP_ROLE_WORKER && b[0] != DG__TCP_ROLE_PEER)
         return dg__fail(DG_ERR_FORMAT, "tcp: HELLO with unknown role %u", (unsigned)b[0]);
     if (b[1] != 0) return dg__fail(DG_ERR_FORMAT, "tcp: HELLO reserved byte %u", (unsigned)b[1]);
     h->role = b[0];
@@ -13039,25 +13047,25 @@ DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h)
     h->listen_port = dg__rd16(b + 6);
     h->worker_id = dg__rd32(b + 8);
     memcpy(h->config_hash, b + 12, 32);
-    memcpy(h->nonce, b + 44, DG_TCP_NONCE);
+    memcpy(h->nonce, b + 44, DG__TCP_NONCE);
     return DG_OK;
 }
 
 /* WELCOME (44 bytes): 0 u8[32] server proof | 32 u32 workers | 36 u64 iteration */
-DGDEF void dg_tcp_welcome_encode(const dg_tcp_welcome *w, unsigned char out[DG_TCP_WELCOME_SIZE])
+static void dg__tcp_welcome_encode(const dg__tcp_welcome *w, unsigned char out[DG__TCP_WELCOME_SIZE])
 {
     memcpy(out, w->proof, 32);
     dg__le32(out + 32, w->n_workers);
     dg__le64(out + 36, w->iteration);
 }
 
-DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w)
+static dg_result dg__tcp_welcome_decode(const void *p, size_t n, dg__tcp_welcome *w)
 {
     const unsigned char *b = (const unsigned char *)p;
     memset(w, 0, sizeof *w);
-    if (n != DG_TCP_WELCOME_SIZE)
+    if (n != DG__TCP_WELCOME_SIZE)
         return dg__fail(DG_ERR_FORMAT, "tcp: WELCOME of %zu bytes (want %d)", n,
-                        DG_TCP_WELCOME_SIZE);
+                        DG__TCP_WELCOME_SIZE);
     memcpy(w->proof, b, 32);
     w->n_workers = dg__rd32(b + 32);
     w->iteration = dg__rd64(b + 36);
@@ -13068,7 +13076,7 @@ DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w
 
 #define DG__REASON_MAX 200
 
-DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap)
+static size_t dg__tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap)
 {
     size_t len = reason ? strlen(reason) : 0, i;
     if (len > DG__REASON_MAX) len = DG__REASON_MAX;
@@ -13082,8 +13090,8 @@ DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned ch
     return 6 + len;
 }
 
-DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
-                                     size_t reason_cap)
+static dg_result dg__tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
+                                       size_t reason_cap)
 {
     const unsigned char *b = (const unsigned char *)p;
     size_t len, i;
@@ -13097,7 +13105,7 @@ DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, ch
         if (b[6 + i] < 32 || b[6 + i] >= 127)
             return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE reason with byte 0x%02x", b[6 + i]);
     *code = dg__rd32(b);
-    if (*code < DG_TCP_REFUSE_VERSION || *code > DG_TCP_REFUSE_SHUTDOWN)
+    if (*code < DG__TCP_REFUSE_VERSION || *code > DG__TCP_REFUSE_SHUTDOWN)
         return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE code %u", (unsigned)*code);
     if (reason_cap) {
         size_t m = len < reason_cap - 1 ? len : reason_cap - 1;
@@ -13107,14 +13115,14 @@ DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, ch
     return DG_OK;
 }
 
-DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsigned char *out,
-                                 size_t cap)
+static size_t dg__tcp_peers_encode(const dg__tcp_peer_addr *a, uint32_t count, unsigned char *out,
+                                   size_t cap)
 {
-    size_t need = 4 + (size_t)count * DG_TCP_PEER_ADDR_SIZE, i;
+    size_t need = 4 + (size_t)count * DG__TCP_PEER_ADDR_SIZE, i;
     if (cap < need) return 0;
     dg__le32(out, count);
     for (i = 0; i < count; i++) {
-        unsigned char *e = out + 4 + i * DG_TCP_PEER_ADDR_SIZE;
+        unsigned char *e = out + 4 + i * DG__TCP_PEER_ADDR_SIZE;
         dg__le32(e, a[i].id);
         memcpy(e + 4, a[i].addr, 16);
         dg__le16(e + 20, a[i].port);
@@ -13122,8 +13130,8 @@ DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsi
     return need;
 }
 
-DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *out,
-                                    uint32_t max_peers, uint32_t *count)
+static dg_result dg__tcp_peers_decode(const void *p, size_t n, dg__tcp_peer_addr *out,
+                                      uint32_t max_peers, uint32_t *count)
 {
     const unsigned char *b = (const unsigned char *)p;
     uint32_t c, i;
@@ -13133,10 +13141,10 @@ DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *o
     if (c > max_peers)
         return dg__fail(DG_ERR_TOO_LARGE, "tcp: PEERS lists %u peers (max %u)", (unsigned)c,
                         (unsigned)max_peers);
-    if (n != 4 + (size_t)c * DG_TCP_PEER_ADDR_SIZE)
+    if (n != 4 + (size_t)c * DG__TCP_PEER_ADDR_SIZE)
         return dg__fail(DG_ERR_FORMAT, "tcp: PEERS of %zu bytes for %u peers", n, (unsigned)c);
     for (i = 0; i < c; i++) {
-        const unsigned char *e = b + 4 + (size_t)i * DG_TCP_PEER_ADDR_SIZE;
+        const unsigned char *e = b + 4 + (size_t)i * DG__TCP_PEER_ADDR_SIZE;
         out[i].id = dg__rd32(e);
         memcpy(out[i].addr, e + 4, 16);
         out[i].port = dg__rd16(e + 20);
@@ -13147,31 +13155,31 @@ DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *o
     return DG_OK;
 }
 
-DGDEF void dg_tcp_client_proof(const void *secret, size_t secret_len,
-                               const unsigned char server_nonce[DG_TCP_NONCE],
-                               const unsigned char hello[DG_TCP_HELLO_SIZE], unsigned char out[32])
+static void dg__tcp_client_proof(const void *secret, size_t secret_len,
+                                 const unsigned char server_nonce[DG__TCP_NONCE],
+                                 const unsigned char hello[DG__TCP_HELLO_SIZE], unsigned char out[32])
 {
     dg_sha256_ctx in, outer;
     dg__hmac_begin(secret, secret_len, &in, &outer);
     dg_sha256_update(&in, "dgtp client", 11);
-    dg_sha256_update(&in, server_nonce, DG_TCP_NONCE);
-    dg_sha256_update(&in, hello, DG_TCP_HELLO_SIZE);
+    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
+    dg_sha256_update(&in, hello, DG__TCP_HELLO_SIZE);
     dg__hmac_end(&in, &outer, out);
 }
 
-DGDEF void dg_tcp_server_proof(const void *secret, size_t secret_len,
-                               const unsigned char client_nonce[DG_TCP_NONCE],
-                               const unsigned char server_nonce[DG_TCP_NONCE], unsigned char out[32])
+static void dg__tcp_server_proof(const void *secret, size_t secret_len,
+                                 const unsigned char client_nonce[DG__TCP_NONCE],
+                                 const unsigned char server_nonce[DG__TCP_NONCE], unsigned char out[32])
 {
     dg_sha256_ctx in, outer;
     dg__hmac_begin(secret, secret_len, &in, &outer);
     dg_sha256_update(&in, "dgtp server", 11);
-    dg_sha256_update(&in, client_nonce, DG_TCP_NONCE);
-    dg_sha256_update(&in, server_nonce, DG_TCP_NONCE);
+    dg_sha256_update(&in, client_nonce, DG__TCP_NONCE);
+    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
     dg__hmac_end(&in, &outer, out);
 }
 
-DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
+static dg_result dg__tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
 {
     const char *colon, *h0, *h1;
     char *end;
@@ -13256,7 +13264,7 @@ typedef struct dg__rx {
     int stage;
     unsigned char hdr[DG_TCP_HEADER_SIZE];
     size_t got;                     /* bytes of the current stage */
-    dg_frame_header h;
+    dg__frame_header h;
     unsigned char *payload;         /* control payload */
     unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
     size_t head_size;               /* the DGMS header and part table */
@@ -13386,7 +13394,7 @@ static int dg__rx_table_done(dg__rx *rx)
    caller: dg__free, NULL when empty); 2 when a message is complete (*m,
    owned by the caller: dg_msg_free); or an error, after which the
    connection must be closed (the rx is reset and reusable). */
-static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **payload,
+static int dg__rx_got(dg__rx *rx, size_t n, dg__frame_header *h, unsigned char **payload,
                       dg_msg **m)
 {
     dg_result r;
@@ -13395,8 +13403,8 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
     switch (rx->stage) {
     case DG__RX_HEADER: {
         if (rx->got < DG_TCP_HEADER_SIZE) return 0;
-        r = dg_frame_header_decode(rx->hdr, rx->max_length, &rx->h);
-        if (r == DG_ERR_VERSION && rx->lenient_refuse && rx->h.type == DG_TCP_REFUSE &&
+        r = dg__frame_header_decode(rx->hdr, rx->max_length, &rx->h);
+        if (r == DG_ERR_VERSION && rx->lenient_refuse && rx->h.type == DG__TCP_REFUSE &&
             rx->h.length <= rx->max_control)
             r = DG_OK;
         if (r) return dg__rx_error(rx, r);
@@ -13482,7 +13490,7 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
     }
     }
     /* a control frame is complete */
-    if (dg_frame_check_payload(&rx->h, rx->payload))
+    if (dg__frame_check_payload(&rx->h, rx->payload))
         return dg__rx_error(rx, DG_ERR_CHECKSUM);
     *h = rx->h;
     *payload = rx->payload;
@@ -13548,7 +13556,7 @@ static dg_result dg__tcp_resolve(const char *spec, struct sockaddr_in *sa)
 {
     char host[256];
     uint16_t port;
-    dg_result r = dg_tcp_parse_addr(spec, host, sizeof host, &port);
+    dg_result r = dg__tcp_parse_addr(spec, host, sizeof host, &port);
     if (r) return r;
     memset(sa, 0, sizeof *sa);
     sa->sin_family = AF_INET;
@@ -13676,9 +13684,9 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 {
     unsigned char hdr[DG_TCP_HEADER_SIZE];
     struct iovec iov[2];
-    dg_frame_header h = dg_frame_make(type, flags, sender, it, payload, n);
+    dg__frame_header h = dg__frame_make(type, flags, sender, it, payload, n);
     if (version) h.version = version;
-    dg_frame_header_encode(&h, hdr);
+    dg__frame_header_encode(&h, hdr);
     iov[0].iov_base = hdr;
     iov[0].iov_len = sizeof hdr;
     iov[1].iov_base = (void *)payload;
@@ -13704,7 +13712,7 @@ typedef struct dg__tconn {
     unsigned char *in;       /* input buffer (live connections; I/O thread) */
     size_t in_at, in_end;    /* its bytes not yet given to rx */
     int64_t opened, last_rx, last_tx, frame_start;
-    unsigned char nonce[DG_TCP_NONCE], hello[DG_TCP_HELLO_SIZE];
+    unsigned char nonce[DG__TCP_NONCE], hello[DG__TCP_HELLO_SIZE];
     unsigned char addr[16];
     char name[24];           /* "a.b.c.d:port" of the other end, for the log */
     uint16_t listen_port;
@@ -13727,7 +13735,7 @@ typedef struct dg__tcp {
     dg_msg *head, *tail;
     int count;
     size_t *queued;           /* per peer: bytes waiting in the inbox */
-    dg_tcp_peer_addr *dir;    /* worker: where the other workers listen */
+    dg__tcp_peer_addr *dir;    /* worker: where the other workers listen */
     uint32_t n_dir;
     uint64_t *wire_in, *wire_out, server_iteration;
     unsigned char nonce_key[32];
@@ -13753,13 +13761,13 @@ static void dg__tcp_wake(dg__tcp *t)
 
 /* Nonces: HMAC(key, counter) with a key read from /dev/urandom (mixed with
    the time and the pid when it cannot be read). */
-static void dg__tcp_nonce(dg__tcp *t, unsigned char out[DG_TCP_NONCE])
+static void dg__tcp_nonce(dg__tcp *t, unsigned char out[DG__TCP_NONCE])
 {
     unsigned char c[8];
     pthread_mutex_lock(&t->mu);
     dg__le64(c, ++t->nonce_ctr);
     pthread_mutex_unlock(&t->mu);
-    dg_hmac_sha256(t->nonce_key, 32, c, 8, out);
+    dg__hmac_sha256(t->nonce_key, 32, c, 8, out);
 }
 
 static void dg__tcp_seed_nonces(dg__tcp *t)
@@ -13869,11 +13877,11 @@ static void dg__tcp_log_full(dg__tcp *t, const char *who, const char *reason)
 static void dg__tcp_refuse(dg__tcp *t, dg__tconn *c, uint32_t code, const char *reason)
 {
     unsigned char buf[8 + DG__REASON_MAX];
-    size_t n = dg_tcp_refuse_encode(code, reason, buf, sizeof buf);
+    size_t n = dg__tcp_refuse_encode(code, reason, buf, sizeof buf);
     uint64_t w = 0;
-    dg__tcp_write_frame(c->fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n,
+    dg__tcp_write_frame(c->fd, DG__TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n,
                         dg__tcp_ms() + 200, 0, &w);
-    if (code == DG_TCP_REFUSE_FULL)
+    if (code == DG__TCP_REFUSE_FULL)
         dg__tcp_log_full(t, c->name, reason);
     else
         dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s", c->name, reason);
@@ -13911,11 +13919,11 @@ static int dg__tcp_send_control(dg__tcp *t, dg__tconn *c, uint8_t type, const vo
    every live worker; the timers send it.  Under t->mu. */
 static void dg__tcp_broadcast_peers(dg__tcp *t)
 {
-    dg_tcp_peer_addr *a;
-    size_t cap = 4 + ((size_t)t->n_conns + 1) * DG_TCP_PEER_ADDR_SIZE;
+    dg__tcp_peer_addr *a;
+    size_t cap = 4 + ((size_t)t->n_conns + 1) * DG__TCP_PEER_ADDR_SIZE;
     uint32_t n = 0;
     int i;
-    a = (dg_tcp_peer_addr *)dg__calloc((size_t)t->n_conns + 1, sizeof *a);
+    a = (dg__tcp_peer_addr *)dg__calloc((size_t)t->n_conns + 1, sizeof *a);
     if (!t->peers) t->peers = (unsigned char *)dg__alloc(cap);
     if (!a || !t->peers) {
         dg__free(a);
@@ -13923,98 +13931,98 @@ static void dg__tcp_broadcast_peers(dg__tcp *t)
     }
     for (i = 0; i < t->n_conns; i++) {
         dg__tconn *c = &t->conns[i];
-        if (c->state != DG__TC_LIVE || c->role != DG_TCP_ROLE_WORKER || !c->listen_port) continue;
+        if (c->state != DG__TC_LIVE || c->role != DG__TCP_ROLE_WORKER || !c->listen_port) continue;
         a[n].id = (uint32_t)c->peer;
         memcpy(a[n].addr, c->addr, 16);
         a[n].port = c->listen_port;
         n++;
     }
-    t->peers_len = dg_tcp_peers_encode(a, n, t->peers, cap);
+    t->peers_len = dg__tcp_peers_encode(a, n, t->peers, cap);
     for (i = 0; i < t->n_conns; i++)
         t->conns[i].peers_due = t->conns[i].state == DG__TC_LIVE &&
-                                t->conns[i].role == DG_TCP_ROLE_WORKER;
+                                t->conns[i].role == DG__TCP_ROLE_WORKER;
     dg__free(a);
 }
 
 /* Server side of the handshake, on the I/O thread, under t->mu. */
-static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *h,
+static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg__frame_header *h,
                                const unsigned char *p)
 {
     char why[DG__REASON_MAX + 1];
     int64_t now = dg__tcp_ms();
     uint64_t w = 0;
-    if (c->state == DG__TC_HELLO && h->type == DG_TCP_HELLO) {
-        dg_tcp_hello hello;
-        if (dg_tcp_hello_decode(p, (size_t)h->length, &hello)) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, dg_last_error());
+    if (c->state == DG__TC_HELLO && h->type == DG__TCP_HELLO) {
+        dg__tcp_hello hello;
+        if (dg__tcp_hello_decode(p, (size_t)h->length, &hello)) {
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_FORMAT, dg_last_error());
             return;
         }
         if (hello.min_version > t->version || hello.max_version < t->version) {
             snprintf(why, sizeof why, "protocol version %u..%u not supported: this side speaks %u",
                      (unsigned)hello.min_version, (unsigned)hello.max_version, (unsigned)t->version);
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_VERSION, why);
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_VERSION, why);
             return;
         }
-        if ((t->cfg.self == 0 && hello.role != DG_TCP_ROLE_WORKER) ||
-            (t->cfg.self != 0 && hello.role != DG_TCP_ROLE_PEER) || hello.worker_id < 1 ||
+        if ((t->cfg.self == 0 && hello.role != DG__TCP_ROLE_WORKER) ||
+            (t->cfg.self != 0 && hello.role != DG__TCP_ROLE_PEER) || hello.worker_id < 1 ||
             hello.worker_id >= (uint32_t)t->base.n_peers || (int)hello.worker_id == t->cfg.self ||
             h->sender != hello.worker_id) {
             snprintf(why, sizeof why, "worker id %u (role %u) not accepted here: ids are 1..%d",
                      (unsigned)hello.worker_id, (unsigned)hello.role, t->base.n_peers - 1);
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_ID, why);
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_ID, why);
             return;
         }
-        if (dg_tcp_memneq(hello.config_hash, t->cfg.config_hash, 32)) {
+        if (dg__tcp_memneq(hello.config_hash, t->cfg.config_hash, 32)) {
             snprintf(why, sizeof why, "configuration mismatch: worker %u runs configuration "
                      "%02x%02x%02x%02x..., this side %02x%02x%02x%02x... (network, "
                      "hyperparameters, data shape, seed and N must agree)",
                      (unsigned)hello.worker_id, hello.config_hash[0], hello.config_hash[1],
                      hello.config_hash[2], hello.config_hash[3], t->cfg.config_hash[0],
                      t->cfg.config_hash[1], t->cfg.config_hash[2], t->cfg.config_hash[3]);
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_CONFIG, why);
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_CONFIG, why);
             return;
         }
-        memcpy(c->hello, p, DG_TCP_HELLO_SIZE);
+        memcpy(c->hello, p, DG__TCP_HELLO_SIZE);
         c->peer = (int)hello.worker_id;
         c->role = hello.role;
         c->listen_port = hello.listen_port;
         pthread_mutex_unlock(&t->mu);
         dg__tcp_nonce(t, c->nonce);
         pthread_mutex_lock(&t->mu);
-        if (dg__tcp_write_frame(c->fd, DG_TCP_CHALLENGE, 0, (uint32_t)t->cfg.self, 0, c->nonce,
-                                DG_TCP_NONCE, now + 1000, 0, &w)) {
+        if (dg__tcp_write_frame(c->fd, DG__TCP_CHALLENGE, 0, (uint32_t)t->cfg.self, 0, c->nonce,
+                                DG__TCP_NONCE, now + 1000, 0, &w)) {
             dg__tcp_drop(t, c, dg_last_error());
             return;
         }
         c->state = DG__TC_AUTH;
         return;
     }
-    if (c->state == DG__TC_AUTH && h->type == DG_TCP_AUTH) {
-        unsigned char want[32], buf[DG_TCP_WELCOME_SIZE];
-        dg_tcp_welcome wel;
+    if (c->state == DG__TC_AUTH && h->type == DG__TCP_AUTH) {
+        unsigned char want[32], buf[DG__TCP_WELCOME_SIZE];
+        dg__tcp_welcome wel;
         dg__tconn *old;
-        dg_tcp_hello hello;
+        dg__tcp_hello hello;
         if (h->length != 32) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, "AUTH must carry 32 bytes");
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_FORMAT, "AUTH must carry 32 bytes");
             return;
         }
-        dg_tcp_client_proof(t->key, t->key_len, c->nonce, c->hello, want);
-        if (dg_tcp_memneq(want, p, 32)) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_AUTH, "authentication failed: wrong or missing "
+        dg__tcp_client_proof(t->key, t->key_len, c->nonce, c->hello, want);
+        if (dg__tcp_memneq(want, p, 32)) {
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_AUTH, "authentication failed: wrong or missing "
                            "shared secret");
             return;
         }
-        dg_tcp_hello_decode(c->hello, DG_TCP_HELLO_SIZE, &hello);
-        dg_tcp_server_proof(t->key, t->key_len, hello.nonce, c->nonce, wel.proof);
+        dg__tcp_hello_decode(c->hello, DG__TCP_HELLO_SIZE, &hello);
+        dg__tcp_server_proof(t->key, t->key_len, hello.nonce, c->nonce, wel.proof);
         wel.n_workers = (uint32_t)(t->base.n_peers - 1);
         wel.iteration = t->cfg.iteration;
-        dg_tcp_welcome_encode(&wel, buf);
-        if (dg__tcp_write_frame(c->fd, DG_TCP_WELCOME, 0, (uint32_t)t->cfg.self, 0, buf,
+        dg__tcp_welcome_encode(&wel, buf);
+        if (dg__tcp_write_frame(c->fd, DG__TCP_WELCOME, 0, (uint32_t)t->cfg.self, 0, buf,
                                 sizeof buf, now + 1000, 0, &w)) {
             dg__tcp_drop(t, c, dg_last_error());
             return;
         }
-        while ((old = dg__tcp_find(t, c->peer)) != NULL && c->role == DG_TCP_ROLE_WORKER)
+        while ((old = dg__tcp_find(t, c->peer)) != NULL && c->role == DG__TCP_ROLE_WORKER)
             dg__tcp_drop(t, old, "replaced by a new connection of the same worker");
         c->state = DG__TC_LIVE;
         c->last_rx = c->last_tx = now;
@@ -14024,25 +14032,25 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
         c->rx.peer = c->peer;
         c->rx.self = t->cfg.self;
         c->rx.type_max = t->type_max;
-        dg__tcp_logf(&t->cfg, "tcp: %s %d connected from %s", c->role == DG_TCP_ROLE_WORKER ?
+        dg__tcp_logf(&t->cfg, "tcp: %s %d connected from %s", c->role == DG__TCP_ROLE_WORKER ?
                      "worker" : "swap partner", c->peer, c->name);
         if (t->cfg.self == 0) dg__tcp_broadcast_peers(t);
         pthread_cond_broadcast(&t->cv);
         return;
     }
     if (c->state == DG__TC_LIVE) {
-        if (h->type == DG_TCP_HEARTBEAT) return;
-        if (h->type == DG_TCP_BYE) {
-            if ((h->flags & DG_TCP_FLAG_LAST) && c->peer == 0) t->run_over = 1;
-            dg__tcp_drop(t, c, (h->flags & DG_TCP_FLAG_LAST) ? "the run is over" : "goodbye");
+        if (h->type == DG__TCP_HEARTBEAT) return;
+        if (h->type == DG__TCP_BYE) {
+            if ((h->flags & DG__TCP_FLAG_LAST) && c->peer == 0) t->run_over = 1;
+            dg__tcp_drop(t, c, (h->flags & DG__TCP_FLAG_LAST) ? "the run is over" : "goodbye");
             return;
         }
-        if (h->type == DG_TCP_PEERS && t->cfg.self != 0 && c->peer == 0) {
-            dg_tcp_peer_addr *a = (dg_tcp_peer_addr *)dg__calloc((size_t)t->base.n_peers,
+        if (h->type == DG__TCP_PEERS && t->cfg.self != 0 && c->peer == 0) {
+            dg__tcp_peer_addr *a = (dg__tcp_peer_addr *)dg__calloc((size_t)t->base.n_peers,
                                                                  sizeof *a);
             uint32_t n;
             if (!a) return;
-            if (dg_tcp_peers_decode(p, (size_t)h->length, a, (uint32_t)t->base.n_peers, &n)) {
+            if (dg__tcp_peers_decode(p, (size_t)h->length, a, (uint32_t)t->base.n_peers, &n)) {
                 dg__free(a);
                 dg__tcp_drop(t, c, dg_last_error());
                 return;
@@ -14057,7 +14065,7 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
     if (c->state == DG__TC_LIVE)
         dg__tcp_drop(t, c, why);
     else
-        dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, why);
+        dg__tcp_refuse(t, c, DG__TCP_REFUSE_FORMAT, why);
 }
 
 /* Memory a queued message holds: its buffer and itself, so that a flood of
@@ -14100,7 +14108,7 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
    *h, *payload) or an error (< 0), leaving the rest of the bytes; *used
    says how many were taken.  *started is set when a frame began. */
 static int dg__tcp_feed(dg__rx *rx, const unsigned char *p, size_t n, size_t *used,
-                        dg_frame_header *h, unsigned char **payload, dg_msg **first,
+                        dg__frame_header *h, unsigned char **payload, dg_msg **first,
                         dg_msg **last, int *started)
 {
     size_t at = 0;
@@ -14144,7 +14152,7 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
         unsigned char *dst, *payload = NULL;
         size_t want, used;
         ssize_t n = 0;
-        dg_frame_header h;
+        dg__frame_header h;
         dg_msg *first = NULL, *last = NULL;
         int r = 0, busy = dg__rx_busy(&c->rx), started = 0, drained = 0, err = 0;
         int live = c->state == DG__TC_LIVE;
@@ -14226,8 +14234,8 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
                 snprintf(what, sizeof what, "invalid frame: %s", why);
                 dg__tcp_drop(t, c, what);
             } else {
-                dg__tcp_refuse(t, c, r == DG_ERR_VERSION ? DG_TCP_REFUSE_VERSION
-                                                         : DG_TCP_REFUSE_FORMAT, why);
+                dg__tcp_refuse(t, c, r == DG_ERR_VERSION ? DG__TCP_REFUSE_VERSION
+                                                         : DG__TCP_REFUSE_FORMAT, why);
             }
             return;
         }
@@ -14281,18 +14289,18 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         addr[10] = addr[11] = 0xff;
         memcpy(addr + 12, &sa.sin_addr, 4);
         if ((c = dg__tcp_evictee(t, addr)) != NULL) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FULL, "connection limit reached: evicted by a newer "
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_FULL, "connection limit reached: evicted by a newer "
                            "connection (too many in their handshake)");
             dg__tcp_release(t, c); /* a handshake has no sender inside */
         }
         c = dg__tcp_slot(t);
         if (!c || dg__tcp_nonblock(fd) < 0) {
             unsigned char buf[64];
-            size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_FULL, full, buf, sizeof buf);
+            size_t n = dg__tcp_refuse_encode(DG__TCP_REFUSE_FULL, full, buf, sizeof buf);
             uint64_t w = 0;
             char who[24];
             dg__tcp_nonblock(fd);
-            dg__tcp_write_frame(fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n, now, 0, &w);
+            dg__tcp_write_frame(fd, DG__TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n, now, 0, &w);
             close(fd);
             dg__tcp_name(who, &sa);
             dg__tcp_log_full(t, who, full);
@@ -14341,12 +14349,12 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
             continue;
         }
         if (c->peers_due && t->peers) {
-            int r = dg__tcp_send_control(t, c, DG_TCP_PEERS, t->peers, t->peers_len, now);
+            int r = dg__tcp_send_control(t, c, DG__TCP_PEERS, t->peers, t->peers_len, now);
             if (r < 0) continue;
             if (r == 0) c->peers_due = 0;
         }
         if (now - c->last_tx >= t->cfg.heartbeat_ms)
-            dg__tcp_send_control(t, c, DG_TCP_HEARTBEAT, NULL, 0, now);
+            dg__tcp_send_control(t, c, DG__TCP_HEARTBEAT, NULL, 0, now);
     }
 }
 
@@ -14425,7 +14433,7 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, ui
     struct iovec iov[1 + DG_MSG_MAX_PARTS];
     size_t fb = dg_msg_frame_bytes(m);
     uint64_t len = fb;
-    dg_frame_header h;
+    dg__frame_header h;
     uint32_t crc;
     int i, n = 1;
     dg__msg_head_encode(m, b, 0);
@@ -14450,7 +14458,7 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, ui
     h.crc = dg_crc32(0, b, DG_MSG_HEADER_BYTES);
     h.iteration = (uint64_t)m->iteration;
     h.length = len;
-    dg_frame_header_encode(&h, head);
+    dg__frame_header_encode(&h, head);
     iov[0].iov_base = head;
     iov[0].iov_len = DG_TCP_HEADER_SIZE + fb;
     return dg__tcp_writev(c->fd, iov, n, dg__tcp_ms() + t->cfg.send_timeout_ms, w);
@@ -14742,10 +14750,10 @@ DGDEF dg_result dg_tcp_server_create(dg_transport **out, const dg_tcp_config *cf
 
 /* Client side of the handshake on a connected socket (caller's thread). */
 static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadline,
-                                   dg_tcp_welcome *wel)
+                                   dg__tcp_welcome *wel)
 {
-    unsigned char hello[DG_TCP_HELLO_SIZE], proof[32], server_nonce[DG_TCP_NONCE];
-    dg_tcp_hello h;
+    unsigned char hello[DG__TCP_HELLO_SIZE], proof[32], server_nonce[DG__TCP_NONCE];
+    dg__tcp_hello h;
     dg__rx rx;
     uint64_t w = 0;
     int step;
@@ -14757,8 +14765,8 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
     h.min_version = h.max_version = t->version;
     memcpy(h.config_hash, t->cfg.config_hash, 32);
     dg__tcp_nonce(t, h.nonce);
-    dg_tcp_hello_encode(&h, hello);
-    if ((r = dg__tcp_write_frame(fd, DG_TCP_HELLO, 0, (uint32_t)t->cfg.self, 0, hello,
+    dg__tcp_hello_encode(&h, hello);
+    if ((r = dg__tcp_write_frame(fd, DG__TCP_HELLO, 0, (uint32_t)t->cfg.self, 0, hello,
                                  sizeof hello, deadline, t->version, &w)) != DG_OK)
         return r;
     dg__rx_init(&rx, NULL, DG_TCP_MAX_HANDSHAKE, DG_TCP_MAX_HANDSHAKE);
@@ -14767,7 +14775,7 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
         unsigned char *dst, *payload = NULL;
         size_t want;
         ssize_t n;
-        dg_frame_header fh;
+        dg__frame_header fh;
         dg_msg *m = NULL;
         struct pollfd p;
         int left = (int)(deadline - dg__tcp_ms()), k;
@@ -14786,40 +14794,40 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
         k = dg__rx_got(&rx, (size_t)n, &fh, &payload, &m);
         if (k < 0) return dg__fail((dg_result)k, "tcp: bad handshake reply: %s", dg_last_error());
         if (k != 1) continue;
-        if (fh.type == DG_TCP_REFUSE) {
+        if (fh.type == DG__TCP_REFUSE) {
             uint32_t code;
             char reason[DG__REASON_MAX + 1];
-            dg_result e = dg_tcp_refuse_decode(payload, (size_t)fh.length, &code, reason,
+            dg_result e = dg__tcp_refuse_decode(payload, (size_t)fh.length, &code, reason,
                                                sizeof reason);
             dg__free(payload);
             if (e) return dg__fail(DG_ERR_CLOSED, "tcp: refused (unreadable reason)");
             /* DG_ERR_CLOSED only for what may pass (full, shutting down):
                dg__tcp_dial_server retries that */
-            e = code == DG_TCP_REFUSE_VERSION ? DG_ERR_VERSION
-                : code == DG_TCP_REFUSE_AUTH  ? DG_ERR_AUTH
-                : code == DG_TCP_REFUSE_CONFIG || code == DG_TCP_REFUSE_ID ? DG_ERR_CONFIG
-                : code == DG_TCP_REFUSE_FORMAT ? DG_ERR_FORMAT
+            e = code == DG__TCP_REFUSE_VERSION ? DG_ERR_VERSION
+                : code == DG__TCP_REFUSE_AUTH  ? DG_ERR_AUTH
+                : code == DG__TCP_REFUSE_CONFIG || code == DG__TCP_REFUSE_ID ? DG_ERR_CONFIG
+                : code == DG__TCP_REFUSE_FORMAT ? DG_ERR_FORMAT
                                                : DG_ERR_CLOSED;
             return dg__fail(e, "tcp: refused by the peer: %s", reason);
         }
-        if (step == 0 && fh.type == DG_TCP_CHALLENGE && fh.length == DG_TCP_NONCE) {
-            dg_tcp_client_proof(t->key, t->key_len, payload, hello, proof);
-            memcpy(server_nonce, payload, DG_TCP_NONCE);
+        if (step == 0 && fh.type == DG__TCP_CHALLENGE && fh.length == DG__TCP_NONCE) {
+            dg__tcp_client_proof(t->key, t->key_len, payload, hello, proof);
+            memcpy(server_nonce, payload, DG__TCP_NONCE);
             dg__free(payload);
-            if ((r = dg__tcp_write_frame(fd, DG_TCP_AUTH, 0, (uint32_t)t->cfg.self, 0, proof, 32,
+            if ((r = dg__tcp_write_frame(fd, DG__TCP_AUTH, 0, (uint32_t)t->cfg.self, 0, proof, 32,
                                          deadline, t->version, &w)) != DG_OK)
                 return r;
             step = 1;
             continue;
         }
-        if (step == 1 && fh.type == DG_TCP_WELCOME) {
+        if (step == 1 && fh.type == DG__TCP_WELCOME) {
             unsigned char want_proof[32];
-            r = dg_tcp_welcome_decode(payload, (size_t)fh.length, wel);
+            r = dg__tcp_welcome_decode(payload, (size_t)fh.length, wel);
             dg__free(payload);
             if (r) return r;
-            dg_tcp_server_proof(t->key, t->key_len, h.nonce, server_nonce,
+            dg__tcp_server_proof(t->key, t->key_len, h.nonce, server_nonce,
                                 want_proof);
-            if (dg_tcp_memneq(want_proof, wel->proof, 32))
+            if (dg__tcp_memneq(want_proof, wel->proof, 32))
                 return dg__fail(DG_ERR_AUTH, "tcp: the server could not prove the shared secret");
             if (wel->n_workers != (uint32_t)(t->base.n_peers - 1))
                 return dg__fail(DG_ERR_CONFIG, "tcp: the server has %u worker slots, this side %d",
@@ -14836,7 +14844,7 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
 static dg_result dg__tcp_dial(dg__tcp *t, const struct sockaddr_in *sa, int role, int peer)
 {
     int64_t deadline = dg__tcp_ms() + t->cfg.connect_timeout_ms;
-    dg_tcp_welcome wel;
+    dg__tcp_welcome wel;
     dg__tconn *c;
     dg_result r;
     int fd = -1;
@@ -14870,9 +14878,9 @@ static dg_result dg__tcp_dial_server(dg__tcp *t, int window_ms)
     int64_t end = dg__tcp_ms() + (window_ms > 0 ? window_ms : 0);
     int wait = 100, tries;
     for (tries = 1;; tries++) {
-        dg_result r = dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+        dg_result r = dg__tcp_dial(t, &t->server_addr, DG__TCP_ROLE_WORKER, 0);
         int64_t left = end - dg__tcp_ms();
-        unsigned char rnd[DG_TCP_NONCE];
+        unsigned char rnd[DG__TCP_NONCE];
         int ms;
         if (r == DG_OK || (r != DG_ERR_IO && r != DG_ERR_TIMEOUT && r != DG_ERR_CLOSED) ||
             left <= 0 || dg_tcp_stop_requested())
@@ -14903,7 +14911,7 @@ static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer)
         }
     pthread_mutex_unlock(&t->mu);
     if (!found) return dg__fail(DG_ERR_CLOSED, "tcp: worker %d is not live (no address)", peer);
-    return dg__tcp_dial(t, &sa, DG_TCP_ROLE_PEER, peer);
+    return dg__tcp_dial(t, &sa, DG__TCP_ROLE_PEER, peer);
 }
 
 DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cfg)
@@ -14950,7 +14958,7 @@ DGDEF dg_result dg_tcp_reconnect(dg_transport *bt)
     if (!bt) return dg__fail(DG_ERR_ARG, "tcp: NULL transport");
     t = dg__tcp_of(bt);
     if (t->cfg.self == 0) return dg__fail(DG_ERR_ARG, "tcp: the server does not reconnect");
-    return dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+    return dg__tcp_dial(t, &t->server_addr, DG__TCP_ROLE_WORKER, 0);
 }
 
 DGDEF uint16_t dg_tcp_port(const dg_transport *t) { return t ? dg__tcp_of(t)->port : 0; }
@@ -15043,17 +15051,17 @@ DGDEF uint64_t dg_tcp_refused(dg_transport *bt)
 DGDEF void dg_tcp_goodbye(dg_transport *bt)
 {
     dg__tcp *t = dg__tcp_of(bt);
-    uint8_t flags = dg_tcp_stop_requested() ? 0 : DG_TCP_FLAG_LAST;
+    uint8_t flags = dg_tcp_stop_requested() ? 0 : DG__TCP_FLAG_LAST;
     int i;
     pthread_mutex_lock(&t->mu);
     for (i = 0; i < t->n_conns; i++) {
         dg__tconn *c = &t->conns[i];
         uint64_t w = 0;
         unsigned char buf[16];
-        size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_SHUTDOWN, "done", buf, sizeof buf);
+        size_t n = dg__tcp_refuse_encode(DG__TCP_REFUSE_SHUTDOWN, "done", buf, sizeof buf);
         if (c->state != DG__TC_LIVE) continue;
         pthread_mutex_lock(&c->wmu);
-        dg__tcp_write_frame(c->fd, DG_TCP_BYE, flags, (uint32_t)t->cfg.self, 0, buf, n,
+        dg__tcp_write_frame(c->fd, DG__TCP_BYE, flags, (uint32_t)t->cfg.self, 0, buf, n,
                             dg__tcp_ms() + 500, 0, &w);
         pthread_mutex_unlock(&c->wmu);
     }

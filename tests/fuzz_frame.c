@@ -25,41 +25,41 @@
 
 #define FZ_MAX_PEERS 64
 
-static void check_payload(const dg_frame_header *h, const unsigned char *p, size_t n)
+static void check_payload(const dg__frame_header *h, const unsigned char *p, size_t n)
 {
-    unsigned char buf[4 + FZ_MAX_PEERS * DG_TCP_PEER_ADDR_SIZE];
+    unsigned char buf[4 + FZ_MAX_PEERS * DG__TCP_PEER_ADDR_SIZE];
     switch (h->type) {
-    case DG_TCP_HELLO: {
-        dg_tcp_hello m;
-        if (dg_tcp_hello_decode(p, n, &m) == DG_OK) {
-            dg_tcp_hello_encode(&m, buf);
+    case DG__TCP_HELLO: {
+        dg__tcp_hello m;
+        if (dg__tcp_hello_decode(p, n, &m) == DG_OK) {
+            dg__tcp_hello_encode(&m, buf);
             if (memcmp(buf, p, n)) abort();
         }
         break;
     }
-    case DG_TCP_WELCOME: {
-        dg_tcp_welcome m;
-        if (dg_tcp_welcome_decode(p, n, &m) == DG_OK) {
-            dg_tcp_welcome_encode(&m, buf);
+    case DG__TCP_WELCOME: {
+        dg__tcp_welcome m;
+        if (dg__tcp_welcome_decode(p, n, &m) == DG_OK) {
+            dg__tcp_welcome_encode(&m, buf);
             if (memcmp(buf, p, n)) abort();
         }
         break;
     }
-    case DG_TCP_REFUSE:
-    case DG_TCP_BYE: {
+    case DG__TCP_REFUSE:
+    case DG__TCP_BYE: {
         uint32_t code;
         char reason[256];
-        if (dg_tcp_refuse_decode(p, n, &code, reason, sizeof reason) == DG_OK) {
-            size_t m = dg_tcp_refuse_encode(code, reason, buf, sizeof buf);
+        if (dg__tcp_refuse_decode(p, n, &code, reason, sizeof reason) == DG_OK) {
+            size_t m = dg__tcp_refuse_encode(code, reason, buf, sizeof buf);
             if (m != n || memcmp(buf, p, n)) abort();
         }
         break;
     }
-    case DG_TCP_PEERS: {
-        dg_tcp_peer_addr a[FZ_MAX_PEERS];
+    case DG__TCP_PEERS: {
+        dg__tcp_peer_addr a[FZ_MAX_PEERS];
         uint32_t count;
-        if (dg_tcp_peers_decode(p, n, a, FZ_MAX_PEERS, &count) == DG_OK) {
-            size_t m = dg_tcp_peers_encode(a, count, buf, sizeof buf);
+        if (dg__tcp_peers_decode(p, n, a, FZ_MAX_PEERS, &count) == DG_OK) {
+            size_t m = dg__tcp_peers_encode(a, count, buf, sizeof buf);
             if (m != n || memcmp(buf, p, n)) abort();
         }
         break;
@@ -71,7 +71,7 @@ static void check_payload(const dg_frame_header *h, const unsigned char *p, size
 
 /* A message that got through is, byte for byte, the dg_msg_encode frame
    of its payload p (n bytes), and dg_msg_decode takes those bytes back. */
-static void check_message(dg_transport *t, const dg_frame_header *h, const dg_msg *m,
+static void check_message(dg_transport *t, const dg__frame_header *h, const dg_msg *m,
                           const unsigned char *p, size_t n)
 {
     static unsigned char buf[1 << 16];
@@ -112,7 +112,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (pos < size) {
         unsigned char *dst, *payload = NULL;
         size_t want, n;
-        dg_frame_header h;
+        dg__frame_header h;
         dg_msg *m = NULL;
         int r;
         if (!dg__rx_busy(&rx)) start = pos;   /* a frame begins here */

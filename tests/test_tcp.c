@@ -68,110 +68,110 @@ TEST(hmac_rfc4231)
                             "HMAC algorithm.";
     int i;
     memset(k, 0x0b, 20);
-    dg_hmac_sha256(k, 20, "Hi There", 8, d);
+    dg__hmac_sha256(k, 20, "Hi There", 8, d);
     CHECK(hex_eq(d, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", 32));
-    dg_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, d);
+    dg__hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, d);
     CHECK(hex_eq(d, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", 32));
     memset(k, 0xaa, 20);
     memset(m, 0xdd, 50);
-    dg_hmac_sha256(k, 20, m, 50, d);
+    dg__hmac_sha256(k, 20, m, 50, d);
     CHECK(hex_eq(d, "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe", 32));
     for (i = 0; i < 25; i++) k[i] = (unsigned char)(i + 1);
     memset(m, 0xcd, 50);
-    dg_hmac_sha256(k, 25, m, 50, d);
+    dg__hmac_sha256(k, 25, m, 50, d);
     CHECK(hex_eq(d, "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b", 32));
     memset(k, 0x0c, 20);
-    dg_hmac_sha256(k, 20, "Test With Truncation", 20, d);
+    dg__hmac_sha256(k, 20, "Test With Truncation", 20, d);
     CHECK(hex_eq(d, "a3b6167473100ee06e0c796c2955552b", 16));
     memset(k, 0xaa, 131);
-    dg_hmac_sha256(k, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, d);
+    dg__hmac_sha256(k, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, d);
     CHECK(hex_eq(d, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", 32));
-    dg_hmac_sha256(k, 131, long_data, strlen(long_data), d);
+    dg__hmac_sha256(k, 131, long_data, strlen(long_data), d);
     CHECK(hex_eq(d, "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2", 32));
-    CHECK(dg_tcp_memneq(d, d, 32) == 0);
+    CHECK(dg__tcp_memneq(d, d, 32) == 0);
 }
 
 TEST(frame_codec)
 {
     unsigned char b[DG_TCP_HEADER_SIZE], payload[5] = {1, 2, 3, 4, 5};
-    dg_frame_header h = dg_frame_make(DG_MSG_FEEDBACK, 0, 3, 77, payload, 5), g;
-    dg_frame_header_encode(&h, b);
+    dg__frame_header h = dg__frame_make(DG_MSG_FEEDBACK, 0, 3, 77, payload, 5), g;
+    dg__frame_header_encode(&h, b);
     CHECK(memcmp(b, "DGTP", 4) == 0);
-    CHECK_OK(dg_frame_header_decode(b, 5, &g));
+    CHECK_OK(dg__frame_header_decode(b, 5, &g));
     CHECK(g.type == DG_MSG_FEEDBACK && g.sender == 3 && g.iteration == 77 && g.length == 5);
-    CHECK_OK(dg_frame_check_payload(&g, payload));
+    CHECK_OK(dg__frame_check_payload(&g, payload));
     payload[2] ^= 1;
-    CHECK(dg_frame_check_payload(&g, payload) == DG_ERR_CHECKSUM);
-    CHECK(dg_frame_header_decode(b, 4, &g) == DG_ERR_TOO_LARGE);
+    CHECK(dg__frame_check_payload(&g, payload) == DG_ERR_CHECKSUM);
+    CHECK(dg__frame_header_decode(b, 4, &g) == DG_ERR_TOO_LARGE);
     h.length = (uint64_t)1 << 63;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, DG_TCP_DEFAULT_MAX_MESSAGE, &g) == DG_ERR_TOO_LARGE);
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, DG_TCP_DEFAULT_MAX_MESSAGE, &g) == DG_ERR_TOO_LARGE);
     h.length = 5;
     h.version = 3;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 3);
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 3);
     h.version = DG_TCP_VERSION;
     h.type = 0x99;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
     h.type = 0;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
-    h.type = DG_TCP_HEARTBEAT;
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    h.type = DG__TCP_HEARTBEAT;
     h.flags = 0x80;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
     h.flags = 0;
-    dg_frame_header_encode(&h, b);
+    dg__frame_header_encode(&h, b);
     b[0] = 'X';
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
 }
 
 TEST(handshake_payloads)
 {
-    dg_tcp_hello h, g;
-    dg_tcp_welcome w, v;
-    dg_tcp_peer_addr a[2], c[4];
+    dg__tcp_hello h, g;
+    dg__tcp_welcome w, v;
+    dg__tcp_peer_addr a[2], c[4];
     unsigned char b[128];
     char reason[64];
     uint32_t code, n;
     size_t len;
     memset(&h, 0, sizeof h);
-    h.role = DG_TCP_ROLE_WORKER;
+    h.role = DG__TCP_ROLE_WORKER;
     h.worker_id = 3;
     h.listen_port = 4000;
     h.min_version = h.max_version = 1;
     h.config_hash[5] = 9;
     h.nonce[31] = 7;
-    dg_tcp_hello_encode(&h, b);
-    CHECK_OK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE, &g));
+    dg__tcp_hello_encode(&h, b);
+    CHECK_OK(dg__tcp_hello_decode(b, DG__TCP_HELLO_SIZE, &g));
     CHECK(memcmp(&h, &g, sizeof h) == 0);
-    CHECK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE - 1, &g) == DG_ERR_FORMAT);
+    CHECK(dg__tcp_hello_decode(b, DG__TCP_HELLO_SIZE - 1, &g) == DG_ERR_FORMAT);
     b[0] = 9;
-    CHECK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE, &g) == DG_ERR_FORMAT);
+    CHECK(dg__tcp_hello_decode(b, DG__TCP_HELLO_SIZE, &g) == DG_ERR_FORMAT);
     memset(&w, 0, sizeof w);
     w.n_workers = 4;
     w.iteration = 123;
-    dg_tcp_welcome_encode(&w, b);
-    CHECK_OK(dg_tcp_welcome_decode(b, DG_TCP_WELCOME_SIZE, &v));
+    dg__tcp_welcome_encode(&w, b);
+    CHECK_OK(dg__tcp_welcome_decode(b, DG__TCP_WELCOME_SIZE, &v));
     CHECK(v.n_workers == 4 && v.iteration == 123);
-    len = dg_tcp_refuse_encode(DG_TCP_REFUSE_AUTH, "nope\x01", b, sizeof b);
-    CHECK_OK(dg_tcp_refuse_decode(b, len, &code, reason, sizeof reason));
-    CHECK(code == DG_TCP_REFUSE_AUTH && strcmp(reason, "nope?") == 0);
-    CHECK(dg_tcp_refuse_decode(b, len - 1, &code, reason, sizeof reason) == DG_ERR_FORMAT);
+    len = dg__tcp_refuse_encode(DG__TCP_REFUSE_AUTH, "nope\x01", b, sizeof b);
+    CHECK_OK(dg__tcp_refuse_decode(b, len, &code, reason, sizeof reason));
+    CHECK(code == DG__TCP_REFUSE_AUTH && strcmp(reason, "nope?") == 0);
+    CHECK(dg__tcp_refuse_decode(b, len - 1, &code, reason, sizeof reason) == DG_ERR_FORMAT);
     memset(a, 0, sizeof a);
     a[0].id = 1; a[0].port = 10; a[1].id = 2; a[1].port = 20; a[1].addr[15] = 1;
-    len = dg_tcp_peers_encode(a, 2, b, sizeof b);
-    CHECK_OK(dg_tcp_peers_decode(b, len, c, 4, &n));
+    len = dg__tcp_peers_encode(a, 2, b, sizeof b);
+    CHECK_OK(dg__tcp_peers_decode(b, len, c, 4, &n));
     CHECK(n == 2 && c[1].port == 20 && c[1].addr[15] == 1);
-    CHECK(dg_tcp_peers_decode(b, len, c, 1, &n) == DG_ERR_TOO_LARGE);
+    CHECK(dg__tcp_peers_decode(b, len, c, 1, &n) == DG_ERR_TOO_LARGE);
     {
         char host[64];
         uint16_t port;
-        CHECK_OK(dg_tcp_parse_addr("127.0.0.1:7000", host, sizeof host, &port));
+        CHECK_OK(dg__tcp_parse_addr("127.0.0.1:7000", host, sizeof host, &port));
         CHECK(strcmp(host, "127.0.0.1") == 0 && port == 7000);
-        CHECK(dg_tcp_parse_addr("127.0.0.1", host, sizeof host, &port) == DG_ERR_ARG);
-        CHECK(dg_tcp_parse_addr("h:70000", host, sizeof host, &port) == DG_ERR_ARG);
+        CHECK(dg__tcp_parse_addr("127.0.0.1", host, sizeof host, &port) == DG_ERR_ARG);
+        CHECK(dg__tcp_parse_addr("h:70000", host, sizeof host, &port) == DG_ERR_ARG);
     }
 }
 
@@ -398,7 +398,7 @@ TEST(hostile_clients)
 {
     dg_transport *s = NULL, *w = NULL;
     unsigned char frame[DG_TCP_HEADER_SIZE + 100], junk[4096];
-    dg_frame_header h;
+    dg__frame_header h;
     pinger p;
     pthread_t th;
     long rss0, rss1;
@@ -419,33 +419,33 @@ TEST(hostile_clients)
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* wrong magic */
-    h = dg_frame_make(DG_TCP_HEARTBEAT, 0, 1, 0, NULL, 0);
-    dg_frame_header_encode(&h, frame);
+    h = dg__frame_make(DG__TCP_HEARTBEAT, 0, 1, 0, NULL, 0);
+    dg__frame_header_encode(&h, frame);
     frame[1] = 'Z';
     fds[0] = raw_connect(dg_tcp_port(s));
     send_all(fds[0], frame, DG_TCP_HEADER_SIZE);
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* a length field of 2^63 */
-    h = dg_frame_make(DG_TCP_HELLO, 0, 1, 0, NULL, 0);
+    h = dg__frame_make(DG__TCP_HELLO, 0, 1, 0, NULL, 0);
     h.length = (uint64_t)1 << 63;
-    dg_frame_header_encode(&h, frame);
+    dg__frame_header_encode(&h, frame);
     fds[0] = raw_connect(dg_tcp_port(s));
     send_all(fds[0], frame, DG_TCP_HEADER_SIZE);
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* a CRC mismatch */
-    memset(frame + DG_TCP_HEADER_SIZE, 1, DG_TCP_HELLO_SIZE);
-    h = dg_frame_make(DG_TCP_HELLO, 0, 1, 0, frame + DG_TCP_HEADER_SIZE, DG_TCP_HELLO_SIZE);
+    memset(frame + DG_TCP_HEADER_SIZE, 1, DG__TCP_HELLO_SIZE);
+    h = dg__frame_make(DG__TCP_HELLO, 0, 1, 0, frame + DG_TCP_HEADER_SIZE, DG__TCP_HELLO_SIZE);
     h.crc ^= 1;
-    dg_frame_header_encode(&h, frame);
+    dg__frame_header_encode(&h, frame);
     fds[0] = raw_connect(dg_tcp_port(s));
-    send_all(fds[0], frame, DG_TCP_HEADER_SIZE + DG_TCP_HELLO_SIZE);
+    send_all(fds[0], frame, DG_TCP_HEADER_SIZE + DG__TCP_HELLO_SIZE);
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* a frame cut in the middle (the client stays connected): timed out */
     h.crc ^= 1;
-    dg_frame_header_encode(&h, frame);
+    dg__frame_header_encode(&h, frame);
     fds[0] = raw_connect(dg_tcp_port(s));
     send_all(fds[0], frame, DG_TCP_HEADER_SIZE + 10);
     CHECK(closed_within(fds[0], 4000));
@@ -829,9 +829,9 @@ static int read_exact(int fd, void *p, size_t n, int ms)
 static int send_frame(int fd, uint8_t type, uint32_t sender, const void *p, size_t n)
 {
     unsigned char b[DG_TCP_HEADER_SIZE + 128];
-    dg_frame_header h = dg_frame_make(type, 0, sender, 0, p, n);
+    dg__frame_header h = dg__frame_make(type, 0, sender, 0, p, n);
     if (n > 128) return -1;
-    dg_frame_header_encode(&h, b);
+    dg__frame_header_encode(&h, b);
     if (n) memcpy(b + DG_TCP_HEADER_SIZE, p, n);
     return write(fd, b, DG_TCP_HEADER_SIZE + n) == (ssize_t)(DG_TCP_HEADER_SIZE + n) ? 0 : -1;
 }
@@ -841,23 +841,23 @@ static int send_frame(int fd, uint8_t type, uint32_t sender, const void *p, size
    worker would. */
 static int raw_handshake(int fd, int id, const char *secret)
 {
-    unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + 64], proof[32];
-    dg_tcp_hello h;
+    unsigned char hello[DG__TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + 64], proof[32];
+    dg__tcp_hello h;
     if (fd < 0) return -1;
     memset(&h, 0, sizeof h);
-    h.role = DG_TCP_ROLE_WORKER;
+    h.role = DG__TCP_ROLE_WORKER;
     h.worker_id = (uint32_t)id;
     h.min_version = h.max_version = DG_TCP_VERSION;
     memcpy(h.config_hash, hash_a, 32);
     h.nonce[0] = (unsigned char)id;
-    dg_tcp_hello_encode(&h, hello);
-    if (send_frame(fd, DG_TCP_HELLO, (uint32_t)id, hello, sizeof hello) ||
-        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG_TCP_NONCE, 3000) || buf[6] != DG_TCP_CHALLENGE)
+    dg__tcp_hello_encode(&h, hello);
+    if (send_frame(fd, DG__TCP_HELLO, (uint32_t)id, hello, sizeof hello) ||
+        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG__TCP_NONCE, 3000) || buf[6] != DG__TCP_CHALLENGE)
         goto fail;
-    dg_tcp_client_proof(secret, strlen(secret), buf + DG_TCP_HEADER_SIZE, hello, proof);
-    if (send_frame(fd, DG_TCP_AUTH, (uint32_t)id, proof, 32) ||
-        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG_TCP_WELCOME_SIZE, 3000) ||
-        buf[6] != DG_TCP_WELCOME)
+    dg__tcp_client_proof(secret, strlen(secret), buf + DG_TCP_HEADER_SIZE, hello, proof);
+    if (send_frame(fd, DG__TCP_AUTH, (uint32_t)id, proof, 32) ||
+        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG__TCP_WELCOME_SIZE, 3000) ||
+        buf[6] != DG__TCP_WELCOME)
         goto fail;
     return fd;
 fail:
@@ -876,12 +876,12 @@ static int raw_worker(uint16_t port, int id, const char *secret)
 static size_t app_heads(const dg_msg *m, unsigned char *b)
 {
     size_t fb = dg_msg_frame_bytes(m);
-    dg_frame_header h = dg_frame_make((uint8_t)m->type, 0, (uint32_t)m->from,
+    dg__frame_header h = dg__frame_make((uint8_t)m->type, 0, (uint32_t)m->from,
                                       (uint64_t)m->iteration, NULL, 0);
     dg__msg_head_encode(m, b + DG_TCP_HEADER_SIZE, 0);
     h.length = fb + dg_msg_payload_bytes(m);
     h.crc = dg_crc32(0, b + DG_TCP_HEADER_SIZE, DG_MSG_HEADER_BYTES);
-    dg_frame_header_encode(&h, b);
+    dg__frame_header_encode(&h, b);
     return DG_TCP_HEADER_SIZE + fb;
 }
 
@@ -1213,8 +1213,8 @@ TEST(handshake_slots_evict_the_idle)
 {
     dg_tcp_config c;
     dg_transport *s = NULL;
-    unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + DG_TCP_NONCE];
-    dg_tcp_hello h;
+    unsigned char hello[DG__TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + DG__TCP_NONCE];
+    dg__tcp_hello h;
     int idle[6], talker, i;
     c = dg_tcp_config_init();
     c.n_peers = 3;
@@ -1227,14 +1227,14 @@ TEST(handshake_slots_evict_the_idle)
     if (!s) return;
     /* one that sent its HELLO (waits for AUTH), then idle ones */
     memset(&h, 0, sizeof h);
-    h.role = DG_TCP_ROLE_WORKER;
+    h.role = DG__TCP_ROLE_WORKER;
     h.worker_id = 1;
     h.min_version = h.max_version = DG_TCP_VERSION;
     memcpy(h.config_hash, hash_a, 32);
-    dg_tcp_hello_encode(&h, hello);
+    dg__tcp_hello_encode(&h, hello);
     talker = raw_connect(dg_tcp_port(s));
-    CHECK(send_frame(talker, DG_TCP_HELLO, 1, hello, sizeof hello) == 0);
-    CHECK(read_exact(talker, buf, sizeof buf, 2000) == 0 && buf[6] == DG_TCP_CHALLENGE);
+    CHECK(send_frame(talker, DG__TCP_HELLO, 1, hello, sizeof hello) == 0);
+    CHECK(read_exact(talker, buf, sizeof buf, 2000) == 0 && buf[6] == DG__TCP_CHALLENGE);
     for (i = 0; i < 3; i++) {
         idle[i] = raw_connect(dg_tcp_port(s));
         dg__tcp_sleep_ms(30);
