@@ -1102,8 +1102,6 @@ DGDEF void dg_csv_close(dg_csv *csv);
 #define DG_MSG_PART_BYTES 16    /* per part: kind u32, reserved u32, count u64 */
 #define DG_MSG_VERSION 1
 #define DG_MSG_TYPE_MAX 0x7F    /* message types are 1..DG_MSG_TYPE_MAX */
-#define DG_MSG_LIMIT_HEAD 24    /* a message's fixed part in a size limit
-                                   (dg_transport_set_limits; TCP's body head) */
 
 typedef enum dg_msg_type {
     DG_MSG_GEN_BATCHES = 1, /* MD-GAN server -> worker: X^(g), X^(d) (+ their labels) */
@@ -1191,7 +1189,7 @@ DGDEF int dg_transport_connected(dg_transport *t, int peer);
    (nothing). */
 DGDEF void dg_transport_drop_peer(dg_transport *t, int peer, const char *why);
 /* Per message type 1..DG_MSG_TYPE_MAX, the largest message this endpoint
-   accepts (DG_MSG_LIMIT_HEAD + DG_MSG_PART_BYTES per part + the values'
+   accepts (its DGMS frame: DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES per part + the values'
    bytes), 0 for a type it refuses; entry 0 is unused.  A larger message is
    refused from its declared size, before anything is allocated (TCP: the
    connection closes; MPI: recv reports it, naming the rank).  The drivers
@@ -1943,9 +1941,13 @@ DGDEF void dg_request_stop(void);
 
    Walkthrough.  Everything on the wire is a frame: a 32-byte little-endian
    header (magic "DGTP", protocol version, message type, flags, sender id,
-   CRC-32 of the payload, iteration, payload length) and the payload.
-   dg_frame_header_decode checks every field before anything is allocated,
-   and a payload longer than the configured maximum, or than the largest
+   a CRC-32, iteration, payload length) and the payload.  The payload of a
+   role's message is exactly its dg_msg_encode frame ("DGMS", section
+   dg_transport): the bytes an in-process encoder, MPI and TCP produce for
+   a message are the same.  The receiver checks every field of the header,
+   then the DGMS header and part table (with the validation dg_msg_decode
+   uses), before anything is allocated; a payload longer than the
+   configured maximum, or than the largest
    message of its type in this run (dg_transport_set_limits, which the
    drivers fill from the role's configuration), is refused from its header
    alone.  A message buffer is committed as its bytes arrive, not when a
@@ -1973,7 +1975,9 @@ DGDEF void dg_request_stop(void);
    Each endpoint (the server's, or a worker's) owns one I/O thread that runs
    a poll() loop over its listening socket, its connections and a wake-up
    pipe: it accepts, runs handshakes, reads frames through a per-connection
-   state machine (header, then payload) with bounded buffers, sends
+   state machine (header, then payload; a message's DGMS header, part table
+   and values, the values straight into a pooled message) with bounded
+   buffers, sends
    heartbeats and drops connections that are idle, slow (a frame or a
    handshake that does not complete in time) or malformed.  Complete frames
    go to a bounded receive queue that dg_transport's recv pops with a
@@ -1992,34 +1996,20 @@ DGDEF void dg_request_stop(void);
    to an optional log callback. */
 
 #define DG_TCP_MAGIC 0x50544744u        /* "DGTP" read as a little-endian u32 */
-#define DG_TCP_VERSION 1u
+#define DG_TCP_VERSION 2u
 #define DG_TCP_HEADER_SIZE 32
 /* Default upper bound on a payload (a configured maximum overrides it). */
 #define DG_TCP_DEFAULT_MAX_MESSAGE ((uint64_t)256 << 20)
 /* Upper bound on any payload before the handshake completes. */
 #define DG_TCP_MAX_HANDSHAKE 1024u
 
-/* Frame types.  1..0x7F belong to the roles (their message types travel
-   untouched); 0xF0.. are the transport's own. */
-enum {
-    DG_TCP_APP_MAX = DG_MSG_TYPE_MAX,
-    DG_TCP_HELLO = 0xF0,      /* client -> server: who I am */
-    DG_TCP_CHALLENGE = 0xF1,  /* server -> client: nonce */
-    DG_TCP_AUTH = 0xF2,       /* client -> server: HMAC proof */
-    DG_TCP_WELCOME = 0xF3,    /* server -> client: accepted, server's proof */
-    DG_TCP_REFUSE = 0xF4,     /* either way: code + reason, then close */
-    DG_TCP_HEARTBEAT = 0xF5,  /* either way, empty */
-    DG_TCP_BYE = 0xF6,        /* either way: graceful close (u32 code) */
-    DG_TCP_PEERS = 0xF7       /* server -> worker: addresses of live workers */
-};
-/* Header flag bits; any other bit set is a format error. */
-#define DG_TCP_FLAG_LAST 0x01u      /* BYE: the run is over (not a crash) */
-#define DG_TCP_FLAGS_KNOWN 0x01u
+/* Message types 1..DG_MSG_TYPE_MAX are the roles' (they travel as the
+   frame's type); the transport's own frames (handshake, heartbeat, BYE,
+   PEERS), their payloads and codecs are internal to the implementation
+   (docs/protocol.md describes them). */
 
-/* Roles in the HELLO. */
-enum { DG_TCP_ROLE_WORKER = 1, DG_TCP_ROLE_PEER = 2 };
-
-/* ---- SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104) ---- */
+/* ---- SHA-256 (FIPS 180-4): the configuration hashes (HMAC-SHA256 of the
+   handshake is internal) ---- */
 typedef struct dg_sha256_ctx {
     uint32_t h[8];
     uint64_t bytes;
@@ -2031,98 +2021,6 @@ DGDEF void dg_sha256_init(dg_sha256_ctx *s);
 DGDEF void dg_sha256_update(dg_sha256_ctx *s, const void *data, size_t n);
 DGDEF void dg_sha256_final(dg_sha256_ctx *s, unsigned char out[32]);
 DGDEF void dg_sha256(const void *data, size_t n, unsigned char out[32]);
-DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
-                          unsigned char out[32]);
-/* Constant-time comparison of n bytes: 0 when equal. */
-DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n);
-
-/* ---- frames ----
-   Header, little-endian:  0 u32 magic | 4 u16 version | 6 u8 type |
-   7 u8 flags | 8 u32 sender (peer id: 0 server, n worker) | 12 u32 CRC-32 of the payload |
-   16 u64 iteration | 24 u64 payload length. */
-typedef struct dg_frame_header {
-    uint16_t version;
-    uint8_t type, flags;
-    uint32_t sender;
-    uint32_t crc;
-    uint64_t iteration;
-    uint64_t length;
-} dg_frame_header;
-
-DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE]);
-/* Field by field: magic (DG_ERR_FORMAT), version (DG_ERR_VERSION; h is
-   still filled so that the caller can name the version), type and flags
-   (DG_ERR_FORMAT), length <= max_length (DG_ERR_TOO_LARGE). */
-DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
-                                       uint64_t max_length, dg_frame_header *h);
-/* DG_ERR_CHECKSUM when the payload's CRC-32 differs from the header's. */
-DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *payload);
-/* Header for a payload: fills magic/version/crc/length. */
-DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender,
-                                    uint64_t iteration, const void *payload, uint64_t length);
-
-/* ---- handshake payloads ---- */
-#define DG_TCP_NONCE 32
-typedef struct dg_tcp_hello {
-    uint8_t role;                   /* DG_TCP_ROLE_* */
-    uint32_t worker_id;
-    uint16_t listen_port;           /* 0: this peer does not listen */
-    uint16_t min_version, max_version;
-    unsigned char config_hash[32];
-    unsigned char nonce[DG_TCP_NONCE];
-} dg_tcp_hello;
-#define DG_TCP_HELLO_SIZE 76
-
-typedef struct dg_tcp_welcome {
-    unsigned char proof[32];        /* HMAC of the server side */
-    uint32_t n_workers;
-    uint64_t iteration;             /* where the server's run stands */
-} dg_tcp_welcome;
-#define DG_TCP_WELCOME_SIZE 44
-
-/* The reason codes of a REFUSE (and of a BYE). */
-typedef enum dg_tcp_refusal {
-    DG_TCP_REFUSE_VERSION = 1,
-    DG_TCP_REFUSE_AUTH = 2,
-    DG_TCP_REFUSE_CONFIG = 3,
-    DG_TCP_REFUSE_ID = 4,          /* worker id out of range or already live */
-    DG_TCP_REFUSE_FULL = 5,        /* connection limit */
-    DG_TCP_REFUSE_FORMAT = 6,
-    DG_TCP_REFUSE_SHUTDOWN = 7
-} dg_tcp_refusal;
-
-/* One entry of a PEERS payload: u32 id | u8[16] IPv6 or v4-mapped | u16 port */
-typedef struct dg_tcp_peer_addr {
-    uint32_t id;
-    unsigned char addr[16];
-    uint16_t port;
-} dg_tcp_peer_addr;
-#define DG_TCP_PEER_ADDR_SIZE 22
-
-DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_HELLO_SIZE]);
-DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h);
-DGDEF void dg_tcp_welcome_encode(const dg_tcp_welcome *w, unsigned char out[DG_TCP_WELCOME_SIZE]);
-DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w);
-/* REFUSE: u32 code | u16 length | text (printable ASCII, <= 200 bytes). */
-DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap);
-DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
-                                     size_t reason_cap);
-/* PEERS: u32 count | count x entry; at most max_peers entries. */
-DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *out,
-                                    uint32_t max_peers, uint32_t *count);
-DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsigned char *out,
-                                 size_t cap);
-/* The proofs: client = HMAC(secret, "dgtp client" | server nonce | HELLO),
-   server = HMAC(secret, "dgtp server" | client nonce | server nonce). */
-DGDEF void dg_tcp_client_proof(const void *secret, size_t secret_len,
-                               const unsigned char server_nonce[DG_TCP_NONCE],
-                               const unsigned char hello[DG_TCP_HELLO_SIZE], unsigned char out[32]);
-DGDEF void dg_tcp_server_proof(const void *secret, size_t secret_len,
-                               const unsigned char client_nonce[DG_TCP_NONCE],
-                               const unsigned char server_nonce[DG_TCP_NONCE], unsigned char out[32]);
-
-/* "HOST:PORT" (HOST an IPv4 address, "localhost", or "[v6]") -> parts. */
-DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port);
 
 /* ---- the transport ---- */
 
@@ -9822,44 +9720,75 @@ DGDEF dg_result dg_msg_encode(const dg_msg *m, void *buf, size_t cap, size_t *wr
     return DG_OK;
 }
 
+/* Types the codec carries: the roles' (1..DG_MSG_STOP) and the
+   applications' (DG_MSG_USER..). */
+static int dg__msg_type_known(int type)
+{
+    return type >= 1 && (type <= DG_MSG_STOP || type >= DG_MSG_USER) && type <= 0xffff;
+}
+
 /* A frame's header and part table, validated (len: the bytes at p, at
    least the header; the payload need not follow). */
 typedef struct dg__msg_head {
     int type, from, to, n_parts;
+    int64_t iteration;
     uint32_t crc;
     dg_part_kind kinds[DG_MSG_MAX_PARTS];
     size_t counts[DG_MSG_MAX_PARTS];
-    size_t payload;
+    size_t size;      /* header and part table: DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * n_parts */
+    size_t payload;   /* the parts' values */
 } dg__msg_head;
 
+/* From a frame's first DG_MSG_HEADER_BYTES bytes: magic, version and part
+   count checked, *size = the bytes of its header and part table (what a
+   reader that takes a frame as it arrives reads before it calls
+   dg__msg_head_decode). */
+static dg_result dg__msg_head_size(const unsigned char *p, size_t *size)
+{
+    uint32_t n_parts;
+    if (memcmp(p, "DGMS", 4) != 0)
+        return dg__fail(DG_ERR_FORMAT, "message: bad magic %02x%02x%02x%02x (want \"DGMS\")",
+                        p[0], p[1], p[2], p[3]);
+    if (p[4] != DG_MSG_VERSION || p[5] != 0)
+        return dg__fail(DG_ERR_VERSION, "message: version %u", (unsigned)(p[4] | p[5] << 8));
+    n_parts = dg__rd32(p + 40);
+    if (n_parts > DG_MSG_MAX_PARTS)
+        return dg__fail(DG_ERR_FORMAT, "message: %u parts (at most %d)", n_parts, DG_MSG_MAX_PARTS);
+    *size = DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts;
+    return DG_OK;
+}
+
+/* The one validation of a frame's header and part table, for every
+   transport that reads frames (dg_msg_decode, MPI, TCP): magic, version,
+   type, peers (< t->n_peers), part kinds, each part and their sum within
+   max_payload, and the header's payload length equal to that sum.  Nothing
+   is allocated. */
 static dg_result dg__msg_head_decode(const dg_transport *t, const unsigned char *p, size_t len,
                                      size_t max_payload, dg__msg_head *h)
 {
     const unsigned char *q;
-    uint32_t n_parts, u;
+    dg_result r;
+    uint32_t u;
     int i;
-    if (len < DG_MSG_HEADER_BYTES || memcmp(p, "DGMS", 4) != 0)
-        return dg__fail(DG_ERR_FORMAT, "message: bad magic or %zu-byte frame", len);
-    if (p[4] != DG_MSG_VERSION || p[5] != 0)
-        return dg__fail(DG_ERR_VERSION, "message: version %u", (unsigned)(p[4] | p[5] << 8));
+    if (len < DG_MSG_HEADER_BYTES)
+        return dg__fail(DG_ERR_FORMAT, "message: %zu-byte frame (the header is %d)", len,
+                        DG_MSG_HEADER_BYTES);
+    if ((r = dg__msg_head_size(p, &h->size)) != DG_OK) return r;
+    if (len < h->size) return dg__fail(DG_ERR_FORMAT, "message: truncated part table");
     h->type = p[6] | p[7] << 8;
     h->from = (int)(int32_t)dg__rd32(p + 8);
     h->to = (int)(int32_t)dg__rd32(p + 12);
-    if (h->type < 1 || (h->type > DG_MSG_STOP && h->type < DG_MSG_USER))
+    h->iteration = (int64_t)dg__rd64(p + 16);
+    if (!dg__msg_type_known(h->type))
         return dg__fail(DG_ERR_FORMAT, "message: unknown type %d", h->type);
     if (h->from < 0 || h->from >= t->n_peers || h->to < 0 || h->to >= t->n_peers)
         return dg__fail(DG_ERR_FORMAT, "message: peers %d -> %d outside 0..%d", h->from, h->to,
                         t->n_peers - 1);
-    n_parts = dg__rd32(p + 40);
-    if (n_parts > DG_MSG_MAX_PARTS)
-        return dg__fail(DG_ERR_FORMAT, "message: %u parts (at most %d)", n_parts, DG_MSG_MAX_PARTS);
-    if (len < DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * n_parts)
-        return dg__fail(DG_ERR_FORMAT, "message: truncated part table");
-    h->n_parts = (int)n_parts;
+    h->n_parts = (int)dg__rd32(p + 40);
     h->crc = dg__rd32(p + 44);
     h->payload = 0;
     q = p + DG_MSG_HEADER_BYTES;
-    for (i = 0; i < (int)n_parts; i++, q += DG_MSG_PART_BYTES) {
+    for (i = 0; i < h->n_parts; i++, q += DG_MSG_PART_BYTES) {
         uint64_t c = dg__rd64(q + 8);
         u = dg__rd32(q);
         if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(q + 4) != 0)
@@ -9879,13 +9808,14 @@ static dg_result dg__msg_head_decode(const dg_transport *t, const unsigned char 
 }
 
 /* A message from t's pool shaped by a decoded head (p: that head's bytes),
-   its parts still to be filled. */
+   its parts still to be filled; at most `commit` bytes of a new buffer are
+   committed (SIZE_MAX: all; dg__msg_take). */
 static dg_result dg__msg_from_head(dg_transport *t, const unsigned char *p, const dg__msg_head *h,
-                                   dg_msg **out)
+                                   size_t commit, dg_msg **out)
 {
     uint32_t u;
-    dg_result r = dg_msg_create(t, h->type, h->from, h->to, (int64_t)dg__rd64(p + 16), h->n_parts,
-                                h->kinds, h->counts, out);
+    dg_result r = dg__msg_take(t, h->type, h->from, h->to, h->iteration, h->n_parts, h->kinds,
+                               h->counts, commit, out);
     if (r != DG_OK) return r;
     (*out)->aux = (int64_t)dg__rd64(p + 24);
     u = dg__rd32(p + 32);
@@ -9909,13 +9839,13 @@ DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size
     *out = NULL;
     if (!t || !buf) return dg__fail(DG_ERR_ARG, "dg_msg_decode: NULL argument");
     if ((r = dg__msg_head_decode(t, p, len, max_payload, &h)) != DG_OK) return r;
-    q = p + DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * h.n_parts;
+    q = p + h.size;
     if (len != (size_t)(q - p) + h.payload)
         return dg__fail(DG_ERR_FORMAT, "message: length %zu does not match its %zu-byte payload",
                         len, h.payload);
     if (dg_crc32(0, p + DG_MSG_HEADER_BYTES, len - DG_MSG_HEADER_BYTES) != h.crc)
         return dg__fail(DG_ERR_CHECKSUM, "message: CRC mismatch");
-    if ((r = dg__msg_from_head(t, p, &h, &m)) != DG_OK) return r;
+    if ((r = dg__msg_from_head(t, p, &h, SIZE_MAX, &m)) != DG_OK) return r;
     for (i = 0; i < h.n_parts; i++) {
         unsigned char *dst = (unsigned char *)m->part[i].data;
         if (h.kinds[i] == DG_PART_BYTES) {
@@ -11101,10 +11031,10 @@ static size_t dg__mpi_frame_limit(const dg__mpi *t)
 
 /* A message of this type, parts and payload within the run's limits
    (dg_transport_set_limits)?  Counted as the limits count: the fixed part
-   DG_MSG_LIMIT_HEAD, the part table, the values. */
+   DG_MSG_HEADER_BYTES, the part table, the values. */
 static dg_result dg__mpi_check_limit(const dg__mpi *t, int src, int type, int n_parts, size_t payload)
 {
-    uint64_t len = DG_MSG_LIMIT_HEAD + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)n_parts + payload;
+    uint64_t len = DG_MSG_HEADER_BYTES + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)n_parts + payload;
     if (!t->limited || type < 1 || type > DG_MSG_TYPE_MAX) return DG_OK;
     if (!t->type_max[type])
         return dg__fail(DG_ERR_TOO_LARGE, "mpi: rank %d sent a message of type %d, which rank %d "
@@ -11369,7 +11299,7 @@ static dg_result dg__mpi_recv_split(dg__mpi *t, MPI_Message *msg, int src, int c
     /* refused from its head: its parts then come without one and are
        discarded (or, beyond the frame limit, never received) */
     if ((r = dg__mpi_check_limit(t, src, h.type, h.n_parts, h.payload)) != DG_OK) return r;
-    if ((r = dg__msg_from_head(&t->base, head, &h, &m)) != DG_OK) return r;
+    if ((r = dg__msg_from_head(&t->base, head, &h, SIZE_MAX, &m)) != DG_OK) return r;
     for (i = 0; r == DG_OK && i < h.n_parts; i++) {
         size_t b = dg__part_bytes(h.kinds[i], h.counts[i]);
         if (b) r = dg__mpi_recv_part(t, src, i, m->part[i].data, b);
@@ -13789,7 +13719,7 @@ DGDEF void dg_request_stop(void) { dg__stop_flag = 1; }
    in all (dg_transport_set_limits). */
 static uint64_t dg__limit_len4(int parts, uint64_t values)
 {
-    return DG_MSG_LIMIT_HEAD + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
+    return DG_MSG_HEADER_BYTES + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
 }
 
 /* Adds the parts and values of G or D on the wire (dg__net_parts:
@@ -14165,6 +14095,122 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
 
 #ifndef DG_NO_TCP
 
+/* ---- the wire's internals: frames, handshake payloads, their codecs
+   (docs/protocol.md); tests reach them through the implementation ---- */
+/* The transport's own frame types (1..DG_MSG_TYPE_MAX are the roles'). */
+enum {
+    DG__TCP_HELLO = 0xF0,      /* client -> server: who I am */
+    DG__TCP_CHALLENGE = 0xF1,  /* server -> client: nonce */
+    DG__TCP_AUTH = 0xF2,       /* client -> server: HMAC proof */
+    DG__TCP_WELCOME = 0xF3,    /* server -> client: accepted, server's proof */
+    DG__TCP_REFUSE = 0xF4,     /* either way: code + reason, then close */
+    DG__TCP_HEARTBEAT = 0xF5,  /* either way, empty */
+    DG__TCP_BYE = 0xF6,        /* either way: graceful close (u32 code) */
+    DG__TCP_PEERS = 0xF7       /* server -> worker: addresses of live workers */
+};
+/* Header flag bits; any other bit set is a format error. */
+#define DG__TCP_FLAG_LAST 0x01u      /* BYE: the run is over (not a crash) */
+#define DG__TCP_FLAGS_KNOWN 0x01u
+
+/* Roles in the HELLO. */
+enum { DG__TCP_ROLE_WORKER = 1, DG__TCP_ROLE_PEER = 2 };
+
+static void dg__hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
+                            unsigned char out[32]);
+/* Constant-time comparison of n bytes: 0 when equal. */
+static int dg__tcp_memneq(const void *a, const void *b, size_t n);
+
+/* ---- frames ----
+   Header, little-endian:  0 u32 magic | 4 u16 version | 6 u8 type |
+   7 u8 flags | 8 u32 sender (peer id: 0 server, n worker) | 12 u32 CRC-32 of the payload
+   (of a message: of its first DG_MSG_HEADER_BYTES, the DGMS header; the
+   DGMS CRC covers the rest) | 16 u64 iteration | 24 u64 payload length.
+   A message's payload is its dg_msg_encode frame, whose type, sender and
+   iteration are the header's. */
+typedef struct dg__frame_header {
+    uint16_t version;
+    uint8_t type, flags;
+    uint32_t sender;
+    uint32_t crc;
+    uint64_t iteration;
+    uint64_t length;
+} dg__frame_header;
+
+static void dg__frame_header_encode(const dg__frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE]);
+/* Field by field: magic (DG_ERR_FORMAT), version (DG_ERR_VERSION; h is
+   still filled so that the caller can name the version), type and flags
+   (DG_ERR_FORMAT), length <= max_length (DG_ERR_TOO_LARGE). */
+static dg_result dg__frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
+                                         uint64_t max_length, dg__frame_header *h);
+/* DG_ERR_CHECKSUM when the payload's CRC-32 differs from the header's. */
+static dg_result dg__frame_check_payload(const dg__frame_header *h, const void *payload);
+/* Header for a payload: fills magic/version/crc/length. */
+static dg__frame_header dg__frame_make(uint8_t type, uint8_t flags, uint32_t sender,
+                                       uint64_t iteration, const void *payload, uint64_t length);
+
+/* ---- handshake payloads ---- */
+#define DG__TCP_NONCE 32
+typedef struct dg__tcp_hello {
+    uint8_t role;                   /* DG__TCP_ROLE_* */
+    uint32_t worker_id;
+    uint16_t listen_port;           /* 0: this peer does not listen */
+    uint16_t min_version, max_version;
+    unsigned char config_hash[32];
+    unsigned char nonce[DG__TCP_NONCE];
+} dg__tcp_hello;
+#define DG__TCP_HELLO_SIZE 76
+
+typedef struct dg__tcp_welcome {
+    unsigned char proof[32];        /* HMAC of the server side */
+    uint32_t n_workers;
+    uint64_t iteration;             /* where the server's run stands */
+} dg__tcp_welcome;
+#define DG__TCP_WELCOME_SIZE 44
+
+/* The reason codes of a REFUSE (and of a BYE). */
+typedef enum dg__tcp_refusal {
+    DG__TCP_REFUSE_VERSION = 1,
+    DG__TCP_REFUSE_AUTH = 2,
+    DG__TCP_REFUSE_CONFIG = 3,
+    DG__TCP_REFUSE_ID = 4,          /* worker id out of range or already live */
+    DG__TCP_REFUSE_FULL = 5,        /* connection limit */
+    DG__TCP_REFUSE_FORMAT = 6,
+    DG__TCP_REFUSE_SHUTDOWN = 7
+} dg__tcp_refusal;
+
+/* One entry of a PEERS payload: u32 id | u8[16] IPv6 or v4-mapped | u16 port */
+typedef struct dg__tcp_peer_addr {
+    uint32_t id;
+    unsigned char addr[16];
+    uint16_t port;
+} dg__tcp_peer_addr;
+#define DG__TCP_PEER_ADDR_SIZE 22
+
+static void dg__tcp_hello_encode(const dg__tcp_hello *h, unsigned char out[DG__TCP_HELLO_SIZE]);
+static dg_result dg__tcp_hello_decode(const void *p, size_t n, dg__tcp_hello *h);
+static void dg__tcp_welcome_encode(const dg__tcp_welcome *w, unsigned char out[DG__TCP_WELCOME_SIZE]);
+static dg_result dg__tcp_welcome_decode(const void *p, size_t n, dg__tcp_welcome *w);
+/* REFUSE: u32 code | u16 length | text (printable ASCII, <= 200 bytes). */
+static size_t dg__tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap);
+static dg_result dg__tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
+                                       size_t reason_cap);
+/* PEERS: u32 count | count x entry; at most max_peers entries. */
+static dg_result dg__tcp_peers_decode(const void *p, size_t n, dg__tcp_peer_addr *out,
+                                      uint32_t max_peers, uint32_t *count);
+static size_t dg__tcp_peers_encode(const dg__tcp_peer_addr *a, uint32_t count, unsigned char *out,
+                                   size_t cap);
+/* The proofs: client = HMAC(secret, "dgtp client" | server nonce | HELLO),
+   server = HMAC(secret, "dgtp server" | client nonce | server nonce). */
+static void dg__tcp_client_proof(const void *secret, size_t secret_len,
+                                 const unsigned char server_nonce[DG__TCP_NONCE],
+                                 const unsigned char hello[DG__TCP_HELLO_SIZE], unsigned char out[32]);
+static void dg__tcp_server_proof(const void *secret, size_t secret_len,
+                                 const unsigned char client_nonce[DG__TCP_NONCE],
+                                 const unsigned char server_nonce[DG__TCP_NONCE], unsigned char out[32]);
+
+/* "HOST:PORT" (HOST an IPv4 address, "localhost", or "[v6]") -> parts. */
+static dg_result dg__tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port);
+
 /* ---- SHA-256 ---- */
 static const uint32_t dg__sha_k[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
@@ -14277,8 +14323,8 @@ static void dg__hmac_end(dg_sha256_ctx *inner, dg_sha256_ctx *outer, unsigned ch
     dg_sha256_final(outer, out);
 }
 
-DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
-                          unsigned char out[32])
+static void dg__hmac_sha256(const void *key, size_t key_len, const void *msg, size_t n,
+                            unsigned char out[32])
 {
     dg_sha256_ctx in, outer;
     dg__hmac_begin(key, key_len, &in, &outer);
@@ -14286,7 +14332,7 @@ DGDEF void dg_hmac_sha256(const void *key, size_t key_len, const void *msg, size
     dg__hmac_end(&in, &outer, out);
 }
 
-DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n)
+static int dg__tcp_memneq(const void *a, const void *b, size_t n)
 {
     const volatile unsigned char *x = (const volatile unsigned char *)a;
     const volatile unsigned char *y = (const volatile unsigned char *)b;
@@ -14297,7 +14343,7 @@ DGDEF int dg_tcp_memneq(const void *a, const void *b, size_t n)
 }
 
 /* ---- frames ---- */
-DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE])
+static void dg__frame_header_encode(const dg__frame_header *h, unsigned char out[DG_TCP_HEADER_SIZE])
 {
     dg__le32(out, DG_TCP_MAGIC);
     dg__le16(out + 4, h->version);
@@ -14311,11 +14357,11 @@ DGDEF void dg_frame_header_encode(const dg_frame_header *h, unsigned char out[DG
 
 static int dg__tcp_type_known(unsigned t)
 {
-    return (t >= 1 && t <= DG_TCP_APP_MAX) || (t >= DG_TCP_HELLO && t <= DG_TCP_PEERS);
+    return (t >= 1 && t <= DG_MSG_TYPE_MAX) || (t >= DG__TCP_HELLO && t <= DG__TCP_PEERS);
 }
 
-DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
-                                       uint64_t max_length, dg_frame_header *h)
+static dg_result dg__frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE],
+                                         uint64_t max_length, dg__frame_header *h)
 {
     uint32_t magic = dg__rd32(in);
     memset(h, 0, sizeof *h);
@@ -14334,7 +14380,7 @@ DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE
                         (unsigned)h->version, (unsigned)DG_TCP_VERSION);
     if (!dg__tcp_type_known(h->type))
         return dg__fail(DG_ERR_FORMAT, "tcp: unknown message type 0x%02x", (unsigned)h->type);
-    if (h->flags & ~DG_TCP_FLAGS_KNOWN)
+    if (h->flags & ~DG__TCP_FLAGS_KNOWN)
         return dg__fail(DG_ERR_FORMAT, "tcp: unknown flags 0x%02x", (unsigned)h->flags);
     if (h->length > max_length)
         return dg__fail(DG_ERR_TOO_LARGE, "tcp: payload of %llu bytes over the limit of %llu",
@@ -14342,7 +14388,7 @@ DGDEF dg_result dg_frame_header_decode(const unsigned char in[DG_TCP_HEADER_SIZE
     return DG_OK;
 }
 
-DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *payload)
+static dg_result dg__frame_check_payload(const dg__frame_header *h, const void *payload)
 {
     uint32_t crc = dg_crc32(0, payload, (size_t)h->length);
     if (crc != h->crc)
@@ -14351,10 +14397,10 @@ DGDEF dg_result dg_frame_check_payload(const dg_frame_header *h, const void *pay
     return DG_OK;
 }
 
-DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender,
-                                    uint64_t iteration, const void *payload, uint64_t length)
+static dg__frame_header dg__frame_make(uint8_t type, uint8_t flags, uint32_t sender,
+                                       uint64_t iteration, const void *payload, uint64_t length)
 {
-    dg_frame_header h;
+    dg__frame_header h;
     h.version = DG_TCP_VERSION;
     h.type = type;
     h.flags = flags;
@@ -14369,7 +14415,7 @@ DGDEF dg_frame_header dg_frame_make(uint8_t type, uint8_t flags, uint32_t sender
    HELLO (76 bytes): 0 u8 role | 1 u8 0 | 2 u16 min version | 4 u16 max
    version | 6 u16 listen port | 8 u32 worker id | 12 u8[32] config hash |
    44 u8[32] nonce. */
-DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_HELLO_SIZE])
+static void dg__tcp_hello_encode(const dg__tcp_hello *h, unsigned char out[DG__TCP_HELLO_SIZE])
 {
     out[0] = h->role;
     out[1] = 0;
@@ -14378,16 +14424,16 @@ DGDEF void dg_tcp_hello_encode(const dg_tcp_hello *h, unsigned char out[DG_TCP_H
     dg__le16(out + 6, h->listen_port);
     dg__le32(out + 8, h->worker_id);
     memcpy(out + 12, h->config_hash, 32);
-    memcpy(out + 44, h->nonce, DG_TCP_NONCE);
+    memcpy(out + 44, h->nonce, DG__TCP_NONCE);
 }
 
-DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h)
+static dg_result dg__tcp_hello_decode(const void *p, size_t n, dg__tcp_hello *h)
 {
     const unsigned char *b = (const unsigned char *)p;
     memset(h, 0, sizeof *h);
-    if (n != DG_TCP_HELLO_SIZE)
-        return dg__fail(DG_ERR_FORMAT, "tcp: HELLO of %zu bytes (want %d)", n, DG_TCP_HELLO_SIZE);
-    if (b[0] != DG_TCP_ROLE_WORKER && b[0] != DG_TCP_ROLE_PEER)
+    if (n != DG__TCP_HELLO_SIZE)
+        return dg__fail(DG_ERR_FORMAT, "tcp: HELLO of %zu bytes (want %d)", n, DG__TCP_HELLO_SIZE);
+    if (b[0] != DG__TCP_ROLE_WORKER && b[0] != DG__TCP_ROLE_PEER)
         return dg__fail(DG_ERR_FORMAT, "tcp: HELLO with unknown role %u", (unsigned)b[0]);
     if (b[1] != 0) return dg__fail(DG_ERR_FORMAT, "tcp: HELLO reserved byte %u", (unsigned)b[1]);
     h->role = b[0];
@@ -14399,25 +14445,25 @@ DGDEF dg_result dg_tcp_hello_decode(const void *p, size_t n, dg_tcp_hello *h)
     h->listen_port = dg__rd16(b + 6);
     h->worker_id = dg__rd32(b + 8);
     memcpy(h->config_hash, b + 12, 32);
-    memcpy(h->nonce, b + 44, DG_TCP_NONCE);
+    memcpy(h->nonce, b + 44, DG__TCP_NONCE);
     return DG_OK;
 }
 
 /* WELCOME (44 bytes): 0 u8[32] server proof | 32 u32 workers | 36 u64 iteration */
-DGDEF void dg_tcp_welcome_encode(const dg_tcp_welcome *w, unsigned char out[DG_TCP_WELCOME_SIZE])
+static void dg__tcp_welcome_encode(const dg__tcp_welcome *w, unsigned char out[DG__TCP_WELCOME_SIZE])
 {
     memcpy(out, w->proof, 32);
     dg__le32(out + 32, w->n_workers);
     dg__le64(out + 36, w->iteration);
 }
 
-DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w)
+static dg_result dg__tcp_welcome_decode(const void *p, size_t n, dg__tcp_welcome *w)
 {
     const unsigned char *b = (const unsigned char *)p;
     memset(w, 0, sizeof *w);
-    if (n != DG_TCP_WELCOME_SIZE)
+    if (n != DG__TCP_WELCOME_SIZE)
         return dg__fail(DG_ERR_FORMAT, "tcp: WELCOME of %zu bytes (want %d)", n,
-                        DG_TCP_WELCOME_SIZE);
+                        DG__TCP_WELCOME_SIZE);
     memcpy(w->proof, b, 32);
     w->n_workers = dg__rd32(b + 32);
     w->iteration = dg__rd64(b + 36);
@@ -14428,7 +14474,7 @@ DGDEF dg_result dg_tcp_welcome_decode(const void *p, size_t n, dg_tcp_welcome *w
 
 #define DG__REASON_MAX 200
 
-DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap)
+static size_t dg__tcp_refuse_encode(uint32_t code, const char *reason, unsigned char *out, size_t cap)
 {
     size_t len = reason ? strlen(reason) : 0, i;
     if (len > DG__REASON_MAX) len = DG__REASON_MAX;
@@ -14442,8 +14488,8 @@ DGDEF size_t dg_tcp_refuse_encode(uint32_t code, const char *reason, unsigned ch
     return 6 + len;
 }
 
-DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
-                                     size_t reason_cap)
+static dg_result dg__tcp_refuse_decode(const void *p, size_t n, uint32_t *code, char *reason,
+                                       size_t reason_cap)
 {
     const unsigned char *b = (const unsigned char *)p;
     size_t len, i;
@@ -14457,7 +14503,7 @@ DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, ch
         if (b[6 + i] < 32 || b[6 + i] >= 127)
             return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE reason with byte 0x%02x", b[6 + i]);
     *code = dg__rd32(b);
-    if (*code < DG_TCP_REFUSE_VERSION || *code > DG_TCP_REFUSE_SHUTDOWN)
+    if (*code < DG__TCP_REFUSE_VERSION || *code > DG__TCP_REFUSE_SHUTDOWN)
         return dg__fail(DG_ERR_FORMAT, "tcp: REFUSE code %u", (unsigned)*code);
     if (reason_cap) {
         size_t m = len < reason_cap - 1 ? len : reason_cap - 1;
@@ -14467,14 +14513,14 @@ DGDEF dg_result dg_tcp_refuse_decode(const void *p, size_t n, uint32_t *code, ch
     return DG_OK;
 }
 
-DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsigned char *out,
-                                 size_t cap)
+static size_t dg__tcp_peers_encode(const dg__tcp_peer_addr *a, uint32_t count, unsigned char *out,
+                                   size_t cap)
 {
-    size_t need = 4 + (size_t)count * DG_TCP_PEER_ADDR_SIZE, i;
+    size_t need = 4 + (size_t)count * DG__TCP_PEER_ADDR_SIZE, i;
     if (cap < need) return 0;
     dg__le32(out, count);
     for (i = 0; i < count; i++) {
-        unsigned char *e = out + 4 + i * DG_TCP_PEER_ADDR_SIZE;
+        unsigned char *e = out + 4 + i * DG__TCP_PEER_ADDR_SIZE;
         dg__le32(e, a[i].id);
         memcpy(e + 4, a[i].addr, 16);
         dg__le16(e + 20, a[i].port);
@@ -14482,8 +14528,8 @@ DGDEF size_t dg_tcp_peers_encode(const dg_tcp_peer_addr *a, uint32_t count, unsi
     return need;
 }
 
-DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *out,
-                                    uint32_t max_peers, uint32_t *count)
+static dg_result dg__tcp_peers_decode(const void *p, size_t n, dg__tcp_peer_addr *out,
+                                      uint32_t max_peers, uint32_t *count)
 {
     const unsigned char *b = (const unsigned char *)p;
     uint32_t c, i;
@@ -14493,10 +14539,10 @@ DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *o
     if (c > max_peers)
         return dg__fail(DG_ERR_TOO_LARGE, "tcp: PEERS lists %u peers (max %u)", (unsigned)c,
                         (unsigned)max_peers);
-    if (n != 4 + (size_t)c * DG_TCP_PEER_ADDR_SIZE)
+    if (n != 4 + (size_t)c * DG__TCP_PEER_ADDR_SIZE)
         return dg__fail(DG_ERR_FORMAT, "tcp: PEERS of %zu bytes for %u peers", n, (unsigned)c);
     for (i = 0; i < c; i++) {
-        const unsigned char *e = b + 4 + (size_t)i * DG_TCP_PEER_ADDR_SIZE;
+        const unsigned char *e = b + 4 + (size_t)i * DG__TCP_PEER_ADDR_SIZE;
         out[i].id = dg__rd32(e);
         memcpy(out[i].addr, e + 4, 16);
         out[i].port = dg__rd16(e + 20);
@@ -14507,31 +14553,31 @@ DGDEF dg_result dg_tcp_peers_decode(const void *p, size_t n, dg_tcp_peer_addr *o
     return DG_OK;
 }
 
-DGDEF void dg_tcp_client_proof(const void *secret, size_t secret_len,
-                               const unsigned char server_nonce[DG_TCP_NONCE],
-                               const unsigned char hello[DG_TCP_HELLO_SIZE], unsigned char out[32])
+static void dg__tcp_client_proof(const void *secret, size_t secret_len,
+                                 const unsigned char server_nonce[DG__TCP_NONCE],
+                                 const unsigned char hello[DG__TCP_HELLO_SIZE], unsigned char out[32])
 {
     dg_sha256_ctx in, outer;
     dg__hmac_begin(secret, secret_len, &in, &outer);
     dg_sha256_update(&in, "dgtp client", 11);
-    dg_sha256_update(&in, server_nonce, DG_TCP_NONCE);
-    dg_sha256_update(&in, hello, DG_TCP_HELLO_SIZE);
+    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
+    dg_sha256_update(&in, hello, DG__TCP_HELLO_SIZE);
     dg__hmac_end(&in, &outer, out);
 }
 
-DGDEF void dg_tcp_server_proof(const void *secret, size_t secret_len,
-                               const unsigned char client_nonce[DG_TCP_NONCE],
-                               const unsigned char server_nonce[DG_TCP_NONCE], unsigned char out[32])
+static void dg__tcp_server_proof(const void *secret, size_t secret_len,
+                                 const unsigned char client_nonce[DG__TCP_NONCE],
+                                 const unsigned char server_nonce[DG__TCP_NONCE], unsigned char out[32])
 {
     dg_sha256_ctx in, outer;
     dg__hmac_begin(secret, secret_len, &in, &outer);
     dg_sha256_update(&in, "dgtp server", 11);
-    dg_sha256_update(&in, client_nonce, DG_TCP_NONCE);
-    dg_sha256_update(&in, server_nonce, DG_TCP_NONCE);
+    dg_sha256_update(&in, client_nonce, DG__TCP_NONCE);
+    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
     dg__hmac_end(&in, &outer, out);
 }
 
-DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
+static dg_result dg__tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
 {
     const char *colon, *h0, *h1;
     char *end;
@@ -14562,27 +14608,26 @@ DGDEF dg_result dg_tcp_parse_addr(const char *s, char *host, size_t host_cap, ui
 /* ---- the receive state machine ----
    Pure over buffers, so the fuzz target drives exactly the code that reads
    sockets: dg__rx_want says where the next bytes go, the caller fills some
-   of them (read(2), or memcpy in the fuzz target) and dg__rx_got validates
-   each part as soon as it is complete.  Stages: the 32-byte frame header;
-   then either a control payload (<= max_control bytes) or a message body:
-   its 24-byte head, its part table, and the parts' values read straight
-   into a dg_msg of the transport's pool.  Nothing is allocated before the
-   header (and for a message, the part table) passed every check; a new
-   message buffer is committed as its bytes arrive (64 KiB, then doubling),
-   so a size that is only declared costs nothing; and the CRC-32 is
-   accumulated over the bytes as they arrive (still in cache).
-
-   Message body, little-endian: 0 i32 to | 4 u32 parts | 8 i64 aux |
-   16 f32 stat0 | 20 f32 stat1 | 24 parts x (u32 kind, u32 0, u64 count) |
-   values of part 0, 1, ... back to back (4 bytes per F32/I32 value, 1 per
-   byte).  The frame's type, sender and iteration are the message's. */
-#define DG__BODY_HEAD 24
-#if DG__BODY_HEAD != DG_MSG_LIMIT_HEAD
-#error "the size limits of dg_transport_set_limits count the TCP body head"
-#endif
+   of them (read(2) or a copy from the connection's input buffer, or memcpy
+   in the fuzz target) and dg__rx_got validates each part as soon as it is
+   complete.  Stages: the 32-byte frame header; then either a control
+   payload (<= max_control bytes) or a message: the payload of a message
+   frame is exactly the frame of dg_msg_encode (the "DGMS" frame that MPI
+   and the in-process codec use), read as it arrives: its 56-byte header,
+   its part table, and the parts' values straight into a dg_msg of the
+   transport's pool.  Nothing is allocated before the TCP header, and for a
+   message the DGMS header and part table, passed every check (the same
+   dg__msg_head_decode as dg_msg_decode and MPI, plus the TCP frame's
+   length, type, sender and iteration, and the receiver); a new message
+   buffer is committed as its bytes arrive (64 KiB, then doubling), so a
+   size that is only declared costs nothing.  Integrity: the TCP header's
+   CRC-32 of a message frame covers the DGMS header (checked before the
+   part table is read), the DGMS header's own CRC-32 the part table and the
+   values (accumulated as they arrive, still in cache, and checked at the
+   end), so every byte of the payload is covered once. */
 #define DG__RX_HEADER 0
 #define DG__RX_CONTROL 1
-#define DG__RX_BODY 2
+#define DG__RX_HEAD 2
 #define DG__RX_TABLE 3
 #define DG__RX_PARTS 4
 #define DG__RX_COMMIT ((size_t)64 << 10)   /* first commitment of a new message buffer */
@@ -14591,10 +14636,11 @@ typedef struct dg__rx {
     int stage;
     unsigned char hdr[DG_TCP_HEADER_SIZE];
     size_t got;                     /* bytes of the current stage */
-    dg_frame_header h;
+    dg__frame_header h;
     unsigned char *payload;         /* control payload */
-    unsigned char body[DG__BODY_HEAD + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
-    size_t table;                   /* bytes of the part table */
+    unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    size_t head_size;               /* the DGMS header and part table */
+    uint32_t msg_crc;               /* the DGMS header's CRC-32 */
     dg_msg *m;                      /* message being filled */
     size_t off[DG_MSG_MAX_PARTS], need; /* its parts' offsets, its full size */
     int part;
@@ -14638,8 +14684,11 @@ static void dg__rx_want(dg__rx *rx, unsigned char **p, size_t *n)
     switch (rx->stage) {
     case DG__RX_HEADER: *p = rx->hdr + rx->got; *n = DG_TCP_HEADER_SIZE - rx->got; return;
     case DG__RX_CONTROL: *p = rx->payload + rx->got; *n = (size_t)rx->h.length - rx->got; return;
-    case DG__RX_BODY: *p = rx->body + rx->got; *n = DG__BODY_HEAD - rx->got; return;
-    case DG__RX_TABLE: *p = rx->body + DG__BODY_HEAD + rx->got; *n = rx->table - rx->got; return;
+    case DG__RX_HEAD: *p = rx->head + rx->got; *n = DG_MSG_HEADER_BYTES - rx->got; return;
+    case DG__RX_TABLE:
+        *p = rx->head + DG_MSG_HEADER_BYTES + rx->got;
+        *n = rx->head_size - DG_MSG_HEADER_BYTES - rx->got;
+        return;
     default: {
         size_t at = rx->off[rx->part] + rx->got, left = dg__part_size(&rx->m->part[rx->part]) - rx->got;
         *p = rx->m->buf + at;   /* dg__rx_room made at < cap */
@@ -14679,46 +14728,34 @@ static int dg__rx_next_part(dg__rx *rx)
     return rx->part >= rx->m->n_parts;
 }
 
-/* After the part table: every count checked against the frame's length
-   (exactly), then the message is taken from the pool. */
+/* After the DGMS header and part table: the shared validation
+   (dg__msg_head_decode) with the values bounded by what the TCP frame has
+   left, which they must fill exactly; the message must agree with the TCP
+   header and be for this endpoint.  Then it is taken from the pool. */
 static int dg__rx_table_done(dg__rx *rx)
 {
-    const unsigned char *b = rx->body;
-    dg_part_kind kinds[DG_MSG_MAX_PARTS];
-    size_t counts[DG_MSG_MAX_PARTS];
-    uint64_t left = rx->h.length - DG__BODY_HEAD - rx->table;
-    uint32_t i, np = dg__rd32(b + 4), u;
-    int32_t to = (int32_t)dg__rd32(b);
-    dg_result r;
-    for (i = 0; i < np; i++) {
-        const unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
-        uint64_t c = dg__rd64(e + 8), bytes;
-        u = dg__rd32(e);
-        if ((u != DG_PART_F32 && u != DG_PART_I32 && u != DG_PART_BYTES) || dg__rd32(e + 4))
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u has kind %u", i, u));
-        if (u != DG_PART_BYTES && c > left / 4)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u of %llu values does not "
-                                             "fit the frame", i, (unsigned long long)c));
-        bytes = u == DG_PART_BYTES ? c : 4 * c;
-        if (bytes > left)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part %u of %llu bytes does not "
-                                             "fit the frame", i, (unsigned long long)bytes));
-        left -= bytes;
-        kinds[i] = (dg_part_kind)u;
-        counts[i] = (size_t)c;
-    }
-    if (left)
-        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %llu bytes after the last part",
-                                         (unsigned long long)left));
-    r = dg__msg_take(rx->t, rx->h.type, (int)rx->h.sender, (int)to, (int64_t)rx->h.iteration,
-                     (int)np, kinds, counts, DG__RX_COMMIT, &rx->m);
+    dg__msg_head mh;
+    uint64_t left = rx->h.length - rx->head_size;
+    dg_result r = dg__msg_head_decode(rx->t, rx->head, rx->head_size, (size_t)left, &mh);
+    if (r) return dg__rx_error(rx, r);
+    if (mh.payload != left)
+        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: the message's parts hold %zu bytes, "
+                                         "its frame %llu", mh.payload, (unsigned long long)left));
+    if (mh.type != rx->h.type || mh.from != (int)rx->h.sender ||
+        (uint64_t)mh.iteration != rx->h.iteration)
+        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message type %d from %d at "
+                                         "iteration %lld in a frame of type %u from %u at %llu",
+                                         mh.type, mh.from, (long long)mh.iteration, rx->h.type,
+                                         (unsigned)rx->h.sender,
+                                         (unsigned long long)rx->h.iteration));
+    if (rx->self >= 0 && mh.to != rx->self)
+        return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message for peer %d on the "
+                                         "connection of %d", mh.to, rx->self));
+    rx->msg_crc = mh.crc;
+    rx->crc = dg_crc32(0, rx->head + DG_MSG_HEADER_BYTES, rx->head_size - DG_MSG_HEADER_BYTES);
+    r = dg__msg_from_head(rx->t, rx->head, &mh, DG__RX_COMMIT, &rx->m);
     if (r) return dg__rx_error(rx, r);
     rx->need = dg__msg_layout(rx->m, rx->off);
-    rx->m->aux = (int64_t)dg__rd64(b + 8);
-    u = dg__rd32(b + 16);
-    memcpy(&rx->m->stat[0], &u, 4);
-    u = dg__rd32(b + 20);
-    memcpy(&rx->m->stat[1], &u, 4);
     rx->stage = DG__RX_PARTS;
     rx->part = 0;
     return 0;
@@ -14729,7 +14766,7 @@ static int dg__rx_table_done(dg__rx *rx)
    caller: dg__free, NULL when empty); 2 when a message is complete (*m,
    owned by the caller: dg_msg_free); or an error, after which the
    connection must be closed (the rx is reset and reusable). */
-static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **payload,
+static int dg__rx_got(dg__rx *rx, size_t n, dg__frame_header *h, unsigned char **payload,
                       dg_msg **m)
 {
     dg_result r;
@@ -14738,14 +14775,14 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
     switch (rx->stage) {
     case DG__RX_HEADER: {
         if (rx->got < DG_TCP_HEADER_SIZE) return 0;
-        r = dg_frame_header_decode(rx->hdr, rx->max_length, &rx->h);
-        if (r == DG_ERR_VERSION && rx->lenient_refuse && rx->h.type == DG_TCP_REFUSE &&
+        r = dg__frame_header_decode(rx->hdr, rx->max_length, &rx->h);
+        if (r == DG_ERR_VERSION && rx->lenient_refuse && rx->h.type == DG__TCP_REFUSE &&
             rx->h.length <= rx->max_control)
             r = DG_OK;
         if (r) return dg__rx_error(rx, r);
         rx->got = 0;
         rx->crc = 0;
-        if (rx->h.type > DG_TCP_APP_MAX) {
+        if (rx->h.type > DG_MSG_TYPE_MAX) {
             if (rx->h.length > rx->max_control)
                 return dg__rx_error(rx, dg__fail(DG_ERR_TOO_LARGE, "tcp: control frame 0x%02x of "
                                                  "%llu bytes (limit %llu)", rx->h.type,
@@ -14779,39 +14816,33 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
                                             : dg__fail(DG_ERR_FORMAT, "tcp: message type %u is "
                                                        "not accepted here", rx->h.type));
         }
-        if (rx->h.length < DG__BODY_HEAD)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message of %llu bytes",
-                                             (unsigned long long)rx->h.length));
-        rx->stage = DG__RX_BODY;
+        if (rx->h.length < DG_MSG_HEADER_BYTES)
+            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message of %llu bytes (a "
+                                             "message frame has at least %d)",
+                                             (unsigned long long)rx->h.length, DG_MSG_HEADER_BYTES));
+        rx->stage = DG__RX_HEAD;
         return 0;
     }
     case DG__RX_CONTROL:
         if (rx->got < rx->h.length) return 0;
         break;
-    case DG__RX_BODY: {
-        uint32_t np;
-        int32_t to;
-        if (rx->got < DG__BODY_HEAD) return 0;
-        rx->crc = dg_crc32(0, rx->body, DG__BODY_HEAD);
-        np = dg__rd32(rx->body + 4);
-        to = (int32_t)dg__rd32(rx->body);
-        if (np > DG_MSG_MAX_PARTS)
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: %u parts (at most %d)",
-                                             (unsigned)np, DG_MSG_MAX_PARTS));
-        if (to < 0 || to >= n_peers || (rx->self >= 0 && to != rx->self))
-            return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: message for peer %d on the "
-                                             "connection of %d", (int)to, rx->self));
-        rx->table = (size_t)DG_MSG_PART_BYTES * np;
-        if (DG__BODY_HEAD + rx->table > rx->h.length)
+    case DG__RX_HEAD: {
+        uint32_t crc;
+        if (rx->got < DG_MSG_HEADER_BYTES) return 0;
+        if ((crc = dg_crc32(0, rx->head, DG_MSG_HEADER_BYTES)) != rx->h.crc)
+            return dg__rx_error(rx, dg__fail(DG_ERR_CHECKSUM, "tcp: message header CRC-32 0x%08x, "
+                                             "frame header says 0x%08x", (unsigned)crc,
+                                             (unsigned)rx->h.crc));
+        if ((r = dg__msg_head_size(rx->head, &rx->head_size)) != DG_OK) return dg__rx_error(rx, r);
+        if (rx->head_size > rx->h.length)
             return dg__rx_error(rx, dg__fail(DG_ERR_FORMAT, "tcp: part table beyond the frame"));
         rx->got = 0;
         rx->stage = DG__RX_TABLE;
-        if (np) return 0;
+        if (rx->head_size > DG_MSG_HEADER_BYTES) return 0;
     }
         /* fall through */
     case DG__RX_TABLE:
-        if (rx->got < rx->table) return 0;
-        rx->crc = dg_crc32(rx->crc, rx->body + DG__BODY_HEAD, rx->table);
+        if (rx->got < rx->head_size - DG_MSG_HEADER_BYTES) return 0;
         if ((r = (dg_result)dg__rx_table_done(rx)) != 0) return r;
         k = dg__rx_next_part(rx);
         if ((r = (dg_result)dg__rx_room(rx)) != 0) return r;
@@ -14831,7 +14862,7 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
     }
     }
     /* a control frame is complete */
-    if (dg_frame_check_payload(&rx->h, rx->payload))
+    if (dg__frame_check_payload(&rx->h, rx->payload))
         return dg__rx_error(rx, DG_ERR_CHECKSUM);
     *h = rx->h;
     *payload = rx->payload;
@@ -14840,9 +14871,9 @@ static int dg__rx_got(dg__rx *rx, size_t n, dg_frame_header *h, unsigned char **
     rx->got = 0;
     return 1;
 complete:
-    if (rx->crc != rx->h.crc)
-        return dg__rx_error(rx, dg__fail(DG_ERR_CHECKSUM, "tcp: message CRC-32 0x%08x, header "
-                                         "says 0x%08x", (unsigned)rx->crc, (unsigned)rx->h.crc));
+    if (rx->crc != rx->msg_crc)
+        return dg__rx_error(rx, dg__fail(DG_ERR_CHECKSUM, "tcp: message CRC-32 0x%08x, its header "
+                                         "says 0x%08x", (unsigned)rx->crc, (unsigned)rx->msg_crc));
     *h = rx->h;
     *m = rx->m;
     rx->m = NULL;
@@ -14897,7 +14928,7 @@ static dg_result dg__tcp_resolve(const char *spec, struct sockaddr_in *sa)
 {
     char host[256];
     uint16_t port;
-    dg_result r = dg_tcp_parse_addr(spec, host, sizeof host, &port);
+    dg_result r = dg__tcp_parse_addr(spec, host, sizeof host, &port);
     if (r) return r;
     memset(sa, 0, sizeof *sa);
     sa->sin_family = AF_INET;
@@ -15025,9 +15056,9 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 {
     unsigned char hdr[DG_TCP_HEADER_SIZE];
     struct iovec iov[2];
-    dg_frame_header h = dg_frame_make(type, flags, sender, it, payload, n);
+    dg__frame_header h = dg__frame_make(type, flags, sender, it, payload, n);
     if (version) h.version = version;
-    dg_frame_header_encode(&h, hdr);
+    dg__frame_header_encode(&h, hdr);
     iov[0].iov_base = hdr;
     iov[0].iov_len = sizeof hdr;
     iov[1].iov_base = (void *)payload;
@@ -15042,12 +15073,18 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 #define DG__TC_LIVE 3
 #define DG__TC_DEAD 4    /* shut down; closed once no sender is inside */
 #define DG__MAX_CONTROL ((uint64_t)1 << 16)
+/* A live connection reads with readv(2) into what its frame wants next
+   (a part's values straight into the message) and then into an input
+   buffer of this size, so one call takes every small frame that came. */
+#define DG__IN_SIZE ((size_t)64 << 10)
 
 typedef struct dg__tconn {
     int fd, state, peer, role, paused, peers_due;
     dg__rx rx;
+    unsigned char *in;       /* input buffer (live connections; I/O thread) */
+    size_t in_at, in_end;    /* its bytes not yet given to rx */
     int64_t opened, last_rx, last_tx, frame_start;
-    unsigned char nonce[DG_TCP_NONCE], hello[DG_TCP_HELLO_SIZE];
+    unsigned char nonce[DG__TCP_NONCE], hello[DG__TCP_HELLO_SIZE];
     unsigned char addr[16];
     char name[24];           /* "a.b.c.d:port" of the other end, for the log */
     uint16_t listen_port;
@@ -15070,16 +15107,17 @@ typedef struct dg__tcp {
     dg_msg *head, *tail;
     int count;
     size_t *queued;           /* per peer: bytes waiting in the inbox */
-    dg_tcp_peer_addr *dir;    /* worker: where the other workers listen */
+    dg__tcp_peer_addr *dir;    /* worker: where the other workers listen */
     uint32_t n_dir;
     uint64_t *wire_in, *wire_out, server_iteration;
     unsigned char nonce_key[32];
     uint64_t nonce_ctr;
-    uint64_t type_max[DG_TCP_APP_MAX + 1]; /* largest accepted payload per type (atomic) */
+    uint64_t type_max[DG_MSG_TYPE_MAX + 1]; /* largest accepted payload per type (atomic) */
     uint64_t largest;         /* the largest of type_max */
     unsigned char *peers;     /* server: the PEERS payload that live workers are due */
     size_t peers_len;
     int run_over;             /* worker: the server said BYE with LAST */
+    int any_paused;           /* a connection may be paused (recv looks for it) */
     int64_t full_logged;      /* when a refusal for capacity was last logged */
     int full_quiet;           /* ... and how many since */
 } dg__tcp;
@@ -15095,13 +15133,13 @@ static void dg__tcp_wake(dg__tcp *t)
 
 /* Nonces: HMAC(key, counter) with a key read from /dev/urandom (mixed with
    the time and the pid when it cannot be read). */
-static void dg__tcp_nonce(dg__tcp *t, unsigned char out[DG_TCP_NONCE])
+static void dg__tcp_nonce(dg__tcp *t, unsigned char out[DG__TCP_NONCE])
 {
     unsigned char c[8];
     pthread_mutex_lock(&t->mu);
     dg__le64(c, ++t->nonce_ctr);
     pthread_mutex_unlock(&t->mu);
-    dg_hmac_sha256(t->nonce_key, 32, c, 8, out);
+    dg__hmac_sha256(t->nonce_key, 32, c, 8, out);
 }
 
 static void dg__tcp_seed_nonces(dg__tcp *t)
@@ -15144,6 +15182,9 @@ static void dg__tcp_release(dg__tcp *t, dg__tconn *c)
 {
     (void)t;
     dg__rx_reset(&c->rx);
+    dg__free(c->in);
+    c->in = NULL;
+    c->in_at = c->in_end = 0;
     close(c->fd);
     c->fd = -1;
     c->state = DG__TC_FREE;
@@ -15208,11 +15249,11 @@ static void dg__tcp_log_full(dg__tcp *t, const char *who, const char *reason)
 static void dg__tcp_refuse(dg__tcp *t, dg__tconn *c, uint32_t code, const char *reason)
 {
     unsigned char buf[8 + DG__REASON_MAX];
-    size_t n = dg_tcp_refuse_encode(code, reason, buf, sizeof buf);
+    size_t n = dg__tcp_refuse_encode(code, reason, buf, sizeof buf);
     uint64_t w = 0;
-    dg__tcp_write_frame(c->fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n,
+    dg__tcp_write_frame(c->fd, DG__TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n,
                         dg__tcp_ms() + 200, 0, &w);
-    if (code == DG_TCP_REFUSE_FULL)
+    if (code == DG__TCP_REFUSE_FULL)
         dg__tcp_log_full(t, c->name, reason);
     else
         dg__tcp_logf(&t->cfg, "tcp: refused a connection from %s: %s", c->name, reason);
@@ -15250,11 +15291,11 @@ static int dg__tcp_send_control(dg__tcp *t, dg__tconn *c, uint8_t type, const vo
    every live worker; the timers send it.  Under t->mu. */
 static void dg__tcp_broadcast_peers(dg__tcp *t)
 {
-    dg_tcp_peer_addr *a;
-    size_t cap = 4 + ((size_t)t->n_conns + 1) * DG_TCP_PEER_ADDR_SIZE;
+    dg__tcp_peer_addr *a;
+    size_t cap = 4 + ((size_t)t->n_conns + 1) * DG__TCP_PEER_ADDR_SIZE;
     uint32_t n = 0;
     int i;
-    a = (dg_tcp_peer_addr *)dg__calloc((size_t)t->n_conns + 1, sizeof *a);
+    a = (dg__tcp_peer_addr *)dg__calloc((size_t)t->n_conns + 1, sizeof *a);
     if (!t->peers) t->peers = (unsigned char *)dg__alloc(cap);
     if (!a || !t->peers) {
         dg__free(a);
@@ -15262,98 +15303,98 @@ static void dg__tcp_broadcast_peers(dg__tcp *t)
     }
     for (i = 0; i < t->n_conns; i++) {
         dg__tconn *c = &t->conns[i];
-        if (c->state != DG__TC_LIVE || c->role != DG_TCP_ROLE_WORKER || !c->listen_port) continue;
+        if (c->state != DG__TC_LIVE || c->role != DG__TCP_ROLE_WORKER || !c->listen_port) continue;
         a[n].id = (uint32_t)c->peer;
         memcpy(a[n].addr, c->addr, 16);
         a[n].port = c->listen_port;
         n++;
     }
-    t->peers_len = dg_tcp_peers_encode(a, n, t->peers, cap);
+    t->peers_len = dg__tcp_peers_encode(a, n, t->peers, cap);
     for (i = 0; i < t->n_conns; i++)
         t->conns[i].peers_due = t->conns[i].state == DG__TC_LIVE &&
-                                t->conns[i].role == DG_TCP_ROLE_WORKER;
+                                t->conns[i].role == DG__TCP_ROLE_WORKER;
     dg__free(a);
 }
 
 /* Server side of the handshake, on the I/O thread, under t->mu. */
-static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *h,
+static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg__frame_header *h,
                                const unsigned char *p)
 {
     char why[DG__REASON_MAX + 1];
     int64_t now = dg__tcp_ms();
     uint64_t w = 0;
-    if (c->state == DG__TC_HELLO && h->type == DG_TCP_HELLO) {
-        dg_tcp_hello hello;
-        if (dg_tcp_hello_decode(p, (size_t)h->length, &hello)) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, dg_last_error());
+    if (c->state == DG__TC_HELLO && h->type == DG__TCP_HELLO) {
+        dg__tcp_hello hello;
+        if (dg__tcp_hello_decode(p, (size_t)h->length, &hello)) {
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_FORMAT, dg_last_error());
             return;
         }
         if (hello.min_version > t->version || hello.max_version < t->version) {
             snprintf(why, sizeof why, "protocol version %u..%u not supported: this side speaks %u",
                      (unsigned)hello.min_version, (unsigned)hello.max_version, (unsigned)t->version);
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_VERSION, why);
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_VERSION, why);
             return;
         }
-        if ((t->cfg.self == 0 && hello.role != DG_TCP_ROLE_WORKER) ||
-            (t->cfg.self != 0 && hello.role != DG_TCP_ROLE_PEER) || hello.worker_id < 1 ||
+        if ((t->cfg.self == 0 && hello.role != DG__TCP_ROLE_WORKER) ||
+            (t->cfg.self != 0 && hello.role != DG__TCP_ROLE_PEER) || hello.worker_id < 1 ||
             hello.worker_id >= (uint32_t)t->base.n_peers || (int)hello.worker_id == t->cfg.self ||
             h->sender != hello.worker_id) {
             snprintf(why, sizeof why, "worker id %u (role %u) not accepted here: ids are 1..%d",
                      (unsigned)hello.worker_id, (unsigned)hello.role, t->base.n_peers - 1);
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_ID, why);
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_ID, why);
             return;
         }
-        if (dg_tcp_memneq(hello.config_hash, t->cfg.config_hash, 32)) {
+        if (dg__tcp_memneq(hello.config_hash, t->cfg.config_hash, 32)) {
             snprintf(why, sizeof why, "configuration mismatch: worker %u runs configuration "
                      "%02x%02x%02x%02x..., this side %02x%02x%02x%02x... (network, "
                      "hyperparameters, data shape, seed and N must agree)",
                      (unsigned)hello.worker_id, hello.config_hash[0], hello.config_hash[1],
                      hello.config_hash[2], hello.config_hash[3], t->cfg.config_hash[0],
                      t->cfg.config_hash[1], t->cfg.config_hash[2], t->cfg.config_hash[3]);
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_CONFIG, why);
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_CONFIG, why);
             return;
         }
-        memcpy(c->hello, p, DG_TCP_HELLO_SIZE);
+        memcpy(c->hello, p, DG__TCP_HELLO_SIZE);
         c->peer = (int)hello.worker_id;
         c->role = hello.role;
         c->listen_port = hello.listen_port;
         pthread_mutex_unlock(&t->mu);
         dg__tcp_nonce(t, c->nonce);
         pthread_mutex_lock(&t->mu);
-        if (dg__tcp_write_frame(c->fd, DG_TCP_CHALLENGE, 0, (uint32_t)t->cfg.self, 0, c->nonce,
-                                DG_TCP_NONCE, now + 1000, 0, &w)) {
+        if (dg__tcp_write_frame(c->fd, DG__TCP_CHALLENGE, 0, (uint32_t)t->cfg.self, 0, c->nonce,
+                                DG__TCP_NONCE, now + 1000, 0, &w)) {
             dg__tcp_drop(t, c, dg_last_error());
             return;
         }
         c->state = DG__TC_AUTH;
         return;
     }
-    if (c->state == DG__TC_AUTH && h->type == DG_TCP_AUTH) {
-        unsigned char want[32], buf[DG_TCP_WELCOME_SIZE];
-        dg_tcp_welcome wel;
+    if (c->state == DG__TC_AUTH && h->type == DG__TCP_AUTH) {
+        unsigned char want[32], buf[DG__TCP_WELCOME_SIZE];
+        dg__tcp_welcome wel;
         dg__tconn *old;
-        dg_tcp_hello hello;
+        dg__tcp_hello hello;
         if (h->length != 32) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, "AUTH must carry 32 bytes");
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_FORMAT, "AUTH must carry 32 bytes");
             return;
         }
-        dg_tcp_client_proof(t->key, t->key_len, c->nonce, c->hello, want);
-        if (dg_tcp_memneq(want, p, 32)) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_AUTH, "authentication failed: wrong or missing "
+        dg__tcp_client_proof(t->key, t->key_len, c->nonce, c->hello, want);
+        if (dg__tcp_memneq(want, p, 32)) {
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_AUTH, "authentication failed: wrong or missing "
                            "shared secret");
             return;
         }
-        dg_tcp_hello_decode(c->hello, DG_TCP_HELLO_SIZE, &hello);
-        dg_tcp_server_proof(t->key, t->key_len, hello.nonce, c->nonce, wel.proof);
+        dg__tcp_hello_decode(c->hello, DG__TCP_HELLO_SIZE, &hello);
+        dg__tcp_server_proof(t->key, t->key_len, hello.nonce, c->nonce, wel.proof);
         wel.n_workers = (uint32_t)(t->base.n_peers - 1);
         wel.iteration = t->cfg.iteration;
-        dg_tcp_welcome_encode(&wel, buf);
-        if (dg__tcp_write_frame(c->fd, DG_TCP_WELCOME, 0, (uint32_t)t->cfg.self, 0, buf,
+        dg__tcp_welcome_encode(&wel, buf);
+        if (dg__tcp_write_frame(c->fd, DG__TCP_WELCOME, 0, (uint32_t)t->cfg.self, 0, buf,
                                 sizeof buf, now + 1000, 0, &w)) {
             dg__tcp_drop(t, c, dg_last_error());
             return;
         }
-        while ((old = dg__tcp_find(t, c->peer)) != NULL && c->role == DG_TCP_ROLE_WORKER)
+        while ((old = dg__tcp_find(t, c->peer)) != NULL && c->role == DG__TCP_ROLE_WORKER)
             dg__tcp_drop(t, old, "replaced by a new connection of the same worker");
         c->state = DG__TC_LIVE;
         c->last_rx = c->last_tx = now;
@@ -15363,25 +15404,25 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
         c->rx.peer = c->peer;
         c->rx.self = t->cfg.self;
         c->rx.type_max = t->type_max;
-        dg__tcp_logf(&t->cfg, "tcp: %s %d connected from %s", c->role == DG_TCP_ROLE_WORKER ?
+        dg__tcp_logf(&t->cfg, "tcp: %s %d connected from %s", c->role == DG__TCP_ROLE_WORKER ?
                      "worker" : "swap partner", c->peer, c->name);
         if (t->cfg.self == 0) dg__tcp_broadcast_peers(t);
         pthread_cond_broadcast(&t->cv);
         return;
     }
     if (c->state == DG__TC_LIVE) {
-        if (h->type == DG_TCP_HEARTBEAT) return;
-        if (h->type == DG_TCP_BYE) {
-            if ((h->flags & DG_TCP_FLAG_LAST) && c->peer == 0) t->run_over = 1;
-            dg__tcp_drop(t, c, (h->flags & DG_TCP_FLAG_LAST) ? "the run is over" : "goodbye");
+        if (h->type == DG__TCP_HEARTBEAT) return;
+        if (h->type == DG__TCP_BYE) {
+            if ((h->flags & DG__TCP_FLAG_LAST) && c->peer == 0) t->run_over = 1;
+            dg__tcp_drop(t, c, (h->flags & DG__TCP_FLAG_LAST) ? "the run is over" : "goodbye");
             return;
         }
-        if (h->type == DG_TCP_PEERS && t->cfg.self != 0 && c->peer == 0) {
-            dg_tcp_peer_addr *a = (dg_tcp_peer_addr *)dg__calloc((size_t)t->base.n_peers,
+        if (h->type == DG__TCP_PEERS && t->cfg.self != 0 && c->peer == 0) {
+            dg__tcp_peer_addr *a = (dg__tcp_peer_addr *)dg__calloc((size_t)t->base.n_peers,
                                                                  sizeof *a);
             uint32_t n;
             if (!a) return;
-            if (dg_tcp_peers_decode(p, (size_t)h->length, a, (uint32_t)t->base.n_peers, &n)) {
+            if (dg__tcp_peers_decode(p, (size_t)h->length, a, (uint32_t)t->base.n_peers, &n)) {
                 dg__free(a);
                 dg__tcp_drop(t, c, dg_last_error());
                 return;
@@ -15396,7 +15437,7 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg_frame_header *
     if (c->state == DG__TC_LIVE)
         dg__tcp_drop(t, c, why);
     else
-        dg__tcp_refuse(t, c, DG_TCP_REFUSE_FORMAT, why);
+        dg__tcp_refuse(t, c, DG__TCP_REFUSE_FORMAT, why);
 }
 
 /* Memory a queued message holds: its buffer and itself, so that a flood of
@@ -15415,7 +15456,7 @@ static size_t dg__tcp_reserve(const dg__tcp *t)
     return held * (size_t)t->largest + ((size_t)64 << 20);
 }
 
-/* Under t->mu: a message for the role. */
+/* Under t->mu: a message for the role (the caller wakes recv). */
 static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
 {
     size_t bytes = dg_msg_payload_bytes(m);
@@ -15431,46 +15472,130 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
     __atomic_fetch_add(&l->payload_bytes, (uint64_t)bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
     /* backpressure: a peer that is far ahead of the role is not read */
-    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = 1;
-    pthread_cond_broadcast(&t->cv);
+    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = t->any_paused = 1;
 }
 
-/* Reads what a connection has; under t->mu (released around read). */
+/* Gives rx the n bytes at p, as many frames as they hold: complete
+   messages are appended to *first..*last.  Stops at a control frame (1:
+   *h, *payload) or an error (< 0), leaving the rest of the bytes; *used
+   says how many were taken.  *started is set when a frame began. */
+static int dg__tcp_feed(dg__rx *rx, const unsigned char *p, size_t n, size_t *used,
+                        dg__frame_header *h, unsigned char **payload, dg_msg **first,
+                        dg_msg **last, int *started)
+{
+    size_t at = 0;
+    int r = 0;
+    while (at < n) {
+        unsigned char *dst;
+        size_t want, k;
+        dg_msg *m = NULL;
+        if (!dg__rx_busy(rx)) *started = 1;
+        dg__rx_want(rx, &dst, &want);
+        k = want < n - at ? want : n - at;
+        memcpy(dst, p + at, k);
+        at += k;
+        r = dg__rx_got(rx, k, h, payload, &m);
+        if (r == 2) {
+            m->next = NULL;
+            if (*last) (*last)->next = m;
+            else *first = m;
+            *last = m;
+            r = 0;
+            continue;
+        }
+        if (r != 0) break;
+    }
+    *used = at;
+    return r;
+}
+
+/* Reads what a connection has; under t->mu (released around the reads:
+   the fd, the rx and the input buffer belong to the I/O thread, so
+   senders and recv never wait on a large read or its CRC).  A live
+   connection reads through its input buffer (one read(2) for every small
+   frame that came) and delivers the messages of a read at once; a
+   connection in its handshake reads exactly what its frame needs (no byte
+   of a later frame is taken before the handshake decides). */
 static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
 {
     int rounds;
     for (rounds = 0; rounds < 64 && (c->state != DG__TC_FREE && c->state != DG__TC_DEAD) &&
                      !c->paused; rounds++) {
         unsigned char *dst, *payload = NULL;
-        size_t want;
-        ssize_t n;
-        dg_frame_header h;
-        dg_msg *m = NULL;
-        int r, busy;
-        dg__rx_want(&c->rx, &dst, &want);
-        busy = dg__rx_busy(&c->rx);
-        /* the fd and the rx belong to this thread: read and validate
-           without the endpoint lock, so senders and recv never wait on a
-           large read or its CRC */
+        size_t want, used;
+        ssize_t n = 0;
+        dg__frame_header h;
+        dg_msg *first = NULL, *last = NULL;
+        int r = 0, busy = dg__rx_busy(&c->rx), started = 0, drained = 0, err = 0;
+        int live = c->state == DG__TC_LIVE;
         pthread_mutex_unlock(&t->mu);
-        n = read(c->fd, dst, want);
-        r = n > 0 ? dg__rx_got(&c->rx, (size_t)n, &h, &payload, &m) : 0;
+        if (live && !c->in) c->in = (unsigned char *)dg__alloc(DG__IN_SIZE);
+        if (live && !c->in) {
+            r = dg__fail(DG_ERR_NOMEM, "tcp: no memory for an input buffer");
+            n = -2;
+        } else if (live && c->in_at < c->in_end) { /* bytes left by a control frame or a pause */
+            r = dg__tcp_feed(&c->rx, c->in + c->in_at, c->in_end - c->in_at, &used, &h, &payload,
+                             &first, &last, &started);
+            c->in_at += used;
+            n = -2;   /* nothing read */
+        } else {
+            struct iovec iov[2];
+            dg_msg *m = NULL;
+            dg__rx_want(&c->rx, &dst, &want);
+            iov[0].iov_base = dst;
+            iov[0].iov_len = want;
+            iov[1].iov_base = c->in;
+            iov[1].iov_len = DG__IN_SIZE;
+            if (!busy) started = 1;
+            c->in_at = c->in_end = 0;
+            n = readv(c->fd, iov, live ? 2 : 1);
+            err = errno;
+            if (n > 0) {
+                size_t k = (size_t)n < want ? (size_t)n : want;
+                drained = (size_t)n < want + (live ? iov[1].iov_len : 0); /* the socket had no more */
+                r = dg__rx_got(&c->rx, k, &h, &payload, &m);
+                if (r == 2) {
+                    first = last = m;
+                    r = 0;
+                }
+                c->in_end = (size_t)n - k;
+                if (r == 0 && c->in_end) {
+                    r = dg__tcp_feed(&c->rx, c->in, c->in_end, &used, &h, &payload, &first,
+                                     &last, &started);
+                    c->in_at = used;
+                }
+            }
+        }
         pthread_mutex_lock(&t->mu);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (n <= 0) {
+        if (n == -1 && err == EINTR) continue;
+        if (n == -1 && (err == EAGAIN || err == EWOULDBLOCK)) return;
+        if (n == 0 || n == -1) {
             dg__tcp_drop(t, c, n == 0 ? (busy ? "connection closed in the middle of a frame"
                                               : "connection closed")
-                                      : strerror(errno));
+                                      : strerror(err));
             return;
         }
-        c->last_rx = dg__tcp_ms();
-        if (!busy) c->frame_start = c->last_rx;
-        if (c->peer >= 0 && c->state == DG__TC_LIVE) t->wire_in[c->peer] += (uint64_t)n;
+        if (n > 0) {
+            c->last_rx = dg__tcp_ms();
+            if (c->peer >= 0 && c->state == DG__TC_LIVE) t->wire_in[c->peer] += (uint64_t)n;
+        }
+        if (started) c->frame_start = dg__tcp_ms();
         if (c->state == DG__TC_DEAD) { /* dropped meanwhile by a sender */
             dg__free(payload);
-            if (m) dg_msg_free(&t->base, m);
+            while (first) {
+                dg_msg *m = first;
+                first = m->next;
+                dg_msg_free(&t->base, m);
+            }
             return;
+        }
+        if (first) {
+            while (first) {
+                dg_msg *m = first;
+                first = m->next;
+                dg__tcp_deliver(t, c, m);
+            }
+            pthread_cond_broadcast(&t->cv);
         }
         if (r < 0) {
             char why[300];
@@ -15481,17 +15606,17 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
                 snprintf(what, sizeof what, "invalid frame: %s", why);
                 dg__tcp_drop(t, c, what);
             } else {
-                dg__tcp_refuse(t, c, r == DG_ERR_VERSION ? DG_TCP_REFUSE_VERSION
-                                                         : DG_TCP_REFUSE_FORMAT, why);
+                dg__tcp_refuse(t, c, r == DG_ERR_VERSION ? DG__TCP_REFUSE_VERSION
+                                                         : DG__TCP_REFUSE_FORMAT, why);
             }
             return;
         }
         if (r == 1) {
             dg__tcp_on_control(t, c, &h, payload);
             dg__free(payload);
-        } else if (r == 2) {
-            dg__tcp_deliver(t, c, m);
+            continue;     /* the control frame may leave bytes in the input buffer */
         }
+        if (drained && c->in_at == c->in_end) return; /* poll says when more comes */
     }
 }
 
@@ -15536,18 +15661,18 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         addr[10] = addr[11] = 0xff;
         memcpy(addr + 12, &sa.sin_addr, 4);
         if ((c = dg__tcp_evictee(t, addr)) != NULL) {
-            dg__tcp_refuse(t, c, DG_TCP_REFUSE_FULL, "connection limit reached: evicted by a newer "
+            dg__tcp_refuse(t, c, DG__TCP_REFUSE_FULL, "connection limit reached: evicted by a newer "
                            "connection (too many in their handshake)");
             dg__tcp_release(t, c); /* a handshake has no sender inside */
         }
         c = dg__tcp_slot(t);
         if (!c || dg__tcp_nonblock(fd) < 0) {
             unsigned char buf[64];
-            size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_FULL, full, buf, sizeof buf);
+            size_t n = dg__tcp_refuse_encode(DG__TCP_REFUSE_FULL, full, buf, sizeof buf);
             uint64_t w = 0;
             char who[24];
             dg__tcp_nonblock(fd);
-            dg__tcp_write_frame(fd, DG_TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n, now, 0, &w);
+            dg__tcp_write_frame(fd, DG__TCP_REFUSE, 0, (uint32_t)t->cfg.self, 0, buf, n, now, 0, &w);
             close(fd);
             dg__tcp_name(who, &sa);
             dg__tcp_log_full(t, who, full);
@@ -15596,12 +15721,12 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
             continue;
         }
         if (c->peers_due && t->peers) {
-            int r = dg__tcp_send_control(t, c, DG_TCP_PEERS, t->peers, t->peers_len, now);
+            int r = dg__tcp_send_control(t, c, DG__TCP_PEERS, t->peers, t->peers_len, now);
             if (r < 0) continue;
             if (r == 0) c->peers_due = 0;
         }
         if (now - c->last_tx >= t->cfg.heartbeat_ms)
-            dg__tcp_send_control(t, c, DG_TCP_HEARTBEAT, NULL, 0, now);
+            dg__tcp_send_control(t, c, DG__TCP_HEARTBEAT, NULL, 0, now);
     }
 }
 
@@ -15617,7 +15742,7 @@ static void *dg__tcp_io_main(void *arg)
     }
     pthread_mutex_lock(&t->mu);
     while (!t->quit) {
-        int n = 0, i, r;
+        int n = 0, i, r, staged = 0;
         int64_t now;
         pf[n].fd = t->wake[0];
         pf[n].events = POLLIN;
@@ -15630,12 +15755,13 @@ static void *dg__tcp_io_main(void *arg)
         for (i = 0; i < t->n_conns; i++) {
             dg__tconn *c = &t->conns[i];
             if (c->state == DG__TC_FREE || c->state == DG__TC_DEAD || c->paused) continue;
+            if (c->in_at < c->in_end) staged = 1; /* input buffered, not yet given to rx */
             pf[n].fd = c->fd;
             pf[n].events = POLLIN;
             who[n++] = i;
         }
         pthread_mutex_unlock(&t->mu);
-        r = poll(pf, (nfds_t)n, 100);
+        r = poll(pf, (nfds_t)n, staged ? 0 : 100);
         pthread_mutex_lock(&t->mu);
         now = dg__tcp_ms();
         /* connections first, then newcomers: a burst of accepts never
@@ -15650,6 +15776,12 @@ static void *dg__tcp_io_main(void *arg)
                 dg__tcp_read(t, &t->conns[who[i]]);
             }
         }
+        /* a connection unpaused (or cut short after 64 rounds) with bytes
+           still in its input buffer: poll does not see those */
+        for (i = 0; staged && i < t->n_conns; i++) {
+            dg__tconn *c = &t->conns[i];
+            if (c->state == DG__TC_LIVE && !c->paused && c->in_at < c->in_end) dg__tcp_read(t, c);
+        }
         if (r > 0 && t->lfd >= 0 && pf[1].revents) dg__tcp_accept(t, now);
         dg__tcp_timers(t, dg__tcp_ms());
     }
@@ -15661,32 +15793,23 @@ static void *dg__tcp_io_main(void *arg)
 
 /* ---- the dg_transport functions ---- */
 
-/* Writes m on c: header, body head and part table in one buffer, the parts
-   from the message itself (no copy), CRC-32 over the body first. */
+/* Writes m on c as one frame whose payload is m's dg_msg_encode frame: the
+   TCP header, the DGMS header and the part table in one buffer, the parts
+   from the message itself (no copy), all in one writev.  The DGMS CRC-32
+   (part table and values) is computed first, then the TCP header's (the
+   DGMS header). */
 static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, uint64_t *w)
 {
-    unsigned char head[DG_TCP_HEADER_SIZE + DG__BODY_HEAD + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
+    unsigned char head[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
     unsigned char *b = head + DG_TCP_HEADER_SIZE;
     struct iovec iov[1 + DG_MSG_MAX_PARTS];
-    size_t body = DG__BODY_HEAD + (size_t)DG_MSG_PART_BYTES * m->n_parts;
-    uint64_t len = body;
-    dg_frame_header h;
-    uint32_t u, crc;
+    size_t fb = dg_msg_frame_bytes(m);
+    uint64_t len = fb;
+    dg__frame_header h;
+    uint32_t crc;
     int i, n = 1;
-    dg__le32(b, (uint32_t)m->to);
-    dg__le32(b + 4, (uint32_t)m->n_parts);
-    dg__le64(b + 8, (uint64_t)m->aux);
-    memcpy(&u, &m->stat[0], 4);
-    dg__le32(b + 16, u);
-    memcpy(&u, &m->stat[1], 4);
-    dg__le32(b + 20, u);
-    for (i = 0; i < m->n_parts; i++) {
-        unsigned char *e = b + DG__BODY_HEAD + DG_MSG_PART_BYTES * i;
-        dg__le32(e, (uint32_t)m->part[i].kind);
-        dg__le32(e + 4, 0);
-        dg__le64(e + 8, (uint64_t)m->part[i].count);
-    }
-    crc = dg_crc32(0, b, body);
+    dg__msg_head_encode(m, b, 0);
+    crc = dg_crc32(0, b + DG_MSG_HEADER_BYTES, fb - DG_MSG_HEADER_BYTES);
     for (i = 0; i < m->n_parts; i++) {
         size_t pb = dg__part_size(&m->part[i]);
         if (!pb) continue;
@@ -15699,16 +15822,17 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, ui
     if (len > t->cfg.max_message)
         return dg__fail(DG_ERR_TOO_LARGE, "tcp: message of %llu bytes over the limit of %llu",
                         (unsigned long long)len, (unsigned long long)t->cfg.max_message);
+    dg__le32(b + 44, crc);
     h.version = t->version;
     h.type = (uint8_t)m->type;
     h.flags = 0;
     h.sender = (uint32_t)m->from;
-    h.crc = crc;
+    h.crc = dg_crc32(0, b, DG_MSG_HEADER_BYTES);
     h.iteration = (uint64_t)m->iteration;
     h.length = len;
-    dg_frame_header_encode(&h, head);
+    dg__frame_header_encode(&h, head);
     iov[0].iov_base = head;
-    iov[0].iov_len = DG_TCP_HEADER_SIZE + body;
+    iov[0].iov_len = DG_TCP_HEADER_SIZE + fb;
     return dg__tcp_writev(c->fd, iov, n, dg__tcp_ms() + t->cfg.send_timeout_ms, w);
 }
 
@@ -15728,8 +15852,9 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     dg__tconn *c;
     dg_result r;
     uint64_t w = 0;
-    int to = m->to;
-    if (m->type < 1 || m->type > DG_TCP_APP_MAX || m->from != t->cfg.self || to == t->cfg.self) {
+    int to = m->to, wake;
+    if (!dg__msg_type_known(m->type) || m->type > DG_MSG_TYPE_MAX || m->from != t->cfg.self ||
+        to == t->cfg.self || m->iteration < 0) {
         r = dg__fail(DG_ERR_ARG, "tcp: cannot send type %d from %d to %d on the transport of %d",
                      m->type, m->from, to, t->cfg.self);
         dg_msg_free(bt, m);
@@ -15737,15 +15862,15 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     }
     pthread_mutex_lock(&t->mu);
     c = dg__tcp_find(t, to);
-    pthread_mutex_unlock(&t->mu);
     if (!c && t->cfg.self != 0 && to != 0) { /* worker to worker: dial the partner */
+        pthread_mutex_unlock(&t->mu);
         if ((r = dg__tcp_dial_peer(t, to)) != DG_OK) {
             dg_msg_free(bt, m);
             return r;
         }
+        pthread_mutex_lock(&t->mu);
+        c = dg__tcp_find(t, to);
     }
-    pthread_mutex_lock(&t->mu);
-    c = dg__tcp_find(t, to);
     if (c) c->senders++;
     pthread_mutex_unlock(&t->mu);
     if (!c) {
@@ -15764,8 +15889,9 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
         snprintf(why, sizeof why, "%s", dg_last_error());
         dg__tcp_drop(t, c, why);
     }
+    wake = c->state == DG__TC_DEAD && c->senders == 0;
     pthread_mutex_unlock(&t->mu);
-    dg__tcp_wake(t);
+    if (wake) dg__tcp_wake(t); /* the I/O thread closes it now */
     dg_msg_free(bt, m);
     if (r != DG_OK) return dg__fail(r, "tcp: send to peer %d failed", to);
     return DG_OK;
@@ -15807,13 +15933,19 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         t->count--;
         m->next = NULL;
         t->queued[m->from] -= dg__tcp_held(m);
-        for (i = 0; i < t->n_conns; i++)
-            if (t->conns[i].paused && t->conns[i].peer == m->from &&
-                t->queued[m->from] <= (size_t)t->largest) {
-                t->conns[i].paused = 0;
-                t->conns[i].last_rx = dg__tcp_ms();
-                wake = 1;
+        if (t->any_paused) { /* not a scan of every connection at every message */
+            t->any_paused = 0;
+            for (i = 0; i < t->n_conns; i++) {
+                if (!t->conns[i].paused) continue;
+                if (t->conns[i].peer == m->from && t->queued[m->from] <= (size_t)t->largest) {
+                    t->conns[i].paused = 0;
+                    t->conns[i].last_rx = dg__tcp_ms();
+                    wake = 1;
+                } else {
+                    t->any_paused = 1;
+                }
             }
+        }
     }
     pthread_mutex_unlock(&t->mu);
     if (wake) dg__tcp_wake(t);
@@ -15847,6 +15979,7 @@ static void dg__tcp_close(dg_transport *bt)
         dg__tconn *c = &t->conns[i];
         if (c->state != DG__TC_FREE) close(c->fd);
         dg__rx_reset(&c->rx);
+        dg__free(c->in);
         pthread_mutex_destroy(&c->wmu);
     }
     while (t->head) {
@@ -15925,7 +16058,7 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
         t->key_len = cfg->secret_len;
     }
     t->cfg.secret = NULL;
-    for (i = 1; i <= DG_TCP_APP_MAX; i++) t->type_max[i] = t->cfg.max_message;
+    for (i = 1; i <= DG_MSG_TYPE_MAX; i++) t->type_max[i] = t->cfg.max_message;
     t->largest = t->cfg.max_message;
     t->version = cfg->protocol_version ? cfg->protocol_version : DG_TCP_VERSION;
     t->lfd = t->wake[0] = t->wake[1] = -1;
@@ -16004,10 +16137,10 @@ DGDEF dg_result dg_tcp_server_create(dg_transport **out, const dg_tcp_config *cf
 
 /* Client side of the handshake on a connected socket (caller's thread). */
 static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadline,
-                                   dg_tcp_welcome *wel)
+                                   dg__tcp_welcome *wel)
 {
-    unsigned char hello[DG_TCP_HELLO_SIZE], proof[32], server_nonce[DG_TCP_NONCE];
-    dg_tcp_hello h;
+    unsigned char hello[DG__TCP_HELLO_SIZE], proof[32], server_nonce[DG__TCP_NONCE];
+    dg__tcp_hello h;
     dg__rx rx;
     uint64_t w = 0;
     int step;
@@ -16019,8 +16152,8 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
     h.min_version = h.max_version = t->version;
     memcpy(h.config_hash, t->cfg.config_hash, 32);
     dg__tcp_nonce(t, h.nonce);
-    dg_tcp_hello_encode(&h, hello);
-    if ((r = dg__tcp_write_frame(fd, DG_TCP_HELLO, 0, (uint32_t)t->cfg.self, 0, hello,
+    dg__tcp_hello_encode(&h, hello);
+    if ((r = dg__tcp_write_frame(fd, DG__TCP_HELLO, 0, (uint32_t)t->cfg.self, 0, hello,
                                  sizeof hello, deadline, t->version, &w)) != DG_OK)
         return r;
     dg__rx_init(&rx, NULL, DG_TCP_MAX_HANDSHAKE, DG_TCP_MAX_HANDSHAKE);
@@ -16029,7 +16162,7 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
         unsigned char *dst, *payload = NULL;
         size_t want;
         ssize_t n;
-        dg_frame_header fh;
+        dg__frame_header fh;
         dg_msg *m = NULL;
         struct pollfd p;
         int left = (int)(deadline - dg__tcp_ms()), k;
@@ -16048,40 +16181,40 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
         k = dg__rx_got(&rx, (size_t)n, &fh, &payload, &m);
         if (k < 0) return dg__fail((dg_result)k, "tcp: bad handshake reply: %s", dg_last_error());
         if (k != 1) continue;
-        if (fh.type == DG_TCP_REFUSE) {
+        if (fh.type == DG__TCP_REFUSE) {
             uint32_t code;
             char reason[DG__REASON_MAX + 1];
-            dg_result e = dg_tcp_refuse_decode(payload, (size_t)fh.length, &code, reason,
+            dg_result e = dg__tcp_refuse_decode(payload, (size_t)fh.length, &code, reason,
                                                sizeof reason);
             dg__free(payload);
             if (e) return dg__fail(DG_ERR_CLOSED, "tcp: refused (unreadable reason)");
             /* DG_ERR_CLOSED only for what may pass (full, shutting down):
                dg__tcp_dial_server retries that */
-            e = code == DG_TCP_REFUSE_VERSION ? DG_ERR_VERSION
-                : code == DG_TCP_REFUSE_AUTH  ? DG_ERR_AUTH
-                : code == DG_TCP_REFUSE_CONFIG || code == DG_TCP_REFUSE_ID ? DG_ERR_CONFIG
-                : code == DG_TCP_REFUSE_FORMAT ? DG_ERR_FORMAT
+            e = code == DG__TCP_REFUSE_VERSION ? DG_ERR_VERSION
+                : code == DG__TCP_REFUSE_AUTH  ? DG_ERR_AUTH
+                : code == DG__TCP_REFUSE_CONFIG || code == DG__TCP_REFUSE_ID ? DG_ERR_CONFIG
+                : code == DG__TCP_REFUSE_FORMAT ? DG_ERR_FORMAT
                                                : DG_ERR_CLOSED;
             return dg__fail(e, "tcp: refused by the peer: %s", reason);
         }
-        if (step == 0 && fh.type == DG_TCP_CHALLENGE && fh.length == DG_TCP_NONCE) {
-            dg_tcp_client_proof(t->key, t->key_len, payload, hello, proof);
-            memcpy(server_nonce, payload, DG_TCP_NONCE);
+        if (step == 0 && fh.type == DG__TCP_CHALLENGE && fh.length == DG__TCP_NONCE) {
+            dg__tcp_client_proof(t->key, t->key_len, payload, hello, proof);
+            memcpy(server_nonce, payload, DG__TCP_NONCE);
             dg__free(payload);
-            if ((r = dg__tcp_write_frame(fd, DG_TCP_AUTH, 0, (uint32_t)t->cfg.self, 0, proof, 32,
+            if ((r = dg__tcp_write_frame(fd, DG__TCP_AUTH, 0, (uint32_t)t->cfg.self, 0, proof, 32,
                                          deadline, t->version, &w)) != DG_OK)
                 return r;
             step = 1;
             continue;
         }
-        if (step == 1 && fh.type == DG_TCP_WELCOME) {
+        if (step == 1 && fh.type == DG__TCP_WELCOME) {
             unsigned char want_proof[32];
-            r = dg_tcp_welcome_decode(payload, (size_t)fh.length, wel);
+            r = dg__tcp_welcome_decode(payload, (size_t)fh.length, wel);
             dg__free(payload);
             if (r) return r;
-            dg_tcp_server_proof(t->key, t->key_len, h.nonce, server_nonce,
+            dg__tcp_server_proof(t->key, t->key_len, h.nonce, server_nonce,
                                 want_proof);
-            if (dg_tcp_memneq(want_proof, wel->proof, 32))
+            if (dg__tcp_memneq(want_proof, wel->proof, 32))
                 return dg__fail(DG_ERR_AUTH, "tcp: the server could not prove the shared secret");
             if (wel->n_workers != (uint32_t)(t->base.n_peers - 1))
                 return dg__fail(DG_ERR_CONFIG, "tcp: the server has %u worker slots, this side %d",
@@ -16098,7 +16231,7 @@ static dg_result dg__tcp_handshake(dg__tcp *t, int fd, int role, int64_t deadlin
 static dg_result dg__tcp_dial(dg__tcp *t, const struct sockaddr_in *sa, int role, int peer)
 {
     int64_t deadline = dg__tcp_ms() + t->cfg.connect_timeout_ms;
-    dg_tcp_welcome wel;
+    dg__tcp_welcome wel;
     dg__tconn *c;
     dg_result r;
     int fd = -1;
@@ -16132,9 +16265,9 @@ static dg_result dg__tcp_dial_server(dg__tcp *t, int window_ms)
     int64_t end = dg__tcp_ms() + (window_ms > 0 ? window_ms : 0);
     int wait = 100, tries;
     for (tries = 1;; tries++) {
-        dg_result r = dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+        dg_result r = dg__tcp_dial(t, &t->server_addr, DG__TCP_ROLE_WORKER, 0);
         int64_t left = end - dg__tcp_ms();
-        unsigned char rnd[DG_TCP_NONCE];
+        unsigned char rnd[DG__TCP_NONCE];
         int ms;
         if (r == DG_OK || (r != DG_ERR_IO && r != DG_ERR_TIMEOUT && r != DG_ERR_CLOSED) ||
             left <= 0 || dg_stop_requested())
@@ -16165,7 +16298,7 @@ static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer)
         }
     pthread_mutex_unlock(&t->mu);
     if (!found) return dg__fail(DG_ERR_CLOSED, "tcp: worker %d is not live (no address)", peer);
-    return dg__tcp_dial(t, &sa, DG_TCP_ROLE_PEER, peer);
+    return dg__tcp_dial(t, &sa, DG__TCP_ROLE_PEER, peer);
 }
 
 DGDEF dg_result dg_tcp_worker_create(dg_transport **out, const dg_tcp_config *cfg)
@@ -16212,7 +16345,7 @@ DGDEF dg_result dg_tcp_reconnect(dg_transport *bt)
     if (!bt) return dg__fail(DG_ERR_ARG, "tcp: NULL transport");
     t = dg__tcp_of(bt);
     if (t->cfg.self == 0) return dg__fail(DG_ERR_ARG, "tcp: the server does not reconnect");
-    return dg__tcp_dial(t, &t->server_addr, DG_TCP_ROLE_WORKER, 0);
+    return dg__tcp_dial(t, &t->server_addr, DG__TCP_ROLE_WORKER, 0);
 }
 
 DGDEF uint16_t dg_tcp_port(const dg_transport *t) { return t ? dg__tcp_of(t)->port : 0; }
@@ -16229,8 +16362,8 @@ static int dg__tcp_connected(dg_transport *bt, int peer)
     return r;
 }
 
-/* The limits count DG_MSG_LIMIT_HEAD for the fixed part: the frame's body
-   head (DG__BODY_HEAD), so they are frame lengths here. */
+/* The limits are DGMS frame sizes, which is what a message frame's
+   payload is. */
 static void dg__tcp_set_limits(dg_transport *bt, const uint64_t max_payload[DG_MSG_TYPE_MAX + 1])
 {
     dg__tcp *t;
@@ -16239,7 +16372,7 @@ static void dg__tcp_set_limits(dg_transport *bt, const uint64_t max_payload[DG_M
     if (!bt || !max_payload) return;
     t = dg__tcp_of(bt);
     pthread_mutex_lock(&t->mu);
-    for (i = 1; i <= DG_TCP_APP_MAX; i++) {
+    for (i = 1; i <= DG_MSG_TYPE_MAX; i++) {
         uint64_t v = max_payload[i] < t->cfg.max_message ? max_payload[i] : t->cfg.max_message;
         __atomic_store_n(&t->type_max[i], v, __ATOMIC_RELAXED); /* the I/O thread reads it */
         if (v > largest) largest = v;
@@ -16304,22 +16437,22 @@ DGDEF uint64_t dg_tcp_refused(dg_transport *bt)
     return n;
 }
 
-/* BYE to every peer: with DG_TCP_FLAG_LAST when the run is over (the
+/* BYE to every peer: with DG__TCP_FLAG_LAST when the run is over (the
    workers end), else the server stops to be resumed (its workers redial). */
 static void dg__tcp_goodbye(dg_transport *bt, int run_over)
 {
     dg__tcp *t = dg__tcp_of(bt);
-    uint8_t flags = run_over ? DG_TCP_FLAG_LAST : 0;
+    uint8_t flags = run_over ? DG__TCP_FLAG_LAST : 0;
     int i;
     pthread_mutex_lock(&t->mu);
     for (i = 0; i < t->n_conns; i++) {
         dg__tconn *c = &t->conns[i];
         uint64_t w = 0;
         unsigned char buf[16];
-        size_t n = dg_tcp_refuse_encode(DG_TCP_REFUSE_SHUTDOWN, "done", buf, sizeof buf);
+        size_t n = dg__tcp_refuse_encode(DG__TCP_REFUSE_SHUTDOWN, "done", buf, sizeof buf);
         if (c->state != DG__TC_LIVE) continue;
         pthread_mutex_lock(&c->wmu);
-        dg__tcp_write_frame(c->fd, DG_TCP_BYE, flags, (uint32_t)t->cfg.self, 0, buf, n,
+        dg__tcp_write_frame(c->fd, DG__TCP_BYE, flags, (uint32_t)t->cfg.self, 0, buf, n,
                             dg__tcp_ms() + 500, 0, &w);
         pthread_mutex_unlock(&c->wmu);
     }
@@ -17412,7 +17545,7 @@ DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
     if (r != DG_OK) return r;
     if (self == 0) {
         out[DG_MSG_ASGD_PULL] = dg__limit_len4(0, 0);
-        out[DG_MSG_ASGD_PUSH] = DG_MSG_LIMIT_HEAD + DG_MSG_PART_BYTES + bound;
+        out[DG_MSG_ASGD_PUSH] = DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES + bound;
     } else {
         out[DG_MSG_ASGD_MODEL] = dg__limit_len4(1, n);
         out[DG_MSG_STOP] = dg__limit_len4(0, 0);

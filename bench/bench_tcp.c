@@ -9,7 +9,8 @@
  *     one MD-GAN iteration of the reference DCGAN (b = 64, 28 x 28) with 4
  *     workers: in-process (the roles as tasks of one pool) and over TCP
  *     (server and worker transports, each worker on its own thread with a
- *     one-thread pool, as separate processes would be). */
+ *     one-thread pool, as separate processes would be).
+ *   `bench_tcp throughput` runs the throughput lines only. */
 #include "bench_common.h"
 #define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include <arpa/inet.h>
@@ -178,7 +179,7 @@ static void on_iter(void *user, const dg_drive_status *s)
     tm->last = now;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     dg_transport *srv = NULL, *wk = NULL;
     dg_tcp_config c = base_cfg(0, 2);
@@ -202,6 +203,7 @@ int main(void)
     throughput(srv, wk, (16 << 20) / 4, 30);         /* 16 MB */
     dg_transport_close(wk);
     dg_transport_close(srv);
+    if (argc > 1 && !strcmp(argv[1], "throughput")) return 0;
 
     {   /* MD-GAN iteration, DCGAN b = 64, 4 workers */
         dg_dataset ds;

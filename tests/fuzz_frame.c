@@ -5,9 +5,11 @@
  * bounded allocation, payload, CRC), in chunks whose sizes come from the
  * input, and every complete frame's payload goes to the decoder of its
  * type: handshake messages (HELLO, WELCOME, REFUSE, PEERS) and the roles'
- * tensor-list messages.  A decoder that accepts must re-encode its result
- * to exactly the same bytes (the formats are canonical); a rejected frame
- * ends the "connection" as it does on a socket.  Anything unexpected
+ * messages, whose payload is the DGMS frame of dg_msg_encode.  A decoder
+ * that accepts must re-encode its result to exactly the same bytes (the
+ * formats are canonical): a message that the state machine took must be
+ * what dg_msg_encode writes and what dg_msg_decode takes.  A rejected
+ * frame ends the "connection" as it does on a socket.  Anything unexpected
  * aborts.
  *
  *   clang -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined tests/fuzz_frame.c
@@ -23,41 +25,41 @@
 
 #define FZ_MAX_PEERS 64
 
-static void check_payload(const dg_frame_header *h, const unsigned char *p, size_t n)
+static void check_payload(const dg__frame_header *h, const unsigned char *p, size_t n)
 {
-    unsigned char buf[4 + FZ_MAX_PEERS * DG_TCP_PEER_ADDR_SIZE];
+    unsigned char buf[4 + FZ_MAX_PEERS * DG__TCP_PEER_ADDR_SIZE];
     switch (h->type) {
-    case DG_TCP_HELLO: {
-        dg_tcp_hello m;
-        if (dg_tcp_hello_decode(p, n, &m) == DG_OK) {
-            dg_tcp_hello_encode(&m, buf);
+    case DG__TCP_HELLO: {
+        dg__tcp_hello m;
+        if (dg__tcp_hello_decode(p, n, &m) == DG_OK) {
+            dg__tcp_hello_encode(&m, buf);
             if (memcmp(buf, p, n)) abort();
         }
         break;
     }
-    case DG_TCP_WELCOME: {
-        dg_tcp_welcome m;
-        if (dg_tcp_welcome_decode(p, n, &m) == DG_OK) {
-            dg_tcp_welcome_encode(&m, buf);
+    case DG__TCP_WELCOME: {
+        dg__tcp_welcome m;
+        if (dg__tcp_welcome_decode(p, n, &m) == DG_OK) {
+            dg__tcp_welcome_encode(&m, buf);
             if (memcmp(buf, p, n)) abort();
         }
         break;
     }
-    case DG_TCP_REFUSE:
-    case DG_TCP_BYE: {
+    case DG__TCP_REFUSE:
+    case DG__TCP_BYE: {
         uint32_t code;
         char reason[256];
-        if (dg_tcp_refuse_decode(p, n, &code, reason, sizeof reason) == DG_OK) {
-            size_t m = dg_tcp_refuse_encode(code, reason, buf, sizeof buf);
+        if (dg__tcp_refuse_decode(p, n, &code, reason, sizeof reason) == DG_OK) {
+            size_t m = dg__tcp_refuse_encode(code, reason, buf, sizeof buf);
             if (m != n || memcmp(buf, p, n)) abort();
         }
         break;
     }
-    case DG_TCP_PEERS: {
-        dg_tcp_peer_addr a[FZ_MAX_PEERS];
+    case DG__TCP_PEERS: {
+        dg__tcp_peer_addr a[FZ_MAX_PEERS];
         uint32_t count;
-        if (dg_tcp_peers_decode(p, n, a, FZ_MAX_PEERS, &count) == DG_OK) {
-            size_t m = dg_tcp_peers_encode(a, count, buf, sizeof buf);
+        if (dg__tcp_peers_decode(p, n, a, FZ_MAX_PEERS, &count) == DG_OK) {
+            size_t m = dg__tcp_peers_encode(a, count, buf, sizeof buf);
             if (m != n || memcmp(buf, p, n)) abort();
         }
         break;
@@ -67,13 +69,26 @@ static void check_payload(const dg_frame_header *h, const unsigned char *p, size
     }
 }
 
-/* A message that got through must re-encode to the same body. */
-static void check_message(const dg_msg *m)
+/* A message that got through is, byte for byte, the dg_msg_encode frame
+   of its payload p (n bytes), and dg_msg_decode takes those bytes back. */
+static void check_message(dg_transport *t, const dg__frame_header *h, const dg_msg *m,
+                          const unsigned char *p, size_t n)
 {
-    size_t i, total = 0;
+    static unsigned char buf[1 << 16];
+    size_t i, total = 0, w;
+    dg_msg *d;
     if (m->n_parts < 0 || m->n_parts > DG_MSG_MAX_PARTS) abort();
     for (i = 0; i < (size_t)m->n_parts; i++) total += dg__part_size(&m->part[i]);
     if (dg_msg_payload_bytes(m) != total) abort();
+    if (m->type != h->type || (uint32_t)m->from != h->sender || (uint64_t)m->iteration != h->iteration)
+        abort();
+    if (dg_msg_encoded_size(m) != n) abort();
+    if (n > sizeof buf) return;
+    if (dg_msg_encode(m, buf, sizeof buf, &w) != DG_OK || w != n || memcmp(buf, p, n)) abort();
+    if (dg_msg_decode(t, p, n, n, &d) != DG_OK) abort();
+    if (d->type != m->type || d->to != m->to || d->aux != m->aux || d->n_parts != m->n_parts)
+        abort();
+    dg_msg_free(t, d);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -82,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static dg_transport pool_owner; /* only its message pool is used */
     static int ready;
     dg__rx rx;
-    size_t pos = 2;
+    size_t pos = 2, start = 2;
     unsigned chunk;
     if (!ready) {
         if (dg_transport_base_init(&pool_owner, 8)) abort();
@@ -97,9 +112,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (pos < size) {
         unsigned char *dst, *payload = NULL;
         size_t want, n;
-        dg_frame_header h;
+        dg__frame_header h;
         dg_msg *m = NULL;
         int r;
+        if (!dg__rx_busy(&rx)) start = pos;   /* a frame begins here */
         dg__rx_want(&rx, &dst, &want);
         if (want == 0) abort();            /* the machine always wants bytes */
         n = size - pos < want ? size - pos : want;
@@ -115,7 +131,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             dg__free(payload);
         } else if (r == 2) {
             if (!m || h.length > rx.max_length) abort();
-            check_message(m);
+            if (pos - start != DG_TCP_HEADER_SIZE + h.length) abort();
+            check_message(&pool_owner, &h, m, data + start + DG_TCP_HEADER_SIZE, (size_t)h.length);
             dg_msg_free(&pool_owner, m);
         }
     }

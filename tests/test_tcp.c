@@ -68,110 +68,110 @@ TEST(hmac_rfc4231)
                             "HMAC algorithm.";
     int i;
     memset(k, 0x0b, 20);
-    dg_hmac_sha256(k, 20, "Hi There", 8, d);
+    dg__hmac_sha256(k, 20, "Hi There", 8, d);
     CHECK(hex_eq(d, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", 32));
-    dg_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, d);
+    dg__hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, d);
     CHECK(hex_eq(d, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", 32));
     memset(k, 0xaa, 20);
     memset(m, 0xdd, 50);
-    dg_hmac_sha256(k, 20, m, 50, d);
+    dg__hmac_sha256(k, 20, m, 50, d);
     CHECK(hex_eq(d, "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe", 32));
     for (i = 0; i < 25; i++) k[i] = (unsigned char)(i + 1);
     memset(m, 0xcd, 50);
-    dg_hmac_sha256(k, 25, m, 50, d);
+    dg__hmac_sha256(k, 25, m, 50, d);
     CHECK(hex_eq(d, "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b", 32));
     memset(k, 0x0c, 20);
-    dg_hmac_sha256(k, 20, "Test With Truncation", 20, d);
+    dg__hmac_sha256(k, 20, "Test With Truncation", 20, d);
     CHECK(hex_eq(d, "a3b6167473100ee06e0c796c2955552b", 16));
     memset(k, 0xaa, 131);
-    dg_hmac_sha256(k, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, d);
+    dg__hmac_sha256(k, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, d);
     CHECK(hex_eq(d, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", 32));
-    dg_hmac_sha256(k, 131, long_data, strlen(long_data), d);
+    dg__hmac_sha256(k, 131, long_data, strlen(long_data), d);
     CHECK(hex_eq(d, "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2", 32));
-    CHECK(dg_tcp_memneq(d, d, 32) == 0);
+    CHECK(dg__tcp_memneq(d, d, 32) == 0);
 }
 
 TEST(frame_codec)
 {
     unsigned char b[DG_TCP_HEADER_SIZE], payload[5] = {1, 2, 3, 4, 5};
-    dg_frame_header h = dg_frame_make(DG_MSG_FEEDBACK, 0, 3, 77, payload, 5), g;
-    dg_frame_header_encode(&h, b);
+    dg__frame_header h = dg__frame_make(DG_MSG_FEEDBACK, 0, 3, 77, payload, 5), g;
+    dg__frame_header_encode(&h, b);
     CHECK(memcmp(b, "DGTP", 4) == 0);
-    CHECK_OK(dg_frame_header_decode(b, 5, &g));
+    CHECK_OK(dg__frame_header_decode(b, 5, &g));
     CHECK(g.type == DG_MSG_FEEDBACK && g.sender == 3 && g.iteration == 77 && g.length == 5);
-    CHECK_OK(dg_frame_check_payload(&g, payload));
+    CHECK_OK(dg__frame_check_payload(&g, payload));
     payload[2] ^= 1;
-    CHECK(dg_frame_check_payload(&g, payload) == DG_ERR_CHECKSUM);
-    CHECK(dg_frame_header_decode(b, 4, &g) == DG_ERR_TOO_LARGE);
+    CHECK(dg__frame_check_payload(&g, payload) == DG_ERR_CHECKSUM);
+    CHECK(dg__frame_header_decode(b, 4, &g) == DG_ERR_TOO_LARGE);
     h.length = (uint64_t)1 << 63;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, DG_TCP_DEFAULT_MAX_MESSAGE, &g) == DG_ERR_TOO_LARGE);
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, DG_TCP_DEFAULT_MAX_MESSAGE, &g) == DG_ERR_TOO_LARGE);
     h.length = 5;
-    h.version = 2;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 2);
+    h.version = 3;
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 3);
     h.version = DG_TCP_VERSION;
     h.type = 0x99;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
     h.type = 0;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
-    h.type = DG_TCP_HEARTBEAT;
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    h.type = DG__TCP_HEARTBEAT;
     h.flags = 0x80;
-    dg_frame_header_encode(&h, b);
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    dg__frame_header_encode(&h, b);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
     h.flags = 0;
-    dg_frame_header_encode(&h, b);
+    dg__frame_header_encode(&h, b);
     b[0] = 'X';
-    CHECK(dg_frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
 }
 
 TEST(handshake_payloads)
 {
-    dg_tcp_hello h, g;
-    dg_tcp_welcome w, v;
-    dg_tcp_peer_addr a[2], c[4];
+    dg__tcp_hello h, g;
+    dg__tcp_welcome w, v;
+    dg__tcp_peer_addr a[2], c[4];
     unsigned char b[128];
     char reason[64];
     uint32_t code, n;
     size_t len;
     memset(&h, 0, sizeof h);
-    h.role = DG_TCP_ROLE_WORKER;
+    h.role = DG__TCP_ROLE_WORKER;
     h.worker_id = 3;
     h.listen_port = 4000;
     h.min_version = h.max_version = 1;
     h.config_hash[5] = 9;
     h.nonce[31] = 7;
-    dg_tcp_hello_encode(&h, b);
-    CHECK_OK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE, &g));
+    dg__tcp_hello_encode(&h, b);
+    CHECK_OK(dg__tcp_hello_decode(b, DG__TCP_HELLO_SIZE, &g));
     CHECK(memcmp(&h, &g, sizeof h) == 0);
-    CHECK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE - 1, &g) == DG_ERR_FORMAT);
+    CHECK(dg__tcp_hello_decode(b, DG__TCP_HELLO_SIZE - 1, &g) == DG_ERR_FORMAT);
     b[0] = 9;
-    CHECK(dg_tcp_hello_decode(b, DG_TCP_HELLO_SIZE, &g) == DG_ERR_FORMAT);
+    CHECK(dg__tcp_hello_decode(b, DG__TCP_HELLO_SIZE, &g) == DG_ERR_FORMAT);
     memset(&w, 0, sizeof w);
     w.n_workers = 4;
     w.iteration = 123;
-    dg_tcp_welcome_encode(&w, b);
-    CHECK_OK(dg_tcp_welcome_decode(b, DG_TCP_WELCOME_SIZE, &v));
+    dg__tcp_welcome_encode(&w, b);
+    CHECK_OK(dg__tcp_welcome_decode(b, DG__TCP_WELCOME_SIZE, &v));
     CHECK(v.n_workers == 4 && v.iteration == 123);
-    len = dg_tcp_refuse_encode(DG_TCP_REFUSE_AUTH, "nope\x01", b, sizeof b);
-    CHECK_OK(dg_tcp_refuse_decode(b, len, &code, reason, sizeof reason));
-    CHECK(code == DG_TCP_REFUSE_AUTH && strcmp(reason, "nope?") == 0);
-    CHECK(dg_tcp_refuse_decode(b, len - 1, &code, reason, sizeof reason) == DG_ERR_FORMAT);
+    len = dg__tcp_refuse_encode(DG__TCP_REFUSE_AUTH, "nope\x01", b, sizeof b);
+    CHECK_OK(dg__tcp_refuse_decode(b, len, &code, reason, sizeof reason));
+    CHECK(code == DG__TCP_REFUSE_AUTH && strcmp(reason, "nope?") == 0);
+    CHECK(dg__tcp_refuse_decode(b, len - 1, &code, reason, sizeof reason) == DG_ERR_FORMAT);
     memset(a, 0, sizeof a);
     a[0].id = 1; a[0].port = 10; a[1].id = 2; a[1].port = 20; a[1].addr[15] = 1;
-    len = dg_tcp_peers_encode(a, 2, b, sizeof b);
-    CHECK_OK(dg_tcp_peers_decode(b, len, c, 4, &n));
+    len = dg__tcp_peers_encode(a, 2, b, sizeof b);
+    CHECK_OK(dg__tcp_peers_decode(b, len, c, 4, &n));
     CHECK(n == 2 && c[1].port == 20 && c[1].addr[15] == 1);
-    CHECK(dg_tcp_peers_decode(b, len, c, 1, &n) == DG_ERR_TOO_LARGE);
+    CHECK(dg__tcp_peers_decode(b, len, c, 1, &n) == DG_ERR_TOO_LARGE);
     {
         char host[64];
         uint16_t port;
-        CHECK_OK(dg_tcp_parse_addr("127.0.0.1:7000", host, sizeof host, &port));
+        CHECK_OK(dg__tcp_parse_addr("127.0.0.1:7000", host, sizeof host, &port));
         CHECK(strcmp(host, "127.0.0.1") == 0 && port == 7000);
-        CHECK(dg_tcp_parse_addr("127.0.0.1", host, sizeof host, &port) == DG_ERR_ARG);
-        CHECK(dg_tcp_parse_addr("h:70000", host, sizeof host, &port) == DG_ERR_ARG);
+        CHECK(dg__tcp_parse_addr("127.0.0.1", host, sizeof host, &port) == DG_ERR_ARG);
+        CHECK(dg__tcp_parse_addr("h:70000", host, sizeof host, &port) == DG_ERR_ARG);
     }
 }
 
@@ -295,8 +295,8 @@ TEST(handshake_refusals)
     CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), NULL, hash_a, 0) == DG_ERR_AUTH);
     CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_b, 0) == DG_ERR_CONFIG);
     CHECK(strstr(dg_last_error(), "configuration mismatch") != NULL);
-    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 2) == DG_ERR_VERSION);
-    CHECK(strstr(dg_last_error(), "protocol version 2") != NULL);
+    CHECK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 3) == DG_ERR_VERSION);
+    CHECK(strstr(dg_last_error(), "protocol version 3") != NULL);
     CHECK(make_worker(&w, 3, 7, dg_tcp_port(s), "sesame", hash_a, 0) == DG_ERR_ARG);
     CHECK(make_worker(&w, 4, 3, dg_tcp_port(s), "sesame", hash_a, 0) != DG_OK); /* no slot 3 */
     CHECK(dg_tcp_refused(s) >= 5);
@@ -414,7 +414,7 @@ TEST(hostile_clients)
 {
     dg_transport *s = NULL, *w = NULL;
     unsigned char frame[DG_TCP_HEADER_SIZE + 100], junk[4096];
-    dg_frame_header h;
+    dg__frame_header h;
     pinger p;
     pthread_t th;
     long rss0, rss1;
@@ -431,33 +431,33 @@ TEST(hostile_clients)
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* wrong magic */
-    h = dg_frame_make(DG_TCP_HEARTBEAT, 0, 1, 0, NULL, 0);
-    dg_frame_header_encode(&h, frame);
+    h = dg__frame_make(DG__TCP_HEARTBEAT, 0, 1, 0, NULL, 0);
+    dg__frame_header_encode(&h, frame);
     frame[1] = 'Z';
     fds[0] = raw_connect(dg_tcp_port(s));
     send_all(fds[0], frame, DG_TCP_HEADER_SIZE);
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* a length field of 2^63 */
-    h = dg_frame_make(DG_TCP_HELLO, 0, 1, 0, NULL, 0);
+    h = dg__frame_make(DG__TCP_HELLO, 0, 1, 0, NULL, 0);
     h.length = (uint64_t)1 << 63;
-    dg_frame_header_encode(&h, frame);
+    dg__frame_header_encode(&h, frame);
     fds[0] = raw_connect(dg_tcp_port(s));
     send_all(fds[0], frame, DG_TCP_HEADER_SIZE);
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* a CRC mismatch */
-    memset(frame + DG_TCP_HEADER_SIZE, 1, DG_TCP_HELLO_SIZE);
-    h = dg_frame_make(DG_TCP_HELLO, 0, 1, 0, frame + DG_TCP_HEADER_SIZE, DG_TCP_HELLO_SIZE);
+    memset(frame + DG_TCP_HEADER_SIZE, 1, DG__TCP_HELLO_SIZE);
+    h = dg__frame_make(DG__TCP_HELLO, 0, 1, 0, frame + DG_TCP_HEADER_SIZE, DG__TCP_HELLO_SIZE);
     h.crc ^= 1;
-    dg_frame_header_encode(&h, frame);
+    dg__frame_header_encode(&h, frame);
     fds[0] = raw_connect(dg_tcp_port(s));
-    send_all(fds[0], frame, DG_TCP_HEADER_SIZE + DG_TCP_HELLO_SIZE);
+    send_all(fds[0], frame, DG_TCP_HEADER_SIZE + DG__TCP_HELLO_SIZE);
     CHECK(closed_within(fds[0], 2000));
     close(fds[0]);
     /* a frame cut in the middle (the client stays connected): timed out */
     h.crc ^= 1;
-    dg_frame_header_encode(&h, frame);
+    dg__frame_header_encode(&h, frame);
     fds[0] = raw_connect(dg_tcp_port(s));
     send_all(fds[0], frame, DG_TCP_HEADER_SIZE + 10);
     CHECK(closed_within(fds[0], 4000));
@@ -853,9 +853,9 @@ TEST(refusals_and_sigterm)
     CHECK(reap(w, 10000) == 1);
     CHECK(file_has("fw1.err", "authentication failed"));
     w = spawn("fw2", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
-                          "--protocol-version", "2", COMMON3));
+                          "--protocol-version", "3", COMMON3));
     CHECK(reap(w, 10000) == 1);
-    CHECK(file_has("fw2.err", "protocol version 2"));
+    CHECK(file_has("fw2.err", "protocol version 3"));
     w = spawn("fw3", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
                           "--workers", "1", "--dataset", "shapes:100", "--batch", "4"));
     CHECK(reap(w, 10000) == 1);
@@ -897,9 +897,9 @@ static int read_exact(int fd, void *p, size_t n, int ms)
 static int send_frame(int fd, uint8_t type, uint32_t sender, const void *p, size_t n)
 {
     unsigned char b[DG_TCP_HEADER_SIZE + 128];
-    dg_frame_header h = dg_frame_make(type, 0, sender, 0, p, n);
+    dg__frame_header h = dg__frame_make(type, 0, sender, 0, p, n);
     if (n > 128) return -1;
-    dg_frame_header_encode(&h, b);
+    dg__frame_header_encode(&h, b);
     if (n) memcpy(b + DG_TCP_HEADER_SIZE, p, n);
     return write(fd, b, DG_TCP_HEADER_SIZE + n) == (ssize_t)(DG_TCP_HEADER_SIZE + n) ? 0 : -1;
 }
@@ -909,23 +909,23 @@ static int send_frame(int fd, uint8_t type, uint32_t sender, const void *p, size
    worker would. */
 static int raw_handshake(int fd, int id, const char *secret)
 {
-    unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + 64], proof[32];
-    dg_tcp_hello h;
+    unsigned char hello[DG__TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + 64], proof[32];
+    dg__tcp_hello h;
     if (fd < 0) return -1;
     memset(&h, 0, sizeof h);
-    h.role = DG_TCP_ROLE_WORKER;
+    h.role = DG__TCP_ROLE_WORKER;
     h.worker_id = (uint32_t)id;
     h.min_version = h.max_version = DG_TCP_VERSION;
     memcpy(h.config_hash, hash_a, 32);
     h.nonce[0] = (unsigned char)id;
-    dg_tcp_hello_encode(&h, hello);
-    if (send_frame(fd, DG_TCP_HELLO, (uint32_t)id, hello, sizeof hello) ||
-        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG_TCP_NONCE, 3000) || buf[6] != DG_TCP_CHALLENGE)
+    dg__tcp_hello_encode(&h, hello);
+    if (send_frame(fd, DG__TCP_HELLO, (uint32_t)id, hello, sizeof hello) ||
+        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG__TCP_NONCE, 3000) || buf[6] != DG__TCP_CHALLENGE)
         goto fail;
-    dg_tcp_client_proof(secret, strlen(secret), buf + DG_TCP_HEADER_SIZE, hello, proof);
-    if (send_frame(fd, DG_TCP_AUTH, (uint32_t)id, proof, 32) ||
-        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG_TCP_WELCOME_SIZE, 3000) ||
-        buf[6] != DG_TCP_WELCOME)
+    dg__tcp_client_proof(secret, strlen(secret), buf + DG_TCP_HEADER_SIZE, hello, proof);
+    if (send_frame(fd, DG__TCP_AUTH, (uint32_t)id, proof, 32) ||
+        read_exact(fd, buf, DG_TCP_HEADER_SIZE + DG__TCP_WELCOME_SIZE, 3000) ||
+        buf[6] != DG__TCP_WELCOME)
         goto fail;
     return fd;
 fail:
@@ -938,19 +938,40 @@ static int raw_worker(uint16_t port, int id, const char *secret)
     return raw_handshake(raw_connect(port), id, secret);
 }
 
-/* The head of a FEEDBACK message of `bytes` payload from worker id: frame
-   header, body head and part table (72 bytes), and nothing more. */
+/* A message frame's heads for m (TCP header, DGMS header and part table,
+   as dg__tcp_write_msg writes them) into b; the values are the caller's.
+   Returns the bytes written. */
+static size_t app_heads(const dg_msg *m, unsigned char *b)
+{
+    size_t fb = dg_msg_frame_bytes(m);
+    dg__frame_header h = dg__frame_make((uint8_t)m->type, 0, (uint32_t)m->from,
+                                      (uint64_t)m->iteration, NULL, 0);
+    dg__msg_head_encode(m, b + DG_TCP_HEADER_SIZE, 0);
+    h.length = fb + dg_msg_payload_bytes(m);
+    h.crc = dg_crc32(0, b + DG_TCP_HEADER_SIZE, DG_MSG_HEADER_BYTES);
+    dg__frame_header_encode(&h, b);
+    return DG_TCP_HEADER_SIZE + fb;
+}
+
+/* The heads of a FEEDBACK message of `bytes` payload (one part) from
+   worker id, and nothing more. */
 static int declare_feedback(int fd, int id, uint64_t bytes)
 {
-    unsigned char b[DG_TCP_HEADER_SIZE + 24 + 16];
-    dg_frame_header h = dg_frame_make(DG_MSG_FEEDBACK, 0, (uint32_t)id, 1, NULL, 0);
-    h.length = 24 + 16 + bytes;
-    dg_frame_header_encode(&h, b);
-    memset(b + DG_TCP_HEADER_SIZE, 0, 40);
-    b[DG_TCP_HEADER_SIZE + 4] = 1;                          /* one part */
-    b[DG_TCP_HEADER_SIZE + 24] = DG_PART_F32;
-    dg__le64(b + DG_TCP_HEADER_SIZE + 24 + 8, bytes / 4);
-    return write(fd, b, sizeof b) == (ssize_t)sizeof b ? 0 : -1;
+    unsigned char b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES];
+    dg_msg m;
+    size_t n;
+    memset(&m, 0, sizeof m);
+    m.type = DG_MSG_FEEDBACK;
+    m.from = id;
+    m.to = 0;
+    m.iteration = 1;
+    m.n_parts = 1;
+    m.part[0].kind = DG_PART_BYTES;
+    m.part[0].count = (size_t)bytes;
+    n = app_heads(&m, b);
+    b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES] = DG_PART_F32; /* the part table is not */
+    dg__le64(b + DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + 8, bytes / 4); /* under that CRC */
+    return write(fd, b, n) == (ssize_t)n ? 0 : -1;
 }
 
 /* Item 3: authenticated peers that declare huge messages and send nothing
@@ -1011,18 +1032,18 @@ TEST(message_limits_per_type)
     c.n_workers = 3; c.c = 1; c.h = 28; c.w = 28; c.arch = DG_ARCH_MLP; c.batch = 16;
     bd = 16 * 784;
     CHECK_OK(dg_mdgan_max_payload(&c, 0, lim));
-    CHECK(lim[DG_MSG_FEEDBACK] == 24 + 16 + 4 * bd);
+    CHECK(lim[DG_MSG_FEEDBACK] == DG_MSG_HEADER_BYTES + 16 + 4 * bd);
     CHECK(lim[DG_MSG_GEN_BATCHES] == 0 && lim[DG_MSG_DISC] == 0 && lim[DG_MSG_USER] == 0);
     CHECK_OK(dg_mdgan_max_payload(&c, 2, lim));
-    CHECK(lim[DG_MSG_GEN_BATCHES] == 24 + 32 + 8 * bd && lim[DG_MSG_FEEDBACK] == 0);
-    CHECK(lim[DG_MSG_STOP] == 24 && lim[DG_MSG_SWAP] == 24);
-    CHECK(lim[DG_MSG_DISC] > 24 + 3 * 4 * (uint64_t)784 * 512); /* θ and Adam's moments */
+    CHECK(lim[DG_MSG_GEN_BATCHES] == DG_MSG_HEADER_BYTES + 32 + 8 * bd && lim[DG_MSG_FEEDBACK] == 0);
+    CHECK(lim[DG_MSG_STOP] == DG_MSG_HEADER_BYTES && lim[DG_MSG_SWAP] == DG_MSG_HEADER_BYTES);
+    CHECK(lim[DG_MSG_DISC] > DG_MSG_HEADER_BYTES + 3 * 4 * (uint64_t)784 * 512); /* θ and Adam's moments */
     /* a server that takes only FEEDBACK of the pinger's size */
     CHECK_OK(make_server(&s, 4, "sesame"));
     if (!s) return;
     CHECK_OK(make_worker(&w, 4, 1, dg_tcp_port(s), "sesame", hash_a, 0));
     memset(lim, 0, sizeof lim);
-    lim[DG_MSG_FEEDBACK] = 24 + 3 * 16 + 4 * 10000 + 4 * 3 + 5;
+    lim[DG_MSG_FEEDBACK] = DG_MSG_HEADER_BYTES + 3 * 16 + 4 * 10000 + 4 * 3 + 5;
     dg_transport_set_limits(s, lim);
     if (w) {
         CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 10000, 4)));
@@ -1031,7 +1052,7 @@ TEST(message_limits_per_type)
         dg_msg_free(s, m);
     }
     fd = raw_worker(dg_tcp_port(s), 2, "sesame");     /* one byte over: closed at once */
-    CHECK(fd >= 0 && declare_feedback(fd, 2, 4 * 10000 + 4 * 3 + 5 + 4) == 0);
+    CHECK(fd >= 0 && declare_feedback(fd, 2, lim[DG_MSG_FEEDBACK] - (DG_MSG_HEADER_BYTES + 16) + 1) == 0);
     CHECK(closed_within(fd, 1000));                   /* the frame timeout is 1.5 s */
     if (fd >= 0) close(fd);
     fd = raw_worker(dg_tcp_port(s), 3, "sesame");     /* a type the server never receives */
@@ -1101,16 +1122,22 @@ TEST(malformed_frame_names_the_peer)
     CHECK_OK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 0));
     fd = raw_worker(dg_tcp_port(s), 2, "sesame");
     if (fd >= 0) {
-        unsigned char b[24 + 16 + 8];
+        unsigned char b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + 16 + 8];
+        dg_msg m1;
+        memset(&m1, 0, sizeof m1);
+        m1.type = DG_MSG_FEEDBACK;
+        m1.from = 2;
+        m1.n_parts = 1;    /* one part, of kind 9 */
+        m1.part[0].kind = DG_PART_BYTES;
+        m1.part[0].count = 8;
         memset(b, 0, sizeof b);
-        b[4] = 1;          /* one part, of kind 9 */
-        b[24] = 9;
-        b[32] = 2;
-        CHECK(send_frame(fd, DG_MSG_FEEDBACK, 2, b, sizeof b) == 0);
+        app_heads(&m1, b);
+        b[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES] = 9;
+        CHECK(write(fd, b, sizeof b) == (ssize_t)sizeof b);
         CHECK(closed_within(fd, 2000));
         close(fd);
     }
-    CHECK(log_has(&log, "worker 2 (127.0.0.1:", "invalid frame: tcp: part 0 has kind 9"));
+    CHECK(log_has(&log, "worker 2 (127.0.0.1:", "invalid frame: message: part 0 has kind 9"));
     if (w) {   /* the others go on */
         CHECK_OK(dg_transport_send(w, make_msg(w, DG_MSG_FEEDBACK, 1, 0, 100, 4)));
         CHECK_OK(dg_transport_recv(s, 0, 5000, &m));
@@ -1132,6 +1159,68 @@ static void *send_big(void *arg)
     dg_transport *s = (dg_transport *)arg;
     dg_transport_send(s, make_msg(s, DG_MSG_GEN_BATCHES, 0, 2, (size_t)2 << 20, 6));
     return NULL;
+}
+
+/* A worker far ahead of its server: its connection is not read while the
+   queued messages hold more than the backlog (64 MiB + 2 largest), with
+   frames left half-way in the connection's input buffer; when the role
+   catches up the reading resumes there, and every message arrives, in
+   order and intact. */
+typedef struct ahead_arg {
+    dg_transport *w;
+    int n, sent;
+} ahead_arg;
+
+static void *ahead_main(void *arg)
+{
+    ahead_arg *a = (ahead_arg *)arg;
+    int i;
+    for (i = 0; i < a->n; i++) {
+        dg_msg *m = make_msg(a->w, DG_MSG_FEEDBACK, 1, 0, 4001, (uint32_t)i);
+        if (!m) break;
+        m->aux = i;
+        if (dg_transport_send(a->w, m) != DG_OK) break;
+        __atomic_store_n(&a->sent, i + 1, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+TEST(a_worker_far_ahead_is_paused_and_resumed)
+{
+    dg_transport *s = NULL, *w = NULL;
+    ahead_arg a;
+    pthread_t th;
+    uint64_t lim[DG_MSG_TYPE_MAX + 1];
+    int i, ok = 0, stalled;
+    CHECK_OK(make_server(&s, 3, "sesame"));
+    if (!s) return;
+    CHECK_OK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (!w) { dg_transport_close(s); return; }
+    memset(lim, 0, sizeof lim);                   /* backlog: 64 MiB + 2 x 64 KiB */
+    lim[DG_MSG_FEEDBACK] = 64 << 10;
+    dg_transport_set_limits(s, lim);
+    a.w = w;
+    a.n = 6000;                                   /* 6000 x 16 KB: 96 MB */
+    a.sent = 0;
+    pthread_create(&th, NULL, ahead_main, &a);
+    dg__tcp_sleep_ms(1500);
+    stalled = __atomic_load_n(&a.sent, __ATOMIC_ACQUIRE);
+    for (i = 0; i < a.n; i++) {
+        dg_msg *m;
+        if (dg_transport_recv(s, 0, 10000, &m) != DG_OK) break;
+        if (m->aux == i && dg_msg_f32(m, 0, 4001) &&
+            dg_msg_f32(m, 0, 4001)[4000] == (float)(4000 * 0.5 + i))
+            ok++;
+        dg_msg_free(s, m);
+    }
+    pthread_join(th, NULL);
+    printf("  the sender stalled after %d of %d messages; %d arrived intact and in order\n",
+           stalled, a.n, ok);
+    CHECK(stalled < a.n);                         /* the server stopped reading */
+    CHECK(ok == a.n);
+    CHECK(dg_tcp_connected(s, 1));
+    dg_transport_close(w);
+    dg_transport_close(s);
 }
 
 TEST(a_stalled_reader_stalls_nobody)
@@ -1184,8 +1273,8 @@ TEST(handshake_slots_evict_the_idle)
 {
     dg_tcp_config c;
     dg_transport *s = NULL;
-    unsigned char hello[DG_TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + DG_TCP_NONCE];
-    dg_tcp_hello h;
+    unsigned char hello[DG__TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + DG__TCP_NONCE];
+    dg__tcp_hello h;
     int idle[6], talker, i;
     c = dg_tcp_config_init();
     c.n_peers = 3;
@@ -1198,14 +1287,14 @@ TEST(handshake_slots_evict_the_idle)
     if (!s) return;
     /* one that sent its HELLO (waits for AUTH), then idle ones */
     memset(&h, 0, sizeof h);
-    h.role = DG_TCP_ROLE_WORKER;
+    h.role = DG__TCP_ROLE_WORKER;
     h.worker_id = 1;
     h.min_version = h.max_version = DG_TCP_VERSION;
     memcpy(h.config_hash, hash_a, 32);
-    dg_tcp_hello_encode(&h, hello);
+    dg__tcp_hello_encode(&h, hello);
     talker = raw_connect(dg_tcp_port(s));
-    CHECK(send_frame(talker, DG_TCP_HELLO, 1, hello, sizeof hello) == 0);
-    CHECK(read_exact(talker, buf, sizeof buf, 2000) == 0 && buf[6] == DG_TCP_CHALLENGE);
+    CHECK(send_frame(talker, DG__TCP_HELLO, 1, hello, sizeof hello) == 0);
+    CHECK(read_exact(talker, buf, sizeof buf, 2000) == 0 && buf[6] == DG__TCP_CHALLENGE);
     for (i = 0; i < 3; i++) {
         idle[i] = raw_connect(dg_tcp_port(s));
         dg__tcp_sleep_ms(30);
@@ -1774,6 +1863,7 @@ int main(void)
     RUN(declared_sizes_cost_nothing);
     RUN(message_limits_per_type);
     RUN(malformed_frame_names_the_peer);
+    RUN(a_worker_far_ahead_is_paused_and_resumed);
     RUN(a_stalled_reader_stalls_nobody);
     RUN(handshake_slots_evict_the_idle);
     RUN(worker_restarts_through_a_slot_flood);
