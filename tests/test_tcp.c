@@ -1218,7 +1218,7 @@ TEST(a_worker_far_ahead_is_paused_and_resumed)
            stalled, a.n, ok);
     CHECK(stalled < a.n);                         /* the server stopped reading */
     CHECK(ok == a.n);
-    CHECK(dg_tcp_connected(s, 1));
+    CHECK(dg_transport_connected(s, 1));
     dg_transport_close(w);
     dg_transport_close(s);
 }
