@@ -485,15 +485,15 @@ int main(int argc, char **argv)
     }
     snprintf(name, sizeof name, "%.*s", (int)strcspn(dataset, ":"), dataset);
     if (split == SPLIT_AUTO) split = !strcmp(name, "mnist") ? SPLIT_IID : SPLIT_CONTIGUOUS;
+    if (tag)
+        snprintf(label, sizeof label, "%s", tag);
+    else if (cfg.mode == DG_ASGD_MODE_HARDY || cfg.mode == DG_ASGD_MODE_TOPK ||
+             cfg.mode == DG_ASGD_MODE_GTOPK)
+        snprintf(label, sizeof label, "%s-c%g%s%s", dg_asgd_mode_name(cfg.mode), cfg.rate,
+                 cfg.f16 ? "-f16" : "", cfg.residue ? "-ef" : "");
+    else
+        snprintf(label, sizeof label, "%s", dg_asgd_mode_name(cfg.mode));
     if (no.transport != TR_INPROC) {
-        if (tag)
-            snprintf(label, sizeof label, "%s", tag);
-        else if (cfg.mode == DG_ASGD_MODE_HARDY || cfg.mode == DG_ASGD_MODE_TOPK ||
-                 cfg.mode == DG_ASGD_MODE_GTOPK)
-            snprintf(label, sizeof label, "%s-c%g%s%s", dg_asgd_mode_name(cfg.mode), cfg.rate,
-                     cfg.f16 ? "-f16" : "", cfg.residue ? "-ef" : "");
-        else
-            snprintf(label, sizeof label, "%s", dg_asgd_mode_name(cfg.mode));
         return run_net(&no, &cfg, dataset, name, label, &train, &test, split, updates, eval_every,
                        eval_limit, threads, csv_path, &argc, &argv);
     }
@@ -505,14 +505,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "asgd: %s\n", dg_last_error());
         return 1;
     }
-    if (tag)
-        snprintf(label, sizeof label, "%s", tag);
-    else if (cfg.mode == DG_ASGD_MODE_HARDY || cfg.mode == DG_ASGD_MODE_TOPK ||
-             cfg.mode == DG_ASGD_MODE_GTOPK)
-        snprintf(label, sizeof label, "%s-c%g%s%s", dg_asgd_mode_name(cfg.mode), cfg.rate,
-                 cfg.f16 ? "-f16" : "", cfg.residue ? "-ef" : "");
-    else
-        snprintf(label, sizeof label, "%s", dg_asgd_mode_name(cfg.mode));
     if (csv_path) {
         csv = fopen(csv_path, "a");
         if (!csv) {

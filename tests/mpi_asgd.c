@@ -11,25 +11,12 @@
 #define DISTGAN_MPI
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "harness.h"
+#include "mpi_harness.h"
 
 #include <stdlib.h>
 
-static int rank, size;
 static dg_dataset g_ds;
 static dg_partition g_part;
-
-#define MPI_RUN(name)                                                              \
-    do {                                                                           \
-        int mine_, all_ = 0;                                                       \
-        th_cur_failed = 0;                                                         \
-        name();                                                                    \
-        mine_ = th_cur_failed;                                                     \
-        MPI_Allreduce(&mine_, &all_, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);          \
-        if (all_) th_failed++; else th_passed++;                                   \
-        if (rank == 0) printf("%s %s\n", all_ ? "FAIL" : "ok  ", #name);           \
-        fflush(stdout);                                                            \
-    } while (0)
 
 typedef struct final_w {
     float *w;
@@ -141,17 +128,7 @@ static void async_runs(void)
 
 int main(int argc, char **argv)
 {
-    if (dg_mpi_init(&argc, &argv) != DG_OK) {
-        printf("dg_mpi_init: %s\n", dg_last_error());
-        return 1;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (size < 2) {
-        if (rank == 0) printf("mpi_asgd needs 2 ranks or more\n");
-        MPI_Finalize();
-        return 1;
-    }
+    if (!mpi_start(&argc, &argv, 2, 0)) return 1;
     if (dg_dataset_make_shapes(&g_ds, 600, 3) != DG_OK ||
         dg_asgd_partition_contiguous(&g_part, g_ds.n, size - 1) != DG_OK) {
         printf("rank %d: %s\n", rank, dg_last_error());
@@ -164,6 +141,5 @@ int main(int argc, char **argv)
     MPI_RUN(async_runs);
     dg_partition_free(&g_part);
     dg_dataset_free(&g_ds);
-    MPI_Finalize();
-    return rank == 0 ? th_done() : (th_failed ? 1 : 0);
+    return mpi_done();
 }

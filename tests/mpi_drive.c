@@ -19,21 +19,7 @@
 #define DISTGAN_MPI
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "harness.h"
-
-static int rank, size;
-
-#define MPI_RUN(name)                                                              \
-    do {                                                                           \
-        int mine_, all_ = 0;                                                       \
-        th_cur_failed = 0;                                                         \
-        name();                                                                    \
-        mine_ = th_cur_failed;                                                     \
-        MPI_Allreduce(&mine_, &all_, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);          \
-        if (all_) th_failed++; else th_passed++;                                   \
-        if (rank == 0) printf("%s %s\n", all_ ? "FAIL" : "ok  ", #name);           \
-        fflush(stdout);                                                            \
-    } while (0)
+#include "mpi_harness.h"
 
 #define NW 3
 #define BATCH 16
@@ -271,17 +257,7 @@ TEST(idle_server_does_not_burn_a_core)
 
 int main(int argc, char **argv)
 {
-    if (dg_mpi_init(&argc, &argv) != DG_OK) {
-        printf("%s\n", dg_last_error());
-        return 1;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (size != NW + 1) {
-        if (rank == 0) printf("run with %d ranks (mpirun -n %d)\n0 passed, 1 failed\n", NW + 1, NW + 1);
-        MPI_Finalize();
-        return 1;
-    }
+    if (!mpi_start(&argc, &argv, NW + 1, NW + 1)) return 1;
     if (rank == 0) {
         const char *base = getenv("TMPDIR");
         snprintf(dir, sizeof dir, "%s/dg_mpi_drive_XXXXXX", base ? base : "/tmp");
@@ -322,7 +298,5 @@ int main(int argc, char **argv)
     dg_pool_destroy(pool);
     dg_partition_free(&part);
     dg_dataset_free(&ds);
-    MPI_Finalize();
-    if (rank == 0) return th_done();
-    return th_failed ? 1 : 0;
+    return mpi_done();
 }

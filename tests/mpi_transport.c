@@ -10,21 +10,7 @@
 #define DISTGAN_MPI
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
-#include "harness.h"
-
-static int rank, size;
-
-#define MPI_RUN(name)                                                              \
-    do {                                                                           \
-        int mine_, all_ = 0;                                                       \
-        th_cur_failed = 0;                                                         \
-        name();                                                                    \
-        mine_ = th_cur_failed;                                                     \
-        MPI_Allreduce(&mine_, &all_, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);          \
-        if (all_) th_failed++; else th_passed++;                                   \
-        if (rank == 0) printf("%s %s\n", all_ ? "FAIL" : "ok  ", #name);           \
-        fflush(stdout);                                                            \
-    } while (0)
+#include "mpi_harness.h"
 
 static double now_s(void)
 {
@@ -481,17 +467,7 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return rank == 0 ? th_done() : 0;
     }
-    if (dg_mpi_init(&argc, &argv) != DG_OK) {
-        printf("%s\n", dg_last_error());
-        return 1;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (size < 2) {
-        if (rank == 0) printf("run with at least 2 ranks (mpirun -n 3)\n0 passed, 1 failed\n");
-        MPI_Finalize();
-        return 1;
-    }
+    if (!mpi_start(&argc, &argv, 2, 0)) return 1;
     MPI_RUN(create_and_arguments);
     MPI_RUN(round_trip_every_kind_and_size);
     MPI_RUN(round_trip_with_checksum);
@@ -504,7 +480,5 @@ int main(int argc, char **argv)
     MPI_RUN(send_and_recv_on_two_threads);
     MPI_RUN(idle_receiver_sleeps);
     MPI_RUN(close_with_unreceived_frames);
-    MPI_Finalize();
-    if (rank == 0) return th_done();
-    return th_failed ? 1 : 0;
+    return mpi_done();
 }

@@ -19,123 +19,14 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
+#include "proc.h"
+#include "log_buf.h"
 
-#include <signal.h>
-#include <stdlib.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
-static const char *bin = "build/asgd";
-static char tmpdir[64];
-
-/* ---- real processes (as tests/test_tcp.c) ---- */
-
-static uint16_t free_port(void)
-{
-    struct sockaddr_in sa;
-    socklen_t sl = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    uint16_t port = 0;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
-static pid_t spawn(const char *name, char *const *args)
-{
-    char out[256], err[256];
-    pid_t pid;
-    snprintf(out, sizeof out, "%s/%s.out", tmpdir, name);
-    snprintf(err, sizeof err, "%s/%s.err", tmpdir, name);
-    fflush(stdout);
-    pid = fork();
-    if (pid == 0) {
-        FILE *o = freopen(out, "w", stdout), *e = freopen(err, "w", stderr);
-        (void)o;
-        (void)e;
-        execv(bin, args);
-        _exit(127);
-    }
-    return pid;
-}
-
-static int reap(pid_t pid, int ms)
-{
-    double end = dg__now() + ms / 1e3;
-    int st;
-    while (dg__now() < end) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        dg__drive_sleep_ms(20);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
-}
-
-static char *slurp(const char *name)
-{
-    char path[256];
-    static char buf[1 << 18];
-    size_t n;
-    FILE *f;
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    buf[0] = 0;
-    if (!(f = fopen(path, "r"))) return buf;
-    n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return buf;
-}
-
-static int file_has(const char *name, const char *needle) { return strstr(slurp(name), needle) != NULL; }
-
-static int wait_for(const char *name, const char *needle, int ms)
-{
-    double end = dg__now() + ms / 1e3;
-    while (dg__now() < end) {
-        if (file_has(name, needle)) return 1;
-        dg__drive_sleep_ms(20);
-    }
-    return 0;
-}
-
-static void show(const char *name)
-{
-    printf("  --- %s\n%s", name, slurp(name));
-}
+/* ---- real processes (tests/proc.h, as tests/test_tcp.c) ---- */
 
 #define ARGS(...) ((char *const[]){(char *)bin, __VA_ARGS__, NULL})
-
-static int have_bin(void)
-{
-    if (access(bin, X_OK) == 0) return 1;
-    printf("  %s is missing: build it first (make %s)\n", bin, bin);
-    return 0;
-}
-
-static float *read_floats(const char *name, size_t *n)
-{
-    char path[256];
-    FILE *f;
-    long len;
-    float *x;
-    *n = 0;
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    if (!(f = fopen(path, "rb"))) return NULL;
-    fseek(f, 0, SEEK_END);
-    len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    x = (float *)malloc((size_t)len + 4);
-    if (x && fread(x, 1, (size_t)len, f) == (size_t)len) *n = (size_t)len / 4;
-    fclose(f);
-    return x;
-}
 
 /* ---- (i) the deterministic schedule over TCP equals the in-process run ---- */
 
@@ -149,8 +40,7 @@ static void det_vs_inproc(const char *mode, const char *drop)
     float *a, *b;
     size_t na, nb;
     int i, ok = 1;
-    if (!have_bin()) { CHECK(0); return; }
-    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    if (!proc_begin(addr, sizeof addr)) return;
     CHECK(reap(spawn("inproc", ARGS("--mode", (char *)mode, "--updates", "240", "--drop",
                                     (char *)drop, "--down", "2", "--out", "inproc.f32", RUNOPTS)),
                60000) == 0);
@@ -205,8 +95,7 @@ TEST(async_worker_killed_and_rejoins)
     const char *p;
     float *w;
     size_t n;
-    if (!have_bin()) { CHECK(0); return; }
-    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
+    if (!proc_begin(addr, sizeof addr)) return;
 #define AOPTS RUNOPTS, "--updates", "12000", "--dead-ms", "1500", "--heartbeat-ms", "300"
     srv = spawn("ksrv", ARGS("--transport", "tcp", "--role", "server", "--listen", addr,
                              "--eval-every", "500", "--eval-limit", "200", "--out", "async.f32",
@@ -235,31 +124,6 @@ TEST(async_worker_killed_and_rejoins)
 }
 
 /* ---- (iii) an insider: malformed and NaN pushes (threads, TCP) ---- */
-
-typedef struct log_buf {
-    pthread_mutex_t mu;
-    char text[1 << 16];
-    size_t len;
-} log_buf;
-
-static void log_to(void *user, const char *line)
-{
-    log_buf *b = (log_buf *)user;
-    pthread_mutex_lock(&b->mu);
-    b->len += (size_t)snprintf(b->text + b->len, sizeof b->text - b->len, "%s\n", line);
-    if (b->len >= sizeof b->text) b->len = sizeof b->text - 1;
-    pthread_mutex_unlock(&b->mu);
-}
-
-static int log_count(log_buf *b, const char *needle)
-{
-    int k = 0;
-    const char *p;
-    pthread_mutex_lock(&b->mu);
-    for (p = b->text; (p = strstr(p, needle)) != NULL; p++) k++;
-    pthread_mutex_unlock(&b->mu);
-    return k;
-}
 
 typedef struct ps_arg {
     dg_asgd_config cfg;
@@ -450,15 +314,14 @@ TEST(insider_malformed_and_nan_push)
 
 TEST(ps_checkpoint_resume)
 {
-    char addr[32], ck[128];
+    char addr[32], ck[512];
     pid_t srv, wk[3];
     float *a;
     size_t na;
     int i;
-    if (!have_bin()) { CHECK(0); return; }
-    snprintf(ck, sizeof ck, "%s/ps.ckpt", tmpdir);
+    if (!proc_begin(addr, sizeof addr)) return;
+    snprintf(ck, sizeof ck, "%s", tpath("ps.ckpt"));
     /* async run stopped by SIGTERM, resumed: finishes with the checkpoint's clock */
-    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
 #define COPTS RUNOPTS, "--updates", "30000", "--dead-ms", "1500", "--heartbeat-ms", "300"
     srv = spawn("csrv", ARGS("--transport", "tcp", "--role", "server", "--listen", addr,
                              "--eval-every", "1000", "--eval-limit", "100", "--checkpoint", ck,
@@ -552,18 +415,9 @@ static const char *only;
 
 int main(int argc, char **argv)
 {
-    char cwd[4096];
     only = argc > 1 ? argv[1] : NULL;
-    signal(SIGPIPE, SIG_IGN);
     alarm(600); /* a hard bound on the whole program */
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/dg_asgd_net_XXXXXX");
-    if (!mkdtemp(tmpdir)) return 1;
-    if (getcwd(cwd, sizeof cwd)) {
-        static char abs_bin[4200];
-        snprintf(abs_bin, sizeof abs_bin, "%s/%s", cwd, bin);
-        bin = abs_bin;
-    }
-    if (chdir(tmpdir) != 0) return 1;
+    if (!proc_setup("build/asgd", "asgd_net")) return 1;
     RUN_SOME(ac_server_state_roundtrip);
     RUN_SOME(det_tcp_hardy);
     RUN_SOME(det_tcp_ibm);
@@ -572,5 +426,6 @@ int main(int argc, char **argv)
     RUN_SOME(async_worker_killed_and_rejoins);
     RUN_SOME(insider_malformed_and_nan_push);
     RUN_SOME(ps_checkpoint_resume);
+    scratch_remove();
     return th_done();
 }

@@ -9,40 +9,11 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
+#include "small_gan.h"
 
 #include <stdlib.h>
 
 static dg_pool *pool1, *pool2;
-
-/* n images of 1 x 8 x 8 in 4 classes (as test_mdgan) */
-static void make_data(dg_dataset *ds, size_t n, uint64_t seed)
-{
-    dg_rng rng = dg_rng_make(seed, 99, 0);
-    size_t i;
-    int p;
-    dg_dataset_create(ds, n, 1, 8, 8, 4);
-    for (i = 0; i < n; i++) {
-        uint8_t *img = ds->pixels + i * 64;
-        int c = (int)(i % 4), at = 1 + 2 * c;
-        ds->labels[i] = c;
-        for (p = 0; p < 64; p++) img[p] = (uint8_t)dg_rng_below(&rng, 60);
-        for (p = 0; p < 8; p++) img[(c & 1) ? p * 8 + at : at * 8 + p] = 230;
-    }
-}
-
-static dg_mdgan_config small_config(int n_workers)
-{
-    dg_mdgan_config c = dg_mdgan_config_init();
-    c.n_workers = n_workers;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8;
-    c.local_epochs = 0;
-    c.seed = 11;
-    return c;
-}
 
 /* a network from a spec that must parse */
 static dg_netsim_config net(const char *spec)
@@ -430,17 +401,10 @@ TEST(flgan_same_bits_and_a_clock)
 {
     dg_dataset ds;
     dg_partition part;
-    dg_flgan_config c = dg_flgan_config_init();
+    dg_flgan_config c = small_flgan_config(3, 2);
     dg_flgan_run *a = NULL, *b = NULL;
     dg_netsim_config nc = net("wan; worker 3 gflops=1");
     int r;
-    c.n_workers = 3;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8;
-    c.local_iters = 2;
     make_data(&ds, 96, 4);
     CHECK_OK(dg_partition_iid(&part, ds.n, 3, 1));
     CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0));
