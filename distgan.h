@@ -999,7 +999,8 @@ typedef struct dg_evaluator_config {
     const char *cache_path;      /* NULL: train every time, never write */
     size_t ref_max;              /* real training images for the reference
                                     statistics: 0 = all */
-    int verbose;                 /* 1: training progress on stderr */
+    void (*log)(void *user, const char *line); /* training progress; NULL: silent */
+    void *log_user;
 } dg_evaluator_config;
 
 DGDEF dg_evaluator_config dg_evaluator_config_init(void);
@@ -2658,6 +2659,22 @@ static dg_result dg__fail(dg_result code, const char *fmt, ...)
     vsnprintf(dg__errmsg, sizeof dg__errmsg, fmt, ap);
     va_end(ap);
     return code;
+}
+
+/* One line to a config's optional logger (fn NULL: silent): the library
+   never prints. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void dg__log(void (*fn)(void *, const char *), void *user, const char *fmt, ...)
+{
+    char line[256];
+    va_list ap;
+    if (!fn) return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fn(user, line);
 }
 
 DGDEF double dg_clock_seconds(void)
@@ -9157,9 +9174,8 @@ static dg_result dg__clf_train(dg_evaluator *ev, const dg_dataset *train,
                 goto done;
             sum += loss;
         }
-        if (cfg->verbose)
-            fprintf(stderr, "classifier: epoch %d/%d  lr %.2g  loss %.4f\n", e + 1, cfg->epochs,
-                    (double)ot.lr, sum / (double)steps);
+        dg__log(cfg->log, cfg->log_user, "classifier: epoch %d/%d  lr %.2g  loss %.4f", e + 1,
+                cfg->epochs, (double)ot.lr, sum / (double)steps);
     }
 done:
     dg_optim_free(&ot);
@@ -9247,7 +9263,7 @@ DGDEF dg_result dg_evaluator_init(dg_evaluator *ev, dg_pool *pool, const dg_data
     fp = dg__clf_fingerprint(train, &c);
     if (c.cache_path && dg__clf_load(ev, fp, c.cache_path) == DG_OK) {
         ev->loaded = 1;
-        if (c.verbose) fprintf(stderr, "classifier: loaded %s\n", c.cache_path);
+        dg__log(c.log, c.log_user, "classifier: loaded %s", c.cache_path);
     } else {
         if ((r = dg_net_init(ev->trunk, c.seed, 0.0f)) ||
             (r = dg_net_init(ev->head, c.seed + 1, 0.0f)) || (r = dg__clf_train(ev, train, &c)))
@@ -11685,19 +11701,6 @@ DGDEF int dg_mdgan_k(const dg_mdgan_config *cfg)
 
 static float dg__init_std(dg_arch arch, float std) { return std >= 0.0f ? std : arch == DG_ARCH_DCGAN ? 0.02f : 0.0f; }
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void dg__log(void (*fn)(void *, const char *), void *user, const char *fmt, ...)
-{
-    char line[256];
-    va_list ap;
-    if (!fn) return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fn(user, line);
-}
 
 /* G or D built, planned for max_batch and initialised from
    (seed, DG_MDGAN_STREAM_INIT, role). */

@@ -130,6 +130,13 @@ static int parse(options *o, int argc, char **argv)
     return 0;
 }
 
+/* the library's log lines (classifier training) */
+static void log_stderr(void *user, const char *line)
+{
+    (void)user;
+    fprintf(stderr, "%s\n", line);
+}
+
 static int fail(const char *what, dg_result r)
 {
     fprintf(stderr, "gan: %s: %s (%s)\n", what, dg_result_str(r), dg_last_error());
@@ -176,7 +183,7 @@ int main(int argc, char **argv)
         ec = dg_evaluator_config_init();
         ec.epochs = o.clf_epochs;
         ec.cache_path = clf_path;
-        ec.verbose = 1;
+        ec.log = log_stderr;
         if ((r = dg_evaluator_init(&ev, pool, &train, test.n ? &test : NULL, &ec)))
             return fail("classifier", r);
         printf("classifier %s: %s, test accuracy %.2f%% on %zu held-out images (%.0f s)\n",
