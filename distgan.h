@@ -1165,6 +1165,8 @@ struct dg_transport {
     dg_result (*keep_server)(dg_transport *t, int self, int reconnect_ms, int *over);
     int64_t (*joined_at)(const dg_transport *t);
     void *impl;
+    dg_transport *inner;      /* a wrapper's (fault, netsim) wrapped transport, owned
+                                 and closed by it; NULL for a base transport */
     /* shared by every implementation (dg_transport_base_init) */
     dg_traffic *links;        /* n_peers x n_peers, [from * n_peers + to] */
     void *msg_pool;
@@ -1830,7 +1832,7 @@ DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r);
 DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id);
 /* Sum of the workers' own compute time (seconds). */
 DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r);
-/* [netsim] Runs the roles over the network model net (dg_netsim): call it
+/* Runs the roles over the network model net (dg_netsim): call it
    once, before the first iteration.  The simulated time of the run is then
    dg_netsim_clock(dg_mdgan_run_transport(r), DG_PEER_SERVER). */
 DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net);
@@ -1845,7 +1847,7 @@ DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r);
 DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r);
 DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
 DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
-DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net); /* [netsim] */
+DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net);
 
 /* ---- the process drivers: one role per process, on any transport ----
 
@@ -9477,6 +9479,7 @@ DGDEF dg_result dg_transport_base_init(dg_transport *t, int n_peers)
     if (!t || n_peers < 1 || n_peers > 65536)
         return dg__fail(DG_ERR_ARG, "dg_transport_base_init: %d peers", n_peers);
     t->n_peers = n_peers;
+    t->inner = NULL; /* a wrapper sets it after this */
     t->links = (dg_traffic *)dg__calloc((size_t)n_peers * n_peers, sizeof(dg_traffic));
     mp = (dg__msg_pool *)dg__calloc(1, sizeof *mp);
     if (!t->links || !mp) {
@@ -10140,7 +10143,6 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
 
 typedef struct dg__faulty {
     dg_transport base;
-    dg_transport *inner;
     void *own_pool;           /* base's pool, idle: messages use inner's */
     pthread_mutex_t mu;       /* faults are added and crashes set from any thread */
     dg_fault_spec fault[DG_FAULT_MAX];
@@ -10171,7 +10173,7 @@ static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
         dg_msg_free(t, m);
         return DG_OK;
     }
-    return ft->inner->send(ft->inner, m);
+    return ft->base.inner->send(ft->base.inner, m);
 }
 
 static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
@@ -10181,7 +10183,7 @@ static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_m
     for (;;) {
         dg_msg *m;
         int i, drop;
-        dg_result r = ft->inner->recv(ft->inner, self, timeout_ms, &m);
+        dg_result r = ft->base.inner->recv(ft->base.inner, self, timeout_ms, &m);
         if (r != DG_OK) return r;
         pthread_mutex_lock(&ft->mu);
         for (i = 0; i < ft->n_faults && !ft->crashed[self]; i++) {
@@ -10207,44 +10209,60 @@ static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_m
 static int dg__faulty_pending(dg_transport *t, int self)
 {
     dg__faulty *ft = (dg__faulty *)t->impl;
-    return ft->inner->pending ? ft->inner->pending(ft->inner, self) : -1;
+    return ft->base.inner->pending ? ft->base.inner->pending(ft->base.inner, self) : -1;
 }
 
-/* The drivers' capabilities are the inner transport's. */
-static dg_transport *dg__faulty_inner(const dg_transport *t) { return ((dg__faulty *)t->impl)->inner; }
-static int dg__faulty_connected(dg_transport *t, int peer)
+/* A wrapper's capabilities (fault, netsim) are its inner transport's. */
+static int dg__wrap_connected(dg_transport *t, int peer)
 {
-    return dg_transport_connected(dg__faulty_inner(t), peer);
+    return dg_transport_connected(t->inner, peer);
 }
-static void dg__faulty_drop_peer(dg_transport *t, int peer, const char *why)
+static void dg__wrap_drop_peer(dg_transport *t, int peer, const char *why)
 {
-    dg_transport_drop_peer(dg__faulty_inner(t), peer, why);
+    dg_transport_drop_peer(t->inner, peer, why);
 }
-static void dg__faulty_set_limits(dg_transport *t, const uint64_t max[DG_MSG_TYPE_MAX + 1])
+static void dg__wrap_set_limits(dg_transport *t, const uint64_t max[DG_MSG_TYPE_MAX + 1])
 {
-    dg_transport_set_limits(dg__faulty_inner(t), max);
+    dg_transport_set_limits(t->inner, max);
 }
-static void dg__faulty_announce(dg_transport *t, int64_t iteration)
+static void dg__wrap_announce(dg_transport *t, int64_t iteration)
 {
-    dg_transport_announce(dg__faulty_inner(t), iteration);
+    dg_transport_announce(t->inner, iteration);
 }
-static void dg__faulty_goodbye(dg_transport *t, int run_over)
+static void dg__wrap_goodbye(dg_transport *t, int run_over)
 {
-    dg_transport_goodbye(dg__faulty_inner(t), run_over);
+    dg_transport_goodbye(t->inner, run_over);
 }
-static dg_result dg__faulty_keep_server(dg_transport *t, int self, int reconnect_ms, int *over)
+static dg_result dg__wrap_keep_server(dg_transport *t, int self, int reconnect_ms, int *over)
 {
-    return dg_transport_keep_server(dg__faulty_inner(t), self, reconnect_ms, over);
+    return dg_transport_keep_server(t->inner, self, reconnect_ms, over);
 }
-static int64_t dg__faulty_joined_at(const dg_transport *t)
+static int64_t dg__wrap_joined_at(const dg_transport *t)
 {
-    return dg_transport_joined_at(dg__faulty_inner(t));
+    return dg_transport_joined_at(t->inner);
+}
+
+/* Makes w a wrapper over inner: w shares inner's message pool (w's own,
+   idle, goes to *own_pool for close) and has inner's capabilities, and
+   only those (NULL stays NULL). */
+static void dg__wrap(dg_transport *w, dg_transport *inner, void **own_pool)
+{
+    w->inner = inner;
+    *own_pool = w->msg_pool;
+    w->msg_pool = inner->msg_pool; /* one pool: buffers travel both ways */
+    w->connected = inner->connected ? dg__wrap_connected : NULL;
+    w->drop_peer = inner->drop_peer ? dg__wrap_drop_peer : NULL;
+    w->set_limits = inner->set_limits ? dg__wrap_set_limits : NULL;
+    w->announce = inner->announce ? dg__wrap_announce : NULL;
+    w->goodbye = inner->goodbye ? dg__wrap_goodbye : NULL;
+    w->keep_server = inner->keep_server ? dg__wrap_keep_server : NULL;
+    w->joined_at = inner->joined_at ? dg__wrap_joined_at : NULL;
 }
 
 static void dg__faulty_close(dg_transport *t)
 {
     dg__faulty *ft = (dg__faulty *)t->impl;
-    dg_transport_close(ft->inner);
+    dg_transport_close(ft->base.inner);
     t->msg_pool = ft->own_pool;
     dg_transport_base_free(t);
     pthread_mutex_destroy(&ft->mu);
@@ -10302,25 +10320,15 @@ DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inne
         return dg__fail(DG_ERR_NOMEM, "dg_fault_transport_create: no memory");
     }
     pthread_mutex_init(&ft->mu, NULL);
-    ft->inner = inner;
-    ft->own_pool = ft->base.msg_pool;
-    ft->base.msg_pool = inner->msg_pool; /* one pool: buffers travel both ways */
+    dg__wrap(&ft->base, inner, &ft->own_pool);
     ft->base.send = dg__faulty_send;
     ft->base.recv = dg__faulty_recv;
     ft->base.pending = dg__faulty_pending;
     ft->base.close = dg__faulty_close;
-    /* inner's capabilities, and only those (NULL stays NULL) */
-    ft->base.connected = inner->connected ? dg__faulty_connected : NULL;
-    ft->base.drop_peer = inner->drop_peer ? dg__faulty_drop_peer : NULL;
-    ft->base.set_limits = inner->set_limits ? dg__faulty_set_limits : NULL;
-    ft->base.announce = inner->announce ? dg__faulty_announce : NULL;
-    ft->base.goodbye = inner->goodbye ? dg__faulty_goodbye : NULL;
-    ft->base.keep_server = inner->keep_server ? dg__faulty_keep_server : NULL;
-    ft->base.joined_at = inner->joined_at ? dg__faulty_joined_at : NULL;
     ft->base.impl = ft;
     for (i = 0; i < n_faults && r == DG_OK; i++) r = dg_fault_transport_add(&ft->base, &faults[i]);
     if (r != DG_OK) {
-        ft->inner = NULL; /* the caller keeps inner on failure */
+        ft->base.inner = NULL; /* the caller keeps inner on failure */
         dg__faulty_close(&ft->base);
         return r;
     }
@@ -10344,7 +10352,6 @@ typedef struct dg__ns_link {
 
 typedef struct dg__netsim {
     dg_transport base;
-    dg_transport *inner;
     void *own_pool;          /* base's pool, idle: messages use inner's */
     int n;                   /* peers */
     dg__ns_link *link;       /* n x n, [from * n + to] */
@@ -10419,7 +10426,7 @@ static dg_result dg__ns_send(dg_transport *t, dg_msg *m)
         dg_msg_free(t, m);
         return r;
     }
-    r = ns->inner->send(ns->inner, m);
+    r = ns->base.inner->send(ns->base.inner, m);
     if (r != DG_OK) l->n--; /* never delivered: its arrival goes */
     pthread_mutex_unlock(&ns->mu[p]);
     return r;
@@ -10433,7 +10440,7 @@ static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg *
         dg_msg *m;
         dg__ns_link *l;
         double a;
-        dg_result r = ns->inner->recv(ns->inner, self, timeout_ms, &m);
+        dg_result r = ns->base.inner->recv(ns->base.inner, self, timeout_ms, &m);
         if (r != DG_OK) return r;
         l = &ns->link[(size_t)m->from * ns->n + self];
         pthread_mutex_lock(&ns->mu[m->from]);
@@ -10461,14 +10468,14 @@ static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg *
 static int dg__ns_pending(dg_transport *t, int self)
 {
     dg__netsim *ns = (dg__netsim *)t->impl;
-    return ns->inner->pending ? ns->inner->pending(ns->inner, self) : -1;
+    return ns->base.inner->pending ? ns->base.inner->pending(ns->base.inner, self) : -1;
 }
 
 static void dg__ns_close(dg_transport *t)
 {
     dg__netsim *ns = (dg__netsim *)t->impl;
     int i;
-    dg_transport_close(ns->inner);
+    dg_transport_close(ns->base.inner);
     t->msg_pool = ns->own_pool;
     dg_transport_base_free(t);
     for (i = 0; ns->link && i < ns->n * ns->n; i++) dg__free(ns->link[i].q);
@@ -10481,12 +10488,13 @@ static void dg__ns_close(dg_transport *t)
     dg__free(ns);
 }
 
-/* The model under t: t itself, or the transport a fault wrapper wraps (the
-   in-process drivers' stack: fault -> netsim -> inproc); NULL: none. */
+/* The model in t's chain of wrappers (the in-process drivers' stack:
+   fault -> netsim -> inproc); NULL: none. */
 static dg__netsim *dg__ns_of(dg_transport *t)
 {
-    if (t && t->close == dg__faulty_close) t = ((dg__faulty *)t->impl)->inner;
-    return t && t->close == dg__ns_close ? (dg__netsim *)t->impl : NULL;
+    for (; t; t = t->inner)
+        if (t->close == dg__ns_close) return (dg__netsim *)t->impl;
+    return NULL;
 }
 
 static void dg__ns_apply(dg_netsim_link *l, const dg_netsim_link *v, unsigned set)
@@ -10588,8 +10596,7 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
         return r;
     }
     ns->n = n;
-    ns->own_pool = ns->base.msg_pool;
-    ns->base.msg_pool = inner->msg_pool; /* one pool: buffers travel both ways */
+    dg__wrap(&ns->base, inner, &ns->own_pool);
     ns->base.send = dg__ns_send;
     ns->base.recv = dg__ns_recv;
     ns->base.pending = dg__ns_pending;
@@ -10609,11 +10616,10 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
         r = dg__ns_setup(ns, cfg);
     }
     if (r != DG_OK) {
-        ns->inner = NULL; /* the caller keeps inner on failure */
+        ns->base.inner = NULL; /* the caller keeps inner on failure */
         dg__ns_close(&ns->base);
         return r;
     }
-    ns->inner = inner;
     *out = &ns->base;
     return DG_OK;
 }
@@ -10660,18 +10666,17 @@ DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_nets
     return DG_OK;
 }
 
-/* For the in-process drivers: puts the model cfg under the fault wrapper t
+/* For the in-process drivers: puts the model cfg under the wrapper t
    (fault -> netsim -> inproc), before any traffic. */
 static dg_result dg__netsim_insert(dg_transport *t, const dg_netsim_config *cfg)
 {
-    dg__faulty *ft = t && t->close == dg__faulty_close ? (dg__faulty *)t->impl : NULL;
     dg_transport *ns;
     dg_result r;
-    if (!ft || !cfg) return dg__fail(DG_ERR_ARG, "set_network: NULL argument");
+    if (!t || !t->inner || !cfg) return dg__fail(DG_ERR_ARG, "set_network: NULL argument");
     if (dg__ns_of(t) || dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER).messages)
         return dg__fail(DG_ERR_STATE, "set_network: only once, before the first iteration");
-    if ((r = dg_netsim_create(&ns, ft->inner, cfg)) != DG_OK) return r;
-    ft->inner = ns;
+    if ((r = dg_netsim_create(&ns, t->inner, cfg)) != DG_OK) return r;
+    t->inner = ns;
     return DG_OK;
 }
 
@@ -12226,7 +12231,7 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_begin: iteration still open");
     if ((r = dg__mdgan_admit_joiners(s)) != DG_OK) return r;
     if ((r = dg__mdgan_generate(s)) != DG_OK) return r;
-    dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * dg_net_flops(s->g, 0)); /* [netsim] */
+    dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * dg_net_flops(s->g, 0));
     for (n = 1; n <= s->ro.slots; n++)
         if (s->ro.live[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK) return r;
     dg__roster_open(&s->ro);
@@ -12244,7 +12249,7 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     if (n_got) {
         dg__mdgan_sum_feedback(s, n_got);
         r = dg__mdgan_update_generator(s);
-        dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * /* [netsim] */
+        dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch *
                             (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0)));
     } else {
         dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: no feedback at all, G unchanged",
@@ -12632,7 +12637,7 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
                               (float *)fb->part[0].data, &g_loss);
     dg_msg_free(w->t, gen);
     w->compute_s += dg__now() - t0;
-    dg_transport_charge(w->t, w->id, (double)c->batch * (2.0 * c->disc_steps * /* [netsim] */
+    dg_transport_charge(w->t, w->id, (double)c->batch * (2.0 * c->disc_steps *
                         dg_net_train_flops(w->disc, 0) + dg_net_train_flops(w->disc, 1)));
     if (r != DG_OK) {
         dg_msg_free(w->t, fb);
@@ -13293,7 +13298,7 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
     r = dg__pair_install(&w->gan, w->cfg.average_optimizer, m);
     for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
     w->compute_s += dg__now() - t0;
-    dg_transport_charge(w->t, w->id, (double)i * w->cfg.batch * /* [netsim] */
+    dg_transport_charge(w->t, w->id, (double)i * w->cfg.batch *
                         (dg_net_train_flops(w->gan.g, 0) + 2.0 * dg_net_train_flops(w->gan.d, 0) +
                          dg_net_train_flops(w->gan.d, 1)));
     if (r == DG_OK)
@@ -13579,7 +13584,7 @@ DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
     for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->compute_s;
     return s;
 }
-DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net) /* [netsim] */
+DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net)
 {
     return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_set_network: NULL");
 }
@@ -13673,7 +13678,7 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
     for (n = 1; r && n <= r->cfg.n_workers; n++) s += r->workers[n]->compute_s;
     return s;
 }
-DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net) /* [netsim] */
+DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net)
 {
     return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_flgan_run_set_network: NULL");
 }
