@@ -571,7 +571,7 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
 {
     const options *o = out->o;
     char path[1100], b1[32], b2[32], b3[32], b4[32];
-    double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el, sim;
+    double score = NAN, fid = NAN, down = 0, up = 0, w2w = NAN, el, sim;
     int last, evaluate, print;
     dg_result r;
     if (!out->started) { /* a driver's first call tells where a resumed run stood */
@@ -583,7 +583,9 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         dg_traffic all = dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER);
         down = (double)dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes;
         up = (double)dg_transport_traffic(t, DG_ANY_PEER, 0).payload_bytes;
-        w2w = (double)all.payload_bytes - down - up;
+        /* a server process is not on the workers' swap links: only a
+           process holding every role sees their bytes */
+        if (o->transport == T_INPROC) w2w = (double)all.payload_bytes - down - up;
     }
     last = it >= o->iters;
     evaluate = last || (o->eval_every && it / o->eval_every != (it - out->per_round) / o->eval_every &&
@@ -626,8 +628,8 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         printf("it %6lld/%lld | D %.3f G %.3f", (long long)it, (long long)o->iters, dl, gl);
         if (evaluate && out->have_eval) printf(" | score %.2f FID %.2f", score, fid);
         if (o->algo != ALGO_GAN)
-            printf(" | live %d/%d | down %s up %s w2w %s", n_live, out->slots, mb(down, b1),
-                   mb(up, b2), mb(w2w, b3));
+            printf(" | live %d/%d | down %s up %s", n_live, out->slots, mb(down, b1), mb(up, b2));
+        if (o->algo != ALGO_GAN && !isnan(w2w)) printf(" w2w %s", mb(w2w, b3));
         if (o->network && sim < 60.0) printf(" | sim %.2f s", sim);
         else if (o->network) printf(" | sim %s", dg_format_hms(sim, b2));
         printf(" | %s, ETA %s\n", dg_format_hms(el, b4), dg_format_hms(eta, b1));
