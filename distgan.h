@@ -1849,6 +1849,21 @@ DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
 DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net);
 
+/* Checkpoints of an in-process run, in the files the process drivers use
+   (dg_checkpoint_path), so that a run may resume on another transport:
+   save writes the server's and every live worker's state into dir
+   (atomically, file by file; MD-GAN settles its run first), load reads
+   them back into a run created with the same configuration, skipping a
+   worker whose file does not exist (a later joiner, a crashed worker). */
+DGDEF dg_result dg_mdgan_run_save(dg_mdgan_run *r, const char *dir);
+DGDEF dg_result dg_mdgan_run_load(dg_mdgan_run *r, const char *dir);
+DGDEF dg_result dg_flgan_run_save(dg_flgan_run *r, const char *dir);
+DGDEF dg_result dg_flgan_run_load(dg_flgan_run *r, const char *dir);
+/* The checkpoint file of role n (0: the server, 1..N the workers) of an
+   MD-GAN (flgan = 0) or FL-GAN run in dir: dir/server.ckpt,
+   dir/worker_<n>.ckpt, dir/flgan_server.ckpt, dir/flgan_worker_<n>.ckpt. */
+DGDEF dg_result dg_checkpoint_path(char *path, size_t cap, const char *dir, int flgan, int n);
+
 /* ---- the process drivers: one role per process, on any transport ----
 
    A server process and N worker processes, each with its own transport
@@ -13362,6 +13377,67 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
     return DG_OK;
 }
 
+/* ---- checkpoints of the roles ---- */
+
+DGDEF dg_result dg_checkpoint_path(char *path, size_t cap, const char *dir, int flgan, int n)
+{
+    int w;
+    if (!path || !dir || n < 0) return dg__fail(DG_ERR_ARG, "dg_checkpoint_path: bad arguments");
+    w = n ? snprintf(path, cap, "%s/%sworker_%d.ckpt", dir, flgan ? "flgan_" : "", n)
+          : snprintf(path, cap, "%s/%sserver.ckpt", dir, flgan ? "flgan_" : "");
+    if (w < 0 || (size_t)w >= cap)
+        return dg__fail(DG_ERR_ARG, "checkpoint path in %.64s... longer than %zu bytes", dir, cap);
+    return DG_OK;
+}
+
+/* One role's state (exactly one of the four non-NULL) into path or back. */
+typedef struct dg__role_ref {
+    dg_mdgan_server *ms;
+    dg_flgan_server *fs;
+    dg_mdgan_worker *mw;
+    dg_flgan_worker *fw;
+} dg__role_ref;
+
+static dg_result dg__role_save(const char *path, const dg__role_ref *ro)
+{
+    size_t n, w = 0;
+    unsigned char *buf;
+    dg_result r;
+    if (!path) return DG_OK;
+    n = ro->ms ? dg_mdgan_server_save_size(ro->ms) : ro->fs ? dg_flgan_server_save_size(ro->fs)
+        : ro->mw ? dg_mdgan_worker_save_size(ro->mw) : dg_flgan_worker_save_size(ro->fw);
+    buf = (unsigned char *)dg__alloc(n);
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
+    r = ro->ms ? dg_mdgan_server_save_mem(ro->ms, buf, n, &w)
+        : ro->fs ? dg_flgan_server_save_mem(ro->fs, buf, n, &w)
+        : ro->mw ? dg_mdgan_worker_save_mem(ro->mw, buf, n, &w)
+                 : dg_flgan_worker_save_mem(ro->fw, buf, n, &w);
+    if (r == DG_OK) r = dg__write_file(path, buf, w);
+    dg__free(buf);
+    return r;
+}
+
+/* Loads path into the role; *loaded = 0 (and DG_OK) when path does not
+   exist. */
+static dg_result dg__role_load(const char *path, const dg__role_ref *ro, int *loaded)
+{
+    unsigned char *buf;
+    size_t len = 0;
+    dg_result r;
+    FILE *f;
+    *loaded = 0;
+    if (!(f = fopen(path, "rb"))) return DG_OK;
+    fclose(f);
+    if ((r = dg__read_file(path, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
+    r = ro->ms ? dg_mdgan_server_load_mem(ro->ms, buf, len)
+        : ro->fs ? dg_flgan_server_load_mem(ro->fs, buf, len)
+        : ro->mw ? dg_mdgan_worker_load_mem(ro->mw, buf, len)
+                 : dg_flgan_worker_load_mem(ro->fw, buf, len);
+    dg__free(buf);
+    *loaded = r == DG_OK;
+    return r;
+}
+
 /* ---- the in-process driver ---- */
 
 /* What the two in-process drivers share: the transport, the pool, the
@@ -13683,6 +13759,49 @@ DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config
     return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_flgan_run_set_network: NULL");
 }
 
+/* Saves (load = 0) or loads every role of an in-process run (md or fl). */
+static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *dir, int load)
+{
+    char path[4096];
+    dg_result r = DG_OK;
+    int n, loaded, slots = md ? md->in.slots : fl->cfg.n_workers;
+    if (!dir) return dg__fail(DG_ERR_ARG, "run checkpoint: dir is NULL");
+    if (md && !load && (r = dg_mdgan_run_settle(md)) != DG_OK) return r;
+    for (n = 0; n <= slots && r == DG_OK; n++) {
+        dg__role_ref ro = {NULL, NULL, NULL, NULL};
+        if (md && n) ro.mw = md->workers[n];
+        else if (md) ro.ms = md->server;
+        else if (n) ro.fw = fl->workers[n];
+        else ro.fs = fl->server;
+        if ((r = dg_checkpoint_path(path, sizeof path, dir, !md, n)) != DG_OK) break;
+        if (load) {
+            r = dg__role_load(path, &ro, &loaded);
+            if (r == DG_OK && !n && !loaded) r = dg__fail(DG_ERR_IO, "cannot open %s", path);
+        } else if (!n || (md ? dg_mdgan_server_is_live(md->server, n)
+                             : dg_flgan_server_is_live(fl->server, n))) {
+            r = dg__role_save(path, &ro);
+        }
+    }
+    return r;
+}
+
+DGDEF dg_result dg_mdgan_run_save(dg_mdgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(r, NULL, dir, 0) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_save: NULL");
+}
+DGDEF dg_result dg_mdgan_run_load(dg_mdgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(r, NULL, dir, 1) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_load: NULL");
+}
+DGDEF dg_result dg_flgan_run_save(dg_flgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(NULL, r, dir, 0) : dg__fail(DG_ERR_ARG, "dg_flgan_run_save: NULL");
+}
+DGDEF dg_result dg_flgan_run_load(dg_flgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(NULL, r, dir, 1) : dg__fail(DG_ERR_ARG, "dg_flgan_run_load: NULL");
+}
+
 /* ---- the process drivers ---- */
 
 static void dg__drive_sleep_ms(int ms)
@@ -13798,54 +13917,14 @@ static dg_result dg__drive_limit(dg_transport *t, int self, const dg_mdgan_confi
     return r;
 }
 
-/* ---- checkpoints of the roles ---- */
-
-/* One role's state (exactly one of the four non-NULL) into path or back. */
-typedef struct dg__drive_role {
-    dg_mdgan_server *ms;
-    dg_flgan_server *fs;
-    dg_mdgan_worker *mw;
-    dg_flgan_worker *fw;
-} dg__drive_role;
-
-static dg_result dg__drive_save(const char *path, const dg__drive_role *ro)
-{
-    size_t n, w = 0;
-    unsigned char *buf;
-    dg_result r;
-    if (!path) return DG_OK;
-    n = ro->ms ? dg_mdgan_server_save_size(ro->ms) : ro->fs ? dg_flgan_server_save_size(ro->fs)
-        : ro->mw ? dg_mdgan_worker_save_size(ro->mw) : dg_flgan_worker_save_size(ro->fw);
-    buf = (unsigned char *)dg__alloc(n);
-    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
-    r = ro->ms ? dg_mdgan_server_save_mem(ro->ms, buf, n, &w)
-        : ro->fs ? dg_flgan_server_save_mem(ro->fs, buf, n, &w)
-        : ro->mw ? dg_mdgan_worker_save_mem(ro->mw, buf, n, &w)
-                 : dg_flgan_worker_save_mem(ro->fw, buf, n, &w);
-    if (r == DG_OK) r = dg__write_file(path, buf, w);
-    dg__free(buf);
-    return r;
-}
-
 /* d->resume: loads the checkpoint into the role when the file exists
    (*loaded = 1). */
-static dg_result dg__drive_resume(const dg_drive *d, const dg__drive_role *ro, int *loaded)
+static dg_result dg__drive_resume(const dg_drive *d, const dg__role_ref *ro, int *loaded)
 {
-    unsigned char *buf;
-    size_t len = 0;
     dg_result r;
-    FILE *f;
     *loaded = 0;
-    if (!d->resume || !d->checkpoint || !(f = fopen(d->checkpoint, "rb"))) return DG_OK;
-    fclose(f);
-    if ((r = dg__read_file(d->checkpoint, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
-    r = ro->ms ? dg_mdgan_server_load_mem(ro->ms, buf, len)
-        : ro->fs ? dg_flgan_server_load_mem(ro->fs, buf, len)
-        : ro->mw ? dg_mdgan_worker_load_mem(ro->mw, buf, len)
-                 : dg_flgan_worker_load_mem(ro->fw, buf, len);
-    dg__free(buf);
-    if (r != DG_OK) return r;
-    *loaded = 1;
+    if (!d->resume || !d->checkpoint) return DG_OK;
+    if ((r = dg__role_load(d->checkpoint, ro, loaded)) != DG_OK || !*loaded) return r;
     if (ro->ms || ro->fs)
         dg__log(d->log, d->log_user, "resumed from %s at %s %lld", d->checkpoint,
                 ro->ms ? "iteration" : "round",
@@ -13905,7 +13984,7 @@ static int dg__drive_workers_outlive(const dg_transport *t) { return t->keep_ser
 static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_server *ms,
                                   dg_flgan_server *fs, int n_workers)
 {
-    dg__drive_role ro;
+    dg__role_ref ro;
     dg_drive_status st;
     dg_result r, e;
     int have, n, loaded;
@@ -13947,7 +14026,7 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
         dg_transport_announce(t, st.iteration);
         if (d->progress) d->progress(d->user, &st);
         if (d->checkpoint_every > 0 && st.iteration % d->checkpoint_every == 0 &&
-            (e = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+            (e = dg__role_save(d->checkpoint, &ro)) != DG_OK)
             dg__log(d->log, d->log_user, "checkpoint failed: %s", dg_last_error());
     }
     /* how the run ends: a stop request, or an error whose message the final
@@ -13957,7 +14036,7 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
                 dg_result_str(r), dg_last_error());
     else if (dg_stop_requested())
         dg__log(d->log, d->log_user, "stop requested: checkpoint and shut down");
-    if ((e = dg__drive_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
+    if ((e = dg__role_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
     if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t))) {
         /* STOP (a worker it cannot reach is gone anyway) */
         if (ms) dg_mdgan_server_stop(ms);
@@ -14018,7 +14097,7 @@ DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_tra
                                      size_t count, const dg_drive *d)
 {
     dg_mdgan_worker *w;
-    dg__drive_role ro;
+    dg__role_ref ro;
     dg_result r;
     double held_since = -1;
     int swap_wait, over = 0, loaded;
@@ -14062,7 +14141,7 @@ DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_tra
                 dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
         }
         dg__log(d->log, d->log_user, "worker %d: training is over", id);
-        if (!w->awaiting && (r = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+        if (!w->awaiting && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
             dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
     }
     dg_mdgan_worker_free(w);
@@ -14074,7 +14153,7 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
                                      size_t count, const dg_drive *d)
 {
     dg_flgan_worker *w;
-    dg__drive_role ro;
+    dg__role_ref ro;
     dg_result r;
     int over = 0, loaded;
     if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_drive: NULL");
@@ -14093,7 +14172,7 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
             dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
         if (!dg_flgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
     }
-    if (dg_flgan_worker_stopped(w) && (r = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+    if (dg_flgan_worker_stopped(w) && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
         dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
     dg_flgan_worker_free(w);
     return r;

@@ -416,81 +416,6 @@ static dg_result write_file(const char *path, const void *buf, size_t n)
     return ok ? DG_OK : DG_ERR_IO;
 }
 
-static dg_result read_file(const char *path, unsigned char **buf, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    long len;
-    if (!f) return DG_ERR_IO;
-    fseek(f, 0, SEEK_END);
-    len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *buf = (unsigned char *)malloc(len > 0 ? (size_t)len : 1);
-    if (!*buf || len <= 0 || fread(*buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        free(*buf);
-        return DG_ERR_IO;
-    }
-    fclose(f);
-    *n = (size_t)len;
-    return DG_OK;
-}
-
-/* The checkpoint file of role n (0: the server) in dir: the same names on
-   every transport, so a run may even resume on another one. */
-static void checkpoint_path(char *path, size_t cap, const char *dir, int md, int n)
-{
-    if (n == 0) snprintf(path, cap, "%s/%sserver.ckpt", dir, md ? "" : "flgan_");
-    else snprintf(path, cap, "%s/%sworker_%d.ckpt", dir, md ? "" : "flgan_", n);
-}
-
-/* MD-GAN (md) or FL-GAN (fl) checkpoint of an in-process run: one file for
-   the server and one for every worker, through the roles' _mem functions.
-   MD-GAN settles its run first so that no message is in flight. */
-static dg_result checkpoint(dg_mdgan_run *md, dg_flgan_run *fl, int n_workers, const char *dir,
-                            int load)
-{
-    char path[1100];
-    int n;
-    dg_result e;
-    if (md && !load && (e = dg_mdgan_run_settle(md)) != DG_OK) return e;
-    for (n = 0; n <= n_workers; n++) {
-        dg_mdgan_server *ms = md ? dg_mdgan_run_server(md) : NULL;
-        dg_mdgan_worker *mw = md && n ? dg_mdgan_run_worker(md, n) : NULL;
-        dg_flgan_server *fs = fl ? dg_flgan_run_server(fl) : NULL;
-        dg_flgan_worker *fw = fl && n ? dg_flgan_run_worker(fl, n) : NULL;
-        unsigned char *buf = NULL;
-        size_t len;
-        dg_result r;
-        checkpoint_path(path, sizeof path, dir, md != NULL, n);
-        if (load) {
-            if ((r = read_file(path, &buf, &len))) {
-                if (n) continue; /* a worker that never trained (a later joiner) or had crashed */
-                fprintf(stderr, "distgan: cannot read %s\n", path);
-                return r;
-            }
-            if (md && n) r = dg_mdgan_worker_load_mem(mw, buf, len);
-            else if (md) r = dg_mdgan_server_load_mem(ms, buf, len);
-            else if (n) r = dg_flgan_worker_load_mem(fw, buf, len);
-            else r = dg_flgan_server_load_mem(fs, buf, len);
-        } else {
-            if (n && (md ? !dg_mdgan_server_is_live(ms, n) : !dg_flgan_server_is_live(fs, n)))
-                continue;
-            if (md) len = n ? dg_mdgan_worker_save_size(mw) : dg_mdgan_server_save_size(ms);
-            else len = n ? dg_flgan_worker_save_size(fw) : dg_flgan_server_save_size(fs);
-            buf = (unsigned char *)malloc(len);
-            if (!buf) return DG_ERR_NOMEM;
-            if (md && n) r = dg_mdgan_worker_save_mem(mw, buf, len, &len);
-            else if (md) r = dg_mdgan_server_save_mem(ms, buf, len, &len);
-            else if (n) r = dg_flgan_worker_save_mem(fw, buf, len, &len);
-            else r = dg_flgan_server_save_mem(fs, buf, len, &len);
-            if (r == DG_OK) r = write_file(path, buf, len);
-        }
-        free(buf);
-        if (r) return r;
-    }
-    return DG_OK;
-}
-
 /* ---- what the server shows and writes, on every transport ---- */
 
 typedef struct output {
@@ -608,9 +533,9 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
             snprintf(path, sizeof path, "%s/gan.ckpt", o->out);
             r = dg_gan_trainer_save(out->trainer, path);
         } else if (out->md) {
-            r = checkpoint(out->md, NULL, out->slots, o->out, 0);
+            r = dg_mdgan_run_save(out->md, o->out);
         } else if (out->fl) {
-            r = checkpoint(NULL, out->fl, o->workers, o->out, 0);
+            r = dg_flgan_run_save(out->fl, o->out);
         }
         if (r) return fail("checkpoint", r);
     }
@@ -791,7 +716,7 @@ static int run_process(const options *o, int self, dg_transport *t, dg_pool *poo
     dg_result r;
     int md = o->algo == ALGO_MDGAN;
     memset(&d, 0, sizeof d);
-    checkpoint_path(ckpt, sizeof ckpt, o->out, md, self);
+    if ((r = dg_checkpoint_path(ckpt, sizeof ckpt, o->out, !md, self))) return fail("checkpoint", r);
     d.checkpoint = o->no_checkpoint ? NULL : ckpt;
     d.resume = o->resume;
     d.log = log_line;
@@ -1011,7 +936,7 @@ int main(int argc, char **argv)
             t = dg_mdgan_run_transport(md);
             for (i = 0; i < o.n_attack; i++)
                 if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
-            if (o.resume && (r = checkpoint(md, NULL, out.slots, o.out, 1))) return fail("resume", r);
+            if (o.resume && (r = dg_mdgan_run_load(md, o.out))) return fail("resume", r);
             out.src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
             out.start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
             out.md = md;
@@ -1025,7 +950,7 @@ int main(int argc, char **argv)
             if ((r = dg_flgan_run_create(&fl, &fc, pool, &train, &part, o.crash, o.n_crash)))
                 return fail("flgan", r);
             t = dg_flgan_run_transport(fl);
-            if (o.resume && (r = checkpoint(NULL, fl, o.workers, o.out, 1))) return fail("resume", r);
+            if (o.resume && (r = dg_flgan_run_load(fl, o.out))) return fail("resume", r);
             out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
             out.fl = fl;
             out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * out.per_round;
