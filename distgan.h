@@ -1919,8 +1919,10 @@ DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
    STOP and says goodbye (the run is over unless a stop was requested: then
    TCP workers get no STOP and wait for a resumed server).  A worker that is
    connected while not live is added back (MD-GAN: it joins with a copy of
-   a live worker's D; FL-GAN: it gets the global model).  Peer 0 of t is
-   this process. */
+   a live worker's D; FL-GAN: it gets the global model).  When no worker is
+   connected it waits d->wait_workers_ms for one, then fails with
+   DG_ERR_TIMEOUT (after its checkpoint) instead of counting iterations
+   that train nothing.  Peer 0 of t is this process. */
 DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d);
 /* Worker process `id`: serves its role over its shard until STOP or the end
@@ -13962,14 +13964,15 @@ static dg_result dg__drive_barrier(const dg__barrier *b)
     return r;
 }
 
-/* The server waits up to ms for workers 1..n to be connected. */
-static int dg__drive_wait_workers(dg_transport *t, int n, int ms)
+/* The server waits up to ms until `want` of workers 1..n are connected;
+   returns how many are. */
+static int dg__drive_wait_for(dg_transport *t, int n, int want, int ms)
 {
     double end = dg__drive_ms() + ms;
     int k, have = 0;
     for (;;) {
         for (have = 0, k = 1; k <= n; k++) have += dg_transport_connected(t, k);
-        if (have == n || dg__drive_ms() >= end || dg_stop_requested()) return have;
+        if (have >= want || dg__drive_ms() >= end || dg_stop_requested()) return have;
         dg__drive_sleep_ms(20);
     }
 }
@@ -13987,7 +13990,7 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     dg__role_ref ro;
     dg_drive_status st;
     dg_result r, e;
-    int have, n, loaded;
+    int have, n, loaded, wait;
     memset(&ro, 0, sizeof ro);
     ro.ms = ms;
     ro.fs = fs;
@@ -13997,10 +14000,18 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     st.generator = ms ? dg_mdgan_server_generator(ms) : dg_flgan_server_generator(fs);
     st.iteration = ms ? dg_mdgan_server_stats(ms)->iteration : dg_flgan_server_stats(fs)->rounds;
     dg_transport_announce(t, st.iteration);
-    have = dg__drive_wait_workers(t, n_workers, d->wait_workers_ms > 0 ? d->wait_workers_ms : 60000);
+    wait = d->wait_workers_ms > 0 ? d->wait_workers_ms : 60000;
+    have = dg__drive_wait_for(t, n_workers, n_workers, wait);
     dg__log(d->log, d->log_user, "%d of %d workers connected", have, n_workers);
     while (r == DG_OK && st.iteration < d->iterations && !dg_stop_requested()) {
         dg__barrier b;
+        /* an iteration without a worker would only count up: wait for one */
+        if (!dg__drive_wait_for(t, n_workers, 1, wait)) {
+            if (!dg_stop_requested())
+                r = dg__fail(DG_ERR_TIMEOUT, "no worker connected for %d ms at %s %lld", wait,
+                             ms ? "iteration" : "round", (long long)st.iteration);
+            break;
+        }
         for (n = 1; n < t->n_peers; n++) /* a restarted worker rejoins */
             if (dg_transport_connected(t, n) &&
                 !(ms ? dg_mdgan_server_is_live(ms, n) : dg_flgan_server_is_live(fs, n)))
@@ -18050,7 +18061,7 @@ DGDEF dg_result dg_asgd_server_drive(const dg_asgd_config *cfg, dg_transport *t,
     if (r == DG_OK) {
         p.t0 = p.warned = dg__now();
         dg_transport_announce(t, (int64_t)ac_server_clock(p.s->ac));
-        have = dg__drive_wait_workers(t, W, d->d.wait_workers_ms > 0 ? d->d.wait_workers_ms : 60000);
+        have = dg__drive_wait_for(t, W, W, d->d.wait_workers_ms > 0 ? d->d.wait_workers_ms : 60000);
         dg__log(d->d.log, d->d.log_user, "%d of %d workers connected (%s schedule)", have, W,
                 p.sched ? "deterministic" : "asynchronous");
         r = p.sched ? dg__asgd_ps_sched(&p) : dg__asgd_ps_async(&p);
