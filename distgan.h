@@ -804,7 +804,9 @@ DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n
    exp(E_x KL(p(y|x) || p(y))) and whose logits and penultimate features give
    two FIDs against statistics of the real training data. */
 
-typedef enum dg_arch { DG_ARCH_DCGAN = 0, DG_ARCH_MLP = 1 } dg_arch;
+typedef enum dg_arch { DG_ARCH_DCGAN = 0, DG_ARCH_MLP = 1, DG_ARCH_TINY = 2 } dg_arch;
+/* "dcgan", "mlp", "tiny" (the choices of --arch, in enum order); "?" else */
+DGDEF const char *dg_arch_name(dg_arch arch);
 
 /* Generator: input z_dim (+ n_classes one-hot appended when n_classes > 0,
    ACGAN), output c x h x w in [-1, 1] (tanh).
@@ -813,6 +815,8 @@ typedef enum dg_arch { DG_ARCH_DCGAN = 0, DG_ARCH_MLP = 1 } dg_arch;
           (h and w divisible by 4, else DG_ERR_SHAPE).
    MLP (MD-GAN paper): Linear(in, 512) ReLU Linear(512, 512) ReLU
           Linear(512, c*h*w) tanh reshape(c, h, w).
+   TINY:  the MLP with 32 units instead of 512 (scale tests: a thousand
+          workers in a few hundred MB, quick checks).
    The net's input shape is (z_dim + n_classes, 1, 1). */
 DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_classes, int c,
                                    int h, int w);
@@ -822,7 +826,8 @@ DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_
           LeakyReLU(0.2) flatten Linear(128*(h/4)*(w/4), n_out)
           (h and w divisible by 4).
    MLP:   flatten Linear(c*h*w, 512) LeakyReLU(0.2) Linear(512, 512)
-          LeakyReLU(0.2) Linear(512, n_out). */
+          LeakyReLU(0.2) Linear(512, n_out).
+   TINY:  the MLP with 32 units instead of 512. */
 DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h, int w,
                                        int n_out);
 
@@ -8517,6 +8522,12 @@ DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n
         if ((r = (expr)) != DG_OK) goto fail;                                             \
     } while (0)
 
+DGDEF const char *dg_arch_name(dg_arch arch)
+{
+    static const char *names[] = {"dcgan", "mlp", "tiny"};
+    return (unsigned)arch < sizeof names / sizeof *names ? names[arch] : "?";
+}
+
 DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_classes, int c,
                                    int h, int w)
 {
@@ -8530,7 +8541,7 @@ DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_
     if (arch == DG_ARCH_DCGAN && (h % 4 || w % 4))
         return dg__fail(DG_ERR_SHAPE, "dg_build_generator: DCGAN needs h, w divisible by 4 (%dx%d)",
                         h, w);
-    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP)
+    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP && arch != DG_ARCH_TINY)
         return dg__fail(DG_ERR_ARG, "dg_build_generator: unknown architecture %d", (int)arch);
     DG__GAN_TRY(dg_net_create(&g, z_dim + n_classes, 1, 1));
     if (arch == DG_ARCH_DCGAN) {
@@ -8544,9 +8555,10 @@ DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_
         DG__GAN_TRY(dg_net_conv_transpose2d(g, c, 4, 2, 1, 0));
         DG__GAN_TRY(dg_net_tanh(g));
     } else {
-        DG__GAN_TRY(dg_net_linear(g, 512));
+        int units = arch == DG_ARCH_TINY ? 32 : 512;
+        DG__GAN_TRY(dg_net_linear(g, units));
         DG__GAN_TRY(dg_net_relu(g));
-        DG__GAN_TRY(dg_net_linear(g, 512));
+        DG__GAN_TRY(dg_net_linear(g, units));
         DG__GAN_TRY(dg_net_relu(g));
         DG__GAN_TRY(dg_net_linear(g, c * h * w));
         DG__GAN_TRY(dg_net_tanh(g));
@@ -8571,7 +8583,7 @@ DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h,
     if (arch == DG_ARCH_DCGAN && (h % 4 || w % 4))
         return dg__fail(DG_ERR_SHAPE,
                         "dg_build_discriminator: DCGAN needs h, w divisible by 4 (%dx%d)", h, w);
-    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP)
+    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP && arch != DG_ARCH_TINY)
         return dg__fail(DG_ERR_ARG, "dg_build_discriminator: unknown architecture %d", (int)arch);
     DG__GAN_TRY(dg_net_create(&d, c, h, w));
     if (arch == DG_ARCH_DCGAN) {
@@ -8583,10 +8595,11 @@ DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h,
         DG__GAN_TRY(dg_net_flatten(d));
         DG__GAN_TRY(dg_net_linear(d, n_out));
     } else {
+        int units = arch == DG_ARCH_TINY ? 32 : 512;
         DG__GAN_TRY(dg_net_flatten(d));
-        DG__GAN_TRY(dg_net_linear(d, 512));
+        DG__GAN_TRY(dg_net_linear(d, units));
         DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
-        DG__GAN_TRY(dg_net_linear(d, 512));
+        DG__GAN_TRY(dg_net_linear(d, units));
         DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
         DG__GAN_TRY(dg_net_linear(d, n_out));
     }

@@ -83,7 +83,7 @@ static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_
             dg_mdgan_server_stats(dg_mdgan_run_server(run))->compute_s - s0) / done;
     flops = iter_flops(&c);
     printf("bench mdgan_iter transport=inproc arch=%s workers=%d threads=%d b=%d ms=%.2f "
-           "compute_ms=%.2f", arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", n_workers,
+           "compute_ms=%.2f", dg_arch_name(arch), n_workers,
            dg_pool_size(pool), b, 1e3 * best, 1e3 * comp);
     if (peak > 0 && flops > 0) printf(" peak_pct=%.1f", 100.0 * flops / best / 1e9 / peak);
     printf(" busy=%.2f mem_mb_per_worker=%.1f\n", comp / (best * dg_pool_size(pool)),
@@ -118,7 +118,7 @@ static void worker_cost(dg_pool *pool, dg_arch arch)
     fl_mem = (double)dg_net_memory(d) + dg_net_memory(g) + 8.0 * (pd + pg) + 4.0 * b * (2 * 784 + 100);
     printf("bench worker_cost arch=%s b=%d mdgan_params=%zu flgan_params=%zu mdgan_flops=%.3g "
            "flgan_flops=%.3g mdgan_mem_mb=%.1f flgan_mem_mb=%.1f ratio_params=%.2f "
-           "ratio_flops=%.2f ratio_mem=%.2f\n", arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", b, pd,
+           "ratio_flops=%.2f ratio_mem=%.2f\n", dg_arch_name(arch), b, pd,
            pd + pg, md_flops, fl_flops, md_mem / 1048576.0, fl_mem / 1048576.0,
            (double)(pd + pg) / pd, fl_flops / md_flops, fl_mem / md_mem);
     fflush(stdout);
@@ -146,8 +146,10 @@ int main(int argc, char **argv)
         if (!quick) bench_iter(one, &ds, DG_ARCH_MLP, 10, b, b == 10 ? 20 : 4, 5, peak1);
     }
     for (i = 0; i < 3; i++) bench_iter(pool, &ds, DG_ARCH_MLP, sizes[i], 64, quick ? 2 : sizes[i] < 50 ? 10 : 4, 1, peak);
-    /* scale: the paper's MLP at b = 10 with N = 100 workers on this pool */
+    /* scale: the paper's MLP at b = 10 with N = 100 workers on this pool,
+       and N = 1000 on the tiny MLP (32 units) */
     bench_iter(pool, &ds, DG_ARCH_MLP, 100, 10, quick ? 1 : 5, quick ? 1 : 3, peak);
+    bench_iter(pool, &ds, DG_ARCH_TINY, 1000, 10, quick ? 1 : 5, quick ? 1 : 3, peak);
     for (i = 0; i < 3 && !quick; i++) bench_iter(pool, &ds, DG_ARCH_DCGAN, sizes[i], 64, sizes[i] < 50 ? 3 : 1, 1, peak);
     dg_dataset_free(&ds);
     dg_pool_destroy(one);

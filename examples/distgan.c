@@ -89,7 +89,8 @@ static void usage(FILE *f)
         "                      Dirichlet(A) label skew\n"
         "  --acgan             class-conditional G, D with 1 + C outputs\n"
         "  --saturating        G loss log(1 - D(G(z))) (default -log D(G(z)))\n"
-        "  --arch dcgan|mlp    networks (default dcgan; mlp = the MD-GAN paper's)\n"
+        "  --arch dcgan|mlp|tiny  networks (default dcgan; mlp = the MD-GAN paper's, tiny =\n"
+        "                      that MLP with 32 units: scale tests)\n"
         "  --lr LR             Adam learning rate of G and D (default 2e-4)\n"
         "  --dataset SPEC      fashion, mnist[:DIR], shapes[:N], idx:DIR, idx:IMAGES[,LABELS],\n"
         "                      cifar:DIR or images:DIR (docs/data.md; default: fashion\n"
@@ -223,7 +224,7 @@ static int parse(options *o, int argc, char **argv)
     const dg_option table[] = {
         {"--transport", DG_OPT_CHOICE, &o->transport, 0, 0, "inproc|tcp|mpi"},
         {"--algo", DG_OPT_CHOICE, &o->algo, 0, 0, "gan|mdgan|flgan"},
-        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp"},
+        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp|tiny"},
         {"--workers", DG_OPT_INT, &o->workers, 1, 10000, NULL},
         {"--batch", DG_OPT_INT, &o->batch, 1, 65536, NULL},
         {"--k", DG_OPT_STRING, &o->k_str, 0, 0, NULL},
@@ -864,7 +865,7 @@ int main(int argc, char **argv)
     if (server)
         printf("distgan %s (%s): %s, %zu training images %dx%dx%d, %s, %d threads\n", algo_name,
                transport_names[o.transport], o.dataset, train.n, train.c, train.h, train.w,
-               o.arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", dg_pool_size(pool));
+               dg_arch_name((dg_arch)o.arch), dg_pool_size(pool));
 
     /* the split and the configuration: the same in every process */
     if (o.algo != ALGO_GAN) {

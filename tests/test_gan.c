@@ -63,6 +63,16 @@ TEST(builders_shapes_and_parameter_counts)
     CHECK_OK(dg_build_discriminator(&n, DG_ARCH_MLP, 1, 28, 28, 11));
     CHECK(count_of(n, &c, &h, &w) == 670219);
     dg_net_free(n);
+    /* the tiny MLP, 32 units: G 100*32+32 + 32*32+32 + 32*784+784 = 30,160;
+       D 784*32+32 + 32*32+32 + 33 = 26,209 */
+    CHECK_OK(dg_build_generator(&n, DG_ARCH_TINY, 100, 0, 1, 28, 28));
+    CHECK(count_of(n, &c, &h, &w) == 30160 && c == 1 && h == 28 && w == 28);
+    dg_net_free(n);
+    CHECK_OK(dg_build_discriminator(&n, DG_ARCH_TINY, 1, 28, 28, 1));
+    CHECK(count_of(n, &c, &h, &w) == 26209);
+    dg_net_free(n);
+    CHECK(!strcmp(dg_arch_name(DG_ARCH_DCGAN), "dcgan") && !strcmp(dg_arch_name(DG_ARCH_MLP), "mlp") &&
+          !strcmp(dg_arch_name(DG_ARCH_TINY), "tiny") && !strcmp(dg_arch_name((dg_arch)7), "?"));
     /* colour 32x32: G ends in 3x32x32 */
     CHECK_OK(dg_build_generator(&n, DG_ARCH_DCGAN, 64, 0, 3, 32, 32));
     count_of(n, &c, &h, &w);
