@@ -1064,6 +1064,16 @@ typedef struct dg_csv {
 /* Opens path for writing (append != 0: appends and writes the header only
    to an empty file); header is the comma-separated column names. */
 DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, int append);
+/* Reopens the log of a run resumed from a checkpoint taken after row
+   `upto` (the first column, e.g. the iteration): keeps the header, which
+   must be `header`, and the rows whose first value is <= upto (later ones
+   came after the checkpoint and will be written again), writes them back
+   atomically, and appends from there.  last[0..cols-1] gets the last kept
+   row (NaN for an empty field, all NaN when none is kept), so that
+   cumulative columns (bytes, time) can go on from it.  A missing file is
+   created as by dg_csv_open. */
+DGDEF dg_result dg_csv_reopen(dg_csv *csv, const char *path, const char *header, double upto,
+                              double *last);
 /* One row of n values (integers below 1e15 exactly, others %.6g; NaN is
    written as an empty field), flushed. */
 DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n);
@@ -9441,6 +9451,56 @@ DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, i
     }
     csv->file = f;
     return DG_OK;
+}
+
+DGDEF dg_result dg_csv_reopen(dg_csv *csv, const char *path, const char *header, double upto,
+                              double *last)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0, hl, at, keep, line = 1;
+    int cols = 1, i;
+    const char *p;
+    dg_result r;
+    FILE *f;
+    if (!csv || !path || !header || !last) return dg__fail(DG_ERR_ARG, "dg_csv_reopen: NULL argument");
+    for (p = header; *p; p++) cols += *p == ',';
+    for (i = 0; i < cols; i++) last[i] = NAN;
+    if (!(f = fopen(path, "rb"))) return dg_csv_open(csv, path, header, 0);
+    fclose(f);
+    if ((r = dg__read_file(path, DG_DATA_MAX_BYTES, &buf, &len)) != DG_OK) return r;
+    hl = strlen(header);
+    if (len > 0 && (len < hl + 1 || memcmp(buf, header, hl) || buf[hl] != '\n')) {
+        dg__free(buf);
+        return dg__fail(DG_ERR_FORMAT, "%s: its first line is not the header '%s'", path, header);
+    }
+    /* rows up to `upto`; the last of them parsed field by field */
+    buf[len] = 0; /* dg__read_file leaves room for it */
+    keep = at = len ? hl + 1 : 0;
+    while (at < len) {
+        char *row = (char *)buf + at, *end = strchr(row, '\n'), *q = row;
+        double v[64];
+        line++;
+        if (!end) break; /* a row cut by a crash: dropped */
+        *end = 0;
+        for (i = 0; i < cols && i < 64; i++) {
+            char *stop;
+            v[i] = *q == ',' || !*q ? NAN : strtod(q, &stop);
+            if (v[i] == v[i]) q = stop;
+            if (*q != (i == cols - 1 ? 0 : ',')) break;
+            if (*q) q++;
+        }
+        if (i != cols || cols > 64) {
+            dg__free(buf);
+            return dg__fail(DG_ERR_FORMAT, "%s: line %zu has not %d numeric fields", path, line, cols);
+        }
+        if (!(v[0] <= upto)) break;
+        memcpy(last, v, sizeof(double) * (size_t)cols);
+        at = keep = (size_t)(end - (char *)buf) + 1;
+        *end = '\n';
+    }
+    r = keep < len ? dg__write_file(path, buf, keep) : DG_OK;
+    dg__free(buf);
+    return r != DG_OK ? r : dg_csv_open(csv, path, header, 1);
 }
 
 DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n)

@@ -428,6 +428,8 @@ typedef struct output {
     int have_eval, have_floor, have_untrained, slots, per_round, started;
     int64_t it, start_it;
     double t0, t_last_print;
+    double before[11];        /* a resumed run's last logged row: bytes, time and
+                                 sim_s go on from it */
     /* in process: checkpoints at every evaluation */
     dg_gan_trainer *trainer;
     dg_mdgan_run *md;
@@ -435,11 +437,11 @@ typedef struct output {
     dg_result error;          /* a failure met in a driver's callback */
 } output;
 
-/* The classifier, the floor (real held-out data) and the log. */
+/* The classifier and the floor (real held-out data). */
 static int output_open(output *out, const options *o, dg_pool *pool, const dg_dataset *train,
                        const dg_dataset *test)
 {
-    char path[1100], clf_path[1100];
+    char clf_path[1100];
     dg_result r;
     out->o = o;
     if (!o->no_eval && train->n_classes >= 2) {
@@ -468,12 +470,26 @@ static int output_open(output *out, const options *o, dg_pool *pool, const dg_da
             out->have_floor = 1;
         }
     }
-    snprintf(path, sizeof path, "%s/log.csv", o->out);
-    if ((r = dg_csv_open(&out->csv, path, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,"
-                                          "bytes_w2w,time_s,n_live,sim_s", o->resume)))
-        return fail("log", r);
-    printf("log: %s\n", path);
+    printf("log: %s/log.csv\n", o->out);
     return 0;
+}
+
+#define LOG_COLUMNS "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,bytes_w2w,time_s,n_live,sim_s"
+
+/* The log, opened at the first step: a resumed run (from iteration
+   resumed_at) keeps the rows up to its checkpoint and goes on from the
+   last one's cumulative columns. */
+static int output_log(output *out, int64_t resumed_at)
+{
+    char path[1100];
+    dg_result r;
+    int i;
+    snprintf(path, sizeof path, "%s/log.csv", out->o->out);
+    r = out->o->resume ? dg_csv_reopen(&out->csv, path, LOG_COLUMNS, (double)resumed_at, out->before)
+                       : dg_csv_open(&out->csv, path, LOG_COLUMNS, 0);
+    for (i = 0; i < 11; i++)
+        if (!out->o->resume || isnan(out->before[i])) out->before[i] = 0;
+    return r ? fail("log", r) : 0;
 }
 
 /* G before training: the other end of the scale. */
@@ -504,6 +520,7 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         out->started = 1;
         out->t0 = dg_clock_seconds();
     }
+    if (!out->csv.file && output_log(out, out->start_it)) return 1;
     out->it = it;
     if (t) {
         dg_traffic all = dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER);
@@ -545,7 +562,9 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
     {
         /* bytes exact (payload bytes of this run, see dg_transport_traffic);
            score, FID and sim_s empty (NaN) when not evaluated or simulated */
-        double row[11] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live, sim};
+        const double *b = out->before;
+        double row[11] = {(double)it, dl, gl, score, fid, b[5] + down, b[6] + up, b[7] + w2w,
+                          b[8] + el, n_live, b[10] + sim};
         if ((r = dg_csv_row(&out->csv, row, 11))) return fail("log", r);
     }
     print = o->log_every > 0 ? it % o->log_every == 0 || last : el - out->t_last_print >= 2.0;

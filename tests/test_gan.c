@@ -563,6 +563,36 @@ TEST(csv_and_grid_files)
     dg_csv_close(&csv);
     read_text(csvp, text, sizeof text);
     CHECK(strcmp(text, "iter,loss,fid\n1000,0.5,\n2000,0.5,\n") == 0);
+    { /* a run resumed from a checkpoint at 1500: the row of 2000 goes, the
+         last kept row comes back, and rows append after it */
+        double last[3];
+        f = fopen(csvp, "a");
+        fputs("3000,0.2", f); /* a row cut by a crash */
+        fclose(f);
+        CHECK_OK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 1500, last));
+        CHECK(last[0] == 1000 && last[1] == 0.5 && isnan(last[2]));
+        row[0] = 1600;
+        CHECK_OK(dg_csv_row(&csv, row, 3));
+        dg_csv_close(&csv);
+        read_text(csvp, text, sizeof text);
+        CHECK(strcmp(text, "iter,loss,fid\n1000,0.5,\n1600,0.5,\n") == 0);
+        CHECK_OK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 0, last)); /* nothing kept */
+        dg_csv_close(&csv);
+        CHECK(isnan(last[0]));
+        read_text(csvp, text, sizeof text);
+        CHECK(strcmp(text, "iter,loss,fid\n") == 0);
+        CHECK(dg_csv_reopen(&csv, csvp, "iter,loss", 10, last) == DG_ERR_FORMAT); /* other columns */
+        f = fopen(csvp, "a");
+        fputs("5,x,1\n", f);
+        fclose(f);
+        CHECK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 10, last) == DG_ERR_FORMAT);
+        CHECK(strstr(dg_last_error(), "line 2"));
+        remove(csvp);
+        CHECK_OK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 10, last)); /* no file: a new log */
+        dg_csv_close(&csv);
+        read_text(csvp, text, sizeof text);
+        CHECK(strcmp(text, "iter,loss,fid\n") == 0);
+    }
     /* integers (byte counts) exactly, other values to 6 digits */
     CHECK_OK(dg_csv_open(&csv, csvp, "bytes,x,y", 0));
     row[0] = 123456789012.0;
