@@ -1311,7 +1311,10 @@ DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
                 a = s + B*8/bw + latency + jitter*u + n_lost*RTO,
               raised to the previous arrival on the link (order per link is
               kept).  Sending costs the sender no time.
-     receive  c_q = max(c_q, a) when q takes the message from its inbox.
+     receive  c_q = max(c_q, a) when q takes the message from its inbox
+              (which records a in dg_msg.arrival); the asynchronous
+              MD-GAN server instead moves its clock to the close time of
+              its iteration, computed from the arrivals it holds.
      loss     each transmission is lost with probability `loss`
               independently; every loss delays the message by one TCP
               retransmission timeout RTO = max(rto_min, 2 * RTT), RTT the
