@@ -1690,7 +1690,10 @@ DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms);
 /* Live workers whose feedback is still missing (0: no iteration open). */
 DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s);
 /* The barrier's deadline passed: drop the missing workers from N_live
-   (logged) and complete the iteration with the feedback received. */
+   (logged) and complete the iteration with the feedback received.
+   Asynchronous (cfg.quorum > 0): the iteration closes only here, at the
+   time its held feedback's arrivals give; call it once every feedback that
+   will come is in (the in-process driver: when every queue is empty). */
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s);
 /* Worker id (a free slot) joins at the next begin with a copy of the D of a
    live worker. */
