@@ -12403,11 +12403,11 @@ static int dg__mdgan_usable(const dg_mdgan_server *s, const dg_msg *m)
 /* When the asynchronous iteration closes: at the arrival of the q-th
    usable feedback held (any iteration, ties included; all of them when
    fewer), or at the deadline if that comes first, but never before the
-   first arrival (an update without feedback would not move G). */
+   first usable arrival (an update without feedback would not move G). */
 static double dg__mdgan_async_close_time(const dg_mdgan_server *s)
 {
     dg_msg *const *got = s->ro.got;
-    double t = -1.0, first = -1.0, last = -1.0;
+    double t = -1.0, first = -1.0, first_usable = -1.0, last = -1.0;
     int n, m, usable = 0;
     for (n = 1; n <= s->ro.slots; n++) {
         int before = 0;
@@ -12415,14 +12415,17 @@ static double dg__mdgan_async_close_time(const dg_mdgan_server *s)
         if (first < 0 || got[n]->arrival < first) first = got[n]->arrival;
         if (!dg__mdgan_usable(s, got[n])) continue;
         usable++;
+        if (first_usable < 0 || got[n]->arrival < first_usable) first_usable = got[n]->arrival;
         if (got[n]->arrival > last) last = got[n]->arrival;
         for (m = 1; m <= s->ro.slots; m++)
             before += dg__mdgan_usable(s, got[m]) && got[m]->arrival <= got[n]->arrival;
         if (before >= s->cfg.quorum && (t < 0 || got[n]->arrival < t)) t = got[n]->arrival;
     }
-    if (t < 0) t = usable ? last : first; /* no usable one: the stale ones go */
+    if (!usable) return first; /* only too stale ones: they go */
+    if (t < 0) t = last;
     if (s->cfg.deadline > 0.0 && s->opened_sim >= 0.0 && s->opened_sim + s->cfg.deadline < t)
-        t = first > s->opened_sim + s->cfg.deadline ? first : s->opened_sim + s->cfg.deadline;
+        t = first_usable > s->opened_sim + s->cfg.deadline ? first_usable
+                                                          : s->opened_sim + s->cfg.deadline;
     return t;
 }
 
@@ -13184,12 +13187,13 @@ struct dg_flgan_server {
 };
 
 /* Systematic sampling with probabilities proportional to size: marks m of
-   the n items in chosen[0..n) (m at most the number of positive weights),
-   each with probability exactly min(1, m * w_i / W): items whose share
-   reaches 1 are taken first, then the others (m' left, W' their weight)
-   get one point each of the grid u, u + W'/m', ... laid over their
-   weights in a random order (u uniform in [0, W'/m')).  order is n
-   entries of scratch. */
+   the n items in chosen[0..n) (m at most the number of positive weights).
+   An item whose share m * w_i / W reaches 1 is always taken (repeatedly,
+   as m and W shrink); the m' others to draw, of total weight W', get one
+   point each of the grid u, u + W'/m', ... laid over the remaining items'
+   weights in a random order (u uniform in [0, W'/m')), so item i is taken
+   with probability exactly m' * w_i / W' (m * w_i / W when no item is
+   certain).  order is n entries of scratch. */
 static void dg__pps_pick(dg_rng *rng, const double *w, int n, int m, uint32_t *order, char *chosen)
 {
     double total, step, u, cum = 0.0;
