@@ -236,6 +236,28 @@ TEST(deadline_waits_for_the_first_feedback)
     free(sc);
 }
 
+/* tau_max = 0: worker 3's feedback (2.5 s) is too stale from iteration 1
+   on; at iteration 2 it is the first arrival, before the deadline (2.5 s),
+   but it cannot close the iteration: the close waits for workers 1 and 2
+   (3 s), and worker 3's is dropped there. */
+TEST(deadline_waits_for_a_usable_feedback)
+{
+    static const double secs[SN + 1] = {0, 1.0, 1.0, 2.5};
+    script *sc = (script *)calloc(1, sizeof *sc);
+    const dg_mdgan_stats *st;
+    int it;
+    script_start(sc, 2, 0.5, DG_STALENESS_INVERSE, 0);
+    st = dg_mdgan_server_stats(sc->s);
+    for (it = 0; it < 3; it++) {
+        script_iteration(sc, secs, NULL, NULL);
+        CHECK(st->n_live == 2 && st->n_stale == 0);
+        CHECK_NEAR(dg_netsim_clock(sc->t, 0), it + 1.0, 1e-9);
+        CHECK(st->stale_dropped == (it == 2));
+    }
+    script_end(sc);
+    free(sc);
+}
+
 /* ---- q = N, or no network model: the synchronous MD-GAN ---- */
 
 static void mdgan_run(const dg_mdgan_config *c, const char *network, int iters, float **g,
@@ -527,6 +549,7 @@ int main(void)
     RUN(late_feedback_beyond_tau_max_dropped);
     RUN(deadline_closes_on_the_simulated_clock);
     RUN(deadline_waits_for_the_first_feedback);
+    RUN(deadline_waits_for_a_usable_feedback);
     RUN(async_quorum_n_is_sync);
     RUN(async_settings_checked);
     RUN(fegan_sampling_distribution);
