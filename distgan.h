@@ -1144,6 +1144,7 @@ typedef struct dg_msg {
     int64_t aux;
     float stat[2];
     dg_part part[DG_MSG_MAX_PARTS];
+    double arrival;    /* simulated time it reaches its receiver (dg_netsim); 0 without */
     /* owned by the transport's pool */
     unsigned char *buf;
     size_t cap;
@@ -1325,7 +1326,10 @@ DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
                 a = s + B*8/bw + latency + jitter*u + n_lost*RTO,
               raised to the previous arrival on the link (order per link is
               kept).  Sending costs the sender no time.
-     receive  c_q = max(c_q, a) when q takes the message from its inbox.
+     receive  c_q = max(c_q, a) when q takes the message from its inbox
+              (which records a in dg_msg.arrival); the asynchronous
+              MD-GAN server instead moves its clock to the close time of
+              its iteration, computed from the arrivals it holds.
      loss     each transmission is lost with probability `loss`
               independently; every loss delays the message by one TCP
               retransmission timeout RTO = max(rto_min, 2 * RTT), RTT the
@@ -1577,7 +1581,10 @@ DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t);
    every worker trains E local epochs (m*E/b iterations of the standalone
    step) on its shard and sends (w, θ) back with its shard size; the server
    averages them weighted by shard size (and the Adam states, as an option)
-   and scores its averaged G. */
+   and scores its averaged G.  FeGAN (Guerraoui et al., Middleware 2020):
+   a round asks only a fraction C of the live workers, drawn from (seed,
+   PICK, round), uniformly or (balanced) with probability proportional to
+   their shard sizes; the others neither train nor send. */
 
 #define DG_MDGAN_STREAM_NOISE 0x6d646e6f697365ull  /* index: iteration */
 #define DG_MDGAN_STREAM_DATA 0x6d6464617461ull     /* index: worker id */
@@ -1585,8 +1592,16 @@ DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t);
 #define DG_MDGAN_STREAM_SWAP 0x6d6473776170ull     /* index: swap round */
 #define DG_MDGAN_STREAM_JOIN 0x6d646a6f696eull     /* index: iteration */
 #define DG_FLGAN_STREAM_NOISE 0x666c6e6f697365ull  /* stream + worker id; index: local iteration */
+#define DG_FLGAN_STREAM_PICK 0x666c7069636bull      /* index: round (FeGAN's choice of workers) */
 
 #define DG_MDGAN_K_LOG2 (-1) /* k = ceil(log2 N), at least 1 */
+
+/* Asynchronous MD-GAN: how a feedback computed on images of a G that is
+   tau updates old weighs in G's update (docs/mdgan.md) */
+typedef enum dg_staleness {
+    DG_STALENESS_INVERSE = 0,  /* 1 / max(1, tau), AdaComp's modulation (default) */
+    DG_STALENESS_CONSTANT = 1  /* 1: stale feedback counts as fresh */
+} dg_staleness;
 
 /* The 64-bit seed of stream (seed, stream, index): what the roles pass to
    dg_net_init and dg_batcher_init, exported so a test can rebuild them. */
@@ -1629,6 +1644,21 @@ typedef struct dg_mdgan_config {
     float feedback_clip;  /* > 0: the server scales each row (one sample) of a
                              worker's F_n down to this L2 norm before summing,
                              so one worker cannot steer G alone; 0: off */
+    /* Asynchronous MD-GAN (docs/mdgan.md; in process only, dg_mdgan_run):
+       G is updated once `quorum` feedbacks (of any iteration) have arrived,
+       or at `deadline`; a worker gets a new batch only once its last
+       feedback was used, and a feedback from images of iteration t' used at
+       iteration t (tau = t - t') weighs by `staleness`, or is dropped when
+       tau > tau_max.  Arrival is simulated time under a network model
+       (dg_mdgan_run_set_network); without one every feedback arrives at
+       once, so any quorum is the synchronous iteration. */
+    int quorum;           /* q: 0 (default) synchronous MD-GAN; 1..N asynchronous */
+    double deadline;      /* async: simulated seconds after the batches leave at
+                             which G is updated with what arrived (at least one);
+                             0 (default): only the quorum */
+    dg_staleness staleness; /* async: DG_STALENESS_INVERSE (default) */
+    int tau_max;          /* async: feedback staler than this is dropped;
+                             -1 (default): none is */
     void (*log)(void *user, const char *line); /* events (drops, joins); NULL: silent */
     void *log_user;
 } dg_mdgan_config;
@@ -1642,6 +1672,8 @@ typedef struct dg_mdgan_stats {
     int n_live;           /* workers whose feedback made the last update */
     int n_dropped;        /* workers dropped so far */
     int64_t swaps;        /* swap rounds announced */
+    int n_stale;          /* async: of the n_live feedbacks, those from an older G */
+    int64_t stale_dropped;/* async: feedbacks dropped beyond tau_max so far */
     float d_loss, g_loss; /* means over the live workers of the last iteration */
     double compute_s;     /* the server's own compute time, cumulated */
 } dg_mdgan_stats;
@@ -1673,7 +1705,10 @@ DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms);
 /* Live workers whose feedback is still missing (0: no iteration open). */
 DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s);
 /* The barrier's deadline passed: drop the missing workers from N_live
-   (logged) and complete the iteration with the feedback received. */
+   (logged) and complete the iteration with the feedback received.
+   Asynchronous (cfg.quorum > 0): the iteration closes only here, at the
+   time its held feedback's arrivals give; call it once every feedback that
+   will come is in (the in-process driver: when every queue is empty). */
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s);
 /* Worker id (a free slot) joins at the next begin with a copy of the D of a
    live worker. */
@@ -1744,6 +1779,13 @@ typedef struct dg_flgan_config {
     int64_t max_shard;    /* > 0: a worker reporting a larger shard is refused (the
                              drivers: the training set's size, which the config
                              hash covers); 0: no bound */
+    float fraction;       /* FeGAN's C: each round asks m = max(1, round(C * N_live))
+                             live workers, each with probability m/N_live
+                             (systematic sampling); 0 or 1 (default): all */
+    int balanced;         /* FeGAN's balanced sampling: worker n is asked with
+                             probability m * m_n / sum of the m_n (shard sizes,
+                             capped at 1: dg_flgan_server_set_shard); the average
+                             is weighted by shard size in every mode */
     void (*log)(void *user, const char *line);
     void *log_user;
 } dg_flgan_config;
@@ -1779,6 +1821,10 @@ DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s);
    brings one back: begin sends it the current global model like everyone. */
 DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const char *why);
 DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id);
+/* Worker id's shard size before its first upload (balanced sampling needs
+   every size at the first round; the in-process driver sets them from the
+   partition); an upload claiming another size is refused. */
+DGDEF dg_result dg_flgan_server_set_shard(dg_flgan_server *s, int id, int64_t size);
 DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id);
 DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s);
 DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s);
@@ -1937,7 +1983,9 @@ DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
    a live worker's D; FL-GAN: it gets the global model).  When no worker is
    connected it waits d->wait_workers_ms for one, then fails with
    DG_ERR_TIMEOUT (after its checkpoint) instead of counting iterations
-   that train nothing.  Peer 0 of t is this process. */
+   that train nothing.  Peer 0 of t is this process.  Asynchronous MD-GAN
+   (cfg->quorum > 0) is refused (DG_ERR_UNSUPPORTED): it runs in process
+   only. */
 DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d);
 /* Worker process `id`: serves its role over its shard until STOP or the end
@@ -9692,6 +9740,7 @@ static dg_result dg__msg_take(dg_transport *t, int type, int from, int to, int64
     m->iteration = iteration;
     m->aux = 0;
     m->stat[0] = m->stat[1] = 0.0f;
+    m->arrival = 0.0;
     m->n_parts = n_parts;
     m->next = NULL;
     for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
@@ -10447,6 +10496,7 @@ typedef struct dg__netsim {
     dg__ns_link *link;       /* n x n, [from * n + to] */
     double *clock, *gflops;
     unsigned char *gone;     /* disconnected peers (atomic) */
+    unsigned char *hold;     /* peers whose role moves their clock to arrivals itself */
     pthread_mutex_t *mu;     /* per peer: its clock and the links it sends on */
     double rto_min;
     uint64_t seed;
@@ -10541,8 +10591,9 @@ static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg *
         }
         pthread_mutex_unlock(&ns->mu[m->from]);
         if (!dg__ns_gone(ns, self)) {
+            m->arrival = a;
             pthread_mutex_lock(&ns->mu[self]);
-            if (ns->clock[self] < a) ns->clock[self] = a;
+            if (!ns->hold[self] && ns->clock[self] < a) ns->clock[self] = a;
             pthread_mutex_unlock(&ns->mu[self]);
             *out = m;
             return DG_OK;
@@ -10574,6 +10625,7 @@ static void dg__ns_close(dg_transport *t)
     dg__free(ns->clock);
     dg__free(ns->gflops);
     dg__free(ns->gone);
+    dg__free(ns->hold);
     dg__free(ns->mu);
     dg__free(ns);
 }
@@ -10696,8 +10748,9 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
     ns->clock = (double *)dg__calloc((size_t)n, sizeof(double));
     ns->gflops = (double *)dg__calloc((size_t)n, sizeof(double));
     ns->gone = (unsigned char *)dg__calloc((size_t)n, 1);
+    ns->hold = (unsigned char *)dg__calloc((size_t)n, 1);
     ns->mu = (pthread_mutex_t *)dg__calloc((size_t)n, sizeof(pthread_mutex_t));
-    if (!ns->link || !ns->clock || !ns->gflops || !ns->gone || !ns->mu) {
+    if (!ns->link || !ns->clock || !ns->gflops || !ns->gone || !ns->hold || !ns->mu) {
         dg__free(ns->mu);
         ns->mu = NULL;
         r = dg__fail(DG_ERR_NOMEM, "dg_netsim_create: no memory for %d peers", n);
@@ -10768,6 +10821,30 @@ static dg_result dg__netsim_insert(dg_transport *t, const dg_netsim_config *cfg)
     if ((r = dg_netsim_create(&ns, t->inner, cfg)) != DG_OK) return r;
     t->inner = ns;
     return DG_OK;
+}
+
+/* For the asynchronous MD-GAN server, which takes in feedback that is in
+   its inbox but still on the wire in simulated time (it arrives during a
+   later iteration): from now on peer's clock no longer follows what it
+   receives (each message still carries its arrival); dg__netsim_wait
+   moves it.  No-ops without a model. */
+static void dg__netsim_hold(dg_transport *t, int peer)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    if (!ns || peer < 0 || peer >= ns->n) return;
+    pthread_mutex_lock(&ns->mu[peer]);
+    ns->hold[peer] = 1;
+    pthread_mutex_unlock(&ns->mu[peer]);
+}
+
+/* Peer waited until `until`: its clock is at least that. */
+static void dg__netsim_wait(dg_transport *t, int peer, double until)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    if (!ns || peer < 0 || peer >= ns->n) return;
+    pthread_mutex_lock(&ns->mu[peer]);
+    if (ns->clock[peer] < until) ns->clock[peer] = until;
+    pthread_mutex_unlock(&ns->mu[peer]);
 }
 
 /* ---- describing a network ---- */
@@ -11779,6 +11856,7 @@ DGDEF dg_mdgan_config dg_mdgan_config_init(void)
     c.eps = 1e-8f;
     c.init_std = -1.0f;
     c.seed = 1;
+    c.tau_max = -1;
     return c;
 }
 
@@ -11913,12 +11991,15 @@ static dg_result dg__send_control(dg_transport *t, int type, int from, int to, i
 
 /* ---- the server's roster ----
    MD-GAN's iteration and FL-GAN's round are the same barrier: the server
-   sends to every live worker, then waits for one answer from each; a
-   worker it cannot reach, that misses the deadline or that the driver
-   drops leaves the live set (N_live) and the round completes without it. */
+   sends to every live worker (FeGAN: to the chosen ones), then waits for
+   one answer from each it asked; a worker it cannot reach, that misses the
+   deadline or that the driver drops leaves the live set (N_live) and the
+   round completes without it.  Asynchronous MD-GAN keeps a worker asked,
+   and its answer held, across iterations until the answer is used. */
 typedef struct dg__roster {
     int slots;               /* worker ids 1..slots */
     char *live;              /* per slot 0..slots */
+    char *asked;             /* per slot: its answer is awaited */
     dg_msg **got;            /* each slot's answer in the open round */
     int open, missing;
     double opened;           /* dg__now() when the round opened: the deadline's origin */
@@ -11935,8 +12016,9 @@ static dg_result dg__roster_init(dg__roster *ro, int slots, int n_live)
     int n;
     ro->slots = slots;
     ro->live = (char *)dg__calloc((size_t)slots + 1, 1);
+    ro->asked = (char *)dg__calloc((size_t)slots + 1, 1);
     ro->got = (dg_msg **)dg__calloc((size_t)slots + 1, sizeof(dg_msg *));
-    if (!ro->live || !ro->got) return dg__fail(DG_ERR_NOMEM, "server roster: no memory");
+    if (!ro->live || !ro->asked || !ro->got) return dg__fail(DG_ERR_NOMEM, "server roster: no memory");
     for (n = 1; n <= n_live; n++) ro->live[n] = 1;
     return DG_OK;
 }
@@ -11948,6 +12030,7 @@ static void dg__roster_clear(dg__roster *ro, dg_transport *t)
     for (n = 0; ro->got && n <= ro->slots; n++) {
         dg_msg_free(t, ro->got[n]);
         ro->got[n] = NULL;
+        ro->asked[n] = 0;
     }
     ro->open = 0;
     ro->missing = 0;
@@ -11957,6 +12040,7 @@ static void dg__roster_free(dg__roster *ro, dg_transport *t)
 {
     dg__roster_clear(ro, t);
     dg__free(ro->live);
+    dg__free(ro->asked);
     dg__free(ro->got);
 }
 
@@ -11978,9 +12062,11 @@ static int dg__roster_list(const dg__roster *ro, int *ids, int cap)
    returns 1 when it was the last one missing: the caller completes it. */
 static int dg__roster_leave(dg__roster *ro, int id)
 {
+    int awaited = ro->asked[id] && !ro->got[id];
     ro->live[id] = 0;
+    ro->asked[id] = 0;
     (*ro->n_dropped)++;
-    return ro->open && !ro->got[id] && --ro->missing == 0;
+    return awaited && --ro->missing == 0 && ro->open;
 }
 
 /* A send to worker id failed (its connection is gone): it is dropped now
@@ -11995,10 +12081,12 @@ static void dg__roster_unreachable(dg__roster *ro, int id)
 /* Counts the send of the round's message to worker id (sent: its result). */
 static void dg__roster_sent(dg__roster *ro, int id, dg_result sent)
 {
-    if (sent == DG_OK)
+    if (sent == DG_OK) {
         ro->missing++;
-    else
+        ro->asked[id] = 1;
+    } else {
         dg__roster_unreachable(ro, id);
+    }
 }
 
 static void dg__roster_open(dg__roster *ro)
@@ -12012,7 +12100,7 @@ static void dg__roster_open(dg__roster *ro)
 static int dg__roster_awaits(const dg__roster *ro, const dg_msg *m, int type)
 {
     return m->type == type && ro->open && m->iteration == *ro->number &&
-           dg__roster_is_live(ro, m->from) && !ro->got[m->from];
+           dg__roster_is_live(ro, m->from) && ro->asked[m->from] && !ro->got[m->from];
 }
 
 /* Keeps m as its sender's answer; returns 1 when it was the last one. */
@@ -12022,14 +12110,15 @@ static int dg__roster_take(dg__roster *ro, dg_msg *m)
     return --ro->missing == 0;
 }
 
-/* The round ends: the live workers that did not answer are dropped.
+/* The round ends: the live workers asked that did not answer are dropped.
    Returns the number of answers. */
 static int dg__roster_close(dg__roster *ro)
 {
     int n, n_got = 0;
     for (n = 1; n <= ro->slots; n++) {
-        if (ro->live[n] && !ro->got[n]) {
+        if (ro->live[n] && ro->asked[n] && !ro->got[n]) {
             ro->live[n] = 0;
+            ro->asked[n] = 0;
             (*ro->n_dropped)++;
             dg__log(ro->log, ro->log_user, "%s %lld: worker %d missed the %s barrier, dropped",
                     ro->unit, (long long)*ro->number, n, ro->answer);
@@ -12077,7 +12166,11 @@ struct dg_mdgan_server {
     int32_t *labels;               /* k*b */
     const float *fake;             /* G's output of this iteration (k*b x d) */
     float *state0;                 /* G's batchnorm statistics before this forward */
-    dg__roster ro;                 /* live workers; got: their feedback F_n this iteration */
+    dg__roster ro;                 /* live workers; got: their feedback F_n this iteration
+                                      (async: held until used, with its arrival) */
+    dg_msg **use;                  /* async: the feedback this update uses, per slot */
+    int64_t *sent;                 /* async: per slot, the iteration of its batch in flight */
+    double opened_sim;             /* async: the server's simulated clock when its batches left */
     char *joining;                 /* per slot 0..slots: joins at the next begin */
     int64_t iteration, round;
     dg_mdgan_stats stats;
@@ -12098,6 +12191,12 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         cfg->swap_every < 0 || !dg_mdgan_k(cfg))
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: bad config (N %d, b %d, k %d, L %d)",
                         cfg->n_workers, cfg->batch, cfg->k, cfg->disc_steps);
+    if (cfg->quorum < 0 || cfg->quorum > cfg->n_workers || !(cfg->deadline >= 0.0) ||
+        cfg->deadline > 1e9 || cfg->tau_max < -1 ||
+        (cfg->staleness != DG_STALENESS_INVERSE && cfg->staleness != DG_STALENESS_CONSTANT))
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: bad asynchronous setting (quorum %d "
+                        "of N %d, deadline %g s, staleness %d, tau_max %d)", cfg->quorum,
+                        cfg->n_workers, cfg->deadline, (int)cfg->staleness, cfg->tau_max);
     n = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
     if (t->n_peers < n + 1)
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: transport has %d peers, need %d",
@@ -12127,8 +12226,10 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         s->dy = (float *)dg__calloc(kb * s->d, sizeof(float));
         s->labels = (int32_t *)dg__calloc(kb, sizeof(int32_t));
         s->joining = (char *)dg__calloc((size_t)n + 1, 1);
+        s->use = (dg_msg **)dg__calloc((size_t)n + 1, sizeof(dg_msg *));
+        s->sent = (int64_t *)dg__calloc((size_t)n + 1, sizeof(int64_t));
         s->state0 = (float *)dg__calloc(dg_net_state_count(s->g) + 1, sizeof(float));
-        if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->state0)
+        if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->use || !s->sent || !s->state0)
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
     if (r == DG_OK) r = dg__roster_init(&s->ro, n, cfg->n_workers);
@@ -12151,6 +12252,8 @@ DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
     dg__free(s->dy);
     dg__free(s->labels);
     dg__free(s->joining);
+    dg__free(s->use);
+    dg__free(s->sent);
     dg__free(s->state0);
     dg__free(s);
 }
@@ -12187,17 +12290,24 @@ static dg_result dg__mdgan_admit_joiners(dg_mdgan_server *s)
     return DG_OK;
 }
 
-/* Z: k noise batches from the stream (seed, NOISE, t); X = G(Z) once on
-   the k*b stacked rows. */
-static dg_result dg__mdgan_generate(dg_mdgan_server *s)
+/* Z: the k noise batches of iteration t, from the stream (seed, NOISE,
+   t), into g_in (and their labels). */
+static void dg__mdgan_noise(dg_mdgan_server *s, int64_t t)
 {
     const dg_mdgan_config *c = &s->cfg;
     size_t b = (size_t)c->batch;
-    dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)s->iteration);
+    dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)t);
     int j;
     for (j = 0; j < s->k; j++)
         dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, s->g_in + j * b * s->row,
                             s->labels + j * b);
+}
+
+/* X = G(Z) once on the k*b stacked rows of this iteration's noise. */
+static dg_result dg__mdgan_generate(dg_mdgan_server *s)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    dg__mdgan_noise(s, s->iteration);
     /* the training forward moves the batchnorm statistics: a checkpoint
        taken during the iteration saves these instead */
     memcpy(s->state0, dg_net_state(s->g), sizeof(float) * dg_net_state_count(s->g));
@@ -12222,16 +12332,17 @@ static dg_result dg__mdgan_send_batches(dg_mdgan_server *s, int n)
         memcpy(m->part[2].data, s->labels + jg * b, 4 * b);
         memcpy(m->part[3].data, s->labels + jd * b, 4 * b);
     }
+    s->sent[n] = s->iteration;
     dg__roster_sent(&s->ro, n, dg_transport_send(s->t, m));
     return DG_OK;
 }
 
-/* Per generated batch j: dy_j = sum of the F_n with n mod k = j, in worker
-   order, times 1/(N_live*b); and the mean losses of the live workers. */
-static void dg__mdgan_sum_feedback(dg_mdgan_server *s, int n_got)
+/* Per generated batch j: dy_j = sum of this iteration's F_n in fb with
+   n mod k = j, in worker order, times scale (sync: 1/(N_live*b)); and the
+   mean losses of the n_got feedbacks in fb. */
+static void dg__mdgan_sum_feedback(dg_mdgan_server *s, dg_msg **fb, int n_got, float scale)
 {
     size_t bd = (size_t)s->cfg.batch * s->d, i;
-    float scale = 1.0f / ((float)n_got * (float)s->cfg.batch);
     double dl = 0.0, gl = 0.0;
     int n, j;
     for (j = 0; j < s->k; j++) {
@@ -12239,8 +12350,8 @@ static void dg__mdgan_sum_feedback(dg_mdgan_server *s, int n_got)
         int first = 1;
         for (n = 1; n <= s->ro.slots; n++) {
             const float *f;
-            if (!s->ro.got[n] || n % s->k != j) continue;
-            f = (const float *)s->ro.got[n]->part[0].data;
+            if (!fb[n] || fb[n]->iteration != s->iteration || n % s->k != j) continue;
+            f = (const float *)fb[n]->part[0].data;
             if (first)
                 memcpy(dst, f, 4 * bd);
             else
@@ -12253,9 +12364,9 @@ static void dg__mdgan_sum_feedback(dg_mdgan_server *s, int n_got)
             for (i = 0; i < bd; i++) dst[i] *= scale;
     }
     for (n = 1; n <= s->ro.slots; n++)
-        if (s->ro.got[n]) {
-            dl += s->ro.got[n]->stat[0];
-            gl += s->ro.got[n]->stat[1];
+        if (fb[n]) {
+            dl += fb[n]->stat[0];
+            gl += fb[n]->stat[1];
         }
     s->stats.d_loss = (float)(dl / n_got);
     s->stats.g_loss = (float)(gl / n_got);
@@ -12322,11 +12433,35 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     if ((r = dg__mdgan_admit_joiners(s)) != DG_OK) return r;
     if ((r = dg__mdgan_generate(s)) != DG_OK) return r;
     dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * dg_net_flops(s->g, 0));
-    for (n = 1; n <= s->ro.slots; n++)
-        if (s->ro.live[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK) return r;
+    for (n = 1; n <= s->ro.slots; n++) /* async: only to workers whose feedback was used */
+        if (s->ro.live[n] && !s->ro.asked[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK)
+            return r;
     dg__roster_open(&s->ro);
+    if (s->cfg.quorum) { /* held feedback moves the clock only when the update uses it */
+        dg__netsim_hold(s->t, DG_PEER_SERVER);
+        s->opened_sim = dg_netsim_clock(s->t, DG_PEER_SERVER);
+    }
     s->stats.compute_s += s->ro.opened - t0;
     return s->ro.missing ? DG_OK : dg_mdgan_server_expire(s);
+}
+
+/* The simulated cost of G's backward over the k*b rows of this iteration. */
+static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
+{
+    return (double)s->k * s->cfg.batch * (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0));
+}
+
+/* The end of every update: counters, then the swap announcement when due. */
+static dg_result dg__mdgan_server_advance(dg_mdgan_server *s, int n_used, dg_result r, double t0)
+{
+    if (!n_used)
+        dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: no feedback at all, G unchanged",
+                (long long)s->iteration);
+    s->stats.n_live = n_used;
+    s->stats.iteration = ++s->iteration;
+    if (r == DG_OK) dg__mdgan_announce_swap(s);
+    s->stats.compute_s += dg__now() - t0;
+    return r;
 }
 
 /* Second half, on the last live feedback (or the barrier's expiry): sum
@@ -12337,20 +12472,137 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     int n_got = dg__roster_close(&s->ro); /* drops the workers still missing */
     dg_result r = DG_OK;
     if (n_got) {
-        dg__mdgan_sum_feedback(s, n_got);
+        dg__mdgan_sum_feedback(s, s->ro.got, n_got, 1.0f / ((float)n_got * (float)s->cfg.batch));
         r = dg__mdgan_update_generator(s);
-        dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch *
-                            (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0)));
-    } else {
-        dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: no feedback at all, G unchanged",
-                (long long)s->iteration);
+        dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
     }
     dg__roster_clear(&s->ro, s->t);
-    s->stats.n_live = n_got;
-    s->stats.iteration = ++s->iteration;
-    if (r == DG_OK) dg__mdgan_announce_swap(s);
-    s->stats.compute_s += dg__now() - t0;
+    return dg__mdgan_server_advance(s, n_got, r, t0);
+}
+
+/* Asynchronous MD-GAN: the weight of a feedback tau >= 0 updates stale. */
+static float dg__mdgan_stale_weight(const dg_mdgan_config *c, int64_t tau)
+{
+    return c->staleness == DG_STALENESS_INVERSE && tau > 1 ? 1.0f / (float)tau : 1.0f;
+}
+
+static int dg__mdgan_usable(const dg_mdgan_server *s, const dg_msg *m)
+{
+    return m && (s->cfg.tau_max < 0 || s->iteration - m->iteration <= s->cfg.tau_max);
+}
+
+/* When the asynchronous iteration closes: at the arrival of the q-th
+   usable feedback held (any iteration, ties included; all of them when
+   fewer), or at the deadline if that comes first, but never before the
+   first usable arrival (an update without feedback would not move G). */
+static double dg__mdgan_async_close_time(const dg_mdgan_server *s)
+{
+    dg_msg *const *got = s->ro.got;
+    double t = -1.0, first = -1.0, first_usable = -1.0, last = -1.0;
+    int n, m, usable = 0;
+    for (n = 1; n <= s->ro.slots; n++) {
+        int before = 0;
+        if (!got[n]) continue;
+        if (first < 0 || got[n]->arrival < first) first = got[n]->arrival;
+        if (!dg__mdgan_usable(s, got[n])) continue;
+        usable++;
+        if (first_usable < 0 || got[n]->arrival < first_usable) first_usable = got[n]->arrival;
+        if (got[n]->arrival > last) last = got[n]->arrival;
+        for (m = 1; m <= s->ro.slots; m++)
+            before += dg__mdgan_usable(s, got[m]) && got[m]->arrival <= got[n]->arrival;
+        if (before >= s->cfg.quorum && (t < 0 || got[n]->arrival < t)) t = got[n]->arrival;
+    }
+    if (!usable) return first; /* only too stale ones: they go */
+    if (t < 0) t = last;
+    if (s->cfg.deadline > 0.0 && s->opened_sim >= 0.0 && s->opened_sim + s->cfg.deadline < t)
+        t = first_usable > s->opened_sim + s->cfg.deadline ? first_usable
+                                                          : s->opened_sim + s->cfg.deadline;
+    return t;
+}
+
+/* Asynchronous MD-GAN's update from the feedback in use: this iteration's
+   through the forward of begin, as the synchronous update, then each stale
+   F_n (weight w_n) through the current G on the noise of its own batch
+   (iteration sent, batch n mod k, drawn again from its stream); all scaled
+   by 1/(b * sum of the weights); one Adam step on the sum. */
+static dg_result dg__mdgan_async_update(dg_mdgan_server *s, int n_used, int n_fresh, float wsum)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    size_t b = (size_t)c->batch, bd = b * s->d, i;
+    float scale = 1.0f / (wsum * (float)c->batch);
+    double flops = n_fresh ? dg__mdgan_backward_flops(s) : 0.0;
+    dg_result r = DG_OK;
+    int n;
+    dg__mdgan_sum_feedback(s, s->use, n_used, scale);
+    dg_net_zero_grad(s->g);
+    if (n_fresh) r = dg_net_backward(s->g, s->dy, NULL);
+    for (n = 1; n <= s->ro.slots && r == DG_OK; n++) {
+        const dg_msg *m = s->use[n];
+        const float *f, *x;
+        float wn;
+        if (!m || m->iteration == s->iteration) continue;
+        f = (const float *)m->part[0].data;
+        wn = dg__mdgan_stale_weight(c, s->iteration - m->iteration) * scale;
+        for (i = 0; i < bd; i++) s->dy[i] = wn * f[i];
+        dg__mdgan_noise(s, m->iteration);
+        r = dg_net_forward(s->g, s->g_in + (size_t)(n % s->k) * b * s->row, c->batch, 1, &x);
+        if (r == DG_OK) r = dg_net_backward(s->g, s->dy, NULL);
+        flops += (double)b * dg_net_train_flops(s->g, 0);
+    }
+    if (r == DG_OK) r = dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
+    dg_transport_charge(s->t, DG_PEER_SERVER, flops);
     return r;
+}
+
+/* The asynchronous iteration closes (in process: once every queue is
+   empty, so every feedback that will come is held, each with its
+   arrival): asked workers with nothing held are dead; the server's clock
+   moves to the close time (it waits for no straggler); the feedback that
+   has arrived by then is used, or dropped when staler than tau_max, and
+   its worker gets a batch at the next begin; the rest stays held. */
+static dg_result dg__mdgan_async_finish(dg_mdgan_server *s)
+{
+    double t0 = dg__now(), close;
+    float wsum = 0.0f;
+    int n, n_used = 0, n_fresh = 0;
+    dg_result r = DG_OK;
+    dg__roster_close(&s->ro);
+    close = dg__mdgan_async_close_time(s);
+    dg__netsim_wait(s->t, DG_PEER_SERVER, close);
+    for (n = 1; n <= s->ro.slots; n++) {
+        dg_msg *m = s->ro.got[n];
+        if (!m || m->arrival > close) continue;
+        s->ro.got[n] = NULL;
+        s->ro.asked[n] = 0;
+        if (!dg__mdgan_usable(s, m)) {
+            dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: feedback of iteration %lld from "
+                    "worker %d dropped (tau_max %d)", (long long)s->iteration,
+                    (long long)m->iteration, n, s->cfg.tau_max);
+            s->stats.stale_dropped++;
+            dg_msg_free(s->t, m);
+            continue;
+        }
+        s->use[n] = m;
+        n_used++;
+        n_fresh += m->iteration == s->iteration;
+        wsum += dg__mdgan_stale_weight(&s->cfg, s->iteration - m->iteration);
+    }
+    if (n_used) r = dg__mdgan_async_update(s, n_used, n_fresh, wsum);
+    for (n = 1; n <= s->ro.slots; n++) {
+        dg_msg_free(s->t, s->use[n]);
+        s->use[n] = NULL;
+    }
+    s->ro.open = 0;
+    s->stats.n_stale = n_used - n_fresh;
+    return dg__mdgan_server_advance(s, n_used, r, t0);
+}
+
+/* A feedback the asynchronous server awaits: from a live worker, for the
+   batch in flight to it, not yet held. */
+static int dg__mdgan_async_awaits(const dg_mdgan_server *s, const dg_msg *m)
+{
+    return m->type == DG_MSG_FEEDBACK && dg__roster_is_live(&s->ro, m->from) &&
+           s->ro.asked[m->from] && !s->ro.got[m->from] && m->iteration == s->sent[m->from];
 }
 
 /* Scales each row of x (rows x d) whose L2 norm exceeds clip down to norm
@@ -12377,7 +12629,8 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         dg_msg_free(s ? s->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_handle: NULL argument");
     }
-    if (!dg__roster_awaits(&s->ro, m, DG_MSG_FEEDBACK)) {
+    if (s->cfg.quorum ? !dg__mdgan_async_awaits(s, m)
+                      : !dg__roster_awaits(&s->ro, m, DG_MSG_FEEDBACK)) {
         /* late feedback of a dropped worker, or a stray message: ignored */
         dg__log(s->cfg.log, s->cfg.log_user,
                 "iteration %lld: ignored message type %d of iteration %lld from %d",
@@ -12397,7 +12650,8 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         return dg__reject(s->t, m, s->iteration, "feedback", "holds a non-finite value");
     if (s->cfg.feedback_clip > 0.0f) dg__clip_rows(f, (size_t)s->cfg.batch, (size_t)s->d,
                                                    s->cfg.feedback_clip);
-    return dg__roster_take(&s->ro, m) ? dg__mdgan_server_finish(s) : DG_OK;
+    /* async: held until the iteration closes (dg__mdgan_async_finish) */
+    return dg__roster_take(&s->ro, m) && !s->cfg.quorum ? dg__mdgan_server_finish(s) : DG_OK;
 }
 
 DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const char *why)
@@ -12405,13 +12659,19 @@ DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const ch
     int done;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drop_worker: NULL");
     done = dg__roster_drop(&s->ro, id, why, "dg_mdgan_server_drop_worker");
+    if (done >= 0 && s->cfg.quorum) { /* its held feedback goes with it */
+        dg_msg_free(s->t, s->ro.got[id]);
+        s->ro.got[id] = NULL;
+        return DG_OK;
+    }
     return done > 0 ? dg__mdgan_server_finish(s) : (dg_result)done;
 }
 
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
 {
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_expire: NULL");
-    return s->ro.open ? dg__mdgan_server_finish(s) : DG_OK;
+    if (!s->ro.open) return DG_OK;
+    return s->cfg.quorum ? dg__mdgan_async_finish(s) : dg__mdgan_server_finish(s);
 }
 
 typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
@@ -13010,9 +13270,84 @@ struct dg_flgan_server {
     dg__gan_pair model;
     dg__roster ro;           /* live workers; got: their models this round */
     int64_t *shard;          /* each worker's first reported shard size, 0 before */
+    double *pick_w;          /* FeGAN: per slot 0..N, its weight in the draw */
+    char *chosen;            /* FeGAN: per slot 0..N, asked this round */
+    uint32_t *pick_order;    /* FeGAN: scratch of the draw */
     int64_t round;
     dg_flgan_stats stats;
 };
+
+/* Systematic sampling with probabilities proportional to size: marks m of
+   the n items in chosen[0..n) (m at most the number of positive weights).
+   An item whose share m * w_i / W reaches 1 is always taken (repeatedly,
+   as m and W shrink); the m' others to draw, of total weight W', get one
+   point each of the grid u, u + W'/m', ... laid over the remaining items'
+   weights in a random order (u uniform in [0, W'/m')), so item i is taken
+   with probability exactly m' * w_i / W' (m * w_i / W when no item is
+   certain).  order is n entries of scratch. */
+static void dg__pps_pick(dg_rng *rng, const double *w, int n, int m, uint32_t *order, char *chosen)
+{
+    double total, step, u, cum = 0.0;
+    int i, k, left = m, sure = 1;
+    memset(chosen, 0, (size_t)n);
+    while (sure && left > 0) {
+        for (total = 0.0, i = 0; i < n; i++)
+            if (!chosen[i]) total += w[i];
+        for (sure = 0, i = 0; i < n && !sure; i++)
+            if (!chosen[i] && w[i] > 0.0 && left * w[i] >= total) {
+                chosen[i] = 1;
+                left--;
+                sure = 1;
+            }
+    }
+    if (left <= 0) return;
+    for (total = 0.0, i = 0; i < n; i++) {
+        order[i] = (uint32_t)i;
+        if (!chosen[i]) total += w[i];
+    }
+    dg_rng_shuffle(rng, order, (size_t)n);
+    step = total / left;
+    u = dg_rng_uniform(rng) * step;
+    for (k = 0; k < n && left > 0; k++) {
+        i = (int)order[k];
+        if (chosen[i]) continue;
+        cum += w[i];
+        if (u < cum) { /* w_i < step: at most one point in each item */
+            chosen[i] = 1;
+            left--;
+            u += step;
+        }
+    }
+    for (k = n - 1; k >= 0 && left > 0; k--) /* the last point lost to rounding */
+        if (!chosen[order[k]] && w[order[k]] > 0.0) {
+            chosen[order[k]] = 1;
+            left--;
+        }
+}
+
+/* FeGAN: which live workers round r asks (chosen[n]): all of them, or m
+   = max(1, round(C * N_live)) drawn from (seed, PICK, round), weighted by
+   shard size when balanced. */
+static dg_result dg__flgan_choose(dg_flgan_server *s)
+{
+    const dg_flgan_config *c = &s->cfg;
+    int n, nl = 0, m;
+    dg_rng rng;
+    for (n = 1; n <= s->ro.slots; n++) {
+        s->chosen[n] = s->ro.live[n];
+        nl += s->ro.live[n];
+        if (s->ro.live[n] && c->balanced && s->shard[n] <= 0)
+            return dg__fail(DG_ERR_STATE, "round %lld: balanced sampling needs worker %d's shard "
+                            "size (dg_flgan_server_set_shard)", (long long)s->round, n);
+        s->pick_w[n] = !s->ro.live[n] ? 0.0 : c->balanced ? (double)s->shard[n] : 1.0;
+    }
+    m = (int)floor(c->fraction * nl + 0.5);
+    if (m < 1) m = 1;
+    if (c->fraction <= 0.0f || m >= nl) return DG_OK;
+    rng = dg_rng_make(c->seed, DG_FLGAN_STREAM_PICK, (uint64_t)s->round);
+    dg__pps_pick(&rng, s->pick_w + 1, s->ro.slots, m, s->pick_order, s->chosen + 1);
+    return DG_OK;
+}
 
 DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
@@ -13024,6 +13359,9 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (!cfg || !t || !pool || cfg->n_workers < 1 || cfg->batch < 1 || cfg->local_epochs < 0 ||
         t->n_peers < cfg->n_workers + 1)
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: bad arguments");
+    if (!(cfg->fraction >= 0.0f && cfg->fraction <= 1.0f) || (cfg->balanced & ~1))
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: fraction %g not in [0, 1] or "
+                        "balanced %d not 0 or 1", cfg->fraction, cfg->balanced);
     s = (dg_flgan_server *)dg__calloc(1, sizeof *s);
     if (!s) return dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     s->cfg = *cfg;
@@ -13037,9 +13375,14 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     s->ro.log_user = cfg->log_user;
     r = dg__pair_create(&s->model, cfg, pool);
     if (r == DG_OK) r = dg__roster_init(&s->ro, cfg->n_workers, cfg->n_workers);
-    if (r == DG_OK &&
-        !(s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t))))
-        r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
+    if (r == DG_OK) {
+        s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
+        s->pick_w = (double *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(double));
+        s->chosen = (char *)dg__calloc((size_t)cfg->n_workers + 1, 1);
+        s->pick_order = (uint32_t *)dg__calloc((size_t)cfg->n_workers, sizeof(uint32_t));
+        if (!s->shard || !s->pick_w || !s->chosen || !s->pick_order)
+            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
+    }
     if (r != DG_OK) {
         dg_flgan_server_free(s);
         return r;
@@ -13055,6 +13398,9 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
     dg__roster_free(&s->ro, s->t);
     dg__pair_free(&s->model);
     dg__free(s->shard);
+    dg__free(s->pick_w);
+    dg__free(s->chosen);
+    dg__free(s->pick_order);
     dg__free(s);
 }
 
@@ -13062,11 +13408,13 @@ DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
 {
     int n;
     double t0;
+    dg_result r;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_begin: NULL");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_begin: round still open");
     t0 = dg__now();
+    if ((r = dg__flgan_choose(s)) != DG_OK) return r;
     for (n = 1; n <= s->ro.slots; n++)
-        if (s->ro.live[n])
+        if (s->chosen[n])
             dg__roster_sent(&s->ro, n, dg__pair_send(&s->model, s->cfg.average_optimizer, s->t,
                                                      DG_MSG_MODEL, DG_PEER_SERVER, n, s->round, 0,
                                                      NULL));
@@ -13177,6 +13525,16 @@ DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id)
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
     s->ro.live[id] = 1; /* begin sends it the global model like everyone */
     dg__log(s->cfg.log, s->cfg.log_user, "round %lld: worker %d rejoins", (long long)s->round, id);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_server_set_shard(dg_flgan_server *s, int id, int64_t size)
+{
+    if (!s || id < 1 || id > s->ro.slots || size <= 0 ||
+        (s->cfg.max_shard > 0 && size > s->cfg.max_shard))
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_set_shard: worker %d, size %lld", id,
+                        (long long)size);
+    s->shard[id] = size;
     return DG_OK;
 }
 
@@ -13779,6 +14137,7 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
         size_t count;
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
         e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->in.t, pool, ds, idx, count);
+        if (e == DG_OK) e = dg_flgan_server_set_shard(r->server, n, (int64_t)count);
     }
     if (e != DG_OK) {
         dg_flgan_run_free(r);
@@ -14139,6 +14498,9 @@ DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *
     dg_mdgan_config c;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drive: NULL argument");
+    if (cfg->quorum) /* its close time is judged on simulated arrivals, which processes lack */
+        return dg__fail(DG_ERR_UNSUPPORTED, "dg_mdgan_server_drive: asynchronous MD-GAN (quorum %d) "
+                        "runs in process only (dg_mdgan_run); quorum 0 is synchronous", cfg->quorum);
     if ((r = dg__drive_limit(t, 0, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
     c = *cfg;
     if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);

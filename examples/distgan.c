@@ -47,8 +47,9 @@ typedef struct options {
     int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
         clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
         help, local_iters, log_every, ckpt_every, id, insecure, dead_ms, heartbeat_ms,
-        barrier_ms, version;
-    double alpha, feedback_clip;
+        barrier_ms, version, staleness, tau_max, balanced;
+    double alpha, feedback_clip, deadline, fraction;
+    const char *quorum_str; int quorum; /* --quorum: 1..N, checked against --workers */
     float lr;
     int64_t iters, eval_every;
     uint64_t seed, data_seed, max_message;
@@ -60,7 +61,7 @@ typedef struct options {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
+    fprintf(f, /* three strings: C keeps one literal under 4095 characters */
         "usage: distgan [options]\n"
         "Trains a GAN standalone, with MD-GAN or with FL-GAN (a server and N workers in\n"
         "this process, over TCP or under MPI), with progress, a CSV log, sample grids\n"
@@ -83,7 +84,20 @@ static void usage(FILE *f)
         "  --real-once         MD-GAN: one real batch per iteration (paper) instead of\n"
         "                      a fresh one per D step\n"
         "  --feedback-clip C   MD-GAN: the server scales each sample's feedback from a\n"
-        "                      worker down to L2 norm C before summing (default off)\n"
+        "                      worker down to L2 norm C before summing (default off)\n");
+    fprintf(f,
+        "  --quorum Q          inproc MD-GAN, asynchronous (docs/mdgan.md): G is updated\n"
+        "                      once Q feedbacks (1..N) have arrived, in simulated time\n"
+        "                      under --network; late ones are used later, weighted\n"
+        "  --deadline S        with --quorum: update at S simulated seconds after the\n"
+        "                      batches leave if the quorum is not in (default none)\n"
+        "  --staleness inverse|constant  with --quorum: a feedback tau updates stale\n"
+        "                      weighs 1/max(1, tau) (default) or 1\n"
+        "  --tau-max T         with --quorum: drop feedback staler than T (default none)\n"
+        "  --fraction C        inproc FL-GAN (FeGAN): each round asks round(C*N) workers,\n"
+        "                      drawn from the seed (0 < C <= 1; default 1)\n"
+        "  --balanced          with --fraction: workers drawn with probability\n"
+        "                      proportional to their shard size\n"
         "  --iid | --shards S | --dirichlet A\n"
         "                      split: i.i.d. (default), S label shards per worker,\n"
         "                      Dirichlet(A) label skew\n"
@@ -114,7 +128,7 @@ static void usage(FILE *f)
         "                      a profile (datacenter, wan, edge), a spec such as\n"
         "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
         "");
-    fprintf(f, /* two strings: C keeps one literal under 4095 characters */
+    fprintf(f, /* three strings: C keeps one literal under 4095 characters */
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
         "  --no-checkpoint     write no checkpoints\n"
@@ -204,7 +218,9 @@ static const use uses[] = {
     {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
     {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
-    {"--network", A_DIST, 1, 3},
+    {"--network", A_DIST, 1, 3}, {"--quorum", 2, 1, 3}, {"--deadline", 2, 1, 3},
+    {"--staleness", 2, 1, 3}, {"--tau-max", 2, 1, 3}, {"--fraction", 4, 1, 3},
+    {"--balanced", 4, 1, 3},
     {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
     {"--no-eval", A_ALL, T_ALL, 1}, {"--classifier", A_ALL, T_ALL, 1},
     {"--clf-epochs", A_ALL, T_ALL, 1}, {"--log-every", A_ALL, T_ALL, 1},
@@ -238,6 +254,12 @@ static int parse(options *o, int argc, char **argv)
         {"--shards", DG_OPT_INT, &o->shards, 1, 1000, NULL},
         {"--dirichlet", DG_OPT_DOUBLE, &o->alpha, 1e-6, 1e6, NULL},
         {"--feedback-clip", DG_OPT_DOUBLE, &o->feedback_clip, 0, 1e30, NULL},
+        {"--quorum", DG_OPT_STRING, &o->quorum_str, 0, 0, NULL},
+        {"--deadline", DG_OPT_DOUBLE, &o->deadline, 1e-9, 1e9, NULL},
+        {"--staleness", DG_OPT_CHOICE, &o->staleness, 0, 0, "inverse|constant"},
+        {"--tau-max", DG_OPT_INT, &o->tau_max, 0, 1000000000, NULL},
+        {"--fraction", DG_OPT_DOUBLE, &o->fraction, 1e-9, 1, NULL},
+        {"--balanced", DG_OPT_FLAG, &o->balanced, 0, 0, NULL},
         {"--acgan", DG_OPT_FLAG, &o->acgan, 0, 0, NULL},
         {"--saturating", DG_OPT_FLAG, &o->saturating, 0, 0, NULL},
         {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
@@ -293,6 +315,7 @@ static int parse(options *o, int argc, char **argv)
     o->eval_every = 500;
     o->seed = 1;
     o->data_seed = 1;
+    o->tau_max = -1;
     if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
         fprintf(stderr, "distgan: %s\n", dg_last_error());
         return 1;
@@ -361,6 +384,21 @@ static int parse(options *o, int argc, char **argv)
         fprintf(stderr, "distgan: --k: %s (or 'log')\n", dg_last_error());
         return 1;
     }
+    if (o->quorum_str) {
+        if (dg_parse_int(o->quorum_str, 1, o->workers, &k)) {
+            fprintf(stderr, "distgan: --quorum: %s (1..--workers)\n", dg_last_error());
+            return 1;
+        }
+        o->quorum = (int)k;
+    }
+    for (i = 1; i < argc; i++) /* the asynchronous settings need --quorum, --balanced --fraction */
+        if ((!o->quorum && (!strcmp(argv[i], "--deadline") || !strcmp(argv[i], "--staleness") ||
+                            !strcmp(argv[i], "--tau-max"))) ||
+            (!o->fraction && !strcmp(argv[i], "--balanced"))) {
+            fprintf(stderr, "distgan: %s needs %s\n", argv[i],
+                    argv[i][2] == 'b' ? "--fraction C" : "--quorum Q (asynchronous MD-GAN)");
+            return 1;
+        }
     if ((o->crash_str && parse_faults("--crash", o->crash_str, o->crash, &o->n_crash, 1)) ||
         (o->join_str && parse_faults("--join", o->join_str, o->join, &o->n_join, 0)))
         return 1;
@@ -678,6 +716,10 @@ static dg_mdgan_config mdgan_config(const options *o, const dg_dataset *train,
     c.swap_every = o->swap_every;
     c.swap_optimizer = !o->swap_opt_stays;
     c.feedback_clip = (float)o->feedback_clip;
+    c.quorum = o->quorum;
+    c.deadline = o->deadline;
+    c.staleness = o->staleness ? DG_STALENESS_CONSTANT : DG_STALENESS_INVERSE;
+    c.tau_max = o->tau_max;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
     /* m*E/b with m the mean shard size, as dg_mdgan_run_create resolves it:
@@ -705,6 +747,8 @@ static dg_flgan_config flgan_config(const options *o, const dg_dataset *train, i
     c.local_epochs = o->E > 0 ? o->E : 1;
     c.local_iters = o->local_iters;
     c.saturating = o->saturating;
+    c.fraction = (float)o->fraction;
+    c.balanced = o->balanced;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
     c.max_shard = (int64_t)train->n; /* the TCP config hash covers n */
@@ -966,6 +1010,9 @@ int main(int argc, char **argv)
                    "|θ| = %zu\n", o.workers, dg_mdgan_k(&mc), o.L, o.batch, b1,
                    dg_net_param_count(out.src.g),
                    dg_net_param_count(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(md, 1))));
+            if (o.quorum)
+                printf("asynchronous: quorum %d, deadline %g s, staleness %s, tau_max %d\n",
+                       o.quorum, o.deadline, o.staleness ? "constant" : "1/tau", o.tau_max);
         } else {
             if ((r = dg_flgan_run_create(&fl, &fc, pool, &train, &part, o.crash, o.n_crash)))
                 return fail("flgan", r);
@@ -976,6 +1023,9 @@ int main(int argc, char **argv)
             out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * out.per_round;
             printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers,
                    out.per_round, fc.local_epochs);
+            if (o.fraction > 0)
+                printf("FeGAN: a fraction C = %g of the workers per round%s\n", o.fraction,
+                       o.balanced ? ", drawn proportionally to their shard sizes" : "");
         }
         if (o.network) { /* before any traffic: the simulated clocks start at 0 */
             r = md ? dg_mdgan_run_set_network(md, &o.net) : dg_flgan_run_set_network(fl, &o.net);
