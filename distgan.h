@@ -15141,11 +15141,19 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 #define DG__MAX_CONTROL ((uint64_t)1 << 16)
 /* A live connection reads with readv(2) into what its frame wants next
    (a part's values straight into the message) and then into an input
-   buffer of this size, so one call takes every small frame that came. */
+   buffer of this size, so one call takes every small frame that came.
+   While its messages are large (DG__IN_BIG and more) it reads no more
+   into the buffer than the next frame's headers: the values would
+   otherwise land there and be copied again (a tenth of a 64 KB message's
+   cost), while a readv more per message is cheaper. */
 #define DG__IN_SIZE ((size_t)64 << 10)
+#define DG__IN_BIG ((uint64_t)16 << 10)
+#define DG__IN_HEADS \
+    ((size_t)DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS)
 
 typedef struct dg__tconn {
     int fd, state, peer, role, paused, peers_due;
+    int big;                 /* its last message frame had DG__IN_BIG bytes or more */
     dg__rx rx;
     unsigned char *in;       /* input buffer (live connections; I/O thread) */
     size_t in_at, in_end;    /* its bytes not yet given to rx */
@@ -15291,7 +15299,7 @@ static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t 
     c->role = role;
     c->opened = c->last_rx = c->last_tx = now;
     c->paused = 0;
-    c->peers_due = 0;
+    c->peers_due = c->big = 0;
     dg__rx_init(&c->rx, &t->base, t->cfg.max_message, DG__MAX_CONTROL);
     c->rx.allow_app = 1;
     c->rx.self = t->cfg.self;
@@ -15510,8 +15518,13 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg__frame_header 
    empty messages is bounded as well as a few large ones. */
 static size_t dg__tcp_held(const dg_msg *m) { return m->cap + sizeof *m; }
 
-/* A peer whose queued messages hold more is not read for a while. */
-static size_t dg__tcp_backlog(const dg__tcp *t) { return 2 * (size_t)t->largest + ((size_t)64 << 20); }
+/* A peer whose queued messages hold more is not read for a while (its
+   socket's buffers hold the rest, and then it waits in send, as over a
+   plain socket): a role that falls behind meets a few MB of messages in
+   recycled, cache-warm buffers, not hundreds of MB in new ones (a reader
+   that ran 2 x 64 MB ahead made a page fault of every 4 KB of a 64 KB
+   stream).  A message larger than that still comes in whole. */
+static size_t dg__tcp_backlog(void) { return (size_t)4 << 20; }
 
 /* Free message buffers kept for reuse: what the role holds at its peak (a
    server: a largest message from every worker; a worker: one in, one
@@ -15538,7 +15551,7 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
     __atomic_fetch_add(&l->payload_bytes, (uint64_t)bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
     /* backpressure: a peer that is far ahead of the role is not read */
-    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = t->any_paused = 1;
+    if (t->queued[m->from] > dg__tcp_backlog()) c->paused = t->any_paused = 1;
 }
 
 /* Gives rx the n bytes at p, as many frames as they hold: complete
@@ -15611,7 +15624,7 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
             iov[0].iov_base = dst;
             iov[0].iov_len = want;
             iov[1].iov_base = c->in;
-            iov[1].iov_len = DG__IN_SIZE;
+            iov[1].iov_len = c->big ? DG__IN_HEADS : DG__IN_SIZE;
             if (!busy) started = 1;
             c->in_at = c->in_end = 0;
             n = readv(c->fd, iov, live ? 2 : 1);
@@ -15630,6 +15643,8 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
                                      &last, &started);
                     c->in_at = used;
                 }
+                /* rx.h: the frame under way, or the last one */
+                c->big = c->rx.h.type <= DG_MSG_TYPE_MAX && c->rx.h.length >= DG__IN_BIG;
             }
         }
         pthread_mutex_lock(&t->mu);
@@ -15750,7 +15765,7 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         c->peer = -1;
         c->role = 0;
         c->opened = c->last_rx = c->last_tx = now;
-        c->paused = c->peers_due = 0;
+        c->paused = c->peers_due = c->big = 0;
         c->listen_port = 0;
         memcpy(c->addr, addr, 16);
         dg__tcp_name(c->name, &sa);
@@ -16003,7 +16018,7 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
             t->any_paused = 0;
             for (i = 0; i < t->n_conns; i++) {
                 if (!t->conns[i].paused) continue;
-                if (t->conns[i].peer == m->from && t->queued[m->from] <= (size_t)t->largest) {
+                if (t->conns[i].peer == m->from && t->queued[m->from] <= dg__tcp_backlog() / 2) {
                     t->conns[i].paused = 0;
                     t->conns[i].last_rx = dg__tcp_ms();
                     wake = 1;

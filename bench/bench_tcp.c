@@ -1,10 +1,14 @@
 /* bench/bench_tcp.c: what TCP costs.
  *
  *   bench tcp_throughput size=... msgs=... gbps=... raw_gbps=... ratio=...
+ *       ratio_min=... ratio_max=...
  *     float32 tensor payload through a server and a worker transport over
  *     loopback (framing, CRC-32 both ways, the receiver's state machine and
  *     message pool) against a plain blocking write/read loop of the same
- *     message sizes on a loopback TCP socket, in the same run.
+ *     message sizes on a loopback TCP socket (sender and receiver threads
+ *     as ours), in the same run: ROUNDS rounds, ours and raw alternating;
+ *     gbps and raw_gbps are the medians, ratio their quotient, ratio_min /
+ *     ratio_max the spread of the rounds' quotients.
  *   bench mdgan_iter transport=inproc|tcp workers=N ms=... overhead=...
  *     one MD-GAN iteration of the reference DCGAN (b = 64, 28 x 28) with
  *     N = 4 and 10 workers: in-process and over TCP, each worker on its own
@@ -23,6 +27,8 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "mdgan_iter.h"
+
+#define ROUNDS 5
 
 typedef struct sink {
     dg_transport *t;
@@ -100,12 +106,12 @@ static double raw_gbps(size_t bytes, int n)
     return (double)bytes * n / t / 1e9;
 }
 
-static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n)
+static double ours_gbps(dg_transport *srv, dg_transport *wk, size_t floats, int n)
 {
     dg_part_kind kind = DG_PART_F32;
     pthread_t th;
     sink s;
-    double t0, t, gbps, raw;
+    double t0;
     int i;
     s.t = srv;
     s.self = 0;
@@ -121,11 +127,38 @@ static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n
         }
     }
     pthread_join(th, NULL);
-    t = bench_now() - t0;
-    gbps = 4.0 * floats * n / t / 1e9;
-    raw = raw_gbps(4 * floats, n);
-    printf("bench tcp_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f\n",
-           4 * floats, n, gbps, raw, gbps / raw);
+    return 4.0 * floats * n / (bench_now() - t0) / 1e9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp);
+    return v[n / 2];
+}
+
+/* ROUNDS rounds, ours and raw alternating (the machine is shared): the
+   medians, their quotient, and the spread of the rounds' quotients. */
+static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n)
+{
+    double ours[ROUNDS], raw[ROUNDS], q[ROUNDS], mo, mr;
+    int r;
+    ours_gbps(srv, wk, floats, n / 4 + 1); /* warm-up: the pools' buffers */
+    for (r = 0; r < ROUNDS; r++) {
+        ours[r] = ours_gbps(srv, wk, floats, n);
+        raw[r] = raw_gbps(4 * floats, n);
+        q[r] = ours[r] / raw[r];
+    }
+    mo = median(ours, ROUNDS);
+    mr = median(raw, ROUNDS);
+    qsort(q, ROUNDS, sizeof *q, cmp);
+    printf("bench tcp_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f "
+           "ratio_min=%.2f ratio_max=%.2f\n", 4 * floats, n, mo, mr, mo / mr, q[0], q[ROUNDS - 1]);
     fflush(stdout);
 }
 
