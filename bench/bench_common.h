@@ -90,6 +90,21 @@ static inline bench_sgemm_fn bench_openblas(bench_threads_fn *set_threads)
     }
 }
 
+/* ---- medians ---- */
+static inline int bench__cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorts v[0..n) (so v[0] and v[n - 1] are the extremes) and returns its
+   median. */
+static inline double bench_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, bench__cmp_double);
+    return v[n / 2];
+}
+
 /* A memory figure of this process in MiB: "VmHWM" (peak resident) or
    "VmRSS" (resident now). */
 static inline double bench_mem_mb(const char *field)

@@ -130,18 +130,6 @@ static double ours_gbps(dg_transport *srv, dg_transport *wk, size_t floats, int 
     return 4.0 * floats * n / (bench_now() - t0) / 1e9;
 }
 
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return v[n / 2];
-}
-
 /* ROUNDS rounds, ours and raw alternating (the machine is shared): the
    medians, their quotient, and the spread of the rounds' quotients. */
 static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n)
@@ -154,9 +142,9 @@ static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n
         raw[r] = raw_gbps(4 * floats, n);
         q[r] = ours[r] / raw[r];
     }
-    mo = median(ours, ROUNDS);
-    mr = median(raw, ROUNDS);
-    qsort(q, ROUNDS, sizeof *q, cmp);
+    mo = bench_median(ours, ROUNDS);
+    mr = bench_median(raw, ROUNDS);
+    bench_median(q, ROUNDS); /* sorted: the extremes */
     printf("bench tcp_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f "
            "ratio_min=%.2f ratio_max=%.2f\n", 4 * floats, n, mo, mr, mo / mr, q[0], q[ROUNDS - 1]);
     fflush(stdout);

@@ -65,18 +65,6 @@ static double gbps_raw(char *buf, size_t bytes, int n, int write)
     return (double)bytes * n / (bench_now() - t0) / 1e9;
 }
 
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return v[n / 2];
-}
-
 static void throughput(dg_transport *t, dg_transport *tc, char *buf, size_t bytes, int n)
 {
     double ours[ROUNDS], raw[ROUNDS], crc[ROUNDS], q[ROUNDS], wo[ROUNDS], wr[ROUNDS], mo, mr, mc;
@@ -93,14 +81,14 @@ static void throughput(dg_transport *t, dg_transport *tc, char *buf, size_t byte
         q[r] = raw[r] > 0 ? ours[r] / raw[r] : 0;
     }
     if (rank != 1) return; /* the receiver's clock saw the last byte */
-    mo = median(ours, ROUNDS);
-    mr = median(raw, ROUNDS);
-    mc = median(crc, ROUNDS);
-    qsort(q, ROUNDS, sizeof *q, cmp);
+    mo = bench_median(ours, ROUNDS);
+    mr = bench_median(raw, ROUNDS);
+    mc = bench_median(crc, ROUNDS);
+    bench_median(q, ROUNDS); /* sorted: the extremes */
     printf("bench mpi_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f "
            "ratio_min=%.2f ratio_max=%.2f crc_ratio=%.2f written_ratio=%.2f\n",
            bytes, n, mo, mr, mo / mr, q[0], q[ROUNDS - 1], mc / mr,
-           median(wo, ROUNDS) / median(wr, ROUNDS));
+           bench_median(wo, ROUNDS) / bench_median(wr, ROUNDS));
     fflush(stdout);
 }
 

@@ -114,6 +114,13 @@ run_all() {
     run mnist-mdgan-n25-k5    mnist   mdgan 25 5
 }
 
+# the committed logs of the named runs that have one (paths without spaces)
+logs() {
+    for r in "$@"; do
+        if [ -f "$RES/$r.csv" ]; then echo "$RES/$r.csv"; fi
+    done
+}
+
 # the real-budget grid: the paper's MLP, b = 100, N = 10, k = 1 and
 # k = ceil(log2 10) = 4; two seeds where the comparison is closest
 run_budget() {
@@ -135,10 +142,7 @@ run_budget() {
 budget_row() { # label run...
     label=$1
     shift
-    for r in "$@"; do
-        shift
-        if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
-    done
+    set -- $(logs "$@")
     [ $# -gt 0 ] || { echo "| $label | not run | | | | |"; return 0; }
     awk -F, -v label="$label" '
         FNR == 1 { n++; next }
@@ -206,10 +210,7 @@ summary_row() {
 curve_table() {
     title=$1
     shift
-    for r in "$@"; do
-        shift
-        if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
-    done
+    set -- $(logs "$@")
     [ $# -gt 0 ] || return 0
     echo
     echo "$title (classifier score / FID at each evaluation):"
@@ -276,10 +277,7 @@ tables() {
 fid_plot() { # title png runs... (Y=score: the classifier score instead)
     title=$1 png=$2
     shift 2
-    for r in "$@"; do
-        shift
-        if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
-    done
+    set -- $(logs "$@")
     [ $# -gt 0 ] || return 0
     $PLOT "$@" --x iteration --y "${Y:-fid}" --title "$title" --xlabel iteration --ylabel "${Y:-FID}" \
         --out "$png" || true

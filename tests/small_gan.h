@@ -6,7 +6,7 @@
 
 /* n images of 1 x 8 x 8 in 4 classes: a bright row or column whose place
    depends on the class, plus noise; deterministic in seed */
-static void make_data(dg_dataset *ds, size_t n, uint64_t seed)
+static inline void make_data(dg_dataset *ds, size_t n, uint64_t seed)
 {
     dg_rng rng = dg_rng_make(seed, 99, 0);
     size_t i;
@@ -29,7 +29,7 @@ static void make_data(dg_dataset *ds, size_t n, uint64_t seed)
      (cfg).arch = DG_ARCH_MLP, (cfg).z_dim = 16, (cfg).batch = 8)
 
 /* MD-GAN on it: no local epochs, seed 11 */
-static dg_mdgan_config small_config(int n_workers)
+static inline dg_mdgan_config small_config(int n_workers)
 {
     dg_mdgan_config c = dg_mdgan_config_init();
     SMALL_GAN(c, n_workers);
@@ -39,7 +39,7 @@ static dg_mdgan_config small_config(int n_workers)
 }
 
 /* FL-GAN on the same small MLP GAN */
-static dg_flgan_config small_flgan_config(int n_workers, int local_iters)
+static inline dg_flgan_config small_flgan_config(int n_workers, int local_iters)
 {
     dg_flgan_config c = dg_flgan_config_init();
     SMALL_GAN(c, n_workers);

@@ -25,6 +25,7 @@
 #include "harness.h"
 #include "proc.h"
 #include "log_buf.h"
+#include "small_gan.h"
 
 static int hex_eq(const unsigned char *d, const char *hex, size_t n)
 {
@@ -1596,17 +1597,11 @@ TEST(server_without_workers_fails)
 {
     dg_transport *s = NULL;
     dg_pool *pool;
-    dg_mdgan_config c = dg_mdgan_config_init();
+    dg_mdgan_config c = small_config(2);
     dg_drive d;
     int progress = 0;
     int64_t t0;
     dg_result r;
-    c.n_workers = 2;
-    c.c = 1;
-    c.h = c.w = 8;
-    c.arch = DG_ARCH_MLP;
-    c.z_dim = 16;
-    c.batch = 8;
     memset(&d, 0, sizeof d);
     d.iterations = 5;
     d.wait_workers_ms = 300;
