@@ -56,6 +56,7 @@ typedef struct options {
     dg_fault_spec attack[MAX_FAULTS];
     int n_crash, n_join, n_attack;
     const char *network; dg_netsim_config net; /* --network, parsed (docs/network.md) */
+    const char *codec_str; dg_codec_set codec;  /* --codec, parsed */
 } options;
 
 static void usage(FILE *f)
@@ -112,6 +113,9 @@ static void usage(FILE *f)
         "  --network SPEC      inproc MD-GAN, FL-GAN: simulate a network (docs/network.md):\n"
         "                      a profile (datacenter, wan, edge), a spec such as\n"
         "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
+        "  --codec SPEC        MD-GAN, FL-GAN: compress traffic (docs/network.md), e.g.\n"
+        "                      batch=int8,feedback=f16,swap=f16 or upload=topk:0.01,download=f16\n"
+        "                      (codecs: none f16 int8 topk[:C] ibm[:L_T])\n"
         "");
     fprintf(f, /* two strings: C keeps one literal under 4095 characters */
         "  --out DIR           outputs (default out/distgan)\n"
@@ -203,7 +207,7 @@ static const use uses[] = {
     {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
     {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
-    {"--network", A_DIST, 1, 3},
+    {"--network", A_DIST, 1, 3}, {"--codec", A_DIST, T_ALL, 3},
     {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
     {"--no-eval", A_ALL, T_ALL, 1}, {"--classifier", A_ALL, T_ALL, 1},
     {"--clf-epochs", A_ALL, T_ALL, 1}, {"--log-every", A_ALL, T_ALL, 1},
@@ -255,6 +259,7 @@ static int parse(options *o, int argc, char **argv)
         {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
         {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
         {"--network", DG_OPT_STRING, &o->network, 0, 0, NULL},
+        {"--codec", DG_OPT_STRING, &o->codec_str, 0, 0, NULL},
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
         {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
@@ -374,6 +379,26 @@ static int parse(options *o, int argc, char **argv)
                        dg_netsim_config_check(&o->net, o->workers + o->n_join + 1))) {
         fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
         return 1;
+    }
+    if (o->codec_str) {
+        /* which traffic each algorithm has: the others are refused here, before any work */
+        static const char *const other[] = {"", "upload=,download=", "batch=,feedback=,swap="};
+        char text[256], *p;
+        if (dg_codec_set_parse(o->codec_str, &o->codec)) {
+            fprintf(stderr, "distgan: --codec '%s': %s\n", o->codec_str, dg_last_error());
+            return 1;
+        }
+        dg_codec_set_format(&o->codec, text, sizeof text);
+        for (p = strtok(text, ","); p; p = strtok(NULL, ",")) {
+            size_t key = strcspn(p, "=");
+            p[key + 1] = 0;
+            if (strcmp(p, "none=") && strstr(other[o->algo], p)) {
+                p[key] = 0;
+                fprintf(stderr, "distgan: --codec: %s is not traffic of --algo %s\n", p,
+                        algo_names[o->algo]);
+                return 1;
+            }
+        }
     }
     return o->attack_str ? parse_attacks(o) : 0;
 }
@@ -731,6 +756,7 @@ static dg_mdgan_config mdgan_config(const options *o, const dg_dataset *train,
     c.swap_every = o->swap_every;
     c.swap_optimizer = !o->swap_opt_stays;
     c.feedback_clip = (float)o->feedback_clip;
+    c.codec = o->codec;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
     /* m*E/b with m the mean shard size, as dg_mdgan_run_create resolves it:
@@ -758,6 +784,7 @@ static dg_flgan_config flgan_config(const options *o, const dg_dataset *train, i
     c.local_epochs = o->E > 0 ? o->E : 1;
     c.local_iters = o->local_iters;
     c.saturating = o->saturating;
+    c.codec = o->codec;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
     c.max_shard = (int64_t)train->n; /* the TCP config hash covers n */
