@@ -12122,37 +12122,44 @@ static uint32_t dg__abs_key(float x)
     return u & 0x7FFFFFFFu;
 }
 
-/* The key T of the k-th largest |x| of x[0..n) (1 <= k <= n) by a radix
-   select on 11, 11 and 10 bits; *take is how many entries with key T are
-   kept (the first ones) so that exactly k are.  0xFFFFFFFF when some x is
-   not finite. */
-static uint32_t dg__topk_key(const float *x, size_t n, size_t k, size_t *take)
+/* The key T of the k-th largest |x| of x[0..n) (1 <= k <= n), ranked by
+   key then lower index; *take is how many entries with key T are kept (the
+   first ones) so that exactly k are.  One pass with a min-heap of the k
+   best (key, index) so far, its keys in hk and indices in hi (k each): an
+   entry enters only when it beats the worst, which random data rarely does
+   once the heap is full.  0xFFFFFFFF when some x is not finite. */
+static uint32_t dg__topk_key(const float *x, size_t n, size_t k, uint32_t *hk, uint32_t *hi,
+                             size_t *take)
 {
-    static const int shift[3] = {21, 10, 0}, bits[3] = {11, 11, 10};
-    uint32_t hist[2048], prefix = 0, top = 0;
-    size_t need = k, i;
-    int p;
-    for (p = 0; p < 3; p++) {
-        uint32_t nb = 1u << bits[p], b;
-        memset(hist, 0, sizeof(uint32_t) * nb);
-        if (p == 0) {
-            for (i = 0; i < n; i++) {
-                uint32_t key = dg__abs_key(x[i]);
-                top = key > top ? key : top;
-                hist[key >> 21]++;
+    size_t i, m = 0, eq = 0;
+    for (i = 0; i < n; i++) {
+        uint32_t key = dg__abs_key(x[i]);
+        size_t at, c;
+        if (key >= 0x7F800000u) return 0xFFFFFFFFu;
+        if (m == k) {
+            if (key <= hk[0]) continue; /* equal keys: the lower index already in wins */
+            at = 0; /* replace the worst, sift down */
+            while ((c = 2 * at + 1) < m) {
+                if (c + 1 < m && (hk[c + 1] < hk[c] || (hk[c + 1] == hk[c] && hi[c + 1] > hi[c]))) c++;
+                if (hk[c] > key) break;
+                hk[at] = hk[c];
+                hi[at] = hi[c];
+                at = c;
             }
-            if (top >= 0x7F800000u) return 0xFFFFFFFFu;
-        } else {
-            for (i = 0; i < n; i++) {
-                uint32_t key = dg__abs_key(x[i]);
-                if (key >> (shift[p] + bits[p]) == prefix) hist[(key >> shift[p]) & (nb - 1u)]++;
+        } else { /* sift up */
+            for (at = m++; at && (hk[(at - 1) / 2] > key ||
+                                  (hk[(at - 1) / 2] == key && hi[(at - 1) / 2] < i));
+                 at = (at - 1) / 2) {
+                hk[at] = hk[(at - 1) / 2];
+                hi[at] = hi[(at - 1) / 2];
             }
         }
-        for (b = nb - 1u; hist[b] < need; b--) need -= hist[b];
-        prefix = (prefix << bits[p]) | b;
+        hk[at] = key;
+        hi[at] = (uint32_t)i;
     }
-    *take = need;
-    return prefix;
+    for (i = 0; i < k; i++) eq += hk[i] == hk[0];
+    *take = eq;
+    return hk[0];
 }
 
 /* Per segment, the k_l = max(1, floor(c n_l)) largest |g| (g = x, or the
@@ -12173,7 +12180,7 @@ static size_t dg__topk_select(const float *x, size_t n, const uint32_t *segs, ui
         uint32_t key;
         if (k < 1) k = 1;
         if (k > len) k = len;
-        key = dg__topk_key(g + base, len, k, &take);
+        key = dg__topk_key(g + base, len, k, idx + nnz, (uint32_t *)(val + nnz), &take);
         if (key == 0xFFFFFFFFu) return (size_t)-1;
         for (i = base; i < base + len; i++) {
             uint32_t ki = dg__abs_key(g[i]);
