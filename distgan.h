@@ -12162,11 +12162,54 @@ static uint32_t dg__topk_key(const float *x, size_t n, size_t k, uint32_t *hk, u
     return hk[0];
 }
 
+#define DG__TOPK_SAMPLE 4096 /* a segment of at least 4 samples' size is sampled */
+
+/* The top k of a large segment g[0..len) without ranking it all: the
+   (1.5 k s / len)-th largest of s evenly spaced samples is a threshold
+   that about 1.5 k entries pass; one pass collects those (values and
+   indices, in index order) into scratch (n_scratch words, as many as fit
+   beside a heap of k), and the exact rank runs on them alone.  Returns the
+   number of candidates (their values in *cv, indices in *ci, the k-th key
+   in *key, *take as dg__topk_key), 0 when the sample guessed wrong (fewer
+   than k, or more than fit: the caller ranks the whole segment),
+   (size_t)-1 for a non-finite g. */
+static size_t dg__topk_sampled(const float *g, size_t len, size_t k, uint32_t *scratch,
+                               size_t n_scratch, float **cv, uint32_t **ci, uint32_t *key,
+                               size_t *take)
+{
+    size_t s = DG__TOPK_SAMPLE, r = (size_t)ceil(1.5 * (double)k * (double)s / (double)len), i, c = 0;
+    size_t cap = (n_scratch - 2 * k) / 2;
+    float *sample = (float *)scratch, *v = (float *)scratch;
+    uint32_t lo, *ix = scratch + cap;
+    if (r < 1) r = 1;
+    if (r > s) r = s;
+    for (i = 0; i < s; i++) sample[i] = g[i * len / s];
+    lo = dg__topk_key(sample, s, r, scratch + s, scratch + s + r, take);
+    if (lo == 0xFFFFFFFFu) return (size_t)-1;
+    for (i = 0; i < len; i++) {
+        uint32_t ki = dg__abs_key(g[i]);
+        if (ki < lo) continue;
+        if (ki >= 0x7F800000u) return (size_t)-1;
+        if (c == cap) return 0;
+        v[c] = g[i];
+        ix[c++] = (uint32_t)i;
+    }
+    if (c < k) return 0;
+    *key = dg__topk_key(v, c, k, scratch + 2 * cap, scratch + 2 * cap + k, take);
+    *cv = v;
+    *ci = ix;
+    return c;
+}
+
 /* Per segment, the k_l = max(1, floor(c n_l)) largest |g| (g = x, or the
    residual after adding x): indices and values into idx/val, the residual
-   cleared there.  Returns nnz, or (size_t)-1 for a non-finite g. */
+   cleared there.  scratch (n_scratch words) holds the heaps: a segment
+   with too little of it is ranked by the heap at its full size, which
+   always fits the k_l words of idx and val it will fill.  Returns nnz, or
+   (size_t)-1 for a non-finite g. */
 static size_t dg__topk_select(const float *x, size_t n, const uint32_t *segs, uint32_t n_segs,
-                              double rate, float *residual, uint32_t *idx, float *val)
+                              double rate, float *residual, uint32_t *idx, float *val,
+                              uint32_t *scratch, size_t n_scratch)
 {
     size_t base = 0, nnz = 0, i;
     uint32_t s;
@@ -12176,24 +12219,107 @@ static size_t dg__topk_select(const float *x, size_t n, const uint32_t *segs, ui
         g = residual;
     }
     for (s = 0; s < n_segs; base += segs[s++]) {
-        size_t len = segs[s], k = (size_t)floor(rate * (double)len), take = 0, eq = 0;
-        uint32_t key;
+        size_t len = segs[s], k = (size_t)floor(rate * (double)len), take = 0, eq = 0, m = 0;
+        const float *cv = g + base;
+        float *fv = NULL;
+        uint32_t key, *ci = NULL;
         if (k < 1) k = 1;
         if (k > len) k = len;
-        key = dg__topk_key(g + base, len, k, idx + nnz, (uint32_t *)(val + nnz), &take);
-        if (key == 0xFFFFFFFFu) return (size_t)-1;
-        for (i = base; i < base + len; i++) {
-            uint32_t ki = dg__abs_key(g[i]);
+        if (len >= 4 * DG__TOPK_SAMPLE && n_scratch >= 4 * k + 3 * DG__TOPK_SAMPLE)
+            m = dg__topk_sampled(g + base, len, k, scratch, n_scratch, &fv, &ci, &key, &take);
+        if (m == (size_t)-1) return m;
+        if (m) {
+            cv = fv;
+        } else {
+            m = len;
+            key = dg__topk_key(g + base, len, k, idx + nnz, (uint32_t *)(val + nnz), &take);
+            if (key == 0xFFFFFFFFu) return (size_t)-1;
+        }
+        for (i = 0; i < m; i++) {
+            uint32_t ki = dg__abs_key(cv[i]), at = (uint32_t)(ci ? ci[i] + base : base + i);
             if (ki < key || (ki == key && eq++ >= take)) continue;
-            idx[nnz] = (uint32_t)i;
-            val[nnz++] = g[i];
-            if (residual) residual[i] = 0.0f;
+            idx[nnz] = at;
+            val[nnz++] = g[at];
+            if (residual) residual[at] = 0.0f;
         }
     }
     return nnz;
 }
 
 /* ---- IBM bins ---- */
+
+/* The lowest set bit of m != 0. */
+static int dg__ctz64(uint64_t m)
+{
+#if defined(__GNUC__)
+    return __builtin_ctzll(m);
+#else
+    int n = 0;
+    while (!(m & 1)) m >>= 1, n++;
+    return n;
+#endif
+}
+
+/* One bin x[0..len) (len <= 64) of IBM: G = R + x, stored in R (R NULL:
+   G = x); returns the mask of the entries to send, |G + x| >= max|G| and
+   G != 0, and sets *bad when some G is not finite. */
+static uint64_t dg__ibm_bin(const float *x, float *R, size_t len, int *bad)
+{
+    const float *G = R ? R : x;
+    float gmax = 0.0f;
+    uint64_t m = 0;
+    size_t i;
+    if (R)
+        for (i = 0; i < len; i++) R[i] += x[i];
+    for (i = 0; i < len; i++) {
+        float a = fabsf(G[i]);
+        if (!(a <= FLT_MAX)) *bad = 1;
+        gmax = a > gmax ? a : gmax;
+    }
+    if (gmax == 0.0f || *bad) return 0; /* nothing to say about this bin */
+    for (i = 0; i < len; i++)
+        m |= (uint64_t)(fabsf(G[i] + x[i]) >= gmax && G[i] != 0.0f) << i;
+    return m;
+}
+
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+/* The same for a whole bin of 64, with the same float operations. */
+__attribute__((target("avx2"))) static uint64_t dg__ibm_bin64_avx2(const float *x, float *R,
+                                                                    int *bad)
+{
+    const __m256i am = _mm256_set1_epi32(0x7FFFFFFF);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 G[8], gm;
+    __m256i top = _mm256_setzero_si256();
+    uint32_t t[8], mx = 0;
+    uint64_t m = 0;
+    float gmax;
+    int q;
+    for (q = 0; q < 8; q++) {
+        __m256 v = _mm256_loadu_ps(x + 8 * q);
+        if (R) {
+            v = _mm256_add_ps(_mm256_loadu_ps(R + 8 * q), v);
+            _mm256_storeu_ps(R + 8 * q, v);
+        }
+        G[q] = v;
+        top = _mm256_max_epu32(top, _mm256_and_si256(_mm256_castps_si256(v), am));
+    }
+    _mm256_storeu_si256((__m256i *)t, top);
+    for (q = 0; q < 8; q++) mx = t[q] > mx ? t[q] : mx;
+    if (mx >= 0x7F800000u) *bad = 1;
+    if (!mx || *bad) return 0;
+    memcpy(&gmax, &mx, 4);
+    gm = _mm256_set1_ps(gmax);
+    for (q = 0; q < 8; q++) {
+        __m256 h = _mm256_and_ps(_mm256_add_ps(G[q], _mm256_loadu_ps(x + 8 * q)),
+                                 _mm256_castsi256_ps(am));
+        __m256 sel = _mm256_and_ps(_mm256_cmp_ps(h, gm, _CMP_GE_OQ),
+                                   _mm256_cmp_ps(G[q], zero, _CMP_NEQ_OQ));
+        m |= (uint64_t)(unsigned)_mm256_movemask_ps(sel) << (8 * q);
+    }
+    return m;
+}
+#endif
 
 /* Per segment: G = R + x (R the residual, or 0), bins of L: an entry goes
    when |G + x| >= max|G| of its bin and G != 0; scale = mean |G| of the
@@ -12204,28 +12330,43 @@ static size_t dg__ibm_select(const float *x, const uint32_t *segs, uint32_t n_se
 {
     size_t base = 0, nnz = 0, i, j;
     uint32_t s;
+    int simd = bin == 64 && dg__codec_simd();
     for (s = 0; s < n_segs; base += segs[s++]) {
         size_t end = base + segs[s], first = nnz;
         double sum = 0.0;
         float sc;
         for (j = base; j < end; j += bin) {
-            size_t e = end - j < bin ? end : j + bin;
-            float gmax = 0.0f;
-            const float *G = x;
-            if (residual) {
-                for (i = j; i < e; i++) residual[i] += x[i];
-                G = residual;
+            size_t len = end - j < bin ? end - j : bin;
+            float *R = residual ? residual + j : NULL;
+            const float *G = R ? R : x + j;
+            int bad = 0;
+            uint64_t m = 0;
+            if (bin > 64) { /* wide bins: the same rule without a mask */
+                float gmax = 0.0f;
+                if (R)
+                    for (i = 0; i < len; i++) R[i] += x[j + i];
+                for (i = 0; i < len; i++) {
+                    float a = fabsf(G[i]);
+                    if (!(a <= FLT_MAX)) return (size_t)-1;
+                    gmax = a > gmax ? a : gmax;
+                }
+                for (i = 0; gmax > 0.0f && i < len; i++) {
+                    if (!(fabsf(G[i] + x[j + i]) >= gmax) || G[i] == 0.0f) continue;
+                    idx[nnz++] = (uint32_t)(j + i) | (G[i] < 0.0f ? 0x80000000u : 0u);
+                    sum += fabsf(G[i]);
+                }
+                continue;
             }
-            for (i = j; i < e; i++) {
-                float a = fabsf(G[i]);
-                if (!(a <= FLT_MAX)) return (size_t)-1;
-                gmax = a > gmax ? a : gmax;
-            }
-            if (gmax == 0.0f) continue; /* nothing to say about this bin */
-            for (i = j; i < e; i++) {
-                if (!(fabsf(G[i] + x[i]) >= gmax) || G[i] == 0.0f) continue;
-                idx[nnz++] = (uint32_t)i | (G[i] < 0.0f ? 0x80000000u : 0u);
-                sum += fabsf(G[i]);
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+            if (simd && len == 64) m = dg__ibm_bin64_avx2(x + j, R, &bad);
+            else
+#endif
+                m = dg__ibm_bin(x + j, R, len, &bad);
+            if (bad) return (size_t)-1;
+            for (; m; m &= m - 1) { /* in index order, as the scalar rule */
+                int b = dg__ctz64(m);
+                idx[nnz++] = (uint32_t)(j + (size_t)b) | (G[b] < 0.0f ? 0x80000000u : 0u);
+                sum += fabsf(G[b]);
             }
         }
         sc = nnz > first ? (float)(sum / (double)(nnz - first)) : 0.0f;
@@ -12306,8 +12447,10 @@ DGDEF dg_result dg_codec_encode(const dg_codec *c, const float *x, size_t n,
             k_all += k < 1 ? 1 : k > segs[s] ? segs[s] : k;
         }
         /* values go after the k_all indices: both arrays have fixed places */
+        /* the room of the n entries the bound allows and k_all do not use: scratch */
         nnz = dg__topk_select(x, n, segs, n_segs, dg__codec_rate(c), residual, idx,
-                              (float *)(body + 4 + 4 * k_all));
+                              (float *)(body + 4 + 4 * k_all), idx + 2 * k_all,
+                              (cap - (size_t)(body - p) - 4) / 4 - 2 * k_all);
         if (nnz == (size_t)-1) {
             if (residual) memset(residual, 0, sizeof(float) * n);
             return dg__fail(DG_ERR_ARG, "dg_codec_encode: a value is not finite");
@@ -12449,8 +12592,11 @@ DGDEF dg_result dg_codec_decode(dg_codec_kind expect, const void *buf, size_t le
         s = 0;
         end = dg__rd32(p + DG__CODEC_HEADER);
         for (i = 0; i < nnz; i++) {
+            uint32_t u;
             while (idx[i] >= end) end += dg__rd32(p + DG__CODEC_HEADER + 4 * (size_t)++s);
-            out[idx[i]] = (sign[i >> 3] >> (i & 7)) & 1 ? -scale[s] : scale[s];
+            memcpy(&u, &scale[s], 4);
+            u |= (uint32_t)((sign[i >> 3] >> (i & 7)) & 1) << 31;
+            memcpy(&out[idx[i]], &u, 4);
         }
         break;
     }
