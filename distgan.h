@@ -11842,7 +11842,7 @@ DGDEF dg_result dg_codec_set_parse(const char *s, dg_codec_set *out)
         char buf[64];
         int i;
         item++;
-        eq = memchr(s, '=', len);
+        eq = (const char *)memchr(s, '=', len);
         if (!eq || len >= sizeof buf)
             return dg__fail(DG_ERR_ARG, "codecs: item %d '%.*s' is not TRAFFIC=CODEC (TRAFFIC: "
                             "batch, feedback, swap, upload, download)", item, (int)(len < 64 ? len : 64), s);
@@ -11977,15 +11977,15 @@ __attribute__((target("avx2,f16c"))) static size_t dg__f16_decode_avx2(const uin
 }
 #endif
 
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+/* every AVX2 CPU (Haswell, Excavator, Zen and later) has F16C, which
+   clang's __builtin_cpu_supports cannot name */
 static int dg__codec_simd(void)
 {
-#if defined(DG__X86) && !defined(DG_NO_SIMD)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-#else
-    return 0;
-#endif
+    return __builtin_cpu_supports("avx2");
 }
+#endif
 
 static void dg__f16_encode(const float *x, uint16_t *h, size_t n)
 {
@@ -12330,7 +12330,9 @@ static size_t dg__ibm_select(const float *x, const uint32_t *segs, uint32_t n_se
 {
     size_t base = 0, nnz = 0, i, j;
     uint32_t s;
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
     int simd = bin == 64 && dg__codec_simd();
+#endif
     for (s = 0; s < n_segs; base += segs[s++]) {
         size_t end = base + segs[s], first = nnz;
         double sum = 0.0;
@@ -12651,14 +12653,14 @@ static dg_result dg__coder_add(dg__coder *co, size_t n, uint32_t segs, const siz
 static dg_result dg__coder_add_net(dg__coder *co, const dg_net *net, const dg_optim *opt,
                                    int with_opt)
 {
-    size_t plen[4 * 64], slen[64], n = 0, st = 0;
+    size_t plen[4 * 64] = {0}, slen[64], n = 0, st = 0;
     uint32_t segs = 0, ssegs = 0;
     int l, L = dg_net_layer_count(net);
     dg_result r;
     if (L > 64) return dg__fail(DG_ERR_UNSUPPORTED, "codec: nets of more than 64 layers");
     for (l = 0; l < L; l++) {
         dg_layer_info li;
-        dg_net_layer_info(net, l, &li);
+        if ((r = dg_net_layer_info(net, l, &li)) != DG_OK) return r;
         if (li.weight_count) plen[segs++] = li.weight_count;
         if (li.param_count > li.weight_count) plen[segs++] = li.param_count - li.weight_count;
         if (li.state_count) slen[ssegs++] = li.state_count;
