@@ -1591,6 +1591,11 @@ DGDEF dg_result dg_codec_parse(const char *s, dg_codec *out);
 /* "batch=int8,feedback=f16,swap=f16,upload=topk:0.01,download=f16": each
    traffic type at most once; the others stay none. */
 DGDEF dg_result dg_codec_set_parse(const char *s, dg_codec_set *out);
+/* DG_ERR_ARG, naming the traffic, when set has a codec its algorithm
+   (mdgan != 0: MD-GAN, else FL-GAN) does not use, or top-k / IBM on
+   absolute traffic (batch, swap, download): what the roles' create
+   functions check, for a program that wants to refuse it first. */
+DGDEF dg_result dg_codec_set_check(const dg_codec_set *set, int mdgan);
 /* A "name=codec,..." text of the non-none entries of set ("none" when all
    are): for logs and config hashes. */
 DGDEF void dg_codec_set_format(const dg_codec_set *set, char *buf, size_t cap);
@@ -12844,23 +12849,22 @@ static void dg__coder_keep(dg__coder *co, const dg_msg *m)
         }
 }
 
-/* The codecs of set that algorithm mdgan (1) or FL-GAN (0) uses, and how:
-   the others must be none, absolute traffic (batches, swaps, downloads)
-   takes f16 or int8 only. */
-static dg_result dg__codec_check(const dg_codec_set *set, int mdgan, const char *fn)
+DGDEF dg_result dg_codec_set_check(const dg_codec_set *set, int mdgan)
 {
     /* per traffic (batch, feedback, swap, upload, download): 1 used, 2 absolute */
     static const int use[2][5] = {{0, 0, 0, 1, 3}, {3, 1, 3, 0, 0}};
     int i;
+    if (!set) return dg__fail(DG_ERR_ARG, "dg_codec_set_check: NULL");
+    mdgan = mdgan != 0;
     for (i = 0; i < 5; i++) {
         const dg_codec *c = dg__codec_of((dg_codec_set *)set, i);
         if ((unsigned)c->kind > DG_CODEC_IBM || !(c->rate >= 0.0f && c->rate <= 1.0f) || c->bin < 0)
-            return dg__fail(DG_ERR_ARG, "%s: the %s codec is out of range", fn, dg__traffic_names[i]);
+            return dg__fail(DG_ERR_ARG, "codecs: the %s codec is out of range", dg__traffic_names[i]);
         if (!use[mdgan][i] && c->kind != DG_CODEC_NONE)
-            return dg__fail(DG_ERR_ARG, "%s: the %s codec is %s traffic", fn, dg__traffic_names[i],
+            return dg__fail(DG_ERR_ARG, "codecs: %s is %s traffic", dg__traffic_names[i],
                             mdgan ? "FL-GAN" : "MD-GAN");
         if ((use[mdgan][i] & 2) && c->kind > DG_CODEC_INT8)
-            return dg__fail(DG_ERR_ARG, "%s: %s carries absolute values: f16 or int8, not %s", fn,
+            return dg__fail(DG_ERR_ARG, "codecs: %s carries absolute values: f16 or int8, not %s",
                             dg__traffic_names[i], dg_codec_name(c->kind));
     }
     return DG_OK;
@@ -13217,7 +13221,7 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         cfg->swap_every < 0 || !dg_mdgan_k(cfg))
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: bad config (N %d, b %d, k %d, L %d)",
                         cfg->n_workers, cfg->batch, cfg->k, cfg->disc_steps);
-    if (dg__codec_check(&cfg->codec, 1, "dg_mdgan_server_create") != DG_OK) return DG_ERR_ARG;
+    if (dg_codec_set_check(&cfg->codec, 1) != DG_OK) return DG_ERR_ARG;
     n = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
     if (t->n_peers < n + 1)
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: transport has %d peers, need %d",
@@ -13803,7 +13807,7 @@ DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_con
         w->real_labels = (int32_t *)dg__calloc((size_t)cfg->batch, sizeof(int32_t));
         if (!w->real || !w->real_labels) r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
     }
-    if (r == DG_OK) r = dg__codec_check(&cfg->codec, 1, "dg_mdgan_worker_create");
+    if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 1);
     if (r == DG_OK) r = dg__coder_batches(&w->batch_co, cfg, 2, 0);
     if (r == DG_OK) r = dg__coder_batches(&w->feedback_co, cfg, 1, 1);
     if (r == DG_OK) {
@@ -14187,7 +14191,7 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (!cfg || !t || !pool || cfg->n_workers < 1 || cfg->batch < 1 || cfg->local_epochs < 0 ||
         t->n_peers < cfg->n_workers + 1)
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: bad arguments");
-    if (dg__codec_check(&cfg->codec, 0, "dg_flgan_server_create") != DG_OK) return DG_ERR_ARG;
+    if (dg_codec_set_check(&cfg->codec, 0) != DG_OK) return DG_ERR_ARG;
     s = (dg_flgan_server *)dg__calloc(1, sizeof *s);
     if (!s) return dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     s->cfg = *cfg;
@@ -14515,7 +14519,7 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
     if (w->iters_per_round < 1) w->iters_per_round = 1;
     b = (size_t)cfg->batch;
     r = dg__pair_create(&w->gan, cfg, pool);
-    if (r == DG_OK) r = dg__codec_check(&cfg->codec, 0, "dg_flgan_worker_create");
+    if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 0);
     if (r == DG_OK)
         r = dg__coder_pair(&w->download_co, &cfg->codec.download, &w->gan, cfg->average_optimizer,
                            0, 0);

@@ -380,25 +380,10 @@ static int parse(options *o, int argc, char **argv)
         fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
         return 1;
     }
-    if (o->codec_str) {
-        /* which traffic each algorithm has: the others are refused here, before any work */
-        static const char *const other[] = {"", "upload=,download=", "batch=,feedback=,swap="};
-        char text[256], *p;
-        if (dg_codec_set_parse(o->codec_str, &o->codec)) {
-            fprintf(stderr, "distgan: --codec '%s': %s\n", o->codec_str, dg_last_error());
-            return 1;
-        }
-        dg_codec_set_format(&o->codec, text, sizeof text);
-        for (p = strtok(text, ","); p; p = strtok(NULL, ",")) {
-            size_t key = strcspn(p, "=");
-            p[key + 1] = 0;
-            if (strcmp(p, "none=") && strstr(other[o->algo], p)) {
-                p[key] = 0;
-                fprintf(stderr, "distgan: --codec: %s is not traffic of --algo %s\n", p,
-                        algo_names[o->algo]);
-                return 1;
-            }
-        }
+    if (o->codec_str && (dg_codec_set_parse(o->codec_str, &o->codec) ||
+                         (o->algo != ALGO_GAN && dg_codec_set_check(&o->codec, o->algo == ALGO_MDGAN)))) {
+        fprintf(stderr, "distgan: --codec '%s': %s\n", o->codec_str, dg_last_error());
+        return 1;
     }
     return o->attack_str ? parse_attacks(o) : 0;
 }

@@ -130,8 +130,17 @@ TEST(distgan_options)
         {"--network", "moon", ONLY}, {"--network", "wan; up lat=abc", ONLY},
         {"--network", "link 0->3 bw=-1", ONLY}, {"--network", "@/nonexistent/net.txt", ONLY},
         {"--network", "worker 9 gflops=1", ONLY}, /* no worker 9 */
+        {"--codec", "batch=int9", ONLY}, {"--codec", "batch=int8,batch=f16", ONLY},
+        {"--codec", "weights=f16", ONLY}, {"--codec", "feedback=topk:0", ONLY},
+        {"--codec", "feedback=topk:x", ONLY}, {"--codec", "feedback=ibm:0", ONLY},
+        {"--codec", "f16", ONLY}, {"--codec", "batch=f16,", ONLY},
+        {"--codec", "batch=topk", ONLY},   /* images are absolute: f16 or int8 */
+        {"--codec", "upload=topk", ONLY},  /* FL-GAN traffic, MD-GAN the default */
     };
+    static const char *const flgan[] = {"--algo", "flgan", NULL};
+    static const numopt fl[] = {{"--codec", "feedback=f16", ONLY}, {"--codec", "download=ibm", ONLY}};
     CHECK(check_options("distgan", NULL, o, N(o)) == 0);
+    CHECK(check_options("distgan", flgan, fl, N(fl)) == 0);
 }
 
 TEST(gan_options)
@@ -204,6 +213,7 @@ TEST(distgan_unused_options)
         {"--algo", "mdgan", "--local-iters", "3", NULL},
         {"--listen", "127.0.0.1:0", NULL},
         {"--checkpoint-every", "5", NULL},
+        {"--algo", "gan", "--codec", "batch=f16", NULL},
     };
     char *argv[10], line[1024];
     int i, k;
