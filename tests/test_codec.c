@@ -481,6 +481,30 @@ TEST(codec_mismatch_is_refused)
     dg_dataset_free(&ds);
 }
 
+#ifndef DG_NO_TCP
+/* The TCP handshake's config hash covers the codecs, so processes that
+   disagree do not connect; with none everywhere it is the hash of before. */
+TEST(config_hash_covers_the_codecs)
+{
+    dg_mdgan_config a = small_config(2), b = small_config(2);
+    dg_flgan_config fa = small_flgan_config(2, 1), fb = small_flgan_config(2, 1);
+    unsigned char ha[32], hb[32];
+    dg_tcp_mdgan_config_hash(&a, NULL, ha);
+    dg_tcp_mdgan_config_hash(&b, NULL, hb);
+    CHECK(!memcmp(ha, hb, 32));
+    b.codec.swap.kind = DG_CODEC_F16;
+    dg_tcp_mdgan_config_hash(&b, NULL, hb);
+    CHECK(memcmp(ha, hb, 32));
+    dg_tcp_flgan_config_hash(&fa, NULL, ha);
+    fb.codec.upload = codec(DG_CODEC_TOPK, 0.02f, 0);
+    dg_tcp_flgan_config_hash(&fb, NULL, hb);
+    CHECK(memcmp(ha, hb, 32));
+    fa.codec.upload = codec(DG_CODEC_TOPK, 0.01f, 0);
+    dg_tcp_flgan_config_hash(&fa, NULL, ha);
+    CHECK(memcmp(ha, hb, 32)); /* the rate counts too */
+}
+#endif
+
 int main(void)
 {
     if (dg_pool_create(&pool2, 2)) return 1;
@@ -494,6 +518,9 @@ int main(void)
     RUN(mdgan_swap_f16_halves_the_swap);
     RUN(flgan_delta_uploads);
     RUN(codec_mismatch_is_refused);
+#ifndef DG_NO_TCP
+    RUN(config_hash_covers_the_codecs);
+#endif
     dg_pool_destroy(pool2);
     return th_done();
 }
