@@ -11984,10 +11984,11 @@ __attribute__((target("avx2,f16c"))) static size_t dg__f16_decode_avx2(const uin
 
 #if defined(DG__X86) && !defined(DG_NO_SIMD)
 /* every AVX2 CPU (Haswell, Excavator, Zen and later) has F16C, which
-   clang's __builtin_cpu_supports cannot name */
+   clang's __builtin_cpu_supports cannot name.  No __builtin_cpu_init here:
+   the runtime's constructor has run it (dg_isa_best calls it outside any
+   task), and workers encode concurrently. */
 static int dg__codec_simd(void)
 {
-    __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
 }
 #endif

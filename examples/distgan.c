@@ -385,6 +385,12 @@ static int parse(options *o, int argc, char **argv)
         fprintf(stderr, "distgan: --codec '%s': %s\n", o->codec_str, dg_last_error());
         return 1;
     }
+    if (o->attack_str && o->codec.feedback.kind != DG_CODEC_NONE) {
+        /* the fault transport scales float32 parts: coded feedback is bytes */
+        fprintf(stderr, "distgan: --attack '%s': attacks float32 feedback, not with --codec "
+                        "feedback=%s\n", o->attack_str, dg_codec_name(o->codec.feedback.kind));
+        return 1;
+    }
     return o->attack_str ? parse_attacks(o) : 0;
 }
 

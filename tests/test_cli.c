@@ -140,7 +140,10 @@ TEST(distgan_options)
     static const char *const flgan[] = {"--algo", "flgan", NULL};
     static const numopt fl[] = {{"--codec", "feedback=f16", ONLY}, {"--codec", "download=ibm", ONLY}};
     CHECK(check_options("distgan", NULL, o, N(o)) == 0);
+    static const char *const coded[] = {"--codec", "feedback=f16", NULL};
+    static const numopt attack[] = {{"--attack", "1@5", ONLY}}; /* scales float32 feedback */
     CHECK(check_options("distgan", flgan, fl, N(fl)) == 0);
+    CHECK(check_options("distgan", coded, attack, N(attack)) == 0);
 }
 
 TEST(gan_options)

@@ -345,27 +345,31 @@ TEST(mdgan_codecs_count_fewer_wire_bytes)
     dg_mdgan_config c = small_config(3);
     const int I = 4;
     uint64_t b, d;
-    int n, it;
+    int n, it, acgan;
     make_data(&ds, 96, 1);
     b = (uint64_t)c.batch;
     d = 64;
     CHECK_OK(dg_partition_iid(&part, ds.n, 3, 5));
     c.codec.batch.kind = DG_CODEC_INT8;
     c.codec.feedback.kind = DG_CODEC_F16;
-    CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
-    for (it = 0; it < I; it++) CHECK_OK(dg_mdgan_run_iteration(run));
-    for (n = 1; n <= 3; n++) {
-        dg_traffic down = dg_transport_traffic(dg_mdgan_run_transport(run), 0, n);
-        dg_traffic up = dg_transport_traffic(dg_mdgan_run_transport(run), n, 0);
-        /* int8: header 16 + b lengths + b scales + b*d bytes, twice; f16: 16 + 4b + 2bd */
-        CHECK(down.payload_bytes == (uint64_t)I * 2 * (16 + 8 * b + b * d));
-        CHECK(up.payload_bytes == (uint64_t)I * (16 + 4 * b + 2 * b * d));
-        /* dense: 2*4bd down, 4bd up: ratios 3.4x and 1.9x here (d = 64) */
-        CHECK(4.0 * 2 * b * d * I / down.payload_bytes > 3.3);
+    for (acgan = 0; acgan <= 1; acgan++) {
+        c.n_classes = acgan ? 4 : 0; /* the labels travel as int32, uncoded */
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        for (it = 0; it < I; it++) CHECK_OK(dg_mdgan_run_iteration(run));
+        for (n = 1; n <= 3; n++) {
+            dg_traffic down = dg_transport_traffic(dg_mdgan_run_transport(run), 0, n);
+            dg_traffic up = dg_transport_traffic(dg_mdgan_run_transport(run), n, 0);
+            /* int8: header 16 + b lengths + b scales + b*d bytes, twice; f16: 16 + 4b + 2bd */
+            CHECK(down.payload_bytes == (uint64_t)I * (2 * (16 + 8 * b + b * d) + (acgan ? 8 * b : 0)));
+            CHECK(up.payload_bytes == (uint64_t)I * (16 + 4 * b + 2 * b * d));
+            /* dense: 2*4bd down, 4bd up: ratios 3.4x and 1.9x here (d = 64) */
+            CHECK(4.0 * 2 * b * d * I / down.payload_bytes > (acgan ? 3.0 : 3.3));
+        }
+        CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_live == 3);
+        CHECK(isfinite(dg_mdgan_server_stats(dg_mdgan_run_server(run))->g_loss));
+        dg_mdgan_run_free(run);
     }
-    CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_live == 3);
-    CHECK(isfinite(dg_mdgan_server_stats(dg_mdgan_run_server(run))->g_loss));
-    dg_mdgan_run_free(run);
+    c.n_classes = 0;
     c.codec.batch.kind = DG_CODEC_TOPK;
     CHECK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0) == DG_ERR_ARG &&
           strstr(dg_last_error(), "absolute values"));
