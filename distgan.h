@@ -12564,9 +12564,9 @@ DGDEF dg_result dg_codec_decode(dg_codec_kind expect, const void *buf, size_t le
             uint32_t l = dg__rd32(p + DG__CODEC_HEADER + 4 * (size_t)s);
             float sc;
             memcpy(&sc, body + 4 * (size_t)s, 4);
-            if (!(sc >= 0.0f && sc <= FLT_MAX))
-                return dg__fail(DG_ERR_FORMAT, "codec: int8 scale %u is %g (finite, >= 0 needed)", s,
-                                (double)sc);
+            if (!(sc >= 0.0f && sc <= FLT_MAX / 127.0f)) /* 127 s stays finite */
+                return dg__fail(DG_ERR_FORMAT, "codec: int8 scale %u is %g (0 to FLT_MAX / 127 "
+                                "needed)", s, (double)sc);
             if (!dg__int8_dequant((const int8_t *)(body + 4 * (size_t)S) + base, out + base, l, sc))
                 return dg__fail(DG_ERR_FORMAT, "codec: int8 value -128 in segment %u (range -127..127)",
                                 s);

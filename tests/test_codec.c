@@ -252,6 +252,11 @@ TEST(malformed_payloads_are_refused_naming_the_rule)
     refused(p, len + 1, DG_CODEC_INT8, 256, DG_ERR_FORMAT, "oversized");
     memcpy(p + 24 + 4, &nan, 4);
     refused(p, len, DG_CODEC_INT8, 256, DG_ERR_FORMAT, "int8 scale 1 is nan");
+    {
+        float big = 3e38f; /* finite, but 127 times it is not (found by fuzz_codec) */
+        memcpy(p + 24 + 4, &big, 4);
+        refused(p, len, DG_CODEC_INT8, 256, DG_ERR_FORMAT, "int8 scale 1 is 3e+38");
+    }
     CHECK_OK(dg_codec_encode(&i8, x, 256, seg, 2, NULL, p, sizeof p, &len));
     p[len - 1] = 0x80;
     refused(p, len, DG_CODEC_INT8, 256, DG_ERR_FORMAT, "-128");
