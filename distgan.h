@@ -11759,11 +11759,12 @@ DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t)
 
 /* ==== dg_codec ==== */
 
-/* The kernels run on one thread: top-k is a three-pass radix select on the
-   bits of |x| (no sort, no scratch), IBM one pass per bin; F16 and INT8
-   have AVX2 (F16C) paths that give the scalar bits (round to nearest even
-   both ways).  Bulk arrays are copied in host order: little-endian hosts,
-   as the socket transports require. */
+/* The kernels run on one thread: top-k keeps a min-heap of the k best of a
+   segment (a large one first passes a threshold drawn from a sample), its
+   scratch the room the bound leaves in the output buffer; IBM tests bins of
+   64 with AVX2 compares; F16 and INT8 have AVX2 (F16C) paths that give the
+   scalar bits (round to nearest even both ways).  Bulk arrays are copied
+   in host order: little-endian hosts, as the socket transports require. */
 
 #define DG__CODEC_HEADER 16
 #define DG__CODEC_VERSION 1
