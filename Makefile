@@ -30,7 +30,7 @@ MPI_BENCHES := $(patsubst bench/mpi_%.c,bench_mpi_%,$(wildcard bench/mpi_*.c))
 HAVE_MPICC  := $(shell command -v $(MPICC) 2>/dev/null)
 MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%) $(B)/distgan-mpi $(B)/asgd-mpi)
 # threaded tests that `make tsan` runs under ThreadSanitizer
-TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp test_netsim test_codec)
+TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp test_netsim test_async test_codec)
 HEADERS  := distgan.h $(wildcard adacomp.h)
 TEST_HDRS := $(wildcard tests/*.h)
 
@@ -85,13 +85,13 @@ $(B)/mpi_%: tests/mpi_%.c $(TEST_HDRS) $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
 $(B)/asan/mpi_%: tests/mpi_%.c $(TEST_HDRS) $(HEADERS) | $(B)/asan
 	$(MPICC) $(CSTD) $(WARN) $(SAN) -o $@ $< $(LDLIBS)
-$(B)/bench_mpi_%: bench/mpi_%.c bench/bench_common.h $(HEADERS) | $(B)
+$(B)/bench_mpi_%: bench/mpi_%.c $(wildcard bench/*.h) $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
 $(B)/asan/replay_%: tests/fuzz_%.c tests/fuzz_replay.c $(HEADERS) | $(B)/asan
 	$(CC) $(CSTD) $(WARN) $(SAN) -o $@ $< tests/fuzz_replay.c $(LDLIBS)
 $(B)/fuzz/%: tests/fuzz_%.c $(HEADERS) | $(B)/fuzz
 	$(CLANG) $(CSTD) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< $(LDLIBS)
-$(B)/bench_%: bench/bench_%.c $(HEADERS) | $(B)
+$(B)/bench_%: bench/bench_%.c $(wildcard bench/*.h) $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
 $(B)/%: examples/%.c $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
@@ -165,10 +165,13 @@ tsan: deps
 	@$(MAKE) -j$$(nproc 2>/dev/null || echo 2) --no-print-directory $(TSAN_TESTS:%=$(B)/tsan/%)
 	@sh tests/run.sh $(B)/tsan "$(TSAN_TESTS)" ""
 
+# the rank counts an MPI bench runs with (default 2): bench_mpi_mdgan with
+# N + 1 ranks for N = 4 and N = 10 workers
+MPI_RANKS_bench_mpi_mdgan := 5 11
 bench: deps $(BENCHES:%=$(B)/%) $(filter $(MPI_BENCHES:%=$(B)/%),$(MPI_ALL))
 	@for b in $(BENCHES); do ./$(B)/$$b || echo "bench $$b status=failed"; done
-	@if [ -n "$(HAVE_MPICC)" ]; then for b in $(MPI_BENCHES); do \
-	  sh tests/mpirun.sh 2 ./$(B)/$$b || echo "bench $$b status=failed"; done; \
+	@if [ -n "$(HAVE_MPICC)" ]; then $(foreach b,$(MPI_BENCHES),for n in $(or $(MPI_RANKS_$(b)),2); do \
+	  sh tests/mpirun.sh $$n ./$(B)/$(b) || echo "bench $(b) ranks=$$n status=failed"; done;) \
 	else echo "bench mpi status=skipped (no $(MPICC): apt-get install libopenmpi-dev openmpi-bin)"; fi
 
 fuzz: $(FUZZERS:%=$(B)/fuzz/%)

@@ -806,7 +806,9 @@ DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n
    exp(E_x KL(p(y|x) || p(y))) and whose logits and penultimate features give
    two FIDs against statistics of the real training data. */
 
-typedef enum dg_arch { DG_ARCH_DCGAN = 0, DG_ARCH_MLP = 1 } dg_arch;
+typedef enum dg_arch { DG_ARCH_DCGAN = 0, DG_ARCH_MLP = 1, DG_ARCH_TINY = 2 } dg_arch;
+/* "dcgan", "mlp", "tiny" (the choices of --arch, in enum order); "?" else */
+DGDEF const char *dg_arch_name(dg_arch arch);
 
 /* Generator: input z_dim (+ n_classes one-hot appended when n_classes > 0,
    ACGAN), output c x h x w in [-1, 1] (tanh).
@@ -815,6 +817,8 @@ typedef enum dg_arch { DG_ARCH_DCGAN = 0, DG_ARCH_MLP = 1 } dg_arch;
           (h and w divisible by 4, else DG_ERR_SHAPE).
    MLP (MD-GAN paper): Linear(in, 512) ReLU Linear(512, 512) ReLU
           Linear(512, c*h*w) tanh reshape(c, h, w).
+   TINY:  the MLP with 32 units instead of 512 (scale tests: a thousand
+          workers in a few hundred MB, quick checks).
    The net's input shape is (z_dim + n_classes, 1, 1). */
 DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_classes, int c,
                                    int h, int w);
@@ -824,7 +828,8 @@ DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_
           LeakyReLU(0.2) flatten Linear(128*(h/4)*(w/4), n_out)
           (h and w divisible by 4).
    MLP:   flatten Linear(c*h*w, 512) LeakyReLU(0.2) Linear(512, 512)
-          LeakyReLU(0.2) Linear(512, n_out). */
+          LeakyReLU(0.2) Linear(512, n_out).
+   TINY:  the MLP with 32 units instead of 512. */
 DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h, int w,
                                        int n_out);
 
@@ -1061,6 +1066,16 @@ typedef struct dg_csv {
 /* Opens path for writing (append != 0: appends and writes the header only
    to an empty file); header is the comma-separated column names. */
 DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, int append);
+/* Reopens the log of a run resumed from a checkpoint taken after row
+   `upto` (the first column, e.g. the iteration): keeps the header, which
+   must be `header`, and the rows whose first value is <= upto (later ones
+   came after the checkpoint and will be written again), writes them back
+   atomically, and appends from there.  last[0..cols-1] gets the last kept
+   row (NaN for an empty field, all NaN when none is kept), so that
+   cumulative columns (bytes, time) can go on from it.  A missing file is
+   created as by dg_csv_open. */
+DGDEF dg_result dg_csv_reopen(dg_csv *csv, const char *path, const char *header, double upto,
+                              double *last);
 /* One row of n values (integers below 1e15 exactly, others %.6g; NaN is
    written as an empty field), flushed. */
 DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n);
@@ -1131,6 +1146,7 @@ typedef struct dg_msg {
     int64_t aux;
     float stat[2];
     dg_part part[DG_MSG_MAX_PARTS];
+    double arrival;    /* simulated time it reaches its receiver (dg_netsim); 0 without */
     /* owned by the transport's pool */
     unsigned char *buf;
     size_t cap;
@@ -1312,7 +1328,10 @@ DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
                 a = s + B*8/bw + latency + jitter*u + n_lost*RTO,
               raised to the previous arrival on the link (order per link is
               kept).  Sending costs the sender no time.
-     receive  c_q = max(c_q, a) when q takes the message from its inbox.
+     receive  c_q = max(c_q, a) when q takes the message from its inbox
+              (which records a in dg_msg.arrival); the asynchronous
+              MD-GAN server instead moves its clock to the close time of
+              its iteration, computed from the arrivals it holds.
      loss     each transmission is lost with probability `loss`
               independently; every loss delays the message by one TCP
               retransmission timeout RTO = max(rto_min, 2 * RTT), RTT the
@@ -1655,7 +1674,10 @@ DGDEF dg_result dg_codec_decode(dg_codec_kind expect, const void *buf, size_t le
    every worker trains E local epochs (m*E/b iterations of the standalone
    step) on its shard and sends (w, θ) back with its shard size; the server
    averages them weighted by shard size (and the Adam states, as an option)
-   and scores its averaged G. */
+   and scores its averaged G.  FeGAN (Guerraoui et al., Middleware 2020):
+   a round asks only a fraction C of the live workers, drawn from (seed,
+   PICK, round), uniformly or (balanced) with probability proportional to
+   their shard sizes; the others neither train nor send. */
 
 #define DG_MDGAN_STREAM_NOISE 0x6d646e6f697365ull  /* index: iteration */
 #define DG_MDGAN_STREAM_DATA 0x6d6464617461ull     /* index: worker id */
@@ -1663,8 +1685,16 @@ DGDEF dg_result dg_codec_decode(dg_codec_kind expect, const void *buf, size_t le
 #define DG_MDGAN_STREAM_SWAP 0x6d6473776170ull     /* index: swap round */
 #define DG_MDGAN_STREAM_JOIN 0x6d646a6f696eull     /* index: iteration */
 #define DG_FLGAN_STREAM_NOISE 0x666c6e6f697365ull  /* stream + worker id; index: local iteration */
+#define DG_FLGAN_STREAM_PICK 0x666c7069636bull      /* index: round (FeGAN's choice of workers) */
 
 #define DG_MDGAN_K_LOG2 (-1) /* k = ceil(log2 N), at least 1 */
+
+/* Asynchronous MD-GAN: how a feedback computed on images of a G that is
+   tau updates old weighs in G's update (docs/mdgan.md) */
+typedef enum dg_staleness {
+    DG_STALENESS_INVERSE = 0,  /* 1 / max(1, tau), AdaComp's modulation (default) */
+    DG_STALENESS_CONSTANT = 1  /* 1: stale feedback counts as fresh */
+} dg_staleness;
 
 /* The 64-bit seed of stream (seed, stream, index): what the roles pass to
    dg_net_init and dg_batcher_init, exported so a test can rebuild them. */
@@ -1707,6 +1737,21 @@ typedef struct dg_mdgan_config {
     float feedback_clip;  /* > 0: the server scales each row (one sample) of a
                              worker's F_n down to this L2 norm before summing,
                              so one worker cannot steer G alone; 0: off */
+    /* Asynchronous MD-GAN (docs/mdgan.md; in process only, dg_mdgan_run):
+       G is updated once `quorum` feedbacks (of any iteration) have arrived,
+       or at `deadline`; a worker gets a new batch only once its last
+       feedback was used, and a feedback from images of iteration t' used at
+       iteration t (tau = t - t') weighs by `staleness`, or is dropped when
+       tau > tau_max.  Arrival is simulated time under a network model
+       (dg_mdgan_run_set_network); without one every feedback arrives at
+       once, so any quorum is the synchronous iteration. */
+    int quorum;           /* q: 0 (default) synchronous MD-GAN; 1..N asynchronous */
+    double deadline;      /* async: simulated seconds after the batches leave at
+                             which G is updated with what arrived (at least one);
+                             0 (default): only the quorum */
+    dg_staleness staleness; /* async: DG_STALENESS_INVERSE (default) */
+    int tau_max;          /* async: feedback staler than this is dropped;
+                             -1 (default): none is */
     dg_codec_set codec;   /* batch, feedback, swap (dg_codec): none (default) */
     void (*log)(void *user, const char *line); /* events (drops, joins); NULL: silent */
     void *log_user;
@@ -1721,6 +1766,8 @@ typedef struct dg_mdgan_stats {
     int n_live;           /* workers whose feedback made the last update */
     int n_dropped;        /* workers dropped so far */
     int64_t swaps;        /* swap rounds announced */
+    int n_stale;          /* async: of the n_live feedbacks, those from an older G */
+    int64_t stale_dropped;/* async: feedbacks dropped beyond tau_max so far */
     float d_loss, g_loss; /* means over the live workers of the last iteration */
     double compute_s;     /* the server's own compute time, cumulated */
 } dg_mdgan_stats;
@@ -1752,7 +1799,10 @@ DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms);
 /* Live workers whose feedback is still missing (0: no iteration open). */
 DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s);
 /* The barrier's deadline passed: drop the missing workers from N_live
-   (logged) and complete the iteration with the feedback received. */
+   (logged) and complete the iteration with the feedback received.
+   Asynchronous (cfg.quorum > 0): the iteration closes only here, at the
+   time its held feedback's arrivals give; call it once every feedback that
+   will come is in (the in-process driver: when every queue is empty). */
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s);
 /* Worker id (a free slot) joins at the next begin with a copy of the D of a
    live worker. */
@@ -1823,6 +1873,13 @@ typedef struct dg_flgan_config {
     int64_t max_shard;    /* > 0: a worker reporting a larger shard is refused (the
                              drivers: the training set's size, which the config
                              hash covers); 0: no bound */
+    float fraction;       /* FeGAN's C: each round asks m = max(1, round(C * N_live))
+                             live workers, each with probability m/N_live
+                             (systematic sampling); 0 or 1 (default): all */
+    int balanced;         /* FeGAN's balanced sampling: worker n is asked with
+                             probability m * m_n / sum of the m_n (shard sizes,
+                             capped at 1: dg_flgan_server_set_shard); the average
+                             is weighted by shard size in every mode */
     dg_codec_set codec;   /* upload, download (dg_codec): none (default) */
     void (*log)(void *user, const char *line);
     void *log_user;
@@ -1859,6 +1916,10 @@ DGDEF dg_result dg_flgan_server_expire(dg_flgan_server *s);
    brings one back: begin sends it the current global model like everyone. */
 DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const char *why);
 DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id);
+/* Worker id's shard size before its first upload (balanced sampling needs
+   every size at the first round; the in-process driver sets them from the
+   partition); an upload claiming another size is refused. */
+DGDEF dg_result dg_flgan_server_set_shard(dg_flgan_server *s, int id, int64_t size);
 DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id);
 DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s);
 DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s);
@@ -1944,6 +2005,21 @@ DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
 DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net);
 
+/* Checkpoints of an in-process run, in the files the process drivers use
+   (dg_checkpoint_path), so that a run may resume on another transport:
+   save writes the server's and every live worker's state into dir
+   (atomically, file by file; MD-GAN settles its run first), load reads
+   them back into a run created with the same configuration, skipping a
+   worker whose file does not exist (a later joiner, a crashed worker). */
+DGDEF dg_result dg_mdgan_run_save(dg_mdgan_run *r, const char *dir);
+DGDEF dg_result dg_mdgan_run_load(dg_mdgan_run *r, const char *dir);
+DGDEF dg_result dg_flgan_run_save(dg_flgan_run *r, const char *dir);
+DGDEF dg_result dg_flgan_run_load(dg_flgan_run *r, const char *dir);
+/* The checkpoint file of role n (0: the server, 1..N the workers) of an
+   MD-GAN (flgan = 0) or FL-GAN run in dir: dir/server.ckpt,
+   dir/worker_<n>.ckpt, dir/flgan_server.ckpt, dir/flgan_worker_<n>.ckpt. */
+DGDEF dg_result dg_checkpoint_path(char *path, size_t cap, const char *dir, int flgan, int n);
+
 /* ---- the process drivers: one role per process, on any transport ----
 
    A server process and N worker processes, each with its own transport
@@ -1999,8 +2075,12 @@ DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
    STOP and says goodbye (the run is over unless a stop was requested: then
    TCP workers get no STOP and wait for a resumed server).  A worker that is
    connected while not live is added back (MD-GAN: it joins with a copy of
-   a live worker's D; FL-GAN: it gets the global model).  Peer 0 of t is
-   this process. */
+   a live worker's D; FL-GAN: it gets the global model).  When no worker is
+   connected it waits d->wait_workers_ms for one, then fails with
+   DG_ERR_TIMEOUT (after its checkpoint) instead of counting iterations
+   that train nothing.  Peer 0 of t is this process.  Asynchronous MD-GAN
+   (cfg->quorum > 0) is refused (DG_ERR_UNSUPPORTED): it runs in process
+   only. */
 DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d);
 /* Worker process `id`: serves its role over its shard until STOP or the end
@@ -2883,14 +2963,17 @@ static uint32_t dg__rd32be(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* CRC-32 runs over every frame and checkpoint, so it has two speeds:
+/* CRC-32 runs over every frame and checkpoint, so it has three speeds:
    carry-less multiplication folding (PCLMULQDQ, 16 bytes per step in four
    independent lanes, then a Barrett reduction; the constants are the powers
    x^k mod P of Intel's white paper on CRC folding) where the CPU has it,
-   else slicing-by-8 (eight tables, 8 bytes per step). */
+   the same on 64-byte lanes (VPCLMULQDQ, 256 bytes per step: a TCP
+   transport's frames are CRC'd on both ends, and at 22 GB/s the 128-bit
+   loop was a fifth of a 64 KB message's cost) where it has AVX-512, else
+   slicing-by-8 (eight tables, 8 bytes per step). */
 static uint32_t dg__crc_table[8][256];
 #ifdef DG__X86
-static int dg__crc_has_clmul;
+static int dg__crc_has_clmul, dg__crc_has_vclmul;
 #endif
 
 static void dg__crc_init(void)
@@ -2909,26 +2992,26 @@ static void dg__crc_init(void)
 #ifdef DG__X86
     __builtin_cpu_init();
     dg__crc_has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+    dg__crc_has_vclmul = dg__crc_has_clmul && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("vpclmulqdq");
 #endif
 }
 
 #ifdef DG__X86
-/* crc: the running register (already inverted); len >= 64, a multiple of 16 */
-__attribute__((target("pclmul,sse4.1")))
-static uint32_t dg__crc_fold(uint32_t crc, const unsigned char *buf, size_t len)
+/* The four 16-byte lanes x1..x4 (the bytes before buf folded in) folded
+   over the rest (len a multiple of 16) and reduced to the CRC register.
+   Inlined, so that in dg__crc_fold512 it is VEX code: legacy SSE after
+   AVX-512 code pays a state transition (~250 ns a call here). */
+__attribute__((target("pclmul,sse4.1"), always_inline))
+static inline uint32_t dg__crc_fold_lanes(__m128i x1, __m128i x2, __m128i x3, __m128i x4,
+                                   const unsigned char *buf, size_t len)
 {
     const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
     const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL);
     const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124LL);
     const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
-    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8;
-    x1 = _mm_loadu_si128((const __m128i *)(buf + 0x00));
-    x2 = _mm_loadu_si128((const __m128i *)(buf + 0x10));
-    x3 = _mm_loadu_si128((const __m128i *)(buf + 0x20));
-    x4 = _mm_loadu_si128((const __m128i *)(buf + 0x30));
-    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    __m128i x0, x5, x6, x7, x8;
     x0 = k1k2;
-    buf += 64; len -= 64;
     while (len >= 64) {
         x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
         x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
@@ -2970,6 +3053,60 @@ static uint32_t dg__crc_fold(uint32_t crc, const unsigned char *buf, size_t len)
     x1 = _mm_xor_si128(x1, x2);
     return (uint32_t)_mm_extract_epi32(x1, 1);
 }
+
+/* crc: the running register (already inverted); len >= 64, a multiple of 16 */
+__attribute__((target("pclmul,sse4.1")))
+static uint32_t dg__crc_fold(uint32_t crc, const unsigned char *buf, size_t len)
+{
+    __m128i x1 = _mm_loadu_si128((const __m128i *)buf);
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    return dg__crc_fold_lanes(x1, _mm_loadu_si128((const __m128i *)(buf + 0x10)),
+                              _mm_loadu_si128((const __m128i *)(buf + 0x20)),
+                              _mm_loadu_si128((const __m128i *)(buf + 0x30)), buf + 64, len - 64);
+}
+
+/* a <- a * x^d + b in every 16-byte lane, k holding the two constants of
+   the folding distance d */
+__attribute__((target("avx512f,vpclmulqdq")))
+static __m512i dg__crc_fold512_step(__m512i a, __m512i k, __m512i b)
+{
+    return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(a, k, 0x00),
+                                     _mm512_clmulepi64_epi128(a, k, 0x11), b, 0x96);
+}
+
+/* As dg__crc_fold on four 64-byte lanes (256 bytes a step, folding
+   distance 2048 bits); then the lanes fold into one, whose four 16-byte
+   quarters are the state of dg__crc_fold's loop.  len >= 256, a multiple
+   of 16. */
+__attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.1")))
+static uint32_t dg__crc_fold512(uint32_t crc, const unsigned char *buf, size_t len)
+{
+    const __m512i k2048 = _mm512_set_epi64(0x01322d1430LL, 0x011542778aLL, 0x01322d1430LL,
+                                           0x011542778aLL, 0x01322d1430LL, 0x011542778aLL,
+                                           0x01322d1430LL, 0x011542778aLL);
+    const __m512i k512 = _mm512_set_epi64(0x01c6e41596LL, 0x0154442bd4LL, 0x01c6e41596LL,
+                                          0x0154442bd4LL, 0x01c6e41596LL, 0x0154442bd4LL,
+                                          0x01c6e41596LL, 0x0154442bd4LL);
+    __m512i z0 = _mm512_loadu_si512(buf), z1 = _mm512_loadu_si512(buf + 64);
+    __m512i z2 = _mm512_loadu_si512(buf + 128), z3 = _mm512_loadu_si512(buf + 192);
+    z0 = _mm512_xor_si512(z0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)crc)));
+    buf += 256; len -= 256;
+    while (len >= 256) {
+        z0 = dg__crc_fold512_step(z0, k2048, _mm512_loadu_si512(buf));
+        z1 = dg__crc_fold512_step(z1, k2048, _mm512_loadu_si512(buf + 64));
+        z2 = dg__crc_fold512_step(z2, k2048, _mm512_loadu_si512(buf + 128));
+        z3 = dg__crc_fold512_step(z3, k2048, _mm512_loadu_si512(buf + 192));
+        buf += 256; len -= 256;
+    }
+    z0 = dg__crc_fold512_step(z0, k512, z1);
+    z0 = dg__crc_fold512_step(z0, k512, z2);
+    z0 = dg__crc_fold512_step(z0, k512, z3);
+    /* maskz: g++ reports the unmasked forms' undefined source */
+    return dg__crc_fold_lanes(_mm512_maskz_extracti32x4_epi32(0xF, z0, 0),
+                              _mm512_maskz_extracti32x4_epi32(0xF, z0, 1),
+                              _mm512_maskz_extracti32x4_epi32(0xF, z0, 2),
+                              _mm512_maskz_extracti32x4_epi32(0xF, z0, 3), buf, len);
+}
 #endif
 
 DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
@@ -2981,7 +3118,8 @@ DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
 #ifdef DG__X86
     if (dg__crc_has_clmul && n >= 64) {
         size_t bulk = n & ~(size_t)15;
-        crc = dg__crc_fold(crc, p, bulk);
+        crc = dg__crc_has_vclmul && bulk >= 256 ? dg__crc_fold512(crc, p, bulk)
+                                                : dg__crc_fold(crc, p, bulk);
         p += bulk;
         n -= bulk;
     }
@@ -8595,6 +8733,12 @@ DGDEF dg_result dg_accuracy(const float *logits, const int32_t *labels, size_t n
         if ((r = (expr)) != DG_OK) goto fail;                                             \
     } while (0)
 
+DGDEF const char *dg_arch_name(dg_arch arch)
+{
+    static const char *names[] = {"dcgan", "mlp", "tiny"};
+    return (unsigned)arch < sizeof names / sizeof *names ? names[arch] : "?";
+}
+
 DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_classes, int c,
                                    int h, int w)
 {
@@ -8608,7 +8752,7 @@ DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_
     if (arch == DG_ARCH_DCGAN && (h % 4 || w % 4))
         return dg__fail(DG_ERR_SHAPE, "dg_build_generator: DCGAN needs h, w divisible by 4 (%dx%d)",
                         h, w);
-    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP)
+    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP && arch != DG_ARCH_TINY)
         return dg__fail(DG_ERR_ARG, "dg_build_generator: unknown architecture %d", (int)arch);
     DG__GAN_TRY(dg_net_create(&g, z_dim + n_classes, 1, 1));
     if (arch == DG_ARCH_DCGAN) {
@@ -8622,9 +8766,10 @@ DGDEF dg_result dg_build_generator(dg_net **out, dg_arch arch, int z_dim, int n_
         DG__GAN_TRY(dg_net_conv_transpose2d(g, c, 4, 2, 1, 0));
         DG__GAN_TRY(dg_net_tanh(g));
     } else {
-        DG__GAN_TRY(dg_net_linear(g, 512));
+        int units = arch == DG_ARCH_TINY ? 32 : 512;
+        DG__GAN_TRY(dg_net_linear(g, units));
         DG__GAN_TRY(dg_net_relu(g));
-        DG__GAN_TRY(dg_net_linear(g, 512));
+        DG__GAN_TRY(dg_net_linear(g, units));
         DG__GAN_TRY(dg_net_relu(g));
         DG__GAN_TRY(dg_net_linear(g, c * h * w));
         DG__GAN_TRY(dg_net_tanh(g));
@@ -8649,7 +8794,7 @@ DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h,
     if (arch == DG_ARCH_DCGAN && (h % 4 || w % 4))
         return dg__fail(DG_ERR_SHAPE,
                         "dg_build_discriminator: DCGAN needs h, w divisible by 4 (%dx%d)", h, w);
-    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP)
+    if (arch != DG_ARCH_DCGAN && arch != DG_ARCH_MLP && arch != DG_ARCH_TINY)
         return dg__fail(DG_ERR_ARG, "dg_build_discriminator: unknown architecture %d", (int)arch);
     DG__GAN_TRY(dg_net_create(&d, c, h, w));
     if (arch == DG_ARCH_DCGAN) {
@@ -8661,10 +8806,11 @@ DGDEF dg_result dg_build_discriminator(dg_net **out, dg_arch arch, int c, int h,
         DG__GAN_TRY(dg_net_flatten(d));
         DG__GAN_TRY(dg_net_linear(d, n_out));
     } else {
+        int units = arch == DG_ARCH_TINY ? 32 : 512;
         DG__GAN_TRY(dg_net_flatten(d));
-        DG__GAN_TRY(dg_net_linear(d, 512));
+        DG__GAN_TRY(dg_net_linear(d, units));
         DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
-        DG__GAN_TRY(dg_net_linear(d, 512));
+        DG__GAN_TRY(dg_net_linear(d, units));
         DG__GAN_TRY(dg_net_leaky_relu(d, 0.2f));
         DG__GAN_TRY(dg_net_linear(d, n_out));
     }
@@ -9508,6 +9654,56 @@ DGDEF dg_result dg_csv_open(dg_csv *csv, const char *path, const char *header, i
     return DG_OK;
 }
 
+DGDEF dg_result dg_csv_reopen(dg_csv *csv, const char *path, const char *header, double upto,
+                              double *last)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0, hl, at, keep, line = 1;
+    int cols = 1, i;
+    const char *p;
+    dg_result r;
+    FILE *f;
+    if (!csv || !path || !header || !last) return dg__fail(DG_ERR_ARG, "dg_csv_reopen: NULL argument");
+    for (p = header; *p; p++) cols += *p == ',';
+    for (i = 0; i < cols; i++) last[i] = NAN;
+    if (!(f = fopen(path, "rb"))) return dg_csv_open(csv, path, header, 0);
+    fclose(f);
+    if ((r = dg__read_file(path, DG_DATA_MAX_BYTES, &buf, &len)) != DG_OK) return r;
+    hl = strlen(header);
+    if (len > 0 && (len < hl + 1 || memcmp(buf, header, hl) || buf[hl] != '\n')) {
+        dg__free(buf);
+        return dg__fail(DG_ERR_FORMAT, "%s: its first line is not the header '%s'", path, header);
+    }
+    /* rows up to `upto`; the last of them parsed field by field */
+    buf[len] = 0; /* dg__read_file leaves room for it */
+    keep = at = len ? hl + 1 : 0;
+    while (at < len) {
+        char *row = (char *)buf + at, *end = strchr(row, '\n'), *q = row;
+        double v[64];
+        line++;
+        if (!end) break; /* a row cut by a crash: dropped */
+        *end = 0;
+        for (i = 0; i < cols && i < 64; i++) {
+            char *stop;
+            v[i] = *q == ',' || !*q ? NAN : strtod(q, &stop);
+            if (v[i] == v[i]) q = stop;
+            if (*q != (i == cols - 1 ? 0 : ',')) break;
+            if (*q) q++;
+        }
+        if (i != cols || cols > 64) {
+            dg__free(buf);
+            return dg__fail(DG_ERR_FORMAT, "%s: line %zu has not %d numeric fields", path, line, cols);
+        }
+        if (!(v[0] <= upto)) break;
+        memcpy(last, v, sizeof(double) * (size_t)cols);
+        at = keep = (size_t)(end - (char *)buf) + 1;
+        *end = '\n';
+    }
+    r = keep < len ? dg__write_file(path, buf, keep) : DG_OK;
+    dg__free(buf);
+    return r != DG_OK ? r : dg_csv_open(csv, path, header, 1);
+}
+
 DGDEF dg_result dg_csv_row(dg_csv *csv, const double *values, int n)
 {
     FILE *f;
@@ -9697,6 +9893,7 @@ static dg_result dg__msg_take(dg_transport *t, int type, int from, int to, int64
     m->iteration = iteration;
     m->aux = 0;
     m->stat[0] = m->stat[1] = 0.0f;
+    m->arrival = 0.0;
     m->n_parts = n_parts;
     m->next = NULL;
     for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
@@ -10452,6 +10649,7 @@ typedef struct dg__netsim {
     dg__ns_link *link;       /* n x n, [from * n + to] */
     double *clock, *gflops;
     unsigned char *gone;     /* disconnected peers (atomic) */
+    unsigned char *hold;     /* peers whose role moves their clock to arrivals itself */
     pthread_mutex_t *mu;     /* per peer: its clock and the links it sends on */
     double rto_min;
     uint64_t seed;
@@ -10546,8 +10744,9 @@ static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg *
         }
         pthread_mutex_unlock(&ns->mu[m->from]);
         if (!dg__ns_gone(ns, self)) {
+            m->arrival = a;
             pthread_mutex_lock(&ns->mu[self]);
-            if (ns->clock[self] < a) ns->clock[self] = a;
+            if (!ns->hold[self] && ns->clock[self] < a) ns->clock[self] = a;
             pthread_mutex_unlock(&ns->mu[self]);
             *out = m;
             return DG_OK;
@@ -10579,6 +10778,7 @@ static void dg__ns_close(dg_transport *t)
     dg__free(ns->clock);
     dg__free(ns->gflops);
     dg__free(ns->gone);
+    dg__free(ns->hold);
     dg__free(ns->mu);
     dg__free(ns);
 }
@@ -10701,8 +10901,9 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
     ns->clock = (double *)dg__calloc((size_t)n, sizeof(double));
     ns->gflops = (double *)dg__calloc((size_t)n, sizeof(double));
     ns->gone = (unsigned char *)dg__calloc((size_t)n, 1);
+    ns->hold = (unsigned char *)dg__calloc((size_t)n, 1);
     ns->mu = (pthread_mutex_t *)dg__calloc((size_t)n, sizeof(pthread_mutex_t));
-    if (!ns->link || !ns->clock || !ns->gflops || !ns->gone || !ns->mu) {
+    if (!ns->link || !ns->clock || !ns->gflops || !ns->gone || !ns->hold || !ns->mu) {
         dg__free(ns->mu);
         ns->mu = NULL;
         r = dg__fail(DG_ERR_NOMEM, "dg_netsim_create: no memory for %d peers", n);
@@ -10773,6 +10974,30 @@ static dg_result dg__netsim_insert(dg_transport *t, const dg_netsim_config *cfg)
     if ((r = dg_netsim_create(&ns, t->inner, cfg)) != DG_OK) return r;
     t->inner = ns;
     return DG_OK;
+}
+
+/* For the asynchronous MD-GAN server, which takes in feedback that is in
+   its inbox but still on the wire in simulated time (it arrives during a
+   later iteration): from now on peer's clock no longer follows what it
+   receives (each message still carries its arrival); dg__netsim_wait
+   moves it.  No-ops without a model. */
+static void dg__netsim_hold(dg_transport *t, int peer)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    if (!ns || peer < 0 || peer >= ns->n) return;
+    pthread_mutex_lock(&ns->mu[peer]);
+    ns->hold[peer] = 1;
+    pthread_mutex_unlock(&ns->mu[peer]);
+}
+
+/* Peer waited until `until`: its clock is at least that. */
+static void dg__netsim_wait(dg_transport *t, int peer, double until)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    if (!ns || peer < 0 || peer >= ns->n) return;
+    pthread_mutex_lock(&ns->mu[peer]);
+    if (ns->clock[peer] < until) ns->clock[peer] = until;
+    pthread_mutex_unlock(&ns->mu[peer]);
 }
 
 /* ---- describing a network ---- */
@@ -12721,6 +12946,16 @@ static void dg__coder_free(dg__coder *co)
     memset(co, 0, sizeof *co);
 }
 
+/* What a coded message keeps of the plain one besides its parts: aux, the
+   losses and the simulated arrival (dg_netsim). */
+static void dg__coder_header(dg_msg *c, const dg_msg *m)
+{
+    c->aux = m->aux;
+    c->stat[0] = m->stat[0];
+    c->stat[1] = m->stat[1];
+    c->arrival = m->arrival;
+}
+
 /* Replaces *pm by a message whose float parts are encoded (codec none:
    unchanged).  Takes ownership: on failure *pm is freed and NULL. */
 static dg_result dg__coder_pack(dg__coder *co, dg_transport *t, dg_msg **pm)
@@ -12756,9 +12991,7 @@ static dg_result dg__coder_pack(dg__coder *co, dg_transport *t, dg_msg **pm)
     if (r == DG_OK)
         r = dg_msg_create(t, m->type, m->from, m->to, m->iteration, m->n_parts, kinds, counts, &c);
     if (r == DG_OK) {
-        c->aux = m->aux;
-        c->stat[0] = m->stat[0];
-        c->stat[1] = m->stat[1];
+        dg__coder_header(c, m);
         for (i = 0; i < m->n_parts; i++)
             memcpy(c->part[i].data, kinds[i] == DG_PART_BYTES && m->part[i].kind == DG_PART_F32
                                         ? (const void *)(co->scratch + off[i]) : m->part[i].data,
@@ -12828,9 +13061,7 @@ static dg_result dg__coder_unpack(const dg__coder *co, dg_transport *t, dg_msg *
         j++;
     }
     if (r == DG_OK) {
-        c->aux = m->aux;
-        c->stat[0] = m->stat[0];
-        c->stat[1] = m->stat[1];
+        dg__coder_header(c, m);
     } else {
         dg_msg_free(t, c);
         c = NULL;
@@ -12900,6 +13131,7 @@ DGDEF dg_mdgan_config dg_mdgan_config_init(void)
     c.eps = 1e-8f;
     c.init_std = -1.0f;
     c.seed = 1;
+    c.tau_max = -1;
     return c;
 }
 
@@ -13037,12 +13269,15 @@ static dg_result dg__send_control(dg_transport *t, int type, int from, int to, i
 
 /* ---- the server's roster ----
    MD-GAN's iteration and FL-GAN's round are the same barrier: the server
-   sends to every live worker, then waits for one answer from each; a
-   worker it cannot reach, that misses the deadline or that the driver
-   drops leaves the live set (N_live) and the round completes without it. */
+   sends to every live worker (FeGAN: to the chosen ones), then waits for
+   one answer from each it asked; a worker it cannot reach, that misses the
+   deadline or that the driver drops leaves the live set (N_live) and the
+   round completes without it.  Asynchronous MD-GAN keeps a worker asked,
+   and its answer held, across iterations until the answer is used. */
 typedef struct dg__roster {
     int slots;               /* worker ids 1..slots */
     char *live;              /* per slot 0..slots */
+    char *asked;             /* per slot: its answer is awaited */
     dg_msg **got;            /* each slot's answer in the open round */
     int open, missing;
     double opened;           /* dg__now() when the round opened: the deadline's origin */
@@ -13059,8 +13294,9 @@ static dg_result dg__roster_init(dg__roster *ro, int slots, int n_live)
     int n;
     ro->slots = slots;
     ro->live = (char *)dg__calloc((size_t)slots + 1, 1);
+    ro->asked = (char *)dg__calloc((size_t)slots + 1, 1);
     ro->got = (dg_msg **)dg__calloc((size_t)slots + 1, sizeof(dg_msg *));
-    if (!ro->live || !ro->got) return dg__fail(DG_ERR_NOMEM, "server roster: no memory");
+    if (!ro->live || !ro->asked || !ro->got) return dg__fail(DG_ERR_NOMEM, "server roster: no memory");
     for (n = 1; n <= n_live; n++) ro->live[n] = 1;
     return DG_OK;
 }
@@ -13072,6 +13308,7 @@ static void dg__roster_clear(dg__roster *ro, dg_transport *t)
     for (n = 0; ro->got && n <= ro->slots; n++) {
         dg_msg_free(t, ro->got[n]);
         ro->got[n] = NULL;
+        ro->asked[n] = 0;
     }
     ro->open = 0;
     ro->missing = 0;
@@ -13081,6 +13318,7 @@ static void dg__roster_free(dg__roster *ro, dg_transport *t)
 {
     dg__roster_clear(ro, t);
     dg__free(ro->live);
+    dg__free(ro->asked);
     dg__free(ro->got);
 }
 
@@ -13102,9 +13340,11 @@ static int dg__roster_list(const dg__roster *ro, int *ids, int cap)
    returns 1 when it was the last one missing: the caller completes it. */
 static int dg__roster_leave(dg__roster *ro, int id)
 {
+    int awaited = ro->asked[id] && !ro->got[id];
     ro->live[id] = 0;
+    ro->asked[id] = 0;
     (*ro->n_dropped)++;
-    return ro->open && !ro->got[id] && --ro->missing == 0;
+    return awaited && --ro->missing == 0 && ro->open;
 }
 
 /* A send to worker id failed (its connection is gone): it is dropped now
@@ -13119,10 +13359,12 @@ static void dg__roster_unreachable(dg__roster *ro, int id)
 /* Counts the send of the round's message to worker id (sent: its result). */
 static void dg__roster_sent(dg__roster *ro, int id, dg_result sent)
 {
-    if (sent == DG_OK)
+    if (sent == DG_OK) {
         ro->missing++;
-    else
+        ro->asked[id] = 1;
+    } else {
         dg__roster_unreachable(ro, id);
+    }
 }
 
 static void dg__roster_open(dg__roster *ro)
@@ -13136,7 +13378,7 @@ static void dg__roster_open(dg__roster *ro)
 static int dg__roster_awaits(const dg__roster *ro, const dg_msg *m, int type)
 {
     return m->type == type && ro->open && m->iteration == *ro->number &&
-           dg__roster_is_live(ro, m->from) && !ro->got[m->from];
+           dg__roster_is_live(ro, m->from) && ro->asked[m->from] && !ro->got[m->from];
 }
 
 /* Keeps m as its sender's answer; returns 1 when it was the last one. */
@@ -13146,14 +13388,15 @@ static int dg__roster_take(dg__roster *ro, dg_msg *m)
     return --ro->missing == 0;
 }
 
-/* The round ends: the live workers that did not answer are dropped.
+/* The round ends: the live workers asked that did not answer are dropped.
    Returns the number of answers. */
 static int dg__roster_close(dg__roster *ro)
 {
     int n, n_got = 0;
     for (n = 1; n <= ro->slots; n++) {
-        if (ro->live[n] && !ro->got[n]) {
+        if (ro->live[n] && ro->asked[n] && !ro->got[n]) {
             ro->live[n] = 0;
+            ro->asked[n] = 0;
             (*ro->n_dropped)++;
             dg__log(ro->log, ro->log_user, "%s %lld: worker %d missed the %s barrier, dropped",
                     ro->unit, (long long)*ro->number, n, ro->answer);
@@ -13201,8 +13444,12 @@ struct dg_mdgan_server {
     int32_t *labels;               /* k*b */
     const float *fake;             /* G's output of this iteration (k*b x d) */
     float *state0;                 /* G's batchnorm statistics before this forward */
-    dg__roster ro;                 /* live workers; got: their feedback F_n this iteration */
+    dg__roster ro;                 /* live workers; got: their feedback F_n this iteration
+                                      (async: held until used, with its arrival) */
     dg__coder batch_co, feedback_co; /* X^(g), X^(d) out; F_n in */
+    dg_msg **use;                  /* async: the feedback this update uses, per slot */
+    int64_t *sent;                 /* async: per slot, the iteration of its batch in flight */
+    double opened_sim;             /* async: the server's simulated clock when its batches left */
     char *joining;                 /* per slot 0..slots: joins at the next begin */
     int64_t iteration, round;
     dg_mdgan_stats stats;
@@ -13223,6 +13470,12 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         cfg->swap_every < 0 || !dg_mdgan_k(cfg))
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: bad config (N %d, b %d, k %d, L %d)",
                         cfg->n_workers, cfg->batch, cfg->k, cfg->disc_steps);
+    if (cfg->quorum < 0 || cfg->quorum > cfg->n_workers || !(cfg->deadline >= 0.0) ||
+        cfg->deadline > 1e9 || cfg->tau_max < -1 ||
+        (cfg->staleness != DG_STALENESS_INVERSE && cfg->staleness != DG_STALENESS_CONSTANT))
+        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: bad asynchronous setting (quorum %d "
+                        "of N %d, deadline %g s, staleness %d, tau_max %d)", cfg->quorum,
+                        cfg->n_workers, cfg->deadline, (int)cfg->staleness, cfg->tau_max);
     if (dg_codec_set_check(&cfg->codec, 1) != DG_OK) return DG_ERR_ARG;
     n = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
     if (t->n_peers < n + 1)
@@ -13253,8 +13506,10 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         s->dy = (float *)dg__calloc(kb * s->d, sizeof(float));
         s->labels = (int32_t *)dg__calloc(kb, sizeof(int32_t));
         s->joining = (char *)dg__calloc((size_t)n + 1, 1);
+        s->use = (dg_msg **)dg__calloc((size_t)n + 1, sizeof(dg_msg *));
+        s->sent = (int64_t *)dg__calloc((size_t)n + 1, sizeof(int64_t));
         s->state0 = (float *)dg__calloc(dg_net_state_count(s->g) + 1, sizeof(float));
-        if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->state0)
+        if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->use || !s->sent || !s->state0)
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
     if (r == DG_OK) r = dg__roster_init(&s->ro, n, cfg->n_workers);
@@ -13281,6 +13536,8 @@ DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
     dg__free(s->dy);
     dg__free(s->labels);
     dg__free(s->joining);
+    dg__free(s->use);
+    dg__free(s->sent);
     dg__free(s->state0);
     dg__free(s);
 }
@@ -13317,17 +13574,24 @@ static dg_result dg__mdgan_admit_joiners(dg_mdgan_server *s)
     return DG_OK;
 }
 
-/* Z: k noise batches from the stream (seed, NOISE, t); X = G(Z) once on
-   the k*b stacked rows. */
-static dg_result dg__mdgan_generate(dg_mdgan_server *s)
+/* Z: the k noise batches of iteration t, from the stream (seed, NOISE,
+   t), into g_in (and their labels). */
+static void dg__mdgan_noise(dg_mdgan_server *s, int64_t t)
 {
     const dg_mdgan_config *c = &s->cfg;
     size_t b = (size_t)c->batch;
-    dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)s->iteration);
+    dg_rng rng = dg_rng_make(c->seed, DG_MDGAN_STREAM_NOISE, (uint64_t)t);
     int j;
     for (j = 0; j < s->k; j++)
         dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, s->g_in + j * b * s->row,
                             s->labels + j * b);
+}
+
+/* X = G(Z) once on the k*b stacked rows of this iteration's noise. */
+static dg_result dg__mdgan_generate(dg_mdgan_server *s)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    dg__mdgan_noise(s, s->iteration);
     /* the training forward moves the batchnorm statistics: a checkpoint
        taken during the iteration saves these instead */
     memcpy(s->state0, dg_net_state(s->g), sizeof(float) * dg_net_state_count(s->g));
@@ -13352,16 +13616,17 @@ static dg_result dg__mdgan_send_batches(dg_mdgan_server *s, int n)
         memcpy(m->part[2].data, s->labels + jg * b, 4 * b);
         memcpy(m->part[3].data, s->labels + jd * b, 4 * b);
     }
+    s->sent[n] = s->iteration;
     dg__roster_sent(&s->ro, n, dg__coder_send(&s->batch_co, s->t, m));
     return DG_OK;
 }
 
-/* Per generated batch j: dy_j = sum of the F_n with n mod k = j, in worker
-   order, times 1/(N_live*b); and the mean losses of the live workers. */
-static void dg__mdgan_sum_feedback(dg_mdgan_server *s, int n_got)
+/* Per generated batch j: dy_j = sum of this iteration's F_n in fb with
+   n mod k = j, in worker order, times scale (sync: 1/(N_live*b)); and the
+   mean losses of the n_got feedbacks in fb. */
+static void dg__mdgan_sum_feedback(dg_mdgan_server *s, dg_msg **fb, int n_got, float scale)
 {
     size_t bd = (size_t)s->cfg.batch * s->d, i;
-    float scale = 1.0f / ((float)n_got * (float)s->cfg.batch);
     double dl = 0.0, gl = 0.0;
     int n, j;
     for (j = 0; j < s->k; j++) {
@@ -13369,8 +13634,8 @@ static void dg__mdgan_sum_feedback(dg_mdgan_server *s, int n_got)
         int first = 1;
         for (n = 1; n <= s->ro.slots; n++) {
             const float *f;
-            if (!s->ro.got[n] || n % s->k != j) continue;
-            f = (const float *)s->ro.got[n]->part[0].data;
+            if (!fb[n] || fb[n]->iteration != s->iteration || n % s->k != j) continue;
+            f = (const float *)fb[n]->part[0].data;
             if (first)
                 memcpy(dst, f, 4 * bd);
             else
@@ -13383,9 +13648,9 @@ static void dg__mdgan_sum_feedback(dg_mdgan_server *s, int n_got)
             for (i = 0; i < bd; i++) dst[i] *= scale;
     }
     for (n = 1; n <= s->ro.slots; n++)
-        if (s->ro.got[n]) {
-            dl += s->ro.got[n]->stat[0];
-            gl += s->ro.got[n]->stat[1];
+        if (fb[n]) {
+            dl += fb[n]->stat[0];
+            gl += fb[n]->stat[1];
         }
     s->stats.d_loss = (float)(dl / n_got);
     s->stats.g_loss = (float)(gl / n_got);
@@ -13452,11 +13717,35 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     if ((r = dg__mdgan_admit_joiners(s)) != DG_OK) return r;
     if ((r = dg__mdgan_generate(s)) != DG_OK) return r;
     dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * dg_net_flops(s->g, 0));
-    for (n = 1; n <= s->ro.slots; n++)
-        if (s->ro.live[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK) return r;
+    for (n = 1; n <= s->ro.slots; n++) /* async: only to workers whose feedback was used */
+        if (s->ro.live[n] && !s->ro.asked[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK)
+            return r;
     dg__roster_open(&s->ro);
+    if (s->cfg.quorum) { /* held feedback moves the clock only when the update uses it */
+        dg__netsim_hold(s->t, DG_PEER_SERVER);
+        s->opened_sim = dg_netsim_clock(s->t, DG_PEER_SERVER);
+    }
     s->stats.compute_s += s->ro.opened - t0;
     return s->ro.missing ? DG_OK : dg_mdgan_server_expire(s);
+}
+
+/* The simulated cost of G's backward over the k*b rows of this iteration. */
+static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
+{
+    return (double)s->k * s->cfg.batch * (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0));
+}
+
+/* The end of every update: counters, then the swap announcement when due. */
+static dg_result dg__mdgan_server_advance(dg_mdgan_server *s, int n_used, dg_result r, double t0)
+{
+    if (!n_used)
+        dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: no feedback at all, G unchanged",
+                (long long)s->iteration);
+    s->stats.n_live = n_used;
+    s->stats.iteration = ++s->iteration;
+    if (r == DG_OK) dg__mdgan_announce_swap(s);
+    s->stats.compute_s += dg__now() - t0;
+    return r;
 }
 
 /* Second half, on the last live feedback (or the barrier's expiry): sum
@@ -13467,20 +13756,137 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     int n_got = dg__roster_close(&s->ro); /* drops the workers still missing */
     dg_result r = DG_OK;
     if (n_got) {
-        dg__mdgan_sum_feedback(s, n_got);
+        dg__mdgan_sum_feedback(s, s->ro.got, n_got, 1.0f / ((float)n_got * (float)s->cfg.batch));
         r = dg__mdgan_update_generator(s);
-        dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch *
-                            (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0)));
-    } else {
-        dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: no feedback at all, G unchanged",
-                (long long)s->iteration);
+        dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
     }
     dg__roster_clear(&s->ro, s->t);
-    s->stats.n_live = n_got;
-    s->stats.iteration = ++s->iteration;
-    if (r == DG_OK) dg__mdgan_announce_swap(s);
-    s->stats.compute_s += dg__now() - t0;
+    return dg__mdgan_server_advance(s, n_got, r, t0);
+}
+
+/* Asynchronous MD-GAN: the weight of a feedback tau >= 0 updates stale. */
+static float dg__mdgan_stale_weight(const dg_mdgan_config *c, int64_t tau)
+{
+    return c->staleness == DG_STALENESS_INVERSE && tau > 1 ? 1.0f / (float)tau : 1.0f;
+}
+
+static int dg__mdgan_usable(const dg_mdgan_server *s, const dg_msg *m)
+{
+    return m && (s->cfg.tau_max < 0 || s->iteration - m->iteration <= s->cfg.tau_max);
+}
+
+/* When the asynchronous iteration closes: at the arrival of the q-th
+   usable feedback held (any iteration, ties included; all of them when
+   fewer), or at the deadline if that comes first, but never before the
+   first usable arrival (an update without feedback would not move G). */
+static double dg__mdgan_async_close_time(const dg_mdgan_server *s)
+{
+    dg_msg *const *got = s->ro.got;
+    double t = -1.0, first = -1.0, first_usable = -1.0, last = -1.0;
+    int n, m, usable = 0;
+    for (n = 1; n <= s->ro.slots; n++) {
+        int before = 0;
+        if (!got[n]) continue;
+        if (first < 0 || got[n]->arrival < first) first = got[n]->arrival;
+        if (!dg__mdgan_usable(s, got[n])) continue;
+        usable++;
+        if (first_usable < 0 || got[n]->arrival < first_usable) first_usable = got[n]->arrival;
+        if (got[n]->arrival > last) last = got[n]->arrival;
+        for (m = 1; m <= s->ro.slots; m++)
+            before += dg__mdgan_usable(s, got[m]) && got[m]->arrival <= got[n]->arrival;
+        if (before >= s->cfg.quorum && (t < 0 || got[n]->arrival < t)) t = got[n]->arrival;
+    }
+    if (!usable) return first; /* only too stale ones: they go */
+    if (t < 0) t = last;
+    if (s->cfg.deadline > 0.0 && s->opened_sim >= 0.0 && s->opened_sim + s->cfg.deadline < t)
+        t = first_usable > s->opened_sim + s->cfg.deadline ? first_usable
+                                                          : s->opened_sim + s->cfg.deadline;
+    return t;
+}
+
+/* Asynchronous MD-GAN's update from the feedback in use: this iteration's
+   through the forward of begin, as the synchronous update, then each stale
+   F_n (weight w_n) through the current G on the noise of its own batch
+   (iteration sent, batch n mod k, drawn again from its stream); all scaled
+   by 1/(b * sum of the weights); one Adam step on the sum. */
+static dg_result dg__mdgan_async_update(dg_mdgan_server *s, int n_used, int n_fresh, float wsum)
+{
+    const dg_mdgan_config *c = &s->cfg;
+    size_t b = (size_t)c->batch, bd = b * s->d, i;
+    float scale = 1.0f / (wsum * (float)c->batch);
+    double flops = n_fresh ? dg__mdgan_backward_flops(s) : 0.0;
+    dg_result r = DG_OK;
+    int n;
+    dg__mdgan_sum_feedback(s, s->use, n_used, scale);
+    dg_net_zero_grad(s->g);
+    if (n_fresh) r = dg_net_backward(s->g, s->dy, NULL);
+    for (n = 1; n <= s->ro.slots && r == DG_OK; n++) {
+        const dg_msg *m = s->use[n];
+        const float *f, *x;
+        float wn;
+        if (!m || m->iteration == s->iteration) continue;
+        f = (const float *)m->part[0].data;
+        wn = dg__mdgan_stale_weight(c, s->iteration - m->iteration) * scale;
+        for (i = 0; i < bd; i++) s->dy[i] = wn * f[i];
+        dg__mdgan_noise(s, m->iteration);
+        r = dg_net_forward(s->g, s->g_in + (size_t)(n % s->k) * b * s->row, c->batch, 1, &x);
+        if (r == DG_OK) r = dg_net_backward(s->g, s->dy, NULL);
+        flops += (double)b * dg_net_train_flops(s->g, 0);
+    }
+    if (r == DG_OK) r = dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
+    dg_transport_charge(s->t, DG_PEER_SERVER, flops);
     return r;
+}
+
+/* The asynchronous iteration closes (in process: once every queue is
+   empty, so every feedback that will come is held, each with its
+   arrival): asked workers with nothing held are dead; the server's clock
+   moves to the close time (it waits for no straggler); the feedback that
+   has arrived by then is used, or dropped when staler than tau_max, and
+   its worker gets a batch at the next begin; the rest stays held. */
+static dg_result dg__mdgan_async_finish(dg_mdgan_server *s)
+{
+    double t0 = dg__now(), close;
+    float wsum = 0.0f;
+    int n, n_used = 0, n_fresh = 0;
+    dg_result r = DG_OK;
+    dg__roster_close(&s->ro);
+    close = dg__mdgan_async_close_time(s);
+    dg__netsim_wait(s->t, DG_PEER_SERVER, close);
+    for (n = 1; n <= s->ro.slots; n++) {
+        dg_msg *m = s->ro.got[n];
+        if (!m || m->arrival > close) continue;
+        s->ro.got[n] = NULL;
+        s->ro.asked[n] = 0;
+        if (!dg__mdgan_usable(s, m)) {
+            dg__log(s->cfg.log, s->cfg.log_user, "iteration %lld: feedback of iteration %lld from "
+                    "worker %d dropped (tau_max %d)", (long long)s->iteration,
+                    (long long)m->iteration, n, s->cfg.tau_max);
+            s->stats.stale_dropped++;
+            dg_msg_free(s->t, m);
+            continue;
+        }
+        s->use[n] = m;
+        n_used++;
+        n_fresh += m->iteration == s->iteration;
+        wsum += dg__mdgan_stale_weight(&s->cfg, s->iteration - m->iteration);
+    }
+    if (n_used) r = dg__mdgan_async_update(s, n_used, n_fresh, wsum);
+    for (n = 1; n <= s->ro.slots; n++) {
+        dg_msg_free(s->t, s->use[n]);
+        s->use[n] = NULL;
+    }
+    s->ro.open = 0;
+    s->stats.n_stale = n_used - n_fresh;
+    return dg__mdgan_server_advance(s, n_used, r, t0);
+}
+
+/* A feedback the asynchronous server awaits: from a live worker, for the
+   batch in flight to it, not yet held. */
+static int dg__mdgan_async_awaits(const dg_mdgan_server *s, const dg_msg *m)
+{
+    return m->type == DG_MSG_FEEDBACK && dg__roster_is_live(&s->ro, m->from) &&
+           s->ro.asked[m->from] && !s->ro.got[m->from] && m->iteration == s->sent[m->from];
 }
 
 /* Scales each row of x (rows x d) whose L2 norm exceeds clip down to norm
@@ -13507,7 +13913,8 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         dg_msg_free(s ? s->t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_handle: NULL argument");
     }
-    if (!dg__roster_awaits(&s->ro, m, DG_MSG_FEEDBACK)) {
+    if (s->cfg.quorum ? !dg__mdgan_async_awaits(s, m)
+                      : !dg__roster_awaits(&s->ro, m, DG_MSG_FEEDBACK)) {
         /* late feedback of a dropped worker, or a stray message: ignored */
         dg__log(s->cfg.log, s->cfg.log_user,
                 "iteration %lld: ignored message type %d of iteration %lld from %d",
@@ -13533,7 +13940,8 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         return dg__reject(s->t, m, s->iteration, "feedback", "holds a non-finite value");
     if (s->cfg.feedback_clip > 0.0f) dg__clip_rows(f, (size_t)s->cfg.batch, (size_t)s->d,
                                                    s->cfg.feedback_clip);
-    return dg__roster_take(&s->ro, m) ? dg__mdgan_server_finish(s) : DG_OK;
+    /* async: held until the iteration closes (dg__mdgan_async_finish) */
+    return dg__roster_take(&s->ro, m) && !s->cfg.quorum ? dg__mdgan_server_finish(s) : DG_OK;
 }
 
 DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const char *why)
@@ -13541,13 +13949,19 @@ DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const ch
     int done;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drop_worker: NULL");
     done = dg__roster_drop(&s->ro, id, why, "dg_mdgan_server_drop_worker");
+    if (done >= 0 && s->cfg.quorum) { /* its held feedback goes with it */
+        dg_msg_free(s->t, s->ro.got[id]);
+        s->ro.got[id] = NULL;
+        return DG_OK;
+    }
     return done > 0 ? dg__mdgan_server_finish(s) : (dg_result)done;
 }
 
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
 {
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_expire: NULL");
-    return s->ro.open ? dg__mdgan_server_finish(s) : DG_OK;
+    if (!s->ro.open) return DG_OK;
+    return s->cfg.quorum ? dg__mdgan_async_finish(s) : dg__mdgan_server_finish(s);
 }
 
 typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
@@ -14179,9 +14593,84 @@ struct dg_flgan_server {
     dg__roster ro;           /* live workers; got: their models this round */
     dg__coder download_co, upload_co; /* the global model out; deltas from it in */
     int64_t *shard;          /* each worker's first reported shard size, 0 before */
+    double *pick_w;          /* FeGAN: per slot 0..N, its weight in the draw */
+    char *chosen;            /* FeGAN: per slot 0..N, asked this round */
+    uint32_t *pick_order;    /* FeGAN: scratch of the draw */
     int64_t round;
     dg_flgan_stats stats;
 };
+
+/* Systematic sampling with probabilities proportional to size: marks m of
+   the n items in chosen[0..n) (m at most the number of positive weights).
+   An item whose share m * w_i / W reaches 1 is always taken (repeatedly,
+   as m and W shrink); the m' others to draw, of total weight W', get one
+   point each of the grid u, u + W'/m', ... laid over the remaining items'
+   weights in a random order (u uniform in [0, W'/m')), so item i is taken
+   with probability exactly m' * w_i / W' (m * w_i / W when no item is
+   certain).  order is n entries of scratch. */
+static void dg__pps_pick(dg_rng *rng, const double *w, int n, int m, uint32_t *order, char *chosen)
+{
+    double total, step, u, cum = 0.0;
+    int i, k, left = m, sure = 1;
+    memset(chosen, 0, (size_t)n);
+    while (sure && left > 0) {
+        for (total = 0.0, i = 0; i < n; i++)
+            if (!chosen[i]) total += w[i];
+        for (sure = 0, i = 0; i < n && !sure; i++)
+            if (!chosen[i] && w[i] > 0.0 && left * w[i] >= total) {
+                chosen[i] = 1;
+                left--;
+                sure = 1;
+            }
+    }
+    if (left <= 0) return;
+    for (total = 0.0, i = 0; i < n; i++) {
+        order[i] = (uint32_t)i;
+        if (!chosen[i]) total += w[i];
+    }
+    dg_rng_shuffle(rng, order, (size_t)n);
+    step = total / left;
+    u = dg_rng_uniform(rng) * step;
+    for (k = 0; k < n && left > 0; k++) {
+        i = (int)order[k];
+        if (chosen[i]) continue;
+        cum += w[i];
+        if (u < cum) { /* w_i < step: at most one point in each item */
+            chosen[i] = 1;
+            left--;
+            u += step;
+        }
+    }
+    for (k = n - 1; k >= 0 && left > 0; k--) /* the last point lost to rounding */
+        if (!chosen[order[k]] && w[order[k]] > 0.0) {
+            chosen[order[k]] = 1;
+            left--;
+        }
+}
+
+/* FeGAN: which live workers round r asks (chosen[n]): all of them, or m
+   = max(1, round(C * N_live)) drawn from (seed, PICK, round), weighted by
+   shard size when balanced. */
+static dg_result dg__flgan_choose(dg_flgan_server *s)
+{
+    const dg_flgan_config *c = &s->cfg;
+    int n, nl = 0, m;
+    dg_rng rng;
+    for (n = 1; n <= s->ro.slots; n++) {
+        s->chosen[n] = s->ro.live[n];
+        nl += s->ro.live[n];
+        if (s->ro.live[n] && c->balanced && s->shard[n] <= 0)
+            return dg__fail(DG_ERR_STATE, "round %lld: balanced sampling needs worker %d's shard "
+                            "size (dg_flgan_server_set_shard)", (long long)s->round, n);
+        s->pick_w[n] = !s->ro.live[n] ? 0.0 : c->balanced ? (double)s->shard[n] : 1.0;
+    }
+    m = (int)floor(c->fraction * nl + 0.5);
+    if (m < 1) m = 1;
+    if (c->fraction <= 0.0f || m >= nl) return DG_OK;
+    rng = dg_rng_make(c->seed, DG_FLGAN_STREAM_PICK, (uint64_t)s->round);
+    dg__pps_pick(&rng, s->pick_w + 1, s->ro.slots, m, s->pick_order, s->chosen + 1);
+    return DG_OK;
+}
 
 DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
@@ -14193,6 +14682,9 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (!cfg || !t || !pool || cfg->n_workers < 1 || cfg->batch < 1 || cfg->local_epochs < 0 ||
         t->n_peers < cfg->n_workers + 1)
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: bad arguments");
+    if (!(cfg->fraction >= 0.0f && cfg->fraction <= 1.0f) || (cfg->balanced & ~1))
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: fraction %g not in [0, 1] or "
+                        "balanced %d not 0 or 1", cfg->fraction, cfg->balanced);
     if (dg_codec_set_check(&cfg->codec, 0) != DG_OK) return DG_ERR_ARG;
     s = (dg_flgan_server *)dg__calloc(1, sizeof *s);
     if (!s) return dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
@@ -14207,15 +14699,20 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     s->ro.log_user = cfg->log_user;
     r = dg__pair_create(&s->model, cfg, pool);
     if (r == DG_OK) r = dg__roster_init(&s->ro, cfg->n_workers, cfg->n_workers);
+    if (r == DG_OK) {
+        s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
+        s->pick_w = (double *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(double));
+        s->chosen = (char *)dg__calloc((size_t)cfg->n_workers + 1, 1);
+        s->pick_order = (uint32_t *)dg__calloc((size_t)cfg->n_workers, sizeof(uint32_t));
+        if (!s->shard || !s->pick_w || !s->chosen || !s->pick_order)
+            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
+    }
     if (r == DG_OK)
         r = dg__coder_pair(&s->download_co, &cfg->codec.download, &s->model,
                            cfg->average_optimizer, 1, 0);
     if (r == DG_OK)
         r = dg__coder_pair(&s->upload_co, &cfg->codec.upload, &s->model, cfg->average_optimizer,
                            0, cfg->codec.upload.kind != DG_CODEC_NONE);
-    if (r == DG_OK &&
-        !(s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t))))
-        r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     if (r != DG_OK) {
         dg_flgan_server_free(s);
         return r;
@@ -14233,6 +14730,9 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
     dg__coder_free(&s->upload_co);
     dg__pair_free(&s->model);
     dg__free(s->shard);
+    dg__free(s->pick_w);
+    dg__free(s->chosen);
+    dg__free(s->pick_order);
     dg__free(s);
 }
 
@@ -14269,9 +14769,10 @@ DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_begin: NULL");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_begin: round still open");
     t0 = dg__now();
+    if ((r = dg__flgan_choose(s)) != DG_OK) return r;
     if ((r = dg__flgan_reference(s)) != DG_OK) return r;
     for (n = 1; n <= s->ro.slots; n++)
-        if (s->ro.live[n])
+        if (s->chosen[n])
             dg__roster_sent(&s->ro, n, dg__pair_send(&s->model, s->cfg.average_optimizer, s->t,
                                                      DG_MSG_MODEL, DG_PEER_SERVER, n, s->round, 0,
                                                      NULL, &s->download_co));
@@ -14387,6 +14888,16 @@ DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id)
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
     s->ro.live[id] = 1; /* begin sends it the global model like everyone */
     dg__log(s->cfg.log, s->cfg.log_user, "round %lld: worker %d rejoins", (long long)s->round, id);
+    return DG_OK;
+}
+
+DGDEF dg_result dg_flgan_server_set_shard(dg_flgan_server *s, int id, int64_t size)
+{
+    if (!s || id < 1 || id > s->ro.slots || size <= 0 ||
+        (s->cfg.max_shard > 0 && size > s->cfg.max_shard))
+        return dg__fail(DG_ERR_ARG, "dg_flgan_server_set_shard: worker %d, size %lld", id,
+                        (long long)size);
+    s->shard[id] = size;
     return DG_OK;
 }
 
@@ -14674,6 +15185,67 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
     return DG_OK;
 }
 
+/* ---- checkpoints of the roles ---- */
+
+DGDEF dg_result dg_checkpoint_path(char *path, size_t cap, const char *dir, int flgan, int n)
+{
+    int w;
+    if (!path || !dir || n < 0) return dg__fail(DG_ERR_ARG, "dg_checkpoint_path: bad arguments");
+    w = n ? snprintf(path, cap, "%s/%sworker_%d.ckpt", dir, flgan ? "flgan_" : "", n)
+          : snprintf(path, cap, "%s/%sserver.ckpt", dir, flgan ? "flgan_" : "");
+    if (w < 0 || (size_t)w >= cap)
+        return dg__fail(DG_ERR_ARG, "checkpoint path in %.64s... longer than %zu bytes", dir, cap);
+    return DG_OK;
+}
+
+/* One role's state (exactly one of the four non-NULL) into path or back. */
+typedef struct dg__role_ref {
+    dg_mdgan_server *ms;
+    dg_flgan_server *fs;
+    dg_mdgan_worker *mw;
+    dg_flgan_worker *fw;
+} dg__role_ref;
+
+static dg_result dg__role_save(const char *path, const dg__role_ref *ro)
+{
+    size_t n, w = 0;
+    unsigned char *buf;
+    dg_result r;
+    if (!path) return DG_OK;
+    n = ro->ms ? dg_mdgan_server_save_size(ro->ms) : ro->fs ? dg_flgan_server_save_size(ro->fs)
+        : ro->mw ? dg_mdgan_worker_save_size(ro->mw) : dg_flgan_worker_save_size(ro->fw);
+    buf = (unsigned char *)dg__alloc(n);
+    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
+    r = ro->ms ? dg_mdgan_server_save_mem(ro->ms, buf, n, &w)
+        : ro->fs ? dg_flgan_server_save_mem(ro->fs, buf, n, &w)
+        : ro->mw ? dg_mdgan_worker_save_mem(ro->mw, buf, n, &w)
+                 : dg_flgan_worker_save_mem(ro->fw, buf, n, &w);
+    if (r == DG_OK) r = dg__write_file(path, buf, w);
+    dg__free(buf);
+    return r;
+}
+
+/* Loads path into the role; *loaded = 0 (and DG_OK) when path does not
+   exist. */
+static dg_result dg__role_load(const char *path, const dg__role_ref *ro, int *loaded)
+{
+    unsigned char *buf;
+    size_t len = 0;
+    dg_result r;
+    FILE *f;
+    *loaded = 0;
+    if (!(f = fopen(path, "rb"))) return DG_OK;
+    fclose(f);
+    if ((r = dg__read_file(path, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
+    r = ro->ms ? dg_mdgan_server_load_mem(ro->ms, buf, len)
+        : ro->fs ? dg_flgan_server_load_mem(ro->fs, buf, len)
+        : ro->mw ? dg_mdgan_worker_load_mem(ro->mw, buf, len)
+                 : dg_flgan_worker_load_mem(ro->fw, buf, len);
+    dg__free(buf);
+    *loaded = r == DG_OK;
+    return r;
+}
+
 /* ---- the in-process driver ---- */
 
 /* What the two in-process drivers share: the transport, the pool, the
@@ -14940,6 +15512,7 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
         size_t count;
         const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
         e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->in.t, pool, ds, idx, count);
+        if (e == DG_OK) e = dg_flgan_server_set_shard(r->server, n, (int64_t)count);
     }
     if (e != DG_OK) {
         dg_flgan_run_free(r);
@@ -14993,6 +15566,49 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
 DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net)
 {
     return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_flgan_run_set_network: NULL");
+}
+
+/* Saves (load = 0) or loads every role of an in-process run (md or fl). */
+static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *dir, int load)
+{
+    char path[4096];
+    dg_result r = DG_OK;
+    int n, loaded, slots = md ? md->in.slots : fl->cfg.n_workers;
+    if (!dir) return dg__fail(DG_ERR_ARG, "run checkpoint: dir is NULL");
+    if (md && !load && (r = dg_mdgan_run_settle(md)) != DG_OK) return r;
+    for (n = 0; n <= slots && r == DG_OK; n++) {
+        dg__role_ref ro = {NULL, NULL, NULL, NULL};
+        if (md && n) ro.mw = md->workers[n];
+        else if (md) ro.ms = md->server;
+        else if (n) ro.fw = fl->workers[n];
+        else ro.fs = fl->server;
+        if ((r = dg_checkpoint_path(path, sizeof path, dir, !md, n)) != DG_OK) break;
+        if (load) {
+            r = dg__role_load(path, &ro, &loaded);
+            if (r == DG_OK && !n && !loaded) r = dg__fail(DG_ERR_IO, "cannot open %s", path);
+        } else if (!n || (md ? dg_mdgan_server_is_live(md->server, n)
+                             : dg_flgan_server_is_live(fl->server, n))) {
+            r = dg__role_save(path, &ro);
+        }
+    }
+    return r;
+}
+
+DGDEF dg_result dg_mdgan_run_save(dg_mdgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(r, NULL, dir, 0) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_save: NULL");
+}
+DGDEF dg_result dg_mdgan_run_load(dg_mdgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(r, NULL, dir, 1) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_load: NULL");
+}
+DGDEF dg_result dg_flgan_run_save(dg_flgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(NULL, r, dir, 0) : dg__fail(DG_ERR_ARG, "dg_flgan_run_save: NULL");
+}
+DGDEF dg_result dg_flgan_run_load(dg_flgan_run *r, const char *dir)
+{
+    return r ? dg__run_files(NULL, r, dir, 1) : dg__fail(DG_ERR_ARG, "dg_flgan_run_load: NULL");
 }
 
 /* ---- the process drivers ---- */
@@ -15121,54 +15737,14 @@ static dg_result dg__drive_limit(dg_transport *t, int self, const dg_mdgan_confi
     return r;
 }
 
-/* ---- checkpoints of the roles ---- */
-
-/* One role's state (exactly one of the four non-NULL) into path or back. */
-typedef struct dg__drive_role {
-    dg_mdgan_server *ms;
-    dg_flgan_server *fs;
-    dg_mdgan_worker *mw;
-    dg_flgan_worker *fw;
-} dg__drive_role;
-
-static dg_result dg__drive_save(const char *path, const dg__drive_role *ro)
-{
-    size_t n, w = 0;
-    unsigned char *buf;
-    dg_result r;
-    if (!path) return DG_OK;
-    n = ro->ms ? dg_mdgan_server_save_size(ro->ms) : ro->fs ? dg_flgan_server_save_size(ro->fs)
-        : ro->mw ? dg_mdgan_worker_save_size(ro->mw) : dg_flgan_worker_save_size(ro->fw);
-    buf = (unsigned char *)dg__alloc(n);
-    if (!buf) return dg__fail(DG_ERR_NOMEM, "checkpoint: no memory");
-    r = ro->ms ? dg_mdgan_server_save_mem(ro->ms, buf, n, &w)
-        : ro->fs ? dg_flgan_server_save_mem(ro->fs, buf, n, &w)
-        : ro->mw ? dg_mdgan_worker_save_mem(ro->mw, buf, n, &w)
-                 : dg_flgan_worker_save_mem(ro->fw, buf, n, &w);
-    if (r == DG_OK) r = dg__write_file(path, buf, w);
-    dg__free(buf);
-    return r;
-}
-
 /* d->resume: loads the checkpoint into the role when the file exists
    (*loaded = 1). */
-static dg_result dg__drive_resume(const dg_drive *d, const dg__drive_role *ro, int *loaded)
+static dg_result dg__drive_resume(const dg_drive *d, const dg__role_ref *ro, int *loaded)
 {
-    unsigned char *buf;
-    size_t len = 0;
     dg_result r;
-    FILE *f;
     *loaded = 0;
-    if (!d->resume || !d->checkpoint || !(f = fopen(d->checkpoint, "rb"))) return DG_OK;
-    fclose(f);
-    if ((r = dg__read_file(d->checkpoint, (size_t)1 << 31, &buf, &len)) != DG_OK) return r;
-    r = ro->ms ? dg_mdgan_server_load_mem(ro->ms, buf, len)
-        : ro->fs ? dg_flgan_server_load_mem(ro->fs, buf, len)
-        : ro->mw ? dg_mdgan_worker_load_mem(ro->mw, buf, len)
-                 : dg_flgan_worker_load_mem(ro->fw, buf, len);
-    dg__free(buf);
-    if (r != DG_OK) return r;
-    *loaded = 1;
+    if (!d->resume || !d->checkpoint) return DG_OK;
+    if ((r = dg__role_load(d->checkpoint, ro, loaded)) != DG_OK || !*loaded) return r;
     if (ro->ms || ro->fs)
         dg__log(d->log, d->log_user, "resumed from %s at %s %lld", d->checkpoint,
                 ro->ms ? "iteration" : "round",
@@ -15206,14 +15782,15 @@ static dg_result dg__drive_barrier(const dg__barrier *b)
     return r;
 }
 
-/* The server waits up to ms for workers 1..n to be connected. */
-static int dg__drive_wait_workers(dg_transport *t, int n, int ms)
+/* The server waits up to ms until `want` of workers 1..n are connected;
+   returns how many are. */
+static int dg__drive_wait_for(dg_transport *t, int n, int want, int ms)
 {
     double end = dg__drive_ms() + ms;
     int k, have = 0;
     for (;;) {
         for (have = 0, k = 1; k <= n; k++) have += dg_transport_connected(t, k);
-        if (have == n || dg__drive_ms() >= end || dg_stop_requested()) return have;
+        if (have >= want || dg__drive_ms() >= end || dg_stop_requested()) return have;
         dg__drive_sleep_ms(20);
     }
 }
@@ -15228,10 +15805,10 @@ static int dg__drive_workers_outlive(const dg_transport *t) { return t->keep_ser
 static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_server *ms,
                                   dg_flgan_server *fs, int n_workers)
 {
-    dg__drive_role ro;
+    dg__role_ref ro;
     dg_drive_status st;
     dg_result r, e;
-    int have, n, loaded;
+    int have, n, loaded, wait;
     memset(&ro, 0, sizeof ro);
     ro.ms = ms;
     ro.fs = fs;
@@ -15241,10 +15818,18 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     st.generator = ms ? dg_mdgan_server_generator(ms) : dg_flgan_server_generator(fs);
     st.iteration = ms ? dg_mdgan_server_stats(ms)->iteration : dg_flgan_server_stats(fs)->rounds;
     dg_transport_announce(t, st.iteration);
-    have = dg__drive_wait_workers(t, n_workers, d->wait_workers_ms > 0 ? d->wait_workers_ms : 60000);
+    wait = d->wait_workers_ms > 0 ? d->wait_workers_ms : 60000;
+    have = dg__drive_wait_for(t, n_workers, n_workers, wait);
     dg__log(d->log, d->log_user, "%d of %d workers connected", have, n_workers);
     while (r == DG_OK && st.iteration < d->iterations && !dg_stop_requested()) {
         dg__barrier b;
+        /* an iteration without a worker would only count up: wait for one */
+        if (!dg__drive_wait_for(t, n_workers, 1, wait)) {
+            if (!dg_stop_requested())
+                r = dg__fail(DG_ERR_TIMEOUT, "no worker connected for %d ms at %s %lld", wait,
+                             ms ? "iteration" : "round", (long long)st.iteration);
+            break;
+        }
         for (n = 1; n < t->n_peers; n++) /* a restarted worker rejoins */
             if (dg_transport_connected(t, n) &&
                 !(ms ? dg_mdgan_server_is_live(ms, n) : dg_flgan_server_is_live(fs, n)))
@@ -15270,7 +15855,7 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
         dg_transport_announce(t, st.iteration);
         if (d->progress) d->progress(d->user, &st);
         if (d->checkpoint_every > 0 && st.iteration % d->checkpoint_every == 0 &&
-            (e = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+            (e = dg__role_save(d->checkpoint, &ro)) != DG_OK)
             dg__log(d->log, d->log_user, "checkpoint failed: %s", dg_last_error());
     }
     /* how the run ends: a stop request, or an error whose message the final
@@ -15280,7 +15865,7 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
                 dg_result_str(r), dg_last_error());
     else if (dg_stop_requested())
         dg__log(d->log, d->log_user, "stop requested: checkpoint and shut down");
-    if ((e = dg__drive_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
+    if ((e = dg__role_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
     if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t))) {
         /* STOP (a worker it cannot reach is gone anyway) */
         if (ms) dg_mdgan_server_stop(ms);
@@ -15299,6 +15884,9 @@ DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *
     dg_mdgan_config c;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drive: NULL argument");
+    if (cfg->quorum) /* its close time is judged on simulated arrivals, which processes lack */
+        return dg__fail(DG_ERR_UNSUPPORTED, "dg_mdgan_server_drive: asynchronous MD-GAN (quorum %d) "
+                        "runs in process only (dg_mdgan_run); quorum 0 is synchronous", cfg->quorum);
     if ((r = dg__drive_limit(t, 0, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
     c = *cfg;
     if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
@@ -15341,7 +15929,7 @@ DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_tra
                                      size_t count, const dg_drive *d)
 {
     dg_mdgan_worker *w;
-    dg__drive_role ro;
+    dg__role_ref ro;
     dg_result r;
     double held_since = -1;
     int swap_wait, over = 0, loaded;
@@ -15385,7 +15973,7 @@ DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_tra
                 dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
         }
         dg__log(d->log, d->log_user, "worker %d: training is over", id);
-        if (!w->awaiting && (r = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+        if (!w->awaiting && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
             dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
     }
     dg_mdgan_worker_free(w);
@@ -15397,7 +15985,7 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
                                      size_t count, const dg_drive *d)
 {
     dg_flgan_worker *w;
-    dg__drive_role ro;
+    dg__role_ref ro;
     dg_result r;
     int over = 0, loaded;
     if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_drive: NULL");
@@ -15416,7 +16004,7 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
             dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
         if (!dg_flgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
     }
-    if (dg_flgan_worker_stopped(w) && (r = dg__drive_save(d->checkpoint, &ro)) != DG_OK)
+    if (dg_flgan_worker_stopped(w) && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
         dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
     dg_flgan_worker_free(w);
     return r;
@@ -16406,11 +16994,19 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 #define DG__MAX_CONTROL ((uint64_t)1 << 16)
 /* A live connection reads with readv(2) into what its frame wants next
    (a part's values straight into the message) and then into an input
-   buffer of this size, so one call takes every small frame that came. */
+   buffer of this size, so one call takes every small frame that came.
+   While its messages are large (DG__IN_BIG and more) it reads no more
+   into the buffer than the next frame's headers: the values would
+   otherwise land there and be copied again (a tenth of a 64 KB message's
+   cost), while a readv more per message is cheaper. */
 #define DG__IN_SIZE ((size_t)64 << 10)
+#define DG__IN_BIG ((uint64_t)16 << 10)
+#define DG__IN_HEADS \
+    ((size_t)DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS)
 
 typedef struct dg__tconn {
     int fd, state, peer, role, paused, peers_due;
+    int big;                 /* its last message frame had DG__IN_BIG bytes or more */
     dg__rx rx;
     unsigned char *in;       /* input buffer (live connections; I/O thread) */
     size_t in_at, in_end;    /* its bytes not yet given to rx */
@@ -16556,7 +17152,7 @@ static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t 
     c->role = role;
     c->opened = c->last_rx = c->last_tx = now;
     c->paused = 0;
-    c->peers_due = 0;
+    c->peers_due = c->big = 0;
     dg__rx_init(&c->rx, &t->base, t->cfg.max_message, DG__MAX_CONTROL);
     c->rx.allow_app = 1;
     c->rx.self = t->cfg.self;
@@ -16775,8 +17371,13 @@ static void dg__tcp_on_control(dg__tcp *t, dg__tconn *c, const dg__frame_header 
    empty messages is bounded as well as a few large ones. */
 static size_t dg__tcp_held(const dg_msg *m) { return m->cap + sizeof *m; }
 
-/* A peer whose queued messages hold more is not read for a while. */
-static size_t dg__tcp_backlog(const dg__tcp *t) { return 2 * (size_t)t->largest + ((size_t)64 << 20); }
+/* A peer whose queued messages hold more is not read for a while (its
+   socket's buffers hold the rest, and then it waits in send, as over a
+   plain socket): a role that falls behind meets a few MB of messages in
+   recycled, cache-warm buffers, not hundreds of MB in new ones (a reader
+   that ran 2 x 64 MB ahead made a page fault of every 4 KB of a 64 KB
+   stream).  A message larger than that still comes in whole. */
+static size_t dg__tcp_backlog(void) { return (size_t)4 << 20; }
 
 /* Free message buffers kept for reuse: what the role holds at its peak (a
    server: a largest message from every worker; a worker: one in, one
@@ -16803,7 +17404,7 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
     __atomic_fetch_add(&l->payload_bytes, (uint64_t)bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&l->frame_bytes, (uint64_t)dg_msg_frame_bytes(m), __ATOMIC_RELAXED);
     /* backpressure: a peer that is far ahead of the role is not read */
-    if (t->queued[m->from] > dg__tcp_backlog(t)) c->paused = t->any_paused = 1;
+    if (t->queued[m->from] > dg__tcp_backlog()) c->paused = t->any_paused = 1;
 }
 
 /* Gives rx the n bytes at p, as many frames as they hold: complete
@@ -16876,7 +17477,7 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
             iov[0].iov_base = dst;
             iov[0].iov_len = want;
             iov[1].iov_base = c->in;
-            iov[1].iov_len = DG__IN_SIZE;
+            iov[1].iov_len = c->big ? DG__IN_HEADS : DG__IN_SIZE;
             if (!busy) started = 1;
             c->in_at = c->in_end = 0;
             n = readv(c->fd, iov, live ? 2 : 1);
@@ -16895,6 +17496,8 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
                                      &last, &started);
                     c->in_at = used;
                 }
+                /* rx.h: the frame under way, or the last one */
+                c->big = c->rx.h.type <= DG_MSG_TYPE_MAX && c->rx.h.length >= DG__IN_BIG;
             }
         }
         pthread_mutex_lock(&t->mu);
@@ -17015,7 +17618,7 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         c->peer = -1;
         c->role = 0;
         c->opened = c->last_rx = c->last_tx = now;
-        c->paused = c->peers_due = 0;
+        c->paused = c->peers_due = c->big = 0;
         c->listen_port = 0;
         memcpy(c->addr, addr, 16);
         dg__tcp_name(c->name, &sa);
@@ -17268,7 +17871,7 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
             t->any_paused = 0;
             for (i = 0; i < t->n_conns; i++) {
                 if (!t->conns[i].paused) continue;
-                if (t->conns[i].peer == m->from && t->queued[m->from] <= (size_t)t->largest) {
+                if (t->conns[i].peer == m->from && t->queued[m->from] <= dg__tcp_backlog() / 2) {
                     t->conns[i].paused = 0;
                     t->conns[i].last_rx = dg__tcp_ms();
                     wake = 1;
@@ -19305,7 +19908,7 @@ DGDEF dg_result dg_asgd_server_drive(const dg_asgd_config *cfg, dg_transport *t,
     if (r == DG_OK) {
         p.t0 = p.warned = dg__now();
         dg_transport_announce(t, (int64_t)ac_server_clock(p.s->ac));
-        have = dg__drive_wait_workers(t, W, d->d.wait_workers_ms > 0 ? d->d.wait_workers_ms : 60000);
+        have = dg__drive_wait_for(t, W, W, d->d.wait_workers_ms > 0 ? d->d.wait_workers_ms : 60000);
         dg__log(d->d.log, d->d.log_user, "%d of %d workers connected (%s schedule)", have, W,
                 p.sched ? "deterministic" : "asynchronous");
         r = p.sched ? dg__asgd_ps_sched(&p) : dg__asgd_ps_async(&p);

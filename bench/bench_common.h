@@ -90,18 +90,21 @@ static inline bench_sgemm_fn bench_openblas(bench_threads_fn *set_threads)
     }
 }
 
-/* Peak resident memory of this process in MiB (VmHWM). */
-static inline double bench_rss_mb(void)
+/* A memory figure of this process in MiB: "VmHWM" (peak resident) or
+   "VmRSS" (resident now). */
+static inline double bench_mem_mb(const char *field)
 {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
+    size_t n = strlen(field);
     double kb = 0.0;
     if (!f) return 0.0;
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
+        if (!strncmp(line, field, n) && line[n] == ':' && sscanf(line + n + 1, "%lf", &kb) == 1) break;
     fclose(f);
     return kb / 1024.0;
 }
+static inline double bench_rss_mb(void) { return bench_mem_mb("VmHWM"); }
 /* ---- the machine's FMA peak ----
    Twelve independent chains of AVX-512 FMAs hide the FMA latency on both
    pipes; each thread times itself by its own CPU time, so a busy host

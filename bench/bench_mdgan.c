@@ -5,6 +5,7 @@
    and planned memory, to check the paper's "factor two" claim.
 
    bench mdgan_iter transport=inproc arch=A workers=N threads=T b=B ms=... compute_ms=... peak_pct=...
+                    busy=... mem_mb_per_worker=...
      ms         wall time of one global iteration (server + all workers);
                 the best of a few rounds' means
      compute_ms the sum of the roles' compute times in that iteration (the
@@ -14,11 +15,19 @@
                 backward on k*b rows, per worker L D steps on 2b rows and
                 the feedback pass on b) per ms, over the FMA peak of T
                 threads measured in the same run (bench_fma_peak)
+     busy       compute_ms / (ms * threads): the share of the threads' time
+                spent in the roles' work (1: the iteration is the workers'
+                compute spread over the threads)
+     mem_mb_per_worker
+                the growth of resident memory from before the run was
+                created to its end, over N (D, its Adam state and gradient,
+                the worker's buffers, its share of the server and inboxes)
    bench worker_cost arch=A mdgan_params= flgan_params= mdgan_flops= ...
      per worker and per iteration (b = 64, L = 1):
      MD-GAN: L x D fwd+bwd on 2b + D fwd+bwd on b (the feedback)
      FL-GAN: G fwd on b + the same D work + G bwd on b */
 #include "bench_common.h" /* first: it sets _GNU_SOURCE */
+#include <malloc.h>
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 
@@ -44,7 +53,7 @@ static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_
     dg_mdgan_config c = dg_mdgan_config_init();
     dg_partition part;
     dg_mdgan_run *run;
-    double best = 1e30, w0, s0, comp, flops;
+    double best = 1e30, w0, s0, comp, flops, mem0;
     int i, round, done = 0;
     c.n_workers = n_workers;
     c.c = ds->c;
@@ -53,6 +62,8 @@ static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_
     c.arch = arch;
     c.batch = b;
     c.local_epochs = 0; /* the iteration alone; a swap costs |θ| per worker */
+    malloc_trim(0); /* what earlier runs freed goes back, so that it is not reused unseen */
+    mem0 = bench_mem_mb("VmRSS");
     if (dg_partition_iid(&part, ds->n, n_workers, 1) ||
         dg_mdgan_run_create(&run, &c, pool, ds, &part, NULL, 0, NULL, 0)) {
         printf("bench mdgan_iter status=failed (%s)\n", dg_last_error());
@@ -72,10 +83,11 @@ static void bench_iter(dg_pool *pool, const dg_dataset *ds, dg_arch arch, int n_
             dg_mdgan_server_stats(dg_mdgan_run_server(run))->compute_s - s0) / done;
     flops = iter_flops(&c);
     printf("bench mdgan_iter transport=inproc arch=%s workers=%d threads=%d b=%d ms=%.2f "
-           "compute_ms=%.2f", arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", n_workers,
+           "compute_ms=%.2f", dg_arch_name(arch), n_workers,
            dg_pool_size(pool), b, 1e3 * best, 1e3 * comp);
     if (peak > 0 && flops > 0) printf(" peak_pct=%.1f", 100.0 * flops / best / 1e9 / peak);
-    printf("\n");
+    printf(" busy=%.2f mem_mb_per_worker=%.1f\n", comp / (best * dg_pool_size(pool)),
+           (bench_mem_mb("VmRSS") - mem0) / n_workers);
     fflush(stdout);
     dg_mdgan_run_free(run);
     dg_partition_free(&part);
@@ -106,7 +118,7 @@ static void worker_cost(dg_pool *pool, dg_arch arch)
     fl_mem = (double)dg_net_memory(d) + dg_net_memory(g) + 8.0 * (pd + pg) + 4.0 * b * (2 * 784 + 100);
     printf("bench worker_cost arch=%s b=%d mdgan_params=%zu flgan_params=%zu mdgan_flops=%.3g "
            "flgan_flops=%.3g mdgan_mem_mb=%.1f flgan_mem_mb=%.1f ratio_params=%.2f "
-           "ratio_flops=%.2f ratio_mem=%.2f\n", arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", b, pd,
+           "ratio_flops=%.2f ratio_mem=%.2f\n", dg_arch_name(arch), b, pd,
            pd + pg, md_flops, fl_flops, md_mem / 1048576.0, fl_mem / 1048576.0,
            (double)(pd + pg) / pd, fl_flops / md_flops, fl_mem / md_mem);
     fflush(stdout);
@@ -134,6 +146,10 @@ int main(int argc, char **argv)
         if (!quick) bench_iter(one, &ds, DG_ARCH_MLP, 10, b, b == 10 ? 20 : 4, 5, peak1);
     }
     for (i = 0; i < 3; i++) bench_iter(pool, &ds, DG_ARCH_MLP, sizes[i], 64, quick ? 2 : sizes[i] < 50 ? 10 : 4, 1, peak);
+    /* scale: the paper's MLP at b = 10 with N = 100 workers on this pool,
+       and N = 1000 on the tiny MLP (32 units) */
+    bench_iter(pool, &ds, DG_ARCH_MLP, 100, 10, quick ? 1 : 5, quick ? 1 : 3, peak);
+    bench_iter(pool, &ds, DG_ARCH_TINY, 1000, 10, quick ? 1 : 5, quick ? 1 : 3, peak);
     for (i = 0; i < 3 && !quick; i++) bench_iter(pool, &ds, DG_ARCH_DCGAN, sizes[i], 64, sizes[i] < 50 ? 3 : 1, 1, peak);
     dg_dataset_free(&ds);
     dg_pool_destroy(one);

@@ -1,15 +1,19 @@
 /* bench/bench_tcp.c: what TCP costs.
  *
  *   bench tcp_throughput size=... msgs=... gbps=... raw_gbps=... ratio=...
+ *       ratio_min=... ratio_max=...
  *     float32 tensor payload through a server and a worker transport over
  *     loopback (framing, CRC-32 both ways, the receiver's state machine and
  *     message pool) against a plain blocking write/read loop of the same
- *     message sizes on a loopback TCP socket, in the same run.
- *   bench mdgan_iter transport=inproc|tcp workers=4 ms=... overhead=...
- *     one MD-GAN iteration of the reference DCGAN (b = 64, 28 x 28) with 4
- *     workers: in-process (the roles as tasks of one pool) and over TCP
- *     (server and worker transports, each worker on its own thread with a
- *     one-thread pool, as separate processes would be).
+ *     message sizes on a loopback TCP socket (sender and receiver threads
+ *     as ours), in the same run: ROUNDS rounds, ours and raw alternating;
+ *     gbps and raw_gbps are the medians, ratio their quotient, ratio_min /
+ *     ratio_max the spread of the rounds' quotients.
+ *   bench mdgan_iter transport=inproc|tcp workers=N ms=... overhead=...
+ *     one MD-GAN iteration of the reference DCGAN (b = 64, 28 x 28) with
+ *     N = 4 and 10 workers: in-process and over TCP, each worker on its own
+ *     thread with a one-thread pool (bench/mdgan_iter.h; bench/mpi_mdgan.c
+ *     adds MPI).
  *   `bench_tcp throughput` runs the throughput lines only. */
 #include "bench_common.h"
 #define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
@@ -22,6 +26,9 @@
 
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
+#include "mdgan_iter.h"
+
+#define ROUNDS 5
 
 typedef struct sink {
     dg_transport *t;
@@ -99,12 +106,12 @@ static double raw_gbps(size_t bytes, int n)
     return (double)bytes * n / t / 1e9;
 }
 
-static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n)
+static double ours_gbps(dg_transport *srv, dg_transport *wk, size_t floats, int n)
 {
     dg_part_kind kind = DG_PART_F32;
     pthread_t th;
     sink s;
-    double t0, t, gbps, raw;
+    double t0;
     int i;
     s.t = srv;
     s.self = 0;
@@ -120,11 +127,38 @@ static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n
         }
     }
     pthread_join(th, NULL);
-    t = bench_now() - t0;
-    gbps = 4.0 * floats * n / t / 1e9;
-    raw = raw_gbps(4 * floats, n);
-    printf("bench tcp_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f\n",
-           4 * floats, n, gbps, raw, gbps / raw);
+    return 4.0 * floats * n / (bench_now() - t0) / 1e9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp);
+    return v[n / 2];
+}
+
+/* ROUNDS rounds, ours and raw alternating (the machine is shared): the
+   medians, their quotient, and the spread of the rounds' quotients. */
+static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n)
+{
+    double ours[ROUNDS], raw[ROUNDS], q[ROUNDS], mo, mr;
+    int r;
+    ours_gbps(srv, wk, floats, n / 4 + 1); /* warm-up: the pools' buffers */
+    for (r = 0; r < ROUNDS; r++) {
+        ours[r] = ours_gbps(srv, wk, floats, n);
+        raw[r] = raw_gbps(4 * floats, n);
+        q[r] = ours[r] / raw[r];
+    }
+    mo = median(ours, ROUNDS);
+    mr = median(raw, ROUNDS);
+    qsort(q, ROUNDS, sizeof *q, cmp);
+    printf("bench tcp_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f "
+           "ratio_min=%.2f ratio_max=%.2f\n", 4 * floats, n, mo, mr, mo / mr, q[0], q[ROUNDS - 1]);
     fflush(stdout);
 }
 
@@ -138,53 +172,11 @@ static dg_tcp_config base_cfg(int self, int n_peers)
     return c;
 }
 
-/* ---- MD-GAN iteration ---- */
-#define NW 4
-#define B 64
-
-typedef struct wk_arg {
-    dg_mdgan_config cfg;
-    int id;
-    dg_transport *t;
-    const dg_dataset *ds;
-    const uint32_t *idx;
-    size_t count;
-} wk_arg;
-
-static void *worker_main(void *arg)
-{
-    wk_arg *a = (wk_arg *)arg;
-    dg_pool *pool;
-    dg_drive run;
-    memset(&run, 0, sizeof run);
-    dg_pool_create(&pool, 1);
-    dg_mdgan_worker_drive(&a->cfg, a->id, a->t, pool, a->ds, a->idx, a->count, &run);
-    dg_pool_destroy(pool);
-    return NULL;
-}
-
-typedef struct timing {
-    double t0, last, sum;
-    int n;
-} timing;
-
-static void on_iter(void *user, const dg_drive_status *s)
-{
-    timing *tm = (timing *)user;
-    double now = bench_now();
-    if (s->iteration > 1) { /* the first iteration warms up */
-        tm->sum += now - tm->last;
-        tm->n++;
-    }
-    tm->last = now;
-}
-
 int main(int argc, char **argv)
 {
     dg_transport *srv = NULL, *wk = NULL;
     dg_tcp_config c = base_cfg(0, 2);
     char addr[64];
-    int iters = 6;
     c.listen = "127.0.0.1:0";
     if (dg_tcp_server_create(&srv, &c) != DG_OK) {
         printf("bench tcp_throughput status=failed (%s)\n", dg_last_error());
@@ -205,76 +197,29 @@ int main(int argc, char **argv)
     dg_transport_close(srv);
     if (argc > 1 && !strcmp(argv[1], "throughput")) return 0;
 
-    {   /* MD-GAN iteration, DCGAN b = 64, 4 workers */
+    {   /* MD-GAN iteration at N = 4 and 10 (bench/mdgan_iter.h) */
+        static const int nws[2] = {4, 10};
         dg_dataset ds;
-        dg_partition part;
         dg_pool *pool;
-        dg_mdgan_config mc = dg_mdgan_config_init();
-        dg_mdgan_run *run;
-        double t0, inproc_ms, tcp_ms;
-        int i;
-        memset(&ds, 0, sizeof ds);
-        dg_dataset_make_shapes(&ds, 4096, 1);
-        dg_partition_iid(&part, ds.n, NW, 1);
-        mc.n_workers = NW; mc.c = ds.c; mc.h = ds.h; mc.w = ds.w; mc.arch = DG_ARCH_DCGAN;
-        mc.batch = B;
-        dg_pool_create(&pool, 0);
-        if (dg_mdgan_run_create(&run, &mc, pool, &ds, &part, NULL, 0, NULL, 0) != DG_OK) {
+        int k;
+        if (!mdi_dataset(&ds) || dg_pool_create(&pool, 0) != DG_OK) {
             printf("bench mdgan_iter status=failed (%s)\n", dg_last_error());
             return 0;
         }
-        dg_mdgan_run_iteration(run);
-        t0 = bench_now();
-        for (i = 0; i < iters; i++) dg_mdgan_run_iteration(run);
-        inproc_ms = 1e3 * (bench_now() - t0) / iters;
-        dg_mdgan_run_free(run);
-        printf("bench mdgan_iter transport=inproc workers=%d ms=%.1f\n", NW, inproc_ms);
-        fflush(stdout);
-        {
-            dg_transport *st, *wt[NW + 1];
-            pthread_t th[NW + 1];
-            wk_arg wa[NW + 1];
-            dg_drive r;
-            timing tm;
-            unsigned char h[32];
-            mc.swap_every = (int)((double)ds.n / NW / B + 0.5);
-            dg_tcp_mdgan_config_hash(&mc, NULL, h);
-            c = base_cfg(0, NW + 1);
-            c.listen = "127.0.0.1:0";
-            memcpy(c.config_hash, h, 32);
-            dg_tcp_server_create(&st, &c);
-            snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)dg_tcp_port(st));
-            for (i = 1; i <= NW; i++) {
-                c = base_cfg(i, NW + 1);
-                c.connect = addr;
-                memcpy(c.config_hash, h, 32);
-                if (dg_tcp_worker_create(&wt[i], &c) != DG_OK) {
-                    printf("bench mdgan_iter status=failed (%s)\n", dg_last_error());
-                    return 0;
-                }
-                wa[i].cfg = mc;
-                wa[i].id = i;
-                wa[i].t = wt[i];
-                wa[i].ds = &ds;
-                wa[i].idx = dg_partition_worker(&part, i - 1, &wa[i].count);
-                pthread_create(&th[i], NULL, worker_main, &wa[i]);
+        for (k = 0; k < 2; k++) {
+            dg_partition part;
+            double inproc[MDI_ROUNDS], tcp[MDI_ROUNDS];
+            int r;
+            if (dg_partition_iid(&part, ds.n, nws[k], 1) != DG_OK) break;
+            for (r = 0; r < MDI_ROUNDS; r++) {
+                inproc[r] = mdi_inproc_ms(&ds, &part, nws[k], pool);
+                tcp[r] = mdi_tcp_ms(&ds, &part, nws[k], pool);
             }
-            memset(&r, 0, sizeof r);
-            memset(&tm, 0, sizeof tm);
-            r.iterations = iters + 1;
-            r.progress = on_iter;
-            r.user = &tm;
-            tm.last = bench_now();
-            dg_mdgan_server_drive(&mc, st, pool, &r);
-            for (i = 1; i <= NW; i++) pthread_join(th[i], NULL);
-            tcp_ms = tm.n ? 1e3 * tm.sum / tm.n : 0;
-            printf("bench mdgan_iter transport=tcp workers=%d ms=%.1f overhead=%.1f%%\n", NW,
-                   tcp_ms, 100.0 * (tcp_ms / inproc_ms - 1.0));
-            for (i = 1; i <= NW; i++) dg_transport_close(wt[i]);
-            dg_transport_close(st);
+            mdi_print("inproc", nws[k], inproc, NULL);
+            mdi_print("tcp", nws[k], tcp, inproc);
+            dg_partition_free(&part);
         }
         dg_pool_destroy(pool);
-        dg_partition_free(&part);
         dg_dataset_free(&ds);
     }
     return 0;

@@ -47,8 +47,9 @@ typedef struct options {
     int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
         clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
         help, local_iters, log_every, ckpt_every, id, insecure, dead_ms, heartbeat_ms,
-        barrier_ms, version;
-    double alpha, feedback_clip;
+        barrier_ms, version, staleness, tau_max, balanced;
+    double alpha, feedback_clip, deadline, fraction;
+    const char *quorum_str; int quorum; /* --quorum: 1..N, checked against --workers */
     float lr;
     int64_t iters, eval_every;
     uint64_t seed, data_seed, max_message;
@@ -61,7 +62,7 @@ typedef struct options {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
+    fprintf(f, /* three strings: C keeps one literal under 4095 characters */
         "usage: distgan [options]\n"
         "Trains a GAN standalone, with MD-GAN or with FL-GAN (a server and N workers in\n"
         "this process, over TCP or under MPI), with progress, a CSV log, sample grids\n"
@@ -84,13 +85,27 @@ static void usage(FILE *f)
         "  --real-once         MD-GAN: one real batch per iteration (paper) instead of\n"
         "                      a fresh one per D step\n"
         "  --feedback-clip C   MD-GAN: the server scales each sample's feedback from a\n"
-        "                      worker down to L2 norm C before summing (default off)\n"
+        "                      worker down to L2 norm C before summing (default off)\n");
+    fprintf(f,
+        "  --quorum Q          inproc MD-GAN, asynchronous (docs/mdgan.md): G is updated\n"
+        "                      once Q feedbacks (1..N) have arrived, in simulated time\n"
+        "                      under --network; late ones are used later, weighted\n"
+        "  --deadline S        with --quorum: update at S simulated seconds after the\n"
+        "                      batches leave if the quorum is not in (default none)\n"
+        "  --staleness inverse|constant  with --quorum: a feedback tau updates stale\n"
+        "                      weighs 1/max(1, tau) (default) or 1\n"
+        "  --tau-max T         with --quorum: drop feedback staler than T (default none)\n"
+        "  --fraction C        inproc FL-GAN (FeGAN): each round asks round(C*N) workers,\n"
+        "                      drawn from the seed (0 < C <= 1; default 1)\n"
+        "  --balanced          with --fraction: workers drawn with probability\n"
+        "                      proportional to their shard size\n"
         "  --iid | --shards S | --dirichlet A\n"
         "                      split: i.i.d. (default), S label shards per worker,\n"
         "                      Dirichlet(A) label skew\n"
         "  --acgan             class-conditional G, D with 1 + C outputs\n"
         "  --saturating        G loss log(1 - D(G(z))) (default -log D(G(z)))\n"
-        "  --arch dcgan|mlp    networks (default dcgan; mlp = the MD-GAN paper's)\n"
+        "  --arch dcgan|mlp|tiny  networks (default dcgan; mlp = the MD-GAN paper's, tiny =\n"
+        "                      that MLP with 32 units: scale tests)\n"
         "  --lr LR             Adam learning rate of G and D (default 2e-4)\n"
         "  --dataset SPEC      fashion, mnist[:DIR], shapes[:N], idx:DIR, idx:IMAGES[,LABELS],\n"
         "                      cifar:DIR or images:DIR (docs/data.md; default: fashion\n"
@@ -117,7 +132,7 @@ static void usage(FILE *f)
         "                      batch=int8,feedback=f16,swap=f16 or upload=topk:0.01,download=f16\n"
         "                      (codecs: none f16 int8 topk[:C] ibm[:L_T])\n"
         "");
-    fprintf(f, /* two strings: C keeps one literal under 4095 characters */
+    fprintf(f, /* three strings: C keeps one literal under 4095 characters */
         "  --out DIR           outputs (default out/distgan)\n"
         "  --resume            continue from the checkpoints in DIR\n"
         "  --no-checkpoint     write no checkpoints\n"
@@ -207,7 +222,9 @@ static const use uses[] = {
     {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
     {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
-    {"--network", A_DIST, 1, 3}, {"--codec", A_DIST, T_ALL, 3},
+    {"--network", A_DIST, 1, 3}, {"--quorum", 2, 1, 3}, {"--deadline", 2, 1, 3},
+    {"--staleness", 2, 1, 3}, {"--tau-max", 2, 1, 3}, {"--fraction", 4, 1, 3},
+    {"--balanced", 4, 1, 3}, {"--codec", A_DIST, T_ALL, 3},
     {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
     {"--no-eval", A_ALL, T_ALL, 1}, {"--classifier", A_ALL, T_ALL, 1},
     {"--clf-epochs", A_ALL, T_ALL, 1}, {"--log-every", A_ALL, T_ALL, 1},
@@ -227,7 +244,7 @@ static int parse(options *o, int argc, char **argv)
     const dg_option table[] = {
         {"--transport", DG_OPT_CHOICE, &o->transport, 0, 0, "inproc|tcp|mpi"},
         {"--algo", DG_OPT_CHOICE, &o->algo, 0, 0, "gan|mdgan|flgan"},
-        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp"},
+        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp|tiny"},
         {"--workers", DG_OPT_INT, &o->workers, 1, 10000, NULL},
         {"--batch", DG_OPT_INT, &o->batch, 1, 65536, NULL},
         {"--k", DG_OPT_STRING, &o->k_str, 0, 0, NULL},
@@ -241,6 +258,12 @@ static int parse(options *o, int argc, char **argv)
         {"--shards", DG_OPT_INT, &o->shards, 1, 1000, NULL},
         {"--dirichlet", DG_OPT_DOUBLE, &o->alpha, 1e-6, 1e6, NULL},
         {"--feedback-clip", DG_OPT_DOUBLE, &o->feedback_clip, 0, 1e30, NULL},
+        {"--quorum", DG_OPT_STRING, &o->quorum_str, 0, 0, NULL},
+        {"--deadline", DG_OPT_DOUBLE, &o->deadline, 1e-9, 1e9, NULL},
+        {"--staleness", DG_OPT_CHOICE, &o->staleness, 0, 0, "inverse|constant"},
+        {"--tau-max", DG_OPT_INT, &o->tau_max, 0, 1000000000, NULL},
+        {"--fraction", DG_OPT_DOUBLE, &o->fraction, 1e-9, 1, NULL},
+        {"--balanced", DG_OPT_FLAG, &o->balanced, 0, 0, NULL},
         {"--acgan", DG_OPT_FLAG, &o->acgan, 0, 0, NULL},
         {"--saturating", DG_OPT_FLAG, &o->saturating, 0, 0, NULL},
         {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
@@ -297,6 +320,7 @@ static int parse(options *o, int argc, char **argv)
     o->eval_every = 500;
     o->seed = 1;
     o->data_seed = 1;
+    o->tau_max = -1;
     if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
         fprintf(stderr, "distgan: %s\n", dg_last_error());
         return 1;
@@ -365,6 +389,21 @@ static int parse(options *o, int argc, char **argv)
         fprintf(stderr, "distgan: --k: %s (or 'log')\n", dg_last_error());
         return 1;
     }
+    if (o->quorum_str) {
+        if (dg_parse_int(o->quorum_str, 1, o->workers, &k)) {
+            fprintf(stderr, "distgan: --quorum: %s (1..--workers)\n", dg_last_error());
+            return 1;
+        }
+        o->quorum = (int)k;
+    }
+    for (i = 1; i < argc; i++) /* the asynchronous settings need --quorum, --balanced --fraction */
+        if ((!o->quorum && (!strcmp(argv[i], "--deadline") || !strcmp(argv[i], "--staleness") ||
+                            !strcmp(argv[i], "--tau-max"))) ||
+            (!o->fraction && !strcmp(argv[i], "--balanced"))) {
+            fprintf(stderr, "distgan: %s needs %s\n", argv[i],
+                    argv[i][2] == 'b' ? "--fraction C" : "--quorum Q (asynchronous MD-GAN)");
+            return 1;
+        }
     if ((o->crash_str && parse_faults("--crash", o->crash_str, o->crash, &o->n_crash, 1)) ||
         (o->join_str && parse_faults("--join", o->join_str, o->join, &o->n_join, 0)))
         return 1;
@@ -432,81 +471,6 @@ static dg_result write_file(const char *path, const void *buf, size_t n)
     return ok ? DG_OK : DG_ERR_IO;
 }
 
-static dg_result read_file(const char *path, unsigned char **buf, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    long len;
-    if (!f) return DG_ERR_IO;
-    fseek(f, 0, SEEK_END);
-    len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *buf = (unsigned char *)malloc(len > 0 ? (size_t)len : 1);
-    if (!*buf || len <= 0 || fread(*buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        free(*buf);
-        return DG_ERR_IO;
-    }
-    fclose(f);
-    *n = (size_t)len;
-    return DG_OK;
-}
-
-/* The checkpoint file of role n (0: the server) in dir: the same names on
-   every transport, so a run may even resume on another one. */
-static void checkpoint_path(char *path, size_t cap, const char *dir, int md, int n)
-{
-    if (n == 0) snprintf(path, cap, "%s/%sserver.ckpt", dir, md ? "" : "flgan_");
-    else snprintf(path, cap, "%s/%sworker_%d.ckpt", dir, md ? "" : "flgan_", n);
-}
-
-/* MD-GAN (md) or FL-GAN (fl) checkpoint of an in-process run: one file for
-   the server and one for every worker, through the roles' _mem functions.
-   MD-GAN settles its run first so that no message is in flight. */
-static dg_result checkpoint(dg_mdgan_run *md, dg_flgan_run *fl, int n_workers, const char *dir,
-                            int load)
-{
-    char path[1100];
-    int n;
-    dg_result e;
-    if (md && !load && (e = dg_mdgan_run_settle(md)) != DG_OK) return e;
-    for (n = 0; n <= n_workers; n++) {
-        dg_mdgan_server *ms = md ? dg_mdgan_run_server(md) : NULL;
-        dg_mdgan_worker *mw = md && n ? dg_mdgan_run_worker(md, n) : NULL;
-        dg_flgan_server *fs = fl ? dg_flgan_run_server(fl) : NULL;
-        dg_flgan_worker *fw = fl && n ? dg_flgan_run_worker(fl, n) : NULL;
-        unsigned char *buf = NULL;
-        size_t len;
-        dg_result r;
-        checkpoint_path(path, sizeof path, dir, md != NULL, n);
-        if (load) {
-            if ((r = read_file(path, &buf, &len))) {
-                if (n) continue; /* a worker that never trained (a later joiner) or had crashed */
-                fprintf(stderr, "distgan: cannot read %s\n", path);
-                return r;
-            }
-            if (md && n) r = dg_mdgan_worker_load_mem(mw, buf, len);
-            else if (md) r = dg_mdgan_server_load_mem(ms, buf, len);
-            else if (n) r = dg_flgan_worker_load_mem(fw, buf, len);
-            else r = dg_flgan_server_load_mem(fs, buf, len);
-        } else {
-            if (n && (md ? !dg_mdgan_server_is_live(ms, n) : !dg_flgan_server_is_live(fs, n)))
-                continue;
-            if (md) len = n ? dg_mdgan_worker_save_size(mw) : dg_mdgan_server_save_size(ms);
-            else len = n ? dg_flgan_worker_save_size(fw) : dg_flgan_server_save_size(fs);
-            buf = (unsigned char *)malloc(len);
-            if (!buf) return DG_ERR_NOMEM;
-            if (md && n) r = dg_mdgan_worker_save_mem(mw, buf, len, &len);
-            else if (md) r = dg_mdgan_server_save_mem(ms, buf, len, &len);
-            else if (n) r = dg_flgan_worker_save_mem(fw, buf, len, &len);
-            else r = dg_flgan_server_save_mem(fs, buf, len, &len);
-            if (r == DG_OK) r = write_file(path, buf, len);
-        }
-        free(buf);
-        if (r) return r;
-    }
-    return DG_OK;
-}
-
 /* ---- what the server shows and writes, on every transport ---- */
 
 typedef struct output {
@@ -518,6 +482,8 @@ typedef struct output {
     int have_eval, have_floor, have_untrained, slots, per_round, started;
     int64_t it, start_it;
     double t0, t_last_print;
+    double before[11];        /* a resumed run's last logged row: bytes, time and
+                                 sim_s go on from it */
     /* in process: checkpoints at every evaluation */
     dg_gan_trainer *trainer;
     dg_mdgan_run *md;
@@ -525,11 +491,11 @@ typedef struct output {
     dg_result error;          /* a failure met in a driver's callback */
 } output;
 
-/* The classifier, the floor (real held-out data) and the log. */
+/* The classifier and the floor (real held-out data). */
 static int output_open(output *out, const options *o, dg_pool *pool, const dg_dataset *train,
                        const dg_dataset *test)
 {
-    char path[1100], clf_path[1100];
+    char clf_path[1100];
     dg_result r;
     out->o = o;
     if (!o->no_eval && train->n_classes >= 2) {
@@ -558,12 +524,26 @@ static int output_open(output *out, const options *o, dg_pool *pool, const dg_da
             out->have_floor = 1;
         }
     }
-    snprintf(path, sizeof path, "%s/log.csv", o->out);
-    if ((r = dg_csv_open(&out->csv, path, "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,"
-                                          "bytes_w2w,time_s,n_live,sim_s", o->resume)))
-        return fail("log", r);
-    printf("log: %s\n", path);
+    printf("log: %s/log.csv\n", o->out);
     return 0;
+}
+
+#define LOG_COLUMNS "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,bytes_w2w,time_s,n_live,sim_s"
+
+/* The log, opened at the first step: a resumed run (from iteration
+   resumed_at) keeps the rows up to its checkpoint and goes on from the
+   last one's cumulative columns. */
+static int output_log(output *out, int64_t resumed_at)
+{
+    char path[1100];
+    dg_result r;
+    int i;
+    snprintf(path, sizeof path, "%s/log.csv", out->o->out);
+    r = out->o->resume ? dg_csv_reopen(&out->csv, path, LOG_COLUMNS, (double)resumed_at, out->before)
+                       : dg_csv_open(&out->csv, path, LOG_COLUMNS, 0);
+    for (i = 0; i < 11; i++)
+        if (!out->o->resume || isnan(out->before[i])) out->before[i] = 0;
+    return r ? fail("log", r) : 0;
 }
 
 /* G before training: the other end of the scale. */
@@ -587,19 +567,22 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
 {
     const options *o = out->o;
     char path[1100], b1[32], b2[32], b3[32], b4[32];
-    double score = NAN, fid = NAN, down = 0, up = 0, w2w = 0, el, sim;
+    double score = NAN, fid = NAN, down = 0, up = 0, w2w = NAN, el, sim;
     int last, evaluate, print;
     dg_result r;
     if (!out->started) { /* a driver's first call tells where a resumed run stood */
         out->started = 1;
         out->t0 = dg_clock_seconds();
     }
+    if (!out->csv.file && output_log(out, out->start_it)) return 1;
     out->it = it;
     if (t) {
         dg_traffic all = dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER);
         down = (double)dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes;
         up = (double)dg_transport_traffic(t, DG_ANY_PEER, 0).payload_bytes;
-        w2w = (double)all.payload_bytes - down - up;
+        /* a server process is not on the workers' swap links: only a
+           process holding every role sees their bytes */
+        if (o->transport == T_INPROC) w2w = (double)all.payload_bytes - down - up;
     }
     last = it >= o->iters;
     evaluate = last || (o->eval_every && it / o->eval_every != (it - out->per_round) / o->eval_every &&
@@ -622,9 +605,9 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
             snprintf(path, sizeof path, "%s/gan.ckpt", o->out);
             r = dg_gan_trainer_save(out->trainer, path);
         } else if (out->md) {
-            r = checkpoint(out->md, NULL, out->slots, o->out, 0);
+            r = dg_mdgan_run_save(out->md, o->out);
         } else if (out->fl) {
-            r = checkpoint(NULL, out->fl, o->workers, o->out, 0);
+            r = dg_flgan_run_save(out->fl, o->out);
         }
         if (r) return fail("checkpoint", r);
     }
@@ -633,7 +616,9 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
     {
         /* bytes exact (payload bytes of this run, see dg_transport_traffic);
            score, FID and sim_s empty (NaN) when not evaluated or simulated */
-        double row[11] = {(double)it, dl, gl, score, fid, down, up, w2w, el, n_live, sim};
+        const double *b = out->before;
+        double row[11] = {(double)it, dl, gl, score, fid, b[5] + down, b[6] + up, b[7] + w2w,
+                          b[8] + el, n_live, b[10] + sim};
         if ((r = dg_csv_row(&out->csv, row, 11))) return fail("log", r);
     }
     print = o->log_every > 0 ? it % o->log_every == 0 || last : el - out->t_last_print >= 2.0;
@@ -642,8 +627,8 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         printf("it %6lld/%lld | D %.3f G %.3f", (long long)it, (long long)o->iters, dl, gl);
         if (evaluate && out->have_eval) printf(" | score %.2f FID %.2f", score, fid);
         if (o->algo != ALGO_GAN)
-            printf(" | live %d/%d | down %s up %s w2w %s", n_live, out->slots, mb(down, b1),
-                   mb(up, b2), mb(w2w, b3));
+            printf(" | live %d/%d | down %s up %s", n_live, out->slots, mb(down, b1), mb(up, b2));
+        if (o->algo != ALGO_GAN && !isnan(w2w)) printf(" w2w %s", mb(w2w, b3));
         if (o->network && sim < 60.0) printf(" | sim %.2f s", sim);
         else if (o->network) printf(" | sim %s", dg_format_hms(sim, b2));
         printf(" | %s, ETA %s\n", dg_format_hms(el, b4), dg_format_hms(eta, b1));
@@ -747,6 +732,10 @@ static dg_mdgan_config mdgan_config(const options *o, const dg_dataset *train,
     c.swap_every = o->swap_every;
     c.swap_optimizer = !o->swap_opt_stays;
     c.feedback_clip = (float)o->feedback_clip;
+    c.quorum = o->quorum;
+    c.deadline = o->deadline;
+    c.staleness = o->staleness ? DG_STALENESS_CONSTANT : DG_STALENESS_INVERSE;
+    c.tau_max = o->tau_max;
     c.codec = o->codec;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
@@ -775,6 +764,8 @@ static dg_flgan_config flgan_config(const options *o, const dg_dataset *train, i
     c.local_epochs = o->E > 0 ? o->E : 1;
     c.local_iters = o->local_iters;
     c.saturating = o->saturating;
+    c.fraction = (float)o->fraction;
+    c.balanced = o->balanced;
     c.codec = o->codec;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
@@ -807,7 +798,7 @@ static int run_process(const options *o, int self, dg_transport *t, dg_pool *poo
     dg_result r;
     int md = o->algo == ALGO_MDGAN;
     memset(&d, 0, sizeof d);
-    checkpoint_path(ckpt, sizeof ckpt, o->out, md, self);
+    if ((r = dg_checkpoint_path(ckpt, sizeof ckpt, o->out, !md, self))) return fail("checkpoint", r);
     d.checkpoint = o->no_checkpoint ? NULL : ckpt;
     d.resume = o->resume;
     d.log = log_line;
@@ -955,7 +946,7 @@ int main(int argc, char **argv)
     if (server)
         printf("distgan %s (%s): %s, %zu training images %dx%dx%d, %s, %d threads\n", algo_name,
                transport_names[o.transport], o.dataset, train.n, train.c, train.h, train.w,
-               o.arch == DG_ARCH_DCGAN ? "dcgan" : "mlp", dg_pool_size(pool));
+               dg_arch_name((dg_arch)o.arch), dg_pool_size(pool));
 
     /* the split and the configuration: the same in every process */
     if (o.algo != ALGO_GAN) {
@@ -1027,7 +1018,7 @@ int main(int argc, char **argv)
             t = dg_mdgan_run_transport(md);
             for (i = 0; i < o.n_attack; i++)
                 if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
-            if (o.resume && (r = checkpoint(md, NULL, out.slots, o.out, 1))) return fail("resume", r);
+            if (o.resume && (r = dg_mdgan_run_load(md, o.out))) return fail("resume", r);
             out.src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
             out.start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
             out.md = md;
@@ -1037,16 +1028,22 @@ int main(int argc, char **argv)
                    "|θ| = %zu\n", o.workers, dg_mdgan_k(&mc), o.L, o.batch, b1,
                    dg_net_param_count(out.src.g),
                    dg_net_param_count(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(md, 1))));
+            if (o.quorum)
+                printf("asynchronous: quorum %d, deadline %g s, staleness %s, tau_max %d\n",
+                       o.quorum, o.deadline, o.staleness ? "constant" : "1/tau", o.tau_max);
         } else {
             if ((r = dg_flgan_run_create(&fl, &fc, pool, &train, &part, o.crash, o.n_crash)))
                 return fail("flgan", r);
             t = dg_flgan_run_transport(fl);
-            if (o.resume && (r = checkpoint(NULL, fl, o.workers, o.out, 1))) return fail("resume", r);
+            if (o.resume && (r = dg_flgan_run_load(fl, o.out))) return fail("resume", r);
             out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
             out.fl = fl;
             out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * out.per_round;
             printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers,
                    out.per_round, fc.local_epochs);
+            if (o.fraction > 0)
+                printf("FeGAN: a fraction C = %g of the workers per round%s\n", o.fraction,
+                       o.balanced ? ", drawn proportionally to their shard sizes" : "");
         }
         if (o.network) { /* before any traffic: the simulated clocks start at 0 */
             r = md ? dg_mdgan_run_set_network(md, &o.net) : dg_flgan_run_set_network(fl, &o.net);

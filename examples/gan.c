@@ -41,7 +41,8 @@ static void usage(FILE *f)
         "  --dataset SPEC      fashion (default), mnist[:DIR], shapes[:N], idx:DIR,\n"
         "                      idx:IMAGES[,LABELS], cifar:DIR or images:DIR (docs/data.md;\n"
         "                      the test split is held out for the classifier)\n"
-        "  --arch dcgan|mlp    networks (default dcgan; mlp = the MD-GAN paper's)\n"
+        "  --arch dcgan|mlp|tiny  networks (default dcgan; mlp = the MD-GAN paper's, tiny =\n"
+        "                      that MLP with 32 units: scale tests)\n"
         "  --iters N           generator updates (default 10000)\n"
         "  --batch B           batch size (default 64)\n"
         "  --lr LR             Adam learning rate of G and D (default 2e-4, beta1 0.5)\n"
@@ -84,7 +85,7 @@ static int parse(options *o, int argc, char **argv)
 {
     const dg_option table[] = {
         {"--dataset", DG_OPT_STRING, &o->dataset, 0, 0, NULL},
-        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp"},
+        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp|tiny"},
         {"--iters", DG_OPT_INT64, &o->gan.iterations, 1, 1e9, NULL},
         {"--batch", DG_OPT_INT, &o->gan.batch, 1, 65536, NULL},
         {"--lr", DG_OPT_FLOAT, &o->gan.lr, 1e-8, 1, NULL},
@@ -233,7 +234,7 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/log.csv", out);
     if ((r = dg_csv_open(&csv, path, header, o.resume))) return fail("log", r);
     fprintf(stderr, "gan: %s %s%s, G %zu and D %zu parameters, %lld iterations of batch %d, "
-            "writing %s/\n", o.gan.arch == DG_ARCH_DCGAN ? "DCGAN" : "MLP",
+            "writing %s/\n", dg_arch_name(o.gan.arch),
             o.gan.acgan ? "ACGAN" : "GAN", o.gan.saturating ? " (saturating)" : "",
             dg_net_param_count(t.g), dg_net_param_count(t.d), (long long)o.gan.iterations,
             o.gan.batch, out);

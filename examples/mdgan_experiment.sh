@@ -4,20 +4,29 @@
 # and its FID curves (docs/results/mdgan/fid-*.png).
 #
 #   sh examples/mdgan_experiment.sh          (or: make experiment)
+#   GRID=budget sh examples/mdgan_experiment.sh
+#       the real-budget grid (issue 14): 10,000 generator updates at b = 100,
+#       N = 10, MNIST and Fashion-MNIST, two seeds for MD-GAN k = log2 N and
+#       FL-GAN, the ACGAN pair on MNIST; hours of machine time
 #
-# Re-runnable: a run whose folder holds DONE is skipped; delete the folder to
+# Re-runnable: a run whose folder holds DONE is skipped; one stopped midway
+# (killed, machine restarted) resumes from its last checkpoint (taken at
+# every evaluation) when its settings are the same; delete the folder to
 # redo it.  TABLES_ONLY=1 only rewrites the tables from the logs.
 # Every parameter below can be overridden from the environment.
 set -eu
 
+GRID=${GRID:-paper}                  # paper (the 1,500-update grid) or budget
+if [ "$GRID" = budget ]; then B_ITERS=10000 B_BATCH=100 B_EVAL=1000 B_SUFFIX=-budget
+else B_ITERS=1500 B_BATCH=10 B_EVAL=250 B_SUFFIX=""; fi
 BIN=${BIN:-build/distgan}            # the CLI (make build/distgan)
-OUT=${OUT:-out/mdgan-exp}            # full run folders (logs, grids, checkpoints)
-RES=${RES:-docs/results/mdgan}       # what is committed: thinned CSVs, a few PNGs
+OUT=${OUT:-out/mdgan-exp$B_SUFFIX}   # full run folders (logs, grids, checkpoints)
+RES=${RES:-docs/results/mdgan$B_SUFFIX} # what is committed: thinned CSVs, a few PNGs
 TABLES=${TABLES:-$RES/tables.md}     # generated markdown tables
 ARCH=${ARCH:-mlp}                    # the MD-GAN paper's MLP (dcgan is ~10x dearer)
-BATCH=${BATCH:-10}                   # b (the paper: 10 and 100)
-ITERS=${ITERS:-1500}                 # generator updates, the same for every method
-EVAL_EVERY=${EVAL_EVERY:-250}        # score/FID every this many iterations
+BATCH=${BATCH:-$B_BATCH}             # b (the paper: 10 and 100)
+ITERS=${ITERS:-$B_ITERS}             # generator updates, the same for every method
+EVAL_EVERY=${EVAL_EVERY:-$B_EVAL}    # score/FID every this many iterations
 EVAL_SAMPLES=${EVAL_SAMPLES:-500}    # generated samples per evaluation (the paper: 500)
 CLF_EPOCHS=${CLF_EPOCHS:-3}          # evaluator classifier, trained once per data set
 SEED=${SEED:-1}
@@ -36,26 +45,34 @@ run() {
     shift 5
     dir=$OUT/$name
     case " $RUNS " in *" all "*|*" $name "*) ;; *) return 0 ;; esac
+    case " $* " in *" --seed "*) ;; *) set -- --seed "$SEED" "$@" ;; esac # extra may name its own
     set -- --algo "$algo" --dataset "$ds" --arch "$ARCH" --batch "$BATCH" --iters "$ITERS" \
         --eval-every "$EVAL_EVERY" --eval-samples "$EVAL_SAMPLES" --clf-epochs "$CLF_EPOCHS" \
-        --seed "$SEED" --threads "$THREADS" --out "$dir" "$@"
+        --threads "$THREADS" --out "$dir" "$@"
     if [ "$algo" != gan ]; then set -- "$@" --workers "$n"; fi
     if [ "$algo" = mdgan ]; then set -- "$@" --k "$k"; fi  # distgan refuses an unused option
     # finished with the same settings: skip (other settings: run again)
-    if [ -f "$dir/DONE" ] && [ "$(cat "$dir/args.txt" 2>/dev/null)" = "$*" ]; then
+    same=0
+    if [ "$(cat "$dir/args.txt" 2>/dev/null)" = "$*" ]; then same=1; fi
+    if [ -f "$dir/DONE" ] && [ $same = 1 ]; then
         echo "== $name: done, skipped"
         return 0
     fi
     if [ "$TABLES_ONLY" = 1 ]; then return 0; fi
-    rm -rf "$dir"
-    mkdir -p "$dir"
+    # stopped midway with the same settings: go on from its checkpoint
+    resume=""
+    if [ $same = 1 ] && ls "$dir"/*.ckpt >/dev/null 2>&1; then resume=--resume; else
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        echo "$*" > "$dir/args.txt"
+    fi
     # the evaluator's classifier is cached in the run folder by the CLI:
     # hand it the one trained by the first run on this data set
     clf=classifier-$ds.bin
     if [ -f "$CACHE/$clf" ]; then cp "$CACHE/$clf" "$dir/$clf"; fi
-    echo "== $name: $BIN $*"
+    echo "== $name: $BIN $* $resume"
     t0=$(date +%s)
-    nice -n "$NICE" "$BIN" "$@" > "$dir/stdout.txt" 2>&1 || {
+    nice -n "$NICE" "$BIN" "$@" $resume >> "$dir/stdout.txt" 2>&1 || {
         echo "== $name: FAILED, see $dir/stdout.txt"
         tail -5 "$dir/stdout.txt"
         return 0
@@ -63,8 +80,7 @@ run() {
     t1=$(date +%s)
     if [ ! -f "$CACHE/$clf" ] && [ -f "$dir/$clf" ]; then cp "$dir/$clf" "$CACHE/$clf"; fi
     rm -f "$dir/$clf" "$dir"/*.ckpt
-    echo "$((t1 - t0))" > "$dir/wall.txt"
-    echo "$*" > "$dir/args.txt"
+    echo "$(( t1 - t0 + $(cat "$dir/wall.txt" 2>/dev/null || echo 0) ))" > "$dir/wall.txt"
     # the committed log: the header and the evaluated rows only
     awk -F, 'NR == 1 || $4 != ""' "$dir/log.csv" > "$RES/$name.csv"
     touch "$dir/DONE"
@@ -96,6 +112,70 @@ run_all() {
     run mnist-mdgan-n25-k1    mnist   mdgan 25 1
     run mnist-flgan-n25       mnist   flgan 25 1
     run mnist-mdgan-n25-k5    mnist   mdgan 25 5
+}
+
+# the real-budget grid: the paper's MLP, b = 100, N = 10, k = 1 and
+# k = ceil(log2 10) = 4; two seeds where the comparison is closest
+run_budget() {
+    for ds in mnist fashion; do
+        run $ds-gan             $ds gan   1  1
+        run $ds-mdgan-n10-k4    $ds mdgan 10 4
+        run $ds-flgan-n10       $ds flgan 10 1
+        run $ds-mdgan-n10-k1    $ds mdgan 10 1
+        run $ds-mdgan-n10-k4-s2 $ds mdgan 10 4 --seed 2
+        run $ds-flgan-n10-s2    $ds flgan 10 1 --seed 2
+    done
+    # the paper's own setting: ACGAN, for the headline pair on the digits
+    run mnist-mdgan-n10-k4-acgan mnist mdgan 10 4 --acgan
+    run mnist-flgan-n10-acgan    mnist flgan 10 1 --acgan
+}
+
+# one row per method: the final and best FID and score, the mean and half
+# the spread over the seeds that ran (name, name-s2)
+budget_row() { # label run...
+    label=$1
+    shift
+    for r in "$@"; do
+        shift
+        if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
+    done
+    [ $# -gt 0 ] || { echo "| $label | not run | | | | |"; return 0; }
+    awk -F, -v label="$label" '
+        FNR == 1 { n++; next }
+        $4 != "" { it[n] = $1; s[n] = $4; f[n] = $5; if (!(n in bf) || $5 < bf[n]) bf[n] = $5 }
+        function cell(a,   i, lo, hi, m) {
+            lo = hi = a[1]; m = 0
+            for (i = 1; i <= n; i++) { m += a[i]; if (a[i] < lo) lo = a[i]; if (a[i] > hi) hi = a[i] }
+            return n > 1 ? sprintf("%.2f ± %.2f", m / n, (hi - lo) / 2) : sprintf("%.2f", m)
+        }
+        END { printf "| %s | %d | %d | %s | %s | %s |\n", label, n, it[1], cell(f), cell(bf), cell(s) }' "$@"
+}
+
+tables_budget() {
+    {
+        echo "<!-- generated by GRID=budget examples/mdgan_experiment.sh from $RES/*.csv; do not edit -->"
+        echo
+        echo "Settings: arch $ARCH, b = $BATCH, N = 10, I = $ITERS generator updates, evaluation every $EVAL_EVERY iterations on $EVAL_SAMPLES samples, $THREADS threads; with two seeds, mean ± half the spread."
+        for ds in mnist fashion; do
+            echo
+            echo "$ds:"
+            echo
+            echo "| method | seeds | last iteration | final FID | best FID | final score |"
+            echo "|---|---|---|---|---|---|"
+            budget_row "standalone GAN" $ds-gan
+            budget_row "MD-GAN k = 1" $ds-mdgan-n10-k1
+            budget_row "MD-GAN k = 4" $ds-mdgan-n10-k4 $ds-mdgan-n10-k4-s2
+            budget_row "FL-GAN" $ds-flgan-n10 $ds-flgan-n10-s2
+        done
+        echo
+        echo "ACGAN on the digits:"
+        echo
+        echo "| method | seeds | last iteration | final FID | best FID | final score |"
+        echo "|---|---|---|---|---|---|"
+        budget_row "MD-GAN k = 4, ACGAN" mnist-mdgan-n10-k4-acgan
+        budget_row "FL-GAN, ACGAN" mnist-flgan-n10-acgan
+    } > "$TABLES"
+    echo "tables: $TABLES"
 }
 
 # ---- tables ----------------------------------------------------------------
@@ -193,7 +273,7 @@ tables() {
 }
 
 # FID against iteration: one curve per named run that has a log (build/plot)
-fid_plot() { # title png runs...
+fid_plot() { # title png runs... (Y=score: the classifier score instead)
     title=$1 png=$2
     shift 2
     for r in "$@"; do
@@ -201,7 +281,8 @@ fid_plot() { # title png runs...
         if [ -f "$RES/$r.csv" ]; then set -- "$@" "$RES/$r.csv"; fi
     done
     [ $# -gt 0 ] || return 0
-    $PLOT "$@" --x iteration --y fid --title "$title" --xlabel iteration --ylabel FID --out "$png" || true
+    $PLOT "$@" --x iteration --y "${Y:-fid}" --title "$title" --xlabel iteration --ylabel "${Y:-FID}" \
+        --out "$png" || true
 }
 
 plots() {
@@ -216,6 +297,21 @@ PLOT=${PLOT:-build/plot}             # the CSV plotter (make build/plot)
 if [ ! -x "$BIN" ]; then make "$BIN"; fi
 if [ ! -x "$PLOT" ]; then make "$PLOT"; fi
 T0=$(date +%s)
+if [ "$GRID" = budget ]; then
+    run_budget
+    echo "grid: $(( $(date +%s) - T0 )) s"
+    tables_budget
+    for ds in mnist fashion; do
+        runs="$ds-gan $ds-mdgan-n10-k1 $ds-mdgan-n10-k4 $ds-mdgan-n10-k4-s2 $ds-flgan-n10 $ds-flgan-n10-s2"
+        fid_plot "FID, $ds, b = $BATCH, N = 10" "$RES/fid-$ds.png" $runs
+        Y=score fid_plot "classifier score, $ds, b = $BATCH, N = 10" "$RES/score-$ds.png" $runs
+        for r in $runs; do
+            if [ -f "$OUT/$r/samples_final.png" ]; then cp "$OUT/$r/samples_final.png" "$RES/$r.png"; fi
+        done
+    done
+    fid_plot "FID, ACGAN, mnist" "$RES/fid-mnist-acgan.png" mnist-mdgan-n10-k4-acgan mnist-flgan-n10-acgan
+    exit 0
+fi
 run_all
 echo "grid: $(( $(date +%s) - T0 )) s"
 tables

@@ -107,8 +107,7 @@ static float *mpi_run(int md, int64_t iters, int ckpt, int resume, size_t *n)
     CHECK_OK(dg_mpi_create(&t, MPI_COMM_WORLD, &mc));
     if (!t) return NULL;
     memset(&d, 0, sizeof d);
-    if (rank == 0) snprintf(path, sizeof path, "%s/%sserver.ckpt", dir, md ? "" : "flgan_");
-    else snprintf(path, sizeof path, "%s/%sworker_%d.ckpt", dir, md ? "" : "flgan_", rank);
+    CHECK_OK(dg_checkpoint_path(path, sizeof path, dir, !md, rank));
     d.checkpoint = ckpt ? path : NULL;
     d.resume = resume;
     d.iterations = iters;

@@ -51,6 +51,12 @@ done
 if [ -x "$B/distgan" ] && [ -x "$B/golden_decode" ] && [ -f tests/golden.txt ]; then
     count golden sh tools/golden.sh compare "$B"
 fi
+# the network model against TCP roles on emulated hosts (network namespaces,
+# tbf): as root with ip and tc, else one line says why not
+if [ -x "$B/distgan" ]; then
+    if why=$(sh tests/netns.sh --check); then count netns sh tests/netns.sh "$B"
+    else echo "skip netns test: $why"; fi
+fi
 # the headers compile as C (gcc, clang), C++, static and without SIMD
 if sh tests/compile_check.sh "${CC:-cc}" "${CLANG:-clang}" >"$log" 2>&1; then
     passed=$((passed + 1)); echo "ok   compile_check"

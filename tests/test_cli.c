@@ -130,6 +130,8 @@ TEST(distgan_options)
         {"--network", "moon", ONLY}, {"--network", "wan; up lat=abc", ONLY},
         {"--network", "link 0->3 bw=-1", ONLY}, {"--network", "@/nonexistent/net.txt", ONLY},
         {"--network", "worker 9 gflops=1", ONLY}, /* no worker 9 */
+        {"--quorum", "0", INT}, {"--quorum", "5", ONLY}, /* more than the 4 workers */
+        {"--deadline", "0", FLOAT}, {"--tau-max", "-1", INT}, {"--staleness", "newest", ONLY},
         {"--codec", "batch=int9", ONLY}, {"--codec", "batch=int8,batch=f16", ONLY},
         {"--codec", "weights=f16", ONLY}, {"--codec", "feedback=topk:0", ONLY},
         {"--codec", "feedback=topk:x", ONLY}, {"--codec", "feedback=ibm:0", ONLY},
@@ -137,13 +139,32 @@ TEST(distgan_options)
         {"--codec", "batch=topk", ONLY},   /* images are absolute: f16 or int8 */
         {"--codec", "upload=topk", ONLY},  /* FL-GAN traffic, MD-GAN the default */
     };
+    static const numopt fl[] = {{"--fraction", "1.5", FLOAT}, {"--fraction", "0", ONLY},
+                                {"--codec", "feedback=f16", ONLY}, {"--codec", "download=ibm", ONLY}};
     static const char *const flgan[] = {"--algo", "flgan", NULL};
-    static const numopt fl[] = {{"--codec", "feedback=f16", ONLY}, {"--codec", "download=ibm", ONLY}};
-    CHECK(check_options("distgan", NULL, o, N(o)) == 0);
     static const char *const coded[] = {"--codec", "feedback=f16", NULL};
     static const numopt attack[] = {{"--attack", "1@5", ONLY}}; /* scales float32 feedback */
+    CHECK(check_options("distgan", NULL, o, N(o)) == 0);
     CHECK(check_options("distgan", flgan, fl, N(fl)) == 0);
     CHECK(check_options("distgan", coded, attack, N(attack)) == 0);
+}
+
+/* the settings of asynchronous MD-GAN and FeGAN alone are refused */
+TEST(distgan_async_needs_quorum)
+{
+    static const char *const runs[][4] = {
+        {"--deadline", "1", NULL}, {"--staleness", "constant", NULL}, {"--tau-max", "3", NULL},
+        {"--algo", "flgan", "--balanced", NULL},
+    };
+    char *argv[8], line[1024];
+    int i, k;
+    for (i = 0; i < N(runs); i++) {
+        for (k = 0; k < 4 && runs[i][k]; k++) argv[k + 1] = (char *)runs[i][k];
+        argv[k + 1] = NULL;
+        CHECK(run("distgan", argv) == 2 && one_line_with(" needs --", runs[i][k - 1][2] == 'b' ?
+                                                         "--fraction" : "--quorum", line, sizeof line));
+        if (th_cur_failed) printf("  run %d: %s", i, line);
+    }
 }
 
 TEST(gan_options)
@@ -214,6 +235,9 @@ TEST(distgan_unused_options)
         {"--transport", "tcp", "--role", "server", "--listen", "127.0.0.1:0", "--crash", "1@2"},
         {"--algo", "flgan", "--swap-every", "3", NULL},
         {"--algo", "mdgan", "--local-iters", "3", NULL},
+        {"--algo", "flgan", "--quorum", "2", NULL},
+        {"--algo", "mdgan", "--fraction", "0.5", NULL},
+        {"--transport", "tcp", "--role", "server", "--listen", "127.0.0.1:0", "--quorum", "2"},
         {"--listen", "127.0.0.1:0", NULL},
         {"--checkpoint-every", "5", NULL},
         {"--algo", "gan", "--codec", "batch=f16", NULL},
@@ -273,6 +297,7 @@ int main(void)
     RUN(distgan_tcp_options);
     RUN(distgan_mpi_needs_its_build);
     RUN(distgan_unused_options);
+    RUN(distgan_async_needs_quorum);
     RUN(plot_options);
     RUN(unknown_and_missing);
     unlink(errfile);

@@ -490,6 +490,43 @@ TEST(codec_mismatch_is_refused)
     dg_dataset_free(&ds);
 }
 
+/* A coded message keeps what is not its payload: aux, the losses, the
+   simulated arrival (asynchronous MD-GAN closes iterations from it), and
+   its int32 parts as they were. */
+TEST(coded_messages_keep_their_header)
+{
+    dg_transport *t;
+    dg__coder co;
+    dg_msg *m;
+    dg_part_kind kinds[2] = {DG_PART_F32, DG_PART_I32};
+    size_t counts[2] = {40, 3}, i;
+    CHECK_OK(dg_inproc_create(&t, 2, 0, 0));
+    memset(&co, 0, sizeof co);
+    co.codec.kind = DG_CODEC_INT8;
+    CHECK_OK(dg__coder_add(&co, 40, 4, NULL));
+    CHECK_OK(dg__coder_ready(&co, 1, 0, 0));
+    CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, 1, 0, 7, 2, kinds, counts, &m));
+    for (i = 0; i < 40; i++) ((float *)m->part[0].data)[i] = (float)i - 20.0f;
+    for (i = 0; i < 3; i++) ((int32_t *)m->part[1].data)[i] = (int32_t)(100 + i);
+    m->aux = 42;
+    m->stat[0] = 1.5f;
+    m->stat[1] = -2.0f;
+    m->arrival = 3.25;
+    CHECK_OK(dg__coder_pack(&co, t, &m));
+    CHECK(m->part[0].kind == DG_PART_BYTES && m->part[0].count == 16 + 16 + 16 + 40);
+    CHECK(m->aux == 42 && m->stat[0] == 1.5f && m->stat[1] == -2.0f && m->arrival == 3.25);
+    CHECK(m->iteration == 7 && m->from == 1 && m->to == 0 && m->type == DG_MSG_FEEDBACK);
+    CHECK_OK(dg__coder_unpack(&co, t, &m));
+    CHECK(m->part[0].kind == DG_PART_F32 && m->part[0].count == 40);
+    CHECK(m->aux == 42 && m->stat[0] == 1.5f && m->stat[1] == -2.0f && m->arrival == 3.25);
+    for (i = 0; i < 3; i++) CHECK(((int32_t *)m->part[1].data)[i] == (int32_t)(100 + i));
+    for (i = 0; i < 40; i++) /* integers up to 20 in rows of 10: scale <= 20/127 */
+        CHECK(fabsf(((float *)m->part[0].data)[i] - ((float)i - 20.0f)) <= 10.0f / 127.0f + 1e-6f);
+    dg_msg_free(t, m);
+    dg__coder_free(&co);
+    dg_transport_close(t);
+}
+
 #ifndef DG_NO_TCP
 /* The TCP handshake's config hash covers the codecs, so processes that
    disagree do not connect; with none everywhere it is the hash of before. */
@@ -527,6 +564,7 @@ int main(void)
     RUN(mdgan_swap_f16_halves_the_swap);
     RUN(flgan_delta_uploads);
     RUN(codec_mismatch_is_refused);
+    RUN(coded_messages_keep_their_header);
 #ifndef DG_NO_TCP
     RUN(config_hash_covers_the_codecs);
 #endif

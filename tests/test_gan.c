@@ -63,6 +63,16 @@ TEST(builders_shapes_and_parameter_counts)
     CHECK_OK(dg_build_discriminator(&n, DG_ARCH_MLP, 1, 28, 28, 11));
     CHECK(count_of(n, &c, &h, &w) == 670219);
     dg_net_free(n);
+    /* the tiny MLP, 32 units: G 100*32+32 + 32*32+32 + 32*784+784 = 30,160;
+       D 784*32+32 + 32*32+32 + 33 = 26,209 */
+    CHECK_OK(dg_build_generator(&n, DG_ARCH_TINY, 100, 0, 1, 28, 28));
+    CHECK(count_of(n, &c, &h, &w) == 30160 && c == 1 && h == 28 && w == 28);
+    dg_net_free(n);
+    CHECK_OK(dg_build_discriminator(&n, DG_ARCH_TINY, 1, 28, 28, 1));
+    CHECK(count_of(n, &c, &h, &w) == 26209);
+    dg_net_free(n);
+    CHECK(!strcmp(dg_arch_name(DG_ARCH_DCGAN), "dcgan") && !strcmp(dg_arch_name(DG_ARCH_MLP), "mlp") &&
+          !strcmp(dg_arch_name(DG_ARCH_TINY), "tiny") && !strcmp(dg_arch_name((dg_arch)7), "?"));
     /* colour 32x32: G ends in 3x32x32 */
     CHECK_OK(dg_build_generator(&n, DG_ARCH_DCGAN, 64, 0, 3, 32, 32));
     count_of(n, &c, &h, &w);
@@ -553,6 +563,36 @@ TEST(csv_and_grid_files)
     dg_csv_close(&csv);
     read_text(csvp, text, sizeof text);
     CHECK(strcmp(text, "iter,loss,fid\n1000,0.5,\n2000,0.5,\n") == 0);
+    { /* a run resumed from a checkpoint at 1500: the row of 2000 goes, the
+         last kept row comes back, and rows append after it */
+        double last[3];
+        f = fopen(csvp, "a");
+        fputs("3000,0.2", f); /* a row cut by a crash */
+        fclose(f);
+        CHECK_OK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 1500, last));
+        CHECK(last[0] == 1000 && last[1] == 0.5 && isnan(last[2]));
+        row[0] = 1600;
+        CHECK_OK(dg_csv_row(&csv, row, 3));
+        dg_csv_close(&csv);
+        read_text(csvp, text, sizeof text);
+        CHECK(strcmp(text, "iter,loss,fid\n1000,0.5,\n1600,0.5,\n") == 0);
+        CHECK_OK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 0, last)); /* nothing kept */
+        dg_csv_close(&csv);
+        CHECK(isnan(last[0]));
+        read_text(csvp, text, sizeof text);
+        CHECK(strcmp(text, "iter,loss,fid\n") == 0);
+        CHECK(dg_csv_reopen(&csv, csvp, "iter,loss", 10, last) == DG_ERR_FORMAT); /* other columns */
+        f = fopen(csvp, "a");
+        fputs("5,x,1\n", f);
+        fclose(f);
+        CHECK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 10, last) == DG_ERR_FORMAT);
+        CHECK(strstr(dg_last_error(), "line 2"));
+        remove(csvp);
+        CHECK_OK(dg_csv_reopen(&csv, csvp, "iter,loss,fid", 10, last)); /* no file: a new log */
+        dg_csv_close(&csv);
+        read_text(csvp, text, sizeof text);
+        CHECK(strcmp(text, "iter,loss,fid\n") == 0);
+    }
     /* integers (byte counts) exactly, other values to 6 digits */
     CHECK_OK(dg_csv_open(&csv, csvp, "bytes,x,y", 0));
     row[0] = 123456789012.0;

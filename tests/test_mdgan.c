@@ -10,6 +10,7 @@
 #include "../distgan.h"
 #include "harness.h"
 #include "small_gan.h"
+#include "scratch.h"
 
 static dg_pool *pool1, *pool2;
 
@@ -541,6 +542,29 @@ TEST(flgan_crash_continues)
 
 /* ---- checkpoint and resume: 3 + 3 iterations equal 6 ---- */
 
+/* flips byte i of file path in place */
+static void flip_byte(const char *path, long i)
+{
+    FILE *f = fopen(path, "r+b");
+    int c;
+    if (!f) return;
+    fseek(f, i, SEEK_SET);
+    c = fgetc(f);
+    fseek(f, i, SEEK_SET);
+    fputc(c ^ 1, f);
+    fclose(f);
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+    return system(cmd) == 0;
+}
+
+/* A run saved after 3 iterations (dg_mdgan_run_save: files in a folder) and
+   loaded into a new run ends 3 iterations later exactly as an uninterrupted
+   run of 6; damaged, swapped or missing files are refused. */
 TEST(checkpoint_resume_is_exact)
 {
     enum { N = 3 };
@@ -548,10 +572,8 @@ TEST(checkpoint_resume_is_exact)
     dg_partition part;
     dg_mdgan_config c = small_config(N);
     dg_mdgan_run *a, *b, *r2;
-    unsigned char *buf[N + 1];
-    size_t len[N + 1];
     int it, n;
-    dg_net *ga, *gb;
+    char srv[600], w1[600], bad[600];
     make_data(&ds, 96, 9);
     c.local_epochs = 1;
     c.swap_every = 2;
@@ -561,34 +583,31 @@ TEST(checkpoint_resume_is_exact)
     for (it = 0; it < 6; it++) CHECK_OK(dg_mdgan_run_iteration(a));
     CHECK_OK(dg_mdgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
     for (it = 0; it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(b));
-    len[0] = dg_mdgan_server_save_size(dg_mdgan_run_server(b));
-    buf[0] = (unsigned char *)malloc(len[0]);
-    CHECK_OK(dg_mdgan_server_save_mem(dg_mdgan_run_server(b), buf[0], len[0], &len[0]));
-    for (n = 1; n <= N; n++) {
-        len[n] = dg_mdgan_worker_save_size(dg_mdgan_run_worker(b, n));
-        buf[n] = (unsigned char *)malloc(len[n]);
-        CHECK_OK(dg_mdgan_worker_save_mem(dg_mdgan_run_worker(b, n), buf[n], len[n], &len[n]));
-    }
+    CHECK_OK(dg_mdgan_run_save(b, tmpdir));
     dg_mdgan_run_free(b);
+    CHECK_OK(dg_checkpoint_path(srv, sizeof srv, tmpdir, 0, 0));
+    CHECK_OK(dg_checkpoint_path(w1, sizeof w1, tmpdir, 0, 1));
+    CHECK(strcmp(srv + strlen(tmpdir), "/server.ckpt") == 0 && strstr(w1, "/worker_1.ckpt"));
+    CHECK(dg_checkpoint_path(bad, 8, tmpdir, 0, 1) == DG_ERR_ARG); /* too long: refused, not cut */
+    snprintf(bad, sizeof bad, "%s", tpath("none"));
     CHECK_OK(dg_mdgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
-    CHECK_OK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[0], len[0]));
-    for (n = 1; n <= N; n++)
-        CHECK_OK(dg_mdgan_worker_load_mem(dg_mdgan_run_worker(r2, n), buf[n], len[n]));
-    buf[0][32] ^= 1; /* a corrupted counter is refused */
-    CHECK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[0], len[0]) == DG_ERR_CHECKSUM);
-    buf[0][32] ^= 1; /* a worker's checkpoint is not a server's */
-    CHECK(dg_mdgan_server_load_mem(dg_mdgan_run_server(r2), buf[1], len[1]) == DG_ERR_FORMAT);
+    CHECK(dg_mdgan_run_load(r2, bad) == DG_ERR_IO && strstr(dg_last_error(), "server.ckpt"));
+    flip_byte(srv, 32); /* a corrupted counter is refused */
+    CHECK(dg_mdgan_run_load(r2, tmpdir) == DG_ERR_CHECKSUM);
+    flip_byte(srv, 32);
+    CHECK(copy_file(srv, bad) && copy_file(w1, srv)); /* a worker's checkpoint is not a server's */
+    CHECK(dg_mdgan_run_load(r2, tmpdir) == DG_ERR_FORMAT);
+    CHECK(copy_file(bad, srv));
+    CHECK_OK(dg_mdgan_run_load(r2, tmpdir));
     for (it = 0; it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(r2));
-    ga = dg_mdgan_server_generator(dg_mdgan_run_server(a));
-    gb = dg_mdgan_server_generator(dg_mdgan_run_server(r2));
     CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(r2))->iteration == 6);
-    CHECK(same_params(ga, gb));
+    CHECK(same_params(dg_mdgan_server_generator(dg_mdgan_run_server(a)),
+                      dg_mdgan_server_generator(dg_mdgan_run_server(r2))));
     for (n = 1; n <= N; n++) {
         dg_net *da = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(a, n));
         dg_net *db = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(r2, n));
         CHECK(same_params(da, db));
     }
-    for (n = 0; n <= N; n++) free(buf[n]);
     dg_mdgan_run_free(a);
     dg_mdgan_run_free(r2);
     dg_partition_free(&part);
@@ -1128,10 +1147,10 @@ TEST(flgan_checkpoint_resume_is_exact)
     dg_partition part;
     dg_flgan_config c = small_flgan_config(N, 3);
     dg_flgan_run *a, *b, *r2;
-    unsigned char *buf[N + 1];
-    size_t len[N + 1];
-    int it, n;
-    dg_net *ga, *gb;
+    unsigned char *buf[2];
+    size_t len[2];
+    int it;
+    char srv[600], w1[600];
     make_data(&ds, 96, 9);
     c.seed = 4;
     CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
@@ -1139,18 +1158,21 @@ TEST(flgan_checkpoint_resume_is_exact)
     for (it = 0; it < 4; it++) CHECK_OK(dg_flgan_run_round(a));
     CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0));
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(b));
-    for (n = 0; n <= N; n++) {
-        dg_flgan_worker *w = n ? dg_flgan_run_worker(b, n) : NULL;
-        len[n] = n ? dg_flgan_worker_save_size(w) : dg_flgan_server_save_size(dg_flgan_run_server(b));
-        buf[n] = (unsigned char *)malloc(len[n]);
-        CHECK_OK(n ? dg_flgan_worker_save_mem(w, buf[n], len[n], &len[n])
-                   : dg_flgan_server_save_mem(dg_flgan_run_server(b), buf[n], len[n], &len[n]));
-    }
+    CHECK_OK(dg_flgan_run_save(b, tmpdir));
     dg_flgan_run_free(b);
+    CHECK_OK(dg_checkpoint_path(srv, sizeof srv, tmpdir, 1, 0));
+    CHECK_OK(dg_checkpoint_path(w1, sizeof w1, tmpdir, 1, 1));
+    CHECK(strstr(srv, "/flgan_server.ckpt") && strstr(w1, "/flgan_worker_1.ckpt"));
     CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_load(r2, tmpdir));
+    for (it = 0; it < 2; it++) { /* the loaded states, in memory */
+        len[it] = it ? dg_flgan_worker_save_size(dg_flgan_run_worker(r2, 1))
+                     : dg_flgan_server_save_size(dg_flgan_run_server(r2));
+        buf[it] = (unsigned char *)malloc(len[it]);
+        CHECK_OK(it ? dg_flgan_worker_save_mem(dg_flgan_run_worker(r2, 1), buf[it], len[it], &len[it])
+                    : dg_flgan_server_save_mem(dg_flgan_run_server(r2), buf[it], len[it], &len[it]));
+    }
     CHECK(dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, 1), buf[0], len[0]) == DG_ERR_FORMAT);
-    CHECK_OK(dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[0], len[0]));
-    for (n = 1; n <= N; n++) CHECK_OK(dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, n), buf[n], len[n]));
     { /* truncated or with a flipped byte (sampled densely at the front, where
          the headers are), a checkpoint is refused before anything changes */
         dg_flgan_worker *w = dg_flgan_run_worker(r2, 1);
@@ -1174,15 +1196,16 @@ TEST(flgan_checkpoint_resume_is_exact)
     buf[0][32] ^= 1;
     CHECK(dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[0], len[0]) == DG_ERR_CHECKSUM);
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(r2))->rounds == 2);
+    remove(w1); /* a worker without a file (it had crashed) keeps its state */
+    CHECK_OK(dg_flgan_run_load(r2, tmpdir));
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));
-    ga = dg_flgan_server_generator(dg_flgan_run_server(a));
-    gb = dg_flgan_server_generator(dg_flgan_run_server(r2));
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(r2))->rounds == 4);
-    CHECK(same_params(ga, gb));
-    ga = dg_flgan_server_discriminator(dg_flgan_run_server(a));
-    gb = dg_flgan_server_discriminator(dg_flgan_run_server(r2));
-    CHECK(same_params(ga, gb));
-    for (n = 0; n <= N; n++) free(buf[n]);
+    CHECK(same_params(dg_flgan_server_generator(dg_flgan_run_server(a)),
+                      dg_flgan_server_generator(dg_flgan_run_server(r2))));
+    CHECK(same_params(dg_flgan_server_discriminator(dg_flgan_run_server(a)),
+                      dg_flgan_server_discriminator(dg_flgan_run_server(r2))));
+    free(buf[0]);
+    free(buf[1]);
     dg_flgan_run_free(a);
     dg_flgan_run_free(r2);
     dg_partition_free(&part);
@@ -1276,6 +1299,7 @@ TEST(feedback_clip_bounds_a_scaled_worker)
 
 int main(void)
 {
+    if (!scratch_create("mdgan")) return 1;
     dg_pool_create(&pool1, 1);
     dg_pool_create(&pool2, 2);
     RUN(queue_concurrent_producers);
@@ -1304,5 +1328,6 @@ int main(void)
     RUN(stop_reaches_every_worker);
     dg_pool_destroy(pool1);
     dg_pool_destroy(pool2);
+    scratch_remove();
     return th_done();
 }

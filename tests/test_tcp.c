@@ -1019,7 +1019,7 @@ static void *send_big(void *arg)
 }
 
 /* A worker far ahead of its server: its connection is not read while the
-   queued messages hold more than the backlog (64 MiB + 2 largest), with
+   queued messages hold more than the backlog (4 MiB), with
    frames left half-way in the connection's input buffer; when the role
    catches up the reading resumes there, and every message arrives, in
    order and intact. */
@@ -1053,7 +1053,7 @@ TEST(a_worker_far_ahead_is_paused_and_resumed)
     if (!s) return;
     CHECK_OK(make_worker(&w, 3, 1, dg_tcp_port(s), "sesame", hash_a, 0));
     if (!w) { dg_transport_close(s); return; }
-    memset(lim, 0, sizeof lim);                   /* backlog: 64 MiB + 2 x 64 KiB */
+    memset(lim, 0, sizeof lim);
     lim[DG_MSG_FEEDBACK] = 64 << 10;
     dg_transport_set_limits(s, lim);
     a.w = w;
@@ -1593,6 +1593,47 @@ static int insider_feedback(dg_transport *t, size_t n, float v)
     return !dg_transport_connected(t, 0);
 }
 
+/* A server whose workers never come (or are all gone) does not count
+   iterations that train nothing: it waits wait_workers_ms and fails. */
+static void count_progress(void *user, const dg_drive_status *st)
+{
+    (void)st;
+    ++*(int *)user;
+}
+
+TEST(server_without_workers_fails)
+{
+    dg_transport *s = NULL;
+    dg_pool *pool;
+    dg_mdgan_config c = dg_mdgan_config_init();
+    dg_drive d;
+    int progress = 0;
+    int64_t t0;
+    dg_result r;
+    c.n_workers = 2;
+    c.c = 1;
+    c.h = c.w = 8;
+    c.arch = DG_ARCH_MLP;
+    c.z_dim = 16;
+    c.batch = 8;
+    memset(&d, 0, sizeof d);
+    d.iterations = 5;
+    d.wait_workers_ms = 300;
+    d.progress = count_progress;
+    d.user = &progress;
+    CHECK_OK(dg_pool_create(&pool, 1));
+    CHECK_OK(make_server(&s, 3, "sesame"));
+    if (!s) return;
+    t0 = dg__tcp_ms();
+    r = dg_mdgan_server_drive(&c, s, pool, &d);
+    CHECK(r == DG_ERR_TIMEOUT);
+    CHECK(strstr(dg_last_error(), "no worker connected") && strstr(dg_last_error(), "iteration 0"));
+    CHECK(progress == 0);
+    CHECK(dg__tcp_ms() - t0 < 5000);
+    dg_transport_close(s);
+    dg_pool_destroy(pool);
+}
+
 TEST(insiders_while_a_run_trains)
 {
     char addr[32], secret_path[512];
@@ -1717,6 +1758,7 @@ int main(void)
     RUN(closed_worker_leaves_the_barrier_at_once);
     RUN(flgan_worker_rejoins_and_checkpoints);
     RUN(insiders_while_a_run_trains);
+    RUN(server_without_workers_fails);
     scratch_remove();
     return th_done();
 }
