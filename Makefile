@@ -30,7 +30,7 @@ MPI_BENCHES := $(patsubst bench/mpi_%.c,bench_mpi_%,$(wildcard bench/mpi_*.c))
 HAVE_MPICC  := $(shell command -v $(MPICC) 2>/dev/null)
 MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/%) $(MPI_BENCHES:%=$(B)/%) $(B)/distgan-mpi $(B)/asgd-mpi)
 # threaded tests that `make tsan` runs under ThreadSanitizer
-TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp test_netsim test_async)
+TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp test_netsim test_async test_codec)
 HEADERS  := distgan.h $(wildcard adacomp.h)
 TEST_HDRS := $(wildcard tests/*.h)
 

@@ -110,6 +110,8 @@
       dg_netsim    a network model for in-process runs: links with latency,
                    bandwidth, jitter, loss; compute speeds; simulated clocks
       dg_mpi       the MPI transport (only with DISTGAN_MPI; build with mpicc)
+      dg_codec     compressed payloads: float16, int8 rows, top-k (AdaComp),
+                   IBM bins with residual
       dg_roles     MD-GAN and FL-GAN servers and workers, in-process drivers,
                    process drivers for any transport (dg_*_drive), stop signals
       dg_tcp       SHA-256/HMAC, frames, handshake, the TCP transport
@@ -1540,6 +1542,97 @@ DGDEF int dg_mpi_rank(const dg_transport *t);
 DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t);
 #endif
 
+/* ==== dg_codec ==== */
+
+/* Compressed GAN traffic (docs/network.md "Codecs").  A codec turns n
+   float32 values, cut into segments (the rows of a batch: one sample each;
+   the tensors of a net: each weight and bias apart), into the bytes of one
+   DG_PART_BYTES message part and back:
+     DG_CODEC_F16   IEEE half, round to nearest even, saturated at +-65504:
+                    |x - y| <= 2^-11 |x| for |x| >= 2^-14 (normal halves)
+     DG_CODEC_INT8  per segment s = max|x| / 127 and q = rint(x / s) in
+                    [-127, 127]: |x - q s| <= s / 2
+     DG_CODEC_TOPK  AdaComp's Hardy mode: per segment of n_l values the
+                    k_l = max(1, floor(c n_l)) largest |x| (ties: the lower
+                    index), as (index, float32 value); the rest is zero
+     DG_CODEC_IBM   IBM AdaComp (Chen et al. 2018): G = R + x, H = G + x; per
+                    bin of L_T values an entry goes when |H| >= max|G| of its
+                    bin (G != 0), as sign x one scale per segment (mean |G|
+                    of the sent entries)
+   With a residual R (error feedback), what is not sent is kept and added
+   to the next input: R <- (R + x) - sent, for every codec (IBM's R is the
+   residue of its paper).  So over any number of steps, the sum of what was
+   sent plus the final R is the sum of the inputs.
+
+   Encoded part, little-endian: u8 codec | u8 version 1 | u16 0 | u32
+   segments S | u64 n | S x u32 segment lengths (sum n) | body:
+     F16   n x u16                      INT8  S x f32 scale | n x i8
+     TOPK  u32 nnz | nnz x u32 index | nnz x f32 value
+     IBM   S x f32 scale | u32 nnz | nnz x u32 index | ceil(nnz/8) sign bits
+   Indices are strictly increasing and below n; the decoder checks every
+   field (the codec it expects, n, lengths, finite non-negative scales,
+   finite values, indices) and says which rule a payload broke. */
+
+typedef enum dg_codec_kind {
+    DG_CODEC_NONE = 0, /* float32 as today (the default) */
+    DG_CODEC_F16 = 1,
+    DG_CODEC_INT8 = 2,
+    DG_CODEC_TOPK = 3,
+    DG_CODEC_IBM = 4
+} dg_codec_kind;
+
+/* Zero is the default: no compression. */
+typedef struct dg_codec {
+    dg_codec_kind kind;
+    float rate;           /* TOPK: c in (0, 1] (0: 0.01) */
+    int bin;              /* IBM: L_T >= 1 (0: 64) */
+} dg_codec;
+
+/* One codec per traffic type.  MD-GAN uses batch, feedback and swap;
+   FL-GAN upload and download; the others must stay none.  Decisions
+   (docs/network.md): batches and swaps carry absolute values (images, θ),
+   so only f16 and int8 apply; feedback is a fresh per-sample signal, so it
+   is compressed without residual (an unsent error of sample i has no
+   meaning for the next iteration's sample i); FL-GAN uploads are deltas
+   from the global model the worker received, with a residual kept by the
+   worker; downloads (f16, int8) are absolute, without residual. */
+typedef struct dg_codec_set {
+    dg_codec batch;       /* MD-GAN server -> worker: X^(g), X^(d) */
+    dg_codec feedback;    /* MD-GAN worker -> server: F_n */
+    dg_codec swap;        /* MD-GAN worker -> worker: θ (+ state, + Adam) */
+    dg_codec upload;      /* FL-GAN worker -> server: model - global */
+    dg_codec download;    /* FL-GAN server -> worker: the global model */
+} dg_codec_set;
+
+DGDEF const char *dg_codec_name(dg_codec_kind kind); /* "none", "f16", ... */
+/* "none", "f16", "int8", "topk" or "topk:C", "ibm" or "ibm:L_T". */
+DGDEF dg_result dg_codec_parse(const char *s, dg_codec *out);
+/* "batch=int8,feedback=f16,swap=f16,upload=topk:0.01,download=f16": each
+   traffic type at most once; the others stay none. */
+DGDEF dg_result dg_codec_set_parse(const char *s, dg_codec_set *out);
+/* DG_ERR_ARG, naming the traffic, when set has a codec its algorithm
+   (mdgan != 0: MD-GAN, else FL-GAN) does not use, or top-k / IBM on
+   absolute traffic (batch, swap, download): what the roles' create
+   functions check, for a program that wants to refuse it first. */
+DGDEF dg_result dg_codec_set_check(const dg_codec_set *set, int mdgan);
+/* A "name=codec,..." text of the non-none entries of set ("none" when all
+   are): for logs and config hashes. */
+DGDEF void dg_codec_set_format(const dg_codec_set *set, char *buf, size_t cap);
+/* Bytes that always suffice to encode n values in n_segs segments. */
+DGDEF size_t dg_codec_bound(const dg_codec *c, size_t n, uint32_t n_segs);
+/* Encodes x[0..n) cut into segs[0..n_segs) (sum n); residual (n floats,
+   NULL: none) is added to x first and keeps what was not sent.  A
+   non-finite input is refused (DG_ERR_ARG) with the residual unchanged
+   for F16/INT8 (TOPK/IBM: reset it). */
+DGDEF dg_result dg_codec_encode(const dg_codec *c, const float *x, size_t n,
+                                const uint32_t *segs, uint32_t n_segs, float *residual,
+                                void *buf, size_t cap, size_t *written);
+/* Decodes an untrusted payload coded with `expect` into out[0..n): the
+   payload must hold exactly n values.  DG_ERR_FORMAT names the broken rule
+   (DG_ERR_CONFIG: another codec than expect). */
+DGDEF dg_result dg_codec_decode(dg_codec_kind expect, const void *buf, size_t len, float *out,
+                                size_t n);
+
 /* ==== dg_roles ==== */
 
 /* MD-GAN (papers.md section 1).  The server holds the generator G and its
@@ -1659,6 +1752,7 @@ typedef struct dg_mdgan_config {
     dg_staleness staleness; /* async: DG_STALENESS_INVERSE (default) */
     int tau_max;          /* async: feedback staler than this is dropped;
                              -1 (default): none is */
+    dg_codec_set codec;   /* batch, feedback, swap (dg_codec): none (default) */
     void (*log)(void *user, const char *line); /* events (drops, joins); NULL: silent */
     void *log_user;
 } dg_mdgan_config;
@@ -1786,6 +1880,7 @@ typedef struct dg_flgan_config {
                              probability m * m_n / sum of the m_n (shard sizes,
                              capped at 1: dg_flgan_server_set_shard); the average
                              is weighted by shard size in every mode */
+    dg_codec_set codec;   /* upload, download (dg_codec): none (default) */
     void (*log)(void *user, const char *line);
     void *log_user;
 } dg_flgan_config;
@@ -11887,6 +11982,1128 @@ DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t)
 }
 #endif /* DISTGAN_MPI */
 
+/* ==== dg_codec ==== */
+
+/* The kernels run on one thread: top-k keeps a min-heap of the k best of a
+   segment (a large one first passes a threshold drawn from a sample), its
+   scratch the room the bound leaves in the output buffer; IBM tests bins of
+   64 with AVX2 compares; F16 and INT8 have AVX2 (F16C) paths that give the
+   scalar bits (round to nearest even both ways).  Bulk arrays are copied
+   in host order: little-endian hosts, as the socket transports require. */
+
+#define DG__CODEC_HEADER 16
+#define DG__CODEC_VERSION 1
+#define DG__F16_MAX 0x7BFFu /* 65504 */
+
+/* 1 when x[0..n) holds no NaN or infinity: a peer's floats are checked
+   before they touch any state (one NaN in a feedback would poison G). */
+static int dg__all_finite(const float *x, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+static const char *const dg__codec_names[] = {"none", "f16", "int8", "topk", "ibm"};
+
+DGDEF const char *dg_codec_name(dg_codec_kind kind)
+{
+    return (unsigned)kind <= DG_CODEC_IBM ? dg__codec_names[kind] : "unknown";
+}
+
+static double dg__codec_rate(const dg_codec *c) { return c->rate > 0.0f ? c->rate : 0.01; }
+static uint32_t dg__codec_bin(const dg_codec *c) { return c->bin > 0 ? (uint32_t)c->bin : 64u; }
+
+DGDEF dg_result dg_codec_parse(const char *s, dg_codec *out)
+{
+    dg_codec c;
+    const char *colon;
+    size_t len;
+    int k;
+    if (!s || !out) return dg__fail(DG_ERR_ARG, "dg_codec_parse: NULL argument");
+    memset(&c, 0, sizeof c);
+    colon = strchr(s, ':');
+    len = colon ? (size_t)(colon - s) : strlen(s);
+    for (k = 0; k <= DG_CODEC_IBM; k++)
+        if (strlen(dg__codec_names[k]) == len && !strncmp(s, dg__codec_names[k], len)) break;
+    if (k > DG_CODEC_IBM)
+        return dg__fail(DG_ERR_ARG, "codec '%.64s': not none, f16, int8, topk[:C] or ibm[:L_T]", s);
+    c.kind = (dg_codec_kind)k;
+    if (colon && k == DG_CODEC_TOPK) {
+        double v;
+        if (dg_parse_float(colon + 1, 1e-9, 1.0, &v) != DG_OK)
+            return dg__fail(DG_ERR_ARG, "codec '%.64s': the rate C of topk:C must be in (0, 1]", s);
+        c.rate = (float)v;
+    } else if (colon && k == DG_CODEC_IBM) {
+        long long v;
+        if (dg_parse_int(colon + 1, 1, 1 << 20, &v) != DG_OK)
+            return dg__fail(DG_ERR_ARG, "codec '%.64s': the bin size L_T of ibm:L_T must be an "
+                            "integer in [1, 1048576]", s);
+        c.bin = (int)v;
+    } else if (colon) {
+        return dg__fail(DG_ERR_ARG, "codec '%.64s': %s takes no parameter", s, dg__codec_names[k]);
+    }
+    *out = c;
+    return DG_OK;
+}
+
+static const char *const dg__traffic_names[] = {"batch", "feedback", "swap", "upload", "download"};
+
+static dg_codec *dg__codec_of(dg_codec_set *set, int i)
+{
+    dg_codec *all[5];
+    all[0] = &set->batch;
+    all[1] = &set->feedback;
+    all[2] = &set->swap;
+    all[3] = &set->upload;
+    all[4] = &set->download;
+    return all[i];
+}
+
+DGDEF dg_result dg_codec_set_parse(const char *s, dg_codec_set *out)
+{
+    dg_codec_set set;
+    int seen[5] = {0}, item = 0;
+    if (!s || !out) return dg__fail(DG_ERR_ARG, "dg_codec_set_parse: NULL argument");
+    memset(&set, 0, sizeof set);
+    while (1) {
+        const char *end = strchr(s, ','), *eq;
+        size_t len = end ? (size_t)(end - s) : strlen(s), key;
+        char buf[64];
+        int i;
+        item++;
+        eq = (const char *)memchr(s, '=', len);
+        if (!eq || len >= sizeof buf)
+            return dg__fail(DG_ERR_ARG, "codecs: item %d '%.*s' is not TRAFFIC=CODEC (TRAFFIC: "
+                            "batch, feedback, swap, upload, download)", item, (int)(len < 64 ? len : 64), s);
+        key = (size_t)(eq - s);
+        for (i = 0; i < 5; i++)
+            if (strlen(dg__traffic_names[i]) == key && !strncmp(s, dg__traffic_names[i], key)) break;
+        if (i == 5)
+            return dg__fail(DG_ERR_ARG, "codecs: item %d: unknown traffic '%.*s' (batch, feedback, "
+                            "swap, upload or download)", item, (int)key, s);
+        if (seen[i]++)
+            return dg__fail(DG_ERR_ARG, "codecs: %s is given twice", dg__traffic_names[i]);
+        memcpy(buf, eq + 1, len - key - 1);
+        buf[len - key - 1] = 0;
+        if (dg_codec_parse(buf, dg__codec_of(&set, i)) != DG_OK) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", dg_last_error());
+            return dg__fail(DG_ERR_ARG, "codecs: %s: %s", dg__traffic_names[i], why);
+        }
+        if (!end) break;
+        s = end + 1;
+    }
+    *out = set;
+    return DG_OK;
+}
+
+DGDEF void dg_codec_set_format(const dg_codec_set *set, char *buf, size_t cap)
+{
+    size_t len = 0;
+    int i;
+    if (!buf || !cap) return;
+    buf[0] = 0;
+    for (i = 0; set && i < 5; i++) {
+        const dg_codec *c = dg__codec_of((dg_codec_set *)set, i);
+        char one[64];
+        if (c->kind == DG_CODEC_NONE) continue;
+        if (c->kind == DG_CODEC_TOPK) snprintf(one, sizeof one, "topk:%g", dg__codec_rate(c));
+        else if (c->kind == DG_CODEC_IBM) snprintf(one, sizeof one, "ibm:%u", dg__codec_bin(c));
+        else snprintf(one, sizeof one, "%s", dg_codec_name(c->kind));
+        len += (size_t)snprintf(buf + (len < cap ? len : cap - 1), len < cap ? cap - len : 1,
+                                "%s%s=%s", len ? "," : "", dg__traffic_names[i], one);
+    }
+    if (!len) snprintf(buf, cap, "none");
+}
+
+/* Exact size of an encoding with nnz entries (TOPK, IBM). */
+static size_t dg__codec_size(dg_codec_kind kind, size_t n, uint32_t segs, size_t nnz)
+{
+    size_t head = DG__CODEC_HEADER + 4 * (size_t)segs;
+    switch (kind) {
+    case DG_CODEC_F16: return head + 2 * n;
+    case DG_CODEC_INT8: return head + 4 * (size_t)segs + n;
+    case DG_CODEC_TOPK: return head + 4 + 8 * nnz;
+    case DG_CODEC_IBM: return head + 4 * (size_t)segs + 4 + 4 * nnz + (nnz + 7) / 8;
+    default: return 0;
+    }
+}
+
+DGDEF size_t dg_codec_bound(const dg_codec *c, size_t n, uint32_t n_segs)
+{
+    return c ? dg__codec_size(c->kind, n, n_segs, n) : 0;
+}
+
+/* ---- float16 ---- */
+
+static uint16_t dg__f16_from(float f)
+{
+    uint32_t u, sign, e, m;
+    memcpy(&u, &f, 4);
+    sign = (u >> 16) & 0x8000u;
+    u &= 0x7FFFFFFFu;
+    if (u >= 0x477FF000u) return (uint16_t)(sign | DG__F16_MAX); /* rounds past 65504: saturate */
+    if (u < 0x38800000u) { /* a subnormal half (or zero): round m * 2^(e-126) to 2^-24 steps */
+        uint32_t shift, r, half, q;
+        if (u < 0x33000000u) return (uint16_t)sign; /* at most half of 2^-24 */
+        e = u >> 23;
+        m = (u & 0x7FFFFFu) | 0x800000u;
+        shift = 126u - e; /* |x| / 2^-24 = m 2^(e - 126), shift 14..24 */
+        q = m >> shift;
+        r = m & ((1u << shift) - 1u);
+        half = 1u << (shift - 1u);
+        if (r > half || (r == half && (q & 1u))) q++;
+        return (uint16_t)(sign | q);
+    }
+    /* normal: rebias the exponent, round the mantissa to 10 bits, ties to even */
+    u += 0xC8000000u; /* (15 - 127) << 23 */
+    u += 0x0FFFu + ((u >> 13) & 1u);
+    return (uint16_t)(sign | (u >> 13));
+}
+
+static float dg__f16_to(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
+    float f;
+    if (e == 0) { /* zero or subnormal: m * 2^-24 exactly */
+        f = (float)m * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    u = sign | ((e + 112u) << 23) | (m << 13);
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+#ifdef DG__X86
+/* F16C rounds to nearest even like dg__f16_from; out-of-range values
+   (infinities after rounding) are saturated to 65504 like it too. */
+__attribute__((target("avx2,f16c"))) static size_t dg__f16_encode_avx2(const float *x,
+                                                                        uint16_t *h, size_t n)
+{
+    const __m256 lim = _mm256_set1_ps(65504.0f), nlim = _mm256_set1_ps(-65504.0f);
+    size_t i;
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        v = _mm256_min_ps(_mm256_max_ps(v, nlim), lim); /* values that round to 65520+ */
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    }
+    return i;
+}
+__attribute__((target("avx2,f16c"))) static size_t dg__f16_decode_avx2(const uint16_t *h,
+                                                                        float *x, size_t n,
+                                                                        int *bad)
+{
+    const __m128i emask = _mm_set1_epi16(0x7C00);
+    __m128i acc = _mm_setzero_si128();
+    size_t i;
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(h + i));
+        acc = _mm_or_si128(acc, _mm_cmpeq_epi16(_mm_and_si128(v, emask), emask));
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(v));
+    }
+    *bad = !_mm_testz_si128(acc, acc);
+    return i;
+}
+#endif
+
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+/* every AVX2 CPU (Haswell, Excavator, Zen and later) has F16C, which
+   clang's __builtin_cpu_supports cannot name.  No __builtin_cpu_init here:
+   the runtime's constructor has run it (dg_isa_best calls it outside any
+   task), and workers encode concurrently. */
+static int dg__codec_simd(void)
+{
+    return __builtin_cpu_supports("avx2");
+}
+#endif
+
+static void dg__f16_encode(const float *x, uint16_t *h, size_t n)
+{
+    size_t i = 0;
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+    if (dg__codec_simd()) i = dg__f16_encode_avx2(x, h, n);
+#endif
+    for (; i < n; i++) h[i] = dg__f16_from(x[i]);
+}
+
+/* 0 when some half is an infinity or a NaN. */
+static int dg__f16_decode(const uint16_t *h, float *x, size_t n)
+{
+    size_t i = 0;
+    int bad = 0;
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+    if (dg__codec_simd()) i = dg__f16_decode_avx2(h, x, n, &bad);
+#endif
+    for (; i < n; i++) {
+        bad |= (h[i] & 0x7C00u) == 0x7C00u;
+        x[i] = dg__f16_to(h[i]);
+    }
+    return !bad;
+}
+
+/* ---- int8 rows ---- */
+
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+__attribute__((target("avx2"))) static float dg__maxabs_avx2(const float *x, size_t n, size_t *done)
+{
+    const __m256 am = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+    float t[8], m;
+    size_t i;
+    int j;
+    for (i = 0; i + 16 <= n; i += 16) {
+        m0 = _mm256_max_ps(m0, _mm256_and_ps(_mm256_loadu_ps(x + i), am));
+        m1 = _mm256_max_ps(m1, _mm256_and_ps(_mm256_loadu_ps(x + i + 8), am));
+    }
+    _mm256_storeu_ps(t, _mm256_max_ps(m0, m1));
+    for (m = t[0], j = 1; j < 8; j++) m = t[j] > m ? t[j] : m;
+    *done = i;
+    return m;
+}
+/* q = rint(x * inv) clamped to [-127, 127]; cvtps rounds to nearest even
+   like rintf in the default mode */
+__attribute__((target("avx2"))) static size_t dg__int8_quant_avx2(const float *x, int8_t *q,
+                                                                   size_t n, float inv)
+{
+    const __m256 s = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    size_t i;
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m256 a = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), s), lo), hi);
+        __m256 b = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), s), lo), hi);
+        __m256i w = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b));
+        __m128i v = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        _mm_storeu_si128((__m128i *)(q + i), _mm_shuffle_epi32(v, 0xD8));
+    }
+    return i;
+}
+__attribute__((target("avx2"))) static size_t dg__int8_dequant_avx2(const int8_t *q, float *x,
+                                                                     size_t n, float scale, int *bad)
+{
+    const __m256 s = _mm256_set1_ps(scale);
+    const __m128i m128 = _mm_set1_epi8(-128);
+    __m128i acc = _mm_setzero_si128();
+    size_t i;
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(q + i));
+        acc = _mm_or_si128(acc, _mm_cmpeq_epi8(v, m128));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s));
+        _mm256_storeu_ps(x + i + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                      _mm_srli_si128(v, 8))), s));
+    }
+    *bad = !_mm_testz_si128(acc, acc);
+    return i;
+}
+#endif
+
+static float dg__maxabs(const float *x, size_t n)
+{
+    size_t i = 0;
+    float m = 0.0f;
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+    if (dg__codec_simd()) m = dg__maxabs_avx2(x, n, &i);
+#endif
+    for (; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    return m;
+}
+
+/* One segment: its scale max|x| / 127 and q = rint(x * 127 / max|x|). */
+static float dg__int8_segment(const float *x, int8_t *q, size_t n)
+{
+    float m = dg__maxabs(x, n), inv;
+    size_t i = 0;
+    if (!(m > 0.0f)) {
+        memset(q, 0, n);
+        return 0.0f;
+    }
+    inv = 127.0f / m;
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+    if (dg__codec_simd()) i = dg__int8_quant_avx2(x, q, n, inv);
+#endif
+    for (; i < n; i++) {
+        float v = x[i] * inv;
+        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+        q[i] = (int8_t)rintf(v);
+    }
+    return m / 127.0f;
+}
+
+/* 0 when some q is -128 (never written). */
+static int dg__int8_dequant(const int8_t *q, float *x, size_t n, float scale)
+{
+    size_t i = 0;
+    int bad = 0;
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+    if (dg__codec_simd()) i = dg__int8_dequant_avx2(q, x, n, scale, &bad);
+#endif
+    for (; i < n; i++) {
+        bad |= q[i] == -128;
+        x[i] = (float)q[i] * scale;
+    }
+    return !bad;
+}
+
+/* ---- top-k ---- */
+
+/* The bits of |x| grow with |x| (NaN above infinity). */
+static uint32_t dg__abs_key(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u & 0x7FFFFFFFu;
+}
+
+/* The key T of the k-th largest |x| of x[0..n) (1 <= k <= n), ranked by
+   key then lower index; *take is how many entries with key T are kept (the
+   first ones) so that exactly k are.  One pass with a min-heap of the k
+   best (key, index) so far, its keys in hk and indices in hi (k each): an
+   entry enters only when it beats the worst, which random data rarely does
+   once the heap is full.  0xFFFFFFFF when some x is not finite. */
+static uint32_t dg__topk_key(const float *x, size_t n, size_t k, uint32_t *hk, uint32_t *hi,
+                             size_t *take)
+{
+    size_t i, m = 0, eq = 0;
+    for (i = 0; i < n; i++) {
+        uint32_t key = dg__abs_key(x[i]);
+        size_t at, c;
+        if (key >= 0x7F800000u) return 0xFFFFFFFFu;
+        if (m == k) {
+            if (key <= hk[0]) continue; /* equal keys: the lower index already in wins */
+            at = 0; /* replace the worst, sift down */
+            while ((c = 2 * at + 1) < m) {
+                if (c + 1 < m && (hk[c + 1] < hk[c] || (hk[c + 1] == hk[c] && hi[c + 1] > hi[c]))) c++;
+                if (hk[c] > key) break;
+                hk[at] = hk[c];
+                hi[at] = hi[c];
+                at = c;
+            }
+        } else { /* sift up */
+            for (at = m++; at && (hk[(at - 1) / 2] > key ||
+                                  (hk[(at - 1) / 2] == key && hi[(at - 1) / 2] < i));
+                 at = (at - 1) / 2) {
+                hk[at] = hk[(at - 1) / 2];
+                hi[at] = hi[(at - 1) / 2];
+            }
+        }
+        hk[at] = key;
+        hi[at] = (uint32_t)i;
+    }
+    for (i = 0; i < k; i++) eq += hk[i] == hk[0];
+    *take = eq;
+    return hk[0];
+}
+
+#define DG__TOPK_SAMPLE 4096 /* a segment of at least 4 samples' size is sampled */
+
+/* The top k of a large segment g[0..len) without ranking it all: the
+   (1.5 k s / len)-th largest of s evenly spaced samples is a threshold
+   that about 1.5 k entries pass; one pass collects those (values and
+   indices, in index order) into scratch (n_scratch words, as many as fit
+   beside a heap of k), and the exact rank runs on them alone.  Returns the
+   number of candidates (their values in *cv, indices in *ci, the k-th key
+   in *key, *take as dg__topk_key), 0 when the sample guessed wrong (fewer
+   than k, or more than fit: the caller ranks the whole segment),
+   (size_t)-1 for a non-finite g. */
+static size_t dg__topk_sampled(const float *g, size_t len, size_t k, uint32_t *scratch,
+                               size_t n_scratch, float **cv, uint32_t **ci, uint32_t *key,
+                               size_t *take)
+{
+    size_t s = DG__TOPK_SAMPLE, r = (size_t)ceil(1.5 * (double)k * (double)s / (double)len), i, c = 0;
+    size_t cap = (n_scratch - 2 * k) / 2;
+    float *sample = (float *)scratch, *v = (float *)scratch;
+    uint32_t lo, *ix = scratch + cap;
+    if (r < 1) r = 1;
+    if (r > s) r = s;
+    for (i = 0; i < s; i++) sample[i] = g[i * len / s];
+    lo = dg__topk_key(sample, s, r, scratch + s, scratch + s + r, take);
+    if (lo == 0xFFFFFFFFu) return (size_t)-1;
+    for (i = 0; i < len; i++) {
+        uint32_t ki = dg__abs_key(g[i]);
+        if (ki < lo) continue;
+        if (ki >= 0x7F800000u) return (size_t)-1;
+        if (c == cap) return 0;
+        v[c] = g[i];
+        ix[c++] = (uint32_t)i;
+    }
+    if (c < k) return 0;
+    *key = dg__topk_key(v, c, k, scratch + 2 * cap, scratch + 2 * cap + k, take);
+    *cv = v;
+    *ci = ix;
+    return c;
+}
+
+/* Per segment, the k_l = max(1, floor(c n_l)) largest |g| (g = x, or the
+   residual after adding x): indices and values into idx/val, the residual
+   cleared there.  scratch (n_scratch words) holds the heaps: a segment
+   with too little of it is ranked by the heap at its full size, which
+   always fits the k_l words of idx and val it will fill.  Returns nnz, or
+   (size_t)-1 for a non-finite g. */
+static size_t dg__topk_select(const float *x, size_t n, const uint32_t *segs, uint32_t n_segs,
+                              double rate, float *residual, uint32_t *idx, float *val,
+                              uint32_t *scratch, size_t n_scratch)
+{
+    size_t base = 0, nnz = 0, i;
+    uint32_t s;
+    const float *g = x;
+    if (residual) {
+        for (i = 0; i < n; i++) residual[i] += x[i];
+        g = residual;
+    }
+    for (s = 0; s < n_segs; base += segs[s++]) {
+        size_t len = segs[s], k = (size_t)floor(rate * (double)len), take = 0, eq = 0, m = 0;
+        const float *cv = g + base;
+        float *fv = NULL;
+        uint32_t key, *ci = NULL;
+        if (k < 1) k = 1;
+        if (k > len) k = len;
+        if (len >= 4 * DG__TOPK_SAMPLE && n_scratch >= 4 * k + 3 * DG__TOPK_SAMPLE)
+            m = dg__topk_sampled(g + base, len, k, scratch, n_scratch, &fv, &ci, &key, &take);
+        if (m == (size_t)-1) return m;
+        if (m) {
+            cv = fv;
+        } else {
+            m = len;
+            key = dg__topk_key(g + base, len, k, idx + nnz, (uint32_t *)(val + nnz), &take);
+            if (key == 0xFFFFFFFFu) return (size_t)-1;
+        }
+        for (i = 0; i < m; i++) {
+            uint32_t ki = dg__abs_key(cv[i]), at = (uint32_t)(ci ? ci[i] + base : base + i);
+            if (ki < key || (ki == key && eq++ >= take)) continue;
+            idx[nnz] = at;
+            val[nnz++] = g[at];
+            if (residual) residual[at] = 0.0f;
+        }
+    }
+    return nnz;
+}
+
+/* ---- IBM bins ---- */
+
+/* The lowest set bit of m != 0. */
+static int dg__ctz64(uint64_t m)
+{
+#if defined(__GNUC__)
+    return __builtin_ctzll(m);
+#else
+    int n = 0;
+    while (!(m & 1)) m >>= 1, n++;
+    return n;
+#endif
+}
+
+/* One bin x[0..len) (len <= 64) of IBM: G = R + x, stored in R (R NULL:
+   G = x); returns the mask of the entries to send, |G + x| >= max|G| and
+   G != 0, and sets *bad when some G is not finite. */
+static uint64_t dg__ibm_bin(const float *x, float *R, size_t len, int *bad)
+{
+    const float *G = R ? R : x;
+    float gmax = 0.0f;
+    uint64_t m = 0;
+    size_t i;
+    if (R)
+        for (i = 0; i < len; i++) R[i] += x[i];
+    for (i = 0; i < len; i++) {
+        float a = fabsf(G[i]);
+        if (!(a <= FLT_MAX)) *bad = 1;
+        gmax = a > gmax ? a : gmax;
+    }
+    if (gmax == 0.0f || *bad) return 0; /* nothing to say about this bin */
+    for (i = 0; i < len; i++)
+        m |= (uint64_t)(fabsf(G[i] + x[i]) >= gmax && G[i] != 0.0f) << i;
+    return m;
+}
+
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+/* The same for a whole bin of 64, with the same float operations. */
+__attribute__((target("avx2"))) static uint64_t dg__ibm_bin64_avx2(const float *x, float *R,
+                                                                    int *bad)
+{
+    const __m256i am = _mm256_set1_epi32(0x7FFFFFFF);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 G[8], gm;
+    __m256i top = _mm256_setzero_si256();
+    uint32_t t[8], mx = 0;
+    uint64_t m = 0;
+    float gmax;
+    int q;
+    for (q = 0; q < 8; q++) {
+        __m256 v = _mm256_loadu_ps(x + 8 * q);
+        if (R) {
+            v = _mm256_add_ps(_mm256_loadu_ps(R + 8 * q), v);
+            _mm256_storeu_ps(R + 8 * q, v);
+        }
+        G[q] = v;
+        top = _mm256_max_epu32(top, _mm256_and_si256(_mm256_castps_si256(v), am));
+    }
+    _mm256_storeu_si256((__m256i *)t, top);
+    for (q = 0; q < 8; q++) mx = t[q] > mx ? t[q] : mx;
+    if (mx >= 0x7F800000u) *bad = 1;
+    if (!mx || *bad) return 0;
+    memcpy(&gmax, &mx, 4);
+    gm = _mm256_set1_ps(gmax);
+    for (q = 0; q < 8; q++) {
+        __m256 h = _mm256_and_ps(_mm256_add_ps(G[q], _mm256_loadu_ps(x + 8 * q)),
+                                 _mm256_castsi256_ps(am));
+        __m256 sel = _mm256_and_ps(_mm256_cmp_ps(h, gm, _CMP_GE_OQ),
+                                   _mm256_cmp_ps(G[q], zero, _CMP_NEQ_OQ));
+        m |= (uint64_t)(unsigned)_mm256_movemask_ps(sel) << (8 * q);
+    }
+    return m;
+}
+#endif
+
+/* Per segment: G = R + x (R the residual, or 0), bins of L: an entry goes
+   when |G + x| >= max|G| of its bin and G != 0; scale = mean |G| of the
+   segment's sent entries; R <- G - sign(G) scale there.  Indices into idx
+   with the sign in bit 31, scales per segment.  (size_t)-1: non-finite. */
+static size_t dg__ibm_select(const float *x, const uint32_t *segs, uint32_t n_segs,
+                             uint32_t bin, float *residual, uint32_t *idx, float *scale)
+{
+    size_t base = 0, nnz = 0, i, j;
+    uint32_t s;
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+    int simd = bin == 64 && dg__codec_simd();
+#endif
+    for (s = 0; s < n_segs; base += segs[s++]) {
+        size_t end = base + segs[s], first = nnz;
+        double sum = 0.0;
+        float sc;
+        for (j = base; j < end; j += bin) {
+            size_t len = end - j < bin ? end - j : bin;
+            float *R = residual ? residual + j : NULL;
+            const float *G = R ? R : x + j;
+            int bad = 0;
+            uint64_t m = 0;
+            if (bin > 64) { /* wide bins: the same rule without a mask */
+                float gmax = 0.0f;
+                if (R)
+                    for (i = 0; i < len; i++) R[i] += x[j + i];
+                for (i = 0; i < len; i++) {
+                    float a = fabsf(G[i]);
+                    if (!(a <= FLT_MAX)) return (size_t)-1;
+                    gmax = a > gmax ? a : gmax;
+                }
+                for (i = 0; gmax > 0.0f && i < len; i++) {
+                    if (!(fabsf(G[i] + x[j + i]) >= gmax) || G[i] == 0.0f) continue;
+                    idx[nnz++] = (uint32_t)(j + i) | (G[i] < 0.0f ? 0x80000000u : 0u);
+                    sum += fabsf(G[i]);
+                }
+                continue;
+            }
+#if defined(DG__X86) && !defined(DG_NO_SIMD)
+            if (simd && len == 64) m = dg__ibm_bin64_avx2(x + j, R, &bad);
+            else
+#endif
+                m = dg__ibm_bin(x + j, R, len, &bad);
+            if (bad) return (size_t)-1;
+            for (; m; m &= m - 1) { /* in index order, as the scalar rule */
+                int b = dg__ctz64(m);
+                idx[nnz++] = (uint32_t)(j + (size_t)b) | (G[b] < 0.0f ? 0x80000000u : 0u);
+                sum += fabsf(G[b]);
+            }
+        }
+        sc = nnz > first ? (float)(sum / (double)(nnz - first)) : 0.0f;
+        scale[s] = sc;
+        if (residual)
+            for (i = first; i < nnz; i++) {
+                uint32_t k = idx[i] & 0x7FFFFFFFu;
+                residual[k] -= idx[i] >> 31 ? -sc : sc;
+            }
+    }
+    return nnz;
+}
+
+/* ---- encode, decode ---- */
+
+DGDEF dg_result dg_codec_encode(const dg_codec *c, const float *x, size_t n,
+                                const uint32_t *segs, uint32_t n_segs, float *residual,
+                                void *buf, size_t cap, size_t *written)
+{
+    unsigned char *p = (unsigned char *)buf, *body;
+    uint64_t sum = 0;
+    size_t nnz = 0, i, base;
+    uint32_t s;
+    if (written) *written = 0;
+    if (!c || !x || !segs || !buf || !n_segs || !n || n > 0x7FFFFFFFu || ((uintptr_t)buf & 3))
+        return dg__fail(DG_ERR_ARG, "dg_codec_encode: bad arguments (n %zu, %u segments)", n, n_segs);
+    if (c->kind < DG_CODEC_F16 || c->kind > DG_CODEC_IBM)
+        return dg__fail(DG_ERR_ARG, "dg_codec_encode: codec %d encodes nothing", (int)c->kind);
+    for (s = 0; s < n_segs; s++) {
+        if (!segs[s]) return dg__fail(DG_ERR_ARG, "dg_codec_encode: segment %u is empty", s);
+        sum += segs[s];
+    }
+    if (sum != n) return dg__fail(DG_ERR_ARG, "dg_codec_encode: segments sum to %llu, not %zu",
+                                  (unsigned long long)sum, n);
+    if (cap < dg_codec_bound(c, n, n_segs))
+        return dg__fail(DG_ERR_ARG, "dg_codec_encode: %zu bytes, need dg_codec_bound = %zu", cap,
+                        dg_codec_bound(c, n, n_segs));
+    p[0] = (unsigned char)c->kind;
+    p[1] = DG__CODEC_VERSION;
+    p[2] = p[3] = 0;
+    dg__le32(p + 4, n_segs);
+    dg__le64(p + 8, n);
+    for (s = 0; s < n_segs; s++) dg__le32(p + DG__CODEC_HEADER + 4 * (size_t)s, segs[s]);
+    body = p + DG__CODEC_HEADER + 4 * (size_t)n_segs;
+    if ((c->kind == DG_CODEC_F16 || c->kind == DG_CODEC_INT8) && !dg__all_finite(x, n))
+        return dg__fail(DG_ERR_ARG, "dg_codec_encode: a value is not finite");
+    switch (c->kind) {
+    case DG_CODEC_F16:
+    case DG_CODEC_INT8: {
+        /* the residual path quantises x + R in place in R, then keeps the error */
+        const float *g = x;
+        if (residual) {
+            for (i = 0; i < n; i++) residual[i] += x[i];
+            g = residual;
+        }
+        if (c->kind == DG_CODEC_F16) {
+            uint16_t *h = (uint16_t *)body; /* body is 4-aligned from an aligned buf */
+            dg__f16_encode(g, h, n);
+            if (residual)
+                for (i = 0; i < n; i++) residual[i] -= dg__f16_to(h[i]);
+        } else {
+            int8_t *q = (int8_t *)(body + 4 * (size_t)n_segs);
+            for (s = 0, base = 0; s < n_segs; base += segs[s++]) {
+                float sc = dg__int8_segment(g + base, q + base, segs[s]);
+                memcpy(body + 4 * (size_t)s, &sc, 4);
+                if (residual)
+                    for (i = base; i < base + segs[s]; i++) residual[i] -= (float)q[i] * sc;
+            }
+        }
+        nnz = n;
+        break;
+    }
+    case DG_CODEC_TOPK: {
+        uint32_t *idx = (uint32_t *)(body + 4);
+        size_t k_all = 0;
+        for (s = 0; s < n_segs; s++) {
+            size_t k = (size_t)floor(dg__codec_rate(c) * (double)segs[s]);
+            k_all += k < 1 ? 1 : k > segs[s] ? segs[s] : k;
+        }
+        /* values go after the k_all indices: both arrays have fixed places */
+        /* the room of the n entries the bound allows and k_all do not use: scratch */
+        nnz = dg__topk_select(x, n, segs, n_segs, dg__codec_rate(c), residual, idx,
+                              (float *)(body + 4 + 4 * k_all), idx + 2 * k_all,
+                              (cap - (size_t)(body - p) - 4) / 4 - 2 * k_all);
+        if (nnz == (size_t)-1) {
+            if (residual) memset(residual, 0, sizeof(float) * n);
+            return dg__fail(DG_ERR_ARG, "dg_codec_encode: a value is not finite");
+        }
+        DG_ASSERT(nnz == k_all);
+        dg__le32(body, (uint32_t)nnz);
+        break;
+    }
+    case DG_CODEC_IBM: {
+        uint32_t *idx = (uint32_t *)(body + 4 * (size_t)n_segs + 4);
+        unsigned char *sign;
+        nnz = dg__ibm_select(x, segs, n_segs, dg__codec_bin(c), residual, idx, (float *)body);
+        if (nnz == (size_t)-1) {
+            if (residual) memset(residual, 0, sizeof(float) * n);
+            return dg__fail(DG_ERR_ARG, "dg_codec_encode: a value is not finite");
+        }
+        dg__le32(body + 4 * (size_t)n_segs, (uint32_t)nnz);
+        sign = (unsigned char *)(idx + nnz);
+        memset(sign, 0, (nnz + 7) / 8);
+        for (i = 0; i < nnz; i++) {
+            sign[i >> 3] |= (unsigned char)((idx[i] >> 31) << (i & 7));
+            idx[i] &= 0x7FFFFFFFu;
+        }
+        break;
+    }
+    default: break;
+    }
+    if (written) *written = dg__codec_size(c->kind, n, n_segs, nnz);
+    return DG_OK;
+}
+
+/* Strictly increasing indices below n (decoder). */
+static int dg__codec_indices_ok(const uint32_t *idx, size_t nnz, size_t n)
+{
+    size_t i;
+    for (i = 0; i < nnz; i++)
+        if (idx[i] >= n || (i && idx[i] <= idx[i - 1])) return 0;
+    return 1;
+}
+
+DGDEF dg_result dg_codec_decode(dg_codec_kind expect, const void *buf, size_t len, float *out,
+                                size_t n)
+{
+    const unsigned char *p = (const unsigned char *)buf, *body;
+    uint64_t count, sum = 0;
+    uint32_t S, s;
+    size_t need, nnz = 0, i, base;
+    int kind;
+    if (!buf || !out || !n || ((uintptr_t)buf & 3))
+        return dg__fail(DG_ERR_ARG, "dg_codec_decode: bad arguments (NULL, n 0 or buf not 4-aligned)");
+    if (len < DG__CODEC_HEADER)
+        return dg__fail(DG_ERR_FORMAT, "codec: truncated payload (%zu bytes, the header needs %d)",
+                        len, DG__CODEC_HEADER);
+    kind = p[0];
+    if (kind < DG_CODEC_F16 || kind > DG_CODEC_IBM)
+        return dg__fail(DG_ERR_FORMAT, "codec: unknown codec %d", kind);
+    if (kind != (int)expect)
+        return dg__fail(DG_ERR_CONFIG, "codec: the payload is coded with %s, this peer expects %s",
+                        dg_codec_name((dg_codec_kind)kind), dg_codec_name(expect));
+    if (p[1] != DG__CODEC_VERSION || p[2] || p[3])
+        return dg__fail(DG_ERR_FORMAT, "codec: version %d (reserved %d %d), this build reads %d",
+                        p[1], p[2], p[3], DG__CODEC_VERSION);
+    S = dg__rd32(p + 4);
+    count = dg__rd64(p + 8);
+    if (count != n)
+        return dg__fail(DG_ERR_FORMAT, "codec: the payload holds %llu values, expected %zu",
+                        (unsigned long long)count, n);
+    if (S < 1 || S > n)
+        return dg__fail(DG_ERR_FORMAT, "codec: %u segments for %zu values", S, n);
+    if ((len - DG__CODEC_HEADER) / 4 < S)
+        return dg__fail(DG_ERR_FORMAT, "codec: truncated payload (%zu bytes) in the segment table",
+                        len);
+    for (s = 0; s < S; s++) {
+        uint32_t l = dg__rd32(p + DG__CODEC_HEADER + 4 * (size_t)s);
+        if (!l) return dg__fail(DG_ERR_FORMAT, "codec: segment %u is empty", s);
+        sum += l;
+    }
+    if (sum != n)
+        return dg__fail(DG_ERR_FORMAT, "codec: segments sum to %llu values, not %zu",
+                        (unsigned long long)sum, n);
+    body = p + DG__CODEC_HEADER + 4 * (size_t)S;
+    if (kind == DG_CODEC_TOPK || kind == DG_CODEC_IBM) {
+        size_t at = (kind == DG_CODEC_IBM ? 4 * (size_t)S : 0);
+        if ((size_t)(body - p) + at + 4 > len)
+            return dg__fail(DG_ERR_FORMAT, "codec: truncated payload (%zu bytes) before the entry count",
+                            len);
+        nnz = dg__rd32(body + at);
+        if (nnz > n)
+            return dg__fail(DG_ERR_FORMAT, "codec: %zu entries for %zu values", nnz, n);
+    }
+    need = dg__codec_size((dg_codec_kind)kind, n, S, nnz);
+    if (len != need)
+        return dg__fail(DG_ERR_FORMAT, "codec: %s payload of %zu bytes, %s needs %zu",
+                        len < need ? "truncated" : "oversized", len, dg_codec_name((dg_codec_kind)kind),
+                        need);
+    switch (kind) {
+    case DG_CODEC_F16:
+        if (!dg__f16_decode((const uint16_t *)body, out, n))
+            return dg__fail(DG_ERR_FORMAT, "codec: a float16 value is infinite or NaN");
+        break;
+    case DG_CODEC_INT8:
+        for (s = 0, base = 0; s < S; base += dg__rd32(p + DG__CODEC_HEADER + 4 * (size_t)s++)) {
+            uint32_t l = dg__rd32(p + DG__CODEC_HEADER + 4 * (size_t)s);
+            float sc;
+            memcpy(&sc, body + 4 * (size_t)s, 4);
+            if (!(sc >= 0.0f && sc <= FLT_MAX / 127.0f)) /* 127 s stays finite */
+                return dg__fail(DG_ERR_FORMAT, "codec: int8 scale %u is %g (0 to FLT_MAX / 127 "
+                                "needed)", s, (double)sc);
+            if (!dg__int8_dequant((const int8_t *)(body + 4 * (size_t)S) + base, out + base, l, sc))
+                return dg__fail(DG_ERR_FORMAT, "codec: int8 value -128 in segment %u (range -127..127)",
+                                s);
+        }
+        break;
+    case DG_CODEC_TOPK: {
+        const uint32_t *idx = (const uint32_t *)(body + 4);
+        const float *val = (const float *)(body + 4 + 4 * nnz);
+        if (!dg__codec_indices_ok(idx, nnz, n))
+            return dg__fail(DG_ERR_FORMAT, "codec: top-k indices not strictly increasing below %zu", n);
+        if (!dg__all_finite(val, nnz))
+            return dg__fail(DG_ERR_FORMAT, "codec: a top-k value is not finite");
+        memset(out, 0, sizeof(float) * n);
+        for (i = 0; i < nnz; i++) out[idx[i]] = val[i];
+        break;
+    }
+    case DG_CODEC_IBM: {
+        const float *scale = (const float *)body;
+        const uint32_t *idx = (const uint32_t *)(body + 4 * (size_t)S + 4);
+        const unsigned char *sign = (const unsigned char *)(idx + nnz);
+        size_t end;
+        for (s = 0; s < S; s++)
+            if (!(scale[s] >= 0.0f && scale[s] <= FLT_MAX))
+                return dg__fail(DG_ERR_FORMAT, "codec: IBM scale %u is %g (finite, >= 0 needed)", s,
+                                (double)scale[s]);
+        if (!dg__codec_indices_ok(idx, nnz, n))
+            return dg__fail(DG_ERR_FORMAT, "codec: IBM indices not strictly increasing below %zu", n);
+        if ((nnz & 7) && (sign[nnz >> 3] >> (nnz & 7)))
+            return dg__fail(DG_ERR_FORMAT, "codec: IBM sign padding bits are not zero");
+        memset(out, 0, sizeof(float) * n);
+        s = 0;
+        end = dg__rd32(p + DG__CODEC_HEADER);
+        for (i = 0; i < nnz; i++) {
+            uint32_t u;
+            while (idx[i] >= end) end += dg__rd32(p + DG__CODEC_HEADER + 4 * (size_t)++s);
+            memcpy(&u, &scale[s], 4);
+            u |= (uint32_t)((sign[i >> 3] >> (i & 7)) & 1) << 31;
+            memcpy(&out[idx[i]], &u, 4);
+        }
+        break;
+    }
+    default: break;
+    }
+    return DG_OK;
+}
+
+/* ---- coded messages: what the roles put around dg_codec ----
+   A dg__coder describes one traffic type of a role: the float parts of its
+   messages in order (their sizes and segments: the rows of a batch, the
+   tensors of a net), and, when the traffic needs them, a residual per part
+   (the sender's unsent remainder) and a reference per part (a delta codec:
+   x - ref is sent, ref + decoded is received).  dg__coder_pack turns a
+   message's float parts into encoded byte parts before the send, so the
+   transports count the compressed bytes; dg__coder_unpack turns them back
+   into float parts on arrival, so the roles read floats as before.  With
+   codec none both do nothing (the bits of an uncompressed run). */
+typedef struct dg__coder {
+    dg_codec codec;
+    int n_parts;                          /* float parts, in message order */
+    size_t count[DG_MSG_MAX_PARTS];
+    uint32_t n_segs[DG_MSG_MAX_PARTS];
+    uint32_t *segs[DG_MSG_MAX_PARTS];
+    float *residual[DG_MSG_MAX_PARTS];    /* NULL: none */
+    float *ref[DG_MSG_MAX_PARTS];         /* NULL: absolute values */
+    unsigned char *scratch;               /* the encoded parts, before the send */
+    float *delta;                         /* x - ref of the largest part */
+    size_t scratch_cap;
+} dg__coder;
+
+/* A part of n values in `segs` segments of the lengths len[] (NULL: equal
+   rows of n / segs). */
+static dg_result dg__coder_add(dg__coder *co, size_t n, uint32_t segs, const size_t *len)
+{
+    int p = co->n_parts;
+    uint32_t s;
+    if (p >= DG_MSG_MAX_PARTS || !n || !segs)
+        return dg__fail(DG_ERR_ARG, "codec: part %d of %zu values", p, n);
+    if (!(co->segs[p] = (uint32_t *)dg__calloc(segs, sizeof(uint32_t))))
+        return dg__fail(DG_ERR_NOMEM, "codec: no memory");
+    for (s = 0; s < segs; s++) co->segs[p][s] = (uint32_t)(len ? len[s] : n / segs);
+    co->count[p] = n;
+    co->n_segs[p] = segs;
+    co->n_parts++;
+    return DG_OK;
+}
+
+/* The parts of a net as dg__net_parts lays them out, one segment per
+   tensor: each layer's weights and bias apart, each layer's state, and
+   Adam's two moments as the parameters twice. */
+static dg_result dg__coder_add_net(dg__coder *co, const dg_net *net, const dg_optim *opt,
+                                   int with_opt)
+{
+    size_t plen[4 * 64] = {0}, slen[64], n = 0, st = 0;
+    uint32_t segs = 0, ssegs = 0;
+    int l, L = dg_net_layer_count(net);
+    dg_result r;
+    if (L > 64) return dg__fail(DG_ERR_UNSUPPORTED, "codec: nets of more than 64 layers");
+    for (l = 0; l < L; l++) {
+        dg_layer_info li;
+        if ((r = dg_net_layer_info(net, l, &li)) != DG_OK) return r;
+        if (li.weight_count) plen[segs++] = li.weight_count;
+        if (li.param_count > li.weight_count) plen[segs++] = li.param_count - li.weight_count;
+        if (li.state_count) slen[ssegs++] = li.state_count;
+        n += li.param_count;
+        st += li.state_count;
+    }
+    r = dg__coder_add(co, n, segs, plen);
+    if (r == DG_OK && st) r = dg__coder_add(co, st, ssegs, slen);
+    if (r == DG_OK && with_opt) {
+        if (dg_optim_state_count(opt) == 2 * n) { /* Adam: m, then v */
+            memcpy(plen + segs, plen, sizeof(size_t) * segs);
+            r = dg__coder_add(co, 2 * n, 2 * segs, plen);
+        } else {
+            r = dg__coder_add(co, dg_optim_state_count(opt), 1, NULL);
+        }
+    }
+    return r;
+}
+
+/* After the parts: the scratch of a sender, the residuals (residual) and
+   the references (delta). */
+static dg_result dg__coder_ready(dg__coder *co, int sender, int residual, int delta)
+{
+    size_t cap = 0, big = 0;
+    int p;
+    if (co->codec.kind == DG_CODEC_NONE) return DG_OK;
+    for (p = 0; p < co->n_parts; p++) {
+        cap += (dg_codec_bound(&co->codec, co->count[p], co->n_segs[p]) + 63) & ~(size_t)63;
+        big = co->count[p] > big ? co->count[p] : big;
+        if ((residual && !(co->residual[p] = (float *)dg__calloc(co->count[p], sizeof(float)))) ||
+            (delta && !(co->ref[p] = (float *)dg__calloc(co->count[p], sizeof(float)))))
+            return dg__fail(DG_ERR_NOMEM, "codec: no memory");
+    }
+    if (sender && (!(co->scratch = (unsigned char *)dg__alloc(cap)) ||
+                   (delta && !(co->delta = (float *)dg__calloc(big, sizeof(float))))))
+        return dg__fail(DG_ERR_NOMEM, "codec: no memory");
+    co->scratch_cap = cap;
+    return DG_OK;
+}
+
+static void dg__coder_free(dg__coder *co)
+{
+    int p;
+    for (p = 0; p < co->n_parts; p++) {
+        dg__free(co->segs[p]);
+        dg__free(co->residual[p]);
+        dg__free(co->ref[p]);
+    }
+    dg__free(co->scratch);
+    dg__free(co->delta);
+    memset(co, 0, sizeof *co);
+}
+
+/* What a coded message keeps of the plain one besides its parts: aux, the
+   losses and the simulated arrival (dg_netsim). */
+static void dg__coder_header(dg_msg *c, const dg_msg *m)
+{
+    c->aux = m->aux;
+    c->stat[0] = m->stat[0];
+    c->stat[1] = m->stat[1];
+    c->arrival = m->arrival;
+}
+
+/* Replaces *pm by a message whose float parts are encoded (codec none:
+   unchanged).  Takes ownership: on failure *pm is freed and NULL. */
+static dg_result dg__coder_pack(dg__coder *co, dg_transport *t, dg_msg **pm)
+{
+    dg_msg *m = *pm, *c = NULL;
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS], off[DG_MSG_MAX_PARTS], at = 0;
+    dg_result r = DG_OK;
+    int i, j = 0;
+    if (co->codec.kind == DG_CODEC_NONE) return DG_OK;
+    for (i = 0; i < m->n_parts && r == DG_OK; i++) {
+        const float *x = (const float *)m->part[i].data;
+        kinds[i] = m->part[i].kind;
+        counts[i] = m->part[i].count;
+        if (kinds[i] != DG_PART_F32) continue;
+        if (j >= co->n_parts || counts[i] != co->count[j]) {
+            r = dg__fail(DG_ERR_STATE, "codec: message %d part %d of %zu floats does not fit",
+                         m->type, i, counts[i]);
+            break;
+        }
+        if (co->ref[j]) {
+            size_t k;
+            for (k = 0; k < counts[i]; k++) co->delta[k] = x[k] - co->ref[j][k];
+            x = co->delta;
+        }
+        off[i] = at;
+        r = dg_codec_encode(&co->codec, x, counts[i], co->segs[j], co->n_segs[j], co->residual[j],
+                            co->scratch + at, co->scratch_cap - at, &counts[i]);
+        kinds[i] = DG_PART_BYTES;
+        at += (counts[i] + 63) & ~(size_t)63;
+        j++;
+    }
+    if (r == DG_OK)
+        r = dg_msg_create(t, m->type, m->from, m->to, m->iteration, m->n_parts, kinds, counts, &c);
+    if (r == DG_OK) {
+        dg__coder_header(c, m);
+        for (i = 0; i < m->n_parts; i++)
+            memcpy(c->part[i].data, kinds[i] == DG_PART_BYTES && m->part[i].kind == DG_PART_F32
+                                        ? (const void *)(co->scratch + off[i]) : m->part[i].data,
+                   dg__part_bytes(kinds[i], counts[i]));
+    }
+    dg_msg_free(t, m);
+    *pm = c;
+    return r;
+}
+
+/* Packs m and sends it (ownership passes in every case). */
+static dg_result dg__coder_send(dg__coder *co, dg_transport *t, dg_msg *m)
+{
+    dg_result r = dg__coder_pack(co, t, &m);
+    return r == DG_OK ? dg_transport_send(t, m) : r;
+}
+
+/* Replaces *pm by a message whose encoded parts are decoded (+ ref) into
+   float parts.  On failure *pm is freed and NULL, and the error names the
+   sender and the rule the payload broke, DG_ERR_FORMAT (the sender's
+   fault: a message coded when none is expected, or with another codec, is
+   refused too). */
+static dg_result dg__coder_unpack(const dg__coder *co, dg_transport *t, dg_msg **pm)
+{
+    dg_msg *m = *pm, *c = NULL;
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS];
+    dg_result r = DG_OK;
+    int i, j = 0;
+    for (i = 0; i < m->n_parts; i++) {
+        kinds[i] = m->part[i].kind;
+        counts[i] = m->part[i].count;
+        if (kinds[i] != DG_PART_BYTES) continue;
+        if (co->codec.kind == DG_CODEC_NONE || j >= co->n_parts) {
+            int k = counts[i] ? *(const unsigned char *)m->part[i].data : 0;
+            r = dg__fail(DG_ERR_FORMAT, "message %d from %d: part %d is coded (%s), this peer "
+                         "expects %s", m->type, m->from, i, k >= 1 && k <= DG_CODEC_IBM ?
+                         dg_codec_name((dg_codec_kind)k) : "unknown", co->codec.kind ?
+                         "fewer coded parts" : "float32 (codec none)");
+            break;
+        }
+        kinds[i] = DG_PART_F32;
+        counts[i] = co->count[j++];
+    }
+    if (co->codec.kind == DG_CODEC_NONE && r == DG_OK) return DG_OK;
+    if (r == DG_OK && j != co->n_parts)
+        r = dg__fail(DG_ERR_FORMAT, "message %d from %d: %d coded parts, this peer expects %d (%s)",
+                     m->type, m->from, j, co->n_parts, dg_codec_name(co->codec.kind));
+    if (r == DG_OK)
+        r = dg_msg_create(t, m->type, m->from, m->to, m->iteration, m->n_parts, kinds, counts, &c);
+    for (i = 0, j = 0; r == DG_OK && i < m->n_parts; i++) {
+        if (m->part[i].kind != DG_PART_BYTES) {
+            memcpy(c->part[i].data, m->part[i].data, dg__part_bytes(kinds[i], counts[i]));
+            continue;
+        }
+        r = dg_codec_decode(co->codec.kind, m->part[i].data, m->part[i].count,
+                            (float *)c->part[i].data, counts[i]);
+        if (r != DG_OK) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", dg_last_error());
+            r = dg__fail(DG_ERR_FORMAT, "message %d from %d, part %d: %s", m->type, m->from, i, why);
+        } else if (co->ref[j]) {
+            float *x = (float *)c->part[i].data;
+            size_t k;
+            for (k = 0; k < counts[i]; k++) x[k] += co->ref[j][k];
+        }
+        j++;
+    }
+    if (r == DG_OK) {
+        dg__coder_header(c, m);
+    } else {
+        dg_msg_free(t, c);
+        c = NULL;
+    }
+    dg_msg_free(t, m);
+    *pm = c;
+    return r;
+}
+
+/* ref <- the float parts of m (a receiver's or a sender's reference). */
+static void dg__coder_keep(dg__coder *co, const dg_msg *m)
+{
+    int i, j = 0;
+    for (i = 0; i < m->n_parts && j < co->n_parts; i++)
+        if (m->part[i].kind == DG_PART_F32 && co->ref[j] && m->part[i].count == co->count[j]) {
+            memcpy(co->ref[j], m->part[i].data, sizeof(float) * co->count[j]);
+            j++;
+        }
+}
+
+DGDEF dg_result dg_codec_set_check(const dg_codec_set *set, int mdgan)
+{
+    /* per traffic (batch, feedback, swap, upload, download): 1 used, 2 absolute */
+    static const int use[2][5] = {{0, 0, 0, 1, 3}, {3, 1, 3, 0, 0}};
+    int i;
+    if (!set) return dg__fail(DG_ERR_ARG, "dg_codec_set_check: NULL");
+    mdgan = mdgan != 0;
+    for (i = 0; i < 5; i++) {
+        const dg_codec *c = dg__codec_of((dg_codec_set *)set, i);
+        if ((unsigned)c->kind > DG_CODEC_IBM || !(c->rate >= 0.0f && c->rate <= 1.0f) || c->bin < 0)
+            return dg__fail(DG_ERR_ARG, "codecs: the %s codec is out of range", dg__traffic_names[i]);
+        if (!use[mdgan][i] && c->kind != DG_CODEC_NONE)
+            return dg__fail(DG_ERR_ARG, "codecs: %s is %s traffic", dg__traffic_names[i],
+                            mdgan ? "FL-GAN" : "MD-GAN");
+        if ((use[mdgan][i] & 2) && c->kind > DG_CODEC_INT8)
+            return dg__fail(DG_ERR_ARG, "codecs: %s carries absolute values: f16 or int8, not %s",
+                            dg__traffic_names[i], dg_codec_name(c->kind));
+    }
+    return DG_OK;
+}
+
+
 /* ==== dg_roles ==== */
 
 DGDEF uint64_t dg_mdgan_seed(uint64_t seed, uint64_t stream, uint64_t index)
@@ -11952,12 +13169,25 @@ static dg_result dg__build_net(dg_net **out, int is_g, dg_arch arch, int z_dim, 
     return r;
 }
 
+/* The coder of `parts` float parts of b rows of c*h*w values (MD-GAN's
+   generated batches: 2, its feedback: 1) with cfg's codec for them. */
+static dg_result dg__coder_batches(dg__coder *co, const dg_mdgan_config *cfg, int parts,
+                                   int sender)
+{
+    size_t b = (size_t)cfg->batch, d = (size_t)cfg->c * cfg->h * cfg->w;
+    dg_result r = DG_OK;
+    int i;
+    co->codec = parts == 2 ? cfg->codec.batch : cfg->codec.feedback;
+    for (i = 0; i < parts && r == DG_OK; i++) r = dg__coder_add(co, b * d, (uint32_t)b, NULL);
+    return r == DG_OK ? dg__coder_ready(co, sender, 0, 0) : r;
+}
+
 /* Sends a message of parts (dst pointers filled by the caller afterwards is
-   not possible: parts are copied from src here).  Used for control
-   messages and copies of nets. */
+   not possible: parts are copied from src here), coded by co (NULL: none).
+   Used for control messages and copies of nets. */
 static dg_result dg__send_copy(dg_transport *t, int type, int from, int to, int64_t it,
                                int64_t aux, int n, const dg_part_kind *kinds, const size_t *counts,
-                               const void *const *src)
+                               const void *const *src, dg__coder *co)
 {
     dg_msg *m;
     dg_result r;
@@ -11966,7 +13196,7 @@ static dg_result dg__send_copy(dg_transport *t, int type, int from, int to, int6
     m->aux = aux;
     for (i = 0; i < n; i++)
         if (counts[i]) memcpy(m->part[i].data, src[i], dg__part_bytes(kinds[i], counts[i]));
-    return dg_transport_send(t, m);
+    return co ? dg__coder_send(co, t, m) : dg_transport_send(t, m);
 }
 
 /* The parts of a net on the wire: parameters, then (if any) the non-trained
@@ -11990,16 +13220,6 @@ static int dg__net_parts(dg_net *net, dg_optim *opt, int with_opt, dg_part_kind 
         src[n++] = opt->state;
     }
     return n;
-}
-
-/* 1 when x[0..n) holds no NaN or infinity: a peer's floats are checked
-   before they touch any state (one NaN in a feedback would poison G). */
-static int dg__all_finite(const float *x, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
 }
 
 /* Installs parts [first, first + n) of m written by dg__net_parts (apply
@@ -12044,7 +13264,7 @@ static dg_result dg__reject(dg_transport *t, dg_msg *m, int64_t it, const char *
 static dg_result dg__send_control(dg_transport *t, int type, int from, int to, int64_t it,
                                   int64_t aux)
 {
-    return dg__send_copy(t, type, from, to, it, aux, 0, NULL, NULL, NULL);
+    return dg__send_copy(t, type, from, to, it, aux, 0, NULL, NULL, NULL, NULL);
 }
 
 /* ---- the server's roster ----
@@ -12226,6 +13446,7 @@ struct dg_mdgan_server {
     float *state0;                 /* G's batchnorm statistics before this forward */
     dg__roster ro;                 /* live workers; got: their feedback F_n this iteration
                                       (async: held until used, with its arrival) */
+    dg__coder batch_co, feedback_co; /* X^(g), X^(d) out; F_n in */
     dg_msg **use;                  /* async: the feedback this update uses, per slot */
     int64_t *sent;                 /* async: per slot, the iteration of its batch in flight */
     double opened_sim;             /* async: the server's simulated clock when its batches left */
@@ -12255,6 +13476,7 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: bad asynchronous setting (quorum %d "
                         "of N %d, deadline %g s, staleness %d, tau_max %d)", cfg->quorum,
                         cfg->n_workers, cfg->deadline, (int)cfg->staleness, cfg->tau_max);
+    if (dg_codec_set_check(&cfg->codec, 1) != DG_OK) return DG_ERR_ARG;
     n = cfg->max_workers > cfg->n_workers ? cfg->max_workers : cfg->n_workers;
     if (t->n_peers < n + 1)
         return dg__fail(DG_ERR_ARG, "dg_mdgan_server_create: transport has %d peers, need %d",
@@ -12291,6 +13513,8 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
     if (r == DG_OK) r = dg__roster_init(&s->ro, n, cfg->n_workers);
+    if (r == DG_OK) r = dg__coder_batches(&s->batch_co, cfg, 2, 1);
+    if (r == DG_OK) r = dg__coder_batches(&s->feedback_co, cfg, 1, 0);
     if (r != DG_OK) {
         dg_mdgan_server_free(s);
         return r;
@@ -12304,6 +13528,8 @@ DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
 {
     if (!s) return;
     dg__roster_free(&s->ro, s->t);
+    dg__coder_free(&s->batch_co);
+    dg__coder_free(&s->feedback_co);
     dg_net_free(s->g);
     dg_optim_free(&s->opt);
     dg__free(s->g_in);
@@ -12391,7 +13617,7 @@ static dg_result dg__mdgan_send_batches(dg_mdgan_server *s, int n)
         memcpy(m->part[3].data, s->labels + jd * b, 4 * b);
     }
     s->sent[n] = s->iteration;
-    dg__roster_sent(&s->ro, n, dg_transport_send(s->t, m));
+    dg__roster_sent(&s->ro, n, dg__coder_send(&s->batch_co, s->t, m));
     return DG_OK;
 }
 
@@ -12696,6 +13922,12 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         dg_msg_free(s->t, m);
         return DG_OK;
     }
+    if (dg__coder_unpack(&s->feedback_co, s->t, &m) != DG_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", dg_last_error());
+        return dg__fail(DG_ERR_FORMAT, "iteration %lld: feedback refused: %s",
+                        (long long)s->iteration, why);
+    }
     bd = (size_t)s->cfg.batch * s->d;
     f = m->n_parts == 1 ? dg_msg_f32(m, 0, bd) : NULL;
     if (!f) {
@@ -12948,6 +14180,7 @@ struct dg_mdgan_worker {
     int awaiting;            /* sent or will receive a D: hold GEN until it arrives */
     dg_msg *deferred;        /* a GEN_BATCHES held while awaiting */
     dg_msg *early_disc;      /* a DISC that came before its SWAP announcement */
+    dg__coder batch_co, feedback_co, swap_co; /* X in, F_n out, D both ways */
     int64_t iterations;
     int stopped;
     double compute_s;
@@ -12990,6 +14223,14 @@ DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_con
         w->real_labels = (int32_t *)dg__calloc((size_t)cfg->batch, sizeof(int32_t));
         if (!w->real || !w->real_labels) r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
     }
+    if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 1);
+    if (r == DG_OK) r = dg__coder_batches(&w->batch_co, cfg, 2, 0);
+    if (r == DG_OK) r = dg__coder_batches(&w->feedback_co, cfg, 1, 1);
+    if (r == DG_OK) {
+        w->swap_co.codec = cfg->codec.swap;
+        r = dg__coder_add_net(&w->swap_co, w->disc, &w->opt, cfg->swap_optimizer);
+    }
+    if (r == DG_OK) r = dg__coder_ready(&w->swap_co, 1, 0, 0);
     if (r != DG_OK) {
         dg_mdgan_worker_free(w);
         return r;
@@ -13003,6 +14244,9 @@ DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w)
     if (!w) return;
     dg_msg_free(w->t, w->deferred);
     dg_msg_free(w->t, w->early_disc);
+    dg__coder_free(&w->batch_co);
+    dg__coder_free(&w->feedback_co);
+    dg__coder_free(&w->swap_co);
     dg_net_free(w->disc);
     dg_optim_free(&w->opt);
     dg_batcher_free(&w->batcher);
@@ -13017,16 +14261,20 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
 {
     const dg_mdgan_config *c = &w->cfg;
     size_t bd = (size_t)c->batch * w->d;
-    const float *xg = dg_msg_f32(gen, 0, bd), *xd = dg_msg_f32(gen, 1, bd);
-    const int32_t *lg = c->n_classes ? dg_msg_i32(gen, 2, (size_t)c->batch) : NULL;
-    const int32_t *ld = c->n_classes ? dg_msg_i32(gen, 3, (size_t)c->batch) : NULL;
+    const float *xg, *xd;
+    const int32_t *lg, *ld;
     int32_t *rl = c->n_classes ? w->real_labels : NULL;
     dg_part_kind kind = DG_PART_F32;
     float d_loss = 0.0f, g_loss = 0.0f;
     double t0 = dg__now();
     dg_msg *fb = NULL;
-    dg_result r = DG_OK;
+    dg_result r = dg__coder_unpack(&w->batch_co, w->t, &gen);
     int l;
+    if (r != DG_OK) return r;
+    xg = dg_msg_f32(gen, 0, bd);
+    xd = dg_msg_f32(gen, 1, bd);
+    lg = c->n_classes ? dg_msg_i32(gen, 2, (size_t)c->batch) : NULL;
+    ld = c->n_classes ? dg_msg_i32(gen, 3, (size_t)c->batch) : NULL;
     if (!xg || !xd || (c->n_classes && (!lg || !ld))) {
         dg_msg_free(w->t, gen);
         return dg__fail(DG_ERR_FORMAT, "worker %d: generated batches of the wrong shape", w->id);
@@ -13054,12 +14302,14 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
     fb->stat[0] = d_loss;
     fb->stat[1] = g_loss;
     w->iterations++;
-    return dg_transport_send(w->t, fb);
+    return dg__coder_send(&w->feedback_co, w->t, fb);
 }
 
 static dg_result dg__mdgan_worker_install(dg_mdgan_worker *w, dg_msg *m)
 {
-    dg_result r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL, 1);
+    dg_result r = dg__coder_unpack(&w->swap_co, w->t, &m);
+    if (r != DG_OK) return r;
+    r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL, 1);
     if (r == DG_OK && w->cfg.swap_optimizer) w->opt.t = m->aux;
     dg_msg_free(w->t, m);
     return r;
@@ -13073,7 +14323,8 @@ static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t 
     int n = dg__net_parts(w->disc, &w->opt, w->cfg.swap_optimizer, kinds, counts, src);
     if (to < 1 || to >= w->t->n_peers || to == w->id)
         return dg__fail(DG_ERR_FORMAT, "worker %d: swap partner %d", w->id, to);
-    return dg__send_copy(w->t, DG_MSG_DISC, w->id, to, it, w->opt.t, n, kinds, counts, src);
+    return dg__send_copy(w->t, DG_MSG_DISC, w->id, to, it, w->opt.t, n, kinds, counts, src,
+                         &w->swap_co);
 }
 
 /* SWAP: our D goes to the partner it names; then we hold the next
@@ -13290,9 +14541,22 @@ static void dg__pair_free(dg__gan_pair *p)
     memset(p, 0, sizeof *p);
 }
 
-/* Sends (w [, state] [, Adam], θ [, state] [, Adam]) as one MODEL message. */
+/* The coder of a MODEL message of p (dg__pair_send's parts) with codec c;
+   an upload (delta) codes model - reference, with a residual at the sender. */
+static dg_result dg__coder_pair(dg__coder *co, const dg_codec *c, dg__gan_pair *p, int with_opt,
+                                int sender, int delta)
+{
+    dg_result r;
+    co->codec = *c;
+    r = dg__coder_add_net(co, p->g, &p->og, with_opt);
+    if (r == DG_OK) r = dg__coder_add_net(co, p->d, &p->od, with_opt);
+    return r == DG_OK ? dg__coder_ready(co, sender, sender && delta, delta) : r;
+}
+
+/* Sends (w [, state] [, Adam], θ [, state] [, Adam]) as one MODEL message,
+   coded by co. */
 static dg_result dg__pair_send(dg__gan_pair *p, int with_opt, dg_transport *t, int type, int from,
-                               int to, int64_t it, int64_t aux, const float *stat)
+                               int to, int64_t it, int64_t aux, const float *stat, dg__coder *co)
 {
     dg_part_kind kinds[DG_MSG_MAX_PARTS];
     size_t counts[DG_MSG_MAX_PARTS];
@@ -13308,7 +14572,7 @@ static dg_result dg__pair_send(dg__gan_pair *p, int with_opt, dg_transport *t, i
         m->stat[0] = stat[0];
         m->stat[1] = stat[1];
     }
-    return dg_transport_send(t, m);
+    return dg__coder_send(co, t, m);
 }
 
 static dg_result dg__pair_install(dg__gan_pair *p, int with_opt, const dg_msg *m)
@@ -13327,6 +14591,7 @@ struct dg_flgan_server {
     dg_pool *pool;
     dg__gan_pair model;
     dg__roster ro;           /* live workers; got: their models this round */
+    dg__coder download_co, upload_co; /* the global model out; deltas from it in */
     int64_t *shard;          /* each worker's first reported shard size, 0 before */
     double *pick_w;          /* FeGAN: per slot 0..N, its weight in the draw */
     char *chosen;            /* FeGAN: per slot 0..N, asked this round */
@@ -13420,6 +14685,7 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (!(cfg->fraction >= 0.0f && cfg->fraction <= 1.0f) || (cfg->balanced & ~1))
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_create: fraction %g not in [0, 1] or "
                         "balanced %d not 0 or 1", cfg->fraction, cfg->balanced);
+    if (dg_codec_set_check(&cfg->codec, 0) != DG_OK) return DG_ERR_ARG;
     s = (dg_flgan_server *)dg__calloc(1, sizeof *s);
     if (!s) return dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     s->cfg = *cfg;
@@ -13441,6 +14707,12 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
         if (!s->shard || !s->pick_w || !s->chosen || !s->pick_order)
             r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     }
+    if (r == DG_OK)
+        r = dg__coder_pair(&s->download_co, &cfg->codec.download, &s->model,
+                           cfg->average_optimizer, 1, 0);
+    if (r == DG_OK)
+        r = dg__coder_pair(&s->upload_co, &cfg->codec.upload, &s->model, cfg->average_optimizer,
+                           0, cfg->codec.upload.kind != DG_CODEC_NONE);
     if (r != DG_OK) {
         dg_flgan_server_free(s);
         return r;
@@ -13454,12 +14726,39 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
 {
     if (!s) return;
     dg__roster_free(&s->ro, s->t);
+    dg__coder_free(&s->download_co);
+    dg__coder_free(&s->upload_co);
     dg__pair_free(&s->model);
     dg__free(s->shard);
     dg__free(s->pick_w);
     dg__free(s->chosen);
     dg__free(s->pick_order);
     dg__free(s);
+}
+
+/* The reference the workers' uploads are deltas from: the global model as
+   they decode it (through the download codec). */
+static dg_result dg__flgan_reference(dg_flgan_server *s)
+{
+    dg__coder *up = &s->upload_co, *down = &s->download_co;
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS], len;
+    const void *src[DG_MSG_MAX_PARTS];
+    dg_result r = DG_OK;
+    int n = dg__net_parts(s->model.g, &s->model.og, s->cfg.average_optimizer, kinds, counts, src), i;
+    if (!up->ref[0]) return DG_OK; /* uploads are not coded */
+    n += dg__net_parts(s->model.d, &s->model.od, s->cfg.average_optimizer, kinds + n, counts + n,
+                       src + n);
+    for (i = 0; i < n && r == DG_OK; i++) {
+        if (down->codec.kind == DG_CODEC_NONE) {
+            memcpy(up->ref[i], src[i], sizeof(float) * counts[i]);
+            continue;
+        }
+        r = dg_codec_encode(&down->codec, (const float *)src[i], counts[i], down->segs[i],
+                            down->n_segs[i], NULL, down->scratch, down->scratch_cap, &len);
+        if (r == DG_OK) r = dg_codec_decode(down->codec.kind, down->scratch, len, up->ref[i], counts[i]);
+    }
+    return r;
 }
 
 DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
@@ -13471,11 +14770,12 @@ DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_begin: round still open");
     t0 = dg__now();
     if ((r = dg__flgan_choose(s)) != DG_OK) return r;
+    if ((r = dg__flgan_reference(s)) != DG_OK) return r;
     for (n = 1; n <= s->ro.slots; n++)
         if (s->chosen[n])
             dg__roster_sent(&s->ro, n, dg__pair_send(&s->model, s->cfg.average_optimizer, s->t,
                                                      DG_MSG_MODEL, DG_PEER_SERVER, n, s->round, 0,
-                                                     NULL));
+                                                     NULL, &s->download_co));
     dg__roster_open(&s->ro);
     s->stats.compute_s += s->ro.opened - t0;
     return s->ro.missing ? DG_OK : dg_flgan_server_expire(s);
@@ -13536,6 +14836,11 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
     if (!dg__roster_awaits(&s->ro, m, DG_MSG_MODEL)) { /* stray or late: ignored */
         dg_msg_free(s->t, m);
         return DG_OK;
+    }
+    if (dg__coder_unpack(&s->upload_co, s->t, &m) != DG_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", dg_last_error());
+        return dg__fail(DG_ERR_FORMAT, "round %lld: model refused: %s", (long long)s->round, why);
     }
     {
         /* check the shapes and values once here so the average can trust them */
@@ -13691,6 +14996,7 @@ struct dg_flgan_worker {
     dg_transport *t;
     dg_pool *pool;
     dg__gan_pair gan;
+    dg__coder download_co, upload_co; /* the global model in; deltas from it out */
     dg_batcher batcher;
     float *real, *g_in, *dx;
     int32_t *real_labels, *fake_labels;
@@ -13726,6 +15032,13 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
     if (w->iters_per_round < 1) w->iters_per_round = 1;
     b = (size_t)cfg->batch;
     r = dg__pair_create(&w->gan, cfg, pool);
+    if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 0);
+    if (r == DG_OK)
+        r = dg__coder_pair(&w->download_co, &cfg->codec.download, &w->gan, cfg->average_optimizer,
+                           0, 0);
+    if (r == DG_OK)
+        r = dg__coder_pair(&w->upload_co, &cfg->codec.upload, &w->gan, cfg->average_optimizer, 1,
+                           cfg->codec.upload.kind != DG_CODEC_NONE);
     if (r == DG_OK)
         r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
                             dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
@@ -13749,6 +15062,8 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
 DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
 {
     if (!w) return;
+    dg__coder_free(&w->download_co);
+    dg__coder_free(&w->upload_co);
     dg__pair_free(&w->gan);
     dg_batcher_free(&w->batcher);
     dg__free(w->real);
@@ -13801,7 +15116,9 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
         return DG_OK;
     }
     t0 = dg__now();
+    if ((r = dg__coder_unpack(&w->download_co, w->t, &m)) != DG_OK) return r;
     r = dg__pair_install(&w->gan, w->cfg.average_optimizer, m);
+    if (r == DG_OK) dg__coder_keep(&w->upload_co, m); /* the reference of the upload */
     for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
     w->compute_s += dg__now() - t0;
     dg_transport_charge(w->t, w->id, (double)i * w->cfg.batch *
@@ -13809,7 +15126,7 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
                          dg_net_train_flops(w->gan.d, 1)));
     if (r == DG_OK)
         r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->t, DG_MSG_MODEL, w->id,
-                          DG_PEER_SERVER, m->iteration, (int64_t)w->shard, stat);
+                          DG_PEER_SERVER, m->iteration, (int64_t)w->shard, stat, &w->upload_co);
     dg_msg_free(w->t, m);
     return r;
 }
@@ -14341,6 +15658,15 @@ static uint64_t dg__limit_len4(int parts, uint64_t values)
     return DG_MSG_HEADER_BYTES + (uint64_t)DG_MSG_PART_BYTES * (uint64_t)parts + 4 * values;
 }
 
+/* The same for float parts coded with c (+ extra parts of 4-byte values):
+   an encoding takes under 16 bytes a value + 20 a part (dg_codec_bound). */
+static uint64_t dg__limit_coded(const dg_codec *c, int parts, uint64_t values, int extra,
+                                uint64_t extra_values)
+{
+    if (c->kind == DG_CODEC_NONE) return dg__limit_len4(parts + extra, values + extra_values);
+    return dg__limit_len4(parts + extra, extra_values) + 16 * values + 20 * (uint64_t)parts;
+}
+
 /* Adds the parts and values of G or D on the wire (dg__net_parts:
    parameters, batchnorm state, Adam's two moments when with_opt). */
 static dg_result dg__limit_net_size(int is_g, dg_arch arch, int z_dim, int n_classes, int c, int h,
@@ -14368,15 +15694,16 @@ DGDEF dg_result dg_mdgan_max_payload(const dg_mdgan_config *c, int self,
     bd = (uint64_t)c->batch * (uint64_t)(c->c * c->h * c->w);
     labels = c->n_classes > 0;
     if (self == 0) { /* the server hears only feedback */
-        out[DG_MSG_FEEDBACK] = dg__limit_len4(1, bd);
+        out[DG_MSG_FEEDBACK] = dg__limit_coded(&c->codec.feedback, 1, bd, 0, 0);
         return DG_OK;
     }
-    out[DG_MSG_GEN_BATCHES] = dg__limit_len4(labels ? 4 : 2, 2 * bd + (labels ? 2 * (uint64_t)c->batch : 0));
+    out[DG_MSG_GEN_BATCHES] = dg__limit_coded(&c->codec.batch, 2, 2 * bd, labels ? 2 : 0,
+                                              labels ? 2 * (uint64_t)c->batch : 0);
     out[DG_MSG_SWAP] = out[DG_MSG_COPY_DISC] = out[DG_MSG_STOP] = dg__limit_len4(0, 0);
     if (dg__limit_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w, c->swap_optimizer,
                            &parts, &values) != DG_OK)
         return dg__fail(DG_ERR_CONFIG, "max payload: %s", dg_last_error());
-    out[DG_MSG_DISC] = dg__limit_len4(parts, values);
+    out[DG_MSG_DISC] = dg__limit_coded(&c->codec.swap, parts, values, 0, 0);
     return DG_OK;
 }
 
@@ -14394,7 +15721,8 @@ DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
         dg__limit_net_size(0, c->arch, c->z_dim, c->n_classes, c->c, c->h, c->w,
                            c->average_optimizer, &parts, &values) != DG_OK)
         return dg__fail(DG_ERR_CONFIG, "max payload: %s", dg_last_error());
-    out[DG_MSG_MODEL] = dg__limit_len4(parts, values);
+    out[DG_MSG_MODEL] = dg__limit_coded(self ? &c->codec.download : &c->codec.upload, parts, values,
+                                        0, 0);
     if (self != 0) out[DG_MSG_STOP] = dg__limit_len4(0, 0);
     return DG_OK;
 }
@@ -17113,6 +18441,15 @@ static void dg__hash_f(dg_sha256_ctx *s, float f)
     dg__hash_i(s, (int64_t)u);
 }
 
+/* The codecs, only when one is not none: the hash of an uncompressed run
+   stays what it was. */
+static void dg__hash_codecs(dg_sha256_ctx *s, const dg_codec_set *set)
+{
+    char text[256];
+    dg_codec_set_format(set, text, sizeof text);
+    if (strcmp(text, "none")) dg_sha256_update(s, text, strlen(text));
+}
+
 DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
                                     unsigned char out[32])
 {
@@ -17129,6 +18466,7 @@ DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
     dg__hash_f(&s, c->lr_g); dg__hash_f(&s, c->lr_d); dg__hash_f(&s, c->beta1);
     dg__hash_f(&s, c->beta2); dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
     dg__hash_i(&s, (int64_t)c->seed);
+    dg__hash_codecs(&s, &c->codec);
     if (extra) dg_sha256_update(&s, extra, strlen(extra));
     dg_sha256_final(&s, out);
 }
@@ -17147,6 +18485,7 @@ DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
     dg__hash_f(&s, c->lr); dg__hash_f(&s, c->beta1); dg__hash_f(&s, c->beta2);
     dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
     dg__hash_i(&s, (int64_t)c->seed);
+    dg__hash_codecs(&s, &c->codec);
     if (extra) dg_sha256_update(&s, extra, strlen(extra));
     dg_sha256_final(&s, out);
 }

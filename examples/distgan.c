@@ -57,6 +57,7 @@ typedef struct options {
     dg_fault_spec attack[MAX_FAULTS];
     int n_crash, n_join, n_attack;
     const char *network; dg_netsim_config net; /* --network, parsed (docs/network.md) */
+    const char *codec_str; dg_codec_set codec;  /* --codec, parsed */
 } options;
 
 static void usage(FILE *f)
@@ -127,6 +128,9 @@ static void usage(FILE *f)
         "  --network SPEC      inproc MD-GAN, FL-GAN: simulate a network (docs/network.md):\n"
         "                      a profile (datacenter, wan, edge), a spec such as\n"
         "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
+        "  --codec SPEC        MD-GAN, FL-GAN: compress traffic (docs/network.md), e.g.\n"
+        "                      batch=int8,feedback=f16,swap=f16 or upload=topk:0.01,download=f16\n"
+        "                      (codecs: none f16 int8 topk[:C] ibm[:L_T])\n"
         "");
     fprintf(f, /* three strings: C keeps one literal under 4095 characters */
         "  --out DIR           outputs (default out/distgan)\n"
@@ -220,7 +224,7 @@ static const use uses[] = {
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
     {"--network", A_DIST, 1, 3}, {"--quorum", 2, 1, 3}, {"--deadline", 2, 1, 3},
     {"--staleness", 2, 1, 3}, {"--tau-max", 2, 1, 3}, {"--fraction", 4, 1, 3},
-    {"--balanced", 4, 1, 3},
+    {"--balanced", 4, 1, 3}, {"--codec", A_DIST, T_ALL, 3},
     {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
     {"--no-eval", A_ALL, T_ALL, 1}, {"--classifier", A_ALL, T_ALL, 1},
     {"--clf-epochs", A_ALL, T_ALL, 1}, {"--log-every", A_ALL, T_ALL, 1},
@@ -278,6 +282,7 @@ static int parse(options *o, int argc, char **argv)
         {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
         {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
         {"--network", DG_OPT_STRING, &o->network, 0, 0, NULL},
+        {"--codec", DG_OPT_STRING, &o->codec_str, 0, 0, NULL},
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
         {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
@@ -412,6 +417,17 @@ static int parse(options *o, int argc, char **argv)
     if (o->network && (dg_netsim_parse(o->network, &o->net) || /* peers: server + N + joins */
                        dg_netsim_config_check(&o->net, o->workers + o->n_join + 1))) {
         fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
+        return 1;
+    }
+    if (o->codec_str && (dg_codec_set_parse(o->codec_str, &o->codec) ||
+                         (o->algo != ALGO_GAN && dg_codec_set_check(&o->codec, o->algo == ALGO_MDGAN)))) {
+        fprintf(stderr, "distgan: --codec '%s': %s\n", o->codec_str, dg_last_error());
+        return 1;
+    }
+    if (o->attack_str && o->codec.feedback.kind != DG_CODEC_NONE) {
+        /* the fault transport scales float32 parts: coded feedback is bytes */
+        fprintf(stderr, "distgan: --attack '%s': attacks float32 feedback, not with --codec "
+                        "feedback=%s\n", o->attack_str, dg_codec_name(o->codec.feedback.kind));
         return 1;
     }
     return o->attack_str ? parse_attacks(o) : 0;
@@ -720,6 +736,7 @@ static dg_mdgan_config mdgan_config(const options *o, const dg_dataset *train,
     c.deadline = o->deadline;
     c.staleness = o->staleness ? DG_STALENESS_CONSTANT : DG_STALENESS_INVERSE;
     c.tau_max = o->tau_max;
+    c.codec = o->codec;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
     /* m*E/b with m the mean shard size, as dg_mdgan_run_create resolves it:
@@ -749,6 +766,7 @@ static dg_flgan_config flgan_config(const options *o, const dg_dataset *train, i
     c.saturating = o->saturating;
     c.fraction = (float)o->fraction;
     c.balanced = o->balanced;
+    c.codec = o->codec;
     c.seed = o->seed;
     c.barrier_timeout_ms = o->barrier_ms;
     c.max_shard = (int64_t)train->n; /* the TCP config hash covers n */

@@ -132,11 +132,21 @@ TEST(distgan_options)
         {"--network", "worker 9 gflops=1", ONLY}, /* no worker 9 */
         {"--quorum", "0", INT}, {"--quorum", "5", ONLY}, /* more than the 4 workers */
         {"--deadline", "0", FLOAT}, {"--tau-max", "-1", INT}, {"--staleness", "newest", ONLY},
+        {"--codec", "batch=int9", ONLY}, {"--codec", "batch=int8,batch=f16", ONLY},
+        {"--codec", "weights=f16", ONLY}, {"--codec", "feedback=topk:0", ONLY},
+        {"--codec", "feedback=topk:x", ONLY}, {"--codec", "feedback=ibm:0", ONLY},
+        {"--codec", "f16", ONLY}, {"--codec", "batch=f16,", ONLY},
+        {"--codec", "batch=topk", ONLY},   /* images are absolute: f16 or int8 */
+        {"--codec", "upload=topk", ONLY},  /* FL-GAN traffic, MD-GAN the default */
     };
-    static const numopt fl[] = {{"--fraction", "1.5", FLOAT}, {"--fraction", "0", ONLY}};
+    static const numopt fl[] = {{"--fraction", "1.5", FLOAT}, {"--fraction", "0", ONLY},
+                                {"--codec", "feedback=f16", ONLY}, {"--codec", "download=ibm", ONLY}};
     static const char *const flgan[] = {"--algo", "flgan", NULL};
+    static const char *const coded[] = {"--codec", "feedback=f16", NULL};
+    static const numopt attack[] = {{"--attack", "1@5", ONLY}}; /* scales float32 feedback */
     CHECK(check_options("distgan", NULL, o, N(o)) == 0);
     CHECK(check_options("distgan", flgan, fl, N(fl)) == 0);
+    CHECK(check_options("distgan", coded, attack, N(attack)) == 0);
 }
 
 /* the settings of asynchronous MD-GAN and FeGAN alone are refused */
@@ -230,6 +240,7 @@ TEST(distgan_unused_options)
         {"--transport", "tcp", "--role", "server", "--listen", "127.0.0.1:0", "--quorum", "2"},
         {"--listen", "127.0.0.1:0", NULL},
         {"--checkpoint-every", "5", NULL},
+        {"--algo", "gan", "--codec", "batch=f16", NULL},
     };
     char *argv[10], line[1024];
     int i, k;

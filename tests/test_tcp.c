@@ -575,8 +575,9 @@ static int worker_restarts(pid_t *w, const char *srv, const char *live, int live
      (cfg).arch = DG_ARCH_MLP, (cfg).batch = BATCH, (cfg).seed = 1)
 
 /* G (copied into *g, *n floats) of the in-process run the TCP run must
-   equal: `rounds` MD-GAN iterations, or FL-GAN rounds of 3 local iterations */
-static void inproc_g(int md, int rounds, float **g, size_t *n)
+   equal: `rounds` MD-GAN iterations, or FL-GAN rounds of 3 local
+   iterations, with the codecs of the spec codec (--codec) */
+static void inproc_g(int md, int rounds, const char *codec, float **g, size_t *n)
 {
     dg_dataset ds;
     dg_partition part;
@@ -593,6 +594,7 @@ static void inproc_g(int md, int rounds, float **g, size_t *n)
     if (md) {
         dg_mdgan_config c = dg_mdgan_config_init();
         TCP_RUN(c, ds);
+        dg_codec_set_parse(codec, &c.codec);
         if (dg_mdgan_run_create(&mr, &c, pool, &ds, &part, NULL, 0, NULL, 0) == DG_OK) {
             for (i = 0; i < rounds; i++) dg_mdgan_run_iteration(mr);
             gen = dg_mdgan_server_generator(dg_mdgan_run_server(mr));
@@ -601,6 +603,7 @@ static void inproc_g(int md, int rounds, float **g, size_t *n)
         dg_flgan_config c = dg_flgan_config_init();
         TCP_RUN(c, ds);
         c.local_iters = 3;
+        dg_codec_set_parse(codec, &c.codec);
         if (dg_flgan_run_create(&fr, &c, pool, &ds, &part, NULL, 0) == DG_OK) {
             for (i = 0; i < rounds; i++) dg_flgan_run_round(fr);
             gen = dg_flgan_server_generator(dg_flgan_run_server(fr));
@@ -618,7 +621,7 @@ static void inproc_g(int md, int rounds, float **g, size_t *n)
     dg_dataset_free(&ds);
 }
 
-static void tcp_vs_inproc(const char *algo)
+static void tcp_vs_inproc(const char *algo, const char *codec)
 {
     char addr[32], wid[NW][16], nw[8], bs[8], it[8];
     pid_t srv, wk[NW];
@@ -631,7 +634,8 @@ static void tcp_vs_inproc(const char *algo)
     snprintf(it, sizeof it, "%d", md ? ITERS : 2 * 3); /* FL-GAN: 2 rounds of 3 */
     srv = spawn("srv", ARGS("server", "--listen", addr, "--workers", nw, "--algo", (char *)algo,
                             "--dataset", DATA, "--batch", bs, "--iters", it,
-                            md ? "--swap-every" : "--local-iters", md ? "0" : "3", "--out", "."));
+                            md ? "--swap-every" : "--local-iters", md ? "0" : "3", "--codec",
+                            (char *)codec, "--out", "."));
     (void)srv;
     {   /* the server writes its output relative to its cwd: use the tmpdir */
     }
@@ -641,26 +645,31 @@ static void tcp_vs_inproc(const char *algo)
         snprintf(name, sizeof name, "w%d", i + 1);
         wk[i] = spawn(name, ARGS("worker", "--connect", addr, "--workers", nw, "--id", wid[i],
                                  "--algo", (char *)algo, "--dataset", DATA, "--batch", bs,
-                                 md ? "--swap-every" : "--local-iters", md ? "0" : "3"));
+                                 md ? "--swap-every" : "--local-iters", md ? "0" : "3", "--codec",
+                                 (char *)codec));
     }
     if (reap(srv, 60000) != 0) { ok = 0; show("srv.err"); }
     for (i = 0; i < NW; i++)
         if (reap(wk[i], 10000) != 0) ok = 0;
     CHECK(ok);
-    inproc_g(md, md ? ITERS : 2, &a, &na);
+    inproc_g(md, md ? ITERS : 2, codec, &a, &na);
     b = read_floats("g.f32", &nb);
     CHECK(a && b && na == nb && na > 0);
     if (a && b && na == nb) {
         CHECK(memcmp(a, b, na * sizeof(float)) == 0);
-        printf("  %s: %zu generator parameters over TCP and in-process: %s\n", algo, na,
+        printf("  %s (codecs %s): %zu generator parameters over TCP and in-process: %s\n", algo,
+               codec, na,
                memcmp(a, b, na * sizeof(float)) ? "DIFFERENT" : "bit-identical");
     }
     free(a);
     free(b);
 }
 
-TEST(mdgan_tcp_equals_inproc) { tcp_vs_inproc("mdgan"); }
-TEST(flgan_tcp_equals_inproc) { tcp_vs_inproc("flgan"); }
+TEST(mdgan_tcp_equals_inproc) { tcp_vs_inproc("mdgan", "batch=none"); }
+TEST(flgan_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=none"); }
+/* the codecs travel the same bytes both ways: the processes agree */
+TEST(mdgan_codecs_tcp_equals_inproc) { tcp_vs_inproc("mdgan", "batch=int8,feedback=topk:0.1,swap=f16"); }
+TEST(flgan_codecs_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=topk:0.05,download=int8"); }
 
 TEST(worker_killed_and_rejoins)
 {
@@ -1726,6 +1735,8 @@ int main(void)
     RUN(hostile_clients);
     RUN(mdgan_tcp_equals_inproc);
     RUN(flgan_tcp_equals_inproc);
+    RUN(mdgan_codecs_tcp_equals_inproc);
+    RUN(flgan_codecs_tcp_equals_inproc);
     RUN(worker_killed_and_rejoins);
     RUN(server_killed_and_resumed);
     RUN(refusals_and_sigterm);
