@@ -24,8 +24,9 @@
       ADACOMP_STATIC        every function is static (private to that file)
       AC_MALLOC, AC_FREE    your allocator: define both or none
       AC_NO_SIMD            plain C kernels only (SSE2 is used where the compiler
-                            targets it, as every x86-64 compiler does; results
-                            are bit-identical either way)
+                            targets it, as every x86-64 compiler does, and
+                            AVX-512 where the CPU has it; results are
+                            bit-identical either way)
 
    Example: one worker step and the PS receiving it.
 
@@ -80,7 +81,8 @@
              staleness (a touch history that grows under a memory cap) instead
              of a 64-update window; max_staleness for bounded-staleness ASGD
              (plain ASGD applies every push); IBM sends nothing for G = 0; the
-             server refuses non-finite values before touching w; SIMD kernels
+             server refuses non-finite values before touching w; SIMD kernels,
+             AVX-512 ones chosen at run time (the configs' simd field)
       0.1.0  Hardy/IBM/baseline compressors, packet v1, sigma/tau/constant PS
 */
 #ifndef ADACOMP_H
@@ -220,6 +222,8 @@ typedef struct ac_compressor_config {
     int residue;         /* 0; 1: extension for HARDY/TOPK/THRESHOLD: accumulate
                             what was not sent and add it to the next gradient.
                             Not part of Hardy et al.; IBM always does it. */
+    int simd;            /* 1: the AVX-512 kernels when the CPU has them; 0:
+                            the plain ones.  The bits are the same either way */
 } ac_compressor_config;
 
 ACDEF ac_compressor_config ac_compressor_config_init(void);
@@ -300,6 +304,8 @@ typedef struct ac_server_config {
                                   40 to 128, 72 to 256.  256 MiB (W = 100 on the
                                   421k-parameter CNN: 30 MB).  Past it, pushes are
                                   refused with AC_ERR_HISTORY */
+    int simd;                  /* 1: AVX-512 kernels when the CPU has them; 0: plain
+                                  (same bits) */
 } ac_server_config;
 
 #define AC_HISTORY_BYTES_DEFAULT ((uint64_t)256 << 20)
@@ -381,6 +387,25 @@ ACDEF ac_result ac_server_load(ac_server *s, const void *buf, size_t len);
 #if defined(__SSE2__) && !defined(AC_NO_SIMD)
 #include <emmintrin.h>
 #define AC__SSE2 1
+#endif
+/* AVX-512 kernels are compiled with target attributes and chosen at init
+   when the CPU has AVX-512F (ac__avx512), so that a plain `cc -O2` build
+   uses them.  Their one product goes through a builtin (mul_round), which
+   the compiler cannot contract into an FMA even under -ffp-contract=fast,
+   and tails are masked vectors rather than scalar code for the same
+   reason: the same float operations in the same order as the plain loops. */
+#if defined(AC__SSE2) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define AC__AVX512 1
+#if !defined(__clang__)
+/* GCC's intrinsics start from `__m512 __Y = __Y;`, which g++ -O1 reports as
+   maybe uninitialised in every kernel that inlines them */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define AC__POP_DIAGNOSTIC 1
+#endif
+#define AC__AVX512_FN __attribute__((target("avx512f,popcnt")))
+#define AC__MUL512(a, b) _mm512_mul_round_ps(a, b, _MM_FROUND_CUR_DIRECTION)
 #endif
 #if defined(__GNUC__)
 #define AC__PREFETCH(p) __builtin_prefetch(p)
@@ -490,6 +515,26 @@ static unsigned ac__ctz64(uint64_t x) /* x != 0 */
 #endif
 }
 
+/* Whether to run the AVX-512 kernels: asked for (a config's simd) and there. */
+static int ac__avx512(int want)
+{
+#ifdef AC__AVX512
+    __builtin_cpu_init();
+    return want && __builtin_cpu_supports("avx512f");
+#else
+    (void)want;
+    return 0;
+#endif
+}
+
+#ifdef AC__AVX512
+/* Lanes [0, n) of a 16-lane vector, n > 0. */
+static __mmask16 ac__lanes(uint32_t n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+#endif
+
 /* Index of the first NaN or infinite value, n if none. */
 static uint32_t ac__first_non_finite(const float *v, uint32_t n)
 {
@@ -501,9 +546,29 @@ static uint32_t ac__first_non_finite(const float *v, uint32_t n)
 /* Says whether n little-endian float32 at src are all finite, and copies
    them to dst unless dst is NULL: one pass over a packet's values, no
    branch per value. */
-static int ac__load_f32(float *dst, const unsigned char *src, uint32_t n)
+#ifdef AC__AVX512
+AC__AVX512_FN static int ac__load_f32_avx512(float *dst, const unsigned char *src, uint32_t n)
+{
+    const __m512i inf = _mm512_set1_epi32(0x7F800000);
+    __mmask16 bad = 0;
+    uint32_t j;
+    for (j = 0; j < n; j += 16) {
+        __mmask16 k = ac__lanes(n - j);
+        __m512i x = _mm512_maskz_loadu_epi32(k, src + 4 * (size_t)j);
+        bad |= _mm512_mask_cmpeq_epi32_mask(k, _mm512_and_si512(x, inf), inf);
+        if (dst) _mm512_mask_storeu_epi32(dst + j, k, x);
+    }
+    return !bad;
+}
+#endif
+
+static int ac__load_f32(float *dst, const unsigned char *src, uint32_t n, int avx512)
 {
     uint32_t j = 0, bad = 0;
+#ifdef AC__AVX512
+    if (avx512) return ac__load_f32_avx512(dst, src, n);
+#endif
+    (void)avx512;
 #ifdef AC__SSE2 /* x86: little-endian */
     const __m128i inf = _mm_set1_epi32(0x7F800000);
     __m128i b = _mm_setzero_si128();
@@ -547,10 +612,30 @@ static int ac__all_finite(const float *v, uint32_t n)
 #ifdef AC__SSE2
 #define AC__RAW_F32 1
 #endif
-static void ac__axpy(float *w, const void *v, uint32_t n, float a)
+#ifdef AC__AVX512
+AC__AVX512_FN static void ac__axpy_avx512(float *w, const unsigned char *b, uint32_t n, float a)
+{
+    const __m512 av = _mm512_set1_ps(a);
+    uint32_t k;
+    for (k = 0; k < n; k += 16) {
+        __mmask16 m = ac__lanes(n - k);
+        __m512 x = AC__MUL512(av, _mm512_maskz_loadu_ps(m, b + 4 * (size_t)k));
+        _mm512_mask_storeu_ps(w + k, m, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, w + k), x));
+    }
+}
+#endif
+
+static void ac__axpy(float *w, const void *v, uint32_t n, float a, int avx512)
 {
     const unsigned char *b = (const unsigned char *)v;
     uint32_t k = 0;
+#ifdef AC__AVX512
+    if (avx512) {
+        ac__axpy_avx512(w, b, n, a);
+        return;
+    }
+#endif
+    (void)avx512;
 #ifdef AC__SSE2
     const __m128 av = _mm_set1_ps(a);
     for (; k + 8 <= n; k += 8) {
@@ -693,7 +778,12 @@ struct ac_compressor {
     uint32_t *k;               /* HARDY: k_l per tensor */
     uint32_t k_global;         /* TOPK */
     uint32_t total;
+    int avx512;                /* cfg.simd and the CPU has it */
     float *residue;            /* IBM or cfg.residue: total floats, else NULL */
+    unsigned char *sent;       /* IBM with AVX-512: bit i set when R[i] still holds the
+                                  G sent last time, its correction R -= +-scale
+                                  pending (total bits and 4 bytes of slack) */
+    float *sent_scale;         /* IBM with AVX-512: that scale, per tensor */
     uint32_t *scratch;         /* the candidate list: max n_l (total for TOPK) */
     uint32_t hist[AC__HIST_WAYS][AC__HIST_BUCKETS];
     void *update_memory;
@@ -952,6 +1042,118 @@ static uint64_t ac__ibm_select(const float *R, const float *dw, uint32_t n, floa
     return mask;
 }
 
+/* The |G| of the entries a bin emitted, summed in index order. */
+static double ac__sum_abs(double sum, const float *v, uint32_t n)
+{
+    uint32_t j;
+    for (j = 0; j < n; j++) sum += ac__absf(v[j]);
+    return sum;
+}
+
+#ifdef AC__AVX512
+/* The sent bits of entries [i, i + 16) (ac_compressor.sent). */
+static unsigned ac__sent_get(const unsigned char *sent, uint32_t i)
+{
+    uint32_t x;
+    memcpy(&x, sent + i / 8, 4);
+    return (x >> (i % 8)) & 0xFFFFu;
+}
+
+/* Sets the sent bits of the lanes k of [i, i + 16) to `bits`. */
+static void ac__sent_put(unsigned char *sent, uint32_t i, unsigned k, unsigned bits)
+{
+    uint32_t x;
+    memcpy(&x, sent + i / 8, 4);
+    x = (x & ~((uint32_t)k << (i % 8))) | (uint32_t)(bits & k) << (i % 8);
+    memcpy(sent + i / 8, &x, 4);
+}
+
+/* sign(R) * scale, the sign by comparison so that -0 counts as + */
+AC__AVX512_FN static __m512 ac__signed_scale(__m512 r, __m512i scale)
+{
+    __mmask16 neg = _mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_castsi512_ps(_mm512_mask_or_epi32(scale, neg, scale, _mm512_set1_epi32(INT32_MIN)));
+}
+
+/* ac__ibm_bin in one kernel, 16 lanes at a time, the selected entries
+   packed by a compress instead of a loop over the bits.  The residue of
+   the entries sent last time is corrected here, in the pass that reads R
+   anyway (R - sign(G) scale, the same operation as ac__ibm_tensor's), so
+   that no pass revisits R after the tensor (which misses the cache once
+   the tensor is larger than it). */
+AC__AVX512_FN static int ac__ibm_bin_avx512(ac_compressor *c, const float *dw, uint32_t b,
+                                            uint32_t e, float last_scale, double *sum_abs)
+{
+    ac_update *u = &c->update;
+    float *R = c->residue;
+    const __m512i inf = _mm512_set1_epi32(0x7F800000), abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i scale = _mm512_set1_epi32((int)ac__f2u(last_scale));
+    __m512 m = _mm512_setzero_ps(), g;
+    __mmask16 bad = 0;
+    uint32_t i, nnz = u->nnz;
+    float gmax;
+    for (i = b; i < e; i += 16) {
+        __mmask16 k = ac__lanes(e - i), fix = k & (__mmask16)ac__sent_get(c->sent, i);
+        __m512 r = _mm512_maskz_loadu_ps(k, R + i), G;
+        __m512i a;
+        r = _mm512_mask_sub_ps(r, fix, r, ac__signed_scale(r, scale));
+        G = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, dw + i));
+        a = _mm512_and_si512(_mm512_castps_si512(G), abs_mask);
+        _mm512_mask_storeu_ps(R + i, k, G);
+        m = _mm512_max_ps(m, _mm512_castsi512_ps(a)); /* masked-off lanes are 0 */
+        bad |= _mm512_mask_cmpeq_epi32_mask(k, _mm512_and_si512(a, inf), inf);
+    }
+    /* max is exact in any order (_mm512_reduce_max_ps warns in g++) */
+    m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    m = _mm512_max_ps(m, _mm512_permute_ps(m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm512_max_ps(m, _mm512_permute_ps(m, _MM_SHUFFLE(2, 3, 0, 1)));
+    gmax = _mm_cvtss_f32(_mm512_castps512_ps128(m));
+    if (bad) return 0;
+    g = _mm512_set1_ps(gmax);
+    for (i = b; i < e; i += 16) {
+        __mmask16 k = ac__lanes(e - i), send;
+        __m512 G = _mm512_maskz_loadu_ps(k, R + i), val;
+        __m512 H = _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(_mm512_add_ps(G, _mm512_maskz_loadu_ps(k, dw + i))), abs_mask));
+        __m512i idx;
+        unsigned sent;
+        send = gmax == 0.0f ? 0 /* nothing to say about this bin */
+                            : _mm512_mask_cmp_ps_mask(k, H, g, _CMP_GE_OQ) &
+                                  _mm512_cmp_ps_mask(G, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+        ac__sent_put(c->sent, i, k, send);
+        idx = _mm512_maskz_compress_epi32(send, _mm512_add_epi32(iota, _mm512_set1_epi32((int)i)));
+        val = _mm512_maskz_compress_ps(send, G);
+        sent = (unsigned)_mm_popcnt_u32(send);
+        if (nnz + 16 <= u->capacity) { /* a whole store: the sum below reads it back */
+            _mm512_storeu_si512(u->index + nnz, idx);
+            _mm512_storeu_ps(u->value + nnz, val);
+        } else {
+            _mm512_mask_storeu_epi32(u->index + nnz, ac__lanes(sent), idx);
+            _mm512_mask_storeu_ps(u->value + nnz, ac__lanes(sent), val);
+        }
+        nnz += sent;
+    }
+    *sum_abs = ac__sum_abs(*sum_abs, u->value + u->nnz, nnz - u->nnz);
+    u->nnz = nnz;
+    return 1;
+}
+
+/* ac__ibm_tensor's last loop without its residue stores (left to the next
+   select's ac__ibm_bin_avx512). */
+AC__AVX512_FN static void ac__ibm_quantize_avx512(float *value, uint32_t n, float scale)
+{
+    const __m512i s = _mm512_set1_epi32((int)ac__f2u(scale));
+    uint32_t j;
+    for (j = 0; j < n; j += 16) {
+        __mmask16 k = ac__lanes(n - j);
+        _mm512_mask_storeu_ps(value + j, k,
+                              ac__signed_scale(_mm512_maskz_loadu_ps(k, value + j), s));
+    }
+}
+#endif
+
 /* IBM AdaComp, one bin [b, e) of a tensor: G = R + dW is stored in R, gmax
    = max |G|; the selected entries are emitted carrying G for now (the
    scale is known only after the whole tensor) and their |G| summed, in
@@ -963,7 +1165,6 @@ static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e
     float *R = c->residue, gmax = ac__ibm_accumulate(R + b, dw + b, e - b);
     uint32_t *index = u->index, nnz = u->nnz, i;
     float *value = u->value;
-    double sum = *sum_abs;
     if (gmax < 0.0f) return 0;
     if (gmax == 0.0f) return 1; /* nothing to say about this bin */
     for (i = b; i < e; i += 64) {
@@ -972,11 +1173,10 @@ static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e
             uint32_t k = i + ac__ctz64(m);
             index[nnz] = k;
             value[nnz++] = R[k];
-            sum += ac__absf(R[k]);
         }
     }
+    *sum_abs = ac__sum_abs(*sum_abs, value + u->nnz, nnz - u->nnz);
     u->nnz = nnz;
-    *sum_abs = sum;
     return 1;
 }
 
@@ -990,11 +1190,26 @@ static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_
     uint32_t n = c->layout.sizes[l], L = c->cfg.bin_size, b, j, first = u->nnz;
     double sum_abs = 0.0;
     float scale;
-    for (b = 0; b < n; b += L)
-        if (!ac__ibm_bin(c, dw, base + b, base + (n - b < L ? n : b + L), &sum_abs)) return 0;
+    for (b = 0; b < n; b += L) {
+        uint32_t e = base + (n - b < L ? n : b + L);
+#ifdef AC__AVX512
+        if (c->sent) {
+            if (!ac__ibm_bin_avx512(c, dw, base + b, e, c->sent_scale[l], &sum_abs)) return 0;
+            continue;
+        }
+#endif
+        if (!ac__ibm_bin(c, dw, base + b, e, &sum_abs)) return 0;
+    }
     u->count[l] = u->nnz - first;
     scale = u->count[l] ? (float)(sum_abs / u->count[l]) : 0.0f;
     u->scale[l] = scale;
+#ifdef AC__AVX512
+    if (c->sent) {
+        ac__ibm_quantize_avx512(u->value + first, u->count[l], scale);
+        c->sent_scale[l] = scale;
+        return 1;
+    }
+#endif
     for (j = first; j < u->nnz; j++) {
         float G = u->value[j];  /* sign by comparison, so -0 counts as + */
         float v = ac__u2f(ac__f2u(scale) | (uint32_t)(G < 0.0f) << 31);
@@ -1025,6 +1240,7 @@ ACDEF ac_compressor_config ac_compressor_config_init(void)
     c.rate = 0.01;
     c.threshold = 1e-3f;
     c.bin_size = 64;
+    c.simd = 1;
     return c;
 }
 
@@ -1081,6 +1297,12 @@ static ac_result ac__compressor_alloc(ac_compressor *c)
         c->residue = (float *)ac__calloc(c->total, sizeof(float));
         if (!c->residue) return ac__fail(AC_ERR_NOMEM, "compressor: no memory for residue");
     }
+    if (c->cfg.mode == AC_MODE_IBM && c->avx512) {
+        c->sent = (unsigned char *)ac__calloc((size_t)c->total / 8 + 5, 1);
+        c->sent_scale = (float *)ac__calloc(c->layout.count, sizeof(float));
+        if (!c->sent || !c->sent_scale)
+            return ac__fail(AC_ERR_NOMEM, "compressor: no memory for the sent bits");
+    }
     cap = ac__capacity(c);
     bytes = ac_update_memory_size(&c->layout, cap);
     c->update_memory = ac__calloc(bytes, 1);
@@ -1104,6 +1326,7 @@ ACDEF ac_result ac_compressor_init(ac_compressor **out, const ac_layout *layout,
         return r;
     }
     c->total = (uint32_t)ac_layout_total(&c->layout);
+    c->avx512 = ac__avx512(c->cfg.simd);
     if ((r = ac__compressor_alloc(c)) != AC_OK) {
         ac_compressor_free(c);
         return r;
@@ -1124,6 +1347,8 @@ ACDEF void ac_compressor_free(ac_compressor *c)
     if (!c) return;
     AC_FREE(c->update_memory);
     AC_FREE(c->residue);
+    AC_FREE(c->sent);
+    AC_FREE(c->sent_scale);
     AC_FREE(c->scratch);
     AC_FREE(c->k);
     AC_FREE(c->sizes);
@@ -1208,6 +1433,7 @@ ACDEF size_t ac_compressor_packet_bound(const ac_compressor *c)
 ACDEF void ac_compressor_reset(ac_compressor *c)
 {
     if (c && c->residue) memset(c->residue, 0, (size_t)c->total * sizeof(float));
+    if (c && c->sent) memset(c->sent, 0, (size_t)c->total / 8 + 5);
 }
 
 ACDEF ac_stats ac_compressor_stats(const ac_compressor *c)
@@ -1443,6 +1669,25 @@ static unsigned char *ac__put_indices(unsigned char *p, const ac_update *u)
     return p;
 }
 
+/* One sign bit per value, 8 to a byte, each byte built in a register: a
+   read-modify-write per value through unsigned char (which may alias
+   anything) made the compiler reload the update at every step. */
+static unsigned char *ac__put_signs(unsigned char *p, const float *v, uint32_t n)
+{
+    uint32_t j = 0, b;
+#ifdef AC__SSE2
+    for (; j + 8 <= n; j += 8)
+        *p++ = (unsigned char)(_mm_movemask_ps(_mm_loadu_ps(v + j)) |
+                               _mm_movemask_ps(_mm_loadu_ps(v + j + 4)) << 4);
+#endif
+    for (; j < n; j += 8) {
+        unsigned byte = 0;
+        for (b = 0; b < 8 && j + b < n; b++) byte |= (unsigned)(ac__f2u(v[j + b]) >> 31) << b;
+        *p++ = (unsigned char)byte;
+    }
+    return p;
+}
+
 static unsigned char *ac__put_values(unsigned char *p, const ac_update *u)
 {
     uint32_t l, j;
@@ -1457,10 +1702,7 @@ static unsigned char *ac__put_values(unsigned char *p, const ac_update *u)
     } else {
         for (l = 0; l < u->layout.count; l++)
             if (u->count[l]) p = ac__put_u32(p, ac__f2u(u->scale[l]));
-        memset(p, 0, ((size_t)u->nnz + 7) / 8);
-        for (j = 0; j < u->nnz; j++)
-            p[j >> 3] |= (unsigned char)((ac__f2u(u->value[j]) >> 31) << (j & 7));
-        p += ((size_t)u->nnz + 7) / 8;
+        p = ac__put_signs(p, u->value, u->nnz);
     }
     return p;
 }
@@ -1499,6 +1741,7 @@ ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *wri
    it ends. */
 typedef struct ac__reader {
     const unsigned char *p, *begin, *end;
+    int avx512;          /* the kernels to check values with */
 } ac__reader;
 
 static ac_result ac__need(const ac__reader *r, size_t n, const char *what)
@@ -1642,10 +1885,10 @@ static ac_result ac__get_values(ac__reader *r, ac_update *u, const unsigned char
         for (l = 0; l < u->layout.count; l++) {
             uint32_t c = u->count[l];
             int keep = raw && c == u->layout.sizes[l];
-            ok &= ac__load_f32(keep ? NULL : u->value + j, r->p + 4 * (size_t)j, c);
+            ok &= ac__load_f32(keep ? NULL : u->value + j, r->p + 4 * (size_t)j, c, r->avx512);
             j += c;
         }
-        for (j = 0; !ok && ac__load_f32(&x, r->p + 4 * (size_t)j, 1); j++) {}
+        for (j = 0; !ok && ac__load_f32(&x, r->p + 4 * (size_t)j, 1, 0); j++) {}
         if (!ok) return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
         if (raw) *raw = r->p;
         r->p += 4 * (size_t)u->nnz;
@@ -1703,7 +1946,7 @@ static ac_result ac__decode(ac__reader *r, ac_update *u, const unsigned char **r
 
 /* raw: see ac__get_values; NULL for a full decode. */
 static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
-                                  const unsigned char **raw)
+                                  const unsigned char **raw, int avx512)
 {
     ac__reader r;
     ac_result e;
@@ -1712,6 +1955,7 @@ static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
     u->nnz = 0;
     r.begin = r.p = (const unsigned char *)data;
     r.end = r.begin + len;
+    r.avx512 = avx512;
     if (!data) r.begin = r.p = r.end = (const unsigned char *)ac__magic; /* empty */
     if (raw) *raw = NULL;
     e = ac__decode(&r, u, raw);
@@ -1721,7 +1965,7 @@ static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
 
 ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
 {
-    return ac__decode_bytes(u, data, len, NULL);
+    return ac__decode_bytes(u, data, len, NULL, ac__avx512(1));
 }
 
 /* ==== ac_server ==== */
@@ -1760,6 +2004,7 @@ struct ac_server {
     uint32_t words;         /* mask words per parameter: tau <= 64 * words is counted */
     uint32_t words_max;     /* what history_bytes allows */
     uint64_t forgot;        /* newest label a touch bit was shifted out for */
+    int avx512;             /* cfg.simd and the CPU has it */
     void *update_memory;
     ac_update update;       /* where packets are decoded */
     ac_stats stats;
@@ -1772,6 +2017,7 @@ ACDEF ac_server_config ac_server_config_init(void)
     c.alpha = 0.1f;
     c.staleness = AC_STALENESS_SIGMA;
     c.history_bytes = AC_HISTORY_BYTES_DEFAULT;
+    c.simd = 1;
     return c;
 }
 
@@ -1822,6 +2068,7 @@ ACDEF ac_result ac_server_init(ac_server **out, const ac_layout *layout, float *
         return r;
     }
     s->params = params;
+    s->avx512 = ac__avx512(s->cfg.simd);
     bytes = ac_update_memory_size(&s->layout, s->total);
     s->update_memory = ac__calloc(bytes, 1);
     if (s->cfg.staleness == AC_STALENESS_SIGMA) {
@@ -2008,13 +2255,15 @@ static ac_result ac__check_update(const ac_server *s, const ac_update *u)
    (dense pushes are nothing else), streamed without reading its indices,
    which the server's decode does not even write, and with raw (float32
    values left in the packet) without its values copied either. */
-static void ac__step(float *w, const ac_update *u, const unsigned char *raw, float a)
+static void ac__step(float *w, const ac_update *u, const unsigned char *raw, float a,
+                     int avx512)
 {
     uint32_t l, j = 0, base = 0;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t c = u->count[l], n = u->layout.sizes[l], end = j + c;
         if (c == n)
-            ac__axpy(w + base, raw ? (const void *)(raw + 4 * (size_t)j) : u->value + j, n, a);
+            ac__axpy(w + base, raw ? (const void *)(raw + 4 * (size_t)j) : u->value + j, n, a,
+                     avx512);
         else
             for (; j < end; j++) w[u->index[j]] -= a * u->value[j];
         j = end;
@@ -2059,7 +2308,7 @@ static void ac__apply(ac_server *s, const ac_update *u, const unsigned char *raw
         ac__step_sigma(s, u, raw, a, label);
     } else {
         if (s->cfg.staleness == AC_STALENESS_TAU && tau > 1) a /= (float)tau;
-        ac__step(s->params, u, raw, a);
+        ac__step(s->params, u, raw, a, s->avx512);
     }
     s->t = label;
     s->stats.tau_sum += tau;
@@ -2088,9 +2337,9 @@ ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t le
     if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply_packet: NULL server");
     s->stats.bytes_in += len;
 #ifdef AC__RAW_F32
-    r = ac__decode_bytes(&s->update, data, len, &raw);
+    r = ac__decode_bytes(&s->update, data, len, &raw, s->avx512);
 #else /* values must be copied: a full decode */
-    r = ac__decode_bytes(&s->update, data, len, NULL);
+    r = ac__decode_bytes(&s->update, data, len, NULL, s->avx512);
 #endif
     if (r != AC_OK || (r = ac__admit(s, s->update.t_pull)) != AC_OK) {
         s->stats.rejected++;
@@ -2223,6 +2472,9 @@ ACDEF ac_result ac_server_load(ac_server *s, const void *buf, size_t len)
 
 #ifdef __cplusplus
 }
+#endif
+#ifdef AC__POP_DIAGNOSTIC
+#pragma GCC diagnostic pop
 #endif
 #endif /* ADACOMP_IMPLEMENTATION */
 

@@ -5942,7 +5942,45 @@ typedef struct dg__pool_job {
     const dg__layer *l;
     const float *x;
     float *y;
+    int avx512;   /* forward 2 x 2, stride 2: dg__maxpool2_avx512 */
 } dg__pool_job;
+
+#ifdef DG__X86
+/* One plane of the 2 x 2, stride 2 forward, 16 outputs at a time: the even
+   and odd columns of two input rows, then the scalar loop's comparisons
+   (strict >, in the same order), so the same maxima and argmaxes without
+   a data-dependent branch per window. */
+__attribute__((target("avx512f"))) static void
+dg__maxpool2_avx512(const float *x, int iw, int oh, int ow, float *y, int32_t *idx)
+{
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    int oy, ox;
+    for (oy = 0; oy < oh; oy++)
+        for (ox = 0; ox < ow; ox += 16) {
+            int n = ow - ox < 16 ? ow - ox : 16, at = 2 * oy * iw + 2 * ox, r, t;
+            __mmask16 lo = (__mmask16)((1u << (2 * n < 16 ? 2 * n : 16)) - 1),
+                      hi = (__mmask16)((1u << (2 * n > 16 ? 2 * n - 16 : 0)) - 1);
+            __m512i at0 = _mm512_add_epi32(_mm512_set1_epi32(at), even), bi = at0;
+            __m512 v[4], best;
+            for (r = 0; r < 2; r++) {
+                const float *row = x + at + r * iw;
+                __m512 a = _mm512_maskz_loadu_ps(lo, row), b = _mm512_maskz_loadu_ps(hi, row + 16);
+                v[2 * r] = _mm512_permutex2var_ps(a, even, b);
+                v[2 * r + 1] = _mm512_permutex2var_ps(a, odd, b);
+            }
+            best = v[0];
+            for (t = 1; t < 4; t++) {
+                __mmask16 m = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ);
+                best = _mm512_mask_mov_ps(best, m, v[t]);
+                bi = _mm512_mask_mov_epi32(
+                    bi, m, _mm512_add_epi32(at0, _mm512_set1_epi32((t >> 1) * iw + (t & 1))));
+            }
+            _mm512_mask_storeu_ps(y + oy * ow + ox, (__mmask16)((1u << n) - 1), best);
+            _mm512_mask_storeu_epi32(idx + oy * ow + ox, (__mmask16)((1u << n) - 1), bi);
+        }
+}
+#endif
 
 static void dg__maxpool_fwd_task(void *arg, int plane, int thread)
 {
@@ -5952,6 +5990,12 @@ static void dg__maxpool_fwd_task(void *arg, int plane, int thread)
     size_t o = (size_t)plane * l->oh * l->ow;
     int oy, ox, ky, kx, k = l->d.kernel, s = l->d.stride;
     (void)thread;
+#ifdef DG__X86
+    if (j->avx512) {
+        dg__maxpool2_avx512(x, l->iw, l->oh, l->ow, j->y + o, l->idx + o);
+        return;
+    }
+#endif
     for (oy = 0; oy < l->oh; oy++)
         for (ox = 0; ox < l->ow; ox++, o++) {
             int best = (oy * s) * l->iw + ox * s;
@@ -5991,7 +6035,8 @@ static void dg__bn(dg_net *net, dg__layer *l, const float *x, const float *dy, f
 static void dg__maxpool(dg_pool *pool, const dg__layer *l, const float *x, float *y, int nb,
                         dg_task_fn task)
 {
-    dg__pool_job j = {l, x, y};
+    dg__pool_job j = {l, x, y, 0};
+    j.avx512 = dg_pool_isa(pool) == DG_ISA_AVX512 && l->d.kernel == 2 && l->d.stride == 2;
     dg_parallel_for(l->out_size * (size_t)nb >= DG__CHUNK ? pool : NULL, nb * l->ic, task, &j);
 }
 

@@ -16,7 +16,9 @@
  * measured in CPU time of the thread (CLOCK_THREAD_CPUTIME_ID), so that the
  * other jobs of a shared machine do not count, after one untimed call that
  * faults the pages in; the "# spread" lines give the fastest and slowest
- * call.  The gradient is N(0,1)-like. */
+ * call.  The gradient is N(0,1)-like.  `bench_adacomp MODE` runs one mode;
+ * `bench_adacomp MODE plain` runs it on the plain kernels (simd = 0), to
+ * compare with the AVX-512 ones in the same session. */
 #define _POSIX_C_SOURCE 199309L
 #include <stdint.h>
 #include <stdio.h>
@@ -146,6 +148,7 @@ static double run_apply(ac_server *s, unsigned char *buf, size_t len, double *sp
 }
 
 static const char *const staleness_names[] = {"", "sigma", "tau", "constant"};
+static int simd = 1; /* the configs' simd field */
 
 static void bench_apply(const ac_layout *layout, float *w, ac_staleness st, const char *mode,
                         unsigned char *buf, size_t len)
@@ -155,6 +158,7 @@ static void bench_apply(const ac_layout *layout, float *w, ac_staleness st, cons
     double sec, spread[2];
     uint32_t n = (uint32_t)ac_layout_total(layout);
     sc.staleness = st;
+    sc.simd = simd;
     if (ac_server_init(&ps, layout, w, &sc) != AC_OK) {
         printf("# server: %s\n", ac_last_error());
         return;
@@ -168,7 +172,7 @@ static void bench_apply(const ac_layout *layout, float *w, ac_staleness st, cons
     ac_server_free(ps);
 }
 
-static void bench_size(uint32_t n)
+static void bench_size(uint32_t n, const char *only)
 {
     uint32_t sizes[8], count = make_layout(sizes, n), i;
     ac_layout layout;
@@ -185,7 +189,9 @@ static void bench_size(uint32_t n)
         unsigned char *buf;
         size_t cap, len = 0;
         double sent, bytes, sec, shown_c, spread[2];
+        if (only && strcmp(only, modes[m].name) != 0) continue;
         cfg.mode = modes[m].mode, cfg.rate = 0.01, cfg.threshold = 2.576f; /* ~1% of N(0,1) */
+        cfg.simd = simd;
         if (ac_compressor_init(&c, &layout, &cfg) != AC_OK) {
             printf("# init: %s\n", ac_last_error());
             continue;
@@ -216,9 +222,13 @@ static void bench_size(uint32_t n)
     free(g[0]), free(g[1]), free(w);
 }
 
-int main(void)
+/* An optional argument, a mode's name, runs that mode alone (for perf). */
+int main(int argc, char **argv)
 {
-    bench_size(1000000);
-    bench_size(10000000);
+    const char *only = argc > 1 ? argv[1] : NULL;
+    simd = !(argc > 2 && strcmp(argv[2], "plain") == 0);
+    printf("# kernels: %s\n", simd ? "AVX-512 where the CPU has it" : "plain (simd = 0)");
+    bench_size(1000000, only);
+    bench_size(10000000, only);
     return 0;
 }

@@ -493,6 +493,55 @@ TEST(conv_agrees_across_isas)
     dg_pool_destroy(pl);
 }
 
+/* 2 x 2, stride 2 max-pooling on every ISA against direct loops: the
+   maximum of each window, and its gradient routed to the first maximum in
+   scan order (values from a small set, +-0 included, so that ties are the
+   rule), on planes with odd sides and rows of more than 16 outputs. */
+TEST(maxpool_matches_direct_loops)
+{
+    static const int shapes[][3] = {{3, 7, 7}, {2, 28, 28}, {1, 37, 35}, {2, 2, 2}};
+    static const float vals[] = {-1.0f, -0.0f, 0.0f, 0.5f, 1.0f, 0.5f};
+    size_t i;
+    int isa, b = 2, y, x, n, k, ok;
+    dg_pool *pl;
+    CHECK_OK(dg_pool_create(&pl, 2));
+    for (i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        int ch = shapes[i][0], h = shapes[i][1], w = shapes[i][2], oh = h / 2, ow = w / 2;
+        size_t in = (size_t)b * ch * h * w, out = (size_t)b * ch * oh * ow, j;
+        float *xs = (float *)malloc(in * sizeof(float)), *dy = (float *)malloc(out * sizeof(float));
+        float *ry = (float *)malloc(out * sizeof(float)), *rdx = (float *)calloc(in, sizeof(float));
+        dg_rng rng = dg_rng_make(7, (uint64_t)i, 1);
+        for (j = 0; j < in; j++) xs[j] = vals[dg_rng_below(&rng, 6)];
+        for (j = 0; j < out; j++) dy[j] = (float)(j + 1);
+        for (n = 0; n < b * ch; n++)
+            for (y = 0; y < oh; y++)
+                for (x = 0; x < ow; x++) {
+                    const float *p = xs + (size_t)n * h * w;
+                    int best = 2 * y * w + 2 * x, at;
+                    for (k = 1; k < 4; k++)
+                        if (p[at = (2 * y + k / 2) * w + 2 * x + k % 2] > p[best]) best = at;
+                    ry[((size_t)n * oh + y) * ow + x] = p[best];
+                    rdx[(size_t)n * h * w + best] = dy[((size_t)n * oh + y) * ow + x];
+                }
+        for (isa = 0; isa <= (int)dg_isa_best(); isa++) {
+            dg_net *net;
+            const float *yv, *dx;
+            CHECK_OK(dg_pool_set_isa(pl, (dg_isa)isa));
+            CHECK_OK(dg_net_create(&net, ch, h, w));
+            CHECK_OK(dg_net_maxpool(net, 2, 2));
+            CHECK_OK(dg_net_plan(net, pl, b));
+            CHECK_OK(dg_net_forward(net, xs, b, 1, &yv));
+            CHECK_OK(dg_net_backward(net, dy, &dx));
+            ok = memcmp(yv, ry, out * sizeof(float)) == 0 && memcmp(dx, rdx, in * sizeof(float)) == 0;
+            if (!ok) printf("  shape %zu isa %s differs\n", i, dg_isa_name((dg_isa)isa));
+            CHECK(ok);
+            dg_net_free(net);
+        }
+        free(xs), free(dy), free(ry), free(rdx);
+    }
+    dg_pool_destroy(pl);
+}
+
 /* Without dx the first layer skips its input gradient, and nothing else
    changes: the parameter gradients are the same bits. */
 TEST(backward_without_dx)
@@ -855,6 +904,7 @@ int main(void)
     RUN(conv2d_matches_direct_loops);
     RUN(conv_transpose2d_matches_direct_loops);
     RUN(conv_agrees_across_isas);
+    RUN(maxpool_matches_direct_loops);
     RUN(backward_without_dx);
     RUN(bad_layer_configs);
     RUN(grad_without_bias);
