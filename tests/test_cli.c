@@ -161,8 +161,9 @@ TEST(distgan_async_needs_quorum)
     for (i = 0; i < N(runs); i++) {
         for (k = 0; k < 4 && runs[i][k]; k++) argv[k + 1] = (char *)runs[i][k];
         argv[k + 1] = NULL;
-        CHECK(run("distgan", argv) == 2 && one_line_with(" needs --", runs[i][k - 1][2] == 'b' ?
-                                                         "--fraction" : "--quorum", line, sizeof line));
+        CHECK(run("distgan", argv) == 2 &&
+              one_line_with(" needs --", strcmp(runs[i][k - 1], "--balanced") ? "--quorum" : "--fraction",
+                            line, sizeof line));
         if (th_cur_failed) printf("  run %d: %s", i, line);
     }
 }
