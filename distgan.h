@@ -2159,8 +2159,11 @@ DGDEF void dg_request_stop(void);
    heartbeats and drops connections that are idle, slow (a frame or a
    handshake that does not complete in time) or malformed.  Complete frames
    go to a bounded receive queue that dg_transport's recv pops with a
-   timeout; sends are written directly by the calling thread (no copy) with
-   a deadline.  Workers listen too: the server tells every worker the
+   timeout; a thread waiting in recv on an empty queue borrows the live
+   connections and reads them itself with the same code (no hand-off
+   between threads: two context switches a message less), until no
+   receiver waits.  Sends are written directly by the calling thread (no
+   copy) with a deadline.  Workers listen too: the server tells every worker the
    addresses of the live workers, so at a swap round theta travels worker to
    worker over a connection the sender dials itself; the server never sees
    it.  Worker joins and losses reach the role as events, so a dead worker is
@@ -17061,6 +17064,8 @@ typedef struct dg__tconn {
     char name[24];           /* "a.b.c.d:port" of the other end, for the log */
     uint16_t listen_port;
     int senders;             /* threads writing on it (endpoint mutex) */
+    int reading;             /* a thread is inside dg__tcp_read: its fd's
+                                input, rx and input buffer are that thread's */
     pthread_mutex_t wmu;     /* one writer at a time */
 } dg__tconn;
 
@@ -17090,6 +17095,15 @@ typedef struct dg__tcp {
     size_t peers_len;
     int run_over;             /* worker: the server said BYE with LAST */
     int any_paused;           /* a connection may be paused (recv looks for it) */
+    /* The live connections are read by a receiving thread while one waits
+       in recv (lent): it polls them itself, so a message reaches it without
+       a hand-off from the I/O thread (two context switches a message).  One
+       receiver at a time polls (the leader); others wait on cv. */
+    int lent, polling;
+    pthread_t leader;
+    int rwake[2];             /* wakes the leader's poll */
+    struct pollfd *rpf;       /* the leader's poll set */
+    int *rwho;
     int64_t full_logged;      /* when a refusal for capacity was last logged */
     int full_quiet;           /* ... and how many since */
 } dg__tcp;
@@ -17487,13 +17501,13 @@ static int dg__tcp_feed(dg__rx *rx, const unsigned char *p, size_t n, size_t *us
 }
 
 /* Reads what a connection has; under t->mu (released around the reads:
-   the fd, the rx and the input buffer belong to the I/O thread, so
-   senders and recv never wait on a large read or its CRC).  A live
-   connection reads through its input buffer (one read(2) for every small
-   frame that came) and delivers the messages of a read at once; a
-   connection in its handshake reads exactly what its frame needs (no byte
-   of a later frame is taken before the handshake decides). */
-static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
+   the fd, the rx and the input buffer belong to the reading thread, see
+   dg__tcp_read, so senders and other receivers never wait on a large read
+   or its CRC).  A live connection reads through its input buffer (one
+   read(2) for every small frame that came) and delivers the messages of a
+   read at once; a connection in its handshake reads exactly what its frame
+   needs (no byte of a later frame is taken before the handshake decides). */
+static void dg__tcp_read_owned(dg__tcp *t, dg__tconn *c)
 {
     int rounds;
     for (rounds = 0; rounds < 64 && (c->state != DG__TC_FREE && c->state != DG__TC_DEAD) &&
@@ -17599,6 +17613,31 @@ static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
     }
 }
 
+/* Under t->mu: a leader polling in another thread looks again (a message
+   came, a connection became live or was resumed). */
+static void dg__tcp_nudge(dg__tcp *t)
+{
+    char b = 1;
+    if (t->polling && !pthread_equal(t->leader, pthread_self())) {
+        ssize_t w = write(t->rwake[1], &b, 1);
+        (void)w;
+    }
+}
+
+/* Under t->mu.  One thread at a time reads a connection (the I/O thread
+   or a receiver): it owns the connection's read side, partial frame
+   included, until it returns; another finds it taken and moves on (a
+   leader that skipped a live one is nudged when it is free again). */
+static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
+{
+    int was_live = c->state == DG__TC_LIVE;
+    if (c->reading) return;
+    c->reading = 1;
+    dg__tcp_read_owned(t, c);
+    c->reading = 0;
+    if (was_live || c->state == DG__TC_LIVE) dg__tcp_nudge(t);
+}
+
 static int dg__tcp_pending_state(int state) { return state == DG__TC_HELLO || state == DG__TC_AUTH; }
 
 /* Under t->mu: the connection in its handshake to evict for a newcomer from
@@ -17681,7 +17720,7 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
     int i;
     for (i = 0; i < t->n_conns; i++) {
         dg__tconn *c = &t->conns[i];
-        if (c->state == DG__TC_DEAD && c->senders == 0) {
+        if (c->state == DG__TC_DEAD && c->senders == 0 && !c->reading) {
             dg__tcp_release(t, c);
             continue;
         }
@@ -17691,7 +17730,7 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
             continue;
         }
         if (c->state != DG__TC_LIVE) continue;
-        if (dg__rx_busy(&c->rx) && now - c->frame_start > t->cfg.frame_timeout_ms) {
+        if (!c->reading && dg__rx_busy(&c->rx) && now - c->frame_start > t->cfg.frame_timeout_ms) {
             dg__tcp_drop(t, c, "a frame did not complete in time");
             continue;
         }
@@ -17709,6 +17748,63 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
     }
 }
 
+/* Under t->mu: whether this thread reads c now: the I/O thread reads the
+   handshakes, and the live connections unless they are lent to a receiver,
+   which then reads them. */
+static int dg__tcp_reads(const dg__tcp *t, const dg__tconn *c, int io)
+{
+    if (c->state == DG__TC_FREE || c->state == DG__TC_DEAD || c->paused || c->reading) return 0;
+    return c->state == DG__TC_LIVE ? io != t->lent : io;
+}
+
+/* Under t->mu (released in poll): one poll over what this thread reads
+   (pf, who: n_conns + 2 entries), then the reads.  io: the I/O thread,
+   with its wake-up pipe and the listener (1 when that has a newcomer),
+   else the leader receiver, with rwake. */
+static int dg__tcp_poll_round(dg__tcp *t, struct pollfd *pf, int *who, int io, int timeout_ms)
+{
+    int n = 0, i, r, staged = 0, listener = 0;
+    pf[n].fd = io ? t->wake[0] : t->rwake[0];
+    pf[n].events = POLLIN;
+    who[n++] = -1;
+    if (io && t->lfd >= 0) {
+        pf[n].fd = t->lfd;
+        pf[n].events = POLLIN;
+        who[n++] = -2;
+    }
+    for (i = 0; i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        if (!dg__tcp_reads(t, c, io)) continue;
+        if (c->in_at < c->in_end) staged = 1; /* input buffered, not yet given to rx */
+        pf[n].fd = c->fd;
+        pf[n].events = POLLIN;
+        who[n++] = i;
+    }
+    pthread_mutex_unlock(&t->mu);
+    r = poll(pf, (nfds_t)n, staged ? 0 : timeout_ms);
+    pthread_mutex_lock(&t->mu);
+    for (i = 0; r > 0 && i < n; i++) {
+        if (!pf[i].revents) continue;
+        if (who[i] == -2) {
+            listener = 1;
+        } else if (who[i] == -1) {
+            char buf[64];
+            while (read(pf[i].fd, buf, sizeof buf) > 0) {
+            }
+        } else {
+            dg__tcp_read(t, &t->conns[who[i]]);
+        }
+    }
+    /* a connection unpaused (or cut short after 64 rounds) with bytes
+       still in its input buffer: poll does not see those */
+    for (i = 0; staged && i < t->n_conns; i++) {
+        dg__tconn *c = &t->conns[i];
+        if (c->state == DG__TC_LIVE && dg__tcp_reads(t, c, io) && c->in_at < c->in_end)
+            dg__tcp_read(t, c);
+    }
+    return listener;
+}
+
 static void *dg__tcp_io_main(void *arg)
 {
     dg__tcp *t = (dg__tcp *)arg;
@@ -17721,47 +17817,12 @@ static void *dg__tcp_io_main(void *arg)
     }
     pthread_mutex_lock(&t->mu);
     while (!t->quit) {
-        int n = 0, i, r, staged = 0;
-        int64_t now;
-        pf[n].fd = t->wake[0];
-        pf[n].events = POLLIN;
-        who[n++] = -1;
-        if (t->lfd >= 0) {
-            pf[n].fd = t->lfd;
-            pf[n].events = POLLIN;
-            who[n++] = -2;
-        }
-        for (i = 0; i < t->n_conns; i++) {
-            dg__tconn *c = &t->conns[i];
-            if (c->state == DG__TC_FREE || c->state == DG__TC_DEAD || c->paused) continue;
-            if (c->in_at < c->in_end) staged = 1; /* input buffered, not yet given to rx */
-            pf[n].fd = c->fd;
-            pf[n].events = POLLIN;
-            who[n++] = i;
-        }
-        pthread_mutex_unlock(&t->mu);
-        r = poll(pf, (nfds_t)n, staged ? 0 : 100);
-        pthread_mutex_lock(&t->mu);
-        now = dg__tcp_ms();
+        /* no receiver reads the live connections: take them back, so that
+           heartbeats, BYE and dead peers are seen while the role works */
+        if (t->lent && !t->polling) t->lent = 0;
         /* connections first, then newcomers: a burst of accepts never
            evicts a handshake whose next frame is already here */
-        for (i = 0; r > 0 && i < n; i++) {
-            if (!pf[i].revents || who[i] == -2) continue;
-            if (who[i] == -1) {
-                char buf[64];
-                while (read(t->wake[0], buf, sizeof buf) > 0) {
-                }
-            } else {
-                dg__tcp_read(t, &t->conns[who[i]]);
-            }
-        }
-        /* a connection unpaused (or cut short after 64 rounds) with bytes
-           still in its input buffer: poll does not see those */
-        for (i = 0; staged && i < t->n_conns; i++) {
-            dg__tconn *c = &t->conns[i];
-            if (c->state == DG__TC_LIVE && !c->paused && c->in_at < c->in_end) dg__tcp_read(t, c);
-        }
-        if (r > 0 && t->lfd >= 0 && pf[1].revents) dg__tcp_accept(t, now);
+        if (dg__tcp_poll_round(t, pf, who, 1, 100)) dg__tcp_accept(t, dg__tcp_ms());
         dg__tcp_timers(t, dg__tcp_ms());
     }
     pthread_mutex_unlock(&t->mu);
@@ -17876,6 +17937,48 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     return DG_OK;
 }
 
+/* Under t->mu: waits up to timeout_ms (0: a look, < 0: forever) for the
+   inbox.  The first receiver to wait leads: it borrows the live
+   connections from the I/O thread (waking it once, to drop them from its
+   poll; it takes them back when no receiver is inside) and polls them in
+   slices of at most 100 ms (new connections and resumed ones join at the
+   next slice, nudged at once), reading with the I/O thread's code; the
+   others wait on cv for what it delivers, or to lead once it leaves. */
+static void dg__tcp_await(dg__tcp *t, int timeout_ms)
+{
+    int64_t end = dg__tcp_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    for (;;) {
+        int64_t left = end - dg__tcp_ms();
+        if (t->head || (timeout_ms > 0 && left <= 0)) return;
+        if (!t->polling) {
+            t->polling = 1;
+            t->leader = pthread_self();
+            if (!t->lent) {
+                t->lent = 1;
+                dg__tcp_wake(t);
+            }
+            dg__tcp_poll_round(t, t->rpf, t->rwho, 0,
+                               timeout_ms < 0 || left > 100 ? 100 : (int)left);
+            t->polling = 0;
+            pthread_cond_broadcast(&t->cv);
+        } else if (timeout_ms == 0) {
+            return;
+        } else {
+            struct timespec dl;
+            int64_t ms = timeout_ms < 0 || left > 100 ? 100 : left;
+            clock_gettime(CLOCK_REALTIME, &dl);
+            dl.tv_sec += (time_t)(ms / 1000);
+            dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+            if (dl.tv_nsec >= 1000000000L) {
+                dl.tv_sec++;
+                dl.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&t->cv, &t->mu, &dl);
+        }
+        if (timeout_ms == 0) return;
+    }
+}
+
 static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg **out)
 {
     dg__tcp *t = dg__tcp_of(bt);
@@ -17886,24 +17989,7 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         return dg__fail(DG_ERR_ARG, "tcp: recv for peer %d on the transport of %d", self,
                         t->cfg.self);
     pthread_mutex_lock(&t->mu);
-    if (!t->head && timeout_ms != 0) {
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        if (timeout_ms > 0) {
-            dl.tv_sec += timeout_ms / 1000;
-            dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
-        }
-        while (!t->head) {
-            if (timeout_ms < 0)
-                pthread_cond_wait(&t->cv, &t->mu);
-            else if (pthread_cond_timedwait(&t->cv, &t->mu, &dl) == ETIMEDOUT)
-                break;
-        }
-    }
+    if (!t->head) dg__tcp_await(t, timeout_ms);
     m = t->head;
     if (m) {
         int i;
@@ -17926,6 +18012,8 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
             }
         }
     }
+    if (wake) dg__tcp_nudge(t);
+    wake = wake && !t->lent; /* else a receiver polls it next */
     pthread_mutex_unlock(&t->mu);
     if (wake) dg__tcp_wake(t);
     *out = m;
@@ -17969,6 +18057,8 @@ static void dg__tcp_close(dg_transport *bt)
     if (t->lfd >= 0) close(t->lfd);
     if (t->wake[0] >= 0) close(t->wake[0]);
     if (t->wake[1] >= 0) close(t->wake[1]);
+    if (t->rwake[0] >= 0) close(t->rwake[0]);
+    if (t->rwake[1] >= 0) close(t->rwake[1]);
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cv);
     dg__free(t->conns);
@@ -17977,6 +18067,8 @@ static void dg__tcp_close(dg_transport *bt)
     dg__free(t->peers);
     dg__free(t->wire_in);
     dg__free(t->wire_out);
+    dg__free(t->rpf);
+    dg__free(t->rwho);
     dg_transport_base_free(bt);
     memset(t->key, 0, sizeof t->key);
     dg__free(t);
@@ -18040,7 +18132,7 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     for (i = 1; i <= DG_MSG_TYPE_MAX; i++) t->type_max[i] = t->cfg.max_message;
     t->largest = t->cfg.max_message;
     t->version = cfg->protocol_version ? cfg->protocol_version : DG_TCP_VERSION;
-    t->lfd = t->wake[0] = t->wake[1] = -1;
+    t->lfd = t->wake[0] = t->wake[1] = t->rwake[0] = t->rwake[1] = -1;
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
     t->n_conns = 2 * cfg->n_peers + t->cfg.max_pending + 4;
@@ -18048,6 +18140,8 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     t->queued = (size_t *)dg__calloc((size_t)cfg->n_peers, sizeof(size_t));
     t->wire_in = (uint64_t *)dg__calloc((size_t)cfg->n_peers, sizeof(uint64_t));
     t->wire_out = (uint64_t *)dg__calloc((size_t)cfg->n_peers, sizeof(uint64_t));
+    t->rpf = (struct pollfd *)dg__calloc((size_t)t->n_conns + 2, sizeof *t->rpf);
+    t->rwho = (int *)dg__calloc((size_t)t->n_conns + 2, sizeof(int));
     t->base.send = dg__tcp_send;
     t->base.recv = dg__tcp_recv;
     t->base.pending = dg__tcp_pending;
@@ -18060,7 +18154,7 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     t->base.keep_server = dg__tcp_keep_server;
     t->base.joined_at = dg__tcp_joined_at;
     t->base.impl = t;
-    if (!t->conns || !t->queued || !t->wire_in || !t->wire_out) {
+    if (!t->conns || !t->queued || !t->wire_in || !t->wire_out || !t->rpf || !t->rwho) {
         dg__tcp_close(&t->base);
         return dg__fail(DG_ERR_NOMEM, "tcp: no memory for %d connections", cfg->n_peers);
     }
@@ -18069,12 +18163,14 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
         t->conns[i].peer = -1;
         pthread_mutex_init(&t->conns[i].wmu, NULL);
     }
-    if (pipe(t->wake) < 0) {
+    if (pipe(t->wake) < 0 || pipe(t->rwake) < 0) {
         dg__tcp_close(&t->base);
         return dg__fail(DG_ERR_IO, "tcp: pipe: %s", strerror(errno));
     }
-    fcntl(t->wake[0], F_SETFL, O_NONBLOCK);
-    fcntl(t->wake[1], F_SETFL, O_NONBLOCK);
+    for (i = 0; i < 2; i++) {
+        fcntl(t->wake[i], F_SETFL, O_NONBLOCK);
+        fcntl(t->rwake[i], F_SETFL, O_NONBLOCK);
+    }
     dg__tcp_seed_nonces(t);
     dg__msg_pool_reserve(&t->base, dg__tcp_reserve(t));
     *out = t;
@@ -18225,6 +18321,7 @@ static dg_result dg__tcp_dial(dg__tcp *t, const struct sockaddr_in *sa, int role
         while ((c = dg__tcp_find(t, 0)) != NULL) dg__tcp_drop(t, c, "reconnected");
     }
     c = dg__tcp_adopt(t, fd, peer, role, dg__tcp_ms(), sa);
+    if (c) dg__tcp_nudge(t);
     pthread_mutex_unlock(&t->mu);
     if (!c) {
         close(fd);

@@ -14,7 +14,9 @@
  *     N = 4 and 10 workers: in-process and over TCP, each worker on its own
  *     thread with a one-thread pool (bench/mdgan_iter.h; bench/mpi_mdgan.c
  *     adds MPI).
- *   `bench_tcp throughput` runs the throughput lines only. */
+ *   `bench_tcp throughput` runs the throughput lines only; `bench_tcp ours
+ *   SIZE N` or `bench_tcp raw SIZE N` sends N messages of SIZE bytes one
+ *   way only (after a warm-up), for `perf stat` of the CPU per message. */
 #include "bench_common.h"
 #define _POSIX_C_SOURCE 200809L /* distgan.h uses POSIX; system headers come first here */
 #include <arpa/inet.h>
@@ -175,6 +177,17 @@ int main(int argc, char **argv)
     c.connect = addr;
     if (dg_tcp_worker_create(&wk, &c) != DG_OK) {
         printf("bench tcp_throughput status=failed (%s)\n", dg_last_error());
+        return 0;
+    }
+    if (argc > 3 && (!strcmp(argv[1], "ours") || !strcmp(argv[1], "raw"))) {
+        size_t floats = (size_t)atol(argv[2]) / 4;
+        int n = atoi(argv[3]);
+        double g = !strcmp(argv[1], "raw") ? raw_gbps(4 * floats, n)
+                                           : (ours_gbps(srv, wk, floats, n / 4 + 1),
+                                              ours_gbps(srv, wk, floats, n));
+        printf("bench tcp_one_way %s size=%zu msgs=%d gbps=%.3f\n", argv[1], 4 * floats, n, g);
+        dg_transport_close(wk);
+        dg_transport_close(srv);
         return 0;
     }
     throughput(srv, wk, 1024 / 4, 20000);            /* 1 KB */

@@ -3,7 +3,8 @@
  * Unit: SHA-256 (FIPS 180) and HMAC-SHA256 (RFC 4231) test vectors, the
  * frame header codec and each of its rejections, the handshake payloads,
  * transports of both kinds in one process (messages bit-exact both ways,
- * a 16 MB message, the size limit), and every handshake refusal.
+ * a 16 MB message, the size limit), several threads receiving on one
+ * endpoint, and every handshake refusal.
  * Hostile input against a running server: random bytes, wrong magic, a
  * 2^63 length, a frame cut in the middle, a CRC mismatch, a client that
  * sends one byte per second, 200 connections at once, while a legitimate
@@ -282,6 +283,99 @@ TEST(transport_roundtrip)
 done:
     dg_transport_close(w1);
     dg_transport_close(w2);
+    dg_transport_close(s);
+}
+
+/* Several threads receive on one endpoint: one at a time reads the
+   sockets (dg__tcp_await), the others wait for what it delivers or take
+   over; every message arrives once, intact, and in its sender's order. */
+#define RS_EACH 300
+#define RS_THREADS 3
+typedef struct rs_arg {
+    dg_transport *t;
+    int *left, bad, got;
+    pthread_mutex_t *mu;
+    unsigned char *seen; /* [from - 1][seq] */
+} rs_arg;
+
+static size_t rs_floats(int seq) { return seq % 2 ? 16384 : 256; } /* 64 KB and 1 KB */
+
+static void *rs_recv(void *p)
+{
+    rs_arg *a = (rs_arg *)p;
+    int last[3] = {-1, -1, -1};
+    int64_t end = dg__tcp_ms() + 30000;
+    for (;;) {
+        dg_msg *m;
+        int seq, done;
+        pthread_mutex_lock(a->mu);
+        done = *a->left <= 0;
+        pthread_mutex_unlock(a->mu);
+        if (done || dg__tcp_ms() > end) break;
+        if (dg_transport_recv(a->t, 0, 100, &m) != DG_OK) continue;
+        seq = m->part[0].count ? (int)((const float *)m->part[0].data)[0] : -1;
+        if (m->from < 1 || m->from > 2 || seq < 0 || seq >= RS_EACH || seq <= last[m->from] ||
+            !msg_ok(m, DG_MSG_FEEDBACK, m->from, rs_floats(seq), (uint32_t)seq)) {
+            a->bad++;
+        } else {
+            last[m->from] = seq;
+            pthread_mutex_lock(a->mu);
+            a->seen[(m->from - 1) * RS_EACH + seq]++;
+            (*a->left)--;
+            pthread_mutex_unlock(a->mu);
+            a->got++;
+        }
+        dg_msg_free(a->t, m);
+    }
+    return NULL;
+}
+
+TEST(receivers_share_an_endpoint)
+{
+    dg_transport *s = NULL, *w[2] = {NULL, NULL};
+    pthread_t th[RS_THREADS];
+    rs_arg a[RS_THREADS];
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    unsigned char seen[2 * RS_EACH];
+    int left = 2 * RS_EACH, i, k, once = 1, bad = 0;
+    dg_msg *m;
+    int64_t t0;
+    dg_result r;
+    memset(seen, 0, sizeof seen);
+    CHECK_OK(make_server(&s, 3, "sesame"));
+    if (!s) return;
+    CHECK_OK(make_worker(&w[0], 3, 1, dg_tcp_port(s), "sesame", hash_a, 0));
+    CHECK_OK(make_worker(&w[1], 3, 2, dg_tcp_port(s), "sesame", hash_a, 0));
+    if (!w[0] || !w[1]) goto done;
+    for (i = 0; i < RS_THREADS; i++) {
+        a[i].t = s;
+        a[i].left = &left;
+        a[i].mu = &mu;
+        a[i].seen = seen;
+        a[i].bad = a[i].got = 0;
+        pthread_create(&th[i], NULL, rs_recv, &a[i]);
+    }
+    for (k = 0; k < RS_EACH; k++)
+        for (i = 0; i < 2; i++)
+            CHECK_OK(dg_transport_send(w[i], make_msg(w[i], DG_MSG_FEEDBACK, i + 1, 0,
+                                                      rs_floats(k), (uint32_t)k)));
+    for (i = 0; i < RS_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        bad += a[i].bad;
+        printf("  receiver %d took %d messages\n", i, a[i].got);
+    }
+    for (k = 0; k < 2 * RS_EACH; k++) once &= seen[k] == 1;
+    CHECK(bad == 0);
+    CHECK(left == 0);
+    CHECK(once);
+    /* nothing more comes: a receiver's timeout holds */
+    t0 = dg__tcp_ms();
+    r = dg_transport_recv(s, 0, 300, &m);
+    CHECK(r == DG_ERR_TIMEOUT);
+    CHECK(dg__tcp_ms() - t0 >= 250 && dg__tcp_ms() - t0 < 3000);
+done:
+    dg_transport_close(w[0]);
+    dg_transport_close(w[1]);
     dg_transport_close(s);
 }
 
@@ -1731,6 +1825,7 @@ int main(void)
     RUN(frame_codec);
     RUN(handshake_payloads);
     RUN(transport_roundtrip);
+    RUN(receivers_share_an_endpoint);
     RUN(handshake_refusals);
     RUN(hostile_clients);
     RUN(mdgan_tcp_equals_inproc);
