@@ -19,11 +19,8 @@
  * call.  The gradient is N(0,1)-like.  `bench_adacomp MODE` runs one mode;
  * `bench_adacomp MODE plain` runs it on the plain kernels (simd = 0), to
  * compare with the AVX-512 ones in the same session. */
-#define _POSIX_C_SOURCE 199309L
+#include "bench_common.h" /* first: it sets _GNU_SOURCE */
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
 #define ADACOMP_IMPLEMENTATION
@@ -39,18 +36,12 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Sorts t; returns the median and, in spread, the fastest and slowest. */
 static double median(double *t, int n, double *spread)
 {
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    double m = bench_median(t, n);
     spread[0] = t[0], spread[1] = t[n - 1];
-    return t[n / 2];
+    return m;
 }
 
 static void print_spread(const char *what, const char *mode, uint32_t n, const double *spread)
