@@ -962,6 +962,11 @@ typedef struct dg_gan_trainer {
 DGDEF dg_result dg_gan_trainer_init(dg_gan_trainer *t, const dg_gan_config *cfg,
                                     const dg_dataset *data, dg_pool *pool);
 DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats);
+/* The FLOPs (dg_net_flops' count) of one GAN step of batch rows with
+   d_steps D steps: d_steps G forwards and D steps on 2*batch rows, D's
+   feedback with its input gradient, G's backward.  What a standalone step,
+   an FL-GAN local iteration costs on a simulated device (dg_netsim). */
+DGDEF double dg_gan_step_flops(const dg_net *g, const dg_net *d, int batch, int d_steps);
 /* n samples of G into images (n x c*h*w) and, in ACGAN mode, their
    conditioning labels (may be NULL).  The input of sample offset + i comes
    from the noise stream (seed, offset + i) alone, and G runs in eval mode
@@ -9093,6 +9098,14 @@ fail:
     return r;
 }
 
+DGDEF double dg_gan_step_flops(const dg_net *g, const dg_net *d, int batch, int d_steps)
+{
+    /* G's last forward is the one its backward goes through */
+    double once = dg_net_train_flops(g, 0) + 2.0 * dg_net_train_flops(d, 0) + dg_net_train_flops(d, 1);
+    double more = (double)(d_steps - 1) * (dg_net_flops(g, 0) + 2.0 * dg_net_train_flops(d, 0));
+    return (double)batch * (once + more);
+}
+
 DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats)
 {
     const dg_gan_config *cfg;
@@ -15169,9 +15182,7 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
     if (r == DG_OK) dg__coder_keep(&w->upload_co, m); /* the reference of the upload */
     for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
     w->compute_s += dg__now() - t0;
-    dg_transport_charge(w->t, w->id, (double)i * w->cfg.batch *
-                        (dg_net_train_flops(w->gan.g, 0) + 2.0 * dg_net_train_flops(w->gan.d, 0) +
-                         dg_net_train_flops(w->gan.d, 1)));
+    dg_transport_charge(w->t, w->id, (double)i * dg_gan_step_flops(w->gan.g, w->gan.d, w->cfg.batch, 1));
     if (r == DG_OK)
         r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->t, DG_MSG_MODEL, w->id,
                           DG_PEER_SERVER, m->iteration, (int64_t)w->shard, stat, &w->upload_co);
