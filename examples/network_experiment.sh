@@ -49,7 +49,7 @@ mkdir -p "$OUT" "$CACHE" "$RES"
 . "$(dirname "$0")/experiment_lib.sh"    # run, logs, fid_plot
 
 # the methods: name suffix, algo, then the options (read by one_method)
-METHODS="gan flgan flgan-c fegan fegan-c mdgan mdgan-c async async-c"
+METHODS="gan mdgan mdgan-c async async-c flgan fegan flgan-c fegan-c"
 
 # one method on data set ds, N workers, network p (SUFFIX: the run's name
 # ends with it, e.g. -s2 for another seed)
@@ -76,8 +76,8 @@ one_method() { # ds n p method [extra...]
 run_network() {
     # (run sets name, ds, algo, n, k: the loops use other names)
     for dw in fashion:10 mnist:10 fashion:50 mnist:50; do
-        for net in $PROFILES; do
-            for meth in $METHODS; do
+        for meth in $METHODS; do
+            for net in $PROFILES; do
                 # the standalone GAN has no workers: once per data set and profile
                 if [ "$meth" = gan ] && [ "${dw#*:}" != 10 ]; then continue; fi
                 one_method "${dw%:*}" "${dw#*:}" "$net" "$meth"
