@@ -12058,14 +12058,6 @@ DGDEF MPI_Comm dg_mpi_comm(const dg_transport *t)
 
 /* 1 when x[0..n) holds no NaN or infinity: a peer's floats are checked
    before they touch any state (one NaN in a feedback would poison G). */
-static int dg__all_finite(const float *x, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
-
 static const char *const dg__codec_names[] = {"none", "f16", "int8", "topk", "ibm"};
 
 DGDEF const char *dg_codec_name(dg_codec_kind kind)
@@ -12307,18 +12299,20 @@ static int dg__f16_decode(const uint16_t *h, float *x, size_t n)
 /* ---- int8 rows ---- */
 
 #if defined(DG__X86) && !defined(DG_NO_SIMD)
-__attribute__((target("avx2"))) static float dg__maxabs_avx2(const float *x, size_t n, size_t *done)
+/* The largest |x| as its bits (dg__abs_key), 16 at a time. */
+__attribute__((target("avx2"))) static uint32_t dg__maxabs_bits_avx2(const float *x, size_t n,
+                                                                     size_t *done)
 {
-    const __m256 am = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
-    float t[8], m;
+    const __m256i am = _mm256_set1_epi32(0x7FFFFFFF);
+    __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
+    uint32_t t[8], m;
     size_t i;
     int j;
     for (i = 0; i + 16 <= n; i += 16) {
-        m0 = _mm256_max_ps(m0, _mm256_and_ps(_mm256_loadu_ps(x + i), am));
-        m1 = _mm256_max_ps(m1, _mm256_and_ps(_mm256_loadu_ps(x + i + 8), am));
+        m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), am));
+        m1 = _mm256_max_epu32(m1, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 8)), am));
     }
-    _mm256_storeu_ps(t, _mm256_max_ps(m0, m1));
+    _mm256_storeu_si256((__m256i *)t, _mm256_max_epu32(m0, m1));
     for (m = t[0], j = 1; j < 8; j++) m = t[j] > m ? t[j] : m;
     *done = i;
     return m;
@@ -12358,14 +12352,33 @@ __attribute__((target("avx2"))) static size_t dg__int8_dequant_avx2(const int8_t
 }
 #endif
 
-static float dg__maxabs(const float *x, size_t n)
+/* The bits of |x| grow with |x| (NaN above infinity). */
+static uint32_t dg__abs_key(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u & 0x7FFFFFFFu;
+}
+
+/* max |x| as its bits: one pass serves the finite check and int8's scale. */
+static uint32_t dg__maxabs_bits(const float *x, size_t n)
 {
     size_t i = 0;
-    float m = 0.0f;
+    uint32_t m = 0;
 #if defined(DG__X86) && !defined(DG_NO_SIMD)
-    if (dg__codec_simd()) m = dg__maxabs_avx2(x, n, &i);
+    if (dg__codec_simd()) m = dg__maxabs_bits_avx2(x, n, &i);
 #endif
-    for (; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    for (; i < n; i++) m = dg__abs_key(x[i]) > m ? dg__abs_key(x[i]) : m;
+    return m;
+}
+
+static int dg__all_finite(const float *x, size_t n) { return dg__maxabs_bits(x, n) < 0x7F800000u; }
+
+static float dg__maxabs(const float *x, size_t n)
+{
+    uint32_t b = dg__maxabs_bits(x, n);
+    float m;
+    memcpy(&m, &b, 4);
     return m;
 }
 
@@ -12406,14 +12419,6 @@ static int dg__int8_dequant(const int8_t *q, float *x, size_t n, float scale)
 }
 
 /* ---- top-k ---- */
-
-/* The bits of |x| grow with |x| (NaN above infinity). */
-static uint32_t dg__abs_key(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u & 0x7FFFFFFFu;
-}
 
 /* The key T of the k-th largest |x| of x[0..n) (1 <= k <= n), ranked by
    key then lower index; *take is how many entries with key T are kept (the
@@ -12465,8 +12470,9 @@ static uint32_t dg__topk_key(const float *x, size_t n, size_t k, uint32_t *hk, u
    number of candidates (their values in *cv, indices in *ci, the k-th key
    in *key, *take as dg__topk_key), 0 when the sample guessed wrong (fewer
    than k, or more than fit: the caller ranks the whole segment),
-   (size_t)-1 for a non-finite g. */
-static size_t dg__topk_sampled(const float *g, size_t len, size_t k, uint32_t *scratch,
+   (size_t)-1 for a non-finite g.  g = x, or R + x with R updated in the
+   same pass (R[0..len) is updated when this returns 0, too). */
+static size_t dg__topk_sampled(const float *x, float *R, size_t len, size_t k, uint32_t *scratch,
                                size_t n_scratch, float **cv, uint32_t **ci, uint32_t *key,
                                size_t *take)
 {
@@ -12474,20 +12480,25 @@ static size_t dg__topk_sampled(const float *g, size_t len, size_t k, uint32_t *s
     size_t cap = (n_scratch - 2 * k) / 2;
     float *sample = (float *)scratch, *v = (float *)scratch;
     uint32_t lo, *ix = scratch + cap;
+    int over = 0;
     if (r < 1) r = 1;
     if (r > s) r = s;
-    for (i = 0; i < s; i++) sample[i] = g[i * len / s];
+    for (i = 0; i < s; i++) sample[i] = R ? R[i * len / s] + x[i * len / s] : x[i * len / s];
     lo = dg__topk_key(sample, s, r, scratch + s, scratch + s + r, take);
     if (lo == 0xFFFFFFFFu) return (size_t)-1;
     for (i = 0; i < len; i++) {
-        uint32_t ki = dg__abs_key(g[i]);
+        float g = R ? (R[i] += x[i]) : x[i];
+        uint32_t ki = dg__abs_key(g);
         if (ki < lo) continue;
         if (ki >= 0x7F800000u) return (size_t)-1;
-        if (c == cap) return 0;
-        v[c] = g[i];
+        if (c == cap) { /* R still needs the rest of the pass */
+            over = 1;
+            continue;
+        }
+        v[c] = g;
         ix[c++] = (uint32_t)i;
     }
-    if (c < k) return 0;
+    if (over || c < k) return 0;
     *key = dg__topk_key(v, c, k, scratch + 2 * cap, scratch + 2 * cap + k, take);
     *cv = v;
     *ci = ix;
@@ -12500,27 +12511,29 @@ static size_t dg__topk_sampled(const float *g, size_t len, size_t k, uint32_t *s
    with too little of it is ranked by the heap at its full size, which
    always fits the k_l words of idx and val it will fill.  Returns nnz, or
    (size_t)-1 for a non-finite g. */
-static size_t dg__topk_select(const float *x, size_t n, const uint32_t *segs, uint32_t n_segs,
+static size_t dg__topk_select(const float *x, const uint32_t *segs, uint32_t n_segs,
                               double rate, float *residual, uint32_t *idx, float *val,
                               uint32_t *scratch, size_t n_scratch)
 {
     size_t base = 0, nnz = 0, i;
     uint32_t s;
-    const float *g = x;
-    if (residual) {
-        for (i = 0; i < n; i++) residual[i] += x[i];
-        g = residual;
-    }
+    const float *g = residual ? residual : x;
     for (s = 0; s < n_segs; base += segs[s++]) {
         size_t len = segs[s], k = (size_t)floor(rate * (double)len), take = 0, eq = 0, m = 0;
         const float *cv = g + base;
         float *fv = NULL;
         uint32_t key, *ci = NULL;
+        int added = 0; /* the residual of this segment holds R + x */
         if (k < 1) k = 1;
         if (k > len) k = len;
-        if (len >= 4 * DG__TOPK_SAMPLE && n_scratch >= 4 * k + 3 * DG__TOPK_SAMPLE)
-            m = dg__topk_sampled(g + base, len, k, scratch, n_scratch, &fv, &ci, &key, &take);
+        if (len >= 4 * DG__TOPK_SAMPLE && n_scratch >= 4 * k + 3 * DG__TOPK_SAMPLE) {
+            m = dg__topk_sampled(x + base, residual ? residual + base : NULL, len, k, scratch,
+                                 n_scratch, &fv, &ci, &key, &take);
+            added = 1;
+        }
         if (m == (size_t)-1) return m;
+        if (residual && !added)
+            for (i = base; i < base + len; i++) residual[i] += x[i];
         if (m) {
             cv = fv;
         } else {
@@ -12743,7 +12756,7 @@ DGDEF dg_result dg_codec_encode(const dg_codec *c, const float *x, size_t n,
         }
         /* values go after the k_all indices: both arrays have fixed places */
         /* the room of the n entries the bound allows and k_all do not use: scratch */
-        nnz = dg__topk_select(x, n, segs, n_segs, dg__codec_rate(c), residual, idx,
+        nnz = dg__topk_select(x, segs, n_segs, dg__codec_rate(c), residual, idx,
                               (float *)(body + 4 + 4 * k_all), idx + 2 * k_all,
                               (cap - (size_t)(body - p) - 4) / 4 - 2 * k_all);
         if (nnz == (size_t)-1) {
