@@ -1468,6 +1468,16 @@ DGDEF double dg_netsim_clock(dg_transport *t, int peer);
 DGDEF double dg_netsim_gflops(dg_transport *t, int peer);
 DGDEF int dg_netsim_disconnected(dg_transport *t, int peer);
 DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_netsim_link *out);
+/* The model's state between iterations (every peer's clock and
+   disconnection, every link's busy-until time, last arrival and draw
+   count) into path, atomically, or back into the model of a run with the
+   same number of peers (its links' parameters are the run's own): a
+   resumed run's clocks and random draws go on exactly where they stopped
+   (load of a path that does not exist leaves the model at time 0).
+   Messages in flight are not part of it (a synchronous run has none
+   between iterations).  DG_ERR_ARG when t has no network model. */
+DGDEF dg_result dg_netsim_save(dg_transport *t, const char *path);
+DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path);
 
 /* ==== dg_mpi ==== */
 
@@ -2015,14 +2025,17 @@ DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config
    save writes the server's and every live worker's state into dir
    (atomically, file by file; MD-GAN settles its run first), load reads
    them back into a run created with the same configuration, skipping a
-   worker whose file does not exist (a later joiner, a crashed worker). */
+   worker whose file does not exist (a later joiner, a crashed worker).
+   With a network model (set_network, which must come before load), its
+   state goes along (dg_netsim_save). */
 DGDEF dg_result dg_mdgan_run_save(dg_mdgan_run *r, const char *dir);
 DGDEF dg_result dg_mdgan_run_load(dg_mdgan_run *r, const char *dir);
 DGDEF dg_result dg_flgan_run_save(dg_flgan_run *r, const char *dir);
 DGDEF dg_result dg_flgan_run_load(dg_flgan_run *r, const char *dir);
-/* The checkpoint file of role n (0: the server, 1..N the workers) of an
-   MD-GAN (flgan = 0) or FL-GAN run in dir: dir/server.ckpt,
-   dir/worker_<n>.ckpt, dir/flgan_server.ckpt, dir/flgan_worker_<n>.ckpt. */
+/* The checkpoint file of role n (0: the server, 1..N the workers; -1: the
+   network model of an in-process run) of an MD-GAN (flgan = 0) or FL-GAN
+   run in dir: dir/server.ckpt, dir/worker_<n>.ckpt, dir/network.ckpt,
+   dir/flgan_server.ckpt, dir/flgan_worker_<n>.ckpt, dir/flgan_network.ckpt. */
 DGDEF dg_result dg_checkpoint_path(char *path, size_t cap, const char *dir, int flgan, int n);
 
 /* ---- the process drivers: one role per process, on any transport ----
@@ -3170,6 +3183,12 @@ static void dg__put_u64(dg__wbuf *w, uint64_t v)
     dg__le64(b, v);
     dg__put(w, b, 8);
 }
+static void dg__put_f64(dg__wbuf *w, double v)
+{
+    uint64_t u;
+    memcpy(&u, &v, 8);
+    dg__put_u64(w, u);
+}
 static void dg__put_f32s(dg__wbuf *w, const float *x, size_t n)
 {
     size_t i;
@@ -3210,6 +3229,13 @@ static uint64_t dg__get_u64(dg__rbuf *r)
 {
     const unsigned char *b = dg__take(r, 8);
     return b ? dg__rd64(b) : 0;
+}
+static double dg__get_f64(dg__rbuf *r)
+{
+    uint64_t u = dg__get_u64(r);
+    double v;
+    memcpy(&v, &u, 8);
+    return v;
 }
 static float dg__get_f32(dg__rbuf *r)
 {
@@ -3294,6 +3320,7 @@ enum {
     DG__CK_FLGAN_SERVER,
     DG__CK_FLGAN_WORKER,
     DG__CK_ASGD_SERVER,
+    DG__CK_NETSIM,
     DG__CK_KINDS
 };
 /* section types: a kind's counters (iteration, round, batcher position)
@@ -3304,7 +3331,7 @@ static const char *dg__ck_kind_name(uint32_t kind)
 {
     static const char *const name[DG__CK_KINDS] = {
         "?", "net", "GAN trainer", "classifier", "MD-GAN server", "MD-GAN worker",
-        "FL-GAN server", "FL-GAN worker", "ASGD parameter server"};
+        "FL-GAN server", "FL-GAN worker", "ASGD parameter server", "network model"};
     return kind < DG__CK_KINDS ? name[kind] : "unknown";
 }
 
@@ -11023,6 +11050,95 @@ DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_nets
     return DG_OK;
 }
 
+/* ---- the model's checkpoint: kind "network model", one state section:
+   u32 peers, per peer f64 clock and u32 disconnected, per link (from-major)
+   f64 busy-until, f64 last arrival and u64 draws ---- */
+static void dg__ns_encode(dg__wbuf *w, const void *obj)
+{
+    const dg__netsim *ns = (const dg__netsim *)obj;
+    size_t start, i, links = (size_t)ns->n * ns->n;
+    int p;
+    dg__ck_begin(w, DG__CK_NETSIM, 1);
+    start = dg__ck_section(w, DG__SEC_STATE);
+    dg__put_u32(w, (uint32_t)ns->n);
+    for (p = 0; p < ns->n; p++) {
+        dg__put_f64(w, ns->clock[p]);
+        dg__put_u32(w, ns->gone[p]);
+    }
+    for (i = 0; i < links; i++) {
+        dg__put_f64(w, ns->link[i].free_at);
+        dg__put_f64(w, ns->link[i].last);
+        dg__put_u64(w, ns->link[i].count);
+    }
+    dg__ck_end(w, start);
+}
+
+DGDEF dg_result dg_netsim_save(dg_transport *t, const char *path)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    if (!ns || !path) return dg__fail(DG_ERR_ARG, "dg_netsim_save: no network model or no path");
+    return dg__encode_file(dg__ns_encode, ns, path);
+}
+
+/* A time of the model: finite and not negative. */
+static int dg__ns_time_ok(double t) { return t >= 0.0 && t <= DBL_MAX; }
+
+DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path)
+{
+    static const uint32_t types[1] = {DG__SEC_STATE};
+    const char *what = "network model checkpoint";
+    dg__netsim *ns = dg__ns_of(t);
+    size_t len = 0, i, links;
+    unsigned char *buf;
+    dg__rbuf sec;
+    dg_result r;
+    uint32_t n;
+    FILE *f;
+    int p;
+    if (!ns || !path) return dg__fail(DG_ERR_ARG, "dg_netsim_load: no network model or no path");
+    links = (size_t)ns->n * ns->n;
+    for (i = 0; i < links; i++)
+        if (ns->link[i].n)
+            return dg__fail(DG_ERR_STATE, "dg_netsim_load: messages in flight on link %zu -> %zu",
+                            i / (size_t)ns->n, i % (size_t)ns->n);
+    if (!(f = fopen(path, "rb"))) return DG_OK; /* no state saved: the clocks start at 0 */
+    fclose(f);
+    /* a bound that lets a run of another size say so (1000 peers: 24 MB) */
+    if ((r = dg__read_file(path, (size_t)1 << 28, &buf, &len))) return r;
+    r = dg__ck_open(buf, len, DG__CK_NETSIM, types, 1, &sec, what);
+    if (r == DG_OK && (n = dg__get_u32(&sec)) != (uint32_t)ns->n)
+        r = dg__fail(DG_ERR_CONFIG, "%s: %u peers, this run has %d", what, n, ns->n);
+    if (r == DG_OK && sec.len != 4 + 12 * (size_t)ns->n + 24 * links)
+        r = dg__fail(DG_ERR_FORMAT, "%s: %zu bytes of state for %d peers", what, sec.len, ns->n);
+    for (p = 0; r == DG_OK && p < ns->n; p++) { /* checked before anything changes */
+        double c = dg__get_f64(&sec);
+        uint32_t gone = dg__get_u32(&sec);
+        if (!dg__ns_time_ok(c) || gone > 1)
+            r = dg__fail(DG_ERR_FORMAT, "%s: peer %d: clock %g, disconnected %u", what, p, c, gone);
+    }
+    for (i = 0; r == DG_OK && i < links; i++) {
+        double f = dg__get_f64(&sec), l = dg__get_f64(&sec);
+        (void)dg__get_u64(&sec);
+        if (!dg__ns_time_ok(f) || !dg__ns_time_ok(l))
+            r = dg__fail(DG_ERR_FORMAT, "%s: link %zu -> %zu: times %g, %g", what,
+                         i / (size_t)ns->n, i % (size_t)ns->n, f, l);
+    }
+    if (r == DG_OK) {
+        sec.pos = 4;
+        for (p = 0; p < ns->n; p++) {
+            ns->clock[p] = dg__get_f64(&sec);
+            __atomic_store_n(&ns->gone[p], (unsigned char)dg__get_u32(&sec), __ATOMIC_RELAXED);
+        }
+        for (i = 0; i < links; i++) {
+            ns->link[i].free_at = dg__get_f64(&sec);
+            ns->link[i].last = dg__get_f64(&sec);
+            ns->link[i].count = dg__get_u64(&sec);
+        }
+    }
+    dg__free(buf);
+    return r;
+}
+
 /* For the in-process drivers: puts the model cfg under the wrapper t
    (fault -> netsim -> inproc), before any traffic. */
 static dg_result dg__netsim_insert(dg_transport *t, const dg_netsim_config *cfg)
@@ -15262,9 +15378,9 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
 DGDEF dg_result dg_checkpoint_path(char *path, size_t cap, const char *dir, int flgan, int n)
 {
     int w;
-    if (!path || !dir || n < 0) return dg__fail(DG_ERR_ARG, "dg_checkpoint_path: bad arguments");
-    w = n ? snprintf(path, cap, "%s/%sworker_%d.ckpt", dir, flgan ? "flgan_" : "", n)
-          : snprintf(path, cap, "%s/%sserver.ckpt", dir, flgan ? "flgan_" : "");
+    if (!path || !dir || n < -1) return dg__fail(DG_ERR_ARG, "dg_checkpoint_path: bad arguments");
+    w = n > 0 ? snprintf(path, cap, "%s/%sworker_%d.ckpt", dir, flgan ? "flgan_" : "", n)
+              : snprintf(path, cap, "%s/%s%s.ckpt", dir, flgan ? "flgan_" : "", n ? "network" : "server");
     if (w < 0 || (size_t)w >= cap)
         return dg__fail(DG_ERR_ARG, "checkpoint path in %.64s... longer than %zu bytes", dir, cap);
     return DG_OK;
@@ -15663,6 +15779,11 @@ static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *d
             r = dg__role_save(path, &ro);
         }
     }
+    /* the network model's clocks and draws (set_network comes before load) */
+    if (r == DG_OK && dg__ns_of(md ? md->in.t : fl->in.t) &&
+        (r = dg_checkpoint_path(path, sizeof path, dir, !md, -1)) == DG_OK)
+        r = load ? dg_netsim_load(md ? md->in.t : fl->in.t, path)
+                 : dg_netsim_save(md ? md->in.t : fl->in.t, path);
     return r;
 }
 

@@ -488,6 +488,7 @@ typedef struct output {
     /* in process: checkpoints at every evaluation */
     dg_gan_trainer *trainer;
     double step_flops;        /* standalone under --network: a step's FLOPs */
+    int sim_restored;         /* the network model resumed from its checkpoint */
     dg_mdgan_run *md;
     dg_flgan_run *fl;
     dg_result error;          /* a failure met in a driver's callback */
@@ -545,6 +546,7 @@ static int output_log(output *out, int64_t resumed_at)
                        : dg_csv_open(&out->csv, path, LOG_COLUMNS, 0);
     for (i = 0; i < 11; i++)
         if (!out->o->resume || isnan(out->before[i])) out->before[i] = 0;
+    if (out->sim_restored) out->before[10] = 0; /* the model's clock goes on by itself */
     return r ? fail("log", r) : 0;
 }
 
@@ -1023,6 +1025,8 @@ int main(int argc, char **argv)
             t = dg_mdgan_run_transport(md);
             for (i = 0; i < o.n_attack; i++)
                 if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
+            /* before load: the clocks of the network model are in the checkpoint */
+            if (o.network && (r = dg_mdgan_run_set_network(md, &o.net))) return fail("network", r);
             if (o.resume && (r = dg_mdgan_run_load(md, o.out))) return fail("resume", r);
             out.src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
             out.start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
@@ -1040,6 +1044,7 @@ int main(int argc, char **argv)
             if ((r = dg_flgan_run_create(&fl, &fc, pool, &train, &part, o.crash, o.n_crash)))
                 return fail("flgan", r);
             t = dg_flgan_run_transport(fl);
+            if (o.network && (r = dg_flgan_run_set_network(fl, &o.net))) return fail("network", r);
             if (o.resume && (r = dg_flgan_run_load(fl, o.out))) return fail("resume", r);
             out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
             out.fl = fl;
@@ -1050,10 +1055,7 @@ int main(int argc, char **argv)
                 printf("FeGAN: a fraction C = %g of the workers per round%s\n", o.fraction,
                        o.balanced ? ", drawn proportionally to their shard sizes" : "");
         }
-        if (o.network && o.algo != ALGO_GAN) { /* before any traffic: the simulated clocks start at 0 */
-            r = md ? dg_mdgan_run_set_network(md, &o.net) : dg_flgan_run_set_network(fl, &o.net);
-            if (r) return fail("network", r);
-        }
+        out.sim_restored = t && dg_netsim_clock(t, DG_PEER_SERVER) > 0.0;
         if (out.start_it == 0 && output_untrained(&out)) return 1;
         out.started = 1;
         out.t0 = dg_clock_seconds();
