@@ -17009,8 +17009,11 @@ static dg_result dg__tcp_connect(const struct sockaddr_in *sa, int64_t deadline,
     return DG_OK;
 }
 
-/* Writes all of iov before deadline (non-blocking socket + poll). */
-static dg_result dg__tcp_writev(int fd, struct iovec *iov, int n, int64_t deadline, uint64_t *count)
+/* Writes all of iov before deadline (dg__tcp_ms; non-blocking socket +
+   poll), or when deadline is 0, within wait_ms of the first time the
+   socket is full: a send that never waits reads no clock. */
+static dg_result dg__tcp_writev(int fd, struct iovec *iov, int n, int64_t deadline, int wait_ms,
+                                uint64_t *count)
 {
     while (n > 0) {
         ssize_t w = writev(fd, iov, n > 64 ? 64 : n);
@@ -17030,7 +17033,9 @@ static dg_result dg__tcp_writev(int fd, struct iovec *iov, int n, int64_t deadli
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             struct pollfd p;
-            int left = (int)(deadline - dg__tcp_ms());
+            int left;
+            if (!deadline) deadline = dg__tcp_ms() + wait_ms;
+            left = (int)(deadline - dg__tcp_ms());
             p.fd = fd;
             p.events = POLLOUT;
             if (left <= 0) return dg__fail(DG_ERR_TIMEOUT, "tcp: send timed out");
@@ -17056,7 +17061,7 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
     iov[0].iov_len = sizeof hdr;
     iov[1].iov_base = (void *)payload;
     iov[1].iov_len = n;
-    return dg__tcp_writev(fd, iov, n ? 2 : 1, deadline, count);
+    return dg__tcp_writev(fd, iov, n ? 2 : 1, deadline, 0, count);
 }
 
 /* ---- the endpoint ---- */
@@ -17081,11 +17086,12 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 typedef struct dg__tconn {
     int fd, state, peer, role, paused, peers_due;
     int big;                 /* its last message frame had DG__IN_BIG bytes or more */
+    int sent;                /* a message went out since the timers looked (atomic):
+                                they date it, so that a send reads no clock */
     dg__rx rx;
     unsigned char *in;       /* input buffer (live connections; I/O thread) */
     size_t in_at, in_end;    /* its bytes not yet given to rx */
-    int64_t opened, last_rx, frame_start;
-    int64_t last_tx;         /* written under wmu (atomic: the timers read it) */
+    int64_t opened, last_rx, last_tx, frame_start;
     unsigned char nonce[DG__TCP_NONCE], hello[DG__TCP_HELLO_SIZE];
     unsigned char addr[16];
     char name[24];           /* "a.b.c.d:port" of the other end, for the log */
@@ -17240,7 +17246,7 @@ static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t 
     c->role = role;
     c->opened = c->last_rx = c->last_tx = now;
     c->paused = 0;
-    c->peers_due = c->big = 0;
+    c->peers_due = c->big = c->sent = 0;
     dg__rx_init(&c->rx, &t->base, t->cfg.max_message, DG__MAX_CONTROL);
     c->rx.allow_app = 1;
     c->rx.self = t->cfg.self;
@@ -17294,7 +17300,7 @@ static int dg__tcp_send_control(dg__tcp *t, dg__tconn *c, uint8_t type, const vo
         return 1;
     }
     r = dg__tcp_write_frame(c->fd, type, 0, (uint32_t)t->cfg.self, 0, payload, n, now + 1000, 0, &w);
-    if (r == DG_OK) __atomic_store_n(&c->last_tx, now, __ATOMIC_RELAXED);
+    if (r == DG_OK) c->last_tx = now;
     if (c->peer >= 0) __atomic_fetch_add(&t->wire_out[c->peer], w, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&c->wmu);
     if (r == DG_OK) return 0;
@@ -17739,7 +17745,7 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         c->peer = -1;
         c->role = 0;
         c->opened = c->last_rx = c->last_tx = now;
-        c->paused = c->peers_due = c->big = 0;
+        c->paused = c->peers_due = c->big = c->sent = 0;
         c->listen_port = 0;
         memcpy(c->addr, addr, 16);
         dg__tcp_name(c->name, &sa);
@@ -17781,7 +17787,8 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
             if (r < 0) continue;
             if (r == 0) c->peers_due = 0;
         }
-        if (now - __atomic_load_n(&c->last_tx, __ATOMIC_RELAXED) >= t->cfg.heartbeat_ms)
+        if (__atomic_exchange_n(&c->sent, 0, __ATOMIC_RELAXED)) c->last_tx = now;
+        if (now - c->last_tx >= t->cfg.heartbeat_ms)
             dg__tcp_send_control(t, c, DG__TCP_HEARTBEAT, NULL, 0, now);
     }
 }
@@ -17876,8 +17883,7 @@ static void *dg__tcp_io_main(void *arg)
    from the message itself (no copy), all in one writev.  The DGMS CRC-32
    (part table and values) is computed first, then the TCP header's (the
    DGMS header). */
-static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, int64_t deadline,
-                                   uint64_t *w)
+static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, uint64_t *w)
 {
     unsigned char head[DG_TCP_HEADER_SIZE + DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
     unsigned char *b = head + DG_TCP_HEADER_SIZE;
@@ -17912,7 +17918,7 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, in
     dg__frame_header_encode(&h, head);
     iov[0].iov_base = head;
     iov[0].iov_len = DG_TCP_HEADER_SIZE + fb;
-    return dg__tcp_writev(c->fd, iov, n, deadline, w);
+    return dg__tcp_writev(c->fd, iov, n, 0, t->cfg.send_timeout_ms, w);
 }
 
 static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer);
@@ -17931,7 +17937,6 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     dg__tconn *c;
     dg_result r;
     uint64_t w = 0;
-    int64_t now;
     int to = m->to, wake = 0;
     if (!dg__msg_type_known(m->type) || m->type > DG_MSG_TYPE_MAX || m->from != t->cfg.self ||
         to == t->cfg.self || m->iteration < 0) {
@@ -17957,18 +17962,15 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
         dg_msg_free(bt, m);
         return dg__fail(DG_ERR_CLOSED, "tcp: no connection to peer %d", to);
     }
-    /* One clock read: the deadline, and the last transmission for the
-       heartbeats (a send that waited is followed by a heartbeat sooner
-       than needed, which costs 32 bytes).  A sent message takes the
-       endpoint lock once: the rest is atomic, and a connection dropped
-       meanwhile by another thread is closed by the I/O thread's next round
-       (its socket is shut down already). */
-    now = dg__tcp_ms();
+    /* No clock read unless the socket is full (the timers date c->sent),
+       and the endpoint lock once: the rest is atomic, and a connection
+       dropped meanwhile by another thread is closed by the I/O thread's
+       next round (its socket is shut down already). */
     pthread_mutex_lock(&c->wmu);
-    r = dg__tcp_write_msg(t, c, m, now + t->cfg.send_timeout_ms, &w);
-    __atomic_store_n(&c->last_tx, now, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&t->wire_out[to], w, __ATOMIC_RELAXED);
+    r = dg__tcp_write_msg(t, c, m, &w);
     pthread_mutex_unlock(&c->wmu);
+    __atomic_store_n(&c->sent, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&t->wire_out[to], w, __ATOMIC_RELAXED);
     if (r != DG_OK) {
         char why[300];
         snprintf(why, sizeof why, "%s", dg_last_error());
