@@ -3019,39 +3019,15 @@ static void dg__crc_init(void)
 }
 
 #ifdef DG__X86
-/* The four 16-byte lanes x1..x4 (the bytes before buf folded in) folded
-   over the rest (len a multiple of 16) and reduced to the CRC register.
-   Inlined, so that in dg__crc_fold512 it is VEX code: legacy SSE after
-   AVX-512 code pays a state transition (~250 ns a call here). */
+/* One 16-byte lane x1 (the bytes before buf folded in) folded over the
+   rest (len a multiple of 16) and reduced to the CRC register. */
 __attribute__((target("pclmul,sse4.1"), always_inline))
-static inline uint32_t dg__crc_fold_lanes(__m128i x1, __m128i x2, __m128i x3, __m128i x4,
-                                   const unsigned char *buf, size_t len)
+static inline uint32_t dg__crc_fold_tail(__m128i x1, const unsigned char *buf, size_t len)
 {
-    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
     const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL);
     const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124LL);
     const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
-    __m128i x0, x5, x6, x7, x8;
-    x0 = k1k2;
-    while (len >= 64) {
-        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
-        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
-        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
-        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
-        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
-        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
-        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
-        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
-        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), _mm_loadu_si128((const __m128i *)(buf + 0x00)));
-        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), _mm_loadu_si128((const __m128i *)(buf + 0x10)));
-        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), _mm_loadu_si128((const __m128i *)(buf + 0x20)));
-        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), _mm_loadu_si128((const __m128i *)(buf + 0x30)));
-        buf += 64; len -= 64;
-    }
-    x0 = k3k4;
-    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
-    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
-    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+    __m128i x0 = k3k4, x2, x3, x5;
     while (len >= 16) {
         x2 = _mm_loadu_si128((const __m128i *)buf);
         x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
@@ -3073,6 +3049,40 @@ static inline uint32_t dg__crc_fold_lanes(__m128i x1, __m128i x2, __m128i x3, __
     x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
     x1 = _mm_xor_si128(x1, x2);
     return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+
+/* The four 16-byte lanes x1..x4 (the bytes before buf folded in) folded
+   over the rest (len a multiple of 16), then into one lane, then the tail.
+   Inlined, so that in dg__crc_fold512 it is VEX code: legacy SSE after
+   AVX-512 code pays a state transition (~250 ns a call here). */
+__attribute__((target("pclmul,sse4.1"), always_inline))
+static inline uint32_t dg__crc_fold_lanes(__m128i x1, __m128i x2, __m128i x3, __m128i x4,
+                                   const unsigned char *buf, size_t len)
+{
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL);
+    __m128i x0, x5, x6, x7, x8;
+    x0 = k1k2;
+    while (len >= 64) {
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), _mm_loadu_si128((const __m128i *)(buf + 0x00)));
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), _mm_loadu_si128((const __m128i *)(buf + 0x10)));
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), _mm_loadu_si128((const __m128i *)(buf + 0x20)));
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), _mm_loadu_si128((const __m128i *)(buf + 0x30)));
+        buf += 64; len -= 64;
+    }
+    x0 = k3k4;
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11); x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+    return dg__crc_fold_tail(x1, buf, len);
 }
 
 /* crc: the running register (already inverted); len >= 64, a multiple of 16 */
@@ -3128,6 +3138,16 @@ static uint32_t dg__crc_fold512(uint32_t crc, const unsigned char *buf, size_t l
                               _mm512_maskz_extracti32x4_epi32(0xF, z0, 2),
                               _mm512_maskz_extracti32x4_epi32(0xF, z0, 3), buf, len);
 }
+
+/* 16 <= len < 64, a multiple of 16: one lane.  The table loop's cache
+   misses made a 56-byte header cost as much as a 1 KB body, and a message
+   frame has two such CRCs at each end. */
+__attribute__((target("pclmul,sse4.1")))
+static uint32_t dg__crc_fold_short(uint32_t crc, const unsigned char *buf, size_t len)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)buf);
+    return dg__crc_fold_tail(_mm_xor_si128(x, _mm_cvtsi32_si128((int)crc)), buf + 16, len - 16);
+}
 #endif
 
 DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
@@ -3137,10 +3157,11 @@ DGDEF uint32_t dg_crc32(uint32_t crc, const void *data, size_t n)
     pthread_once(&once, dg__crc_init);
     crc = ~crc;
 #ifdef DG__X86
-    if (dg__crc_has_clmul && n >= 64) {
+    if (dg__crc_has_clmul && n >= 16) {
         size_t bulk = n & ~(size_t)15;
         crc = dg__crc_has_vclmul && bulk >= 256 ? dg__crc_fold512(crc, p, bulk)
-                                                : dg__crc_fold(crc, p, bulk);
+              : bulk >= 64                      ? dg__crc_fold(crc, p, bulk)
+                                                : dg__crc_fold_short(crc, p, bulk);
         p += bulk;
         n -= bulk;
     }
@@ -16743,6 +16764,10 @@ static dg_result dg__tcp_parse_addr(const char *s, char *host, size_t host_cap, 
 #define DG__RX_TABLE 3
 #define DG__RX_PARTS 4
 #define DG__RX_COMMIT ((size_t)64 << 10)   /* first commitment of a new message buffer */
+/* Values are read at most this much at a time, so that their CRC-32 runs
+   on bytes the copy has just left in L2 (a whole 16 MB message read in
+   MBs at a time was CRC'd from memory at half the speed). */
+#define DG__RX_CHUNK ((size_t)256 << 10)
 
 typedef struct dg__rx {
     int stage;
@@ -16805,6 +16830,7 @@ static void dg__rx_want(dg__rx *rx, unsigned char **p, size_t *n)
         size_t at = rx->off[rx->part] + rx->got, left = dg__part_size(&rx->m->part[rx->part]) - rx->got;
         *p = rx->m->buf + at;   /* dg__rx_room made at < cap */
         *n = left < rx->m->cap - at ? left : rx->m->cap - at;
+        if (*n > DG__RX_CHUNK) *n = DG__RX_CHUNK;
     }
     }
 }
@@ -17128,8 +17154,11 @@ static dg_result dg__tcp_connect(const struct sockaddr_in *sa, int64_t deadline,
     return DG_OK;
 }
 
-/* Writes all of iov before deadline (non-blocking socket + poll). */
-static dg_result dg__tcp_writev(int fd, struct iovec *iov, int n, int64_t deadline, uint64_t *count)
+/* Writes all of iov before deadline (dg__tcp_ms; non-blocking socket +
+   poll), or when deadline is 0, within wait_ms of the first time the
+   socket is full: a send that never waits reads no clock. */
+static dg_result dg__tcp_writev(int fd, struct iovec *iov, int n, int64_t deadline, int wait_ms,
+                                uint64_t *count)
 {
     while (n > 0) {
         ssize_t w = writev(fd, iov, n > 64 ? 64 : n);
@@ -17149,7 +17178,9 @@ static dg_result dg__tcp_writev(int fd, struct iovec *iov, int n, int64_t deadli
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             struct pollfd p;
-            int left = (int)(deadline - dg__tcp_ms());
+            int left;
+            if (!deadline) deadline = dg__tcp_ms() + wait_ms;
+            left = (int)(deadline - dg__tcp_ms());
             p.fd = fd;
             p.events = POLLOUT;
             if (left <= 0) return dg__fail(DG_ERR_TIMEOUT, "tcp: send timed out");
@@ -17175,7 +17206,7 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
     iov[0].iov_len = sizeof hdr;
     iov[1].iov_base = (void *)payload;
     iov[1].iov_len = n;
-    return dg__tcp_writev(fd, iov, n ? 2 : 1, deadline, count);
+    return dg__tcp_writev(fd, iov, n ? 2 : 1, deadline, 0, count);
 }
 
 /* ---- the endpoint ---- */
@@ -17200,6 +17231,8 @@ static dg_result dg__tcp_write_frame(int fd, uint8_t type, uint8_t flags, uint32
 typedef struct dg__tconn {
     int fd, state, peer, role, paused, peers_due;
     int big;                 /* its last message frame had DG__IN_BIG bytes or more */
+    int sent;                /* a message went out since the timers looked (atomic):
+                                they date it, so that a send reads no clock */
     dg__rx rx;
     unsigned char *in;       /* input buffer (live connections; I/O thread) */
     size_t in_at, in_end;    /* its bytes not yet given to rx */
@@ -17208,7 +17241,9 @@ typedef struct dg__tconn {
     unsigned char addr[16];
     char name[24];           /* "a.b.c.d:port" of the other end, for the log */
     uint16_t listen_port;
-    int senders;             /* threads writing on it (endpoint mutex) */
+    int senders;             /* threads writing on it (atomic; raised under
+                                the endpoint mutex, so a connection with
+                                none is released there) */
     int reading;             /* a thread is inside dg__tcp_read: its fd's
                                 input, rx and input buffer are that thread's */
     pthread_mutex_t wmu;     /* one writer at a time */
@@ -17356,7 +17391,7 @@ static dg__tconn *dg__tcp_adopt(dg__tcp *t, int fd, int peer, int role, int64_t 
     c->role = role;
     c->opened = c->last_rx = c->last_tx = now;
     c->paused = 0;
-    c->peers_due = c->big = 0;
+    c->peers_due = c->big = c->sent = 0;
     dg__rx_init(&c->rx, &t->base, t->cfg.max_message, DG__MAX_CONTROL);
     c->rx.allow_app = 1;
     c->rx.self = t->cfg.self;
@@ -17411,7 +17446,7 @@ static int dg__tcp_send_control(dg__tcp *t, dg__tconn *c, uint8_t type, const vo
     }
     r = dg__tcp_write_frame(c->fd, type, 0, (uint32_t)t->cfg.self, 0, payload, n, now + 1000, 0, &w);
     if (r == DG_OK) c->last_tx = now;
-    if (c->peer >= 0) t->wire_out[c->peer] += w;
+    if (c->peer >= 0) __atomic_fetch_add(&t->wire_out[c->peer], w, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&c->wmu);
     if (r == DG_OK) return 0;
     dg__tcp_drop(t, c, "cannot send a control frame (the peer does not read)");
@@ -17651,8 +17686,13 @@ static int dg__tcp_feed(dg__rx *rx, const unsigned char *p, size_t n, size_t *us
    or its CRC).  A live connection reads through its input buffer (one
    read(2) for every small frame that came) and delivers the messages of a
    read at once; a connection in its handshake reads exactly what its frame
-   needs (no byte of a later frame is taken before the handshake decides). */
-static void dg__tcp_read_owned(dg__tcp *t, dg__tconn *c)
+   needs (no byte of a later frame is taken before the handshake decides).
+   A receiver (mine) stops at the first read that delivered a message: the
+   rest waits in the socket, so the next message lands in the buffer the
+   role has just freed, still in cache (a reader running up to the 4 MiB
+   backlog ahead cycled through cold buffers: the kernel's copy into them
+   cost 1.7 times the raw loop's at 64 KB). */
+static void dg__tcp_read_owned(dg__tcp *t, dg__tconn *c, int mine)
 {
     int rounds;
     for (rounds = 0; rounds < 64 && (c->state != DG__TC_FREE && c->state != DG__TC_DEAD) &&
@@ -17664,6 +17704,7 @@ static void dg__tcp_read_owned(dg__tcp *t, dg__tconn *c)
         dg_msg *first = NULL, *last = NULL;
         int r = 0, busy = dg__rx_busy(&c->rx), started = 0, drained = 0, err = 0;
         int live = c->state == DG__TC_LIVE;
+        int64_t now;
         pthread_mutex_unlock(&t->mu);
         if (live && !c->in) c->in = (unsigned char *)dg__alloc(DG__IN_SIZE);
         if (live && !c->in) {
@@ -17713,11 +17754,12 @@ static void dg__tcp_read_owned(dg__tcp *t, dg__tconn *c)
                                       : strerror(err));
             return;
         }
+        if (n > 0 || started) now = dg__tcp_ms(); /* one clock read a read */
         if (n > 0) {
-            c->last_rx = dg__tcp_ms();
+            c->last_rx = now;
             if (c->peer >= 0 && c->state == DG__TC_LIVE) t->wire_in[c->peer] += (uint64_t)n;
         }
-        if (started) c->frame_start = dg__tcp_ms();
+        if (started) c->frame_start = now;
         if (c->state == DG__TC_DEAD) { /* dropped meanwhile by a sender */
             dg__free(payload);
             while (first) {
@@ -17734,6 +17776,7 @@ static void dg__tcp_read_owned(dg__tcp *t, dg__tconn *c)
                 dg__tcp_deliver(t, c, m);
             }
             pthread_cond_broadcast(&t->cv);
+            if (mine && r == 0) return;
         }
         if (r < 0) {
             char why[300];
@@ -17773,12 +17816,12 @@ static void dg__tcp_nudge(dg__tcp *t)
    or a receiver): it owns the connection's read side, partial frame
    included, until it returns; another finds it taken and moves on (a
    leader that skipped a live one is nudged when it is free again). */
-static void dg__tcp_read(dg__tcp *t, dg__tconn *c)
+static void dg__tcp_read(dg__tcp *t, dg__tconn *c, int mine)
 {
     int was_live = c->state == DG__TC_LIVE;
     if (c->reading) return;
     c->reading = 1;
-    dg__tcp_read_owned(t, c);
+    dg__tcp_read_owned(t, c, mine);
     c->reading = 0;
     if (was_live || c->state == DG__TC_LIVE) dg__tcp_nudge(t);
 }
@@ -17847,7 +17890,7 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         c->peer = -1;
         c->role = 0;
         c->opened = c->last_rx = c->last_tx = now;
-        c->paused = c->peers_due = c->big = 0;
+        c->paused = c->peers_due = c->big = c->sent = 0;
         c->listen_port = 0;
         memcpy(c->addr, addr, 16);
         dg__tcp_name(c->name, &sa);
@@ -17855,7 +17898,7 @@ static void dg__tcp_accept(dg__tcp *t, int64_t now)
         dg__rx_init(&c->rx, &t->base, DG_TCP_MAX_HANDSHAKE, DG_TCP_MAX_HANDSHAKE);
         /* a client sends its HELLO at once: take it now, before newer
            connections may evict this one */
-        dg__tcp_read(t, c);
+        dg__tcp_read(t, c, 0);
     }
 }
 
@@ -17865,7 +17908,8 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
     int i;
     for (i = 0; i < t->n_conns; i++) {
         dg__tconn *c = &t->conns[i];
-        if (c->state == DG__TC_DEAD && c->senders == 0 && !c->reading) {
+        if (c->state == DG__TC_DEAD && __atomic_load_n(&c->senders, __ATOMIC_ACQUIRE) == 0 &&
+            !c->reading) {
             dg__tcp_release(t, c);
             continue;
         }
@@ -17888,6 +17932,7 @@ static void dg__tcp_timers(dg__tcp *t, int64_t now)
             if (r < 0) continue;
             if (r == 0) c->peers_due = 0;
         }
+        if (__atomic_exchange_n(&c->sent, 0, __ATOMIC_RELAXED)) c->last_tx = now;
         if (now - c->last_tx >= t->cfg.heartbeat_ms)
             dg__tcp_send_control(t, c, DG__TCP_HEARTBEAT, NULL, 0, now);
     }
@@ -17937,7 +17982,7 @@ static int dg__tcp_poll_round(dg__tcp *t, struct pollfd *pf, int *who, int io, i
             while (read(pf[i].fd, buf, sizeof buf) > 0) {
             }
         } else {
-            dg__tcp_read(t, &t->conns[who[i]]);
+            dg__tcp_read(t, &t->conns[who[i]], !io);
         }
     }
     /* a connection unpaused (or cut short after 64 rounds) with bytes
@@ -17945,7 +17990,7 @@ static int dg__tcp_poll_round(dg__tcp *t, struct pollfd *pf, int *who, int io, i
     for (i = 0; staged && i < t->n_conns; i++) {
         dg__tconn *c = &t->conns[i];
         if (c->state == DG__TC_LIVE && dg__tcp_reads(t, c, io) && c->in_at < c->in_end)
-            dg__tcp_read(t, c);
+            dg__tcp_read(t, c, !io);
     }
     return listener;
 }
@@ -18018,7 +18063,7 @@ static dg_result dg__tcp_write_msg(dg__tcp *t, dg__tconn *c, const dg_msg *m, ui
     dg__frame_header_encode(&h, head);
     iov[0].iov_base = head;
     iov[0].iov_len = DG_TCP_HEADER_SIZE + fb;
-    return dg__tcp_writev(c->fd, iov, n, dg__tcp_ms() + t->cfg.send_timeout_ms, w);
+    return dg__tcp_writev(c->fd, iov, n, 0, t->cfg.send_timeout_ms, w);
 }
 
 static dg_result dg__tcp_dial_peer(dg__tcp *t, int peer);
@@ -18037,7 +18082,7 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
     dg__tconn *c;
     dg_result r;
     uint64_t w = 0;
-    int to = m->to, wake;
+    int to = m->to, wake = 0;
     if (!dg__msg_type_known(m->type) || m->type > DG_MSG_TYPE_MAX || m->from != t->cfg.self ||
         to == t->cfg.self || m->iteration < 0) {
         r = dg__fail(DG_ERR_ARG, "tcp: cannot send type %d from %d to %d on the transport of %d",
@@ -18056,26 +18101,31 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
         pthread_mutex_lock(&t->mu);
         c = dg__tcp_find(t, to);
     }
-    if (c) c->senders++;
+    if (c) __atomic_add_fetch(&c->senders, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&t->mu);
     if (!c) {
         dg_msg_free(bt, m);
         return dg__fail(DG_ERR_CLOSED, "tcp: no connection to peer %d", to);
     }
+    /* No clock read unless the socket is full (the timers date c->sent),
+       and the endpoint lock once: the rest is atomic, and a connection
+       dropped meanwhile by another thread is closed by the I/O thread's
+       next round (its socket is shut down already). */
     pthread_mutex_lock(&c->wmu);
     r = dg__tcp_write_msg(t, c, m, &w);
     pthread_mutex_unlock(&c->wmu);
-    pthread_mutex_lock(&t->mu);
-    c->senders--;
-    c->last_tx = dg__tcp_ms();
-    t->wire_out[to] += w;
+    __atomic_store_n(&c->sent, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&t->wire_out[to], w, __ATOMIC_RELAXED);
     if (r != DG_OK) {
         char why[300];
         snprintf(why, sizeof why, "%s", dg_last_error());
+        pthread_mutex_lock(&t->mu);
         dg__tcp_drop(t, c, why);
+        wake = __atomic_sub_fetch(&c->senders, 1, __ATOMIC_RELEASE) == 0;
+        pthread_mutex_unlock(&t->mu);
+    } else {
+        __atomic_sub_fetch(&c->senders, 1, __ATOMIC_RELEASE);
     }
-    wake = c->state == DG__TC_DEAD && c->senders == 0;
-    pthread_mutex_unlock(&t->mu);
     if (wake) dg__tcp_wake(t); /* the I/O thread closes it now */
     dg_msg_free(bt, m);
     if (r != DG_OK) return dg__fail(r, "tcp: send to peer %d failed", to);
@@ -18091,10 +18141,12 @@ static dg_result dg__tcp_send(dg_transport *bt, dg_msg *m)
    others wait on cv for what it delivers, or to lead once it leaves. */
 static void dg__tcp_await(dg__tcp *t, int timeout_ms)
 {
-    int64_t end = dg__tcp_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-    for (;;) {
-        int64_t left = end - dg__tcp_ms();
-        if (t->head || (timeout_ms > 0 && left <= 0)) return;
+    /* the clock: once for the deadline, then after each round that found nothing */
+    int64_t end = timeout_ms > 0 ? dg__tcp_ms() + timeout_ms : 0, left = timeout_ms;
+    int round;
+    for (round = 0;; round++) {
+        if (t->head) return;
+        if (timeout_ms > 0 && round > 0 && (left = end - dg__tcp_ms()) <= 0) return;
         if (!t->polling) {
             t->polling = 1;
             t->leader = pthread_self();
@@ -18643,7 +18695,7 @@ DGDEF void dg_tcp_wire_bytes(dg_transport *bt, int peer, uint64_t *in, uint64_t 
     for (p = 0; p < bt->n_peers; p++)
         if (peer == DG_ANY_PEER || p == peer) {
             *in += t->wire_in[p];
-            *out += t->wire_out[p];
+            *out += __atomic_load_n(&t->wire_out[p], __ATOMIC_RELAXED);
         }
     pthread_mutex_unlock(&t->mu);
 }
