@@ -10329,13 +10329,49 @@ DGDEF int64_t dg_transport_joined_at(const dg_transport *t)
     return t && t->joined_at ? t->joined_at(t) : 0;
 }
 
+/* ---- the message queue: every transport's inbox ---- */
+
+/* A FIFO of messages linked through next; its owner locks it. */
+typedef struct dg__msg_queue {
+    dg_msg *head, *tail;
+    int count;
+} dg__msg_queue;
+
+static void dg__queue_push(dg__msg_queue *q, dg_msg *m)
+{
+    m->next = NULL;
+    if (q->tail)
+        q->tail->next = m;
+    else
+        q->head = m;
+    q->tail = m;
+    q->count++;
+}
+
+static dg_msg *dg__queue_pop(dg__msg_queue *q)
+{
+    dg_msg *m = q->head;
+    if (!m) return NULL;
+    q->head = m->next;
+    if (!q->head) q->tail = NULL;
+    q->count--;
+    m->next = NULL;
+    return m;
+}
+
+/* A transport's close: what was never received is freed. */
+static void dg__queue_free(dg_transport *t, dg__msg_queue *q)
+{
+    dg_msg *m;
+    while ((m = dg__queue_pop(q)) != NULL) dg_msg_free(t, m);
+}
+
 /* ---- in-process transport: one bounded FIFO inbox per peer ---- */
 
 typedef struct dg__inbox {
     pthread_mutex_t mu;
     pthread_cond_t nonempty, nonfull;
-    dg_msg *head, *tail;
-    int count;
+    dg__msg_queue q;
 } dg__inbox;
 
 typedef struct dg__inproc {
@@ -10365,21 +10401,15 @@ static dg_result dg__inproc_send(dg_transport *t, dg_msg *m)
     dg__inbox *b = &ip->box[m->to];
     struct timespec dl = dg__deadline(ip->send_timeout_ms);
     pthread_mutex_lock(&b->mu);
-    while (b->count >= ip->cap)
+    while (b->q.count >= ip->cap)
         if (pthread_cond_timedwait(&b->nonfull, &b->mu, &dl) == ETIMEDOUT) break;
-    if (b->count >= ip->cap) {
+    if (b->q.count >= ip->cap) {
         int to = m->to;
         pthread_mutex_unlock(&b->mu);
         dg_msg_free(t, m);
         return dg__fail(DG_ERR_TIMEOUT, "inproc: inbox of peer %d stayed full", to);
     }
-    m->next = NULL;
-    if (b->tail)
-        b->tail->next = m;
-    else
-        b->head = m;
-    b->tail = m;
-    b->count++;
+    dg__queue_push(&b->q, m);
     pthread_cond_signal(&b->nonempty);
     pthread_mutex_unlock(&b->mu);
     return DG_OK;
@@ -10391,23 +10421,16 @@ static dg_result dg__inproc_recv(dg_transport *t, int self, int timeout_ms, dg_m
     dg__inbox *b = &ip->box[self];
     dg_msg *m;
     pthread_mutex_lock(&b->mu);
-    if (!b->head && timeout_ms != 0) {
+    if (!b->q.head && timeout_ms != 0) {
         if (timeout_ms < 0) {
-            while (!b->head) pthread_cond_wait(&b->nonempty, &b->mu);
+            while (!b->q.head) pthread_cond_wait(&b->nonempty, &b->mu);
         } else {
             struct timespec dl = dg__deadline(timeout_ms);
-            while (!b->head)
+            while (!b->q.head)
                 if (pthread_cond_timedwait(&b->nonempty, &b->mu, &dl) == ETIMEDOUT) break;
         }
     }
-    m = b->head;
-    if (m) {
-        b->head = m->next;
-        if (!b->head) b->tail = NULL;
-        b->count--;
-        m->next = NULL;
-        pthread_cond_signal(&b->nonfull);
-    }
+    if ((m = dg__queue_pop(&b->q)) != NULL) pthread_cond_signal(&b->nonfull);
     pthread_mutex_unlock(&b->mu);
     *out = m;
     return m ? DG_OK : DG_ERR_TIMEOUT;
@@ -10418,7 +10441,7 @@ static int dg__inproc_pending(dg_transport *t, int self)
     dg__inproc *ip = (dg__inproc *)t->impl;
     int n;
     pthread_mutex_lock(&ip->box[self].mu);
-    n = ip->box[self].count;
+    n = ip->box[self].q.count;
     pthread_mutex_unlock(&ip->box[self].mu);
     return n;
 }
@@ -10429,11 +10452,7 @@ static void dg__inproc_close(dg_transport *t)
     int i;
     for (i = 0; i < t->n_peers; i++) {
         dg__inbox *b = &ip->box[i];
-        while (b->head) {
-            dg_msg *m = b->head;
-            b->head = m->next;
-            dg_msg_free(t, m);
-        }
+        dg__queue_free(t, &b->q);
         pthread_mutex_destroy(&b->mu);
         pthread_cond_destroy(&b->nonempty);
         pthread_cond_destroy(&b->nonfull);
@@ -11344,8 +11363,7 @@ typedef struct dg__mpi {
     MPI_Comm comm;
     int rank;
     pthread_mutex_t mu;           /* every MPI call, and the fields below */
-    dg_msg *head, *tail;          /* frames received by send and pending, in order */
-    int count;
+    dg__msg_queue inbox;          /* frames received by send and pending, in order */
     /* the MPI sends in flight, oldest first, each with its frame's record:
        one MPI_Testsome over them all makes MPI progress once */
     MPI_Request *req;
@@ -11742,17 +11760,6 @@ static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
     return r;
 }
 
-static void dg__mpi_queue(dg__mpi *t, dg_msg *m)
-{
-    m->next = NULL;
-    if (t->tail)
-        t->tail->next = m;
-    else
-        t->head = m;
-    t->tail = m;
-    t->count++;
-}
-
 static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
 {
     dg__mpi *t = (dg__mpi *)bt->impl;
@@ -11781,7 +11788,7 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
         if ((r = dg__mpi_pull(t, &in)) != DG_OK)
             dg__mpi_defer(t, r);
         else if (in) {
-            dg__mpi_queue(t, in);
+            dg__queue_push(&t->inbox, in);
             w.since = 0;
             w.naps = 0;
         }
@@ -11818,13 +11825,7 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         if (t->deferred != DG_OK) {
             r = dg__fail(t->deferred, "%s", t->why);
             t->deferred = DG_OK;
-        } else if (t->head) {
-            m = t->head;
-            t->head = m->next;
-            if (!t->head) t->tail = NULL;
-            t->count--;
-            m->next = NULL;
-        } else {
+        } else if ((m = dg__queue_pop(&t->inbox)) == NULL) {
             r = dg__mpi_pull(t, &m);
         }
         pthread_mutex_unlock(&t->mu);
@@ -11852,10 +11853,10 @@ static int dg__mpi_pending(dg_transport *bt, int self)
         if (r != DG_OK)
             dg__mpi_defer(t, r);
         else
-            dg__mpi_queue(t, m);
+            dg__queue_push(&t->inbox, m);
     }
     if (r != DG_OK) dg__mpi_defer(t, r);
-    n = t->count;
+    n = t->inbox.count;
     pthread_mutex_unlock(&t->mu);
     return n;
 }
@@ -11922,11 +11923,7 @@ static void dg__mpi_close(dg_transport *bt)
         t->spare = s->next;
         dg__free(s);
     }
-    while (t->head) {
-        dg_msg *m = t->head;
-        t->head = m->next;
-        dg_msg_free(bt, m);
-    }
+    dg__queue_free(bt, &t->inbox);
     pthread_mutex_unlock(&t->mu);
     pthread_mutex_destroy(&t->mu);
     dg_transport_base_free(bt);
@@ -16644,7 +16641,7 @@ static void dg__rx_reset(dg__rx *rx)
 /* Nonzero while a frame is half received. */
 static int dg__rx_busy(const dg__rx *rx) { return rx->stage != DG__RX_HEADER || rx->got != 0; }
 
-static size_t dg__part_size(const dg_part *p) { return p->kind == DG_PART_BYTES ? p->count : 4 * p->count; }
+static size_t dg__part_size(const dg_part *p) { return dg__part_bytes(p->kind, p->count); }
 
 static void dg__rx_want(dg__rx *rx, unsigned char **p, size_t *n)
 {
@@ -17081,8 +17078,7 @@ typedef struct dg__tcp {
     pthread_mutex_t mu;       /* conns' state and peer, inbox, directory */
     pthread_cond_t cv;
     dg__tconn *conns;
-    dg_msg *head, *tail;
-    int count;
+    dg__msg_queue inbox;
     size_t *queued;           /* per peer: bytes waiting in the inbox */
     dg__tcp_peer_addr *dir;    /* worker: where the other workers listen */
     uint32_t n_dir;
@@ -17452,11 +17448,7 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
 {
     size_t bytes = dg_msg_payload_bytes(m);
     dg_traffic *l = &t->base.links[(size_t)m->from * t->base.n_peers + m->to];
-    m->next = NULL;
-    if (t->tail) t->tail->next = m;
-    else t->head = m;
-    t->tail = m;
-    t->count++;
+    dg__queue_push(&t->inbox, m);
     t->queued[m->from] += dg__tcp_held(m);
     /* the receiving side counts its incoming links too */
     __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
@@ -17949,7 +17941,7 @@ static void dg__tcp_await(dg__tcp *t, int timeout_ms)
     int64_t end = dg__tcp_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
         int64_t left = end - dg__tcp_ms();
-        if (t->head || (timeout_ms > 0 && left <= 0)) return;
+        if (t->inbox.head || (timeout_ms > 0 && left <= 0)) return;
         if (!t->polling) {
             t->polling = 1;
             t->leader = pthread_self();
@@ -17964,15 +17956,7 @@ static void dg__tcp_await(dg__tcp *t, int timeout_ms)
         } else if (timeout_ms == 0) {
             return;
         } else {
-            struct timespec dl;
-            int64_t ms = timeout_ms < 0 || left > 100 ? 100 : left;
-            clock_gettime(CLOCK_REALTIME, &dl);
-            dl.tv_sec += (time_t)(ms / 1000);
-            dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
+            struct timespec dl = dg__deadline(timeout_ms < 0 || left > 100 ? 100 : (int)left);
             pthread_cond_timedwait(&t->cv, &t->mu, &dl);
         }
         if (timeout_ms == 0) return;
@@ -17989,14 +17973,9 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         return dg__fail(DG_ERR_ARG, "tcp: recv for peer %d on the transport of %d", self,
                         t->cfg.self);
     pthread_mutex_lock(&t->mu);
-    if (!t->head) dg__tcp_await(t, timeout_ms);
-    m = t->head;
-    if (m) {
+    if (!t->inbox.head) dg__tcp_await(t, timeout_ms);
+    if ((m = dg__queue_pop(&t->inbox)) != NULL) {
         int i;
-        t->head = m->next;
-        if (!t->head) t->tail = NULL;
-        t->count--;
-        m->next = NULL;
         t->queued[m->from] -= dg__tcp_held(m);
         if (t->any_paused) { /* not a scan of every connection at every message */
             t->any_paused = 0;
@@ -18026,7 +18005,7 @@ static int dg__tcp_pending(dg_transport *bt, int self)
     int n;
     if (self != t->cfg.self) return 0;
     pthread_mutex_lock(&t->mu);
-    n = t->count;
+    n = t->inbox.count;
     pthread_mutex_unlock(&t->mu);
     return n;
 }
@@ -18049,11 +18028,7 @@ static void dg__tcp_close(dg_transport *bt)
         dg__free(c->in);
         pthread_mutex_destroy(&c->wmu);
     }
-    while (t->head) {
-        dg_msg *m = t->head;
-        t->head = m->next;
-        dg_msg_free(bt, m);
-    }
+    dg__queue_free(bt, &t->inbox);
     if (t->lfd >= 0) close(t->lfd);
     if (t->wake[0] >= 0) close(t->wake[0]);
     if (t->wake[1] >= 0) close(t->wake[1]);
