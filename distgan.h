@@ -9812,6 +9812,19 @@ static void dg__msg_destroy(dg_msg *m)
     dg__free(m);
 }
 
+/* The four calls every transport implements, and its state. */
+static void dg__transport_ops(dg_transport *t, dg_result (*send)(dg_transport *, dg_msg *),
+                              dg_result (*recv)(dg_transport *, int, int, dg_msg **),
+                              int (*pending)(dg_transport *, int), void (*close)(dg_transport *),
+                              void *impl)
+{
+    t->send = send;
+    t->recv = recv;
+    t->pending = pending;
+    t->close = close;
+    t->impl = impl;
+}
+
 DGDEF dg_result dg_transport_base_init(dg_transport *t, int n_peers)
 {
     dg__msg_pool *mp;
@@ -10489,11 +10502,8 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
     }
     ip->cap = queue_cap > 0 ? queue_cap : 1024;
     ip->send_timeout_ms = send_timeout_ms > 0 ? send_timeout_ms : 10000;
-    ip->base.send = dg__inproc_send;
-    ip->base.recv = dg__inproc_recv;
-    ip->base.pending = dg__inproc_pending;
-    ip->base.close = dg__inproc_close;
-    ip->base.impl = ip;
+    dg__transport_ops(&ip->base, dg__inproc_send, dg__inproc_recv, dg__inproc_pending,
+                      dg__inproc_close, ip);
     *out = &ip->base;
     return DG_OK;
 }
@@ -10535,25 +10545,18 @@ static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
     return ft->base.inner->send(ft->base.inner, m);
 }
 
-static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+/* A wrapper's recv (fault, netsim): the inner transport's messages for
+   self that keep lets through; the others are freed, and the wait goes on
+   within the same timeout. */
+static dg_result dg__wrap_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out,
+                               int (*keep)(dg_transport *t, int self, dg_msg *m))
 {
-    dg__faulty *ft = (dg__faulty *)t->impl;
     double end = dg__now() + 1e-3 * timeout_ms;
     for (;;) {
         dg_msg *m;
-        int i, drop;
-        dg_result r = ft->base.inner->recv(ft->base.inner, self, timeout_ms, &m);
+        dg_result r = t->inner->recv(t->inner, self, timeout_ms, &m);
         if (r != DG_OK) return r;
-        pthread_mutex_lock(&ft->mu);
-        for (i = 0; i < ft->n_faults && !ft->crashed[self]; i++) {
-            const dg_fault_spec *f = &ft->fault[i];
-            if (f->kind == DG_FAULT_CRASH && f->peer == self && f->type == m->type &&
-                m->iteration >= f->iteration)
-                ft->crashed[self] = 1;
-        }
-        drop = ft->crashed[self];
-        pthread_mutex_unlock(&ft->mu);
-        if (!drop) {
+        if (keep(t, self, m)) {
             *out = m;
             return DG_OK;
         }
@@ -10565,13 +10568,34 @@ static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_m
     }
 }
 
-static int dg__faulty_pending(dg_transport *t, int self)
+/* A crash fault stops self's receiving from the message that triggers it. */
+static int dg__faulty_keep(dg_transport *t, int self, dg_msg *m)
 {
     dg__faulty *ft = (dg__faulty *)t->impl;
-    return ft->base.inner->pending ? ft->base.inner->pending(ft->base.inner, self) : -1;
+    int i, keep;
+    pthread_mutex_lock(&ft->mu);
+    for (i = 0; i < ft->n_faults && !ft->crashed[self]; i++) {
+        const dg_fault_spec *f = &ft->fault[i];
+        if (f->kind == DG_FAULT_CRASH && f->peer == self && f->type == m->type &&
+            m->iteration >= f->iteration)
+            ft->crashed[self] = 1;
+    }
+    keep = !ft->crashed[self];
+    pthread_mutex_unlock(&ft->mu);
+    return keep;
 }
 
-/* A wrapper's capabilities (fault, netsim) are its inner transport's. */
+static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+{
+    return dg__wrap_recv(t, self, timeout_ms, out, dg__faulty_keep);
+}
+
+/* A wrapper's pending and capabilities (fault, netsim) are its inner
+   transport's. */
+static int dg__wrap_pending(dg_transport *t, int self)
+{
+    return t->inner->pending ? t->inner->pending(t->inner, self) : -1;
+}
 static int dg__wrap_connected(dg_transport *t, int peer)
 {
     return dg_transport_connected(t->inner, peer);
@@ -10680,11 +10704,8 @@ DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inne
     }
     pthread_mutex_init(&ft->mu, NULL);
     dg__wrap(&ft->base, inner, &ft->own_pool);
-    ft->base.send = dg__faulty_send;
-    ft->base.recv = dg__faulty_recv;
-    ft->base.pending = dg__faulty_pending;
-    ft->base.close = dg__faulty_close;
-    ft->base.impl = ft;
+    dg__transport_ops(&ft->base, dg__faulty_send, dg__faulty_recv, dg__wrap_pending,
+                      dg__faulty_close, ft);
     for (i = 0; i < n_faults && r == DG_OK; i++) r = dg_fault_transport_add(&ft->base, &faults[i]);
     if (r != DG_OK) {
         ft->base.inner = NULL; /* the caller keeps inner on failure */
@@ -10792,44 +10813,31 @@ static dg_result dg__ns_send(dg_transport *t, dg_msg *m)
     return r;
 }
 
-static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+/* m's arrival time, taken from its link; a disconnected peer receives
+   nothing. */
+static int dg__ns_keep(dg_transport *t, int self, dg_msg *m)
 {
     dg__netsim *ns = (dg__netsim *)t->impl;
-    double end = dg__now() + 1e-3 * timeout_ms;
-    for (;;) {
-        dg_msg *m;
-        dg__ns_link *l;
-        double a;
-        dg_result r = ns->base.inner->recv(ns->base.inner, self, timeout_ms, &m);
-        if (r != DG_OK) return r;
-        l = &ns->link[(size_t)m->from * ns->n + self];
-        pthread_mutex_lock(&ns->mu[m->from]);
-        a = l->n ? l->q[l->head] : 0.0;
-        if (l->n) {
-            l->head = (l->head + 1) % l->cap;
-            l->n--;
-        }
-        pthread_mutex_unlock(&ns->mu[m->from]);
-        if (!dg__ns_gone(ns, self)) {
-            m->arrival = a;
-            pthread_mutex_lock(&ns->mu[self]);
-            if (!ns->hold[self] && ns->clock[self] < a) ns->clock[self] = a;
-            pthread_mutex_unlock(&ns->mu[self]);
-            *out = m;
-            return DG_OK;
-        }
-        dg_msg_free(t, m); /* a disconnected peer receives nothing */
-        if (timeout_ms > 0) {
-            timeout_ms = (int)((end - dg__now()) * 1e3);
-            if (timeout_ms < 0) timeout_ms = 0;
-        }
+    dg__ns_link *l = &ns->link[(size_t)m->from * ns->n + self];
+    double a;
+    pthread_mutex_lock(&ns->mu[m->from]);
+    a = l->n ? l->q[l->head] : 0.0;
+    if (l->n) {
+        l->head = (l->head + 1) % l->cap;
+        l->n--;
     }
+    pthread_mutex_unlock(&ns->mu[m->from]);
+    if (dg__ns_gone(ns, self)) return 0;
+    m->arrival = a;
+    pthread_mutex_lock(&ns->mu[self]);
+    if (!ns->hold[self] && ns->clock[self] < a) ns->clock[self] = a;
+    pthread_mutex_unlock(&ns->mu[self]);
+    return 1;
 }
 
-static int dg__ns_pending(dg_transport *t, int self)
+static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
 {
-    dg__netsim *ns = (dg__netsim *)t->impl;
-    return ns->base.inner->pending ? ns->base.inner->pending(ns->base.inner, self) : -1;
+    return dg__wrap_recv(t, self, timeout_ms, out, dg__ns_keep);
 }
 
 static void dg__ns_close(dg_transport *t)
@@ -10959,11 +10967,7 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
     }
     ns->n = n;
     dg__wrap(&ns->base, inner, &ns->own_pool);
-    ns->base.send = dg__ns_send;
-    ns->base.recv = dg__ns_recv;
-    ns->base.pending = dg__ns_pending;
-    ns->base.close = dg__ns_close;
-    ns->base.impl = ns;
+    dg__transport_ops(&ns->base, dg__ns_send, dg__ns_recv, dg__wrap_pending, dg__ns_close, ns);
     ns->link = (dg__ns_link *)dg__calloc((size_t)n * n, sizeof(dg__ns_link));
     ns->clock = (double *)dg__calloc((size_t)n, sizeof(double));
     ns->gflops = (double *)dg__calloc((size_t)n, sizeof(double));
@@ -12006,12 +12010,8 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
     }
     t->cfg = c;
     pthread_mutex_init(&t->mu, NULL);
-    t->base.send = dg__mpi_send;
-    t->base.recv = dg__mpi_recv;
-    t->base.pending = dg__mpi_pending;
-    t->base.close = dg__mpi_close;
+    dg__transport_ops(&t->base, dg__mpi_send, dg__mpi_recv, dg__mpi_pending, dg__mpi_close, t);
     t->base.set_limits = dg__mpi_set_limits;
-    t->base.impl = t;
     *out = &t->base;
     return DG_OK;
 }
@@ -18117,10 +18117,7 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     t->wire_out = (uint64_t *)dg__calloc((size_t)cfg->n_peers, sizeof(uint64_t));
     t->rpf = (struct pollfd *)dg__calloc((size_t)t->n_conns + 2, sizeof *t->rpf);
     t->rwho = (int *)dg__calloc((size_t)t->n_conns + 2, sizeof(int));
-    t->base.send = dg__tcp_send;
-    t->base.recv = dg__tcp_recv;
-    t->base.pending = dg__tcp_pending;
-    t->base.close = dg__tcp_close;
+    dg__transport_ops(&t->base, dg__tcp_send, dg__tcp_recv, dg__tcp_pending, dg__tcp_close, t);
     t->base.connected = dg__tcp_connected;
     t->base.drop_peer = dg__tcp_drop_peer;
     t->base.set_limits = dg__tcp_set_limits;
@@ -18128,7 +18125,6 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     t->base.goodbye = dg__tcp_goodbye;
     t->base.keep_server = dg__tcp_keep_server;
     t->base.joined_at = dg__tcp_joined_at;
-    t->base.impl = t;
     if (!t->conns || !t->queued || !t->wire_in || !t->wire_out || !t->rpf || !t->rwho) {
         dg__tcp_close(&t->base);
         return dg__fail(DG_ERR_NOMEM, "tcp: no memory for %d connections", cfg->n_peers);
