@@ -16517,28 +16517,31 @@ static dg_result dg__tcp_peers_decode(const void *p, size_t n, dg__tcp_peer_addr
     return DG_OK;
 }
 
+/* HMAC(secret, label (11 bytes) | nonce | rest): both proofs */
+static void dg__tcp_proof(const void *secret, size_t secret_len, const char *label,
+                          const unsigned char nonce[DG__TCP_NONCE], const unsigned char *rest,
+                          size_t rest_len, unsigned char out[32])
+{
+    dg_sha256_ctx in, outer;
+    dg__hmac_begin(secret, secret_len, &in, &outer);
+    dg_sha256_update(&in, label, 11);
+    dg_sha256_update(&in, nonce, DG__TCP_NONCE);
+    dg_sha256_update(&in, rest, rest_len);
+    dg__hmac_end(&in, &outer, out);
+}
+
 static void dg__tcp_client_proof(const void *secret, size_t secret_len,
                                  const unsigned char server_nonce[DG__TCP_NONCE],
                                  const unsigned char hello[DG__TCP_HELLO_SIZE], unsigned char out[32])
 {
-    dg_sha256_ctx in, outer;
-    dg__hmac_begin(secret, secret_len, &in, &outer);
-    dg_sha256_update(&in, "dgtp client", 11);
-    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
-    dg_sha256_update(&in, hello, DG__TCP_HELLO_SIZE);
-    dg__hmac_end(&in, &outer, out);
+    dg__tcp_proof(secret, secret_len, "dgtp client", server_nonce, hello, DG__TCP_HELLO_SIZE, out);
 }
 
 static void dg__tcp_server_proof(const void *secret, size_t secret_len,
                                  const unsigned char client_nonce[DG__TCP_NONCE],
                                  const unsigned char server_nonce[DG__TCP_NONCE], unsigned char out[32])
 {
-    dg_sha256_ctx in, outer;
-    dg__hmac_begin(secret, secret_len, &in, &outer);
-    dg_sha256_update(&in, "dgtp server", 11);
-    dg_sha256_update(&in, client_nonce, DG__TCP_NONCE);
-    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
-    dg__hmac_end(&in, &outer, out);
+    dg__tcp_proof(secret, secret_len, "dgtp server", client_nonce, server_nonce, DG__TCP_NONCE, out);
 }
 
 static dg_result dg__tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
