@@ -19572,15 +19572,32 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r) { return r ? r->c
 
 /* ---- the process drivers ---- */
 
-DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
-                                    uint64_t out[DG_MSG_TYPE_MAX + 1])
+/* The compressor of cfg's workers (a net is built for its layout only) and
+   the number of parameters n: what the largest PUSH is made of. */
+static dg_result dg__asgd_compressor(const dg_asgd_config *cfg, ac_compressor **comp, uint64_t *n)
 {
     dg_net *net = NULL;
     uint32_t sizes[64];
     ac_layout layout;
-    ac_compressor *comp = NULL;
     ac_compressor_config cc;
     ac_server_config sc;
+    dg_result r = dg__asgd_net_build(&net, cfg, cfg->c, cfg->h, cfg->w, cfg->n_classes, NULL, 0);
+    *comp = NULL;
+    if (r == DG_OK) r = dg_asgd_layout(net, sizes, 64, &layout);
+    if (r == DG_OK) {
+        *n = ac_layout_total(&layout);
+        dg_asgd_ac_configs(cfg, &cc, &sc);
+        if (ac_compressor_init(comp, &layout, &cc) != AC_OK)
+            r = dg__fail(DG_ERR_CONFIG, "asgd: the compressor: %s", ac_last_error());
+    }
+    dg_net_free(net);
+    return r;
+}
+
+DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
+                                    uint64_t out[DG_MSG_TYPE_MAX + 1])
+{
+    ac_compressor *comp = NULL;
     uint64_t bound = 0, n = 0;
     dg_result r;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_max_payload: NULL");
@@ -19591,18 +19608,8 @@ DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
         return dg__fail(DG_ERR_ARG, "dg_asgd_max_payload: peer %d, images %d x %d x %d, %d "
                                     "classes (set the configuration's c, h, w, n_classes)",
                         self, cfg->c, cfg->h, cfg->w, cfg->n_classes);
-    r = dg__asgd_net_build(&net, cfg, cfg->c, cfg->h, cfg->w, cfg->n_classes, NULL, 0);
-    if (r == DG_OK) r = dg_asgd_layout(net, sizes, 64, &layout);
-    if (r == DG_OK) {
-        n = ac_layout_total(&layout);
-        dg_asgd_ac_configs(cfg, &cc, &sc);
-        if (ac_compressor_init(&comp, &layout, &cc) != AC_OK)
-            r = dg__fail(DG_ERR_CONFIG, "dg_asgd_max_payload: %s", ac_last_error());
-        else
-            bound = ac_compressor_packet_bound(comp);
-    }
+    if ((r = dg__asgd_compressor(cfg, &comp, &n)) == DG_OK) bound = ac_compressor_packet_bound(comp);
     ac_compressor_free(comp);
-    dg_net_free(net);
     if (r != DG_OK) return r;
     if (self == 0) {
         out[DG_MSG_ASGD_PULL] = dg__limit_len4(0, 0);

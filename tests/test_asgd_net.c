@@ -210,12 +210,8 @@ TEST(insider_malformed_and_nan_push)
     wk_arg wk[2];
     pthread_t pth, wth[2];
     dg_transport *ins = NULL;
-    dg_net *net = NULL;
-    uint32_t sizes[64];
-    ac_layout layout;
     ac_compressor *comp = NULL;
-    ac_compressor_config cc;
-    ac_server_config sc;
+    uint64_t n = 0;
     unsigned char *packet = NULL, junk[64];
     char addr[32];
     size_t len = 0, i;
@@ -265,11 +261,8 @@ TEST(insider_malformed_and_nan_push)
     CHECK_OK(dg_tcp_worker_create(&ins, &tc));
     for (k = 0; k < 2; k++) pthread_create(&wth[k], NULL, wk_thread, &wk[k]);
     /* a dense packet of a finite gradient with a sentinel value, then NaN in its place */
-    CHECK_OK(dg__asgd_net_build(&net, &cfg, ds.c, ds.h, ds.w, ds.n_classes, NULL, 0));
-    CHECK_OK(dg_asgd_layout(net, sizes, 64, &layout));
-    dg_asgd_ac_configs(&cfg, &cc, &sc);
-    CHECK(ac_compressor_init(&comp, &layout, &cc) == AC_OK);
-    grad = (float *)calloc(ac_layout_total(&layout), sizeof(float));
+    CHECK_OK(dg__asgd_compressor(&cfg, &comp, &n));
+    grad = (float *)calloc(n, sizeof(float));
     packet = (unsigned char *)malloc(ac_compressor_packet_bound(comp));
     grad[5] = sentinel;
     CHECK(ac_compress(comp, grad, 0, packet, ac_compressor_packet_bound(comp), &len) == AC_OK);
@@ -305,7 +298,6 @@ TEST(insider_malformed_and_nan_push)
     free(grad);
     free(packet);
     ac_compressor_free(comp);
-    dg_net_free(net);
     dg_partition_free(&part);
     dg_dataset_free(&ds);
 }
