@@ -48,6 +48,19 @@ static int th_passed, th_failed, th_cur_failed;
         fflush(stdout);                                             \
     } while (0)
 
+/* Checks that a (na floats) and b (nb) are the same bits, and says so:
+   "  <what>: <na> floats, bit-identical" (or DIFFERENT). */
+static inline void check_same_floats(const char *what, const float *a, size_t na, const float *b,
+                                     size_t nb)
+{
+    int same;
+    CHECK(a && b && na == nb && na > 0);
+    if (!a || !b || na != nb || na == 0) return;
+    same = memcmp(a, b, na * sizeof(float)) == 0;
+    CHECK(same);
+    printf("  %s: %zu floats, %s\n", what, na, same ? "bit-identical" : "DIFFERENT");
+}
+
 static int th_done(void)
 {
     printf("%d passed, %d failed\n", th_passed, th_failed);

@@ -35,11 +35,11 @@
 
 static void det_vs_inproc(const char *mode, const char *drop)
 {
-    char addr[32], wid[3][16], name[32];
+    char addr[32], what[128];
     pid_t srv, wk[3];
     float *a, *b;
     size_t na, nb;
-    int i, ok = 1;
+    int i;
     if (!proc_begin(addr, sizeof addr)) return;
     CHECK(reap(spawn("inproc", ARGS("--mode", (char *)mode, "--updates", "240", "--drop",
                                     (char *)drop, "--down", "2", "--out", "inproc.f32", RUNOPTS)),
@@ -48,26 +48,17 @@ static void det_vs_inproc(const char *mode, const char *drop)
                              "--schedule", "deterministic", "--mode", (char *)mode, "--updates",
                              "240", "--eval-every", "80", "--drop", (char *)drop, "--down", "2",
                              "--out", "tcp.f32", RUNOPTS));
-    for (i = 0; i < 3; i++) {
-        snprintf(wid[i], sizeof wid[i], "%d", i + 1);
-        snprintf(name, sizeof name, "dw%d", i + 1);
-        wk[i] = spawn(name, ARGS("--transport", "tcp", "--role", "worker", "--connect", addr,
-                                 "--id", wid[i], "--schedule", "deterministic", "--mode",
-                                 (char *)mode, "--updates", "240", "--drop", (char *)drop,
-                                 "--down", "2", RUNOPTS));
-    }
-    if (reap(srv, 120000) != 0) ok = 0;
     for (i = 0; i < 3; i++)
-        if (reap(wk[i], 20000) != 0) ok = 0;
-    CHECK(ok);
+        wk[i] = spawn(nth("dw", i + 1),
+                      ARGS("--transport", "tcp", "--role", "worker", "--connect", addr, "--id",
+                           nth("", i + 1), "--schedule", "deterministic", "--mode", (char *)mode,
+                           "--updates", "240", "--drop", (char *)drop, "--down", "2", RUNOPTS));
+    CHECK(reap_run(srv, 120000, wk, 3, 20000));
     a = read_floats("inproc.f32", &na);
     b = read_floats("tcp.f32", &nb);
-    CHECK(a && b && na == nb && na > 0);
-    if (a && b && na == nb && na > 0) {
-        CHECK(memcmp(a, b, na * 4) == 0);
-        printf("  %s (drop %s): %zu parameters over TCP (deterministic) and in-process: %s\n", mode,
-               drop, na, memcmp(a, b, na * 4) ? "DIFFERENT" : "bit-identical");
-    }
+    snprintf(what, sizeof what, "%s (drop %s): parameters over TCP (deterministic) and in-process",
+             mode, drop);
+    check_same_floats(what, a, na, b, nb);
     if (th_cur_failed) { show("dsrv.out"); show("dsrv.err"); show("dw1.err"); show("inproc.err"); }
     free(a);
     free(b);
