@@ -13,7 +13,6 @@
 
 #include <stdlib.h>
 
-static dg_pool *pool1, *pool2;
 
 /* a network from a spec that must parse */
 static dg_netsim_config net(const char *spec)
@@ -442,8 +441,7 @@ TEST(flgan_same_bits_and_a_clock)
 
 int main(void)
 {
-    dg_pool_create(&pool1, 1);
-    dg_pool_create(&pool2, 2);
+    if (!pools_create()) return 1;
     RUN(spec_parsing);
     RUN(one_message_and_two_queued);
     RUN(order_per_link_kept_while_another_is_faster);
@@ -453,7 +451,6 @@ int main(void)
     RUN(same_times_for_a_seed_on_1_and_2_threads);
     RUN(mdgan_same_bits_with_and_without_a_network);
     RUN(flgan_same_bits_and_a_clock);
-    dg_pool_destroy(pool1);
-    dg_pool_destroy(pool2);
+    pools_destroy();
     return th_done();
 }
