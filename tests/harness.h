@@ -2,6 +2,8 @@
  *
  *   TEST(name) { CHECK(x == 1); CHECK_NEAR(a, b, 1e-5); }
  *   int main(void) { RUN(name); return th_done(); }
+ *   check_same_floats(what, a, na, b, nb)   a and b the same bits: checked,
+ *                                           and said on one line
  *
  * Each program prints one line per failed check, one line per test, and a
  * last line "N passed, N failed"; tests/run.sh adds the programs' lines up. */
