@@ -641,6 +641,16 @@ static int wait_for_line(const char *name, const char *a, const char *b, int ms)
                                                       nth("", w_ + 1), __VA_ARGS__));       \
     } while (0)
 
+/* The server <tag>srv with its own arguments (in parentheses) and the
+   common ones, then its workers 1..n as <tag>w1.. with the common ones. */
+#define UNPAREN(...) __VA_ARGS__
+#define START_RUN(srv, w, n, tag, addr, server_args, ...)                                    \
+    do {                                                                                    \
+        (srv) = spawn(tag "srv",                                                            \
+                      ARGS("server", "--listen", addr, UNPAREN server_args, __VA_ARGS__));  \
+        SPAWN_WORKERS(w, n, tag "w", addr, __VA_ARGS__);                                    \
+    } while (0)
+
 /* "it     10/80 |": the start of the server's progress line at iteration it */
 static const char *it_is(int it, int of)
 {
@@ -776,8 +786,7 @@ TEST(worker_killed_and_rejoins)
     if (!proc_begin(addr, sizeof addr)) return;
 #define COMMON "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "1500", \
                "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
-    srv = spawn("ksrv", ARGS("server", "--listen", addr, "--iters", "80", "--log-every", "1", COMMON));
-    SPAWN_WORKERS(w, 3, "kw", addr, COMMON);
+    START_RUN(srv, w, 3, "k", addr, ("--iters", "80", "--log-every", "1"), COMMON);
     CHECK(wait_for("ksrv.out", it_is(10, 80), 30000));
     CHECK(worker_restarts(&w[1], "ksrv", "| live 2/3 |", 15000,
                           "kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON),
@@ -789,15 +798,13 @@ TEST(worker_killed_and_rejoins)
 
 TEST(server_killed_and_resumed)
 {
-    char addr[32], ck[512];
+    char addr[32];
     pid_t srv, w[2];
     if (!proc_begin(addr, sizeof addr)) return;
-    snprintf(ck, sizeof ck, "%s", tpath("run/server.ckpt"));
 #define COMMON2 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
                 "--heartbeat-ms", "300", "--barrier-ms", "3000", "--out", "run"
-    srv = spawn("rsrv", ARGS("server", "--listen", addr, "--iters", "60", "--checkpoint-every", "5",
-                             "--log-every", "1", COMMON2));
-    SPAWN_WORKERS(w, 2, "rw", addr, COMMON2);
+    START_RUN(srv, w, 2, "r", addr,
+              ("--iters", "60", "--checkpoint-every", "5", "--log-every", "1"), COMMON2);
     CHECK(wait_for("rsrv.out", it_is(12, 60), 30000));
     kill(srv, SIGKILL);
     reap(srv, 2000);
@@ -1295,8 +1302,7 @@ TEST(worker_restarts_through_a_slot_flood)
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
 #define COMMON4 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
                 "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
-    srv = spawn("osrv", ARGS("server", "--listen", addr, "--iters", "150", "--log-every", "1", COMMON4));
-    SPAWN_WORKERS(w, 2, "ow", addr, COMMON4);
+    START_RUN(srv, w, 2, "o", addr, ("--iters", "150", "--log-every", "1"), COMMON4);
     CHECK(wait_for("osrv.out", it_is(5, 150), 30000));
     memset(&f, 0, sizeof f);
     f.port = port;
@@ -1430,8 +1436,7 @@ TEST(workers_end_with_the_run)
     dg_dataset_free(&a.ds);
     if (!proc_begin(addr, sizeof addr)) return;
 #define COMMON6 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--swap-every", "4"
-    srv = spawn("esrv", ARGS("server", "--listen", addr, "--iters", "30", COMMON6));
-    SPAWN_WORKERS(wk, 3, "ew", addr, COMMON6);
+    START_RUN(srv, wk, 3, "e", addr, ("--iters", "30"), COMMON6);
     CHECK(reap_run(srv, 60000, wk, 3, 3000));
     if (th_cur_failed) { show("esrv.err"); show("ew1.err"); }
 }
@@ -1495,9 +1500,7 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     snprintf(ck, sizeof ck, "%s", tpath("bad/server.ckpt"));
 #define COMMON7 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "3000", \
                 "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5"
-    srv = spawn("bsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1",
-                             "--out", "bad", COMMON7));
-    SPAWN_WORKERS(w, 1, "bw", addr, COMMON7);
+    START_RUN(srv, w, 1, "b", addr, ("--iters", "30", "--log-every", "1", "--out", "bad"), COMMON7);
     mc.swap_every = 5;
     CHECK_OK(last_worker_config(2, 200, addr, NULL, &ds, &mc, &tc));
     t = dial_worker(&tc, 10000);
@@ -1546,8 +1549,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     if (!proc_begin(addr, sizeof addr)) return;
 #define COMMON8 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "30000", \
                 "--heartbeat-ms", "300", "--barrier-ms", "30000", "--E", "0"
-    srv = spawn("dsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1", COMMON8));
-    SPAWN_WORKERS(w, 2, "dw", addr, COMMON8);
+    START_RUN(srv, w, 2, "d", addr, ("--iters", "30", "--log-every", "1"), COMMON8);
     mc.local_epochs = 0; /* as build/distgan --E 0 (no swap) */
     CHECK_OK(last_worker_config(3, 300, addr, NULL, &ds, &mc, &tc));
     t = dial_worker(&tc, 10000);
@@ -1594,9 +1596,8 @@ TEST(flgan_worker_rejoins_and_checkpoints)
 #define COMMON9 "--algo", "flgan", "--workers", "2", "--dataset", "shapes:200", "--batch", "8", \
                 "--local-iters", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
                 "--barrier-ms", "30000"
-    srv = spawn("lsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--log-every", "1",
-                             "--out", "fl", COMMON9));
-    SPAWN_WORKERS(w, 2, "lw", addr, COMMON9);
+    START_RUN(srv, w, 2, "l", addr,
+              ("--iters", "100000", "--log-every", "1", "--out", "fl"), COMMON9);
     CHECK(wait_for("lsrv.out", it_is(2 * 5, 100000), 30000)); /* round 5 */
     CHECK(worker_restarts(&w[1], "lsrv", "| live 1/2 |", 10000,   /* at once: --dead-ms is 30000 */
                           "lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9),
@@ -1718,9 +1719,8 @@ TEST(insiders_while_a_run_trains)
 #define COMMON10 "--workers", "4", "--dataset", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
                  "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5", \
                  "--secret-file", secret_path
-    srv = spawn("isrv", ARGS("server", "--listen", addr, "--iters", "400", "--log-every", "1",
-                             "--out", "insider", COMMON10));
-    SPAWN_WORKERS(w + 1, 3, "iw", addr, COMMON10);
+    START_RUN(srv, w + 1, 3, "i", addr,
+              ("--iters", "400", "--log-every", "1", "--out", "insider"), COMMON10);
     /* the insider holds the secret and the run's configuration hash */
     mc.swap_every = 5;
     CHECK_OK(last_worker_config(4, 400, addr, secret, &ds, &mc, &tc));
