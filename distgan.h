@@ -9873,6 +9873,19 @@ static void dg__msg_destroy(dg_msg *m)
     dg__free(m);
 }
 
+/* The four calls every transport implements, and its state. */
+static void dg__transport_ops(dg_transport *t, dg_result (*send)(dg_transport *, dg_msg *),
+                              dg_result (*recv)(dg_transport *, int, int, dg_msg **),
+                              int (*pending)(dg_transport *, int), void (*close)(dg_transport *),
+                              void *impl)
+{
+    t->send = send;
+    t->recv = recv;
+    t->pending = pending;
+    t->close = close;
+    t->impl = impl;
+}
+
 DGDEF dg_result dg_transport_base_init(dg_transport *t, int n_peers)
 {
     dg__msg_pool *mp;
@@ -10390,13 +10403,49 @@ DGDEF int64_t dg_transport_joined_at(const dg_transport *t)
     return t && t->joined_at ? t->joined_at(t) : 0;
 }
 
+/* ---- the message queue: every transport's inbox ---- */
+
+/* A FIFO of messages linked through next; its owner locks it. */
+typedef struct dg__msg_queue {
+    dg_msg *head, *tail;
+    int count;
+} dg__msg_queue;
+
+static void dg__queue_push(dg__msg_queue *q, dg_msg *m)
+{
+    m->next = NULL;
+    if (q->tail)
+        q->tail->next = m;
+    else
+        q->head = m;
+    q->tail = m;
+    q->count++;
+}
+
+static dg_msg *dg__queue_pop(dg__msg_queue *q)
+{
+    dg_msg *m = q->head;
+    if (!m) return NULL;
+    q->head = m->next;
+    if (!q->head) q->tail = NULL;
+    q->count--;
+    m->next = NULL;
+    return m;
+}
+
+/* A transport's close: what was never received is freed. */
+static void dg__queue_free(dg_transport *t, dg__msg_queue *q)
+{
+    dg_msg *m;
+    while ((m = dg__queue_pop(q)) != NULL) dg_msg_free(t, m);
+}
+
 /* ---- in-process transport: one bounded FIFO inbox per peer ---- */
 
 typedef struct dg__inbox {
     pthread_mutex_t mu;
     pthread_cond_t nonempty, nonfull;
-    dg_msg *head, *tail;
-    int count;
+    dg__msg_queue q;
 } dg__inbox;
 
 typedef struct dg__inproc {
@@ -10426,21 +10475,15 @@ static dg_result dg__inproc_send(dg_transport *t, dg_msg *m)
     dg__inbox *b = &ip->box[m->to];
     struct timespec dl = dg__deadline(ip->send_timeout_ms);
     pthread_mutex_lock(&b->mu);
-    while (b->count >= ip->cap)
+    while (b->q.count >= ip->cap)
         if (pthread_cond_timedwait(&b->nonfull, &b->mu, &dl) == ETIMEDOUT) break;
-    if (b->count >= ip->cap) {
+    if (b->q.count >= ip->cap) {
         int to = m->to;
         pthread_mutex_unlock(&b->mu);
         dg_msg_free(t, m);
         return dg__fail(DG_ERR_TIMEOUT, "inproc: inbox of peer %d stayed full", to);
     }
-    m->next = NULL;
-    if (b->tail)
-        b->tail->next = m;
-    else
-        b->head = m;
-    b->tail = m;
-    b->count++;
+    dg__queue_push(&b->q, m);
     pthread_cond_signal(&b->nonempty);
     pthread_mutex_unlock(&b->mu);
     return DG_OK;
@@ -10452,23 +10495,16 @@ static dg_result dg__inproc_recv(dg_transport *t, int self, int timeout_ms, dg_m
     dg__inbox *b = &ip->box[self];
     dg_msg *m;
     pthread_mutex_lock(&b->mu);
-    if (!b->head && timeout_ms != 0) {
+    if (!b->q.head && timeout_ms != 0) {
         if (timeout_ms < 0) {
-            while (!b->head) pthread_cond_wait(&b->nonempty, &b->mu);
+            while (!b->q.head) pthread_cond_wait(&b->nonempty, &b->mu);
         } else {
             struct timespec dl = dg__deadline(timeout_ms);
-            while (!b->head)
+            while (!b->q.head)
                 if (pthread_cond_timedwait(&b->nonempty, &b->mu, &dl) == ETIMEDOUT) break;
         }
     }
-    m = b->head;
-    if (m) {
-        b->head = m->next;
-        if (!b->head) b->tail = NULL;
-        b->count--;
-        m->next = NULL;
-        pthread_cond_signal(&b->nonfull);
-    }
+    if ((m = dg__queue_pop(&b->q)) != NULL) pthread_cond_signal(&b->nonfull);
     pthread_mutex_unlock(&b->mu);
     *out = m;
     return m ? DG_OK : DG_ERR_TIMEOUT;
@@ -10479,7 +10515,7 @@ static int dg__inproc_pending(dg_transport *t, int self)
     dg__inproc *ip = (dg__inproc *)t->impl;
     int n;
     pthread_mutex_lock(&ip->box[self].mu);
-    n = ip->box[self].count;
+    n = ip->box[self].q.count;
     pthread_mutex_unlock(&ip->box[self].mu);
     return n;
 }
@@ -10490,11 +10526,7 @@ static void dg__inproc_close(dg_transport *t)
     int i;
     for (i = 0; i < t->n_peers; i++) {
         dg__inbox *b = &ip->box[i];
-        while (b->head) {
-            dg_msg *m = b->head;
-            b->head = m->next;
-            dg_msg_free(t, m);
-        }
+        dg__queue_free(t, &b->q);
         pthread_mutex_destroy(&b->mu);
         pthread_cond_destroy(&b->nonempty);
         pthread_cond_destroy(&b->nonfull);
@@ -10531,11 +10563,8 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
     }
     ip->cap = queue_cap > 0 ? queue_cap : 1024;
     ip->send_timeout_ms = send_timeout_ms > 0 ? send_timeout_ms : 10000;
-    ip->base.send = dg__inproc_send;
-    ip->base.recv = dg__inproc_recv;
-    ip->base.pending = dg__inproc_pending;
-    ip->base.close = dg__inproc_close;
-    ip->base.impl = ip;
+    dg__transport_ops(&ip->base, dg__inproc_send, dg__inproc_recv, dg__inproc_pending,
+                      dg__inproc_close, ip);
     *out = &ip->base;
     return DG_OK;
 }
@@ -10577,25 +10606,18 @@ static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
     return ft->base.inner->send(ft->base.inner, m);
 }
 
-static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+/* A wrapper's recv (fault, netsim): the inner transport's messages for
+   self that keep lets through; the others are freed, and the wait goes on
+   within the same timeout. */
+static dg_result dg__wrap_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out,
+                               int (*keep)(dg_transport *t, int self, dg_msg *m))
 {
-    dg__faulty *ft = (dg__faulty *)t->impl;
     double end = dg__now() + 1e-3 * timeout_ms;
     for (;;) {
         dg_msg *m;
-        int i, drop;
-        dg_result r = ft->base.inner->recv(ft->base.inner, self, timeout_ms, &m);
+        dg_result r = t->inner->recv(t->inner, self, timeout_ms, &m);
         if (r != DG_OK) return r;
-        pthread_mutex_lock(&ft->mu);
-        for (i = 0; i < ft->n_faults && !ft->crashed[self]; i++) {
-            const dg_fault_spec *f = &ft->fault[i];
-            if (f->kind == DG_FAULT_CRASH && f->peer == self && f->type == m->type &&
-                m->iteration >= f->iteration)
-                ft->crashed[self] = 1;
-        }
-        drop = ft->crashed[self];
-        pthread_mutex_unlock(&ft->mu);
-        if (!drop) {
+        if (keep(t, self, m)) {
             *out = m;
             return DG_OK;
         }
@@ -10607,13 +10629,34 @@ static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_m
     }
 }
 
-static int dg__faulty_pending(dg_transport *t, int self)
+/* A crash fault stops self's receiving from the message that triggers it. */
+static int dg__faulty_keep(dg_transport *t, int self, dg_msg *m)
 {
     dg__faulty *ft = (dg__faulty *)t->impl;
-    return ft->base.inner->pending ? ft->base.inner->pending(ft->base.inner, self) : -1;
+    int i, keep;
+    pthread_mutex_lock(&ft->mu);
+    for (i = 0; i < ft->n_faults && !ft->crashed[self]; i++) {
+        const dg_fault_spec *f = &ft->fault[i];
+        if (f->kind == DG_FAULT_CRASH && f->peer == self && f->type == m->type &&
+            m->iteration >= f->iteration)
+            ft->crashed[self] = 1;
+    }
+    keep = !ft->crashed[self];
+    pthread_mutex_unlock(&ft->mu);
+    return keep;
 }
 
-/* A wrapper's capabilities (fault, netsim) are its inner transport's. */
+static dg_result dg__faulty_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+{
+    return dg__wrap_recv(t, self, timeout_ms, out, dg__faulty_keep);
+}
+
+/* A wrapper's pending and capabilities (fault, netsim) are its inner
+   transport's. */
+static int dg__wrap_pending(dg_transport *t, int self)
+{
+    return t->inner->pending ? t->inner->pending(t->inner, self) : -1;
+}
 static int dg__wrap_connected(dg_transport *t, int peer)
 {
     return dg_transport_connected(t->inner, peer);
@@ -10722,11 +10765,8 @@ DGDEF dg_result dg_fault_transport_create(dg_transport **out, dg_transport *inne
     }
     pthread_mutex_init(&ft->mu, NULL);
     dg__wrap(&ft->base, inner, &ft->own_pool);
-    ft->base.send = dg__faulty_send;
-    ft->base.recv = dg__faulty_recv;
-    ft->base.pending = dg__faulty_pending;
-    ft->base.close = dg__faulty_close;
-    ft->base.impl = ft;
+    dg__transport_ops(&ft->base, dg__faulty_send, dg__faulty_recv, dg__wrap_pending,
+                      dg__faulty_close, ft);
     for (i = 0; i < n_faults && r == DG_OK; i++) r = dg_fault_transport_add(&ft->base, &faults[i]);
     if (r != DG_OK) {
         ft->base.inner = NULL; /* the caller keeps inner on failure */
@@ -10834,44 +10874,31 @@ static dg_result dg__ns_send(dg_transport *t, dg_msg *m)
     return r;
 }
 
-static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
+/* m's arrival time, taken from its link; a disconnected peer receives
+   nothing. */
+static int dg__ns_keep(dg_transport *t, int self, dg_msg *m)
 {
     dg__netsim *ns = (dg__netsim *)t->impl;
-    double end = dg__now() + 1e-3 * timeout_ms;
-    for (;;) {
-        dg_msg *m;
-        dg__ns_link *l;
-        double a;
-        dg_result r = ns->base.inner->recv(ns->base.inner, self, timeout_ms, &m);
-        if (r != DG_OK) return r;
-        l = &ns->link[(size_t)m->from * ns->n + self];
-        pthread_mutex_lock(&ns->mu[m->from]);
-        a = l->n ? l->q[l->head] : 0.0;
-        if (l->n) {
-            l->head = (l->head + 1) % l->cap;
-            l->n--;
-        }
-        pthread_mutex_unlock(&ns->mu[m->from]);
-        if (!dg__ns_gone(ns, self)) {
-            m->arrival = a;
-            pthread_mutex_lock(&ns->mu[self]);
-            if (!ns->hold[self] && ns->clock[self] < a) ns->clock[self] = a;
-            pthread_mutex_unlock(&ns->mu[self]);
-            *out = m;
-            return DG_OK;
-        }
-        dg_msg_free(t, m); /* a disconnected peer receives nothing */
-        if (timeout_ms > 0) {
-            timeout_ms = (int)((end - dg__now()) * 1e3);
-            if (timeout_ms < 0) timeout_ms = 0;
-        }
+    dg__ns_link *l = &ns->link[(size_t)m->from * ns->n + self];
+    double a;
+    pthread_mutex_lock(&ns->mu[m->from]);
+    a = l->n ? l->q[l->head] : 0.0;
+    if (l->n) {
+        l->head = (l->head + 1) % l->cap;
+        l->n--;
     }
+    pthread_mutex_unlock(&ns->mu[m->from]);
+    if (dg__ns_gone(ns, self)) return 0;
+    m->arrival = a;
+    pthread_mutex_lock(&ns->mu[self]);
+    if (!ns->hold[self] && ns->clock[self] < a) ns->clock[self] = a;
+    pthread_mutex_unlock(&ns->mu[self]);
+    return 1;
 }
 
-static int dg__ns_pending(dg_transport *t, int self)
+static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg **out)
 {
-    dg__netsim *ns = (dg__netsim *)t->impl;
-    return ns->base.inner->pending ? ns->base.inner->pending(ns->base.inner, self) : -1;
+    return dg__wrap_recv(t, self, timeout_ms, out, dg__ns_keep);
 }
 
 static void dg__ns_close(dg_transport *t)
@@ -11001,11 +11028,7 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
     }
     ns->n = n;
     dg__wrap(&ns->base, inner, &ns->own_pool);
-    ns->base.send = dg__ns_send;
-    ns->base.recv = dg__ns_recv;
-    ns->base.pending = dg__ns_pending;
-    ns->base.close = dg__ns_close;
-    ns->base.impl = ns;
+    dg__transport_ops(&ns->base, dg__ns_send, dg__ns_recv, dg__wrap_pending, dg__ns_close, ns);
     ns->link = (dg__ns_link *)dg__calloc((size_t)n * n, sizeof(dg__ns_link));
     ns->clock = (double *)dg__calloc((size_t)n, sizeof(double));
     ns->gflops = (double *)dg__calloc((size_t)n, sizeof(double));
@@ -11494,8 +11517,7 @@ typedef struct dg__mpi {
     MPI_Comm comm;
     int rank;
     pthread_mutex_t mu;           /* every MPI call, and the fields below */
-    dg_msg *head, *tail;          /* frames received by send and pending, in order */
-    int count;
+    dg__msg_queue inbox;          /* frames received by send and pending, in order */
     /* the MPI sends in flight, oldest first, each with its frame's record:
        one MPI_Testsome over them all makes MPI progress once */
     MPI_Request *req;
@@ -11892,17 +11914,6 @@ static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
     return r;
 }
 
-static void dg__mpi_queue(dg__mpi *t, dg_msg *m)
-{
-    m->next = NULL;
-    if (t->tail)
-        t->tail->next = m;
-    else
-        t->head = m;
-    t->tail = m;
-    t->count++;
-}
-
 static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
 {
     dg__mpi *t = (dg__mpi *)bt->impl;
@@ -11931,7 +11942,7 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
         if ((r = dg__mpi_pull(t, &in)) != DG_OK)
             dg__mpi_defer(t, r);
         else if (in) {
-            dg__mpi_queue(t, in);
+            dg__queue_push(&t->inbox, in);
             w.since = 0;
             w.naps = 0;
         }
@@ -11968,13 +11979,7 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         if (t->deferred != DG_OK) {
             r = dg__fail(t->deferred, "%s", t->why);
             t->deferred = DG_OK;
-        } else if (t->head) {
-            m = t->head;
-            t->head = m->next;
-            if (!t->head) t->tail = NULL;
-            t->count--;
-            m->next = NULL;
-        } else {
+        } else if ((m = dg__queue_pop(&t->inbox)) == NULL) {
             r = dg__mpi_pull(t, &m);
         }
         pthread_mutex_unlock(&t->mu);
@@ -12002,10 +12007,10 @@ static int dg__mpi_pending(dg_transport *bt, int self)
         if (r != DG_OK)
             dg__mpi_defer(t, r);
         else
-            dg__mpi_queue(t, m);
+            dg__queue_push(&t->inbox, m);
     }
     if (r != DG_OK) dg__mpi_defer(t, r);
-    n = t->count;
+    n = t->inbox.count;
     pthread_mutex_unlock(&t->mu);
     return n;
 }
@@ -12072,11 +12077,7 @@ static void dg__mpi_close(dg_transport *bt)
         t->spare = s->next;
         dg__free(s);
     }
-    while (t->head) {
-        dg_msg *m = t->head;
-        t->head = m->next;
-        dg_msg_free(bt, m);
-    }
+    dg__queue_free(bt, &t->inbox);
     pthread_mutex_unlock(&t->mu);
     pthread_mutex_destroy(&t->mu);
     dg_transport_base_free(bt);
@@ -12159,12 +12160,8 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
     }
     t->cfg = c;
     pthread_mutex_init(&t->mu, NULL);
-    t->base.send = dg__mpi_send;
-    t->base.recv = dg__mpi_recv;
-    t->base.pending = dg__mpi_pending;
-    t->base.close = dg__mpi_close;
+    dg__transport_ops(&t->base, dg__mpi_send, dg__mpi_recv, dg__mpi_pending, dg__mpi_close, t);
     t->base.set_limits = dg__mpi_set_limits;
-    t->base.impl = t;
     *out = &t->base;
     return DG_OK;
 }
@@ -16686,28 +16683,31 @@ static dg_result dg__tcp_peers_decode(const void *p, size_t n, dg__tcp_peer_addr
     return DG_OK;
 }
 
+/* HMAC(secret, label (11 bytes) | nonce | rest): both proofs */
+static void dg__tcp_proof(const void *secret, size_t secret_len, const char *label,
+                          const unsigned char nonce[DG__TCP_NONCE], const unsigned char *rest,
+                          size_t rest_len, unsigned char out[32])
+{
+    dg_sha256_ctx in, outer;
+    dg__hmac_begin(secret, secret_len, &in, &outer);
+    dg_sha256_update(&in, label, 11);
+    dg_sha256_update(&in, nonce, DG__TCP_NONCE);
+    dg_sha256_update(&in, rest, rest_len);
+    dg__hmac_end(&in, &outer, out);
+}
+
 static void dg__tcp_client_proof(const void *secret, size_t secret_len,
                                  const unsigned char server_nonce[DG__TCP_NONCE],
                                  const unsigned char hello[DG__TCP_HELLO_SIZE], unsigned char out[32])
 {
-    dg_sha256_ctx in, outer;
-    dg__hmac_begin(secret, secret_len, &in, &outer);
-    dg_sha256_update(&in, "dgtp client", 11);
-    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
-    dg_sha256_update(&in, hello, DG__TCP_HELLO_SIZE);
-    dg__hmac_end(&in, &outer, out);
+    dg__tcp_proof(secret, secret_len, "dgtp client", server_nonce, hello, DG__TCP_HELLO_SIZE, out);
 }
 
 static void dg__tcp_server_proof(const void *secret, size_t secret_len,
                                  const unsigned char client_nonce[DG__TCP_NONCE],
                                  const unsigned char server_nonce[DG__TCP_NONCE], unsigned char out[32])
 {
-    dg_sha256_ctx in, outer;
-    dg__hmac_begin(secret, secret_len, &in, &outer);
-    dg_sha256_update(&in, "dgtp server", 11);
-    dg_sha256_update(&in, client_nonce, DG__TCP_NONCE);
-    dg_sha256_update(&in, server_nonce, DG__TCP_NONCE);
-    dg__hmac_end(&in, &outer, out);
+    dg__tcp_proof(secret, secret_len, "dgtp server", client_nonce, server_nonce, DG__TCP_NONCE, out);
 }
 
 static dg_result dg__tcp_parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
@@ -16814,7 +16814,7 @@ static void dg__rx_reset(dg__rx *rx)
 /* Nonzero while a frame is half received. */
 static int dg__rx_busy(const dg__rx *rx) { return rx->stage != DG__RX_HEADER || rx->got != 0; }
 
-static size_t dg__part_size(const dg_part *p) { return p->kind == DG_PART_BYTES ? p->count : 4 * p->count; }
+static size_t dg__part_size(const dg_part *p) { return dg__part_bytes(p->kind, p->count); }
 
 static void dg__rx_want(dg__rx *rx, unsigned char **p, size_t *n)
 {
@@ -17261,8 +17261,7 @@ typedef struct dg__tcp {
     pthread_mutex_t mu;       /* conns' state and peer, inbox, directory */
     pthread_cond_t cv;
     dg__tconn *conns;
-    dg_msg *head, *tail;
-    int count;
+    dg__msg_queue inbox;
     size_t *queued;           /* per peer: bytes waiting in the inbox */
     dg__tcp_peer_addr *dir;    /* worker: where the other workers listen */
     uint32_t n_dir;
@@ -17632,11 +17631,7 @@ static void dg__tcp_deliver(dg__tcp *t, dg__tconn *c, dg_msg *m)
 {
     size_t bytes = dg_msg_payload_bytes(m);
     dg_traffic *l = &t->base.links[(size_t)m->from * t->base.n_peers + m->to];
-    m->next = NULL;
-    if (t->tail) t->tail->next = m;
-    else t->head = m;
-    t->tail = m;
-    t->count++;
+    dg__queue_push(&t->inbox, m);
     t->queued[m->from] += dg__tcp_held(m);
     /* the receiving side counts its incoming links too */
     __atomic_fetch_add(&l->messages, 1, __ATOMIC_RELAXED);
@@ -18145,7 +18140,7 @@ static void dg__tcp_await(dg__tcp *t, int timeout_ms)
     int64_t end = timeout_ms > 0 ? dg__tcp_ms() + timeout_ms : 0, left = timeout_ms;
     int round;
     for (round = 0;; round++) {
-        if (t->head) return;
+        if (t->inbox.head) return;
         if (timeout_ms > 0 && round > 0 && (left = end - dg__tcp_ms()) <= 0) return;
         if (!t->polling) {
             t->polling = 1;
@@ -18161,15 +18156,7 @@ static void dg__tcp_await(dg__tcp *t, int timeout_ms)
         } else if (timeout_ms == 0) {
             return;
         } else {
-            struct timespec dl;
-            int64_t ms = timeout_ms < 0 || left > 100 ? 100 : left;
-            clock_gettime(CLOCK_REALTIME, &dl);
-            dl.tv_sec += (time_t)(ms / 1000);
-            dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
+            struct timespec dl = dg__deadline(timeout_ms < 0 || left > 100 ? 100 : (int)left);
             pthread_cond_timedwait(&t->cv, &t->mu, &dl);
         }
         if (timeout_ms == 0) return;
@@ -18186,14 +18173,9 @@ static dg_result dg__tcp_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
         return dg__fail(DG_ERR_ARG, "tcp: recv for peer %d on the transport of %d", self,
                         t->cfg.self);
     pthread_mutex_lock(&t->mu);
-    if (!t->head) dg__tcp_await(t, timeout_ms);
-    m = t->head;
-    if (m) {
+    if (!t->inbox.head) dg__tcp_await(t, timeout_ms);
+    if ((m = dg__queue_pop(&t->inbox)) != NULL) {
         int i;
-        t->head = m->next;
-        if (!t->head) t->tail = NULL;
-        t->count--;
-        m->next = NULL;
         t->queued[m->from] -= dg__tcp_held(m);
         if (t->any_paused) { /* not a scan of every connection at every message */
             t->any_paused = 0;
@@ -18223,7 +18205,7 @@ static int dg__tcp_pending(dg_transport *bt, int self)
     int n;
     if (self != t->cfg.self) return 0;
     pthread_mutex_lock(&t->mu);
-    n = t->count;
+    n = t->inbox.count;
     pthread_mutex_unlock(&t->mu);
     return n;
 }
@@ -18246,11 +18228,7 @@ static void dg__tcp_close(dg_transport *bt)
         dg__free(c->in);
         pthread_mutex_destroy(&c->wmu);
     }
-    while (t->head) {
-        dg_msg *m = t->head;
-        t->head = m->next;
-        dg_msg_free(bt, m);
-    }
+    dg__queue_free(bt, &t->inbox);
     if (t->lfd >= 0) close(t->lfd);
     if (t->wake[0] >= 0) close(t->wake[0]);
     if (t->wake[1] >= 0) close(t->wake[1]);
@@ -18339,10 +18317,7 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     t->wire_out = (uint64_t *)dg__calloc((size_t)cfg->n_peers, sizeof(uint64_t));
     t->rpf = (struct pollfd *)dg__calloc((size_t)t->n_conns + 2, sizeof *t->rpf);
     t->rwho = (int *)dg__calloc((size_t)t->n_conns + 2, sizeof(int));
-    t->base.send = dg__tcp_send;
-    t->base.recv = dg__tcp_recv;
-    t->base.pending = dg__tcp_pending;
-    t->base.close = dg__tcp_close;
+    dg__transport_ops(&t->base, dg__tcp_send, dg__tcp_recv, dg__tcp_pending, dg__tcp_close, t);
     t->base.connected = dg__tcp_connected;
     t->base.drop_peer = dg__tcp_drop_peer;
     t->base.set_limits = dg__tcp_set_limits;
@@ -18350,7 +18325,6 @@ static dg_result dg__tcp_new(dg__tcp **out, const dg_tcp_config *cfg)
     t->base.goodbye = dg__tcp_goodbye;
     t->base.keep_server = dg__tcp_keep_server;
     t->base.joined_at = dg__tcp_joined_at;
-    t->base.impl = t;
     if (!t->conns || !t->queued || !t->wire_in || !t->wire_out || !t->rpf || !t->rwho) {
         dg__tcp_close(&t->base);
         return dg__fail(DG_ERR_NOMEM, "tcp: no memory for %d connections", cfg->n_peers);
@@ -19795,15 +19769,32 @@ DGDEF double dg_asgd_run_compute_seconds(const dg_asgd_run *r) { return r ? r->c
 
 /* ---- the process drivers ---- */
 
-DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
-                                    uint64_t out[DG_MSG_TYPE_MAX + 1])
+/* The compressor of cfg's workers (a net is built for its layout only) and
+   the number of parameters n: what the largest PUSH is made of. */
+static dg_result dg__asgd_compressor(const dg_asgd_config *cfg, ac_compressor **comp, uint64_t *n)
 {
     dg_net *net = NULL;
     uint32_t sizes[64];
     ac_layout layout;
-    ac_compressor *comp = NULL;
     ac_compressor_config cc;
     ac_server_config sc;
+    dg_result r = dg__asgd_net_build(&net, cfg, cfg->c, cfg->h, cfg->w, cfg->n_classes, NULL, 0);
+    *comp = NULL;
+    if (r == DG_OK) r = dg_asgd_layout(net, sizes, 64, &layout);
+    if (r == DG_OK) {
+        *n = ac_layout_total(&layout);
+        dg_asgd_ac_configs(cfg, &cc, &sc);
+        if (ac_compressor_init(comp, &layout, &cc) != AC_OK)
+            r = dg__fail(DG_ERR_CONFIG, "asgd: the compressor: %s", ac_last_error());
+    }
+    dg_net_free(net);
+    return r;
+}
+
+DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
+                                    uint64_t out[DG_MSG_TYPE_MAX + 1])
+{
+    ac_compressor *comp = NULL;
     uint64_t bound = 0, n = 0;
     dg_result r;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_asgd_max_payload: NULL");
@@ -19814,18 +19805,8 @@ DGDEF dg_result dg_asgd_max_payload(const dg_asgd_config *cfg, int self,
         return dg__fail(DG_ERR_ARG, "dg_asgd_max_payload: peer %d, images %d x %d x %d, %d "
                                     "classes (set the configuration's c, h, w, n_classes)",
                         self, cfg->c, cfg->h, cfg->w, cfg->n_classes);
-    r = dg__asgd_net_build(&net, cfg, cfg->c, cfg->h, cfg->w, cfg->n_classes, NULL, 0);
-    if (r == DG_OK) r = dg_asgd_layout(net, sizes, 64, &layout);
-    if (r == DG_OK) {
-        n = ac_layout_total(&layout);
-        dg_asgd_ac_configs(cfg, &cc, &sc);
-        if (ac_compressor_init(&comp, &layout, &cc) != AC_OK)
-            r = dg__fail(DG_ERR_CONFIG, "dg_asgd_max_payload: %s", ac_last_error());
-        else
-            bound = ac_compressor_packet_bound(comp);
-    }
+    if ((r = dg__asgd_compressor(cfg, &comp, &n)) == DG_OK) bound = ac_compressor_packet_bound(comp);
     ac_compressor_free(comp);
-    dg_net_free(net);
     if (r != DG_OK) return r;
     if (self == 0) {
         out[DG_MSG_ASGD_PULL] = dg__limit_len4(0, 0);

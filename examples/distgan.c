@@ -150,6 +150,21 @@ static void usage(FILE *f)
         "An option the chosen transport, role or --algo does not use is an error.\n");
 }
 
+/* The value s of option opt, a number of workers 1..workers, into *out
+   (s NULL: *out stays): 0, or 1 once the error is said (hint after it). */
+static int parse_worker_number(const char *opt, const char *s, int workers, const char *hint,
+                               int *out)
+{
+    long long v;
+    if (!s) return 0;
+    if (dg_parse_int(s, 1, workers, &v)) {
+        fprintf(stderr, "distgan: %s: %s%s\n", opt, dg_last_error(), hint);
+        return 1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
 /* "n@t,n@t" (with_worker) or "t,t": faults, strictly */
 static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, int with_worker)
 {
@@ -301,7 +316,6 @@ static int parse(options *o, int argc, char **argv)
         {"--protocol-version", DG_OPT_INT, &o->version, 0, 65535, NULL},
         {"--help", DG_OPT_FLAG, &o->help, 0, 0, NULL},
     };
-    long long k, id;
     int i;
     memset(o, 0, sizeof *o);
     o->algo = ALGO_MDGAN;
@@ -373,30 +387,15 @@ static int parse(options *o, int argc, char **argv)
                 o->role ? "--connect HOST:PORT and --id n" : "--listen HOST:PORT");
         return 1;
     }
-    if (o->id_str) {
-        if (dg_parse_int(o->id_str, 1, o->workers, &id)) {
-            fprintf(stderr, "distgan: --id: %s\n", dg_last_error());
-            return 1;
-        }
-        o->id = (int)id;
-    }
+    if (parse_worker_number("--id", o->id_str, o->workers, "", &o->id)) return 1;
     if (o->iid + (o->shards > 0) + (o->alpha > 0) > 1) {
         fprintf(stderr, "distgan: --iid, --shards and --dirichlet exclude each other\n");
         return 1;
     }
     if (!o->k_str || !strcmp(o->k_str, "log")) o->k = o->k_str ? DG_MDGAN_K_LOG2 : 1;
-    else if (dg_parse_int(o->k_str, 1, o->workers, &k) == DG_OK) o->k = (int)k;
-    else {
-        fprintf(stderr, "distgan: --k: %s (or 'log')\n", dg_last_error());
+    else if (parse_worker_number("--k", o->k_str, o->workers, " (or 'log')", &o->k)) return 1;
+    if (parse_worker_number("--quorum", o->quorum_str, o->workers, " (1..--workers)", &o->quorum))
         return 1;
-    }
-    if (o->quorum_str) {
-        if (dg_parse_int(o->quorum_str, 1, o->workers, &k)) {
-            fprintf(stderr, "distgan: --quorum: %s (1..--workers)\n", dg_last_error());
-            return 1;
-        }
-        o->quorum = (int)k;
-    }
     for (i = 1; i < argc; i++) /* the asynchronous settings need --quorum, --balanced --fraction */
         if ((!o->quorum && (!strcmp(argv[i], "--deadline") || !strcmp(argv[i], "--staleness") ||
                             !strcmp(argv[i], "--tau-max"))) ||

@@ -25,26 +25,23 @@
 
 #define FZ_MAX_PEERS 64
 
+/* The fixed-size handshake record dg__tcp_<rec>: what its decoder takes,
+   its encoder writes back byte for byte. */
+#define FZ_RECORD_ROUNDTRIP(rec)                                    \
+    do {                                                            \
+        dg__tcp_##rec m;                                            \
+        if (dg__tcp_##rec##_decode(p, n, &m) == DG_OK) {            \
+            dg__tcp_##rec##_encode(&m, buf);                        \
+            if (memcmp(buf, p, n)) abort();                         \
+        }                                                           \
+    } while (0)
+
 static void check_payload(const dg__frame_header *h, const unsigned char *p, size_t n)
 {
     unsigned char buf[4 + FZ_MAX_PEERS * DG__TCP_PEER_ADDR_SIZE];
     switch (h->type) {
-    case DG__TCP_HELLO: {
-        dg__tcp_hello m;
-        if (dg__tcp_hello_decode(p, n, &m) == DG_OK) {
-            dg__tcp_hello_encode(&m, buf);
-            if (memcmp(buf, p, n)) abort();
-        }
-        break;
-    }
-    case DG__TCP_WELCOME: {
-        dg__tcp_welcome m;
-        if (dg__tcp_welcome_decode(p, n, &m) == DG_OK) {
-            dg__tcp_welcome_encode(&m, buf);
-            if (memcmp(buf, p, n)) abort();
-        }
-        break;
-    }
+    case DG__TCP_HELLO: FZ_RECORD_ROUNDTRIP(hello); break;
+    case DG__TCP_WELCOME: FZ_RECORD_ROUNDTRIP(welcome); break;
     case DG__TCP_REFUSE:
     case DG__TCP_BYE: {
         uint32_t code;

@@ -2,6 +2,8 @@
  *
  *   TEST(name) { CHECK(x == 1); CHECK_NEAR(a, b, 1e-5); }
  *   int main(void) { RUN(name); return th_done(); }
+ *   check_same_floats(what, a, na, b, nb)   a and b the same bits: checked,
+ *                                           and said on one line
  *
  * Each program prints one line per failed check, one line per test, and a
  * last line "N passed, N failed"; tests/run.sh adds the programs' lines up. */
@@ -47,6 +49,19 @@ static int th_passed, th_failed, th_cur_failed;
         printf("%s %s\n", th_cur_failed ? "FAIL" : "ok  ", #name);  \
         fflush(stdout);                                             \
     } while (0)
+
+/* Checks that a (na floats) and b (nb) are the same bits, and says so:
+   "  <what>: <na> floats, bit-identical" (or DIFFERENT). */
+static inline void check_same_floats(const char *what, const float *a, size_t na, const float *b,
+                                     size_t nb)
+{
+    int same;
+    CHECK(a && b && na == nb && na > 0);
+    if (!a || !b || na != nb || na == 0) return;
+    same = memcmp(a, b, na * sizeof(float)) == 0;
+    CHECK(same);
+    printf("  %s: %zu floats, %s\n", what, na, same ? "bit-identical" : "DIFFERENT");
+}
 
 static int th_done(void)
 {

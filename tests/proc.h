@@ -15,6 +15,9 @@
  *                                    killed and reaped)
  *   wait_for("w1.err", "joined", ms) 1 once the file holds the text, 0 after ms
  *   slurp("w1.err"), file_has(name, text), show(name), read_floats(name, &n)
+ *   nth("w", 2)                      "w2": a worker's name or id in spawn's args
+ *   reap_run(srv, ms, w, n, w_ms)    1 when the server and its n workers all
+ *                                    exited 0
  *   free_port()                      a free TCP port on 127.0.0.1 (0 if none)
  *
  * Include after distgan.h with DISTGAN_IMPLEMENTATION (dg__now,
@@ -111,6 +114,27 @@ static int reap(pid_t pid, int ms)
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
     return -1;
+}
+
+/* "<prefix><i>" in one of eight static buffers used in turn: a worker's
+   name or id in the arguments of one spawn */
+static inline char *nth(const char *prefix, int i)
+{
+    static char buf[8][32];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s%d", prefix, i);
+    return buf[k];
+}
+
+/* 1 when the server srv exits 0 within srv_ms, then each of its n workers
+   w[] within w_ms (every one is reaped either way) */
+static inline int reap_run(pid_t srv, int srv_ms, const pid_t *w, int n, int w_ms)
+{
+    int i, ok = reap(srv, srv_ms) == 0;
+    for (i = 0; i < n; i++)
+        if (reap(w[i], w_ms) != 0) ok = 0;
+    return ok;
 }
 
 /* the file's text (its first 256 KB; "" when it cannot be read), in one

@@ -1,8 +1,23 @@
 /* tests/small_gan.h: the small data and GAN of the in-process MD-GAN and
- * FL-GAN tests (tests/test_mdgan.c, tests/test_netsim.c).  Include after
- * distgan.h. */
+ * FL-GAN tests (tests/test_mdgan.c, tests/test_netsim.c and others), and
+ * their thread pools.  Include after distgan.h. */
 #ifndef DG_TEST_SMALL_GAN_H
 #define DG_TEST_SMALL_GAN_H
+
+/* The tests' thread pools, of one thread and of two (results must not
+   depend on the count): pools_create in main, before the tests. */
+static dg_pool *pool1, *pool2;
+
+static inline int pools_create(void)
+{
+    return dg_pool_create(&pool1, 1) == DG_OK && dg_pool_create(&pool2, 2) == DG_OK;
+}
+
+static inline void pools_destroy(void)
+{
+    dg_pool_destroy(pool1);
+    dg_pool_destroy(pool2);
+}
 
 /* n images of 1 x 8 x 8 in 4 classes: a bright row or column whose place
    depends on the class, plus noise; deterministic in seed */

@@ -115,6 +115,20 @@ static ac_compressor *make_comp(const uint32_t *sizes, uint32_t count, ac_mode m
     return c;
 }
 
+/* The compressor's selection, at t_pull, of a gradient of fill_grad's
+   (ties) over the layout (*g, malloc'd), with room for a reference
+   selection (*ref, as many entries). */
+static const ac_update *select_new_grad(ac_compressor *comp, const uint32_t *sizes, uint32_t count,
+                                        int ties, uint64_t t_pull, float **g, uint32_t **ref)
+{
+    uint32_t total = total_of(sizes, count);
+    *g = (float *)malloc(total * sizeof **g);
+    *ref = (uint32_t *)malloc(total * sizeof **ref);
+    fill_grad(*g, total, ties);
+    CHECK_OK(ac_compressor_select(comp, *g, t_pull));
+    return ac_compressor_update(comp);
+}
+
 /* ---- selection ---- */
 
 TEST(hardy_matches_sort_reference)
@@ -122,7 +136,7 @@ TEST(hardy_matches_sort_reference)
     static const double rates[] = {0.01, 0.05, 0.3, 0.5, 1.0};
     int trial;
     for (trial = 0; trial < 60; trial++) {
-        uint32_t sizes[8], count = (uint32_t)random_layout(sizes, 8), total, l, base = 0, j = 0;
+        uint32_t sizes[8], count = (uint32_t)random_layout(sizes, 8), l, base = 0, j = 0;
         double c = rates[trial % 5];
         ac_compressor *comp = make_comp(sizes, count, AC_MODE_HARDY, AC_FORMAT_F32, c);
         const ac_update *u;
@@ -130,12 +144,7 @@ TEST(hardy_matches_sort_reference)
         uint32_t *ref;
         CHECK(comp != NULL);
         if (!comp) return;
-        total = total_of(sizes, count);
-        g = (float *)malloc(total * sizeof *g);
-        ref = (uint32_t *)malloc(total * sizeof *ref);
-        fill_grad(g, total, trial % 2);
-        CHECK_OK(ac_compressor_select(comp, g, 7));
-        u = ac_compressor_update(comp);
+        u = select_new_grad(comp, sizes, count, trial % 2, 7, &g, &ref);
         CHECK(u->t_pull == 7);
         for (l = 0; l < count; l++) {
             uint32_t k = hardy_k(c, sizes[l]), i;
@@ -207,11 +216,7 @@ TEST(global_topk_matches_sort_reference)
         uint32_t *ref, l, sum = 0;
         total = total_of(sizes, count);
         k = hardy_k(c, total);
-        g = (float *)malloc(total * sizeof *g);
-        ref = (uint32_t *)malloc(total * sizeof *ref);
-        fill_grad(g, total, trial % 2);
-        CHECK_OK(ac_compressor_select(comp, g, 0));
-        u = ac_compressor_update(comp);
+        u = select_new_grad(comp, sizes, count, trial % 2, 0, &g, &ref);
         ref_topk(g, 0, total, k, ref);
         CHECK(u->nnz == k);
         for (i = 0; i < k && i < u->nnz; i++) CHECK(u->index[i] == ref[i]);
@@ -1099,16 +1104,6 @@ static void touch_all(ac_server *s, ac_update *u, int steps)
     }
 }
 
-/* pushes value at index one[0], pulled at t_pull, with w[one[0]] = before;
-   returns w[one[0]] after the server applied it */
-static float push_one(ac_server *s, ac_update *u, const uint32_t *one, uint64_t t_pull, float value,
-                      float *w, float before)
-{
-    set_update(u, one, 1, t_pull), u->value[0] = value, w[one[0]] = before;
-    CHECK_OK(ac_server_apply(s, u));
-    return w[one[0]];
-}
-
 static ac_server *make_server(float *w, ac_staleness st, uint64_t max_staleness)
 {
     ac_layout layout = {3, sv_sizes};
@@ -1121,67 +1116,82 @@ static ac_server *make_server(float *w, ac_staleness st, uint64_t max_staleness)
     return s;
 }
 
-TEST(modulation_modes)
-{
+/* A server (alpha 0.25) in staleness mode st, bounded by max_staleness (0:
+   none), over w zeroed, after n updates that touched every entry; u is
+   the update pushed through it. */
+typedef struct sv_rig {
     ac_update u;
     float w[SV_TOTAL];
-    uint32_t one[] = {3};
     ac_server *s;
-    sv_update_init(&u);
+} sv_rig;
+
+static ac_server *sv_start(sv_rig *r, ac_staleness st, uint64_t max_staleness, int n)
+{
+    sv_update_init(&r->u);
+    r->s = make_server(r->w, st, max_staleness);
+    touch_all(r->s, &r->u, n);
+    return r->s;
+}
+
+/* pushes value at index i, pulled at t_pull, with w[i] = before; returns
+   w[i] after the server applied it */
+static float sv_push(sv_rig *r, uint32_t i, uint64_t t_pull, float value, float before)
+{
+    set_update(&r->u, &i, 1, t_pull), r->u.value[0] = value, r->w[i] = before;
+    CHECK_OK(ac_server_apply(r->s, &r->u));
+    return r->w[i];
+}
+
+TEST(modulation_modes)
+{
+    sv_rig r;
+    uint32_t one[] = {3};
 
     /* sigma: tau = 0 gives scale 1, however often 3 was touched before */
-    s = make_server(w, AC_STALENESS_SIGMA, 0);
-    touch_all(s, &u, 10);
-    CHECK(push_one(s, &u, one, 10, 2.0f, w, 1.0f) == 1.0f - 0.25f * 2.0f);
+    sv_start(&r, AC_STALENESS_SIGMA, 0, 10);
+    CHECK(sv_push(&r, 3, 10, 2.0f, 1.0f) == 1.0f - 0.25f * 2.0f);
     /* pulled 4 updates ago: those 4 (labels 8..11) all touched 3 -> / 4 */
-    CHECK(push_one(s, &u, one, 7, 2.0f, w, 1.0f) == 1.0f - 0.25f * 2.0f / 4.0f);
-    ac_server_free(s);
+    CHECK(sv_push(&r, 3, 7, 2.0f, 1.0f) == 1.0f - 0.25f * 2.0f / 4.0f);
+    ac_server_free(r.s);
 
     /* staleness-aware: alpha / tau, with max(1, tau) */
-    s = make_server(w, AC_STALENESS_TAU, 0);
-    touch_all(s, &u, 6);
-    CHECK(push_one(s, &u, one, 3, 1.0f, w, 0.0f) == -(0.25f / 3.0f));
-    CHECK(push_one(s, &u, one, 7, 1.0f, w, 0.0f) == -0.25f);
-    ac_server_free(s);
+    sv_start(&r, AC_STALENESS_TAU, 0, 6);
+    CHECK(sv_push(&r, 3, 3, 1.0f, 0.0f) == -(0.25f / 3.0f));
+    CHECK(sv_push(&r, 3, 7, 1.0f, 0.0f) == -0.25f);
+    ac_server_free(r.s);
 
     /* constant: alpha whatever the staleness */
-    s = make_server(w, AC_STALENESS_CONSTANT, 0);
-    touch_all(s, &u, 20);
-    CHECK(push_one(s, &u, one, 1, 1.0f, w, 0.0f) == -0.25f);
-    CHECK(ac_server_sigma(s, &u, one) == AC_ERR_ARG); /* no history kept */
-    ac_server_free(s);
+    sv_start(&r, AC_STALENESS_CONSTANT, 0, 20);
+    CHECK(sv_push(&r, 3, 1, 1.0f, 0.0f) == -0.25f);
+    CHECK(ac_server_sigma(r.s, &r.u, one) == AC_ERR_ARG); /* no history kept */
+    ac_server_free(r.s);
 }
 
 TEST(too_old_and_future_updates)
 {
-    ac_update u;
-    float w[SV_TOTAL];
+    sv_rig r;
     uint32_t one[] = {60}, sigma[1];
-    ac_server *s;
+    ac_server *s = sv_start(&r, AC_STALENESS_SIGMA, 4, 10);
     ac_stats st;
-    sv_update_init(&u);
 
-    s = make_server(w, AC_STALENESS_SIGMA, 4);
-    touch_all(s, &u, 10);
-    set_update(&u, one, 1, 5), w[60] = 7.0f; /* tau = 5 > max_staleness = 4 */
-    CHECK(ac_server_apply(s, &u) == AC_ERR_STALE);
-    CHECK(w[60] == 7.0f && ac_server_clock(s) == 10);
-    set_update(&u, one, 1, 11);
-    CHECK(ac_server_apply(s, &u) == AC_ERR_CLOCK);
-    set_update(&u, one, 1, 6), u.value[0] = 1.0f; /* tau = 4 */
-    CHECK_OK(ac_server_sigma(s, &u, sigma));
+    set_update(&r.u, one, 1, 5), r.w[60] = 7.0f; /* tau = 5 > max_staleness = 4 */
+    CHECK(ac_server_apply(s, &r.u) == AC_ERR_STALE);
+    CHECK(r.w[60] == 7.0f && ac_server_clock(s) == 10);
+    set_update(&r.u, one, 1, 11);
+    CHECK(ac_server_apply(s, &r.u) == AC_ERR_CLOCK);
+    set_update(&r.u, one, 1, 6), r.u.value[0] = 1.0f; /* tau = 4 */
+    CHECK_OK(ac_server_sigma(s, &r.u, sigma));
     CHECK(sigma[0] == 4);
-    CHECK_OK(ac_server_apply(s, &u));
-    CHECK(w[60] == 7.0f - 0.25f / 4.0f);
+    CHECK_OK(ac_server_apply(s, &r.u));
+    CHECK(r.w[60] == 7.0f - 0.25f / 4.0f);
     st = ac_server_stats(s);
     CHECK(st.rejected == 2 && st.packets == 11);
     ac_server_free(s);
 
     /* the same bound holds in every modulation mode */
-    s = make_server(w, AC_STALENESS_CONSTANT, 4);
-    touch_all(s, &u, 10);
-    set_update(&u, one, 1, 5);
-    CHECK(ac_server_apply(s, &u) == AC_ERR_STALE);
+    s = sv_start(&r, AC_STALENESS_CONSTANT, 4, 10);
+    set_update(&r.u, one, 1, 5);
+    CHECK(ac_server_apply(s, &r.u) == AC_ERR_STALE);
     ac_server_free(s);
 }
 
@@ -1189,20 +1199,14 @@ TEST(too_old_and_future_updates)
    push by default, however stale: no bound unless max_staleness sets one. */
 TEST(plain_asgd_applies_every_push)
 {
-    ac_update u;
-    float w[SV_TOTAL];
-    uint32_t one[] = {60};
-    ac_server *s;
-    sv_update_init(&u);
-    s = make_server(w, AC_STALENESS_CONSTANT, 0);
-    touch_all(s, &u, 500);
-    CHECK(push_one(s, &u, one, 0, 1.0f, w, 0.0f) == -0.25f);  /* tau = 500 */
-    ac_server_free(s);
-    s = make_server(w, AC_STALENESS_TAU, 0);
-    touch_all(s, &u, 500);
-    CHECK(push_one(s, &u, one, 0, 1.0f, w, 0.0f) == -(0.25f / 500.0f));
-    CHECK(ac_server_stats(s).rejected == 0);
-    ac_server_free(s);
+    sv_rig r;
+    sv_start(&r, AC_STALENESS_CONSTANT, 0, 500);
+    CHECK(sv_push(&r, 60, 0, 1.0f, 0.0f) == -0.25f);  /* tau = 500 */
+    ac_server_free(r.s);
+    sv_start(&r, AC_STALENESS_TAU, 0, 500);
+    CHECK(sv_push(&r, 60, 0, 1.0f, 0.0f) == -(0.25f / 500.0f));
+    CHECK(ac_server_stats(r.s).rejected == 0);
+    ac_server_free(r.s);
 }
 
 TEST(server_refuses_bad_updates_and_counts_bytes)

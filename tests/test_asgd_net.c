@@ -35,11 +35,11 @@
 
 static void det_vs_inproc(const char *mode, const char *drop)
 {
-    char addr[32], wid[3][16], name[32];
+    char addr[32], what[128];
     pid_t srv, wk[3];
     float *a, *b;
     size_t na, nb;
-    int i, ok = 1;
+    int i;
     if (!proc_begin(addr, sizeof addr)) return;
     CHECK(reap(spawn("inproc", ARGS("--mode", (char *)mode, "--updates", "240", "--drop",
                                     (char *)drop, "--down", "2", "--out", "inproc.f32", RUNOPTS)),
@@ -48,26 +48,17 @@ static void det_vs_inproc(const char *mode, const char *drop)
                              "--schedule", "deterministic", "--mode", (char *)mode, "--updates",
                              "240", "--eval-every", "80", "--drop", (char *)drop, "--down", "2",
                              "--out", "tcp.f32", RUNOPTS));
-    for (i = 0; i < 3; i++) {
-        snprintf(wid[i], sizeof wid[i], "%d", i + 1);
-        snprintf(name, sizeof name, "dw%d", i + 1);
-        wk[i] = spawn(name, ARGS("--transport", "tcp", "--role", "worker", "--connect", addr,
-                                 "--id", wid[i], "--schedule", "deterministic", "--mode",
-                                 (char *)mode, "--updates", "240", "--drop", (char *)drop,
-                                 "--down", "2", RUNOPTS));
-    }
-    if (reap(srv, 120000) != 0) ok = 0;
     for (i = 0; i < 3; i++)
-        if (reap(wk[i], 20000) != 0) ok = 0;
-    CHECK(ok);
+        wk[i] = spawn(nth("dw", i + 1),
+                      ARGS("--transport", "tcp", "--role", "worker", "--connect", addr, "--id",
+                           nth("", i + 1), "--schedule", "deterministic", "--mode", (char *)mode,
+                           "--updates", "240", "--drop", (char *)drop, "--down", "2", RUNOPTS));
+    CHECK(reap_run(srv, 120000, wk, 3, 20000));
     a = read_floats("inproc.f32", &na);
     b = read_floats("tcp.f32", &nb);
-    CHECK(a && b && na == nb && na > 0);
-    if (a && b && na == nb && na > 0) {
-        CHECK(memcmp(a, b, na * 4) == 0);
-        printf("  %s (drop %s): %zu parameters over TCP (deterministic) and in-process: %s\n", mode,
-               drop, na, memcmp(a, b, na * 4) ? "DIFFERENT" : "bit-identical");
-    }
+    snprintf(what, sizeof what, "%s (drop %s): parameters over TCP (deterministic) and in-process",
+             mode, drop);
+    check_same_floats(what, a, na, b, nb);
     if (th_cur_failed) { show("dsrv.out"); show("dsrv.err"); show("dw1.err"); show("inproc.err"); }
     free(a);
     free(b);
@@ -210,12 +201,8 @@ TEST(insider_malformed_and_nan_push)
     wk_arg wk[2];
     pthread_t pth, wth[2];
     dg_transport *ins = NULL;
-    dg_net *net = NULL;
-    uint32_t sizes[64];
-    ac_layout layout;
     ac_compressor *comp = NULL;
-    ac_compressor_config cc;
-    ac_server_config sc;
+    uint64_t n = 0;
     unsigned char *packet = NULL, junk[64];
     char addr[32];
     size_t len = 0, i;
@@ -265,11 +252,8 @@ TEST(insider_malformed_and_nan_push)
     CHECK_OK(dg_tcp_worker_create(&ins, &tc));
     for (k = 0; k < 2; k++) pthread_create(&wth[k], NULL, wk_thread, &wk[k]);
     /* a dense packet of a finite gradient with a sentinel value, then NaN in its place */
-    CHECK_OK(dg__asgd_net_build(&net, &cfg, ds.c, ds.h, ds.w, ds.n_classes, NULL, 0));
-    CHECK_OK(dg_asgd_layout(net, sizes, 64, &layout));
-    dg_asgd_ac_configs(&cfg, &cc, &sc);
-    CHECK(ac_compressor_init(&comp, &layout, &cc) == AC_OK);
-    grad = (float *)calloc(ac_layout_total(&layout), sizeof(float));
+    CHECK_OK(dg__asgd_compressor(&cfg, &comp, &n));
+    grad = (float *)calloc(n, sizeof(float));
     packet = (unsigned char *)malloc(ac_compressor_packet_bound(comp));
     grad[5] = sentinel;
     CHECK(ac_compress(comp, grad, 0, packet, ac_compressor_packet_bound(comp), &len) == AC_OK);
@@ -305,7 +289,6 @@ TEST(insider_malformed_and_nan_push)
     free(grad);
     free(packet);
     ac_compressor_free(comp);
-    dg_net_free(net);
     dg_partition_free(&part);
     dg_dataset_free(&ds);
 }

@@ -21,7 +21,6 @@
 #include "harness.h"
 #include "small_gan.h"
 
-static dg_pool *pool1, *pool2;
 
 /* ---- asynchronous MD-GAN on a scripted network ---- */
 
@@ -542,8 +541,7 @@ TEST(fegan_settings_checked)
 
 int main(void)
 {
-    CHECK_OK(dg_pool_create(&pool1, 1));
-    CHECK_OK(dg_pool_create(&pool2, 2));
+    if (!pools_create()) return 1;
     RUN(late_feedback_weighs_one_over_tau);
     RUN(late_feedback_constant_weight);
     RUN(late_feedback_beyond_tau_max_dropped);
@@ -556,7 +554,6 @@ int main(void)
     RUN(fegan_round_asks_the_chosen_only);
     RUN(fegan_fraction_one_is_plain);
     RUN(fegan_settings_checked);
-    dg_pool_destroy(pool1);
-    dg_pool_destroy(pool2);
+    pools_destroy();
     return th_done();
 }

@@ -11,7 +11,6 @@
 
 #include <stdlib.h>
 
-static dg_pool *pool2;
 
 /* 4-aligned scratch for one encoding */
 static unsigned char buf[1 << 21] __attribute__((aligned(64)));
@@ -553,7 +552,7 @@ TEST(config_hash_covers_the_codecs)
 
 int main(void)
 {
-    if (dg_pool_create(&pool2, 2)) return 1;
+    if (!pools_create()) return 1;
     RUN(f16_round_trip_is_nearest_even_within_2_11);
     RUN(int8_rows_within_half_a_scale);
     RUN(topk_keeps_exactly_the_k_largest_and_the_residual_adds_up);
@@ -568,6 +567,6 @@ int main(void)
 #ifndef DG_NO_TCP
     RUN(config_hash_covers_the_codecs);
 #endif
-    dg_pool_destroy(pool2);
+    pools_destroy();
     return th_done();
 }

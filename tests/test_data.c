@@ -411,6 +411,24 @@ static void write_png(const char *path, int w, int h, int comp, int seed)
     CHECK(stbi_write_png(path, w, h, comp, buf, w * comp) != 0);
 }
 
+/* A folder (seed < 0) or a PNG image written with write_png's seed. */
+typedef struct tree_entry {
+    const char *path;
+    int seed;
+} tree_entry;
+
+/* The n entries in the scratch folder, in order; every image w x h x comp. */
+static void make_tree(const tree_entry *e, int n, int w, int h, int comp)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        if (e[i].seed < 0)
+            CHECK(mkdir(tpath(e[i].path), 0700) == 0);
+        else
+            write_png(tpath(e[i].path), w, h, comp, e[i].seed);
+    }
+}
+
 TEST(image_dir)
 {
     dg_dataset ds;
@@ -418,14 +436,15 @@ TEST(image_dir)
     char root[512];
     unsigned char *ref;
     int rw, rh, rc;
+    static const tree_entry imgs[] = {{"imgs", -1}, {"imgs/b_cat", -1}, {"imgs/a_dog", -1},
+                                      {"imgs/c_empty", -1}, {"imgs/b_cat/2.png", 0},
+                                      {"imgs/b_cat/1.png", 1}, {"imgs/a_dog/x.PNG", 2}};
+    static const tree_entry prefix[] = {{"prefix", -1}, {"prefix/a", -1}, {"prefix/a-b", -1},
+                                        {"prefix/a/1.png", 1}, {"prefix/a-b/1.png", 2},
+                                        {"prefix/a-b/2.png", 3}};
+    static const tree_entry flat[] = {{"flat", -1}, {"flat/a.png", 3}, {"flat/b.png", 4}};
     snprintf(root, sizeof root, "%s", tpath("imgs"));
-    CHECK(mkdir(root, 0700) == 0);
-    CHECK(mkdir(tpath("imgs/b_cat"), 0700) == 0);
-    CHECK(mkdir(tpath("imgs/a_dog"), 0700) == 0);
-    CHECK(mkdir(tpath("imgs/c_empty"), 0700) == 0);
-    write_png(tpath("imgs/b_cat/2.png"), 5, 4, 3, 0);
-    write_png(tpath("imgs/b_cat/1.png"), 5, 4, 3, 1);
-    write_png(tpath("imgs/a_dog/x.PNG"), 5, 4, 3, 2);
+    make_tree(imgs, 7, 5, 4, 3);
     CHECK(write_file(tpath("imgs/a_dog/README.txt"), "not an image", 12));
     CHECK_OK(dg_dataset_load_image_dir(&ds, root, 0));
     /* classes in strcmp order: a_dog 0, b_cat 1, c_empty 2 (no images) */
@@ -448,12 +467,7 @@ TEST(image_dir)
 
     /* class names where one is a prefix of the other ("a" < "a-b" but
        "a-b/..." < "a/..."): each image keeps its own folder's label */
-    CHECK(mkdir(tpath("prefix"), 0700) == 0);
-    CHECK(mkdir(tpath("prefix/a"), 0700) == 0);
-    CHECK(mkdir(tpath("prefix/a-b"), 0700) == 0);
-    write_png(tpath("prefix/a/1.png"), 3, 3, 1, 1);
-    write_png(tpath("prefix/a-b/1.png"), 3, 3, 1, 2);
-    write_png(tpath("prefix/a-b/2.png"), 3, 3, 1, 3);
+    make_tree(prefix, 6, 3, 3, 1);
     CHECK_OK(dg_dataset_load_image_dir(&ds, tpath("prefix"), 0));
     CHECK(ds.n == 3 && ds.n_classes == 2);
     if (ds.n == 3) {
@@ -462,9 +476,7 @@ TEST(image_dir)
     }
     dg_dataset_free(&ds);
     /* flat folder of grey images: unlabelled, one channel picked */
-    CHECK(mkdir(tpath("flat"), 0700) == 0);
-    write_png(tpath("flat/a.png"), 6, 6, 1, 3);
-    write_png(tpath("flat/b.png"), 6, 6, 1, 4);
+    make_tree(flat, 3, 6, 6, 1);
     CHECK_OK(dg_dataset_load_image_dir(&ds, tpath("flat"), 0));
     CHECK(ds.n == 2 && ds.c == 1 && ds.n_classes == 0 && ds.labels[0] == -1 && ds.labels[1] == -1);
     dg_dataset_free(&ds);

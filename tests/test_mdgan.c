@@ -12,7 +12,6 @@
 #include "small_gan.h"
 #include "scratch.h"
 
-static dg_pool *pool1, *pool2;
 
 /* two nets hold the same parameters, bit for bit */
 static int same_params(dg_net *a, dg_net *b)
@@ -1300,8 +1299,7 @@ TEST(feedback_clip_bounds_a_scaled_worker)
 int main(void)
 {
     if (!scratch_create("mdgan")) return 1;
-    dg_pool_create(&pool1, 1);
-    dg_pool_create(&pool2, 2);
+    if (!pools_create()) return 1;
     RUN(queue_concurrent_producers);
     RUN(codec_roundtrip_and_rejects);
     RUN(config_checks);
@@ -1326,8 +1324,7 @@ int main(void)
     RUN(feedback_clip_bounds_a_scaled_worker);
     RUN(flgan_shard_size_claims_refused);
     RUN(stop_reaches_every_worker);
-    dg_pool_destroy(pool1);
-    dg_pool_destroy(pool2);
+    pools_destroy();
     scratch_remove();
     return th_done();
 }

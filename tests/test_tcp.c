@@ -96,6 +96,7 @@ TEST(frame_codec)
 {
     unsigned char b[DG_TCP_HEADER_SIZE], payload[5] = {1, 2, 3, 4, 5};
     dg__frame_header h = dg__frame_make(DG_MSG_FEEDBACK, 0, 3, 77, payload, 5), g;
+    int i;
     dg__frame_header_encode(&h, b);
     CHECK(memcmp(b, "DGTP", 4) == 0);
     CHECK_OK(dg__frame_header_decode(b, 5, &g));
@@ -112,16 +113,13 @@ TEST(frame_codec)
     dg__frame_header_encode(&h, b);
     CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_VERSION && g.version == 3);
     h.version = DG_TCP_VERSION;
-    h.type = 0x99;
-    dg__frame_header_encode(&h, b);
-    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
-    h.type = 0;
-    dg__frame_header_encode(&h, b);
-    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
-    h.type = DG__TCP_HEARTBEAT;
-    h.flags = 0x80;
-    dg__frame_header_encode(&h, b);
-    CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    for (i = 0; i < 3; i++) { /* an unknown type, type 0, a heartbeat with an unknown flag */
+        static const uint8_t bad[3][2] = {{0x99, 0}, {0, 0}, {DG__TCP_HEARTBEAT, 0x80}};
+        h.type = bad[i][0];
+        h.flags = bad[i][1];
+        dg__frame_header_encode(&h, b);
+        CHECK(dg__frame_header_decode(b, 5, &g) == DG_ERR_FORMAT);
+    }
     h.flags = 0;
     dg__frame_header_encode(&h, b);
     b[0] = 'X';
@@ -180,16 +178,23 @@ TEST(handshake_payloads)
 
 static unsigned char hash_a[32] = {1}, hash_b[32] = {2};
 
-static dg_result make_server(dg_transport **t, int n_peers, const char *secret)
+/* A server of n_peers on loopback (any port) with secret (NULL: none)
+   and the configuration hash_a. */
+static dg_tcp_config server_config(int n_peers, const char *secret)
 {
-    dg_tcp_config c;
-    c = dg_tcp_config_init();
+    dg_tcp_config c = dg_tcp_config_init();
     c.n_peers = n_peers;
-    c.self = 0;
     c.listen = "127.0.0.1:0";
     c.secret = secret;
     c.secret_len = secret ? strlen(secret) : 0;
     memcpy(c.config_hash, hash_a, 32);
+    return c;
+}
+
+/* ... with short timeouts, for the tests of the handshake */
+static dg_result make_server(dg_transport **t, int n_peers, const char *secret)
+{
+    dg_tcp_config c = server_config(n_peers, secret);
     c.max_message = (uint64_t)32 << 20;
     c.handshake_timeout_ms = 1500;
     c.frame_timeout_ms = 1500;
@@ -627,6 +632,25 @@ static int wait_for_line(const char *name, const char *a, const char *b, int ms)
 #define ARGS(role, ...) (strcmp(role, "server") ? TCP_ARGS("--role", role, __VA_ARGS__) \
                          : TCP_ARGS("--role", role, "--no-eval", __VA_ARGS__))
 
+/* workers 1..n of a run: w[i] is worker i + 1, its output in <prefix><i + 1>.out/.err */
+#define SPAWN_WORKERS(w, n, prefix, addr, ...)                                               \
+    do {                                                                                    \
+        int w_;                                                                             \
+        for (w_ = 0; w_ < (n); w_++)                                                        \
+            (w)[w_] = spawn(nth(prefix, w_ + 1), ARGS("worker", "--connect", addr, "--id",  \
+                                                      nth("", w_ + 1), __VA_ARGS__));       \
+    } while (0)
+
+/* The server <tag>srv with its own arguments (in parentheses) and the
+   common ones, then its workers 1..n as <tag>w1.. with the common ones. */
+#define UNPAREN(...) __VA_ARGS__
+#define START_RUN(srv, w, n, tag, addr, server_args, ...)                                    \
+    do {                                                                                    \
+        (srv) = spawn(tag "srv",                                                            \
+                      ARGS("server", "--listen", addr, UNPAREN server_args, __VA_ARGS__));  \
+        SPAWN_WORKERS(w, n, tag "w", addr, __VA_ARGS__);                                    \
+    } while (0)
+
 /* "it     10/80 |": the start of the server's progress line at iteration it */
 static const char *it_is(int it, int of)
 {
@@ -717,11 +741,11 @@ static void inproc_g(int md, int rounds, const char *codec, float **g, size_t *n
 
 static void tcp_vs_inproc(const char *algo, const char *codec)
 {
-    char addr[32], wid[NW][16], nw[8], bs[8], it[8];
+    char addr[32], nw[8], bs[8], it[8], what[128];
     pid_t srv, wk[NW];
     float *a, *b;
     size_t na = 0, nb = 0;
-    int i, ok = 1, md = !strcmp(algo, "mdgan");
+    int i, md = !strcmp(algo, "mdgan");
     if (!proc_begin(addr, sizeof addr)) return;
     snprintf(nw, sizeof nw, "%d", NW);
     snprintf(bs, sizeof bs, "%d", BATCH);
@@ -730,31 +754,21 @@ static void tcp_vs_inproc(const char *algo, const char *codec)
                             "--dataset", DATA, "--batch", bs, "--iters", it,
                             md ? "--swap-every" : "--local-iters", md ? "0" : "3", "--codec",
                             (char *)codec, "--out", "."));
-    (void)srv;
-    {   /* the server writes its output relative to its cwd: use the tmpdir */
-    }
-    for (i = 0; i < NW; i++) {
-        char name[16];
-        snprintf(wid[i], sizeof wid[i], "%d", i + 1);
-        snprintf(name, sizeof name, "w%d", i + 1);
-        wk[i] = spawn(name, ARGS("worker", "--connect", addr, "--workers", nw, "--id", wid[i],
-                                 "--algo", (char *)algo, "--dataset", DATA, "--batch", bs,
-                                 md ? "--swap-every" : "--local-iters", md ? "0" : "3", "--codec",
-                                 (char *)codec));
-    }
-    if (reap(srv, 60000) != 0) { ok = 0; show("srv.err"); }
     for (i = 0; i < NW; i++)
-        if (reap(wk[i], 10000) != 0) ok = 0;
-    CHECK(ok);
+        wk[i] = spawn(nth("w", i + 1),
+                      ARGS("worker", "--connect", addr, "--workers", nw, "--id", nth("", i + 1),
+                           "--algo", (char *)algo, "--dataset", DATA, "--batch", bs,
+                           md ? "--swap-every" : "--local-iters", md ? "0" : "3", "--codec",
+                           (char *)codec));
+    if (!reap_run(srv, 60000, wk, NW, 10000)) {
+        CHECK(0);
+        show("srv.err");
+    }
     inproc_g(md, md ? ITERS : 2, codec, &a, &na);
     b = read_floats("g.f32", &nb);
-    CHECK(a && b && na == nb && na > 0);
-    if (a && b && na == nb) {
-        CHECK(memcmp(a, b, na * sizeof(float)) == 0);
-        printf("  %s (codecs %s): %zu generator parameters over TCP and in-process: %s\n", algo,
-               codec, na,
-               memcmp(a, b, na * sizeof(float)) ? "DIFFERENT" : "bit-identical");
-    }
+    snprintf(what, sizeof what, "%s (codecs %s): generator parameters over TCP and in-process",
+             algo, codec);
+    check_same_floats(what, a, na, b, nb);
     free(a);
     free(b);
 }
@@ -768,49 +782,38 @@ TEST(flgan_codecs_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=topk:0.05,
 TEST(worker_killed_and_rejoins)
 {
     char addr[32];
-    pid_t srv, w1, w2, w3;
+    pid_t srv, w[3];
     if (!proc_begin(addr, sizeof addr)) return;
 #define COMMON "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "1500", \
                "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
-    srv = spawn("ksrv", ARGS("server", "--listen", addr, "--iters", "80", "--log-every", "1", COMMON));
-    w1 = spawn("kw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON));
-    w2 = spawn("kw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON));
-    w3 = spawn("kw3", ARGS("worker", "--connect", addr, "--id", "3", COMMON));
+    START_RUN(srv, w, 3, "k", addr, ("--iters", "80", "--log-every", "1"), COMMON);
     CHECK(wait_for("ksrv.out", it_is(10, 80), 30000));
-    CHECK(worker_restarts(&w2, "ksrv", "| live 2/3 |", 15000,
+    CHECK(worker_restarts(&w[1], "ksrv", "| live 2/3 |", 15000,
                           "kw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON),
                           "worker 2 joins with a copy of D_", 15000));
-    CHECK(reap(srv, 60000) == 0);
+    CHECK(reap_run(srv, 60000, w, 3, 10000));
     CHECK(line_has("ksrv.out", it_is(80, 80), "| live 3/3 |"));
-    CHECK(reap(w1, 10000) == 0);
-    CHECK(reap(w2, 10000) == 0);
-    CHECK(reap(w3, 10000) == 0);
     if (th_cur_failed) { show("ksrv.out"); show("ksrv.err"); show("kw2b.err"); }
 }
 
 TEST(server_killed_and_resumed)
 {
-    char addr[32], ck[512];
-    pid_t srv, w1, w2;
+    char addr[32];
+    pid_t srv, w[2];
     if (!proc_begin(addr, sizeof addr)) return;
-    snprintf(ck, sizeof ck, "%s", tpath("run/server.ckpt"));
 #define COMMON2 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
                 "--heartbeat-ms", "300", "--barrier-ms", "3000", "--out", "run"
-    srv = spawn("rsrv", ARGS("server", "--listen", addr, "--iters", "60", "--checkpoint-every", "5",
-                             "--log-every", "1", COMMON2));
-    w1 = spawn("rw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON2));
-    w2 = spawn("rw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON2));
+    START_RUN(srv, w, 2, "r", addr,
+              ("--iters", "60", "--checkpoint-every", "5", "--log-every", "1"), COMMON2);
     CHECK(wait_for("rsrv.out", it_is(12, 60), 30000));
     kill(srv, SIGKILL);
     reap(srv, 2000);
     srv = spawn("rsrv2", ARGS("server", "--listen", addr, "--iters", "60", "--resume",
                               "--checkpoint-every", "5", "--log-every", "1", COMMON2));
     CHECK(wait_for("rsrv2.err", "resumed from", 10000));
-    CHECK(reap(srv, 60000) == 0);
+    CHECK(reap_run(srv, 60000, w, 2, 10000));
     CHECK(line_has("rsrv2.out", it_is(60, 60), "| live 2/2 |"));
-    CHECK(wait_for("rw1.err", "reconnected", 1000));
-    CHECK(reap(w1, 10000) == 0);
-    CHECK(reap(w2, 10000) == 0);
+    CHECK(file_has("rw1.err", "reconnected"));
     if (th_cur_failed) { show("rsrv.out"); show("rsrv2.err"); show("rw1.err"); }
 }
 
@@ -1060,12 +1063,7 @@ TEST(malformed_frame_names_the_peer)
     int fd;
     memset(&log, 0, sizeof log);
     pthread_mutex_init(&log.mu, NULL);
-    c = dg_tcp_config_init();
-    c.n_peers = 3;
-    c.listen = "127.0.0.1:0";
-    c.secret = "sesame";
-    c.secret_len = 6;
-    memcpy(c.config_hash, hash_a, 32);
+    c = server_config(3, "sesame");
     c.log = log_to;
     c.log_user = &log;
     CHECK_OK(dg_tcp_server_create(&s, &c));
@@ -1228,12 +1226,7 @@ TEST(handshake_slots_evict_the_idle)
     unsigned char hello[DG__TCP_HELLO_SIZE], buf[DG_TCP_HEADER_SIZE + DG__TCP_NONCE];
     dg__tcp_hello h;
     int idle[6], talker, i;
-    c = dg_tcp_config_init();
-    c.n_peers = 3;
-    c.listen = "127.0.0.1:0";
-    c.secret = "sesame";
-    c.secret_len = 6;
-    memcpy(c.config_hash, hash_a, 32);
+    c = server_config(3, "sesame");
     c.max_pending_per_addr = 4;
     CHECK_OK(dg_tcp_server_create(&s, &c));
     if (!s) return;
@@ -1300,7 +1293,7 @@ static void *flood_main(void *arg)
 TEST(worker_restarts_through_a_slot_flood)
 {
     char addr[32];
-    pid_t srv, w1, w2;
+    pid_t srv, w[2];
     flood f;
     pthread_t th;
     int flooding = 0;
@@ -1309,16 +1302,14 @@ TEST(worker_restarts_through_a_slot_flood)
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
 #define COMMON4 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
                 "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
-    srv = spawn("osrv", ARGS("server", "--listen", addr, "--iters", "150", "--log-every", "1", COMMON4));
-    w1 = spawn("ow1", ARGS("worker", "--connect", addr, "--id", "1", COMMON4));
-    w2 = spawn("ow2", ARGS("worker", "--connect", addr, "--id", "2", COMMON4));
+    START_RUN(srv, w, 2, "o", addr, ("--iters", "150", "--log-every", "1"), COMMON4);
     CHECK(wait_for("osrv.out", it_is(5, 150), 30000));
     memset(&f, 0, sizeof f);
     f.port = port;
     f.n = 80;
     flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
     dg__tcp_sleep_ms(500);
-    CHECK(worker_restarts(&w2, "osrv", "| live 1/2 |", 15000,
+    CHECK(worker_restarts(&w[1], "osrv", "| live 1/2 |", 15000,
                           "ow2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON4),
                           "worker 2 joins with a copy of D_", 25000));
     if (flooding) {
@@ -1326,9 +1317,7 @@ TEST(worker_restarts_through_a_slot_flood)
         pthread_join(th, NULL);
     }
     printf("  slot flood: %d connections reopened\n", f.opened);
-    CHECK(reap(srv, 60000) == 0);
-    CHECK(reap(w1, 10000) == 0);
-    CHECK(reap(w2, 10000) == 0);
+    CHECK(reap_run(srv, 60000, w, 2, 10000));
     if (th_cur_failed) { show("osrv.err"); show("ow2b.err"); }
 }
 
@@ -1341,11 +1330,7 @@ TEST(secret_empty_or_long)
     char longs[301], prefix[257], addr[32], f0[512], f1[512], f2[512], f3[512];
     pid_t srv, wk;
     FILE *f;
-    c = dg_tcp_config_init();
-    c.n_peers = 2;
-    c.listen = "127.0.0.1:0";
-    c.secret = "";
-    c.secret_len = 0;
+    c = server_config(2, "");
     CHECK(dg_tcp_server_create(&s, &c) == DG_ERR_ARG);
     CHECK(strstr(dg_last_error(), "empty") != NULL);
     if (s) dg_transport_close(s);
@@ -1422,9 +1407,8 @@ TEST(workers_end_with_the_run)
     worker_arg a;
     pthread_t th;
     int64_t bye;
-    char addr[32], wid[3][16];
+    char addr[32];
     pid_t srv, wk[3];
-    int i;
     memset(&a, 0, sizeof a);
     a.c = dg_mdgan_config_init();
     dg_dataset_make_shapes(&a.ds, 64, 1);
@@ -1452,15 +1436,8 @@ TEST(workers_end_with_the_run)
     dg_dataset_free(&a.ds);
     if (!proc_begin(addr, sizeof addr)) return;
 #define COMMON6 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--swap-every", "4"
-    srv = spawn("esrv", ARGS("server", "--listen", addr, "--iters", "30", COMMON6));
-    for (i = 0; i < 3; i++) {
-        char name[16];
-        snprintf(wid[i], sizeof wid[i], "%d", i + 1);
-        snprintf(name, sizeof name, "ew%d", i + 1);
-        wk[i] = spawn(name, ARGS("worker", "--connect", addr, "--id", wid[i], COMMON6));
-    }
-    CHECK(reap(srv, 60000) == 0);
-    for (i = 0; i < 3; i++) CHECK(reap(wk[i], 3000) == 0);
+    START_RUN(srv, wk, 3, "e", addr, ("--iters", "30"), COMMON6);
+    CHECK(reap_run(srv, 60000, wk, 3, 3000));
     if (th_cur_failed) { show("esrv.err"); show("ew1.err"); }
 }
 
@@ -1511,7 +1488,7 @@ static dg_transport *dial_worker(const dg_tcp_config *tc, int ms)
 TEST(malformed_feedback_costs_the_connection_not_the_run)
 {
     char addr[32], ck[512];
-    pid_t srv, w1;
+    pid_t srv, w[1];
     dg_dataset ds;
     dg_mdgan_config mc = dg_mdgan_config_init();
     dg_tcp_config tc;
@@ -1523,9 +1500,7 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     snprintf(ck, sizeof ck, "%s", tpath("bad/server.ckpt"));
 #define COMMON7 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "3000", \
                 "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5"
-    srv = spawn("bsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1",
-                             "--out", "bad", COMMON7));
-    w1 = spawn("bw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON7));
+    START_RUN(srv, w, 1, "b", addr, ("--iters", "30", "--log-every", "1", "--out", "bad"), COMMON7);
     mc.swap_every = 5;
     CHECK_OK(last_worker_config(2, 200, addr, NULL, &ds, &mc, &tc));
     t = dial_worker(&tc, 10000);
@@ -1544,8 +1519,7 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
         dg_msg_free(t, m);
     }
     CHECK(sent);
-    CHECK(reap(srv, 60000) == 0);
-    CHECK(reap(w1, 10000) == 0);
+    CHECK(reap_run(srv, 60000, w, 1, 10000));
     CHECK(file_has("bsrv.err", "worker 2 dropped"));
     CHECK(file_has("bsrv.err", "wrong shape"));
     CHECK(file_has("bsrv.err", "127.0.0.1"));
@@ -1565,7 +1539,7 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
 TEST(closed_worker_leaves_the_barrier_at_once)
 {
     char addr[32];
-    pid_t srv, w1, w2;
+    pid_t srv, w[2];
     dg_dataset ds;
     dg_mdgan_config mc = dg_mdgan_config_init();
     dg_tcp_config tc;
@@ -1575,9 +1549,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     if (!proc_begin(addr, sizeof addr)) return;
 #define COMMON8 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "30000", \
                 "--heartbeat-ms", "300", "--barrier-ms", "30000", "--E", "0"
-    srv = spawn("dsrv", ARGS("server", "--listen", addr, "--iters", "30", "--log-every", "1", COMMON8));
-    w1 = spawn("dw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON8));
-    w2 = spawn("dw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON8));
+    START_RUN(srv, w, 2, "d", addr, ("--iters", "30", "--log-every", "1"), COMMON8);
     mc.local_epochs = 0; /* as build/distgan --E 0 (no swap) */
     CHECK_OK(last_worker_config(3, 300, addr, NULL, &ds, &mc, &tc));
     t = dial_worker(&tc, 10000);
@@ -1606,9 +1578,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     printf("  iteration 6 completed %lld ms after worker 3 closed in the middle of it "
            "(barrier 30000 ms)\n", (long long)waited);
     CHECK(waited < 10000);
-    CHECK(reap(srv, 60000) == 0);
-    CHECK(reap(w1, 10000) == 0);
-    CHECK(reap(w2, 10000) == 0);
+    CHECK(reap_run(srv, 60000, w, 2, 10000));
     if (th_cur_failed) { show("dsrv.out"); show("dsrv.err"); }
     dg_dataset_free(&ds);
 }
@@ -1619,19 +1589,17 @@ TEST(closed_worker_leaves_the_barrier_at_once)
 TEST(flgan_worker_rejoins_and_checkpoints)
 {
     char addr[32], ck[512], magic[12] = {0};
-    pid_t srv, w1, w2;
+    pid_t srv, w[2];
     FILE *f;
     if (!proc_begin(addr, sizeof addr)) return;
     snprintf(ck, sizeof ck, "%s", tpath("fl/flgan_server.ckpt"));
 #define COMMON9 "--algo", "flgan", "--workers", "2", "--dataset", "shapes:200", "--batch", "8", \
                 "--local-iters", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
                 "--barrier-ms", "30000"
-    srv = spawn("lsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--log-every", "1",
-                             "--out", "fl", COMMON9));
-    w1 = spawn("lw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON9));
-    w2 = spawn("lw2", ARGS("worker", "--connect", addr, "--id", "2", COMMON9));
+    START_RUN(srv, w, 2, "l", addr,
+              ("--iters", "100000", "--log-every", "1", "--out", "fl"), COMMON9);
     CHECK(wait_for("lsrv.out", it_is(2 * 5, 100000), 30000)); /* round 5 */
-    CHECK(worker_restarts(&w2, "lsrv", "| live 1/2 |", 10000,   /* at once: --dead-ms is 30000 */
+    CHECK(worker_restarts(&w[1], "lsrv", "| live 1/2 |", 10000,   /* at once: --dead-ms is 30000 */
                           "lw2b", ARGS("worker", "--connect", addr, "--id", "2", COMMON9),
                           "worker 2 rejoins", 15000));
     CHECK(wait_for("lsrv.out", "| live 2/2 |", 15000));
@@ -1641,10 +1609,10 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     CHECK((f = fopen(ck, "rb")) != NULL && fread(magic, 1, 12, f) == 12 &&
           !memcmp(magic, "DGCK", 4) && magic[8] == 6);
     if (f) fclose(f);
-    kill(w1, SIGTERM);
-    kill(w2, SIGTERM);
-    reap(w1, 10000);
-    reap(w2, 10000);
+    kill(w[0], SIGTERM);
+    kill(w[1], SIGTERM);
+    reap(w[0], 10000);
+    reap(w[1], 10000);
     if (th_cur_failed) { show("lsrv.out"); show("lsrv.err"); show("lw2b.err"); }
 }
 
@@ -1751,14 +1719,8 @@ TEST(insiders_while_a_run_trains)
 #define COMMON10 "--workers", "4", "--dataset", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
                  "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5", \
                  "--secret-file", secret_path
-    srv = spawn("isrv", ARGS("server", "--listen", addr, "--iters", "400", "--log-every", "1",
-                             "--out", "insider", COMMON10));
-    for (j = 1; j <= 3; j++) {
-        char id[16], name[16];
-        snprintf(id, sizeof id, "%d", j);
-        snprintf(name, sizeof name, "iw%d", j);
-        w[j] = spawn(name, ARGS("worker", "--connect", addr, "--id", id, COMMON10));
-    }
+    START_RUN(srv, w + 1, 3, "i", addr,
+              ("--iters", "400", "--log-every", "1", "--out", "insider"), COMMON10);
     /* the insider holds the secret and the run's configuration hash */
     mc.swap_every = 5;
     CHECK_OK(last_worker_config(4, 400, addr, secret, &ds, &mc, &tc));
