@@ -764,6 +764,8 @@ TEST(flgan_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=none"); }
 /* the codecs travel the same bytes both ways: the processes agree */
 TEST(mdgan_codecs_tcp_equals_inproc) { tcp_vs_inproc("mdgan", "batch=int8,feedback=topk:0.1,swap=f16"); }
 TEST(flgan_codecs_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=topk:0.05,download=int8"); }
+/* download deltas: round 0 dense, round 1 a delta from each worker's reference */
+TEST(flgan_download_deltas_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=topk:0.05,download=topk:0.05"); }
 
 TEST(worker_killed_and_rejoins)
 {
@@ -1832,6 +1834,7 @@ int main(void)
     RUN(flgan_tcp_equals_inproc);
     RUN(mdgan_codecs_tcp_equals_inproc);
     RUN(flgan_codecs_tcp_equals_inproc);
+    RUN(flgan_download_deltas_tcp_equals_inproc);
     RUN(worker_killed_and_rejoins);
     RUN(server_killed_and_resumed);
     RUN(refusals_and_sigterm);
