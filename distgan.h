@@ -14834,7 +14834,7 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
         int n;
         s->download_co.follow = 1;
         s->ref_len = dg__coder_total(&s->download_co);
-        s->refs = (float *)dg__alloc(sizeof(float) * s->ref_len * (size_t)cfg->n_workers);
+        s->refs = (float *)dg__calloc(s->ref_len * (size_t)cfg->n_workers, sizeof(float));
         s->ref_round = (int64_t *)dg__alloc(sizeof(int64_t) * ((size_t)cfg->n_workers + 1));
         if (!s->refs || !s->ref_round)
             r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory for %d references of "
@@ -15311,7 +15311,8 @@ static dg_result dg__flgan_worker_download(dg_flgan_worker *w, dg_msg **pm)
     if (m->aux == 0 && w->ref) return DG_OK; /* dense: dg__pair_install checks the parts */
     if (m->aux != 0 && (!w->ref || from != w->ref_round)) {
         char held[64];
-        if (w->ref_round >= 0) snprintf(held, sizeof held, "of round %lld", (long long)w->ref_round);
+        if (w->ref_round >= 0)
+            snprintf(held, sizeof held, "the one of round %lld", (long long)w->ref_round);
         dg_msg_free(w->t, m);
         *pm = NULL;
         if (!w->ref)
