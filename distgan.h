@@ -14646,7 +14646,8 @@ static dg_result dg__coder_pair(dg__coder *co, const dg_codec *c, dg__gan_pair *
    next download.  A worker whose reference the server does not know (the
    first round, a rejoined worker, a resumed run without the state) gets
    the dense model, which becomes its reference.  The worker trains from
-   ref_n and uploads deltas from it.  f16 and int8 downloads stay absolute. */
+   ref_n and uploads its change from it; the server adds the average change
+   to the global model.  f16 and int8 downloads stay absolute. */
 static int dg__download_is_delta(const dg_flgan_config *c)
 {
     return c->codec.download.kind == DG_CODEC_TOPK || c->codec.download.kind == DG_CODEC_IBM;
@@ -14929,7 +14930,11 @@ DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
 }
 
 /* Weighted average of the uploaded models, weights m_n / sum m, in worker
-   order, into the server's model (params, state, and Adam if sent). */
+   order, into the server's model (params, state, and Adam if sent).  With
+   download deltas the workers trained from their ref_n, which lag the
+   global model: the average of their changes, model_n - ref_n, is added to
+   the global model instead (the same average when every ref_n is the
+   global model), so what a download left out is not lost. */
 static dg_result dg__flgan_server_finish(dg_flgan_server *s)
 {
     const dg_flgan_config *c = &s->cfg;
@@ -14947,16 +14952,22 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
         if (s->ro.got[n]) total += (double)s->ro.got[n]->aux;
     for (n = 1; n <= c->n_workers && n_got; n++) {
         const dg_msg *m = s->ro.got[n];
+        const float *ref;
         float wgt;
         size_t j;
         if (!m) continue;
         wgt = (float)((double)m->aux / total);
+        ref = s->refs ? s->refs + (size_t)(n - 1) * s->ref_len : NULL;
         for (i = 0; i < parts; i++) {
             const float *x = (const float *)m->part[i].data;
-            if (first)
+            if (ref) { /* the worker's change from ref_n moves the global model */
+                for (j = 0; j < counts[i]; j++) dst[i][j] += wgt * (x[j] - ref[j]);
+                ref += counts[i];
+            } else if (first) {
                 for (j = 0; j < counts[i]; j++) dst[i][j] = wgt * x[j];
-            else
+            } else {
                 for (j = 0; j < counts[i]; j++) dst[i][j] += wgt * x[j];
+            }
         }
         first = 0;
         dl += m->stat[0];
