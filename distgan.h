@@ -1880,7 +1880,10 @@ typedef struct dg_flgan_config {
                              probability m * m_n / sum of the m_n (shard sizes,
                              capped at 1: dg_flgan_server_set_shard); the average
                              is weighted by shard size in every mode */
-    dg_codec_set codec;   /* upload, download (dg_codec): none (default) */
+    dg_codec_set codec;   /* upload, download (dg_codec): none (default); uploads
+                             are deltas with a residual; downloads f16/int8
+                             absolute, top-k/IBM deltas from a reference the
+                             server keeps per worker (docs/network.md) */
     void (*log)(void *user, const char *line);
     void *log_user;
 } dg_flgan_config;
