@@ -1618,7 +1618,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
 /* FL-GAN over TCP: a killed worker leaves at once, its restart rejoins at
    the next round with the global model, and SIGTERM writes the FL-GAN
    checkpoint. */
-TEST(flgan_worker_rejoins_and_checkpoints)
+static void flgan_rejoin(const char *codec)
 {
     char addr[32], ck[512], magic[12] = {0};
     pid_t srv, w1, w2;
@@ -1627,7 +1627,7 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     snprintf(ck, sizeof ck, "%s", tpath("fl/flgan_server.ckpt"));
 #define COMMON9 "--algo", "flgan", "--workers", "2", "--dataset", "shapes:200", "--batch", "8", \
                 "--local-iters", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
-                "--barrier-ms", "30000"
+                "--barrier-ms", "30000", "--codec", (char *)codec
     srv = spawn("lsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--log-every", "1",
                              "--out", "fl", COMMON9));
     w1 = spawn("lw1", ARGS("worker", "--connect", addr, "--id", "1", COMMON9));
@@ -1649,6 +1649,10 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     reap(w2, 10000);
     if (th_cur_failed) { show("lsrv.out"); show("lsrv.err"); show("lw2b.err"); }
 }
+
+TEST(flgan_worker_rejoins_and_checkpoints) { flgan_rejoin("upload=none"); }
+/* a restarted worker holds no reference: the server sends it the dense model */
+TEST(flgan_download_deltas_worker_rejoins) { flgan_rejoin("upload=topk:0.1,download=topk:0.1"); }
 
 /* The audit's insider cases at once, while a legitimate 3-worker run
    trains: worker slot 4 belongs to an authenticated insider that sends a
@@ -1850,6 +1854,7 @@ int main(void)
     RUN(malformed_feedback_costs_the_connection_not_the_run);
     RUN(closed_worker_leaves_the_barrier_at_once);
     RUN(flgan_worker_rejoins_and_checkpoints);
+    RUN(flgan_download_deltas_worker_rejoins);
     RUN(insiders_while_a_run_trains);
     RUN(server_without_workers_fails);
     scratch_remove();
