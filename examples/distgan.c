@@ -125,9 +125,10 @@ static void usage(FILE *f)
         "                      NaN) from the first iteration, by a fault transport\n"
         "  --join t[,..]       inproc MD-GAN: a new worker joins at iteration t with a copy\n"
         "                      of a live worker's D (the data is split over N + joins)\n"
-        "  --network SPEC      inproc MD-GAN, FL-GAN: simulate a network (docs/network.md):\n"
-        "                      a profile (datacenter, wan, edge), a spec such as\n"
+        "  --network SPEC      inproc: simulate a network (docs/network.md): a profile\n"
+        "                      (datacenter, wan, edge), a spec such as\n"
         "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
+        "                      (standalone GAN: its compute at the server's speed)\n"
         "  --codec SPEC        MD-GAN, FL-GAN: compress traffic (docs/network.md), e.g.\n"
         "                      batch=int8,feedback=f16,swap=f16 or upload=topk:0.01,download=topk:0.01\n"
         "                      (codecs: none f16 int8 topk[:C] ibm[:L_T])\n"
@@ -222,7 +223,7 @@ static const use uses[] = {
     {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
     {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
-    {"--network", A_DIST, 1, 3}, {"--quorum", 2, 1, 3}, {"--deadline", 2, 1, 3},
+    {"--network", A_ALL, 1, 3}, {"--quorum", 2, 1, 3}, {"--deadline", 2, 1, 3},
     {"--staleness", 2, 1, 3}, {"--tau-max", 2, 1, 3}, {"--fraction", 4, 1, 3},
     {"--balanced", 4, 1, 3}, {"--codec", A_DIST, T_ALL, 3},
     {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
@@ -415,7 +416,7 @@ static int parse(options *o, int argc, char **argv)
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
     if (o->network && (dg_netsim_parse(o->network, &o->net) || /* peers: server + N + joins */
-                       dg_netsim_config_check(&o->net, o->workers + o->n_join + 1))) {
+                       dg_netsim_config_check(&o->net, o->algo == ALGO_GAN ? 1 : o->workers + o->n_join + 1))) {
         fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
         return 1;
     }
@@ -486,6 +487,8 @@ typedef struct output {
                                  sim_s go on from it */
     /* in process: checkpoints at every evaluation */
     dg_gan_trainer *trainer;
+    double step_flops;        /* standalone under --network: a step's FLOPs */
+    int sim_restored;         /* the network model resumed from its checkpoint */
     dg_mdgan_run *md;
     dg_flgan_run *fl;
     dg_result error;          /* a failure met in a driver's callback */
@@ -543,6 +546,7 @@ static int output_log(output *out, int64_t resumed_at)
                        : dg_csv_open(&out->csv, path, LOG_COLUMNS, 0);
     for (i = 0; i < 11; i++)
         if (!out->o->resume || isnan(out->before[i])) out->before[i] = 0;
+    if (out->sim_restored) out->before[10] = 0; /* the model's clock goes on by itself */
     return r ? fail("log", r) : 0;
 }
 
@@ -612,7 +616,9 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         if (r) return fail("checkpoint", r);
     }
     el = dg_clock_seconds() - out->t0;
-    sim = o->network && t ? dg_netsim_clock(t, DG_PEER_SERVER) : NAN; /* --network's time */
+    sim = !o->network ? NAN /* --network's time; standalone: compute on the server alone */
+        : out->trainer ? (double)(it - out->start_it) * out->step_flops / (o->net.server_gflops * 1e9)
+                       : dg_netsim_clock(t, DG_PEER_SERVER);
     {
         /* bytes exact (payload bytes of this run, see dg_transport_traffic);
            score, FID and sim_s empty (NaN) when not evaluated or simulated */
@@ -1011,6 +1017,7 @@ int main(int argc, char **argv)
             out.src.g = trainer.g;
             out.start_it = trainer.iter;
             out.trainer = &trainer;
+            out.step_flops = dg_gan_step_flops(trainer.g, trainer.d, o.batch, o.L);
         } else if (o.algo == ALGO_MDGAN) {
             if ((r = dg_mdgan_run_create(&md, &mc, pool, &train, &part, o.crash, o.n_crash, o.join,
                                          o.n_join)))
@@ -1018,6 +1025,8 @@ int main(int argc, char **argv)
             t = dg_mdgan_run_transport(md);
             for (i = 0; i < o.n_attack; i++)
                 if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
+            /* before load: the clocks of the network model are in the checkpoint */
+            if (o.network && (r = dg_mdgan_run_set_network(md, &o.net))) return fail("network", r);
             if (o.resume && (r = dg_mdgan_run_load(md, o.out))) return fail("resume", r);
             out.src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
             out.start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
@@ -1035,6 +1044,7 @@ int main(int argc, char **argv)
             if ((r = dg_flgan_run_create(&fl, &fc, pool, &train, &part, o.crash, o.n_crash)))
                 return fail("flgan", r);
             t = dg_flgan_run_transport(fl);
+            if (o.network && (r = dg_flgan_run_set_network(fl, &o.net))) return fail("network", r);
             if (o.resume && (r = dg_flgan_run_load(fl, o.out))) return fail("resume", r);
             out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
             out.fl = fl;
@@ -1045,10 +1055,7 @@ int main(int argc, char **argv)
                 printf("FeGAN: a fraction C = %g of the workers per round%s\n", o.fraction,
                        o.balanced ? ", drawn proportionally to their shard sizes" : "");
         }
-        if (o.network) { /* before any traffic: the simulated clocks start at 0 */
-            r = md ? dg_mdgan_run_set_network(md, &o.net) : dg_flgan_run_set_network(fl, &o.net);
-            if (r) return fail("network", r);
-        }
+        out.sim_restored = t && dg_netsim_clock(t, DG_PEER_SERVER) > 0.0;
         if (out.start_it == 0 && output_untrained(&out)) return 1;
         out.started = 1;
         out.t0 = dg_clock_seconds();

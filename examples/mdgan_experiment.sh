@@ -38,54 +38,7 @@ TABLES_ONLY=${TABLES_ONLY:-0}
 
 CACHE=$OUT/cache
 mkdir -p "$OUT" "$CACHE" "$RES"
-
-# one run: name dataset algo N k [extra options...]
-run() {
-    name=$1 ds=$2 algo=$3 n=$4 k=$5
-    shift 5
-    dir=$OUT/$name
-    case " $RUNS " in *" all "*|*" $name "*) ;; *) return 0 ;; esac
-    case " $* " in *" --seed "*) ;; *) set -- --seed "$SEED" "$@" ;; esac # extra may name its own
-    set -- --algo "$algo" --dataset "$ds" --arch "$ARCH" --batch "$BATCH" --iters "$ITERS" \
-        --eval-every "$EVAL_EVERY" --eval-samples "$EVAL_SAMPLES" --clf-epochs "$CLF_EPOCHS" \
-        --threads "$THREADS" --out "$dir" "$@"
-    if [ "$algo" != gan ]; then set -- "$@" --workers "$n"; fi
-    if [ "$algo" = mdgan ]; then set -- "$@" --k "$k"; fi  # distgan refuses an unused option
-    # finished with the same settings: skip (other settings: run again)
-    same=0
-    if [ "$(cat "$dir/args.txt" 2>/dev/null)" = "$*" ]; then same=1; fi
-    if [ -f "$dir/DONE" ] && [ $same = 1 ]; then
-        echo "== $name: done, skipped"
-        return 0
-    fi
-    if [ "$TABLES_ONLY" = 1 ]; then return 0; fi
-    # stopped midway with the same settings: go on from its checkpoint
-    resume=""
-    if [ $same = 1 ] && ls "$dir"/*.ckpt >/dev/null 2>&1; then resume=--resume; else
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        echo "$*" > "$dir/args.txt"
-    fi
-    # the evaluator's classifier is cached in the run folder by the CLI:
-    # hand it the one trained by the first run on this data set
-    clf=classifier-$ds.bin
-    if [ -f "$CACHE/$clf" ]; then cp "$CACHE/$clf" "$dir/$clf"; fi
-    echo "== $name: $BIN $* $resume"
-    t0=$(date +%s)
-    nice -n "$NICE" "$BIN" "$@" $resume >> "$dir/stdout.txt" 2>&1 || {
-        echo "== $name: FAILED, see $dir/stdout.txt"
-        tail -5 "$dir/stdout.txt"
-        return 0
-    }
-    t1=$(date +%s)
-    if [ ! -f "$CACHE/$clf" ] && [ -f "$dir/$clf" ]; then cp "$dir/$clf" "$CACHE/$clf"; fi
-    rm -f "$dir/$clf" "$dir"/*.ckpt
-    echo "$(( t1 - t0 + $(cat "$dir/wall.txt" 2>/dev/null || echo 0) ))" > "$dir/wall.txt"
-    # the committed log: the header and the evaluated rows only
-    awk -F, 'NR == 1 || $4 != ""' "$dir/log.csv" > "$RES/$name.csv"
-    touch "$dir/DONE"
-    echo "== $name: $((t1 - t0)) s, $(grep '^done' "$dir/stdout.txt")"
-}
+. "$(dirname "$0")/experiment_lib.sh"    # run, logs, fid_plot
 
 # name                    data    algo  N  k  extra
 run_all() {
@@ -112,13 +65,6 @@ run_all() {
     run mnist-mdgan-n25-k1    mnist   mdgan 25 1
     run mnist-flgan-n25       mnist   flgan 25 1
     run mnist-mdgan-n25-k5    mnist   mdgan 25 5
-}
-
-# the committed logs of the named runs that have one (paths without spaces)
-logs() {
-    for r in "$@"; do
-        if [ -f "$RES/$r.csv" ]; then echo "$RES/$r.csv"; fi
-    done
 }
 
 # the real-budget grid: the paper's MLP, b = 100, N = 10, k = 1 and
@@ -271,16 +217,6 @@ tables() {
         fi
     } > "$TABLES"
     echo "tables: $TABLES"
-}
-
-# FID against iteration: one curve per named run that has a log (build/plot)
-fid_plot() { # title png runs... (Y=score: the classifier score instead)
-    title=$1 png=$2
-    shift 2
-    set -- $(logs "$@")
-    [ $# -gt 0 ] || return 0
-    $PLOT "$@" --x iteration --y "${Y:-fid}" --title "$title" --xlabel iteration --ylabel "${Y:-FID}" \
-        --out "$png" || true
 }
 
 plots() {

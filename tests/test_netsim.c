@@ -5,11 +5,12 @@
    straggler delaying the MD-GAN server's iteration by exactly its modelled
    compute, simulated times identical for a seed on 1 and 2 threads, and
    the network changing no result: MD-GAN and FL-GAN give the same bits
-   with and without it. */
+   with and without it; a resumed run keeps its clocks (network.ckpt). */
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
 #include "small_gan.h"
+#include "scratch.h"
 
 #include <stdlib.h>
 
@@ -333,7 +334,10 @@ TEST(straggler_delays_the_server_by_its_compute)
    clocks of every peer into clk[0..4] */
 static size_t g_count;
 
-static int mdgan_final(dg_pool *pool, const char *spec, int iters, float **g, double *clk)
+/* With dir: the run stops after `iters` / 2 iterations, is saved into dir
+   and freed, and a new run loads it and does the rest. */
+static int mdgan_final_in(dg_pool *pool, const char *spec, int iters, const char *dir, float **g,
+                          double *clk)
 {
     dg_dataset ds;
     dg_partition part;
@@ -346,7 +350,16 @@ static int mdgan_final(dg_pool *pool, const char *spec, int iters, float **g, do
     if (dg_partition_iid(&part, ds.n, 4, 3) != DG_OK) return 0;
     run = mdgan(&c, &ds, &part, pool, spec);
     if (!run) ok = 0;
-    for (it = 0; ok && it < iters; it++) ok = dg_mdgan_run_iteration(run) == DG_OK;
+    for (it = 0; ok && it < iters; it++) {
+        if (dir && it == iters / 2) {
+            ok = dg_mdgan_run_save(run, dir) == DG_OK;
+            dg_mdgan_run_free(run);
+            run = ok ? mdgan(&c, &ds, &part, pool, spec) : NULL;
+            ok = run && dg_mdgan_run_load(run, dir) == DG_OK;
+            if (!ok) printf("  resume: %s\n", dg_last_error());
+        }
+        ok = ok && dg_mdgan_run_iteration(run) == DG_OK;
+    }
     if (ok) {
         dg_net *gn = dg_mdgan_server_generator(dg_mdgan_run_server(run));
         size_t n = g_count = dg_net_param_count(gn);
@@ -358,6 +371,11 @@ static int mdgan_final(dg_pool *pool, const char *spec, int iters, float **g, do
     dg_partition_free(&part);
     dg_dataset_free(&ds);
     return ok;
+}
+
+static int mdgan_final(dg_pool *pool, const char *spec, int iters, float **g, double *clk)
+{
+    return mdgan_final_in(pool, spec, iters, NULL, g, clk);
 }
 
 TEST(same_times_for_a_seed_on_1_and_2_threads)
@@ -441,8 +459,61 @@ TEST(flgan_same_bits_and_a_clock)
     dg_dataset_free(&ds);
 }
 
+/* A run under a lossy, jittery network saved halfway and resumed ends with
+   the clocks of every peer and the G of the uninterrupted run, bit for bit
+   (the clocks, the links' busy times and their draw counts are in
+   network.ckpt); a damaged, foreign or implausible state is refused with
+   the model untouched, and a missing one starts the clocks at 0. */
+TEST(resumed_run_keeps_its_clocks)
+{
+    const char *spec = "edge; workers gflops=0.3; down loss=0.3 jitter=0.02; peer loss=0.2";
+    float *whole = NULL, *resumed = NULL;
+    double c1[5], c2[5];
+    char path[600];
+    unsigned char buf[4096];
+    size_t len;
+    FILE *f;
+    dg_transport *t3 = sim(4, "wan"), *t5 = sim(5, "wan");
+    CHECK(mdgan_final(pool2, spec, 6, &whole, c1));
+    CHECK(mdgan_final_in(pool2, spec, 6, tmpdir, &resumed, c2));
+    if (whole && resumed) {
+        CHECK(memcmp(c1, c2, sizeof c1) == 0);
+        CHECK(memcmp(whole, resumed, 4 * g_count) == 0);
+    }
+    free(whole);
+    free(resumed);
+    CHECK_OK(dg_checkpoint_path(path, sizeof path, tmpdir, 0, -1));
+    CHECK(strstr(path, "/network.ckpt") != NULL);
+    f = fopen(path, "rb");
+    len = f ? fread(buf, 1, sizeof buf, f) : 0;
+    if (f) fclose(f);
+    CHECK(len == 32 + 4 + 5 * 12 + 25 * 24); /* container, peers, 5 peers, 25 links */
+    if (t3 && t5 && len > 40) {
+        double nan = NAN;
+        CHECK(dg_netsim_load(t3, path) == DG_ERR_CONFIG && has(dg_last_error(), "5 peers, this run has 4"));
+        buf[40] ^= 1; /* peer 0's clock, under the section's CRC */
+        f = fopen(path, "wb");
+        if (f) fwrite(buf, 1, len, f), fclose(f);
+        CHECK(dg_netsim_load(t5, path) == DG_ERR_CHECKSUM);
+        memcpy(buf + 36, &nan, 8); /* a NaN clock with a valid CRC */
+        dg__le32(buf + 28, dg_crc32(0, buf + 32, len - 32));
+        f = fopen(path, "wb");
+        if (f) fwrite(buf, 1, len - 1, f), fclose(f);
+        CHECK(dg_netsim_load(t5, path) == DG_ERR_FORMAT); /* truncated */
+        f = fopen(path, "wb");
+        if (f) fwrite(buf, 1, len, f), fclose(f);
+        CHECK(dg_netsim_load(t5, path) == DG_ERR_FORMAT && has(dg_last_error(), "peer 0: clock nan"));
+        CHECK(dg_netsim_clock(t5, 0) == 0.0);
+        CHECK_OK(dg_netsim_load(t5, tpath("none.ckpt")));
+        CHECK(dg_netsim_load(NULL, path) == DG_ERR_ARG);
+    }
+    if (t3) dg_transport_close(t3);
+    if (t5) dg_transport_close(t5);
+}
+
 int main(void)
 {
+    if (!scratch_create("netsim")) return 1;
     dg_pool_create(&pool1, 1);
     dg_pool_create(&pool2, 2);
     RUN(spec_parsing);
@@ -454,7 +525,9 @@ int main(void)
     RUN(same_times_for_a_seed_on_1_and_2_threads);
     RUN(mdgan_same_bits_with_and_without_a_network);
     RUN(flgan_same_bits_and_a_clock);
+    RUN(resumed_run_keeps_its_clocks);
     dg_pool_destroy(pool1);
     dg_pool_destroy(pool2);
+    scratch_remove();
     return th_done();
 }
