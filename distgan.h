@@ -1895,7 +1895,10 @@ typedef struct dg_flgan_config {
                              probability m * m_n / sum of the m_n (shard sizes,
                              capped at 1: dg_flgan_server_set_shard); the average
                              is weighted by shard size in every mode */
-    dg_codec_set codec;   /* upload, download (dg_codec): none (default) */
+    dg_codec_set codec;   /* upload, download (dg_codec): none (default); uploads
+                             are deltas with a residual; downloads f16/int8
+                             absolute, top-k/IBM deltas from a reference the
+                             server keeps per worker (docs/network.md) */
     void (*log)(void *user, const char *line);
     void *log_user;
 } dg_flgan_config;
@@ -3345,8 +3348,9 @@ enum {
     DG__CK_KINDS
 };
 /* section types: a kind's counters (iteration, round, batcher position)
-   and a net with its optimiser (dg__net_put) */
-enum { DG__SEC_STATE = 1, DG__SEC_NET = 2, DG__SEC_PARAMS = 3, DG__SEC_BLOB = 4 };
+   and a net with its optimiser (dg__net_put); CODEC: an FL-GAN role's
+   compression state (upload residuals, download references) */
+enum { DG__SEC_STATE = 1, DG__SEC_NET = 2, DG__SEC_PARAMS = 3, DG__SEC_BLOB = 4, DG__SEC_CODEC = 5 };
 
 static const char *dg__ck_kind_name(uint32_t kind)
 {
@@ -13052,7 +13056,8 @@ DGDEF dg_result dg_codec_decode(dg_codec_kind expect, const void *buf, size_t le
    messages in order (their sizes and segments: the rows of a batch, the
    tensors of a net), and, when the traffic needs them, a residual per part
    (the sender's unsent remainder) and a reference per part (a delta codec:
-   x - ref is sent, ref + decoded is received).  dg__coder_pack turns a
+   x - ref is sent, ref + decoded is received; owned, or lent from a block
+   the role keeps: dg__coder_lend).  dg__coder_pack turns a
    message's float parts into encoded byte parts before the send, so the
    transports count the compressed bytes; dg__coder_unpack turns them back
    into float parts on arrival, so the roles read floats as before.  With
@@ -13068,6 +13073,9 @@ typedef struct dg__coder {
     unsigned char *scratch;               /* the encoded parts, before the send */
     float *delta;                         /* x - ref of the largest part */
     size_t scratch_cap;
+    int lent;                             /* ref[] belongs to the role (dg__coder_lend) */
+    int follow;                           /* a sender's ref moves by what the receiver
+                                             decodes (FL-GAN download deltas) */
 } dg__coder;
 
 /* A part of n values in `segs` segments of the lengths len[] (NULL: equal
@@ -13121,17 +13129,18 @@ static dg_result dg__coder_add_net(dg__coder *co, const dg_net *net, const dg_op
 }
 
 /* After the parts: the scratch of a sender, the residuals (residual) and
-   the references (delta). */
+   the references (delta: 1 owned, 2 lent later by dg__coder_lend). */
 static dg_result dg__coder_ready(dg__coder *co, int sender, int residual, int delta)
 {
     size_t cap = 0, big = 0;
     int p;
     if (co->codec.kind == DG_CODEC_NONE) return DG_OK;
+    co->lent = delta == 2;
     for (p = 0; p < co->n_parts; p++) {
         cap += (dg_codec_bound(&co->codec, co->count[p], co->n_segs[p]) + 63) & ~(size_t)63;
         big = co->count[p] > big ? co->count[p] : big;
         if ((residual && !(co->residual[p] = (float *)dg__calloc(co->count[p], sizeof(float)))) ||
-            (delta && !(co->ref[p] = (float *)dg__calloc(co->count[p], sizeof(float)))))
+            (delta == 1 && !(co->ref[p] = (float *)dg__calloc(co->count[p], sizeof(float)))))
             return dg__fail(DG_ERR_NOMEM, "codec: no memory");
     }
     if (sender && (!(co->scratch = (unsigned char *)dg__alloc(cap)) ||
@@ -13147,11 +13156,31 @@ static void dg__coder_free(dg__coder *co)
     for (p = 0; p < co->n_parts; p++) {
         dg__free(co->segs[p]);
         dg__free(co->residual[p]);
-        dg__free(co->ref[p]);
+        if (!co->lent) dg__free(co->ref[p]);
     }
     dg__free(co->scratch);
     dg__free(co->delta);
     memset(co, 0, sizeof *co);
+}
+
+/* The float count of all parts together (the size of a block to lend). */
+static size_t dg__coder_total(const dg__coder *co)
+{
+    size_t n = 0;
+    int p;
+    for (p = 0; p < co->n_parts; p++) n += co->count[p];
+    return n;
+}
+
+/* Points a lent coder's references at the parts of base (dg__coder_total
+   floats, parts in message order). */
+static void dg__coder_lend(dg__coder *co, float *base)
+{
+    int p;
+    for (p = 0; p < co->n_parts && co->lent; p++) {
+        co->ref[p] = base;
+        base += co->count[p];
+    }
 }
 
 /* What a coded message keeps of the plain one besides its parts: aux, the
@@ -13192,6 +13221,11 @@ static dg_result dg__coder_pack(dg__coder *co, dg_transport *t, dg_msg **pm)
         off[i] = at;
         r = dg_codec_encode(&co->codec, x, counts[i], co->segs[j], co->n_segs[j], co->residual[j],
                             co->scratch + at, co->scratch_cap - at, &counts[i]);
+        if (r == DG_OK && co->follow) { /* ref + decoded, as the receiver adds them */
+            size_t k;
+            r = dg_codec_decode(co->codec.kind, co->scratch + at, counts[i], co->delta, co->count[j]);
+            for (k = 0; r == DG_OK && k < co->count[j]; k++) co->ref[j][k] += co->delta[k];
+        }
         kinds[i] = DG_PART_BYTES;
         at += (counts[i] + 63) & ~(size_t)63;
         j++;
@@ -13292,8 +13326,9 @@ static void dg__coder_keep(dg__coder *co, const dg_msg *m)
 
 DGDEF dg_result dg_codec_set_check(const dg_codec_set *set, int mdgan)
 {
-    /* per traffic (batch, feedback, swap, upload, download): 1 used, 2 absolute */
-    static const int use[2][5] = {{0, 0, 0, 1, 3}, {3, 1, 3, 0, 0}};
+    /* per traffic (batch, feedback, swap, upload, download): 1 used, 2 absolute
+       (FL-GAN downloads: f16 and int8 absolute, top-k and IBM deltas) */
+    static const int use[2][5] = {{0, 0, 0, 1, 1}, {3, 1, 3, 0, 0}};
     int i;
     if (!set) return dg__fail(DG_ERR_ARG, "dg_codec_set_check: NULL");
     mdgan = mdgan != 0;
@@ -14297,13 +14332,13 @@ static void dg__swap_floats(float *a, float *b, size_t n)
 
 /* A role's checkpoint: a container with its counters v[0..n-1] (u64 each),
    then its net (MD-GAN) or its G and D (FL-GAN, d not NULL), each with its
-   Adam state. */
+   Adam state, then `extra` sections the caller writes. */
 static void dg__role_put(dg__wbuf *w, uint32_t kind, const uint64_t *v, int n, const dg_net *g,
-                         const dg_optim *og, const dg_net *d, const dg_optim *od)
+                         const dg_optim *og, const dg_net *d, const dg_optim *od, int extra)
 {
     size_t start;
     int i;
-    dg__ck_begin(w, kind, d ? 3 : 2);
+    dg__ck_begin(w, kind, (uint32_t)((d ? 3 : 2) + extra));
     start = dg__ck_section(w, DG__SEC_STATE);
     for (i = 0; i < n; i++) dg__put_u64(w, v[i]);
     dg__ck_end(w, start);
@@ -14318,20 +14353,26 @@ static void dg__mdgan_server_encode(dg__wbuf *w, const void *obj)
     uint64_t v[2];
     v[0] = (uint64_t)s->iteration;
     v[1] = (uint64_t)s->round;
-    dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL);
+    dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL, 0);
 }
 
 /* Reads the counters of a role's checkpoint (n of them, none negative)
-   and points net[] at its nets. */
+   and points net[] at its nets; codec (NULL: none allowed) at its CODEC
+   section when it has one, else codec->p = NULL. */
 static dg_result dg__role_open(const void *buf, size_t len, uint32_t kind, int64_t *v, int n,
-                               dg__rbuf *net, int n_nets)
+                               dg__rbuf *net, int n_nets, dg__rbuf *codec)
 {
-    static const uint32_t types[3] = {DG__SEC_STATE, DG__SEC_NET, DG__SEC_NET};
-    dg__rbuf sec[3];
+    uint32_t sections[4] = {DG__SEC_STATE, DG__SEC_NET, DG__SEC_NET, DG__SEC_NET};
+    dg__rbuf sec[4];
     const char *what = dg__ck_kind_name(kind);
     dg_result r;
-    int i;
-    if ((r = dg__ck_open(buf, len, kind, types, 1 + n_nets, sec, what))) return r;
+    int i, has = codec && len >= 16 && dg__rd32((const unsigned char *)buf + 12) == 2u + n_nets;
+    sections[1 + n_nets] = DG__SEC_CODEC; /* n_nets is 1 or 2 */
+    if ((r = dg__ck_open(buf, len, kind, sections, 1 + n_nets + has, sec, what))) return r;
+    if (codec) {
+        memset(codec, 0, sizeof *codec);
+        if (has) *codec = sec[1 + n_nets];
+    }
     for (i = 0; i < n; i++) v[i] = (int64_t)dg__get_u64(&sec[0]);
     if ((r = dg__ck_done(&sec[0], what))) return r;
     for (i = 0; i < n; i++)
@@ -14365,7 +14406,7 @@ DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, si
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_load_mem: NULL argument");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
-    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1))) return r;
+    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1, NULL))) return r;
     if ((r = dg__net_get(s->g, &s->opt, &net)) != DG_OK) return r;
     s->iteration = v[0];
     s->round = v[1];
@@ -14668,7 +14709,7 @@ static void dg__mdgan_worker_encode(dg__wbuf *w, const void *obj)
     uint64_t v[2];
     v[0] = k->batcher.epoch;
     v[1] = (uint64_t)k->batcher.pos;
-    dg__role_put(w, DG__CK_MDGAN_WORKER, v, 2, k->disc, &k->opt, NULL, NULL);
+    dg__role_put(w, DG__CK_MDGAN_WORKER, v, 2, k->disc, &k->opt, NULL, NULL, 0);
 }
 
 DGDEF size_t dg_mdgan_worker_save_size(const dg_mdgan_worker *w)
@@ -14692,7 +14733,7 @@ DGDEF dg_result dg_mdgan_worker_load_mem(dg_mdgan_worker *w, const void *buf, si
     dg__rbuf net;
     dg_result r;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_load_mem: NULL argument");
-    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_WORKER, v, 2, &net, 1))) return r;
+    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_WORKER, v, 2, &net, 1, NULL))) return r;
     if ((size_t)v[1] > w->batcher.n)
         return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
     if ((r = dg__net_get(w->disc, &w->opt, &net)) != DG_OK) return r;
@@ -14749,16 +14790,44 @@ static void dg__pair_free(dg__gan_pair *p)
     memset(p, 0, sizeof *p);
 }
 
-/* The coder of a MODEL message of p (dg__pair_send's parts) with codec c;
-   an upload (delta) codes model - reference, with a residual at the sender. */
+/* The coder of a MODEL message of p (dg__pair_send's parts) with codec c
+   (residual and delta: dg__coder_ready's). */
 static dg_result dg__coder_pair(dg__coder *co, const dg_codec *c, dg__gan_pair *p, int with_opt,
-                                int sender, int delta)
+                                int sender, int residual, int delta)
 {
     dg_result r;
     co->codec = *c;
     r = dg__coder_add_net(co, p->g, &p->og, with_opt);
     if (r == DG_OK) r = dg__coder_add_net(co, p->d, &p->od, with_opt);
-    return r == DG_OK ? dg__coder_ready(co, sender, sender && delta, delta) : r;
+    return r == DG_OK ? dg__coder_ready(co, sender, residual, delta) : r;
+}
+
+/* Download deltas (top-k, IBM): the server keeps per worker the model that
+   worker holds, its reference ref_n, exactly as the worker decoded it, and
+   sends codec(global - ref_n) with no residual: both sides add the decoded
+   delta to ref_n, and what was not sent stays in global - ref_n for the
+   next download.  A worker whose reference the server does not know (the
+   first round, a rejoined worker, a resumed run without the state) gets
+   the dense model, which becomes its reference.  The worker trains from
+   ref_n and uploads its change from it; the server adds the average change
+   to the global model.  f16 and int8 downloads stay absolute. */
+static int dg__download_is_delta(const dg_flgan_config *c)
+{
+    return c->codec.download.kind == DG_CODEC_TOPK || c->codec.download.kind == DG_CODEC_IBM;
+}
+
+/* dst <- the parts of p as one block (dg__coder_total floats). */
+static void dg__pair_flatten(dg__gan_pair *p, int with_opt, float *dst)
+{
+    dg_part_kind kinds[DG_MSG_MAX_PARTS];
+    size_t counts[DG_MSG_MAX_PARTS];
+    const void *src[DG_MSG_MAX_PARTS];
+    int n = dg__net_parts(p->g, &p->og, with_opt, kinds, counts, src), i;
+    n += dg__net_parts(p->d, &p->od, with_opt, kinds + n, counts + n, src + n);
+    for (i = 0; i < n; i++) {
+        memcpy(dst, src[i], sizeof(float) * counts[i]);
+        dst += counts[i];
+    }
 }
 
 /* Sends (w [, state] [, Adam], θ [, state] [, Adam]) as one MODEL message,
@@ -14800,6 +14869,9 @@ struct dg_flgan_server {
     dg__gan_pair model;
     dg__roster ro;           /* live workers; got: their models this round */
     dg__coder download_co, upload_co; /* the global model out; deltas from it in */
+    float *refs;             /* download deltas: ref_n at (n - 1) * ref_len, else NULL */
+    size_t ref_len;
+    int64_t *ref_round;      /* per slot 0..N: the round ref_n was last sent, -1 unknown */
     int64_t *shard;          /* each worker's first reported shard size, 0 before */
     double *pick_w;          /* FeGAN: per slot 0..N, its weight in the draw */
     char *chosen;            /* FeGAN: per slot 0..N, asked this round */
@@ -14917,10 +14989,22 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     }
     if (r == DG_OK)
         r = dg__coder_pair(&s->download_co, &cfg->codec.download, &s->model,
-                           cfg->average_optimizer, 1, 0);
+                           cfg->average_optimizer, 1, 0, dg__download_is_delta(cfg) ? 2 : 0);
     if (r == DG_OK)
         r = dg__coder_pair(&s->upload_co, &cfg->codec.upload, &s->model, cfg->average_optimizer,
-                           0, cfg->codec.upload.kind != DG_CODEC_NONE);
+                           0, 0, cfg->codec.upload.kind == DG_CODEC_NONE ? 0
+                                 : dg__download_is_delta(cfg) ? 2 : 1);
+    if (r == DG_OK && dg__download_is_delta(cfg)) {
+        int n;
+        s->download_co.follow = 1;
+        s->ref_len = dg__coder_total(&s->download_co);
+        s->refs = (float *)dg__calloc(s->ref_len * (size_t)cfg->n_workers, sizeof(float));
+        s->ref_round = (int64_t *)dg__alloc(sizeof(int64_t) * ((size_t)cfg->n_workers + 1));
+        if (!s->refs || !s->ref_round)
+            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory for %d references of "
+                         "%zu floats", cfg->n_workers, s->ref_len);
+        for (n = 0; s->ref_round && n <= cfg->n_workers; n++) s->ref_round[n] = -1;
+    }
     if (r != DG_OK) {
         dg_flgan_server_free(s);
         return r;
@@ -14937,6 +15021,8 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
     dg__coder_free(&s->download_co);
     dg__coder_free(&s->upload_co);
     dg__pair_free(&s->model);
+    dg__free(s->refs);
+    dg__free(s->ref_round);
     dg__free(s->shard);
     dg__free(s->pick_w);
     dg__free(s->chosen);
@@ -14944,8 +15030,9 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
     dg__free(s);
 }
 
-/* The reference the workers' uploads are deltas from: the global model as
-   they decode it (through the download codec). */
+/* The reference the workers' uploads are deltas from when downloads are
+   absolute: the global model as they decode it (through the download
+   codec).  With download deltas it is each worker's ref_n. */
 static dg_result dg__flgan_reference(dg_flgan_server *s)
 {
     dg__coder *up = &s->upload_co, *down = &s->download_co;
@@ -14954,7 +15041,7 @@ static dg_result dg__flgan_reference(dg_flgan_server *s)
     const void *src[DG_MSG_MAX_PARTS];
     dg_result r = DG_OK;
     int n = dg__net_parts(s->model.g, &s->model.og, s->cfg.average_optimizer, kinds, counts, src), i;
-    if (!up->ref[0]) return DG_OK; /* uploads are not coded */
+    if (!up->ref[0] || s->refs) return DG_OK; /* uploads not coded, or per worker */
     n += dg__net_parts(s->model.d, &s->model.od, s->cfg.average_optimizer, kinds + n, counts + n,
                        src + n);
     for (i = 0; i < n && r == DG_OK; i++) {
@@ -14971,26 +15058,46 @@ static dg_result dg__flgan_reference(dg_flgan_server *s)
 
 DGDEF dg_result dg_flgan_server_begin(dg_flgan_server *s)
 {
+    dg__coder dense; /* codec none: a full model goes as float parts */
     int n;
     double t0;
     dg_result r;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_begin: NULL");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_begin: round still open");
+    memset(&dense, 0, sizeof dense);
     t0 = dg__now();
     if ((r = dg__flgan_choose(s)) != DG_OK) return r;
     if ((r = dg__flgan_reference(s)) != DG_OK) return r;
     for (n = 1; n <= s->ro.slots; n++)
-        if (s->chosen[n])
+        if (s->chosen[n]) {
+            dg__coder *co = &s->download_co;
+            int64_t aux = 0;        /* download deltas: 1 + the round of ref_n, 0 dense */
+            if (s->refs) {
+                float *ref = s->refs + (size_t)(n - 1) * s->ref_len;
+                if (s->ref_round[n] < 0) {
+                    dg__pair_flatten(&s->model, s->cfg.average_optimizer, ref);
+                    co = &dense;
+                } else {
+                    aux = 1 + s->ref_round[n];
+                    dg__coder_lend(co, ref);
+                }
+                s->ref_round[n] = s->round;
+            }
             dg__roster_sent(&s->ro, n, dg__pair_send(&s->model, s->cfg.average_optimizer, s->t,
-                                                     DG_MSG_MODEL, DG_PEER_SERVER, n, s->round, 0,
-                                                     NULL, &s->download_co));
+                                                     DG_MSG_MODEL, DG_PEER_SERVER, n, s->round,
+                                                     aux, NULL, co));
+        }
     dg__roster_open(&s->ro);
     s->stats.compute_s += s->ro.opened - t0;
     return s->ro.missing ? DG_OK : dg_flgan_server_expire(s);
 }
 
 /* Weighted average of the uploaded models, weights m_n / sum m, in worker
-   order, into the server's model (params, state, and Adam if sent). */
+   order, into the server's model (params, state, and Adam if sent).  With
+   download deltas the workers trained from their ref_n, which lag the
+   global model: the average of their changes, model_n - ref_n, is added to
+   the global model instead (the same average when every ref_n is the
+   global model), so what a download left out is not lost. */
 static dg_result dg__flgan_server_finish(dg_flgan_server *s)
 {
     const dg_flgan_config *c = &s->cfg;
@@ -15008,16 +15115,22 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
         if (s->ro.got[n]) total += (double)s->ro.got[n]->aux;
     for (n = 1; n <= c->n_workers && n_got; n++) {
         const dg_msg *m = s->ro.got[n];
+        const float *ref;
         float wgt;
         size_t j;
         if (!m) continue;
         wgt = (float)((double)m->aux / total);
+        ref = s->refs ? s->refs + (size_t)(n - 1) * s->ref_len : NULL;
         for (i = 0; i < parts; i++) {
             const float *x = (const float *)m->part[i].data;
-            if (first)
+            if (ref) { /* the worker's change from ref_n moves the global model */
+                for (j = 0; j < counts[i]; j++) dst[i][j] += wgt * (x[j] - ref[j]);
+                ref += counts[i];
+            } else if (first) {
                 for (j = 0; j < counts[i]; j++) dst[i][j] = wgt * x[j];
-            else
+            } else {
                 for (j = 0; j < counts[i]; j++) dst[i][j] += wgt * x[j];
+            }
         }
         first = 0;
         dl += m->stat[0];
@@ -15027,6 +15140,8 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
         s->stats.d_loss = (float)(dl / n_got);
         s->stats.g_loss = (float)(gl / n_got);
     }
+    for (n = 1; s->refs && n <= c->n_workers; n++) /* did it get its download? unknown */
+        if (s->chosen[n] && !s->ro.got[n]) s->ref_round[n] = -1;
     dg__roster_clear(&s->ro, s->t);
     s->round++;
     s->stats.rounds = s->round;
@@ -15045,6 +15160,7 @@ DGDEF dg_result dg_flgan_server_handle(dg_flgan_server *s, dg_msg *m)
         dg_msg_free(s->t, m);
         return DG_OK;
     }
+    if (s->refs) dg__coder_lend(&s->upload_co, s->refs + (size_t)(m->from - 1) * s->ref_len);
     if (dg__coder_unpack(&s->upload_co, s->t, &m) != DG_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s", dg_last_error());
@@ -15085,6 +15201,7 @@ DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const ch
 {
     int done;
     if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_drop_worker: NULL");
+    if (s->refs && id >= 1 && id <= s->ro.slots) s->ref_round[id] = -1;
     done = dg__roster_drop(&s->ro, id, why, "dg_flgan_server_drop_worker");
     return done > 0 ? dg__flgan_server_finish(s) : (dg_result)done;
 }
@@ -15094,7 +15211,8 @@ DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id)
     if (!s || id < 1 || id > s->ro.slots || s->ro.live[id])
         return dg__fail(DG_ERR_ARG, "dg_flgan_server_add_worker: slot %d is not free", id);
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
-    s->ro.live[id] = 1; /* begin sends it the global model like everyone */
+    s->ro.live[id] = 1; /* begin sends it the global model like everyone, dense */
+    if (s->refs) s->ref_round[id] = -1;
     dg__log(s->cfg.log, s->cfg.log_user, "round %lld: worker %d rejoins", (long long)s->round, id);
     return DG_OK;
 }
@@ -15152,12 +15270,38 @@ static dg_result dg__pair_get(dg__gan_pair *p, dg__rbuf *net)
     return r != DG_OK ? r : dg__net_get(p->d, &p->od, &net[1]);
 }
 
+/* The CODEC section holds download references as u64 1 + their round (0:
+   unknown, no floats) and the len floats of a known one; then a worker's
+   upload residuals, part after part. */
+static void dg__ref_put(dg__wbuf *w, int64_t round, const float *ref, size_t len)
+{
+    dg__put_u64(w, (uint64_t)(round + 1));
+    if (round >= 0) dg__put_f32s(w, ref, len);
+}
+
+static void dg__ref_get(dg__rbuf *r, int64_t *round, float *ref, size_t len)
+{
+    uint64_t v = dg__get_u64(r);
+    const unsigned char *x = v ? dg__take(r, 4 * len) : NULL;
+    if (v > (uint64_t)INT64_MAX) r->bad = 1;
+    *round = (int64_t)v - 1;
+    if (x && !r->bad) memcpy(ref, x, 4 * len);
+}
+
 static void dg__flgan_server_encode(dg__wbuf *w, const void *obj)
 {
     const dg_flgan_server *s = (const dg_flgan_server *)obj;
     const dg__gan_pair *p = &s->model;
     uint64_t round = (uint64_t)s->round;
-    dg__role_put(w, DG__CK_FLGAN_SERVER, &round, 1, p->g, &p->og, p->d, &p->od);
+    size_t start;
+    int n;
+    dg__role_put(w, DG__CK_FLGAN_SERVER, &round, 1, p->g, &p->og, p->d, &p->od, s->refs != NULL);
+    if (!s->refs) return;
+    start = dg__ck_section(w, DG__SEC_CODEC);
+    for (n = 1; n <= s->cfg.n_workers; n++) /* an open round resumes with dense downloads */
+        dg__ref_put(w, s->ro.open && s->chosen[n] ? -1 : s->ref_round[n],
+                    s->refs + (size_t)(n - 1) * s->ref_len, s->ref_len);
+    dg__ck_end(w, start);
 }
 
 DGDEF size_t dg_flgan_server_save_size(const dg_flgan_server *s)
@@ -15176,12 +15320,23 @@ DGDEF dg_result dg_flgan_server_save_mem(const dg_flgan_server *s, void *buf, si
 DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, size_t len)
 {
     int64_t round;
-    dg__rbuf net[2];
+    dg__rbuf net[2], codec;
     dg_result r;
+    int n;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_load_mem: NULL argument");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
-    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, 2))) return r;
+    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, 2, &codec))) return r;
+    if (codec.p && !s->refs)
+        return dg__fail(DG_ERR_CONFIG, "FL-GAN server checkpoint: it holds download references, "
+                        "this run's download codec (%s) keeps none",
+                        dg_codec_name(s->cfg.codec.download.kind));
     if ((r = dg__pair_get(&s->model, net)) != DG_OK) return r;
+    for (n = 1; s->refs && n <= s->cfg.n_workers; n++) /* no section: every worker unknown */
+        if (codec.p) dg__ref_get(&codec, &s->ref_round[n], s->refs + (size_t)(n - 1) * s->ref_len,
+                                 s->ref_len);
+        else s->ref_round[n] = -1;
+    if (codec.p && (r = dg__ck_done(&codec, "FL-GAN server checkpoint: download references")))
+        return r;
     s->round = round;
     s->stats.rounds = round;
     return DG_OK;
@@ -15205,6 +15360,8 @@ struct dg_flgan_worker {
     dg_pool *pool;
     dg__gan_pair gan;
     dg__coder download_co, upload_co; /* the global model in; deltas from it out */
+    float *ref;              /* download deltas: ref_n, both coders' reference; else NULL */
+    int64_t ref_round;       /* the round of the download ref_n is from, -1 none */
     dg_batcher batcher;
     float *real, *g_in, *dx;
     int32_t *real_labels, *fake_labels;
@@ -15243,10 +15400,19 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
     if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 0);
     if (r == DG_OK)
         r = dg__coder_pair(&w->download_co, &cfg->codec.download, &w->gan, cfg->average_optimizer,
-                           0, 0);
+                           0, 0, dg__download_is_delta(cfg) ? 2 : 0);
     if (r == DG_OK)
         r = dg__coder_pair(&w->upload_co, &cfg->codec.upload, &w->gan, cfg->average_optimizer, 1,
-                           cfg->codec.upload.kind != DG_CODEC_NONE);
+                           cfg->codec.upload.kind != DG_CODEC_NONE,
+                           cfg->codec.upload.kind == DG_CODEC_NONE ? 0
+                           : dg__download_is_delta(cfg) ? 2 : 1);
+    w->ref_round = -1;
+    if (r == DG_OK && dg__download_is_delta(cfg)) {
+        if (!(w->ref = (float *)dg__calloc(dg__coder_total(&w->download_co), sizeof(float))))
+            r = dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
+        dg__coder_lend(&w->download_co, w->ref);
+        dg__coder_lend(&w->upload_co, w->ref);
+    }
     if (r == DG_OK)
         r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
                             dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
@@ -15272,6 +15438,7 @@ DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
     if (!w) return;
     dg__coder_free(&w->download_co);
     dg__coder_free(&w->upload_co);
+    dg__free(w->ref);
     dg__pair_free(&w->gan);
     dg_batcher_free(&w->batcher);
     dg__free(w->real);
@@ -15308,6 +15475,31 @@ static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *
     return dg_optim_step(&w->gan.og, w->pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
 }
 
+/* The global model of a download into *pm: absolute (aux 0: dense, f16,
+   int8), or ref_n + a delta from the reference of round aux - 1, which
+   must be the one this worker holds (else *pm is freed, DG_ERR_FORMAT). */
+static dg_result dg__flgan_worker_download(dg_flgan_worker *w, dg_msg **pm)
+{
+    dg_msg *m = *pm;
+    int64_t from = m->aux - 1;
+    if (m->aux == 0 && w->ref) return DG_OK; /* dense: dg__pair_install checks the parts */
+    if (m->aux != 0 && (!w->ref || from != w->ref_round)) {
+        char held[64];
+        if (w->ref_round >= 0)
+            snprintf(held, sizeof held, "the one of round %lld", (long long)w->ref_round);
+        dg_msg_free(w->t, m);
+        *pm = NULL;
+        if (!w->ref)
+            return dg__fail(DG_ERR_FORMAT, "worker %d: a download delta, but this worker's "
+                            "download codec (%s) is absolute", w->id,
+                            dg_codec_name(w->cfg.codec.download.kind));
+        return dg__fail(DG_ERR_FORMAT, "worker %d: a download delta from the model of round %lld, "
+                        "this worker holds %s", w->id, (long long)from,
+                        w->ref_round >= 0 ? held : "no reference (no full model since it started)");
+    }
+    return dg__coder_unpack(&w->download_co, w->t, pm);
+}
+
 DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
 {
     float stat[2] = {0.0f, 0.0f};
@@ -15324,9 +15516,12 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
         return DG_OK;
     }
     t0 = dg__now();
-    if ((r = dg__coder_unpack(&w->download_co, w->t, &m)) != DG_OK) return r;
+    if ((r = dg__flgan_worker_download(w, &m)) != DG_OK) return r;
     r = dg__pair_install(&w->gan, w->cfg.average_optimizer, m);
-    if (r == DG_OK) dg__coder_keep(&w->upload_co, m); /* the reference of the upload */
+    if (r == DG_OK) { /* the reference of the upload (and of the next download delta) */
+        dg__coder_keep(w->ref ? &w->download_co : &w->upload_co, m);
+        w->ref_round = m->iteration;
+    }
     for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
     w->compute_s += dg__now() - t0;
     dg_transport_charge(w->t, w->id, (double)i * dg_gan_step_flops(w->gan.g, w->gan.d, w->cfg.batch, 1));
@@ -15357,10 +15552,19 @@ static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
     const dg_flgan_worker *k = (const dg_flgan_worker *)obj;
     const dg__gan_pair *p = &k->gan;
     uint64_t v[3];
+    size_t start;
+    int i;
     v[0] = (uint64_t)k->local_iter;
     v[1] = k->batcher.epoch;
     v[2] = (uint64_t)k->batcher.pos;
-    dg__role_put(w, DG__CK_FLGAN_WORKER, v, 3, p->g, &p->og, p->d, &p->od);
+    dg__role_put(w, DG__CK_FLGAN_WORKER, v, 3, p->g, &p->og, p->d, &p->od,
+                 k->ref || k->upload_co.residual[0]);
+    if (!k->ref && !k->upload_co.residual[0]) return;
+    start = dg__ck_section(w, DG__SEC_CODEC);
+    if (k->ref) dg__ref_put(w, k->ref_round, k->ref, dg__coder_total(&k->download_co));
+    for (i = 0; i < k->upload_co.n_parts && k->upload_co.residual[i]; i++)
+        dg__put_f32s(w, k->upload_co.residual[i], k->upload_co.count[i]);
+    dg__ck_end(w, start);
 }
 
 DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w)
@@ -15379,13 +15583,30 @@ DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, si
 DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, size_t len)
 {
     int64_t v[3];
-    dg__rbuf net[2];
+    dg__rbuf net[2], codec;
     dg_result r;
+    dg__coder *up;
+    int i;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_load_mem: NULL argument");
-    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, 2))) return r;
+    up = &w->upload_co;
+    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, 2, &codec))) return r;
     if ((uint64_t)v[2] > w->batcher.n)
         return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if (codec.p && !w->ref && !up->residual[0])
+        return dg__fail(DG_ERR_CONFIG, "FL-GAN worker checkpoint: it holds codec state, this "
+                        "run's codecs keep none");
     if ((r = dg__pair_get(&w->gan, net)) != DG_OK) return r;
+    /* no section (an older checkpoint): no reference, residuals at zero */
+    w->ref_round = -1;
+    if (w->ref && codec.p)
+        dg__ref_get(&codec, &w->ref_round, w->ref, dg__coder_total(&w->download_co));
+    for (i = 0; i < up->n_parts && up->residual[i]; i++) {
+        const unsigned char *x = codec.p ? dg__take(&codec, 4 * up->count[i]) : NULL;
+        if (x) memcpy(up->residual[i], x, 4 * up->count[i]);
+        else memset(up->residual[i], 0, 4 * up->count[i]);
+    }
+    if (codec.p && (r = dg__ck_done(&codec, "FL-GAN worker checkpoint: codec state")) != DG_OK)
+        return r;
     if ((r = dg_batcher_seek(&w->batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
     w->local_iter = v[0];
     return DG_OK;

@@ -130,7 +130,7 @@ static void usage(FILE *f)
         "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
         "                      (standalone GAN: its compute at the server's speed)\n"
         "  --codec SPEC        MD-GAN, FL-GAN: compress traffic (docs/network.md), e.g.\n"
-        "                      batch=int8,feedback=f16,swap=f16 or upload=topk:0.01,download=f16\n"
+        "                      batch=int8,feedback=f16,swap=f16 or upload=topk:0.01,download=topk:0.01\n"
         "                      (codecs: none f16 int8 topk[:C] ibm[:L_T])\n"
         "");
     fprintf(f, /* three strings: C keeps one literal under 4095 characters */

@@ -41,11 +41,14 @@ static dg_mdgan_config md_config(void)
     return c;
 }
 
+static dg_codec_set fl_codec; /* none but in flgan_coded_mpi_equals_inproc */
+
 static dg_flgan_config fl_config(void)
 {
     dg_flgan_config c = dg_flgan_config_init();
     c.n_workers = NW; c.c = ds.c; c.h = ds.h; c.w = ds.w; c.arch = DG_ARCH_MLP; c.batch = BATCH;
     c.seed = 7; c.local_iters = FL_LOCAL; c.max_shard = (int64_t)ds.n;
+    c.codec = fl_codec;
     return c;
 }
 
@@ -176,6 +179,17 @@ static void resume_is_exact(int md)
 TEST(mdgan_checkpoint_resume_is_exact) { resume_is_exact(1); }
 TEST(flgan_checkpoint_resume_is_exact) { resume_is_exact(0); }
 
+/* Top-k both ways (download deltas from per-worker references): the same
+   bits as in process, and stopped and resumed (the residuals and the
+   references in the checkpoints) the same bits as uninterrupted. */
+TEST(flgan_coded_mpi_equals_inproc)
+{
+    CHECK_OK(dg_codec_set_parse("upload=topk:0.05,download=topk:0.05", &fl_codec));
+    mpi_equals_inproc(0);
+    resume_is_exact(0);
+    memset(&fl_codec, 0, sizeof fl_codec);
+}
+
 /* The server of an MD-GAN run receives FEEDBACK of b*d floats and nothing
    else: a message of another type, or a larger one, is refused from its
    size (named with the rank), and the next good one comes through. */
@@ -267,6 +281,7 @@ int main(int argc, char **argv)
     MPI_RUN(flgan_mpi_equals_inproc);
     MPI_RUN(mdgan_checkpoint_resume_is_exact);
     MPI_RUN(flgan_checkpoint_resume_is_exact);
+    MPI_RUN(flgan_coded_mpi_equals_inproc);
     MPI_RUN(message_limits_per_type);
     MPI_RUN(idle_server_does_not_burn_a_core);
     if (rank == 0) { /* the checkpoints */

@@ -140,7 +140,7 @@ TEST(distgan_options)
         {"--codec", "upload=topk", ONLY},  /* FL-GAN traffic, MD-GAN the default */
     };
     static const numopt fl[] = {{"--fraction", "1.5", FLOAT}, {"--fraction", "0", ONLY},
-                                {"--codec", "feedback=f16", ONLY}, {"--codec", "download=ibm", ONLY}};
+                                {"--codec", "feedback=f16", ONLY}, {"--codec", "swap=f16", ONLY}};
     static const char *const flgan[] = {"--algo", "flgan", NULL};
     static const char *const coded[] = {"--codec", "feedback=f16", NULL};
     static const numopt attack[] = {{"--attack", "1@5", ONLY}}; /* scales float32 feedback */

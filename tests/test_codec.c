@@ -462,6 +462,264 @@ TEST(flgan_delta_uploads)
     dg_dataset_free(&ds);
 }
 
+static int refs_equal_by_hand(const dg_flgan_server *s, const dg_flgan_worker *w)
+{
+    return s->ref_round[1] >= 0 && s->ref_round[1] == w->ref_round &&
+           !memcmp(s->refs, w->ref, 4 * s->ref_len);
+}
+
+static int same_params(dg_net *a, dg_net *b)
+{
+    return dg_net_param_count(a) == dg_net_param_count(b) &&
+           !memcmp(dg_net_params(a), dg_net_params(b), 4 * dg_net_param_count(a));
+}
+/* The server's reference of worker n and the worker's own: the same round
+   and the same bits (or both unknown). */
+static int refs_agree(dg_flgan_run *run, int n)
+{
+    dg_flgan_server *s = dg_flgan_run_server(run);
+    dg_flgan_worker *w = dg_flgan_run_worker(run, n);
+    if (s->ref_round[n] < 0) return 1; /* unknown: the next download is dense */
+    return s->ref_round[n] == w->ref_round &&
+           !memcmp(s->refs + (size_t)(n - 1) * s->ref_len, w->ref, 4 * s->ref_len);
+}
+
+/* FL-GAN download deltas (top-k and IBM, with FeGAN sampling of 2 of 3
+   workers): after every round the server's ref_n and worker n's are
+   bit-identical; the first round goes dense (4 bytes a float), the later
+   ones at about 8 C bytes a float; the model trains (finite losses). */
+TEST(flgan_download_deltas_keep_references_equal)
+{
+    enum { N = 3, R = 5 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_flgan_run *run;
+    dg_flgan_config c = small_flgan_config(N, 2);
+    int v, it, n, agree = 1;
+    make_data(&ds, 96, 3);
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    for (v = 0; v < 2; v++) {
+        uint64_t down0 = 0, down = 0, dense;
+        dg_transport *t;
+        c.codec.upload = codec(DG_CODEC_TOPK, 0.1f, 0);
+        c.codec.download = v ? codec(DG_CODEC_IBM, 0, 0) : codec(DG_CODEC_TOPK, 0.1f, 0);
+        c.fraction = v ? 0.67f : 0.0f;
+        CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
+        t = dg_flgan_run_transport(run);
+        dense = 4 * dg_flgan_run_server(run)->ref_len;
+        for (it = 0; it < R; it++) {
+            CHECK_OK(dg_flgan_run_round(run));
+            for (n = 1; n <= N; n++) agree &= refs_agree(run, n);
+            if (!it) down0 = dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes;
+        }
+        down = dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes - down0;
+        CHECK(agree);
+        CHECK(down0 == (v ? 2 : 3) * dense); /* nobody's reference is known yet */
+        if (!v) CHECK(down * 3 < (uint64_t)(R - 1) * N * dense); /* 10%: ~0.2 x dense */
+        else CHECK(down < (uint64_t)(R - 1) * 2 * dense);
+        CHECK(isfinite(dg_flgan_server_stats(dg_flgan_run_server(run))->g_loss));
+        dg_flgan_run_free(run);
+    }
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* Top-k at C = 1 sends all of global - ref_n: a worker that missed rounds
+   (one of 3 asked per round) holds the global model after one download, to
+   the rounding of ref + (g - ref): |ref' - g| <= 2^-23 (|g| + |g - ref|).
+   Not the dense run's bits: (g - ref) + ref is not g in float. */
+TEST(flgan_download_deltas_at_c1_catch_up)
+{
+    enum { N = 3, R = 6 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_flgan_run *run;
+    dg_flgan_config c = small_flgan_config(N, 2);
+    dg_flgan_server *s;
+    float *g, *old;
+    int64_t prev[N + 1];
+    int it, n, stale = 0, ok = 1;
+    size_t inexact = 0, deltas = 0;
+    size_t i, len;
+    make_data(&ds, 96, 3);
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    c.codec.download = codec(DG_CODEC_TOPK, 1.0f, 0);
+    c.fraction = 0.34f;
+    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
+    s = dg_flgan_run_server(run);
+    len = s->ref_len;
+    g = (float *)malloc(4 * len);
+    old = (float *)malloc(4 * len * N);
+    for (it = 0; it < R; it++) {
+        dg__pair_flatten(&s->model, 0, g); /* the global model this round sends */
+        memcpy(old, s->refs, 4 * len * N);
+        memcpy(prev, s->ref_round, sizeof prev);
+        CHECK_OK(dg_flgan_run_round(run));
+        for (n = 1; n <= N; n++) {
+            const float *ref = s->refs + (size_t)(n - 1) * len, *was = old + (size_t)(n - 1) * len;
+            if (s->ref_round[n] != it) continue; /* not asked this round */
+            ok &= refs_agree(run, n);
+            stale += prev[n] >= 0 && prev[n] < it - 1; /* it missed a round or more */
+            deltas += prev[n] >= 0 ? len : 0;
+            for (i = 0; i < len; i++) {
+                ok &= fabsf(ref[i] - g[i]) <= 0x1p-23f * (fabsf(g[i]) + fabsf(g[i] - was[i]));
+                inexact += ref[i] != g[i];
+            }
+        }
+    }
+    CHECK(ok);
+    CHECK(stale > 0);
+    CHECK(deltas > 0);
+    printf("  (C = 1: %zu of the %zu values downloaded as deltas differ from g by rounding)\n",
+           inexact, deltas);
+    free(g);
+    free(old);
+    dg_flgan_run_free(run);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* The server and one worker by hand: the first download is dense, the
+   next a delta; a worker that left and rejoined gets the dense model; a
+   worker without a reference (a fresh one in the same slot) refuses a
+   delta, and a worker whose download codec is absolute refuses one too. */
+TEST(flgan_download_deltas_unknown_worker_gets_the_model)
+{
+    dg_dataset ds;
+    dg_transport *t;
+    dg_flgan_server *s;
+    dg_flgan_worker *w, *fresh;
+    dg_flgan_config c = small_flgan_config(1, 1), abs_c;
+    uint32_t idx[32];
+    uint64_t dense, before;
+    int i;
+    make_data(&ds, 32, 4);
+    for (i = 0; i < 32; i++) idx[i] = (uint32_t)i;
+    c.codec.download = codec(DG_CODEC_TOPK, 0.05f, 0);
+    abs_c = c;
+    abs_c.codec.download = codec(DG_CODEC_F16, 0, 0);
+    CHECK_OK(dg_inproc_create(&t, 2, 0, 0));
+    CHECK_OK(dg_flgan_server_create(&s, &c, t, pool2));
+    CHECK_OK(dg_flgan_worker_create(&w, &c, 1, t, pool2, &ds, idx, 32));
+    dense = 4 * s->ref_len;
+    for (i = 0; i < 4; i++) {
+        before = dg_transport_traffic(t, 0, 1).payload_bytes;
+        if (i == 2) { /* it leaves and comes back: its reference is forgotten */
+            CHECK_OK(dg_flgan_server_drop_worker(s, 1, "test"));
+            CHECK(s->ref_round[1] == -1);
+            CHECK_OK(dg_flgan_server_add_worker(s, 1));
+        }
+        CHECK_OK(dg_flgan_server_begin(s));
+        CHECK_OK(dg_flgan_worker_poll(w, 1000));
+        CHECK_OK(dg_flgan_server_poll(s, 1000));
+        CHECK(dg_flgan_server_stats(s)->rounds == i + 1);
+        CHECK(refs_equal_by_hand(s, w));
+        if (i == 0 || i == 2) CHECK(dg_transport_traffic(t, 0, 1).payload_bytes - before == dense);
+        else CHECK((dg_transport_traffic(t, 0, 1).payload_bytes - before) * 5 < dense);
+    }
+    CHECK_OK(dg_flgan_worker_create(&fresh, &c, 1, t, pool2, &ds, idx, 32));
+    CHECK_OK(dg_flgan_server_begin(s));
+    CHECK(dg_flgan_worker_poll(fresh, 1000) == DG_ERR_FORMAT);
+    CHECK(strstr(dg_last_error(), "download delta") && strstr(dg_last_error(), "no reference"));
+    dg_flgan_worker_free(fresh);
+    CHECK_OK(dg_flgan_server_expire(s)); /* the round closes without it: forgotten */
+    CHECK(s->ref_round[1] == -1 && !dg_flgan_server_is_live(s, 1));
+    CHECK_OK(dg_flgan_server_add_worker(s, 1));
+    before = dg_transport_traffic(t, 0, 1).payload_bytes;
+    CHECK_OK(dg_flgan_server_begin(s)); /* so the next download is dense */
+    CHECK(dg_transport_traffic(t, 0, 1).payload_bytes - before == dense);
+    CHECK_OK(dg_flgan_worker_poll(w, 1000));
+    CHECK_OK(dg_flgan_server_poll(s, 1000));
+    CHECK(refs_equal_by_hand(s, w));
+    CHECK_OK(dg_flgan_worker_create(&fresh, &abs_c, 1, t, pool2, &ds, idx, 32));
+    CHECK_OK(dg_flgan_server_begin(s));
+    CHECK(dg_flgan_worker_poll(fresh, 1000) == DG_ERR_FORMAT);
+    CHECK(strstr(dg_last_error(), "absolute"));
+    dg_flgan_worker_free(fresh);
+    dg_flgan_worker_free(w);
+    dg_flgan_server_free(s);
+    dg_transport_close(t);
+    dg_dataset_free(&ds);
+}
+
+/* A coded FL-GAN run (top-k uploads with their residuals, top-k download
+   deltas) saved after 2 rounds and resumed in a new run ends 4 rounds with
+   the G and D of an uninterrupted one, bit for bit; a checkpoint without
+   the codec state (an uncoded run's) resumes with dense downloads, and a
+   coded one is refused by an uncoded run. */
+TEST(flgan_coded_resume_is_exact)
+{
+    enum { N = 3 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_flgan_config c = small_flgan_config(N, 2), plain;
+    dg_flgan_run *a, *b, *r2;
+    unsigned char *buf[N + 1];
+    size_t len[N + 1];
+    int it, n;
+    make_data(&ds, 96, 9);
+    c.seed = 4;
+    c.codec.upload = codec(DG_CODEC_TOPK, 0.05f, 0);
+    c.codec.download = codec(DG_CODEC_TOPK, 0.05f, 0);
+    plain = c;
+    memset(&plain.codec, 0, sizeof plain.codec);
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0));
+    for (it = 0; it < 4; it++) CHECK_OK(dg_flgan_run_round(a));
+    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0));
+    for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(b));
+    for (n = 0; n <= N; n++) {
+        len[n] = n ? dg_flgan_worker_save_size(dg_flgan_run_worker(b, n))
+                   : dg_flgan_server_save_size(dg_flgan_run_server(b));
+        buf[n] = (unsigned char *)malloc(len[n]);
+        CHECK_OK(n ? dg_flgan_worker_save_mem(dg_flgan_run_worker(b, n), buf[n], len[n], &len[n])
+                   : dg_flgan_server_save_mem(dg_flgan_run_server(b), buf[n], len[n], &len[n]));
+    }
+    dg_flgan_run_free(b);
+    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
+    for (n = 0; n <= N; n++)
+        CHECK_OK(n ? dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, n), buf[n], len[n])
+                   : dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[n], len[n]));
+    for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));
+    CHECK(same_params(dg_flgan_server_generator(dg_flgan_run_server(a)),
+                      dg_flgan_server_generator(dg_flgan_run_server(r2))));
+    CHECK(same_params(dg_flgan_server_discriminator(dg_flgan_run_server(a)),
+                      dg_flgan_server_discriminator(dg_flgan_run_server(r2))));
+    dg_flgan_run_free(r2);
+    /* the same without the codec state: residuals restart at zero, another model */
+    CHECK_OK(dg_flgan_run_create(&r2, &plain, pool2, &ds, &part, NULL, 0));
+    CHECK(dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[0], len[0]) == DG_ERR_CONFIG);
+    CHECK(strstr(dg_last_error(), "download references"));
+    CHECK(dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, 1), buf[1], len[1]) == DG_ERR_CONFIG);
+    for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));
+    for (n = 0; n <= N; n++) {
+        free(buf[n]);
+        len[n] = n ? dg_flgan_worker_save_size(dg_flgan_run_worker(r2, n))
+                   : dg_flgan_server_save_size(dg_flgan_run_server(r2));
+        buf[n] = (unsigned char *)malloc(len[n]);
+        CHECK_OK(n ? dg_flgan_worker_save_mem(dg_flgan_run_worker(r2, n), buf[n], len[n], &len[n])
+                   : dg_flgan_server_save_mem(dg_flgan_run_server(r2), buf[n], len[n], &len[n]));
+    }
+    dg_flgan_run_free(r2);
+    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
+    for (n = 0; n <= N; n++)
+        CHECK_OK(n ? dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, n), buf[n], len[n])
+                   : dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[n], len[n]));
+    for (n = 1; n <= N; n++) CHECK(dg_flgan_run_server(r2)->ref_round[n] == -1);
+    {
+        dg_transport *t = dg_flgan_run_transport(r2);
+        uint64_t before = dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes;
+        CHECK_OK(dg_flgan_run_round(r2));
+        CHECK(dg_transport_traffic(t, 0, DG_ANY_PEER).payload_bytes - before ==
+              (uint64_t)N * 4 * dg_flgan_run_server(r2)->ref_len);
+    }
+    for (n = 0; n <= N; n++) free(buf[n]);
+    dg_flgan_run_free(r2);
+    dg_flgan_run_free(a);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
 /* A worker coding its feedback while the server expects float32: the
    server refuses it, naming the codec, and drops the worker. */
 TEST(codec_mismatch_is_refused)
@@ -547,6 +805,12 @@ TEST(config_hash_covers_the_codecs)
     fa.codec.upload = codec(DG_CODEC_TOPK, 0.01f, 0);
     dg_tcp_flgan_config_hash(&fa, NULL, ha);
     CHECK(memcmp(ha, hb, 32)); /* the rate counts too */
+    fb = fa;
+    fa.codec.download = codec(DG_CODEC_TOPK, 0.01f, 0);
+    fb.codec.download = codec(DG_CODEC_TOPK, 0.05f, 0);
+    dg_tcp_flgan_config_hash(&fa, NULL, ha);
+    dg_tcp_flgan_config_hash(&fb, NULL, hb);
+    CHECK(memcmp(ha, hb, 32)); /* download deltas: their rate too */
 }
 #endif
 
@@ -562,6 +826,10 @@ int main(void)
     RUN(mdgan_codecs_count_fewer_wire_bytes);
     RUN(mdgan_swap_f16_halves_the_swap);
     RUN(flgan_delta_uploads);
+    RUN(flgan_download_deltas_keep_references_equal);
+    RUN(flgan_download_deltas_at_c1_catch_up);
+    RUN(flgan_download_deltas_unknown_worker_gets_the_model);
+    RUN(flgan_coded_resume_is_exact);
     RUN(codec_mismatch_is_refused);
     RUN(coded_messages_keep_their_header);
 #ifndef DG_NO_TCP

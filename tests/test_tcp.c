@@ -778,6 +778,8 @@ TEST(flgan_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=none"); }
 /* the codecs travel the same bytes both ways: the processes agree */
 TEST(mdgan_codecs_tcp_equals_inproc) { tcp_vs_inproc("mdgan", "batch=int8,feedback=topk:0.1,swap=f16"); }
 TEST(flgan_codecs_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=topk:0.05,download=int8"); }
+/* download deltas: round 0 dense, round 1 a delta from each worker's reference */
+TEST(flgan_download_deltas_tcp_equals_inproc) { tcp_vs_inproc("flgan", "upload=topk:0.05,download=topk:0.05"); }
 
 TEST(worker_killed_and_rejoins)
 {
@@ -1586,7 +1588,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
 /* FL-GAN over TCP: a killed worker leaves at once, its restart rejoins at
    the next round with the global model, and SIGTERM writes the FL-GAN
    checkpoint. */
-TEST(flgan_worker_rejoins_and_checkpoints)
+static void flgan_rejoin(const char *codec)
 {
     char addr[32], ck[512], magic[12] = {0};
     pid_t srv, w[2];
@@ -1595,7 +1597,7 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     snprintf(ck, sizeof ck, "%s", tpath("fl/flgan_server.ckpt"));
 #define COMMON9 "--algo", "flgan", "--workers", "2", "--dataset", "shapes:200", "--batch", "8", \
                 "--local-iters", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
-                "--barrier-ms", "30000"
+                "--barrier-ms", "30000", "--codec", (char *)codec
     START_RUN(srv, w, 2, "l", addr,
               ("--iters", "100000", "--log-every", "1", "--out", "fl"), COMMON9);
     CHECK(wait_for("lsrv.out", it_is(2 * 5, 100000), 30000)); /* round 5 */
@@ -1615,6 +1617,10 @@ TEST(flgan_worker_rejoins_and_checkpoints)
     reap(w[1], 10000);
     if (th_cur_failed) { show("lsrv.out"); show("lsrv.err"); show("lw2b.err"); }
 }
+
+TEST(flgan_worker_rejoins_and_checkpoints) { flgan_rejoin("upload=none"); }
+/* a restarted worker holds no reference: the server sends it the dense model */
+TEST(flgan_download_deltas_worker_rejoins) { flgan_rejoin("upload=topk:0.1,download=topk:0.1"); }
 
 /* The audit's insider cases at once, while a legitimate 3-worker run
    trains: worker slot 4 belongs to an authenticated insider that sends a
@@ -1794,6 +1800,7 @@ int main(void)
     RUN(flgan_tcp_equals_inproc);
     RUN(mdgan_codecs_tcp_equals_inproc);
     RUN(flgan_codecs_tcp_equals_inproc);
+    RUN(flgan_download_deltas_tcp_equals_inproc);
     RUN(worker_killed_and_rejoins);
     RUN(server_killed_and_resumed);
     RUN(refusals_and_sigterm);
@@ -1809,6 +1816,7 @@ int main(void)
     RUN(malformed_feedback_costs_the_connection_not_the_run);
     RUN(closed_worker_leaves_the_barrier_at_once);
     RUN(flgan_worker_rejoins_and_checkpoints);
+    RUN(flgan_download_deltas_worker_rejoins);
     RUN(insiders_while_a_run_trains);
     RUN(server_without_workers_fails);
     scratch_remove();
