@@ -38,7 +38,7 @@ TABLES_ONLY=${TABLES_ONLY:-0}
 FRACTION=${FRACTION:-0.2}            # FeGAN's C
 # the codecs of the compressed runs (docs/network.md, "Compressed traffic")
 MD_CODEC=${MD_CODEC:-batch=int8,feedback=topk:0.05,swap=f16}
-FL_CODEC=${FL_CODEC:-upload=topk:0.01,download=int8}
+FL_CODEC=${FL_CODEC:-upload=topk:0.01,download=topk:0.01}
 # the fixed FID of the time-to-FID table, per data set
 FID_fashion=${FID_fashion:-300}
 FID_mnist=${FID_mnist:-180}
