@@ -6551,9 +6551,13 @@ DGDEF dg_result dg_net_save_mem(const dg_net *net, const dg_optim *opt, void *bu
 
 /* Reads a net section: checks that it describes this net (and optimiser),
    then copies the values.  Nothing is changed unless everything matches. */
-static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
+/* Reads a net section into net (and opt) when apply, after checking all of
+   it: a refused section changes nothing.  apply = 0 only checks. */
+static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r, int apply)
 {
     const unsigned char *params, *state, *ostate = NULL;
+    uint64_t t = 0;
+    float h[7] = {0};
     uint32_t kind;
     size_t i;
     int l;
@@ -6584,8 +6588,8 @@ static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
     if (kind != 0 && kind != DG_OPTIM_SGD && kind != DG_OPTIM_ADAM)
         return dg__fail(DG_ERR_FORMAT, "checkpoint: unknown optimiser kind %u", kind);
     if (kind) {
-        uint64_t n = dg__get_u64(r), t = dg__get_u64(r), count;
-        float h[7];
+        uint64_t n = dg__get_u64(r), count;
+        t = dg__get_u64(r);
         for (i = 0; i < 7; i++) h[i] = dg__get_f32(r);
         count = dg__get_u64(r);
         if (r->bad || n != net->n_params || count != (kind == DG_OPTIM_ADAM ? 2 * n : n) ||
@@ -6593,20 +6597,38 @@ static dg_result dg__net_get(dg_net *net, dg_optim *opt, dg__rbuf *r)
             return dg__fail(DG_ERR_FORMAT, "checkpoint: optimiser block malformed");
         ostate = dg__take(r, 4 * (size_t)count);
         if (r->bad) return dg__fail(DG_ERR_FORMAT, "checkpoint: truncated optimiser state");
-        if (opt) {
-            opt->t = (int64_t)t;
-            opt->lr = h[0];
-            opt->beta1 = h[1];
-            opt->beta2 = h[2];
-            opt->eps = h[3];
-            opt->momentum = h[4];
-            opt->weight_decay = h[5];
-        }
     }
     if (r->pos != r->len) return dg__fail(DG_ERR_FORMAT, "checkpoint: trailing bytes");
+    if (!apply) return DG_OK;
+    if (opt && kind) {
+        opt->t = (int64_t)t;
+        opt->lr = h[0];
+        opt->beta1 = h[1];
+        opt->beta2 = h[2];
+        opt->eps = h[3];
+        opt->momentum = h[4];
+        opt->weight_decay = h[5];
+    }
     memcpy(net->params, params, 4 * net->n_params);
     memcpy(net->state, state, 4 * net->n_state);
     if (opt && ostate) memcpy(opt->state, ostate, 4 * dg_optim_state_count(opt));
+    return DG_OK;
+}
+
+/* n nets from their sections, or none: every section is checked before
+   any net changes (a checkpoint holding G and D is restored whole). */
+static dg_result dg__nets_get(int n, dg_net *const *nets, dg_optim *const *opts, dg__rbuf *secs)
+{
+    dg_result r;
+    int i;
+    for (i = 0; i < n; i++) {
+        dg__rbuf c = secs[i];
+        if ((r = dg__net_get(nets[i], opts[i], &c, 0)) != DG_OK) return r;
+    }
+    for (i = 0; i < n; i++) {
+        r = dg__net_get(nets[i], opts[i], &secs[i], 1);
+        DG_ASSERT(r == DG_OK); /* what was checked cannot fail */
+    }
     return DG_OK;
 }
 
@@ -6620,7 +6642,7 @@ DGDEF dg_result dg_net_load_mem(dg_net *net, dg_optim *opt, const void *buf, siz
     if (opt && (!opt->state || opt->n != net->n_params))
         return dg__fail(DG_ERR_ARG, "dg_net_load_mem: optimiser does not fit the net");
     if ((r = dg__ck_open(buf, len, DG__CK_NET, types, 1, &sec, "net checkpoint"))) return r;
-    return dg__net_get(net, opt, &sec);
+    return dg__net_get(net, opt, &sec, 1);
 }
 
 DGDEF dg_result dg_net_save(const dg_net *net, const dg_optim *opt, const char *path)
@@ -9358,11 +9380,16 @@ DGDEF dg_result dg_gan_trainer_load(dg_gan_trainer *t, const char *path)
         r = dg__fail(DG_ERR_FORMAT, "%s: malformed trainer checkpoint", path);
         goto done;
     }
-    /* the CRC and the configuration matched, so both nets fit; should
-       either load still be refused, the trainer is half restored and the
-       caller must not continue from it */
-    if ((r = dg__net_get(t->d, &t->od, &sec[2]))) goto done;
-    if ((r = dg__net_get(t->g, &t->og, &sec[1]))) goto done;
+    if (pos > t->batcher.n) {
+        r = dg__fail(DG_ERR_FORMAT, "%s: data position %llu beyond the %zu images", path,
+                     (unsigned long long)pos, t->batcher.n);
+        goto done;
+    }
+    {
+        dg_net *nets[2] = {t->g, t->d};
+        dg_optim *opts[2] = {&t->og, &t->od};
+        if ((r = dg__nets_get(2, nets, opts, sec + 1))) goto done;
+    }
     if ((r = dg_batcher_seek(&t->batcher, epoch, (size_t)pos))) goto done;
     t->iter = (int64_t)iter;
 done:
@@ -9462,8 +9489,11 @@ static dg_result dg__clf_load(dg_evaluator *ev, uint64_t fp, const char *path)
         goto done;
     }
     if ((r = dg__ck_done(&sec[0], path))) goto done;
-    if ((r = dg__net_get(ev->trunk, NULL, &sec[1]))) goto done;
-    r = dg__net_get(ev->head, NULL, &sec[2]);
+    {
+        dg_net *nets[2] = {ev->trunk, ev->head};
+        dg_optim *opts[2] = {NULL, NULL};
+        r = dg__nets_get(2, nets, opts, sec + 1);
+    }
 done:
     dg__free(buf);
     return r;
@@ -14407,7 +14437,7 @@ DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, si
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_load_mem: NULL argument");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
     if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1, NULL))) return r;
-    if ((r = dg__net_get(s->g, &s->opt, &net)) != DG_OK) return r;
+    if ((r = dg__net_get(s->g, &s->opt, &net, 1)) != DG_OK) return r;
     s->iteration = v[0];
     s->round = v[1];
     s->stats.iteration = v[0];
@@ -14736,7 +14766,7 @@ DGDEF dg_result dg_mdgan_worker_load_mem(dg_mdgan_worker *w, const void *buf, si
     if ((r = dg__role_open(buf, len, DG__CK_MDGAN_WORKER, v, 2, &net, 1, NULL))) return r;
     if ((size_t)v[1] > w->batcher.n)
         return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
-    if ((r = dg__net_get(w->disc, &w->opt, &net)) != DG_OK) return r;
+    if ((r = dg__net_get(w->disc, &w->opt, &net, 1)) != DG_OK) return r;
     return dg_batcher_seek(&w->batcher, (uint64_t)v[0], (size_t)v[1]);
 }
 
@@ -15266,8 +15296,9 @@ DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
    nothing in the model, so an open round saves what it started from. */
 static dg_result dg__pair_get(dg__gan_pair *p, dg__rbuf *net)
 {
-    dg_result r = dg__net_get(p->g, &p->og, &net[0]);
-    return r != DG_OK ? r : dg__net_get(p->d, &p->od, &net[1]);
+    dg_net *nets[2] = {p->g, p->d};
+    dg_optim *opts[2] = {&p->og, &p->od};
+    return dg__nets_get(2, nets, opts, net);
 }
 
 /* The CODEC section holds download references as u64 1 + their round (0:
@@ -15284,6 +15315,7 @@ static void dg__ref_get(dg__rbuf *r, int64_t *round, float *ref, size_t len)
     uint64_t v = dg__get_u64(r);
     const unsigned char *x = v ? dg__take(r, 4 * len) : NULL;
     if (v > (uint64_t)INT64_MAX) r->bad = 1;
+    if (!round) return; /* only checking */
     *round = (int64_t)v - 1;
     if (x && !r->bad) memcpy(ref, x, 4 * len);
 }
@@ -15330,13 +15362,16 @@ DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, si
         return dg__fail(DG_ERR_CONFIG, "FL-GAN server checkpoint: it holds download references, "
                         "this run's download codec (%s) keeps none",
                         dg_codec_name(s->cfg.codec.download.kind));
+    if (codec.p) { /* checked whole before anything changes */
+        dg__rbuf c = codec;
+        for (n = 1; n <= s->cfg.n_workers; n++) dg__ref_get(&c, NULL, NULL, s->ref_len);
+        if ((r = dg__ck_done(&c, "FL-GAN server checkpoint: download references"))) return r;
+    }
     if ((r = dg__pair_get(&s->model, net)) != DG_OK) return r;
     for (n = 1; s->refs && n <= s->cfg.n_workers; n++) /* no section: every worker unknown */
         if (codec.p) dg__ref_get(&codec, &s->ref_round[n], s->refs + (size_t)(n - 1) * s->ref_len,
                                  s->ref_len);
         else s->ref_round[n] = -1;
-    if (codec.p && (r = dg__ck_done(&codec, "FL-GAN server checkpoint: download references")))
-        return r;
     s->round = round;
     s->stats.rounds = round;
     return DG_OK;
@@ -15595,6 +15630,12 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
     if (codec.p && !w->ref && !up->residual[0])
         return dg__fail(DG_ERR_CONFIG, "FL-GAN worker checkpoint: it holds codec state, this "
                         "run's codecs keep none");
+    if (codec.p) { /* checked whole before anything changes */
+        dg__rbuf c = codec;
+        if (w->ref) dg__ref_get(&c, NULL, NULL, dg__coder_total(&w->download_co));
+        for (i = 0; i < up->n_parts && up->residual[i]; i++) (void)dg__take(&c, 4 * up->count[i]);
+        if ((r = dg__ck_done(&c, "FL-GAN worker checkpoint: codec state")) != DG_OK) return r;
+    }
     if ((r = dg__pair_get(&w->gan, net)) != DG_OK) return r;
     /* no section (an older checkpoint): no reference, residuals at zero */
     w->ref_round = -1;
@@ -15605,8 +15646,6 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
         if (x) memcpy(up->residual[i], x, 4 * up->count[i]);
         else memset(up->residual[i], 0, 4 * up->count[i]);
     }
-    if (codec.p && (r = dg__ck_done(&codec, "FL-GAN worker checkpoint: codec state")) != DG_OK)
-        return r;
     if ((r = dg_batcher_seek(&w->batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
     w->local_iter = v[0];
     return DG_OK;

@@ -503,6 +503,45 @@ TEST(trainer_checkpoint_resumes_exactly)
     CHECK_OK(dg_gan_trainer_init(&b, &cfg, &ds, pool));
     CHECK(dg_gan_trainer_load(&b, path) == DG_ERR_CONFIG);
     dg_gan_trainer_free(&b);
+    /* G's or D's section naming another input shape, under a valid CRC:
+       refused, and the other net (whichever a loader reads first) is left
+       as it was */
+    {
+        unsigned char *buf = NULL;
+        size_t len = 0;
+        int k;
+        cfg.z_dim = 16;
+        CHECK_OK(dg__read_file(path, (size_t)1 << 26, &buf, &len));
+        for (k = 1; buf && k <= 2; k++) { /* sections: state, G, D */
+            size_t at = 16, sec = 0, slen = 0;
+            dg_net *other;
+            float *keep;
+            FILE *f;
+            for (i = 0; i <= k; i++, at += 16 + slen) { /* type, length, CRC, bytes */
+                sec = at + 16;
+                slen = (size_t)dg__rd64(buf + at + 4);
+            }
+            if (sec + 4 > len) break;
+            dg__le32(buf + sec, dg__rd32(buf + sec) + 1);
+            dg__le32(buf + sec - 4, dg_crc32(0, buf + sec, slen));
+            f = fopen(path, "wb");
+            if (f) fwrite(buf, 1, len, f), fclose(f);
+            CHECK_OK(dg_gan_trainer_init(&b, &cfg, &ds, pool));
+            other = k == 1 ? b.d : b.g;
+            keep = (float *)malloc(sizeof(float) * dg_net_param_count(other));
+            if (keep) memcpy(keep, dg_net_params(other), sizeof(float) * dg_net_param_count(other));
+            CHECK(dg_gan_trainer_load(&b, path) == DG_ERR_CONFIG);
+            CHECK(keep && !memcmp(keep, dg_net_params(other), sizeof(float) * dg_net_param_count(other)));
+            CHECK(b.iter == 0);
+            free(keep);
+            dg_gan_trainer_free(&b);
+            dg__le32(buf + sec, dg__rd32(buf + sec) - 1); /* back as saved */
+            dg__le32(buf + sec - 4, dg_crc32(0, buf + sec, slen));
+            f = fopen(path, "wb");
+            if (f) fwrite(buf, 1, len, f), fclose(f);
+        }
+        dg__free(buf);
+    }
     /* a corrupted file is refused */
     {
         FILE *f = fopen(path, "r+b");
