@@ -642,6 +642,29 @@ TEST(flgan_download_deltas_unknown_worker_gets_the_model)
     dg_dataset_free(&ds);
 }
 
+/* Every role of an FL-GAN run of n workers into buf/len (each replaced),
+   or back from them. */
+static void flgan_roles_save(dg_flgan_run *r, int n_workers, unsigned char **buf, size_t *len)
+{
+    int n;
+    for (n = 0; n <= n_workers; n++) {
+        free(buf[n]);
+        len[n] = n ? dg_flgan_worker_save_size(dg_flgan_run_worker(r, n))
+                   : dg_flgan_server_save_size(dg_flgan_run_server(r));
+        buf[n] = (unsigned char *)malloc(len[n]);
+        CHECK_OK(n ? dg_flgan_worker_save_mem(dg_flgan_run_worker(r, n), buf[n], len[n], &len[n])
+                   : dg_flgan_server_save_mem(dg_flgan_run_server(r), buf[n], len[n], &len[n]));
+    }
+}
+
+static void flgan_roles_load(dg_flgan_run *r, int n_workers, unsigned char **buf, const size_t *len)
+{
+    int n;
+    for (n = 0; n <= n_workers; n++)
+        CHECK_OK(n ? dg_flgan_worker_load_mem(dg_flgan_run_worker(r, n), buf[n], len[n])
+                   : dg_flgan_server_load_mem(dg_flgan_run_server(r), buf[n], len[n]));
+}
+
 /* A coded FL-GAN run (top-k uploads with their residuals, top-k download
    deltas) saved after 2 rounds and resumed in a new run ends 4 rounds with
    the G and D of an uninterrupted one, bit for bit; a checkpoint without
@@ -654,7 +677,7 @@ TEST(flgan_coded_resume_is_exact)
     dg_partition part;
     dg_flgan_config c = small_flgan_config(N, 2), plain;
     dg_flgan_run *a, *b, *r2;
-    unsigned char *buf[N + 1];
+    unsigned char *buf[N + 1] = {NULL};
     size_t len[N + 1];
     int it, n;
     make_data(&ds, 96, 9);
@@ -668,18 +691,10 @@ TEST(flgan_coded_resume_is_exact)
     for (it = 0; it < 4; it++) CHECK_OK(dg_flgan_run_round(a));
     CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0));
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(b));
-    for (n = 0; n <= N; n++) {
-        len[n] = n ? dg_flgan_worker_save_size(dg_flgan_run_worker(b, n))
-                   : dg_flgan_server_save_size(dg_flgan_run_server(b));
-        buf[n] = (unsigned char *)malloc(len[n]);
-        CHECK_OK(n ? dg_flgan_worker_save_mem(dg_flgan_run_worker(b, n), buf[n], len[n], &len[n])
-                   : dg_flgan_server_save_mem(dg_flgan_run_server(b), buf[n], len[n], &len[n]));
-    }
+    flgan_roles_save(b, N, buf, len);
     dg_flgan_run_free(b);
     CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
-    for (n = 0; n <= N; n++)
-        CHECK_OK(n ? dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, n), buf[n], len[n])
-                   : dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[n], len[n]));
+    flgan_roles_load(r2, N, buf, len);
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));
     CHECK(same_params(dg_flgan_server_generator(dg_flgan_run_server(a)),
                       dg_flgan_server_generator(dg_flgan_run_server(r2))));
@@ -692,19 +707,10 @@ TEST(flgan_coded_resume_is_exact)
     CHECK(strstr(dg_last_error(), "download references"));
     CHECK(dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, 1), buf[1], len[1]) == DG_ERR_CONFIG);
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));
-    for (n = 0; n <= N; n++) {
-        free(buf[n]);
-        len[n] = n ? dg_flgan_worker_save_size(dg_flgan_run_worker(r2, n))
-                   : dg_flgan_server_save_size(dg_flgan_run_server(r2));
-        buf[n] = (unsigned char *)malloc(len[n]);
-        CHECK_OK(n ? dg_flgan_worker_save_mem(dg_flgan_run_worker(r2, n), buf[n], len[n], &len[n])
-                   : dg_flgan_server_save_mem(dg_flgan_run_server(r2), buf[n], len[n], &len[n]));
-    }
+    flgan_roles_save(r2, N, buf, len);
     dg_flgan_run_free(r2);
     CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
-    for (n = 0; n <= N; n++)
-        CHECK_OK(n ? dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, n), buf[n], len[n])
-                   : dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[n], len[n]));
+    flgan_roles_load(r2, N, buf, len);
     for (n = 1; n <= N; n++) CHECK(dg_flgan_run_server(r2)->ref_round[n] == -1);
     {
         dg_transport *t = dg_flgan_run_transport(r2);
