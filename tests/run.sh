@@ -5,21 +5,48 @@
 # exists), and ends with the one line that counts: "N passed, N failed".
 B=$1; TESTS=$2; FUZZERS=$3; MPI_TESTS=$4
 passed=0; failed=0
-log=$(mktemp)
-count() { # program and its arguments; adds its summary line to the totals
+dir=$(mktemp -d)
+log=$dir/log
+# run: a program's output and exit status into dir (under its name)
+run() { # name program [arguments]
     name=$1; shift
-    if timeout 900 "$@" >"$log" 2>&1; then rc=0; else rc=$?; fi
-    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
-    p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p')
-    f=$(echo "$line" | sed -n 's/.*, \([0-9]*\) failed$/\1/p')
-    if [ -z "$line" ]; then p=0; f=1; fi
-    if [ "$rc" != 0 ] && [ "${f:-0}" = 0 ]; then f=1; fi
-    passed=$((passed + p)); failed=$((failed + f))
-    if [ "$f" != 0 ]; then echo "---- $name (exit $rc)"; cat "$log"; else echo "ok   $name: $p passed"; fi
+    f=$dir/$(echo "$name" | tr '/ ' '__')
+    if timeout 900 "$@" >"$f.log" 2>&1; then echo 0 >"$f.rc"; else echo $? >"$f.rc"; fi
 }
+# tally: adds a program's summary line to the totals and says how it went
+tally() { # name
+    name=$1
+    f=$dir/$(echo "$name" | tr '/ ' '__')
+    rc=$(cat "$f.rc")
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$f.log" | tail -1)
+    p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p')
+    f2=$(echo "$line" | sed -n 's/.*, \([0-9]*\) failed$/\1/p')
+    if [ -z "$line" ]; then p=0; f2=1; fi
+    if [ "$rc" != 0 ] && [ "${f2:-0}" = 0 ]; then f2=1; fi
+    passed=$((passed + p)); failed=$((failed + f2))
+    if [ "$f2" != 0 ]; then echo "---- $name (exit $rc)"; cat "$f.log"; else echo "ok   $name: $p passed"; fi
+}
+count() { run "$@"; tally "$1"; }
+# the test programs in two lanes, one per core (much of test_tcp's and the
+# process tests' time is waiting), then their results in order; what
+# measures time or needs the machine alone (MPI, netns) runs after, alone
+lane() { # tests...
+    for t in "$@"; do
+        run "$t" "$B/$t"
+        if [ -x "$B/asan/$t" ]; then run "asan/$t" "$B/asan/$t"; fi
+    done
+}
+i=0; lane_a=""; lane_b=""
 for t in $TESTS; do
-    count "$t" "$B/$t"
-    [ -x "$B/asan/$t" ] && count "asan/$t" "$B/asan/$t"
+    if [ $((i % 2)) = 0 ]; then lane_a="$lane_a $t"; else lane_b="$lane_b $t"; fi
+    i=$((i + 1))
+done
+lane $lane_a &
+lane $lane_b
+wait
+for t in $TESTS; do
+    tally "$t"
+    if [ -f "$dir/asan_$t.rc" ]; then tally "asan/$t"; fi
 done
 if [ -n "$MPI_TESTS" ] && command -v "${MPICC:-mpicc}" >/dev/null 2>&1; then
     for t in $MPI_TESTS; do
@@ -63,6 +90,6 @@ if sh tests/compile_check.sh "${CC:-cc}" "${CLANG:-clang}" >"$log" 2>&1; then
 else
     failed=$((failed + 1)); echo "---- compile_check"; cat "$log"
 fi
-rm -f "$log"
+rm -rf "$dir"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
