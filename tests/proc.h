@@ -1,9 +1,11 @@
 /* tests/proc.h: the test program's child processes, each with its stdout
  * and stderr in files of the scratch folder (tests/scratch.h):
  *
- *   int main(void) { if (!proc_setup("build/asgd", "asgd_net")) return 1; ...
+ *   int main(void) { if (!proc_setup("build/asgd", "asgd_net", 600)) return 1; ...
  *                    the scratch folder is made and becomes the cwd; `bin`
- *                    is then the program's absolute path
+ *                    is then the program's absolute path; the whole program
+ *                    is killed after 600 s (a hard bound: a hung child or
+ *                    peer fails the run instead of stalling it)
  *   have_bin()                       1 if bin is there, else says so
  *   if (!proc_begin(addr, sizeof addr)) return;   the start of a test: a
  *                                    failed check without bin, else addr
@@ -15,6 +17,9 @@
  *                                    killed and reaped)
  *   wait_for("w1.err", "joined", ms) 1 once the file holds the text, 0 after ms
  *   slurp("w1.err"), file_has(name, text), show(name), read_floats(name, &n)
+ *   check_same_as_file(what, a, na, "g.f32")   check_same_floats of a and the
+ *                                    file's floats; frees a
+ *   check_same_files(what, "a.f32", "b.f32")   the same for two files
  *   nth("w", 2)                      "w2": a worker's name or id in spawn's args
  *   reap_run(srv, ms, w, n, w_ms)    1 when the server and its n workers all
  *                                    exited 0
@@ -31,10 +36,11 @@
 
 static const char *bin; /* the program spawn runs: set by proc_setup */
 
-static int proc_setup(const char *program, const char *name)
+static int proc_setup(const char *program, const char *name, unsigned seconds)
 {
     static char abs_bin[4200];
     char cwd[4096];
+    alarm(seconds);
     signal(SIGPIPE, SIG_IGN);
     bin = program;
     if (!scratch_create(name)) return 0;
@@ -189,5 +195,23 @@ static float *read_floats(const char *name, size_t *n)
     if (x && fread(x, 1, (size_t)len, f) == (size_t)len) *n = (size_t)len / 4;
     fclose(f);
     return x;
+}
+
+/* check_same_floats (harness.h) of a (na floats, malloc'd: freed here) and
+   the floats of the file */
+static void check_same_as_file(const char *what, float *a, size_t na, const char *name)
+{
+    size_t nb;
+    float *b = read_floats(name, &nb);
+    check_same_floats(what, a, na, b, nb);
+    free(a);
+    free(b);
+}
+
+static void check_same_files(const char *what, const char *name_a, const char *name_b)
+{
+    size_t na;
+    float *a = read_floats(name_a, &na);
+    check_same_as_file(what, a, na, name_b);
 }
 #endif
