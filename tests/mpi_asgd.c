@@ -39,12 +39,10 @@ static dg_asgd_config config(dg_asgd_mode mode, double drop)
     dg_asgd_config c = dg_asgd_config_init();
     c.n_workers = size - 1;
     c.mode = mode;
-    c.arch = DG_ASGD_ARCH_MLP;
-    c.hidden = 24;
+    c.arch = DG_ASGD_ARCH_MLP; c.hidden = 24;
     c.rate = 0.05;
     c.seed = 11;
-    c.drop_prob = drop;
-    c.down_time = 2.0;
+    c.drop_prob = drop; c.down_time = 2.0; /* drop-outs, down 2 units on average */
     c.c = g_ds.c; c.h = g_ds.h; c.w = g_ds.w; c.n_classes = g_ds.n_classes;
     return c;
 }

@@ -346,12 +346,9 @@ TEST(evaluator_on_shapes)
     close(fd);
     CHECK_OK(dg_dataset_make_shapes(&train, 1000, 1));
     CHECK_OK(dg_dataset_make_shapes(&test, 300, 2));
-    cfg.conv1 = 6;
-    cfg.conv2 = 12;
-    cfg.features = 24;
-    cfg.epochs = 3;
-    cfg.batch = 32;
-    cfg.lr = 3e-3f;
+    /* a small CNN, trained briefly: fast, and still accurate enough below */
+    cfg.conv1 = 6; cfg.conv2 = 12; cfg.features = 24;
+    cfg.epochs = 3; cfg.batch = 32; cfg.lr = 3e-3f;
     cfg.cache_path = path;
     CHECK_OK(dg_evaluator_init(&ev, pool, &train, &test, &cfg));
     acc = ev.test_accuracy;
