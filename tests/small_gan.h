@@ -1,6 +1,6 @@
 /* tests/small_gan.h: the small data and GAN of the in-process MD-GAN and
  * FL-GAN tests (tests/test_mdgan.c, tests/test_netsim.c and others), and
- * their thread pools.  Include after distgan.h. */
+ * their thread pools.  Include after distgan.h and harness.h. */
 #ifndef DG_TEST_SMALL_GAN_H
 #define DG_TEST_SMALL_GAN_H
 
@@ -34,6 +34,25 @@ static inline void make_data(dg_dataset *ds, size_t n, uint64_t seed)
         for (p = 0; p < 64; p++) img[p] = (uint8_t)dg_rng_below(&rng, 60);
         for (p = 0; p < 8; p++) img[(c & 1) ? p * 8 + at : at * 8 + p] = 230;
     }
+}
+
+/* make_data(n, seed) in i.i.d. shards for `workers` workers (partition seed
+   5): the data of an in-process run, made and freed in one line each */
+typedef struct small_data {
+    dg_dataset ds;
+    dg_partition part;
+} small_data;
+
+static inline void small_data_make(small_data *d, size_t n, uint64_t seed, int workers)
+{
+    make_data(&d->ds, n, seed);
+    CHECK_OK(dg_partition_iid(&d->part, d->ds.n, workers, 5));
+}
+
+static inline void small_data_free(small_data *d)
+{
+    dg_partition_free(&d->part);
+    dg_dataset_free(&d->ds);
 }
 
 /* n workers on the small MLP GAN of these tests (8x8 grey images, z of 16,

@@ -343,22 +343,20 @@ TEST(codec_options_parse_strictly)
    does not fit (top-k on batches, FL-GAN traffic). */
 TEST(mdgan_codecs_count_fewer_wire_bytes)
 {
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_mdgan_run *run;
     dg_mdgan_config c = small_config(3);
     const int I = 4;
     uint64_t b, d;
     int n, it, acgan;
-    make_data(&ds, 96, 1);
+    small_data_make(&data, 96, 1, 3);
     b = (uint64_t)c.batch;
     d = 64;
-    CHECK_OK(dg_partition_iid(&part, ds.n, 3, 5));
     c.codec.batch.kind = DG_CODEC_INT8;
     c.codec.feedback.kind = DG_CODEC_F16;
     for (acgan = 0; acgan <= 1; acgan++) {
         c.n_classes = acgan ? 4 : 0; /* the labels travel as int32, uncoded */
-        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
         for (it = 0; it < I; it++) CHECK_OK(dg_mdgan_run_iteration(run));
         for (n = 1; n <= 3; n++) {
             dg_traffic down = dg_transport_traffic(dg_mdgan_run_transport(run), 0, n);
@@ -375,32 +373,31 @@ TEST(mdgan_codecs_count_fewer_wire_bytes)
     }
     c.n_classes = 0;
     c.codec.batch.kind = DG_CODEC_TOPK;
-    CHECK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0) == DG_ERR_ARG &&
+    CHECK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0) ==
+              DG_ERR_ARG &&
           strstr(dg_last_error(), "absolute values"));
     c.codec.batch.kind = DG_CODEC_NONE;
     c.codec.upload.kind = DG_CODEC_F16;
-    CHECK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0) == DG_ERR_ARG &&
+    CHECK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0) ==
+              DG_ERR_ARG &&
           strstr(dg_last_error(), "FL-GAN traffic"));
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 /* A swap with f16 θ: the DISC payload is the f16 size of D's tensors. */
 TEST(mdgan_swap_f16_halves_the_swap)
 {
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_mdgan_run *run[2];
     dg_mdgan_config c = small_config(3);
     uint64_t p2p[2];
     int v, it;
-    make_data(&ds, 96, 2);
+    small_data_make(&data, 96, 2, 3);
     c.local_epochs = 1;
     c.swap_every = 2;
-    CHECK_OK(dg_partition_iid(&part, ds.n, 3, 5));
     for (v = 0; v < 2; v++) {
         c.codec.swap.kind = v ? DG_CODEC_F16 : DG_CODEC_NONE;
-        CHECK_OK(dg_mdgan_run_create(&run[v], &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        CHECK_OK(dg_mdgan_run_create(&run[v], &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
         for (it = 0; it < 5; it++) CHECK_OK(dg_mdgan_run_iteration(run[v]));
         p2p[v] = 0;
         for (it = 1; it <= 3; it++)
@@ -410,8 +407,7 @@ TEST(mdgan_swap_f16_halves_the_swap)
     /* 2 swaps x 3 workers; f16 = half the floats + 16 + 4 per tensor per part */
     CHECK(p2p[0] > 0 && p2p[1] * 2 > p2p[0] && p2p[1] * 2 < p2p[0] + 6 * 3 * 200);
     for (v = 0; v < 2; v++) dg_mdgan_run_free(run[v]);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 /* FL-GAN: top-k uploads of deltas send about 8 c |model| bytes instead of
@@ -420,16 +416,14 @@ TEST(mdgan_swap_f16_halves_the_swap)
 TEST(flgan_delta_uploads)
 {
     enum { N = 3 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_flgan_run *run[3];
     dg_flgan_config c = small_flgan_config(N, 2);
     uint64_t up[3], down[3];
     int v, it;
     size_t i, np;
     double diff = 0, ref = 0;
-    make_data(&ds, 96, 3);
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    small_data_make(&data, 96, 3, N);
     for (v = 0; v < 3; v++) {
         memset(&c.codec, 0, sizeof c.codec);
         if (v == 1) c.codec.upload.kind = DG_CODEC_F16;
@@ -437,7 +431,7 @@ TEST(flgan_delta_uploads)
             c.codec.upload = codec(DG_CODEC_TOPK, 0.01f, 0);
             c.codec.download.kind = DG_CODEC_F16;
         }
-        CHECK_OK(dg_flgan_run_create(&run[v], &c, pool2, &ds, &part, NULL, 0));
+        CHECK_OK(dg_flgan_run_create(&run[v], &c, pool2, &data.ds, &data.part, NULL, 0));
         for (it = 0; it < 3; it++) CHECK_OK(dg_flgan_run_round(run[v]));
         up[v] = dg_transport_traffic(dg_flgan_run_transport(run[v]), DG_ANY_PEER, 0).payload_bytes;
         down[v] = dg_transport_traffic(dg_flgan_run_transport(run[v]), 0, DG_ANY_PEER).payload_bytes;
@@ -458,8 +452,7 @@ TEST(flgan_delta_uploads)
        agree to far better than the weights' size */
     CHECK(diff > 0 && diff < 1e-4 * ref);
     for (v = 0; v < 3; v++) dg_flgan_run_free(run[v]);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 static int refs_equal_by_hand(const dg_flgan_server *s, const dg_flgan_worker *w)
@@ -491,20 +484,18 @@ static int refs_agree(dg_flgan_run *run, int n)
 TEST(flgan_download_deltas_keep_references_equal)
 {
     enum { N = 3, R = 5 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_flgan_run *run;
     dg_flgan_config c = small_flgan_config(N, 2);
     int v, it, n, agree = 1;
-    make_data(&ds, 96, 3);
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    small_data_make(&data, 96, 3, N);
     for (v = 0; v < 2; v++) {
         uint64_t down0 = 0, down = 0, dense;
         dg_transport *t;
         c.codec.upload = codec(DG_CODEC_TOPK, 0.1f, 0);
         c.codec.download = v ? codec(DG_CODEC_IBM, 0, 0) : codec(DG_CODEC_TOPK, 0.1f, 0);
         c.fraction = v ? 0.67f : 0.0f;
-        CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
+        CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0));
         t = dg_flgan_run_transport(run);
         dense = 4 * dg_flgan_run_server(run)->ref_len;
         for (it = 0; it < R; it++) {
@@ -520,8 +511,7 @@ TEST(flgan_download_deltas_keep_references_equal)
         CHECK(isfinite(dg_flgan_server_stats(dg_flgan_run_server(run))->g_loss));
         dg_flgan_run_free(run);
     }
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 /* Top-k at C = 1 sends all of global - ref_n: a worker that missed rounds
@@ -531,8 +521,7 @@ TEST(flgan_download_deltas_keep_references_equal)
 TEST(flgan_download_deltas_at_c1_catch_up)
 {
     enum { N = 3, R = 6 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_flgan_run *run;
     dg_flgan_config c = small_flgan_config(N, 2);
     dg_flgan_server *s;
@@ -541,11 +530,10 @@ TEST(flgan_download_deltas_at_c1_catch_up)
     int it, n, stale = 0, ok = 1;
     size_t inexact = 0, deltas = 0;
     size_t i, len;
-    make_data(&ds, 96, 3);
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    small_data_make(&data, 96, 3, N);
     c.codec.download = codec(DG_CODEC_TOPK, 1.0f, 0);
     c.fraction = 0.34f;
-    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0));
     s = dg_flgan_run_server(run);
     len = s->ref_len;
     g = (float *)malloc(4 * len);
@@ -575,8 +563,7 @@ TEST(flgan_download_deltas_at_c1_catch_up)
     free(g);
     free(old);
     dg_flgan_run_free(run);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 /* The server and one worker by hand: the first download is dense, the
@@ -673,27 +660,25 @@ static void flgan_roles_load(dg_flgan_run *r, int n_workers, unsigned char **buf
 TEST(flgan_coded_resume_is_exact)
 {
     enum { N = 3 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_flgan_config c = small_flgan_config(N, 2), plain;
     dg_flgan_run *a, *b, *r2;
     unsigned char *buf[N + 1] = {NULL};
     size_t len[N + 1];
     int it, n;
-    make_data(&ds, 96, 9);
+    small_data_make(&data, 96, 9, N);
     c.seed = 4;
     c.codec.upload = codec(DG_CODEC_TOPK, 0.05f, 0);
     c.codec.download = codec(DG_CODEC_TOPK, 0.05f, 0);
     plain = c;
     memset(&plain.codec, 0, sizeof plain.codec);
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-    CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &data.ds, &data.part, NULL, 0));
     for (it = 0; it < 4; it++) CHECK_OK(dg_flgan_run_round(a));
-    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &data.ds, &data.part, NULL, 0));
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(b));
     flgan_roles_save(b, N, buf, len);
     dg_flgan_run_free(b);
-    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &data.ds, &data.part, NULL, 0));
     flgan_roles_load(r2, N, buf, len);
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));
     CHECK(same_params(dg_flgan_server_generator(dg_flgan_run_server(a)),
@@ -702,14 +687,14 @@ TEST(flgan_coded_resume_is_exact)
                       dg_flgan_server_discriminator(dg_flgan_run_server(r2))));
     dg_flgan_run_free(r2);
     /* the same without the codec state: residuals restart at zero, another model */
-    CHECK_OK(dg_flgan_run_create(&r2, &plain, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&r2, &plain, pool2, &data.ds, &data.part, NULL, 0));
     CHECK(dg_flgan_server_load_mem(dg_flgan_run_server(r2), buf[0], len[0]) == DG_ERR_CONFIG);
     CHECK(strstr(dg_last_error(), "download references"));
     CHECK(dg_flgan_worker_load_mem(dg_flgan_run_worker(r2, 1), buf[1], len[1]) == DG_ERR_CONFIG);
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(r2));
     flgan_roles_save(r2, N, buf, len);
     dg_flgan_run_free(r2);
-    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &data.ds, &data.part, NULL, 0));
     flgan_roles_load(r2, N, buf, len);
     for (n = 1; n <= N; n++) CHECK(dg_flgan_run_server(r2)->ref_round[n] == -1);
     {
@@ -722,8 +707,7 @@ TEST(flgan_coded_resume_is_exact)
     for (n = 0; n <= N; n++) free(buf[n]);
     dg_flgan_run_free(r2);
     dg_flgan_run_free(a);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 /* A worker coding its feedback while the server expects float32: the

@@ -139,20 +139,18 @@ TEST(mdgan_traffic_matches_formulas)
 {
     int acgan;
     for (acgan = 0; acgan <= 1; acgan++) {
-        dg_dataset ds;
-        dg_partition part;
+        small_data data;
         dg_mdgan_run *run;
         dg_mdgan_config c = small_config(3);
         const int I = 3;
         uint64_t b, d;
         int n, it;
-        make_data(&ds, 96, 1);
+        small_data_make(&data, 96, 1, 3);
         c.k = 2;
         c.n_classes = acgan ? 4 : 0;
         b = (uint64_t)c.batch;
         d = 64;
-        CHECK_OK(dg_partition_iid(&part, ds.n, 3, 5));
-        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
         for (it = 0; it < I; it++) CHECK_OK(dg_mdgan_run_iteration(run));
         for (n = 1; n <= 3; n++) {
             dg_traffic down = dg_transport_traffic(dg_mdgan_run_transport(run), 0, n);
@@ -168,8 +166,7 @@ TEST(mdgan_traffic_matches_formulas)
                   up.payload_bytes); /* no swap: nothing worker to worker */
         }
         dg_mdgan_run_free(run);
-        dg_partition_free(&part);
-        dg_dataset_free(&ds);
+        small_data_free(&data);
     }
 }
 
@@ -180,20 +177,18 @@ TEST(swap_is_derangement_and_counts_theta)
     int with_opt;
     for (with_opt = 0; with_opt <= 1; with_opt++) {
         enum { N = 5 };
-        dg_dataset ds;
-        dg_partition part;
+        small_data data;
         dg_mdgan_run *run;
         dg_mdgan_config c = small_config(N);
         float *snap[N + 1];
         size_t np = 0;
         int n, m, rounds, source[N + 1], used[N + 1] = {0}, it;
         dg_transport *t;
-        make_data(&ds, 80, 2);
+        small_data_make(&data, 80, 2, N);
         c.local_epochs = 1;
         c.swap_every = 2;
         c.swap_optimizer = with_opt;
-        CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
         t = dg_mdgan_run_transport(run);
         for (it = 0; it < 2; it++) CHECK_OK(dg_mdgan_run_iteration(run));
         CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->swaps == 1);
@@ -230,16 +225,14 @@ TEST(swap_is_derangement_and_counts_theta)
         CHECK_OK(dg_mdgan_run_iteration(run));
         CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_live == N);
         dg_mdgan_run_free(run);
-        dg_partition_free(&part);
-        dg_dataset_free(&ds);
+        small_data_free(&data);
     }
 }
 
 /* An in-process FL-GAN run of c (with its crashes) on make_data(n, seed) in
    i.i.d. shards, and what it is built on */
 typedef struct fl_fixture {
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_flgan_run *run;
 } fl_fixture;
 
@@ -247,17 +240,15 @@ static dg_flgan_run *fl_start(fl_fixture *f, const dg_flgan_config *c, size_t n,
                               const dg_fault *crash, int n_crash)
 {
     memset(f, 0, sizeof *f);
-    make_data(&f->ds, n, seed);
-    CHECK_OK(dg_partition_iid(&f->part, f->ds.n, c->n_workers, 5));
-    CHECK_OK(dg_flgan_run_create(&f->run, c, pool2, &f->ds, &f->part, crash, n_crash));
+    small_data_make(&f->data, n, seed, c->n_workers);
+    CHECK_OK(dg_flgan_run_create(&f->run, c, pool2, &f->data.ds, &f->data.part, crash, n_crash));
     return f->run;
 }
 
 static void fl_end(fl_fixture *f)
 {
     dg_flgan_run_free(f->run);
-    dg_partition_free(&f->part);
-    dg_dataset_free(&f->ds);
+    small_data_free(&f->data);
 }
 
 TEST(flgan_traffic_matches_formulas)
@@ -378,22 +369,20 @@ TEST(standalone_equivalence_n1)
 {
     int variant;
     for (variant = 0; variant < 4; variant++) {
-        dg_dataset ds;
-        dg_partition part;
+        small_data data;
         dg_mdgan_run *run;
         dg_mdgan_config c = small_config(1);
         float *gs, *dsp;
         const uint32_t *idx;
         size_t count;
         int it;
-        make_data(&ds, 40, 5);
+        small_data_make(&data, 40, 5, 1);
         c.n_classes = variant == 1 ? 4 : 0;
         c.arch = variant == 2 ? DG_ARCH_DCGAN : DG_ARCH_MLP;
         c.saturating = variant == 3;
-        CHECK_OK(dg_partition_iid(&part, ds.n, 1, 5));
-        idx = dg_partition_worker(&part, 0, &count);
-        standalone(&c, &ds, idx, count, 6, &gs, &dsp);
-        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+        idx = dg_partition_worker(&data.part, 0, &count);
+        standalone(&c, &data.ds, idx, count, 6, &gs, &dsp);
+        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
         for (it = 0; it < 6; it++) CHECK_OK(dg_mdgan_run_iteration(run));
         {
             dg_net *g = dg_mdgan_server_generator(dg_mdgan_run_server(run));
@@ -408,8 +397,7 @@ TEST(standalone_equivalence_n1)
         free(gs);
         free(dsp);
         dg_mdgan_run_free(run);
-        dg_partition_free(&part);
-        dg_dataset_free(&ds);
+        small_data_free(&data);
     }
 }
 
@@ -418,20 +406,18 @@ TEST(standalone_equivalence_n1)
 static void run_params(dg_pool *pool, int iters, float **g_out, float **d_out, size_t *nd)
 {
     enum { N = 4 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_mdgan_run *run;
     dg_mdgan_config c = small_config(N);
     size_t ng;
     int it, n;
-    make_data(&ds, 96, 6);
+    small_data_make(&data, 96, 6, N);
     c.k = DG_MDGAN_K_LOG2; /* 2 */
     c.disc_steps = 2;
     c.n_classes = 4;
     c.local_epochs = 1;
     c.swap_every = 2;
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-    CHECK_OK(dg_mdgan_run_create(&run, &c, pool, &ds, &part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_run_create(&run, &c, pool, &data.ds, &data.part, NULL, 0, NULL, 0));
     for (it = 0; it < iters; it++) CHECK_OK(dg_mdgan_run_iteration(run));
     ng = dg_net_param_count(dg_mdgan_server_generator(dg_mdgan_run_server(run)));
     *nd = dg_net_param_count(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, 1)));
@@ -442,8 +428,7 @@ static void run_params(dg_pool *pool, int iters, float **g_out, float **d_out, s
         memcpy(*d_out + (n - 1) * *nd,
                dg_net_params(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, n))), 4 * *nd);
     dg_mdgan_run_free(run);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 TEST(same_bits_on_1_and_2_threads)
@@ -486,21 +471,19 @@ static void test_log(void *user, const char *line)
 TEST(crash_and_join)
 {
     enum { N = 4 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_mdgan_run *run;
     dg_mdgan_config c = small_config(N);
     dg_fault crash[2] = {{2, 3}, {4, 5}}, join[1] = {{5, 7}};
     int live[12], it;
     dg_net *g;
     float before;
-    make_data(&ds, 100, 7);
+    small_data_make(&data, 100, 7, N + 1); /* slot 5 joins later */
     c.local_epochs = 1;
     c.swap_every = 2; /* swaps with crashed and joining workers around */
     c.log = test_log;
     log_text[0] = 0;
-    CHECK_OK(dg_partition_iid(&part, ds.n, N + 1, 5)); /* slot 5 joins later */
-    CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, crash, 2, join, 1));
+    CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, crash, 2, join, 1));
     g = dg_mdgan_server_generator(dg_mdgan_run_server(run));
     for (it = 0; it < 12; it++) {
         before = dg_net_params(g)[0];
@@ -519,8 +502,7 @@ TEST(crash_and_join)
     CHECK(strstr(log_text, "worker 2 missed the feedback barrier, dropped") != NULL);
     CHECK(strstr(log_text, "worker 5 joins") != NULL);
     dg_mdgan_run_free(run);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 TEST(flgan_crash_continues)
@@ -567,20 +549,18 @@ static int copy_file(const char *from, const char *to)
 TEST(checkpoint_resume_is_exact)
 {
     enum { N = 3 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_mdgan_config c = small_config(N);
     dg_mdgan_run *a, *b, *r2;
     int it, n;
     char srv[600], w1[600], bad[600];
-    make_data(&ds, 96, 9);
+    small_data_make(&data, 96, 9, N);
     c.local_epochs = 1;
     c.swap_every = 2;
     c.k = 2;
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-    CHECK_OK(dg_mdgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_run_create(&a, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
     for (it = 0; it < 6; it++) CHECK_OK(dg_mdgan_run_iteration(a));
-    CHECK_OK(dg_mdgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_run_create(&b, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
     for (it = 0; it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(b));
     CHECK_OK(dg_mdgan_run_save(b, tmpdir));
     dg_mdgan_run_free(b);
@@ -589,7 +569,7 @@ TEST(checkpoint_resume_is_exact)
     CHECK(strcmp(srv + strlen(tmpdir), "/server.ckpt") == 0 && strstr(w1, "/worker_1.ckpt"));
     CHECK(dg_checkpoint_path(bad, 8, tmpdir, 0, 1) == DG_ERR_ARG); /* too long: refused, not cut */
     snprintf(bad, sizeof bad, "%s", tpath("none"));
-    CHECK_OK(dg_mdgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_run_create(&r2, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
     CHECK(dg_mdgan_run_load(r2, bad) == DG_ERR_IO && strstr(dg_last_error(), "server.ckpt"));
     flip_byte(srv, 32); /* a corrupted counter is refused */
     CHECK(dg_mdgan_run_load(r2, tmpdir) == DG_ERR_CHECKSUM);
@@ -609,8 +589,7 @@ TEST(checkpoint_resume_is_exact)
     }
     dg_mdgan_run_free(a);
     dg_mdgan_run_free(r2);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 TEST(config_checks)
@@ -1142,27 +1121,25 @@ TEST(feedback_clip_is_exact)
 TEST(flgan_checkpoint_resume_is_exact)
 {
     enum { N = 3 };
-    dg_dataset ds;
-    dg_partition part;
+    small_data data;
     dg_flgan_config c = small_flgan_config(N, 3);
     dg_flgan_run *a, *b, *r2;
     unsigned char *buf[2];
     size_t len[2];
     int it;
     char srv[600], w1[600];
-    make_data(&ds, 96, 9);
+    small_data_make(&data, 96, 9, N);
     c.seed = 4;
-    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
-    CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &data.ds, &data.part, NULL, 0));
     for (it = 0; it < 4; it++) CHECK_OK(dg_flgan_run_round(a));
-    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &data.ds, &data.part, NULL, 0));
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(b));
     CHECK_OK(dg_flgan_run_save(b, tmpdir));
     dg_flgan_run_free(b);
     CHECK_OK(dg_checkpoint_path(srv, sizeof srv, tmpdir, 1, 0));
     CHECK_OK(dg_checkpoint_path(w1, sizeof w1, tmpdir, 1, 1));
     CHECK(strstr(srv, "/flgan_server.ckpt") && strstr(w1, "/flgan_worker_1.ckpt"));
-    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &ds, &part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &data.ds, &data.part, NULL, 0));
     CHECK_OK(dg_flgan_run_load(r2, tmpdir));
     for (it = 0; it < 2; it++) { /* the loaded states, in memory */
         len[it] = it ? dg_flgan_worker_save_size(dg_flgan_run_worker(r2, 1))
@@ -1207,8 +1184,7 @@ TEST(flgan_checkpoint_resume_is_exact)
     free(buf[1]);
     dg_flgan_run_free(a);
     dg_flgan_run_free(r2);
-    dg_partition_free(&part);
-    dg_dataset_free(&ds);
+    small_data_free(&data);
 }
 
 /* A worker that left rejoins at the next round with the global model. */
