@@ -199,7 +199,7 @@ static float *read_floats(const char *name, size_t *n)
 
 /* check_same_floats (harness.h) of a (na floats, malloc'd: freed here) and
    the floats of the file */
-static void check_same_as_file(const char *what, float *a, size_t na, const char *name)
+static inline void check_same_as_file(const char *what, float *a, size_t na, const char *name)
 {
     size_t nb;
     float *b = read_floats(name, &nb);
@@ -208,7 +208,7 @@ static void check_same_as_file(const char *what, float *a, size_t na, const char
     free(b);
 }
 
-static void check_same_files(const char *what, const char *name_a, const char *name_b)
+static inline void check_same_files(const char *what, const char *name_a, const char *name_b)
 {
     size_t na;
     float *a = read_floats(name_a, &na);
