@@ -5327,16 +5327,16 @@ static void dg__reorder(dg_pool *pool, const float *src, float *dst, int n, int 
 #ifdef DG__X86
 #define DG__DIRECT_TAPS 32
 
-static int dg__conv_direct_ok(dg_pool *pool, const dg__conv_geom *g)
+static int dg__conv_direct_ok(dg_pool *pool, const dg__conv_geom *g, int taps)
 {
-    return dg_pool_isa(pool) == DG_ISA_AVX512 && g->s == 1 && g->c * g->k * g->k <= DG__DIRECT_TAPS;
+    return dg_pool_isa(pool) == DG_ISA_AVX512 && g->s == 1 && g->c * g->k * g->k <= taps;
 }
 
 typedef struct dg__direct_job {
     const dg__conv_geom *g;
-    const float *img, *w, *bias;
+    const float *img, *w, *bias; /* dW: w is dy in CNHW, bias unused */
     int oc;
-    float *out;
+    float *out;                  /* dW: the weight gradient */
 } dg__direct_job;
 
 /* Lanes c0 .. c0 + 15 of an image row of iw floats, +0 outside it. */
@@ -5386,6 +5386,60 @@ static void dg__conv_direct(dg_pool *pool, const dg__conv_geom *g, const float *
     dg__direct_job j = {g, img, w, bias, oc, out};
     dg_parallel_for((size_t)g->n * oc * g->gh * g->gw >= DG__CHUNK ? pool : NULL, g->n * g->gh,
                     dg__conv_direct_task, &j);
+}
+
+/* The weight gradient of the same convolutions (<= 16 taps): dW += dy
+   cols^T.  The GEMM took dy's rows as A, the columns of taps as B and
+   added, per depth block of dg__block(grid, DG__KC) positions, the FMA
+   chain over the block's positions from +0 to dW; so does this, one vector
+   of taps per output channel, the taps of a position expanded from the
+   image's rows.  Task: 16 output channels. */
+__attribute__((target("avx512f"))) static void dg__conv_direct_dw_task(void *arg, int task,
+                                                                      int thread)
+{
+    const dg__direct_job *j = (const dg__direct_job *)arg;
+    const dg__conv_geom *g = j->g;
+    int taps = g->c * g->k * g->k, o0 = 16 * task, os = j->oc - o0 < 16 ? j->oc - o0 : 16;
+    int grid = g->n * g->gh * g->gw, kc = dg__block(grid, DG__KC, 1), n, oy, ox, ci, ky, o, pos = 0;
+    __mmask16 all = (__mmask16)((1u << taps) - 1);
+    const float *dy[16]; /* a group of fewer channels repeats its first: 16 kept in registers */
+    __m512 acc[16];
+    (void)thread;
+    for (o = 0; o < 16; o++)
+        acc[o] = _mm512_setzero_ps(), dy[o] = j->w + (size_t)(o0 + (o < os ? o : 0)) * grid;
+    for (n = 0; n < g->n; n++)
+        for (oy = 0; oy < g->gh; oy++)
+            for (ox = 0; ox < g->gw; ox++, pos++) {
+                int lo = g->p - ox > 0 ? g->p - ox : 0, hi = g->w + g->p - ox;
+                __m512 x = _mm512_setzero_ps();
+                hi = hi < g->k ? hi : g->k;
+                for (ci = 0; ci < g->c && lo < hi; ci++)
+                    for (ky = 0; ky < g->k; ky++) {
+                        int iy = oy + ky - g->p, t = (ci * g->k + ky) * g->k;
+                        if (iy < 0 || iy >= g->h) continue;
+                        x = _mm512_mask_expandloadu_ps(
+                            x, (__mmask16)(((1u << hi) - (1u << lo)) << t),
+                            j->img + (((size_t)n * g->c + ci) * g->h + iy) * g->w + ox + lo - g->p);
+                    }
+#pragma GCC unroll 16
+                for (o = 0; o < 16; o++)
+                    acc[o] = _mm512_fmadd_ps(_mm512_set1_ps(dy[o][pos]), x, acc[o]);
+                if ((pos + 1) % kc && pos + 1 < grid) continue;
+#pragma GCC unroll 16
+                for (o = 0; o < 16; o++) { /* the end of a depth block */
+                    float *d = j->out + (size_t)(o0 + o) * taps;
+                    if (o < os)
+                        _mm512_mask_storeu_ps(d, all, _mm512_add_ps(acc[o], _mm512_maskz_loadu_ps(all, d)));
+                    acc[o] = _mm512_setzero_ps();
+                }
+            }
+}
+
+static void dg__conv_direct_dw(dg_pool *pool, const dg__conv_geom *g, const float *img,
+                               const float *dy, int oc, float *dw)
+{
+    dg__direct_job j = {g, img, dy, NULL, oc, dw};
+    dg_parallel_for(pool, (oc + 15) / 16, dg__conv_direct_dw_task, &j);
 }
 #endif
 
@@ -6242,7 +6296,7 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
 #ifdef DG__X86
-        if (dg__conv_direct_ok(pool, &g)) {
+        if (dg__conv_direct_ok(pool, &g, DG__DIRECT_TAPS)) {
             dg__conv_direct(pool, &g, x, w, bias, l->oc, l->out);
             break;
         }
@@ -6301,7 +6355,12 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
         for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid, 1, 0);
-        dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
+#ifdef DG__X86
+        if (dg__conv_direct_ok(pool, &g, 16))
+            dg__conv_direct_dw(pool, &g, x, net->s_out, l->oc, dw);
+        else
+#endif
+            dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
         if (!dx) break;
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
                 net->s_cols, grid);
