@@ -545,18 +545,23 @@ static uint32_t ac__first_non_finite(const float *v, uint32_t n)
 
 /* Says whether n little-endian float32 at src are all finite, and copies
    them to dst unless dst is NULL: one pass over a packet's values, no
-   branch per value. */
+   branch per value.  The AVX-512 kernel runs backwards: a dense apply then
+   reads the values forwards, and finds the first ones still in L2. */
 #ifdef AC__AVX512
 AC__AVX512_FN static int ac__load_f32_avx512(float *dst, const unsigned char *src, uint32_t n)
 {
     const __m512i inf = _mm512_set1_epi32(0x7F800000);
     __mmask16 bad = 0;
-    uint32_t j;
-    for (j = 0; j < n; j += 16) {
-        __mmask16 k = ac__lanes(n - j);
-        __m512i x = _mm512_maskz_loadu_epi32(k, src + 4 * (size_t)j);
+    uint32_t j = n, i;
+    while (j > 0) {
+        __mmask16 k;
+        __m512i x;
+        i = j >= 16 ? j - 16 : 0;
+        k = ac__lanes(j - i);
+        x = _mm512_maskz_loadu_epi32(k, src + 4 * (size_t)i);
         bad |= _mm512_mask_cmpeq_epi32_mask(k, _mm512_and_si512(x, inf), inf);
-        if (dst) _mm512_mask_storeu_epi32(dst + j, k, x);
+        if (dst) _mm512_mask_storeu_epi32(dst + i, k, x);
+        j = i;
     }
     return !bad;
 }
@@ -1882,11 +1887,11 @@ static ac_result ac__get_values(ac__reader *r, ac_update *u, const unsigned char
     if (u->format == AC_FORMAT_F32) {
         int ok = 1;
         float x;
-        for (l = 0; l < u->layout.count; l++) {
+        for (l = u->layout.count, j = u->nnz; l-- > 0;) { /* backwards: ac__load_f32 */
             uint32_t c = u->count[l];
             int keep = raw && c == u->layout.sizes[l];
+            j -= c;
             ok &= ac__load_f32(keep ? NULL : u->value + j, r->p + 4 * (size_t)j, c, r->avx512);
-            j += c;
         }
         for (j = 0; !ok && ac__load_f32(&x, r->p + 4 * (size_t)j, 1, 0); j++) {}
         if (!ok) return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);

@@ -4261,6 +4261,39 @@ __attribute__((target("avx512f"))) static void dg__adam_avx512(
 }
 #endif
 
+/* SGD: buf = momentum buf + (g + weight decay p); p -= lr buf, with
+   h = {momentum, weight decay, lr}: bound by its five streams, so it runs
+   in the widest vectors (one wrapper per instruction set, like Adam). */
+static DG__INLINE_ALWAYS void dg__sgd_body(float *DG__RESTRICT p, const float *DG__RESTRICT g,
+                                           float *DG__RESTRICT buf, size_t n, const float *h)
+{
+    float mom = h[0], wd = h[1], lr = h[2];
+    size_t i;
+    for (i = 0; i < n; i++) {
+        buf[i] = mom * buf[i] + (g[i] + wd * p[i]);
+        p[i] -= lr * buf[i];
+    }
+}
+static void dg__sgd_scalar(float *DG__RESTRICT p, const float *DG__RESTRICT g,
+                           float *DG__RESTRICT buf, size_t n, const float *h)
+{
+    dg__sgd_body(p, g, buf, n, h);
+}
+#ifdef DG__X86
+__attribute__((target("avx2,fma"))) static void dg__sgd_avx2(
+    float *DG__RESTRICT p, const float *DG__RESTRICT g, float *DG__RESTRICT buf, size_t n,
+    const float *h)
+{
+    dg__sgd_body(p, g, buf, n, h);
+}
+__attribute__((target("avx512f"))) static void dg__sgd_avx512(
+    float *DG__RESTRICT p, const float *DG__RESTRICT g, float *DG__RESTRICT buf, size_t n,
+    const float *h)
+{
+    dg__sgd_body(p, g, buf, n, h);
+}
+#endif
+
 /* Copying packs: panel q of width w gets, at depth p < kc, the values
    src[p ps + r0 + q w + r] (times scale) for r < w, zero past `extent`.
    The source rows run along the panel width. */
@@ -4391,6 +4424,7 @@ typedef struct dg__isa_desc {
     dg__ukernel kernel;
     void (*ew)(int op, const float *a, const float *b, float *out, size_t n, const float *ks);
     void (*adam)(float *p, const float *g, float *m, float *v, size_t n, const float *h);
+    void (*sgd)(float *p, const float *g, float *buf, size_t n, const float *h);
     void (*sums)(const float *a, const float *b, size_t n, size_t planes, size_t stride, float c,
                  double *out);
     void (*pack_t)(const float *src, size_t rs, int extent, int r0, int kc, int w, int q0, int q1,
@@ -4402,13 +4436,13 @@ typedef struct dg__isa_desc {
 static const dg__isa_desc *dg__isa_get(dg_isa isa)
 {
     static const dg__isa_desc table[] = {
-        {4, 16, dg__ukernel_scalar, dg__ew_scalar, dg__adam_scalar, dg__sums_scalar,
-         dg__pack_t_scalar, dg__pack_n_scalar},
+        {4, 16, dg__ukernel_scalar, dg__ew_scalar, dg__adam_scalar, dg__sgd_scalar,
+         dg__sums_scalar, dg__pack_t_scalar, dg__pack_n_scalar},
 #ifdef DG__X86
-        {6, 16, dg__ukernel_avx2, dg__ew_avx2, dg__adam_avx2, dg__sums_avx2, dg__pack_t_scalar,
-         dg__pack_n_scalar},
-        {12, 32, dg__ukernel_avx512, dg__ew_avx512, dg__adam_avx512, dg__sums_avx512,
-         dg__pack_t_avx512, dg__pack_n_avx512},
+        {6, 16, dg__ukernel_avx2, dg__ew_avx2, dg__adam_avx2, dg__sgd_avx2, dg__sums_avx2,
+         dg__pack_t_scalar, dg__pack_n_scalar},
+        {12, 32, dg__ukernel_avx512, dg__ew_avx512, dg__adam_avx512, dg__sgd_avx512,
+         dg__sums_avx512, dg__pack_t_avx512, dg__pack_n_avx512},
 #endif
     };
     int i = (int)isa;
@@ -5283,6 +5317,132 @@ static void dg__reorder(dg_pool *pool, const float *src, float *dst, int n, int 
     dg_parallel_for((size_t)n * c * hw >= DG__CHUNK ? pool : NULL, c, dg__reorder_task, &j);
 }
 
+/* A convolution with few taps (c k k <= DG__DIRECT_TAPS, an image's first
+   layer) at stride 1, straight from the image to the NCHW output.  Through
+   the GEMM, one depth block, each output is the FMA chain over its taps in
+   (ci, ky, kx) order from +0, then dg__reorder adds the bias; with a depth
+   of 9 the packing and the reorder cost more than those products.  This
+   computes the same chains, 16 outputs of a row at a time: the same bits
+   (tests/test_layers.c, conv_direct_matches_gemm). */
+#ifdef DG__X86
+#define DG__DIRECT_TAPS 32
+
+static int dg__conv_direct_ok(dg_pool *pool, const dg__conv_geom *g, int taps)
+{
+    return dg_pool_isa(pool) == DG_ISA_AVX512 && g->s == 1 && g->c * g->k * g->k <= taps;
+}
+
+typedef struct dg__direct_job {
+    const dg__conv_geom *g;
+    const float *img, *w, *bias; /* dW: w is dy in CNHW, bias unused */
+    int oc;
+    float *out;                  /* dW: the weight gradient */
+} dg__direct_job;
+
+/* Lanes c0 .. c0 + 15 of an image row of iw floats, +0 outside it. */
+__attribute__((target("avx512f"))) static inline __m512 dg__row16(const float *row, int c0, int iw)
+{
+    int lo = c0 < 0 ? -c0 : 0, hi = iw - c0 < 16 ? iw - c0 : 16;
+    __mmask16 m;
+    if (hi <= lo) return _mm512_setzero_ps();
+    m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+    /* a row's head (padding on the left): the first lanes come from before
+       the row, so expand the row's floats into the lanes from lo on */
+    return lo ? _mm512_maskz_expandloadu_ps(m, row) : _mm512_maskz_loadu_ps(m, row + c0);
+}
+
+/* Task: one output row (n, oy) of every output channel. */
+__attribute__((target("avx512f"))) static void dg__conv_direct_task(void *arg, int task, int thread)
+{
+    const dg__direct_job *j = (const dg__direct_job *)arg;
+    const dg__conv_geom *g = j->g;
+    int n = task / g->gh, oy = task % g->gh, taps = g->c * g->k * g->k, ox, o, t, ci, ky, kx;
+    __m512 x[DG__DIRECT_TAPS];
+    (void)thread;
+    for (ox = 0; ox < g->gw; ox += 16) {
+        __mmask16 keep = g->gw - ox >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (g->gw - ox)) - 1);
+        for (t = 0, ci = 0; ci < g->c; ci++)
+            for (ky = 0; ky < g->k; ky++) {
+                int iy = oy + ky - g->p, in = iy >= 0 && iy < g->h;
+                const float *row = j->img + (((size_t)n * g->c + ci) * g->h + (in ? iy : 0)) * g->w;
+                for (kx = 0; kx < g->k; kx++, t++)
+                    x[t] = in ? dg__row16(row, ox + kx - g->p, g->w) : _mm512_setzero_ps();
+            }
+        for (o = 0; o < j->oc; o++) {
+            const float *w = j->w + (size_t)o * taps;
+            float b = j->bias ? j->bias[o] : 0.0f;
+            __m512 acc = _mm512_setzero_ps();
+            for (t = 0; t < taps; t++) acc = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), x[t], acc);
+            if (b != 0.0f) acc = _mm512_add_ps(acc, _mm512_set1_ps(b));
+            _mm512_mask_storeu_ps(j->out + (((size_t)n * j->oc + o) * g->gh + oy) * g->gw + ox,
+                                  keep, acc);
+        }
+    }
+}
+
+static void dg__conv_direct(dg_pool *pool, const dg__conv_geom *g, const float *img,
+                            const float *w, const float *bias, int oc, float *out)
+{
+    dg__direct_job j = {g, img, w, bias, oc, out};
+    dg_parallel_for((size_t)g->n * oc * g->gh * g->gw >= DG__CHUNK ? pool : NULL, g->n * g->gh,
+                    dg__conv_direct_task, &j);
+}
+
+/* The weight gradient of the same convolutions (<= 16 taps): dW += dy
+   cols^T.  The GEMM took dy's rows as A, the columns of taps as B and
+   added, per depth block of dg__block(grid, DG__KC) positions, the FMA
+   chain over the block's positions from +0 to dW; so does this, one vector
+   of taps per output channel, the taps of a position expanded from the
+   image's rows.  Task: 16 output channels. */
+__attribute__((target("avx512f"))) static void dg__conv_direct_dw_task(void *arg, int task,
+                                                                      int thread)
+{
+    const dg__direct_job *j = (const dg__direct_job *)arg;
+    const dg__conv_geom *g = j->g;
+    int taps = g->c * g->k * g->k, o0 = 16 * task, os = j->oc - o0 < 16 ? j->oc - o0 : 16;
+    int grid = g->n * g->gh * g->gw, kc = dg__block(grid, DG__KC, 1), n, oy, ox, ci, ky, o, pos = 0;
+    __mmask16 all = (__mmask16)((1u << taps) - 1);
+    const float *dy[16]; /* a group of fewer channels repeats its first: 16 kept in registers */
+    __m512 acc[16];
+    (void)thread;
+    for (o = 0; o < 16; o++)
+        acc[o] = _mm512_setzero_ps(), dy[o] = j->w + (size_t)(o0 + (o < os ? o : 0)) * grid;
+    for (n = 0; n < g->n; n++)
+        for (oy = 0; oy < g->gh; oy++)
+            for (ox = 0; ox < g->gw; ox++, pos++) {
+                int lo = g->p - ox > 0 ? g->p - ox : 0, hi = g->w + g->p - ox;
+                __m512 x = _mm512_setzero_ps();
+                hi = hi < g->k ? hi : g->k;
+                for (ci = 0; ci < g->c && lo < hi; ci++)
+                    for (ky = 0; ky < g->k; ky++) {
+                        int iy = oy + ky - g->p, t = (ci * g->k + ky) * g->k;
+                        if (iy < 0 || iy >= g->h) continue;
+                        x = _mm512_mask_expandloadu_ps(
+                            x, (__mmask16)(((1u << hi) - (1u << lo)) << t),
+                            j->img + (((size_t)n * g->c + ci) * g->h + iy) * g->w + ox + lo - g->p);
+                    }
+#pragma GCC unroll 16
+                for (o = 0; o < 16; o++)
+                    acc[o] = _mm512_fmadd_ps(_mm512_set1_ps(dy[o][pos]), x, acc[o]);
+                if ((pos + 1) % kc && pos + 1 < grid) continue;
+#pragma GCC unroll 16
+                for (o = 0; o < 16; o++) { /* the end of a depth block */
+                    float *d = j->out + (size_t)(o0 + o) * taps;
+                    if (o < os)
+                        _mm512_mask_storeu_ps(d, all, _mm512_add_ps(acc[o], _mm512_maskz_loadu_ps(all, d)));
+                    acc[o] = _mm512_setzero_ps();
+                }
+            }
+}
+
+static void dg__conv_direct_dw(dg_pool *pool, const dg__conv_geom *g, const float *img,
+                               const float *dy, int oc, float *dw)
+{
+    dg__direct_job j = {g, img, dy, NULL, oc, dw};
+    dg_parallel_for(pool, (oc + 15) / 16, dg__conv_direct_dw_task, &j);
+}
+#endif
+
 /* ==== dg_net ==== */
 
 /* batchnorm's defaults, PyTorch's */
@@ -6135,6 +6295,12 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     case DG_LAYER_CONV2D: {
         dg__conv_geom g = {nb, l->ic, l->ih, l->iw, k, l->d.stride, l->d.pad, l->oh, l->ow};
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
+#ifdef DG__X86
+        if (dg__conv_direct_ok(pool, &g, DG__DIRECT_TAPS)) {
+            dg__conv_direct(pool, &g, x, w, bias, l->oc, l->out);
+            break;
+        }
+#endif
         dg__gemm_cols(pool, 0, 0, l->oc, grid, kdim, w, kdim, &g, x, 0.0f, net->s_out, grid);
         dg__reorder(pool, net->s_out, l->out, nb, l->oc, (size_t)l->oh * l->ow, 0, bias);
         break;
@@ -6189,7 +6355,12 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         int grid = nb * l->oh * l->ow, kdim = l->ic * k * k;
         dg__reorder(pool, dy, net->s_out, nb, l->oc, (size_t)l->oh * l->ow, 1, NULL);
         for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, net->s_out + (size_t)c * grid, (size_t)grid, 1, 0);
-        dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
+#ifdef DG__X86
+        if (dg__conv_direct_ok(pool, &g, 16))
+            dg__conv_direct_dw(pool, &g, x, net->s_out, l->oc, dw);
+        else
+#endif
+            dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
         if (!dx) break;
         dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
                 net->s_cols, grid);
@@ -6409,25 +6580,9 @@ static void dg__optim_task(void *arg, int task, int thread)
     (void)thread;
     if (o->kind == DG_OPTIM_ADAM) {
         dg__isa_get(j->isa)->adam(j->p + i, j->g + i, o->state + i, o->state + o->n + i, e - i, j->hyper);
-        return;
-    }
-    { /* SGD: buf = momentum buf + g; p -= lr buf.  Blocks of 16 through
-         restrict pointers, so that GCC vectorises it at -O2 (same bits) */
-        float *DG__RESTRICT p = j->p, *DG__RESTRICT buf = o->state;
-        const float *DG__RESTRICT gr = j->g;
-        float wd = o->weight_decay, mom = o->momentum, lr = o->lr;
-        size_t t;
-        int k;
-        for (; i + 16 <= e; i += 16)
-            for (k = 0; k < 16; k++) {
-                t = i + (size_t)k;
-                buf[t] = mom * buf[t] + (gr[t] + wd * p[t]);
-                p[t] -= lr * buf[t];
-            }
-        for (; i < e; i++) {
-            buf[i] = mom * buf[i] + (gr[i] + wd * p[i]);
-            p[i] -= lr * buf[i];
-        }
+    } else {
+        float h[3] = {o->momentum, o->weight_decay, o->lr};
+        dg__isa_get(j->isa)->sgd(j->p + i, j->g + i, o->state + i, e - i, h);
     }
 }
 

@@ -493,6 +493,105 @@ TEST(conv_agrees_across_isas)
     dg_pool_destroy(pl);
 }
 
+/* A convolution with few taps at stride 1 runs directly from the image on
+   AVX-512 (an image's first layer): its output must be the bits of the
+   GEMM it replaces, here on an explicit im2col matrix, the bias added as
+   the GEMM path adds it (not at all when it is +-0).  Inputs with zeros and
+   -0, biases 0, -0 and others; rows of 1 to 3 vectors with tails; pads 0
+   to 2 (lanes expanded at a row's head).  With <= 16 taps the weight
+   gradient too is direct: the bits of the GEMM's dW += dy cols^T (for
+   implicit columns always its packed path: per depth block of
+   dg__block(grid, DG__KC = 256) positions, the FMA chain from +0 over the
+   block, added to dW; fmaf here), over two backward passes, and with 32
+   channels also the bits of dg_gemm on the explicit columns. */
+static void conv_direct_compare(dg_pool *pl, int n, int ci, int h, int w, int co, int k, int p)
+{
+    int oh = h + 2 * p - k + 1, ow = w + 2 * p - k + 1, kdim = ci * k * k, grid = n * oh * ow;
+    int a, c, u, v, o, i, j;
+    size_t nx = (size_t)n * ci * h * w, ny = (size_t)n * co * oh * ow, q;
+    float *x = make_input(nx, 11, 0), *cols = calloc((size_t)kdim * grid, 4);
+    float *ref = malloc(ny * 4), *prod = malloc((size_t)co * grid * 4), *wt, *bias;
+    const float *y;
+    dg_net *net;
+    for (q = 0; q < nx; q += 7) x[q] = q % 2 ? 0.0f : -0.0f;
+    CHECK_OK(dg_net_create(&net, ci, h, w));
+    CHECK_OK(dg_net_conv2d(net, co, k, 1, p));
+    CHECK_OK(dg_net_plan(net, pl, n));
+    CHECK_OK(dg_net_init(net, 12, 0.0f));
+    wt = dg_net_params(net), bias = wt + (size_t)co * kdim;
+    for (o = 0; o < co; o++) bias[o] = o % 3 == 0 ? 0.0f : o % 3 == 1 ? -0.0f : 0.25f * (float)o;
+    for (a = 0; a < n; a++)
+        for (c = 0; c < ci; c++)
+            for (u = 0; u < k; u++)
+                for (v = 0; v < k; v++)
+                    for (i = 0; i < oh; i++)
+                        for (j = 0; j < ow; j++) {
+                            int iy = i + u - p, ix = j + v - p;
+                            if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                                cols[(size_t)((c * k + u) * k + v) * grid + (a * oh + i) * ow + j] =
+                                    x[((size_t)(a * ci + c) * h + iy) * w + ix];
+                        }
+    CHECK_OK(dg_gemm(pl, 0, 0, co, grid, kdim, 1.0f, wt, kdim, cols, grid, 0.0f, prod, grid));
+    for (a = 0; a < n; a++)
+        for (o = 0; o < co; o++)
+            for (i = 0; i < oh * ow; i++) {
+                float z = prod[(size_t)o * grid + a * oh * ow + i];
+                ref[((size_t)a * co + o) * oh * ow + i] = bias[o] == 0.0f ? z : z + bias[o];
+            }
+    CHECK_OK(dg_net_forward(net, x, n, 1, &y));
+    CHECK(memcmp(y, ref, ny * 4) == 0);
+    { /* dy in CNHW (the GEMM's A) from an NCHW dy */
+        float *dy = make_input(ny, 13, 0), *dyc = malloc(ny * 4), *dw = calloc((size_t)co * kdim, 4);
+        for (a = 0; a < n; a++)
+            for (o = 0; o < co; o++)
+                memcpy(dyc + (size_t)o * grid + a * oh * ow, dy + ((size_t)a * co + o) * oh * ow,
+                       (size_t)oh * ow * 4);
+        float *dwg = calloc((size_t)co * kdim, 4);
+        int blocks = (grid + 255) / 256, kc = (grid + blocks - 1) / blocks, b0, b;
+        for (a = 0; a < n; a++)
+            for (o = 0; o < co; o++)
+                memcpy(dyc + (size_t)o * grid + a * oh * ow, dy + ((size_t)a * co + o) * oh * ow,
+                       (size_t)oh * ow * 4);
+        dg_net_zero_grad(net);
+        for (i = 0; i < 2; i++) {
+            CHECK_OK(dg_net_backward(net, dy, NULL));
+            for (o = 0; o < co; o++)
+                for (j = 0; j < kdim; j++)
+                    for (b0 = 0; b0 < grid; b0 += kc) {
+                        float acc = 0.0f;
+                        for (b = b0; b < grid && b < b0 + kc; b++)
+                            acc = fmaf(dyc[(size_t)o * grid + b], cols[(size_t)j * grid + b], acc);
+                        dw[o * kdim + j] += acc;
+                    }
+            CHECK(memcmp(dg_net_grads(net), dw, (size_t)co * kdim * 4) == 0);
+            if (co == 32) {
+                CHECK_OK(dg_gemm(pl, 0, 1, co, kdim, grid, 1.0f, dyc, grid, cols, grid, 1.0f, dwg, kdim));
+                CHECK(memcmp(dwg, dw, (size_t)co * kdim * 4) == 0);
+            }
+        }
+        free(dy), free(dyc), free(dw), free(dwg);
+    }
+    free(x), free(cols), free(ref), free(prod);
+    dg_net_free(net);
+}
+
+TEST(conv_direct_matches_gemm)
+{
+    dg_pool *pl;
+    int threads;
+    for (threads = 1; threads <= 2; threads++) {
+        CHECK_OK(dg_pool_create(&pl, threads));
+        conv_direct_compare(pl, 10, 1, 28, 28, 32, 3, 1); /* the AdaComp CNN's first layer */
+        conv_direct_compare(pl, 3, 3, 11, 9, 5, 3, 2);
+        conv_direct_compare(pl, 2, 2, 8, 37, 4, 4, 1);
+        conv_direct_compare(pl, 1, 1, 5, 40, 3, 5, 0);
+        conv_direct_compare(pl, 2, 1, 6, 17, 2, 5, 2);
+        conv_direct_compare(pl, 3, 1, 13, 21, 20, 4, 2); /* 16 taps, 2 tasks of channels */
+        conv_direct_compare(pl, 1, 1, 70, 70, 3, 3, 1);  /* dW over several depth blocks */
+        dg_pool_destroy(pl);
+    }
+}
+
 /* 2 x 2, stride 2 max-pooling on every ISA against direct loops: the
    maximum of each window, and its gradient routed to the first maximum in
    scan order (values from a small set, +-0 included, so that ties are the
@@ -909,6 +1008,7 @@ int main(void)
     RUN(bad_layer_configs);
     RUN(grad_without_bias);
     RUN(leaky_relu_any_slope);
+    RUN(conv_direct_matches_gemm);
     RUN(batchnorm_eps_and_momentum);
     RUN(maxpool_stride_zero_is_the_kernel);
     RUN(layer_info);
