@@ -13540,14 +13540,22 @@ static dg_result dg__send_control(dg_transport *t, int type, int from, int to, i
     return dg__send_copy(t, type, from, to, it, aux, 0, NULL, NULL, NULL, NULL);
 }
 
-/* ---- the server's roster ----
+/* ---- the server core: its roster ----
    MD-GAN's iteration and FL-GAN's round are the same barrier: the server
    sends to every live worker (FeGAN: to the chosen ones), then waits for
    one answer from each it asked; a worker it cannot reach, that misses the
    deadline or that the driver drops leaves the live set (N_live) and the
    round completes without it.  Asynchronous MD-GAN keeps a worker asked,
-   and its answer held, across iterations until the answer is used. */
+   and its answer held, across iterations until the answer is used.  The
+   roster is all the two servers share: with the transport, the deadline
+   and the server it belongs to, the barrier loops, the drivers and the
+   public functions alike (poll, stop, is_live, missing, add_worker's
+   check) serve both algorithms through it. */
 typedef struct dg__roster {
+    dg_transport *t;
+    void *server;            /* the dg_mdgan_server or dg_flgan_server (flgan) */
+    int flgan;
+    int barrier_ms;          /* cfg.barrier_timeout_ms */
     int slots;               /* worker ids 1..slots */
     char *live;              /* per slot 0..slots */
     char *asked;             /* per slot: its answer is awaited */
@@ -13562,9 +13570,24 @@ typedef struct dg__roster {
     void *log_user;
 } dg__roster;
 
-static dg_result dg__roster_init(dg__roster *ro, int slots, int n_live)
+/* The roster of server (flgan: FL-GAN's) on t: slots worker slots, the
+   first n_live live; number and n_dropped point into the server (its
+   iteration or round, its statistics); log and the deadline from cfg. */
+static dg_result dg__roster_init(dg__roster *ro, void *server, int flgan, dg_transport *t,
+                                 int slots, int n_live, const int64_t *number, int *n_dropped,
+                                 int barrier_ms, void (*log)(void *, const char *), void *log_user)
 {
     int n;
+    ro->t = t;
+    ro->server = server;
+    ro->flgan = flgan;
+    ro->barrier_ms = barrier_ms;
+    ro->unit = flgan ? "round" : "iteration";
+    ro->answer = flgan ? "model" : "feedback";
+    ro->number = number;
+    ro->n_dropped = n_dropped;
+    ro->log = log;
+    ro->log_user = log_user;
     ro->slots = slots;
     ro->live = (char *)dg__calloc((size_t)slots + 1, 1);
     ro->asked = (char *)dg__calloc((size_t)slots + 1, 1);
@@ -13575,11 +13598,11 @@ static dg_result dg__roster_init(dg__roster *ro, int slots, int n_live)
 }
 
 /* Frees the answers of the open round (if any) and closes it. */
-static void dg__roster_clear(dg__roster *ro, dg_transport *t)
+static void dg__roster_clear(dg__roster *ro)
 {
     int n;
     for (n = 0; ro->got && n <= ro->slots; n++) {
-        dg_msg_free(t, ro->got[n]);
+        dg_msg_free(ro->t, ro->got[n]);
         ro->got[n] = NULL;
         ro->asked[n] = 0;
     }
@@ -13587,9 +13610,9 @@ static void dg__roster_clear(dg__roster *ro, dg_transport *t)
     ro->missing = 0;
 }
 
-static void dg__roster_free(dg__roster *ro, dg_transport *t)
+static void dg__roster_free(dg__roster *ro)
 {
-    dg__roster_clear(ro, t);
+    dg__roster_clear(ro);
     dg__free(ro->live);
     dg__free(ro->asked);
     dg__free(ro->got);
@@ -13598,6 +13621,14 @@ static void dg__roster_free(dg__roster *ro, dg_transport *t)
 static int dg__roster_is_live(const dg__roster *ro, int id)
 {
     return id >= 1 && id <= ro->slots && ro->live[id];
+}
+
+/* add_worker's check (ro NULL: no server): slot id is free for a worker. */
+static dg_result dg__roster_vacant(const dg__roster *ro, int id, const char *fn)
+{
+    if (!ro || id < 1 || id > ro->slots || ro->live[id])
+        return dg__fail(DG_ERR_ARG, "%s: slot %d is not free", fn, id);
+    return DG_OK;
 }
 
 /* The live worker ids in order into ids[0..cap); returns how many. */
@@ -13690,18 +13721,81 @@ static int dg__roster_drop(dg__roster *ro, int id, const char *why, const char *
     return dg__roster_leave(ro, id);
 }
 
+/* The server a roster belongs to reacts to one message, closes its round
+   or drops a worker (the public functions, whichever algorithm it runs). */
+static dg_result dg__roster_handle(dg__roster *ro, dg_msg *m)
+{
+    return ro->flgan ? dg_flgan_server_handle((dg_flgan_server *)ro->server, m)
+                     : dg_mdgan_server_handle((dg_mdgan_server *)ro->server, m);
+}
+
+static dg_result dg__roster_expire(dg__roster *ro)
+{
+    return ro->flgan ? dg_flgan_server_expire((dg_flgan_server *)ro->server)
+                     : dg_mdgan_server_expire((dg_mdgan_server *)ro->server);
+}
+
+static dg_result dg__roster_dismiss(dg__roster *ro, int id, const char *why)
+{
+    return ro->flgan ? dg_flgan_server_drop_worker((dg_flgan_server *)ro->server, id, why)
+                     : dg_mdgan_server_drop_worker((dg_mdgan_server *)ro->server, id, why);
+}
+
 /* STOP to every live worker. */
-static dg_result dg__roster_stop(const dg__roster *ro, dg_transport *t)
+static dg_result dg__roster_stop(const dg__roster *ro)
 {
     dg_result r = DG_OK;
     int n;
     for (n = 1; n <= ro->slots; n++) { /* one worker's failed send spares no other its STOP */
-        dg_result e = ro->live[n] ? dg__send_control(t, DG_MSG_STOP, DG_PEER_SERVER, n,
+        dg_result e = ro->live[n] ? dg__send_control(ro->t, DG_MSG_STOP, DG_PEER_SERVER, n,
                                                      *ro->number, 0)
                                   : DG_OK;
         if (r == DG_OK) r = e;
     }
     return r;
+}
+
+/* The server side of a synchronous round: handles messages while the round
+   is open; a sender whose message the role rejects is dropped (and the
+   driver told through rejected, if any); a blocking poll expires the round
+   when the barrier deadline (barrier_ms > 0 after begin) passes.
+   timeout_ms bounds the wait (0: only what is queued, < 0: until the round
+   closes). */
+static dg_result dg__barrier_poll(dg__roster *ro, int timeout_ms,
+                                  void (*rejected)(void *user, int id, const char *why),
+                                  void *user)
+{
+    double start = dg__now();
+    while (ro->open) {
+        dg_msg *m;
+        double left;
+        int wait = timeout_ms, from;
+        dg_result r;
+        if (ro->barrier_ms > 0 && timeout_ms != 0) {
+            left = ro->barrier_ms - 1e3 * (dg__now() - ro->opened);
+            if (left <= 0) return dg__roster_expire(ro);
+            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
+        }
+        if (timeout_ms > 0) {
+            left = timeout_ms - 1e3 * (dg__now() - start);
+            if (left <= 0) return DG_ERR_TIMEOUT;
+            if (wait > (int)left) wait = (int)left + 1;
+        }
+        if (dg_transport_recv(ro->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
+            if (timeout_ms == 0) return DG_ERR_TIMEOUT;
+            continue;
+        }
+        from = m->from;
+        r = dg__roster_handle(ro, m);
+        if (r == DG_ERR_FORMAT) { /* the sender's fault, not the run's */
+            char why[256];
+            snprintf(why, sizeof why, "%s", dg_last_error());
+            r = dg__roster_dismiss(ro, from, why);
+            if (rejected) rejected(user, from, why);
+        }
+        if (r != DG_OK) return r;
+    }
+    return DG_OK;
 }
 
 /* ---- MD-GAN server ---- */
@@ -13759,12 +13853,6 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
     s->cfg = *cfg;
     s->t = t;
     s->pool = pool;
-    s->ro.unit = "iteration";
-    s->ro.answer = "feedback";
-    s->ro.number = &s->iteration;
-    s->ro.n_dropped = &s->stats.n_dropped;
-    s->ro.log = cfg->log;
-    s->ro.log_user = cfg->log_user;
     s->k = dg_mdgan_k(cfg);
     s->d = cfg->c * cfg->h * cfg->w;
     s->row = cfg->z_dim + cfg->n_classes;
@@ -13785,7 +13873,9 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->use || !s->sent || !s->state0)
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
-    if (r == DG_OK) r = dg__roster_init(&s->ro, n, cfg->n_workers);
+    if (r == DG_OK)
+        r = dg__roster_init(&s->ro, s, 0, t, n, cfg->n_workers, &s->iteration, &s->stats.n_dropped,
+                            cfg->barrier_timeout_ms, cfg->log, cfg->log_user);
     if (r == DG_OK) r = dg__coder_batches(&s->batch_co, cfg, 2, 1);
     if (r == DG_OK) r = dg__coder_batches(&s->feedback_co, cfg, 1, 0);
     if (r != DG_OK) {
@@ -13800,7 +13890,7 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
 DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
 {
     if (!s) return;
-    dg__roster_free(&s->ro, s->t);
+    dg__roster_free(&s->ro);
     dg__coder_free(&s->batch_co);
     dg__coder_free(&s->feedback_co);
     dg_net_free(s->g);
@@ -14033,7 +14123,7 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
         r = dg__mdgan_update_generator(s);
         dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
     }
-    dg__roster_clear(&s->ro, s->t);
+    dg__roster_clear(&s->ro);
     return dg__mdgan_server_advance(s, n_got, r, t0);
 }
 
@@ -14237,109 +14327,24 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
     return s->cfg.quorum ? dg__mdgan_async_finish(s) : dg__mdgan_server_finish(s);
 }
 
-typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
-
-/* What a barrier loop needs of a server role (MD-GAN and FL-GAN alike). */
-typedef struct dg__server_ops {
-    dg__role_handle handle;
-    dg_result (*expire)(void *role);
-    dg_result (*drop)(void *role, int id, const char *why);
-} dg__server_ops;
-
-typedef struct dg__barrier {
-    dg_transport *t;
-    const dg__server_ops *ops;
-    void *role;
-    const dg__roster *ro;
-    int barrier_ms;
-} dg__barrier;
-
-/* The server side of a synchronous round: handles messages while the round
-   is open; a sender whose message the role rejects is dropped (and the
-   driver told through rejected, if any); a blocking poll expires the round
-   when the barrier deadline (barrier_ms > 0 after begin) passes.
-   timeout_ms bounds the wait (0: only what is queued, < 0: until the round
-   closes). */
-static dg_result dg__barrier_poll(const dg__barrier *b, int timeout_ms,
-                                  void (*rejected)(void *user, int id, const char *why),
-                                  void *user)
-{
-    double start = dg__now();
-    while (b->ro->open) {
-        dg_msg *m;
-        double left;
-        int wait = timeout_ms, from;
-        dg_result r;
-        if (b->barrier_ms > 0 && timeout_ms != 0) {
-            left = b->barrier_ms - 1e3 * (dg__now() - b->ro->opened);
-            if (left <= 0) return b->ops->expire(b->role);
-            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
-        }
-        if (timeout_ms > 0) {
-            left = timeout_ms - 1e3 * (dg__now() - start);
-            if (left <= 0) return DG_ERR_TIMEOUT;
-            if (wait > (int)left) wait = (int)left + 1;
-        }
-        if (dg_transport_recv(b->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
-            if (timeout_ms == 0) return DG_ERR_TIMEOUT;
-            continue;
-        }
-        from = m->from;
-        r = b->ops->handle(b->role, m);
-        if (r == DG_ERR_FORMAT) { /* the sender's fault, not the run's */
-            char why[256];
-            snprintf(why, sizeof why, "%s", dg_last_error());
-            r = b->ops->drop(b->role, from, why);
-            if (rejected) rejected(user, from, why);
-        }
-        if (r != DG_OK) return r;
-    }
-    return DG_OK;
-}
-
-static dg_result dg__mdgan_server_handle_any(void *s, dg_msg *m)
-{
-    return dg_mdgan_server_handle((dg_mdgan_server *)s, m);
-}
-static dg_result dg__mdgan_server_expire_any(void *s)
-{
-    return dg_mdgan_server_expire((dg_mdgan_server *)s);
-}
-static dg_result dg__mdgan_server_drop_any(void *s, int id, const char *why)
-{
-    return dg_mdgan_server_drop_worker((dg_mdgan_server *)s, id, why);
-}
-static const dg__server_ops dg__mdgan_server_ops = {
-    dg__mdgan_server_handle_any, dg__mdgan_server_expire_any, dg__mdgan_server_drop_any};
-
-static dg__barrier dg__mdgan_barrier(dg_mdgan_server *s)
-{
-    dg__barrier b = {s->t, &dg__mdgan_server_ops, s, &s->ro, s->cfg.barrier_timeout_ms};
-    return b;
-}
-
 DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
 {
-    dg__barrier b;
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
-    b = dg__mdgan_barrier(s);
-    return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
+    return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)
+             : dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
 }
 
 DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
 
 DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id)
 {
-    if (!s || id < 1 || id > s->ro.slots || s->ro.live[id])
-        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_add_worker: slot %d is not free", id);
-    s->joining[id] = 1;
-    return DG_OK;
+    dg_result r = dg__roster_vacant(s ? &s->ro : NULL, id, "dg_mdgan_server_add_worker");
+    if (r == DG_OK) s->joining[id] = 1;
+    return r;
 }
 
 DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s)
 {
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
-    return dg__roster_stop(&s->ro, s->t);
+    return s ? dg__roster_stop(&s->ro) : dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
 }
 
 DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id)
@@ -14689,6 +14694,8 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
     }
 }
 
+typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
+
 /* A worker's side: handles every message that arrives, waiting up to
    timeout_ms for the first one only. */
 static dg_result dg__drain(dg_transport *t, int self, int timeout_ms, dg__role_handle handle,
@@ -15001,14 +15008,10 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     s->cfg = *cfg;
     s->t = t;
     s->pool = pool;
-    s->ro.unit = "round";
-    s->ro.answer = "model";
-    s->ro.number = &s->round;
-    s->ro.n_dropped = &s->stats.n_dropped;
-    s->ro.log = cfg->log;
-    s->ro.log_user = cfg->log_user;
     r = dg__pair_create(&s->model, cfg, pool);
-    if (r == DG_OK) r = dg__roster_init(&s->ro, cfg->n_workers, cfg->n_workers);
+    if (r == DG_OK)
+        r = dg__roster_init(&s->ro, s, 1, t, cfg->n_workers, cfg->n_workers, &s->round,
+                            &s->stats.n_dropped, cfg->barrier_timeout_ms, cfg->log, cfg->log_user);
     if (r == DG_OK) {
         s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
         s->pick_w = (double *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(double));
@@ -15047,7 +15050,7 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
 DGDEF void dg_flgan_server_free(dg_flgan_server *s)
 {
     if (!s) return;
-    dg__roster_free(&s->ro, s->t);
+    dg__roster_free(&s->ro);
     dg__coder_free(&s->download_co);
     dg__coder_free(&s->upload_co);
     dg__pair_free(&s->model);
@@ -15172,7 +15175,7 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
     }
     for (n = 1; s->refs && n <= c->n_workers; n++) /* did it get its download? unknown */
         if (s->chosen[n] && !s->ro.got[n]) s->ref_round[n] = -1;
-    dg__roster_clear(&s->ro, s->t);
+    dg__roster_clear(&s->ro);
     s->round++;
     s->stats.rounds = s->round;
     s->stats.n_live = n_got;
@@ -15238,8 +15241,8 @@ DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const ch
 
 DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id)
 {
-    if (!s || id < 1 || id > s->ro.slots || s->ro.live[id])
-        return dg__fail(DG_ERR_ARG, "dg_flgan_server_add_worker: slot %d is not free", id);
+    dg_result r = dg__roster_vacant(s ? &s->ro : NULL, id, "dg_flgan_server_add_worker");
+    if (r != DG_OK) return r;
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
     s->ro.live[id] = 1; /* begin sends it the global model like everyone, dense */
     if (s->refs) s->ref_round[id] = -1;
@@ -15262,33 +15265,10 @@ DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id)
     return s && dg__roster_is_live(&s->ro, id);
 }
 
-static dg_result dg__flgan_server_handle_any(void *s, dg_msg *m)
-{
-    return dg_flgan_server_handle((dg_flgan_server *)s, m);
-}
-static dg_result dg__flgan_server_expire_any(void *s)
-{
-    return dg_flgan_server_expire((dg_flgan_server *)s);
-}
-static dg_result dg__flgan_server_drop_any(void *s, int id, const char *why)
-{
-    return dg_flgan_server_drop_worker((dg_flgan_server *)s, id, why);
-}
-static const dg__server_ops dg__flgan_server_ops = {
-    dg__flgan_server_handle_any, dg__flgan_server_expire_any, dg__flgan_server_drop_any};
-
-static dg__barrier dg__flgan_barrier(dg_flgan_server *s)
-{
-    dg__barrier b = {s->t, &dg__flgan_server_ops, s, &s->ro, s->cfg.barrier_timeout_ms};
-    return b;
-}
-
 DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
 {
-    dg__barrier b;
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_poll: NULL");
-    b = dg__flgan_barrier(s);
-    return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
+    return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)
+             : dg__fail(DG_ERR_ARG, "dg_flgan_server_poll: NULL");
 }
 
 /* FL-GAN checkpoints (dg__role_put): the server's round or the worker's
@@ -15380,8 +15360,7 @@ DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, si
 DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
 DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s)
 {
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
-    return dg__roster_stop(&s->ro, s->t);
+    return s ? dg__roster_stop(&s->ro) : dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
 }
 DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s) { return s ? s->model.g : NULL; }
@@ -15752,16 +15731,16 @@ static int dg__quiet(dg_transport *t)
 /* Rounds of: every worker's queue, then the server's, until the open round
    completes; when every queue is empty and the server still waits, the
    missing workers are dead and the server is told (expire). */
-static dg_result dg__local_barrier(dg__local_run *in, const dg__barrier *b)
+static dg_result dg__local_barrier(dg__local_run *in, dg__roster *ro)
 {
     dg_result e;
-    while (b->ro->open) {
+    while (ro->open) {
         dg_parallel_for(in->pool, in->slots, dg__local_task, in);
         if (in->task_error != DG_OK) return in->task_error;
-        e = dg__barrier_poll(b, 0, NULL, NULL);
+        e = dg__barrier_poll(ro, 0, NULL, NULL);
         if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
-        if (b->ro->open && dg__quiet(in->t))
-            if ((e = b->ops->expire(b->role)) != DG_OK) return e;
+        if (ro->open && dg__quiet(in->t))
+            if ((e = dg__roster_expire(ro)) != DG_OK) return e;
     }
     return DG_OK;
 }
@@ -15896,7 +15875,6 @@ DGDEF void dg_mdgan_run_free(dg_mdgan_run *r)
 
 DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
 {
-    dg__barrier b;
     dg_result e;
     int i;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_iteration: NULL");
@@ -15904,8 +15882,7 @@ DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
         if (r->joins[i].iteration == r->server->iteration)
             if ((e = dg_mdgan_server_add_worker(r->server, r->joins[i].worker)) != DG_OK) return e;
     if ((e = dg_mdgan_server_begin(r->server)) != DG_OK) return e;
-    b = dg__mdgan_barrier(r->server);
-    return dg__local_barrier(&r->in, &b);
+    return dg__local_barrier(&r->in, &r->server->ro);
 }
 
 DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
@@ -16001,12 +15978,10 @@ DGDEF void dg_flgan_run_free(dg_flgan_run *r)
 
 DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
 {
-    dg__barrier b;
     dg_result e;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_flgan_run_round: NULL");
     if ((e = dg_flgan_server_begin(r->server)) != DG_OK) return e;
-    b = dg__flgan_barrier(r->server);
-    if ((e = dg__local_barrier(&r->in, &b)) != DG_OK) return e;
+    if ((e = dg__local_barrier(&r->in, &r->server->ro)) != DG_OK) return e;
     {
         int n;
         double it = 0.0;
@@ -16237,16 +16212,16 @@ static void dg__drive_rejected(void *t, int id, const char *why)
    connection closed leaves at once (the round does not wait for the
    deadline), and a worker whose message the role rejected is cut off; the
    run goes on either way. */
-static dg_result dg__drive_barrier(const dg__barrier *b)
+static dg_result dg__drive_barrier(dg__roster *ro)
 {
     dg_result r = DG_OK;
     int n;
-    while (r == DG_OK && b->ro->open) {
-        for (n = 1; n <= b->ro->slots && r == DG_OK && b->ro->open; n++)
-            if (b->ro->live[n] && !dg_transport_connected(b->t, n))
-                r = b->ops->drop(b->role, n, "its connection closed");
-        if (r == DG_OK && b->ro->open) {
-            r = dg__barrier_poll(b, 100, dg__drive_rejected, b->t);
+    while (r == DG_OK && ro->open) {
+        for (n = 1; n <= ro->slots && r == DG_OK && ro->open; n++)
+            if (ro->live[n] && !dg_transport_connected(ro->t, n))
+                r = dg__roster_dismiss(ro, n, "its connection closed");
+        if (r == DG_OK && ro->open) {
+            r = dg__barrier_poll(ro, 100, dg__drive_rejected, ro->t);
             if (r == DG_ERR_TIMEOUT) r = DG_OK;
         }
     }
@@ -16293,7 +16268,6 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     have = dg__drive_wait_for(t, n_workers, n_workers, wait);
     dg__log(d->log, d->log_user, "%d of %d workers connected", have, n_workers);
     while (r == DG_OK && st.iteration < d->iterations && !dg_stop_requested()) {
-        dg__barrier b;
         /* an iteration without a worker would only count up: wait for one */
         if (!dg__drive_wait_for(t, n_workers, 1, wait)) {
             if (!dg_stop_requested())
@@ -16307,8 +16281,7 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
                 r = ms ? dg_mdgan_server_add_worker(ms, n) : dg_flgan_server_add_worker(fs, n);
         if (r != DG_OK || (r = ms ? dg_mdgan_server_begin(ms) : dg_flgan_server_begin(fs)) != DG_OK)
             break;
-        b = ms ? dg__mdgan_barrier(ms) : dg__flgan_barrier(fs);
-        if ((r = dg__drive_barrier(&b)) != DG_OK) break;
+        if ((r = dg__drive_barrier(ms ? &ms->ro : &fs->ro)) != DG_OK) break;
         if (ms) {
             const dg_mdgan_stats *s = dg_mdgan_server_stats(ms);
             st.iteration = st.updates = s->iteration;
