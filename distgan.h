@@ -13798,6 +13798,99 @@ static dg_result dg__barrier_poll(dg__roster *ro, int timeout_ms,
     return DG_OK;
 }
 
+/* ---- the worker core ----
+   What an MD-GAN and an FL-GAN worker are alike: its id, transport and
+   pool, the batcher of its shard with a real batch, STOP and its compute
+   time.  Each worker struct starts with its core (so a pointer to either
+   is one to its core): creation, the drain loop, the accessors and the
+   shard position of a checkpoint serve both through it. */
+typedef struct dg__worker {
+    int id, flgan;
+    int d;                   /* c*h*w */
+    dg_transport *t;
+    dg_pool *pool;
+    dg_batcher batcher;      /* seeded by (seed, DG_MDGAN_STREAM_DATA, id) */
+    float *real;             /* b x d */
+    int32_t *real_labels;    /* b */
+    int stopped;
+    double compute_s;
+} dg__worker;
+
+/* Allocates a worker struct of size bytes (zeroed) with its core over the
+   shard idx[0..count) of ds; fn names the public create in errors. */
+static dg_result dg__worker_new(dg__worker **out, size_t size, int flgan, int id, dg_transport *t,
+                                dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                size_t count, int batch, int c, int h, int w, int n_classes,
+                                uint64_t seed, const char *fn)
+{
+    dg__worker *k;
+    dg_result r;
+    if (!t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers || batch < 1)
+        return dg__fail(DG_ERR_ARG, "%s: bad arguments (worker %d)", fn, id);
+    if (ds->c != c || ds->h != h || ds->w != w || (n_classes && ds->n_classes != n_classes))
+        return dg__fail(DG_ERR_CONFIG, "%s: data %dx%dx%d (%d classes) vs config %dx%dx%d (%d "
+                        "classes)", fn, ds->c, ds->h, ds->w, ds->n_classes, c, h, w, n_classes);
+    if (!(k = (dg__worker *)dg__calloc(1, size)))
+        return dg__fail(DG_ERR_NOMEM, "%s: no memory", fn);
+    k->id = id;
+    k->flgan = flgan;
+    k->d = c * h * w;
+    k->t = t;
+    k->pool = pool;
+    r = dg_batcher_init(&k->batcher, ds, idx, count, batch,
+                        dg_mdgan_seed(seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
+    k->real = (float *)dg__calloc((size_t)batch * k->d, sizeof(float));
+    k->real_labels = (int32_t *)dg__calloc((size_t)batch, sizeof(int32_t));
+    if (r == DG_OK && (!k->real || !k->real_labels))
+        r = dg__fail(DG_ERR_NOMEM, "%s: no memory", fn);
+    *out = k; /* on failure too: the caller frees the whole worker */
+    return r;
+}
+
+static void dg__worker_free(dg__worker *k)
+{
+    dg_batcher_free(&k->batcher);
+    dg__free(k->real);
+    dg__free(k->real_labels);
+    dg__free(k);
+}
+
+/* The worker's reaction to one message (the public handle of its algorithm). */
+static dg_result dg__worker_handle(dg__worker *k, dg_msg *m)
+{
+    return k->flgan ? dg_flgan_worker_handle((dg_flgan_worker *)k, m)
+                    : dg_mdgan_worker_handle((dg_mdgan_worker *)k, m);
+}
+
+/* A worker's poll (k NULL: fn fails): handles every message that arrives,
+   waiting up to timeout_ms for the first one only. */
+static dg_result dg__worker_poll(dg__worker *k, int timeout_ms, const char *fn)
+{
+    dg_msg *m;
+    dg_result r;
+    if (!k) return dg__fail(DG_ERR_ARG, "%s: NULL", fn);
+    while (dg_transport_recv(k->t, k->id, timeout_ms, &m) == DG_OK) {
+        if ((r = dg__worker_handle(k, m)) != DG_OK) return r;
+        timeout_ms = 0;
+    }
+    return DG_OK;
+}
+
+/* A worker checkpoint's shard position: the batcher's epoch and position
+   (v[0], v[1]); loaded, they must fit this worker's shard. */
+static void dg__worker_position(const dg__worker *k, uint64_t *v)
+{
+    v[0] = k->batcher.epoch;
+    v[1] = (uint64_t)k->batcher.pos;
+}
+
+static dg_result dg__worker_fits(const dg__worker *k, const int64_t *v)
+{
+    if ((uint64_t)v[1] > k->batcher.n)
+        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    return DG_OK;
+}
+
 /* ---- MD-GAN server ---- */
 
 struct dg_mdgan_server {
@@ -14452,61 +14545,39 @@ DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, si
 /* ---- MD-GAN worker ---- */
 
 struct dg_mdgan_worker {
+    dg__worker core;         /* first: id, transport, shard, STOP, compute time */
     dg_mdgan_config cfg;
-    int id, d;
-    dg_transport *t;
-    dg_pool *pool;
     dg_net *disc;
     dg_optim opt;
-    dg_batcher batcher;
-    float *real;
-    int32_t *real_labels;
     int awaiting;            /* sent or will receive a D: hold GEN until it arrives */
     dg_msg *deferred;        /* a GEN_BATCHES held while awaiting */
     dg_msg *early_disc;      /* a DISC that came before its SWAP announcement */
     dg__coder batch_co, feedback_co, swap_co; /* X in, F_n out, D both ways */
     int64_t iterations;
-    int stopped;
-    double compute_s;
 };
 
 DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_config *cfg, int id,
                                        dg_transport *t, dg_pool *pool, const dg_dataset *ds,
                                        const uint32_t *idx, size_t count, int joining)
 {
+    dg__worker *k = NULL;
     dg_mdgan_worker *w;
     dg_result r;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_create: out is NULL");
     *out = NULL;
-    if (!cfg || !t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers ||
-        cfg->batch < 1 || cfg->disc_steps < 1)
+    if (!cfg || cfg->disc_steps < 1)
         return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_create: bad arguments (worker %d)", id);
-    if (ds->c != cfg->c || ds->h != cfg->h || ds->w != cfg->w ||
-        (cfg->n_classes && ds->n_classes != cfg->n_classes))
-        return dg__fail(DG_ERR_CONFIG, "dg_mdgan_worker_create: data %dx%dx%d (%d classes) vs "
-                        "config %dx%dx%d (%d classes)", ds->c, ds->h, ds->w, ds->n_classes, cfg->c,
-                        cfg->h, cfg->w, cfg->n_classes);
-    w = (dg_mdgan_worker *)dg__calloc(1, sizeof *w);
-    if (!w) return dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
+    r = dg__worker_new(&k, sizeof *w, 0, id, t, pool, ds, idx, count, cfg->batch, cfg->c, cfg->h,
+                       cfg->w, cfg->n_classes, cfg->seed, "dg_mdgan_worker_create");
+    if (!(w = (dg_mdgan_worker *)k)) return r;
     w->cfg = *cfg;
-    w->id = id;
-    w->t = t;
-    w->pool = pool;
-    w->d = cfg->c * cfg->h * cfg->w;
     w->awaiting = joining != 0;
-    r = dg__build_net(&w->disc, 0, cfg->arch, cfg->z_dim, cfg->n_classes, cfg->c, cfg->h, cfg->w,
-                      pool, cfg->batch, cfg->seed, (uint64_t)id, cfg->init_std);
+    if (r == DG_OK)
+        r = dg__build_net(&w->disc, 0, cfg->arch, cfg->z_dim, cfg->n_classes, cfg->c, cfg->h,
+                          cfg->w, pool, cfg->batch, cfg->seed, (uint64_t)id, cfg->init_std);
     if (r == DG_OK)
         r = dg_optim_adam(&w->opt, dg_net_param_count(w->disc), cfg->lr_d, cfg->beta1, cfg->beta2,
                           cfg->eps);
-    if (r == DG_OK)
-        r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
-                            dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
-    if (r == DG_OK) {
-        w->real = (float *)dg__calloc((size_t)cfg->batch * w->d, sizeof(float));
-        w->real_labels = (int32_t *)dg__calloc((size_t)cfg->batch, sizeof(int32_t));
-        if (!w->real || !w->real_labels) r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
-    }
     if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 1);
     if (r == DG_OK) r = dg__coder_batches(&w->batch_co, cfg, 2, 0);
     if (r == DG_OK) r = dg__coder_batches(&w->feedback_co, cfg, 1, 1);
@@ -14526,17 +14597,14 @@ DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_con
 DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w)
 {
     if (!w) return;
-    dg_msg_free(w->t, w->deferred);
-    dg_msg_free(w->t, w->early_disc);
+    dg_msg_free(w->core.t, w->deferred);
+    dg_msg_free(w->core.t, w->early_disc);
     dg__coder_free(&w->batch_co);
     dg__coder_free(&w->feedback_co);
     dg__coder_free(&w->swap_co);
     dg_net_free(w->disc);
     dg_optim_free(&w->opt);
-    dg_batcher_free(&w->batcher);
-    dg__free(w->real);
-    dg__free(w->real_labels);
-    dg__free(w);
+    dg__worker_free(&w->core);
 }
 
 /* One worker iteration: L discriminator steps on (real, X^(d)), then the
@@ -14544,15 +14612,15 @@ DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w)
 static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
 {
     const dg_mdgan_config *c = &w->cfg;
-    size_t bd = (size_t)c->batch * w->d;
+    size_t bd = (size_t)c->batch * w->core.d;
     const float *xg, *xd;
     const int32_t *lg, *ld;
-    int32_t *rl = c->n_classes ? w->real_labels : NULL;
+    int32_t *rl = c->n_classes ? w->core.real_labels : NULL;
     dg_part_kind kind = DG_PART_F32;
     float d_loss = 0.0f, g_loss = 0.0f;
     double t0 = dg__now();
     dg_msg *fb = NULL;
-    dg_result r = dg__coder_unpack(&w->batch_co, w->t, &gen);
+    dg_result r = dg__coder_unpack(&w->batch_co, w->core.t, &gen);
     int l;
     if (r != DG_OK) return r;
     xg = dg_msg_f32(gen, 0, bd);
@@ -14560,42 +14628,43 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
     lg = c->n_classes ? dg_msg_i32(gen, 2, (size_t)c->batch) : NULL;
     ld = c->n_classes ? dg_msg_i32(gen, 3, (size_t)c->batch) : NULL;
     if (!xg || !xd || (c->n_classes && (!lg || !ld))) {
-        dg_msg_free(w->t, gen);
-        return dg__fail(DG_ERR_FORMAT, "worker %d: generated batches of the wrong shape", w->id);
+        dg_msg_free(w->core.t, gen);
+        return dg__fail(DG_ERR_FORMAT, "worker %d: generated batches of the wrong shape",
+                        w->core.id);
     }
     for (l = 0; l < c->disc_steps && r == DG_OK; l++) {
-        if (l == 0 || c->fresh_real) r = dg_batcher_next(&w->batcher, w->real, rl);
+        if (l == 0 || c->fresh_real) r = dg_batcher_next(&w->core.batcher, w->core.real, rl);
         if (r == DG_OK)
-            r = dg_gan_d_step(w->disc, &w->opt, w->pool, w->real, rl, xd, ld, c->batch,
+            r = dg_gan_d_step(w->disc, &w->opt, w->core.pool, w->core.real, rl, xd, ld, c->batch,
                               c->n_classes, &d_loss);
     }
     if (r == DG_OK)
-        r = dg_msg_create(w->t, DG_MSG_FEEDBACK, w->id, DG_PEER_SERVER, gen->iteration, 1, &kind,
-                          &bd, &fb);
+        r = dg_msg_create(w->core.t, DG_MSG_FEEDBACK, w->core.id, DG_PEER_SERVER, gen->iteration,
+                          1, &kind, &bd, &fb);
     if (r == DG_OK)
         r = dg_gan_g_feedback(w->disc, xg, lg, c->batch, c->n_classes, c->saturating, 1.0f,
                               (float *)fb->part[0].data, &g_loss);
-    dg_msg_free(w->t, gen);
-    w->compute_s += dg__now() - t0;
-    dg_transport_charge(w->t, w->id, (double)c->batch * (2.0 * c->disc_steps *
+    dg_msg_free(w->core.t, gen);
+    w->core.compute_s += dg__now() - t0;
+    dg_transport_charge(w->core.t, w->core.id, (double)c->batch * (2.0 * c->disc_steps *
                         dg_net_train_flops(w->disc, 0) + dg_net_train_flops(w->disc, 1)));
     if (r != DG_OK) {
-        dg_msg_free(w->t, fb);
+        dg_msg_free(w->core.t, fb);
         return r;
     }
     fb->stat[0] = d_loss;
     fb->stat[1] = g_loss;
     w->iterations++;
-    return dg__coder_send(&w->feedback_co, w->t, fb);
+    return dg__coder_send(&w->feedback_co, w->core.t, fb);
 }
 
 static dg_result dg__mdgan_worker_install(dg_mdgan_worker *w, dg_msg *m)
 {
-    dg_result r = dg__coder_unpack(&w->swap_co, w->t, &m);
+    dg_result r = dg__coder_unpack(&w->swap_co, w->core.t, &m);
     if (r != DG_OK) return r;
     r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL, 1);
     if (r == DG_OK && w->cfg.swap_optimizer) w->opt.t = m->aux;
-    dg_msg_free(w->t, m);
+    dg_msg_free(w->core.t, m);
     return r;
 }
 
@@ -14605,10 +14674,10 @@ static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t 
     size_t counts[3];
     const void *src[3];
     int n = dg__net_parts(w->disc, &w->opt, w->cfg.swap_optimizer, kinds, counts, src);
-    if (to < 1 || to >= w->t->n_peers || to == w->id)
-        return dg__fail(DG_ERR_FORMAT, "worker %d: swap partner %d", w->id, to);
-    return dg__send_copy(w->t, DG_MSG_DISC, w->id, to, it, w->opt.t, n, kinds, counts, src,
-                         &w->swap_co);
+    if (to < 1 || to >= w->core.t->n_peers || to == w->core.id)
+        return dg__fail(DG_ERR_FORMAT, "worker %d: swap partner %d", w->core.id, to);
+    return dg__send_copy(w->core.t, DG_MSG_DISC, w->core.id, to, it, w->opt.t, n, kinds, counts,
+                         src, &w->swap_co);
 }
 
 /* SWAP: our D goes to the partner it names; then we hold the next
@@ -14616,7 +14685,7 @@ static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t 
 static dg_result dg__mdgan_worker_on_swap(dg_mdgan_worker *w, dg_msg *m)
 {
     dg_result r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
-    dg_msg_free(w->t, m);
+    dg_msg_free(w->core.t, m);
     if (r != DG_OK) return r;
     if (w->early_disc) {
         dg_msg *d = w->early_disc;
@@ -14633,8 +14702,8 @@ static dg_result dg__mdgan_worker_on_disc(dg_mdgan_worker *w, dg_msg *m)
     dg_result r;
     if (!w->awaiting) { /* came before its announcement: keep it */
         if (w->early_disc) {
-            dg_msg_free(w->t, m);
-            return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->id);
+            dg_msg_free(w->core.t, m);
+            return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->core.id);
         }
         w->early_disc = m;
         return DG_OK;
@@ -14657,11 +14726,11 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
 {
     dg_result r = DG_OK;
     if (!w || !m) {
-        dg_msg_free(w ? w->t : NULL, m);
+        dg_msg_free(w ? w->core.t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_handle: NULL argument");
     }
-    if (w->stopped && !(m->type == DG_MSG_DISC && w->awaiting)) { /* but the last swap's D */
-        dg_msg_free(w->t, m);
+    if (w->core.stopped && !(m->type == DG_MSG_DISC && w->awaiting)) { /* but the last swap's D */
+        dg_msg_free(w->core.t, m);
         return DG_OK;
     }
     switch (m->type) {
@@ -14669,7 +14738,7 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         if (w->awaiting) {
             /* a newer iteration supersedes a held one: the server went on
                without this worker (over sockets, after its deadline) */
-            if (w->deferred) dg_msg_free(w->t, w->deferred);
+            if (w->deferred) dg_msg_free(w->core.t, w->deferred);
             w->deferred = m;
             return DG_OK;
         }
@@ -14680,45 +14749,23 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         return dg__mdgan_worker_on_disc(w, m);
     case DG_MSG_COPY_DISC:
         r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
-        dg_msg_free(w->t, m);
+        dg_msg_free(w->core.t, m);
         return r;
     case DG_MSG_STOP:
-        w->stopped = 1;
-        dg_msg_free(w->t, m);
+        w->core.stopped = 1;
+        dg_msg_free(w->core.t, m);
         return DG_OK;
     default:
-        r = dg__fail(DG_ERR_FORMAT, "worker %d: unexpected message type %d from %d", w->id,
+        r = dg__fail(DG_ERR_FORMAT, "worker %d: unexpected message type %d from %d", w->core.id,
                      m->type, m->from);
-        dg_msg_free(w->t, m);
+        dg_msg_free(w->core.t, m);
         return r;
     }
-}
-
-typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
-
-/* A worker's side: handles every message that arrives, waiting up to
-   timeout_ms for the first one only. */
-static dg_result dg__drain(dg_transport *t, int self, int timeout_ms, dg__role_handle handle,
-                           void *role)
-{
-    dg_msg *m;
-    dg_result r;
-    while (dg_transport_recv(t, self, timeout_ms, &m) == DG_OK) {
-        if ((r = handle(role, m)) != DG_OK) return r;
-        timeout_ms = 0;
-    }
-    return DG_OK;
-}
-
-static dg_result dg__mdgan_worker_handle_any(void *w, dg_msg *m)
-{
-    return dg_mdgan_worker_handle((dg_mdgan_worker *)w, m);
 }
 
 DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
 {
-    if (!w) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_poll: NULL");
-    return dg__drain(w->t, w->id, timeout_ms, dg__mdgan_worker_handle_any, w);
+    return dg__worker_poll((dg__worker *)w, timeout_ms, "dg_mdgan_worker_poll");
 }
 
 DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w) { return w && w->awaiting && w->deferred; }
@@ -14733,9 +14780,12 @@ DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
     w->deferred = NULL;
     return dg__mdgan_worker_iterate(w, g);
 }
-DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w) { return w && w->stopped; }
+DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w) { return w && w->core.stopped; }
 DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w) { return w ? w->iterations : 0; }
-DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w) { return w ? w->compute_s : 0.0; }
+DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w)
+{
+    return w ? w->core.compute_s : 0.0;
+}
 DGDEF dg_net *dg_mdgan_worker_discriminator(dg_mdgan_worker *w) { return w ? w->disc : NULL; }
 DGDEF dg_optim *dg_mdgan_worker_optim(dg_mdgan_worker *w) { return w ? &w->opt : NULL; }
 
@@ -14744,8 +14794,7 @@ static void dg__mdgan_worker_encode(dg__wbuf *w, const void *obj)
 {
     const dg_mdgan_worker *k = (const dg_mdgan_worker *)obj;
     uint64_t v[2];
-    v[0] = k->batcher.epoch;
-    v[1] = (uint64_t)k->batcher.pos;
+    dg__worker_position(&k->core, v);
     dg__role_put(w, DG__CK_MDGAN_WORKER, v, 2, k->disc, &k->opt, NULL, NULL, 0);
 }
 
@@ -14771,10 +14820,9 @@ DGDEF dg_result dg_mdgan_worker_load_mem(dg_mdgan_worker *w, const void *buf, si
     dg_result r;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_load_mem: NULL argument");
     if ((r = dg__role_open(buf, len, DG__CK_MDGAN_WORKER, v, 2, &net, 1, NULL))) return r;
-    if ((size_t)v[1] > w->batcher.n)
-        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if ((r = dg__worker_fits(&w->core, v)) != DG_OK) return r;
     if ((r = dg__net_get(w->disc, &w->opt, &net, 1)) != DG_OK) return r;
-    return dg_batcher_seek(&w->batcher, (uint64_t)v[0], (size_t)v[1]);
+    return dg_batcher_seek(&w->core.batcher, (uint64_t)v[0], (size_t)v[1]);
 }
 
 /* ---- FL-GAN ---- */
@@ -15367,50 +15415,41 @@ DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s) { return s ? s->mode
 DGDEF dg_net *dg_flgan_server_discriminator(dg_flgan_server *s) { return s ? s->model.d : NULL; }
 
 struct dg_flgan_worker {
+    dg__worker core;         /* first: id, transport, shard, STOP, compute time */
     dg_flgan_config cfg;
-    int id, d, iters_per_round;
+    int iters_per_round;
     size_t shard;
-    dg_transport *t;
-    dg_pool *pool;
     dg__gan_pair gan;
     dg__coder download_co, upload_co; /* the global model in; deltas from it out */
     float *ref;              /* download deltas: ref_n, both coders' reference; else NULL */
     int64_t ref_round;       /* the round of the download ref_n is from, -1 none */
-    dg_batcher batcher;
-    float *real, *g_in, *dx;
-    int32_t *real_labels, *fake_labels;
+    float *g_in, *dx;
+    int32_t *fake_labels;
     int64_t local_iter;
-    int stopped;
-    double compute_s;
 };
 
 DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_config *cfg, int id,
                                        dg_transport *t, dg_pool *pool, const dg_dataset *ds,
                                        const uint32_t *idx, size_t count)
 {
+    dg__worker *k = NULL;
     dg_flgan_worker *w;
     dg_result r;
     size_t b;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: out is NULL");
     *out = NULL;
-    if (!cfg || !t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers ||
-        cfg->batch < 1 || ds->c != cfg->c || ds->h != cfg->h || ds->w != cfg->w ||
-        (cfg->n_classes && ds->n_classes != cfg->n_classes))
-        return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: bad arguments (worker %d)", id);
-    w = (dg_flgan_worker *)dg__calloc(1, sizeof *w);
-    if (!w) return dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
+    if (!cfg) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: bad arguments (worker %d)", id);
+    r = dg__worker_new(&k, sizeof *w, 1, id, t, pool, ds, idx, count, cfg->batch, cfg->c, cfg->h,
+                       cfg->w, cfg->n_classes, cfg->seed, "dg_flgan_worker_create");
+    if (!(w = (dg_flgan_worker *)k)) return r;
     w->cfg = *cfg;
-    w->id = id;
-    w->t = t;
-    w->pool = pool;
     w->shard = count;
-    w->d = cfg->c * cfg->h * cfg->w;
     w->iters_per_round = cfg->local_iters > 0
                              ? cfg->local_iters
                              : (int)floor((double)count * cfg->local_epochs / cfg->batch + 0.5);
     if (w->iters_per_round < 1) w->iters_per_round = 1;
     b = (size_t)cfg->batch;
-    r = dg__pair_create(&w->gan, cfg, pool);
+    if (r == DG_OK) r = dg__pair_create(&w->gan, cfg, pool);
     if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 0);
     if (r == DG_OK)
         r = dg__coder_pair(&w->download_co, &cfg->codec.download, &w->gan, cfg->average_optimizer,
@@ -15427,16 +15466,11 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
         dg__coder_lend(&w->download_co, w->ref);
         dg__coder_lend(&w->upload_co, w->ref);
     }
-    if (r == DG_OK)
-        r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
-                            dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
     if (r == DG_OK) {
-        w->real = (float *)dg__calloc(b * w->d, sizeof(float));
-        w->dx = (float *)dg__calloc(b * w->d, sizeof(float));
+        w->dx = (float *)dg__calloc(b * w->core.d, sizeof(float));
         w->g_in = (float *)dg__calloc(b * (size_t)(cfg->z_dim + cfg->n_classes), sizeof(float));
-        w->real_labels = (int32_t *)dg__calloc(b, sizeof(int32_t));
         w->fake_labels = (int32_t *)dg__calloc(b, sizeof(int32_t));
-        if (!w->real || !w->dx || !w->g_in || !w->real_labels || !w->fake_labels)
+        if (!w->dx || !w->g_in || !w->fake_labels)
             r = dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
     }
     if (r != DG_OK) {
@@ -15454,13 +15488,10 @@ DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
     dg__coder_free(&w->upload_co);
     dg__free(w->ref);
     dg__pair_free(&w->gan);
-    dg_batcher_free(&w->batcher);
-    dg__free(w->real);
     dg__free(w->dx);
     dg__free(w->g_in);
-    dg__free(w->real_labels);
     dg__free(w->fake_labels);
-    dg__free(w);
+    dg__worker_free(&w->core);
 }
 
 /* One standalone GAN iteration on the shard: noise (seed, FL noise + id,
@@ -15469,15 +15500,16 @@ DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
 static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *g_loss)
 {
     const dg_flgan_config *c = &w->cfg;
-    dg_rng rng = dg_rng_make(c->seed, DG_FLGAN_STREAM_NOISE + (uint64_t)w->id,
+    dg_rng rng = dg_rng_make(c->seed, DG_FLGAN_STREAM_NOISE + (uint64_t)w->core.id,
                              (uint64_t)w->local_iter);
-    int32_t *rl = c->n_classes ? w->real_labels : NULL, *fl = c->n_classes ? w->fake_labels : NULL;
+    int32_t *rl = c->n_classes ? w->core.real_labels : NULL;
+    int32_t *fl = c->n_classes ? w->fake_labels : NULL;
     const float *fake;
     dg_result r;
     dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, w->g_in, w->fake_labels);
     if ((r = dg_net_forward(w->gan.g, w->g_in, c->batch, 1, &fake)) != DG_OK) return r;
-    if ((r = dg_batcher_next(&w->batcher, w->real, rl)) != DG_OK) return r;
-    if ((r = dg_gan_d_step(w->gan.d, &w->gan.od, w->pool, w->real, rl, fake, fl, c->batch,
+    if ((r = dg_batcher_next(&w->core.batcher, w->core.real, rl)) != DG_OK) return r;
+    if ((r = dg_gan_d_step(w->gan.d, &w->gan.od, w->core.pool, w->core.real, rl, fake, fl, c->batch,
                            c->n_classes, d_loss)) != DG_OK)
         return r;
     if ((r = dg_gan_g_feedback(w->gan.d, fake, fl, c->batch, c->n_classes, c->saturating,
@@ -15486,7 +15518,7 @@ static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *
     dg_net_zero_grad(w->gan.g);
     if ((r = dg_net_backward(w->gan.g, w->dx, NULL)) != DG_OK) return r;
     w->local_iter++;
-    return dg_optim_step(&w->gan.og, w->pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
+    return dg_optim_step(&w->gan.og, w->core.pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
 }
 
 /* The global model of a download into *pm: absolute (aux 0: dense, f16,
@@ -15501,17 +15533,17 @@ static dg_result dg__flgan_worker_download(dg_flgan_worker *w, dg_msg **pm)
         char held[64];
         if (w->ref_round >= 0)
             snprintf(held, sizeof held, "the one of round %lld", (long long)w->ref_round);
-        dg_msg_free(w->t, m);
+        dg_msg_free(w->core.t, m);
         *pm = NULL;
         if (!w->ref)
             return dg__fail(DG_ERR_FORMAT, "worker %d: a download delta, but this worker's "
-                            "download codec (%s) is absolute", w->id,
+                            "download codec (%s) is absolute", w->core.id,
                             dg_codec_name(w->cfg.codec.download.kind));
         return dg__fail(DG_ERR_FORMAT, "worker %d: a download delta from the model of round %lld, "
-                        "this worker holds %s", w->id, (long long)from,
+                        "this worker holds %s", w->core.id, (long long)from,
                         w->ref_round >= 0 ? held : "no reference (no full model since it started)");
     }
-    return dg__coder_unpack(&w->download_co, w->t, pm);
+    return dg__coder_unpack(&w->download_co, w->core.t, pm);
 }
 
 DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
@@ -15521,12 +15553,12 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
     dg_result r;
     int i;
     if (!w || !m) {
-        dg_msg_free(w ? w->t : NULL, m);
+        dg_msg_free(w ? w->core.t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_flgan_worker_handle: NULL argument");
     }
-    if (w->stopped || m->type != DG_MSG_MODEL) {
-        if (m->type == DG_MSG_STOP) w->stopped = 1;
-        dg_msg_free(w->t, m);
+    if (w->core.stopped || m->type != DG_MSG_MODEL) {
+        if (m->type == DG_MSG_STOP) w->core.stopped = 1;
+        dg_msg_free(w->core.t, m);
         return DG_OK;
     }
     t0 = dg__now();
@@ -15537,28 +15569,26 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
         w->ref_round = m->iteration;
     }
     for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
-    w->compute_s += dg__now() - t0;
-    dg_transport_charge(w->t, w->id, (double)i * dg_gan_step_flops(w->gan.g, w->gan.d, w->cfg.batch, 1));
+    w->core.compute_s += dg__now() - t0;
+    dg_transport_charge(w->core.t, w->core.id,
+                        (double)i * dg_gan_step_flops(w->gan.g, w->gan.d, w->cfg.batch, 1));
     if (r == DG_OK)
-        r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->t, DG_MSG_MODEL, w->id,
+        r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->core.t, DG_MSG_MODEL, w->core.id,
                           DG_PEER_SERVER, m->iteration, (int64_t)w->shard, stat, &w->upload_co);
-    dg_msg_free(w->t, m);
+    dg_msg_free(w->core.t, m);
     return r;
-}
-
-static dg_result dg__flgan_worker_handle_any(void *w, dg_msg *m)
-{
-    return dg_flgan_worker_handle((dg_flgan_worker *)w, m);
 }
 
 DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms)
 {
-    if (!w) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_poll: NULL");
-    return dg__drain(w->t, w->id, timeout_ms, dg__flgan_worker_handle_any, w);
+    return dg__worker_poll((dg__worker *)w, timeout_ms, "dg_flgan_worker_poll");
 }
 
-DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return w ? w->compute_s : 0.0; }
-DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
+DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w)
+{
+    return w ? w->core.compute_s : 0.0;
+}
+DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->core.stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
 
 static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
@@ -15569,8 +15599,7 @@ static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
     size_t start;
     int i;
     v[0] = (uint64_t)k->local_iter;
-    v[1] = k->batcher.epoch;
-    v[2] = (uint64_t)k->batcher.pos;
+    dg__worker_position(&k->core, v + 1);
     dg__role_put(w, DG__CK_FLGAN_WORKER, v, 3, p->g, &p->og, p->d, &p->od,
                  k->ref || k->upload_co.residual[0]);
     if (!k->ref && !k->upload_co.residual[0]) return;
@@ -15604,8 +15633,7 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_load_mem: NULL argument");
     up = &w->upload_co;
     if ((r = dg__role_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, 2, &codec))) return r;
-    if ((uint64_t)v[2] > w->batcher.n)
-        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if ((r = dg__worker_fits(&w->core, v + 1)) != DG_OK) return r;
     if (codec.p && !w->ref && !up->residual[0])
         return dg__fail(DG_ERR_CONFIG, "FL-GAN worker checkpoint: it holds codec state, this "
                         "run's codecs keep none");
@@ -15625,7 +15653,7 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
         if (x) memcpy(up->residual[i], x, 4 * up->count[i]);
         else memset(up->residual[i], 0, 4 * up->count[i]);
     }
-    if ((r = dg_batcher_seek(&w->batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
+    if ((r = dg_batcher_seek(&w->core.batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
     w->local_iter = v[0];
     return DG_OK;
 }
@@ -15908,7 +15936,7 @@ DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
 {
     double s = 0.0;
     int n;
-    for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->compute_s;
+    for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->core.compute_s;
     return s;
 }
 DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net)
@@ -16001,7 +16029,7 @@ DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
 {
     double s = 0.0;
     int n;
-    for (n = 1; r && n <= r->cfg.n_workers; n++) s += r->workers[n]->compute_s;
+    for (n = 1; r && n <= r->cfg.n_workers; n++) s += r->workers[n]->core.compute_s;
     return s;
 }
 DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net)
