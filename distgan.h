@@ -13862,6 +13862,13 @@ static dg_result dg__worker_handle(dg__worker *k, dg_msg *m)
                     : dg_mdgan_worker_handle((dg_mdgan_worker *)k, m);
 }
 
+/* Frees a whole worker of either algorithm (NULL: nothing). */
+static void dg__worker_destroy(dg__worker *k)
+{
+    if (k && k->flgan) dg_flgan_worker_free((dg_flgan_worker *)k);
+    else dg_mdgan_worker_free((dg_mdgan_worker *)k);
+}
+
 /* A worker's poll (k NULL: fn fails): handles every message that arrives,
    waiting up to timeout_ms for the first one only. */
 static dg_result dg__worker_poll(dg__worker *k, int timeout_ms, const char *fn)
@@ -15722,14 +15729,13 @@ static dg_result dg__role_load(const char *path, const dg__role_ref *ro, int *lo
 /* ---- the in-process driver ---- */
 
 /* What the two in-process drivers share: the transport, the pool, the
-   worker slots (each slot's queue is one task of dg_parallel_for) and the
-   first error of a task. */
+   workers in their slots (each slot's queue is one task of dg_parallel_for)
+   and the first error of a task. */
 typedef struct dg__local_run {
     dg_pool *pool;
     dg_transport *t;
     int slots;                  /* worker ids 1..slots */
-    dg_result (*poll_worker)(void *run, int id); /* handles id's queued messages */
-    void *run;
+    dg__worker **workers;       /* slots 1..slots: each worker's core */
     dg_result task_error;       /* first error of a worker task (guarded by mu) */
     pthread_mutex_t mu;
 } dg__local_run;
@@ -15741,7 +15747,7 @@ static void dg__local_task(void *arg, int task, int thread)
     int id = task + 1;
     (void)thread;
     if (dg_transport_pending(in->t, id) <= 0) return;
-    if ((e = in->poll_worker(in->run, id)) == DG_OK) return;
+    if ((e = dg__worker_poll(in->workers[id], 0, "worker task")) == DG_OK) return;
     pthread_mutex_lock(&in->mu);
     if (in->task_error == DG_OK) in->task_error = e;
     pthread_mutex_unlock(&in->mu);
@@ -15799,37 +15805,82 @@ static dg_result dg__run_transport(dg_transport **out, int slots, const dg_fault
 }
 
 static dg_result dg__local_init(dg__local_run *in, dg_pool *pool, int slots,
-                                 dg_result (*poll_worker)(void *, int), void *run,
-                                 const dg_fault *crashes, int n_crashes, int trigger)
+                                const dg_fault *crashes, int n_crashes, int trigger)
 {
     in->pool = pool;
     in->slots = slots;
-    in->poll_worker = poll_worker;
-    in->run = run;
     pthread_mutex_init(&in->mu, NULL);
+    if (!(in->workers = (dg__worker **)dg__calloc((size_t)slots + 1, sizeof(dg__worker *))))
+        return dg__fail(DG_ERR_NOMEM, "run_create: no memory");
     return dg__run_transport(&in->t, slots, crashes, n_crashes, trigger);
 }
 
-/* Safe after a failed dg__local_init (the run was zeroed). */
+/* Frees the workers and the transport; safe after a failed dg__local_init
+   (the run was zeroed). */
 static void dg__local_free(dg__local_run *in)
 {
+    int n;
+    for (n = 1; in->workers && n <= in->slots; n++) dg__worker_destroy(in->workers[n]);
+    dg__free(in->workers);
     dg_transport_close(in->t);
     pthread_mutex_destroy(&in->mu);
+}
+
+/* Creates the worker of each slot n, over part's list n - 1, of MD-GAN (md;
+   the slots above N join later) or FL-GAN (fl; its server fs learns each
+   shard's size). */
+static dg_result dg__local_workers(dg__local_run *in, const dg_mdgan_config *md,
+                                   const dg_flgan_config *fl, dg_flgan_server *fs,
+                                   const dg_dataset *ds, const dg_partition *part)
+{
+    dg_result e = DG_OK;
+    int n;
+    if (part->n_workers < in->slots)
+        return dg__fail(DG_ERR_ARG, "run_create: partition has %d shards for %d slots",
+                        part->n_workers, in->slots);
+    for (n = 1; e == DG_OK && n <= in->slots; n++) {
+        size_t count;
+        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
+        dg_mdgan_worker *mw = NULL;
+        dg_flgan_worker *fw = NULL;
+        if (md)
+            e = dg_mdgan_worker_create(&mw, md, n, in->t, in->pool, ds, idx, count,
+                                       n > md->n_workers);
+        else
+            e = dg_flgan_worker_create(&fw, fl, n, in->t, in->pool, ds, idx, count);
+        in->workers[n] = mw ? &mw->core : fw ? &fw->core : NULL;
+        if (e == DG_OK && fw) e = dg_flgan_server_set_shard(fs, n, (int64_t)count);
+    }
+    return e;
+}
+
+/* The worker in slot id (in NULL or no such slot: NULL). */
+static dg__worker *dg__local_worker(const dg__local_run *in, int id)
+{
+    return in && id >= 1 && id <= in->slots ? in->workers[id] : NULL;
+}
+
+/* Sum of the workers' own compute time. */
+static double dg__local_compute(const dg__local_run *in)
+{
+    double s = 0.0;
+    int n;
+    for (n = 1; in && n <= in->slots; n++) s += in->workers[n]->compute_s;
+    return s;
+}
+
+static dg_result dg__local_network(dg__local_run *in, const dg_netsim_config *net, const char *fn)
+{
+    return in ? dg__netsim_insert(in->t, net) : dg__fail(DG_ERR_ARG, "%s: NULL", fn);
 }
 
 struct dg_mdgan_run {
     dg_mdgan_config cfg;
     dg__local_run in;
     dg_mdgan_server *server;
-    dg_mdgan_worker **workers;  /* slots 1..max */
     dg_fault *joins;
     int n_joins;
 };
-
-static dg_result dg__mdgan_run_poll(void *r, int id)
-{
-    return dg_mdgan_worker_poll(((dg_mdgan_run *)r)->workers[id], 0);
-}
 
 DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
@@ -15838,7 +15889,7 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
 {
     dg_mdgan_run *r;
     dg_result e;
-    int n, i, slots;
+    int i, slots;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: out is NULL");
     *out = NULL;
     if (!cfg || !pool || !ds || !part || n_crashes < 0 || n_joins < 0 ||
@@ -15851,29 +15902,17 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
     for (i = 0; i < n_joins; i++)
         if (joins[i].worker > slots) slots = joins[i].worker;
     r->cfg.max_workers = slots;
-    e = dg__local_init(&r->in, pool, slots, dg__mdgan_run_poll, r, crashes, n_crashes,
-                       DG_MSG_GEN_BATCHES);
-    if (e == DG_OK && part->n_workers < slots)
-        e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: partition has %d shards for %d slots",
-                     part->n_workers, slots);
+    e = dg__local_init(&r->in, pool, slots, crashes, n_crashes, DG_MSG_GEN_BATCHES);
     /* swap_every = 0: m*E/b, m the mean shard size */
-    if (e == DG_OK && r->cfg.swap_every == 0 && r->cfg.local_epochs > 0) {
+    if (e == DG_OK && r->cfg.swap_every == 0 && r->cfg.local_epochs > 0 && part->n_workers) {
         double m = (double)part->n / part->n_workers;
         r->cfg.swap_every = (int)floor(m * r->cfg.local_epochs / r->cfg.batch + 0.5);
         if (r->cfg.swap_every < 1) r->cfg.swap_every = 1;
     }
     if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->in.t, pool);
-    if (e == DG_OK) {
-        r->workers = (dg_mdgan_worker **)dg__calloc((size_t)slots + 1, sizeof(dg_mdgan_worker *));
-        r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof(dg_fault));
-        if (!r->workers || !r->joins) e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
-    }
-    for (n = 1; e == DG_OK && n <= slots; n++) {
-        size_t count;
-        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->in.t, pool, ds, idx, count,
-                                   n > cfg->n_workers);
-    }
+    if (e == DG_OK && !(r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof *r->joins)))
+        e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
+    if (e == DG_OK) e = dg__local_workers(&r->in, &r->cfg, NULL, NULL, ds, part);
     for (i = 0; e == DG_OK && i < n_joins; i++) {
         if (joins[i].worker <= cfg->n_workers)
             e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: joiner %d is not above N = %d",
@@ -15881,22 +15920,16 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
         r->joins[i] = joins[i];
     }
     r->n_joins = n_joins;
-    if (e != DG_OK) {
-        dg_mdgan_run_free(r);
-        return e;
-    }
-    *out = r;
-    return DG_OK;
+    if (e == DG_OK) *out = r;
+    else dg_mdgan_run_free(r);
+    return e;
 }
 
 DGDEF void dg_mdgan_run_free(dg_mdgan_run *r)
 {
-    int n;
     if (!r) return;
-    for (n = 1; r->workers && n <= r->in.slots; n++) dg_mdgan_worker_free(r->workers[n]);
     dg_mdgan_server_free(r->server);
     dg__local_free(&r->in);
-    dg__free(r->workers);
     dg__free(r->joins);
     dg__free(r);
 }
@@ -15930,31 +15963,22 @@ DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->in.t
 DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r) { return r ? r->server : NULL; }
 DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id)
 {
-    return r && id >= 1 && id <= r->in.slots ? r->workers[id] : NULL;
+    return (dg_mdgan_worker *)dg__local_worker(r ? &r->in : NULL, id);
 }
 DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
 {
-    double s = 0.0;
-    int n;
-    for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->core.compute_s;
-    return s;
+    return dg__local_compute(r ? &r->in : NULL);
 }
 DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net)
 {
-    return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_set_network: NULL");
+    return dg__local_network(r ? &r->in : NULL, net, "dg_mdgan_run_set_network");
 }
 
 struct dg_flgan_run {
     dg_flgan_config cfg;
     dg__local_run in;
     dg_flgan_server *server;
-    dg_flgan_worker **workers;
 };
-
-static dg_result dg__flgan_run_poll(void *r, int id)
-{
-    return dg_flgan_worker_poll(((dg_flgan_run *)r)->workers[id], 0);
-}
 
 DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
@@ -15962,45 +15986,28 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
 {
     dg_flgan_run *r;
     dg_result e;
-    int n;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: out is NULL");
     *out = NULL;
-    if (!cfg || !pool || !ds || !part || cfg->n_workers < 1 || part->n_workers < cfg->n_workers ||
-        n_crashes < 0 || (n_crashes && !crashes))
+    if (!cfg || !pool || !ds || !part || cfg->n_workers < 1 || n_crashes < 0 ||
+        (n_crashes && !crashes))
         return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: bad arguments");
     r = (dg_flgan_run *)dg__calloc(1, sizeof *r);
     if (!r) return dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
     r->cfg = *cfg;
     if (r->cfg.max_shard <= 0) r->cfg.max_shard = (int64_t)ds->n;
-    e = dg__local_init(&r->in, pool, cfg->n_workers, dg__flgan_run_poll, r, crashes, n_crashes,
-                       DG_MSG_MODEL);
+    e = dg__local_init(&r->in, pool, cfg->n_workers, crashes, n_crashes, DG_MSG_MODEL);
     if (e == DG_OK) e = dg_flgan_server_create(&r->server, &r->cfg, r->in.t, pool);
-    if (e == DG_OK) {
-        r->workers = (dg_flgan_worker **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(void *));
-        if (!r->workers) e = dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
-    }
-    for (n = 1; e == DG_OK && n <= cfg->n_workers; n++) {
-        size_t count;
-        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->in.t, pool, ds, idx, count);
-        if (e == DG_OK) e = dg_flgan_server_set_shard(r->server, n, (int64_t)count);
-    }
-    if (e != DG_OK) {
-        dg_flgan_run_free(r);
-        return e;
-    }
-    *out = r;
-    return DG_OK;
+    if (e == DG_OK) e = dg__local_workers(&r->in, NULL, cfg, r->server, ds, part);
+    if (e == DG_OK) *out = r;
+    else dg_flgan_run_free(r);
+    return e;
 }
 
 DGDEF void dg_flgan_run_free(dg_flgan_run *r)
 {
-    int n;
     if (!r) return;
-    for (n = 1; r->workers && n <= r->cfg.n_workers; n++) dg_flgan_worker_free(r->workers[n]);
     dg_flgan_server_free(r->server);
     dg__local_free(&r->in);
-    dg__free(r->workers);
     dg__free(r);
 }
 
@@ -16013,7 +16020,8 @@ DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
     {
         int n;
         double it = 0.0;
-        for (n = 1; n <= r->cfg.n_workers; n++) it += (double)r->workers[n]->local_iter;
+        for (n = 1; n <= r->cfg.n_workers; n++)
+            it += (double)((dg_flgan_worker *)r->in.workers[n])->local_iter;
         r->server->stats.iterations = (int64_t)(it / r->cfg.n_workers + 0.5);
     }
     return DG_OK;
@@ -16023,18 +16031,15 @@ DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->in.t
 DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r) { return r ? r->server : NULL; }
 DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id)
 {
-    return r && id >= 1 && id <= r->cfg.n_workers ? r->workers[id] : NULL;
+    return (dg_flgan_worker *)dg__local_worker(r ? &r->in : NULL, id);
 }
 DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
 {
-    double s = 0.0;
-    int n;
-    for (n = 1; r && n <= r->cfg.n_workers; n++) s += r->workers[n]->core.compute_s;
-    return s;
+    return dg__local_compute(r ? &r->in : NULL);
 }
 DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net)
 {
-    return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_flgan_run_set_network: NULL");
+    return dg__local_network(r ? &r->in : NULL, net, "dg_flgan_run_set_network");
 }
 
 /* Saves (load = 0) or loads every role of an in-process run (md or fl). */
@@ -16042,14 +16047,15 @@ static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *d
 {
     char path[4096];
     dg_result r = DG_OK;
-    int n, loaded, slots = md ? md->in.slots : fl->cfg.n_workers;
+    const dg__local_run *in = md ? &md->in : &fl->in;
+    int n, loaded;
     if (!dir) return dg__fail(DG_ERR_ARG, "run checkpoint: dir is NULL");
     if (md && !load && (r = dg_mdgan_run_settle(md)) != DG_OK) return r;
-    for (n = 0; n <= slots && r == DG_OK; n++) {
+    for (n = 0; n <= in->slots && r == DG_OK; n++) {
         dg__role_ref ro = {NULL, NULL, NULL, NULL};
-        if (md && n) ro.mw = md->workers[n];
+        if (md && n) ro.mw = (dg_mdgan_worker *)in->workers[n];
         else if (md) ro.ms = md->server;
-        else if (n) ro.fw = fl->workers[n];
+        else if (n) ro.fw = (dg_flgan_worker *)in->workers[n];
         else ro.fs = fl->server;
         if ((r = dg_checkpoint_path(path, sizeof path, dir, !md, n)) != DG_OK) break;
         if (load) {
@@ -16061,10 +16067,9 @@ static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *d
         }
     }
     /* the network model's clocks and draws (set_network comes before load) */
-    if (r == DG_OK && dg__ns_of(md ? md->in.t : fl->in.t) &&
+    if (r == DG_OK && dg__ns_of(in->t) &&
         (r = dg_checkpoint_path(path, sizeof path, dir, !md, -1)) == DG_OK)
-        r = load ? dg_netsim_load(md ? md->in.t : fl->in.t, path)
-                 : dg_netsim_save(md ? md->in.t : fl->in.t, path);
+        r = load ? dg_netsim_load(in->t, path) : dg_netsim_save(in->t, path);
     return r;
 }
 
@@ -16396,60 +16401,75 @@ static dg_result dg__drive_keep_server(dg_transport *t, int id, const dg_drive *
     return dg__fail(r, "worker %d: the server is gone: %s", id, why);
 }
 
+/* An MD-GAN worker holding a batch for a D that has not come within
+   swap_wait ms of since gives the swap up (its partner is dead); returns
+   since when it holds one (-1: it does not). */
+static double dg__drive_held(dg_mdgan_worker *w, const dg_drive *d, int swap_wait, double since)
+{
+    if (!dg_mdgan_worker_holding(w)) return -1;
+    if (since < 0) since = dg__drive_ms();
+    if (dg__drive_ms() - since <= swap_wait) return since;
+    dg__log(d->log, d->log_user, "worker %d: no discriminator came within %d ms, keeping mine",
+            w->core.id, swap_wait);
+    if (dg_mdgan_worker_skip_swap(w) != DG_OK)
+        dg__log(d->log, d->log_user, "worker %d: %s", w->core.id, dg_last_error());
+    return -1;
+}
+
+/* The worker process of either algorithm, once its role k is created:
+   limits the transport's message sizes, resumes, serves until STOP, a stop request (on a transport whose workers
+   outlive their server) or a lost server, checkpoints after STOP, frees k.
+   An MD-GAN worker gives up a D that does not come within swap_wait ms,
+   and after STOP waits as long for its last swap's D. */
+static dg_result dg__drive_worker(dg__worker *k, const dg_drive *d, int swap_wait)
+{
+    dg_mdgan_worker *mw = k->flgan ? NULL : (dg_mdgan_worker *)k;
+    dg__role_ref ro;
+    dg_result r;
+    double held_since = -1, end;
+    int over = 0, loaded, id = k->id;
+    memset(&ro, 0, sizeof ro);
+    ro.mw = mw;
+    ro.fw = mw ? NULL : (dg_flgan_worker *)k;
+    r = dg__drive_limit(k->t, id, mw ? &mw->cfg : NULL, mw ? NULL : &ro.fw->cfg);
+    if (r != DG_OK || (r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
+        dg__worker_destroy(k);
+        return r;
+    }
+    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(k->t)) && !k->stopped) {
+        dg_msg *m;
+        if (dg_transport_recv(k->t, id, 100, &m) == DG_OK && dg__worker_handle(k, m) != DG_OK)
+            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+        if (mw) held_since = dg__drive_held(mw, d, swap_wait, held_since);
+        if (!k->stopped && (r = dg__drive_keep_server(k->t, id, d, &over)) != DG_OK) break;
+    }
+    if (k->stopped) {
+        end = dg__drive_ms() + swap_wait; /* the last swap: the partner's D may be on its way */
+        while (mw && d->checkpoint && mw->awaiting && dg__drive_ms() < end) {
+            dg_msg *m;
+            if (dg_transport_recv(k->t, id, 100, &m) == DG_OK && dg__worker_handle(k, m) != DG_OK)
+                dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+        }
+        dg__log(d->log, d->log_user, "worker %d: training is over", id);
+        if (!(mw && mw->awaiting) && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
+            dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
+    }
+    dg__worker_destroy(k);
+    return r;
+}
+
 DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_transport *t,
                                      dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
                                      size_t count, const dg_drive *d)
 {
     dg_mdgan_worker *w;
-    dg__role_ref ro;
     dg_result r;
-    double held_since = -1;
-    int swap_wait, over = 0, loaded;
     if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_drive: NULL");
-    swap_wait = d->swap_wait_ms > 0 ? d->swap_wait_ms : d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000;
-    if ((r = dg__drive_limit(t, id, cfg, NULL)) != DG_OK) return r;
     /* a worker that arrives in a running job joins: it waits for a live D */
     r = dg_mdgan_worker_create(&w, cfg, id, t, pool, ds, idx, count, dg_transport_joined_at(t) > 0);
     if (r != DG_OK) return r;
-    memset(&ro, 0, sizeof ro);
-    ro.mw = w;
-    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
-        dg_mdgan_worker_free(w);
-        return r;
-    }
-    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
-           !dg_mdgan_worker_stopped(w)) {
-        dg_msg *m;
-        if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
-            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-        if (dg_mdgan_worker_holding(w)) {
-            if (held_since < 0) held_since = dg__drive_ms();
-            if (dg__drive_ms() - held_since > swap_wait) { /* the partner is dead: skip the swap */
-                dg__log(d->log, d->log_user,
-                        "worker %d: no discriminator came within %d ms, keeping mine", id, swap_wait);
-                if (dg_mdgan_worker_skip_swap(w) != DG_OK)
-                    dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-                held_since = -1;
-            }
-        } else {
-            held_since = -1;
-        }
-        if (!dg_mdgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
-    }
-    if (dg_mdgan_worker_stopped(w)) {
-        /* the last swap: our partner's D may still be on its way */
-        double end = dg__drive_ms() + swap_wait;
-        while (d->checkpoint && w->awaiting && dg__drive_ms() < end) {
-            dg_msg *m;
-            if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
-                dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-        }
-        dg__log(d->log, d->log_user, "worker %d: training is over", id);
-        if (!w->awaiting && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
-            dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
-    }
-    dg_mdgan_worker_free(w);
-    return r;
+    return dg__drive_worker(&w->core, d, d->swap_wait_ms > 0 ? d->swap_wait_ms
+                                         : d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
 }
 
 DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_transport *t,
@@ -16457,29 +16477,10 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
                                      size_t count, const dg_drive *d)
 {
     dg_flgan_worker *w;
-    dg__role_ref ro;
     dg_result r;
-    int over = 0, loaded;
     if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_drive: NULL");
-    if ((r = dg__drive_limit(t, id, NULL, cfg)) != DG_OK) return r;
-    if ((r = dg_flgan_worker_create(&w, cfg, id, t, pool, ds, idx, count)) != DG_OK) return r;
-    memset(&ro, 0, sizeof ro);
-    ro.fw = w;
-    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
-        dg_flgan_worker_free(w);
-        return r;
-    }
-    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
-           !dg_flgan_worker_stopped(w)) {
-        dg_msg *m;
-        if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_flgan_worker_handle(w, m) != DG_OK)
-            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-        if (!dg_flgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
-    }
-    if (dg_flgan_worker_stopped(w) && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
-        dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
-    dg_flgan_worker_free(w);
-    return r;
+    r = dg_flgan_worker_create(&w, cfg, id, t, pool, ds, idx, count);
+    return r == DG_OK ? dg__drive_worker(&w->core, d, 0) : r;
 }
 
 /* ==== dg_tcp ==== */
