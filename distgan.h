@@ -13741,6 +13741,13 @@ static dg_result dg__roster_dismiss(dg__roster *ro, int id, const char *why)
                      : dg_mdgan_server_drop_worker((dg_mdgan_server *)ro->server, id, why);
 }
 
+/* Frees the server the roster belongs to, and with it the roster. */
+static void dg__roster_destroy(dg__roster *ro)
+{
+    if (ro->flgan) dg_flgan_server_free((dg_flgan_server *)ro->server);
+    else dg_mdgan_server_free((dg_mdgan_server *)ro->server);
+}
+
 /* STOP to every live worker. */
 static dg_result dg__roster_stop(const dg__roster *ro)
 {
@@ -13978,13 +13985,10 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
                             cfg->barrier_timeout_ms, cfg->log, cfg->log_user);
     if (r == DG_OK) r = dg__coder_batches(&s->batch_co, cfg, 2, 1);
     if (r == DG_OK) r = dg__coder_batches(&s->feedback_co, cfg, 1, 0);
-    if (r != DG_OK) {
-        dg_mdgan_server_free(s);
-        return r;
-    }
     s->stats.n_live = cfg->n_workers;
-    *out = s;
-    return DG_OK;
+    if (r == DG_OK) *out = s;
+    else dg_mdgan_server_free(s);
+    return r;
 }
 
 DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
@@ -14593,12 +14597,9 @@ DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_con
         r = dg__coder_add_net(&w->swap_co, w->disc, &w->opt, cfg->swap_optimizer);
     }
     if (r == DG_OK) r = dg__coder_ready(&w->swap_co, 1, 0, 0);
-    if (r != DG_OK) {
-        dg_mdgan_worker_free(w);
-        return r;
-    }
-    *out = w;
-    return DG_OK;
+    if (r == DG_OK) *out = w;
+    else dg_mdgan_worker_free(w);
+    return r;
 }
 
 DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w)
@@ -15093,13 +15094,10 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
                          "%zu floats", cfg->n_workers, s->ref_len);
         for (n = 0; s->ref_round && n <= cfg->n_workers; n++) s->ref_round[n] = -1;
     }
-    if (r != DG_OK) {
-        dg_flgan_server_free(s);
-        return r;
-    }
     s->stats.n_live = cfg->n_workers;
-    *out = s;
-    return DG_OK;
+    if (r == DG_OK) *out = s;
+    else dg_flgan_server_free(s);
+    return r;
 }
 
 DGDEF void dg_flgan_server_free(dg_flgan_server *s)
@@ -15355,6 +15353,37 @@ static void dg__ref_get(dg__rbuf *r, int64_t *round, float *ref, size_t len)
     if (x && !r->bad) memcpy(ref, x, 4 * len);
 }
 
+/* Opens an FL-GAN checkpoint (dg__role_open: n counters, G and D) and
+   reads its CODEC section, if any, whole with walk(obj, section, 0) so that
+   a bad one is refused before anything changes; as is one where this
+   run's codecs keep no state (keeps 0).  The caller then installs the nets
+   and walks the section again with apply 1. */
+static dg_result dg__flgan_open(const void *buf, size_t len, uint32_t kind, int64_t *v, int n,
+                                dg__rbuf *net, dg__rbuf *codec, int keeps,
+                                void (*walk)(void *obj, dg__rbuf *c, int apply), void *obj)
+{
+    const char *what = dg__ck_kind_name(kind);
+    dg__rbuf c;
+    dg_result r = dg__role_open(buf, len, kind, v, n, net, 2, codec);
+    if (r != DG_OK || !codec->p) return r;
+    if (!keeps)
+        return dg__fail(DG_ERR_CONFIG, "%s checkpoint: it holds codec state (download references "
+                        "or upload residuals), this run's codecs keep none", what);
+    c = *codec;
+    walk(obj, &c, 0);
+    return dg__ck_done(&c, what);
+}
+
+/* The server's CODEC section: each worker's download reference. */
+static void dg__flgan_server_refs(void *obj, dg__rbuf *c, int apply)
+{
+    dg_flgan_server *s = (dg_flgan_server *)obj;
+    int n;
+    for (n = 1; n <= s->cfg.n_workers; n++)
+        dg__ref_get(c, apply ? &s->ref_round[n] : NULL, s->refs + (size_t)(n - 1) * s->ref_len,
+                    s->ref_len);
+}
+
 static void dg__flgan_server_encode(dg__wbuf *w, const void *obj)
 {
     const dg_flgan_server *s = (const dg_flgan_server *)obj;
@@ -15392,21 +15421,11 @@ DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, si
     int n;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_load_mem: NULL argument");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
-    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, 2, &codec))) return r;
-    if (codec.p && !s->refs)
-        return dg__fail(DG_ERR_CONFIG, "FL-GAN server checkpoint: it holds download references, "
-                        "this run's download codec (%s) keeps none",
-                        dg_codec_name(s->cfg.codec.download.kind));
-    if (codec.p) { /* checked whole before anything changes */
-        dg__rbuf c = codec;
-        for (n = 1; n <= s->cfg.n_workers; n++) dg__ref_get(&c, NULL, NULL, s->ref_len);
-        if ((r = dg__ck_done(&c, "FL-GAN server checkpoint: download references"))) return r;
-    }
-    if ((r = dg__pair_get(&s->model, net)) != DG_OK) return r;
-    for (n = 1; s->refs && n <= s->cfg.n_workers; n++) /* no section: every worker unknown */
-        if (codec.p) dg__ref_get(&codec, &s->ref_round[n], s->refs + (size_t)(n - 1) * s->ref_len,
-                                 s->ref_len);
-        else s->ref_round[n] = -1;
+    r = dg__flgan_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, &codec, s->refs != NULL,
+                       dg__flgan_server_refs, s);
+    if (r != DG_OK || (r = dg__pair_get(&s->model, net)) != DG_OK) return r;
+    for (n = 1; s->refs && n <= s->cfg.n_workers; n++) s->ref_round[n] = -1; /* no section */
+    if (codec.p) dg__flgan_server_refs(s, &codec, 1);
     s->round = round;
     s->stats.rounds = round;
     return DG_OK;
@@ -15480,12 +15499,9 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
         if (!w->dx || !w->g_in || !w->fake_labels)
             r = dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
     }
-    if (r != DG_OK) {
-        dg_flgan_worker_free(w);
-        return r;
-    }
-    *out = w;
-    return DG_OK;
+    if (r == DG_OK) *out = w;
+    else dg_flgan_worker_free(w);
+    return r;
 }
 
 DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
@@ -15617,6 +15633,20 @@ static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
     dg__ck_end(w, start);
 }
 
+/* The worker's CODEC section: its download reference, its upload residuals. */
+static void dg__flgan_worker_codec(void *obj, dg__rbuf *c, int apply)
+{
+    dg_flgan_worker *w = (dg_flgan_worker *)obj;
+    dg__coder *up = &w->upload_co;
+    int i;
+    if (w->ref)
+        dg__ref_get(c, apply ? &w->ref_round : NULL, w->ref, dg__coder_total(&w->download_co));
+    for (i = 0; i < up->n_parts && up->residual[i]; i++) {
+        const unsigned char *x = dg__take(c, 4 * up->count[i]);
+        if (apply && x) memcpy(up->residual[i], x, 4 * up->count[i]);
+    }
+}
+
 DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w)
 {
     return w ? dg__encoded_size(dg__flgan_worker_encode, w) : 0;
@@ -15639,27 +15669,15 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
     int i;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_load_mem: NULL argument");
     up = &w->upload_co;
-    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, 2, &codec))) return r;
-    if ((r = dg__worker_fits(&w->core, v + 1)) != DG_OK) return r;
-    if (codec.p && !w->ref && !up->residual[0])
-        return dg__fail(DG_ERR_CONFIG, "FL-GAN worker checkpoint: it holds codec state, this "
-                        "run's codecs keep none");
-    if (codec.p) { /* checked whole before anything changes */
-        dg__rbuf c = codec;
-        if (w->ref) dg__ref_get(&c, NULL, NULL, dg__coder_total(&w->download_co));
-        for (i = 0; i < up->n_parts && up->residual[i]; i++) (void)dg__take(&c, 4 * up->count[i]);
-        if ((r = dg__ck_done(&c, "FL-GAN worker checkpoint: codec state")) != DG_OK) return r;
-    }
+    r = dg__flgan_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, &codec,
+                       w->ref || up->residual[0], dg__flgan_worker_codec, w);
+    if (r != DG_OK || (r = dg__worker_fits(&w->core, v + 1)) != DG_OK) return r;
     if ((r = dg__pair_get(&w->gan, net)) != DG_OK) return r;
     /* no section (an older checkpoint): no reference, residuals at zero */
     w->ref_round = -1;
-    if (w->ref && codec.p)
-        dg__ref_get(&codec, &w->ref_round, w->ref, dg__coder_total(&w->download_co));
-    for (i = 0; i < up->n_parts && up->residual[i]; i++) {
-        const unsigned char *x = codec.p ? dg__take(&codec, 4 * up->count[i]) : NULL;
-        if (x) memcpy(up->residual[i], x, 4 * up->count[i]);
-        else memset(up->residual[i], 0, 4 * up->count[i]);
-    }
+    for (i = 0; i < up->n_parts && up->residual[i]; i++)
+        memset(up->residual[i], 0, 4 * up->count[i]);
+    if (codec.p) dg__flgan_worker_codec(w, &codec, 1);
     if ((r = dg_batcher_seek(&w->core.batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
     w->local_iter = v[0];
     return DG_OK;
@@ -15959,20 +15977,6 @@ DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->in.t : NULL; }
-DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r) { return r ? r->server : NULL; }
-DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id)
-{
-    return (dg_mdgan_worker *)dg__local_worker(r ? &r->in : NULL, id);
-}
-DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
-{
-    return dg__local_compute(r ? &r->in : NULL);
-}
-DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net)
-{
-    return dg__local_network(r ? &r->in : NULL, net, "dg_mdgan_run_set_network");
-}
 
 struct dg_flgan_run {
     dg_flgan_config cfg;
@@ -16027,20 +16031,28 @@ DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->in.t : NULL; }
-DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r) { return r ? r->server : NULL; }
-DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id)
-{
-    return (dg_flgan_worker *)dg__local_worker(r ? &r->in : NULL, id);
-}
-DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
-{
-    return dg__local_compute(r ? &r->in : NULL);
-}
-DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net)
-{
-    return dg__local_network(r ? &r->in : NULL, net, "dg_flgan_run_set_network");
-}
+/* The accessors the two runs have alike (declared one by one above:
+   dg_mdgan_run_transport, _server, _worker, _worker_compute,
+   _set_network, and FL-GAN's), defined once for both: C needs a function
+   per handle type, and nothing else differs. */
+#define DG__RUN_ACCESSORS(X)                                                                      \
+    DGDEF dg_transport *dg_##X##_run_transport(dg_##X##_run *r) { return r ? r->in.t : NULL; }  \
+    DGDEF dg_##X##_server *dg_##X##_run_server(dg_##X##_run *r) { return r ? r->server : NULL; } \
+    DGDEF dg_##X##_worker *dg_##X##_run_worker(dg_##X##_run *r, int id)                           \
+    {                                                                                             \
+        return (dg_##X##_worker *)dg__local_worker(r ? &r->in : NULL, id);                        \
+    }                                                                                             \
+    DGDEF double dg_##X##_run_worker_compute(const dg_##X##_run *r)                               \
+    {                                                                                             \
+        return dg__local_compute(r ? &r->in : NULL);                                              \
+    }                                                                                             \
+    DGDEF dg_result dg_##X##_run_set_network(dg_##X##_run *r, const dg_netsim_config *net)        \
+    {                                                                                             \
+        return dg__local_network(r ? &r->in : NULL, net, "dg_" #X "_run_set_network");            \
+    }
+DG__RUN_ACCESSORS(mdgan)
+DG__RUN_ACCESSORS(flgan)
+#undef DG__RUN_ACCESSORS
 
 /* Saves (load = 0) or loads every role of an in-process run (md or fl). */
 static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *dir, int load)
@@ -16280,10 +16292,14 @@ static int dg__drive_wait_for(dg_transport *t, int n, int want, int ms)
    every role's checkpoint is of the same iteration. */
 static int dg__drive_workers_outlive(const dg_transport *t) { return t->keep_server != NULL; }
 
-/* The server driver of MD-GAN (ms) or FL-GAN (fs): one loop for both. */
-static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_server *ms,
-                                  dg_flgan_server *fs, int n_workers)
+/* The server process of either algorithm, once its role (the owner of
+   roster core) is created: limits the transport's message sizes, resumes,
+   runs, checkpoints, stops the workers; one loop for both; frees the role. */
+static dg_result dg__drive_server(dg__roster *core, const dg_drive *d, int n_workers)
 {
+    dg_mdgan_server *ms = core->flgan ? NULL : (dg_mdgan_server *)core->server;
+    dg_flgan_server *fs = core->flgan ? (dg_flgan_server *)core->server : NULL;
+    dg_transport *t = core->t;
     dg__role_ref ro;
     dg_drive_status st;
     dg_result r, e;
@@ -16291,7 +16307,13 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     memset(&ro, 0, sizeof ro);
     ro.ms = ms;
     ro.fs = fs;
-    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) return r;
+    r = dg__drive_limit(t, 0, ms ? &ms->cfg : NULL, fs ? &fs->cfg : NULL); /* this run's sizes */
+    if (r != DG_OK || (r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
+        dg__roster_destroy(core);
+        return r;
+    }
+    if (core->barrier_ms <= 0) /* over processes a dead worker must not hold the run forever */
+        core->barrier_ms = ms ? 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000) : 60000;
     memset(&st, 0, sizeof st);
     st.transport = t;
     st.generator = ms ? dg_mdgan_server_generator(ms) : dg_flgan_server_generator(fs);
@@ -16309,12 +16331,11 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
             break;
         }
         for (n = 1; n < t->n_peers; n++) /* a restarted worker rejoins */
-            if (dg_transport_connected(t, n) &&
-                !(ms ? dg_mdgan_server_is_live(ms, n) : dg_flgan_server_is_live(fs, n)))
+            if (dg_transport_connected(t, n) && !dg__roster_is_live(core, n))
                 r = ms ? dg_mdgan_server_add_worker(ms, n) : dg_flgan_server_add_worker(fs, n);
         if (r != DG_OK || (r = ms ? dg_mdgan_server_begin(ms) : dg_flgan_server_begin(fs)) != DG_OK)
             break;
-        if ((r = dg__drive_barrier(ms ? &ms->ro : &fs->ro)) != DG_OK) break;
+        if ((r = dg__drive_barrier(core)) != DG_OK) break;
         if (ms) {
             const dg_mdgan_stats *s = dg_mdgan_server_stats(ms);
             st.iteration = st.updates = s->iteration;
@@ -16343,14 +16364,12 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     else if (dg_stop_requested())
         dg__log(d->log, d->log_user, "stop requested: checkpoint and shut down");
     if ((e = dg__role_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
-    if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t))) {
-        /* STOP (a worker it cannot reach is gone anyway) */
-        if (ms) dg_mdgan_server_stop(ms);
-        else dg_flgan_server_stop(fs);
-    }
+    if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t)))
+        dg__roster_stop(core); /* a worker it cannot reach is gone anyway */
     if (r == DG_OK && d->finish) d->finish(d->user, &st);
     dg__drive_sleep_ms(50);
     dg_transport_goodbye(t, !dg_stop_requested());
+    dg__roster_destroy(core);
     return r;
 }
 
@@ -16358,35 +16377,23 @@ DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *
                                      dg_pool *pool, const dg_drive *d)
 {
     dg_mdgan_server *s;
-    dg_mdgan_config c;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drive: NULL argument");
     if (cfg->quorum) /* its close time is judged on simulated arrivals, which processes lack */
         return dg__fail(DG_ERR_UNSUPPORTED, "dg_mdgan_server_drive: asynchronous MD-GAN (quorum %d) "
                         "runs in process only (dg_mdgan_run); quorum 0 is synchronous", cfg->quorum);
-    if ((r = dg__drive_limit(t, 0, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
-    c = *cfg;
-    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
-    if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
-    r = dg__drive_server(t, d, s, NULL, c.n_workers);
-    dg_mdgan_server_free(s);
-    return r;
+    r = dg_mdgan_server_create(&s, cfg, t, pool);
+    return r == DG_OK ? dg__drive_server(&s->ro, d, cfg->n_workers) : r;
 }
 
 DGDEF dg_result dg_flgan_server_drive(const dg_flgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d)
 {
     dg_flgan_server *s;
-    dg_flgan_config c;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_server_drive: NULL argument");
-    if ((r = dg__drive_limit(t, 0, NULL, cfg)) != DG_OK) return r; /* message sizes of this run */
-    c = *cfg;
-    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
-    if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
-    r = dg__drive_server(t, d, NULL, s, c.n_workers);
-    dg_flgan_server_free(s);
-    return r;
+    r = dg_flgan_server_create(&s, cfg, t, pool);
+    return r == DG_OK ? dg__drive_server(&s->ro, d, cfg->n_workers) : r;
 }
 
 /* ---- the workers ---- */
