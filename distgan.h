@@ -14062,6 +14062,7 @@ static dg_result dg__mdgan_generate(dg_mdgan_server *s)
     /* the training forward moves the batchnorm statistics: a checkpoint
        taken during the iteration saves these instead */
     memcpy(s->state0, dg_net_state(s->g), sizeof(float) * dg_net_state_count(s->g));
+    dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * c->batch * dg_net_flops(s->g, 0));
     return dg_net_forward(s->g, s->g_in, s->k * c->batch, 1, &s->fake);
 }
 
@@ -14123,11 +14124,18 @@ static void dg__mdgan_sum_feedback(dg_mdgan_server *s, dg_msg **fb, int n_got, f
     s->stats.g_loss = (float)(gl / n_got);
 }
 
+/* The simulated cost of G's backward over the k*b rows of this iteration. */
+static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
+{
+    return (double)s->k * s->cfg.batch * (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0));
+}
+
 /* One backward of G over the k*b rows from dy, one Adam step. */
 static dg_result dg__mdgan_update_generator(dg_mdgan_server *s)
 {
     dg_result r;
     dg_net_zero_grad(s->g);
+    dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
     if ((r = dg_net_backward(s->g, s->dy, NULL)) != DG_OK) return r;
     return dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
 }
@@ -14183,7 +14191,6 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_begin: iteration still open");
     if ((r = dg__mdgan_admit_joiners(s)) != DG_OK) return r;
     if ((r = dg__mdgan_generate(s)) != DG_OK) return r;
-    dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * dg_net_flops(s->g, 0));
     for (n = 1; n <= s->ro.slots; n++) /* async: only to workers whose feedback was used */
         if (s->ro.live[n] && !s->ro.asked[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK)
             return r;
@@ -14194,12 +14201,6 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     }
     s->stats.compute_s += s->ro.opened - t0;
     return s->ro.missing ? DG_OK : dg_mdgan_server_expire(s);
-}
-
-/* The simulated cost of G's backward over the k*b rows of this iteration. */
-static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
-{
-    return (double)s->k * s->cfg.batch * (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0));
 }
 
 /* The end of every update: counters, then the swap announcement when due. */
@@ -14225,7 +14226,6 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     if (n_got) {
         dg__mdgan_sum_feedback(s, s->ro.got, n_got, 1.0f / ((float)n_got * (float)s->cfg.batch));
         r = dg__mdgan_update_generator(s);
-        dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
     }
     dg__roster_clear(&s->ro);
     return dg__mdgan_server_advance(s, n_got, r, t0);
