@@ -13905,6 +13905,60 @@ static dg_result dg__worker_fits(const dg__worker *k, const int64_t *v)
     return DG_OK;
 }
 
+/* The public functions both algorithms' roles have alike (declared one by
+   one above), defined once per algorithm X: C wants a function per handle
+   type, and nothing else differs.  A server's poll, missing, stop,
+   is_live, stats, save_size and save_mem go to its roster core or its
+   checkpoint encoder (dg__X_server_encode); a worker's poll, stopped,
+   compute_seconds and save_size to its worker core or encoder. */
+#define DG__SERVER_COMMON(X)                                                                      \
+    DGDEF dg_result dg_##X##_server_poll(dg_##X##_server *s, int timeout_ms)                      \
+    {                                                                                             \
+        return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)                               \
+                 : dg__fail(DG_ERR_ARG, "dg_" #X "_server_poll: NULL");                           \
+    }                                                                                             \
+    DGDEF int dg_##X##_server_missing(const dg_##X##_server *s)                                   \
+    {                                                                                             \
+        return s && s->ro.open ? s->ro.missing : 0;                                               \
+    }                                                                                             \
+    DGDEF dg_result dg_##X##_server_stop(dg_##X##_server *s)                                      \
+    {                                                                                             \
+        return s ? dg__roster_stop(&s->ro) : dg__fail(DG_ERR_ARG, "dg_" #X "_server_stop: NULL"); \
+    }                                                                                             \
+    DGDEF int dg_##X##_server_is_live(const dg_##X##_server *s, int id)                           \
+    {                                                                                             \
+        return s && dg__roster_is_live(&s->ro, id);                                               \
+    }                                                                                             \
+    DGDEF const dg_##X##_stats *dg_##X##_server_stats(const dg_##X##_server *s)                   \
+    {                                                                                             \
+        return s ? &s->stats : NULL;                                                              \
+    }                                                                                             \
+    DGDEF size_t dg_##X##_server_save_size(const dg_##X##_server *s)                              \
+    {                                                                                             \
+        return s ? dg__encoded_size(dg__##X##_server_encode, s) : 0;                              \
+    }                                                                                             \
+    DGDEF dg_result dg_##X##_server_save_mem(const dg_##X##_server *s, void *buf, size_t cap,     \
+                                             size_t *written)                                     \
+    {                                                                                             \
+        if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_" #X "_server_save_mem: NULL argument");  \
+        return dg__encode_mem(dg__##X##_server_encode, s, buf, cap, written,                      \
+                              "dg_" #X "_server_save_mem");                                       \
+    }
+#define DG__WORKER_COMMON(X)                                                                      \
+    DGDEF dg_result dg_##X##_worker_poll(dg_##X##_worker *w, int timeout_ms)                      \
+    {                                                                                             \
+        return dg__worker_poll((dg__worker *)w, timeout_ms, "dg_" #X "_worker_poll");             \
+    }                                                                                             \
+    DGDEF int dg_##X##_worker_stopped(const dg_##X##_worker *w) { return w && w->core.stopped; }  \
+    DGDEF double dg_##X##_worker_compute_seconds(const dg_##X##_worker *w)                        \
+    {                                                                                             \
+        return w ? w->core.compute_s : 0.0;                                                       \
+    }                                                                                             \
+    DGDEF size_t dg_##X##_worker_save_size(const dg_##X##_worker *w)                              \
+    {                                                                                             \
+        return w ? dg__encoded_size(dg__##X##_worker_encode, w) : 0;                              \
+    }
+
 /* ---- MD-GAN server ---- */
 
 struct dg_mdgan_server {
@@ -14431,14 +14485,6 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
     return s->cfg.quorum ? dg__mdgan_async_finish(s) : dg__mdgan_server_finish(s);
 }
 
-DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
-{
-    return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)
-             : dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
-}
-
-DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
-
 DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id)
 {
     dg_result r = dg__roster_vacant(s ? &s->ro : NULL, id, "dg_mdgan_server_add_worker");
@@ -14446,16 +14492,6 @@ DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id)
     return r;
 }
 
-DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s)
-{
-    return s ? dg__roster_stop(&s->ro) : dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
-}
-
-DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id)
-{
-    return s && dg__roster_is_live(&s->ro, id);
-}
-DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s) { return s ? s->g : NULL; }
 DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s) { return s ? &s->opt : NULL; }
 
@@ -14485,14 +14521,18 @@ static void dg__role_put(dg__wbuf *w, uint32_t kind, const uint64_t *v, int n, c
     if (d) dg__net_put(w, d, od);
 }
 
-/* MD-GAN server: iteration, swap round; G. */
+/* MD-GAN server: iteration, swap round; G.  An open iteration changed
+   nothing yet but G's batchnorm statistics: the ones from before its
+   forward are saved (swapped in and back). */
 static void dg__mdgan_server_encode(dg__wbuf *w, const void *obj)
 {
     const dg_mdgan_server *s = (const dg_mdgan_server *)obj;
     uint64_t v[2];
     v[0] = (uint64_t)s->iteration;
     v[1] = (uint64_t)s->round;
+    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
     dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL, 0);
+    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
 }
 
 /* Reads the counters of a role's checkpoint (n of them, none negative)
@@ -14520,23 +14560,7 @@ static dg_result dg__role_open(const void *buf, size_t len, uint32_t kind, int64
     return DG_OK;
 }
 
-DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s)
-{
-    return s ? dg__encoded_size(dg__mdgan_server_encode, s) : 0;
-}
-
-DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
-                                         size_t *written)
-{
-    dg_result r;
-    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_save_mem: NULL argument");
-    /* an open iteration changed nothing yet but G's batchnorm statistics:
-       save the ones from before its forward (swapped in and back) */
-    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
-    r = dg__encode_mem(dg__mdgan_server_encode, s, buf, cap, written, "dg_mdgan_server_save_mem");
-    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
-    return r;
-}
+DG__SERVER_COMMON(mdgan)
 
 DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, size_t len)
 {
@@ -14771,11 +14795,6 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
     }
 }
 
-DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
-{
-    return dg__worker_poll((dg__worker *)w, timeout_ms, "dg_mdgan_worker_poll");
-}
-
 DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w) { return w && w->awaiting && w->deferred; }
 
 DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
@@ -14788,12 +14807,7 @@ DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
     w->deferred = NULL;
     return dg__mdgan_worker_iterate(w, g);
 }
-DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w) { return w && w->core.stopped; }
 DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w) { return w ? w->iterations : 0; }
-DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w)
-{
-    return w ? w->core.compute_s : 0.0;
-}
 DGDEF dg_net *dg_mdgan_worker_discriminator(dg_mdgan_worker *w) { return w ? w->disc : NULL; }
 DGDEF dg_optim *dg_mdgan_worker_optim(dg_mdgan_worker *w) { return w ? &w->opt : NULL; }
 
@@ -14806,10 +14820,7 @@ static void dg__mdgan_worker_encode(dg__wbuf *w, const void *obj)
     dg__role_put(w, DG__CK_MDGAN_WORKER, v, 2, k->disc, &k->opt, NULL, NULL, 0);
 }
 
-DGDEF size_t dg_mdgan_worker_save_size(const dg_mdgan_worker *w)
-{
-    return w ? dg__encoded_size(dg__mdgan_worker_encode, w) : 0;
-}
+DG__WORKER_COMMON(mdgan)
 
 DGDEF dg_result dg_mdgan_worker_save_mem(const dg_mdgan_worker *w, void *buf, size_t cap,
                                          size_t *written)
@@ -15313,17 +15324,6 @@ DGDEF dg_result dg_flgan_server_set_shard(dg_flgan_server *s, int id, int64_t si
     return DG_OK;
 }
 
-DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id)
-{
-    return s && dg__roster_is_live(&s->ro, id);
-}
-
-DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
-{
-    return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)
-             : dg__fail(DG_ERR_ARG, "dg_flgan_server_poll: NULL");
-}
-
 /* FL-GAN checkpoints (dg__role_put): the server's round or the worker's
    local iteration, batcher epoch and position; G and D.  Begin changes
    nothing in the model, so an open round saves what it started from. */
@@ -15400,18 +15400,7 @@ static void dg__flgan_server_encode(dg__wbuf *w, const void *obj)
     dg__ck_end(w, start);
 }
 
-DGDEF size_t dg_flgan_server_save_size(const dg_flgan_server *s)
-{
-    return s ? dg__encoded_size(dg__flgan_server_encode, s) : 0;
-}
-
-DGDEF dg_result dg_flgan_server_save_mem(const dg_flgan_server *s, void *buf, size_t cap,
-                                         size_t *written)
-{
-    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_save_mem: NULL argument");
-    return dg__encode_mem(dg__flgan_server_encode, s, buf, cap, written,
-                          "dg_flgan_server_save_mem");
-}
+DG__SERVER_COMMON(flgan)
 
 DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, size_t len)
 {
@@ -15431,12 +15420,6 @@ DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, si
     return DG_OK;
 }
 
-DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
-DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s)
-{
-    return s ? dg__roster_stop(&s->ro) : dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
-}
-DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s) { return s ? s->model.g : NULL; }
 DGDEF dg_net *dg_flgan_server_discriminator(dg_flgan_server *s) { return s ? s->model.d : NULL; }
 
@@ -15602,16 +15585,6 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
     return r;
 }
 
-DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms)
-{
-    return dg__worker_poll((dg__worker *)w, timeout_ms, "dg_flgan_worker_poll");
-}
-
-DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w)
-{
-    return w ? w->core.compute_s : 0.0;
-}
-DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->core.stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
 
 static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
@@ -15647,10 +15620,9 @@ static void dg__flgan_worker_codec(void *obj, dg__rbuf *c, int apply)
     }
 }
 
-DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w)
-{
-    return w ? dg__encoded_size(dg__flgan_worker_encode, w) : 0;
-}
+DG__WORKER_COMMON(flgan)
+#undef DG__SERVER_COMMON
+#undef DG__WORKER_COMMON
 
 DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, size_t cap,
                                          size_t *written)
