@@ -13695,14 +13695,22 @@ static dg_result dg__send_control(dg_transport *t, int type, int from, int to, i
     return dg__send_copy(t, type, from, to, it, aux, 0, NULL, NULL, NULL, NULL);
 }
 
-/* ---- the server's roster ----
+/* ---- the server core: its roster ----
    MD-GAN's iteration and FL-GAN's round are the same barrier: the server
    sends to every live worker (FeGAN: to the chosen ones), then waits for
    one answer from each it asked; a worker it cannot reach, that misses the
    deadline or that the driver drops leaves the live set (N_live) and the
    round completes without it.  Asynchronous MD-GAN keeps a worker asked,
-   and its answer held, across iterations until the answer is used. */
+   and its answer held, across iterations until the answer is used.  The
+   roster is all the two servers share: with the transport, the deadline
+   and the server it belongs to, the barrier loops, the drivers and the
+   public functions alike (poll, stop, is_live, missing, add_worker's
+   check) serve both algorithms through it. */
 typedef struct dg__roster {
+    dg_transport *t;
+    void *server;            /* the dg_mdgan_server or dg_flgan_server (flgan) */
+    int flgan;
+    int barrier_ms;          /* cfg.barrier_timeout_ms */
     int slots;               /* worker ids 1..slots */
     char *live;              /* per slot 0..slots */
     char *asked;             /* per slot: its answer is awaited */
@@ -13717,9 +13725,24 @@ typedef struct dg__roster {
     void *log_user;
 } dg__roster;
 
-static dg_result dg__roster_init(dg__roster *ro, int slots, int n_live)
+/* The roster of server (flgan: FL-GAN's) on t: slots worker slots, the
+   first n_live live; number and n_dropped point into the server (its
+   iteration or round, its statistics); log and the deadline from cfg. */
+static dg_result dg__roster_init(dg__roster *ro, void *server, int flgan, dg_transport *t,
+                                 int slots, int n_live, const int64_t *number, int *n_dropped,
+                                 int barrier_ms, void (*log)(void *, const char *), void *log_user)
 {
     int n;
+    ro->t = t;
+    ro->server = server;
+    ro->flgan = flgan;
+    ro->barrier_ms = barrier_ms;
+    ro->unit = flgan ? "round" : "iteration";
+    ro->answer = flgan ? "model" : "feedback";
+    ro->number = number;
+    ro->n_dropped = n_dropped;
+    ro->log = log;
+    ro->log_user = log_user;
     ro->slots = slots;
     ro->live = (char *)dg__calloc((size_t)slots + 1, 1);
     ro->asked = (char *)dg__calloc((size_t)slots + 1, 1);
@@ -13730,11 +13753,11 @@ static dg_result dg__roster_init(dg__roster *ro, int slots, int n_live)
 }
 
 /* Frees the answers of the open round (if any) and closes it. */
-static void dg__roster_clear(dg__roster *ro, dg_transport *t)
+static void dg__roster_clear(dg__roster *ro)
 {
     int n;
     for (n = 0; ro->got && n <= ro->slots; n++) {
-        dg_msg_free(t, ro->got[n]);
+        dg_msg_free(ro->t, ro->got[n]);
         ro->got[n] = NULL;
         ro->asked[n] = 0;
     }
@@ -13742,9 +13765,9 @@ static void dg__roster_clear(dg__roster *ro, dg_transport *t)
     ro->missing = 0;
 }
 
-static void dg__roster_free(dg__roster *ro, dg_transport *t)
+static void dg__roster_free(dg__roster *ro)
 {
-    dg__roster_clear(ro, t);
+    dg__roster_clear(ro);
     dg__free(ro->live);
     dg__free(ro->asked);
     dg__free(ro->got);
@@ -13753,6 +13776,14 @@ static void dg__roster_free(dg__roster *ro, dg_transport *t)
 static int dg__roster_is_live(const dg__roster *ro, int id)
 {
     return id >= 1 && id <= ro->slots && ro->live[id];
+}
+
+/* add_worker's check (ro NULL: no server): slot id is free for a worker. */
+static dg_result dg__roster_vacant(const dg__roster *ro, int id, const char *fn)
+{
+    if (!ro || id < 1 || id > ro->slots || ro->live[id])
+        return dg__fail(DG_ERR_ARG, "%s: slot %d is not free", fn, id);
+    return DG_OK;
 }
 
 /* The live worker ids in order into ids[0..cap); returns how many. */
@@ -13845,19 +13876,243 @@ static int dg__roster_drop(dg__roster *ro, int id, const char *why, const char *
     return dg__roster_leave(ro, id);
 }
 
+/* The server a roster belongs to reacts to one message, closes its round
+   or drops a worker (the public functions, whichever algorithm it runs). */
+static dg_result dg__roster_handle(dg__roster *ro, dg_msg *m)
+{
+    return ro->flgan ? dg_flgan_server_handle((dg_flgan_server *)ro->server, m)
+                     : dg_mdgan_server_handle((dg_mdgan_server *)ro->server, m);
+}
+
+static dg_result dg__roster_expire(dg__roster *ro)
+{
+    return ro->flgan ? dg_flgan_server_expire((dg_flgan_server *)ro->server)
+                     : dg_mdgan_server_expire((dg_mdgan_server *)ro->server);
+}
+
+static dg_result dg__roster_dismiss(dg__roster *ro, int id, const char *why)
+{
+    return ro->flgan ? dg_flgan_server_drop_worker((dg_flgan_server *)ro->server, id, why)
+                     : dg_mdgan_server_drop_worker((dg_mdgan_server *)ro->server, id, why);
+}
+
+/* Frees the server the roster belongs to, and with it the roster. */
+static void dg__roster_destroy(dg__roster *ro)
+{
+    if (ro->flgan) dg_flgan_server_free((dg_flgan_server *)ro->server);
+    else dg_mdgan_server_free((dg_mdgan_server *)ro->server);
+}
+
 /* STOP to every live worker. */
-static dg_result dg__roster_stop(const dg__roster *ro, dg_transport *t)
+static dg_result dg__roster_stop(const dg__roster *ro)
 {
     dg_result r = DG_OK;
     int n;
     for (n = 1; n <= ro->slots; n++) { /* one worker's failed send spares no other its STOP */
-        dg_result e = ro->live[n] ? dg__send_control(t, DG_MSG_STOP, DG_PEER_SERVER, n,
+        dg_result e = ro->live[n] ? dg__send_control(ro->t, DG_MSG_STOP, DG_PEER_SERVER, n,
                                                      *ro->number, 0)
                                   : DG_OK;
         if (r == DG_OK) r = e;
     }
     return r;
 }
+
+/* The server side of a synchronous round: handles messages while the round
+   is open; a sender whose message the role rejects is dropped (and the
+   driver told through rejected, if any); a blocking poll expires the round
+   when the barrier deadline (barrier_ms > 0 after begin) passes.
+   timeout_ms bounds the wait (0: only what is queued, < 0: until the round
+   closes). */
+static dg_result dg__barrier_poll(dg__roster *ro, int timeout_ms,
+                                  void (*rejected)(void *user, int id, const char *why),
+                                  void *user)
+{
+    double start = dg__now();
+    while (ro->open) {
+        dg_msg *m;
+        double left;
+        int wait = timeout_ms, from;
+        dg_result r;
+        if (ro->barrier_ms > 0 && timeout_ms != 0) {
+            left = ro->barrier_ms - 1e3 * (dg__now() - ro->opened);
+            if (left <= 0) return dg__roster_expire(ro);
+            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
+        }
+        if (timeout_ms > 0) {
+            left = timeout_ms - 1e3 * (dg__now() - start);
+            if (left <= 0) return DG_ERR_TIMEOUT;
+            if (wait > (int)left) wait = (int)left + 1;
+        }
+        if (dg_transport_recv(ro->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
+            if (timeout_ms == 0) return DG_ERR_TIMEOUT;
+            continue;
+        }
+        from = m->from;
+        r = dg__roster_handle(ro, m);
+        if (r == DG_ERR_FORMAT) { /* the sender's fault, not the run's */
+            char why[256];
+            snprintf(why, sizeof why, "%s", dg_last_error());
+            r = dg__roster_dismiss(ro, from, why);
+            if (rejected) rejected(user, from, why);
+        }
+        if (r != DG_OK) return r;
+    }
+    return DG_OK;
+}
+
+/* ---- the worker core ----
+   What an MD-GAN and an FL-GAN worker are alike: its id, transport and
+   pool, the batcher of its shard with a real batch, STOP and its compute
+   time.  Each worker struct starts with its core (so a pointer to either
+   is one to its core): creation, the drain loop, the accessors and the
+   shard position of a checkpoint serve both through it. */
+typedef struct dg__worker {
+    int id, flgan;
+    int d;                   /* c*h*w */
+    dg_transport *t;
+    dg_pool *pool;
+    dg_batcher batcher;      /* seeded by (seed, DG_MDGAN_STREAM_DATA, id) */
+    float *real;             /* b x d */
+    int32_t *real_labels;    /* b */
+    int stopped;
+    double compute_s;
+} dg__worker;
+
+/* Allocates a worker struct of size bytes (zeroed) with its core over the
+   shard idx[0..count) of ds; fn names the public create in errors. */
+static dg_result dg__worker_new(dg__worker **out, size_t size, int flgan, int id, dg_transport *t,
+                                dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
+                                size_t count, int batch, int c, int h, int w, int n_classes,
+                                uint64_t seed, const char *fn)
+{
+    dg__worker *k;
+    dg_result r;
+    if (!t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers || batch < 1)
+        return dg__fail(DG_ERR_ARG, "%s: bad arguments (worker %d)", fn, id);
+    if (ds->c != c || ds->h != h || ds->w != w || (n_classes && ds->n_classes != n_classes))
+        return dg__fail(DG_ERR_CONFIG, "%s: data %dx%dx%d (%d classes) vs config %dx%dx%d (%d "
+                        "classes)", fn, ds->c, ds->h, ds->w, ds->n_classes, c, h, w, n_classes);
+    if (!(k = (dg__worker *)dg__calloc(1, size)))
+        return dg__fail(DG_ERR_NOMEM, "%s: no memory", fn);
+    k->id = id;
+    k->flgan = flgan;
+    k->d = c * h * w;
+    k->t = t;
+    k->pool = pool;
+    r = dg_batcher_init(&k->batcher, ds, idx, count, batch,
+                        dg_mdgan_seed(seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
+    k->real = (float *)dg__calloc((size_t)batch * k->d, sizeof(float));
+    k->real_labels = (int32_t *)dg__calloc((size_t)batch, sizeof(int32_t));
+    if (r == DG_OK && (!k->real || !k->real_labels))
+        r = dg__fail(DG_ERR_NOMEM, "%s: no memory", fn);
+    *out = k; /* on failure too: the caller frees the whole worker */
+    return r;
+}
+
+static void dg__worker_free(dg__worker *k)
+{
+    dg_batcher_free(&k->batcher);
+    dg__free(k->real);
+    dg__free(k->real_labels);
+    dg__free(k);
+}
+
+/* The worker's reaction to one message (the public handle of its algorithm). */
+static dg_result dg__worker_handle(dg__worker *k, dg_msg *m)
+{
+    return k->flgan ? dg_flgan_worker_handle((dg_flgan_worker *)k, m)
+                    : dg_mdgan_worker_handle((dg_mdgan_worker *)k, m);
+}
+
+/* Frees a whole worker of either algorithm (NULL: nothing). */
+static void dg__worker_destroy(dg__worker *k)
+{
+    if (k && k->flgan) dg_flgan_worker_free((dg_flgan_worker *)k);
+    else dg_mdgan_worker_free((dg_mdgan_worker *)k);
+}
+
+/* A worker's poll (k NULL: fn fails): handles every message that arrives,
+   waiting up to timeout_ms for the first one only. */
+static dg_result dg__worker_poll(dg__worker *k, int timeout_ms, const char *fn)
+{
+    dg_msg *m;
+    dg_result r;
+    if (!k) return dg__fail(DG_ERR_ARG, "%s: NULL", fn);
+    while (dg_transport_recv(k->t, k->id, timeout_ms, &m) == DG_OK) {
+        if ((r = dg__worker_handle(k, m)) != DG_OK) return r;
+        timeout_ms = 0;
+    }
+    return DG_OK;
+}
+
+/* A worker checkpoint's shard position: the batcher's epoch and position
+   (v[0], v[1]); loaded, they must fit this worker's shard. */
+static void dg__worker_position(const dg__worker *k, uint64_t *v)
+{
+    v[0] = k->batcher.epoch;
+    v[1] = (uint64_t)k->batcher.pos;
+}
+
+static dg_result dg__worker_fits(const dg__worker *k, const int64_t *v)
+{
+    if ((uint64_t)v[1] > k->batcher.n)
+        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    return DG_OK;
+}
+
+/* The public functions both algorithms' roles have alike (declared one by
+   one above), defined once per algorithm X: C wants a function per handle
+   type, and nothing else differs.  A server's poll, missing, stop,
+   is_live, stats, save_size and save_mem go to its roster core or its
+   checkpoint encoder (dg__X_server_encode); a worker's poll, stopped,
+   compute_seconds and save_size to its worker core or encoder. */
+#define DG__SERVER_COMMON(X)                                                                      \
+    DGDEF dg_result dg_##X##_server_poll(dg_##X##_server *s, int timeout_ms)                      \
+    {                                                                                             \
+        return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)                               \
+                 : dg__fail(DG_ERR_ARG, "dg_" #X "_server_poll: NULL");                           \
+    }                                                                                             \
+    DGDEF int dg_##X##_server_missing(const dg_##X##_server *s)                                   \
+    {                                                                                             \
+        return s && s->ro.open ? s->ro.missing : 0;                                               \
+    }                                                                                             \
+    DGDEF dg_result dg_##X##_server_stop(dg_##X##_server *s)                                      \
+    {                                                                                             \
+        return s ? dg__roster_stop(&s->ro) : dg__fail(DG_ERR_ARG, "dg_" #X "_server_stop: NULL"); \
+    }                                                                                             \
+    DGDEF int dg_##X##_server_is_live(const dg_##X##_server *s, int id)                           \
+    {                                                                                             \
+        return s && dg__roster_is_live(&s->ro, id);                                               \
+    }                                                                                             \
+    DGDEF const dg_##X##_stats *dg_##X##_server_stats(const dg_##X##_server *s)                   \
+    {                                                                                             \
+        return s ? &s->stats : NULL;                                                              \
+    }                                                                                             \
+    DGDEF size_t dg_##X##_server_save_size(const dg_##X##_server *s)                              \
+    {                                                                                             \
+        return s ? dg__encoded_size(dg__##X##_server_encode, s) : 0;                              \
+    }                                                                                             \
+    DGDEF dg_result dg_##X##_server_save_mem(const dg_##X##_server *s, void *buf, size_t cap,     \
+                                             size_t *written)                                     \
+    {                                                                                             \
+        if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_" #X "_server_save_mem: NULL argument");  \
+        return dg__encode_mem(dg__##X##_server_encode, s, buf, cap, written,                      \
+                              "dg_" #X "_server_save_mem");                                       \
+    }
+#define DG__WORKER_COMMON(X)                                                                      \
+    DGDEF dg_result dg_##X##_worker_poll(dg_##X##_worker *w, int timeout_ms)                      \
+    {                                                                                             \
+        return dg__worker_poll((dg__worker *)w, timeout_ms, "dg_" #X "_worker_poll");             \
+    }                                                                                             \
+    DGDEF int dg_##X##_worker_stopped(const dg_##X##_worker *w) { return w && w->core.stopped; }  \
+    DGDEF double dg_##X##_worker_compute_seconds(const dg_##X##_worker *w)                        \
+    {                                                                                             \
+        return w ? w->core.compute_s : 0.0;                                                       \
+    }                                                                                             \
+    DGDEF size_t dg_##X##_worker_save_size(const dg_##X##_worker *w)                              \
+    {                                                                                             \
+        return w ? dg__encoded_size(dg__##X##_worker_encode, w) : 0;                              \
+    }
 
 /* ---- MD-GAN server ---- */
 
@@ -13914,12 +14169,6 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
     s->cfg = *cfg;
     s->t = t;
     s->pool = pool;
-    s->ro.unit = "iteration";
-    s->ro.answer = "feedback";
-    s->ro.number = &s->iteration;
-    s->ro.n_dropped = &s->stats.n_dropped;
-    s->ro.log = cfg->log;
-    s->ro.log_user = cfg->log_user;
     s->k = dg_mdgan_k(cfg);
     s->d = cfg->c * cfg->h * cfg->w;
     s->row = cfg->z_dim + cfg->n_classes;
@@ -13940,22 +14189,21 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->use || !s->sent || !s->state0)
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
-    if (r == DG_OK) r = dg__roster_init(&s->ro, n, cfg->n_workers);
+    if (r == DG_OK)
+        r = dg__roster_init(&s->ro, s, 0, t, n, cfg->n_workers, &s->iteration, &s->stats.n_dropped,
+                            cfg->barrier_timeout_ms, cfg->log, cfg->log_user);
     if (r == DG_OK) r = dg__coder_batches(&s->batch_co, cfg, 2, 1);
     if (r == DG_OK) r = dg__coder_batches(&s->feedback_co, cfg, 1, 0);
-    if (r != DG_OK) {
-        dg_mdgan_server_free(s);
-        return r;
-    }
     s->stats.n_live = cfg->n_workers;
-    *out = s;
-    return DG_OK;
+    if (r == DG_OK) *out = s;
+    else dg_mdgan_server_free(s);
+    return r;
 }
 
 DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
 {
     if (!s) return;
-    dg__roster_free(&s->ro, s->t);
+    dg__roster_free(&s->ro);
     dg__coder_free(&s->batch_co);
     dg__coder_free(&s->feedback_co);
     dg_net_free(s->g);
@@ -14023,6 +14271,7 @@ static dg_result dg__mdgan_generate(dg_mdgan_server *s)
     /* the training forward moves the batchnorm statistics: a checkpoint
        taken during the iteration saves these instead */
     memcpy(s->state0, dg_net_state(s->g), sizeof(float) * dg_net_state_count(s->g));
+    dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * c->batch * dg_net_flops(s->g, 0));
     return dg_net_forward(s->g, s->g_in, s->k * c->batch, 1, &s->fake);
 }
 
@@ -14084,11 +14333,18 @@ static void dg__mdgan_sum_feedback(dg_mdgan_server *s, dg_msg **fb, int n_got, f
     s->stats.g_loss = (float)(gl / n_got);
 }
 
+/* The simulated cost of G's backward over the k*b rows of this iteration. */
+static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
+{
+    return (double)s->k * s->cfg.batch * (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0));
+}
+
 /* One backward of G over the k*b rows from dy, one Adam step. */
 static dg_result dg__mdgan_update_generator(dg_mdgan_server *s)
 {
     dg_result r;
     dg_net_zero_grad(s->g);
+    dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
     if ((r = dg_net_backward(s->g, s->dy, NULL)) != DG_OK) return r;
     return dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
 }
@@ -14144,7 +14400,6 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_begin: iteration still open");
     if ((r = dg__mdgan_admit_joiners(s)) != DG_OK) return r;
     if ((r = dg__mdgan_generate(s)) != DG_OK) return r;
-    dg_transport_charge(s->t, DG_PEER_SERVER, (double)s->k * s->cfg.batch * dg_net_flops(s->g, 0));
     for (n = 1; n <= s->ro.slots; n++) /* async: only to workers whose feedback was used */
         if (s->ro.live[n] && !s->ro.asked[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK)
             return r;
@@ -14155,12 +14410,6 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
     }
     s->stats.compute_s += s->ro.opened - t0;
     return s->ro.missing ? DG_OK : dg_mdgan_server_expire(s);
-}
-
-/* The simulated cost of G's backward over the k*b rows of this iteration. */
-static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
-{
-    return (double)s->k * s->cfg.batch * (dg_net_train_flops(s->g, 0) - dg_net_flops(s->g, 0));
 }
 
 /* The end of every update: counters, then the swap announcement when due. */
@@ -14186,9 +14435,8 @@ static dg_result dg__mdgan_server_finish(dg_mdgan_server *s)
     if (n_got) {
         dg__mdgan_sum_feedback(s, s->ro.got, n_got, 1.0f / ((float)n_got * (float)s->cfg.batch));
         r = dg__mdgan_update_generator(s);
-        dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
     }
-    dg__roster_clear(&s->ro, s->t);
+    dg__roster_clear(&s->ro);
     return dg__mdgan_server_advance(s, n_got, r, t0);
 }
 
@@ -14392,116 +14640,13 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
     return s->cfg.quorum ? dg__mdgan_async_finish(s) : dg__mdgan_server_finish(s);
 }
 
-typedef dg_result (*dg__role_handle)(void *role, dg_msg *m);
-
-/* What a barrier loop needs of a server role (MD-GAN and FL-GAN alike). */
-typedef struct dg__server_ops {
-    dg__role_handle handle;
-    dg_result (*expire)(void *role);
-    dg_result (*drop)(void *role, int id, const char *why);
-} dg__server_ops;
-
-typedef struct dg__barrier {
-    dg_transport *t;
-    const dg__server_ops *ops;
-    void *role;
-    const dg__roster *ro;
-    int barrier_ms;
-} dg__barrier;
-
-/* The server side of a synchronous round: handles messages while the round
-   is open; a sender whose message the role rejects is dropped (and the
-   driver told through rejected, if any); a blocking poll expires the round
-   when the barrier deadline (barrier_ms > 0 after begin) passes.
-   timeout_ms bounds the wait (0: only what is queued, < 0: until the round
-   closes). */
-static dg_result dg__barrier_poll(const dg__barrier *b, int timeout_ms,
-                                  void (*rejected)(void *user, int id, const char *why),
-                                  void *user)
-{
-    double start = dg__now();
-    while (b->ro->open) {
-        dg_msg *m;
-        double left;
-        int wait = timeout_ms, from;
-        dg_result r;
-        if (b->barrier_ms > 0 && timeout_ms != 0) {
-            left = b->barrier_ms - 1e3 * (dg__now() - b->ro->opened);
-            if (left <= 0) return b->ops->expire(b->role);
-            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
-        }
-        if (timeout_ms > 0) {
-            left = timeout_ms - 1e3 * (dg__now() - start);
-            if (left <= 0) return DG_ERR_TIMEOUT;
-            if (wait > (int)left) wait = (int)left + 1;
-        }
-        if (dg_transport_recv(b->t, DG_PEER_SERVER, wait, &m) != DG_OK) {
-            if (timeout_ms == 0) return DG_ERR_TIMEOUT;
-            continue;
-        }
-        from = m->from;
-        r = b->ops->handle(b->role, m);
-        if (r == DG_ERR_FORMAT) { /* the sender's fault, not the run's */
-            char why[256];
-            snprintf(why, sizeof why, "%s", dg_last_error());
-            r = b->ops->drop(b->role, from, why);
-            if (rejected) rejected(user, from, why);
-        }
-        if (r != DG_OK) return r;
-    }
-    return DG_OK;
-}
-
-static dg_result dg__mdgan_server_handle_any(void *s, dg_msg *m)
-{
-    return dg_mdgan_server_handle((dg_mdgan_server *)s, m);
-}
-static dg_result dg__mdgan_server_expire_any(void *s)
-{
-    return dg_mdgan_server_expire((dg_mdgan_server *)s);
-}
-static dg_result dg__mdgan_server_drop_any(void *s, int id, const char *why)
-{
-    return dg_mdgan_server_drop_worker((dg_mdgan_server *)s, id, why);
-}
-static const dg__server_ops dg__mdgan_server_ops = {
-    dg__mdgan_server_handle_any, dg__mdgan_server_expire_any, dg__mdgan_server_drop_any};
-
-static dg__barrier dg__mdgan_barrier(dg_mdgan_server *s)
-{
-    dg__barrier b = {s->t, &dg__mdgan_server_ops, s, &s->ro, s->cfg.barrier_timeout_ms};
-    return b;
-}
-
-DGDEF dg_result dg_mdgan_server_poll(dg_mdgan_server *s, int timeout_ms)
-{
-    dg__barrier b;
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_poll: NULL");
-    b = dg__mdgan_barrier(s);
-    return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
-}
-
-DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
-
 DGDEF dg_result dg_mdgan_server_add_worker(dg_mdgan_server *s, int id)
 {
-    if (!s || id < 1 || id > s->ro.slots || s->ro.live[id])
-        return dg__fail(DG_ERR_ARG, "dg_mdgan_server_add_worker: slot %d is not free", id);
-    s->joining[id] = 1;
-    return DG_OK;
+    dg_result r = dg__roster_vacant(s ? &s->ro : NULL, id, "dg_mdgan_server_add_worker");
+    if (r == DG_OK) s->joining[id] = 1;
+    return r;
 }
 
-DGDEF dg_result dg_mdgan_server_stop(dg_mdgan_server *s)
-{
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_stop: NULL");
-    return dg__roster_stop(&s->ro, s->t);
-}
-
-DGDEF int dg_mdgan_server_is_live(const dg_mdgan_server *s, int id)
-{
-    return s && dg__roster_is_live(&s->ro, id);
-}
-DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s) { return s ? s->g : NULL; }
 DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s) { return s ? &s->opt : NULL; }
 
@@ -14531,14 +14676,18 @@ static void dg__role_put(dg__wbuf *w, uint32_t kind, const uint64_t *v, int n, c
     if (d) dg__net_put(w, d, od);
 }
 
-/* MD-GAN server: iteration, swap round; G. */
+/* MD-GAN server: iteration, swap round; G.  An open iteration changed
+   nothing yet but G's batchnorm statistics: the ones from before its
+   forward are saved (swapped in and back). */
 static void dg__mdgan_server_encode(dg__wbuf *w, const void *obj)
 {
     const dg_mdgan_server *s = (const dg_mdgan_server *)obj;
     uint64_t v[2];
     v[0] = (uint64_t)s->iteration;
     v[1] = (uint64_t)s->round;
+    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
     dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL, 0);
+    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
 }
 
 /* Reads the counters of a role's checkpoint (n of them, none negative)
@@ -14566,23 +14715,7 @@ static dg_result dg__role_open(const void *buf, size_t len, uint32_t kind, int64
     return DG_OK;
 }
 
-DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s)
-{
-    return s ? dg__encoded_size(dg__mdgan_server_encode, s) : 0;
-}
-
-DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
-                                         size_t *written)
-{
-    dg_result r;
-    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_save_mem: NULL argument");
-    /* an open iteration changed nothing yet but G's batchnorm statistics:
-       save the ones from before its forward (swapped in and back) */
-    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
-    r = dg__encode_mem(dg__mdgan_server_encode, s, buf, cap, written, "dg_mdgan_server_save_mem");
-    if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
-    return r;
-}
+DG__SERVER_COMMON(mdgan)
 
 DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, size_t len)
 {
@@ -14602,61 +14735,39 @@ DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, si
 /* ---- MD-GAN worker ---- */
 
 struct dg_mdgan_worker {
+    dg__worker core;         /* first: id, transport, shard, STOP, compute time */
     dg_mdgan_config cfg;
-    int id, d;
-    dg_transport *t;
-    dg_pool *pool;
     dg_net *disc;
     dg_optim opt;
-    dg_batcher batcher;
-    float *real;
-    int32_t *real_labels;
     int awaiting;            /* sent or will receive a D: hold GEN until it arrives */
     dg_msg *deferred;        /* a GEN_BATCHES held while awaiting */
     dg_msg *early_disc;      /* a DISC that came before its SWAP announcement */
     dg__coder batch_co, feedback_co, swap_co; /* X in, F_n out, D both ways */
     int64_t iterations;
-    int stopped;
-    double compute_s;
 };
 
 DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_config *cfg, int id,
                                        dg_transport *t, dg_pool *pool, const dg_dataset *ds,
                                        const uint32_t *idx, size_t count, int joining)
 {
+    dg__worker *k = NULL;
     dg_mdgan_worker *w;
     dg_result r;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_create: out is NULL");
     *out = NULL;
-    if (!cfg || !t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers ||
-        cfg->batch < 1 || cfg->disc_steps < 1)
+    if (!cfg || cfg->disc_steps < 1)
         return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_create: bad arguments (worker %d)", id);
-    if (ds->c != cfg->c || ds->h != cfg->h || ds->w != cfg->w ||
-        (cfg->n_classes && ds->n_classes != cfg->n_classes))
-        return dg__fail(DG_ERR_CONFIG, "dg_mdgan_worker_create: data %dx%dx%d (%d classes) vs "
-                        "config %dx%dx%d (%d classes)", ds->c, ds->h, ds->w, ds->n_classes, cfg->c,
-                        cfg->h, cfg->w, cfg->n_classes);
-    w = (dg_mdgan_worker *)dg__calloc(1, sizeof *w);
-    if (!w) return dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
+    r = dg__worker_new(&k, sizeof *w, 0, id, t, pool, ds, idx, count, cfg->batch, cfg->c, cfg->h,
+                       cfg->w, cfg->n_classes, cfg->seed, "dg_mdgan_worker_create");
+    if (!(w = (dg_mdgan_worker *)k)) return r;
     w->cfg = *cfg;
-    w->id = id;
-    w->t = t;
-    w->pool = pool;
-    w->d = cfg->c * cfg->h * cfg->w;
     w->awaiting = joining != 0;
-    r = dg__build_net(&w->disc, 0, cfg->arch, cfg->z_dim, cfg->n_classes, cfg->c, cfg->h, cfg->w,
-                      pool, cfg->batch, cfg->seed, (uint64_t)id, cfg->init_std);
+    if (r == DG_OK)
+        r = dg__build_net(&w->disc, 0, cfg->arch, cfg->z_dim, cfg->n_classes, cfg->c, cfg->h,
+                          cfg->w, pool, cfg->batch, cfg->seed, (uint64_t)id, cfg->init_std);
     if (r == DG_OK)
         r = dg_optim_adam(&w->opt, dg_net_param_count(w->disc), cfg->lr_d, cfg->beta1, cfg->beta2,
                           cfg->eps);
-    if (r == DG_OK)
-        r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
-                            dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
-    if (r == DG_OK) {
-        w->real = (float *)dg__calloc((size_t)cfg->batch * w->d, sizeof(float));
-        w->real_labels = (int32_t *)dg__calloc((size_t)cfg->batch, sizeof(int32_t));
-        if (!w->real || !w->real_labels) r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_worker_create: no memory");
-    }
     if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 1);
     if (r == DG_OK) r = dg__coder_batches(&w->batch_co, cfg, 2, 0);
     if (r == DG_OK) r = dg__coder_batches(&w->feedback_co, cfg, 1, 1);
@@ -14665,28 +14776,22 @@ DGDEF dg_result dg_mdgan_worker_create(dg_mdgan_worker **out, const dg_mdgan_con
         r = dg__coder_add_net(&w->swap_co, w->disc, &w->opt, cfg->swap_optimizer);
     }
     if (r == DG_OK) r = dg__coder_ready(&w->swap_co, 1, 0, 0);
-    if (r != DG_OK) {
-        dg_mdgan_worker_free(w);
-        return r;
-    }
-    *out = w;
-    return DG_OK;
+    if (r == DG_OK) *out = w;
+    else dg_mdgan_worker_free(w);
+    return r;
 }
 
 DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w)
 {
     if (!w) return;
-    dg_msg_free(w->t, w->deferred);
-    dg_msg_free(w->t, w->early_disc);
+    dg_msg_free(w->core.t, w->deferred);
+    dg_msg_free(w->core.t, w->early_disc);
     dg__coder_free(&w->batch_co);
     dg__coder_free(&w->feedback_co);
     dg__coder_free(&w->swap_co);
     dg_net_free(w->disc);
     dg_optim_free(&w->opt);
-    dg_batcher_free(&w->batcher);
-    dg__free(w->real);
-    dg__free(w->real_labels);
-    dg__free(w);
+    dg__worker_free(&w->core);
 }
 
 /* One worker iteration: L discriminator steps on (real, X^(d)), then the
@@ -14694,15 +14799,15 @@ DGDEF void dg_mdgan_worker_free(dg_mdgan_worker *w)
 static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
 {
     const dg_mdgan_config *c = &w->cfg;
-    size_t bd = (size_t)c->batch * w->d;
+    size_t bd = (size_t)c->batch * w->core.d;
     const float *xg, *xd;
     const int32_t *lg, *ld;
-    int32_t *rl = c->n_classes ? w->real_labels : NULL;
+    int32_t *rl = c->n_classes ? w->core.real_labels : NULL;
     dg_part_kind kind = DG_PART_F32;
     float d_loss = 0.0f, g_loss = 0.0f;
     double t0 = dg__now();
     dg_msg *fb = NULL;
-    dg_result r = dg__coder_unpack(&w->batch_co, w->t, &gen);
+    dg_result r = dg__coder_unpack(&w->batch_co, w->core.t, &gen);
     int l;
     if (r != DG_OK) return r;
     xg = dg_msg_f32(gen, 0, bd);
@@ -14710,42 +14815,43 @@ static dg_result dg__mdgan_worker_iterate(dg_mdgan_worker *w, dg_msg *gen)
     lg = c->n_classes ? dg_msg_i32(gen, 2, (size_t)c->batch) : NULL;
     ld = c->n_classes ? dg_msg_i32(gen, 3, (size_t)c->batch) : NULL;
     if (!xg || !xd || (c->n_classes && (!lg || !ld))) {
-        dg_msg_free(w->t, gen);
-        return dg__fail(DG_ERR_FORMAT, "worker %d: generated batches of the wrong shape", w->id);
+        dg_msg_free(w->core.t, gen);
+        return dg__fail(DG_ERR_FORMAT, "worker %d: generated batches of the wrong shape",
+                        w->core.id);
     }
     for (l = 0; l < c->disc_steps && r == DG_OK; l++) {
-        if (l == 0 || c->fresh_real) r = dg_batcher_next(&w->batcher, w->real, rl);
+        if (l == 0 || c->fresh_real) r = dg_batcher_next(&w->core.batcher, w->core.real, rl);
         if (r == DG_OK)
-            r = dg_gan_d_step(w->disc, &w->opt, w->pool, w->real, rl, xd, ld, c->batch,
+            r = dg_gan_d_step(w->disc, &w->opt, w->core.pool, w->core.real, rl, xd, ld, c->batch,
                               c->n_classes, &d_loss);
     }
     if (r == DG_OK)
-        r = dg_msg_create(w->t, DG_MSG_FEEDBACK, w->id, DG_PEER_SERVER, gen->iteration, 1, &kind,
-                          &bd, &fb);
+        r = dg_msg_create(w->core.t, DG_MSG_FEEDBACK, w->core.id, DG_PEER_SERVER, gen->iteration,
+                          1, &kind, &bd, &fb);
     if (r == DG_OK)
         r = dg_gan_g_feedback(w->disc, xg, lg, c->batch, c->n_classes, c->saturating, 1.0f,
                               (float *)fb->part[0].data, &g_loss);
-    dg_msg_free(w->t, gen);
-    w->compute_s += dg__now() - t0;
-    dg_transport_charge(w->t, w->id, (double)c->batch * (2.0 * c->disc_steps *
+    dg_msg_free(w->core.t, gen);
+    w->core.compute_s += dg__now() - t0;
+    dg_transport_charge(w->core.t, w->core.id, (double)c->batch * (2.0 * c->disc_steps *
                         dg_net_train_flops(w->disc, 0) + dg_net_train_flops(w->disc, 1)));
     if (r != DG_OK) {
-        dg_msg_free(w->t, fb);
+        dg_msg_free(w->core.t, fb);
         return r;
     }
     fb->stat[0] = d_loss;
     fb->stat[1] = g_loss;
     w->iterations++;
-    return dg__coder_send(&w->feedback_co, w->t, fb);
+    return dg__coder_send(&w->feedback_co, w->core.t, fb);
 }
 
 static dg_result dg__mdgan_worker_install(dg_mdgan_worker *w, dg_msg *m)
 {
-    dg_result r = dg__coder_unpack(&w->swap_co, w->t, &m);
+    dg_result r = dg__coder_unpack(&w->swap_co, w->core.t, &m);
     if (r != DG_OK) return r;
     r = dg__net_install(w->disc, &w->opt, w->cfg.swap_optimizer, m, 0, NULL, 1);
     if (r == DG_OK && w->cfg.swap_optimizer) w->opt.t = m->aux;
-    dg_msg_free(w->t, m);
+    dg_msg_free(w->core.t, m);
     return r;
 }
 
@@ -14755,10 +14861,10 @@ static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t 
     size_t counts[3];
     const void *src[3];
     int n = dg__net_parts(w->disc, &w->opt, w->cfg.swap_optimizer, kinds, counts, src);
-    if (to < 1 || to >= w->t->n_peers || to == w->id)
-        return dg__fail(DG_ERR_FORMAT, "worker %d: swap partner %d", w->id, to);
-    return dg__send_copy(w->t, DG_MSG_DISC, w->id, to, it, w->opt.t, n, kinds, counts, src,
-                         &w->swap_co);
+    if (to < 1 || to >= w->core.t->n_peers || to == w->core.id)
+        return dg__fail(DG_ERR_FORMAT, "worker %d: swap partner %d", w->core.id, to);
+    return dg__send_copy(w->core.t, DG_MSG_DISC, w->core.id, to, it, w->opt.t, n, kinds, counts,
+                         src, &w->swap_co);
 }
 
 /* SWAP: our D goes to the partner it names; then we hold the next
@@ -14766,7 +14872,7 @@ static dg_result dg__mdgan_worker_send_disc(dg_mdgan_worker *w, int to, int64_t 
 static dg_result dg__mdgan_worker_on_swap(dg_mdgan_worker *w, dg_msg *m)
 {
     dg_result r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
-    dg_msg_free(w->t, m);
+    dg_msg_free(w->core.t, m);
     if (r != DG_OK) return r;
     if (w->early_disc) {
         dg_msg *d = w->early_disc;
@@ -14783,8 +14889,8 @@ static dg_result dg__mdgan_worker_on_disc(dg_mdgan_worker *w, dg_msg *m)
     dg_result r;
     if (!w->awaiting) { /* came before its announcement: keep it */
         if (w->early_disc) {
-            dg_msg_free(w->t, m);
-            return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->id);
+            dg_msg_free(w->core.t, m);
+            return dg__fail(DG_ERR_STATE, "worker %d: two discriminators in one swap", w->core.id);
         }
         w->early_disc = m;
         return DG_OK;
@@ -14807,11 +14913,11 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
 {
     dg_result r = DG_OK;
     if (!w || !m) {
-        dg_msg_free(w ? w->t : NULL, m);
+        dg_msg_free(w ? w->core.t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_handle: NULL argument");
     }
-    if (w->stopped && !(m->type == DG_MSG_DISC && w->awaiting)) { /* but the last swap's D */
-        dg_msg_free(w->t, m);
+    if (w->core.stopped && !(m->type == DG_MSG_DISC && w->awaiting)) { /* but the last swap's D */
+        dg_msg_free(w->core.t, m);
         return DG_OK;
     }
     switch (m->type) {
@@ -14819,7 +14925,7 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         if (w->awaiting) {
             /* a newer iteration supersedes a held one: the server went on
                without this worker (over sockets, after its deadline) */
-            if (w->deferred) dg_msg_free(w->t, w->deferred);
+            if (w->deferred) dg_msg_free(w->core.t, w->deferred);
             w->deferred = m;
             return DG_OK;
         }
@@ -14830,43 +14936,18 @@ DGDEF dg_result dg_mdgan_worker_handle(dg_mdgan_worker *w, dg_msg *m)
         return dg__mdgan_worker_on_disc(w, m);
     case DG_MSG_COPY_DISC:
         r = dg__mdgan_worker_send_disc(w, (int)m->aux, m->iteration);
-        dg_msg_free(w->t, m);
+        dg_msg_free(w->core.t, m);
         return r;
     case DG_MSG_STOP:
-        w->stopped = 1;
-        dg_msg_free(w->t, m);
+        w->core.stopped = 1;
+        dg_msg_free(w->core.t, m);
         return DG_OK;
     default:
-        r = dg__fail(DG_ERR_FORMAT, "worker %d: unexpected message type %d from %d", w->id,
+        r = dg__fail(DG_ERR_FORMAT, "worker %d: unexpected message type %d from %d", w->core.id,
                      m->type, m->from);
-        dg_msg_free(w->t, m);
+        dg_msg_free(w->core.t, m);
         return r;
     }
-}
-
-/* A worker's side: handles every message that arrives, waiting up to
-   timeout_ms for the first one only. */
-static dg_result dg__drain(dg_transport *t, int self, int timeout_ms, dg__role_handle handle,
-                           void *role)
-{
-    dg_msg *m;
-    dg_result r;
-    while (dg_transport_recv(t, self, timeout_ms, &m) == DG_OK) {
-        if ((r = handle(role, m)) != DG_OK) return r;
-        timeout_ms = 0;
-    }
-    return DG_OK;
-}
-
-static dg_result dg__mdgan_worker_handle_any(void *w, dg_msg *m)
-{
-    return dg_mdgan_worker_handle((dg_mdgan_worker *)w, m);
-}
-
-DGDEF dg_result dg_mdgan_worker_poll(dg_mdgan_worker *w, int timeout_ms)
-{
-    if (!w) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_poll: NULL");
-    return dg__drain(w->t, w->id, timeout_ms, dg__mdgan_worker_handle_any, w);
 }
 
 DGDEF int dg_mdgan_worker_holding(const dg_mdgan_worker *w) { return w && w->awaiting && w->deferred; }
@@ -14881,9 +14962,7 @@ DGDEF dg_result dg_mdgan_worker_skip_swap(dg_mdgan_worker *w)
     w->deferred = NULL;
     return dg__mdgan_worker_iterate(w, g);
 }
-DGDEF int dg_mdgan_worker_stopped(const dg_mdgan_worker *w) { return w && w->stopped; }
 DGDEF int64_t dg_mdgan_worker_iterations(const dg_mdgan_worker *w) { return w ? w->iterations : 0; }
-DGDEF double dg_mdgan_worker_compute_seconds(const dg_mdgan_worker *w) { return w ? w->compute_s : 0.0; }
 DGDEF dg_net *dg_mdgan_worker_discriminator(dg_mdgan_worker *w) { return w ? w->disc : NULL; }
 DGDEF dg_optim *dg_mdgan_worker_optim(dg_mdgan_worker *w) { return w ? &w->opt : NULL; }
 
@@ -14892,15 +14971,11 @@ static void dg__mdgan_worker_encode(dg__wbuf *w, const void *obj)
 {
     const dg_mdgan_worker *k = (const dg_mdgan_worker *)obj;
     uint64_t v[2];
-    v[0] = k->batcher.epoch;
-    v[1] = (uint64_t)k->batcher.pos;
+    dg__worker_position(&k->core, v);
     dg__role_put(w, DG__CK_MDGAN_WORKER, v, 2, k->disc, &k->opt, NULL, NULL, 0);
 }
 
-DGDEF size_t dg_mdgan_worker_save_size(const dg_mdgan_worker *w)
-{
-    return w ? dg__encoded_size(dg__mdgan_worker_encode, w) : 0;
-}
+DG__WORKER_COMMON(mdgan)
 
 DGDEF dg_result dg_mdgan_worker_save_mem(const dg_mdgan_worker *w, void *buf, size_t cap,
                                          size_t *written)
@@ -14919,10 +14994,9 @@ DGDEF dg_result dg_mdgan_worker_load_mem(dg_mdgan_worker *w, const void *buf, si
     dg_result r;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_load_mem: NULL argument");
     if ((r = dg__role_open(buf, len, DG__CK_MDGAN_WORKER, v, 2, &net, 1, NULL))) return r;
-    if ((size_t)v[1] > w->batcher.n)
-        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
+    if ((r = dg__worker_fits(&w->core, v)) != DG_OK) return r;
     if ((r = dg__net_get(w->disc, &w->opt, &net, 1)) != DG_OK) return r;
-    return dg_batcher_seek(&w->batcher, (uint64_t)v[0], (size_t)v[1]);
+    return dg_batcher_seek(&w->core.batcher, (uint64_t)v[0], (size_t)v[1]);
 }
 
 /* ---- FL-GAN ---- */
@@ -15156,14 +15230,10 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     s->cfg = *cfg;
     s->t = t;
     s->pool = pool;
-    s->ro.unit = "round";
-    s->ro.answer = "model";
-    s->ro.number = &s->round;
-    s->ro.n_dropped = &s->stats.n_dropped;
-    s->ro.log = cfg->log;
-    s->ro.log_user = cfg->log_user;
     r = dg__pair_create(&s->model, cfg, pool);
-    if (r == DG_OK) r = dg__roster_init(&s->ro, cfg->n_workers, cfg->n_workers);
+    if (r == DG_OK)
+        r = dg__roster_init(&s->ro, s, 1, t, cfg->n_workers, cfg->n_workers, &s->round,
+                            &s->stats.n_dropped, cfg->barrier_timeout_ms, cfg->log, cfg->log_user);
     if (r == DG_OK) {
         s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
         s->pick_w = (double *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(double));
@@ -15190,19 +15260,16 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
                          "%zu floats", cfg->n_workers, s->ref_len);
         for (n = 0; s->ref_round && n <= cfg->n_workers; n++) s->ref_round[n] = -1;
     }
-    if (r != DG_OK) {
-        dg_flgan_server_free(s);
-        return r;
-    }
     s->stats.n_live = cfg->n_workers;
-    *out = s;
-    return DG_OK;
+    if (r == DG_OK) *out = s;
+    else dg_flgan_server_free(s);
+    return r;
 }
 
 DGDEF void dg_flgan_server_free(dg_flgan_server *s)
 {
     if (!s) return;
-    dg__roster_free(&s->ro, s->t);
+    dg__roster_free(&s->ro);
     dg__coder_free(&s->download_co);
     dg__coder_free(&s->upload_co);
     dg__pair_free(&s->model);
@@ -15327,7 +15394,7 @@ static dg_result dg__flgan_server_finish(dg_flgan_server *s)
     }
     for (n = 1; s->refs && n <= c->n_workers; n++) /* did it get its download? unknown */
         if (s->chosen[n] && !s->ro.got[n]) s->ref_round[n] = -1;
-    dg__roster_clear(&s->ro, s->t);
+    dg__roster_clear(&s->ro);
     s->round++;
     s->stats.rounds = s->round;
     s->stats.n_live = n_got;
@@ -15393,8 +15460,8 @@ DGDEF dg_result dg_flgan_server_drop_worker(dg_flgan_server *s, int id, const ch
 
 DGDEF dg_result dg_flgan_server_add_worker(dg_flgan_server *s, int id)
 {
-    if (!s || id < 1 || id > s->ro.slots || s->ro.live[id])
-        return dg__fail(DG_ERR_ARG, "dg_flgan_server_add_worker: slot %d is not free", id);
+    dg_result r = dg__roster_vacant(s ? &s->ro : NULL, id, "dg_flgan_server_add_worker");
+    if (r != DG_OK) return r;
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_add_worker: round open");
     s->ro.live[id] = 1; /* begin sends it the global model like everyone, dense */
     if (s->refs) s->ref_round[id] = -1;
@@ -15410,40 +15477,6 @@ DGDEF dg_result dg_flgan_server_set_shard(dg_flgan_server *s, int id, int64_t si
                         (long long)size);
     s->shard[id] = size;
     return DG_OK;
-}
-
-DGDEF int dg_flgan_server_is_live(const dg_flgan_server *s, int id)
-{
-    return s && dg__roster_is_live(&s->ro, id);
-}
-
-static dg_result dg__flgan_server_handle_any(void *s, dg_msg *m)
-{
-    return dg_flgan_server_handle((dg_flgan_server *)s, m);
-}
-static dg_result dg__flgan_server_expire_any(void *s)
-{
-    return dg_flgan_server_expire((dg_flgan_server *)s);
-}
-static dg_result dg__flgan_server_drop_any(void *s, int id, const char *why)
-{
-    return dg_flgan_server_drop_worker((dg_flgan_server *)s, id, why);
-}
-static const dg__server_ops dg__flgan_server_ops = {
-    dg__flgan_server_handle_any, dg__flgan_server_expire_any, dg__flgan_server_drop_any};
-
-static dg__barrier dg__flgan_barrier(dg_flgan_server *s)
-{
-    dg__barrier b = {s->t, &dg__flgan_server_ops, s, &s->ro, s->cfg.barrier_timeout_ms};
-    return b;
-}
-
-DGDEF dg_result dg_flgan_server_poll(dg_flgan_server *s, int timeout_ms)
-{
-    dg__barrier b;
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_poll: NULL");
-    b = dg__flgan_barrier(s);
-    return dg__barrier_poll(&b, timeout_ms, NULL, NULL);
 }
 
 /* FL-GAN checkpoints (dg__role_put): the server's round or the worker's
@@ -15475,6 +15508,37 @@ static void dg__ref_get(dg__rbuf *r, int64_t *round, float *ref, size_t len)
     if (x && !r->bad) memcpy(ref, x, 4 * len);
 }
 
+/* Opens an FL-GAN checkpoint (dg__role_open: n counters, G and D) and
+   reads its CODEC section, if any, whole with walk(obj, section, 0) so that
+   a bad one is refused before anything changes; as is one where this
+   run's codecs keep no state (keeps 0).  The caller then installs the nets
+   and walks the section again with apply 1. */
+static dg_result dg__flgan_open(const void *buf, size_t len, uint32_t kind, int64_t *v, int n,
+                                dg__rbuf *net, dg__rbuf *codec, int keeps,
+                                void (*walk)(void *obj, dg__rbuf *c, int apply), void *obj)
+{
+    const char *what = dg__ck_kind_name(kind);
+    dg__rbuf c;
+    dg_result r = dg__role_open(buf, len, kind, v, n, net, 2, codec);
+    if (r != DG_OK || !codec->p) return r;
+    if (!keeps)
+        return dg__fail(DG_ERR_CONFIG, "%s checkpoint: it holds codec state (download references "
+                        "or upload residuals), this run's codecs keep none", what);
+    c = *codec;
+    walk(obj, &c, 0);
+    return dg__ck_done(&c, what);
+}
+
+/* The server's CODEC section: each worker's download reference. */
+static void dg__flgan_server_refs(void *obj, dg__rbuf *c, int apply)
+{
+    dg_flgan_server *s = (dg_flgan_server *)obj;
+    int n;
+    for (n = 1; n <= s->cfg.n_workers; n++)
+        dg__ref_get(c, apply ? &s->ref_round[n] : NULL, s->refs + (size_t)(n - 1) * s->ref_len,
+                    s->ref_len);
+}
+
 static void dg__flgan_server_encode(dg__wbuf *w, const void *obj)
 {
     const dg_flgan_server *s = (const dg_flgan_server *)obj;
@@ -15491,18 +15555,7 @@ static void dg__flgan_server_encode(dg__wbuf *w, const void *obj)
     dg__ck_end(w, start);
 }
 
-DGDEF size_t dg_flgan_server_save_size(const dg_flgan_server *s)
-{
-    return s ? dg__encoded_size(dg__flgan_server_encode, s) : 0;
-}
-
-DGDEF dg_result dg_flgan_server_save_mem(const dg_flgan_server *s, void *buf, size_t cap,
-                                         size_t *written)
-{
-    if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_save_mem: NULL argument");
-    return dg__encode_mem(dg__flgan_server_encode, s, buf, cap, written,
-                          "dg_flgan_server_save_mem");
-}
+DG__SERVER_COMMON(flgan)
 
 DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, size_t len)
 {
@@ -15512,81 +15565,55 @@ DGDEF dg_result dg_flgan_server_load_mem(dg_flgan_server *s, const void *buf, si
     int n;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_server_load_mem: NULL argument");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_flgan_server_load_mem: round open");
-    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, 2, &codec))) return r;
-    if (codec.p && !s->refs)
-        return dg__fail(DG_ERR_CONFIG, "FL-GAN server checkpoint: it holds download references, "
-                        "this run's download codec (%s) keeps none",
-                        dg_codec_name(s->cfg.codec.download.kind));
-    if (codec.p) { /* checked whole before anything changes */
-        dg__rbuf c = codec;
-        for (n = 1; n <= s->cfg.n_workers; n++) dg__ref_get(&c, NULL, NULL, s->ref_len);
-        if ((r = dg__ck_done(&c, "FL-GAN server checkpoint: download references"))) return r;
-    }
-    if ((r = dg__pair_get(&s->model, net)) != DG_OK) return r;
-    for (n = 1; s->refs && n <= s->cfg.n_workers; n++) /* no section: every worker unknown */
-        if (codec.p) dg__ref_get(&codec, &s->ref_round[n], s->refs + (size_t)(n - 1) * s->ref_len,
-                                 s->ref_len);
-        else s->ref_round[n] = -1;
+    r = dg__flgan_open(buf, len, DG__CK_FLGAN_SERVER, &round, 1, net, &codec, s->refs != NULL,
+                       dg__flgan_server_refs, s);
+    if (r != DG_OK || (r = dg__pair_get(&s->model, net)) != DG_OK) return r;
+    for (n = 1; s->refs && n <= s->cfg.n_workers; n++) s->ref_round[n] = -1; /* no section */
+    if (codec.p) dg__flgan_server_refs(s, &codec, 1);
     s->round = round;
     s->stats.rounds = round;
     return DG_OK;
 }
 
-DGDEF int dg_flgan_server_missing(const dg_flgan_server *s) { return s && s->ro.open ? s->ro.missing : 0; }
-DGDEF dg_result dg_flgan_server_stop(dg_flgan_server *s)
-{
-    if (!s) return dg__fail(DG_ERR_ARG, "dg_flgan_server_stop: NULL");
-    return dg__roster_stop(&s->ro, s->t);
-}
-DGDEF const dg_flgan_stats *dg_flgan_server_stats(const dg_flgan_server *s) { return s ? &s->stats : NULL; }
 DGDEF dg_net *dg_flgan_server_generator(dg_flgan_server *s) { return s ? s->model.g : NULL; }
 DGDEF dg_net *dg_flgan_server_discriminator(dg_flgan_server *s) { return s ? s->model.d : NULL; }
 
 struct dg_flgan_worker {
+    dg__worker core;         /* first: id, transport, shard, STOP, compute time */
     dg_flgan_config cfg;
-    int id, d, iters_per_round;
+    int iters_per_round;
     size_t shard;
-    dg_transport *t;
-    dg_pool *pool;
     dg__gan_pair gan;
     dg__coder download_co, upload_co; /* the global model in; deltas from it out */
     float *ref;              /* download deltas: ref_n, both coders' reference; else NULL */
     int64_t ref_round;       /* the round of the download ref_n is from, -1 none */
-    dg_batcher batcher;
-    float *real, *g_in, *dx;
-    int32_t *real_labels, *fake_labels;
+    float *g_in, *dx;
+    int32_t *fake_labels;
     int64_t local_iter;
-    int stopped;
-    double compute_s;
 };
 
 DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_config *cfg, int id,
                                        dg_transport *t, dg_pool *pool, const dg_dataset *ds,
                                        const uint32_t *idx, size_t count)
 {
+    dg__worker *k = NULL;
     dg_flgan_worker *w;
     dg_result r;
     size_t b;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: out is NULL");
     *out = NULL;
-    if (!cfg || !t || !pool || !ds || !idx || !count || id < 1 || id >= t->n_peers ||
-        cfg->batch < 1 || ds->c != cfg->c || ds->h != cfg->h || ds->w != cfg->w ||
-        (cfg->n_classes && ds->n_classes != cfg->n_classes))
-        return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: bad arguments (worker %d)", id);
-    w = (dg_flgan_worker *)dg__calloc(1, sizeof *w);
-    if (!w) return dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
+    if (!cfg) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_create: bad arguments (worker %d)", id);
+    r = dg__worker_new(&k, sizeof *w, 1, id, t, pool, ds, idx, count, cfg->batch, cfg->c, cfg->h,
+                       cfg->w, cfg->n_classes, cfg->seed, "dg_flgan_worker_create");
+    if (!(w = (dg_flgan_worker *)k)) return r;
     w->cfg = *cfg;
-    w->id = id;
-    w->t = t;
-    w->pool = pool;
     w->shard = count;
-    w->d = cfg->c * cfg->h * cfg->w;
     w->iters_per_round = cfg->local_iters > 0
                              ? cfg->local_iters
                              : (int)floor((double)count * cfg->local_epochs / cfg->batch + 0.5);
     if (w->iters_per_round < 1) w->iters_per_round = 1;
     b = (size_t)cfg->batch;
-    r = dg__pair_create(&w->gan, cfg, pool);
+    if (r == DG_OK) r = dg__pair_create(&w->gan, cfg, pool);
     if (r == DG_OK) r = dg_codec_set_check(&cfg->codec, 0);
     if (r == DG_OK)
         r = dg__coder_pair(&w->download_co, &cfg->codec.download, &w->gan, cfg->average_optimizer,
@@ -15603,24 +15630,16 @@ DGDEF dg_result dg_flgan_worker_create(dg_flgan_worker **out, const dg_flgan_con
         dg__coder_lend(&w->download_co, w->ref);
         dg__coder_lend(&w->upload_co, w->ref);
     }
-    if (r == DG_OK)
-        r = dg_batcher_init(&w->batcher, ds, idx, count, cfg->batch,
-                            dg_mdgan_seed(cfg->seed, DG_MDGAN_STREAM_DATA, (uint64_t)id));
     if (r == DG_OK) {
-        w->real = (float *)dg__calloc(b * w->d, sizeof(float));
-        w->dx = (float *)dg__calloc(b * w->d, sizeof(float));
+        w->dx = (float *)dg__calloc(b * w->core.d, sizeof(float));
         w->g_in = (float *)dg__calloc(b * (size_t)(cfg->z_dim + cfg->n_classes), sizeof(float));
-        w->real_labels = (int32_t *)dg__calloc(b, sizeof(int32_t));
         w->fake_labels = (int32_t *)dg__calloc(b, sizeof(int32_t));
-        if (!w->real || !w->dx || !w->g_in || !w->real_labels || !w->fake_labels)
+        if (!w->dx || !w->g_in || !w->fake_labels)
             r = dg__fail(DG_ERR_NOMEM, "dg_flgan_worker_create: no memory");
     }
-    if (r != DG_OK) {
-        dg_flgan_worker_free(w);
-        return r;
-    }
-    *out = w;
-    return DG_OK;
+    if (r == DG_OK) *out = w;
+    else dg_flgan_worker_free(w);
+    return r;
 }
 
 DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
@@ -15630,13 +15649,10 @@ DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
     dg__coder_free(&w->upload_co);
     dg__free(w->ref);
     dg__pair_free(&w->gan);
-    dg_batcher_free(&w->batcher);
-    dg__free(w->real);
     dg__free(w->dx);
     dg__free(w->g_in);
-    dg__free(w->real_labels);
     dg__free(w->fake_labels);
-    dg__free(w);
+    dg__worker_free(&w->core);
 }
 
 /* One standalone GAN iteration on the shard: noise (seed, FL noise + id,
@@ -15645,15 +15661,16 @@ DGDEF void dg_flgan_worker_free(dg_flgan_worker *w)
 static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *g_loss)
 {
     const dg_flgan_config *c = &w->cfg;
-    dg_rng rng = dg_rng_make(c->seed, DG_FLGAN_STREAM_NOISE + (uint64_t)w->id,
+    dg_rng rng = dg_rng_make(c->seed, DG_FLGAN_STREAM_NOISE + (uint64_t)w->core.id,
                              (uint64_t)w->local_iter);
-    int32_t *rl = c->n_classes ? w->real_labels : NULL, *fl = c->n_classes ? w->fake_labels : NULL;
+    int32_t *rl = c->n_classes ? w->core.real_labels : NULL;
+    int32_t *fl = c->n_classes ? w->fake_labels : NULL;
     const float *fake;
     dg_result r;
     dg_gan_sample_input(&rng, c->batch, c->z_dim, c->n_classes, w->g_in, w->fake_labels);
     if ((r = dg_net_forward(w->gan.g, w->g_in, c->batch, 1, &fake)) != DG_OK) return r;
-    if ((r = dg_batcher_next(&w->batcher, w->real, rl)) != DG_OK) return r;
-    if ((r = dg_gan_d_step(w->gan.d, &w->gan.od, w->pool, w->real, rl, fake, fl, c->batch,
+    if ((r = dg_batcher_next(&w->core.batcher, w->core.real, rl)) != DG_OK) return r;
+    if ((r = dg_gan_d_step(w->gan.d, &w->gan.od, w->core.pool, w->core.real, rl, fake, fl, c->batch,
                            c->n_classes, d_loss)) != DG_OK)
         return r;
     if ((r = dg_gan_g_feedback(w->gan.d, fake, fl, c->batch, c->n_classes, c->saturating,
@@ -15662,7 +15679,7 @@ static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *
     dg_net_zero_grad(w->gan.g);
     if ((r = dg_net_backward(w->gan.g, w->dx, NULL)) != DG_OK) return r;
     w->local_iter++;
-    return dg_optim_step(&w->gan.og, w->pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
+    return dg_optim_step(&w->gan.og, w->core.pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
 }
 
 /* The global model of a download into *pm: absolute (aux 0: dense, f16,
@@ -15677,17 +15694,17 @@ static dg_result dg__flgan_worker_download(dg_flgan_worker *w, dg_msg **pm)
         char held[64];
         if (w->ref_round >= 0)
             snprintf(held, sizeof held, "the one of round %lld", (long long)w->ref_round);
-        dg_msg_free(w->t, m);
+        dg_msg_free(w->core.t, m);
         *pm = NULL;
         if (!w->ref)
             return dg__fail(DG_ERR_FORMAT, "worker %d: a download delta, but this worker's "
-                            "download codec (%s) is absolute", w->id,
+                            "download codec (%s) is absolute", w->core.id,
                             dg_codec_name(w->cfg.codec.download.kind));
         return dg__fail(DG_ERR_FORMAT, "worker %d: a download delta from the model of round %lld, "
-                        "this worker holds %s", w->id, (long long)from,
+                        "this worker holds %s", w->core.id, (long long)from,
                         w->ref_round >= 0 ? held : "no reference (no full model since it started)");
     }
-    return dg__coder_unpack(&w->download_co, w->t, pm);
+    return dg__coder_unpack(&w->download_co, w->core.t, pm);
 }
 
 DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
@@ -15697,12 +15714,12 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
     dg_result r;
     int i;
     if (!w || !m) {
-        dg_msg_free(w ? w->t : NULL, m);
+        dg_msg_free(w ? w->core.t : NULL, m);
         return dg__fail(DG_ERR_ARG, "dg_flgan_worker_handle: NULL argument");
     }
-    if (w->stopped || m->type != DG_MSG_MODEL) {
-        if (m->type == DG_MSG_STOP) w->stopped = 1;
-        dg_msg_free(w->t, m);
+    if (w->core.stopped || m->type != DG_MSG_MODEL) {
+        if (m->type == DG_MSG_STOP) w->core.stopped = 1;
+        dg_msg_free(w->core.t, m);
         return DG_OK;
     }
     t0 = dg__now();
@@ -15713,28 +15730,16 @@ DGDEF dg_result dg_flgan_worker_handle(dg_flgan_worker *w, dg_msg *m)
         w->ref_round = m->iteration;
     }
     for (i = 0; i < w->iters_per_round && r == DG_OK; i++) r = dg__flgan_local_step(w, &stat[0], &stat[1]);
-    w->compute_s += dg__now() - t0;
-    dg_transport_charge(w->t, w->id, (double)i * dg_gan_step_flops(w->gan.g, w->gan.d, w->cfg.batch, 1));
+    w->core.compute_s += dg__now() - t0;
+    dg_transport_charge(w->core.t, w->core.id,
+                        (double)i * dg_gan_step_flops(w->gan.g, w->gan.d, w->cfg.batch, 1));
     if (r == DG_OK)
-        r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->t, DG_MSG_MODEL, w->id,
+        r = dg__pair_send(&w->gan, w->cfg.average_optimizer, w->core.t, DG_MSG_MODEL, w->core.id,
                           DG_PEER_SERVER, m->iteration, (int64_t)w->shard, stat, &w->upload_co);
-    dg_msg_free(w->t, m);
+    dg_msg_free(w->core.t, m);
     return r;
 }
 
-static dg_result dg__flgan_worker_handle_any(void *w, dg_msg *m)
-{
-    return dg_flgan_worker_handle((dg_flgan_worker *)w, m);
-}
-
-DGDEF dg_result dg_flgan_worker_poll(dg_flgan_worker *w, int timeout_ms)
-{
-    if (!w) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_poll: NULL");
-    return dg__drain(w->t, w->id, timeout_ms, dg__flgan_worker_handle_any, w);
-}
-
-DGDEF double dg_flgan_worker_compute_seconds(const dg_flgan_worker *w) { return w ? w->compute_s : 0.0; }
-DGDEF int dg_flgan_worker_stopped(const dg_flgan_worker *w) { return w && w->stopped; }
 DGDEF int dg_flgan_worker_iters_per_round(const dg_flgan_worker *w) { return w ? w->iters_per_round : 0; }
 
 static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
@@ -15745,8 +15750,7 @@ static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
     size_t start;
     int i;
     v[0] = (uint64_t)k->local_iter;
-    v[1] = k->batcher.epoch;
-    v[2] = (uint64_t)k->batcher.pos;
+    dg__worker_position(&k->core, v + 1);
     dg__role_put(w, DG__CK_FLGAN_WORKER, v, 3, p->g, &p->og, p->d, &p->od,
                  k->ref || k->upload_co.residual[0]);
     if (!k->ref && !k->upload_co.residual[0]) return;
@@ -15757,10 +15761,23 @@ static void dg__flgan_worker_encode(dg__wbuf *w, const void *obj)
     dg__ck_end(w, start);
 }
 
-DGDEF size_t dg_flgan_worker_save_size(const dg_flgan_worker *w)
+/* The worker's CODEC section: its download reference, its upload residuals. */
+static void dg__flgan_worker_codec(void *obj, dg__rbuf *c, int apply)
 {
-    return w ? dg__encoded_size(dg__flgan_worker_encode, w) : 0;
+    dg_flgan_worker *w = (dg_flgan_worker *)obj;
+    dg__coder *up = &w->upload_co;
+    int i;
+    if (w->ref)
+        dg__ref_get(c, apply ? &w->ref_round : NULL, w->ref, dg__coder_total(&w->download_co));
+    for (i = 0; i < up->n_parts && up->residual[i]; i++) {
+        const unsigned char *x = dg__take(c, 4 * up->count[i]);
+        if (apply && x) memcpy(up->residual[i], x, 4 * up->count[i]);
+    }
 }
+
+DG__WORKER_COMMON(flgan)
+#undef DG__SERVER_COMMON
+#undef DG__WORKER_COMMON
 
 DGDEF dg_result dg_flgan_worker_save_mem(const dg_flgan_worker *w, void *buf, size_t cap,
                                          size_t *written)
@@ -15779,29 +15796,16 @@ DGDEF dg_result dg_flgan_worker_load_mem(dg_flgan_worker *w, const void *buf, si
     int i;
     if (!w || !buf) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_load_mem: NULL argument");
     up = &w->upload_co;
-    if ((r = dg__role_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, 2, &codec))) return r;
-    if ((uint64_t)v[2] > w->batcher.n)
-        return dg__fail(DG_ERR_CONFIG, "worker checkpoint: shard differs");
-    if (codec.p && !w->ref && !up->residual[0])
-        return dg__fail(DG_ERR_CONFIG, "FL-GAN worker checkpoint: it holds codec state, this "
-                        "run's codecs keep none");
-    if (codec.p) { /* checked whole before anything changes */
-        dg__rbuf c = codec;
-        if (w->ref) dg__ref_get(&c, NULL, NULL, dg__coder_total(&w->download_co));
-        for (i = 0; i < up->n_parts && up->residual[i]; i++) (void)dg__take(&c, 4 * up->count[i]);
-        if ((r = dg__ck_done(&c, "FL-GAN worker checkpoint: codec state")) != DG_OK) return r;
-    }
+    r = dg__flgan_open(buf, len, DG__CK_FLGAN_WORKER, v, 3, net, &codec,
+                       w->ref || up->residual[0], dg__flgan_worker_codec, w);
+    if (r != DG_OK || (r = dg__worker_fits(&w->core, v + 1)) != DG_OK) return r;
     if ((r = dg__pair_get(&w->gan, net)) != DG_OK) return r;
     /* no section (an older checkpoint): no reference, residuals at zero */
     w->ref_round = -1;
-    if (w->ref && codec.p)
-        dg__ref_get(&codec, &w->ref_round, w->ref, dg__coder_total(&w->download_co));
-    for (i = 0; i < up->n_parts && up->residual[i]; i++) {
-        const unsigned char *x = codec.p ? dg__take(&codec, 4 * up->count[i]) : NULL;
-        if (x) memcpy(up->residual[i], x, 4 * up->count[i]);
-        else memset(up->residual[i], 0, 4 * up->count[i]);
-    }
-    if ((r = dg_batcher_seek(&w->batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
+    for (i = 0; i < up->n_parts && up->residual[i]; i++)
+        memset(up->residual[i], 0, 4 * up->count[i]);
+    if (codec.p) dg__flgan_worker_codec(w, &codec, 1);
+    if ((r = dg_batcher_seek(&w->core.batcher, (uint64_t)v[1], (size_t)v[2])) != DG_OK) return r;
     w->local_iter = v[0];
     return DG_OK;
 }
@@ -15870,14 +15874,13 @@ static dg_result dg__role_load(const char *path, const dg__role_ref *ro, int *lo
 /* ---- the in-process driver ---- */
 
 /* What the two in-process drivers share: the transport, the pool, the
-   worker slots (each slot's queue is one task of dg_parallel_for) and the
-   first error of a task. */
+   workers in their slots (each slot's queue is one task of dg_parallel_for)
+   and the first error of a task. */
 typedef struct dg__local_run {
     dg_pool *pool;
     dg_transport *t;
     int slots;                  /* worker ids 1..slots */
-    dg_result (*poll_worker)(void *run, int id); /* handles id's queued messages */
-    void *run;
+    dg__worker **workers;       /* slots 1..slots: each worker's core */
     dg_result task_error;       /* first error of a worker task (guarded by mu) */
     pthread_mutex_t mu;
 } dg__local_run;
@@ -15889,7 +15892,7 @@ static void dg__local_task(void *arg, int task, int thread)
     int id = task + 1;
     (void)thread;
     if (dg_transport_pending(in->t, id) <= 0) return;
-    if ((e = in->poll_worker(in->run, id)) == DG_OK) return;
+    if ((e = dg__worker_poll(in->workers[id], 0, "worker task")) == DG_OK) return;
     pthread_mutex_lock(&in->mu);
     if (in->task_error == DG_OK) in->task_error = e;
     pthread_mutex_unlock(&in->mu);
@@ -15907,16 +15910,16 @@ static int dg__quiet(dg_transport *t)
 /* Rounds of: every worker's queue, then the server's, until the open round
    completes; when every queue is empty and the server still waits, the
    missing workers are dead and the server is told (expire). */
-static dg_result dg__local_barrier(dg__local_run *in, const dg__barrier *b)
+static dg_result dg__local_barrier(dg__local_run *in, dg__roster *ro)
 {
     dg_result e;
-    while (b->ro->open) {
+    while (ro->open) {
         dg_parallel_for(in->pool, in->slots, dg__local_task, in);
         if (in->task_error != DG_OK) return in->task_error;
-        e = dg__barrier_poll(b, 0, NULL, NULL);
+        e = dg__barrier_poll(ro, 0, NULL, NULL);
         if (e != DG_OK && e != DG_ERR_TIMEOUT) return e;
-        if (b->ro->open && dg__quiet(in->t))
-            if ((e = b->ops->expire(b->role)) != DG_OK) return e;
+        if (ro->open && dg__quiet(in->t))
+            if ((e = dg__roster_expire(ro)) != DG_OK) return e;
     }
     return DG_OK;
 }
@@ -15947,37 +15950,82 @@ static dg_result dg__run_transport(dg_transport **out, int slots, const dg_fault
 }
 
 static dg_result dg__local_init(dg__local_run *in, dg_pool *pool, int slots,
-                                 dg_result (*poll_worker)(void *, int), void *run,
-                                 const dg_fault *crashes, int n_crashes, int trigger)
+                                const dg_fault *crashes, int n_crashes, int trigger)
 {
     in->pool = pool;
     in->slots = slots;
-    in->poll_worker = poll_worker;
-    in->run = run;
     pthread_mutex_init(&in->mu, NULL);
+    if (!(in->workers = (dg__worker **)dg__calloc((size_t)slots + 1, sizeof(dg__worker *))))
+        return dg__fail(DG_ERR_NOMEM, "run_create: no memory");
     return dg__run_transport(&in->t, slots, crashes, n_crashes, trigger);
 }
 
-/* Safe after a failed dg__local_init (the run was zeroed). */
+/* Frees the workers and the transport; safe after a failed dg__local_init
+   (the run was zeroed). */
 static void dg__local_free(dg__local_run *in)
 {
+    int n;
+    for (n = 1; in->workers && n <= in->slots; n++) dg__worker_destroy(in->workers[n]);
+    dg__free(in->workers);
     dg_transport_close(in->t);
     pthread_mutex_destroy(&in->mu);
+}
+
+/* Creates the worker of each slot n, over part's list n - 1, of MD-GAN (md;
+   the slots above N join later) or FL-GAN (fl; its server fs learns each
+   shard's size). */
+static dg_result dg__local_workers(dg__local_run *in, const dg_mdgan_config *md,
+                                   const dg_flgan_config *fl, dg_flgan_server *fs,
+                                   const dg_dataset *ds, const dg_partition *part)
+{
+    dg_result e = DG_OK;
+    int n;
+    if (part->n_workers < in->slots)
+        return dg__fail(DG_ERR_ARG, "run_create: partition has %d shards for %d slots",
+                        part->n_workers, in->slots);
+    for (n = 1; e == DG_OK && n <= in->slots; n++) {
+        size_t count;
+        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
+        dg_mdgan_worker *mw = NULL;
+        dg_flgan_worker *fw = NULL;
+        if (md)
+            e = dg_mdgan_worker_create(&mw, md, n, in->t, in->pool, ds, idx, count,
+                                       n > md->n_workers);
+        else
+            e = dg_flgan_worker_create(&fw, fl, n, in->t, in->pool, ds, idx, count);
+        in->workers[n] = mw ? &mw->core : fw ? &fw->core : NULL;
+        if (e == DG_OK && fw) e = dg_flgan_server_set_shard(fs, n, (int64_t)count);
+    }
+    return e;
+}
+
+/* The worker in slot id (in NULL or no such slot: NULL). */
+static dg__worker *dg__local_worker(const dg__local_run *in, int id)
+{
+    return in && id >= 1 && id <= in->slots ? in->workers[id] : NULL;
+}
+
+/* Sum of the workers' own compute time. */
+static double dg__local_compute(const dg__local_run *in)
+{
+    double s = 0.0;
+    int n;
+    for (n = 1; in && n <= in->slots; n++) s += in->workers[n]->compute_s;
+    return s;
+}
+
+static dg_result dg__local_network(dg__local_run *in, const dg_netsim_config *net, const char *fn)
+{
+    return in ? dg__netsim_insert(in->t, net) : dg__fail(DG_ERR_ARG, "%s: NULL", fn);
 }
 
 struct dg_mdgan_run {
     dg_mdgan_config cfg;
     dg__local_run in;
     dg_mdgan_server *server;
-    dg_mdgan_worker **workers;  /* slots 1..max */
     dg_fault *joins;
     int n_joins;
 };
-
-static dg_result dg__mdgan_run_poll(void *r, int id)
-{
-    return dg_mdgan_worker_poll(((dg_mdgan_run *)r)->workers[id], 0);
-}
 
 DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
@@ -15986,7 +16034,7 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
 {
     dg_mdgan_run *r;
     dg_result e;
-    int n, i, slots;
+    int i, slots;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: out is NULL");
     *out = NULL;
     if (!cfg || !pool || !ds || !part || n_crashes < 0 || n_joins < 0 ||
@@ -15999,29 +16047,17 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
     for (i = 0; i < n_joins; i++)
         if (joins[i].worker > slots) slots = joins[i].worker;
     r->cfg.max_workers = slots;
-    e = dg__local_init(&r->in, pool, slots, dg__mdgan_run_poll, r, crashes, n_crashes,
-                       DG_MSG_GEN_BATCHES);
-    if (e == DG_OK && part->n_workers < slots)
-        e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: partition has %d shards for %d slots",
-                     part->n_workers, slots);
+    e = dg__local_init(&r->in, pool, slots, crashes, n_crashes, DG_MSG_GEN_BATCHES);
     /* swap_every = 0: m*E/b, m the mean shard size */
-    if (e == DG_OK && r->cfg.swap_every == 0 && r->cfg.local_epochs > 0) {
+    if (e == DG_OK && r->cfg.swap_every == 0 && r->cfg.local_epochs > 0 && part->n_workers) {
         double m = (double)part->n / part->n_workers;
         r->cfg.swap_every = (int)floor(m * r->cfg.local_epochs / r->cfg.batch + 0.5);
         if (r->cfg.swap_every < 1) r->cfg.swap_every = 1;
     }
     if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->in.t, pool);
-    if (e == DG_OK) {
-        r->workers = (dg_mdgan_worker **)dg__calloc((size_t)slots + 1, sizeof(dg_mdgan_worker *));
-        r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof(dg_fault));
-        if (!r->workers || !r->joins) e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
-    }
-    for (n = 1; e == DG_OK && n <= slots; n++) {
-        size_t count;
-        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_mdgan_worker_create(&r->workers[n], &r->cfg, n, r->in.t, pool, ds, idx, count,
-                                   n > cfg->n_workers);
-    }
+    if (e == DG_OK && !(r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof *r->joins)))
+        e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
+    if (e == DG_OK) e = dg__local_workers(&r->in, &r->cfg, NULL, NULL, ds, part);
     for (i = 0; e == DG_OK && i < n_joins; i++) {
         if (joins[i].worker <= cfg->n_workers)
             e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: joiner %d is not above N = %d",
@@ -16029,29 +16065,22 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
         r->joins[i] = joins[i];
     }
     r->n_joins = n_joins;
-    if (e != DG_OK) {
-        dg_mdgan_run_free(r);
-        return e;
-    }
-    *out = r;
-    return DG_OK;
+    if (e == DG_OK) *out = r;
+    else dg_mdgan_run_free(r);
+    return e;
 }
 
 DGDEF void dg_mdgan_run_free(dg_mdgan_run *r)
 {
-    int n;
     if (!r) return;
-    for (n = 1; r->workers && n <= r->in.slots; n++) dg_mdgan_worker_free(r->workers[n]);
     dg_mdgan_server_free(r->server);
     dg__local_free(&r->in);
-    dg__free(r->workers);
     dg__free(r->joins);
     dg__free(r);
 }
 
 DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
 {
-    dg__barrier b;
     dg_result e;
     int i;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_iteration: NULL");
@@ -16059,8 +16088,7 @@ DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
         if (r->joins[i].iteration == r->server->iteration)
             if ((e = dg_mdgan_server_add_worker(r->server, r->joins[i].worker)) != DG_OK) return e;
     if ((e = dg_mdgan_server_begin(r->server)) != DG_OK) return e;
-    b = dg__mdgan_barrier(r->server);
-    return dg__local_barrier(&r->in, &b);
+    return dg__local_barrier(&r->in, &r->server->ro);
 }
 
 DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
@@ -16076,35 +16104,12 @@ DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r) { return r ? r->in.t : NULL; }
-DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r) { return r ? r->server : NULL; }
-DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id)
-{
-    return r && id >= 1 && id <= r->in.slots ? r->workers[id] : NULL;
-}
-DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r)
-{
-    double s = 0.0;
-    int n;
-    for (n = 1; r && n <= r->in.slots; n++) s += r->workers[n]->compute_s;
-    return s;
-}
-DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net)
-{
-    return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_mdgan_run_set_network: NULL");
-}
 
 struct dg_flgan_run {
     dg_flgan_config cfg;
     dg__local_run in;
     dg_flgan_server *server;
-    dg_flgan_worker **workers;
 };
-
-static dg_result dg__flgan_run_poll(void *r, int id)
-{
-    return dg_flgan_worker_poll(((dg_flgan_run *)r)->workers[id], 0);
-}
 
 DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
@@ -16112,96 +16117,84 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
 {
     dg_flgan_run *r;
     dg_result e;
-    int n;
     if (!out) return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: out is NULL");
     *out = NULL;
-    if (!cfg || !pool || !ds || !part || cfg->n_workers < 1 || part->n_workers < cfg->n_workers ||
-        n_crashes < 0 || (n_crashes && !crashes))
+    if (!cfg || !pool || !ds || !part || cfg->n_workers < 1 || n_crashes < 0 ||
+        (n_crashes && !crashes))
         return dg__fail(DG_ERR_ARG, "dg_flgan_run_create: bad arguments");
     r = (dg_flgan_run *)dg__calloc(1, sizeof *r);
     if (!r) return dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
     r->cfg = *cfg;
     if (r->cfg.max_shard <= 0) r->cfg.max_shard = (int64_t)ds->n;
-    e = dg__local_init(&r->in, pool, cfg->n_workers, dg__flgan_run_poll, r, crashes, n_crashes,
-                       DG_MSG_MODEL);
+    e = dg__local_init(&r->in, pool, cfg->n_workers, crashes, n_crashes, DG_MSG_MODEL);
     if (e == DG_OK) e = dg_flgan_server_create(&r->server, &r->cfg, r->in.t, pool);
-    if (e == DG_OK) {
-        r->workers = (dg_flgan_worker **)dg__calloc((size_t)cfg->n_workers + 1, sizeof(void *));
-        if (!r->workers) e = dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
-    }
-    for (n = 1; e == DG_OK && n <= cfg->n_workers; n++) {
-        size_t count;
-        const uint32_t *idx = dg_partition_worker(part, n - 1, &count);
-        e = dg_flgan_worker_create(&r->workers[n], cfg, n, r->in.t, pool, ds, idx, count);
-        if (e == DG_OK) e = dg_flgan_server_set_shard(r->server, n, (int64_t)count);
-    }
-    if (e != DG_OK) {
-        dg_flgan_run_free(r);
-        return e;
-    }
-    *out = r;
-    return DG_OK;
+    if (e == DG_OK) e = dg__local_workers(&r->in, NULL, cfg, r->server, ds, part);
+    if (e == DG_OK) *out = r;
+    else dg_flgan_run_free(r);
+    return e;
 }
 
 DGDEF void dg_flgan_run_free(dg_flgan_run *r)
 {
-    int n;
     if (!r) return;
-    for (n = 1; r->workers && n <= r->cfg.n_workers; n++) dg_flgan_worker_free(r->workers[n]);
     dg_flgan_server_free(r->server);
     dg__local_free(&r->in);
-    dg__free(r->workers);
     dg__free(r);
 }
 
 DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
 {
-    dg__barrier b;
     dg_result e;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_flgan_run_round: NULL");
     if ((e = dg_flgan_server_begin(r->server)) != DG_OK) return e;
-    b = dg__flgan_barrier(r->server);
-    if ((e = dg__local_barrier(&r->in, &b)) != DG_OK) return e;
+    if ((e = dg__local_barrier(&r->in, &r->server->ro)) != DG_OK) return e;
     {
         int n;
         double it = 0.0;
-        for (n = 1; n <= r->cfg.n_workers; n++) it += (double)r->workers[n]->local_iter;
+        for (n = 1; n <= r->cfg.n_workers; n++)
+            it += (double)((dg_flgan_worker *)r->in.workers[n])->local_iter;
         r->server->stats.iterations = (int64_t)(it / r->cfg.n_workers + 0.5);
     }
     return DG_OK;
 }
 
-DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r) { return r ? r->in.t : NULL; }
-DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r) { return r ? r->server : NULL; }
-DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id)
-{
-    return r && id >= 1 && id <= r->cfg.n_workers ? r->workers[id] : NULL;
-}
-DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r)
-{
-    double s = 0.0;
-    int n;
-    for (n = 1; r && n <= r->cfg.n_workers; n++) s += r->workers[n]->compute_s;
-    return s;
-}
-DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net)
-{
-    return r ? dg__netsim_insert(r->in.t, net) : dg__fail(DG_ERR_ARG, "dg_flgan_run_set_network: NULL");
-}
+/* The accessors the two runs have alike (declared one by one above:
+   dg_mdgan_run_transport, _server, _worker, _worker_compute,
+   _set_network, and FL-GAN's), defined once for both: C needs a function
+   per handle type, and nothing else differs. */
+#define DG__RUN_ACCESSORS(X)                                                                      \
+    DGDEF dg_transport *dg_##X##_run_transport(dg_##X##_run *r) { return r ? r->in.t : NULL; }  \
+    DGDEF dg_##X##_server *dg_##X##_run_server(dg_##X##_run *r) { return r ? r->server : NULL; } \
+    DGDEF dg_##X##_worker *dg_##X##_run_worker(dg_##X##_run *r, int id)                           \
+    {                                                                                             \
+        return (dg_##X##_worker *)dg__local_worker(r ? &r->in : NULL, id);                        \
+    }                                                                                             \
+    DGDEF double dg_##X##_run_worker_compute(const dg_##X##_run *r)                               \
+    {                                                                                             \
+        return dg__local_compute(r ? &r->in : NULL);                                              \
+    }                                                                                             \
+    DGDEF dg_result dg_##X##_run_set_network(dg_##X##_run *r, const dg_netsim_config *net)        \
+    {                                                                                             \
+        return dg__local_network(r ? &r->in : NULL, net, "dg_" #X "_run_set_network");            \
+    }
+DG__RUN_ACCESSORS(mdgan)
+DG__RUN_ACCESSORS(flgan)
+#undef DG__RUN_ACCESSORS
 
 /* Saves (load = 0) or loads every role of an in-process run (md or fl). */
 static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *dir, int load)
 {
     char path[4096];
     dg_result r = DG_OK;
-    int n, loaded, slots = md ? md->in.slots : fl->cfg.n_workers;
+    const dg__local_run *in = md ? &md->in : &fl->in;
+    int n, loaded;
     if (!dir) return dg__fail(DG_ERR_ARG, "run checkpoint: dir is NULL");
     if (md && !load && (r = dg_mdgan_run_settle(md)) != DG_OK) return r;
-    for (n = 0; n <= slots && r == DG_OK; n++) {
+    for (n = 0; n <= in->slots && r == DG_OK; n++) {
         dg__role_ref ro = {NULL, NULL, NULL, NULL};
-        if (md && n) ro.mw = md->workers[n];
+        if (md && n) ro.mw = (dg_mdgan_worker *)in->workers[n];
         else if (md) ro.ms = md->server;
-        else if (n) ro.fw = fl->workers[n];
+        else if (n) ro.fw = (dg_flgan_worker *)in->workers[n];
         else ro.fs = fl->server;
         if ((r = dg_checkpoint_path(path, sizeof path, dir, !md, n)) != DG_OK) break;
         if (load) {
@@ -16213,10 +16206,9 @@ static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *d
         }
     }
     /* the network model's clocks and draws (set_network comes before load) */
-    if (r == DG_OK && dg__ns_of(md ? md->in.t : fl->in.t) &&
+    if (r == DG_OK && dg__ns_of(in->t) &&
         (r = dg_checkpoint_path(path, sizeof path, dir, !md, -1)) == DG_OK)
-        r = load ? dg_netsim_load(md ? md->in.t : fl->in.t, path)
-                 : dg_netsim_save(md ? md->in.t : fl->in.t, path);
+        r = load ? dg_netsim_load(in->t, path) : dg_netsim_save(in->t, path);
     return r;
 }
 
@@ -16392,16 +16384,16 @@ static void dg__drive_rejected(void *t, int id, const char *why)
    connection closed leaves at once (the round does not wait for the
    deadline), and a worker whose message the role rejected is cut off; the
    run goes on either way. */
-static dg_result dg__drive_barrier(const dg__barrier *b)
+static dg_result dg__drive_barrier(dg__roster *ro)
 {
     dg_result r = DG_OK;
     int n;
-    while (r == DG_OK && b->ro->open) {
-        for (n = 1; n <= b->ro->slots && r == DG_OK && b->ro->open; n++)
-            if (b->ro->live[n] && !dg_transport_connected(b->t, n))
-                r = b->ops->drop(b->role, n, "its connection closed");
-        if (r == DG_OK && b->ro->open) {
-            r = dg__barrier_poll(b, 100, dg__drive_rejected, b->t);
+    while (r == DG_OK && ro->open) {
+        for (n = 1; n <= ro->slots && r == DG_OK && ro->open; n++)
+            if (ro->live[n] && !dg_transport_connected(ro->t, n))
+                r = dg__roster_dismiss(ro, n, "its connection closed");
+        if (r == DG_OK && ro->open) {
+            r = dg__barrier_poll(ro, 100, dg__drive_rejected, ro->t);
             if (r == DG_ERR_TIMEOUT) r = DG_OK;
         }
     }
@@ -16427,10 +16419,14 @@ static int dg__drive_wait_for(dg_transport *t, int n, int want, int ms)
    every role's checkpoint is of the same iteration. */
 static int dg__drive_workers_outlive(const dg_transport *t) { return t->keep_server != NULL; }
 
-/* The server driver of MD-GAN (ms) or FL-GAN (fs): one loop for both. */
-static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_server *ms,
-                                  dg_flgan_server *fs, int n_workers)
+/* The server process of either algorithm, once its role (the owner of
+   roster core) is created: limits the transport's message sizes, resumes,
+   runs, checkpoints, stops the workers; one loop for both; frees the role. */
+static dg_result dg__drive_server(dg__roster *core, const dg_drive *d, int n_workers)
 {
+    dg_mdgan_server *ms = core->flgan ? NULL : (dg_mdgan_server *)core->server;
+    dg_flgan_server *fs = core->flgan ? (dg_flgan_server *)core->server : NULL;
+    dg_transport *t = core->t;
     dg__role_ref ro;
     dg_drive_status st;
     dg_result r, e;
@@ -16438,7 +16434,13 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     memset(&ro, 0, sizeof ro);
     ro.ms = ms;
     ro.fs = fs;
-    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) return r;
+    r = dg__drive_limit(t, 0, ms ? &ms->cfg : NULL, fs ? &fs->cfg : NULL); /* this run's sizes */
+    if (r != DG_OK || (r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
+        dg__roster_destroy(core);
+        return r;
+    }
+    if (core->barrier_ms <= 0) /* over processes a dead worker must not hold the run forever */
+        core->barrier_ms = ms ? 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000) : 60000;
     memset(&st, 0, sizeof st);
     st.transport = t;
     st.generator = ms ? dg_mdgan_server_generator(ms) : dg_flgan_server_generator(fs);
@@ -16448,7 +16450,6 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     have = dg__drive_wait_for(t, n_workers, n_workers, wait);
     dg__log(d->log, d->log_user, "%d of %d workers connected", have, n_workers);
     while (r == DG_OK && st.iteration < d->iterations && !dg_stop_requested()) {
-        dg__barrier b;
         /* an iteration without a worker would only count up: wait for one */
         if (!dg__drive_wait_for(t, n_workers, 1, wait)) {
             if (!dg_stop_requested())
@@ -16457,13 +16458,11 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
             break;
         }
         for (n = 1; n < t->n_peers; n++) /* a restarted worker rejoins */
-            if (dg_transport_connected(t, n) &&
-                !(ms ? dg_mdgan_server_is_live(ms, n) : dg_flgan_server_is_live(fs, n)))
+            if (dg_transport_connected(t, n) && !dg__roster_is_live(core, n))
                 r = ms ? dg_mdgan_server_add_worker(ms, n) : dg_flgan_server_add_worker(fs, n);
         if (r != DG_OK || (r = ms ? dg_mdgan_server_begin(ms) : dg_flgan_server_begin(fs)) != DG_OK)
             break;
-        b = ms ? dg__mdgan_barrier(ms) : dg__flgan_barrier(fs);
-        if ((r = dg__drive_barrier(&b)) != DG_OK) break;
+        if ((r = dg__drive_barrier(core)) != DG_OK) break;
         if (ms) {
             const dg_mdgan_stats *s = dg_mdgan_server_stats(ms);
             st.iteration = st.updates = s->iteration;
@@ -16492,14 +16491,12 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
     else if (dg_stop_requested())
         dg__log(d->log, d->log_user, "stop requested: checkpoint and shut down");
     if ((e = dg__role_save(d->checkpoint, &ro)) != DG_OK && r == DG_OK) r = e;
-    if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t))) {
-        /* STOP (a worker it cannot reach is gone anyway) */
-        if (ms) dg_mdgan_server_stop(ms);
-        else dg_flgan_server_stop(fs);
-    }
+    if (r == DG_OK && (!dg_stop_requested() || !dg__drive_workers_outlive(t)))
+        dg__roster_stop(core); /* a worker it cannot reach is gone anyway */
     if (r == DG_OK && d->finish) d->finish(d->user, &st);
     dg__drive_sleep_ms(50);
     dg_transport_goodbye(t, !dg_stop_requested());
+    dg__roster_destroy(core);
     return r;
 }
 
@@ -16507,35 +16504,23 @@ DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *
                                      dg_pool *pool, const dg_drive *d)
 {
     dg_mdgan_server *s;
-    dg_mdgan_config c;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drive: NULL argument");
     if (cfg->quorum) /* its close time is judged on simulated arrivals, which processes lack */
         return dg__fail(DG_ERR_UNSUPPORTED, "dg_mdgan_server_drive: asynchronous MD-GAN (quorum %d) "
                         "runs in process only (dg_mdgan_run); quorum 0 is synchronous", cfg->quorum);
-    if ((r = dg__drive_limit(t, 0, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
-    c = *cfg;
-    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
-    if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
-    r = dg__drive_server(t, d, s, NULL, c.n_workers);
-    dg_mdgan_server_free(s);
-    return r;
+    r = dg_mdgan_server_create(&s, cfg, t, pool);
+    return r == DG_OK ? dg__drive_server(&s->ro, d, cfg->n_workers) : r;
 }
 
 DGDEF dg_result dg_flgan_server_drive(const dg_flgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d)
 {
     dg_flgan_server *s;
-    dg_flgan_config c;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_server_drive: NULL argument");
-    if ((r = dg__drive_limit(t, 0, NULL, cfg)) != DG_OK) return r; /* message sizes of this run */
-    c = *cfg;
-    if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 60000;
-    if ((r = dg_flgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
-    r = dg__drive_server(t, d, NULL, s, c.n_workers);
-    dg_flgan_server_free(s);
-    return r;
+    r = dg_flgan_server_create(&s, cfg, t, pool);
+    return r == DG_OK ? dg__drive_server(&s->ro, d, cfg->n_workers) : r;
 }
 
 /* ---- the workers ---- */
@@ -16550,60 +16535,75 @@ static dg_result dg__drive_keep_server(dg_transport *t, int id, const dg_drive *
     return dg__fail(r, "worker %d: the server is gone: %s", id, why);
 }
 
+/* An MD-GAN worker holding a batch for a D that has not come within
+   swap_wait ms of since gives the swap up (its partner is dead); returns
+   since when it holds one (-1: it does not). */
+static double dg__drive_held(dg_mdgan_worker *w, const dg_drive *d, int swap_wait, double since)
+{
+    if (!dg_mdgan_worker_holding(w)) return -1;
+    if (since < 0) since = dg__drive_ms();
+    if (dg__drive_ms() - since <= swap_wait) return since;
+    dg__log(d->log, d->log_user, "worker %d: no discriminator came within %d ms, keeping mine",
+            w->core.id, swap_wait);
+    if (dg_mdgan_worker_skip_swap(w) != DG_OK)
+        dg__log(d->log, d->log_user, "worker %d: %s", w->core.id, dg_last_error());
+    return -1;
+}
+
+/* The worker process of either algorithm, once its role k is created:
+   limits the transport's message sizes, resumes, serves until STOP, a stop request (on a transport whose workers
+   outlive their server) or a lost server, checkpoints after STOP, frees k.
+   An MD-GAN worker gives up a D that does not come within swap_wait ms,
+   and after STOP waits as long for its last swap's D. */
+static dg_result dg__drive_worker(dg__worker *k, const dg_drive *d, int swap_wait)
+{
+    dg_mdgan_worker *mw = k->flgan ? NULL : (dg_mdgan_worker *)k;
+    dg__role_ref ro;
+    dg_result r;
+    double held_since = -1, end;
+    int over = 0, loaded, id = k->id;
+    memset(&ro, 0, sizeof ro);
+    ro.mw = mw;
+    ro.fw = mw ? NULL : (dg_flgan_worker *)k;
+    r = dg__drive_limit(k->t, id, mw ? &mw->cfg : NULL, mw ? NULL : &ro.fw->cfg);
+    if (r != DG_OK || (r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
+        dg__worker_destroy(k);
+        return r;
+    }
+    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(k->t)) && !k->stopped) {
+        dg_msg *m;
+        if (dg_transport_recv(k->t, id, 100, &m) == DG_OK && dg__worker_handle(k, m) != DG_OK)
+            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+        if (mw) held_since = dg__drive_held(mw, d, swap_wait, held_since);
+        if (!k->stopped && (r = dg__drive_keep_server(k->t, id, d, &over)) != DG_OK) break;
+    }
+    if (k->stopped) {
+        end = dg__drive_ms() + swap_wait; /* the last swap: the partner's D may be on its way */
+        while (mw && d->checkpoint && mw->awaiting && dg__drive_ms() < end) {
+            dg_msg *m;
+            if (dg_transport_recv(k->t, id, 100, &m) == DG_OK && dg__worker_handle(k, m) != DG_OK)
+                dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
+        }
+        dg__log(d->log, d->log_user, "worker %d: training is over", id);
+        if (!(mw && mw->awaiting) && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
+            dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
+    }
+    dg__worker_destroy(k);
+    return r;
+}
+
 DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_transport *t,
                                      dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
                                      size_t count, const dg_drive *d)
 {
     dg_mdgan_worker *w;
-    dg__role_ref ro;
     dg_result r;
-    double held_since = -1;
-    int swap_wait, over = 0, loaded;
     if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_drive: NULL");
-    swap_wait = d->swap_wait_ms > 0 ? d->swap_wait_ms : d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000;
-    if ((r = dg__drive_limit(t, id, cfg, NULL)) != DG_OK) return r;
     /* a worker that arrives in a running job joins: it waits for a live D */
     r = dg_mdgan_worker_create(&w, cfg, id, t, pool, ds, idx, count, dg_transport_joined_at(t) > 0);
     if (r != DG_OK) return r;
-    memset(&ro, 0, sizeof ro);
-    ro.mw = w;
-    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
-        dg_mdgan_worker_free(w);
-        return r;
-    }
-    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
-           !dg_mdgan_worker_stopped(w)) {
-        dg_msg *m;
-        if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
-            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-        if (dg_mdgan_worker_holding(w)) {
-            if (held_since < 0) held_since = dg__drive_ms();
-            if (dg__drive_ms() - held_since > swap_wait) { /* the partner is dead: skip the swap */
-                dg__log(d->log, d->log_user,
-                        "worker %d: no discriminator came within %d ms, keeping mine", id, swap_wait);
-                if (dg_mdgan_worker_skip_swap(w) != DG_OK)
-                    dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-                held_since = -1;
-            }
-        } else {
-            held_since = -1;
-        }
-        if (!dg_mdgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
-    }
-    if (dg_mdgan_worker_stopped(w)) {
-        /* the last swap: our partner's D may still be on its way */
-        double end = dg__drive_ms() + swap_wait;
-        while (d->checkpoint && w->awaiting && dg__drive_ms() < end) {
-            dg_msg *m;
-            if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_mdgan_worker_handle(w, m) != DG_OK)
-                dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-        }
-        dg__log(d->log, d->log_user, "worker %d: training is over", id);
-        if (!w->awaiting && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
-            dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
-    }
-    dg_mdgan_worker_free(w);
-    return r;
+    return dg__drive_worker(&w->core, d, d->swap_wait_ms > 0 ? d->swap_wait_ms
+                                         : d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
 }
 
 DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_transport *t,
@@ -16611,29 +16611,10 @@ DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_tra
                                      size_t count, const dg_drive *d)
 {
     dg_flgan_worker *w;
-    dg__role_ref ro;
     dg_result r;
-    int over = 0, loaded;
     if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_drive: NULL");
-    if ((r = dg__drive_limit(t, id, NULL, cfg)) != DG_OK) return r;
-    if ((r = dg_flgan_worker_create(&w, cfg, id, t, pool, ds, idx, count)) != DG_OK) return r;
-    memset(&ro, 0, sizeof ro);
-    ro.fw = w;
-    if ((r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
-        dg_flgan_worker_free(w);
-        return r;
-    }
-    while (!over && !(dg_stop_requested() && dg__drive_workers_outlive(t)) &&
-           !dg_flgan_worker_stopped(w)) {
-        dg_msg *m;
-        if (dg_transport_recv(t, id, 100, &m) == DG_OK && dg_flgan_worker_handle(w, m) != DG_OK)
-            dg__log(d->log, d->log_user, "worker %d: %s", id, dg_last_error());
-        if (!dg_flgan_worker_stopped(w) && (r = dg__drive_keep_server(t, id, d, &over)) != DG_OK) break;
-    }
-    if (dg_flgan_worker_stopped(w) && (r = dg__role_save(d->checkpoint, &ro)) != DG_OK)
-        dg__log(d->log, d->log_user, "worker %d: checkpoint failed: %s", id, dg_last_error());
-    dg_flgan_worker_free(w);
-    return r;
+    r = dg_flgan_worker_create(&w, cfg, id, t, pool, ds, idx, count);
+    return r == DG_OK ? dg__drive_worker(&w->core, d, 0) : r;
 }
 
 /* ==== dg_tcp ==== */
