@@ -1833,9 +1833,12 @@ DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s);
 DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s);
 DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s);
 /* Checkpoint of the server: the iteration, the swap round and G with its
-   Adam state (dg_net_save_mem).  The noise stream needs no saved position:
-   it is (seed, t).  Saved while an iteration is open, it holds the state
-   before that iteration (the last consistent one); loading needs none open. */
+   Adam state (dg_net_save_mem); asynchronous, also the feedback it holds
+   (received, not yet used; a batch still in flight is not kept: its worker
+   gets a new one).  The noise stream needs no saved position: it is
+   (seed, t).  Saved while an iteration is open, it holds the state before
+   that iteration (the last consistent one); loading needs none open, and
+   a checkpoint refused changes nothing. */
 DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s);
 DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
                                          size_t *written);
@@ -3349,8 +3352,10 @@ enum {
 };
 /* section types: a kind's counters (iteration, round, batcher position)
    and a net with its optimiser (dg__net_put); CODEC: an FL-GAN role's
-   compression state (upload residuals, download references) */
-enum { DG__SEC_STATE = 1, DG__SEC_NET = 2, DG__SEC_PARAMS = 3, DG__SEC_BLOB = 4, DG__SEC_CODEC = 5 };
+   compression state (upload residuals, download references); HELD: the
+   feedback an asynchronous MD-GAN server holds across iterations */
+enum { DG__SEC_STATE = 1, DG__SEC_NET = 2, DG__SEC_PARAMS = 3, DG__SEC_BLOB = 4, DG__SEC_CODEC = 5,
+       DG__SEC_HELD = 6 };
 
 static const char *dg__ck_kind_name(uint32_t kind)
 {
@@ -14162,6 +14167,109 @@ static int dg__mdgan_async_awaits(const dg_mdgan_server *s, const dg_msg *m)
            s->ro.asked[m->from] && !s->ro.got[m->from] && m->iteration == s->sent[m->from];
 }
 
+/* The held-feedback section of an asynchronous server's checkpoint: u64
+   feedbacks dropped beyond tau_max so far, u32 count, then per feedback
+   held (received, not yet used) u32 worker, u64 iteration of its batch,
+   f64 arrival, f32 D and G losses, b*d f32 values (decoded, clipped).  A
+   batch still in flight is not saved: its worker restarts with the run and
+   will not answer it, so it gets a new batch at the next begin. */
+static void dg__mdgan_held_put(dg__wbuf *w, const dg_mdgan_server *s)
+{
+    size_t start = dg__ck_section(w, DG__SEC_HELD), bd = (size_t)s->cfg.batch * s->d;
+    uint32_t count = 0;
+    int n;
+    for (n = 1; n <= s->ro.slots; n++) count += s->ro.got[n] != NULL;
+    dg__put_u64(w, (uint64_t)s->stats.stale_dropped);
+    dg__put_u32(w, count);
+    for (n = 1; n <= s->ro.slots; n++) {
+        const dg_msg *m = s->ro.got[n];
+        if (!m) continue;
+        dg__put_u32(w, (uint32_t)n);
+        dg__put_u64(w, (uint64_t)m->iteration);
+        dg__put_f64(w, m->arrival);
+        dg__put_f32s(w, m->stat, 2);
+        dg__put_f32s(w, (const float *)m->part[0].data, bd);
+    }
+    dg__ck_end(w, start);
+}
+
+/* Reads the held-feedback section of a checkpoint at iteration t into new
+   messages (*out, per slot; the caller installs or frees them) after
+   checking all of it: workers live and each once, iterations not after t,
+   arrivals and values finite.  A refused section changes nothing. */
+static dg_result dg__mdgan_held_get(dg_mdgan_server *s, dg__rbuf *r, int64_t t, dg_msg ***out,
+                                    int64_t *dropped)
+{
+    const char *what = "MD-GAN server checkpoint: held feedback";
+    size_t bd = (size_t)s->cfg.batch * s->d;
+    dg_part_kind kind = DG_PART_F32;
+    dg_msg **got = (dg_msg **)dg__calloc((size_t)s->ro.slots + 1, sizeof(dg_msg *));
+    dg_result e = DG_OK;
+    uint32_t count, k;
+    *out = NULL;
+    if (!got) return dg__fail(DG_ERR_NOMEM, "%s: no memory", what);
+    *dropped = (int64_t)dg__get_u64(r);
+    count = dg__get_u32(r);
+    if (count && !s->cfg.quorum)
+        e = dg__fail(DG_ERR_CONFIG, "%s of an asynchronous run, but this server is synchronous "
+                     "(quorum 0)", what);
+    else if (*dropped < 0 || count > (uint32_t)s->ro.slots)
+        e = dg__fail(DG_ERR_FORMAT, "%s: %u feedbacks for %d workers", what, count, s->ro.slots);
+    for (k = 0; e == DG_OK && k < count; k++) {
+        uint32_t n = dg__get_u32(r);
+        int64_t it = (int64_t)dg__get_u64(r);
+        double arrival = dg__get_f64(r);
+        const unsigned char *x;
+        dg_msg *m;
+        float st[2];
+        st[0] = dg__get_f32(r);
+        st[1] = dg__get_f32(r);
+        x = dg__take(r, 4 * bd);
+        if (!x) {
+            e = dg__fail(DG_ERR_FORMAT, "%s: truncated", what);
+        } else if (n < 1 || n > (uint32_t)s->ro.slots || got[n] || !s->ro.live[n]) {
+            e = dg__fail(DG_ERR_FORMAT, "%s: worker %u is not a live worker held once", what, n);
+        } else if (it < 0 || it > t || !dg__ns_time_ok(arrival) ||
+                   !dg__all_finite(st, 2)) {
+            e = dg__fail(DG_ERR_FORMAT, "%s: worker %u: iteration %lld (checkpoint at %lld), "
+                         "arrival %g", what, n, (long long)it, (long long)t, arrival);
+        } else if ((e = dg_msg_create(s->t, DG_MSG_FEEDBACK, (int)n, DG_PEER_SERVER, it, 1, &kind,
+                                      &bd, &m)) == DG_OK) {
+            memcpy(m->part[0].data, x, 4 * bd);
+            m->arrival = arrival;
+            m->stat[0] = st[0];
+            m->stat[1] = st[1];
+            got[n] = m;
+            if (!dg__all_finite((const float *)m->part[0].data, bd))
+                e = dg__fail(DG_ERR_FORMAT, "%s: worker %u: a non-finite value", what, n);
+        }
+    }
+    if (e == DG_OK) e = dg__ck_done(r, what);
+    if (e != DG_OK) {
+        for (k = 0; k <= (uint32_t)s->ro.slots; k++) dg_msg_free(s->t, got[k]);
+        dg__free(got);
+        return e;
+    }
+    *out = got;
+    return DG_OK;
+}
+
+/* The loaded held feedback replaces what the server held (got: from
+   dg__mdgan_held_get, taken over; NULL: none); nothing is in flight. */
+static void dg__mdgan_held_install(dg_mdgan_server *s, dg_msg **got, int64_t dropped)
+{
+    int n;
+    for (n = 1; s->cfg.quorum && n <= s->ro.slots; n++) {
+        dg_msg_free(s->t, s->ro.got[n]);
+        s->ro.got[n] = got ? got[n] : NULL;
+        s->ro.asked[n] = s->ro.got[n] != NULL;
+        s->sent[n] = s->ro.got[n] ? s->ro.got[n]->iteration : 0;
+    }
+    if (s->cfg.quorum) s->ro.missing = 0;
+    s->stats.stale_dropped = dropped;
+    dg__free(got);
+}
+
 /* Scales each row of x (rows x d) whose L2 norm exceeds clip down to norm
    clip (feedback_clip); the other rows keep their bits. */
 static void dg__clip_rows(float *x, size_t rows, size_t d, float clip)
@@ -14376,14 +14484,16 @@ static void dg__role_put(dg__wbuf *w, uint32_t kind, const uint64_t *v, int n, c
     if (d) dg__net_put(w, d, od);
 }
 
-/* MD-GAN server: iteration, swap round; G. */
+/* MD-GAN server: iteration, swap round; G; asynchronous, its held feedback
+   (dg__mdgan_held_put). */
 static void dg__mdgan_server_encode(dg__wbuf *w, const void *obj)
 {
     const dg_mdgan_server *s = (const dg_mdgan_server *)obj;
     uint64_t v[2];
     v[0] = (uint64_t)s->iteration;
     v[1] = (uint64_t)s->round;
-    dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL, 0);
+    dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL, s->cfg.quorum > 0);
+    if (s->cfg.quorum) dg__mdgan_held_put(w, s);
 }
 
 /* Reads the counters of a role's checkpoint (n of them, none negative)
@@ -14397,7 +14507,8 @@ static dg_result dg__role_open(const void *buf, size_t len, uint32_t kind, int64
     const char *what = dg__ck_kind_name(kind);
     dg_result r;
     int i, has = codec && len >= 16 && dg__rd32((const unsigned char *)buf + 12) == 2u + n_nets;
-    sections[1 + n_nets] = DG__SEC_CODEC; /* n_nets is 1 or 2 */
+    /* n_nets is 1 or 2; the async MD-GAN server's optional section is HELD */
+    sections[1 + n_nets] = kind == DG__CK_MDGAN_SERVER ? DG__SEC_HELD : DG__SEC_CODEC;
     if ((r = dg__ck_open(buf, len, kind, sections, 1 + n_nets + has, sec, what))) return r;
     if (codec) {
         memset(codec, 0, sizeof *codec);
@@ -14431,13 +14542,19 @@ DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, si
 
 DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, size_t len)
 {
-    int64_t v[2];
-    dg__rbuf net;
+    int64_t v[2], dropped = s ? s->stats.stale_dropped : 0;
+    dg__rbuf net, check, held;
+    dg_msg **got = NULL;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_load_mem: NULL argument");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
-    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1, NULL))) return r;
-    if ((r = dg__net_get(s->g, &s->opt, &net, 1)) != DG_OK) return r;
+    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1, &held))) return r;
+    check = net; /* everything is checked (and the held feedback built) before G changes */
+    if ((r = dg__net_get(s->g, &s->opt, &check, 0)) != DG_OK) return r;
+    if (held.p && (r = dg__mdgan_held_get(s, &held, v[0], &got, &dropped)) != DG_OK) return r;
+    r = dg__net_get(s->g, &s->opt, &net, 1);
+    DG_ASSERT(r == DG_OK); /* what was checked cannot fail */
+    dg__mdgan_held_install(s, got, dropped);
     s->iteration = v[0];
     s->round = v[1];
     s->stats.iteration = v[0];
