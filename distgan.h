@@ -1281,15 +1281,20 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
      DG_FAULT_SCALE  every float32 value of the messages of that type that
                      peer sends with iteration >= the given one is
                      multiplied by scale (a hostile or broken worker).
-     DG_FAULT_NAN    as SCALE, the values become NaN. */
-typedef enum dg_fault_kind { DG_FAULT_CRASH = 1, DG_FAULT_SCALE = 2, DG_FAULT_NAN = 3 } dg_fault_kind;
+     DG_FAULT_NAN    as SCALE, the values become NaN.
+     DG_FAULT_DELAY  peer sleeps `scale` seconds (0..3600) before it sends
+                     each message of that type with iteration >= the
+                     given one (a slow worker, in wall-clock time). */
+typedef enum dg_fault_kind {
+    DG_FAULT_CRASH = 1, DG_FAULT_SCALE = 2, DG_FAULT_NAN = 3, DG_FAULT_DELAY = 4
+} dg_fault_kind;
 
 typedef struct dg_fault_spec {
     dg_fault_kind kind;
     int peer;             /* the crashing / sending peer */
     int type;             /* dg_msg_type the fault watches */
     int64_t iteration;    /* from this message iteration on */
-    float scale;          /* DG_FAULT_SCALE */
+    float scale;          /* DG_FAULT_SCALE; DG_FAULT_DELAY: seconds */
 } dg_fault_spec;
 
 #define DG_FAULT_MAX 64
@@ -2059,6 +2064,8 @@ typedef struct dg_drive_status {
     int64_t updates;          /* generator updates (FL-GAN: per worker, the mean) */
     int n_live;               /* workers in the last iteration or round */
     float d_loss, g_loss;     /* their mean losses */
+    int64_t stale_used;       /* asynchronous MD-GAN: stale feedbacks used by this process */
+    int64_t stale_dropped;    /* and dropped beyond tau_max (dg_mdgan_stats) */
     dg_net *generator;        /* the server's G, to sample or save (do not train it) */
     dg_transport *transport;  /* for its traffic counters */
 } dg_drive_status;
@@ -10622,6 +10629,7 @@ typedef struct dg__faulty {
 static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
 {
     dg__faulty *ft = (dg__faulty *)t->impl;
+    double delay = 0.0;
     int i, p, drop;
     pthread_mutex_lock(&ft->mu);
     drop = ft->crashed[m->from];
@@ -10630,7 +10638,8 @@ static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
         if (f->kind == DG_FAULT_CRASH || f->peer != m->from || f->type != m->type ||
             m->iteration < f->iteration)
             continue;
-        for (p = 0; p < m->n_parts; p++) {
+        if (f->kind == DG_FAULT_DELAY) delay += f->scale;
+        for (p = 0; p < m->n_parts && f->kind != DG_FAULT_DELAY; p++) {
             float *x = (float *)m->part[p].data;
             size_t j;
             if (m->part[p].kind != DG_PART_F32) continue;
@@ -10641,6 +10650,12 @@ static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
     if (drop) {
         dg_msg_free(t, m);
         return DG_OK;
+    }
+    if (delay > 0.0) { /* outside the lock: other peers' traffic goes on */
+        struct timespec ts;
+        ts.tv_sec = (time_t)delay;
+        ts.tv_nsec = (long)((delay - (double)ts.tv_sec) * 1e9);
+        nanosleep(&ts, NULL);
     }
     return ft->base.inner->send(ft->base.inner, m);
 }
@@ -10758,7 +10773,9 @@ DGDEF dg_result dg_fault_transport_add(dg_transport *t, const dg_fault_spec *f)
     dg__faulty *ft = t && t->close == dg__faulty_close ? (dg__faulty *)t->impl : NULL;
     dg_result r = DG_OK;
     if (!ft || !f || f->peer < 0 || f->peer >= t->n_peers ||
-        (f->kind != DG_FAULT_CRASH && f->kind != DG_FAULT_SCALE && f->kind != DG_FAULT_NAN))
+        (f->kind != DG_FAULT_CRASH && f->kind != DG_FAULT_SCALE && f->kind != DG_FAULT_NAN &&
+         f->kind != DG_FAULT_DELAY) ||
+        (f->kind == DG_FAULT_DELAY && !(f->scale >= 0.0f && f->scale <= 3600.0f)))
         return dg__fail(DG_ERR_ARG, "dg_fault_transport_add: not a fault transport or a bad fault");
     pthread_mutex_lock(&ft->mu);
     if (ft->n_faults == DG_FAULT_MAX)
@@ -13728,6 +13745,9 @@ struct dg_mdgan_server {
     dg_msg **use;                  /* async: the feedback this update uses, per slot */
     int64_t *sent;                 /* async: per slot, the iteration of its batch in flight */
     double opened_sim;             /* async: the server's simulated clock when its batches left */
+    int realtime;                  /* async on a process transport (dg_mdgan_server_drive):
+                                      the iteration closes as feedback arrives, on the
+                                      wall clock (dg__mdgan_async_due) */
     char *joining;                 /* per slot 0..slots: joins at the next begin */
     int64_t iteration, round;
     dg_mdgan_stats stats;
@@ -14004,7 +14024,8 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
         s->opened_sim = dg_netsim_clock(s->t, DG_PEER_SERVER);
     }
     s->stats.compute_s += s->ro.opened - t0;
-    return s->ro.missing ? DG_OK : dg_mdgan_server_expire(s);
+    /* real time: the feedback held may make the quorum already */
+    return s->ro.missing && !s->realtime ? DG_OK : dg_mdgan_server_expire(s);
 }
 
 /* The simulated cost of G's backward over the k*b rows of this iteration. */
@@ -14128,9 +14149,13 @@ static dg_result dg__mdgan_async_finish(dg_mdgan_server *s)
     float wsum = 0.0f;
     int n, n_used = 0, n_fresh = 0;
     dg_result r = DG_OK;
-    dg__roster_close(&s->ro);
-    close = dg__mdgan_async_close_time(s);
-    dg__netsim_wait(s->t, DG_PEER_SERVER, close);
+    if (s->realtime) { /* everything held has arrived; a slow worker is not a dead one */
+        close = DBL_MAX;
+    } else {
+        dg__roster_close(&s->ro);
+        close = dg__mdgan_async_close_time(s);
+        dg__netsim_wait(s->t, DG_PEER_SERVER, close);
+    }
     for (n = 1; n <= s->ro.slots; n++) {
         dg_msg *m = s->ro.got[n];
         if (!m || m->arrival > close) continue;
@@ -14270,6 +14295,19 @@ static void dg__mdgan_held_install(dg_mdgan_server *s, dg_msg **got, int64_t dro
     dg__free(got);
 }
 
+/* Real time (the process drivers), judged as each message arrives: the
+   open iteration closes once q usable feedbacks are held, or the deadline
+   (wall-clock seconds after the batches left) has passed and one is, or
+   no feedback is awaited any more (the workers asked left). */
+static int dg__mdgan_async_due(const dg_mdgan_server *s)
+{
+    int n, usable = 0;
+    if (!s->ro.open) return 0;
+    for (n = 1; n <= s->ro.slots; n++) usable += dg__mdgan_usable(s, s->ro.got[n]);
+    if (usable >= s->cfg.quorum || !s->ro.missing) return 1;
+    return usable && s->cfg.deadline > 0.0 && dg__now() - s->ro.opened >= s->cfg.deadline;
+}
+
 /* Scales each row of x (rows x d) whose L2 norm exceeds clip down to norm
    clip (feedback_clip); the other rows keep their bits. */
 static void dg__clip_rows(float *x, size_t rows, size_t d, float clip)
@@ -14321,8 +14359,12 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         return dg__reject(s->t, m, s->iteration, "feedback", "holds a non-finite value");
     if (s->cfg.feedback_clip > 0.0f) dg__clip_rows(f, (size_t)s->cfg.batch, (size_t)s->d,
                                                    s->cfg.feedback_clip);
-    /* async: held until the iteration closes (dg__mdgan_async_finish) */
-    return dg__roster_take(&s->ro, m) && !s->cfg.quorum ? dg__mdgan_server_finish(s) : DG_OK;
+    /* async: held until the iteration closes (dg__mdgan_async_finish); in
+       real time its arrival is the wall-clock seconds since the batches left */
+    if (dg__roster_take(&s->ro, m) && !s->cfg.quorum) return dg__mdgan_server_finish(s);
+    if (!s->realtime) return DG_OK;
+    m->arrival = s->ro.open ? dg__now() - s->ro.opened : 0.0;
+    return dg__mdgan_async_due(s) ? dg__mdgan_async_finish(s) : DG_OK;
 }
 
 DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const char *why)
@@ -14333,7 +14375,7 @@ DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const ch
     if (done >= 0 && s->cfg.quorum) { /* its held feedback goes with it */
         dg_msg_free(s->t, s->ro.got[id]);
         s->ro.got[id] = NULL;
-        return DG_OK;
+        return dg__mdgan_async_due(s) && s->realtime ? dg__mdgan_async_finish(s) : DG_OK;
     }
     return done > 0 ? dg__mdgan_server_finish(s) : (dg_result)done;
 }
@@ -14342,6 +14384,8 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
 {
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_expire: NULL");
     if (!s->ro.open) return DG_OK;
+    if (s->realtime) /* the deadline: only once a usable feedback is in */
+        return dg__mdgan_async_due(s) ? dg__mdgan_async_finish(s) : DG_OK;
     return s->cfg.quorum ? dg__mdgan_async_finish(s) : dg__mdgan_server_finish(s);
 }
 
@@ -14380,8 +14424,9 @@ static dg_result dg__barrier_poll(const dg__barrier *b, int timeout_ms,
         dg_result r;
         if (b->barrier_ms > 0 && timeout_ms != 0) {
             left = b->barrier_ms - 1e3 * (dg__now() - b->ro->opened);
-            if (left <= 0) return b->ops->expire(b->role);
-            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
+            if (left > 0 && (wait < 0 || wait > (int)left)) wait = (int)left + 1;
+            /* expired, an asynchronous round stays open until its first usable answer */
+            if (left <= 0 && ((r = b->ops->expire(b->role)) != DG_OK || !b->ro->open)) return r;
         }
         if (timeout_ms > 0) {
             left = timeout_ms - 1e3 * (dg__now() - start);
@@ -14422,7 +14467,10 @@ static const dg__server_ops dg__mdgan_server_ops = {
 
 static dg__barrier dg__mdgan_barrier(dg_mdgan_server *s)
 {
-    dg__barrier b = {s->t, &dg__mdgan_server_ops, s, &s->ro, s->cfg.barrier_timeout_ms};
+    /* real time: the deadline is the asynchronous one; slow is not dead */
+    dg__barrier b = {s->t, &dg__mdgan_server_ops, s, &s->ro,
+                     !s->realtime ? s->cfg.barrier_timeout_ms
+                     : s->cfg.deadline > 0.0 ? (int)ceil(s->cfg.deadline * 1e3) : 0};
     return b;
 }
 
@@ -16432,6 +16480,8 @@ static dg_result dg__drive_server(dg_transport *t, const dg_drive *d, dg_mdgan_s
             st.n_live = s->n_live;
             st.d_loss = s->d_loss;
             st.g_loss = s->g_loss;
+            st.stale_used += s->n_stale;
+            st.stale_dropped = s->stale_dropped;
         } else {
             const dg_flgan_stats *s = dg_flgan_server_stats(fs);
             st.iteration = s->rounds;
@@ -16472,13 +16522,11 @@ DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *
     dg_mdgan_config c;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drive: NULL argument");
-    if (cfg->quorum) /* its close time is judged on simulated arrivals, which processes lack */
-        return dg__fail(DG_ERR_UNSUPPORTED, "dg_mdgan_server_drive: asynchronous MD-GAN (quorum %d) "
-                        "runs in process only (dg_mdgan_run); quorum 0 is synchronous", cfg->quorum);
     if ((r = dg__drive_limit(t, 0, cfg, NULL)) != DG_OK) return r; /* message sizes of this run */
     c = *cfg;
     if (c.barrier_timeout_ms <= 0) c.barrier_timeout_ms = 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
     if ((r = dg_mdgan_server_create(&s, &c, t, pool)) != DG_OK) return r;
+    s->realtime = c.quorum > 0;
     r = dg__drive_server(t, d, s, NULL, c.n_workers);
     dg_mdgan_server_free(s);
     return r;
