@@ -1757,18 +1757,21 @@ typedef struct dg_mdgan_config {
     float feedback_clip;  /* > 0: the server scales each row (one sample) of a
                              worker's F_n down to this L2 norm before summing,
                              so one worker cannot steer G alone; 0: off */
-    /* Asynchronous MD-GAN (docs/mdgan.md; in process only, dg_mdgan_run):
-       G is updated once `quorum` feedbacks (of any iteration) have arrived,
-       or at `deadline`; a worker gets a new batch only once its last
-       feedback was used, and a feedback from images of iteration t' used at
-       iteration t (tau = t - t') weighs by `staleness`, or is dropped when
-       tau > tau_max.  Arrival is simulated time under a network model
-       (dg_mdgan_run_set_network); without one every feedback arrives at
-       once, so any quorum is the synchronous iteration. */
+    /* Asynchronous MD-GAN (docs/mdgan.md): G is updated once `quorum`
+       feedbacks (of any iteration) have arrived, or at `deadline`; a worker
+       gets a new batch only once its last feedback was used, and a
+       feedback from images of iteration t' used at iteration t (tau = t -
+       t') weighs by `staleness`, or is dropped when tau > tau_max.  In
+       process (dg_mdgan_run) arrival is simulated time under a network
+       model (dg_mdgan_run_set_network); without one every feedback arrives
+       at once, so any quorum is the synchronous iteration.  The process
+       driver (dg_mdgan_server_drive, TCP and MPI) runs it in real time:
+       arrival and deadline on the wall clock, not reproducible. */
     int quorum;           /* q: 0 (default) synchronous MD-GAN; 1..N asynchronous */
-    double deadline;      /* async: simulated seconds after the batches leave at
-                             which G is updated with what arrived (at least one);
-                             0 (default): only the quorum */
+    double deadline;      /* async: seconds (simulated; process driver: wall-clock)
+                             after the batches leave at which G is updated with
+                             what arrived (at least one); 0 (default): only the
+                             quorum */
     dg_staleness staleness; /* async: DG_STALENESS_INVERSE (default) */
     int tau_max;          /* async: feedback staler than this is dropped;
                              -1 (default): none is */
@@ -1822,7 +1825,11 @@ DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s);
    (logged) and complete the iteration with the feedback received.
    Asynchronous (cfg.quorum > 0): the iteration closes only here, at the
    time its held feedback's arrivals give; call it once every feedback that
-   will come is in (the in-process driver: when every queue is empty). */
+   will come is in (the in-process driver: when every queue is empty).
+   Asynchronous under dg_mdgan_server_drive (real time): the iteration
+   closes as feedback arrives (dg_mdgan_server_handle: q usable ones held,
+   or the deadline passed and one is, or none awaited); here only when one
+   of these holds, and no worker is dropped for being slow. */
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s);
 /* Worker id (a free slot) joins at the next begin with a copy of the D of a
    live worker. */
@@ -2110,8 +2117,12 @@ DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
    connected it waits d->wait_workers_ms for one, then fails with
    DG_ERR_TIMEOUT (after its checkpoint) instead of counting iterations
    that train nothing.  Peer 0 of t is this process.  Asynchronous MD-GAN
-   (cfg->quorum > 0) is refused (DG_ERR_UNSUPPORTED): it runs in process
-   only. */
+   (cfg->quorum > 0) runs in real time: a feedback's arrival is when this
+   process receives it, the deadline is wall-clock seconds after the
+   batches leave, and a worker whose feedback is late keeps computing (its
+   feedback is used, stale, or dropped beyond tau_max, when it comes); only
+   a lost connection drops it, never the barrier timeout.  Its results
+   depend on timing: not reproducible, unlike in process. */
 DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d);
 /* Worker process `id`: serves its role over its shard until STOP or the end
