@@ -14231,8 +14231,10 @@ static void dg__mdgan_held_put(dg__wbuf *w, const dg_mdgan_server *s)
 
 /* Reads the held-feedback section of a checkpoint at iteration t into new
    messages (*out, per slot; the caller installs or frees them) after
-   checking all of it: workers live and each once, iterations not after t,
-   arrivals and values finite.  A refused section changes nothing. */
+   checking all of it: workers in range and each once, iterations not
+   after t, arrivals and values finite.  A refused section changes nothing.
+   dg__mdgan_held_install leaves out the feedback of a worker that is not
+   live here (a joiner of the saved run). */
 static dg_result dg__mdgan_held_get(dg_mdgan_server *s, dg__rbuf *r, int64_t t, dg_msg ***out,
                                     int64_t *dropped)
 {
@@ -14263,8 +14265,8 @@ static dg_result dg__mdgan_held_get(dg_mdgan_server *s, dg__rbuf *r, int64_t t, 
         x = dg__take(r, 4 * bd);
         if (!x) {
             e = dg__fail(DG_ERR_FORMAT, "%s: truncated", what);
-        } else if (n < 1 || n > (uint32_t)s->ro.slots || got[n] || !s->ro.live[n]) {
-            e = dg__fail(DG_ERR_FORMAT, "%s: worker %u is not a live worker held once", what, n);
+        } else if (n < 1 || n > (uint32_t)s->ro.slots || got[n]) {
+            e = dg__fail(DG_ERR_FORMAT, "%s: worker %u is not a worker slot held once", what, n);
         } else if (it < 0 || it > t || !dg__ns_time_ok(arrival) ||
                    !dg__all_finite(st, 2)) {
             e = dg__fail(DG_ERR_FORMAT, "%s: worker %u: iteration %lld (checkpoint at %lld), "
@@ -14298,6 +14300,10 @@ static void dg__mdgan_held_install(dg_mdgan_server *s, dg_msg **got, int64_t dro
     for (n = 1; s->cfg.quorum && n <= s->ro.slots; n++) {
         dg_msg_free(s->t, s->ro.got[n]);
         s->ro.got[n] = got ? got[n] : NULL;
+        if (!s->ro.live[n]) { /* a joiner of the saved run: not one of this one */
+            dg_msg_free(s->t, s->ro.got[n]);
+            s->ro.got[n] = NULL;
+        }
         s->ro.asked[n] = s->ro.got[n] != NULL;
         s->sent[n] = s->ro.got[n] ? s->ro.got[n]->iteration : 0;
     }

@@ -447,6 +447,85 @@ TEST(async_resume_keeps_held_feedback)
     dg_dataset_free(&ds);
 }
 
+/* ---- real time (the process drivers' server) ---- */
+
+/* Worker n's feedback for its batch of iteration it, of seeded values. */
+static void send_feedback(dg_transport *t, int n, int64_t it)
+{
+    dg_part_kind k = DG_PART_F32;
+    size_t bd = SB * SD;
+    dg_msg *m;
+    dg_rng rng = dg_rng_make(78, (uint64_t)n, (uint64_t)it);
+    CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, n, 0, it, 1, &k, &bd, &m));
+    dg_rng_fill_uniform(&rng, (float *)m->part[0].data, bd, -1, 1);
+    CHECK_OK(dg_transport_send(t, m));
+}
+
+/* The number of generated batches waiting for worker n (freed). */
+static int batches_for(dg_transport *t, int n)
+{
+    dg_msg *m;
+    int k = 0;
+    while (dg_transport_recv(t, n, 0, &m) == DG_OK) {
+        k += m->type == DG_MSG_GEN_BATCHES;
+        dg_msg_free(t, m);
+    }
+    return k;
+}
+
+/* The server of dg_mdgan_server_drive in real time (its private switch):
+   with q = 2 of 3 an iteration closes when the second feedback is handled,
+   worker 3 (silent) stays live and asked and gets no new batch; its late
+   feedback is used at the next close, stale.  With q = 3 and a 50 ms
+   deadline a blocking poll closes on the one feedback in once the deadline
+   has passed, and past it, with none usable, waits (no empty update). */
+TEST(realtime_closes_as_feedback_arrives)
+{
+    dg_mdgan_config c = small_config(SN);
+    dg_transport *t;
+    dg_mdgan_server *s;
+    const dg_mdgan_stats *st;
+    c.quorum = 2;
+    CHECK_OK(dg_inproc_create(&t, SN + 1, 0, 0));
+    CHECK_OK(dg_mdgan_server_create(&s, &c, t, pool1));
+    s->realtime = 1;
+    st = dg_mdgan_server_stats(s);
+    CHECK_OK(dg_mdgan_server_begin(s));
+    send_feedback(t, 1, 0);
+    CHECK(dg_mdgan_server_poll(s, 0) == DG_ERR_TIMEOUT && st->iteration == 0); /* 1 of 2 */
+    send_feedback(t, 2, 0);
+    CHECK_OK(dg_mdgan_server_poll(s, 0));
+    CHECK(st->iteration == 1 && st->n_live == 2 && st->n_stale == 0 && st->n_dropped == 0);
+    CHECK(dg_mdgan_server_is_live(s, 3) && dg_mdgan_server_missing(s) == 0);
+    CHECK(batches_for(t, 3) == 1 && batches_for(t, 1) == 1);
+    CHECK_OK(dg_mdgan_server_begin(s)); /* to 1 and 2 only: 3's batch is in flight */
+    CHECK(batches_for(t, 3) == 0 && batches_for(t, 1) == 1);
+    send_feedback(t, 3, 0); /* late */
+    send_feedback(t, 1, 1);
+    CHECK_OK(dg_mdgan_server_poll(s, 0));
+    CHECK(st->iteration == 2 && st->n_live == 2 && st->n_stale == 1);
+    dg_mdgan_server_free(s);
+    dg_transport_close(t);
+
+    c.quorum = SN;
+    c.deadline = 0.05;
+    CHECK_OK(dg_inproc_create(&t, SN + 1, 0, 0));
+    CHECK_OK(dg_mdgan_server_create(&s, &c, t, pool1));
+    s->realtime = 1;
+    st = dg_mdgan_server_stats(s);
+    CHECK_OK(dg_mdgan_server_begin(s));
+    send_feedback(t, 1, 0);
+    CHECK_OK(dg_mdgan_server_poll(s, 10000)); /* closes at the deadline, with 1 of 3 */
+    CHECK(st->iteration == 1 && st->n_live == 1 && st->n_dropped == 0);
+    CHECK_OK(dg_mdgan_server_begin(s)); /* to 1 only */
+    CHECK(dg_mdgan_server_poll(s, 200) == DG_ERR_TIMEOUT && st->iteration == 1);
+    send_feedback(t, 2, 0);
+    CHECK_OK(dg_mdgan_server_poll(s, 10000));
+    CHECK(st->iteration == 2 && st->n_live == 1 && st->n_stale == 1);
+    dg_mdgan_server_free(s);
+    dg_transport_close(t);
+}
+
 TEST(async_settings_checked)
 {
     dg_mdgan_config c = small_config(3);
@@ -671,6 +750,7 @@ int main(void)
     RUN(deadline_waits_for_a_usable_feedback);
     RUN(async_quorum_n_is_sync);
     RUN(async_resume_keeps_held_feedback);
+    RUN(realtime_closes_as_feedback_arrives);
     RUN(async_settings_checked);
     RUN(fegan_sampling_distribution);
     RUN(fegan_round_asks_the_chosen_only);
