@@ -186,8 +186,10 @@ static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, in
             (with_worker && dg_parse_int(item, 1, 100000, &w)) ||
             dg_parse_int(with_worker ? at + 1 : item, 0, 1000000000, &t)) {
             fprintf(stderr, "distgan: %s: '%s' is not %s (at most %d)\n", name, list,
-                    with_worker ? "n@t[,n@t...] (worker n >= 1, iteration t >= 0)"
-                                : "t[,t...] (iteration t >= 0)", MAX_FAULTS);
+                    !with_worker ? "t[,t...] (iteration t >= 0)"
+                    : strcmp(name, "--slow") ? "n@t[,n@t...] (worker n >= 1, iteration t >= 0)"
+                                             : "n@ms[,n@ms...] (worker n >= 1, ms >= 0)",
+                    MAX_FAULTS);
             return 1;
         }
         f[*n].worker = (int)w;
@@ -419,6 +421,11 @@ static int parse(options *o, int argc, char **argv)
         if (o->crash[i].worker > o->workers + o->n_join) {
             fprintf(stderr, "distgan: --crash: '%s' names worker %d of %d\n", o->crash_str,
                     o->crash[i].worker, o->workers + o->n_join);
+            return 1;
+        }
+    for (i = 0; i < o->n_slow; i++)
+        if (o->slow[i].iteration > 3600000) { /* DG_FAULT_DELAY's bound */
+            fprintf(stderr, "distgan: --slow: '%s': at most 3600000 ms\n", o->slow_str);
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
