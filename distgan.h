@@ -1281,15 +1281,20 @@ DGDEF dg_result dg_inproc_create(dg_transport **out, int n_peers, int queue_cap,
      DG_FAULT_SCALE  every float32 value of the messages of that type that
                      peer sends with iteration >= the given one is
                      multiplied by scale (a hostile or broken worker).
-     DG_FAULT_NAN    as SCALE, the values become NaN. */
-typedef enum dg_fault_kind { DG_FAULT_CRASH = 1, DG_FAULT_SCALE = 2, DG_FAULT_NAN = 3 } dg_fault_kind;
+     DG_FAULT_NAN    as SCALE, the values become NaN.
+     DG_FAULT_DELAY  peer sleeps `scale` seconds (0..3600) before it sends
+                     each message of that type with iteration >= the
+                     given one (a slow worker, in wall-clock time). */
+typedef enum dg_fault_kind {
+    DG_FAULT_CRASH = 1, DG_FAULT_SCALE = 2, DG_FAULT_NAN = 3, DG_FAULT_DELAY = 4
+} dg_fault_kind;
 
 typedef struct dg_fault_spec {
     dg_fault_kind kind;
     int peer;             /* the crashing / sending peer */
     int type;             /* dg_msg_type the fault watches */
     int64_t iteration;    /* from this message iteration on */
-    float scale;          /* DG_FAULT_SCALE */
+    float scale;          /* DG_FAULT_SCALE; DG_FAULT_DELAY: seconds */
 } dg_fault_spec;
 
 #define DG_FAULT_MAX 64
@@ -1752,18 +1757,21 @@ typedef struct dg_mdgan_config {
     float feedback_clip;  /* > 0: the server scales each row (one sample) of a
                              worker's F_n down to this L2 norm before summing,
                              so one worker cannot steer G alone; 0: off */
-    /* Asynchronous MD-GAN (docs/mdgan.md; in process only, dg_mdgan_run):
-       G is updated once `quorum` feedbacks (of any iteration) have arrived,
-       or at `deadline`; a worker gets a new batch only once its last
-       feedback was used, and a feedback from images of iteration t' used at
-       iteration t (tau = t - t') weighs by `staleness`, or is dropped when
-       tau > tau_max.  Arrival is simulated time under a network model
-       (dg_mdgan_run_set_network); without one every feedback arrives at
-       once, so any quorum is the synchronous iteration. */
+    /* Asynchronous MD-GAN (docs/mdgan.md): G is updated once `quorum`
+       feedbacks (of any iteration) have arrived, or at `deadline`; a worker
+       gets a new batch only once its last feedback was used, and a
+       feedback from images of iteration t' used at iteration t (tau = t -
+       t') weighs by `staleness`, or is dropped when tau > tau_max.  In
+       process (dg_mdgan_run) arrival is simulated time under a network
+       model (dg_mdgan_run_set_network); without one every feedback arrives
+       at once, so any quorum is the synchronous iteration.  The process
+       driver (dg_mdgan_server_drive, TCP and MPI) runs it in real time:
+       arrival and deadline on the wall clock, not reproducible. */
     int quorum;           /* q: 0 (default) synchronous MD-GAN; 1..N asynchronous */
-    double deadline;      /* async: simulated seconds after the batches leave at
-                             which G is updated with what arrived (at least one);
-                             0 (default): only the quorum */
+    double deadline;      /* async: seconds (simulated; process driver: wall-clock)
+                             after the batches leave at which G is updated with
+                             what arrived (at least one); 0 (default): only the
+                             quorum */
     dg_staleness staleness; /* async: DG_STALENESS_INVERSE (default) */
     int tau_max;          /* async: feedback staler than this is dropped;
                              -1 (default): none is */
@@ -1817,7 +1825,11 @@ DGDEF int dg_mdgan_server_missing(const dg_mdgan_server *s);
    (logged) and complete the iteration with the feedback received.
    Asynchronous (cfg.quorum > 0): the iteration closes only here, at the
    time its held feedback's arrivals give; call it once every feedback that
-   will come is in (the in-process driver: when every queue is empty). */
+   will come is in (the in-process driver: when every queue is empty).
+   Asynchronous under dg_mdgan_server_drive (real time): the iteration
+   closes as feedback arrives (dg_mdgan_server_handle: q usable ones held,
+   or the deadline passed and one is, or none awaited); here only when one
+   of these holds, and no worker is dropped for being slow. */
 DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s);
 /* Worker id (a free slot) joins at the next begin with a copy of the D of a
    live worker. */
@@ -1833,9 +1845,12 @@ DGDEF const dg_mdgan_stats *dg_mdgan_server_stats(const dg_mdgan_server *s);
 DGDEF dg_net *dg_mdgan_server_generator(dg_mdgan_server *s);
 DGDEF dg_optim *dg_mdgan_server_optim(dg_mdgan_server *s);
 /* Checkpoint of the server: the iteration, the swap round and G with its
-   Adam state (dg_net_save_mem).  The noise stream needs no saved position:
-   it is (seed, t).  Saved while an iteration is open, it holds the state
-   before that iteration (the last consistent one); loading needs none open. */
+   Adam state (dg_net_save_mem); asynchronous, also the feedback it holds
+   (received, not yet used; a batch still in flight is not kept: its worker
+   gets a new one).  The noise stream needs no saved position: it is
+   (seed, t).  Saved while an iteration is open, it holds the state before
+   that iteration (the last consistent one); loading needs none open, and
+   a checkpoint refused changes nothing. */
 DGDEF size_t dg_mdgan_server_save_size(const dg_mdgan_server *s);
 DGDEF dg_result dg_mdgan_server_save_mem(const dg_mdgan_server *s, void *buf, size_t cap,
                                          size_t *written);
@@ -2056,6 +2071,8 @@ typedef struct dg_drive_status {
     int64_t updates;          /* generator updates (FL-GAN: per worker, the mean) */
     int n_live;               /* workers in the last iteration or round */
     float d_loss, g_loss;     /* their mean losses */
+    int64_t stale_used;       /* asynchronous MD-GAN: stale feedbacks used by this process */
+    int64_t stale_dropped;    /* and dropped beyond tau_max (dg_mdgan_stats) */
     dg_net *generator;        /* the server's G, to sample or save (do not train it) */
     dg_transport *transport;  /* for its traffic counters */
 } dg_drive_status;
@@ -2100,8 +2117,12 @@ DGDEF dg_result dg_flgan_max_payload(const dg_flgan_config *c, int self,
    connected it waits d->wait_workers_ms for one, then fails with
    DG_ERR_TIMEOUT (after its checkpoint) instead of counting iterations
    that train nothing.  Peer 0 of t is this process.  Asynchronous MD-GAN
-   (cfg->quorum > 0) is refused (DG_ERR_UNSUPPORTED): it runs in process
-   only. */
+   (cfg->quorum > 0) runs in real time: a feedback's arrival is when this
+   process receives it, the deadline is wall-clock seconds after the
+   batches leave, and a worker whose feedback is late keeps computing (its
+   feedback is used, stale, or dropped beyond tau_max, when it comes); only
+   a lost connection drops it, never the barrier timeout.  Its results
+   depend on timing: not reproducible, unlike in process. */
 DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *t,
                                      dg_pool *pool, const dg_drive *d);
 /* Worker process `id`: serves its role over its shard until STOP or the end
@@ -3349,8 +3370,10 @@ enum {
 };
 /* section types: a kind's counters (iteration, round, batcher position)
    and a net with its optimiser (dg__net_put); CODEC: an FL-GAN role's
-   compression state (upload residuals, download references) */
-enum { DG__SEC_STATE = 1, DG__SEC_NET = 2, DG__SEC_PARAMS = 3, DG__SEC_BLOB = 4, DG__SEC_CODEC = 5 };
+   compression state (upload residuals, download references); HELD: the
+   feedback an asynchronous MD-GAN server holds across iterations */
+enum { DG__SEC_STATE = 1, DG__SEC_NET = 2, DG__SEC_PARAMS = 3, DG__SEC_BLOB = 4, DG__SEC_CODEC = 5,
+       DG__SEC_HELD = 6 };
 
 static const char *dg__ck_kind_name(uint32_t kind)
 {
@@ -10772,6 +10795,7 @@ typedef struct dg__faulty {
 static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
 {
     dg__faulty *ft = (dg__faulty *)t->impl;
+    double delay = 0.0;
     int i, p, drop;
     pthread_mutex_lock(&ft->mu);
     drop = ft->crashed[m->from];
@@ -10780,7 +10804,8 @@ static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
         if (f->kind == DG_FAULT_CRASH || f->peer != m->from || f->type != m->type ||
             m->iteration < f->iteration)
             continue;
-        for (p = 0; p < m->n_parts; p++) {
+        if (f->kind == DG_FAULT_DELAY) delay += f->scale;
+        for (p = 0; p < m->n_parts && f->kind != DG_FAULT_DELAY; p++) {
             float *x = (float *)m->part[p].data;
             size_t j;
             if (m->part[p].kind != DG_PART_F32) continue;
@@ -10791,6 +10816,12 @@ static dg_result dg__faulty_send(dg_transport *t, dg_msg *m)
     if (drop) {
         dg_msg_free(t, m);
         return DG_OK;
+    }
+    if (delay > 0.0) { /* outside the lock: other peers' traffic goes on */
+        struct timespec ts;
+        ts.tv_sec = (time_t)delay;
+        ts.tv_nsec = (long)((delay - (double)ts.tv_sec) * 1e9);
+        nanosleep(&ts, NULL);
     }
     return ft->base.inner->send(ft->base.inner, m);
 }
@@ -10908,7 +10939,9 @@ DGDEF dg_result dg_fault_transport_add(dg_transport *t, const dg_fault_spec *f)
     dg__faulty *ft = t && t->close == dg__faulty_close ? (dg__faulty *)t->impl : NULL;
     dg_result r = DG_OK;
     if (!ft || !f || f->peer < 0 || f->peer >= t->n_peers ||
-        (f->kind != DG_FAULT_CRASH && f->kind != DG_FAULT_SCALE && f->kind != DG_FAULT_NAN))
+        (f->kind != DG_FAULT_CRASH && f->kind != DG_FAULT_SCALE && f->kind != DG_FAULT_NAN &&
+         f->kind != DG_FAULT_DELAY) ||
+        (f->kind == DG_FAULT_DELAY && !(f->scale >= 0.0f && f->scale <= 3600.0f)))
         return dg__fail(DG_ERR_ARG, "dg_fault_transport_add: not a fault transport or a bad fault");
     pthread_mutex_lock(&ft->mu);
     if (ft->n_faults == DG_FAULT_MAX)
@@ -13935,8 +13968,9 @@ static dg_result dg__barrier_poll(dg__roster *ro, int timeout_ms,
         dg_result r;
         if (ro->barrier_ms > 0 && timeout_ms != 0) {
             left = ro->barrier_ms - 1e3 * (dg__now() - ro->opened);
-            if (left <= 0) return dg__roster_expire(ro);
-            if (wait < 0 || wait > (int)left) wait = (int)left + 1;
+            if (left > 0 && (wait < 0 || wait > (int)left)) wait = (int)left + 1;
+            /* expired, an asynchronous round stays open until its first usable answer */
+            if (left <= 0 && ((r = dg__roster_expire(ro)) != DG_OK || !ro->open)) return r;
         }
         if (timeout_ms > 0) {
             left = timeout_ms - 1e3 * (dg__now() - start);
@@ -14133,6 +14167,9 @@ struct dg_mdgan_server {
     dg_msg **use;                  /* async: the feedback this update uses, per slot */
     int64_t *sent;                 /* async: per slot, the iteration of its batch in flight */
     double opened_sim;             /* async: the server's simulated clock when its batches left */
+    int realtime;                  /* async on a process transport (dg_mdgan_server_drive):
+                                      the iteration closes as feedback arrives, on the
+                                      wall clock (dg__mdgan_async_due) */
     char *joining;                 /* per slot 0..slots: joins at the next begin */
     int64_t iteration, round;
     dg_mdgan_stats stats;
@@ -14404,12 +14441,15 @@ DGDEF dg_result dg_mdgan_server_begin(dg_mdgan_server *s)
         if (s->ro.live[n] && !s->ro.asked[n] && (r = dg__mdgan_send_batches(s, n)) != DG_OK)
             return r;
     dg__roster_open(&s->ro);
+    if (s->realtime) /* the barrier is the asynchronous deadline; slow is not dead */
+        s->ro.barrier_ms = s->cfg.deadline > 0.0 ? (int)ceil(s->cfg.deadline * 1e3) : 0;
     if (s->cfg.quorum) { /* held feedback moves the clock only when the update uses it */
         dg__netsim_hold(s->t, DG_PEER_SERVER);
         s->opened_sim = dg_netsim_clock(s->t, DG_PEER_SERVER);
     }
     s->stats.compute_s += s->ro.opened - t0;
-    return s->ro.missing ? DG_OK : dg_mdgan_server_expire(s);
+    /* real time: the feedback held may make the quorum already */
+    return s->ro.missing && !s->realtime ? DG_OK : dg_mdgan_server_expire(s);
 }
 
 /* The end of every update: counters, then the swap announcement when due. */
@@ -14526,9 +14566,13 @@ static dg_result dg__mdgan_async_finish(dg_mdgan_server *s)
     float wsum = 0.0f;
     int n, n_used = 0, n_fresh = 0;
     dg_result r = DG_OK;
-    dg__roster_close(&s->ro);
-    close = dg__mdgan_async_close_time(s);
-    dg__netsim_wait(s->t, DG_PEER_SERVER, close);
+    if (s->realtime) { /* everything held has arrived; a slow worker is not a dead one */
+        close = DBL_MAX;
+    } else {
+        dg__roster_close(&s->ro);
+        close = dg__mdgan_async_close_time(s);
+        dg__netsim_wait(s->t, DG_PEER_SERVER, close);
+    }
     for (n = 1; n <= s->ro.slots; n++) {
         dg_msg *m = s->ro.got[n];
         if (!m || m->arrival > close) continue;
@@ -14563,6 +14607,128 @@ static int dg__mdgan_async_awaits(const dg_mdgan_server *s, const dg_msg *m)
 {
     return m->type == DG_MSG_FEEDBACK && dg__roster_is_live(&s->ro, m->from) &&
            s->ro.asked[m->from] && !s->ro.got[m->from] && m->iteration == s->sent[m->from];
+}
+
+/* The held-feedback section of an asynchronous server's checkpoint: u64
+   feedbacks dropped beyond tau_max so far, u32 count, then per feedback
+   held (received, not yet used) u32 worker, u64 iteration of its batch,
+   f64 arrival, f32 D and G losses, b*d f32 values (decoded, clipped).  A
+   batch still in flight is not saved: its worker restarts with the run and
+   will not answer it, so it gets a new batch at the next begin. */
+static void dg__mdgan_held_put(dg__wbuf *w, const dg_mdgan_server *s)
+{
+    size_t start = dg__ck_section(w, DG__SEC_HELD), bd = (size_t)s->cfg.batch * s->d;
+    uint32_t count = 0;
+    int n;
+    for (n = 1; n <= s->ro.slots; n++) count += s->ro.got[n] != NULL;
+    dg__put_u64(w, (uint64_t)s->stats.stale_dropped);
+    dg__put_u32(w, count);
+    for (n = 1; n <= s->ro.slots; n++) {
+        const dg_msg *m = s->ro.got[n];
+        if (!m) continue;
+        dg__put_u32(w, (uint32_t)n);
+        dg__put_u64(w, (uint64_t)m->iteration);
+        dg__put_f64(w, m->arrival);
+        dg__put_f32s(w, m->stat, 2);
+        dg__put_f32s(w, (const float *)m->part[0].data, bd);
+    }
+    dg__ck_end(w, start);
+}
+
+/* Reads the held-feedback section of a checkpoint at iteration t into new
+   messages (*out, per slot; the caller installs or frees them) after
+   checking all of it: workers in range and each once, iterations not
+   after t, arrivals and values finite.  A refused section changes nothing.
+   dg__mdgan_held_install leaves out the feedback of a worker that is not
+   live here (a joiner of the saved run). */
+static dg_result dg__mdgan_held_get(dg_mdgan_server *s, dg__rbuf *r, int64_t t, dg_msg ***out,
+                                    int64_t *dropped)
+{
+    const char *what = "MD-GAN server checkpoint: held feedback";
+    size_t bd = (size_t)s->cfg.batch * s->d;
+    dg_part_kind kind = DG_PART_F32;
+    dg_msg **got = (dg_msg **)dg__calloc((size_t)s->ro.slots + 1, sizeof(dg_msg *));
+    dg_result e = DG_OK;
+    uint32_t count, k;
+    *out = NULL;
+    if (!got) return dg__fail(DG_ERR_NOMEM, "%s: no memory", what);
+    *dropped = (int64_t)dg__get_u64(r);
+    count = dg__get_u32(r);
+    if (count && !s->cfg.quorum)
+        e = dg__fail(DG_ERR_CONFIG, "%s of an asynchronous run, but this server is synchronous "
+                     "(quorum 0)", what);
+    else if (*dropped < 0 || count > (uint32_t)s->ro.slots)
+        e = dg__fail(DG_ERR_FORMAT, "%s: %u feedbacks for %d workers", what, count, s->ro.slots);
+    for (k = 0; e == DG_OK && k < count; k++) {
+        uint32_t n = dg__get_u32(r);
+        int64_t it = (int64_t)dg__get_u64(r);
+        double arrival = dg__get_f64(r);
+        const unsigned char *x;
+        dg_msg *m;
+        float st[2];
+        st[0] = dg__get_f32(r);
+        st[1] = dg__get_f32(r);
+        x = dg__take(r, 4 * bd);
+        if (!x) {
+            e = dg__fail(DG_ERR_FORMAT, "%s: truncated", what);
+        } else if (n < 1 || n > (uint32_t)s->ro.slots || got[n]) {
+            e = dg__fail(DG_ERR_FORMAT, "%s: worker %u is not a worker slot held once", what, n);
+        } else if (it < 0 || it > t || !dg__ns_time_ok(arrival) ||
+                   !dg__all_finite(st, 2)) {
+            e = dg__fail(DG_ERR_FORMAT, "%s: worker %u: iteration %lld (checkpoint at %lld), "
+                         "arrival %g", what, n, (long long)it, (long long)t, arrival);
+        } else if ((e = dg_msg_create(s->t, DG_MSG_FEEDBACK, (int)n, DG_PEER_SERVER, it, 1, &kind,
+                                      &bd, &m)) == DG_OK) {
+            memcpy(m->part[0].data, x, 4 * bd);
+            m->arrival = arrival;
+            m->stat[0] = st[0];
+            m->stat[1] = st[1];
+            got[n] = m;
+            if (!dg__all_finite((const float *)m->part[0].data, bd))
+                e = dg__fail(DG_ERR_FORMAT, "%s: worker %u: a non-finite value", what, n);
+        }
+    }
+    if (e == DG_OK) e = dg__ck_done(r, what);
+    if (e != DG_OK) {
+        for (k = 0; k <= (uint32_t)s->ro.slots; k++) dg_msg_free(s->t, got[k]);
+        dg__free(got);
+        return e;
+    }
+    *out = got;
+    return DG_OK;
+}
+
+/* The loaded held feedback replaces what the server held (got: from
+   dg__mdgan_held_get, taken over; NULL: none); nothing is in flight. */
+static void dg__mdgan_held_install(dg_mdgan_server *s, dg_msg **got, int64_t dropped)
+{
+    int n;
+    for (n = 1; s->cfg.quorum && n <= s->ro.slots; n++) {
+        dg_msg_free(s->t, s->ro.got[n]);
+        s->ro.got[n] = got ? got[n] : NULL;
+        if (!s->ro.live[n]) { /* a joiner of the saved run: not one of this one */
+            dg_msg_free(s->t, s->ro.got[n]);
+            s->ro.got[n] = NULL;
+        }
+        s->ro.asked[n] = s->ro.got[n] != NULL;
+        s->sent[n] = s->ro.got[n] ? s->ro.got[n]->iteration : 0;
+    }
+    if (s->cfg.quorum) s->ro.missing = 0;
+    s->stats.stale_dropped = dropped;
+    dg__free(got);
+}
+
+/* Real time (the process drivers), judged as each message arrives: the
+   open iteration closes once q usable feedbacks are held, or the deadline
+   (wall-clock seconds after the batches left) has passed and one is, or
+   no feedback is awaited any more (the workers asked left). */
+static int dg__mdgan_async_due(const dg_mdgan_server *s)
+{
+    int n, usable = 0;
+    if (!s->ro.open) return 0;
+    for (n = 1; n <= s->ro.slots; n++) usable += dg__mdgan_usable(s, s->ro.got[n]);
+    if (usable >= s->cfg.quorum || !s->ro.missing) return 1;
+    return usable && s->cfg.deadline > 0.0 && dg__now() - s->ro.opened >= s->cfg.deadline;
 }
 
 /* Scales each row of x (rows x d) whose L2 norm exceeds clip down to norm
@@ -14616,8 +14782,12 @@ DGDEF dg_result dg_mdgan_server_handle(dg_mdgan_server *s, dg_msg *m)
         return dg__reject(s->t, m, s->iteration, "feedback", "holds a non-finite value");
     if (s->cfg.feedback_clip > 0.0f) dg__clip_rows(f, (size_t)s->cfg.batch, (size_t)s->d,
                                                    s->cfg.feedback_clip);
-    /* async: held until the iteration closes (dg__mdgan_async_finish) */
-    return dg__roster_take(&s->ro, m) && !s->cfg.quorum ? dg__mdgan_server_finish(s) : DG_OK;
+    /* async: held until the iteration closes (dg__mdgan_async_finish); in
+       real time its arrival is the wall-clock seconds since the batches left */
+    if (dg__roster_take(&s->ro, m) && !s->cfg.quorum) return dg__mdgan_server_finish(s);
+    if (!s->realtime) return DG_OK;
+    m->arrival = s->ro.open ? dg__now() - s->ro.opened : 0.0;
+    return dg__mdgan_async_due(s) ? dg__mdgan_async_finish(s) : DG_OK;
 }
 
 DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const char *why)
@@ -14628,7 +14798,7 @@ DGDEF dg_result dg_mdgan_server_drop_worker(dg_mdgan_server *s, int id, const ch
     if (done >= 0 && s->cfg.quorum) { /* its held feedback goes with it */
         dg_msg_free(s->t, s->ro.got[id]);
         s->ro.got[id] = NULL;
-        return DG_OK;
+        return dg__mdgan_async_due(s) && s->realtime ? dg__mdgan_async_finish(s) : DG_OK;
     }
     return done > 0 ? dg__mdgan_server_finish(s) : (dg_result)done;
 }
@@ -14637,6 +14807,8 @@ DGDEF dg_result dg_mdgan_server_expire(dg_mdgan_server *s)
 {
     if (!s) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_expire: NULL");
     if (!s->ro.open) return DG_OK;
+    if (s->realtime) /* the deadline: only once a usable feedback is in */
+        return dg__mdgan_async_due(s) ? dg__mdgan_async_finish(s) : DG_OK;
     return s->cfg.quorum ? dg__mdgan_async_finish(s) : dg__mdgan_server_finish(s);
 }
 
@@ -14676,9 +14848,10 @@ static void dg__role_put(dg__wbuf *w, uint32_t kind, const uint64_t *v, int n, c
     if (d) dg__net_put(w, d, od);
 }
 
-/* MD-GAN server: iteration, swap round; G.  An open iteration changed
-   nothing yet but G's batchnorm statistics: the ones from before its
-   forward are saved (swapped in and back). */
+/* MD-GAN server: iteration, swap round; G; asynchronous, its held feedback
+   (dg__mdgan_held_put).  An open iteration changed nothing yet but G's
+   batchnorm statistics: the ones from before its forward are saved
+   (swapped in and back). */
 static void dg__mdgan_server_encode(dg__wbuf *w, const void *obj)
 {
     const dg_mdgan_server *s = (const dg_mdgan_server *)obj;
@@ -14686,8 +14859,9 @@ static void dg__mdgan_server_encode(dg__wbuf *w, const void *obj)
     v[0] = (uint64_t)s->iteration;
     v[1] = (uint64_t)s->round;
     if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
-    dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL, 0);
+    dg__role_put(w, DG__CK_MDGAN_SERVER, v, 2, s->g, &s->opt, NULL, NULL, s->cfg.quorum > 0);
     if (s->ro.open) dg__swap_floats(dg_net_state(s->g), s->state0, dg_net_state_count(s->g));
+    if (s->cfg.quorum) dg__mdgan_held_put(w, s);
 }
 
 /* Reads the counters of a role's checkpoint (n of them, none negative)
@@ -14701,7 +14875,8 @@ static dg_result dg__role_open(const void *buf, size_t len, uint32_t kind, int64
     const char *what = dg__ck_kind_name(kind);
     dg_result r;
     int i, has = codec && len >= 16 && dg__rd32((const unsigned char *)buf + 12) == 2u + n_nets;
-    sections[1 + n_nets] = DG__SEC_CODEC; /* n_nets is 1 or 2 */
+    /* n_nets is 1 or 2; the async MD-GAN server's optional section is HELD */
+    sections[1 + n_nets] = kind == DG__CK_MDGAN_SERVER ? DG__SEC_HELD : DG__SEC_CODEC;
     if ((r = dg__ck_open(buf, len, kind, sections, 1 + n_nets + has, sec, what))) return r;
     if (codec) {
         memset(codec, 0, sizeof *codec);
@@ -14719,13 +14894,19 @@ DG__SERVER_COMMON(mdgan)
 
 DGDEF dg_result dg_mdgan_server_load_mem(dg_mdgan_server *s, const void *buf, size_t len)
 {
-    int64_t v[2];
-    dg__rbuf net;
+    int64_t v[2], dropped = s ? s->stats.stale_dropped : 0;
+    dg__rbuf net, check, held;
+    dg_msg **got = NULL;
     dg_result r;
     if (!s || !buf) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_load_mem: NULL argument");
     if (s->ro.open) return dg__fail(DG_ERR_STATE, "dg_mdgan_server_load_mem: iteration open");
-    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1, NULL))) return r;
-    if ((r = dg__net_get(s->g, &s->opt, &net, 1)) != DG_OK) return r;
+    if ((r = dg__role_open(buf, len, DG__CK_MDGAN_SERVER, v, 2, &net, 1, &held))) return r;
+    check = net; /* everything is checked (and the held feedback built) before G changes */
+    if ((r = dg__net_get(s->g, &s->opt, &check, 0)) != DG_OK) return r;
+    if (held.p && (r = dg__mdgan_held_get(s, &held, v[0], &got, &dropped)) != DG_OK) return r;
+    r = dg__net_get(s->g, &s->opt, &net, 1);
+    DG_ASSERT(r == DG_OK); /* what was checked cannot fail */
+    dg__mdgan_held_install(s, got, dropped);
     s->iteration = v[0];
     s->round = v[1];
     s->stats.iteration = v[0];
@@ -16439,7 +16620,7 @@ static dg_result dg__drive_server(dg__roster *core, const dg_drive *d, int n_wor
         dg__roster_destroy(core);
         return r;
     }
-    if (core->barrier_ms <= 0) /* over processes a dead worker must not hold the run forever */
+    if (core->barrier_ms <= 0 && !(ms && ms->realtime)) /* a dead worker must not hold the run forever */
         core->barrier_ms = ms ? 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000) : 60000;
     memset(&st, 0, sizeof st);
     st.transport = t;
@@ -16469,6 +16650,8 @@ static dg_result dg__drive_server(dg__roster *core, const dg_drive *d, int n_wor
             st.n_live = s->n_live;
             st.d_loss = s->d_loss;
             st.g_loss = s->g_loss;
+            st.stale_used += s->n_stale;
+            st.stale_dropped = s->stale_dropped;
         } else {
             const dg_flgan_stats *s = dg_flgan_server_stats(fs);
             st.iteration = s->rounds;
@@ -16506,11 +16689,9 @@ DGDEF dg_result dg_mdgan_server_drive(const dg_mdgan_config *cfg, dg_transport *
     dg_mdgan_server *s;
     dg_result r;
     if (!cfg || !t || !pool || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_server_drive: NULL argument");
-    if (cfg->quorum) /* its close time is judged on simulated arrivals, which processes lack */
-        return dg__fail(DG_ERR_UNSUPPORTED, "dg_mdgan_server_drive: asynchronous MD-GAN (quorum %d) "
-                        "runs in process only (dg_mdgan_run); quorum 0 is synchronous", cfg->quorum);
-    r = dg_mdgan_server_create(&s, cfg, t, pool);
-    return r == DG_OK ? dg__drive_server(&s->ro, d, cfg->n_workers) : r;
+    if ((r = dg_mdgan_server_create(&s, cfg, t, pool)) != DG_OK) return r;
+    s->realtime = cfg->quorum > 0; /* closes on the quorum or the deadline, on the wall clock */
+    return dg__drive_server(&s->ro, d, cfg->n_workers);
 }
 
 DGDEF dg_result dg_flgan_server_drive(const dg_flgan_config *cfg, dg_transport *t,

@@ -43,7 +43,7 @@ typedef struct options {
     int algo, arch, transport, role; /* indices into the choices of --algo, --arch,
                                         --transport, --role (0 server, 1 worker) */
     const char *dataset, *out, *classifier, *k_str, *crash_str, *join_str,
-        *attack_str, *role_str, *listen, *connect, *id_str, *secret_file;
+        *attack_str, *role_str, *listen, *connect, *id_str, *secret_file, *slow_str;
     int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
         clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
         help, local_iters, log_every, ckpt_every, id, insecure, dead_ms, heartbeat_ms,
@@ -53,9 +53,9 @@ typedef struct options {
     float lr;
     int64_t iters, eval_every;
     uint64_t seed, data_seed, max_message;
-    dg_fault crash[MAX_FAULTS], join[MAX_FAULTS];
+    dg_fault crash[MAX_FAULTS], join[MAX_FAULTS], slow[MAX_FAULTS]; /* slow: n@ms */
     dg_fault_spec attack[MAX_FAULTS];
-    int n_crash, n_join, n_attack;
+    int n_crash, n_join, n_attack, n_slow;
     const char *network; dg_netsim_config net; /* --network, parsed (docs/network.md) */
     const char *codec_str; dg_codec_set codec;  /* --codec, parsed */
 } options;
@@ -87,11 +87,13 @@ static void usage(FILE *f)
         "  --feedback-clip C   MD-GAN: the server scales each sample's feedback from a\n"
         "                      worker down to L2 norm C before summing (default off)\n");
     fprintf(f,
-        "  --quorum Q          inproc MD-GAN, asynchronous (docs/mdgan.md): G is updated\n"
-        "                      once Q feedbacks (1..N) have arrived, in simulated time\n"
-        "                      under --network; late ones are used later, weighted\n"
-        "  --deadline S        with --quorum: update at S simulated seconds after the\n"
-        "                      batches leave if the quorum is not in (default none)\n"
+        "  --quorum Q          MD-GAN, asynchronous (docs/mdgan.md): G is updated once Q\n"
+        "                      feedbacks (1..N) have arrived: in simulated time under\n"
+        "                      --network, on the wall clock over tcp and mpi (not\n"
+        "                      reproducible there); late ones are used later, weighted\n"
+        "  --deadline S        with --quorum: update at S seconds (simulated; tcp, mpi:\n"
+        "                      wall-clock) after the batches leave if the quorum is not\n"
+        "                      in, once one feedback is (default none)\n"
         "  --staleness inverse|constant  with --quorum: a feedback tau updates stale\n"
         "                      weighs 1/max(1, tau) (default) or 1\n"
         "  --tau-max T         with --quorum: drop feedback staler than T (default none)\n"
@@ -140,7 +142,10 @@ static void usage(FILE *f)
         "  --checkpoint-every n  tcp, mpi: the server's checkpoint every n iterations\n"
         "                      (FL-GAN: rounds; default: at the end only)\n"
         "  --barrier-ms T      tcp, mpi: the server drops the workers whose answer takes\n"
-        "                      longer than T ms (default: MD-GAN 2 x --dead-ms, FL-GAN 60 s)\n"
+        "                      longer than T ms (default: MD-GAN 2 x --dead-ms, FL-GAN 60 s;\n"
+        "                      with --quorum slow workers are waited for, dead ones dropped)\n"
+        "  --slow n@ms[,..]    tcp, mpi MD-GAN (tests): worker n sleeps ms before each\n"
+        "                      feedback it sends (a fault transport)\n"
         " tcp only:\n"
         "  --role server|worker   --listen HOST:PORT (server)   --connect HOST:PORT --id n\n"
         "                      (worker)   --secret-file F (shared secret)   --insecure\n"
@@ -181,8 +186,10 @@ static int parse_faults(const char *name, const char *s, dg_fault *f, int *n, in
             (with_worker && dg_parse_int(item, 1, 100000, &w)) ||
             dg_parse_int(with_worker ? at + 1 : item, 0, 1000000000, &t)) {
             fprintf(stderr, "distgan: %s: '%s' is not %s (at most %d)\n", name, list,
-                    with_worker ? "n@t[,n@t...] (worker n >= 1, iteration t >= 0)"
-                                : "t[,t...] (iteration t >= 0)", MAX_FAULTS);
+                    !with_worker ? "t[,t...] (iteration t >= 0)"
+                    : strcmp(name, "--slow") ? "n@t[,n@t...] (worker n >= 1, iteration t >= 0)"
+                                             : "n@ms[,n@ms...] (worker n >= 1, ms >= 0)",
+                    MAX_FAULTS);
             return 1;
         }
         f[*n].worker = (int)w;
@@ -238,8 +245,9 @@ static const use uses[] = {
     {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
     {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
-    {"--network", A_ALL, 1, 3}, {"--quorum", 2, 1, 3}, {"--deadline", 2, 1, 3},
-    {"--staleness", 2, 1, 3}, {"--tau-max", 2, 1, 3}, {"--fraction", 4, 1, 3},
+    {"--network", A_ALL, 1, 3}, {"--quorum", 2, T_ALL, 3}, {"--deadline", 2, T_ALL, 3},
+    {"--staleness", 2, T_ALL, 3}, {"--tau-max", 2, T_ALL, 3}, {"--fraction", 4, 1, 3},
+    {"--slow", 2, T_PROC, 3},
     {"--balanced", 4, 1, 3}, {"--codec", A_DIST, T_ALL, 3},
     {"--eval-every", A_ALL, T_ALL, 1}, {"--eval-samples", A_ALL, T_ALL, 1},
     {"--no-eval", A_ALL, T_ALL, 1}, {"--classifier", A_ALL, T_ALL, 1},
@@ -297,6 +305,7 @@ static int parse(options *o, int argc, char **argv)
         {"--crash", DG_OPT_STRING, &o->crash_str, 0, 0, NULL},
         {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
         {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
+        {"--slow", DG_OPT_STRING, &o->slow_str, 0, 0, NULL},
         {"--network", DG_OPT_STRING, &o->network, 0, 0, NULL},
         {"--codec", DG_OPT_STRING, &o->codec_str, 0, 0, NULL},
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
@@ -405,12 +414,18 @@ static int parse(options *o, int argc, char **argv)
             return 1;
         }
     if ((o->crash_str && parse_faults("--crash", o->crash_str, o->crash, &o->n_crash, 1)) ||
-        (o->join_str && parse_faults("--join", o->join_str, o->join, &o->n_join, 0)))
+        (o->join_str && parse_faults("--join", o->join_str, o->join, &o->n_join, 0)) ||
+        (o->slow_str && parse_faults("--slow", o->slow_str, o->slow, &o->n_slow, 1)))
         return 1;
     for (i = 0; i < o->n_crash; i++)
         if (o->crash[i].worker > o->workers + o->n_join) {
             fprintf(stderr, "distgan: --crash: '%s' names worker %d of %d\n", o->crash_str,
                     o->crash[i].worker, o->workers + o->n_join);
+            return 1;
+        }
+    for (i = 0; i < o->n_slow; i++)
+        if (o->slow[i].iteration > 3600000) { /* DG_FAULT_DELAY's bound */
+            fprintf(stderr, "distgan: --slow: '%s': at most 3600000 ms\n", o->slow_str);
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
@@ -690,6 +705,9 @@ static void on_finish(void *user, const dg_drive_status *s)
 {
     output *out = (output *)user;
     out->src.g = s->generator;
+    if (out->o->quorum) /* over tcp and mpi: how late the stragglers were */
+        printf("asynchronous: %lld stale feedbacks used, %lld dropped (tau_max)\n",
+               (long long)s->stale_used, (long long)s->stale_dropped);
     if (!out->error && output_finish(out, s->generator)) out->error = DG_ERR_IO;
 }
 
@@ -828,6 +846,18 @@ static int run_process(const options *o, int self, dg_transport *t, dg_pool *poo
         return 1;
     }
     fprintf(stderr, "[%s] done\n", who);
+    return 0;
+}
+
+/* --slow: worker id's feedback leaves ms late, through a fault transport
+   over its endpoint *t (a straggler for the tests of asynchronous MD-GAN). */
+static int slow_down(dg_transport **t, int id, int64_t ms)
+{
+    dg_fault_spec f = {DG_FAULT_DELAY, id, DG_MSG_FEEDBACK, 0, (float)ms * 1e-3f};
+    dg_transport *w;
+    dg_result r = dg_fault_transport_create(&w, *t, &f, 1);
+    if (r) return fail("--slow", r);
+    *t = w;
     return 0;
 }
 
@@ -992,6 +1022,8 @@ int main(int argc, char **argv)
         else if (!status && server)
             printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers,
                    out.per_round, fc.local_epochs);
+        for (i = 0; !status && !server && i < o.n_slow; i++)
+            if (o.slow[i].worker == o.id) status = slow_down(&t, o.id, o.slow[i].iteration);
         if (!status) status = run_process(&o, o.id, t, pool, &train, &part, &mc, &fc, &out, who);
 #ifdef DISTGAN_MPI
         if (status && t && o.transport == T_MPI) MPI_Abort(MPI_COMM_WORLD, status); /* fail-stop */

@@ -19,6 +19,7 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
+#include "scratch.h"
 #include "small_gan.h"
 
 
@@ -324,6 +325,207 @@ TEST(async_quorum_n_is_sync)
     free(g_sync);
 }
 
+/* ---- held feedback survives a checkpoint ---- */
+
+static dg_mdgan_run *held_run(const dg_mdgan_config *c, const dg_dataset *ds,
+                              const dg_partition *part)
+{
+    dg_mdgan_run *run;
+    dg_netsim_config net;
+    CHECK_OK(dg_mdgan_run_create(&run, c, pool2, ds, part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_netsim_parse("edge; worker 2 gflops=2; worker 4 gflops=4", &net));
+    CHECK_OK(dg_mdgan_run_set_network(run, &net));
+    return run;
+}
+
+static int held_count(dg_mdgan_run *run)
+{
+    dg_mdgan_server *s = dg_mdgan_run_server(run);
+    int n, k = 0;
+    for (n = 1; n <= s->ro.slots; n++) k += s->ro.got[n] != NULL;
+    return k;
+}
+
+/* The start of section i of a checkpoint (its u32 type; length u64 and
+   CRC u32 follow, then its bytes). */
+static size_t section_at(const unsigned char *buf, int i)
+{
+    size_t at = 16;
+    uint64_t len;
+    while (i-- > 0) {
+        memcpy(&len, buf + at + 4, 8);
+        at += 16 + (size_t)len;
+    }
+    return at;
+}
+
+/* An asynchronous run under a network with stragglers (quorum 2 of 4),
+   saved at iteration 5 while feedback is held (dg_mdgan_run_save: the
+   server's held feedback and the network model's clocks) and loaded into
+   a new run, ends 5 iterations later with G, the simulated clock and the
+   stale counts of the uninterrupted run; a held-feedback section that is
+   damaged or names a worker twice is refused and changes nothing. */
+TEST(async_resume_keeps_held_feedback)
+{
+    enum { N = 4, T = 5 };
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_config c = small_config(N);
+    dg_mdgan_run *a, *b;
+    dg_mdgan_server *s;
+    unsigned char *buf, *bad;
+    float *g0;
+    size_t len, np, at;
+    int it, stale_a = 0, stale_b = 0, held;
+    uint32_t crc;
+    c.quorum = 2;
+    c.k = 2;
+    make_data(&ds, 96, 5);
+    CHECK_OK(dg_partition_iid(&part, ds.n, N, 5));
+    a = held_run(&c, &ds, &part);
+    for (it = 0; it < 2 * T; it++) {
+        CHECK_OK(dg_mdgan_run_iteration(a));
+        if (it >= T) stale_a += dg_mdgan_server_stats(dg_mdgan_run_server(a))->n_stale;
+    }
+    b = held_run(&c, &ds, &part);
+    for (it = 0; it < T; it++) CHECK_OK(dg_mdgan_run_iteration(b));
+    held = held_count(b);
+    CHECK(held > 0); /* the stragglers' feedback waits for a later iteration */
+    CHECK_OK(dg_mdgan_run_save(b, tmpdir));
+    {
+        FILE *f = fopen(tpath("network.ckpt"), "rb"); /* the simulated clocks */
+        CHECK(f != NULL);
+        if (f) fclose(f);
+    }
+    dg_mdgan_run_free(b);
+    b = held_run(&c, &ds, &part);
+    CHECK_OK(dg_mdgan_run_load(b, tmpdir));
+    CHECK(held_count(b) == held);
+    for (it = 0; it < T; it++) {
+        CHECK_OK(dg_mdgan_run_iteration(b));
+        stale_b += dg_mdgan_server_stats(dg_mdgan_run_server(b))->n_stale;
+    }
+    np = dg_net_param_count(dg_mdgan_server_generator(dg_mdgan_run_server(a)));
+    check_same_floats("G after resume", dg_net_params(dg_mdgan_server_generator(dg_mdgan_run_server(a))),
+                      np, dg_net_params(dg_mdgan_server_generator(dg_mdgan_run_server(b))), np);
+    CHECK(dg_netsim_clock(dg_mdgan_run_transport(a), 0) ==
+          dg_netsim_clock(dg_mdgan_run_transport(b), 0));
+    CHECK(stale_a > 0 && stale_b == stale_a);
+    /* the server's checkpoint: state, G, held feedback */
+    s = dg_mdgan_run_server(b);
+    len = dg_mdgan_server_save_size(s);
+    buf = (unsigned char *)malloc(len);
+    bad = (unsigned char *)malloc(len);
+    CHECK_OK(dg_mdgan_server_save_mem(s, buf, len, &len));
+    held = held_count(b);
+    CHECK(held > 0);
+    g0 = (float *)malloc(4 * np);
+    memcpy(g0, dg_net_params(dg_mdgan_server_generator(s)), 4 * np);
+    at = section_at(buf, 2);
+    CHECK(at < len && buf[at] == 6 && section_at(buf, 3) == len); /* HELD, the last one */
+    if (at >= len) at = 0; /* (failed above) */
+    memcpy(bad, buf, len);
+    bad[len - 1] ^= 1; /* a flipped bit of a held value */
+    CHECK(dg_mdgan_server_load_mem(s, bad, len) == DG_ERR_CHECKSUM);
+    memcpy(bad, buf, len);
+    bad[at + 16 + 12] = bad[at + 16 + 12 + 4 + 8 + 8 + 8 + 4 * SB * SD]; /* the 2nd held worker's id */
+    if (held < 2) bad[at + 16 + 12] = 9; /* or one not in the run */
+    crc = dg_crc32(0, bad + at + 16, len - at - 16);
+    memcpy(bad + at + 12, &crc, 4);
+    CHECK(dg_mdgan_server_load_mem(s, bad, len) == DG_ERR_FORMAT);
+    CHECK(strstr(dg_last_error(), "held feedback") != NULL);
+    CHECK(held_count(b) == held); /* refused: nothing changed */
+    CHECK(memcmp(g0, dg_net_params(dg_mdgan_server_generator(s)), 4 * np) == 0);
+    CHECK_OK(dg_mdgan_server_load_mem(s, buf, len));
+    CHECK(held_count(b) == held);
+    free(g0);
+    free(buf);
+    free(bad);
+    dg_mdgan_run_free(a);
+    dg_mdgan_run_free(b);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
+/* ---- real time (the process drivers' server) ---- */
+
+/* Worker n's feedback for its batch of iteration it, of seeded values. */
+static void send_feedback(dg_transport *t, int n, int64_t it)
+{
+    dg_part_kind k = DG_PART_F32;
+    size_t bd = SB * SD;
+    dg_msg *m;
+    dg_rng rng = dg_rng_make(78, (uint64_t)n, (uint64_t)it);
+    CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, n, 0, it, 1, &k, &bd, &m));
+    dg_rng_fill_uniform(&rng, (float *)m->part[0].data, bd, -1, 1);
+    CHECK_OK(dg_transport_send(t, m));
+}
+
+/* The number of generated batches waiting for worker n (freed). */
+static int batches_for(dg_transport *t, int n)
+{
+    dg_msg *m;
+    int k = 0;
+    while (dg_transport_recv(t, n, 0, &m) == DG_OK) {
+        k += m->type == DG_MSG_GEN_BATCHES;
+        dg_msg_free(t, m);
+    }
+    return k;
+}
+
+/* The server of dg_mdgan_server_drive in real time (its private switch):
+   with q = 2 of 3 an iteration closes when the second feedback is handled,
+   worker 3 (silent) stays live and asked and gets no new batch; its late
+   feedback is used at the next close, stale.  With q = 3 and a 50 ms
+   deadline a blocking poll closes on the one feedback in once the deadline
+   has passed, and past it, with none usable, waits (no empty update). */
+TEST(realtime_closes_as_feedback_arrives)
+{
+    dg_mdgan_config c = small_config(SN);
+    dg_transport *t;
+    dg_mdgan_server *s;
+    const dg_mdgan_stats *st;
+    c.quorum = 2;
+    CHECK_OK(dg_inproc_create(&t, SN + 1, 0, 0));
+    CHECK_OK(dg_mdgan_server_create(&s, &c, t, pool1));
+    s->realtime = 1;
+    st = dg_mdgan_server_stats(s);
+    CHECK_OK(dg_mdgan_server_begin(s));
+    send_feedback(t, 1, 0);
+    CHECK(dg_mdgan_server_poll(s, 0) == DG_ERR_TIMEOUT && st->iteration == 0); /* 1 of 2 */
+    send_feedback(t, 2, 0);
+    CHECK_OK(dg_mdgan_server_poll(s, 0));
+    CHECK(st->iteration == 1 && st->n_live == 2 && st->n_stale == 0 && st->n_dropped == 0);
+    CHECK(dg_mdgan_server_is_live(s, 3) && dg_mdgan_server_missing(s) == 0);
+    CHECK(batches_for(t, 3) == 1 && batches_for(t, 1) == 1);
+    CHECK_OK(dg_mdgan_server_begin(s)); /* to 1 and 2 only: 3's batch is in flight */
+    CHECK(batches_for(t, 3) == 0 && batches_for(t, 1) == 1);
+    send_feedback(t, 3, 0); /* late */
+    send_feedback(t, 1, 1);
+    CHECK_OK(dg_mdgan_server_poll(s, 0));
+    CHECK(st->iteration == 2 && st->n_live == 2 && st->n_stale == 1);
+    dg_mdgan_server_free(s);
+    dg_transport_close(t);
+
+    c.quorum = SN;
+    c.deadline = 0.05;
+    CHECK_OK(dg_inproc_create(&t, SN + 1, 0, 0));
+    CHECK_OK(dg_mdgan_server_create(&s, &c, t, pool1));
+    s->realtime = 1;
+    st = dg_mdgan_server_stats(s);
+    CHECK_OK(dg_mdgan_server_begin(s));
+    send_feedback(t, 1, 0);
+    CHECK_OK(dg_mdgan_server_poll(s, 10000)); /* closes at the deadline, with 1 of 3 */
+    CHECK(st->iteration == 1 && st->n_live == 1 && st->n_dropped == 0);
+    CHECK_OK(dg_mdgan_server_begin(s)); /* to 1 only */
+    CHECK(dg_mdgan_server_poll(s, 200) == DG_ERR_TIMEOUT && st->iteration == 1);
+    send_feedback(t, 2, 0);
+    CHECK_OK(dg_mdgan_server_poll(s, 10000));
+    CHECK(st->iteration == 2 && st->n_live == 1 && st->n_stale == 1);
+    dg_mdgan_server_free(s);
+    dg_transport_close(t);
+}
+
 TEST(async_settings_checked)
 {
     dg_mdgan_config c = small_config(3);
@@ -343,9 +545,7 @@ TEST(async_settings_checked)
     c.tau_max = -1;
     c.staleness = (dg_staleness)7;
     CHECK(dg_mdgan_server_create(&s, &c, t, pool1) == DG_ERR_ARG);
-    c.staleness = DG_STALENESS_INVERSE;
-    CHECK(dg_mdgan_server_drive(&c, t, pool1, &d) == DG_ERR_UNSUPPORTED);
-    CHECK(strstr(dg_last_error(), "in process only") != NULL);
+    CHECK(dg_mdgan_server_drive(&c, t, pool1, &d) == DG_ERR_ARG); /* the process driver too */
     dg_transport_close(t);
 }
 
@@ -541,7 +741,7 @@ TEST(fegan_settings_checked)
 
 int main(void)
 {
-    if (!pools_create()) return 1;
+    if (!pools_create() || !scratch_create("async")) return 1;
     RUN(late_feedback_weighs_one_over_tau);
     RUN(late_feedback_constant_weight);
     RUN(late_feedback_beyond_tau_max_dropped);
@@ -549,11 +749,14 @@ int main(void)
     RUN(deadline_waits_for_the_first_feedback);
     RUN(deadline_waits_for_a_usable_feedback);
     RUN(async_quorum_n_is_sync);
+    RUN(async_resume_keeps_held_feedback);
+    RUN(realtime_closes_as_feedback_arrives);
     RUN(async_settings_checked);
     RUN(fegan_sampling_distribution);
     RUN(fegan_round_asks_the_chosen_only);
     RUN(fegan_fraction_one_is_plain);
     RUN(fegan_settings_checked);
     pools_destroy();
+    scratch_remove();
     return th_done();
 }

@@ -1619,6 +1619,64 @@ TEST(flgan_worker_rejoins_and_checkpoints) { flgan_rejoin("upload=none"); }
 /* a restarted worker holds no reference: the server sends it the dense model */
 TEST(flgan_download_deltas_worker_rejoins) { flgan_rejoin("upload=topk:0.1,download=topk:0.1"); }
 
+/* Asynchronous MD-GAN over TCP, in real time (--quorum 2 of 3; no swap):
+   worker 3 sleeps 400 ms before each feedback (--slow, a fault transport),
+   workers 1 and 2 20 ms.  The server closes its iterations on the
+   feedback of 1 and 2 and uses 3's when it comes, computed on an older G:
+   stale (a server that waited for every worker would use all of them
+   fresh).  Whatever the scheduling: the run ends at its 40 iterations
+   (each one at least 20 ms, so 3's feedback comes during the run) with
+   stale feedback used and a finite G. */
+TEST(async_quorum_leaves_the_straggler_behind)
+{
+    char addr[32];
+    pid_t srv, w[3];
+    long long stale = -1;
+    const char *at;
+    float *g;
+    size_t n = 0, i;
+    int finite = 1;
+    if (!proc_begin(addr, sizeof addr)) return;
+#define COMMON10 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--E", "0", \
+                 "--quorum", "2", "--slow", "1@20,2@20,3@400"
+    START_RUN(srv, w, 3, "a", addr, ("--iters", "40", "--log-every", "10", "--out", "as"), COMMON10);
+    CHECK(reap_run(srv, 60000, w, 3, 10000));
+    CHECK(file_has("asrv.out", it_is(40, 40)));
+    at = strstr(slurp("asrv.out"), "asynchronous: ");
+    CHECK(at && sscanf(at, "asynchronous: %lld stale", &stale) == 1 && stale > 0);
+    g = read_floats("as/g.f32", &n);
+    for (i = 0; i < n; i++) finite &= isfinite(g[i]) != 0;
+    CHECK(g && n > 0 && finite);
+    printf("  40 iterations, quorum 2 of 3, worker 3 20x slower: %lld stale feedbacks used\n", stale);
+    free(g);
+    if (th_cur_failed) { show("asrv.out"); show("asrv.err"); show("aw3.err"); }
+}
+
+/* kill -9 of a worker in an asynchronous run: it is dropped once its
+   connection is gone (not for being slow), the run goes on with the two
+   others and ends at its iterations.  The deadline (10 ms, under the 20
+   ms each worker sleeps) closes most iterations on their first feedback:
+   past it the server waits for one, it does not spin or close empty. */
+TEST(async_worker_killed)
+{
+    char addr[32];
+    pid_t srv, w[3];
+    if (!proc_begin(addr, sizeof addr)) return;
+#define COMMON11 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--E", "0", \
+                 "--quorum", "2", "--deadline", "0.01", "--slow", "1@20,2@20,3@20", \
+                 "--dead-ms", "1500", "--heartbeat-ms", "300"
+    START_RUN(srv, w, 3, "b", addr, ("--iters", "60", "--log-every", "1"), COMMON11);
+    CHECK(wait_for("bsrv.out", it_is(10, 60), 30000));
+    kill(w[1], SIGKILL);
+    reap(w[1], 2000);
+    w[1] = w[2];
+    CHECK(wait_for_line("bsrv.err", "worker 2 ", "dropped", 15000));
+    CHECK(reap_run(srv, 60000, w, 2, 10000));
+    CHECK(file_has("bsrv.out", it_is(60, 60)));
+    CHECK(!file_has("bsrv.err", "no feedback at all"));
+    if (th_cur_failed) { show("bsrv.out"); show("bsrv.err"); }
+}
+
 /* The audit's insider cases at once, while a legitimate 3-worker run
    trains: worker slot 4 belongs to an authenticated insider that sends a
    FEEDBACK of the wrong shape, rejoins and sends one full of NaN, rejoins
@@ -1719,11 +1777,11 @@ TEST(insiders_while_a_run_trains)
         fprintf(sf, "%s\n", secret);
         fclose(sf);
     }
-#define COMMON10 "--workers", "4", "--dataset", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
+#define COMMON12 "--workers", "4", "--dataset", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
                  "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5", \
                  "--secret-file", secret_path
     START_RUN(srv, w + 1, 3, "i", addr,
-              ("--iters", "400", "--log-every", "1", "--out", "insider"), COMMON10);
+              ("--iters", "400", "--log-every", "1", "--out", "insider"), COMMON12);
     /* the insider holds the secret and the run's configuration hash */
     mc.swap_every = 5;
     CHECK_OK(last_worker_config(4, 400, addr, secret, &ds, &mc, &tc));
@@ -1754,7 +1812,7 @@ TEST(insiders_while_a_run_trains)
     rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
     kill(w[3], SIGKILL);                       /* a legitimate worker restarts through the flood */
     reap(w[3], 2000);
-    w[3] = spawn("iw3b", ARGS("worker", "--connect", addr, "--id", "3", COMMON10));
+    w[3] = spawn("iw3b", ARGS("worker", "--connect", addr, "--id", "3", COMMON12));
     CHECK(wait_for("isrv.err", "worker 3 joins with a copy of D_", 30000));
     rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
     if (flooding) {
@@ -1813,6 +1871,8 @@ int main(void)
     RUN(closed_worker_leaves_the_barrier_at_once);
     RUN(flgan_worker_rejoins_and_checkpoints);
     RUN(flgan_download_deltas_worker_rejoins);
+    RUN(async_quorum_leaves_the_straggler_behind);
+    RUN(async_worker_killed);
     RUN(insiders_while_a_run_trains);
     RUN(server_without_workers_fails);
     scratch_remove();
