@@ -4,18 +4,24 @@
  *       ratio_min=... ratio_max=... crc_ratio=...
  *     float32 messages of S bytes from rank 0 to rank 1 through dg_mpi
  *     (pooled messages, dg_transport_send / recv) against a plain
- *     MPI_Send / MPI_Recv loop of the same sizes, in the same run: ROUNDS
+ *     MPI_Send / MPI_Recv loop of the same sizes from one buffer written
+ *     once (as the pool's buffers are when they are made: an untouched
+ *     calloc'd buffer maps the kernel's zero page, which MPI's copy reads
+ *     from cache whatever the size), in the same run: ROUNDS
  *     rounds, ours and raw alternating; gbps and raw_gbps are the medians,
  *     ratio = their quotient, ratio_min / ratio_max the spread of the
  *     per-round quotients (the machine is shared: read the spread).
  *     crc_ratio: ours with checksum = 1 (a CRC-32 over every frame).
  *     written_ratio: both loops with the sender writing every payload
- *     before it sends (memset), as a role does: the plain loop otherwise
- *     resends one buffer that stays in cache, while our sender goes through
- *     the pool's buffers of its send window.
+ *     before it sends (memset), as a role does: the plain loop resends one
+ *     buffer that stays in cache, while our sender goes through the pool's
+ *     buffers of its send window.
  *   bench mpi_idle seconds=2 thread_cpu_pct=... process_cpu_pct=...
  *     a receiver waiting 2 s with nothing coming: CPU time of its thread
- *     and of its whole process (Open MPI's own threads included). */
+ *     and of its whole process (Open MPI's own threads included).
+ *   `bench_mpi_transport ours SIZE N` or `... raw SIZE N` (mpirun -n 2)
+ *   sends N messages of SIZE bytes one way only (after a warm-up), for
+ *   `perf record` / `perf stat` of either rank. */
 #include "bench_common.h" /* _GNU_SOURCE first: RUSAGE_THREAD */
 #include <sys/resource.h>
 #define DISTGAN_MPI
@@ -121,13 +127,28 @@ int main(int argc, char **argv)
     }
     c.checksum = 1;
     dg_mpi_create(&tc, MPI_COMM_WORLD, &c);
-    buf = (char *)calloc(16 << 20, 1);
-    throughput(t, tc, buf, 1024, 20000);
-    throughput(t, tc, buf, 64 << 10, 2000);
-    throughput(t, tc, buf, 1 << 20, 200);
-    throughput(t, tc, buf, 16 << 20, 16);
+    buf = (char *)malloc(16 << 20);
+    memset(buf, 0x5a, 16 << 20); /* real pages, not the zero page */
+    if (argc > 3 && (!strcmp(argv[1], "ours") || !strcmp(argv[1], "raw")) &&
+        (size_t)atol(argv[2]) <= (16 << 20)) {
+        size_t bytes = (size_t)atol(argv[2]);
+        int n = atoi(argv[3]), raw = !strcmp(argv[1], "raw");
+        double g;
+        if (raw) gbps_raw(buf, bytes, n / 4 + 1, 0);
+        else gbps_ours(t, bytes, n / 4 + 1, 0);
+        g = raw ? gbps_raw(buf, bytes, n, 0) : gbps_ours(t, bytes, n, 0);
+        if (rank == 1)
+            printf("bench mpi_one_way %s size=%zu msgs=%d gbps=%.3f\n", argv[1], bytes, n, g);
+        argc = 0; /* no throughput lines */
+    }
+    if (argc) {
+        throughput(t, tc, buf, 1024, 20000);
+        throughput(t, tc, buf, 64 << 10, 2000);
+        throughput(t, tc, buf, 1 << 20, 200);
+        throughput(t, tc, buf, 16 << 20, 16);
+    }
     MPI_Barrier(MPI_COMM_WORLD);
-    if (rank == 1) { /* nothing comes for 2 s */
+    if (argc && rank == 1) { /* nothing comes for 2 s */
         dg_msg *m;
         double c0 = cpu_s(RUSAGE_THREAD), p0 = cpu_s(RUSAGE_SELF), t0 = bench_now(), wall;
         dg_transport_recv(t, 1, 2000, &m);
