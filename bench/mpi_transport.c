@@ -16,6 +16,12 @@
  *     before it sends (memset), as a role does: the plain loop resends one
  *     buffer that stays in cache, while our sender goes through the pool's
  *     buffers of its send window.
+ *   bench mpi_wake gap_ms=5 n=... us=... p90_us=... raw_us=... raw_p90_us=...
+ *     how late a waiting receiver gets a message: rank 0 sends an 8-byte
+ *     message every 5 ms (sleeping between), rank 1 waits in recv; us is
+ *     the median of (receipt - send) over n messages (one host, one
+ *     clock), p90_us its 90th percentile; raw_*: the same with MPI_Send to
+ *     a blocking MPI_Recv (which spins on a core the whole time).
  *   bench mpi_idle seconds=2 thread_cpu_pct=... process_cpu_pct=...
  *     a receiver waiting 2 s with nothing coming: CPU time of its thread
  *     and of its whole process (Open MPI's own threads included).
@@ -98,6 +104,53 @@ static void throughput(dg_transport *t, dg_transport *tc, char *buf, size_t byte
     fflush(stdout);
 }
 
+#define WAKES 100
+
+/* rank 0 sends WAKES messages 5 ms apart, rank 1 notes how long each took
+   to come (raw: plain MPI_Send / MPI_Recv). */
+static void wake_lag(dg_transport *t, int raw, double *lag)
+{
+    dg_part_kind kind = DG_PART_BYTES;
+    size_t n = sizeof(double);
+    int i;
+    MPI_Barrier(MPI_COMM_WORLD);
+    for (i = 0; i < WAKES; i++) {
+        double sent, now;
+        dg_msg *m;
+        if (rank == 0) {
+            struct timespec ts = {0, 5000000};
+            nanosleep(&ts, NULL);
+            now = bench_now();
+            if (raw) {
+                MPI_Send(&now, 1, MPI_DOUBLE, 1, 9, MPI_COMM_WORLD);
+            } else if (dg_msg_create(t, DG_MSG_FEEDBACK, 0, 1, i, 1, &kind, &n, &m) == DG_OK) {
+                memcpy(m->part[0].data, &now, sizeof now);
+                dg_transport_send(t, m);
+            }
+        } else if (raw) {
+            MPI_Recv(&sent, 1, MPI_DOUBLE, 0, 9, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            lag[i] = bench_now() - sent;
+        } else if (dg_transport_recv(t, 1, 60000, &m) == DG_OK) {
+            now = bench_now();
+            memcpy(&sent, m->part[0].data, sizeof sent);
+            lag[i] = now - sent;
+            dg_msg_free(t, m);
+        }
+    }
+}
+
+static void wake(dg_transport *t)
+{
+    double ours[WAKES] = {0}, raw[WAKES] = {0};
+    wake_lag(t, 0, ours);
+    wake_lag(t, 1, raw);
+    if (rank != 1) return;
+    printf("bench mpi_wake gap_ms=5 n=%d us=%.1f p90_us=%.1f raw_us=%.1f raw_p90_us=%.1f\n",
+           WAKES, 1e6 * bench_median(ours, WAKES), 1e6 * ours[WAKES * 9 / 10],
+           1e6 * bench_median(raw, WAKES), 1e6 * raw[WAKES * 9 / 10]);
+    fflush(stdout);
+}
+
 static double cpu_s(int who)
 {
     struct rusage u;
@@ -147,6 +200,7 @@ int main(int argc, char **argv)
         throughput(t, tc, buf, 1 << 20, 200);
         throughput(t, tc, buf, 16 << 20, 16);
     }
+    if (argc) wake(t);
     MPI_Barrier(MPI_COMM_WORLD);
     if (argc && rank == 1) { /* nothing comes for 2 s */
         dg_msg *m;
