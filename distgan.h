@@ -11596,6 +11596,7 @@ typedef struct dg__mpi {
     size_t bells_len;
     unsigned char *local;
     int spans;
+    unsigned heard; /* frames probed from this node's ranks (atomic; cf. seq) */
 } dg__mpi;
 
 static dg_result dg__mpi_error(int rc, const char *what, int rank)
@@ -11669,21 +11670,24 @@ static void dg__mpi_ring(dg__mpi *t, int to)
 
 /* Between two looks for a frame: seen is the doorbell's seq read before
    the look, end the deadline (0: none).  After the first 100 us (spun,
-   as dg__mpi_backoff) it sleeps until the bell rings, at most 10 ms (a
-   fragment MPI could not hand over at the send goes out at the sender's
-   next MPI call, and rings nothing); without a bell, or when a rank is
-   on another node, it naps as dg__mpi_backoff up to 1 ms. */
+   as dg__mpi_backoff) it sleeps until the bell rings, at most 10 ms; at
+   most 1 ms while a frame was rung in but not yet seen (MPI could not
+   hand it over at the send: it goes out at the sender's next MPI call,
+   and rings nothing).  Without a bell, or when a rank is on another
+   node, it naps as dg__mpi_backoff up to 1 ms. */
 static void dg__mpi_doze(dg__mpi *t, dg__mpi_idle *w, unsigned seen, double end)
 {
     dg__mpi_bell *b = dg__mpi_bell_of(t, t->rank);
     struct timespec ts;
-    double now = dg__now(), until = now + 10e-3;
+    double now = dg__now(), until;
     if (!b || t->spans) {
         dg__mpi_backoff(w, 1000);
         return;
     }
     if (w->since == 0) w->since = now;
     if (now - w->since < 100e-6) return;
+    /* signed: a frame put on the communicator by hand rings nothing */
+    until = now + ((int)(seen - __atomic_load_n(&t->heard, __ATOMIC_RELAXED)) > 0 ? 1e-3 : 10e-3);
     if (end > 0 && end < until) until = end;
     ts.tv_sec = (time_t)until;
     ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
@@ -12005,6 +12009,8 @@ static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
     rc = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, t->comm, &flag, &msg, &st);
     if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", t->rank);
     if (!flag) return DG_OK;
+    if (t->bells && t->local[st.MPI_SOURCE] && st.MPI_TAG != DG_MPI_TAG_PART)
+        __atomic_add_fetch(&t->heard, 1, __ATOMIC_RELAXED);
     MPI_Get_count(&st, MPI_BYTE, &count); /* MPI_UNDEFINED (< 0) past INT_MAX */
     if (st.MPI_TAG == DG_MPI_TAG_FRAME) {
         r = dg__mpi_recv_frame(t, &msg, st.MPI_SOURCE, count, out);
