@@ -1519,10 +1519,14 @@ DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path);
    posted and the message is freed when MPI has delivered it; while more
    than send_window bytes or send_window_frames frames are in flight, send
    waits, receiving what arrives meanwhile (so two ranks sending to each
-   other never deadlock; two frames always go).  A receive waits by
-   polling (MPI_Improbe): it spins through the first 100 us, then sleeps
-   50 us doubling to 1 ms, so an idle receiver costs ~2% of a core where
-   MPI's own blocking receive spins on one.  create and close are
+   other never deadlock; two frames always go).  A receive looks
+   (MPI_Improbe) through the first 100 us, then sleeps: on a node's
+   doorbell (process-shared, in /dev/shm) that every sender on the node
+   rings after posting a frame, so it wakes when its frame is there (and
+   every 10 ms regardless); when a rank of comm is on another node, or
+   the doorbells could not be made, it sleeps 50 us doubling to 1 ms
+   between looks.  Either way an idle receiver costs well under a core
+   where MPI's own blocking receive spins on one.  create and close are
    collective over comm: close waits (up to send_timeout_ms) until every
    rank's sends were received, discarding messages nobody received.  The
    program calls MPI_Init(_thread) before create and MPI_Finalize after
@@ -2726,6 +2730,10 @@ DGDEF dg_result dg_asgd_worker_drive(const dg_asgd_config *cfg, int id, dg_trans
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#endif
+#ifdef DISTGAN_MPI
+#include <fcntl.h>
+#include <sys/mman.h>
 #endif
 #if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
 #error "distgan.h: POSIX is hidden: a system header came first under -std=c11; define _POSIX_C_SOURCE 200809L before it"
@@ -11733,6 +11741,19 @@ typedef struct dg__mpi_flight { /* a frame in flight */
     unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
 } dg__mpi_flight;
 
+/* A rank's doorbell, in memory shared by the ranks of a node: a sender
+   rings it after posting a frame (seq + 1, and a broadcast when the rank
+   has threads asleep on it), so a waiting receiver sleeps on cv until its
+   frame is there rather than waking every millisecond to look. */
+typedef struct dg__mpi_bell {
+    pthread_mutex_t mu; /* process-shared, as cv */
+    pthread_cond_t cv;
+    unsigned seq;       /* frames rung in (wraps) */
+    unsigned sleepers;  /* threads of the rank asleep on cv */
+} dg__mpi_bell;
+
+#define DG__MPI_BELL_STRIDE ((sizeof(dg__mpi_bell) + 63) & ~(size_t)63)
+
 typedef struct dg__mpi {
     dg_transport base;
     dg_mpi_config cfg;
@@ -11756,6 +11777,14 @@ typedef struct dg__mpi {
     uint64_t type_max[DG_MSG_TYPE_MAX + 1];
     uint64_t largest;
     int limited;
+    /* the node's doorbells (NULL: none, every wait polls): one slot per
+       rank of comm, used by the ranks of this node (local[r]); spans: some
+       rank is on another node (its frames ring nothing) */
+    unsigned char *bells;
+    size_t bells_len;
+    unsigned char *local;
+    int spans;
+    unsigned heard; /* frames probed from this node's ranks (atomic; cf. seq) */
 } dg__mpi;
 
 static dg_result dg__mpi_error(int rc, const char *what, int rank)
@@ -11803,6 +11832,61 @@ static void dg__mpi_backoff(dg__mpi_idle *w, long max_us)
     ts.tv_sec = 0;
     ts.tv_nsec = (us < max_us ? us : max_us) * 1000L;
     nanosleep(&ts, NULL);
+}
+
+static dg__mpi_bell *dg__mpi_bell_of(const dg__mpi *t, int rank)
+{
+    return t->bells && t->local[rank] ? (dg__mpi_bell *)(t->bells + (size_t)rank * DG__MPI_BELL_STRIDE)
+                                      : NULL;
+}
+
+/* After a frame to `to` was posted (its bytes are with MPI, so the
+   receiver's next probe sees it). */
+static void dg__mpi_ring(dg__mpi *t, int to)
+{
+    dg__mpi_bell *b = dg__mpi_bell_of(t, to);
+    if (!b) return;
+    /* seq, then sleepers; the sleeper counts itself, then reads seq: one
+       of the two sees the other (sequentially consistent) */
+    __atomic_add_fetch(&b->seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&b->mu);
+        pthread_cond_broadcast(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+    }
+}
+
+/* Between two looks for a frame: seen is the doorbell's seq read before
+   the look, end the deadline (0: none).  After the first 100 us (spun,
+   as dg__mpi_backoff) it sleeps until the bell rings, at most 10 ms; at
+   most 1 ms while a frame was rung in but not yet seen (MPI could not
+   hand it over at the send: it goes out at the sender's next MPI call,
+   and rings nothing).  Without a bell, or when a rank is on another
+   node, it naps as dg__mpi_backoff up to 1 ms. */
+static void dg__mpi_doze(dg__mpi *t, dg__mpi_idle *w, unsigned seen, double end)
+{
+    dg__mpi_bell *b = dg__mpi_bell_of(t, t->rank);
+    struct timespec ts;
+    double now = dg__now(), until;
+    if (!b || t->spans) {
+        dg__mpi_backoff(w, 1000);
+        return;
+    }
+    if (w->since == 0) w->since = now;
+    if (now - w->since < 100e-6) return;
+    /* signed: a frame put on the communicator by hand rings nothing */
+    until = now + ((int)(seen - __atomic_load_n(&t->heard, __ATOMIC_RELAXED)) > 0 ? 1e-3 : 10e-3);
+    if (end > 0 && end < until) until = end;
+    ts.tv_sec = (time_t)until;
+    ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+    pthread_mutex_lock(&b->mu);
+    __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&b->seq, __ATOMIC_SEQ_CST) == seen &&
+           pthread_cond_timedwait(&b->cv, &b->mu, &ts) == 0) {
+    }
+    __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&b->seq, __ATOMIC_SEQ_CST) != seen) w->since = 0; /* rung: spin again */
+    pthread_mutex_unlock(&b->mu);
 }
 
 /* The largest frame a rank may send us. */
@@ -12113,6 +12197,8 @@ static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
     rc = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, t->comm, &flag, &msg, &st);
     if (rc != MPI_SUCCESS) return dg__mpi_error(rc, "probe", t->rank);
     if (!flag) return DG_OK;
+    if (t->bells && t->local[st.MPI_SOURCE] && st.MPI_TAG != DG_MPI_TAG_PART)
+        __atomic_add_fetch(&t->heard, 1, __ATOMIC_RELAXED);
     MPI_Get_count(&st, MPI_BYTE, &count); /* MPI_UNDEFINED (< 0) past INT_MAX */
     if (st.MPI_TAG == DG_MPI_TAG_FRAME) {
         r = dg__mpi_recv_frame(t, &msg, st.MPI_SOURCE, count, out);
@@ -12143,6 +12229,7 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
     double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
     dg__mpi_idle w = {0, 0};
     dg_result r;
+    int to;
     if (m->from != t->rank || dg_msg_payload_bytes(m) > t->cfg.max_message) {
         r = m->from != t->rank
                 ? dg__fail(DG_ERR_ARG, "mpi: a message from peer %d on the transport of rank %d",
@@ -12180,8 +12267,10 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
         pthread_mutex_lock(&t->mu);
         dg__mpi_reap(t);
     }
+    to = m->to;
     r = dg__mpi_post(t, m);
     pthread_mutex_unlock(&t->mu);
+    if (r == DG_OK) dg__mpi_ring(t, to);
     return r;
 }
 
@@ -12190,12 +12279,15 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
     dg__mpi *t = (dg__mpi *)bt->impl;
     double end = dg__now() + 1e-3 * timeout_ms;
     dg__mpi_idle w = {0, 0};
+    dg__mpi_bell *bell = dg__mpi_bell_of(t, t->rank);
     if (self != t->rank)
         return dg__fail(DG_ERR_ARG, "mpi: recv for peer %d on the transport of rank %d", self,
                         t->rank);
     for (;;) {
         dg_msg *m = NULL;
         dg_result r = DG_OK;
+        /* before the look: a frame rung in after it changes seq */
+        unsigned seen = bell ? __atomic_load_n(&bell->seq, __ATOMIC_SEQ_CST) : 0;
         pthread_mutex_lock(&t->mu);
         dg__mpi_reap(t);
         if (t->deferred != DG_OK) {
@@ -12210,7 +12302,7 @@ static dg_result dg__mpi_recv(dg_transport *bt, int self, int timeout_ms, dg_msg
             return r;
         }
         if (timeout_ms == 0 || (timeout_ms > 0 && dg__now() >= end)) return DG_ERR_TIMEOUT;
-        dg__mpi_backoff(&w, 1000);
+        dg__mpi_doze(t, &w, seen, timeout_ms > 0 ? end : 0);
     }
 }
 
@@ -12302,8 +12394,87 @@ static void dg__mpi_close(dg_transport *bt)
     dg__queue_free(bt, &t->inbox);
     pthread_mutex_unlock(&t->mu);
     pthread_mutex_destroy(&t->mu);
+    /* this rank's view only: a late ring from a peer lands in its own */
+    if (t->bells) munmap(t->bells, t->bells_len);
+    dg__free(t->local);
     dg_transport_base_free(bt);
     dg__free(t);
+}
+
+/* Collective over t->comm: maps the doorbells of this node's ranks (a
+   file in /dev/shm that rank 0 of the node makes and unlinks once every
+   rank has mapped it).  Any failure leaves t->bells NULL on every rank of
+   the node: then waits poll, as on other systems. */
+static void dg__mpi_bells_open(dg__mpi *t, int size)
+{
+    static unsigned serial;
+    MPI_Comm node;
+    MPI_Group ng, cg;
+    char name[96] = {0};
+    int nsize = 0, nrank = 0, ok = 0, all = 0, fd = -1, i, *in = NULL, *out = NULL;
+    size_t len = (size_t)size * DG__MPI_BELL_STRIDE;
+    void *p = MAP_FAILED;
+    if (MPI_Comm_split_type(t->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS)
+        return;
+    MPI_Comm_size(node, &nsize);
+    MPI_Comm_rank(node, &nrank);
+    t->local = (unsigned char *)dg__calloc((size_t)size, 1);
+    in = (int *)dg__alloc((size_t)nsize * sizeof *in);
+    out = (int *)dg__alloc((size_t)nsize * sizeof *out);
+    if (t->local && in && out) {
+        MPI_Comm_group(node, &ng);
+        MPI_Comm_group(t->comm, &cg);
+        for (i = 0; i < nsize; i++) in[i] = i;
+        MPI_Group_translate_ranks(ng, nsize, in, cg, out);
+        for (i = 0; i < nsize; i++)
+            if (out[i] >= 0 && out[i] < size) t->local[out[i]] = 1;
+        MPI_Group_free(&ng);
+        MPI_Group_free(&cg);
+        ok = 1;
+    }
+    t->spans = nsize < size;
+    if (nrank == 0 && ok) {
+        snprintf(name, sizeof name, "/dev/shm/distgan-mpi-%ld-%u", (long)getpid(),
+                 __atomic_fetch_add(&serial, 1, __ATOMIC_RELAXED));
+        fd = open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0 && ftruncate(fd, (off_t)len) != 0) { /* then nobody maps it */
+            close(fd);
+            fd = -1;
+            unlink(name);
+        }
+        if (fd < 0) name[0] = 0;
+    }
+    MPI_Bcast(name, (int)sizeof name, MPI_CHAR, 0, node);
+    if (nrank != 0 && name[0]) fd = open(name, O_RDWR);
+    if (ok && name[0] && fd >= 0)
+        p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (fd >= 0) close(fd);
+    if (nrank == 0 && p != MAP_FAILED) { /* the slots, before anyone rings */
+        pthread_mutexattr_t ma;
+        pthread_condattr_t ca;
+        pthread_mutexattr_init(&ma);
+        pthread_condattr_init(&ca);
+        ok = pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED) == 0 &&
+             pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED) == 0;
+        for (i = 0; ok && i < size; i++) {
+            dg__mpi_bell *b = (dg__mpi_bell *)((unsigned char *)p + (size_t)i * DG__MPI_BELL_STRIDE);
+            ok = pthread_mutex_init(&b->mu, &ma) == 0 && pthread_cond_init(&b->cv, &ca) == 0;
+        }
+        pthread_mutexattr_destroy(&ma);
+        pthread_condattr_destroy(&ca);
+    }
+    ok = ok && p != MAP_FAILED;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, node);
+    if (nrank == 0 && name[0]) unlink(name);
+    if (all) {
+        t->bells = (unsigned char *)p;
+        t->bells_len = len;
+    } else if (p != MAP_FAILED) {
+        munmap(p, len);
+    }
+    dg__free(in);
+    dg__free(out);
+    MPI_Comm_free(&node);
 }
 
 static dg_result dg__mpi_check_level(int level)
@@ -12382,6 +12553,7 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
     }
     t->cfg = c;
     pthread_mutex_init(&t->mu, NULL);
+    dg__mpi_bells_open(t, size);
     dg__transport_ops(&t->base, dg__mpi_send, dg__mpi_recv, dg__mpi_pending, dg__mpi_close, t);
     t->base.set_limits = dg__mpi_set_limits;
     *out = &t->base;

@@ -8,7 +8,10 @@
  *     message sizes on a loopback TCP socket (sender and receiver threads
  *     as ours), in the same run: ROUNDS rounds, ours and raw alternating;
  *     gbps and raw_gbps are the medians, ratio their quotient, ratio_min /
- *     ratio_max the spread of the rounds' quotients.
+ *     ratio_max the spread of the rounds' quotients; gbps_spread and
+ *     raw_spread are max / min of each loop's rounds: a dip of the ratio
+ *     with a wide raw_spread is the reference's noise, one with a wide
+ *     gbps_spread and a narrow raw_spread a stall of ours.
  *   bench mdgan_iter transport=inproc|tcp workers=N ms=... overhead=...
  *     one MD-GAN iteration of the reference DCGAN (b = 64, 28 x 28) with
  *     N = 4 and 10 workers: in-process and over TCP, each worker on its own
@@ -149,11 +152,13 @@ static void throughput(dg_transport *srv, dg_transport *wk, size_t floats, int n
         raw[r] = raw_gbps(4 * floats, n);
         q[r] = ours[r] / raw[r];
     }
-    mo = bench_median(ours, ROUNDS);
+    mo = bench_median(ours, ROUNDS); /* each sorted: the extremes */
     mr = bench_median(raw, ROUNDS);
-    bench_median(q, ROUNDS); /* sorted: the extremes */
+    bench_median(q, ROUNDS);
     printf("bench tcp_throughput size=%zu msgs=%d gbps=%.3f raw_gbps=%.3f ratio=%.2f "
-           "ratio_min=%.2f ratio_max=%.2f\n", 4 * floats, n, mo, mr, mo / mr, q[0], q[ROUNDS - 1]);
+           "ratio_min=%.2f ratio_max=%.2f gbps_spread=%.2f raw_spread=%.2f\n", 4 * floats, n,
+           mo, mr, mo / mr, q[0], q[ROUNDS - 1], ours[ROUNDS - 1] / ours[0],
+           raw[ROUNDS - 1] / raw[0]);
     fflush(stdout);
 }
 
