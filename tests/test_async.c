@@ -479,18 +479,30 @@ static int batches_for(dg_transport *t, int n)
    feedback is used at the next close, stale.  With q = 3 and a 50 ms
    deadline a blocking poll closes on the one feedback in once the deadline
    has passed, and past it, with none usable, waits (no empty update). */
-TEST(realtime_closes_as_feedback_arrives)
+/* A real-time server of quorum q (deadline in seconds, 0: none) over an
+   in-process transport, its first iteration begun. */
+static dg_mdgan_server *realtime_server(int q, double deadline, dg_transport **t,
+                                        const dg_mdgan_stats **st)
 {
     dg_mdgan_config c = small_config(SN);
-    dg_transport *t;
-    dg_mdgan_server *s;
-    const dg_mdgan_stats *st;
-    c.quorum = 2;
-    CHECK_OK(dg_inproc_create(&t, SN + 1, 0, 0));
-    CHECK_OK(dg_mdgan_server_create(&s, &c, t, pool1));
+    dg_mdgan_server *s = NULL;
+    c.quorum = q;
+    c.deadline = deadline;
+    CHECK_OK(dg_inproc_create(t, SN + 1, 0, 0));
+    CHECK_OK(dg_mdgan_server_create(&s, &c, *t, pool1));
+    if (!s) return NULL;
     s->realtime = 1;
-    st = dg_mdgan_server_stats(s);
+    *st = dg_mdgan_server_stats(s);
     CHECK_OK(dg_mdgan_server_begin(s));
+    return s;
+}
+
+TEST(realtime_closes_as_feedback_arrives)
+{
+    dg_transport *t;
+    const dg_mdgan_stats *st;
+    dg_mdgan_server *s = realtime_server(2, 0.0, &t, &st);
+    if (!s) return;
     send_feedback(t, 1, 0);
     CHECK(dg_mdgan_server_poll(s, 0) == DG_ERR_TIMEOUT && st->iteration == 0); /* 1 of 2 */
     send_feedback(t, 2, 0);
@@ -507,13 +519,7 @@ TEST(realtime_closes_as_feedback_arrives)
     dg_mdgan_server_free(s);
     dg_transport_close(t);
 
-    c.quorum = SN;
-    c.deadline = 0.05;
-    CHECK_OK(dg_inproc_create(&t, SN + 1, 0, 0));
-    CHECK_OK(dg_mdgan_server_create(&s, &c, t, pool1));
-    s->realtime = 1;
-    st = dg_mdgan_server_stats(s);
-    CHECK_OK(dg_mdgan_server_begin(s));
+    if (!(s = realtime_server(SN, 0.05, &t, &st))) return;
     send_feedback(t, 1, 0);
     CHECK_OK(dg_mdgan_server_poll(s, 10000)); /* closes at the deadline, with 1 of 3 */
     CHECK(st->iteration == 1 && st->n_live == 1 && st->n_dropped == 0);
