@@ -11840,6 +11840,15 @@ static dg__mpi_bell *dg__mpi_bell_of(const dg__mpi *t, int rank)
                                       : NULL;
 }
 
+/* The bell's mutex is robust: a rank that died holding it (killed
+   between lock and unlock) leaves it to the next locker, not locked for
+   good; what it guards (a broadcast, a sleeper count kept atomically)
+   stays consistent either way. */
+static void dg__mpi_bell_lock(dg__mpi_bell *b)
+{
+    if (pthread_mutex_lock(&b->mu) == EOWNERDEAD) pthread_mutex_consistent(&b->mu);
+}
+
 /* After a frame to `to` was posted (its bytes are with MPI, so the
    receiver's next probe sees it). */
 static void dg__mpi_ring(dg__mpi *t, int to)
@@ -11850,7 +11859,7 @@ static void dg__mpi_ring(dg__mpi *t, int to)
        of the two sees the other (sequentially consistent) */
     __atomic_add_fetch(&b->seq, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST)) {
-        pthread_mutex_lock(&b->mu);
+        dg__mpi_bell_lock(b);
         pthread_cond_broadcast(&b->cv);
         pthread_mutex_unlock(&b->mu);
     }
@@ -11868,6 +11877,7 @@ static void dg__mpi_doze(dg__mpi *t, dg__mpi_idle *w, unsigned seen, double end)
     dg__mpi_bell *b = dg__mpi_bell_of(t, t->rank);
     struct timespec ts;
     double now = dg__now(), until;
+    int e = 0;
     if (!b || t->spans) {
         dg__mpi_backoff(w, 1000);
         return;
@@ -11879,11 +11889,12 @@ static void dg__mpi_doze(dg__mpi *t, dg__mpi_idle *w, unsigned seen, double end)
     if (end > 0 && end < until) until = end;
     ts.tv_sec = (time_t)until;
     ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
-    pthread_mutex_lock(&b->mu);
+    dg__mpi_bell_lock(b);
     __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(&b->seq, __ATOMIC_SEQ_CST) == seen &&
-           pthread_cond_timedwait(&b->cv, &b->mu, &ts) == 0) {
+           (e = pthread_cond_timedwait(&b->cv, &b->mu, &ts)) == 0) {
     }
+    if (e == EOWNERDEAD) pthread_mutex_consistent(&b->mu);
     __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&b->seq, __ATOMIC_SEQ_CST) != seen) w->since = 0; /* rung: spin again */
     pthread_mutex_unlock(&b->mu);
@@ -12455,6 +12466,7 @@ static void dg__mpi_bells_open(dg__mpi *t, int size)
         pthread_mutexattr_init(&ma);
         pthread_condattr_init(&ca);
         ok = pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED) == 0 &&
+             pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST) == 0 &&
              pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED) == 0;
         for (i = 0; ok && i < size; i++) {
             dg__mpi_bell *b = (dg__mpi_bell *)((unsigned char *)p + (size_t)i * DG__MPI_BELL_STRIDE);
