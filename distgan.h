@@ -16804,7 +16804,7 @@ static dg_result dg__drive_server(dg__roster *core, const dg_drive *d, int n_wor
         dg__roster_destroy(core);
         return r;
     }
-    if (core->barrier_ms <= 0 && !(ms && ms->realtime)) /* a dead worker must not hold the run forever */
+    if (core->barrier_ms <= 0) /* over processes a dead worker must not hold the run forever */
         core->barrier_ms = ms ? 2 * (d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000) : 60000;
     memset(&st, 0, sizeof st);
     st.transport = t;
