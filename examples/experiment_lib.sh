@@ -17,9 +17,11 @@ run() {
         --threads "$THREADS" --out "$dir" "$@"
     if [ "$algo" != gan ]; then set -- "$@" --workers "$n"; fi
     if [ "$algo" = mdgan ]; then set -- "$@" --k "$k"; fi  # distgan refuses an unused option
-    # finished with the same settings: skip (other settings: run again)
+    # finished with the same settings: skip (other settings: run again); the
+    # thread count is not a setting: results are bit-identical across it
     same=0
-    if [ "$(cat "$dir/args.txt" 2>/dev/null)" = "$*" ]; then same=1; fi
+    if [ "$(sed 's/--threads [0-9]* //' "$dir/args.txt" 2>/dev/null)" = \
+         "$(echo "$*" | sed 's/--threads [0-9]* //')" ]; then same=1; fi
     if [ -f "$dir/DONE" ] && [ $same = 1 ]; then
         echo "== $name: done, skipped"
         return 0
