@@ -76,8 +76,9 @@ one_method() { # ds n p method [extra...]
 run_network() {
     # (run sets name, ds, algo, n, k: the loops use other names)
     for dw in fashion:10 mnist:10 fashion:50 mnist:50; do
-        for meth in $METHODS; do
-            for net in $PROFILES; do
+        # edge first: a grid stopped partway has the slow network complete
+        for net in edge wan datacenter; do
+            for meth in $METHODS; do
                 # the standalone GAN has no workers: once per data set and profile
                 if [ "$meth" = gan ] && [ "${dw#*:}" != 10 ]; then continue; fi
                 one_method "${dw%:*}" "${dw#*:}" "$net" "$meth"
