@@ -1401,6 +1401,7 @@ DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
 #define DG_NETSIM_STREAM_LINK 0x6e736c696e6b0000ull /* + from * n_peers + to; index: message */
 #define DG_NETSIM_STREAM_SLOW 0x6e73736c6f77ull      /* index 0: which workers are slow */
 #define DG_NETSIM_MAX_RULES 64
+#define DG_NETSIM_MAX_MODELS 4  /* networks one run is timed on (add_network) */
 
 /* DG_NETSIM_SET_* bits: the fields a link rule sets */
 #define DG_NETSIM_SET_BW 1u
@@ -1467,16 +1468,22 @@ DGDEF void dg_transport_charge(dg_transport *t, int peer, double flops);
 /* Peer's simulated clock in seconds (the server's, peer 0, after an
    iteration is the run's simulated time); -1 when t has no network model. */
 DGDEF double dg_netsim_clock(dg_transport *t, int peer);
+/* A run may be timed on several networks at once (dg_mdgan_run_add_network):
+   the number of models in t's chain (0: none), and model k's clock of peer
+   (k = 0 is the first model, dg_netsim_clock's; -1 for no such model). */
+DGDEF int dg_netsim_models(dg_transport *t);
+DGDEF double dg_netsim_clock_of(dg_transport *t, int model, int peer);
 /* Peer's compute speed in GFLOP/s (-1 without a model), 1 when a
    disconnect struck peer, and the effective parameters of link from -> to
    (DG_ERR_ARG without a model or for a bad link). */
 DGDEF double dg_netsim_gflops(dg_transport *t, int peer);
 DGDEF int dg_netsim_disconnected(dg_transport *t, int peer);
 DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_netsim_link *out);
-/* The model's state between iterations (every peer's clock and
-   disconnection, every link's busy-until time, last arrival and draw
-   count) into path, atomically, or back into the model of a run with the
-   same number of peers (its links' parameters are the run's own): a
+/* The models' state between iterations (per model in t's chain: every
+   peer's clock and disconnection, every link's busy-until time, last
+   arrival and draw count) into path, atomically, or back into the models
+   of a run with the same number of models and peers (its links'
+   parameters are the run's own): a
    resumed run's clocks and random draws go on exactly where they stopped
    (load of a path that does not exist leaves the model at time 0).
    Messages in flight are not part of it (a synchronous run has none
@@ -2027,8 +2034,15 @@ DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id);
 DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r);
 /* Runs the roles over the network model net (dg_netsim): call it
    once, before the first iteration.  The simulated time of the run is then
-   dg_netsim_clock(dg_mdgan_run_transport(r), DG_PEER_SERVER). */
+   dg_netsim_clock(dg_mdgan_run_transport(r), DG_PEER_SERVER).
+   add_network times the same run on a further network as well (after
+   set_network, before the first iteration and before load; at most
+   DG_NETSIM_MAX_MODELS in all): its clocks follow the same messages and
+   compute, dg_netsim_clock_of(t, k, peer) reads model k.  What one run on
+   net gives, since training does not depend on the time: refused for an
+   asynchronous run (quorum > 0) and for networks with disconnections. */
 DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net);
+DGDEF dg_result dg_mdgan_run_add_network(dg_mdgan_run *r, const dg_netsim_config *net);
 
 typedef struct dg_flgan_run dg_flgan_run;
 DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
@@ -2041,6 +2055,7 @@ DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r);
 DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
 DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net);
+DGDEF dg_result dg_flgan_run_add_network(dg_flgan_run *r, const dg_netsim_config *net);
 
 /* Checkpoints of an in-process run, in the files the process drivers use
    (dg_checkpoint_path), so that a run may resume on another transport:
@@ -11158,6 +11173,17 @@ static dg__netsim *dg__ns_of(dg_transport *t)
     return NULL;
 }
 
+/* The next model down the chain (a run timed on several networks). */
+static dg__netsim *dg__ns_next(dg__netsim *ns) { return dg__ns_of(ns->base.inner); }
+
+/* Model k of t's chain, or NULL. */
+static dg__netsim *dg__ns_nth(dg_transport *t, int k)
+{
+    dg__netsim *ns = dg__ns_of(t);
+    for (; ns && k > 0; k--) ns = dg__ns_next(ns);
+    return k < 0 ? NULL : ns;
+}
+
 static void dg__ns_apply(dg_netsim_link *l, const dg_netsim_link *v, unsigned set)
 {
     if (set & DG_NETSIM_SET_BW) l->bw = v->bw;
@@ -11284,16 +11310,26 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
 
 DGDEF void dg_transport_charge(dg_transport *t, int peer, double flops)
 {
-    dg__netsim *ns = dg__ns_of(t);
-    if (!ns || peer < 0 || peer >= ns->n || !(flops > 0.0)) return;
-    pthread_mutex_lock(&ns->mu[peer]);
-    ns->clock[peer] += flops / (ns->gflops[peer] * 1e9);
-    pthread_mutex_unlock(&ns->mu[peer]);
+    dg__netsim *ns;
+    if (!(flops > 0.0)) return;
+    for (ns = dg__ns_of(t); ns && peer >= 0 && peer < ns->n; ns = dg__ns_next(ns)) {
+        pthread_mutex_lock(&ns->mu[peer]);
+        ns->clock[peer] += flops / (ns->gflops[peer] * 1e9);
+        pthread_mutex_unlock(&ns->mu[peer]);
+    }
 }
 
-DGDEF double dg_netsim_clock(dg_transport *t, int peer)
+DGDEF int dg_netsim_models(dg_transport *t)
 {
-    dg__netsim *ns = dg__ns_of(t);
+    int k = 0;
+    dg__netsim *ns;
+    for (ns = dg__ns_of(t); ns; ns = dg__ns_next(ns)) k++;
+    return k;
+}
+
+DGDEF double dg_netsim_clock_of(dg_transport *t, int model, int peer)
+{
+    dg__netsim *ns = dg__ns_nth(t, model);
     double c;
     if (!ns || peer < 0 || peer >= ns->n) return -1.0;
     pthread_mutex_lock(&ns->mu[peer]);
@@ -11301,6 +11337,8 @@ DGDEF double dg_netsim_clock(dg_transport *t, int peer)
     pthread_mutex_unlock(&ns->mu[peer]);
     return c;
 }
+
+DGDEF double dg_netsim_clock(dg_transport *t, int peer) { return dg_netsim_clock_of(t, 0, peer); }
 
 DGDEF double dg_netsim_gflops(dg_transport *t, int peer)
 {
@@ -11324,27 +11362,31 @@ DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_nets
     return DG_OK;
 }
 
-/* ---- the model's checkpoint: kind "network model", one state section:
-   u32 peers, per peer f64 clock and u32 disconnected, per link (from-major)
-   f64 busy-until, f64 last arrival and u64 draws ---- */
+/* ---- the models' checkpoint: kind "network model", one state section
+   per model of the chain, in order: u32 peers, per peer f64 clock and u32
+   disconnected, per link (from-major) f64 busy-until, f64 last arrival
+   and u64 draws ---- */
 static void dg__ns_encode(dg__wbuf *w, const void *obj)
 {
-    const dg__netsim *ns = (const dg__netsim *)obj;
-    size_t start, i, links = (size_t)ns->n * ns->n;
+    const dg__netsim *ns;
+    size_t start, i, links;
     int p;
-    dg__ck_begin(w, DG__CK_NETSIM, 1);
-    start = dg__ck_section(w, DG__SEC_STATE);
-    dg__put_u32(w, (uint32_t)ns->n);
-    for (p = 0; p < ns->n; p++) {
-        dg__put_f64(w, ns->clock[p]);
-        dg__put_u32(w, ns->gone[p]);
+    dg__ck_begin(w, DG__CK_NETSIM, (uint32_t)dg_netsim_models(&((dg__netsim *)obj)->base));
+    for (ns = (const dg__netsim *)obj; ns; ns = dg__ns_next((dg__netsim *)ns)) {
+        links = (size_t)ns->n * ns->n;
+        start = dg__ck_section(w, DG__SEC_STATE);
+        dg__put_u32(w, (uint32_t)ns->n);
+        for (p = 0; p < ns->n; p++) {
+            dg__put_f64(w, ns->clock[p]);
+            dg__put_u32(w, ns->gone[p]);
+        }
+        for (i = 0; i < links; i++) {
+            dg__put_f64(w, ns->link[i].free_at);
+            dg__put_f64(w, ns->link[i].last);
+            dg__put_u64(w, ns->link[i].count);
+        }
+        dg__ck_end(w, start);
     }
-    for (i = 0; i < links; i++) {
-        dg__put_f64(w, ns->link[i].free_at);
-        dg__put_f64(w, ns->link[i].last);
-        dg__put_u64(w, ns->link[i].count);
-    }
-    dg__ck_end(w, start);
 }
 
 DGDEF dg_result dg_netsim_save(dg_transport *t, const char *path)
@@ -11357,58 +11399,85 @@ DGDEF dg_result dg_netsim_save(dg_transport *t, const char *path)
 /* A time of the model: finite and not negative. */
 static int dg__ns_time_ok(double t) { return t >= 0.0 && t <= DBL_MAX; }
 
-DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path)
+/* Checks model k's state section against ns (nothing changes). */
+static dg_result dg__ns_check_state(const dg__netsim *ns, dg__rbuf sec, int k, const char *what)
 {
-    static const uint32_t types[1] = {DG__SEC_STATE};
-    const char *what = "network model checkpoint";
-    dg__netsim *ns = dg__ns_of(t);
-    size_t len = 0, i, links;
-    unsigned char *buf;
-    dg__rbuf sec;
-    dg_result r;
-    uint32_t n;
-    FILE *f;
+    size_t i, links = (size_t)ns->n * ns->n;
+    uint32_t n = dg__get_u32(&sec);
     int p;
-    if (!ns || !path) return dg__fail(DG_ERR_ARG, "dg_netsim_load: no network model or no path");
-    links = (size_t)ns->n * ns->n;
-    for (i = 0; i < links; i++)
-        if (ns->link[i].n)
-            return dg__fail(DG_ERR_STATE, "dg_netsim_load: messages in flight on link %zu -> %zu",
-                            i / (size_t)ns->n, i % (size_t)ns->n);
-    if (!(f = fopen(path, "rb"))) return DG_OK; /* no state saved: the clocks start at 0 */
-    fclose(f);
-    /* a bound that lets a run of another size say so (1000 peers: 24 MB) */
-    if ((r = dg__read_file(path, (size_t)1 << 28, &buf, &len))) return r;
-    r = dg__ck_open(buf, len, DG__CK_NETSIM, types, 1, &sec, what);
-    if (r == DG_OK && (n = dg__get_u32(&sec)) != (uint32_t)ns->n)
-        r = dg__fail(DG_ERR_CONFIG, "%s: %u peers, this run has %d", what, n, ns->n);
-    if (r == DG_OK && sec.len != 4 + 12 * (size_t)ns->n + 24 * links)
-        r = dg__fail(DG_ERR_FORMAT, "%s: %zu bytes of state for %d peers", what, sec.len, ns->n);
-    for (p = 0; r == DG_OK && p < ns->n; p++) { /* checked before anything changes */
+    if (n != (uint32_t)ns->n)
+        return dg__fail(DG_ERR_CONFIG, "%s: model %d: %u peers, this run has %d", what, k, n, ns->n);
+    if (sec.len != 4 + 12 * (size_t)ns->n + 24 * links)
+        return dg__fail(DG_ERR_FORMAT, "%s: model %d: %zu bytes of state for %d peers", what, k,
+                        sec.len, ns->n);
+    for (p = 0; p < ns->n; p++) {
         double c = dg__get_f64(&sec);
         uint32_t gone = dg__get_u32(&sec);
         if (!dg__ns_time_ok(c) || gone > 1)
-            r = dg__fail(DG_ERR_FORMAT, "%s: peer %d: clock %g, disconnected %u", what, p, c, gone);
+            return dg__fail(DG_ERR_FORMAT, "%s: model %d: peer %d: clock %g, disconnected %u", what,
+                            k, p, c, gone);
     }
-    for (i = 0; r == DG_OK && i < links; i++) {
+    for (i = 0; i < links; i++) {
         double f = dg__get_f64(&sec), l = dg__get_f64(&sec);
         (void)dg__get_u64(&sec);
         if (!dg__ns_time_ok(f) || !dg__ns_time_ok(l))
-            r = dg__fail(DG_ERR_FORMAT, "%s: link %zu -> %zu: times %g, %g", what,
-                         i / (size_t)ns->n, i % (size_t)ns->n, f, l);
+            return dg__fail(DG_ERR_FORMAT, "%s: model %d: link %zu -> %zu: times %g, %g", what, k,
+                            i / (size_t)ns->n, i % (size_t)ns->n, f, l);
     }
-    if (r == DG_OK) {
-        sec.pos = 4;
-        for (p = 0; p < ns->n; p++) {
-            ns->clock[p] = dg__get_f64(&sec);
-            __atomic_store_n(&ns->gone[p], (unsigned char)dg__get_u32(&sec), __ATOMIC_RELAXED);
-        }
-        for (i = 0; i < links; i++) {
-            ns->link[i].free_at = dg__get_f64(&sec);
-            ns->link[i].last = dg__get_f64(&sec);
-            ns->link[i].count = dg__get_u64(&sec);
-        }
+    return DG_OK;
+}
+
+static void dg__ns_put_state(dg__netsim *ns, dg__rbuf sec)
+{
+    size_t i, links = (size_t)ns->n * ns->n;
+    int p;
+    sec.pos = 4;
+    for (p = 0; p < ns->n; p++) {
+        ns->clock[p] = dg__get_f64(&sec);
+        __atomic_store_n(&ns->gone[p], (unsigned char)dg__get_u32(&sec), __ATOMIC_RELAXED);
     }
+    for (i = 0; i < links; i++) {
+        ns->link[i].free_at = dg__get_f64(&sec);
+        ns->link[i].last = dg__get_f64(&sec);
+        ns->link[i].count = dg__get_u64(&sec);
+    }
+}
+
+DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path)
+{
+    static const uint32_t types[DG_NETSIM_MAX_MODELS] = {DG__SEC_STATE, DG__SEC_STATE,
+                                                         DG__SEC_STATE, DG__SEC_STATE};
+    const char *what = "network model checkpoint";
+    dg__rbuf sec[DG_NETSIM_MAX_MODELS], head = {NULL, 0, 0, 0};
+    dg__netsim *ns = dg__ns_of(t), *m;
+    int models = dg_netsim_models(t), k, n;
+    uint32_t count;
+    size_t len = 0, i;
+    unsigned char *buf;
+    dg_result r;
+    FILE *f;
+    if (!ns || !path) return dg__fail(DG_ERR_ARG, "dg_netsim_load: no network model or no path");
+    for (m = ns; m; m = dg__ns_next(m))
+        for (i = 0; i < (size_t)m->n * m->n; i++)
+            if (m->link[i].n)
+                return dg__fail(DG_ERR_STATE, "dg_netsim_load: messages in flight on link %zu -> %zu",
+                                i / (size_t)m->n, i % (size_t)m->n);
+    if (!(f = fopen(path, "rb"))) return DG_OK; /* no state saved: the clocks start at 0 */
+    fclose(f);
+    /* a bound that lets a run of another size say so (1000 peers: 24 MB per model) */
+    if ((r = dg__read_file(path, (size_t)1 << 28, &buf, &len))) return r;
+    head.p = buf;
+    head.len = len;
+    head.pos = 12; /* the container's section count: one per model */
+    count = dg__get_u32(&head);
+    n = !head.bad && count >= 1 && count <= DG_NETSIM_MAX_MODELS ? (int)count : models;
+    r = dg__ck_open(buf, len, DG__CK_NETSIM, types, n, sec, what);
+    if (r == DG_OK && n != models)
+        r = dg__fail(DG_ERR_CONFIG, "%s: saved by a run timed on %d network(s), this run is timed "
+                     "on %d", what, n, models);
+    for (m = ns, k = 0; r == DG_OK && m; m = dg__ns_next(m), k++) /* all checked first */
+        r = dg__ns_check_state(m, sec[k], k, what);
+    for (m = ns, k = 0; r == DG_OK && m; m = dg__ns_next(m), k++) dg__ns_put_state(m, sec[k]);
     dg__free(buf);
     return r;
 }
@@ -11427,6 +11496,46 @@ static dg_result dg__netsim_insert(dg_transport *t, const dg_netsim_config *cfg)
     return DG_OK;
 }
 
+/* A model whose links may break: a disconnection changes which workers
+   train, so such a run is not the same run on another network. */
+static int dg__ns_cuts(const dg__netsim *ns)
+{
+    size_t i;
+    for (i = 0; i < (size_t)ns->n * ns->n; i++)
+        if (ns->link[i].p.disconnect > 0.0) return 1;
+    return 0;
+}
+
+/* For add_network: the model cfg below the last one of t's chain, which
+   then times the same messages and compute on another network. */
+static dg_result dg__netsim_add(dg_transport *t, const dg_netsim_config *cfg)
+{
+    dg__netsim *last = dg__ns_of(t), *ns;
+    dg_transport *added;
+    dg_result r;
+    if (!t || !cfg) return dg__fail(DG_ERR_ARG, "add_network: NULL argument");
+    if (!last) return dg__fail(DG_ERR_STATE, "add_network: set_network comes first");
+    if (dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER).messages)
+        return dg__fail(DG_ERR_STATE, "add_network: before the first iteration");
+    if (dg_netsim_models(t) >= DG_NETSIM_MAX_MODELS)
+        return dg__fail(DG_ERR_ARG, "add_network: at most %d networks", DG_NETSIM_MAX_MODELS);
+    for (ns = last; ns; ns = dg__ns_next(ns)) {
+        if (dg__ns_cuts(ns))
+            return dg__fail(DG_ERR_CONFIG, "add_network: the run's network has disconnections, "
+                            "so its training depends on the network");
+        last = ns;
+    }
+    if ((r = dg_netsim_create(&added, last->base.inner, cfg)) != DG_OK) return r;
+    if (dg__ns_cuts((dg__netsim *)added->impl)) {
+        added->inner = NULL; /* inner stays with last */
+        dg_transport_close(added);
+        return dg__fail(DG_ERR_CONFIG, "add_network: a network with disconnections changes the "
+                        "training: time such a run on its own");
+    }
+    last->base.inner = added;
+    return DG_OK;
+}
+
 /* For the asynchronous MD-GAN server, which takes in feedback that is in
    its inbox but still on the wire in simulated time (it arrives during a
    later iteration): from now on peer's clock no longer follows what it
@@ -11434,7 +11543,7 @@ static dg_result dg__netsim_insert(dg_transport *t, const dg_netsim_config *cfg)
    moves it.  No-ops without a model. */
 static void dg__netsim_hold(dg_transport *t, int peer)
 {
-    dg__netsim *ns = dg__ns_of(t);
+    dg__netsim *ns = dg__ns_of(t); /* an asynchronous run has one model */
     if (!ns || peer < 0 || peer >= ns->n) return;
     pthread_mutex_lock(&ns->mu[peer]);
     ns->hold[peer] = 1;
@@ -16384,6 +16493,17 @@ static dg_result dg__local_network(dg__local_run *in, const dg_netsim_config *ne
     return in ? dg__netsim_insert(in->t, net) : dg__fail(DG_ERR_ARG, "%s: NULL", fn);
 }
 
+/* add_network: async = the run's training depends on arrival times. */
+static dg_result dg__local_add_network(dg__local_run *in, const dg_netsim_config *net, int async,
+                                       const char *fn)
+{
+    if (!in) return dg__fail(DG_ERR_ARG, "%s: NULL", fn);
+    if (async)
+        return dg__fail(DG_ERR_CONFIG, "%s: an asynchronous run's updates depend on the network: "
+                        "time it on one network per run", fn);
+    return dg__netsim_add(in->t, net);
+}
+
 struct dg_mdgan_run {
     dg_mdgan_config cfg;
     dg__local_run in;
@@ -16523,9 +16643,13 @@ DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
     return DG_OK;
 }
 
+/* Whether a run's training depends on when messages arrive. */
+static int dg__mdgan_run_async(const dg_mdgan_run *r) { return r->cfg.quorum > 0; }
+static int dg__flgan_run_async(const dg_flgan_run *r) { (void)r; return 0; }
+
 /* The accessors the two runs have alike (declared one by one above:
    dg_mdgan_run_transport, _server, _worker, _worker_compute,
-   _set_network, and FL-GAN's), defined once for both: C needs a function
+   _set_network, _add_network, and FL-GAN's), defined once for both: C needs a function
    per handle type, and nothing else differs. */
 #define DG__RUN_ACCESSORS(X)                                                                      \
     DGDEF dg_transport *dg_##X##_run_transport(dg_##X##_run *r) { return r ? r->in.t : NULL; }  \
@@ -16541,6 +16665,11 @@ DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
     DGDEF dg_result dg_##X##_run_set_network(dg_##X##_run *r, const dg_netsim_config *net)        \
     {                                                                                             \
         return dg__local_network(r ? &r->in : NULL, net, "dg_" #X "_run_set_network");            \
+    }                                                                                             \
+    DGDEF dg_result dg_##X##_run_add_network(dg_##X##_run *r, const dg_netsim_config *net)        \
+    {                                                                                             \
+        return dg__local_add_network(r ? &r->in : NULL, net, r && dg__##X##_run_async(r),           \
+                                     "dg_" #X "_run_add_network");                                \
     }
 DG__RUN_ACCESSORS(mdgan)
 DG__RUN_ACCESSORS(flgan)

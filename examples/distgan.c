@@ -34,6 +34,7 @@
 #include <time.h>
 
 #define MAX_FAULTS 64
+#define MAX_ALSO (DG_NETSIM_MAX_MODELS - 1) /* --also-network */
 #define GRID_SEED 0x9717 /* the grids of a run show the same z over time */
 
 typedef enum algo { ALGO_GAN, ALGO_MDGAN, ALGO_FLGAN } algo;
@@ -57,6 +58,7 @@ typedef struct options {
     dg_fault_spec attack[MAX_FAULTS];
     int n_crash, n_join, n_attack, n_slow;
     const char *network; dg_netsim_config net; /* --network, parsed (docs/network.md) */
+    const char *also_str; dg_netsim_config also[MAX_ALSO]; int n_also; /* --also-network */
     const char *codec_str; dg_codec_set codec;  /* --codec, parsed */
 } options;
 
@@ -131,6 +133,8 @@ static void usage(FILE *f)
         "                      (datacenter, wan, edge), a spec such as\n"
         "                      'wan; worker 3 gflops=5' or @FILE; sim_s is its time\n"
         "                      (standalone GAN: its compute at the server's speed)\n"
+        "  --also-network SPEC[|SPEC..]  with --network, a synchronous run: the same run\n"
+        "                      timed on up to 3 more networks, log columns sim_s_2, ..\n"
         "  --codec SPEC        MD-GAN, FL-GAN: compress traffic (docs/network.md), e.g.\n"
         "                      batch=int8,feedback=f16,swap=f16 or upload=topk:0.01,download=topk:0.01\n"
         "                      (codecs: none f16 int8 topk[:C] ibm[:L_T])\n"
@@ -231,6 +235,37 @@ static int parse_attacks(options *o)
     }
 }
 
+/* --also-network: specs separated by '|', each checked as --network's; the
+   library refuses what is not the same run on another network. */
+static int parse_also(options *o)
+{
+    const char *s = o->also_str, *why = NULL;
+    char spec[4096], most[64];
+    if (!o->network) why = "needs --network (the first network)";
+    else if (o->algo == ALGO_MDGAN && o->quorum)
+        why = "an asynchronous run (--quorum) depends on its network: one network per run";
+    while (!why) {
+        size_t len = strcspn(s, "|");
+        dg_netsim_config *c = &o->also[o->n_also];
+        snprintf(most, sizeof most, "at most %d networks besides --network", MAX_ALSO);
+        if (o->n_also == MAX_ALSO) why = most;
+        else if (len == 0 || len >= sizeof spec) why = len ? "a spec too long" : "an empty spec";
+        if (why) break;
+        memcpy(spec, s, len);
+        spec[len] = 0;
+        if (dg_netsim_parse(spec, c) ||
+            dg_netsim_config_check(c, o->algo == ALGO_GAN ? 1 : o->workers + o->n_join + 1)) {
+            fprintf(stderr, "distgan: --also-network '%s': '%s': %s\n", o->also_str, spec, dg_last_error());
+            return 1;
+        }
+        o->n_also++;
+        if (!s[len]) return 0;
+        s += len + 1;
+    }
+    fprintf(stderr, "distgan: --also-network '%s': %s\n", o->also_str, why);
+    return 1;
+}
+
 /* Which runs use an option: algorithms (bits 1 << algo), transports
    (1 << transport) and, over TCP, roles (1 server, 2 worker). */
 #define A_ALL 7u
@@ -245,7 +280,7 @@ static const use uses[] = {
     {"--L", 1 | 2, T_ALL, 3}, {"--workers", A_DIST, T_ALL, 3}, {"--E", A_DIST, T_ALL, 3},
     {"--iid", A_DIST, T_ALL, 3}, {"--shards", A_DIST, T_ALL, 3}, {"--dirichlet", A_DIST, T_ALL, 3},
     {"--crash", A_DIST, 1, 3}, {"--join", 2, 1, 3}, {"--attack", 2, 1, 3},
-    {"--network", A_ALL, 1, 3}, {"--quorum", 2, T_ALL, 3}, {"--deadline", 2, T_ALL, 3},
+    {"--network", A_ALL, 1, 3}, {"--also-network", A_ALL, 1, 3}, {"--quorum", 2, T_ALL, 3}, {"--deadline", 2, T_ALL, 3},
     {"--staleness", 2, T_ALL, 3}, {"--tau-max", 2, T_ALL, 3}, {"--fraction", 4, 1, 3},
     {"--slow", 2, T_PROC, 3},
     {"--balanced", 4, 1, 3}, {"--codec", A_DIST, T_ALL, 3},
@@ -307,6 +342,7 @@ static int parse(options *o, int argc, char **argv)
         {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
         {"--slow", DG_OPT_STRING, &o->slow_str, 0, 0, NULL},
         {"--network", DG_OPT_STRING, &o->network, 0, 0, NULL},
+        {"--also-network", DG_OPT_STRING, &o->also_str, 0, 0, NULL},
         {"--codec", DG_OPT_STRING, &o->codec_str, 0, 0, NULL},
         {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
         {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
@@ -434,6 +470,7 @@ static int parse(options *o, int argc, char **argv)
         fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
         return 1;
     }
+    if (o->also_str && parse_also(o)) return 1;
     if (o->codec_str && (dg_codec_set_parse(o->codec_str, &o->codec) ||
                          (o->algo != ALGO_GAN && dg_codec_set_check(&o->codec, o->algo == ALGO_MDGAN)))) {
         fprintf(stderr, "distgan: --codec '%s': %s\n", o->codec_str, dg_last_error());
@@ -497,8 +534,8 @@ typedef struct output {
     int have_eval, have_floor, have_untrained, slots, per_round, started;
     int64_t it, start_it;
     double t0, t_last_print;
-    double before[11];        /* a resumed run's last logged row: bytes, time and
-                                 sim_s go on from it */
+    double before[11 + MAX_ALSO]; /* a resumed run's last logged row: bytes, time
+                                     and sim_s go on from it */
     /* in process: checkpoints at every evaluation */
     dg_gan_trainer *trainer;
     double step_flops;        /* standalone under --network: a step's FLOPs */
@@ -547,20 +584,29 @@ static int output_open(output *out, const options *o, dg_pool *pool, const dg_da
 
 #define LOG_COLUMNS "iteration,d_loss,g_loss,score,fid,bytes_down,bytes_up,bytes_w2w,time_s,n_live,sim_s"
 
+/* The log's header: LOG_COLUMNS, then sim_s_2.. of the --also-network ones. */
+static const char *log_header(const options *o, char *buf, size_t size)
+{
+    int k, len = snprintf(buf, size, "%s", LOG_COLUMNS);
+    for (k = 0; k < o->n_also; k++) len += snprintf(buf + len, size - (size_t)len, ",sim_s_%d", k + 2);
+    return buf;
+}
+
 /* The log, opened at the first step: a resumed run (from iteration
    resumed_at) keeps the rows up to its checkpoint and goes on from the
    last one's cumulative columns. */
 static int output_log(output *out, int64_t resumed_at)
 {
-    char path[1100];
+    char path[1100], header[256];
     dg_result r;
     int i;
     snprintf(path, sizeof path, "%s/log.csv", out->o->out);
-    r = out->o->resume ? dg_csv_reopen(&out->csv, path, LOG_COLUMNS, (double)resumed_at, out->before)
-                       : dg_csv_open(&out->csv, path, LOG_COLUMNS, 0);
-    for (i = 0; i < 11; i++)
-        if (!out->o->resume || isnan(out->before[i])) out->before[i] = 0;
-    if (out->sim_restored) out->before[10] = 0; /* the model's clock goes on by itself */
+    log_header(out->o, header, sizeof header);
+    r = out->o->resume ? dg_csv_reopen(&out->csv, path, header, (double)resumed_at, out->before)
+                       : dg_csv_open(&out->csv, path, header, 0);
+    for (i = 0; i < 11 + out->o->n_also; i++)
+        /* the models' clocks go on by themselves */
+        if (!out->o->resume || isnan(out->before[i]) || (i >= 10 && out->sim_restored)) out->before[i] = 0;
     return r ? fail("log", r) : 0;
 }
 
@@ -576,6 +622,18 @@ static int output_untrained(output *out)
            out->untrained_er.fid_logits);
     out->have_untrained = 1;
     return 0;
+}
+
+/* Simulated time on network k (0: --network, then --also-network's) since
+   the run (re)started: the model's server clock; standalone, its compute at
+   the server's speed; NaN without --network. */
+static double sim_time(const output *out, dg_transport *t, int64_t it, int k)
+{
+    const options *o = out->o;
+    const dg_netsim_config *net = k ? &o->also[k - 1] : &o->net;
+    if (!o->network) return NAN;
+    if (out->trainer) return (double)(it - out->start_it) * out->step_flops / (net->server_gflops * 1e9);
+    return dg_netsim_clock_of(t, k, DG_PEER_SERVER);
 }
 
 /* After each iteration (FL-GAN: round) that reached generator update it:
@@ -630,16 +688,16 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         if (r) return fail("checkpoint", r);
     }
     el = dg_clock_seconds() - out->t0;
-    sim = !o->network ? NAN /* --network's time; standalone: compute on the server alone */
-        : out->trainer ? (double)(it - out->start_it) * out->step_flops / (o->net.server_gflops * 1e9)
-                       : dg_netsim_clock(t, DG_PEER_SERVER);
     {
         /* bytes exact (payload bytes of this run, see dg_transport_traffic);
            score, FID and sim_s empty (NaN) when not evaluated or simulated */
         const double *b = out->before;
-        double row[11] = {(double)it, dl, gl, score, fid, b[5] + down, b[6] + up, b[7] + w2w,
-                          b[8] + el, n_live, b[10] + sim};
-        if ((r = dg_csv_row(&out->csv, row, 11))) return fail("log", r);
+        double row[11 + MAX_ALSO] = {(double)it, dl, gl, score, fid, b[5] + down, b[6] + up,
+                                     b[7] + w2w, b[8] + el, n_live};
+        int k;
+        for (k = 0; k <= o->n_also; k++) row[10 + k] = b[10 + k] + sim_time(out, t, it, k);
+        if ((r = dg_csv_row(&out->csv, row, 11 + o->n_also))) return fail("log", r);
+        sim = row[10];
     }
     print = o->log_every > 0 ? it % o->log_every == 0 || last : el - out->t_last_print >= 2.0;
     if (evaluate || print || it == out->start_it + out->per_round) {
@@ -1058,6 +1116,8 @@ int main(int argc, char **argv)
                 if ((r = dg_fault_transport_add(t, &o.attack[i]))) return fail("attack", r);
             /* before load: the clocks of the network model are in the checkpoint */
             if (o.network && (r = dg_mdgan_run_set_network(md, &o.net))) return fail("network", r);
+            for (i = 0; i < o.n_also; i++)
+                if ((r = dg_mdgan_run_add_network(md, &o.also[i]))) return fail("--also-network", r);
             if (o.resume && (r = dg_mdgan_run_load(md, o.out))) return fail("resume", r);
             out.src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
             out.start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
@@ -1076,6 +1136,8 @@ int main(int argc, char **argv)
                 return fail("flgan", r);
             t = dg_flgan_run_transport(fl);
             if (o.network && (r = dg_flgan_run_set_network(fl, &o.net))) return fail("network", r);
+            for (i = 0; i < o.n_also; i++)
+                if ((r = dg_flgan_run_add_network(fl, &o.also[i]))) return fail("--also-network", r);
             if (o.resume && (r = dg_flgan_run_load(fl, o.out))) return fail("resume", r);
             out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
             out.fl = fl;

@@ -52,37 +52,65 @@ mkdir -p "$OUT" "$CACHE" "$RES"
 METHODS="gan mdgan mdgan-c async async-c flgan fegan flgan-c fegan-c"
 
 # one method on data set ds, N workers, network p (SUFFIX: the run's name
-# ends with it, e.g. -s2 for another seed)
+# ends with it, e.g. -s2 for another seed); p = all: one run timed on the
+# three profiles at once (--also-network), for the synchronous methods, whose
+# training does not depend on the network
 one_method() { # ds n p method [extra...]
     d=$1 w=$2 p=$3 m=$4
     shift 4
     name=$d-n$w-$p-$m${SUFFIX:-}
     ITERS=$SYNC_ITERS
+    if [ "$p" = all ]; then set -- --network edge --also-network "wan|datacenter" "$@"
+    else set -- --network "$p" "$@"; fi
     case $m in
-    gan) name=$d-$p-gan${SUFFIX:-}; run "$name" "$d" gan 1 1 --network "$p" "$@" ;;
-    flgan) run "$name" "$d" flgan "$w" 1 --network "$p" "$@" ;;
-    flgan-c) run "$name" "$d" flgan "$w" 1 --network "$p" --codec "$FL_CODEC" "$@" ;;
-    fegan) run "$name" "$d" flgan "$w" 1 --network "$p" --fraction "$FRACTION" "$@" ;;
-    fegan-c) run "$name" "$d" flgan "$w" 1 --network "$p" --fraction "$FRACTION" --codec "$FL_CODEC" "$@" ;;
-    mdgan) run "$name" "$d" mdgan "$w" 1 --network "$p" "$@" ;;
-    mdgan-c) run "$name" "$d" mdgan "$w" 1 --network "$p" --codec "$MD_CODEC" "$@" ;;
-    async) ITERS=$ASYNC_ITERS; run "$name" "$d" mdgan "$w" 1 --network "$p" --quorum $((w / 2)) "$@" ;;
-    async-c) ITERS=$ASYNC_ITERS
-        run "$name" "$d" mdgan "$w" 1 --network "$p" --quorum $((w / 2)) --codec "$MD_CODEC" "$@" ;;
+    gan) name=$d-$p-gan${SUFFIX:-}; run "$name" "$d" gan 1 1 "$@" ;;
+    flgan) run "$name" "$d" flgan "$w" 1 "$@" ;;
+    flgan-c) run "$name" "$d" flgan "$w" 1 --codec "$FL_CODEC" "$@" ;;
+    fegan) run "$name" "$d" flgan "$w" 1 --fraction "$FRACTION" "$@" ;;
+    fegan-c) run "$name" "$d" flgan "$w" 1 --fraction "$FRACTION" --codec "$FL_CODEC" "$@" ;;
+    mdgan) run "$name" "$d" mdgan "$w" 1 "$@" ;;
+    mdgan-c) run "$name" "$d" mdgan "$w" 1 --codec "$MD_CODEC" "$@" ;;
+    async) ITERS=$ASYNC_ITERS; run "$name" "$d" mdgan "$w" 1 --quorum $((w / 2)) "$@" ;;
+    async-c) ITERS=$ASYNC_ITERS; run "$name" "$d" mdgan "$w" 1 --quorum $((w / 2)) --codec "$MD_CODEC" "$@" ;;
     esac
+}
+
+# a synchronous method on the three profiles: the logs of one run timed on
+# all three, one per profile with that profile's time as sim_s (runs made
+# one profile at a time, by an earlier version of this script, are kept)
+sync_method() { # ds n method
+    d=$1 w=$2 m=$3
+    if [ "$m" = gan ]; then all=$d-all-gan; else all=$d-n$w-all-$m; fi
+    have=1
+    for p in edge wan datacenter; do
+        [ -f "$RES/$(echo "$all" | sed "s/-all-/-$p-/").csv" ] || have=0
+    done
+    if [ $have = 1 ] && [ ! -f "$RES/$all.csv" ]; then return 0; fi
+    one_method "$d" "$w" all "$m"
+    [ -f "$RES/$all.csv" ] || return 0
+    col=11
+    for p in edge wan datacenter; do
+        awk -F, -v c=$col 'BEGIN { OFS = "," } { $11 = NR == 1 ? "sim_s" : $c; NF = 11; print }' "$RES/$all.csv" \
+            > "$RES/$(echo "$all" | sed "s/-all-/-$p-/").csv"
+        col=$((col + 1))
+    done
 }
 
 # the grid, in order of priority
 run_network() {
     # (run sets name, ds, algo, n, k: the loops use other names)
     for dw in fashion:10 mnist:10 fashion:50 mnist:50; do
+        d=${dw%:*} w=${dw#*:}
+        for meth in $METHODS; do
+            case $meth in
+            async*) continue ;;
+            gan) [ "$w" = 10 ] || continue ;; # no workers: once per data set
+            esac
+            sync_method "$d" "$w" "$meth"
+        done
         # edge first: a grid stopped partway has the slow network complete
         for net in edge wan datacenter; do
-            for meth in $METHODS; do
-                # the standalone GAN has no workers: once per data set and profile
-                if [ "$meth" = gan ] && [ "${dw#*:}" != 10 ]; then continue; fi
-                one_method "${dw%:*}" "${dw#*:}" "$net" "$meth"
-            done
+            for meth in async async-c; do one_method "$d" "$w" "$net" "$meth"; done
         done
         if [ "$dw" = fashion:10 ]; then # the headline pair's second seed
             for meth in mdgan mdgan-c async async-c; do

@@ -130,6 +130,7 @@ TEST(distgan_options)
         {"--network", "moon", ONLY}, {"--network", "wan; up lat=abc", ONLY},
         {"--network", "link 0->3 bw=-1", ONLY}, {"--network", "@/nonexistent/net.txt", ONLY},
         {"--network", "worker 9 gflops=1", ONLY}, /* no worker 9 */
+        {"--also-network", "wan", ONLY},          /* without --network */
         {"--quorum", "0", INT}, {"--quorum", "5", ONLY}, /* more than the 4 workers */
         {"--deadline", "0", FLOAT}, {"--tau-max", "-1", INT}, {"--staleness", "newest", ONLY},
         {"--codec", "batch=int9", ONLY}, {"--codec", "batch=int8,batch=f16", ONLY},
@@ -144,6 +145,14 @@ TEST(distgan_options)
     static const char *const flgan[] = {"--algo", "flgan", NULL};
     static const char *const coded[] = {"--codec", "feedback=f16", NULL};
     static const numopt attack[] = {{"--attack", "1@5", ONLY}}; /* scales float32 feedback */
+    static const char *const edge[] = {"--network", "edge", NULL};
+    static const char *const async[] = {"--network", "edge", "--quorum", "2", NULL};
+    static const numopt also[] = {{"--also-network", "moon", ONLY}, {"--also-network", "wan|", ONLY},
+                                  {"--also-network", "wan|wan|wan|wan", ONLY}, /* 5 networks */
+                                  {"--also-network", "wan|worker 9 gflops=1", ONLY}};
+    static const numopt also_async[] = {{"--also-network", "wan", ONLY}};
+    CHECK(check_options("distgan", edge, also, N(also)) == 0);
+    CHECK(check_options("distgan", async, also_async, N(also_async)) == 0);
     CHECK(check_options("distgan", NULL, o, N(o)) == 0);
     CHECK(check_options("distgan", flgan, fl, N(fl)) == 0);
     CHECK(check_options("distgan", coded, attack, N(attack)) == 0);

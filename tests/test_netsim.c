@@ -5,7 +5,9 @@
    straggler delaying the MD-GAN server's iteration by exactly its modelled
    compute, simulated times identical for a seed on 1 and 2 threads, and
    the network changing no result: MD-GAN and FL-GAN give the same bits
-   with and without it; a resumed run keeps its clocks (network.ckpt). */
+   with and without it; a resumed run keeps its clocks (network.ckpt); one
+   run timed on three networks (add_network) equals the three runs, and
+   what add_network refuses. */
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "harness.h"
@@ -231,16 +233,20 @@ TEST(loss_adds_the_rto)
     dg_transport_close(t);
 }
 
-/* an MD-GAN run of n workers over network spec (NULL: none) on pool */
+/* an MD-GAN run of n workers over network spec (NULL: none) on pool;
+   "a|b": timed on a, and on b as well (add_network) */
 static dg_mdgan_run *mdgan(dg_mdgan_config *c, dg_dataset *ds, dg_partition *part, dg_pool *pool,
                            const char *spec)
 {
     dg_mdgan_run *run;
+    char buf[256], *one, *save = NULL;
+    int k = 0;
     if (dg_mdgan_run_create(&run, c, pool, ds, part, NULL, 0, NULL, 0) != DG_OK) return NULL;
-    if (spec) {
-        dg_netsim_config nc = net(spec);
-        if (dg_mdgan_run_set_network(run, &nc) != DG_OK) {
-            printf("  set_network: %s\n", dg_last_error());
+    snprintf(buf, sizeof buf, "%s", spec ? spec : "");
+    for (one = strtok_r(buf, "|", &save); one; one = strtok_r(NULL, "|", &save), k++) {
+        dg_netsim_config nc = net(one);
+        if ((k ? dg_mdgan_run_add_network(run, &nc) : dg_mdgan_run_set_network(run, &nc)) != DG_OK) {
+            printf("  %s_network: %s\n", k ? "add" : "set", dg_last_error());
             dg_mdgan_run_free(run);
             return NULL;
         }
@@ -329,7 +335,8 @@ TEST(straggler_delays_the_server_by_its_compute)
 }
 
 /* MD-GAN with swaps, 4 workers: the G after iters iterations, the sim
-   clocks of every peer into clk[0..4] */
+   clocks of every peer into clk[0..4] (of each model k of "a|b|..":
+   clk[5k..5k+4]) */
 static size_t g_count;
 
 /* With dir: the run stops after `iters` / 2 iterations, is saved into dir
@@ -363,7 +370,9 @@ static int mdgan_final_in(dg_pool *pool, const char *spec, int iters, const char
         size_t n = g_count = dg_net_param_count(gn);
         *g = (float *)malloc(4 * n);
         memcpy(*g, dg_net_params(gn), 4 * n);
-        for (p = 0; p <= 4; p++) clk[p] = dg_netsim_clock(dg_mdgan_run_transport(run), p);
+        int k, models = dg_netsim_models(dg_mdgan_run_transport(run));
+        for (k = 0; k < (models ? models : 1); k++)
+            for (p = 0; p <= 4; p++) clk[5 * k + p] = dg_netsim_clock_of(dg_mdgan_run_transport(run), k, p);
     }
     dg_mdgan_run_free(run);
     dg_partition_free(&part);
@@ -509,6 +518,68 @@ TEST(resumed_run_keeps_its_clocks)
     if (t5) dg_transport_close(t5);
 }
 
+/* One run timed on three networks (add_network) is the three runs: the
+   same G, and each model's clocks those of the run on its network alone,
+   through a checkpoint of the three models in the middle. */
+TEST(one_run_timed_on_three_networks)
+{
+    static const char *spec[3] = {"edge; workers gflops=0.3; down loss=0.3 jitter=0.02; peer loss=0.2",
+                                  "wan; all jitter=0.005; seed=7", "datacenter; worker 2 gflops=1"};
+    char all[256];
+    float *g[3] = {NULL, NULL, NULL}, *g3 = NULL;
+    double c[3][5], c3[15];
+    int k;
+    snprintf(all, sizeof all, "%s|%s|%s", spec[0], spec[1], spec[2]);
+    for (k = 0; k < 3; k++) CHECK(mdgan_final(pool2, spec[k], 6, &g[k], c[k]));
+    CHECK(mdgan_final_in(pool2, all, 6, tmpdir, &g3, c3));
+    if (g[0] && g[1] && g[2] && g3) {
+        CHECK(memcmp(g3, g[0], 4 * g_count) == 0 && memcmp(g3, g[2], 4 * g_count) == 0);
+        for (k = 0; k < 3; k++) CHECK(memcmp(c3 + 5 * k, c[k], sizeof c[k]) == 0);
+        CHECK(c[0][0] > c[1][0] && c[1][0] > c[2][0]); /* three different clocks */
+    }
+    for (k = 0; k < 3; k++) free(g[k]);
+    free(g3);
+}
+
+/* What add_network refuses, each with an error that says why. */
+TEST(add_network_refusals)
+{
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_config c = small_config(3), ac = small_config(3);
+    dg_mdgan_run *run = NULL, *async = NULL;
+    dg_netsim_config wan = net("wan"), cut = net("wan; link 0->1 disconnect=0.5");
+    char path[600];
+    int k;
+    ac.quorum = 2;
+    make_data(&ds, 96, 2);
+    CHECK_OK(dg_partition_iid(&part, ds.n, 3, 1));
+    CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &ds, &part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_run_create(&async, &ac, pool2, &ds, &part, NULL, 0, NULL, 0));
+    if (run && async) {
+        CHECK(dg_mdgan_run_add_network(run, &wan) == DG_ERR_STATE && has(dg_last_error(), "set_network comes first"));
+        CHECK_OK(dg_mdgan_run_set_network(async, &wan));
+        CHECK(dg_mdgan_run_add_network(async, &wan) == DG_ERR_CONFIG && has(dg_last_error(), "asynchronous"));
+        CHECK_OK(dg_mdgan_run_set_network(run, &wan));
+        CHECK(dg_mdgan_run_add_network(run, &cut) == DG_ERR_CONFIG && has(dg_last_error(), "disconnections"));
+        for (k = 1; k < DG_NETSIM_MAX_MODELS; k++) CHECK_OK(dg_mdgan_run_add_network(run, &wan));
+        CHECK(dg_mdgan_run_add_network(run, &wan) == DG_ERR_ARG && has(dg_last_error(), "at most"));
+        CHECK(dg_netsim_models(dg_mdgan_run_transport(run)) == DG_NETSIM_MAX_MODELS);
+        CHECK(dg_netsim_clock_of(dg_mdgan_run_transport(run), DG_NETSIM_MAX_MODELS, 0) == -1.0);
+        CHECK_OK(dg_mdgan_run_iteration(run));
+        CHECK(dg_mdgan_run_add_network(run, &wan) == DG_ERR_STATE);
+        /* a checkpoint of 4 models does not go into a run timed on 1 */
+        CHECK_OK(dg_mdgan_run_save(run, tmpdir));
+        CHECK_OK(dg_checkpoint_path(path, sizeof path, tmpdir, 0, -1));
+        CHECK(dg_netsim_load(dg_mdgan_run_transport(async), path) == DG_ERR_CONFIG &&
+              has(dg_last_error(), "timed on 4 network(s), this run is timed on 1"));
+    }
+    dg_mdgan_run_free(run);
+    dg_mdgan_run_free(async);
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
+}
+
 int main(void)
 {
     if (!scratch_create("netsim") || !pools_create()) return 1;
@@ -522,6 +593,8 @@ int main(void)
     RUN(mdgan_same_bits_with_and_without_a_network);
     RUN(flgan_same_bits_and_a_clock);
     RUN(resumed_run_keeps_its_clocks);
+    RUN(one_run_timed_on_three_networks);
+    RUN(add_network_refusals);
     pools_destroy();
     scratch_remove();
     return th_done();
