@@ -60,18 +60,18 @@ one_method() { # ds n p method [extra...]
     shift 4
     name=$d-n$w-$p-$m${SUFFIX:-}
     ITERS=$SYNC_ITERS
-    if [ "$p" = all ]; then set -- --network edge --also-network "wan|datacenter" "$@"
-    else set -- --network "$p" "$@"; fi
+    # (first among a method's options: the order of the runs made before p = all)
+    if [ "$p" = all ]; then nets="--network edge --also-network wan|datacenter"; else nets="--network $p"; fi
     case $m in
-    gan) name=$d-$p-gan${SUFFIX:-}; run "$name" "$d" gan 1 1 "$@" ;;
-    flgan) run "$name" "$d" flgan "$w" 1 "$@" ;;
-    flgan-c) run "$name" "$d" flgan "$w" 1 --codec "$FL_CODEC" "$@" ;;
-    fegan) run "$name" "$d" flgan "$w" 1 --fraction "$FRACTION" "$@" ;;
-    fegan-c) run "$name" "$d" flgan "$w" 1 --fraction "$FRACTION" --codec "$FL_CODEC" "$@" ;;
-    mdgan) run "$name" "$d" mdgan "$w" 1 "$@" ;;
-    mdgan-c) run "$name" "$d" mdgan "$w" 1 --codec "$MD_CODEC" "$@" ;;
-    async) ITERS=$ASYNC_ITERS; run "$name" "$d" mdgan "$w" 1 --quorum $((w / 2)) "$@" ;;
-    async-c) ITERS=$ASYNC_ITERS; run "$name" "$d" mdgan "$w" 1 --quorum $((w / 2)) --codec "$MD_CODEC" "$@" ;;
+    gan) name=$d-$p-gan${SUFFIX:-}; run "$name" "$d" gan 1 1 $nets "$@" ;;
+    flgan) run "$name" "$d" flgan "$w" 1 $nets "$@" ;;
+    flgan-c) run "$name" "$d" flgan "$w" 1 $nets --codec "$FL_CODEC" "$@" ;;
+    fegan) run "$name" "$d" flgan "$w" 1 $nets --fraction "$FRACTION" "$@" ;;
+    fegan-c) run "$name" "$d" flgan "$w" 1 $nets --fraction "$FRACTION" --codec "$FL_CODEC" "$@" ;;
+    mdgan) run "$name" "$d" mdgan "$w" 1 $nets "$@" ;;
+    mdgan-c) run "$name" "$d" mdgan "$w" 1 $nets --codec "$MD_CODEC" "$@" ;;
+    async) ITERS=$ASYNC_ITERS; run "$name" "$d" mdgan "$w" 1 $nets --quorum $((w / 2)) "$@" ;;
+    async-c) ITERS=$ASYNC_ITERS; run "$name" "$d" mdgan "$w" 1 $nets --quorum $((w / 2)) --codec "$MD_CODEC" "$@" ;;
     esac
 }
 
@@ -109,8 +109,8 @@ run_network() {
             sync_method "$d" "$w" "$meth"
         done
         # edge first: a grid stopped partway has the slow network complete
-        for net in edge wan datacenter; do
-            for meth in async async-c; do one_method "$d" "$w" "$net" "$meth"; done
+        for prof in edge wan datacenter; do
+            for meth in async async-c; do one_method "$d" "$w" "$prof" "$meth"; done
         done
         if [ "$dw" = fashion:10 ]; then # the headline pair's second seed
             for meth in mdgan mdgan-c async async-c; do
