@@ -413,6 +413,9 @@ ACDEF ac_result ac_server_load(ac_server *s, const void *buf, size_t len);
 #define AC__PREFETCH(p) ((void)0)
 #endif
 #define AC__AHEAD 16  /* entries ahead to prefetch in a sparse apply */
+#ifndef AC__IBM_AHEAD
+#define AC__IBM_AHEAD 256
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -785,9 +788,13 @@ struct ac_compressor {
     uint32_t total;
     int avx512;                /* cfg.simd and the CPU has it */
     float *residue;            /* IBM or cfg.residue: total floats, else NULL */
-    unsigned char *sent;       /* IBM with AVX-512: bit i set when R[i] still holds the
-                                  G sent last time, its correction R -= +-scale
-                                  pending (total bits and 4 bytes of slack) */
+    uint16_t *sent;            /* IBM with AVX-512: one mask per 16-lane chunk of each
+                                  bin (bins in order, chunks from the bin's start),
+                                  lane set when R still holds the G sent last time,
+                                  its correction R -= +-scale pending; whole
+                                  aligned masks, so that no store half-overlaps
+                                  the next load (a store-forwarding stall) */
+    size_t sent_chunks;        /* entries of sent */
     float *sent_scale;         /* IBM with AVX-512: that scale, per tensor */
     uint32_t *scratch;         /* the candidate list: max n_l (total for TOPK) */
     uint32_t hist[AC__HIST_WAYS][AC__HIST_BUCKETS];
@@ -1056,23 +1063,6 @@ static double ac__sum_abs(double sum, const float *v, uint32_t n)
 }
 
 #ifdef AC__AVX512
-/* The sent bits of entries [i, i + 16) (ac_compressor.sent). */
-static unsigned ac__sent_get(const unsigned char *sent, uint32_t i)
-{
-    uint32_t x;
-    memcpy(&x, sent + i / 8, 4);
-    return (x >> (i % 8)) & 0xFFFFu;
-}
-
-/* Sets the sent bits of the lanes k of [i, i + 16) to `bits`. */
-static void ac__sent_put(unsigned char *sent, uint32_t i, unsigned k, unsigned bits)
-{
-    uint32_t x;
-    memcpy(&x, sent + i / 8, 4);
-    x = (x & ~((uint32_t)k << (i % 8))) | (uint32_t)(bits & k) << (i % 8);
-    memcpy(sent + i / 8, &x, 4);
-}
-
 /* sign(R) * scale, the sign by comparison so that -0 counts as + */
 AC__AVX512_FN static __m512 ac__signed_scale(__m512 r, __m512i scale)
 {
@@ -1087,7 +1077,8 @@ AC__AVX512_FN static __m512 ac__signed_scale(__m512 r, __m512i scale)
    that no pass revisits R after the tensor (which misses the cache once
    the tensor is larger than it). */
 AC__AVX512_FN static int ac__ibm_bin_avx512(ac_compressor *c, const float *dw, uint32_t b,
-                                            uint32_t e, float last_scale, double *sum_abs)
+                                            uint32_t e, float last_scale, double *sum_abs,
+                                            uint16_t *sent)
 {
     ac_update *u = &c->update;
     float *R = c->residue;
@@ -1096,12 +1087,14 @@ AC__AVX512_FN static int ac__ibm_bin_avx512(ac_compressor *c, const float *dw, u
     const __m512i scale = _mm512_set1_epi32((int)ac__f2u(last_scale));
     __m512 m = _mm512_setzero_ps(), g;
     __mmask16 bad = 0;
-    uint32_t i, nnz = u->nnz;
+    uint32_t i, j, nnz = u->nnz;
     float gmax;
-    for (i = b; i < e; i += 16) {
-        __mmask16 k = ac__lanes(e - i), fix = k & (__mmask16)ac__sent_get(c->sent, i);
+    for (i = b, j = 0; i < e; i += 16, j++) {
+        __mmask16 k = ac__lanes(e - i), fix = k & (__mmask16)sent[j];
         __m512 r = _mm512_maskz_loadu_ps(k, R + i), G;
         __m512i a;
+        AC__PREFETCH(R + i + AC__IBM_AHEAD);
+        AC__PREFETCH(dw + i + AC__IBM_AHEAD);
         r = _mm512_mask_sub_ps(r, fix, r, ac__signed_scale(r, scale));
         G = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, dw + i));
         a = _mm512_and_si512(_mm512_castps_si512(G), abs_mask);
@@ -1117,28 +1110,28 @@ AC__AVX512_FN static int ac__ibm_bin_avx512(ac_compressor *c, const float *dw, u
     gmax = _mm_cvtss_f32(_mm512_castps512_ps128(m));
     if (bad) return 0;
     g = _mm512_set1_ps(gmax);
-    for (i = b; i < e; i += 16) {
+    for (i = b, j = 0; i < e; i += 16, j++) {
         __mmask16 k = ac__lanes(e - i), send;
         __m512 G = _mm512_maskz_loadu_ps(k, R + i), val;
         __m512 H = _mm512_castsi512_ps(_mm512_and_si512(
             _mm512_castps_si512(_mm512_add_ps(G, _mm512_maskz_loadu_ps(k, dw + i))), abs_mask));
         __m512i idx;
-        unsigned sent;
+        unsigned taken;
         send = gmax == 0.0f ? 0 /* nothing to say about this bin */
                             : _mm512_mask_cmp_ps_mask(k, H, g, _CMP_GE_OQ) &
                                   _mm512_cmp_ps_mask(G, _mm512_setzero_ps(), _CMP_NEQ_OQ);
-        ac__sent_put(c->sent, i, k, send);
+        sent[j] = (uint16_t)send;
         idx = _mm512_maskz_compress_epi32(send, _mm512_add_epi32(iota, _mm512_set1_epi32((int)i)));
         val = _mm512_maskz_compress_ps(send, G);
-        sent = (unsigned)_mm_popcnt_u32(send);
+        taken = (unsigned)_mm_popcnt_u32(send);
         if (nnz + 16 <= u->capacity) { /* a whole store: the sum below reads it back */
             _mm512_storeu_si512(u->index + nnz, idx);
             _mm512_storeu_ps(u->value + nnz, val);
         } else {
-            _mm512_mask_storeu_epi32(u->index + nnz, ac__lanes(sent), idx);
-            _mm512_mask_storeu_ps(u->value + nnz, ac__lanes(sent), val);
+            _mm512_mask_storeu_epi32(u->index + nnz, ac__lanes(taken), idx);
+            _mm512_mask_storeu_ps(u->value + nnz, ac__lanes(taken), val);
         }
-        nnz += sent;
+        nnz += taken;
     }
     *sum_abs = ac__sum_abs(*sum_abs, u->value + u->nnz, nnz - u->nnz);
     u->nnz = nnz;
@@ -1185,21 +1178,31 @@ static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e
     return 1;
 }
 
+/* The 16-lane chunks of n entries cut in bins of L (n <= L: one bin). */
+static size_t ac__ibm_chunks(uint32_t n, uint32_t L)
+{
+    return (size_t)(n / L) * (L / 16 + (L % 16 != 0)) + (n % L) / 16 + (n % L % 16 != 0);
+}
+
 /* IBM AdaComp, one tensor: bins, then the ternary quantisation of what was
    sent, value = sign(G) * scale with scale = mean |G| over the sent entries
    (one float per tensor; Chen et al. leave the scale's choice open), and
    the residue R = G - value for those entries. */
-static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_t base)
+static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_t base,
+                          uint16_t *sent)
 {
     ac_update *u = &c->update;
     uint32_t n = c->layout.sizes[l], L = c->cfg.bin_size, b, j, first = u->nnz;
     double sum_abs = 0.0;
     float scale;
+    (void)sent; /* the AVX-512 kernel's */
     for (b = 0; b < n; b += L) {
         uint32_t e = base + (n - b < L ? n : b + L);
 #ifdef AC__AVX512
         if (c->sent) {
-            if (!ac__ibm_bin_avx512(c, dw, base + b, e, c->sent_scale[l], &sum_abs)) return 0;
+            if (!ac__ibm_bin_avx512(c, dw, base + b, e, c->sent_scale[l], &sum_abs, sent))
+                return 0;
+            sent += ac__ibm_chunks(e - base - b, L);
             continue;
         }
 #endif
@@ -1227,10 +1230,12 @@ static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_
 static ac_result ac__select_ibm(ac_compressor *c, const float *dw)
 {
     uint32_t l, base = 0;
+    uint16_t *sent = c->sent;
     for (l = 0; l < c->layout.count; l++) {
-        if (!ac__ibm_tensor(c, dw, l, base))
+        if (!ac__ibm_tensor(c, dw, l, base, sent))
             return ac__fail(AC_ERR_VALUE, "compress: non-finite gradient or residue in tensor %u",
                             (unsigned)l);
+        if (sent) sent += ac__ibm_chunks(c->layout.sizes[l], c->cfg.bin_size);
         base += c->layout.sizes[l];
     }
     return AC_OK;
@@ -1303,7 +1308,9 @@ static ac_result ac__compressor_alloc(ac_compressor *c)
         if (!c->residue) return ac__fail(AC_ERR_NOMEM, "compressor: no memory for residue");
     }
     if (c->cfg.mode == AC_MODE_IBM && c->avx512) {
-        c->sent = (unsigned char *)ac__calloc((size_t)c->total / 8 + 5, 1);
+        for (l = 0; l < c->layout.count; l++)
+            c->sent_chunks += ac__ibm_chunks(c->layout.sizes[l], c->cfg.bin_size);
+        c->sent = (uint16_t *)ac__calloc(c->sent_chunks, sizeof(uint16_t));
         c->sent_scale = (float *)ac__calloc(c->layout.count, sizeof(float));
         if (!c->sent || !c->sent_scale)
             return ac__fail(AC_ERR_NOMEM, "compressor: no memory for the sent bits");
@@ -1438,7 +1445,7 @@ ACDEF size_t ac_compressor_packet_bound(const ac_compressor *c)
 ACDEF void ac_compressor_reset(ac_compressor *c)
 {
     if (c && c->residue) memset(c->residue, 0, (size_t)c->total * sizeof(float));
-    if (c && c->sent) memset(c->sent, 0, (size_t)c->total / 8 + 5);
+    if (c && c->sent) memset(c->sent, 0, c->sent_chunks * sizeof(uint16_t));
 }
 
 ACDEF ac_stats ac_compressor_stats(const ac_compressor *c)

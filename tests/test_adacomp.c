@@ -1310,7 +1310,7 @@ static void sk_compressors(ac_mode mode, uint32_t bin, size_t *len, const ac_lay
 
 TEST(simd_kernels_match_plain)
 {
-    uint32_t sizes[] = {1, 15, 17, 1000003}, bins[] = {64, 7}, b;
+    uint32_t sizes[] = {1, 15, 17, 1000003}, bins[] = {64, 7, 20}, b;
     ac_layout layout = {4, sizes};
     ac_mode modes[] = {AC_MODE_IBM, AC_MODE_DENSE};
     ac_staleness st;
@@ -1318,7 +1318,7 @@ TEST(simd_kernels_match_plain)
     int k, round;
     sk_packet[0] = (unsigned char *)malloc(cap), sk_packet[1] = (unsigned char *)malloc(cap);
     for (m = 0; m < 2; m++) {
-        for (b = 0; b < (modes[m] == AC_MODE_IBM ? 2u : 1u); b++) {
+        for (b = 0; b < (modes[m] == AC_MODE_IBM ? 3u : 1u); b++) {
             ac_compressor *c[2];
             for (st = AC_STALENESS_SIGMA; st <= AC_STALENESS_CONSTANT; st++) {
                 ac_server *s[2];
