@@ -1407,7 +1407,8 @@ ACDEF const ac_update *ac_compressor_update(const ac_compressor *c)
     return c ? &c->update : NULL;
 }
 
-static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written);
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written,
+                           int avx512);
 
 ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, size_t *written)
 {
@@ -1418,7 +1419,7 @@ ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, si
        the values), so it skips ac_encode's checks; the f16 range is the one
        thing select does not know */
     r = c->update.format == AC_FORMAT_F16 ? ac_encode(&c->update, buf, cap, &n)
-                                          : ac__write(&c->update, buf, cap, &n);
+                                          : ac__write(&c->update, buf, cap, &n, c->avx512);
     if (written) *written = n;
     if (r != AC_OK) return r;
     c->stats.packets++;
@@ -1661,15 +1662,53 @@ static unsigned char *ac__put_header(unsigned char *p, const ac_update *u)
     return p;
 }
 
-static unsigned char *ac__put_indices(unsigned char *p, const ac_update *u)
+#ifdef AC__AVX512
+/* 16 deltas at a time, index - previous index, the previous of a tensor's
+   first being base - 1 (delta local + 1, modulo 2^32 as the scalar loop's);
+   where all 16 fit one varint byte (a dense selection such as IBM's) they
+   are narrowed and stored at once, else they go through ac__put_varint.
+   Returns the entries done, a multiple of 16. */
+AC__AVX512_FN static uint32_t ac__put_deltas_avx512(unsigned char **pp, const uint32_t *index,
+                                                    uint32_t n, uint32_t base)
+{
+    const __m512i one_byte = _mm512_set1_epi32(0x80);
+    __m512i prev = _mm512_set1_epi32((int)(base - 1u));
+    unsigned char *p = *pp;
+    uint32_t j, t;
+    for (j = 0; j + 16 <= n; j += 16) {
+        __m512i cur = _mm512_loadu_si512(index + j);
+        __m512i d = _mm512_sub_epi32(cur, _mm512_alignr_epi32(cur, prev, 15));
+        if (!_mm512_cmpge_epu32_mask(d, one_byte)) {
+            _mm_storeu_si128((__m128i *)(void *)p, _mm512_cvtepi32_epi8(d));
+            p += 16;
+        } else {
+            uint32_t ds[16];
+            _mm512_storeu_si512(ds, d);
+            for (t = 0; t < 16; t++) p = ac__put_varint(p, ds[t]);
+        }
+        prev = cur;
+    }
+    *pp = p;
+    return j;
+}
+#endif
+
+static unsigned char *ac__put_indices(unsigned char *p, const ac_update *u, int avx512)
 {
     uint32_t l, j = 0, base = 0;
+    (void)avx512;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t size = u->layout.sizes[l], end = j + u->count[l];
         int64_t prev = -1; /* so that index 0 is delta 1 */
         if (u->count[l] == size) {
             j = end;
         } else {
+#ifdef AC__AVX512
+            if (avx512) {
+                j += ac__put_deltas_avx512(&p, u->index + j, end - j, base);
+                if (j > end - u->count[l]) prev = (int64_t)u->index[j - 1] - base;
+            }
+#endif
             for (; j < end; j++) {
                 int64_t local = (int64_t)u->index[j] - base;
                 p = ac__put_varint(p, (uint32_t)(local - prev));
@@ -1721,7 +1760,8 @@ static unsigned char *ac__put_values(unsigned char *p, const ac_update *u)
 
 /* Writes a valid update; the exact size is computed only when the buffer
    is smaller than the bound. */
-static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written)
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written,
+                           int avx512)
 {
     unsigned char *p = (unsigned char *)buf;
     size_t size;
@@ -1729,7 +1769,7 @@ static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *wr
         return ac__fail(AC_ERR_CAPACITY, "encode: packet needs %zu bytes, buffer has %zu",
                         size, cap);
     p = ac__put_header(p, u);
-    p = ac__put_indices(p, u);
+    p = ac__put_indices(p, u, avx512);
     p = ac__put_values(p, u);
     if (written) *written = (size_t)(p - (unsigned char *)buf);
     return AC_OK;
@@ -1745,7 +1785,7 @@ ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *wri
         return ac__fail(AC_ERR_FORMAT, "ac_encode: mode %u with format %u, flags %u",
                         (unsigned)u->mode, (unsigned)u->format, (unsigned)u->flags);
     if ((r = ac__check_indices(u)) != AC_OK || (r = ac__check_values(u)) != AC_OK) return r;
-    return ac__write(u, buf, cap, written);
+    return ac__write(u, buf, cap, written, ac__avx512(1));
 }
 
 /* Decoding reads through a cursor that knows where the bytes end; every

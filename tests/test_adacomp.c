@@ -1277,11 +1277,11 @@ TEST(apply_refuses_non_finite_values)
 
 /* ---- SIMD kernels ---- */
 
-/* The AVX-512 kernels (IBM selection, dense apply, value checks) against
-   the plain ones, bit for bit: the same packets from compressors that
-   differ only in `simd`, then the same weights from servers that differ
-   only in `simd`, on tensors of awkward sizes (tails of every length), with
-   ties, zeros and -0 in the gradients.  Without AVX-512 both sides run the
+/* The AVX-512 kernels (IBM selection, index encoding, dense apply, value
+   checks) against the plain ones, bit for bit: the same packets from
+   compressors that differ only in `simd`, then the same weights from
+   servers that differ only in `simd`, on tensors of awkward sizes (tails of
+   every length), with ties, zeros and -0 in the gradients.  Without AVX-512 both sides run the
    plain kernels and the test checks nothing more than determinism. */
 #define SK_TOTAL (1u + 15u + 17u + 1000003u)
 static float sk_grad[SK_TOTAL], sk_w[2][SK_TOTAL], sk_keep[SK_TOTAL];
@@ -1312,12 +1312,13 @@ TEST(simd_kernels_match_plain)
 {
     uint32_t sizes[] = {1, 15, 17, 1000003}, bins[] = {64, 7, 20}, b;
     ac_layout layout = {4, sizes};
-    ac_mode modes[] = {AC_MODE_IBM, AC_MODE_DENSE};
+    ac_mode modes[] = {AC_MODE_IBM, AC_MODE_DENSE, AC_MODE_HARDY}; /* Hardy: index deltas
+                                                                     of 1 to 3 bytes */
     ac_staleness st;
     size_t len[2], m, cap = 9 * (size_t)SK_TOTAL + 1024;
     int k, round;
     sk_packet[0] = (unsigned char *)malloc(cap), sk_packet[1] = (unsigned char *)malloc(cap);
-    for (m = 0; m < 2; m++) {
+    for (m = 0; m < 3; m++) {
         for (b = 0; b < (modes[m] == AC_MODE_IBM ? 3u : 1u); b++) {
             ac_compressor *c[2];
             for (st = AC_STALENESS_SIGMA; st <= AC_STALENESS_CONSTANT; st++) {
