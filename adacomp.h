@@ -413,6 +413,9 @@ ACDEF ac_result ac_server_load(ac_server *s, const void *buf, size_t len);
 #define AC__PREFETCH(p) ((void)0)
 #endif
 #define AC__AHEAD 16  /* entries ahead to prefetch in a sparse apply */
+#ifndef AC__SIGMA_AHEAD
+#define AC__SIGMA_AHEAD 256
+#endif
 #ifndef AC__IBM_AHEAD
 #define AC__IBM_AHEAD 256
 #endif
@@ -2323,6 +2326,83 @@ static void ac__step(float *w, const ac_update *u, const unsigned char *raw, flo
     }
 }
 
+#ifdef AC__AVX512
+/* Bits set in each 64-bit lane (AVX-512F has no popcount of its own). */
+AC__AVX512_FN static __m512i ac__popcount512(__m512i x)
+{
+    const __m512i m1 = _mm512_set1_epi64(0x5555555555555555ll);
+    const __m512i m2 = _mm512_set1_epi64(0x3333333333333333ll);
+    const __m512i m4 = _mm512_set1_epi64(0x0F0F0F0F0F0F0F0Fll);
+    x = _mm512_sub_epi64(x, _mm512_and_si512(_mm512_srli_epi64(x, 1), m1));
+    x = _mm512_add_epi64(_mm512_and_si512(x, m2), _mm512_and_si512(_mm512_srli_epi64(x, 2), m2));
+    x = _mm512_and_si512(_mm512_add_epi64(x, _mm512_srli_epi64(x, 4)), m4);
+    x = _mm512_add_epi64(x, _mm512_srli_epi64(x, 8));
+    x = _mm512_add_epi64(x, _mm512_srli_epi64(x, 16));
+    x = _mm512_add_epi64(x, _mm512_srli_epi64(x, 32));
+    return _mm512_and_si512(x, _mm512_set1_epi64(0x7F));
+}
+
+/* ac__step_sigma over a tensor sent whole, 8 entries at a time, for a
+   one-word history (tau <= 64): the same sigma, the same a * v / max(1,
+   sigma) (a product then a quotient, no FMA), the same touch records as
+   ac__sigma and ac__touch.  touch: the tensor's first row; returns the
+   newest label shifted out, 0 if none. */
+AC__AVX512_FN static uint64_t ac__step_sigma_avx512(float *w, const unsigned char *v,
+                                                    uint64_t *touch, uint32_t n, float a,
+                                                    uint64_t t_pull, uint64_t label)
+{
+    const __m512i even = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i lo_rows = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+    const __m512i hi_rows = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    const __m512i one = _mm512_set1_epi64(1), ones = _mm512_set1_epi64(-1);
+    const __m512i tp = _mm512_set1_epi64((long long)t_pull), lb = _mm512_set1_epi64((long long)label);
+    const __m512i n64 = _mm512_set1_epi64(64);
+    const __m512 av = _mm512_set1_ps(a);
+    __m512i forgot = _mm512_setzero_si512();
+    uint32_t k;
+    for (k = 0; k < n; k += 8) {
+        uint32_t c = n - k < 8 ? n - k : 8;
+        __mmask8 lanes = (__mmask8)((1u << c) - 1);
+        __mmask16 lo_k = (__mmask16)((1u << 2 * (c < 4 ? c : 4)) - 1);
+        __mmask16 hi_k = (__mmask16)((1u << 2 * (c > 4 ? c - 4 : 0)) - 1);
+        uint64_t *row = touch + 2 * (size_t)k;
+        __m512i lo;
+        AC__PREFETCH(row + AC__SIGMA_AHEAD);
+        AC__PREFETCH(row + AC__SIGMA_AHEAD + 8);
+        lo = _mm512_maskz_loadu_epi64((__mmask8)lo_k, row);
+        __m512i hi = _mm512_maskz_loadu_epi64((__mmask8)hi_k, row + 8);
+        __m512i last = _mm512_permutex2var_epi64(lo, even, hi);
+        __m512i m = _mm512_permutex2var_epi64(lo, odd, hi);
+        /* sigma = popcount(m & low (last - t_pull) bits), 0 if last <= t_pull */
+        __mmask8 live = _mm512_mask_cmpgt_epu64_mask(lanes, last, tp);
+        __m512i span = _mm512_sub_epi64(last, tp);
+        __m512i sigma = _mm512_maskz_mov_epi64(
+            live, ac__popcount512(_mm512_andnot_si512(_mm512_sllv_epi64(ones, span), m)));
+        __m512 den = _mm512_cvtepi32_ps(_mm512_castsi256_si512(
+            _mm512_cvtepi64_epi32(_mm512_max_epu64(sigma, one))));
+        __m512 x = _mm512_div_ps(AC__MUL512(av, _mm512_maskz_loadu_ps((__mmask16)lanes,
+                                                                     v + 4 * (size_t)k)), den);
+        /* the touch: shift by d = label - last >= 1; what leaves is out */
+        __m512i d = _mm512_sub_epi64(lb, last);
+        __m512i from = _mm512_maskz_sub_epi64(_mm512_cmplt_epu64_mask(d, n64), n64, d);
+        __m512i out = _mm512_srlv_epi64(m, from);
+        __m512i low = _mm512_and_si512(out, _mm512_sub_epi64(_mm512_setzero_si512(), out));
+        __m512i gone = _mm512_sub_epi64(
+            last, _mm512_add_epi64(from, ac__popcount512(_mm512_sub_epi64(low, one))));
+        forgot = _mm512_mask_max_epu64(forgot, _mm512_mask_test_epi64_mask(lanes, out, out),
+                                       forgot, gone);
+        m = _mm512_or_si512(_mm512_sllv_epi64(m, d), one);
+        _mm512_mask_storeu_ps(w + k, (__mmask16)lanes,
+                              _mm512_sub_ps(_mm512_maskz_loadu_ps((__mmask16)lanes, w + k), x));
+        _mm512_mask_storeu_epi64(row, (__mmask8)lo_k, _mm512_permutex2var_epi64(lb, lo_rows, m));
+        _mm512_mask_storeu_epi64(row + 8, (__mmask8)hi_k,
+                                 _mm512_permutex2var_epi64(lb, hi_rows, m));
+    }
+    return (uint64_t)_mm512_reduce_max_epu64(forgot);
+}
+#endif
+
 /* The same with alpha / max(1, sigma_i) per entry, recording the touches. */
 static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char *raw, float a,
                            uint64_t label)
@@ -2332,6 +2412,17 @@ static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char
     float *w = s->params;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t c = u->count[l], n = u->layout.sizes[l], k;
+#ifdef AC__AVX512
+        if (c == n && s->words == 1 && s->avx512) {
+            gone = ac__step_sigma_avx512(w + base, raw ? raw + 4 * (size_t)j
+                                                       : (const unsigned char *)(u->value + j),
+                                         s->touch + 2 * (size_t)base, n, a, u->t_pull, label);
+            if (gone > forgot) forgot = gone;
+            j += c;
+            base += n;
+            continue;
+        }
+#endif
         for (k = 0; k < c; k++, j++) {
             uint32_t i = c == n ? base + k : u->index[j], sigma;
             float v;
