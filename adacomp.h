@@ -2327,18 +2327,21 @@ static void ac__step(float *w, const ac_update *u, const unsigned char *raw, flo
 }
 
 #ifdef AC__AVX512
-/* Bits set in each 64-bit lane (AVX-512F has no popcount of its own). */
+/* Bits set in each 64-bit lane (AVX-512F has no popcount of its own).  The
+   shifts are the zero-masked forms: g++ reports the plain ones' undefined
+   start value as uninitialised. */
+#define AC__SRLI64(x, n) _mm512_maskz_srli_epi64((__mmask8)0xFF, x, n)
 AC__AVX512_FN static __m512i ac__popcount512(__m512i x)
 {
     const __m512i m1 = _mm512_set1_epi64(0x5555555555555555ll);
     const __m512i m2 = _mm512_set1_epi64(0x3333333333333333ll);
     const __m512i m4 = _mm512_set1_epi64(0x0F0F0F0F0F0F0F0Fll);
-    x = _mm512_sub_epi64(x, _mm512_and_si512(_mm512_srli_epi64(x, 1), m1));
-    x = _mm512_add_epi64(_mm512_and_si512(x, m2), _mm512_and_si512(_mm512_srli_epi64(x, 2), m2));
-    x = _mm512_and_si512(_mm512_add_epi64(x, _mm512_srli_epi64(x, 4)), m4);
-    x = _mm512_add_epi64(x, _mm512_srli_epi64(x, 8));
-    x = _mm512_add_epi64(x, _mm512_srli_epi64(x, 16));
-    x = _mm512_add_epi64(x, _mm512_srli_epi64(x, 32));
+    x = _mm512_sub_epi64(x, _mm512_and_si512(AC__SRLI64(x, 1), m1));
+    x = _mm512_add_epi64(_mm512_and_si512(x, m2), _mm512_and_si512(AC__SRLI64(x, 2), m2));
+    x = _mm512_and_si512(_mm512_add_epi64(x, AC__SRLI64(x, 4)), m4);
+    x = _mm512_add_epi64(x, AC__SRLI64(x, 8));
+    x = _mm512_add_epi64(x, AC__SRLI64(x, 16));
+    x = _mm512_add_epi64(x, AC__SRLI64(x, 32));
     return _mm512_and_si512(x, _mm512_set1_epi64(0x7F));
 }
 
@@ -2360,6 +2363,7 @@ AC__AVX512_FN static uint64_t ac__step_sigma_avx512(float *w, const unsigned cha
     const __m512i n64 = _mm512_set1_epi64(64);
     const __m512 av = _mm512_set1_ps(a);
     __m512i forgot = _mm512_setzero_si512();
+    uint64_t lane[8], newest = 0;
     uint32_t k;
     for (k = 0; k < n; k += 8) {
         uint32_t c = n - k < 8 ? n - k : 8;
@@ -2399,7 +2403,9 @@ AC__AVX512_FN static uint64_t ac__step_sigma_avx512(float *w, const unsigned cha
         _mm512_mask_storeu_epi64(row + 8, (__mmask8)hi_k,
                                  _mm512_permutex2var_epi64(lb, hi_rows, m));
     }
-    return (uint64_t)_mm512_reduce_max_epu64(forgot);
+    _mm512_storeu_si512(lane, forgot); /* _mm512_reduce_max_epu64 warns in g++ */
+    for (k = 0; k < 8; k++) newest = lane[k] > newest ? lane[k] : newest;
+    return newest;
 }
 #endif
 
