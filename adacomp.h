@@ -413,6 +413,12 @@ ACDEF ac_result ac_server_load(ac_server *s, const void *buf, size_t len);
 #define AC__PREFETCH(p) ((void)0)
 #endif
 #define AC__AHEAD 16  /* entries ahead to prefetch in a sparse apply */
+#ifndef AC__SIGMA_AHEAD
+#define AC__SIGMA_AHEAD 256
+#endif
+#ifndef AC__IBM_AHEAD
+#define AC__IBM_AHEAD 256
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -785,9 +791,13 @@ struct ac_compressor {
     uint32_t total;
     int avx512;                /* cfg.simd and the CPU has it */
     float *residue;            /* IBM or cfg.residue: total floats, else NULL */
-    unsigned char *sent;       /* IBM with AVX-512: bit i set when R[i] still holds the
-                                  G sent last time, its correction R -= +-scale
-                                  pending (total bits and 4 bytes of slack) */
+    uint16_t *sent;            /* IBM with AVX-512: one mask per 16-lane chunk of each
+                                  bin (bins in order, chunks from the bin's start),
+                                  lane set when R still holds the G sent last time,
+                                  its correction R -= +-scale pending; whole
+                                  aligned masks, so that no store half-overlaps
+                                  the next load (a store-forwarding stall) */
+    size_t sent_chunks;        /* entries of sent */
     float *sent_scale;         /* IBM with AVX-512: that scale, per tensor */
     uint32_t *scratch;         /* the candidate list: max n_l (total for TOPK) */
     uint32_t hist[AC__HIST_WAYS][AC__HIST_BUCKETS];
@@ -1056,23 +1066,6 @@ static double ac__sum_abs(double sum, const float *v, uint32_t n)
 }
 
 #ifdef AC__AVX512
-/* The sent bits of entries [i, i + 16) (ac_compressor.sent). */
-static unsigned ac__sent_get(const unsigned char *sent, uint32_t i)
-{
-    uint32_t x;
-    memcpy(&x, sent + i / 8, 4);
-    return (x >> (i % 8)) & 0xFFFFu;
-}
-
-/* Sets the sent bits of the lanes k of [i, i + 16) to `bits`. */
-static void ac__sent_put(unsigned char *sent, uint32_t i, unsigned k, unsigned bits)
-{
-    uint32_t x;
-    memcpy(&x, sent + i / 8, 4);
-    x = (x & ~((uint32_t)k << (i % 8))) | (uint32_t)(bits & k) << (i % 8);
-    memcpy(sent + i / 8, &x, 4);
-}
-
 /* sign(R) * scale, the sign by comparison so that -0 counts as + */
 AC__AVX512_FN static __m512 ac__signed_scale(__m512 r, __m512i scale)
 {
@@ -1087,7 +1080,8 @@ AC__AVX512_FN static __m512 ac__signed_scale(__m512 r, __m512i scale)
    that no pass revisits R after the tensor (which misses the cache once
    the tensor is larger than it). */
 AC__AVX512_FN static int ac__ibm_bin_avx512(ac_compressor *c, const float *dw, uint32_t b,
-                                            uint32_t e, float last_scale, double *sum_abs)
+                                            uint32_t e, float last_scale, double *sum_abs,
+                                            uint16_t *sent)
 {
     ac_update *u = &c->update;
     float *R = c->residue;
@@ -1096,12 +1090,14 @@ AC__AVX512_FN static int ac__ibm_bin_avx512(ac_compressor *c, const float *dw, u
     const __m512i scale = _mm512_set1_epi32((int)ac__f2u(last_scale));
     __m512 m = _mm512_setzero_ps(), g;
     __mmask16 bad = 0;
-    uint32_t i, nnz = u->nnz;
+    uint32_t i, j, nnz = u->nnz;
     float gmax;
-    for (i = b; i < e; i += 16) {
-        __mmask16 k = ac__lanes(e - i), fix = k & (__mmask16)ac__sent_get(c->sent, i);
+    for (i = b, j = 0; i < e; i += 16, j++) {
+        __mmask16 k = ac__lanes(e - i), fix = k & (__mmask16)sent[j];
         __m512 r = _mm512_maskz_loadu_ps(k, R + i), G;
         __m512i a;
+        AC__PREFETCH(R + i + AC__IBM_AHEAD);
+        AC__PREFETCH(dw + i + AC__IBM_AHEAD);
         r = _mm512_mask_sub_ps(r, fix, r, ac__signed_scale(r, scale));
         G = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, dw + i));
         a = _mm512_and_si512(_mm512_castps_si512(G), abs_mask);
@@ -1117,28 +1113,28 @@ AC__AVX512_FN static int ac__ibm_bin_avx512(ac_compressor *c, const float *dw, u
     gmax = _mm_cvtss_f32(_mm512_castps512_ps128(m));
     if (bad) return 0;
     g = _mm512_set1_ps(gmax);
-    for (i = b; i < e; i += 16) {
+    for (i = b, j = 0; i < e; i += 16, j++) {
         __mmask16 k = ac__lanes(e - i), send;
         __m512 G = _mm512_maskz_loadu_ps(k, R + i), val;
         __m512 H = _mm512_castsi512_ps(_mm512_and_si512(
             _mm512_castps_si512(_mm512_add_ps(G, _mm512_maskz_loadu_ps(k, dw + i))), abs_mask));
         __m512i idx;
-        unsigned sent;
+        unsigned taken;
         send = gmax == 0.0f ? 0 /* nothing to say about this bin */
                             : _mm512_mask_cmp_ps_mask(k, H, g, _CMP_GE_OQ) &
                                   _mm512_cmp_ps_mask(G, _mm512_setzero_ps(), _CMP_NEQ_OQ);
-        ac__sent_put(c->sent, i, k, send);
+        sent[j] = (uint16_t)send;
         idx = _mm512_maskz_compress_epi32(send, _mm512_add_epi32(iota, _mm512_set1_epi32((int)i)));
         val = _mm512_maskz_compress_ps(send, G);
-        sent = (unsigned)_mm_popcnt_u32(send);
+        taken = (unsigned)_mm_popcnt_u32(send);
         if (nnz + 16 <= u->capacity) { /* a whole store: the sum below reads it back */
             _mm512_storeu_si512(u->index + nnz, idx);
             _mm512_storeu_ps(u->value + nnz, val);
         } else {
-            _mm512_mask_storeu_epi32(u->index + nnz, ac__lanes(sent), idx);
-            _mm512_mask_storeu_ps(u->value + nnz, ac__lanes(sent), val);
+            _mm512_mask_storeu_epi32(u->index + nnz, ac__lanes(taken), idx);
+            _mm512_mask_storeu_ps(u->value + nnz, ac__lanes(taken), val);
         }
-        nnz += sent;
+        nnz += taken;
     }
     *sum_abs = ac__sum_abs(*sum_abs, u->value + u->nnz, nnz - u->nnz);
     u->nnz = nnz;
@@ -1185,21 +1181,31 @@ static int ac__ibm_bin(ac_compressor *c, const float *dw, uint32_t b, uint32_t e
     return 1;
 }
 
+/* The 16-lane chunks of n entries cut in bins of L (n <= L: one bin). */
+static size_t ac__ibm_chunks(uint32_t n, uint32_t L)
+{
+    return (size_t)(n / L) * (L / 16 + (L % 16 != 0)) + (n % L) / 16 + (n % L % 16 != 0);
+}
+
 /* IBM AdaComp, one tensor: bins, then the ternary quantisation of what was
    sent, value = sign(G) * scale with scale = mean |G| over the sent entries
    (one float per tensor; Chen et al. leave the scale's choice open), and
    the residue R = G - value for those entries. */
-static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_t base)
+static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_t base,
+                          uint16_t *sent)
 {
     ac_update *u = &c->update;
     uint32_t n = c->layout.sizes[l], L = c->cfg.bin_size, b, j, first = u->nnz;
     double sum_abs = 0.0;
     float scale;
+    (void)sent; /* the AVX-512 kernel's */
     for (b = 0; b < n; b += L) {
         uint32_t e = base + (n - b < L ? n : b + L);
 #ifdef AC__AVX512
         if (c->sent) {
-            if (!ac__ibm_bin_avx512(c, dw, base + b, e, c->sent_scale[l], &sum_abs)) return 0;
+            if (!ac__ibm_bin_avx512(c, dw, base + b, e, c->sent_scale[l], &sum_abs, sent))
+                return 0;
+            sent += ac__ibm_chunks(e - base - b, L);
             continue;
         }
 #endif
@@ -1227,10 +1233,12 @@ static int ac__ibm_tensor(ac_compressor *c, const float *dw, uint32_t l, uint32_
 static ac_result ac__select_ibm(ac_compressor *c, const float *dw)
 {
     uint32_t l, base = 0;
+    uint16_t *sent = c->sent;
     for (l = 0; l < c->layout.count; l++) {
-        if (!ac__ibm_tensor(c, dw, l, base))
+        if (!ac__ibm_tensor(c, dw, l, base, sent))
             return ac__fail(AC_ERR_VALUE, "compress: non-finite gradient or residue in tensor %u",
                             (unsigned)l);
+        if (sent) sent += ac__ibm_chunks(c->layout.sizes[l], c->cfg.bin_size);
         base += c->layout.sizes[l];
     }
     return AC_OK;
@@ -1303,7 +1311,9 @@ static ac_result ac__compressor_alloc(ac_compressor *c)
         if (!c->residue) return ac__fail(AC_ERR_NOMEM, "compressor: no memory for residue");
     }
     if (c->cfg.mode == AC_MODE_IBM && c->avx512) {
-        c->sent = (unsigned char *)ac__calloc((size_t)c->total / 8 + 5, 1);
+        for (l = 0; l < c->layout.count; l++)
+            c->sent_chunks += ac__ibm_chunks(c->layout.sizes[l], c->cfg.bin_size);
+        c->sent = (uint16_t *)ac__calloc(c->sent_chunks, sizeof(uint16_t));
         c->sent_scale = (float *)ac__calloc(c->layout.count, sizeof(float));
         if (!c->sent || !c->sent_scale)
             return ac__fail(AC_ERR_NOMEM, "compressor: no memory for the sent bits");
@@ -1400,7 +1410,8 @@ ACDEF const ac_update *ac_compressor_update(const ac_compressor *c)
     return c ? &c->update : NULL;
 }
 
-static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written);
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written,
+                           int avx512);
 
 ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, size_t *written)
 {
@@ -1411,7 +1422,7 @@ ACDEF ac_result ac_compressor_encode(ac_compressor *c, void *buf, size_t cap, si
        the values), so it skips ac_encode's checks; the f16 range is the one
        thing select does not know */
     r = c->update.format == AC_FORMAT_F16 ? ac_encode(&c->update, buf, cap, &n)
-                                          : ac__write(&c->update, buf, cap, &n);
+                                          : ac__write(&c->update, buf, cap, &n, c->avx512);
     if (written) *written = n;
     if (r != AC_OK) return r;
     c->stats.packets++;
@@ -1438,7 +1449,7 @@ ACDEF size_t ac_compressor_packet_bound(const ac_compressor *c)
 ACDEF void ac_compressor_reset(ac_compressor *c)
 {
     if (c && c->residue) memset(c->residue, 0, (size_t)c->total * sizeof(float));
-    if (c && c->sent) memset(c->sent, 0, (size_t)c->total / 8 + 5);
+    if (c && c->sent) memset(c->sent, 0, c->sent_chunks * sizeof(uint16_t));
 }
 
 ACDEF ac_stats ac_compressor_stats(const ac_compressor *c)
@@ -1654,15 +1665,53 @@ static unsigned char *ac__put_header(unsigned char *p, const ac_update *u)
     return p;
 }
 
-static unsigned char *ac__put_indices(unsigned char *p, const ac_update *u)
+#ifdef AC__AVX512
+/* 16 deltas at a time, index - previous index, the previous of a tensor's
+   first being base - 1 (delta local + 1, modulo 2^32 as the scalar loop's);
+   where all 16 fit one varint byte (a dense selection such as IBM's) they
+   are narrowed and stored at once, else they go through ac__put_varint.
+   Returns the entries done, a multiple of 16. */
+AC__AVX512_FN static uint32_t ac__put_deltas_avx512(unsigned char **pp, const uint32_t *index,
+                                                    uint32_t n, uint32_t base)
+{
+    const __m512i one_byte = _mm512_set1_epi32(0x80);
+    __m512i prev = _mm512_set1_epi32((int)(base - 1u));
+    unsigned char *p = *pp;
+    uint32_t j, t;
+    for (j = 0; j + 16 <= n; j += 16) {
+        __m512i cur = _mm512_loadu_si512(index + j);
+        __m512i d = _mm512_sub_epi32(cur, _mm512_alignr_epi32(cur, prev, 15));
+        if (!_mm512_cmpge_epu32_mask(d, one_byte)) {
+            _mm_storeu_si128((__m128i *)(void *)p, _mm512_cvtepi32_epi8(d));
+            p += 16;
+        } else {
+            uint32_t ds[16];
+            _mm512_storeu_si512(ds, d);
+            for (t = 0; t < 16; t++) p = ac__put_varint(p, ds[t]);
+        }
+        prev = cur;
+    }
+    *pp = p;
+    return j;
+}
+#endif
+
+static unsigned char *ac__put_indices(unsigned char *p, const ac_update *u, int avx512)
 {
     uint32_t l, j = 0, base = 0;
+    (void)avx512;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t size = u->layout.sizes[l], end = j + u->count[l];
         int64_t prev = -1; /* so that index 0 is delta 1 */
         if (u->count[l] == size) {
             j = end;
         } else {
+#ifdef AC__AVX512
+            if (avx512) {
+                j += ac__put_deltas_avx512(&p, u->index + j, end - j, base);
+                if (j > end - u->count[l]) prev = (int64_t)u->index[j - 1] - base;
+            }
+#endif
             for (; j < end; j++) {
                 int64_t local = (int64_t)u->index[j] - base;
                 p = ac__put_varint(p, (uint32_t)(local - prev));
@@ -1714,7 +1763,8 @@ static unsigned char *ac__put_values(unsigned char *p, const ac_update *u)
 
 /* Writes a valid update; the exact size is computed only when the buffer
    is smaller than the bound. */
-static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written)
+static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *written,
+                           int avx512)
 {
     unsigned char *p = (unsigned char *)buf;
     size_t size;
@@ -1722,7 +1772,7 @@ static ac_result ac__write(const ac_update *u, void *buf, size_t cap, size_t *wr
         return ac__fail(AC_ERR_CAPACITY, "encode: packet needs %zu bytes, buffer has %zu",
                         size, cap);
     p = ac__put_header(p, u);
-    p = ac__put_indices(p, u);
+    p = ac__put_indices(p, u, avx512);
     p = ac__put_values(p, u);
     if (written) *written = (size_t)(p - (unsigned char *)buf);
     return AC_OK;
@@ -1738,7 +1788,7 @@ ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *wri
         return ac__fail(AC_ERR_FORMAT, "ac_encode: mode %u with format %u, flags %u",
                         (unsigned)u->mode, (unsigned)u->format, (unsigned)u->flags);
     if ((r = ac__check_indices(u)) != AC_OK || (r = ac__check_values(u)) != AC_OK) return r;
-    return ac__write(u, buf, cap, written);
+    return ac__write(u, buf, cap, written, ac__avx512(1));
 }
 
 /* Decoding reads through a cursor that knows where the bytes end; every
@@ -2276,6 +2326,89 @@ static void ac__step(float *w, const ac_update *u, const unsigned char *raw, flo
     }
 }
 
+#ifdef AC__AVX512
+/* Bits set in each 64-bit lane (AVX-512F has no popcount of its own).  The
+   shifts are the zero-masked forms: g++ reports the plain ones' undefined
+   start value as uninitialised. */
+#define AC__SRLI64(x, n) _mm512_maskz_srli_epi64((__mmask8)0xFF, x, n)
+AC__AVX512_FN static __m512i ac__popcount512(__m512i x)
+{
+    const __m512i m1 = _mm512_set1_epi64(0x5555555555555555ll);
+    const __m512i m2 = _mm512_set1_epi64(0x3333333333333333ll);
+    const __m512i m4 = _mm512_set1_epi64(0x0F0F0F0F0F0F0F0Fll);
+    x = _mm512_sub_epi64(x, _mm512_and_si512(AC__SRLI64(x, 1), m1));
+    x = _mm512_add_epi64(_mm512_and_si512(x, m2), _mm512_and_si512(AC__SRLI64(x, 2), m2));
+    x = _mm512_and_si512(_mm512_add_epi64(x, AC__SRLI64(x, 4)), m4);
+    x = _mm512_add_epi64(x, AC__SRLI64(x, 8));
+    x = _mm512_add_epi64(x, AC__SRLI64(x, 16));
+    x = _mm512_add_epi64(x, AC__SRLI64(x, 32));
+    return _mm512_and_si512(x, _mm512_set1_epi64(0x7F));
+}
+
+/* ac__step_sigma over a tensor sent whole, 8 entries at a time, for a
+   one-word history (tau <= 64): the same sigma, the same a * v / max(1,
+   sigma) (a product then a quotient, no FMA), the same touch records as
+   ac__sigma and ac__touch.  touch: the tensor's first row; returns the
+   newest label shifted out, 0 if none. */
+AC__AVX512_FN static uint64_t ac__step_sigma_avx512(float *w, const unsigned char *v,
+                                                    uint64_t *touch, uint32_t n, float a,
+                                                    uint64_t t_pull, uint64_t label)
+{
+    const __m512i even = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i lo_rows = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+    const __m512i hi_rows = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    const __m512i one = _mm512_set1_epi64(1), ones = _mm512_set1_epi64(-1);
+    const __m512i tp = _mm512_set1_epi64((long long)t_pull), lb = _mm512_set1_epi64((long long)label);
+    const __m512i n64 = _mm512_set1_epi64(64);
+    const __m512 av = _mm512_set1_ps(a);
+    __m512i forgot = _mm512_setzero_si512();
+    uint64_t lane[8], newest = 0;
+    uint32_t k;
+    for (k = 0; k < n; k += 8) {
+        uint32_t c = n - k < 8 ? n - k : 8;
+        __mmask8 lanes = (__mmask8)((1u << c) - 1);
+        __mmask16 lo_k = (__mmask16)((1u << 2 * (c < 4 ? c : 4)) - 1);
+        __mmask16 hi_k = (__mmask16)((1u << 2 * (c > 4 ? c - 4 : 0)) - 1);
+        uint64_t *row = touch + 2 * (size_t)k;
+        __m512i lo;
+        AC__PREFETCH(row + AC__SIGMA_AHEAD);
+        AC__PREFETCH(row + AC__SIGMA_AHEAD + 8);
+        lo = _mm512_maskz_loadu_epi64((__mmask8)lo_k, row);
+        __m512i hi = _mm512_maskz_loadu_epi64((__mmask8)hi_k, row + 8);
+        __m512i last = _mm512_permutex2var_epi64(lo, even, hi);
+        __m512i m = _mm512_permutex2var_epi64(lo, odd, hi);
+        /* sigma = popcount(m & low (last - t_pull) bits), 0 if last <= t_pull */
+        __mmask8 live = _mm512_mask_cmpgt_epu64_mask(lanes, last, tp);
+        __m512i span = _mm512_sub_epi64(last, tp);
+        __m512i sigma = _mm512_maskz_mov_epi64(
+            live, ac__popcount512(_mm512_andnot_si512(_mm512_sllv_epi64(ones, span), m)));
+        __m512 den = _mm512_cvtepi32_ps(_mm512_castsi256_si512(
+            _mm512_cvtepi64_epi32(_mm512_max_epu64(sigma, one))));
+        __m512 x = _mm512_div_ps(AC__MUL512(av, _mm512_maskz_loadu_ps((__mmask16)lanes,
+                                                                     v + 4 * (size_t)k)), den);
+        /* the touch: shift by d = label - last >= 1; what leaves is out */
+        __m512i d = _mm512_sub_epi64(lb, last);
+        __m512i from = _mm512_maskz_sub_epi64(_mm512_cmplt_epu64_mask(d, n64), n64, d);
+        __m512i out = _mm512_srlv_epi64(m, from);
+        __m512i low = _mm512_and_si512(out, _mm512_sub_epi64(_mm512_setzero_si512(), out));
+        __m512i gone = _mm512_sub_epi64(
+            last, _mm512_add_epi64(from, ac__popcount512(_mm512_sub_epi64(low, one))));
+        forgot = _mm512_mask_max_epu64(forgot, _mm512_mask_test_epi64_mask(lanes, out, out),
+                                       forgot, gone);
+        m = _mm512_or_si512(_mm512_sllv_epi64(m, d), one);
+        _mm512_mask_storeu_ps(w + k, (__mmask16)lanes,
+                              _mm512_sub_ps(_mm512_maskz_loadu_ps((__mmask16)lanes, w + k), x));
+        _mm512_mask_storeu_epi64(row, (__mmask8)lo_k, _mm512_permutex2var_epi64(lb, lo_rows, m));
+        _mm512_mask_storeu_epi64(row + 8, (__mmask8)hi_k,
+                                 _mm512_permutex2var_epi64(lb, hi_rows, m));
+    }
+    _mm512_storeu_si512(lane, forgot); /* _mm512_reduce_max_epu64 warns in g++ */
+    for (k = 0; k < 8; k++) newest = lane[k] > newest ? lane[k] : newest;
+    return newest;
+}
+#endif
+
 /* The same with alpha / max(1, sigma_i) per entry, recording the touches. */
 static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char *raw, float a,
                            uint64_t label)
@@ -2285,6 +2418,17 @@ static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char
     float *w = s->params;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t c = u->count[l], n = u->layout.sizes[l], k;
+#ifdef AC__AVX512
+        if (c == n && s->words == 1 && s->avx512) {
+            gone = ac__step_sigma_avx512(w + base, raw ? raw + 4 * (size_t)j
+                                                       : (const unsigned char *)(u->value + j),
+                                         s->touch + 2 * (size_t)base, n, a, u->t_pull, label);
+            if (gone > forgot) forgot = gone;
+            j += c;
+            base += n;
+            continue;
+        }
+#endif
         for (k = 0; k < c; k++, j++) {
             uint32_t i = c == n ? base + k : u->index[j], sigma;
             float v;

@@ -1277,11 +1277,11 @@ TEST(apply_refuses_non_finite_values)
 
 /* ---- SIMD kernels ---- */
 
-/* The AVX-512 kernels (IBM selection, dense apply, value checks) against
-   the plain ones, bit for bit: the same packets from compressors that
-   differ only in `simd`, then the same weights from servers that differ
-   only in `simd`, on tensors of awkward sizes (tails of every length), with
-   ties, zeros and -0 in the gradients.  Without AVX-512 both sides run the
+/* The AVX-512 kernels (IBM selection, index encoding, dense apply, value
+   checks) against the plain ones, bit for bit: the same packets from
+   compressors that differ only in `simd`, then the same weights from
+   servers that differ only in `simd`, on tensors of awkward sizes (tails of
+   every length), with ties, zeros and -0 in the gradients.  Without AVX-512 both sides run the
    plain kernels and the test checks nothing more than determinism. */
 #define SK_TOTAL (1u + 15u + 17u + 1000003u)
 static float sk_grad[SK_TOTAL], sk_w[2][SK_TOTAL], sk_keep[SK_TOTAL];
@@ -1310,15 +1310,16 @@ static void sk_compressors(ac_mode mode, uint32_t bin, size_t *len, const ac_lay
 
 TEST(simd_kernels_match_plain)
 {
-    uint32_t sizes[] = {1, 15, 17, 1000003}, bins[] = {64, 7}, b;
+    uint32_t sizes[] = {1, 15, 17, 1000003}, bins[] = {64, 7, 20}, b;
     ac_layout layout = {4, sizes};
-    ac_mode modes[] = {AC_MODE_IBM, AC_MODE_DENSE};
+    ac_mode modes[] = {AC_MODE_IBM, AC_MODE_DENSE, AC_MODE_HARDY}; /* Hardy: index deltas
+                                                                     of 1 to 3 bytes */
     ac_staleness st;
     size_t len[2], m, cap = 9 * (size_t)SK_TOTAL + 1024;
     int k, round;
     sk_packet[0] = (unsigned char *)malloc(cap), sk_packet[1] = (unsigned char *)malloc(cap);
-    for (m = 0; m < 2; m++) {
-        for (b = 0; b < (modes[m] == AC_MODE_IBM ? 2u : 1u); b++) {
+    for (m = 0; m < 3; m++) {
+        for (b = 0; b < (modes[m] == AC_MODE_IBM ? 3u : 1u); b++) {
             ac_compressor *c[2];
             for (st = AC_STALENESS_SIGMA; st <= AC_STALENESS_CONSTANT; st++) {
                 ac_server *s[2];
@@ -1363,6 +1364,51 @@ TEST(simd_kernels_match_plain)
         }
     }
     free(sk_packet[0]), free(sk_packet[1]);
+}
+
+/* The AVX-512 sigma kernel (whole tensors, one-word history) against the
+   plain loop: pushes of whole tensors with staleness 0 to 30, each tensor
+   on its own schedule so that the shift d = label - last runs from 1 to
+   beyond 64 (a tensor pushed every 70 updates) and touch bits leave the
+   mask (forgot); tails of 1 to 8 lanes.  The weights and the whole saved
+   state (clock, forgot, touch history) must be the same bits. */
+TEST(simd_sigma_matches_plain)
+{
+    uint32_t sizes[] = {1, 7, 8, 9, 33, 100}, period[] = {1, 2, 3, 70, 1, 5}, l, j;
+    ac_layout layout = {6, sizes};
+    static float w[2][158];
+    static unsigned char pkt[2048], state[2][16384];
+    static uint32_t mem[6 * 2 + 158 * 2];
+    size_t len, st_len[2];
+    ac_server *s[2];
+    ac_update u;
+    int k, step;
+    CHECK_OK(ac_update_init(&u, &layout, 158, mem, sizeof mem));
+    for (k = 0; k < 2; k++) {
+        ac_server_config sc = ac_server_config_init();
+        sc.alpha = 0.3f, sc.simd = k, sc.max_staleness = 30;
+        memset(w[k], 0, sizeof w[k]);
+        CHECK_OK(ac_server_init(&s[k], &layout, w[k], &sc));
+    }
+    for (step = 0; step < 300; step++) {
+        uint64_t t = ac_server_clock(s[0]), back = rnd_below(31);
+        uint32_t base = 0;
+        u.nnz = 0;
+        for (l = 0; l < 6; l++) {
+            u.count[l] = step % period[l] == 0 ? sizes[l] : 0;
+            for (j = 0; j < u.count[l]; j++, u.nnz++)
+                u.index[u.nnz] = base + j, u.value[u.nnz] = rnd_normal();
+            base += sizes[l];
+        }
+        u.t_pull = back > t ? 0 : t - back;
+        CHECK_OK(ac_encode(&u, pkt, sizeof pkt, &len));
+        for (k = 0; k < 2; k++) CHECK_OK(ac_server_apply_packet(s[k], pkt, len));
+    }
+    for (k = 0; k < 2; k++) CHECK_OK(ac_server_save(s[k], state[k], sizeof state[k], &st_len[k]));
+    CHECK(memcmp(w[0], w[1], sizeof w[0]) == 0);
+    CHECK(st_len[0] == st_len[1] && memcmp(state[0], state[1], st_len[0]) == 0);
+    CHECK(ac_server_stats(s[0]).history_bytes == 158 * 16); /* one word throughout */
+    for (k = 0; k < 2; k++) ac_server_free(s[k]);
 }
 
 /* ---- memory ---- */
@@ -1444,6 +1490,7 @@ int main(void)
     RUN(server_refuses_bad_updates_and_counts_bytes);
     RUN(apply_refuses_non_finite_values);
     RUN(simd_kernels_match_plain);
+    RUN(simd_sigma_matches_plain);
     RUN(no_allocation_after_init);
     return th_done();
 }
