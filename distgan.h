@@ -1524,9 +1524,10 @@ DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path);
 
    Sends are non-blocking (MPI_Isend): send returns once the frame is
    posted and the message is freed when MPI has delivered it; while more
-   than send_window bytes or send_window_frames frames are in flight, send
-   waits, receiving what arrives meanwhile (so two ranks sending to each
-   other never deadlock; two frames always go).  A receive looks
+   than send_window bytes or send_window_frames frames are in flight, or
+   more than peer_window bytes to the message's receiver, send waits,
+   receiving what arrives meanwhile (so two ranks sending to each other
+   never deadlock; two frames always go).  A receive looks
    (MPI_Improbe) through the first 100 us, then sleeps: on a node's
    doorbell (process-shared, in /dev/shm) that every sender on the node
    rings after posting a frame, so it wakes when its frame is there (and
@@ -1555,6 +1556,11 @@ typedef struct dg_mpi_config {
     uint64_t send_window;   /* bytes in flight before a send waits (8 MiB;
                                two frames are always let through) */
     int send_window_frames; /* frames in flight before a send waits (64) */
+    uint64_t peer_window;   /* bytes in flight to one rank before a send to it
+                               waits (256 KiB; two frames to it always go): a
+                               sender that runs ahead of its receiver would
+                               otherwise send from more buffers than the cache
+                               holds, and the receiver's copy reads them cold */
     int send_timeout_ms;    /* a send waits this long for the window, close
                                this long for the other ranks (30000) */
     int frame_timeout_ms;   /* the parts must follow their head within (10000) */
@@ -11846,6 +11852,7 @@ typedef struct dg__mpi_flight { /* a frame in flight */
     struct dg__mpi_flight *next; /* in the list of spare records */
     dg_msg *m;                /* the message, or the carrier of its encoded frame */
     uint64_t bytes;           /* encoded size */
+    int to;                   /* its receiver */
     int pending;              /* its MPI sends not yet complete */
     unsigned char head[DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS];
 } dg__mpi_flight;
@@ -11879,6 +11886,8 @@ typedef struct dg__mpi {
     dg__mpi_flight *spare;        /* recycled records */
     int frames;                   /* frames in flight */
     uint64_t in_flight;           /* their bytes */
+    int *to_frames;               /* per receiving rank, the same */
+    uint64_t *to_bytes;
     dg_result deferred;           /* a bad frame met outside recv, for the next recv */
     char why[256];
     /* dg_transport_set_limits: per type, the largest message (0: refused);
@@ -12077,6 +12086,8 @@ static void dg__mpi_reap(dg__mpi *t)
         if (--f->pending) continue;
         t->frames--;
         t->in_flight -= f->bytes;
+        t->to_frames[f->to]--;
+        t->to_bytes[f->to] -= f->bytes;
         dg_msg_free(&t->base, f->m);
         f->next = t->spare;
         t->spare = f;
@@ -12151,6 +12162,7 @@ static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
     if (f == t->spare) t->spare = f->next;
     f->pending = 0;
     f->bytes = frame + payload;
+    f->to = to;
     if (payload <= t->cfg.inline_max) {
         dg_part_kind kind = DG_PART_BYTES;
         size_t n = frame + payload;
@@ -12189,6 +12201,8 @@ static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
     } else { /* what went out stays in flight until MPI is done with it */
         t->frames++;
         t->in_flight += f->bytes;
+        t->to_frames[to]++;
+        t->to_bytes[to] += f->bytes;
     }
     return rc == MPI_SUCCESS ? DG_OK : dg__mpi_error(rc, "send", t->rank);
 }
@@ -12349,7 +12363,7 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
     double end = dg__now() + 1e-3 * t->cfg.send_timeout_ms;
     dg__mpi_idle w = {0, 0};
     dg_result r;
-    int to;
+    int to = m->to;
     if (m->from != t->rank || dg_msg_payload_bytes(m) > t->cfg.max_message) {
         r = m->from != t->rank
                 ? dg__fail(DG_ERR_ARG, "mpi: a message from peer %d on the transport of rank %d",
@@ -12362,10 +12376,11 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
     }
     pthread_mutex_lock(&t->mu);
     dg__mpi_reap(t);
-    /* two frames may always be in flight, so that a large one is being
-       received while the next is posted */
-    while (t->frames >= 2 &&
-           (t->in_flight + bytes > t->cfg.send_window || t->frames >= t->cfg.send_window_frames)) {
+    /* two frames may always be in flight (to a rank), so that a large one
+       is being received while the next is posted */
+    while ((t->frames >= 2 && (t->in_flight + bytes > t->cfg.send_window ||
+                               t->frames >= t->cfg.send_window_frames)) ||
+           (t->to_frames[to] >= 2 && t->to_bytes[to] + bytes > t->cfg.peer_window)) {
         /* receive meanwhile: the rank we wait for may be waiting for us */
         dg_msg *in = NULL;
         if ((r = dg__mpi_pull(t, &in)) != DG_OK)
@@ -12387,7 +12402,6 @@ static dg_result dg__mpi_send(dg_transport *bt, dg_msg *m)
         pthread_mutex_lock(&t->mu);
         dg__mpi_reap(t);
     }
-    to = m->to;
     r = dg__mpi_post(t, m);
     pthread_mutex_unlock(&t->mu);
     if (r == DG_OK) dg__mpi_ring(t, to);
@@ -12504,6 +12518,8 @@ static void dg__mpi_close(dg_transport *bt)
     dg__free(t->req);
     dg__free(t->own);
     dg__free(t->done);
+    dg__free(t->to_frames);
+    dg__free(t->to_bytes);
     /* an unfinished barrier may not be freed, nor its communicator */
     if (!fin && (done || !barrier)) MPI_Comm_free(&t->comm);
     while (t->spare) {
@@ -12652,6 +12668,7 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
     if (!c.inline_max) c.inline_max = 4 << 10;
     if (!c.send_window) c.send_window = (uint64_t)8 << 20;
     if (c.send_window_frames <= 0) c.send_window_frames = 64;
+    if (!c.peer_window) c.peer_window = 256 << 10;
     if (c.send_timeout_ms <= 0) c.send_timeout_ms = 30000;
     if (c.frame_timeout_ms <= 0) c.frame_timeout_ms = 10000;
     /* MPI counts are int: a frame (payload, head and part table) must fit */
@@ -12671,6 +12688,16 @@ DGDEF dg_result dg_mpi_create(dg_transport **out, MPI_Comm comm, const dg_mpi_co
         MPI_Comm_free(&t->comm);
         dg__free(t);
         return r;
+    }
+    t->to_frames = (int *)dg__calloc((size_t)size, sizeof *t->to_frames);
+    t->to_bytes = (uint64_t *)dg__calloc((size_t)size, sizeof *t->to_bytes);
+    if (!t->to_frames || !t->to_bytes) {
+        dg__free(t->to_frames);
+        dg__free(t->to_bytes);
+        dg_transport_base_free(&t->base);
+        MPI_Comm_free(&t->comm);
+        dg__free(t);
+        return dg__fail(DG_ERR_NOMEM, "dg_mpi_create: no memory for %d ranks", size);
     }
     t->cfg = c;
     pthread_mutex_init(&t->mu, NULL);

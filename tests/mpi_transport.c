@@ -215,6 +215,47 @@ TEST(ring_swap_does_not_deadlock)
     dg_transport_close(t);
 }
 
+/* peer_window 64 KB: rank 0's two 256 KB frames to rank 1 go (two always
+   do), the third waits while rank 1 receives nothing and times out; a frame
+   to rank 2 meanwhile goes (the window is per receiver). */
+TEST(peer_window_holds_one_receiver)
+{
+    dg_transport *t = NULL;
+    dg_mpi_config c;
+    dg_part_kind k = DG_PART_F32;
+    size_t n = 1 << 16;
+    double t0, dt;
+    int i;
+    dg_mpi_config_init(&c);
+    c.peer_window = 64 << 10;
+    c.send_timeout_ms = 300;
+    CHECK_OK(dg_mpi_create(&t, MPI_COMM_WORLD, &c));
+    if (!t) return;
+    if (rank == 0) {
+        for (i = 0; i < 2; i++) CHECK_OK(send_msg(t, DG_MSG_DISC, 1, i, 1, &k, &n, (uint32_t)i));
+        t0 = now_s();
+        CHECK(send_msg(t, DG_MSG_DISC, 1, 2, 1, &k, &n, 2) == DG_ERR_TIMEOUT);
+        dt = now_s() - t0;
+        CHECK(dt >= 0.29 && dt < 5.0);
+        if (size > 2) /* rank 2 receives after the barrier: a wait would time out */
+            CHECK_OK(send_msg(t, DG_MSG_DISC, 2, 0, 1, &k, &n, 7));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    for (i = 0; rank == 1 && i < 2; i++) {
+        dg_msg *m = NULL;
+        CHECK_OK(dg_transport_recv(t, rank, 30000, &m));
+        CHECK(m && m->from == 0 && m->iteration == i && same_pattern(m, (uint32_t)i));
+        dg_msg_free(t, m);
+    }
+    if (rank == 2) {
+        dg_msg *m = NULL;
+        CHECK_OK(dg_transport_recv(t, rank, 30000, &m));
+        CHECK(m && m->from == 0 && same_pattern(m, 7));
+        dg_msg_free(t, m);
+    }
+    dg_transport_close(t);
+}
+
 TEST(recv_timeout_is_bounded)
 {
     dg_transport *t = open_mpi(0, 0);
@@ -473,6 +514,7 @@ int main(int argc, char **argv)
     MPI_RUN(round_trip_with_checksum);
     MPI_RUN(order_per_link);
     MPI_RUN(ring_swap_does_not_deadlock);
+    MPI_RUN(peer_window_holds_one_receiver);
     MPI_RUN(recv_timeout_is_bounded);
     MPI_RUN(pending_counts);
     MPI_RUN(traffic_equals_inproc);
