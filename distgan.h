@@ -5488,8 +5488,8 @@ typedef struct dg__layer {
     size_t p_off, n_p;     /* parameters: weights then bias (gamma then beta) */
     size_t n_w;            /* the weights (gamma) among them */
     size_t s_off, n_s;     /* state: batchnorm running mean then variance */
-    float *out;            /* batch x out_size; reshape aliases its input */
-    float *keep;           /* conv-transpose: the input in CNHW, for the weight gradient */
+    float *out;            /* batch x out_size */
+    int alias;             /* out is the input's buffer: a reshape, an in-place activation */
     float *aux;            /* batchnorm: mean and 1/std; dropout: mask */
     int32_t *idx;          /* max-pool: argmax of each output */
 } dg__layer;
@@ -5504,8 +5504,8 @@ struct dg_net {
     float *params, *grads, *state;
     float *input;          /* copy of the last forward input */
     float *g0, *g1;        /* ping-pong gradient buffers */
-    float *s_out;          /* conv: GEMM result in CNHW */
-    float *s_cols;         /* conv: column gradients; conv-T: columns */
+    float *s_out;          /* conv: GEMM result or dy in CNHW; conv-T: its input in CNHW */
+    float *s_cols;         /* columns of a chunk of samples (dg__cols_chunk) for col2im */
     uint64_t seed, dropout_calls;
     size_t mem;
 };
@@ -5532,11 +5532,10 @@ static void dg__net_release(dg_net *net)
     int i;
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
-        if (l->d.type != DG_LAYER_RESHAPE) dg__free(l->out);
-        dg__free(l->keep);
+        if (!l->alias) dg__free(l->out);
         dg__free(l->aux);
         dg__free(l->idx);
-        l->out = l->keep = l->aux = NULL;
+        l->out = l->aux = NULL;
         l->idx = NULL;
     }
     dg__free(net->params);
@@ -5779,9 +5778,51 @@ static float *dg__net_buf(dg_net *net, size_t count, size_t size)
     return (float *)p;
 }
 
+/* A convolution's columns (taps x samples x grid) are folded by col2im a
+   chunk of samples at a time, so that the column buffer holds about
+   DG__COLS_FLOATS values rather than a whole batch's (and stays in cache
+   between the GEMM and col2im).  Each GEMM column is one fixed sum
+   whatever the number of columns, and col2im sums each sample's planes
+   alone, so the chunks give the bits of one pass.  A 1 x 1 grid is never
+   split: one sample's columns would be a matrix-vector product, which
+   sums in another order. */
+#define DG__COLS_FLOATS 262144
+
+/* samples per chunk, for columns of `taps` rows over `grid` positions per
+   sample at batches up to max_batch */
+static int dg__cols_chunk(int max_batch, size_t taps, size_t grid)
+{
+    size_t fit = DG__COLS_FLOATS / (taps * grid);
+    int chunks;
+    if (grid == 1) return max_batch;
+    if (fit < 1) fit = 1;
+    chunks = (int)(((size_t)max_batch + fit - 1) / fit);
+    return (max_batch + chunks - 1) / chunks;
+}
+
+/* An activation (or dropout) overwrites its input when the layer that
+   made it never reads its own output again: the activations read theirs
+   in backward, every other layer reads its input, aux or idx.  A leaky
+   ReLU then tells the sign from its output, the same test for a positive
+   slope (x > 0 iff slope x > 0, -0 and underflows included). */
+static int dg__in_place(const dg_net *net, int i)
+{
+    const dg__layer *l = &net->layers[i];
+    dg_layer_type t = l->d.type;
+    if (t != DG_LAYER_RELU && t != DG_LAYER_TANH && t != DG_LAYER_SIGMOID &&
+        t != DG_LAYER_DROPOUT && !(t == DG_LAYER_LEAKY_RELU && l->d.alpha > 0.0f))
+        return 0;
+    do i--;
+    while (i >= 0 && net->layers[i].d.type == DG_LAYER_RESHAPE);
+    if (i < 0) return 0; /* the net's input copy */
+    t = net->layers[i].d.type;
+    return t != DG_LAYER_RELU && t != DG_LAYER_LEAKY_RELU && t != DG_LAYER_TANH &&
+           t != DG_LAYER_SIGMOID;
+}
+
 DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
 {
-    size_t nb, max_act, s_out = 0, s_cols = 0;
+    size_t nb, max_act, s_out = 0, s_cols = 0, cols;
     int i;
     if (!net || !pool) return dg__fail(DG_ERR_ARG, "dg_net_plan: NULL argument");
     if (max_batch <= 0 || max_batch > (1 << 20))
@@ -5797,14 +5838,17 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
         size_t kk = (size_t)l->d.kernel * l->d.kernel, grid;
         if (l->out_size > max_act) max_act = l->out_size;
         if (l->d.type == DG_LAYER_CONV2D) {
-            grid = (size_t)l->oh * l->ow * nb;
+            grid = (size_t)l->oh * l->ow;
             if (l->out_size * nb > s_out) s_out = l->out_size * nb;
-            if (l->ic * kk * grid > s_cols) s_cols = l->ic * kk * grid;
+            cols = l->ic * kk * grid * (size_t)dg__cols_chunk(max_batch, l->ic * kk, grid);
         } else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D) {
-            grid = (size_t)l->ih * l->iw * nb;
+            grid = (size_t)l->ih * l->iw;
             if (l->in_size * nb > s_out) s_out = l->in_size * nb;
-            if (l->oc * kk * grid > s_cols) s_cols = l->oc * kk * grid;
+            cols = l->oc * kk * grid * (size_t)dg__cols_chunk(max_batch, l->oc * kk, grid);
+        } else {
+            continue;
         }
+        if (cols > s_cols) s_cols = cols;
     }
     net->params = dg__net_buf(net, net->n_params + 1, sizeof(float));
     net->grads = dg__net_buf(net, net->n_params + 1, sizeof(float));
@@ -5820,14 +5864,11 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
         void *own = l; /* the buffer of the layer's own kind, where it has one */
-        if (l->d.type == DG_LAYER_RESHAPE) {
-            l->out = i ? net->layers[i - 1].out : net->input;
-            continue;
-        }
-        l->out = dg__net_buf(net, l->out_size * nb, sizeof(float));
-        if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-            own = l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
-        else if (l->d.type == DG_LAYER_BATCHNORM)
+        l->alias = l->d.type == DG_LAYER_RESHAPE || dg__in_place(net, i);
+        l->out = !l->alias ? dg__net_buf(net, l->out_size * nb, sizeof(float))
+                 : i       ? net->layers[i - 1].out
+                           : net->input;
+        if (l->d.type == DG_LAYER_BATCHNORM)
             own = l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
         else if (l->d.type == DG_LAYER_DROPOUT)
             own = l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
@@ -6001,7 +6042,7 @@ static void dg__act_task(void *arg, int task, int thread)
     const dg__act_job *j = (const dg__act_job *)arg;
     size_t i0 = (size_t)task * DG__CHUNK, n = j->n - i0 < DG__CHUNK ? j->n - i0 : DG__CHUNK, i;
     const float *a = j->a + i0, *b = j->b ? j->b + i0 : NULL;
-    float *out = j->out + i0, s = j->l->d.alpha;
+    float *out = j->out + i0, s = j->l->d.alpha, block[1024];
     int op = -1;
     (void)thread;
     switch (j->l->d.type) {
@@ -6021,7 +6062,18 @@ static void dg__act_task(void *arg, int task, int thread)
     default:
         break;
     }
-    if (op >= 0) dg__ew(j->isa, op, a, b, out, n, s, 0.0f, 0.0f);
+    if (op < 0) return;
+    if (a != out) {
+        dg__ew(j->isa, op, a, b, out, n, s, 0.0f, 0.0f);
+        return;
+    }
+    /* in place (dg__in_place): the kernels' operands are restrict, so the
+       input goes through a block on the stack */
+    for (i = 0; i < n; i += 1024) {
+        size_t m = n - i < 1024 ? n - i : 1024;
+        memcpy(block, a + i, sizeof(float) * m);
+        dg__ew(j->isa, op, block, b ? b + i : NULL, out + i, m, s, 0.0f, 0.0f);
+    }
 }
 
 /* forward: out = f(x); backward: out = f'(a) dy, a = y (leaky ReLU: x;
@@ -6310,6 +6362,23 @@ static float dg__sum(dg_pool *pool, const float *x, size_t n, size_t planes, siz
     return (float)sums[0];
 }
 
+/* dst = bias + col2im(W^T B) for the image g describes, a chunk of
+   samples at a time (dg__cols_chunk): W is k x (c kernel^2), B is k x
+   (samples x grid), one CNHW row every g->n grid lengths. */
+static void dg__gemm_col2im(dg_net *net, const dg__conv_geom *g, const float *w, int k,
+                            const float *b, const float *bias, float *dst)
+{
+    int taps = g->c * g->k * g->k, grid = g->gh * g->gw, n0;
+    int chunk = dg__cols_chunk(net->max_batch, (size_t)taps, (size_t)grid);
+    for (n0 = 0; n0 < g->n; n0 += chunk) {
+        dg__conv_geom part = *g;
+        part.n = g->n - n0 < chunk ? g->n - n0 : chunk;
+        dg_gemm(net->pool, 1, 0, taps, part.n * grid, k, 1.0f, w, taps, b + (size_t)n0 * grid,
+                g->n * grid, 0.0f, net->s_cols, part.n * grid);
+        dg__col2im(net->pool, &part, net->s_cols, bias, dst + (size_t)n0 * g->c * g->h * g->w);
+    }
+}
+
 static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
 {
     dg_pool *pool = net->pool;
@@ -6338,11 +6407,8 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     }
     case DG_LAYER_CONV_TRANSPOSE2D: {
         dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
-        int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
-        dg__reorder(pool, x, l->keep, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
-        dg_gemm(pool, 1, 0, kdim, grid, l->ic, 1.0f, w, kdim, l->keep, grid, 0.0f, net->s_cols,
-                grid);
-        dg__col2im(pool, &g, net->s_cols, bias, l->out);
+        dg__reorder(pool, x, net->s_out, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
+        dg__gemm_col2im(net, &g, w, l->ic, net->s_out, bias, l->out);
         break;
     }
     case DG_LAYER_BATCHNORM:
@@ -6392,10 +6458,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         else
 #endif
             dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
-        if (!dx) break;
-        dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
-                net->s_cols, grid);
-        dg__col2im(pool, &g, net->s_cols, NULL, dx);
+        if (dx) dg__gemm_col2im(net, &g, w, l->oc, net->s_out, NULL, dx);
         break;
     }
     case DG_LAYER_CONV_TRANSPOSE2D: {
@@ -6403,7 +6466,9 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
         size_t hw = (size_t)l->oh * l->ow;
         for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, dy + (size_t)c * hw, hw, (size_t)nb, hw * l->oc);
-        dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, l->keep, grid, &g, dy, 1.0f, dw, kdim);
+        /* the input in CNHW again: the forward's copy is gone with s_out */
+        dg__reorder(pool, x, net->s_out, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
+        dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, net->s_out, grid, &g, dy, 1.0f, dw, kdim);
         if (!dx) break;
         dg__gemm_cols(pool, 0, 0, l->ic, grid, kdim, w, kdim, &g, dy, 0.0f, net->s_out, grid);
         dg__reorder(pool, net->s_out, dx, nb, l->ic, (size_t)l->ih * l->iw, 0, NULL);
@@ -6419,7 +6484,8 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         break;
     default:
         /* the sign of the input, not of the output: a leaky slope may be
-           negative (for a positive one both give the same) */
+           negative (for a positive one both give the same, and in place,
+           dg__in_place, x is the output) */
         if (dx)
             dg__act(pool, l,
                     l->d.type == DG_LAYER_DROPOUT      ? l->aux
