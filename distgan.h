@@ -426,8 +426,18 @@ DGDEF double dg_net_flops(const dg_net *net, int backward);
    computed only when asked (input_grad != 0, i.e. dx not NULL).  This is
    the count that fractions of the machine's peak are taken of. */
 DGDEF double dg_net_train_flops(const dg_net *net, int input_grad);
-/* Bytes the plan allocated (parameters, gradients, activations, scratch). */
+/* Bytes the plan allocated (parameters, gradients, activations, scratch);
+   scratch shared with another net counts in both. */
 DGDEF size_t dg_net_memory(const dg_net *net);
+/* net gives up its scratch (the gradient buffers of backward, the
+   reorder and column buffers of the convolutions) and uses with's,
+   grown to fit both: for nets that never run at the same time, such as a
+   GAN's G and D in one trainer (about a quarter of a DCGAN's memory).
+   The gradient one's backward returns then stays valid until the next
+   backward of either (which may take it as its dy, as G does D's input
+   gradient); forwards leave it alone.  Planning either again undoes it;
+   the scratch is freed with the last net that uses it.  Both planned. */
+DGDEF dg_result dg_net_share_scratch(dg_net *net, dg_net *with);
 
 /* x: batch x (c*h*w) input (copied).  train != 0: batchnorm uses batch
    statistics and updates its running ones, dropout drops.  *y points into
@@ -5494,6 +5504,17 @@ typedef struct dg__layer {
     int32_t *idx;          /* max-pool: argmax of each output */
 } dg__layer;
 
+/* The scratch of a net's passes: the gradient ping-pong buffers (live
+   from a backward to the next backward, which may take the returned
+   gradient as its dy) and the buffers of one layer's pass (reorders,
+   columns).  Nets that never run at the same time can share one
+   (dg_net_share_scratch); it is freed with the last of them. */
+typedef struct dg__scratch {
+    float *buf[4]; /* g0, g1, s_out, s_cols */
+    size_t n[4];   /* their floats */
+    int refs;
+} dg__scratch;
+
 struct dg_net {
     int c, h, w;
     int n_layers, cap_layers;
@@ -5503,9 +5524,12 @@ struct dg_net {
     size_t n_params, n_state;
     float *params, *grads, *state;
     float *input;          /* copy of the last forward input */
+    /* sc's buffers, bound at every pass (a share may have grown them) */
     float *g0, *g1;        /* ping-pong gradient buffers */
     float *s_out;          /* conv: GEMM result or dy in CNHW; conv-T: its input in CNHW */
     float *s_cols;         /* columns of a chunk of samples (dg__cols_chunk) for col2im */
+    dg__scratch *sc;
+    size_t sc_need[4];     /* the floats of each that this net's plan needs */
     uint64_t seed, dropout_calls;
     size_t mem;
 };
@@ -5527,6 +5551,37 @@ DGDEF dg_result dg_net_create(dg_net **out, int c, int h, int w)
     return DG_OK;
 }
 
+static void dg__scratch_put(dg__scratch *sc)
+{
+    int i;
+    if (!sc || --sc->refs > 0) return;
+    for (i = 0; i < 4; i++) dg__free(sc->buf[i]);
+    dg__free(sc);
+}
+
+/* Grows sc's buffers to at least need[i] floats; 0 when out of memory. */
+static int dg__scratch_grow(dg__scratch *sc, const size_t *need)
+{
+    int i;
+    for (i = 0; i < 4; i++)
+        if (need[i] > sc->n[i]) {
+            float *b = (float *)dg__calloc(need[i], sizeof(float));
+            if (!b) return 0;
+            dg__free(sc->buf[i]);
+            sc->buf[i] = b;
+            sc->n[i] = need[i];
+        }
+    return 1;
+}
+
+static void dg__scratch_bind(dg_net *net)
+{
+    net->g0 = net->sc->buf[0];
+    net->g1 = net->sc->buf[1];
+    net->s_out = net->sc->buf[2];
+    net->s_cols = net->sc->buf[3];
+}
+
 static void dg__net_release(dg_net *net)
 {
     int i;
@@ -5542,10 +5597,8 @@ static void dg__net_release(dg_net *net)
     dg__free(net->grads);
     dg__free(net->state);
     dg__free(net->input);
-    dg__free(net->g0);
-    dg__free(net->g1);
-    dg__free(net->s_out);
-    dg__free(net->s_cols);
+    dg__scratch_put(net->sc);
+    net->sc = NULL;
     net->params = net->grads = net->state = net->input = NULL;
     net->g0 = net->g1 = net->s_out = net->s_cols = NULL;
     net->planned = 0;
@@ -5854,13 +5907,15 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
     net->grads = dg__net_buf(net, net->n_params + 1, sizeof(float));
     net->state = dg__net_buf(net, net->n_state + 1, sizeof(float));
     net->input = dg__net_buf(net, (size_t)net->c * net->h * net->w * nb, sizeof(float));
-    net->g0 = dg__net_buf(net, max_act * nb, sizeof(float));
-    net->g1 = dg__net_buf(net, max_act * nb, sizeof(float));
-    net->s_out = dg__net_buf(net, s_out + 1, sizeof(float));
-    net->s_cols = dg__net_buf(net, s_cols + 1, sizeof(float));
-    if (!net->params || !net->grads || !net->state || !net->input || !net->g0 || !net->g1 ||
-        !net->s_out || !net->s_cols)
+    net->sc_need[0] = net->sc_need[1] = max_act * nb;
+    net->sc_need[2] = s_out + 1;
+    net->sc_need[3] = s_cols + 1;
+    net->sc = (dg__scratch *)dg__calloc(1, sizeof *net->sc);
+    if (net->sc) net->sc->refs = 1;
+    if (!net->params || !net->grads || !net->state || !net->input || !net->sc ||
+        !dg__scratch_grow(net->sc, net->sc_need))
         goto nomem;
+    dg__scratch_bind(net);
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
         void *own = l; /* the buffer of the layer's own kind, where it has one */
@@ -5962,7 +6017,29 @@ DGDEF float *dg_net_params(dg_net *net) { return net ? net->params : NULL; }
 DGDEF float *dg_net_grads(dg_net *net) { return net ? net->grads : NULL; }
 DGDEF size_t dg_net_state_count(const dg_net *net) { return net ? net->n_state : 0; }
 DGDEF float *dg_net_state(dg_net *net) { return net ? net->state : NULL; }
-DGDEF size_t dg_net_memory(const dg_net *net) { return net ? net->mem : 0; }
+DGDEF size_t dg_net_memory(const dg_net *net)
+{
+    size_t bytes = net ? net->mem : 0;
+    int i;
+    for (i = 0; net && net->sc && i < 4; i++) bytes += net->sc->n[i] * sizeof(float);
+    return bytes;
+}
+
+DGDEF dg_result dg_net_share_scratch(dg_net *net, dg_net *with)
+{
+    if (!net || !with) return dg__fail(DG_ERR_ARG, "dg_net_share_scratch: NULL argument");
+    if (!net->planned || !with->planned)
+        return dg__fail(DG_ERR_STATE, "dg_net_share_scratch: plan both nets first");
+    if (net->sc == with->sc) return DG_OK;
+    if (!dg__scratch_grow(with->sc, net->sc_need))
+        return dg__fail(DG_ERR_NOMEM, "dg_net_share_scratch: no memory");
+    dg__scratch_put(net->sc);
+    net->sc = with->sc;
+    net->sc->refs++;
+    dg__scratch_bind(net);
+    dg__scratch_bind(with);
+    return DG_OK;
+}
 
 DGDEF void dg_net_zero_grad(dg_net *net)
 {
@@ -6508,6 +6585,7 @@ DGDEF dg_result dg_net_forward(dg_net *net, const float *x, int batch, int train
                         net->max_batch);
     net->batch = batch;
     net->train = train != 0;
+    dg__scratch_bind(net);
     memcpy(net->input, x, sizeof(float) * (size_t)net->c * net->h * net->w * (size_t)batch);
     in = net->input;
     for (i = 0; i < net->n_layers; i++) {
@@ -6525,6 +6603,7 @@ DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx)
     if (!net || !dy) return dg__fail(DG_ERR_ARG, "dg_net_backward: NULL argument");
     if (!net->planned || net->batch == 0)
         return dg__fail(DG_ERR_STATE, "dg_net_backward: no forward pass to go back through");
+    dg__scratch_bind(net);
     for (first = 0; first < net->n_layers - 1; first++)
         if (net->layers[first].d.type != DG_LAYER_RESHAPE) break;
     for (i = net->n_layers - 1; i >= 0; i--) {
