@@ -5833,13 +5833,12 @@ static float *dg__net_buf(dg_net *net, size_t count, size_t size)
 
 /* A convolution's columns (taps x samples x grid) are folded by col2im a
    chunk of samples at a time, so that the column buffer holds about
-   DG__COLS_FLOATS values rather than a whole batch's (and stays in cache
-   between the GEMM and col2im).  Each GEMM column is one fixed sum
+   DG__COLS_FLOATS values rather than a whole batch's.  Each GEMM column is one fixed sum
    whatever the number of columns, and col2im sums each sample's planes
    alone, so the chunks give the bits of one pass.  A 1 x 1 grid is never
    split: one sample's columns would be a matrix-vector product, which
    sums in another order. */
-#define DG__COLS_FLOATS 262144
+#define DG__COLS_FLOATS 524288 /* 2 MiB */
 
 /* samples per chunk, for columns of `taps` rows over `grid` positions per
    sample at batches up to max_batch */

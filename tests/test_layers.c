@@ -679,7 +679,7 @@ TEST(backward_without_dx)
     }
 }
 
-/* A big batch folds its columns a chunk of samples at a time (seven here);
+/* A big batch folds its columns a chunk of samples at a time (four here);
    each sample's output and input gradient must be the bits of that sample
    alone, through the same weights in one pass. */
 TEST(columns_in_chunks_match_one_pass)
