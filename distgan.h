@@ -426,8 +426,18 @@ DGDEF double dg_net_flops(const dg_net *net, int backward);
    computed only when asked (input_grad != 0, i.e. dx not NULL).  This is
    the count that fractions of the machine's peak are taken of. */
 DGDEF double dg_net_train_flops(const dg_net *net, int input_grad);
-/* Bytes the plan allocated (parameters, gradients, activations, scratch). */
+/* Bytes the plan allocated (parameters, gradients, activations, scratch);
+   scratch shared with another net counts in both. */
 DGDEF size_t dg_net_memory(const dg_net *net);
+/* net gives up its scratch (the gradient buffers of backward, the
+   reorder and column buffers of the convolutions) and uses with's,
+   grown to fit both: for nets that never run at the same time, such as a
+   GAN's G and D in one trainer (about a quarter of a DCGAN's memory).
+   The gradient one's backward returns then stays valid until the next
+   backward of either (which may take it as its dy, as G does D's input
+   gradient); forwards leave it alone.  Planning either again undoes it;
+   the scratch is freed with the last net that uses it.  Both planned. */
+DGDEF dg_result dg_net_share_scratch(dg_net *net, dg_net *with);
 
 /* x: batch x (c*h*w) input (copied).  train != 0: batchnorm uses batch
    statistics and updates its running ones, dropout drops.  *y points into
@@ -5509,11 +5519,22 @@ typedef struct dg__layer {
     size_t p_off, n_p;     /* parameters: weights then bias (gamma then beta) */
     size_t n_w;            /* the weights (gamma) among them */
     size_t s_off, n_s;     /* state: batchnorm running mean then variance */
-    float *out;            /* batch x out_size; reshape aliases its input */
-    float *keep;           /* conv-transpose: the input in CNHW, for the weight gradient */
+    float *out;            /* batch x out_size */
+    int alias;             /* out is the input's buffer: a reshape, an in-place activation */
     float *aux;            /* batchnorm: mean and 1/std; dropout: mask */
     int32_t *idx;          /* max-pool: argmax of each output */
 } dg__layer;
+
+/* The scratch of a net's passes: the gradient ping-pong buffers (live
+   from a backward to the next backward, which may take the returned
+   gradient as its dy) and the buffers of one layer's pass (reorders,
+   columns).  Nets that never run at the same time can share one
+   (dg_net_share_scratch); it is freed with the last of them. */
+typedef struct dg__scratch {
+    float *buf[4]; /* g0, g1, s_out, s_cols */
+    size_t n[4];   /* their floats */
+    int refs;
+} dg__scratch;
 
 struct dg_net {
     int c, h, w;
@@ -5524,9 +5545,12 @@ struct dg_net {
     size_t n_params, n_state;
     float *params, *grads, *state;
     float *input;          /* copy of the last forward input */
+    /* sc's buffers, bound at every pass (a share may have grown them) */
     float *g0, *g1;        /* ping-pong gradient buffers */
-    float *s_out;          /* conv: GEMM result in CNHW */
-    float *s_cols;         /* conv: column gradients; conv-T: columns */
+    float *s_out;          /* conv: GEMM result or dy in CNHW; conv-T: its input in CNHW */
+    float *s_cols;         /* columns of a chunk of samples (dg__cols_chunk) for col2im */
+    dg__scratch *sc;
+    size_t sc_need[4];     /* the floats of each that this net's plan needs */
     uint64_t seed, dropout_calls;
     size_t mem;
 };
@@ -5548,26 +5572,54 @@ DGDEF dg_result dg_net_create(dg_net **out, int c, int h, int w)
     return DG_OK;
 }
 
+static void dg__scratch_put(dg__scratch *sc)
+{
+    int i;
+    if (!sc || --sc->refs > 0) return;
+    for (i = 0; i < 4; i++) dg__free(sc->buf[i]);
+    dg__free(sc);
+}
+
+/* Grows sc's buffers to at least need[i] floats; 0 when out of memory. */
+static int dg__scratch_grow(dg__scratch *sc, const size_t *need)
+{
+    int i;
+    for (i = 0; i < 4; i++)
+        if (need[i] > sc->n[i]) {
+            float *b = (float *)dg__calloc(need[i], sizeof(float));
+            if (!b) return 0;
+            dg__free(sc->buf[i]);
+            sc->buf[i] = b;
+            sc->n[i] = need[i];
+        }
+    return 1;
+}
+
+static void dg__scratch_bind(dg_net *net)
+{
+    net->g0 = net->sc->buf[0];
+    net->g1 = net->sc->buf[1];
+    net->s_out = net->sc->buf[2];
+    net->s_cols = net->sc->buf[3];
+}
+
 static void dg__net_release(dg_net *net)
 {
     int i;
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
-        if (l->d.type != DG_LAYER_RESHAPE) dg__free(l->out);
-        dg__free(l->keep);
+        if (!l->alias) dg__free(l->out);
         dg__free(l->aux);
         dg__free(l->idx);
-        l->out = l->keep = l->aux = NULL;
+        l->out = l->aux = NULL;
         l->idx = NULL;
     }
     dg__free(net->params);
     dg__free(net->grads);
     dg__free(net->state);
     dg__free(net->input);
-    dg__free(net->g0);
-    dg__free(net->g1);
-    dg__free(net->s_out);
-    dg__free(net->s_cols);
+    dg__scratch_put(net->sc);
+    net->sc = NULL;
     net->params = net->grads = net->state = net->input = NULL;
     net->g0 = net->g1 = net->s_out = net->s_cols = NULL;
     net->planned = 0;
@@ -5800,9 +5852,50 @@ static float *dg__net_buf(dg_net *net, size_t count, size_t size)
     return (float *)p;
 }
 
+/* A convolution's columns (taps x samples x grid) are folded by col2im a
+   chunk of samples at a time, so that the column buffer holds about
+   DG__COLS_FLOATS values rather than a whole batch's.  Each GEMM column is one fixed sum
+   whatever the number of columns, and col2im sums each sample's planes
+   alone, so the chunks give the bits of one pass.  A 1 x 1 grid is never
+   split: one sample's columns would be a matrix-vector product, which
+   sums in another order. */
+#define DG__COLS_FLOATS 524288 /* 2 MiB */
+
+/* samples per chunk, for columns of `taps` rows over `grid` positions per
+   sample at batches up to max_batch */
+static int dg__cols_chunk(int max_batch, size_t taps, size_t grid)
+{
+    size_t fit = DG__COLS_FLOATS / (taps * grid);
+    int chunks;
+    if (grid == 1) return max_batch;
+    if (fit < 1) fit = 1;
+    chunks = (int)(((size_t)max_batch + fit - 1) / fit);
+    return (max_batch + chunks - 1) / chunks;
+}
+
+/* An activation (or dropout) overwrites its input when the layer that
+   made it never reads its own output again: the activations read theirs
+   in backward, every other layer reads its input, aux or idx.  A leaky
+   ReLU then tells the sign from its output, the same test for a positive
+   slope (x > 0 iff slope x > 0, -0 and underflows included). */
+static int dg__in_place(const dg_net *net, int i)
+{
+    const dg__layer *l = &net->layers[i];
+    dg_layer_type t = l->d.type;
+    if (t != DG_LAYER_RELU && t != DG_LAYER_TANH && t != DG_LAYER_SIGMOID &&
+        t != DG_LAYER_DROPOUT && !(t == DG_LAYER_LEAKY_RELU && l->d.alpha > 0.0f))
+        return 0;
+    do i--;
+    while (i >= 0 && net->layers[i].d.type == DG_LAYER_RESHAPE);
+    if (i < 0) return 0; /* the net's input copy */
+    t = net->layers[i].d.type;
+    return t != DG_LAYER_RELU && t != DG_LAYER_LEAKY_RELU && t != DG_LAYER_TANH &&
+           t != DG_LAYER_SIGMOID;
+}
+
 DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
 {
-    size_t nb, max_act, s_out = 0, s_cols = 0;
+    size_t nb, max_act, s_out = 0, s_cols = 0, cols;
     int i;
     if (!net || !pool) return dg__fail(DG_ERR_ARG, "dg_net_plan: NULL argument");
     if (max_batch <= 0 || max_batch > (1 << 20))
@@ -5818,37 +5911,39 @@ DGDEF dg_result dg_net_plan(dg_net *net, dg_pool *pool, int max_batch)
         size_t kk = (size_t)l->d.kernel * l->d.kernel, grid;
         if (l->out_size > max_act) max_act = l->out_size;
         if (l->d.type == DG_LAYER_CONV2D) {
-            grid = (size_t)l->oh * l->ow * nb;
+            grid = (size_t)l->oh * l->ow;
             if (l->out_size * nb > s_out) s_out = l->out_size * nb;
-            if (l->ic * kk * grid > s_cols) s_cols = l->ic * kk * grid;
+            cols = l->ic * kk * grid * (size_t)dg__cols_chunk(max_batch, l->ic * kk, grid);
         } else if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D) {
-            grid = (size_t)l->ih * l->iw * nb;
+            grid = (size_t)l->ih * l->iw;
             if (l->in_size * nb > s_out) s_out = l->in_size * nb;
-            if (l->oc * kk * grid > s_cols) s_cols = l->oc * kk * grid;
+            cols = l->oc * kk * grid * (size_t)dg__cols_chunk(max_batch, l->oc * kk, grid);
+        } else {
+            continue;
         }
+        if (cols > s_cols) s_cols = cols;
     }
     net->params = dg__net_buf(net, net->n_params + 1, sizeof(float));
     net->grads = dg__net_buf(net, net->n_params + 1, sizeof(float));
     net->state = dg__net_buf(net, net->n_state + 1, sizeof(float));
     net->input = dg__net_buf(net, (size_t)net->c * net->h * net->w * nb, sizeof(float));
-    net->g0 = dg__net_buf(net, max_act * nb, sizeof(float));
-    net->g1 = dg__net_buf(net, max_act * nb, sizeof(float));
-    net->s_out = dg__net_buf(net, s_out + 1, sizeof(float));
-    net->s_cols = dg__net_buf(net, s_cols + 1, sizeof(float));
-    if (!net->params || !net->grads || !net->state || !net->input || !net->g0 || !net->g1 ||
-        !net->s_out || !net->s_cols)
+    net->sc_need[0] = net->sc_need[1] = max_act * nb;
+    net->sc_need[2] = s_out + 1;
+    net->sc_need[3] = s_cols + 1;
+    net->sc = (dg__scratch *)dg__calloc(1, sizeof *net->sc);
+    if (net->sc) net->sc->refs = 1;
+    if (!net->params || !net->grads || !net->state || !net->input || !net->sc ||
+        !dg__scratch_grow(net->sc, net->sc_need))
         goto nomem;
+    dg__scratch_bind(net);
     for (i = 0; i < net->n_layers; i++) {
         dg__layer *l = &net->layers[i];
         void *own = l; /* the buffer of the layer's own kind, where it has one */
-        if (l->d.type == DG_LAYER_RESHAPE) {
-            l->out = i ? net->layers[i - 1].out : net->input;
-            continue;
-        }
-        l->out = dg__net_buf(net, l->out_size * nb, sizeof(float));
-        if (l->d.type == DG_LAYER_CONV_TRANSPOSE2D)
-            own = l->keep = dg__net_buf(net, l->in_size * nb, sizeof(float));
-        else if (l->d.type == DG_LAYER_BATCHNORM)
+        l->alias = l->d.type == DG_LAYER_RESHAPE || dg__in_place(net, i);
+        l->out = !l->alias ? dg__net_buf(net, l->out_size * nb, sizeof(float))
+                 : i       ? net->layers[i - 1].out
+                           : net->input;
+        if (l->d.type == DG_LAYER_BATCHNORM)
             own = l->aux = dg__net_buf(net, 2 * (size_t)l->ic, sizeof(float));
         else if (l->d.type == DG_LAYER_DROPOUT)
             own = l->aux = dg__net_buf(net, l->out_size * nb, sizeof(float));
@@ -5942,7 +6037,29 @@ DGDEF float *dg_net_params(dg_net *net) { return net ? net->params : NULL; }
 DGDEF float *dg_net_grads(dg_net *net) { return net ? net->grads : NULL; }
 DGDEF size_t dg_net_state_count(const dg_net *net) { return net ? net->n_state : 0; }
 DGDEF float *dg_net_state(dg_net *net) { return net ? net->state : NULL; }
-DGDEF size_t dg_net_memory(const dg_net *net) { return net ? net->mem : 0; }
+DGDEF size_t dg_net_memory(const dg_net *net)
+{
+    size_t bytes = net ? net->mem : 0;
+    int i;
+    for (i = 0; net && net->sc && i < 4; i++) bytes += net->sc->n[i] * sizeof(float);
+    return bytes;
+}
+
+DGDEF dg_result dg_net_share_scratch(dg_net *net, dg_net *with)
+{
+    if (!net || !with) return dg__fail(DG_ERR_ARG, "dg_net_share_scratch: NULL argument");
+    if (!net->planned || !with->planned)
+        return dg__fail(DG_ERR_STATE, "dg_net_share_scratch: plan both nets first");
+    if (net->sc == with->sc) return DG_OK;
+    if (!dg__scratch_grow(with->sc, net->sc_need))
+        return dg__fail(DG_ERR_NOMEM, "dg_net_share_scratch: no memory");
+    dg__scratch_put(net->sc);
+    net->sc = with->sc;
+    net->sc->refs++;
+    dg__scratch_bind(net);
+    dg__scratch_bind(with);
+    return DG_OK;
+}
 
 DGDEF void dg_net_zero_grad(dg_net *net)
 {
@@ -6022,7 +6139,7 @@ static void dg__act_task(void *arg, int task, int thread)
     const dg__act_job *j = (const dg__act_job *)arg;
     size_t i0 = (size_t)task * DG__CHUNK, n = j->n - i0 < DG__CHUNK ? j->n - i0 : DG__CHUNK, i;
     const float *a = j->a + i0, *b = j->b ? j->b + i0 : NULL;
-    float *out = j->out + i0, s = j->l->d.alpha;
+    float *out = j->out + i0, s = j->l->d.alpha, block[1024];
     int op = -1;
     (void)thread;
     switch (j->l->d.type) {
@@ -6042,7 +6159,18 @@ static void dg__act_task(void *arg, int task, int thread)
     default:
         break;
     }
-    if (op >= 0) dg__ew(j->isa, op, a, b, out, n, s, 0.0f, 0.0f);
+    if (op < 0) return;
+    if (a != out) {
+        dg__ew(j->isa, op, a, b, out, n, s, 0.0f, 0.0f);
+        return;
+    }
+    /* in place (dg__in_place): the kernels' operands are restrict, so the
+       input goes through a block on the stack */
+    for (i = 0; i < n; i += 1024) {
+        size_t m = n - i < 1024 ? n - i : 1024;
+        memcpy(block, a + i, sizeof(float) * m);
+        dg__ew(j->isa, op, block, b ? b + i : NULL, out + i, m, s, 0.0f, 0.0f);
+    }
 }
 
 /* forward: out = f(x); backward: out = f'(a) dy, a = y (leaky ReLU: x;
@@ -6331,6 +6459,23 @@ static float dg__sum(dg_pool *pool, const float *x, size_t n, size_t planes, siz
     return (float)sums[0];
 }
 
+/* dst = bias + col2im(W^T B) for the image g describes, a chunk of
+   samples at a time (dg__cols_chunk): W is k x (c kernel^2), B is k x
+   (samples x grid), one CNHW row every g->n grid lengths. */
+static void dg__gemm_col2im(dg_net *net, const dg__conv_geom *g, const float *w, int k,
+                            const float *b, const float *bias, float *dst)
+{
+    int taps = g->c * g->k * g->k, grid = g->gh * g->gw, n0;
+    int chunk = dg__cols_chunk(net->max_batch, (size_t)taps, (size_t)grid);
+    for (n0 = 0; n0 < g->n; n0 += chunk) {
+        dg__conv_geom part = *g;
+        part.n = g->n - n0 < chunk ? g->n - n0 : chunk;
+        dg_gemm(net->pool, 1, 0, taps, part.n * grid, k, 1.0f, w, taps, b + (size_t)n0 * grid,
+                g->n * grid, 0.0f, net->s_cols, part.n * grid);
+        dg__col2im(net->pool, &part, net->s_cols, bias, dst + (size_t)n0 * g->c * g->h * g->w);
+    }
+}
+
 static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
 {
     dg_pool *pool = net->pool;
@@ -6359,11 +6504,8 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     }
     case DG_LAYER_CONV_TRANSPOSE2D: {
         dg__conv_geom g = {nb, l->oc, l->oh, l->ow, k, l->d.stride, l->d.pad, l->ih, l->iw};
-        int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
-        dg__reorder(pool, x, l->keep, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
-        dg_gemm(pool, 1, 0, kdim, grid, l->ic, 1.0f, w, kdim, l->keep, grid, 0.0f, net->s_cols,
-                grid);
-        dg__col2im(pool, &g, net->s_cols, bias, l->out);
+        dg__reorder(pool, x, net->s_out, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
+        dg__gemm_col2im(net, &g, w, l->ic, net->s_out, bias, l->out);
         break;
     }
     case DG_LAYER_BATCHNORM:
@@ -6413,10 +6555,7 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         else
 #endif
             dg__gemm_cols(pool, 0, 1, l->oc, kdim, grid, net->s_out, grid, &g, x, 1.0f, dw, kdim);
-        if (!dx) break;
-        dg_gemm(pool, 1, 0, kdim, grid, l->oc, 1.0f, w, kdim, net->s_out, grid, 0.0f,
-                net->s_cols, grid);
-        dg__col2im(pool, &g, net->s_cols, NULL, dx);
+        if (dx) dg__gemm_col2im(net, &g, w, l->oc, net->s_out, NULL, dx);
         break;
     }
     case DG_LAYER_CONV_TRANSPOSE2D: {
@@ -6424,7 +6563,9 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         int grid = nb * l->ih * l->iw, kdim = l->oc * k * k;
         size_t hw = (size_t)l->oh * l->ow;
         for (c = 0; c < l->oc && db; c++) db[c] += dg__sum(pool, dy + (size_t)c * hw, hw, (size_t)nb, hw * l->oc);
-        dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, l->keep, grid, &g, dy, 1.0f, dw, kdim);
+        /* the input in CNHW again: the forward's copy is gone with s_out */
+        dg__reorder(pool, x, net->s_out, nb, l->ic, (size_t)l->ih * l->iw, 1, NULL);
+        dg__gemm_cols(pool, 0, 1, l->ic, kdim, grid, net->s_out, grid, &g, dy, 1.0f, dw, kdim);
         if (!dx) break;
         dg__gemm_cols(pool, 0, 0, l->ic, grid, kdim, w, kdim, &g, dy, 0.0f, net->s_out, grid);
         dg__reorder(pool, net->s_out, dx, nb, l->ic, (size_t)l->ih * l->iw, 0, NULL);
@@ -6440,7 +6581,8 @@ static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const 
         break;
     default:
         /* the sign of the input, not of the output: a leaky slope may be
-           negative (for a positive one both give the same) */
+           negative (for a positive one both give the same, and in place,
+           dg__in_place, x is the output) */
         if (dx)
             dg__act(pool, l,
                     l->d.type == DG_LAYER_DROPOUT      ? l->aux
@@ -6463,6 +6605,7 @@ DGDEF dg_result dg_net_forward(dg_net *net, const float *x, int batch, int train
                         net->max_batch);
     net->batch = batch;
     net->train = train != 0;
+    dg__scratch_bind(net);
     memcpy(net->input, x, sizeof(float) * (size_t)net->c * net->h * net->w * (size_t)batch);
     in = net->input;
     for (i = 0; i < net->n_layers; i++) {
@@ -6480,6 +6623,7 @@ DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx)
     if (!net || !dy) return dg__fail(DG_ERR_ARG, "dg_net_backward: NULL argument");
     if (!net->planned || net->batch == 0)
         return dg__fail(DG_ERR_STATE, "dg_net_backward: no forward pass to go back through");
+    dg__scratch_bind(net);
     for (first = 0; first < net->n_layers - 1; first++)
         if (net->layers[first].d.type != DG_LAYER_RESHAPE) break;
     for (i = net->n_layers - 1; i >= 0; i--) {

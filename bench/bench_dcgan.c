@@ -38,7 +38,9 @@ static int build(dcgan *m, int threads)
         return 1;
     m->g = g;
     m->d = d;
-    if (dg_optim_adam(&m->og, dg_net_param_count(g), 2e-4f, 0.5f, 0.999f, 1e-8f) ||
+    /* G and D run one after the other: one scratch */
+    if (dg_net_share_scratch(g, d) ||
+        dg_optim_adam(&m->og, dg_net_param_count(g), 2e-4f, 0.5f, 0.999f, 1e-8f) ||
         dg_optim_adam(&m->od, dg_net_param_count(d), 2e-4f, 0.5f, 0.999f, 1e-8f))
         return 1;
     m->rng = dg_rng_make(1, 2, 3);

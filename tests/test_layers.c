@@ -679,6 +679,121 @@ TEST(backward_without_dx)
     }
 }
 
+/* A big batch folds its columns a chunk of samples at a time (four here);
+   each sample's output and input gradient must be the bits of that sample
+   alone, through the same weights in one pass. */
+TEST(columns_in_chunks_match_one_pass)
+{
+    enum { B = 64, IN = 32 * 7 * 7, OUT = 32 * 7 * 7 };
+    dg_net *big, *one;
+    const float *y, *dx;
+    float *x = make_input((size_t)B * IN, 21, 0), *dy = make_input((size_t)B * OUT, 22, 0);
+    float *yb = malloc((size_t)B * OUT * 4), *dxb = malloc((size_t)B * IN * 4);
+    int n, same_y = 1, same_dx = 1;
+    dg_net *nets[2];
+    for (n = 0; n < 2; n++) {
+        CHECK_OK(dg_net_create(&nets[n], 32, 7, 7));
+        CHECK_OK(dg_net_conv_transpose2d(nets[n], 32, 4, 2, 1, 0));
+        CHECK_OK(dg_net_relu(nets[n]));
+        CHECK_OK(dg_net_conv2d(nets[n], 32, 4, 2, 1));
+        CHECK_OK(dg_net_plan(nets[n], pool, n ? 1 : B));
+        CHECK_OK(dg_net_init(nets[n], 5, 0.0f));
+    }
+    big = nets[0];
+    one = nets[1];
+    CHECK_OK(dg_net_forward(big, x, B, 1, &y));
+    memcpy(yb, y, (size_t)B * OUT * 4);
+    CHECK_OK(dg_net_backward(big, dy, &dx));
+    memcpy(dxb, dx, (size_t)B * IN * 4);
+    for (n = 0; n < B; n++) {
+        CHECK_OK(dg_net_forward(one, x + (size_t)n * IN, 1, 1, &y));
+        same_y &= memcmp(y, yb + (size_t)n * OUT, OUT * 4) == 0;
+        CHECK_OK(dg_net_backward(one, dy + (size_t)n * OUT, &dx));
+        same_dx &= memcmp(dx, dxb + (size_t)n * IN, IN * 4) == 0;
+    }
+    CHECK(same_y);
+    CHECK(same_dx);
+    free(x);
+    free(dy);
+    free(yb);
+    free(dxb);
+    dg_net_free(big);
+    dg_net_free(one);
+}
+
+/* One GAN step (D on real and fake, G through D) on two pairs of nets, one
+   pair sharing its scratch: the same bits. */
+static void gan_step(dg_net *g, dg_net *d, const float *z, const float *real, int b)
+{
+    const float *y, *dx;
+    float dl[8];
+    int i;
+    dg_net_zero_grad(d);
+    dg_net_zero_grad(g);
+    dg_net_forward(g, z, b, 1, &y);
+    dg_net_forward(d, y, b, 1, &y);
+    for (i = 0; i < b; i++) dl[i] = y[i];
+    dg_net_backward(d, dl, NULL);
+    dg_net_forward(d, real, b, 1, &y);
+    for (i = 0; i < b; i++) dl[i] = -y[i];
+    dg_net_backward(d, dl, &dx);
+    dg_net_forward(d, real, b, 1, &y); /* a forward leaves dx alone */
+    dg_net_backward(g, dx, NULL);
+}
+
+TEST(shared_scratch_same_bits)
+{
+    enum { B = 8 };
+    dg_net *g[2], *d[2];
+    float *z = make_input(B * 16, 31, 0), *real = make_input(B * 12 * 12, 32, 0);
+    int p, step;
+    for (p = 0; p < 2; p++) {
+        CHECK_OK(dg_net_create(&g[p], 16, 1, 1));
+        CHECK_OK(dg_net_linear(g[p], 8 * 3 * 3));
+        CHECK_OK(dg_net_batchnorm(g[p]));
+        CHECK_OK(dg_net_relu(g[p]));
+        CHECK_OK(dg_net_reshape(g[p], 8, 3, 3));
+        CHECK_OK(dg_net_conv_transpose2d(g[p], 4, 4, 2, 1, 0));
+        CHECK_OK(dg_net_relu(g[p]));
+        CHECK_OK(dg_net_conv_transpose2d(g[p], 1, 4, 2, 1, 0));
+        CHECK_OK(dg_net_tanh(g[p]));
+        CHECK_OK(dg_net_create(&d[p], 1, 12, 12));
+        CHECK_OK(dg_net_conv2d(d[p], 4, 4, 2, 1));
+        CHECK_OK(dg_net_leaky_relu(d[p], 0.2f));
+        CHECK_OK(dg_net_conv2d(d[p], 8, 4, 2, 1));
+        CHECK_OK(dg_net_leaky_relu(d[p], 0.2f));
+        CHECK_OK(dg_net_flatten(d[p]));
+        CHECK_OK(dg_net_linear(d[p], 1));
+        CHECK(dg_net_share_scratch(g[p], d[p]) == DG_ERR_STATE); /* not planned yet */
+        CHECK_OK(dg_net_plan(g[p], pool, B));
+        CHECK_OK(dg_net_plan(d[p], pool, B));
+        CHECK_OK(dg_net_init(g[p], 1, 0.02f));
+        CHECK_OK(dg_net_init(d[p], 2, 0.02f));
+    }
+    CHECK_OK(dg_net_share_scratch(g[1], d[1]));
+    CHECK_OK(dg_net_share_scratch(g[1], d[1])); /* already shared: nothing to do */
+    CHECK(dg_net_share_scratch(NULL, d[1]) == DG_ERR_ARG);
+    for (step = 0; step < 3; step++)
+        for (p = 0; p < 2; p++) {
+            size_t i;
+            gan_step(g[p], d[p], z, real, B);
+            /* a plain SGD step, so that the next one starts elsewhere */
+            for (i = 0; i < dg_net_param_count(g[p]); i++)
+                dg_net_params(g[p])[i] -= 0.1f * dg_net_grads(g[p])[i];
+            for (i = 0; i < dg_net_param_count(d[p]); i++)
+                dg_net_params(d[p])[i] -= 0.1f * dg_net_grads(d[p])[i];
+        }
+    CHECK(memcmp(dg_net_params(g[0]), dg_net_params(g[1]), 4 * dg_net_param_count(g[0])) == 0);
+    CHECK(memcmp(dg_net_params(d[0]), dg_net_params(d[1]), 4 * dg_net_param_count(d[0])) == 0);
+    CHECK(memcmp(dg_net_grads(g[0]), dg_net_grads(g[1]), 4 * dg_net_param_count(g[0])) == 0);
+    dg_net_free(d[1]); /* the scratch lives on with G (ASan checks) */
+    gan_step(g[1], d[0], z, real, B);
+    for (p = 0; p < 2; p++) dg_net_free(g[p]);
+    dg_net_free(d[0]);
+    free(z);
+    free(real);
+}
+
 /* ---- PyTorch-compatible options and the layer accessors ---- */
 
 TEST(grad_without_bias)
@@ -1014,6 +1129,8 @@ int main(void)
     RUN(layer_info);
     RUN(load_pytorch_layout);
     RUN(checkpoint_of_new_options);
+    RUN(columns_in_chunks_match_one_pass);
+    RUN(shared_scratch_same_bits);
     dg_pool_destroy(pool);
     return th_done();
 }
