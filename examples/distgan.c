@@ -25,6 +25,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -44,16 +45,16 @@ typedef struct options {
     int algo, arch, transport, role; /* indices into the choices of --algo, --arch,
                                         --transport, --role (0 server, 1 worker) */
     const char *dataset, *out, *classifier, *k_str, *crash_str, *join_str,
-        *attack_str, *role_str, *listen, *connect, *id_str, *secret_file, *slow_str;
+        *attack_str, *role_str, *id_str, *slow_str;
     int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
         clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
-        help, local_iters, log_every, ckpt_every, id, insecure, dead_ms, heartbeat_ms,
-        barrier_ms, version, staleness, tau_max, balanced;
+        help, local_iters, log_every, ckpt_every, id, barrier_ms, version, staleness, tau_max, balanced;
     double alpha, feedback_clip, deadline, fraction;
     const char *quorum_str; int quorum; /* --quorum: 1..N, checked against --workers */
     float lr;
     int64_t iters, eval_every;
     uint64_t seed, data_seed, max_message;
+    cli_tcp tcp; /* --listen, --connect, --secret-file, ... */
     dg_fault crash[MAX_FAULTS], join[MAX_FAULTS], slow[MAX_FAULTS]; /* slow: n@ms */
     dg_fault_spec attack[MAX_FAULTS];
     int n_crash, n_join, n_attack, n_slow;
@@ -350,14 +351,14 @@ static int parse(options *o, int argc, char **argv)
         {"--checkpoint-every", DG_OPT_INT, &o->ckpt_every, 0, 1000000000, NULL},
         {"--barrier-ms", DG_OPT_INT, &o->barrier_ms, 0, 86400000, NULL},
         {"--role", DG_OPT_STRING, &o->role_str, 0, 0, NULL},
-        {"--listen", DG_OPT_STRING, &o->listen, 0, 0, NULL},
-        {"--connect", DG_OPT_STRING, &o->connect, 0, 0, NULL},
+        {"--listen", DG_OPT_STRING, &o->tcp.listen, 0, 0, NULL},
+        {"--connect", DG_OPT_STRING, &o->tcp.connect, 0, 0, NULL},
         {"--id", DG_OPT_STRING, &o->id_str, 0, 0, NULL},
-        {"--secret-file", DG_OPT_STRING, &o->secret_file, 0, 0, NULL},
-        {"--insecure", DG_OPT_FLAG, &o->insecure, 0, 0, NULL},
+        {"--secret-file", DG_OPT_STRING, &o->tcp.secret_file, 0, 0, NULL},
+        {"--insecure", DG_OPT_FLAG, &o->tcp.insecure, 0, 0, NULL},
         {"--max-message", DG_OPT_U64, &o->max_message, 0, 0, NULL},
-        {"--dead-ms", DG_OPT_INT, &o->dead_ms, 0, 86400000, NULL},
-        {"--heartbeat-ms", DG_OPT_INT, &o->heartbeat_ms, 0, 86400000, NULL},
+        {"--dead-ms", DG_OPT_INT, &o->tcp.dead_ms, 0, 86400000, NULL},
+        {"--heartbeat-ms", DG_OPT_INT, &o->tcp.heartbeat_ms, 0, 86400000, NULL},
         {"--protocol-version", DG_OPT_INT, &o->version, 0, 65535, NULL},
         {"--help", DG_OPT_FLAG, &o->help, 0, 0, NULL},
     };
@@ -381,14 +382,9 @@ static int parse(options *o, int argc, char **argv)
     o->seed = 1;
     o->data_seed = 1;
     o->tau_max = -1;
-    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
-        fprintf(stderr, "distgan: %s\n", dg_last_error());
+    if (cli_parse("distgan", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1, &o->help,
+                  usage))
         return 1;
-    }
-    if (o->help) {
-        usage(stdout);
-        exit(0);
-    }
     if (o->transport == T_TCP) {
         if (!o->role_str || (strcmp(o->role_str, "server") && strcmp(o->role_str, "worker"))) {
             fprintf(stderr, "distgan: --transport tcp needs --role server or --role worker%s%s%s\n",
@@ -427,7 +423,7 @@ static int parse(options *o, int argc, char **argv)
                 transport_names[o->transport]);
         return 1;
     }
-    if (o->transport == T_TCP && (o->role ? !o->connect || !o->id_str : !o->listen)) {
+    if (o->transport == T_TCP && (o->role ? !o->tcp.connect || !o->id_str : !o->tcp.listen)) {
         fprintf(stderr, "distgan: a tcp %s needs %s\n", o->role ? "worker" : "server",
                 o->role ? "--connect HOST:PORT and --id n" : "--listen HOST:PORT");
         return 1;
@@ -503,14 +499,6 @@ static void print_log(void *user, const char *line)
     (void)user;
     printf("  [event] %s\n", line);
     fflush(stdout);
-}
-
-/* the events of a process of a distributed run, on stderr: "[worker 2  3.21s] ..." */
-static double t_start;
-static void log_line(void *user, const char *line)
-{
-    fprintf(stderr, "[%s %7.2fs] %s\n", (const char *)user, dg_clock_seconds() - t_start, line);
-    fflush(stderr);
 }
 
 static dg_result write_file(const char *path, const void *buf, size_t n)
@@ -882,9 +870,9 @@ static int run_process(const options *o, int self, dg_transport *t, dg_pool *poo
     if ((r = dg_checkpoint_path(ckpt, sizeof ckpt, o->out, !md, self))) return fail("checkpoint", r);
     d.checkpoint = o->no_checkpoint ? NULL : ckpt;
     d.resume = o->resume;
-    d.log = log_line;
+    d.log = cli_log_line;
     d.log_user = (void *)who;
-    d.peer_timeout_ms = o->dead_ms;
+    d.peer_timeout_ms = o->tcp.dead_ms;
     if (self == 0) {
         d.iterations = md ? o->iters : (o->iters + out->per_round - 1) / out->per_round;
         d.checkpoint_every = o->ckpt_every;
@@ -924,46 +912,16 @@ static int slow_down(dg_transport **t, int id, int64_t ms)
 static int open_tcp(const options *o, const dg_dataset *train, const dg_mdgan_config *mc,
                     const dg_flgan_config *fc, dg_transport **t, const char *who)
 {
-    unsigned char *secret = NULL;
-    size_t secret_len = 0;
     char extra[256];
     dg_tcp_config tc = dg_tcp_config_init();
-    dg_result r;
-    if (o->secret_file && (r = dg_tcp_read_secret(o->secret_file, &secret, &secret_len)) != DG_OK) {
-        fprintf(stderr, "distgan: %s\n", dg_last_error());
-        return 1;
-    }
     snprintf(extra, sizeof extra, "data %s n=%zu", o->dataset, train->n);
     if (o->algo == ALGO_MDGAN) dg_tcp_mdgan_config_hash(mc, extra, tc.config_hash);
     else dg_tcp_flgan_config_hash(fc, extra, tc.config_hash);
     tc.n_peers = o->workers + 1;
     tc.self = o->role ? o->id : 0;
-    tc.listen = o->listen;
-    tc.connect = o->connect;
-    tc.secret = secret;
-    tc.secret_len = secret_len;
-    tc.allow_insecure = o->insecure;
     tc.max_message = o->max_message;
-    tc.dead_ms = o->dead_ms;
-    tc.heartbeat_ms = o->heartbeat_ms;
     tc.protocol_version = (uint16_t)o->version;
-    tc.log = log_line;
-    tc.log_user = (void *)who;
-    /* a worker started before its server, or refused while it is full,
-       keeps dialling for 30 s */
-    tc.retry_ms = 30000;
-    r = o->role ? dg_tcp_worker_create(t, &tc) : dg_tcp_server_create(t, &tc);
-    if (secret) memset(secret, 0, secret_len); /* the transport keeps its own key */
-    dg_tcp_free(secret);
-    if (r != DG_OK) {
-        fprintf(stderr, "distgan %s: %s: %s\n", who, dg_result_str(r), dg_last_error());
-        return 1;
-    }
-    if (!o->role) {
-        printf("server listening on port %u\n", (unsigned)dg_tcp_port(*t));
-        fflush(stdout);
-    }
-    return 0;
+    return cli_tcp_open("distgan", &o->tcp, &tc, who, "server", t);
 }
 #endif
 
@@ -1010,7 +968,7 @@ int main(int argc, char **argv)
     int n_classes, i, server, status = 0;
     const char *algo_name;
 
-    t_start = dg_clock_seconds();
+    cli_t_start = dg_clock_seconds();
     if (parse(&o, argc, argv)) return 2;
 #ifdef DISTGAN_MPI
     if (o.transport == T_MPI && (r = dg_mpi_init(&argc, &argv)) != DG_OK) return fail("mpi", r);
@@ -1050,7 +1008,7 @@ int main(int argc, char **argv)
     }
     mc = mdgan_config(&o, &train, &part, n_classes, out.slots);
     fc = flgan_config(&o, &train, n_classes);
-    mc.log = fc.log = o.transport == T_INPROC ? print_log : log_line;
+    mc.log = fc.log = o.transport == T_INPROC ? print_log : cli_log_line;
     mc.log_user = fc.log_user = who;
     if (o.algo == ALGO_FLGAN) out.per_round = flgan_per_round(&fc, &part);
 

@@ -13,6 +13,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -114,14 +115,8 @@ static int parse(options *o, int argc, char **argv)
     o->splits = 10;
     o->grid = 64;
     o->sizes = "500,10000";
-    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1)) {
-        fprintf(stderr, "gan: %s\n", dg_last_error());
+    if (cli_parse("gan", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1, &o->help, usage))
         return 1;
-    }
-    if (o->help) {
-        usage(stdout);
-        exit(0);
-    }
     o->gan.arch = (dg_arch)o->arch;
     if (parse_sizes(o, o->sizes)) {
         fprintf(stderr, "gan: --eval-samples: '%s' is not a list of up to %d integers in [2, 1000000]\n",

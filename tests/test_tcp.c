@@ -651,6 +651,12 @@ static int wait_for_line(const char *name, const char *a, const char *b, int ms)
         SPAWN_WORKERS(w, n, tag "w", addr, __VA_ARGS__);                                    \
     } while (0)
 
+/* a small run: n workers, 100 procedural shapes each, batches of 8 */
+#define SMALL_RUN(n) "--workers", #n, "--dataset", "shapes:" #n "00", "--batch", "8"
+/* fast fault detection: a peer silent for dead ms is dropped (heartbeats
+   every 300 ms); the feedback barrier waits barrier ms */
+#define FAULT_MS(dead, barrier) "--dead-ms", #dead, "--heartbeat-ms", "300", "--barrier-ms", #barrier
+
 /* "it     10/80 |": the start of the server's progress line at iteration it */
 static const char *it_is(int it, int of)
 {
@@ -783,8 +789,7 @@ TEST(worker_killed_and_rejoins)
     char addr[32];
     pid_t srv, w[3];
     if (!proc_begin(addr, sizeof addr)) return;
-#define COMMON "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "1500", \
-               "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
+#define COMMON SMALL_RUN(3), FAULT_MS(1500, 2000), "--swap-every", "5"
     START_RUN(srv, w, 3, "k", addr, ("--iters", "80", "--log-every", "1"), COMMON);
     CHECK(wait_for("ksrv.out", it_is(10, 80), 30000));
     CHECK(worker_restarts(&w[1], "ksrv", "| live 2/3 |", 15000,
@@ -800,8 +805,7 @@ TEST(server_killed_and_resumed)
     char addr[32];
     pid_t srv, w[2];
     if (!proc_begin(addr, sizeof addr)) return;
-#define COMMON2 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
-                "--heartbeat-ms", "300", "--barrier-ms", "3000", "--out", "run"
+#define COMMON2 SMALL_RUN(2), FAULT_MS(1500, 3000), "--out", "run"
     START_RUN(srv, w, 2, "r", addr,
               ("--iters", "60", "--checkpoint-every", "5", "--log-every", "1"), COMMON2);
     CHECK(wait_for("rsrv.out", it_is(12, 60), 30000));
@@ -828,15 +832,14 @@ TEST(refusals_and_sigterm)
     snprintf(ck, sizeof ck, "%s", tpath("term/server.ckpt"));
     if ((f = fopen(s1, "w"))) { fputs("open sesame\n", f); fclose(f); }
     if ((f = fopen(s2, "w"))) { fputs("open barley\n", f); fclose(f); }
-#define COMMON3 "--workers", "1", "--dataset", "shapes:100", "--batch", "8"
     srv = spawn("fsrv", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", s1,
-                             "--out", "term", "--log-every", "1", COMMON3));
+                             "--out", "term", "--log-every", "1", SMALL_RUN(1)));
     CHECK(wait_for("fsrv.out", "listening", 10000));
-    w = spawn("fw1", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s2, COMMON3));
+    w = spawn("fw1", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s2, SMALL_RUN(1)));
     CHECK(reap(w, 10000) == 1);
     CHECK(file_has("fw1.err", "authentication failed"));
     w = spawn("fw2", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
-                          "--protocol-version", "3", COMMON3));
+                          "--protocol-version", "3", SMALL_RUN(1)));
     CHECK(reap(w, 10000) == 1);
     CHECK(file_has("fw2.err", "protocol version 3"));
     w = spawn("fw3", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1,
@@ -844,7 +847,7 @@ TEST(refusals_and_sigterm)
     CHECK(reap(w, 10000) == 1);
     CHECK(file_has("fw3.err", "configuration mismatch"));
     /* the right one trains; SIGTERM: the server checkpoints and stops */
-    w = spawn("fw4", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1, COMMON3));
+    w = spawn("fw4", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", s1, SMALL_RUN(1)));
     CHECK(wait_for("fsrv.out", it_is(20, 100000), 20000));
     kill(srv, SIGTERM);
     CHECK(reap(srv, 10000) == 0);
@@ -1299,8 +1302,7 @@ TEST(worker_restarts_through_a_slot_flood)
     uint16_t port = free_port();
     if (!have_bin()) { CHECK(0); return; }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
-#define COMMON4 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "1500", \
-                "--heartbeat-ms", "300", "--barrier-ms", "2000", "--swap-every", "5"
+#define COMMON4 SMALL_RUN(2), FAULT_MS(1500, 2000), "--swap-every", "5"
     START_RUN(srv, w, 2, "o", addr, ("--iters", "150", "--log-every", "1"), COMMON4);
     CHECK(wait_for("osrv.out", it_is(5, 150), 30000));
     memset(&f, 0, sizeof f);
@@ -1358,14 +1360,13 @@ TEST(secret_empty_or_long)
     if ((f = fopen(f2, "w"))) { fprintf(f, "%s\n", longs); fclose(f); }
     if ((f = fopen(f3, "w"))) { fprintf(f, "%s\n", prefix); fclose(f); }
     snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)free_port());
-#define COMMON5 "--workers", "1", "--dataset", "shapes:100", "--batch", "8"
-    srv = spawn("es0", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f0, COMMON5));
+    srv = spawn("es0", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f0, SMALL_RUN(1)));
     CHECK(reap(srv, 5000) == 1 && file_has("es0.err", "empty.key is empty"));
-    srv = spawn("es1", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f1, COMMON5));
+    srv = spawn("es1", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f1, SMALL_RUN(1)));
     CHECK(reap(srv, 5000) == 1 && file_has("es1.err", "newline.key is empty"));
-    srv = spawn("ls", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f2, COMMON5));
+    srv = spawn("ls", ARGS("server", "--listen", addr, "--iters", "100000", "--secret-file", f2, SMALL_RUN(1)));
     CHECK(wait_for("ls.out", "listening", 10000));
-    wk = spawn("lw", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", f3, COMMON5));
+    wk = spawn("lw", ARGS("worker", "--connect", addr, "--id", "1", "--secret-file", f3, SMALL_RUN(1)));
     CHECK(reap(wk, 10000) == 1 && file_has("lw.err", "authentication failed"));
     kill(srv, SIGTERM);
     reap(srv, 10000);
@@ -1434,7 +1435,7 @@ TEST(workers_end_with_the_run)
     dg_pool_destroy(a.pool);
     dg_dataset_free(&a.ds);
     if (!proc_begin(addr, sizeof addr)) return;
-#define COMMON6 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--swap-every", "4"
+#define COMMON6 SMALL_RUN(3), "--swap-every", "4"
     START_RUN(srv, wk, 3, "e", addr, ("--iters", "30"), COMMON6);
     CHECK(reap_run(srv, 60000, wk, 3, 3000));
     if (th_cur_failed) { show("esrv.err"); show("ew1.err"); }
@@ -1443,20 +1444,31 @@ TEST(workers_end_with_the_run)
 /* ---- issue 10: faults of authenticated workers cost them, never the run ---- */
 
 /* This process as the last worker (id n_workers) of a build/distgan run of
-   n_workers on shapes:n_shapes with --batch 8, which the server accepts
-   only with the configuration hash build/distgan computes: mc comes in with
-   the flags the run sets beyond those (--swap-every, --E); ds, mc and
-   tc go out ready for dial_worker.  ds is the caller's to free. */
-static dg_result last_worker_config(int n_workers, int n_shapes, const char *addr,
-                                    const char *secret, dg_dataset *ds, dg_mdgan_config *mc,
-                                    dg_tcp_config *tc)
+   SMALL_RUN(n_workers), which the server accepts only with the
+   configuration hash build/distgan computes. */
+typedef struct insider {
+    dg_dataset ds;      /* the run's data */
+    dg_mdgan_config mc; /* comes in with the flags the run sets beyond
+                           SMALL_RUN (--swap-every, --E) */
+    dg_tcp_config tc;   /* goes out ready for dial_worker */
+    dg_transport *t;
+    size_t feedback;    /* the floats of one FEEDBACK */
+} insider;
+
+/* in->mc from dg_mdgan_config_init() and the run's flags; in->ds is the
+   caller's to free */
+static dg_result insider_config(insider *in, int n_workers, const char *addr, const char *secret)
 {
     char extra[64];
     dg_result r;
+    int n_shapes = 100 * n_workers;
+    dg_mdgan_config *mc = &in->mc;
+    dg_tcp_config *tc = &in->tc;
     *tc = dg_tcp_config_init();
-    memset(ds, 0, sizeof *ds);
-    if ((r = dg_dataset_make_shapes(ds, n_shapes, 1)) != DG_OK) return r;
-    mc->n_workers = n_workers; mc->c = ds->c; mc->h = ds->h; mc->w = ds->w;
+    in->t = NULL;
+    memset(&in->ds, 0, sizeof in->ds);
+    if ((r = dg_dataset_make_shapes(&in->ds, n_shapes, 1)) != DG_OK) return r;
+    mc->n_workers = n_workers; mc->c = in->ds.c; mc->h = in->ds.h; mc->w = in->ds.w;
     mc->arch = DG_ARCH_MLP; mc->batch = 8; mc->seed = 1;
     snprintf(extra, sizeof extra, "data shapes:%d n=%d", n_shapes, n_shapes);
     dg_tcp_mdgan_config_hash(mc, extra, tc->config_hash);
@@ -1466,7 +1478,20 @@ static dg_result last_worker_config(int n_workers, int n_shapes, const char *add
     tc->secret = secret;
     tc->secret_len = secret ? strlen(secret) : 0;
     tc->heartbeat_ms = 300;
+    in->feedback = (size_t)mc->batch * in->ds.c * in->ds.h * in->ds.w;
     return DG_OK;
+}
+
+/* A FEEDBACK from worker self for the iteration: n floats, each v. */
+static dg_result send_feedback(dg_transport *t, int self, int64_t iteration, size_t n, float v)
+{
+    dg_part_kind k = DG_PART_F32;
+    dg_msg *fb;
+    size_t i;
+    dg_result r = dg_msg_create(t, DG_MSG_FEEDBACK, self, 0, iteration, 1, &k, &n, &fb);
+    if (r != DG_OK) return r;
+    for (i = 0; i < n; i++) ((float *)fb->part[0].data)[i] = v;
+    return dg_transport_send(t, fb);
 }
 
 /* The worker's transport once the server takes it (it waits for the run's
@@ -1488,34 +1513,26 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
 {
     char addr[32], ck[512];
     pid_t srv, w[1];
-    dg_dataset ds;
-    dg_mdgan_config mc = dg_mdgan_config_init();
-    dg_tcp_config tc;
-    dg_transport *t = NULL;
+    insider in;
     dg_msg *m;
     int sent = 0;
     struct stat st;
     if (!proc_begin(addr, sizeof addr)) return;
     snprintf(ck, sizeof ck, "%s", tpath("bad/server.ckpt"));
-#define COMMON7 "--workers", "2", "--dataset", "shapes:200", "--batch", "8", "--dead-ms", "3000", \
-                "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5"
+#define COMMON7 SMALL_RUN(2), FAULT_MS(3000, 5000), "--swap-every", "5"
     START_RUN(srv, w, 1, "b", addr, ("--iters", "30", "--log-every", "1", "--out", "bad"), COMMON7);
-    mc.swap_every = 5;
-    CHECK_OK(last_worker_config(2, 200, addr, NULL, &ds, &mc, &tc));
-    t = dial_worker(&tc, 10000);
-    CHECK(t != NULL);
-    while (t && !sent && dg_transport_recv(t, 2, 10000, &m) == DG_OK) {
+    in.mc = dg_mdgan_config_init();
+    in.mc.swap_every = 5;
+    CHECK_OK(insider_config(&in, 2, addr, NULL));
+    in.t = dial_worker(&in.tc, 10000);
+    CHECK(in.t != NULL);
+    while (in.t && !sent && dg_transport_recv(in.t, 2, 10000, &m) == DG_OK) {
         if (m->type == DG_MSG_GEN_BATCHES) {
-            dg_part_kind k = DG_PART_F32;
             /* 7 floats short: 7 too many would not pass the transport's size limit */
-            size_t n = (size_t)mc.batch * ds.c * ds.h * ds.w - 7;
-            dg_msg *fb;
-            CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, 2, 0, m->iteration, 1, &k, &n, &fb));
-            memset(fb->part[0].data, 0, 4 * n);
-            CHECK_OK(dg_transport_send(t, fb));
+            CHECK_OK(send_feedback(in.t, 2, m->iteration, in.feedback - 7, 0.0f));
             sent = 1;
         }
-        dg_msg_free(t, m);
+        dg_msg_free(in.t, m);
     }
     CHECK(sent);
     CHECK(reap_run(srv, 60000, w, 1, 10000));
@@ -1526,8 +1543,8 @@ TEST(malformed_feedback_costs_the_connection_not_the_run)
     CHECK(stat("bad/g.f32", &st) == 0 && st.st_size > 0);
     CHECK(stat(ck, &st) == 0 && st.st_size > 0);
     if (th_cur_failed) { show("bsrv.out"); show("bsrv.err"); }
-    if (t) dg_transport_close(t);
-    dg_dataset_free(&ds);
+    if (in.t) dg_transport_close(in.t);
+    dg_dataset_free(&in.ds);
 }
 
 /* A worker whose connection closes in the middle of an iteration (it has
@@ -1539,37 +1556,29 @@ TEST(closed_worker_leaves_the_barrier_at_once)
 {
     char addr[32];
     pid_t srv, w[2];
-    dg_dataset ds;
-    dg_mdgan_config mc = dg_mdgan_config_init();
-    dg_tcp_config tc;
-    dg_transport *t = NULL;
+    insider in;
     dg_msg *m;
     int64_t t0 = 0, waited;
     if (!proc_begin(addr, sizeof addr)) return;
-#define COMMON8 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--dead-ms", "30000", \
-                "--heartbeat-ms", "300", "--barrier-ms", "30000", "--E", "0"
+#define COMMON8 SMALL_RUN(3), FAULT_MS(30000, 30000), "--E", "0"
     START_RUN(srv, w, 2, "d", addr, ("--iters", "30", "--log-every", "1"), COMMON8);
-    mc.local_epochs = 0; /* as build/distgan --E 0 (no swap) */
-    CHECK_OK(last_worker_config(3, 300, addr, NULL, &ds, &mc, &tc));
-    t = dial_worker(&tc, 10000);
-    CHECK(t != NULL);
-    while (t && dg_transport_recv(t, 3, 10000, &m) == DG_OK) {
+    in.mc = dg_mdgan_config_init();
+    in.mc.local_epochs = 0; /* as build/distgan --E 0 (no swap) */
+    CHECK_OK(insider_config(&in, 3, addr, NULL));
+    in.t = dial_worker(&in.tc, 10000);
+    CHECK(in.t != NULL);
+    while (in.t && dg_transport_recv(in.t, 3, 10000, &m) == DG_OK) {
         if (m->type == DG_MSG_GEN_BATCHES && m->iteration < 5) {
-            dg_part_kind k = DG_PART_F32;
-            size_t n = (size_t)mc.batch * ds.c * ds.h * ds.w;
-            dg_msg *fb;
-            CHECK_OK(dg_msg_create(t, DG_MSG_FEEDBACK, 3, 0, m->iteration, 1, &k, &n, &fb));
-            memset(fb->part[0].data, 0, 4 * n);
-            CHECK_OK(dg_transport_send(t, fb));
+            CHECK_OK(send_feedback(in.t, 3, m->iteration, in.feedback, 0.0f));
         } else if (m->type == DG_MSG_GEN_BATCHES) {
-            dg_msg_free(t, m);
+            dg_msg_free(in.t, m);
             break;
         }
-        dg_msg_free(t, m);
+        dg_msg_free(in.t, m);
     }
     CHECK(line_has("dsrv.out", it_is(5, 30), "| live 3/3 |"));
-    if (t) {
-        dg_transport_close(t);
+    if (in.t) {
+        dg_transport_close(in.t);
         t0 = dg__tcp_ms();
     }
     CHECK(wait_for_line("dsrv.out", it_is(6, 30), "| live 2/3 |", 40000));
@@ -1579,7 +1588,7 @@ TEST(closed_worker_leaves_the_barrier_at_once)
     CHECK(waited < 10000);
     CHECK(reap_run(srv, 60000, w, 2, 10000));
     if (th_cur_failed) { show("dsrv.out"); show("dsrv.err"); }
-    dg_dataset_free(&ds);
+    dg_dataset_free(&in.ds);
 }
 
 /* FL-GAN over TCP: a killed worker leaves at once, its restart rejoins at
@@ -1592,9 +1601,7 @@ static void flgan_rejoin(const char *codec)
     FILE *f;
     if (!proc_begin(addr, sizeof addr)) return;
     snprintf(ck, sizeof ck, "%s", tpath("fl/flgan_server.ckpt"));
-#define COMMON9 "--algo", "flgan", "--workers", "2", "--dataset", "shapes:200", "--batch", "8", \
-                "--local-iters", "2", "--dead-ms", "30000", "--heartbeat-ms", "300", \
-                "--barrier-ms", "30000", "--codec", (char *)codec
+#define COMMON9 "--algo", "flgan", SMALL_RUN(2), "--local-iters", "2", FAULT_MS(30000, 30000), "--codec", (char *)codec
     START_RUN(srv, w, 2, "l", addr,
               ("--iters", "100000", "--log-every", "1", "--out", "fl"), COMMON9);
     CHECK(wait_for("lsrv.out", it_is(2 * 5, 100000), 30000)); /* round 5 */
@@ -1637,8 +1644,7 @@ TEST(async_quorum_leaves_the_straggler_behind)
     size_t n = 0, i;
     int finite = 1;
     if (!proc_begin(addr, sizeof addr)) return;
-#define COMMON10 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--E", "0", \
-                 "--quorum", "2", "--slow", "1@20,2@20,3@400"
+#define COMMON10 SMALL_RUN(3), "--E", "0", "--quorum", "2", "--slow", "1@20,2@20,3@400"
     START_RUN(srv, w, 3, "a", addr, ("--iters", "40", "--log-every", "10", "--out", "as"), COMMON10);
     CHECK(reap_run(srv, 60000, w, 3, 10000));
     CHECK(file_has("asrv.out", it_is(40, 40)));
@@ -1662,7 +1668,7 @@ TEST(async_worker_killed)
     char addr[32];
     pid_t srv, w[3];
     if (!proc_begin(addr, sizeof addr)) return;
-#define COMMON11 "--workers", "3", "--dataset", "shapes:300", "--batch", "8", "--E", "0", \
+#define COMMON11 SMALL_RUN(3), "--E", "0", \
                  "--quorum", "2", "--deadline", "0.01", "--slow", "1@20,2@20,3@20", \
                  "--dead-ms", "1500", "--heartbeat-ms", "300"
     START_RUN(srv, w, 3, "b", addr, ("--iters", "60", "--log-every", "1"), COMMON11);
@@ -1702,16 +1708,10 @@ static int insider_feedback(dg_transport *t, size_t n, float v)
 {
     int64_t end = dg__tcp_ms() + 30000;
     while (dg_transport_connected(t, 0) && dg__tcp_ms() < end) {
-        dg_msg *m = NULL, *fb;
+        dg_msg *m = NULL;
         if (dg_transport_recv(t, 4, 200, &m) != DG_OK) continue;
-        if (m->type == DG_MSG_GEN_BATCHES && dg_transport_pending(t, 4) == 0) {
-            dg_part_kind k = DG_PART_F32;
-            size_t i;
-            if (dg_msg_create(t, DG_MSG_FEEDBACK, 4, 0, m->iteration, 1, &k, &n, &fb) == DG_OK) {
-                for (i = 0; i < n; i++) ((float *)fb->part[0].data)[i] = v;
-                dg_transport_send(t, fb);
-            }
-        }
+        if (m->type == DG_MSG_GEN_BATCHES && dg_transport_pending(t, 4) == 0)
+            send_feedback(t, 4, m->iteration, n, v);
         dg_msg_free(t, m);
     }
     return !dg_transport_connected(t, 0);
@@ -1757,15 +1757,12 @@ TEST(insiders_while_a_run_trains)
     char addr[32], secret_path[512];
     static const char secret[] = "insider-test-secret";
     pid_t srv, w[4];
-    dg_dataset ds;
-    dg_mdgan_config mc = dg_mdgan_config_init();
-    dg_tcp_config tc;
-    dg_transport *t;
+    insider in;
     unsigned char saved_hash[32];
     flood f;
     pthread_t th;
     long rss0, rss_max = 0;
-    size_t n = 0, i, bad = 0, fb;
+    size_t n = 0, i, bad = 0;
     float *g;
     int fd, flooding, j, sent_shape, sent_nan, huge_closed = 0;
     FILE *sf;
@@ -1777,31 +1774,30 @@ TEST(insiders_while_a_run_trains)
         fprintf(sf, "%s\n", secret);
         fclose(sf);
     }
-#define COMMON12 "--workers", "4", "--dataset", "shapes:400", "--batch", "8", "--dead-ms", "3000", \
-                 "--heartbeat-ms", "300", "--barrier-ms", "5000", "--swap-every", "5", \
+#define COMMON12 SMALL_RUN(4), FAULT_MS(3000, 5000), "--swap-every", "5", \
                  "--secret-file", secret_path
     START_RUN(srv, w + 1, 3, "i", addr,
               ("--iters", "400", "--log-every", "1", "--out", "insider"), COMMON12);
     /* the insider holds the secret and the run's configuration hash */
-    mc.swap_every = 5;
-    CHECK_OK(last_worker_config(4, 400, addr, secret, &ds, &mc, &tc));
-    fb = (size_t)mc.batch * ds.c * ds.h * ds.w;
-    t = dial_worker(&tc, 20000);               /* the server waits for all 4 at the start */
-    CHECK(t != NULL);
-    sent_shape = t && insider_feedback(t, fb - 7, 0.0f);
-    if (t) dg_transport_close(t);
+    in.mc = dg_mdgan_config_init();
+    in.mc.swap_every = 5;
+    CHECK_OK(insider_config(&in, 4, addr, secret));
+    in.t = dial_worker(&in.tc, 20000);         /* the server waits for all 4 at the start */
+    CHECK(in.t != NULL);
+    sent_shape = in.t && insider_feedback(in.t, in.feedback - 7, 0.0f);
+    if (in.t) dg_transport_close(in.t);
     CHECK(wait_for("isrv.out", it_is(3, 400), 60000));
     rss0 = proc_rss_kb(srv);                   /* the run in its steady state */
     memset(&f, 0, sizeof f);
     f.port = port;
     f.n = 80;
     flooding = pthread_create(&th, NULL, flood_main, &f) == 0;
-    t = dial_worker(&tc, 20000);               /* its slot frees when the server drops the last */
-    sent_nan = t && insider_feedback(t, fb, NAN);
-    if (t) dg_transport_close(t);
+    in.t = dial_worker(&in.tc, 20000);         /* its slot frees when the server drops the last */
+    sent_nan = in.t && insider_feedback(in.t, in.feedback, NAN);
+    if (in.t) dg_transport_close(in.t);
     rss_max = proc_rss_kb(srv) > rss_max ? proc_rss_kb(srv) : rss_max;
     memcpy(saved_hash, hash_a, 32);            /* raw_handshake speaks with hash_a */
-    memcpy(hash_a, tc.config_hash, 32);
+    memcpy(hash_a, in.tc.config_hash, 32);
     for (j = 0; j < 100 && (fd = raw_worker(port, 4, secret)) < 0; j++) dg__tcp_sleep_ms(100);
     memcpy(hash_a, saved_hash, 32);
     if (fd >= 0) {
@@ -1836,7 +1832,7 @@ TEST(insiders_while_a_run_trains)
     CHECK(bad == 0);
     free(g);
     if (th_cur_failed) { show("isrv.out"); show("isrv.err"); show("iw3b.err"); }
-    dg_dataset_free(&ds);
+    dg_dataset_free(&in.ds);
 }
 
 int main(void)

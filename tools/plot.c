@@ -12,6 +12,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
+#include "../examples/cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,9 +29,9 @@ typedef struct curve {
     int n, cap;
 } curve;
 
-static void usage(void)
+static void usage(FILE *f)
 {
-    printf("usage: plot FILE.csv [FILE.csv ...] --y COL --out OUT.png [options]\n"
+    fprintf(f,"usage: plot FILE.csv [FILE.csv ...] --y COL --out OUT.png [options]\n"
            "  --x COL              x column (default: the first)\n"
            "  --y COL              y column\n"
            "  --group COL          one curve per value of COL (default: one per file)\n"
@@ -163,14 +164,9 @@ int main(int argc, char **argv)
     };
     n_files = 0;
     while (1 + n_files < argc && strncmp(argv[1 + n_files], "--", 2)) n_files++;
-    if (dg_options_parse(table, (int)(sizeof table / sizeof table[0]), argc, argv, 1 + n_files)) {
-        fprintf(stderr, "plot: %s\n", dg_last_error());
+    if (cli_parse("plot", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1 + n_files,
+                  &help, usage))
         return 2;
-    }
-    if (help) {
-        usage();
-        return 0;
-    }
     if (!n_files || !ycol || !out) {
         fprintf(stderr, "plot: needs FILE.csv, --y COL and --out FILE.png (see --help)\n");
         return 2;
