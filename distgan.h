@@ -4592,6 +4592,8 @@ typedef struct dg__gemm {
     int i0, mc, p0, kc, j0, nc;
     int acc;            /* accumulate into C (else overwrite) */
     int pack_b;         /* this chunk packs B too (first row chunk) */
+    int fused;          /* the compute tasks pack their own column panels */
+    const dg_pool *pool; /* fused: whose thread scratch holds the panel */
     int a_panels, b_panels, tiles_m, tiles_n; /* panels, and tasks over them */
     float *pa, *pb;     /* packed A chunk and B panel */
 } dg__gemm;
@@ -4639,7 +4641,8 @@ static dg__cols_walk dg__cols_walk_at(const dg__conv_geom *g, int taps, size_t i
     return v;
 }
 
-static void dg__cols_walk_next(dg__cols_walk *v, int32_t *off, int32_t *y, int32_t *x)
+static DG__INLINE_ALWAYS void dg__cols_walk_next(dg__cols_walk *v, int32_t *off, int32_t *y,
+                                                   int32_t *x)
 {
     *y = v->mid * v->mul - v->pad;
     *x = v->lo * v->mul - v->pad;
@@ -4662,6 +4665,7 @@ typedef struct dg__cols_lanes {
     int32_t start[4];       /* the windows, relative like off */
     __mmask16 sel[4];       /* the lanes each window serves */
     int windows;            /* 0: too spread out, gather instead */
+    int contiguous;         /* lane r reads start[0] + r: one masked load */
 } dg__cols_lanes;
 
 __attribute__((target("avx512f"))) static void
@@ -4695,6 +4699,9 @@ dg__cols_lanes_init(dg__cols_lanes *l, dg__cols_walk *v, int n)
             }
         covered |= l->sel[l->windows];
     }
+    /* grid positions of a stride-1 convolution as wide as its image */
+    l->contiguous = l->windows == 1;
+    for (r = 0; r < n && r < 16; r++) l->contiguous &= off[r] == off[0] + r;
     l->off = _mm512_loadu_si512(off);
     l->y = _mm512_loadu_si512(y);
     l->x = _mm512_loadu_si512(x);
@@ -4703,7 +4710,7 @@ dg__cols_lanes_init(dg__cols_lanes *l, dg__cols_walk *v, int n)
 
 /* The sixteen values of one packed row: the row adds (so, sy, sx) to every
    lane; lanes outside the image read zero. */
-__attribute__((target("avx512f"))) static __m512
+__attribute__((target("avx512f"))) static DG__INLINE_ALWAYS __m512
 dg__cols_row(const dg__cols_lanes *l, const dg__conv_geom *g, const float *img, int32_t total,
              int32_t so, int32_t sy, int32_t sx)
 {
@@ -4713,6 +4720,7 @@ dg__cols_row(const dg__cols_lanes *l, const dg__conv_geom *g, const float *img, 
                                            _mm512_set1_epi32(g->w));
     __m512 v = _mm512_setzero_ps();
     int i;
+    if (l->contiguous) return _mm512_maskz_loadu_ps(in, img + l->start[0] + so);
     for (i = 0; i < l->windows; i++) {
         int32_t base = l->start[i] + so;
         if (base < 0 || base > total - 32) break; /* at the ends of the image */
@@ -4730,13 +4738,13 @@ dg__cols_row(const dg__cols_lanes *l, const dg__conv_geom *g, const float *img, 
    (taps when tb, else grid positions), the rows along its depth.  The image
    must have fewer than 2^31 values. */
 __attribute__((target("avx512f"))) static void dg__pack_cols_avx512(const dg__gemm *g, int q0,
-                                                                    int q1)
+                                                                    int q1, float *dst)
 {
     const dg__conv_geom *cg = g->bconv;
     int32_t total = (int32_t)((size_t)cg->n * cg->c * cg->h * cg->w);
     int q, p;
     for (q = q0; q < q1; q++) {
-        float *d = g->pb + (size_t)q * 32 * g->kc;
+        float *d = dst + (size_t)(q - q0) * 32 * g->kc;
         int j = g->j0 + q * 32, n = g->n - j < 32 ? g->n - j : 32;
         dg__cols_walk lanes = dg__cols_walk_at(cg, g->tb, (size_t)j);
         dg__cols_walk rows = dg__cols_walk_at(cg, !g->tb, (size_t)g->p0);
@@ -4753,21 +4761,21 @@ __attribute__((target("avx512f"))) static void dg__pack_cols_avx512(const dg__ge
 }
 #endif
 
-/* B panels q0..q1 when op(B) is a column matrix: B = cols (tb = 0: depth
-   runs over taps, width over grid positions) or B = cols^T (tb = 1: the
-   weight gradient, depth over grid positions). */
-static void dg__pack_cols(const dg__gemm *g, int q0, int q1)
+/* B panels q0..q1, into dst, when op(B) is a column matrix: B = cols
+   (tb = 0: depth runs over taps, width over grid positions) or B = cols^T
+   (tb = 1: the weight gradient, depth over grid positions). */
+static void dg__pack_cols(const dg__gemm *g, int q0, int q1, float *dst)
 {
     int w = g->isa.nr, q, p, r;
 #ifdef DG__X86
     const dg__conv_geom *cg = g->bconv;
     if (w == 32 && (size_t)cg->n * cg->c * cg->h * cg->w < (size_t)INT32_MAX / 2) {
-        dg__pack_cols_avx512(g, q0, q1);
+        dg__pack_cols_avx512(g, q0, q1, dst);
         return;
     }
 #endif
     for (q = q0; q < q1; q++) {
-        float *d = g->pb + (size_t)q * w * g->kc;
+        float *d = dst + (size_t)(q - q0) * w * g->kc;
         int j = g->j0 + q * w, n = g->n - j < w ? g->n - j : w;
         if (!g->tb) {
             for (p = 0; p < g->kc; p++) {
@@ -4800,7 +4808,7 @@ static void dg__gemm_pack_task(void *arg, int task, int thread)
     first = task * g->b_panels / g->tiles_n;
     last = (task + 1) * g->b_panels / g->tiles_n;
     if (g->bconv)
-        dg__pack_cols(g, first, last);
+        dg__pack_cols(g, first, last, g->pb + (size_t)first * g->isa.nr * g->kc);
     else
         dg__pack_panels(&g->isa, g->b, g->tb ? ldb : 1, g->tb ? 1 : ldb, g->n, g->j0, g->p0,
                         g->kc, g->isa.nr, first, last, 1.0f, g->pb);
@@ -4821,6 +4829,12 @@ static void dg__gemm_compute_task(void *arg, int task, int thread)
     for (qb = ib; qb < eb; qb++) {
         int j = g->j0 + qb * nr, cols = g->n - j < nr ? g->n - j : nr;
         const float *pb = g->pb + (size_t)qb * nr * g->kc;
+        if (g->fused) { /* this thread's B buffer (a run inline has the
+                           caller's: dg__pool_tid, not `thread`) */
+            float *own = g->pool->scratch[dg__pool_tid(g->pool)] + (size_t)DG__MCH * DG__KC;
+            dg__pack_cols(g, qb, qb + 1, own);
+            pb = own;
+        }
         for (qa = ia; qa < ea; qa++) {
             int i = g->i0 + qa * mr, rows = g->m - i < mr ? g->m - i : mr, r, q;
             const float *pa = g->pa + (size_t)qa * mr * g->kc;
@@ -4865,20 +4879,24 @@ static int dg__min(int a, int b) { return a < b ? a : b; }
    [t P / T, (t + 1) P / T). */
 static void dg__gemm_block(dg_pool *pool, dg__gemm *g, int threads)
 {
-    int mr = g->isa.mr, nr = g->isa.nr, tiles;
+    int mr = g->isa.mr, nr = g->isa.nr, tiles, tiles_m;
     g->a_panels = (g->mc + mr - 1) / mr;
     g->b_panels = (g->nc + nr - 1) / nr;
-    /* pack: about two tasks per thread for each operand */
-    g->tiles_m = dg__min(2 * threads, g->a_panels);
-    g->tiles_n = g->pack_b ? dg__min(2 * threads, g->b_panels) : 0;
-    dg_parallel_for(threads > 1 ? pool : NULL, g->tiles_m + g->tiles_n, dg__gemm_pack_task, g);
     /* compute: A blocks of at most about 144 rows (L2), then columns split
        until there are at least four tasks per thread, in a count the
        threads share evenly (one spare task would idle the others) */
-    tiles = (g->a_panels * mr + 143) / 144;
-    if (g->b_panels < 2 * threads && tiles < 2 * threads) /* thin C: split rows finer */
-        tiles = dg__min(2 * threads, g->a_panels);
-    g->tiles_m = tiles;
+    tiles_m = (g->a_panels * mr + 143) / 144;
+    if (g->b_panels < 2 * threads && tiles_m < 2 * threads) /* thin C: split rows finer */
+        tiles_m = dg__min(2 * threads, g->a_panels);
+    /* a column matrix that one task row uses once: each task packs a panel
+       just before its tiles, in cache, rather than all of B through memory
+       (the same packed values, so the same bits) */
+    g->fused = g->bconv && tiles_m == 1 && g->mc == g->m;
+    /* pack: about two tasks per thread for each operand */
+    g->tiles_m = dg__min(2 * threads, g->a_panels);
+    g->tiles_n = g->pack_b && !g->fused ? dg__min(2 * threads, g->b_panels) : 0;
+    dg_parallel_for(threads > 1 ? pool : NULL, g->tiles_m + g->tiles_n, dg__gemm_pack_task, g);
+    g->tiles_m = tiles_m;
     tiles = (4 * threads + g->tiles_m - 1) / g->tiles_m;
     while ((g->tiles_m * tiles) % threads != 0 && tiles < g->b_panels) tiles++;
     g->tiles_n = dg__min(tiles, g->b_panels);
@@ -5147,6 +5165,7 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
     scratch = pool->scratch[dg__pool_tid(pool)];
     g->pa = scratch;
     g->pb = scratch + (size_t)DG__MCH * DG__KC;
+    g->pool = pool;
     if (dg__gemm_small_m(pool, g, threads, beta != 0.0f)) return;
     /* equal blocks rather than full ones and a sliver */
     nc = dg__block(n, DG__NC, g->isa.nr);
