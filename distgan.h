@@ -5121,6 +5121,7 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
         if (k == 0) return;
         beta = 1.0f;
     }
+    if (k == 0) return; /* beta = 1: C + nothing */
     g->alpha = alpha;
     acc = beta == 0.0f ? DG__OVERWRITE : g->onto_zero ? DG__ONTO_ZERO : DG__ACCUMULATE;
     if (dg__gemm_as_gemv(pool, g, threads, acc)) return;
@@ -14617,9 +14618,8 @@ static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
 static dg_result dg__mdgan_update_generator(dg_mdgan_server *s)
 {
     dg_result r;
-    dg_net_zero_grad(s->g);
     dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
-    if ((r = dg_net_backward(s->g, s->dy, NULL)) != DG_OK) return r;
+    if ((r = dg__net_backward(s->g, s->dy, NULL, DG__GRADS_FIRST)) != DG_OK) return r;
     return dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
 }
 
@@ -16094,8 +16094,7 @@ static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *
     if ((r = dg_gan_g_feedback(w->gan.d, fake, fl, c->batch, c->n_classes, c->saturating,
                                1.0f / c->batch, w->dx, g_loss)) != DG_OK)
         return r;
-    dg_net_zero_grad(w->gan.g);
-    if ((r = dg_net_backward(w->gan.g, w->dx, NULL)) != DG_OK) return r;
+    if ((r = dg__net_backward(w->gan.g, w->dx, NULL, DG__GRADS_FIRST)) != DG_OK) return r;
     w->local_iter++;
     return dg_optim_step(&w->gan.og, w->core.pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
 }
