@@ -868,7 +868,8 @@ DGDEF dg_result dg_gan_write_samples(const dg_gan_sampler *s, uint64_t seed, int
                                      const char *path);
 
 /* One discriminator update on b real and b generated samples (each b x
-   c*h*w, NCHW in [-1, 1]).  Zeroes D's gradients, then
+   c*h*w, NCHW in [-1, 1]).  D's gradients start afresh (the real batch's
+   backward writes them: no separate zeroing pass), then
      real batch: forward (train mode), BCE(logit0, 1), mean over b
      fake batch: forward (train mode), BCE(logit0, 0), mean over b
    (two separate forwards, so batchnorm sees each batch on its own, as the
@@ -896,10 +897,11 @@ DGDEF dg_result dg_gan_d_step(dg_net *d, dg_optim *opt, dg_pool *pool, const flo
      dx (b x c*h*w) = grad_scale * d(sum_i l_i)/dx
    so grad_scale = 1 gives the unscaled per-sample feedback MD-GAN sends and
    grad_scale = 1/b the gradient of the mean.  *loss (may be NULL) = mean_i
-   l_i (negative for the saturating loss).  D's parameters are unchanged,
-   but its gradients receive this backward's contribution (the caller
-   zeroes them before its next D step; dg_gan_d_step does) and its
-   batchnorm running statistics are updated.  Same scratch rule as
+   l_i (negative for the saturating loss).  D's parameters are unchanged;
+   its gradients are left undefined (its linear layers' weight gradients
+   are not computed, the other layers add theirs; dg_gan_d_step and
+   dg_net_zero_grad start them afresh) and its batchnorm running statistics
+   are updated.  Same scratch rule as
    dg_gan_d_step. */
 DGDEF dg_result dg_gan_g_feedback(dg_net *d, const float *fake, const int32_t *fake_labels, int b,
                                   int n_classes, int saturating, float grad_scale, float *dx,
@@ -965,8 +967,15 @@ DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats);
 /* The FLOPs (dg_net_flops' count) of one GAN step of batch rows with
    d_steps D steps: d_steps G forwards and D steps on 2*batch rows, D's
    feedback with its input gradient, G's backward.  What a standalone step,
-   an FL-GAN local iteration costs on a simulated device (dg_netsim). */
+   an FL-GAN local iteration costs on a simulated device (dg_netsim); it
+   counts the feedback's weight gradients, which dg_gan_g_feedback no longer
+   computes for linear layers, so that simulated times stay those of
+   earlier versions. */
 DGDEF double dg_gan_step_flops(const dg_net *g, const dg_net *d, int batch, int d_steps);
+/* The FLOPs per sample dg_gan_g_feedback computes: D's forward, its
+   backward with the input gradient, without the weight gradients of its
+   linear layers. */
+DGDEF double dg_gan_feedback_flops(const dg_net *d);
 /* n samples of G into images (n x c*h*w) and, in ACGAN mode, their
    conditioning labels (may be NULL).  The input of sample offset + i comes
    from the noise stream (seed, offset + i) alone, and G runs in eval mode
@@ -9419,6 +9428,15 @@ DGDEF double dg_gan_step_flops(const dg_net *g, const dg_net *d, int batch, int 
     double once = dg_net_train_flops(g, 0) + 2.0 * dg_net_train_flops(d, 0) + dg_net_train_flops(d, 1);
     double more = (double)(d_steps - 1) * (dg_net_flops(g, 0) + 2.0 * dg_net_train_flops(d, 0));
     return (double)batch * (once + more);
+}
+
+DGDEF double dg_gan_feedback_flops(const dg_net *d)
+{
+    double f = dg_net_train_flops(d, 1);
+    int i;
+    for (i = 0; d && i < d->n_layers; i++)
+        if (d->layers[i].d.type == DG_LAYER_LINEAR) f -= 2.0 * dg__layer_macs(&d->layers[i]);
+    return f;
 }
 
 DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats)
