@@ -878,7 +878,8 @@ DGDEF dg_result dg_gan_write_samples(const dg_gan_sampler *s, uint64_t seed, int
                                      const char *path);
 
 /* One discriminator update on b real and b generated samples (each b x
-   c*h*w, NCHW in [-1, 1]).  Zeroes D's gradients, then
+   c*h*w, NCHW in [-1, 1]).  D's gradients start afresh (the real batch's
+   backward writes them: no separate zeroing pass), then
      real batch: forward (train mode), BCE(logit0, 1), mean over b
      fake batch: forward (train mode), BCE(logit0, 0), mean over b
    (two separate forwards, so batchnorm sees each batch on its own, as the
@@ -906,10 +907,11 @@ DGDEF dg_result dg_gan_d_step(dg_net *d, dg_optim *opt, dg_pool *pool, const flo
      dx (b x c*h*w) = grad_scale * d(sum_i l_i)/dx
    so grad_scale = 1 gives the unscaled per-sample feedback MD-GAN sends and
    grad_scale = 1/b the gradient of the mean.  *loss (may be NULL) = mean_i
-   l_i (negative for the saturating loss).  D's parameters are unchanged,
-   but its gradients receive this backward's contribution (the caller
-   zeroes them before its next D step; dg_gan_d_step does) and its
-   batchnorm running statistics are updated.  Same scratch rule as
+   l_i (negative for the saturating loss).  D's parameters are unchanged;
+   its gradients are left undefined (its linear layers' weight gradients
+   are not computed, the other layers add theirs; dg_gan_d_step and
+   dg_net_zero_grad start them afresh) and its batchnorm running statistics
+   are updated.  Same scratch rule as
    dg_gan_d_step. */
 DGDEF dg_result dg_gan_g_feedback(dg_net *d, const float *fake, const int32_t *fake_labels, int b,
                                   int n_classes, int saturating, float grad_scale, float *dx,
@@ -975,8 +977,15 @@ DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats);
 /* The FLOPs (dg_net_flops' count) of one GAN step of batch rows with
    d_steps D steps: d_steps G forwards and D steps on 2*batch rows, D's
    feedback with its input gradient, G's backward.  What a standalone step,
-   an FL-GAN local iteration costs on a simulated device (dg_netsim). */
+   an FL-GAN local iteration costs on a simulated device (dg_netsim); it
+   counts the feedback's weight gradients, which dg_gan_g_feedback no longer
+   computes for linear layers, so that simulated times stay those of
+   earlier versions. */
 DGDEF double dg_gan_step_flops(const dg_net *g, const dg_net *d, int batch, int d_steps);
+/* The FLOPs per sample dg_gan_g_feedback computes: D's forward, its
+   backward with the input gradient, without the weight gradients of its
+   linear layers. */
+DGDEF double dg_gan_feedback_flops(const dg_net *d);
 /* n samples of G into images (n x c*h*w) and, in ACGAN mode, their
    conditioning labels (may be NULL).  The input of sample offset + i comes
    from the noise stream (seed, offset + i) alone, and G runs in eval mode
@@ -4063,7 +4072,12 @@ DGDEF size_t dg_tensor_count(const dg_tensor *t)
 /* Micro-kernels: C[MR x NR] (row stride ldc) = or += A_panel * B_panel,
    where the packed A panel holds kc columns of MR values and the packed B
    panel kc rows of NR values.  One family, three instruction sets, picked
-   per pool at run time. */
+   per pool at run time.  acc (here and in every GEMM path below):
+   DG__OVERWRITE stores the products, DG__ACCUMULATE adds them to C, and
+   DG__ONTO_ZERO adds them to +0 without reading C, which holds zeros: the
+   same bits as DG__ACCUMULATE (+0 + x is x, except that -0 becomes +0)
+   without a pass that zeroes C first. */
+enum { DG__OVERWRITE = 0, DG__ACCUMULATE = 1, DG__ONTO_ZERO = 2 };
 typedef void (*dg__ukernel)(int kc, const float *a, const float *b, float *c, long ldc, int acc);
 
 
@@ -4093,7 +4107,8 @@ static void dg__ukernel_scalar(int kc, const float *a, const float *b, float *c,
         for (i = 0; i < MR; i++)
             for (j = 0; j < NR; j++) t[i][j] += a[p * MR + i] * b[p * NR + j];
     for (i = 0; i < MR; i++)
-        for (j = 0; j < NR; j++) c[i * ldc + j] = acc ? c[i * ldc + j] + t[i][j] : t[i][j];
+        for (j = 0; j < NR; j++)
+            c[i * ldc + j] = acc ? (acc == DG__ACCUMULATE ? c[i * ldc + j] : 0.0f) + t[i][j] : t[i][j];
 }
 
 #ifdef DG__X86
@@ -4116,8 +4131,9 @@ dg__ukernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int
     }
 #define DG__OUT(r)                                                                       \
     if (acc) {                                                                           \
-        c##r##0 = _mm256_add_ps(c##r##0, _mm256_loadu_ps(c + r * ldc));                  \
-        c##r##1 = _mm256_add_ps(c##r##1, _mm256_loadu_ps(c + r * ldc + 8));              \
+        __m256 z = _mm256_setzero_ps();                                                  \
+        c##r##0 = _mm256_add_ps(c##r##0, acc == DG__ACCUMULATE ? _mm256_loadu_ps(c + r * ldc) : z); \
+        c##r##1 = _mm256_add_ps(c##r##1, acc == DG__ACCUMULATE ? _mm256_loadu_ps(c + r * ldc + 8) : z); \
     }                                                                                    \
     _mm256_storeu_ps(c + r * ldc, c##r##0);                                              \
     _mm256_storeu_ps(c + r * ldc + 8, c##r##1);
@@ -4161,8 +4177,9 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
     }
 #define DG__OUT(r, i)                                                                     \
     if (acc) {                                                                            \
-        c##r##0 = _mm512_add_ps(c##r##0, _mm512_loadu_ps(c + i * ldc));                   \
-        c##r##1 = _mm512_add_ps(c##r##1, _mm512_loadu_ps(c + i * ldc + 16));              \
+        __m512 z = _mm512_setzero_ps();                                                   \
+        c##r##0 = _mm512_add_ps(c##r##0, acc == DG__ACCUMULATE ? _mm512_loadu_ps(c + i * ldc) : z); \
+        c##r##1 = _mm512_add_ps(c##r##1, acc == DG__ACCUMULATE ? _mm512_loadu_ps(c + i * ldc + 16) : z); \
     }                                                                                     \
     _mm512_storeu_ps(c + i * ldc, c##r##0);                                               \
     _mm512_storeu_ps(c + i * ldc + 16, c##r##1);
@@ -4590,7 +4607,8 @@ typedef struct dg__gemm {
     int ldc;
     /* current block: rows [i0, i0+mc), depth [p0, p0+kc), cols [j0, j0+nc) */
     int i0, mc, p0, kc, j0, nc;
-    int acc;            /* accumulate into C (else overwrite) */
+    int acc;            /* DG__OVERWRITE, DG__ACCUMULATE or DG__ONTO_ZERO, this block */
+    int onto_zero;      /* C holds zeros: beta = 1 adds onto +0 without reading C */
     int pack_b;         /* this chunk packs B too (first row chunk) */
     int fused;          /* the compute tasks pack their own column panels */
     const dg_pool *pool; /* fused: whose thread scratch holds the panel */
@@ -4847,8 +4865,10 @@ static void dg__gemm_compute_task(void *arg, int task, int thread)
             g->isa.kernel(g->kc, pa, pb, tile, nr, 0);
             for (r = 0; r < rows; r++)
                 for (q = 0; q < cols; q++)
-                    c[(size_t)r * g->ldc + q] = g->acc ? c[(size_t)r * g->ldc + q] + tile[r * nr + q]
-                                                       : tile[r * nr + q];
+                    c[(size_t)r * g->ldc + q] =
+                        g->acc ? (g->acc == DG__ACCUMULATE ? c[(size_t)r * g->ldc + q] : 0.0f) +
+                                     tile[r * nr + q]
+                               : tile[r * nr + q];
         }
     }
 }
@@ -4930,14 +4950,14 @@ static void dg__gemv_task(void *arg, int task, int thread)
                 for (l = 0; l < 16; l++) lanes[l] += row[p + l] * x[p + l];
             for (; p < v->k; p++) t += row[p] * x[p];
             for (l = 0; l < 16; l++) t += lanes[l];
-            *y = v->acc ? *y + v->alpha * t : v->alpha * t;
+            *y = v->acc ? (v->acc == DG__ACCUMULATE ? *y : 0.0f) + v->alpha * t : v->alpha * t;
         }
         return;
     }
     /* columns run along the rows (rs = ys = 1): y += (alpha x_p) M(., p) */
     {
         float *DG__RESTRICT y = v->y + r0;
-        if (!v->acc) memset(y, 0, sizeof(float) * (size_t)n);
+        if (v->acc != DG__ACCUMULATE) memset(y, 0, sizeof(float) * (size_t)n);
         for (p = 0; p < v->k; p++) {
             const float *DG__RESTRICT col = v->mat + (size_t)p * v->ps + r0;
             float a = v->alpha * v->vec[(size_t)p * v->xs];
@@ -5018,7 +5038,7 @@ __attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int 
     (void)thread;
     for (u = u0; u < u1; u++)
         for (p0 = 0; p0 < k; p0 += s->kc) {
-            int j = u * 32, cols = g->n - j < 32 ? g->n - j : 32, acc = s->acc || p0 > 0;
+            int j = u * 32, cols = g->n - j < 32 ? g->n - j : 32, acc = p0 > 0 ? DG__ACCUMULATE : s->acc;
             int p1 = k - p0 < s->kc ? k : p0 + s->kc;
             __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
             __mmask16 k1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
@@ -5035,8 +5055,11 @@ __attribute__((target("avx512f"))) static void dg__small_nn_task(void *arg, int 
 #define DG__OUT(r, i)                                                                          \
     if (i < m) {                                                                               \
         if (acc) {                                                                             \
-            c##r##0 = _mm512_add_ps(c##r##0, _mm512_maskz_loadu_ps(k0, c + i * ldc));          \
-            c##r##1 = _mm512_add_ps(c##r##1, _mm512_maskz_loadu_ps(k1, c + i * ldc + 16));     \
+            __m512 z = _mm512_setzero_ps();                                                    \
+            c##r##0 = _mm512_add_ps(c##r##0, acc == DG__ACCUMULATE                             \
+                                                 ? _mm512_maskz_loadu_ps(k0, c + i * ldc) : z); \
+            c##r##1 = _mm512_add_ps(c##r##1, acc == DG__ACCUMULATE                             \
+                                                 ? _mm512_maskz_loadu_ps(k1, c + i * ldc + 16) : z); \
         }                                                                                      \
         _mm512_mask_storeu_ps(c + i * ldc, k0, c##r##0);                                       \
         _mm512_mask_storeu_ps(c + i * ldc + 16, k1, c##r##1);                                  \
@@ -5064,7 +5087,7 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
     const dg__gemm *g = s->g;
     int u0 = (int)((long)task * s->units / s->tasks), u1 = (int)((long)(task + 1) * s->units / s->tasks);
     size_t lda = (size_t)g->lda, ldb = (size_t)g->ldb, ldc = (size_t)g->ldc;
-    int u, p, r, m = g->m, k = g->k;
+    int u, p, r, t, m = g->m, k = g->k;
     const float *ar[12];
     (void)thread;
     for (r = 0; r < 12; r++) ar[r] = g->a + (r < m ? (size_t)r * lda : 0); /* rows past m: row 0 */
@@ -5080,6 +5103,9 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
 #define DG__NT_LOAD _mm512_loadu_ps
         for (p = 0; p + 16 <= k; p += 16) {
             __m512 b0 = _mm512_loadu_ps(w0 + p), b1 = _mm512_loadu_ps(w1 + p), x;
+            /* the next pair of rows, one tile ahead */
+            _mm_prefetch((const char *)(w0 + 2 * ldb + p), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w0 + 3 * ldb + p), _MM_HINT_T0);
             DG__TILE(DG__TILE_FMA)
         }
 #undef DG__NT_LOAD
@@ -5098,8 +5124,9 @@ __attribute__((target("avx512f"))) static void dg__small_nt_task(void *arg, int 
         _mm_storeu_ps(sums + 20, dg__hsum4(cA0, cA1, cB0, cB1));
         for (r = 0; r < m; r++) {
             float *c = g->c + (size_t)r * ldc + j;
-            c[0] = s->acc ? c[0] + g->alpha * sums[2 * r] : g->alpha * sums[2 * r];
-            if (two) c[1] = s->acc ? c[1] + g->alpha * sums[2 * r + 1] : g->alpha * sums[2 * r + 1];
+            for (t = 0; t <= two; t++)
+                c[t] = s->acc ? (s->acc == DG__ACCUMULATE ? c[t] : 0.0f) + g->alpha * sums[2 * r + t]
+                              : g->alpha * sums[2 * r + t];
         }
     }
 }
@@ -5149,24 +5176,27 @@ static int dg__gemm_small_m(dg_pool *pool, dg__gemm *g, int threads, int acc)
 static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
 {
     float *scratch;
-    int threads, nc, kc, mch, m = g->m, n = g->n, k = g->k;
+    int threads, nc, kc, mch, acc, m = g->m, n = g->n, k = g->k;
     g->isa = *dg__isa_get(pool->isa);
     /* small products are not worth waking the other threads */
     threads = (double)m * n * k < 32768.0 * 8 ? 1 : pool->n;
     if (dg__cur_pool == pool) threads = 1;
+    if (g->onto_zero && k == 0) beta = 0.0f; /* C = 0 + nothing */
     if (beta != 1.0f && (beta != 0.0f || k == 0)) {
         g->alpha = beta;
         dg_parallel_for(threads > 1 ? pool : NULL, m, dg__scale_rows_task, g);
         if (k == 0) return;
         beta = 1.0f;
     }
+    if (k == 0) return; /* beta = 1: C + nothing */
     g->alpha = alpha;
-    if (dg__gemm_as_gemv(pool, g, threads, beta != 0.0f)) return;
+    acc = beta == 0.0f ? DG__OVERWRITE : g->onto_zero ? DG__ONTO_ZERO : DG__ACCUMULATE;
+    if (dg__gemm_as_gemv(pool, g, threads, acc)) return;
     scratch = pool->scratch[dg__pool_tid(pool)];
     g->pa = scratch;
     g->pb = scratch + (size_t)DG__MCH * DG__KC;
     g->pool = pool;
-    if (dg__gemm_small_m(pool, g, threads, beta != 0.0f)) return;
+    if (dg__gemm_small_m(pool, g, threads, acc)) return;
     /* equal blocks rather than full ones and a sliver */
     nc = dg__block(n, DG__NC, g->isa.nr);
     kc = dg__block(k, DG__KC, 1);
@@ -5175,7 +5205,7 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
         g->nc = n - g->j0 < nc ? n - g->j0 : nc;
         for (g->p0 = 0; g->p0 < k; g->p0 += kc) {
             g->kc = k - g->p0 < kc ? k - g->p0 : kc;
-            g->acc = beta != 0.0f || g->p0 > 0;
+            g->acc = g->p0 > 0 ? DG__ACCUMULATE : acc;
             for (g->i0 = 0; g->i0 < m; g->i0 += mch) {
                 g->mc = m - g->i0 < mch ? m - g->i0 : mch;
                 g->pack_b = g->i0 == 0;
@@ -5219,6 +5249,17 @@ DGDEF dg_result dg_gemm(dg_pool *pool, int trans_a, int trans_b, int m, int n, i
     g = dg__gemm_make(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
     dg__gemm_run(pool, &g, alpha, beta);
     return DG_OK;
+}
+
+/* C = op(A) op(B) with the bits of dg_gemm with beta = 1 on a C of zeros,
+   without zeroing or reading C (DG__ONTO_ZERO): the first gradient a
+   backward pass adds into gradients nobody has zeroed. */
+static void dg__gemm_onto_zero(dg_pool *pool, int ta, int tb, int m, int n, int k, const float *a,
+                               int lda, const float *b, int ldb, float *c, int ldc)
+{
+    dg__gemm g = dg__gemm_make(ta, tb, m, n, k, a, lda, b, ldb, c, ldc);
+    g.onto_zero = 1;
+    dg__gemm_run(pool, &g, 1.0f, 1.0f);
 }
 
 /* C (m x n) = op(A) (m x k) times the column matrix of img: k taps by n
@@ -6553,20 +6594,35 @@ static void dg__layer_forward(dg_net *net, dg__layer *l, const float *x, int nb)
     }
 }
 
-/* dy -> dx for one layer, adding its parameter gradients; dx NULL: the
-   parameter gradients only. */
+/* What a backward pass does with the parameter gradients. */
+enum {
+    DG__GRADS_ADD,   /* adds them (dg_net_backward) */
+    DG__GRADS_FIRST, /* the same bits as dg_net_zero_grad, then DG__GRADS_ADD, without
+                        zeroing: linear layers write 0 + g */
+    DG__GRADS_SKIP   /* linear layers leave theirs alone (input gradients only) */
+};
+
+/* dy -> dx for one layer, and its parameter gradients as `grads` says; dx
+   NULL: the parameter gradients only. */
 static void dg__layer_backward(dg_net *net, dg__layer *l, const float *x, const float *dy,
-                               float *dx, int nb)
+                               float *dx, int nb, int grads)
 {
     dg_pool *pool = net->pool;
     float *w = net->params + l->p_off, *dw = net->grads + l->p_off;
     float *db = l->n_p > l->n_w ? dw + l->n_w : NULL;
     int k = l->d.kernel, n, c;
     size_t total = l->out_size * (size_t)nb;
+    if (grads == DG__GRADS_FIRST && l->d.type != DG_LAYER_LINEAR)
+        memset(dw, 0, sizeof(float) * l->n_p);
     switch (l->d.type) {
     case DG_LAYER_LINEAR: {
         int in = (int)l->in_size;
-        dg_gemm(pool, 1, 0, l->oc, in, nb, 1.0f, dy, l->oc, x, in, 1.0f, dw, in);
+        if (grads == DG__GRADS_SKIP) db = NULL;
+        else if (grads == DG__GRADS_FIRST)
+            dg__gemm_onto_zero(pool, 1, 0, l->oc, in, nb, dy, l->oc, x, in, dw, in);
+        else
+            dg_gemm(pool, 1, 0, l->oc, in, nb, 1.0f, dy, l->oc, x, in, 1.0f, dw, in);
+        if (db && grads == DG__GRADS_FIRST) memset(db, 0, sizeof(float) * (size_t)l->oc);
         for (n = 0; n < nb && db; n++)
             for (c = 0; c < l->oc; c++) db[c] += dy[(size_t)n * l->oc + c];
         if (dx) dg_gemm(pool, 0, 0, nb, in, l->oc, 1.0f, dy, l->oc, w, in, 0.0f, dx, in);
@@ -6644,7 +6700,7 @@ DGDEF dg_result dg_net_forward(dg_net *net, const float *x, int batch, int train
     return DG_OK;
 }
 
-DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx)
+static dg_result dg__net_backward(dg_net *net, const float *dy, const float **dx, int grads)
 {
     const float *g = dy;
     int i, first;
@@ -6660,11 +6716,16 @@ DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx)
         float *out;
         if (l->d.type == DG_LAYER_RESHAPE) continue; /* same values, new shape */
         out = i == first && !dx ? NULL : g == net->g0 ? net->g1 : net->g0;
-        dg__layer_backward(net, l, x, g, out, net->batch);
+        dg__layer_backward(net, l, x, g, out, net->batch, grads);
         g = out;
     }
     if (dx) *dx = g;
     return DG_OK;
+}
+
+DGDEF dg_result dg_net_backward(dg_net *net, const float *dy, const float **dx)
+{
+    return dg__net_backward(net, dy, dx, DG__GRADS_ADD);
 }
 
 /* ==== dg_optim ==== */
@@ -9381,12 +9442,13 @@ static dg_result dg__gan_check(dg_net *d, int b, int n_classes, const int32_t *l
 }
 
 /* Forward D on x (train mode); loss sign * BCE(logit0, target) plus the
-   ACGAN cross-entropy of columns 1..C; backward with dz = gs * dloss/dz.
-   *loss += the mean loss.  sign = -1 is the saturating generator loss
+   ACGAN cross-entropy of columns 1..C; backward with dz = gs * dloss/dz,
+   D's parameter gradients as `grads` says (DG__GRADS_*).  *loss += the
+   mean loss.  sign = -1 is the saturating generator loss
    log(1 - D(x)) = -BCE(z, 0). */
 static dg_result dg__gan_half(dg_net *d, const float *x, const int32_t *labels, int b,
                               int n_classes, float target, float sign, float gs, float *dz,
-                              float *loss, const float **dx)
+                              float *loss, const float **dx, int grads)
 {
     const float *z;
     float l;
@@ -9400,7 +9462,7 @@ static dg_result dg__gan_half(dg_net *d, const float *x, const int32_t *labels, 
         if (r != DG_OK) return r;
         *loss += l;
     }
-    return dg_net_backward(d, dz, dx);
+    return dg__net_backward(d, dz, dx, grads);
 }
 
 DGDEF dg_result dg_gan_d_step(dg_net *d, dg_optim *opt, dg_pool *pool, const float *real,
@@ -9418,11 +9480,12 @@ DGDEF dg_result dg_gan_d_step(dg_net *d, dg_optim *opt, dg_pool *pool, const flo
         return dg__fail(DG_ERR_SHAPE, "dg_gan_d_step: optimiser for %zu parameters, D has %zu",
                         opt->n, dg_net_param_count(d));
     if ((r = dg__gan_scratch_get(&s, (size_t)b * n_out)) != DG_OK) return r;
-    dg_net_zero_grad(d);
-    r = dg__gan_half(d, real, real_labels, b, n_classes, 1.0f, 1.0f, 1.0f / b, s.p, &total, NULL);
+    /* the real half's gradients replace the last step's (no zeroing pass) */
+    r = dg__gan_half(d, real, real_labels, b, n_classes, 1.0f, 1.0f, 1.0f / b, s.p, &total, NULL,
+                     DG__GRADS_FIRST);
     if (r == DG_OK)
         r = dg__gan_half(d, fake, fake_labels, b, n_classes, 0.0f, 1.0f, 1.0f / b, s.p, &total,
-                         NULL);
+                         NULL, DG__GRADS_ADD);
     if (r == DG_OK) r = dg_optim_step(opt, pool, dg_net_params(d), dg_net_grads(d));
     dg__gan_scratch_put(&s);
     if (r == DG_OK && loss) *loss = total;
@@ -9443,8 +9506,9 @@ DGDEF dg_result dg_gan_g_feedback(dg_net *d, const float *fake, const int32_t *f
         return r;
     if (!fake || !dx) return dg__fail(DG_ERR_ARG, "dg_gan_g_feedback: NULL argument");
     if ((r = dg__gan_scratch_get(&s, (size_t)b * n_out)) != DG_OK) return r;
+    /* only dx is wanted: D's weight gradients are not computed */
     r = dg__gan_half(d, fake, fake_labels, b, n_classes, saturating ? 0.0f : 1.0f,
-                     saturating ? -1.0f : 1.0f, grad_scale, s.p, &total, &g);
+                     saturating ? -1.0f : 1.0f, grad_scale, s.p, &total, &g, DG__GRADS_SKIP);
     if (r == DG_OK) {
         dg_net_input_shape(d, &c, &h, &w);
         memcpy(dx, g, sizeof(float) * (size_t)b * c * h * w);
@@ -9558,6 +9622,15 @@ DGDEF double dg_gan_step_flops(const dg_net *g, const dg_net *d, int batch, int 
     return (double)batch * (once + more);
 }
 
+DGDEF double dg_gan_feedback_flops(const dg_net *d)
+{
+    double f = dg_net_train_flops(d, 1);
+    int i;
+    for (i = 0; d && i < d->n_layers; i++)
+        if (d->layers[i].d.type == DG_LAYER_LINEAR) f -= 2.0 * dg__layer_macs(&d->layers[i]);
+    return f;
+}
+
 DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats)
 {
     const dg_gan_config *cfg;
@@ -9584,8 +9657,7 @@ DGDEF dg_result dg_gan_trainer_step(dg_gan_trainer *t, dg_gan_stats *stats)
     if ((r = dg_gan_g_feedback(t->d, t->fake, t->fake_labels, b, t->n_classes, cfg->saturating,
                                1.0f / b, t->dx, &g_loss)))
         return r;
-    dg_net_zero_grad(t->g);
-    if ((r = dg_net_backward(t->g, t->dx, NULL))) return r;
+    if ((r = dg__net_backward(t->g, t->dx, NULL, DG__GRADS_FIRST))) return r;
     if ((r = dg_optim_step(&t->og, t->pool, dg_net_params(t->g), dg_net_grads(t->g)))) return r;
     t->iter++;
     if (stats) {
@@ -14856,9 +14928,8 @@ static double dg__mdgan_backward_flops(const dg_mdgan_server *s)
 static dg_result dg__mdgan_update_generator(dg_mdgan_server *s)
 {
     dg_result r;
-    dg_net_zero_grad(s->g);
     dg_transport_charge(s->t, DG_PEER_SERVER, dg__mdgan_backward_flops(s));
-    if ((r = dg_net_backward(s->g, s->dy, NULL)) != DG_OK) return r;
+    if ((r = dg__net_backward(s->g, s->dy, NULL, DG__GRADS_FIRST)) != DG_OK) return r;
     return dg_optim_step(&s->opt, s->pool, dg_net_params(s->g), dg_net_grads(s->g));
 }
 
@@ -16329,8 +16400,7 @@ static dg_result dg__flgan_local_step(dg_flgan_worker *w, float *d_loss, float *
     if ((r = dg_gan_g_feedback(w->gan.d, fake, fl, c->batch, c->n_classes, c->saturating,
                                1.0f / c->batch, w->dx, g_loss)) != DG_OK)
         return r;
-    dg_net_zero_grad(w->gan.g);
-    if ((r = dg_net_backward(w->gan.g, w->dx, NULL)) != DG_OK) return r;
+    if ((r = dg__net_backward(w->gan.g, w->dx, NULL, DG__GRADS_FIRST)) != DG_OK) return r;
     w->local_iter++;
     return dg_optim_step(&w->gan.og, w->core.pool, dg_net_params(w->gan.g), dg_net_grads(w->gan.g));
 }

@@ -13,7 +13,7 @@
                 is kept busy, the rest is queueing and scheduling)
      peak_pct   the iteration's FLOPs (dg_net_train_flops: G forward and
                 backward on k*b rows, per worker L D steps on 2b rows and
-                the feedback pass on b) per ms, over the FMA peak of T
+                the feedback pass on b, dg_gan_feedback_flops) per ms, over the FMA peak of T
                 threads measured in the same run (bench_fma_peak)
      busy       compute_ms / (ms * threads): the share of the threads' time
                 spent in the roles' work (1: the iteration is the workers'
@@ -22,6 +22,8 @@
                 the growth of resident memory from before the run was
                 created to its end, over N (D, its Adam state and gradient,
                 the worker's buffers, its share of the server and inboxes)
+   `bench_mdgan mlp B` prints only the two lines of the MLP at N = 10 and
+   batch B (all threads, then one).
    bench worker_cost arch=A mdgan_params= flgan_params= mdgan_flops= ...
      per worker and per iteration (b = 64, L = 1):
      MD-GAN: L x D fwd+bwd on 2b + D fwd+bwd on b (the feedback)
@@ -41,7 +43,7 @@ static double iter_flops(const dg_mdgan_config *c)
         dg_build_discriminator(&d, c->arch, c->c, c->h, c->w, 1))
         return 0.0;
     f = dg_mdgan_k(c) * b * dg_net_train_flops(g, 0) +
-        c->n_workers * b * (2.0 * c->disc_steps * dg_net_train_flops(d, 0) + dg_net_train_flops(d, 1));
+        c->n_workers * b * (2.0 * c->disc_steps * dg_net_train_flops(d, 0) + dg_gan_feedback_flops(d));
     dg_net_free(g);
     dg_net_free(d);
     return f;
@@ -136,6 +138,12 @@ int main(int argc, char **argv)
         return 1;
     peak = bench_fma_peak(dg_pool_size(pool));
     peak1 = bench_fma_peak(1);
+    if (argc > 2 && !strcmp(argv[1], "mlp")) { /* "mlp B": the two N = 10 lines of batch B only */
+        int b = atoi(argv[2]);
+        bench_iter(pool, &ds, DG_ARCH_MLP, 10, b, b <= 10 ? 20 : 4, 5, peak);
+        bench_iter(one, &ds, DG_ARCH_MLP, 10, b, b <= 10 ? 20 : 4, 5, peak1);
+        goto done;
+    }
     worker_cost(pool, DG_ARCH_DCGAN);
     worker_cost(pool, DG_ARCH_MLP);
     /* the MD-GAN paper's MLP at its batches, N = 10, on all threads and on
@@ -151,6 +159,7 @@ int main(int argc, char **argv)
     bench_iter(pool, &ds, DG_ARCH_MLP, 100, 10, quick ? 1 : 5, quick ? 1 : 3, peak);
     bench_iter(pool, &ds, DG_ARCH_TINY, 1000, 10, quick ? 1 : 5, quick ? 1 : 3, peak);
     for (i = 0; i < 3 && !quick; i++) bench_iter(pool, &ds, DG_ARCH_DCGAN, sizes[i], 64, sizes[i] < 50 ? 3 : 1, 1, peak);
+done:
     dg_dataset_free(&ds);
     dg_pool_destroy(one);
     dg_pool_destroy(pool);

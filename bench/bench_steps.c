@@ -16,7 +16,8 @@
    step), after ten warm-up steps; cpu_ms the process's CPU time per step
    in the round that used the least (all threads, spinning included).  gflops counts what the step computes
    (dg_net_train_flops: forward and backward, input gradients only where
-   they are computed; optimisers and losses are left out), and peak_pct is
+   they are computed; the G-loss feedback without D's weight gradients,
+   dg_gan_feedback_flops; optimisers and losses are left out), and peak_pct is
    that rate over the FMA peak of as many threads, measured at the start of
    this run.  speedup = ref_ms / ms.  The reference's parameter count must
    equal ours, else its figure is refused (ref=mismatch). */
@@ -124,9 +125,10 @@ static int bench_gan(const dg_dataset *ds, int b, int threads, double peak)
     params = dg_net_param_count(j.t.g) + dg_net_param_count(j.t.d);
     ms = best_ms(gan_step, &j, &cpu);
     /* G forward and backward (no input gradient); D on the real and the
-       fake batch (no input gradient), then through D to the images */
+       fake batch (no input gradient), then through D to the images (no
+       weight gradients) */
     flop = (double)b * (dg_net_train_flops(j.t.g, 0) + 2.0 * dg_net_train_flops(j.t.d, 0) +
-                        dg_net_train_flops(j.t.d, 1));
+                        dg_gan_feedback_flops(j.t.d));
     printf("bench gan_step arch=mlp b=%d threads=%d", b, threads);
     print_rate(dg_isa_name(dg_pool_isa(pool)), params, ms, cpu, flop, peak);
     dg_gan_trainer_free(&j.t);

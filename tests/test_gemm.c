@@ -170,6 +170,41 @@ TEST(gemm_few_rows)
     for (s = 0; s < 6; s++) check_shape(10 + s, shapes[s][0], shapes[s][1], shapes[s][2]);
 }
 
+/* dg__gemm_onto_zero (a backward's first gradient, no zeroing pass) gives
+   the bits of zeroing C, then dg_gemm with beta = 1, and never reads C (it
+   starts as NaN here): every path (matrix-vector, few rows NN and NT, the
+   packed blocks with edge tiles and several depth blocks), 1 and 2
+   threads, and rows of zeros in A whose products are -0. */
+TEST(gemm_onto_zero_matches_zeroing)
+{
+    static const int shapes[][5] = {/* ta, tb, m, n, k */
+                                    {1, 0, 512, 784, 10}, {1, 0, 1, 512, 10}, {0, 0, 700, 1, 33},
+                                    {1, 0, 7, 300, 10},   {0, 1, 10, 33, 1000}, {0, 0, 300, 200, 600},
+                                    {1, 1, 13, 45, 7},    {0, 0, 5, 40, 0}};
+    int s, t;
+    for (s = 0; s < 8; s++)
+        for (t = 0; t < 2; t++) {
+            int ta = shapes[s][0], tb = shapes[s][1], m = shapes[s][2], n = shapes[s][3],
+                k = shapes[s][4], lda = ta ? m : k, ldb = tb ? k : n;
+            size_t sa = (size_t)m * k + 1, sb = (size_t)k * n + 1, sc = (size_t)m * n, i;
+            float *a = malloc(sa * 4), *b = malloc(sb * 4), *c = malloc(sc * 4), *r = malloc(sc * 4);
+            dg_rng rng = dg_rng_make(9, (uint64_t)s, 0);
+            dg_pool *pool = t ? pool2 : pool1;
+            dg_rng_fill_uniform(&rng, a, sa, -1, 1);
+            dg_rng_fill_uniform(&rng, b, sb, -1, 1);
+            for (i = 0; i < (size_t)k && m > 1; i++) a[ta ? i * lda : i] = 0.0f; /* row 0 of op(A) */
+            for (i = 0; i < sc; i++) c[i] = NAN;
+            memset(r, 0, sc * 4);
+            dg__gemm_onto_zero(pool, ta, tb, m, n, k, a, lda, b, ldb, c, n);
+            CHECK_OK(dg_gemm(pool, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, r, n));
+            CHECK(memcmp(c, r, sc * 4) == 0);
+            free(a);
+            free(b);
+            free(c);
+            free(r);
+        }
+}
+
 TEST(gemm_rejects_bad_arguments)
 {
     float x[4] = {0};
@@ -179,6 +214,8 @@ TEST(gemm_rejects_bad_arguments)
     CHECK(dg_gemm(pool1, 0, 0, 2, 2, 2, 1, NULL, 2, x, 2, 0, x, 2) == DG_ERR_ARG);
     CHECK(strstr(dg_last_error(), "NULL") != NULL);
     CHECK(dg_gemm(pool1, 0, 0, 0, 2, 2, 1, x, 2, x, 2, 0, x, 2) == DG_OK);
+    x[0] = 3.0f; /* k = 0 with beta = 1 leaves C as it is */
+    CHECK(dg_gemm(pool1, 0, 0, 2, 2, 0, 1, x, 1, x, 2, 1, x, 2) == DG_OK && x[0] == 3.0f);
 }
 
 int main(void)
@@ -192,6 +229,7 @@ int main(void)
     RUN(gemm_threads_bit_identical);
     RUN(gemm_matrix_vector);
     RUN(gemm_few_rows);
+    RUN(gemm_onto_zero_matches_zeroing);
     RUN(gemm_rejects_bad_arguments);
     dg_pool_destroy(pool1);
     dg_pool_destroy(pool2);

@@ -794,6 +794,59 @@ TEST(shared_scratch_same_bits)
     free(real);
 }
 
+/* The backward modes of the GAN steps: DG__GRADS_FIRST gives the bits of
+   dg_net_zero_grad then dg_net_backward without reading the old gradients
+   (NaN here), in every layer type with parameters; DG__GRADS_SKIP gives the
+   same input gradient and leaves the linear layers' gradients alone. */
+TEST(backward_grads_first_and_skip)
+{
+    dg_net *net;
+    const float *y, *dx;
+    float *x = make_input(4 * 2 * 6 * 6, 13, 0), dy[4], *g1, *dx1;
+    size_t i, np, nx = 4 * 2 * 6 * 6;
+    int l;
+    CHECK_OK(dg_net_create(&net, 2, 6, 6));
+    CHECK_OK(dg_net_conv2d(net, 3, 3, 2, 1));
+    CHECK_OK(dg_net_batchnorm(net));
+    CHECK_OK(dg_net_leaky_relu(net, 0.2f));
+    CHECK_OK(dg_net_flatten(net));
+    CHECK_OK(dg_net_linear(net, 20));
+    CHECK_OK(dg_net_relu(net));
+    CHECK_OK(dg_net_linear(net, 1));
+    CHECK_OK(dg_net_plan(net, pool, 4));
+    CHECK_OK(dg_net_init(net, 5, 0.0f));
+    for (i = 0; i < 4; i++) dy[i] = 0.25f * (float)i - 0.3f;
+    np = dg_net_param_count(net);
+    g1 = malloc(np * sizeof *g1);
+    dx1 = malloc(nx * sizeof *dx1);
+    dg_net_zero_grad(net);
+    CHECK_OK(dg_net_forward(net, x, 4, 1, &y));
+    CHECK_OK(dg_net_backward(net, dy, &dx));
+    CHECK_OK(dg_net_backward(net, dy, &dx)); /* and a second one adds */
+    memcpy(g1, dg_net_grads(net), np * sizeof *g1);
+    memcpy(dx1, dx, nx * sizeof *dx1);
+    for (i = 0; i < np; i++) dg_net_grads(net)[i] = NAN;
+    CHECK_OK(dg_net_forward(net, x, 4, 1, &y));
+    CHECK_OK(dg__net_backward(net, dy, &dx, DG__GRADS_FIRST));
+    CHECK_OK(dg__net_backward(net, dy, &dx, DG__GRADS_ADD));
+    CHECK(memcmp(g1, dg_net_grads(net), np * sizeof *g1) == 0);
+    CHECK(memcmp(dx1, dx, nx * sizeof *dx1) == 0);
+    for (i = 0; i < np; i++) dg_net_grads(net)[i] = NAN;
+    CHECK_OK(dg_net_forward(net, x, 4, 1, &y));
+    CHECK_OK(dg__net_backward(net, dy, &dx, DG__GRADS_SKIP));
+    CHECK(memcmp(dx1, dx, nx * sizeof *dx1) == 0);
+    for (l = 0; l < dg_net_layer_count(net); l++) {
+        dg_layer_info info;
+        CHECK_OK(dg_net_layer_info(net, l, &info));
+        for (i = 0; i < info.param_count && info.desc.type == DG_LAYER_LINEAR; i++)
+            CHECK(isnan(dg_net_grads(net)[info.param_offset + i]));
+    }
+    free(g1);
+    free(dx1);
+    free(x);
+    dg_net_free(net);
+}
+
 /* ---- PyTorch-compatible options and the layer accessors ---- */
 
 TEST(grad_without_bias)
@@ -1120,6 +1173,7 @@ int main(void)
     RUN(conv_agrees_across_isas);
     RUN(maxpool_matches_direct_loops);
     RUN(backward_without_dx);
+    RUN(backward_grads_first_and_skip);
     RUN(bad_layer_configs);
     RUN(grad_without_bias);
     RUN(leaky_relu_any_slope);
