@@ -19,6 +19,15 @@ static void naive(int ta, int tb, int m, int n, int k, float alpha, const float 
         }
 }
 
+/* the operands and results of a comparison */
+static void free4(float *a, float *b, float *c, float *d)
+{
+    free(a);
+    free(b);
+    free(c);
+    free(d);
+}
+
 /* max |ours - naive| relative to the magnitude of the products */
 static double gemm_err(dg_pool *pool, int ta, int tb, int m, int n, int k, float alpha, float beta,
                        int pad)
@@ -142,10 +151,7 @@ static void check_shape(int s, int m, int n, int k)
                 CHECK_OK(dg_gemm(pool1, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c1, ldc));
                 CHECK_OK(dg_gemm(pool2, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c2, ldc));
                 CHECK(memcmp(c1, c2, sc * 4) == 0);
-                free(a);
-                free(b);
-                free(c1);
-                free(c2);
+                free4(a, b, c1, c2);
             }
 }
 
@@ -198,10 +204,7 @@ TEST(gemm_onto_zero_matches_zeroing)
             dg__gemm_onto_zero(pool, ta, tb, m, n, k, a, lda, b, ldb, c, n);
             CHECK_OK(dg_gemm(pool, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, r, n));
             CHECK(memcmp(c, r, sc * 4) == 0);
-            free(a);
-            free(b);
-            free(c);
-            free(r);
+            free4(a, b, c, r);
         }
 }
 
