@@ -236,26 +236,28 @@ static int parse_attacks(options *o)
     }
 }
 
+/* The peers a network spec describes: the server and N workers + joiners. */
+static int net_peers(const options *o) { return o->algo == ALGO_GAN ? 1 : o->workers + o->n_join + 1; }
+
 /* --also-network: specs separated by '|', each checked as --network's; the
    library refuses what is not the same run on another network. */
 static int parse_also(options *o)
 {
     const char *s = o->also_str, *why = NULL;
     char spec[4096], most[64];
+    snprintf(most, sizeof most, "at most %d networks besides --network", MAX_ALSO);
     if (!o->network) why = "needs --network (the first network)";
     else if (o->algo == ALGO_MDGAN && o->quorum)
         why = "an asynchronous run (--quorum) depends on its network: one network per run";
     while (!why) {
         size_t len = strcspn(s, "|");
-        dg_netsim_config *c = &o->also[o->n_also];
-        snprintf(most, sizeof most, "at most %d networks besides --network", MAX_ALSO);
         if (o->n_also == MAX_ALSO) why = most;
         else if (len == 0 || len >= sizeof spec) why = len ? "a spec too long" : "an empty spec";
         if (why) break;
         memcpy(spec, s, len);
         spec[len] = 0;
-        if (dg_netsim_parse(spec, c) ||
-            dg_netsim_config_check(c, o->algo == ALGO_GAN ? 1 : o->workers + o->n_join + 1)) {
+        if (dg_netsim_parse(spec, &o->also[o->n_also]) ||
+            dg_netsim_config_check(&o->also[o->n_also], net_peers(o))) {
             fprintf(stderr, "distgan: --also-network '%s': '%s': %s\n", o->also_str, spec, dg_last_error());
             return 1;
         }
@@ -461,8 +463,8 @@ static int parse(options *o, int argc, char **argv)
             return 1;
         }
     for (i = 0; i < o->n_join; i++) o->join[i].worker = o->workers + 1 + i;
-    if (o->network && (dg_netsim_parse(o->network, &o->net) || /* peers: server + N + joins */
-                       dg_netsim_config_check(&o->net, o->algo == ALGO_GAN ? 1 : o->workers + o->n_join + 1))) {
+    if (o->network && (dg_netsim_parse(o->network, &o->net) ||
+                       dg_netsim_config_check(&o->net, net_peers(o)))) {
         fprintf(stderr, "distgan: --network '%s': %s\n", o->network, dg_last_error());
         return 1;
     }
