@@ -16876,19 +16876,23 @@ DGDEF void dg_flgan_run_free(dg_flgan_run *r)
     dg__free(r);
 }
 
+/* The run's progress in generator updates: its workers' mean local
+   iterations (under FeGAN a round moves it by C times a full round's). */
+static void dg__flgan_run_count(dg_flgan_run *r)
+{
+    int n;
+    double it = 0.0;
+    for (n = 1; n <= r->cfg.n_workers; n++) it += (double)((dg_flgan_worker *)r->in.workers[n])->local_iter;
+    r->server->stats.iterations = (int64_t)(it / r->cfg.n_workers + 0.5);
+}
+
 DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
 {
     dg_result e;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_flgan_run_round: NULL");
     if ((e = dg_flgan_server_begin(r->server)) != DG_OK) return e;
     if ((e = dg__local_barrier(&r->in, &r->server->ro)) != DG_OK) return e;
-    {
-        int n;
-        double it = 0.0;
-        for (n = 1; n <= r->cfg.n_workers; n++)
-            it += (double)((dg_flgan_worker *)r->in.workers[n])->local_iter;
-        r->server->stats.iterations = (int64_t)(it / r->cfg.n_workers + 0.5);
-    }
+    dg__flgan_run_count(r);
     return DG_OK;
 }
 
@@ -16969,7 +16973,10 @@ DGDEF dg_result dg_flgan_run_save(dg_flgan_run *r, const char *dir)
 }
 DGDEF dg_result dg_flgan_run_load(dg_flgan_run *r, const char *dir)
 {
-    return r ? dg__run_files(NULL, r, dir, 1) : dg__fail(DG_ERR_ARG, "dg_flgan_run_load: NULL");
+    dg_result e;
+    if (!r) return dg__fail(DG_ERR_ARG, "dg_flgan_run_load: NULL");
+    if ((e = dg__run_files(NULL, r, dir, 1)) == DG_OK) dg__flgan_run_count(r);
+    return e;
 }
 
 /* ---- the process drivers ---- */

@@ -634,6 +634,7 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
     const options *o = out->o;
     char path[1100], b1[32], b2[32], b3[32], b4[32];
     double score = NAN, fid = NAN, down = 0, up = 0, w2w = NAN, el, sim;
+    int64_t prev;
     int last, evaluate, print;
     dg_result r;
     if (!out->started) { /* a driver's first call tells where a resumed run stood */
@@ -641,6 +642,7 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         out->t0 = dg_clock_seconds();
     }
     if (!out->csv.file && output_log(out, out->start_it)) return 1;
+    prev = out->it; /* an FL-GAN round moves by its workers' mean iterations */
     out->it = it;
     if (t) {
         dg_traffic all = dg_transport_traffic(t, DG_ANY_PEER, DG_ANY_PEER);
@@ -651,8 +653,7 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         if (o->transport == T_INPROC) w2w = (double)all.payload_bytes - down - up;
     }
     last = it >= o->iters;
-    evaluate = last || (o->eval_every && it / o->eval_every != (it - out->per_round) / o->eval_every &&
-                        it > out->start_it);
+    evaluate = last || (o->eval_every && it / o->eval_every != prev / o->eval_every);
     if (evaluate) {
         if (out->have_eval) {
             dg_eval_result er;
@@ -690,7 +691,7 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
         sim = row[10];
     }
     print = o->log_every > 0 ? it % o->log_every == 0 || last : el - out->t_last_print >= 2.0;
-    if (evaluate || print || it == out->start_it + out->per_round) {
+    if (evaluate || print || prev == out->start_it) {
         double eta = (double)(o->iters - it) * el / (double)(it - out->start_it);
         printf("it %6lld/%lld | D %.3f G %.3f", (long long)it, (long long)o->iters, dl, gl);
         if (evaluate && out->have_eval) printf(" | score %.2f FID %.2f", score, fid);
@@ -741,7 +742,7 @@ static void on_progress(void *user, const dg_drive_status *s)
     /* MD-GAN: an iteration is an update; FL-GAN: a round is per_round of them */
     int64_t it = s->iteration * out->per_round;
     if (out->error) return;
-    if (!out->started) out->start_it = it - out->per_round;
+    if (!out->started) out->it = out->start_it = it - out->per_round;
     out->src.g = s->generator;
     if (output_step(out, it, s->d_loss, s->g_loss, s->n_live, s->transport)) {
         out->error = DG_ERR_IO;
@@ -1101,7 +1102,7 @@ int main(int argc, char **argv)
             if (o.resume && (r = dg_flgan_run_load(fl, o.out))) return fail("resume", r);
             out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
             out.fl = fl;
-            out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->rounds * out.per_round;
+            out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->iterations;
             printf("FL-GAN: N = %d, %d local iterations (E = %d) per round\n", o.workers,
                    out.per_round, fc.local_epochs);
             if (o.fraction > 0)

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,9 +23,10 @@ extern char **environ;
 static char errfile[256];
 static const char *bindir = "build";
 
-/* runs bin with argv (NULL-terminated); returns the exit status (-1 when it
-   did not exit normally) and leaves its stderr in errfile */
-static int run(const char *bin, char **argv)
+/* runs bin with argv (NULL-terminated) for at most the given seconds;
+   returns the exit status (-1 when it did not exit normally) and leaves
+   its stderr in errfile */
+static int run_for(const char *bin, char **argv, int seconds)
 {
     posix_spawn_file_actions_t fa;
     char path[512];
@@ -45,16 +47,18 @@ static int run(const char *bin, char **argv)
        the bad value and started working */
     for (waited = 0; waitpid(pid, &st, WNOHANG) == 0; waited++) {
         struct timespec ts = {0, 10000000};
-        if (waited == 300) {
+        if (waited == 100 * seconds) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
-            printf("  %s still running after 3 s: killed\n", path);
+            printf("  %s still running after %d s: killed\n", path, seconds);
             return -1;
         }
         nanosleep(&ts, NULL);
     }
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+static int run(const char *bin, char **argv) { return run_for(bin, argv, 3); }
 
 /* stderr is one line holding every needle */
 static int one_line_with(const char *a, const char *b, char *line, size_t cap)
@@ -289,6 +293,113 @@ TEST(unknown_and_missing)
     }
 }
 
+/* a file's bytes (NUL-terminated), NULL when it cannot be read */
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    char *b = NULL;
+    long len;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (b = malloc((size_t)len + 1)) && fread(b, 1, (size_t)len, f) == (size_t)len) {
+        b[len] = 0;
+        *n = (size_t)len;
+    } else {
+        free(b);
+        b = NULL;
+    }
+    if (f) fclose(f);
+    return b;
+}
+
+/* log.csv without its host-time column (the 9th) */
+static char *log_without_time(const char *dir)
+{
+    char path[600], *b, *o, *p;
+    size_t n;
+    int col = 0;
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    if (!(b = slurp(path, &n)) || !(o = malloc(n + 1))) return b;
+    for (p = b, n = 0; *p; p++) {
+        if (*p == '\n') col = 0;
+        else if (*p == ',') col++;
+        if (col != 8) o[n++] = *p;
+    }
+    o[n] = 0;
+    free(b);
+    return o;
+}
+
+/* A run stopped midway and resumed with --resume logs, evaluates and ends
+   as the run that went through: FeGAN (a round moves by C times a full
+   round's iterations), FL-GAN on unequal shards, MD-GAN. */
+TEST(distgan_resume_continues_the_log)
+{
+    static const char *const algos[][4] = {
+        {"--algo", "flgan", "--fraction", "0.5"},
+        {"--algo", "flgan", "--dirichlet", "0.3"},
+        {"--algo", "mdgan", "--k", "1"},
+    };
+    static const char *const iters[] = {"40", "15", "40"};
+    char dir[2][300], *argv[32], *a, *b, path[1000];
+    const char *base = getenv("TMPDIR");
+    int i, k, d, r, it;
+    for (i = 0; i < N(algos); i++) {
+        for (d = 0; d < 2; d++) {
+            snprintf(dir[d], sizeof dir[d], "%s/dg_cli_resume_XXXXXX", base ? base : "/tmp");
+            CHECK(mkdtemp(dir[d]) != NULL);
+        }
+        /* dir[0]: 40 updates in one go; dir[1]: the first ones, then --resume */
+        for (r = 0; r < 3; r++) {
+            static const char *const common[] = {"--arch", "tiny", "--dataset", "shapes:256", "--batch",
+                                                 "8", "--no-eval", "--threads", "1", "--workers", "4",
+                                                 "--eval-every", "8", "--seed", "3"};
+            k = 1;
+            for (d = 0; d < N(common); d++) argv[k++] = (char *)common[d];
+            for (d = 0; d < 4; d++) argv[k++] = (char *)algos[i][d];
+            argv[k++] = "--out";
+            argv[k++] = dir[r == 0 ? 0 : 1];
+            argv[k++] = "--iters";
+            argv[k++] = (char *)(r == 1 ? iters[i] : "40");
+            if (r == 2) argv[k++] = "--resume";
+            argv[k] = NULL;
+            CHECK(run_for("distgan", argv, 60) == 0);
+        }
+        for (d = 0; d < 2; d++) {
+            size_t na, nb;
+            snprintf(path, sizeof path, "%s/g.f32", dir[0]);
+            a = slurp(path, &na);
+            snprintf(path, sizeof path, "%s/g.f32", dir[1]);
+            b = slurp(path, &nb);
+            if (d == 1) {
+                free(a);
+                free(b);
+                a = log_without_time(dir[0]);
+                b = log_without_time(dir[1]);
+                na = a ? strlen(a) : 0;
+                nb = b ? strlen(b) : 0;
+            }
+            CHECK(a && b && na == nb && memcmp(a, b, na) == 0);
+            if (th_cur_failed) printf("  %s %s: %s differs\n", algos[i][1], algos[i][3], d ? "log.csv" : "G");
+            free(a);
+            free(b);
+        }
+        /* one grid per --eval-every period, at its first update (FeGAN's
+           rounds and MD-GAN's iterations land on the multiples of 8) */
+        for (it = 1; i != 1 && it <= 40; it++) {
+            FILE *f;
+            snprintf(path, sizeof path, "%s/samples_%06d.png", dir[1], it);
+            f = fopen(path, "rb");
+            CHECK((f != NULL) == (it % 8 == 0));
+            if (th_cur_failed) printf("  %s: grid at update %d: %s\n", algos[i][1], it, f ? "yes" : "no");
+            if (f) fclose(f);
+        }
+        for (d = 0; d < 2; d++) {
+            snprintf(path, sizeof path, "rm -rf '%s'", dir[d]);
+            CHECK(system(path) == 0);
+        }
+    }
+}
+
 int main(void)
 {
     const char *env = getenv("DG_CLI_BIN"), *base = getenv("TMPDIR");
@@ -310,6 +421,7 @@ int main(void)
     RUN(distgan_async_needs_quorum);
     RUN(plot_options);
     RUN(unknown_and_missing);
+    RUN(distgan_resume_continues_the_log);
     unlink(errfile);
     return th_done();
 }
