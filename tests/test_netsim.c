@@ -199,6 +199,41 @@ TEST(order_per_link_kept_while_another_is_faster)
     dg_transport_close(t);
 }
 
+/* A message overtaken by jitter arrives with the one before it on its link
+   (TCP delivers in order): each arrival is the running maximum of the
+   link's raw times t + L + B/R + jitter, recomputed here from the link's
+   draws (disconnect, jitter, one loss draw per message). */
+TEST(arrival_raised_to_the_previous_on_its_link)
+{
+    /* 1 Mbit/s so that transmission queues too; 64 floats = 256 B of payload */
+    dg_transport *t = sim(2, "down lat=0.01 jitter=0.05 bw=1M; seed=7");
+    double raw_max = 0.0, free_at = 0.0, tx;
+    int i, exact = 1, overtaken = 0;
+    if (!t) return;
+    for (i = 0; i < 50; i++) CHECK_OK(send_floats(t, 0, 1, i, 64));
+    for (i = 0; i < 50; i++) {
+        dg_rng rng = dg_rng_make(7, DG_NETSIM_STREAM_LINK + 0 * 2 + 1, (uint64_t)i);
+        dg_msg *m;
+        double jitter, raw;
+        dg_rng_u64(&rng); /* disconnect */
+        jitter = (double)(dg_rng_u64(&rng) >> 11) / 9007199254740992.0 * 0.05;
+        if (dg_transport_recv(t, 1, 0, &m) != DG_OK) {
+            exact = 0;
+            break;
+        }
+        tx = 8.0 * (double)dg_msg_encoded_size(m) / 1e6;
+        free_at += tx; /* all sent at 0: each starts when the one before is out */
+        raw = free_at + 0.01 + jitter;
+        if (raw < raw_max) overtaken++;
+        else raw_max = raw;
+        if (m->iteration != i || fabs(m->arrival - raw_max) > 1e-12) exact = 0;
+        dg_msg_free(t, m);
+    }
+    CHECK(exact);
+    CHECK(overtaken > 0); /* the rule was exercised */
+    dg_transport_close(t);
+}
+
 TEST(loss_adds_the_rto)
 {
     /* loss 0.5; latencies 20 ms and 30 ms: 2*RTT = 0.1 < rto_min 0.2 */
@@ -586,6 +621,7 @@ int main(void)
     RUN(spec_parsing);
     RUN(one_message_and_two_queued);
     RUN(order_per_link_kept_while_another_is_faster);
+    RUN(arrival_raised_to_the_previous_on_its_link);
     RUN(loss_adds_the_rto);
     RUN(disconnect_drops_the_worker);
     RUN(straggler_delays_the_server_by_its_compute);
