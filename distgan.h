@@ -1390,7 +1390,8 @@ DGDEF int dg_fault_transport_crashed(dg_transport *t, int peer);
    after it (for MD-GAN and FL-GAN, whose roles work once a barrier of
    messages is in, this changes no time); a message
    the role ignores (a dropped worker's late feedback) still advances the
-   clock.  The clocks are not checkpointed: a resumed run starts at 0.
+   clock.  A run's clocks and link states are checkpointed with it
+   (dg_netsim_save, dg_mdgan_run_save): a resumed run goes on from them.
 
    Describing a network: dg_netsim_config_init() is the ideal network
    (latency 0, unlimited bandwidth, no loss, every peer 100 GFLOP/s);
@@ -11609,7 +11610,40 @@ DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_nets
 /* ---- the models' checkpoint: kind "network model", one state section
    per model of the chain, in order: u32 peers, per peer f64 clock and u32
    disconnected, per link (from-major) f64 busy-until, f64 last arrival
-   and u64 draws ---- */
+   and u64 draws, then u32 the digest of the model's description ---- */
+
+/* CRC-32 of what the model was made of (seed, RTO, every peer's speed,
+   every link's parameters): a run resumed under another network would
+   join two networks' times in one clock. */
+static uint32_t dg__ns_digest(const dg__netsim *ns)
+{
+    unsigned char b[8];
+    uint32_t c;
+    size_t i, links = (size_t)ns->n * ns->n;
+    int p;
+#define DG__NS_DIGEST_F64(x)                                                                        \
+    do {                                                                                           \
+        double v_ = (x);                                                                           \
+        uint64_t u_;                                                                               \
+        memcpy(&u_, &v_, 8);                                                                       \
+        dg__le64(b, u_);                                                                           \
+        c = dg_crc32(c, b, 8);                                                                     \
+    } while (0)
+    dg__le64(b, ns->seed);
+    c = dg_crc32(0, b, 8);
+    DG__NS_DIGEST_F64(ns->rto_min);
+    for (p = 0; p < ns->n; p++) DG__NS_DIGEST_F64(ns->gflops[p]);
+    for (i = 0; i < links; i++) {
+        const dg_netsim_link *l = &ns->link[i].p;
+        DG__NS_DIGEST_F64(l->bw);
+        DG__NS_DIGEST_F64(l->latency);
+        DG__NS_DIGEST_F64(l->jitter);
+        DG__NS_DIGEST_F64(l->loss);
+        DG__NS_DIGEST_F64(l->disconnect);
+    }
+#undef DG__NS_DIGEST_F64
+    return c;
+}
 static void dg__ns_encode(dg__wbuf *w, const void *obj)
 {
     const dg__netsim *ns;
@@ -11629,6 +11663,7 @@ static void dg__ns_encode(dg__wbuf *w, const void *obj)
             dg__put_f64(w, ns->link[i].last);
             dg__put_u64(w, ns->link[i].count);
         }
+        dg__put_u32(w, dg__ns_digest(ns));
         dg__ck_end(w, start);
     }
 }
@@ -11651,7 +11686,10 @@ static dg_result dg__ns_check_state(const dg__netsim *ns, dg__rbuf sec, int k, c
     int p;
     if (n != (uint32_t)ns->n)
         return dg__fail(DG_ERR_CONFIG, "%s: model %d: %u peers, this run has %d", what, k, n, ns->n);
-    if (sec.len != 4 + 12 * (size_t)ns->n + 24 * links)
+    if (sec.len == 4 + 12 * (size_t)ns->n + 24 * links) /* before the digest */
+        return dg__fail(DG_ERR_VERSION, "%s: model %d: saved without the network's description by "
+                        "an older version: delete it to restart the clocks at 0", what, k);
+    if (sec.len != 8 + 12 * (size_t)ns->n + 24 * links)
         return dg__fail(DG_ERR_FORMAT, "%s: model %d: %zu bytes of state for %d peers", what, k,
                         sec.len, ns->n);
     for (p = 0; p < ns->n; p++) {
@@ -11668,6 +11706,9 @@ static dg_result dg__ns_check_state(const dg__netsim *ns, dg__rbuf sec, int k, c
             return dg__fail(DG_ERR_FORMAT, "%s: model %d: link %zu -> %zu: times %g, %g", what, k,
                             i / (size_t)ns->n, i % (size_t)ns->n, f, l);
     }
+    if (dg__get_u32(&sec) != dg__ns_digest(ns))
+        return dg__fail(DG_ERR_CONFIG, "%s: model %d: saved under another network (links, speeds "
+                        "or seed differ): resume with the network the run was made with", what, k);
     return DG_OK;
 }
 
@@ -16928,7 +16969,29 @@ DG__RUN_ACCESSORS(mdgan)
 DG__RUN_ACCESSORS(flgan)
 #undef DG__RUN_ACCESSORS
 
-/* Saves (load = 0) or loads every role of an in-process run (md or fl). */
+/* The network model's clocks and draws of an in-process run (set_network
+   comes before load); without a model, a model's state in dir is another
+   run's (save: removed) or this run's, which must go on under its network
+   (load: refused). */
+static dg_result dg__run_network_file(const dg__local_run *in, int fl, const char *dir, int load)
+{
+    char path[4096];
+    FILE *f;
+    dg_result r = dg_checkpoint_path(path, sizeof path, dir, fl, -1);
+    if (r != DG_OK) return r;
+    if (dg__ns_of(in->t)) return load ? dg_netsim_load(in->t, path) : dg_netsim_save(in->t, path);
+    if (!load) {
+        remove(path);
+        return DG_OK;
+    }
+    if (!(f = fopen(path, "rb"))) return DG_OK;
+    fclose(f);
+    return dg__fail(DG_ERR_CONFIG, "%s: the run was made under a network model: resume it under "
+                    "the same network", path);
+}
+
+/* Saves (load = 0) or loads every role of an in-process run (md or fl);
+   a load checks the network first, so that its refusal changes nothing. */
 static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *dir, int load)
 {
     char path[4096];
@@ -16937,6 +17000,7 @@ static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *d
     int n, loaded;
     if (!dir) return dg__fail(DG_ERR_ARG, "run checkpoint: dir is NULL");
     if (md && !load && (r = dg_mdgan_run_settle(md)) != DG_OK) return r;
+    if (load && (r = dg__run_network_file(in, !md, dir, 1)) != DG_OK) return r;
     for (n = 0; n <= in->slots && r == DG_OK; n++) {
         dg__role_ref ro = {NULL, NULL, NULL, NULL};
         if (md && n) ro.mw = (dg_mdgan_worker *)in->workers[n];
@@ -16952,10 +17016,7 @@ static dg_result dg__run_files(dg_mdgan_run *md, dg_flgan_run *fl, const char *d
             r = dg__role_save(path, &ro);
         }
     }
-    /* the network model's clocks and draws (set_network comes before load) */
-    if (r == DG_OK && dg__ns_of(in->t) &&
-        (r = dg_checkpoint_path(path, sizeof path, dir, !md, -1)) == DG_OK)
-        r = load ? dg_netsim_load(in->t, path) : dg_netsim_save(in->t, path);
+    if (!load && r == DG_OK) r = dg__run_network_file(in, !md, dir, 0);
     return r;
 }
 

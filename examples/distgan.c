@@ -439,6 +439,13 @@ static int parse(options *o, int argc, char **argv)
     else if (parse_worker_number("--k", o->k_str, o->workers, " (or 'log')", &o->k)) return 1;
     if (parse_worker_number("--quorum", o->quorum_str, o->workers, " (1..--workers)", &o->quorum))
         return 1;
+    if (o->quorum && o->transport == T_INPROC && !o->network) {
+        /* in process, time is the model's: without one every feedback
+           arrives at 0 and the run is synchronous MD-GAN, bit for bit */
+        fprintf(stderr, "distgan: --quorum in process needs --network (the simulated time the "
+                        "quorum is counted in)\n");
+        return 1;
+    }
     for (i = 1; i < argc; i++) /* the asynchronous settings need --quorum, --balanced --fraction */
         if ((!o->quorum && (!strcmp(argv[i], "--deadline") || !strcmp(argv[i], "--staleness") ||
                             !strcmp(argv[i], "--tau-max"))) ||

@@ -162,12 +162,13 @@ TEST(distgan_options)
     CHECK(check_options("distgan", coded, attack, N(attack)) == 0);
 }
 
-/* the settings of asynchronous MD-GAN and FeGAN alone are refused */
+/* the settings of asynchronous MD-GAN and FeGAN alone are refused, and
+   in process the quorum without the network model that times it */
 TEST(distgan_async_needs_quorum)
 {
     static const char *const runs[][4] = {
         {"--deadline", "1", NULL}, {"--staleness", "constant", NULL}, {"--tau-max", "3", NULL},
-        {"--algo", "flgan", "--balanced", NULL},
+        {"--algo", "flgan", "--balanced", NULL}, {"--quorum", "2", NULL},
     };
     char *argv[8], line[1024];
     int i, k;
@@ -175,7 +176,8 @@ TEST(distgan_async_needs_quorum)
         for (k = 0; k < 4 && runs[i][k]; k++) argv[k + 1] = (char *)runs[i][k];
         argv[k + 1] = NULL;
         CHECK(run("distgan", argv) == 2 &&
-              one_line_with(" needs --", strcmp(runs[i][k - 1], "--balanced") ? "--quorum" : "--fraction",
+              one_line_with(" needs --", !strcmp(runs[i][k - 1], "--balanced") ? "--fraction"
+                                         : !strcmp(runs[i][0], "--quorum") ? "--network" : "--quorum",
                             line, sizeof line));
         if (th_cur_failed) printf("  run %d: %s", i, line);
     }

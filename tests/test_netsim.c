@@ -529,10 +529,19 @@ TEST(resumed_run_keeps_its_clocks)
     f = fopen(path, "rb");
     len = f ? fread(buf, 1, sizeof buf, f) : 0;
     if (f) fclose(f);
-    CHECK(len == 32 + 4 + 5 * 12 + 25 * 24); /* container, peers, 5 peers, 25 links */
+    CHECK(len == 32 + 4 + 5 * 12 + 25 * 24 + 4); /* container, peers, 5 peers, 25 links, digest */
     if (t3 && t5 && len > 40) {
         double nan = NAN;
         CHECK(dg_netsim_load(t3, path) == DG_ERR_CONFIG && has(dg_last_error(), "5 peers, this run has 4"));
+        /* t5 is a wan, the run an edge */
+        CHECK(dg_netsim_load(t5, path) == DG_ERR_CONFIG && has(dg_last_error(), "another network"));
+        /* the layout before the digest: its own message */
+        dg__le64(buf + 20, len - 32 - 4);
+        dg__le32(buf + 28, dg_crc32(0, buf + 32, len - 32 - 4));
+        f = fopen(path, "wb");
+        if (f) fwrite(buf, 1, len - 4, f), fclose(f);
+        CHECK(dg_netsim_load(t5, path) == DG_ERR_VERSION && has(dg_last_error(), "older version"));
+        dg__le64(buf + 20, len - 32);
         buf[40] ^= 1; /* peer 0's clock, under the section's CRC */
         f = fopen(path, "wb");
         if (f) fwrite(buf, 1, len, f), fclose(f);
@@ -551,6 +560,49 @@ TEST(resumed_run_keeps_its_clocks)
     }
     if (t3) dg_transport_close(t3);
     if (t5) dg_transport_close(t5);
+}
+
+/* A run resumes only under the network it was made with: another network
+   or none is refused with the run untouched; a run saved without a model
+   drops an earlier run's network.ckpt from its folder. */
+TEST(resume_under_another_network_refused)
+{
+    static const char *const spec[] = {"edge; seed=3", "edge; seed=4", "wan", NULL};
+    dg_dataset ds;
+    dg_partition part;
+    dg_mdgan_config c = small_config(4);
+    dg_mdgan_run *run;
+    char path[600];
+    int i;
+    make_data(&ds, 128, 2);
+    if (dg_partition_iid(&part, ds.n, 4, 3) != DG_OK) return;
+    if ((run = mdgan(&c, &ds, &part, pool2, spec[0]))) {
+        CHECK_OK(dg_mdgan_run_iteration(run));
+        CHECK_OK(dg_mdgan_run_save(run, tmpdir));
+        dg_mdgan_run_free(run);
+    }
+    for (i = 1; i < 4; i++) {
+        if (!(run = mdgan(&c, &ds, &part, pool2, spec[i]))) continue;
+        CHECK(dg_mdgan_run_load(run, tmpdir) == DG_ERR_CONFIG &&
+              has(dg_last_error(), spec[i] ? "another network" : "made under a network model"));
+        CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->iteration == 0); /* untouched */
+        if (th_cur_failed) printf("  %s: %s\n", spec[i] ? spec[i] : "no network", dg_last_error());
+        dg_mdgan_run_free(run);
+    }
+    if ((run = mdgan(&c, &ds, &part, pool2, spec[0]))) {
+        CHECK_OK(dg_mdgan_run_load(run, tmpdir));
+        CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->iteration == 1);
+        dg_mdgan_run_free(run);
+    }
+    if ((run = mdgan(&c, &ds, &part, pool2, NULL))) { /* a new run without a network */
+        CHECK_OK(dg_mdgan_run_save(run, tmpdir));
+        CHECK_OK(dg_checkpoint_path(path, sizeof path, tmpdir, 0, -1));
+        CHECK(fopen(path, "rb") == NULL);
+        CHECK_OK(dg_mdgan_run_load(run, tmpdir));
+        dg_mdgan_run_free(run);
+    }
+    dg_partition_free(&part);
+    dg_dataset_free(&ds);
 }
 
 /* One run timed on three networks (add_network) is the three runs: the
@@ -629,6 +681,7 @@ int main(void)
     RUN(mdgan_same_bits_with_and_without_a_network);
     RUN(flgan_same_bits_and_a_clock);
     RUN(resumed_run_keeps_its_clocks);
+    RUN(resume_under_another_network_refused);
     RUN(one_run_timed_on_three_networks);
     RUN(add_network_refusals);
     pools_destroy();
