@@ -11,6 +11,7 @@
 #include "harness.h"
 #include "small_gan.h"
 #include "scratch.h"
+#include "sender.h"
 
 
 /* two nets hold the same parameters, bit for bit */
@@ -22,25 +23,17 @@ static int same_params(dg_net *a, dg_net *b)
 
 /* ---- transport ---- */
 
-typedef struct producer {
-    dg_transport *t;
-    int id, count;
-} producer;
-
-static void *produce(void *arg)
+/* producer s->id's i-th message: its id, then i, in parts of 1 + i % 7
+   floats and one int */
+static dg_msg *producer_msg(const sender *s, int i)
 {
-    producer *p = (producer *)arg;
     dg_part_kind kinds[2] = {DG_PART_F32, DG_PART_I32};
-    int i;
-    for (i = 0; i < p->count; i++) {
-        size_t counts[2] = {(size_t)(1 + i % 7), 1};
-        dg_msg *m;
-        if (dg_msg_create(p->t, DG_MSG_USER, p->id, 0, i, 2, kinds, counts, &m) != DG_OK) return p;
-        ((float *)m->part[0].data)[0] = (float)p->id;
-        ((int32_t *)m->part[1].data)[0] = i;
-        if (dg_transport_send(p->t, m) != DG_OK) return p;
-    }
-    return NULL;
+    size_t counts[2] = {(size_t)(1 + i % 7), 1};
+    dg_msg *m;
+    if (dg_msg_create(s->t, DG_MSG_USER, s->id, 0, i, 2, kinds, counts, &m) != DG_OK) return NULL;
+    ((float *)m->part[0].data)[0] = (float)s->id;
+    ((int32_t *)m->part[1].data)[0] = i;
+    return m;
 }
 
 TEST(queue_concurrent_producers)
@@ -48,17 +41,16 @@ TEST(queue_concurrent_producers)
     enum { P = 4, COUNT = 2000 };
     dg_transport *t;
     pthread_t th[P];
-    producer pr[P];
+    sender pr[P];
     int next[P + 1] = {0}, got = 0, order_ok = 1, i;
     uint64_t payload = 0;
     dg_traffic tr;
     /* capacity 3: producers block on a full inbox all the time */
     CHECK_OK(dg_inproc_create(&t, P + 1, 3, 0));
     for (i = 0; i < P; i++) {
-        pr[i].t = t;
-        pr[i].id = i + 1;
-        pr[i].count = COUNT;
-        pthread_create(&th[i], NULL, produce, &pr[i]);
+        sender one = {t, i + 1, COUNT, 0, producer_msg};
+        pr[i] = one;
+        pthread_create(&th[i], NULL, sender_main, &pr[i]);
     }
     while (got < P * COUNT) {
         dg_msg *m;
