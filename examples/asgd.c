@@ -383,7 +383,7 @@ int main(int argc, char **argv)
         {"--transport", DG_OPT_CHOICE, &no.transport, 0, 0, "inproc|tcp|mpi"},
         {"--schedule", DG_OPT_CHOICE, &no.schedule, 0, 0, "async|deterministic"},
         {"--role", DG_OPT_CHOICE, &no.role, 0, 0, "server|worker"},
-        CLI_TCP_OPTIONS(&no.tcp),
+        CLI_TCP_OPTIONS(no.tcp),
         {"--id", DG_OPT_STRING, &no.id_str, 0, 0, NULL},
         {"--checkpoint", DG_OPT_STRING, &no.checkpoint, 0, 0, NULL},
         {"--checkpoint-every", DG_OPT_INT, &no.ckpt_every, 0, 1000000000, NULL},

@@ -54,19 +54,19 @@ static inline void cli_log_line(void *user, const char *line)
 }
 
 /* --listen, --connect, --secret-file, --insecure, --dead-ms, --heartbeat-ms:
-   CLI_TCP_OPTIONS(&o->tcp) puts their rows in a table. */
+   CLI_TCP_OPTIONS(o->tcp) puts their rows in a table. */
 typedef struct cli_tcp {
     const char *listen, *connect, *secret_file;
     int insecure, dead_ms, heartbeat_ms;
 } cli_tcp;
 
 #define CLI_TCP_OPTIONS(t)                                                 \
-    {"--listen", DG_OPT_STRING, &(t)->listen, 0, 0, NULL},                 \
-    {"--connect", DG_OPT_STRING, &(t)->connect, 0, 0, NULL},               \
-    {"--secret-file", DG_OPT_STRING, &(t)->secret_file, 0, 0, NULL},       \
-    {"--insecure", DG_OPT_FLAG, &(t)->insecure, 0, 0, NULL},               \
-    {"--dead-ms", DG_OPT_INT, &(t)->dead_ms, 0, 86400000, NULL},           \
-    {"--heartbeat-ms", DG_OPT_INT, &(t)->heartbeat_ms, 0, 86400000, NULL}
+    {"--listen", DG_OPT_STRING, &(t).listen, 0, 0, NULL},                  \
+    {"--connect", DG_OPT_STRING, &(t).connect, 0, 0, NULL},                \
+    {"--secret-file", DG_OPT_STRING, &(t).secret_file, 0, 0, NULL},        \
+    {"--insecure", DG_OPT_FLAG, &(t).insecure, 0, 0, NULL},                \
+    {"--dead-ms", DG_OPT_INT, &(t).dead_ms, 0, 86400000, NULL},            \
+    {"--heartbeat-ms", DG_OPT_INT, &(t).heartbeat_ms, 0, 86400000, NULL}
 
 #ifndef DG_NO_TCP
 /* This process's TCP endpoint: tc comes in with what the program sets

@@ -346,7 +346,7 @@ static int parse(options *o, int argc, char **argv)
         {"--checkpoint-every", DG_OPT_INT, &o->ckpt_every, 0, 1000000000, NULL},
         {"--barrier-ms", DG_OPT_INT, &o->barrier_ms, 0, 86400000, NULL},
         {"--role", DG_OPT_STRING, &o->role_str, 0, 0, NULL},
-        CLI_TCP_OPTIONS(&o->tcp),
+        CLI_TCP_OPTIONS(o->tcp),
         {"--id", DG_OPT_STRING, &o->id_str, 0, 0, NULL},
         {"--max-message", DG_OPT_U64, &o->max_message, 0, 0, NULL},
         {"--protocol-version", DG_OPT_INT, &o->version, 0, 65535, NULL},
