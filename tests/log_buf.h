@@ -27,7 +27,7 @@ static void log_to(void *user, const char *line)
 }
 
 /* forgets the lines so far */
-static void log_clear(log_buf *b)
+static inline void log_clear(log_buf *b)
 {
     pthread_mutex_lock(&b->mu);
     b->len = 0;
