@@ -25,6 +25,25 @@ static inline int cli_parse(const char *prog, const dg_option *table, int n, int
     return 0;
 }
 
+/* The options gan and distgan share: the data, the networks, the
+   classifier that scores the samples, the threads, the output folder and
+   its checkpoint.  CLI_RUN_OPTIONS(&o->run) puts their rows in a table. */
+typedef struct cli_run {
+    const char *dataset, *classifier, *out;
+    int arch, clf_epochs, threads, resume, no_checkpoint, help;
+} cli_run;
+
+#define CLI_RUN_OPTIONS(r)                                                 \
+    {"--dataset", DG_OPT_STRING, &(r)->dataset, 0, 0, NULL},               \
+    {"--arch", DG_OPT_CHOICE, &(r)->arch, 0, 0, "dcgan|mlp|tiny"},         \
+    {"--classifier", DG_OPT_STRING, &(r)->classifier, 0, 0, NULL},         \
+    {"--clf-epochs", DG_OPT_INT, &(r)->clf_epochs, 0, 1000, NULL},         \
+    {"--threads", DG_OPT_INT, &(r)->threads, 0, 1024, NULL},               \
+    {"--out", DG_OPT_STRING, &(r)->out, 0, 0, NULL},                       \
+    {"--resume", DG_OPT_FLAG, &(r)->resume, 0, 0, NULL},                   \
+    {"--no-checkpoint", DG_OPT_FLAG, &(r)->no_checkpoint, 0, 0, NULL},     \
+    {"--help", DG_OPT_FLAG, &(r)->help, 0, 0, NULL}
+
 /* The events of a process of a distributed run, on stderr, "[worker 2
    3.21s] ...": user names the process; main sets cli_t_start. */
 static double cli_t_start;
@@ -34,11 +53,20 @@ static inline void cli_log_line(void *user, const char *line)
     fflush(stderr);
 }
 
-/* --listen, --connect, --secret-file, --insecure, --dead-ms, --heartbeat-ms */
+/* --listen, --connect, --secret-file, --insecure, --dead-ms, --heartbeat-ms:
+   CLI_TCP_OPTIONS(o->tcp) puts their rows in a table. */
 typedef struct cli_tcp {
     const char *listen, *connect, *secret_file;
     int insecure, dead_ms, heartbeat_ms;
 } cli_tcp;
+
+#define CLI_TCP_OPTIONS(t)                                                 \
+    {"--listen", DG_OPT_STRING, &(t).listen, 0, 0, NULL},                  \
+    {"--connect", DG_OPT_STRING, &(t).connect, 0, 0, NULL},                \
+    {"--secret-file", DG_OPT_STRING, &(t).secret_file, 0, 0, NULL},        \
+    {"--insecure", DG_OPT_FLAG, &(t).insecure, 0, 0, NULL},                \
+    {"--dead-ms", DG_OPT_INT, &(t).dead_ms, 0, 86400000, NULL},            \
+    {"--heartbeat-ms", DG_OPT_INT, &(t).heartbeat_ms, 0, 86400000, NULL}
 
 #ifndef DG_NO_TCP
 /* This process's TCP endpoint: tc comes in with what the program sets

@@ -42,13 +42,13 @@ typedef enum algo { ALGO_GAN, ALGO_MDGAN, ALGO_FLGAN } algo;
 typedef enum transport { T_INPROC, T_TCP, T_MPI } transport;
 
 typedef struct options {
-    int algo, arch, transport, role; /* indices into the choices of --algo, --arch,
-                                        --transport, --role (0 server, 1 worker) */
-    const char *dataset, *out, *classifier, *k_str, *crash_str, *join_str,
-        *attack_str, *role_str, *id_str, *slow_str;
-    int workers, batch, k, L, E, acgan, saturating, threads, resume, no_eval, eval_samples,
-        clf_epochs, iid, shards, swap_every, swap_opt_stays, real_once, z_dim, no_checkpoint,
-        help, local_iters, log_every, ckpt_every, id, barrier_ms, version, staleness, tau_max, balanced;
+    cli_run run; /* --dataset, --arch, --classifier, --out, ... */
+    int algo, transport, role; /* indices into the choices of --algo, --transport,
+                                  --role (0 server, 1 worker) */
+    const char *k_str, *crash_str, *join_str, *attack_str, *role_str, *id_str, *slow_str;
+    int workers, batch, k, L, E, acgan, saturating, no_eval, eval_samples, iid, shards,
+        swap_every, swap_opt_stays, real_once, z_dim, local_iters, log_every, ckpt_every, id,
+        barrier_ms, version, staleness, tau_max, balanced;
     double alpha, feedback_clip, deadline, fraction;
     const char *quorum_str; int quorum; /* --quorum: 1..N, checked against --workers */
     float lr;
@@ -306,7 +306,7 @@ static int parse(options *o, int argc, char **argv)
     const dg_option table[] = {
         {"--transport", DG_OPT_CHOICE, &o->transport, 0, 0, "inproc|tcp|mpi"},
         {"--algo", DG_OPT_CHOICE, &o->algo, 0, 0, "gan|mdgan|flgan"},
-        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp|tiny"},
+        CLI_RUN_OPTIONS(&o->run),
         {"--workers", DG_OPT_INT, &o->workers, 1, 10000, NULL},
         {"--batch", DG_OPT_INT, &o->batch, 1, 65536, NULL},
         {"--k", DG_OPT_STRING, &o->k_str, 0, 0, NULL},
@@ -329,17 +329,13 @@ static int parse(options *o, int argc, char **argv)
         {"--acgan", DG_OPT_FLAG, &o->acgan, 0, 0, NULL},
         {"--saturating", DG_OPT_FLAG, &o->saturating, 0, 0, NULL},
         {"--lr", DG_OPT_FLOAT, &o->lr, 1e-8, 1, NULL},
-        {"--dataset", DG_OPT_STRING, &o->dataset, 0, 0, NULL},
         {"--data-seed", DG_OPT_U64, &o->data_seed, 0, 0, NULL},
         {"--iters", DG_OPT_INT64, &o->iters, 1, 1e9, NULL},
         {"--eval-every", DG_OPT_INT64, &o->eval_every, 0, 1e9, NULL},
         {"--eval-samples", DG_OPT_INT, &o->eval_samples, 2, 1000000, NULL},
         {"--no-eval", DG_OPT_FLAG, &o->no_eval, 0, 0, NULL},
-        {"--classifier", DG_OPT_STRING, &o->classifier, 0, 0, NULL},
-        {"--clf-epochs", DG_OPT_INT, &o->clf_epochs, 0, 1000, NULL},
         {"--log-every", DG_OPT_INT, &o->log_every, 0, 1000000000, NULL},
         {"--seed", DG_OPT_U64, &o->seed, 0, 0, NULL},
-        {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
         {"--crash", DG_OPT_STRING, &o->crash_str, 0, 0, NULL},
         {"--join", DG_OPT_STRING, &o->join_str, 0, 0, NULL},
         {"--attack", DG_OPT_STRING, &o->attack_str, 0, 0, NULL},
@@ -347,45 +343,36 @@ static int parse(options *o, int argc, char **argv)
         {"--network", DG_OPT_STRING, &o->network, 0, 0, NULL},
         {"--also-network", DG_OPT_STRING, &o->also_str, 0, 0, NULL},
         {"--codec", DG_OPT_STRING, &o->codec_str, 0, 0, NULL},
-        {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
-        {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
-        {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
         {"--checkpoint-every", DG_OPT_INT, &o->ckpt_every, 0, 1000000000, NULL},
         {"--barrier-ms", DG_OPT_INT, &o->barrier_ms, 0, 86400000, NULL},
         {"--role", DG_OPT_STRING, &o->role_str, 0, 0, NULL},
-        {"--listen", DG_OPT_STRING, &o->tcp.listen, 0, 0, NULL},
-        {"--connect", DG_OPT_STRING, &o->tcp.connect, 0, 0, NULL},
+        CLI_TCP_OPTIONS(o->tcp),
         {"--id", DG_OPT_STRING, &o->id_str, 0, 0, NULL},
-        {"--secret-file", DG_OPT_STRING, &o->tcp.secret_file, 0, 0, NULL},
-        {"--insecure", DG_OPT_FLAG, &o->tcp.insecure, 0, 0, NULL},
         {"--max-message", DG_OPT_U64, &o->max_message, 0, 0, NULL},
-        {"--dead-ms", DG_OPT_INT, &o->tcp.dead_ms, 0, 86400000, NULL},
-        {"--heartbeat-ms", DG_OPT_INT, &o->tcp.heartbeat_ms, 0, 86400000, NULL},
         {"--protocol-version", DG_OPT_INT, &o->version, 0, 65535, NULL},
-        {"--help", DG_OPT_FLAG, &o->help, 0, 0, NULL},
     };
     int i;
     memset(o, 0, sizeof *o);
     o->algo = ALGO_MDGAN;
-    o->dataset = stat(DG_FASHION_MNIST_DIR "/train-images-idx3-ubyte.gz", &st) == 0 ? "fashion"
+    o->run.dataset = stat(DG_FASHION_MNIST_DIR "/train-images-idx3-ubyte.gz", &st) == 0 ? "fashion"
                                                                                     : "shapes";
-    o->out = "out/distgan";
+    o->run.out = "out/distgan";
     o->workers = 4;
     o->batch = 64;
     o->L = 1;
     o->E = 1;
     o->eval_samples = 500;
-    o->clf_epochs = 3;
+    o->run.clf_epochs = 3;
     o->z_dim = 100;
-    o->arch = DG_ARCH_DCGAN;
+    o->run.arch = DG_ARCH_DCGAN;
     o->lr = 2e-4f;
     o->iters = 2000;
     o->eval_every = 500;
     o->seed = 1;
     o->data_seed = 1;
     o->tau_max = -1;
-    if (cli_parse("distgan", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1, &o->help,
-                  usage))
+    if (cli_parse("distgan", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1,
+                  &o->run.help, usage))
         return 1;
     if (o->transport == T_TCP) {
         if (!o->role_str || (strcmp(o->role_str, "server") && strcmp(o->role_str, "worker"))) {
@@ -552,13 +539,13 @@ static int output_open(output *out, const options *o, dg_pool *pool, const dg_da
     if (!o->no_eval && train->n_classes >= 2) {
         dg_evaluator_config ec = dg_evaluator_config_init();
         double c0 = dg_clock_seconds();
-        if (o->classifier) snprintf(clf_path, sizeof clf_path, "%s", o->classifier);
-        else snprintf(clf_path, sizeof clf_path, "%s/classifier-%.*s.bin", o->out,
-                      (int)strcspn(o->dataset, ":"), o->dataset);
+        if (o->run.classifier) snprintf(clf_path, sizeof clf_path, "%s", o->run.classifier);
+        else snprintf(clf_path, sizeof clf_path, "%s/classifier-%.*s.bin", o->run.out,
+                      (int)strcspn(o->run.dataset, ":"), o->run.dataset);
         ec.cache_path = clf_path;
-        ec.epochs = o->clf_epochs;
+        ec.epochs = o->run.clf_epochs;
         ec.ref_max = 10000;
-        printf("classifier: loading or training (%d epochs) ...\n", o->clf_epochs);
+        printf("classifier: loading or training (%d epochs) ...\n", o->run.clf_epochs);
         fflush(stdout);
         if ((r = dg_evaluator_init(&out->ev, pool, train, test->n ? test : NULL, &ec)))
             return fail("classifier", r);
@@ -575,7 +562,7 @@ static int output_open(output *out, const options *o, dg_pool *pool, const dg_da
             out->have_floor = 1;
         }
     }
-    printf("log: %s/log.csv\n", o->out);
+    printf("log: %s/log.csv\n", o->run.out);
     return 0;
 }
 
@@ -597,13 +584,14 @@ static int output_log(output *out, int64_t resumed_at)
     char path[1100], header[256];
     dg_result r;
     int i;
-    snprintf(path, sizeof path, "%s/log.csv", out->o->out);
+    snprintf(path, sizeof path, "%s/log.csv", out->o->run.out);
     log_header(out->o, header, sizeof header);
-    r = out->o->resume ? dg_csv_reopen(&out->csv, path, header, (double)resumed_at, out->before)
+    r = out->o->run.resume ? dg_csv_reopen(&out->csv, path, header, (double)resumed_at, out->before)
                        : dg_csv_open(&out->csv, path, header, 0);
     for (i = 0; i < 11 + out->o->n_also; i++)
         /* the models' clocks go on by themselves */
-        if (!out->o->resume || isnan(out->before[i]) || (i >= 10 && out->sim_restored)) out->before[i] = 0;
+        if (!out->o->run.resume || isnan(out->before[i]) || (i >= 10 && out->sim_restored))
+            out->before[i] = 0;
     return r ? fail("log", r) : 0;
 }
 
@@ -671,17 +659,17 @@ static int output_step(output *out, int64_t it, float dl, float gl, int n_live, 
             fid = er.fid_logits;
             out->last_er = er;
         }
-        snprintf(path, sizeof path, "%s/samples_%06lld.png", o->out, (long long)it);
+        snprintf(path, sizeof path, "%s/samples_%06lld.png", o->run.out, (long long)it);
         if ((r = dg_gan_write_samples(&out->src, GRID_SEED, 100, 10, path))) return fail("grid", r);
         r = DG_OK;
-        if (o->no_checkpoint) r = DG_OK;
+        if (o->run.no_checkpoint) r = DG_OK;
         else if (out->trainer) {
-            snprintf(path, sizeof path, "%s/gan.ckpt", o->out);
+            snprintf(path, sizeof path, "%s/gan.ckpt", o->run.out);
             r = dg_gan_trainer_save(out->trainer, path);
         } else if (out->md) {
-            r = dg_mdgan_run_save(out->md, o->out);
+            r = dg_mdgan_run_save(out->md, o->run.out);
         } else if (out->fl) {
-            r = dg_flgan_run_save(out->fl, o->out);
+            r = dg_flgan_run_save(out->fl, o->run.out);
         }
         if (r) return fail("checkpoint", r);
     }
@@ -721,10 +709,10 @@ static int output_finish(output *out, dg_net *g)
     char path[1100];
     dg_result r;
     dg_csv_close(&out->csv);
-    snprintf(path, sizeof path, "%s/g.f32", o->out);
+    snprintf(path, sizeof path, "%s/g.f32", o->run.out);
     if ((r = write_file(path, dg_net_params(g), dg_net_param_count(g) * sizeof(float))))
         return fail(path, r);
-    snprintf(path, sizeof path, "%s/samples_final.png", o->out);
+    snprintf(path, sizeof path, "%s/samples_final.png", o->run.out);
     if ((r = dg_gan_write_samples(&out->src, GRID_SEED, 100, 10, path))) return fail("grid", r);
     printf("done: %lld iterations in %.1f s\n", (long long)out->it, dg_clock_seconds() - out->t0);
     if (out->have_eval && out->last_er.n) { /* FID on the classifier's logits, lower is better */
@@ -738,7 +726,7 @@ static int output_finish(output *out, dg_net *g)
         if (out->have_untrained) printf("; untrained G: %.2f", out->untrained_er.score_mean);
         printf("; 1 to %d)\n", out->ev.n_classes);
     }
-    printf("  samples: %s\n  log:     %s/log.csv\n", path, o->out);
+    printf("  samples: %s\n  log:     %s/log.csv\n", path, o->run.out);
     return 0;
 }
 
@@ -799,7 +787,7 @@ static dg_mdgan_config mdgan_config(const options *o, const dg_dataset *train,
     c.h = train->h;
     c.w = train->w;
     c.n_classes = n_classes;
-    c.arch = (dg_arch)o->arch;
+    c.arch = (dg_arch)o->run.arch;
     c.lr_g = c.lr_d = o->lr;
     c.z_dim = o->z_dim;
     c.batch = o->batch;
@@ -836,7 +824,7 @@ static dg_flgan_config flgan_config(const options *o, const dg_dataset *train, i
     c.h = train->h;
     c.w = train->w;
     c.n_classes = n_classes;
-    c.arch = (dg_arch)o->arch;
+    c.arch = (dg_arch)o->run.arch;
     c.lr = o->lr;
     c.z_dim = o->z_dim;
     c.batch = o->batch;
@@ -877,9 +865,10 @@ static int run_process(const options *o, int self, dg_transport *t, dg_pool *poo
     dg_result r;
     int md = o->algo == ALGO_MDGAN;
     memset(&d, 0, sizeof d);
-    if ((r = dg_checkpoint_path(ckpt, sizeof ckpt, o->out, !md, self))) return fail("checkpoint", r);
-    d.checkpoint = o->no_checkpoint ? NULL : ckpt;
-    d.resume = o->resume;
+    if ((r = dg_checkpoint_path(ckpt, sizeof ckpt, o->run.out, !md, self)))
+        return fail("checkpoint", r);
+    d.checkpoint = o->run.no_checkpoint ? NULL : ckpt;
+    d.resume = o->run.resume;
     d.log = cli_log_line;
     d.log_user = (void *)who;
     d.peer_timeout_ms = o->tcp.dead_ms;
@@ -924,7 +913,7 @@ static int open_tcp(const options *o, const dg_dataset *train, const dg_mdgan_co
 {
     char extra[256];
     dg_tcp_config tc = dg_tcp_config_init();
-    snprintf(extra, sizeof extra, "data %s n=%zu", o->dataset, train->n);
+    snprintf(extra, sizeof extra, "data %s n=%zu", o->run.dataset, train->n);
     if (o->algo == ALGO_MDGAN) dg_tcp_mdgan_config_hash(mc, extra, tc.config_hash);
     else dg_tcp_flgan_config_hash(fc, extra, tc.config_hash);
     tc.n_peers = o->workers + 1;
@@ -995,19 +984,19 @@ int main(int argc, char **argv)
     algo_name = algo_names[o.algo];
     memset(&out, 0, sizeof out);
     memset(&part, 0, sizeof part);
-    if ((r = dg_pool_create(&pool, o.threads))) return fail("pool", r);
-    if ((r = dg_dataset_open(o.dataset, o.data_seed, &train, &test))) {
+    if ((r = dg_pool_create(&pool, o.run.threads))) return fail("pool", r);
+    if ((r = dg_dataset_open(o.run.dataset, o.data_seed, &train, &test))) {
         fprintf(stderr, "distgan: --dataset: %s\n", dg_last_error());
         return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
     }
-    if (make_dir(o.out)) return 1;
+    if (make_dir(o.run.out)) return 1;
     n_classes = o.acgan ? train.n_classes : 0;
     out.slots = o.algo == ALGO_GAN ? 1 : o.workers + o.n_join;
     out.per_round = 1;
     if (server)
         printf("distgan %s (%s): %s, %zu training images %dx%dx%d, %s, %d threads\n", algo_name,
-               transport_names[o.transport], o.dataset, train.n, train.c, train.h, train.w,
-               dg_arch_name((dg_arch)o.arch), dg_pool_size(pool));
+               transport_names[o.transport], o.run.dataset, train.n, train.c, train.h, train.w,
+               dg_arch_name((dg_arch)o.run.arch), dg_pool_size(pool));
 
     /* the split and the configuration: the same in every process */
     if (o.algo != ALGO_GAN) {
@@ -1059,7 +1048,7 @@ int main(int argc, char **argv)
     } else {
         if (o.algo == ALGO_GAN) {
             dg_gan_config gc = dg_gan_config_init();
-            gc.arch = (dg_arch)o.arch;
+            gc.arch = (dg_arch)o.run.arch;
             gc.lr = o.lr;
             gc.z_dim = o.z_dim;
             gc.batch = o.batch;
@@ -1069,8 +1058,8 @@ int main(int argc, char **argv)
             gc.d_steps = o.L;
             gc.iterations = o.iters;
             if ((r = dg_gan_trainer_init(&trainer, &gc, &train, pool))) return fail("trainer", r);
-            snprintf(path, sizeof path, "%s/gan.ckpt", o.out);
-            if (o.resume && (r = dg_gan_trainer_load(&trainer, path))) return fail("resume", r);
+            snprintf(path, sizeof path, "%s/gan.ckpt", o.run.out);
+            if (o.run.resume && (r = dg_gan_trainer_load(&trainer, path))) return fail("resume", r);
             out.src.g = trainer.g;
             out.start_it = trainer.iter;
             out.trainer = &trainer;
@@ -1086,7 +1075,7 @@ int main(int argc, char **argv)
             if (o.network && (r = dg_mdgan_run_set_network(md, &o.net))) return fail("network", r);
             for (i = 0; i < o.n_also; i++)
                 if ((r = dg_mdgan_run_add_network(md, &o.also[i]))) return fail("--also-network", r);
-            if (o.resume && (r = dg_mdgan_run_load(md, o.out))) return fail("resume", r);
+            if (o.run.resume && (r = dg_mdgan_run_load(md, o.run.out))) return fail("resume", r);
             out.src.g = dg_mdgan_server_generator(dg_mdgan_run_server(md));
             out.start_it = dg_mdgan_server_stats(dg_mdgan_run_server(md))->iteration;
             out.md = md;
@@ -1106,7 +1095,7 @@ int main(int argc, char **argv)
             if (o.network && (r = dg_flgan_run_set_network(fl, &o.net))) return fail("network", r);
             for (i = 0; i < o.n_also; i++)
                 if ((r = dg_flgan_run_add_network(fl, &o.also[i]))) return fail("--also-network", r);
-            if (o.resume && (r = dg_flgan_run_load(fl, o.out))) return fail("resume", r);
+            if (o.run.resume && (r = dg_flgan_run_load(fl, o.run.out))) return fail("resume", r);
             out.src.g = dg_flgan_server_generator(dg_flgan_run_server(fl));
             out.fl = fl;
             out.start_it = dg_flgan_server_stats(dg_flgan_run_server(fl))->iterations;

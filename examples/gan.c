@@ -27,9 +27,10 @@
 #define GRID_SEED 0x9717 /* the grids of a run show the same z over time */
 
 typedef struct options {
-    const char *dataset, *out, *classifier, *sizes;
+    cli_run run; /* --dataset, --arch, --classifier, --out, ... */
+    const char *sizes;
     dg_gan_config gan;
-    int arch, threads, resume, eval_only, clf_epochs, splits, n_sizes, grid, no_checkpoint, help;
+    int eval_only, splits, n_sizes, grid;
     size_t eval_sizes[MAX_EVAL_SIZES];
 } options;
 
@@ -85,8 +86,7 @@ static int parse_sizes(options *o, const char *s)
 static int parse(options *o, int argc, char **argv)
 {
     const dg_option table[] = {
-        {"--dataset", DG_OPT_STRING, &o->dataset, 0, 0, NULL},
-        {"--arch", DG_OPT_CHOICE, &o->arch, 0, 0, "dcgan|mlp|tiny"},
+        CLI_RUN_OPTIONS(&o->run),
         {"--iters", DG_OPT_INT64, &o->gan.iterations, 1, 1e9, NULL},
         {"--batch", DG_OPT_INT, &o->gan.batch, 1, 65536, NULL},
         {"--lr", DG_OPT_FLOAT, &o->gan.lr, 1e-8, 1, NULL},
@@ -98,26 +98,20 @@ static int parse(options *o, int argc, char **argv)
         {"--eval-samples", DG_OPT_STRING, &o->sizes, 0, 0, NULL},
         {"--splits", DG_OPT_INT, &o->splits, 1, 1000, NULL},
         {"--eval-only", DG_OPT_FLAG, &o->eval_only, 0, 0, NULL},
-        {"--classifier", DG_OPT_STRING, &o->classifier, 0, 0, NULL},
-        {"--clf-epochs", DG_OPT_INT, &o->clf_epochs, 0, 1000, NULL},
         {"--seed", DG_OPT_U64, &o->gan.seed, 0, 0, NULL},
-        {"--threads", DG_OPT_INT, &o->threads, 0, 1024, NULL},
-        {"--out", DG_OPT_STRING, &o->out, 0, 0, NULL},
-        {"--resume", DG_OPT_FLAG, &o->resume, 0, 0, NULL},
-        {"--no-checkpoint", DG_OPT_FLAG, &o->no_checkpoint, 0, 0, NULL},
-        {"--help", DG_OPT_FLAG, &o->help, 0, 0, NULL},
     };
     memset(o, 0, sizeof *o);
-    o->dataset = "fashion";
+    o->run.dataset = "fashion";
     o->gan = dg_gan_config_init();
-    o->arch = o->gan.arch;
-    o->clf_epochs = 12;
+    o->run.arch = o->gan.arch;
+    o->run.clf_epochs = 12;
     o->splits = 10;
     o->grid = 64;
     o->sizes = "500,10000";
-    if (cli_parse("gan", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1, &o->help, usage))
+    if (cli_parse("gan", table, (int)(sizeof table / sizeof table[0]), argc, argv, 1, &o->run.help,
+                  usage))
         return 1;
-    o->gan.arch = (dg_arch)o->arch;
+    o->gan.arch = (dg_arch)o->run.arch;
     if (parse_sizes(o, o->sizes)) {
         fprintf(stderr, "gan: --eval-samples: '%s' is not a list of up to %d integers in [2, 1000000]\n",
                 o->sizes, MAX_EVAL_SIZES);
@@ -157,18 +151,18 @@ int main(int argc, char **argv)
     long n_sum = 0;
 
     if (parse(&o, argc, argv)) return 2;
-    if ((r = dg_dataset_open(o.dataset, 1, &train, &test))) {
+    if ((r = dg_dataset_open(o.run.dataset, 1, &train, &test))) {
         fprintf(stderr, "gan: --dataset: %s\n", dg_last_error());
         return r == DG_ERR_ARG ? 2 : 1; /* a malformed spec is a usage error */
     }
-    snprintf(name, sizeof name, "%.*s", (int)strcspn(o.dataset, ":"), o.dataset);
-    fprintf(stderr, "gan: %s: %zu training, %zu test images of %dx%dx%d, %d classes\n", o.dataset,
-            train.n, test.n, train.c, train.h, train.w, train.n_classes);
-    if ((r = dg_pool_create(&pool, o.threads))) return fail("thread pool", r);
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(o.run.dataset, ":"), o.run.dataset);
+    fprintf(stderr, "gan: %s: %zu training, %zu test images of %dx%dx%d, %d classes\n",
+            o.run.dataset, train.n, test.n, train.c, train.h, train.w, train.n_classes);
+    if ((r = dg_pool_create(&pool, o.run.threads))) return fail("thread pool", r);
     mkdir("out", 0777);
-    if (o.classifier) snprintf(clf_path, sizeof clf_path, "%s", o.classifier);
+    if (o.run.classifier) snprintf(clf_path, sizeof clf_path, "%s", o.run.classifier);
     else snprintf(clf_path, sizeof clf_path, "out/classifier-%s.bin", name);
-    if (o.out) snprintf(out, sizeof out, "%s", o.out);
+    if (o.run.out) snprintf(out, sizeof out, "%s", o.run.out);
     else snprintf(out, sizeof out, "out/gan-%s", name);
 
     /* the evaluator: classifier, its accuracy, the reference statistics */
@@ -177,7 +171,7 @@ int main(int argc, char **argv)
     if (have_eval) {
         double t1 = dg_clock_seconds();
         ec = dg_evaluator_config_init();
-        ec.epochs = o.clf_epochs;
+        ec.epochs = o.run.clf_epochs;
         ec.cache_path = clf_path;
         ec.log = log_stderr;
         if ((r = dg_evaluator_init(&ev, pool, &train, test.n ? &test : NULL, &ec)))
@@ -215,7 +209,7 @@ int main(int argc, char **argv)
     sampler = dg_gan_trainer_sampler(&t);
     mkdir(out, 0777);
     snprintf(path, sizeof path, "%s/gan.ckpt", out);
-    if (o.resume) {
+    if (o.run.resume) {
         if ((r = dg_gan_trainer_load(&t, path))) return fail("resume", r);
         fprintf(stderr, "gan: resumed %s at iteration %lld\n", path, (long long)t.iter);
     }
@@ -227,7 +221,7 @@ int main(int argc, char **argv)
     }
     strcat(header, ",elapsed_s");
     snprintf(path, sizeof path, "%s/log.csv", out);
-    if ((r = dg_csv_open(&csv, path, header, o.resume))) return fail("log", r);
+    if ((r = dg_csv_open(&csv, path, header, o.run.resume))) return fail("log", r);
     fprintf(stderr, "gan: %s %s%s, G %zu and D %zu parameters, %lld iterations of batch %d, "
             "writing %s/\n", dg_arch_name(o.gan.arch),
             o.gan.acgan ? "ACGAN" : "GAN", o.gan.saturating ? " (saturating)" : "",
@@ -280,7 +274,8 @@ int main(int argc, char **argv)
                                           t.n_classes ? 10 : 8, path)))
                 return fail("grid", r);
             snprintf(path, sizeof path, "%s/gan.ckpt", out);
-            if (!o.no_checkpoint && (r = dg_gan_trainer_save(&t, path))) return fail("checkpoint", r);
+            if (!o.run.no_checkpoint && (r = dg_gan_trainer_save(&t, path)))
+                return fail("checkpoint", r);
             d_sum = g_sum = 0;
             n_sum = 0;
         }

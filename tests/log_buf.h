@@ -26,6 +26,15 @@ static void log_to(void *user, const char *line)
     pthread_mutex_unlock(&b->mu);
 }
 
+/* forgets the lines so far */
+static inline void log_clear(log_buf *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->len = 0;
+    b->text[0] = 0;
+    pthread_mutex_unlock(&b->mu);
+}
+
 static int log_count(log_buf *b, const char *needle)
 {
     int k = 0;

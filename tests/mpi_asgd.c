@@ -12,27 +12,12 @@
 #define DISTGAN_IMPLEMENTATION
 #include "../distgan.h"
 #include "mpi_harness.h"
+#include "asgd_final.h"
 
 #include <stdlib.h>
 
 static dg_dataset g_ds;
 static dg_partition g_part;
-
-typedef struct final_w {
-    float *w;
-    size_t n;
-    dg_asgd_stats st;
-} final_w;
-
-static void on_progress(void *user, const dg_asgd_drive_status *s)
-{
-    final_w *f = (final_w *)user;
-    if (!s->last) return;
-    f->n = (size_t)ac_layout_total(&s->server->layout);
-    f->w = (float *)malloc(f->n * sizeof(float));
-    if (f->w) memcpy(f->w, dg_asgd_server_params(s->server), f->n * sizeof(float));
-    f->st = *dg_asgd_server_stats(s->server);
-}
 
 static dg_asgd_config config(dg_asgd_mode mode, double drop)
 {
@@ -49,7 +34,7 @@ static dg_asgd_config config(dg_asgd_mode mode, double drop)
 
 /* The run over MPI; on rank 0 its final w in f. */
 static dg_result run_mpi(const dg_asgd_config *cfg, dg_asgd_schedule sched, int64_t updates,
-                         final_w *f)
+                         asgd_final *f)
 {
     dg_transport *t = NULL;
     dg_mpi_config mc;
@@ -63,7 +48,7 @@ static dg_result run_mpi(const dg_asgd_config *cfg, dg_asgd_schedule sched, int6
         memset(&d, 0, sizeof d);
         d.d.iterations = updates;
         d.schedule = sched;
-        d.progress = on_progress;
+        d.progress = asgd_final_keep;
         d.user = f;
         if (rank == 0) {
             r = dg_asgd_server_drive(cfg, t, pool, &d);
@@ -82,7 +67,7 @@ static dg_result run_mpi(const dg_asgd_config *cfg, dg_asgd_schedule sched, int6
 static void deterministic_equals_inproc(dg_asgd_mode mode, double drop)
 {
     dg_asgd_config cfg = config(mode, drop);
-    final_w f;
+    asgd_final f;
     CHECK_OK(run_mpi(&cfg, DG_ASGD_DETERMINISTIC, 200, &f));
     if (rank == 0) {
         dg_pool *pool;
@@ -112,7 +97,7 @@ static void det_hardy_dropouts(void) { deterministic_equals_inproc(DG_ASGD_MODE_
 static void async_runs(void)
 {
     dg_asgd_config cfg = config(DG_ASGD_MODE_HARDY, 0.0);
-    final_w f;
+    asgd_final f;
     size_t i;
     int finite = 1;
     CHECK_OK(run_mpi(&cfg, DG_ASGD_ASYNC, 500, &f));

@@ -21,6 +21,7 @@
 #include "harness.h"
 #include "proc.h"
 #include "log_buf.h"
+#include "asgd_final.h"
 
 #include <sys/stat.h>
 
@@ -110,54 +111,31 @@ TEST(async_worker_killed_and_rejoins)
 
 /* ---- (iii) an insider: malformed and NaN pushes (threads, TCP) ---- */
 
-typedef struct ps_arg {
-    dg_asgd_config cfg;
-    dg_transport *t;
-    dg_asgd_drive d;
-    dg_result r;
-    dg_asgd_stats stats;
-    float *w;
-    size_t n;
-} ps_arg;
-
-static void ps_done(void *user, const dg_asgd_drive_status *s)
-{
-    ps_arg *a = (ps_arg *)user;
-    if (!s->last) return;
-    a->stats = *dg_asgd_server_stats(s->server);
-    a->n = (size_t)ac_layout_total(&s->server->layout);
-    a->w = (float *)malloc(a->n * sizeof(float));
-    if (a->w) memcpy(a->w, dg_asgd_server_params(s->server), a->n * sizeof(float));
-}
-
-static void *ps_thread(void *arg)
-{
-    ps_arg *a = (ps_arg *)arg;
-    dg_pool *pool;
-    if ((a->r = dg_pool_create(&pool, 1)) != DG_OK) return NULL;
-    a->r = dg_asgd_server_drive(&a->cfg, a->t, pool, &a->d);
-    dg_pool_destroy(pool);
-    return NULL;
-}
-
-typedef struct wk_arg {
+/* The PS (id 0, its end in `end`) or worker id (on shard id - 1 of part)
+   on a thread of its own, with a one-thread pool. */
+typedef struct role_arg {
     dg_asgd_config cfg;
     int id;
     dg_transport *t;
     const dg_dataset *ds;
     const dg_partition *part;
     dg_asgd_drive d;
+    asgd_final end;
     dg_result r;
-} wk_arg;
+} role_arg;
 
-static void *wk_thread(void *arg)
+static void *role_thread(void *arg)
 {
-    wk_arg *a = (wk_arg *)arg;
+    role_arg *a = (role_arg *)arg;
     dg_pool *pool;
-    size_t count;
-    const uint32_t *idx = dg_partition_worker(a->part, a->id - 1, &count);
     if ((a->r = dg_pool_create(&pool, 1)) != DG_OK) return NULL;
-    a->r = dg_asgd_worker_drive(&a->cfg, a->id, a->t, pool, a->ds, idx, count, &a->d);
+    if (a->id) {
+        size_t count;
+        const uint32_t *idx = dg_partition_worker(a->part, a->id - 1, &count);
+        a->r = dg_asgd_worker_drive(&a->cfg, a->id, a->t, pool, a->ds, idx, count, &a->d);
+    } else {
+        a->r = dg_asgd_server_drive(&a->cfg, a->t, pool, &a->d);
+    }
     dg_pool_destroy(pool);
     return NULL;
 }
@@ -191,8 +169,7 @@ TEST(insider_malformed_and_nan_push)
     dg_partition part;
     dg_tcp_config tc = dg_tcp_config_init();
     dg_asgd_config cfg = dg_asgd_config_init();
-    ps_arg ps;
-    wk_arg wk[2];
+    role_arg ps, wk[2];
     pthread_t pth, wth[2];
     dg_transport *ins = NULL;
     ac_compressor *comp = NULL;
@@ -226,9 +203,9 @@ TEST(insider_malformed_and_nan_push)
     ps.d.d.wait_workers_ms = 10000;
     ps.d.d.log = log_to;
     ps.d.d.log_user = &lb;
-    ps.d.progress = ps_done;
-    ps.d.user = &ps;
-    pthread_create(&pth, NULL, ps_thread, &ps);
+    ps.d.progress = asgd_final_keep;
+    ps.d.user = &ps.end;
+    pthread_create(&pth, NULL, role_thread, &ps);
     tc.listen = NULL;
     tc.connect = addr;
     for (k = 0; k < 2; k++) {
@@ -244,7 +221,7 @@ TEST(insider_malformed_and_nan_push)
     }
     tc.self = 3;
     CHECK_OK(dg_tcp_worker_create(&ins, &tc));
-    for (k = 0; k < 2; k++) pthread_create(&wth[k], NULL, wk_thread, &wk[k]);
+    for (k = 0; k < 2; k++) pthread_create(&wth[k], NULL, role_thread, &wk[k]);
     /* a dense packet of a finite gradient with a sentinel value, then NaN in its place */
     CHECK_OK(dg__asgd_compressor(&cfg, &comp, &n));
     grad = (float *)calloc(n, sizeof(float));
@@ -271,15 +248,15 @@ TEST(insider_malformed_and_nan_push)
     CHECK_OK(ps.r);
     CHECK_OK(wk[0].r);
     CHECK_OK(wk[1].r);
-    CHECK(ps.stats.applied == 4000 && ps.stats.invalid == 2);
-    CHECK(ps.w && all_finite(ps.w, ps.n));
+    CHECK(ps.end.st.applied == 4000 && ps.end.st.invalid == 2);
+    CHECK(ps.end.w && all_finite(ps.end.w, ps.end.n));
     printf("  insider dropped twice (malformed, NaN); %llu updates applied, %llu refused\n",
-           (unsigned long long)ps.stats.applied, (unsigned long long)ps.stats.invalid);
+           (unsigned long long)ps.end.st.applied, (unsigned long long)ps.end.st.invalid);
     if (th_cur_failed) printf("%s", lb.text);
     dg_transport_close(ins);
     for (k = 0; k < 2; k++) dg_transport_close(wk[k].t);
     dg_transport_close(ps.t);
-    free(ps.w);
+    free(ps.end.w);
     free(grad);
     free(packet);
     ac_compressor_free(comp);

@@ -117,20 +117,23 @@ static int check_options(const char *prog, const char *const *prefix, const numo
 
 #define N(a) ((int)(sizeof a / sizeof a[0]))
 
+/* the distgan options refused alike in process and by a TCP server */
+static const numopt distgan_any[] = {
+    {"--workers", "0", INT}, {"--batch", "0", INT}, {"--k", "0", INT}, {"--L", "0", INT},
+    {"--E", "-1", INT}, {"--swap-every", "-1", INT}, {"--lr", "0", FLOAT}, {"--iters", "-5", INT},
+    {"--seed", "-1", INT}, {"--threads", "-1", INT}, {"--dataset", "shapes:0", ONLY},
+    {"--dataset", "shapes:abc", ONLY}, {"--algo", "sgd", ONLY},
+};
+
 TEST(distgan_options)
 {
     static const numopt o[] = {
-        {"--workers", "0", INT}, {"--batch", "-1", INT}, {"--k", "0", INT}, {"--L", "0", INT},
-        {"--E", "-1", INT}, {"--swap-every", "-1", INT}, {"--shards", "0", INT},
-        {"--dirichlet", "0", FLOAT}, {"--lr", "-0.1", FLOAT}, {"--iters", "-5", INT},
-        {"--eval-every", "-1", INT}, {"--eval-samples", "1", INT}, {"--clf-epochs", "-1", INT},
-        {"--seed", "-1", INT}, {"--threads", "-1", INT}, {"--crash", "0@5", INT},
+        {"--shards", "0", INT}, {"--dirichlet", "0", FLOAT}, {"--eval-every", "-1", INT},
+        {"--eval-samples", "1", INT}, {"--clf-epochs", "-1", INT}, {"--crash", "0@5", INT},
         {"--join", "-1", INT},
         {"--iters", "0", ONLY}, {"--k", "5", ONLY}, /* more than the 4 workers */
         {"--crash", "3@", ONLY}, {"--crash", "3@5,", ONLY},
         {"--crash", "9@5", ONLY}, /* no worker 9 */
-        {"--dataset", "shapes:0", ONLY}, {"--dataset", "shapes:abc", ONLY},
-        {"--algo", "sgd", ONLY},
         {"--network", "moon", ONLY}, {"--network", "wan; up lat=abc", ONLY},
         {"--network", "link 0->3 bw=-1", ONLY}, {"--network", "@/nonexistent/net.txt", ONLY},
         {"--network", "worker 9 gflops=1", ONLY}, /* no worker 9 */
@@ -157,6 +160,7 @@ TEST(distgan_options)
     static const numopt also_async[] = {{"--also-network", "wan", ONLY}};
     CHECK(check_options("distgan", edge, also, N(also)) == 0);
     CHECK(check_options("distgan", async, also_async, N(also_async)) == 0);
+    CHECK(check_options("distgan", NULL, distgan_any, N(distgan_any)) == 0);
     CHECK(check_options("distgan", NULL, o, N(o)) == 0);
     CHECK(check_options("distgan", flgan, fl, N(fl)) == 0);
     CHECK(check_options("distgan", coded, attack, N(attack)) == 0);
@@ -216,16 +220,13 @@ TEST(distgan_tcp_options)
     static const char *const worker[] = {"--transport", "tcp", "--role", "worker", "--connect",
                                          "127.0.0.1:1", "--workers", "3", NULL};
     static const numopt o[] = {
-        {"--workers", "0", INT}, {"--batch", "0", INT}, {"--k", "0", INT}, {"--lr", "0", FLOAT},
-        {"--L", "0", INT}, {"--E", "-1", INT}, {"--swap-every", "-1", INT},
-        {"--threads", "-1", INT}, {"--checkpoint-every", "-1", INT}, {"--log-every", "-1", INT},
-        {"--dead-ms", "-1", INT}, {"--heartbeat-ms", "-1", INT}, {"--barrier-ms", "-1", INT},
-        {"--protocol-version", "65536", INT}, {"--iters", "-5", INT}, {"--seed", "-1", INT},
-        {"--max-message", "-1", INT}, {"--data-seed", "-1", INT},
-        {"--dataset", "shapes:0", ONLY}, {"--dataset", "shapes:abc", ONLY}, {"--algo", "sgd", ONLY},
-        {"--role", "client", ONLY},
+        {"--checkpoint-every", "-1", INT}, {"--log-every", "-1", INT}, {"--dead-ms", "-1", INT},
+        {"--heartbeat-ms", "-1", INT}, {"--barrier-ms", "-1", INT},
+        {"--protocol-version", "65536", INT}, {"--max-message", "-1", INT},
+        {"--data-seed", "-1", INT}, {"--role", "client", ONLY},
     };
     static const numopt id[] = {{"--id", "4", INT}, {"--id", "0", ONLY}};
+    CHECK(check_options("distgan", server, distgan_any, N(distgan_any)) == 0);
     CHECK(check_options("distgan", server, o, N(o)) == 0);
     CHECK(check_options("distgan", worker, id, N(id)) == 0);
 }

@@ -507,7 +507,7 @@ TEST(conv_agrees_across_isas)
 static void conv_direct_compare(dg_pool *pl, int n, int ci, int h, int w, int co, int k, int p)
 {
     int oh = h + 2 * p - k + 1, ow = w + 2 * p - k + 1, kdim = ci * k * k, grid = n * oh * ow;
-    int a, c, u, v, o, i, j;
+    int a, o, i, j, r;
     size_t nx = (size_t)n * ci * h * w, ny = (size_t)n * co * oh * ow, q;
     float *x = make_input(nx, 11, 0), *cols = calloc((size_t)kdim * grid, 4);
     float *ref = malloc(ny * 4), *prod = malloc((size_t)co * grid * 4), *wt, *bias;
@@ -520,17 +520,13 @@ static void conv_direct_compare(dg_pool *pl, int n, int ci, int h, int w, int co
     CHECK_OK(dg_net_init(net, 12, 0.0f));
     wt = dg_net_params(net), bias = wt + (size_t)co * kdim;
     for (o = 0; o < co; o++) bias[o] = o % 3 == 0 ? 0.0f : o % 3 == 1 ? -0.0f : 0.25f * (float)o;
-    for (a = 0; a < n; a++)
-        for (c = 0; c < ci; c++)
-            for (u = 0; u < k; u++)
-                for (v = 0; v < k; v++)
-                    for (i = 0; i < oh; i++)
-                        for (j = 0; j < ow; j++) {
-                            int iy = i + u - p, ix = j + v - p;
-                            if (iy >= 0 && iy < h && ix >= 0 && ix < w)
-                                cols[(size_t)((c * k + u) * k + v) * grid + (a * oh + i) * ow + j] =
-                                    x[((size_t)(a * ci + c) * h + iy) * w + ix];
-                        }
+    for (r = 0; r < kdim; r++) /* row (c, u, v), column (a, i, j): x there, 0 in the pad */
+        for (q = 0; q < (size_t)grid; q++) {
+            int c = r / (k * k), u = r / k % k, v = r % k, a = (int)q / (oh * ow);
+            int iy = (int)q / ow % oh + u - p, ix = (int)q % ow + v - p;
+            if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                cols[(size_t)r * grid + q] = x[((size_t)(a * ci + c) * h + iy) * w + ix];
+        }
     CHECK_OK(dg_gemm(pl, 0, 0, co, grid, kdim, 1.0f, wt, kdim, cols, grid, 0.0f, prod, grid));
     for (a = 0; a < n; a++)
         for (o = 0; o < co; o++)
@@ -542,10 +538,6 @@ static void conv_direct_compare(dg_pool *pl, int n, int ci, int h, int w, int co
     CHECK(memcmp(y, ref, ny * 4) == 0);
     { /* dy in CNHW (the GEMM's A) from an NCHW dy */
         float *dy = make_input(ny, 13, 0), *dyc = malloc(ny * 4), *dw = calloc((size_t)co * kdim, 4);
-        for (a = 0; a < n; a++)
-            for (o = 0; o < co; o++)
-                memcpy(dyc + (size_t)o * grid + a * oh * ow, dy + ((size_t)a * co + o) * oh * ow,
-                       (size_t)oh * ow * 4);
         float *dwg = calloc((size_t)co * kdim, 4);
         int blocks = (grid + 255) / 256, kc = (grid + blocks - 1) / blocks, b0, b;
         for (a = 0; a < n; a++)

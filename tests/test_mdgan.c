@@ -11,6 +11,8 @@
 #include "harness.h"
 #include "small_gan.h"
 #include "scratch.h"
+#include "sender.h"
+#include "log_buf.h"
 
 
 /* two nets hold the same parameters, bit for bit */
@@ -22,25 +24,17 @@ static int same_params(dg_net *a, dg_net *b)
 
 /* ---- transport ---- */
 
-typedef struct producer {
-    dg_transport *t;
-    int id, count;
-} producer;
-
-static void *produce(void *arg)
+/* producer s->id's i-th message: its id, then i, in parts of 1 + i % 7
+   floats and one int */
+static dg_msg *producer_msg(const sender *s, int i)
 {
-    producer *p = (producer *)arg;
     dg_part_kind kinds[2] = {DG_PART_F32, DG_PART_I32};
-    int i;
-    for (i = 0; i < p->count; i++) {
-        size_t counts[2] = {(size_t)(1 + i % 7), 1};
-        dg_msg *m;
-        if (dg_msg_create(p->t, DG_MSG_USER, p->id, 0, i, 2, kinds, counts, &m) != DG_OK) return p;
-        ((float *)m->part[0].data)[0] = (float)p->id;
-        ((int32_t *)m->part[1].data)[0] = i;
-        if (dg_transport_send(p->t, m) != DG_OK) return p;
-    }
-    return NULL;
+    size_t counts[2] = {(size_t)(1 + i % 7), 1};
+    dg_msg *m;
+    if (dg_msg_create(s->t, DG_MSG_USER, s->id, 0, i, 2, kinds, counts, &m) != DG_OK) return NULL;
+    ((float *)m->part[0].data)[0] = (float)s->id;
+    ((int32_t *)m->part[1].data)[0] = i;
+    return m;
 }
 
 TEST(queue_concurrent_producers)
@@ -48,17 +42,16 @@ TEST(queue_concurrent_producers)
     enum { P = 4, COUNT = 2000 };
     dg_transport *t;
     pthread_t th[P];
-    producer pr[P];
+    sender pr[P];
     int next[P + 1] = {0}, got = 0, order_ok = 1, i;
     uint64_t payload = 0;
     dg_traffic tr;
     /* capacity 3: producers block on a full inbox all the time */
     CHECK_OK(dg_inproc_create(&t, P + 1, 3, 0));
     for (i = 0; i < P; i++) {
-        pr[i].t = t;
-        pr[i].id = i + 1;
-        pr[i].count = COUNT;
-        pthread_create(&th[i], NULL, produce, &pr[i]);
+        sender one = {t, i + 1, COUNT, 0, producer_msg};
+        pr[i] = one;
+        pthread_create(&th[i], NULL, sender_main, &pr[i]);
     }
     while (got < P * COUNT) {
         dg_msg *m;
@@ -135,22 +128,57 @@ TEST(codec_roundtrip_and_rejects)
 
 /* ---- traffic against papers.md ---- */
 
+/* An in-process MD-GAN or FL-GAN run of c (with its faults) on
+   make_data(n, seed) in i.i.d. shards (MD-GAN: `shards` of them, for its
+   workers and those that join), and what it is built on */
+typedef struct run_fixture {
+    small_data data;
+    dg_mdgan_run *md;
+    dg_flgan_run *fl;
+} run_fixture;
+
+static dg_mdgan_run *md_start(run_fixture *f, const dg_mdgan_config *c, dg_pool *pool, size_t n,
+                              uint64_t seed, int shards, const dg_fault *crash, int n_crash,
+                              const dg_fault *join, int n_join)
+{
+    memset(f, 0, sizeof *f);
+    small_data_make(&f->data, n, seed, shards);
+    CHECK_OK(dg_mdgan_run_create(&f->md, c, pool, &f->data.ds, &f->data.part, crash, n_crash, join,
+                                 n_join));
+    return f->md;
+}
+
+static dg_flgan_run *fl_start(run_fixture *f, const dg_flgan_config *c, size_t n, uint64_t seed,
+                              const dg_fault *crash, int n_crash)
+{
+    memset(f, 0, sizeof *f);
+    small_data_make(&f->data, n, seed, c->n_workers);
+    CHECK_OK(dg_flgan_run_create(&f->fl, c, pool2, &f->data.ds, &f->data.part, crash, n_crash));
+    return f->fl;
+}
+
+static void run_end(run_fixture *f)
+{
+    dg_mdgan_run_free(f->md);
+    dg_flgan_run_free(f->fl);
+    small_data_free(&f->data);
+}
+
 TEST(mdgan_traffic_matches_formulas)
 {
     int acgan;
     for (acgan = 0; acgan <= 1; acgan++) {
-        small_data data;
+        run_fixture f;
         dg_mdgan_run *run;
         dg_mdgan_config c = small_config(3);
         const int I = 3;
         uint64_t b, d;
         int n, it;
-        small_data_make(&data, 96, 1, 3);
         c.k = 2;
         c.n_classes = acgan ? 4 : 0;
         b = (uint64_t)c.batch;
         d = 64;
-        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
+        run = md_start(&f, &c, pool2, 96, 1, 3, NULL, 0, NULL, 0);
         for (it = 0; it < I; it++) CHECK_OK(dg_mdgan_run_iteration(run));
         for (n = 1; n <= 3; n++) {
             dg_traffic down = dg_transport_traffic(dg_mdgan_run_transport(run), 0, n);
@@ -165,8 +193,7 @@ TEST(mdgan_traffic_matches_formulas)
             CHECK(dg_transport_traffic(dg_mdgan_run_transport(run), n, DG_ANY_PEER).payload_bytes ==
                   up.payload_bytes); /* no swap: nothing worker to worker */
         }
-        dg_mdgan_run_free(run);
-        small_data_free(&data);
+        run_end(&f);
     }
 }
 
@@ -177,18 +204,17 @@ TEST(swap_is_derangement_and_counts_theta)
     int with_opt;
     for (with_opt = 0; with_opt <= 1; with_opt++) {
         enum { N = 5 };
-        small_data data;
+        run_fixture f;
         dg_mdgan_run *run;
         dg_mdgan_config c = small_config(N);
         float *snap[N + 1];
         size_t np = 0;
         int n, m, rounds, source[N + 1], used[N + 1] = {0}, it;
         dg_transport *t;
-        small_data_make(&data, 80, 2, N);
         c.local_epochs = 1;
         c.swap_every = 2;
         c.swap_optimizer = with_opt;
-        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
+        run = md_start(&f, &c, pool2, 80, 2, N, NULL, 0, NULL, 0);
         t = dg_mdgan_run_transport(run);
         for (it = 0; it < 2; it++) CHECK_OK(dg_mdgan_run_iteration(run));
         CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->swaps == 1);
@@ -224,37 +250,14 @@ TEST(swap_is_derangement_and_counts_theta)
         /* training goes on after the swap */
         CHECK_OK(dg_mdgan_run_iteration(run));
         CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_live == N);
-        dg_mdgan_run_free(run);
-        small_data_free(&data);
+        run_end(&f);
     }
-}
-
-/* An in-process FL-GAN run of c (with its crashes) on make_data(n, seed) in
-   i.i.d. shards, and what it is built on */
-typedef struct fl_fixture {
-    small_data data;
-    dg_flgan_run *run;
-} fl_fixture;
-
-static dg_flgan_run *fl_start(fl_fixture *f, const dg_flgan_config *c, size_t n, uint64_t seed,
-                              const dg_fault *crash, int n_crash)
-{
-    memset(f, 0, sizeof *f);
-    small_data_make(&f->data, n, seed, c->n_workers);
-    CHECK_OK(dg_flgan_run_create(&f->run, c, pool2, &f->data.ds, &f->data.part, crash, n_crash));
-    return f->run;
-}
-
-static void fl_end(fl_fixture *f)
-{
-    dg_flgan_run_free(f->run);
-    small_data_free(&f->data);
 }
 
 TEST(flgan_traffic_matches_formulas)
 {
     enum { N = 3, ROUNDS = 2 };
-    fl_fixture f;
+    run_fixture f;
     dg_flgan_config c = small_flgan_config(N, 2);
     dg_flgan_run *run = fl_start(&f, &c, 48, 3, NULL, 0);
     uint64_t w_theta;
@@ -273,7 +276,7 @@ TEST(flgan_traffic_matches_formulas)
     }
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->rounds == ROUNDS);
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->iterations == ROUNDS * 2);
-    fl_end(&f);
+    run_end(&f);
 }
 
 /* Equal shards and local_iters: the average of N identical starts trained
@@ -282,7 +285,7 @@ TEST(flgan_traffic_matches_formulas)
 TEST(flgan_averages_and_broadcasts)
 {
     enum { N = 2 };
-    fl_fixture f;
+    run_fixture f;
     dg_flgan_run *run;
     dg_flgan_config c = small_flgan_config(N, 1);
     dg_net *g;
@@ -303,7 +306,7 @@ TEST(flgan_averages_and_broadcasts)
         CHECK(memcmp(a, b, 4 * np) != 0);
     }
     CHECK(err < 1e-6);
-    fl_end(&f);
+    run_end(&f);
 }
 
 /* ---- N = 1, k = 1, L = 1 is the standalone GAN, bit for bit ----
@@ -369,20 +372,19 @@ TEST(standalone_equivalence_n1)
 {
     int variant;
     for (variant = 0; variant < 4; variant++) {
-        small_data data;
+        run_fixture f;
         dg_mdgan_run *run;
         dg_mdgan_config c = small_config(1);
         float *gs, *dsp;
         const uint32_t *idx;
         size_t count;
         int it;
-        small_data_make(&data, 40, 5, 1);
         c.n_classes = variant == 1 ? 4 : 0;
         c.arch = variant == 2 ? DG_ARCH_DCGAN : DG_ARCH_MLP;
         c.saturating = variant == 3;
-        idx = dg_partition_worker(&data.part, 0, &count);
-        standalone(&c, &data.ds, idx, count, 6, &gs, &dsp);
-        CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
+        run = md_start(&f, &c, pool2, 40, 5, 1, NULL, 0, NULL, 0);
+        idx = dg_partition_worker(&f.data.part, 0, &count);
+        standalone(&c, &f.data.ds, idx, count, 6, &gs, &dsp);
         for (it = 0; it < 6; it++) CHECK_OK(dg_mdgan_run_iteration(run));
         {
             dg_net *g = dg_mdgan_server_generator(dg_mdgan_run_server(run));
@@ -396,8 +398,7 @@ TEST(standalone_equivalence_n1)
         }
         free(gs);
         free(dsp);
-        dg_mdgan_run_free(run);
-        small_data_free(&data);
+        run_end(&f);
     }
 }
 
@@ -406,18 +407,17 @@ TEST(standalone_equivalence_n1)
 static void run_params(dg_pool *pool, int iters, float **g_out, float **d_out, size_t *nd)
 {
     enum { N = 4 };
-    small_data data;
+    run_fixture f;
     dg_mdgan_run *run;
     dg_mdgan_config c = small_config(N);
     size_t ng;
     int it, n;
-    small_data_make(&data, 96, 6, N);
     c.k = DG_MDGAN_K_LOG2; /* 2 */
     c.disc_steps = 2;
     c.n_classes = 4;
     c.local_epochs = 1;
     c.swap_every = 2;
-    CHECK_OK(dg_mdgan_run_create(&run, &c, pool, &data.ds, &data.part, NULL, 0, NULL, 0));
+    run = md_start(&f, &c, pool, 96, 6, N, NULL, 0, NULL, 0);
     for (it = 0; it < iters; it++) CHECK_OK(dg_mdgan_run_iteration(run));
     ng = dg_net_param_count(dg_mdgan_server_generator(dg_mdgan_run_server(run)));
     *nd = dg_net_param_count(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, 1)));
@@ -427,8 +427,7 @@ static void run_params(dg_pool *pool, int iters, float **g_out, float **d_out, s
     for (n = 1; n <= N; n++)
         memcpy(*d_out + (n - 1) * *nd,
                dg_net_params(dg_mdgan_worker_discriminator(dg_mdgan_run_worker(run, n))), 4 * *nd);
-    dg_mdgan_run_free(run);
-    small_data_free(&data);
+    run_end(&f);
 }
 
 TEST(same_bits_on_1_and_2_threads)
@@ -454,36 +453,25 @@ TEST(same_bits_on_1_and_2_threads)
 
 /* ---- faults ---- */
 
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[4096];
-
-static void test_log(void *user, const char *line)
-{
-    (void)user;
-    pthread_mutex_lock(&log_mu);
-    if (strlen(log_text) + strlen(line) + 2 < sizeof log_text) {
-        strcat(log_text, line);
-        strcat(log_text, "\n");
-    }
-    pthread_mutex_unlock(&log_mu);
-}
+/* the roles' log lines, for the checks */
+static log_buf logs; /* mu: initialised in main */
 
 TEST(crash_and_join)
 {
     enum { N = 4 };
-    small_data data;
+    run_fixture f;
     dg_mdgan_run *run;
     dg_mdgan_config c = small_config(N);
     dg_fault crash[2] = {{2, 3}, {4, 5}}, join[1] = {{5, 7}};
     int live[12], it;
     dg_net *g;
     float before;
-    small_data_make(&data, 100, 7, N + 1); /* slot 5 joins later */
     c.local_epochs = 1;
     c.swap_every = 2; /* swaps with crashed and joining workers around */
-    c.log = test_log;
-    log_text[0] = 0;
-    CHECK_OK(dg_mdgan_run_create(&run, &c, pool2, &data.ds, &data.part, crash, 2, join, 1));
+    c.log = log_to;
+    c.log_user = &logs;
+    log_clear(&logs);
+    run = md_start(&f, &c, pool2, 100, 7, N + 1, crash, 2, join, 1); /* slot 5 joins later */
     g = dg_mdgan_server_generator(dg_mdgan_run_server(run));
     for (it = 0; it < 12; it++) {
         before = dg_net_params(g)[0];
@@ -499,16 +487,15 @@ TEST(crash_and_join)
     CHECK(dg_mdgan_server_is_live(dg_mdgan_run_server(run), 5));
     CHECK(dg_mdgan_worker_iterations(dg_mdgan_run_worker(run, 5)) == 5);
     CHECK(dg_mdgan_server_stats(dg_mdgan_run_server(run))->n_dropped == 2);
-    CHECK(strstr(log_text, "worker 2 missed the feedback barrier, dropped") != NULL);
-    CHECK(strstr(log_text, "worker 5 joins") != NULL);
-    dg_mdgan_run_free(run);
-    small_data_free(&data);
+    CHECK(log_count(&logs, "worker 2 missed the feedback barrier, dropped") > 0);
+    CHECK(log_count(&logs, "worker 5 joins") > 0);
+    run_end(&f);
 }
 
 TEST(flgan_crash_continues)
 {
     enum { N = 3 };
-    fl_fixture f;
+    run_fixture f;
     dg_flgan_config c = small_flgan_config(N, 1);
     dg_fault crash[1] = {{3, 1}};
     dg_flgan_run *run = fl_start(&f, &c, 48, 8, crash, 1);
@@ -518,7 +505,7 @@ TEST(flgan_crash_continues)
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 2);
     CHECK_OK(dg_flgan_run_round(run));
     CHECK(dg_flgan_server_stats(dg_flgan_run_server(run))->n_live == 2);
-    fl_end(&f);
+    run_end(&f);
 }
 
 /* ---- checkpoint and resume: 3 + 3 iterations equal 6 ---- */
@@ -549,18 +536,17 @@ static int copy_file(const char *from, const char *to)
 TEST(checkpoint_resume_is_exact)
 {
     enum { N = 3 };
-    small_data data;
+    run_fixture f;
     dg_mdgan_config c = small_config(N);
     dg_mdgan_run *a, *b, *r2;
     int it, n;
     char srv[600], w1[600], bad[600];
-    small_data_make(&data, 96, 9, N);
     c.local_epochs = 1;
     c.swap_every = 2;
     c.k = 2;
-    CHECK_OK(dg_mdgan_run_create(&a, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
+    a = md_start(&f, &c, pool2, 96, 9, N, NULL, 0, NULL, 0);
     for (it = 0; it < 6; it++) CHECK_OK(dg_mdgan_run_iteration(a));
-    CHECK_OK(dg_mdgan_run_create(&b, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_run_create(&b, &c, pool2, &f.data.ds, &f.data.part, NULL, 0, NULL, 0));
     for (it = 0; it < 3; it++) CHECK_OK(dg_mdgan_run_iteration(b));
     CHECK_OK(dg_mdgan_run_save(b, tmpdir));
     dg_mdgan_run_free(b);
@@ -569,7 +555,7 @@ TEST(checkpoint_resume_is_exact)
     CHECK(strcmp(srv + strlen(tmpdir), "/server.ckpt") == 0 && strstr(w1, "/worker_1.ckpt"));
     CHECK(dg_checkpoint_path(bad, 8, tmpdir, 0, 1) == DG_ERR_ARG); /* too long: refused, not cut */
     snprintf(bad, sizeof bad, "%s", tpath("none"));
-    CHECK_OK(dg_mdgan_run_create(&r2, &c, pool2, &data.ds, &data.part, NULL, 0, NULL, 0));
+    CHECK_OK(dg_mdgan_run_create(&r2, &c, pool2, &f.data.ds, &f.data.part, NULL, 0, NULL, 0));
     CHECK(dg_mdgan_run_load(r2, bad) == DG_ERR_IO && strstr(dg_last_error(), "server.ckpt"));
     flip_byte(srv, 32); /* a corrupted counter is refused */
     CHECK(dg_mdgan_run_load(r2, tmpdir) == DG_ERR_CHECKSUM);
@@ -587,9 +573,8 @@ TEST(checkpoint_resume_is_exact)
         dg_net *db = dg_mdgan_worker_discriminator(dg_mdgan_run_worker(r2, n));
         CHECK(same_params(da, db));
     }
-    dg_mdgan_run_free(a);
     dg_mdgan_run_free(r2);
-    small_data_free(&data);
+    run_end(&f);
 }
 
 TEST(config_checks)
@@ -712,14 +697,6 @@ typedef struct rig {
     dg_partition part;
 } rig;
 
-static char rig_log_buf[4096];
-static void rig_log(void *user, const char *line)
-{
-    size_t n = strlen(rig_log_buf);
-    (void)user;
-    snprintf(rig_log_buf + n, sizeof rig_log_buf - n, "%s\n", line);
-}
-
 /* the rig's roles on t: an MD-GAN (mc) or FL-GAN (fc) server and its
    workers, each on its i.i.d. share of ds */
 static void rig_roles(rig *r, const dg_mdgan_config *mc, const dg_flgan_config *fc,
@@ -798,8 +775,9 @@ static void bad_feedback(int mode, const char *logged)
     int it, ok = 1;
     size_t i, np;
     make_data(&ds, 128, 5);
-    rig_log_buf[0] = 0;
-    c.log = rig_log;
+    log_clear(&logs);
+    c.log = log_to;
+    c.log_user = &logs;
     rig_mdgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_FEEDBACK, 2, mode));
     for (it = 0; it < 3 && ok; it++) ok = dg_mdgan_server_stats(r.s)->iteration == it &&
                                             rig_step(&r) == DG_OK;
@@ -811,9 +789,9 @@ static void bad_feedback(int mode, const char *logged)
     for (i = 0; i < np; i++)
         if (!isfinite(dg_net_params(rig_g(&r))[i])) break;
     CHECK(i == np);
-    CHECK(strstr(rig_log_buf, "worker 2 dropped") != NULL);
-    CHECK(strstr(rig_log_buf, logged) != NULL);
-    if (th_cur_failed) printf("%s", rig_log_buf);
+    CHECK(log_count(&logs, "worker 2 dropped") > 0);
+    CHECK(log_count(&logs, logged) > 0);
+    if (th_cur_failed) printf("%s", logs.text);
     rig_free(&r);
     dg_dataset_free(&ds);
 }
@@ -909,8 +887,9 @@ TEST(flgan_nan_model_rejected)
     size_t i, np;
     int it;
     make_data(&ds, 96, 5);
-    rig_log_buf[0] = 0;
-    c.log = rig_log;
+    log_clear(&logs);
+    c.log = log_to;
+    c.log_user = &logs;
     rig_flgan(&r, &c, &ds, tamper_create(N + 1, DG_MSG_MODEL, 1, TAMPER_NAN));
     for (it = 0; it < 2; it++) CHECK_OK(rig_step(&r));
     CHECK(dg_flgan_server_stats(r.fs)->rounds == 2);
@@ -919,7 +898,7 @@ TEST(flgan_nan_model_rejected)
     for (i = 0; i < np; i++)
         if (!isfinite(dg_net_params(rig_g(&r))[i])) break;
     CHECK(i == np);
-    CHECK(strstr(rig_log_buf, "worker 1 dropped") && strstr(rig_log_buf, "non-finite"));
+    CHECK(log_count(&logs, "worker 1 dropped") && log_count(&logs, "non-finite"));
     rig_free(&r);
     dg_dataset_free(&ds);
 }
@@ -960,9 +939,10 @@ TEST(flgan_shard_size_claims_refused)
     int claim;
     make_data(&ds, 96, 5);
     c.max_shard = (int64_t)ds.n;
-    c.log = rig_log;
+    c.log = log_to;
+    c.log_user = &logs;
     for (claim = 0; claim < 2; claim++) {
-        rig_log_buf[0] = 0;
+        log_clear(&logs);
         rig_flgan(&r, &c, &ds, rig_transport(N + 1));
         if (claim == 0) { /* a huge first claim */
             CHECK_OK(flgan_round_claiming(&r, 1000000000));
@@ -973,7 +953,7 @@ TEST(flgan_shard_size_claims_refused)
         }
         CHECK(dg_flgan_server_stats(r.fs)->n_live == N - 1);
         CHECK(!dg_flgan_server_is_live(r.fs, 1));
-        CHECK(strstr(rig_log_buf, "claims another shard size") != NULL);
+        CHECK(log_count(&logs, "claims another shard size") > 0);
         rig_free(&r);
     }
     dg_dataset_free(&ds);
@@ -1121,25 +1101,24 @@ TEST(feedback_clip_is_exact)
 TEST(flgan_checkpoint_resume_is_exact)
 {
     enum { N = 3 };
-    small_data data;
+    run_fixture f;
     dg_flgan_config c = small_flgan_config(N, 3);
     dg_flgan_run *a, *b, *r2;
     unsigned char *buf[2];
     size_t len[2];
     int it;
     char srv[600], w1[600];
-    small_data_make(&data, 96, 9, N);
     c.seed = 4;
-    CHECK_OK(dg_flgan_run_create(&a, &c, pool2, &data.ds, &data.part, NULL, 0));
+    a = fl_start(&f, &c, 96, 9, NULL, 0);
     for (it = 0; it < 4; it++) CHECK_OK(dg_flgan_run_round(a));
-    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &data.ds, &data.part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&b, &c, pool2, &f.data.ds, &f.data.part, NULL, 0));
     for (it = 0; it < 2; it++) CHECK_OK(dg_flgan_run_round(b));
     CHECK_OK(dg_flgan_run_save(b, tmpdir));
     dg_flgan_run_free(b);
     CHECK_OK(dg_checkpoint_path(srv, sizeof srv, tmpdir, 1, 0));
     CHECK_OK(dg_checkpoint_path(w1, sizeof w1, tmpdir, 1, 1));
     CHECK(strstr(srv, "/flgan_server.ckpt") && strstr(w1, "/flgan_worker_1.ckpt"));
-    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &data.ds, &data.part, NULL, 0));
+    CHECK_OK(dg_flgan_run_create(&r2, &c, pool2, &f.data.ds, &f.data.part, NULL, 0));
     CHECK_OK(dg_flgan_run_load(r2, tmpdir));
     for (it = 0; it < 2; it++) { /* the loaded states, in memory */
         len[it] = it ? dg_flgan_worker_save_size(dg_flgan_run_worker(r2, 1))
@@ -1182,9 +1161,8 @@ TEST(flgan_checkpoint_resume_is_exact)
                       dg_flgan_server_discriminator(dg_flgan_run_server(r2))));
     free(buf[0]);
     free(buf[1]);
-    dg_flgan_run_free(a);
     dg_flgan_run_free(r2);
-    small_data_free(&data);
+    run_end(&f);
 }
 
 /* A worker that left rejoins at the next round with the global model. */
@@ -1276,6 +1254,7 @@ int main(void)
 {
     if (!scratch_create("mdgan")) return 1;
     if (!pools_create()) return 1;
+    pthread_mutex_init(&logs.mu, NULL);
     RUN(queue_concurrent_producers);
     RUN(codec_roundtrip_and_rejects);
     RUN(config_checks);

@@ -27,6 +27,7 @@
 #include "proc.h"
 #include "log_buf.h"
 #include "small_gan.h"
+#include "sender.h"
 
 static int hex_eq(const unsigned char *d, const char *hex, size_t n)
 {
@@ -1118,29 +1119,17 @@ static void *send_big(void *arg)
    frames left half-way in the connection's input buffer; when the role
    catches up the reading resumes there, and every message arrives, in
    order and intact. */
-typedef struct ahead_arg {
-    dg_transport *w;
-    int n, sent;
-} ahead_arg;
-
-static void *ahead_main(void *arg)
+static dg_msg *ahead_msg(const sender *s, int i)
 {
-    ahead_arg *a = (ahead_arg *)arg;
-    int i;
-    for (i = 0; i < a->n; i++) {
-        dg_msg *m = make_msg(a->w, DG_MSG_FEEDBACK, 1, 0, 4001, (uint32_t)i);
-        if (!m) break;
-        m->aux = i;
-        if (dg_transport_send(a->w, m) != DG_OK) break;
-        __atomic_store_n(&a->sent, i + 1, __ATOMIC_RELEASE);
-    }
-    return NULL;
+    dg_msg *m = make_msg(s->t, DG_MSG_FEEDBACK, s->id, 0, 4001, (uint32_t)i);
+    if (m) m->aux = i;
+    return m;
 }
 
 TEST(a_worker_far_ahead_is_paused_and_resumed)
 {
     dg_transport *s = NULL, *w = NULL;
-    ahead_arg a;
+    sender a = {NULL, 1, 6000, 0, ahead_msg};      /* 6000 x 16 KB: 96 MB */
     pthread_t th;
     uint64_t lim[DG_MSG_TYPE_MAX + 1];
     int i, ok = 0, stalled;
@@ -1151,10 +1140,8 @@ TEST(a_worker_far_ahead_is_paused_and_resumed)
     memset(lim, 0, sizeof lim);
     lim[DG_MSG_FEEDBACK] = 64 << 10;
     dg_transport_set_limits(s, lim);
-    a.w = w;
-    a.n = 6000;                                   /* 6000 x 16 KB: 96 MB */
-    a.sent = 0;
-    pthread_create(&th, NULL, ahead_main, &a);
+    a.t = w;
+    pthread_create(&th, NULL, sender_main, &a);
     dg__tcp_sleep_ms(1500);
     stalled = __atomic_load_n(&a.sent, __ATOMIC_ACQUIRE);
     for (i = 0; i < a.n; i++) {
@@ -1379,7 +1366,6 @@ typedef struct worker_arg {
     dg_pool *pool;
     dg_result r;
     int64_t ended;
-    int done;
 } worker_arg;
 
 static void *worker_main(void *arg)
@@ -1393,7 +1379,6 @@ static void *worker_main(void *arg)
     run.reconnect_ms = 3000;
     a->r = dg_mdgan_worker_drive(&a->c, 1, a->t, a->pool, &a->ds, idx, 64, &run);
     a->ended = dg__tcp_ms();
-    __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
