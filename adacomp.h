@@ -82,7 +82,9 @@
              of a 64-update window; max_staleness for bounded-staleness ASGD
              (plain ASGD applies every push); IBM sends nothing for G = 0; the
              server refuses non-finite values before touching w; SIMD kernels,
-             AVX-512 ones chosen at run time (the configs' simd field)
+             AVX-512 ones chosen at run time (the configs' simd field);
+             ac_server_consume_packet (a dense push checked and applied in
+             one pass)
       0.1.0  Hardy/IBM/baseline compressors, packet v1, sigma/tau/constant PS
 */
 #ifndef ADACOMP_H
