@@ -644,12 +644,8 @@ static int ac__all_finite(const float *v, uint32_t n)
 AC__AVX512_FN static void ac__axpy_avx512(float *w, const unsigned char *b, uint32_t n, float a)
 {
     const __m512 av = _mm512_set1_ps(a);
-    uint32_t k = 0, u;
-    for (; k + 64 <= n; k += 64) /* 4 vectors unmasked: fewer mask and loop steps */
-        for (u = k; u < k + 64; u += 16)
-            _mm512_storeu_ps(w + u, _mm512_sub_ps(_mm512_loadu_ps(w + u),
-                                                  AC__MUL512(av, _mm512_loadu_ps(b + 4 * (size_t)u))));
-    for (; k < n; k += 16) {
+    uint32_t k;
+    for (k = 0; k < n; k += 16) {
         __mmask16 m = ac__lanes(n - k);
         __m512 x = AC__MUL512(av, _mm512_maskz_loadu_ps(m, b + 4 * (size_t)k));
         _mm512_mask_storeu_ps(w + k, m, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, w + k), x));
