@@ -2574,6 +2574,13 @@ static ac_result ac__apply_bytes(ac_server *s, const void *data, size_t len, voi
     r = ac__decode_bytes(&s->update, data, len, NULL, s->avx512, 0);
 #endif
     if (r == AC_OK) r = ac__admit(s, s->update.t_pull);
+    /* refused for what the checking decode meets only after the values (a
+       trailing byte, the clock, the staleness): there a NaN/Inf among them
+       comes first, so the answer is the same on both paths (nnz > 0: the
+       decode succeeded, a failed one leaves 0) */
+    if (fused && r != AC_OK && (r == AC_ERR_TRAILING || s->update.nnz) &&
+        ac__decode_bytes(&s->update, data, len, &raw, s->avx512, 0) == AC_ERR_VALUE)
+        r = AC_ERR_VALUE;
     if (r == AC_OK)
         r = ac__apply(s, &s->update, raw,
                       fused && raw ? (unsigned char *)mut + (raw - (const unsigned char *)data)

@@ -1530,6 +1530,15 @@ TEST(non_finite_refused_on_every_path)
                                 : path == 1 ? ac_server_consume_packet(s[1], buf, len)
                                             : ac_server_apply(s[2], &d);
                             if (path == 2) d.value[pos[a]] = v;
+                            if (path < 2) { /* and with t_pull ahead: still the value first */
+                                ac_result c;
+                                memcpy(buf, clean, len), nf_poke(buf, len, &u, pos[a], b);
+                                buf[16] = (unsigned char)(t + 5);
+                                c = path == 0 ? ac_server_apply_packet(s[0], buf, len)
+                                              : ac_server_consume_packet(s[1], buf, len);
+                                CHECK(c == AC_ERR_VALUE);
+                                before.rejected++;
+                            }
                             CHECK(r == AC_ERR_VALUE);
                             if (u.format != AC_FORMAT_SIGN_SCALE || path == 2)
                                 CHECK(strstr(ac_last_error(), want) != NULL);
