@@ -82,7 +82,9 @@
              of a 64-update window; max_staleness for bounded-staleness ASGD
              (plain ASGD applies every push); IBM sends nothing for G = 0; the
              server refuses non-finite values before touching w; SIMD kernels,
-             AVX-512 ones chosen at run time (the configs' simd field)
+             AVX-512 ones chosen at run time (the configs' simd field);
+             ac_server_consume_packet (a dense push checked and applied in
+             one pass)
       0.1.0  Hardy/IBM/baseline compressors, packet v1, sigma/tau/constant PS
 */
 #ifndef ADACOMP_H
@@ -324,8 +326,23 @@ ACDEF uint64_t ac_server_clock(const ac_server *s);
 ACDEF void ac_server_pull(ac_server *s, float *dst, uint64_t *t_pull);
 /* Decodes a packet into init-time memory and applies it: one step.  A
    refused packet (any error) leaves w, the history and the clock as they
-   were; in SIGMA mode a push staler than any before may grow the history. */
+   were; in SIGMA mode a push staler than any before may grow the history.
+   Every value is checked before w is written, so a float32 value sent in
+   a whole tensor is read twice: once checked, once applied. */
 ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len);
+/* The same for a packet the caller gives up (a received message it frees
+   next): the server may overwrite its bytes, which are unspecified after
+   the call, accepted or refused.  With the AVX-512 kernels and a TAU or
+   CONSTANT server, the float32 values of whole tensors (dense pushes) are
+   checked and applied in one pass, each old w stored over the value that
+   replaced it; a NaN or infinity found midway refuses the packet and puts
+   w back from those bits, so that a refused packet leaves w, the history
+   and the clock bit for bit as they were, as with ac_server_apply_packet
+   (only a reader racing the call, which the serialisation rule forbids,
+   could see the difference).  Otherwise it is ac_server_apply_packet.
+   There is no trusted flag or "checked" mark to forge: every value is
+   still checked by the call that applies it. */
+ACDEF ac_result ac_server_consume_packet(ac_server *s, void *data, size_t len);
 /* Applies an update already in memory: its indices are checked, and its
    values must be finite (AC_ERR_VALUE), before anything changes. */
 ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u);
@@ -633,6 +650,32 @@ AC__AVX512_FN static void ac__axpy_avx512(float *w, const unsigned char *b, uint
         __m512 x = AC__MUL512(av, _mm512_maskz_loadu_ps(m, b + 4 * (size_t)k));
         _mm512_mask_storeu_ps(w + k, m, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, w + k), x));
     }
+}
+
+/* w -= a * v in one pass over a consumed packet's values v (see
+   ac_server_consume_packet): each 16 values are checked before their w is
+   written, and the w they replace is stored over them, so that a
+   non-finite value can put w[0, k) back bit for bit.  Returns the index of
+   the first non-finite value, w as it was; n if none, v then holding the
+   old w. */
+AC__AVX512_FN static uint32_t ac__axpy_save_avx512(float *w, unsigned char *v, uint32_t n, float a)
+{
+    const __m512 av = _mm512_set1_ps(a);
+    const __m512i inf = _mm512_set1_epi32(0x7F800000);
+    uint32_t k;
+    for (k = 0; k < n; k += 16) {
+        __mmask16 m = ac__lanes(n - k), bad;
+        __m512i x = _mm512_maskz_loadu_epi32(m, v + 4 * (size_t)k);
+        __m512 old;
+        if ((bad = _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(x, inf), inf)) != 0) {
+            memcpy(w, v, 4 * (size_t)k);
+            return k + ac__ctz64(bad);
+        }
+        old = _mm512_maskz_loadu_ps(m, w + k);
+        _mm512_mask_storeu_ps(w + k, m, _mm512_sub_ps(old, AC__MUL512(av, _mm512_castsi512_ps(x))));
+        _mm512_mask_storeu_ps(v + 4 * (size_t)k, m, old);
+    }
+    return n;
 }
 #endif
 
@@ -1797,6 +1840,8 @@ ACDEF ac_result ac_encode(const ac_update *u, void *buf, size_t cap, size_t *wri
 typedef struct ac__reader {
     const unsigned char *p, *begin, *end;
     int avx512;          /* the kernels to check values with */
+    int defer;           /* raw float32 whole tensors left unchecked: the
+                            consuming apply checks them as it goes */
 } ac__reader;
 
 static ac_result ac__need(const ac__reader *r, size_t n, const char *what)
@@ -1930,7 +1975,8 @@ static ac_result ac__get_tensor_indices(ac__reader *r, ac_update *u, uint32_t l,
 }
 
 /* raw non-NULL (the server's decode): float32 values of whole tensors are
-   checked where they lie and not copied; *raw tells where they start. */
+   checked where they lie (unless r->defer) and not copied; *raw tells
+   where they start. */
 static ac_result ac__get_values(ac__reader *r, ac_update *u, const unsigned char **raw)
 {
     uint32_t j = 0, l;
@@ -1941,7 +1987,8 @@ static ac_result ac__get_values(ac__reader *r, ac_update *u, const unsigned char
             uint32_t c = u->count[l];
             int keep = raw && c == u->layout.sizes[l];
             j -= c;
-            ok &= ac__load_f32(keep ? NULL : u->value + j, r->p + 4 * (size_t)j, c, r->avx512);
+            if (!(keep && r->defer))
+                ok &= ac__load_f32(keep ? NULL : u->value + j, r->p + 4 * (size_t)j, c, r->avx512);
         }
         for (j = 0; !ok && ac__load_f32(&x, r->p + 4 * (size_t)j, 1, 0); j++) {}
         if (!ok) return ac__fail(AC_ERR_VALUE, "decode: value %u is NaN or infinite", (unsigned)j);
@@ -1999,9 +2046,9 @@ static ac_result ac__decode(ac__reader *r, ac_update *u, const unsigned char **r
     return AC_OK;
 }
 
-/* raw: see ac__get_values; NULL for a full decode. */
+/* raw, defer: see ac__get_values; raw NULL for a full decode. */
 static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
-                                  const unsigned char **raw, int avx512)
+                                  const unsigned char **raw, int avx512, int defer)
 {
     ac__reader r;
     ac_result e;
@@ -2011,6 +2058,7 @@ static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
     r.begin = r.p = (const unsigned char *)data;
     r.end = r.begin + len;
     r.avx512 = avx512;
+    r.defer = defer;
     if (!data) r.begin = r.p = r.end = (const unsigned char *)ac__magic; /* empty */
     if (raw) *raw = NULL;
     e = ac__decode(&r, u, raw);
@@ -2020,7 +2068,7 @@ static ac_result ac__decode_bytes(ac_update *u, const void *data, size_t len,
 
 ACDEF ac_result ac_decode(ac_update *u, const void *data, size_t len)
 {
-    return ac__decode_bytes(u, data, len, NULL, ac__avx512(1));
+    return ac__decode_bytes(u, data, len, NULL, ac__avx512(1), 0);
 }
 
 /* ==== ac_server ==== */
@@ -2309,17 +2357,19 @@ static ac_result ac__check_update(const ac_server *s, const ac_update *u)
 /* w[index_j] -= a * value_j.  A tensor sent whole is a contiguous run
    (dense pushes are nothing else), streamed without reading its indices,
    which the server's decode does not even write, and with raw (float32
-   values left in the packet) without its values copied either. */
+   values left in the packet) without its values copied either; with
+   done, whole tensors are skipped (ac__step_consume applied them). */
 static void ac__step(float *w, const ac_update *u, const unsigned char *raw, float a,
-                     int avx512)
+                     int avx512, int done)
 {
     uint32_t l, j = 0, base = 0;
     for (l = 0; l < u->layout.count; l++) {
         uint32_t c = u->count[l], n = u->layout.sizes[l], end = j + c;
-        if (c == n)
-            ac__axpy(w + base, raw ? (const void *)(raw + 4 * (size_t)j) : u->value + j, n, a,
-                     avx512);
-        else
+        if (c == n) {
+            if (!done)
+                ac__axpy(w + base, raw ? (const void *)(raw + 4 * (size_t)j) : u->value + j, n,
+                         a, avx512);
+        } else
             for (; j < end; j++) w[u->index[j]] -= a * u->value[j];
         j = end;
         base += n;
@@ -2447,9 +2497,33 @@ static void ac__step_sigma(ac_server *s, const ac_update *u, const unsigned char
     s->forgot = forgot;
 }
 
+#ifdef AC__AVX512
+/* The whole tensors of a consumed packet, each in one pass
+   (ac__axpy_save_avx512) at its values v + 4 j; a non-finite value puts
+   back the tensors stepped before its own from the old w they left in v. */
+static ac_result ac__step_consume(float *w, const ac_update *u, unsigned char *v, float a)
+{
+    uint32_t l, m, j = 0, base = 0, bad;
+    for (l = 0; l < u->layout.count; j += u->count[l], base += u->layout.sizes[l], l++) {
+        uint32_t n = u->layout.sizes[l], jm = 0, bm = 0;
+        if (u->count[l] != n || (bad = ac__axpy_save_avx512(w + base, v + 4 * (size_t)j, n, a)) == n)
+            continue;
+        for (m = 0; m < l; jm += u->count[m], bm += u->layout.sizes[m], m++)
+            if (u->count[m] == u->layout.sizes[m])
+                memcpy(w + bm, v + 4 * (size_t)jm, 4 * (size_t)u->count[m]);
+        return ac__fail(AC_ERR_VALUE, "apply: value %u is NaN or infinite", (unsigned)(j + bad));
+    }
+    return AC_OK;
+}
+#endif
+
 /* One PS step: w_i -= alpha * v_i / scale_i, record the touches, t += 1.
-   raw: where the values of whole tensors lie (ac__get_values), or NULL. */
-static void ac__apply(ac_server *s, const ac_update *u, const unsigned char *raw)
+   raw: where the values of whole tensors lie (ac__get_values), or NULL;
+   mut: the same bytes, writable and not yet checked (a consumed packet
+   decoded with defer, never in SIGMA mode): a non-finite value among them
+   refuses the step with w as it was (ac__step_consume). */
+static ac_result ac__apply(ac_server *s, const ac_update *u, const unsigned char *raw,
+                           unsigned char *mut)
 {
     uint64_t label = s->t + 1, tau = s->t - u->t_pull;
     float a = s->cfg.alpha;
@@ -2457,7 +2531,13 @@ static void ac__apply(ac_server *s, const ac_update *u, const unsigned char *raw
         ac__step_sigma(s, u, raw, a, label);
     } else {
         if (s->cfg.staleness == AC_STALENESS_TAU && tau > 1) a /= (float)tau;
-        ac__step(s->params, u, raw, a, s->avx512);
+#ifdef AC__AVX512
+        if (mut) {
+            ac_result r = ac__step_consume(s->params, u, mut, a);
+            if (r != AC_OK) return r;
+        }
+#endif
+        ac__step(s->params, u, raw, a, s->avx512, mut != NULL);
     }
     s->t = label;
     s->stats.tau_sum += tau;
@@ -2465,6 +2545,7 @@ static void ac__apply(ac_server *s, const ac_update *u, const unsigned char *raw
     s->stats.packets++;
     s->stats.entries += u->nnz;
     s->stats.dense_bytes += (uint64_t)s->total * 4;
+    return AC_OK;
 }
 
 ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u)
@@ -2475,27 +2556,49 @@ ACDEF ac_result ac_server_apply(ac_server *s, const ac_update *u)
         s->stats.rejected++;
         return r;
     }
-    ac__apply(s, u, NULL);
-    return AC_OK;
+    return ac__apply(s, u, NULL, NULL);
+}
+
+/* Both packet applies; mut: data itself when the caller gave it up. */
+static ac_result ac__apply_bytes(ac_server *s, const void *data, size_t len, void *mut)
+{
+    const unsigned char *raw = NULL;
+    int fused = 0;
+    ac_result r;
+    s->stats.bytes_in += len;
+#ifdef AC__RAW_F32
+    fused = mut && s->avx512 && s->cfg.staleness != AC_STALENESS_SIGMA;
+    r = ac__decode_bytes(&s->update, data, len, &raw, s->avx512, fused);
+#else /* values must be copied: a full decode */
+    (void)mut;
+    r = ac__decode_bytes(&s->update, data, len, NULL, s->avx512, 0);
+#endif
+    if (r == AC_OK) r = ac__admit(s, s->update.t_pull);
+    /* refused for what the checking decode meets only after the values (a
+       trailing byte, the clock, the staleness): there a NaN/Inf among them
+       comes first, so the answer is the same on both paths (nnz > 0: the
+       decode succeeded, a failed one leaves 0) */
+    if (fused && r != AC_OK && (r == AC_ERR_TRAILING || s->update.nnz) &&
+        ac__decode_bytes(&s->update, data, len, &raw, s->avx512, 0) == AC_ERR_VALUE)
+        r = AC_ERR_VALUE;
+    if (r == AC_OK)
+        r = ac__apply(s, &s->update, raw,
+                      fused && raw ? (unsigned char *)mut + (raw - (const unsigned char *)data)
+                                   : NULL);
+    if (r != AC_OK) s->stats.rejected++;
+    return r;
 }
 
 ACDEF ac_result ac_server_apply_packet(ac_server *s, const void *data, size_t len)
 {
-    const unsigned char *raw = NULL;
-    ac_result r;
     if (!s) return ac__fail(AC_ERR_ARG, "ac_server_apply_packet: NULL server");
-    s->stats.bytes_in += len;
-#ifdef AC__RAW_F32
-    r = ac__decode_bytes(&s->update, data, len, &raw, s->avx512);
-#else /* values must be copied: a full decode */
-    r = ac__decode_bytes(&s->update, data, len, NULL, s->avx512);
-#endif
-    if (r != AC_OK || (r = ac__admit(s, s->update.t_pull)) != AC_OK) {
-        s->stats.rejected++;
-        return r;
-    }
-    ac__apply(s, &s->update, raw);
-    return AC_OK;
+    return ac__apply_bytes(s, data, len, NULL);
+}
+
+ACDEF ac_result ac_server_consume_packet(ac_server *s, void *data, size_t len)
+{
+    if (!s) return ac__fail(AC_ERR_ARG, "ac_server_consume_packet: NULL server");
+    return ac__apply_bytes(s, data, len, data);
 }
 
 ACDEF ac_result ac_server_sigma(ac_server *s, const ac_update *u, uint32_t *sigma)

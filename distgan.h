@@ -2389,7 +2389,7 @@ DGDEF void dg_tcp_flgan_config_hash(const dg_flgan_config *c, const char *extra,
    its shard, computes the mean cross-entropy gradient, selects with its
    ac_compressor (Hardy top-k per tensor, IBM bins with residue, dense, ...),
    encodes the packet straight into a PUSH message of its exact size and
-   sends it.  The PS, on PUSH: ac_server_apply_packet (decode, sigma or tau
+   sends it.  The PS, on PUSH: ac_server_consume_packet (decode, sigma or tau
    modulation, history, t <- t + 1: one step), then replies MODEL (the pull
    that follows every push).  Sigma is exact at any staleness (the touch
    history grows to twice the largest tau, under history_bytes), and no
@@ -20483,9 +20483,10 @@ static dg_result dg__asgd_send_model(dg_asgd_server *s, int to)
     return dg__asgd_send_model_aux(s, to, 0);
 }
 
-/* Applies a PUSH (not freed): its ac_result, AC_ERR_VALUE for a push
-   without a packet or with a non-finite loss. */
-static int dg__asgd_apply_push(dg_asgd_server *s, const dg_msg *m)
+/* Applies a PUSH (not freed, but its packet consumed: the caller frees it
+   next): its ac_result, AC_ERR_VALUE for a push without a packet or with a
+   non-finite loss. */
+static int dg__asgd_apply_push(dg_asgd_server *s, dg_msg *m)
 {
     int from = m->from;
     uint64_t clock = ac_server_clock(s->ac), t_pull = (uint64_t)m->iteration;
@@ -20494,7 +20495,7 @@ static int dg__asgd_apply_push(dg_asgd_server *s, const dg_msg *m)
     /* the loss travels beside the packet and feeds the PS's state too */
     if (m->n_parts == 1 && m->part[0].kind == DG_PART_BYTES && isfinite(m->stat[0])) {
         size_t len = m->part[0].count;
-        res = ac_server_apply_packet(s->ac, m->part[0].data, len);
+        res = ac_server_consume_packet(s->ac, m->part[0].data, len); /* one pass */
         s->stats.bytes_pushed += len;
         s->stats.dense_bytes += 4 * (uint64_t)s->n;
         if (res == AC_OK) {

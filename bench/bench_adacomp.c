@@ -4,11 +4,15 @@
  * Output, one line per measurement (machine-readable, then "# " comments):
  *   bench adacomp_compress mode=M n=N c=C threads=1 gbps=G bytes_per_entry=B
  *   bench adacomp_apply mode=M n=N modulation=S threads=1 gbps=G
+ *   bench adacomp_apply mode=dense n=N modulation=constant path=consume threads=1 gbps=G
  * gbps is dense gradient processed per second: 4 bytes x n per call, for
  * both lines (the apply touches only the sent entries, so its figure says
  * how many dense-equivalent gradients per second one PS core absorbs).
  * Each mode is applied by the PS it runs with in dg_asgd (hardy: sigma;
- * the others: constant alpha), and dense also by a sigma PS.
+ * the others: constant alpha), and dense also by a sigma PS and, last, by
+ * ac_server_consume_packet (path=consume: check and apply in one pass; the
+ * packet's values are then the w they replaced, finite, so every call
+ * after the first applies those: the same traffic).
  * bytes_per_entry is packet bytes per *sent* entry (index + value cost),
  * summed over every packet of the run.
  * c is the configured rate for hardy/topk, 1 for dense, and the measured
@@ -120,7 +124,8 @@ static int run_compress(ac_compressor *c, float *const g[2], unsigned char *buf,
 
 /* Applies the packet repeatedly as if 8 workers were pushing: t_pull lags
    the clock by 8, so sigma counting really looks at history. */
-static double run_apply(ac_server *s, unsigned char *buf, size_t len, double *spread)
+static double run_apply(ac_server *s, unsigned char *buf, size_t len, int consume,
+                        double *spread)
 {
     double t[MAX_REPS], start = now();
     int r;
@@ -129,7 +134,8 @@ static double run_apply(ac_server *s, unsigned char *buf, size_t len, double *sp
         double t0;
         put_t_pull(buf, clock >= 8 ? clock - 8 : 0);
         t0 = now();
-        if (ac_server_apply_packet(s, buf, len) != AC_OK) {
+        if ((consume ? ac_server_consume_packet(s, buf, len)
+                     : ac_server_apply_packet(s, buf, len)) != AC_OK) {
             printf("# apply failed: %s\n", ac_last_error());
             return 0;
         }
@@ -142,7 +148,7 @@ static const char *const staleness_names[] = {"", "sigma", "tau", "constant"};
 static int simd = 1; /* the configs' simd field */
 
 static void bench_apply(const ac_layout *layout, float *w, ac_staleness st, const char *mode,
-                        unsigned char *buf, size_t len)
+                        unsigned char *buf, size_t len, int consume)
 {
     ac_server_config sc = ac_server_config_init();
     ac_server *ps;
@@ -154,10 +160,11 @@ static void bench_apply(const ac_layout *layout, float *w, ac_staleness st, cons
         printf("# server: %s\n", ac_last_error());
         return;
     }
-    sec = run_apply(ps, buf, len, spread);
+    sec = run_apply(ps, buf, len, consume, spread);
     if (sec > 0) {
-        printf("bench adacomp_apply mode=%s n=%u modulation=%s threads=1 gbps=%.3f\n", mode,
-               (unsigned)n, staleness_names[st], 4.0 * n / sec / 1e9);
+        printf("bench adacomp_apply mode=%s n=%u modulation=%s%s threads=1 gbps=%.3f\n", mode,
+               (unsigned)n, staleness_names[st], consume ? " path=consume" : "",
+               4.0 * n / sec / 1e9);
         print_spread("apply", mode, n, spread);
     }
     ac_server_free(ps);
@@ -202,9 +209,11 @@ static void bench_size(uint32_t n, const char *only)
             print_spread("compress", modes[m].name, n, spread);
             bench_apply(&layout, w, modes[m].mode == AC_MODE_HARDY ? AC_STALENESS_SIGMA
                                                                    : AC_STALENESS_CONSTANT,
-                        modes[m].name, buf, len);
-            if (modes[m].mode == AC_MODE_DENSE)
-                bench_apply(&layout, w, AC_STALENESS_SIGMA, modes[m].name, buf, len);
+                        modes[m].name, buf, len, 0);
+            if (modes[m].mode == AC_MODE_DENSE) {
+                bench_apply(&layout, w, AC_STALENESS_SIGMA, modes[m].name, buf, len, 0);
+                bench_apply(&layout, w, AC_STALENESS_CONSTANT, modes[m].name, buf, len, 1);
+            }
         }
         fflush(stdout);
         free(buf);

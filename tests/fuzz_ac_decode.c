@@ -5,7 +5,11 @@
  * and must reject what it cannot represent; when it accepts, the packet
  * format is canonical, so re-encoding must give back exactly the input and
  * ac_packet_size must predict its length; the accepted update is then
- * applied by a parameter server.  Anything unexpected aborts.
+ * applied by a parameter server.  The raw bytes, accepted or not, also go
+ * through ac_server_apply_packet and ac_server_consume_packet (TAU and
+ * CONSTANT servers, where the consuming one checks as it applies and
+ * restores on a NaN/Inf): the same result and the same w bits, w as it was
+ * when refused.  Anything unexpected aborts.
  *
  *   clang -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined tests/fuzz_ac_decode.c
  *   ./a.out corpus_dir tests/corpus/ac_decode
@@ -42,6 +46,34 @@ static void apply_twice(const ac_layout *layout, ac_update *u)
     ac_server_free(s);
 }
 
+/* Both packet paths over the same bytes, from the same nonzero w. */
+static void both_paths(const ac_layout *layout, const uint8_t *data, size_t size)
+{
+    static float w[2][FZ_TOTAL], w0[FZ_TOTAL];
+    unsigned char *copy = (unsigned char *)malloc(size ? size : 1);
+    ac_server_config sc = ac_server_config_init();
+    ac_server *s[2];
+    ac_result r[2];
+    uint32_t j;
+    int k, st;
+    if (!copy) abort();
+    for (j = 0; j < FZ_TOTAL; j++) w0[j] = 0.25f * (float)j - 10.0f;
+    for (st = AC_STALENESS_TAU; st <= AC_STALENESS_CONSTANT; st++) {
+        sc.staleness = (ac_staleness)st;
+        for (k = 0; k < 2; k++) {
+            memcpy(w[k], w0, sizeof w0);
+            if (ac_server_init(&s[k], layout, w[k], &sc) != AC_OK) abort();
+        }
+        if (size) memcpy(copy, data, size);
+        r[0] = ac_server_apply_packet(s[0], data, size);
+        r[1] = ac_server_consume_packet(s[1], size ? copy : NULL, size);
+        if (r[0] != r[1] || memcmp(w[0], w[1], sizeof w0) != 0) abort();
+        if (r[0] != AC_OK && memcmp(w[0], w0, sizeof w0) != 0) abort();
+        for (k = 0; k < 2; k++) ac_server_free(s[k]);
+    }
+    free(copy);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static uint32_t mem[(6 * 2 + FZ_TOTAL * 2)];
@@ -52,6 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ac_result r;
 
     if (ac_update_init(&u, &layout, FZ_TOTAL, mem, sizeof mem) != AC_OK) abort();
+    both_paths(&layout, data, size);
     r = ac_decode(&u, data, size);
     if (r != AC_OK) {
         /* a failure must leave nothing half-decoded and explain itself */

@@ -1411,6 +1411,155 @@ TEST(simd_sigma_matches_plain)
     for (k = 0; k < 2; k++) ac_server_free(s[k]);
 }
 
+/* ---- non-finite values on every path ---- */
+
+/* Tensors of 1, 15, 17, 1000 and 37: partial vectors at every tensor's
+   head and tail.  Packet kinds: dense float32 and float16, a mixed float32
+   one (tensors 0, 2, 4 whole, 1 and 3 sparse), IBM sign x scale. */
+#define NF_L 5u
+#define NF_TOTAL 1070u
+static const uint32_t nf_sizes[NF_L] = {1, 15, 17, 1000, 37};
+static uint32_t nf_mem[NF_L * 2 + NF_TOTAL * 2];
+static float nf_w0[NF_TOTAL];
+
+static void nf_update(ac_update *u, int kind)
+{
+    ac_layout layout = {NF_L, nf_sizes};
+    uint32_t l, i, base = 0;
+    CHECK_OK(ac_update_init(u, &layout, NF_TOTAL, nf_mem, sizeof nf_mem));
+    u->mode = kind < 2 ? AC_MODE_DENSE : kind == 2 ? AC_MODE_HARDY : AC_MODE_IBM;
+    u->format = kind == 1 ? AC_FORMAT_F16 : kind == 3 ? AC_FORMAT_SIGN_SCALE : AC_FORMAT_F32;
+    u->nnz = 0;
+    for (l = 0; l < NF_L; base += nf_sizes[l], l++) {
+        uint32_t step = kind < 2 || (kind == 2 && l % 2 == 0) ? 1 : kind == 2 ? 3 : 2, first = u->nnz;
+        u->scale[l] = 0.5f + (float)l;
+        for (i = 0; i < nf_sizes[l]; i += step, u->nnz++) {
+            u->index[u->nnz] = base + i;
+            u->value[u->nnz] = kind == 3 ? (rnd() & 1 ? -u->scale[l] : u->scale[l]) : rnd_normal();
+        }
+        u->count[l] = u->nnz - first;
+    }
+}
+
+/* Puts the bad value number b (NaN, +inf, -inf, a NaN with every bit set)
+   at value pos of an encoded packet, or, for IBM, at tensor pos's scale. */
+static void nf_poke(unsigned char *p, size_t len, const ac_update *u, uint32_t pos, int b)
+{
+    static const uint32_t f32[4] = {0x7FC00000u, 0x7F800000u, 0xFF800000u, 0xFFFFFFFFu};
+    static const uint16_t f16[4] = {0x7E00u, 0x7C00u, 0xFC00u, 0xFFFFu};
+    unsigned char *at;
+    int k;
+    if (u->format == AC_FORMAT_F16) {
+        at = p + len - 2 * (size_t)(u->nnz - pos);
+        at[0] = (unsigned char)f16[b], at[1] = (unsigned char)(f16[b] >> 8);
+        return;
+    }
+    at = u->format == AC_FORMAT_F32 ? p + len - 4 * (size_t)(u->nnz - pos)
+                                    : p + len - (u->nnz + 7) / 8 - 4 * (size_t)(NF_L - pos);
+    for (k = 0; k < 4; k++) at[k] = (unsigned char)(f32[b] >> (8 * k));
+}
+
+/* Where a NaN or infinity goes: the first and last value, the middle, and
+   each tensor's first and last value (IBM: each tensor's scale). */
+static uint32_t nf_positions(const ac_update *u, uint32_t *pos)
+{
+    uint32_t l, j = 0, n = 0;
+    if (u->format == AC_FORMAT_SIGN_SCALE) {
+        for (l = 0; l < NF_L; l++) pos[n++] = l;
+        return n;
+    }
+    pos[n++] = u->nnz / 2;
+    for (l = 0; l < NF_L; j += u->count[l], l++) pos[n++] = j, pos[n++] = j + u->count[l] - 1;
+    return n;
+}
+
+/* A packet, or an update, with a NaN or an infinity anywhere is refused
+   with w, the clock and the history as they were, on every path
+   (ac_server_apply_packet, ac_server_consume_packet, ac_server_apply), in
+   every modulation, with the AVX-512 kernels and the plain ones; the
+   consuming path, which checks as it applies and puts back what it
+   stepped, must leave the same bits.  Clean packets then give the same w
+   on every path, and in CONSTANT mode the w of w - alpha v computed here. */
+TEST(non_finite_refused_on_every_path)
+{
+    ac_layout layout = {NF_L, nf_sizes};
+    static unsigned char clean[8192], buf[8192];
+    static float w[3][NF_TOTAL], keep[NF_TOTAL], ref[NF_TOTAL];
+    static uint32_t umem[NF_L * 2 + NF_TOTAL * 2];
+    uint32_t i, pos[2 + 2 * NF_L], npos, a;
+    int kind, simd, st, path, b = 0;
+    for (i = 0; i < NF_TOTAL; i++) nf_w0[i] = rnd_normal();
+    for (kind = 0; kind < 4; kind++)
+        for (st = AC_STALENESS_SIGMA; st <= AC_STALENESS_CONSTANT; st++)
+            for (simd = 0; simd < 2; simd++) {
+                ac_server *s[3];
+                ac_update u, d;
+                size_t len;
+                int round;
+                for (path = 0; path < 3; path++) {
+                    ac_server_config sc = ac_server_config_init();
+                    sc.alpha = 0.3f, sc.staleness = (ac_staleness)st, sc.simd = simd;
+                    memcpy(w[path], nf_w0, sizeof nf_w0);
+                    CHECK_OK(ac_server_init(&s[path], &layout, w[path], &sc));
+                }
+                CHECK_OK(ac_update_init(&d, &layout, NF_TOTAL, umem, sizeof umem));
+                for (round = 0; round < 3; round++) {
+                    uint64_t t = ac_server_clock(s[0]);
+                    nf_update(&u, kind);
+                    u.t_pull = t >= 2 ? t - 2 : 0; /* TAU: alpha / 2 */
+                    CHECK_OK(ac_encode(&u, clean, sizeof clean, &len));
+                    CHECK_OK(ac_decode(&d, clean, len));
+                    npos = nf_positions(&u, pos);
+                    for (a = 0; a < npos; a++, b = (b + 1) % 4) {
+                        char want[64];
+                        snprintf(want, sizeof want, "value %u is NaN", (unsigned)pos[a]);
+                        for (path = 0; path < 3; path++) {
+                            ac_stats before = ac_server_stats(s[path]);
+                            float v = 0;
+                            ac_result r;
+                            memcpy(keep, w[path], sizeof keep);
+                            memcpy(buf, clean, len), nf_poke(buf, len, &u, pos[a], b);
+                            if (path == 2) { /* the update: the same bad value */
+                                v = d.value[pos[a]];
+                                if (u.format == AC_FORMAT_F32)
+                                    memcpy(&d.value[pos[a]], buf + len - 4 * (size_t)(u.nnz - pos[a]), 4);
+                                else
+                                    d.value[pos[a]] = b & 1 ? INFINITY : NAN;
+                            }
+                            r = path == 0 ? ac_server_apply_packet(s[0], buf, len)
+                                : path == 1 ? ac_server_consume_packet(s[1], buf, len)
+                                            : ac_server_apply(s[2], &d);
+                            if (path == 2) d.value[pos[a]] = v;
+                            if (path < 2) { /* and with t_pull ahead: still the value first */
+                                ac_result c;
+                                memcpy(buf, clean, len), nf_poke(buf, len, &u, pos[a], b);
+                                buf[16] = (unsigned char)(t + 5);
+                                c = path == 0 ? ac_server_apply_packet(s[0], buf, len)
+                                              : ac_server_consume_packet(s[1], buf, len);
+                                CHECK(c == AC_ERR_VALUE);
+                                before.rejected++;
+                            }
+                            CHECK(r == AC_ERR_VALUE);
+                            if (u.format != AC_FORMAT_SIGN_SCALE || path == 2)
+                                CHECK(strstr(ac_last_error(), want) != NULL);
+                            CHECK(memcmp(keep, w[path], sizeof keep) == 0);
+                            CHECK(ac_server_clock(s[path]) == before.packets);
+                            CHECK(ac_server_stats(s[path]).rejected == before.rejected + 1);
+                        }
+                    }
+                    for (i = 0; i < NF_TOTAL; i++) ref[i] = w[0][i];
+                    for (i = 0; i < d.nnz; i++) ref[d.index[i]] -= 0.3f * d.value[i];
+                    CHECK_OK(ac_server_apply_packet(s[0], clean, len));
+                    memcpy(buf, clean, len);
+                    CHECK_OK(ac_server_consume_packet(s[1], buf, len));
+                    CHECK_OK(ac_server_apply(s[2], &d));
+                    CHECK(memcmp(w[0], w[1], sizeof w[0]) == 0 && memcmp(w[0], w[2], sizeof w[0]) == 0);
+                    if (st == AC_STALENESS_CONSTANT) CHECK(memcmp(w[0], ref, sizeof ref) == 0);
+                }
+                for (path = 0; path < 3; path++) ac_server_free(s[path]);
+            }
+}
+
 /* ---- memory ---- */
 
 /* By design every buffer is sized at init; this proves the steps keep to
@@ -1491,6 +1640,7 @@ int main(void)
     RUN(apply_refuses_non_finite_values);
     RUN(simd_kernels_match_plain);
     RUN(simd_sigma_matches_plain);
+    RUN(non_finite_refused_on_every_path);
     RUN(no_allocation_after_init);
     return th_done();
 }
