@@ -14639,11 +14639,19 @@ static dg_result dg__worker_fits(const dg__worker *k, const int64_t *v)
 
 /* The public functions both algorithms' roles have alike (declared one by
    one above), defined once per algorithm X: C wants a function per handle
-   type, and nothing else differs.  A server's poll, missing, stop,
-   is_live, stats, save_size and save_mem go to its roster core or its
-   checkpoint encoder (dg__X_server_encode); a worker's poll, stopped,
-   compute_seconds and save_size to its worker core or encoder. */
+   type, and nothing else differs.  A server's free, poll, missing, stop,
+   is_live, stats, save_size and save_mem go to its roster core, what it
+   owns besides (dg__X_server_release) or its checkpoint encoder
+   (dg__X_server_encode); a worker's poll, stopped, compute_seconds and
+   save_size to its worker core or encoder. */
 #define DG__SERVER_COMMON(X)                                                                      \
+    DGDEF void dg_##X##_server_free(dg_##X##_server *s)                                           \
+    {                                                                                             \
+        if (!s) return;                                                                           \
+        dg__roster_free(&s->ro);                                                                  \
+        dg__##X##_server_release(s);                                                              \
+        dg__free(s);                                                                              \
+    }                                                                                             \
     DGDEF dg_result dg_##X##_server_poll(dg_##X##_server *s, int timeout_ms)                      \
     {                                                                                             \
         return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)                               \
@@ -14726,6 +14734,16 @@ struct dg_mdgan_server {
     X(s, joining, char, (size_t)n + 1) X(s, use, dg_msg *, (size_t)n + 1)                  \
     X(s, sent, int64_t, (size_t)n + 1) X(s, state0, float, dg_net_state_count((s)->g) + 1)
 
+/* What the server owns besides its roster (dg_mdgan_server_free). */
+static void dg__mdgan_server_release(dg_mdgan_server *s)
+{
+    dg__coder_free(&s->batch_co);
+    dg__coder_free(&s->feedback_co);
+    dg_net_free(s->g);
+    dg_optim_free(&s->opt);
+    DG__MDGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
+}
+
 DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
 {
@@ -14779,18 +14797,6 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
     if (r == DG_OK) *out = s;
     else dg_mdgan_server_free(s);
     return r;
-}
-
-DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
-{
-    if (!s) return;
-    dg__roster_free(&s->ro);
-    dg__coder_free(&s->batch_co);
-    dg__coder_free(&s->feedback_co);
-    dg_net_free(s->g);
-    dg_optim_free(&s->opt);
-    DG__MDGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
-    dg__free(s);
 }
 
 /* Joiners first: each joining slot n gets a copy of the D of a live worker
@@ -15932,6 +15938,17 @@ static dg_result dg__flgan_choose(dg_flgan_server *s)
     X(s, chosen, char, (size_t)cfg->n_workers + 1)                                       \
     X(s, pick_order, uint32_t, (size_t)cfg->n_workers)
 
+/* What the server owns besides its roster (dg_flgan_server_free). */
+static void dg__flgan_server_release(dg_flgan_server *s)
+{
+    dg__coder_free(&s->download_co);
+    dg__coder_free(&s->upload_co);
+    dg__pair_free(&s->model);
+    dg__free(s->refs);
+    dg__free(s->ref_round);
+    DG__FLGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
+}
+
 DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
 {
@@ -15981,19 +15998,6 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (r == DG_OK) *out = s;
     else dg_flgan_server_free(s);
     return r;
-}
-
-DGDEF void dg_flgan_server_free(dg_flgan_server *s)
-{
-    if (!s) return;
-    dg__roster_free(&s->ro);
-    dg__coder_free(&s->download_co);
-    dg__coder_free(&s->upload_co);
-    dg__pair_free(&s->model);
-    dg__free(s->refs);
-    dg__free(s->ref_round);
-    DG__FLGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
-    dg__free(s);
 }
 
 /* The reference the workers' uploads are deltas from when downloads are
