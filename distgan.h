@@ -2052,15 +2052,29 @@ DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r);
    every queue is empty), so that the workers can be checkpointed.  The
    result of the run does not change. */
 DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r);
+
+typedef struct dg_flgan_run dg_flgan_run;
+DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
+                                    dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
+                                    const dg_fault *crashes, int n_crashes);
+DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r);
+
+/* What the two runs have alike, MD-GAN's and FL-GAN's functions side by
+   side: free; the transport, the server, the worker of slot id (NULL: no
+   such slot) and the sum of the workers' own compute time (seconds). */
 DGDEF void dg_mdgan_run_free(dg_mdgan_run *r);
+DGDEF void dg_flgan_run_free(dg_flgan_run *r);
 DGDEF dg_transport *dg_mdgan_run_transport(dg_mdgan_run *r);
+DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r);
 DGDEF dg_mdgan_server *dg_mdgan_run_server(dg_mdgan_run *r);
+DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r);
 DGDEF dg_mdgan_worker *dg_mdgan_run_worker(dg_mdgan_run *r, int id);
-/* Sum of the workers' own compute time (seconds). */
+DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
 DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r);
+DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 /* Runs the roles over the network model net (dg_netsim): call it
-   once, before the first iteration.  The simulated time of the run is then
-   dg_netsim_clock(dg_mdgan_run_transport(r), DG_PEER_SERVER).
+   once, before the first iteration (round).  The simulated time of the run
+   is then dg_netsim_clock(dg_*_run_transport(r), DG_PEER_SERVER).
    add_network times the same run on a further network as well (after
    set_network, before the first iteration and before load; at most
    DG_NETSIM_MAX_MODELS in all): its clocks follow the same messages and
@@ -2068,19 +2082,8 @@ DGDEF double dg_mdgan_run_worker_compute(const dg_mdgan_run *r);
    net gives, since training does not depend on the time: refused for an
    asynchronous run (quorum > 0) and for networks with disconnections. */
 DGDEF dg_result dg_mdgan_run_set_network(dg_mdgan_run *r, const dg_netsim_config *net);
-DGDEF dg_result dg_mdgan_run_add_network(dg_mdgan_run *r, const dg_netsim_config *net);
-
-typedef struct dg_flgan_run dg_flgan_run;
-DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
-                                    dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
-                                    const dg_fault *crashes, int n_crashes);
-DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r);
-DGDEF void dg_flgan_run_free(dg_flgan_run *r);
-DGDEF dg_transport *dg_flgan_run_transport(dg_flgan_run *r);
-DGDEF dg_flgan_server *dg_flgan_run_server(dg_flgan_run *r);
-DGDEF dg_flgan_worker *dg_flgan_run_worker(dg_flgan_run *r, int id);
-DGDEF double dg_flgan_run_worker_compute(const dg_flgan_run *r);
 DGDEF dg_result dg_flgan_run_set_network(dg_flgan_run *r, const dg_netsim_config *net);
+DGDEF dg_result dg_mdgan_run_add_network(dg_mdgan_run *r, const dg_netsim_config *net);
 DGDEF dg_result dg_flgan_run_add_network(dg_flgan_run *r, const dg_netsim_config *net);
 
 /* Checkpoints of an in-process run, in the files the process drivers use
@@ -4114,6 +4117,18 @@ static void dg__ukernel_scalar(int kc, const float *a, const float *b, float *c,
 
 #ifdef DG__X86
 
+/* The end of an x86 micro-kernel: row r of its tile, the two W-bit vectors
+   c<r>0 and c<r>1 (L floats each), added to row i of C when acc says so,
+   stored into that row. */
+#define DG__TILE_STORE(W, L, r, i)                                                          \
+    if (acc) {                                                                              \
+        __m##W z = _mm##W##_setzero_ps();                                                   \
+        c##r##0 = _mm##W##_add_ps(c##r##0, acc == DG__ACCUMULATE ? _mm##W##_loadu_ps(c + i * ldc) : z); \
+        c##r##1 = _mm##W##_add_ps(c##r##1, acc == DG__ACCUMULATE ? _mm##W##_loadu_ps(c + i * ldc + L) : z); \
+    }                                                                                       \
+    _mm##W##_storeu_ps(c + i * ldc, c##r##0);                                               \
+    _mm##W##_storeu_ps(c + i * ldc + L, c##r##1);
+
 /* 6 x 16 tile: 12 ymm accumulators, 2 loads of B and 6 broadcasts of A per k */
 __attribute__((target("avx2,fma"))) static void
 dg__ukernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int acc)
@@ -4130,14 +4145,7 @@ dg__ukernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int
         DG__ROW(0) DG__ROW(1) DG__ROW(2) DG__ROW(3) DG__ROW(4) DG__ROW(5)
 #undef DG__ROW
     }
-#define DG__OUT(r)                                                                       \
-    if (acc) {                                                                           \
-        __m256 z = _mm256_setzero_ps();                                                  \
-        c##r##0 = _mm256_add_ps(c##r##0, acc == DG__ACCUMULATE ? _mm256_loadu_ps(c + r * ldc) : z); \
-        c##r##1 = _mm256_add_ps(c##r##1, acc == DG__ACCUMULATE ? _mm256_loadu_ps(c + r * ldc + 8) : z); \
-    }                                                                                    \
-    _mm256_storeu_ps(c + r * ldc, c##r##0);                                              \
-    _mm256_storeu_ps(c + r * ldc + 8, c##r##1);
+#define DG__OUT(r) DG__TILE_STORE(256, 8, r, r)
     DG__OUT(0) DG__OUT(1) DG__OUT(2) DG__OUT(3) DG__OUT(4) DG__OUT(5)
 #undef DG__OUT
 }
@@ -4176,17 +4184,11 @@ dg__ukernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, i
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), x;
         DG__TILE(DG__TILE_FMA)
     }
-#define DG__OUT(r, i)                                                                     \
-    if (acc) {                                                                            \
-        __m512 z = _mm512_setzero_ps();                                                   \
-        c##r##0 = _mm512_add_ps(c##r##0, acc == DG__ACCUMULATE ? _mm512_loadu_ps(c + i * ldc) : z); \
-        c##r##1 = _mm512_add_ps(c##r##1, acc == DG__ACCUMULATE ? _mm512_loadu_ps(c + i * ldc + 16) : z); \
-    }                                                                                     \
-    _mm512_storeu_ps(c + i * ldc, c##r##0);                                               \
-    _mm512_storeu_ps(c + i * ldc + 16, c##r##1);
+#define DG__OUT(r, i) DG__TILE_STORE(512, 16, r, i)
     DG__TILE(DG__OUT)
 #undef DG__OUT
 }
+#undef DG__TILE_STORE
 #endif
 
 /* Element-wise kernels, compiled once per instruction set.  At -O2 GCC
@@ -5844,15 +5846,8 @@ DGDEF dg_result dg_net_add(dg_net *net, const dg_layer_desc *desc)
 static dg_result dg__add(dg_net *net, dg_layer_type type, int out, int kernel, int stride,
                          int pad, int out_pad, float alpha)
 {
-    dg_layer_desc d;
-    memset(&d, 0, sizeof d);
-    d.type = type;
-    d.out = out;
-    d.kernel = kernel;
-    d.stride = stride;
-    d.pad = pad;
-    d.out_pad = out_pad;
-    d.alpha = alpha;
+    /* every field in its order (c, h, w, no_bias, eps, momentum: 0, their defaults) */
+    dg_layer_desc d = {type, out, kernel, stride, pad, out_pad, alpha, 0, 0, 0, 0, 0.0f, 0.0f};
     return dg_net_add(net, &d);
 }
 
@@ -5898,12 +5893,7 @@ DGDEF dg_result dg_net_dropout(dg_net *net, float p)
 }
 DGDEF dg_result dg_net_reshape(dg_net *net, int c, int h, int w)
 {
-    dg_layer_desc d;
-    memset(&d, 0, sizeof d);
-    d.type = DG_LAYER_RESHAPE;
-    d.c = c;
-    d.h = h;
-    d.w = w;
+    dg_layer_desc d = {DG_LAYER_RESHAPE, 0, 0, 0, 0, 0, 0.0f, c, h, w, 0, 0.0f, 0.0f};
     return dg_net_add(net, &d);
 }
 DGDEF dg_result dg_net_flatten(dg_net *net)
@@ -11858,38 +11848,38 @@ DGDEF dg_netsim_config dg_netsim_config_init(void)
     return c;
 }
 
+/* The named networks (dg_netsim_profile): every link, the server's faster
+   downlink (0: none), the workers' speed and the share of slow ones. */
+static const struct dg__ns_profile {
+    const char *name;
+    dg_netsim_link link;
+    double down_bw;
+    double worker_gflops, slow_fraction, slow_factor;
+} dg__ns_profiles[] = {
+    {"ideal", {0.0, 0.0, 0.0, 0.0, 0.0}, 0.0, 100.0, 0.0, 1.0},
+    {"datacenter", {10e9, 1e-4, 0.0, 0.0, 0.0}, 0.0, 100.0, 0.0, 1.0},
+    {"wan", {100e6, 0.02, 0.001, 0.0, 0.0}, 0.0, 100.0, 0.0, 1.0},
+    {"edge", {5e6, 0.05, 0.01, 0.01, 0.0}, 20e6, 20.0, 0.1, 4.0},
+};
+
 DGDEF dg_result dg_netsim_profile(const char *name, dg_netsim_config *out)
 {
     dg_netsim_config c = dg_netsim_config_init();
-    dg_netsim_link l = {0.0, 0.0, 0.0, 0.0, 0.0};
+    size_t i;
     if (!name || !out) return dg__fail(DG_ERR_ARG, "dg_netsim_profile: NULL argument");
-    if (!strcmp(name, "ideal")) {
+    for (i = 0; i < sizeof dg__ns_profiles / sizeof *dg__ns_profiles; i++) {
+        const struct dg__ns_profile *p = &dg__ns_profiles[i];
+        if (strcmp(name, p->name)) continue;
+        c.down = c.up = c.peer = p->link;
+        if (p->down_bw > 0.0) c.down.bw = p->down_bw;
+        c.worker_gflops = p->worker_gflops;
+        c.slow_fraction = p->slow_fraction;
+        c.slow_factor = p->slow_factor;
         *out = c;
         return DG_OK;
     }
-    if (!strcmp(name, "datacenter")) {
-        l.bw = 10e9;
-        l.latency = 1e-4;
-    } else if (!strcmp(name, "wan")) {
-        l.bw = 100e6;
-        l.latency = 0.02;
-        l.jitter = 0.001;
-    } else if (!strcmp(name, "edge")) {
-        l.bw = 5e6;
-        l.latency = 0.05;
-        l.jitter = 0.01;
-        l.loss = 0.01;
-        c.worker_gflops = 20.0;
-        c.slow_fraction = 0.1;
-        c.slow_factor = 4.0;
-    } else {
-        return dg__fail(DG_ERR_ARG, "network: '%s' is not a profile (ideal, datacenter, wan, edge)",
-                        name);
-    }
-    c.down = c.up = c.peer = l;
-    if (!strcmp(name, "edge")) c.down.bw = 20e6;
-    *out = c;
-    return DG_OK;
+    return dg__fail(DG_ERR_ARG, "network: '%s' is not a profile (ideal, datacenter, wan, edge)",
+                    name);
 }
 
 /* A number with an optional unit suffix: units is a list of (suffix,
@@ -14690,11 +14680,19 @@ static dg_result dg__worker_fits(const dg__worker *k, const int64_t *v)
 
 /* The public functions both algorithms' roles have alike (declared one by
    one above), defined once per algorithm X: C wants a function per handle
-   type, and nothing else differs.  A server's poll, missing, stop,
-   is_live, stats, save_size and save_mem go to its roster core or its
-   checkpoint encoder (dg__X_server_encode); a worker's poll, stopped,
-   compute_seconds and save_size to its worker core or encoder. */
+   type, and nothing else differs.  A server's free, poll, missing, stop,
+   is_live, stats, save_size and save_mem go to its roster core, what it
+   owns besides (dg__X_server_release) or its checkpoint encoder
+   (dg__X_server_encode); a worker's poll, stopped, compute_seconds and
+   save_size to its worker core or encoder. */
 #define DG__SERVER_COMMON(X)                                                                      \
+    DGDEF void dg_##X##_server_free(dg_##X##_server *s)                                           \
+    {                                                                                             \
+        if (!s) return;                                                                           \
+        dg__roster_free(&s->ro);                                                                  \
+        dg__##X##_server_release(s);                                                              \
+        dg__free(s);                                                                              \
+    }                                                                                             \
     DGDEF dg_result dg_##X##_server_poll(dg_##X##_server *s, int timeout_ms)                      \
     {                                                                                             \
         return s ? dg__barrier_poll(&s->ro, timeout_ms, NULL, NULL)                               \
@@ -14777,6 +14775,16 @@ struct dg_mdgan_server {
     X(s, joining, char, (size_t)n + 1) X(s, use, dg_msg *, (size_t)n + 1)                  \
     X(s, sent, int64_t, (size_t)n + 1) X(s, state0, float, dg_net_state_count((s)->g) + 1)
 
+/* What the server owns besides its roster (dg_mdgan_server_free). */
+static void dg__mdgan_server_release(dg_mdgan_server *s)
+{
+    dg__coder_free(&s->batch_co);
+    dg__coder_free(&s->feedback_co);
+    dg_net_free(s->g);
+    dg_optim_free(&s->opt);
+    DG__MDGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
+}
+
 DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
 {
@@ -14830,18 +14838,6 @@ DGDEF dg_result dg_mdgan_server_create(dg_mdgan_server **out, const dg_mdgan_con
     if (r == DG_OK) *out = s;
     else dg_mdgan_server_free(s);
     return r;
-}
-
-DGDEF void dg_mdgan_server_free(dg_mdgan_server *s)
-{
-    if (!s) return;
-    dg__roster_free(&s->ro);
-    dg__coder_free(&s->batch_co);
-    dg__coder_free(&s->feedback_co);
-    dg_net_free(s->g);
-    dg_optim_free(&s->opt);
-    DG__MDGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
-    dg__free(s);
 }
 
 /* Joiners first: each joining slot n gets a copy of the D of a live worker
@@ -15983,6 +15979,17 @@ static dg_result dg__flgan_choose(dg_flgan_server *s)
     X(s, chosen, char, (size_t)cfg->n_workers + 1)                                       \
     X(s, pick_order, uint32_t, (size_t)cfg->n_workers)
 
+/* What the server owns besides its roster (dg_flgan_server_free). */
+static void dg__flgan_server_release(dg_flgan_server *s)
+{
+    dg__coder_free(&s->download_co);
+    dg__coder_free(&s->upload_co);
+    dg__pair_free(&s->model);
+    dg__free(s->refs);
+    dg__free(s->ref_round);
+    DG__FLGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
+}
+
 DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_config *cfg,
                                        dg_transport *t, dg_pool *pool)
 {
@@ -16032,19 +16039,6 @@ DGDEF dg_result dg_flgan_server_create(dg_flgan_server **out, const dg_flgan_con
     if (r == DG_OK) *out = s;
     else dg_flgan_server_free(s);
     return r;
-}
-
-DGDEF void dg_flgan_server_free(dg_flgan_server *s)
-{
-    if (!s) return;
-    dg__roster_free(&s->ro);
-    dg__coder_free(&s->download_co);
-    dg__coder_free(&s->upload_co);
-    dg__pair_free(&s->model);
-    dg__free(s->refs);
-    dg__free(s->ref_round);
-    DG__FLGAN_SERVER_BUFFERS(DG__FREE_MEMBER, s)
-    dg__free(s);
 }
 
 /* The reference the workers' uploads are deltas from when downloads are
@@ -16638,13 +16632,15 @@ static dg_result dg__role_load(const char *path, const dg__role_ref *ro, int *lo
 /* ---- the in-process driver ---- */
 
 /* What the two in-process drivers share: the transport, the pool, the
-   workers in their slots (each slot's queue is one task of dg_parallel_for)
-   and the first error of a task. */
+   workers in their slots (each slot's queue is one task of dg_parallel_for),
+   the schedule of joins and the first error of a task. */
 typedef struct dg__local_run {
     dg_pool *pool;
     dg_transport *t;
     int slots;                  /* worker ids 1..slots */
     dg__worker **workers;       /* slots 1..slots: each worker's core */
+    dg_fault *joins;            /* MD-GAN's joiners (n_joins; FL-GAN: none) */
+    int n_joins;
     dg_result task_error;       /* first error of a worker task (guarded by mu) */
     pthread_mutex_t mu;
 } dg__local_run;
@@ -16714,13 +16710,17 @@ static dg_result dg__run_transport(dg_transport **out, int slots, const dg_fault
 }
 
 static dg_result dg__local_init(dg__local_run *in, dg_pool *pool, int slots,
-                                const dg_fault *crashes, int n_crashes, int trigger)
+                                const dg_fault *crashes, int n_crashes, const dg_fault *joins,
+                                int n_joins, int trigger)
 {
     in->pool = pool;
     in->slots = slots;
     pthread_mutex_init(&in->mu, NULL);
-    if (!(in->workers = (dg__worker **)dg__calloc((size_t)slots + 1, sizeof(dg__worker *))))
+    if (!(in->workers = (dg__worker **)dg__calloc((size_t)slots + 1, sizeof(dg__worker *))) ||
+        !(in->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof *in->joins)))
         return dg__fail(DG_ERR_NOMEM, "run_create: no memory");
+    if (n_joins) memcpy(in->joins, joins, sizeof *joins * (size_t)n_joins);
+    in->n_joins = n_joins;
     return dg__run_transport(&in->t, slots, crashes, n_crashes, trigger);
 }
 
@@ -16731,6 +16731,7 @@ static void dg__local_free(dg__local_run *in)
     int n;
     for (n = 1; in->workers && n <= in->slots; n++) dg__worker_destroy(in->workers[n]);
     dg__free(in->workers);
+    dg__free(in->joins);
     dg_transport_close(in->t);
     pthread_mutex_destroy(&in->mu);
 }
@@ -16794,12 +16795,17 @@ static dg_result dg__local_add_network(dg__local_run *in, const dg_netsim_config
     return dg__netsim_add(in->t, net);
 }
 
+/* An in-process run of either algorithm: its configuration (as create
+   completes it), the driver's shared state, the server. */
 struct dg_mdgan_run {
     dg_mdgan_config cfg;
     dg__local_run in;
     dg_mdgan_server *server;
-    dg_fault *joins;
-    int n_joins;
+};
+struct dg_flgan_run {
+    dg_flgan_config cfg;
+    dg__local_run in;
+    dg_flgan_server *server;
 };
 
 DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *cfg,
@@ -16822,7 +16828,8 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
     for (i = 0; i < n_joins; i++)
         if (joins[i].worker > slots) slots = joins[i].worker;
     r->cfg.max_workers = slots;
-    e = dg__local_init(&r->in, pool, slots, crashes, n_crashes, DG_MSG_GEN_BATCHES);
+    e = dg__local_init(&r->in, pool, slots, crashes, n_crashes, joins, n_joins,
+                       DG_MSG_GEN_BATCHES);
     /* swap_every = 0: m*E/b, m the mean shard size */
     if (e == DG_OK && r->cfg.swap_every == 0 && r->cfg.local_epochs > 0 && part->n_workers) {
         double m = (double)part->n / part->n_workers;
@@ -16830,28 +16837,14 @@ DGDEF dg_result dg_mdgan_run_create(dg_mdgan_run **out, const dg_mdgan_config *c
         if (r->cfg.swap_every < 1) r->cfg.swap_every = 1;
     }
     if (e == DG_OK) e = dg_mdgan_server_create(&r->server, &r->cfg, r->in.t, pool);
-    if (e == DG_OK && !(r->joins = (dg_fault *)dg__calloc((size_t)n_joins + 1, sizeof *r->joins)))
-        e = dg__fail(DG_ERR_NOMEM, "dg_mdgan_run_create: no memory");
     if (e == DG_OK) e = dg__local_workers(&r->in, &r->cfg, NULL, NULL, ds, part);
-    for (i = 0; e == DG_OK && i < n_joins; i++) {
+    for (i = 0; e == DG_OK && i < n_joins; i++)
         if (joins[i].worker <= cfg->n_workers)
             e = dg__fail(DG_ERR_ARG, "dg_mdgan_run_create: joiner %d is not above N = %d",
                          joins[i].worker, cfg->n_workers);
-        r->joins[i] = joins[i];
-    }
-    r->n_joins = n_joins;
     if (e == DG_OK) *out = r;
     else dg_mdgan_run_free(r);
     return e;
-}
-
-DGDEF void dg_mdgan_run_free(dg_mdgan_run *r)
-{
-    if (!r) return;
-    dg_mdgan_server_free(r->server);
-    dg__local_free(&r->in);
-    dg__free(r->joins);
-    dg__free(r);
 }
 
 DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
@@ -16859,9 +16852,10 @@ DGDEF dg_result dg_mdgan_run_iteration(dg_mdgan_run *r)
     dg_result e;
     int i;
     if (!r) return dg__fail(DG_ERR_ARG, "dg_mdgan_run_iteration: NULL");
-    for (i = 0; i < r->n_joins; i++)
-        if (r->joins[i].iteration == r->server->iteration)
-            if ((e = dg_mdgan_server_add_worker(r->server, r->joins[i].worker)) != DG_OK) return e;
+    for (i = 0; i < r->in.n_joins; i++)
+        if (r->in.joins[i].iteration == r->server->iteration)
+            if ((e = dg_mdgan_server_add_worker(r->server, r->in.joins[i].worker)) != DG_OK)
+                return e;
     if ((e = dg_mdgan_server_begin(r->server)) != DG_OK) return e;
     return dg__local_barrier(&r->in, &r->server->ro);
 }
@@ -16880,12 +16874,6 @@ DGDEF dg_result dg_mdgan_run_settle(dg_mdgan_run *r)
 }
 
 
-struct dg_flgan_run {
-    dg_flgan_config cfg;
-    dg__local_run in;
-    dg_flgan_server *server;
-};
-
 DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *cfg,
                                     dg_pool *pool, const dg_dataset *ds, const dg_partition *part,
                                     const dg_fault *crashes, int n_crashes)
@@ -16901,20 +16889,12 @@ DGDEF dg_result dg_flgan_run_create(dg_flgan_run **out, const dg_flgan_config *c
     if (!r) return dg__fail(DG_ERR_NOMEM, "dg_flgan_run_create: no memory");
     r->cfg = *cfg;
     if (r->cfg.max_shard <= 0) r->cfg.max_shard = (int64_t)ds->n;
-    e = dg__local_init(&r->in, pool, cfg->n_workers, crashes, n_crashes, DG_MSG_MODEL);
+    e = dg__local_init(&r->in, pool, cfg->n_workers, crashes, n_crashes, NULL, 0, DG_MSG_MODEL);
     if (e == DG_OK) e = dg_flgan_server_create(&r->server, &r->cfg, r->in.t, pool);
     if (e == DG_OK) e = dg__local_workers(&r->in, NULL, cfg, r->server, ds, part);
     if (e == DG_OK) *out = r;
     else dg_flgan_run_free(r);
     return e;
-}
-
-DGDEF void dg_flgan_run_free(dg_flgan_run *r)
-{
-    if (!r) return;
-    dg_flgan_server_free(r->server);
-    dg__local_free(&r->in);
-    dg__free(r);
 }
 
 /* The run's progress in generator updates: its workers' mean local
@@ -16941,11 +16921,18 @@ DGDEF dg_result dg_flgan_run_round(dg_flgan_run *r)
 static int dg__mdgan_run_async(const dg_mdgan_run *r) { return r->cfg.quorum > 0; }
 static int dg__flgan_run_async(const dg_flgan_run *r) { (void)r; return 0; }
 
-/* The accessors the two runs have alike (declared one by one above:
-   dg_mdgan_run_transport, _server, _worker, _worker_compute,
+/* The functions the two runs have alike (declared one by one above:
+   dg_mdgan_run_free, _transport, _server, _worker, _worker_compute,
    _set_network, _add_network, and FL-GAN's), defined once for both: C needs a function
    per handle type, and nothing else differs. */
-#define DG__RUN_ACCESSORS(X)                                                                      \
+#define DG__RUN_COMMON(X)                                                                         \
+    DGDEF void dg_##X##_run_free(dg_##X##_run *r)                                                 \
+    {                                                                                             \
+        if (!r) return;                                                                           \
+        dg_##X##_server_free(r->server);                                                          \
+        dg__local_free(&r->in);                                                                   \
+        dg__free(r);                                                                              \
+    }                                                                                             \
     DGDEF dg_transport *dg_##X##_run_transport(dg_##X##_run *r) { return r ? r->in.t : NULL; }  \
     DGDEF dg_##X##_server *dg_##X##_run_server(dg_##X##_run *r) { return r ? r->server : NULL; } \
     DGDEF dg_##X##_worker *dg_##X##_run_worker(dg_##X##_run *r, int id)                           \
@@ -16965,9 +16952,9 @@ static int dg__flgan_run_async(const dg_flgan_run *r) { (void)r; return 0; }
         return dg__local_add_network(r ? &r->in : NULL, net, r && dg__##X##_run_async(r),           \
                                      "dg_" #X "_run_add_network");                                \
     }
-DG__RUN_ACCESSORS(mdgan)
-DG__RUN_ACCESSORS(flgan)
-#undef DG__RUN_ACCESSORS
+DG__RUN_COMMON(mdgan)
+DG__RUN_COMMON(flgan)
+#undef DG__RUN_COMMON
 
 /* The network model's clocks and draws of an in-process run (set_network
    comes before load); without a model, a model's state in dir is another
@@ -17361,22 +17348,40 @@ static double dg__drive_held(dg_mdgan_worker *w, const dg_drive *d, int swap_wai
     return -1;
 }
 
-/* The worker process of either algorithm, once its role k is created:
-   limits the transport's message sizes, resumes, serves until STOP, a stop request (on a transport whose workers
-   outlive their server) or a lost server, checkpoints after STOP, frees k.
-   An MD-GAN worker gives up a D that does not come within swap_wait ms,
-   and after STOP waits as long for its last swap's D. */
-static dg_result dg__drive_worker(dg__worker *k, const dg_drive *d, int swap_wait)
+/* The worker process of MD-GAN (md) or FL-GAN (fl; fn names the public
+   drive in errors): creates its role k, limits the transport's message
+   sizes, resumes, serves until STOP, a stop request (on a transport whose
+   workers outlive their server) or a lost server, checkpoints after STOP,
+   frees k.  An MD-GAN worker gives up a D that does not come within
+   swap_wait ms, and after STOP waits as long for its last swap's D. */
+static dg_result dg__drive_worker(const dg_mdgan_config *md, const dg_flgan_config *fl, int id,
+                                  dg_transport *t, dg_pool *pool, const dg_dataset *ds,
+                                  const uint32_t *idx, size_t count, const dg_drive *d,
+                                  const char *fn)
 {
-    dg_mdgan_worker *mw = k->flgan ? NULL : (dg_mdgan_worker *)k;
+    dg_mdgan_worker *mw = NULL;
+    dg_flgan_worker *fw = NULL;
+    dg__worker *k;
     dg__role_ref ro;
     dg_result r;
     double held_since = -1, end;
-    int over = 0, loaded, id = k->id;
+    int over = 0, loaded, swap_wait = 0;
+    if ((!md && !fl) || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "%s: NULL", fn);
+    if (md) {
+        /* a worker that arrives in a running job joins: it waits for a live D */
+        r = dg_mdgan_worker_create(&mw, md, id, t, pool, ds, idx, count,
+                                   dg_transport_joined_at(t) > 0);
+        swap_wait = d->swap_wait_ms > 0 ? d->swap_wait_ms
+                    : d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000;
+    } else {
+        r = dg_flgan_worker_create(&fw, fl, id, t, pool, ds, idx, count);
+    }
+    if (r != DG_OK) return r;
+    k = mw ? &mw->core : &fw->core;
     memset(&ro, 0, sizeof ro);
     ro.mw = mw;
-    ro.fw = mw ? NULL : (dg_flgan_worker *)k;
-    r = dg__drive_limit(k->t, id, mw ? &mw->cfg : NULL, mw ? NULL : &ro.fw->cfg);
+    ro.fw = fw;
+    r = dg__drive_limit(k->t, id, mw ? &mw->cfg : NULL, fw ? &fw->cfg : NULL);
     if (r != DG_OK || (r = dg__drive_resume(d, &ro, &loaded)) != DG_OK) {
         dg__worker_destroy(k);
         return r;
@@ -17407,25 +17412,14 @@ DGDEF dg_result dg_mdgan_worker_drive(const dg_mdgan_config *cfg, int id, dg_tra
                                      dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
                                      size_t count, const dg_drive *d)
 {
-    dg_mdgan_worker *w;
-    dg_result r;
-    if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_mdgan_worker_drive: NULL");
-    /* a worker that arrives in a running job joins: it waits for a live D */
-    r = dg_mdgan_worker_create(&w, cfg, id, t, pool, ds, idx, count, dg_transport_joined_at(t) > 0);
-    if (r != DG_OK) return r;
-    return dg__drive_worker(&w->core, d, d->swap_wait_ms > 0 ? d->swap_wait_ms
-                                         : d->peer_timeout_ms > 0 ? d->peer_timeout_ms : 10000);
+    return dg__drive_worker(cfg, NULL, id, t, pool, ds, idx, count, d, "dg_mdgan_worker_drive");
 }
 
 DGDEF dg_result dg_flgan_worker_drive(const dg_flgan_config *cfg, int id, dg_transport *t,
                                      dg_pool *pool, const dg_dataset *ds, const uint32_t *idx,
                                      size_t count, const dg_drive *d)
 {
-    dg_flgan_worker *w;
-    dg_result r;
-    if (!cfg || !t || !pool || !ds || !d) return dg__fail(DG_ERR_ARG, "dg_flgan_worker_drive: NULL");
-    r = dg_flgan_worker_create(&w, cfg, id, t, pool, ds, idx, count);
-    return r == DG_OK ? dg__drive_worker(&w->core, d, 0) : r;
+    return dg__drive_worker(NULL, cfg, id, t, pool, ds, idx, count, d, "dg_flgan_worker_drive");
 }
 
 /* ==== dg_tcp ==== */
@@ -17737,14 +17731,8 @@ static dg_result dg__frame_check_payload(const dg__frame_header *h, const void *
 static dg__frame_header dg__frame_make(uint8_t type, uint8_t flags, uint32_t sender,
                                        uint64_t iteration, const void *payload, uint64_t length)
 {
-    dg__frame_header h;
-    h.version = DG_TCP_VERSION;
-    h.type = type;
-    h.flags = flags;
-    h.sender = sender;
-    h.iteration = iteration;
-    h.length = length;
-    h.crc = dg_crc32(0, payload, (size_t)length);
+    dg__frame_header h = {DG_TCP_VERSION, type, flags, sender,
+                          dg_crc32(0, payload, (size_t)length), iteration, length};
     return h;
 }
 
