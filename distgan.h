@@ -3357,12 +3357,20 @@ static float dg__get_f32(dg__rbuf *r)
    can be terminated); refuses files over `limit` bytes. */
 static dg_result dg__read_file(const char *path, size_t limit, unsigned char **out, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f;
     long size;
     unsigned char *buf;
     *out = NULL;
     *len = 0;
-    if (!f) return dg__fail(DG_ERR_IO, "cannot open %s", path);
+    if (!*path) return dg__fail(DG_ERR_IO, "cannot open a file of no name");
+#ifdef DG__HAVE_STAT
+    {
+        struct stat st;
+        if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+            return dg__fail(DG_ERR_IO, "%s is not a file", path);
+    }
+#endif
+    if (!(f = fopen(path, "rb"))) return dg__fail(DG_ERR_IO, "cannot open %s", path);
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
         fclose(f);
         return dg__fail(DG_ERR_IO, "cannot size %s", path);
@@ -11465,6 +11473,9 @@ DGDEF dg_result dg_netsim_config_check(const dg_netsim_config *c, int n)
         if (lr->from < DG_ANY_PEER || lr->from >= n || lr->to < DG_ANY_PEER || lr->to >= n)
             return dg__fail(DG_ERR_ARG, "netsim: link rule %d->%d names a peer outside 0..%d",
                             lr->from, lr->to, n - 1);
+        if (lr->from == lr->to && lr->from != DG_ANY_PEER) /* nothing goes from a peer to itself */
+            return dg__fail(DG_ERR_ARG, "netsim: link rule %d->%d: a peer has no link to itself",
+                            lr->from, lr->to);
         if ((r = dg__ns_check_link(&lr->link, "link rule")) != DG_OK) return r;
     }
     for (i = 0; i < c->n_worker_rules; i++)
@@ -11964,8 +11975,14 @@ static dg_result dg__ns_item(char **tok, int nt, int first, dg_netsim_config *c)
     if (!strncmp(kind, "profile=", 8) || (nt == 1 && !strchr(kind, '='))) {
         const char *name = strncmp(kind, "profile=", 8) ? kind : kind + 8;
         if (nt != 1) return dg__fail(DG_ERR_ARG, "'%s' after the profile", tok[1]);
-        if (!first) return dg__fail(DG_ERR_ARG, "'%s': the profile comes first", kind);
-        if (dg_netsim_profile(name, c) != DG_OK)
+        static const char *const items[] = {"up", "down", "peer", "all", "link", "server", "workers",
+                                            "worker"};
+        for (i = 0; i < (int)(sizeof items / sizeof items[0]); i++)
+            if (!strcmp(kind, items[i]))
+                return dg__fail(DG_ERR_ARG, "'%s' sets nothing: give it its fields", kind);
+        if (dg_netsim_profile(name, c) == DG_OK && !first)
+            return dg__fail(DG_ERR_ARG, "'%s': the profile comes first", kind);
+        if (!first || dg_netsim_profile(name, c) != DG_OK)
             return dg__fail(DG_ERR_ARG, "'%s' is not a profile (ideal, datacenter, wan, edge) nor an item "
                             "(up, down, peer, all, link, server, workers, worker, seed=, rto=)", kind);
         return DG_OK;
@@ -12054,22 +12071,25 @@ static dg_result dg__ns_parse_text(char *s, dg_netsim_config *c)
 {
     int item = 0, nt;
     char *tok[64], *p = s;
+    if (!memcmp(p, "\xEF\xBB\xBF", 3)) p += 3; /* a UTF-8 byte order mark */
     while (*p) {
-        char *end = p + strcspn(p, ";\n"), *hash, *q;
-        char save = *end, text[160];
+        /* an item ends at ';' or a newline; '#' comments to the end of the line */
+        char *end = p + strcspn(p, ";\n#"), *next = end, *q;
+        char text[160];
         dg_result r;
+        if (*next == '#') next += strcspn(next, "\n");
+        if (*next) next++;
         *end = 0;
-        if ((hash = strchr(p, '#'))) *hash = 0;
         snprintf(text, sizeof text, "%s", p + strspn(p, " \t\r"));
         for (q = text + strlen(text); q > text && strchr(" \t\r", q[-1]); q--) q[-1] = 0;
-        for (nt = 0, q = p; nt < 64;) {
+        for (nt = 0, q = p;;) {
             q += strspn(q, " \t\r");
             if (!*q) break;
+            if (nt == 64) return dg__fail(DG_ERR_ARG, "network: item %d has too many fields", item + 1);
             tok[nt++] = q;
             q += strcspn(q, " \t\r");
             if (*q) *q++ = 0;
         }
-        if (nt == 64) return dg__fail(DG_ERR_ARG, "network: item %d has too many fields", item + 1);
         if (nt) {
             item++;
             if ((r = dg__ns_item(tok, nt, item == 1, c)) != DG_OK) {
@@ -12078,7 +12098,7 @@ static dg_result dg__ns_parse_text(char *s, dg_netsim_config *c)
                 return dg__fail(r, "network: item %d ('%s'): %s", item, text, why);
             }
         }
-        p = save ? end + 1 : end;
+        p = next;
     }
     if (!item) return dg__fail(DG_ERR_ARG, "network: empty description");
     return DG_OK;

@@ -120,7 +120,13 @@ TEST(spec_parsing)
             {"link 0-3 bw=1", "'0-3'"}, {"link 0->x bw=1", "'x'"}, {"link 0->3", ""},
             {"up speed=3", "'speed'"}, {"up loss=0.95", "loss=0.95"}, {"up lat=-1", ""},
             {"up lat=5parsecs", ""}, {"up bw", "'bw'"}, {"worker 0 gflops=1", "'0'"},
-            {"server slow=0.5", "'slow'"}, {"seed=x", "seed=x"}, {" ; # nothing", ""}};
+            {"server slow=0.5", "'slow'"}, {"seed=x", "seed=x"}, {" ; # nothing", ""},
+            {"edge; up", "'up' sets nothing"}, {"wan; edge", "'edge': the profile comes first"},
+            {"up lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1", "too many fields"}};
         size_t i;
         for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
             int ok = dg_netsim_parse(bad[i][0], &c) == DG_ERR_ARG && has(dg_last_error(), bad[i][1]);
@@ -130,9 +136,23 @@ TEST(spec_parsing)
     }
     CHECK(dg_netsim_parse("@/nonexistent/net.txt", &c) == DG_ERR_IO);
     CHECK(memcmp(&c, &keep, sizeof c) == 0);
+    CHECK(dg_netsim_parse("@build", &c) == DG_ERR_IO && has(dg_last_error(), "build is not a file"));
+    CHECK(dg_netsim_parse("@", &c) == DG_ERR_IO && has(dg_last_error(), "no name"));
+    /* 64 fields are the most an item has; a link from a peer to itself is none */
+    CHECK_OK(dg_netsim_parse("up lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+                             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+                             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+                             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+                             "lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 lat=1 "
+                             "lat=1 lat=1 lat=1", &keep));
+    CHECK_OK(dg_netsim_parse("wan # the uplink; up bw=x", &c)); /* a comment runs to the line's end */
+    CHECK(c.up.bw == 100e6);
+    c = net("link 2->2 bw=1M");
+    CHECK(dg_netsim_config_check(&c, 4) == DG_ERR_ARG && has(dg_last_error(), "no link to itself"));
     /* from a file */
     if ((f = fopen("build/test_netsim_spec.txt", "w")) != NULL) {
-        fputs("profile=wan\n# the slow one\nworker 2 gflops=1.5\n", f);
+        /* a byte order mark, a comment with a ';' in it */
+        fputs("\xEF\xBB\xBFprofile=wan\n# the slow one; worker 3\nworker 2 gflops=1.5 # x; y\n", f);
         fclose(f);
         CHECK_OK(dg_netsim_parse("@build/test_netsim_spec.txt", &c));
         CHECK(c.up.bw == 100e6 && c.n_worker_rules == 1 && c.worker_rules[0].gflops == 1.5);
