@@ -5229,19 +5229,10 @@ static void dg__gemm_run(dg_pool *pool, dg__gemm *g, float alpha, float beta)
 static dg__gemm dg__gemm_make(int ta, int tb, int m, int n, int k, const float *a, int lda,
                               const float *b, int ldb, float *c, int ldc)
 {
-    dg__gemm g;
+    dg__gemm g; /* the problem; alpha, the block, its modes and panels come later */
     memset(&g, 0, sizeof g);
-    g.ta = ta;
-    g.tb = tb;
-    g.m = m;
-    g.n = n;
-    g.k = k;
-    g.a = a;
-    g.b = b;
-    g.lda = lda;
-    g.ldb = ldb;
-    g.c = c;
-    g.ldc = ldc;
+    g.ta = ta, g.tb = tb, g.m = m, g.n = n, g.k = k;
+    g.a = a, g.lda = lda, g.b = b, g.ldb = ldb, g.c = c, g.ldc = ldc;
     return g;
 }
 
