@@ -1522,19 +1522,33 @@ DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path);
    program's own MPI traffic never mixes with it.  A frame is the one wire
    encoding of dg_msg_encode; how it travels:
      DG_MPI_TAG_FRAME     the whole frame in one MPI message (payloads up
-                          to inline_max; CRC-32 checked)
-     DG_MPI_TAG_HEAD      its header and part table only (the first
-                          dg_msg_frame_bytes of the frame), then every
-                          non-empty part as one DG_MPI_TAG_PART message
-                          straight from and into the messages (no copy);
+                          to inline_max), encoded into a carrier; CRC-32
+                          checked
+     DG_MPI_TAG_INPLACE + n_parts
+                          the whole frame in one MPI message, sent from
+                          and received into the message's own buffer (no
+                          copy): the header and part table lie in the
+                          buffer's headroom, just before the parts, which
+                          lie back to back (every part but the last a
+                          multiple of 64 bytes: the usual float batches);
+                          the tag's n_parts says where the parts begin;
                           the CRC field is 0
+     DG_MPI_TAG_INPLACE_CRC + n_parts
+                          the same with the CRC-32 filled in and checked
+     DG_MPI_TAG_HEAD      the other large frames: its header and part
+                          table only (the first dg_msg_frame_bytes), then
+                          every non-empty part as one DG_MPI_TAG_PART
+                          message straight from and into the messages (no
+                          copy); the CRC field is 0
      DG_MPI_TAG_HEAD_CRC  the same with the CRC-32 filled in and checked
    so the bytes from one rank to another are always frames of
-   dg_msg_encode, split at part boundaries.  The receiver validates
-   everything (sizes against max_message, the sender against the MPI
-   source, the receiver against its own rank) before it allocates, and a
-   malformed message is consumed and reported by recv as an error naming
-   the rank, never a crash.
+   dg_msg_encode, whole or split at part boundaries.  The receiver
+   validates everything (sizes against max_message, the sender against
+   the MPI source, the receiver against its own rank; a frame in one
+   message first by its size against the largest frame allowed, then by
+   its head) before it hands a message out, and a malformed message is
+   consumed and reported by recv as an error naming the rank, never a
+   crash.
 
    Threads.  Every MPI call of the transport is made under its own mutex,
    so threads of a process may send and receive on it at once; MPI must run
@@ -1563,13 +1577,15 @@ DGDEF dg_result dg_netsim_load(dg_transport *t, const char *path);
 #define DG_MPI_TAG_HEAD 2
 #define DG_MPI_TAG_HEAD_CRC 3
 #define DG_MPI_TAG_PART 4
+#define DG_MPI_TAG_INPLACE 8      /* + n_parts (0..DG_MSG_MAX_PARTS, under 8) */
+#define DG_MPI_TAG_INPLACE_CRC 16 /* + n_parts */
 
 /* Zero means default (dg_mpi_config_init zeroes). */
 typedef struct dg_mpi_config {
     uint64_t max_message;   /* payload limit in bytes (256 MiB; MPI counts are
                                int: at most INT_MAX - 1024) */
-    size_t inline_max;      /* payloads up to this travel encoded in one
-                               message, larger ones zero-copy (4 KiB) */
+    size_t inline_max;      /* payloads up to this travel encoded in a
+                               carrier, larger ones zero-copy (4 KiB) */
     int checksum;           /* 1: a CRC-32 over zero-copy frames too (0: off;
                                MPI delivers intact and the CRC stops no hostile
                                sender, the validation does) */
@@ -10341,9 +10357,15 @@ typedef struct dg__msg_pool {
     size_t free_bytes, reserve;   /* reserve 0: keep every buffer */
 } dg__msg_pool;
 
+/* Every buffer has this much room in front of its parts: a frame's
+   header and part table fit there, so that the MPI transport sends and
+   receives a frame whose parts lie back to back (dg__mpi_packed) as one
+   run of bytes, with no copy. */
+#define DG__MSG_HEADROOM ((DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * DG_MSG_MAX_PARTS + 63) & ~63)
+
 static void dg__msg_destroy(dg_msg *m)
 {
-    dg__free(m->buf);
+    dg__free(m->buf - DG__MSG_HEADROOM);
     dg__free(m);
 }
 
@@ -10433,6 +10455,27 @@ static size_t dg__msg_layout(dg_msg *m, size_t *off)
     return need;
 }
 
+/* Gives m (of the pool, with a buffer) its fields and parts (laid out in
+   its buffer; those past m->cap get data NULL, see dg__msg_layout). */
+static void dg__msg_shape(dg_msg *m, int type, int from, int to, int64_t iteration, int n_parts,
+                          const dg_part_kind *kinds, const size_t *counts)
+{
+    int i;
+    m->type = type;
+    m->from = from;
+    m->to = to;
+    m->iteration = iteration;
+    m->aux = 0;
+    m->stat[0] = m->stat[1] = 0.0f;
+    m->arrival = 0.0;
+    m->n_parts = n_parts;
+    for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
+        m->part[i].kind = i < n_parts ? kinds[i] : DG_PART_BYTES;
+        m->part[i].count = i < n_parts ? counts[i] : 0;
+    }
+    dg__msg_layout(m, NULL);
+}
+
 /* dg_msg_create that commits at most `commit` bytes of a new buffer (a
    recycled one that fits is taken whole): the TCP reader grows the rest
    as the bytes arrive, so a size a peer only declares costs nothing. */
@@ -10476,27 +10519,16 @@ static dg_result dg__msg_take(dg_transport *t, int type, int from, int to, int64
         if (!m) return dg__fail(DG_ERR_NOMEM, "dg_msg_create: no memory");
         /* touch the buffer now (dg__calloc): first-touch page faults would
            otherwise land in the middle of a training step */
-        m->buf = (unsigned char *)dg__calloc(cap, 1);
+        m->buf = (unsigned char *)dg__calloc(DG__MSG_HEADROOM + cap, 1);
         if (!m->buf) {
             dg__free(m);
             return dg__fail(DG_ERR_NOMEM, "dg_msg_create: no memory for %zu bytes", cap);
         }
+        m->buf += DG__MSG_HEADROOM;
         m->cap = cap;
     }
-    m->type = type;
-    m->from = from;
-    m->to = to;
-    m->iteration = iteration;
-    m->aux = 0;
-    m->stat[0] = m->stat[1] = 0.0f;
-    m->arrival = 0.0;
-    m->n_parts = n_parts;
     m->next = NULL;
-    for (i = 0; i < DG_MSG_MAX_PARTS; i++) {
-        m->part[i].kind = i < n_parts ? kinds[i] : DG_PART_BYTES;
-        m->part[i].count = i < n_parts ? counts[i] : 0;
-    }
-    dg__msg_layout(m, NULL);
+    dg__msg_shape(m, type, from, to, iteration, n_parts, kinds, counts);
     *out = m;
     return DG_OK;
 }
@@ -10512,9 +10544,10 @@ DGDEF dg_result dg_msg_create(dg_transport *t, int type, int from, int to, int64
 /* Grows m's buffer to cap bytes (its first `keep` bytes are kept). */
 static dg_result dg__msg_grow(dg_msg *m, size_t keep, size_t cap)
 {
-    unsigned char *b = (unsigned char *)dg__realloc(m->buf, keep, cap);
+    unsigned char *b = (unsigned char *)dg__realloc(m->buf - DG__MSG_HEADROOM,
+                                                    DG__MSG_HEADROOM + keep, DG__MSG_HEADROOM + cap);
     if (!b) return dg__fail(DG_ERR_NOMEM, "message: no memory for %zu bytes", cap);
-    m->buf = b;
+    m->buf = b + DG__MSG_HEADROOM;
     m->cap = cap;
     dg__msg_layout(m, NULL);
     return DG_OK;
@@ -10714,22 +10747,29 @@ static dg_result dg__msg_head_decode(const dg_transport *t, const unsigned char 
     return DG_OK;
 }
 
-/* A message from t's pool shaped by a decoded head (p: that head's bytes),
-   its parts still to be filled; at most `commit` bytes of a new buffer are
-   committed (SIZE_MAX: all; dg__msg_take). */
+/* m (of the pool) shaped by a decoded head (p: that head's bytes): its
+   fields, and its parts laid out in its buffer (to be filled). */
+static void dg__msg_apply_head(dg_msg *m, const unsigned char *p, const dg__msg_head *h)
+{
+    uint32_t u;
+    dg__msg_shape(m, h->type, h->from, h->to, h->iteration, h->n_parts, h->kinds, h->counts);
+    m->aux = (int64_t)dg__rd64(p + 24);
+    u = dg__rd32(p + 32);
+    memcpy(&m->stat[0], &u, 4);
+    u = dg__rd32(p + 36);
+    memcpy(&m->stat[1], &u, 4);
+}
+
+/* A message from t's pool shaped by a decoded head, its parts still to be
+   filled; at most `commit` bytes of a new buffer are committed (SIZE_MAX:
+   all; dg__msg_take). */
 static dg_result dg__msg_from_head(dg_transport *t, const unsigned char *p, const dg__msg_head *h,
                                    size_t commit, dg_msg **out)
 {
-    uint32_t u;
     dg_result r = dg__msg_take(t, h->type, h->from, h->to, h->iteration, h->n_parts, h->kinds,
                                h->counts, commit, out);
-    if (r != DG_OK) return r;
-    (*out)->aux = (int64_t)dg__rd64(p + 24);
-    u = dg__rd32(p + 32);
-    memcpy(&(*out)->stat[0], &u, 4);
-    u = dg__rd32(p + 36);
-    memcpy(&(*out)->stat[1], &u, 4);
-    return DG_OK;
+    if (r == DG_OK) dg__msg_apply_head(*out, p, h);
+    return r;
 }
 
 DGDEF dg_result dg_msg_decode(dg_transport *t, const void *buf, size_t len, size_t max_payload,
@@ -12424,9 +12464,21 @@ static int dg__mpi_isend(dg__mpi *t, dg__mpi_flight *f, const void *p, size_t n,
     return rc;
 }
 
+/* 1 when m's parts lie back to back in its buffer, as in a frame: every
+   part but the last a multiple of 64 bytes (dg__msg_layout). */
+static int dg__mpi_packed(const dg_msg *m)
+{
+    int i;
+    for (i = 0; i + 1 < m->n_parts; i++)
+        if (dg__part_bytes(m->part[i].kind, m->part[i].count) & 63) return 0;
+    return 1;
+}
+
 /* Under t->mu: posts m to m->to (ownership passes).  Small payloads are
    encoded into a carrier from the pool (one MPI message); larger ones go
-   as the head and then every part straight from m. */
+   straight from m: in one message, the head written into the headroom
+   before the parts, when they lie back to back, else as the head and then
+   every part. */
 static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
 {
     dg__mpi_flight *f = t->spare;
@@ -12457,6 +12509,16 @@ static dg_result dg__mpi_post(dg__mpi *t, dg_msg *m)
         }
         f->m = c;
         rc = dg__mpi_isend(t, f, c->part[0].data, n, to, DG_MPI_TAG_FRAME);
+    } else if (dg__mpi_packed(m)) {
+        unsigned char *p = m->buf - frame;
+        f->m = m;
+        dg__msg_head_encode(m, p, 0);
+        if (t->cfg.checksum)
+            dg__le32(p + 44, dg_crc32(0, p + DG_MSG_HEADER_BYTES,
+                                      frame + payload - DG_MSG_HEADER_BYTES));
+        rc = dg__mpi_isend(t, f, p, frame + payload, to,
+                           (t->cfg.checksum ? DG_MPI_TAG_INPLACE_CRC : DG_MPI_TAG_INPLACE) +
+                               m->n_parts);
     } else {
         f->m = m;
         dg__msg_head_encode(m, f->head, 0);
@@ -12555,6 +12617,66 @@ static dg_result dg__mpi_recv_frame(dg__mpi *t, MPI_Message *msg, int src, int c
     return r;
 }
 
+/* Under t->mu: a frame in one message (DG_MPI_TAG_INPLACE[_CRC] +
+   n_parts) received into a message of the pool, its head in the buffer's
+   headroom and its parts where the message's layout puts them. */
+static dg_result dg__mpi_recv_inplace(dg__mpi *t, MPI_Message *msg, int src, int count,
+                                      int n_parts, int crc, dg_msg **out)
+{
+    size_t head = DG_MSG_HEADER_BYTES + (size_t)DG_MSG_PART_BYTES * (size_t)n_parts, n;
+    dg_part_kind kind = DG_PART_BYTES;
+    dg__msg_head h;
+    unsigned char *p;
+    dg_msg *m;
+    dg_result r;
+    int rc;
+    if (count < 0 || (size_t)count > dg__mpi_frame_limit(t) || (size_t)count < head) {
+        dg__mpi_discard(t, msg, count);
+        return count >= 0 && (size_t)count < head
+                   ? dg__fail(DG_ERR_FORMAT,
+                              "mpi: rank %d sent a %d-byte frame, short of its %zu-byte head",
+                              src, count, head)
+                   : dg__fail(DG_ERR_TOO_LARGE,
+                              "mpi: rank %d sent a %d-byte frame, over its limit of %zu bytes "
+                              "(the largest frame rank %d receives)",
+                              src, count, dg__mpi_frame_limit(t), t->rank);
+    }
+    n = (size_t)count - head;
+    if ((r = dg_msg_create(&t->base, DG_MSG_USER, src, t->rank, 0, 1, &kind, &n, &m)) != DG_OK) {
+        dg__mpi_discard(t, msg, count);
+        return r;
+    }
+    p = m->buf - head;
+    if ((rc = MPI_Mrecv(p, count, MPI_BYTE, msg, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
+        r = dg__mpi_error(rc, "receive", src);
+    else if ((r = dg__msg_head_decode(&t->base, p, head, t->cfg.max_message, &h)) != DG_OK)
+        r = dg__mpi_blame(r, src);
+    else if (h.size != head || h.payload != n)
+        r = dg__fail(DG_ERR_FORMAT,
+                     "mpi: rank %d sent a %d-byte frame of %d parts, its head says %d parts "
+                     "and %zu payload bytes",
+                     src, count, n_parts, h.n_parts, h.payload);
+    else if ((r = dg__mpi_check_peers(t, src, h.from, h.to)) == DG_OK &&
+             (r = dg__mpi_check_limit(t, src, h.type, h.n_parts, h.payload)) == DG_OK) {
+        dg__msg_apply_head(m, p, &h);
+        if (!dg__mpi_packed(m))
+            r = dg__fail(DG_ERR_FORMAT,
+                         "mpi: rank %d sent a frame in one message whose parts do not lie back "
+                         "to back in a message (a part other than the last is not a multiple "
+                         "of 64 bytes)",
+                         src);
+        else if (crc && dg_crc32(0, p + DG_MSG_HEADER_BYTES, (size_t)count - DG_MSG_HEADER_BYTES) !=
+                            h.crc)
+            r = dg__fail(DG_ERR_CHECKSUM, "mpi: frame from rank %d: CRC mismatch", src);
+    }
+    if (r != DG_OK) {
+        dg_msg_free(&t->base, m);
+        return r;
+    }
+    *out = m;
+    return DG_OK;
+}
+
 /* Under t->mu: a head (DG_MPI_TAG_HEAD[_CRC]), then its parts into a new
    message. */
 static dg_result dg__mpi_recv_split(dg__mpi *t, MPI_Message *msg, int src, int count, int crc,
@@ -12605,7 +12727,7 @@ static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
 {
     MPI_Message msg;
     MPI_Status st;
-    int flag = 0, count = -1, rc;
+    int flag = 0, count = -1, parts, rc;
     dg_result r;
     *out = NULL;
     rc = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, t->comm, &flag, &msg, &st);
@@ -12619,6 +12741,11 @@ static dg_result dg__mpi_pull(dg__mpi *t, dg_msg **out)
     } else if (st.MPI_TAG == DG_MPI_TAG_HEAD || st.MPI_TAG == DG_MPI_TAG_HEAD_CRC) {
         r = dg__mpi_recv_split(t, &msg, st.MPI_SOURCE, count, st.MPI_TAG == DG_MPI_TAG_HEAD_CRC,
                                out);
+    } else if ((parts = st.MPI_TAG - (st.MPI_TAG >= DG_MPI_TAG_INPLACE_CRC ? DG_MPI_TAG_INPLACE_CRC
+                                                                            : DG_MPI_TAG_INPLACE)) >= 0 &&
+               parts <= DG_MSG_MAX_PARTS) {
+        r = dg__mpi_recv_inplace(t, &msg, st.MPI_SOURCE, count, parts,
+                                 st.MPI_TAG >= DG_MPI_TAG_INPLACE_CRC, out);
     } else {
         dg__mpi_discard(t, &msg, count);
         return dg__fail(DG_ERR_FORMAT, "mpi: rank %d sent %s (tag %d)", st.MPI_SOURCE,

@@ -57,17 +57,25 @@ static int same_pattern(const dg_msg *m, uint32_t seed)
     return 1;
 }
 
+/* A message whose parts and header fields depend on it and seed. */
+static dg_result make_msg(dg_transport *t, int type, int from, int to, int64_t it, int n,
+                          const dg_part_kind *k, const size_t *c, uint32_t seed, dg_msg **m)
+{
+    dg_result r = dg_msg_create(t, type, from, to, it, n, k, c, m);
+    if (r != DG_OK) return r;
+    fill(*m, seed);
+    (*m)->aux = -it;
+    (*m)->stat[0] = 0.5f * (float)it;
+    (*m)->stat[1] = -1.0f;
+    return DG_OK;
+}
+
 static dg_result send_msg(dg_transport *t, int type, int to, int64_t it, int n,
                           const dg_part_kind *k, const size_t *c, uint32_t seed)
 {
     dg_msg *m;
-    dg_result r = dg_msg_create(t, type, rank, to, it, n, k, c, &m);
-    if (r != DG_OK) return r;
-    fill(m, seed);
-    m->aux = -it;
-    m->stat[0] = 0.5f * (float)it;
-    m->stat[1] = -1.0f;
-    return dg_transport_send(t, m);
+    dg_result r = make_msg(t, type, rank, to, it, n, k, c, seed, &m);
+    return r != DG_OK ? r : dg_transport_send(t, m);
 }
 
 TEST(create_and_arguments)
@@ -403,6 +411,129 @@ TEST(malformed_frames_rejected)
     dg_transport_close(t);
 }
 
+/* The frame of make_msg's message, encoded by dg_msg_encode into buf; its
+   CRC field zeroed unless crc.  Returns the encoded size (0: it did not
+   fit). */
+static size_t expected_frame(dg_transport *t, int from, int to, int64_t it, int n,
+                             const dg_part_kind *k, const size_t *c, uint32_t seed, int crc,
+                             unsigned char *buf, size_t cap)
+{
+    dg_msg *m;
+    size_t len = 0;
+    if (make_msg(t, DG_MSG_USER, from, to, it, n, k, c, seed, &m) != DG_OK) return 0;
+    if (dg_msg_encode(m, buf, cap, &len) != DG_OK) len = 0;
+    if (!crc && len) memset(buf + 44, 0, 4);
+    dg_msg_free(t, m);
+    return len;
+}
+
+/* Around the one-message threshold (inline_max = 4 KiB), with and without
+   the CRC: a payload of 4096 bytes goes encoded (DG_MPI_TAG_FRAME), 4100
+   bytes in one message from the message's buffer (DG_MPI_TAG_INPLACE + 1),
+   two parts lying back to back (4096 + 12 bytes) the same (+ 2), two that
+   do not (4100 + 12) as head and parts.  Rank 1 looks at the first MPI
+   message of each (tag, size), takes one copy of each one-message frame
+   off the communicator itself and compares it byte for byte with
+   dg_msg_encode's frame, and receives another through the transport. */
+TEST(one_message_threshold)
+{
+    static const struct { size_t c0, c1; int n, tag; } cases[] = {
+        {1024, 0, 1, DG_MPI_TAG_FRAME},  {1025, 0, 1, DG_MPI_TAG_INPLACE + 1},
+        {1024, 3, 2, DG_MPI_TAG_INPLACE + 2}, {1025, 3, 2, DG_MPI_TAG_HEAD}};
+    static unsigned char want[8192], got[8192];
+    dg_part_kind k[2] = {DG_PART_F32, DG_PART_I32};
+    int crc, i, j;
+    for (crc = 0; crc < 2; crc++) {
+        dg_transport *t = open_mpi(crc, 0);
+        MPI_Comm comm;
+        CHECK(t != NULL);
+        if (!t) return;
+        comm = dg_mpi_comm(t);
+        for (i = 0; i < 4; i++) {
+            size_t c[2] = {cases[i].c0, cases[i].c1};
+            int n = cases[i].n, tag = cases[i].tag, it = 10 * i + crc, one = tag != DG_MPI_TAG_HEAD;
+            if (crc && tag != DG_MPI_TAG_FRAME)
+                tag += one ? DG_MPI_TAG_INPLACE_CRC - DG_MPI_TAG_INPLACE
+                           : DG_MPI_TAG_HEAD_CRC - DG_MPI_TAG_HEAD;
+            for (j = 0; j < 2 && rank == 0; j++)
+                CHECK_OK(send_msg(t, DG_MSG_USER, 1, it, n, k, c, (uint32_t)it));
+            if (rank != 1) continue;
+            for (j = 0; j < 2; j++) {
+                size_t len = expected_frame(t, 0, 1, it, n, k, c, (uint32_t)it,
+                                            crc || tag == DG_MPI_TAG_FRAME, want, sizeof want);
+                MPI_Status st;
+                int count = -1;
+                dg_msg *m = NULL;
+                MPI_Probe(0, MPI_ANY_TAG, comm, &st);
+                MPI_Get_count(&st, MPI_BYTE, &count);
+                CHECK(st.MPI_TAG == tag);
+                CHECK(count == (one ? (int)len : DG_MSG_HEADER_BYTES + DG_MSG_PART_BYTES * n));
+                if (j == 0 && one) { /* this copy by hand: the bytes on the wire */
+                    MPI_Recv(got, (int)sizeof got, MPI_BYTE, 0, st.MPI_TAG, comm,
+                             MPI_STATUS_IGNORE);
+                    CHECK(len > 0 && memcmp(got, want, len) == 0);
+                    continue;
+                }
+                CHECK_OK(dg_transport_recv(t, 1, 30000, &m));
+                CHECK(m && m->type == DG_MSG_USER && m->from == 0 && m->iteration == it &&
+                      m->aux == -it && m->stat[0] == 0.5f * (float)it && m->n_parts == n &&
+                      m->part[0].count == c[0] && same_pattern(m, (uint32_t)it));
+                dg_msg_free(t, m);
+            }
+        }
+        dg_transport_close(t);
+    }
+}
+
+/* Rank 1 sends rank 0 bad one-message frames by hand; each is refused
+   with an error naming rank 1, and a good one made by hand (with its
+   CRC) is then received whole. */
+TEST(one_message_frames_checked)
+{
+    dg_transport *t = open_mpi(0, 1024);
+    static unsigned char buf[4096];
+    static const dg_result expect[] = {DG_ERR_FORMAT, DG_ERR_FORMAT, DG_ERR_FORMAT,
+                                       DG_ERR_CHECKSUM, DG_ERR_FORMAT, DG_ERR_FORMAT,
+                                       DG_ERR_TOO_LARGE};
+    enum { CASES = sizeof expect / sizeof expect[0] };
+    dg_part_kind k[2] = {DG_PART_F32, DG_PART_I32};
+    size_t c[2] = {96, 3}, c2[2] = {25, 3}, big = 500, len;
+    int s;
+    CHECK(t != NULL);
+    if (!t) return;
+    if (rank == 1) {
+        MPI_Comm comm = dg_mpi_comm(t);
+        len = expected_frame(t, 1, 0, 5, 1, k, c, 5, 1, buf, sizeof buf);
+        MPI_Send(buf, (int)len - 4, MPI_BYTE, 0, DG_MPI_TAG_INPLACE + 1, comm); /* truncated */
+        MPI_Send(buf, (int)len, MPI_BYTE, 0, DG_MPI_TAG_INPLACE + 2, comm);     /* 2 parts? */
+        len = expected_frame(t, 1, 0, 5, 2, k, c2, 5, 1, buf, sizeof buf); /* 100 + 12 bytes */
+        MPI_Send(buf, (int)len, MPI_BYTE, 0, DG_MPI_TAG_INPLACE + 2, comm); /* not back to back */
+        len = expected_frame(t, 1, 0, 5, 1, k, c, 5, 1, buf, sizeof buf);
+        buf[len - 5] ^= 0x40;
+        MPI_Send(buf, (int)len, MPI_BYTE, 0, DG_MPI_TAG_INPLACE_CRC + 1, comm); /* bit flip */
+        MPI_Send(buf, 20, MPI_BYTE, 0, DG_MPI_TAG_INPLACE + 1, comm);           /* no head */
+        len = expected_frame(t, 0, 0, 5, 1, k, c, 5, 1, buf, sizeof buf);       /* from 0 */
+        MPI_Send(buf, (int)len, MPI_BYTE, 0, DG_MPI_TAG_INPLACE + 1, comm);
+        len = expected_frame(t, 1, 0, 5, 1, k, &big, 5, 1, buf, sizeof buf);    /* over 1 KiB */
+        MPI_Send(buf, (int)len, MPI_BYTE, 0, DG_MPI_TAG_INPLACE + 1, comm);
+        len = expected_frame(t, 1, 0, 6, 2, k, c, 6, 1, buf, sizeof buf);       /* good */
+        MPI_Send(buf, (int)len, MPI_BYTE, 0, DG_MPI_TAG_INPLACE_CRC + 2, comm);
+    } else if (rank == 0) {
+        dg_msg *m = NULL;
+        for (s = 0; s < CASES; s++) {
+            dg_result r = dg_transport_recv(t, 0, 10000, &m);
+            CHECK(r == expect[s] && m == NULL);
+            if (r != expect[s] || !strstr(dg_last_error(), "rank 1"))
+                printf("  case %d: %d %s\n", s, (int)r, dg_last_error());
+        }
+        CHECK_OK(dg_transport_recv(t, 0, 10000, &m));
+        CHECK(m && m->from == 1 && m->iteration == 6 && m->aux == -6 && m->n_parts == 2 &&
+              m->part[0].count == 96 && m->part[1].count == 3 && same_pattern(m, 6));
+        dg_msg_free(t, m);
+    }
+    dg_transport_close(t);
+}
+
 /* Rank 0 sends from one thread and receives on another, both ways with
    rank 1, on the same transport. */
 typedef struct pump {
@@ -519,6 +650,8 @@ int main(int argc, char **argv)
     MPI_RUN(pending_counts);
     MPI_RUN(traffic_equals_inproc);
     MPI_RUN(malformed_frames_rejected);
+    MPI_RUN(one_message_threshold);
+    MPI_RUN(one_message_frames_checked);
     MPI_RUN(send_and_recv_on_two_threads);
     MPI_RUN(idle_receiver_sleeps);
     MPI_RUN(close_with_unreceived_frames);
