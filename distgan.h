@@ -11644,36 +11644,36 @@ DGDEF dg_result dg_netsim_link_params(dg_transport *t, int from, int to, dg_nets
    disconnected, per link (from-major) f64 busy-until, f64 last arrival
    and u64 draws, then u32 the digest of the model's description ---- */
 
+/* crc extended by v's little-endian bytes (the checkpoint's encoding) */
+static uint32_t dg__ns_crc_f64(uint32_t crc, double v)
+{
+    unsigned char b[8];
+    dg__wbuf w = {b, 0, sizeof b};
+    dg__put_f64(&w, v);
+    return dg_crc32(crc, b, sizeof b);
+}
+
 /* CRC-32 of what the model was made of (seed, RTO, every peer's speed,
    every link's parameters): a run resumed under another network would
    join two networks' times in one clock. */
 static uint32_t dg__ns_digest(const dg__netsim *ns)
 {
     unsigned char b[8];
+    dg__wbuf w = {b, 0, sizeof b};
     uint32_t c;
     size_t i, links = (size_t)ns->n * ns->n;
     int p;
-#define DG__NS_DIGEST_F64(x)                                                                        \
-    do {                                                                                           \
-        double v_ = (x);                                                                           \
-        uint64_t u_;                                                                               \
-        memcpy(&u_, &v_, 8);                                                                       \
-        dg__le64(b, u_);                                                                           \
-        c = dg_crc32(c, b, 8);                                                                     \
-    } while (0)
-    dg__le64(b, ns->seed);
-    c = dg_crc32(0, b, 8);
-    DG__NS_DIGEST_F64(ns->rto_min);
-    for (p = 0; p < ns->n; p++) DG__NS_DIGEST_F64(ns->gflops[p]);
+    dg__put_u64(&w, ns->seed);
+    c = dg__ns_crc_f64(dg_crc32(0, b, sizeof b), ns->rto_min);
+    for (p = 0; p < ns->n; p++) c = dg__ns_crc_f64(c, ns->gflops[p]);
     for (i = 0; i < links; i++) {
         const dg_netsim_link *l = &ns->link[i].p;
-        DG__NS_DIGEST_F64(l->bw);
-        DG__NS_DIGEST_F64(l->latency);
-        DG__NS_DIGEST_F64(l->jitter);
-        DG__NS_DIGEST_F64(l->loss);
-        DG__NS_DIGEST_F64(l->disconnect);
+        c = dg__ns_crc_f64(c, l->bw);
+        c = dg__ns_crc_f64(c, l->latency);
+        c = dg__ns_crc_f64(c, l->jitter);
+        c = dg__ns_crc_f64(c, l->loss);
+        c = dg__ns_crc_f64(c, l->disconnect);
     }
-#undef DG__NS_DIGEST_F64
     return c;
 }
 static void dg__ns_encode(dg__wbuf *w, const void *obj)
